@@ -1,0 +1,1 @@
+"""calicolab agent package."""

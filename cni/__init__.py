@@ -1,0 +1,1 @@
+"""calicolab cni package."""

@@ -1,0 +1,1 @@
+"""calicolab ipam package."""

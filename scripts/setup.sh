@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# calicolab setup: the one idempotent install path used by the README, .ci/run,
+# tox and the Vagrantfile.  Installs Debian packages, then the project venv at
+# .venv/ (Debian's python3 with system site packages, so Mininet's Debian
+# module is importable) with the project installed editable.
+#
+# Usage: scripts/setup.sh [--quiet]
+# Re-running is cheap: apt runs only when a package is missing, pip only when
+# pyproject.toml changed since the last successful run.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+quiet=0
+[ "${1:-}" = "--quiet" ] && quiet=1
+say() { [ "$quiet" = 1 ] || echo "setup: $*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+    echo "setup: must run as root (it installs Debian packages and creates network namespaces)" >&2
+    exit 1
+fi
+
+# Debian packages.  Keep this list the single source of truth.
+APT_PACKAGES=(
+    python3 python3-venv python3-dev
+    mininet bridge-utils iproute2 iptables ipset kmod procps psmisc
+    tcpdump tshark etcd-server etcd-client bird2 iputils-ping curl jq iperf3
+    nginx-light containerd runc containernetworking-plugins
+    qemu-system-x86 busybox-static cpio xz-utils ethtool
+    vagrant
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # Daemons from these packages (etcd, bird, nginx, containerd) must not be
+    # started machine-wide by their postinst: calicolab runs its own, inside labs.
+    made_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        made_policy=1
+    fi
+    trap '[ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d' EXIT
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    say "Debian packages installed"
+fi
+
+# The project venv.
+PY=/usr/bin/python3
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(0 if sys.base_prefix == "/usr" else 1)' 2>/dev/null; then
+    say "creating .venv (Debian python3, system site packages for Mininet)"
+    rm -rf .venv
+    "$PY" -m venv --system-site-packages .venv
+fi
+stamp=.venv/.calicolab-installed
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    say "installing Python packages into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+    echo "$want" > "$stamp"
+fi
+.venv/bin/python -c 'import mininet.net, pyroute2, scapy, yaml' || {
+    echo "setup: the venv cannot import mininet/pyroute2/scapy/yaml" >&2; exit 1; }
+say "ready: $(.venv/bin/python --version), venv at $here/.venv"

@@ -1,0 +1,1 @@
+"""calicolab testbed package."""
