@@ -1,0 +1,231 @@
+"""The userspace IP-in-IP packet pump behind a TUN ``tunl0``.
+
+Kernels built without ``CONFIG_NET_IPIP`` cannot create the ipip ``tunl0``.
+calicolab then uses a TUN device named ``tunl0`` and this pump:
+
+* **transmit**: an inner IPv4 packet read from the TUN is sent through a raw
+  ``IPPROTO_IPIP`` socket, so the kernel wraps it in a real protocol-4 outer
+  header. The outer destination is the gateway of the kernel route for the
+  inner destination on tunl0 (``<block> via <node IP> dev tunl0 onlink``,
+  installed by the BGP speaker). Those routes are kept in an LPM table that
+  is reloaded whenever the kernel announces a route change.
+* **receive**: a protocol-4 packet delivered to the raw socket (after the
+  netfilter INPUT chain, so cali-INPUT's IPIP rules apply) is accepted only
+  from a known Calico node address, stripped of its outer header and written
+  to the TUN, where the kernel routes the inner packet as if it came out of
+  a kernel tunnel.
+
+One thread per direction; the socket calls release the GIL, so both
+directions progress in parallel.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterable
+
+from agent.felix.lpm import LpmTable
+
+log = logging.getLogger(__name__)
+
+IPPROTO_IPIP = 4
+RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_LINK = 0x1
+NETLINK_ROUTE = 0
+SOCK_BUF = 8 * 1024 * 1024
+
+
+def tunnel_routes(ifname: str = "tunl0") -> list[tuple[str, str]]:
+    """(prefix, gateway) of every main-table IPv4 route with a gateway on ``ifname``."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            return []
+        out = []
+        for r in ipr.get_routes(family=socket.AF_INET, table=254):
+            if r.get_attr("RTA_OIF") != idx[0]:
+                continue
+            gw = r.get_attr("RTA_GATEWAY")
+            if gw is None:
+                continue
+            out.append((f"{r.get_attr('RTA_DST') or '0.0.0.0'}/{r['dst_len']}", gw))
+        return out
+
+
+class IpipPump:
+    """Moves packets between a TUN file descriptor and a raw IPIP socket.
+
+    ``allowed_sources`` are the outer source addresses accepted on receive
+    (every Calico node's address); update them with :meth:`set_allowed_sources`.
+    """
+
+    def __init__(self, tun_fd: int, ifname: str = "tunl0", allowed_sources: Iterable[str] = ()) -> None:
+        self.tun_fd = tun_fd
+        self.ifname = ifname
+        self._allowed = frozenset(socket.inet_aton(a) for a in allowed_sources)
+        self._table = LpmTable()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._route_dirty = threading.Event()
+        self.stats = {"tx": 0, "rx": 0, "tx_noroute": 0, "rx_denied": 0, "tx_error": 0, "rx_error": 0}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_IPIP)
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            force = {socket.SO_SNDBUF: 32, socket.SO_RCVBUF: 33}[opt]  # SO_*BUFFORCE
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, force, SOCK_BUF)
+            except OSError:
+                self.sock.setsockopt(socket.SOL_SOCKET, opt, SOCK_BUF)
+        self._nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        self._nl.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_LINK))
+        self._wake_r, self._wake_w = os.pipe()
+
+    # -- configuration -------------------------------------------------------------
+    def set_allowed_sources(self, addresses: Iterable[str]) -> None:
+        """Replace the set of node addresses whose IPIP packets are accepted."""
+        self._allowed = frozenset(socket.inet_aton(a) for a in addresses)
+
+    def reload_routes(self) -> None:
+        """Re-read the tunl0 routes from the kernel into the LPM table."""
+        try:
+            self._table = LpmTable(tunnel_routes(self.ifname))
+        except Exception:  # noqa: BLE001 - keep the old table, retry on next notification
+            log.exception("reading tunl0 routes failed")
+
+    @property
+    def routes(self) -> int:
+        """Number of tunl0 routes currently known to the pump."""
+        return len(self._table)
+
+    # -- threads -------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the transmit, receive and route-watch threads."""
+        self.reload_routes()
+        for name, target in (("tx", self._tx_loop), ("rx", self._rx_loop), ("routes", self._route_loop)):
+            t = threading.Thread(target=target, name=f"ipip-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        """Stop the threads and close the sockets (the TUN fd stays open; the caller owns it)."""
+        self._stop.set()
+        os.write(self._wake_w, b"x")
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        for t in self._threads:
+            t.join(timeout=2)
+        for s in (self.sock, self._nl):
+            s.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _tx_loop(self) -> None:
+        fd = self.tun_fd
+        sendto = self.sock.sendto
+        read = os.read
+        stats = self.stats
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        os.set_blocking(fd, False)
+        n = 0
+        while not self._stop.is_set():
+            try:
+                pkt = read(fd, 65536)
+            except BlockingIOError:
+                stats["tx"] += n
+                n = 0
+                poller.poll()
+                continue
+            except OSError as exc:
+                if self._stop.is_set():
+                    break
+                stats["tx_error"] += 1
+                log.warning("tun read failed: %s", exc)
+                time.sleep(0.05)
+                continue
+            if len(pkt) < 20 or pkt[0] >> 4 != 4:
+                continue
+            gw = self._table.lookup(pkt[16:20])
+            if gw is None:
+                stats["tx_noroute"] += 1
+                continue
+            try:
+                sendto(pkt, (gw, 0))
+                n += 1
+            except OSError as exc:
+                if exc.errno not in (errno.ENOBUFS, errno.EAGAIN):
+                    stats["tx_error"] += 1
+        stats["tx"] += n
+
+    def _rx_loop(self) -> None:
+        fd = self.tun_fd
+        buf = bytearray(65536)
+        mv = memoryview(buf)
+        recv_into = self.sock.recv_into
+        write = os.write
+        stats = self.stats
+        n = 0
+        while not self._stop.is_set():
+            try:
+                size = recv_into(buf)
+            except OSError:
+                if self._stop.is_set():
+                    break
+                stats["rx_error"] += 1
+                continue
+            if size == 0:
+                if self._stop.is_set():
+                    break
+                continue
+            if bytes(buf[12:16]) not in self._allowed:
+                stats["rx_denied"] += 1
+                continue
+            ihl = (buf[0] & 0x0F) * 4
+            try:
+                write(fd, mv[ihl:size])
+                n += 1
+                if n >= 1024:
+                    stats["rx"] += n
+                    n = 0
+            except BlockingIOError:
+                pass
+            except OSError:
+                stats["rx_error"] += 1
+        stats["rx"] += n
+
+    def _route_loop(self) -> None:
+        poller = select.poll()
+        poller.register(self._nl.fileno(), select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(30_000):
+                self.reload_routes()  # belt and braces: periodic reload
+                continue
+            if self._stop.is_set():
+                break
+            # Drain a burst of notifications, then reload once.
+            while True:
+                try:
+                    self._nl.recv(65536, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    break
+            self.reload_routes()
+
+
+def parse_header(pkt: bytes) -> tuple[str, str, int]:
+    """(src, dst, protocol) of an IPv4 header (small helper for tests and logs)."""
+    ver_ihl, _tos, _len, _id, _frag, _ttl, proto, _csum, src, dst = struct.unpack("!BBHHHBBH4s4s", pkt[:20])
+    return socket.inet_ntoa(src), socket.inet_ntoa(dst), proto

@@ -1,0 +1,86 @@
+"""Pod-to-pod TCP throughput over the userspace tunl0, next to plain routed veths.
+
+Two node namespaces joined by a veth, one pod namespace on each, iperf3 from
+pod a to pod b. Cases:
+
+* ``routed``: no tunnel, nodes route the pod blocks ``via <node> dev eth0``.
+* ``ipip-userspace``: the TUN tunl0 + IpipPump of agent/felix (as on this machine).
+
+Prints a table and writes JSON (default reports/bench/tunnel_throughput.json).
+Run as root: ``.venv/bin/python bench/tunnel_throughput.py [--seconds 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from tests.netns.felix_support import Topo, run, two_node_tunnel  # noqa: E402
+
+
+def iperf(topo: Topo, client_ns: str, server_ns: str, server_ip: str, seconds: int, streams: int) -> dict:
+    """Run iperf3 client->server; returns Gbit/s and retransmits."""
+    srv = topo.spawn(server_ns, "iperf3", "-s", "-1", "-B", server_ip, stdout=open(os.devnull, "w"))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if "5201" in run("ss", "-ltn", netns=server_ns, check=False):
+            break
+        time.sleep(0.05)
+    out = run("iperf3", "-c", server_ip, "-t", str(seconds), "-P", str(streams), "-J", netns=client_ns)
+    topo.stop(srv)
+    data = json.loads(out)
+    end = data["end"]
+    return {
+        "gbit_s": round(end["sum_received"]["bits_per_second"] / 1e9, 3),
+        "retransmits": end["sum_sent"].get("retransmits", 0),
+    }
+
+
+def routed_case(topo: Topo) -> dict:
+    """Pods on two nodes with plain routes via eth0 (no encapsulation)."""
+    a, b = topo.node("a"), topo.node("b")
+    topo.link_nodes(a, b, "172.31.9.1/24", "172.31.9.2/24")
+    pa = topo.pod(a, "192.168.10.5", "cali0a0000001", mtu=1500)
+    pb = topo.pod(b, "192.168.20.7", "cali0b0000001", mtu=1500)
+    run("ip", "-n", a, "route", "add", "192.168.20.0/26", "via", "172.31.9.2", "dev", "eth0")
+    run("ip", "-n", b, "route", "add", "192.168.10.0/26", "via", "172.31.9.1", "dev", "eth0")
+    return {"pa": pa, "pb": pb, "ipb": "192.168.20.7"}
+
+
+def main() -> int:
+    """Run the cases and print/write the results."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--streams", type=int, default=1)
+    ap.add_argument("--json", default=os.path.join(REPO, "reports", "bench", "tunnel_throughput.json"))
+    args = ap.parse_args()
+    results = []
+    for name, build in (("routed veth", routed_case), ("ipip userspace tunl0", two_node_tunnel)):
+        topo = Topo()
+        try:
+            env = build(topo)
+            r = iperf(topo, env["pa"], env["pb"], env["ipb"], args.seconds, args.streams)
+            if "ta" in env:
+                topo.stop(env["ta"])
+                topo.stop(env["tb"])
+            results.append({"case": name, "seconds": args.seconds, "streams": args.streams, **r})
+        finally:
+            topo.close()
+    print(f"{'case':<24} {'Gbit/s':>8} {'retransmits':>12}")
+    for r in results:
+        print(f"{r['case']:<24} {r['gbit_s']:>8.3f} {r['retransmits']:>12}")
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"benchmark": "tunnel_throughput", "cpus": os.cpu_count(), "results": results}, f, indent=2)
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

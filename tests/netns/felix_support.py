@@ -1,0 +1,152 @@
+"""Namespace topologies for Felix's tests and benchmarks (test scaffolding, not product).
+
+Two "nodes" (netns) joined by a veth pair named eth0 on both ends, and "pods"
+(netns) wired to a node the way the CNI plugin does it: a veth whose host end
+is ``cali<hex>``, the pod address as /32, ``169.254.1.1 dev eth0 scope link``
+and ``default via 169.254.1.1``; proxy ARP on the host end.
+Everything is made in namespaces created here and removed by :meth:`Topo.close`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PY = os.path.join(REPO, ".venv", "bin", "python")
+
+
+def run(*args: str, netns: str | None = None, check: bool = True, input: str | None = None) -> str:
+    """Run a command (in ``netns`` if given); stdout, or AssertionError with stderr."""
+    cmd = (["ip", "netns", "exec", netns] if netns else []) + list(args)
+    res = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=60)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {res.returncode}: {res.stderr.strip()}")
+    return res.stdout
+
+
+def sysctl(netns: str, key: str, value: str) -> None:
+    """Write one sysctl inside ``netns``."""
+    run("sh", "-c", f"echo {value} > /proc/sys/{key.replace('.', '/')}", netns=netns)
+
+
+@dataclass
+class Topo:
+    """Namespaces, processes and links made for one test; :meth:`close` removes them all."""
+
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    namespaces: list[str] = field(default_factory=list)
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def netns(self, role: str) -> str:
+        """Create netns ``f<role><tag><n>`` with lo up."""
+        name = f"f{role}{self.tag}{len(self.namespaces)}"
+        run("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        run("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def node(self, role: str) -> str:
+        """A node netns with ip_forward=1 and a route for proxy ARP of 169.254.1.1."""
+        ns = self.netns(role)
+        sysctl(ns, "net.ipv4.ip_forward", "1")
+        return ns
+
+    def link_nodes(self, a: str, b: str, addr_a: str, addr_b: str, mtu: int = 1500) -> None:
+        """veth eth0<->eth0 between nodes a and b, addresses as CIDRs (e.g. 172.31.9.1/24)."""
+        run("ip", "link", "add", "eth0", "netns", a, "mtu", str(mtu), "type", "veth",
+            "peer", "name", "eth0", "netns", b, "mtu", str(mtu))
+        for ns, addr in ((a, addr_a), (b, addr_b)):
+            run("ip", "-n", ns, "addr", "add", addr, "dev", "eth0")
+            run("ip", "-n", ns, "link", "set", "eth0", "up")
+            run("ip", "-n", ns, "route", "add", "169.254.1.1/32", "dev", "eth0")
+
+    def pod(self, node: str, ip: str, iface: str, mtu: int = 1480, route: bool = True) -> str:
+        """A pod netns wired to ``node`` through host veth ``iface``; returns the pod netns."""
+        ns = self.netns("p")
+        run("ip", "link", "add", "eth0", "netns", ns, "mtu", str(mtu), "type", "veth",
+            "peer", "name", iface, "netns", node, "mtu", str(mtu))
+        run("ip", "-n", node, "link", "set", iface, "address", "ee:ee:ee:ee:ee:ee", "up")
+        for key, val in (("proxy_arp", "1"), ("forwarding", "1")):
+            sysctl(node, f"net.ipv4.conf.{iface}.{key}", val)
+        sysctl(node, f"net.ipv4.neigh.{iface}.proxy_delay", "0")
+        run("ip", "-n", ns, "addr", "add", f"{ip}/32", "dev", "eth0")
+        run("ip", "-n", ns, "link", "set", "eth0", "up")
+        run("ip", "-n", ns, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
+        run("ip", "-n", ns, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
+        if route:
+            run("ip", "-n", node, "route", "add", f"{ip}/32", "dev", iface, "scope", "link")
+        return ns
+
+    def spawn(self, netns: str, *args: str, **kw) -> subprocess.Popen:
+        """Start a process inside ``netns``; it is killed (by PID) at close."""
+        p = subprocess.Popen(["ip", "netns", "exec", netns, *args], **kw)
+        self.procs.append(p)
+        return p
+
+    def tunnel(self, node: str, address: str, allow: list[str]) -> subprocess.Popen:
+        """Run the userspace tunl0 + pump (python -m agent.felix.tunnel) in ``node``; waits for ready."""
+        args = [PY, "-m", "agent.felix.tunnel", "--address", address]
+        for a in allow:
+            args += ["--allow", a]
+        p = self.spawn(node, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        line = p.stdout.readline()
+        if line.strip() != "ready":
+            p.kill()
+            raise AssertionError(f"tunnel in {node} did not start: {line!r} {p.stderr.read()}")
+        return p
+
+    def stop(self, p: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+        """Signal one of our processes and reap it."""
+        if p.poll() is None:
+            p.send_signal(sig)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def close(self) -> None:
+        """Kill our processes by PID and delete our namespaces (and with them their links)."""
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.kill()
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+        for ns in reversed(self.namespaces):
+            pids = run("ip", "netns", "pids", ns, check=False).split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            run("ip", "netns", "delete", ns, check=False)
+
+
+def two_node_tunnel(topo: Topo, mtu: int = 1500) -> dict:
+    """Nodes A and B with userspace tunnels, pod a (192.168.10.5) on A and pod b (192.168.20.7) on B."""
+    a, b = topo.node("a"), topo.node("b")
+    topo.link_nodes(a, b, "172.31.9.1/24", "172.31.9.2/24", mtu=mtu)
+    pa = topo.pod(a, "192.168.10.5", "cali0a0000001", mtu=mtu - 20)
+    pb = topo.pod(b, "192.168.20.7", "cali0b0000001", mtu=mtu - 20)
+    ta = topo.tunnel(a, "192.168.10.0", ["172.31.9.2"])
+    tb = topo.tunnel(b, "192.168.20.0", ["172.31.9.1"])
+    run("ip", "-n", a, "route", "add", "192.168.20.0/26", "via", "172.31.9.2", "dev", "tunl0", "onlink")
+    run("ip", "-n", b, "route", "add", "192.168.10.0/26", "via", "172.31.9.1", "dev", "tunl0", "onlink")
+    return {"a": a, "b": b, "pa": pa, "pb": pb, "ta": ta, "tb": tb, "ipa": "192.168.10.5", "ipb": "192.168.20.7"}
+
+
+if __name__ == "__main__":  # manual poking: python tests/netns/felix_support.py
+    t = Topo()
+    try:
+        env = two_node_tunnel(t)
+        print(run("ping", "-c", "3", "-W", "1", env["ipb"], netns=env["pa"], check=False))
+    finally:
+        t.close()
+    sys.exit(0)
