@@ -1,0 +1,738 @@
+"""Topology files (``topologies/*.yaml``) -> a validated, immutable model.
+
+Pure logic: nothing here touches the kernel. The lab (:mod:`testbed.lab`) only
+ever builds from a :class:`Topology` that passed :func:`load`, so bad input is
+rejected before any namespace exists.
+
+Schema (camelCase keys, as Calico's own YAML)::
+
+    name: walkthrough                  # lab name: [a-z0-9-], at most 24 chars
+    segments:                          # L2 segments (one Linux bridge each)
+      - {name: lan0, cidr: 172.30.0.0/24}
+      - {name: inet, cidr: 203.0.113.0/24}
+    routers:                           # in-lab routers between segments
+      - name: r0
+        interfaces:
+          - {segment: lan0, address: 172.30.0.1}
+          - {segment: inet, address: 203.0.113.1}
+    nodes:                             # the Kubernetes nodes
+      - {name: k8s-m, role: control-plane, address: 172.30.0.10, segment: lan0}
+      - {name: k8s-w0, role: worker, address: 172.30.0.11, segment: lan0}
+    external:                          # hosts on documentation prefixes ("the internet")
+      - {name: internet, address: 203.0.113.10, segment: inet}
+    calico:
+      pool: {cidr: 192.168.0.0/16, blockSize: 26, ipipMode: Always, vxlanMode: Never,
+             natOutgoing: true}
+      bgp: {mesh: true, asNumber: 64512, routeReflectors: [], externalPeers: []}
+    workloads:                         # Kubernetes manifests applied once the lab is up
+      - file: ../examples/nginx.yaml   # relative to this file
+      - manifest: {apiVersion: v1, kind: Pod, ...}
+
+Every error is a :class:`TopologyError` naming the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "TopologyError", "Segment", "RouterInterface", "Router", "NodeSpec", "ExternalHost",
+    "PoolSpec", "ExternalPeer", "BGPSpec", "CalicoSpec", "Workload", "Topology", "Route",
+    "load", "loads", "DOCUMENTATION_PREFIXES", "FORBIDDEN_PREFIXES",
+]
+
+#: RFC 5737 prefixes: the only place an in-lab "internet" host may live.
+DOCUMENTATION_PREFIXES = tuple(
+    IPv4Network(p) for p in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
+)
+#: Prefixes a lab may never use: 10/8 covers this machine's resolver; the rest
+#: are loopback, link-local (169.254.1.1 is Calico's fake gateway), multicast.
+FORBIDDEN_PREFIXES = tuple(
+    IPv4Network(p)
+    for p in ("10.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "0.0.0.0/8",
+              "240.0.0.0/4")
+)
+ROLES = ("control-plane", "worker")
+ENCAP_MODES = ("Never", "Always", "CrossSubnet")
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+LAB_NAME_MAX = 24
+#: Mininet names every node after its netns; a bridge name must fit IFNAMSIZ.
+SEGMENT_NAME_MAX = 15
+NODE_NAME_MAX = 40
+
+
+class TopologyError(ValueError):
+    """A topology file is invalid. ``str()`` reads ``file:line: field: problem``."""
+
+    def __init__(self, file: str, line: int | None, fieldpath: str, problem: str):
+        self.file, self.line, self.field, self.problem = file, line, fieldpath, problem
+        where = f"{file}:{line}" if line else file
+        super().__init__(f"{where}: {fieldpath}: {problem}" if fieldpath else f"{where}: {problem}")
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class Segment:
+    """An L2 segment: one Linux bridge with the hosts attached to it."""
+
+    name: str
+    cidr: IPv4Network
+    gateway: IPv4Address | None = None  # a router's address here, default route of nodes
+
+
+@dataclass(frozen=True)
+class RouterInterface:
+    """One leg of a router on a segment."""
+
+    segment: str
+    address: IPv4Address
+
+
+@dataclass(frozen=True)
+class Router:
+    """An in-lab router (a host with ip_forward) joining segments."""
+
+    name: str
+    interfaces: tuple[RouterInterface, ...]
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A Kubernetes node of the lab."""
+
+    name: str
+    role: str
+    address: IPv4Address
+    segment: str
+
+    @property
+    def is_control_plane(self) -> bool:
+        """True for the (single) control-plane node."""
+        return self.role == "control-plane"
+
+
+@dataclass(frozen=True)
+class ExternalHost:
+    """A host on a documentation prefix, the walkthrough's "internet"."""
+
+    name: str
+    address: IPv4Address
+    segment: str
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """The default IPv4 pool calico-node creates (CALICO_IPV4POOL_*)."""
+
+    cidr: IPv4Network = IPv4Network("192.168.0.0/16")
+    block_size: int = 26
+    ipip_mode: str = "Always"
+    vxlan_mode: str = "Never"
+    nat_outgoing: bool = True
+
+
+@dataclass(frozen=True)
+class ExternalPeer:
+    """A BGP peer outside the cluster (e.g. a BIRD on an external host)."""
+
+    address: IPv4Address
+    as_number: int
+    name: str = ""
+    node: str = ""  # empty: a global peer (all nodes); else only that node peers
+
+
+@dataclass(frozen=True)
+class BGPSpec:
+    """Cluster BGP settings (BGPConfiguration default + BGPPeers)."""
+
+    mesh: bool = True
+    as_number: int = 64512
+    route_reflectors: tuple[str, ...] = ()
+    external_peers: tuple[ExternalPeer, ...] = ()
+
+
+@dataclass(frozen=True)
+class CalicoSpec:
+    """Calico settings of the lab."""
+
+    pool: PoolSpec = field(default_factory=PoolSpec)
+    bgp: BGPSpec = field(default_factory=BGPSpec)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Kubernetes documents to apply once the lab is up."""
+
+    source: str  # the manifest's path, or "<inline workloads[i]>"
+    documents: tuple[dict, ...]
+
+
+@dataclass(frozen=True)
+class Route:
+    """A static route a lab host needs (destination via gateway)."""
+
+    dst: IPv4Network
+    via: IPv4Address
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A validated lab description."""
+
+    name: str
+    path: str
+    segments: tuple[Segment, ...]
+    nodes: tuple[NodeSpec, ...]
+    routers: tuple[Router, ...] = ()
+    external: tuple[ExternalHost, ...] = ()
+    calico: CalicoSpec = field(default_factory=CalicoSpec)
+    workloads: tuple[Workload, ...] = ()
+
+    # -- lookups
+    @property
+    def control_plane(self) -> NodeSpec:
+        """The control-plane node (runs etcd)."""
+        return next(n for n in self.nodes if n.is_control_plane)
+
+    @property
+    def workers(self) -> tuple[NodeSpec, ...]:
+        """The worker nodes, in file order."""
+        return tuple(n for n in self.nodes if not n.is_control_plane)
+
+    def node(self, name: str) -> NodeSpec:
+        """The node called ``name`` (KeyError if none)."""
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def segment(self, name: str) -> Segment:
+        """The segment called ``name`` (KeyError if none)."""
+        for s in self.segments:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    @property
+    def etcd_endpoints(self) -> list[str]:
+        """Client URLs of the lab's etcd (on the control-plane node's address)."""
+        return [f"http://{self.control_plane.address}:2379"]
+
+    def host_names(self) -> list[str]:
+        """Every Mininet host of the lab: nodes, routers, external hosts."""
+        return ([n.name for n in self.nodes] + [r.name for r in self.routers]
+                + [e.name for e in self.external])
+
+    def interface_of(self, host: str) -> list[tuple[str, str, IPv4Address, int]]:
+        """``(ifname, segment, address, prefixlen)`` for each leg of ``host``."""
+        for n in (*self.nodes, *self.external):
+            if n.name == host:
+                return [("eth0", n.segment, n.address, self.segment(n.segment).cidr.prefixlen)]
+        for r in self.routers:
+            if r.name == host:
+                return [(f"eth{i}", i_.segment, i_.address, self.segment(i_.segment).cidr.prefixlen)
+                        for i, i_ in enumerate(r.interfaces)]
+        raise KeyError(host)
+
+    def routes_of(self, host: str) -> list[Route]:
+        """Static routes ``host`` needs to reach every segment of the lab.
+
+        Nodes and external hosts route through their segment's gateway (a default
+        route, confined to the lab: the only next hops are lab routers); routers
+        get a route per segment they are not on, towards the next router on a
+        shortest path.
+        """
+        for n in (*self.nodes, *self.external):
+            if n.name == host:
+                gw = self.segment(n.segment).gateway
+                return [Route(IPv4Network("0.0.0.0/0"), gw)] if gw else []
+        for r in self.routers:
+            if r.name == host:
+                return self._router_routes(r)
+        raise KeyError(host)
+
+    def _router_routes(self, router: Router) -> list[Route]:
+        # BFS over segments; edges are routers (other than the one we are on).
+        mine = {i.segment for i in router.interfaces}
+        first_hop: dict[str, IPv4Address] = {}
+        frontier: list[tuple[str, IPv4Address]] = []
+        for seg in mine:
+            for other in self.routers:
+                if other.name == router.name:
+                    continue
+                legs = {i.segment: i.address for i in other.interfaces}
+                if seg in legs:
+                    for s2 in legs:
+                        if s2 not in mine and s2 not in first_hop:
+                            first_hop[s2] = legs[seg]
+                            frontier.append((s2, legs[seg]))
+        while frontier:
+            seg, hop = frontier.pop(0)
+            for other in self.routers:
+                legs = {i.segment for i in other.interfaces}
+                if seg in legs:
+                    for s2 in legs:
+                        if s2 not in mine and s2 not in first_hop:
+                            first_hop[s2] = hop
+                            frontier.append((s2, hop))
+        return [Route(self.segment(s).cidr, hop) for s, hop in sorted(first_hop.items())]
+
+    def expected_bgp_sessions(self) -> int:
+        """BGP sessions inside the cluster: N(N-1)/2 for a full mesh, else RR clients.
+
+        With route reflectors and mesh off, every non-RR node peers with every RR
+        and the RRs peer with each other.
+        """
+        n = len(self.nodes)
+        if self.calico.bgp.mesh and not self.calico.bgp.route_reflectors:
+            return n * (n - 1) // 2
+        rr = len(self.calico.bgp.route_reflectors)
+        return rr * (n - rr) + rr * (rr - 1) // 2
+
+    def calico_node_env(self) -> dict[str, str]:
+        """The calico-node environment the manifest would set (calico.yaml)."""
+        pool = self.calico.pool
+        return {
+            "CALICO_IPV4POOL_CIDR": str(pool.cidr),
+            "CALICO_IPV4POOL_BLOCK_SIZE": str(pool.block_size),
+            "CALICO_IPV4POOL_IPIP": pool.ipip_mode,
+            "CALICO_IPV4POOL_VXLAN": pool.vxlan_mode,
+            "CALICO_IPV4POOL_NAT_OUTGOING": "true" if pool.nat_outgoing else "false",
+            "CALICO_NETWORKING_BACKEND": "bird" if pool.vxlan_mode == "Never" else "vxlan",
+            "IP": "autodetect",
+            "IP_AUTODETECTION_METHOD": "interface=eth0",
+            "DATASTORE_TYPE": "etcdv3",
+            "FELIX_HEALTHPORT": "9099",
+            "CALICO_BGP_AS": str(self.calico.bgp.as_number),
+            "CALICO_BGP_MESH": "true" if self.calico.bgp.mesh else "false",
+        }
+
+
+# --------------------------------------------------------------------------- YAML with marks
+
+
+class _Doc:
+    """Plain data from YAML plus the line of every field path."""
+
+    def __init__(self, file: str):
+        self.file = file
+        self.lines: dict[tuple, int] = {}
+
+    def err(self, path: tuple, problem: str) -> TopologyError:
+        """An error for ``path`` at the nearest line known."""
+        p = path
+        while p and p not in self.lines:
+            p = p[:-1]
+        return TopologyError(self.file, self.lines.get(p), _fmt(path), problem)
+
+
+def _fmt(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _plain(node: yaml.Node, loader: yaml.SafeLoader, doc: _Doc, path: tuple) -> Any:
+    doc.lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict = {}
+        for knode, vnode in node.value:
+            if knode.tag == "tag:yaml.org,2002:merge":
+                raise TopologyError(doc.file, knode.start_mark.line + 1, _fmt(path),
+                                    "YAML merge keys (<<) are not supported")
+            key = loader.construct_object(knode, deep=True)
+            if not isinstance(key, str):
+                raise TopologyError(doc.file, knode.start_mark.line + 1, _fmt(path),
+                                    f"keys must be strings, got {key!r}")
+            if key in out:
+                raise TopologyError(doc.file, knode.start_mark.line + 1, _fmt(path + (key,)),
+                                    "duplicate key")
+            out[key] = _plain(vnode, loader, doc, path + (key,))
+            doc.lines[path + (key,)] = knode.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_plain(v, loader, doc, path + (i,)) for i, v in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def _compose(text: str, file: str) -> tuple[Any, _Doc]:
+    doc = _Doc(file)
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise TopologyError(file, None, "", "the file is empty")
+        return _plain(node, loader, doc, ()), doc
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise TopologyError(file, line, "", f"malformed YAML: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise TopologyError(file, None, "", f"malformed YAML: {exc}") from None
+    finally:
+        loader.dispose()
+
+
+# --------------------------------------------------------------------------- field readers
+
+
+class _Reader:
+    """Typed access to one mapping of the document, rejecting unknown keys."""
+
+    def __init__(self, doc: _Doc, data: Any, path: tuple, allowed: tuple[str, ...]):
+        self.doc, self.path = doc, path
+        if not isinstance(data, dict):
+            raise doc.err(path, f"expected a mapping, got {_kind(data)}")
+        for key in data:
+            if key not in allowed:
+                raise doc.err(path + (key,), f"unknown field (allowed: {', '.join(allowed)})")
+        self.data = data
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def sub(self, key: str) -> tuple:
+        return self.path + (key,)
+
+    def raw(self, key: str, default: Any = None, required: bool = False) -> Any:
+        if key not in self.data or self.data[key] is None:
+            if required:
+                raise self.doc.err(self.path, f"missing required field '{key}'")
+            return default
+        return self.data[key]
+
+    def str(self, key: str, default: str | None = None, required: bool = False) -> Any:
+        v = self.raw(key, default, required)
+        if v is not None and not isinstance(v, str):
+            raise self.doc.err(self.sub(key), f"expected a string, got {_kind(v)} {v!r}")
+        return v
+
+    def name(self, key: str, maxlen: int) -> str:
+        v = self.str(key, required=True)
+        if len(v) > maxlen or not _NAME_RE.match(v):
+            raise self.doc.err(self.sub(key), f"invalid name {v!r}: use lowercase letters, digits "
+                               f"and '-', not at either end, at most {maxlen} characters")
+        return v
+
+    def bool(self, key: str, default: bool) -> bool:
+        v = self.raw(key, default)
+        if not isinstance(v, bool):
+            raise self.doc.err(self.sub(key), f"expected true or false, got {v!r}")
+        return v
+
+    def int(self, key: str, default: int, lo: int, hi: int) -> int:
+        v = self.raw(key, default)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self.doc.err(self.sub(key), f"expected an integer, got {v!r}")
+        if not lo <= v <= hi:
+            raise self.doc.err(self.sub(key), f"{v} is out of range {lo}..{hi}")
+        return v
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        v = self.raw(key, default)
+        if v not in choices:
+            raise self.doc.err(self.sub(key), f"{v!r} is not one of {', '.join(choices)}")
+        return v
+
+    def list(self, key: str) -> list:
+        v = self.raw(key, [])
+        if not isinstance(v, list):
+            raise self.doc.err(self.sub(key), f"expected a list, got {_kind(v)}")
+        return v
+
+    def network(self, key: str, default: str | None = None) -> IPv4Network:
+        v = self.raw(key, default, required=default is None)
+        text = str(v)
+        try:
+            loose = IPv4Network(text, strict=False)
+        except ValueError:
+            raise self.doc.err(self.sub(key), f"{v!r} is not an IPv4 CIDR") from None
+        if "/" not in text:
+            raise self.doc.err(self.sub(key), f"{v!r} has no prefix length (e.g. {v}/24)")
+        if IPv4Address(text.split("/")[0]) != loose.network_address:
+            raise self.doc.err(self.sub(key), f"{v!r} has host bits set (did you mean {loose}?)")
+        return loose
+
+    def address(self, key: str) -> tuple[IPv4Address, int | None]:
+        v = self.raw(key, required=True)
+        text = str(v)
+        try:
+            iface = ipaddress.IPv4Interface(text)
+        except ValueError:
+            raise self.doc.err(self.sub(key), f"{v!r} is not an IPv4 address") from None
+        return iface.ip, (iface.network.prefixlen if "/" in text else None)
+
+
+def _kind(v: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", int: "an integer",
+            bool: "a boolean", float: "a number", type(None): "nothing"}.get(type(v), type(v).__name__)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load(path: str | Path, name: str | None = None) -> Topology:
+    """Read and validate the topology file at ``path``; ``name`` overrides the lab name."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise TopologyError(str(path), None, "", f"cannot read: {exc.strerror}") from None
+    return loads(text, file=str(path), base=p.parent, name=name)
+
+
+def loads(text: str, file: str = "<string>", base: Path | None = None,
+          name: str | None = None) -> Topology:
+    """Validate topology YAML ``text``; ``file`` names it in errors, ``base`` resolves manifests."""
+    data, doc = _compose(text, file)
+    top = _Reader(doc, data, (), ("name", "segments", "routers", "nodes", "external",
+                                  "calico", "workloads"))
+    lab = top.name("name", LAB_NAME_MAX)
+    if name is not None:
+        if len(name) > LAB_NAME_MAX or not _NAME_RE.match(name):
+            raise TopologyError(file, None, "name", f"invalid lab name {name!r}: lowercase letters, "
+                                f"digits and '-', at most {LAB_NAME_MAX} characters")
+        lab = name
+    names: dict[str, tuple] = {}
+
+    def claim(n: str, path: tuple) -> None:
+        if n in names:
+            raise doc.err(path, f"duplicate name {n!r} (already used at {_fmt(names[n])})")
+        names[n] = path
+
+    # segments
+    segs: list[Segment] = []
+    seg_items = top.list("segments")
+    if not seg_items:
+        raise doc.err(("segments",), "at least one segment is required")
+    for i, item in enumerate(seg_items):
+        r = _Reader(doc, item, ("segments", i), ("name", "cidr", "gateway"))
+        sname = r.name("name", SEGMENT_NAME_MAX)
+        claim(sname, r.sub("name"))
+        cidr = r.network("cidr")
+        if cidr.prefixlen > 30:
+            raise doc.err(r.sub("cidr"), f"{cidr} is too small for a segment (at most /30)")
+        _check_allowed(doc, r.sub("cidr"), cidr)
+        for other in segs:
+            if other.cidr.overlaps(cidr):
+                raise doc.err(r.sub("cidr"), f"{cidr} overlaps segment {other.name} ({other.cidr})")
+        gw = None
+        if r.has("gateway"):
+            gw, _ = r.address("gateway")
+        segs.append(Segment(sname, cidr, gw))
+    seg_by = {s.name: s for s in segs}
+    used_addr: dict[IPv4Address, tuple] = {}
+
+    def place(path: tuple, r: _Reader, seg_name: str, key: str = "address") -> IPv4Address:
+        if seg_name not in seg_by:
+            raise doc.err(r.sub("segment"), f"unknown segment {seg_name!r} "
+                          f"(segments: {', '.join(seg_by)})")
+        seg = seg_by[seg_name]
+        addr, plen = r.address(key)
+        if addr not in seg.cidr:
+            raise doc.err(r.sub(key), f"{addr} is outside its segment {seg.name} ({seg.cidr})")
+        if plen is not None and plen != seg.cidr.prefixlen:
+            raise doc.err(r.sub(key), f"prefix /{plen} differs from segment {seg.name} ({seg.cidr})")
+        if addr in (seg.cidr.network_address, seg.cidr.broadcast_address):
+            raise doc.err(r.sub(key), f"{addr} is the network or broadcast address of {seg.cidr}")
+        if addr in used_addr:
+            raise doc.err(r.sub(key), f"address {addr} is already used at {_fmt(used_addr[addr])}")
+        used_addr[addr] = r.sub(key)
+        return addr
+
+    # routers
+    routers: list[Router] = []
+    for i, item in enumerate(top.list("routers")):
+        r = _Reader(doc, item, ("routers", i), ("name", "interfaces"))
+        rname = r.name("name", NODE_NAME_MAX)
+        claim(rname, r.sub("name"))
+        legs: list[RouterInterface] = []
+        items = r.list("interfaces")
+        if len(items) < 2:
+            raise doc.err(r.sub("interfaces"), "a router needs at least two interfaces")
+        for j, leg in enumerate(items):
+            lr = _Reader(doc, leg, r.sub("interfaces") + (j,), ("segment", "address"))
+            sname = lr.str("segment", required=True)
+            if any(x.segment == sname for x in legs):
+                raise doc.err(lr.sub("segment"), f"router {rname} is on segment {sname} twice")
+            legs.append(RouterInterface(sname, place(lr.path, lr, sname)))
+        routers.append(Router(rname, tuple(legs)))
+
+    # segment gateways: explicit, else the only router on the segment
+    for i, seg in enumerate(segs):
+        on = [leg for rt in routers for leg in rt.interfaces if leg.segment == seg.name]
+        if seg.gateway is not None:
+            if not any(leg.address == seg.gateway for leg in on):
+                raise doc.err(("segments", i, "gateway"),
+                              f"{seg.gateway} is not a router address on segment {seg.name}")
+        elif len(on) == 1:
+            segs[i] = Segment(seg.name, seg.cidr, on[0].address)
+        elif len(on) > 1:
+            raise doc.err(("segments", i), f"segment {seg.name} has {len(on)} routers: "
+                          "say which one is the gateway ('gateway: <address>')")
+    seg_by = {s.name: s for s in segs}
+
+    # nodes
+    nodes: list[NodeSpec] = []
+    node_items = top.list("nodes")
+    if not node_items:
+        raise doc.err(("nodes",), "at least one node is required")
+    for i, item in enumerate(node_items):
+        r = _Reader(doc, item, ("nodes", i), ("name", "role", "address", "segment"))
+        nname = r.name("name", NODE_NAME_MAX)
+        claim(nname, r.sub("name"))
+        role = r.choice("role", "worker", ROLES)
+        sname = r.str("segment", required=True)
+        nodes.append(NodeSpec(nname, role, place(r.path, r, sname), sname))
+    cps = [n for n in nodes if n.is_control_plane]
+    if len(cps) != 1:
+        raise doc.err(("nodes",), f"exactly one node must have role control-plane, found {len(cps)}")
+
+    # external hosts
+    externals: list[ExternalHost] = []
+    for i, item in enumerate(top.list("external")):
+        r = _Reader(doc, item, ("external", i), ("name", "address", "segment"))
+        ename = r.name("name", NODE_NAME_MAX)
+        claim(ename, r.sub("name"))
+        sname = r.str("segment", required=True)
+        addr = place(r.path, r, sname)
+        seg = seg_by[sname]
+        if not any(seg.cidr.subnet_of(d) for d in DOCUMENTATION_PREFIXES):
+            raise doc.err(r.sub("segment"), f"external host {ename} must be on a documentation "
+                          f"prefix (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24), not {seg.cidr}")
+        if any(n.segment == sname for n in nodes):
+            raise doc.err(r.sub("segment"), f"segment {sname} holds Kubernetes nodes; put external "
+                          "hosts on their own segment behind a router")
+        externals.append(ExternalHost(ename, addr, sname))
+
+    calico = _calico(doc, top.raw("calico", {}), segs, {n.name for n in nodes}, used_addr)
+    workloads = _workloads(doc, top.list("workloads"), base, {n.name for n in nodes})
+    return Topology(lab, file, tuple(segs), tuple(nodes), tuple(routers), tuple(externals),
+                    calico, workloads)
+
+
+def _check_allowed(doc: _Doc, path: tuple, net: IPv4Network) -> None:
+    for bad in FORBIDDEN_PREFIXES:
+        if net.overlaps(bad):
+            raise doc.err(path, f"{net} overlaps {bad}, which a lab may never use")
+
+
+def _calico(doc: _Doc, data: Any, segs: list[Segment], node_names: set[str],
+            used: dict[IPv4Address, tuple]) -> CalicoSpec:
+    c = _Reader(doc, data, ("calico",), ("pool", "bgp"))
+    p = _Reader(doc, c.raw("pool", {}), ("calico", "pool"),
+                ("cidr", "blockSize", "ipipMode", "vxlanMode", "natOutgoing"))
+    cidr = p.network("cidr", "192.168.0.0/16")
+    _check_allowed(doc, p.sub("cidr"), cidr)
+    for s in segs:
+        if s.cidr.overlaps(cidr):
+            raise doc.err(p.sub("cidr"), f"pool {cidr} overlaps segment {s.name} ({s.cidr})")
+    block = p.int("blockSize", 26, 20, 32)
+    if block < cidr.prefixlen:
+        raise doc.err(p.sub("blockSize"), f"block size /{block} is larger than the pool {cidr}")
+    ipip = p.choice("ipipMode", "Always", ENCAP_MODES)
+    vxlan = p.choice("vxlanMode", "Never", ENCAP_MODES)
+    if ipip != "Never" and vxlan != "Never":
+        raise doc.err(p.sub("vxlanMode"), "ipipMode and vxlanMode cannot both be enabled")
+    pool = PoolSpec(cidr, block, ipip, vxlan, p.bool("natOutgoing", True))
+
+    b = _Reader(doc, c.raw("bgp", {}), ("calico", "bgp"),
+                ("mesh", "asNumber", "routeReflectors", "externalPeers"))
+    rrs: list[str] = []
+    for i, rr in enumerate(b.list("routeReflectors")):
+        if rr not in node_names:
+            raise doc.err(b.sub("routeReflectors") + (i,), f"unknown node {rr!r}")
+        if rr in rrs:
+            raise doc.err(b.sub("routeReflectors") + (i,), f"duplicate route reflector {rr!r}")
+        rrs.append(rr)
+    mesh = b.bool("mesh", True)
+    if not mesh and not rrs and len(node_names) > 1 and not b.list("externalPeers"):
+        raise doc.err(b.sub("mesh"), "mesh is off and there are no route reflectors or external "
+                      "peers: nodes would learn no routes")
+    peers: list[ExternalPeer] = []
+    for i, item in enumerate(b.list("externalPeers")):
+        r = _Reader(doc, item, b.sub("externalPeers") + (i,), ("name", "address", "asNumber", "node"))
+        addr, _ = r.address("address")
+        if not any(addr in s.cidr for s in segs):
+            raise doc.err(r.sub("address"), f"{addr} is not on any segment of the lab")
+        node = r.str("node", "")
+        if node and node not in node_names:
+            raise doc.err(r.sub("node"), f"unknown node {node!r}")
+        peers.append(ExternalPeer(addr, r.int("asNumber", 0, 1, 4294967295) if r.has("asNumber")
+                                  else _missing(doc, r, "asNumber"), r.str("name", ""), node))
+    return CalicoSpec(pool, BGPSpec(mesh, b.int("asNumber", 64512, 1, 4294967295),
+                                    tuple(rrs), tuple(peers)))
+
+
+def _missing(doc: _Doc, r: _Reader, key: str) -> Any:
+    raise doc.err(r.path, f"missing required field '{key}'")
+
+
+def _workloads(doc: _Doc, items: list, base: Path | None, node_names: set[str]) -> tuple[Workload, ...]:
+    out: list[Workload] = []
+    for i, item in enumerate(items):
+        path = ("workloads", i)
+        if isinstance(item, str):
+            item = {"file": item}
+        r = _Reader(doc, item, path, ("file", "manifest"))
+        if r.has("file") == r.has("manifest"):
+            raise doc.err(path, "give exactly one of 'file' or 'manifest'")
+        if r.has("file"):
+            rel = r.str("file", required=True)
+            mpath = (base or Path(".")) / rel
+            try:
+                docs = [d for d in yaml.safe_load_all(mpath.read_text()) if d is not None]
+            except OSError as exc:
+                raise doc.err(r.sub("file"), f"cannot read manifest {mpath}: {exc.strerror}") from None
+            except yaml.YAMLError as exc:
+                raise doc.err(r.sub("file"), f"manifest {mpath} is malformed YAML: {exc}") from None
+            source = str(mpath)
+        else:
+            m = r.raw("manifest", required=True)
+            docs = m if isinstance(m, list) else [m]
+            source = f"<inline workloads[{i}]>"
+        for j, d in enumerate(docs):
+            where = r.sub("manifest") + ((j,) if len(docs) > 1 else ()) if r.has("manifest") \
+                else r.sub("file")
+            _check_manifest(doc, where, source, d, node_names)
+        out.append(Workload(source, tuple(docs)))
+    return tuple(out)
+
+
+def _check_manifest(doc: _Doc, path: tuple, source: str, d: Any, node_names: set[str]) -> None:
+    if not isinstance(d, dict):
+        raise doc.err(path, f"{source}: a manifest document must be a mapping")
+    for key in ("apiVersion", "kind"):
+        if not isinstance(d.get(key), str):
+            raise doc.err(path, f"{source}: document without '{key}'")
+    meta = d.get("metadata")
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+        raise doc.err(path, f"{source}: {d['kind']} without metadata.name")
+    for pod_spec in _pod_specs(d):
+        nn = pod_spec.get("nodeName")
+        if nn is not None and nn not in node_names:
+            raise doc.err(path, f"{source}: {d['kind']} {meta['name']} has nodeName {nn!r}, "
+                          f"which is not a node of the lab ({', '.join(sorted(node_names))})")
+
+
+def _pod_specs(d: dict) -> Iterator[dict]:
+    spec = d.get("spec")
+    if not isinstance(spec, dict):
+        return
+    if d.get("kind") == "Pod":
+        yield spec
+        return
+    tmpl = spec.get("template")
+    if isinstance(tmpl, dict) and isinstance(tmpl.get("spec"), dict):
+        yield tmpl["spec"]
