@@ -1,0 +1,167 @@
+"""Userspace tunl0 in namespaces: real IPIP on the wire, source filtering, restart keeps flows."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import textwrap
+
+import pytest
+
+from testbed.poll import wait_for
+from tests.netns.felix_support import PY, Topo, run, two_node_tunnel
+from tests.support import require_root, require_tool
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture
+def topo():
+    require_root()
+    t = Topo()
+    yield t
+    t.close()
+
+
+def test_ensure_tunl0_userspace_is_idempotent_and_exact(topo):
+    node = topo.node("n")
+    script = textwrap.dedent("""
+        from agent.felix.tunnel import ensure_tunl0
+        for _ in range(2):
+            info = ensure_tunl0("192.168.3.0", 1480, mode="userspace")
+        print(info.kind, info.ifname, info.address, info.mtu)
+    """)
+    out = run(PY, "-c", script, netns=node)
+    assert out.split() == ["userspace", "tunl0", "192.168.3.0", "1480"]
+    addrs = run("ip", "-4", "-o", "addr", "show", "dev", "tunl0", netns=node)
+    assert [line.split()[3] for line in addrs.splitlines()] == ["192.168.3.0/32"]
+    link = run("ip", "link", "show", "tunl0", netns=node)
+    assert "mtu 1480" in link and ",UP" in link
+    # A second address added by hand is removed, as Felix does (felix#2887).
+    run("ip", "addr", "add", "10.9.9.9/24", "dev", "tunl0", netns=node)
+    run(PY, "-c", script, netns=node)
+    addrs = run("ip", "-4", "-o", "addr", "show", "dev", "tunl0", netns=node)
+    assert [line.split()[3] for line in addrs.splitlines()] == ["192.168.3.0/32"]
+
+
+def test_bad_tunnel_input_is_rejected():
+    from agent.felix.tunnel import TunnelError, ensure_tunl0
+
+    with pytest.raises(TunnelError, match="not an IPv4 address"):
+        ensure_tunl0("nonsense", 1480)
+    with pytest.raises(TunnelError, match="MTU"):
+        ensure_tunl0("192.168.0.1", 10)
+    with pytest.raises(TunnelError, match="mode"):
+        ensure_tunl0("192.168.0.1", 1480, mode="gre")
+
+
+def test_pod_to_pod_over_userspace_tunnel_is_real_ipip(topo):
+    require_tool("tcpdump")
+    env = two_node_tunnel(topo)
+    pcap = f"/tmp/felix-tunnel-{topo.tag}.pcap"
+    cap = topo.spawn(env["b"], "tcpdump", "-ni", "eth0", "--immediate-mode", "-U", "-w", pcap, "ip proto 4",
+                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cap.stderr.readline()  # "listening on eth0 ..."
+    out = run("ping", "-c", "3", "-i", "0.2", "-W", "2", env["ipb"], netns=env["pa"], check=False)
+    assert " 0% packet loss" in out, out
+    cap.send_signal(signal.SIGINT)
+    cap.wait(timeout=5)
+    from scapy.all import ICMP, IP, rdpcap
+
+    pkts = [p for p in rdpcap(pcap) if IP in p and p[IP].proto == 4]
+    assert pkts, "no protocol-4 packets on node b's eth0"
+    outer_pairs = {(p[IP].src, p[IP].dst) for p in pkts}
+    assert outer_pairs == {("172.31.9.1", "172.31.9.2"), ("172.31.9.2", "172.31.9.1")}
+    inner = [p[IP].payload for p in pkts]
+    assert {(i.src, i.dst, i[ICMP].type) for i in inner} == {
+        ("192.168.10.5", "192.168.20.7", 8), ("192.168.20.7", "192.168.10.5", 0)}
+
+
+def test_ipip_from_unknown_source_is_not_delivered(topo):
+    env = two_node_tunnel(topo)
+    # A third host on node b's segment sends IPIP to b: it must not be decapsulated.
+    rogue = topo.netns("r")
+    run("ip", "link", "add", "eth1", "netns", env["b"], "type", "veth", "peer", "name", "eth0", "netns", rogue)
+    run("ip", "-n", env["b"], "addr", "add", "172.31.8.1/24", "dev", "eth1")
+    run("ip", "-n", env["b"], "link", "set", "eth1", "up")
+    run("ip", "-n", rogue, "addr", "add", "172.31.8.9/24", "dev", "eth0")
+    run("ip", "-n", rogue, "link", "set", "eth0", "up")
+    sender = textwrap.dedent("""
+        import socket, struct
+        def csum(b):
+            s = sum(struct.unpack('!10H', b)); s = (s >> 16) + (s & 0xffff); s += s >> 16
+            return ~s & 0xffff
+        src, dst = socket.inet_aton('192.168.10.99'), socket.inet_aton('192.168.20.7')
+        icmp = struct.pack('!BBHHH', 8, 0, 0, 1, 1) + b'x' * 8
+        c = sum(struct.unpack('!8H', icmp)); c = (c >> 16) + (c & 0xffff); c = ~(c + (c >> 16)) & 0xffff
+        icmp = icmp[:2] + struct.pack('!H', c) + icmp[4:]
+        h = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(icmp), 1, 0, 64, 1, 0, src, dst)
+        h = h[:10] + struct.pack('!H', csum(h)) + h[12:]
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)
+        for _ in range(5):
+            s.sendto(h + icmp, ('172.31.8.1', 0))
+    """)
+    cap = topo.spawn(env["pb"], "tcpdump", "-ni", "eth0", "--immediate-mode", "-l", "icmp",
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cap.stderr.readline()
+    run(PY, "-c", sender, netns=rogue)
+    # The same packet from a known node does arrive (proves the sender is right).
+    run("ip", "-n", env["a"], "route", "add", "172.31.8.0/24", "dev", "eth0")
+    run(PY, "-c", sender.replace("'172.31.8.1'", "'172.31.9.2'"), netns=env["a"])
+    os.set_blocking(cap.stdout.fileno(), False)
+    seen: list[str] = []
+
+    def requests() -> list[str]:
+        seen.extend(cap.stdout.readlines())
+        return [ln for ln in seen if "192.168.10.99 > 192.168.20.7" in ln]
+
+    wait_for(requests, lambda r: len(r) >= 5, timeout=5, what="5 echo requests from the known node")
+    cap.send_signal(signal.SIGINT)
+    cap.wait(timeout=5)
+    assert len(requests()) == 5, seen
+
+
+def _echo_pair(topo, env):
+    server = textwrap.dedent("""
+        import socket, sys
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(('192.168.20.7', 7007)); s.listen(1); print('listening', flush=True)
+        c, _ = s.accept()
+        while True:
+            d = c.recv(4096)
+            if not d: break
+            c.sendall(d)
+    """)
+    client = textwrap.dedent("""
+        import socket, sys
+        c = socket.create_connection(('192.168.20.7', 7007), timeout=30)
+        for line in sys.stdin:
+            c.sendall(line.encode()); print(c.recv(4096).decode().strip(), flush=True)
+    """)
+    srv = topo.spawn(env["pb"], PY, "-c", server, stdout=subprocess.PIPE, text=True)
+    assert srv.stdout.readline().strip() == "listening"
+    cli = topo.spawn(env["pa"], PY, "-c", client, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return cli
+
+
+def _say(cli, word):
+    cli.stdin.write(word + "\n")
+    cli.stdin.flush()
+    return cli.stdout.readline().strip()
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_established_flow_survives_pump_restart(topo, how):
+    env = two_node_tunnel(topo)
+    cli = _echo_pair(topo, env)
+    assert _say(cli, "before") == "before"
+    topo.stop(env["ta"], how)
+    # The TUN persists with its routes while no pump runs.
+    assert "192.168.20.0/26 via 172.31.9.2 dev tunl0" in run("ip", "route", netns=env["a"])
+    topo.tunnel(env["a"], "192.168.10.0", ["172.31.9.2"])
+    assert _say(cli, "after") == "after"
+    routes = run("ip", "route", "show", "dev", "tunl0", netns=env["a"]).splitlines()
+    assert routes == ["192.168.20.0/26 via 172.31.9.2 onlink "]
+    wait_for(lambda: cli.poll(), lambda rc: rc is None, timeout=0.1, what="client still connected")
+    cli.stdin.close()
