@@ -1,0 +1,1 @@
+"""The BGP speaker doing BIRD's job in calico-node: codecs, FSM, RIB, kernel routes, service."""

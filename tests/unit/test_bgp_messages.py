@@ -1,0 +1,183 @@
+"""Golden-byte tests for the BGP codecs (vectors computed by hand from RFC 4271/5492/6793)."""
+
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from agent.bgp import errors as E
+from agent.bgp import messages as M
+
+pytestmark = pytest.mark.unit
+
+MK = "ff" * 16
+
+OPEN_HEX = (
+    MK + "0047" + "01"          # length 71, OPEN
+    + "04" + "fc00" + "00f0" + "ac1e000b" + "2a"   # v4, AS 64512, hold 240, id, opt len 42
+    + "0206" + "0104" + "00010001"                 # MP IPv4 unicast
+    + "0202" + "0200"                              # route refresh
+    + "0208" + "4006" + "0078" + "00010100"        # GR 120 s, ipv4/unicast
+    + "0206" + "4104" + "0000fc00"                 # 4-octet AS 64512
+    + "0206" + "4504" + "00010101"                 # ADD-PATH ipv4/unicast receive
+    + "0202" + "4600"                              # enhanced route refresh
+)
+
+# BIRD's layout: all capabilities in a single optional parameter
+OPEN_ONE_PARAM_HEX = (
+    MK + "003d" + "01" + "04" + "fc00" + "00f0" + "ac1e000b" + "20" + "02" + "1e"
+    + "0104" + "00010001" + "0200" + "4006" + "0078" + "00010100" + "4104" + "0000fc00"
+    + "4504" + "00010101" + "4600"
+)
+
+OPEN_MSG = M.Open(asn=64512, hold_time=240, router_id=IPv4Address("172.30.0.11"), capabilities=[
+    M.MultiProtocol(), M.RouteRefreshCap(), M.GracefulRestart(120),
+    M.FourOctetAS(64512), M.AddPath(((1, 1, 1),)), M.EnhancedRouteRefreshCap()])
+
+UPDATE_HEX = (
+    MK + "0030" + "02" + "0000" + "0015"
+    + "400101" + "00"            # ORIGIN IGP
+    + "400200"                   # empty AS_PATH (iBGP)
+    + "400304" + "ac1e000b"      # NEXT_HOP 172.30.0.11
+    + "400504" + "00000064"      # LOCAL_PREF 100
+    + "18" + "c0a801"            # 192.168.1.0/24
+)
+
+
+def hx(s: str) -> bytes:
+    return bytes.fromhex(s)
+
+
+def test_keepalive_golden():
+    assert M.encode(M.Keepalive()) == hx(MK + "0013" + "04")
+    assert M.decode(hx(MK + "001304")) == M.Keepalive()
+
+
+def test_open_golden_roundtrip():
+    assert M.encode(OPEN_MSG).hex() == OPEN_HEX
+    assert M.decode(hx(OPEN_HEX)) == OPEN_MSG
+    assert M.decode(hx(OPEN_ONE_PARAM_HEX)) == OPEN_MSG
+
+
+def test_open_large_as_uses_as_trans():
+    msg = M.Open(asn=4200000001, hold_time=90, router_id=IPv4Address("1.2.3.4"),
+                 capabilities=[M.FourOctetAS(4200000001)])
+    raw = M.encode(msg)
+    assert raw[20:22].hex() == "5ba0"            # AS_TRANS 23456
+    assert M.decode(raw).asn == 4200000001
+
+
+def test_open_parses_llgr_and_unknown_capability():
+    caps = "4707" + "00010180" + "000e10" + "4903" + "abcdef"   # LLGR 3600 s; unknown 73
+    body = "04" + "fc00" + "00f0" + "01020304" + "10" + "020e" + caps
+    raw = hx(MK + f"{19 + len(body) // 2:04x}" + "01" + body)
+    msg = M.decode(raw)
+    assert msg.capabilities == [M.LongLivedGR(((1, 1, 0x80, 3600),)), M.Capability(73, hx("abcdef"))]
+
+
+def test_update_golden_roundtrip():
+    upd = M.Update(attributes=M.Attributes(origin=0, next_hop=IPv4Address("172.30.0.11"),
+                                           local_pref=100),
+                   nlri=[IPv4Network("192.168.1.0/24")])
+    assert M.encode(upd).hex() == UPDATE_HEX
+    back = M.decode(hx(UPDATE_HEX))
+    assert back.nlri == upd.nlri and back.attributes == upd.attributes
+    assert not back.treat_as_withdraw
+
+
+def test_update_as_path_med_rr_attributes_and_withdraw():
+    attrs = M.Attributes(origin=2, as_path=((M.AS_SEQUENCE, (64512, 65001)),),
+                         next_hop=IPv4Address("10.1.2.3"), med=7,
+                         originator_id=IPv4Address("1.1.1.1"),
+                         cluster_list=(IPv4Address("224.0.0.1"),))
+    upd = M.Update(withdrawn=[IPv4Network("10.0.0.0/8")], attributes=attrs,
+                   nlri=[IPv4Network("192.168.0.0/26"), IPv4Network("0.0.0.0/0")])
+    body = ("0002" + "080a"
+            + "002d"
+            + "400101" + "02"
+            + "40020a" + "0202" + "0000fc00" + "0000fde9"
+            + "400304" + "0a010203"
+            + "800404" + "00000007"
+            + "800904" + "01010101"
+            + "800a04" + "e0000001"
+            + "1ac0a80000" + "00")
+    raw = M.encode(upd)
+    assert raw.hex() == MK + f"{19 + len(body) // 2:04x}" + "02" + body
+    assert M.decode(raw) == upd
+    assert attrs.as_path_length() == 2 and attrs.first_as() == 64512
+
+
+def test_update_addpath_ids():
+    upd = M.Update(withdrawn=[IPv4Network("10.0.0.0/24")], withdrawn_ids=[5],
+                   attributes=M.Attributes(next_hop=IPv4Address("10.0.0.1")),
+                   nlri=[IPv4Network("10.1.0.0/16")], nlri_ids=[9])
+    raw = M.encode(upd, addpath=True)
+    assert raw[21:29].hex() == "00000005180a0000"
+    back = M.decode(raw, addpath=True)
+    assert back.nlri_ids == [9] and back.withdrawn_ids == [5] and back.nlri == upd.nlri
+
+
+def test_end_of_rib():
+    raw = hx(MK + "0017" + "02" + "00000000")
+    assert M.decode(raw).is_end_of_rib()
+
+
+def test_notification_and_route_refresh_golden():
+    assert M.encode(M.Notification(6, 2)).hex() == MK + "0015" + "03" + "0602"
+    assert M.decode(hx(MK + "0017" + "03" + "0202" + "fc00")) == M.Notification(2, 2, hx("fc00"))
+    assert M.encode(M.RouteRefresh()).hex() == MK + "0017" + "05" + "00010001"
+    assert M.decode(hx(MK + "0017" + "05" + "00010201")) == M.RouteRefresh(1, 1, 2)
+
+
+@pytest.mark.parametrize("raw, exc, sub", [
+    (("fe" + "ff" * 15) + "001304", E.MessageHeaderError, E.CONNECTION_NOT_SYNCHRONIZED),
+    (MK + "001409" + "00", E.MessageHeaderError, E.BAD_MESSAGE_TYPE),
+    (MK + "001404" + "00", E.MessageHeaderError, E.BAD_MESSAGE_LENGTH),
+    (MK + "001d01" + "03fc0000f0010203040" + "0", E.OpenMessageError, E.UNSUPPORTED_VERSION_NUMBER),
+    (MK + "001d01" + "04fc0000f0000000000" + "0", E.OpenMessageError, E.BAD_BGP_IDENTIFIER),
+    (MK + "001d01" + "04fc00000101020304" + "00", E.OpenMessageError, E.UNACCEPTABLE_HOLD_TIME),
+    (MK + "002001" + "04fc0000f00102030403" + "0301ff", E.OpenMessageError,
+     E.UNSUPPORTED_OPTIONAL_PARAMETER),
+    (MK + "001702" + "00050000", E.UpdateMessageError, E.MALFORMED_ATTRIBUTE_LIST),
+    (MK + "001a02" + "00000004" + "400101", E.UpdateMessageError, E.MALFORMED_ATTRIBUTE_LIST),
+    (MK + "001902" + "00000000" + "21ff", E.UpdateMessageError, E.INVALID_NETWORK_FIELD),
+])
+def test_malformed_raises_typed_error(raw, exc, sub):
+    with pytest.raises(exc) as info:
+        M.decode(hx(raw))
+    assert info.value.subcode == sub
+    assert info.value.code == exc.code
+
+
+def _update_with(attr_hex: str, nlri="18c0a801") -> bytes:
+    body = "0000" + f"{len(attr_hex) // 2:04x}" + attr_hex + nlri
+    return hx(MK + f"{19 + len(body) // 2:04x}" + "02" + body)
+
+
+GOOD = {"origin": "40010100", "path": "400200", "nh": "400304ac1e000b"}
+
+
+@pytest.mark.parametrize("attrs, why", [
+    ("40010103" + GOOD["path"] + GOOD["nh"], "invalid ORIGIN"),
+    (GOOD["origin"] + "40020302" + "01" + "00" + GOOD["nh"], "AS_PATH"),
+    (GOOD["origin"] + GOOD["path"] + "40030300" + "0000", "NEXT_HOP length"),
+    (GOOD["origin"] + GOOD["path"], "missing well-known"),
+    (GOOD["origin"] + GOOD["path"] + GOOD["nh"] + "400403" + "000000", "flags"),
+    (GOOD["origin"] + GOOD["path"] + GOOD["nh"] + "800a03" + "010203", "CLUSTER_LIST"),
+    (GOOD["origin"] + GOOD["path"] + "400304e0000001", "invalid NEXT_HOP"),
+])
+def test_rfc7606_treat_as_withdraw(attrs, why):
+    upd = M.decode(_update_with(attrs))
+    assert upd.treat_as_withdraw
+    assert upd.nlri == [] and upd.withdrawn == [IPv4Network("192.168.1.0/24")]
+    assert any(why in e for e in upd.errors), upd.errors
+
+
+def test_unknown_optional_transitive_kept_with_partial_bit():
+    upd = M.decode(_update_with(GOOD["origin"] + GOOD["path"] + GOOD["nh"] + "c0080400010002"))
+    assert upd.attributes.other == ((0xE0, 8, hx("00010002")),)
+    assert not upd.treat_as_withdraw
+
+
+def test_duplicate_attribute_keeps_first():
+    upd = M.decode(_update_with(GOOD["origin"] + "40010102" + GOOD["path"] + GOOD["nh"]))
+    assert upd.attributes.origin == 0 and not upd.treat_as_withdraw
