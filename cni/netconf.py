@@ -1,0 +1,215 @@
+"""Calico's network configuration (the JSON on stdin), parsed and validated (pure logic).
+
+Field names are Calico's (``cni-plugin/pkg/types/types.go``). Only what calicolab
+implements is accepted with a value; a known but unsupported value (e.g.
+``datastore_type: kubernetes``) is an error naming the field, not a silent default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from cni.spec import E_INVALID_CONFIG, CNIError
+
+DEFAULT_NODENAME_FILE = "/var/lib/calico/nodename"
+DEFAULT_MTU_FILE = "/var/lib/calico/mtu"
+DEFAULT_MTU = 1480
+DEFAULT_ETCD = "http://127.0.0.1:2379"
+LOG_LEVELS = ("debug", "info", "warning", "warn", "error", "fatal", "panic", "none", "")
+
+
+@dataclass
+class IPAMConf:
+    """The ``ipam`` section."""
+
+    type: str = "calico-ipam"
+    ipv4_pools: list[str] = field(default_factory=list)
+    assign_ipv4: bool = True
+    assign_ipv6: bool = False
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class NetConf:
+    """A validated Calico netconf."""
+
+    cni_version: str
+    name: str
+    type: str
+    datastore_type: str = "etcdv3"
+    etcd_endpoints: list[str] = field(default_factory=list)
+    nodename: str = ""
+    nodename_file: str = DEFAULT_NODENAME_FILE
+    nodename_file_optional: bool = False
+    mtu: int = 0
+    ipam: IPAMConf = field(default_factory=IPAMConf)
+    log_level: str = "info"
+    log_file_path: str = ""
+    policy_type: str = ""
+    allow_ip_forwarding: bool = False
+    raw: dict[str, Any] = field(default_factory=dict)
+    prev_result: dict[str, Any] | None = None
+    valid_attachments: list[dict[str, str]] | None = None
+
+
+def _bad(msg: str) -> CNIError:
+    return CNIError(E_INVALID_CONFIG, f"invalid network configuration: {msg}")
+
+
+def _str(conf: dict[str, Any], key: str, default: str = "") -> str:
+    value = conf.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise _bad(f"{key!r} must be a string, got {value!r}")
+    return value
+
+
+def _bool(conf: dict[str, Any], key: str, default: bool) -> bool:
+    value = conf.get(key, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise _bad(f"{key!r} must be a boolean, got {value!r}")
+
+
+def parse_ipam(raw: Any) -> IPAMConf:
+    """Validate the ``ipam`` section."""
+    if raw is None:
+        raise _bad("'ipam' section is missing (want {\"type\": \"calico-ipam\"})")
+    if not isinstance(raw, dict):
+        raise _bad(f"'ipam' must be an object, got {raw!r}")
+    itype = _str(raw, "type")
+    if not itype:
+        raise _bad("'ipam.type' is missing")
+    pools = raw.get("ipv4_pools", []) or []
+    if not isinstance(pools, list) or not all(isinstance(p, str) and p for p in pools):
+        raise _bad(f"'ipam.ipv4_pools' must be a list of pool names or CIDRs, got {pools!r}")
+    for p in pools:
+        if "/" in p:
+            try:
+                ipaddress.IPv4Network(p, strict=False)
+            except ValueError:
+                raise _bad(f"'ipam.ipv4_pools' entry {p!r} is not an IPv4 CIDR") from None
+    assign_v6 = _bool(raw, "assign_ipv6", False)
+    if assign_v6:
+        raise _bad("'ipam.assign_ipv6' is not supported by calicolab (IPv4 only)")
+    assign_v4 = _bool(raw, "assign_ipv4", True)
+    if itype == "calico-ipam" and not assign_v4:
+        raise _bad("'ipam.assign_ipv4' is false and IPv6 is not supported: nothing to assign")
+    return IPAMConf(type=itype, ipv4_pools=list(pools), assign_ipv4=assign_v4, assign_ipv6=False, raw=raw)
+
+
+def parse_netconf(conf: dict[str, Any], *, expect_type: str | None = "calico", env: dict[str, str] | None = None) -> NetConf:
+    """Validate a netconf dict (already JSON-decoded, cniVersion already checked).
+
+    ``expect_type`` is the plugin's own type ("calico"); the IPAM plugin passes None
+    because it receives the main plugin's netconf. ``env`` supplies the fallback for
+    ``etcd_endpoints`` (``ETCD_ENDPOINTS``).
+    """
+    env = env or {}
+    name = _str(conf, "name")
+    if not name:
+        raise _bad("'name' is missing (the network name, e.g. \"k8s-pod-network\")")
+    ptype = _str(conf, "type")
+    if expect_type is not None and ptype != expect_type:
+        raise _bad(f"'type' is {ptype!r}, this plugin is {expect_type!r}")
+    dstype = _str(conf, "datastore_type", "etcdv3") or "etcdv3"
+    if dstype != "etcdv3":
+        raise _bad(f"'datastore_type' {dstype!r} is not supported (calicolab uses etcdv3)")
+    raw_eps = conf.get("etcd_endpoints")
+    if raw_eps is None or raw_eps == "":
+        raw_eps = env.get("ETCD_ENDPOINTS", "") or DEFAULT_ETCD
+    if isinstance(raw_eps, list):
+        endpoints = [str(e).strip() for e in raw_eps if str(e).strip()]
+    elif isinstance(raw_eps, str):
+        endpoints = [e.strip() for e in raw_eps.split(",") if e.strip()]
+    else:
+        raise _bad(f"'etcd_endpoints' must be a comma separated string, got {raw_eps!r}")
+    for ep in endpoints:
+        if not (ep.startswith("http://") or ep.startswith("https://")):
+            raise _bad(f"'etcd_endpoints' entry {ep!r} must start with http:// or https://")
+    mtu = conf.get("mtu", 0)
+    if isinstance(mtu, str) and mtu.strip().isdigit():
+        mtu = int(mtu)
+    if mtu is None:
+        mtu = 0
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or mtu < 0 or (mtu and not 68 <= mtu <= 65535):
+        raise _bad(f"'mtu' must be 0 (auto) or between 68 and 65535, got {conf.get('mtu')!r}")
+    log_level = _str(conf, "log_level", "info").lower()
+    if log_level not in LOG_LEVELS:
+        raise _bad(f"'log_level' {log_level!r} is not one of {', '.join(x for x in LOG_LEVELS if x)}")
+    policy = conf.get("policy") or {}
+    if not isinstance(policy, dict):
+        raise _bad(f"'policy' must be an object, got {policy!r}")
+    container = conf.get("container_settings") or {}
+    if not isinstance(container, dict):
+        raise _bad(f"'container_settings' must be an object, got {container!r}")
+    prev = conf.get("prevResult")
+    if prev is not None and not isinstance(prev, dict):
+        raise _bad("'prevResult' must be an object")
+    attachments = conf.get("cni.dev/valid-attachments")
+    if attachments is not None:
+        if not isinstance(attachments, list) or not all(
+            isinstance(a, dict) and isinstance(a.get("containerID"), str) for a in attachments
+        ):
+            raise _bad("'cni.dev/valid-attachments' must be a list of {containerID, ifname} objects")
+    return NetConf(
+        cni_version=conf.get("cniVersion", ""),
+        name=name,
+        type=ptype,
+        datastore_type=dstype,
+        etcd_endpoints=endpoints,
+        nodename=_str(conf, "nodename"),
+        nodename_file=_str(conf, "nodename_file", DEFAULT_NODENAME_FILE) or DEFAULT_NODENAME_FILE,
+        nodename_file_optional=_bool(conf, "nodename_file_optional", False),
+        mtu=mtu,
+        ipam=parse_ipam(conf.get("ipam")),
+        log_level=log_level,
+        log_file_path=_str(conf, "log_file_path"),
+        policy_type=_str(policy, "type"),
+        allow_ip_forwarding=_bool(container, "allow_ip_forwarding", False),
+        raw=conf,
+        prev_result=prev,
+        valid_attachments=attachments,
+    )
+
+
+def determine_nodename(nc: NetConf, hostname: str) -> str:
+    """Calico's order: netconf ``nodename``, then ``nodename_file``, then (if optional) the hostname.
+
+    Without any of them the error tells the operator what to check, as Calico's does.
+    """
+    if nc.nodename:
+        return nc.nodename
+    try:
+        with open(nc.nodename_file) as f:
+            name = f.read().strip()
+        if name:
+            return name
+    except OSError:
+        pass
+    if nc.nodename_file_optional and hostname:
+        return hostname
+    raise CNIError(
+        E_INVALID_CONFIG,
+        f"no node name: netconf has no 'nodename' and {nc.nodename_file} is missing or empty; "
+        "check that the calico/node container is running and has mounted /var/lib/calico/",
+    )
+
+
+def determine_mtu(nc: NetConf, mtu_file: str = DEFAULT_MTU_FILE) -> int:
+    """Netconf ``mtu`` if set, else the MTU Felix wrote to /var/lib/calico/mtu, else 1480."""
+    if nc.mtu:
+        return nc.mtu
+    try:
+        with open(mtu_file) as f:
+            value = int(f.read().strip())
+        if 68 <= value <= 65535:
+            return value
+    except (OSError, ValueError):
+        pass
+    return DEFAULT_MTU

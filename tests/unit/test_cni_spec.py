@@ -1,0 +1,187 @@
+"""Unit tests of the CNI spec layer, netconf parsing and Calico's names (pure logic)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cni import names, netconf, spec
+from cni.spec import CNIError
+
+pytestmark = pytest.mark.unit
+
+
+def _env(**kw: str) -> dict[str, str]:
+    base = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc", "CNI_NETNS": "/run/netns/x",
+            "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
+    base.update(kw)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def test_env_parsed_with_args():
+    env = spec.parse_env(_env(CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=nginx"))
+    assert env.command == "ADD" and env.ifname == "eth0" and env.path == ["/opt/cni/bin"]
+    assert env.args["K8S_POD_NAME"] == "nginx" and env.args["K8S_POD_NAMESPACE"] == "default"
+
+
+@pytest.mark.parametrize("missing", ["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"])
+def test_add_missing_env_is_error_4_naming_it(missing):
+    env = _env()
+    del env[missing]
+    with pytest.raises(CNIError) as err:
+        spec.parse_env(env)
+    assert err.value.code == 4 and missing in err.value.msg
+
+
+def test_del_needs_no_netns_and_unknown_command_is_4():
+    env = _env(CNI_COMMAND="DEL")
+    del env["CNI_NETNS"]
+    assert spec.parse_env(env).netns == ""
+    with pytest.raises(CNIError) as err:
+        spec.parse_env(_env(CNI_COMMAND="FROB"))
+    assert err.value.code == 4 and "FROB" in err.value.msg
+    with pytest.raises(CNIError) as err:
+        spec.parse_env({})
+    assert err.value.code == 4 and "CNI_COMMAND" in err.value.msg
+
+
+def test_bad_cni_args_and_ifname():
+    with pytest.raises(CNIError) as err:
+        spec.parse_env(_env(CNI_ARGS="novalue"))
+    assert err.value.code == 4
+    with pytest.raises(CNIError):
+        spec.parse_env(_env(CNI_IFNAME="a" * 16))
+
+
+def test_stdin_decoding_errors_are_6():
+    for bad in (b"", b"{not json", b"[1,2]", b"\xff\xfe"):
+        with pytest.raises(CNIError) as err:
+            spec.parse_stdin(bad)
+        assert err.value.code == 6, bad
+
+
+@pytest.mark.parametrize("version", spec.SUPPORTED_VERSIONS)
+def test_supported_versions_accepted(version):
+    assert spec.check_version({"cniVersion": version}, "ADD") == version
+
+
+@pytest.mark.parametrize("version", ["0.1.0", "0.2.0", "0.3.0", "1.2.0", "2.0.0", "banana"])
+def test_unsupported_versions_are_1(version):
+    with pytest.raises(CNIError) as err:
+        spec.check_version({"cniVersion": version}, "ADD")
+    assert err.value.code == 1 and version in err.value.msg
+
+
+def test_verb_version_limits():
+    with pytest.raises(CNIError) as err:
+        spec.check_version({"cniVersion": "0.3.1"}, "CHECK")
+    assert err.value.code == 1
+    for verb in ("STATUS", "GC"):
+        with pytest.raises(CNIError) as err:
+            spec.check_version({"cniVersion": "1.0.0"}, verb)
+        assert err.value.code == 1
+    with pytest.raises(CNIError) as err:
+        spec.check_version({}, "ADD")
+    assert err.value.code == 7
+
+
+def test_version_result():
+    assert spec.version_result({"cniVersion": "0.4.0"}) == {"cniVersion": "0.4.0", "supportedVersions": list(spec.SUPPORTED_VERSIONS)}
+    assert spec.version_result(None)["cniVersion"] == "1.1.0"
+
+
+def _result() -> spec.Result:
+    return spec.Result(
+        interfaces=[spec.Interface("calic440f455693", "ee:ee:ee:ee:ee:ee", 1480),
+                    spec.Interface("eth0", "aa:bb:cc:dd:ee:ff", 1480, "/run/netns/p")],
+        ips=[spec.IPConfig("192.168.1.5/32", interface=1)],
+        routes=[spec.Route("0.0.0.0/0", "169.254.1.1")],
+    )
+
+
+def test_result_rendering_per_version():
+    old = _result().to_dict("0.3.1")
+    assert old["ips"] == [{"address": "192.168.1.5/32", "version": "4", "interface": 1}]
+    assert "mtu" not in old["interfaces"][0]
+    new = _result().to_dict("1.1.0")
+    assert new["ips"] == [{"address": "192.168.1.5/32", "interface": 1}]
+    assert new["interfaces"][1] == {"name": "eth0", "mac": "aa:bb:cc:dd:ee:ff", "mtu": 1480, "sandbox": "/run/netns/p"}
+    assert new["routes"] == [{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}]
+    back = spec.Result.from_dict(json.loads(json.dumps(new)))
+    assert back.ips[0].interface == 1 and back.interfaces[1].sandbox == "/run/netns/p"
+    with pytest.raises(CNIError) as err:
+        spec.Result.from_dict({"ips": [{"nope": 1}]})
+    assert err.value.code == 7
+
+
+def test_error_json_shape():
+    out = json.loads(spec.error_json(CNIError(7, "bad", "why"), "1.0.0"))
+    assert out == {"cniVersion": "1.0.0", "code": 7, "msg": "bad", "details": "why"}
+
+
+def test_names_match_calico_vectors():
+    assert names.veth_name("default", "nginx", "cid") == "calic440f455693"
+    assert names.veth_name("test", "test-pod", "cid") == "cali998e5f7d75d"
+    assert names.veth_name(None, None, "0123456789abcdef") == "cali0123456789a"
+    assert names.interface_prefix("tap,cali") == "tap" and names.interface_prefix("") == "cali"
+    assert names.wep_name("node1", "pod-1", "cid", "eth0") == "node1-k8s-pod--1-eth0"
+    assert names.wep_name("k8s-w0", None, "abc", "eth0") == "k8s--w0-cni-abc-eth0"
+    assert names.handle_id("k8s-pod-network", "abc") == "k8s-pod-network.abc"
+
+
+def _nc(**kw):
+    conf = {"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "calico",
+            "etcd_endpoints": "http://10.1.1.1:2379,http://10.1.1.2:2379", "ipam": {"type": "calico-ipam"}}
+    conf.update(kw)
+    return conf
+
+
+def test_netconf_parses_calico_fields():
+    nc = netconf.parse_netconf(_nc(mtu=1440, nodename="k8s-w0", log_level="debug",
+                                   ipam={"type": "calico-ipam", "ipv4_pools": ["default-ipv4-ippool", "10.9.0.0/16"]},
+                                   policy={"type": "k8s"}))
+    assert nc.etcd_endpoints == ["http://10.1.1.1:2379", "http://10.1.1.2:2379"]
+    assert nc.mtu == 1440 and nc.nodename == "k8s-w0" and nc.policy_type == "k8s"
+    assert nc.ipam.ipv4_pools == ["default-ipv4-ippool", "10.9.0.0/16"]
+
+
+def test_netconf_env_fallback_for_endpoints():
+    conf = _nc()
+    del conf["etcd_endpoints"]
+    assert netconf.parse_netconf(conf, env={"ETCD_ENDPOINTS": "http://1.2.3.4:2379"}).etcd_endpoints == ["http://1.2.3.4:2379"]
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"name": ""}, "name"),
+        ({"type": "bridge"}, "type"),
+        ({"datastore_type": "kubernetes"}, "datastore_type"),
+        ({"etcd_endpoints": "10.0.0.1:2379"}, "etcd_endpoints"),
+        ({"mtu": -3}, "mtu"),
+        ({"mtu": "big"}, "mtu"),
+        ({"ipam": None}, "ipam"),
+        ({"ipam": {"type": "calico-ipam", "ipv4_pools": ["300.1.0.0/16"]}}, "ipv4_pools"),
+        ({"ipam": {"type": "calico-ipam", "assign_ipv6": True}}, "assign_ipv6"),
+        ({"log_level": "loud"}, "log_level"),
+        ({"cni.dev/valid-attachments": "x"}, "valid-attachments"),
+    ],
+)
+def test_netconf_errors_name_the_field(override, field):
+    with pytest.raises(CNIError) as err:
+        netconf.parse_netconf(_nc(**override))
+    assert err.value.code == 7 and field in err.value.msg
+
+
+def test_nodename_and_mtu_resolution(tmp_path):
+    nc = netconf.parse_netconf(_nc(nodename_file=str(tmp_path / "nodename")))
+    with pytest.raises(CNIError) as err:
+        netconf.determine_nodename(nc, "host")
+    assert "calico/node" in err.value.msg and err.value.code == 7
+    (tmp_path / "nodename").write_text("k8s-w1\n")
+    assert netconf.determine_nodename(nc, "host") == "k8s-w1"
+    assert netconf.determine_mtu(nc, str(tmp_path / "mtu")) == 1480
+    (tmp_path / "mtu").write_text("1430\n")
+    assert netconf.determine_mtu(nc, str(tmp_path / "mtu")) == 1430
+    assert netconf.determine_mtu(netconf.parse_netconf(_nc(mtu=1400)), str(tmp_path / "mtu")) == 1400
