@@ -1,0 +1,366 @@
+"""A small Calico IPIP cluster in network namespaces, with either tunl0 datapath.
+
+Used inside the qemu guest (``datapath="kernel"``: the real ipip.ko tunl0) and on the
+host (``datapath="userspace"``: Felix's TUN tunl0 + pump, ``python -m agent.felix.tunnel``)
+so both datapaths are driven by the same code and can be compared.
+
+Shape (per node ``i`` = 1..n)::
+
+    switch netns: bridge br0 ── veth ── node netns: eth0 172.30.0.1<i>/24 (MTU uplink_mtu)
+    node: tunl0 192.168.<i>.0/32 (MTU uplink-20, set by agent.felix.tunnel.ensure_tunl0)
+          192.168.<j>.0/26 via 172.30.0.1<j> dev tunl0 proto bird onlink  (every other node)
+          blackhole 192.168.<i>.0/26 proto bird
+          192.168.<i>.<k>/32 dev cali<hash> scope link                   (each pod)
+    pod netns: eth0 192.168.<i>.<k>/32, 169.254.1.1 dev eth0 scope link,
+               default via 169.254.1.1 dev eth0 (proxy ARP on the host veth)
+
+Everything lives in namespaces created here with unique names; :meth:`Cluster.close`
+kills the processes started here (by PID) and deletes those namespaces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from testbed.poll import wait_for
+
+IP = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "/sbin/ip"  # never busybox's applet
+REPO = Path(__file__).resolve().parents[2]
+RTPROT_BIRD = 12
+DATAPATHS = ("kernel", "userspace")
+
+
+class ClusterError(RuntimeError):
+    """The namespaces could not be wired as asked (the message names the step and the error)."""
+
+
+def run(*args: str, netns: str | None = None, check: bool = True, timeout: float = 30) -> str:
+    """Run a command (inside ``netns`` if given) and return stdout; ClusterError on failure."""
+    cmd = ([IP, "netns", "exec", netns] if netns else []) + list(args)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise ClusterError(f"`{' '.join(cmd)}` exited {res.returncode}: {res.stderr.strip()}")
+    return res.stdout
+
+
+def sysctl(netns: str, key: str, value: str) -> None:
+    """Write one sysctl inside ``netns``."""
+    path = "/proc/sys/" + key.replace(".", "/")
+    run("sh", "-c", f"echo {value} > {path}", netns=netns)
+
+
+def veth_name(namespace: str, pod: str, prefix: str = "cali") -> str:
+    """Calico's host-side veth name: prefix + sha1("<namespace>.<pod>") hex, 15 chars."""
+    return (prefix + hashlib.sha1(f"{namespace}.{pod}".encode()).hexdigest())[:15]
+
+
+@dataclass
+class Pod:
+    """A pod: its netns, address and host-side veth on its node."""
+
+    name: str
+    netns: str
+    ip: str
+    node: Node
+    host_iface: str
+    mtu: int
+
+
+@dataclass
+class Node:
+    """A node: its netns, uplink address, IPAM block and tunnel address."""
+
+    index: int
+    netns: str
+    address: str
+    block: str
+    tunnel_address: str
+    pods: list[Pod] = field(default_factory=list)
+
+
+@dataclass
+class Capture:
+    """A running tcpdump inside a node; :meth:`stop` ends it with SIGINT and returns the pcap."""
+
+    proc: subprocess.Popen
+    path: Path
+    log: Path
+
+    def stop(self) -> Path:
+        """Stop cleanly (SIGINT flushes the file) and return the pcap path."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.path
+
+
+@dataclass
+class Cluster:
+    """The namespaces, links and processes of one cluster."""
+
+    datapath: str
+    uplink_mtu: int
+    tunnel_mtu: int
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:5])
+    nodes: list[Node] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    switch: str = ""
+
+    # -- building blocks -------------------------------------------------------------
+    def netns(self, role: str) -> str:
+        """Create netns ``kt<role><tag>`` with lo up; recorded for :meth:`close`."""
+        name = f"kt{role}{self.tag}"
+        run(IP, "netns", "add", name)
+        self.namespaces.append(name)
+        run(IP, "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def spawn(self, netns: str, *args: str, **kw) -> subprocess.Popen:
+        """Start a process inside ``netns``; killed by PID at :meth:`close`."""
+        proc = subprocess.Popen([IP, "netns", "exec", netns, *args], **kw)
+        self.procs.append(proc)
+        return proc
+
+    def node(self, name_or_index: int) -> Node:
+        """Node by 1-based index."""
+        return self.nodes[name_or_index - 1]
+
+    def add_pod(self, node: Node, name: str, ip: str, mtu: int | None = None) -> Pod:
+        """Wire a pod to ``node`` as Calico's CNI plugin does (see module docstring)."""
+        mtu = mtu or self.tunnel_mtu
+        ns = self.netns(f"p{node.index}{len(node.pods)}")
+        iface = veth_name("default", f"{name}-{self.tag}")
+        run(IP, "link", "add", "eth0", "netns", ns, "mtu", str(mtu), "type", "veth",
+            "peer", "name", iface, "netns", node.netns, "mtu", str(mtu))  # fmt: skip
+        run(IP, "-n", node.netns, "link", "set", iface, "address", "ee:ee:ee:ee:ee:ee", "up")
+        for key, val in (("proxy_arp", "1"), ("forwarding", "1"), ("route_localnet", "1")):
+            sysctl(node.netns, f"net.ipv4.conf.{iface}.{key}", val)
+        sysctl(node.netns, f"net.ipv4.neigh.{iface}.proxy_delay", "0")
+        run(IP, "-n", ns, "addr", "add", f"{ip}/32", "dev", "eth0")
+        run(IP, "-n", ns, "link", "set", "eth0", "up")
+        run(IP, "-n", ns, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
+        run(IP, "-n", ns, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
+        run(IP, "-n", node.netns, "route", "add", f"{ip}/32", "dev", iface, "scope", "link")
+        pod = Pod(name, ns, ip, node, iface, mtu)
+        node.pods.append(pod)
+        return pod
+
+    def capture(self, node: Node, iface: str, path: Path, timeout: float = 20) -> Capture:
+        """Start tcpdump on ``iface`` of ``node`` writing ``path``; returns once it listens."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log = path.with_suffix(".tcpdump.log")
+        with open(log, "wb") as err:
+            proc = self.spawn(
+                node.netns, "tcpdump", "-n", "-i", iface, "-w", str(path), "-U",
+                "--immediate-mode", "-s", "256",
+                stdout=subprocess.DEVNULL, stderr=err,
+            )  # fmt: skip
+        wait_for(
+            lambda: (proc.poll(), log.read_text(errors="replace")),
+            lambda r: r[0] is not None or "listening on" in r[1],
+            timeout=timeout,
+            what=f"tcpdump listening on {iface} in {node.netns}",
+        )
+        if proc.poll() is not None:
+            raise ClusterError(f"tcpdump on {iface} in {node.netns} exited: {log.read_text()}")
+        return Capture(proc, path, log)
+
+    def close(self) -> None:
+        """Kill what was started here (by PID) and delete the namespaces made here."""
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.kill()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+        for ns in reversed(self.namespaces):
+            for pid in run(IP, "netns", "pids", ns, check=False).split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            run(IP, "netns", "delete", ns, check=False)
+        self.namespaces.clear()
+
+
+# -- tunl0 and routes ----------------------------------------------------------------
+
+
+def kernel_tunl0(netns: str, address: str, mtu: int) -> None:
+    """The agent's kernel tunl0 setup (``ensure_tunl0(..., mode="kernel")``) run in ``netns``."""
+    from pyroute2 import netns as pnetns
+
+    from agent.felix.tunnel import ensure_tunl0
+
+    pnetns.pushns(netns)
+    try:
+        info = ensure_tunl0(address, mtu, mode="kernel")
+    finally:
+        pnetns.popns()
+    if info.kind != "kernel":
+        raise ClusterError(f"ensure_tunl0 in {netns} gave a {info.kind} tunnel, not kernel ipip")
+
+
+def block_route(netns: str, block: str, via: str, *, onlink: bool = True) -> None:
+    """``<block> via <via> dev tunl0 proto bird onlink`` in ``netns`` (what the BGP part programs).
+
+    Without ``onlink`` the kernel refuses it (the gateway is not on tunl0's /32): ClusterError.
+    """
+    args = [IP, "-n", netns, "route", "replace", block, "via", via, "dev", "tunl0",
+            "proto", "bird"]  # fmt: skip
+    if onlink:
+        args.append("onlink")
+    run(*args)
+
+
+def blackhole_route(netns: str, block: str) -> None:
+    """``blackhole <block> proto bird`` (the node's own block)."""
+    run(IP, "-n", netns, "route", "replace", "blackhole", block, "proto", "bird")
+
+
+def build(
+    n_nodes: int = 3,
+    *,
+    datapath: str = "kernel",
+    uplink_mtu: int = 1500,
+    tunnel_mtu: int | None = None,
+    pod_mtu: int | None = None,
+    onlink: bool = True,
+) -> Cluster:
+    """Build the cluster (one pod ``pod-<i>`` per node); on any error it is removed again.
+
+    ``tunnel_mtu`` defaults to ``uplink_mtu - 20`` (Felix's rule); pods get ``pod_mtu``
+    (default: the correct tunnel MTU, as the CNI plugin reads it from Felix's MTU file).
+    ``onlink=False`` and a wrong ``tunnel_mtu`` exist to break the path on purpose.
+    """
+    if datapath not in DATAPATHS:
+        raise ValueError(f"datapath {datapath!r} is not one of {', '.join(DATAPATHS)}")
+    if not 2 <= n_nodes <= 9:
+        raise ValueError(f"n_nodes must be 2..9, not {n_nodes}")
+    right_mtu = uplink_mtu - 20
+    cluster = Cluster(datapath, uplink_mtu, tunnel_mtu or right_mtu)
+    try:
+        _wire(cluster, n_nodes, pod_mtu or right_mtu, onlink)
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+def _wire(cluster: Cluster, n_nodes: int, pod_mtu: int, onlink: bool) -> None:
+    sw = cluster.switch = cluster.netns("sw")
+    run(IP, "-n", sw, "link", "add", "br0", "type", "bridge")
+    run(IP, "-n", sw, "link", "set", "br0", "up")
+    for i in range(1, n_nodes + 1):
+        ns = cluster.netns(f"n{i}")
+        node = Node(i, ns, f"172.30.0.1{i}", f"192.168.{i}.0/26", f"192.168.{i}.0")
+        cluster.nodes.append(node)
+        mtu = str(cluster.uplink_mtu)
+        run(IP, "link", "add", "eth0", "netns", ns, "mtu", mtu, "type", "veth",
+            "peer", "name", f"n{i}", "netns", sw, "mtu", mtu)  # fmt: skip
+        run(IP, "-n", sw, "link", "set", f"n{i}", "master", "br0", "up")
+        run(IP, "-n", ns, "addr", "add", f"{node.address}/24", "dev", "eth0")
+        run(IP, "-n", ns, "link", "set", "eth0", "up")
+        # proxy ARP for 169.254.1.1 needs a route to it that is not via the pod's veth
+        run(IP, "-n", ns, "route", "add", "169.254.1.1/32", "dev", "eth0", "scope", "link")
+        sysctl(ns, "net.ipv4.ip_forward", "1")
+    for node in cluster.nodes:
+        peers = [p.address for p in cluster.nodes if p is not node]
+        if cluster.datapath == "kernel":
+            kernel_tunl0(node.netns, node.tunnel_address, cluster.tunnel_mtu)
+        else:
+            _userspace_tunl0(cluster, node, peers)
+    for node in cluster.nodes:
+        blackhole_route(node.netns, node.block)
+        for peer in cluster.nodes:
+            if peer is not node:
+                block_route(node.netns, peer.block, peer.address, onlink=onlink)
+        cluster.add_pod(node, f"pod-{node.index}", f"192.168.{node.index}.1", mtu=pod_mtu)
+
+
+def _userspace_tunl0(cluster: Cluster, node: Node, peers: list[str]) -> None:
+    args = [sys.executable, "-m", "agent.felix.tunnel", "--address", node.tunnel_address,
+            "--mtu", str(cluster.tunnel_mtu)]  # fmt: skip
+    for peer in peers:
+        args += ["--allow", peer]
+    proc = cluster.spawn(
+        node.netns, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
+    )
+    line = proc.stdout.readline() if proc.stdout else ""
+    if line.strip() != "ready":
+        proc.kill()
+        err = proc.stderr.read() if proc.stderr else ""
+        raise ClusterError(f"userspace tunl0 in {node.netns} did not start: {line!r} {err}")
+
+
+# -- what a user observes ------------------------------------------------------------
+
+PING_LOSS = re.compile(r"(\d+)% packet loss")
+FRAG_NEEDED = re.compile(r"Frag needed and DF set \(mtu = (\d+)\)")
+LOCAL_MTU = re.compile(r"message too long, mtu[= ]+(\d+)", re.I)
+
+
+def ping(pod: Pod, dst: str, *, count: int = 3, size: int | None = None, df: bool = False,
+         interval: float = 0.2, deadline: float = 10) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run iputils ping inside ``pod``; returns the finished process (stdout + stderr)."""
+    args = ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "2", "-w", str(deadline)]
+    if size is not None:
+        args += ["-s", str(size)]
+    if df:
+        args += ["-M", "do"]
+    return subprocess.run(
+        [IP, "netns", "exec", pod.netns, *args, dst],
+        capture_output=True, text=True, timeout=deadline + 10,
+    )  # fmt: skip
+
+
+def mtu_probe(pod: Pod, dst: str, size: int) -> dict:
+    """One DF ping of ICMP payload ``size``; classify what the pod saw.
+
+    Returns {"size", "outcome": "ok" | "frag-needed" | "local-mtu" | "lost", "mtu": int|None}.
+    Retries once when the first packet only taught the kernel the path MTU.
+    """
+    res = ping(pod, dst, count=2, size=size, df=True, interval=0.3, deadline=4)
+    text = res.stdout + res.stderr
+    loss = PING_LOSS.search(text)
+    if res.returncode == 0 and loss and int(loss.group(1)) < 100:
+        return {"size": size, "outcome": "ok", "mtu": None}
+    if m := FRAG_NEEDED.search(text):
+        return {"size": size, "outcome": "frag-needed", "mtu": int(m.group(1))}
+    if m := LOCAL_MTU.search(text):
+        return {"size": size, "outcome": "local-mtu", "mtu": int(m.group(1))}
+    return {"size": size, "outcome": "lost", "mtu": None, "output": text.strip()[-300:]}
+
+
+def link_counters(netns: str, iface: str) -> tuple[int, int]:
+    """(tx_packets, rx_packets) of ``iface`` in ``netns``."""
+    out = run("cat", f"/sys/class/net/{iface}/statistics/tx_packets",
+              f"/sys/class/net/{iface}/statistics/rx_packets", netns=netns).split()  # fmt: skip
+    return int(out[0]), int(out[1])
+
+
+def wait_ping_ok(pod: Pod, dst: str, timeout: float = 20) -> str:
+    """Poll single pings until one answers (ARP/proxy ARP settling); returns its output."""
+    res = wait_for(
+        lambda: ping(pod, dst, count=1, deadline=2),
+        lambda r: r.returncode == 0,
+        timeout=timeout,
+        interval=0.1,
+        what=f"ping {pod.name} -> {dst}",
+    )
+    return res.stdout
+
