@@ -1,0 +1,754 @@
+"""Calico IPAM on etcd: auto-assign, assign, release, tunnel addresses, check.
+
+Semantics follow libcalico-go's ``lib/ipam`` (calico.md section 2):
+
+1. fill this host's affine blocks (confirmed affinities in the selected pools);
+2. claim a new block (pending affinity -> create block -> confirmed affinity),
+   walking each pool's blocks from a per-host offset, capped at 20 blocks per
+   host; when no block is unclaimed, reclaim another host's *empty* block whose
+   claim is older than the minimum reclaim age;
+3. only then, and only if strictAffinity is off, borrow from other hosts' blocks.
+
+Every write is a CAS with up to 100 attempts, re-reading on conflict. A handle
+is incremented before the block write that uses it (so an address is never
+held without its handle knowing), and corrected if the write loses.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from datastore import errors
+from ipam.block import (
+    DEFAULT_BLOCK_SIZE,
+    BadSequenceNumber,
+    Block,
+    Handle,
+    IPAMConfigRules,
+    IPAMError,
+    block_of,
+    block_walk,
+    host_affinity,
+)
+from ipam.store import (
+    STATE_CONFIRMED,
+    STATE_PENDING,
+    STATE_PENDING_DELETION,
+    Store,
+)
+
+DATASTORE_RETRIES = 100
+EMPTY_BLOCK_MIN_RECLAIM_AGE = 60.0
+RESOURCE_PREFIX = "/calico/resources/v3/projectcalico.org/"
+TUNNEL_HANDLE_PREFIX = "ipip-tunnel-addr-"
+
+
+class BlockLimitError(IPAMError):
+    """The host already holds its maximum number of blocks."""
+
+    def __init__(self, host: str, limit: int):
+        super().__init__(
+            f"cannot allocate new block due to per host block limit "
+            f"(host {host} already has {limit} blocks)"
+        )
+
+
+class PoolsExhausted(IPAMError):
+    """Not enough free addresses in the selected pools."""
+
+    def __init__(self, pools: Sequence[IPv4Network], wanted: int, got: int):
+        self.wanted, self.got = wanted, got
+        names = ", ".join(str(p) for p in pools)
+        super().__init__(
+            f"No IPs available in pools: [{names}]: failed to request {wanted} IPv4 addresses. "
+            f"IPAM allocated only {got}"
+        )
+
+
+class NoPools(IPAMError):
+    """No usable pool for this request."""
+
+
+class TooManyConflicts(IPAMError):
+    """A CAS kept losing for all retries."""
+
+
+@dataclass
+class Pool:
+    """What IPAM needs from an IPPool."""
+
+    name: str
+    cidr: IPv4Network
+    block_size: int = DEFAULT_BLOCK_SIZE
+    ipip_mode: str = "Never"
+    vxlan_mode: str = "Never"
+    disabled: bool = False
+    node_selector: str = "all()"
+    allowed_uses: list[str] = field(default_factory=lambda: ["Workload", "Tunnel"])
+
+    @classmethod
+    def from_resource_dict(cls, doc: dict[str, Any]) -> Pool:
+        """Build from a calicoctl-shaped IPPool dict."""
+        spec = doc.get("spec") or {}
+        return cls(
+            name=(doc.get("metadata") or {}).get("name", ""),
+            cidr=ipaddress.ip_network(spec["cidr"], strict=False),  # type: ignore[arg-type]
+            block_size=int(spec.get("blockSize") or DEFAULT_BLOCK_SIZE),
+            ipip_mode=spec.get("ipipMode") or "Never",
+            vxlan_mode=spec.get("vxlanMode") or "Never",
+            disabled=bool(spec.get("disabled", False)),
+            node_selector=spec.get("nodeSelector") or "all()",
+            allowed_uses=list(spec.get("allowedUses") or ["Workload", "Tunnel"]),
+        )
+
+
+@dataclass
+class CheckReport:
+    """Result of :meth:`IPAM.check` (what ``calicoctl ipam check`` prints)."""
+
+    blocks: int = 0
+    pools: int = 0
+    tunnel_ips: int = 0
+    workload_ips: int = 0
+    allocations: int = 0
+    leaked: list[str] = field(default_factory=list)        # allocated but not in use
+    missing: list[str] = field(default_factory=list)       # in use but not allocated
+    bad_handles: list[str] = field(default_factory=list)   # handle counts that do not match
+    other: list[str] = field(default_factory=list)         # block/affinity inconsistencies
+
+    @property
+    def problems(self) -> int:
+        """Total number of problems found."""
+        return len(self.leaked) + len(self.missing) + len(self.bad_handles) + len(self.other)
+
+
+def _now_rfc3339(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_rfc3339(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class IPAM:
+    """Calico IPAM over a datastore client (or a bare :class:`datastore.etcd.EtcdClient`)."""
+
+    def __init__(self, client: Any, *, retries: int = DATASTORE_RETRIES,
+                 empty_block_min_reclaim_age: float = EMPTY_BLOCK_MIN_RECLAIM_AGE,
+                 clock: Callable[[], float] = time.time):
+        self.client = client
+        etcd = getattr(client, "etcd", None)
+        self.etcd = etcd if etcd is not None else client
+        self.store = Store(self.etcd)
+        self.retries = retries
+        self.min_reclaim_age = empty_block_min_reclaim_age
+        self.clock = clock
+        self.last_revision = 0  # etcd revision of the last block write that allocated
+
+    # ------------------------------------------------------------------
+    # resources owned by others (pools, nodes, endpoints)
+
+    def _resource_dicts(self, kind: str, plural: str) -> list[dict[str, Any]]:
+        lister = getattr(self.client, "list", None)
+        if lister is not None and self.client is not self.etcd:
+            return [obj.to_dict() for obj in lister(kind)]
+        kvs, _ = self.etcd.list(RESOURCE_PREFIX + plural + "/")
+        return [json.loads(kv.value) for kv in kvs]
+
+    def pools(self) -> list[Pool]:
+        """Every configured IPv4 pool."""
+        out = []
+        for doc in self._resource_dicts("IPPool", "ippools"):
+            try:
+                pool = Pool.from_resource_dict(doc)
+            except (KeyError, ValueError):
+                continue
+            if pool.cidr.version == 4:
+                out.append(pool)
+        return out
+
+    def _node_labels(self, host: str) -> dict[str, str]:
+        getter = getattr(self.client, "get", None)
+        if getter is not None and self.client is not self.etcd:
+            try:
+                node = getter("Node", host)
+            except errors.NotFound:
+                return {}
+            return dict(node.to_dict().get("metadata", {}).get("labels") or {})
+        kv = self.etcd.get(RESOURCE_PREFIX + "nodes/" + host)
+        if kv is None:
+            return {}
+        return dict(json.loads(kv.value).get("metadata", {}).get("labels") or {})
+
+    def _selects(self, pool: Pool, host: str, labels: Callable[[], dict[str, str]]) -> bool:
+        sel = (pool.node_selector or "all()").strip()
+        if sel in ("all()", ""):
+            return True
+        from datastore.selector import parse_selector
+
+        return bool(parse_selector(sel).matches(labels()))
+
+    def select_pools(self, host: str, pools: Iterable[str] | None = None,
+                     intended_use: str = "Workload") -> list[Pool]:
+        """The pools an allocation for ``host`` may use.
+
+        ``pools`` names pools by name or CIDR (as the CNI netconf and pod
+        annotations do); an unknown or disabled one is an error. Without it,
+        every enabled pool that allows ``intended_use`` and selects the node.
+        """
+        every = self.pools()
+        cache: dict[str, dict[str, str]] = {}
+
+        def labels() -> dict[str, str]:
+            if "l" not in cache:
+                cache["l"] = self._node_labels(host)
+            return cache["l"]
+
+        if pools:
+            chosen = []
+            for want in pools:
+                match = [p for p in every if p.name == want or str(p.cidr) == want]
+                if not match:
+                    try:
+                        net = ipaddress.ip_network(want, strict=False)
+                        match = [p for p in every if p.cidr == net]
+                    except ValueError:
+                        pass
+                if not match:
+                    raise NoPools(f"the requested IP pool {want!r} does not exist")
+                if match[0].disabled:
+                    raise NoPools(f"the requested IP pool {want!r} is disabled")
+                chosen.append(match[0])
+            return chosen
+        return [p for p in every
+                if not p.disabled and intended_use in p.allowed_uses and self._selects(p, host, labels)]
+
+    # ------------------------------------------------------------------
+    # config
+
+    def get_config(self) -> IPAMConfigRules:
+        """The IPAMConfig (defaults: strictAffinity false, autoAllocateBlocks true, cap 20)."""
+        return self.store.get_config()
+
+    def set_config(self, cfg: IPAMConfigRules) -> None:
+        """Validate and store the IPAMConfig; :class:`ipam.block.InvalidConfig` if refused."""
+        self.store.put_config(cfg)
+
+    # ------------------------------------------------------------------
+    # handles
+
+    def _handle_add(self, handle_id: str, cidr: IPv4Network, num: int) -> None:
+        if num == 0:
+            return
+        for _ in range(self.retries):
+            got = self.store.get_handle(handle_id)
+            if got is None:
+                h = Handle(handle_id)
+                h.increment(cidr, num)
+                try:
+                    self.store.create_handle(h)
+                    return
+                except errors.AlreadyExists:
+                    continue
+            h, rev = got
+            h.increment(cidr, num)
+            try:
+                self.store.update_handle(h, rev)
+                return
+            except (errors.Conflict, errors.NotFound):
+                continue
+        raise TooManyConflicts(f"handle {handle_id}: gave up after {self.retries} conflicting writes")
+
+    def _handle_new_or_add(self, handle_id: str, cidr: IPv4Network, num: int) -> None:
+        """Increment, trying a blind create first (a new pod's handle usually does not exist)."""
+        h = Handle(handle_id)
+        h.increment(cidr, num)
+        try:
+            self.store.create_handle(h)
+        except errors.AlreadyExists:
+            self._handle_add(handle_id, cidr, num)
+
+    def _handle_sub(self, handle_id: str, cidr: IPv4Network | str, num: int) -> None:
+        if num == 0:
+            return
+        for _ in range(self.retries):
+            got = self.store.get_handle(handle_id)
+            if got is None:
+                return
+            h, rev = got
+            have = h.block.get(str(cidr), 0)
+            h.decrement(cidr, min(num, have))
+            try:
+                if h.is_empty():
+                    self.store.delete_handle(handle_id, rev)
+                else:
+                    self.store.update_handle(h, rev)
+                return
+            except (errors.Conflict, errors.NotFound):
+                continue
+        raise TooManyConflicts(f"handle {handle_id}: gave up after {self.retries} conflicting writes")
+
+    # ------------------------------------------------------------------
+    # allocation
+
+    def _assign_in_block(self, cidr: IPv4Network, num: int, handle_id: str, attrs: dict[str, str],
+                         host: str, affine_only: bool) -> list[IPv4Address]:
+        """Take up to ``num`` addresses from one block with CAS + retry."""
+        reserved = 0  # addresses already counted on the handle for this block
+        try:
+            for _ in range(self.retries):
+                got = self.store.get_block(cidr)
+                if got is None:
+                    return []
+                block, rev = got
+                if affine_only and block.host != host:
+                    return []
+                if not block.unallocated:
+                    return []
+                ips = block.auto_assign(num, handle_id, attrs)
+                if len(ips) > reserved:
+                    if reserved == 0:
+                        self._handle_new_or_add(handle_id, cidr, len(ips))
+                    else:
+                        self._handle_add(handle_id, cidr, len(ips) - reserved)
+                    reserved = len(ips)
+                try:
+                    self.last_revision = self.store.update_block(block, rev)
+                except errors.Conflict:
+                    continue
+                except errors.NotFound:
+                    return []
+                surplus, reserved = reserved - len(ips), 0
+                if surplus:
+                    self._handle_sub(handle_id, cidr, surplus)
+                return ips
+            raise TooManyConflicts(
+                f"block {cidr}: gave up after {self.retries} conflicting writes")
+        finally:
+            if reserved:
+                self._handle_sub(handle_id, cidr, reserved)
+
+    def _affine_cidrs(self, host: str, pools: Sequence[Pool], confirmed_only: bool = True) -> list[IPv4Network]:
+        out = []
+        for aff in self.store.list_affinities(host):
+            if aff.deleted or (confirmed_only and aff.state != STATE_CONFIRMED):
+                continue
+            if any(aff.cidr.subnet_of(p.cidr) for p in pools):
+                out.append(aff.cidr)
+        return out
+
+    def _try_claim(self, host: str, cidr: IPv4Network) -> bool:
+        """The pending -> block -> confirmed claim protocol; False if another host won."""
+        try:
+            rev = self.store.create_affinity(host, cidr, STATE_PENDING)
+        except errors.AlreadyExists:
+            aff = self.store.get_affinity(host, cidr)
+            if aff is None:
+                return False
+            rev = aff.revision
+        block = Block.new(cidr, host_affinity(host), claim_time=_now_rfc3339(self.clock()))
+        try:
+            self.store.create_block(block)
+        except errors.AlreadyExists:
+            got = self.store.get_block(cidr)
+            if got is None or got[0].host != host:
+                try:
+                    self.store.delete_affinity(host, cidr, rev)
+                except (errors.Conflict, errors.NotFound):
+                    pass
+                return False
+        for _ in range(self.retries):
+            try:
+                self.store.update_affinity(host, cidr, STATE_CONFIRMED, rev)
+                return True
+            except errors.Conflict:
+                aff = self.store.get_affinity(host, cidr)
+                if aff is None:
+                    return False
+                if aff.state == STATE_CONFIRMED:
+                    return True
+                rev = aff.revision
+            except errors.NotFound:
+                return False
+        raise TooManyConflicts(f"affinity {host} {cidr}: gave up after {self.retries} writes")
+
+    def _reclaim(self, block: Block, revision: int) -> bool:
+        """Take an empty block away from its host (pendingDeletion -> delete block -> delete affinity)."""
+        other = block.host
+        aff = self.store.get_affinity(other, block.cidr) if other else None
+        aff_rev = None
+        if aff is not None:
+            try:
+                aff_rev = self.store.update_affinity(other, block.cidr, STATE_PENDING_DELETION,
+                                                     aff.revision)
+            except (errors.Conflict, errors.NotFound):
+                return False
+        try:
+            self.store.delete_block(block.cidr, revision)
+        except (errors.Conflict, errors.NotFound):
+            if aff_rev is not None:
+                try:
+                    self.store.update_affinity(other, block.cidr, STATE_CONFIRMED, aff_rev)
+                except (errors.Conflict, errors.NotFound):
+                    pass
+            return False
+        if aff_rev is not None:
+            try:
+                self.store.delete_affinity(other, block.cidr, aff_rev)
+            except (errors.Conflict, errors.NotFound):
+                pass
+        return True
+
+    def _claim_new_block(self, host: str, pools: Sequence[Pool]) -> IPv4Network | None:
+        """Find and claim a block for ``host``; None when the pools have no free block."""
+        existing = {b.cidr: (b, kv) for b, kv in self.store.list_blocks()}
+        for pool in pools:
+            for cidr in block_walk(pool.cidr, pool.block_size, host):
+                have = existing.get(cidr)
+                if have is None or (have[0].host == host and have[0].unallocated):
+                    if self._try_claim(host, cidr):
+                        return cidr
+        now = self.clock()
+        for pool in pools:
+            for cidr in block_walk(pool.cidr, pool.block_size, host):
+                have = existing.get(cidr)
+                if have is None:
+                    continue
+                block, kv = have
+                if block.host == host or not block.is_empty():
+                    continue
+                claimed = _parse_rfc3339(block.affinity_claim_time)
+                if claimed is not None and now - claimed < self.min_reclaim_age:
+                    continue
+                if self._reclaim(block, kv.mod_revision) and self._try_claim(host, cidr):
+                    return cidr
+        return None
+
+    def auto_assign(self, num: int, handle_id: str, attrs: dict[str, str] | None, hostname: str,
+                    pools: Iterable[str] | None = None,
+                    intended_use: str = "Workload") -> list[IPv4Address]:
+        """Allocate ``num`` IPv4 addresses for ``hostname`` under ``handle_id``.
+
+        Either all ``num`` addresses are allocated or none (partial results are
+        released before the error is raised): :class:`PoolsExhausted`,
+        :class:`BlockLimitError`, :class:`NoPools`.
+        """
+        if not isinstance(num, int) or num < 1:
+            raise IPAMError(f"num must be a positive integer, got {num!r}")
+        if not handle_id:
+            raise IPAMError("handle_id must not be empty")
+        if not hostname:
+            raise IPAMError("hostname must not be empty")
+        attrs = dict(attrs or {})
+        cfg = self.get_config()
+        chosen = self.select_pools(hostname, pools, intended_use)
+        if not chosen:
+            raise NoPools(f"no IP pools available for {intended_use} addresses on node {hostname}")
+        got: list[IPv4Address] = []
+        try:
+            for cidr in self._affine_cidrs(hostname, chosen):
+                if len(got) >= num:
+                    break
+                got += self._assign_in_block(cidr, num - len(got), handle_id, attrs, hostname, True)
+            if len(got) < num and cfg.auto_allocate_blocks:
+                while len(got) < num:
+                    owned = len([a for a in self.store.list_affinities(hostname) if not a.deleted])
+                    if owned >= cfg.block_limit:
+                        raise BlockLimitError(hostname, cfg.block_limit)
+                    cidr = self._claim_new_block(hostname, chosen)
+                    if cidr is None:
+                        break
+                    got += self._assign_in_block(cidr, num - len(got), handle_id, attrs, hostname, True)
+            if len(got) < num and not cfg.strict_affinity:
+                got += self._borrow(num - len(got), handle_id, attrs, hostname, chosen)
+            if len(got) < num:
+                raise PoolsExhausted([p.cidr for p in chosen], num, len(got))
+        except BaseException:
+            if got:
+                self.release_ips(got)
+            raise
+        return got
+
+    def _borrow(self, num: int, handle_id: str, attrs: dict[str, str], host: str,
+                pools: Sequence[Pool]) -> list[IPv4Address]:
+        got: list[IPv4Address] = []
+        existing = {b.cidr: b for b, _ in self.store.list_blocks()}
+        for pool in pools:
+            for cidr in block_walk(pool.cidr, pool.block_size, host):
+                if len(got) >= num:
+                    return got
+                block = existing.get(cidr)
+                if block is None or not block.unallocated:
+                    continue
+                got += self._assign_in_block(cidr, num - len(got), handle_id, attrs, host, False)
+        return got
+
+    def assign_ip(self, ip: IPv4Address | str, handle_id: str, attrs: dict[str, str] | None,
+                  hostname: str) -> None:
+        """Allocate one specific address (claiming its block for ``hostname`` if unclaimed)."""
+        ip = IPv4Address(ip)
+        pool = next((p for p in self.pools() if ip in p.cidr), None)
+        if pool is None:
+            raise IPAMError(f"{ip} is not in any configured IP pool")
+        cfg = self.get_config()
+        cidr = block_of(ip, pool.block_size)
+        attrs = dict(attrs or {})
+        for _ in range(self.retries):
+            got = self.store.get_block(cidr)
+            if got is None:
+                self._try_claim(hostname, cidr)
+                continue
+            block, rev = got
+            if cfg.strict_affinity and block.host != hostname:
+                raise IPAMError(f"{ip}: block {cidr} is affine to {block.host}, not {hostname}, "
+                                "and strictAffinity is on")
+            block.assign(ip, handle_id, attrs)
+            self._handle_new_or_add(handle_id, cidr, 1)
+            try:
+                self.last_revision = self.store.update_block(block, rev)
+                return
+            except (errors.Conflict, errors.NotFound):
+                self._handle_sub(handle_id, cidr, 1)
+                continue
+        raise TooManyConflicts(f"assign {ip}: gave up after {self.retries} conflicting writes")
+
+    # ------------------------------------------------------------------
+    # release
+
+    def _blocks_for(self, ips: Iterable[IPv4Address]) -> dict[IPv4Network, list[IPv4Address]]:
+        cidrs = [b.cidr for b, _ in self.store.list_blocks()]
+        out: dict[IPv4Network, list[IPv4Address]] = {}
+        for ip in ips:
+            cidr = next((c for c in cidrs if ip in c), None)
+            if cidr is None:
+                out.setdefault(IPv4Network("0.0.0.0/32"), []).append(ip)
+            else:
+                out.setdefault(cidr, []).append(ip)
+        return out
+
+    def release_ips(self, ips: Iterable[IPv4Address | str],
+                    sequence_numbers: dict[IPv4Address, int] | None = None) -> list[IPv4Address]:
+        """Release addresses; returns those that were not allocated.
+
+        With ``sequence_numbers`` ({ip: seq}), an address whose allocation stamp
+        differs is refused with :class:`ipam.block.BadSequenceNumber` (nothing
+        in that block is released).
+        """
+        wanted = [IPv4Address(ip) for ip in ips]
+        not_allocated: list[IPv4Address] = []
+        for cidr, group in self._blocks_for(wanted).items():
+            if cidr == IPv4Network("0.0.0.0/32"):
+                not_allocated += group
+                continue
+            not_allocated += self._release_in_block(cidr, group, sequence_numbers)
+        return not_allocated
+
+    def _release_in_block(self, cidr: IPv4Network, ips: list[IPv4Address],
+                          seqs: dict[IPv4Address, int] | None) -> list[IPv4Address]:
+        for _ in range(self.retries):
+            got = self.store.get_block(cidr)
+            if got is None:
+                return list(ips)
+            block, rev = got
+            unalloc, counts = block.release(ips, seqs)
+            if not counts and len(unalloc) == len(ips):
+                return unalloc
+            try:
+                if block.is_empty() and block.affinity is None:
+                    self.store.delete_block(cidr, rev)
+                else:
+                    self.store.update_block(block, rev)
+            except (errors.Conflict, errors.NotFound):
+                continue
+            for handle, n in counts.items():
+                self._handle_sub(handle, cidr, n)
+            return unalloc
+        raise TooManyConflicts(f"block {cidr}: gave up after {self.retries} conflicting writes")
+
+    def release_by_handle(self, handle_id: str) -> list[IPv4Address]:
+        """Release every address of ``handle_id``; returns them (empty if the handle is unknown)."""
+        got = self.store.get_handle(handle_id)
+        if got is None:
+            return []
+        handle, _ = got
+        freed: list[IPv4Address] = []
+        for cidr_text in list(handle.block):
+            cidr = IPv4Network(cidr_text)
+            for _ in range(self.retries):
+                bgot = self.store.get_block(cidr)
+                if bgot is None:
+                    break
+                block, rev = bgot
+                ips, _counts = block.release_by_handle(handle_id)
+                if not ips:
+                    break
+                try:
+                    if block.is_empty() and block.affinity is None:
+                        self.store.delete_block(cidr, rev)
+                    else:
+                        self.store.update_block(block, rev)
+                except (errors.Conflict, errors.NotFound):
+                    continue
+                freed += ips
+                break
+            else:
+                raise TooManyConflicts(f"block {cidr}: gave up after {self.retries} conflicting writes")
+        for _ in range(self.retries):
+            hgot = self.store.get_handle(handle_id)
+            if hgot is None:
+                break
+            try:
+                self.store.delete_handle(handle_id, hgot[1])
+                break
+            except (errors.Conflict, errors.NotFound):
+                continue
+        return freed
+
+    # ------------------------------------------------------------------
+    # queries
+
+    def ip_info(self, ip: IPv4Address | str) -> dict[str, Any]:
+        """Everything IPAM knows about one address (``calicoctl ipam show --ip``)."""
+        ip = IPv4Address(ip)
+        pool = next((p for p in self.pools() if ip in p.cidr), None)
+        info: dict[str, Any] = {"ip": ip, "pool": pool.name if pool else None, "in_use": False,
+                                "block": None, "affinity": None, "handle_id": None, "attrs": {},
+                                "sequence_number": None}
+        for block, _ in self.store.list_blocks():
+            if ip in block.cidr:
+                info["block"] = block.cidr
+                info["affinity"] = block.affinity
+                attr = block.attribute_of(ip)
+                if attr is not None:
+                    info.update(in_use=True, handle_id=attr.handle_id, attrs=dict(attr.secondary),
+                                sequence_number=block.sequence_number_of(ip))
+                break
+        return info
+
+    def get_assignment_attributes(self, ip: IPv4Address | str) -> tuple[dict[str, str], str | None]:
+        """``(secondary attributes, handle_id)`` of an allocated address; IPAMError if free."""
+        info = self.ip_info(ip)
+        if not info["in_use"]:
+            raise IPAMError(f"{info['ip']} is not assigned")
+        return info["attrs"], info["handle_id"]
+
+    def blocks(self) -> list[Block]:
+        """Every block."""
+        return [b for b, _ in self.store.list_blocks()]
+
+    # ------------------------------------------------------------------
+    # tunnel addresses
+
+    @staticmethod
+    def tunnel_handle(node: str) -> str:
+        """``ipip-tunnel-addr-<node>``."""
+        return TUNNEL_HANDLE_PREFIX + node
+
+    def tunnel_pools(self, node: str) -> list[Pool]:
+        """Enabled IPIP (Always/CrossSubnet) pools that allow Tunnel use and select ``node``."""
+        return [p for p in self.select_pools(node, None, "Tunnel")
+                if p.ipip_mode in ("Always", "CrossSubnet")]
+
+    def allocate_tunnel_address(self, node: str) -> IPv4Address | None:
+        """The node's IPIP tunnel address, allocated if it has none; None without IPIP pools.
+
+        Idempotent: an address already held by ``ipip-tunnel-addr-<node>`` inside
+        a current IPIP pool is returned as is.
+        """
+        handle = self.tunnel_handle(node)
+        pools = self.tunnel_pools(node)
+        got = self.store.get_handle(handle)
+        if got is not None:
+            held = [ip for cidr in got[0].block
+                    for ip in self._handle_ips_in_block(handle, IPv4Network(cidr))]
+            good = [ip for ip in held if any(ip in p.cidr for p in pools)]
+            if good:
+                return good[0]
+            self.release_by_handle(handle)
+        if not pools:
+            return None
+        return self.auto_assign(1, handle, {"node": node, "type": "ipipTunnelAddress"}, node,
+                                pools=[p.name for p in pools], intended_use="Tunnel")[0]
+
+    def _handle_ips_in_block(self, handle_id: str, cidr: IPv4Network) -> list[IPv4Address]:
+        got = self.store.get_block(cidr)
+        return got[0].ips_of_handle(handle_id) if got else []
+
+    def release_tunnel_address(self, node: str) -> list[IPv4Address]:
+        """Release the node's IPIP tunnel address (IPIP disabled or pool removed)."""
+        return self.release_by_handle(self.tunnel_handle(node))
+
+    # ------------------------------------------------------------------
+    # consistency check
+
+    def check(self) -> CheckReport:
+        """Cross-check blocks, affinities, handles, nodes' tunnel IPs and endpoints' IPs."""
+        rep = CheckReport()
+        blocks = self.blocks()
+        pools = self.pools()
+        rep.blocks = len(blocks)
+        rep.pools = len([p for p in pools if not p.disabled])
+        tunnel: dict[IPv4Address, str] = {}
+        for doc in self._resource_dicts("Node", "nodes"):
+            name = (doc.get("metadata") or {}).get("name", "")
+            spec = doc.get("spec") or {}
+            for addr in ((spec.get("bgp") or {}).get("ipv4IPIPTunnelAddr"), spec.get("ipv4VXLANTunnelAddr")):
+                if addr:
+                    tunnel[IPv4Address(addr.split("/")[0])] = name
+        rep.tunnel_ips = len(tunnel)
+        workload: dict[IPv4Address, str] = {}
+        for doc in self._resource_dicts("WorkloadEndpoint", "workloadendpoints"):
+            meta = doc.get("metadata") or {}
+            for net in (doc.get("spec") or {}).get("ipNetworks") or []:
+                workload[IPv4Address(net.split("/")[0])] = f"{meta.get('namespace')}/{meta.get('name')}"
+        rep.workload_ips = len(workload)
+
+        counted: dict[str, dict[str, int]] = {}
+        allocated: set[IPv4Address] = set()
+        for block in blocks:
+            rep.other += block.check()
+            if block.host:
+                aff = self.store.get_affinity(block.host, block.cidr)
+                if aff is None:
+                    rep.other.append(f"block {block.cidr} is affine to {block.host} "
+                                     "but that host has no affinity for it")
+            for ip, attr in block.allocated():
+                rep.allocations += 1
+                allocated.add(ip)
+                if attr.handle_id:
+                    per = counted.setdefault(attr.handle_id, {})
+                    per[str(block.cidr)] = per.get(str(block.cidr), 0) + 1
+                if ip not in tunnel and ip not in workload:
+                    rep.leaked.append(f"{ip} (handle {attr.handle_id}) is allocated but not in use")
+        for ip, owner in list(tunnel.items()) + list(workload.items()):
+            if ip not in allocated:
+                rep.missing.append(f"{ip} is in use by {owner} but has no IPAM allocation")
+        handles = {h.handle_id: h for h in self.store.list_handles()}
+        for hid, h in handles.items():
+            if hid not in counted:
+                rep.bad_handles.append(f"handle {hid} has no matching IPs")
+            elif h.block != counted[hid]:
+                rep.bad_handles.append(f"handle {hid} counts {h.block} but blocks hold {counted[hid]}")
+        for hid in counted:
+            if hid not in handles:
+                rep.bad_handles.append(f"IPs of handle {hid} have no handle object")
+        for aff in self.store.list_affinities():
+            if not any(b.cidr == aff.cidr for b in blocks) and aff.state == STATE_CONFIRMED:
+                rep.other.append(f"affinity of {aff.host} to {aff.cidr} has no block")
+        return rep
+
+
+__all__ = ["IPAM", "Pool", "CheckReport", "BlockLimitError", "PoolsExhausted", "NoPools",
+           "TooManyConflicts", "IPAMError", "BadSequenceNumber"]
