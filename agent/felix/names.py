@@ -1,0 +1,60 @@
+"""Felix's naming rules: length-limited chain names, rule hashes, ipset names (pure)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+MAX_CHAIN_NAME = 28
+MAX_IPSET_NAME = 31
+RULE_HASH_LEN = 16
+HASH_COMMENT_PREFIX = "cali:"
+
+IPSET_ALL_HOSTS = "cali40all-hosts-net"
+IPSET_MASQ_POOLS = "cali40masq-ipam-pools"
+IPSET_ALL_POOLS = "cali40all-ipam-pools"
+
+
+def length_limited_id(prefix: str, suffix: str, max_len: int = MAX_CHAIN_NAME) -> str:
+    """``prefix + suffix`` if it fits in ``max_len``, else ``prefix + "_" + base64url(sha256(suffix))``.
+
+    A suffix that itself starts with "_" is always hashed, so a hashed name
+    can never collide with a real one (Calico's GetLengthLimitedID).
+    """
+    if len(prefix) + len(suffix) <= max_len and not suffix.startswith("_"):
+        return prefix + suffix
+    digest = base64.urlsafe_b64encode(hashlib.sha256(suffix.encode()).digest()).decode().rstrip("=")
+    room = max_len - len(prefix) - 1
+    if room <= 0:
+        raise ValueError(f"chain prefix {prefix!r} leaves no room for a hash within {max_len} chars")
+    return prefix + "_" + digest[:room]
+
+
+def endpoint_chain(direction: str, iface: str) -> str:
+    """``cali-tw-<iface>`` (to workload) or ``cali-fw-<iface>`` (from workload)."""
+    if direction not in ("tw", "fw"):
+        raise ValueError(f"endpoint chain direction must be 'tw' or 'fw', got {direction!r}")
+    return length_limited_id(f"cali-{direction}-", iface)
+
+
+def profile_chain(direction: str, profile: str) -> str:
+    """``cali-pri-<profile>`` (inbound) or ``cali-pro-<profile>`` (outbound), hashed if too long."""
+    if direction not in ("pri", "pro"):
+        raise ValueError(f"profile chain direction must be 'pri' or 'pro', got {direction!r}")
+    return length_limited_id(f"cali-{direction}-", profile)
+
+
+def rule_hashes(chain: str, rules: list[str]) -> list[str]:
+    """One 16-char hash per rule; each depends on the chain name and every rule before it."""
+    h = hashlib.sha224(chain.encode())
+    out = []
+    for rule in rules:
+        h.update(b"\x00")
+        h.update(rule.encode())
+        out.append(base64.urlsafe_b64encode(h.copy().digest()).decode()[:RULE_HASH_LEN])
+    return out
+
+
+def ipset_name(set_id: str, temp: bool = False) -> str:
+    """``cali40<id>`` (or ``cali4t<id>`` for a temporary set), truncated to 31 chars."""
+    return (("cali4t" if temp else "cali40") + set_id)[:MAX_IPSET_NAME]
