@@ -33,3 +33,33 @@ def netns() -> Iterator:
         for pid in pids:
             subprocess.run(["kill", "-9", pid], capture_output=True)
         subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory):
+    """One real etcd for the whole session, on a free loopback port."""
+    from tests.support import EtcdServer
+
+    server = EtcdServer(str(tmp_path_factory.mktemp("etcd") / "data"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def etcd_endpoints(etcd_server) -> list[str]:
+    """Endpoints of the session etcd, with the keyspace emptied before the test."""
+    from datastore.etcd import EtcdClient
+
+    if etcd_server.proc is None or etcd_server.proc.poll() is not None:
+        etcd_server.start()
+    EtcdClient(etcd_server.endpoint).delete_prefix("/")
+    return [etcd_server.endpoint]
+
+
+@pytest.fixture
+def ds_client(etcd_endpoints):
+    """A datastore Client on the (emptied) session etcd."""
+    from datastore import Client
+
+    return Client(etcd_endpoints)

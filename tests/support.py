@@ -55,3 +55,66 @@ def sh(*args: str, check: bool = True, netns: str | None = None, timeout: float 
     if check and res.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {res.returncode}: {res.stderr.strip()}")
     return res.stdout
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for etcd and other test servers)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EtcdServer:
+    """A real etcd on loopback with a temporary data dir; stopped by PID."""
+
+    def __init__(self, data_dir: str, port: int | None = None):
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.peer_port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start etcd and wait until it answers."""
+        import time
+
+        from datastore.errors import DatastoreUnavailable
+        from datastore.etcd import EtcdClient
+
+        binary = require_tool("etcd")
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        self.proc = subprocess.Popen(
+            [binary, "--name", "test", "--data-dir", self.data_dir,
+             "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"test={peer}", "--log-level", "error",
+             "--logger", "zap", "--auto-compaction-retention", "0"],
+            stdout=subprocess.DEVNULL, stderr=open(f"{self.data_dir}.log", "ab"),
+        )
+        client = EtcdClient(self.endpoint, timeout=1.0)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.revision()
+                return
+            except DatastoreUnavailable as exc:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise AssertionError(f"etcd did not start on {self.endpoint}: {exc}") from exc
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop etcd (by PID) and wait for it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None

@@ -1,0 +1,158 @@
+"""Dataclass <-> JSON conversion with Calico's (Go's) field names and omitempty rules.
+
+A field's JSON name is the camelCase of its Python name unless the field sets
+``metadata={"json": "ipv4IPIPTunnelAddr"}``. On output, ``None``, empty strings,
+lists and dicts are omitted, as are ``False`` and ``0`` of plain ``bool``/``int``
+fields (Go's omitempty); fields typed ``bool | None`` or ``int | None`` are Go
+pointers and keep their ``False``/``0``. On input, unknown fields and wrong types
+raise :class:`~datastore.errors.ValidationError` naming the field path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import typing
+from typing import Any, Union
+
+from datastore.errors import ValidationError
+
+
+def camel(name: str) -> str:
+    """snake_case -> camelCase (``block_size`` -> ``blockSize``)."""
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def jfield(json_name: str, default: Any = None, **kw: Any) -> Any:
+    """A dataclass field with an explicit JSON name."""
+    if "default_factory" in kw:
+        return dataclasses.field(metadata={"json": json_name}, **kw)
+    return dataclasses.field(default=default, metadata={"json": json_name}, **kw)
+
+
+@functools.cache
+def _fields(cls: type) -> list[tuple[str, str, Any]]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        out.append((f.name, f.metadata.get("json") or camel(f.name), hints[f.name]))
+    return out
+
+
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return True, args[0]
+    return False, tp
+
+
+def to_json(obj: Any) -> Any:
+    """Encode a dataclass (recursively) into plain JSON data."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        for name, jname, tp in _fields(type(obj)):
+            value = getattr(obj, name)
+            if value is None:
+                continue
+            optional, _ = _is_optional(tp)
+            if not optional:
+                if value is False or (isinstance(value, int) and not isinstance(value, bool) and value == 0):
+                    continue
+            if isinstance(value, str | list | dict) and len(value) == 0:
+                continue
+            encoded = to_json(value)
+            if isinstance(encoded, dict) and not encoded and dataclasses.is_dataclass(value):
+                continue
+            out[jname] = encoded
+        return out
+    if isinstance(obj, list):
+        return [to_json(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_json(v) for k, v in obj.items()}
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    if tp is str:
+        return "a string"
+    if tp is int:
+        return "an integer"
+    if tp is bool:
+        return "true or false"
+    if tp is float:
+        return "a number"
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return "a list"
+    if origin is dict or dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return str(tp)
+
+
+def from_json(tp: Any, data: Any, path: str) -> Any:
+    """Decode ``data`` into type ``tp``; errors name ``path`` (e.g. ``IPPool(p).spec.blockSize``)."""
+    optional, inner = _is_optional(tp)
+    if data is None:
+        if optional or tp is Any:
+            return None
+        raise ValidationError(path, "must not be null")
+    tp = inner
+    if tp is Any:
+        return data
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(data, dict):
+            raise ValidationError(path, f"must be a mapping, got {type(data).__name__}")
+        by_json = {jname: (name, ftp) for name, jname, ftp in _fields(tp)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in by_json:
+                known = ", ".join(sorted(by_json))
+                raise ValidationError(f"{path}.{key}", f"unknown field (known fields: {known})")
+            name, ftp = by_json[key]
+            kwargs[name] = from_json(ftp, value, f"{path}.{key}")
+        return tp(**kwargs)
+    if origin is list:
+        if not isinstance(data, list):
+            raise ValidationError(path, f"must be a list, got {type(data).__name__}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [from_json(item, v, f"{path}[{i}]") for i, v in enumerate(data)]
+    if origin is dict:
+        if not isinstance(data, dict):
+            raise ValidationError(path, f"must be a mapping, got {type(data).__name__}")
+        _, vt = typing.get_args(tp) or (str, Any)
+        return {str(k): from_json(vt, v, f"{path}.{k}") for k, v in data.items()}
+    if origin in (Union, types.UnionType):
+        for alt in typing.get_args(tp):
+            try:
+                return from_json(alt, data, path)
+            except ValidationError:
+                continue
+        raise ValidationError(path, f"has an unexpected value {data!r}")
+    if tp is bool:
+        if isinstance(data, bool):
+            return data
+        raise ValidationError(path, f"must be true or false, got {data!r}")
+    if tp is int:
+        if isinstance(data, int) and not isinstance(data, bool):
+            return data
+        if isinstance(data, str) and data.strip().lstrip("-").isdigit():
+            return int(data)
+        raise ValidationError(path, f"must be an integer, got {data!r}")
+    if tp is float:
+        if isinstance(data, int | float) and not isinstance(data, bool):
+            return float(data)
+        raise ValidationError(path, f"must be a number, got {data!r}")
+    if tp is str:
+        if isinstance(data, str):
+            return data
+        if isinstance(data, int | float) and not isinstance(data, bool):
+            return str(data)
+        raise ValidationError(path, f"must be a string, got {data!r}")
+    raise ValidationError(path, f"cannot decode into {_type_name(tp)}")
