@@ -1,1 +1,5 @@
-"""calicolab ipam package."""
+"""calicolab IPAM: Calico block/affinity/handle semantics on the etcd datastore."""
+
+from ipam.ipam import IPAM
+
+__all__ = ["IPAM"]

@@ -1,0 +1,218 @@
+"""IPAM against a real etcd: claim protocol, FIFO, handles, cap, borrow, reclaim, release, check."""
+
+from __future__ import annotations
+
+import time
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from datastore import Client, errors
+from datastore.resources import IPPool, Metadata, Node, WorkloadEndpoint
+from ipam import IPAM
+from ipam.block import BadSequenceNumber, InvalidConfig, IPAMConfigRules, IPAMError
+from ipam.ipam import BlockLimitError, NoPools, PoolsExhausted
+from ipam.store import affinity_key, block_key
+
+pytestmark = pytest.mark.etcd
+
+IP = IPv4Address
+
+
+def add_pool(client: Client, name: str, cidr: str, block_size: int = 26, **spec) -> IPPool:
+    return client.create(IPPool(metadata=Metadata(name=name),
+                                spec=IPPool.Spec(cidr=cidr, block_size=block_size, **spec)))
+
+
+@pytest.fixture
+def ipam(ds_client) -> IPAM:
+    return IPAM(ds_client)
+
+
+def test_first_node_tunnel_then_pod_claim_protocol(ds_client, ipam):
+    add_pool(ds_client, "default-ipv4-ippool", "192.168.0.0/16", 26, ipip_mode="Always")
+    tun = ipam.allocate_tunnel_address("k8s-w0")
+    pod = ipam.auto_assign(1, "k8s-pod-network.c1", {"node": "k8s-w0", "pod": "nginx",
+                                                     "namespace": "default"}, "k8s-w0")[0]
+    block = IPv4Network((int(tun), 26), strict=False)
+    # tunnel IP is ordinal 0 of the node's first block, the first pod gets ordinal 1
+    assert tun == block.network_address
+    assert pod == block.network_address + 1
+    blocks = ipam.blocks()
+    assert [b.cidr for b in blocks] == [block]
+    assert blocks[0].affinity == "host:k8s-w0"
+    # the affinity went pending -> confirmed and is stored in Calico's layout
+    aff = ds_client.etcd.get(affinity_key("k8s-w0", block))
+    assert aff is not None and b'"state":"confirmed"' in aff.value
+    assert ds_client.etcd.get(block_key(block)) is not None
+    attrs, handle = ipam.get_assignment_attributes(tun)
+    assert handle == "ipip-tunnel-addr-k8s-w0" and attrs == {"node": "k8s-w0", "type": "ipipTunnelAddress"}
+    attrs, handle = ipam.get_assignment_attributes(pod)
+    assert handle == "k8s-pod-network.c1" and attrs["pod"] == "nginx"
+    # tunnel allocation is idempotent
+    assert ipam.allocate_tunnel_address("k8s-w0") == tun
+    # the datastore sees the same objects through its typed kinds
+    h = ds_client.get("IPAMHandle", "k8s-pod-network.c1")
+    assert h.spec.block == {str(block): 1}
+    assert ds_client.list("BlockAffinity")[0].spec.state == "confirmed"
+
+
+def test_release_by_handle_and_ip_and_fifo_reuse(ds_client, ipam):
+    add_pool(ds_client, "p", "10.10.0.0/24", 28)
+    a = ipam.auto_assign(2, "h-a", {"node": "n1"}, "n1")
+    b = ipam.auto_assign(1, "h-b", {"node": "n1"}, "n1")
+    assert a[1] == a[0] + 1 and int(a[0]) % 16 == 0  # ordinals 0 and 1 of a fresh block
+    assert b[0] == a[1] + 1
+    assert ipam.release_by_handle("h-a") == a
+    with pytest.raises(errors.NotFound):
+        ds_client.get("IPAMHandle", "h-a")
+    assert ipam.release_ips([b[0], b[0] + 5]) == [b[0] + 5]  # the second one was never allocated
+    with pytest.raises(errors.NotFound):
+        ds_client.get("IPAMHandle", "h-b")
+    # freed ordinals went to the tail of the FIFO: next allocation is a fresh ordinal
+    c = ipam.auto_assign(1, "h-c", {}, "n1")[0]
+    assert c == b[0] + 1
+    assert ipam.release_by_handle("unknown-handle") == []
+    assert ipam.check().problems == 1  # h-c is allocated but no endpoint uses it
+    ipam.release_by_handle("h-c")
+    assert ipam.check().problems == 0
+
+
+def test_stale_sequence_number_release_is_refused(ds_client, ipam):
+    add_pool(ds_client, "p", "10.11.0.0/24", 28)
+    ip = ipam.auto_assign(1, "h1", {}, "n1")[0]
+    stale = ipam.ip_info(ip)["sequence_number"]
+    ipam.release_ips([ip])
+    # the block hands out every other address, then this one again (ABA)
+    ipam.auto_assign(16, "h2", {}, "n1")
+    assert ipam.ip_info(ip)["handle_id"] == "h2"
+    with pytest.raises(BadSequenceNumber):
+        ipam.release_ips([ip], sequence_numbers={ip: stale})
+    assert ipam.ip_info(ip)["in_use"]
+    fresh = ipam.ip_info(ip)["sequence_number"]
+    assert ipam.release_ips([ip], sequence_numbers={ip: fresh}) == []
+    assert not ipam.ip_info(ip)["in_use"]
+
+
+def test_per_host_block_limit(ds_client, ipam):
+    add_pool(ds_client, "p", "10.12.0.0/24", 32)
+    got = [ipam.auto_assign(1, f"h{i}", {}, "n1")[0] for i in range(20)]
+    assert len(set(got)) == 20
+    with pytest.raises(BlockLimitError, match="cannot allocate new block due to per host block limit"):
+        ipam.auto_assign(1, "h20", {}, "n1")
+    # another node is not affected
+    ipam.auto_assign(1, "other", {}, "n2")
+    # a configured cap (needs strictAffinity)
+    with pytest.raises(InvalidConfig):
+        ipam.set_config(IPAMConfigRules(max_blocks_per_host=2))
+    ipam.set_config(IPAMConfigRules(strict_affinity=True, max_blocks_per_host=2))
+    ipam.auto_assign(2, "n3a", {}, "n3")
+    with pytest.raises(BlockLimitError):
+        ipam.auto_assign(1, "n3b", {}, "n3")
+    assert ds_client.get("IPAMConfig", "default").spec.max_blocks_per_host == 2
+
+
+def test_borrow_only_when_no_free_block_and_not_strict(ds_client, ipam):
+    add_pool(ds_client, "p", "10.13.0.0/27", 28)  # two blocks
+    a = ipam.auto_assign(16, "fill-a", {}, "a")
+    b = ipam.auto_assign(1, "b1", {}, "b")
+    block_a = IPv4Network((int(a[0]), 28), strict=False)
+    block_b = IPv4Network((int(b[0]), 28), strict=False)
+    assert block_a != block_b
+    # a's block is full and the pool has no free block: a borrows from b's block
+    borrowed = ipam.auto_assign(2, "a-more", {"node": "a"}, "a")
+    assert all(ip in block_b for ip in borrowed)
+    affinities = {b.cidr: b.affinity for b in ipam.blocks()}
+    assert affinities == {block_a: "host:a", block_b: "host:b"}
+    # strict affinity forbids it
+    ipam.set_config(IPAMConfigRules(strict_affinity=True))
+    with pytest.raises(PoolsExhausted, match=r"No IPs available in pools: \[10.13.0.0/27\]"):
+        ipam.auto_assign(1, "a-strict", {}, "a")
+    assert ipam.release_by_handle("a-strict") == []
+
+
+def test_reclaim_empty_block_of_other_host_after_min_age(ds_client):
+    add_pool(ds_client, "p", "10.14.0.0/28", 28)  # one block
+    now = [1000.0]
+    ipam = IPAM(ds_client, empty_block_min_reclaim_age=60, clock=lambda: now[0])
+    ip = ipam.auto_assign(1, "b1", {}, "b")[0]
+    ipam.release_ips([ip])
+    # b's block is empty but young: a borrows from it instead of reclaiming
+    got = ipam.auto_assign(1, "a1", {}, "a")[0]
+    assert ipam.blocks()[0].affinity == "host:b" and got in IPv4Network("10.14.0.0/28")
+    ipam.release_ips([got])
+    now[0] += 61
+    got = ipam.auto_assign(1, "a2", {}, "a")[0]
+    blocks = ipam.blocks()
+    assert blocks[0].affinity == "host:a"
+    assert got == IP("10.14.0.0")  # a fresh block: ordinal 0
+    assert ds_client.etcd.get(affinity_key("b", "10.14.0.0/28")) is None
+    assert ds_client.etcd.get(affinity_key("a", "10.14.0.0/28")) is not None
+    assert ipam.check().problems == 1  # only a2's unreferenced allocation
+
+
+def test_exhaustion_is_all_or_nothing_and_names_pools(ds_client, ipam):
+    add_pool(ds_client, "p", "10.15.0.0/28", 28)
+    with pytest.raises(PoolsExhausted, match=r"10.15.0.0/28.*failed to request 17 IPv4 addresses"):
+        ipam.auto_assign(17, "big", {}, "n1")
+    assert all(b.is_empty() for b in ipam.blocks())
+    with pytest.raises(errors.NotFound):
+        ds_client.get("IPAMHandle", "big")
+
+
+def test_pool_selection_rules(ds_client, ipam):
+    add_pool(ds_client, "tun-only", "10.16.0.0/24", 28, allowed_uses=["Tunnel"], ipip_mode="Always")
+    add_pool(ds_client, "rack1", "10.17.0.0/24", 28, node_selector="rack == 'r1'")
+    add_pool(ds_client, "off", "10.18.0.0/24", 28, disabled=True)
+    ds_client.create(Node(metadata=Metadata(name="n1", labels={"rack": "r1"})))
+    ds_client.create(Node(metadata=Metadata(name="n2", labels={"rack": "r2"})))
+    ip = ipam.auto_assign(1, "w1", {}, "n1")[0]
+    assert ip in IPv4Network("10.17.0.0/24")
+    with pytest.raises(NoPools, match="n2"):
+        ipam.auto_assign(1, "w2", {}, "n2")
+    assert ipam.allocate_tunnel_address("n2") in IPv4Network("10.16.0.0/24")
+    with pytest.raises(NoPools, match="disabled"):
+        ipam.auto_assign(1, "w3", {}, "n1", pools=["off"])
+    with pytest.raises(NoPools, match="does not exist"):
+        ipam.auto_assign(1, "w3", {}, "n1", pools=["10.99.0.0/16"])
+    assert ipam.auto_assign(1, "w4", {}, "n1", pools=["10.17.0.0/24"])[0] in IPv4Network("10.17.0.0/24")
+
+
+def test_assign_specific_ip(ds_client, ipam):
+    add_pool(ds_client, "p", "10.19.0.0/24", 26)
+    ipam.assign_ip("10.19.0.70", "fixed", {"pod": "x"}, "n1")
+    info = ipam.ip_info("10.19.0.70")
+    assert info["in_use"] and info["handle_id"] == "fixed" and info["affinity"] == "host:n1"
+    with pytest.raises(IPAMError, match="in use"):
+        ipam.assign_ip("10.19.0.70", "again", {}, "n1")
+    with pytest.raises(IPAMError, match="not in any configured IP pool"):
+        ipam.assign_ip("10.20.0.1", "x", {}, "n1")
+
+
+def test_check_reports_leaks_and_missing_allocations(ds_client, ipam):
+    add_pool(ds_client, "p", "10.21.0.0/24", 28, ipip_mode="Always")
+    tun = ipam.allocate_tunnel_address("n1")
+    pod = ipam.auto_assign(1, "k8s-pod-network.c1", {"node": "n1"}, "n1")[0]
+    rep = ipam.check()
+    assert rep.blocks == 1 and rep.pools == 1 and rep.allocations == 2
+    assert rep.problems == 2 and len(rep.leaked) == 2
+    from datastore.resources import NodeBGPSpec
+    ds_client.create(Node(metadata=Metadata(name="n1"),
+                          spec=Node.Spec(bgp=NodeBGPSpec(ipv4_address="172.30.0.11/24",
+                                                         ipv4_ipip_tunnel_addr=str(tun)))))
+    ds_client.create(WorkloadEndpoint(
+        metadata=Metadata(name="n1-k8s-a-eth0", namespace="default"),
+        spec=WorkloadEndpoint.Spec(node="n1", pod="a", endpoint="eth0",
+                                   ip_networks=[f"{pod}/32", "10.21.0.200/32"])))
+    rep = ipam.check()
+    assert rep.tunnel_ips == 1 and rep.workload_ips == 2
+    assert rep.leaked == [] and rep.missing == ["10.21.0.200 is in use by default/n1-k8s-a-eth0 "
+                                                "but has no IPAM allocation"]
+
+
+def test_unreachable_etcd_fails_fast_with_endpoint():
+    ipam = IPAM(Client(["http://127.0.0.1:9"], timeout=1.0))
+    t0 = time.monotonic()
+    with pytest.raises(errors.DatastoreUnavailable, match="127.0.0.1:9"):
+        ipam.auto_assign(1, "h", {}, "n1")
+    assert time.monotonic() - t0 < 5
