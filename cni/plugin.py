@@ -1,0 +1,538 @@
+"""The verbs of the ``calico`` and ``calico-ipam`` CNI plugins.
+
+:func:`run` is the single entry point: the standalone executables call it
+in-process, and :class:`cni.server.CNIServer` calls it for requests forwarded by
+the thin executables. It never reads ``os.environ``: everything comes from the
+request's ``env`` and ``stdin``, and it returns ``(exit code, stdout, stderr)``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from cni import names, spec
+from cni.log import Log
+from cni.netconf import NetConf, determine_mtu, determine_nodename, parse_netconf
+from cni.spec import CNIError
+
+IPAM_LOCK = "/var/run/calico/ipam.lock"
+MTU_FILE = "/var/lib/calico/mtu"
+DATASTORE_TIMEOUT = 3.0
+
+_clients: dict[tuple[str, ...], Any] = {}
+_clients_lock = threading.Lock()
+
+
+@dataclass
+class Invocation:
+    """Everything one verb needs."""
+
+    plugin: str
+    env: spec.Environment
+    raw_env: dict[str, str]
+    conf: dict[str, Any]
+    version: str
+    nc: NetConf
+    log: Log
+
+    @property
+    def pod_namespace(self) -> str:
+        """K8S_POD_NAMESPACE from CNI_ARGS ('' without k8s args)."""
+        return self.env.args.get("K8S_POD_NAMESPACE", "")
+
+    @property
+    def pod_name(self) -> str:
+        """K8S_POD_NAME from CNI_ARGS ('' without k8s args)."""
+        return self.env.args.get("K8S_POD_NAME", "")
+
+    @property
+    def handle(self) -> str:
+        """IPAM handle of this attachment."""
+        return names.handle_id(self.nc.name, self.env.container_id)
+
+
+# ---------------------------------------------------------------------------
+# datastore access (imported lazily: the thin client never pays for it)
+
+
+def client_for(endpoints: list[str]) -> Any:
+    """A datastore Client per endpoint list, reused across requests in one process."""
+    key = tuple(endpoints)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            from datastore import Client
+
+            client = _clients[key] = Client(list(endpoints), timeout=DATASTORE_TIMEOUT)
+        return client
+
+
+def _ipam(client: Any) -> Any:
+    from ipam.ipam import IPAM
+
+    return IPAM(client)
+
+
+def _datastore_error(exc: BaseException, what: str) -> CNIError:
+    """Map datastore/IPAM exceptions to CNI errors a person understands."""
+    from datastore import errors
+    from ipam.block import IPAMError
+    from ipam.ipam import BlockLimitError, NoPools, PoolsExhausted
+
+    if isinstance(exc, errors.DatastoreUnavailable):
+        return CNIError(spec.E_TRY_AGAIN, f"{what}: the Calico datastore (etcd) is unreachable: {exc}")
+    if isinstance(exc, (PoolsExhausted, BlockLimitError)):
+        return CNIError(spec.E_IPAM_EXHAUSTED, f"{what}: {exc}")
+    if isinstance(exc, NoPools):
+        return CNIError(spec.E_IPAM_EXHAUSTED, f"{what}: {exc}")
+    if isinstance(exc, (errors.DatastoreError, IPAMError)):
+        return CNIError(spec.E_DATASTORE, f"{what}: {exc}")
+    return CNIError(spec.E_INTERNAL, f"{what}: unexpected {type(exc).__name__}: {exc}")
+
+
+class _IPAMLock:
+    """Calico's best-effort host lock around IPAM (``/var/run/calico/ipam.lock``)."""
+
+    def __init__(self, path: str = IPAM_LOCK) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def __enter__(self) -> _IPAMLock:
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except OSError:
+            self.fd = None  # best effort, as in Calico
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+# ---------------------------------------------------------------------------
+# IPAM verbs (shared by calico-ipam and the in-process path of calico)
+
+
+def ipam_add(inv: Invocation, nodename: str) -> list[str]:
+    """Allocate one IPv4 address for this attachment; returns ``["a.b.c.d/32"]``."""
+    attrs = {"node": nodename, "timestamp": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime())}
+    if inv.pod_name:
+        attrs["pod"] = inv.pod_name
+        attrs["namespace"] = inv.pod_namespace
+    client = client_for(inv.nc.etcd_endpoints)
+    try:
+        with _IPAMLock():
+            ips = _ipam(client).auto_assign(
+                1, inv.handle, attrs, nodename, pools=inv.nc.ipam.ipv4_pools or None
+            )
+    except Exception as exc:
+        raise _datastore_error(exc, "IPAM could not assign an IPv4 address") from exc
+    inv.log.info(f"IPAM assigned {', '.join(map(str, ips))} to handle {inv.handle} on {nodename}")
+    return [f"{ip}/32" for ip in ips]
+
+
+def ipam_del(inv: Invocation) -> list[str]:
+    """Release everything of this attachment's handle (and the legacy ``<ns>.<pod>`` handle)."""
+    client = client_for(inv.nc.etcd_endpoints)
+    freed: list[str] = []
+    try:
+        with _IPAMLock():
+            ipam = _ipam(client)
+            freed += [str(ip) for ip in ipam.release_by_handle(inv.handle)]
+            if inv.pod_name:
+                freed += [str(ip) for ip in ipam.release_by_handle(f"{inv.pod_namespace}.{inv.pod_name}")]
+    except Exception as exc:
+        raise _datastore_error(exc, f"IPAM could not release handle {inv.handle}") from exc
+    inv.log.info(f"IPAM released {freed or 'nothing'} for handle {inv.handle}")
+    return freed
+
+
+def ipam_check(inv: Invocation, addresses: list[str]) -> list[str]:
+    """Problems with the allocations of ``addresses`` (empty when each is held by our handle)."""
+    client = client_for(inv.nc.etcd_endpoints)
+    problems = []
+    try:
+        ipam = _ipam(client)
+        for cidr in addresses:
+            ip = cidr.split("/")[0]
+            info = ipam.ip_info(ip)
+            if not info["in_use"]:
+                problems.append(f"{ip} is not allocated in IPAM")
+            elif info["handle_id"] != inv.handle:
+                problems.append(f"{ip} is allocated to handle {info['handle_id']}, not {inv.handle}")
+    except Exception as exc:
+        raise _datastore_error(exc, "IPAM check") from exc
+    return problems
+
+
+def _exec_delegate(inv: Invocation, command: str) -> dict[str, Any] | None:
+    """Run a non-calico IPAM plugin (e.g. host-local) from CNI_PATH, as libcni's delegate does."""
+    itype = inv.nc.ipam.type
+    binary = next((os.path.join(d, itype) for d in inv.env.path if os.access(os.path.join(d, itype), os.X_OK)), None)
+    if binary is None:
+        raise CNIError(spec.E_INVALID_CONFIG, f"IPAM plugin {itype!r} not found in CNI_PATH {':'.join(inv.env.path)}")
+    env = dict(inv.raw_env, CNI_COMMAND=command)
+    proc = subprocess.run([binary], input=json.dumps(inv.conf).encode(), env=env, capture_output=True, timeout=120)
+    if proc.returncode != 0:
+        try:
+            err = json.loads(proc.stdout)
+            raise CNIError(int(err.get("code", spec.E_INTERNAL)), f"IPAM plugin {itype}: {err.get('msg', '')}",
+                           err.get("details", ""))
+        except (ValueError, AttributeError):
+            raise CNIError(spec.E_INTERNAL, f"IPAM plugin {itype} failed: {proc.stderr.decode(errors='replace')[-500:]}") from None
+    if command != "ADD":
+        return None
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        raise CNIError(spec.E_INTERNAL, f"IPAM plugin {itype} printed no JSON result") from None
+
+
+def _allocate(inv: Invocation, nodename: str) -> list[str]:
+    if inv.nc.ipam.type == "calico-ipam":
+        return ipam_add(inv, nodename)
+    res = _exec_delegate(inv, "ADD") or {}
+    addrs = [ip["address"] for ip in res.get("ips", []) if ":" not in ip.get("address", "")]
+    if not addrs:
+        raise CNIError(spec.E_INTERNAL, f"IPAM plugin {inv.nc.ipam.type} returned no IPv4 address")
+    return [a.split("/")[0] + "/32" for a in addrs]  # narrowed to /32 as Calico does
+
+
+def _release(inv: Invocation) -> None:
+    if inv.nc.ipam.type == "calico-ipam":
+        ipam_del(inv)
+    else:
+        _exec_delegate(inv, "DEL")
+
+
+# ---------------------------------------------------------------------------
+# calico verbs
+
+
+def _nodename(inv: Invocation) -> str:
+    return determine_nodename(inv.nc, socket.gethostname())
+
+
+def _host_ifname(inv: Invocation) -> str:
+    prefix = names.interface_prefix(inv.raw_env.get("FELIX_INTERFACEPREFIX"))
+    return names.veth_name(inv.pod_namespace or None, inv.pod_name or None, inv.env.container_id, prefix)
+
+
+def _wep_ident(inv: Invocation, nodename: str) -> tuple[str, str]:
+    name = names.wep_name(nodename, inv.pod_name or None, inv.env.container_id, inv.env.ifname)
+    return name, inv.pod_namespace or "default"
+
+
+def _check_ready(client: Any) -> None:
+    """Calico refuses to work while ClusterInformation says the datastore is not ready."""
+    from datastore import errors
+
+    try:
+        ci = client.get("ClusterInformation", "default")
+    except errors.NotFound:
+        return  # not initialised by calico-node yet: allowed (documented in docs/cni.md)
+    if ci.spec.datastore_ready is False:
+        raise CNIError(spec.E_TRY_AGAIN, "Calico is currently not ready to process requests "
+                       "(ClusterInformation default has datastoreReady=false)")
+
+
+def _reuse_addresses(inv: Invocation, client: Any, wep_name: str, wep_ns: str) -> list[str]:
+    """A repeated ADD of the same container keeps the addresses its handle already holds."""
+    from datastore import errors
+
+    try:
+        wep = client.get("WorkloadEndpoint", wep_name, wep_ns)
+    except errors.NotFound:
+        return []
+    if wep.spec.container_id != inv.env.container_id or not wep.spec.ip_networks:
+        return []
+    if ipam_check(inv, list(wep.spec.ip_networks)):
+        return []
+    return list(wep.spec.ip_networks)
+
+
+def cmd_add(inv: Invocation) -> dict[str, Any]:
+    """ADD: allocate, plumb, write the WorkloadEndpoint; undo everything on failure."""
+    from cni import dataplane
+    from datastore.resources import Metadata, WorkloadEndpoint
+
+    nodename = _nodename(inv)
+    client = client_for(inv.nc.etcd_endpoints)
+    wep_name, wep_ns = _wep_ident(inv, nodename)
+    try:
+        _check_ready(client)
+        reused = _reuse_addresses(inv, client, wep_name, wep_ns) if inv.nc.ipam.type == "calico-ipam" else []
+    except CNIError:
+        raise
+    except Exception as exc:
+        raise _datastore_error(exc, "reading the datastore") from exc
+    mtu = determine_mtu(inv.nc, MTU_FILE)
+    host_if = _host_ifname(inv)
+    addresses = reused or _allocate(inv, nodename)
+    address = addresses[0].split("/")[0]
+    try:
+        try:
+            if reused:  # rebuild the plumbing of a repeated ADD from scratch
+                dataplane.teardown(inv.env.ifname, inv.env.netns)
+            plumbing = dataplane.setup(host_if, inv.env.ifname, inv.env.netns, address, mtu)
+        except dataplane.DataplaneError as exc:
+            raise CNIError(spec.E_DATAPLANE, str(exc)) from None
+        inv.log.info(f"plumbed {host_if} <-> {inv.env.ifname}@{inv.env.netns} for {address} (mtu {mtu})")
+        labels = {"projectcalico.org/namespace": wep_ns,
+                  "projectcalico.org/orchestrator": "k8s" if inv.pod_name else "cni"}
+        wep = WorkloadEndpoint(
+            metadata=Metadata(name=wep_name, namespace=wep_ns, labels=labels),
+            spec=WorkloadEndpoint.Spec(
+                orchestrator="k8s" if inv.pod_name else "cni",
+                node=nodename,
+                pod=inv.pod_name,
+                workload="" if inv.pod_name else inv.env.container_id,
+                endpoint=inv.env.ifname,
+                container_id=inv.env.container_id,
+                ip_networks=list(addresses),
+                profiles=[f"kns.{wep_ns}"],
+                interface_name=host_if,
+                mac=plumbing.pod.mac,
+            ),
+        )
+        try:
+            client.apply(wep)
+        except Exception as exc:
+            dataplane.teardown(inv.env.ifname, inv.env.netns)
+            raise _datastore_error(exc, f"writing WorkloadEndpoint {wep_ns}/{wep_name}") from exc
+        inv.log.info(f"wrote WorkloadEndpoint {wep_ns}/{wep_name}")
+    except BaseException:
+        try:
+            _release(inv)
+        except Exception as exc:  # the original error matters more; log the cleanup failure
+            inv.log.error(f"releasing {addresses} after a failed ADD also failed: {exc}")
+        raise
+    result = spec.Result(
+        interfaces=[spec.Interface(host_if, plumbing.host.mac, mtu),
+                    spec.Interface(inv.env.ifname, plumbing.pod.mac, mtu, inv.env.netns)],
+        ips=[spec.IPConfig(a, interface=1) for a in addresses],
+        routes=[spec.Route("0.0.0.0/0", dataplane.GATEWAY)],
+    )
+    return result.to_dict(inv.version)
+
+
+def cmd_del(inv: Invocation) -> None:
+    """DEL: idempotent; remove the pod link, the WEP (if ours) and the allocation."""
+    from cni import dataplane
+    from datastore import errors
+
+    nodename = _nodename(inv)
+    client = client_for(inv.nc.etcd_endpoints)
+    wep_name, wep_ns = _wep_ident(inv, nodename)
+    try:
+        try:
+            wep = client.get("WorkloadEndpoint", wep_name, wep_ns)
+        except errors.NotFound:
+            wep = None
+        if wep is not None:
+            if wep.spec.container_id == inv.env.container_id:
+                try:
+                    client.delete("WorkloadEndpoint", wep_name, wep_ns)
+                    inv.log.info(f"deleted WorkloadEndpoint {wep_ns}/{wep_name}")
+                except errors.NotFound:
+                    pass
+            else:
+                inv.log.info(f"kept WorkloadEndpoint {wep_ns}/{wep_name}: it belongs to container "
+                             f"{wep.spec.container_id}, not {inv.env.container_id}")
+    except CNIError:
+        raise
+    except Exception as exc:
+        raise _datastore_error(exc, "DEL could not reach the WorkloadEndpoint") from exc
+    try:
+        dataplane.teardown(inv.env.ifname, inv.env.netns)
+    except dataplane.DataplaneError as exc:
+        raise CNIError(spec.E_DATAPLANE, str(exc)) from None
+    _release(inv)
+
+
+def cmd_check(inv: Invocation) -> None:
+    """CHECK: compare prevResult with the kernel, IPAM and the WorkloadEndpoint."""
+    from cni import dataplane
+    from datastore import errors
+
+    if inv.nc.prev_result is None:
+        raise CNIError(spec.E_INVALID_CONFIG, "CHECK needs prevResult in the network configuration")
+    prev = spec.Result.from_dict(inv.nc.prev_result)
+    nodename = _nodename(inv)
+    sandbox = [i for i, itf in enumerate(prev.interfaces) if itf.name == inv.env.ifname and itf.sandbox]
+    if not sandbox:
+        raise CNIError(spec.E_CHECK_FAILED, f"prevResult lists no sandbox interface {inv.env.ifname}")
+    idx = sandbox[0]
+    addresses = [ip.address for ip in prev.ips if ip.interface in (None, idx) and ":" not in ip.address]
+    if not addresses:
+        raise CNIError(spec.E_CHECK_FAILED, f"prevResult has no IPv4 address on {inv.env.ifname}")
+    host_if = _host_ifname(inv)
+    problems = []
+    for cidr in addresses:
+        problems += dataplane.check(host_if, inv.env.ifname, inv.env.netns, cidr.split("/")[0],
+                                    prev.interfaces[idx].mac)
+    client = client_for(inv.nc.etcd_endpoints)
+    if inv.nc.ipam.type == "calico-ipam":
+        problems += ipam_check(inv, addresses)
+    wep_name, wep_ns = _wep_ident(inv, nodename)
+    try:
+        wep = client.get("WorkloadEndpoint", wep_name, wep_ns)
+        if wep.spec.container_id != inv.env.container_id:
+            problems.append(f"WorkloadEndpoint {wep_ns}/{wep_name} belongs to container {wep.spec.container_id}")
+        if sorted(wep.spec.ip_networks) != sorted(a.split("/")[0] + "/32" for a in addresses):
+            problems.append(f"WorkloadEndpoint {wep_ns}/{wep_name} has {wep.spec.ip_networks}, prevResult {addresses}")
+        if wep.spec.interface_name != host_if:
+            problems.append(f"WorkloadEndpoint {wep_ns}/{wep_name} names interface {wep.spec.interface_name}")
+    except errors.NotFound:
+        problems.append(f"WorkloadEndpoint {wep_ns}/{wep_name} is missing")
+    except Exception as exc:
+        raise _datastore_error(exc, "CHECK could not read the WorkloadEndpoint") from exc
+    if problems:
+        raise CNIError(spec.E_CHECK_FAILED, "CHECK failed: " + "; ".join(problems))
+
+
+def cmd_status(inv: Invocation) -> None:
+    """STATUS: error 50 unless the datastore answers and a usable pool exists."""
+    try:
+        ipam = _ipam(client_for(inv.nc.etcd_endpoints))
+        usable = [p for p in ipam.pools() if not p.disabled and "Workload" in p.allowed_uses]
+        if inv.nc.ipam.ipv4_pools:
+            want = set(inv.nc.ipam.ipv4_pools)
+            usable = [p for p in usable if p.name in want or str(p.cidr) in want]
+    except Exception as exc:
+        raise CNIError(spec.E_PLUGIN_NOT_AVAILABLE, f"plugin not available: cannot read IP pools from the "
+                       f"datastore at {','.join(inv.nc.etcd_endpoints)}: {exc}") from exc
+    if not usable:
+        raise CNIError(spec.E_PLUGIN_NOT_AVAILABLE, "plugin not available: no usable IPv4 pool "
+                       "(none exists, or all are disabled / not for workloads)")
+
+
+def cmd_gc(inv: Invocation) -> None:
+    """GC: release this node's allocations (and WEPs) of this network whose attachment is not valid."""
+    from datastore import errors
+
+    valid = {a["containerID"] for a in inv.nc.valid_attachments or []}
+    nodename = _nodename(inv)
+    prefix = inv.nc.name + "."
+    client = client_for(inv.nc.etcd_endpoints)
+    try:
+        ipam = _ipam(client)
+        stale: set[str] = set()
+        for block in ipam.blocks():
+            for _ip, attr in block.allocated():
+                hid = attr.handle_id or ""
+                if (hid.startswith(prefix) and (attr.secondary or {}).get("node") == nodename
+                        and hid[len(prefix):] not in valid):
+                    stale.add(hid)
+        with _IPAMLock():
+            for hid in sorted(stale):
+                freed = ipam.release_by_handle(hid)
+                inv.log.info(f"GC released {[str(i) for i in freed]} of stale handle {hid}")
+        for wep in client.list("WorkloadEndpoint"):
+            if wep.spec.node == nodename and wep.spec.container_id and wep.spec.container_id not in valid:
+                try:
+                    client.delete("WorkloadEndpoint", wep.metadata.name, wep.metadata.namespace)
+                    inv.log.info(f"GC deleted WorkloadEndpoint {wep.metadata.namespace}/{wep.metadata.name}")
+                except errors.NotFound:
+                    pass
+    except Exception as exc:
+        raise _datastore_error(exc, "GC") from exc
+
+
+def ipam_plugin_add(inv: Invocation) -> dict[str, Any]:
+    """calico-ipam ADD: the result carries only the addresses."""
+    addresses = ipam_add(inv, _nodename(inv))
+    return spec.Result(ips=[spec.IPConfig(a) for a in addresses]).to_dict(inv.version)
+
+
+def ipam_plugin_check(inv: Invocation) -> None:
+    """calico-ipam CHECK: prevResult's addresses must be held by our handle."""
+    if inv.nc.prev_result is None:
+        raise CNIError(spec.E_INVALID_CONFIG, "CHECK needs prevResult in the network configuration")
+    prev = spec.Result.from_dict(inv.nc.prev_result)
+    problems = ipam_check(inv, [ip.address for ip in prev.ips if ":" not in ip.address])
+    if problems:
+        raise CNIError(spec.E_CHECK_FAILED, "CHECK failed: " + "; ".join(problems))
+
+
+# ---------------------------------------------------------------------------
+# entry point
+
+
+def run(plugin: str, env: dict[str, str], stdin: bytes) -> tuple[int, str, str]:
+    """Execute one CNI invocation of ``plugin`` ("calico" or "calico-ipam").
+
+    Returns (exit code, stdout text, stderr text). Never raises.
+    """
+    log = Log()
+    version = spec.LATEST
+    try:
+        cenv = spec.parse_env(env)
+        if cenv.command == "VERSION":
+            try:
+                conf = spec.parse_stdin(stdin) if stdin.strip() else None
+            except CNIError:
+                conf = None
+            return 0, json.dumps(spec.version_result(conf)), ""
+        conf = spec.parse_stdin(stdin)
+        if isinstance(conf.get("cniVersion"), str) and conf["cniVersion"] in spec.SUPPORTED_VERSIONS:
+            version = conf["cniVersion"]
+        version = spec.check_version(conf, cenv.command)
+        nc = parse_netconf(conf, expect_type="calico" if plugin == "calico" else None, env=env)
+        if plugin == "calico-ipam" and nc.ipam.type != "calico-ipam":
+            raise CNIError(spec.E_INVALID_CONFIG, f"invalid network configuration: 'ipam.type' is {nc.ipam.type!r}, "
+                           "this plugin is 'calico-ipam'")
+        log.configure(nc.log_file_path, nc.log_level)
+        log.prefix = f"{plugin} {cenv.command} {cenv.container_id[:12]} "
+        inv = Invocation(plugin, cenv, env, conf, version, nc, log)
+        started = time.monotonic()
+        out = _dispatch(inv)
+        log.info(f"done in {(time.monotonic() - started) * 1000:.1f} ms")
+        return 0, (json.dumps(out) if out is not None else ""), log.stderr_text()
+    except CNIError as exc:
+        log.error(f"error {exc.code}: {exc.msg}")
+        return 1, spec.error_json(exc, version), log.stderr_text()
+    except Exception as exc:
+        log.error("internal error: " + "".join(traceback.format_exception(exc)))
+        err = CNIError(spec.E_INTERNAL, f"internal error in {plugin}: {type(exc).__name__}: {exc}")
+        return 1, spec.error_json(err, version), log.stderr_text()
+
+
+def _dispatch(inv: Invocation) -> dict[str, Any] | None:
+    cmd = inv.env.command
+    if inv.plugin == "calico-ipam":
+        if cmd == "ADD":
+            return ipam_plugin_add(inv)
+        if cmd == "DEL":
+            ipam_del(inv)
+            return None
+        if cmd == "CHECK":
+            ipam_plugin_check(inv)
+            return None
+    else:
+        if cmd == "ADD":
+            return cmd_add(inv)
+        if cmd == "DEL":
+            cmd_del(inv)
+            return None
+        if cmd == "CHECK":
+            cmd_check(inv)
+            return None
+    if cmd == "STATUS":
+        cmd_status(inv)
+        return None
+    if cmd == "GC":
+        cmd_gc(inv)
+        return None
+    raise CNIError(spec.E_INVALID_ENV, f"unsupported CNI_COMMAND {cmd}")
+

@@ -1,0 +1,146 @@
+"""The warm CNI server that calico-node runs (Cilium/Multus "thick plugin" style).
+
+The thin ``calico``/``calico-ipam`` executables forward each invocation here over
+a unix socket; the server runs :func:`cni.plugin.run` in a thread of the agent
+process, which already has the modules imported and a connection to etcd.
+
+A request is refused (and the client falls back to in-process execution) when the
+caller is in another network or mount namespace than the server, because the
+host side of the veth and paths like CNI_NETNS and /var/lib/calico must be
+resolved where the runtime called the plugin.
+
+Protocol: the client writes one JSON object ``{"plugin", "env", "stdin", "ns":
+{"net": inode, "mnt": inode}}`` and shuts down its write side; the server
+answers ``{"code", "stdout", "stderr"}`` or ``{"refused": reason}`` and closes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import threading
+from typing import Any
+
+from cni import plugin as _plugin
+
+MAX_REQUEST = 4 << 20
+
+
+def _own_ns() -> dict[str, int]:
+    return {kind: os.stat(f"/proc/self/ns/{kind}").st_ino for kind in ("net", "mnt")}
+
+
+class CNIServer:
+    """Serve CNI requests on ``sock_path`` from a background thread.
+
+    ``CNIServer(sock_path="/var/run/calico/cni.sock").start()`` in calico-node;
+    ``.stop()`` at shutdown removes the socket.
+    """
+
+    def __init__(self, sock_path: str = "/var/run/calico/cni.sock") -> None:
+        self.sock_path = sock_path
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._ns = _own_ns()
+        self.served = 0
+        self.refused = 0
+        # warm the datastore/IPAM modules too, so the first request is fast
+        import datastore.client  # noqa: F401
+        import ipam.ipam  # noqa: F401
+        from cni import dataplane  # noqa: F401
+
+    def start(self) -> CNIServer:
+        """Bind the socket (replacing a stale one) and serve in a daemon thread."""
+        os.makedirs(os.path.dirname(self.sock_path) or ".", exist_ok=True)
+        try:
+            st = os.lstat(self.sock_path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise RuntimeError(f"{self.sock_path} exists and is not a socket; refusing to replace it")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(self.sock_path)
+                raise RuntimeError(f"another CNI server is already listening on {self.sock_path}")
+            except OSError:
+                os.unlink(self.sock_path)  # stale socket of a dead server
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old_umask = os.umask(0o077)
+        try:
+            sock.bind(self.sock_path)
+        finally:
+            os.umask(old_umask)
+        sock.listen(128)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._serve, name="cni-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting and remove the socket."""
+        self._stopping.set()
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._sock.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            os.unlink(self.sock_path)
+        except FileNotFoundError:
+            pass
+
+    def _serve(self) -> None:
+        assert self._sock is not None
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                continue
+            threading.Thread(target=self._handle, args=(conn,), name="cni-request", daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                reply = self._process(conn)
+            except Exception as exc:  # never let one bad request kill the server
+                reply = {"refused": f"bad request: {exc}"}
+            try:
+                conn.sendall(json.dumps(reply).encode())
+            except OSError:
+                pass
+
+    def _process(self, conn: socket.socket) -> dict[str, Any]:
+        chunks, size = [], 0
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > MAX_REQUEST:
+                self.refused += 1
+                return {"refused": "request too large"}
+            chunks.append(chunk)
+        req = json.loads(b"".join(chunks).decode("utf-8", "surrogatepass"))
+        if req.get("ns") != self._ns:
+            self.refused += 1
+            return {"refused": "caller is in another network or mount namespace than the CNI server"}
+        plugin = req.get("plugin")
+        if plugin not in ("calico", "calico-ipam"):
+            self.refused += 1
+            return {"refused": f"unknown plugin {plugin!r}"}
+        env = {str(k): str(v) for k, v in (req.get("env") or {}).items()}
+        stdin = str(req.get("stdin", "")).encode("utf-8", "surrogateescape")
+        code, out, err = _plugin.run(plugin, env, stdin)
+        self.served += 1
+        return {"code": code, "stdout": out, "stderr": err}
