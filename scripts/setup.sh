@@ -68,4 +68,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 .venv/bin/python -c 'import mininet.net, pyroute2, scapy, yaml' || {
     echo "setup: the venv cannot import mininet/pyroute2/scapy/yaml" >&2; exit 1; }
+# The kernel tier's guest kernel (Debian's stock package, cached in .cache/kernel/).
+if ! .venv/bin/python -m testbed.kerneltier.fetch >/dev/null; then
+    echo "setup: could not fetch the guest kernel for the kernel tier" >&2
+    exit 1
+fi
 say "ready: $(.venv/bin/python --version), venv at $here/.venv"
