@@ -1,0 +1,187 @@
+"""Remove everything a lab made, from its state file alone (Mininet's ``mn -c``, scoped).
+
+Works after ``kill -9`` of the supervisor and every lab process, and is safe
+at any time: it only touches what the lab's ``state.json`` names (written
+before anything was created), never anything matched by a process name.
+
+Order: kill every process of the lab (its cgroup, recorded PIDs checked
+against their start time, anything still inside one of its namespaces), then
+detach its netns (their veths, bridges and iptables rules go with them), then
+unmount anything left under its state directory, remove its cgroup and the
+state directory (etcd data, logs, node directories).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from testbed.lab import list_labs, pid_alive, read_state, state_dir
+
+__all__ = ["CleanReport", "clean_lab", "clean_all"]
+
+
+@dataclass
+class CleanReport:
+    """What one clean removed."""
+
+    lab: str
+    killed: list[int] = field(default_factory=list)
+    netns: list[str] = field(default_factory=list)
+    mounts: list[str] = field(default_factory=list)
+    cgroup: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for the CLI."""
+        return (f"lab {self.lab}: killed {len(self.killed)} process(es), removed "
+                f"{len(self.netns)} netns, {len(self.mounts)} mount(s)"
+                + (f"; errors: {'; '.join(self.errors)}" if self.errors else ""))
+
+
+def _netns_pids(path: Path) -> set[int]:
+    """PIDs whose netns is the namespace bound at ``path``."""
+    try:
+        want = os.stat(path)
+    except OSError:
+        return set()
+    out: set[int] = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            st = os.stat(f"/proc/{entry.name}/ns/net")
+        except OSError:
+            continue
+        if (st.st_ino, st.st_dev) == (want.st_ino, want.st_dev):
+            out.add(int(entry.name))
+    return out
+
+
+def _cgroup_pids(cg: Path) -> set[int]:
+    pids: set[int] = set()
+    if not cg.is_dir():
+        return pids
+    for procs in cg.rglob("cgroup.procs"):
+        try:
+            pids.update(int(p) for p in procs.read_text().split())
+        except OSError:
+            pass
+    return pids
+
+
+def _kill(pids: set[int], report: CleanReport) -> None:
+    me = os.getpid()
+    for pid in sorted(pids):
+        if pid in (me, 1):
+            continue
+        try:
+            os.kill(pid, signal.SIGKILL)
+            report.killed.append(pid)
+        except ProcessLookupError:
+            pass
+        except OSError as exc:
+            report.errors.append(f"kill {pid}: {exc.strerror}")
+
+
+def _wait_gone(pids: set[int], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(pid_alive(p) for p in pids):
+            return
+        time.sleep(0.02)
+
+
+def _mounts_under(prefixes: list[str]) -> list[str]:
+    out = []
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        mp = line.split()[4].replace("\\040", " ")
+        if any(mp == p or mp.startswith(p.rstrip("/") + "/") for p in prefixes):
+            out.append(mp)
+    return sorted(set(out), key=len, reverse=True)
+
+
+def clean_lab(lab: str) -> CleanReport:
+    """Remove every process, namespace, mount, cgroup and file of lab ``lab``."""
+    report = CleanReport(lab)
+    st = read_state(lab) or {}
+    sdir = state_dir(lab)
+    netns_names: list[str] = list(st.get("netns") or [])
+    ns_paths = [Path("/run/netns") / n for n in netns_names]
+    cg = Path(st["cgroup"]) if st.get("cgroup") else None
+
+    # 1. processes: the cgroup first (atomic kill), then recorded PIDs, then namespace members
+    for _ in range(3):
+        victims: set[int] = set()
+        if cg is not None and cg.is_dir():
+            try:
+                (cg / "cgroup.kill").write_text("1")
+            except OSError:
+                pass
+            victims |= _cgroup_pids(cg)
+        recorded = [st.get("supervisor") or {}]
+        recorded += list((st.get("hosts") or {}).values())
+        recorded += list((st.get("services") or {}).values())
+        for rec in recorded:
+            pid, start = rec.get("pid"), rec.get("start")
+            if pid and start and pid_alive(pid, start):
+                victims.add(pid)
+        for p in ns_paths:
+            victims |= _netns_pids(p)
+        victims.discard(os.getpid())
+        if not victims:
+            break
+        _kill(victims, report)
+        _wait_gone(victims)
+
+    # 2. namespaces: detaching the last reference frees veths, bridges, routes, iptables
+    for name, path in zip(netns_names, ns_paths, strict=True):
+        if not path.exists():
+            continue
+        res = subprocess.run(["ip", "netns", "delete", name], capture_output=True, text=True)
+        if res.returncode != 0 and path.exists():
+            report.errors.append(f"ip netns delete {name}: {res.stderr.strip()}")
+        else:
+            report.netns.append(name)
+
+    # 3. mounts left under the state directory in this mount namespace
+    for mp in _mounts_under([str(sdir)]):
+        res = subprocess.run(["umount", "-l", mp], capture_output=True, text=True)
+        (report.mounts if res.returncode == 0 else report.errors).append(
+            mp if res.returncode == 0 else f"umount {mp}: {res.stderr.strip()}")
+
+    # 4. cgroup and files
+    if cg is not None and cg.is_dir():
+        for sub in sorted((p for p in cg.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            try:
+                sub.rmdir()
+            except OSError:
+                pass
+        try:
+            cg.rmdir()
+            report.cgroup = str(cg)
+        except OSError as exc:
+            report.errors.append(f"rmdir {cg}: {exc.strerror}")
+        try:
+            cg.parent.rmdir()  # calicolab/ itself, when this was the last lab
+        except OSError:
+            pass
+    if sdir.exists():
+        shutil.rmtree(sdir, ignore_errors=True)
+        if sdir.exists():
+            report.errors.append(f"could not remove {sdir}")
+    return report
+
+
+def clean_all() -> list[CleanReport]:
+    """Clean every lab that has a state directory (running or not)."""
+    return [clean_lab(lab) for lab in list_labs()]

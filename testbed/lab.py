@@ -1,0 +1,461 @@
+"""A calicolab lab seen from the machine: its state, and the operations on it.
+
+A lab named ``L`` is held by a detached supervisor (:mod:`testbed.labd`) that
+builds the Mininet network and keeps it alive. Everything the lab makes is
+written, *before* it is made, to ``/run/calicolab/L/state.json``:
+
+* netns ``L-<host>`` for every node, router and external host, and
+  ``L-<segment>`` for every segment (its Linux bridge lives there, so bridges
+  and their ports never appear in the machine's own namespace);
+* the cgroup (v2) ``calicolab/L`` holding every process of the lab;
+* the PIDs (with their start times) of the supervisor, the node shells and the
+  services (etcd, kubelet, calico-node).
+
+:func:`up`, :func:`down`, :func:`install_cni` and :func:`status` are what the
+CLI calls; :mod:`testbed.clean` removes whatever a lab left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from testbed.topology import Topology, load
+
+__all__ = [
+    "RUN_ROOT", "REPO", "VENV_BIN", "LabError", "state_dir", "read_state", "write_state",
+    "list_labs", "running_labs", "is_running", "resolve", "netns_name", "proc_starttime",
+    "pid_alive", "cgroup_mount", "cgroup_path", "node_env", "up", "down", "control",
+    "install_cni", "status", "Progress",
+]
+
+RUN_ROOT = Path(os.environ.get("CALICOLAB_RUN", "/run/calicolab"))
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = REPO / ".venv" / "bin"
+STATE_FILE = "state.json"
+HEALTH_PORT = 9099
+
+Progress = Callable[[str], None]
+
+
+class LabError(Exception):
+    """A user-facing failure of a lab operation (the CLI prints it and exits non-zero)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# --------------------------------------------------------------------------- state
+
+
+def state_dir(lab: str) -> Path:
+    """``/run/calicolab/<lab>``."""
+    return RUN_ROOT / lab
+
+
+def read_state(lab: str) -> dict | None:
+    """The lab's recorded state, or None if it has none (or it is unreadable)."""
+    try:
+        return json.loads((state_dir(lab) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_state(lab: str, state: dict) -> None:
+    """Atomically replace the lab's state file."""
+    path = state_dir(lab) / STATE_FILE
+    tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def list_labs() -> list[str]:
+    """Every lab with a state directory (running or not)."""
+    if not RUN_ROOT.is_dir():
+        return []
+    return sorted(p.name for p in RUN_ROOT.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def proc_starttime(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (None if it does not exist)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def pid_alive(pid: int | None, start: int | None = None) -> bool:
+    """True if ``pid`` runs (and, if ``start`` is given, is the same process as recorded)."""
+    if not pid:
+        return False
+    st = proc_starttime(pid)
+    if st is None:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    if state == "Z":
+        return False
+    return start is None or st == start
+
+
+def is_running(state: dict | None) -> bool:
+    """True if the lab's supervisor is alive and the lab is not being torn down."""
+    if not state:
+        return False
+    sup = state.get("supervisor") or {}
+    return pid_alive(sup.get("pid"), sup.get("start")) and state.get("phase") in ("starting", "ready")
+
+
+def running_labs() -> list[str]:
+    """Labs whose supervisor is alive."""
+    return [lab for lab in list_labs() if is_running(read_state(lab))]
+
+
+def resolve(name: str | None) -> dict:
+    """The state of lab ``name``, or of the only running lab when ``name`` is None."""
+    if name:
+        st = read_state(name)
+        if st is None:
+            raise LabError(f"no lab named {name!r} (running: {', '.join(running_labs()) or 'none'})")
+        if not is_running(st):
+            raise LabError(f"lab {name!r} is not running (phase {st.get('phase')}); "
+                           "`calicolab clean` removes what is left of it")
+        return st
+    labs = running_labs()
+    if not labs:
+        raise LabError("no lab is running: start one with `calicolab up TOPOLOGY`")
+    if len(labs) > 1:
+        raise LabError(f"several labs are running ({', '.join(labs)}): say which with --lab NAME")
+    st = read_state(labs[0])
+    assert st is not None
+    return st
+
+
+def netns_name(lab: str, host: str) -> str:
+    """The name on the machine of host ``host``'s netns (``ip netns exec <this>``)."""
+    return f"{lab}-{host}"
+
+
+# --------------------------------------------------------------------------- cgroup
+
+
+def cgroup_mount() -> Path | None:
+    """Where cgroup v2 is mounted (``/sys/fs/cgroup`` or ``/sys/fs/cgroup/unified``), if anywhere."""
+    try:
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 2 and parts[2] == "cgroup2":
+                return Path(parts[1])
+    except OSError:
+        pass
+    return None
+
+
+def cgroup_path(lab: str) -> Path | None:
+    """The lab's cgroup directory (not necessarily existing)."""
+    root = cgroup_mount()
+    return root / "calicolab" / lab if root else None
+
+
+def join_cgroup(cgroup: str | os.PathLike | None, pid: int = 0) -> None:
+    """Move ``pid`` (0: the caller) into ``cgroup`` if it exists; never fails the caller."""
+    if not cgroup:
+        return
+    try:
+        (Path(cgroup) / "cgroup.procs").write_text(f"{pid or os.getpid()}\n")
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def node_env(state: dict, node: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment every process in ``node`` gets (NODE_NAME, ETCD_ENDPOINTS, ...)."""
+    env = dict(os.environ if base is None else base)
+    env.update({
+        "NODE_NAME": node,
+        "NODENAME": node,
+        "ETCD_ENDPOINTS": ",".join(state["etcd_endpoints"]),
+        "CALICOLAB_LAB": state["lab"],
+        "DATASTORE_TYPE": "etcdv3",
+        "PATH": f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "PYTHONPATH": str(REPO),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    })
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
+# --------------------------------------------------------------------------- up / down
+
+
+def _stderr_progress(msg: str) -> None:
+    print(f"calicolab: {msg}", file=sys.stderr, flush=True)
+
+
+def plan(topo: Topology) -> dict[str, Any]:
+    """The initial state of a lab: every name it is going to make, before it makes any."""
+    hosts: dict[str, dict] = {}
+    for n in topo.nodes:
+        hosts[n.name] = {"kind": "node", "role": n.role, "address": str(n.address),
+                         "segment": n.segment, "netns": netns_name(topo.name, n.name)}
+    for r in topo.routers:
+        hosts[r.name] = {"kind": "router", "address": ",".join(str(i.address) for i in r.interfaces),
+                         "segment": ",".join(i.segment for i in r.interfaces),
+                         "netns": netns_name(topo.name, r.name)}
+    for e in topo.external:
+        hosts[e.name] = {"kind": "external", "address": str(e.address), "segment": e.segment,
+                         "netns": netns_name(topo.name, e.name)}
+    for s in topo.segments:
+        hosts[s.name] = {"kind": "segment", "address": str(s.cidr), "bridge": s.name,
+                         "netns": netns_name(topo.name, s.name)}
+    cg = cgroup_path(topo.name)
+    return {
+        "lab": topo.name, "topology": str(Path(topo.path).resolve()), "phase": "starting",
+        "error": None, "created": time.time(), "supervisor": {}, "hosts": hosts,
+        "netns": [h["netns"] for h in hosts.values()], "cgroup": str(cg) if cg else None,
+        "control_plane": topo.control_plane.name, "etcd_endpoints": topo.etcd_endpoints,
+        "services": {}, "no_cni": False, "cni_installed": False, "skipped": [],
+    }
+
+
+def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = False,
+       timeout: float = 120.0, progress: Progress | None = None,
+       ready_timeout: float = 30.0) -> dict:
+    """Bring up the lab described by ``topology``; return its state once it is ready.
+
+    Validation and every check happen before anything is created; a failure
+    during the build tears down whatever was made. Raises :class:`LabError`
+    (or :class:`testbed.topology.TopologyError` for a bad file).
+    """
+    progress = progress or _stderr_progress
+    topo = load(topology, name=name)
+    lab = topo.name
+    _preflight()
+    old = read_state(lab)
+    if is_running(old):
+        raise LabError(f"lab {lab!r} is already running (supervisor pid "
+                       f"{old['supervisor'].get('pid')}); `calicolab down {lab}` first, "
+                       "or use --name for another copy")
+    if state_dir(lab).exists():
+        from testbed.clean import clean_lab
+        progress(f"removing leftovers of an earlier lab {lab!r}")
+        clean_lab(lab)
+    taken = [n for n in plan(topo)["netns"] if (Path("/run/netns") / n).exists()]
+    if taken:
+        raise LabError(f"network namespace(s) {', '.join(taken)} already exist and were not made "
+                       f"by a calicolab lab named {lab!r}; choose another --name")
+    state = plan(topo)
+    state["no_cni"] = no_cni
+    RUN_ROOT.mkdir(parents=True, exist_ok=True)
+    try:
+        state_dir(lab).mkdir()
+    except FileExistsError:
+        raise LabError(f"lab {lab!r} is being created by someone else right now") from None
+    write_state(lab, state)
+
+    rfd, wfd = os.pipe()
+    log = open(state_dir(lab) / "labd.log", "ab")
+    argv = [sys.executable, "-m", "testbed.labd", "--topology", str(Path(topology).resolve()),
+            "--name", lab, "--progress-fd", str(wfd), "--ready-timeout", str(ready_timeout)]
+    if no_cni:
+        argv.append("--no-cni")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                pass_fds=(wfd,), start_new_session=True, env=env, cwd="/")
+    finally:
+        os.close(wfd)
+        log.close()
+    progress(f"lab {lab}: supervisor started (pid {proc.pid})")
+    try:
+        _follow(rfd, proc, lab, timeout, progress)
+    finally:
+        os.close(rfd)
+    st = read_state(lab)
+    assert st is not None
+    return st
+
+
+def _follow(rfd: int, proc: subprocess.Popen, lab: str, timeout: float, progress: Progress) -> None:
+    deadline = time.monotonic() + timeout
+    buf = b""
+    error: str | None = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            _abort(proc, lab)
+            raise LabError(f"lab {lab!r} was not ready after {timeout:.0f}s; it was removed "
+                           f"(supervisor log was {state_dir(lab) / 'labd.log'})")
+        ready, _, _ = select.select([rfd], [], [], min(left, 0.5))
+        if not ready:
+            continue
+        data = os.read(rfd, 65536)
+        if not data:
+            break
+        buf += data
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            text = line.decode(errors="replace")
+            if text == "ready":
+                return
+            if text.startswith("error: "):
+                error = text[7:]
+            elif text.startswith("progress: "):
+                progress(text[10:])
+    # EOF without "ready": the supervisor failed; it tears itself down.
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+    tail = _log_tail(state_dir(lab) / "labd.log")
+    _abort(proc, lab)
+    raise LabError(f"lab {lab!r} failed to start: {error or 'supervisor exited'}"
+                   + (f"\n--- supervisor log (tail) ---\n{tail}" if tail and not error else ""))
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _abort(proc: subprocess.Popen, lab: str) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    from testbed.clean import clean_lab
+    clean_lab(lab)
+
+
+def _preflight() -> None:
+    if os.geteuid() != 0:
+        raise LabError("calicolab needs root (network namespaces, Mininet): run it with sudo")
+    for tool in ("mnexec", "etcd", "ip", "nsenter"):
+        if not any((Path(d) / tool).exists() for d in os.environ.get("PATH", "").split(":")
+                   + ["/usr/sbin", "/usr/bin", "/sbin"]):
+            raise LabError(f"the '{tool}' command is missing: run scripts/setup.sh")
+
+
+def down(name: str | None = None, timeout: float = 30.0, progress: Progress | None = None) -> str:
+    """Stop a running lab cleanly (SIGTERM to its supervisor), then remove any leftovers."""
+    progress = progress or _stderr_progress
+    if name:
+        st = read_state(name)
+        if st is None:
+            raise LabError(f"no lab named {name!r} (labs: {', '.join(list_labs()) or 'none'})")
+    else:
+        st = resolve(None)
+    lab = st["lab"]
+    sup = st.get("supervisor") or {}
+    pid, start = sup.get("pid"), sup.get("start")
+    if pid_alive(pid, start):
+        progress(f"lab {lab}: stopping (supervisor pid {pid})")
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid, start) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_alive(pid, start):
+            progress(f"lab {lab}: supervisor still running after {timeout:.0f}s, cleaning up")
+    from testbed.clean import clean_lab
+    clean_lab(lab)
+    progress(f"lab {lab}: down")
+    return lab
+
+
+# --------------------------------------------------------------------------- control socket
+
+
+def control(lab: str, request: dict, timeout: float = 120.0) -> dict:
+    """Send one request to the lab's supervisor and return its reply."""
+    path = state_dir(lab) / "control.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError as exc:
+        raise LabError(f"cannot reach the supervisor of lab {lab!r}: {exc}") from None
+    finally:
+        sock.close()
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        raise LabError(f"the supervisor of lab {lab!r} sent a bad reply: {data[:100]!r}") from None
+    if not reply.get("ok"):
+        raise LabError(reply.get("error") or f"supervisor of lab {lab!r} refused {request}")
+    return reply
+
+
+def install_cni(name: str | None = None, timeout: float = 120.0) -> dict:
+    """Start calico-node on every node (the walkthrough's `kubectl apply -f calico.yaml`)."""
+    st = resolve(name)
+    return control(st["lab"], {"cmd": "install-cni"}, timeout=timeout)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def status(name: str | None = None) -> dict:
+    """Nodes, addresses, services and calico-node health of a running lab."""
+    from testbed import netns as nsmod
+
+    st = resolve(name)
+    out: dict[str, Any] = {"lab": st["lab"], "phase": st["phase"], "topology": st["topology"],
+                           "etcd_endpoints": st["etcd_endpoints"],
+                           "supervisor": st["supervisor"].get("pid"), "nodes": [], "others": []}
+    for hname, h in st["hosts"].items():
+        if h["kind"] != "node":
+            out["others"].append({"name": hname, "kind": h["kind"], "address": h["address"],
+                                  "netns": h["netns"]})
+            continue
+        services = {}
+        for key, svc in st["services"].items():
+            host, _, sname = key.partition("/")
+            if host == hname:
+                alive = pid_alive(svc.get("pid"), svc.get("start"))
+                services[sname] = {"pid": svc.get("pid"), "running": alive,
+                                   "exit": None if alive else svc.get("exit")}
+        node = {"name": hname, "role": h["role"], "address": h["address"], "netns": h["netns"],
+                "services": services, "datapath": None, "ready": None, "live": None,
+                "agent": "not running"}
+        if "calico-node" in services:
+            try:
+                code, body = nsmod.http_json(h["netns"], "127.0.0.1", HEALTH_PORT, "/status",
+                                             timeout=1.0)
+                if isinstance(body, dict):
+                    node.update(datapath=body.get("datapath"), ready=body.get("ready"),
+                                live=body.get("live"), tunnel_address=body.get("tunnel_address"),
+                                bgp=body.get("bgp"))
+                    node["agent"] = "ready" if body.get("ready") else "not ready"
+                else:
+                    node["agent"] = f"health answered {code} without JSON"
+            except OSError as exc:
+                node["agent"] = f"health port unreachable ({exc.strerror or exc})"
+        out["nodes"].append(node)
+    return out

@@ -1,0 +1,560 @@
+"""The lab supervisor: builds a lab's Mininet network and keeps it alive.
+
+Started detached (``setsid``) by :func:`testbed.lab.up`::
+
+    python -m testbed.labd --topology FILE --name LAB --progress-fd N [--no-cni]
+
+It joins the lab's cgroup, builds the network (one Mininet host per node,
+router and external host; one Linux bridge per segment in its own netns),
+attaches every netns on the machine as ``LAB-<name>``, starts etcd in the
+control-plane node and the per-node services that exist, reports progress
+lines and finally ``ready`` on the progress fd, then waits. SIGTERM (``down``)
+stops the services, etcd and Mininet and removes what is left. Requests arrive
+on ``/run/calicolab/LAB/control.sock`` (``install-cni``, ``status``, ``stop``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from testbed import lab as labmod
+from testbed import netns as nsmod
+from testbed.topology import Topology, load
+
+#: Node directories private to each node: (mount point, name of the backing dir).
+#: None: a tmpfs (runtime state that must vanish with the node).
+NODE_DIRS: tuple[tuple[str, str | None], ...] = (
+    ("/etc/cni/net.d", "cni-net.d"),
+    ("/opt/cni/bin", "cni-bin"),
+    ("/var/lib/calico", "var-lib-calico"),
+    ("/var/log/calico", "log"),
+    ("/var/run/calico", None),
+    ("/run/netns", None),
+)
+
+
+def _log(msg: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} labd: {msg}", flush=True)
+
+
+def _has_main(module: str) -> bool:
+    """True if ``python -m module`` would run something (module exists with a main guard)."""
+    try:
+        spec = importlib.util.find_spec(module)
+        if spec is None:
+            return False
+        if spec.submodule_search_locations is not None:  # a package: needs __main__.py
+            return importlib.util.find_spec(module + ".__main__") is not None
+    except (ImportError, ValueError):
+        return False
+    try:
+        return "__main__" in Path(spec.origin or "").read_text()
+    except OSError:
+        return False
+
+
+class Supervisor:
+    """Owns one lab: the Mininet network, the services, the state file."""
+
+    def __init__(self, topo: Topology, no_cni: bool, progress_fd: int | None,
+                 ready_timeout: float = 30.0):
+        self.topo = topo
+        self.lab = topo.name
+        self.no_cni = no_cni
+        self.progress_fd = progress_fd
+        self.ready_timeout = ready_timeout
+        self.sdir = labmod.state_dir(self.lab)
+        self.state: dict[str, Any] = labmod.read_state(self.lab) or labmod.plan(topo)
+        self.net: Any = None
+        self.hosts: dict[str, Any] = {}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.stop_event = threading.Event()
+        self.lock = threading.RLock()
+        self.server: socket.socket | None = None
+
+    # ---------------------------------------------------------------- reporting
+    def progress(self, msg: str) -> None:
+        """A progress line for `calicolab up` (and the supervisor log)."""
+        _log(msg)
+        self._emit(f"progress: {msg}")
+
+    def _emit(self, line: str) -> None:
+        if self.progress_fd is None:
+            return
+        try:
+            os.write(self.progress_fd, (line + "\n").encode())
+        except OSError:
+            pass  # `up` went away (e.g. ^C); the lab keeps going
+
+    def _close_progress(self) -> None:
+        if self.progress_fd is not None:
+            try:
+                os.close(self.progress_fd)
+            except OSError:
+                pass
+            self.progress_fd = None
+
+    def save(self) -> None:
+        """Write the state file (under the lock)."""
+        with self.lock:
+            labmod.write_state(self.lab, self.state)
+
+    # ---------------------------------------------------------------- build
+    def setup_process(self) -> None:
+        """Join the lab cgroup and record the supervisor before creating anything."""
+        cg = self.state.get("cgroup")
+        if cg:
+            try:
+                Path(cg).mkdir(parents=True, exist_ok=True)
+                labmod.join_cgroup(cg)
+            except OSError as exc:
+                _log(f"no cgroup for the lab ({exc}); clean will rely on recorded PIDs")
+                self.state["cgroup"] = None
+        self.state["supervisor"] = {"pid": os.getpid(), "start": labmod.proc_starttime(os.getpid())}
+        self.state["phase"] = "starting"
+        self.save()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = min(max(soft, 65536), hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+    def build(self) -> None:
+        """Create the Mininet network: hosts, segment bridges, links, addresses, routes."""
+        from mininet import net as mnet
+        from mininet.link import Link
+        from mininet.log import setLogLevel
+        from mininet.node import Host
+        from mininet.nodelib import LinuxBridge
+
+        setLogLevel("error")
+        # Mininet.init() raises machine-wide sysctls (ARP cache, buffers): a lab
+        # must not touch the machine's namespace, so skip it (limits are set above).
+        mnet.Mininet.inited = True
+
+        class LabHost(Host):
+            """A Mininet host whose private directories mount in one shell command."""
+
+            def mountPrivateDirs(self) -> None:  # noqa: N802 (Mininet's name)
+                cmds = []
+                for d in self.privateDirs:
+                    if isinstance(d, tuple):
+                        cmds.append(f"mkdir -p {d[1]} {d[0]} && mount --bind {d[1]} {d[0]}")
+                    else:
+                        cmds.append(f"mkdir -p {d} && mount -n -t tmpfs tmpfs {d}")
+                if cmds:
+                    out = self.cmd(" && ".join(cmds) + " && echo MOUNTED")
+                    if "MOUNTED" not in out:
+                        raise RuntimeError(f"{self.name}: private dirs: {out.strip()}")
+
+            def unmountPrivateDirs(self) -> None:  # noqa: N802
+                pass  # the mount namespace dies with the node
+
+        class SegmentBridge(LinuxBridge):
+            """A segment: a Linux bridge (no STP) in its own netns, all ports enslaved."""
+
+            def start(self, _controllers: Any) -> None:
+                ports = [i.name for i in self.intfList() if i.name != "lo"]
+                cmd = [f"ip link add name {self.name} type bridge forward_delay 0 stp_state 0",
+                       f"ip link set dev {self.name} up", "ip link set dev lo up"]
+                cmd += [f"ip link set dev {p} master {self.name} up" for p in ports]
+                out = self.cmd(" && ".join(cmd) + " && echo BRIDGED")
+                if "BRIDGED" not in out:
+                    raise RuntimeError(f"segment {self.name}: {out.strip()}")
+
+            def stop(self, deleteIntfs: bool = True) -> None:  # noqa: N803
+                self.cmd(f"ip link del dev {self.name}")
+
+        topo = self.topo
+        first = topo.segments[0].cidr
+        self.net = net = mnet.Mininet(topo=None, controller=None, switch=SegmentBridge,
+                                      host=LabHost, link=Link, build=False, ipBase=str(first),
+                                      autoSetMacs=False, waitConnected=False)
+        self.progress(f"creating {len(topo.segments)} segment(s) and "
+                      f"{len(topo.host_names())} host(s)")
+        for i, seg in enumerate(topo.segments):
+            sw = net.addSwitch(seg.name, inNamespace=True, dpid=f"{i + 1:016x}")
+            self.hosts[seg.name] = sw
+            self._record_host(seg.name, sw)
+        nodedir = self.sdir / "nodes"
+        for name in topo.host_names():
+            kind = self.state["hosts"][name]["kind"]
+            dirs: list = []
+            if kind == "node":
+                for mp, backing in NODE_DIRS:
+                    dirs.append((mp, str(nodedir / name / backing)) if backing else mp)
+            h = net.addHost(name, ip=None, privateDirs=dirs)
+            self.hosts[name] = h
+            self._record_host(name, h)
+        self.save()
+        for name in topo.host_names():
+            h = self.hosts[name]
+            for ifname, seg, _addr, _plen in topo.interface_of(name):
+                port = self._port_name(seg, name, ifname)
+                net.addLink(h, self.hosts[seg], intfName1=ifname, intfName2=port)
+        for seg in topo.segments:
+            self.hosts[seg.name].start([])
+        self.progress("configuring addresses and routes")
+        for name in topo.host_names():
+            self._configure(name)
+        self._attach_netns()
+
+    def _port_name(self, seg: str, host: str, ifname: str) -> str:
+        base = host if ifname == "eth0" else f"{host}-{ifname}"
+        if len(base) <= 15:
+            return base
+        idx = self.topo.host_names().index(host)
+        return f"p{idx}-{ifname}"[:15]
+
+    def _record_host(self, name: str, node: Any) -> None:
+        rec = self.state["hosts"][name]
+        rec["pid"] = node.pid
+        rec["start"] = labmod.proc_starttime(node.pid)
+
+    def _configure(self, name: str) -> None:
+        topo, h = self.topo, self.hosts[name]
+        kind = self.state["hosts"][name]["kind"]
+        cmds = ["ip link set dev lo up"]
+        for ifname, _seg, addr, plen in topo.interface_of(name):
+            cmds += [f"ip addr add {addr}/{plen} dev {ifname}", f"ip link set dev {ifname} up"]
+        for route in topo.routes_of(name):
+            cmds.append(f"ip route add {route.dst} via {route.via}")
+        if kind in ("node", "router"):
+            cmds.append("sysctl -qw net.ipv4.ip_forward=1")
+        out = h.cmd(" && ".join(cmds) + " && echo CONFIGURED")
+        if "CONFIGURED" not in out:
+            raise RuntimeError(f"configuring {name}: {out.strip()}")
+
+    def _attach_netns(self) -> None:
+        batch = "".join(f"netns attach {self.state['hosts'][n]['netns']} {node.pid}\n"
+                        for n, node in self.hosts.items())
+        res = subprocess.run(["ip", "-batch", "-"], input=batch, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"ip netns attach failed: {res.stderr.strip()}")
+
+    # ---------------------------------------------------------------- services
+    def start_service(self, host: str, service: str, argv: list[str],
+                      extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start ``argv`` inside ``host`` (net + mount ns), log to logs/<host>.<service>.log."""
+        logdir = self.sdir / "logs"
+        logdir.mkdir(exist_ok=True)
+        logpath = logdir / f"{host}.{service}.log"
+        env = labmod.node_env(self.state, host)
+        env.update(extra_env or {})
+        with open(logpath, "ab") as log:
+            proc = self.hosts[host].popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                          stderr=subprocess.STDOUT, env=env, cwd="/")
+        key = f"{host}/{service}"
+        with self.lock:
+            self.procs[key] = proc
+            self.state["services"][key] = {"pid": proc.pid, "start": labmod.proc_starttime(proc.pid),
+                                           "argv": argv, "log": str(logpath),
+                                           "started": time.time(), "exit": None}
+        _log(f"started {key} pid {proc.pid}: {' '.join(argv)}")
+        return proc
+
+    def start_etcd(self) -> None:
+        """etcd in the control-plane node, on its node address, port 2379."""
+        cp = self.topo.control_plane
+        data = self.sdir / "etcd"
+        argv = ["etcd", "--name", self.lab, "--data-dir", str(data),
+                "--listen-client-urls", f"http://{cp.address}:2379,http://127.0.0.1:2379",
+                "--advertise-client-urls", f"http://{cp.address}:2379",
+                "--listen-peer-urls", "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+                "--initial-cluster", f"{self.lab}=http://127.0.0.1:2380",
+                "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn",
+                "--heartbeat-interval", "50", "--election-timeout", "500"]
+        self.progress(f"starting etcd on {cp.name} ({cp.address}:2379)")
+        self.start_service(cp.name, "etcd", argv)
+        ns = self.state["hosts"][cp.name]["netns"]
+        deadline = time.monotonic() + 30
+        last: Any = None
+        while time.monotonic() < deadline:
+            if self.procs[f"{cp.name}/etcd"].poll() is not None:
+                raise RuntimeError(f"etcd exited ({self.procs[f'{cp.name}/etcd'].returncode}); see "
+                                   f"{self.sdir / 'logs' / (cp.name + '.etcd.log')}")
+            try:
+                code, body = nsmod.http_get(ns, str(cp.address), 2379, "/health", timeout=1.0)
+                last = (code, body[:80])
+                if code == 200 and b'"true"' in body:
+                    return
+            except OSError as exc:
+                last = exc
+            time.sleep(0.02)
+        raise RuntimeError(f"etcd on {cp.name} not healthy after 30s (last: {last!r})")
+
+    def start_node_services(self) -> None:
+        """kubelet (and kube-proxy) on every node, when the Kubernetes side exists."""
+        py = sys.executable
+        for module, service in (("testbed.kubelet", "kubelet"), ("testbed.kubeproxy", "kube-proxy")):
+            if not _has_main(module):
+                self._skip(f"{service}: module {module} not present (or not runnable); not started")
+                continue
+            for n in self.topo.nodes:
+                self.start_service(n.name, service, [py, "-m", module, "--node", n.name])
+        self.save()
+
+    def _skip(self, msg: str) -> None:
+        self.progress(f"skipping {msg}")
+        if msg not in self.state["skipped"]:
+            self.state["skipped"].append(msg)
+
+    def install_cni(self) -> list[str]:
+        """Start calico-node on every node that has none running; return those started."""
+        exe = labmod.VENV_BIN / "calico-node"
+        if importlib.util.find_spec("agent.main") is None:
+            raise RuntimeError("calico-node is not available yet (agent/main.py missing)")
+        if not exe.exists():
+            raise RuntimeError(f"calico-node is not installed ({exe} missing): run scripts/setup.sh")
+        started = []
+        for n in self.topo.nodes:
+            key = f"{n.name}/calico-node"
+            proc = self.procs.get(key)
+            if proc is not None and proc.poll() is None:
+                continue
+            self.start_service(n.name, "calico-node", [str(exe)], self.topo.calico_node_env())
+            started.append(n.name)
+        self.state["cni_installed"] = True
+        self.save()
+        return started
+
+    def wait_agents_ready(self, nodes: list[str]) -> None:
+        """Wait (bounded) until calico-node on ``nodes`` answers /readiness 200; warn otherwise."""
+        deadline = time.monotonic() + self.ready_timeout
+        pending = set(nodes)
+        while pending and time.monotonic() < deadline:
+            for name in sorted(pending):
+                proc = self.procs.get(f"{name}/calico-node")
+                if proc is not None and proc.poll() is not None:
+                    self.progress(f"warning: calico-node on {name} exited ({proc.returncode})")
+                    pending.discard(name)
+                    continue
+                try:
+                    code, _ = nsmod.http_get(self.state["hosts"][name]["netns"], "127.0.0.1",
+                                             labmod.HEALTH_PORT, "/readiness", timeout=0.5)
+                    if code == 200:
+                        pending.discard(name)
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        if pending:
+            self.progress(f"warning: calico-node not ready after {self.ready_timeout:.0f}s on "
+                          f"{', '.join(sorted(pending))} (see logs/<node>.calico-node.log)")
+
+    def apply_workloads(self) -> None:
+        """kubectl apply every workload of the topology, from the control-plane node."""
+        if not self.topo.workloads:
+            return
+        if not _has_main("testbed.kubectl"):
+            self._skip("workloads: testbed.kubectl not present")
+            return
+        wdir = self.sdir / "workloads"
+        wdir.mkdir(exist_ok=True)
+        import yaml
+
+        cp = self.topo.control_plane.name
+        env = labmod.node_env(self.state, cp)
+        for i, w in enumerate(self.topo.workloads):
+            path = wdir / f"{i:02d}.yaml"
+            path.write_text(yaml.safe_dump_all(list(w.documents), sort_keys=False))
+            self.progress(f"applying {w.source}")
+            proc = self.hosts[cp].popen([sys.executable, "-m", "testbed.kubectl", "apply", "-f",
+                                         str(path)], env=env, stdin=subprocess.DEVNULL)
+            out, err = proc.communicate(timeout=60)
+            if proc.returncode != 0:
+                raise RuntimeError(f"kubectl apply -f {w.source} failed: "
+                                   f"{(err or out).decode(errors='replace').strip()}")
+
+    # ---------------------------------------------------------------- control socket
+    def serve_control(self) -> None:
+        """Accept control requests on control.sock in a thread."""
+        path = self.sdir / "control.sock"
+        if path.exists():
+            path.unlink()
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(str(path))
+        os.chmod(path, 0o600)
+        srv.listen(8)
+        self.server = srv
+        threading.Thread(target=self._accept_loop, name="control", daemon=True).start()
+
+    def _accept_loop(self) -> None:
+        assert self.server is not None
+        while not self.stop_event.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            try:
+                while not data.endswith(b"\n"):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                req = json.loads(data or b"{}")
+                reply = self.dispatch(req)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            try:
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                pass
+
+    def dispatch(self, req: dict) -> dict:
+        """Handle one control request."""
+        cmd = req.get("cmd")
+        if cmd == "ping":
+            return {"ok": True, "phase": self.state["phase"]}
+        if cmd == "install-cni":
+            with self.lock:
+                started = self.install_cni()
+            self.wait_agents_ready(started)
+            return {"ok": True, "started": started}
+        if cmd == "stop":
+            self.stop_event.set()
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown request {cmd!r}"}
+
+    # ---------------------------------------------------------------- run / stop
+    def run(self) -> int:
+        """Build, start, report ready, then hold the lab until told to stop."""
+        t0 = time.monotonic()
+        try:
+            self.setup_process()
+            self.build()
+            self.start_etcd()
+            self.start_node_services()
+            if self.no_cni:
+                self._skip("calico-node: --no-cni (run `calicolab install-cni` later)")
+            elif importlib.util.find_spec("agent.main") is None:
+                self._skip("calico-node: agent.main not present")
+            else:
+                self.progress("starting calico-node on every node")
+                started = self.install_cni()
+                self.wait_agents_ready(started)
+            self.apply_workloads()
+            self.serve_control()
+            self.state["phase"] = "ready"
+            self.state["ready_after"] = round(time.monotonic() - t0, 3)
+            self.save()
+            self.progress(f"lab {self.lab} ready in {time.monotonic() - t0:.2f}s")
+            self._emit("ready")
+        except Exception as exc:  # noqa: BLE001 - reported, then everything is removed
+            _log("build failed:\n" + traceback.format_exc())
+            self._emit(f"error: {exc}")
+            self._close_progress()
+            self.state["phase"] = "failed"
+            self.state["error"] = str(exc)
+            self.save()
+            self.teardown()
+            return 1
+        self._close_progress()
+        while not self.stop_event.wait(0.5):
+            self._reap()
+        self.teardown()
+        return 0
+
+    def _reap(self) -> None:
+        changed = False
+        with self.lock:
+            for key, proc in self.procs.items():
+                rc = proc.poll()
+                rec = self.state["services"].get(key)
+                if rc is not None and rec is not None and rec.get("exit") is None:
+                    rec["exit"] = rc
+                    changed = True
+                    _log(f"{key} exited with {rc}")
+        if changed:
+            self.save()
+
+    def teardown(self) -> None:
+        """Stop services, etcd and Mininet, then remove whatever is left (clean)."""
+        self.state["phase"] = "stopping"
+        try:
+            self.save()
+        except OSError:
+            pass
+        if self.server is not None:
+            try:
+                self.server.close()
+            except OSError:
+                pass
+        procs = [p for p in self.procs.values() if p.poll() is None]
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)  # mnexec -d made each its own session
+            except OSError:
+                p.terminate()
+        deadline = time.monotonic() + 3
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except OSError:
+                    p.kill()
+                p.wait()
+        if self.net is not None:
+            try:
+                self.net.stop()
+            except Exception:  # noqa: BLE001 - clean below removes what stop missed
+                _log("net.stop failed:\n" + traceback.format_exc())
+        _log("stopped; cleaning up")
+        from testbed.clean import clean_lab
+
+        # leave the lab's cgroup first: clean kills every process in it
+        root = labmod.cgroup_mount()
+        if root is not None:
+            labmod.join_cgroup(root)
+        report = clean_lab(self.lab)
+        _log(report.summary())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m testbed.labd``."""
+    ap = argparse.ArgumentParser(prog="testbed.labd", description=__doc__.splitlines()[0])
+    ap.add_argument("--topology", required=True)
+    ap.add_argument("--name")
+    ap.add_argument("--no-cni", action="store_true")
+    ap.add_argument("--progress-fd", type=int)
+    ap.add_argument("--ready-timeout", type=float, default=30.0)
+    args = ap.parse_args(argv)
+    topo = load(args.topology, name=args.name)
+    sup = Supervisor(topo, args.no_cni, args.progress_fd, args.ready_timeout)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        _log(f"signal {signum}: stopping")
+        sup.stop_event.set()
+        if sup.state.get("phase") == "starting":
+            raise KeyboardInterrupt  # abort a build in progress; run() tears down
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        return sup.run()
+    except KeyboardInterrupt:
+        sup.teardown()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
