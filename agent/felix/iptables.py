@@ -1,0 +1,188 @@
+"""iptables driver: read a table, diff by rule hashes, apply with one iptables-restore per table.
+
+Felix's scheme: every rule Felix writes carries ``-m comment --comment
+"cali:<16-char hash>"``, the hash covering the chain name and every earlier
+rule of the chain. Comparing hash lists tells which chains changed, so only
+those are rewritten (``:chain - [0:0]`` flushes it inside the transaction).
+Hooks in kernel chains (INPUT, FORWARD, ...) are recognised by the same
+comment: when the cali rules at the top (inserts) or bottom (appends) of a
+kernel chain are not exactly the desired ones, all cali rules of that chain
+are deleted and the desired ones re-inserted, in the same transaction.
+
+State read from the kernel is cached and trusted until :meth:`IptablesTable.apply`
+is called with ``resync=True`` (the refresh timer) or a restore fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from agent.felix.model import TableState
+from agent.felix.names import HASH_COMMENT_PREFIX, rule_hashes
+
+log = logging.getLogger(__name__)
+
+HASH_RE = re.compile(r'--comment "?cali:([A-Za-z0-9_-]{16})"?')
+_backend_cache: str | None = None
+
+
+class IptablesError(RuntimeError):
+    """iptables-restore kept failing (Felix fails closed after its retries)."""
+
+
+def detect_backend() -> str:
+    """"nft" or "legacy": the backend the machine's ``iptables`` command uses."""
+    global _backend_cache
+    if _backend_cache is None:
+        out = subprocess.run(["iptables", "--version"], capture_output=True, text=True).stdout
+        _backend_cache = "nft" if "nf_tables" in out else "legacy"
+    return _backend_cache
+
+
+def commands(backend: str | None = None) -> tuple[str, str]:
+    """(save, restore) executables for ``backend`` (default: detected)."""
+    backend = backend or detect_backend()
+    save, restore = f"iptables-{backend}-save", f"iptables-{backend}-restore"
+    if shutil.which(save) and shutil.which(restore):
+        return save, restore
+    return "iptables-save", "iptables-restore"
+
+
+@dataclass
+class ActualTable:
+    """What iptables-save showed: per chain, the list of (hash or None, rule text after ``-A chain``)."""
+
+    chains: dict[str, list[tuple[str | None, str]]] = field(default_factory=dict)
+
+
+def parse_save(text: str) -> ActualTable:
+    """Parse ``iptables-save -t <table>`` output."""
+    t = ActualTable()
+    for line in text.splitlines():
+        if line.startswith(":"):
+            t.chains.setdefault(line[1:].split()[0], [])
+        elif line.startswith("-A "):
+            _, chain, rest = line.split(" ", 2)
+            m = HASH_RE.search(rest)
+            t.chains.setdefault(chain, []).append((m.group(1) if m else None, rest))
+    return t
+
+
+def _render(chain: str, rules: tuple[str, ...] | list[str], hashes: list[str], op: str = "-A") -> list[str]:
+    pos = " 1" if op == "-I" else ""
+    return [f'{op} {chain}{pos} -m comment --comment "{HASH_COMMENT_PREFIX}{h}" {r}'
+            for h, r in zip(hashes, rules, strict=True)]
+
+
+class IptablesTable:
+    """Keeps one table (filter, nat, ...) in the desired state with minimal rewrites."""
+
+    def __init__(self, table: str, backend: str | None = None, retries: int = 10) -> None:
+        self.table = table
+        self.save_cmd, self.restore_cmd = commands(backend)
+        self.retries = retries
+        self._actual: ActualTable | None = None
+        self.last_written: list[str] = []  # chains written by the last apply (for tests/benchmarks)
+
+    def read(self) -> ActualTable:
+        """Read the table from the kernel (and refresh the cache)."""
+        res = subprocess.run([self.save_cmd, "-t", self.table], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise IptablesError(f"{self.save_cmd} -t {self.table} failed: {res.stderr.strip()}")
+        self._actual = parse_save(res.stdout)
+        return self._actual
+
+    def plan(self, desired: TableState, actual: ActualTable) -> tuple[list[str], list[str]]:
+        """(restore lines, names of chains rewritten) turning ``actual`` into ``desired``."""
+        decls, deletes, adds, inserts, drops = [], [], [], [], []
+        written = []
+        for name, chain in desired.chains.items():
+            hashes = rule_hashes(name, list(chain.rules))
+            have = actual.chains.get(name)
+            if have is not None and [h for h, _ in have] == hashes:
+                continue
+            decls.append(f":{name} - [0:0]")
+            adds += _render(name, chain.rules, hashes)
+            written.append(name)
+        for kchain in sorted(set(desired.inserts) | set(desired.appends) | _hooked(actual)):
+            ins = desired.inserts.get(kchain, ())
+            app = desired.appends.get(kchain, ())
+            ins_h = rule_hashes(kchain, list(ins))
+            app_h = rule_hashes(kchain + "/append", list(app))
+            have = actual.chains.get(kchain, [])
+            cali = [r for h, r in have if h is not None]
+            top = [h for h, _ in have[:len(ins)]]
+            bottom = [h for h, _ in have[len(have) - len(app):]] if app else []
+            if top == ins_h and bottom == app_h and len(cali) == len(ins) + len(app):
+                continue
+            deletes += [f"-D {kchain} {r}" for r in cali]
+            inserts += _render(kchain, list(reversed(ins)), list(reversed(ins_h)), op="-I")
+            inserts += _render(kchain, app, app_h)
+            written.append(kchain)
+        for name in sorted(actual.chains):
+            if name.startswith("cali-") and name not in desired.chains:
+                decls.append(f":{name} - [0:0]")
+                drops.append(f"-X {name}")
+                written.append(name)
+        if not written:
+            return [], []
+        return [f"*{self.table}", *decls, *deletes, *adds, *inserts, *drops, "COMMIT", ""], written
+
+    def apply(self, desired: TableState, resync: bool = False) -> list[str]:
+        """Bring the table to ``desired``; returns the chains written (empty when nothing changed)."""
+        delay = 0.001
+        last_err = ""
+        for attempt in range(self.retries + 1):
+            if resync or self._actual is None or attempt > 0:
+                self.read()
+            assert self._actual is not None
+            lines, written = self.plan(desired, self._actual)
+            if not lines:
+                self.last_written = []
+                return []
+            res = subprocess.run([self.restore_cmd, "--noflush", "-w", "10"], input="\n".join(lines),
+                                 capture_output=True, text=True)
+            if res.returncode == 0:
+                self._after_write(desired, written)
+                self.last_written = written
+                return written
+            last_err = res.stderr.strip()
+            log.warning("iptables-restore (%s) failed (attempt %d): %s", self.table, attempt + 1, last_err)
+            self._actual = None
+            time.sleep(delay)
+            delay *= 2
+        raise IptablesError(f"iptables-restore for table {self.table} failed {self.retries + 1} times: {last_err}")
+
+    def _after_write(self, desired: TableState, written: list[str]) -> None:
+        """Update the cache as if the kernel now holds exactly what we wrote."""
+        act = self._actual
+        assert act is not None
+        for name in written:
+            if name in desired.chains:
+                rules = desired.chains[name].rules
+                act.chains[name] = [(h, r) for h, r in zip(rule_hashes(name, list(rules)), rules, strict=True)]
+            elif not name.startswith("cali-"):
+                # Kernel chain: its other rules stay; cali ones replaced by inserts (top) and appends (end).
+                ins = desired.inserts.get(name, ())
+                app = desired.appends.get(name, ())
+                others = [(h, r) for h, r in act.chains.get(name, []) if h is None]
+                act.chains[name] = (_cached(rule_hashes(name, list(ins)), ins) + others
+                                    + _cached(rule_hashes(name + "/append", list(app)), app))
+            else:
+                act.chains.pop(name, None)
+
+
+def _hooked(actual: ActualTable) -> set[str]:
+    """Non-cali chains that hold cali-hashed rules (hooks to clean up even if no longer desired)."""
+    return {name for name, rules in actual.chains.items()
+            if not name.startswith("cali-") and any(h is not None for h, _ in rules)}
+
+
+def _cached(hashes: list[str], rules: tuple[str, ...]) -> list[tuple[str | None, str]]:
+    """Cache entries for rules we wrote: the rule text as ``-D`` needs it (with its hash comment)."""
+    return [(h, f'-m comment --comment "{HASH_COMMENT_PREFIX}{h}" {r}') for h, r in zip(hashes, rules, strict=True)]
