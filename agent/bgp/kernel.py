@@ -1,0 +1,129 @@
+"""Kernel side: program ``proto bird`` (RTPROT_BIRD = 12) routes with pyroute2.
+
+The driver runs in the network namespace of the thread that creates it (the speaker's
+thread) and must be called from a plain thread, never from inside a running asyncio loop
+(pyroute2's synchronous API runs its own loop): the speaker calls it through a dedicated
+single-thread executor.
+"""
+
+from __future__ import annotations
+
+import logging
+from ipaddress import IPv4Address, IPv4Network
+
+from agent.bgp.routes import RTPROT_BIRD, KernelRoute, NextHop
+
+log = logging.getLogger(__name__)
+RTNH_F_ONLINK = 4
+RTN_UNICAST, RTN_BLACKHOLE = 1, 6
+
+
+class KernelRoutes:
+    """Diff-and-apply of the speaker's routes in the main table."""
+
+    def __init__(self) -> None:
+        from pyroute2 import IPRoute  # heavy import, only where the kernel is touched
+
+        self.ipr = IPRoute()
+        self._ifindex: dict[str, int] = {}
+        self._ifname: dict[int, str] = {}
+        self.errors: list[str] = []
+
+    def close(self) -> None:
+        """Release the netlink socket."""
+        self.ipr.close()
+
+    def _index(self, name: str) -> int:
+        idx = self._ifindex.get(name)
+        if idx is None:
+            found = self.ipr.link_lookup(ifname=name)
+            if not found:
+                raise LookupError(f"device {name!r} does not exist")
+            idx = found[0]
+            self._ifindex[name] = idx
+        return idx
+
+    def _name(self, idx: int | None) -> str | None:
+        if idx is None:
+            return None
+        if idx not in self._ifname:
+            links = self.ipr.get_links(idx)
+            self._ifname[idx] = links[0].get("IFLA_IFNAME") if links else str(idx)
+        return self._ifname[idx]
+
+    def dump(self) -> dict[IPv4Network, KernelRoute]:
+        """The ``proto bird`` IPv4 routes now in the main table."""
+        out: dict[IPv4Network, KernelRoute] = {}
+        for r in self.ipr.route("dump", family=2, proto=RTPROT_BIRD, table=254):
+            prefix = IPv4Network(f"{r.get('dst') or '0.0.0.0'}/{r['dst_len']}")
+            if r["type"] == RTN_BLACKHOLE:
+                out[prefix] = KernelRoute(prefix, blackhole=True)
+                continue
+            hops = []
+            mp = r.get("multipath")
+            if mp:
+                for h in mp:
+                    gw = dict(h["attrs"]).get("RTA_GATEWAY")
+                    if gw:
+                        hops.append(NextHop(IPv4Address(gw), self._name(h.get("oif")),
+                                            bool(h["flags"] & RTNH_F_ONLINK)))
+            elif r.get("gateway"):
+                hops.append(NextHop(IPv4Address(r.get("gateway")), self._name(r.get("oif")),
+                                    bool(r["flags"] & RTNH_F_ONLINK)))
+            out[prefix] = KernelRoute(prefix, nexthops=tuple(sorted(hops)))
+        return out
+
+    def _hop_args(self, h: NextHop) -> dict:
+        args: dict = {"gateway": str(h.gateway)}
+        if h.device:
+            args["oif"] = self._index(h.device)
+        if h.onlink:
+            args["flags"] = RTNH_F_ONLINK
+        return args
+
+    def install(self, route: KernelRoute) -> None:
+        """Add or replace one route."""
+        dst = str(route.prefix)
+        if route.blackhole:
+            self.ipr.route("replace", dst=dst, type="blackhole", proto=RTPROT_BIRD)
+        elif len(route.nexthops) == 1:
+            self.ipr.route("replace", dst=dst, proto=RTPROT_BIRD,
+                           **self._hop_args(route.nexthops[0]))
+        else:
+            self.ipr.route("replace", dst=dst, proto=RTPROT_BIRD,
+                           multipath=[self._hop_args(h) for h in route.nexthops])
+
+    def remove(self, prefix: IPv4Network) -> None:
+        """Delete our route for a prefix (absent is fine)."""
+        try:
+            self.ipr.route("del", dst=str(prefix), proto=RTPROT_BIRD)
+        except Exception as exc:  # noqa: BLE001 - ESRCH/ENOENT: already gone
+            if "No such process" not in str(exc) and "ESRCH" not in str(exc) and getattr(
+                    exc, "code", None) not in (3, 2):
+                raise
+
+    def apply(self, changes: dict[IPv4Network, KernelRoute | None]) -> None:
+        """Install/replace routes (value) or remove them (None). Failures are logged and kept
+        in ``errors`` (e.g. a gateway not yet reachable) rather than stopping the rest."""
+        for prefix, route in changes.items():
+            try:
+                if route is None:
+                    self.remove(prefix)
+                else:
+                    self.install(route)
+            except Exception as exc:  # noqa: BLE001 - report and continue with the others
+                msg = f"kernel route {prefix}: {exc}"
+                log.warning(msg)
+                self.errors = (self.errors + [msg])[-20:]
+
+    def reconcile(self, desired: dict[IPv4Network, KernelRoute]) -> None:
+        """Make the kernel's proto bird routes exactly ``desired``."""
+        actual = self.dump()
+        changes: dict[IPv4Network, KernelRoute | None] = {
+            p: None for p in actual if p not in desired}
+        changes.update({p: r for p, r in desired.items() if actual.get(p) != r})
+        self.apply(changes)
+
+    def flush(self) -> None:
+        """Remove every proto bird route (stop without graceful restart)."""
+        self.apply({p: None for p in self.dump()})

@@ -1,0 +1,677 @@
+"""The asyncio BGP speaker: TCP transport for the FSM, peers, RIB, Adj-RIB-Out, kernel.
+
+Runs inside one asyncio loop (see :mod:`agent.bgp.service` for the thread that owns it).
+All methods are called on that loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from agent.bgp import errors as E
+from agent.bgp import fsm as F
+from agent.bgp import messages as M
+from agent.bgp.config import PeerConfig, SpeakerConfig
+from agent.bgp.rib import RIB, PeerInfo
+from agent.bgp.routes import KernelRoute, kernel_route
+
+log = logging.getLogger(__name__)
+NLRI_PER_UPDATE = 500
+
+
+def local_capabilities(cfg: SpeakerConfig, peer: PeerConfig) -> list:
+    """The capabilities we announce: the set Calico's BIRD sends (calico.md section 4)."""
+    gr = peer.graceful_restart_time or cfg.timers.graceful_restart
+    return [M.MultiProtocol(), M.RouteRefreshCap(),
+            M.GracefulRestart(int(gr) & 0xFFF, families=((M.AFI_IPV4, M.SAFI_UNICAST, 0),)),
+            M.FourOctetAS(cfg.local_as), M.AddPath(((M.AFI_IPV4, M.SAFI_UNICAST, M.ADDPATH_RECEIVE),)),
+            M.EnhancedRouteRefreshCap(), M.LongLivedGR(((M.AFI_IPV4, M.SAFI_UNICAST, 0, 0),))]
+
+
+def peer_sends_addpath(peer_open: M.Open) -> bool:
+    """ADD-PATH negotiation for the receive direction: we advertise receive; the peer must
+    advertise send (2) or both (3) for IPv4 unicast."""
+    cap = peer_open.cap(M.AddPath)
+    return bool(cap and any(a == M.AFI_IPV4 and s == M.SAFI_UNICAST and sr in (2, 3)
+                            for a, s, sr in cap.families))
+
+
+class Connection:
+    """One TCP connection and its FSM."""
+
+    def __init__(self, peer: Peer, incoming: bool):
+        self.peer = peer
+        self.incoming = incoming
+        self.fsm = F.FSM(peer.fsm_config(), incoming=incoming)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.tasks: list[asyncio.Task] = []
+        self.recv_addpath = False
+        self.closed = False
+
+    @property
+    def state(self) -> F.State:
+        """FSM state of this connection."""
+        return self.fsm.state
+
+    def feed(self, ev: object) -> None:
+        """Feed an event and perform the resulting actions."""
+        if self.closed and not isinstance(ev, F.ManualStop):
+            return
+        for act in self.fsm.handle(ev):
+            self._do(act)
+
+    def _do(self, act: object) -> None:
+        loop = asyncio.get_running_loop()
+        if isinstance(act, F.StartTimer):
+            old = self.timers.pop(act.name, None)
+            if old:
+                old.cancel()
+            self.timers[act.name] = loop.call_later(
+                act.seconds, self.feed, F.TimerExpired(act.name))
+        elif isinstance(act, F.StopTimer):
+            old = self.timers.pop(act.name, None)
+            if old:
+                old.cancel()
+        elif isinstance(act, F.Connect):
+            self.tasks.append(loop.create_task(self._connect()))
+        elif isinstance(act, F.Send):
+            self.send(act.msg)
+        elif isinstance(act, F.Drop):
+            self._close()
+        elif isinstance(act, F.Up):
+            self.recv_addpath = peer_sends_addpath(act.peer_open)
+            self.peer.on_up(self, act.peer_open)
+        elif isinstance(act, F.Down):
+            self.peer.on_down(self, act.reason, act.was_established)
+        elif isinstance(act, F.Deliver):
+            self.peer.on_message(act.msg)
+
+    def send(self, msg: object) -> None:
+        """Write one message (no-op when the socket is gone)."""
+        if self.writer is None or self.writer.is_closing():
+            return
+        self.writer.write(M.encode(msg))
+        if isinstance(msg, M.Notification):
+            self.peer.last_notification_sent = msg
+
+    def send_raw(self, data: bytes) -> None:
+        """Write pre-encoded bytes."""
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.write(data)
+
+    def _close(self) -> None:
+        self.closed = True
+        for t in self.timers.values():
+            t.cancel()
+        self.timers.clear()
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except Exception:  # noqa: BLE001 - closing a broken socket
+                pass
+        cur = asyncio.current_task()
+        for t in self.tasks:
+            if t is not cur:
+                t.cancel()
+
+    async def _connect(self) -> None:
+        pc, sc = self.peer.config, self.peer.speaker.config
+        try:
+            self.reader, self.writer = await asyncio.wait_for(asyncio.open_connection(
+                str(pc.address), pc.port, local_addr=(str(sc.local_address), 0)),
+                timeout=max(1.0, sc.timers.connect_retry))
+        except (TimeoutError, OSError) as exc:
+            self.feed(F.TcpFailed(f"Socket: {getattr(exc, 'strerror', None) or exc or 'timeout'}"))
+            return
+        if self.peer.accept_outgoing(self):
+            self._nodelay()
+            self.feed(F.TcpConnected())
+            self.tasks.append(asyncio.get_running_loop().create_task(self._read()))
+        else:
+            self.writer.close()
+
+    def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Use an accepted socket."""
+        self.reader, self.writer = reader, writer
+        self._nodelay()
+        self.feed(F.ManualStart())
+        self.feed(F.TcpConnected())
+        self.tasks.append(asyncio.get_running_loop().create_task(self._read()))
+
+    def _nodelay(self) -> None:
+        sock = self.writer.get_extra_info("socket") if self.writer else None
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def _read(self) -> None:
+        assert self.reader is not None
+        try:
+            while not self.closed:
+                head = await self.reader.readexactly(M.HEADER_LEN)
+                try:
+                    length, _t = M.parse_header(head)
+                except E.BGPError as err:
+                    self.peer.speaker.count("malformed")
+                    self.feed(F.DecodeError(err))
+                    return
+                body = await self.reader.readexactly(length - M.HEADER_LEN)
+                try:
+                    msg = M.decode(head + body, addpath=self.recv_addpath)
+                except E.BGPError as err:
+                    log.warning("%s: malformed message: %s", self.peer.config.name, err)
+                    self.peer.speaker.count("malformed")
+                    self.feed(F.DecodeError(err))
+                    return
+                if isinstance(msg, M.Update) and msg.treat_as_withdraw:
+                    log.warning("%s: treat-as-withdraw: %s", self.peer.config.name, msg.errors)
+                    self.peer.speaker.count("treat_as_withdraw")
+                if isinstance(msg, M.Notification):
+                    self.peer.last_notification_received = msg
+                self.feed(F.MessageReceived(msg))
+        except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
+            self.feed(F.TcpFailed("connection closed" if isinstance(
+                exc, asyncio.IncompleteReadError) else f"Socket: {exc}"))
+        except asyncio.CancelledError:
+            raise
+
+
+class Peer:
+    """One configured neighbour: its connections, its Adj-RIB-Out, GR state, status."""
+
+    def __init__(self, speaker: Speaker, config: PeerConfig):
+        self.speaker = speaker
+        self.config = config
+        self.main: Connection | None = None        # the outgoing-capable connection
+        self.incoming: list[Connection] = []
+        self.session: Connection | None = None     # the Established one
+        self.adj_out: dict[IPv4Network, bytes] = {}
+        self.since = time.time()
+        self.info = ""
+        self.failures = 0
+        self.stopped = True
+        self.restart_handle: asyncio.TimerHandle | None = None
+        self.stale_handle: asyncio.TimerHandle | None = None
+        self.peer_open: M.Open | None = None
+        self.eor_received = False
+        self.last_notification_sent: M.Notification | None = None
+        self.last_notification_received: M.Notification | None = None
+        self.updates_received = 0
+
+    # ---- identity
+    def fsm_config(self) -> F.FSMConfig:
+        """Per-connection FSM parameters."""
+        sc = self.speaker.config
+        timers = sc.timers
+        if self.config.keepalive is not None:
+            timers = F.Timers(**{**timers.__dict__, "keepalive": self.config.keepalive})
+        return F.FSMConfig(local_as=sc.local_as, router_id=sc.router_id, peer_as=self.config.asn,
+                           passive=self.config.passive, timers=timers,
+                           capabilities=local_capabilities(sc, self.config))
+
+    def info_for_rib(self) -> PeerInfo:
+        """The RIB's view of this peer."""
+        rid = self.peer_open.router_id if self.peer_open else IPv4Address("0.0.0.0")
+        return PeerInfo(self.config.name, self.config.address, self.config.asn, rid,
+                        rr_client=self.config.rr_client,
+                        local_address=self.speaker.config.local_address)
+
+    # ---- lifecycle
+    def start(self) -> None:
+        """Start (or restart after an error wait)."""
+        self.stopped = False
+        self.restart_handle = None
+        self.main = Connection(self, incoming=False)
+        self.main.feed(F.ManualStart())
+        self._set_state_change()
+
+    def stop(self, notify: bool = True, subcode: int = E.ADMINISTRATIVE_SHUTDOWN) -> None:
+        """Close every connection (Cease with ``subcode`` when ``notify``)."""
+        self.stopped = True
+        if self.restart_handle:
+            self.restart_handle.cancel()
+        for c in [self.main, *self.incoming]:
+            if c is None:
+                continue
+            if notify:
+                c.feed(F.ManualStop(subcode))
+            else:
+                c.closed = True
+                c._close()
+        self.main, self.incoming, self.session = None, [], None
+        if self.stale_handle:
+            self.stale_handle.cancel()
+            self.stale_handle = None
+
+    def connections(self) -> list[Connection]:
+        """Live connections."""
+        return [c for c in [self.main, *self.incoming] if c is not None and not c.closed]
+
+    def accept_incoming(self, reader, writer) -> None:
+        """A TCP connection from this peer's address arrived."""
+        if self.stopped:
+            writer.close()
+            return
+        if self.session is not None and self.session.state == F.State.ESTABLISHED:
+            # collision with an Established session: the new one loses (RFC 4271 6.8)
+            writer.write(M.encode(M.Notification(E.CEASE, E.CONNECTION_COLLISION_RESOLUTION)))
+            writer.close()
+            return
+        conn = Connection(self, incoming=True)
+        self.incoming = [c for c in self.incoming if not c.closed] + [conn]
+        conn.attach(reader, writer)
+
+    def accept_outgoing(self, conn: Connection) -> bool:
+        """Our connect succeeded; keep it unless a session already runs."""
+        return not (self.session and self.session.state == F.State.ESTABLISHED)
+
+    def _set_state_change(self) -> None:
+        self.since = time.time()
+
+    # ---- FSM callbacks
+    def _resolve_collision(self, conn: Connection) -> bool:
+        """RFC 4271 6.8 when ``conn`` got its OPEN: True if ``conn`` survives."""
+        others = [c for c in self.connections() if c is not conn
+                  and c.state in (F.State.OPENCONFIRM, F.State.ESTABLISHED)]
+        if not others:
+            return True
+        other = others[0]
+        if other.state == F.State.ESTABLISHED:
+            conn.feed(F.ManualStop(E.CONNECTION_COLLISION_RESOLUTION))
+            return False
+        local_id = int(self.speaker.config.router_id)
+        remote_id = int(conn.fsm.peer_open.router_id) if conn.fsm.peer_open else 0
+        # keep the connection initiated by the speaker with the higher BGP identifier
+        keep_incoming = remote_id > local_id
+        loser = other if conn.incoming == keep_incoming else conn
+        loser.feed(F.ManualStop(E.CONNECTION_COLLISION_RESOLUTION))
+        return loser is not conn
+
+    def on_up(self, conn: Connection, peer_open: M.Open) -> None:
+        """Session Established on ``conn``."""
+        if not self._resolve_collision(conn):
+            return
+        for c in self.connections():
+            if c is not conn and c.state != F.State.ESTABLISHED:
+                c.closed = True
+                c._close()
+        self.session = conn
+        self.peer_open = peer_open
+        self.failures = 0
+        self.info = ""
+        self.eor_received = False
+        self._set_state_change()
+        self.adj_out = {}
+        self.speaker.on_peer_up(self)
+
+    def on_down(self, conn: Connection, reason: str, was_established: bool) -> None:
+        """A connection ended."""
+        if conn in self.incoming:
+            self.incoming.remove(conn)
+        if self.stopped:
+            if was_established:
+                self.speaker.on_peer_down(self, graceful=False)
+            return
+        if conn is self.session:
+            self.session = None
+        if was_established:
+            self._set_state_change()
+            # RFC 4724: only a transport loss without NOTIFICATION starts graceful restart
+            # (as in BIRD, hold timer expiry and NOTIFICATIONs flush the routes)
+            lost = reason.startswith(("connection closed", "Socket:"))
+            gr = self.peer_open.cap(M.GracefulRestart) if self.peer_open else None
+            self.speaker.on_peer_down(self, graceful=bool(gr) and lost,
+                                      restart_time=gr.restart_time if gr else 0)
+        self.info = reason
+        if conn is self.main or (was_established and self.main is None) or (
+                self.main is not None and self.main.closed):
+            self.failures += 1
+            wait = F.error_wait(self.failures, self.speaker.config.timers)
+            if self.config.passive:
+                wait = 0
+            self.main = None
+            loop = asyncio.get_running_loop()
+            self.restart_handle = loop.call_later(wait, self._restart)
+
+    def _restart(self) -> None:
+        if not self.stopped and self.main is None:
+            self.start()
+
+    def on_message(self, msg: object) -> None:
+        """UPDATE or ROUTE-REFRESH on the Established session."""
+        if isinstance(msg, M.RouteRefresh):
+            self.adj_out = {}
+            self.speaker.send_full(self)
+            return
+        self.updates_received += 1
+        self.speaker.on_update(self, msg)
+
+    # ---- status
+    def state(self) -> F.State:
+        """The most advanced connection state."""
+        order = list(F.State)
+        states = [c.state for c in self.connections()]
+        if self.session is not None and not self.session.closed:
+            states.append(self.session.state)
+        return max(states, key=order.index) if states else F.State.IDLE
+
+    def status(self) -> dict:
+        """What ``show protocols`` and node status print for this peer."""
+        st = self.state()
+        proto_state = "down" if self.stopped else ("up" if st == F.State.ESTABLISHED else "start")
+        info = st.value
+        if st != F.State.ESTABLISHED and self.info:
+            info += f"        {self.info}"
+        return {"name": self.config.name, "address": str(self.config.address),
+                "type": self.config.peer_type, "state": proto_state, "bgp_state": st.value,
+                "since": self.since, "info": info,
+                "routes_received": len(self.speaker.rib.prefixes_from(self.config.name)),
+                "routes_exported": len(self.adj_out)}
+
+
+@dataclass
+class Counters:
+    """Event counters shown by status()."""
+
+    malformed: int = 0
+    treat_as_withdraw: int = 0
+    kernel_changes: int = 0
+
+
+class Speaker:
+    """The BGP speaker: listener, peers, RIB, export and kernel programming."""
+
+    def __init__(self, config: SpeakerConfig, *, program_kernel: bool = True,
+                 on_change: Callable[[set[IPv4Network]], None] | None = None):
+        config.validate()
+        self.config = config
+        self.rib = RIB(config.local_as, config.router_id, config.cluster_id)
+        self.peers: dict[str, Peer] = {}
+        self.server: asyncio.AbstractServer | None = None
+        self.program_kernel = program_kernel
+        self.kernel = None
+        self.kernel_exec = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bgp-krt")
+        self.kernel_routes: dict[IPv4Network, KernelRoute] = {}
+        self.counters = Counters()
+        self.on_change = on_change
+        self.started = time.time()
+        self._pending_kernel: set[IPv4Network] = set()
+        self._kernel_task: asyncio.Task | None = None
+        self._pending_export: set[IPv4Network] = set()
+        self._export_handle: asyncio.Handle | None = None
+
+    def count(self, name: str) -> None:
+        """Bump a counter."""
+        setattr(self.counters, name, getattr(self.counters, name) + 1)
+
+    # ---- lifecycle
+    async def start(self) -> None:
+        """Open the kernel driver, listen, start every peer, originate local routes."""
+        if self.program_kernel:
+            from agent.bgp.kernel import KernelRoutes
+
+            self.kernel = await self._in_kernel_thread(KernelRoutes)
+            existing = await self._in_kernel_thread(self.kernel.dump)
+            self.kernel_routes = dict(existing)
+        self.server = await asyncio.start_server(
+            self._accept, self.config.listen_address, self.config.listen_port,
+            reuse_address=True)
+        self._set_local()
+        for pc in self.config.peers:
+            self._add_peer(pc)
+        self._schedule_kernel(set(self.kernel_routes) | set(self.rib.loc))
+
+    async def _in_kernel_thread(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.kernel_exec, fn, *args)
+
+    async def stop(self, graceful: bool = False) -> None:
+        """Stop: Cease to every peer and flush routes; or, with ``graceful``, just drop TCP
+        (peers keep our routes for the restart time) and leave kernel routes in place."""
+        writers = [c.writer for p in self.peers.values() for c in p.connections()
+                   if c.writer is not None]
+        for p in list(self.peers.values()):
+            p.stop(notify=not graceful)
+        if self.server is not None:
+            self.server.close()
+        if writers:  # let NOTIFICATIONs reach the wire before the loop goes away
+            await asyncio.wait([asyncio.ensure_future(w.wait_closed()) for w in writers],
+                               timeout=1.0)
+        if self._kernel_task is not None:
+            try:
+                await self._kernel_task
+            except Exception:  # noqa: BLE001 - the last sync failing must not block stop
+                pass
+        if self.kernel is not None:
+            if not graceful:
+                await self._in_kernel_thread(self.kernel.flush)
+            await self._in_kernel_thread(self.kernel.close)
+        self.kernel_exec.shutdown(wait=False)
+
+    def _add_peer(self, pc: PeerConfig) -> None:
+        peer = Peer(self, pc)
+        self.peers[pc.name] = peer
+        peer.start()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host = writer.get_extra_info("peername")[0]
+        for p in self.peers.values():
+            if str(p.config.address) == host:
+                p.accept_incoming(reader, writer)
+                return
+        log.info("rejecting BGP connection from unknown peer %s", host)
+        writer.close()
+
+    # ---- configuration changes
+    async def apply(self, new: SpeakerConfig) -> None:
+        """Move to a new configuration. Peers whose settings did not change keep their
+        sessions; removed peers get Cease/peer de-configured; changed ones restart."""
+        new.validate()
+        old = self.config
+        identity_changed = (new.router_id, new.local_as, new.local_address, new.cluster_id,
+                            new.listen_port) != (old.router_id, old.local_as, old.local_address,
+                                                 old.cluster_id, old.listen_port)
+        self.config = new
+        if identity_changed:
+            for p in list(self.peers.values()):
+                p.stop(subcode=E.OTHER_CONFIGURATION_CHANGE)
+                self._peer_gone(p)
+            self.peers = {}
+            self.rib.local_as, self.rib.router_id = new.local_as, new.router_id
+            self.rib.cluster_id = new.cluster_id
+            if new.listen_port != old.listen_port and self.server is not None:
+                self.server.close()
+                self.server = await asyncio.start_server(
+                    self._accept, new.listen_address, new.listen_port, reuse_address=True)
+        wanted = {p.name: p for p in new.peers}
+        for name, peer in list(self.peers.items()):
+            if name not in wanted or wanted[name] != peer.config:
+                peer.stop(subcode=E.PEER_DECONFIGURED if name not in wanted
+                          else E.OTHER_CONFIGURATION_CHANGE)
+                del self.peers[name]
+                self._peer_gone(peer)
+        for name, pc in wanted.items():
+            if name not in self.peers:
+                self._add_peer(pc)
+        changed = self._set_local()
+        if new.export_pools != old.export_pools:
+            changed |= set(self.rib.loc)
+        self._schedule_export(changed)
+        if new.kernel != old.kernel:
+            self._schedule_kernel(set(self.rib.loc) | set(self.kernel_routes))
+        else:
+            self._schedule_kernel(changed)
+
+    def _peer_gone(self, peer: Peer) -> None:
+        changed = self.rib.drop_peer(peer.config.name)
+        self._changed(changed)
+
+    def _set_local(self) -> set[IPv4Network]:
+        return self.rib.set_local(dict(self.config.originate))
+
+    # ---- RIB events
+    def on_peer_up(self, peer: Peer) -> None:
+        """Send the whole Adj-RIB-Out, then End-of-RIB."""
+        log.info("%s: Established", peer.config.name)
+        self.send_full(peer)
+
+    def send_full(self, peer: Peer) -> None:
+        """Advertise everything exportable to ``peer`` followed by End-of-RIB."""
+        self._export_to(peer, set(self.rib.loc) | set(peer.adj_out))
+        if peer.session is not None:
+            peer.session.send(M.Update())  # End-of-RIB
+
+    def on_peer_down(self, peer: Peer, graceful: bool, restart_time: float = 0) -> None:
+        """Session lost: drop its routes, or keep them stale for the restart time (RFC 4724)."""
+        peer.adj_out = {}
+        if graceful and restart_time > 0:
+            self.rib.mark_stale(peer.config.name)
+            loop = asyncio.get_running_loop()
+            if peer.stale_handle:
+                peer.stale_handle.cancel()
+            peer.stale_handle = loop.call_later(restart_time, self._stale_expired, peer)
+            return
+        self._changed(self.rib.drop_peer(peer.config.name))
+
+    def _stale_expired(self, peer: Peer) -> None:
+        peer.stale_handle = None
+        self._changed(self.rib.sweep_stale(peer.config.name))
+
+    def on_update(self, peer: Peer, upd: M.Update) -> None:
+        """Apply an UPDATE; End-of-RIB ends graceful-restart stale retention."""
+        if upd.is_end_of_rib():
+            peer.eor_received = True
+            if peer.stale_handle:
+                peer.stale_handle.cancel()
+                peer.stale_handle = None
+            self._changed(self.rib.sweep_stale(peer.config.name))
+            return
+        self._changed(self.rib.apply_update(peer.info_for_rib(), upd))
+
+    def _changed(self, prefixes: set[IPv4Network]) -> None:
+        if not prefixes:
+            return
+        self._schedule_export(prefixes)
+        self._schedule_kernel(prefixes)
+        if self.on_change:
+            self.on_change(prefixes)
+
+    # ---- export
+    def _exportable(self, prefix: IPv4Network) -> bool:
+        return any(prefix.subnet_of(p) for p in self.config.export_pools)
+
+    def _schedule_export(self, prefixes: set[IPv4Network]) -> None:
+        # coalesce everything changed in this loop iteration into one round of UPDATEs
+        self._pending_export |= prefixes
+        if self._export_handle is None and self._pending_export:
+            self._export_handle = asyncio.get_running_loop().call_soon(self._flush_export)
+
+    def _flush_export(self) -> None:
+        self._export_handle = None
+        prefixes, self._pending_export = self._pending_export, set()
+        for peer in self.peers.values():
+            if peer.session is not None and peer.session.state == F.State.ESTABLISHED:
+                self._export_to(peer, prefixes)
+
+    def _export_to(self, peer: Peer, prefixes: set[IPv4Network]) -> None:
+        conn = peer.session
+        if conn is None or conn.state != F.State.ESTABLISHED:
+            return
+        infos = {p.config.name: p.info_for_rib() for p in self.peers.values()}
+        to = infos[peer.config.name]
+        announce: dict[bytes, list[IPv4Network]] = {}
+        withdraw: list[IPv4Network] = []
+        for prefix in sorted(prefixes):
+            attrs = self.rib.export(prefix, to, self._exportable, infos)
+            if attrs is None:
+                if prefix in peer.adj_out:
+                    del peer.adj_out[prefix]
+                    withdraw.append(prefix)
+                continue
+            enc = M.encode_attributes(attrs)
+            if peer.adj_out.get(prefix) == enc:
+                continue
+            peer.adj_out[prefix] = enc
+            announce.setdefault(enc, []).append(prefix)
+        for i in range(0, len(withdraw), NLRI_PER_UPDATE):
+            conn.send(M.Update(withdrawn=withdraw[i:i + NLRI_PER_UPDATE]))
+        for enc, nets in announce.items():
+            for i in range(0, len(nets), NLRI_PER_UPDATE):
+                chunk = nets[i:i + NLRI_PER_UPDATE]
+                nl = M.encode_prefixes(chunk, None, False)
+                body = b"\0\0" + len(enc).to_bytes(2, "big") + enc + nl
+                conn.send_raw(M.frame(M.UPDATE, body))
+
+    # ---- kernel
+    def desired_kernel(self, prefix: IPv4Network) -> KernelRoute | None:
+        """The route the kernel should hold for ``prefix``."""
+        return kernel_route(prefix, self.rib.loc.get(prefix, []), self.config.kernel)
+
+    def _schedule_kernel(self, prefixes: set[IPv4Network]) -> None:
+        if self.kernel is None:
+            for p in prefixes:
+                r = self.desired_kernel(p)
+                if r is None:
+                    self.kernel_routes.pop(p, None)
+                else:
+                    self.kernel_routes[p] = r
+            return
+        self._pending_kernel |= prefixes
+        if self._kernel_task is None or self._kernel_task.done():
+            self._kernel_task = asyncio.get_running_loop().create_task(self._kernel_sync())
+
+    async def _kernel_sync(self) -> None:
+        while self._pending_kernel:
+            prefixes, self._pending_kernel = self._pending_kernel, set()
+            changes: dict[IPv4Network, KernelRoute | None] = {}
+            for p in prefixes:
+                want = self.desired_kernel(p)
+                if self.kernel_routes.get(p) != want:
+                    changes[p] = want
+            if not changes:
+                continue
+            await self._in_kernel_thread(self.kernel.apply, changes)
+            self.counters.kernel_changes += len(changes)
+            for p, r in changes.items():
+                if r is None:
+                    self.kernel_routes.pop(p, None)
+                else:
+                    self.kernel_routes[p] = r
+
+    # ---- views
+    def status(self) -> dict:
+        """A JSON-able summary: peers, route counts, counters."""
+        return {"router_id": str(self.config.router_id), "as": self.config.local_as,
+                "started": self.started,
+                "peers": [p.status() for p in self.peers.values()],
+                "established": sum(1 for p in self.peers.values()
+                                   if p.state() == F.State.ESTABLISHED),
+                "routes": len(self.rib.loc), "kernel_routes": len(self.kernel_routes),
+                "counters": dict(self.counters.__dict__),
+                "kernel_errors": list(self.kernel.errors) if self.kernel is not None else []}
+
+    def show_route(self) -> list[str]:
+        """birdc-like 'show route' lines."""
+        lines = []
+        for prefix in sorted(self.rib.loc):
+            for n, p in enumerate(self.rib.loc[prefix]):
+                mark = "*" if n == 0 else " "
+                if p.source == "local":
+                    how = "blackhole" if p.blackhole else "unreachable"
+                    lines.append(f"{str(prefix):<18} {how:<26} [static1] {mark} (200)")
+                    continue
+                r = kernel_route(prefix, [p], self.config.kernel)
+                dev = r.nexthops[0].device if r and r.nexthops and r.nexthops[0].device else ""
+                via = f"via {p.next_hop}" + (f" on {dev}" if dev else "")
+                path = " ".join(str(a) for _t, s in p.attrs.as_path for a in s)
+                stale = " stale" if p.stale else ""
+                lines.append(f"{str(prefix):<18} {via:<26} [{p.source}] {mark} (100) "
+                             f"[{path or 'i'}]{stale}")
+        return lines

@@ -1,0 +1,207 @@
+"""BGP speakers in real namespaces: full mesh over veths, kernel routes, faults.
+
+Each node is a namespace with eth0 on a bridge inside a "switch" namespace and a TUN
+device named tunl0 (this kernel has no ipip) to program routes onto. The speakers run in
+this process, each in its own thread that entered its node's namespace.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from agent.bgp.config import KernelPolicy, PeerConfig, SpeakerConfig, mesh_name, passive_towards
+from agent.bgp.fsm import Timers
+from agent.bgp.runner import SpeakerThread
+from testbed.poll import wait_for
+from tests.support import require_root, require_tool, sh, unique
+
+pytestmark = pytest.mark.netns
+
+POOL = IPv4Network("192.168.0.0/16")
+FAST = Timers(hold=3, connect_delay=0.1, connect_retry=0.5, error_wait_min=0.2,
+              error_wait_max=1, graceful_restart=3)
+
+
+class NetLab:
+    """Namespaces on one bridge. ``add_node()`` returns (netns, address)."""
+
+    def __init__(self, subnet: str = "172.31.0.0/24"):
+        self.subnet = IPv4Network(subnet)
+        self.switch = unique("bsw")
+        self.nodes: list[tuple[str, IPv4Address]] = []
+        self.made: list[str] = []
+        self._ns_add(self.switch)
+        sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.switch, "link", "set", "br0", "up")
+
+    def _ns_add(self, name: str) -> None:
+        sh("ip", "netns", "add", name)
+        self.made.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+
+    def add_node(self, host: int | None = None, tunnel: bool = True) -> tuple[str, IPv4Address]:
+        n = len(self.nodes)
+        ns = unique("bnd")
+        self._ns_add(ns)
+        addr = self.subnet.network_address + (host if host is not None else 10 + n)
+        port = f"p{n}"
+        sh("ip", "-n", self.switch, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+           "netns", ns)
+        sh("ip", "-n", self.switch, "link", "set", port, "master", "br0", "up")
+        sh("ip", "-n", ns, "addr", "add", f"{addr}/{self.subnet.prefixlen}", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        if tunnel:
+            sh("ip", "-n", ns, "tuntap", "add", "dev", "tunl0", "mode", "tun")
+            sh("ip", "-n", ns, "link", "set", "tunl0", "up")
+        self.nodes.append((ns, addr))
+        return ns, addr
+
+    def close(self) -> None:
+        for ns in reversed(self.made):
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+
+
+def bird_routes(ns: str) -> set[str]:
+    """`ip route show proto bird` lines, minus the TUN's carrier noise."""
+    out = sh("ip", "-n", ns, "route", "show", "proto", "bird")
+    return {" ".join(w for w in line.split() if w != "linkdown") for line in out.splitlines()}
+
+
+def block(i: int) -> IPv4Network:
+    return IPv4Network(f"192.168.{i}.0/26")
+
+
+def mesh_config(me: IPv4Address, all_addrs: list[IPv4Address], blocks: list[IPv4Network],
+                timers: Timers = FAST, **kw) -> SpeakerConfig:
+    peers = tuple(PeerConfig(mesh_name(a), a, 64512, passive=passive_towards(me, a))
+                  for a in all_addrs if a != me)
+    return SpeakerConfig(router_id=me, local_as=64512, local_address=me, peers=peers,
+                         originate=tuple((b, True) for b in blocks), export_pools=(POOL,),
+                         kernel=KernelPolicy(ipip_pools=(POOL,)), timers=timers, **kw)
+
+
+@pytest.fixture
+def lab():
+    require_root()
+    require_tool("ip")
+    lab = NetLab()
+    speakers: list[SpeakerThread] = []
+    lab.speakers = speakers
+    yield lab
+    for s in speakers:
+        try:
+            s.stop()
+        except Exception:  # noqa: BLE001 - teardown must go on
+            pass
+    lab.close()
+
+
+def start_mesh(lab: NetLab, n: int) -> list[SpeakerThread]:
+    nodes = [lab.add_node() for _ in range(n)]
+    addrs = [a for _ns, a in nodes]
+    for i, (ns, a) in enumerate(nodes):
+        t = SpeakerThread(mesh_config(a, addrs, [block(i)]), netns=ns)
+        lab.speakers.append(t)
+        t.start()
+    return lab.speakers
+
+
+def expected_routes(lab: NetLab, i: int, present: set[int] | None = None) -> set[str]:
+    present = set(range(len(lab.nodes))) if present is None else present
+    out = {f"blackhole {block(i)}"}
+    for j, (_ns, a) in enumerate(lab.nodes):
+        if j != i and j in present:
+            out.add(f"{block(j)} via {a} dev tunl0 onlink")
+    return out
+
+
+def test_three_node_mesh_programs_tunnel_routes_and_blackholes(lab):
+    speakers = start_mesh(lab, 3)
+    for i, (ns, _a) in enumerate(lab.nodes):
+        wait_for(lambda ns=ns: bird_routes(ns), lambda r, i=i: r == expected_routes(lab, i),
+                 timeout=5, what=f"mesh routes on node {i}")
+    for s in speakers:
+        st = s.status()
+        assert st["established"] == 2, st
+        assert all(p["type"] == "node-to-node mesh" and p["state"] == "up" for p in st["peers"])
+
+
+def test_passive_rule_larger_string_waits(lab):
+    # 172.31.0.9 vs 172.31.0.10: as strings "172.31.0.9" is the larger. Calico puts
+    # `passive on` on a node's protocol when the PEER's address is the larger string, so
+    # .10 waits passively and .9 (numerically smaller) connects to .10's port 179.
+    a_ns, a = lab.add_node(host=9)
+    b_ns, b = lab.add_node(host=10)
+    for ns, me in ((a_ns, a), (b_ns, b)):
+        t = SpeakerThread(mesh_config(me, [a, b], []), netns=ns)
+        lab.speakers.append(t)
+        t.start()
+    wait_for(lambda: [s.status()["established"] for s in lab.speakers], lambda v: v == [1, 1],
+             timeout=5, what="session up")
+    out = sh("ss", "-Htn", "state", "established", netns=b_ns).split()
+    assert f"{b}:179" in out and f"{a}:179" not in out, out
+
+
+def test_withdrawal_and_reannouncement_follow_config(lab):
+    speakers = start_mesh(lab, 3)
+    ns1 = lab.nodes[1][0]
+    wait_for(lambda: bird_routes(ns1), lambda r: r == expected_routes(lab, 1), timeout=5,
+             what="initial routes")
+    addrs = [a for _ns, a in lab.nodes]
+    speakers[0].apply(mesh_config(addrs[0], addrs, [block(0), IPv4Network("192.168.100.0/26")]))
+    wait_for(lambda: bird_routes(ns1),
+             lambda r: f"192.168.100.0/26 via {addrs[0]} dev tunl0 onlink" in r, timeout=3,
+             what="new block on node 1")
+    speakers[0].apply(mesh_config(addrs[0], addrs, []))
+    wait_for(lambda: bird_routes(ns1), lambda r: r == expected_routes(lab, 1, {1, 2}), timeout=3,
+             what="node 0's blocks withdrawn on node 1")
+    # sessions that did not change were not reset by the config changes
+    assert speakers[1].status()["established"] == 2
+
+
+def test_peer_link_cut_withdraws_within_hold_time_and_recovers(lab):
+    start_mesh(lab, 3)
+    ns0, ns2 = lab.nodes[0][0], lab.nodes[2][0]
+    wait_for(lambda: bird_routes(ns0), lambda r: r == expected_routes(lab, 0), timeout=5,
+             what="initial routes")
+    sh("ip", "-n", ns2, "link", "set", "eth0", "down")      # node 2 vanishes, no FIN
+    wait_for(lambda: bird_routes(ns0), lambda r: r == expected_routes(lab, 0, {0, 1}),
+             timeout=FAST.hold + 2, what="node 2's block withdrawn after the hold time")
+    sh("ip", "-n", ns2, "link", "set", "eth0", "up")
+    wait_for(lambda: bird_routes(ns0), lambda r: r == expected_routes(lab, 0), timeout=8,
+             what="node 2's block back")
+
+
+def test_stop_flushes_routes_and_notifies_peers(lab):
+    speakers = start_mesh(lab, 2)
+    ns0, ns1 = lab.nodes[0][0], lab.nodes[1][0]
+    wait_for(lambda: bird_routes(ns1), lambda r: r == expected_routes(lab, 1), timeout=5,
+             what="initial routes")
+    speakers[0].stop(graceful=False)
+    assert bird_routes(ns0) == set()                        # own routes flushed
+    wait_for(lambda: bird_routes(ns1), lambda r: r == {f"blackhole {block(1)}"}, timeout=2,
+             what="routes withdrawn at once after Cease")
+
+
+def test_graceful_restart_keeps_routes_then_refreshes(lab):
+    speakers = start_mesh(lab, 2)
+    ns0, ns1 = lab.nodes[0][0], lab.nodes[1][0]
+    wait_for(lambda: bird_routes(ns1), lambda r: r == expected_routes(lab, 1), timeout=5,
+             what="initial routes")
+    speakers[0].stop(graceful=True)
+    assert f"blackhole {block(0)}" in bird_routes(ns0)     # kept in our kernel
+    st = speakers[1].status()
+    assert st["established"] == 0 and bird_routes(ns1) == expected_routes(lab, 1)  # stale, kept
+    addrs = [a for _ns, a in lab.nodes]
+    again = SpeakerThread(mesh_config(addrs[0], addrs, [block(0)]), netns=ns0)
+    lab.speakers.append(again)
+    again.start()
+    wait_for(lambda: speakers[1].status()["established"], lambda v: v == 1, timeout=5,
+             what="session back")
+    assert bird_routes(ns1) == expected_routes(lab, 1)
+    again.stop(graceful=True)
+    wait_for(lambda: bird_routes(ns1), lambda r: r == {f"blackhole {block(1)}"},
+             timeout=FAST.graceful_restart + 2, what="stale routes dropped after restart time")
