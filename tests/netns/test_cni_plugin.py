@@ -1,0 +1,242 @@
+"""The real ``calico`` executable in a node netns with a real etcd: every verb, every version,
+idempotency, concurrency and bad input. Pods are namespaces made by the test."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import subprocess
+
+import pytest
+
+from tests.netns import cni_support
+from tests.netns.cni_support import CniNode
+
+pytestmark = pytest.mark.netns
+cni_node = cni_support.cni_node  # module-wide node netns + etcd (fixture)
+node = cni_support.node  # that node, emptied, with the default pool (fixture)
+
+VERSIONS = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+
+
+def _sysctl(node: CniNode, key: str) -> str:
+    return subprocess.run(["nsenter", f"--net={node.nspath}", "cat", f"/proc/sys/net/{key}"],
+                          capture_output=True, text=True).stdout.strip()
+
+
+def _allocations(node: CniNode) -> dict[str, str]:
+    """ip -> handle of every allocation in etcd."""
+    from ipam import IPAM
+
+    with node.client() as c:
+        return {str(ip): attr.handle_id for b in IPAM(c).blocks() for ip, attr in b.allocated()}
+
+
+def _weps(node: CniNode) -> list:
+    with node.client() as c:
+        return c.list("WorkloadEndpoint")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_add_check_del_every_version(node, netns, version):
+    pod = netns("cnip")
+    podpath = f"/run/netns/{pod}"
+    conf = node.conf(version)
+    add = node.run("ADD", conf, cid="c0ffee01", netns=podpath)
+    assert add.rc == 0, add.stdout + add.stderr
+    res = add.json
+    assert res["cniVersion"] == version
+    host, sandbox = res["interfaces"]
+    assert host == {"name": "calic440f455693", "mac": "ee:ee:ee:ee:ee:ee", **({"mtu": 1480} if version == "1.1.0" else {})}
+    assert sandbox["name"] == "eth0" and sandbox["sandbox"] == podpath
+    (ipc,) = res["ips"]
+    ip = ipc["address"].split("/")[0]
+    assert ipc["address"].endswith("/32") and ipc["interface"] == 1
+    assert ("version" in ipc) == (version in ("0.3.1", "0.4.0"))
+    # kernel: host side
+    link = node.ip("-d", "link", "show", "calic440f455693")
+    assert "ee:ee:ee:ee:ee:ee" in link and f"link-netns {pod}" in link and "mtu 1480" in link
+    assert f"{ip} dev calic440f455693 scope link" in node.ip("route")
+    assert _sysctl(node, "ipv4/conf/calic440f455693/proxy_arp") == "1"
+    assert _sysctl(node, "ipv4/neigh/calic440f455693/proxy_delay") == "0"
+    assert _sysctl(node, "ipv4/conf/calic440f455693/forwarding") == "1"
+    assert _sysctl(node, "ipv4/conf/calic440f455693/route_localnet") == "1"
+    # kernel: pod side
+    assert f"inet {ip}/32 scope global eth0" in node.ip("addr", "show", "eth0", pod=pod)
+    assert sandbox["mac"] in node.ip("link", "show", "eth0", pod=pod)
+    routes = node.ip("route", pod=pod)
+    assert "default via 169.254.1.1 dev eth0" in routes and "169.254.1.1 dev eth0 scope link" in routes
+    # datastore
+    (wep,) = _weps(node)
+    assert wep.metadata.name == "k8s--w0-k8s-nginx-eth0" and wep.metadata.namespace == "default"
+    assert (wep.spec.node, wep.spec.pod, wep.spec.container_id) == ("k8s-w0", "nginx", "c0ffee01")
+    assert wep.spec.ip_networks == [f"{ip}/32"] and wep.spec.interface_name == "calic440f455693"
+    assert wep.spec.mac == sandbox["mac"] and wep.spec.profiles == ["kns.default"]
+    assert _allocations(node) == {ip: "k8s-pod-network.c0ffee01"}
+    # CHECK against prevResult (spec >= 0.4.0)
+    if version != "0.3.1":
+        chk = node.run("CHECK", {**conf, "prevResult": res}, cid="c0ffee01", netns=podpath)
+        assert chk.rc == 0 and chk.stdout == "", chk.stdout + chk.stderr
+    # DEL removes everything, and is idempotent
+    for _ in range(2):
+        dele = node.run("DEL", {**conf, "prevResult": res}, cid="c0ffee01", netns=podpath)
+        assert dele.rc == 0 and dele.stdout == "", dele.stdout + dele.stderr
+        assert "calic440f455693" not in node.ip("link")
+        assert _weps(node) == [] and _allocations(node) == {}
+
+
+def test_del_succeeds_with_everything_already_gone(node, netns):
+    pod = netns("cnip")
+    add = node.run("ADD", node.conf(), cid="gone01", netns=f"/run/netns/{pod}")
+    assert add.rc == 0, add.stdout
+    subprocess.run(["ip", "netns", "delete", pod], check=True)
+    dele = node.run("DEL", node.conf(), cid="gone01", netns=f"/run/netns/{pod}")
+    assert dele.rc == 0, dele.stdout + dele.stderr
+    assert _allocations(node) == {} and _weps(node) == []
+    assert "calic440f455693" not in node.ip("link")
+    # no netns at all, never-added container
+    dele = node.run("DEL", node.conf(), cid="never", drop=("CNI_NETNS",))
+    assert dele.rc == 0, dele.stdout
+
+
+def test_del_of_other_container_keeps_wep_and_allocation(node, netns):
+    pod, old = netns("cnip"), netns("cnip")
+    add = node.run("ADD", node.conf(), cid="current", netns=f"/run/netns/{pod}")
+    assert add.rc == 0, add.stdout
+    ip = add.json["ips"][0]["address"].split("/")[0]
+    dele = node.run("DEL", node.conf(), cid="stale", netns=f"/run/netns/{old}")
+    assert dele.rc == 0, dele.stdout
+    (wep,) = _weps(node)
+    assert wep.spec.container_id == "current"
+    assert _allocations(node) == {ip: "k8s-pod-network.current"}
+    assert "calic440f455693" in node.ip("link")
+    assert node.run("DEL", node.conf(), cid="current", netns=f"/run/netns/{pod}").rc == 0
+
+
+def test_repeated_add_keeps_its_address(node, netns):
+    pod = netns("cnip")
+    first = node.run("ADD", node.conf(), cid="again", netns=f"/run/netns/{pod}")
+    second = node.run("ADD", node.conf(), cid="again", netns=f"/run/netns/{pod}")
+    assert first.rc == 0 and second.rc == 0, second.stdout
+    assert first.json["ips"] == second.json["ips"]
+    ip = first.json["ips"][0]["address"].split("/")[0]
+    assert _allocations(node) == {ip: "k8s-pod-network.again"}
+    assert f"inet {ip}/32" in node.ip("addr", "show", "eth0", pod=pod)
+    assert node.run("DEL", node.conf(), cid="again", netns=f"/run/netns/{pod}").rc == 0
+
+
+def test_check_reports_what_is_broken(node, netns):
+    pod = netns("cnip")
+    conf = node.conf("1.1.0")
+    res = node.run("ADD", conf, cid="chk", netns=f"/run/netns/{pod}").json
+    subprocess.run(["ip", "-n", pod, "route", "del", "default"], check=True)
+    with node.client() as c:
+        c.delete("WorkloadEndpoint", "k8s--w0-k8s-nginx-eth0", "default")
+    chk = node.run("CHECK", {**conf, "prevResult": res}, cid="chk", netns=f"/run/netns/{pod}")
+    assert chk.rc != 0
+    err = chk.json
+    assert err["code"] == 103 and "default via 169.254.1.1" in err["msg"] and "WorkloadEndpoint" in err["msg"]
+    no_prev = node.run("CHECK", conf, cid="chk", netns=f"/run/netns/{pod}")
+    assert no_prev.json["code"] == 7 and "prevResult" in no_prev.json["msg"]
+    old = node.run("CHECK", {**node.conf("0.3.1"), "prevResult": res}, cid="chk", netns=f"/run/netns/{pod}")
+    assert old.json["code"] == 1
+    assert node.run("DEL", conf, cid="chk", netns=f"/run/netns/{pod}").rc == 0
+
+
+def test_concurrent_adds_on_one_node(node, netns):
+    pods = [netns("cnip") for _ in range(8)]
+
+    def add(i: int):
+        return node.run("ADD", node.conf(), cid=f"par{i:02d}", netns=f"/run/netns/{pods[i]}", pod=("default", f"p{i}"))
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(add, range(8)))
+    assert all(r.rc == 0 for r in results), [r.stdout for r in results if r.rc]
+    ips = [r.json["ips"][0]["address"] for r in results]
+    assert len(set(ips)) == 8
+    allocs = _allocations(node)
+    assert sorted(allocs.values()) == [f"k8s-pod-network.par{i:02d}" for i in range(8)]
+    assert len([w for w in _weps(node)]) == 8
+    links = node.ip("link")
+    assert sum(1 for line in links.splitlines() if ": cali" in line) == 8
+
+    def delete(i: int):
+        return node.run("DEL", node.conf(), cid=f"par{i:02d}", netns=f"/run/netns/{pods[i]}", pod=("default", f"p{i}"))
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert all(r.rc == 0 for r in pool.map(delete, range(8)))
+    assert _allocations(node) == {} and _weps(node) == [] and ": cali" not in node.ip("link")
+
+
+def test_bad_input_gives_spec_errors_and_leaves_nothing(node, netns):
+    pod = netns("cnip")
+    pp = f"/run/netns/{pod}"
+    cases = {
+        "invalid json": (node.run("ADD", b"{nope", cid="bad", netns=pp), 6, "not valid JSON"),
+        "missing env": (node.run("ADD", node.conf(), cid="bad", netns=pp, drop=("CNI_NETNS",)), 4, "CNI_NETNS"),
+        "unknown version": (node.run("ADD", node.conf("0.2.0"), cid="bad", netns=pp), 1, "0.2.0"),
+        "missing nodename": (node.run("ADD", node.conf(nodename="", nodename_file=str(node.tmp / "absent")),
+                                      cid="bad", netns=pp), 7, "/var/lib/calico/"),
+        "unreachable datastore": (node.run("ADD", node.conf(etcd_endpoints="http://127.0.0.1:1"), cid="bad", netns=pp),
+                                  11, "unreachable"),
+        "no such netns": (node.run("ADD", node.conf(), cid="bad", netns="/run/netns/does-not-exist-cni"), 102,
+                          "does-not-exist-cni"),
+    }
+    for what, (run, code, text) in cases.items():
+        assert run.rc != 0, what
+        err = run.json
+        assert err["code"] == code and text in err["msg"], (what, err)
+        assert "Traceback" not in run.stdout, what
+    assert "cali" not in node.ip("link") and _allocations(node) == {} and _weps(node) == []
+    assert "eth0" not in node.ip("link", pod=pod)
+
+
+def test_exhausted_pool_is_reported_and_nothing_half_done(node, netns):
+    node.reset(pool_cidr="10.99.0.0/30", block_size=30)
+    pods = [netns("cnip") for _ in range(5)]
+    for i in range(4):
+        r = node.run("ADD", node.conf(), cid=f"ex{i}", netns=f"/run/netns/{pods[i]}", pod=("default", f"e{i}"))
+        assert r.rc == 0, r.stdout
+    r = node.run("ADD", node.conf(), cid="ex4", netns=f"/run/netns/{pods[4]}", pod=("default", "e4"))
+    err = r.json
+    assert r.rc != 0 and err["code"] == 101 and "IPAM allocated only 0" in err["msg"], err
+    assert len(_allocations(node)) == 4 and len(_weps(node)) == 4
+    assert "eth0" not in node.ip("link", pod=pods[4])
+
+
+def test_status_version_and_gc(node, netns):
+    conf = node.conf("1.1.0")
+    st = node.run("STATUS", conf, drop=("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"))
+    assert st.rc == 0 and st.stdout == "", st.stdout
+    ver = node.run("VERSION", json.dumps({"cniVersion": "0.4.0"}))
+    assert ver.json == {"cniVersion": "0.4.0", "supportedVersions": VERSIONS}
+    bad = node.run("STATUS", node.conf("1.1.0", etcd_endpoints="http://127.0.0.1:1"))
+    assert bad.json["code"] == 50 and "127.0.0.1:1" in bad.json["msg"]
+    old = node.run("STATUS", node.conf("1.0.0"))
+    assert old.json["code"] == 1
+    pods = [netns("cnip") for _ in range(3)]
+    for i, p in enumerate(pods):
+        assert node.run("ADD", conf, cid=f"gc{i}", netns=f"/run/netns/{p}", pod=("default", f"g{i}")).rc == 0
+    gc = node.run("GC", {**conf, "cni.dev/valid-attachments": [{"containerID": "gc1", "ifname": "eth0"}]})
+    assert gc.rc == 0, gc.stdout
+    assert list(_allocations(node).values()) == ["k8s-pod-network.gc1"]
+    assert [w.spec.container_id for w in _weps(node)] == ["gc1"]
+    node.reset(pool_cidr="")
+    nopool = node.run("STATUS", conf)
+    assert nopool.json["code"] == 50 and "pool" in nopool.json["msg"]
+
+
+def test_calico_ipam_executable(node):
+    conf = node.conf("1.0.0")
+    add = node.run("ADD", conf, cid="ipamonly", plugin="calico-ipam", netns="/run/netns/unused")
+    assert add.rc == 0, add.stdout
+    (ipc,) = add.json["ips"]
+    ip = ipc["address"].split("/")[0]
+    assert _allocations(node) == {ip: "k8s-pod-network.ipamonly"}
+    chk = node.run("CHECK", {**conf, "prevResult": add.json}, cid="ipamonly", plugin="calico-ipam", netns="/x")
+    assert chk.rc == 0, chk.stdout
+    for _ in range(2):
+        assert node.run("DEL", conf, cid="ipamonly", plugin="calico-ipam").rc == 0
+    assert _allocations(node) == {}
+    chk = node.run("CHECK", {**conf, "prevResult": add.json}, cid="ipamonly", plugin="calico-ipam", netns="/x")
+    assert chk.json["code"] == 103 and "not allocated" in chk.json["msg"]
