@@ -1,0 +1,114 @@
+"""The kernel tier: boot the stock Debian kernel ONCE per session and run tests/kernel/guest in it.
+
+On the host, tests/kernel/guest is not collected (its tests need the kernel's ipip); the
+``guest`` session fixture boots qemu, runs pytest on it inside the guest with junit.xml written
+to the results share, plus two deliberately broken runs (``CALICOLAB_KTIER_BREAK``), and the
+host tests read the verdicts and pcaps from there.  Inside the guest (``CALICOLAB_GUEST=1``)
+the guest tests are collected normally.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support import require, require_root
+
+collect_ignore = [] if os.environ.get("CALICOLAB_GUEST") else ["guest"]
+
+REPO = Path(__file__).resolve().parents[2]
+GUEST_DIR = "tests/kernel/guest"
+BOOT_LIMIT_S = float(os.environ.get("CALICOLAB_KTIER_TIMEOUT", "170"))
+# (results name, CALICOLAB_KTIER_BREAK value, pytest -k expression) for each guest pytest run
+GUEST_RUNS = (
+    ("junit", "", ""),
+    ("junit-break-no-onlink", "no-onlink", "pod_to_pod"),
+    ("junit-break-tunnel-mtu", "tunnel-mtu", "mtu"),
+)
+
+
+@dataclass
+class GuestSession:
+    """What the one boot of this session left behind."""
+
+    results: Path
+    run: object  # testbed.kerneltier.qemu.GuestRun
+
+    def junit(self, name: str = "junit") -> Path:
+        """Path of one guest run's junit file."""
+        return self.results / f"{name}.xml"
+
+    def log_tail(self, name: str = "junit", lines: int = 60) -> str:
+        """The end of one guest pytest run's output."""
+        path = self.results / f"{name}.log"
+        if not path.exists():
+            return f"(no {path.name}; console tail)\n{self.run.console_tail()}"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def guest_script() -> str:
+    """The shell script the guest runs: pytest on the guest tests, normal and broken."""
+    py = f"{REPO}/.venv/bin/python"
+    lines = [
+        "set -u",
+        f"cd {shlex.quote(str(REPO))}",
+        "export PYTHONDONTWRITEBYTECODE=1 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1",
+        f"export CI={shlex.quote(os.environ.get('CI', ''))}",
+        'R="$CALICOLAB_RESULTS"',
+    ]
+    for name, brk, kexpr in GUEST_RUNS:
+        out = "$R" if not brk else f"$R/{name}"
+        sel = f"-k {shlex.quote(kexpr)}" if kexpr else ""
+        lines.append(
+            f'mkdir -p "{out}"; CALICOLAB_KTIER_BREAK={brk} CALICOLAB_RESULTS="{out}" '
+            f"{py} -m pytest -p no:cacheprovider -p pytest_timeout -q -rA {GUEST_DIR} {sel} "
+            f'--junitxml="$R/{name}.xml" > "$R/{name}.log" 2>&1; echo $? > "$R/{name}.rc"'
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _qemu_missing_reason() -> str | None:
+    if not shutil.which("qemu-system-x86_64"):
+        return "qemu-system-x86_64 is not installed (scripts/setup.sh installs qemu-system-x86)"
+    if not os.path.exists("/bin/busybox"):
+        return "busybox-static is not installed (scripts/setup.sh)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def guest(tmp_path_factory: pytest.TempPathFactory) -> GuestSession:
+    """Boot the guest once, run the guest tests inside, return where the results are."""
+    require_root()
+    reason = _qemu_missing_reason()
+    require(reason is None, reason or "")
+    from testbed.kerneltier import fetch, qemu
+
+    try:
+        kernel = fetch.fetch()
+    except fetch.FetchError as exc:
+        require(False, f"cannot fetch the guest kernel: {exc}")
+        raise  # unreachable: require skipped or failed
+    results = tmp_path_factory.mktemp("kernel-tier")
+    run = qemu.boot(guest_script(), results, timeout=BOOT_LIMIT_S, kernel=kernel)
+    summary = {
+        "kernel": kernel.release,
+        "accel": qemu.accel(),
+        "wall_seconds": round(run.elapsed, 2),
+        "boot_seconds": run.boot_seconds,
+        "guest_script_seconds": run.script_seconds,
+        "timed_out": run.timed_out,
+        "guest_exit": run.exit_code,
+        "results": str(results),
+    }
+    (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nkernel tier: {json.dumps(summary)}", file=sys.stderr)
+    if run.timed_out or run.exit_code is None:
+        pytest.fail(f"the guest did not finish: {summary}\n{run.console_tail()}")
+    return GuestSession(results, run)
