@@ -1,0 +1,213 @@
+"""``calicoctl``: the real tool's command line over calicolab's etcd datastore.
+
+Honours ``DATASTORE_TYPE=etcdv3`` and ``ETCD_ENDPOINTS`` (or ``--config`` with a
+``CalicoAPIConfig`` file). Errors are one clear line on stderr and exit code 1;
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+USAGE = """Usage:
+  calicoctl [options] <command> [<args>...]
+
+    create       Create a resource by file or stdin.
+    replace      Replace a resource by file or stdin.
+    apply        Apply a resource by file or stdin.
+    delete       Delete a resource identified by file, stdin or resource type and name.
+    get          Get a resource identified by file, stdin or resource type and name.
+    ipam         IP address management.
+    node         Calico node management.
+    version      Display the version of this binary.
+
+Options:
+  -h --help                    Show this screen.
+  -c --config=<CONFIG>         Path to the file containing connection configuration in
+                               YAML or JSON format. [default: /etc/calico/calicoctl.cfg]
+
+Description:
+  The calico kubectl command line tool for managing Calico network and security policy
+  (calicolab edition: etcdv3 datastore only; set ETCD_ENDPOINTS).
+"""
+
+VERSION = "v3.27.0-calicolab"
+
+
+class UsageError(Exception):
+    """Bad command line; the message is printed with a pointer to --help."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="calicoctl", add_help=False)
+    p.add_argument("-h", "--help", action="store_true")
+    p.add_argument("-c", "--config")
+    p.add_argument("-l", "--log-level")
+    p.add_argument("--allow-version-mismatch", action="store_true")
+    sub = p.add_subparsers(dest="command")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--config", dest="sub_config")
+        sp.add_argument("-n", "--namespace")
+        sp.add_argument("--allow-version-mismatch", action="store_true")
+
+    for verb in ("create", "replace", "apply"):
+        sp = sub.add_parser(verb, add_help=False)
+        sp.add_argument("-f", "--filename", required=True)
+        sp.add_argument("--skip-exists", action="store_true")
+        sp.add_argument("-R", "--recursive", action="store_true")
+        sp.add_argument("--skip-empty", action="store_true")
+        common(sp)
+
+    sp = sub.add_parser("delete", add_help=False)
+    sp.add_argument("-f", "--filename")
+    sp.add_argument("--skip-not-exists", action="store_true")
+    sp.add_argument("kind", nargs="?")
+    sp.add_argument("names", nargs="*")
+    common(sp)
+
+    sp = sub.add_parser("get", add_help=False)
+    sp.add_argument("-f", "--filename")
+    sp.add_argument("-o", "--output", default="ps")
+    sp.add_argument("-A", "--all-namespaces", action="store_true")
+    sp.add_argument("--export", action="store_true")
+    sp.add_argument("kind", nargs="?")
+    sp.add_argument("names", nargs="*")
+    common(sp)
+
+    ipam = sub.add_parser("ipam", add_help=False)
+    isub = ipam.add_subparsers(dest="ipam_command")
+    s = isub.add_parser("show", add_help=False)
+    s.add_argument("--ip")
+    s.add_argument("--show-blocks", action="store_true")
+    s.add_argument("--show-borrowed", action="store_true")
+    s.add_argument("--show-configuration", action="store_true")
+    common(s)
+    s = isub.add_parser("check", add_help=False)
+    s.add_argument("--show-all-ips", action="store_true")
+    s.add_argument("--show-problem-ips", action="store_true")
+    s.add_argument("-o", "--output")
+    common(s)
+    s = isub.add_parser("release", add_help=False)
+    s.add_argument("--ip")
+    s.add_argument("--from-report", action="append", default=[])
+    s.add_argument("--force", action="store_true")
+    common(s)
+    s = isub.add_parser("configure", add_help=False)
+    s.add_argument("--strictaffinity")
+    s.add_argument("--max-blocks-per-host", type=int)
+    common(s)
+
+    node = sub.add_parser("node", add_help=False)
+    nsub = node.add_subparsers(dest="node_command")
+    s = nsub.add_parser("status", add_help=False)
+    s.add_argument("--ctl-socket", default="/var/run/calico/bird.ctl")
+    common(s)
+
+    sp = sub.add_parser("version", add_help=False)
+    common(sp)
+    return p
+
+
+def _config_env(path: str | None) -> dict[str, str]:
+    """Datastore settings: environment, overridden by a CalicoAPIConfig file if given."""
+    env = dict(os.environ)
+    if not path:
+        return env
+    import yaml
+
+    try:
+        with open(path) as fh:
+            doc = yaml.safe_load(fh) or {}
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config file {path} is not valid YAML: {exc}") from None
+    spec = doc.get("spec") or {} if isinstance(doc, dict) else {}
+    if spec.get("datastoreType"):
+        env["DATASTORE_TYPE"] = str(spec["datastoreType"])
+    if spec.get("etcdEndpoints"):
+        env["ETCD_ENDPOINTS"] = str(spec["etcdEndpoints"])
+    return env
+
+
+def make_client(config: str | None = None):  # noqa: ANN201 - datastore.Client (imported lazily)
+    """A datastore Client from the environment (or a --config file), with a short timeout."""
+    from datastore import Client
+
+    return Client.from_env(_config_env(config), timeout=2.0)
+
+
+def run(argv: Sequence[str], out=None, err=None) -> int:  # noqa: ANN001
+    """Run one calicoctl command; returns the exit code. ``out``/``err`` default to stdio."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args_list = list(argv)
+    if not args_list or args_list[0] in ("-h", "--help", "help"):
+        out.write(USAGE)
+        return 0 if args_list else 1
+    from datastore import errors
+    from testbed.calicoctl.resources import InputError
+
+    try:
+        args = _parser().parse_args(args_list)
+        if args.help or not args.command:
+            out.write(USAGE)
+            return 0
+        config = getattr(args, "sub_config", None) or args.config
+        if args.command == "version":
+            out.write(f"Client Version:    {VERSION}\n")
+            return 0
+        if args.command == "node":
+            from testbed.calicoctl import node
+
+            if args.node_command != "status":
+                raise UsageError("calicoctl node: only 'node status' is supported")
+            return node.status(args.ctl_socket, out, err)
+        client = make_client(config)
+        if args.command in ("create", "replace", "apply", "delete", "get"):
+            from testbed.calicoctl import resources
+
+            return resources.run(client, args, out, err)
+        if args.command == "ipam":
+            from testbed.calicoctl import ipam_cmds
+
+            return ipam_cmds.run(client, args, out, err)
+        raise UsageError(f"unknown command {args.command!r}")
+    except UsageError as exc:
+        err.write(f"{exc}\nRun 'calicoctl --help' for usage.\n")
+        return 1
+    except errors.DatastoreUnavailable as exc:
+        err.write(f"Failed to execute command: {exc}\n")
+        return 1
+    except errors.DatastoreError as exc:
+        err.write(f"Failed to execute command: {exc}\n")
+        return 1
+    except InputError as exc:
+        err.write(f"Failed to execute command: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # last resort: one line, never a traceback
+        err.write(f"Failed to execute command: {type(exc).__name__}: {exc}\n")
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (``calicoctl``)."""
+    code = run(sys.argv[1:] if argv is None else argv)
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
