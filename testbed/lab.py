@@ -35,7 +35,7 @@ __all__ = [
     "RUN_ROOT", "REPO", "VENV_BIN", "LabError", "state_dir", "read_state", "write_state",
     "list_labs", "running_labs", "is_running", "resolve", "netns_name", "proc_starttime",
     "pid_alive", "cgroup_mount", "cgroup_path", "node_env", "up", "down", "control",
-    "install_cni", "status", "Progress",
+    "install_cni", "status", "Progress", "plan", "join_cgroup",
 ]
 
 RUN_ROOT = Path(os.environ.get("CALICOLAB_RUN", "/run/calicolab"))
@@ -47,8 +47,12 @@ HEALTH_PORT = 9099
 Progress = Callable[[str], None]
 
 
+#: exit codes of the CLI, carried by LabError
+EXIT_FAIL, EXIT_INPUT, EXIT_NOLAB, EXIT_EXISTS = 1, 2, 3, 4
+
+
 class LabError(Exception):
-    """A user-facing failure of a lab operation (the CLI prints it and exits non-zero)."""
+    """A user-facing failure of a lab operation (the CLI prints it and exits with ``exit_code``)."""
 
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
@@ -129,16 +133,18 @@ def resolve(name: str | None) -> dict:
     if name:
         st = read_state(name)
         if st is None:
-            raise LabError(f"no lab named {name!r} (running: {', '.join(running_labs()) or 'none'})")
+            raise LabError(f"no lab named {name!r} (running: {', '.join(running_labs()) or 'none'})",
+                           EXIT_NOLAB)
         if not is_running(st):
             raise LabError(f"lab {name!r} is not running (phase {st.get('phase')}); "
-                           "`calicolab clean` removes what is left of it")
+                           "`calicolab clean` removes what is left of it", EXIT_NOLAB)
         return st
     labs = running_labs()
     if not labs:
-        raise LabError("no lab is running: start one with `calicolab up TOPOLOGY`")
+        raise LabError("no lab is running: start one with `calicolab up TOPOLOGY`", EXIT_NOLAB)
     if len(labs) > 1:
-        raise LabError(f"several labs are running ({', '.join(labs)}): say which with --lab NAME")
+        raise LabError(f"several labs are running ({', '.join(labs)}): say which with --lab NAME",
+                       EXIT_NOLAB)
     st = read_state(labs[0])
     assert st is not None
     return st
@@ -250,7 +256,7 @@ def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = Fals
     if is_running(old):
         raise LabError(f"lab {lab!r} is already running (supervisor pid "
                        f"{old['supervisor'].get('pid')}); `calicolab down {lab}` first, "
-                       "or use --name for another copy")
+                       "or use --name for another copy", EXIT_EXISTS)
     if state_dir(lab).exists():
         from testbed.clean import clean_lab
         progress(f"removing leftovers of an earlier lab {lab!r}")
@@ -258,14 +264,15 @@ def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = Fals
     taken = [n for n in plan(topo)["netns"] if (Path("/run/netns") / n).exists()]
     if taken:
         raise LabError(f"network namespace(s) {', '.join(taken)} already exist and were not made "
-                       f"by a calicolab lab named {lab!r}; choose another --name")
+                       f"by a calicolab lab named {lab!r}; choose another --name", EXIT_EXISTS)
     state = plan(topo)
     state["no_cni"] = no_cni
     RUN_ROOT.mkdir(parents=True, exist_ok=True)
     try:
         state_dir(lab).mkdir()
     except FileExistsError:
-        raise LabError(f"lab {lab!r} is being created by someone else right now") from None
+        raise LabError(f"lab {lab!r} is being created by someone else right now",
+                       EXIT_EXISTS) from None
     write_state(lab, state)
 
     rfd, wfd = os.pipe()
@@ -362,7 +369,8 @@ def down(name: str | None = None, timeout: float = 30.0, progress: Progress | No
     if name:
         st = read_state(name)
         if st is None:
-            raise LabError(f"no lab named {name!r} (labs: {', '.join(list_labs()) or 'none'})")
+            raise LabError(f"no lab named {name!r} (labs: {', '.join(list_labs()) or 'none'})",
+                           EXIT_NOLAB)
     else:
         st = resolve(None)
     lab = st["lab"]

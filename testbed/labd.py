@@ -306,6 +306,54 @@ class Supervisor:
                 self.start_service(n.name, service, [py, "-m", module, "--node", n.name])
         self.save()
 
+    def kubeadm_init(self) -> None:
+        """What `kubeadm init` leaves in the store (system namespaces, kubeadm-config)."""
+        if importlib.util.find_spec("testbed.k8s.store") is None:
+            self._skip("kubeadm init: testbed.k8s.store not present")
+            return
+        from testbed.k8s.store import Store
+
+        endpoints = self.state["etcd_endpoints"]
+        pod_cidr = str(self.topo.calico.pool.cidr)
+        nsmod.run_in(self.state["hosts"][self.topo.control_plane.name]["netns"],
+                     lambda: Store.from_endpoints(endpoints).ensure_cluster(pod_cidr=pod_cidr))
+
+    def wait_nodes(self, ready: bool) -> None:
+        """Wait (bounded) until every node is registered (and Ready if ``ready``); warn otherwise."""
+        if not any(k.endswith("/kubelet") for k in self.procs):
+            return
+        from testbed.k8s.store import Store
+
+        endpoints = self.state["etcd_endpoints"]
+        want = {n.name for n in self.topo.nodes}
+        timeout = self.ready_timeout
+
+        def poll() -> dict[str, bool]:
+            store = Store.from_endpoints(endpoints)
+            deadline = time.monotonic() + timeout
+            seen: dict[str, bool] = {}
+            while time.monotonic() < deadline:
+                try:
+                    seen = {}
+                    for obj in store.list("Node"):
+                        conds = (obj.get("status") or {}).get("conditions") or []
+                        seen[obj["metadata"]["name"]] = any(
+                            c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+                    if want <= set(seen) and (not ready or all(seen[n] for n in want)):
+                        return seen
+                except Exception:  # noqa: BLE001 - keep polling until the deadline
+                    pass
+                time.sleep(0.05)
+            return seen
+
+        what = "Ready" if ready else "registered"
+        self.progress(f"waiting for {len(want)} node(s) to be {what}")
+        seen = nsmod.run_in(self.state["hosts"][self.topo.control_plane.name]["netns"], poll)
+        missing = sorted(n for n in want if n not in seen or (ready and not seen[n]))
+        if missing:
+            self.progress(f"warning: node(s) {', '.join(missing)} not {what} after "
+                          f"{timeout:.0f}s (see logs/<node>.kubelet.log)")
+
     def _skip(self, msg: str) -> None:
         self.progress(f"skipping {msg}")
         if msg not in self.state["skipped"]:
@@ -426,6 +474,7 @@ class Supervisor:
             with self.lock:
                 started = self.install_cni()
             self.wait_agents_ready(started)
+            self.wait_nodes(ready=True)
             return {"ok": True, "started": started}
         if cmd == "stop":
             self.stop_event.set()
@@ -440,6 +489,7 @@ class Supervisor:
             self.setup_process()
             self.build()
             self.start_etcd()
+            self.kubeadm_init()
             self.start_node_services()
             if self.no_cni:
                 self._skip("calico-node: --no-cni (run `calicolab install-cni` later)")
@@ -449,6 +499,7 @@ class Supervisor:
                 self.progress("starting calico-node on every node")
                 started = self.install_cni()
                 self.wait_agents_ready(started)
+            self.wait_nodes(ready=bool(self.state.get("cni_installed")))
             self.apply_workloads()
             self.serve_control()
             self.state["phase"] = "ready"

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["NETNS_DIR", "CLONE_NEWNET", "CLONE_NEWNS", "netns_path", "setns", "enter",
-           "entered", "socket_in", "http_get", "http_json", "nsenter_argv", "exists"]
+           "entered", "socket_in", "http_get", "http_json", "run_in", "nsenter_argv", "exists"]
 
 NETNS_DIR = Path("/run/netns")
 CLONE_NEWNS = 0x00020000
@@ -136,3 +136,26 @@ def nsenter_argv(netns: str, mnt_pid: int | None = None) -> list[str]:
     if mnt_pid is not None:
         argv.append(f"--mount=/proc/{mnt_pid}/ns/mnt")
     return argv + ["--"]
+
+
+def run_in(name: str, fn, *args, **kwargs):  # noqa: ANN001, ANN201 - generic helper
+    """Call ``fn(*args, **kwargs)`` on a fresh thread that lives in netns ``name``; return its result.
+
+    The calling thread never changes namespace, so this is safe in a
+    multi-threaded program (the supervisor); exceptions propagate.
+    """
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            enter(name)
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            box["error"] = exc
+
+    t = threading.Thread(target=target, name=f"netns:{name}", daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")

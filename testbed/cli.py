@@ -1,0 +1,292 @@
+"""``calicolab``: bring labs up and down, walk into nodes, run kubectl and calicoctl.
+
+Exit codes: 0 success; 1 the operation failed; 2 bad input (usage, invalid
+topology, unknown node); 3 no such lab, or no lab / several labs running;
+4 the lab is already running. ``exec``, ``shell``, ``kubectl`` and
+``calicoctl`` exit with the status of what they ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+EXIT_OK, EXIT_FAIL, EXIT_INPUT, EXIT_NOLAB, EXIT_EXISTS = 0, 1, 2, 3, 4
+
+EPILOG = """\
+examples:
+  calicolab up topologies/walkthrough.yaml        # lab "walkthrough", returns when ready
+  calicolab kubectl get nodes -o wide
+  calicolab shell k8s-w0                           # bash inside the node
+  calicolab exec k8s-w0 -- ip -c route
+  calicolab exec default/nginx-0 -- ip addr        # inside a pod (kubectl exec)
+  calicolab status
+  calicolab down
+  calicolab clean                                  # remove every lab, also after a crash
+"""
+
+
+def _progress(msg: str) -> None:
+    print(f"calicolab: {msg}", file=sys.stderr, flush=True)
+
+
+def _err(msg: str) -> None:
+    print(f"calicolab: error: {msg}", file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (every subcommand has --help)."""
+    lab_opt = argparse.ArgumentParser(add_help=False)
+    lab_opt.add_argument("--lab", metavar="NAME", default=argparse.SUPPRESS,
+                         help="the lab to act on (needed only when several labs run)")
+    p = argparse.ArgumentParser(
+        prog="calicolab", description="Calico pod networking labs on Mininet.",
+        epilog=EPILOG + "\n" + (__doc__ or "").split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lab", metavar="NAME", help="the lab to act on (needed only when several run)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("up", help="build a lab from a topology file and start it",
+                       description="Build the lab, start etcd and the node services; returns "
+                       "once the lab is ready and leaves it running.")
+    s.add_argument("topology", help="topology file (topologies/*.yaml)")
+    s.add_argument("--name", help="lab name (default: the file's name: field)")
+    s.add_argument("--no-cni", action="store_true",
+                   help="do not start calico-node (nodes stay NotReady until install-cni)")
+    s.add_argument("--timeout", type=float, default=180.0, help="give up after this many seconds")
+    s.add_argument("--ready-timeout", type=float, default=30.0,
+                   help="how long to wait for calico-node/Nodes to turn ready (warn after)")
+
+    s = sub.add_parser("down", parents=[lab_opt], help="stop a lab and remove everything it made")
+    s.add_argument("name", nargs="?", help="lab name (default: the only running lab)")
+
+    s = sub.add_parser("status", parents=[lab_opt], help="nodes, addresses, datapath, agent health")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sub.add_parser("list", help="the labs on this machine and their phase")
+
+    sub.add_parser("clean", help="remove every lab (processes, netns, mounts, cgroups, files)",
+                   description="Removes everything any calicolab lab made, from the state files "
+                   "in /run/calicolab; works after kill -9 of any lab process. Never runs mn -c.")
+
+    s = sub.add_parser("shell", parents=[lab_opt], help="interactive bash inside a node")
+    s.add_argument("node")
+
+    s = sub.add_parser("exec", parents=[lab_opt], help="run a command in a node or a pod",
+                       usage="calicolab exec [--lab NAME] NODE|NAMESPACE/POD -- CMD [ARG ...]")
+    s.add_argument("target", help="a node name, or NAMESPACE/POD")
+    s.add_argument("cmd", nargs=argparse.REMAINDER, help="the command (after --)")
+
+    for tool in ("kubectl", "calicoctl"):
+        s = sub.add_parser(tool, parents=[lab_opt], add_help=False,
+                           help=f"run {tool} against the lab (from its control-plane node)",
+                           usage=f"calicolab {tool} [--lab NAME] ARGS ...")
+        s.add_argument("args", nargs=argparse.REMAINDER)
+
+    s = sub.add_parser("install-cni", parents=[lab_opt],
+                       help="start calico-node on every node (kubectl apply -f calico.yaml)")
+    s.add_argument("--timeout", type=float, default=120.0)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    from testbed.lab import LabError
+    from testbed.topology import TopologyError
+
+    tool = _split_tool(args_list)
+    try:
+        if tool is not None:
+            return run_tool(tool[1], tool[2], tool[0])
+        args = build_parser().parse_args(args_list)
+        return _dispatch(args)
+    except TopologyError as exc:
+        _err(str(exc))
+        return EXIT_INPUT
+    except LabError as exc:
+        _err(str(exc))
+        return _code(exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _code(exc: Exception) -> int:
+    return int(getattr(exc, "exit_code", EXIT_FAIL))
+
+
+def _split_tool(args: list[str]) -> tuple[str | None, str, list[str]] | None:
+    """``[--lab N] kubectl|calicoctl [--lab N] ARGS`` -> (lab, tool, ARGS), passed verbatim."""
+    lab = None
+    i = 0
+    while i < len(args) and args[i].startswith("--lab"):
+        if args[i] == "--lab" and i + 1 < len(args):
+            lab, i = args[i + 1], i + 2
+        elif args[i].startswith("--lab="):
+            lab, i = args[i][6:], i + 1
+        else:
+            return None
+    if i >= len(args) or args[i] not in ("kubectl", "calicoctl"):
+        return None
+    tool, rest = args[i], args[i + 1:]
+    if rest[:1] == ["--lab"] and len(rest) > 1:
+        lab, rest = rest[1], rest[2:]
+    elif rest and rest[0].startswith("--lab="):
+        lab, rest = rest[0][6:], rest[1:]
+    return lab, tool, rest
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from testbed import lab as labmod
+
+    cmd = args.command
+    lab = getattr(args, "lab", None)
+    if cmd == "up":
+        st = labmod.up(args.topology, name=args.name, no_cni=args.no_cni, timeout=args.timeout,
+                       progress=_progress, ready_timeout=args.ready_timeout)
+        print(f"lab {st['lab']} is up: {len([h for h in st['hosts'].values() if h['kind'] == 'node'])}"
+              f" node(s), etcd at {','.join(st['etcd_endpoints'])}")
+        print(f"  calicolab{'' if len(labmod.running_labs()) < 2 else ' --lab ' + st['lab']} "
+              "kubectl get nodes    # or: calicolab shell "
+              f"{st['control_plane']}")
+        return EXIT_OK
+    if cmd == "down":
+        labmod.down(args.name or lab, progress=_progress)
+        return EXIT_OK
+    if cmd == "list":
+        for name in labmod.list_labs():
+            st = labmod.read_state(name) or {}
+            phase = st.get("phase", "?") if labmod.is_running(st) else f"{st.get('phase', '?')} (dead)"
+            print(f"{name}\t{phase}\t{st.get('topology', '')}")
+        return EXIT_OK
+    if cmd == "clean":
+        from testbed.clean import clean_all
+
+        reports = clean_all()
+        for r in reports:
+            print(r.summary())
+        if not reports:
+            print("nothing to clean")
+        return EXIT_FAIL if any(r.errors for r in reports) else EXIT_OK
+    if cmd == "status":
+        return _status(lab, args.json)
+    if cmd == "shell":
+        from testbed import nodeshell
+
+        st = labmod.resolve(lab)
+        return nodeshell.shell(st, args.node)
+    if cmd == "exec":
+        return _exec(lab, args.target, args.cmd)
+    if cmd in ("kubectl", "calicoctl"):
+        return run_tool(cmd, args.args, lab)
+    if cmd == "install-cni":
+        reply = labmod.install_cni(lab, timeout=args.timeout)
+        started = reply.get("started") or []
+        print(f"calico-node started on {', '.join(started)}" if started
+              else "calico-node already runs on every node")
+        return EXIT_OK
+    raise AssertionError(cmd)
+
+
+def _status(lab: str | None, as_json: bool) -> int:
+    from testbed import lab as labmod
+
+    info = labmod.status(lab)
+    if as_json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return EXIT_OK
+    print(f"lab {info['lab']} ({info['phase']}), etcd {','.join(info['etcd_endpoints'])}, "
+          f"supervisor pid {info['supervisor']}")
+    rows = [("NODE", "ROLE", "ADDRESS", "NETNS", "SERVICES", "DATAPATH", "AGENT")]
+    for n in info["nodes"]:
+        svcs = ",".join(f"{k}{'' if v['running'] else '(exited ' + str(v['exit']) + ')'}"
+                        for k, v in sorted(n["services"].items())) or "-"
+        rows.append((n["name"], n["role"], n["address"], n["netns"], svcs,
+                     n.get("datapath") or "-", n["agent"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    if info["others"]:
+        print("other hosts: " + ", ".join(f"{o['name']} ({o['kind']}, {o['address']})"
+                                           for o in info["others"]))
+    return EXIT_OK
+
+
+def _exec(lab: str | None, target: str, cmd: list[str]) -> int:
+    from testbed import lab as labmod
+    from testbed import nodeshell
+
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise labmod.LabError("no command given (usage: calicolab exec NODE -- CMD ...)",
+                              exit_code=EXIT_INPUT)
+    if "/" in target:
+        ns, _, pod = target.partition("/")
+        if not ns or not pod:
+            raise labmod.LabError(f"bad pod {target!r}: use NAMESPACE/POD", exit_code=EXIT_INPUT)
+        return run_tool("kubectl", ["exec", "-n", ns, pod, "--", *cmd], lab)
+    st = labmod.resolve(lab)
+    return nodeshell.run_in_node(st, target, cmd).returncode
+
+
+def _tool_main(tool: str):  # noqa: ANN202
+    import importlib
+
+    from testbed import lab as labmod
+
+    candidates = [f"testbed.{tool}", f"testbed.{tool}.main"]
+    for mod in candidates:
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name and (mod.startswith(exc.name) or exc.name == mod):
+                continue
+            raise
+        fn = getattr(m, "main", None)
+        if callable(fn):
+            return fn
+    raise labmod.LabError(f"{tool} is not available yet (no testbed.{tool}.main)")
+
+
+def run_tool(tool: str, args: list[str], lab: str | None) -> int:
+    """Run kubectl/calicoctl in-process inside the lab's control-plane node.
+
+    This process enters the node's network (and mount) namespace first, so the
+    tool reaches the lab's etcd at the node address like it would on the node.
+    """
+    from testbed import lab as labmod
+    from testbed import netns as nsmod
+    from testbed.nodeshell import node_target
+
+    st = labmod.resolve(lab)
+    fn = _tool_main(tool)
+    cp = st["control_plane"]
+    netns, mnt = node_target(st, cp)
+    env = labmod.node_env(st, cp)
+    for key in ("NODE_NAME", "NODENAME", "ETCD_ENDPOINTS", "CALICOLAB_LAB", "DATASTORE_TYPE"):
+        os.environ[key] = env[key]
+    cwd = os.getcwd()
+    nsmod.enter(netns)  # first: the node's mount ns hides /run/netns/<lab>-*
+    if mnt is not None:
+        try:
+            nsmod.setns(f"/proc/{mnt}/ns/mnt", nsmod.CLONE_NEWNS)
+            os.chdir(cwd)
+        except OSError:
+            pass  # net only (e.g. threads already running): etcd is still reachable
+    sys.argv = [tool, *args]
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    rc = fn(list(args)) if params else fn()
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

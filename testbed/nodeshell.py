@@ -1,0 +1,86 @@
+"""Walk into a lab node: an interactive shell or one command in its namespaces.
+
+A node is entered through its netns on the machine (``/run/netns/<lab>-<node>``)
+and the mount namespace of its Mininet shell, so ``ip netns list`` shows only
+that node's pods and ``/etc/cni/net.d`` is the node's own. The environment is
+the one every process of the node gets (NODE_NAME, ETCD_ENDPOINTS, PATH with
+kubectl and calicoctl first); the shell also gets its own UTS namespace with
+the node's name as hostname, so the prompt reads ``root@k8s-w0``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from testbed import lab as labmod
+from testbed.netns import nsenter_argv
+
+__all__ = ["node_target", "exec_argv", "run_in_node", "shell"]
+
+_KEEP_ENV = ("TERM", "HOME", "LANG", "LC_ALL", "USER", "LOGNAME", "COLORTERM", "SHELL")
+
+
+def node_target(state: dict, host: str) -> tuple[str, int | None]:
+    """``(netns name, pid holding its mount ns)`` of ``host`` in the lab; LabError if unknown."""
+    hosts = state.get("hosts") or {}
+    rec = hosts.get(host)
+    if rec is None or rec.get("kind") == "segment":
+        names = [n for n, h in hosts.items() if h.get("kind") != "segment"]
+        raise labmod.LabError(f"lab {state['lab']!r} has no node {host!r} "
+                              f"(nodes: {', '.join(names)})", exit_code=labmod.EXIT_INPUT)
+    pid = rec.get("pid")
+    mnt = pid if labmod.pid_alive(pid, rec.get("start")) else None
+    return rec["netns"], mnt
+
+
+def _env(state: dict, host: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if k in _KEEP_ENV}
+    env = labmod.node_env(state, host, base=base)
+    env.setdefault("TERM", "xterm")
+    env["KUBECONFIG"] = "/etc/kubernetes/admin.conf"  # informative; kubectl reads etcd
+    return env
+
+
+def exec_argv(state: dict, host: str, cmd: list[str]) -> list[str]:
+    """The argv that runs ``cmd`` inside ``host`` (net + mount namespaces)."""
+    netns, mnt = node_target(state, host)
+    return nsenter_argv(netns, mnt) + cmd
+
+
+def _join(state: dict):
+    cg = state.get("cgroup")
+    return (lambda: labmod.join_cgroup(cg)) if cg else None
+
+
+def run_in_node(state: dict, host: str, cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in ``host`` with the node's environment; like subprocess.run."""
+    if not cmd:
+        raise labmod.LabError("no command given (usage: exec NODE -- CMD ...)", exit_code=labmod.EXIT_INPUT)
+    return subprocess.run(exec_argv(state, host, cmd), env=_env(state, host),
+                          preexec_fn=_join(state), **kwargs)
+
+
+def _rcfile(state: dict, host: str) -> Path:
+    path = labmod.state_dir(state["lab"]) / "nodes" / host / "bashrc"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "# calicolab node shell\n"
+        "[ -f /etc/bash.bashrc ] && . /etc/bash.bashrc\n"
+        f"export PATH='{labmod.node_env(state, host, base={})['PATH']}'\n"
+        f"PS1='\\[\\e[1;32m\\]root@{host}\\[\\e[0m\\]:\\[\\e[1;34m\\]\\w\\[\\e[0m\\]# '\n"
+        "alias ls='ls --color=auto'\n"
+        f"echo \"calicolab: node {host} of lab {state['lab']} (exit to leave)\"\n"
+    )
+    return path
+
+
+def shell(state: dict, host: str) -> int:
+    """An interactive bash inside ``host``; returns its exit status."""
+    rc = _rcfile(state, host)
+    inner = ["unshare", "--uts", "--", "sh", "-c",
+             f'hostname "{host}" 2>/dev/null; exec bash --rcfile "{rc}" -i']
+    proc = subprocess.run(exec_argv(state, host, inner), env=_env(state, host),
+                          preexec_fn=_join(state))
+    return proc.returncode
