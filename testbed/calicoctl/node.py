@@ -27,11 +27,9 @@ def status(ctl_socket: str, out: TextIO, err: TextIO) -> int:
         return 1
     try:
         protocols = query(ctl_socket, "show protocols")
-    except OSError as exc:
+    except Exception as exc:  # CtlError / OSError: no speaker answering
         out.write(NOT_RUNNING)
         err.write(f"Error querying BIRD: unable to connect to BIRDv4 socket: {exc}\n")
         return 1
-    out.write("Calico process is running.\n\n")
-    text = render_node_status(protocols)
-    out.write(text if text.endswith("\n") else text + "\n")
+    out.write(render_node_status(protocols))
     return 0
