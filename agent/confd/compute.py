@@ -1,0 +1,310 @@
+"""confd as a pure function: datastore state -> the speaker's configuration.
+
+Reproduces what Calico's confd templates (bird.cfg, bird_aggr.cfg, bird_ipam.cfg) tell BIRD
+(calico.md section 4): mesh peers, global / per-node BGPPeers, route-reflector topology,
+exported prefixes, and how received routes reach the kernel.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address
+
+from agent.bgp.config import (
+    GLOBAL,
+    MESH,
+    NODE,
+    KernelPolicy,
+    PeerConfig,
+    SpeakerConfig,
+    mesh_name,
+    passive_towards,
+)
+from agent.bgp.fsm import Timers
+
+DEFAULT_AS = 64512
+
+
+class ConfdError(ValueError):
+    """The datastore holds something confd cannot turn into configuration."""
+
+
+@dataclass
+class State:
+    """The resources confd reads (any objects shaped like datastore.resources)."""
+
+    nodes: dict[str, object] = field(default_factory=dict)
+    bgp_configs: dict[str, object] = field(default_factory=dict)
+    bgp_peers: dict[str, object] = field(default_factory=dict)
+    pools: dict[str, object] = field(default_factory=dict)
+    affinities: dict[str, object] = field(default_factory=dict)
+    blocks: dict[str, object] = field(default_factory=dict)
+
+    KINDS = {"Node": "nodes", "BGPConfiguration": "bgp_configs", "BGPPeer": "bgp_peers",
+             "IPPool": "pools", "BlockAffinity": "affinities", "IPAMBlock": "blocks"}
+
+    def apply_event(self, kind: str, name: str, obj: object | None) -> None:
+        """ADDED/MODIFIED (obj) or DELETED (None) of one resource."""
+        table = getattr(self, self.KINDS[kind])
+        if obj is None:
+            table.pop(name, None)
+        else:
+            table[name] = obj
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+
+
+def parse_duration(text: str | None, what: str) -> float | None:
+    """Go-style durations as Calico stores them ('30s', '2m0s', '1h') -> seconds."""
+    if text in (None, ""):
+        return None
+    parts = _DURATION.findall(text)
+    if not parts or "".join(a + b for a, b in parts) != text.replace(" ", ""):
+        raise ConfdError(f"{what}: invalid duration {text!r} (expected e.g. '30s', '2m0s')")
+    mult = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(float(a) * mult[b] for a, b in parts)
+
+
+def _labels(obj: object) -> dict:
+    return dict(getattr(obj.metadata, "labels", None) or {})
+
+
+def node_ip(node: object) -> IPv4Interface | None:
+    """Node.spec.bgp.ipv4Address as an interface (address + subnet), or None."""
+    bgp = getattr(node.spec, "bgp", None)
+    addr = getattr(bgp, "ipv4_address", None) if bgp else None
+    if not addr:
+        return None
+    try:
+        return IPv4Interface(addr)
+    except ValueError as exc:
+        raise ConfdError(f"Node {node.metadata.name}: invalid spec.bgp.ipv4Address "
+                         f"{addr!r}") from exc
+
+
+def _node_as(node: object, default_as: int) -> int:
+    bgp = getattr(node.spec, "bgp", None)
+    return (getattr(bgp, "as_number", None) if bgp else None) or default_as
+
+
+def _cluster_id(node: object) -> str | None:
+    bgp = getattr(node.spec, "bgp", None)
+    return (getattr(bgp, "route_reflector_cluster_id", None) if bgp else None) or None
+
+
+def _selector(text: str):
+    from datastore.selector import parse_selector
+
+    return parse_selector(text)
+
+
+def _peer_ip(text: str, what: str) -> tuple[IPv4Address, int]:
+    host, port = text, 179
+    if text.count(":") == 1:
+        host, p = text.split(":")
+        if not p.isdigit() or not 0 < int(p) < 65536:
+            raise ConfdError(f"{what}: invalid port in peerIP {text!r}")
+        port = int(p)
+    try:
+        ip = ip_address(host.strip("[]"))
+    except ValueError as exc:
+        raise ConfdError(f"{what}: invalid peerIP {text!r}") from exc
+    if not isinstance(ip, IPv4Address):
+        raise ConfdError(f"{what}: IPv6 peers are not supported ({text!r})")
+    return ip, port
+
+
+def compute(node_name: str, st: State, timers: Timers | None = None) -> SpeakerConfig | None:
+    """The speaker configuration for ``node_name``; None while the node has no BGP address."""
+    me = st.nodes.get(node_name)
+    if me is None:
+        return None
+    my_if = node_ip(me)
+    if my_if is None:
+        return None
+    my_ip = my_if.ip
+    default_cfg = st.bgp_configs.get("default")
+    node_cfg = st.bgp_configs.get(f"node.{node_name}")
+    global_as = (getattr(default_cfg.spec, "as_number", None) if default_cfg else None) or DEFAULT_AS
+    my_as = _node_as(me, global_as)
+    mesh_on = getattr(default_cfg.spec, "node_to_node_mesh_enabled", None) if default_cfg else None
+    mesh_on = True if mesh_on is None else bool(mesh_on)
+    listen_port = ((getattr(node_cfg.spec, "listen_port", None) if node_cfg else None)
+                   or (getattr(default_cfg.spec, "listen_port", None) if default_cfg else None)
+                   or 179)
+    mesh_restart = parse_duration(getattr(default_cfg.spec, "node_mesh_max_restart_time", None)
+                                  if default_cfg else None, "BGPConfiguration default")
+    my_cid = _cluster_id(me)
+    my_labels = _labels(me)
+    peers: dict[IPv4Address, PeerConfig] = {}
+
+    def add(pc: PeerConfig) -> None:
+        if pc.address == my_ip or pc.address in peers:
+            return
+        peers[pc.address] = pc
+
+    def rr_client(peer_as: int, peer_cid: str | None) -> bool:
+        return bool(my_cid) and peer_as == my_as and peer_cid != my_cid
+
+    # node-to-node mesh: every other node with an address that is not a route reflector
+    if mesh_on and not my_cid:
+        for name in sorted(st.nodes):
+            other = st.nodes[name]
+            if name == node_name or _cluster_id(other):
+                continue
+            oif = node_ip(other)
+            if oif is None:
+                continue
+            add(PeerConfig(mesh_name(oif.ip), oif.ip, _node_as(other, global_as), MESH,
+                           passive=passive_towards(my_ip, oif.ip),
+                           graceful_restart_time=mesh_restart))
+
+    # explicit BGPPeers
+    for pname in sorted(st.bgp_peers):
+        bp = st.bgp_peers[pname]
+        spec = bp.spec
+        what = f"BGPPeer {pname}"
+        if spec.node:
+            if spec.node != node_name:
+                continue
+            kind = NODE
+        elif spec.node_selector:
+            if not _selector(spec.node_selector).matches(my_labels):
+                continue
+            kind = GLOBAL
+        else:
+            kind = GLOBAL
+        keepalive = parse_duration(spec.keepalive_time, what)
+        restart = parse_duration(spec.max_restart_time, what)
+        if spec.peer_ip:
+            ip, port = _peer_ip(spec.peer_ip, what)
+            if spec.as_number is None:
+                raise ConfdError(f"{what}: spec.asNumber is required with peerIP")
+            calico_peer = next((n for n in st.nodes.values()
+                                if (node_ip(n) or IPv4Interface("0.0.0.0/32")).ip == ip), None)
+            cid = _cluster_id(calico_peer) if calico_peer is not None else None
+            prefix = "Node_" if kind == NODE else "Global_"
+            name = prefix + str(ip).replace(".", "_") + (f"_port_{port}" if port != 179 else "")
+            add(PeerConfig(name, ip, int(spec.as_number), kind, port=port,
+                           passive=calico_peer is not None and passive_towards(my_ip, ip),
+                           rr_client=rr_client(int(spec.as_number), cid), keepalive=keepalive,
+                           graceful_restart_time=restart, multihop=True))
+        elif spec.peer_selector:
+            sel = _selector(spec.peer_selector)
+            for oname in sorted(st.nodes):
+                other = st.nodes[oname]
+                oif = node_ip(other)
+                if oname == node_name or oif is None or not sel.matches(_labels(other)):
+                    continue
+                oas = int(spec.as_number) if spec.as_number else _node_as(other, global_as)
+                add(PeerConfig("Node_" + str(oif.ip).replace(".", "_"), oif.ip, oas, NODE,
+                               passive=passive_towards(my_ip, oif.ip),
+                               rr_client=rr_client(oas, _cluster_id(other)),
+                               keepalive=keepalive, graceful_restart_time=restart))
+        else:
+            raise ConfdError(f"{what}: needs spec.peerIP or spec.peerSelector")
+
+    # pools
+    ipip, cross, reject, export, all_pools = [], [], [], [], []
+    for pname in sorted(st.pools):
+        spec = st.pools[pname].spec
+        try:
+            net = IPv4Network(spec.cidr)
+        except ValueError:
+            continue  # IPv6 pools are not ours
+        all_pools.append(net)
+        if spec.vxlan_mode in ("Always", "CrossSubnet"):
+            reject.append(net)
+        elif spec.ipip_mode == "Always":
+            ipip.append(net)
+        elif spec.ipip_mode == "CrossSubnet":
+            cross.append(net)
+        if not spec.disable_bgp_export:
+            export.append(net)
+
+    # what this node originates: whole affine blocks (blackholed), borrowed /32s
+    originate: dict[IPv4Network, bool] = {}
+    for aff in st.affinities.values():
+        s = aff.spec
+        if s.node != node_name or s.deleted or s.state not in ("confirmed", ""):
+            continue
+        if getattr(s, "type", "host") not in ("host", ""):
+            continue
+        net = IPv4Network(s.cidr)
+        if net.prefixlen == 32:
+            continue
+        originate[net] = True
+    for blk in st.blocks.values():
+        s = blk.spec
+        if s.affinity == f"host:{node_name}" or s.deleted:
+            continue
+        base = IPv4Network(s.cidr)
+        for ordinal, idx in enumerate(s.allocations):
+            if idx is None or idx >= len(s.attributes):
+                continue
+            attr = s.attributes[idx].secondary or {}
+            if attr.get("node") == node_name and attr.get("type") != "ipipTunnelAddress":
+                originate.setdefault(IPv4Network(base.network_address + ordinal), False)
+
+    return SpeakerConfig(
+        router_id=my_ip, local_as=my_as, local_address=my_ip,
+        peers=tuple(sorted(peers.values(), key=lambda p: p.name)),
+        originate=tuple(sorted(originate.items())),
+        export_pools=tuple(export),
+        kernel=KernelPolicy(ipip_pools=tuple(ipip), cross_subnet_pools=tuple(cross),
+                            reject_pools=tuple(reject), local_subnet=my_if.network),
+        cluster_id=IPv4Address(my_cid) if my_cid else None,
+        listen_port=int(listen_port), timers=timers or Timers())
+
+
+def render_bird_cfg(cfg: SpeakerConfig) -> str:
+    """An equivalent bird.cfg (BIRD 2 syntax) for the user to read."""
+    t = cfg.timers
+    out = ["# Generated by calicolab confd: equivalent of the running speaker's configuration",
+           f"router id {cfg.router_id};", "",
+           "filter calico_kernel_programming {"]
+    for p in cfg.kernel.reject_pools:
+        out.append(f"  if (net ~ {p}) then reject;")
+    for p in cfg.kernel.ipip_pools:
+        out.append(f'  if (net ~ {p}) then {{ krt_tunnel = "{cfg.kernel.tunnel_device}"; accept; }}')
+    for p in cfg.kernel.cross_subnet_pools:
+        out.append(f"  if (net ~ {p}) then {{ if defined(bgp_next_hop) && (bgp_next_hop ~ "
+                   f'{cfg.kernel.local_subnet}) then krt_tunnel = ""; else krt_tunnel = '
+                   f'"{cfg.kernel.tunnel_device}"; accept; }}')
+    out += ["  accept;", "}", "",
+            "protocol kernel { learn; persist; scan time 2; ipv4 { import all; "
+            "export filter calico_kernel_programming; }; graceful restart; merge paths on; }",
+            "protocol device { scan time 2; }", "",
+            "protocol static {"]
+    out += [f"  route {p} blackhole;" for p, bh in cfg.originate if bh]
+    out += ["}", "", "function calico_export_to_bgp_peers() {"]
+    out += [f"  if (net ~ {p}) then accept;" for p in cfg.export_pools]
+    out += ["  reject;", "}", "",
+            "template bgp bgp_template {",
+            '  description "Connection to BGP peer";',
+            f"  local as {cfg.local_as};", "  add paths on;", "  graceful restart;",
+            f"  hold time {int(t.hold)};", f"  connect delay time {t.connect_delay:g};",
+            f"  connect retry time {t.connect_retry:g};",
+            f"  error wait time {t.error_wait_min:g},{t.error_wait_max:g};",
+            "}", ""]
+    for p in cfg.peers:
+        out.append(f"# {p.peer_type}")
+        out.append(f"protocol bgp {p.name} from bgp_template {{")
+        out.append(f"  neighbor {p.address}{f' port {p.port}' if p.port != 179 else ''} "
+                   f"as {p.asn};")
+        out.append(f"  source address {cfg.local_address};")
+        out.append("  ipv4 { import all; export filter { calico_export_to_bgp_peers(); }; };")
+        if p.passive:
+            out.append("  passive on;")
+        if p.multihop:
+            out.append("  multihop;")
+        if p.rr_client and cfg.cluster_id:
+            out.append(f"  rr client; rr cluster id {cfg.cluster_id};")
+        if p.keepalive:
+            out.append(f"  keepalive time {p.keepalive:g};")
+        if p.graceful_restart_time:
+            out.append(f"  graceful restart time {p.graceful_restart_time:g};")
+        out += ["}", ""]
+    return "\n".join(out)

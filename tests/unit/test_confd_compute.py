@@ -1,0 +1,147 @@
+"""confd's pure computation over datastore resources -> speaker configuration."""
+
+from ipaddress import IPv4Address as A
+from ipaddress import IPv4Network as N
+
+import pytest
+
+from agent.bgp.config import GLOBAL, MESH, NODE
+from agent.confd import ConfdError, State, compute, render_bird_cfg
+from datastore.resources import (
+    AllocationAttribute,
+    BGPConfiguration,
+    BGPPeer,
+    BlockAffinity,
+    IPAMBlock,
+    IPPool,
+    Metadata,
+    Node,
+    NodeBGPSpec,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def node(name, ip, labels=None, **bgp):
+    return Node(metadata=Metadata(name=name, labels=labels),
+                spec=Node.Spec(bgp=NodeBGPSpec(ipv4_address=ip, **bgp)))
+
+
+def pool(name, cidr, ipip="Always", **kw):
+    return IPPool(metadata=Metadata(name=name),
+                  spec=IPPool.Spec(cidr=cidr, block_size=26, ipip_mode=ipip, **kw))
+
+
+def aff(node_name, cidr, state="confirmed"):
+    return BlockAffinity(metadata=Metadata(name=f"{node_name}-{cidr}"),
+                         spec=BlockAffinity.Spec(node=node_name, cidr=cidr, state=state))
+
+
+def walkthrough_state():
+    st = State()
+    for n in (node("k8s-m", "172.30.0.10/24"), node("k8s-w0", "172.30.0.11/24"),
+              node("k8s-w1", "172.30.0.12/24")):
+        st.nodes[n.metadata.name] = n
+    st.pools["default-ipv4-ippool"] = pool("default-ipv4-ippool", "192.168.0.0/16")
+    for a in (aff("k8s-w0", "192.168.1.0/26"), aff("k8s-w0", "192.168.9.0/26", "pending"),
+              aff("k8s-m", "192.168.2.0/26")):
+        st.affinities[a.metadata.name] = a
+    return st
+
+
+def test_mesh_peers_names_passive_and_exports():
+    cfg = compute("k8s-w0", walkthrough_state())
+    assert cfg.router_id == A("172.30.0.11") and cfg.local_as == 64512
+    assert [(p.name, p.peer_type, p.passive) for p in cfg.peers] == [
+        ("Mesh_172_30_0_10", MESH, False),     # "…10" < "…11": we connect
+        ("Mesh_172_30_0_12", MESH, True)]      # "…12" > "…11": we wait
+    assert cfg.originate == ((N("192.168.1.0/26"), True),)   # pending affinity ignored
+    assert cfg.export_pools == (N("192.168.0.0/16"),)
+    assert cfg.kernel.ipip_pools == (N("192.168.0.0/16"),)
+    assert cfg.kernel.local_subnet == N("172.30.0.0/24")
+
+
+def test_no_address_yet_and_unknown_node():
+    st = walkthrough_state()
+    st.nodes["k8s-w2"] = Node(metadata=Metadata(name="k8s-w2"), spec=Node.Spec())
+    assert compute("k8s-w2", st) is None
+    assert compute("nope", st) is None
+
+
+def test_as_numbers_and_mesh_off_with_global_peer():
+    st = walkthrough_state()
+    st.bgp_configs["default"] = BGPConfiguration(
+        metadata=Metadata(name="default"),
+        spec=BGPConfiguration.Spec(node_to_node_mesh_enabled=False, as_number=65100))
+    st.bgp_peers["tor"] = BGPPeer(metadata=Metadata(name="tor"),
+                                  spec=BGPPeer.Spec(peer_ip="172.30.0.1", as_number=65000,
+                                                    keepalive_time="10s"))
+    st.bgp_peers["w0-only"] = BGPPeer(metadata=Metadata(name="w0-only"),
+                                      spec=BGPPeer.Spec(node="k8s-w0", peer_ip="10.9.9.9:1790",
+                                                        as_number=65100))
+    cfg = compute("k8s-w0", st)
+    assert cfg.local_as == 65100
+    assert [(p.name, p.peer_type, p.asn, p.port, p.passive) for p in cfg.peers] == [
+        ("Global_172_30_0_1", GLOBAL, 65000, 179, False),
+        ("Node_10_9_9_9_port_1790", NODE, 65100, 1790, False)]
+    assert cfg.peers[0].keepalive == 10
+    assert [p.name for p in compute("k8s-w1", st).peers] == ["Global_172_30_0_1"]
+
+
+def test_route_reflector_topology():
+    st = walkthrough_state()
+    st.nodes["k8s-m"] = node("k8s-m", "172.30.0.10/24", {"rr": "yes"},
+                             route_reflector_cluster_id="224.0.0.1")
+    st.bgp_peers["to-rr"] = BGPPeer(metadata=Metadata(name="to-rr"),
+                                    spec=BGPPeer.Spec(peer_selector="rr == 'yes'"))
+    st.bgp_peers["rr-clients"] = BGPPeer(metadata=Metadata(name="rr-clients"),
+                                         spec=BGPPeer.Spec(node_selector="rr == 'yes'",
+                                                           peer_selector="all()"))
+    rr = compute("k8s-m", st)
+    assert rr.cluster_id == A("224.0.0.1")
+    assert [(p.name, p.rr_client) for p in rr.peers] == [("Node_172_30_0_11", True),
+                                                         ("Node_172_30_0_12", True)]
+    w0 = compute("k8s-w0", st)
+    # mesh skips the reflector; the selector peer reaches it; the mesh to w1 remains
+    assert [p.name for p in w0.peers] == ["Mesh_172_30_0_12", "Node_172_30_0_10"]
+    assert not any(p.rr_client for p in w0.peers)
+
+
+def test_disable_bgp_export_cross_subnet_vxlan_and_borrowed():
+    st = walkthrough_state()
+    st.pools["quiet"] = pool("quiet", "10.50.0.0/16", ipip="Never", disable_bgp_export=True)
+    st.pools["cs"] = pool("cs", "10.60.0.0/16", ipip="CrossSubnet")
+    st.pools["vx"] = pool("vx", "10.70.0.0/16", ipip="Never", vxlan_mode="Always")
+    st.affinities["q"] = aff("k8s-w0", "10.50.0.0/26")
+    st.blocks["b"] = IPAMBlock(metadata=Metadata(name="192.168.2.0-26"), spec=IPAMBlock.Spec(
+        cidr="192.168.2.0/26", affinity="host:k8s-m", allocations=[0, None, 1],
+        attributes=[AllocationAttribute("h0", {"node": "k8s-m"}),
+                    AllocationAttribute("h1", {"node": "k8s-w0"})]))
+    cfg = compute("k8s-w0", st)
+    orig = dict(cfg.originate)
+    assert orig[N("10.50.0.0/26")] is True                    # blackholed ...
+    assert N("10.50.0.0/16") not in cfg.export_pools          # ... but never exported
+    assert orig[N("192.168.2.2/32")] is False                 # borrowed /32, no blackhole
+    assert cfg.kernel.cross_subnet_pools == (N("10.60.0.0/16"),)
+    assert cfg.kernel.reject_pools == (N("10.70.0.0/16"),)
+
+
+def test_bad_input_is_named():
+    st = walkthrough_state()
+    st.bgp_peers["bad"] = BGPPeer(metadata=Metadata(name="bad"),
+                                  spec=BGPPeer.Spec(peer_ip="not-an-ip", as_number=1))
+    with pytest.raises(ConfdError, match="BGPPeer bad: invalid peerIP"):
+        compute("k8s-w0", st)
+    st.bgp_peers["bad"] = BGPPeer(metadata=Metadata(name="bad"),
+                                  spec=BGPPeer.Spec(peer_ip="1.2.3.4", as_number=1,
+                                                    keepalive_time="ten"))
+    with pytest.raises(ConfdError, match="invalid duration"):
+        compute("k8s-w0", st)
+
+
+def test_bird_cfg_render_mentions_everything():
+    text = render_bird_cfg(compute("k8s-w0", walkthrough_state()))
+    assert "router id 172.30.0.11;" in text
+    assert "protocol bgp Mesh_172_30_0_12 from bgp_template {" in text
+    assert "passive on;" in text and "route 192.168.1.0/26 blackhole;" in text
+    assert 'krt_tunnel = "tunl0"' in text
