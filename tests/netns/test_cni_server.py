@@ -1,0 +1,102 @@
+"""The thin ``calico`` executable forwards to a warm CNIServer running in the node, and
+falls back to in-process work when the server is absent or in another namespace."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from testbed.poll import wait_for
+from tests.netns import cni_support
+from tests.netns.cni_support import REPO, CniNode
+
+pytestmark = pytest.mark.netns
+cni_node = cni_support.cni_node  # fixture
+node = cni_support.node  # fixture
+
+SERVER = """
+import signal, sys
+from cni.server import CNIServer
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+srv = CNIServer(sys.argv[1]).start()
+print("ready", flush=True)
+signal.sigwait([signal.SIGTERM])
+srv.stop()
+print(f"served={srv.served} refused={srv.refused}", flush=True)
+"""
+
+
+def _pids_in_log(stderr: str) -> set[int]:
+    return {int(p) for p in re.findall(r"\]\[(\d+)\] ", stderr)}
+
+
+@pytest.fixture
+def server(node: CniNode):
+    sock = str(node.tmp / f"{cni_support.unique('cni')}.sock")
+    proc = subprocess.Popen(["nsenter", f"--net={node.nspath}", sys.executable, "-c", SERVER, sock],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "ready", (line, proc.stderr.read() if proc.poll() is not None else "")
+        yield proc, sock
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_requests_are_served_by_the_warm_server(node, netns, server):
+    proc, sock = server
+    pod = netns("cnip")
+    pp = f"/run/netns/{pod}"
+    add = node.run("ADD", node.conf("1.1.0"), cid="srv01", netns=pp, socket=sock)
+    assert add.rc == 0, add.stdout + add.stderr
+    assert _pids_in_log(add.stderr) == {proc.pid}, add.stderr  # the work happened in the server process
+    ip = add.json["ips"][0]["address"]
+    assert f"inet {ip}" in node.ip("addr", "show", "eth0", pod=pod)
+    assert "calic440f455693" in node.ip("link")
+    chk = node.run("CHECK", {**node.conf("1.1.0"), "prevResult": add.json}, cid="srv01", netns=pp, socket=sock)
+    assert chk.rc == 0, chk.stdout
+    bad = node.run("ADD", b"{broken", cid="srv02", netns=pp, socket=sock)
+    assert bad.json["code"] == 6
+    dele = node.run("DEL", node.conf("1.1.0"), cid="srv01", netns=pp, socket=sock)
+    assert dele.rc == 0 and _pids_in_log(dele.stderr) == {proc.pid}
+    assert "calic440f455693" not in node.ip("link")
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=10)[0]
+    assert "served=4 refused=0" in out
+    assert not os.path.exists(sock)
+
+
+def test_caller_in_another_mount_namespace_falls_back_in_process(node, netns, server):
+    proc, sock = server
+    pod = netns("cnip")
+    pp = f"/run/netns/{pod}"
+    # `ip netns exec` gives the plugin a new mount namespace: the server must refuse
+    add = node.run("ADD", node.conf(), cid="fb01", netns=pp, socket=sock,
+                   wrapper=("ip", "netns", "exec", node.ns))
+    assert add.rc == 0, add.stdout + add.stderr
+    pids = _pids_in_log(add.stderr)
+    assert pids and proc.pid not in pids
+    assert node.run("DEL", node.conf(), cid="fb01", netns=pp, socket=sock).rc == 0
+    proc.send_signal(signal.SIGTERM)
+    assert "served=1 refused=1" in proc.communicate(timeout=10)[0]
+
+
+def test_no_server_means_in_process(node, netns):
+    pod = netns("cnip")
+    add = node.run("ADD", node.conf(), cid="nosrv", netns=f"/run/netns/{pod}",
+                   socket=str(node.tmp / "absent.sock"))
+    assert add.rc == 0, add.stdout
+    wait_for(lambda: node.ip("link"), lambda out: "calic440f455693" in out, timeout=2, what="host veth")
+    assert node.run("DEL", node.conf(), cid="nosrv", netns=f"/run/netns/{pod}").rc == 0
