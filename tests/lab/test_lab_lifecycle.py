@@ -1,0 +1,151 @@
+"""The Mininet lab: up/down, what a node looks like, several labs at once, clean after kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from testbed import lab as labmod
+from testbed import netns as nsmod
+from testbed.clean import clean_lab
+from testbed.poll import wait_for
+from tests.lab.lab_helpers import ROUTED, SMALL, leftovers, write_topology
+from tests.support import require_root, require_tool, sh, unique
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture
+def make_lab(tmp_path):
+    """``make_lab(template) -> state`` of a running lab; every lab is cleaned at teardown."""
+    require_root()
+    for tool in ("mnexec", "etcd", "nsenter"):
+        require_tool(tool)
+    made: list[str] = []
+
+    def make(template: str = SMALL, **kwargs) -> dict:
+        name = unique("lt")
+        made.append(name)
+        path = write_topology(tmp_path, name, template)
+        return labmod.up(path, no_cni=True, progress=lambda _m: None, ready_timeout=5, **kwargs)
+
+    yield make
+    for name in made:
+        clean_lab(name)
+
+
+def _root_links() -> set[str]:
+    return {line.split(": ")[1].split("@")[0]
+            for line in sh("ip", "-o", "link").splitlines()}
+
+
+def _etcd_put_get(netns: str, endpoint: str, key: str) -> bytes | None:
+    from datastore.etcd import EtcdClient
+
+    def op() -> bytes | None:
+        c = EtcdClient([endpoint], timeout=3.0)
+        c.put(key, b"hello")
+        kv = c.get(key)
+        return kv.value if kv else None
+
+    return nsmod.run_in(netns, op)
+
+
+def test_up_node_view_and_down(make_lab):
+    links_before = _root_links()
+    routes_before = sh("ip", "route")
+    st = make_lab(ROUTED)
+    lab = st["lab"]
+    assert st["phase"] == "ready"
+    # each node is reachable by name from the machine, uplink renamed to eth0
+    addrs = sh("ip", "netns", "exec", f"{lab}-w0", "ip", "-o", "-4", "addr")
+    assert "eth0    inet 172.30.61.11/24" in addrs, addrs
+    # default route to the in-lab router only; the internet host answers through it
+    assert "default via 172.30.61.1 dev eth0" in sh("ip", "-n", f"{lab}-w0", "route")
+    sh("ip", "netns", "exec", f"{lab}-w1", "ping", "-c1", "-W2", "203.0.113.10")
+    # etcd on the control-plane node address, reachable from a worker ...
+    health = sh("ip", "netns", "exec", f"{lab}-w0", "curl", "-s", "-m", "3",
+                "http://172.30.61.10:2379/health")
+    assert '"health":"true"' in health
+    # ... and from this process (the CLI's way: setns into the control-plane netns)
+    assert _etcd_put_get(f"{lab}-m", "http://172.30.61.10:2379", "/calicolab-test/k") == b"hello"
+    # the machine's namespace gained no link and lost no route
+    assert _root_links() == links_before
+    assert sh("ip", "route") == routes_before
+    # private node dirs: a file in w0's /etc/cni/net.d is not in m's nor on the machine
+    from testbed.nodeshell import run_in_node
+
+    run_in_node(st, "w0", ["sh", "-c", "echo {} > /etc/cni/net.d/99-probe.conf"], check=True)
+    seen_m = run_in_node(st, "m", ["ls", "/etc/cni/net.d"], capture_output=True, text=True).stdout
+    seen_w0 = run_in_node(st, "w0", ["ls", "/etc/cni/net.d"], capture_output=True, text=True).stdout
+    assert "99-probe.conf" in seen_w0 and "99-probe.conf" not in seen_m
+    assert not Path("/etc/cni/net.d/99-probe.conf").exists()
+    # pod netns made inside a node stay inside it
+    pod_ns = unique("cni-")
+    run_in_node(st, "w0", ["ip", "netns", "add", pod_ns], check=True)
+    assert pod_ns in run_in_node(st, "w0", ["ip", "netns", "list"], capture_output=True,
+                                 text=True).stdout
+    assert not Path("/run/netns", pod_ns).exists()
+    assert pod_ns not in run_in_node(st, "w1", ["ip", "netns", "list"], capture_output=True,
+                                     text=True).stdout
+    labmod.down(lab, progress=lambda _m: None)
+    assert leftovers(st) == []
+    assert not Path("/run/netns", pod_ns).exists()
+
+
+def test_several_labs_at_once(make_lab):
+    a = make_lab()
+    b = make_lab()
+    assert a["lab"] != b["lab"]
+    # same addresses in both labs, yet separate etcds
+    _etcd_put_get(f"{a['lab']}-m", "http://172.30.60.10:2379", "/calicolab-test/who")
+    from datastore.etcd import EtcdClient
+
+    def get_b() -> object:
+        return EtcdClient(["http://172.30.60.10:2379"], timeout=3.0).get("/calicolab-test/who")
+
+    assert nsmod.run_in(f"{b['lab']}-m", get_b) is None
+    assert sorted(labmod.running_labs()) >= sorted([a["lab"], b["lab"]])
+    labmod.down(a["lab"], progress=lambda _m: None)
+    assert leftovers(a) == []
+    # the other lab is untouched
+    assert labmod.is_running(labmod.read_state(b["lab"]))
+    sh("ip", "netns", "exec", f"{b['lab']}-w0", "ping", "-c1", "-W2", "172.30.60.10")
+
+
+def test_clean_after_kill_9_leaves_nothing(make_lab):
+    st = make_lab()
+    lab = st["lab"]
+    # a stray process inside a node, as a user's tcpdump would be
+    stray = subprocess.Popen(["ip", "netns", "exec", f"{lab}-w0", "sleep", "300"])
+    try:
+        recorded = [st["supervisor"], *[h for h in st["hosts"].values()],
+                    *st["services"].values()]
+        pids = [r["pid"] for r in recorded if r.get("pid")]
+        assert len(pids) >= 5  # supervisor, 3 Mininet shells, etcd
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: [p for p in pids if labmod.pid_alive(p)], lambda alive: not alive,
+                 timeout=5, what="recorded lab processes to die")
+        assert not labmod.is_running(labmod.read_state(lab))
+        report = clean_lab(lab)
+        assert not report.errors, report.errors
+        assert leftovers(st) == []
+        wait_for(lambda: stray.poll(), lambda rc: rc is not None, timeout=5,
+                 what="the stray process in the node to be killed")
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+        stray.wait()
+
+
+def test_up_failure_creates_nothing(make_lab, tmp_path):
+    st = make_lab()
+    with pytest.raises(labmod.LabError) as info:
+        labmod.up(Path(st["topology"]), no_cni=True, progress=lambda _m: None)
+    assert "already running" in str(info.value) and info.value.exit_code == labmod.EXIT_EXISTS
+    assert labmod.is_running(labmod.read_state(st["lab"]))
