@@ -1,0 +1,109 @@
+"""The testbed's "container images": what process runs in a pod for an image name.
+
+There is no registry and no filesystem image: an image name maps to a real program
+started inside the pod's network namespace. ``nginx`` serves HTTP 200 on :80 (busybox's
+httpd with an nginx welcome page), busybox-like images idle so ``kubectl exec`` works,
+and an unknown image is an error the kubelet reports as ``ImagePullBackOff``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+
+BUSYBOX = shutil.which("busybox") or "/bin/busybox"
+
+NGINX_INDEX = """<!DOCTYPE html>
+<html>
+<head><title>Welcome to nginx!</title></head>
+<body>
+<h1>Welcome to nginx!</h1>
+<p>If you see this page, the nginx web server is successfully installed and working.</p>
+<p>Served by calicolab pod {pod}.</p>
+</body>
+</html>
+"""
+
+#: repository name (no registry, no tag) -> behaviour
+IMAGES: dict[str, str] = {
+    "nginx": "http",
+    "httpd": "http",
+    "busybox": "idle",
+    "alpine": "idle",
+    "ubuntu": "idle",
+    "debian": "idle",
+    "netshoot": "idle",
+    "curl": "idle",
+    "pause": "idle",
+    "agnhost": "idle",
+}
+
+
+class ImageNotFound(Exception):
+    """The image is not in the table (the kubelet's ErrImagePull / ImagePullBackOff)."""
+
+    def __init__(self, image: str):
+        self.image = image
+        known = ", ".join(sorted(IMAGES))
+        super().__init__(
+            f'failed to pull and unpack image "{qualified(image)}": not found '
+            f"(calicolab knows these images: {known})"
+        )
+
+
+@dataclass
+class Workload:
+    """What to start in the pod: argv, files to write first, and the TCP port it listens on."""
+
+    argv: list[str]
+    files: dict[str, str] = field(default_factory=dict)
+    port: int | None = None
+
+
+def repository(image: str) -> str:
+    """``docker.io/library/nginx:1.25@sha256:..`` -> ``nginx``."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return last.split(":", 1)[0]
+
+
+def qualified(image: str) -> str:
+    """The fully qualified reference a runtime would pull (``docker.io/library/nginx:latest``)."""
+    name = image
+    first = name.split("/", 1)[0]
+    if "/" not in name:
+        name = f"docker.io/library/{name}"
+    elif "." not in first and ":" not in first and first != "localhost":
+        name = f"docker.io/{name}"
+    if ":" not in name.rsplit("/", 1)[-1] and "@" not in name:
+        name += ":latest"
+    return name
+
+
+def known(image: str) -> bool:
+    """True when the table has the image."""
+    return repository(image) in IMAGES
+
+
+def resolve(image: str, command: list[str] | None, args: list[str] | None, workdir: str,
+            pod_name: str = "") -> Workload:
+    """The workload for a container: its ``command``/``args`` if given, else the image's
+    default. ``workdir`` is a private directory for the container's files.
+    Raises :class:`ImageNotFound` for an unknown image."""
+    behaviour = IMAGES.get(repository(image))
+    if behaviour is None:
+        raise ImageNotFound(image)
+    if command or args:
+        argv = list(command or []) + list(args or [])
+        if behaviour == "idle" and not command:
+            argv = ["sleep", "infinity"] if not argv else argv
+        return Workload(argv=argv)
+    if behaviour == "http":
+        www = os.path.join(workdir, "www")
+        return Workload(
+            argv=[BUSYBOX, "httpd", "-f", "-p", "80", "-h", www],
+            files={os.path.join(www, "index.html"): NGINX_INDEX.format(pod=pod_name)},
+            port=80,
+        )
+    return Workload(argv=["sleep", "infinity"])

@@ -1,0 +1,364 @@
+"""The control plane's controllers, level-triggered: each pass reads the whole state and
+moves it one step towards the desired one.
+
+* node IPAM: every Node gets ``spec.podCIDR``, the next free /24 of the cluster's pod
+  CIDR (kube-controller-manager --allocate-node-cidrs, as kubeadm sets it up).
+* deployments: each Deployment owns ``replicas`` Pods named ``<deploy>-<template-hash>-<5>``
+  labelled ``pod-template-hash``; extra or outdated pods are deleted; status counts.
+* garbage collection: pods owned by a Deployment that no longer exists are deleted.
+* scheduler: unbound pods go to the Ready, schedulable node (taints and nodeSelector
+  honoured) with the fewest pods.
+* endpoints: each Service with a selector gets Endpoints listing the ready pods that
+  match it (addresses) and those not ready (notReadyAddresses).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import logging
+import secrets
+import threading
+from collections.abc import Callable
+
+from testbed.k8s import errors
+from testbed.k8s.model import selector_matches
+from testbed.k8s.printers import node_ready
+from testbed.k8s.store import Store
+
+log = logging.getLogger("controllers")
+
+_ALNUM = "bcdfghjklmnpqrstvwxz2456789"  # the alphabet of Kubernetes' generated name suffixes
+
+
+def random_suffix(n: int = 5) -> str:
+    """A random name suffix from Kubernetes' alphabet (no vowels, no ambiguous digits)."""
+    return "".join(secrets.choice(_ALNUM) for _ in range(n))
+
+
+def template_hash(template: dict) -> str:
+    """A stable short hash of a pod template (the pod-template-hash label)."""
+    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()
+    n = int(digest[:16], 16)
+    out = ""
+    for _ in range(10):
+        out += _ALNUM[n % len(_ALNUM)]
+        n //= len(_ALNUM)
+    return out
+
+
+def pod_ready(pod: dict) -> bool:
+    """The pod's Ready condition is True."""
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def owner_uid(pod: dict) -> str | None:
+    """UID of the Deployment that controls the pod, if any."""
+    for ref in pod["metadata"].get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == "Deployment":
+            return ref.get("uid")
+    return None
+
+
+# --- node IPAM ---------------------------------------------------------------------------------
+
+def allocate_pod_cidrs(store: Store, nodes: list[dict], pod_cidr: str, mask: int = 24) -> int:
+    """Give every node without one a free /``mask`` of ``pod_cidr``; returns how many."""
+    net = ipaddress.ip_network(pod_cidr)
+    if mask < net.prefixlen:
+        mask = net.prefixlen
+    used = {n["spec"].get("podCIDR") for n in nodes if (n.get("spec") or {}).get("podCIDR")}
+    free = (str(s) for s in net.subnets(new_prefix=mask) if str(s) not in used)
+    count = 0
+    for node in sorted(nodes, key=lambda n: n["metadata"]["name"]):
+        if (node.get("spec") or {}).get("podCIDR"):
+            continue
+        cidr = next(free, None)
+        if cidr is None:
+            log.warning("pod CIDR %s exhausted; node %s gets none", pod_cidr, node["metadata"]["name"])
+            return count
+
+        def assign(n: dict, cidr: str = cidr) -> bool:
+            if n.setdefault("spec", {}).get("podCIDR"):
+                return False
+            n["spec"]["podCIDR"] = cidr
+            n["spec"]["podCIDRs"] = [cidr]
+            return True
+
+        store.mutate("Node", node["metadata"]["name"], None, assign)
+        count += 1
+    return count
+
+
+# --- deployments -------------------------------------------------------------------------------
+
+def _pod_for(deploy: dict, thash: str) -> dict:
+    meta, spec = deploy["metadata"], deploy["spec"]
+    tmeta = spec["template"].get("metadata") or {}
+    labels = dict(tmeta.get("labels") or {})
+    labels["pod-template-hash"] = thash
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": f"{meta['name']}-{thash}-{random_suffix()}", "namespace": meta["namespace"],
+            "labels": labels, "annotations": dict(tmeta.get("annotations") or {}),
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": meta["name"],
+                                 "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}],
+        },
+        "spec": json.loads(json.dumps(spec["template"]["spec"])),
+    }
+
+
+def reconcile_deployments(store: Store, deployments: list[dict], pods: list[dict]) -> None:
+    """Create/delete pods so each Deployment has ``replicas`` current ones; update status;
+    delete pods whose Deployment is gone."""
+    by_owner: dict[str, list[dict]] = {}
+    for pod in pods:
+        uid = owner_uid(pod)
+        if uid:
+            by_owner.setdefault(uid, []).append(pod)
+    live = {d["metadata"]["uid"] for d in deployments}
+    for uid, owned in by_owner.items():
+        if uid not in live:
+            for pod in owned:
+                _delete_pod(store, pod)
+    for d in deployments:
+        thash = template_hash(d["spec"]["template"])
+        owned = [p for p in by_owner.get(d["metadata"]["uid"], []) if not p["metadata"].get("deletionTimestamp")]
+        current = [p for p in owned if p["metadata"].get("labels", {}).get("pod-template-hash") == thash]
+        outdated = [p for p in owned if p not in current]
+        want = d["spec"].get("replicas", 1)
+        for pod in outdated:
+            _delete_pod(store, pod)
+        if len(current) < want:
+            for _ in range(want - len(current)):
+                try:
+                    current.append(store.create(_pod_for(d, thash)))
+                except errors.K8sError as exc:
+                    log.warning("deployment %s/%s: cannot create pod: %s", d["metadata"]["namespace"],
+                                d["metadata"]["name"], exc)
+                    break
+        elif len(current) > want:
+            # delete unscheduled first, then not ready, then the newest
+            victims = sorted(current, key=lambda p: (bool(p["spec"].get("nodeName")), pod_ready(p),
+                                                     p["metadata"].get("creationTimestamp", "")),)
+            for pod in victims[: len(current) - want]:
+                _delete_pod(store, pod)
+                current.remove(pod)
+        ready = sum(1 for p in current if pod_ready(p))
+        status = {
+            "observedGeneration": d["metadata"].get("generation", 1), "replicas": len(current),
+            "updatedReplicas": len(current), "readyReplicas": ready, "availableReplicas": ready,
+            "conditions": [{"type": "Available", "status": "True" if ready >= want else "False",
+                            "reason": "MinimumReplicasAvailable" if ready >= want else "MinimumReplicasUnavailable"}],
+        }
+        if ready < len(current):
+            status["unavailableReplicas"] = len(current) - ready
+        if not ready:
+            status.pop("readyReplicas")
+            status.pop("availableReplicas")
+        if d.get("status") != status:
+            def set_status(obj: dict, status: dict = status) -> None:
+                obj["status"] = status
+
+            store.mutate("Deployment", d["metadata"]["name"], d["metadata"]["namespace"], set_status)
+
+
+def _delete_pod(store: Store, pod: dict) -> None:
+    try:
+        store.delete("Pod", pod["metadata"]["name"], pod["metadata"]["namespace"])
+    except errors.NotFound:
+        pass
+
+
+# --- scheduler ---------------------------------------------------------------------------------
+
+def _tolerates(pod: dict, taint: dict) -> bool:
+    for t in pod["spec"].get("tolerations") or []:
+        if t.get("operator") == "Exists" and not t.get("key"):
+            return True
+        if t.get("key") == taint.get("key") and (t.get("operator") == "Exists" or t.get("value") == taint.get("value")):
+            if not t.get("effect") or t.get("effect") == taint.get("effect"):
+                return True
+    return False
+
+
+def feasible_nodes(pod: dict, nodes: list[dict]) -> list[dict]:
+    """Nodes the pod may run on: Ready, schedulable, taints tolerated, nodeSelector matched."""
+    out = []
+    for node in nodes:
+        spec = node.get("spec") or {}
+        if spec.get("unschedulable") or not node_ready(node):
+            continue
+        if any(t.get("effect") in ("NoSchedule", "NoExecute") and not _tolerates(pod, t)
+               for t in spec.get("taints") or []):
+            continue
+        sel = pod["spec"].get("nodeSelector") or {}
+        if sel and not all((node["metadata"].get("labels") or {}).get(k) == v for k, v in sel.items()):
+            continue
+        out.append(node)
+    return out
+
+
+def schedule(store: Store, pods: list[dict], nodes: list[dict]) -> int:
+    """Bind unbound pods to the least loaded feasible node; returns how many were bound."""
+    load = {n["metadata"]["name"]: 0 for n in nodes}
+    for p in pods:
+        if p["spec"].get("nodeName") in load:
+            load[p["spec"]["nodeName"]] += 1
+    bound = 0
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", "")):
+        if pod["spec"].get("nodeName") or pod["metadata"].get("deletionTimestamp"):
+            continue
+        choices = feasible_nodes(pod, nodes)
+        if not choices:
+            msg = f"0/{len(nodes)} nodes are available: no Ready node without a taint the pod tolerates."
+
+            def unschedulable(p: dict, msg: str = msg) -> bool:
+                conds = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg}]
+                if (p.get("status") or {}).get("conditions") == conds:
+                    return False
+                p.setdefault("status", {})["conditions"] = conds
+                p["status"]["phase"] = "Pending"
+                return True
+
+            store.mutate("Pod", pod["metadata"]["name"], pod["metadata"]["namespace"], unschedulable)
+            continue
+        node = min(choices, key=lambda n: (load[n["metadata"]["name"]], n["metadata"]["name"]))
+        name = node["metadata"]["name"]
+
+        def bind(p: dict, name: str = name) -> bool:
+            if p["spec"].get("nodeName"):
+                return False
+            p["spec"]["nodeName"] = name
+            p.setdefault("status", {})["conditions"] = [{"type": "PodScheduled", "status": "True"}]
+            return True
+
+        store.mutate("Pod", pod["metadata"]["name"], pod["metadata"]["namespace"], bind)
+        load[name] += 1
+        bound += 1
+    return bound
+
+
+# --- endpoints ---------------------------------------------------------------------------------
+
+def _target_port(port: dict, pod: dict) -> int | None:
+    target = port.get("targetPort", port["port"])
+    if isinstance(target, int):
+        return target
+    if isinstance(target, str) and target.isdigit():
+        return int(target)
+    for c in pod["spec"].get("containers") or []:
+        for cp in c.get("ports") or []:
+            if cp.get("name") == target:
+                return cp["containerPort"]
+    return None
+
+
+def desired_endpoints(svc: dict, pods: list[dict]) -> dict:
+    """The Endpoints object the controller wants for a Service."""
+    ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
+    selector = svc["spec"].get("selector")
+    groups: dict[str, dict] = {}
+    for pod in sorted(pods, key=lambda p: (p.get("status") or {}).get("podIP") or ""):
+        if pod["metadata"].get("namespace") != ns or not selector_matches(selector, pod["metadata"].get("labels")):
+            continue
+        ip = (pod.get("status") or {}).get("podIP")
+        if not ip or pod["metadata"].get("deletionTimestamp"):
+            continue
+        ports = []
+        for p in svc["spec"].get("ports") or []:
+            tp = _target_port(p, pod)
+            if tp is None:
+                continue
+            ep = {"port": tp, "protocol": p.get("protocol", "TCP")}
+            if p.get("name"):
+                ep["name"] = p["name"]
+            ports.append(ep)
+        if not ports:
+            continue
+        key = json.dumps(ports, sort_keys=True)
+        subset = groups.setdefault(key, {"ports": ports})
+        addr = {"ip": ip, "nodeName": pod["spec"].get("nodeName"),
+                "targetRef": {"kind": "Pod", "name": pod["metadata"]["name"], "namespace": ns,
+                              "uid": pod["metadata"].get("uid")}}
+        subset.setdefault("addresses" if pod_ready(pod) else "notReadyAddresses", []).append(addr)
+    ep = {"apiVersion": "v1", "kind": "Endpoints",
+          "metadata": {"name": name, "namespace": ns, "labels": dict(svc["metadata"].get("labels") or {})}}
+    subsets = [groups[k] for k in sorted(groups)]
+    if subsets:
+        ep["subsets"] = subsets
+    return ep
+
+
+def reconcile_endpoints(store: Store, services: list[dict], endpoints: list[dict], pods: list[dict]) -> None:
+    """Write Endpoints for every Service with a selector; drop those of deleted Services."""
+    existing = {(e["metadata"]["namespace"], e["metadata"]["name"]): e for e in endpoints}
+    wanted = set()
+    for svc in services:
+        if not svc["spec"].get("selector"):
+            continue
+        key = (svc["metadata"]["namespace"], svc["metadata"]["name"])
+        wanted.add(key)
+        want = desired_endpoints(svc, pods)
+        have = existing.get(key)
+        if have is None:
+            try:
+                store.create(want)
+            except errors.AlreadyExists:
+                pass
+            continue
+        if have.get("subsets") != want.get("subsets") or have["metadata"].get("labels", {}) != want["metadata"]["labels"]:
+            def put(obj: dict, want: dict = want) -> None:
+                obj.pop("subsets", None)
+                if "subsets" in want:
+                    obj["subsets"] = want["subsets"]
+                obj["metadata"]["labels"] = want["metadata"]["labels"]
+
+            store.mutate("Endpoints", key[1], key[0], put)
+    live = {(s["metadata"]["namespace"], s["metadata"]["name"]) for s in services}
+    for key in existing:
+        if key not in wanted and key not in live:
+            store.remove("Endpoints", key[1], key[0])
+
+
+# --- the manager -------------------------------------------------------------------------------
+
+class ControllerManager:
+    """Runs every controller whenever the watched state changes (and every few seconds)."""
+
+    def __init__(self, store: Store, pod_cidr: str | None = None, node_cidr_mask: int = 24):
+        self.store = store
+        self.pod_cidr = pod_cidr
+        self.node_cidr_mask = node_cidr_mask
+
+    def reconcile(self) -> None:
+        """One pass of every controller."""
+        store = self.store
+        nodes = store.list("Node")
+        if self.pod_cidr is None:
+            self.pod_cidr = store.cluster_config()["podSubnet"]
+        if any(not (n.get("spec") or {}).get("podCIDR") for n in nodes):
+            allocate_pod_cidrs(store, nodes, self.pod_cidr, self.node_cidr_mask)
+        reconcile_deployments(store, store.list("Deployment"), store.list("Pod"))
+        pods = store.list("Pod")
+        schedule(store, pods, nodes)
+        reconcile_endpoints(store, store.list("Service"), store.list("Endpoints"), store.list("Pod"))
+
+    def run(self, stop: threading.Event, on_error: Callable[[Exception], None] | None = None) -> None:
+        """Reconcile until ``stop`` is set, woken by a watch on the store."""
+        from testbed.k8s.informer import ChangeFeed
+
+        feed = ChangeFeed(self.store, interesting=lambda ev: ev.kind != "Endpoints" or ev.type == "DELETED")
+        feed.start(stop)
+        while not stop.is_set():
+            try:
+                self.reconcile()
+            except Exception as exc:  # keep the control plane alive; log and retry
+                log.exception("controller pass failed")
+                if on_error:
+                    on_error(exc)
+                stop.wait(0.5)
+            feed.wait(stop, timeout=5.0)

@@ -1,0 +1,181 @@
+"""The kubelet's container runtime: pod sandboxes (named netns) and workload processes.
+
+A sandbox is a network namespace kept alive by a bind mount at ``<netns_dir>/cni-<uuid>``
+(what ``ip netns add`` does; in a lab ``/run/netns`` is private to the node). Workloads
+are real processes started inside that namespace. Each pod's runtime state is written to
+``<root_dir>/pods/<uid>/state.json`` so a restarted kubelet can find and clean up what it
+started before.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+
+MNT_DETACH = 2
+
+
+class SandboxError(Exception):
+    """A sandbox or process operation failed."""
+
+
+def new_sandbox_id() -> str:
+    """A containerd-like 64 hex sandbox id."""
+    return secrets.token_hex(32)
+
+
+def new_netns_name() -> str:
+    """``cni-<uuid>``, the name containerd gives pod network namespaces."""
+    return f"cni-{uuid.uuid4()}"
+
+
+def create_netns(path: str) -> None:
+    """Create a network namespace bound at ``path`` with ``lo`` up."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "x"):
+        pass
+    res = subprocess.run(["unshare", f"--net={path}", "ip", "link", "set", "lo", "up"],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        _unlink_quiet(path)
+        raise SandboxError(f"creating network namespace {path}: {res.stderr.strip()}")
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def remove_netns(path: str) -> None:
+    """Unmount and remove a namespace bound at ``path`` (no error if it is gone)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if os.path.exists(path):
+        libc.umount2(path.encode(), MNT_DETACH)
+        _unlink_quiet(path)
+
+
+def netns_pids(path: str) -> list[int]:
+    """PIDs of the processes living in the namespace bound at ``path``."""
+    try:
+        target = os.stat(path)
+    except FileNotFoundError:
+        return []
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            st = os.stat(f"/proc/{d}/ns/net")
+        except OSError:
+            continue
+        if st.st_ino == target.st_ino and st.st_dev == target.st_dev:
+            pids.append(int(d))
+    return pids
+
+
+def start_process(netns_path: str, argv: list[str], log_path: str, env: dict[str, str] | None = None,
+                  cwd: str | None = None) -> subprocess.Popen:
+    """Start ``argv`` inside the namespace (nsenter execs it, so the PID is the workload's)."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            ["nsenter", f"--net={netns_path}", "--", *argv], stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True,
+        )
+
+
+def alive(pid: int) -> bool:
+    """True when ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def kill_process(pid: int, grace: float = 2.0, proc: subprocess.Popen | None = None) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; reaps it if it is our child."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                return
+            if proc is None and not alive(pid):
+                return
+            time.sleep(0.01)
+    if proc is not None:
+        try:
+            proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def listening(pid: int, port: int) -> bool:
+    """True when a TCP socket listens on ``port`` in ``pid``'s network namespace."""
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                        return True
+        except (FileNotFoundError, StopIteration):
+            continue
+    return False
+
+
+@dataclass
+class PodState:
+    """What the kubelet made for one pod (persisted as JSON)."""
+
+    uid: str
+    namespace: str
+    name: str
+    sandbox_id: str
+    netns: str  # full path of the bound namespace
+    cni_conf: dict | None = None  # the conflist used for ADD (needed for DEL)
+    cni_result: dict | None = None
+    pids: dict[str, int] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)
+    started_at: dict[str, str] = field(default_factory=dict)
+    container_ids: dict[str, str] = field(default_factory=dict)
+
+    def save(self, root_dir: str) -> None:
+        """Write the state file atomically."""
+        d = os.path.join(root_dir, "pods", self.uid)
+        os.makedirs(d, exist_ok=True)
+        tmp = os.path.join(d, "state.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(asdict(self), f)
+        os.replace(tmp, os.path.join(d, "state.json"))
+
+    @classmethod
+    def load_all(cls, root_dir: str) -> list[PodState]:
+        """Every pod state left in ``root_dir`` (e.g. by a previous kubelet)."""
+        states = []
+        base = os.path.join(root_dir, "pods")
+        for uid in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+            try:
+                with open(os.path.join(base, uid, "state.json")) as f:
+                    states.append(cls(**json.load(f)))
+            except (OSError, ValueError, TypeError):
+                continue
+        return states
+
+    def pod_dir(self, root_dir: str) -> str:
+        """The pod's private directory."""
+        return os.path.join(root_dir, "pods", self.uid)

@@ -1,0 +1,553 @@
+"""The kubelet (and kube-proxy) of one node: ``python -m testbed.kubelet --node NAME``.
+
+Runs inside the node's network and mount namespaces. It registers the Node, reports it
+``NotReady`` (NetworkPluginNotReady, "cni config uninitialized") until a CNI config exists
+in the config directory, then ``Ready``; for each pod bound to the node it creates the
+sandbox netns ``cni-<uuid>``, runs the CNI chain (ADD; DEL on delete), starts the image's
+workload process in the sandbox and reports phase, podIP and conditions. kube-proxy keeps
+the node's iptables in line with Services. With ``--controllers`` (the control-plane node)
+it also runs the controllers (deployments, scheduler, endpoints, node pod CIDRs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from testbed import images
+from testbed.k8s import cni, errors, runtime
+from testbed.k8s.informer import ChangeFeed
+from testbed.k8s.podstatus import (
+    ContainerInfo,
+    default_node_info,
+    node_conditions,
+    node_object,
+    pod_status,
+)
+from testbed.k8s.runtime import PodState
+from testbed.k8s.store import DEFAULT_POD_CIDR, DEFAULT_SERVICE_CIDR, Store, now_iso
+
+log = logging.getLogger("kubelet")
+
+ANNOTATION_NETNS = "calicolab.io/netns"
+ANNOTATION_PIDS = "calicolab.io/pids"
+DEL_ATTEMPTS = 3
+
+
+def detect_node_ip() -> str:
+    """The node's InternalIP: the first global IPv4 address, eth0 first."""
+    out = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True).stdout
+    links = json.loads(out or "[]")
+    links.sort(key=lambda link: link.get("ifname") != "eth0")
+    for link in links:
+        if link.get("ifname") == "lo":
+            continue
+        for a in link.get("addr_info") or []:
+            if a.get("scope") == "global" and a.get("local"):
+                return a["local"]
+    raise SystemExit("kubelet: cannot find the node's IPv4 address (use --node-ip)")
+
+
+def _os_image() -> str:
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return "Linux"
+
+
+class Kubelet:
+    """One node's kubelet; :meth:`run` until ``stop`` is set."""
+
+    def __init__(self, store: Store, node: str, node_ip: str, cni_conf_dir: str = "/etc/cni/net.d",
+                 cni_bin_dirs: list[str] | None = None, netns_dir: str = "/run/netns",
+                 root_dir: str = "/var/lib/kubelet", control_plane: bool = False,
+                 kube_proxy: bool = True, workers: int = 8):
+        self.store = store
+        self.node = node
+        self.node_ip = node_ip
+        self.cni_conf_dir = cni_conf_dir
+        self.runner = cni.Runner(cni_bin_dirs or ["/opt/cni/bin"])
+        self.netns_dir = netns_dir
+        self.root_dir = root_dir
+        self.control_plane = control_plane
+        self.network_ready: bool | None = None
+        self.conf: cni.NetworkConfig | None = None
+        self.states: dict[str, PodState] = {}
+        self.procs: dict[tuple[str, str], subprocess.Popen] = {}
+        self.exits: dict[tuple[str, str], tuple[int, str]] = {}
+        self.busy: set[str] = set()
+        self.failures: dict[str, tuple[float, int, str]] = {}
+        self.image_errors: dict[str, dict[str, str]] = {}
+        self.lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pod")
+        self.feed = ChangeFeed(store, interesting=lambda ev: ev.kind in ("Pod", "Service", "Endpoints", "Node"))
+        self.proxy = None
+        if kube_proxy:
+            from testbed.kubeproxy import KubeProxy
+
+            self.proxy = KubeProxy()
+
+    # --- node ------------------------------------------------------------------------------
+    def register(self) -> None:
+        """Create or refresh this node's Node object."""
+        self.conf = cni.find_config(self.cni_conf_dir)
+        self.network_ready = self.conf is not None
+        labels = {"beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
+                  "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": self.node, "kubernetes.io/os": "linux"}
+        taints = []
+        if self.control_plane:
+            labels["node-role.kubernetes.io/control-plane"] = ""
+            labels["node.kubernetes.io/exclude-from-external-load-balancers"] = ""
+            taints.append({"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"})
+        cpus = os.cpu_count() or 1
+        mem_kib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 1024
+        capacity = {"cpu": str(cpus), "memory": f"{mem_kib}Ki", "pods": "110", "ephemeral-storage": "0"}
+        try:
+            with open("/etc/machine-id") as f:
+                machine_id = f.read().strip()
+        except OSError:
+            machine_id = ""
+        info = default_node_info(os.uname().release, _os_image(), machine_id)
+        obj = node_object(self.node, self.node_ip, labels, taints, info, capacity, self.network_ready, now_iso())
+        try:
+            self.store.create(obj)
+            log.info("registered node %s (%s), network ready: %s", self.node, self.node_ip, self.network_ready)
+        except errors.AlreadyExists:
+            def refresh(n: dict) -> None:
+                n["metadata"].setdefault("labels", {}).update(labels)
+                n["status"] = dict(obj["status"], conditions=node_conditions(
+                    bool(self.network_ready), now_iso(), (n.get("status") or {}).get("conditions")))
+
+            self.store.mutate("Node", self.node, None, refresh)
+
+    def check_network(self) -> bool:
+        """Re-read the CNI config dir; update the Node's Ready condition on a change.
+        Returns True if readiness changed."""
+        conf = cni.find_config(self.cni_conf_dir)
+        ready = conf is not None
+        self.conf = conf
+        if ready == self.network_ready:
+            return False
+        self.network_ready = ready
+        log.info("network %s (%s)", "ready" if ready else "not ready", conf.path if conf else "no CNI config")
+
+        def set_ready(n: dict) -> None:
+            st = n.setdefault("status", {})
+            st["conditions"] = node_conditions(ready, now_iso(), st.get("conditions"))
+
+        self.store.mutate("Node", self.node, None, set_ready)
+        return True
+
+    # --- pods ------------------------------------------------------------------------------
+    def my_pods(self) -> list[dict]:
+        """Pods bound to this node."""
+        return [p for p in self.store.list("Pod") if p["spec"].get("nodeName") == self.node]
+
+    def sync_pods(self) -> None:
+        """Start what is missing, tear down what is gone (work runs in the pool)."""
+        pods = self.my_pods()
+        by_uid = {p["metadata"]["uid"]: p for p in pods}
+        now = time.monotonic()
+        for uid, pod in by_uid.items():
+            if uid in self.busy:
+                continue
+            if pod["metadata"].get("deletionTimestamp"):
+                self._submit(uid, self._teardown, uid, pod)
+            elif uid not in self.states:
+                failed = self.failures.get(uid)
+                if failed and now < failed[0]:
+                    continue
+                if not self.network_ready:
+                    self._report_not_ready(pod)
+                    continue
+                self._submit(uid, self._setup, pod)
+        for uid in list(self.states):
+            if uid not in by_uid and uid not in self.busy:
+                self._submit(uid, self._teardown, uid, None)
+
+    def _submit(self, uid: str, fn, *args) -> None:
+        self.busy.add(uid)
+
+        def done(_f) -> None:
+            with self.lock:
+                self.busy.discard(uid)
+            self.feed.mark("Pod")
+
+        fut = self.pool.submit(self._guard, fn, *args)
+        fut.add_done_callback(done)
+
+    def _guard(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+
+    def _report_not_ready(self, pod: dict) -> None:
+        msg = "network is not ready: " + "container runtime network not ready: NetworkReady=false " \
+              "reason:NetworkPluginNotReady message:Network plugin returns error: cni config uninitialized"
+        infos = [ContainerInfo(c["name"], c["image"], waiting_reason="ContainerCreating") for c in pod["spec"]["containers"]]
+        self._write_status(pod, infos, [], sandbox_ready=False, message=msg)
+
+    def _write_status(self, pod: dict, infos: list[ContainerInfo], ips: list[str], sandbox_ready: bool = True,
+                      message: str | None = None, state: PodState | None = None) -> None:
+        meta = pod["metadata"]
+        old_start = (pod.get("status") or {}).get("startTime")
+        status = pod_status(pod, infos, self.node_ip, ips, now_iso(), old_start, sandbox_ready)
+        if message:
+            status["message"] = message
+
+        def put(p: dict) -> bool:
+            if p["metadata"].get("uid") != meta["uid"]:
+                return False
+            prev = p.get("status") or {}
+            if _same_status(prev, status):
+                return False
+            for c in status["conditions"]:
+                for pc in prev.get("conditions") or []:
+                    if pc.get("type") == c["type"] and pc.get("status") == c["status"] and pc.get("lastTransitionTime"):
+                        c["lastTransitionTime"] = pc["lastTransitionTime"]
+            p["status"] = status
+            if state is not None:
+                ann = p["metadata"].setdefault("annotations", {})
+                ann[ANNOTATION_NETNS] = os.path.basename(state.netns)
+                ann[ANNOTATION_PIDS] = json.dumps(state.pids, sort_keys=True)
+            return True
+
+        self.store.mutate("Pod", meta["name"], meta["namespace"], put)
+
+    def _setup(self, pod: dict) -> None:
+        meta = pod["metadata"]
+        uid, ns, name = meta["uid"], meta["namespace"], meta["name"]
+        conf = self.conf
+        if conf is None:
+            return
+        state = PodState(uid=uid, namespace=ns, name=name, sandbox_id=runtime.new_sandbox_id(),
+                         netns=os.path.join(self.netns_dir, runtime.new_netns_name()))
+        runtime.create_netns(state.netns)
+        state.cni_conf = conf.raw
+        state.save(self.root_dir)
+        args = cni.cni_args(ns, name, state.sandbox_id, uid)
+        ports = [{"containerPort": p["containerPort"], "hostPort": p["hostPort"], "protocol": p.get("protocol", "TCP").lower()}
+                 for c in pod["spec"]["containers"] for p in c.get("ports") or [] if p.get("hostPort")]
+        try:
+            result = self.runner.add(conf, state.sandbox_id, state.netns, args, "eth0",
+                                     {"portMappings": ports} if ports else None)
+        except cni.CNIError as exc:
+            runtime.remove_netns(state.netns)
+            shutil.rmtree(state.pod_dir(self.root_dir), ignore_errors=True)
+            attempts = self.failures.get(uid, (0, 0, ""))[1] + 1
+            self.failures[uid] = (time.monotonic() + min(0.5 * 2 ** attempts, 10.0), attempts, str(exc))
+            msg = (f'Failed to create pod sandbox: rpc error: code = Unknown desc = failed to setup network '
+                   f'for sandbox "{state.sandbox_id}": {exc}')
+            log.warning("pod %s/%s: %s", ns, name, msg)
+            infos = [ContainerInfo(c["name"], c["image"], waiting_reason="ContainerCreating")
+                     for c in pod["spec"]["containers"]]
+            self._write_status(pod, infos, [], sandbox_ready=False, message=msg)
+            return
+        self.failures.pop(uid, None)
+        state.cni_result = result
+        state.save(self.root_dir)
+        with self.lock:
+            self.states[uid] = state
+        ips = cni.pod_ips(result)
+        infos = [self._start_container(state, pod, c) for c in pod["spec"]["containers"]]
+        state.save(self.root_dir)
+        self._wait_ready(state, pod, infos)
+        self._write_status(pod, infos, ips, state=state)
+        log.info("pod %s/%s running in %s with %s", ns, name, os.path.basename(state.netns), ",".join(ips))
+
+    def _start_container(self, state: PodState, pod: dict, c: dict) -> ContainerInfo:
+        info = ContainerInfo(c["name"], c["image"], restart_count=state.restarts.get(c["name"], 0))
+        workdir = os.path.join(state.pod_dir(self.root_dir), "containers", c["name"])
+        try:
+            wl = images.resolve(c["image"], c.get("command"), c.get("args"), workdir, state.name)
+        except images.ImageNotFound as exc:
+            info.waiting_reason = "ImagePullBackOff"
+            info.waiting_message = f'Back-off pulling image "{c["image"]}": ErrImagePull: {exc}'
+            self.image_errors.setdefault(state.uid, {})[c["name"]] = info.waiting_message
+            return info
+        for path, text in wl.files.items():
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(text)
+        env = dict(os.environ)
+        for e in c.get("env") or []:
+            if e.get("value") is not None:
+                env[e["name"]] = e["value"]
+        env["HOSTNAME"] = state.name
+        os.makedirs(workdir, exist_ok=True)
+        proc = runtime.start_process(state.netns, wl.argv, os.path.join(workdir, "log"), env, workdir)
+        cid = state.container_ids.get(c["name"]) or runtime.new_sandbox_id()
+        state.container_ids[c["name"]] = cid
+        state.pids[c["name"]] = proc.pid
+        state.started_at[c["name"]] = now_iso()
+        self.procs[(state.uid, c["name"])] = proc
+        info.container_id, info.running, info.started_at = cid, True, state.started_at[c["name"]]
+        info.ready = wl.port is None
+        info.port = wl.port
+        return info
+
+    def _wait_ready(self, state: PodState, pod: dict, infos: list[ContainerInfo], timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        for info in infos:
+            port = info.port
+            if not info.running or port is None:
+                continue
+            pid = state.pids[info.name]
+            while time.monotonic() < deadline and runtime.alive(pid):
+                if runtime.listening(pid, port):
+                    info.ready = True
+                    break
+                time.sleep(0.005)
+
+    def _infos(self, state: PodState, pod: dict) -> list[ContainerInfo]:
+        infos = []
+        for c in pod["spec"]["containers"]:
+            name = c["name"]
+            info = ContainerInfo(name, c["image"], container_id=state.container_ids.get(name, ""),
+                                 restart_count=state.restarts.get(name, 0), started_at=state.started_at.get(name))
+            err = self.image_errors.get(state.uid, {}).get(name)
+            pid = state.pids.get(name)
+            if err:
+                info.waiting_reason, info.waiting_message = "ImagePullBackOff", err
+            elif pid and self._alive(state.uid, name, pid):
+                info.running = info.ready = True
+            elif (state.uid, name) in self.exits:
+                info.exit_code, info.finished_at = self.exits[(state.uid, name)]
+                if pod["spec"].get("restartPolicy", "Always") == "Always" or (
+                        pod["spec"].get("restartPolicy") == "OnFailure" and info.exit_code != 0):
+                    info.waiting_reason = "CrashLoopBackOff"
+                    info.waiting_message = f"back-off restarting failed container {name} in pod {state.name}"
+            infos.append(info)
+        return infos
+
+    def _alive(self, uid: str, name: str, pid: int) -> bool:
+        proc = self.procs.get((uid, name))
+        if proc is not None:
+            return proc.poll() is None
+        return runtime.alive(pid)
+
+    def check_processes(self) -> None:
+        """Notice exited workloads; restart them per restartPolicy (with back-off)."""
+        for uid, state in list(self.states.items()):
+            if uid in self.busy:
+                continue
+            for name, pid in list(state.pids.items()):
+                if self._alive(uid, name, pid):
+                    continue
+                proc = self.procs.pop((uid, name), None)
+                code = proc.returncode if proc is not None else -1
+                if (uid, name) not in self.exits:
+                    self.exits[(uid, name)] = (code, now_iso())
+                    self._submit(uid, self._restart, uid, name, code)
+
+    def _restart(self, uid: str, name: str, code: int) -> None:
+        state = self.states.get(uid)
+        pod = next((p for p in self.my_pods() if p["metadata"]["uid"] == uid), None)
+        if state is None or pod is None:
+            return
+        policy = pod["spec"].get("restartPolicy", "Always")
+        restart = policy == "Always" or (policy == "OnFailure" and code != 0)
+        self._write_status(pod, self._infos(state, pod), cni.pod_ips(state.cni_result or {}), state=state)
+        if not restart:
+            return
+        n = state.restarts.get(name, 0)
+        backoff = min(10.0 * 2 ** n, 300.0) if n else 1.0
+        log.info("pod %s/%s container %s exited %s; restarting in %.0fs", state.namespace, state.name, name, code, backoff)
+        time.sleep(backoff)  # back-off in the worker thread (CrashLoopBackOff)
+        if uid not in self.states:
+            return
+        pod = next((p for p in self.my_pods() if p["metadata"]["uid"] == uid), None)
+        if pod is None or pod["metadata"].get("deletionTimestamp"):
+            return
+        state.restarts[name] = n + 1
+        c = next(c for c in pod["spec"]["containers"] if c["name"] == name)
+        self.exits.pop((uid, name), None)
+        self._start_container(state, pod, c)
+        state.save(self.root_dir)
+        self._write_status(pod, self._infos(state, pod), cni.pod_ips(state.cni_result or {}), state=state)
+
+    def _teardown(self, uid: str, pod: dict | None) -> None:
+        state = self.states.get(uid)
+        if state is not None:
+            self.stop_pod(state, cni_del=True)
+        if pod is not None and pod["metadata"].get("deletionTimestamp"):
+            try:
+                self.store.remove("Pod", pod["metadata"]["name"], pod["metadata"]["namespace"])
+            except errors.K8sError as exc:
+                log.warning("removing pod %s: %s", pod["metadata"]["name"], exc)
+            log.info("pod %s/%s deleted", pod["metadata"]["namespace"], pod["metadata"]["name"])
+
+    def stop_pod(self, state: PodState, cni_del: bool = True) -> None:
+        """Kill the pod's processes, run CNI DEL, remove the sandbox netns and state."""
+        for name, pid in state.pids.items():
+            proc = self.procs.pop((state.uid, name), None)
+            runtime.kill_process(pid, grace=2.0, proc=proc)
+        for pid in runtime.netns_pids(state.netns):  # e.g. processes left by kubectl exec
+            runtime.kill_process(pid, grace=0.5)
+        if cni_del and state.cni_conf:
+            conf = cni.parse_config(state.cni_conf)
+            args = cni.cni_args(state.namespace, state.name, state.sandbox_id, state.uid)
+            for attempt in range(1, DEL_ATTEMPTS + 1):
+                try:
+                    self.runner.delete(conf, state.sandbox_id, state.netns, args, "eth0", state.cni_result)
+                    break
+                except cni.CNIError as exc:
+                    log.warning("CNI DEL for %s/%s (attempt %d): %s", state.namespace, state.name, attempt, exc)
+                    time.sleep(0.5 * attempt)
+        runtime.remove_netns(state.netns)
+        shutil.rmtree(state.pod_dir(self.root_dir), ignore_errors=True)
+        with self.lock:
+            self.states.pop(state.uid, None)
+        for key in [k for k in self.exits if k[0] == state.uid]:
+            self.exits.pop(key, None)
+        self.image_errors.pop(state.uid, None)
+
+    def adopt(self) -> None:
+        """Pick up pods a previous kubelet started (kept if their pod still exists)."""
+        live = {p["metadata"]["uid"] for p in self.my_pods() if not p["metadata"].get("deletionTimestamp")}
+        for state in PodState.load_all(self.root_dir):
+            if state.uid in live and os.path.exists(state.netns) and state.cni_result is not None:
+                self.states[state.uid] = state
+                log.info("adopted pod %s/%s", state.namespace, state.name)
+            else:
+                log.info("cleaning up pod %s/%s left by a previous kubelet", state.namespace, state.name)
+                self.stop_pod(state, cni_del=True)
+
+    # --- kube-proxy --------------------------------------------------------------------------
+    def sync_proxy(self) -> None:
+        """Apply the Services' iptables rules in this node's netns."""
+        if self.proxy is None:
+            return
+        if self.proxy.cluster_cidr is None:
+            self.proxy.cluster_cidr = self.store.cluster_config()["podSubnet"]
+        self.proxy.sync(self.store.list("Service"), self.store.list("Endpoints"))
+
+    # --- main loop -----------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Register, then reconcile on every change until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                self.register()
+                break
+            except errors.Unavailable as exc:
+                log.warning("waiting for the datastore: %s", exc)
+                stop.wait(0.5)
+        self.adopt()
+        self.feed.start(stop)
+        last_proc_check = 0.0
+        while not stop.is_set():
+            kinds = self.feed.wait(stop, timeout=0.2)
+            if stop.is_set():
+                break
+            try:
+                changed = self.check_network()
+                if changed or kinds & {"*", "Pod", "Node"}:
+                    self.sync_pods()
+                if kinds & {"*", "Service", "Endpoints"}:
+                    self.sync_proxy()
+                if time.monotonic() - last_proc_check > 0.5:
+                    last_proc_check = time.monotonic()
+                    self.check_processes()
+            except errors.Unavailable as exc:
+                log.warning("datastore unavailable: %s", exc)
+                self.feed.mark()
+                stop.wait(0.5)
+            except Exception:
+                log.exception("kubelet pass failed")
+                self.feed.mark()
+                stop.wait(0.5)
+
+    def shutdown(self, kill_pods: bool = False) -> None:
+        """Stop the worker pool; with ``kill_pods`` also stop every pod (no CNI DEL)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        if kill_pods:
+            for state in list(self.states.values()):
+                self.stop_pod(state, cni_del=False)
+
+
+def _same_status(a: dict, b: dict) -> bool:
+    def strip(s: dict) -> str:
+        s = json.loads(json.dumps(s))
+        for c in s.get("conditions") or []:
+            c.pop("lastTransitionTime", None)
+            c.pop("lastProbeTime", None)
+        return json.dumps(s, sort_keys=True)
+
+    return strip(a) == strip(b)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line of the kubelet."""
+    p = argparse.ArgumentParser(prog="python -m testbed.kubelet", description=__doc__.split("\n\n")[0])
+    p.add_argument("--node", default=os.environ.get("NODE_NAME"), help="node name (default $NODE_NAME)")
+    p.add_argument("--node-ip", help="InternalIP (default: first global IPv4 address, eth0 first)")
+    p.add_argument("--controllers", action="store_true",
+                   help="control-plane node: also run the controllers and label the node control-plane")
+    p.add_argument("--etcd-endpoints", default=os.environ.get("ETCD_ENDPOINTS", "http://127.0.0.1:2379"),
+                   help="etcd endpoints, comma separated (default $ETCD_ENDPOINTS)")
+    p.add_argument("--cni-conf-dir", default="/etc/cni/net.d")
+    p.add_argument("--cni-bin-dir", default="/opt/cni/bin", help="CNI plugin dirs, colon separated")
+    p.add_argument("--netns-dir", default="/run/netns", help="where sandbox netns are bound")
+    p.add_argument("--root-dir", default="/var/lib/kubelet", help="kubelet state (pods' files)")
+    p.add_argument("--pod-network-cidr", default=os.environ.get("CALICO_IPV4POOL_CIDR", DEFAULT_POD_CIDR),
+                   help="cluster pod CIDR (kubeadm --pod-network-cidr), with --controllers")
+    p.add_argument("--service-cidr", default=DEFAULT_SERVICE_CIDR, help="ClusterIP range, with --controllers")
+    p.add_argument("--no-kube-proxy", action="store_true", help="do not run kube-proxy")
+    p.add_argument("--kill-pods-on-exit", action="store_true",
+                   help="on SIGTERM also kill the pods' processes and remove their netns")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if not args.node:
+        p.error("--node is required (or set NODE_NAME)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format=f"%(asctime)s {args.node} %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    store = Store.from_endpoints([e.strip() for e in args.etcd_endpoints.split(",") if e.strip()])
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    node_ip = args.node_ip or detect_node_ip()
+    threads = []
+    if args.controllers:
+        from testbed.k8s.controllers import ControllerManager
+
+        while not stop.is_set():
+            try:
+                store.ensure_cluster(args.pod_network_cidr, args.service_cidr)
+                break
+            except errors.Unavailable as exc:
+                log.warning("waiting for the datastore: %s", exc)
+                stop.wait(0.5)
+        cm = ControllerManager(store, args.pod_network_cidr)
+        t = threading.Thread(target=cm.run, args=(stop,), daemon=True, name="controllers")
+        t.start()
+        threads.append(t)
+    kubelet = Kubelet(store, args.node, node_ip, args.cni_conf_dir, args.cni_bin_dir.split(":"),
+                      args.netns_dir, args.root_dir, control_plane=args.controllers,
+                      kube_proxy=not args.no_kube_proxy)
+    kubelet.run(stop)
+    kubelet.shutdown(kill_pods=args.kill_pods_on_exit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

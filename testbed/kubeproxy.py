@@ -1,0 +1,213 @@
+"""kube-proxy (iptables mode): ClusterIP DNAT with random balancing across endpoints.
+
+:func:`render` is pure: Services + Endpoints -> the ``nat`` (and ``filter``) rules kube-proxy
+writes: ``KUBE-SERVICES`` (hooked from PREROUTING and OUTPUT) jumps per service port to
+``KUBE-SVC-<hash>``, which picks one ``KUBE-SEP-<hash>`` with ``-m statistic --mode random
+--probability 1/n, 1/(n-1), ...``; each SEP DNATs to podIP:port. Traffic that needs SNAT
+is marked by ``KUBE-MARK-MASQ`` (0x4000) and masqueraded by ``KUBE-POSTROUTING``.
+A service port without ready endpoints is rejected in ``filter`` (icmp-port-unreachable).
+:class:`KubeProxy` applies the rules with ``iptables-restore --noflush`` in the current
+network namespace and removes chains it no longer needs.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import subprocess
+from dataclasses import dataclass
+
+MASQ_MARK = "0x4000"
+NAT_HOOKS = (
+    ("PREROUTING", "kubernetes service portals", "KUBE-SERVICES"),
+    ("OUTPUT", "kubernetes service portals", "KUBE-SERVICES"),
+    ("POSTROUTING", "kubernetes postrouting rules", "KUBE-POSTROUTING"),
+)
+FILTER_HOOKS = (
+    ("INPUT", "kubernetes service portals", "KUBE-SERVICES"),
+    ("FORWARD", "kubernetes service portals", "KUBE-SERVICES"),
+    ("OUTPUT", "kubernetes service portals", "KUBE-SERVICES"),
+)
+
+
+def _hash(text: str) -> str:
+    digest = hashlib.sha256(text.encode()).digest()
+    return base64.b32encode(digest).decode()[:16]
+
+
+def svc_chain(port_name: str, protocol: str) -> str:
+    """``KUBE-SVC-`` + base32(sha256(servicePortName + protocol))[:16], as kube-proxy names it."""
+    return "KUBE-SVC-" + _hash(port_name + protocol.lower())
+
+
+def sep_chain(port_name: str, protocol: str, endpoint: str) -> str:
+    """``KUBE-SEP-`` + base32(sha256(servicePortName + protocol + endpoint))[:16]."""
+    return "KUBE-SEP-" + _hash(port_name + protocol.lower() + endpoint)
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    """One port of one service with its ready endpoints (``ip:port``)."""
+
+    namespace: str
+    name: str
+    port_name: str
+    cluster_ip: str
+    port: int
+    protocol: str
+    endpoints: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        """``ns/svc:port`` (``ns/svc`` when the port is unnamed), as in the rule comments."""
+        base = f"{self.namespace}/{self.name}"
+        return f"{base}:{self.port_name}" if self.port_name else base
+
+
+def service_ports(services: list[dict], endpoints: list[dict]) -> list[ServicePort]:
+    """Join Services with their Endpoints into ServicePorts (sorted, deterministic)."""
+    eps = {(e["metadata"].get("namespace"), e["metadata"]["name"]): e for e in endpoints}
+    out = []
+    for svc in services:
+        spec = svc.get("spec") or {}
+        cip = spec.get("clusterIP")
+        if not cip or cip == "None":
+            continue
+        ns, name = svc["metadata"].get("namespace", "default"), svc["metadata"]["name"]
+        ep = eps.get((ns, name)) or {}
+        for p in spec.get("ports") or []:
+            pname, proto = p.get("name") or "", p.get("protocol", "TCP")
+            targets = set()
+            for subset in ep.get("subsets") or []:
+                ports = subset.get("ports") or []
+                match = [q for q in ports if (q.get("name") or "") == pname and q.get("protocol", "TCP") == proto]
+                if not match and len(ports) == 1 and not pname:
+                    match = ports
+                for q in match:
+                    for addr in subset.get("addresses") or []:
+                        targets.add(f"{addr['ip']}:{q['port']}")
+            out.append(ServicePort(ns, name, pname, cip, int(p["port"]), proto,
+                                   tuple(sorted(targets, key=_endpoint_key))))
+    return sorted(out, key=lambda s: (s.namespace, s.name, s.port_name, s.protocol))
+
+
+def _endpoint_key(ep: str) -> tuple:
+    ip, port = ep.rsplit(":", 1)
+    return (int(ipaddress.ip_address(ip)), int(port))
+
+
+def render(ports: list[ServicePort], cluster_cidr: str | None = None,
+           stale: set[str] | frozenset[str] = frozenset()) -> tuple[str, str, set[str]]:
+    """The iptables-restore input for ``nat`` and ``filter``, and the set of per-service
+    chains it defines. ``stale`` chains (left from before) are flushed and deleted."""
+    rules: list[str] = [
+        f"-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN",
+        f"-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}",
+        '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully',
+        f"-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}",
+    ]
+    chains: set[str] = set()
+    filt = ["*filter", ":KUBE-SERVICES - [0:0]"]
+    for sp in ports:
+        proto = sp.protocol.lower()
+        if not sp.endpoints:
+            filt.append(f'-A KUBE-SERVICES -d {sp.cluster_ip}/32 -p {proto} -m comment --comment '
+                        f'"{sp.id} has no endpoints" -m {proto} --dport {sp.port} '
+                        "-j REJECT --reject-with icmp-port-unreachable")
+            continue
+        svc = svc_chain(sp.id, sp.protocol)
+        chains.add(svc)
+        rules.append(f'-A KUBE-SERVICES -d {sp.cluster_ip}/32 -p {proto} -m comment --comment '
+                     f'"{sp.id} cluster IP" -m {proto} --dport {sp.port} -j {svc}')
+        if cluster_cidr:
+            rules.append(f'-A {svc} ! -s {cluster_cidr} -d {sp.cluster_ip}/32 -p {proto} -m comment '
+                         f'--comment "{sp.id} cluster IP" -m {proto} --dport {sp.port} -j KUBE-MARK-MASQ')
+        n = len(sp.endpoints)
+        for i, ep in enumerate(sp.endpoints):
+            sep = sep_chain(sp.id, sp.protocol, ep)
+            chains.add(sep)
+            remaining = n - i
+            stat = "" if remaining == 1 else f" -m statistic --mode random --probability {1.0 / remaining:.11f}"
+            rules.append(f'-A {svc} -m comment --comment "{sp.id} -> {ep}"{stat} -j {sep}')
+            ip = ep.rsplit(":", 1)[0]
+            rules.append(f'-A {sep} -s {ip}/32 -m comment --comment "{sp.id}" -j KUBE-MARK-MASQ')
+            rules.append(f'-A {sep} -p {proto} -m comment --comment "{sp.id}" -m {proto} -j DNAT --to-destination {ep}')
+    rules.append('-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be '
+                 'the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS')
+    gone = sorted(set(stale) - chains)
+    nat = ["*nat", ":KUBE-SERVICES - [0:0]", ":KUBE-NODEPORTS - [0:0]", ":KUBE-POSTROUTING - [0:0]",
+           ":KUBE-MARK-MASQ - [0:0]"]
+    nat += [f":{c} - [0:0]" for c in sorted(chains) + gone]
+    nat += rules
+    nat += [f"-X {c}" for c in gone]
+    nat.append("COMMIT")
+    filt.append("COMMIT")
+    return "\n".join(nat) + "\n", "\n".join(filt) + "\n", chains
+
+
+def _run(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(args, input=stdin, capture_output=True, text=True)
+
+
+class KubeProxyError(Exception):
+    """iptables refused the rules."""
+
+
+class KubeProxy:
+    """Keeps the current netns' iptables in line with the cluster's Services."""
+
+    def __init__(self, cluster_cidr: str | None = None):
+        self.cluster_cidr = cluster_cidr
+        self.last: tuple[str, str] | None = None
+        self.hooked = False
+
+    def _ensure_hooks(self) -> None:
+        for table, hooks in (("nat", NAT_HOOKS), ("filter", FILTER_HOOKS)):
+            # the chains must exist before a jump to them can be inserted
+            _run(["iptables", "-w", "-t", table, "-N", "KUBE-SERVICES"])
+            if table == "nat":
+                _run(["iptables", "-w", "-t", table, "-N", "KUBE-POSTROUTING"])
+            for chain, comment, target in hooks:
+                rule = ["-m", "comment", "--comment", comment, "-j", target]
+                if _run(["iptables", "-w", "-t", table, "-C", chain, *rule]).returncode != 0:
+                    res = _run(["iptables", "-w", "-t", table, "-I", chain, "1", *rule])
+                    if res.returncode != 0:
+                        raise KubeProxyError(f"iptables -t {table} -I {chain}: {res.stderr.strip()}")
+        self.hooked = True
+
+    def _existing_chains(self) -> set[str]:
+        out = _run(["iptables-save", "-t", "nat"]).stdout
+        return {line[1:].split()[0] for line in out.splitlines()
+                if line.startswith((":KUBE-SVC-", ":KUBE-SEP-"))}
+
+    def sync(self, services: list[dict], endpoints: list[dict]) -> bool:
+        """Apply the rules for these objects; returns True if anything was written."""
+        ports = service_ports(services, endpoints)
+        nat, filt, chains = render(ports, self.cluster_cidr)
+        if (nat, filt) == self.last:
+            return False
+        if not self.hooked:
+            self._ensure_hooks()
+        stale = self._existing_chains() - chains
+        if stale:
+            nat, filt, chains = render(ports, self.cluster_cidr, stale)
+        res = _run(["iptables-restore", "-w", "--noflush"], nat + filt)
+        if res.returncode != 0:
+            raise KubeProxyError(f"iptables-restore failed: {res.stderr.strip()}\n{nat}{filt}")
+        self.last = None if stale else (nat, filt)
+        return True
+
+    def cleanup(self) -> None:
+        """Remove every rule and chain kube-proxy made in this netns."""
+        for table, hooks in (("nat", NAT_HOOKS), ("filter", FILTER_HOOKS)):
+            for chain, comment, target in hooks:
+                _run(["iptables", "-w", "-t", table, "-D", chain, "-m", "comment", "--comment", comment, "-j", target])
+        for table in ("nat", "filter"):
+            names = [line[1:].split()[0] for line in _run(["iptables-save", "-t", table]).stdout.splitlines()
+                     if line.startswith(":KUBE-")]
+            for name in names:
+                _run(["iptables", "-w", "-t", table, "-F", name])
+            for name in names:
+                _run(["iptables", "-w", "-t", table, "-X", name])
+        self.last, self.hooked = None, False
