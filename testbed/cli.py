@@ -70,9 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="the labs on this machine and their phase")
 
-    sub.add_parser("clean", help="remove every lab (processes, netns, mounts, cgroups, files)",
-                   description="Removes everything any calicolab lab made, from the state files "
-                   "in /run/calicolab; works after kill -9 of any lab process. Never runs mn -c.")
+    s = sub.add_parser("clean", help="remove every lab (processes, netns, mounts, cgroups, files)",
+                       description="Removes everything any calicolab lab made (or only the labs "
+                       "named), from the state files in /run/calicolab; works after kill -9 of "
+                       "any lab process. Never runs mn -c.")
+    s.add_argument("names", nargs="*", metavar="NAME", help="only these labs (default: all)")
 
     s = sub.add_parser("shell", parents=[lab_opt], help="interactive bash inside a node")
     s.add_argument("node")
@@ -165,9 +167,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"{name}\t{phase}\t{st.get('topology', '')}")
         return EXIT_OK
     if cmd == "clean":
-        from testbed.clean import clean_all
+        from testbed.clean import clean_all, clean_lab
 
-        reports = clean_all()
+        unknown = [n for n in args.names if n not in labmod.list_labs()]
+        if unknown:
+            raise labmod.LabError(f"no lab named {', '.join(map(repr, unknown))} "
+                                  f"(labs: {', '.join(labmod.list_labs()) or 'none'})",
+                                  labmod.EXIT_NOLAB)
+        reports = [clean_lab(n) for n in args.names] if args.names else clean_all()
         for r in reports:
             print(r.summary())
         if not reports:
