@@ -1,0 +1,323 @@
+"""Interop with real BIRD 2 (Debian bird2) in its own namespace and control socket.
+
+BIRD plays the top-of-rack router (a global BGPPeer) and, with the mesh off, the route
+reflector. Faults: BIRD killed, malformed OPEN/UPDATE from a rogue peer. A capture of
+TCP port 179 is decoded by tshark and scapy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import time
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from agent.bgp import messages as M
+from agent.bgp.config import GLOBAL, PeerConfig
+from agent.bgp.runner import SpeakerThread
+from testbed.poll import wait_for
+from tests.netns.test_bgp_mesh import FAST, NetLab, bird_routes, block, mesh_config
+from tests.support import require_root, require_tool, sh
+
+pytestmark = pytest.mark.interop
+
+TOR_ROUTE = "203.0.113.0/24"
+CLUSTER_ID = "1.1.1.1"
+
+
+def bird_conf(router_id: IPv4Address, nodes: list[IPv4Address], rr: bool) -> str:
+    peers = "\n".join(
+        f"protocol bgp node{i} from calico {{ neighbor {a} as 64512; }}" for i, a in enumerate(nodes))
+    return f"""
+router id {router_id};
+protocol device {{ scan time 2; }}
+protocol static {{ ipv4; route {TOR_ROUTE} blackhole; }}
+template bgp calico {{
+  local as 64512;
+  ipv4 {{ import all; export all; add paths on; }};
+  connect delay time 1; connect retry time 1; error wait time 1,2;
+  hold time 3; keepalive time 1;
+  graceful restart on; graceful restart time 3;
+  {"rr client; rr cluster id " + CLUSTER_ID + ";" if rr else ""}
+}}
+{peers}
+"""
+
+
+class Bird:
+    """One BIRD process in a namespace, with its own control socket."""
+
+    def __init__(self, ns: str, tmp, conf: str):
+        self.ns, self.conf = ns, tmp / "bird.conf"
+        self.sock, self.pidfile, self.log = tmp / "bird.ctl", tmp / "bird.pid", tmp / "bird.log"
+        self.conf.write_text(conf)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        bird = require_tool("bird")
+        subprocess.run([bird, "-p", "-c", str(self.conf)], check=True)
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, bird, "-c", str(self.conf), "-s", str(self.sock),
+             "-P", str(self.pidfile), "-f"], stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        wait_for(lambda: self.sock.exists(), timeout=5, what="BIRD control socket")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        self.proc = None
+        if self.sock.exists():
+            self.sock.unlink()
+
+    def birdc(self, *cmd: str) -> str:
+        return sh(require_tool("birdc"), "-s", str(self.sock), *cmd)
+
+    def established(self) -> set[str]:
+        return {line.split()[0] for line in self.birdc("show", "protocols").splitlines()
+                if " BGP " in line and "Established" in line}
+
+    def routes(self) -> dict[str, set[str]]:
+        """prefix -> set of next hops BIRD has (all paths)."""
+        out: dict[str, set[str]] = {}
+        cur = None
+        for line in self.birdc("show", "route", "all").splitlines():
+            m = re.match(r"^(\d+\.\d+\.\d+\.\d+/\d+)\s", line)
+            if m:
+                cur = m.group(1)
+            m = re.search(r"BGP.next_hop: (\S+)", line)
+            if m and cur:
+                out.setdefault(cur, set()).add(m.group(1))
+        return out
+
+
+@pytest.fixture
+def tor(tmp_path):
+    """Three speaker nodes + a BIRD namespace on one bridge."""
+    require_root()
+    require_tool("bird")
+    lab = NetLab("172.31.2.0/24")
+    lab.speakers, lab.birds, lab.procs = [], [], []
+    try:
+        lab.bird_ns, lab.bird_ip = lab.add_node(host=1, tunnel=False)
+        for _ in range(3):
+            lab.add_node()
+        yield lab
+    finally:
+        for p in lab.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        for s in lab.speakers:
+            try:
+                s.stop()
+            except Exception:  # noqa: BLE001 - teardown goes on
+                pass
+        for b in lab.birds:
+            b.kill()
+        lab.close()
+
+
+def node_addrs(lab):
+    return [a for _ns, a in lab.nodes[1:4]]
+
+
+def start_speakers(lab, mesh: bool, extra_peers=()):
+    addrs = node_addrs(lab)
+    for i, (ns, a) in enumerate(lab.nodes[1:4]):
+        cfg = mesh_config(a, addrs if mesh else [a], [block(i)])
+        tor_peer = PeerConfig(f"Global_{str(lab.bird_ip).replace('.', '_')}", lab.bird_ip, 64512,
+                              GLOBAL, multihop=True)
+        peers = (*cfg.peers, tor_peer, *(extra_peers if i == 0 else ()))
+        cfg = type(cfg)(**{**cfg.__dict__, "peers": peers})
+        t = SpeakerThread(cfg, netns=ns)
+        lab.speakers.append(t)
+        t.start()
+
+
+def start_bird(lab, tmp_path, rr: bool) -> Bird:
+    b = Bird(lab.bird_ns, tmp_path, bird_conf(lab.bird_ip, node_addrs(lab), rr))
+    lab.birds.append(b)
+    b.start()
+    return b
+
+
+def expected_node_routes(lab, i, with_tor=True, peers=True):
+    out = {f"blackhole {block(i)}"}
+    if peers:
+        for j, a in enumerate(node_addrs(lab)):
+            if j != i:
+                out.add(f"{block(j)} via {a} dev tunl0 onlink")
+    if with_tor:
+        out.add(f"{TOR_ROUTE} via {lab.bird_ip} dev eth0")
+    return out
+
+
+def test_bird_as_tor_learns_blocks_and_nodes_install_its_route(tor, tmp_path):
+    pcap = tmp_path / "bgp.pcap"
+    tcpdump = subprocess.Popen(["ip", "netns", "exec", tor.bird_ns, require_tool("tcpdump"),
+                                "-i", "eth0", "-nn", "--immediate-mode", "-U", "-w", str(pcap),
+                                "tcp", "port", "179"], stderr=subprocess.DEVNULL)
+    tor.procs.append(tcpdump)
+    wait_for(lambda: pcap.exists(), timeout=5, what="tcpdump started")
+    bird = start_bird(tor, tmp_path, rr=False)
+    start_speakers(tor, mesh=True)
+    t0 = time.monotonic()
+    wait_for(bird.established, lambda s: s == {"node0", "node1", "node2"}, timeout=3,
+             what="BIRD sessions Established")
+    took = time.monotonic() - t0
+    print(f"BIRD sessions Established {took:.2f}s after both ends were up")
+    addrs = node_addrs(tor)
+    want = {str(block(i)): {str(a)} for i, a in enumerate(addrs)}
+    wait_for(bird.routes, lambda r: all(r.get(p) == nh for p, nh in want.items()), timeout=5,
+             what="every node's block in BIRD with the node as next hop")
+    for i, (ns, _a) in enumerate(tor.nodes[1:4]):
+        wait_for(lambda ns=ns: bird_routes(ns), lambda r, i=i: r == expected_node_routes(tor, i),
+                 timeout=5, what=f"routes on node {i}")
+
+    tcpdump.send_signal(signal.SIGINT)
+    tcpdump.wait(5)
+    # tshark decodes every BGP message without malformed/expert errors
+    tshark = require_tool("tshark")
+    fields = sh(tshark, "-r", str(pcap), "-Y", "bgp", "-T", "fields", "-e", "bgp.type")
+    types = {t for line in fields.split() for t in line.split(",")}
+    assert {"1", "2", "4"} <= types, types
+    bad = sh(tshark, "-r", str(pcap), "-Y", "_ws.malformed || _ws.expert.severity == error")
+    assert bad.strip() == "", bad
+    # scapy decodes our OPEN and finds the capabilities
+    from scapy.all import TCP, load_contrib, rdpcap
+
+    load_contrib("bgp")
+    from scapy.contrib.bgp import BGPCapability, BGPOpen
+
+    opens = [p for p in rdpcap(str(pcap)) if p.haslayer(BGPOpen)
+             and p[TCP].dport == 179 and p["IP"].src == str(addrs[0])] or \
+        [p for p in rdpcap(str(pcap)) if p.haslayer(BGPOpen) and p["IP"].src == str(addrs[0])]
+    assert opens, "no OPEN from node 0 in the capture"
+    pkt = opens[0]
+    codes = set()
+    layer = pkt[BGPOpen]
+    for param in layer.opt_params:
+        cap = param.param_value
+        while cap is not None and isinstance(cap, BGPCapability):
+            codes.add(cap.code)
+            cap = cap.payload if isinstance(cap.payload, BGPCapability) else None
+    assert {1, 2, 64, 65, 69, 70} <= codes, codes
+    assert not pkt.haslayer("Raw") or b"" == bytes(pkt["Raw"].load)
+
+
+def test_mesh_off_bird_as_route_reflector(tor, tmp_path):
+    bird = start_bird(tor, tmp_path, rr=True)
+    start_speakers(tor, mesh=False)
+    wait_for(bird.established, lambda s: len(s) == 3, timeout=3, what="RR sessions")
+    for i, (ns, _a) in enumerate(tor.nodes[1:4]):
+        wait_for(lambda ns=ns: bird_routes(ns), lambda r, i=i: r == expected_node_routes(tor, i),
+                 timeout=5, what=f"reflected routes on node {i} (next hop = the owning node)")
+    for s in tor.speakers:
+        assert [p["type"] for p in s.status()["peers"]] == ["global"]
+
+
+def test_bird_killed_routes_withdrawn_within_hold_then_back(tor, tmp_path):
+    bird = start_bird(tor, tmp_path, rr=False)
+    start_speakers(tor, mesh=True)
+    ns0 = tor.nodes[1][0]
+    wait_for(lambda: bird_routes(ns0), lambda r: r == expected_node_routes(tor, 0), timeout=5,
+             what="initial routes")
+    bird.kill()
+    wait_for(lambda: bird_routes(ns0), lambda r: r == expected_node_routes(tor, 0, with_tor=False),
+             timeout=FAST.hold + 2, what="BIRD's route withdrawn")
+    bird.start()
+    wait_for(lambda: bird_routes(ns0), lambda r: r == expected_node_routes(tor, 0), timeout=6,
+             what="BIRD's route back")
+
+
+def _frame(t: int, body: bytes) -> bytes:
+    return b"\xff" * 16 + struct.pack("!HB", 19 + len(body), t) + body
+
+
+def _read_msg(s: socket.socket) -> M.Message:
+    head = b""
+    while len(head) < 19:
+        chunk = s.recv(19 - len(head))
+        if not chunk:
+            raise ConnectionError("closed")
+        head += chunk
+    length = struct.unpack("!H", head[16:18])[0]
+    body = b""
+    while len(body) < length - 19:
+        body += s.recv(length - 19 - len(body))
+    return M.decode(head + body)
+
+
+def _read_until_notification(s: socket.socket) -> M.Notification:
+    while True:
+        msg = _read_msg(s)
+        if isinstance(msg, M.Notification):
+            return msg
+
+
+def test_malformed_open_and_update_get_notifications_others_untouched(tor, tmp_path):
+    rogue_ns, rogue_ip = tor.add_node(host=99, tunnel=False)
+    rogue = PeerConfig("Global_" + str(rogue_ip).replace(".", "_"), rogue_ip, 64512, GLOBAL,
+                       passive=True)
+    bird = start_bird(tor, tmp_path, rr=False)
+    start_speakers(tor, mesh=True, extra_peers=(rogue,))
+    wait_for(bird.established, lambda s: len(s) == 3, timeout=3, what="BIRD sessions")
+    ns0, a0 = tor.nodes[1]
+    wait_for(lambda: bird_routes(ns0), lambda r: r == expected_node_routes(tor, 0), timeout=5,
+             what="initial routes")
+    before = {p["name"]: p["since"] for p in tor.speakers[0].status()["peers"]
+              if p["state"] == "up"}
+
+    script = f"""
+import socket, sys, struct
+sys.path.insert(0, "/work/main")
+from tests.interop.test_bgp_bird import _frame, _read_msg, _read_until_notification
+from agent.bgp import messages as M
+from ipaddress import IPv4Address
+def conn():
+    s = socket.create_connection(("{a0}", 179), timeout=5)
+    return s
+# 1: OPEN with version 3
+s = conn()
+_read_msg(s)  # the speaker's OPEN
+s.sendall(_frame(1, bytes.fromhex("03fc0000f0ac1f02630000")[:10] + b"\\x00"))
+n = _read_until_notification(s); print("open", n.code, n.subcode)
+s.close()
+# 2: a proper session, then an UPDATE whose attributes overrun the message
+s = conn()
+_read_msg(s)
+s.sendall(M.encode(M.Open(64512, 9, IPv4Address("{rogue_ip}"), [M.FourOctetAS(64512)])))
+s.sendall(M.encode(M.Keepalive()))
+# 3: treat-as-withdraw first (bad ORIGIN): no NOTIFICATION expected
+attrs = bytes.fromhex("40010107" + "400200" + "400304" + "ac1f0263")
+body = b"\\x00\\x00" + struct.pack("!H", len(attrs)) + attrs + bytes.fromhex("18c6336400")[:4]
+s.sendall(_frame(2, body))
+good = bytes.fromhex("40010100" + "400200" + "400304" + "ac1f0263")
+s.sendall(_frame(2, b"\\x00\\x00" + struct.pack("!H", len(good)) + good + bytes.fromhex("18c63365")))
+s.sendall(_frame(2, b"\\x00\\x00\\x00\\x30" + bytes.fromhex("400101")))
+n = _read_until_notification(s); print("update", n.code, n.subcode)
+"""
+    res = subprocess.run(["ip", "netns", "exec", rogue_ns, "/work/main/.venv/bin/python", "-c",
+                          script], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert "open 2 1" in res.stdout and "update 3 1" in res.stdout, res.stdout
+    st = tor.speakers[0].status()
+    assert st["counters"]["malformed"] >= 2 and st["counters"]["treat_as_withdraw"] >= 1
+    # other sessions untouched, routes intact, speaker alive
+    after = {p["name"]: p["since"] for p in st["peers"] if p["state"] == "up"}
+    assert {k: v for k, v in after.items() if k != rogue.name} == before
+    assert bird.established() == {"node0", "node1", "node2"}
+    routes = bird_routes(ns0)
+    assert expected_node_routes(tor, 0) <= routes
+    # the treat-as-withdraw prefix never made it; the good one was withdrawn with the session
+    assert not any(r.startswith(("198.51.100.", "198.51.101.")) for r in routes), routes
+    assert IPv4Network("198.51.100.0/24")
