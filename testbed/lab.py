@@ -192,7 +192,9 @@ def join_cgroup(cgroup: str | os.PathLike | None, pid: int = 0) -> None:
 def node_env(state: dict, node: str, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment every process in ``node`` gets (NODE_NAME, ETCD_ENDPOINTS, ...)."""
     env = dict(os.environ if base is None else base)
+    role = ((state.get("hosts") or {}).get(node) or {}).get("role", "")
     env.update({
+        "NODE_ROLE": role,
         "NODE_NAME": node,
         "NODENAME": node,
         "ETCD_ENDPOINTS": ",".join(state["etcd_endpoints"]),

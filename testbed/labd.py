@@ -47,7 +47,9 @@ NODE_DIRS: tuple[tuple[str, str | None], ...] = (
 
 
 def _log(msg: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} labd: {msg}", flush=True)
+    now = time.time()
+    print(f"{time.strftime('%H:%M:%S', time.localtime(now))}.{int(now * 1000) % 1000:03d} "
+          f"labd: {msg}", flush=True)
 
 
 def _has_main(module: str) -> bool:
@@ -296,14 +298,21 @@ class Supervisor:
         raise RuntimeError(f"etcd on {cp.name} not healthy after 30s (last: {last!r})")
 
     def start_node_services(self) -> None:
-        """kubelet (and kube-proxy) on every node, when the Kubernetes side exists."""
+        """The kubelet (which also runs kube-proxy) on every node, when it exists.
+
+        The control-plane node's kubelet also runs the controllers (scheduler,
+        deployments, endpoints, node pod CIDRs), as kubeadm's static pods would.
+        """
+        if not _has_main("testbed.kubelet"):
+            self._skip("kubelet: module testbed.kubelet not present (or not runnable); not started")
+            return
         py = sys.executable
-        for module, service in (("testbed.kubelet", "kubelet"), ("testbed.kubeproxy", "kube-proxy")):
-            if not _has_main(module):
-                self._skip(f"{service}: module {module} not present (or not runnable); not started")
-                continue
-            for n in self.topo.nodes:
-                self.start_service(n.name, service, [py, "-m", module, "--node", n.name])
+        pool = str(self.topo.calico.pool.cidr)
+        for n in self.topo.nodes:
+            argv = [py, "-m", "testbed.kubelet", "--node", n.name, "--node-ip", str(n.address)]
+            if n.is_control_plane:
+                argv += ["--controllers", "--pod-network-cidr", pool]
+            self.start_service(n.name, "kubelet", argv)
         self.save()
 
     def kubeadm_init(self) -> None:
@@ -485,10 +494,18 @@ class Supervisor:
     def run(self) -> int:
         """Build, start, report ready, then hold the lab until told to stop."""
         t0 = time.monotonic()
+        timings: dict[str, float] = {}
+        self.state["timings"] = timings
+
+        def mark(phase: str) -> None:
+            timings[phase] = round(time.monotonic() - t0, 3)
+
         try:
             self.setup_process()
             self.build()
+            mark("network")
             self.start_etcd()
+            mark("etcd")
             self.kubeadm_init()
             self.start_node_services()
             if self.no_cni:
@@ -499,7 +516,9 @@ class Supervisor:
                 self.progress("starting calico-node on every node")
                 started = self.install_cni()
                 self.wait_agents_ready(started)
+                mark("calico-node ready")
             self.wait_nodes(ready=bool(self.state.get("cni_installed")))
+            mark("nodes")
             self.apply_workloads()
             self.serve_control()
             self.state["phase"] = "ready"

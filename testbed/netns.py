@@ -130,11 +130,19 @@ def http_json(name: str, host: str, port: int, path: str, timeout: float = 2.0) 
         return status, None
 
 
-def nsenter_argv(netns: str, mnt_pid: int | None = None) -> list[str]:
-    """argv prefix running a command in netns ``netns`` (and the mount ns of ``mnt_pid``)."""
+def nsenter_argv(netns: str, mnt_pid: int | None = None, wd: str | None = None) -> list[str]:
+    """argv prefix running a command in netns ``netns`` (and the mount ns of ``mnt_pid``).
+
+    ``wd`` is the working directory inside (default: the caller's, when it exists there).
+    """
     argv = ["nsenter", f"--net={netns_path(netns)}"]
     if mnt_pid is not None:
         argv.append(f"--mount=/proc/{mnt_pid}/ns/mnt")
+        try:
+            wd = wd or os.getcwd()
+        except OSError:
+            wd = "/"
+        argv.append(f"--wd={wd}")
     return argv + ["--"]
 
 
