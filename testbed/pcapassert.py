@@ -122,24 +122,23 @@ class Frame:
         return _PROTO_NAMES.get(self.ips[-1].proto, str(self.ips[-1].proto))
 
     def summary(self, t0: float | None = None) -> str:
-        """A one-line, tcpdump-like description of the frame."""
+        """A one-line, tcpdump-like description: ``#index time description``."""
         ts = self.time - (t0 if t0 is not None else self.time)
-        head = f"#{self.index} {ts:9.6f}"
+        return f"#{self.index} {ts:9.6f} {self.describe()}"
+
+    def describe(self) -> str:
+        """The packet alone, tcpdump-like (no frame number or time)."""
         if self.arp_op is not None:
             if self.arp_op == 1:
-                body = f"ARP who-has {self.arp_pdst} tell {self.arp_psrc} ({self.arp_hwsrc})"
-            elif self.arp_op == 2:
-                body = f"ARP reply {self.arp_psrc} is-at {self.arp_hwsrc} (to {self.arp_pdst})"
-            else:
-                body = f"ARP op {self.arp_op} {self.arp_psrc} > {self.arp_pdst}"
-            return f"{head} {body}"
+                return f"ARP who-has {self.arp_pdst} tell {self.arp_psrc} ({self.arp_hwsrc})"
+            if self.arp_op == 2:
+                return f"ARP reply {self.arp_psrc} is-at {self.arp_hwsrc} (to {self.arp_pdst})"
+            return f"ARP op {self.arp_op} {self.arp_psrc} > {self.arp_pdst}"
         if not self.ips:
-            return f"{head} {self.other or 'non-IP frame'} ({self.size} bytes)"
-        parts = []
-        for hdr in self.ips[:-1]:
-            parts.append(f"IP {hdr.src} > {hdr.dst} ipip:")
+            return f"{self.other or 'non-IP frame'} ({self.size} bytes)"
+        parts = [f"IP {hdr.src} > {hdr.dst} ipip:" for hdr in self.ips[:-1]]
         parts.append(self._l4_summary())
-        return f"{head} {' '.join(parts)}"
+        return " ".join(parts)
 
     def _l4_summary(self) -> str:
         hdr = self.ips[-1]
