@@ -9,7 +9,9 @@ the records and assert on the pcaps with :mod:`testbed.pcapassert`.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+from collections import Counter
 from pathlib import Path
 
 from testbed.kerneltier.cluster import (
@@ -121,3 +123,21 @@ def write(record: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def signature(frames) -> Counter:
+    """What must be the same on both datapaths, per IPv4 frame of a capture, counted.
+
+    Each frame becomes ((src, dst, proto, total length) for every IP header, outermost first,
+    ICMP type, ICMP code).  TTL, DF and IP ids are left out: they are not part of the contract
+    (the kernel's ipip copies the inner TTL and DF, the userspace pump does not).  Link-local
+    multicast (IGMP reports when a link comes up) is not part of any flow and is skipped.
+    ``frames`` are :class:`testbed.pcapassert.Frame` objects (a ``Trace`` iterates them).
+    """
+    out: Counter = Counter()
+    for f in frames:
+        if not f.ips or f.ips[0].version != 4 or ipaddress.ip_address(f.ips[0].dst).is_multicast:
+            continue
+        headers = tuple((h.src, h.dst, h.proto, h.length) for h in f.ips)
+        out[(headers, f.icmp_type, f.icmp_code)] += 1
+    return out

@@ -1,0 +1,92 @@
+"""Both tunl0 datapaths held to one behaviour.
+
+The same cross-node flow and MTU probes (testbed.kerneltier.flow) run on this host with
+Felix's userspace tunl0 (TUN + pump, the host kernel has no ipip) and were run in the qemu
+guest with the kernel's ipip tunl0 (session fixture ``guest``).  The captures must agree:
+same protocol, same outer (node) and inner (pod) addresses and lengths, same ICMP, same
+packets on tunl0, and the same MTU outcomes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from testbed import pcapassert as pa
+from testbed.kerneltier import cluster as kc
+from testbed.kerneltier import flow
+from tests.support import require, require_root, require_tool
+
+pytestmark = [pytest.mark.kernel, pytest.mark.netns]
+
+
+@pytest.fixture(scope="module")
+def userspace(tmp_path_factory):
+    """The flow and MTU records (and pcaps) of the userspace datapath on this host."""
+    require_root()
+    require_tool("tcpdump")
+    require(os.path.exists("/dev/net/tun"), "needs /dev/net/tun for the userspace tunl0")
+    out = tmp_path_factory.mktemp("userspace-datapath")
+    c = kc.build(3, datapath="userspace")
+    try:
+        rec = flow.cross_node_flow(c, out)
+        mtu = flow.mtu_behaviour(c, out)
+    finally:
+        c.close()
+    return out, rec, mtu
+
+
+@pytest.fixture(scope="module")
+def kernel(guest):
+    """The same records the guest wrote to the results share."""
+    out = guest.results / "pcaps"
+    paths = [guest.results / "flow-kernel.json", guest.results / "mtu-kernel.json"]
+    for p in paths:
+        assert p.exists(), f"the guest left no {p.name}\n{guest.log_tail()}"
+    return out, json.loads(paths[0].read_text()), json.loads(paths[1].read_text())
+
+
+@pytest.mark.parametrize("capture", ["n1-eth0", "n2-eth0", "n1-tunl0"])
+def test_same_packets_on_both_datapaths(kernel, userspace, capture):
+    """Per interface, the same IPv4 packets: protocol, outer and inner addresses, lengths, ICMP."""
+    kdir, krec, _ = kernel
+    udir, urec, _ = userspace
+    ktrace = pa.load(kdir / krec["pcaps"][capture])
+    utrace = pa.load(udir / urec["pcaps"][capture])
+    ksig, usig = flow.signature(ktrace), flow.signature(utrace)
+    assert ksig, f"the kernel capture {capture} is empty:\n{ktrace.summary()}"
+    only_k, only_u = ksig - usig, usig - ksig
+    assert not only_k and not only_u, (
+        f"{capture} differs between datapaths\nonly kernel: {dict(only_k)}\n"
+        f"only userspace: {dict(only_u)}\nkernel:\n{ktrace.summary()}\nuserspace:\n{utrace.summary()}"
+    )
+    if capture.endswith("eth0"):
+        assert all(h[0][2] == 4 for (h, *_rest) in usig), "non-IPIP IPv4 on the uplink"
+
+
+def test_same_pings_and_tunl0(kernel, userspace):
+    """Every ping answered on both; tunl0 has the same address (/32) and MTU, kind aside."""
+    _, krec, _ = kernel
+    _, urec, _ = userspace
+    for rec in (krec, urec):
+        for ip, res in rec["pings"].items():
+            assert res["loss_percent"] == 0, f"{rec['datapath']}: ping {ip}: {res['output']}"
+    assert [t["kind"] for t in krec["tunl0"]] == ["kernel"] * 3
+    assert [t["kind"] for t in urec["tunl0"]] == ["userspace"] * 3
+
+    def strip(tunnels):
+        return [{k: v for k, v in t.items() if k != "kind"} for t in tunnels]
+
+    assert strip(krec["tunl0"]) == strip(urec["tunl0"])
+
+
+def test_same_mtu_behaviour(kernel, userspace):
+    """Largest DF ping passes on both, one byte more is refused / answered frag-needed alike."""
+    kdir, _, kmtu = kernel
+    udir, _, umtu = userspace
+    assert kmtu["probes"] == umtu["probes"], (kmtu["probes"], umtu["probes"])
+    for d, rec in ((kdir, kmtu), (udir, umtu)):
+        pa.assert_frag_needed(d / rec["pcaps"]["n1-bigpod"], mtu=rec["tunnel_mtu"],
+                              to=rec["big_pod"], about_dst=rec["dst"])  # fmt: skip
