@@ -9,12 +9,17 @@ Everything is made in namespaces created here and removed by :meth:`Topo.close`.
 
 from __future__ import annotations
 
+import concurrent.futures
+import ctypes
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PY = os.path.join(REPO, ".venv", "bin", "python")
@@ -41,6 +46,7 @@ class Topo:
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     namespaces: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen] = field(default_factory=list)
+    cleanup_dirs: list[str] = field(default_factory=list)
 
     def netns(self, role: str) -> str:
         """Create netns ``f<role><tag><n>`` with lo up."""
@@ -127,6 +133,56 @@ class Topo:
                 except (ProcessLookupError, ValueError):
                     pass
             run("ip", "netns", "delete", ns, check=False)
+        import shutil
+
+        for d in self.cleanup_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def _enter_netns(name: str) -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {name} failed")
+    finally:
+        os.close(fd)
+
+
+class InNetns:
+    """Runs callables on one thread that has entered netns ``name`` (the rest of the process stays put).
+
+    Sockets are bound to the netns they are created in, so objects made through
+    :meth:`call` (e.g. a datastore Client) must also be used through it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, initializer=_enter_netns,
+                                                          initargs=(name,))
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """Run ``fn(*args, **kw)`` inside the netns and return its result."""
+        return self.pool.submit(fn, *args, **kw).result(timeout=60)
+
+    def close(self) -> None:
+        """Stop the thread."""
+        self.pool.shutdown(wait=True)
+
+
+def start_etcd(topo: Topo, netns: str, address: str, port: int = 2379) -> str:
+    """A real etcd inside ``netns`` listening on ``address:port``; killed by PID at topo.close()."""
+    data = tempfile.mkdtemp(prefix="felix-etcd-")
+    url = f"http://{address}:{port}"
+    peer = f"http://127.0.0.1:{port + 1}"
+    topo.spawn(netns, "etcd", "--name", "t", "--data-dir", data, "--listen-client-urls", url,
+               "--advertise-client-urls", url, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+               "--initial-cluster", f"t={peer}", "--log-level", "error", "--logger", "zap",
+               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    topo.cleanup_dirs.append(data)
+    return url
 
 
 def two_node_tunnel(topo: Topo, mtu: int = 1500) -> dict:

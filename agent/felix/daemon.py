@@ -1,0 +1,270 @@
+"""The Felix loop: datastore watch -> calculation -> drivers, with periodic resync.
+
+Two threads: the watcher keeps a cache of the resources Felix needs (local
+WorkloadEndpoints, Nodes, IPPools, FelixConfigurations) and flags changes;
+the dataplane thread coalesces changes, recalculates and applies the minimal
+change, and re-reads the kernel on each driver's refresh interval so drift
+(a route or rule deleted by hand) is repaired.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from agent.felix import convert
+from agent.felix.calc import calculate
+from agent.felix.ipsets import IpsetDriver
+from agent.felix.iptables import IptablesTable
+from agent.felix.model import Desired, Endpoint, FelixInput, HostNode
+from agent.felix.routes import RouteDriver
+from agent.felix.sysctl import SysctlDriver
+from agent.felix.tunnel import TunnelInfo, detect_host_mtu, ensure_tunl0, kernel_has_ipip, open_tun
+
+log = logging.getLogger(__name__)
+
+WATCH_KINDS = ("WorkloadEndpoint", "Node", "IPPool", "FelixConfiguration")
+PENDING_RETRY = 0.25
+
+
+class Felix:
+    """One node's dataplane agent. ``start()``, ``stop()``, ``status()``."""
+
+    def __init__(self, client: Any, hostname: str, *, env: Mapping[str, str] | None = None,
+                 tunnel_mode: str = "auto", var_lib: str | None = None) -> None:
+        self.client = client
+        self.hostname = hostname
+        self.env = dict(os.environ if env is None else env)
+        self.tunnel_mode = tunnel_mode
+        self.var_lib = var_lib or self.env.get("CALICO_VAR_LIB_DIR", "/var/lib/calico")
+        self._lock = threading.Lock()
+        self._weps: dict[str, Endpoint] = {}
+        self._nodes: dict[str, HostNode] = {}
+        self._pools: dict[str, Any] = {}
+        self._configs: dict[str, Any] = {}
+        self._synced = threading.Event()
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._stream: Any = None
+        self.heartbeat = time.monotonic()
+        self.ready = False
+        self.last_error: str | None = None
+        self.applies = 0
+        self.last_apply_seconds = 0.0
+        self.tunnel: TunnelInfo | None = None
+        self.pump: Any = None
+        self._tun_fd: int | None = None
+        self._tunnel_applied: tuple[str, int] | None = None
+        self._mtu_written: int | None = None
+        self.host_mtu = detect_host_mtu()
+        self.routes = RouteDriver()
+        self.sysctls = SysctlDriver()
+        self.ipsets = IpsetDriver()
+        self.tables = {"filter": IptablesTable("filter"), "nat": IptablesTable("nat")}
+        self.desired: Desired | None = None
+        self.applied_event = threading.Event()  # set after every successful apply (tests, benchmarks)
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        """Start the watcher and dataplane threads."""
+        for name, target in (("watch", self._watch_loop), ("dataplane", self._dataplane_loop)):
+            t = threading.Thread(target=target, name=f"felix-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        """Stop the threads; tunl0 (a persistent TUN) and all kernel state stay for the next agent."""
+        self._stop.set()
+        self._dirty.set()
+        if self._stream is not None:
+            self._stream.close()
+        for t in self._threads:
+            t.join(timeout=5)
+        if self.pump is not None:
+            self.pump.stop()
+            self.pump = None
+        if self._tun_fd is not None:
+            os.close(self._tun_fd)
+            self._tun_fd = None
+        self.routes.close()
+
+    def live(self) -> bool:
+        """Liveness: both threads alive and the dataplane thread looped recently."""
+        return (bool(self._threads) and all(t.is_alive() for t in self._threads)
+                and time.monotonic() - self.heartbeat < 30)
+
+    def status(self) -> dict:
+        """Ready/live, datapath kind, tunnel address and counters (served as /status)."""
+        datapath = self.tunnel.kind if self.tunnel else ("kernel" if kernel_has_ipip() else "userspace")
+        return {
+            "ready": self.ready, "live": self.live(), "datapath": datapath,
+            "tunnel_address": self.tunnel.address if self.tunnel else None,
+            "endpoints": len(self._weps), "applies": self.applies,
+            "last_apply_ms": round(self.last_apply_seconds * 1000, 1), "last_error": self.last_error,
+            "pump": dict(self.pump.stats) if self.pump is not None else None,
+        }
+
+    # -- datastore side ------------------------------------------------------------
+    def _watch_loop(self) -> None:
+        from datastore import errors
+        from datastore.client import WatchStream
+
+        while not self._stop.is_set():
+            fresh: dict[str, dict] | None = {"WorkloadEndpoint": {}, "Node": {}, "IPPool": {},
+                                               "FelixConfiguration": {}}
+            try:
+                self._stream = WatchStream(self.client, WATCH_KINDS, stop=self._stop)
+                for ev in self._stream:
+                    if ev.type == "SYNCED":
+                        if fresh is not None:
+                            with self._lock:
+                                self._weps = fresh["WorkloadEndpoint"]
+                                self._nodes = fresh["Node"]
+                                self._pools = fresh["IPPool"]
+                                self._configs = fresh["FelixConfiguration"]
+                            fresh = None
+                        self._synced.set()
+                        self._dirty.set()
+                        continue
+                    if fresh is not None:
+                        self._store(fresh, ev)
+                    else:
+                        with self._lock:
+                            self._store({"WorkloadEndpoint": self._weps, "Node": self._nodes,
+                                         "IPPool": self._pools, "FelixConfiguration": self._configs}, ev)
+                        self._dirty.set()
+            except errors.DatastoreError as exc:
+                self.last_error = f"datastore: {exc}"
+                log.warning("datastore watch failed: %s; retrying", exc)
+            except Exception as exc:  # noqa: BLE001 - keep watching; report it
+                self.last_error = f"watch: {exc!r}"
+                log.exception("watch loop error")
+            self._stop.wait(1.0)
+
+    def _store(self, caches: dict[str, dict], ev: Any) -> None:
+        key = f"{ev.namespace}/{ev.name}" if ev.namespace else ev.name
+        cache = caches.get(ev.kind)
+        if cache is None:
+            return
+        if ev.type == "DELETED" or ev.obj is None:
+            cache.pop(key, None)
+            return
+        if ev.kind == "WorkloadEndpoint":
+            ep = convert.endpoint_from_wep(ev.obj) if ev.obj.spec.node == self.hostname else None
+            if ep is None:
+                cache.pop(key, None)
+            else:
+                cache[key] = ep
+        elif ev.kind == "Node":
+            cache[key] = convert.host_from_node(ev.obj)
+        else:
+            cache[key] = ev.obj
+
+    def snapshot(self) -> FelixInput:
+        """The calculation input from the current cache."""
+        with self._lock:
+            settings = convert.settings(self.hostname, self._configs, self.env)
+            return FelixInput(hostname=self.hostname, endpoints=tuple(self._weps.values()),
+                              nodes=tuple(self._nodes.values()), pools=convert.pools_from(self._pools.values()),
+                              settings=settings, host_mtu=self.host_mtu)
+
+    # -- dataplane side ------------------------------------------------------------
+    def _dataplane_loop(self) -> None:
+        now = time.monotonic()
+        next_sync = {"routes": now, "iptables": now, "ipsets": now}
+        pending = False
+        backoff = 0.1
+        while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
+            wait = min(1.0, max(0.0, min(next_sync.values()) - time.monotonic()))
+            if pending:
+                wait = min(wait, PENDING_RETRY)
+            self._dirty.wait(wait)
+            if self._stop.is_set():
+                break
+            if not self._synced.is_set():
+                continue
+            now = time.monotonic()
+            due = {k for k, t in next_sync.items() if now >= t}
+            if not (self._dirty.is_set() or pending or due):
+                continue
+            self._dirty.clear()
+            try:
+                inp = self.snapshot()
+                pending = self.apply(inp, resync=due)
+                s = inp.settings
+                for k, interval in (("routes", s.route_refresh_interval), ("iptables", s.iptables_refresh_interval),
+                                    ("ipsets", s.ipsets_refresh_interval)):
+                    if k in due:
+                        next_sync[k] = now + max(0.05, interval)
+                backoff = 0.1
+            except Exception as exc:  # noqa: BLE001 - report, back off, retry with a full resync
+                self.last_error = f"apply: {exc}"
+                log.exception("dataplane apply failed")
+                self.ready = False
+                next_sync = dict.fromkeys(next_sync, time.monotonic() + backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+                self._dirty.set()
+
+    def apply(self, inp: FelixInput, resync: set[str] | frozenset[str] = frozenset()) -> bool:
+        """Calculate and apply once; returns True when something waits for an interface to appear."""
+        t0 = time.monotonic()
+        if "routes" in resync:
+            self.host_mtu = detect_host_mtu()
+        desired = calculate(inp)
+        self._apply_tunnel(desired, force="routes" in resync)
+        self.ipsets.apply_updates(desired.ipsets, resync="ipsets" in resync)
+        _, missing = self.routes.apply(desired.routes, resync="routes" in resync)
+        missing_sys = self.sysctls.apply(desired.interfaces, resync="routes" in resync)
+        for name, table in self.tables.items():
+            table.apply(desired.tables[name], resync="iptables" in resync)
+        self.ipsets.remove_stale(desired.ipsets)
+        self._write_mtu(desired.mtu_file)
+        self.desired = desired
+        self.applies += 1
+        self.last_apply_seconds = time.monotonic() - t0
+        self.last_error = None
+        self.ready = True
+        self.applied_event.set()
+        return bool(missing or missing_sys)
+
+    def _apply_tunnel(self, desired: Desired, force: bool) -> None:
+        want = desired.tunnel
+        if want is None:
+            return
+        key = (want.address, want.mtu)
+        if key != self._tunnel_applied or force:
+            self.tunnel = ensure_tunl0(want.address, want.mtu, self.tunnel_mode)
+            self._tunnel_applied = key
+        if self.tunnel is not None and self.tunnel.kind == "userspace" and self.pump is None:
+            from agent.felix.pump import IpipPump
+
+            self._tun_fd = open_tun("tunl0")
+            self.pump = IpipPump(self._tun_fd, allowed_sources=desired.ipip_sources)
+            self.pump.start()
+        if self.pump is not None:
+            self.pump.set_allowed_sources(desired.ipip_sources)
+
+    def _write_mtu(self, mtu: int) -> None:
+        if mtu == self._mtu_written:
+            return
+        os.makedirs(self.var_lib, exist_ok=True)
+        path = os.path.join(self.var_lib, "mtu")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{mtu}\n")
+        os.replace(tmp, path)
+        self._mtu_written = mtu
+
+    def wait_ready(self, timeout: float = 10.0) -> bool:
+        """Block until the first successful apply (or timeout); returns readiness."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.ready:
+            self.applied_event.wait(0.05)
+        return self.ready

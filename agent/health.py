@@ -1,0 +1,67 @@
+"""calico-node's health endpoint: GET /liveness, /readiness (200 or 503) and /status (JSON).
+
+Listens on 127.0.0.1:<FELIX_HEALTHPORT> (9099) inside the node, as Felix does;
+``calicolab status`` and the readiness probe read it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+log = logging.getLogger(__name__)
+
+
+class HealthServer:
+    """Serves the three paths from callables; ``start()`` runs it in a daemon thread."""
+
+    def __init__(self, live: Callable[[], bool], ready: Callable[[], bool], status: Callable[[], dict],
+                 port: int = 9099, host: str = "127.0.0.1") -> None:
+        if not 0 <= port <= 65535:
+            raise ValueError(f"health port {port} out of range 0..65535")
+        checks = {"/liveness": live, "/readiness": ready}
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                path = self.path.split("?")[0]
+                if path in checks:
+                    try:
+                        ok = bool(checks[path]())
+                    except Exception:  # noqa: BLE001
+                        ok = False
+                    self._send(200 if ok else 503, b"ok\n" if ok else b"not " + path[1:].encode() + b"\n",
+                               "text/plain")
+                elif path == "/status":
+                    body = json.dumps(status(), indent=1, default=str).encode() + b"\n"
+                    self._send(200, body, "application/json")
+                else:
+                    self._send(404, b"not found: try /liveness, /readiness or /status\n", "text/plain")
+
+            def _send(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, fmt: str, *args: object) -> None:
+                log.debug("health: " + fmt, *args)
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self._thread = threading.Thread(target=self.server.serve_forever, name="health", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self.server.shutdown()
+        self.server.server_close()

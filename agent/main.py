@@ -1,0 +1,157 @@
+"""``calico-node``: start-up, install-cni, then Felix + the BGP service until SIGTERM.
+
+Environment (as calico-node's): NODENAME/NODE_NAME, ETCD_ENDPOINTS, IP
+(autodetect|none|<ip>[/len]), IP_AUTODETECTION_METHOD, CALICO_IPV4POOL_CIDR,
+CALICO_IPV4POOL_BLOCK_SIZE, CALICO_IPV4POOL_IPIP, CALICO_IPV4POOL_NAT_OUTGOING,
+CALICO_NETWORKING_BACKEND (bird|none), FELIX_HEALTHPORT (9099), FELIX_* settings,
+CNI_NET_DIR, CNI_BIN_DIR; calicolab additions: CALICO_VAR_LIB_DIR
+(/var/lib/calico), CALICO_VAR_RUN_DIR (/var/run/calico), CALICO_TUNNEL_MODE
+(auto|kernel|userspace), CALICO_INSTALL_CNI (true).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+log = logging.getLogger("calico-node")
+
+
+def _truthy(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes")
+
+
+def _bgp_service(client: Any, nodename: str, var_run: str) -> Any:
+    """Start the BGP service if agent.bgp.service is importable; None otherwise."""
+    try:
+        from agent.bgp.service import BGPService
+    except ImportError as exc:
+        log.warning("BGP service not available (%s); running without BGP", exc)
+        return None
+    svc = BGPService(client, nodename, ctl_path=os.path.join(var_run, "bird.ctl"))
+    svc.start()
+    return svc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run calico-node in the current network namespace."""
+    ap = argparse.ArgumentParser(prog="calico-node", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--startup-only", action="store_true", help="run start-up (and install-cni) and exit")
+    ap.add_argument("--no-bgp", action="store_true", help="do not start the BGP service")
+    ap.add_argument("--no-install-cni", action="store_true", help="skip the install-cni step")
+    ap.add_argument("--log-level", default=os.environ.get("CALICO_LOG_LEVEL", "info"),
+                    choices=["debug", "info", "warning", "error"])
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    env = dict(os.environ)
+
+    from agent.felix.convert import ConfigError
+    from agent.startup import StartupError
+
+    try:
+        return _run(args, env)
+    except (StartupError, ConfigError, ValueError) as exc:
+        log.error("calico-node cannot start: %s", exc)
+        print(f"calico-node: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
+    from agent.felix.daemon import Felix
+    from agent.health import HealthServer
+    from agent.installcni import install_cni
+    from agent.startup import determine_nodename, run_startup
+    from datastore import Client, errors
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    var_lib = env.get("CALICO_VAR_LIB_DIR", "/var/lib/calico")
+    var_run = env.get("CALICO_VAR_RUN_DIR", "/var/run/calico")
+    port = int(env.get("FELIX_HEALTHPORT", "9099") or 9099)
+    nodename = determine_nodename(env)
+    state: dict[str, Any] = {"felix": None, "bgp": None, "phase": "startup"}
+
+    def ready() -> bool:
+        return state["felix"] is not None and state["felix"].ready
+
+    def live() -> bool:
+        return state["felix"] is None or state["felix"].live()
+
+    def status() -> dict:
+        felix = state["felix"]
+        out = felix.status() if felix is not None else {"ready": False, "live": True, "datapath": None,
+                                                        "tunnel_address": None}
+        out["node"] = nodename
+        out["phase"] = state["phase"]
+        bgp = state["bgp"]
+        try:
+            out["bgp"] = bgp.status() if bgp is not None else None
+        except Exception as exc:  # noqa: BLE001
+            out["bgp"] = {"error": str(exc)}
+        return out
+
+    health = None
+    if not args.startup_only:
+        health = HealthServer(live, ready, status, port=port)
+        health.start()
+        log.info("health on 127.0.0.1:%d", health.port)
+
+    client = Client.from_env(env)
+    delay = 0.2
+    while True:
+        try:
+            result = run_startup(client, env, var_lib=var_lib)
+            break
+        except errors.DatastoreUnavailable as exc:
+            log.warning("datastore not reachable (%s); retrying", exc)
+            if stop.wait(delay):
+                return 0
+            delay = min(delay * 2, 5.0)
+    log.info("start-up done: node %s address %s tunnel %s%s", result.nodename, result.ipv4_address,
+             result.tunnel_address, " (created the default pool)" if result.pool_created else "")
+    if not args.no_install_cni and _truthy(env.get("CALICO_INSTALL_CNI"), True):
+        endpoints = [e.strip() for e in env.get("ETCD_ENDPOINTS", "http://127.0.0.1:2379").split(",") if e.strip()]
+        install_cni(result.nodename, endpoints, env)
+    if args.startup_only:
+        return 0
+
+    felix = Felix(client, result.nodename, env=env, tunnel_mode=env.get("CALICO_TUNNEL_MODE", "auto"),
+                  var_lib=var_lib)
+    felix.start()
+    state["felix"] = felix
+    state["phase"] = "running"
+    backend = env.get("CALICO_NETWORKING_BACKEND", "bird").strip().lower()
+    if backend == "bird" and not args.no_bgp:
+        try:
+            state["bgp"] = _bgp_service(client, result.nodename, var_run)
+        except Exception:  # noqa: BLE001 - Felix keeps running; BGP state shows in /status
+            log.exception("BGP service failed to start")
+    stop.wait()
+    state["phase"] = "stopping"
+    t0 = time.monotonic()
+    if state["bgp"] is not None:
+        try:
+            state["bgp"].stop(graceful=True)
+        except Exception:  # noqa: BLE001
+            log.exception("BGP service stop failed")
+    felix.stop()
+    if health is not None:
+        health.stop()
+    log.info("calico-node stopped in %.2fs", time.monotonic() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,377 @@
+"""calico-node start-up: register the Node, default IPPool, ClusterInformation, tunnel address.
+
+Mirrors ``node/pkg/lifecycle/startup`` and ``allocateip`` (calico.md sections 2-4):
+
+* the Node's ``spec.bgp.ipv4Address`` is autodetected as a CIDR (``first-found``
+  with Calico's skip list, ``interface=``, ``skip-interface=``, ``cidr=``,
+  ``can-reach=``) unless ``IP`` gives one;
+* ``default-ipv4-ippool`` is created from ``CALICO_IPV4POOL_*`` if no pool exists
+  (create-if-absent, so exactly one node wins a race; AlreadyExists is fine);
+* ``ClusterInformation default`` gets ``datastoreReady: true``;
+* the IPIP tunnel address comes from IPAM (handle ``ipip-tunnel-addr-<node>``)
+  and is stored in ``spec.bgp.ipv4IPIPTunnelAddr``;
+* ``/var/lib/calico/nodename`` is written.
+
+:func:`autodetect` and :func:`pool_from_env` are pure; the rest talks to the
+datastore or reads the kernel's addresses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+import socket
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SKIP_INTERFACES = (
+    r"^docker.*", r"^cbr.*", r"^dummy.*", r"^podman.*", r"^virbr.*", r"^lxcbr.*", r"^veth.*", r"^lo",
+    r"^br-.*", r"^cali.*", r"^tunl.*", r"^flannel.*", r"^kube-ipvs.*", r"^cni.*", r"^vxlan\.calico.*",
+    r"^wireguard\.cali.*", r"^nodelocaldns.*",
+)
+DEFAULT_POOL_NAME = "default-ipv4-ippool"
+DEFAULT_POOL_CIDR = "192.168.0.0/16"
+CALICO_VERSION = "v3.32.1-calicolab"
+
+
+class StartupError(RuntimeError):
+    """Start-up cannot proceed; the message names the setting or object at fault."""
+
+
+@dataclass
+class StartupResult:
+    """What start-up decided."""
+
+    nodename: str
+    ipv4_address: str | None
+    tunnel_address: str | None
+    pool_created: bool
+
+
+# ---------------------------------------------------------------------------
+# pure helpers
+
+
+def autodetect(method: str, interfaces: Sequence[tuple[str, Sequence[str]]]) -> str | None:
+    """Pick the node's IPv4 CIDR from ``interfaces`` [(ifname, ["a.b.c.d/len", ...]), ...] in system order.
+
+    ``method``: ``first-found`` (default), ``interface=<regex>[,<regex>]``,
+    ``skip-interface=<regex>[,...]`` or ``cidr=<cidr>[,<cidr>]``. Returns None
+    when nothing qualifies; raises StartupError for an unknown method.
+    """
+    method = (method or "first-found").strip()
+    kind, _, arg = method.partition("=")
+    regexes: list[re.Pattern[str]] = []
+    if kind in ("interface", "skip-interface"):
+        if not arg:
+            raise StartupError(f"IP_AUTODETECTION_METHOD={method!r}: give at least one interface regex")
+        try:
+            regexes = [re.compile(r.strip()) for r in arg.split(",") if r.strip()]
+        except re.error as exc:
+            raise StartupError(f"IP_AUTODETECTION_METHOD={method!r}: bad regex: {exc}") from None
+    nets: list[ipaddress.IPv4Network] = []
+    if kind == "cidr":
+        try:
+            nets = [ipaddress.IPv4Network(c.strip(), strict=False) for c in arg.split(",") if c.strip()]
+        except ValueError as exc:
+            raise StartupError(f"IP_AUTODETECTION_METHOD={method!r}: {exc}") from None
+        if not nets:
+            raise StartupError(f"IP_AUTODETECTION_METHOD={method!r}: give at least one CIDR")
+    if kind not in ("first-found", "interface", "skip-interface", "cidr"):
+        raise StartupError(f"IP_AUTODETECTION_METHOD={method!r} is not supported "
+                           "(use first-found, interface=, skip-interface=, cidr= or can-reach=)")
+    skip = [re.compile(r) for r in SKIP_INTERFACES]
+    for ifname, addrs in interfaces:
+        if kind == "interface":
+            if not any(r.match(ifname) for r in regexes):
+                continue
+        elif kind == "skip-interface":
+            if any(r.match(ifname) for r in regexes):
+                continue
+        elif kind == "first-found" and any(r.match(ifname) for r in skip):
+            continue
+        for a in addrs:
+            iface = ipaddress.IPv4Interface(a)
+            if iface.ip.is_loopback or iface.ip.is_link_local:
+                continue
+            if kind == "cidr" and not any(iface.ip in n for n in nets):
+                continue
+            return str(iface)
+    return None
+
+
+def _ipip_mode(value: str, var: str) -> str:
+    low = value.strip().lower()
+    if low in ("", "off", "never"):
+        return "Never"
+    if low == "always":
+        return "Always"
+    if low in ("crosssubnet", "cross-subnet"):
+        return "CrossSubnet"
+    raise StartupError(f"{var}={value!r} is not one of Always, CrossSubnet, Never")
+
+
+def _env_bool(env: Mapping[str, str], var: str, default: bool) -> bool:
+    raw = env.get(var, "")
+    if raw == "":
+        return default
+    low = raw.strip().lower()
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no"):
+        return False
+    raise StartupError(f"{var}={raw!r} is not a boolean (true/false)")
+
+
+def pool_from_env(env: Mapping[str, str], host_addresses: Sequence[str] = ()) -> Any:
+    """The default IPPool resource described by ``CALICO_IPV4POOL_*`` (validated)."""
+    from datastore.errors import ValidationError
+    from datastore.resources import IPPool, Metadata
+
+    cidr = env.get("CALICO_IPV4POOL_CIDR", "").strip()
+    if cidr:
+        try:
+            net = ipaddress.IPv4Network(cidr, strict=False)
+        except ValueError:
+            raise StartupError(f"CALICO_IPV4POOL_CIDR={cidr!r} is not an IPv4 CIDR") from None
+    else:
+        net = ipaddress.IPv4Network(DEFAULT_POOL_CIDR)
+        hosts = [ipaddress.IPv4Interface(a).ip for a in host_addresses]
+        if any(h in net for h in hosts):  # Calico falls back to 172.16-31.0.0/16
+            for second in range(16, 32):
+                cand = ipaddress.IPv4Network(f"172.{second}.0.0/16")
+                if not any(h in cand for h in hosts):
+                    net = cand
+                    break
+    raw_bs = env.get("CALICO_IPV4POOL_BLOCK_SIZE", "").strip() or "26"
+    try:
+        block_size = int(raw_bs)
+    except ValueError:
+        raise StartupError(f"CALICO_IPV4POOL_BLOCK_SIZE={raw_bs!r} is not an integer") from None
+    spec = IPPool.Spec(
+        cidr=str(net), block_size=block_size,
+        ipip_mode=_ipip_mode(env.get("CALICO_IPV4POOL_IPIP", ""), "CALICO_IPV4POOL_IPIP"),
+        vxlan_mode=_ipip_mode(env.get("CALICO_IPV4POOL_VXLAN", ""), "CALICO_IPV4POOL_VXLAN"),
+        nat_outgoing=_env_bool(env, "CALICO_IPV4POOL_NAT_OUTGOING", True),
+        disable_bgp_export=_env_bool(env, "CALICO_IPV4POOL_DISABLE_BGP_EXPORT", False),
+        node_selector=env.get("CALICO_IPV4POOL_NODE_SELECTOR", "").strip() or "all()",
+    )
+    pool = IPPool(metadata=Metadata(name=DEFAULT_POOL_NAME), spec=spec)
+    pool.apply_defaults()
+    try:
+        pool.validate()
+    except ValidationError as exc:
+        raise StartupError(f"default IP pool from CALICO_IPV4POOL_*: {exc}") from None
+    return pool
+
+
+def determine_nodename(env: Mapping[str, str]) -> str:
+    """NODENAME, else NODE_NAME, else HOSTNAME, else the kernel hostname."""
+    for var in ("NODENAME", "NODE_NAME", "HOSTNAME"):
+        if env.get(var, "").strip():
+            return env[var].strip()
+    return socket.gethostname()
+
+
+# ---------------------------------------------------------------------------
+# kernel and datastore side
+
+
+def local_interfaces() -> list[tuple[str, list[str]]]:
+    """[(ifname, ["a.b.c.d/len", ...])] of this netns, in interface-index order."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        by_index: dict[int, list[str]] = {i: [] for i in names}
+        for a in ipr.get_addr(family=socket.AF_INET):
+            by_index.setdefault(a["index"], []).append(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+    return [(names.get(i, str(i)), by_index[i]) for i in sorted(by_index)]
+
+
+def can_reach(dest: str, interfaces: Sequence[tuple[str, Sequence[str]]]) -> str | None:
+    """The local CIDR whose address the kernel uses as source towards ``dest``."""
+    from pyroute2 import IPRoute
+
+    try:
+        ipaddress.IPv4Address(dest)
+    except ValueError:
+        raise StartupError(f"IP_AUTODETECTION_METHOD=can-reach={dest!r}: give an IPv4 address") from None
+    with IPRoute() as ipr:
+        try:
+            src = ipr.route("get", dst=dest)[0].get_attr("RTA_PREFSRC")
+        except Exception:  # noqa: BLE001 - no route
+            return None
+    for _, addrs in interfaces:
+        for a in addrs:
+            if a.split("/")[0] == src:
+                return a
+    return None
+
+
+def node_address(env: Mapping[str, str], interfaces: Sequence[tuple[str, Sequence[str]]] | None = None) -> str | None:
+    """The node's IPv4 CIDR from ``IP`` (explicit, ``autodetect`` or ``none``)."""
+    ip = env.get("IP", "").strip()
+    if ip.lower() == "none":
+        return None
+    ifaces = list(interfaces) if interfaces is not None else local_interfaces()
+    if ip and ip.lower() != "autodetect":
+        try:
+            iface = ipaddress.IPv4Interface(ip)
+        except ValueError:
+            raise StartupError(f"IP={ip!r} is not an IPv4 address") from None
+        if "/" not in ip:  # take the prefix from the local interface holding it
+            for _, addrs in ifaces:
+                for a in addrs:
+                    if a.split("/")[0] == str(iface.ip):
+                        return a
+            return f"{iface.ip}/32"
+        return str(iface)
+    method = env.get("IP_AUTODETECTION_METHOD", "first-found").strip() or "first-found"
+    if method.startswith("can-reach="):
+        found = can_reach(method.partition("=")[2], ifaces)
+    else:
+        found = autodetect(method, ifaces)
+    if found is None:
+        raise StartupError(f"no IPv4 address found with IP_AUTODETECTION_METHOD={method}")
+    return found
+
+
+def _update_retry(client: Any, kind: str, name: str, mutate: Any, attempts: int = 20) -> Any:
+    """get -> mutate -> update (CAS) with retries on Conflict; returns the stored object."""
+    from datastore import errors
+
+    for _ in range(attempts):
+        obj = client.get(kind, name)
+        if not mutate(obj):
+            return obj
+        try:
+            return client.update(obj)
+        except errors.Conflict:
+            continue
+    raise StartupError(f"{kind} {name}: gave up after {attempts} update conflicts")
+
+
+def register_node(client: Any, nodename: str, ipv4: str | None) -> Any:
+    """Create or update the Node with ``spec.bgp.ipv4Address``; other fields are kept."""
+    from datastore import errors
+    from datastore.resources import Metadata, Node, NodeBGPSpec
+
+    try:
+        client.get("Node", nodename)
+    except errors.NotFound:
+        node = Node(metadata=Metadata(name=nodename))
+        node.spec.bgp = NodeBGPSpec(ipv4_address=ipv4)
+        try:
+            return client.create(node)
+        except errors.AlreadyExists:
+            pass
+
+    def mutate(node: Any) -> bool:
+        if node.spec.bgp is None:
+            node.spec.bgp = NodeBGPSpec()
+        if node.spec.bgp.ipv4_address == ipv4:
+            return False
+        node.spec.bgp.ipv4_address = ipv4
+        return True
+
+    return _update_retry(client, "Node", nodename, mutate)
+
+
+def ensure_default_pool(client: Any, env: Mapping[str, str], host_addresses: Sequence[str] = ()) -> bool:
+    """Create default-ipv4-ippool when no IPPool exists; True if this call created it."""
+    from datastore import errors
+
+    if _env_bool(env, "NO_DEFAULT_POOLS", False):
+        return False
+    pool = pool_from_env(env, host_addresses)  # validate env even if a pool exists
+    if client.list("IPPool"):
+        return False
+    try:
+        client.create(pool)
+    except errors.AlreadyExists:
+        return False
+    log.info("created IP pool %s %s", DEFAULT_POOL_NAME, pool.spec.cidr)
+    return True
+
+
+def ensure_cluster_information(client: Any, env: Mapping[str, str]) -> Any:
+    """ClusterInformation ``default`` exists with datastoreReady true (unless explicitly false)."""
+    from datastore import errors
+    from datastore.resources import ClusterInformation, Metadata
+
+    try:
+        client.get("ClusterInformation", "default")
+    except errors.NotFound:
+        ci = ClusterInformation(metadata=Metadata(name="default"))
+        ci.spec.cluster_guid = uuid.uuid4().hex
+        ci.spec.cluster_type = env.get("CLUSTER_TYPE", "k8s,bgp")
+        ci.spec.calico_version = CALICO_VERSION
+        ci.spec.datastore_ready = True
+        try:
+            return client.create(ci)
+        except errors.AlreadyExists:
+            pass
+
+    def mutate(ci: Any) -> bool:
+        if ci.spec.datastore_ready is None:
+            ci.spec.datastore_ready = True
+            return True
+        return False
+
+    return _update_retry(client, "ClusterInformation", "default", mutate)
+
+
+def ensure_tunnel_address(client: Any, nodename: str) -> str | None:
+    """Allocate (or keep) the IPIP tunnel address and store it in the Node; None without IPIP pools."""
+    from ipam import IPAM
+
+    ip = IPAM(client).allocate_tunnel_address(nodename)
+    addr = str(ip) if ip is not None else None
+
+    def mutate(node: Any) -> bool:
+        from datastore.resources import NodeBGPSpec
+
+        if node.spec.bgp is None:
+            node.spec.bgp = NodeBGPSpec()
+        if node.spec.bgp.ipv4_ipip_tunnel_addr == addr:
+            return False
+        node.spec.bgp.ipv4_ipip_tunnel_addr = addr
+        return True
+
+    _update_retry(client, "Node", nodename, mutate)
+    return addr
+
+
+def write_nodename(var_lib: str, nodename: str) -> str:
+    """Write ``<var_lib>/nodename`` (read by the CNI plugin); returns its path."""
+    os.makedirs(var_lib, exist_ok=True)
+    path = os.path.join(var_lib, "nodename")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(nodename)
+    os.replace(tmp, path)
+    return path
+
+
+def run_startup(client: Any, env: Mapping[str, str], var_lib: str | None = None,
+                interfaces: Sequence[tuple[str, Sequence[str]]] | None = None) -> StartupResult:
+    """The whole start-up sequence (idempotent: safe on every agent restart)."""
+    nodename = determine_nodename(env)
+    if not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", nodename):
+        raise StartupError(f"node name {nodename!r} is not a valid Calico name (lower case, digits, '-', '.')")
+    ifaces = list(interfaces) if interfaces is not None else local_interfaces()
+    ipv4 = node_address(env, ifaces)
+    log.info("node %s: IPv4 address %s", nodename, ipv4)
+    register_node(client, nodename, ipv4)
+    created = ensure_default_pool(client, env, [a for _, addrs in ifaces for a in addrs])
+    ensure_cluster_information(client, env)
+    tunnel = ensure_tunnel_address(client, nodename)
+    write_nodename(var_lib or env.get("CALICO_VAR_LIB_DIR", "/var/lib/calico"), nodename)
+    return StartupResult(nodename, ipv4, tunnel, created)

@@ -1,0 +1,262 @@
+"""The whole calico-node agent in two node namespaces with a real etcd.
+
+Node namespaces w0 and w1 share a link; etcd runs inside w0 on its node
+address (as in a lab). Pods are namespaces wired by the test (the CNI plugin
+is not under test here); their WorkloadEndpoints and IPs come from the real
+datastore and IPAM. Cross-node block routes are installed by the test
+(``via <node> dev tunl0 onlink``, the BGP speaker's job), so this exercises
+Felix alone: start-up, tunl0, workload routes, iptables/NAT, health, restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import textwrap
+
+import pytest
+
+from testbed.poll import wait_for
+from tests.netns.felix_support import PY, REPO, InNetns, Topo, run, start_etcd
+from tests.support import require_root, require_tool
+
+pytestmark = pytest.mark.netns
+
+W0, W1 = "172.31.9.1", "172.31.9.2"
+EXT = "203.0.113.9"
+
+
+class Cluster:
+    """Two nodes, etcd, agents, and helpers to talk to them."""
+
+    def __init__(self, topo: Topo) -> None:
+        self.topo = topo
+        self.w0, self.w1 = topo.node("w"), topo.node("w")
+        topo.link_nodes(self.w0, self.w1, f"{W0}/24", f"{W1}/24")
+        self.etcd = start_etcd(topo, self.w0, W0)
+        self.dir = tempfile.mkdtemp(prefix="felix-agent-")
+        topo.cleanup_dirs.append(self.dir)
+        self.ds = InNetns(self.w0)
+        self.client = self.ds.call(self._client)
+        wait_for(lambda: self.ds.call(lambda: self.client.etcd.revision()), timeout=10,
+                 ignore=(Exception,), what="etcd in w0")
+        self.agents: dict[str, subprocess.Popen] = {}
+
+    def _client(self):
+        from datastore import Client
+
+        return Client([self.etcd])
+
+    def env(self, name: str) -> dict[str, str]:
+        base = os.path.join(self.dir, name)
+        env = dict(os.environ)
+        env.update({
+            "NODE_NAME": name, "ETCD_ENDPOINTS": self.etcd, "IP": "autodetect", "DATASTORE_TYPE": "etcdv3",
+            "CALICO_IPV4POOL_CIDR": "192.168.0.0/16", "CALICO_IPV4POOL_BLOCK_SIZE": "26",
+            "CALICO_IPV4POOL_IPIP": "Always", "CALICO_IPV4POOL_NAT_OUTGOING": "true",
+            "CALICO_NETWORKING_BACKEND": "none", "FELIX_HEALTHPORT": "9099",
+            "FELIX_ROUTEREFRESHINTERVAL": "1", "FELIX_IPTABLESREFRESHINTERVAL": "1",
+            "FELIX_IPSETSREFRESHINTERVAL": "1",
+            "CALICO_VAR_LIB_DIR": f"{base}/var-lib-calico", "CALICO_VAR_RUN_DIR": f"{base}/var-run-calico",
+            "CNI_NET_DIR": f"{base}/cni-net.d", "CNI_BIN_DIR": f"{base}/cni-bin",
+        })
+        return env
+
+    def start(self, name: str, ns: str) -> subprocess.Popen:
+        log = open(os.path.join(self.dir, f"{name}.log"), "ab")
+        p = self.topo.spawn(ns, PY, "-m", "agent.main", env=self.env(name), cwd=REPO, stdout=log, stderr=log)
+        self.agents[name] = p
+        return p
+
+    def log(self, name: str) -> str:
+        with open(os.path.join(self.dir, f"{name}.log")) as f:
+            return f.read()
+
+    def status(self, ns: str) -> dict:
+        out = run("curl", "-s", "-m", "2", "http://127.0.0.1:9099/status", netns=ns, check=False)
+        return json.loads(out) if out.strip() else {}
+
+    def wait_ready(self, name: str, ns: str, timeout: float = 20) -> dict:
+        def probe():
+            p = self.agents[name]
+            if p.poll() is not None:
+                raise AssertionError(f"agent {name} exited {p.returncode}:\n{self.log(name)[-3000:]}")
+            return self.status(ns)
+        return wait_for(probe, lambda s: s.get("ready") is True, timeout=timeout, what=f"agent {name} ready")
+
+    def add_pod(self, node_ns: str, node: str, pod: str, iface: str) -> tuple[str, str]:
+        """Allocate an IP through IPAM, write the WorkloadEndpoint, wire the pod netns (no route)."""
+        def alloc():
+            from datastore.resources import Metadata, WorkloadEndpoint
+            from ipam import IPAM
+
+            ip = IPAM(self.client).auto_assign(1, f"k8s-pod-network.{pod}", {"node": node, "pod": pod,
+                                                                              "namespace": "default"}, node)[0]
+            wep = WorkloadEndpoint(metadata=Metadata(name=f"{node}-k8s-{pod}-eth0", namespace="default"))
+            wep.spec.orchestrator, wep.spec.node, wep.spec.pod, wep.spec.endpoint = "k8s", node, pod, "eth0"
+            wep.spec.ip_networks = [f"{ip}/32"]
+            wep.spec.profiles = ["kns.default", "ksa.default.default"]
+            wep.spec.interface_name = iface
+            self.client.create(wep)
+            return str(ip)
+        ip = self.ds.call(alloc)
+        ns = self.topo.pod(node_ns, ip, iface, route=False)
+        return ns, ip
+
+    def node(self, name: str):
+        return self.ds.call(lambda: self.client.get("Node", name))
+
+    def close(self) -> None:
+        self.ds.close()
+
+
+@pytest.fixture
+def cluster():
+    require_root()
+    require_tool("etcd")
+    require_tool("curl")
+    topo = Topo()
+    c = None
+    try:
+        c = Cluster(topo)
+        yield c
+    finally:
+        if c is not None:
+            for p in c.agents.values():
+                topo.stop(p)
+            c.close()
+        topo.close()
+
+
+def _dupes(text: str) -> list[str]:
+    lines = [ln for ln in text.splitlines() if ln.startswith("-A ")]
+    return sorted({ln for ln in lines if lines.count(ln) > 1})
+
+
+def _snapshot(ns: str) -> tuple[str, str, str]:
+    return (run("ip", "-4", "route", netns=ns), run("iptables-save", "-t", "filter", netns=ns),
+            run("iptables-save", "-t", "nat", netns=ns))
+
+
+def _strip_counters(text: str) -> str:
+    return "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))
+
+
+def test_two_node_agent_end_to_end(cluster):
+    c = cluster
+    c.start("w0", c.w0)
+    c.start("w1", c.w1)
+    s0 = c.wait_ready("w0", c.w0)
+    s1 = c.wait_ready("w1", c.w1)
+
+    # Start-up: Nodes registered with autodetected CIDRs and tunnel addresses; one pool; datastore ready.
+    n0, n1 = c.node("w0"), c.node("w1")
+    assert n0.spec.bgp.ipv4_address == f"{W0}/24" and n1.spec.bgp.ipv4_address == f"{W1}/24"
+    assert s0["datapath"] == "userspace" and s0["tunnel_address"] == n0.spec.bgp.ipv4_ipip_tunnel_addr
+    assert s1["tunnel_address"] == n1.spec.bgp.ipv4_ipip_tunnel_addr
+    pools = c.ds.call(lambda: c.client.list("IPPool"))
+    assert [(p.metadata.name, p.spec.cidr, p.spec.ipip_mode, p.spec.nat_outgoing) for p in pools] == [
+        ("default-ipv4-ippool", "192.168.0.0/16", "Always", True)]
+    assert c.ds.call(lambda: c.client.get("ClusterInformation", "default")).spec.datastore_ready is True
+    env0 = c.env("w0")
+    with open(os.path.join(env0["CALICO_VAR_LIB_DIR"], "nodename")) as f:
+        assert f.read() == "w0"
+    with open(os.path.join(env0["CALICO_VAR_LIB_DIR"], "mtu")) as f:
+        assert f.read().strip() == "1480"
+    with open(os.path.join(env0["CNI_NET_DIR"], "10-calico.conflist")) as f:
+        conf = json.load(f)
+    assert conf["plugins"][0]["etcd_endpoints"] == c.etcd and conf["plugins"][1]["type"] == "portmap"
+    assert os.path.islink(os.path.join(env0["CNI_BIN_DIR"], "calico-ipam"))
+    tun = run("ip", "-4", "-o", "addr", "show", "dev", "tunl0", netns=c.w0).split()
+    assert tun[3] == f"{n0.spec.bgp.ipv4_ipip_tunnel_addr}/32"
+
+    # Pods; Felix programs their /32 routes.
+    pa, ipa = c.add_pod(c.w0, "w0", "pod-a", "cali0a0000001")
+    pb, ipb = c.add_pod(c.w1, "w1", "pod-b", "cali0b0000001")
+    wait_for(lambda: run("ip", "-4", "route", netns=c.w0), lambda r: f"{ipa} dev cali0a0000001 scope link" in r,
+             timeout=10, what="pod-a route on w0")
+    wait_for(lambda: run("ip", "-4", "route", netns=c.w1), lambda r: f"{ipb} dev cali0b0000001 scope link" in r,
+             timeout=10, what="pod-b route on w1")
+    # The BGP speaker's routes (installed by hand here): remote block via the node over tunl0.
+    block_a = ipa.rsplit(".", 1)[0] + f".{int(ipa.rsplit('.', 1)[1]) // 64 * 64}/26"
+    block_b = ipb.rsplit(".", 1)[0] + f".{int(ipb.rsplit('.', 1)[1]) // 64 * 64}/26"
+    run("ip", "route", "add", block_b, "via", W1, "dev", "tunl0", "onlink", netns=c.w0)
+    run("ip", "route", "add", block_a, "via", W0, "dev", "tunl0", "onlink", netns=c.w1)
+    out = run("ping", "-c", "2", "-i", "0.2", "-W", "2", ipb, netns=pa, check=False)
+    assert " 0% packet loss" in out, out + c.log("w0")[-2000:]
+    filt = run("iptables-save", "-t", "filter", netns=c.w0)
+    assert "-A cali-from-wl-dispatch -i cali0a0000001" in filt and "cali-pri-kns.default" in filt
+
+    # NAT outgoing: a pod reaching an address outside every pool is masqueraded to its node's address.
+    ext = c.topo.netns("x")
+    run("ip", "link", "add", "eth1", "netns", c.w0, "type", "veth", "peer", "name", "eth0", "netns", ext)
+    run("ip", "-n", c.w0, "addr", "add", "203.0.113.1/24", "dev", "eth1")
+    run("ip", "-n", c.w0, "link", "set", "eth1", "up")
+    run("ip", "-n", ext, "addr", "add", f"{EXT}/24", "dev", "eth0")
+    run("ip", "-n", ext, "link", "set", "eth0", "up")
+    cap = c.topo.spawn(ext, "tcpdump", "-ni", "eth0", "--immediate-mode", "-l", "icmp[icmptype] == 8",
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cap.stderr.readline()
+    out = run("ping", "-c", "1", "-W", "2", EXT, netns=pa, check=False)
+    assert " 0% packet loss" in out, out
+    cap.send_signal(signal.SIGINT)
+    seen, _ = cap.communicate(timeout=5)
+    assert "IP 203.0.113.1 > 203.0.113.9: ICMP echo request" in seen, seen
+
+    # Drift repair within the (1 s) refresh interval.
+    run("ip", "route", "del", f"{ipa}/32", netns=c.w0)
+    run("iptables", "-D", "INPUT", "1", netns=c.w0)
+    wait_for(lambda: run("ip", "-4", "route", netns=c.w0), lambda r: f"{ipa} dev cali0a0000001" in r,
+             timeout=5, what="pod route restored by resync")
+    wait_for(lambda: run("iptables-save", "-t", "filter", netns=c.w0), lambda t: "-j cali-INPUT" in t,
+             timeout=5, what="INPUT hook restored by resync")
+
+    # Restart (SIGTERM) and kill -9: established flows survive; nothing duplicated.
+    server = textwrap.dedent(f"""
+        import socket
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(('{ipb}', 7007)); s.listen(1); print('listening', flush=True)
+        c, _ = s.accept()
+        while True:
+            d = c.recv(4096)
+            if not d: break
+            c.sendall(d)
+    """)
+    client = textwrap.dedent(f"""
+        import socket, sys
+        c = socket.create_connection(('{ipb}', 7007), timeout=30)
+        for line in sys.stdin:
+            c.sendall(line.encode()); print(c.recv(4096).decode().strip(), flush=True)
+    """)
+    srv = c.topo.spawn(pb, PY, "-c", server, stdout=subprocess.PIPE, text=True)
+    assert srv.stdout.readline().strip() == "listening"
+    cli = c.topo.spawn(pa, PY, "-c", client, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def say(word: str) -> str:
+        cli.stdin.write(word + "\n")
+        cli.stdin.flush()
+        return cli.stdout.readline().strip()
+
+    assert say("hello") == "hello"
+    before = _snapshot(c.w0)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        c.topo.stop(c.agents["w0"], sig)
+        c.start("w0", c.w0)
+        c.wait_ready("w0", c.w0)
+        assert say(f"after-{sig.name}") == f"after-{sig.name}"
+        after = _snapshot(c.w0)
+        assert after[0] == before[0], "routes changed across the restart"
+        assert _strip_counters(after[1]) == _strip_counters(before[1])
+        assert _strip_counters(after[2]) == _strip_counters(before[2])
+        assert _dupes(after[1]) == [] and _dupes(after[2]) == []
+        assert run("iptables-save", netns=c.w0).count("-j cali-INPUT") == 1
+
+    # Endpoint deleted: its route and chains go away.
+    c.ds.call(lambda: c.client.delete("WorkloadEndpoint", "w0-k8s-pod-a-eth0",
+                                      namespace="default"))
+    wait_for(lambda: run("iptables-save", "-t", "filter", netns=c.w0), lambda t: "cali-fw-cali0a0000001" not in t,
+             timeout=5, what="endpoint chains removed")
+    assert f"{ipa} dev" not in run("ip", "-4", "route", netns=c.w0)
