@@ -1,0 +1,68 @@
+"""The issue's must-hold: walkthrough lab NotReady with --no-cni, Ready after install-cni."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from testbed import lab as labmod
+from testbed.clean import clean_lab
+from testbed.poll import wait_for
+from tests.lab.lab_helpers import leftovers
+from tests.support import require, require_root, require_tool, unique
+
+pytestmark = pytest.mark.lab
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """A fresh `calicolab` process each time, as from a new terminal."""
+    return subprocess.run([sys.executable, "-m", "testbed.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=str(labmod.REPO))
+
+
+def node_table(lab: str) -> dict[str, str]:
+    res = cli("kubectl", "--lab", lab, "get", "nodes")
+    assert res.returncode == 0, res.stderr
+    rows = [line.split() for line in res.stdout.splitlines()[1:] if line.strip()]
+    return {r[0]: r[1] for r in rows}
+
+
+@pytest.fixture
+def lab_name():
+    require_root()
+    require_tool("etcd")
+    require_tool("mnexec")
+    for module in ("testbed.kubelet", "testbed.kubectl", "agent.main"):
+        import importlib.util
+
+        require(importlib.util.find_spec(module) is not None, f"needs {module}")
+    name = unique("wt")
+    yield name
+    clean_lab(name)
+
+
+def test_walkthrough_notready_then_ready(lab_name):
+    topo = str(labmod.REPO / "topologies" / "walkthrough.yaml")
+    res = cli("up", topo, "--name", lab_name, "--no-cni")
+    assert res.returncode == 0, res.stderr
+    st = labmod.read_state(lab_name)
+    assert st is not None
+    assert node_table(lab_name) == {"k8s-m": "NotReady", "k8s-w0": "NotReady",
+                                    "k8s-w1": "NotReady"}
+    res = cli("install-cni", "--lab", lab_name)
+    assert res.returncode == 0, res.stderr
+    wait_for(lambda: node_table(lab_name), lambda t: set(t.values()) == {"Ready"} and len(t) == 3,
+             timeout=30, what="3 nodes Ready after install-cni")
+    res = cli("status", "--lab", lab_name, "--json")
+    assert res.returncode == 0, res.stderr
+    nodes = json.loads(res.stdout)["nodes"]
+    assert [n["agent"] for n in nodes] == ["ready"] * 3, nodes
+    assert {n["datapath"] for n in nodes} <= {"kernel", "userspace"}
+    st = labmod.read_state(lab_name)  # now with the calico-node PIDs
+    assert st is not None and any(k.endswith("/calico-node") for k in st["services"])
+    res = cli("down", lab_name)
+    assert res.returncode == 0, res.stderr
+    assert leftovers(st) == []
