@@ -102,9 +102,11 @@ class KernelRoutes:
                     exc, "code", None) not in (3, 2):
                 raise
 
-    def apply(self, changes: dict[IPv4Network, KernelRoute | None]) -> None:
-        """Install/replace routes (value) or remove them (None). Failures are logged and kept
-        in ``errors`` (e.g. a gateway not yet reachable) rather than stopping the rest."""
+    def apply(self, changes: dict[IPv4Network, KernelRoute | None]) -> set[IPv4Network]:
+        """Install/replace routes (value) or remove them (None). Failures (e.g. tunl0 not
+        created yet) are logged, kept in ``errors`` and returned for a later retry; they do
+        not stop the other changes."""
+        failed: set[IPv4Network] = set()
         for prefix, route in changes.items():
             try:
                 if route is None:
@@ -112,9 +114,13 @@ class KernelRoutes:
                 else:
                     self.install(route)
             except Exception as exc:  # noqa: BLE001 - report and continue with the others
+                failed.add(prefix)
+                self._ifindex.clear()  # a device may have been re-created
+                self._ifname.clear()
                 msg = f"kernel route {prefix}: {exc}"
                 log.warning(msg)
                 self.errors = (self.errors + [msg])[-20:]
+        return failed
 
     def reconcile(self, desired: dict[IPv4Network, KernelRoute]) -> None:
         """Make the kernel's proto bird routes exactly ``desired``."""

@@ -24,6 +24,8 @@ from agent.bgp.routes import KernelRoute, kernel_route
 
 log = logging.getLogger(__name__)
 NLRI_PER_UPDATE = 500
+KERNEL_SCAN_SECONDS = 10.0
+KERNEL_RETRY_SECONDS = 1.0
 
 
 def local_capabilities(cfg: SpeakerConfig, peer: PeerConfig) -> list:
@@ -405,6 +407,11 @@ class Speaker:
         self.started = time.time()
         self._pending_kernel: set[IPv4Network] = set()
         self._kernel_task: asyncio.Task | None = None
+        self._kernel_retry: asyncio.TimerHandle | None = None
+        self._retry_prefixes: set[IPv4Network] = set()
+        self._scan_task: asyncio.Task | None = None
+        # routes found in the kernel at start (a restart): kept until the first full scan
+        self._adopted: set[IPv4Network] = set()
         self._pending_export: set[IPv4Network] = set()
         self._export_handle: asyncio.Handle | None = None
 
@@ -421,6 +428,7 @@ class Speaker:
             self.kernel = await self._in_kernel_thread(KernelRoutes)
             existing = await self._in_kernel_thread(self.kernel.dump)
             self.kernel_routes = dict(existing)
+            self._adopted = set(existing)
         self.server = await asyncio.start_server(
             self._accept, self.config.listen_address, self.config.listen_port,
             reuse_address=True)
@@ -428,6 +436,24 @@ class Speaker:
         for pc in self.config.peers:
             self._add_peer(pc)
         self._schedule_kernel(set(self.kernel_routes) | set(self.rib.loc))
+        if self.kernel is not None:
+            self._scan_task = asyncio.get_running_loop().create_task(self._scan_loop())
+
+    async def _scan_loop(self) -> None:
+        """BIRD's kernel 'scan time': re-read the kernel table and repair differences
+        (routes deleted by someone else, devices re-created). The first scan, one graceful
+        restart time after start, also drops routes left by a previous run that nobody
+        re-announced."""
+        first = max(self.config.timers.graceful_restart, 1.0)
+        await asyncio.sleep(first)
+        self._adopted = set()
+        while True:
+            desired = {p: r for p in self.rib.loc if (r := self.desired_kernel(p)) is not None}
+            actual = await self._in_kernel_thread(self.kernel.dump)
+            if actual != desired:
+                self.kernel_routes = dict(actual)
+                self._schedule_kernel(set(actual) | set(desired))
+            await asyncio.sleep(KERNEL_SCAN_SECONDS)
 
     async def _in_kernel_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.kernel_exec, fn, *args)
@@ -444,6 +470,10 @@ class Speaker:
         if writers:  # let NOTIFICATIONs reach the wire before the loop goes away
             await asyncio.wait([asyncio.ensure_future(w.wait_closed()) for w in writers],
                                timeout=1.0)
+        if self._scan_task is not None:
+            self._scan_task.cancel()
+        if self._kernel_retry is not None:
+            self._kernel_retry.cancel()
         if self._kernel_task is not None:
             try:
                 await self._kernel_task
@@ -633,17 +663,34 @@ class Speaker:
             changes: dict[IPv4Network, KernelRoute | None] = {}
             for p in prefixes:
                 want = self.desired_kernel(p)
+                if want is None and p in self._adopted:
+                    continue  # left by our previous run: wait for the peers to re-announce
                 if self.kernel_routes.get(p) != want:
                     changes[p] = want
             if not changes:
                 continue
-            await self._in_kernel_thread(self.kernel.apply, changes)
-            self.counters.kernel_changes += len(changes)
+            failed = await self._in_kernel_thread(self.kernel.apply, changes)
+            self.counters.kernel_changes += len(changes) - len(failed)
             for p, r in changes.items():
+                if p in failed:
+                    continue
                 if r is None:
                     self.kernel_routes.pop(p, None)
                 else:
                     self.kernel_routes[p] = r
+            if failed:
+                self._retry_kernel(failed)
+
+    def _retry_kernel(self, prefixes: set[IPv4Network]) -> None:
+        self._retry_prefixes |= prefixes
+
+        def fire() -> None:
+            self._kernel_retry = None
+            todo, self._retry_prefixes = self._retry_prefixes, set()
+            self._schedule_kernel(todo)
+
+        if self._kernel_retry is None:
+            self._kernel_retry = asyncio.get_running_loop().call_later(KERNEL_RETRY_SECONDS, fire)
 
     # ---- views
     def status(self) -> dict:

@@ -199,9 +199,28 @@ def test_graceful_restart_keeps_routes_then_refreshes(lab):
     again = SpeakerThread(mesh_config(addrs[0], addrs, [block(0)]), netns=ns0)
     lab.speakers.append(again)
     again.start()
+    # the restarted speaker keeps the routes it finds in the kernel while peers come back
+    assert bird_routes(ns0) == expected_routes(lab, 0)
     wait_for(lambda: speakers[1].status()["established"], lambda v: v == 1, timeout=5,
              what="session back")
     assert bird_routes(ns1) == expected_routes(lab, 1)
     again.stop(graceful=True)
     wait_for(lambda: bird_routes(ns1), lambda r: r == {f"blackhole {block(1)}"},
              timeout=FAST.graceful_restart + 2, what="stale routes dropped after restart time")
+
+
+def test_routes_wait_for_tunl0_then_appear(lab):
+    """Felix creates tunl0; until it exists the speaker retries instead of giving up."""
+    a_ns, a = lab.add_node(tunnel=False)
+    b_ns, b = lab.add_node()
+    for i, (ns, me) in enumerate(((a_ns, a), (b_ns, b))):
+        t = SpeakerThread(mesh_config(me, [a, b], [block(i)]), netns=ns)
+        lab.speakers.append(t)
+        t.start()
+    wait_for(lambda: lab.speakers[0].status()["kernel_errors"], bool, timeout=5,
+             what="a kernel error about the missing tunl0")
+    assert bird_routes(a_ns) == {f"blackhole {block(0)}"}
+    sh("ip", "-n", a_ns, "tuntap", "add", "dev", "tunl0", "mode", "tun")
+    sh("ip", "-n", a_ns, "link", "set", "tunl0", "up")
+    wait_for(lambda: bird_routes(a_ns), lambda r: r == expected_routes(lab, 0), timeout=5,
+             what="tunnel route once tunl0 exists")
