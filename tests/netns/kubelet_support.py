@@ -132,6 +132,16 @@ def bridge_conflist(name: str, bridge: str, subnet: str, data_dir: str) -> dict:
     }
 
 
+def ptp_conflist(name: str, subnet: str, data_dir: str) -> dict:
+    """Routed /32-style pod links (like Calico's) from the reference ptp + host-local plugins."""
+    return {
+        "cniVersion": "1.0.0", "name": name,
+        "plugins": [{"type": "ptp", "ipMasq": False,
+                     "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": data_dir,
+                              "routes": [{"dst": "0.0.0.0/0"}]}}],
+    }
+
+
 def mount_ns_pids(inode: int) -> list[int]:
     """PIDs whose mount namespace has this inode."""
     pids = []

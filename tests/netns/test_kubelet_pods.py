@@ -13,7 +13,7 @@ import pytest
 from testbed.k8s.store import Store
 from testbed.poll import wait_for
 from tests.netns.kubelet_support import KubeletProcess, NetnsRelay, bridge_conflist
-from tests.support import require_root, require_tool, unique
+from tests.support import require, require_root, require_tool, unique
 
 pytestmark = pytest.mark.netns
 
@@ -41,12 +41,6 @@ def node(netns, etcd_endpoints, tmp_path):
     finally:
         kubelet.stop()
         relay.close()
-
-
-def require(cond: bool, why: str) -> None:
-    from tests.support import require as req
-
-    req(cond, why)
 
 
 def ready_condition(store: Store, name: str) -> dict | None:
