@@ -141,6 +141,25 @@ class Timers:
     error_wait_max: float = 30
     graceful_restart: float = 120
 
+    @classmethod
+    def parse(cls, text: str) -> Timers:
+        """'hold=9,connect_delay=0.5' -> Timers (unnamed fields keep their defaults).
+        Labs pass short timers this way (env CALICOLAB_BGP_TIMERS)."""
+        known = set(cls.__dataclass_fields__)
+        values: dict[str, float] = {}
+        for item in filter(None, (x.strip() for x in text.split(","))):
+            name, sep, value = item.partition("=")
+            name = name.strip()
+            if not sep or name not in known:
+                raise ValueError(f"BGP timers: bad item {item!r} (names: {', '.join(sorted(known))})")
+            try:
+                values[name] = float(value)
+            except ValueError:
+                raise ValueError(f"BGP timers: {name} must be a number, got {value!r}") from None
+        t = cls(**values)
+        t.validate()
+        return t
+
     def validate(self) -> None:
         """Reject impossible values with a clear message."""
         if self.hold != 0 and self.hold < 3:

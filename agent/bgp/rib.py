@@ -123,17 +123,29 @@ class RIB:
         self.router_id = router_id
         self.cluster_id = cluster_id
         self.adj_in: dict[str, dict[tuple[IPv4Network, int], Path]] = {}
+        # the same paths indexed by prefix, so selection never scans every peer
+        self.by_prefix: dict[IPv4Network, dict[tuple[str, int], Path]] = {}
         self.local: dict[IPv4Network, Path] = {}
         self.loc: dict[IPv4Network, list[Path]] = {}
 
     # ---- inputs
     def _candidates(self, prefix: IPv4Network) -> list[Path]:
         out = [self.local[prefix]] if prefix in self.local else []
-        for table in self.adj_in.values():
-            for (pfx, _pid), path in table.items():
-                if pfx == prefix:
-                    out.append(path)
+        out.extend(self.by_prefix.get(prefix, {}).values())
         return out
+
+    def _put(self, key: str, pid: int, path: Path) -> None:
+        self.adj_in.setdefault(key, {})[(path.prefix, pid)] = path
+        self.by_prefix.setdefault(path.prefix, {})[(key, pid)] = path
+
+    def _del(self, key: str, prefix: IPv4Network, pid: int) -> bool:
+        found = self.adj_in.get(key, {}).pop((prefix, pid), None) is not None
+        idx = self.by_prefix.get(prefix)
+        if idx is not None:
+            idx.pop((key, pid), None)
+            if not idx:
+                del self.by_prefix[prefix]
+        return found
 
     def _recompute(self, prefixes: Iterable[IPv4Network]) -> set[IPv4Network]:
         changed = set()
@@ -169,36 +181,39 @@ class RIB:
 
     def apply_update(self, peer: PeerInfo, upd: M.Update) -> set[IPv4Network]:
         """Apply a decoded UPDATE from ``peer`` to its Adj-RIB-In."""
-        table = self.adj_in.setdefault(peer.key, {})
+        self.adj_in.setdefault(peer.key, {})
         touched: set[IPv4Network] = set()
         for n, pfx in enumerate(upd.withdrawn):
             pid = upd.withdrawn_ids[n] if upd.withdrawn_ids else 0
-            if table.pop((pfx, pid), None) is not None:
+            if self._del(peer.key, pfx, pid):
                 touched.add(pfx)
         if upd.nlri and upd.attributes is not None:
             ok = self.acceptable(peer, upd.attributes)
             for n, pfx in enumerate(upd.nlri):
                 pid = upd.nlri_ids[n] if upd.nlri_ids else 0
                 if ok:
-                    table[(pfx, pid)] = Path(pfx, peer.key, upd.attributes, pid,
-                                             ibgp=peer.asn == self.local_as,
-                                             router_id=peer.router_id,
-                                             peer_address=peer.address)
+                    self._put(peer.key, pid, Path(pfx, peer.key, upd.attributes, pid,
+                                                  ibgp=peer.asn == self.local_as,
+                                                  router_id=peer.router_id,
+                                                  peer_address=peer.address))
                 else:
-                    table.pop((pfx, pid), None)
+                    self._del(peer.key, pfx, pid)
                 touched.add(pfx)
         return self._recompute(touched)
 
     def drop_peer(self, key: str) -> set[IPv4Network]:
         """Forget everything learned from a peer."""
-        table = self.adj_in.pop(key, {})
+        table = dict(self.adj_in.get(key, {}))
+        for pfx, pid in table:
+            self._del(key, pfx, pid)
+        self.adj_in.pop(key, None)
         return self._recompute(p for p, _ in table)
 
     def mark_stale(self, key: str) -> None:
         """Graceful restart (receiving side): keep the peer's routes, flagged stale."""
         table = self.adj_in.get(key, {})
-        for k, path in list(table.items()):
-            table[k] = replace(path, stale=True)
+        for (_pfx, pid), path in list(table.items()):
+            self._put(key, pid, replace(path, stale=True))
         # the loc-rib keeps forwarding on them; refresh objects so the flag is visible
         for prefix in {p for p, _ in table}:
             self.loc[prefix] = select(self._candidates(prefix))
@@ -207,8 +222,8 @@ class RIB:
         """End-of-RIB or restart timer: remove the peer's routes still flagged stale."""
         table = self.adj_in.get(key, {})
         gone = [k for k, p in table.items() if p.stale]
-        for k in gone:
-            del table[k]
+        for pfx, pid in gone:
+            self._del(key, pfx, pid)
         return self._recompute(p for p, _ in gone)
 
     def prefixes_from(self, key: str) -> set[IPv4Network]:

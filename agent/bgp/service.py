@@ -4,17 +4,22 @@
     svc.start()          # own thread + asyncio loop; follows the datastore through confd
     svc.status()         # dict: peers, established count, routes, ...
     svc.stop(graceful=False)
+
+Timers default to Calico's BIRD template; a lab may shorten them with the environment
+variable CALICOLAB_BGP_TIMERS="hold=9,connect_delay=0.5,connect_retry=1,error_wait_min=1".
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 from agent.bgp.config import SpeakerConfig
 from agent.bgp.fsm import Timers
 from agent.bgp.runner import SpeakerThread
 
 log = logging.getLogger(__name__)
+TIMERS_ENV = "CALICOLAB_BGP_TIMERS"  # e.g. "hold=9,connect_delay=0.5,connect_retry=1"
 
 
 class BGPService:
@@ -26,6 +31,8 @@ class BGPService:
                  program_kernel: bool = True):
         if not node_name:
             raise ValueError("BGPService needs the node name (NODE_NAME)")
+        if timers is None and os.environ.get(TIMERS_ENV):
+            timers = Timers.parse(os.environ[TIMERS_ENV])
         if timers is not None:
             timers.validate()
         self.client = client

@@ -135,3 +135,12 @@ def test_defaults_and_error_wait():
     assert [F.error_wait(n, t) for n in range(6)] == [0, 5, 10, 20, 30, 30]
     with pytest.raises(ValueError, match="hold time"):
         F.Timers(hold=2).validate()
+
+
+def test_timers_parse_from_text():
+    t = F.Timers.parse("hold=9, connect_delay=0.5")
+    assert (t.hold, t.connect_delay, t.connect_retry) == (9, 0.5, 5)
+    with pytest.raises(ValueError, match="bad item 'hodl=9'"):
+        F.Timers.parse("hodl=9")
+    with pytest.raises(ValueError, match="must be a number"):
+        F.Timers.parse("hold=soon")
