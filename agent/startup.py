@@ -367,10 +367,13 @@ def run_startup(client: Any, env: Mapping[str, str], var_lib: str | None = None,
     if not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", nodename):
         raise StartupError(f"node name {nodename!r} is not a valid Calico name (lower case, digits, '-', '.')")
     ifaces = list(interfaces) if interfaces is not None else local_interfaces()
+    host_addrs = [a for _, addrs in ifaces for a in addrs]
+    if not _env_bool(env, "NO_DEFAULT_POOLS", False):
+        pool_from_env(env, host_addrs)  # bad CALICO_IPV4POOL_* fails before anything is written
     ipv4 = node_address(env, ifaces)
     log.info("node %s: IPv4 address %s", nodename, ipv4)
     register_node(client, nodename, ipv4)
-    created = ensure_default_pool(client, env, [a for _, addrs in ifaces for a in addrs])
+    created = ensure_default_pool(client, env, host_addrs)
     ensure_cluster_information(client, env)
     tunnel = ensure_tunnel_address(client, nodename)
     write_nodename(var_lib or env.get("CALICO_VAR_LIB_DIR", "/var/lib/calico"), nodename)

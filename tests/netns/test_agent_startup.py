@@ -1,0 +1,101 @@
+"""calico-node start-up against a real etcd: Node, default pool race, tunnel address, ClusterInformation."""
+
+from __future__ import annotations
+
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+
+from agent.health import HealthServer
+from agent.startup import StartupError, run_startup
+
+pytestmark = pytest.mark.netns
+
+ENV = {"CALICO_IPV4POOL_CIDR": "192.168.0.0/16", "CALICO_IPV4POOL_IPIP": "Always", "IP": "autodetect"}
+
+
+def ifaces(ip: str):
+    return [("lo", ["127.0.0.1/8"]), ("eth0", [ip])]
+
+
+def test_startup_registers_node_and_allocates_first_ip_of_first_block(ds_client, tmp_path):
+    res = run_startup(ds_client, {**ENV, "NODE_NAME": "k8s-w0"}, var_lib=str(tmp_path), interfaces=ifaces("172.30.0.11/24"))
+    assert res.pool_created and res.ipv4_address == "172.30.0.11/24"
+    node = ds_client.get("Node", "k8s-w0")
+    assert node.spec.bgp.ipv4_address == "172.30.0.11/24"
+    assert node.spec.bgp.ipv4_ipip_tunnel_addr == res.tunnel_address
+    affs = ds_client.list("BlockAffinity")
+    assert len(affs) == 1 and affs[0].spec.node == "k8s-w0"
+    assert res.tunnel_address == affs[0].spec.cidr.split("/")[0]  # first IP of the node's first block
+    assert (tmp_path / "nodename").read_text() == "k8s-w0"
+    ci = ds_client.get("ClusterInformation", "default")
+    assert ci.spec.datastore_ready is True and ci.spec.cluster_guid
+
+    # A restart changes nothing (same tunnel address, no new pool), and a moved address is updated.
+    again = run_startup(ds_client, {**ENV, "NODE_NAME": "k8s-w0"}, var_lib=str(tmp_path),
+                        interfaces=ifaces("172.30.0.99/24"))
+    assert again.tunnel_address == res.tunnel_address and not again.pool_created
+    assert ds_client.get("Node", "k8s-w0").spec.bgp.ipv4_address == "172.30.0.99/24"
+    assert len(ds_client.list("IPPool")) == 1
+
+
+def test_exactly_one_node_creates_the_default_pool(ds_client, etcd_endpoints, tmp_path):
+    from datastore import Client
+
+    results: dict[str, object] = {}
+
+    def start(i: int) -> None:
+        client = Client(etcd_endpoints)
+        try:
+            results[f"n{i}"] = run_startup(client, {**ENV, "NODE_NAME": f"n{i}"}, var_lib=str(tmp_path / f"n{i}"),
+                                           interfaces=ifaces(f"172.30.0.{10 + i}/24"))
+        except Exception as exc:  # noqa: BLE001
+            results[f"n{i}"] = exc
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    errs = {k: v for k, v in results.items() if isinstance(v, Exception)}
+    assert not errs, errs
+    assert sum(1 for r in results.values() if r.pool_created) == 1
+    assert len(ds_client.list("IPPool")) == 1
+    tunnels = [r.tunnel_address for r in results.values()]
+    assert len(set(tunnels)) == 4
+
+
+def test_bad_environment_fails_clearly(ds_client, tmp_path):
+    with pytest.raises(StartupError, match="CALICO_IPV4POOL_IPIP"):
+        run_startup(ds_client, {**ENV, "NODE_NAME": "n1", "CALICO_IPV4POOL_IPIP": "maybe"}, var_lib=str(tmp_path),
+                    interfaces=ifaces("172.30.0.11/24"))
+    with pytest.raises(StartupError, match="node name"):
+        run_startup(ds_client, {**ENV, "NODE_NAME": "Bad_Name"}, var_lib=str(tmp_path),
+                    interfaces=ifaces("172.30.0.11/24"))
+    assert ds_client.list("IPPool") == [] and ds_client.list("Node") == []  # nothing half-done
+
+
+def test_health_server_paths():
+    state = {"ready": False}
+    srv = HealthServer(lambda: True, lambda: state["ready"], lambda: {"ready": state["ready"], "datapath": "userspace"},
+                       port=0)
+    srv.start()
+    base = f"http://127.0.0.1:{srv.port}"
+    try:
+        def get(path):
+            try:
+                with urllib.request.urlopen(base + path, timeout=2) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode()
+        assert get("/liveness")[0] == 200
+        assert get("/readiness")[0] == 503
+        state["ready"] = True
+        assert get("/readiness")[0] == 200
+        code, body = get("/status")
+        assert code == 200 and '"datapath": "userspace"' in body
+        assert get("/nope")[0] == 404
+    finally:
+        srv.stop()

@@ -1,0 +1,110 @@
+"""calico-node start-up logic without a datastore: address autodetection, pool from env, conflist, settings."""
+
+import pytest
+
+from agent.felix.convert import ConfigError, settings
+from agent.installcni import conflist
+from agent.startup import StartupError, autodetect, node_address, pool_from_env
+
+pytestmark = pytest.mark.unit
+
+IFACES = [
+    ("lo", ["127.0.0.1/8"]),
+    ("docker0", ["172.17.0.1/16"]),
+    ("cali1234", []),
+    ("tunl0", ["192.168.1.0/32"]),
+    ("eth0", ["169.254.3.3/16", "172.30.0.11/24"]),
+    ("eth1", ["10.10.0.5/16"]),
+]
+
+
+def test_first_found_skips_calicos_list_and_link_local():
+    assert autodetect("first-found", IFACES) == "172.30.0.11/24"
+    assert autodetect("", IFACES) == "172.30.0.11/24"
+
+
+def test_interface_skip_interface_and_cidr_methods():
+    assert autodetect("interface=eth1", IFACES) == "10.10.0.5/16"
+    assert autodetect("interface=nomatch.*,eth.*", IFACES) == "172.30.0.11/24"
+    # skip-interface uses only the given regexes (loopback addresses never qualify).
+    assert autodetect("skip-interface=eth0", IFACES) == "172.17.0.1/16"
+    assert autodetect("skip-interface=eth0,docker.*", IFACES) == "192.168.1.0/32"
+    assert autodetect("cidr=10.0.0.0/8", IFACES) == "10.10.0.5/16"
+    assert autodetect("cidr=192.0.2.0/24", IFACES) is None
+
+
+def test_bad_methods_are_named():
+    with pytest.raises(StartupError, match="not supported"):
+        autodetect("kubernetes-internal-ip", IFACES)
+    with pytest.raises(StartupError, match="bad regex"):
+        autodetect("interface=(", IFACES)
+    with pytest.raises(StartupError, match="CIDR"):
+        autodetect("cidr=", IFACES)
+
+
+def test_explicit_ip_and_none():
+    assert node_address({"IP": "172.30.0.11"}, IFACES) == "172.30.0.11/24"
+    assert node_address({"IP": "10.1.2.3/16"}, IFACES) == "10.1.2.3/16"
+    assert node_address({"IP": "none"}, IFACES) is None
+    assert node_address({"IP": "autodetect", "IP_AUTODETECTION_METHOD": "interface=eth1"}, IFACES) == "10.10.0.5/16"
+    with pytest.raises(StartupError, match="IP='bogus'"):
+        node_address({"IP": "bogus"}, IFACES)
+    with pytest.raises(StartupError, match="no IPv4 address found"):
+        node_address({"IP_AUTODETECTION_METHOD": "cidr=192.0.2.0/24"}, IFACES)
+
+
+def test_pool_from_env():
+    p = pool_from_env({"CALICO_IPV4POOL_CIDR": "10.244.0.0/16", "CALICO_IPV4POOL_BLOCK_SIZE": "24",
+                       "CALICO_IPV4POOL_IPIP": "Always"})
+    assert (p.metadata.name, p.spec.cidr, p.spec.block_size, p.spec.ipip_mode, p.spec.vxlan_mode,
+            p.spec.nat_outgoing, p.spec.node_selector) == (
+        "default-ipv4-ippool", "10.244.0.0/16", 24, "Always", "Never", True, "all()")
+    p = pool_from_env({"CALICO_IPV4POOL_IPIP": "cross-subnet", "CALICO_IPV4POOL_NAT_OUTGOING": "false"})
+    assert (p.spec.cidr, p.spec.block_size, p.spec.ipip_mode, p.spec.nat_outgoing) == (
+        "192.168.0.0/16", 26, "CrossSubnet", False)
+    assert pool_from_env({}).spec.ipip_mode == "Never"
+    # Default CIDR overlapping a host address falls back to 172.16.0.0/16.
+    assert pool_from_env({}, ["192.168.5.5/24"]).spec.cidr == "172.16.0.0/16"
+
+
+@pytest.mark.parametrize("env,match", [
+    ({"CALICO_IPV4POOL_IPIP": "sometimes"}, "CALICO_IPV4POOL_IPIP='sometimes'"),
+    ({"CALICO_IPV4POOL_CIDR": "300.0.0.0/8"}, "CALICO_IPV4POOL_CIDR"),
+    ({"CALICO_IPV4POOL_BLOCK_SIZE": "big"}, "CALICO_IPV4POOL_BLOCK_SIZE"),
+    ({"CALICO_IPV4POOL_BLOCK_SIZE": "33"}, "blockSize"),
+    ({"CALICO_IPV4POOL_NAT_OUTGOING": "perhaps"}, "CALICO_IPV4POOL_NAT_OUTGOING"),
+])
+def test_bad_pool_env_is_named(env, match):
+    with pytest.raises(StartupError, match=match):
+        pool_from_env(env)
+
+
+def test_conflist_shape():
+    c = conflist("k8s-w0", ["http://172.30.0.10:2379"])
+    calico, portmap = c["plugins"]
+    assert c["name"] == "k8s-pod-network" and c["cniVersion"] == "0.3.1"
+    assert (calico["type"], calico["datastore_type"], calico["etcd_endpoints"], calico["nodename"], calico["mtu"],
+            calico["ipam"]) == ("calico", "etcdv3", "http://172.30.0.10:2379", "k8s-w0", 0, {"type": "calico-ipam"})
+    assert portmap == {"type": "portmap", "snat": True, "capabilities": {"portMappings": True}}
+    with pytest.raises(ValueError):
+        conflist("", ["http://x:2379"])
+
+
+class _Cfg:
+    def __init__(self, **kw):
+        from datastore.resources import FelixConfigurationSpec
+
+        self.spec = FelixConfigurationSpec(**kw)
+
+
+def test_settings_precedence():
+    cfgs = {"default": _Cfg(ipip_mtu=1400, route_refresh_interval="30s"),
+            "node.w0": _Cfg(route_refresh_interval="10s")}
+    s = settings("w0", cfgs, {})
+    assert (s.ipip_mtu, s.route_refresh_interval, s.iptables_refresh_interval) == (1400, 10, 180)
+    s = settings("w1", cfgs, {"FELIX_ROUTEREFRESHINTERVAL": "2", "FELIX_IPINIPMTU": "1300"})
+    assert (s.ipip_mtu, s.route_refresh_interval) == (1300, 2)
+    with pytest.raises(ConfigError, match="FELIX_IPINIPMTU"):
+        settings("w0", {}, {"FELIX_IPINIPMTU": "lots"})
+    with pytest.raises(ConfigError, match="route_refresh_interval"):
+        settings("w0", {"default": _Cfg(route_refresh_interval="soon")}, {})
