@@ -1,0 +1,208 @@
+"""Pure parts of the kubelet, kube-proxy, images and controllers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from testbed import images, kubectl
+from testbed.k8s import cni
+from testbed.k8s.controllers import desired_endpoints, feasible_nodes, template_hash
+from testbed.k8s.podstatus import (
+    NETWORK_NOT_READY_MESSAGE,
+    ContainerInfo,
+    node_conditions,
+    pod_status,
+)
+from testbed.kubeproxy import render, sep_chain, service_ports, svc_chain
+
+pytestmark = pytest.mark.unit
+
+
+# --- CNI config (libcni semantics) -----------------------------------------------------------
+
+def test_first_config_in_lexical_order_wins_and_bad_files_are_skipped(tmp_path):
+    assert cni.find_config(str(tmp_path)) is None
+    assert cni.find_config(str(tmp_path / "missing")) is None
+    (tmp_path / "05-broken.conflist").write_text("{not json")
+    (tmp_path / "README").write_text("ignored")
+    (tmp_path / "20-b.conflist").write_text(json.dumps({"cniVersion": "1.0.0", "name": "b", "plugins": [{"type": "ptp"}]}))
+    (tmp_path / "10-calico.conflist").write_text(json.dumps(
+        {"cniVersion": "0.3.1", "name": "k8s-pod-network", "plugins": [{"type": "calico"}, {"type": "portmap"}]}))
+    conf = cni.find_config(str(tmp_path))
+    assert conf.name == "k8s-pod-network" and [p["type"] for p in conf.plugins] == ["calico", "portmap"]
+
+
+def test_single_plugin_conf_is_wrapped():
+    conf = cni.parse_config({"cniVersion": "0.4.0", "name": "n", "type": "bridge", "bridge": "cni0"})
+    assert conf.plugins == [{"type": "bridge", "bridge": "cni0"}]
+    with pytest.raises(cni.CNIError, match="no type"):
+        cni.parse_config({"name": "n", "plugins": [{}]})
+
+
+def test_plugin_stdin_carries_name_version_prev_result_and_declared_capabilities_only():
+    conf = cni.parse_config({"cniVersion": "1.0.0", "name": "net",
+                             "plugins": [{"type": "calico"}, {"type": "portmap", "capabilities": {"portMappings": True}}]})
+    rc = {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}], "bandwidth": {}}
+    first = cni.plugin_stdin(conf, conf.plugins[0], None, rc)
+    assert first == {"type": "calico", "name": "net", "cniVersion": "1.0.0"}
+    second = cni.plugin_stdin(conf, conf.plugins[1], {"ips": []}, rc)
+    assert second["prevResult"] == {"ips": []}
+    assert second["runtimeConfig"] == {"portMappings": rc["portMappings"]}
+    assert "capabilities" not in second
+
+
+def test_cni_args_and_result_ips():
+    assert cni.cni_args("default", "web", "abc") == \
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=abc"
+    res = {"ips": [{"address": "fd00::5/128"}, {"address": "192.168.1.5/32"}]}
+    assert cni.pod_ips(res) == ["192.168.1.5", "fd00::5"]
+
+
+def test_runner_reports_plugin_errors_and_missing_plugins(tmp_path):
+    plugin = tmp_path / "failer"
+    plugin.write_text('#!/bin/sh\necho \'{"code": 11, "msg": "no IPs left", "details": "pool full"}\'\nexit 1\n')
+    plugin.chmod(0o755)
+    log = tmp_path / "log"
+    recorder = tmp_path / "recorder"
+    recorder.write_text(f'#!/bin/sh\necho "$CNI_COMMAND $CNI_IFNAME" >> {log}\necho \'{{"cniVersion":"1.0.0"}}\'\n')
+    recorder.chmod(0o755)
+    runner = cni.Runner([str(tmp_path)])
+    conf = cni.parse_config({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "recorder"}, {"type": "failer"}]})
+    with pytest.raises(cni.CNIError, match='type="failer".*no IPs left; pool full') as err:
+        runner.add(conf, "cid", "/run/netns/x", "IgnoreUnknown=1")
+    assert err.value.code == 11
+    # ADD failed half-way: the runtime cleans up with DEL through the chain (reverse order)
+    assert log.read_text().splitlines() == ["ADD eth0", "DEL eth0"]
+    conf = cni.parse_config({"name": "n", "plugins": [{"type": "nonexistent"}]})
+    with pytest.raises(cni.CNIError, match='failed to find plugin "nonexistent"'):
+        runner.add(conf, "cid", "/run/netns/x", "")
+
+
+# --- kube-proxy rules ------------------------------------------------------------------------
+
+SVC = {"metadata": {"name": "web", "namespace": "default"},
+       "spec": {"clusterIP": "10.96.0.20", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}
+
+
+def eps(*ips: str) -> dict:
+    return {"metadata": {"name": "web", "namespace": "default"},
+            "subsets": [{"addresses": [{"ip": ip} for ip in ips], "ports": [{"name": "http", "port": 8080}]}]}
+
+
+def test_three_endpoints_get_one_third_one_half_then_the_rest():
+    ports = service_ports([SVC], [eps("192.168.2.3", "192.168.1.9", "192.168.1.10")])
+    assert ports[0].endpoints == ("192.168.1.9:8080", "192.168.1.10:8080", "192.168.2.3:8080")
+    nat, filt, chains = render(ports, "192.168.0.0/16")
+    svc = svc_chain("default/web:http", "TCP")
+    lines = [line for line in nat.splitlines() if line.startswith(f"-A {svc} ") and "KUBE-SEP" in line]
+    assert [line.split("--probability ")[1].split()[0] if "probability" in line else None for line in lines] == [
+        "0.33333333333", "0.50000000000", None]
+    assert f"-A KUBE-SERVICES -d 10.96.0.20/32 -p tcp -m comment --comment \"default/web:http cluster IP\" -m tcp --dport 80 -j {svc}" in nat
+    assert f"-A {svc} ! -s 192.168.0.0/16 -d 10.96.0.20/32" in nat
+    sep = sep_chain("default/web:http", "TCP", "192.168.1.9:8080")
+    assert f"-A {sep} -p tcp -m comment --comment \"default/web:http\" -m tcp -j DNAT --to-destination 192.168.1.9:8080" in nat
+    assert len(chains) == 4 and svc.startswith("KUBE-SVC-") and len(svc) == 25
+    assert "REJECT" not in filt
+
+
+def test_service_without_endpoints_rejects_and_stale_chains_are_deleted():
+    nat, filt, chains = render(service_ports([SVC], []), None, stale={"KUBE-SVC-OLDOLDOLDOLDOLDO"})
+    assert chains == set()
+    assert '--comment "default/web:http has no endpoints" -m tcp --dport 80 -j REJECT' in filt
+    assert ":KUBE-SVC-OLDOLDOLDOLDOLDO - [0:0]" in nat and "-X KUBE-SVC-OLDOLDOLDOLDOLDO" in nat
+    assert nat.rstrip().endswith("COMMIT")
+
+
+# --- images ----------------------------------------------------------------------------------
+
+def test_images_table(tmp_path):
+    assert images.repository("docker.io/library/nginx:1.25") == "nginx"
+    assert images.qualified("nginx") == "docker.io/library/nginx:latest"
+    assert images.qualified("nicolaka/netshoot") == "docker.io/nicolaka/netshoot:latest"
+    wl = images.resolve("nginx", None, None, str(tmp_path), "web-1")
+    assert wl.port == 80 and "httpd" in wl.argv
+    assert any("Welcome to nginx!" in t and "web-1" in t for t in wl.files.values())
+    assert images.resolve("busybox:1.36", None, None, str(tmp_path)).argv == ["sleep", "infinity"]
+    assert images.resolve("busybox", ["sh", "-c", "sleep 5"], None, str(tmp_path)).argv == ["sh", "-c", "sleep 5"]
+    with pytest.raises(images.ImageNotFound, match="docker.io/library/nginxx:latest"):
+        images.resolve("nginxx", None, None, str(tmp_path))
+
+
+# --- kubelet status --------------------------------------------------------------------------
+
+def test_pod_status_phases_and_conditions():
+    p = {"spec": {"containers": [{"name": "c", "image": "nginx"}]}}
+    running = pod_status(p, [ContainerInfo("c", "nginx", "id1", running=True, ready=True, started_at="t")],
+                         "172.30.0.11", ["192.168.1.5"], "now")
+    assert running["phase"] == "Running" and running["podIP"] == "192.168.1.5"
+    assert running["podIPs"] == [{"ip": "192.168.1.5"}] and running["hostIP"] == "172.30.0.11"
+    assert {c["type"]: c["status"] for c in running["conditions"]} == {
+        "Initialized": "True", "Ready": "True", "ContainersReady": "True", "PodScheduled": "True"}
+    assert running["containerStatuses"][0]["containerID"] == "containerd://id1"
+    pulling = pod_status(p, [ContainerInfo("c", "nope", waiting_reason="ImagePullBackOff")], "h", ["192.168.1.6"], "now")
+    assert pulling["phase"] == "Pending"
+    assert pulling["containerStatuses"][0]["state"] == {"waiting": {"reason": "ImagePullBackOff"}}
+
+
+def test_node_conditions_follow_network_readiness():
+    conds = {c["type"]: c for c in node_conditions(False, "t0")}
+    assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == "NetworkPluginNotReady"
+    assert conds["Ready"]["message"] == NETWORK_NOT_READY_MESSAGE
+    assert "cni config uninitialized" in NETWORK_NOT_READY_MESSAGE
+    later = {c["type"]: c for c in node_conditions(True, "t1", list(conds.values()))}
+    assert later["Ready"]["status"] == "True" and later["Ready"]["lastTransitionTime"] == "t1"
+    assert later["MemoryPressure"]["lastTransitionTime"] == "t0"
+
+
+# --- controllers (pure parts) ------------------------------------------------------------------
+
+def test_template_hash_is_stable_and_sensitive():
+    t = {"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}}
+    assert template_hash(t) == template_hash(json.loads(json.dumps(t)))
+    assert len(template_hash(t)) == 10
+    t2 = json.loads(json.dumps(t))
+    t2["spec"]["containers"][0]["image"] = "busybox"
+    assert template_hash(t2) != template_hash(t)
+
+
+def test_feasible_nodes_honour_readiness_taints_and_selectors():
+    def n(name, ready=True, taints=(), labels=None):
+        return {"metadata": {"name": name, "labels": labels or {}}, "spec": {"taints": list(taints)},
+                "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+    cp_taint = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
+    nodes = [n("m", taints=[cp_taint]), n("w0"), n("w1", ready=False), n("w2", labels={"disk": "ssd"})]
+    pod = {"spec": {}}
+    assert [x["metadata"]["name"] for x in feasible_nodes(pod, nodes)] == ["w0", "w2"]
+    pod = {"spec": {"nodeSelector": {"disk": "ssd"}}}
+    assert [x["metadata"]["name"] for x in feasible_nodes(pod, nodes)] == ["w2"]
+    pod = {"spec": {"tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]}}
+    assert [x["metadata"]["name"] for x in feasible_nodes(pod, nodes)] == ["m", "w0", "w2"]
+
+
+def test_desired_endpoints_resolve_named_target_ports():
+    svc = {"metadata": {"name": "web", "namespace": "default"},
+           "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}}
+    pod = {"metadata": {"name": "p", "namespace": "default", "uid": "u", "labels": {"app": "web"}},
+           "spec": {"nodeName": "w0", "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]},
+           "status": {"podIP": "192.168.1.5", "conditions": [{"type": "Ready", "status": "True"}]}}
+    ep = desired_endpoints(svc, [pod])
+    assert ep["subsets"] == [{"ports": [{"port": 8080, "protocol": "TCP"}], "addresses": [
+        {"ip": "192.168.1.5", "nodeName": "w0", "targetRef": {"kind": "Pod", "name": "p", "namespace": "default", "uid": "u"}}]}]
+
+
+# --- kubectl argument handling -------------------------------------------------------------------
+
+def test_kubectl_targets_and_manifest_errors(tmp_path):
+    assert [(k.kind, n) for k, n in kubectl.resolve_targets(["pod/a", "svc/b"])] == [("Pod", ["a"]), ("Service", ["b"])]
+    assert [(k.kind, n) for k, n in kubectl.resolve_targets(["po,deploy"])] == [("Pod", []), ("Deployment", [])]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\n  labels: [oops\n")
+    with pytest.raises(kubectl.UsageError, match=r"bad.yaml: line \d+"):
+        kubectl.load_manifests([str(bad)])
+    with pytest.raises(kubectl.UsageError, match="does not exist"):
+        kubectl.load_manifests([str(tmp_path / "none.yaml")])
+    assert kubectl._hoist_globals(["-n", "kube-system", "get", "pods"]) == ["get", "-n", "kube-system", "pods"]
+    assert kubectl.merge({"spec": {"a": 1, "b": {"c": 2}}}, {"spec": {"b": {"d": 3}}}) == \
+        {"spec": {"a": 1, "b": {"c": 2, "d": 3}}}
