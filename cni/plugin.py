@@ -16,7 +16,9 @@ import subprocess
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from cni import names, spec
@@ -43,6 +45,16 @@ class Invocation:
     version: str
     nc: NetConf
     log: Log
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the block's wall time (ms) to ``timings[phase]`` (logged at the end)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] = self.timings.get(phase, 0.0) + (time.perf_counter() - t0) * 1000
 
     @property
     def pod_namespace(self) -> str:
@@ -131,7 +143,7 @@ def ipam_add(inv: Invocation, nodename: str) -> list[str]:
         attrs["namespace"] = inv.pod_namespace
     client = client_for(inv.nc.etcd_endpoints)
     try:
-        with _IPAMLock():
+        with inv.timed("ipam"), _IPAMLock():
             ips = _ipam(client).auto_assign(
                 1, inv.handle, attrs, nodename, pools=inv.nc.ipam.ipv4_pools or None
             )
@@ -146,7 +158,7 @@ def ipam_del(inv: Invocation) -> list[str]:
     client = client_for(inv.nc.etcd_endpoints)
     freed: list[str] = []
     try:
-        with _IPAMLock():
+        with inv.timed("ipam"), _IPAMLock():
             ipam = _ipam(client)
             freed += [str(ip) for ip in ipam.release_by_handle(inv.handle)]
             if inv.pod_name:
@@ -270,8 +282,9 @@ def cmd_add(inv: Invocation) -> dict[str, Any]:
     client = client_for(inv.nc.etcd_endpoints)
     wep_name, wep_ns = _wep_ident(inv, nodename)
     try:
-        _check_ready(client)
-        reused = _reuse_addresses(inv, client, wep_name, wep_ns) if inv.nc.ipam.type == "calico-ipam" else []
+        with inv.timed("datastore"):
+            _check_ready(client)
+            reused = _reuse_addresses(inv, client, wep_name, wep_ns) if inv.nc.ipam.type == "calico-ipam" else []
     except CNIError:
         raise
     except Exception as exc:
@@ -282,9 +295,10 @@ def cmd_add(inv: Invocation) -> dict[str, Any]:
     address = addresses[0].split("/")[0]
     try:
         try:
-            if reused:  # rebuild the plumbing of a repeated ADD from scratch
-                dataplane.teardown(inv.env.ifname, inv.env.netns)
-            plumbing = dataplane.setup(host_if, inv.env.ifname, inv.env.netns, address, mtu)
+            with inv.timed("netlink"):
+                if reused:  # rebuild the plumbing of a repeated ADD from scratch
+                    dataplane.teardown(inv.env.ifname, inv.env.netns)
+                plumbing = dataplane.setup(host_if, inv.env.ifname, inv.env.netns, address, mtu)
         except dataplane.DataplaneError as exc:
             raise CNIError(spec.E_DATAPLANE, str(exc)) from None
         inv.log.info(f"plumbed {host_if} <-> {inv.env.ifname}@{inv.env.netns} for {address} (mtu {mtu})")
@@ -306,7 +320,8 @@ def cmd_add(inv: Invocation) -> dict[str, Any]:
             ),
         )
         try:
-            client.apply(wep)
+            with inv.timed("datastore"):
+                client.apply(wep)
         except Exception as exc:
             dataplane.teardown(inv.env.ifname, inv.env.netns)
             raise _datastore_error(exc, f"writing WorkloadEndpoint {wep_ns}/{wep_name}") from exc
@@ -335,14 +350,16 @@ def cmd_del(inv: Invocation) -> None:
     client = client_for(inv.nc.etcd_endpoints)
     wep_name, wep_ns = _wep_ident(inv, nodename)
     try:
-        try:
-            wep = client.get("WorkloadEndpoint", wep_name, wep_ns)
-        except errors.NotFound:
-            wep = None
+        with inv.timed("datastore"):
+            try:
+                wep = client.get("WorkloadEndpoint", wep_name, wep_ns)
+            except errors.NotFound:
+                wep = None
         if wep is not None:
             if wep.spec.container_id == inv.env.container_id:
                 try:
-                    client.delete("WorkloadEndpoint", wep_name, wep_ns)
+                    with inv.timed("datastore"):
+                        client.delete("WorkloadEndpoint", wep_name, wep_ns)
                     inv.log.info(f"deleted WorkloadEndpoint {wep_ns}/{wep_name}")
                 except errors.NotFound:
                     pass
@@ -354,7 +371,8 @@ def cmd_del(inv: Invocation) -> None:
     except Exception as exc:
         raise _datastore_error(exc, "DEL could not reach the WorkloadEndpoint") from exc
     try:
-        dataplane.teardown(inv.env.ifname, inv.env.netns)
+        with inv.timed("netlink"):
+            dataplane.teardown(inv.env.ifname, inv.env.netns)
     except dataplane.DataplaneError as exc:
         raise CNIError(spec.E_DATAPLANE, str(exc)) from None
     _release(inv)
@@ -496,8 +514,13 @@ def run(plugin: str, env: dict[str, str], stdin: bytes) -> tuple[int, str, str]:
         log.prefix = f"{plugin} {cenv.command} {cenv.container_id[:12]} "
         inv = Invocation(plugin, cenv, env, conf, version, nc, log)
         started = time.monotonic()
+        with inv.timed("imports"):  # free in the warm server; the cold path pays it here
+            import cni.dataplane  # noqa: F401
+            import datastore.client  # noqa: F401
+            import ipam.ipam  # noqa: F401
         out = _dispatch(inv)
-        log.info(f"done in {(time.monotonic() - started) * 1000:.1f} ms")
+        phases = " ".join(f"{k}={v:.1f}" for k, v in sorted(inv.timings.items()))
+        log.info(f"done in {(time.monotonic() - started) * 1000:.1f} ms (ms: {phases})")
         return 0, (json.dumps(out) if out is not None else ""), log.stderr_text()
     except CNIError as exc:
         log.error(f"error {exc.code}: {exc.msg}")

@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""CNI ADD/DEL wall time as a runtime sees it (exec to exit), 100 pods on one node.
+
+Builds a node netns with its own etcd (nothing touches the root namespace), then for
+each mode execs the real ``calico`` executable once per pod, as the kubelet would:
+
+* ``server``: the thin executable forwards to a warm CNIServer running in the node
+  (what calico-node provides in the lab);
+* ``in-process``: no server, the executable imports everything and does the work.
+
+Prints p50/p99 per verb and mode plus a breakdown (interpreter start, imports, IPAM,
+netlink, datastore) and writes JSON (default reports/bench/cni_bench.json).
+
+    sudo .venv/bin/python bench/cni_bench.py [--pods 100] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from cni.netlink import in_netns  # noqa: E402
+
+VENV_BIN = os.path.join(REPO, ".venv", "bin")
+ETCD = "http://127.0.0.1:2379"
+
+
+def pct(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of ``values``."""
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, int(round(p / 100 * len(s) + 0.5)) - 1))]
+
+
+def median_exec(cmd: list[str], n: int = 15, env: dict[str, str] | None = None) -> float:
+    """Median wall time (ms) of running ``cmd`` to exit."""
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        out.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(out)
+
+
+def start_etcd(ns: str, data: str) -> subprocess.Popen:
+    """etcd on the node's loopback."""
+    proc = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{ns}", shutil.which("etcd") or "etcd", "--name", "b", "--data-dir", data,
+         "--listen-client-urls", ETCD, "--advertise-client-urls", ETCD,
+         "--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+         "--initial-cluster", "b=http://127.0.0.1:2380", "--log-level", "error", "--logger", "zap"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from datastore.errors import DatastoreUnavailable
+    from datastore.etcd import EtcdClient
+
+    deadline = time.monotonic() + 15
+    while True:
+        with in_netns(f"/run/netns/{ns}"):
+            c = EtcdClient(ETCD, timeout=0.5)
+            try:
+                c.revision()
+                c.close()
+                return proc
+            except DatastoreUnavailable:
+                c.close()
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise SystemExit("etcd did not start in the bench node")
+        time.sleep(0.05)
+
+
+def reset_datastore(ns: str) -> None:
+    """Empty etcd and create the default pool."""
+    from datastore import Client
+    from datastore.resources import IPPool, Metadata
+
+    with in_netns(f"/run/netns/{ns}"):
+        c = Client([ETCD])
+        c.etcd.delete_prefix("/")
+        c.create(IPPool(metadata=Metadata(name="default-ipv4-ippool"),
+                        spec=IPPool.Spec(cidr="192.168.0.0/16", block_size=26, ipip_mode="Always", nat_outgoing=True)))
+        c.etcd.close()
+
+
+_PHASES = re.compile(r"done in ([\d.]+) ms \(ms: ([^)]*)\)")
+
+
+def run_pods(ns: str, pods: list[str], command: str, sock: str, log_path: str,
+             exe: str) -> tuple[list[float], list[dict[str, float]]]:
+    """Exec the plugin once per pod (in the node netns, like a runtime there); returns wall ms and phases."""
+    conf = json.dumps({"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "calico", "etcd_endpoints": ETCD,
+                       "nodename": "bench-node", "mtu": 0, "log_level": "info", "log_file_path": log_path,
+                       "ipam": {"type": "calico-ipam"}}).encode()
+    walls, phases = [], []
+    with in_netns(f"/run/netns/{ns}"):  # children inherit the node netns, no nsenter in the timing
+        for i, pod in enumerate(pods):
+            env = {"PATH": f"{VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command,
+                   "CNI_CONTAINERID": f"bench{i:04d}", "CNI_NETNS": f"/run/netns/{pod}", "CNI_IFNAME": "eth0",
+                   "CNI_PATH": VENV_BIN, "CNI_ARGS": f"K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod-{i}",
+                   "CALICO_CNI_SOCKET": sock}
+            size = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+            t0 = time.perf_counter()
+            proc = subprocess.run([exe], input=conf, env=env, capture_output=True)
+            walls.append((time.perf_counter() - t0) * 1000)
+            if proc.returncode != 0:
+                raise SystemExit(f"{command} pod {i} failed: {proc.stdout.decode()} {proc.stderr.decode()[-800:]}")
+            with open(log_path) as f:
+                f.seek(size)
+                m = _PHASES.search(f.read())
+            if m:
+                ph = {"plugin_total": float(m.group(1))}
+                ph.update({k: float(v) for k, v in (kv.split("=") for kv in m.group(2).split())})
+                phases.append(ph)
+    return walls, phases
+
+
+def summarize(walls: list[float], phases: list[dict[str, float]]) -> dict[str, object]:
+    """p50/p99 and phase medians."""
+    keys = sorted({k for p in phases for k in p})
+    return {"n": len(walls), "p50_ms": round(pct(walls, 50), 2), "p99_ms": round(pct(walls, 99), 2),
+            "mean_ms": round(statistics.mean(walls), 2),
+            "phases_p50_ms": {k: round(statistics.median([p.get(k, 0.0) for p in phases]), 2) for k in keys}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pods", type=int, default=100)
+    ap.add_argument("--modes", nargs="*", help="subset of: server+cni/bin server+venv inproc+cni/bin inproc+venv")
+    ap.add_argument("--json", default=os.path.join(REPO, "reports", "bench", "cni_bench.json"))
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (network namespaces)")
+    tag = uuid.uuid4().hex[:6]
+    ns = f"cnib{tag}"
+    pods = [f"cnibp{tag}{i:03d}" for i in range(args.pods)]
+    tmp = tempfile.mkdtemp(prefix="cni-bench-")
+    etcd = server = None
+    made: list[str] = []
+    results: dict[str, object] = {"benchmark": "cni_bench", "pods": args.pods, "cpus": os.cpu_count()}
+    try:
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        made.append(ns)
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        for p in pods:
+            subprocess.run(["ip", "netns", "add", p], check=True)
+            made.append(p)
+        etcd = start_etcd(ns, os.path.join(tmp, "etcd"))
+        py = os.path.join(VENV_BIN, "python")
+        breakdown = {
+            "interpreter_start_ms": median_exec([py, "-c", "pass"]),
+            "interpreter_start_isolated_ms": median_exec(["/usr/bin/python3", "-I", "-S", "-c", "pass"]),
+            "thin_client_import_ms": median_exec([py, "-c", "import cni.main"]),
+            "full_import_ms": median_exec([py, "-c", "import cni.plugin, cni.dataplane, datastore.client, ipam.ipam"]),
+        }
+        breakdown["thin_client_import_ms"] -= breakdown["interpreter_start_ms"]
+        breakdown["full_import_ms"] -= breakdown["interpreter_start_ms"]
+        results["breakdown"] = {k: round(v, 2) for k, v in breakdown.items()}
+        sock = os.path.join(tmp, "cni.sock")
+        srv_code = ("import signal,sys\nfrom cni.server import CNIServer\n"
+                    "signal.pthread_sigmask(signal.SIG_BLOCK,[signal.SIGTERM])\n"
+                    "s=CNIServer(sys.argv[1]).start()\nprint('ready',flush=True)\n"
+                    "signal.sigwait([signal.SIGTERM])\ns.stop()\n")
+        server = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", py, "-c", srv_code, sock],
+                                  stdout=subprocess.PIPE, text=True, cwd=REPO)
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        modes = {}
+        venv_exe, fast_exe = os.path.join(VENV_BIN, "calico"), os.path.join(REPO, "cni", "bin", "calico")
+        breakdown["fast_launcher_version_ms"] = median_exec([fast_exe], env={"CNI_COMMAND": "VERSION", "CALICO_CNI_SOCKET": "none"})
+        breakdown["venv_script_version_ms"] = median_exec([venv_exe], env={"CNI_COMMAND": "VERSION", "CALICO_CNI_SOCKET": "none"})
+        results["breakdown"] = {k: round(v, 2) for k, v in breakdown.items()}
+        chosen = [
+            ("server+cni/bin", fast_exe, sock), ("server+venv", venv_exe, sock),
+            ("inproc+cni/bin", fast_exe, "none"), ("inproc+venv", venv_exe, "none"),
+        ]
+        for mode, exe, sockpath in chosen:
+            if args.modes and mode not in args.modes:
+                continue
+            reset_datastore(ns)
+            log = os.path.join(tmp, f"{mode.replace('/', '_')}.log")
+            add_w, add_p = run_pods(ns, pods, "ADD", sockpath, log, exe)
+            del_w, del_p = run_pods(ns, pods, "DEL", sockpath, log, exe)
+            modes[mode] = {"ADD": summarize(add_w, add_p), "DEL": summarize(del_w, del_p)}
+        results["modes"] = modes
+    finally:
+        if server is not None and server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        if etcd is not None:
+            etcd.kill()
+            etcd.wait()
+        for name in reversed(made):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"CNI exec-to-exit wall time, {args.pods} pods on one node ({os.cpu_count()} CPUs)")
+    print(f"{'mode':<15} {'verb':<4} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}   plugin phases p50 (ms)")
+    for mode, verbs in results["modes"].items():  # type: ignore[union-attr]
+        for verb, s in verbs.items():
+            ph = " ".join(f"{k}={v}" for k, v in s["phases_p50_ms"].items())
+            print(f"{mode:<15} {verb:<4} {s['p50_ms']:>8} {s['p99_ms']:>8} {s['mean_ms']:>8}   {ph}")
+    print("breakdown:", ", ".join(f"{k}={v} ms" for k, v in results["breakdown"].items()))  # type: ignore[union-attr]
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
