@@ -83,6 +83,7 @@ class Kubelet:
         self.netns_dir = netns_dir
         self.root_dir = root_dir
         self.control_plane = control_plane
+        self.lab = os.environ.get("CALICOLAB_LAB", "")
         self.network_ready: bool | None = None
         self.conf: cni.NetworkConfig | None = None
         self.states: dict[str, PodState] = {}
@@ -235,7 +236,8 @@ class Kubelet:
         if conf is None:
             return
         state = PodState(uid=uid, namespace=ns, name=name, sandbox_id=runtime.new_sandbox_id(),
-                         netns=os.path.join(self.netns_dir, runtime.new_netns_name()))
+                         netns=os.path.join(self.netns_dir, runtime.new_netns_name()),
+                         node=self.node, lab=self.lab)
         runtime.create_netns(state.netns)
         state.cni_conf = conf.raw
         state.save(self.root_dir)
@@ -392,10 +394,15 @@ class Kubelet:
             log.info("pod %s/%s deleted", pod["metadata"]["namespace"], pod["metadata"]["name"])
 
     def stop_pod(self, state: PodState, cni_del: bool = True) -> None:
-        """Kill the pod's processes, run CNI DEL, remove the sandbox netns and state."""
+        """Kill the pod's processes, run CNI DEL, remove the sandbox netns and state.
+
+        Only processes that are our children or live in the pod's netns are signalled
+        (a PID from a state file may have been reused by then)."""
+        in_netns = set(runtime.netns_pids(state.netns))
         for name, pid in state.pids.items():
             proc = self.procs.pop((state.uid, name), None)
-            runtime.kill_process(pid, grace=2.0, proc=proc)
+            if proc is not None or pid in in_netns:
+                runtime.kill_process(pid, grace=2.0, proc=proc)
         for pid in runtime.netns_pids(state.netns):  # e.g. processes left by kubectl exec
             runtime.kill_process(pid, grace=0.5)
         if cni_del and state.cni_conf:
@@ -420,6 +427,8 @@ class Kubelet:
         """Pick up pods a previous kubelet started (kept if their pod still exists)."""
         live = {p["metadata"]["uid"] for p in self.my_pods() if not p["metadata"].get("deletionTimestamp")}
         for state in PodState.load_all(self.root_dir):
+            if state.node != self.node or state.lab != self.lab:
+                continue  # another node's (or lab's) pod sharing this root dir
             if state.uid in live and os.path.exists(state.netns) and state.cni_result is not None:
                 self.states[state.uid] = state
                 log.info("adopted pod %s/%s", state.namespace, state.name)

@@ -153,6 +153,8 @@ class PodState:
     restarts: dict[str, int] = field(default_factory=dict)
     started_at: dict[str, str] = field(default_factory=dict)
     container_ids: dict[str, str] = field(default_factory=dict)
+    node: str = ""  # the kubelet that owns it (root dirs may be shared between nodes)
+    lab: str = ""  # $CALICOLAB_LAB of that kubelet
 
     def save(self, root_dir: str) -> None:
         """Write the state file atomically."""
