@@ -14,18 +14,23 @@ import os
 import shlex
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.support import require, require_root
+from tests.support import require, require_root, unique
 
 collect_ignore = [] if os.environ.get("CALICOLAB_GUEST") else ["guest"]
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST_DIR = "tests/kernel/guest"
 BOOT_LIMIT_S = float(os.environ.get("CALICOLAB_KTIER_TIMEOUT", "170"))
+# Results (junit, logs, pcaps) stay where the project's captures go, one directory per session;
+# directories of sessions older than KEEP_S are pruned.
+RESULTS_ROOT = REPO / "pcaps" / "kernel-tier"
+KEEP_S = 6 * 3600
 # (results name, CALICOLAB_KTIER_BREAK value, pytest -k expression) for each guest pytest run
 GUEST_RUNS = (
     ("junit", "", ""),
@@ -82,8 +87,19 @@ def _qemu_missing_reason() -> str | None:
     return None
 
 
+def _results_dir() -> Path:
+    RESULTS_ROOT.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in RESULTS_ROOT.iterdir():
+        if old.is_dir() and now - old.stat().st_mtime > KEEP_S:
+            shutil.rmtree(old, ignore_errors=True)
+    path = RESULTS_ROOT / (time.strftime("%Y%m%d-%H%M%S-") + unique("s"))
+    path.mkdir()
+    return path
+
+
 @pytest.fixture(scope="session")
-def guest(tmp_path_factory: pytest.TempPathFactory) -> GuestSession:
+def guest() -> GuestSession:
     """Boot the guest once, run the guest tests inside, return where the results are."""
     require_root()
     reason = _qemu_missing_reason()
@@ -95,7 +111,7 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> GuestSession:
     except fetch.FetchError as exc:
         require(False, f"cannot fetch the guest kernel: {exc}")
         raise  # unreachable: require skipped or failed
-    results = tmp_path_factory.mktemp("kernel-tier")
+    results = _results_dir()
     run = qemu.boot(guest_script(), results, timeout=BOOT_LIMIT_S, kernel=kernel)
     summary = {
         "kernel": kernel.release,

@@ -14,6 +14,7 @@ import pytest
 
 from testbed import pcapassert as pa
 from testbed.kerneltier.results import guest_test_names, read_junit, verdict_for
+from tests.support import require
 
 pytestmark = pytest.mark.kernel
 
@@ -98,3 +99,23 @@ def test_break_wrong_tunnel_mtu_fails_the_tier(guest):
         v = _verdict(guest, "junit-break-tunnel-mtu", name)
         assert v.outcome == "failed", f"{name} with a wrong tunnel MTU: {v.outcome}"
         assert needle in v.message, v.message
+
+
+def test_initramfs_holds_init_busybox_and_the_tier_modules():
+    """The initramfs built at test time: /init, busybox, dev/console and ipip + 9p modules in order."""
+    import gzip
+
+    from testbed.kerneltier import cpio, fetch, initramfs
+
+    kernel = fetch.cached()
+    require(kernel is not None, "no cached guest kernel: run python -m testbed.kerneltier.fetch")
+    path = initramfs.build(kernel)
+    assert initramfs.build(kernel) == path, "same inputs must give the same cached initramfs"
+    names = {e.name: e for e in cpio.parse(gzip.decompress(path.read_bytes()))}
+    for must in ("init", "bin/busybox", "dev/console", "modules/ipip.ko", "modules/veth.ko",
+                 "modules/9p.ko", "modules/9pnet_virtio.ko", "modules/bridge.ko"):  # fmt: skip
+        assert must in names, f"{must} missing from {path}"
+    order = names["modules.load"].data.decode().split()
+    assert order.index("tunnel4") < order.index("ipip")
+    assert order.index("ip_tunnel") < order.index("ipip")
+    assert order.index("9pnet") < min(order.index("9pnet_virtio"), order.index("9p"))
