@@ -148,7 +148,8 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="cni-bench-")
     etcd = server = None
     made: list[str] = []
-    results: dict[str, object] = {"benchmark": "cni_bench", "pods": args.pods, "cpus": os.cpu_count()}
+    results: dict[str, object] = {"benchmark": "cni_bench", "pods": args.pods, "cpus": os.cpu_count(),
+                                  "loadavg_1m_before": os.getloadavg()[0]}
     try:
         subprocess.run(["ip", "netns", "add", ns], check=True)
         made.append(ns)
@@ -193,6 +194,7 @@ def main() -> int:
             del_w, del_p = run_pods(ns, pods, "DEL", sockpath, log, exe)
             modes[mode] = {"ADD": summarize(add_w, add_p), "DEL": summarize(del_w, del_p)}
         results["modes"] = modes
+        results["loadavg_1m_after"] = os.getloadavg()[0]
     finally:
         if server is not None and server.poll() is None:
             server.send_signal(signal.SIGTERM)
@@ -206,7 +208,8 @@ def main() -> int:
         for name in reversed(made):
             subprocess.run(["ip", "netns", "delete", name], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"CNI exec-to-exit wall time, {args.pods} pods on one node ({os.cpu_count()} CPUs)")
+    print(f"CNI exec-to-exit wall time, {args.pods} pods on one node ({os.cpu_count()} CPUs, "
+          f"load {results['loadavg_1m_before']:.1f} -> {results.get('loadavg_1m_after', 0):.1f})")
     print(f"{'mode':<15} {'verb':<4} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}   plugin phases p50 (ms)")
     for mode, verbs in results["modes"].items():  # type: ignore[union-attr]
         for verb, s in verbs.items():

@@ -21,11 +21,13 @@ import os
 import socket
 import stat
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cni import plugin as _plugin
 
 MAX_REQUEST = 4 << 20
+WORKERS = 8  # long-lived workers keep their (thread-local) etcd connections warm
 
 
 def _own_ns() -> dict[str, int]:
@@ -44,6 +46,7 @@ class CNIServer:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="cni-request")
         self._ns = _own_ns()
         self.served = 0
         self.refused = 0
@@ -93,6 +96,7 @@ class CNIServer:
             self._sock.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self._pool.shutdown(wait=True, cancel_futures=False)
         try:
             os.unlink(self.sock_path)
         except FileNotFoundError:
@@ -107,7 +111,7 @@ class CNIServer:
                 if self._stopping.is_set():
                     return
                 continue
-            threading.Thread(target=self._handle, args=(conn,), name="cni-request", daemon=True).start()
+            self._pool.submit(self._handle, conn)
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:
