@@ -201,14 +201,14 @@ class IPAM:
         return bool(parse_selector(sel).matches(labels()))
 
     def select_pools(self, host: str, pools: Iterable[str] | None = None,
-                     intended_use: str = "Workload") -> list[Pool]:
+                     intended_use: str = "Workload", every: list[Pool] | None = None) -> list[Pool]:
         """The pools an allocation for ``host`` may use.
 
         ``pools`` names pools by name or CIDR (as the CNI netconf and pod
         annotations do); an unknown or disabled one is an error. Without it,
         every enabled pool that allows ``intended_use`` and selects the node.
         """
-        every = self.pools()
+        every = self.pools() if every is None else every
         cache: dict[str, dict[str, str]] = {}
 
         def labels() -> dict[str, str]:
@@ -304,41 +304,33 @@ class IPAM:
     # allocation
 
     def _assign_in_block(self, cidr: IPv4Network, num: int, handle_id: str, attrs: dict[str, str],
-                         host: str, affine_only: bool) -> list[IPv4Address]:
-        """Take up to ``num`` addresses from one block with CAS + retry."""
-        reserved = 0  # addresses already counted on the handle for this block
-        try:
-            for _ in range(self.retries):
-                got = self.store.get_block(cidr)
-                if got is None:
-                    return []
-                block, rev = got
-                if affine_only and block.host != host:
-                    return []
-                if not block.unallocated:
-                    return []
-                ips = block.auto_assign(num, handle_id, attrs)
-                if len(ips) > reserved:
-                    if reserved == 0:
-                        self._handle_new_or_add(handle_id, cidr, len(ips))
-                    else:
-                        self._handle_add(handle_id, cidr, len(ips) - reserved)
-                    reserved = len(ips)
-                try:
-                    self.last_revision = self.store.update_block(block, rev)
-                except errors.Conflict:
-                    continue
-                except errors.NotFound:
-                    return []
-                surplus, reserved = reserved - len(ips), 0
-                if surplus:
-                    self._handle_sub(handle_id, cidr, surplus)
+                         host: str, affine_only: bool,
+                         prefetched: tuple[Block, int] | None = None) -> list[IPv4Address]:
+        """Take up to ``num`` addresses from one block.
+
+        The block and the handle are written in one etcd transaction that
+        compares both revisions (one CAS); when it loses, the transaction's own
+        failure branch returns the current block and handle and we retry, up to
+        ``retries`` times. The first attempt assumes a new handle.
+        """
+        got = prefetched if prefetched is not None else self.store.get_block(cidr)
+        handle: tuple[Handle, int] | None = None
+        for _ in range(self.retries):
+            if got is None:
+                return []
+            block, rev = got
+            if affine_only and block.host != host:
+                return []
+            if not block.unallocated:
+                return []
+            ips = block.auto_assign(num, handle_id, attrs)
+            h = Handle(handle_id, dict(handle[0].block)) if handle else Handle(handle_id)
+            h.increment(cidr, len(ips))
+            done, got, handle = self.store.commit_allocation(block, rev, h, handle[1] if handle else None)
+            if done is not None:
+                self.last_revision = done
                 return ips
-            raise TooManyConflicts(
-                f"block {cidr}: gave up after {self.retries} conflicting writes")
-        finally:
-            if reserved:
-                self._handle_sub(handle_id, cidr, reserved)
+        raise TooManyConflicts(f"block {cidr}: gave up after {self.retries} conflicting writes")
 
     def _affine_cidrs(self, host: str, pools: Sequence[Pool], confirmed_only: bool = True) -> list[IPv4Network]:
         out = []
@@ -452,16 +444,32 @@ class IPAM:
         if not hostname:
             raise IPAMError("hostname must not be empty")
         attrs = dict(attrs or {})
-        cfg = self.get_config()
-        chosen = self.select_pools(hostname, pools, intended_use)
+        cfg, pool_docs, affinities = self.store.alloc_snapshot(hostname)
+        every = []
+        for doc in pool_docs:
+            try:
+                pool = Pool.from_resource_dict(doc)
+            except (KeyError, ValueError, TypeError):
+                continue
+            if pool.cidr.version == 4:
+                every.append(pool)
+        chosen = self.select_pools(hostname, pools, intended_use, every)
         if not chosen:
             raise NoPools(f"no IP pools available for {intended_use} addresses on node {hostname}")
         got: list[IPv4Address] = []
         try:
-            for cidr in self._affine_cidrs(hostname, chosen):
+            affine = [a.cidr for a in affinities
+                      if not a.deleted and a.state == STATE_CONFIRMED
+                      and any(a.cidr.subnet_of(p.cidr) for p in chosen)]
+            current = self.store.get_free_blocks(affine)
+            for cidr in affine:
                 if len(got) >= num:
                     break
-                got += self._assign_in_block(cidr, num - len(got), handle_id, attrs, hostname, True)
+                have = current.get(cidr)
+                if have is None or have[0].host != hostname or not have[0].unallocated:
+                    continue
+                got += self._assign_in_block(cidr, num - len(got), handle_id, attrs, hostname, True,
+                                             prefetched=have)
             if len(got) < num and cfg.auto_allocate_blocks:
                 while len(got) < num:
                     owned = len([a for a in self.store.list_affinities(hostname) if not a.deleted])

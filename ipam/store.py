@@ -11,12 +11,14 @@ revision; the caller retries on :class:`datastore.errors.Conflict`.
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any
 
 from datastore import errors
+from datastore.etcd import KV, prefix_end
 from ipam.block import Block, Handle, IPAMConfigRules
 
 IPAM_PREFIX = "/calico/ipam/v2/"
@@ -24,6 +26,10 @@ BLOCK_PREFIX = "/calico/ipam/v2/assignment/ipv4/block/"
 HOST_PREFIX = "/calico/ipam/v2/host/"
 HANDLE_PREFIX = "/calico/ipam/v2/handle/"
 CONFIG_KEY = "/calico/ipam/v2/config"
+
+POOL_PREFIX = "/calico/resources/v3/projectcalico.org/ippools/"
+#: how a block with no free ordinal serialises (compact JSON, as both we and datastore/ write it)
+FULL_MARK = b'"unallocated":[]'
 
 STATE_PENDING = "pending"
 STATE_CONFIRMED = "confirmed"
@@ -76,11 +82,73 @@ def _json(data: dict[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _kv(d: dict[str, Any]) -> KV:
+    return KV(key=base64.b64decode(d["key"]).decode(), value=base64.b64decode(d.get("value", "")),
+              mod_revision=int(d.get("mod_revision", 0)), create_revision=int(d.get("create_revision", 0)),
+              version=int(d.get("version", 0)))
+
+
 class Store:
     """Typed reads and CAS writes of IPAM keys over :class:`datastore.etcd.EtcdClient`."""
 
     def __init__(self, etcd: Any):
         self.etcd = etcd
+
+    # -- batched reads (one round trip) ------------------------------------
+
+    def read_many(self, ranges: list[tuple[str, bool]]) -> list[list[KV]]:
+        """Read several keys / prefixes (``(key, is_prefix)``) in one etcd transaction."""
+        ops = []
+        for key, is_prefix in ranges:
+            req: dict[str, Any] = {"key": _b64(key)}
+            if is_prefix:
+                req["range_end"] = _b64(prefix_end(key))
+            ops.append({"request_range": req})
+        doc = self.etcd.call("/v3/kv/txn", {"compare": [], "success": ops, "failure": []})
+        out = []
+        for resp in doc.get("responses") or []:
+            kvs = (resp.get("response_range") or {}).get("kvs") or []
+            out.append(sorted((_kv(d) for d in kvs), key=lambda kv: kv.key))
+        while len(out) < len(ranges):
+            out.append([])
+        return out
+
+    def alloc_snapshot(self, host: str) -> tuple[IPAMConfigRules, list[dict[str, Any]], list[Affinity]]:
+        """IPAMConfig, every IPPool document and ``host``'s affinities, in one round trip."""
+        cfg_kvs, pool_kvs, aff_kvs = self.read_many(
+            [(CONFIG_KEY, False), (POOL_PREFIX, True), (affinity_prefix(host), True)])
+        cfg = self._config(cfg_kvs[0]) if cfg_kvs else IPAMConfigRules()
+        pools = [json.loads(kv.value) for kv in pool_kvs]
+        affs = [a for a in (self._affinity(kv) for kv in aff_kvs) if a is not None]
+        return cfg, pools, affs
+
+    def get_blocks(self, cidrs: list[IPv4Network]) -> dict[IPv4Network, tuple[Block, int]]:
+        """Several blocks in one round trip (missing ones are left out)."""
+        if not cidrs:
+            return {}
+        out = {}
+        for cidr, kvs in zip(cidrs, self.read_many([(block_key(c), False) for c in cidrs]), strict=True):
+            if kvs:
+                out[cidr] = (Block.from_dict(json.loads(kvs[0].value)), kvs[0].mod_revision)
+        return out
+
+    def get_free_blocks(self, cidrs: list[IPv4Network]) -> dict[IPv4Network, tuple[Block, int]]:
+        """Like :meth:`get_blocks` (one round trip) but only blocks with a free address.
+
+        Full blocks are recognised from the stored bytes without decoding them, so
+        a node with many full blocks pays little for each allocation.
+        """
+        if not cidrs:
+            return {}
+        out = {}
+        for cidr, kvs in zip(cidrs, self.read_many([(block_key(c), False) for c in cidrs]), strict=True):
+            if kvs and FULL_MARK not in kvs[0].value:
+                out[cidr] = (Block.from_dict(json.loads(kvs[0].value)), kvs[0].mod_revision)
+        return out
 
     # -- blocks -----------------------------------------------------------
 
@@ -103,6 +171,48 @@ class Store:
     def update_block(self, block: Block, revision: int) -> int:
         """CAS-write a block; raises Conflict / NotFound."""
         return self.etcd.update(block_key(block.cidr), _json(block.to_dict()), revision)
+
+    def commit_allocation(self, block: Block, block_rev: int, handle: Handle, handle_rev: int | None,
+                          ) -> tuple[int | None, tuple[Block, int] | None, tuple[Handle, int] | None]:
+        """Write a block and its handle in one transaction (one CAS, one round trip).
+
+        Succeeds only if the block is still at ``block_rev`` and the handle is
+        still at ``handle_rev`` (``None``: the handle must not exist yet).
+        Returns ``(revision, None, None)`` on success, else ``(None, fresh block,
+        fresh handle)`` as read atomically by the failed transaction, so the
+        caller can retry without another read.
+        """
+        bkey, hkey = block_key(block.cidr), handle_key(handle.handle_id)
+        hcmp: dict[str, Any] = {"key": _b64(hkey), "result": "EQUAL"}
+        if handle_rev is None:
+            hcmp.update(target="CREATE", create_revision="0")
+        else:
+            hcmp.update(target="MOD", mod_revision=str(handle_rev))
+        doc = self.etcd.call("/v3/kv/txn", {
+            "compare": [{"key": _b64(bkey), "target": "MOD", "result": "EQUAL", "mod_revision": str(block_rev)},
+                        hcmp],
+            "success": [{"request_put": {"key": _b64(bkey), "value": base64.b64encode(
+                            _json(block.to_dict())).decode()}},
+                        {"request_put": {"key": _b64(hkey), "value": base64.b64encode(
+                            self._handle_value(handle)).decode()}}],
+            "failure": [{"request_range": {"key": _b64(bkey)}}, {"request_range": {"key": _b64(hkey)}}],
+        })
+        if doc.get("succeeded"):
+            return int(doc.get("header", {}).get("revision", 0)), None, None
+        resps = doc.get("responses") or [{}, {}]
+        bkvs = (resps[0].get("response_range") or {}).get("kvs") or []
+        hkvs = (resps[1].get("response_range") or {}).get("kvs") if len(resps) > 1 else None
+        fresh_block = None
+        if bkvs:
+            kv = _kv(bkvs[0])
+            fresh_block = (Block.from_dict(json.loads(kv.value)), kv.mod_revision)
+        fresh_handle = None
+        if hkvs:
+            kv = _kv(hkvs[0])
+            h = Handle.from_dict(json.loads(kv.value))
+            h.handle_id = handle.handle_id
+            fresh_handle = (h, kv.mod_revision)
+        return None, fresh_block, fresh_handle
 
     def delete_block(self, cidr: IPv4Network | str, revision: int) -> None:
         """CAS-delete a block; raises Conflict / NotFound."""
@@ -194,6 +304,10 @@ class Store:
         kv = self.etcd.get(CONFIG_KEY)
         if kv is None:
             return IPAMConfigRules()
+        return self._config(kv)
+
+    @staticmethod
+    def _config(kv: KV) -> IPAMConfigRules:
         data = json.loads(kv.value)
         return IPAMConfigRules(
             strict_affinity=bool(data.get("strict_affinity", False)),

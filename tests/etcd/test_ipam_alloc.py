@@ -216,3 +216,33 @@ def test_unreachable_etcd_fails_fast_with_endpoint():
     with pytest.raises(errors.DatastoreUnavailable, match="127.0.0.1:9"):
         ipam.auto_assign(1, "h", {}, "n1")
     assert time.monotonic() - t0 < 5
+
+
+def test_same_node_racing_threads_block_and_handle_stay_consistent(ds_client):
+    import threading
+
+    add_pool(ds_client, "p", "10.22.0.0/24", 28)
+    results: list[IPv4Address] = []
+    failures: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        ipam = IPAM(Client([f"http://{h}:{p}" for h, p in ds_client.etcd.endpoints]))
+        try:
+            for i in range(25):
+                # a shared handle for half of them: its counts must add up despite the races
+                handle = "shared" if i % 2 else f"t{k}-{i}"
+                results.extend(ipam.auto_assign(1, handle, {"node": "n1"}, "n1"))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failures, failures
+    assert len(results) == 100 and len(set(results)) == 100
+    rep = IPAM(ds_client).check()
+    assert rep.bad_handles == [] and rep.other == [] and len(rep.leaked) == 100
+    assert sum(ds_client.get("IPAMHandle", "shared").spec.block.values()) == 48
+    assert len(IPAM(ds_client).release_by_handle("shared")) == 48
