@@ -26,7 +26,7 @@ collect_ignore = [] if os.environ.get("CALICOLAB_GUEST") else ["guest"]
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST_DIR = "tests/kernel/guest"
-BOOT_LIMIT_S = float(os.environ.get("CALICOLAB_KTIER_TIMEOUT", "170"))
+BOOT_LIMIT_S = float(os.environ.get("CALICOLAB_KTIER_TIMEOUT", "240"))
 # Results (junit, logs, pcaps) stay where the project's captures go, one directory per session;
 # directories of sessions older than KEEP_S are pruned.
 RESULTS_ROOT = REPO / "pcaps" / "kernel-tier"
@@ -59,24 +59,16 @@ class GuestSession:
 
 
 def guest_script() -> str:
-    """The shell script the guest runs: pytest on the guest tests, normal and broken."""
-    py = f"{REPO}/.venv/bin/python"
-    lines = [
-        "set -u",
+    """The shell script the guest runs: the guest tests, intact and broken, in one Python."""
+    runs = " ".join(shlex.quote(f"{n}:{b}:{k}") for n, b, k in GUEST_RUNS)
+    return "\n".join([
         f"cd {shlex.quote(str(REPO))}",
         "export PYTHONDONTWRITEBYTECODE=1 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1",
         f"export CI={shlex.quote(os.environ.get('CI', ''))}",
-        'R="$CALICOLAB_RESULTS"',
-    ]
-    for name, brk, kexpr in GUEST_RUNS:
-        out = "$R" if not brk else f"$R/{name}"
-        sel = f"-k {shlex.quote(kexpr)}" if kexpr else ""
-        lines.append(
-            f'mkdir -p "{out}"; CALICOLAB_KTIER_BREAK={brk} CALICOLAB_RESULTS="{out}" '
-            f"{py} -m pytest -p no:cacheprovider -p pytest_timeout -q -rA {GUEST_DIR} {sel} "
-            f'--junitxml="$R/{name}.xml" > "$R/{name}.log" 2>&1; echo $? > "$R/{name}.rc"'
-        )
-    return "\n".join(lines) + "\n"
+        f"{REPO}/.venv/bin/python -m testbed.kerneltier.guestrun "
+        f'--results "$CALICOLAB_RESULTS" --tests {GUEST_DIR} {runs} '
+        '> "$CALICOLAB_RESULTS/guestrun.log" 2>&1',
+    ]) + "\n"
 
 
 def _qemu_missing_reason() -> str | None:

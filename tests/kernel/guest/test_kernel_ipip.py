@@ -24,24 +24,28 @@ from tests.support import require
 
 pytestmark = pytest.mark.kernel
 
-BREAK = os.environ.get("CALICOLAB_KTIER_BREAK", "")
-RESULTS = Path(os.environ.get("CALICOLAB_RESULTS", "/tmp/results"))
 UPLINK_MTU = 1500
+
+
+def results_dir() -> Path:
+    """The results share (read per call: testbed.kerneltier.guestrun reruns in one process)."""
+    return Path(os.environ.get("CALICOLAB_RESULTS", "/tmp/results"))
 
 
 @pytest.fixture(scope="module")
 def cluster():
     """Three nodes with the agent's kernel tunl0, block routes and one pod each."""
     require(os.path.isdir("/sys/module/ipip"), "the kernel has no ipip module loaded")
-    if BREAK not in ("", "no-onlink", "tunnel-mtu"):
-        raise ValueError(f"CALICOLAB_KTIER_BREAK={BREAK!r}: expected no-onlink or tunnel-mtu")
+    brk = os.environ.get("CALICOLAB_KTIER_BREAK", "")
+    if brk not in ("", "no-onlink", "tunnel-mtu"):
+        raise ValueError(f"CALICOLAB_KTIER_BREAK={brk!r}: expected no-onlink or tunnel-mtu")
     c = kc.build(
         3,
         datapath="kernel",
         uplink_mtu=UPLINK_MTU,
-        tunnel_mtu=UPLINK_MTU - 20 - 100 if BREAK == "tunnel-mtu" else None,
+        tunnel_mtu=UPLINK_MTU - 20 - 100 if brk == "tunnel-mtu" else None,
         pod_mtu=UPLINK_MTU - 20,
-        onlink=BREAK != "no-onlink",
+        onlink=brk != "no-onlink",
     )
     yield c
     c.close()
@@ -83,8 +87,8 @@ def test_route_without_onlink_is_rejected(cluster):
 
 def test_pod_to_pod_across_kernel_tunnel(cluster):
     """pod-1 reaches pod-2 and pod-3 through the kernel tunnel; tunl0 counts the packets."""
-    record = flow.cross_node_flow(cluster, RESULTS / "pcaps")
-    flow.write(record, RESULTS / "flow-kernel.json")
+    record = flow.cross_node_flow(cluster, results_dir() / "pcaps")
+    flow.write(record, results_dir() / "flow-kernel.json")
     for ip, res in record["pings"].items():
         assert res["rc"] == 0 and res["loss_percent"] == 0, f"ping {ip}: {res['output']}"
     sent = 2 * flow.PING_COUNT
@@ -96,8 +100,8 @@ def test_pod_to_pod_across_kernel_tunnel(cluster):
 
 def test_mtu_largest_df_ping_fits_and_one_more_fails(cluster):
     """DF ping of host-20-28 bytes passes; one byte more is refused (pod) or frag-needed (node)."""
-    record = flow.mtu_behaviour(cluster, RESULTS / "pcaps")
-    flow.write(record, RESULTS / "mtu-kernel.json")
+    record = flow.mtu_behaviour(cluster, results_dir() / "pcaps")
+    flow.write(record, results_dir() / "mtu-kernel.json")
     tunnel_mtu = UPLINK_MTU - 20
     pod, big = record["probes"]["pod"], record["probes"]["big_pod"]
     assert pod[0]["outcome"] == "ok", pod
