@@ -42,6 +42,8 @@ from ipam.store import (
     STATE_PENDING,
     STATE_PENDING_DELETION,
     Store,
+    block_key,
+    handle_key,
 )
 
 DATASTORE_RETRIES = 100
@@ -565,6 +567,7 @@ class IPAM:
 
     def _release_in_block(self, cidr: IPv4Network, ips: list[IPv4Address],
                           seqs: dict[IPv4Address, int] | None) -> list[IPv4Address]:
+        """Free ``ips`` of one block; block and handle counts change in one transaction."""
         for _ in range(self.retries):
             got = self.store.get_block(cidr)
             if got is None:
@@ -573,56 +576,78 @@ class IPAM:
             unalloc, counts = block.release(ips, seqs)
             if not counts and len(unalloc) == len(ips):
                 return unalloc
-            try:
-                if block.is_empty() and block.affinity is None:
-                    self.store.delete_block(cidr, rev)
-                else:
-                    self.store.update_block(block, rev)
-            except (errors.Conflict, errors.NotFound):
-                continue
-            for handle, n in counts.items():
-                self._handle_sub(handle, cidr, n)
-            return unalloc
+            if self._commit_release(block, rev, counts):
+                return unalloc
         raise TooManyConflicts(f"block {cidr}: gave up after {self.retries} conflicting writes")
 
+    def _commit_release(self, block: Block, rev: int, counts: dict[str, int],
+                        handles: dict[str, tuple[Handle, int]] | None = None) -> bool:
+        if handles is None:
+            handles = self.store.get_handles(sorted(counts))
+        ops: list[tuple[str, Handle | None, int]] = []
+        for hid in sorted(counts):
+            if hid not in handles:
+                continue  # no handle object (check reports it); nothing to decrement
+            h, hrev = handles[hid]
+            new = Handle(hid, dict(h.block))
+            new.decrement(block.cidr, min(counts[hid], new.block.get(str(block.cidr), 0)))
+            ops.append((hid, new, hrev))
+        return self.store.commit_release(block, rev, ops)
+
     def release_by_handle(self, handle_id: str) -> list[IPv4Address]:
-        """Release every address of ``handle_id``; returns them (empty if the handle is unknown)."""
+        """Release every address of ``handle_id``; returns them (empty if the handle is unknown).
+
+        Block by block, each block write and the handle's decrement go in one
+        transaction; the handle disappears with its last address.
+        """
         got = self.store.get_handle(handle_id)
         if got is None:
             return []
-        handle, _ = got
         freed: list[IPv4Address] = []
-        for cidr_text in list(handle.block):
+        for cidr_text in list(got[0].block):
             cidr = IPv4Network(cidr_text)
             for _ in range(self.retries):
-                bgot = self.store.get_block(cidr)
-                if bgot is None:
+                bkvs, hkvs = self.store.read_many([(block_key(cidr), False), (handle_key(handle_id), False)])
+                handles = {handle_id: (self._decode_handle(handle_id, hkvs[0].value),
+                                       hkvs[0].mod_revision)} if hkvs else {}
+                if not bkvs:
+                    if handles:  # the block is gone: drop its count from the handle
+                        h, hrev = handles[handle_id]
+                        new = Handle(handle_id, {k: v for k, v in h.block.items() if k != str(cidr)})
+                        if not self._commit_handle_only(new, hrev):
+                            continue
                     break
-                block, rev = bgot
-                ips, _counts = block.release_by_handle(handle_id)
+                block = Block.from_dict(json.loads(bkvs[0].value))
+                ips, counts = block.release_by_handle(handle_id)
                 if not ips:
+                    if handles and str(cidr) in handles[handle_id][0].block:
+                        h, hrev = handles[handle_id]
+                        new = Handle(handle_id, {k: v for k, v in h.block.items() if k != str(cidr)})
+                        if not self._commit_handle_only(new, hrev):
+                            continue
                     break
-                try:
-                    if block.is_empty() and block.affinity is None:
-                        self.store.delete_block(cidr, rev)
-                    else:
-                        self.store.update_block(block, rev)
-                except (errors.Conflict, errors.NotFound):
-                    continue
-                freed += ips
-                break
+                if self._commit_release(block, bkvs[0].mod_revision, counts, handles):
+                    freed += ips
+                    break
             else:
                 raise TooManyConflicts(f"block {cidr}: gave up after {self.retries} conflicting writes")
-        for _ in range(self.retries):
-            hgot = self.store.get_handle(handle_id)
-            if hgot is None:
-                break
-            try:
-                self.store.delete_handle(handle_id, hgot[1])
-                break
-            except (errors.Conflict, errors.NotFound):
-                continue
         return freed
+
+    @staticmethod
+    def _decode_handle(handle_id: str, value: bytes) -> Handle:
+        h = Handle.from_dict(json.loads(value))
+        h.handle_id = handle_id
+        return h
+
+    def _commit_handle_only(self, new: Handle, rev: int) -> bool:
+        try:
+            if new.is_empty():
+                self.store.delete_handle(new.handle_id, rev)
+            else:
+                self.store.update_handle(new, rev)
+            return True
+        except (errors.Conflict, errors.NotFound):
+            return False
 
     # ------------------------------------------------------------------
     # queries

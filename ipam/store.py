@@ -214,6 +214,44 @@ class Store:
             fresh_handle = (h, kv.mod_revision)
         return None, fresh_block, fresh_handle
 
+    def get_handles(self, handle_ids: list[str]) -> dict[str, tuple[Handle, int]]:
+        """Several handles in one round trip (missing ones are left out)."""
+        out = {}
+        for hid, kvs in zip(handle_ids, self.read_many([(handle_key(h), False) for h in handle_ids]),
+                            strict=True):
+            if kvs:
+                h = Handle.from_dict(json.loads(kvs[0].value))
+                h.handle_id = hid
+                out[hid] = (h, kvs[0].mod_revision)
+        return out
+
+    def commit_release(self, block: Block, block_rev: int,
+                       handles: list[tuple[str, Handle | None, int]]) -> bool:
+        """Write a block after a release together with its handles, in one transaction.
+
+        The block is deleted instead of written when it is empty and has no
+        affinity. Each ``(handle_id, new, rev)`` is compared at ``rev`` and
+        written, or deleted when ``new`` is None or empty. False if anything
+        changed since it was read (the caller re-reads and retries).
+        """
+        bkey = block_key(block.cidr)
+        compare = [{"key": _b64(bkey), "target": "MOD", "result": "EQUAL", "mod_revision": str(block_rev)}]
+        if block.is_empty() and block.affinity is None:
+            success: list[dict[str, Any]] = [{"request_delete_range": {"key": _b64(bkey)}}]
+        else:
+            success = [{"request_put": {"key": _b64(bkey),
+                                        "value": base64.b64encode(_json(block.to_dict())).decode()}}]
+        for hid, new, rev in handles:
+            hkey = handle_key(hid)
+            compare.append({"key": _b64(hkey), "target": "MOD", "result": "EQUAL", "mod_revision": str(rev)})
+            if new is None or new.is_empty():
+                success.append({"request_delete_range": {"key": _b64(hkey)}})
+            else:
+                success.append({"request_put": {"key": _b64(hkey),
+                                                "value": base64.b64encode(self._handle_value(new)).decode()}})
+        doc = self.etcd.call("/v3/kv/txn", {"compare": compare, "success": success, "failure": []})
+        return bool(doc.get("succeeded"))
+
     def delete_block(self, cidr: IPv4Network | str, revision: int) -> None:
         """CAS-delete a block; raises Conflict / NotFound."""
         self.etcd.delete(block_key(cidr), mod_revision=revision)
