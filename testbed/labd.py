@@ -41,6 +41,8 @@ NODE_DIRS: tuple[tuple[str, str | None], ...] = (
     ("/opt/cni/bin", "cni-bin"),
     ("/var/lib/calico", "var-lib-calico"),
     ("/var/log/calico", "log"),
+    ("/var/lib/kubelet", "var-lib-kubelet"),
+    ("/var/lib/cni", "var-lib-cni"),
     ("/var/run/calico", None),
     ("/run/netns", None),
 )

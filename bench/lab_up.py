@@ -1,0 +1,190 @@
+"""Benchmark: time from `calicolab up` to all nodes Ready and N pods Running and reachable.
+
+For each size (default 3, 20 and 50 nodes) the script writes a topology (one
+node segment with a gateway router, IPIP Always, an nginx Deployment as the
+lab's workload), brings the
+lab up with calico-node, then polls until every Node is Ready, every pod is
+Running with an IP, and every pod answers HTTP 200 from the control-plane node
+(through the IPIP tunnel when it runs elsewhere). Then it takes the lab down and
+checks nothing is left. Prints a table, writes JSON (default
+reports/bench/lab_up.json)::
+
+    sudo .venv/bin/python bench/lab_up.py [--sizes 3,20,50] [--pods 4] [--json PATH]
+
+Targets (issue 4): 3 nodes + 4 pods <= 3 s, 20 nodes <= 10 s, 50 nodes <= 30 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from testbed import lab as labmod  # noqa: E402
+from testbed import netns as nsmod  # noqa: E402
+from testbed.clean import clean_lab  # noqa: E402
+from testbed.poll import wait_for  # noqa: E402
+
+TARGETS = {3: 3.0, 20: 10.0, 50: 30.0}
+
+
+def topology(name: str, nodes: int, pods: int) -> str:
+    """An IPIP lab of ``nodes`` nodes behind a gateway router, with ``pods`` nginx replicas."""
+    lines = [f"name: {name}", "segments:", "  - {name: lan0, cidr: 172.30.96.0/22}",
+             "  - {name: inet, cidr: 203.0.113.0/24}",
+             "routers:",  # the nodes' default gateway, as on a real network
+             "  - {name: r0, interfaces: [{segment: lan0, address: 172.30.96.1},"
+             " {segment: inet, address: 203.0.113.1}]}",
+             "nodes:"]
+    for i in range(nodes):
+        role = "control-plane" if i == 0 else "worker"
+        node = "k8s-m" if i == 0 else f"k8s-w{i - 1}"
+        lines.append(f"  - {{name: {node}, role: {role}, address: 172.30.{96 + (10 + i) // 256}."
+                     f"{(10 + i) % 256}, segment: lan0}}")
+    lines += [
+        "calico:",
+        "  pool: {cidr: 192.168.0.0/16, blockSize: 26, ipipMode: Always, natOutgoing: true}",
+        "workloads:",
+        "  - manifest:",
+        "      apiVersion: apps/v1",
+        "      kind: Deployment",
+        "      metadata: {name: nginx, namespace: default}",
+        "      spec:",
+        f"        replicas: {pods}",
+        "        selector: {matchLabels: {app: nginx}}",
+        "        template:",
+        "          metadata: {labels: {app: nginx}}",
+        "          spec: {containers: [{name: nginx, image: nginx}]}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def cluster_view(cp_netns: str, endpoints: list[str]) -> dict:
+    """Nodes' readiness and pods' phase/IP, read from the lab's store inside its netns."""
+    from testbed.k8s.store import Store
+
+    def read() -> dict:
+        store = Store.from_endpoints(endpoints)
+        nodes = {}
+        for n in store.list("Node"):
+            conds = (n.get("status") or {}).get("conditions") or []
+            nodes[n["metadata"]["name"]] = any(c.get("type") == "Ready" and c.get("status") == "True"
+                                               for c in conds)
+        pods = {p["metadata"]["name"]: ((p.get("status") or {}).get("phase"),
+                                        (p.get("status") or {}).get("podIP"),
+                                        (p.get("spec") or {}).get("nodeName"))
+                for p in store.list("Pod", "default")}
+        return {"nodes": nodes, "pods": pods}
+
+    return nsmod.run_in(cp_netns, read)
+
+
+def reachable(cp_netns: str, ips: list[str]) -> list[str]:
+    """The pod IPs that answer HTTP 200 from the control-plane node."""
+    script = " ".join(
+        f'(c=$(curl -s -o /dev/null -m 0.5 -w "%{{http_code}}" http://{ip}/); echo "{ip} $c") &'
+        for ip in ips) + " wait"
+    out = subprocess.run(["ip", "netns", "exec", cp_netns, "sh", "-c", script],
+                         capture_output=True, text=True, timeout=30).stdout
+    return sorted(line.split()[0] for line in out.splitlines() if line.endswith(" 200"))
+
+
+def run_one(nodes: int, pods: int, workdir: Path) -> dict:
+    """Bring one lab up, measure, take it down."""
+    name = f"bench{nodes}-{os.getpid() % 10000}"
+    path = workdir / f"{name}.yaml"
+    path.write_text(topology(name, nodes, pods))
+    result: dict = {"nodes": nodes, "pods": pods, "lab": name}
+    t0 = time.monotonic()
+    try:
+        st = labmod.up(path, progress=lambda m: print(f"  [{time.monotonic() - t0:6.2f}s] {m}",
+                                                      file=sys.stderr),
+                       timeout=300, ready_timeout=120)
+        result["up_returned_s"] = round(time.monotonic() - t0, 3)
+        result["supervisor_timings_s"] = st.get("timings", {})
+        cp_ns = st["hosts"][st["control_plane"]]["netns"]
+        eps = st["etcd_endpoints"]
+
+        def all_ready(v: dict) -> bool:
+            return len(v["nodes"]) == nodes and all(v["nodes"].values())
+
+        wait_for(lambda: cluster_view(cp_ns, eps), all_ready, timeout=180,
+                 what=f"{nodes} nodes Ready")
+        result["nodes_ready_s"] = round(time.monotonic() - t0, 3)
+
+        def pods_running(v: dict) -> bool:
+            return len(v["pods"]) == pods and all(ph == "Running" and ip
+                                                  for ph, ip, _ in v["pods"].values())
+
+        view = wait_for(lambda: cluster_view(cp_ns, eps), pods_running, timeout=180,
+                        what=f"{pods} pods Running")
+        result["pods_running_s"] = round(time.monotonic() - t0, 3)
+        ips = sorted(ip for _, ip, _ in view["pods"].values())
+        wait_for(lambda: reachable(cp_ns, ips), lambda ok: ok == ips, timeout=60,
+                 what=f"{pods} pods answering HTTP 200 from {st['control_plane']}")
+        result["pods_reachable_s"] = round(time.monotonic() - t0, 3)
+        result["pod_nodes"] = sorted({n for _, _, n in view["pods"].values()})
+        t1 = time.monotonic()
+        labmod.down(name, progress=lambda _m: None)
+        result["down_s"] = round(time.monotonic() - t1, 3)
+        result["left_behind"] = [n for n in st["netns"] if Path("/run/netns", n).exists()]
+    except Exception as exc:  # noqa: BLE001 - recorded in the results, lab removed below
+        result["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        clean_lab(name)
+    target = TARGETS.get(nodes)
+    result["target_s"] = target
+    done = result.get("pods_reachable_s")
+    result["meets_target"] = bool(target and done is not None and done <= target)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print a table; write JSON."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="3,20,50", help="node counts, comma separated")
+    ap.add_argument("--pods", type=int, default=4,
+                    help="pods for the 3-node lab; bigger labs run one pod per worker")
+    ap.add_argument("--json", default=str(REPO / "reports" / "bench" / "lab_up.json"))
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/lab_up.py needs root", file=sys.stderr)
+        return 2
+    results = []
+    with tempfile.TemporaryDirectory(prefix="calicolab-bench-") as tmp:
+        for n in (int(x) for x in args.sizes.split(",")):
+            pods = args.pods if n <= 3 else n - 1
+            print(f"lab of {n} nodes, {pods} pods ...", file=sys.stderr)
+            results.append(run_one(n, pods, Path(tmp)))
+    hdr = ("nodes", "pods", "up returns", "nodes Ready", "pods Running", "pods reachable",
+           "target", "ok", "down")
+    print("  ".join(f"{h:>14}" for h in hdr))
+    for r in results:
+        def f(key: str, r: dict = r) -> str:
+            v = r.get(key)
+            return f"{v:.2f}s" if isinstance(v, float | int) else "-"
+        row = (str(r["nodes"]), str(r["pods"]), f("up_returned_s"), f("nodes_ready_s"),
+               f("pods_running_s"), f("pods_reachable_s"), f("target_s"),
+               "yes" if r["meets_target"] else "NO", f("down_s"))
+        print("  ".join(f"{c:>14}" for c in row))
+        if r.get("error"):
+            print(f"    error: {r['error']}")
+    out = {"benchmark": "lab_up", "machine": {"cpus": os.cpu_count(), "kernel": platform.release()},
+           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": results}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.json}")
+    return 0 if all("error" not in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
