@@ -649,6 +649,41 @@ class IPAM:
         except (errors.Conflict, errors.NotFound):
             return False
 
+    def release_host_affinities(self, host: str) -> int:
+        """Give up every block affinity of ``host`` (the node is gone); returns how many.
+
+        Per block: affinity -> ``pendingDeletion``; then the block is deleted if
+        empty, or else keeps its allocations with no affinity (it is deleted
+        when its last address is released); then the affinity is deleted. Every
+        step is a CAS.
+        """
+        released = 0
+        for aff in self.store.list_affinities(host):
+            for _ in range(self.retries):
+                cur = self.store.get_affinity(host, aff.cidr)
+                if cur is None:
+                    break
+                got = self.store.get_block(aff.cidr)
+                try:
+                    if got is None or got[0].host != host:
+                        self.store.delete_affinity(host, aff.cidr, cur.revision)
+                        break
+                    aff_rev = self.store.update_affinity(host, aff.cidr, STATE_PENDING_DELETION, cur.revision)
+                    block, rev = got
+                    if block.is_empty():
+                        self.store.delete_block(block.cidr, rev)
+                    else:
+                        block.affinity = None
+                        self.store.update_block(block, rev)
+                    self.store.delete_affinity(host, aff.cidr, aff_rev)
+                except (errors.Conflict, errors.NotFound):
+                    continue
+                released += 1
+                break
+            else:
+                raise TooManyConflicts(f"affinity {host} {aff.cidr}: gave up after {self.retries} writes")
+        return released
+
     # ------------------------------------------------------------------
     # queries
 

@@ -246,3 +246,18 @@ def test_same_node_racing_threads_block_and_handle_stay_consistent(ds_client):
     assert rep.bad_handles == [] and rep.other == [] and len(rep.leaked) == 100
     assert sum(ds_client.get("IPAMHandle", "shared").spec.block.values()) == 48
     assert len(IPAM(ds_client).release_by_handle("shared")) == 48
+
+
+def test_release_host_affinities_when_node_goes_away(ds_client, ipam):
+    add_pool(ds_client, "p", "10.23.0.0/24", 28)
+    kept = ipam.auto_assign(17, "busy", {"node": "gone"}, "gone")  # fills one block, one IP in a second
+    ipam.release_ips(kept[:16])  # empty the first block, one address stays in the second
+    left = [ip for ip in kept if ipam.ip_info(ip)["in_use"]]
+    assert len(left) == 1 and len(ipam.blocks()) == 2
+    assert ipam.release_host_affinities("gone") == 2
+    assert ds_client.list("BlockAffinity") == []
+    blocks = ipam.blocks()
+    assert len(blocks) == 1 and blocks[0].affinity is None and left[0] in blocks[0].cidr
+    assert ipam.check().other == []
+    ipam.release_by_handle("busy")
+    assert ipam.blocks() == []  # an empty block without affinity is deleted
