@@ -217,6 +217,19 @@ def delete_named(client: Any, kind: str, names: list[str], namespace: str | None
 # get
 
 
+def dump_yaml(payload: Any) -> str:
+    """YAML as calicoctl (sigs.k8s.io/yaml) prints it: sorted keys, block style,
+    strings that need quoting in double quotes (``resourceVersion: "459"``)."""
+    import yaml
+
+    class _Dumper(yaml.SafeDumper):
+        def choose_scalar_style(self):  # noqa: ANN202
+            style = super().choose_scalar_style()
+            return '"' if style == "'" else style
+
+    return yaml.dump(payload, Dumper=_Dumper, default_flow_style=False, sort_keys=True, width=1 << 16)
+
+
 def _global_as(client: Any) -> str:
     try:
         cfg = client.get("BGPConfiguration", "default").to_dict().get("spec", {})
@@ -332,12 +345,31 @@ def get(client: Any, kind: str, names: list[str], output: str, namespace: str | 
         if output == "json":
             out.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
         else:
-            import yaml
-
-            out.write(yaml.safe_dump(payload, default_flow_style=False, sort_keys=True))
+            out.write(dump_yaml(payload))
         return 0
     global_as = _global_as(client) if cls.KIND == "Node" and output == "wide" else "64512"
     out.write(table_for(cls.KIND, docs, output == "wide", all_ns and cls.NAMESPACED, global_as))
+    return 0
+
+
+def get_from_file(client: Any, filename: str, namespace: str | None, output: str, out: TextIO,
+                  err: TextIO) -> int:
+    """``calicoctl get -f FILE``: the stored versions of the file's resources."""
+    found = []
+    for obj in _load(filename, namespace):
+        try:
+            found.append(client.get(type(obj), obj.metadata.name, obj.metadata.namespace))
+        except errors.NotFound:
+            err.write(f"Failed to get resources: resource does not exist: {obj.ident()}\n")
+            return 1
+    docs = [o.to_dict() for o in found]
+    if output == "json":
+        out.write(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2, sort_keys=True) + "\n")
+    elif output == "yaml":
+        out.write("---\n".join(dump_yaml(d) for d in docs))
+    else:
+        for kind in dict.fromkeys(o.KIND for o in found):
+            out.write(table_for(kind, [d for d in docs if d["kind"] == kind], output == "wide", False))
     return 0
 
 
@@ -346,12 +378,7 @@ def run(client: Any, args: Any, out: TextIO, err: TextIO) -> int:
     verb = args.command
     if verb == "get":
         if args.filename:
-            objs = _load(args.filename, args.namespace)
-            code = 0
-            for obj in objs:
-                code |= get(client, obj.KIND, [obj.metadata.name], args.output,
-                            obj.metadata.namespace, False, out, err)
-            return code
+            return get_from_file(client, args.filename, args.namespace, args.output, out, err)
         if not args.kind:
             err.write("Failed to execute command: get needs a resource type, e.g. 'calicoctl get ippools'\n")
             return 1

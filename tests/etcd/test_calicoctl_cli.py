@@ -200,6 +200,11 @@ def test_ipam_show_check_release(etcd_endpoints):
     assert [c.strip() for c in lines[4].split("|")[1:-1]] == ["Block", block, "64", "3 (5%)", "61 (95%)"]
     assert lines[3].split("|")[3] == "     65536 "  # numbers right-aligned under IPS TOTAL
 
+    res = ctl(etcd_endpoints, "get", "ipamblocks")
+    assert res.stdout.split() == ["NAME", "CIDR", block.replace(".", "-").replace("/", "-"), block]
+    res = ctl(etcd_endpoints, "get", "blockaffinities")
+    assert res.stdout.splitlines()[1].split()[1:] == ["k8s-w0", block, "confirmed"]
+
     res = ctl(etcd_endpoints, "ipam", "show", f"--ip={pods[0]}")
     assert res.stdout.splitlines() == [
         f"IP {pods[0]} is in use", "Handle ID: k8s-pod-network.abc", "Attributes:",
@@ -230,3 +235,23 @@ def test_ipam_show_check_release(etcd_endpoints):
 def test_node_status_without_a_speaker(tmp_path):
     res = ctl(["http://127.0.0.1:9"], "node", "status", "--ctl-socket", str(tmp_path / "bird.ctl"))
     assert res.returncode == 1 and res.stdout == "Calico process is not running.\n"
+
+
+def test_get_delete_by_file_and_config_file(etcd_endpoints, tmp_path):
+    f = tmp_path / "pool.yaml"
+    f.write_text(POOL_AND_BGP)
+    cfg = tmp_path / "calicoctl.cfg"
+    cfg.write_text("apiVersion: projectcalico.org/v3\nkind: CalicoAPIConfig\nmetadata: {}\n"
+                   f"spec:\n  datastoreType: etcdv3\n  etcdEndpoints: {etcd_endpoints[0]}\n")
+    # the config file wins over a wrong ETCD_ENDPOINTS
+    res = ctl(["http://127.0.0.1:9"], "apply", "-f", str(f), "--config", str(cfg))
+    assert res.returncode == 0, res.stderr
+    res = ctl(etcd_endpoints, "get", "-f", str(f), "-o", "yaml")
+    assert res.returncode == 0
+    assert 'resourceVersion: "' in res.stdout  # quoted as calicoctl does
+    assert [d["kind"] for d in yaml.safe_load_all(res.stdout)] == ["IPPool", "BGPConfiguration"]
+    res = ctl(etcd_endpoints, "delete", "-f", str(f))
+    assert res.returncode == 0 and res.stdout == "Successfully deleted 2 resource(s)\n"
+    assert ctl(etcd_endpoints, "get", "ippools").stdout.split() == ["NAME", "CIDR", "SELECTOR"]
+    res = ctl(etcd_endpoints, "delete", "-f", str(f))
+    assert res.returncode == 1 and "resource does not exist" in res.stderr
