@@ -118,9 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config_env(path: str | None) -> dict[str, str]:
+def _config_env(path: str | None, base: dict[str, str] | None = None) -> dict[str, str]:
     """Datastore settings: environment, overridden by a CalicoAPIConfig file if given."""
-    env = dict(os.environ)
+    env = dict(os.environ if base is None else base)
     if not path:
         return env
     import yaml
@@ -140,15 +140,19 @@ def _config_env(path: str | None) -> dict[str, str]:
     return env
 
 
-def make_client(config: str | None = None):  # noqa: ANN201 - datastore.Client (imported lazily)
+def make_client(config: str | None = None, env: dict[str, str] | None = None):  # noqa: ANN201
     """A datastore Client from the environment (or a --config file), with a short timeout."""
     from datastore import Client
 
-    return Client.from_env(_config_env(config), timeout=2.0)
+    return Client.from_env(_config_env(config, env), timeout=2.0)
 
 
-def run(argv: Sequence[str], out=None, err=None) -> int:  # noqa: ANN001
-    """Run one calicoctl command; returns the exit code. ``out``/``err`` default to stdio."""
+def run(argv: Sequence[str], out=None, err=None, env: dict[str, str] | None = None) -> int:  # noqa: ANN001
+    """Run one calicoctl command; returns the exit code.
+
+    ``out``/``err`` default to stdio; ``env`` (default ``os.environ``) supplies
+    ``DATASTORE_TYPE`` and ``ETCD_ENDPOINTS``.
+    """
     out = out or sys.stdout
     err = err or sys.stderr
     args_list = list(argv)
@@ -173,7 +177,7 @@ def run(argv: Sequence[str], out=None, err=None) -> int:  # noqa: ANN001
             if args.node_command != "status":
                 raise UsageError("calicoctl node: only 'node status' is supported")
             return node.status(args.ctl_socket, out, err)
-        client = make_client(config)
+        client = make_client(config, env)
         if args.command in ("create", "replace", "apply", "delete", "get"):
             from testbed.calicoctl import resources
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import yaml
 
 from datastore import Client
 from ipam import IPAM
+from testbed.calicoctl import run
 
 pytestmark = pytest.mark.etcd
 
@@ -43,11 +45,23 @@ spec:
 
 
 def ctl(endpoints: list[str], *args: str, stdin: str | None = None,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        env: dict[str, str] | None = None, proc: bool = False) -> subprocess.CompletedProcess:
+    """Run calicoctl: in-process through its ``run`` entry (fast), or as the installed
+    executable with ``proc=True`` (exit codes and stdio exactly as a user sees them)."""
     e = dict(os.environ, DATASTORE_TYPE="etcdv3", ETCD_ENDPOINTS=",".join(endpoints))
     e.update(env or {})
-    res = subprocess.run([*CALICOCTL, *args], input=stdin, capture_output=True, text=True,
-                         env=e, timeout=20)
+    if proc:
+        res = subprocess.run([*CALICOCTL, *args], input=stdin, capture_output=True, text=True,
+                             env=e, timeout=30)
+    else:
+        out, err = io.StringIO(), io.StringIO()
+        old_stdin = sys.stdin
+        sys.stdin = io.StringIO(stdin or "")
+        try:
+            code = run(list(args), out, err, env=e)
+        finally:
+            sys.stdin = old_stdin
+        res = subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
     assert "Traceback" not in res.stderr + res.stdout, res.stderr
     return res
 
@@ -55,7 +69,7 @@ def ctl(endpoints: list[str], *args: str, stdin: str | None = None,
 def test_apply_get_tables_yaml_json(etcd_endpoints, tmp_path: Path):
     f = tmp_path / "pool.yaml"
     f.write_text(POOL_AND_BGP)
-    res = ctl(etcd_endpoints, "apply", "-f", str(f))
+    res = ctl(etcd_endpoints, "apply", "-f", str(f), proc=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout == "Successfully applied 2 resource(s)\n"
 
@@ -146,7 +160,7 @@ def test_bad_pool_rejected_naming_field_and_nothing_written(etcd_endpoints, tmp_
                  "spec:\n  cidr: 10.50.0.0/16\n---\n"
                  f"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: bad\nspec:\n  {spec}\n")
     for verb in ("apply", "create"):
-        res = ctl(etcd_endpoints, verb, "-f", str(f))
+        res = ctl(etcd_endpoints, verb, "-f", str(f), proc=verb == "apply")
         assert res.returncode == 1
         assert field in res.stderr, res.stderr
         assert res.stdout == ""
@@ -155,11 +169,11 @@ def test_bad_pool_rejected_naming_field_and_nothing_written(etcd_endpoints, tmp_
 
 def test_unreachable_etcd_is_a_clear_fast_error():
     t0 = time.monotonic()
-    res = ctl(["http://127.0.0.1:9"], "get", "ippools")
+    res = ctl(["http://127.0.0.1:9"], "get", "ippools", proc=True)
     assert time.monotonic() - t0 < 5
     assert res.returncode == 1
     assert "cannot reach etcd at http://127.0.0.1:9" in res.stderr
-    res = ctl(["http://127.0.0.1:9"], "ipam", "show")
+    res = ctl(["http://127.0.0.1:9"], "ipam", "show", proc=True)
     assert res.returncode == 1 and "127.0.0.1:9" in res.stderr
     res = ctl(["http://127.0.0.1:9"], "get", "ippools", env={"DATASTORE_TYPE": "kubernetes"})
     assert res.returncode == 1 and "DATASTORE_TYPE" in res.stderr
@@ -174,7 +188,7 @@ def test_bad_command_lines(etcd_endpoints):
     assert res.returncode == 1 and "invalid YAML" in res.stderr
     res = ctl(etcd_endpoints, "get", "ippools", "-o", "xml")
     assert res.returncode == 1 and "output format" in res.stderr
-    res = ctl(etcd_endpoints, "frobnicate")
+    res = ctl(etcd_endpoints, "frobnicate", proc=True)
     assert res.returncode == 1 and "invalid choice" in res.stderr
     res = ctl(etcd_endpoints, "ipam", "show", "--ip=300.1.1.1")
     assert res.returncode == 1 and "invalid IP address" in res.stderr
@@ -187,7 +201,7 @@ def test_ipam_show_check_release(etcd_endpoints):
     pods = ipam.auto_assign(2, "k8s-pod-network.abc", {"node": "k8s-w0", "pod": "nginx",
                                                        "namespace": "default"}, "k8s-w0")
     block = f"{tun}/26"
-    res = ctl(etcd_endpoints, "ipam", "show", "--show-blocks")
+    res = ctl(etcd_endpoints, "ipam", "show", "--show-blocks", proc=True)
     assert res.returncode == 0
     lines = res.stdout.splitlines()
     sep = "+----------+" + "-" * (len(block) + 2) + "+-----------+------------+--------------+"
@@ -233,7 +247,8 @@ def test_ipam_show_check_release(etcd_endpoints):
 
 
 def test_node_status_without_a_speaker(tmp_path):
-    res = ctl(["http://127.0.0.1:9"], "node", "status", "--ctl-socket", str(tmp_path / "bird.ctl"))
+    res = ctl(["http://127.0.0.1:9"], "node", "status", "--ctl-socket", str(tmp_path / "bird.ctl"),
+              proc=True)
     assert res.returncode == 1 and res.stdout == "Calico process is not running.\n"
 
 
@@ -244,7 +259,7 @@ def test_get_delete_by_file_and_config_file(etcd_endpoints, tmp_path):
     cfg.write_text("apiVersion: projectcalico.org/v3\nkind: CalicoAPIConfig\nmetadata: {}\n"
                    f"spec:\n  datastoreType: etcdv3\n  etcdEndpoints: {etcd_endpoints[0]}\n")
     # the config file wins over a wrong ETCD_ENDPOINTS
-    res = ctl(["http://127.0.0.1:9"], "apply", "-f", str(f), "--config", str(cfg))
+    res = ctl(["http://127.0.0.1:9"], "apply", "-f", str(f), "--config", str(cfg), proc=True)
     assert res.returncode == 0, res.stderr
     res = ctl(etcd_endpoints, "get", "-f", str(f), "-o", "yaml")
     assert res.returncode == 0
