@@ -537,15 +537,25 @@ class IPAM:
     # ------------------------------------------------------------------
     # release
 
-    def _blocks_for(self, ips: Iterable[IPv4Address]) -> dict[IPv4Network, list[IPv4Address]]:
-        cidrs = [b.cidr for b, _ in self.store.list_blocks()]
-        out: dict[IPv4Network, list[IPv4Address]] = {}
+    def _block_cidr_of(self, ips: Iterable[IPv4Address]) -> dict[IPv4Address, IPv4Network | None]:
+        """The block each address belongs to: from its pool's block size, else by scanning block keys."""
+        pools = self.pools()
+        out: dict[IPv4Address, IPv4Network | None] = {}
+        cidrs: list[IPv4Network] | None = None
         for ip in ips:
-            cidr = next((c for c in cidrs if ip in c), None)
-            if cidr is None:
-                out.setdefault(IPv4Network("0.0.0.0/32"), []).append(ip)
-            else:
-                out.setdefault(cidr, []).append(ip)
+            pool = next((p for p in pools if ip in p.cidr), None)
+            if pool is not None:
+                out[ip] = block_of(ip, pool.block_size)
+                continue
+            if cidrs is None:
+                cidrs = self.store.list_block_cidrs()
+            out[ip] = next((c for c in cidrs if ip in c), None)
+        return out
+
+    def _blocks_for(self, ips: Iterable[IPv4Address]) -> dict[IPv4Network | None, list[IPv4Address]]:
+        out: dict[IPv4Network | None, list[IPv4Address]] = {}
+        for ip, cidr in self._block_cidr_of(ips).items():
+            out.setdefault(cidr, []).append(ip)
         return out
 
     def release_ips(self, ips: Iterable[IPv4Address | str],
@@ -559,7 +569,7 @@ class IPAM:
         wanted = [IPv4Address(ip) for ip in ips]
         not_allocated: list[IPv4Address] = []
         for cidr, group in self._blocks_for(wanted).items():
-            if cidr == IPv4Network("0.0.0.0/32"):
+            if cidr is None:
                 not_allocated += group
                 continue
             not_allocated += self._release_in_block(cidr, group, sequence_numbers)
@@ -694,15 +704,16 @@ class IPAM:
         info: dict[str, Any] = {"ip": ip, "pool": pool.name if pool else None, "in_use": False,
                                 "block": None, "affinity": None, "handle_id": None, "attrs": {},
                                 "sequence_number": None}
-        for block, _ in self.store.list_blocks():
-            if ip in block.cidr:
-                info["block"] = block.cidr
-                info["affinity"] = block.affinity
-                attr = block.attribute_of(ip)
-                if attr is not None:
-                    info.update(in_use=True, handle_id=attr.handle_id, attrs=dict(attr.secondary),
-                                sequence_number=block.sequence_number_of(ip))
-                break
+        cidr = self._block_cidr_of([ip])[ip]
+        got = self.store.get_block(cidr) if cidr is not None else None
+        if got is not None:
+            block = got[0]
+            info["block"] = block.cidr
+            info["affinity"] = block.affinity
+            attr = block.attribute_of(ip)
+            if attr is not None:
+                info.update(in_use=True, handle_id=attr.handle_id, attrs=dict(attr.secondary),
+                            sequence_number=block.sequence_number_of(ip))
         return info
 
     def get_assignment_attributes(self, ip: IPv4Address | str) -> tuple[dict[str, str], str | None]:
@@ -785,11 +796,12 @@ class IPAM:
 
         counted: dict[str, dict[str, int]] = {}
         allocated: set[IPv4Address] = set()
+        all_affinities = self.store.list_affinities()
+        affinity_keys = {(a.host, a.cidr) for a in all_affinities}
         for block in blocks:
             rep.other += block.check()
             if block.host:
-                aff = self.store.get_affinity(block.host, block.cidr)
-                if aff is None:
+                if (block.host, block.cidr) not in affinity_keys:
                     rep.other.append(f"block {block.cidr} is affine to {block.host} "
                                      "but that host has no affinity for it")
             for ip, attr in block.allocated():
@@ -812,8 +824,9 @@ class IPAM:
         for hid in counted:
             if hid not in handles:
                 rep.bad_handles.append(f"IPs of handle {hid} have no handle object")
-        for aff in self.store.list_affinities():
-            if not any(b.cidr == aff.cidr for b in blocks) and aff.state == STATE_CONFIRMED:
+        block_cidrs = {b.cidr for b in blocks}
+        for aff in all_affinities:
+            if aff.cidr not in block_cidrs and aff.state == STATE_CONFIRMED:
                 rep.other.append(f"affinity of {aff.host} to {aff.cidr} has no block")
         return rep
 

@@ -261,3 +261,14 @@ def test_release_host_affinities_when_node_goes_away(ds_client, ipam):
     assert ipam.check().other == []
     ipam.release_by_handle("busy")
     assert ipam.blocks() == []  # an empty block without affinity is deleted
+
+
+def test_release_and_info_after_the_pool_is_deleted(ds_client, ipam):
+    add_pool(ds_client, "p", "10.24.0.0/24", 28)
+    ips = ipam.auto_assign(2, "h", {"node": "n1"}, "n1")
+    ds_client.delete("IPPool", "p")
+    info = ipam.ip_info(ips[0])
+    assert info["in_use"] and info["pool"] is None and info["block"] == IPv4Network((int(ips[0]), 28), strict=False)
+    assert ipam.release_ips([ips[0], IP("10.99.0.1")]) == [IP("10.99.0.1")]
+    assert ipam.release_by_handle("h") == [ips[1]]
+    assert ipam.check().problems == 0
