@@ -131,6 +131,14 @@ class CheckReport:
         return len(self.leaked) + len(self.missing) + len(self.bad_handles) + len(self.other)
 
 
+def _ipv4(value: IPv4Address | str) -> IPv4Address:
+    """Parse an IPv4 address or raise IPAMError naming the bad value."""
+    try:
+        return IPv4Address(value)
+    except ValueError:
+        raise IPAMError(f"invalid IPv4 address {value!r}") from None
+
+
 def _now_rfc3339(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -508,7 +516,7 @@ class IPAM:
     def assign_ip(self, ip: IPv4Address | str, handle_id: str, attrs: dict[str, str] | None,
                   hostname: str) -> None:
         """Allocate one specific address (claiming its block for ``hostname`` if unclaimed)."""
-        ip = IPv4Address(ip)
+        ip = _ipv4(ip)
         pool = next((p for p in self.pools() if ip in p.cidr), None)
         if pool is None:
             raise IPAMError(f"{ip} is not in any configured IP pool")
@@ -566,7 +574,7 @@ class IPAM:
         differs is refused with :class:`ipam.block.BadSequenceNumber` (nothing
         in that block is released).
         """
-        wanted = [IPv4Address(ip) for ip in ips]
+        wanted = [_ipv4(ip) for ip in ips]
         not_allocated: list[IPv4Address] = []
         for cidr, group in self._blocks_for(wanted).items():
             if cidr is None:
@@ -699,7 +707,7 @@ class IPAM:
 
     def ip_info(self, ip: IPv4Address | str) -> dict[str, Any]:
         """Everything IPAM knows about one address (``calicoctl ipam show --ip``)."""
-        ip = IPv4Address(ip)
+        ip = _ipv4(ip)
         pool = next((p for p in self.pools() if ip in p.cidr), None)
         info: dict[str, Any] = {"ip": ip, "pool": pool.name if pool else None, "in_use": False,
                                 "block": None, "affinity": None, "handle_id": None, "attrs": {},

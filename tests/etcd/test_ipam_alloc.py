@@ -187,6 +187,15 @@ def test_assign_specific_ip(ds_client, ipam):
         ipam.assign_ip("10.19.0.70", "again", {}, "n1")
     with pytest.raises(IPAMError, match="not in any configured IP pool"):
         ipam.assign_ip("10.20.0.1", "x", {}, "n1")
+    for bad in (lambda: ipam.assign_ip("10.19.0.300", "x", {}, "n1"),
+                lambda: ipam.release_ips(["nonsense"]), lambda: ipam.ip_info("")):
+        with pytest.raises(IPAMError, match="invalid IPv4 address"):
+            bad()
+    for num in (0, -1, "1"):
+        with pytest.raises(IPAMError, match="num must be a positive integer"):
+            ipam.auto_assign(num, "h", {}, "n1")
+    with pytest.raises(IPAMError, match="handle_id"):
+        ipam.auto_assign(1, "", {}, "n1")
 
 
 def test_check_reports_leaks_and_missing_allocations(ds_client, ipam):
