@@ -257,60 +257,6 @@ class IPAM:
         self.store.put_config(cfg)
 
     # ------------------------------------------------------------------
-    # handles
-
-    def _handle_add(self, handle_id: str, cidr: IPv4Network, num: int) -> None:
-        if num == 0:
-            return
-        for _ in range(self.retries):
-            got = self.store.get_handle(handle_id)
-            if got is None:
-                h = Handle(handle_id)
-                h.increment(cidr, num)
-                try:
-                    self.store.create_handle(h)
-                    return
-                except errors.AlreadyExists:
-                    continue
-            h, rev = got
-            h.increment(cidr, num)
-            try:
-                self.store.update_handle(h, rev)
-                return
-            except (errors.Conflict, errors.NotFound):
-                continue
-        raise TooManyConflicts(f"handle {handle_id}: gave up after {self.retries} conflicting writes")
-
-    def _handle_new_or_add(self, handle_id: str, cidr: IPv4Network, num: int) -> None:
-        """Increment, trying a blind create first (a new pod's handle usually does not exist)."""
-        h = Handle(handle_id)
-        h.increment(cidr, num)
-        try:
-            self.store.create_handle(h)
-        except errors.AlreadyExists:
-            self._handle_add(handle_id, cidr, num)
-
-    def _handle_sub(self, handle_id: str, cidr: IPv4Network | str, num: int) -> None:
-        if num == 0:
-            return
-        for _ in range(self.retries):
-            got = self.store.get_handle(handle_id)
-            if got is None:
-                return
-            h, rev = got
-            have = h.block.get(str(cidr), 0)
-            h.decrement(cidr, min(num, have))
-            try:
-                if h.is_empty():
-                    self.store.delete_handle(handle_id, rev)
-                else:
-                    self.store.update_handle(h, rev)
-                return
-            except (errors.Conflict, errors.NotFound):
-                continue
-        raise TooManyConflicts(f"handle {handle_id}: gave up after {self.retries} conflicting writes")
-
-    # ------------------------------------------------------------------
     # allocation
 
     def _assign_in_block(self, cidr: IPv4Network, num: int, handle_id: str, attrs: dict[str, str],
@@ -523,23 +469,24 @@ class IPAM:
         cfg = self.get_config()
         cidr = block_of(ip, pool.block_size)
         attrs = dict(attrs or {})
+        got = self.store.get_block(cidr)
+        handle = self.store.get_handle(handle_id)
         for _ in range(self.retries):
-            got = self.store.get_block(cidr)
             if got is None:
                 self._try_claim(hostname, cidr)
+                got = self.store.get_block(cidr)
                 continue
             block, rev = got
             if cfg.strict_affinity and block.host != hostname:
                 raise IPAMError(f"{ip}: block {cidr} is affine to {block.host}, not {hostname}, "
                                 "and strictAffinity is on")
             block.assign(ip, handle_id, attrs)
-            self._handle_new_or_add(handle_id, cidr, 1)
-            try:
-                self.last_revision = self.store.update_block(block, rev)
+            h = Handle(handle_id, dict(handle[0].block)) if handle else Handle(handle_id)
+            h.increment(cidr, 1)
+            done, got, handle = self.store.commit_allocation(block, rev, h, handle[1] if handle else None)
+            if done is not None:
+                self.last_revision = done
                 return
-            except (errors.Conflict, errors.NotFound):
-                self._handle_sub(handle_id, cidr, 1)
-                continue
         raise TooManyConflicts(f"assign {ip}: gave up after {self.retries} conflicting writes")
 
     # ------------------------------------------------------------------
