@@ -15,6 +15,7 @@ compare-and-swap.  The shapes follow libcalico-go's ``model.AllocationBlock``,
 from __future__ import annotations
 
 import ipaddress
+import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
@@ -132,9 +133,13 @@ def walk_start(hostname: str, nblocks: int) -> int:
 
 
 def block_walk(pool: IPv4Network, block_size: int, hostname: str) -> Iterator[IPv4Network]:
-    """Every block of the pool once, starting at the host's offset and wrapping around."""
+    """Every block of the pool once, starting at the host's offset and wrapping around.
+
+    As in Calico, /32 blocks start at a random offset instead (one address per
+    block: a fixed per-host start would make every claim walk the same prefix).
+    """
     n = block_count(pool, block_size)
-    start = walk_start(hostname, n)
+    start = random.randrange(n) if block_size == MAX_BLOCK_SIZE else walk_start(hostname, n)
     for i in range(n):
         yield block_at(pool, block_size, (start + i) % n)
 

@@ -201,3 +201,10 @@ def test_ipam_config_rules():
     cfg = IPAMConfigRules(strict_affinity=True, max_blocks_per_host=3)
     cfg.validate()
     assert cfg.block_limit == 3
+
+
+def test_slash32_blocks_walk_from_a_random_start_but_cover_the_pool():
+    pool = IPv4Network("10.0.0.0/24")
+    walks = [list(block_walk(pool, 32, "n1")) for _ in range(8)]
+    assert all(sorted(w) == sorted(walks[0]) and len(w) == 256 for w in walks)
+    assert len({w[0] for w in walks}) > 1
