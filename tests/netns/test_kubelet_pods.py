@@ -106,9 +106,11 @@ def test_node_not_ready_until_cni_config_then_pods_run_and_serve(node, etcd_endp
     assert len(owner[0]) == 64 and owner[1] == "eth0"
 
     # the workload answers HTTP 200 on :80, from the node
-    code = subprocess.run(["ip", "netns", "exec", ns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-                           "--max-time", "5", f"http://{ip}/"], capture_output=True, text=True).stdout
-    assert code == "200"
+    def http_code() -> str:
+        return subprocess.run(["ip", "netns", "exec", ns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                               "--max-time", "3", f"http://{ip}/"], capture_output=True, text=True).stdout
+
+    wait_for(http_code, lambda c: c == "200", timeout=20, what=f"HTTP 200 from http://{ip}/")
 
     # kubectl exec runs inside the pod
     out = kubectl(etcd_endpoints, "exec", "web", "--", "ip", "-4", "-o", "addr", "show", "eth0")

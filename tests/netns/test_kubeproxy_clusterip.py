@@ -99,16 +99,18 @@ spec:
     assert "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES" in rules
     assert "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES" in rules
 
-    # from the client pod, through the ClusterIP, both backends answer
-    seen = set()
-    for _ in range(30):
+    # from the client pod, through the ClusterIP, both backends answer (retrying: the machine may be busy)
+    seen: set[str] = set()
+
+    def backends_seen() -> set:
         out = kubectl(etcd_endpoints, "exec", "client", "--", "curl", "-s", "--max-time", "3",
                       f"http://{cip}:8080/")
-        assert "Welcome to nginx!" in out.stdout, out
-        seen |= {line.split("pod ")[1].rstrip(".</p>") for line in out.stdout.splitlines() if "calicolab pod" in line}
-        if len(seen) == 2:
-            break
-    assert len(seen) == 2 and all(s.startswith("web-") for s in seen), seen
+        seen.update({line.split("calicolab pod ")[1].split(".")[0] for line in out.stdout.splitlines()
+                     if "calicolab pod" in line})
+        return set(seen)
+
+    wait_for(backends_seen, lambda s: len(s) == 2, timeout=30, what="both backends behind the ClusterIP")
+    assert all(s.startswith("web-") for s in seen), seen
 
     # the Service goes: its chains go; the ClusterIP no longer answers
     res = kubectl(etcd_endpoints, "delete", "service", "web")
