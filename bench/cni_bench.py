@@ -102,7 +102,8 @@ def run_pods(ns: str, pods: list[str], command: str, sock: str, log_path: str,
     """Exec the plugin once per pod (in the node netns, like a runtime there); returns wall ms and phases."""
     conf = json.dumps({"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "calico", "etcd_endpoints": ETCD,
                        "nodename": "bench-node", "mtu": 0, "log_level": "info", "log_file_path": log_path,
-                       "ipam": {"type": "calico-ipam"}}).encode()
+                       "ipam": {"type": "calico-ipam"},
+                       "ipam_lock_file": os.path.join(os.path.dirname(log_path), "ipam.lock")}).encode()
     walls, phases = [], []
     with in_netns(f"/run/netns/{ns}"):  # children inherit the node netns, no nsenter in the timing
         for i, pod in enumerate(pods):

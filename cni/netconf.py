@@ -16,6 +16,7 @@ from cni.spec import E_INVALID_CONFIG, CNIError
 DEFAULT_NODENAME_FILE = "/var/lib/calico/nodename"
 DEFAULT_MTU_FILE = "/var/lib/calico/mtu"
 DEFAULT_MTU = 1480
+DEFAULT_IPAM_LOCK = "/var/run/calico/ipam.lock"
 DEFAULT_ETCD = "http://127.0.0.1:2379"
 LOG_LEVELS = ("debug", "info", "warning", "warn", "error", "fatal", "panic", "none", "")
 
@@ -49,6 +50,7 @@ class NetConf:
     log_file_path: str = ""
     policy_type: str = ""
     allow_ip_forwarding: bool = False
+    ipam_lock_file: str = DEFAULT_IPAM_LOCK
     raw: dict[str, Any] = field(default_factory=dict)
     prev_result: dict[str, Any] | None = None
     valid_attachments: list[dict[str, str]] | None = None
@@ -172,6 +174,7 @@ def parse_netconf(conf: dict[str, Any], *, expect_type: str | None = "calico", e
         log_file_path=_str(conf, "log_file_path"),
         policy_type=_str(policy, "type"),
         allow_ip_forwarding=_bool(container, "allow_ip_forwarding", False),
+        ipam_lock_file=_str(conf, "ipam_lock_file", DEFAULT_IPAM_LOCK) or DEFAULT_IPAM_LOCK,
         raw=conf,
         prev_result=prev,
         valid_attachments=attachments,

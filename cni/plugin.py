@@ -26,7 +26,6 @@ from cni.log import Log
 from cni.netconf import NetConf, determine_mtu, determine_nodename, parse_netconf
 from cni.spec import CNIError
 
-IPAM_LOCK = "/var/run/calico/ipam.lock"
 MTU_FILE = "/var/lib/calico/mtu"
 DATASTORE_TIMEOUT = 3.0
 
@@ -114,7 +113,7 @@ def _datastore_error(exc: BaseException, what: str) -> CNIError:
 class _IPAMLock:
     """Calico's best-effort host lock around IPAM (``/var/run/calico/ipam.lock``)."""
 
-    def __init__(self, path: str = IPAM_LOCK) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
         self.fd: int | None = None
 
@@ -143,7 +142,7 @@ def ipam_add(inv: Invocation, nodename: str) -> list[str]:
         attrs["namespace"] = inv.pod_namespace
     client = client_for(inv.nc.etcd_endpoints)
     try:
-        with inv.timed("ipam"), _IPAMLock():
+        with inv.timed("ipam"), _IPAMLock(inv.nc.ipam_lock_file):
             ips = _ipam(client).auto_assign(
                 1, inv.handle, attrs, nodename, pools=inv.nc.ipam.ipv4_pools or None
             )
@@ -158,7 +157,7 @@ def ipam_del(inv: Invocation) -> list[str]:
     client = client_for(inv.nc.etcd_endpoints)
     freed: list[str] = []
     try:
-        with inv.timed("ipam"), _IPAMLock():
+        with inv.timed("ipam"), _IPAMLock(inv.nc.ipam_lock_file):
             ipam = _ipam(client)
             freed += [str(ip) for ip in ipam.release_by_handle(inv.handle)]
             if inv.pod_name:
@@ -452,7 +451,7 @@ def cmd_gc(inv: Invocation) -> None:
                 if (hid.startswith(prefix) and (attr.secondary or {}).get("node") == nodename
                         and hid[len(prefix):] not in valid):
                     stale.add(hid)
-        with _IPAMLock():
+        with _IPAMLock(inv.nc.ipam_lock_file):
             for hid in sorted(stale):
                 freed = ipam.release_by_handle(hid)
                 inv.log.info(f"GC released {[str(i) for i in freed]} of stale handle {hid}")

@@ -68,6 +68,7 @@ class CniNode:
             "cniVersion": version, "name": "k8s-pod-network", "type": "calico",
             "datastore_type": "etcdv3", "etcd_endpoints": ETCD, "nodename": "k8s-w0",
             "mtu": 0, "log_level": "debug", "ipam": {"type": "calico-ipam"},
+            "ipam_lock_file": str(self.tmp / "ipam.lock"),
         }
         conf.update(over)
         return conf

@@ -104,8 +104,20 @@ def test_chain_with_tuning_and_portmap_serves_http(node, netns):
         def fetch() -> str:
             return _node_sh(node, "curl", "-s", "-m", "2", "http://10.250.7.1:18080/index.html").stdout
 
-        assert wait_for(fetch, lambda out: "hello from the pod" in out, timeout=10,
-                        what="HTTP through portmap hostPort 18080 to the pod")
+        try:
+            wait_for(fetch, lambda out: "hello from the pod" in out, timeout=30,
+                     what="HTTP through portmap hostPort 18080 to the pod")
+        except AssertionError as exc:
+            diag = {
+                "curl": _node_sh(node, "curl", "-sv", "-m", "2", "http://10.250.7.1:18080/index.html").stderr,
+                "direct": _node_sh(node, "curl", "-sv", "-m", "2", f"http://{ip}/index.html").stderr,
+                "nat": _node_sh(node, "iptables", "-t", "nat", "-L", "-n", "-v").stdout,
+                "pod neigh": node.ip("neigh", pod=pod), "node neigh": node.ip("neigh"),
+                "pod listen": subprocess.run(["ip", "netns", "exec", pod, "busybox", "netstat", "-ltn"],
+                                             capture_output=True, text=True).stdout,
+                "httpd": server.poll(),
+            }
+            raise AssertionError(f"{exc}\n" + "\n".join(f"--- {k}:\n{v}" for k, v in diag.items())) from None
         runner.delete(**kw)
         nat = _node_sh(node, "iptables", "-t", "nat", "-S").stdout
         assert ip not in nat and "calic440f455693" not in node.ip("link")

@@ -240,3 +240,19 @@ def test_calico_ipam_executable(node):
     assert _allocations(node) == {}
     chk = node.run("CHECK", {**conf, "prevResult": add.json}, cid="ipamonly", plugin="calico-ipam", netns="/x")
     assert chk.json["code"] == 103 and "not allocated" in chk.json["msg"]
+
+
+def test_other_ipam_types_are_delegated_through_cni_path(node, netns):
+    pod = netns("cnip")
+    data_dir = node.tmp / "host-local"
+    conf = node.conf("1.0.0", ipam={"type": "host-local", "subnet": "10.77.0.0/24", "dataDir": str(data_dir)})
+    add = node.run("ADD", conf, cid="hl01", netns=f"/run/netns/{pod}")
+    assert add.rc == 0, add.stdout + add.stderr
+    ip = add.json["ips"][0]["address"]
+    assert ip.startswith("10.77.0.") and ip.endswith("/32")  # host-local's /24 narrowed to /32
+    assert (data_dir / "k8s-pod-network" / ip.split("/")[0]).exists()
+    assert f"inet {ip}" in node.ip("addr", "show", "eth0", pod=pod)
+    assert node.run("DEL", conf, cid="hl01", netns=f"/run/netns/{pod}").rc == 0
+    assert not (data_dir / "k8s-pod-network" / ip.split("/")[0]).exists()
+    missing = node.run("ADD", node.conf(ipam={"type": "no-such-ipam"}), cid="hl02", netns=f"/run/netns/{pod}")
+    assert missing.json["code"] == 7 and "no-such-ipam" in missing.json["msg"]
