@@ -76,8 +76,11 @@ class CniNode:
     def run(self, command: str, conf: dict[str, Any] | str | bytes, *, cid: str = "", netns: str = "",
             ifname: str = "eth0", pod: tuple[str, str] | None = ("default", "nginx"), plugin: str = "calico",
             socket: str = "none", extra_env: dict[str, str] | None = None, drop: tuple[str, ...] = (),
-            wrapper: tuple[str, ...] | None = None, timeout: float = 60) -> PluginRun:
-        """Execute the plugin in the node netns (``nsenter --net``), as a runtime would."""
+            wrapper: tuple[str, ...] | None = None, exe: str | None = None, timeout: float = 60) -> PluginRun:
+        """Execute the plugin in the node netns (``nsenter --net``), as a runtime would.
+
+        ``exe`` replaces the executable (default: ``<bin_dir>/<plugin>``, the venv console script).
+        """
         env = {"PATH": f"{VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command,
                "CNI_CONTAINERID": cid, "CNI_NETNS": netns, "CNI_IFNAME": ifname,
                "CNI_PATH": str(self.bin_dir), "CALICO_CNI_SOCKET": socket}
@@ -89,7 +92,7 @@ class CniNode:
         data = conf if isinstance(conf, bytes) else (conf.encode() if isinstance(conf, str) else json.dumps(conf).encode())
         cmd = list(wrapper) if wrapper else ["nsenter", f"--net={self.nspath}"]
         started = time.monotonic()
-        proc = subprocess.run([*cmd, str(self.bin_dir / plugin)], input=data, env=env,
+        proc = subprocess.run([*cmd, exe or str(self.bin_dir / plugin)], input=data, env=env,
                               capture_output=True, timeout=timeout)
         return PluginRun(proc.returncode, proc.stdout.decode(), proc.stderr.decode(), time.monotonic() - started)
 

@@ -100,3 +100,20 @@ def test_no_server_means_in_process(node, netns):
     assert add.rc == 0, add.stdout
     wait_for(lambda: node.ip("link"), lambda out: "calic440f455693" in out, timeout=2, what="host veth")
     assert node.run("DEL", node.conf(), cid="nosrv", netns=f"/run/netns/{pod}").rc == 0
+
+
+def test_fast_launcher_serves_both_plugins(node, netns, server):
+    proc, sock = server
+    pod = netns("cnip")
+    pp = f"/run/netns/{pod}"
+    launcher = REPO / "cni" / "bin"
+    ver = node.run("VERSION", b"", exe=str(launcher / "calico-ipam"))
+    assert ver.json["supportedVersions"] == ["0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+    add = node.run("ADD", node.conf(), cid="fast01", netns=pp, socket=sock, exe=str(launcher / "calico"))
+    assert add.rc == 0 and _pids_in_log(add.stderr) == {proc.pid}, add.stdout + add.stderr
+    ipam = node.run("ADD", node.conf(), cid="fast02", plugin="calico-ipam", exe=str(launcher / "calico-ipam"),
+                    netns=pp)  # standalone (socket none): in-process under python3 -IS
+    assert ipam.rc == 0 and "interfaces" not in ipam.json, ipam.stdout + ipam.stderr
+    assert node.run("DEL", node.conf(), cid="fast02", plugin="calico-ipam", exe=str(launcher / "calico-ipam")).rc == 0
+    assert node.run("DEL", node.conf(), cid="fast01", netns=pp, socket=sock, exe=str(launcher / "calico")).rc == 0
+    assert "cali" not in node.ip("link")
