@@ -24,13 +24,14 @@ from agent.felix.names import (
     IPSET_ALL_POOLS,
     IPSET_MASQ_POOLS,
     endpoint_chain,
+    length_limited_id,
     profile_chain,
 )
 
 MARK_ACCEPT = 0x10000
 MARK_PASS = 0x20000
 MARK_ALL = 0xFFFF0000
-DISPATCH_SPLIT_AT = 64  # above this many endpoints, dispatch chains become a two-level tree
+DISPATCH_SPLIT_AT = 32  # above this many endpoints, dispatch chains become a prefix tree
 
 
 def _c(text: str) -> str:
@@ -67,9 +68,9 @@ def calculate(inp: FelixInput) -> Desired:
     routes: dict[str, str] = {}
     for ep in endpoints:
         for ip in ep.ips:
-            net = ipaddress.ip_network(ip, strict=False)
-            if net.version == 4:
-                routes[str(net)] = ep.iface
+            net = _v4(ip)
+            if net is not None:
+                routes[net] = ep.iface
 
     host_ips = frozenset(n.ip for n in inp.nodes if n.ip)
     active_pools = [p for p in inp.pools if not p.disabled]
@@ -89,6 +90,12 @@ def calculate(inp: FelixInput) -> Desired:
         mtu_file=tunnel_mtu if ipip else inp.host_mtu,
         interface_prefix=s.interface_prefix,
     )
+
+
+@lru_cache(maxsize=65536)
+def _v4(cidr: str) -> str | None:
+    net = ipaddress.ip_network(cidr, strict=False)
+    return str(net) if net.version == 4 else None
 
 
 def _net(cidr: str) -> str:
@@ -152,45 +159,65 @@ def filter_table(endpoints: list[Endpoint], inp: FelixInput, ipip: bool) -> Tabl
         t.add(empty, [])
 
     for chain in dispatch_chains("cali-from-wl-dispatch", "-i", "fw", endpoints, pfx):
-        t.chains[chain[0]] = _chain(chain)
+        t.chains[chain[0]] = _chain(chain[0], tuple(chain[1]))
     for chain in dispatch_chains("cali-to-wl-dispatch", "-o", "tw", endpoints, pfx):
-        t.chains[chain[0]] = _chain(chain)
+        t.chains[chain[0]] = _chain(chain[0], tuple(chain[1]))
 
     profiles: set[str] = set()
     for ep in endpoints:
         for direction in ("fw", "tw"):
             name, rules = endpoint_chain_rules(direction, ep.iface, ep.profiles)
-            t.add(name, rules)
+            t.chains[name] = _chain(name, rules)
         profiles.update(ep.profiles)
     for prof in sorted(profiles):
         for direction in ("pri", "pro"):
             name, rules = profile_chain_rules(direction, prof)
-            t.add(name, rules)
+            t.chains[name] = _chain(name, rules)
     return t
 
 
-def _chain(pair: tuple[str, list[str]]) -> Chain:
-    return Chain(pair[0], tuple(pair[1]))
+@lru_cache(maxsize=65536)
+def _chain(name: str, rules: tuple[str, ...]) -> Chain:
+    """Chains are interned, so an unchanged chain is the very same object from one calculation to the next."""
+    return Chain(name, rules)
 
 
 def dispatch_chains(root: str, flag: str, kind: str, endpoints: list[Endpoint],
                     prefix: str) -> list[tuple[str, list[str]]]:
-    """The dispatch chain (``-i/-o <iface> -g cali-fw/tw-<iface>``), split one level when large."""
+    """The dispatch chain (``-i/-o <iface> -g cali-fw/tw-<iface>``) as a prefix tree.
+
+    Up to DISPATCH_SPLIT_AT endpoints fit in one chain; above that the
+    interfaces are grouped by their next name character, one child chain per
+    group (``<root>-<chars>``), recursively, so adding one endpoint rewrites
+    only a small leaf chain (Felix's dispatch tree does the same).
+    """
     drop = f'{_c("Unknown interface")} -j DROP'
-    if len(endpoints) <= DISPATCH_SPLIT_AT:
-        rules = [f"{flag} {ep.iface} -g {endpoint_chain(kind, ep.iface)}" for ep in endpoints]
-        return [(root, [*rules, drop])]
-    groups: dict[str, list[Endpoint]] = {}
-    for ep in endpoints:
-        key = ep.iface[len(prefix):len(prefix) + 1] or "_"
-        groups.setdefault(key, []).append(ep)
-    out = []
-    root_rules = []
-    for key in sorted(groups):
-        sub = f"{root}-{key}"
-        root_rules.append(f"{flag} {prefix}{key}+ -g {sub}")
-        out.append((sub, [f"{flag} {ep.iface} -g {endpoint_chain(kind, ep.iface)}" for ep in groups[key]] + [drop]))
-    return [(root, [*root_rules, drop]), *out]
+    out: list[tuple[str, list[str]]] = []
+
+    def build(name: str, common: str, eps: list[Endpoint]) -> None:
+        if len(eps) <= DISPATCH_SPLIT_AT or all(len(ep.iface) <= len(common) for ep in eps):
+            out.append((name, [f"{flag} {ep.iface} -g {endpoint_chain(kind, ep.iface)}" for ep in eps] + [drop]))
+            return
+        groups: dict[str, list[Endpoint]] = {}
+        exact: list[Endpoint] = []
+        for ep in eps:
+            if len(ep.iface) == len(common):
+                exact.append(ep)
+            else:
+                groups.setdefault(ep.iface[len(common)], []).append(ep)
+        rules = [f"{flag} {ep.iface} -g {endpoint_chain(kind, ep.iface)}" for ep in exact]
+        children = []
+        for ch in sorted(groups):
+            sub_common = common + ch
+            child = length_limited_id(root + "-", sub_common[len(prefix):])
+            rules.append(f"{flag} {sub_common}+ -g {child}")
+            children.append((child, sub_common, groups[ch]))
+        out.append((name, [*rules, drop]))
+        for child, sub_common, group in children:
+            build(child, sub_common, group)
+
+    build(root, prefix, endpoints)
+    return out
 
 
 @lru_cache(maxsize=65536)

@@ -85,8 +85,12 @@ class IptablesTable:
     def __init__(self, table: str, backend: str | None = None, retries: int = 10) -> None:
         self.table = table
         self.save_cmd, self.restore_cmd = commands(backend)
+        # The xtables lock (-w) only matters to the legacy backend; nft is transactional.
+        legacy = (backend or detect_backend()) == "legacy"
+        self._restore_argv = [self.restore_cmd, "--noflush"] + (["-w", "10"] if legacy else [])
         self.retries = retries
         self._actual: ActualTable | None = None
+        self._known: dict[str, object] = {}  # chain name -> Chain object known to match the kernel
         self.last_written: list[str] = []  # chains written by the last apply (for tests/benchmarks)
 
     def read(self) -> ActualTable:
@@ -95,16 +99,21 @@ class IptablesTable:
         if res.returncode != 0:
             raise IptablesError(f"{self.save_cmd} -t {self.table} failed: {res.stderr.strip()}")
         self._actual = parse_save(res.stdout)
+        self._known = {}
         return self._actual
 
     def plan(self, desired: TableState, actual: ActualTable) -> tuple[list[str], list[str]]:
         """(restore lines, names of chains rewritten) turning ``actual`` into ``desired``."""
         decls, deletes, adds, inserts, drops = [], [], [], [], []
         written = []
+        known = self._known
         for name, chain in desired.chains.items():
-            hashes = rule_hashes(name, list(chain.rules))
+            if known.get(name) is chain:
+                continue
+            hashes = rule_hashes(name, chain.rules)
             have = actual.chains.get(name)
             if have is not None and [h for h, _ in have] == hashes:
+                known[name] = chain
                 continue
             decls.append(f":{name} - [0:0]")
             adds += _render(name, chain.rules, hashes)
@@ -145,13 +154,13 @@ class IptablesTable:
             if not lines:
                 self.last_written = []
                 return []
-            res = subprocess.run([self.restore_cmd, "--noflush", "-w", "10"], input="\n".join(lines),
-                                 capture_output=True, text=True)
+            res = subprocess.run(self._restore_argv, input="\n".join(lines), capture_output=True, text=True)
             if res.returncode == 0:
                 self._after_write(desired, written)
                 self.last_written = written
                 return written
             last_err = res.stderr.strip()
+            self._known = {}
             log.warning("iptables-restore (%s) failed (attempt %d): %s", self.table, attempt + 1, last_err)
             self._actual = None
             time.sleep(delay)
@@ -165,7 +174,8 @@ class IptablesTable:
         for name in written:
             if name in desired.chains:
                 rules = desired.chains[name].rules
-                act.chains[name] = [(h, r) for h, r in zip(rule_hashes(name, list(rules)), rules, strict=True)]
+                act.chains[name] = [(h, r) for h, r in zip(rule_hashes(name, rules), rules, strict=True)]
+                self._known[name] = desired.chains[name]
             elif not name.startswith("cali-"):
                 # Kernel chain: its other rules stay; cali ones replaced by inserts (top) and appends (end).
                 ins = desired.inserts.get(name, ())
@@ -175,6 +185,7 @@ class IptablesTable:
                                     + _cached(rule_hashes(name + "/append", list(app)), app))
             else:
                 act.chains.pop(name, None)
+                self._known.pop(name, None)
 
 
 def _hooked(actual: ActualTable) -> set[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from functools import lru_cache
 
 MAX_CHAIN_NAME = 28
 MAX_IPSET_NAME = 31
@@ -44,15 +45,20 @@ def profile_chain(direction: str, profile: str) -> str:
     return length_limited_id(f"cali-{direction}-", profile)
 
 
-def rule_hashes(chain: str, rules: list[str]) -> list[str]:
+def rule_hashes(chain: str, rules: list[str] | tuple[str, ...]) -> list[str]:
     """One 16-char hash per rule; each depends on the chain name and every rule before it."""
+    return list(_rule_hashes(chain, tuple(rules)))
+
+
+@lru_cache(maxsize=32768)
+def _rule_hashes(chain: str, rules: tuple[str, ...]) -> tuple[str, ...]:
     h = hashlib.sha224(chain.encode())
     out = []
     for rule in rules:
         h.update(b"\x00")
         h.update(rule.encode())
         out.append(base64.urlsafe_b64encode(h.copy().digest()).decode()[:RULE_HASH_LEN])
-    return out
+    return tuple(out)
 
 
 def ipset_name(set_id: str, temp: bool = False) -> str:

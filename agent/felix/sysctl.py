@@ -19,13 +19,17 @@ def read(key: str, root: str = PROC) -> str | None:
         return None
 
 
-def write(path: str, value: str, root: str = PROC) -> bool:
-    """Set ``path`` (relative to /proc/sys, slashed) to ``value`` if it differs; True if it was written."""
+def write(path: str, value: str, root: str = PROC, check_first: bool = True) -> bool:
+    """Set ``path`` (relative to /proc/sys, slashed) to ``value``; True if it was written.
+
+    With ``check_first`` the value is read first and left alone when equal.
+    """
     full = os.path.join(root, path)
     try:
-        with open(full) as f:
-            if f.read().strip() == value:
-                return False
+        if check_first:
+            with open(full) as f:
+                if f.read().strip() == value:
+                    return False
         with open(full, "w") as f:
             f.write(value)
         return True
@@ -81,7 +85,7 @@ class SysctlDriver:
                 missing.append(iface)
                 continue
             for path, val in interface_settings(iface, rp).items():
-                write(path, val, self.root)
+                write(path, val, self.root, check_first=False)
             self._done.add(iface)
         self._done &= set(interfaces) | {""}
         return missing

@@ -79,7 +79,7 @@ class Cluster:
         out = run("curl", "-s", "-m", "2", "http://127.0.0.1:9099/status", netns=ns, check=False)
         return json.loads(out) if out.strip() else {}
 
-    def wait_ready(self, name: str, ns: str, timeout: float = 20) -> dict:
+    def wait_ready(self, name: str, ns: str, timeout: float = 40) -> dict:
         def probe():
             p = self.agents[name]
             if p.poll() is not None:
@@ -129,6 +129,12 @@ def cluster():
                 topo.stop(p)
             c.close()
         topo.close()
+
+
+def ping_until_ok(ns: str, dst: str, timeout: float = 20) -> str:
+    """One echo per try until a reply comes back (the pump may still be loading routes)."""
+    return wait_for(lambda: run("ping", "-c", "1", "-W", "1", dst, netns=ns, check=False),
+                    lambda out: " 0% packet loss" in out, timeout=timeout, what=f"ping {dst} from {ns}")
 
 
 def _dupes(text: str) -> list[str]:
@@ -185,8 +191,7 @@ def test_two_node_agent_end_to_end(cluster):
     block_b = ipb.rsplit(".", 1)[0] + f".{int(ipb.rsplit('.', 1)[1]) // 64 * 64}/26"
     run("ip", "route", "add", block_b, "via", W1, "dev", "tunl0", "onlink", netns=c.w0)
     run("ip", "route", "add", block_a, "via", W0, "dev", "tunl0", "onlink", netns=c.w1)
-    out = run("ping", "-c", "2", "-i", "0.2", "-W", "2", ipb, netns=pa, check=False)
-    assert " 0% packet loss" in out, out + c.log("w0")[-2000:]
+    ping_until_ok(pa, ipb)
     filt = run("iptables-save", "-t", "filter", netns=c.w0)
     assert "-A cali-from-wl-dispatch -i cali0a0000001" in filt and "cali-pri-kns.default" in filt
 
@@ -200,8 +205,7 @@ def test_two_node_agent_end_to_end(cluster):
     cap = c.topo.spawn(ext, "tcpdump", "-ni", "eth0", "--immediate-mode", "-l", "icmp[icmptype] == 8",
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cap.stderr.readline()
-    out = run("ping", "-c", "1", "-W", "2", EXT, netns=pa, check=False)
-    assert " 0% packet loss" in out, out
+    ping_until_ok(pa, EXT)
     cap.send_signal(signal.SIGINT)
     seen, _ = cap.communicate(timeout=5)
     assert "IP 203.0.113.1 > 203.0.113.9: ICMP echo request" in seen, seen

@@ -16,6 +16,12 @@ from tests.support import require_root, require_tool
 pytestmark = pytest.mark.netns
 
 
+def ping_until_ok(ns: str, dst: str, timeout: float = 20) -> str:
+    """Ping (one echo per try) until a reply comes back; the pump may still be loading its routes."""
+    return wait_for(lambda: run("ping", "-c", "1", "-W", "1", dst, netns=ns, check=False),
+                    lambda out: " 0% packet loss" in out, timeout=timeout, what=f"ping {dst} from {ns}")
+
+
 @pytest.fixture
 def topo():
     require_root()
@@ -63,8 +69,7 @@ def test_pod_to_pod_over_userspace_tunnel_is_real_ipip(topo):
     cap = topo.spawn(env["b"], "tcpdump", "-ni", "eth0", "--immediate-mode", "-U", "-w", pcap, "ip proto 4",
                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     cap.stderr.readline()  # "listening on eth0 ..."
-    out = run("ping", "-c", "3", "-i", "0.2", "-W", "2", env["ipb"], netns=env["pa"], check=False)
-    assert " 0% packet loss" in out, out
+    ping_until_ok(env["pa"], env["ipb"])
     cap.send_signal(signal.SIGINT)
     cap.wait(timeout=5)
     from scapy.all import ICMP, IP, rdpcap
@@ -105,6 +110,7 @@ def test_ipip_from_unknown_source_is_not_delivered(topo):
     cap = topo.spawn(env["pb"], "tcpdump", "-ni", "eth0", "--immediate-mode", "-l", "icmp",
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cap.stderr.readline()
+    ping_until_ok(env["pa"], env["ipb"])  # both pumps up with their routes
     run(PY, "-c", sender, netns=rogue)
     # The same packet from a known node does arrive (proves the sender is right).
     run("ip", "-n", env["a"], "route", "add", "172.31.8.0/24", "dev", "eth0")
@@ -154,6 +160,7 @@ def _say(cli, word):
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
 def test_established_flow_survives_pump_restart(topo, how):
     env = two_node_tunnel(topo)
+    ping_until_ok(env["pa"], env["ipb"])
     cli = _echo_pair(topo, env)
     assert _say(cli, "before") == "before"
     topo.stop(env["ta"], how)

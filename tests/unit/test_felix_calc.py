@@ -92,16 +92,47 @@ def test_nat_outgoing_and_ipsets():
     assert d.tables["nat"].chains["cali-nat-outgoing"].rules == ()
 
 
-def test_large_dispatch_is_split_into_a_tree():
-    eps = tuple(Endpoint(f"ns/p{i}", f"cali{i:011x}", (f"10.1.{i // 250}.{i % 250}/32",), ("kns.ns",))
-                for i in range(DISPATCH_SPLIT_AT + 200))
+def _dispatch(chains, root: str, iface: str) -> str:
+    """Follow the dispatch tree like the kernel would for ``-i iface``; returns the goto target."""
+    chain = root
+    for _ in range(20):
+        for rule in chains[chain].rules:
+            parts = rule.split()
+            if parts[0] != "-i":
+                continue
+            match = parts[1]
+            if (match.endswith("+") and iface.startswith(match[:-1])) or match == iface:
+                chain = parts[3]
+                break
+        else:
+            return "DROP"
+        if chain.startswith("cali-fw-"):
+            return chain
+    raise AssertionError("dispatch loop")
+
+
+@pytest.mark.parametrize("names", ["hashes", "sequential"])
+def test_large_dispatch_is_a_prefix_tree(names):
+    import hashlib
+
+    def name(i):
+        return "cali" + (hashlib.sha1(f"ns.p{i}".encode()).hexdigest()[:11] if names == "hashes" else f"{i:011x}")
+
+    eps = tuple(Endpoint(f"ns/p{i}", name(i), (f"10.1.{i // 250}.{i % 250}/32",), ("kns.ns",)) for i in range(1000))
     f = calculate(inp(endpoints=eps)).tables["filter"]
-    root = f.chains["cali-from-wl-dispatch"].rules
-    assert root[0] == "-i cali0+ -g cali-from-wl-dispatch-0"
-    sub = f.chains["cali-from-wl-dispatch-0"].rules
-    assert sub[0] == f"-i {eps[0].iface} -g cali-fw-{eps[0].iface}"
-    total = sum(len(f.chains[n].rules) - 1 for n in f.chains if n.startswith("cali-from-wl-dispatch-"))
-    assert total == len(eps)
+    tree = {n: c for n, c in f.chains.items() if n.startswith("cali-from-wl-dispatch")}
+    assert all(len(c.rules) <= DISPATCH_SPLIT_AT + 1 for c in tree.values())
+    assert all(len(n) <= 28 for n in tree)
+    for ep in eps[::37]:
+        assert _dispatch(f.chains, "cali-from-wl-dispatch", ep.iface) == f"cali-fw-{ep.iface}"
+    assert _dispatch(f.chains, "cali-from-wl-dispatch", "califfffffffff9") == "DROP"
+    leaves = sum(len(c.rules) - 1 for c in tree.values() if not any(r.split()[1].endswith("+") for r in c.rules[:-1]))
+    assert leaves == len(eps)
+    # One more endpoint changes only its leaf chain (and the new fw/tw chains).
+    extra = Endpoint("ns/x", name(5000), ("10.9.9.9/32",), ("kns.ns",))
+    g = calculate(inp(endpoints=(*eps, extra))).tables["filter"]
+    changed = {n for n in g.chains if f.chains.get(n) != g.chains[n]}
+    assert {f"cali-fw-{extra.iface}", f"cali-tw-{extra.iface}"} <= changed and len(changed) <= 6, changed
 
 
 def test_chain_name_hashing():

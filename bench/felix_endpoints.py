@@ -1,0 +1,258 @@
+"""How fast Felix programs workload endpoints (routes, sysctls, iptables chains, ipsets).
+
+Runs inside a throwaway netns (never the root namespace) with cali* veths made
+up front. Measures:
+
+* ``dataplane N``: one Felix apply (calculation + drivers) from an empty
+  dataplane to N endpoints (N = 100, 1000);
+* ``dataplane +1``: one more endpoint with 1000 present;
+* ``end-to-end +1``: a running Felix (watching a real etcd inside the netns):
+  from writing one more WorkloadEndpoint to it being programmed, 1000 present;
+* ``end-to-end 1000``: 1000 WorkloadEndpoints written to etcd -> all programmed
+  (the etcd write time is reported apart).
+
+Targets: 1,000 endpoints <= 2 s, one more <= 50 ms. Prints a table and writes
+JSON (default reports/bench/felix_endpoints.json). Run as root:
+``.venv/bin/python bench/felix_endpoints.py [--repeat 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+PY = os.path.join(REPO, ".venv", "bin", "python")
+N_MAX = 1000
+
+
+def iface(i: int) -> str:
+    """Host-side interface name of endpoint ``i`` (hashed like Calico's cali + sha1(ns.pod)[:11])."""
+    return "cali" + hashlib.sha1(f"bench.p{i}".encode()).hexdigest()[:11]
+
+
+def ip_of(i: int) -> str:
+    """Pod IP of endpoint ``i`` (inside 10.64.0.0/16)."""
+    return f"10.64.{i // 250}.{i % 250 + 1}"
+
+
+def make_links(n: int) -> None:
+    """n veth pairs cali<i> <-> p<i> in the current netns, host ends up."""
+    lines = []
+    for i in range(n):
+        lines.append(f"link add {iface(i)} type veth peer name p{i:011x}")  # peers stay in this netns
+        lines.append(f"link set {iface(i)} up")
+    subprocess.run(["ip", "-batch", "-"], input="\n".join(lines) + "\n", text=True, check=True)
+
+
+def endpoints(n: int, start: int = 0):
+    from agent.felix.model import Endpoint
+
+    return tuple(Endpoint(f"bench/p{i}", iface(i), (f"{ip_of(i)}/32",), ("kns.bench", "ksa.bench.default"))
+                 for i in range(start, start + n))
+
+
+def felix_input(eps):
+    from agent.felix.model import FelixInput, FelixSettings, HostNode, Pool
+
+    return FelixInput(hostname="bench", endpoints=eps, nodes=(HostNode("bench", "172.31.50.1/24", "10.64.250.0"),),
+                      pools=(Pool("10.64.0.0/16", "Never", nat_outgoing=True),), settings=FelixSettings(),
+                      host_mtu=1500)
+
+
+def flush_dataplane() -> None:
+    """Remove what Felix programmed (routes go with ``ip route flush``; chains and sets are dropped)."""
+    subprocess.run(["ip", "-4", "route", "flush", "table", "main", "proto", "boot"], check=False)
+    for table in ("filter", "nat"):
+        subprocess.run(["iptables", "-t", table, "-F"], check=True)
+        subprocess.run(["iptables", "-t", table, "-X"], check=True)
+    subprocess.run(["ipset", "destroy"], check=False)
+
+
+def inside(repeat: int) -> dict:
+    """The measurements (run inside the bench netns)."""
+    from agent.felix.daemon import Felix
+
+    make_links(N_MAX + 1)
+    out: dict[str, list[float]] = {}
+
+    class NoClient:
+        pass
+
+    for n in (100, N_MAX):
+        times = []
+        for _ in range(repeat):
+            flush_dataplane()
+            f = Felix(NoClient(), "bench", env={}, var_lib=tempfile.mkdtemp())
+            inp = felix_input(endpoints(n))
+            t0 = time.perf_counter()
+            f.apply(inp, resync={"routes", "iptables", "ipsets"})
+            times.append(time.perf_counter() - t0)
+            check_programmed(n)
+            f.routes.close()
+        out[f"dataplane {n}"] = times
+    # One more with 1000 present (same Felix; its caches are warm, as in a running agent).
+    flush_dataplane()
+    f = Felix(NoClient(), "bench", env={}, var_lib=tempfile.mkdtemp())
+    f.apply(felix_input(endpoints(N_MAX)), resync={"routes", "iptables", "ipsets"})
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        f.apply(felix_input(endpoints(N_MAX + 1)))
+        times.append(time.perf_counter() - t0)
+        check_programmed(N_MAX + 1)
+        f.apply(felix_input(endpoints(N_MAX)))  # remove it again
+    out["dataplane +1 (1000 present)"] = times
+    f.routes.close()
+    out.update(end_to_end(repeat))
+    return out
+
+
+def check_programmed(n: int) -> None:
+    """Fail loudly unless the last endpoint's route and chain are in the kernel."""
+    last = n - 1
+    routes = subprocess.run(["ip", "-4", "route", "show", f"{ip_of(last)}/32"], capture_output=True, text=True).stdout
+    if iface(last) not in routes:
+        raise SystemExit(f"route for endpoint {last} missing: {routes!r}")
+    chains = subprocess.run(["iptables", "-S", f"cali-tw-{iface(last)}"], capture_output=True, text=True)
+    if chains.returncode != 0:
+        raise SystemExit(f"chain cali-tw-{iface(last)} missing: {chains.stderr}")
+
+
+def end_to_end(repeat: int) -> dict[str, list[float]]:
+    """A running Felix watching a real etcd inside this netns."""
+    from agent.felix.daemon import Felix
+    from datastore import Client
+    from datastore.resources import IPPool, Metadata, Node, NodeBGPSpec, WorkloadEndpoint
+
+    flush_dataplane()
+    data = tempfile.mkdtemp(prefix="bench-etcd-")
+    url = "http://127.0.0.1:23790"
+    etcd = subprocess.Popen(["etcd", "--name", "b", "--data-dir", data, "--listen-client-urls", url,
+                             "--advertise-client-urls", url, "--listen-peer-urls", "http://127.0.0.1:23800",
+                             "--initial-advertise-peer-urls", "http://127.0.0.1:23800",
+                             "--initial-cluster", "b=http://127.0.0.1:23800", "--log-level", "error",
+                             "--logger", "zap"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = Client([url])
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.etcd.revision()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.create(IPPool(metadata=Metadata(name="p"), spec=IPPool.Spec(cidr="10.64.0.0/16", block_size=26,
+                                                                             ipip_mode="Never", nat_outgoing=True)))
+        node = Node(metadata=Metadata(name="bench"))
+        node.spec.bgp = NodeBGPSpec(ipv4_address="172.31.50.1/24")
+        client.create(node)
+
+        def wep(i: int) -> WorkloadEndpoint:
+            w = WorkloadEndpoint(metadata=Metadata(name=f"bench-k8s-p{i}-eth0", namespace="bench"))
+            w.spec.orchestrator, w.spec.node, w.spec.pod, w.spec.endpoint = "k8s", "bench", f"p{i}", "eth0"
+            w.spec.ip_networks = [f"{ip_of(i)}/32"]
+            w.spec.profiles = ["kns.bench", "ksa.bench.default"]
+            w.spec.interface_name = iface(i)
+            return w
+
+        felix = Felix(client, "bench", env={}, var_lib=tempfile.mkdtemp())
+        felix.start()
+        if not felix.wait_ready(20):
+            raise SystemExit(f"felix not ready: {felix.status()}")
+        t0 = time.perf_counter()
+        for i in range(N_MAX):
+            client.create(wep(i))
+        t_written = time.perf_counter()
+        while not (felix.desired is not None and len(felix.desired.routes) == N_MAX and not felix._dirty.is_set()):
+            felix.applied_event.wait(0.01)
+            felix.applied_event.clear()
+            if time.perf_counter() - t0 > 120:
+                raise SystemExit("1000 endpoints not programmed within 120 s")
+        t_done = time.perf_counter()
+        check_programmed(N_MAX)
+        res = {"end-to-end 1000: etcd writes": [t_written - t0], "end-to-end 1000: programmed after last write":
+               [t_done - t_written], "end-to-end 1000: total": [t_done - t0]}
+        times = []
+        for _ in range(repeat):
+            felix.applied_event.clear()
+            t0 = time.perf_counter()
+            client.create(wep(N_MAX))
+            while not (felix.desired is not None and f"{ip_of(N_MAX)}/32" in felix.desired.routes):
+                if not felix.applied_event.wait(5):
+                    raise SystemExit("one more endpoint not programmed within 5 s")
+                felix.applied_event.clear()
+            times.append(time.perf_counter() - t0)
+            check_programmed(N_MAX + 1)
+            client.delete("WorkloadEndpoint", f"bench-k8s-p{N_MAX}-eth0", namespace="bench")
+            while f"{ip_of(N_MAX)}/32" in felix.desired.routes:
+                felix.applied_event.wait(5)
+                felix.applied_event.clear()
+        res["end-to-end +1 (1000 present)"] = times
+        felix.stop()
+        return res
+    finally:
+        etcd.terminate()
+        etcd.wait(10)
+        subprocess.run(["rm", "-rf", data])
+
+
+def main() -> int:
+    """Outer: make the netns, run the measurements inside, print and write the results."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", default=os.path.join(REPO, "reports", "bench", "felix_endpoints.json"))
+    ap.add_argument("--inside", metavar="OUT", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.inside:
+        res = inside(args.repeat)
+        with open(args.inside, "w") as f:
+            json.dump(res, f)
+        return 0
+    ns = f"fbench{uuid.uuid4().hex[:6]}"
+    out = tempfile.mktemp(prefix="felix-bench-", suffix=".json")
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "netns", "exec", ns, PY, os.path.abspath(__file__), "--inside", out,
+                        "--repeat", str(args.repeat)], check=True, cwd=REPO)
+        with open(out) as f:
+            res = json.load(f)
+    finally:
+        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            subprocess.run(["kill", "-9", pid], check=False)
+        subprocess.run(["ip", "netns", "delete", ns], check=False)
+        if os.path.exists(out):
+            os.unlink(out)
+    targets = {"dataplane 1000": 2.0, "dataplane +1 (1000 present)": 0.05, "end-to-end +1 (1000 present)": 0.05}
+    rows = []
+    print(f"{'measurement':<46} {'median ms':>10} {'min ms':>9} {'max ms':>9} {'target ms':>10}")
+    for name, times in res.items():
+        med = statistics.median(times)
+        tgt = targets.get(name)
+        rows.append({"measurement": name, "seconds": times, "median_s": med,
+                     "target_s": tgt, "meets_target": (med <= tgt) if tgt else None})
+        print(f"{name:<46} {med * 1000:>10.1f} {min(times) * 1000:>9.1f} {max(times) * 1000:>9.1f} "
+              f"{(f'{tgt * 1000:.0f}' if tgt else '-'):>10}")
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"benchmark": "felix_endpoints", "cpus": os.cpu_count(), "repeat": args.repeat,
+                   "results": rows}, f, indent=2)
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
