@@ -19,7 +19,9 @@ import argparse
 import importlib.util
 import json
 import os
+import pty
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -137,7 +139,7 @@ class Supervisor:
     def build(self) -> None:
         """Create the Mininet network: hosts, segment bridges, links, addresses, routes."""
         from mininet import net as mnet
-        from mininet.link import Link
+        from mininet.link import Intf, Link
         from mininet.log import setLogLevel
         from mininet.node import Host
         from mininet.nodelib import LinuxBridge
@@ -148,9 +150,47 @@ class Supervisor:
         mnet.Mininet.inited = True
 
         class LabHost(Host):
-            """A Mininet host whose private directories mount in one shell command."""
+            """A Mininet host that starts without waiting for its shell.
+
+            Mininet waits for each host's shell prompt before creating the next
+            host; a lab creates every shell first and waits for all of them in
+            :meth:`finish_start` (the waits overlap), then mounts the private
+            directories in one shell command.
+            """
+
+            def startShell(self, mnopts: str | None = None) -> None:  # noqa: N802 (Mininet's name)
+                if self.shell:
+                    return
+                flags = "-cd" + ("n" if self.inNamespace else "")
+                argv = ["mnexec", flags, "env", "PS1=" + chr(127), "bash", "--norc",
+                        "--noediting", "-is", "mininet:" + self.name]
+                self.master, self.slave = pty.openpty()
+                self.shell = self._popen(argv, stdin=self.slave, stdout=self.slave,
+                                         stderr=self.slave, close_fds=False)
+                self.stdin = self.stdout = os.fdopen(self.master, "r")
+                self.pid = self.shell.pid
+                self.pollOut = select.poll()
+                self.pollOut.register(self.stdout)
+                self.outToNode[self.stdout.fileno()] = self
+                self.inToNode[self.stdin.fileno()] = self
+                self.execed, self.lastCmd, self.lastPid, self.readbuf = False, None, None, ""
+                self.started = False
+
+            def finish_start(self) -> None:
+                """Wait for the shell's first prompt, set it up, mount the private dirs."""
+                while True:
+                    data = self.read(1024)
+                    if data and data[-1] == chr(127):
+                        break
+                    self.pollOut.poll()
+                self.waiting = False
+                self.cmd("unset HISTFILE; stty -echo; set +m")
+                self.started = True
+                self.mountPrivateDirs()
 
             def mountPrivateDirs(self) -> None:  # noqa: N802 (Mininet's name)
+                if not getattr(self, "started", True):
+                    return  # called by Node.__init__ before the shell is up: see finish_start
                 cmds = []
                 for d in self.privateDirs:
                     if isinstance(d, tuple):
@@ -164,6 +204,16 @@ class Supervisor:
 
             def unmountPrivateDirs(self) -> None:  # noqa: N802
                 pass  # the mount namespace dies with the node
+
+        class LabIntf(Intf):
+            """An interface configured by the lab in one batch (not 4 ifconfig calls each).
+
+            The MAC is set when the veth pair is made; addresses and link state are
+            set by :meth:`Supervisor._configure` and the bridge's start.
+            """
+
+            def config(self, **_params: Any) -> dict:
+                return {}
 
         class SegmentBridge(LinuxBridge):
             """A segment: a Linux bridge (no STP) in its own netns, all ports enslaved."""
@@ -183,7 +233,8 @@ class Supervisor:
         topo = self.topo
         first = topo.segments[0].cidr
         self.net = net = mnet.Mininet(topo=None, controller=None, switch=SegmentBridge,
-                                      host=LabHost, link=Link, build=False, ipBase=str(first),
+                                      host=LabHost, link=Link, intf=LabIntf, build=False,
+                                      ipBase=str(first),
                                       autoSetMacs=False, waitConnected=False)
         self.progress(f"creating {len(topo.segments)} segment(s) and "
                       f"{len(topo.host_names())} host(s)")
@@ -202,6 +253,9 @@ class Supervisor:
             self.hosts[name] = h
             self._record_host(name, h)
         self.save()
+        for name in topo.host_names():
+            self.hosts[name].finish_start()
+        self.progress(f"linking {len(topo.host_names())} host(s)")
         for name in topo.host_names():
             h = self.hosts[name]
             for ifname, seg, _addr, _plen in topo.interface_of(name):
