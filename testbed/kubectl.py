@@ -247,7 +247,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     for kind, name, ns in targets:
         try:
             obj = store.delete(kind, name, ns, force=args.force)
-            print(f'{KINDS[kind].group_name.split(".")[0]} "{name}" {"force " if args.force else ""}deleted')
+            print(f'{KINDS[kind].group_name} "{name}" {"force " if args.force else ""}deleted')
             deleted.append(obj)
         except errors.NotFound as exc:
             print(f"Error from server (NotFound): {exc}", file=sys.stderr)
@@ -288,6 +288,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def _kv_lines(title: str, d: dict | None, width: int = 14) -> list[str]:
+    width = max(width, len(title) + 2)
     items = sorted((d or {}).items())
     if not items:
         return [f"{title + ':':<{width}}<none>"]
@@ -308,7 +309,7 @@ def describe(obj: dict, store=None) -> str:
         lines.append(f"{'Roles:':<{w}}{printers.node_roles(obj)}")
     lines += _kv_lines("Labels", meta.get("labels"), w)
     lines += _kv_lines("Annotations", meta.get("annotations"), w)
-    lines.append(f"{'CreationTimestamp:':<{w}}{meta.get('creationTimestamp', '<unknown>')}")
+    lines.append(f"CreationTimestamp:  {meta.get('creationTimestamp', '<unknown>')}")
     if kind == "Pod":
         lines += [f"{'Node:':<{w}}{spec.get('nodeName') or '<none>'}/{status.get('hostIP', '')}",
                   f"{'Start Time:':<{w}}{status.get('startTime', '<unset>')}",
@@ -357,7 +358,7 @@ def describe(obj: dict, store=None) -> str:
         if store is not None:
             ep = store.find("Endpoints", meta["name"], meta["namespace"])
             lines.append(f"{'Endpoints:':<{w}}{printers.endpoints_text(ep) if ep else '<none>'}")
-        lines.append(f"{'Session Affinity:':<{w}}{spec.get('sessionAffinity', 'None')}")
+        lines.append(f"Session Affinity:  {spec.get('sessionAffinity', 'None')}")
     elif kind == "Deployment":
         lines += _kv_lines("Selector", (spec.get("selector") or {}).get("matchLabels"), w)
         lines.append(f"{'Replicas:':<{w}}{spec.get('replicas')} desired | {status.get('updatedReplicas', 0)} updated | "

@@ -511,7 +511,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cni-conf-dir", default="/etc/cni/net.d")
     p.add_argument("--cni-bin-dir", default="/opt/cni/bin", help="CNI plugin dirs, colon separated")
     p.add_argument("--netns-dir", default="/run/netns", help="where sandbox netns are bound")
-    p.add_argument("--root-dir", default="/var/lib/kubelet", help="kubelet state (pods' files)")
+    p.add_argument("--root-dir", default=None,
+                   help="kubelet state (pods' files); default /run/calicolab/$CALICOLAB_LAB/kubelet/<node> "
+                        "in a lab (removed with it), else /var/lib/kubelet")
     p.add_argument("--pod-network-cidr", default=os.environ.get("CALICO_IPV4POOL_CIDR", DEFAULT_POD_CIDR),
                    help="cluster pod CIDR (kubeadm --pod-network-cidr), with --controllers")
     p.add_argument("--service-cidr", default=DEFAULT_SERVICE_CIDR, help="ClusterIP range, with --controllers")
@@ -522,7 +524,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.node:
         p.error("--node is required (or set NODE_NAME)")
+    if args.root_dir is None:
+        args.root_dir = default_root_dir(args.node)
     return args
+
+
+def default_root_dir(node: str) -> str:
+    """In a lab, a directory the lab removes on down/clean; elsewhere /var/lib/kubelet."""
+    lab = os.environ.get("CALICOLAB_LAB")
+    if lab and os.path.isdir(f"/run/calicolab/{lab}"):
+        return f"/run/calicolab/{lab}/kubelet/{node}"
+    return "/var/lib/kubelet"
 
 
 def main(argv: list[str] | None = None) -> int:
