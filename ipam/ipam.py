@@ -37,6 +37,7 @@ from ipam.block import (
     block_walk,
     host_affinity,
 )
+from ipam.check import CheckReport, build_report
 from ipam.store import (
     STATE_CONFIRMED,
     STATE_PENDING,
@@ -109,26 +110,6 @@ class Pool:
             node_selector=spec.get("nodeSelector") or "all()",
             allowed_uses=list(spec.get("allowedUses") or ["Workload", "Tunnel"]),
         )
-
-
-@dataclass
-class CheckReport:
-    """Result of :meth:`IPAM.check` (what ``calicoctl ipam check`` prints)."""
-
-    blocks: int = 0
-    pools: int = 0
-    tunnel_ips: int = 0
-    workload_ips: int = 0
-    allocations: int = 0
-    leaked: list[str] = field(default_factory=list)        # allocated but not in use
-    missing: list[str] = field(default_factory=list)       # in use but not allocated
-    bad_handles: list[str] = field(default_factory=list)   # handle counts that do not match
-    other: list[str] = field(default_factory=list)         # block/affinity inconsistencies
-
-    @property
-    def problems(self) -> int:
-        """Total number of problems found."""
-        return len(self.leaked) + len(self.missing) + len(self.bad_handles) + len(self.other)
 
 
 def _ipv4(value: IPv4Address | str) -> IPv4Address:
@@ -729,61 +710,14 @@ class IPAM:
 
     def check(self) -> CheckReport:
         """Cross-check blocks, affinities, handles, nodes' tunnel IPs and endpoints' IPs."""
-        rep = CheckReport()
-        blocks = self.blocks()
-        pools = self.pools()
-        rep.blocks = len(blocks)
-        rep.pools = len([p for p in pools if not p.disabled])
-        tunnel: dict[IPv4Address, str] = {}
-        for doc in self._resource_dicts("Node", "nodes"):
-            name = (doc.get("metadata") or {}).get("name", "")
-            spec = doc.get("spec") or {}
-            for addr in ((spec.get("bgp") or {}).get("ipv4IPIPTunnelAddr"), spec.get("ipv4VXLANTunnelAddr")):
-                if addr:
-                    tunnel[IPv4Address(addr.split("/")[0])] = name
-        rep.tunnel_ips = len(tunnel)
-        workload: dict[IPv4Address, str] = {}
-        for doc in self._resource_dicts("WorkloadEndpoint", "workloadendpoints"):
-            meta = doc.get("metadata") or {}
-            for net in (doc.get("spec") or {}).get("ipNetworks") or []:
-                workload[IPv4Address(net.split("/")[0])] = f"{meta.get('namespace')}/{meta.get('name')}"
-        rep.workload_ips = len(workload)
-
-        counted: dict[str, dict[str, int]] = {}
-        allocated: set[IPv4Address] = set()
-        all_affinities = self.store.list_affinities()
-        affinity_keys = {(a.host, a.cidr) for a in all_affinities}
-        for block in blocks:
-            rep.other += block.check()
-            if block.host:
-                if (block.host, block.cidr) not in affinity_keys:
-                    rep.other.append(f"block {block.cidr} is affine to {block.host} "
-                                     "but that host has no affinity for it")
-            for ip, attr in block.allocated():
-                rep.allocations += 1
-                allocated.add(ip)
-                if attr.handle_id:
-                    per = counted.setdefault(attr.handle_id, {})
-                    per[str(block.cidr)] = per.get(str(block.cidr), 0) + 1
-                if ip not in tunnel and ip not in workload:
-                    rep.leaked.append(f"{ip} (handle {attr.handle_id}) is allocated but not in use")
-        for ip, owner in list(tunnel.items()) + list(workload.items()):
-            if ip not in allocated:
-                rep.missing.append(f"{ip} is in use by {owner} but has no IPAM allocation")
-        handles = {h.handle_id: h for h in self.store.list_handles()}
-        for hid, h in handles.items():
-            if hid not in counted:
-                rep.bad_handles.append(f"handle {hid} has no matching IPs")
-            elif h.block != counted[hid]:
-                rep.bad_handles.append(f"handle {hid} counts {h.block} but blocks hold {counted[hid]}")
-        for hid in counted:
-            if hid not in handles:
-                rep.bad_handles.append(f"IPs of handle {hid} have no handle object")
-        block_cidrs = {b.cidr for b in blocks}
-        for aff in all_affinities:
-            if aff.cidr not in block_cidrs and aff.state == STATE_CONFIRMED:
-                rep.other.append(f"affinity of {aff.host} to {aff.cidr} has no block")
-        return rep
+        return build_report(
+            blocks=self.blocks(),
+            active_pools=[p.cidr for p in self.pools() if not p.disabled],
+            nodes=self._resource_dicts("Node", "nodes"),
+            endpoints=self._resource_dicts("WorkloadEndpoint", "workloadendpoints"),
+            handles=self.store.list_handles_with_revision(),
+            affinities=[(a.host, a.cidr, a.state) for a in self.store.list_affinities()],
+        )
 
 
 __all__ = ["IPAM", "Pool", "CheckReport", "BlockLimitError", "PoolsExhausted", "NoPools",

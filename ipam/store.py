@@ -332,6 +332,16 @@ class Store:
             out.append(h)
         return out
 
+    def list_handles_with_revision(self) -> list[tuple[Handle, int]]:
+        """Every handle with its mod revision."""
+        kvs, _ = self.etcd.list(HANDLE_PREFIX)
+        out = []
+        for kv in kvs:
+            h = Handle.from_dict(json.loads(kv.value))
+            h.handle_id = kv.key[len(HANDLE_PREFIX):]
+            out.append((h, kv.mod_revision))
+        return out
+
     @staticmethod
     def _handle_value(h: Handle) -> bytes:
         return _json({"block": dict(h.block), "deleted": h.deleted})

@@ -270,3 +270,34 @@ def test_get_delete_by_file_and_config_file(etcd_endpoints, tmp_path):
     assert ctl(etcd_endpoints, "get", "ippools").stdout.split() == ["NAME", "CIDR", "SELECTOR"]
     res = ctl(etcd_endpoints, "delete", "-f", str(f))
     assert res.returncode == 1 and "resource does not exist" in res.stderr
+
+
+def test_check_report_and_release_from_report_guards_reused_addresses(etcd_endpoints, tmp_path):
+    client = Client(etcd_endpoints)
+    pool = ("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: small\n"
+            "spec:\n  cidr: 10.77.0.0/28\n  blockSize: 28\n")
+    assert ctl(etcd_endpoints, "apply", "-f", "-", stdin=pool).returncode == 0
+    ipam = IPAM(client)
+    ips = [ipam.auto_assign(1, f"k8s-pod-network.c{i}", {"node": "w0", "pod": f"p{i}", "namespace": "default"},
+                            "w0")[0] for i in range(16)]
+    report = tmp_path / "report.json"
+    res = ctl(etcd_endpoints, "ipam", "check", "--show-problem-ips", "-o", str(report))
+    assert "Found 16 IPs that are allocated in IPAM but not actually in use." in res.stdout
+    assert f"  {ips[0]} leaked; attrs Main:k8s-pod-network.c0 Extra:namespace=default,node=w0,pod=p0\n" in res.stdout
+    doc = json.loads(report.read_text())
+    assert doc["allocations"][str(ips[3])][0]["handle"] == "k8s-pod-network.c3"
+    assert doc["allocations"][str(ips[3])][0]["inUse"] is False
+
+    # ABA: ips[3] is released and handed to a new pod before the report is acted on
+    ipam.release_by_handle("k8s-pod-network.c3")
+    assert ipam.auto_assign(1, "k8s-pod-network.new", {"node": "w0"}, "w0") == [ips[3]]
+
+    res = ctl(etcd_endpoints, "ipam", "release", f"--from-report={report}")
+    assert res.returncode == 1 and "data store is not locked" in res.stderr
+    res = ctl(etcd_endpoints, "ipam", "release", f"--from-report={report}", "--force")
+    assert res.returncode == 0, res.stderr
+    assert "Released 15 IPs successfully" in res.stdout
+    assert "1 addresses marked as leaked in the report had already been cleaned up." in res.stdout
+    # the reused address survived; everything else is free
+    assert ipam.ip_info(ips[3])["handle_id"] == "k8s-pod-network.new"
+    assert [ip for ip in ips if ipam.ip_info(ip)["in_use"]] == [ips[3]]

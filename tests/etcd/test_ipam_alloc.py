@@ -203,8 +203,8 @@ def test_check_reports_leaks_and_missing_allocations(ds_client, ipam):
     tun = ipam.allocate_tunnel_address("n1")
     pod = ipam.auto_assign(1, "k8s-pod-network.c1", {"node": "n1"}, "n1")[0]
     rep = ipam.check()
-    assert rep.blocks == 1 and rep.pools == 1 and rep.allocations == 2
-    assert rep.problems == 2 and len(rep.leaked) == 2
+    assert len(rep.blocks) == 1 and len(rep.active_pools) == 1 and rep.num_allocations == 2
+    assert rep.problems == 2 and rep.leaked_ips == sorted([tun, pod])
     from datastore.resources import NodeBGPSpec
     ds_client.create(Node(metadata=Metadata(name="n1"),
                           spec=Node.Spec(bgp=NodeBGPSpec(ipv4_address="172.30.0.11/24",
@@ -215,8 +215,11 @@ def test_check_reports_leaks_and_missing_allocations(ds_client, ipam):
                                    ip_networks=[f"{pod}/32", "10.21.0.200/32"])))
     rep = ipam.check()
     assert rep.tunnel_ips == 1 and rep.workload_ips == 2
-    assert rep.leaked == [] and rep.missing == ["10.21.0.200 is in use by default/n1-k8s-a-eth0 "
-                                                "but has no IPAM allocation"]
+    assert rep.leaked_ips == [] and rep.not_allocated == [IP("10.21.0.200")]
+    assert rep.problem_lines() == ["10.21.0.200 in use by Workload(default/n1-k8s-a-eth0) and in active "
+                                   "IPAM pool but has no IPAM allocation."]
+    assert rep.allocations[pod][0].owners == ["Workload(default/n1-k8s-a-eth0)"]
+    assert rep.allocations[tun][0].owners == ["Node(n1)"]
 
 
 def test_unreachable_etcd_fails_fast_with_endpoint():
@@ -252,7 +255,8 @@ def test_same_node_racing_threads_block_and_handle_stay_consistent(ds_client):
     assert not failures, failures
     assert len(results) == 100 and len(set(results)) == 100
     rep = IPAM(ds_client).check()
-    assert rep.bad_handles == [] and rep.other == [] and len(rep.leaked) == 100
+    assert rep.handle_mismatches == [] and rep.missing_handles == [] and rep.other == []
+    assert len(rep.leaked_ips) == 100
     assert sum(ds_client.get("IPAMHandle", "shared").spec.block.values()) == 48
     assert len(IPAM(ds_client).release_by_handle("shared")) == 48
 
