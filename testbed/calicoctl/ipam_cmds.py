@@ -28,6 +28,11 @@ def show(ipam: IPAM, show_blocks: bool, out: TextIO) -> int:
             for b in inside:
                 size, n = float(b.size), float(b.num_allocated())
                 rows.append(["Block", str(b.cidr), gfmt(size), usage_cell(n, size), usage_cell(size - n, size)])
+    orphans = [b for b in blocks if not any(b.cidr.subnet_of(p.cidr) for p in pools)]
+    if show_blocks:  # blocks whose pool was deleted: block rows without an IP Pool row
+        for b in orphans:
+            size, n = float(b.size), float(b.num_allocated())
+            rows.append(["Block", str(b.cidr), gfmt(size), usage_cell(n, size), usage_cell(size - n, size)])
     out.write(box_table(["GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE"], rows))
     return 0
 
