@@ -200,6 +200,10 @@ def cmd_apply(args: argparse.Namespace, create: bool = False) -> int:
                 raise UsageError(f'the namespace from the provided object "{given}" does not match the namespace '
                                  f'"{args.namespace}". You must pass \'--namespace={given}\' to perform this operation.')
             obj["metadata"]["namespace"] = args.namespace
+        try:
+            store.check_references(obj, where)
+        except errors.Invalid as exc:
+            raise UsageError(f'error validating "{where}": {str(exc).removeprefix(where + ": ")}') from None
         prepared.append((where, obj))
     prepared.sort(key=lambda wo: ORDER.index(wo[1]["kind"]))
     rc = 0

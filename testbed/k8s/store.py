@@ -134,7 +134,7 @@ class Store:
         if KINDS[kind].namespaced and kind != "Namespace" and ns not in SYSTEM_NAMESPACES:
             if self.find("Namespace", ns, None) is None:
                 raise errors.NotFound("namespaces", ns)
-        self._check_references(obj, where)
+        self.check_references(obj, where)
         meta.pop("resourceVersion", None)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_iso()
@@ -230,7 +230,7 @@ class Store:
                     merged["metadata"][field] = meta[field]
             if merged == current:
                 return current, "unchanged"
-            self._check_references(merged, where)
+            self.check_references(merged, where)
             if kind == "Deployment" and merged.get("spec") != current.get("spec"):
                 merged["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
             try:
@@ -279,7 +279,7 @@ class Store:
         return bool(gone)
 
     # --- helpers -----------------------------------------------------------------------
-    def _check_references(self, obj: dict, where: str) -> None:
+    def check_references(self, obj: dict, where: str = "") -> None:
         """A Pod (or Deployment template) pinned to a node that does not exist is an error."""
         spec = obj.get("spec") or {}
         if obj["kind"] == "Pod":
