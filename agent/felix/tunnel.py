@@ -81,23 +81,19 @@ def kernel_has_ipip() -> bool:
 
 
 def detect_host_mtu(pattern: str = MTU_IFACE_PATTERN) -> int:
-    """Smallest MTU of the UP interfaces whose name matches ``pattern`` (Felix's findHostMTU), else 1460."""
+    """Smallest MTU of the UP interfaces whose name matches ``pattern`` (Felix's findHostMTU), else 1460.
+
+    Reads links over netlink (not /sys, which shows the machine's interfaces
+    inside a Mininet host that did not remount sysfs).
+    """
+    from agent.felix.netlink import Netlink
+
     rx = re.compile(pattern)
-    found = []
-    for name in os.listdir("/sys/class/net"):
-        if not rx.match(name):
-            continue
-        try:
-            with open(f"/sys/class/net/{name}/operstate") as f:
-                state = f.read().strip()
-            with open(f"/sys/class/net/{name}/flags") as f:
-                flags = int(f.read().strip(), 16)
-            with open(f"/sys/class/net/{name}/mtu") as f:
-                mtu = int(f.read().strip())
-        except OSError:
-            continue
-        if flags & 0x1 and state != "down":
-            found.append(mtu)
+    nl = Netlink()
+    try:
+        found = [ln.mtu for ln in nl.links() if rx.match(ln.name) and ln.flags & 0x1]
+    finally:
+        nl.close()
     return min(found) if found else DEFAULT_HOST_MTU
 
 
@@ -197,14 +193,6 @@ def _set_link_and_address(ipr, index: int, address: str, mtu: int) -> None:
             ipr.addr("del", index=index, address=a, prefixlen=plen)
     if (address, 32) not in have:
         ipr.addr("add", index=index, address=address, prefixlen=32)
-
-
-def tunl0_kind() -> str | None:
-    """"kernel", "userspace" or None: what the tunl0 in this netns is."""
-    path = "/sys/class/net/tunl0"
-    if not os.path.exists(path):
-        return None
-    return "userspace" if os.path.exists(f"{path}/tun_flags") else "kernel"
 
 
 def main(argv: list[str] | None = None) -> int:
