@@ -104,6 +104,8 @@ def test_chain_with_tuning_and_portmap_serves_http(node, netns):
         def fetch() -> str:
             return _node_sh(node, "curl", "-s", "-m", "2", "http://10.250.7.1:18080/index.html").stdout
 
+        # Under load the first SYNs can be lost: a fresh veth passes packets only once the
+        # kernel's linkwatch work has activated its qdisc, and a failed ARP backs off.
         try:
             wait_for(fetch, lambda out: "hello from the pod" in out, timeout=30,
                      what="HTTP through portmap hostPort 18080 to the pod")
