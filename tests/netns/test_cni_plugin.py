@@ -256,3 +256,28 @@ def test_other_ipam_types_are_delegated_through_cni_path(node, netns):
     assert not (data_dir / "k8s-pod-network" / ip.split("/")[0]).exists()
     missing = node.run("ADD", node.conf(ipam={"type": "no-such-ipam"}), cid="hl02", netns=f"/run/netns/{pod}")
     assert missing.json["code"] == 7 and "no-such-ipam" in missing.json["msg"]
+
+
+def test_failure_after_allocation_undoes_veth_and_allocation(node, netns, monkeypatch):
+    """Fault injection: the WorkloadEndpoint write fails after IPAM and netlink succeeded."""
+    from cni import plugin
+    from cni.netlink import in_netns
+    from datastore import errors
+    from datastore.client import Client
+
+    def broken_apply(self, obj):
+        raise errors.DatastoreUnavailable("etcd went away (injected by the test)")
+
+    monkeypatch.setattr(Client, "apply", broken_apply)
+    monkeypatch.setattr(plugin, "_clients", {})
+    pod = netns("cnip")
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "undo01", "CNI_NETNS": f"/run/netns/{pod}",
+           "CNI_IFNAME": "eth0", "CNI_PATH": str(node.bin_dir),
+           "CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=nginx"}
+    with in_netns(node.nspath):  # the "node" is this thread's netns while the plugin runs in-process
+        code, out, err = plugin.run("calico", env, json.dumps(node.conf()).encode())
+    assert code == 1, out
+    res = json.loads(out)
+    assert res["code"] == 11 and "WorkloadEndpoint" in res["msg"] and "injected" in res["msg"]
+    assert "cali" not in node.ip("link") and "eth0" not in node.ip("link", pod=pod)
+    assert _allocations(node) == {} and _weps(node) == []
