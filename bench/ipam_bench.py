@@ -183,8 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as fh:
         json.dump({"throughput": [one, four], "latency": lat,
-                   "machine": {"cpus": os.cpu_count()}}, fh, indent=2)
-    print(f"\nwrote {args.json}")
+                   "machine": {"cpus": os.cpu_count(), "loadavg_1m_at_end": round(os.getloadavg()[0], 2)}},
+                  fh, indent=2)
+    print(f"\n(load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+    print(f"wrote {args.json}")
     return 0
 
 
