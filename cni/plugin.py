@@ -322,7 +322,10 @@ def cmd_add(inv: Invocation) -> dict[str, Any]:
             with inv.timed("datastore"):
                 client.apply(wep)
         except Exception as exc:
-            dataplane.teardown(inv.env.ifname, inv.env.netns)
+            try:
+                dataplane.teardown(inv.env.ifname, inv.env.netns)
+            except dataplane.DataplaneError as undo:
+                inv.log.error(f"removing {host_if} after the failed WorkloadEndpoint write also failed: {undo}")
             raise _datastore_error(exc, f"writing WorkloadEndpoint {wep_ns}/{wep_name}") from exc
         inv.log.info(f"wrote WorkloadEndpoint {wep_ns}/{wep_name}")
     except BaseException:
