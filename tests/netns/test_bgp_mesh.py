@@ -59,6 +59,21 @@ class NetLab:
         self.nodes.append((ns, addr))
         return ns, addr
 
+    def static_neighbors(self) -> None:
+        """Permanent ARP entries between all nodes. The kernel's neighbour table limit
+        (gc_thresh3, 1024 by default) is shared by every namespace, and permanent entries
+        are exempt from it: large meshes (the benchmark) need this, small tests do not."""
+        import json
+
+        macs = {}
+        for ns, addr in self.nodes:
+            info = json.loads(sh("ip", "-j", "-n", ns, "link", "show", "eth0"))
+            macs[addr] = info[0]["address"]
+        for ns, addr in self.nodes:
+            batch = "".join(f"neigh replace {a} lladdr {m} dev eth0 nud permanent\n"
+                            for a, m in macs.items() if a != addr)
+            subprocess.run(["ip", "-n", ns, "-batch", "-"], input=batch, text=True, check=True)
+
     def close(self) -> None:
         for ns in reversed(self.made):
             subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
