@@ -94,12 +94,20 @@ class Kubelet:
         self.image_errors: dict[str, dict[str, str]] = {}
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pod")
-        self.feed = ChangeFeed(store, interesting=lambda ev: ev.kind in ("Pod", "Service", "Endpoints", "Node"))
+        self.feed = ChangeFeed(store, interesting=self._interesting)
         self.proxy = None
         if kube_proxy:
             from testbed.kubeproxy import KubeProxy
 
             self.proxy = KubeProxy()
+
+    def _interesting(self, ev) -> bool:
+        """Pods of this node (or gone), our Node, and anything kube-proxy needs."""
+        if ev.kind in ("Service", "Endpoints"):
+            return self.proxy is not None
+        if ev.kind == "Pod":
+            return ev.obj is None or (ev.obj.get("spec") or {}).get("nodeName") == self.node
+        return ev.kind == "Node" and ev.name == self.node
 
     # --- node ------------------------------------------------------------------------------
     def register(self) -> None:

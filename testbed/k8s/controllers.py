@@ -362,3 +362,4 @@ class ControllerManager:
                     on_error(exc)
                 stop.wait(0.5)
             feed.wait(stop, timeout=5.0)
+            stop.wait(0.02)  # let a burst of changes land: one pass for all of them
