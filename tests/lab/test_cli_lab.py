@@ -25,6 +25,48 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
                           cwd=str(labmod.REPO))
 
 
+def shell_session(lab: str, node: str, line: str, timeout: float = 20) -> str:
+    """Type ``line`` into `calicolab shell NODE` on a pty; return everything it printed."""
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    def controlling_tty() -> None:  # as a terminal emulator does
+        import fcntl
+        import termios
+
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen([*CLI, "--lab", lab, "shell", node], stdin=slave, stdout=slave,
+                            stderr=slave, cwd=str(labmod.REPO), start_new_session=True,
+                            preexec_fn=controlling_tty)
+    os.close(slave)
+    os.write(master, (line + "\n").encode())
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+        assert proc.wait(timeout=5) == 3, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    return out.decode(errors="replace")
+
+
 @pytest.fixture
 def names():
     """Unique lab names, each cleaned at teardown."""
@@ -96,6 +138,12 @@ def test_up_status_exec_tools_down(names, tmp_path):
     assert "DatastoreUnavailable" not in res.stderr and "unavailable" not in res.stderr.lower(), \
         res.stderr
     assert res.returncode == 0, res.stderr
+
+    # an interactive shell in the node: its hostname, prompt, tools and environment
+    out = shell_session(name, "w0", "hostname; echo NN=$NODE_NAME; command -v calicoctl; exit 3")
+    assert "root@w0" in out and "w0\r\nNN=w0\r\n" in out, out
+    assert "no job control" not in out, out
+    assert "/.venv/bin/calicoctl" in out
 
     res = cli("down", name)
     assert res.returncode == 0, res.stderr
