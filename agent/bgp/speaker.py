@@ -350,8 +350,14 @@ class Peer:
     def on_message(self, msg: object) -> None:
         """UPDATE or ROUTE-REFRESH on the Established session."""
         if isinstance(msg, M.RouteRefresh):
-            self.adj_out = {}
-            self.speaker.send_full(self)
+            if (msg.afi, msg.safi) != (M.AFI_IPV4, M.SAFI_UNICAST):
+                return  # a family we never negotiated: ignore (RFC 2918)
+            if msg.subtype == 0:
+                self.speaker.resend(self)
+            elif msg.subtype == 1:    # BoRR: the peer re-advertises everything (RFC 7313)
+                self.speaker.rib.mark_stale(self.config.name)
+            else:                     # EoRR: what was not re-advertised is gone
+                self.speaker._changed(self.speaker.rib.sweep_stale(self.config.name))
             return
         self.updates_received += 1
         self.speaker.on_update(self, msg)
@@ -551,6 +557,20 @@ class Speaker:
         """Send the whole Adj-RIB-Out, then End-of-RIB."""
         log.info("%s: Established", peer.config.name)
         self.send_full(peer)
+
+    def resend(self, peer: Peer) -> None:
+        """Answer a ROUTE-REFRESH: everything again, between BoRR and EoRR when both sides
+        announced enhanced route refresh (RFC 7313)."""
+        conn = peer.session
+        if conn is None:
+            return
+        enhanced = bool(peer.peer_open and peer.peer_open.cap(M.EnhancedRouteRefreshCap))
+        if enhanced:
+            conn.send(M.RouteRefresh(subtype=1))
+        peer.adj_out = {}
+        self._export_to(peer, set(self.rib.loc))
+        if enhanced:
+            conn.send(M.RouteRefresh(subtype=2))
 
     def send_full(self, peer: Peer) -> None:
         """Advertise everything exportable to ``peer`` followed by End-of-RIB."""

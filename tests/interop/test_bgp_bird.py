@@ -321,3 +321,23 @@ n = _read_until_notification(s); print("update", n.code, n.subcode)
     # the treat-as-withdraw prefix never made it; the good one was withdrawn with the session
     assert not any(r.startswith(("198.51.100.", "198.51.101.")) for r in routes), routes
     assert IPv4Network("198.51.100.0/24")
+
+
+def _import_updates(bird: Bird, proto: str) -> int:
+    out = bird.birdc("show", "protocols", "all", proto)
+    m = re.search(r"Import updates:\s+(\d+)", out)
+    assert m, out
+    return int(m.group(1))
+
+
+def test_route_refresh_from_bird_is_answered_without_reset(tor, tmp_path):
+    bird = start_bird(tor, tmp_path, rr=False)
+    start_speakers(tor, mesh=False)
+    wait_for(bird.routes, lambda r: str(block(0)) in r, timeout=5, what="node 0's block in BIRD")
+    before = _import_updates(bird, "node0")
+    since = tor.speakers[0].status()["peers"][0]["since"]
+    bird.birdc("reload", "in", "node0")          # BIRD sends ROUTE-REFRESH to our speaker
+    wait_for(lambda: _import_updates(bird, "node0"), lambda n: n > before, timeout=5,
+             what="our re-advertisement counted by BIRD")
+    assert tor.speakers[0].status()["peers"][0]["since"] == since
+    assert bird.established() == {"node0", "node1", "node2"}
