@@ -598,37 +598,41 @@ class IPAM:
     def release_host_affinities(self, host: str) -> int:
         """Give up every block affinity of ``host`` (the node is gone); returns how many.
 
-        Per block: affinity -> ``pendingDeletion``; then the block is deleted if
-        empty, or else keeps its allocations with no affinity (it is deleted
-        when its last address is released); then the affinity is deleted. Every
-        step is a CAS.
+        See :meth:`_release_affinity` for the per-block protocol.
         """
-        released = 0
-        for aff in self.store.list_affinities(host):
-            for _ in range(self.retries):
-                cur = self.store.get_affinity(host, aff.cidr)
-                if cur is None:
-                    break
-                got = self.store.get_block(aff.cidr)
-                try:
-                    if got is None or got[0].host != host:
-                        self.store.delete_affinity(host, aff.cidr, cur.revision)
-                        break
-                    aff_rev = self.store.update_affinity(host, aff.cidr, STATE_PENDING_DELETION, cur.revision)
-                    block, rev = got
-                    if block.is_empty():
-                        self.store.delete_block(block.cidr, rev)
-                    else:
-                        block.affinity = None
-                        self.store.update_block(block, rev)
-                    self.store.delete_affinity(host, aff.cidr, aff_rev)
-                except (errors.Conflict, errors.NotFound):
-                    continue
-                released += 1
-                break
-            else:
-                raise TooManyConflicts(f"affinity {host} {aff.cidr}: gave up after {self.retries} writes")
-        return released
+        return sum(self._release_affinity(aff.host, aff.cidr) for aff in self.store.list_affinities(host))
+
+    def release_pool_affinities(self, pool_cidr: IPv4Network | str) -> int:
+        """Give up every host's affinity to blocks inside ``pool_cidr`` (the pool is being
+        deleted, as Calico's IPPool delete does after disabling it); returns how many."""
+        net = IPv4Network(pool_cidr)
+        return sum(self._release_affinity(aff.host, aff.cidr) for aff in self.store.list_affinities()
+                   if aff.cidr.subnet_of(net))
+
+    def _release_affinity(self, host: str, cidr: IPv4Network) -> bool:
+        """Affinity -> ``pendingDeletion``; delete the block if empty, else clear its
+        affinity (it is deleted with its last address); delete the affinity. All CAS."""
+        for _ in range(self.retries):
+            cur = self.store.get_affinity(host, cidr)
+            if cur is None:
+                return False
+            got = self.store.get_block(cidr)
+            try:
+                if got is None or got[0].host != host:
+                    self.store.delete_affinity(host, cidr, cur.revision)
+                    return True
+                aff_rev = self.store.update_affinity(host, cidr, STATE_PENDING_DELETION, cur.revision)
+                block, rev = got
+                if block.is_empty():
+                    self.store.delete_block(block.cidr, rev)
+                else:
+                    block.affinity = None
+                    self.store.update_block(block, rev)
+                self.store.delete_affinity(host, cidr, aff_rev)
+            except (errors.Conflict, errors.NotFound):
+                continue
+            return True
+        raise TooManyConflicts(f"affinity {host} {cidr}: gave up after {self.retries} writes")
 
     # ------------------------------------------------------------------
     # queries

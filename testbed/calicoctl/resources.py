@@ -140,6 +140,20 @@ def _check_immutable(current: Resource, new: IPPool) -> None:
                                      f"cannot be changed (is {current.spec.block_size})")
 
 
+def _delete(client: Any, cls: type[Resource], name: str, namespace: str | None) -> None:
+    """Delete one object; an IPPool is first disabled and its block affinities released,
+    as Calico's client does, so no new address comes from it while it goes away."""
+    if cls is IPPool:
+        from ipam import IPAM
+
+        pool = client.get(IPPool, name)
+        if not pool.spec.disabled:
+            pool.spec.disabled = True
+            client.update(pool)
+        IPAM(client).release_pool_affinities(pool.spec.cidr)
+    client.delete(cls, name, namespace)
+
+
 def _summary(verb: str, objs: list[Resource]) -> str:
     kinds = {o.KIND for o in objs}
     if len(kinds) == 1:
@@ -174,7 +188,7 @@ def modify(client: Any, verb: str, filename: str, namespace: str | None, out: Te
             elif verb == "apply":
                 client.apply(obj)
             else:
-                client.delete(type(obj), obj.metadata.name, obj.metadata.namespace)
+                _delete(client, type(obj), obj.metadata.name, obj.metadata.namespace)
         except errors.DatastoreUnavailable:
             raise
         except errors.DatastoreError as exc:
@@ -204,7 +218,7 @@ def delete_named(client: Any, kind: str, names: list[str], namespace: str | None
     deleted = 0
     for name in names:
         try:
-            client.delete(cls, name, ns)
+            _delete(client, cls, name, ns)
             deleted += 1
         except errors.NotFound:
             if not skip_not_exists:

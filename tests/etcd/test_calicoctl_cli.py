@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
@@ -301,3 +302,24 @@ def test_check_report_and_release_from_report_guards_reused_addresses(etcd_endpo
     # the reused address survived; everything else is free
     assert ipam.ip_info(ips[3])["handle_id"] == "k8s-pod-network.new"
     assert [ip for ip in ips if ipam.ip_info(ip)["in_use"]] == [ips[3]]
+
+
+def test_delete_pool_disables_it_and_releases_its_affinities(etcd_endpoints):
+    client = Client(etcd_endpoints)
+    pool = ("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: doomed\n"
+            "spec:\n  cidr: 10.78.0.0/27\n  blockSize: 28\n")
+    assert ctl(etcd_endpoints, "apply", "-f", "-", stdin=pool).returncode == 0
+    ipam = IPAM(client)
+    kept = ipam.auto_assign(1, "k8s-pod-network.keep", {"node": "w0"}, "w0")[0]
+    gone = ipam.auto_assign(1, "k8s-pod-network.gone", {"node": "w1"}, "w1")[0]
+    ipam.release_ips([gone])
+    res = ctl(etcd_endpoints, "delete", "ippool", "doomed")
+    assert res.returncode == 0 and res.stdout == "Successfully deleted 1 'IPPool' resource(s)\n"
+    assert client.list("IPPool") == [] and client.list("BlockAffinity") == []
+    # the empty block went away; the one still holding an address stays, with no affinity
+    assert [(b.cidr, b.affinity) for b in ipam.blocks()] == [(IPv4Network((int(kept), 28), strict=False), None)]
+    res = ctl(etcd_endpoints, "ipam", "show", "--show-blocks")
+    assert [c.strip() for c in res.stdout.splitlines()[3].split("|")[1:-1]] == [
+        "Block", str(IPv4Network((int(kept), 28), strict=False)), "16", "1 (6%)", "15 (94%)"]
+    assert ipam.release_by_handle("k8s-pod-network.keep") == [kept]
+    assert ipam.blocks() == []
