@@ -315,7 +315,7 @@ class Capture:
     def __init__(self, netns: str | None, run_dir: str | os.PathLike[str], *,
                  node: str | None = None, ifaces: str | Iterable[str] = DEFAULT_IFACES,
                  bpf: str | None = None, snaplen: int = 262144,
-                 listen_timeout: float = 5.0):
+                 listen_timeout: float = 10.0):
         if netns is None and node is None:
             raise ValueError("a capture in the root namespace needs node= for its file names")
         self.netns = netns
@@ -398,10 +398,11 @@ class Capture:
             dumps = list(self._dumps.values())
             self._dumps.clear()
         _settle([d.path for d in dumps], settle, timeout)
+        early = [d.proc.poll() is not None for d in dumps]  # e.g. the interface was deleted
         for d in dumps:
             d.interrupt()
-        results = [d.finish(timeout, early) for d, early in self._done]
-        results += [d.finish(timeout, False) for d in dumps]
+        results = [d.finish(timeout, e) for d, e in self._done]
+        results += [d.finish(timeout, e) for d, e in zip(dumps, early, strict=True)]
         if self._sock is not None:
             self._sock.close()
             self._sock = None
