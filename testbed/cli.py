@@ -19,6 +19,7 @@ EXIT_OK, EXIT_FAIL, EXIT_INPUT, EXIT_NOLAB, EXIT_EXISTS = 0, 1, 2, 3, 4
 
 EPILOG = """\
 examples:
+  calicolab demo                                   # the walkthrough with captures and a report
   calicolab up topologies/walkthrough.yaml        # lab "walkthrough", returns when ready
   calicolab kubectl get nodes -o wide
   calicolab shell k8s-w0                           # bash inside the node
@@ -93,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("install-cni", parents=[lab_opt],
                        help="start calico-node on every node (kubectl apply -f calico.yaml)")
     s.add_argument("--timeout", type=float, default=120.0)
+
+    s = sub.add_parser("demo", add_help=False,
+                       help="replay the walkthrough: NotReady -> Ready, four flows under capture, report",
+                       usage="calicolab demo [--name NAME] [--keep]")
+    s.add_argument("args", nargs=argparse.REMAINDER)
     return p
 
 
@@ -103,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from testbed.topology import TopologyError
 
     tool = _split_tool(args_list)
+    if args_list[:1] == ["demo"]:  # its own parser: `calicolab demo --help` is the demo's help
+        from testbed import walkthrough
+
+        return walkthrough.main(args_list[1:])
     try:
         if tool is not None:
             return run_tool(tool[1], tool[2], tool[0])
@@ -191,6 +201,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _exec(lab, args.target, args.cmd)
     if cmd in ("kubectl", "calicoctl"):
         return run_tool(cmd, args.args, lab)
+    if cmd == "demo":
+        from testbed import walkthrough
+
+        return walkthrough.main(args.args)
     if cmd == "install-cni":
         reply = labmod.install_cni(lab, timeout=args.timeout)
         started = reply.get("started") or []

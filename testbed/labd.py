@@ -322,6 +322,23 @@ class Supervisor:
         _log(f"started {key} pid {proc.pid}: {' '.join(argv)}")
         return proc
 
+    def start_external_services(self) -> None:
+        """The walkthrough's "internet": every external host serves HTTP 200 on :80.
+
+        busybox httpd with a one-page document root under the lab's state dir;
+        recorded like every other service, so down/clean end it by PID.
+        """
+        from testbed.images import BUSYBOX
+
+        for ext in self.topo.external:
+            www = self.sdir / "www" / ext.name
+            www.mkdir(parents=True, exist_ok=True)
+            (www / "index.html").write_text(
+                f"<html><body><h1>{ext.name}</h1><p>calicolab's in-lab internet host "
+                f"{ext.address} (lab {self.lab}).</p></body></html>\n")
+            self.start_service(ext.name, "httpd",
+                               [BUSYBOX, "httpd", "-f", "-p", f"{ext.address}:80", "-h", str(www)])
+
     def start_etcd(self) -> None:
         """etcd in the control-plane node, on its node address, port 2379."""
         cp = self.topo.control_plane
@@ -562,6 +579,7 @@ class Supervisor:
             mark("network")
             self.start_etcd()
             mark("etcd")
+            self.start_external_services()
             self.kubeadm_init()
             self.start_node_services()
             if self.no_cni:

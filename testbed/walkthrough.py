@@ -1,0 +1,590 @@
+"""The walkthrough, end to end: what ``calicolab demo`` runs and the flow tests assert.
+
+It replays ../shared/reference/walkthrough.md on the lab of
+``topologies/walkthrough.yaml``:
+
+1. the cluster comes up without a CNI: every node ``NotReady`` (NetworkPluginNotReady);
+2. ``install-cni`` (the walkthrough's ``kubectl apply -f calico.yaml``): nodes ``Ready``;
+3. IPAM and BGP as the user inspects them (``calicoctl ipam show --show-blocks``,
+   tunnel addresses, ``ip -c route``, ``calicoctl node status``);
+4. the workloads: a Deployment ``nginx`` with 2 replicas pinned to k8s-w0, and pods
+   ``k8s-w0`` and ``k8s-w1`` pinned to their nodes;
+5. the four flows under tcpdump on every ``cali*``, ``tunl0`` and ``eth0`` (and the
+   external host's ``eth0``): same node, cross node (IPIP), pod to the internet
+   (masquerade), and through a Service (DNAT);
+6. each flow's pcaps checked with :mod:`testbed.pcapassert`, the results table,
+   and an HTML report with the packets hop by hop and a diagram of the lab.
+
+Every step goes through the same commands a user types (``calicolab kubectl``,
+``calicolab calicoctl``, ``calicolab exec``), so what the demo shows is what a
+user sees. Waits poll with a deadline (:func:`testbed.poll.wait_for`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from testbed import pcapassert as pa
+from testbed.poll import WaitTimeout, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+TOPOLOGY = REPO / "topologies" / "walkthrough.yaml"
+POD_GATEWAY = "169.254.1.1"
+CALI_MAC = "ee:ee:ee:ee:ee:ee"
+
+WORKLOADS = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: nginx
+  labels: {app: nginx}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: nginx}
+  template:
+    metadata:
+      labels: {app: nginx}
+    spec:
+      nodeName: k8s-w0
+      containers:
+      - name: nginx
+        image: nginx
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: k8s-w0
+  labels: {app: k8s-w0}
+spec:
+  nodeName: k8s-w0
+  containers:
+  - name: nginx
+    image: nginx
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: k8s-w1
+  labels: {app: k8s-w1}
+spec:
+  nodeName: k8s-w1
+  containers:
+  - name: nginx
+    image: nginx
+"""
+
+
+class WalkthroughError(RuntimeError):
+    """A step of the walkthrough failed; the message says which and what was seen."""
+
+
+@dataclass
+class Step:
+    """One step as the table and the report show it."""
+
+    name: str
+    seconds: float
+    output: str = ""
+
+
+@dataclass
+class Pod:
+    """A pod the flows use."""
+
+    name: str
+    node: str
+    ip: str
+    iface: str  # the host-side cali interface
+    namespace: str = "default"
+
+
+@dataclass
+class Flow:
+    """One flow: what ran, what the user saw, and the pcap checks."""
+
+    name: str
+    title: str
+    command: str
+    result: str = ""
+    ok: bool = False
+    error: str | None = None
+    pcaps: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+    match: Any = None
+    hop_files: list[Path] = field(default_factory=list)
+    since: float = field(default_factory=time.time)  # packets before this belong to earlier flows
+
+
+def _run(argv: list[str], timeout: float = 60, check: bool = True,
+         input: str | None = None) -> subprocess.CompletedProcess:  # noqa: A002
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input)
+    if check and res.returncode != 0:
+        raise WalkthroughError(f"`{' '.join(argv)}` exited {res.returncode}: "
+                               f"{(res.stderr or res.stdout).strip()[-600:]}")
+    return res
+
+
+class Walkthrough:
+    """Drives one lab through the walkthrough. Use :meth:`run` or the steps one by one."""
+
+    def __init__(self, lab: str = "walkthrough", topology: Path = TOPOLOGY,
+                 progress: Callable[[str], None] | None = None, run: str | None = None):
+        self.lab = lab
+        self.topology = Path(topology)
+        self.progress = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.steps: list[Step] = []
+        self.pods: dict[str, Pod] = {}
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.flows: list[Flow] = []
+        self.captures: Any = None
+        self.run_name = run or time.strftime("run-%Y%m%d-%H%M%S")
+        self.cluster_ip: str | None = None
+        self.t0 = time.monotonic()
+
+    # -- commands as a user types them ------------------------------------------------
+
+    def cli(self, *args: str, timeout: float = 60, check: bool = True,
+            input: str | None = None) -> subprocess.CompletedProcess:  # noqa: A002
+        """``calicolab --lab LAB ARGS...``"""
+        return _run([sys.executable, "-m", "testbed.cli", "--lab", self.lab, *args],
+                    timeout=timeout, check=check, input=input)
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> str:  # noqa: A002
+        return self.cli("kubectl", *args, check=check, input=input).stdout
+
+    def calicoctl(self, *args: str) -> str:
+        return self.cli("calicoctl", *args).stdout
+
+    def in_node(self, node: str, *cmd: str, check: bool = True, timeout: float = 30) -> str:
+        return self.cli("exec", node, "--", *cmd, check=check, timeout=timeout).stdout
+
+    def in_pod(self, pod: str, *cmd: str, check: bool = True,
+               timeout: float = 30) -> subprocess.CompletedProcess:
+        return self.cli("exec", f"default/{pod}", "--", *cmd, check=check, timeout=timeout)
+
+    def _step(self, name: str, t_start: float, output: str = "") -> None:
+        secs = time.monotonic() - t_start
+        self.steps.append(Step(name, secs, output))
+        self.progress(f"[{time.monotonic() - self.t0:5.1f}s] {name} ({secs:.1f}s)")
+
+    # -- 1-2: the cluster without and with Calico -------------------------------------
+
+    def node_conditions(self) -> dict[str, dict[str, str]]:
+        """Per node, the Ready condition's status and reason (from ``kubectl get nodes -o json``)."""
+        doc = json.loads(self.kubectl("get", "nodes", "-o", "json"))
+        out = {}
+        for item in doc.get("items", []):
+            cond = next((c for c in item.get("status", {}).get("conditions", [])
+                         if c.get("type") == "Ready"), {})
+            out[item["metadata"]["name"]] = {"status": cond.get("status", "Unknown"),
+                                             "reason": cond.get("reason", ""),
+                                             "message": cond.get("message", "")}
+        return out
+
+    def up(self) -> None:
+        """Bring the lab up without a CNI and check every node is NotReady for that reason."""
+        from testbed import lab as labmod
+
+        t = time.monotonic()
+        labmod.up(self.topology, name=self.lab, no_cni=True, progress=self.progress)
+        self._step("cluster up without a CNI (calicolab up --no-cni)", t)
+        t = time.monotonic()
+        conds = wait_for(self.node_conditions, lambda c: len(c) >= 3, timeout=30,
+                         what="3 nodes registered")
+        not_ready = {n: c for n, c in conds.items() if c["status"] != "True"}
+        if len(not_ready) != len(conds) or any(c["reason"] != "NetworkPluginNotReady"
+                                               for c in not_ready.values()):
+            raise WalkthroughError(f"expected every node NotReady with NetworkPluginNotReady, got {conds}")
+        self._step("kubectl get nodes: all NotReady (NetworkPluginNotReady: cni config uninitialized)",
+                   t, self.kubectl("get", "nodes"))
+
+    def install(self) -> None:
+        """``install-cni`` and wait until every node is Ready."""
+        from testbed import lab as labmod
+
+        t = time.monotonic()
+        labmod.install_cni(self.lab)
+        wait_for(self.node_conditions, lambda c: c and all(v["status"] == "True" for v in c.values()),
+                 timeout=60, what="every node Ready after install-cni")
+        self._step("install Calico (calicolab install-cni): all nodes Ready", t,
+                   self.kubectl("get", "nodes", "-o", "wide"))
+
+    # -- 3: IPAM and routes ------------------------------------------------------------
+
+    def inspect(self) -> None:
+        """Read what the walkthrough's section 3-4 looks at: blocks, tunnel addresses, routes."""
+        t = time.monotonic()
+        doc = json.loads(self.calicoctl("get", "nodes", "-o", "json"))
+        items = doc.get("items", [doc]) if isinstance(doc, dict) else doc
+        for item in items:
+            bgp = item.get("spec", {}).get("bgp", {})
+            self.nodes[item["metadata"]["name"]] = {
+                "address": bgp.get("ipv4Address", "").split("/")[0],
+                "tunnel": bgp.get("ipv4IPIPTunnelAddr"),
+            }
+        missing = [n for n, v in self.nodes.items() if not v["tunnel"]]
+        if missing:
+            raise WalkthroughError(f"nodes without spec.bgp.ipv4IPIPTunnelAddr: {missing}")
+        blocks = self.calicoctl("ipam", "show", "--show-blocks")
+        self._step("calicoctl ipam show --show-blocks; tunnel addresses from calicoctl get nodes", t,
+                   blocks)
+
+    def wait_routes(self) -> None:
+        """Every node has a route via tunl0 to every other node's block (BGP converged)."""
+        t = time.monotonic()
+        nodes = sorted(self.nodes)
+        for node in nodes:
+            others = [self.nodes[o]["address"] for o in nodes if o != node]
+            wait_for(lambda node=node: self.in_node(node, "ip", "route"),
+                     lambda out, others=others: all(f"via {a} dev tunl0 proto bird onlink" in out
+                                                    for a in others),
+                     timeout=30, what=f"routes via tunl0 to every other node on {node}")
+        self._step("BGP mesh converged: remote blocks via tunl0 proto bird onlink on every node", t,
+                   self.in_node("k8s-w0", "ip", "route"))
+
+    # -- 4: workloads --------------------------------------------------------------------
+
+    def deploy(self) -> None:
+        """Apply the Deployment and the two pinned pods; wait until all run with an IP."""
+        t = time.monotonic()
+        self.kubectl("apply", "-f", "-", input=WORKLOADS)
+
+        def pods() -> list[dict]:
+            return json.loads(self.kubectl("get", "pods", "-o", "json")).get("items", [])
+
+        def ready(items: list[dict]) -> bool:
+            return len(items) == 4 and all(p.get("status", {}).get("phase") == "Running"
+                                           and p.get("status", {}).get("podIP") for p in items)
+
+        items = wait_for(pods, ready, timeout=60, what="4 pods Running with an IP")
+        weps = json.loads(self.calicoctl("get", "workloadendpoints", "-o", "json"))
+        wep_items = weps.get("items", []) if isinstance(weps, dict) else weps
+        iface = {w["spec"]["pod"]: w["spec"]["interfaceName"] for w in wep_items}
+        for p in items:
+            name = p["metadata"]["name"]
+            if name not in iface:
+                raise WalkthroughError(f"pod {name} has no WorkloadEndpoint (calicoctl get wep)")
+            self.pods[name] = Pod(name, p["spec"]["nodeName"], p["status"]["podIP"], iface[name])
+        self._step("workloads Running: nginx x2 on k8s-w0, pods k8s-w0 and k8s-w1", t,
+                   self.kubectl("get", "pods", "-o", "wide"))
+
+    def nginx_pods(self) -> tuple[Pod, Pod]:
+        a, b = sorted((p for n, p in self.pods.items() if n.startswith("nginx-")), key=lambda p: p.name)
+        return a, b
+
+    # -- 5: captures and flows ---------------------------------------------------------
+
+    def start_captures(self) -> None:
+        from testbed.capture import CaptureGroup
+
+        t = time.monotonic()
+        self.captures = CaptureGroup.for_lab(self.lab, ["k8s-w0", "k8s-w1", "internet"],
+                                             run=self.run_name, ifaces="cali*,tunl0,eth0")
+        self.captures.start()
+        self._step(f"tcpdump on cali*, tunl0, eth0 -> {self.captures.run_dir}", t)
+
+    def curl(self, pod: Pod, url: str, what: str, timeout: float = 20) -> str:
+        """curl from ``pod`` until it prints 200 (Felix may still be programming a new endpoint)."""
+        argv = ("curl", "-o", "/dev/null", "-s", "-m", "2", "-w", "%{http_code}", url)
+        return wait_for(lambda: self.in_pod(pod.name, *argv, check=False).stdout.strip(),
+                        lambda code: code == "200", timeout=timeout, what=what)
+
+    def flow_same_node(self) -> Flow:
+        a, b = self.nginx_pods()
+        f = Flow("same-node", f"pod {a.name} -> pod {b.name} on k8s-w0",
+                 f"curl -o /dev/null -s -w \"%{{http_code}}\" http://{b.ip}")
+        f.result = self.curl(a, f"http://{b.ip}", f"HTTP 200 from {b.name}")
+        f.match = pa.between(a.ip, b.ip)
+        f.hop_files = [self.captures.file("k8s-w0", a.iface), self.captures.file("k8s-w0", b.iface),
+                       self.captures.file("k8s-w0", "tunl0")]
+        return f
+
+    def flow_cross_node(self) -> Flow:
+        a, b = self.pods["k8s-w0"], self.pods["k8s-w1"]
+        # Forget the gateway's MAC so the capture shows the proxy-ARP exchange first.
+        self.in_pod(a.name, "ip", "neigh", "flush", "dev", "eth0")
+        f = Flow("cross-node", f"pod {a.name} (k8s-w0) -> pod {b.name} (k8s-w1)",
+                 f"curl -o /dev/null -s -w \"%{{http_code}}\" http://{b.ip}")
+        f.result = self.curl(a, f"http://{b.ip}", f"HTTP 200 from {b.name}")
+        f.match = pa.between(a.ip, b.ip) | pa.arp_request(POD_GATEWAY) | pa.arp_reply(POD_GATEWAY)
+        f.hop_files = [self.captures.file("k8s-w0", a.iface), self.captures.file("k8s-w0", "tunl0"),
+                       self.captures.file("k8s-w0", "eth0"), self.captures.file("k8s-w1", "eth0"),
+                       self.captures.file("k8s-w1", "tunl0"), self.captures.file("k8s-w1", b.iface)]
+        return f
+
+    def flow_internet(self) -> Flow:
+        a = self.pods["k8s-w0"]
+        f = Flow("internet", f"pod {a.name} -> the internet (203.0.113.10)",
+                 "curl -o /dev/null -s -w \"%{http_code}\" http://203.0.113.10")
+        f.result = self.curl(a, "http://203.0.113.10", "HTTP 200 from the in-lab internet host")
+        node_ip = self.nodes["k8s-w0"]["address"]
+        f.match = pa.between(a.ip, "203.0.113.10") | pa.between(node_ip, "203.0.113.10")
+        f.hop_files = [self.captures.file("k8s-w0", a.iface), self.captures.file("k8s-w0", "eth0"),
+                       self.captures.file("internet", "eth0")]
+        return f
+
+    def flow_service(self) -> Flow:
+        target, client = self.pods["k8s-w0"], self.pods["k8s-w1"]
+        self.kubectl("expose", "pod", target.name, "--port", "80")
+        svc = json.loads(self.kubectl("get", "service", target.name, "-o", "json"))
+        self.cluster_ip = svc["spec"]["clusterIP"]
+        f = Flow("service", f"pod {client.name} -> Service {target.name} ({self.cluster_ip}) "
+                 f"-> pod {target.name}",
+                 f"curl -o /dev/null -s -w \"%{{http_code}}\" http://{self.cluster_ip}")
+        f.result = self.curl(client, f"http://{self.cluster_ip}", f"HTTP 200 via ClusterIP {self.cluster_ip}")
+        f.match = (pa.between(client.ip, self.cluster_ip) | pa.between(client.ip, target.ip))
+        f.hop_files = [self.captures.file("k8s-w1", client.iface), self.captures.file("k8s-w1", "eth0"),
+                       self.captures.file("k8s-w0", "eth0"), self.captures.file("k8s-w0", target.iface)]
+        return f
+
+    def run_flows(self) -> None:
+        t = time.monotonic()
+        for fn in (self.flow_same_node, self.flow_cross_node, self.flow_internet, self.flow_service):
+            try:
+                flow = fn()
+            except (WalkthroughError, WaitTimeout) as exc:
+                flow = Flow(fn.__name__.removeprefix("flow_").replace("_", "-"), fn.__name__, "",
+                            result="no answer", error=str(exc))
+            self.flows.append(flow)
+            self.progress(f"  flow {flow.name}: {flow.result}")
+        self.captures.stop()
+        self._step("four flows run under capture", t)
+
+    # -- 6: the checks on the pcaps -------------------------------------------------------
+
+    def check_flows(self) -> None:
+        """Assert each flow on its pcaps; a flow is ok only if curl printed 200 and every check held."""
+        checks = {"same-node": self.check_same_node, "cross-node": self.check_cross_node,
+                  "internet": self.check_internet, "service": self.check_service}
+        for flow in self.flows:
+            if flow.error is None:
+                try:
+                    checks[flow.name](flow)
+                    flow.ok = flow.result == "200"
+                except AssertionError as exc:
+                    flow.error = str(exc)
+            flow.pcaps = [str(p) for p in flow.hop_files if p.exists()]
+
+    def check_same_node(self, f: Flow) -> None:
+        a, b = self.nginx_pods()
+        pa.assert_http_exchange(self.captures.file("k8s-w0", a.iface), a.ip, b.ip, status=200)
+        f.checks.append(f"HTTP {a.ip} -> {b.ip} 200 on k8s-w0/{a.iface}")
+        pa.assert_http_exchange(self.captures.file("k8s-w0", b.iface), a.ip, b.ip, status=200)
+        f.checks.append(f"HTTP {a.ip} -> {b.ip} 200 on k8s-w0/{b.iface}")
+        pa.assert_none(self.captures.file("k8s-w0", "tunl0"), pa.between(a.ip, b.ip))
+        f.checks.append("nothing between them on k8s-w0/tunl0")
+
+    def check_cross_node(self, f: Flow) -> None:
+        a, b = self.pods["k8s-w0"], self.pods["k8s-w1"]
+        na, nb = self.nodes["k8s-w0"]["address"], self.nodes["k8s-w1"]["address"]
+        cali = self.captures.file("k8s-w0", a.iface)
+        pa.assert_arp_gateway(cali, gateway=POD_GATEWAY, mac=CALI_MAC, asker=a.ip, before_traffic=True)
+        f.checks.append(f"ARP who-has {POD_GATEWAY} answered by {CALI_MAC}, then the SYN, on {a.iface}")
+        for node, src, dst in (("k8s-w0", na, nb), ("k8s-w1", na, nb)):
+            pa.assert_ipip(self.captures.file(node, "eth0"), outer_src=src, outer_dst=dst,
+                           inner_src=a.ip, inner_dst=b.ip)
+            pa.assert_no_plain(self.captures.file(node, "eth0"), a.ip, b.ip)
+            f.checks.append(f"IPIP {src} > {dst} carrying {a.ip} > {b.ip} on {node}/eth0, no plain pod packets")
+        for node in ("k8s-w0", "k8s-w1"):
+            pa.assert_on_tunnel(self.captures.file(node, "tunl0"), a.ip, b.ip)
+            f.checks.append(f"inner packets {a.ip} > {b.ip} on {node}/tunl0")
+        pa.assert_http_exchange(self.captures.file("k8s-w1", b.iface), a.ip, b.ip, status=200)
+        f.checks.append(f"HTTP 200 on k8s-w1/{b.iface}")
+
+    def check_internet(self, f: Flow) -> None:
+        a = self.pods["k8s-w0"]
+        node_ip = self.nodes["k8s-w0"]["address"]
+        pa.assert_masqueraded(self.captures.file("internet", "eth0"), node_ip=node_ip, pod_ip=a.ip,
+                              dst="203.0.113.10")
+        f.checks.append(f"on internet/eth0 the source is {node_ip} (masqueraded), never {a.ip}")
+        pa.assert_http_exchange(self.captures.file("k8s-w0", a.iface), a.ip, "203.0.113.10", status=200)
+        f.checks.append(f"HTTP 200 seen on k8s-w0/{a.iface} with the pod's own address")
+
+    def check_service(self, f: Flow) -> None:
+        target, client = self.pods["k8s-w0"], self.pods["k8s-w1"]
+        assert self.cluster_ip
+        pa.assert_dnat(self.captures.file("k8s-w0", target.iface), cluster_ip=self.cluster_ip,
+                       pod_ip=target.ip, client=client.ip,
+                       client_side=self.captures.file("k8s-w1", client.iface))
+        f.checks.append(f"SYN to {self.cluster_ip}:80 on k8s-w1/{client.iface} arrives DNATed to "
+                        f"{target.ip}:80 on k8s-w0/{target.iface}")
+
+    # -- MTU -------------------------------------------------------------------------------
+
+    def mtu_probe(self) -> dict[str, Any]:
+        """DF pings pod k8s-w0 -> pod k8s-w1: the largest that fits tunl0 passes, one byte more fails."""
+        a, b = self.pods["k8s-w0"], self.pods["k8s-w1"]
+        link = self.in_node("k8s-w0", "ip", "-o", "link", "show", "tunl0")
+        mtu = int(link.split(" mtu ")[1].split()[0])
+        fits = mtu - 28
+
+        def ping(size: int) -> subprocess.CompletedProcess:
+            return self.in_pod(a.name, "ping", "-M", "do", "-c", "1", "-W", "2", "-s", str(size), b.ip,
+                               check=False)
+
+        ok = wait_for(lambda: ping(fits), lambda r: r.returncode == 0, timeout=10,
+                      what=f"DF ping of {fits} bytes {a.ip} -> {b.ip}")
+        too_big = ping(fits + 1)
+        return {"tunnel_mtu": mtu, "fits": fits, "fits_output": ok.stdout,
+                "too_big_rc": too_big.returncode, "too_big_output": too_big.stdout + too_big.stderr}
+
+    # -- report ------------------------------------------------------------------------------
+
+    def lab_model(self) -> Any:
+        from testbed.diagram import HostBox, LabModel, NodeBox, PodBox, Segment
+        from testbed.topology import load
+
+        topo = load(self.topology, name=self.lab)
+        blocks = self._blocks()
+        nodes = []
+        for n in topo.nodes:
+            info = self.nodes.get(n.name, {})
+            pods = [PodBox(p.name, p.ip, p.iface) for p in sorted(self.pods.values(), key=lambda p: p.name)
+                    if p.node == n.name]
+            nodes.append(NodeBox(n.name, str(n.address), n.segment, n.role, blocks.get(n.name, []),
+                                 info.get("tunnel"), datapath=self._datapath(n.name), ready=True,
+                                 pods=pods))
+        segs = [Segment(s.name, str(s.cidr)) for s in topo.segments]
+        hosts = [HostBox(e.name, {e.segment: str(e.address)}) for e in topo.external]
+        hosts += [HostBox(r.name, {i.segment: str(i.address) for i in r.interfaces}, kind="router")
+                  for r in topo.routers]
+        pool = topo.calico.pool
+        return LabModel(self.lab, nodes, segs, hosts, pool=str(pool.cidr),
+                        mode=f"IPIP {pool.ipip_mode}")
+
+    def _blocks(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        try:
+            doc = json.loads(self.calicoctl("get", "blockaffinities", "-o", "json"))
+        except (WalkthroughError, ValueError):
+            return out
+        for item in doc.get("items", []) if isinstance(doc, dict) else doc:
+            spec = item.get("spec", {})
+            if spec.get("state") == "confirmed":
+                out.setdefault(spec.get("node", ""), []).append(spec.get("cidr", ""))
+        return out
+
+    def _datapath(self, node: str) -> str:
+        try:
+            st = json.loads(self.cli("status", "--json").stdout)
+        except (WalkthroughError, ValueError):
+            return ""
+        for n in st.get("nodes", []):
+            if n.get("name") == node:
+                return str(n.get("datapath") or "")
+        return ""
+
+    def report_flows(self) -> list[Any]:
+        from testbed import report
+
+        out = []
+        for f in self.flows:
+            files = [p for p in f.hop_files if p.exists()]
+            match = f.match
+            if match is not None:
+                match = match & pa.Match(f"seen after the {f.name} flow started",
+                                         lambda fr, since=f.since: fr.time >= since - 0.05)
+            hops = report.flow_hops(files, match) if files and match is not None else []
+            out.append(report.FlowResult(f.name, f.title, result=f.result, ok=f.ok, hops=hops,
+                                         pcaps=f.pcaps, description=f"{f.command}\n" + "\n".join(
+                                             f"check: {c}" for c in f.checks),
+                                         error=f.error))
+        return out
+
+    def write_report(self) -> Path:
+        from testbed import report
+
+        path = Path(self.captures.run_dir) / "report.html"
+        report.write_report(path, self.report_flows(), self.lab_model(),
+                            title=f"calicolab walkthrough: lab {self.lab}")
+        return path
+
+    def table(self) -> str:
+        from testbed import report
+
+        return report.results_table(self.report_flows())
+
+    # -- all of it ---------------------------------------------------------------------
+
+    def down(self) -> None:
+        from testbed import lab as labmod
+
+        try:
+            labmod.down(self.lab, progress=lambda m: None)
+        except labmod.LabError as exc:
+            self.progress(f"warning: {exc}")
+
+    def run(self, keep: bool = False) -> tuple[bool, Path | None]:
+        """The whole demo; returns (every flow ok, report path)."""
+        report_path = None
+        try:
+            self.up()
+            self.install()
+            self.inspect()
+            self.wait_routes()
+            self.deploy()
+            self.start_captures()
+            self.run_flows()
+            self.check_flows()
+            report_path = self.write_report()
+        finally:
+            if self.captures is not None and self.captures.result is None:
+                self.captures.stop()
+            if not keep:
+                t = time.monotonic()
+                self.down()
+                self._step("lab torn down (calicolab down)", t)
+        return all(f.ok for f in self.flows) and len(self.flows) == 4, report_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``calicolab demo``: replay the walkthrough with captures, print the table, write the report."""
+    ap = argparse.ArgumentParser(
+        prog="calicolab demo",
+        description="Replay the walkthrough on topologies/walkthrough.yaml: NotReady -> install "
+                    "Calico -> Ready, then four flows (same node, cross node over IPIP, pod to the "
+                    "internet, through a Service) under tcpdump, checked on the pcaps, with a "
+                    "table and an HTML report.")
+    ap.add_argument("--name", default="walkthrough", help="lab name (default: walkthrough)")
+    ap.add_argument("--keep", action="store_true",
+                    help="leave the lab running afterwards (calicolab shell k8s-w0; calicolab down)")
+    ap.add_argument("--topology", default=str(TOPOLOGY), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("calicolab demo: needs root (network namespaces, Mininet): run it with sudo",
+              file=sys.stderr)
+        return 1
+    wt = Walkthrough(args.name, Path(args.topology))
+    t0 = time.monotonic()
+    try:
+        ok, report_path = wt.run(keep=args.keep)
+    except (WalkthroughError, WaitTimeout) as exc:
+        print(f"calicolab demo: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the lab layer's own errors carry their message
+        print(f"calicolab demo: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print()
+    print(wt.table())
+    for f in wt.flows:
+        if f.error:
+            print(f"\n{f.name}: {f.error}")
+    print(f"\npcaps:  {wt.captures.run_dir if wt.captures else '-'}")
+    print(f"report: {report_path or '-'}")
+    print(f"done in {time.monotonic() - t0:.1f}s" + (f"; lab {wt.lab} kept: calicolab shell k8s-w0"
+                                                     if args.keep else "; lab torn down"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
