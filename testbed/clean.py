@@ -5,7 +5,8 @@ at any time: it only touches what the lab's ``state.json`` names (written
 before anything was created), never anything matched by a process name.
 
 Order: kill every process of the lab (its cgroup, recorded PIDs checked
-against their start time, anything still inside one of its namespaces), then
+against their start time, anything still inside one of its namespaces, anything
+started with the lab's ``CALICOLAB_LAB=<lab>`` environment), then
 detach its netns (their veths, bridges and iptables rules go with them), then
 unmount anything left under its state directory, remove its cgroup and the
 state directory (etcd data, logs, node directories).
@@ -75,6 +76,35 @@ def _cgroup_pids(cg: Path) -> set[int]:
     return pids
 
 
+def _environ_pids(lab: str) -> set[int]:
+    """Processes started with ``CALICOLAB_LAB=<lab>`` in their environment (lab processes
+    that left the cgroup, or every one on a machine without cgroup v2)."""
+    marker = f"CALICOLAB_LAB={lab}".encode()
+    out: set[int] = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if marker in env.split(b"\0"):
+            out.add(int(entry.name))
+    return out
+
+
+def _ancestors() -> set[int]:
+    out, pid = set(), os.getpid()
+    while pid > 1:
+        out.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return out
+
+
 def _kill(pids: set[int], report: CleanReport) -> None:
     me = os.getpid()
     for pid in sorted(pids):
@@ -137,7 +167,9 @@ def clean_lab(lab: str) -> CleanReport:
                 victims.add(pid)
         for p in ns_paths:
             victims |= _netns_pids(p)
-        victims.discard(os.getpid())
+        if st:
+            victims |= _environ_pids(lab)
+        victims -= _ancestors()
         if not victims:
             break
         _kill(victims, report)

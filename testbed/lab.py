@@ -293,6 +293,10 @@ def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = Fals
     progress(f"lab {lab}: supervisor started (pid {proc.pid})")
     try:
         _follow(rfd, proc, lab, timeout, progress)
+    except KeyboardInterrupt:
+        progress(f"interrupted: removing lab {lab}")
+        _abort(proc, lab)
+        raise
     finally:
         os.close(rfd)
     st = read_state(lab)
