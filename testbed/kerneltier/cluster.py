@@ -8,7 +8,7 @@ Shape (per node ``i`` = 1..n)::
 
     switch netns: bridge br0 ── veth ── node netns: eth0 172.30.0.1<i>/24 (MTU uplink_mtu)
     node: tunl0 192.168.<i>.0/32 (MTU uplink-20, set by agent.felix.tunnel.ensure_tunl0)
-          192.168.<j>.0/26 via 172.30.0.1<j> dev tunl0 proto bird onlink  (every other node)
+          192.168.<j>.0/26 via 172.30.0.1<j> dev tunl0 proto bird onlink  (agent.bgp, per peer)
           blackhole 192.168.<i>.0/26 proto bird
           192.168.<i>.<k>/32 dev cali<hash> scope link                   (each pod)
     pod netns: eth0 192.168.<i>.<k>/32, 169.254.1.1 dev eth0 scope link,
@@ -34,7 +34,6 @@ from testbed.poll import wait_for
 
 IP = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "/sbin/ip"  # never busybox's applet
 REPO = Path(__file__).resolve().parents[2]
-RTPROT_BIRD = 12
 DATAPATHS = ("kernel", "userspace")
 
 
@@ -215,21 +214,48 @@ def kernel_tunl0(netns: str, address: str, mtu: int) -> None:
         raise ClusterError(f"ensure_tunl0 in {netns} gave a {info.kind} tunnel, not kernel ipip")
 
 
-def block_route(netns: str, block: str, via: str, *, onlink: bool = True) -> None:
-    """``<block> via <via> dev tunl0 proto bird onlink`` in ``netns`` (what the BGP part programs).
+POOL = "192.168.0.0/16"
 
-    Without ``onlink`` the kernel refuses it (the gateway is not on tunl0's /32): ClusterError.
+
+def program_routes(netns: str, own_block: str, peers: list[tuple[str, str]], *,
+                   onlink: bool = True) -> None:  # fmt: skip
+    """The BGP part's kernel routes in ``netns``, through its own code (agent.bgp).
+
+    ``agent.bgp.routes.next_hop_for`` picks the next hop for a block of an IPIP pool
+    (``via <node> dev tunl0 onlink``) and ``agent.bgp.kernel.KernelRoutes`` installs
+    ``proto bird`` routes, plus ``blackhole <own block> proto bird``.  ``peers`` are
+    (block, node address).  ``onlink=False`` strips the flag (a deliberate break): the kernel
+    then refuses the route and ClusterError says so.
     """
-    args = [IP, "-n", netns, "route", "replace", block, "via", via, "dev", "tunl0",
-            "proto", "bird"]  # fmt: skip
-    if onlink:
-        args.append("onlink")
-    run(*args)
+    from dataclasses import replace
+    from ipaddress import IPv4Address, IPv4Network
 
+    from pyroute2 import netns as pnetns
 
-def blackhole_route(netns: str, block: str) -> None:
-    """``blackhole <block> proto bird`` (the node's own block)."""
-    run(IP, "-n", netns, "route", "replace", "blackhole", block, "proto", "bird")
+    from agent.bgp.config import KernelPolicy
+    from agent.bgp.kernel import KernelRoutes
+    from agent.bgp.routes import KernelRoute, next_hop_for
+
+    policy = KernelPolicy(ipip_pools=(IPv4Network(POOL),))
+    routes = [KernelRoute(IPv4Network(own_block), blackhole=True)]
+    for block, via in peers:
+        hop = next_hop_for(IPv4Network(block), IPv4Address(via), policy)
+        if not onlink:
+            hop = replace(hop, onlink=False)
+        routes.append(KernelRoute(IPv4Network(block), nexthops=(hop,)))
+    pnetns.pushns(netns)
+    try:
+        kr = KernelRoutes()  # its netlink socket belongs to the node's netns
+    finally:
+        pnetns.popns()
+    try:
+        for route in routes:
+            try:
+                kr.install(route)
+            except Exception as exc:  # noqa: BLE001 - pyroute2 NetlinkError, reported with the route
+                raise ClusterError(f"in {netns}: `{route.render()}` refused: {exc}") from exc
+    finally:
+        kr.close()
 
 
 def build(
@@ -285,10 +311,8 @@ def _wire(cluster: Cluster, n_nodes: int, pod_mtu: int, onlink: bool) -> None:
         else:
             _userspace_tunl0(cluster, node, peers)
     for node in cluster.nodes:
-        blackhole_route(node.netns, node.block)
-        for peer in cluster.nodes:
-            if peer is not node:
-                block_route(node.netns, peer.block, peer.address, onlink=onlink)
+        peers = [(p.block, p.address) for p in cluster.nodes if p is not node]
+        program_routes(node.netns, node.block, peers, onlink=onlink)
         cluster.add_pod(node, f"pod-{node.index}", f"192.168.{node.index}.1", mtu=pod_mtu)
 
 
@@ -328,21 +352,24 @@ def ping(pod: Pod, dst: str, *, count: int = 3, size: int | None = None, df: boo
     )  # fmt: skip
 
 
-def mtu_probe(pod: Pod, dst: str, size: int) -> dict:
-    """One DF ping of ICMP payload ``size``; classify what the pod saw.
+def mtu_probe(pod: Pod, dst: str, size: int, rounds: int = 5) -> dict:
+    """DF pings of ICMP payload ``size``; classify what the pod saw.
 
     Returns {"size", "outcome": "ok" | "frag-needed" | "local-mtu" | "lost", "mtu": int|None}.
-    Retries once when the first packet only taught the kernel the path MTU.
+    A round is 3 pings; rounds repeat only while everything is silently lost (a datapath that
+    drops some packets still gets its verdict), up to ``rounds``.
     """
-    res = ping(pod, dst, count=2, size=size, df=True, interval=0.3, deadline=4)
-    text = res.stdout + res.stderr
-    loss = PING_LOSS.search(text)
-    if res.returncode == 0 and loss and int(loss.group(1)) < 100:
-        return {"size": size, "outcome": "ok", "mtu": None}
-    if m := FRAG_NEEDED.search(text):
-        return {"size": size, "outcome": "frag-needed", "mtu": int(m.group(1))}
-    if m := LOCAL_MTU.search(text):
-        return {"size": size, "outcome": "local-mtu", "mtu": int(m.group(1))}
+    text = ""
+    for _ in range(rounds):
+        res = ping(pod, dst, count=3, size=size, df=True, interval=0.2, deadline=3)
+        text = res.stdout + res.stderr
+        loss = PING_LOSS.search(text)
+        if loss and int(loss.group(1)) < 100:
+            return {"size": size, "outcome": "ok", "mtu": None}
+        if m := FRAG_NEEDED.search(text):
+            return {"size": size, "outcome": "frag-needed", "mtu": int(m.group(1))}
+        if m := LOCAL_MTU.search(text):
+            return {"size": size, "outcome": "local-mtu", "mtu": int(m.group(1))}
     return {"size": size, "outcome": "lost", "mtu": None, "output": text.strip()[-300:]}
 
 
