@@ -269,15 +269,6 @@ class IPAM:
                 return ips
         raise TooManyConflicts(f"block {cidr}: gave up after {self.retries} conflicting writes")
 
-    def _affine_cidrs(self, host: str, pools: Sequence[Pool], confirmed_only: bool = True) -> list[IPv4Network]:
-        out = []
-        for aff in self.store.list_affinities(host):
-            if aff.deleted or (confirmed_only and aff.state != STATE_CONFIRMED):
-                continue
-            if any(aff.cidr.subnet_of(p.cidr) for p in pools):
-                out.append(aff.cidr)
-        return out
-
     def _try_claim(self, host: str, cidr: IPv4Network) -> bool:
         """The pending -> block -> confirmed claim protocol; False if another host won."""
         try:
@@ -408,13 +399,15 @@ class IPAM:
                 got += self._assign_in_block(cidr, num - len(got), handle_id, attrs, hostname, True,
                                              prefetched=have)
             if len(got) < num and cfg.auto_allocate_blocks:
+                tried: set[IPv4Network] = set()
                 while len(got) < num:
                     owned = len([a for a in self.store.list_affinities(hostname) if not a.deleted])
                     if owned >= cfg.block_limit:
                         raise BlockLimitError(hostname, cfg.block_limit)
                     cidr = self._claim_new_block(hostname, chosen)
-                    if cidr is None:
+                    if cidr is None or cidr in tried:  # no free block (or one that keeps filling up)
                         break
+                    tried.add(cidr)
                     got += self._assign_in_block(cidr, num - len(got), handle_id, attrs, hostname, True)
             if len(got) < num and not cfg.strict_affinity:
                 got += self._borrow(num - len(got), handle_id, attrs, hostname, chosen)
