@@ -156,7 +156,12 @@ def mount_ns_pids(inode: int) -> list[int]:
 
 
 class KubeletProcess:
-    """A kubelet inside a node netns, with its own mount namespace and temp dirs."""
+    """A kubelet inside a node netns, with its own mount namespace and temp dirs.
+
+    Like a lab node, the node's mount namespace is held by a process of its own
+    (``ip netns exec <ns> sleep``), so the kubelet can be killed and started again
+    (:meth:`restart`) and find the pod netns it bound there.
+    """
 
     def __init__(self, netns: str, node: str, node_ip: str, etcd: str, tmp: str, controllers: bool = False,
                  extra: list[str] | None = None):
@@ -167,27 +172,45 @@ class KubeletProcess:
         for d in (self.conf_dir, self.netns_dir, self.root_dir):
             os.makedirs(d, exist_ok=True)
         self.log_path = os.path.join(tmp, "kubelet.log")
-        env = dict(os.environ, NODE_NAME=node, ETCD_ENDPOINTS=etcd, PYTHONPATH=REPO)
-        cmd = ["ip", "netns", "exec", netns, sys.executable, "-m", "testbed.kubelet", "--node", node,
-               "--node-ip", node_ip, "--cni-conf-dir", self.conf_dir, "--cni-bin-dir", "/usr/lib/cni",
-               "--netns-dir", self.netns_dir, "--root-dir", self.root_dir, "--kill-pods-on-exit",
-               *(["--controllers"] if controllers else []), *(extra or [])]
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        self.holder = subprocess.Popen(["ip", "netns", "exec", netns, "sleep", "infinity"],
+                                       stdout=subprocess.DEVNULL, stderr=self.log)
         self.mnt_inode = self._mount_inode()
+        self.env = dict(os.environ, NODE_NAME=node, ETCD_ENDPOINTS=etcd, PYTHONPATH=REPO)
+        self.env.pop("CALICOLAB_LAB", None)
+        self.argv = [sys.executable, "-m", "testbed.kubelet", "--node", node, "--node-ip", node_ip,
+                     "--cni-conf-dir", self.conf_dir, "--cni-bin-dir", "/usr/lib/cni",
+                     "--netns-dir", self.netns_dir, "--root-dir", self.root_dir,
+                     *(["--controllers"] if controllers else []), *(extra or [])]
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen:
+        if self.mnt_inode is None:
+            raise AssertionError("the node's mount namespace holder did not start")
+        return subprocess.Popen(["nsenter", "-t", str(self.holder.pid), "-n", "-m", "--", *self.argv],
+                                stdout=self.log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO)
 
     def _mount_inode(self) -> int | None:
         root = os.stat("/proc/self/ns/mnt").st_ino
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and self.proc.poll() is None:
+        while time.monotonic() < deadline and self.holder.poll() is None:
             try:
-                ino = os.stat(f"/proc/{self.proc.pid}/ns/mnt").st_ino
-                if ino != root:  # ip netns exec has unshared it and exec'd python
+                ino = os.stat(f"/proc/{self.holder.pid}/ns/mnt").st_ino
+                if ino != root:  # ip netns exec has unshared it and exec'd sleep
                     return ino
             except OSError:
                 pass
             time.sleep(0.005)
         return None
+
+    def kill(self) -> None:
+        """SIGKILL the kubelet only (its pods keep running), as a crash would."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def restart(self) -> None:
+        """Start the kubelet again in the same node (after :meth:`kill`)."""
+        self.proc = self._start()
 
     def write_conflist(self, conf: dict, filename: str = "10-test.conflist") -> str:
         path = os.path.join(self.conf_dir, filename)
@@ -198,8 +221,8 @@ class KubeletProcess:
         return path
 
     def in_mount_ns(self, *cmd: str) -> subprocess.CompletedProcess:
-        """Run a command in the kubelet's network + mount namespaces (what a node shell sees)."""
-        return subprocess.run(["nsenter", "-t", str(self.proc.pid), "-n", "-m", "--", *cmd],
+        """Run a command in the node's network + mount namespaces (what a node shell sees)."""
+        return subprocess.run(["nsenter", "-t", str(self.holder.pid), "-n", "-m", "--", *cmd],
                               capture_output=True, text=True, timeout=10)
 
     def logs(self) -> str:
@@ -207,7 +230,8 @@ class KubeletProcess:
             return f.read()[-4000:]
 
     def stop(self) -> None:
-        """SIGTERM (the kubelet kills its pods), then SIGKILL anything of its mount ns left."""
+        """SIGTERM the kubelet, then SIGKILL everything of the node's mount namespace
+        (pods, the holder): all of it was started by this helper."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -221,4 +245,7 @@ class KubeletProcess:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        if self.holder.poll() is None:
+            self.holder.kill()
+        self.holder.wait()
         self.log.close()

@@ -1,0 +1,76 @@
+"""A kubelet that crashes and comes back adopts its running pods and cleans up the pods
+deleted while it was away (CNI DEL, processes, sandbox netns)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from testbed.k8s.runtime import alive
+from testbed.k8s.store import Store
+from testbed.poll import wait_for
+from tests.netns.kubelet_support import KubeletProcess, NetnsRelay, bridge_conflist
+from tests.support import require, require_root, require_tool, unique
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture
+def node(netns, etcd_endpoints, tmp_path):
+    require_root()
+    require_tool("nsenter")
+    require(os.path.exists("/usr/lib/cni/bridge"), "needs containernetworking-plugins in /usr/lib/cni")
+    ns = netns("k8r")
+    host, port = etcd_endpoints[0].removeprefix("http://").split(":")
+    relay = NetnsRelay(ns, (host, int(port)))
+    store = Store.from_endpoints(etcd_endpoints)
+    store.ensure_cluster()
+    kubelet = KubeletProcess(ns, unique("node-"), "172.31.252.1", relay.endpoint, str(tmp_path))
+    try:
+        yield kubelet, store
+    finally:
+        kubelet.stop()
+        relay.close()
+
+
+def running(store: Store, name: str) -> dict:
+    return wait_for(lambda: store.get("Pod", name), lambda p: p["status"].get("phase") == "Running", timeout=20,
+                    what=f"pod {name} Running")
+
+
+def test_restarted_kubelet_adopts_live_pods_and_cleans_deleted_ones(node, tmp_path):
+    kubelet, store = node
+    data_dir = tmp_path / "ipam"
+    kubelet.write_conflist(bridge_conflist("testnet", unique("cnb"), "10.244.8.0/24", str(data_dir)))
+    wait_for(lambda: store.find("Node", kubelet.node, None), lambda n: n is not None, timeout=15,
+             what="node registered")
+    for name in ("keep", "gone"):
+        store.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                      "spec": {"nodeName": kubelet.node, "containers": [{"name": "c", "image": "nginx"}]}})
+    keep, gone = running(store, "keep"), running(store, "gone")
+    keep_pid = json.loads(keep["metadata"]["annotations"]["calicolab.io/pids"])["c"]
+    gone_pid = json.loads(gone["metadata"]["annotations"]["calicolab.io/pids"])["c"]
+    gone_ns = gone["metadata"]["annotations"]["calicolab.io/netns"]
+
+    kubelet.kill()
+    store.delete("Pod", "gone", force=True)  # removed while the kubelet is down
+    assert alive(gone_pid) and (data_dir / "testnet" / gone["status"]["podIP"]).exists()
+    kubelet.restart()
+
+    wait_for(lambda: alive(gone_pid), lambda up: not up, timeout=20,
+             what="the deleted pod's process to be killed")
+    wait_for(lambda: (data_dir / "testnet" / gone["status"]["podIP"]).exists(), lambda e: not e, timeout=10,
+             what="CNI DEL to release the deleted pod's IP")
+    assert gone_ns not in kubelet.in_mount_ns("ls", kubelet.netns_dir).stdout.split()
+    # the surviving pod was adopted, not restarted
+    assert alive(keep_pid)
+    after = store.get("Pod", "keep")
+    assert after["status"]["podIP"] == keep["status"]["podIP"]
+    assert json.loads(after["metadata"]["annotations"]["calicolab.io/pids"])["c"] == keep_pid
+    # and the kubelet still manages it: delete tears it down
+    store.delete("Pod", "keep")
+    wait_for(lambda: store.find("Pod", "keep"), lambda p: p is None, timeout=20, what="pod keep removed")
+    assert not alive(keep_pid)  # (a zombie until init reaps it: its parent kubelet died)
+    assert kubelet.in_mount_ns("ls", kubelet.netns_dir).stdout.split() == []
