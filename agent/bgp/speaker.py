@@ -382,7 +382,12 @@ class Peer:
                 "type": self.config.peer_type, "state": proto_state, "bgp_state": st.value,
                 "since": self.since, "info": info,
                 "routes_received": len(self.speaker.rib.prefixes_from(self.config.name)),
-                "routes_exported": len(self.adj_out)}
+                "routes_exported": len(self.adj_out),
+                "add_path_rx": bool(self.session and self.session.recv_addpath),
+                "peer_capabilities": sorted({c.code for c in self.peer_open.capabilities})
+                if self.peer_open else [],
+                "hold_time": self.session.fsm.hold_time if self.session else None,
+                "keepalive_time": self.session.fsm.keepalive_time if self.session else None}
 
 
 @dataclass

@@ -183,6 +183,11 @@ def test_bird_as_tor_learns_blocks_and_nodes_install_its_route(tor, tmp_path):
         wait_for(lambda ns=ns: bird_routes(ns), lambda r, i=i: r == expected_node_routes(tor, i),
                  timeout=5, what=f"routes on node {i}")
 
+    tor_peer = next(p for p in tor.speakers[0].status()["peers"] if p["type"] == "global")
+    assert tor_peer["add_path_rx"], tor_peer          # BIRD sends path identifiers to us
+    assert {1, 2, 64, 65, 69, 70} <= set(tor_peer["peer_capabilities"]), tor_peer
+    assert (tor_peer["hold_time"], tor_peer["keepalive_time"]) == (3, 1)
+
     tcpdump.send_signal(signal.SIGINT)
     tcpdump.wait(5)
     # tshark decodes every BGP message without malformed/expert errors

@@ -12,7 +12,15 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from agent.bgp.config import KernelPolicy, PeerConfig, SpeakerConfig, mesh_name, passive_towards
+from agent.bgp.config import (
+    GLOBAL,
+    NODE,
+    KernelPolicy,
+    PeerConfig,
+    SpeakerConfig,
+    mesh_name,
+    passive_towards,
+)
 from agent.bgp.fsm import Timers
 from agent.bgp.runner import SpeakerThread
 from testbed.poll import wait_for
@@ -239,3 +247,74 @@ def test_routes_wait_for_tunl0_then_appear(lab):
     sh("ip", "-n", a_ns, "link", "set", "tunl0", "up")
     wait_for(lambda: bird_routes(a_ns), lambda r: r == expected_routes(lab, 0), timeout=5,
              what="tunnel route once tunl0 exists")
+
+
+def test_collision_between_two_active_peers_leaves_one_session(lab):
+    """Both ends connect at once (neither passive, as with external peers): RFC 4271 6.8
+    keeps exactly one connection, the one opened by the higher BGP identifier."""
+    a_ns, a = lab.add_node()
+    b_ns, b = lab.add_node()
+    for ns, me, other in ((a_ns, a, b), (b_ns, b, a)):
+        cfg = mesh_config(me, [me], [], timers=Timers(hold=9, connect_delay=0.2, connect_retry=1))
+        peer = PeerConfig(f"Global_{str(other).replace('.', '_')}", other, 64512, GLOBAL)
+        t = SpeakerThread(type(cfg)(**{**cfg.__dict__, "peers": (peer,)}), netns=ns)
+        lab.speakers.append(t)
+    for t in lab.speakers:
+        t.start()
+    wait_for(lambda: [s.status()["established"] for s in lab.speakers], lambda v: v == [1, 1],
+             timeout=5, what="one session each side")
+    out = wait_for(lambda: sh("ss", "-Htn", "state", "established", netns=a_ns).split(),
+                   lambda o: o.count(f"{b}:179") + o.count(f"{a}:179") == 1, timeout=3,
+                   what="exactly one TCP connection left")
+    # b has the higher identifier, so the connection b opened (to a's port 179) survives
+    assert f"{a}:179" in out, out
+
+
+def test_ecmp_and_cross_subnet_kernel_routes(lab):
+    """Two nodes announce the same prefix: the third installs both next hops. In a
+    CrossSubnet pool a same-subnet next hop goes straight out eth0, no tunnel."""
+    nodes = [lab.add_node() for _ in range(3)]
+    addrs = [a for _ns, a in nodes]
+    anycast = IPv4Network("10.77.0.0/26")
+    pool = IPv4Network("10.77.0.0/16")
+    for i, (ns, a) in enumerate(nodes):
+        cfg = mesh_config(a, addrs, [anycast] if i < 2 else [])
+        cfg = type(cfg)(**{**cfg.__dict__, "export_pools": (POOL, pool),
+                           "kernel": KernelPolicy(ipip_pools=(POOL,), cross_subnet_pools=(pool,),
+                                                  local_subnet=lab.subnet)})
+        t = SpeakerThread(cfg, netns=ns)
+        lab.speakers.append(t)
+        t.start()
+    ns2 = nodes[2][0]
+
+    def multipath():
+        return sh("ip", "-n", ns2, "route", "show", str(anycast))
+
+    out = wait_for(multipath, lambda o: o.count("nexthop via") == 2, timeout=5,
+                   what="ECMP route with two next hops")
+    assert "proto bird" in out and "tunl0" not in out, out
+    for a in addrs[:2]:
+        assert f"nexthop via {a} dev eth0 weight 1" in out, out
+
+
+def test_our_speaker_as_route_reflector(lab):
+    """Mesh off; node 0 has a cluster id and reflects between its clients."""
+    nodes = [lab.add_node() for _ in range(3)]
+    addrs = [a for _ns, a in nodes]
+    for i, (ns, a) in enumerate(nodes):
+        if i == 0:
+            peers = tuple(PeerConfig(f"Node_{str(x).replace('.', '_')}", x, 64512, NODE,
+                                     passive=passive_towards(a, x), rr_client=True)
+                          for x in addrs[1:])
+            extra = {"cluster_id": IPv4Address("224.0.0.1")}
+        else:
+            peers = (PeerConfig(f"Node_{str(addrs[0]).replace('.', '_')}", addrs[0], 64512, NODE,
+                                passive=passive_towards(a, addrs[0])),)
+            extra = {}
+        cfg = mesh_config(a, [a], [block(i)])
+        t = SpeakerThread(type(cfg)(**{**cfg.__dict__, "peers": peers, **extra}), netns=ns)
+        lab.speakers.append(t)
+        t.start()
+    for i, (ns, _a) in enumerate(nodes):
+        wait_for(lambda ns=ns: bird_routes(ns), lambda r, i=i: r == expected_routes(lab, i),
+                 timeout=5, what=f"reflected routes on node {i} (next hop = owning node)")
