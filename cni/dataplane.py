@@ -13,7 +13,7 @@ import errno
 import os
 from dataclasses import dataclass
 
-from cni.netlink import RT_SCOPE_LINK, Link, Netlink, NetlinkError
+from cni.netlink import RT_SCOPE_LINK, Link, Netlink, NetlinkError, mac_to_bytes
 
 HOST_MAC = "ee:ee:ee:ee:ee:ee"
 GATEWAY = "169.254.1.1"
@@ -56,8 +56,19 @@ def _set_host_sysctls(ifname: str) -> None:
             raise
 
 
-def setup(host_ifname: str, pod_ifname: str, netns_path: str, address: str, mtu: int) -> Plumbing:
-    """Build the veth pair, sysctls, addresses and routes; on failure remove what was made."""
+def setup(host_ifname: str, pod_ifname: str, netns_path: str, address: str, mtu: int,
+          pod_mac: str | None = None) -> Plumbing:
+    """Build the veth pair, sysctls, addresses and routes; on failure remove what was made.
+
+    ``pod_mac`` (Calico's ``cni.projectcalico.org/hwAddr``) sets the pod side's MAC.
+    """
+    if pod_mac is not None:
+        try:
+            mac_to_bytes(pod_mac)
+            if len(pod_mac.split(":")) != 6:
+                raise ValueError(pod_mac)
+        except ValueError:
+            raise DataplaneError(f"invalid pod MAC address {pod_mac!r}") from None
     try:
         ns_fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
@@ -69,7 +80,7 @@ def setup(host_ifname: str, pod_ifname: str, netns_path: str, address: str, mtu:
             raise DataplaneError(f"cannot enter pod network namespace {netns_path}: {exc.strerror}") from None
         host_nl = Netlink()
         try:
-            return _setup(host_nl, pod_nl, ns_fd, host_ifname, pod_ifname, netns_path, address, mtu)
+            return _setup(host_nl, pod_nl, ns_fd, host_ifname, pod_ifname, netns_path, address, mtu, pod_mac)
         finally:
             host_nl.close()
             pod_nl.close()
@@ -78,7 +89,7 @@ def setup(host_ifname: str, pod_ifname: str, netns_path: str, address: str, mtu:
 
 
 def _setup(host_nl: Netlink, pod_nl: Netlink, ns_fd: int, host_ifname: str, pod_ifname: str,
-           netns_path: str, address: str, mtu: int) -> Plumbing:
+           netns_path: str, address: str, mtu: int, pod_mac: str | None) -> Plumbing:
     existing = pod_nl.link_get(pod_ifname)
     if existing is not None:
         raise DataplaneError(f"interface {pod_ifname} already exists in {netns_path}")
@@ -86,7 +97,7 @@ def _setup(host_nl: Netlink, pod_nl: Netlink, ns_fd: int, host_ifname: str, pod_
     if old is not None:  # a stale veth of an earlier sandbox of this pod (Calico deletes it too)
         host_nl.link_delete(old.index)
     try:
-        host_nl.veth_create(host_ifname, pod_ifname, ns_fd, mtu, mac=HOST_MAC)
+        host_nl.veth_create(host_ifname, pod_ifname, ns_fd, mtu, mac=HOST_MAC, peer_mac=pod_mac)
     except NetlinkError as exc:
         raise DataplaneError(f"cannot create veth {host_ifname}/{pod_ifname}: {exc.strerror}") from None
     try:

@@ -249,7 +249,8 @@ class Netlink:
         """All links of this namespace."""
         return [self._parse_link(b) for t, b in self.request(RTM_GETLINK, NLM_F_DUMP, _IFINFO.pack(0, 0, 0, 0, 0)) if t == RTM_NEWLINK]
 
-    def veth_create(self, name: str, peer: str, peer_netns_fd: int, mtu: int, mac: str | None = None) -> None:
+    def veth_create(self, name: str, peer: str, peer_netns_fd: int, mtu: int, mac: str | None = None,
+                    peer_mac: str | None = None) -> None:
         """Create veth ``name`` here with its peer ``peer`` made directly in the namespace ``peer_netns_fd``."""
         peer_msg = (
             _IFINFO.pack(0, 0, 0, 0, 0)
@@ -257,6 +258,8 @@ class Netlink:
             + _attr_u32(IFLA_MTU, mtu)
             + _attr_u32(IFLA_NET_NS_FD, peer_netns_fd)
         )
+        if peer_mac:
+            peer_msg += _attr(IFLA_ADDRESS, mac_to_bytes(peer_mac))
         linkinfo = _attr_str(IFLA_INFO_KIND, "veth") + _attr(IFLA_INFO_DATA | NLA_F_NESTED, _attr(VETH_INFO_PEER, peer_msg))
         body = _IFINFO.pack(0, 0, 0, 0, 0) + _attr_str(IFLA_IFNAME, name) + _attr_u32(IFLA_MTU, mtu)
         if mac:

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from cni import names, spec
+from cni import k8s, names, spec
 from cni.log import Log
 from cni.netconf import NetConf, determine_mtu, determine_nodename, parse_netconf
 from cni.spec import CNIError
@@ -45,6 +45,8 @@ class Invocation:
     nc: NetConf
     log: Log
     timings: dict[str, float] = field(default_factory=dict)
+    _pod: Any = None
+    _pod_loaded: bool = False
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -64,6 +66,18 @@ class Invocation:
     def pod_name(self) -> str:
         """K8S_POD_NAME from CNI_ARGS ('' without k8s args)."""
         return self.env.args.get("K8S_POD_NAME", "")
+
+    def pod(self, client: Any) -> k8s.PodInfo | None:
+        """The Kubernetes Pod of this attachment (read once; None without k8s args or pod)."""
+        if not self._pod_loaded:
+            self._pod_loaded = True
+            if self.pod_name:
+                with self.timed("datastore"):
+                    self._pod = k8s.read_pod(client.etcd, self.pod_namespace, self.pod_name)
+                if self._pod is None:
+                    self.log.warning(f"pod {self.pod_namespace}/{self.pod_name} not found in the Kubernetes "
+                                     "store; no labels, ports or annotations applied")
+        return self._pod
 
     @property
     def handle(self) -> str:
@@ -142,10 +156,29 @@ def ipam_add(inv: Invocation, nodename: str) -> list[str]:
         attrs["namespace"] = inv.pod_namespace
     client = client_for(inv.nc.etcd_endpoints)
     try:
+        pod = inv.pod(client)
+        pod_ann = pod.annotations if pod else {}
+        wanted_ips = k8s.requested_ips(pod_ann)
+        pools = inv.nc.ipam.ipv4_pools
+        if inv.pod_name and not wanted_ips:
+            ns_ann = {} if k8s.ANN_IPV4POOLS in pod_ann else k8s.read_namespace_annotations(client.etcd, inv.pod_namespace)
+            pools = k8s.requested_pools(pod_ann, ns_ann, pools)
         with inv.timed("ipam"), _IPAMLock(inv.nc.ipam_lock_file):
-            ips = _ipam(client).auto_assign(
-                1, inv.handle, attrs, nodename, pools=inv.nc.ipam.ipv4_pools or None
-            )
+            ipam = _ipam(client)
+            if wanted_ips:
+                ips = []
+                try:
+                    for ip in wanted_ips:
+                        ipam.assign_ip(ip, inv.handle, attrs, nodename)
+                        ips.append(ip)
+                except BaseException:
+                    if ips:
+                        ipam.release_ips(ips)
+                    raise
+            else:
+                ips = ipam.auto_assign(1, inv.handle, attrs, nodename, pools=pools or None)
+    except CNIError:
+        raise
     except Exception as exc:
         raise _datastore_error(exc, "IPAM could not assign an IPv4 address") from exc
     inv.log.info(f"IPAM assigned {', '.join(map(str, ips))} to handle {inv.handle} on {nodename}")
@@ -275,7 +308,7 @@ def _reuse_addresses(inv: Invocation, client: Any, wep_name: str, wep_ns: str) -
 def cmd_add(inv: Invocation) -> dict[str, Any]:
     """ADD: allocate, plumb, write the WorkloadEndpoint; undo everything on failure."""
     from cni import dataplane
-    from datastore.resources import Metadata, WorkloadEndpoint
+    from datastore.resources import EndpointPort, Metadata, WorkloadEndpoint
 
     nodename = _nodename(inv)
     client = client_for(inv.nc.etcd_endpoints)
@@ -290,6 +323,7 @@ def cmd_add(inv: Invocation) -> dict[str, Any]:
         raise _datastore_error(exc, "reading the datastore") from exc
     mtu = determine_mtu(inv.nc, MTU_FILE)
     host_if = _host_ifname(inv)
+    pod_mac = (inv.pod(client) or k8s.PodInfo()).annotations.get(k8s.ANN_HWADDR) or None
     addresses = reused or _allocate(inv, nodename)
     address = addresses[0].split("/")[0]
     try:
@@ -297,12 +331,18 @@ def cmd_add(inv: Invocation) -> dict[str, Any]:
             with inv.timed("netlink"):
                 if reused:  # rebuild the plumbing of a repeated ADD from scratch
                     dataplane.teardown(inv.env.ifname, inv.env.netns)
-                plumbing = dataplane.setup(host_if, inv.env.ifname, inv.env.netns, address, mtu)
+                plumbing = dataplane.setup(host_if, inv.env.ifname, inv.env.netns, address, mtu, pod_mac=pod_mac)
         except dataplane.DataplaneError as exc:
             raise CNIError(spec.E_DATAPLANE, str(exc)) from None
         inv.log.info(f"plumbed {host_if} <-> {inv.env.ifname}@{inv.env.netns} for {address} (mtu {mtu})")
-        labels = {"projectcalico.org/namespace": wep_ns,
-                  "projectcalico.org/orchestrator": "k8s" if inv.pod_name else "cni"}
+        pod = inv.pod(client)
+        if inv.pod_name:
+            labels = k8s.wep_labels(pod, wep_ns)
+            profiles = k8s.profiles(wep_ns, pod)
+        else:
+            labels = {"projectcalico.org/namespace": wep_ns, "projectcalico.org/orchestrator": "cni"}
+            profiles = [f"kns.{wep_ns}"]
+        ports = [EndpointPort(name=p["name"], protocol=p["protocol"], port=p["port"]) for p in (pod.ports if pod else [])]
         wep = WorkloadEndpoint(
             metadata=Metadata(name=wep_name, namespace=wep_ns, labels=labels),
             spec=WorkloadEndpoint.Spec(
@@ -313,9 +353,11 @@ def cmd_add(inv: Invocation) -> dict[str, Any]:
                 endpoint=inv.env.ifname,
                 container_id=inv.env.container_id,
                 ip_networks=list(addresses),
-                profiles=[f"kns.{wep_ns}"],
+                profiles=profiles,
                 interface_name=host_if,
                 mac=plumbing.pod.mac,
+                ports=ports,
+                service_account_name=pod.service_account if pod else "",
             ),
         )
         try:

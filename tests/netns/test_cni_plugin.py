@@ -281,3 +281,43 @@ def test_failure_after_allocation_undoes_veth_and_allocation(node, netns, monkey
     assert res["code"] == 11 and "WorkloadEndpoint" in res["msg"] and "injected" in res["msg"]
     assert "cali" not in node.ip("link") and "eth0" not in node.ip("link", pod=pod)
     assert _allocations(node) == {} and _weps(node) == []
+
+
+def test_pod_labels_ports_and_annotations_from_the_kubernetes_store(node, netns):
+    """The pod object in /registry (as the testbed's API store keeps it) shapes the WEP and IPAM."""
+    from datastore.resources import IPPool, Metadata
+
+    pods = [netns("cnip") for _ in range(3)]
+    with node.client() as c:
+        c.create(IPPool(metadata=Metadata(name="blue-pool"), spec=IPPool.Spec(cidr="10.60.0.0/16", block_size=26)))
+        c.etcd.put("/registry/namespaces/shop", json.dumps(
+            {"metadata": {"name": "shop", "annotations": {"cni.projectcalico.org/ipv4pools": '["blue-pool"]'}}}))
+        c.etcd.put("/registry/pods/shop/web", json.dumps({
+            "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
+            "spec": {"serviceAccountName": "frontend",
+                     "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 80}]}]}}))
+        c.etcd.put("/registry/pods/shop/fixed", json.dumps({
+            "metadata": {"name": "fixed", "namespace": "shop", "annotations": {
+                "cni.projectcalico.org/ipAddrs": '["192.168.77.7"]',
+                "cni.projectcalico.org/hwAddr": "02:00:00:00:77:07"}}}))
+        c.etcd.put("/registry/pods/shop/bad", json.dumps({
+            "metadata": {"name": "bad", "namespace": "shop",
+                         "annotations": {"cni.projectcalico.org/ipv4pools": "nope"}}}))
+    web = node.run("ADD", node.conf(), cid="k8sweb", netns=f"/run/netns/{pods[0]}", pod=("shop", "web"))
+    assert web.rc == 0, web.stdout + web.stderr
+    assert web.json["ips"][0]["address"].startswith("10.60.")  # the namespace's pool annotation
+    fixed = node.run("ADD", node.conf(), cid="k8sfixed", netns=f"/run/netns/{pods[1]}", pod=("shop", "fixed"))
+    assert fixed.rc == 0, fixed.stdout + fixed.stderr
+    assert fixed.json["ips"][0]["address"] == "192.168.77.7/32"
+    assert "02:00:00:00:77:07" in node.ip("link", "show", "eth0", pod=pods[1])
+    bad = node.run("ADD", node.conf(), cid="k8sbad", netns=f"/run/netns/{pods[2]}", pod=("shop", "bad"))
+    assert bad.json["code"] == 7 and "ipv4pools" in bad.json["msg"]
+    weps = {w.spec.pod: w for w in _weps(node)}
+    assert set(weps) == {"web", "fixed"}
+    w = weps["web"]
+    assert w.metadata.labels == {"app": "web", "projectcalico.org/namespace": "shop",
+                                 "projectcalico.org/orchestrator": "k8s",
+                                 "projectcalico.org/serviceaccount": "frontend"}
+    assert w.spec.profiles == ["kns.shop", "ksa.shop.frontend"] and w.spec.service_account_name == "frontend"
+    assert [(p.name, p.protocol, p.port) for p in w.spec.ports] == [("http", "TCP", 80)]
+    assert sorted(_allocations(node).values()) == ["k8s-pod-network.k8sfixed", "k8s-pod-network.k8sweb"]

@@ -1,0 +1,119 @@
+"""What the plugin reads about the pod from the Kubernetes API, and Calico's use of it.
+
+Calico's plugin GETs the Pod (and its Namespace) for labels, service account, ports
+and the ``cni.projectcalico.org/*`` annotations. In calicolab the Kubernetes objects
+live in the same etcd in the API server's own layout (``/registry/pods/<ns>/<name>``,
+``/registry/namespaces/<name>``), so the plugin reads them there. The parsing and the
+rules (labels, profiles, pool/IP annotations with pod > namespace > netconf
+precedence) are pure functions.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from cni.spec import E_INVALID_CONFIG, CNIError
+
+ANN_IPV4POOLS = "cni.projectcalico.org/ipv4pools"
+ANN_IPADDRS = "cni.projectcalico.org/ipAddrs"
+ANN_HWADDR = "cni.projectcalico.org/hwAddr"
+
+
+@dataclass
+class PodInfo:
+    """The parts of a Pod Calico uses."""
+
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    service_account: str = ""
+    ports: list[dict[str, Any]] = field(default_factory=list)  # {name, protocol, port}
+
+
+def parse_pod(doc: dict[str, Any]) -> PodInfo:
+    """Extract labels, annotations, service account and named container ports from Pod JSON."""
+    meta = doc.get("metadata") or {}
+    spec = doc.get("spec") or {}
+    ports = []
+    for c in spec.get("containers") or []:
+        for p in c.get("ports") or []:
+            if p.get("name") and p.get("containerPort"):
+                ports.append({"name": p["name"], "protocol": (p.get("protocol") or "TCP"),
+                              "port": int(p["containerPort"])})
+    return PodInfo(labels=dict(meta.get("labels") or {}), annotations=dict(meta.get("annotations") or {}),
+                   service_account=spec.get("serviceAccountName") or spec.get("serviceAccount") or "",
+                   ports=ports)
+
+
+def read_pod(etcd: Any, namespace: str, name: str) -> PodInfo | None:
+    """The Pod from ``/registry/pods/<ns>/<name>``, or None if there is none."""
+    kv = etcd.get(f"/registry/pods/{namespace}/{name}")
+    if kv is None:
+        return None
+    try:
+        return parse_pod(json.loads(kv.value))
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def read_namespace_annotations(etcd: Any, namespace: str) -> dict[str, str]:
+    """Annotations of the Namespace (empty if none)."""
+    kv = etcd.get(f"/registry/namespaces/{namespace}")
+    if kv is None:
+        return {}
+    try:
+        return dict((json.loads(kv.value).get("metadata") or {}).get("annotations") or {})
+    except (ValueError, TypeError, AttributeError):
+        return {}
+
+
+def wep_labels(pod: PodInfo | None, namespace: str) -> dict[str, str]:
+    """WorkloadEndpoint labels: the pod's plus Calico's namespace/orchestrator/serviceaccount."""
+    labels = dict(pod.labels) if pod else {}
+    labels["projectcalico.org/namespace"] = namespace
+    labels["projectcalico.org/orchestrator"] = "k8s"
+    if pod and pod.service_account and len(pod.service_account) < 63:
+        labels["projectcalico.org/serviceaccount"] = pod.service_account
+    return labels
+
+
+def profiles(namespace: str, pod: PodInfo | None) -> list[str]:
+    """``kns.<ns>`` plus ``ksa.<ns>.<sa>`` when the pod has a service account."""
+    out = [f"kns.{namespace}"]
+    if pod and pod.service_account:
+        out.append(f"ksa.{namespace}.{pod.service_account}")
+    return out
+
+
+def _json_list(value: str, what: str) -> list[str]:
+    try:
+        items = json.loads(value)
+    except ValueError:
+        raise CNIError(E_INVALID_CONFIG, f"annotation {what} is not a JSON list: {value!r}") from None
+    if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+        raise CNIError(E_INVALID_CONFIG, f"annotation {what} must be a JSON list of strings, got {value!r}")
+    return items
+
+
+def requested_pools(pod_ann: dict[str, str], ns_ann: dict[str, str], netconf_pools: list[str]) -> list[str]:
+    """Pools to allocate from: pod annotation > namespace annotation > netconf (> all: [])."""
+    if ANN_IPV4POOLS in pod_ann:
+        return _json_list(pod_ann[ANN_IPV4POOLS], ANN_IPV4POOLS)
+    if ANN_IPV4POOLS in ns_ann:
+        return _json_list(ns_ann[ANN_IPV4POOLS], ANN_IPV4POOLS)
+    return list(netconf_pools)
+
+
+def requested_ips(pod_ann: dict[str, str]) -> list[str]:
+    """Specific IPv4 addresses asked for with ``cni.projectcalico.org/ipAddrs`` (validated)."""
+    if ANN_IPADDRS not in pod_ann:
+        return []
+    ips = _json_list(pod_ann[ANN_IPADDRS], ANN_IPADDRS)
+    for ip in ips:
+        try:
+            ipaddress.IPv4Address(ip)
+        except ValueError:
+            raise CNIError(E_INVALID_CONFIG, f"annotation {ANN_IPADDRS}: {ip!r} is not an IPv4 address") from None
+    return ips
