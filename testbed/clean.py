@@ -153,11 +153,13 @@ def clean_lab(lab: str) -> CleanReport:
     for _ in range(3):
         victims: set[int] = set()
         if cg is not None and cg.is_dir():
+            members = _cgroup_pids(cg)
             try:
                 (cg / "cgroup.kill").write_text("1")
+                report.killed.extend(sorted(members))
             except OSError:
-                pass
-            victims |= _cgroup_pids(cg)
+                victims |= members  # no cgroup.kill (kernel < 5.14): kill them one by one
+            _wait_gone(members)
         recorded = [st.get("supervisor") or {}]
         recorded += list((st.get("hosts") or {}).values())
         recorded += list((st.get("services") or {}).values())
