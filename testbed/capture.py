@@ -341,6 +341,10 @@ class Capture:
 
     def start(self) -> Capture:
         """Start tcpdump on the matching interfaces that are up; return once all listen."""
+        return self._await_listening(self._launch())
+
+    def _launch(self) -> list[_Tcpdump]:
+        """Phase 1 of start: check input, list links, spawn tcpdumps (not yet listening)."""
         if self._started:
             raise CaptureError(f"capture on {self.node} already started")
         if not (shutil.which("tcpdump") or os.path.exists("/usr/bin/tcpdump")):
@@ -355,9 +359,18 @@ class Capture:
                 raise
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._started = True
+        self._stop.clear()
+        self._thread = None
         try:
             self._dump_links(wait=True)
-            pending = self._launch_matching()
+            return self._launch_matching()
+        except BaseException:
+            self._abort()
+            raise
+
+    def _await_listening(self, pending: list[_Tcpdump]) -> Capture:
+        """Phase 2 of start: wait until each tcpdump listens, then watch for new links."""
+        try:
             for d in pending:
                 d.wait_listening(self.listen_timeout)
         except BaseException:
@@ -389,6 +402,13 @@ class Capture:
 
     def stop(self, timeout: float = 5.0, settle: float = 0.05) -> list[IfaceResult]:
         """Stop cleanly: let files settle, SIGINT every tcpdump, wait, check each file."""
+        dumps = self._halt(timeout)
+        _settle([d.path for d, _ in dumps], settle)
+        return self._finish(dumps, timeout)
+
+    def _halt(self, timeout: float) -> list[tuple[_Tcpdump, bool]]:
+        """Phase 1 of stop: no new captures; the running tcpdumps, and whether each already
+        ended on its own (e.g. its interface was deleted)."""
         if not self._started:
             return []
         self._stop.set()
@@ -397,17 +417,22 @@ class Capture:
         with self._lock:
             dumps = list(self._dumps.values())
             self._dumps.clear()
-        _settle([d.path for d in dumps], settle, timeout)
-        early = [d.proc.poll() is not None for d in dumps]  # e.g. the interface was deleted
-        for d in dumps:
+        return [(d, d.proc.poll() is not None) for d in dumps]
+
+    def _finish(self, dumps: list[tuple[_Tcpdump, bool]], timeout: float) -> list[IfaceResult]:
+        """Phase 2 of stop: SIGINT, wait, check files."""
+        if not self._started:
+            return []
+        for d, _ in dumps:
             d.interrupt()
         results = [d.finish(timeout, e) for d, e in self._done]
-        results += [d.finish(timeout, e) for d, e in zip(dumps, early, strict=True)]
+        results += [d.finish(timeout, e) for d, e in dumps]
         if self._sock is not None:
             self._sock.close()
             self._sock = None
         for msg in self._errors:
             results.append(IfaceResult(self.node, "?", "", error=msg))
+        self._done, self._errors = [], []
         self._started = False
         return results
 
@@ -420,7 +445,10 @@ class Capture:
     # -- internals ------------------------------------------------------------
 
     def _abort(self) -> None:
+        """Kill everything this capture started (start failed half-way)."""
         self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(self.listen_timeout + 1)
         with self._lock:
             dumps = list(self._dumps.values())
             self._dumps.clear()
@@ -462,6 +490,8 @@ class Capture:
             if not up or not matches(name, self.globs):
                 continue
             with self._lock:
+                if self._stop.is_set():
+                    break
                 cur = self._dumps.get(name)
                 if cur is not None and cur.proc.poll() is None:
                     continue
@@ -521,15 +551,20 @@ class Capture:
                 self._errors.append(str(exc))
 
 
-def _settle(paths: Sequence[Path], quiet: float, timeout: float) -> None:
-    """Wait until no capture file has grown for ``quiet`` seconds (bounded by ``timeout``)."""
+def _settle(paths: Sequence[Path], quiet: float, limit: float = 0.3) -> None:
+    """Wait until no capture file grew for ``quiet`` seconds, at most ``limit`` seconds.
+
+    With --immediate-mode a packet reaches the file within a millisecond or so;
+    this gives the last packets of a test time to be written before SIGINT.
+    Busy interfaces (etcd, BGP keepalives) never go quiet: hence the limit.
+    """
     if not paths or quiet <= 0:
         return
 
     def sizes() -> tuple[int, ...]:
         return tuple(p.stat().st_size if p.exists() else -1 for p in paths)
 
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit
     last, since = sizes(), time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(quiet / 4)
@@ -608,23 +643,29 @@ class CaptureGroup:
         return cls({n: f"{lab}-{n}" for n in nodes}, run_dir, ifaces=ifaces, bpf=bpf)
 
     def start(self) -> CaptureGroup:
-        """Start every node's captures; on any failure stop those already started."""
-        started = []
+        """Start every node's captures in parallel; on any failure stop those started."""
+        launched: list[tuple[Capture, list[_Tcpdump]]] = []
         try:
             for cap in self.captures.values():
-                cap.start()
-                started.append(cap)
+                launched.append((cap, cap._launch()))
+            for cap, pending in launched:
+                cap._await_listening(pending)
         except BaseException:
-            for cap in started:
-                cap.stop(settle=0)
+            for cap, _ in launched:
+                cap._abort()
             raise
         return self
 
-    def stop(self) -> RunResult:
-        """Stop every capture; return the files and their state."""
+    def stop(self, timeout: float = 5.0, settle: float = 0.05) -> RunResult:
+        """Stop every capture (settle, SIGINT, wait, check); return the files and their state."""
+        halted = [(cap, cap._halt(timeout)) for cap in self.captures.values()]
+        _settle([d.path for _, dumps in halted for d, _ in dumps], settle)
         res = RunResult(str(self.run_dir))
-        for cap in self.captures.values():
-            res.files += cap.stop()
+        for _cap, dumps in halted:
+            for d, _ in dumps:
+                d.interrupt()
+        for cap, dumps in halted:
+            res.files += cap._finish(dumps, timeout)
         self.result = res
         return res
 
