@@ -466,11 +466,18 @@ def cmd_check(inv: Invocation) -> None:
 def cmd_status(inv: Invocation) -> None:
     """STATUS: error 50 unless the datastore answers and a usable pool exists."""
     try:
-        ipam = _ipam(client_for(inv.nc.etcd_endpoints))
+        client = client_for(inv.nc.etcd_endpoints)
+        try:
+            _check_ready(client)
+        except CNIError as exc:
+            raise CNIError(spec.E_PLUGIN_NOT_AVAILABLE, f"plugin not available: {exc.msg}") from None
+        ipam = _ipam(client)
         usable = [p for p in ipam.pools() if not p.disabled and "Workload" in p.allowed_uses]
         if inv.nc.ipam.ipv4_pools:
             want = set(inv.nc.ipam.ipv4_pools)
             usable = [p for p in usable if p.name in want or str(p.cidr) in want]
+    except CNIError:
+        raise
     except Exception as exc:
         raise CNIError(spec.E_PLUGIN_NOT_AVAILABLE, f"plugin not available: cannot read IP pools from the "
                        f"datastore at {','.join(inv.nc.etcd_endpoints)}: {exc}") from exc

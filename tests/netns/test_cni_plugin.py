@@ -321,3 +321,24 @@ def test_pod_labels_ports_and_annotations_from_the_kubernetes_store(node, netns)
     assert w.spec.profiles == ["kns.shop", "ksa.shop.frontend"] and w.spec.service_account_name == "frontend"
     assert [(p.name, p.protocol, p.port) for p in w.spec.ports] == [("http", "TCP", 80)]
     assert sorted(_allocations(node).values()) == ["k8s-pod-network.k8sfixed", "k8s-pod-network.k8sweb"]
+
+
+def test_datastore_not_ready_refuses_add_and_status(node, netns):
+    from datastore.resources import ClusterInformation, Metadata
+
+    pod = netns("cnip")
+    with node.client() as c:
+        c.create(ClusterInformation(metadata=Metadata(name="default"),
+                                    spec=ClusterInformation.Spec(datastore_ready=False)))
+    add = node.run("ADD", node.conf(), cid="nr01", netns=f"/run/netns/{pod}")
+    assert add.json["code"] == 11 and "not ready" in add.json["msg"]
+    st = node.run("STATUS", node.conf("1.1.0"))
+    assert st.json["code"] == 50 and "not ready" in st.json["msg"]
+    assert _allocations(node) == {} and "cali" not in node.ip("link")
+    with node.client() as c:
+        ci = c.get("ClusterInformation", "default")
+        ci.spec.datastore_ready = True
+        c.update(ci)
+    add = node.run("ADD", node.conf(), cid="nr01", netns=f"/run/netns/{pod}")
+    assert add.rc == 0, add.stdout
+    assert node.run("STATUS", node.conf("1.1.0")).rc == 0
