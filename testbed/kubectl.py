@@ -104,7 +104,8 @@ def resolve_targets(words: list[str]) -> list[tuple[Kind, list[str]]]:
             k, name = w.split("/", 1)
             out.append((_kind(k), [name]))
         return out
-    kinds = [_kind(k) for k in words[0].split(",")]
+    kinds = [k for word in words[0].split(",")
+             for k in ([KINDS["Pod"], KINDS["Service"], KINDS["Deployment"]] if word == "all" else [_kind(word)])]
     names = words[1:]
     if names and len(kinds) > 1:
         raise UsageError("you may only specify a single resource type when naming objects")
@@ -189,6 +190,7 @@ def cmd_apply(args: argparse.Namespace, create: bool = False) -> int:
     from testbed.k8s.model import validate
 
     prepared = []
+    seen: dict[tuple, str] = {}
     for where, raw in items:  # validate all first: nothing half-done on a bad file
         given = (raw.get("metadata") or {}).get("namespace") if isinstance(raw, dict) else None
         try:
@@ -200,6 +202,11 @@ def cmd_apply(args: argparse.Namespace, create: bool = False) -> int:
                 raise UsageError(f'the namespace from the provided object "{given}" does not match the namespace '
                                  f'"{args.namespace}". You must pass \'--namespace={given}\' to perform this operation.')
             obj["metadata"]["namespace"] = args.namespace
+        key = (obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"])
+        if key in seen:
+            raise UsageError(f'error validating "{where}": {KINDS[obj["kind"]].resource} "{key[2]}" is defined '
+                             f'twice (also in "{seen[key]}")')
+        seen[key] = where
         try:
             store.check_references(obj, where)
         except errors.Invalid as exc:

@@ -249,7 +249,7 @@ class Kubelet:
         runtime.create_netns(state.netns)
         state.cni_conf = conf.raw
         state.save(self.root_dir)
-        args = cni.cni_args(ns, name, state.sandbox_id, uid)
+        args = cni.cni_args(ns, name, state.sandbox_id)
         ports = [{"containerPort": p["containerPort"], "hostPort": p["hostPort"], "protocol": p.get("protocol", "TCP").lower()}
                  for c in pod["spec"]["containers"] for p in c.get("ports") or [] if p.get("hostPort")]
         try:
@@ -415,7 +415,7 @@ class Kubelet:
             runtime.kill_process(pid, grace=0.5)
         if cni_del and state.cni_conf:
             conf = cni.parse_config(state.cni_conf)
-            args = cni.cni_args(state.namespace, state.name, state.sandbox_id, state.uid)
+            args = cni.cni_args(state.namespace, state.name, state.sandbox_id)
             for attempt in range(1, DEL_ATTEMPTS + 1):
                 try:
                     self.runner.delete(conf, state.sandbox_id, state.netns, args, "eth0", state.cni_result)

@@ -95,13 +95,10 @@ def plugin_stdin(conf: NetworkConfig, plugin: dict, prev_result: dict | None,
     return body
 
 
-def cni_args(namespace: str, pod: str, sandbox_id: str, uid: str | None = None) -> str:
-    """CNI_ARGS as kubelet/containerd pass them."""
-    args = ["IgnoreUnknown=1", f"K8S_POD_NAMESPACE={namespace}", f"K8S_POD_NAME={pod}",
-            f"K8S_POD_INFRA_CONTAINER_ID={sandbox_id}"]
-    if uid:
-        args.append(f"K8S_POD_UID={uid}")
-    return ";".join(args)
+def cni_args(namespace: str, pod: str, sandbox_id: str) -> str:
+    """CNI_ARGS as kubelet/containerd 1.6 pass them."""
+    return ";".join(["IgnoreUnknown=1", f"K8S_POD_NAMESPACE={namespace}", f"K8S_POD_NAME={pod}",
+                     f"K8S_POD_INFRA_CONTAINER_ID={sandbox_id}"])
 
 
 @dataclass

@@ -109,6 +109,8 @@ def test_expose_run_and_delete(kubectl):
     ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containerz: []\n", 'spec.containerz: unknown field "containerz"'),
     ("apiVersion: v1\nkind: Pod\nmetadata: {name: p\n", "line"),
     ("apiVersion: v1\nkind: Widget\nmetadata: {name: p}\n", 'no matches for kind "Widget"'),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: fine}\nspec:\n  containers: [{name: c, image: nginx}]\n",
+     'pods "fine" is defined twice'),
 ])
 def test_bad_manifests_are_clear_errors_and_nothing_is_created(kubectl, tmp_path, doc, message):
     good = "apiVersion: v1\nkind: Pod\nmetadata: {name: fine}\nspec:\n  containers: [{name: c, image: nginx}]\n"
