@@ -483,29 +483,39 @@ class Supervisor:
             self.progress(f"warning: calico-node not ready after {self.ready_timeout:.0f}s on "
                           f"{', '.join(sorted(pending))} (see logs/<node>.calico-node.log)")
 
-    def apply_workloads(self) -> None:
-        """kubectl apply every workload of the topology, from the control-plane node."""
+    def start_workloads(self) -> subprocess.Popen | None:
+        """Start `kubectl apply` of every workload (in file order, one multi-document
+        file) in the control-plane node; :meth:`finish_workloads` waits for it.
+
+        It runs while the nodes come up: the scheduler places the pods once nodes
+        are Ready, as it would on a cluster where manifests were applied early.
+        """
         if not self.topo.workloads:
-            return
+            return None
         if not _has_main("testbed.kubectl"):
             self._skip("workloads: testbed.kubectl not present")
-            return
-        wdir = self.sdir / "workloads"
-        wdir.mkdir(exist_ok=True)
+            return None
         import yaml
 
+        wdir = self.sdir / "workloads"
+        wdir.mkdir(exist_ok=True)
+        path = wdir / "all.yaml"
+        docs = [d for w in self.topo.workloads for d in w.documents]
+        path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        self.progress("applying " + ", ".join(w.source for w in self.topo.workloads))
         cp = self.topo.control_plane.name
-        env = labmod.node_env(self.state, cp)
-        for i, w in enumerate(self.topo.workloads):
-            path = wdir / f"{i:02d}.yaml"
-            path.write_text(yaml.safe_dump_all(list(w.documents), sort_keys=False))
-            self.progress(f"applying {w.source}")
-            proc = self.hosts[cp].popen([sys.executable, "-m", "testbed.kubectl", "apply", "-f",
-                                         str(path)], env=env, stdin=subprocess.DEVNULL)
-            out, err = proc.communicate(timeout=60)
-            if proc.returncode != 0:
-                raise RuntimeError(f"kubectl apply -f {w.source} failed: "
-                                   f"{(err or out).decode(errors='replace').strip()}")
+        return self.hosts[cp].popen([sys.executable, "-m", "testbed.kubectl", "apply", "-f",
+                                     str(path)], env=labmod.node_env(self.state, cp),
+                                    stdin=subprocess.DEVNULL)
+
+    def finish_workloads(self, proc: subprocess.Popen | None) -> None:
+        """Wait for the workloads' `kubectl apply`; raise if it failed."""
+        if proc is None:
+            return
+        out, err = proc.communicate(timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError("kubectl apply of the workloads failed: "
+                               f"{(err or out).decode(errors='replace').strip()}")
 
     # ---------------------------------------------------------------- control socket
     def serve_control(self) -> None:
@@ -581,6 +591,7 @@ class Supervisor:
             mark("etcd")
             self.start_external_services()
             self.kubeadm_init()
+            applying = self.start_workloads()
             self.start_node_services()
             if self.no_cni:
                 self._skip("calico-node: --no-cni (run `calicolab install-cni` later)")
@@ -593,7 +604,7 @@ class Supervisor:
                 mark("calico-node ready")
             self.wait_nodes(ready=bool(self.state.get("cni_installed")))
             mark("nodes")
-            self.apply_workloads()
+            self.finish_workloads(applying)
             self.serve_control()
             self.state["phase"] = "ready"
             self.state["ready_after"] = round(time.monotonic() - t0, 3)

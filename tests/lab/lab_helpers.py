@@ -33,6 +33,8 @@ nodes:
   - {{name: w1, role: worker, address: 172.30.61.12, segment: lan0}}
 external:
   - {{name: internet, address: 203.0.113.10, segment: inet}}
+workloads:
+  - manifest: {{apiVersion: v1, kind: Namespace, metadata: {{name: lab-probe}}}}
 """
 
 

@@ -73,6 +73,12 @@ def test_up_node_view_and_down(make_lab):
     assert '"health":"true"' in health
     # ... and from this process (the CLI's way: setns into the control-plane netns)
     assert _etcd_put_get(f"{lab}-m", "http://172.30.61.10:2379", "/calicolab-test/k") == b"hello"
+    # the topology's workloads were applied (kubectl apply in the control-plane node)
+    from testbed.k8s.store import Store
+
+    ns_obj = nsmod.run_in(f"{lab}-m", lambda: Store.from_endpoints(st["etcd_endpoints"])
+                          .find("Namespace", "lab-probe", None))
+    assert ns_obj is not None and ns_obj["metadata"]["name"] == "lab-probe"
     # the machine's namespace gained no link and lost no route
     assert _root_links() == links_before
     assert sh("ip", "route") == routes_before
