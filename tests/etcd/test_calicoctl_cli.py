@@ -323,3 +323,18 @@ def test_delete_pool_disables_it_and_releases_its_affinities(etcd_endpoints):
         "Block", str(IPv4Network((int(kept), 28), strict=False)), "16", "1 (6%)", "15 (94%)"]
     assert ipam.release_by_handle("k8s-pod-network.keep") == [kept]
     assert ipam.blocks() == []
+
+
+def test_ipam_show_borrowed(etcd_endpoints):
+    pool = ("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: one-block\n"
+            "spec:\n  cidr: 10.79.0.0/28\n  blockSize: 28\n")
+    assert ctl(etcd_endpoints, "apply", "-f", "-", stdin=pool).returncode == 0
+    ipam = IPAM(Client(etcd_endpoints))
+    ipam.auto_assign(1, "k8s-pod-network.a", {"node": "w0", "pod": "a", "namespace": "default"}, "w0")
+    borrowed = ipam.auto_assign(1, "k8s-pod-network.b", {"node": "w1", "pod": "b", "namespace": "ns1"}, "w1")[0]
+    lines = ctl(etcd_endpoints, "ipam", "show", "--show-borrowed").stdout.splitlines()
+    assert [c.strip() for c in lines[1].split("|")[1:-1]] == [
+        "IP", "BORROWING-NODE", "BLOCK", "BLOCK OWNER", "TYPE", "ALLOCATED-TO"]
+    assert [c.strip() for c in lines[3].split("|")[1:-1]] == [
+        str(borrowed), "w1", "10.79.0.0/28", "w0", "pod", "ns1/b"]
+    assert len(lines) == 5
