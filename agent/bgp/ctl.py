@@ -1,8 +1,10 @@
 """A birdc-like control socket and its client.
 
-Protocol (BIRD's style): the server greets with ``0001 <banner>``; each command is one line;
-each reply line is ``NNNN-text`` (continuation lines ``NNNN-``), and the reply ends with a
-line ``0000`` (success) or ``9001 <error>``. :func:`query` hides the codes.
+Protocol (BIRD's): the server greets with ``0001 <banner>``; each command is one line; a
+reply is made of blocks, each starting ``NNNN-text`` with further lines `` text`` (a leading
+space), and ends with ``0000`` (success) or ``9001 <error>``. ``show protocols`` answers
+with a ``2002-`` heading and ``1002-`` rows exactly like BIRD, so calicoctl's own parser
+reads it. :func:`query` hides the codes.
 
 CLI: ``python -m agent.bgp.ctl [-s SOCK] show protocols|show route|show status``.
 """
@@ -25,25 +27,37 @@ class CtlError(RuntimeError):
     """The control socket answered with an error or could not be reached."""
 
 
-def handle_command(cmd: str, status: Callable[[], dict], routes: Callable[[], list[str]]) -> str:
-    """Answer one command with plain text (raises CtlError for unknown commands)."""
+def handle_command(cmd: str, status: Callable[[], dict], routes: Callable[[], list[str]]
+                   ) -> list[tuple[int, list[str]]]:
+    """Answer one command as BIRD reply blocks [(code, lines)] (CtlError if unknown)."""
     from agent.bgp.status import render_protocols
 
     words = cmd.split()
     if words[:2] == ["show", "protocols"] or words == ["show", "protocol"]:
-        return render_protocols(status()["peers"])
+        lines = render_protocols(status()["peers"]).splitlines()
+        return [(2002, lines[:1])] + ([(1002, lines[1:])] if lines[1:] else [])
     if words[:2] == ["show", "route"]:
-        return "\n".join(routes())
+        return [(1007, routes() or ["(no routes)"])]
     if words[:2] == ["show", "status"]:
         st = status()
-        return (f"BIRD-compatible calicolab speaker\nRouter ID is {st['router_id']}\n"
-                f"Local AS {st['as']}\nEstablished sessions: {st['established']} of "
-                f"{len(st['peers'])}\nRoutes: {st['routes']} (kernel: {st['kernel_routes']})\n"
-                f"Daemon is up and running")
+        return [(1000, ["BIRD-compatible calicolab speaker"]),
+                (1011, [f"Router ID is {st['router_id']}", f"Local AS {st['as']}",
+                        f"Established sessions: {st['established']} of {len(st['peers'])}",
+                        f"Routes: {st['routes']} (kernel: {st['kernel_routes']})"]),
+                (13, ["Daemon is up and running"])]
     if words[:2] == ["show", "json"]:
-        return json.dumps(status(), default=str)
+        return [(1000, [json.dumps(status(), default=str)])]
     raise CtlError(f"unknown command {cmd.strip()!r} (try: show protocols, show route, "
                    f"show status)")
+
+
+def encode_reply(blocks: list[tuple[int, list[str]]]) -> str:
+    """BIRD's framing: 'NNNN-first line', ' next lines', then '0000'."""
+    out = []
+    for code, lines in blocks:
+        for k, line in enumerate(lines):
+            out.append(f"{code:04d}-{line}" if k == 0 else f" {line}")
+    return "".join(x + "\n" for x in out) + "0000 \n"
 
 
 async def serve(path: str, status: Callable[[], dict], routes: Callable[[], list[str]]
@@ -64,8 +78,7 @@ async def serve(path: str, status: Callable[[], dict], routes: Callable[[], list
                 if not cmd:
                     continue
                 try:
-                    text = handle_command(cmd, status, routes)
-                    out = "".join(f"1000-{ln}\n" for ln in text.splitlines()) + "0000\n"
+                    out = encode_reply(handle_command(cmd, status, routes))
                 except CtlError as exc:
                     out = f"9001 {exc}\n"
                 writer.write(out.encode())
@@ -104,7 +117,7 @@ def query(sock: str, command: str, timeout: float = 5.0) -> str:
                 return "\n".join(lines)
             if line[:4].isdigit() and line[4:5] == " ":
                 raise CtlError(line[5:])
-            lines.append(line[5:] if line[:4].isdigit() else line[1:])
+            lines.append(line[5:] if line[:4].isdigit() and line[4:5] == "-" else line[1:])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,10 +40,42 @@ def parse_protocols(text: str) -> list[dict]:
 
 
 def peer_address(name: str) -> str:
-    """Mesh_172_30_0_11 -> 172.30.0.11; Global_10_0_0_1_port_1790 -> 10.0.0.1."""
-    rest = name.split("_", 1)[1]
-    rest = rest.split("_port_")[0]
-    return rest.replace("_", ".")
+    """Mesh_172_30_0_11 -> 172.30.0.11. As calicoctl does, every '_' after the type
+    becomes '.', so Global_10_0_0_1_port_1790 shows as 10.0.0.1.port.1790."""
+    return name.split("_", 1)[1].replace("_", ".")
+
+
+MAX_CELL = 30  # tablewriter's default column width before wrapping
+WRAP_PENALTY = 100000
+
+
+def wrap_cell(text: str, limit: int = MAX_CELL) -> list[str]:
+    """Wrap a cell the way calicoctl's table library does: words (collapsed spaces) split
+    into lines minimising the raggedness sum((limit - len)^2) of all lines but the last."""
+    words = text.split()
+    if not words:
+        return [""]
+    n = len(words)
+    best = [0.0] * (n + 1)
+    brk = [n] * (n + 1)
+    for i in range(n - 1, -1, -1):
+        best[i] = float("inf")
+        length = -1
+        for j in range(i + 1, n + 1):
+            length += len(words[j - 1]) + 1
+            if j == n:
+                cost = 0.0 if length <= limit else float(WRAP_PENALTY)
+            elif length <= limit:
+                cost = float((limit - length) ** 2) + best[j]
+            else:
+                cost = float(WRAP_PENALTY) + best[j] if j == i + 1 else float("inf")
+            if cost < best[i]:
+                best[i], brk[i] = cost, j
+    lines, i = [], 0
+    while i < n:
+        lines.append(" ".join(words[i:brk[i]]))
+        i = brk[i]
+    return lines
 
 
 def _pad_center(s: str, width: int) -> str:
@@ -53,14 +85,39 @@ def _pad_center(s: str, width: int) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=False)]
+    wrapped = [[wrap_cell(c) for c in r] for r in rows]
+    widths = [len(h) for h in header]
+    for r in wrapped:
+        for k, cell in enumerate(r):
+            widths[k] = max(widths[k], *(len(x) for x in cell))
     sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
     lines = [sep, "| " + " | ".join(_pad_center(h, w) for h, w in zip(header, widths,
                                                                        strict=True)) + " |", sep]
-    for r in rows:
-        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+    for r in wrapped:
+        for k in range(max(len(c) for c in r)):
+            cells = [c[k] if k < len(c) else "" for c in r]
+            lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
+                         + " |")
     lines.append(sep)
     return "\n".join(lines)
+
+
+BGP_NOT_RUNNING = ("Calico process is running.\n\n"
+                   "The BGP backend process (BIRD) is not running.\n\n")
+
+
+def node_status(sockets: tuple[str, ...] = ("/var/run/calico/bird.ctl",
+                                            "/var/run/bird/bird.ctl")) -> str:
+    """Everything after calicoctl's own process check: query the first reachable control
+    socket and render; Calico's message when no BGP daemon answers."""
+    from agent.bgp.ctl import CtlError, query
+
+    for sock in sockets:
+        try:
+            return render_node_status(query(sock, "show protocols"))
+        except CtlError:
+            continue
+    return BGP_NOT_RUNNING
 
 
 def render_node_status(protocols: list[dict] | str, running: bool = True) -> str:

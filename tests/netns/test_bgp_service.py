@@ -13,7 +13,7 @@ from agent.bgp.service import BGPService
 from agent.bgp.status import render_node_status
 from testbed.poll import wait_for
 from tests.netns.test_bgp_mesh import FAST, NetLab, bird_routes
-from tests.support import require_root
+from tests.support import require_root, require_tool, sh
 
 pytestmark = pytest.mark.netns
 
@@ -92,6 +92,10 @@ def test_datastore_to_kernel_routes_and_node_status(cluster, tmp_path, ds_client
     # the birdc-like CLI answers too
     out = os.popen(f"/work/main/.venv/bin/python -m agent.bgp.ctl -s {sock} show route").read()
     assert "192.168.50.0/26" in out and "blackhole" in out
+    # and so does BIRD's own client: the socket speaks BIRD's protocol
+    birdc = require_tool("birdc")
+    out = sh(birdc, "-s", sock, "show", "protocols")
+    assert re.search(r"Mesh_172_31_1_10\s+BGP\s+master\s+up\s+\S+\s+Established", out), out
     with pytest.raises(ctl.CtlError, match="unknown command"):
         ctl.query(sock, "show nonsense")
 

@@ -9,7 +9,7 @@ from agent.bgp import messages as M
 from agent.bgp.config import KernelPolicy, mesh_name, passive_towards
 from agent.bgp.rib import Path
 from agent.bgp.routes import kernel_route
-from agent.bgp.status import parse_protocols, peer_address, render_node_status
+from agent.bgp.status import parse_protocols, peer_address, render_node_status, wrap_cell
 
 pytestmark = pytest.mark.unit
 
@@ -52,7 +52,7 @@ def test_parse_and_names():
     rows = parse_protocols(PROTOCOLS)
     assert rows[2] == {"name": "Mesh_172_17_8_102", "proto": "BGP", "table": "master",
                        "state": "up", "since": "23:30:04", "info": "Established"}
-    assert peer_address("Global_10_0_0_1_port_1790") == "10.0.0.1"
+    assert peer_address("Global_10_0_0_1_port_1790") == "10.0.0.1.port.1790"   # as calicoctl
     assert mesh_name(A("172.30.0.11")) == "Mesh_172_30_0_11"
 
 
@@ -83,3 +83,23 @@ def test_kernel_route_modes():
     local = Path(N("192.168.2.0/26"), "local", M.Attributes(), blackhole=True)
     assert kernel_route(N("192.168.2.0/26"), [local], ipip).render() == \
         "blackhole 192.168.2.0/26 proto bird"
+
+
+def test_long_info_wraps_like_calicoctl():
+    rows = [{"name": "Global_10_20_0_1", "proto": "BGP", "table": "master", "state": "start",
+             "since": "16:28:38", "info": "Active        Socket: Connection refused"}]
+    out = render_node_status(rows)
+    assert "| 10.20.0.1    | global    | start | 16:28:38 | Active Socket: Connection |" in out
+    assert "|              |           |       |          | refused                   |" in out
+    assert wrap_cell("Established") == ["Established"]
+
+
+def test_ctl_reply_framing_is_birds():
+    from agent.bgp.ctl import encode_reply, handle_command
+
+    peers = [{"name": "Mesh_172_30_0_11", "state": "up", "since": 0, "info": "Established"}]
+    blocks = handle_command("show protocols", lambda: {"peers": peers}, list)
+    text = encode_reply(blocks).splitlines()
+    assert text[0].startswith("2002-name") and text[0].split()[1:] == [
+        "proto", "table", "state", "since", "info"]
+    assert text[1].startswith("1002-Mesh_172_30_0_11 BGP") and text[-1] == "0000 "
