@@ -67,9 +67,11 @@ def show_borrowed(ipam: IPAM, out: TextIO) -> int:
         for ip, attr in b.allocated():
             node = attr.secondary.get("node")
             if node and b.host and node != b.host:
-                kind = "ipipTunnelAddress" if attr.secondary.get("type") == "ipipTunnelAddress" else "pod"
-                who = (f"{attr.secondary.get('namespace')}/{attr.secondary.get('pod')}"
-                       if attr.secondary.get("pod") else node)
+                sec = attr.secondary
+                if sec.get("pod"):
+                    kind, who = "pod", f"{sec.get('namespace', '')}/{sec['pod']}"
+                else:
+                    kind, who = sec.get("type", ""), ""
                 rows.append([str(ip), node, str(b.cidr), b.host, kind, who])
     out.write(box_table(["IP", "BORROWING-NODE", "BLOCK", "BLOCK OWNER", "TYPE", "ALLOCATED-TO"], rows))
     return 0
