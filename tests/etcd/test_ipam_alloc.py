@@ -285,3 +285,21 @@ def test_release_and_info_after_the_pool_is_deleted(ds_client, ipam):
     assert ipam.release_ips([ips[0], IP("10.99.0.1")]) == [IP("10.99.0.1")]
     assert ipam.release_by_handle("h") == [ips[1]]
     assert ipam.check().problems == 0
+
+
+def test_tunnel_address_released_when_ipip_is_turned_off(ds_client, ipam):
+    add_pool(ds_client, "p", "10.25.0.0/24", 28, ipip_mode="Always")
+    tun = ipam.allocate_tunnel_address("n1")
+    assert ipam.ip_info(tun)["handle_id"] == "ipip-tunnel-addr-n1"
+    pool = ds_client.get("IPPool", "p")
+    pool.spec.ipip_mode = "Never"
+    ds_client.update(pool)
+    assert ipam.allocate_tunnel_address("n1") is None
+    assert not ipam.ip_info(tun)["in_use"]
+    with pytest.raises(errors.NotFound):
+        ds_client.get("IPAMHandle", "ipip-tunnel-addr-n1")
+    # CrossSubnet counts as IPIP again
+    pool = ds_client.get("IPPool", "p")
+    pool.spec.ipip_mode = "CrossSubnet"
+    ds_client.update(pool)
+    assert ipam.allocate_tunnel_address("n1") in IPv4Network("10.25.0.0/24")
