@@ -179,7 +179,7 @@ class Kubelet:
                 failed = self.failures.get(uid)
                 if failed and now < failed[0]:
                     continue
-                if not self.network_ready:
+                if not self.network_ready and not pod["spec"].get("hostNetwork"):
                     self._report_not_ready(pod)
                     continue
                 self._submit(uid, self._setup, pod)
@@ -231,7 +231,8 @@ class Kubelet:
             p["status"] = status
             if state is not None:
                 ann = p["metadata"].setdefault("annotations", {})
-                ann[ANNOTATION_NETNS] = os.path.basename(state.netns)
+                if state.netns:
+                    ann[ANNOTATION_NETNS] = os.path.basename(state.netns)
                 ann[ANNOTATION_PIDS] = json.dumps(state.pids, sort_keys=True)
             return True
 
@@ -240,6 +241,9 @@ class Kubelet:
     def _setup(self, pod: dict) -> None:
         meta = pod["metadata"]
         uid, ns, name = meta["uid"], meta["namespace"], meta["name"]
+        if pod["spec"].get("hostNetwork"):
+            self._setup_host_network(pod)
+            return
         conf = self.conf
         if conf is None:
             return
@@ -279,6 +283,22 @@ class Kubelet:
         self._write_status(pod, infos, ips, state=state)
         log.info("pod %s/%s running in %s with %s", ns, name, os.path.basename(state.netns), ",".join(ips))
 
+    def _setup_host_network(self, pod: dict) -> None:
+        """A hostNetwork pod: no sandbox netns, no CNI; it runs in the node's netns and
+        its IP is the node's (it starts even while the network is not ready)."""
+        meta = pod["metadata"]
+        state = PodState(uid=meta["uid"], namespace=meta["namespace"], name=meta["name"],
+                         sandbox_id=runtime.new_sandbox_id(), netns="", node=self.node, lab=self.lab,
+                         cni_result={"ips": [{"address": f"{self.node_ip}/32"}]})
+        state.save(self.root_dir)
+        with self.lock:
+            self.states[state.uid] = state
+        infos = [self._start_container(state, pod, c) for c in pod["spec"]["containers"]]
+        state.save(self.root_dir)
+        self._wait_ready(state, pod, infos)
+        self._write_status(pod, infos, [self.node_ip], state=state)
+        log.info("hostNetwork pod %s/%s running", state.namespace, state.name)
+
     def _start_container(self, state: PodState, pod: dict, c: dict) -> ContainerInfo:
         info = ContainerInfo(c["name"], c["image"], restart_count=state.restarts.get(c["name"], 0))
         workdir = os.path.join(state.pod_dir(self.root_dir), "containers", c["name"])
@@ -303,6 +323,7 @@ class Kubelet:
         cid = state.container_ids.get(c["name"]) or runtime.new_sandbox_id()
         state.container_ids[c["name"]] = cid
         state.pids[c["name"]] = proc.pid
+        state.ticks[c["name"]] = runtime.start_ticks(proc.pid) or 0
         state.started_at[c["name"]] = now_iso()
         self.procs[(state.uid, c["name"])] = proc
         info.container_id, info.running, info.started_at = cid, True, state.started_at[c["name"]]
@@ -348,7 +369,9 @@ class Kubelet:
         proc = self.procs.get((uid, name))
         if proc is not None:
             return proc.poll() is None
-        return runtime.alive(pid)
+        state = self.states.get(uid)
+        ticks = state.ticks.get(name) if state else None
+        return runtime.alive(pid) and (not ticks or runtime.start_ticks(pid) == ticks)
 
     def check_processes(self) -> None:
         """Notice exited workloads; restart them per restartPolicy (with back-off)."""
@@ -404,12 +427,13 @@ class Kubelet:
     def stop_pod(self, state: PodState, cni_del: bool = True) -> None:
         """Kill the pod's processes, run CNI DEL, remove the sandbox netns and state.
 
-        Only processes that are our children or live in the pod's netns are signalled
-        (a PID from a state file may have been reused by then)."""
+        Only processes that are our children, live in the pod's netns, or have the
+        recorded start time are signalled (a PID from a state file may have been reused)."""
         in_netns = set(runtime.netns_pids(state.netns))
         for name, pid in state.pids.items():
             proc = self.procs.pop((state.uid, name), None)
-            if proc is not None or pid in in_netns:
+            if proc is not None or pid in in_netns or (
+                    state.ticks.get(name) and runtime.start_ticks(pid) == state.ticks[name]):
                 runtime.kill_process(pid, grace=2.0, proc=proc)
         for pid in runtime.netns_pids(state.netns):  # e.g. processes left by kubectl exec
             runtime.kill_process(pid, grace=0.5)
@@ -423,7 +447,8 @@ class Kubelet:
                 except cni.CNIError as exc:
                     log.warning("CNI DEL for %s/%s (attempt %d): %s", state.namespace, state.name, attempt, exc)
                     time.sleep(0.5 * attempt)
-        runtime.remove_netns(state.netns)
+        if state.netns:
+            runtime.remove_netns(state.netns)
         shutil.rmtree(state.pod_dir(self.root_dir), ignore_errors=True)
         with self.lock:
             self.states.pop(state.uid, None)
@@ -437,7 +462,7 @@ class Kubelet:
         for state in PodState.load_all(self.root_dir):
             if state.node != self.node or state.lab != self.lab:
                 continue  # another node's (or lab's) pod sharing this root dir
-            if state.uid in live and os.path.exists(state.netns) and state.cni_result is not None:
+            if state.uid in live and (not state.netns or os.path.exists(state.netns)) and state.cni_result is not None:
                 self.states[state.uid] = state
                 log.info("adopted pod %s/%s", state.namespace, state.name)
             else:

@@ -65,6 +65,8 @@ def remove_netns(path: str) -> None:
 
 def netns_pids(path: str) -> list[int]:
     """PIDs of the processes living in the namespace bound at ``path``."""
+    if not path:
+        return []
     try:
         target = os.stat(path)
     except FileNotFoundError:
@@ -84,11 +86,13 @@ def netns_pids(path: str) -> list[int]:
 
 def start_process(netns_path: str, argv: list[str], log_path: str, env: dict[str, str] | None = None,
                   cwd: str | None = None) -> subprocess.Popen:
-    """Start ``argv`` inside the namespace (nsenter execs it, so the PID is the workload's)."""
+    """Start ``argv`` inside the namespace (nsenter execs it, so the PID is the workload's);
+    an empty ``netns_path`` runs it in the caller's own netns (hostNetwork pods)."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    prefix = ["nsenter", f"--net={netns_path}", "--"] if netns_path else []
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            ["nsenter", f"--net={netns_path}", "--", *argv], stdin=subprocess.DEVNULL,
+            [*prefix, *argv], stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True,
         )
 
@@ -100,6 +104,15 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process' start time (clock ticks since boot): with the PID, a unique identity."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def kill_process(pid: int, grace: float = 2.0, proc: subprocess.Popen | None = None) -> None:
@@ -153,6 +166,7 @@ class PodState:
     restarts: dict[str, int] = field(default_factory=dict)
     started_at: dict[str, str] = field(default_factory=dict)
     container_ids: dict[str, str] = field(default_factory=dict)
+    ticks: dict[str, int] = field(default_factory=dict)  # start_ticks of each pid
     node: str = ""  # the kubelet that owns it (root dirs may be shared between nodes)
     lab: str = ""  # $CALICOLAB_LAB of that kubelet
 

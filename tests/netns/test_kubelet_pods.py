@@ -78,6 +78,14 @@ def test_node_not_ready_until_cni_config_then_pods_run_and_serve(node, etcd_endp
     assert "ContainerCreating" in kubectl(etcd_endpoints, "get", "pods").stdout
     assert kubelet.in_mount_ns("ls", kubelet.netns_dir).stdout.split() == []
 
+    # a hostNetwork pod needs no CNI: it runs in the node's netns even now, with the node's IP
+    make_pod(store, "hostweb", kubelet.node, hostNetwork=True)
+    host = wait_for(lambda: store.get("Pod", "hostweb"), lambda p: p["status"].get("phase") == "Running",
+                    timeout=15, what="hostNetwork pod Running on a NotReady node")
+    assert host["status"]["podIP"] == "172.31.250.1" and "calicolab.io/netns" not in host["metadata"]["annotations"]
+    assert kubelet.in_mount_ns("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3",
+                               "http://127.0.0.1/").stdout == "200"
+
     data_dir = str(tmp_path / "ipam")
     kubelet.write_conflist(bridge_conflist("testnet", unique("cnb"), SUBNET, data_dir))
     wait_for(lambda: ready_condition(store, kubelet.node), lambda c: c["status"] == "True", timeout=10,
