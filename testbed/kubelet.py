@@ -247,6 +247,7 @@ class Kubelet:
         conf = self.conf
         if conf is None:
             return
+        t0 = time.monotonic()
         state = PodState(uid=uid, namespace=ns, name=name, sandbox_id=runtime.new_sandbox_id(),
                          netns=os.path.join(self.netns_dir, runtime.new_netns_name()),
                          node=self.node, lab=self.lab)
@@ -254,6 +255,7 @@ class Kubelet:
         state.cni_conf = conf.raw
         state.save(self.root_dir)
         args = cni.cni_args(ns, name, state.sandbox_id)
+        t1 = time.monotonic()
         ports = [{"containerPort": p["containerPort"], "hostPort": p["hostPort"], "protocol": p.get("protocol", "TCP").lower()}
                  for c in pod["spec"]["containers"] for p in c.get("ports") or [] if p.get("hostPort")]
         try:
@@ -277,11 +279,15 @@ class Kubelet:
         with self.lock:
             self.states[uid] = state
         ips = cni.pod_ips(result)
+        t2 = time.monotonic()
         infos = [self._start_container(state, pod, c) for c in pod["spec"]["containers"]]
         state.save(self.root_dir)
         self._wait_ready(state, pod, infos)
+        t3 = time.monotonic()
         self._write_status(pod, infos, ips, state=state)
-        log.info("pod %s/%s running in %s with %s", ns, name, os.path.basename(state.netns), ",".join(ips))
+        log.info("pod %s/%s running in %s with %s (sandbox %.0f ms, CNI ADD %.0f ms, start %.0f ms, "
+                 "status %.0f ms)", ns, name, os.path.basename(state.netns), ",".join(ips),
+                 (t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000, (time.monotonic() - t3) * 1000)
 
     def _setup_host_network(self, pod: dict) -> None:
         """A hostNetwork pod: no sandbox netns, no CNI; it runs in the node's netns and
