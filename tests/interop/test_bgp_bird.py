@@ -192,11 +192,10 @@ def test_bird_as_tor_learns_blocks_and_nodes_install_its_route(tor, tmp_path):
     tcpdump.wait(5)
     # tshark decodes every BGP message without malformed/expert errors
     tshark = require_tool("tshark")
-    fields = sh(tshark, "-r", str(pcap), "-Y", "bgp", "-T", "fields", "-e", "bgp.type")
-    types = {t for line in fields.split() for t in line.split(",")}
-    assert {"1", "2", "4"} <= types, types
-    bad = sh(tshark, "-r", str(pcap), "-Y", "_ws.malformed || _ws.expert.severity == error")
-    assert bad.strip() == "", bad
+    text = sh(tshark, "-r", str(pcap), "-V", "-Y", "bgp", timeout=60)
+    for kind in ("OPEN Message", "UPDATE Message", "KEEPALIVE Message"):
+        assert f"Type: {kind}" in text, kind
+    assert "Malformed" not in text and "[Severity level: Error]" not in text
     # scapy decodes our OPEN and finds the capabilities
     from scapy.all import TCP, load_contrib, rdpcap
 
