@@ -41,6 +41,7 @@ log = logging.getLogger("kubelet")
 ANNOTATION_NETNS = "calicolab.io/netns"
 ANNOTATION_PIDS = "calicolab.io/pids"
 DEL_ATTEMPTS = 3
+PROXY_RESYNC = 30.0  # seconds between full kube-proxy syncs (hooks re-checked)
 
 
 def detect_node_ip() -> str:
@@ -476,13 +477,18 @@ class Kubelet:
                 self.stop_pod(state, cni_del=True)
 
     # --- kube-proxy --------------------------------------------------------------------------
-    def sync_proxy(self) -> None:
-        """Apply the Services' iptables rules in this node's netns."""
+    def sync_proxy(self, full: bool = False) -> None:
+        """Apply the Services' iptables rules in this node's netns (``full``: also re-check
+        the hooks in the built-in chains and rewrite every rule)."""
         if self.proxy is None:
             return
         if self.proxy.cluster_cidr is None:
             self.proxy.cluster_cidr = self.store.cluster_config()["podSubnet"]
-        self.proxy.sync(self.store.list("Service"), self.store.list("Endpoints"))
+        services, endpoints = self.store.list("Service"), self.store.list("Endpoints")
+        if full:
+            self.proxy.resync(services, endpoints)
+        else:
+            self.proxy.sync(services, endpoints)
 
     # --- main loop -----------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -497,6 +503,7 @@ class Kubelet:
         self.adopt()
         self.feed.start(stop)
         last_proc_check = 0.0
+        last_proxy_resync = time.monotonic()
         while not stop.is_set():
             kinds = self.feed.wait(stop, timeout=0.2)
             if stop.is_set():
@@ -505,7 +512,10 @@ class Kubelet:
                 changed = self.check_network()
                 if changed or kinds & {"*", "Pod", "Node"}:
                     self.sync_pods()
-                if kinds & {"*", "Service", "Endpoints"}:
+                if time.monotonic() - last_proxy_resync > PROXY_RESYNC:
+                    last_proxy_resync = time.monotonic()
+                    self.sync_proxy(full=True)
+                elif kinds & {"*", "Service", "Endpoints"}:
                     self.sync_proxy()
                 if time.monotonic() - last_proc_check > 0.5:
                     last_proc_check = time.monotonic()

@@ -198,6 +198,11 @@ class KubeProxy:
         self.last = None if stale else (nat, filt)
         return True
 
+    def resync(self, services: list[dict], endpoints: list[dict]) -> None:
+        """Re-check the hooks and rewrite everything (kube-proxy's periodic sync)."""
+        self.hooked, self.last = False, None
+        self.sync(services, endpoints)
+
     def cleanup(self) -> None:
         """Remove every rule and chain kube-proxy made in this netns."""
         for table, hooks in (("nat", NAT_HOOKS), ("filter", FILTER_HOOKS)):

@@ -267,10 +267,11 @@ class Store:
             if type(exc).__name__ == "Conflict":
                 raise errors.Conflict(KINDS[kind].resource, name) from None
             raise
-        if gone and kind == "Service":
+        if gone and kind in ("Service", "Namespace"):
+            ns = name if kind == "Namespace" else namespace
             for kv in self._call(self.etcd.list, SERVICE_IP_PREFIX)[0]:
                 owner = json.loads(kv.value)
-                if owner.get("namespace") == namespace and owner.get("name") == name:
+                if owner.get("namespace") == ns and (kind == "Namespace" or owner.get("name") == name):
                     self._release_cluster_ip(kv.key[len(SERVICE_IP_PREFIX):])
         if gone and kind == "Namespace":
             for k in KINDS.values():
