@@ -1,6 +1,6 @@
 """kubectl for the testbed's Kubernetes side (objects in the lab's etcd; $ETCD_ENDPOINTS).
 
-Subcommands: get, describe, apply, create, delete, expose, run, exec, wait, version.
+Subcommands: get, describe, apply, create, delete, expose, run, exec, scale, wait, version.
 Output formats and messages follow kubectl's.
 """
 
@@ -581,6 +581,29 @@ def _duration(text: str) -> float:
     raise UsageError(f'invalid duration "{text}"')
 
 
+def cmd_scale(args: argparse.Namespace) -> int:
+    """kubectl scale deployment NAME --replicas N."""
+    store = _store()
+    targets = resolve_targets(args.resource)
+    rc = 0
+    for kind, names in targets:
+        if kind.kind != "Deployment":
+            raise UsageError(f"cannot scale a {kind.kind}: only deployments can be scaled")
+        if not names:
+            raise UsageError("resource(s) were provided, but no name was specified")
+        for name in names:
+            def set_replicas(d: dict) -> None:
+                d["spec"]["replicas"] = args.replicas
+                d["metadata"]["generation"] = d["metadata"].get("generation", 1) + 1
+
+            if store.mutate("Deployment", name, args.namespace or DEFAULT_NAMESPACE, set_replicas) is None:
+                print(f'Error from server (NotFound): deployments.apps "{name}" not found', file=sys.stderr)
+                rc = 1
+            else:
+                print(f"deployment.apps/{name} scaled")
+    return rc
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     """kubectl version."""
     from testbed.k8s.store import KUBE_VERSION
@@ -674,6 +697,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("-A", "--all-namespaces", action="store_true")
     w.add_argument("--all", action="store_true")
     w.set_defaults(func=cmd_wait)
+
+    sc = sub.add_parser("scale", parents=[common], help="set a deployment's replicas")
+    sc.add_argument("resource", nargs="+", help="deployment NAME | deployment/NAME")
+    sc.add_argument("--replicas", type=int, required=True)
+    sc.set_defaults(func=cmd_scale)
 
     v = sub.add_parser("version", help="print the versions")
     v.set_defaults(func=cmd_version)

@@ -82,6 +82,8 @@ def test_apply_get_and_output_formats(kubectl, tmp_path):
     assert nodes[1].split()[:3] == ["k8s-w0", "NotReady", "<none>"]
     assert "box" in kubectl("get", "pods", "-A", "-l", "app=box").stdout
     assert "box" not in kubectl("get", "pods", "-A", "-l", "app!=box").stdout
+    assert kubectl("scale", "deployment", "web", "-n", "shop", "--replicas", "3").stdout == "deployment.apps/web scaled\n"
+    assert kubectl.store.get("Deployment", "web", "shop")["spec"]["replicas"] == 3
     desc = kubectl("describe", "pod", "box", "-n", "shop").stdout
     assert "Name:         box" in desc and "Node:         k8s-w0" in desc
 
