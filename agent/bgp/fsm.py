@@ -115,6 +115,13 @@ class Up:
 
 
 @dataclass(frozen=True)
+class OpenAccepted:
+    """The peer's OPEN was accepted (now OpenConfirm): time for collision detection."""
+
+    peer_open: M.Open
+
+
+@dataclass(frozen=True)
 class Down:
     """The session left Established (or failed to get there)."""
 
@@ -294,7 +301,7 @@ class FSM:
             ka = t.keepalive if t.keepalive is not None else self.hold_time / 3
             self.keepalive_time = min(ka, self.hold_time / 3) if self.hold_time else 0
             self.state = State.OPENCONFIRM
-            acts: list = [Send(M.Keepalive())]
+            acts: list = [OpenAccepted(msg), Send(M.Keepalive())]
             if self.keepalive_time:
                 acts.append(StartTimer("keepalive", self.keepalive_time))
             return acts + self._hold_timer()

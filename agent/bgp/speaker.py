@@ -89,6 +89,8 @@ class Connection:
             self.send(act.msg)
         elif isinstance(act, F.Drop):
             self._close()
+        elif isinstance(act, F.OpenAccepted):
+            self.peer.on_open(self)
         elif isinstance(act, F.Up):
             self.recv_addpath = peer_sends_addpath(act.peer_open)
             self.peer.on_up(self, act.peer_open)
@@ -286,6 +288,7 @@ class Peer:
         if not others:
             return True
         other = others[0]
+        self.speaker.count("collisions")
         if other.state == F.State.ESTABLISHED:
             conn.feed(F.ManualStop(E.CONNECTION_COLLISION_RESOLUTION))
             return False
@@ -296,6 +299,10 @@ class Peer:
         loser = other if conn.incoming == keep_incoming else conn
         loser.feed(F.ManualStop(E.CONNECTION_COLLISION_RESOLUTION))
         return loser is not conn
+
+    def on_open(self, conn: Connection) -> None:
+        """OPEN accepted on ``conn``: RFC 4271 6.8 collision detection."""
+        self._resolve_collision(conn)
 
     def on_up(self, conn: Connection, peer_open: M.Open) -> None:
         """Session Established on ``conn``."""
@@ -396,6 +403,7 @@ class Counters:
 
     malformed: int = 0
     treat_as_withdraw: int = 0
+    collisions: int = 0
     kernel_changes: int = 0
 
 

@@ -50,6 +50,7 @@ def test_active_side_walks_every_state_to_established():
     assert isinstance(sent[0], M.Open) and sent[0].hold_time == 9
     acts = f.handle(peer_open(hold=6))
     assert f.state is F.State.OPENCONFIRM
+    assert acts[0] == F.OpenAccepted(peer_open(hold=6).msg)     # collision detection point
     assert f.hold_time == 6 and f.keepalive_time == 2          # min(9, 6), hold/3
     assert F.Send(M.Keepalive()) in acts and F.StartTimer("keepalive", 2) in acts
     acts = f.handle(F.MessageReceived(M.Keepalive()))
