@@ -30,6 +30,10 @@ class LpmTable:
         )
         self._memo: dict[bytes, str | None] = {}
 
+    def gateways(self) -> set[str]:
+        """Every gateway in the table."""
+        return {gw for _, _, table in self._by_len for gw in table.values()}
+
     def __len__(self) -> int:
         return sum(len(table) for _, _, table in self._by_len)
 

@@ -21,6 +21,7 @@ directions progress in parallel.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -40,6 +41,33 @@ RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_LINK = 0x1
 NETLINK_ROUTE = 0
 SOCK_BUF = 8 * 1024 * 1024
+SO_ATTACH_FILTER = 26
+_DROP_ALL = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0))  # BPF "ret #0"
+
+
+def _set_bufs(sock: socket.socket) -> None:
+    for opt, force in ((socket.SO_SNDBUF, 32), (socket.SO_RCVBUF, 33)):  # SO_*BUFFORCE
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCK_BUF)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCK_BUF)
+
+
+def connected_sender(gateway: str) -> socket.socket:
+    """A raw IPIP socket connected to ``gateway`` (kernel caches its route) that never receives.
+
+    Every raw IPIP socket gets a copy of each incoming protocol-4 packet; a
+    drop-all socket filter keeps these transmit-only sockets from queueing them.
+    """
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_IPIP)
+    prog = struct.pack("=HxxxxxxQ", 1, ctypes.addressof(_DROP_ALL))
+    s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, 32, SOCK_BUF)  # SO_SNDBUFFORCE
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCK_BUF)
+    s.connect((gateway, 0))
+    return s
 
 
 def tunnel_routes(ifname: str = "tunl0") -> list[tuple[str, str]]:
@@ -78,12 +106,8 @@ class IpipPump:
         self._route_dirty = threading.Event()
         self.stats = {"tx": 0, "rx": 0, "tx_noroute": 0, "rx_denied": 0, "tx_error": 0, "rx_error": 0}
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_IPIP)
-        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            force = {socket.SO_SNDBUF: 32, socket.SO_RCVBUF: 33}[opt]  # SO_*BUFFORCE
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, force, SOCK_BUF)
-            except OSError:
-                self.sock.setsockopt(socket.SOL_SOCKET, opt, SOCK_BUF)
+        _set_bufs(self.sock)
+        self._senders: dict[str, socket.socket] = {}  # gateway -> connected transmit socket (tx thread only)
         self._nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
         self._nl.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_LINK))
         self._wake_r, self._wake_w = os.pipe()
@@ -131,13 +155,14 @@ class IpipPump:
 
     def _tx_loop(self) -> None:
         fd = self.tun_fd
-        sendto = self.sock.sendto
         read = os.read
         stats = self.stats
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         os.set_blocking(fd, False)
+        table = None
+        send_for: dict[bytes, object] = {}  # inner destination -> bound send() of its node's socket
         n = 0
         while not self._stop.is_set():
             try:
@@ -154,19 +179,38 @@ class IpipPump:
                 log.warning("tun read failed: %s", exc)
                 time.sleep(0.05)
                 continue
-            if len(pkt) < 20 or pkt[0] >> 4 != 4:
-                continue
-            gw = self._table.lookup(pkt[16:20])
-            if gw is None:
-                stats["tx_noroute"] += 1
-                continue
+            if table is not self._table:  # routes changed: rebuild the per-destination memo
+                table = self._table
+                send_for = {}
+                self._prune_senders(table.gateways())
+            dst = pkt[16:20]
+            send = send_for.get(dst)
+            if send is None:
+                if len(pkt) < 20 or pkt[0] >> 4 != 4:
+                    continue
+                gw = table.lookup(dst)
+                if gw is None:
+                    stats["tx_noroute"] += 1
+                    continue
+                sock = self._senders.get(gw)
+                if sock is None:
+                    sock = self._senders[gw] = connected_sender(gw)
+                send = send_for[dst] = sock.send
             try:
-                sendto(pkt, (gw, 0))
+                send(pkt)
                 n += 1
             except OSError as exc:
                 if exc.errno not in (errno.ENOBUFS, errno.EAGAIN):
                     stats["tx_error"] += 1
         stats["tx"] += n
+        for sock in self._senders.values():
+            sock.close()
+        self._senders.clear()
+
+    def _prune_senders(self, gateways: set[str]) -> None:
+        for gw in list(self._senders):
+            if gw not in gateways:
+                self._senders.pop(gw).close()
 
     def _rx_loop(self) -> None:
         fd = self.tun_fd
