@@ -34,7 +34,7 @@ def local_capabilities(cfg: SpeakerConfig, peer: PeerConfig) -> list:
     return [M.MultiProtocol(), M.RouteRefreshCap(),
             M.GracefulRestart(int(gr) & 0xFFF, families=((M.AFI_IPV4, M.SAFI_UNICAST, 0),)),
             M.FourOctetAS(cfg.local_as), M.AddPath(((M.AFI_IPV4, M.SAFI_UNICAST, M.ADDPATH_RECEIVE),)),
-            M.EnhancedRouteRefreshCap(), M.LongLivedGR(((M.AFI_IPV4, M.SAFI_UNICAST, 0, 0),))]
+            M.EnhancedRouteRefreshCap(), M.LongLivedGR(())]  # LLGR "aware": no families
 
 
 def peer_sends_addpath(peer_open: M.Open) -> bool:
@@ -383,6 +383,8 @@ class Peer:
         st = self.state()
         proto_state = "down" if self.stopped else ("up" if st == F.State.ESTABLISHED else "start")
         info = st.value
+        if st == F.State.ACTIVE and self.config.passive:
+            info = "Passive"  # BIRD's wording for a passive peer waiting to be called
         if st != F.State.ESTABLISHED and self.info:
             info += f"        {self.info}"
         return {"name": self.config.name, "address": str(self.config.address),
