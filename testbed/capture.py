@@ -802,7 +802,7 @@ def lab_nodes(lab: str) -> list[str]:
 def start_lab_capture(lab: str, nodes: Sequence[str] | None = None, *,
                       ifaces: str = DEFAULT_IFACES, bpf: str | None = None,
                       run: str | None = None, root: str | os.PathLike[str] | None = None,
-                      timeout: float = 15.0) -> dict[str, Any]:
+                      timeout: float = 30.0) -> dict[str, Any]:
     """``calicolab capture start``: a detached capture process for lab ``lab``.
 
     Returns ``{"pid", "run_dir", "nodes", "listening": {node: [iface...]}}`` once

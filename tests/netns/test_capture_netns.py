@@ -104,7 +104,7 @@ def test_interface_appearing_while_capturing_is_picked_up(pair, tmp_path):
     sh("ip", "-n", b, "addr", "add", "198.51.100.2/24", "dev", pod_if)
     sh("ip", "-n", b, "link", "set", pod_if, "up")
     sh("ip", "-n", a, "link", "set", host_if, "up")
-    assert cap.wait_for_iface("cali*", timeout=5) == [host_if]
+    assert cap.wait_for_iface("cali*", timeout=15) == [host_if]
     sh("ping", "-c", "3", "-i", "0.05", "198.51.100.1", netns=b)
     results = cap.stop()
     assert [(r.iface, r.error) for r in results] == [(host_if, None)]

@@ -19,6 +19,7 @@ from scapy.layers.inet import IP, TCP
 
 from testbed import capture as cp
 from testbed import pcapassert as pa
+from testbed import report
 from testbed.poll import wait_for
 from tests.support import require_tool, sh
 
@@ -74,7 +75,7 @@ def test_ipip_on_eth0_and_inner_packets_on_tun_tunl0(nodes, tmp_path):
         wait_for(lambda: list(lines), lambda ls: "ready\n" in ls or helper.poll() is not None,
                  timeout=10, what="the TUN helper to create tunl0")
         assert "ready\n" in lines, f"TUN helper failed: {helper.stderr.read()}"
-        assert group.wait_for_iface("node-b", "tunl0") == ["tunl0"]
+        assert group.wait_for_iface("node-b", "tunl0", timeout=15) == ["tunl0"]
         inner = [bytes(IP(src=POD_A, dst=POD_B) / TCP(sport=41000 + i, dport=80, flags="S"))
                  for i in range(3)]
         sh("ip", "netns", "exec", a, sys.executable, "-c", SENDER, NODE_B,
@@ -106,6 +107,12 @@ def test_ipip_on_eth0_and_inner_packets_on_tun_tunl0(nodes, tmp_path):
     out = subprocess.run([tshark, "-n", "-r", str(group.file("node-b", "tunl0"))],
                          capture_output=True, text=True, check=True).stdout
     assert "192.168.1.2 → 192.168.2.3" in out and "41000 → 80" in out
+    # the report follows each SYN hop by hop: a/eth0 (IPIP) -> b/eth0 (IPIP) -> b/tunl0 (inner)
+    hops = report.flow_hops(res.paths(), pa.between(POD_A, POD_B))
+    assert report.path_taken(hops) == ["node-a/eth0", "node-b/eth0", "node-b/tunl0"]
+    first = [h for h in hops if h.key == hops[0].key]
+    assert [h.where for h in first] == ["node-a/eth0", "node-b/eth0", "node-b/tunl0"]
+    assert "ipip:" in first[0].summary and "ipip:" not in first[2].summary
 
 
 def test_kernel_fragmentation_needed_is_seen(netns, tmp_path):
@@ -124,7 +131,7 @@ def test_kernel_fragmentation_needed_is_seen(netns, tmp_path):
     sh("ip", "-n", b, "route", "add", "default", "via", "203.0.113.1")
     sh("sysctl", "-qw", "net.ipv4.ip_forward=1", netns=r)
     with cp.CaptureGroup({"a": a}, tmp_path, ifaces="eth0") as group:
-        ok = subprocess.run(["ip", "netns", "exec", a, "ping", "-c", "1", "-W", "2", "-M", "do",
+        ok = subprocess.run(["ip", "netns", "exec", a, "ping", "-c", "1", "-W", "5", "-M", "do",
                              "-s", str(1400 - 28), "203.0.113.2"], capture_output=True)
         assert ok.returncode == 0, ok.stderr
         big = subprocess.run(["ip", "netns", "exec", a, "ping", "-c", "1", "-W", "1", "-M", "do",
