@@ -108,3 +108,19 @@ def test_mtu_largest_df_ping_fits_and_one_more_fails(cluster):
     assert pod[1] == {"size": pod[1]["size"], "outcome": "local-mtu", "mtu": tunnel_mtu}, pod
     assert big[0]["outcome"] == "ok", big
     assert big[1]["outcome"] == "frag-needed" and big[1]["mtu"] == tunnel_mtu, big
+
+
+def test_agent_tunl0_setup_repairs_drift(cluster):
+    """ensure_tunl0 again on a drifted tunl0 (stray address, wrong MTU, down): back to /32 + MTU, up."""
+    node = cluster.node(3)
+    kc.run("ip", "addr", "add", "10.99.0.1/24", "dev", "tunl0", netns=node.netns)
+    kc.run("ip", "link", "set", "tunl0", "mtu", "1300", "down", netns=node.netns)
+    kc.kernel_tunl0(node.netns, node.tunnel_address, cluster.tunnel_mtu)
+    st = flow.tunl0_state(cluster)[2]
+    assert st == {"node": 3, "kind": "kernel", "mtu": cluster.tunnel_mtu,
+                  "addresses": [f"{node.tunnel_address}/32"]}, st  # fmt: skip
+    assert ",UP" in kc.run("ip", "link", "show", "tunl0", netns=node.netns)
+    # the routes over tunl0 went with the link going down; the BGP part puts them back
+    peers = [(p.block, p.address) for p in cluster.nodes if p is not node]
+    kc.program_routes(node.netns, node.block, peers)
+    kc.wait_ping_ok(node.pods[0], cluster.node(1).pods[0].ip)
