@@ -72,7 +72,7 @@ def forward(plugin: str, env: dict[str, str], stdin: bytes, sock_path: str) -> t
 
 
 def _main(plugin: str) -> int:
-    stdin = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
+    stdin = sys.stdin.buffer.read() if sys.stdin is not None and not sys.stdin.isatty() else b""
     env = dict(os.environ)
     sock_path = env.get("CALICO_CNI_SOCKET", DEFAULT_SOCKET)
     answer = None
