@@ -3,13 +3,15 @@
 There is no registry and no filesystem image: an image name maps to a real program
 started inside the pod's network namespace. ``nginx`` serves HTTP 200 on :80 (busybox's
 httpd with an nginx welcome page), busybox-like images idle so ``kubectl exec`` works,
-and an unknown image is an error the kubelet reports as ``ImagePullBackOff``.
+``calico/node`` runs the project's calico-node (a hostNetwork DaemonSet pod, as calico.yaml
+installs it), and an unknown image is an error the kubelet reports as ``ImagePullBackOff``.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
@@ -25,8 +27,9 @@ NGINX_INDEX = """<!DOCTYPE html>
 </html>
 """
 
-#: repository name (no registry, no tag) -> behaviour
+#: repository name (no registry, no tag; a bare name also matches any org's) -> behaviour
 IMAGES: dict[str, str] = {
+    "calico/node": "calico-node",
     "nginx": "http",
     "httpd": "http",
     "busybox": "idle",
@@ -62,10 +65,17 @@ class Workload:
 
 
 def repository(image: str) -> str:
-    """``docker.io/library/nginx:1.25@sha256:..`` -> ``nginx``."""
+    """``docker.io/library/nginx:1.25@sha256:..`` -> ``nginx``; ``quay.io/calico/node:v3.26`` ->
+    ``calico/node`` when the table knows it by that path."""
     name = image.split("@", 1)[0]
-    last = name.rsplit("/", 1)[-1]
-    return last.split(":", 1)[0]
+    parts = name.split("/")
+    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
+        parts = parts[1:]  # registry host
+    parts[-1] = parts[-1].split(":", 1)[0]
+    path = "/".join(parts)
+    if path in IMAGES:
+        return path
+    return parts[-1]
 
 
 def qualified(image: str) -> str:
@@ -79,6 +89,12 @@ def qualified(image: str) -> str:
     if ":" not in name.rsplit("/", 1)[-1] and "@" not in name:
         name += ":latest"
     return name
+
+
+def calico_node_argv() -> list[str]:
+    """calico-node from the project's venv (the entry point agent.main:main)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "calico-node")
+    return [exe if os.path.exists(exe) else shutil.which("calico-node") or "calico-node"]
 
 
 def known(image: str) -> bool:
@@ -99,6 +115,8 @@ def resolve(image: str, command: list[str] | None, args: list[str] | None, workd
         if behaviour == "idle" and not command:
             argv = ["sleep", "infinity"] if not argv else argv
         return Workload(argv=argv)
+    if behaviour == "calico-node":
+        return Workload(argv=calico_node_argv())
     if behaviour == "http":
         www = os.path.join(workdir, "www")
         return Workload(

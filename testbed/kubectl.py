@@ -24,7 +24,7 @@ from testbed.k8s.model import (
     parse_label_selector,
 )
 
-ORDER = ["Namespace", "ConfigMap", "Node", "Service", "Endpoints", "Deployment", "Pod"]
+ORDER = ["Namespace", "ConfigMap", "Node", "Service", "Endpoints", "DaemonSet", "Deployment", "Pod"]
 
 
 class UsageError(Exception):
@@ -105,7 +105,8 @@ def resolve_targets(words: list[str]) -> list[tuple[Kind, list[str]]]:
             out.append((_kind(k), [name]))
         return out
     kinds = [k for word in words[0].split(",")
-             for k in ([KINDS["Pod"], KINDS["Service"], KINDS["Deployment"]] if word == "all" else [_kind(word)])]
+             for k in ([KINDS["Pod"], KINDS["Service"], KINDS["DaemonSet"], KINDS["Deployment"]]
+                       if word == "all" else [_kind(word)])]
     names = words[1:]
     if names and len(kinds) > 1:
         raise UsageError("you may only specify a single resource type when naming objects")
@@ -370,6 +371,14 @@ def describe(obj: dict, store=None) -> str:
             ep = store.find("Endpoints", meta["name"], meta["namespace"])
             lines.append(f"{'Endpoints:':<{w}}{printers.endpoints_text(ep) if ep else '<none>'}")
         lines.append(f"Session Affinity:  {spec.get('sessionAffinity', 'None')}")
+    elif kind == "DaemonSet":
+        lines += _kv_lines("Selector", (spec.get("selector") or {}).get("matchLabels"), w)
+        lines.append(f"Desired Number of Nodes Scheduled: {status.get('desiredNumberScheduled', 0)}")
+        lines.append(f"Current Number of Nodes Scheduled: {status.get('currentNumberScheduled', 0)}")
+        lines.append(f"Number of Nodes Scheduled with Available Pods: {status.get('numberAvailable', 0)}")
+        lines.append("Pod Template:")
+        for c in spec["template"]["spec"].get("containers") or []:
+            lines += [f"  {c['name']}:", f"    Image:  {c['image']}"]
     elif kind == "Deployment":
         lines += _kv_lines("Selector", (spec.get("selector") or {}).get("matchLabels"), w)
         lines.append(f"{'Replicas:':<{w}}{spec.get('replicas')} desired | {status.get('updatedReplicas', 0)} updated | "

@@ -321,9 +321,7 @@ class Kubelet:
             with open(path, "w") as f:
                 f.write(text)
         env = dict(os.environ)
-        for e in c.get("env") or []:
-            if e.get("value") is not None:
-                env[e["name"]] = e["value"]
+        env.update(self._container_env(pod, c))
         env["HOSTNAME"] = state.name
         os.makedirs(workdir, exist_ok=True)
         proc = runtime.start_process(state.netns, wl.argv, os.path.join(workdir, "log"), env, workdir)
@@ -337,6 +335,29 @@ class Kubelet:
         info.ready = wl.port is None
         info.port = wl.port
         return info
+
+    def _container_env(self, pod: dict, c: dict) -> dict[str, str]:
+        """The container's env: values, and valueFrom fieldRef / configMapKeyRef."""
+        fields = {"metadata.name": pod["metadata"]["name"], "metadata.namespace": pod["metadata"]["namespace"],
+                  "metadata.uid": pod["metadata"]["uid"], "spec.nodeName": self.node,
+                  "status.hostIP": self.node_ip, "spec.serviceAccountName": "default"}
+        env: dict[str, str] = {}
+        for e in c.get("env") or []:
+            if e.get("value") is not None:
+                env[e["name"]] = str(e["value"])
+                continue
+            src = e.get("valueFrom") or {}
+            if "fieldRef" in src:
+                path = src["fieldRef"].get("fieldPath", "")
+                if path in fields:
+                    env[e["name"]] = fields[path]
+            elif "configMapKeyRef" in src:
+                ref = src["configMapKeyRef"]
+                cm = self.store.find("ConfigMap", ref.get("name", ""), pod["metadata"]["namespace"])
+                value = ((cm or {}).get("data") or {}).get(ref.get("key", ""))
+                if value is not None:
+                    env[e["name"]] = value
+        return env
 
     def _wait_ready(self, state: PodState, pod: dict, infos: list[ContainerInfo], timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout

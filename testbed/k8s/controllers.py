@@ -5,7 +5,9 @@ moves it one step towards the desired one.
   CIDR (kube-controller-manager --allocate-node-cidrs, as kubeadm sets it up).
 * deployments: each Deployment owns ``replicas`` Pods named ``<deploy>-<template-hash>-<5>``
   labelled ``pod-template-hash``; extra or outdated pods are deleted; status counts.
-* garbage collection: pods owned by a Deployment that no longer exists are deleted.
+* daemonsets: one pod per eligible node (NotReady nodes too: CNI daemons start first),
+  bound directly to it, replaced when the template changes.
+* garbage collection: pods owned by a Deployment or DaemonSet that no longer exists are deleted.
 * scheduler: unbound pods go to the Ready, schedulable node (taints and nodeSelector
   honoured) with the fewest pods.
 * endpoints: each Service with a selector gets Endpoints listing the ready pods that
@@ -54,10 +56,10 @@ def pod_ready(pod: dict) -> bool:
                for c in (pod.get("status") or {}).get("conditions") or [])
 
 
-def owner_uid(pod: dict) -> str | None:
-    """UID of the Deployment that controls the pod, if any."""
+def owner_uid(pod: dict, kind: str = "Deployment") -> str | None:
+    """UID of the controller of ``kind`` (Deployment, DaemonSet) that owns the pod, if any."""
     for ref in pod["metadata"].get("ownerReferences") or []:
-        if ref.get("controller") and ref.get("kind") == "Deployment":
+        if ref.get("controller") and ref.get("kind") == kind:
             return ref.get("uid")
     return None
 
@@ -94,21 +96,29 @@ def allocate_pod_cidrs(store: Store, nodes: list[dict], pod_cidr: str, mask: int
 
 # --- deployments -------------------------------------------------------------------------------
 
-def _pod_for(deploy: dict, thash: str) -> dict:
-    meta, spec = deploy["metadata"], deploy["spec"]
+def _pod_for(owner: dict, thash: str, node: str | None = None) -> dict:
+    meta, spec = owner["metadata"], owner["spec"]
     tmeta = spec["template"].get("metadata") or {}
     labels = dict(tmeta.get("labels") or {})
-    labels["pod-template-hash"] = thash
-    return {
+    if owner["kind"] == "Deployment":
+        labels["pod-template-hash"] = thash
+        name = f"{meta['name']}-{thash}-{random_suffix()}"
+    else:
+        labels["controller-revision-hash"] = thash
+        name = f"{meta['name']}-{random_suffix()}"
+    pod = {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
-            "name": f"{meta['name']}-{thash}-{random_suffix()}", "namespace": meta["namespace"],
+            "name": name, "namespace": meta["namespace"],
             "labels": labels, "annotations": dict(tmeta.get("annotations") or {}),
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": meta["name"],
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": owner["kind"], "name": meta["name"],
                                  "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}],
         },
         "spec": json.loads(json.dumps(spec["template"]["spec"])),
     }
+    if node:
+        pod["spec"]["nodeName"] = node
+    return pod
 
 
 def reconcile_deployments(store: Store, deployments: list[dict], pods: list[dict]) -> None:
@@ -171,6 +181,73 @@ def _delete_pod(store: Store, pod: dict) -> None:
         store.delete("Pod", pod["metadata"]["name"], pod["metadata"]["namespace"])
     except errors.NotFound:
         pass
+
+
+# --- daemonsets --------------------------------------------------------------------------------
+
+#: taints a DaemonSet pod tolerates without asking (the DaemonSet controller adds these)
+DAEMON_TOLERATED = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable",
+                    "node.kubernetes.io/disk-pressure", "node.kubernetes.io/memory-pressure",
+                    "node.kubernetes.io/pid-pressure", "node.kubernetes.io/unschedulable",
+                    "node.kubernetes.io/network-unavailable")
+
+
+def daemon_nodes(ds: dict, nodes: list[dict]) -> list[str]:
+    """Nodes that should run one pod of the DaemonSet (ready or not: CNI daemons start first)."""
+    tspec = ds["spec"]["template"]["spec"]
+    pod = {"spec": tspec}
+    out = []
+    for node in nodes:
+        sel = tspec.get("nodeSelector") or {}
+        if sel and not all((node["metadata"].get("labels") or {}).get(k) == v for k, v in sel.items()):
+            continue
+        taints = (node.get("spec") or {}).get("taints") or []
+        if any(t.get("effect") in ("NoSchedule", "NoExecute") and t.get("key") not in DAEMON_TOLERATED
+               and not _tolerates(pod, t) for t in taints):
+            continue
+        out.append(node["metadata"]["name"])
+    return sorted(out)
+
+
+def reconcile_daemonsets(store: Store, daemonsets: list[dict], pods: list[dict], nodes: list[dict]) -> None:
+    """One current pod per eligible node for each DaemonSet; delete the rest; update status."""
+    by_owner: dict[str, list[dict]] = {}
+    for pod in pods:
+        uid = owner_uid(pod, "DaemonSet")
+        if uid:
+            by_owner.setdefault(uid, []).append(pod)
+    live = {d["metadata"]["uid"] for d in daemonsets}
+    for uid, owned in by_owner.items():
+        if uid not in live:
+            for pod in owned:
+                _delete_pod(store, pod)
+    for ds in daemonsets:
+        thash = template_hash(ds["spec"]["template"])
+        wanted = daemon_nodes(ds, nodes)
+        owned = [p for p in by_owner.get(ds["metadata"]["uid"], []) if not p["metadata"].get("deletionTimestamp")]
+        current: dict[str, dict] = {}
+        for pod in owned:
+            node = pod["spec"].get("nodeName")
+            fresh = pod["metadata"].get("labels", {}).get("controller-revision-hash") == thash
+            if node not in wanted or not fresh or node in current:
+                _delete_pod(store, pod)
+            else:
+                current[node] = pod
+        for node in wanted:
+            if node not in current:
+                try:
+                    current[node] = store.create(_pod_for(ds, thash, node))
+                except errors.K8sError as exc:
+                    log.warning("daemonset %s: cannot create pod on %s: %s", ds["metadata"]["name"], node, exc)
+        ready = sum(1 for p in current.values() if pod_ready(p))
+        status = {"desiredNumberScheduled": len(wanted), "currentNumberScheduled": len(current),
+                  "updatedNumberScheduled": len(current), "numberReady": ready, "numberAvailable": ready,
+                  "numberMisscheduled": 0, "observedGeneration": ds["metadata"].get("generation", 1)}
+        if ds.get("status") != status:
+            def set_status(obj: dict, status: dict = status) -> None:
+                obj["status"] = status
+
+            store.mutate("DaemonSet", ds["metadata"]["name"], ds["metadata"]["namespace"], set_status)
 
 
 # --- scheduler ---------------------------------------------------------------------------------
@@ -343,6 +420,7 @@ class ControllerManager:
         if any(not (n.get("spec") or {}).get("podCIDR") for n in nodes):
             allocate_pod_cidrs(store, nodes, self.pod_cidr, self.node_cidr_mask)
         reconcile_deployments(store, store.list("Deployment"), store.list("Pod"))
+        reconcile_daemonsets(store, store.list("DaemonSet"), store.list("Pod"), nodes)
         pods = store.list("Pod")
         schedule(store, pods, nodes)
         reconcile_endpoints(store, store.list("Service"), store.list("Endpoints"), store.list("Pod"))

@@ -37,6 +37,8 @@ KINDS: dict[str, Kind] = {
         Kind("Pod", "v1", "pods", "pods", True, ("po", "pod", "pods"), "pod"),
         Kind("Deployment", "apps/v1", "deployments", "deployments", True,
              ("deploy", "deployment", "deployments", "deployment.apps", "deployments.apps"), "deployment.apps"),
+        Kind("DaemonSet", "apps/v1", "daemonsets", "daemonsets", True,
+             ("ds", "daemonset", "daemonsets", "daemonset.apps", "daemonsets.apps"), "daemonset.apps"),
         Kind("Service", "v1", "services", "services/specs", True, ("svc", "service", "services"), "service"),
         Kind("Endpoints", "v1", "endpoints", "services/endpoints", True, ("ep", "endpoints", "endpoint"), "endpoints"),
         Kind("ConfigMap", "v1", "configmaps", "configmaps", True, ("cm", "configmap", "configmaps"), "configmap"),
@@ -127,6 +129,14 @@ SCHEMAS: dict[str, dict] = {
             "template": {"metadata": META, "spec": POD_SPEC}, "strategy": ANY,
             "revisionHistoryLimit": int, "progressDeadlineSeconds": int, "minReadySeconds": int,
             "paused": bool,
+        },
+        "status": ANY,
+    },
+    "DaemonSet": {
+        "spec": {
+            "selector": {"matchLabels": MAPSTR, "matchExpressions": [ANY]},
+            "template": {"metadata": META, "spec": POD_SPEC}, "updateStrategy": ANY,
+            "revisionHistoryLimit": int, "minReadySeconds": int,
         },
         "status": ANY,
     },
@@ -281,7 +291,7 @@ def validate(obj: Any, where: str = "") -> dict:
         if "spec" not in obj:
             raise Invalid("spec", "Required value", where)
         _check_pod_spec(spec, "spec", where)
-    elif kind == "Deployment":
+    elif kind in ("Deployment", "DaemonSet"):
         _validate_deployment(obj, where)
     elif kind == "Service":
         _validate_service(obj, where)
@@ -314,7 +324,7 @@ def _validate_deployment(obj: dict, where: str) -> None:
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         raise Invalid("spec", "Required value", where)
-    replicas = spec.setdefault("replicas", 1)
+    replicas = spec.setdefault("replicas", 1) if obj["kind"] == "Deployment" else 0
     if replicas < 0:
         raise Invalid("spec.replicas", f"Invalid value: {replicas}: must be greater than or equal to 0", where)
     selector = (spec.get("selector") or {}).get("matchLabels")
@@ -329,7 +339,10 @@ def _validate_deployment(obj: dict, where: str) -> None:
         raise Invalid("spec.template.metadata.labels",
                       f"Invalid value: {labels}: `selector` does not match template `labels`", where)
     _check_pod_spec(template["spec"], "spec.template.spec", where)
-    spec.setdefault("strategy", {"type": "RollingUpdate"})
+    if obj["kind"] == "Deployment":
+        spec.setdefault("strategy", {"type": "RollingUpdate"})
+    else:
+        spec.setdefault("updateStrategy", {"type": "RollingUpdate"})
 
 
 def _validate_service(obj: dict, where: str) -> None:

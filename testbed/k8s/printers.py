@@ -149,6 +149,20 @@ def _deployment_row(d: dict, wide: bool) -> list[str]:
     return row
 
 
+def _daemonset_row(d: dict, wide: bool) -> list[str]:
+    st = d.get("status") or {}
+    spec = d.get("spec") or {}
+    sel = spec["template"]["spec"].get("nodeSelector")
+    row = [d["metadata"]["name"]] + [str(st.get(k, 0)) for k in (
+        "desiredNumberScheduled", "currentNumberScheduled", "numberReady", "updatedNumberScheduled",
+        "numberAvailable")] + [_selector_text(sel), age(d)]
+    if wide:
+        cs = spec["template"]["spec"]["containers"]
+        row += [",".join(c["name"] for c in cs), ",".join(c["image"] for c in cs),
+                _selector_text(spec.get("selector", {}).get("matchLabels"))]
+    return row
+
+
 def _service_row(s: dict, wide: bool) -> list[str]:
     spec = s.get("spec") or {}
     ports = ",".join(f"{p['port']}/{p.get('protocol', 'TCP')}" for p in spec.get("ports") or []) or NONE
@@ -191,6 +205,8 @@ TABLES = {
     "Node": (["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
              ["INTERNAL-IP", "EXTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION", "CONTAINER-RUNTIME"], _node_row),
     "Deployment": (["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], ["CONTAINERS", "IMAGES", "SELECTOR"], _deployment_row),
+    "DaemonSet": (["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "NODE SELECTOR", "AGE"],
+                  ["CONTAINERS", "IMAGES", "SELECTOR"], _daemonset_row),
     "Service": (["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"], ["SELECTOR"], _service_row),
     "Endpoints": (["NAME", "ENDPOINTS", "AGE"], [], _endpoints_row),
     "Namespace": (["NAME", "STATUS", "AGE"], [], _namespace_row),

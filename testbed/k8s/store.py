@@ -138,7 +138,7 @@ class Store:
         meta.pop("resourceVersion", None)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_iso()
-        if kind == "Deployment":
+        if kind in ("Deployment", "DaemonSet"):
             meta["generation"] = 1
         if kind == "Namespace":
             obj["status"] = {"phase": "Active"}
@@ -231,7 +231,7 @@ class Store:
             if merged == current:
                 return current, "unchanged"
             self.check_references(merged, where)
-            if kind == "Deployment" and merged.get("spec") != current.get("spec"):
+            if kind in ("Deployment", "DaemonSet") and merged.get("spec") != current.get("spec"):
                 merged["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
             try:
                 return self.update(merged, where), "configured"
@@ -285,7 +285,7 @@ class Store:
         spec = obj.get("spec") or {}
         if obj["kind"] == "Pod":
             node, path = spec.get("nodeName"), "spec.nodeName"
-        elif obj["kind"] == "Deployment":
+        elif obj["kind"] in ("Deployment", "DaemonSet"):
             node, path = (spec.get("template") or {}).get("spec", {}).get("nodeName"), "spec.template.spec.nodeName"
         else:
             return

@@ -170,3 +170,36 @@ def test_controller_manager_runs_deployments_and_node_cidrs(store):
     finally:
         stop.set()
         t.join(timeout=5)
+
+
+def test_daemonset_puts_one_pod_on_every_node_even_not_ready(store):
+    add_node(store, "k8s-m")
+    store.mutate("Node", "k8s-m", None, lambda n: n["spec"].update(
+        taints=[{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]))
+    add_node(store, "k8s-w0", ready=False)
+    ds = {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "calico-node", "namespace": "kube-system"},
+          "spec": {"selector": {"matchLabels": {"k8s-app": "calico-node"}},
+                   "template": {"metadata": {"labels": {"k8s-app": "calico-node"}},
+                                "spec": {"hostNetwork": True, "tolerations": [{"operator": "Exists"}],
+                                         "containers": [{"name": "calico-node", "image": "calico/node:v3.26.1"}]}}}}
+    store.create(ds)
+    stop = threading.Event()
+    t = threading.Thread(target=ControllerManager(store).run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        pods = wait_for(lambda: store.list("Pod", "kube-system"), lambda ps: len(ps) == 2, timeout=10,
+                        what="one calico-node pod per node")
+        assert sorted(p["spec"]["nodeName"] for p in pods) == ["k8s-m", "k8s-w0"]
+        assert all(p["metadata"]["name"].startswith("calico-node-") for p in pods)
+        wait_for(lambda: store.get("DaemonSet", "calico-node", "kube-system").get("status", {}),
+                 lambda st: st.get("desiredNumberScheduled") == 2 and st.get("currentNumberScheduled") == 2,
+                 timeout=10, what="daemonset status")
+        add_node(store, "k8s-w1", ip="172.30.0.12")
+        wait_for(lambda: sorted(p["spec"]["nodeName"] for p in store.list("Pod", "kube-system")),
+                 lambda names: names == ["k8s-m", "k8s-w0", "k8s-w1"], timeout=10, what="a pod on the new node")
+        store.delete("DaemonSet", "calico-node", "kube-system")
+        wait_for(lambda: [p for p in store.list("Pod", "kube-system") if not p["metadata"].get("deletionTimestamp")],
+                 lambda ps: not ps, timeout=10, what="daemonset pods deleted with it")
+    finally:
+        stop.set()
+        t.join(timeout=5)

@@ -206,3 +206,22 @@ def test_kubectl_targets_and_manifest_errors(tmp_path):
     assert kubectl._hoist_globals(["-n", "kube-system", "get", "pods"]) == ["get", "-n", "kube-system", "pods"]
     assert kubectl.merge({"spec": {"a": 1, "b": {"c": 2}}}, {"spec": {"b": {"d": 3}}}) == \
         {"spec": {"a": 1, "b": {"c": 2, "d": 3}}}
+
+
+def test_daemon_nodes_tolerate_node_condition_taints_but_not_others():
+    from testbed.k8s.controllers import daemon_nodes
+
+    def n(name, taints=(), labels=None):
+        return {"metadata": {"name": name, "labels": labels or {}}, "spec": {"taints": list(taints)}}
+    nodes = [n("m", [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]),
+             n("w0", [{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}]),
+             n("w1", labels={"gpu": "yes"})]
+    ds = {"spec": {"template": {"spec": {"containers": []}}}}
+    assert daemon_nodes(ds, nodes) == ["w0", "w1"]
+    ds["spec"]["template"]["spec"]["tolerations"] = [{"operator": "Exists"}]
+    assert daemon_nodes(ds, nodes) == ["m", "w0", "w1"]
+    ds["spec"]["template"]["spec"]["nodeSelector"] = {"gpu": "yes"}
+    assert daemon_nodes(ds, nodes) == ["w1"]
+    assert images.repository("quay.io/calico/node:v3.26.1") == "calico/node"
+    assert images.resolve("calico/node:v3.26.1", None, None, "/tmp").argv[0].endswith("calico-node")
+    assert images.repository("node:18") == "node" and not images.known("node:18")
