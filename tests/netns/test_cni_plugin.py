@@ -208,12 +208,14 @@ def test_status_version_and_gc(node, netns):
     conf = node.conf("1.1.0")
     st = node.run("STATUS", conf, drop=("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"))
     assert st.rc == 0 and st.stdout == "", st.stdout
-    ver = node.run("VERSION", json.dumps({"cniVersion": "0.4.0"}))
-    assert ver.json == {"cniVersion": "0.4.0", "supportedVersions": VERSIONS}
+    for version in VERSIONS:
+        ver = node.run("VERSION", json.dumps({"cniVersion": version}))
+        assert ver.json == {"cniVersion": version, "supportedVersions": VERSIONS}
+        if version != "1.1.0":  # STATUS and GC exist from spec 1.1.0 on
+            for verb in ("STATUS", "GC"):
+                assert node.run(verb, node.conf(version)).json["code"] == 1
     bad = node.run("STATUS", node.conf("1.1.0", etcd_endpoints="http://127.0.0.1:1"))
     assert bad.json["code"] == 50 and "127.0.0.1:1" in bad.json["msg"]
-    old = node.run("STATUS", node.conf("1.0.0"))
-    assert old.json["code"] == 1
     pods = [netns("cnip") for _ in range(3)]
     for i, p in enumerate(pods):
         assert node.run("ADD", conf, cid=f"gc{i}", netns=f"/run/netns/{p}", pod=("default", f"g{i}")).rc == 0
