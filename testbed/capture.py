@@ -114,14 +114,20 @@ def check_pcap(path: str | os.PathLike[str]) -> int:
 
 
 def check_filter(bpf: str, netns: str | None = None) -> None:
-    """Compile a BPF filter with tcpdump (on lo, nothing captured); raise if it is invalid."""
-    cmd = [shutil.which("tcpdump") or "/usr/bin/tcpdump", "-d", "-i", "lo", bpf]
-    if netns is not None:
-        cmd = ["nsenter", f"--net={_netns_path(netns)}", "--", *cmd]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    """Compile a BPF filter with tcpdump against an empty Ethernet savefile (no interface
+    is opened); raise :class:`CaptureError` if it is invalid. ``netns`` is unused (kept
+    for callers that name where the filter will run)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".pcap") as empty:
+        empty.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+        empty.flush()
+        cmd = [shutil.which("tcpdump") or "/usr/bin/tcpdump", "-d", "-r", empty.name, bpf]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
     if res.returncode != 0:
-        msg = " ".join(x for x in res.stderr.strip().splitlines() if x.strip())
-        raise CaptureError(f"bad capture filter {bpf!r}: {msg}")
+        lines = [x for x in res.stderr.strip().splitlines()
+                 if x.strip() and "reading from file" not in x]
+        raise CaptureError(f"bad capture filter {bpf!r}: {' '.join(lines)}")
 
 
 # ----------------------------------------------------------------------------- netlink
@@ -906,6 +912,56 @@ def _write_state(path: Path, info: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(info, indent=1))
     tmp.replace(path)
+
+
+def capture_command(argv: Sequence[str], lab: str) -> int:
+    """``calicolab capture start|stop|status`` for lab ``lab``: parse ``argv``, print, exit code.
+
+    ``start [--nodes a,b] [--ifaces 'cali*,tunl0,eth0'] [--filter BPF] [--run NAME]``,
+    ``stop`` (prints the files table; exit 1 if a file is incomplete), ``status``.
+    """
+    ap = argparse.ArgumentParser(prog="calicolab capture",
+                                 description="tcpdump on the lab's nodes, one pcap per interface "
+                                 "in pcaps/<lab>/<run>/<node>-<iface>.pcap")
+    sub = ap.add_subparsers(dest="action", metavar="ACTION")
+    sub.required = True
+    st = sub.add_parser("start", help="start capturing (returns once every tcpdump listens)")
+    st.add_argument("--nodes", help="comma-separated node names (default: every node)")
+    st.add_argument("--ifaces", default=DEFAULT_IFACES,
+                    help=f"comma-separated interface globs (default {DEFAULT_IFACES!r})")
+    st.add_argument("--filter", dest="bpf", help="a tcpdump/BPF filter, e.g. 'not port 2379'")
+    st.add_argument("--run", help="run directory name (default: run-<date>-<time>-<hex>)")
+    sub.add_parser("stop", help="stop capturing and list the files")
+    sub.add_parser("status", help="is a capture running, and where does it write")
+    a = ap.parse_args(list(argv))
+    try:
+        if a.action == "start":
+            nodes = [n.strip() for n in a.nodes.split(",") if n.strip()] if a.nodes else None
+            info = start_lab_capture(lab, nodes, ifaces=a.ifaces, bpf=a.bpf, run=a.run)
+            print(f"capturing in {info['run_dir']} (pid {info['pid']})")
+            for node, ifs in sorted(info.get("listening", {}).items()):
+                print(f"  {node}: {', '.join(ifs) or '(none yet: picked up when they appear)'}")
+            return 0
+        if a.action == "stop":
+            final = stop_lab_capture(lab)
+            res = RunResult(final.get("run_dir", ""),
+                            [IfaceResult(**f) for f in final.get("files", [])])
+            print(res.table())
+            print(f"files in {res.run_dir}")
+            errors = final.get("errors") or ([final["error"]] if final.get("error") else [])
+            for e in errors:
+                print(f"calicolab capture: error: {e}", file=sys.stderr)
+            return 1 if errors else 0
+        state = _state_file(lab)
+        info = json.loads(state.read_text()) if state.exists() else None
+        if info is None or not _alive(info.get("pid")):
+            print(f"no capture running for lab {lab}")
+            return 0
+        print(f"capturing in {info['run_dir']} (pid {info['pid']}), interfaces {info['ifaces']}")
+        return 0
+    except (CaptureError, ValueError, WaitTimeout) as exc:
+        print(f"calicolab capture: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -90,25 +90,30 @@ def is_key_frame(frame: Any) -> bool:
 
 
 def frame_key(frame: Any) -> str:
-    """Identity of a packet that survives encapsulation and hops (not NAT)."""
+    """Identity of a packet that survives encapsulation, hops and NAT.
+
+    TCP: flags, sequence and acknowledgement numbers and payload length (NAT
+    rewrites addresses and maybe ports, never these); ICMP: type, code, id and
+    sequence; ARP: operation and addresses; others: addresses, ports, length.
+    """
     if frame.arp_op is not None:
         return f"arp/{frame.arp_op}/{frame.arp_psrc}/{frame.arp_pdst}"
     if not frame.ips:
         return ""
     i = frame.inner
     if frame.tcp_flags is not None:
-        return f"tcp/{i.src}/{frame.sport}/{i.dst}/{frame.dport}/{frame.tcp_flags}/{frame.seq}"
+        return f"tcp/{frame.tcp_flags}/{frame.seq}/{frame.ack}/{len(frame.payload)}"
     if frame.icmp_type is not None:
-        ident = ""
+        ident = f"{i.src}/{i.dst}"
         pkt = frame.packet
         try:
             from scapy.layers.inet import ICMP
 
-            if pkt is not None and pkt.haslayer(ICMP):
+            if pkt is not None and pkt.haslayer(ICMP) and frame.icmp_type in (0, 8):
                 ident = f"{pkt[ICMP].id}/{pkt[ICMP].seq}"
         except (ImportError, AttributeError, IndexError):
             pass
-        return f"icmp/{i.src}/{i.dst}/{frame.icmp_type}/{ident}"
+        return f"icmp/{frame.icmp_type}/{frame.icmp_code}/{ident}"
     return f"{i.proto}/{i.src}/{frame.sport}/{i.dst}/{frame.dport}/{len(frame.payload)}"
 
 
@@ -169,6 +174,7 @@ th,td{border:1px solid #cfd8dc;padding:4px 8px;text-align:left;vertical-align:to
 th{background:#eceff1}
 td.mono,span.mono{font-family:'DejaVu Sans Mono',monospace;font-size:12px}
 .ok{color:#2e7d32;font-weight:bold}.fail{color:#c62828;font-weight:bold}
+.desc{white-space:pre-line}
 .iface{display:inline-block;padding:1px 6px;border-radius:8px;color:white;font-size:12px}
 .cali{background:#2e7d32}.tunl{background:#ef6c00}.eth{background:#1565c0}.other{background:#78909c}
 pre.err{background:#ffebee;border:1px solid #ef9a9a;padding:8px;white-space:pre-wrap;font-size:12px}
@@ -218,7 +224,7 @@ def render_html(flows: Sequence[FlowResult], lab: LabModel | None = None, *,
     for f in flows:
         out.append(f"<h2 id='flow-{_e(f.name)}'>{_e(f.name)}: {_e(f.title)}</h2>")
         if f.description:
-            out.append(f"<p>{_e(f.description)}</p>")
+            out.append(f"<p class='desc'>{_e(f.description)}</p>")
         status = "ok" if f.ok else "fail"
         out.append(f"<p>result: <span class='{status}'>{'ok' if f.ok else 'FAIL'}</span> "
                    f"{_e(f.result)}</p>")

@@ -189,7 +189,7 @@ def test_parse_link_messages_reads_names_and_up_flag():
         ("new", 5, "cali0123456789a", True), ("del", 6, "eth0", False), ("done", 0, None, False)]
 
 
-def test_lab_capture_start_stop_with_detached_process(netns, tmp_path):
+def test_lab_capture_start_stop_with_detached_process(netns, tmp_path, monkeypatch, capsys):
     """The backend of `calicolab capture start|stop` on namespaces named like a lab's nodes."""
     require_root()
     lab = unique("cpl")
@@ -222,6 +222,26 @@ def test_lab_capture_start_stop_with_detached_process(netns, tmp_path):
             cp.stop_lab_capture(lab)
         with pytest.raises(cp.CaptureError, match="has no node 'n9'"):
             cp.start_lab_capture(lab, ["n9"], root=tmp_path)
+        # the same through `calicolab capture start|status|stop` (capture_command)
+        monkeypatch.setenv("CALICOLAB_PCAPS", str(tmp_path / "cli"))
+        capsys.readouterr()
+        assert cp.capture_command(["start", "--nodes", "n2", "--filter", "icmp", "--run", "r2"],
+                                  lab) == 0
+        try:
+            out = capsys.readouterr().out
+            assert f"capturing in {tmp_path / 'cli' / lab / 'r2'}" in out and "n2: eth0" in out
+            assert cp.capture_command(["status"], lab) == 0
+            assert "capturing in" in capsys.readouterr().out
+            sh("ping", "-c", "1", "203.0.113.2", netns=n1)
+        finally:
+            rc = cp.capture_command(["stop"], lab)
+        out = capsys.readouterr().out
+        assert rc == 0 and "n2-eth0.pcap" in out and "ok" in out, out
+        assert len(pa.load(tmp_path / "cli" / lab / "r2" / "n2-eth0.pcap")) == 2
+        assert cp.capture_command(["stop"], lab) == 1
+        assert "no capture is running" in capsys.readouterr().err
+        assert cp.capture_command(["start", "--filter", "tcp port eighty"], lab) == 1
+        assert "bad capture filter" in capsys.readouterr().err
     finally:
         for ns in made:
             subprocess.run(["ip", "netns", "delete", ns], capture_output=True)

@@ -76,7 +76,7 @@ def test_ipip_on_eth0_and_inner_packets_on_tun_tunl0(nodes, tmp_path):
                  timeout=10, what="the TUN helper to create tunl0")
         assert "ready\n" in lines, f"TUN helper failed: {helper.stderr.read()}"
         assert group.wait_for_iface("node-b", "tunl0", timeout=15) == ["tunl0"]
-        inner = [bytes(IP(src=POD_A, dst=POD_B) / TCP(sport=41000 + i, dport=80, flags="S"))
+        inner = [bytes(IP(src=POD_A, dst=POD_B) / TCP(sport=41000 + i, dport=80, flags="S", seq=7000 * (i + 1)))
                  for i in range(3)]
         sh("ip", "netns", "exec", a, sys.executable, "-c", SENDER, NODE_B,
            *[p.hex() for p in inner])

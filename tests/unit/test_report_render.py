@@ -228,6 +228,20 @@ def test_flow_hops_orders_key_packets_across_interfaces(tmp_path):
     assert times == sorted(times)
 
 
+def test_hop_key_follows_a_packet_through_dnat(tmp_path):
+    syn = TCP(sport=40123, dport=80, flags="S", seq=777)
+    client = tmp_path / "k8s-w1-caliclient.pcap"
+    pod = tmp_path / "k8s-w0-calitarget.pcap"
+    a, b = Ether() / IP(src=POD1, dst="10.96.0.20") / syn, Ether() / IP(src=POD1, dst=POD0) / syn
+    a.time, b.time = 1700000000.0, 1700000000.001
+    wrpcap(str(client), [a])
+    wrpcap(str(pod), [b])
+    hops = report.flow_hops([client, pod])
+    assert [h.where for h in hops] == ["k8s-w1/caliclient", "k8s-w0/calitarget"]
+    assert hops[0].key == hops[1].key
+    assert "10.96.0.20.80" in hops[0].summary and "192.168.1.2.80" in hops[1].summary
+
+
 def test_html_report_parses_and_holds_flows_hops_and_diagrams(tmp_path):
     files = _cross_node_pcaps(tmp_path)
     hops = report.flow_hops(files, pa.between(POD0, POD1) | pa.arp_request() | pa.arp_reply())
