@@ -1,6 +1,6 @@
 """kubectl for the testbed's Kubernetes side (objects in the lab's etcd; $ETCD_ENDPOINTS).
 
-Subcommands: get, describe, apply, create, delete, expose, run, exec, scale, wait, version.
+Subcommands: get, describe, apply, create, delete, expose, run, exec, logs, scale, wait, version.
 Output formats and messages follow kubectl's.
 """
 
@@ -538,6 +538,44 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return 127  # not reached
 
 
+def log_path(pod: dict, container: str | None) -> str:
+    """Where a container's output can be read from here: its file in the node's mount
+    namespace, seen through the workload process (``/proc/<pid>/root``)."""
+    ann = pod["metadata"].get("annotations") or {}
+    logs = json.loads(ann.get("calicolab.io/logs") or "{}")
+    pids = json.loads(ann.get("calicolab.io/pids") or "{}")
+    names = [c["name"] for c in pod["spec"]["containers"]]
+    name = container or names[0]
+    if container is None and len(names) > 1:
+        raise UsageError(f"a container name must be specified for pod {pod['metadata']['name']}, "
+                         f"choose one of: [{' '.join(names)}]")
+    if name not in logs or name not in pids:
+        raise UsageError(f'container "{name}" in pod "{pod["metadata"]["name"]}" is waiting to start')
+    return f"/proc/{pids[name]}/root{logs[name]}"
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """kubectl logs [-n NS] POD [-c CONTAINER] [--tail N]."""
+    store = _store()
+    name = args.pod.split("/", 1)[1] if "/" in args.pod else args.pod
+    try:
+        pod = store.get("Pod", name, args.namespace or DEFAULT_NAMESPACE)
+    except errors.NotFound as exc:
+        print(f"Error from server (NotFound): {exc}", file=sys.stderr)
+        return 1
+    path = log_path(pod, args.container)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read the logs of {name}: {exc.strerror}") from None
+    lines = data.decode(errors="replace").splitlines(keepends=True)
+    if args.tail is not None and args.tail >= 0:
+        lines = lines[len(lines) - args.tail:] if args.tail else []
+    sys.stdout.write("".join(lines))
+    return 0
+
+
 def cmd_wait(args: argparse.Namespace) -> int:
     """kubectl wait --for=condition=Ready|delete (pods, nodes, deployments)."""
     from testbed.poll import WaitTimeout, wait_for
@@ -697,6 +735,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("pod")
     ex.add_argument("command", nargs=argparse.REMAINDER)
     ex.set_defaults(func=cmd_exec)
+
+    lg = sub.add_parser("logs", parents=[common], help="print a container's output")
+    lg.add_argument("pod")
+    lg.add_argument("-c", "--container")
+    lg.add_argument("--tail", type=int)
+    lg.set_defaults(func=cmd_logs)
 
     w = sub.add_parser("wait", parents=[common], help="wait for a condition (--for=condition=Ready|delete)")
     w.add_argument("resource", nargs="+")

@@ -40,6 +40,7 @@ log = logging.getLogger("kubelet")
 
 ANNOTATION_NETNS = "calicolab.io/netns"
 ANNOTATION_PIDS = "calicolab.io/pids"
+ANNOTATION_LOGS = "calicolab.io/logs"
 DEL_ATTEMPTS = 3
 PROXY_RESYNC = 30.0  # seconds between full kube-proxy syncs (hooks re-checked)
 
@@ -235,6 +236,9 @@ class Kubelet:
                 if state.netns:
                     ann[ANNOTATION_NETNS] = os.path.basename(state.netns)
                 ann[ANNOTATION_PIDS] = json.dumps(state.pids, sort_keys=True)
+                ann[ANNOTATION_LOGS] = json.dumps(
+                    {c: os.path.join(state.pod_dir(self.root_dir), "containers", c, "log") for c in state.pids},
+                    sort_keys=True)
             return True
 
         self.store.mutate("Pod", meta["name"], meta["namespace"], put)

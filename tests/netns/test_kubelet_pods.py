@@ -157,3 +157,13 @@ def test_busybox_idles_unknown_image_backs_off(node, tmp_path, etcd_endpoints):
     assert "ImagePullBackOff" in table and box["status"]["podIP"] in table
     out = kubectl(etcd_endpoints, "exec", "box", "--", "cat", "/proc/self/net/route")
     assert out.returncode == 0 and "eth0" in out.stdout, out
+    # a container's output is readable with kubectl logs
+    store.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "talker"},
+                  "spec": {"nodeName": kubelet.node, "containers": [{
+                      "name": "main", "image": "busybox",
+                      "command": ["sh", "-c", "echo hello from $HOSTNAME; ip -4 -o addr show eth0; sleep 600"]}]}})
+    wait_for(lambda: kubectl(etcd_endpoints, "logs", "talker").stdout, lambda out: "eth0" in out, timeout=15,
+             what="kubectl logs of the talker pod")
+    logs = kubectl(etcd_endpoints, "logs", "talker", "--tail", "2").stdout.splitlines()
+    talker_ip = store.get("Pod", "talker")["status"]["podIP"]
+    assert logs[0] == "hello from talker" and talker_ip in logs[1]
