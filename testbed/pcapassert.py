@@ -666,7 +666,8 @@ def assert_arp_gateway(cap: Trace | str | os.PathLike[str], *, gateway: str = "1
                        before_traffic: bool = False) -> list[Frame]:
     """The pod asks who-has ``gateway`` and is answered with ``mac`` (proxy ARP), in order.
 
-    With ``before_traffic`` the reply also precedes the first IPv4 packet from ``asker``.
+    With ``before_traffic`` the pod's traffic waits for the answer: no IPv4 packet from
+    ``asker`` between the request and the reply, and at least one after it.
     Returns ``[request, reply]``.
     """
     tr = _trace(cap)
@@ -676,10 +677,15 @@ def assert_arp_gateway(cap: Trace | str | os.PathLike[str], *, gateway: str = "1
     if before_traffic:
         if asker is None:
             raise ValueError("before_traffic needs asker= (the pod's address)")
-        first_ip = next((f for f in tr.frames if f.outer and f.outer.src == asker), None)
-        if first_ip is not None and first_ip.index < frames[1].index:
-            raise tr.fail(f"the ARP reply for {gateway} before {asker}'s first IP packet",
-                          f"IP packet #{first_ip.index} came before the reply #{frames[1].index}")
+        req, rep = frames
+        from_asker = [f for f in tr.frames if f.outer is not None and f.outer.src == asker]
+        early = [f for f in from_asker if req.index < f.index < rep.index]
+        if early:
+            raise tr.fail(f"the ARP reply for {gateway} before {asker}'s next IP packet",
+                          f"IP packet #{early[0].index} came before the reply #{rep.index}")
+        if not any(f.index > rep.index for f in from_asker):
+            raise tr.fail(f"an IP packet from {asker} after the ARP reply #{rep.index}",
+                          "none came")
     return frames
 
 

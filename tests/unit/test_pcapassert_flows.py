@@ -221,10 +221,17 @@ def test_arp_gateway_fails_on_wrong_mac_missing_reply_or_late_arp(tmp_path):
     cap2 = write(tmp_path, "k8s-w0-calibbbb", arp_pair()[:1])
     with pytest.raises(AssertionError, match="step 2: .* -> NOT SEEN"):
         pa.assert_arp_gateway(cap2)
-    late = [eth(http_exchange(POD_A, POD_B)[0])] + arp_pair()
-    cap3 = write(tmp_path, "k8s-w0-calicccc", late)
+    req, rep = arp_pair()
+    syn = eth(http_exchange(POD_A, POD_B)[0])
+    cap3 = write(tmp_path, "k8s-w0-calicccc", [req, syn, rep])
     with pytest.raises(AssertionError, match="came before the reply"):
         pa.assert_arp_gateway(cap3, asker=POD_A, before_traffic=True)
+    cap4 = write(tmp_path, "k8s-w0-calidddd", [req, rep])
+    with pytest.raises(AssertionError, match="an IP packet from 192.168.1.2 after the ARP reply"):
+        pa.assert_arp_gateway(cap4, asker=POD_A, before_traffic=True)
+    # traffic earlier in the capture (neighbour entry later flushed) is fine
+    cap5 = write(tmp_path, "k8s-w0-calieeee", [syn.copy(), req, rep, syn])
+    pa.assert_arp_gateway(cap5, asker=POD_A, before_traffic=True)
 
 
 # ----------------------------------------------------------------------------- masquerade
