@@ -530,7 +530,7 @@ class Kubelet:
         last_proc_check = 0.0
         last_proxy_resync = time.monotonic()
         while not stop.is_set():
-            kinds = self.feed.wait(stop, timeout=0.2)
+            kinds = self.feed.wait(stop, timeout=0.2 if self.network_ready else 0.05)
             if stop.is_set():
                 break
             try:
