@@ -127,6 +127,9 @@ class RIB:
         self.by_prefix: dict[IPv4Network, dict[tuple[str, int], Path]] = {}
         self.local: dict[IPv4Network, Path] = {}
         self.loc: dict[IPv4Network, list[Path]] = {}
+        # export results shared by every prefix with the same attributes (one object, so
+        # the speaker encodes them once per UPDATE group)
+        self._xcache: dict[tuple, tuple[object, M.Attributes | None]] = {}
 
     # ---- inputs
     def _candidates(self, prefix: IPv4Network) -> list[Path]:
@@ -161,9 +164,16 @@ class RIB:
 
     def set_local(self, routes: dict[IPv4Network, bool]) -> set[IPv4Network]:
         """Replace the locally originated routes: {prefix: blackhole?}."""
+        routes = {M.as_prefix(p): bh for p, bh in routes.items()}
         touched = set(self.local) | set(routes)
-        self.local = {p: Path(p, LOCAL, M.Attributes(origin=M.ORIGIN_IGP), blackhole=bh,
-                              router_id=self.router_id) for p, bh in routes.items()}
+        attrs = M.Attributes(origin=M.ORIGIN_IGP)
+        old = self.local
+        self.local = {}
+        for p, bh in routes.items():
+            prev = old.get(p)
+            self.local[p] = prev if prev is not None and prev.blackhole == bh else Path(
+                p, LOCAL, attrs, blackhole=bh, router_id=self.router_id)
+        touched = {p for p in touched if old.get(p) is not self.local.get(p)}
         return self._recompute(touched)
 
     def acceptable(self, peer: PeerInfo, attrs: M.Attributes) -> bool:
@@ -246,11 +256,35 @@ class RIB:
         if best.source == LOCAL:
             if not exportable(prefix):
                 return None
-            if ibgp_out:
-                return M.Attributes(origin=M.ORIGIN_IGP, as_path=(), next_hop=nh_self,
-                                    local_pref=DEFAULT_LOCAL_PREF)
-            return M.Attributes(origin=M.ORIGIN_IGP, as_path=((M.AS_SEQUENCE, (self.local_as,)),),
-                                next_hop=nh_self)
+            key = ("local", ibgp_out, nh_self, self.local_as)
+            hit = self._xcache.get(key)
+            if hit is None:
+                if ibgp_out:
+                    out = M.Attributes(origin=M.ORIGIN_IGP, as_path=(), next_hop=nh_self,
+                                       local_pref=DEFAULT_LOCAL_PREF)
+                else:
+                    out = M.Attributes(origin=M.ORIGIN_IGP, next_hop=nh_self,
+                                       as_path=((M.AS_SEQUENCE, (self.local_as,)),))
+                hit = self._xcache[key] = (None, out)
+            return hit[1]
+        a = best.attrs
+        key = (id(a), best.router_id, best.ibgp, best.source, ibgp_out, nh_self, to.asn,
+               to.rr_client, self.cluster_id)
+        hit = self._xcache.get(key)
+        if hit is not None and hit[0] is a:
+            if hit[1] is not None and not exportable(prefix) and not (best.ibgp and ibgp_out):
+                return None
+            return hit[1]
+        out = self._transform(best, to, ibgp_out, nh_self, exportable, prefix, peers)
+        if len(self._xcache) > 50000:
+            self._xcache.clear()
+        if out is not None or (best.ibgp and ibgp_out):
+            self._xcache[key] = (a, out)
+        return out
+
+    def _transform(self, best: Path, to: PeerInfo, ibgp_out: bool, nh_self: IPv4Address,
+                   exportable: Callable[[IPv4Network], bool], prefix: IPv4Network,
+                   peers: dict[str, PeerInfo] | None) -> M.Attributes | None:
         a = best.attrs
         if best.ibgp and ibgp_out:
             src = (peers or {}).get(best.source)

@@ -434,6 +434,7 @@ class Speaker:
         # routes found in the kernel at start (a restart): kept until the first full scan
         self._adopted: set[IPv4Network] = set()
         self._pending_export: set[IPv4Network] = set()
+        self._export_memo: tuple[object, dict[IPv4Network, bool]] = (None, {})
         self._export_handle: asyncio.Handle | None = None
 
     def count(self, name: str) -> None:
@@ -630,7 +631,16 @@ class Speaker:
 
     # ---- export
     def _exportable(self, prefix: IPv4Network) -> bool:
-        return any(prefix.subnet_of(p) for p in self.config.export_pools)
+        pools = self.config.export_pools
+        if self._export_memo[0] is not pools:
+            self._export_memo = (pools, {})
+        memo = self._export_memo[1]
+        ok = memo.get(prefix)
+        if ok is None:
+            ok = memo[prefix] = any(prefix.subnet_of(p) for p in pools)
+            if len(memo) > 200000:
+                memo.clear()
+        return ok
 
     def _schedule_export(self, prefixes: set[IPv4Network]) -> None:
         # coalesce everything changed in this loop iteration into one round of UPDATEs
@@ -653,6 +663,7 @@ class Speaker:
         to = infos[peer.config.name]
         announce: dict[bytes, list[IPv4Network]] = {}
         withdraw: list[IPv4Network] = []
+        encoded: dict[int, tuple[M.Attributes, bytes]] = {}
         for prefix in sorted(prefixes):
             attrs = self.rib.export(prefix, to, self._exportable, infos)
             if attrs is None:
@@ -660,7 +671,10 @@ class Speaker:
                     del peer.adj_out[prefix]
                     withdraw.append(prefix)
                 continue
-            enc = M.encode_attributes(attrs)
+            hit = encoded.get(id(attrs))
+            if hit is None or hit[0] is not attrs:
+                hit = encoded[id(attrs)] = (attrs, M.encode_attributes(attrs))
+            enc = hit[1]
             if peer.adj_out.get(prefix) == enc:
                 continue
             peer.adj_out[prefix] = enc
