@@ -123,3 +123,26 @@ def test_addpath_ids_are_separate_paths():
     assert sorted(hops(rib)) == ["10.0.0.2", "10.0.0.3"]
     rib.apply_update(peer(5), M.Update(withdrawn=[P], withdrawn_ids=[1]))
     assert hops(rib) == ["10.0.0.3"]
+
+
+def test_export_cache_respects_per_prefix_filter_and_shares_objects():
+    rib = RIB(64512, A("10.0.0.100"))
+    q = N("10.9.0.0/24")
+    shared = M.Update(attributes=M.Attributes(origin=0, next_hop=A("10.0.0.9"),
+                                              as_path=((2, (65009,)),)), nlri=[P, q])
+    rib.apply_update(peer(9, asn=65009), shared)
+    allowed = {P}
+    to = peer(3)
+    first = rib.export(P, to, lambda p: p in allowed)
+    assert first is not None and first.local_pref == 100
+    assert rib.export(q, to, lambda p: p in allowed) is None     # same attributes, filtered
+    assert rib.export(P, to, lambda p: p in allowed) is first    # one object for the group
+    rib.set_local({N("192.168.9.0/26"): True, N("192.168.10.0/26"): True})
+    a = rib.export(N("192.168.9.0/26"), to)
+    assert a is rib.export(N("192.168.10.0/26"), to)
+
+
+def test_prefix_hash_matches_ipv4network():
+    p = M.as_prefix(N("10.1.2.0/24"))
+    assert p == N("10.1.2.0/24") and hash(p) == hash(N("10.1.2.0/24"))
+    assert {N("10.1.2.0/24"): 1}[p] == 1
