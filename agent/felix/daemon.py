@@ -245,8 +245,9 @@ class Felix:
         if self.tunnel is not None and self.tunnel.kind == "userspace" and self.pump is None:
             from agent.felix.pump import IpipPump
 
-            self._tun_fd = open_tun("tunl0")
-            self.pump = IpipPump(self._tun_fd, allowed_sources=desired.ipip_sources)
+            gro = self.env.get("CALICO_TUNNEL_GRO", "true").lower() not in ("0", "false", "no")
+            self._tun_fd = open_tun("tunl0", vnet_hdr=gro)
+            self.pump = IpipPump(self._tun_fd, allowed_sources=desired.ipip_sources, vnet_hdr=gro)
             self.pump.start()
         if self.pump is not None:
             self.pump.set_allowed_sources(desired.ipip_sources)

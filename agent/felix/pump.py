@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Iterable
 
+from agent.felix.gro import VNET_HDR_LEN, Coalescer
 from agent.felix.lpm import LpmTable
 
 log = logging.getLogger(__name__)
@@ -96,15 +97,18 @@ class IpipPump:
     (every Calico node's address); update them with :meth:`set_allowed_sources`.
     """
 
-    def __init__(self, tun_fd: int, ifname: str = "tunl0", allowed_sources: Iterable[str] = ()) -> None:
+    def __init__(self, tun_fd: int, ifname: str = "tunl0", allowed_sources: Iterable[str] = (),
+                 vnet_hdr: bool = True) -> None:
         self.tun_fd = tun_fd
+        self.vnet_hdr = vnet_hdr  # the TUN was opened with IFF_VNET_HDR: merge received TCP segments
         self.ifname = ifname
         self._allowed = frozenset(socket.inet_aton(a) for a in allowed_sources)
         self._table = LpmTable()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._route_dirty = threading.Event()
-        self.stats = {"tx": 0, "rx": 0, "tx_noroute": 0, "rx_denied": 0, "tx_error": 0, "rx_error": 0}
+        self.stats = {"tx": 0, "rx": 0, "tx_noroute": 0, "rx_denied": 0, "tx_error": 0, "rx_error": 0,
+                      "rx_merged": 0}
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_IPIP)
         _set_bufs(self.sock)
         self._senders: dict[str, socket.socket] = {}  # gateway -> connected transmit socket (tx thread only)
@@ -155,7 +159,10 @@ class IpipPump:
 
     def _tx_loop(self) -> None:
         fd = self.tun_fd
-        read = os.read
+        off = VNET_HDR_LEN if self.vnet_hdr else 0
+        rbuf = bytearray(65536 + off)
+        rmv = memoryview(rbuf)
+        readv = os.readv
         stats = self.stats
         poller = select.poll()
         poller.register(fd, select.POLLIN)
@@ -166,7 +173,7 @@ class IpipPump:
         n = 0
         while not self._stop.is_set():
             try:
-                pkt = read(fd, 65536)
+                size = readv(fd, (rbuf,))
             except BlockingIOError:
                 stats["tx"] += n
                 n = 0
@@ -183,10 +190,14 @@ class IpipPump:
                 table = self._table
                 send_for = {}
                 self._prune_senders(table.gateways())
-            dst = pkt[16:20]
+            if off and rbuf[1]:  # a GSO frame: never offered, as the TUN announces no offloads
+                stats["tx_error"] += 1
+                continue
+            pkt = rmv[off:size]
+            dst = bytes(rbuf[off + 16:off + 20])
             send = send_for.get(dst)
             if send is None:
-                if len(pkt) < 20 or pkt[0] >> 4 != 4:
+                if size - off < 20 or rbuf[off] >> 4 != 4:
                     continue
                 gw = table.lookup(dst)
                 if gw is None:
@@ -219,6 +230,7 @@ class IpipPump:
         recv_into = self.sock.recv_into
         write = os.write
         stats = self.stats
+        co = Coalescer() if self.vnet_hdr else None
         n = 0
         while not self._stop.is_set():
             try:
@@ -228,25 +240,43 @@ class IpipPump:
                     break
                 stats["rx_error"] += 1
                 continue
-            if size == 0:
-                if self._stop.is_set():
+            # Take what is queued (up to 64 packets), merging TCP segments, then write the rest out.
+            for i in range(64):
+                if i:
+                    try:
+                        size = recv_into(buf, 0, socket.MSG_DONTWAIT)
+                    except OSError:  # BlockingIOError: queue empty
+                        break
+                if size >= 20:
+                    if bytes(buf[12:16]) not in self._allowed:
+                        stats["rx_denied"] += 1
+                    else:
+                        ihl = (buf[0] & 0x0F) * 4
+                        n += 1
+                        try:
+                            if co is None:
+                                write(fd, mv[ihl:size])
+                            else:
+                                for frame in co.add(bytes(mv[ihl:size])):
+                                    write(fd, frame)
+                        except OSError:
+                            stats["rx_error"] += 1
+                elif size == 0 and self._stop.is_set():
                     break
-                continue
-            if bytes(buf[12:16]) not in self._allowed:
-                stats["rx_denied"] += 1
-                continue
-            ihl = (buf[0] & 0x0F) * 4
-            try:
-                write(fd, mv[ihl:size])
-                n += 1
-                if n >= 1024:
-                    stats["rx"] += n
-                    n = 0
-            except BlockingIOError:
-                pass
-            except OSError:
-                stats["rx_error"] += 1
+            if co is not None:
+                for frame in co.flush():
+                    try:
+                        write(fd, frame)
+                    except OSError:
+                        stats["rx_error"] += 1
+            if n >= 1024:
+                stats["rx"] += n
+                n = 0
+                if co is not None:
+                    stats["rx_merged"] = co.merged
         stats["rx"] += n
+        if co is not None:
+            stats["rx_merged"] = co.merged
 
     def _route_loop(self) -> None:
         poller = select.poll()

@@ -30,6 +30,7 @@ TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
 IPIP_OVERHEAD = 20
 DEFAULT_HOST_MTU = 1460
 MTU_IFACE_PATTERN = r"^((en|wl|ww|sl|ib)[Pcopsvx].*|(eth|wlan|wwan).*)"
@@ -155,10 +156,15 @@ def ensure_kernel_tunl0(address: str, mtu: int) -> None:
         _set_link_and_address(ipr, idx[0], address, mtu)
 
 
-def open_tun(ifname: str = "tunl0") -> int:
-    """Attach to (creating if needed) the TUN ``ifname``; returns the fd. Fails if someone else holds it."""
+def open_tun(ifname: str = "tunl0", vnet_hdr: bool = True) -> int:
+    """Attach to (creating if needed) the TUN ``ifname``; returns the fd. Fails if someone else holds it.
+
+    With ``vnet_hdr`` every read and write carries a 10-byte virtio-net header
+    (lets the pump hand merged TCP segments to the kernel as one GSO frame).
+    """
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
-    ifr = struct.pack("16sH22x", ifname.encode(), IFF_TUN | IFF_NO_PI)
+    flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+    ifr = struct.pack("16sH22x", ifname.encode(), flags)
     try:
         fcntl.ioctl(fd, TUNSETIFF, ifr)
     except OSError as exc:
@@ -203,12 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--address", required=True, help="tunnel address (tunl0 gets it as /32)")
     p.add_argument("--mtu", type=int, default=0, help="tunl0 MTU (0: host MTU - 20)")
     p.add_argument("--allow", action="append", default=[], help="node address whose IPIP is accepted")
+    p.add_argument("--no-gro", action="store_true", help="write every segment to the TUN on its own")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     mtu = args.mtu or tunnel_mtu(detect_host_mtu())
     ensure_tun_tunl0(_validate(args.address, mtu, "userspace"), mtu)
-    fd = open_tun("tunl0")
-    pump = IpipPump(fd, allowed_sources=args.allow)
+    fd = open_tun("tunl0", vnet_hdr=not args.no_gro)
+    pump = IpipPump(fd, allowed_sources=args.allow, vnet_hdr=not args.no_gro)
     pump.start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
