@@ -253,8 +253,7 @@ class Supervisor:
             self.hosts[name] = h
             self._record_host(name, h)
         self.save()
-        for name in topo.host_names():
-            self.hosts[name].finish_start()
+        self._parallel(lambda name: self.hosts[name].finish_start(), topo.host_names())
         self.progress(f"linking {len(topo.host_names())} host(s)")
         for name in topo.host_names():
             h = self.hosts[name]
@@ -264,9 +263,17 @@ class Supervisor:
         for seg in topo.segments:
             self.hosts[seg.name].start([])
         self.progress("configuring addresses and routes")
-        for name in topo.host_names():
-            self._configure(name)
+        self._parallel(self._configure, topo.host_names())
         self._attach_netns()
+
+    @staticmethod
+    def _parallel(fn: Any, names: list[str]) -> None:
+        """``fn(name)`` for every host at once (each talks only to its own shell)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(32, max(1, len(names)))) as pool:
+            for fut in [pool.submit(fn, n) for n in names]:
+                fut.result()
 
     def _port_name(self, seg: str, host: str, ifname: str) -> str:
         base = host if ifname == "eth0" else f"{host}-{ifname}"
