@@ -127,8 +127,15 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
     if args.startup_only:
         return 0
 
+    from agent.startup import ensure_tunnel_address
+
+    def pools_changed() -> None:
+        """Calico's allocate-tunnel-addrs: (re)allocate or release the tunnel IP when pools change."""
+        addr = ensure_tunnel_address(client, result.nodename)
+        log.info("IP pools changed: tunnel address %s", addr)
+
     felix = Felix(client, result.nodename, env=env, tunnel_mode=env.get("CALICO_TUNNEL_MODE", "auto"),
-                  var_lib=var_lib)
+                  var_lib=var_lib, on_pools_changed=pools_changed)
     felix.start()
     state["felix"] = felix
     state["phase"] = "running"

@@ -35,8 +35,11 @@ class Felix:
     """One node's dataplane agent. ``start()``, ``stop()``, ``status()``."""
 
     def __init__(self, client: Any, hostname: str, *, env: Mapping[str, str] | None = None,
-                 tunnel_mode: str = "auto", var_lib: str | None = None) -> None:
+                 tunnel_mode: str = "auto", var_lib: str | None = None,
+                 on_pools_changed: Any = None) -> None:
         self.client = client
+        self.on_pools_changed = on_pools_changed  # e.g. re-run the tunnel address allocation
+        self._pools_changed = threading.Event()
         self.hostname = hostname
         self.env = dict(os.environ if env is None else env)
         self.tunnel_mode = tunnel_mode
@@ -137,6 +140,8 @@ class Felix:
                         with self._lock:
                             self._store({"WorkloadEndpoint": self._weps, "Node": self._nodes,
                                          "IPPool": self._pools, "FelixConfiguration": self._configs}, ev)
+                        if ev.kind == "IPPool":
+                            self._pools_changed.set()
                         self._dirty.set()
             except errors.DatastoreError as exc:
                 self.last_error = f"datastore: {exc}"
@@ -194,6 +199,13 @@ class Felix:
             if not (self._dirty.is_set() or pending or due):
                 continue
             self._dirty.clear()
+            if self._pools_changed.is_set() and self.on_pools_changed is not None:
+                self._pools_changed.clear()
+                try:
+                    self.on_pools_changed()
+                except Exception as exc:  # noqa: BLE001 - retried on the next pool change
+                    self.last_error = f"pools changed: {exc}"
+                    log.exception("pool change handler failed")
             try:
                 inp = self.snapshot()
                 pending = self.apply(inp, resync=due)
