@@ -188,6 +188,14 @@ class Kubelet:
         for uid in list(self.states):
             if uid not in by_uid and uid not in self.busy:
                 self._submit(uid, self._teardown, uid, None)
+        for uid in list(self.failures):
+            if uid not in by_uid:
+                self.failures.pop(uid, None)
+
+    def _retry_due(self) -> bool:
+        """A pod whose sandbox failed is due for another try."""
+        now = time.monotonic()
+        return any(uid not in self.busy and when <= now for uid, (when, _, _) in list(self.failures.items()))
 
     def _submit(self, uid: str, fn, *args) -> None:
         self.busy.add(uid)
@@ -535,7 +543,7 @@ class Kubelet:
                 break
             try:
                 changed = self.check_network()
-                if changed or kinds & {"*", "Pod", "Node"}:
+                if changed or kinds & {"*", "Pod", "Node"} or self._retry_due():
                     self.sync_pods()
                 if time.monotonic() - last_proxy_resync > PROXY_RESYNC:
                     last_proxy_resync = time.monotonic()

@@ -164,7 +164,7 @@ class KubeletProcess:
     """
 
     def __init__(self, netns: str, node: str, node_ip: str, etcd: str, tmp: str, controllers: bool = False,
-                 extra: list[str] | None = None):
+                 extra: list[str] | None = None, bin_dirs: str = "/usr/lib/cni"):
         self.netns, self.node, self.tmp = netns, node, tmp
         self.conf_dir = os.path.join(tmp, "net.d")
         self.netns_dir = os.path.join(tmp, "netns")
@@ -179,7 +179,7 @@ class KubeletProcess:
         self.env = dict(os.environ, NODE_NAME=node, ETCD_ENDPOINTS=etcd, PYTHONPATH=REPO)
         self.env.pop("CALICOLAB_LAB", None)
         self.argv = [sys.executable, "-m", "testbed.kubelet", "--node", node, "--node-ip", node_ip,
-                     "--cni-conf-dir", self.conf_dir, "--cni-bin-dir", "/usr/lib/cni",
+                     "--cni-conf-dir", self.conf_dir, "--cni-bin-dir", bin_dirs,
                      "--netns-dir", self.netns_dir, "--root-dir", self.root_dir,
                      *(["--controllers"] if controllers else []), *(extra or [])]
         self.proc = self._start()
