@@ -35,6 +35,7 @@ from testbed.poll import wait_for
 IP = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "/sbin/ip"  # never busybox's applet
 REPO = Path(__file__).resolve().parents[2]
 DATAPATHS = ("kernel", "userspace")
+ROUTE_SOURCES = ("bgp", "static")
 
 
 class ClusterError(RuntimeError):
@@ -116,6 +117,8 @@ class Cluster:
     nodes: list[Node] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen] = field(default_factory=list)
+    speakers: list = field(default_factory=list)  # agent.bgp.runner.SpeakerThread
+    undo: list = field(default_factory=list)  # callables run at close (deliberate breaks)
     switch: str = ""
 
     # -- building blocks -------------------------------------------------------------
@@ -178,7 +181,15 @@ class Cluster:
         return Capture(proc, path, log)
 
     def close(self) -> None:
-        """Kill what was started here (by PID) and delete the namespaces made here."""
+        """Stop the BGP speakers, kill what was started here (by PID), delete our namespaces."""
+        for speaker in reversed(self.speakers):
+            try:
+                speaker.stop(graceful=False, timeout=5)
+            except Exception:  # noqa: BLE001 - teardown goes on
+                pass
+        self.speakers.clear()
+        while self.undo:
+            self.undo.pop()()
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.kill()
@@ -266,13 +277,20 @@ def build(
     tunnel_mtu: int | None = None,
     pod_mtu: int | None = None,
     onlink: bool = True,
+    routes: str = "bgp",
+    route_timeout: float = 90.0,
 ) -> Cluster:
     """Build the cluster (one pod ``pod-<i>`` per node); on any error it is removed again.
 
     ``tunnel_mtu`` defaults to ``uplink_mtu - 20`` (Felix's rule); pods get ``pod_mtu``
     (default: the correct tunnel MTU, as the CNI plugin reads it from Felix's MTU file).
+    ``routes="bgp"`` runs the BGP part's speaker (agent.bgp) in every node, a full mesh over
+    the uplinks, and waits until each node has its peers' block routes; ``"static"`` installs
+    the same routes with the BGP part's kernel driver directly (no sessions).
     ``onlink=False`` and a wrong ``tunnel_mtu`` exist to break the path on purpose.
     """
+    if routes not in ROUTE_SOURCES:
+        raise ValueError(f"routes {routes!r} is not one of {', '.join(ROUTE_SOURCES)}")
     if datapath not in DATAPATHS:
         raise ValueError(f"datapath {datapath!r} is not one of {', '.join(DATAPATHS)}")
     if not 2 <= n_nodes <= 9:
@@ -280,14 +298,15 @@ def build(
     right_mtu = uplink_mtu - 20
     cluster = Cluster(datapath, uplink_mtu, tunnel_mtu or right_mtu)
     try:
-        _wire(cluster, n_nodes, pod_mtu or right_mtu, onlink)
+        _wire(cluster, n_nodes, pod_mtu or right_mtu, onlink, routes, route_timeout)
     except BaseException:
         cluster.close()
         raise
     return cluster
 
 
-def _wire(cluster: Cluster, n_nodes: int, pod_mtu: int, onlink: bool) -> None:
+def _wire(cluster: Cluster, n_nodes: int, pod_mtu: int, onlink: bool, routes: str,
+          route_timeout: float) -> None:  # fmt: skip
     sw = cluster.switch = cluster.netns("sw")
     run(IP, "-n", sw, "link", "add", "br0", "type", "bridge")
     run(IP, "-n", sw, "link", "set", "br0", "up")
@@ -310,10 +329,86 @@ def _wire(cluster: Cluster, n_nodes: int, pod_mtu: int, onlink: bool) -> None:
             kernel_tunl0(node.netns, node.tunnel_address, cluster.tunnel_mtu)
         else:
             _userspace_tunl0(cluster, node, peers)
+    if routes == "bgp":
+        _bgp_mesh(cluster, onlink, route_timeout)
     for node in cluster.nodes:
-        peers = [(p.block, p.address) for p in cluster.nodes if p is not node]
-        program_routes(node.netns, node.block, peers, onlink=onlink)
+        if routes == "static":
+            peers = [(p.block, p.address) for p in cluster.nodes if p is not node]
+            program_routes(node.netns, node.block, peers, onlink=onlink)
         cluster.add_pod(node, f"pod-{node.index}", f"192.168.{node.index}.1", mtu=pod_mtu)
+
+
+def expected_routes(cluster: Cluster, node: Node) -> set[str]:
+    """The ``proto bird`` routes ``node`` must have, as ``ip route`` prints them."""
+    want = {f"blackhole {node.block} proto bird"}
+    for peer in cluster.nodes:
+        if peer is not node:
+            want.add(f"{peer.block} via {peer.address} dev tunl0 proto bird onlink")
+    return want
+
+
+def route_lines(netns: str) -> set[str]:
+    """``ip route`` of ``netns``, one normalised line each."""
+    return {" ".join(line.split()) for line in run(IP, "-n", netns, "route").splitlines()}
+
+
+def _strip_onlink(cluster: Cluster) -> None:
+    """Deliberate break: the BGP part's next hops lose ``onlink`` while the cluster lives."""
+    from dataclasses import replace
+
+    import agent.bgp.routes as bgp_routes
+
+    original = bgp_routes.next_hop_for
+
+    def without_onlink(*args, **kwargs):
+        return replace(original(*args, **kwargs), onlink=False)
+
+    bgp_routes.next_hop_for = without_onlink
+    cluster.undo.append(lambda: setattr(bgp_routes, "next_hop_for", original))
+
+
+def _bgp_mesh(cluster: Cluster, onlink: bool, timeout: float) -> None:
+    """One BGP speaker (agent.bgp) per node, Calico's full mesh, AS 64512; wait for routes."""
+    from ipaddress import IPv4Address, IPv4Network
+
+    from agent.bgp.config import KernelPolicy, PeerConfig, SpeakerConfig, mesh_name, passive_towards
+    from agent.bgp.fsm import Timers
+    from agent.bgp.runner import SpeakerThread
+
+    if not onlink:
+        _strip_onlink(cluster)
+    pool = IPv4Network(POOL)
+    # short retry timers (a lab's), a hold time that tolerates a slow TCG guest
+    timers = Timers(hold=30, connect_delay=0.1, connect_retry=1, error_wait_min=0.5,
+                    error_wait_max=2, graceful_restart=30)  # fmt: skip
+    for node in cluster.nodes:
+        me = IPv4Address(node.address)
+        peers = tuple(
+            PeerConfig(mesh_name(p.address), IPv4Address(p.address), 64512,
+                       passive=passive_towards(me, p.address))  # fmt: skip
+            for p in cluster.nodes if p is not node
+        )
+        config = SpeakerConfig(
+            router_id=me, local_as=64512, local_address=me, peers=peers,
+            originate=((IPv4Network(node.block), True),), export_pools=(pool,),
+            kernel=KernelPolicy(ipip_pools=(pool,)), timers=timers,
+        )  # fmt: skip
+        speaker = SpeakerThread(config, netns=node.netns, name=f"bgp-{node.netns}")
+        cluster.speakers.append(speaker)
+        speaker.start(timeout=30)
+
+    def probe() -> dict:
+        state = {}
+        for node, speaker in zip(cluster.nodes, cluster.speakers, strict=True):
+            errors = speaker.status().get("kernel_errors") or []
+            if errors:
+                raise ClusterError(f"the BGP speaker in {node.netns} could not program routes: "
+                                   f"{errors}")  # fmt: skip
+            state[node.netns] = sorted(expected_routes(cluster, node) - route_lines(node.netns))
+        return state
+
+    wait_for(probe, lambda missing: not any(missing.values()), timeout=timeout,
+             interval=0.1, what="every node's BGP routes via tunl0 (missing per node)")  # fmt: skip
 
 
 def _userspace_tunl0(cluster: Cluster, node: Node, peers: list[str]) -> None:

@@ -125,18 +125,25 @@ def write(record: dict, path: Path) -> Path:
     return path
 
 
-def signature(frames) -> Counter:
+def signature(frames, pool: str = "192.168.0.0/16") -> Counter:
     """What must be the same on both datapaths, per IPv4 frame of a capture, counted.
 
     Each frame becomes ((src, dst, proto, total length) for every IP header, outermost first,
     ICMP type, ICMP code).  TTL, DF and IP ids are left out: they are not part of the contract
-    (the kernel's ipip copies the inner TTL and DF, the userspace pump does not).  Link-local
-    multicast (IGMP reports when a link comes up) is not part of any flow and is skipped.
+    (the kernel's ipip copies the inner TTL and DF, the userspace pump does not).  Only the
+    pods' flow counts: IPIP frames and frames to or from ``pool``; node-to-node traffic such as
+    BGP keepalives and IGMP reports is skipped.
     ``frames`` are :class:`testbed.pcapassert.Frame` objects (a ``Trace`` iterates them).
     """
     out: Counter = Counter()
     for f in frames:
-        if not f.ips or f.ips[0].version != 4 or ipaddress.ip_address(f.ips[0].dst).is_multicast:
+        if not f.ips or f.ips[0].version != 4:
+            continue
+        net = ipaddress.ip_network(pool)
+        in_pool = any(
+            ipaddress.ip_address(a) in net for h in f.ips if h.version == 4 for a in (h.src, h.dst)
+        )
+        if f.ips[0].proto != 4 and not in_pool:
             continue
         headers = tuple((h.src, h.dst, h.proto, h.length) for h in f.ips)
         out[(headers, f.icmp_type, f.icmp_code)] += 1
