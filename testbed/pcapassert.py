@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -95,9 +96,21 @@ class Frame:
     icmp_type: int | None = None
     icmp_code: int | None = None
     icmp_mtu: int | None = None
+    icmp_id: int | None = None  # echo request/reply identifier
+    icmp_seq: int | None = None
     quoted: IpHeader | None = None  # original header inside an ICMP error
-    other: str = ""  # scapy's summary for frames that are neither ARP nor IP
-    packet: Any = field(default=None, repr=False)  # the scapy packet
+    other: str = ""  # what a frame that is neither ARP nor IP is (ethertype)
+    raw: bytes = field(default=b"", repr=False)  # the frame as captured
+    linktype: int = 1
+    _pkt: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def packet(self) -> Any:
+        """The frame dissected by scapy (on first use: scapy is slow, the matchers are not)."""
+        if self._pkt is None:
+            self._pkt = _scapy_dissect(self.raw, self.linktype)
+            self._pkt.time = self.time
+        return self._pkt
 
     @property
     def outer(self) -> IpHeader | None:
@@ -180,54 +193,129 @@ def _http_first_line(payload: bytes) -> str | None:
 _HTTP_METHODS = {b"GET", b"POST", b"PUT", b"HEAD", b"DELETE", b"OPTIONS", b"PATCH"}
 
 
-def _decode(index: int, time: float, source: str, pkt: Any) -> Frame:
-    """Turn a scapy packet into a :class:`Frame`."""
-    from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror
-    from scapy.layers.inet6 import IPv6
-    from scapy.layers.l2 import ARP, Ether
+def _mac(b: bytes) -> str:
+    return ":".join(f"{x:02x}" for x in b)
 
-    fr = Frame(index=index, time=float(time), source=source, size=len(pkt), packet=pkt)
-    if pkt.haslayer(Ether):
-        fr.eth_src, fr.eth_dst = pkt[Ether].src, pkt[Ether].dst
-    if pkt.haslayer(ARP):
-        arp = pkt[ARP]
-        fr.arp_op, fr.arp_hwsrc, fr.arp_psrc = int(arp.op), arp.hwsrc, arp.psrc
-        fr.arp_hwdst, fr.arp_pdst = arp.hwdst, arp.pdst
+
+def _ip4(b: bytes) -> str:
+    return f"{b[0]}.{b[1]}.{b[2]}.{b[3]}"
+
+
+_TCP_LETTERS = "FSRPAUECN"  # scapy's order: bit 0 (FIN) first
+
+
+def _tcp_flags(bits: int) -> str:
+    return "".join(c for i, c in enumerate(_TCP_LETTERS) if bits & (1 << i))
+
+
+def _decode_bytes(index: int, time: float, source: str, data: bytes, linktype: int) -> Frame:
+    """Decode one captured frame (Ethernet, raw IP, Linux cooked) into a :class:`Frame`.
+
+    A small struct-based dissector for what the matchers need (ARP, IPv4 with
+    IPIP nesting, IPv6 headers, TCP, UDP, ICMP); scapy dissects on demand
+    (:attr:`Frame.packet`). Truncated or odd frames decode as far as they can.
+    """
+    fr = Frame(index=index, time=time, source=source, size=len(data), raw=data,
+               linktype=linktype)
+    off, etype = 0, None
+    if linktype == 1:
+        if len(data) < 14:
+            fr.other = "truncated Ethernet frame"
+            return fr
+        fr.eth_dst, fr.eth_src = _mac(data[0:6]), _mac(data[6:12])
+        etype, off = struct.unpack_from("!H", data, 12)[0], 14
+        while etype in (0x8100, 0x88A8) and len(data) >= off + 4:  # VLAN tags
+            etype, off = struct.unpack_from("!H", data, off + 2)[0], off + 4
+    elif linktype == 113 and len(data) >= 16:  # Linux cooked v1
+        etype, off = struct.unpack_from("!H", data, 14)[0], 16
+    elif linktype == 276 and len(data) >= 20:  # Linux cooked v2
+        etype, off = struct.unpack_from("!H", data, 0)[0], 20
+    elif linktype in _RAW_IP_LINKTYPES and data:
+        etype = {4: 0x0800, 6: 0x86DD}.get(data[0] >> 4)
+    if etype == 0x0806 and len(data) >= off + 28:
+        op = struct.unpack_from("!H", data, off + 6)[0]
+        fr.arp_op = op
+        fr.arp_hwsrc, fr.arp_psrc = _mac(data[off + 8:off + 14]), _ip4(data[off + 14:off + 18])
+        fr.arp_hwdst, fr.arp_pdst = _mac(data[off + 18:off + 24]), _ip4(data[off + 24:off + 28])
+        return fr
+    if etype not in (0x0800, 0x86DD):
+        fr.other = f"ethertype {etype:#06x}" if etype is not None else f"linktype {linktype} frame"
         return fr
     ips: list[IpHeader] = []
-    layer = pkt
-    last = None
-    while layer is not None and layer.__class__.__name__ != "NoPayload":
-        if type(layer) is IP:
-            ips.append(IpHeader(layer.src, layer.dst, int(layer.proto), int(layer.ttl),
-                                int(layer.len or 0), bool(int(layer.flags) & 0x2), 4))
-        elif type(layer) is IPv6:
-            ips.append(IpHeader(layer.src, layer.dst, int(layer.nh), int(layer.hlim),
-                                int(layer.plen or 0) + 40, False, 6))
-        elif isinstance(layer, (TCP, UDP, ICMP)):
-            last = layer
+    proto, l4, end = None, off, len(data)
+    version = 4 if etype == 0x0800 else 6
+    while True:
+        if version == 4:
+            if len(data) < l4 + 20:
+                break
+            vihl, _tos, tot, _id, frag, ttl, proto = struct.unpack_from("!BBHHHBB", data, l4)
+            ihl = (vihl & 0x0F) * 4
+            ips.append(IpHeader(_ip4(data[l4 + 12:l4 + 16]), _ip4(data[l4 + 16:l4 + 20]), proto,
+                                ttl, tot, bool(frag & 0x4000), 4))
+            end = min(len(data), l4 + tot) if tot else len(data)
+            first_fragment = (frag & 0x1FFF) == 0
+            l4 += ihl
+            if proto == 4 and first_fragment and len(data) >= l4 + 1 and data[l4] >> 4 == 4:
+                continue  # IP-in-IP: decode the inner header too
+            if not first_fragment:
+                proto = None  # a later fragment carries no transport header
             break
-        layer = layer.payload
+        if len(data) < l4 + 40:
+            break
+        plen, proto, hlim = struct.unpack_from("!HBB", data, l4 + 4)
+        ips.append(IpHeader(socket.inet_ntop(socket.AF_INET6, data[l4 + 8:l4 + 24]),
+                            socket.inet_ntop(socket.AF_INET6, data[l4 + 24:l4 + 40]), proto, hlim,
+                            plen + 40, False, 6))
+        end = min(len(data), l4 + 40 + plen)
+        l4 += 40
+        break
     fr.ips = tuple(ips)
     if not ips:
-        fr.other = pkt.summary()
+        fr.other = "truncated IP packet"
         return fr
-    if isinstance(last, TCP):
-        fr.sport, fr.dport = int(last.sport), int(last.dport)
-        fr.tcp_flags, fr.seq, fr.ack = str(last.flags), int(last.seq), int(last.ack)
-        fr.payload = bytes(last.payload)
-    elif isinstance(last, UDP):
-        fr.sport, fr.dport = int(last.sport), int(last.dport)
-        fr.payload = bytes(last.payload)
-    elif isinstance(last, ICMP):
-        fr.icmp_type, fr.icmp_code = int(last.type), int(last.code)
-        if fr.icmp_type == 3 and fr.icmp_code == 4:
-            fr.icmp_mtu = int(last.nexthopmtu)
-        if last.haslayer(IPerror):
-            q = last[IPerror]
-            fr.quoted = IpHeader(q.src, q.dst, int(q.proto), int(q.ttl), int(q.len or 0),
-                                 bool(int(q.flags) & 0x2), 4)
+    if proto == 6 and end >= l4 + 20:
+        sport, dport, seq, ack, doff, flags = struct.unpack_from("!HHIIBB", data, l4)
+        fr.sport, fr.dport, fr.seq, fr.ack = sport, dport, seq, ack
+        fr.tcp_flags = _tcp_flags(flags | ((doff & 0x01) << 8))
+        fr.payload = data[l4 + (doff >> 4) * 4:end]
+    elif proto == 17 and end >= l4 + 8:
+        fr.sport, fr.dport = struct.unpack_from("!HH", data, l4)
+        fr.payload = data[l4 + 8:end]
+    elif proto == 1 and version == 4 and end >= l4 + 4:
+        fr.icmp_type, fr.icmp_code = data[l4], data[l4 + 1]
+        if fr.icmp_type in (0, 8) and end >= l4 + 8:
+            fr.icmp_id, fr.icmp_seq = struct.unpack_from("!HH", data, l4 + 4)
+            fr.payload = data[l4 + 8:end]
+        elif fr.icmp_type in (3, 4, 5, 11, 12) and end >= l4 + 28:
+            if fr.icmp_type == 3 and fr.icmp_code == 4:
+                fr.icmp_mtu = struct.unpack_from("!H", data, l4 + 6)[0]
+            q = l4 + 8
+            _v, _t, qtot, _i, qfrag, qttl, qproto = struct.unpack_from("!BBHHHBB", data, q)
+            fr.quoted = IpHeader(_ip4(data[q + 12:q + 16]), _ip4(data[q + 16:q + 20]), qproto,
+                                 qttl, qtot, bool(qfrag & 0x4000), 4)
     return fr
+
+
+def _scapy_dissect(data: bytes, linktype: int) -> Any:
+    """scapy's dissection of a frame (for users who want every field)."""
+    import scapy.layers.inet  # noqa: F401  (registers IP/IPIP bindings)
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Ether
+    from scapy.packet import Raw
+
+    if linktype == 1:
+        return Ether(data)
+    if linktype == 113:
+        return CookedLinux(data)
+    if linktype == 276:
+        return CookedLinuxV2(data)
+    if data and data[0] >> 4 == 4:
+        from scapy.layers.inet import IP
+
+        return IP(data)
+    if data and data[0] >> 4 == 6:
+        return IPv6(data)
+    return Raw(data)
 
 
 # ----------------------------------------------------------------------------- traces
@@ -339,50 +427,67 @@ class Trace:
         return out
 
 
+_PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
+                b"\x4d\x3c\xb2\xa1": ("<", 1e-9), b"\xa1\xb2\x3c\x4d": (">", 1e-9)}
+_PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+_LINKTYPE_OF = {"Ether": 1, "CookedLinux": 113, "CookedLinuxV2": 276}
+
+
 def load(path: str | os.PathLike[str] | Trace, label: str | None = None) -> Trace:
-    """Read a pcap or pcapng file (any of the supported linktypes) into a :class:`Trace`."""
+    """Read a pcap (or pcapng, through scapy) file into a :class:`Trace`.
+
+    Classic pcap files (what tcpdump -w writes) are read by a small reader of our
+    own; a last record cut short (a file still being written) is ignored.
+    """
     if isinstance(path, Trace):
         return path
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"capture file {p} does not exist")
-    import scapy.layers.inet  # noqa: F401  (registers IP/IPIP bindings)
-    import scapy.layers.inet6  # noqa: F401  (registers raw-IP linktypes)
-    import scapy.layers.l2  # noqa: F401
-    from scapy.error import Scapy_Exception
-    from scapy.utils import PcapReader
-
-    frames: list[Frame] = []
-    linktype = None
     lbl = label or p.stem
-    try:
-        reader = PcapReader(str(p))
-    except Scapy_Exception as exc:
-        if p.stat().st_size == 0:
-            raise CaptureAssertionError(f"capture file {p} is empty (0 bytes): not a pcap "
-                                        "(was tcpdump stopped before it wrote its header?)") from exc
-        raise CaptureAssertionError(f"capture file {p} is not a pcap/pcapng file: {exc}") from exc
-    with reader:
-        linktype = getattr(reader, "linktype", None)
-        for i, pkt in enumerate(reader, start=1):
-            pkt = _fix_raw(pkt, linktype)
-            frames.append(_decode(i, float(pkt.time), lbl, pkt))
+    data = p.read_bytes()
+    if not data:
+        raise CaptureAssertionError(f"capture file {p} is empty (0 bytes): not a pcap "
+                                    "(was tcpdump stopped before it wrote its header?)")
+    if data[:4] == _PCAPNG_MAGIC:
+        return _load_pcapng(p, lbl)
+    if data[:4] not in _PCAP_MAGICS or len(data) < 24:
+        raise CaptureAssertionError(f"capture file {p} is not a pcap/pcapng file "
+                                    f"(starts with {data[:4].hex()})")
+    order, unit = _PCAP_MAGICS[data[:4]]
+    linktype = struct.unpack_from(order + "I", data, 20)[0] & 0x0FFFFFFF
+    rec = struct.Struct(order + "IIII")
+    frames: list[Frame] = []
+    off, n = 24, 0
+    while off + 16 <= len(data):
+        sec, frac, incl, _orig = rec.unpack_from(data, off)
+        if off + 16 + incl > len(data):
+            break
+        n += 1
+        frames.append(_decode_bytes(n, sec + frac * unit, lbl, data[off + 16:off + 16 + incl],
+                                    linktype))
+        off += 16 + incl
     return Trace(p, frames, linktype, lbl)
 
 
-def _fix_raw(pkt: Any, linktype: int | None) -> Any:
-    """Re-dissect frames scapy left undecoded on raw-IP links."""
-    from scapy.layers.inet import IP
-    from scapy.layers.inet6 import IPv6
-    from scapy.packet import Raw
+def _load_pcapng(p: Path, lbl: str) -> Trace:
+    import scapy.layers.inet  # noqa: F401
+    import scapy.layers.inet6  # noqa: F401
+    import scapy.layers.l2  # noqa: F401
+    from scapy.error import Scapy_Exception
+    from scapy.utils import PcapNgReader
 
-    if isinstance(pkt, Raw) and (linktype in _RAW_IP_LINKTYPES or linktype is None):
-        data = bytes(pkt)
-        if data and data[0] >> 4 in (4, 6):
-            new = IP(data) if data[0] >> 4 == 4 else IPv6(data)
-            new.time = pkt.time
-            return new
-    return pkt
+    frames: list[Frame] = []
+    linktype = None
+    try:
+        with PcapNgReader(str(p)) as reader:
+            for i, pkt in enumerate(reader, start=1):
+                lt = _LINKTYPE_OF.get(type(pkt).__name__, 101)
+                linktype = linktype or lt
+                frames.append(_decode_bytes(i, float(pkt.time), lbl, bytes(pkt), lt))
+    except Scapy_Exception as exc:
+        raise CaptureAssertionError(f"capture file {p} is not a readable pcapng file: {exc}") from exc
+    return Trace(p, frames, linktype, lbl)
 
 
 def _trace(cap: Trace | str | os.PathLike[str]) -> Trace:

@@ -104,15 +104,8 @@ def frame_key(frame: Any) -> str:
     if frame.tcp_flags is not None:
         return f"tcp/{frame.tcp_flags}/{frame.seq}/{frame.ack}/{len(frame.payload)}"
     if frame.icmp_type is not None:
-        ident = f"{i.src}/{i.dst}"
-        pkt = frame.packet
-        try:
-            from scapy.layers.inet import ICMP
-
-            if pkt is not None and pkt.haslayer(ICMP) and frame.icmp_type in (0, 8):
-                ident = f"{pkt[ICMP].id}/{pkt[ICMP].seq}"
-        except (ImportError, AttributeError, IndexError):
-            pass
+        ident = (f"{frame.icmp_id}/{frame.icmp_seq}" if frame.icmp_id is not None
+                 else f"{i.src}/{i.dst}")
         return f"icmp/{frame.icmp_type}/{frame.icmp_code}/{ident}"
     return f"{i.proto}/{i.src}/{frame.sport}/{i.dst}/{frame.dport}/{len(frame.payload)}"
 

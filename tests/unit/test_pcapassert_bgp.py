@@ -19,6 +19,9 @@ from testbed import pcapassert as pa
 
 pytestmark = pytest.mark.unit
 
+# explicit MACs: a bare Ether() makes scapy resolve one by ARP on the machine's network
+MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
+
 N1, N2 = "172.30.0.11", "172.30.0.12"
 MARKER = b"\xff" * 16
 
@@ -96,7 +99,7 @@ def session(tmp_path, *, add_path: bool = True, n2_update: bytes | None = None,
     assert seq[N1] == start + len(u1)
     send(N2, u2 + KEEPALIVE)
     path = tmp_path / f"{name}.pcap"
-    wrpcap(str(path), [Ether() / p for p in pkts])
+    wrpcap(str(path), [Ether(src=MAC_A, dst=MAC_B) / p for p in pkts])
     return str(path)
 
 
@@ -159,7 +162,7 @@ def test_bgp_update_withdrawal_is_decoded(tmp_path):
 
 def test_bgp_assertions_fail_on_capture_without_bgp(tmp_path):
     path = tmp_path / "k8s-w0-eth0.pcap"
-    wrpcap(str(path), [Ether() / IP(src=N1, dst=N2) / TCP(dport=80)])
+    wrpcap(str(path), [Ether(src=MAC_A, dst=MAC_B) / IP(src=N1, dst=N2) / TCP(dport=80)])
     with pytest.raises(AssertionError, match="no BGP message at all"):
         pa.assert_bgp_open(path)
     with pytest.raises(AssertionError, match="with any content"):

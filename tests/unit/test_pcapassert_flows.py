@@ -15,6 +15,9 @@ from testbed import pcapassert as pa
 
 pytestmark = pytest.mark.unit
 
+# explicit MACs: a bare Ether() makes scapy resolve one by ARP on the machine's network
+MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
+
 POD_A, POD_B = "192.168.1.2", "192.168.2.3"
 NODE_A, NODE_B = "172.30.0.11", "172.30.0.12"
 EXT = "203.0.113.10"
@@ -59,7 +62,7 @@ def ipip_wrap(pkts: list, src: str = NODE_A, dst: str = NODE_B) -> list:
     for p in pkts:
         i = p[IP]
         back = i.src == POD_B
-        out.append(Ether() / IP(src=dst if back else src, dst=src if back else dst, proto=4) / i)
+        out.append(Ether(src=MAC_A, dst=MAC_B) / IP(src=dst if back else src, dst=src if back else dst, proto=4) / i)
     return out
 
 
@@ -137,7 +140,7 @@ def test_ipip_passes_with_outer_node_and_inner_pod_addresses(tmp_path):
 
 
 def test_ipip_fails_when_traffic_is_not_encapsulated(tmp_path):
-    cap = write(tmp_path, "k8s-w0-eth0", [Ether() / p for p in http_exchange(POD_A, POD_B)])
+    cap = write(tmp_path, "k8s-w0-eth0", [Ether(src=MAC_A, dst=MAC_B) / p for p in http_exchange(POD_A, POD_B)])
     with pytest.raises(AssertionError) as err:
         pa.assert_ipip(cap, outer_src=NODE_A, outer_dst=NODE_B, inner_src=POD_A, inner_dst=POD_B)
     msg = str(err.value)
@@ -153,7 +156,7 @@ def test_ipip_fails_on_wrong_outer_address(tmp_path):
 
 
 def test_ipip_fails_when_plain_pod_traffic_also_leaks(tmp_path):
-    pkts = ipip_wrap(http_exchange(POD_A, POD_B)) + [Ether() / IP(src=POD_A, dst=POD_B) / ICMP()]
+    pkts = ipip_wrap(http_exchange(POD_A, POD_B)) + [Ether(src=MAC_A, dst=MAC_B) / IP(src=POD_A, dst=POD_B) / ICMP()]
     cap = write(tmp_path, "k8s-w0-eth0", pkts)
     with pytest.raises(AssertionError, match="no un-encapsulated pod traffic between"):
         pa.assert_ipip(cap, outer_src=NODE_A, outer_dst=NODE_B, inner_src=POD_A, inner_dst=POD_B)
@@ -238,18 +241,18 @@ def test_arp_gateway_fails_on_wrong_mac_missing_reply_or_late_arp(tmp_path):
 
 
 def test_masqueraded_passes_when_pod_is_hidden_behind_node(tmp_path):
-    cap = write(tmp_path, "ext-eth0", [Ether() / p for p in http_exchange(NODE_A, EXT)])
+    cap = write(tmp_path, "ext-eth0", [Ether(src=MAC_A, dst=MAC_B) / p for p in http_exchange(NODE_A, EXT)])
     got = pa.assert_masqueraded(cap, node_ip=NODE_A, pod_ip=POD_A, dst=EXT, port=80)
     assert got[0].tcp_flags == "S"
 
 
 def test_masqueraded_fails_when_pod_address_reaches_the_segment(tmp_path):
-    cap = write(tmp_path, "ext-eth0", [Ether() / p for p in http_exchange(POD_A, EXT)])
+    cap = write(tmp_path, "ext-eth0", [Ether(src=MAC_A, dst=MAC_B) / p for p in http_exchange(POD_A, EXT)])
     with pytest.raises(AssertionError) as err:
         pa.assert_masqueraded(cap, node_ip=NODE_A, pod_ip=POD_A, dst=EXT)
     assert "masqueraded packets 172.30.0.11 > 203.0.113.10" in str(err.value)
     assert "192.168.1.2.40000 > 203.0.113.10.80" in str(err.value)
-    mixed = write(tmp_path, "ext-eth1", [Ether() / p for p in http_exchange(NODE_A, EXT)
+    mixed = write(tmp_path, "ext-eth1", [Ether(src=MAC_A, dst=MAC_B) / p for p in http_exchange(NODE_A, EXT)
                                          + http_exchange(POD_A, EXT)])
     with pytest.raises(AssertionError, match="carrying the pod address 192.168.1.2"):
         pa.assert_masqueraded(mixed, node_ip=NODE_A, pod_ip=POD_A, dst=EXT)
@@ -292,20 +295,20 @@ def big_ping(size: int) -> IP:
 
 def test_frag_needed_passes_with_the_right_mtu(tmp_path):
     err = IP(src="169.254.1.1", dst=POD_A) / ICMP(type=3, code=4, nexthopmtu=1480) / big_ping(1453)
-    cap = write(tmp_path, "k8s-w0-caliaaaa", [eth(big_ping(1453)), Ether() / err])
+    cap = write(tmp_path, "k8s-w0-caliaaaa", [eth(big_ping(1453)), Ether(src=MAC_A, dst=MAC_B) / err])
     (f,) = pa.assert_frag_needed(cap, mtu=1480, to=POD_A, about_dst=POD_B)
     assert "frag-needed mtu 1480" in f.summary()
 
 
 def test_frag_needed_fails_on_other_mtu_or_when_ping_passed(tmp_path):
     err = IP(src="169.254.1.1", dst=POD_A) / ICMP(type=3, code=4, nexthopmtu=1440) / big_ping(1453)
-    cap = write(tmp_path, "k8s-w0-caliaaaa", [eth(big_ping(1453)), Ether() / err])
+    cap = write(tmp_path, "k8s-w0-caliaaaa", [eth(big_ping(1453)), Ether(src=MAC_A, dst=MAC_B) / err])
     with pytest.raises(AssertionError) as e:
         pa.assert_frag_needed(cap, mtu=1480)
     assert "ICMP fragmentation-needed mtu 1480" in str(e.value)
     assert "frag-needed mtu 1440" in str(e.value)
     ok = IP(src=POD_B, dst=POD_A) / ICMP(type=0) / (b"x" * 1452)
-    cap2 = write(tmp_path, "k8s-w0-calibbbb", [eth(big_ping(1452)), Ether() / ok])
+    cap2 = write(tmp_path, "k8s-w0-calibbbb", [eth(big_ping(1452)), Ether(src=MAC_A, dst=MAC_B) / ok])
     with pytest.raises(AssertionError, match="found 0 matching among 2"):
         pa.assert_frag_needed(cap2, mtu=1480)
 
@@ -322,3 +325,50 @@ def test_matchers_combine_and_describe_themselves(tmp_path):
     assert cap.count(pa.tcp(flags="S") | pa.tcp(flags="SA")) == 2
     with pytest.raises(AssertionError, match="exactly 2 packet"):
         cap.expect(pa.tcp(flags="S"), exactly=2)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def test_decoder_agrees_with_scapy_on_many_shapes(tmp_path):
+    """Our struct decoder vs scapy's dissection of the same frames."""
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import CookedLinux, Dot1Q
+    from scapy.utils import wrpcapng
+
+    pkts = [eth(p) for p in http_exchange(POD_A, POD_B)] + [
+        Ether(src=MAC_A, dst=MAC_B) / Dot1Q(vlan=7) / IP(src=POD_A, dst=POD_B) / ICMP(id=0x42, seq=3),
+        Ether(src=MAC_A, dst=MAC_B) / IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=1, dport=2, flags="S"),
+        Ether(src=MAC_A, dst=MAC_B) / IP(src=POD_A, dst=POD_B, flags="MF", frag=0) / TCP(dport=80) / (b"a" * 40),
+        Ether(src=MAC_A, dst=MAC_B) / IP(src=POD_A, dst=POD_B, frag=100, proto=6) / (b"b" * 40),
+        Ether(bytes(Ether(src=MAC_A, dst=MAC_B) / IP(src=POD_A, dst=POD_B) / TCP(dport=80, flags="PA")
+                    / b"GET / HTTP/1.1\r\n\r\n") + b"\0" * 6),  # padding is not payload
+    ]
+    path = write(tmp_path, "n-eth0", pkts)
+    tr = pa.load(path)
+    vlan, v6, frag0, frag1, padded = tr.frames[6:]
+    assert (vlan.inner.src, vlan.icmp_type, vlan.icmp_id, vlan.icmp_seq) == (POD_A, 8, 0x42, 3)
+    assert (v6.inner.version, v6.inner.src, v6.tcp_flags) == (6, "fd00::1", "S")
+    assert frag0.dport == 80 and frag1.dport is None and frag1.inner.proto == 6
+    assert padded.payload == b"GET / HTTP/1.1\r\n\r\n"
+    for f in tr.frames[:6]:
+        sp = f.packet  # scapy's view, on demand
+        assert sp[IP].src == f.inner.src and sp[TCP].sport == f.sport
+        assert str(sp[TCP].flags) == f.tcp_flags and sp[TCP].seq == f.seq
+    # Linux cooked captures (tcpdump -i any) and pcapng files read too
+    cooked = tmp_path / "n-any.pcap"
+    wrpcap(str(cooked), [CookedLinux(proto=0x0800) / IP(src=POD_A, dst=POD_B) / ICMP()],
+           linktype=113)
+    (c,) = pa.load(cooked).frames
+    assert (c.inner.dst, c.icmp_type) == (POD_B, 8)
+    ng = tmp_path / "n-ng.pcapng"
+    wrpcapng(str(ng), [eth(p) for p in http_exchange(POD_A, POD_B)])
+    pa.assert_http_exchange(ng, POD_A, POD_B)
+
+
+def test_load_ignores_a_last_record_still_being_written(tmp_path):
+    path = write(tmp_path, "n-eth0", [eth(p) for p in http_exchange(POD_A, POD_B)])
+    data = open(path, "rb").read()
+    cut = tmp_path / "n-cut.pcap"
+    cut.write_bytes(data[:-5])
+    assert len(pa.load(cut)) == 5

@@ -32,6 +32,9 @@ from testbed.diagram import (
 
 pytestmark = pytest.mark.unit
 
+# explicit MACs: a bare Ether() makes scapy resolve one by ARP on the machine's network
+MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
+
 SVG = "{http://www.w3.org/2000/svg}"
 XHTML = "{http://www.w3.org/1999/xhtml}"
 W0, W1 = "172.30.0.11", "172.30.0.12"
@@ -189,7 +192,7 @@ def _cross_node_pcaps(tmp_path) -> list:
         if iface.startswith("cali") and node == "k8s-w0":
             arp = [Ether(src="0a:58:00:00:00:01", dst="ff:ff:ff:ff:ff:ff")
                    / ARP(op=1, psrc=POD0, pdst="169.254.1.1"),
-                   Ether(src="ee:ee:ee:ee:ee:ee") / ARP(op=2, hwsrc="ee:ee:ee:ee:ee:ee",
+                   Ether(src="ee:ee:ee:ee:ee:ee", dst="0a:58:00:00:00:01") / ARP(op=2, hwsrc="ee:ee:ee:ee:ee:ee",
                                                         psrc="169.254.1.1", pdst=POD0)]
             for k, a in enumerate(arp):
                 a.time = t0 - 0.001 + k * 0.0001
@@ -198,10 +201,10 @@ def _cross_node_pcaps(tmp_path) -> list:
             forward = p.src == POD0
             hop = h if forward else len(hops) - 1 - h
             if kind == "eth":
-                q = Ether() / p
+                q = Ether(src=MAC_A, dst=MAC_B) / p
             elif kind == "ipip":
                 src, dst = (W0, W1) if forward else (W1, W0)
-                q = Ether() / IP(src=src, dst=dst, proto=4) / p
+                q = Ether(src=MAC_A, dst=MAC_B) / IP(src=src, dst=dst, proto=4) / p
             else:
                 q = p
             q.time = t0 + i * 0.01 + hop * 0.00005
@@ -232,7 +235,7 @@ def test_hop_key_follows_a_packet_through_dnat(tmp_path):
     syn = TCP(sport=40123, dport=80, flags="S", seq=777)
     client = tmp_path / "k8s-w1-caliclient.pcap"
     pod = tmp_path / "k8s-w0-calitarget.pcap"
-    a, b = Ether() / IP(src=POD1, dst="10.96.0.20") / syn, Ether() / IP(src=POD1, dst=POD0) / syn
+    a, b = Ether(src=MAC_A, dst=MAC_B) / IP(src=POD1, dst="10.96.0.20") / syn, Ether(src=MAC_A, dst=MAC_B) / IP(src=POD1, dst=POD0) / syn
     a.time, b.time = 1700000000.0, 1700000000.001
     wrpcap(str(client), [a])
     wrpcap(str(pod), [b])
