@@ -189,35 +189,35 @@ def dispatch_chains(root: str, flag: str, kind: str, endpoints: list[Endpoint],
     Up to DISPATCH_SPLIT_AT endpoints fit in one chain; above that the
     interfaces are grouped by their next name character, one child chain per
     group (``<root>-<chars>``), recursively, so adding one endpoint rewrites
-    only a small leaf chain (Felix's dispatch tree does the same).
+    only a small leaf chain (Felix's dispatch tree does the same). Subtrees
+    are memoised on their interface names, so recomputing after one change
+    only rebuilds the path to that change.
     """
+    ifaces = tuple(sorted(ep.iface for ep in endpoints))
+    return [(name, list(rules)) for name, rules in _subtree(root, flag, kind, prefix, root, prefix, ifaces)]
+
+
+@lru_cache(maxsize=8192)
+def _subtree(root: str, flag: str, kind: str, prefix: str, name: str, common: str,
+             ifaces: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
     drop = f'{_c("Unknown interface")} -j DROP'
-    out: list[tuple[str, list[str]]] = []
-
-    def build(name: str, common: str, eps: list[Endpoint]) -> None:
-        if len(eps) <= DISPATCH_SPLIT_AT or all(len(ep.iface) <= len(common) for ep in eps):
-            out.append((name, [f"{flag} {ep.iface} -g {endpoint_chain(kind, ep.iface)}" for ep in eps] + [drop]))
-            return
-        groups: dict[str, list[Endpoint]] = {}
-        exact: list[Endpoint] = []
-        for ep in eps:
-            if len(ep.iface) == len(common):
-                exact.append(ep)
-            else:
-                groups.setdefault(ep.iface[len(common)], []).append(ep)
-        rules = [f"{flag} {ep.iface} -g {endpoint_chain(kind, ep.iface)}" for ep in exact]
-        children = []
-        for ch in sorted(groups):
-            sub_common = common + ch
-            child = length_limited_id(root + "-", sub_common[len(prefix):])
-            rules.append(f"{flag} {sub_common}+ -g {child}")
-            children.append((child, sub_common, groups[ch]))
-        out.append((name, [*rules, drop]))
-        for child, sub_common, group in children:
-            build(child, sub_common, group)
-
-    build(root, prefix, endpoints)
-    return out
+    if len(ifaces) <= DISPATCH_SPLIT_AT or all(len(i) <= len(common) for i in ifaces):
+        return ((name, tuple(f"{flag} {i} -g {endpoint_chain(kind, i)}" for i in ifaces) + (drop,)),)
+    groups: dict[str, list[str]] = {}
+    rules = []
+    depth = len(common)
+    for i in ifaces:
+        if len(i) == depth:
+            rules.append(f"{flag} {i} -g {endpoint_chain(kind, i)}")
+        else:
+            groups.setdefault(i[depth], []).append(i)
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for ch in sorted(groups):
+        sub_common = common + ch
+        child = length_limited_id(root + "-", sub_common[len(prefix):])
+        rules.append(f"{flag} {sub_common}+ -g {child}")
+        out += _subtree(root, flag, kind, prefix, child, sub_common, tuple(groups[ch]))
+    return ((name, (*rules, drop)), *out)
 
 
 @lru_cache(maxsize=65536)
