@@ -91,6 +91,7 @@ class Kubelet:
         self.states: dict[str, PodState] = {}
         self.procs: dict[tuple[str, str], subprocess.Popen] = {}
         self.exits: dict[tuple[str, str], tuple[int, str]] = {}
+        self.restart_at: dict[tuple[str, str], float] = {}
         self.busy: set[str] = set()
         self.failures: dict[str, tuple[float, int, str]] = {}
         self.image_errors: dict[str, dict[str, str]] = {}
@@ -414,39 +415,47 @@ class Kubelet:
         return runtime.alive(pid) and (not ticks or runtime.start_ticks(pid) == ticks)
 
     def check_processes(self) -> None:
-        """Notice exited workloads; restart them per restartPolicy (with back-off)."""
+        """Notice exited workloads; restart them per restartPolicy once their back-off
+        (CrashLoopBackOff: 1 s, then 10 s doubling to 5 min) has passed."""
+        now = time.monotonic()
         for uid, state in list(self.states.items()):
             if uid in self.busy:
                 continue
             for name, pid in list(state.pids.items()):
-                if self._alive(uid, name, pid):
+                key = (uid, name)
+                due = self.restart_at.get(key)
+                if due is not None:
+                    if due <= now:
+                        self.restart_at.pop(key)
+                        self._submit(uid, self._restart, uid, name)
                     continue
-                proc = self.procs.pop((uid, name), None)
+                if key in self.exits or self._alive(uid, name, pid):
+                    continue
+                proc = self.procs.pop(key, None)
                 code = proc.returncode if proc is not None else -1
-                if (uid, name) not in self.exits:
-                    self.exits[(uid, name)] = (code, now_iso())
-                    self._submit(uid, self._restart, uid, name, code)
+                self.exits[key] = (code, now_iso())
+                self._submit(uid, self._on_exit, uid, name, code)
 
-    def _restart(self, uid: str, name: str, code: int) -> None:
+    def _on_exit(self, uid: str, name: str, code: int) -> None:
         state = self.states.get(uid)
         pod = next((p for p in self.my_pods() if p["metadata"]["uid"] == uid), None)
         if state is None or pod is None:
             return
-        policy = pod["spec"].get("restartPolicy", "Always")
-        restart = policy == "Always" or (policy == "OnFailure" and code != 0)
         self._write_status(pod, self._infos(state, pod), cni.pod_ips(state.cni_result or {}), state=state)
-        if not restart:
-            return
-        n = state.restarts.get(name, 0)
-        backoff = min(10.0 * 2 ** n, 300.0) if n else 1.0
-        log.info("pod %s/%s container %s exited %s; restarting in %.0fs", state.namespace, state.name, name, code, backoff)
-        time.sleep(backoff)  # back-off in the worker thread (CrashLoopBackOff)
-        if uid not in self.states:
-            return
+        policy = pod["spec"].get("restartPolicy", "Always")
+        if policy == "Always" or (policy == "OnFailure" and code != 0):
+            n = state.restarts.get(name, 0)
+            backoff = min(10.0 * 2 ** (n - 1), 300.0) if n else 1.0
+            log.info("pod %s/%s container %s exited %s; restarting in %.0fs", state.namespace, state.name,
+                     name, code, backoff)
+            self.restart_at[(uid, name)] = time.monotonic() + backoff
+
+    def _restart(self, uid: str, name: str) -> None:
+        state = self.states.get(uid)
         pod = next((p for p in self.my_pods() if p["metadata"]["uid"] == uid), None)
-        if pod is None or pod["metadata"].get("deletionTimestamp"):
+        if state is None or pod is None or pod["metadata"].get("deletionTimestamp"):
             return
-        state.restarts[name] = n + 1
+        state.restarts[name] = state.restarts.get(name, 0) + 1
         c = next(c for c in pod["spec"]["containers"] if c["name"] == name)
         self.exits.pop((uid, name), None)
         self._start_container(state, pod, c)
@@ -494,6 +503,7 @@ class Kubelet:
             self.states.pop(state.uid, None)
         for key in [k for k in self.exits if k[0] == state.uid]:
             self.exits.pop(key, None)
+            self.restart_at.pop(key, None)
         self.image_errors.pop(state.uid, None)
 
     def adopt(self) -> None:

@@ -73,7 +73,7 @@ def pod_status(pod: dict, containers: list[ContainerInfo], host_ip: str, pod_ips
         phase = "Running"
     elif policy != "Always" and all(i.exit_code is not None and not i.running for i in infos):
         phase = "Succeeded" if all(i.exit_code == 0 for i in infos) else "Failed"
-    elif any(i.running for i in infos) or any(i.restart_count for i in infos):
+    elif any(i.running or i.restart_count or i.exit_code is not None for i in infos):
         phase = "Running"
     else:
         phase = "Pending"

@@ -167,3 +167,31 @@ def test_busybox_idles_unknown_image_backs_off(node, tmp_path, etcd_endpoints):
     logs = kubectl(etcd_endpoints, "logs", "talker", "--tail", "2").stdout.splitlines()
     talker_ip = store.get("Pod", "talker")["status"]["podIP"]
     assert logs[0] == "hello from talker" and talker_ip in logs[1]
+
+
+def test_crashing_containers_back_off_and_completed_ones_succeed(node, tmp_path, etcd_endpoints):
+    kubelet, store, ns = node
+    kubelet.write_conflist(bridge_conflist("testnet", unique("cnb"), SUBNET, str(tmp_path / "ipam")))
+    wait_for(lambda: ready_condition(store, kubelet.node), lambda c: c is not None and c["status"] == "True",
+             timeout=15, what="node Ready")
+    crash = {"name": "main", "image": "busybox", "command": ["sh", "-c", "echo started; exit 3"]}
+    store.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "crash"},
+                  "spec": {"nodeName": kubelet.node, "containers": [crash]}})
+    once = {"name": "main", "image": "busybox", "command": ["true"]}
+    store.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "once"},
+                  "spec": {"nodeName": kubelet.node, "restartPolicy": "Never", "containers": [once]}})
+
+    def container(name: str) -> dict:
+        return (store.get("Pod", name)["status"].get("containerStatuses") or [{}])[0]
+
+    cs = wait_for(lambda: container("crash"), lambda c: c.get("restartCount") == 1
+                  and c["state"].get("waiting", {}).get("reason") == "CrashLoopBackOff", timeout=20,
+                  what="crash restarted once, then in CrashLoopBackOff")
+    assert "back-off" in cs["state"]["waiting"]["message"]
+    assert "CrashLoopBackOff" in kubectl(etcd_endpoints, "get", "pod", "crash").stdout
+    done = wait_for(lambda: store.get("Pod", "once")["status"], lambda st: st.get("phase") == "Succeeded",
+                    timeout=20, what="the run-once pod Succeeded")
+    assert done["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    # deleting a pod in back-off is not held up by the back-off
+    store.delete("Pod", "crash")
+    wait_for(lambda: store.find("Pod", "crash"), lambda p: p is None, timeout=8, what="crash pod removed")
