@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from testbed import lab as labmod
@@ -46,6 +47,10 @@ def _env(state: dict, host: str) -> dict[str, str]:
 def exec_argv(state: dict, host: str, cmd: list[str]) -> list[str]:
     """The argv that runs ``cmd`` inside ``host`` (net + mount namespaces)."""
     netns, mnt = node_target(state, host)
+    if mnt is None:
+        print(f"calicolab: warning: the mount namespace of {host} is gone (its Mininet shell "
+              "died): running with the machine's files (/run/netns, /etc/cni/net.d ...)",
+              file=sys.stderr)
     return nsenter_argv(netns, mnt) + cmd
 
 
