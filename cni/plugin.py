@@ -507,6 +507,8 @@ def cmd_gc(inv: Invocation) -> None:
             for hid in sorted(stale):
                 freed = ipam.release_by_handle(hid)
                 inv.log.info(f"GC released {[str(i) for i in freed]} of stale handle {hid}")
+        if inv.plugin != "calico":
+            return  # calico-ipam owns only the allocations
         for wep in client.list("WorkloadEndpoint"):
             if wep.spec.node == nodename and wep.spec.container_id and wep.spec.container_id not in valid:
                 try:
@@ -514,8 +516,26 @@ def cmd_gc(inv: Invocation) -> None:
                     inv.log.info(f"GC deleted WorkloadEndpoint {wep.metadata.namespace}/{wep.metadata.name}")
                 except errors.NotFound:
                     pass
+                _gc_host_veth(inv, wep.spec.interface_name)
     except Exception as exc:
         raise _datastore_error(exc, "GC") from exc
+
+
+def _gc_host_veth(inv: Invocation, ifname: str) -> None:
+    """Remove the host veth of a stale attachment (the WEP names the last ADD's, so it is the stale one)."""
+    from cni.netlink import Netlink, NetlinkError
+
+    if not ifname:
+        return
+    with Netlink() as nl:
+        link = nl.link_get(ifname)
+        if link is None or link.kind != "veth":
+            return
+        try:
+            nl.link_delete(link.index)
+            inv.log.info(f"GC deleted host interface {ifname}")
+        except NetlinkError as exc:
+            inv.log.warning(f"GC could not delete {ifname}: {exc.strerror}")
 
 
 def ipam_plugin_add(inv: Invocation) -> dict[str, Any]:

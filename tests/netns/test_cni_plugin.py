@@ -223,6 +223,11 @@ def test_status_version_and_gc(node, netns):
     assert gc.rc == 0, gc.stdout
     assert list(_allocations(node).values()) == ["k8s-pod-network.gc1"]
     assert [w.spec.container_id for w in _weps(node)] == ["gc1"]
+    from cni.names import veth_name
+
+    links = node.ip("link")
+    assert veth_name("default", "g1", "") in links
+    assert veth_name("default", "g0", "") not in links and veth_name("default", "g2", "") not in links
     node.reset(pool_cidr="")
     nopool = node.run("STATUS", conf)
     assert nopool.json["code"] == 50 and "pool" in nopool.json["msg"]
