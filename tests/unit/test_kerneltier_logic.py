@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -155,3 +156,46 @@ def test_read_junit_errors_name_the_file(tmp_path):
 def test_guest_test_names():
     src = "import x\ndef test_a(): pass\ndef helper(): pass\nasync def test_b(): pass\n"
     assert results.guest_test_names(src) == ["test_a", "test_b"]
+
+
+def test_veth_name_matches_calicos_vectors():
+    from testbed.kerneltier.cluster import veth_name
+
+    assert veth_name("default", "nginx") == "calic440f455693"
+    assert veth_name("test", "test-pod") == "cali998e5f7d75d"
+
+
+def test_flow_signature_keeps_the_pod_flow_only():
+    from testbed.kerneltier.flow import signature
+    from testbed.pcapassert import Frame, IpHeader
+
+    def frame(*ips, icmp=None):
+        return Frame(index=1, time=0.0, source="x", size=100, ips=tuple(ips), icmp_type=icmp,
+                     icmp_code=0 if icmp is not None else None)  # fmt: skip
+
+    outer = IpHeader("172.30.0.11", "172.30.0.12", 4, 64, 104, df=True)
+    inner = IpHeader("192.168.1.1", "192.168.2.1", 1, 63, 84, df=True)
+    bgp = IpHeader("172.30.0.11", "172.30.0.12", 6, 64, 71)
+    igmp = IpHeader("0.0.0.0", "224.0.0.22", 2, 1, 40)
+    v6 = IpHeader("fe80::1", "ff02::16", 0, 1, 76, version=6)
+    frames = [frame(outer, inner, icmp=8), frame(outer, inner, icmp=8), frame(bgp), frame(igmp),
+              frame(v6)]  # fmt: skip
+    sig = signature(frames)
+    key = ((("172.30.0.11", "172.30.0.12", 4, 104), ("192.168.1.1", "192.168.2.1", 1, 84)), 8, 0)
+    assert sig == {key: 2}
+    # TTL and DF are not part of the contract
+    other_ttl = IpHeader("172.30.0.11", "172.30.0.12", 4, 63, 104, df=False)
+    assert signature([frame(other_ttl, inner, icmp=8)]) == {key: 1}
+
+
+def test_guestrun_run_specs():
+    from testbed.kerneltier.guestrun import parse_run, pytest_args
+
+    assert parse_run("junit::") == ("junit", "", "")
+    assert parse_run("junit-break-mtu:tunnel-mtu:mtu or x") == (
+        "junit-break-mtu", "tunnel-mtu", "mtu or x")  # fmt: skip
+    with pytest.raises(ValueError, match="not name:break:kexpr"):
+        parse_run("bad name::")
+    args = pytest_args("tests/kernel/guest", Path("/r/j.xml"), "mtu")
+    assert args[-2:] == ["-k", "mtu"] and "--junitxml=/r/j.xml" in args
+    assert "no:cacheprovider" in args
