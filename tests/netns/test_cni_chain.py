@@ -145,3 +145,30 @@ def test_chain_result_is_accepted_as_prev_result_in_every_chained_version(node, 
         if version != "0.3.1":
             runner.check(cid=f"v{version}", netns=f"/run/netns/{pod}")
         runner.delete(cid=f"v{version}", netns=f"/run/netns/{pod}")
+
+
+def test_agent_conflist_through_the_kubelet_runner(node, netns):
+    """The three-way contract: calico-node's conflist, the testbed kubelet's CNI runner, our plugin."""
+    from agent.installcni import conflist
+    from cni.netlink import in_netns
+    from testbed.k8s.cni import Runner, cni_args, parse_config
+
+    pod = netns("cnip")
+    doc = conflist("k8s-w0", [cni_support.ETCD])
+    for plugin in doc["plugins"]:  # keep the plugin's files in the test's dir, not the machine's
+        if plugin["type"] == "calico":
+            plugin["log_file_path"] = str(node.tmp / "cni.log")
+            plugin["ipam_lock_file"] = str(node.tmp / "ipam.lock")
+    conf = parse_config(doc)
+    runner = Runner([str(node.bin_dir)], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CALICO_CNI_SOCKET": "none"})
+    args = cni_args("default", "nginx", "kubelet01")
+    with in_netns(node.nspath):  # the runner execs the plugins from the node, as the kubelet does
+        result = runner.add(conf, "kubelet01", f"/run/netns/{pod}", args)
+    ip = result["ips"][0]["address"].split("/")[0]
+    assert result["cniVersion"] == doc["cniVersion"] and result["interfaces"][0]["name"] == "calic440f455693"
+    assert f"inet {ip}/32" in node.ip("addr", "show", "eth0", pod=pod)
+    with in_netns(node.nspath):
+        runner.delete(conf, "kubelet01", f"/run/netns/{pod}", args, prev_result=result)
+    assert "calic440f455693" not in node.ip("link")
+    with node.client() as c:
+        assert c.list("WorkloadEndpoint") == []
