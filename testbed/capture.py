@@ -839,8 +839,10 @@ def start_lab_capture(lab: str, nodes: Sequence[str] | None = None, *,
         cmd += ["--filter", bpf]
     cmd += nodes
     log = open(state.with_suffix(".log"), "ab")  # noqa: SIM115 (kept by the child)
+    # CALICOLAB_LAB marks the process (and its tcpdumps) as the lab's: `calicolab clean` ends it
+    env = dict(os.environ, CALICOLAB_LAB=lab)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                            start_new_session=True, cwd=str(REPO_ROOT))
+                            start_new_session=True, cwd=str(REPO_ROOT), env=env)
     log.close()
     try:
         info = wait_for(lambda: _read_state(state, proc.pid),
