@@ -223,6 +223,9 @@ def render_html(flows: Sequence[FlowResult], lab: LabModel | None = None, *,
                    f"{_e(f.result)}</p>")
         if f.error:
             out.append(f"<pre class='err'>{_e(f.error)}</pre>")
+        if lab is not None and f.highlight:
+            out.append("<div class='figure flow-lab'>"
+                       + _svg_inline(render_lab_svg(lab, highlight=f.highlight)) + "</div>")
         if f.hops:
             t0 = f.hops[0].time
             rows = [LadderRow(h.time - t0, h.where, h.summary, h.key) for h in f.hops]

@@ -250,7 +250,8 @@ def test_html_report_parses_and_holds_flows_hops_and_diagrams(tmp_path):
     hops = report.flow_hops(files, pa.between(POD0, POD1) | pa.arp_request() | pa.arp_reply())
     flows = [
         report.FlowResult("cross-node", "pod k8s-w0 -> pod k8s-w1 through IPIP", "200", True,
-                          hops, [str(f) for f in files], description="curl prints 200"),
+                          hops, [str(f) for f in files], description="curl prints 200",
+                          highlight=["nginx-7c9d-abcde", "k8s-w1"]),
         report.FlowResult("service", "curl to the ClusterIP", "000", False, [], [],
                           error="expected SYN * > 192.168.1.2:80 (after DNAT)\n  on x.pcap"),
     ]
@@ -269,7 +270,7 @@ def test_html_report_parses_and_holds_flows_hops_and_diagrams(tmp_path):
     assert len(hop_rows) == len(hops)
     assert "ARP who-has 169.254.1.1" in "".join(hop_rows[0].itertext())
     svgs = list(root.iter(f"{SVG}svg"))
-    assert [s.get("class") for s in svgs] == ["lab", "ladder"]
+    assert [s.get("class") for s in svgs] == ["lab", "lab", "ladder"]  # flow's ends outlined
     assert {g.get("data-name") for g in svgs[0].iter(f"{SVG}g") if g.get("class") == "pod"} == {
         "nginx-7c9d-abcde", "nginx-7c9d-fghij", "k8s-w1"}
     errs = [p for p in root.iter(f"{XHTML}pre") if p.get("class") == "err"]
