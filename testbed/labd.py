@@ -360,6 +360,10 @@ class Supervisor:
                 "--heartbeat-interval", "50", "--election-timeout", "500"]
         self.progress(f"starting etcd on {cp.name} ({cp.address}:2379)")
         self.start_service(cp.name, "etcd", argv)
+
+    def wait_etcd(self) -> None:
+        """Wait until the lab's etcd answers /health from the control-plane node."""
+        cp = self.topo.control_plane
         ns = self.state["hosts"][cp.name]["netns"]
         deadline = time.monotonic() + 30
         last: Any = None
@@ -594,12 +598,12 @@ class Supervisor:
             self.setup_process()
             self.build()
             mark("network")
+            # etcd, kubelets and calico-nodes start together: the node services
+            # retry until the datastore answers, and their start-up overlaps etcd's.
             self.start_etcd()
-            mark("etcd")
             self.start_external_services()
-            self.kubeadm_init()
-            applying = self.start_workloads()
             self.start_node_services()
+            started: list[str] = []
             if self.no_cni:
                 self._skip("calico-node: --no-cni (run `calicolab install-cni` later)")
             elif importlib.util.find_spec("agent.main") is None:
@@ -607,6 +611,11 @@ class Supervisor:
             else:
                 self.progress("starting calico-node on every node")
                 started = self.install_cni()
+            self.wait_etcd()
+            mark("etcd")
+            self.kubeadm_init()
+            applying = self.start_workloads()
+            if started:
                 self.wait_agents_ready(started)
                 mark("calico-node ready")
             self.wait_nodes(ready=bool(self.state.get("cni_installed")))
