@@ -64,6 +64,8 @@ ROLES = ("control-plane", "worker")
 ENCAP_MODES = ("Never", "Always", "CrossSubnet")
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 LAB_NAME_MAX = 24
+#: Hosts name bridge ports after themselves and segments name their bridge: not "lo".
+RESERVED_NAMES = frozenset({"lo"})
 #: Mininet names every node after its netns; a bridge name must fit IFNAMSIZ.
 SEGMENT_NAME_MAX = 15
 NODE_NAME_MAX = 40
@@ -507,6 +509,8 @@ def loads(text: str, file: str = "<string>", base: Path | None = None,
     names: dict[str, tuple] = {}
 
     def claim(n: str, path: tuple) -> None:
+        if n in RESERVED_NAMES:
+            raise doc.err(path, f"{n!r} is reserved (it would clash with the loopback device)")
         if n in names:
             raise doc.err(path, f"duplicate name {n!r} (already used at {_fmt(names[n])})")
         names[n] = path

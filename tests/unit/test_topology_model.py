@@ -130,6 +130,8 @@ def test_two_routers_need_an_explicit_gateway():
     (BASE.replace("segment: lan0\n  - name: k8s-w0", "segment: lan9\n  - name: k8s-w0"), 9,
      "nodes[0].segment", "unknown segment"),
     (BASE.replace("name: t1", "name: T_1"), 1, "name", "invalid name"),
+    (BASE.replace("name: lan0", "name: lo").replace("segment: lan0", "segment: lo"), 3,
+     "segments[0].name", "reserved"),
     (BASE + "calico:\n  pool:\n    blockSize: 40\n", 16, "calico.pool.blockSize", "out of range"),
     (BASE + "calico:\n  pool:\n    cidr: 172.30.0.0/16\n", 16, "calico.pool.cidr", "overlaps segment"),
     (BASE + "calico:\n  pool:\n    ipipMode: Always\n    vxlanMode: Always\n", 17,
