@@ -20,6 +20,7 @@ import json
 import os
 import socket
 import stat
+import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -125,6 +126,10 @@ class CNIServer:
                 pass
 
     def _process(self, conn: socket.socket) -> dict[str, Any]:
+        _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        if uid != os.geteuid():
+            self.refused += 1
+            return {"refused": f"caller uid {uid} is not the server's uid"}
         chunks, size = [], 0
         while True:
             chunk = conn.recv(65536)
