@@ -349,3 +349,24 @@ def test_datastore_not_ready_refuses_add_and_status(node, netns):
     add = node.run("ADD", node.conf(), cid="nr01", netns=f"/run/netns/{pod}")
     assert add.rc == 0, add.stdout
     assert node.run("STATUS", node.conf("1.1.0")).rc == 0
+
+
+def test_new_sandbox_of_the_same_pod_replaces_the_old_one(node, netns):
+    """kubelet recreates a sandbox: ADD(new) comes before DEL(old); the old DEL must not hurt the new."""
+    old, new = netns("cnip"), netns("cnip")
+    a = node.run("ADD", node.conf(), cid="sandbox-old", netns=f"/run/netns/{old}")
+    b = node.run("ADD", node.conf(), cid="sandbox-new", netns=f"/run/netns/{new}")
+    assert a.rc == 0 and b.rc == 0, a.stdout + b.stdout
+    ip_new = b.json["ips"][0]["address"].split("/")[0]
+    link = node.ip("-d", "link", "show", "calic440f455693")
+    assert f"link-netns {new}" in link  # the old sandbox's veth (same host name) was replaced
+    assert "eth0" not in node.ip("link", pod=old)
+    dele = node.run("DEL", node.conf(), cid="sandbox-old", netns=f"/run/netns/{old}")
+    assert dele.rc == 0, dele.stdout
+    (wep,) = _weps(node)
+    assert wep.spec.container_id == "sandbox-new" and wep.spec.ip_networks == [f"{ip_new}/32"]
+    assert _allocations(node) == {ip_new: "k8s-pod-network.sandbox-new"}
+    assert f"{ip_new} dev calic440f455693" in node.ip("route")
+    chk = node.run("CHECK", {**node.conf(), "prevResult": b.json}, cid="sandbox-new", netns=f"/run/netns/{new}")
+    assert chk.rc == 0, chk.stdout
+    assert node.run("DEL", node.conf(), cid="sandbox-new", netns=f"/run/netns/{new}").rc == 0
