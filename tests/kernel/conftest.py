@@ -13,7 +13,6 @@ import json
 import os
 import shlex
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,19 @@ GUEST_RUNS = (
     ("junit-break-no-onlink", "no-onlink", "pod_to_pod"),
     ("junit-break-tunnel-mtu", "tunnel-mtu", "mtu"),
 )
+
+
+_SUMMARY: dict = {}
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line with the guest's boot and test times, when this session booted it."""
+    if _SUMMARY:
+        s = _SUMMARY
+        terminalreporter.write_line(
+            f"kernel tier: {s['kernel']} ({s['accel']}) boot {s['boot_seconds']}s, guest tests "
+            f"{s['guest_script_seconds']}s, wall {s['wall_seconds']}s, results {s['results']}"
+        )
 
 
 @dataclass
@@ -110,13 +122,13 @@ def guest() -> GuestSession:
         "accel": qemu.accel(),
         "wall_seconds": round(run.elapsed, 2),
         "boot_seconds": run.boot_seconds,
-        "guest_script_seconds": run.script_seconds,
+        "guest_script_seconds": None if run.script_seconds is None else round(run.script_seconds, 2),
         "timed_out": run.timed_out,
         "guest_exit": run.exit_code,
         "results": str(results),
     }
     (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\nkernel tier: {json.dumps(summary)}", file=sys.stderr)
+    _SUMMARY.update(summary)
     if run.timed_out or run.exit_code is None:
         pytest.fail(f"the guest did not finish: {summary}\n{run.console_tail()}")
     return GuestSession(results, run)
