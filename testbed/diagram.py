@@ -214,6 +214,11 @@ def _t(x: float, y: float, text: str, size: int = 12, anchor: str = "start",
             f"font-weight='{weight}' fill='{color}' {FONT}{c}{extra}>{escape(text)}</text>")
 
 
+def _title(full: str) -> str:
+    """A data attribute holding the untruncated text (for readers and tests)."""
+    return f" data-full={quoteattr(full)}"
+
+
 def render_lab_svg(model: LabModel, highlight: Iterable[str] = ()) -> str:
     """The lab as a standalone SVG document (a string).
 
@@ -287,8 +292,9 @@ def render_lab_svg(model: LabModel, highlight: Iterable[str] = ()) -> str:
                        f"data-ip={quoteattr(pod.ip)} data-node={quoteattr(nd.name)}>")
             out.append(f"<rect x='{x + 10}' y='{py}' width='{NODE_W - 20}' height='{POD_H}' "
                        f"rx='6' fill='{COLORS['pod_fill']}' stroke='{pstroke}' stroke-width='1.5'/>")
-            out.append(_t(x + 18, py + 16, pod.name, 12, weight="bold"))
-            out.append(_t(x + NODE_W - 18, py + 16, pod.ip, 12, "end"))
+            name = pod.name if len(pod.name) <= 28 else pod.name[:27] + "…"
+            out.append(_t(x + 18, py + 16, name, 12, weight="bold", extra=_title(pod.name)))
+            out.append(_t(x + NODE_W - 18, py + 33, pod.ip, 12, "end"))
             if pod.iface:
                 out.append(_t(x + 18, py + 32, pod.iface, 10, color="#558b2f"))
             out.append("</g>")

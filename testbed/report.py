@@ -111,12 +111,15 @@ def frame_key(frame: Any) -> str:
 
 
 def flow_hops(captures: Iterable[Any], match: Any = None, *, key_only: bool = True,
-              limit: int = 60) -> list[Hop]:
+              limit: int = 60, since: float | None = None,
+              until: float | None = None) -> list[Hop]:
     """Merge the frames of several captures (Traces or pcap paths) in time order.
 
     ``match`` (a :class:`testbed.pcapassert.Match` or any predicate) selects the
-    flow's packets; ``key_only`` keeps :func:`is_key_frame` ones; ``limit`` caps
-    the result (earliest first).
+    flow's packets; ``key_only`` keeps :func:`is_key_frame` ones; ``since`` and
+    ``until`` (epoch seconds, e.g. ``time.time()`` before and after the flow)
+    keep one flow apart from later traffic between the same addresses;
+    ``limit`` caps the result (earliest first).
     """
     from testbed.pcapassert import load
 
@@ -125,6 +128,8 @@ def flow_hops(captures: Iterable[Any], match: Any = None, *, key_only: bool = Tr
         tr = load(cap)
         node = tr.node or ""
         for f in tr.frames:
+            if (since is not None and f.time < since) or (until is not None and f.time > until):
+                continue
             if match is not None and not match(f):
                 continue
             if key_only and not is_key_frame(f):

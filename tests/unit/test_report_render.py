@@ -226,6 +226,10 @@ def test_flow_hops_orders_key_packets_across_interfaces(tmp_path):
     assert len({h.key for h in syn}) == 1  # the same packet, followed hop by hop
     assert "IP 172.30.0.11 > 172.30.0.12 ipip:" in syn[2].summary
     assert not [h for h in hops if h.summary.endswith("[A] seq 101")]  # bare ACKs dropped
+    t_syn = syn[0].time
+    window = report.flow_hops(files, pa.between(POD0, POD1), since=t_syn + 0.005,
+                              until=t_syn + 0.015)
+    assert window and all("[SA]" in h.summary for h in window)
     assert report.path_taken(hops)[0] == "k8s-w0/cali1a2b3c4d5e6"
     times = [h.time for h in hops]
     assert times == sorted(times)
