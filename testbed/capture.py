@@ -315,7 +315,8 @@ class Capture:
     """Captures on every interface of one netns whose name matches ``ifaces``.
 
     ``node`` names the files (``<node>-<iface>.pcap``); it defaults to the netns
-    name without a lab prefix. Use as a context manager or call start/stop.
+    name (:meth:`CaptureGroup.for_lab` passes the node name, without the lab
+    prefix). Use as a context manager or call start/stop.
     """
 
     def __init__(self, netns: str | None, run_dir: str | os.PathLike[str], *,
