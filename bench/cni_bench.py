@@ -124,6 +124,28 @@ def run_one(pod: str, cid: str, command: str, sock: str, log_path: str,
     return wall, ph
 
 
+def burst(ns: str, pods: list[str], concurrency: int, sock: str, exe: str, tmp: str) -> dict[str, object]:
+    """A Deployment scale-up on one node: every pod ADDed (then DELed) with ``concurrency`` execs in flight."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    reset_datastore(ns)
+    out: dict[str, object] = {"concurrency": concurrency, "pods": len(pods)}
+
+    def one(args: tuple[int, str]) -> float:
+        i, command = args
+        with in_netns(f"/run/netns/{ns}"):  # per worker thread
+            return run_one(pods[i], f"burst-{i:04d}", command, sock, os.path.join(tmp, "burst.log"), exe)[0]
+
+    for command in ("ADD", "DEL"):
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            walls = list(pool.map(one, [(i, command) for i in range(len(pods))]))
+        total = time.perf_counter() - t0
+        out[command] = {"total_s": round(total, 2), "pods_per_s": round(len(pods) / total, 1),
+                        "p50_ms": round(pct(walls, 50), 2), "p99_ms": round(pct(walls, 99), 2)}
+    return out
+
+
 def summarize(walls: list[float], phases: list[dict[str, float]]) -> dict[str, object]:
     """p50/p99 and phase medians."""
     keys = sorted({k for p in phases for k in p})
@@ -137,6 +159,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pods", type=int, default=100)
     ap.add_argument("--modes", nargs="*", help="subset of: server+cni/bin server+venv inproc+cni/bin inproc+venv")
+    ap.add_argument("--burst", type=int, default=8, metavar="N",
+                    help="then ADD/DEL all pods with N concurrent execs (server + launcher); 0 to skip")
     ap.add_argument("--json", default=os.path.join(REPO, "reports", "bench", "cni_bench.json"))
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -201,6 +225,8 @@ def main() -> int:
         for mode, verbs in data.items():
             modes[mode] = {verb: summarize(w, p) for verb, (w, p) in verbs.items()}
         results["modes"] = modes
+        if args.burst:
+            results["burst"] = burst(ns, pods[: args.pods], args.burst, sock, fast_exe, tmp)
         results["loadavg_1m_after"] = os.getloadavg()[0]
     finally:
         if server is not None and server.poll() is None:
@@ -222,6 +248,12 @@ def main() -> int:
         for verb, s in verbs.items():
             ph = " ".join(f"{k}={v}" for k, v in s["phases_p50_ms"].items())
             print(f"{mode:<15} {verb:<4} {s['min_ms']:>8} {s['p50_ms']:>8} {s['p99_ms']:>8} {s['mean_ms']:>8}   {ph}")
+    if "burst" in results:
+        b = results["burst"]
+        for verb in ("ADD", "DEL"):
+            r = b[verb]  # type: ignore[index]
+            print(f"burst {verb} {b['pods']} pods, {b['concurrency']} in flight (server + launcher): "  # type: ignore[index]
+                  f"{r['total_s']} s, {r['pods_per_s']} pods/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms")
     print("breakdown:", ", ".join(f"{k}={v} ms" for k, v in results["breakdown"].items()))  # type: ignore[union-attr]
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
