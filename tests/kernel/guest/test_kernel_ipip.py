@@ -41,7 +41,7 @@ def cluster():
     if brk not in ("", "no-onlink", "tunnel-mtu"):
         raise ValueError(f"CALICOLAB_KTIER_BREAK={brk!r}: expected no-onlink or tunnel-mtu")
     c = kc.build(
-        3,
+        2 if brk else 3,  # a broken run only needs one cross-node pair: quicker under TCG
         datapath="kernel",
         uplink_mtu=UPLINK_MTU,
         tunnel_mtu=UPLINK_MTU - 20 - 100 if brk == "tunnel-mtu" else None,
@@ -92,10 +92,10 @@ def test_pod_to_pod_across_kernel_tunnel(cluster):
     flow.write(record, results_dir() / "flow-kernel.json")
     for ip, res in record["pings"].items():
         assert res["rc"] == 0 and res["loss_percent"] == 0, f"ping {ip}: {res['output']}"
-    sent = 2 * flow.PING_COUNT
+    sent = (len(cluster.nodes) - 1) * flow.PING_COUNT
     assert record["tunl0_delta"][1]["tx"] >= sent, record["tunl0_delta"]
     assert record["tunl0_delta"][1]["rx"] >= sent, record["tunl0_delta"]
-    for i in (2, 3):
+    for i in range(2, len(cluster.nodes) + 1):
         assert record["tunl0_delta"][i]["rx"] >= flow.PING_COUNT, record["tunl0_delta"]
 
 
