@@ -743,7 +743,7 @@ def assert_ipip(cap: Trace | str | os.PathLike[str], *, outer_src: str, outer_ds
     if inner_src and inner_dst:
         tr.expect_none(plain(inner_src, inner_dst) | plain(inner_dst, inner_src),
                        what=f"un-encapsulated pod traffic between {inner_src} and {inner_dst}")
-    for net in no_plain or ():
+    for net in [no_plain] if isinstance(no_plain, str) else (no_plain or ()):
         tr.expect_none(plain(net=net), what=f"un-encapsulated traffic to or from {net}")
     return got
 
@@ -1115,6 +1115,8 @@ def assert_bgp_open(cap: Trace | str | os.PathLike[str], *, src: str | None = No
     """A BGP OPEN from ``src`` to ``dst`` with these fields and at least these capabilities
     (codes or names from :data:`CAPABILITY_NAMES`). Returns the first such OPEN."""
     tr = _trace(cap)
+    if isinstance(capabilities, (str, int)):
+        capabilities = [capabilities]
     want_caps = [_cap_code(c) for c in capabilities]
     msgs = bgp_messages(tr, port)
     for m in msgs:

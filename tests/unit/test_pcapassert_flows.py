@@ -162,6 +162,8 @@ def test_ipip_fails_when_plain_pod_traffic_also_leaks(tmp_path):
         pa.assert_ipip(cap, outer_src=NODE_A, outer_dst=NODE_B, inner_src=POD_A, inner_dst=POD_B)
     with pytest.raises(AssertionError, match="un-encapsulated traffic to or from 192.168.0.0/16"):
         pa.assert_no_plain(cap, "192.168.0.0/16")
+    with pytest.raises(AssertionError, match="un-encapsulated traffic to or from 192.168.0.0/16"):
+        pa.assert_ipip(cap, outer_src=NODE_A, outer_dst=NODE_B, no_plain="192.168.0.0/16")
 
 
 # ----------------------------------------------------------------------------- tunl0
