@@ -123,6 +123,7 @@ class Flow:
     match: Any = None
     hop_files: list[Path] = field(default_factory=list)
     since: float = field(default_factory=time.time)  # packets before this belong to earlier flows
+    ends: list[str] = field(default_factory=list)  # pod/host names outlined in the diagram
 
 
 def _run(argv: list[str], timeout: float = 60, check: bool = True,
@@ -305,6 +306,7 @@ class Walkthrough:
                  f"curl -o /dev/null -s -w \"%{{http_code}}\" http://{b.ip}")
         f.result = self.curl(a, f"http://{b.ip}", f"HTTP 200 from {b.name}")
         f.match = pa.between(a.ip, b.ip)
+        f.ends = [a.name, b.name]
         f.hop_files = [self.captures.file("k8s-w0", a.iface), self.captures.file("k8s-w0", b.iface),
                        self.captures.file("k8s-w0", "tunl0")]
         return f
@@ -317,6 +319,7 @@ class Walkthrough:
                  f"curl -o /dev/null -s -w \"%{{http_code}}\" http://{b.ip}")
         f.result = self.curl(a, f"http://{b.ip}", f"HTTP 200 from {b.name}")
         f.match = pa.between(a.ip, b.ip) | pa.arp_request(POD_GATEWAY) | pa.arp_reply(POD_GATEWAY)
+        f.ends = [a.name, b.name]
         f.hop_files = [self.captures.file("k8s-w0", a.iface), self.captures.file("k8s-w0", "tunl0"),
                        self.captures.file("k8s-w0", "eth0"), self.captures.file("k8s-w1", "eth0"),
                        self.captures.file("k8s-w1", "tunl0"), self.captures.file("k8s-w1", b.iface)]
@@ -329,6 +332,7 @@ class Walkthrough:
         f.result = self.curl(a, "http://203.0.113.10", "HTTP 200 from the in-lab internet host")
         node_ip = self.nodes["k8s-w0"]["address"]
         f.match = pa.between(a.ip, "203.0.113.10") | pa.between(node_ip, "203.0.113.10")
+        f.ends = [a.name, "internet"]
         f.hop_files = [self.captures.file("k8s-w0", a.iface), self.captures.file("k8s-w0", "eth0"),
                        self.captures.file("internet", "eth0")]
         return f
@@ -343,6 +347,7 @@ class Walkthrough:
                  f"curl -o /dev/null -s -w \"%{{http_code}}\" http://{self.cluster_ip}")
         f.result = self.curl(client, f"http://{self.cluster_ip}", f"HTTP 200 via ClusterIP {self.cluster_ip}")
         f.match = (pa.between(client.ip, self.cluster_ip) | pa.between(client.ip, target.ip))
+        f.ends = [client.name, target.name]
         f.hop_files = [self.captures.file("k8s-w1", client.iface), self.captures.file("k8s-w1", "eth0"),
                        self.captures.file("k8s-w0", "eth0"), self.captures.file("k8s-w0", target.iface)]
         return f
@@ -488,17 +493,15 @@ class Walkthrough:
         from testbed import report
 
         out = []
-        for f in self.flows:
+        for i, f in enumerate(self.flows):
             files = [p for p in f.hop_files if p.exists()]
-            match = f.match
-            if match is not None:
-                match = match & pa.Match(f"seen after the {f.name} flow started",
-                                         lambda fr, since=f.since: fr.time >= since - 0.05)
-            hops = report.flow_hops(files, match) if files and match is not None else []
+            until = self.flows[i + 1].since if i + 1 < len(self.flows) else None
+            hops = (report.flow_hops(files, f.match, since=f.since - 0.05, until=until)
+                    if files and f.match is not None else [])
             out.append(report.FlowResult(f.name, f.title, result=f.result, ok=f.ok, hops=hops,
                                          pcaps=f.pcaps, description=f"{f.command}\n" + "\n".join(
                                              f"check: {c}" for c in f.checks),
-                                         error=f.error))
+                                         error=f.error, highlight=f.ends))
         return out
 
     def write_report(self) -> Path:
