@@ -67,16 +67,21 @@ class SysctlDriver:
     def __init__(self, root: str = PROC) -> None:
         self.root = root
         self._done: set[str] = set()
+        self._rp: str | None = None
+        self._last: frozenset[str] = frozenset()
 
     def apply(self, interfaces: frozenset[str] | set[str], resync: bool = False) -> list[str]:
         """Set what is missing; returns the interfaces that are not there yet (retry later)."""
         if resync:
             self._done.clear()
+            self._rp = None
         if "" not in self._done:
             for path, val in global_settings().items():
                 write(path, val, self.root)
             self._done.add("")
-        rp = default_rp_filter(self.root)
+        if self._rp is None:
+            self._rp = default_rp_filter(self.root)
+        rp = self._rp
         missing = []
         for iface in interfaces:
             if iface in self._done:
@@ -87,5 +92,7 @@ class SysctlDriver:
             for path, val in interface_settings(iface, rp).items():
                 write(path, val, self.root, check_first=False)
             self._done.add(iface)
-        self._done &= set(interfaces) | {""}
+        gone = self._last - interfaces if isinstance(interfaces, frozenset) else self._last - set(interfaces)
+        self._done -= gone  # a re-made interface of the same name gets its settings again
+        self._last = frozenset(interfaces)
         return missing
