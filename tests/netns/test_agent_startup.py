@@ -99,3 +99,20 @@ def test_health_server_paths():
         assert get("/nope")[0] == 404
     finally:
         srv.stop()
+
+
+def test_tunnel_address_follows_the_pools(ds_client, tmp_path):
+    from agent.startup import ensure_tunnel_address
+
+    res = run_startup(ds_client, {**ENV, "NODE_NAME": "w9"}, var_lib=str(tmp_path), interfaces=ifaces("172.30.0.19/24"))
+    assert res.tunnel_address
+    pool = ds_client.get("IPPool", "default-ipv4-ippool")
+    pool.spec.ipip_mode = "Never"
+    ds_client.update(pool)
+    assert ensure_tunnel_address(ds_client, "w9") is None
+    assert ds_client.get("Node", "w9").spec.bgp.ipv4_ipip_tunnel_addr is None
+    pool = ds_client.get("IPPool", "default-ipv4-ippool")
+    pool.spec.ipip_mode = "Always"
+    ds_client.update(pool)
+    again = ensure_tunnel_address(ds_client, "w9")
+    assert again and ds_client.get("Node", "w9").spec.bgp.ipv4_ipip_tunnel_addr == again
