@@ -201,6 +201,21 @@ def _set_link_and_address(ipr, index: int, address: str, mtu: int) -> None:
         ipr.addr("add", index=index, address=address, prefixlen=32)
 
 
+def tunl0_kind() -> str | None:
+    """"kernel" (ipip), "userspace" (TUN) or None: what tunl0 in this netns is (read over netlink)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname="tunl0")
+        if not idx:
+            return None
+        info = ipr.get_links(idx[0])[0].get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    if kind == "tun":
+        return "userspace"
+    return "kernel" if kind in ("ipip", None) else kind
+
+
 def main(argv: list[str] | None = None) -> int:
     """Hold a userspace tunl0 + pump in the current netns until SIGTERM/SIGINT."""
     from agent.felix.pump import IpipPump

@@ -33,20 +33,21 @@ def topo():
 def test_ensure_tunl0_userspace_is_idempotent_and_exact(topo):
     node = topo.node("n")
     script = textwrap.dedent("""
-        from agent.felix.tunnel import ensure_tunl0
+        from agent.felix.tunnel import ensure_tunl0, tunl0_kind
+        before = tunl0_kind()
         for _ in range(2):
             info = ensure_tunl0("192.168.3.0", 1480, mode="userspace")
-        print(info.kind, info.ifname, info.address, info.mtu)
+        print(info.kind, info.ifname, info.address, info.mtu, before, tunl0_kind())
     """)
     out = run(PY, "-c", script, netns=node)
-    assert out.split() == ["userspace", "tunl0", "192.168.3.0", "1480"]
+    assert out.split() == ["userspace", "tunl0", "192.168.3.0", "1480", "None", "userspace"]
     addrs = run("ip", "-4", "-o", "addr", "show", "dev", "tunl0", netns=node)
     assert [line.split()[3] for line in addrs.splitlines()] == ["192.168.3.0/32"]
     link = run("ip", "link", "show", "tunl0", netns=node)
     assert "mtu 1480" in link and ",UP" in link
     # A second address added by hand is removed, as Felix does (felix#2887).
     run("ip", "addr", "add", "10.9.9.9/24", "dev", "tunl0", netns=node)
-    run(PY, "-c", script, netns=node)
+    assert run(PY, "-c", script, netns=node).split()[4:] == ["userspace", "userspace"]
     addrs = run("ip", "-4", "-o", "addr", "show", "dev", "tunl0", netns=node)
     assert [line.split()[3] for line in addrs.splitlines()] == ["192.168.3.0/32"]
 
