@@ -141,6 +141,10 @@ class CNIServer:
                 return {"refused": "request too large"}
             chunks.append(chunk)
         req = json.loads(b"".join(chunks).decode("utf-8", "surrogatepass"))
+        if os.stat("/proc/thread-self/ns/net").st_ino != self._ns["net"]:
+            # defensive: a worker that could not leave a pod netns must never serve again
+            self.refused += 1
+            return {"refused": "server worker is not in the node's network namespace"}
         if req.get("ns") != self._ns:
             self.refused += 1
             return {"refused": "caller is in another network or mount namespace than the CNI server"}
