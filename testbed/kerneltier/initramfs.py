@@ -31,13 +31,16 @@ MODULES = (
     "virtio_pci",  # the PCI transport of the virtio-9p devices
     "9pnet_virtio",
     "9p",
-    "ipip",  # tunnel4, ip_tunnel
     "veth",
     "bridge",  # stp, llc: the nodes' shared segment
 )
+# Shipped but NOT loaded at boot: the kernel loads them on demand through /sbin/modprobe
+# (busybox, in the initramfs root where the kernel's usermode helper runs), as on an ordinary
+# VM where ipip.ko is installed but not loaded until the first ipip device is asked for.
+AUTOLOAD_MODULES = ("ipip",)  # tunnel4, ip_tunnel
 APPLETS = (
     "sh", "mount", "umount", "mkdir", "insmod", "chroot", "cat", "cut", "echo",
-    "poweroff", "sync", "base64", "sleep",
+    "poweroff", "sync", "base64", "sleep", "modprobe",
 )  # fmt: skip
 GUEST_PATH = "/work/main/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 RESULTS_IN_GUEST = "/tmp/results"
@@ -143,13 +146,35 @@ def init_script() -> str:
     return INIT.replace("@RESULTS@", RESULTS_IN_GUEST).replace("@PATH@", GUEST_PATH)
 
 
+def modules_tree(release: str, names: list[str], paths: dict[str, str], dep_text: str,
+                 alias_text: str) -> tuple[list[str], str, str]:  # fmt: skip
+    """Directories, ``modules.dep`` and ``modules.alias`` of a ``lib/modules/<release>`` that
+    holds only ``names`` (their lines kept verbatim from the full files)."""
+    keep = {paths[n] for n in names}
+    dep = "".join(line + "\n" for line in dep_text.splitlines()
+                  if line.partition(":")[0] in keep)  # fmt: skip
+    wanted = set(names)
+    alias = "".join(line + "\n" for line in alias_text.splitlines()
+                    if line.startswith("alias ") and line.split()[-1] in wanted)  # fmt: skip
+    dirs: list[str] = []
+    for path in sorted(keep):
+        parts = f"lib/modules/{release}/{path}".split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d not in dirs:
+                dirs.append(d)
+    return dirs, dep, alias
+
+
 def entries(kernel: GuestKernel, busybox: bytes) -> list[Entry]:
     """All archive members for ``kernel``."""
     dep_text = (kernel.modules / "modules.dep").read_text()
     deps = module_deps(dep_text)
     paths = module_paths(dep_text)
     order = load_order(MODULES, deps)
-    out = [Entry.dir(d) for d in ("bin", "dev", "proc", "sys", "host", "modules", "tmp")]
+    lazy = [m for m in load_order(AUTOLOAD_MODULES, deps) if m not in order]
+    out = [Entry.dir(d) for d in ("bin", "sbin", "dev", "proc", "sys", "host", "modules", "tmp")]
+    out.append(Entry.symlink("sbin/modprobe", "/bin/busybox"))
     out.append(Entry.chardev("dev/console", 5, 1))
     out.append(Entry.chardev("dev/null", 1, 3, 0o666))
     out.append(Entry.file("bin/busybox", busybox, 0o755))
@@ -160,6 +185,15 @@ def entries(kernel: GuestKernel, busybox: bytes) -> list[Entry]:
             raise InitramfsError(f"{path} is compressed; busybox insmod needs plain .ko files")
         out.append(Entry.file(f"modules/{name}.ko", path.read_bytes()))
     out.append(Entry.file("modules.load", ("\n".join(order) + "\n").encode()))
+    alias_path = kernel.modules / "modules.alias"
+    dirs, dep, alias = modules_tree(kernel.release, lazy, paths, dep_text,
+                                    alias_path.read_text() if alias_path.exists() else "")  # fmt: skip
+    out += [Entry.dir(d) for d in dirs]
+    root = f"lib/modules/{kernel.release}"
+    for name in lazy:
+        out.append(Entry.file(f"{root}/{paths[name]}", (kernel.modules / paths[name]).read_bytes()))
+    out.append(Entry.file(f"{root}/modules.dep", dep.encode()))
+    out.append(Entry.file(f"{root}/modules.alias", alias.encode()))
     out.append(Entry.file("init", init_script().encode(), 0o755))
     return out
 

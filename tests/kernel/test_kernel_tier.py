@@ -104,7 +104,8 @@ def test_break_wrong_tunnel_mtu_fails_the_tier(guest):
 
 
 def test_initramfs_holds_init_busybox_and_the_tier_modules():
-    """The initramfs built at test time: /init, busybox, dev/console and ipip + 9p modules in order."""
+    """The initramfs built at test time: /init, busybox, dev/console, the boot modules in order,
+    and ipip with its dependencies for on-demand loading through /sbin/modprobe."""
     import gzip
 
     from testbed.kerneltier import cpio, fetch, initramfs
@@ -114,10 +115,13 @@ def test_initramfs_holds_init_busybox_and_the_tier_modules():
     path = initramfs.build(kernel)
     assert initramfs.build(kernel) == path, "same inputs must give the same cached initramfs"
     names = {e.name: e for e in cpio.parse(gzip.decompress(path.read_bytes()))}
-    for must in ("init", "bin/busybox", "dev/console", "modules/ipip.ko", "modules/veth.ko",
-                 "modules/9p.ko", "modules/9pnet_virtio.ko", "modules/bridge.ko"):  # fmt: skip
+    lazy = f"lib/modules/{kernel.release}"
+    for must in ("init", "bin/busybox", "dev/console", "sbin/modprobe", "modules/veth.ko",
+                 "modules/9p.ko", "modules/9pnet_virtio.ko", "modules/bridge.ko",
+                 f"{lazy}/kernel/net/ipv4/ipip.ko", f"{lazy}/kernel/net/ipv4/tunnel4.ko",
+                 f"{lazy}/kernel/net/ipv4/ip_tunnel.ko"):  # fmt: skip
         assert must in names, f"{must} missing from {path}"
     order = names["modules.load"].data.decode().split()
-    assert order.index("tunnel4") < order.index("ipip")
-    assert order.index("ip_tunnel") < order.index("ipip")
+    assert "ipip" not in order, "ipip must be left to on-demand loading"
     assert order.index("9pnet") < min(order.index("9pnet_virtio"), order.index("9p"))
+    assert "alias rtnl-link-ipip ipip" in names[f"{lazy}/modules.alias"].data.decode()

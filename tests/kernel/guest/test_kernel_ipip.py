@@ -36,7 +36,9 @@ def results_dir() -> Path:
 def cluster():
     """Three nodes with the agent's kernel tunl0, a BGP mesh (agent.bgp) programming the block
     routes, and one pod each."""
-    require(os.path.isdir("/sys/module/ipip"), "the kernel has no ipip module loaded")
+    from agent.felix.tunnel import kernel_has_ipip
+
+    require(kernel_has_ipip(), "this kernel cannot make ipip devices")
     brk = os.environ.get("CALICOLAB_KTIER_BREAK", "")
     if brk not in ("", "no-onlink", "tunnel-mtu"):
         raise ValueError(f"CALICOLAB_KTIER_BREAK={brk!r}: expected no-onlink or tunnel-mtu")
@@ -50,6 +52,33 @@ def cluster():
     )
     yield c
     c.close()
+
+
+def test_agent_auto_mode_loads_ipip_on_demand_and_picks_the_kernel(netns):
+    """As on an ordinary VM: ipip.ko installed, not loaded. The agent's auto mode asks for an
+    ipip device, the kernel loads the module (modprobe), and tunl0 is the kernel's.
+
+    Runs first in this module, before anything else creates an ipip device.
+    """
+    from pyroute2 import netns as pnetns
+
+    from agent.felix import tunnel
+
+    require(not os.path.isdir("/sys/module/ipip"),
+            "ipip is already loaded: this must run before any other ipip user")  # fmt: skip
+    tunnel._ipip_cache = None  # a fresh agent process has not probed yet
+    ns = netns("ktauto")
+    pnetns.pushns(ns)
+    try:
+        info = tunnel.ensure_tunl0("192.168.77.0", 1480, mode="auto")
+    finally:
+        pnetns.popns()
+    assert os.path.isdir("/sys/module/ipip"), "the kernel did not load ipip on demand"
+    assert info.kind == "kernel", info
+    link = kc.run("ip", "-d", "link", "show", "tunl0", netns=ns)
+    assert "ipip" in link and "mtu 1480" in link, link
+    assert kc.run("ip", "-o", "-4", "addr", "show", "dev", "tunl0", netns=ns).split()[3] == (
+        "192.168.77.0/32")  # fmt: skip
 
 
 def test_tunl0_is_kernel_ipip_with_tunnel_address_and_mtu(cluster):
