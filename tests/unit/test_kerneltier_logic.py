@@ -199,3 +199,17 @@ def test_guestrun_run_specs():
     args = pytest_args("tests/kernel/guest", Path("/r/j.xml"), "mtu")
     assert args[-2:] == ["-k", "mtu"] and "--junitxml=/r/j.xml" in args
     assert "no:cacheprovider" in args
+
+
+def test_modules_tree_keeps_only_the_shipped_modules():
+    paths = initramfs.module_paths(DEP)
+    alias = "alias rtnl-link-ipip ipip\nalias netdev-tunl0 ipip\nalias fs-9p 9p\n# comment\n"
+    dirs, dep, al = initramfs.modules_tree("6.1.0-1-amd64", ["tunnel4", "ip_tunnel", "ipip"],
+                                           paths, DEP, alias)  # fmt: skip
+    assert dirs == ["lib", "lib/modules", "lib/modules/6.1.0-1-amd64",
+                    "lib/modules/6.1.0-1-amd64/kernel", "lib/modules/6.1.0-1-amd64/kernel/net",
+                    "lib/modules/6.1.0-1-amd64/kernel/net/ipv4"]  # fmt: skip
+    assert dep.splitlines() == [
+        "kernel/net/ipv4/ipip.ko: kernel/net/ipv4/tunnel4.ko kernel/net/ipv4/ip_tunnel.ko",
+        "kernel/net/ipv4/tunnel4.ko:", "kernel/net/ipv4/ip_tunnel.ko:"]  # fmt: skip
+    assert al == "alias rtnl-link-ipip ipip\nalias netdev-tunl0 ipip\n"
