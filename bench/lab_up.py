@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from testbed import lab as labmod  # noqa: E402
 from testbed import netns as nsmod  # noqa: E402
 from testbed.clean import clean_lab  # noqa: E402
-from testbed.poll import wait_for  # noqa: E402
+from testbed.poll import WaitTimeout, wait_for  # noqa: E402
 
 TARGETS = {3: 3.0, 20: 10.0, 50: 30.0}
 
@@ -129,9 +129,13 @@ def run_one(nodes: int, pods: int, workdir: Path) -> dict:
         def all_ready(v: dict) -> bool:
             return len(v["nodes"]) == nodes and all(v["nodes"].values())
 
-        wait_for(lambda: cluster_view(cp_ns, eps), all_ready, timeout=180,
-                 what=f"{nodes} nodes Ready")
-        result["nodes_ready_s"] = round(time.monotonic() - t0, 3)
+        try:
+            wait_for(lambda: cluster_view(cp_ns, eps), all_ready, timeout=60,
+                     what=f"{nodes} nodes Ready")
+            result["nodes_ready_s"] = round(time.monotonic() - t0, 3)
+        except WaitTimeout as exc:  # record who is stuck; pods may still run elsewhere
+            last = exc.last or {"nodes": {}}
+            result["nodes_not_ready"] = sorted(n for n, ok in last["nodes"].items() if not ok)
 
         def pods_running(v: dict) -> bool:
             return len(v["pods"]) == pods and all(ph == "Running" and ip
@@ -153,7 +157,7 @@ def run_one(nodes: int, pods: int, workdir: Path) -> dict:
         result["down_s"] = round(time.monotonic() - t1, 3)
         result["left_behind"] = [n for n in st["netns"] if Path("/run/netns", n).exists()]
     except Exception as exc:  # noqa: BLE001 - recorded in the results, lab removed below
-        result["error"] = f"{type(exc).__name__}: {exc}"
+        result["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
     finally:
         clean_lab(name)
     target = TARGETS.get(nodes)
@@ -191,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                f("pods_running_s"), f("pods_reachable_s"), f("target_s"),
                "yes" if r["meets_target"] else "NO", f("down_s"))
         print("  ".join(f"{c:>14}" for c in row))
+        if r.get("nodes_not_ready"):
+            print(f"    never Ready: {', '.join(r['nodes_not_ready'])}")
         if r.get("error"):
             print(f"    error: {r['error']}")
     out = {"benchmark": "lab_up", "machine": {"cpus": os.cpu_count(), "kernel": platform.release()},
