@@ -73,21 +73,18 @@ def connected_sender(gateway: str) -> socket.socket:
 
 def tunnel_routes(ifname: str = "tunl0") -> list[tuple[str, str]]:
     """(prefix, gateway) of every main-table IPv4 route with a gateway on ``ifname``."""
-    from pyroute2 import IPRoute
+    from agent.felix.netlink import Netlink
 
-    with IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
-            return []
-        out = []
-        for r in ipr.get_routes(family=socket.AF_INET, table=254):
-            if r.get_attr("RTA_OIF") != idx[0]:
-                continue
-            gw = r.get_attr("RTA_GATEWAY")
-            if gw is None:
-                continue
-            out.append((f"{r.get_attr('RTA_DST') or '0.0.0.0'}/{r['dst_len']}", gw))
-        return out
+    try:
+        idx = socket.if_nametoindex(ifname)
+    except OSError:
+        return []
+    nl = Netlink()
+    try:
+        return [(f"{r.dst}/{r.dst_len}", r.gateway) for r in nl.routes(254)
+                if r.oif == idx and r.gateway is not None]
+    finally:
+        nl.close()
 
 
 class IpipPump:
@@ -106,7 +103,6 @@ class IpipPump:
         self._table = LpmTable()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._route_dirty = threading.Event()
         self.stats = {"tx": 0, "rx": 0, "tx_noroute": 0, "rx_denied": 0, "tx_error": 0, "rx_error": 0,
                       "rx_merged": 0}
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_IPIP)
