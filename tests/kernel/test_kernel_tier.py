@@ -7,14 +7,17 @@ junit.xml it wrote through the results share, never from qemu's exit code.
 
 from __future__ import annotations
 
+import gzip
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from testbed import pcapassert as pa
+from testbed.kerneltier import cpio, fetch, initramfs, qemu
 from testbed.kerneltier.results import guest_test_names, read_junit, verdict_for
-from tests.support import require
+from tests.support import require, require_root
 
 pytestmark = pytest.mark.kernel
 
@@ -106,10 +109,6 @@ def test_break_wrong_tunnel_mtu_fails_the_tier(guest):
 def test_initramfs_holds_init_busybox_and_the_tier_modules():
     """The initramfs built at test time: /init, busybox, dev/console, the boot modules in order,
     and ipip with its dependencies for on-demand loading through /sbin/modprobe."""
-    import gzip
-
-    from testbed.kerneltier import cpio, fetch, initramfs
-
     kernel = fetch.cached()
     require(kernel is not None, "no cached guest kernel: run python -m testbed.kerneltier.fetch")
     path = initramfs.build(kernel)
@@ -125,3 +124,16 @@ def test_initramfs_holds_init_busybox_and_the_tier_modules():
     assert "ipip" not in order, "ipip must be left to on-demand loading"
     assert order.index("9pnet") < min(order.index("9pnet_virtio"), order.index("9p"))
     assert "alias rtnl-link-ipip ipip" in names[f"{lazy}/modules.alias"].data.decode()
+
+
+def test_boot_past_its_wall_clock_limit_is_killed_and_reported(tmp_path):
+    """qemu still running at the limit is killed (by its PID) and the run says timed_out, with
+    no verdict: the tier never takes qemu's exit status for a result."""
+    require_root()
+    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
+    kernel = fetch.cached()
+    require(kernel is not None, "no cached guest kernel: run python -m testbed.kerneltier.fetch")
+    run = qemu.boot("sleep 60", tmp_path, timeout=1.0, kernel=kernel)
+    assert run.timed_out and run.exit_code is None and run.qemu_returncode is None, run
+    with pytest.raises(qemu.GuestError, match="wall-clock limit"):
+        run.check()
