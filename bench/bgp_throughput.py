@@ -30,8 +30,10 @@ POOL = IPv4Network("10.0.0.0/8")
 
 
 def prefixes(n: int) -> list[IPv4Network]:
-    base = int(IPv4Network("10.0.0.0/8").network_address)
-    return [IPv4Network((base + (i << 8), 24)) for i in range(n)]
+    base = int(POOL.network_address)
+    if n > 2 ** 18:
+        raise ValueError(f"at most {2 ** 18} /26 prefixes fit in {POOL}")
+    return [IPv4Network((base + (i << 6), 26)) for i in range(n)]
 
 
 def run(n_prefixes: int, n_peers: int, program_kernel: bool, timeout: float) -> dict:

@@ -96,13 +96,13 @@ class SpeakerThread:
             self._ctl = await ctl.serve(self.ctl_path, self.speaker.status,
                                         self.speaker.show_route)
 
-    def apply(self, config: SpeakerConfig) -> None:
+    def apply(self, config: SpeakerConfig, timeout: float = 60.0) -> None:
         """Start the speaker with ``config`` or move the running one to it."""
         self.config = config
         if self.speaker is None:
-            self.call(self._start_speaker, config)
+            self.call(self._start_speaker, config, timeout=timeout)
         else:
-            self.call(self.speaker.apply, config)
+            self.call(self.speaker.apply, config, timeout=timeout)
 
     def status(self) -> dict:
         """Speaker.status(), or a stub saying it has no configuration yet."""
