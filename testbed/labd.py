@@ -411,6 +411,68 @@ class Supervisor:
         nsmod.run_in(self.state["hosts"][self.topo.control_plane.name]["netns"],
                      lambda: Store.from_endpoints(endpoints).ensure_cluster(pod_cidr=pod_cidr))
 
+    def apply_bgp_config(self, patch_nodes: bool) -> None:
+        """The topology's BGP settings as Calico resources (what a user would calicoctl apply).
+
+        Mesh off or a non-default AS -> BGPConfiguration ``default``; every external
+        peer -> a BGPPeer (global, or for one node); route reflectors -> a BGPPeer
+        ``peer-with-route-reflectors`` (all nodes peer with nodes labelled
+        ``route-reflector=true``) and, once their Node resources exist
+        (``patch_nodes``), that label and a routeReflectorClusterID on each RR node.
+        """
+        bgp = self.topo.calico.bgp
+        if bgp.mesh and bgp.as_number == 64512 and not bgp.external_peers \
+                and not bgp.route_reflectors:
+            return
+        if importlib.util.find_spec("datastore.client") is None:
+            self._skip("BGP settings: datastore not present")
+            return
+        endpoints = self.state["etcd_endpoints"]
+
+        def work() -> list[str]:
+            from datastore import Client, errors
+            from datastore.resources import BGPConfiguration, BGPPeer, Metadata, NodeBGPSpec
+
+            client = Client(endpoints)
+            done = []
+            if not bgp.mesh or bgp.as_number != 64512:
+                client.apply(BGPConfiguration(
+                    metadata=Metadata(name="default"),
+                    spec=BGPConfiguration.Spec(node_to_node_mesh_enabled=bgp.mesh,
+                                               as_number=bgp.as_number)))
+                done.append("BGPConfiguration default")
+            for i, peer in enumerate(bgp.external_peers):
+                name = peer.name or f"external-{i}"
+                client.apply(BGPPeer(metadata=Metadata(name=name), spec=BGPPeer.Spec(
+                    node=peer.node, peer_ip=str(peer.address), as_number=peer.as_number)))
+                done.append(f"BGPPeer {name}")
+            if bgp.route_reflectors:
+                client.apply(BGPPeer(metadata=Metadata(name="peer-with-route-reflectors"),
+                                     spec=BGPPeer.Spec(node_selector="all()",
+                                                       peer_selector="route-reflector == 'true'")))
+                done.append("BGPPeer peer-with-route-reflectors")
+            for rr in bgp.route_reflectors if patch_nodes else ():
+                for _attempt in range(10):
+                    try:
+                        node = client.get("Node", rr)
+                    except errors.NotFound:
+                        break
+                    node.metadata.labels = dict(node.metadata.labels or {},
+                                                **{"route-reflector": "true"})
+                    node.spec.bgp = node.spec.bgp or NodeBGPSpec()
+                    node.spec.bgp.route_reflector_cluster_id = "244.0.0.1"
+                    try:
+                        client.update(node)
+                        done.append(f"route reflector {rr}")
+                        break
+                    except errors.Conflict:
+                        continue
+            return done
+
+        done = nsmod.run_in(self.state["hosts"][self.topo.control_plane.name]["netns"], work)
+        if done:
+            self.progress("BGP settings: " + ", ".join(done))
+
     def wait_nodes(self, ready: bool) -> None:
         """Wait (bounded) until every node is registered (and Ready if ``ready``); warn otherwise."""
         if not any(k.endswith("/kubelet") for k in self.procs):
@@ -577,6 +639,7 @@ class Supervisor:
             with self.lock:
                 started = self.install_cni()
             self.wait_agents_ready(started)
+            self.apply_bgp_config(patch_nodes=True)
             self.wait_nodes(ready=True)
             return {"ok": True, "started": started}
         if cmd == "stop":
@@ -615,8 +678,10 @@ class Supervisor:
             mark("etcd")
             self.kubeadm_init()
             applying = self.start_workloads()
+            self.apply_bgp_config(patch_nodes=False)
             if started:
                 self.wait_agents_ready(started)
+                self.apply_bgp_config(patch_nodes=True)
                 mark("calico-node ready")
             self.wait_nodes(ready=bool(self.state.get("cni_installed")))
             mark("nodes")

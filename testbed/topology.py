@@ -315,8 +315,6 @@ class Topology:
             "IP_AUTODETECTION_METHOD": "interface=eth0",
             "DATASTORE_TYPE": "etcdv3",
             "FELIX_HEALTHPORT": "9099",
-            "CALICO_BGP_AS": str(self.calico.bgp.as_number),
-            "CALICO_BGP_MESH": "true" if self.calico.bgp.mesh else "false",
         }
 
 

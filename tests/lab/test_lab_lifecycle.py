@@ -155,3 +155,31 @@ def test_up_failure_creates_nothing(make_lab, tmp_path):
         labmod.up(Path(st["topology"]), no_cni=True, progress=lambda _m: None)
     assert "already running" in str(info.value) and info.value.exit_code == labmod.EXIT_EXISTS
     assert labmod.is_running(labmod.read_state(st["lab"]))
+
+
+BGP_LAB = SMALL + """\
+calico:
+  bgp:
+    mesh: false
+    asNumber: 65001
+    routeReflectors: [m]
+    externalPeers:
+      - {{name: tor, address: 172.30.60.99, asNumber: 65100}}
+"""
+
+
+def test_topology_bgp_settings_become_calico_resources(make_lab):
+    st = make_lab(BGP_LAB)
+
+    def read() -> dict:
+        from datastore import Client
+
+        c = Client(st["etcd_endpoints"])
+        return {"config": c.get("BGPConfiguration", "default").to_dict()["spec"],
+                "peers": {p.metadata.name: p.to_dict()["spec"] for p in c.list("BGPPeer")}}
+
+    got = nsmod.run_in(f"{st['lab']}-m", read)
+    assert got["config"]["nodeToNodeMeshEnabled"] is False and got["config"]["asNumber"] == 65001
+    assert got["peers"]["tor"]["peerIP"] == "172.30.60.99"
+    assert got["peers"]["tor"]["asNumber"] == 65100
+    assert got["peers"]["peer-with-route-reflectors"]["peerSelector"] == "route-reflector == 'true'"
