@@ -219,9 +219,11 @@ def test_bird_as_tor_learns_blocks_and_nodes_install_its_route(tor, tmp_path):
 
 
 def test_mesh_off_bird_as_route_reflector(tor, tmp_path):
+    start_speakers(tor, mesh=False)           # this time our speakers are up first
     bird = start_bird(tor, tmp_path, rr=True)
-    start_speakers(tor, mesh=False)
+    t0 = time.monotonic()
     wait_for(bird.established, lambda s: len(s) == 3, timeout=3, what="RR sessions")
+    print(f"RR sessions Established {time.monotonic() - t0:.2f}s after BIRD was up")
     for i, (ns, _a) in enumerate(tor.nodes[1:4]):
         wait_for(lambda ns=ns: bird_routes(ns), lambda r, i=i: r == expected_node_routes(tor, i),
                  timeout=5, what=f"reflected routes on node {i} (next hop = the owning node)")
