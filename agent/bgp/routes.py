@@ -70,10 +70,10 @@ def kernel_route(prefix: IPv4Network, paths: list[Path], policy: KernelPolicy) -
     if not paths or not policy.program:
         return None
     best = paths[0]
+    if _in(prefix, policy.reject_pools):
+        return None  # VXLAN pools: Felix programs those, blackholes included
     if best.source == LOCAL:
         return KernelRoute(prefix, blackhole=True) if best.blackhole else None
-    if _in(prefix, policy.reject_pools):
-        return None
     hops = sorted({next_hop_for(prefix, p.next_hop, policy) for p in paths if p.next_hop})
     if not hops:
         return None

@@ -81,6 +81,7 @@ def test_kernel_route_modes():
     vx = KernelPolicy(reject_pools=(N("192.168.0.0/16"),))
     assert kernel_route(N("192.168.1.0/26"), [_path("172.30.0.11")], vx) is None
     local = Path(N("192.168.2.0/26"), "local", M.Attributes(), blackhole=True)
+    assert kernel_route(N("192.168.2.0/26"), [local], vx) is None
     assert kernel_route(N("192.168.2.0/26"), [local], ipip).render() == \
         "blackhole 192.168.2.0/26 proto bird"
 
