@@ -120,7 +120,7 @@ def run_one(nodes: int, pods: int, workdir: Path) -> dict:
     try:
         st = labmod.up(path, progress=lambda m: print(f"  [{time.monotonic() - t0:6.2f}s] {m}",
                                                       file=sys.stderr),
-                       timeout=300, ready_timeout=120)
+                       timeout=300, ready_timeout=60)
         result["up_returned_s"] = round(time.monotonic() - t0, 3)
         result["supervisor_timings_s"] = st.get("timings", {})
         cp_ns = st["hosts"][st["control_plane"]]["netns"]
