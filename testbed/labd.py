@@ -124,7 +124,13 @@ class Supervisor:
         cg = self.state.get("cgroup")
         if cg:
             try:
-                Path(cg).mkdir(parents=True, exist_ok=True)
+                for attempt in range(5):  # a concurrent clean may remove the empty parent
+                    try:
+                        Path(cg).mkdir(parents=True, exist_ok=True)
+                        break
+                    except FileNotFoundError:
+                        if attempt == 4:
+                            raise
                 labmod.join_cgroup(cg)
             except OSError as exc:
                 _log(f"no cgroup for the lab ({exc}); clean will rely on recorded PIDs")
