@@ -67,6 +67,10 @@ class ConfdWatcher:
             self.last_error = str(exc)
             log.error("confd: %s", exc)
             return
+        except Exception as exc:  # noqa: BLE001 - keep the last good config, keep watching
+            self.last_error = f"confd failed: {type(exc).__name__}: {exc}"
+            log.exception("confd: computing the BGP configuration failed")
+            return
         if cfg is not None and cfg != self.last:
             self.last = cfg
             self.on_config(cfg)
