@@ -44,7 +44,7 @@ def lab_name():
     clean_lab(name)
 
 
-def test_walkthrough_notready_then_ready(lab_name):
+def test_walkthrough_notready_then_ready(lab_name, tmp_path):
     topo = str(labmod.REPO / "topologies" / "walkthrough.yaml")
     res = cli("up", topo, "--name", lab_name, "--no-cni")
     assert res.returncode == 0, res.stderr
@@ -61,6 +61,21 @@ def test_walkthrough_notready_then_ready(lab_name):
     nodes = json.loads(res.stdout)["nodes"]
     assert [n["agent"] for n in nodes] == ["ready"] * 3, nodes
     assert {n["datapath"] for n in nodes} <= {"kernel", "userspace"}
+    # a pod pinned to k8s-w0: `exec NS/POD` lands in its netns, `exec NODE` sees its netns
+    pod = tmp_path / "pod.yaml"
+    pod.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: probe, namespace: default}\n"
+                   "spec: {nodeName: k8s-w0, containers: [{name: c, image: busybox}]}\n")
+    res = cli("kubectl", "--lab", lab_name, "apply", "-f", str(pod))
+    assert res.returncode == 0, res.stderr
+    wait_for(lambda: cli("kubectl", "--lab", lab_name, "get", "pod", "probe").stdout,
+             lambda out: "Running" in out, timeout=30, what="pod probe Running")
+    res = cli("--lab", lab_name, "exec", "default/probe", "--", "ip", "route")
+    assert res.returncode == 0 and "default via 169.254.1.1" in res.stdout, res.stdout + res.stderr
+    res = cli("--lab", lab_name, "exec", "k8s-w0", "--", "ip", "netns", "list")
+    assert res.returncode == 0 and res.stdout.count("cni-") == 1, res.stdout
+    res = cli("--lab", lab_name, "exec", "k8s-w1", "--", "ip", "netns", "list")
+    assert res.returncode == 0 and "cni-" not in res.stdout, res.stdout
+
     st = labmod.read_state(lab_name)  # now with the calico-node PIDs
     assert st is not None and any(k.endswith("/calico-node") for k in st["services"])
     res = cli("down", lab_name)
