@@ -27,7 +27,8 @@ class KernelRoutes:
         self.ipr = IPRoute()
         self._ifindex: dict[str, int] = {}
         self._ifname: dict[int, str] = {}
-        self.errors: list[str] = []
+        self.errors: list[str] = []                     # history (last 20)
+        self.failing: dict[IPv4Network, str] = {}      # prefixes failing right now
 
     def close(self) -> None:
         """Release the netlink socket."""
@@ -113,8 +114,10 @@ class KernelRoutes:
                     self.remove(prefix)
                 else:
                     self.install(route)
+                self.failing.pop(prefix, None)
             except Exception as exc:  # noqa: BLE001 - report and continue with the others
                 failed.add(prefix)
+                self.failing[prefix] = f"kernel route {prefix}: {exc}"
                 self._ifindex.clear()  # a device may have been re-created
                 self._ifname.clear()
                 msg = f"kernel route {prefix}: {exc}"

@@ -751,7 +751,9 @@ class Speaker:
                                    if p.state() == F.State.ESTABLISHED),
                 "routes": len(self.rib.loc), "kernel_routes": len(self.kernel_routes),
                 "counters": dict(self.counters.__dict__),
-                "kernel_errors": list(self.kernel.errors) if self.kernel is not None else []}
+                # routes that cannot be programmed right now (retried every second)
+                "kernel_errors": sorted(self.kernel.failing.values()) if self.kernel else [],
+                "kernel_error_history": list(self.kernel.errors) if self.kernel else []}
 
     def show_route(self) -> list[str]:
         """birdc-like 'show route' lines."""

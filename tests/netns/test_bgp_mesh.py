@@ -247,6 +247,9 @@ def test_routes_wait_for_tunl0_then_appear(lab):
     sh("ip", "-n", a_ns, "link", "set", "tunl0", "up")
     wait_for(lambda: bird_routes(a_ns), lambda r: r == expected_routes(lab, 0), timeout=5,
              what="tunnel route once tunl0 exists")
+    wait_for(lambda: lab.speakers[0].status()["kernel_errors"], lambda e: e == [], timeout=3,
+             what="no route failing any more")
+    assert lab.speakers[0].status()["kernel_error_history"]
 
 
 def test_collision_between_two_active_peers_leaves_one_session(lab):
