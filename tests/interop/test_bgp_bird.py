@@ -13,6 +13,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 from ipaddress import IPv4Address, IPv4Network
 
@@ -27,6 +28,7 @@ from tests.support import require_root, require_tool, sh
 
 pytestmark = pytest.mark.interop
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOR_ROUTE = "203.0.113.0/24"
 CLUSTER_ID = "1.1.1.1"
 
@@ -285,7 +287,7 @@ def test_malformed_open_and_update_get_notifications_others_untouched(tor, tmp_p
 
     script = f"""
 import socket, sys, struct
-sys.path.insert(0, "/work/main")
+sys.path.insert(0, {ROOT!r})
 from tests.interop.test_bgp_bird import _frame, _read_msg, _read_until_notification
 from agent.bgp import messages as M
 from ipaddress import IPv4Address
@@ -312,7 +314,7 @@ s.sendall(_frame(2, b"\\x00\\x00" + struct.pack("!H", len(good)) + good + bytes.
 s.sendall(_frame(2, b"\\x00\\x00\\x00\\x30" + bytes.fromhex("400101")))
 n = _read_until_notification(s); print("update", n.code, n.subcode)
 """
-    res = subprocess.run(["ip", "netns", "exec", rogue_ns, "/work/main/.venv/bin/python", "-c",
+    res = subprocess.run(["ip", "netns", "exec", rogue_ns, sys.executable, "-c",
                           script], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
     assert "open 2 1" in res.stdout and "update 3 1" in res.stdout, res.stdout

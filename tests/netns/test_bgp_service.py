@@ -3,8 +3,8 @@ kernel routes, control socket and `calicoctl node status` view."""
 
 from __future__ import annotations
 
-import os
 import re
+import sys
 
 import pytest
 
@@ -90,7 +90,7 @@ def test_datastore_to_kernel_routes_and_node_status(cluster, tmp_path, ds_client
     assert {p["name"]: p["since"] for p in lab.services[1].status()["peers"]} == since
 
     # the birdc-like CLI answers too
-    out = os.popen(f"/work/main/.venv/bin/python -m agent.bgp.ctl -s {sock} show route").read()
+    out = sh(sys.executable, "-m", "agent.bgp.ctl", "-s", sock, "show", "route")
     assert "192.168.50.0/26" in out and "blackhole" in out
     # and so does BIRD's own client: the socket speaks BIRD's protocol
     birdc = require_tool("birdc")
