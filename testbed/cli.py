@@ -223,12 +223,16 @@ def _status(lab: str | None, as_json: bool) -> int:
         return EXIT_OK
     print(f"lab {info['lab']} ({info['phase']}), etcd {','.join(info['etcd_endpoints'])}, "
           f"supervisor pid {info['supervisor']}")
-    rows = [("NODE", "ROLE", "ADDRESS", "NETNS", "SERVICES", "DATAPATH", "AGENT")]
+    rows = [("NODE", "ROLE", "ADDRESS", "NETNS", "SERVICES", "DATAPATH", "AGENT", "BGP")]
     for n in info["nodes"]:
         svcs = ",".join(f"{k}{'' if v['running'] else '(exited ' + str(v['exit']) + ')'}"
                         for k, v in sorted(n["services"].items())) or "-"
+        bgp = n.get("bgp")
+        peers = bgp.get("peers") if isinstance(bgp, dict) else None
+        sessions = "-" if peers is None else \
+            f"{sum(1 for p in peers if p.get('info') == 'Established')}/{len(peers)} Established"
         rows.append((n["name"], n["role"], n["address"], n["netns"], svcs,
-                     n.get("datapath") or "-", n["agent"]))
+                     n.get("datapath") or "-", n["agent"], sessions))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
