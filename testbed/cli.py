@@ -236,6 +236,8 @@ def _status(lab: str | None, as_json: bool) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for skip in info["skipped"]:
+        print(f"skipped: {skip}")
     if info["others"]:
         print("other hosts: " + ", ".join(f"{o['name']} ({o['kind']}, {o['address']})"
                                            for o in info["others"]))

@@ -442,7 +442,8 @@ def status(name: str | None = None) -> dict:
     st = resolve(name)
     out: dict[str, Any] = {"lab": st["lab"], "phase": st["phase"], "topology": st["topology"],
                            "etcd_endpoints": st["etcd_endpoints"],
-                           "supervisor": st["supervisor"].get("pid"), "nodes": [], "others": []}
+                           "supervisor": st["supervisor"].get("pid"), "nodes": [], "others": [],
+                           "skipped": st.get("skipped") or [], "timings": st.get("timings") or {}}
     for hname, h in st["hosts"].items():
         if h["kind"] != "node":
             out["others"].append({"name": hname, "kind": h["kind"], "address": h["address"],
