@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testbed.lab import list_labs, pid_alive, read_state, state_dir
+from testbed.lab import is_running, list_labs, pid_alive, read_state, state_dir
 
 __all__ = ["CleanReport", "clean_lab", "clean_all"]
 
@@ -145,7 +145,15 @@ def clean_lab(lab: str) -> CleanReport:
     report = CleanReport(lab)
     st = read_state(lab) or {}
     sdir = state_dir(lab)
-    netns_names: list[str] = list(st.get("netns") or [])
+    # names are "<lab>-<host>": lab "a" host "b-c" and lab "a-b" host "c" share one. Never
+    # touch a namespace another *running* lab recorded (a stale state may name it too).
+    others: set[str] = set()
+    for other in list_labs():
+        if other != lab:
+            ost = read_state(other)
+            if is_running(ost):
+                others.update((ost or {}).get("netns") or [])
+    netns_names: list[str] = [n for n in (st.get("netns") or []) if n not in others]
     ns_paths = [Path("/run/netns") / n for n in netns_names]
     cg = Path(st["cgroup"]) if st.get("cgroup") else None
 
