@@ -612,6 +612,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-kube-proxy", action="store_true", help="do not run kube-proxy")
     p.add_argument("--kill-pods-on-exit", action="store_true",
                    help="on SIGTERM also kill the pods' processes and remove their netns")
+    p.add_argument("--allow-host-netns", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if not args.node:
@@ -629,9 +630,29 @@ def default_root_dir(node: str) -> str:
     return "/var/lib/kubelet"
 
 
+INIT_NET_INO = 0xEFFFFFF9  # the kernel's fixed inode number of the initial network namespace
+
+
+def in_host_netns() -> bool:
+    """True when this process is in the machine's own network namespace (the kernel's
+    initial one, or PID 1's when that is readable)."""
+    own = os.stat("/proc/self/ns/net").st_ino
+    if own == INIT_NET_INO:
+        return True
+    try:
+        return own == os.stat("/proc/1/ns/net").st_ino
+    except OSError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = parse_args(argv)
+    if in_host_netns() and not args.allow_host_netns:
+        print("kubelet: refusing to run in the machine's own network namespace (it would add pod links, "
+              "routes and iptables rules there); run it inside a node (ip netns exec <lab>-<node> ...)",
+              file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format=f"%(asctime)s {args.node} %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     store = Store.from_endpoints([e.strip() for e in args.etcd_endpoints.split(",") if e.strip()])
