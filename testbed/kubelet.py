@@ -604,8 +604,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cni-bin-dir", default="/opt/cni/bin", help="CNI plugin dirs, colon separated")
     p.add_argument("--netns-dir", default="/run/netns", help="where sandbox netns are bound")
     p.add_argument("--root-dir", default=None,
-                   help="kubelet state (pods' files); default /run/calicolab/$CALICOLAB_LAB/kubelet/<node> "
-                        "in a lab (removed with it), else /var/lib/kubelet")
+                   help="kubelet state (pods' files); default /var/lib/kubelet (in a lab that does not "
+                        "mount one per node: /run/calicolab/$CALICOLAB_LAB/kubelet/<node>)")
     p.add_argument("--pod-network-cidr", default=os.environ.get("CALICO_IPV4POOL_CIDR", DEFAULT_POD_CIDR),
                    help="cluster pod CIDR (kubeadm --pod-network-cidr), with --controllers")
     p.add_argument("--service-cidr", default=DEFAULT_SERVICE_CIDR, help="ClusterIP range, with --controllers")
@@ -622,10 +622,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _mount_points() -> set[str]:
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return {line.split()[4] for line in f}
+    except OSError:
+        return set()
+
+
 def default_root_dir(node: str) -> str:
-    """In a lab, a directory the lab removes on down/clean; elsewhere /var/lib/kubelet."""
+    """/var/lib/kubelet, when it is the node's own (a lab mounts one per node); in a lab
+    that does not, a directory of the lab that goes with it on down/clean."""
     lab = os.environ.get("CALICOLAB_LAB")
-    if lab and os.path.isdir(f"/run/calicolab/{lab}"):
+    if lab and "/var/lib/kubelet" not in _mount_points() and os.path.isdir(f"/run/calicolab/{lab}"):
         return f"/run/calicolab/{lab}/kubelet/{node}"
     return "/var/lib/kubelet"
 
