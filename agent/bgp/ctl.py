@@ -6,7 +6,7 @@ space), and ends with ``0000`` (success) or ``9001 <error>``. ``show protocols``
 with a ``2002-`` heading and ``1002-`` rows exactly like BIRD, so calicoctl's own parser
 reads it. :func:`query` hides the codes.
 
-CLI: ``python -m agent.bgp.ctl [-s SOCK] show protocols|show route|show status``.
+CLI: ``python -m agent.bgp.ctl [-s SOCK] show protocols|show route|show status|show config``.
 """
 
 from __future__ import annotations
@@ -27,12 +27,14 @@ class CtlError(RuntimeError):
     """The control socket answered with an error or could not be reached."""
 
 
-def handle_command(cmd: str, status: Callable[[], dict], routes: Callable[[], list[str]]
-                   ) -> list[tuple[int, list[str]]]:
+def handle_command(cmd: str, status: Callable[[], dict], routes: Callable[[], list[str]],
+                   config: Callable[[], str] | None = None) -> list[tuple[int, list[str]]]:
     """Answer one command as BIRD reply blocks [(code, lines)] (CtlError if unknown)."""
     from agent.bgp.status import render_protocols
 
     words = cmd.split()
+    if words[:2] == ["show", "config"] and config is not None:
+        return [(1000, config().splitlines() or [""])]
     if words[:2] == ["show", "protocols"] or words == ["show", "protocol"]:
         lines = render_protocols(status()["peers"]).splitlines()
         return [(2002, lines[:1])] + ([(1002, lines[1:])] if lines[1:] else [])
@@ -48,7 +50,7 @@ def handle_command(cmd: str, status: Callable[[], dict], routes: Callable[[], li
     if words[:2] == ["show", "json"]:
         return [(1000, [json.dumps(status(), default=str)])]
     raise CtlError(f"unknown command {cmd.strip()!r} (try: show protocols, show route, "
-                   f"show status)")
+                   f"show status, show config)")
 
 
 def encode_reply(blocks: list[tuple[int, list[str]]]) -> str:
@@ -60,9 +62,10 @@ def encode_reply(blocks: list[tuple[int, list[str]]]) -> str:
     return "".join(x + "\n" for x in out) + "0000 \n"
 
 
-async def serve(path: str, status: Callable[[], dict], routes: Callable[[], list[str]]
-                ) -> asyncio.AbstractServer:
-    """Start the control socket server on the running loop."""
+async def serve(path: str, status: Callable[[], dict], routes: Callable[[], list[str]],
+                config: Callable[[], str] | None = None) -> asyncio.AbstractServer:
+    """Start the control socket server on the running loop (``config``: the text for
+    ``show config``, confd's equivalent bird.cfg)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     if os.path.exists(path):
         os.unlink(path)
@@ -78,7 +81,7 @@ async def serve(path: str, status: Callable[[], dict], routes: Callable[[], list
                 if not cmd:
                     continue
                 try:
-                    out = encode_reply(handle_command(cmd, status, routes))
+                    out = encode_reply(handle_command(cmd, status, routes, config))
                 except CtlError as exc:
                     out = f"9001 {exc}\n"
                 writer.write(out.encode())

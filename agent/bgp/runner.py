@@ -94,7 +94,13 @@ class SpeakerThread:
             from agent.bgp import ctl
 
             self._ctl = await ctl.serve(self.ctl_path, self.speaker.status,
-                                        self.speaker.show_route)
+                                        self.speaker.show_route, self._bird_cfg)
+
+    def _bird_cfg(self) -> str:
+        from agent.confd.compute import render_bird_cfg
+
+        assert self.speaker is not None
+        return render_bird_cfg(self.speaker.config)
 
     def apply(self, config: SpeakerConfig, timeout: float = 60.0) -> None:
         """Start the speaker with ``config`` or move the running one to it."""

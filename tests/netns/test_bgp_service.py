@@ -96,6 +96,9 @@ def test_datastore_to_kernel_routes_and_node_status(cluster, tmp_path, ds_client
     birdc = require_tool("birdc")
     out = sh(birdc, "-s", sock, "show", "protocols")
     assert re.search(r"Mesh_172_31_1_10\s+BGP\s+master\s+up\s+\S+\s+Established", out), out
+    cfg = ctl.query(sock, "show config")
+    assert "protocol bgp Mesh_172_31_1_10 from bgp_template {" in cfg
+    assert "route 192.168.50.0/26 blackhole;" in cfg
     with pytest.raises(ctl.CtlError, match="unknown command"):
         ctl.query(sock, "show nonsense")
 
