@@ -232,6 +232,46 @@ def cmd_apply(args: argparse.Namespace, create: bool = False) -> int:
     return rc
 
 
+def cmd_create(args: argparse.Namespace) -> int:
+    """kubectl create -f FILE | create deployment NAME --image I [--replicas N] [--port P] |
+    create namespace NAME."""
+    if args.filename:
+        if args.what:
+            raise UsageError("specify either -f or a resource to generate, not both")
+        return cmd_apply(args, create=True)
+    if len(args.what) != 2:
+        raise UsageError("expected -f FILE, 'deployment NAME --image IMAGE' or 'namespace NAME'")
+    kind, name = _kind(args.what[0]).kind, args.what[1]
+    ns = args.namespace or DEFAULT_NAMESPACE
+    if kind == "Namespace":
+        obj: dict[str, Any] = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    elif kind == "Deployment":
+        if not args.image:
+            raise UsageError("required flag(s) \"image\" not set")
+        container: dict[str, Any] = {"name": _container_name(args.image), "image": args.image}
+        if args.port:
+            container["ports"] = [{"containerPort": args.port}]
+        obj = {"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+               "spec": {"replicas": args.replicas, "selector": {"matchLabels": {"app": name}},
+                        "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [container]}}}}
+    else:
+        raise UsageError(f"cannot generate a {kind}: use -f with a manifest")
+    try:
+        created = _store().create(obj)
+    except errors.AlreadyExists as exc:
+        print(f"Error from server (AlreadyExists): {exc}", file=sys.stderr)
+        return 1
+    print(f"{printers.name_of(created)} created")
+    return 0
+
+
+def _container_name(image: str) -> str:
+    from testbed.images import repository
+
+    return repository(image).rsplit("/", 1)[-1]
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     """kubectl delete (by name, -f, -l or --all)."""
     store = _store()
@@ -683,11 +723,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-l", "--selector")
     d.set_defaults(func=cmd_describe)
 
-    for name, create in (("apply", False), ("create", True)):
-        a = sub.add_parser(name, parents=[common], help=f"{name} resources from files (-f FILE|DIR|-)")
-        a.add_argument("-f", "--filename", action="append", required=True)
-        a.add_argument("-R", "--recursive", action="store_true")
-        a.set_defaults(func=(lambda args, c=create: cmd_apply(args, create=c)))
+    a = sub.add_parser("apply", parents=[common], help="apply resources from files (-f FILE|DIR|-)")
+    a.add_argument("-f", "--filename", action="append", required=True)
+    a.add_argument("-R", "--recursive", action="store_true")
+    a.set_defaults(func=lambda args: cmd_apply(args, create=False))
+
+    cr = sub.add_parser("create", parents=[common],
+                        help="create from files (-f), or: create deployment NAME --image I | namespace NAME")
+    cr.add_argument("what", nargs="*", help="deployment NAME | namespace NAME")
+    cr.add_argument("-f", "--filename", action="append")
+    cr.add_argument("-R", "--recursive", action="store_true")
+    cr.add_argument("--image")
+    cr.add_argument("--replicas", type=int, default=1)
+    cr.add_argument("--port", type=int)
+    cr.set_defaults(func=cmd_create)
 
     x = sub.add_parser("delete", parents=[common], help="delete resources by name, file, selector or --all")
     x.add_argument("resource", nargs="*")

@@ -123,6 +123,17 @@ def test_bad_manifests_are_clear_errors_and_nothing_is_created(kubectl, tmp_path
     assert kubectl.store.list("Pod") == []
 
 
+def test_create_generators(kubectl):
+    assert kubectl("create", "namespace", "team").stdout == "namespace/team created\n"
+    res = kubectl("create", "deployment", "nginx", "--image", "nginx", "--replicas", "2", "-n", "team")
+    assert res.stdout == "deployment.apps/nginx created\n", res.stderr
+    d = kubectl.store.get("Deployment", "nginx", "team")
+    assert d["spec"]["replicas"] == 2 and d["spec"]["selector"]["matchLabels"] == {"app": "nginx"}
+    assert d["spec"]["template"]["spec"]["containers"] == [{"name": "nginx", "image": "nginx"}]
+    res = kubectl("create", "deployment", "x")
+    assert res.returncode == 1 and 'required flag(s) "image" not set' in res.stderr
+
+
 def test_duplicate_create_and_stdin(kubectl):
     pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: nginx}]\n"
     assert kubectl("create", "-f", "-", stdin=pod).stdout.strip() == "pod/p created"
