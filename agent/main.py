@@ -41,6 +41,34 @@ def _bgp_service(client: Any, nodename: str, var_run: str) -> Any:
     return svc
 
 
+#: The CNI plugins' fast launchers (python3 -IS, linked into the CNI bin dir).
+CNI_LAUNCHERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cni", "bin")
+CNI_SOCKET = "/var/run/calico/cni.sock"
+
+
+def _cni_server(env: dict[str, str], var_run: str) -> Any:
+    """The warm CNI server the thin ``calico`` plugin hands its work to (docs/cni.md).
+
+    The plugin looks for it at the fixed path /var/run/calico/cni.sock, so it runs
+    only where that directory is this node's own (a lab node's private dir):
+    not when the run dir is overridden (tests), or with CALICO_CNI_SERVER=false.
+    Without it the plugin does the work in-process, only slower.
+    """
+    wanted = env.get("CALICO_CNI_SERVER")
+    if not _truthy(wanted, os.path.abspath(var_run) == os.path.dirname(CNI_SOCKET)):
+        return None
+    try:
+        from cni.server import CNIServer
+
+        server = CNIServer(sock_path=CNI_SOCKET)
+        server.start()
+        log.info("CNI server on %s", CNI_SOCKET)
+        return server
+    except Exception:  # noqa: BLE001 - the plugins still work in-process
+        log.exception("CNI server failed to start; the CNI plugins will work in-process")
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run calico-node in the current network namespace."""
     ap = argparse.ArgumentParser(prog="calico-node", description=__doc__,
@@ -123,9 +151,10 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
              result.tunnel_address, " (created the default pool)" if result.pool_created else "")
     if not args.no_install_cni and _truthy(env.get("CALICO_INSTALL_CNI"), True):
         endpoints = [e.strip() for e in env.get("ETCD_ENDPOINTS", "http://127.0.0.1:2379").split(",") if e.strip()]
-        install_cni(result.nodename, endpoints, env)
+        install_cni(result.nodename, endpoints, env, bin_source=CNI_LAUNCHERS)
     if args.startup_only:
         return 0
+    cni_server = _cni_server(env, var_run)
 
     from agent.startup import ensure_tunnel_address
 
@@ -154,6 +183,8 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
         except Exception:  # noqa: BLE001
             log.exception("BGP service stop failed")
     felix.stop()
+    if cni_server is not None:
+        cni_server.stop()
     if health is not None:
         health.stop()
     log.info("calico-node stopped in %.2fs", time.monotonic() - t0)
