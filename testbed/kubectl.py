@@ -146,6 +146,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     """kubectl get."""
     store = _store()
     targets = resolve_targets(args.resource)
+    since = store.revision() if getattr(args, "watch", False) else 0  # before the list: nothing missed
     objs, errs = fetch(store, args, targets)
     out = args.output or ""
     single = len(targets) == 1 and len(targets[0][1]) == 1 and not errs
@@ -181,7 +182,55 @@ def cmd_get(args: argparse.Namespace) -> int:
                          "are: custom-columns,json,jsonpath,name,wide,yaml")
     for e in errs:
         print(e, file=sys.stderr)
+    if getattr(args, "watch", False) and not errs:
+        sys.stdout.flush()
+        return watch_rows(store, args, targets, since)
     return 1 if errs else 0
+
+
+def watch_rows(store, args: argparse.Namespace, targets: list[tuple[Kind, list[str]]], since: int) -> int:
+    """``get -w``: after the table, one row per change of a matching object (no header),
+    until interrupted or --request-timeout passes."""
+    import threading
+
+    if len(targets) != 1 or (args.output or "") not in ("", "wide"):
+        raise UsageError("watch is only supported on individual resources and table output")
+    kind, names = targets[0]
+    ns = _namespace(args, kind)
+    terms = parse_label_selector(args.selector) if args.selector else None
+    holder: list = []
+    stop = threading.Event()
+    timeout = _duration(args.request_timeout) if args.request_timeout else 0
+    if timeout:
+        def expire() -> None:
+            stop.wait(timeout)
+            stop.set()
+            for w in holder:
+                w.close()
+
+        threading.Thread(target=expire, daemon=True).start()
+    try:
+        for ev in store.watch(since, on_open=holder.append):
+            if stop.is_set():
+                break
+            if ev.kind != kind.kind or (ns and ev.namespace != ns) or (names and ev.name not in names):
+                continue
+            obj = ev.obj
+            if obj is None:
+                continue  # a deletion: the last state was already printed (Terminating)
+            if terms is not None and not label_selector_matches(terms, obj["metadata"].get("labels")):
+                continue
+            table = printers.table(kind.kind, [obj], wide=args.output == "wide",
+                                   all_namespaces=bool(args.all_namespaces))
+            print(table.splitlines()[1], flush=True)
+    except KeyboardInterrupt:
+        return 0
+    except errors.K8sError:
+        raise
+    except Exception as exc:  # the watch was closed by the timeout, or etcd went away
+        if not stop.is_set():
+            raise errors.Unavailable(f"watch ended: {exc}") from exc
+    return 0
 
 
 def cmd_apply(args: argparse.Namespace, create: bool = False) -> int:
@@ -715,6 +764,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--output", help="wide|yaml|json|name|custom-columns=H:.path,...|jsonpath=...")
     g.add_argument("-A", "--all-namespaces", action="store_true")
     g.add_argument("-l", "--selector", help="label selector (a=b,c!=d)")
+    g.add_argument("-w", "--watch", action="store_true", help="after listing, print a row per change")
+    g.add_argument("--request-timeout", help="stop watching after this long (e.g. 30s)")
     g.set_defaults(func=cmd_get)
 
     d = sub.add_parser("describe", parents=[common], help="show details of resources")

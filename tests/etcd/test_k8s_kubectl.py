@@ -123,6 +123,21 @@ def test_bad_manifests_are_clear_errors_and_nothing_is_created(kubectl, tmp_path
     assert kubectl.store.list("Pod") == []
 
 
+def test_get_watch_prints_a_row_per_change(kubectl, etcd_endpoints):
+    env = dict(os.environ, ETCD_ENDPOINTS=",".join(etcd_endpoints))
+    watcher = subprocess.Popen([sys.executable, "-m", "testbed.kubectl", "get", "pods", "-w", "--request-timeout",
+                                "5s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert watcher.stderr.readline().strip() == "No resources found in default namespace."
+        pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: w1}\nspec:\n  containers: [{name: c, image: nginx}]\n"
+        assert kubectl("create", "-f", "-", stdin=pod).returncode == 0
+        first = watcher.stdout.readline().split()
+        assert first[:3] == ["w1", "0/1", "Pending"]
+    finally:
+        watcher.kill()
+        watcher.wait()
+
+
 def test_create_generators(kubectl):
     assert kubectl("create", "namespace", "team").stdout == "namespace/team created\n"
     res = kubectl("create", "deployment", "nginx", "--image", "nginx", "--replicas", "2", "-n", "team")
