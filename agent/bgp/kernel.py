@@ -8,6 +8,7 @@ single-thread executor.
 
 from __future__ import annotations
 
+import errno
 import logging
 from ipaddress import IPv4Address, IPv4Network
 
@@ -16,6 +17,10 @@ from agent.bgp.routes import RTPROT_BIRD, KernelRoute, NextHop
 log = logging.getLogger(__name__)
 RTNH_F_ONLINK = 4
 RTN_UNICAST, RTN_BLACKHOLE = 1, 6
+
+
+class RouteConflict(RuntimeError):
+    """The destination already has a route we did not make."""
 
 
 class KernelRoutes:
@@ -29,6 +34,7 @@ class KernelRoutes:
         self._ifname: dict[int, str] = {}
         self.errors: list[str] = []                     # history (last 20)
         self.failing: dict[IPv4Network, str] = {}      # prefixes failing right now
+        self.owned: set[IPv4Network] = set()           # our routes (proto bird) in the table
 
     def close(self) -> None:
         """Release the netlink socket."""
@@ -72,6 +78,7 @@ class KernelRoutes:
                 hops.append(NextHop(IPv4Address(r.get("gateway")), self._name(r.get("oif")),
                                     bool(r["flags"] & RTNH_F_ONLINK)))
             out[prefix] = KernelRoute(prefix, nexthops=tuple(sorted(hops)))
+        self.owned = set(out)
         return out
 
     def _hop_args(self, h: NextHop) -> dict:
@@ -83,25 +90,37 @@ class KernelRoutes:
         return args
 
     def install(self, route: KernelRoute) -> None:
-        """Add or replace one route."""
+        """Add one route, or replace it if it is ours. A route to the same destination
+        from anyone else (the connected subnet, Felix, an admin) is never replaced: that
+        raises RouteConflict."""
         dst = str(route.prefix)
+        op = "replace" if route.prefix in self.owned else "add"
         if route.blackhole:
-            self.ipr.route("replace", dst=dst, type="blackhole", proto=RTPROT_BIRD)
+            args: dict = {"type": "blackhole"}
         elif len(route.nexthops) == 1:
-            self.ipr.route("replace", dst=dst, proto=RTPROT_BIRD,
-                           **self._hop_args(route.nexthops[0]))
+            args = self._hop_args(route.nexthops[0])
         else:
-            self.ipr.route("replace", dst=dst, proto=RTPROT_BIRD,
-                           multipath=[self._hop_args(h) for h in route.nexthops])
+            args = {"multipath": [self._hop_args(h) for h in route.nexthops]}
+        try:
+            self.ipr.route(op, dst=dst, proto=RTPROT_BIRD, **args)
+        except Exception as exc:
+            if op == "add" and getattr(exc, "code", None) == errno.EEXIST:
+                raise RouteConflict(f"{dst} is already in the kernel from another source; "
+                                    f"not replacing it") from None
+            raise
+        self.owned.add(route.prefix)
 
     def remove(self, prefix: IPv4Network) -> None:
         """Delete our route for a prefix (absent is fine)."""
+        if prefix not in self.owned:
+            return  # never delete someone else's route to the same destination
         try:
             self.ipr.route("del", dst=str(prefix), proto=RTPROT_BIRD)
         except Exception as exc:  # noqa: BLE001 - ESRCH/ENOENT: already gone
             if "No such process" not in str(exc) and "ESRCH" not in str(exc) and getattr(
                     exc, "code", None) not in (3, 2):
                 raise
+        self.owned.discard(prefix)
 
     def apply(self, changes: dict[IPv4Network, KernelRoute | None]) -> set[IPv4Network]:
         """Install/replace routes (value) or remove them (None). Failures (e.g. tunl0 not
@@ -117,12 +136,13 @@ class KernelRoutes:
                 self.failing.pop(prefix, None)
             except Exception as exc:  # noqa: BLE001 - report and continue with the others
                 failed.add(prefix)
-                self.failing[prefix] = f"kernel route {prefix}: {exc}"
+                msg = f"kernel route {prefix}: {exc}"
                 self._ifindex.clear()  # a device may have been re-created
                 self._ifname.clear()
-                msg = f"kernel route {prefix}: {exc}"
-                log.warning(msg)
-                self.errors = (self.errors + [msg])[-20:]
+                if self.failing.get(prefix) != msg:  # log a failure once, not every retry
+                    log.warning(msg)
+                    self.errors = (self.errors + [msg])[-20:]
+                self.failing[prefix] = msg
         return failed
 
     def reconcile(self, desired: dict[IPv4Network, KernelRoute]) -> None:

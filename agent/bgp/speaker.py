@@ -714,6 +714,9 @@ class Speaker:
                 want = self.desired_kernel(p)
                 if want is None and p in self._adopted:
                     continue  # left by our previous run: wait for the peers to re-announce
+                if want is None and p not in self.kernel_routes:
+                    self.kernel.failing.pop(p, None)  # withdrawn before it ever got in
+                    continue
                 if self.kernel_routes.get(p) != want:
                     changes[p] = want
             if not changes:

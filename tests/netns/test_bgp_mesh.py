@@ -321,3 +321,30 @@ def test_our_speaker_as_route_reflector(lab):
     for i, (ns, _a) in enumerate(nodes):
         wait_for(lambda ns=ns: bird_routes(ns), lambda r, i=i: r == expected_routes(lab, i),
                  timeout=5, what=f"reflected routes on node {i} (next hop = owning node)")
+
+
+def test_received_route_never_replaces_someone_elses_route(lab):
+    """A peer announcing our connected subnet (as a ToR with `protocol direct` does) must
+    not replace the kernel's own route; it is reported instead."""
+    a_ns, a = lab.add_node()
+    b_ns, b = lab.add_node()
+    subnet = lab.subnet
+    for i, (ns, me) in enumerate(((a_ns, a), (b_ns, b))):
+        cfg = mesh_config(me, [a, b], [block(i)])
+        if i == 1:
+            cfg = type(cfg)(**{**cfg.__dict__, "originate": cfg.originate + ((subnet, False),),
+                               "export_pools": (POOL, subnet)})
+        t = SpeakerThread(cfg, netns=ns)
+        lab.speakers.append(t)
+        t.start()
+    wait_for(lambda: lab.speakers[0].status()["kernel_errors"],
+             lambda e: any(str(subnet) in x and "another source" in x for x in e), timeout=5,
+             what="the conflicting route reported")
+    assert bird_routes(a_ns) == expected_routes(lab, 0)
+    kernel = sh("ip", "-n", a_ns, "route", "show", str(subnet))
+    assert "proto kernel" in kernel and "bird" not in kernel, kernel
+    # withdrawn: the report goes away, the kernel's route is still untouched
+    lab.speakers[1].apply(mesh_config(b, [a, b], [block(1)]))
+    wait_for(lambda: lab.speakers[0].status()["kernel_errors"], lambda e: e == [], timeout=5,
+             what="report cleared after the withdrawal")
+    assert "proto kernel" in sh("ip", "-n", a_ns, "route", "show", str(subnet))
