@@ -224,10 +224,22 @@ class Store:
                         new["clusterIPs"] = current["spec"].get("clusterIPs")
                         for k, v in current["spec"].items():
                             new.setdefault(k, v)
+                    if kind == "Pod":  # fields set by the system (nodeName) stay; the rest is immutable
+                        for k, v in current["spec"].items():
+                            new.setdefault(k, v)
+                        if new != current["spec"]:
+                            changed = sorted(k for k in set(new) | set(current["spec"])
+                                             if new.get(k) != current["spec"].get(k))
+                            raise errors.Invalid(
+                                "spec", f"Forbidden: pod updates may not change fields other than "
+                                f"metadata (changed: {', '.join('spec.' + k for k in changed)}); "
+                                "delete and re-create the pod", where)
                     merged[field] = new
-            for field in ("labels", "annotations"):
-                if field in meta:
-                    merged["metadata"][field] = meta[field]
+            if "labels" in meta:
+                merged["metadata"]["labels"] = meta["labels"]
+            if "annotations" in meta:  # keys the system added (the kubelet's) are kept
+                merged["metadata"]["annotations"] = {**(current["metadata"].get("annotations") or {}),
+                                                     **(meta["annotations"] or {})}
             if merged == current:
                 return current, "unchanged"
             self.check_references(merged, where)

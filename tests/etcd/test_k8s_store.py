@@ -80,6 +80,23 @@ def test_apply_reports_created_configured_unchanged(store):
     assert store.get("Pod", "web")["metadata"]["labels"] == {"app": "web2"}
 
 
+def test_apply_keeps_what_the_system_set_and_pod_specs_are_immutable(store):
+    add_node(store, "k8s-w0")
+    obj = pod("web", labels={"app": "web"})
+    store.apply(obj)
+    bound = store.get("Pod", "web")
+    bound["spec"]["nodeName"] = "k8s-w0"  # the scheduler binds it, the kubelet annotates it
+    bound["metadata"]["annotations"] = {"calicolab.io/pids": "{}"}
+    store.update(bound)
+    obj["metadata"]["annotations"] = {"note": "x"}
+    again, action = store.apply(obj)
+    assert action == "configured" and again["spec"]["nodeName"] == "k8s-w0"
+    assert again["metadata"]["annotations"] == {"calicolab.io/pids": "{}", "note": "x"}
+    obj["spec"]["containers"][0]["image"] = "busybox"
+    with pytest.raises(errors.Invalid, match="Forbidden: pod updates.*spec.containers"):
+        store.apply(obj)
+
+
 def test_services_get_a_unique_cluster_ip_in_the_service_cidr_released_on_delete(store):
     ips = set()
     for i in range(5):
