@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -134,7 +135,11 @@ class Connection:
                 str(pc.address), pc.port, local_addr=(str(sc.local_address), 0)),
                 timeout=max(1.0, sc.timers.connect_retry))
         except (TimeoutError, OSError) as exc:
-            self.feed(F.TcpFailed(f"Socket: {getattr(exc, 'strerror', None) or exc or 'timeout'}"))
+            if isinstance(exc, TimeoutError) or not getattr(exc, "errno", None):
+                why = "Connection timed out"
+            else:
+                why = os.strerror(exc.errno)  # BIRD's wording: 'Connection refused'
+            self.feed(F.TcpFailed(f"Socket: {why}"))
             return
         if self.peer.accept_outgoing(self):
             self._nodelay()
@@ -385,8 +390,10 @@ class Peer:
         info = st.value
         if st == F.State.ACTIVE and self.config.passive:
             info = "Passive"  # BIRD's wording for a passive peer waiting to be called
-        if st != F.State.ESTABLISHED and self.info:
-            info += f"        {self.info}"
+        # the newest reason: this connection attempt's failure, else why the last one ended
+        detail = (self.main.fsm.last_error if self.main is not None else "") or self.info
+        if st != F.State.ESTABLISHED and detail:
+            info += f"        {detail}"  # as BIRD: Active        Socket: Connection refused
         return {"name": self.config.name, "address": str(self.config.address),
                 "type": self.config.peer_type, "state": proto_state, "bgp_state": st.value,
                 "since": self.since, "info": info,

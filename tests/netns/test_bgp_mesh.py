@@ -207,6 +207,10 @@ def test_stop_flushes_routes_and_notifies_peers(lab):
     assert bird_routes(ns0) == set()                        # own routes flushed
     wait_for(lambda: bird_routes(ns1), lambda r: r == {f"blackhole {block(1)}"}, timeout=2,
              what="routes withdrawn at once after Cease")
+    # node 1 (the active side towards node 0) keeps trying, and says why, as BIRD does
+    wait_for(lambda: speakers[1].status()["peers"][0],
+             lambda p: p["state"] == "start" and "Socket: Connection refused" in p["info"],
+             timeout=5, what="'Active  Socket: Connection refused' in node 1's status")
 
 
 def test_graceful_restart_keeps_routes_then_refreshes(lab):
