@@ -1,6 +1,7 @@
 """kubectl for the testbed's Kubernetes side (objects in the lab's etcd; $ETCD_ENDPOINTS).
 
-Subcommands: get, describe, apply, create, delete, expose, run, exec, logs, scale, wait, version.
+Subcommands: get, describe, apply, create, delete, expose, run, exec, logs, label, annotate, scale,
+wait, version.
 Output formats and messages follow kubectl's.
 """
 
@@ -24,7 +25,8 @@ from testbed.k8s.model import (
     parse_label_selector,
 )
 
-ORDER = ["Namespace", "ConfigMap", "Node", "Service", "Endpoints", "DaemonSet", "Deployment", "Pod"]
+ORDER = ["Namespace", "ConfigMap", "NetworkPolicy", "Node", "Service", "Endpoints", "DaemonSet", "Deployment",
+         "Pod"]
 
 
 class UsageError(Exception):
@@ -740,6 +742,47 @@ def cmd_scale(args: argparse.Namespace) -> int:
     return rc
 
 
+def cmd_label(args: argparse.Namespace, field: str = "labels") -> int:
+    """kubectl label|annotate TYPE NAME k=v ... k- [--overwrite]."""
+    words = list(args.args)
+    changes = [w for w in words if "=" in w or w.endswith("-")]
+    target_words = [w for w in words if w not in changes]
+    if not changes:
+        raise UsageError(f"at least one {field[:-1]} update is required")
+    targets = resolve_targets(target_words)
+    store = _store()
+    rc = 0
+    for kind, names in targets:
+        if not names:
+            raise UsageError("resource(s) were provided, but no name was specified")
+        for name in names:
+            ns = _namespace(args, kind) or (DEFAULT_NAMESPACE if kind.namespaced else None)
+
+            def edit(obj: dict, name: str = name) -> None:
+                current = obj["metadata"].setdefault(field, {})
+                for change in changes:
+                    if change.endswith("-") and "=" not in change:
+                        current.pop(change[:-1], None)
+                        continue
+                    key, value = change.split("=", 1)
+                    if key in current and current[key] != value and not args.overwrite:
+                        raise UsageError(f"'{key}' already has a value ({current[key]}), and --overwrite is false")
+                    current[key] = value
+
+            try:
+                obj = store.mutate(kind.kind, name, ns, edit)
+            except errors.Invalid as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                rc = 1
+                continue
+            if obj is None:
+                print(f'Error from server (NotFound): {kind.resource} "{name}" not found', file=sys.stderr)
+                rc = 1
+            else:
+                print(f"{kind.group_name}/{name} {'labeled' if field == 'labels' else 'annotated'}")
+    return rc
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     """kubectl version."""
     from testbed.k8s.store import KUBE_VERSION
@@ -851,6 +894,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--all", action="store_true")
     w.set_defaults(func=cmd_wait)
 
+    for verb, field in (("label", "labels"), ("annotate", "annotations")):
+        lb = sub.add_parser(verb, parents=[common], help=f"update the {field} of a resource (k=v, k-)")
+        lb.add_argument("args", nargs="+", help="TYPE NAME KEY=VALUE ... KEY- (or TYPE/NAME)")
+        lb.add_argument("--overwrite", action="store_true")
+        lb.set_defaults(func=lambda args, f=field: cmd_label(args, f))
+
     sc = sub.add_parser("scale", parents=[common], help="set a deployment's replicas")
     sc.add_argument("resource", nargs="+", help="deployment NAME | deployment/NAME")
     sc.add_argument("--replicas", type=int, required=True)
@@ -877,9 +926,27 @@ def _hoist_globals(argv: list[str]) -> list[str]:
     return [argv[i], *moved, *argv[i + 1:]]
 
 
+def _options_first(argv: list[str]) -> list[str]:
+    """``label pod p a=b --overwrite k-``: options before the positionals, for argparse."""
+    opts: list[str] = []
+    rest: list[str] = []
+    i = 1
+    while i < len(argv):
+        word = argv[i]
+        if word in ("-n", "--namespace") and i + 1 < len(argv):
+            opts += argv[i:i + 2]
+            i += 2
+            continue
+        (opts if word.startswith("-") and len(word) > 1 else rest).append(word)
+        i += 1
+    return [argv[0], *opts, *rest]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point (``kubectl``)."""
     argv = _hoist_globals(list(sys.argv[1:] if argv is None else argv))
+    if argv and argv[0] in ("label", "annotate"):
+        argv = _options_first(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "cmd", None):

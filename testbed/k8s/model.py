@@ -42,6 +42,9 @@ KINDS: dict[str, Kind] = {
         Kind("Service", "v1", "services", "services/specs", True, ("svc", "service", "services"), "service"),
         Kind("Endpoints", "v1", "endpoints", "services/endpoints", True, ("ep", "endpoints", "endpoint"), "endpoints"),
         Kind("ConfigMap", "v1", "configmaps", "configmaps", True, ("cm", "configmap", "configmaps"), "configmap"),
+        Kind("NetworkPolicy", "networking.k8s.io/v1", "networkpolicies", "networkpolicies", True,
+             ("netpol", "networkpolicy", "networkpolicies", "networkpolicy.networking.k8s.io"),
+             "networkpolicy.networking.k8s.io"),
     )
 }
 
@@ -158,6 +161,14 @@ SCHEMAS: dict[str, dict] = {
         }],
     },
     "ConfigMap": {"data": MAPSTR, "binaryData": MAPSTR, "immutable": bool},
+    "NetworkPolicy": {
+        "spec": {
+            "podSelector": {"matchLabels": MAPSTR, "matchExpressions": [ANY]},
+            "policyTypes": [str],
+            "ingress": [{"from": [ANY], "ports": [{"protocol": str, "port": INTSTR, "endPort": int}]}],
+            "egress": [{"to": [ANY], "ports": [{"protocol": str, "port": INTSTR, "endPort": int}]}],
+        },
+    },
 }
 
 _TYPE_NAMES = {str: "string", int: "integer", bool: "boolean", float: "number"}
@@ -299,6 +310,8 @@ def validate(obj: Any, where: str = "") -> dict:
         for i, subset in enumerate(obj.get("subsets") or []):
             for j, addr in enumerate((subset.get("addresses") or []) + (subset.get("notReadyAddresses") or [])):
                 _check_ip(addr.get("ip"), f"subsets[{i}].addresses[{j}].ip", where)
+    elif kind == "NetworkPolicy":
+        _validate_network_policy(obj, where)
     elif kind == "Node":
         for field in ("podCIDR",):
             if spec.get(field):
@@ -375,6 +388,27 @@ def _validate_service(obj: dict, where: str) -> None:
         _check_ip(cip, "spec.clusterIP", where)
     _check_labels(spec.get("selector"), "spec.selector", where)
     spec.setdefault("sessionAffinity", "None")
+
+
+def _validate_network_policy(obj: dict, where: str) -> None:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict) or "podSelector" not in spec:
+        raise Invalid("spec.podSelector", "Required value", where)
+    spec["podSelector"] = spec["podSelector"] or {}
+    types = spec.get("policyTypes")
+    if types is None:  # the API server's default
+        types = ["Ingress"] + (["Egress"] if spec.get("egress") else [])
+        spec["policyTypes"] = types
+    for i, t in enumerate(types):
+        if t not in ("Ingress", "Egress"):
+            raise Invalid(f"spec.policyTypes[{i}]", f'Unsupported value: "{t}": supported values: "Ingress", "Egress"',
+                          where)
+    for direction in ("ingress", "egress"):
+        for i, rule in enumerate(spec.get(direction) or []):
+            for j, port in enumerate(rule.get("ports") or []):
+                proto = port.setdefault("protocol", "TCP")
+                if proto not in ("TCP", "UDP", "SCTP"):
+                    raise Invalid(f"spec.{direction}[{i}].ports[{j}].protocol", f'Unsupported value: "{proto}"', where)
 
 
 def selector_matches(selector: dict[str, str] | None, labels: dict[str, str] | None) -> bool:

@@ -196,6 +196,11 @@ def _namespace_row(ns: dict, wide: bool) -> list[str]:
     return [ns["metadata"]["name"], (ns.get("status") or {}).get("phase", "Active"), age(ns)]
 
 
+def _netpol_row(np: dict, wide: bool) -> list[str]:
+    sel = ((np.get("spec") or {}).get("podSelector") or {}).get("matchLabels")
+    return [np["metadata"]["name"], _selector_text(sel) if sel else "<none>", age(np)]
+
+
 def _configmap_row(cm: dict, wide: bool) -> list[str]:
     return [cm["metadata"]["name"], str(len(cm.get("data") or {})), age(cm)]
 
@@ -211,6 +216,7 @@ TABLES = {
     "Endpoints": (["NAME", "ENDPOINTS", "AGE"], [], _endpoints_row),
     "Namespace": (["NAME", "STATUS", "AGE"], [], _namespace_row),
     "ConfigMap": (["NAME", "DATA", "AGE"], [], _configmap_row),
+    "NetworkPolicy": (["NAME", "POD-SELECTOR", "AGE"], [], _netpol_row),
 }
 
 

@@ -138,6 +138,33 @@ def test_get_watch_prints_a_row_per_change(kubectl, etcd_endpoints):
         watcher.wait()
 
 
+def test_label_annotate_and_network_policies(kubectl):
+    pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {app: a}}\nspec:\n  containers: [{name: c, image: nginx}]\n"
+    kubectl("create", "-f", "-", stdin=pod)
+    assert kubectl("label", "pod", "p", "tier=web").stdout == "pod/p labeled\n"
+    res = kubectl("label", "pod/p", "app=b")
+    assert res.returncode == 1 and "'app' already has a value (a), and --overwrite is false" in res.stderr
+    assert kubectl("label", "pod", "p", "app=b", "--overwrite", "tier-").returncode == 0
+    assert kubectl.store.get("Pod", "p")["metadata"]["labels"] == {"app": "b"}
+    assert kubectl("annotate", "pod", "p", "note=hi").stdout == "pod/p annotated\n"
+    assert kubectl.store.get("Pod", "p")["metadata"]["annotations"]["note"] == "hi"
+    netpol = """apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-web}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {role: client}}}]
+    ports: [{port: 80}]
+"""
+    assert kubectl("apply", "-f", "-", stdin=netpol).stdout == "networkpolicy.networking.k8s.io/allow-web created\n"
+    stored = kubectl.store.get("NetworkPolicy", "allow-web")
+    assert stored["spec"]["policyTypes"] == ["Ingress"]
+    assert stored["spec"]["ingress"][0]["ports"] == [{"port": 80, "protocol": "TCP"}]
+    assert kubectl.store.etcd.get("/registry/networkpolicies/default/allow-web") is not None
+    assert kubectl("get", "netpol").stdout.splitlines()[1].split()[:2] == ["allow-web", "app=b"]
+
+
 def test_create_generators(kubectl):
     assert kubectl("create", "namespace", "team").stdout == "namespace/team created\n"
     res = kubectl("create", "deployment", "nginx", "--image", "nginx", "--replicas", "2", "-n", "team")
