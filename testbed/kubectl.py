@@ -593,14 +593,17 @@ def merge(base: Any, patch: Any) -> Any:
     return patch
 
 
-def exec_argv(pod: dict, command: list[str]) -> list[str]:
+def exec_argv(pod: dict, command: list[str], container: str | None = None) -> list[str]:
     """The command line that runs ``command`` inside a running pod: nsenter into the pod's
     workload process (its netns is the pod's, its mount namespace the node's).
     This is the one place that knows how to enter a pod."""
     pids = json.loads((pod["metadata"].get("annotations") or {}).get("calicolab.io/pids") or "{}")
     if not pids:
         raise UsageError(f"cannot exec into pod {pod['metadata']['name']}: it has no running container")
-    pid = next(iter(pids.values()))
+    if container is not None and container not in pids:
+        raise UsageError(f'container {container} is not valid for pod {pod["metadata"]["name"]}')
+    first = pod["spec"]["containers"][0]["name"]
+    pid = pids[container] if container else pids.get(first, next(iter(pids.values())))
     if not os.path.exists(f"/proc/{pid}"):
         raise UsageError(f"cannot exec into pod {pod['metadata']['name']}: its process {pid} is gone "
                          "(run kubectl on the lab's machine or inside a node)")
@@ -623,7 +626,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if phase != "Running":
         raise UsageError(f"cannot exec into a container in a completed pod; current phase is {phase}"
                          if phase in ("Succeeded", "Failed") else f"unable to upgrade connection: pod {name} is {phase}")
-    argv = exec_argv(pod, args.command)
+    argv = exec_argv(pod, args.command, args.container)
     sys.stdout.flush()
     os.execvp(argv[0], argv)
     return 127  # not reached
