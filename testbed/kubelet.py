@@ -250,7 +250,14 @@ class Kubelet:
                     sort_keys=True)
             return True
 
-        self.store.mutate("Pod", meta["name"], meta["namespace"], put)
+        for attempt in range(5):  # the status is the only report of what happened: retry it
+            try:
+                self.store.mutate("Pod", meta["name"], meta["namespace"], put)
+                return
+            except errors.Unavailable as exc:
+                log.warning("pod %s/%s: status not written (attempt %d): %s", meta["namespace"], meta["name"],
+                            attempt + 1, exc)
+                time.sleep(0.2 * 2 ** attempt)
 
     def _setup(self, pod: dict) -> None:
         meta = pod["metadata"]
@@ -265,23 +272,25 @@ class Kubelet:
         state = PodState(uid=uid, namespace=ns, name=name, sandbox_id=runtime.new_sandbox_id(),
                          netns=os.path.join(self.netns_dir, runtime.new_netns_name()),
                          node=self.node, lab=self.lab)
-        runtime.create_netns(state.netns)
-        state.cni_conf = conf.raw
-        state.save(self.root_dir)
         args = cni.cni_args(ns, name, state.sandbox_id)
-        t1 = time.monotonic()
         ports = [{"containerPort": p["containerPort"], "hostPort": p["hostPort"], "protocol": p.get("protocol", "TCP").lower()}
                  for c in pod["spec"]["containers"] for p in c.get("ports") or [] if p.get("hostPort")]
+        t1 = t0
         try:
+            runtime.create_netns(state.netns)
+            state.cni_conf = conf.raw
+            state.save(self.root_dir)
+            t1 = time.monotonic()
             result = self.runner.add(conf, state.sandbox_id, state.netns, args, "eth0",
                                      {"portMappings": ports} if ports else None)
-        except cni.CNIError as exc:
+        except (cni.CNIError, runtime.SandboxError, OSError) as exc:
             runtime.remove_netns(state.netns)
             shutil.rmtree(state.pod_dir(self.root_dir), ignore_errors=True)
             attempts = self.failures.get(uid, (0, 0, ""))[1] + 1
             self.failures[uid] = (time.monotonic() + min(0.5 * 2 ** attempts, 10.0), attempts, str(exc))
-            msg = (f'Failed to create pod sandbox: rpc error: code = Unknown desc = failed to setup network '
-                   f'for sandbox "{state.sandbox_id}": {exc}')
+            what = "setup network for" if isinstance(exc, cni.CNIError) else "create"
+            msg = (f'Failed to create pod sandbox: rpc error: code = Unknown desc = failed to {what} '
+                   f'sandbox "{state.sandbox_id}": {exc}')
             log.warning("pod %s/%s: %s", ns, name, msg)
             infos = [ContainerInfo(c["name"], c["image"], waiting_reason="ContainerCreating")
                      for c in pod["spec"]["containers"]]
