@@ -346,7 +346,12 @@ class Kubelet:
         env.update(self._container_env(pod, c))
         env["HOSTNAME"] = state.name
         os.makedirs(workdir, exist_ok=True)
-        proc = runtime.start_process(state.netns, wl.argv, os.path.join(workdir, "log"), env, workdir)
+        try:
+            proc = runtime.start_process(state.netns, wl.argv, os.path.join(workdir, "log"), env, workdir)
+        except OSError as exc:
+            info.waiting_reason = "RunContainerError"
+            info.waiting_message = f"failed to start container {c['name']}: {exc}"
+            return info
         cid = state.container_ids.get(c["name"]) or runtime.new_sandbox_id()
         state.container_ids[c["name"]] = cid
         state.pids[c["name"]] = proc.pid
