@@ -535,8 +535,9 @@ class Speaker:
         new.validate()
         old = self.config
         identity_changed = (new.router_id, new.local_as, new.local_address, new.cluster_id,
-                            new.listen_port) != (old.router_id, old.local_as, old.local_address,
-                                                 old.cluster_id, old.listen_port)
+                            new.listen_port, new.listen_address) != (
+            old.router_id, old.local_as, old.local_address, old.cluster_id, old.listen_port,
+            old.listen_address)
         self.config = new
         if identity_changed:
             for p in list(self.peers.values()):
@@ -545,7 +546,8 @@ class Speaker:
             self.peers = {}
             self.rib.local_as, self.rib.router_id = new.local_as, new.router_id
             self.rib.cluster_id = new.cluster_id
-            if new.listen_port != old.listen_port and self.server is not None:
+            if (new.listen_port, new.listen_address) != (old.listen_port, old.listen_address) \
+                    and self.server is not None:
                 self.server.close()
                 self.server = await asyncio.start_server(
                     self._accept, new.listen_address, new.listen_port, reuse_address=True)

@@ -127,16 +127,21 @@ def compute(node_name: str, st: State, timers: Timers | None = None) -> SpeakerC
         return None
     my_ip = my_if.ip
     default_cfg = st.bgp_configs.get("default")
-    node_cfg = st.bgp_configs.get(f"node.{node_name}")
     global_as = (getattr(default_cfg.spec, "as_number", None) if default_cfg else None) or DEFAULT_AS
     my_as = _node_as(me, global_as)
     mesh_on = getattr(default_cfg.spec, "node_to_node_mesh_enabled", None) if default_cfg else None
     mesh_on = True if mesh_on is None else bool(mesh_on)
-    listen_port = ((getattr(node_cfg.spec, "listen_port", None) if node_cfg else None)
+    def port_of(name: str) -> int:
+        ncfg = st.bgp_configs.get(f"node.{name}")
+        return int((getattr(ncfg.spec, "listen_port", None) if ncfg else None)
                    or (getattr(default_cfg.spec, "listen_port", None) if default_cfg else None)
                    or 179)
+
+    listen_port = port_of(node_name)
     mesh_restart = parse_duration(getattr(default_cfg.spec, "node_mesh_max_restart_time", None)
                                   if default_cfg else None, "BGPConfiguration default")
+    bind_mode = getattr(default_cfg.spec, "bind_mode", None) if default_cfg else None
+    listen_address = str(my_ip) if bind_mode == "NodeIP" else "0.0.0.0"
     my_cid = _cluster_id(me)
     my_labels = _labels(me)
     peers: dict[IPv4Address, PeerConfig] = {}
@@ -159,7 +164,7 @@ def compute(node_name: str, st: State, timers: Timers | None = None) -> SpeakerC
             if oif is None:
                 continue
             add(PeerConfig(mesh_name(oif.ip), oif.ip, _node_as(other, global_as), MESH,
-                           passive=passive_towards(my_ip, oif.ip),
+                           port=port_of(name), passive=passive_towards(my_ip, oif.ip),
                            graceful_restart_time=mesh_restart))
 
     # explicit BGPPeers
@@ -257,7 +262,7 @@ def compute(node_name: str, st: State, timers: Timers | None = None) -> SpeakerC
         kernel=KernelPolicy(ipip_pools=tuple(ipip), cross_subnet_pools=tuple(cross),
                             reject_pools=tuple(reject), local_subnet=my_if.network),
         cluster_id=IPv4Address(my_cid) if my_cid else None,
-        listen_port=int(listen_port), timers=timers or Timers())
+        listen_port=int(listen_port), listen_address=listen_address, timers=timers or Timers())
 
 
 def _secs(option: str, value: float) -> str:

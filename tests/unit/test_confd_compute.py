@@ -145,3 +145,19 @@ def test_bird_cfg_render_mentions_everything():
     assert "protocol bgp Mesh_172_30_0_12 from bgp_template {" in text
     assert "passive on;" in text and "route 192.168.1.0/26 blackhole;" in text
     assert 'krt_tunnel = "tunl0"' in text
+
+
+def test_listen_port_and_bind_mode():
+    st = walkthrough_state()
+    assert compute("k8s-w0", st).listen_address == "0.0.0.0"
+    st.bgp_configs["default"] = BGPConfiguration(
+        metadata=Metadata(name="default"),
+        spec=BGPConfiguration.Spec(bind_mode="NodeIP", listen_port=1790))
+    st.bgp_configs["node.k8s-w1"] = BGPConfiguration(
+        metadata=Metadata(name="node.k8s-w1"), spec=BGPConfiguration.Spec(listen_port=1791))
+    w0 = compute("k8s-w0", st)
+    assert (w0.listen_address, w0.listen_port) == ("172.30.0.11", 1790)
+    w1 = compute("k8s-w1", st)
+    assert w1.listen_port == 1791
+    assert {p.name: p.port for p in w0.peers} == {"Mesh_172_30_0_10": 1790,
+                                                  "Mesh_172_30_0_12": 1791}
