@@ -3,12 +3,21 @@
 Kernels built without ``CONFIG_NET_IPIP`` cannot create the ipip ``tunl0``.
 calicolab then uses a TUN device named ``tunl0`` and this pump:
 
-* **transmit**: an inner IPv4 packet read from the TUN is sent through a raw
-  ``IPPROTO_IPIP`` socket, so the kernel wraps it in a real protocol-4 outer
-  header. The outer destination is the gateway of the kernel route for the
+* **transmit**: an inner IPv4 packet read from the TUN gets an outer
+  protocol-4 header and is sent through a raw ``IPPROTO_IPIP`` socket with
+  ``IP_HDRINCL``. The outer header is the one the kernel's fallback tunl0
+  (``ipip any remote any local any ttl inherit nopmtudisc``, tos 0) builds in
+  ``ip_tunnel_xmit``: TTL copied from the inner packet (as forwarded), DF
+  copied from the inner packet and nothing else in frag_off, TOS = the inner
+  ECN bits only (CE becomes ECT(0), DSCP not copied; RFC 6040 / the kernel's
+  ``INET_ECN_encapsulate``). The kernel fills in the source address (from the
+  route to the remote node, as for ``local any``), total length, IP ID and
+  checksum. The outer destination is the gateway of the kernel route for the
   inner destination on tunl0 (``<block> via <node IP> dev tunl0 onlink``,
   installed by the BGP speaker). Those routes are kept in an LPM table that
-  is reloaded whenever the kernel announces a route change.
+  is reloaded whenever the kernel announces a route change. The packet is
+  read from the TUN 20 bytes into a buffer and the outer header written in
+  front of it, so one ``send`` carries both without a copy in Python.
 * **receive**: a protocol-4 packet delivered to the raw socket (after the
   netfilter INPUT chain, so cali-INPUT's IPIP rules apply) is accepted only
   from a known Calico node address, stripped of its outer header and written
@@ -43,6 +52,9 @@ RTMGRP_LINK = 0x1
 NETLINK_ROUTE = 0
 SOCK_BUF = 8 * 1024 * 1024
 SO_ATTACH_FILTER = 26
+OUTER_LEN = 20
+IP_DF = 0x40  # in the first byte of frag_off
+ECN_MASK, ECN_ECT0, ECN_CE = 0x03, 0x02, 0x03
 _DROP_ALL = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0))  # BPF "ret #0"
 
 
@@ -54,13 +66,51 @@ def _set_bufs(sock: socket.socket) -> None:
             sock.setsockopt(socket.SOL_SOCKET, opt, SOCK_BUF)
 
 
-def connected_sender(gateway: str) -> socket.socket:
-    """A raw IPIP socket connected to ``gateway`` (kernel caches its route) that never receives.
+def outer_template(gateway: str) -> bytes:
+    """The fixed part of the outer header toward ``gateway``: version 4, IHL 5, protocol 4.
 
+    TOS, frag_off and TTL are set per packet by :func:`encapsulate_into`;
+    total length, IP ID, checksum and source (all zero here) are filled in
+    by the kernel on send (raw ``IP_HDRINCL`` semantics).
+    """
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 0, 0, 0, 0, IPPROTO_IPIP, 0, bytes(4),
+                       socket.inet_aton(gateway))
+
+
+def encapsulate_into(buf: bytearray, template: bytes) -> None:
+    """Write the outer header into ``buf[0:20]`` for the inner IPv4 packet at ``buf[20:]``.
+
+    As Linux ``ip_tunnel_xmit`` for tunl0 with ``ttl inherit``, ``nopmtudisc``
+    and tos 0: outer TTL = inner TTL, outer DF = inner DF (no MF, offset 0),
+    outer TOS = inner ECN bits with CE mapped to ECT(0) (RFC 6040 normal
+    mode); the DSCP is not copied.
+    """
+    buf[0:20] = template
+    ecn = buf[21] & ECN_MASK
+    buf[1] = ECN_ECT0 if ecn == ECN_CE else ecn
+    buf[6] = buf[26] & IP_DF
+    buf[8] = buf[28]
+
+
+def outer_header_for(inner: bytes, gateway: str) -> bytes:
+    """The 20-byte outer header (kernel-filled fields zero) the pump puts before ``inner`` (pure)."""
+    if len(inner) < 20 or inner[0] >> 4 != 4:
+        raise ValueError("inner packet is not an IPv4 packet")
+    buf = bytearray(OUTER_LEN) + bytearray(inner[:20])
+    encapsulate_into(buf, outer_template(gateway))
+    return bytes(buf[:OUTER_LEN])
+
+
+def connected_sender(gateway: str) -> socket.socket:
+    """A raw IPIP socket with ``IP_HDRINCL`` connected to ``gateway`` that never receives.
+
+    The caller writes the outer header (:func:`encapsulate_into`); the kernel
+    routes by the connected address and fills source, length, ID, checksum.
     Every raw IPIP socket gets a copy of each incoming protocol-4 packet; a
     drop-all socket filter keeps these transmit-only sockets from queueing them.
     """
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_IPIP)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
     prog = struct.pack("=HxxxxxxQ", 1, ctypes.addressof(_DROP_ALL))
     s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
     try:
@@ -156,20 +206,26 @@ class IpipPump:
     def _tx_loop(self) -> None:
         fd = self.tun_fd
         off = VNET_HDR_LEN if self.vnet_hdr else 0
-        rbuf = bytearray(65536 + off)
+        # The read lands at 20 - off, so the inner packet starts at byte 20; the virtio-net header
+        # (if any) sits inside bytes 0..20 and is checked (gso_type) before the outer header
+        # is written over it. One send() of bytes 0..end carries outer + inner, no copy.
+        rbuf = bytearray(OUTER_LEN + 65536)
         rmv = memoryview(rbuf)
+        rview = (rmv[OUTER_LEN - off:],)
         readv = os.readv
         stats = self.stats
+        encap = encapsulate_into
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         os.set_blocking(fd, False)
         table = None
-        send_for: dict[bytes, object] = {}  # inner destination -> bound send() of its node's socket
+        send_for: dict[bytes, tuple] = {}  # inner destination -> (bound send() of its node's socket, template)
         n = 0
+        gso_at = OUTER_LEN - off + 1
         while not self._stop.is_set():
             try:
-                size = readv(fd, (rbuf,))
+                size = readv(fd, rview)
             except BlockingIOError:
                 stats["tx"] += n
                 n = 0
@@ -186,14 +242,14 @@ class IpipPump:
                 table = self._table
                 send_for = {}
                 self._prune_senders(table.gateways())
-            if off and rbuf[1]:  # a GSO frame: never offered, as the TUN announces no offloads
+            if off and rbuf[gso_at]:  # a GSO frame: never offered, as the TUN announces no offloads
                 stats["tx_error"] += 1
                 continue
-            pkt = rmv[off:size]
-            dst = bytes(rbuf[off + 16:off + 20])
-            send = send_for.get(dst)
-            if send is None:
-                if size - off < 20 or rbuf[off] >> 4 != 4:
+            end = OUTER_LEN - off + size
+            dst = bytes(rbuf[36:40])
+            entry = send_for.get(dst)
+            if entry is None:
+                if end - OUTER_LEN < 20 or rbuf[OUTER_LEN] >> 4 != 4:
                     continue
                 gw = table.lookup(dst)
                 if gw is None:
@@ -202,9 +258,10 @@ class IpipPump:
                 sock = self._senders.get(gw)
                 if sock is None:
                     sock = self._senders[gw] = connected_sender(gw)
-                send = send_for[dst] = sock.send
+                entry = send_for[dst] = (sock.send, outer_template(gw))
+            encap(rbuf, entry[1])
             try:
-                send(pkt)
+                entry[0](rmv[:end])
                 n += 1
             except OSError as exc:
                 if exc.errno not in (errno.ENOBUFS, errno.EAGAIN):

@@ -205,3 +205,50 @@ def test_bulk_tcp_through_the_tunnel_arrives_intact(topo):
     topo.stop(env["tb"])
     stats = env["tb"].stderr.read()
     assert "rx_merged" in stats and "'rx_merged': 0" not in stats, stats
+
+
+def test_outer_ttl_df_and_ecn_follow_the_inner_packet(topo):
+    """As the kernel's tunl0 (ttl inherit, nopmtudisc, tos 0): outer TTL = inner TTL (after the
+    node forwarded it), outer DF = inner DF, outer TOS = inner ECN bits (CE -> ECT(0)), no DSCP."""
+    require_tool("tcpdump")
+    env = two_node_tunnel(topo)
+    ping_until_ok(env["pa"], env["ipb"])
+    pcap = f"/tmp/felix-tunnel-ttl-{topo.tag}.pcap"
+    cap = topo.spawn(env["b"], "tcpdump", "-ni", "eth0", "--immediate-mode", "-U", "-w", pcap, "ip proto 4",
+                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cap.stderr.readline()  # "listening on eth0 ..."
+    try:
+        pings = {  # payload size -> ping options; the size tells the requests apart in the capture
+            101: ["-M", "do", "-t", "20", "-Q", "0xb8"],  # DF, TTL 20 (19 once node a forwarded it), DSCP EF
+            102: ["-M", "dont", "-Q", "0x03"],  # no DF, TTL 64 (63), ECN CE
+            103: ["-M", "dont", "-t", "7", "-Q", "0x01"],  # no DF, TTL 7 (6), ECT(1)
+        }
+        for size, opts in pings.items():
+            out = run("ping", "-c", "1", "-W", "2", "-s", str(size), *opts, env["ipb"], netns=env["pa"],
+                      check=False)
+            assert " 0% packet loss" in out, out
+    finally:
+        cap.send_signal(signal.SIGINT)
+        cap.wait(timeout=5)
+    from scapy.all import ICMP, IP, rdpcap
+
+    try:
+        frames = [p[IP] for p in rdpcap(pcap) if IP in p and p[IP].proto == 4]
+    finally:
+        os.unlink(pcap)
+    by_size = {}
+    for o in frames:
+        i = o.payload
+        ecn = i.tos & 3
+        # Every IPIP packet, both directions (node b's pump wraps the replies).
+        assert (o.ttl, bool(o.flags.DF), o.tos) == (i.ttl, bool(i.flags.DF), 2 if ecn == 3 else ecn), (
+            o.summary(), o.ttl, o.flags, o.tos, i.ttl, i.flags, i.tos)
+        assert o.frag == 0 and not o.flags.MF
+        if ICMP in i and i[ICMP].type == 8:
+            by_size[i.len - 28] = (o.ttl, bool(o.flags.DF), o.tos, i.ttl, bool(i.flags.DF), i.tos)
+    assert by_size == {
+        101: (19, True, 0x00, 19, True, 0xB8),
+        102: (63, False, 0x02, 63, False, 0x03),
+        103: (6, False, 0x01, 6, False, 0x01),
+    }
+    assert any(ICMP in o.payload and o.payload[ICMP].type == 0 for o in frames), "no echo replies captured"
