@@ -102,6 +102,18 @@ def test_datastore_to_kernel_routes_and_node_status(cluster, tmp_path, ds_client
     with pytest.raises(ctl.CtlError, match="unknown command"):
         ctl.query(sock, "show nonsense")
 
+    # a BGPPeer confd cannot use: the error is reported, the running config stays whole
+    from datastore.resources import BGPPeer
+    ds_client.create(BGPPeer(metadata=Metadata(name="bad"), spec=BGPPeer.Spec(
+        peer_ip="172.31.1.99", as_number=64512, keepalive_time="ten")))
+    wait_for(lambda: lab.services[1].status()["config_error"], lambda e: "invalid duration" in e,
+             timeout=5, what="confd's error in the status")
+    st = lab.services[1].status()
+    assert st["established"] == 2 and len(st["peers"]) == 2
+    ds_client.delete("BGPPeer", "bad")
+    wait_for(lambda: lab.services[1].status()["config_error"], lambda e: e == "", timeout=5,
+             what="error cleared")
+
     # mesh off: sessions go away and remote routes are withdrawn
     from datastore.resources import BGPConfiguration
     ds_client.create(BGPConfiguration(metadata=Metadata(name="default"),
