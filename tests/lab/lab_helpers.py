@@ -76,3 +76,10 @@ def leftovers(state: dict) -> list[str]:
             if line.split(": ")[1].split("@")[0] == host:
                 left.append(f"root link {host}")
     return left
+
+
+def template_of(path: Path) -> str:
+    """A shipped topology file as a template whose lab name is ``{name}``."""
+    text = path.read_text().replace("{", "{{").replace("}", "}}")
+    lines = [("name: {name}" if line.startswith("name: ") else line) for line in text.splitlines()]
+    return "\n".join(lines) + "\n"

@@ -13,7 +13,7 @@ from testbed import lab as labmod
 from testbed import netns as nsmod
 from testbed.clean import clean_lab
 from testbed.poll import wait_for
-from tests.lab.lab_helpers import ROUTED, SMALL, leftovers, write_topology
+from tests.lab.lab_helpers import ROUTED, SMALL, leftovers, template_of, write_topology
 from tests.support import require_root, require_tool, sh, unique
 
 pytestmark = pytest.mark.lab
@@ -183,3 +183,17 @@ def test_topology_bgp_settings_become_calico_resources(make_lab):
     assert got["peers"]["tor"]["peerIP"] == "172.30.60.99"
     assert got["peers"]["tor"]["asNumber"] == 65100
     assert got["peers"]["peer-with-route-reflectors"]["peerSelector"] == "route-reflector == 'true'"
+
+
+def test_crosssubnet_nodes_reach_etcd_through_the_router(make_lab):
+    st = make_lab(template_of(labmod.REPO / "topologies" / "crosssubnet.yaml"))
+    lab = st["lab"]
+    # k8s-w1 is on lan1: its default route is r0's leg there, and r0 forwards to lan0
+    assert "default via 172.30.9.1 dev eth0" in sh("ip", "-n", f"{lab}-k8s-w1", "route")
+    health = sh("ip", "netns", "exec", f"{lab}-k8s-w1", "curl", "-s", "-m", "3",
+                "http://172.30.8.10:2379/health")
+    assert '"health":"true"' in health
+    ttl = sh("ip", "netns", "exec", f"{lab}-k8s-w1", "ping", "-c1", "-W2", "172.30.8.10")
+    assert "ttl=63" in ttl  # one routed hop (r0)
+    ttl = sh("ip", "netns", "exec", f"{lab}-k8s-w0", "ping", "-c1", "-W2", "172.30.8.10")
+    assert "ttl=64" in ttl  # same segment
