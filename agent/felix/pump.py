@@ -22,7 +22,9 @@ calicolab then uses a TUN device named ``tunl0`` and this pump:
   netfilter INPUT chain, so cali-INPUT's IPIP rules apply) is accepted only
   from a known Calico node address, stripped of its outer header and written
   to the TUN, where the kernel routes the inner packet as if it came out of
-  a kernel tunnel.
+  a kernel tunnel. An outer CE mark is carried into the inner packet (a
+  not-ECN-capable inner packet under an outer CE is dropped), as the kernel's
+  ``ip_tunnel_rcv`` does.
 
 One thread per direction; the socket calls release the GIL, so both
 directions progress in parallel.
@@ -41,7 +43,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from agent.felix.gro import VNET_HDR_LEN, Coalescer
+from agent.felix.gro import VNET_HDR_LEN, Coalescer, ip_checksum
 from agent.felix.lpm import LpmTable
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,23 @@ def outer_header_for(inner: bytes, gateway: str) -> bytes:
     return bytes(buf[:OUTER_LEN])
 
 
+def ecn_decapsulate(buf: bytearray, ihl: int) -> bool:
+    """Carry an outer CE mark into the inner IPv4 packet at ``buf[ihl:]``; False: drop the packet.
+
+    As Linux ``ip_tunnel_rcv`` (``INET_ECN_decapsulate``), for a packet whose outer TOS is CE
+    (call only then): an ECN-capable inner packet gets CE (its header checksum recomputed);
+    a not-ECT inner packet is dropped (congestion cannot be signalled to it).
+    """
+    inner_tos = buf[ihl + 1]
+    if not inner_tos & ECN_MASK:
+        return False
+    if inner_tos & ECN_MASK != ECN_CE:
+        buf[ihl + 1] = inner_tos | ECN_CE
+        inner_ihl = (buf[ihl] & 0x0F) * 4
+        buf[ihl + 10:ihl + 12] = ip_checksum(buf[ihl:ihl + inner_ihl]).to_bytes(2, "big")
+    return True
+
+
 def connected_sender(gateway: str) -> socket.socket:
     """A raw IPIP socket with ``IP_HDRINCL`` connected to ``gateway`` that never receives.
 
@@ -154,7 +173,7 @@ class IpipPump:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.stats = {"tx": 0, "rx": 0, "tx_noroute": 0, "rx_denied": 0, "tx_error": 0, "rx_error": 0,
-                      "rx_merged": 0}
+                      "rx_merged": 0, "rx_ecn_drop": 0}
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_IPIP)
         _set_bufs(self.sock)
         self._senders: dict[str, socket.socket] = {}  # gateway -> connected transmit socket (tx thread only)
@@ -305,6 +324,9 @@ class IpipPump:
                         stats["rx_denied"] += 1
                     else:
                         ihl = (buf[0] & 0x0F) * 4
+                        if buf[1] & ECN_MASK == ECN_CE and not ecn_decapsulate(buf, ihl):
+                            stats["rx_ecn_drop"] += 1
+                            continue
                         n += 1
                         try:
                             if co is None:

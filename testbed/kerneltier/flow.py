@@ -125,26 +125,33 @@ def write(record: dict, path: Path) -> Path:
     return path
 
 
-def signature(frames, pool: str = "192.168.0.0/16") -> Counter:
+def signature(frames, pool: str = "192.168.0.0/16", ttl_df: bool = False) -> Counter:
     """What must be the same on both datapaths, per IPv4 frame of a capture, counted.
 
     Each frame becomes ((src, dst, proto, total length) for every IP header, outermost first,
-    ICMP type, ICMP code).  TTL, DF and IP ids are left out: they are not part of the contract
-    (the kernel's ipip copies the inner TTL and DF, the userspace pump does not).  Only the
-    pods' flow counts: IPIP frames and frames to or from ``pool``; node-to-node traffic such as
-    BGP keepalives and IGMP reports is skipped.
+    ICMP type, ICMP code).  With ``ttl_df`` every header also carries its TTL and DF bit:
+    the kernel's fallback tunl0 (``ttl inherit nopmtudisc``) gives the outer header the inner
+    packet's TTL (as forwarded) and DF, and the userspace pump does the same
+    (``tests/kernel/test_kernel_datapaths_agree.py`` compares with them).  IP ids are always
+    left out (the kernel's tunnel hashes one even with DF; a raw socket leaves it 0), as is
+    the TOS (not decoded by :mod:`testbed.pcapassert`; the netns tier checks it).  Only the
+    pods' flow counts: IPIP frames and frames to or from ``pool``; node-to-node traffic such
+    as BGP keepalives and IGMP reports is skipped.
     ``frames`` are :class:`testbed.pcapassert.Frame` objects (a ``Trace`` iterates them).
     """
     out: Counter = Counter()
+    net = ipaddress.ip_network(pool)
     for f in frames:
         if not f.ips or f.ips[0].version != 4:
             continue
-        net = ipaddress.ip_network(pool)
         in_pool = any(
             ipaddress.ip_address(a) in net for h in f.ips if h.version == 4 for a in (h.src, h.dst)
         )
         if f.ips[0].proto != 4 and not in_pool:
             continue
-        headers = tuple((h.src, h.dst, h.proto, h.length) for h in f.ips)
+        if ttl_df:
+            headers = tuple((h.src, h.dst, h.proto, h.length, h.ttl, h.df) for h in f.ips)
+        else:
+            headers = tuple((h.src, h.dst, h.proto, h.length) for h in f.ips)
         out[(headers, f.icmp_type, f.icmp_code)] += 1
     return out

@@ -252,3 +252,51 @@ def test_outer_ttl_df_and_ecn_follow_the_inner_packet(topo):
         103: (6, False, 0x01, 6, False, 0x01),
     }
     assert any(ICMP in o.payload and o.payload[ICMP].type == 0 for o in frames), "no echo replies captured"
+
+
+def test_outer_ce_is_carried_into_the_inner_packet_or_drops_it(topo):
+    """Receive side as the kernel's ip_tunnel_rcv: outer CE -> inner CE if ECN-capable, else dropped."""
+    require_tool("tcpdump")
+    env = two_node_tunnel(topo)
+    ping_until_ok(env["pa"], env["ipb"])
+    sender = textwrap.dedent("""
+        import socket, struct, sys
+        def csum(b):
+            s = sum(struct.unpack('!%dH' % (len(b) // 2), b)); s = (s >> 16) + (s & 0xffff); s += s >> 16
+            return ~s & 0xffff
+        def echo(seq, tos):
+            icmp = struct.pack('!BBHHH', 8, 0, 0, 77, seq) + b'x' * 8
+            icmp = icmp[:2] + struct.pack('!H', csum(icmp)) + icmp[4:]
+            h = struct.pack('!BBHHHBBH4s4s', 0x45, tos, 20 + len(icmp), seq, 0, 63, 1, 0,
+                            socket.inet_aton('192.168.10.5'), socket.inet_aton('192.168.20.7'))
+            return h[:10] + struct.pack('!H', csum(h)) + h[12:] + icmp
+        for seq, outer_tos, inner_tos in ((1, 3, 2), (2, 3, 0), (3, 0, 0), (4, 3, 1)):
+            s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, outer_tos)
+            for _ in range(3):
+                s.sendto(echo(seq, inner_tos), ('172.31.9.2', 0))
+            s.close()
+    """)
+    cap = topo.spawn(env["pb"], "tcpdump", "-nvi", "eth0", "--immediate-mode", "-l",
+                     "icmp[icmptype] == 8 and icmp[4:2] == 77",
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cap.stderr.readline()
+    run(PY, "-c", sender, netns=env["a"])
+    os.set_blocking(cap.stdout.fileno(), False)
+    lines: list[str] = []
+
+    def seen() -> dict[int, list[str]]:
+        lines.extend(cap.stdout.readlines())
+        text = "".join(lines).replace("\n    ", " ")  # -v puts the ICMP part on a second line
+        got: dict[int, list[str]] = {}
+        for ln in text.splitlines():
+            if "seq " in ln:
+                got.setdefault(int(ln.split("seq ")[1].split(",")[0]), []).append(ln.split("tos ")[1].split(",")[0])
+        return got
+
+    # seq 1: ECT(0) under CE -> CE; seq 2: not-ECT under CE -> dropped; seq 3: plain; seq 4: ECT(1) -> CE
+    wait_for(seen, lambda g: all(len(g.get(s, [])) >= 3 for s in (1, 3, 4)), timeout=5,
+             what="the echo requests sent over IPIP arriving in pod b")
+    cap.send_signal(signal.SIGINT)
+    cap.wait(timeout=5)
+    assert seen() == {1: ["0x3"] * 3, 3: ["0x0"] * 3, 4: ["0x3"] * 3}, lines

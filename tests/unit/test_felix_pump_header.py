@@ -73,3 +73,37 @@ def test_non_ipv4_is_refused_by_name():
         outer_header_for(b"\x60" + bytes(39), GW)
     with pytest.raises(ValueError, match="not an IPv4 packet"):
         outer_header_for(b"\x45", GW)
+
+
+def _outer_and_inner(outer_tos: int, inner_tos: int) -> bytearray:
+    from agent.felix.gro import ip_checksum
+
+    pkt = bytearray(inner(tos=inner_tos))
+    pkt[10:12] = ip_checksum(pkt[:20]).to_bytes(2, "big")
+    outer = bytearray(outer_header_for(bytes(pkt), GW))
+    outer[1] = outer_tos
+    return outer + pkt
+
+
+@pytest.mark.parametrize(("inner_tos", "after"), [(0x01, 0x03), (0x02, 0x03), (0x03, 0x03), (0xBA, 0xBB)])
+def test_outer_ce_marks_an_ecn_capable_inner_packet(inner_tos, after):
+    from agent.felix.gro import ip_checksum
+    from agent.felix.pump import ecn_decapsulate
+
+    buf = _outer_and_inner(0x03, inner_tos)
+    assert ecn_decapsulate(buf, OUTER_LEN) is True
+    hdr = buf[OUTER_LEN:OUTER_LEN + 20]
+    assert hdr[1] == after
+    assert int.from_bytes(hdr[10:12], "big") == ip_checksum(hdr)  # still valid
+    orig = _outer_and_inner(0x03, inner_tos)
+    assert buf[:OUTER_LEN + 1] == orig[:OUTER_LEN + 1] and buf[OUTER_LEN + 2:OUTER_LEN + 10] == \
+        orig[OUTER_LEN + 2:OUTER_LEN + 10] and buf[OUTER_LEN + 12:] == orig[OUTER_LEN + 12:]
+
+
+def test_outer_ce_over_a_not_ect_inner_packet_is_dropped():
+    from agent.felix.pump import ecn_decapsulate
+
+    buf = _outer_and_inner(0x03, 0xB8)
+    before = bytes(buf)
+    assert ecn_decapsulate(buf, OUTER_LEN) is False
+    assert bytes(buf) == before
