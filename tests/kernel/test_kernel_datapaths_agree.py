@@ -3,8 +3,8 @@
 The same cross-node flow and MTU probes (testbed.kerneltier.flow) run on this host with
 Felix's userspace tunl0 (TUN + pump, the host kernel has no ipip) and were run in the qemu
 guest with the kernel's ipip tunl0 (session fixture ``guest``).  The captures must agree:
-same protocol, same outer (node) and inner (pod) addresses and lengths, same ICMP, same
-packets on tunl0, and the same MTU outcomes.
+same protocol, same outer (node) and inner (pod) addresses, lengths, TTLs and DF bits, same
+ICMP, same packets on tunl0, and the same MTU outcomes.
 """
 
 from __future__ import annotations
@@ -50,13 +50,15 @@ def kernel(guest):
 
 @pytest.mark.parametrize("capture", ["n1-eth0", "n2-eth0", "n1-tunl0"])
 def test_same_packets_on_both_datapaths(kernel, userspace, capture):
-    """Per interface, the same IPv4 packets: protocol, outer and inner addresses, lengths, ICMP."""
+    """Per interface, the same IPv4 packets: protocol, outer and inner addresses, lengths, TTL and
+    DF of every header (the outer's copied from the inner by both), ICMP."""
     kdir, krec, _ = kernel
     udir, urec, _ = userspace
     ktrace = pa.load(kdir / krec["pcaps"][capture])
     utrace = pa.load(udir / urec["pcaps"][capture])
     # Distinct kinds of packets, not counts: a ping retransmits what a datapath dropped.
-    ksig, usig = set(flow.signature(ktrace)), set(flow.signature(utrace))
+    ksig = set(flow.signature(ktrace, ttl_df=True))
+    usig = set(flow.signature(utrace, ttl_df=True))
     assert ksig, f"the kernel capture {capture} is empty:\n{ktrace.summary()}"
     only_k, only_u = ksig - usig, usig - ksig
     assert not only_k and not only_u, (
@@ -65,6 +67,9 @@ def test_same_packets_on_both_datapaths(kernel, userspace, capture):
     )
     if capture.endswith("eth0"):
         assert all(h[0][2] == 4 for (h, *_rest) in usig), "non-IPIP IPv4 on the uplink"
+        # TTL and DF of the outer header are the inner's (ttl inherit, nopmtudisc), on both.
+        for sig in (ksig, usig):
+            assert all(h[0][4:6] == h[1][4:6] for (h, *_rest) in sig), sorted(sig)
 
 
 def test_same_pings_and_tunl0(kernel, userspace):
