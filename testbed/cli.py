@@ -20,6 +20,8 @@ EXIT_OK, EXIT_FAIL, EXIT_INPUT, EXIT_NOLAB, EXIT_EXISTS = 0, 1, 2, 3, 4
 EPILOG = """\
 examples:
   calicolab demo                                   # the walkthrough with captures and a report
+  calicolab capture start --nodes k8s-w0,k8s-w1    # pcaps/<lab>/<run>/<node>-<iface>.pcap
+  calicolab capture stop
   calicolab up topologies/walkthrough.yaml        # lab "walkthrough", returns when ready
   calicolab kubectl get nodes -o wide
   calicolab shell k8s-w0                           # bash inside the node
@@ -95,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start calico-node on every node (kubectl apply -f calico.yaml)")
     s.add_argument("--timeout", type=float, default=120.0)
 
+    s = sub.add_parser("capture", parents=[lab_opt], add_help=False,
+                       help="tcpdump on the nodes: capture start [--nodes a,b] [--ifaces GLOBS] "
+                            "[--filter BPF] | stop | status",
+                       usage="calicolab capture [--lab NAME] start|stop|status ...")
+    s.add_argument("args", nargs=argparse.REMAINDER)
+
     s = sub.add_parser("demo", add_help=False,
                        help="replay the walkthrough: NotReady -> Ready, four flows under capture, report",
                        usage="calicolab demo [--name NAME] [--keep]")
@@ -108,12 +116,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from testbed.lab import LabError
     from testbed.topology import TopologyError
 
-    tool = _split_tool(args_list)
-    if args_list[:1] == ["demo"]:  # its own parser: `calicolab demo --help` is the demo's help
-        from testbed import walkthrough
-
-        return walkthrough.main(args_list[1:])
+    tool = _split_tool(args_list, ("kubectl", "calicoctl", "capture", "demo"))
     try:
+        if tool is not None and tool[1] == "demo":  # its own parser: `demo --help` is the demo's
+            from testbed import walkthrough
+
+            return walkthrough.main(tool[2])
+        if tool is not None and tool[1] == "capture":
+            from testbed import lab as labmod
+            from testbed.capture import capture_command
+
+            if tool[2][:1] in (["-h"], ["--help"]) or not tool[2]:
+                return capture_command(tool[2] or ["--help"], "-")
+            return capture_command(tool[2], labmod.resolve(tool[0])["lab"])
         if tool is not None:
             return run_tool(tool[1], tool[2], tool[0])
         args = build_parser().parse_args(args_list)
@@ -132,8 +147,9 @@ def _code(exc: Exception) -> int:
     return int(getattr(exc, "exit_code", EXIT_FAIL))
 
 
-def _split_tool(args: list[str]) -> tuple[str | None, str, list[str]] | None:
-    """``[--lab N] kubectl|calicoctl [--lab N] ARGS`` -> (lab, tool, ARGS), passed verbatim."""
+def _split_tool(args: list[str], tools: tuple[str, ...] = ("kubectl", "calicoctl")
+                ) -> tuple[str | None, str, list[str]] | None:
+    """``[--lab N] TOOL [--lab N] ARGS`` -> (lab, tool, ARGS), passed verbatim (TOOL in ``tools``)."""
     lab = None
     i = 0
     while i < len(args) and args[i].startswith("--lab"):
@@ -143,7 +159,7 @@ def _split_tool(args: list[str]) -> tuple[str | None, str, list[str]] | None:
             lab, i = args[i][6:], i + 1
         else:
             return None
-    if i >= len(args) or args[i] not in ("kubectl", "calicoctl"):
+    if i >= len(args) or args[i] not in tools:
         return None
     tool, rest = args[i], args[i + 1:]
     if rest[:1] == ["--lab"] and len(rest) > 1:
@@ -201,6 +217,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _exec(lab, args.target, args.cmd)
     if cmd in ("kubectl", "calicoctl"):
         return run_tool(cmd, args.args, lab)
+    if cmd == "capture":
+        from testbed.capture import capture_command
+
+        return capture_command(args.args, labmod.resolve(lab)["lab"])
     if cmd == "demo":
         from testbed import walkthrough
 

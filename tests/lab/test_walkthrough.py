@@ -89,3 +89,19 @@ def test_report_renders_flows_and_diagram(wt, tmp_path):
     for node in ("k8s-m", "k8s-w0", "k8s-w1"):
         assert node in text
     assert all(f.ok for f in wt.flows), [(f.name, f.error) for f in wt.flows]
+
+
+def test_capture_cli_start_stop_writes_one_pcap_per_interface(wt):
+    from testbed import pcapassert as pa
+
+    out = wt.cli("capture", "start", "--nodes", "k8s-w1", "--ifaces", "eth0,tunl0").stdout
+    assert "capturing in" in out, out
+    run_dir = out.split("capturing in ", 1)[1].split(" (pid", 1)[0]
+    a, b = wt.pods["k8s-w0"], wt.pods["k8s-w1"]
+    wt.in_pod(a.name, "ping", "-c", "2", "-W", "2", b.ip)
+    stopped = wt.cli("capture", "stop").stdout
+    assert "k8s-w1-eth0.pcap" in stopped and "k8s-w1-tunl0.pcap" in stopped, stopped
+    na, nb = wt.nodes["k8s-w0"]["address"], wt.nodes["k8s-w1"]["address"]
+    pa.assert_ipip(f"{run_dir}/k8s-w1-eth0.pcap", outer_src=na, outer_dst=nb, inner_src=a.ip,
+                   inner_dst=b.ip)
+    pa.assert_on_tunnel(f"{run_dir}/k8s-w1-tunl0.pcap", a.ip, b.ip)
