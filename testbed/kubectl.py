@@ -26,7 +26,7 @@ from testbed.k8s.model import (
 )
 
 ORDER = ["Namespace", "ConfigMap", "NetworkPolicy", "Node", "Service", "Endpoints", "DaemonSet", "Deployment",
-         "Pod"]
+         "ReplicaSet", "Pod"]
 
 
 class UsageError(Exception):
@@ -107,7 +107,7 @@ def resolve_targets(words: list[str]) -> list[tuple[Kind, list[str]]]:
             out.append((_kind(k), [name]))
         return out
     kinds = [k for word in words[0].split(",")
-             for k in ([KINDS["Pod"], KINDS["Service"], KINDS["DaemonSet"], KINDS["Deployment"]]
+             for k in ([KINDS["Pod"], KINDS["Service"], KINDS["DaemonSet"], KINDS["Deployment"], KINDS["ReplicaSet"]]
                        if word == "all" else [_kind(word)])]
     names = words[1:]
     if names and len(kinds) > 1:
@@ -413,6 +413,9 @@ def describe(obj: dict, store=None) -> str:
     lines += _kv_lines("Labels", meta.get("labels"), w)
     lines += _kv_lines("Annotations", meta.get("annotations"), w)
     lines.append(f"CreationTimestamp:  {meta.get('creationTimestamp', '<unknown>')}")
+    owner = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    if owner:
+        lines.append(f"Controlled By:  {owner['kind']}/{owner['name']}")
     if kind == "Pod":
         lines += [f"{'Node:':<{w}}{spec.get('nodeName') or '<none>'}/{status.get('hostIP', '')}",
                   f"{'Start Time:':<{w}}{status.get('startTime', '<unset>')}",
@@ -728,8 +731,8 @@ def cmd_scale(args: argparse.Namespace) -> int:
     targets = resolve_targets(args.resource)
     rc = 0
     for kind, names in targets:
-        if kind.kind != "Deployment":
-            raise UsageError(f"cannot scale a {kind.kind}: only deployments can be scaled")
+        if kind.kind not in ("Deployment", "ReplicaSet"):
+            raise UsageError(f"cannot scale a {kind.kind}: only deployments and replicasets can be scaled")
         if not names:
             raise UsageError("resource(s) were provided, but no name was specified")
         for name in names:
@@ -737,11 +740,11 @@ def cmd_scale(args: argparse.Namespace) -> int:
                 d["spec"]["replicas"] = args.replicas
                 d["metadata"]["generation"] = d["metadata"].get("generation", 1) + 1
 
-            if store.mutate("Deployment", name, args.namespace or DEFAULT_NAMESPACE, set_replicas) is None:
-                print(f'Error from server (NotFound): deployments.apps "{name}" not found', file=sys.stderr)
+            if store.mutate(kind.kind, name, args.namespace or DEFAULT_NAMESPACE, set_replicas) is None:
+                print(f'Error from server (NotFound): {kind.resource}.apps "{name}" not found', file=sys.stderr)
                 rc = 1
             else:
-                print(f"deployment.apps/{name} scaled")
+                print(f"{kind.group_name}/{name} scaled")
     return rc
 
 

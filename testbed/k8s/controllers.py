@@ -3,11 +3,13 @@ moves it one step towards the desired one.
 
 * node IPAM: every Node gets ``spec.podCIDR``, the next free /24 of the cluster's pod
   CIDR (kube-controller-manager --allocate-node-cidrs, as kubeadm sets it up).
-* deployments: each Deployment owns ``replicas`` Pods named ``<deploy>-<template-hash>-<5>``
-  labelled ``pod-template-hash``; extra or outdated pods are deleted; status counts.
+* deployments: each Deployment owns a ReplicaSet ``<deploy>-<template-hash>`` with its
+  replicas (older templates' ReplicaSets scaled to 0); status counts the pods.
+* replicasets: ``replicas`` Pods ``<rs>-<5>``; extra pods deleted (unscheduled, unready,
+  newest first).
 * daemonsets: one pod per eligible node (NotReady nodes too: CNI daemons start first),
   bound directly to it, replaced when the template changes.
-* garbage collection: pods owned by a Deployment or DaemonSet that no longer exists are deleted.
+* garbage collection: what a Deployment, ReplicaSet or DaemonSet owned goes with it.
 * scheduler: unbound pods go to the Ready, schedulable node (taints and nodeSelector
   honoured) with the fewest pods.
 * endpoints: each Service with a selector gets Endpoints listing the ready pods that
@@ -100,16 +102,12 @@ def _pod_for(owner: dict, thash: str, node: str | None = None) -> dict:
     meta, spec = owner["metadata"], owner["spec"]
     tmeta = spec["template"].get("metadata") or {}
     labels = dict(tmeta.get("labels") or {})
-    if owner["kind"] == "Deployment":
-        labels["pod-template-hash"] = thash
-        name = f"{meta['name']}-{thash}-{random_suffix()}"
-    else:
+    if owner["kind"] == "DaemonSet":
         labels["controller-revision-hash"] = thash
-        name = f"{meta['name']}-{random_suffix()}"
     pod = {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
-            "name": name, "namespace": meta["namespace"],
+            "name": f"{meta['name']}-{random_suffix()}", "namespace": meta["namespace"],
             "labels": labels, "annotations": dict(tmeta.get("annotations") or {}),
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": owner["kind"], "name": meta["name"],
                                  "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}],
@@ -121,64 +119,131 @@ def _pod_for(owner: dict, thash: str, node: str | None = None) -> dict:
     return pod
 
 
-def reconcile_deployments(store: Store, deployments: list[dict], pods: list[dict]) -> None:
-    """Create/delete pods so each Deployment has ``replicas`` current ones; update status;
-    delete pods whose Deployment is gone."""
+def _set_status(store: Store, obj: dict, status: dict) -> None:
+    if obj.get("status") == status:
+        return
+
+    def put(o: dict) -> None:
+        o["status"] = status
+
+    store.mutate(obj["kind"], obj["metadata"]["name"], obj["metadata"]["namespace"], put)
+
+
+def _replicaset_for(d: dict, thash: str) -> dict:
+    meta, spec = d["metadata"], d["spec"]
+    template = json.loads(json.dumps(spec["template"]))
+    template.setdefault("metadata", {}).setdefault("labels", {})["pod-template-hash"] = thash
+    selector = dict(spec["selector"]["matchLabels"], **{"pod-template-hash": thash})
+    return {
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {
+            "name": f"{meta['name']}-{thash}", "namespace": meta["namespace"],
+            "labels": dict(template["metadata"]["labels"]),
+            "annotations": {"deployment.kubernetes.io/revision": str(meta.get("generation", 1))},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": meta["name"],
+                                 "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}],
+        },
+        "spec": {"replicas": spec.get("replicas", 1), "selector": {"matchLabels": selector}, "template": template},
+    }
+
+
+def _owned(objs: list[dict], kind: str) -> dict[str, list[dict]]:
     by_owner: dict[str, list[dict]] = {}
-    for pod in pods:
-        uid = owner_uid(pod)
+    for o in objs:
+        uid = owner_uid(o, kind)
         if uid:
-            by_owner.setdefault(uid, []).append(pod)
+            by_owner.setdefault(uid, []).append(o)
+    return by_owner
+
+
+def reconcile_deployments(store: Store, deployments: list[dict], replicasets: list[dict], pods: list[dict]) -> None:
+    """Each Deployment owns a ReplicaSet ``<name>-<template-hash>`` with its replicas; the
+    ReplicaSets of older templates are scaled to 0 (kept, as revision history); status
+    counts the pods. ReplicaSets whose Deployment is gone are deleted."""
+    rs_by_owner = _owned(replicasets, "Deployment")
     live = {d["metadata"]["uid"] for d in deployments}
+    for uid, owned in rs_by_owner.items():
+        if uid not in live:
+            for rs in owned:
+                _delete(store, rs)
+    pods_by_rs = _owned(pods, "ReplicaSet")
+    for d in deployments:
+        thash = template_hash(d["spec"]["template"])
+        want = d["spec"].get("replicas", 1)
+        owned = rs_by_owner.get(d["metadata"]["uid"], [])
+        current = next((rs for rs in owned if rs["metadata"].get("labels", {}).get("pod-template-hash") == thash), None)
+        if current is None:
+            try:
+                current = store.create(_replicaset_for(d, thash))
+            except errors.AlreadyExists:
+                current = store.find("ReplicaSet", f"{d['metadata']['name']}-{thash}", d["metadata"]["namespace"])
+            except errors.K8sError as exc:
+                log.warning("deployment %s/%s: cannot create its replicaset: %s", d["metadata"]["namespace"],
+                            d["metadata"]["name"], exc)
+                continue
+        for rs in owned:
+            target = want if rs is current else 0
+            if rs["spec"].get("replicas") != target:
+                def scale(o: dict, target: int = target) -> None:
+                    o["spec"]["replicas"] = target
+
+                store.mutate("ReplicaSet", rs["metadata"]["name"], rs["metadata"]["namespace"], scale)
+        all_pods = [p for rs in owned for p in pods_by_rs.get(rs["metadata"]["uid"], [])
+                    if not p["metadata"].get("deletionTimestamp")]
+        updated = [p for p in all_pods if p["metadata"].get("labels", {}).get("pod-template-hash") == thash]
+        ready = sum(1 for p in all_pods if pod_ready(p))
+        status = {
+            "observedGeneration": d["metadata"].get("generation", 1), "replicas": len(all_pods),
+            "updatedReplicas": len(updated), "readyReplicas": ready, "availableReplicas": ready,
+            "conditions": [{"type": "Available", "status": "True" if ready >= want else "False",
+                            "reason": "MinimumReplicasAvailable" if ready >= want else "MinimumReplicasUnavailable"}],
+        }
+        if ready < len(all_pods):
+            status["unavailableReplicas"] = len(all_pods) - ready
+        if not ready:
+            status.pop("readyReplicas")
+            status.pop("availableReplicas")
+        _set_status(store, d, status)
+
+
+def reconcile_replicasets(store: Store, replicasets: list[dict], pods: list[dict]) -> None:
+    """Create/delete pods so each ReplicaSet has ``replicas``; update status; delete pods
+    whose ReplicaSet is gone."""
+    by_owner = _owned(pods, "ReplicaSet")
+    live = {rs["metadata"]["uid"] for rs in replicasets}
     for uid, owned in by_owner.items():
         if uid not in live:
             for pod in owned:
-                _delete_pod(store, pod)
-    for d in deployments:
-        thash = template_hash(d["spec"]["template"])
-        owned = [p for p in by_owner.get(d["metadata"]["uid"], []) if not p["metadata"].get("deletionTimestamp")]
-        current = [p for p in owned if p["metadata"].get("labels", {}).get("pod-template-hash") == thash]
-        outdated = [p for p in owned if p not in current]
-        want = d["spec"].get("replicas", 1)
-        for pod in outdated:
-            _delete_pod(store, pod)
+                _delete(store, pod)
+    for rs in replicasets:
+        current = [p for p in by_owner.get(rs["metadata"]["uid"], []) if not p["metadata"].get("deletionTimestamp")]
+        want = rs["spec"].get("replicas", 1)
         if len(current) < want:
             for _ in range(want - len(current)):
                 try:
-                    current.append(store.create(_pod_for(d, thash)))
+                    current.append(store.create(_pod_for(rs, "")))
                 except errors.K8sError as exc:
-                    log.warning("deployment %s/%s: cannot create pod: %s", d["metadata"]["namespace"],
-                                d["metadata"]["name"], exc)
+                    log.warning("replicaset %s/%s: cannot create pod: %s", rs["metadata"]["namespace"],
+                                rs["metadata"]["name"], exc)
                     break
         elif len(current) > want:
             # delete unscheduled first, then not ready, then the newest
             victims = sorted(current, key=lambda p: (bool(p["spec"].get("nodeName")), pod_ready(p),
-                                                     p["metadata"].get("creationTimestamp", "")),)
+                                                     p["metadata"].get("creationTimestamp", "")))
             for pod in victims[: len(current) - want]:
-                _delete_pod(store, pod)
+                _delete(store, pod)
                 current.remove(pod)
         ready = sum(1 for p in current if pod_ready(p))
-        status = {
-            "observedGeneration": d["metadata"].get("generation", 1), "replicas": len(current),
-            "updatedReplicas": len(current), "readyReplicas": ready, "availableReplicas": ready,
-            "conditions": [{"type": "Available", "status": "True" if ready >= want else "False",
-                            "reason": "MinimumReplicasAvailable" if ready >= want else "MinimumReplicasUnavailable"}],
-        }
-        if ready < len(current):
-            status["unavailableReplicas"] = len(current) - ready
-        if not ready:
-            status.pop("readyReplicas")
-            status.pop("availableReplicas")
-        if d.get("status") != status:
-            def set_status(obj: dict, status: dict = status) -> None:
-                obj["status"] = status
-
-            store.mutate("Deployment", d["metadata"]["name"], d["metadata"]["namespace"], set_status)
+        status = {"replicas": len(current), "fullyLabeledReplicas": len(current),
+                  "observedGeneration": rs["metadata"].get("generation", 1)}
+        if ready:
+            status.update(readyReplicas=ready, availableReplicas=ready)
+        _set_status(store, rs, status)
 
 
-def _delete_pod(store: Store, pod: dict) -> None:
+def _delete(store: Store, obj: dict) -> None:
     try:
-        store.delete("Pod", pod["metadata"]["name"], pod["metadata"]["namespace"])
+        store.delete(obj["kind"], obj["metadata"]["name"], obj["metadata"]["namespace"])
     except errors.NotFound:
         pass
 
@@ -220,7 +285,7 @@ def reconcile_daemonsets(store: Store, daemonsets: list[dict], pods: list[dict],
     for uid, owned in by_owner.items():
         if uid not in live:
             for pod in owned:
-                _delete_pod(store, pod)
+                _delete(store, pod)
     for ds in daemonsets:
         thash = template_hash(ds["spec"]["template"])
         wanted = daemon_nodes(ds, nodes)
@@ -230,7 +295,7 @@ def reconcile_daemonsets(store: Store, daemonsets: list[dict], pods: list[dict],
             node = pod["spec"].get("nodeName")
             fresh = pod["metadata"].get("labels", {}).get("controller-revision-hash") == thash
             if node not in wanted or not fresh or node in current:
-                _delete_pod(store, pod)
+                _delete(store, pod)
             else:
                 current[node] = pod
         for node in wanted:
@@ -419,7 +484,8 @@ class ControllerManager:
             self.pod_cidr = store.cluster_config()["podSubnet"]
         if any(not (n.get("spec") or {}).get("podCIDR") for n in nodes):
             allocate_pod_cidrs(store, nodes, self.pod_cidr, self.node_cidr_mask)
-        reconcile_deployments(store, store.list("Deployment"), store.list("Pod"))
+        reconcile_deployments(store, store.list("Deployment"), store.list("ReplicaSet"), store.list("Pod"))
+        reconcile_replicasets(store, store.list("ReplicaSet"), store.list("Pod"))
         reconcile_daemonsets(store, store.list("DaemonSet"), store.list("Pod"), nodes)
         pods = store.list("Pod")
         schedule(store, pods, nodes)

@@ -37,6 +37,8 @@ KINDS: dict[str, Kind] = {
         Kind("Pod", "v1", "pods", "pods", True, ("po", "pod", "pods"), "pod"),
         Kind("Deployment", "apps/v1", "deployments", "deployments", True,
              ("deploy", "deployment", "deployments", "deployment.apps", "deployments.apps"), "deployment.apps"),
+        Kind("ReplicaSet", "apps/v1", "replicasets", "replicasets", True,
+             ("rs", "replicaset", "replicasets", "replicaset.apps", "replicasets.apps"), "replicaset.apps"),
         Kind("DaemonSet", "apps/v1", "daemonsets", "daemonsets", True,
              ("ds", "daemonset", "daemonsets", "daemonset.apps", "daemonsets.apps"), "daemonset.apps"),
         Kind("Service", "v1", "services", "services/specs", True, ("svc", "service", "services"), "service"),
@@ -132,6 +134,13 @@ SCHEMAS: dict[str, dict] = {
             "template": {"metadata": META, "spec": POD_SPEC}, "strategy": ANY,
             "revisionHistoryLimit": int, "progressDeadlineSeconds": int, "minReadySeconds": int,
             "paused": bool,
+        },
+        "status": ANY,
+    },
+    "ReplicaSet": {
+        "spec": {
+            "replicas": int, "selector": {"matchLabels": MAPSTR, "matchExpressions": [ANY]},
+            "template": {"metadata": META, "spec": POD_SPEC}, "minReadySeconds": int,
         },
         "status": ANY,
     },
@@ -302,7 +311,7 @@ def validate(obj: Any, where: str = "") -> dict:
         if "spec" not in obj:
             raise Invalid("spec", "Required value", where)
         _check_pod_spec(spec, "spec", where)
-    elif kind in ("Deployment", "DaemonSet"):
+    elif kind in ("Deployment", "ReplicaSet", "DaemonSet"):
         _validate_deployment(obj, where)
     elif kind == "Service":
         _validate_service(obj, where)
@@ -337,7 +346,7 @@ def _validate_deployment(obj: dict, where: str) -> None:
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         raise Invalid("spec", "Required value", where)
-    replicas = spec.setdefault("replicas", 1) if obj["kind"] == "Deployment" else 0
+    replicas = spec.setdefault("replicas", 1) if obj["kind"] != "DaemonSet" else 0
     if replicas < 0:
         raise Invalid("spec.replicas", f"Invalid value: {replicas}: must be greater than or equal to 0", where)
     selector = (spec.get("selector") or {}).get("matchLabels")
@@ -354,7 +363,7 @@ def _validate_deployment(obj: dict, where: str) -> None:
     _check_pod_spec(template["spec"], "spec.template.spec", where)
     if obj["kind"] == "Deployment":
         spec.setdefault("strategy", {"type": "RollingUpdate"})
-    else:
+    elif obj["kind"] == "DaemonSet":
         spec.setdefault("updateStrategy", {"type": "RollingUpdate"})
 
 

@@ -149,6 +149,18 @@ def _deployment_row(d: dict, wide: bool) -> list[str]:
     return row
 
 
+def _replicaset_row(rs: dict, wide: bool) -> list[str]:
+    st = rs.get("status") or {}
+    spec = rs.get("spec") or {}
+    row = [rs["metadata"]["name"], str(spec.get("replicas", 0)), str(st.get("replicas", 0)),
+           str(st.get("readyReplicas", 0)), age(rs)]
+    if wide:
+        cs = spec["template"]["spec"]["containers"]
+        row += [",".join(c["name"] for c in cs), ",".join(c["image"] for c in cs),
+                _selector_text(spec.get("selector", {}).get("matchLabels"))]
+    return row
+
+
 def _daemonset_row(d: dict, wide: bool) -> list[str]:
     st = d.get("status") or {}
     spec = d.get("spec") or {}
@@ -210,6 +222,8 @@ TABLES = {
     "Node": (["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
              ["INTERNAL-IP", "EXTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION", "CONTAINER-RUNTIME"], _node_row),
     "Deployment": (["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], ["CONTAINERS", "IMAGES", "SELECTOR"], _deployment_row),
+    "ReplicaSet": (["NAME", "DESIRED", "CURRENT", "READY", "AGE"], ["CONTAINERS", "IMAGES", "SELECTOR"],
+                   _replicaset_row),
     "DaemonSet": (["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "NODE SELECTOR", "AGE"],
                   ["CONTAINERS", "IMAGES", "SELECTOR"], _daemonset_row),
     "Service": (["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"], ["SELECTOR"], _service_row),

@@ -138,7 +138,7 @@ class Store:
         meta.pop("resourceVersion", None)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_iso()
-        if kind in ("Deployment", "DaemonSet"):
+        if kind in ("Deployment", "ReplicaSet", "DaemonSet"):
             meta["generation"] = 1
         if kind == "Namespace":
             obj["status"] = {"phase": "Active"}
@@ -243,7 +243,7 @@ class Store:
             if merged == current:
                 return current, "unchanged"
             self.check_references(merged, where)
-            if kind in ("Deployment", "DaemonSet") and merged.get("spec") != current.get("spec"):
+            if kind in ("Deployment", "ReplicaSet", "DaemonSet") and merged.get("spec") != current.get("spec"):
                 merged["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
             try:
                 return self.update(merged, where), "configured"
@@ -297,7 +297,7 @@ class Store:
         spec = obj.get("spec") or {}
         if obj["kind"] == "Pod":
             node, path = spec.get("nodeName"), "spec.nodeName"
-        elif obj["kind"] in ("Deployment", "DaemonSet"):
+        elif obj["kind"] in ("Deployment", "ReplicaSet", "DaemonSet"):
             node, path = (spec.get("template") or {}).get("spec", {}).get("nodeName"), "spec.template.spec.nodeName"
         else:
             return

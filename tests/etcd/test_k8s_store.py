@@ -173,17 +173,33 @@ def test_controller_manager_runs_deployments_and_node_cidrs(store):
         pods = wait_for(lambda: store.list("Pod"), lambda ps: len(ps) == 3, timeout=10, what="3 nginx pods")
         assert all(p["metadata"]["name"].startswith("nginx-") and p["spec"]["nodeName"] == "k8s-w0" for p in pods)
         assert all(p["metadata"]["labels"]["app"] == "nginx" and p["metadata"]["labels"]["pod-template-hash"] for p in pods)
+        rs = store.list("ReplicaSet")
+        assert len(rs) == 1 and rs[0]["metadata"]["name"] == f"nginx-{pods[0]['metadata']['labels']['pod-template-hash']}"
+        assert rs[0]["spec"]["replicas"] == 3 and rs[0]["metadata"]["ownerReferences"][0]["kind"] == "Deployment"
+        assert all(p["metadata"]["ownerReferences"][0] == {
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs[0]["metadata"]["name"],
+            "uid": rs[0]["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True} for p in pods)
+        assert all(p["metadata"]["name"].startswith(rs[0]["metadata"]["name"] + "-") for p in pods)
         cidrs = wait_for(lambda: sorted(n["spec"].get("podCIDR", "") for n in store.list("Node")),
                          lambda c: all(c), timeout=10, what="node pod CIDRs")
         assert cidrs == ["192.168.0.0/24", "192.168.1.0/24"]
         d = store.get("Deployment", "nginx")
         d["spec"]["replicas"] = 1
+        d["spec"]["template"]["spec"]["containers"][0]["image"] = "nginx:1.25"
         store.update(d)
-        wait_for(lambda: [p for p in store.list("Pod") if not p["metadata"].get("deletionTimestamp")],
-                 lambda ps: len(ps) == 1, timeout=10, what="scale down to 1")
+        live = wait_for(lambda: [p for p in store.list("Pod") if not p["metadata"].get("deletionTimestamp")],
+                        lambda ps: len(ps) == 1 and ps[0]["spec"]["containers"][0]["image"] == "nginx:1.25",
+                        timeout=10, what="one pod of the new template")
+        sets = {r["metadata"]["name"]: r["spec"]["replicas"] for r in store.list("ReplicaSet")}
+        assert sets == {rs[0]["metadata"]["name"]: 0,
+                        f"nginx-{live[0]['metadata']['labels']['pod-template-hash']}": 1}
+        wait_for(lambda: store.get("Deployment", "nginx").get("status", {}),
+                 lambda st: st.get("replicas") == 1 and st.get("updatedReplicas") == 1, timeout=10,
+                 what="deployment status counting the new pod")
         store.delete("Deployment", "nginx")
         wait_for(lambda: [p for p in store.list("Pod") if not p["metadata"].get("deletionTimestamp")],
                  lambda ps: not ps, timeout=10, what="pods of the deleted deployment to be deleted")
+        assert store.list("ReplicaSet") == []
     finally:
         stop.set()
         t.join(timeout=5)
