@@ -5,10 +5,13 @@ flows under tcpdump. Each test then checks what a user would observe: curl's
 answer and the packets on each interface.
 """
 
+import os
+import shutil
 import xml.etree.ElementTree as ET
 
 import pytest
 
+from testbed.capture import pcaps_root
 from testbed.walkthrough import Walkthrough
 from tests.support import require_root, unique
 
@@ -16,9 +19,10 @@ pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
-def wt():
+def wt(request):
     require_root()
     w = Walkthrough(unique("wt"), progress=lambda m: None)
+    failed_before = request.session.testsfailed
     try:
         w.up()
         w.install()
@@ -32,6 +36,11 @@ def wt():
         if w.captures is not None and w.captures.result is None:
             w.captures.stop()
         w.down()
+        lab_pcaps = pcaps_root() / w.lab
+        if request.session.testsfailed == failed_before and not os.environ.get("CALICOLAB_KEEP_PCAPS"):
+            shutil.rmtree(lab_pcaps, ignore_errors=True)
+        elif lab_pcaps.exists():
+            print(f"\nwalkthrough pcaps and report kept in {lab_pcaps}")
 
 
 def flow(wt: Walkthrough, name: str):
