@@ -95,10 +95,13 @@ def _cluster_id(node: object) -> str | None:
     return (getattr(bgp, "route_reflector_cluster_id", None) if bgp else None) or None
 
 
-def _selector(text: str):
-    from datastore.selector import parse_selector
+def _parse(text: str, what: str):
+    from datastore.selector import SelectorError, parse_selector
 
-    return parse_selector(text)
+    try:
+        return parse_selector(text)
+    except SelectorError as exc:
+        raise ConfdError(f"{what}: invalid selector {text!r}: {exc}") from exc
 
 
 def _peer_ip(text: str, what: str) -> tuple[IPv4Address, int]:
@@ -115,6 +118,43 @@ def _peer_ip(text: str, what: str) -> tuple[IPv4Address, int]:
     if not isinstance(ip, IPv4Address):
         raise ConfdError(f"{what}: IPv6 peers are not supported ({text!r})")
     return ip, port
+
+
+def is_local_side(spec: object, node_name: str, labels: dict, what: str) -> bool:
+    """Whether ``node_name`` (with ``labels``) is on the BGPPeer's own side: named by
+    ``spec.node``, matched by ``spec.nodeSelector``, or any node when both are empty."""
+    if spec.node:
+        return spec.node == node_name
+    if spec.node_selector:
+        return _parse(spec.node_selector, f"{what}: spec.nodeSelector").matches(labels)
+    return True
+
+
+def selector_peers(spec: object, node_name: str, st: State, what: str) -> list[str]:
+    """Names of the Calico nodes ``node_name`` peers with through a BGPPeer with
+    ``peerSelector`` (sorted; itself and nodes without a BGP address left out).
+
+    Forward: a local-side node peers with every node matching peerSelector. Reverse (as
+    Calico's confd does unless ``reversePeering: Manual``): a node matching peerSelector
+    peers with every local-side node, so a route reflector picked by peerSelector gets
+    its clients."""
+    me = st.nodes[node_name]
+    sel = _parse(spec.peer_selector, f"{what}: spec.peerSelector")
+    mode = getattr(spec, "reverse_peering", None)
+    if mode not in (None, "", "Auto", "Manual"):
+        raise ConfdError(f"{what}: invalid spec.reversePeering {mode!r} "
+                         f"(expected Auto or Manual)")
+    forward = is_local_side(spec, node_name, _labels(me), what)
+    reverse = mode != "Manual" and sel.matches(_labels(me))
+    out = []
+    for oname in sorted(st.nodes):
+        other = st.nodes[oname]
+        if oname == node_name or node_ip(other) is None:
+            continue
+        if (forward and sel.matches(_labels(other))) or \
+                (reverse and is_local_side(spec, oname, _labels(other), what)):
+            out.append(oname)
+    return out
 
 
 def compute(node_name: str, st: State, timers: Timers | None = None) -> SpeakerConfig | None:
@@ -167,24 +207,21 @@ def compute(node_name: str, st: State, timers: Timers | None = None) -> SpeakerC
                            port=port_of(name), passive=passive_towards(my_ip, oif.ip),
                            graceful_restart_time=mesh_restart))
 
-    # explicit BGPPeers
+    # explicit BGPPeers. A peerSelector peering works in both directions, as Calico's confd
+    # makes it (unless spec.reversePeering is Manual): a "local" node (spec.node, or matching
+    # nodeSelector, or every node) peers with each node matching peerSelector, and each node
+    # matching peerSelector peers with every local node. Never with itself.
     for pname in sorted(st.bgp_peers):
-        bp = st.bgp_peers[pname]
-        spec = bp.spec
+        spec = st.bgp_peers[pname].spec
         what = f"BGPPeer {pname}"
-        if spec.node:
-            if spec.node != node_name:
-                continue
-            kind = NODE
-        elif spec.node_selector:
-            if not _selector(spec.node_selector).matches(my_labels):
-                continue
-            kind = GLOBAL
-        else:
-            kind = GLOBAL
+        if not spec.peer_ip and not spec.peer_selector:
+            raise ConfdError(f"{what}: needs spec.peerIP or spec.peerSelector")
         keepalive = parse_duration(spec.keepalive_time, what)
         restart = parse_duration(spec.max_restart_time, what)
+        kind = NODE if spec.node else GLOBAL
         if spec.peer_ip:
+            if not is_local_side(spec, node_name, my_labels, what):
+                continue
             ip, port = _peer_ip(spec.peer_ip, what)
             if spec.as_number is None:
                 raise ConfdError(f"{what}: spec.asNumber is required with peerIP")
@@ -197,20 +234,15 @@ def compute(node_name: str, st: State, timers: Timers | None = None) -> SpeakerC
                            passive=calico_peer is not None and passive_towards(my_ip, ip),
                            rr_client=rr_client(int(spec.as_number), cid), keepalive=keepalive,
                            graceful_restart_time=restart, multihop=True))
-        elif spec.peer_selector:
-            sel = _selector(spec.peer_selector)
-            for oname in sorted(st.nodes):
-                other = st.nodes[oname]
-                oif = node_ip(other)
-                if oname == node_name or oif is None or not sel.matches(_labels(other)):
-                    continue
-                oas = int(spec.as_number) if spec.as_number else _node_as(other, global_as)
-                add(PeerConfig("Node_" + str(oif.ip).replace(".", "_"), oif.ip, oas, NODE,
-                               passive=passive_towards(my_ip, oif.ip),
-                               rr_client=rr_client(oas, _cluster_id(other)),
-                               keepalive=keepalive, graceful_restart_time=restart))
-        else:
-            raise ConfdError(f"{what}: needs spec.peerIP or spec.peerSelector")
+            continue
+        for oname in selector_peers(spec, node_name, st, what):
+            other = st.nodes[oname]
+            oip = node_ip(other).ip
+            oas = _node_as(other, global_as)
+            add(PeerConfig("Node_" + str(oip).replace(".", "_"), oip, oas, NODE,
+                           port=port_of(oname), passive=passive_towards(my_ip, oip),
+                           rr_client=rr_client(oas, _cluster_id(other)),
+                           keepalive=keepalive, graceful_restart_time=restart))
 
     # pools
     ipip, cross, reject, export, all_pools = [], [], [], [], []

@@ -161,3 +161,73 @@ def test_listen_port_and_bind_mode():
     assert w1.listen_port == 1791
     assert {p.name: p.port for p in w0.peers} == {"Mesh_172_30_0_10": 1790,
                                                   "Mesh_172_30_0_12": 1791}
+
+
+def lab_rr_state(reverse=None):
+    """The lab's route-reflector shape (testbed/labd.py): mesh off, k8s-m labelled and given a
+    cluster id, one BGPPeer from every node to the reflectors."""
+    st = walkthrough_state()
+    st.bgp_configs["default"] = BGPConfiguration(
+        metadata=Metadata(name="default"),
+        spec=BGPConfiguration.Spec(node_to_node_mesh_enabled=False))
+    st.nodes["k8s-m"] = node("k8s-m", "172.30.0.10/24", {"route-reflector": "true"},
+                             route_reflector_cluster_id="244.0.0.1")
+    st.bgp_peers["peer-with-route-reflectors"] = BGPPeer(
+        metadata=Metadata(name="peer-with-route-reflectors"),
+        spec=BGPPeer.Spec(node_selector="all()", peer_selector="route-reflector == 'true'",
+                          reverse_peering=reverse))
+    return st
+
+
+def test_selector_peering_reaches_the_reflector_side_too():
+    st = lab_rr_state()
+    rr = compute("k8s-m", st)
+    # the reflector matches peerSelector: it peers with every nodeSelector node but itself
+    assert [(p.name, p.peer_type, p.rr_client, p.passive, p.asn) for p in rr.peers] == [
+        ("Node_172_30_0_11", NODE, True, True, 64512),
+        ("Node_172_30_0_12", NODE, True, True, 64512)]
+    assert rr.cluster_id == A("244.0.0.1")
+    for w, ip in (("k8s-w0", "172_30_0_11"), ("k8s-w1", "172_30_0_12")):
+        cfg = compute(w, st)
+        assert [(p.name, p.rr_client, p.passive) for p in cfg.peers] == [
+            ("Node_172_30_0_10", False, False)], (w, ip)   # only the reflector, we connect
+        assert cfg.cluster_id is None
+    text = render_bird_cfg(rr)
+    assert text.count("rr client; rr cluster id 244.0.0.1;") == 2
+
+
+def test_reverse_peering_manual_and_node_specific_selector_peer():
+    st = lab_rr_state(reverse="Manual")
+    assert compute("k8s-m", st).peers == ()
+    assert [p.name for p in compute("k8s-w0", st).peers] == ["Node_172_30_0_10"]
+    # a node-specific BGPPeer with a peerSelector: the selected nodes peer back with that node
+    st = lab_rr_state()
+    st.bgp_peers["peer-with-route-reflectors"].spec.node_selector = ""
+    st.bgp_peers["peer-with-route-reflectors"].spec.node = "k8s-w1"
+    assert [p.name for p in compute("k8s-m", st).peers] == ["Node_172_30_0_12"]
+    assert compute("k8s-w0", st).peers == ()
+    assert [p.name for p in compute("k8s-w1", st).peers] == ["Node_172_30_0_10"]
+    # no node and no nodeSelector: every node is on the local side, both ways
+    st.bgp_peers["peer-with-route-reflectors"].spec.node = ""
+    assert [p.name for p in compute("k8s-m", st).peers] == ["Node_172_30_0_11",
+                                                            "Node_172_30_0_12"]
+
+
+def test_selector_peer_uses_the_peer_nodes_listen_port():
+    st = lab_rr_state()
+    st.bgp_configs["node.k8s-m"] = BGPConfiguration(metadata=Metadata(name="node.k8s-m"),
+                                                    spec=BGPConfiguration.Spec(listen_port=1790))
+    assert [(p.address, p.port) for p in compute("k8s-w0", st).peers] == [(A("172.30.0.10"), 1790)]
+    assert {p.port for p in compute("k8s-m", st).peers} == {179}
+
+
+def test_bad_selector_peering_is_named():
+    st = lab_rr_state(reverse="Sometimes")
+    with pytest.raises(ConfdError, match="BGPPeer peer-with-route-reflectors: invalid "
+                                         "spec.reversePeering 'Sometimes'"):
+        compute("k8s-m", st)
+    st = lab_rr_state()
+    st.bgp_peers["peer-with-route-reflectors"].spec.peer_selector = "route-reflector =="
+    with pytest.raises(ConfdError, match="BGPPeer peer-with-route-reflectors: spec.peerSelector: "
+                                         "invalid selector"):
+        compute("k8s-w0", st)
