@@ -77,7 +77,10 @@ def rr_lab(monkeypatch):
             labmod.down(name, progress=lambda msg: None)
 
 
-def test_route_reflector_sessions_routes_and_pods(rr_lab):
+def test_route_reflector_sessions_routes_and_pods(rr_lab, tmp_path):
+    from testbed import pcapassert as pa
+    from testbed.capture import CaptureGroup
+
     lab = rr_lab
     # sessions: each worker one, to the reflector; the reflector one per worker
     est = ("node specific", "up", "Established")
@@ -87,6 +90,11 @@ def test_route_reflector_sessions_routes_and_pods(rr_lab):
     wait_for(lambda: peers(lab, "k8s-m"),
              lambda rows: sorted(rows) == [(ADDR["k8s-w0"], *est), (ADDR["k8s-w1"], *est)],
              timeout=15, what="k8s-m: one Established session per worker")
+
+    # the reflector's configuration, as confd computed it: both workers are rr clients
+    cfg = cli(lab, "exec", "k8s-m", "--", "python", "-m", "agent.bgp.ctl", "show", "config").stdout
+    assert cfg.count("rr client; rr cluster id 244.0.0.1;") == 2, cfg
+    assert "protocol bgp Mesh_" not in cfg, cfg
 
     # routes: each worker reaches the other's block via that worker (original next hop)
     blocks = {n: wait_for(lambda n=n: own_block(lab, n), timeout=15, what=f"{n}'s block")
@@ -109,9 +117,19 @@ def test_route_reflector_sessions_routes_and_pods(rr_lab):
 
     ips = wait_for(pod_ips, lambda d: d.get("rr-a") and d.get("rr-b"), timeout=30,
                    what="pods rr-a (k8s-w0) and rr-b (k8s-w1) Running with an IP")
-    for src, dst in (("rr-a", "rr-b"), ("rr-b", "rr-a")):
-        argv = ("curl", "-o", "/dev/null", "-s", "-m", "2", "-w", "%{http_code}",
-                f"http://{ips[dst]}")
-        wait_for(lambda src=src, argv=argv: cli(lab, "exec", f"default/{src}", "--", *argv).stdout,
-                 lambda out: out.strip() == "200", timeout=15,
-                 what=f"curl from {src} to {dst} ({ips[dst]}) prints 200")
+    caps = CaptureGroup.for_lab(lab, ["k8s-w1"], root=tmp_path, ifaces="eth0").start()
+    try:
+        for src, dst in (("rr-a", "rr-b"), ("rr-b", "rr-a")):
+            argv = ("curl", "-o", "/dev/null", "-s", "-m", "2", "-w", "%{http_code}",
+                    f"http://{ips[dst]}")
+            wait_for(lambda src=src, argv=argv: cli(lab, "exec", f"default/{src}", "--",
+                                                    *argv).stdout,
+                     lambda out: out.strip() == "200", timeout=15,
+                     what=f"curl from {src} to {dst} ({ips[dst]}) prints 200")
+    finally:
+        caps.stop()
+    # on the wire: w0 tunnels straight to w1 (outer k8s-w0 -> k8s-w1), not through k8s-m
+    pa.assert_ipip(caps.run_dir / "k8s-w1-eth0.pcap", outer_src=ADDR["k8s-w0"],
+                   outer_dst=ADDR["k8s-w1"], inner_src=ips["rr-a"], inner_dst=ips["rr-b"])
+    pa.assert_ipip(caps.run_dir / "k8s-w1-eth0.pcap", outer_src=ADDR["k8s-w1"],
+                   outer_dst=ADDR["k8s-w0"], inner_src=ips["rr-b"], inner_dst=ips["rr-a"])
