@@ -216,6 +216,10 @@ def compute(node_name: str, st: State, timers: Timers | None = None) -> SpeakerC
         what = f"BGPPeer {pname}"
         if not spec.peer_ip and not spec.peer_selector:
             raise ConfdError(f"{what}: needs spec.peerIP or spec.peerSelector")
+        if spec.peer_selector and (spec.peer_ip or spec.as_number):
+            field_ = "peerIP" if spec.peer_ip else "asNumber"
+            raise ConfdError(f"{what}: spec.{field_} must be empty when spec.peerSelector is "
+                             f"set (the selected nodes' own addresses and AS numbers are used)")
         keepalive = parse_duration(spec.keepalive_time, what)
         restart = parse_duration(spec.max_restart_time, what)
         kind = NODE if spec.node else GLOBAL

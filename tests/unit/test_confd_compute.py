@@ -231,3 +231,31 @@ def test_bad_selector_peering_is_named():
     with pytest.raises(ConfdError, match="BGPPeer peer-with-route-reflectors: spec.peerSelector: "
                                          "invalid selector"):
         compute("k8s-w0", st)
+
+
+def test_peer_selector_with_peer_ip_or_as_number_is_refused():
+    st = lab_rr_state()
+    st.bgp_peers["peer-with-route-reflectors"].spec.as_number = 65000
+    with pytest.raises(ConfdError, match="spec.asNumber must be empty when spec.peerSelector"):
+        compute("k8s-w0", st)
+    st = lab_rr_state()
+    st.bgp_peers["peer-with-route-reflectors"].spec.peer_ip = "172.30.0.1"
+    with pytest.raises(ConfdError, match="spec.peerIP must be empty when spec.peerSelector"):
+        compute("k8s-w0", st)
+
+
+def test_two_reflectors_of_one_cluster_peer_as_non_clients():
+    st = lab_rr_state()
+    st.nodes["k8s-w1"] = node("k8s-w1", "172.30.0.12/24", {"route-reflector": "true"},
+                              route_reflector_cluster_id="244.0.0.1")
+    m, w1 = compute("k8s-m", st), compute("k8s-w1", st)
+    assert [(p.name, p.rr_client) for p in m.peers] == [("Node_172_30_0_11", True),
+                                                        ("Node_172_30_0_12", False)]
+    assert [(p.name, p.rr_client) for p in w1.peers] == [("Node_172_30_0_10", False),
+                                                         ("Node_172_30_0_11", True)]
+    assert [(p.name, p.rr_client) for p in compute("k8s-w0", st).peers] == [
+        ("Node_172_30_0_10", False), ("Node_172_30_0_12", False)]
+    # with the mesh back on, reflectors keep out of it; the plain worker meshes with nobody
+    del st.bgp_configs["default"]
+    assert [p.name for p in compute("k8s-w0", st).peers] == ["Node_172_30_0_10",
+                                                             "Node_172_30_0_12"]
