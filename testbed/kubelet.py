@@ -43,6 +43,8 @@ ANNOTATION_PIDS = "calicolab.io/pids"
 ANNOTATION_LOGS = "calicolab.io/logs"
 DEL_ATTEMPTS = 3
 PROXY_RESYNC = 30.0  # seconds between full kube-proxy syncs (hooks re-checked)
+NODE_STATUS_UPDATE = 10.0  # seconds between checks that the Node still says what we see
+NODE_STATUS_RETRY = 0.5  # seconds before a failed Node status write is tried again
 
 
 def detect_node_ip() -> str:
@@ -76,7 +78,7 @@ class Kubelet:
     def __init__(self, store: Store, node: str, node_ip: str, cni_conf_dir: str = "/etc/cni/net.d",
                  cni_bin_dirs: list[str] | None = None, netns_dir: str = "/run/netns",
                  root_dir: str = "/var/lib/kubelet", control_plane: bool = False,
-                 kube_proxy: bool = True, workers: int = 8):
+                 kube_proxy: bool = True, workers: int = 8, node_status_update: float = NODE_STATUS_UPDATE):
         self.store = store
         self.node = node
         self.node_ip = node_ip
@@ -87,6 +89,8 @@ class Kubelet:
         self.control_plane = control_plane
         self.lab = os.environ.get("CALICOLAB_LAB", "")
         self.network_ready: bool | None = None
+        self.next_status_sync = 0.0  # monotonic time of the next Node status check
+        self.node_status_update = node_status_update
         self.conf: cni.NetworkConfig | None = None
         self.states: dict[str, PodState] = {}
         self.procs: dict[tuple[str, str], subprocess.Popen] = {}
@@ -134,6 +138,7 @@ class Kubelet:
             machine_id = ""
         info = default_node_info(os.uname().release, _os_image(), machine_id)
         obj = node_object(self.node, self.node_ip, labels, taints, info, capacity, self.network_ready, now_iso())
+        self.next_status_sync = time.monotonic() + self.node_status_update
         try:
             self.store.create(obj)
             log.info("registered node %s (%s), network ready: %s", self.node, self.node_ip, self.network_ready)
@@ -146,21 +151,50 @@ class Kubelet:
             self.store.mutate("Node", self.node, None, refresh)
 
     def check_network(self) -> bool:
-        """Re-read the CNI config dir; update the Node's Ready condition on a change.
-        Returns True if readiness changed."""
+        """Re-read the CNI config dir; make the Node's Ready condition follow it.
+        Returns True if readiness changed.
+
+        The Node is written on a change and then every :data:`NODE_STATUS_UPDATE` seconds
+        if it no longer says what this kubelet sees (the real kubelet's
+        nodeStatusUpdateFrequency); a write that fails (etcd unreachable, timeout) is
+        retried on the next pass after :data:`NODE_STATUS_RETRY` seconds, so the condition
+        converges once the datastore answers again."""
         conf = cni.find_config(self.cni_conf_dir)
         ready = conf is not None
         self.conf = conf
-        if ready == self.network_ready:
-            return False
-        self.network_ready = ready
-        log.info("network %s (%s)", "ready" if ready else "not ready", conf.path if conf else "no CNI config")
+        changed = ready != self.network_ready
+        if changed:
+            self.network_ready = ready
+            log.info("network %s (%s)", "ready" if ready else "not ready", conf.path if conf else "no CNI config")
+        if changed or time.monotonic() >= self.next_status_sync:
+            self.sync_node_status()
+        return changed
 
-        def set_ready(n: dict) -> None:
+    def sync_node_status(self) -> bool:
+        """Write this node's Ready condition when the stored Node says otherwise.
+        Returns True when the store agrees with the kubelet afterwards."""
+        ready = bool(self.network_ready)
+        want = "True" if ready else "False"
+
+        def set_ready(n: dict) -> bool:
             st = n.setdefault("status", {})
+            cur = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), None)
+            if cur is not None and cur.get("status") == want:
+                return False
             st["conditions"] = node_conditions(ready, now_iso(), st.get("conditions"))
+            return True
 
-        self.store.mutate("Node", self.node, None, set_ready)
+        try:
+            obj = self.store.mutate("Node", self.node, None, set_ready)
+        except Exception as exc:  # noqa: BLE001 - any failure: the next pass tries again
+            self.next_status_sync = time.monotonic() + NODE_STATUS_RETRY
+            log.warning("node %s: Ready=%s not written, retrying in %.1fs: %s", self.node, want,
+                        NODE_STATUS_RETRY, exc)
+            return False
+        self.next_status_sync = time.monotonic() + self.node_status_update
+        if obj is None:
+            log.warning("node %s: the Node object is gone; status not written", self.node)
+            return False
         return True
 
     # --- pods ------------------------------------------------------------------------------
@@ -623,6 +657,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pod-network-cidr", default=os.environ.get("CALICO_IPV4POOL_CIDR", DEFAULT_POD_CIDR),
                    help="cluster pod CIDR (kubeadm --pod-network-cidr), with --controllers")
     p.add_argument("--service-cidr", default=DEFAULT_SERVICE_CIDR, help="ClusterIP range, with --controllers")
+    p.add_argument("--node-status-update-frequency", type=_duration, default=NODE_STATUS_UPDATE,
+                   metavar="DURATION", help="how often the Node's status is checked and corrected "
+                   "(e.g. 10s, 500ms; default 10s)")
     p.add_argument("--no-kube-proxy", action="store_true", help="do not run kube-proxy")
     p.add_argument("--kill-pods-on-exit", action="store_true",
                    help="on SIGTERM also kill the pods' processes and remove their netns")
@@ -634,6 +671,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.root_dir is None:
         args.root_dir = default_root_dir(args.node)
     return args
+
+
+def _duration(text: str) -> float:
+    """A Go-style duration of one unit (``10s``, ``500ms``, ``1m``) or plain seconds, > 0."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0}
+    for suffix in ("ms", "s", "m"):
+        if text.endswith(suffix):
+            number, scale = text[:-len(suffix)], units[suffix]
+            break
+    else:
+        number, scale = text, 1.0
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 10s, 500ms, 1m)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"duration {text!r} must be positive")
+    return value
 
 
 def _mount_points() -> set[str]:
@@ -700,7 +755,8 @@ def main(argv: list[str] | None = None) -> int:
         threads.append(t)
     kubelet = Kubelet(store, args.node, node_ip, args.cni_conf_dir, args.cni_bin_dir.split(":"),
                       args.netns_dir, args.root_dir, control_plane=args.controllers,
-                      kube_proxy=not args.no_kube_proxy)
+                      kube_proxy=not args.no_kube_proxy,
+                      node_status_update=args.node_status_update_frequency)
     kubelet.run(stop)
     kubelet.shutdown(kill_pods=args.kill_pods_on_exit)
     return 0

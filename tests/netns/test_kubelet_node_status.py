@@ -1,0 +1,118 @@
+"""The Node's Ready condition converges even when the write that should flip it fails:
+etcd is unreachable from the node at the moment the CNI config appears, and once it
+answers again the kubelet writes Ready (retry plus its periodic node status sync)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import pytest
+
+from testbed.k8s.store import Store
+from testbed.poll import wait_for
+from tests.netns.kubelet_support import KubeletProcess, NetnsRelay, bridge_conflist
+from tests.support import require, require_root, require_tool, unique
+
+pytestmark = pytest.mark.netns
+
+
+class CuttableRelay(NetnsRelay):
+    """The etcd relay into the node, with a switch: while cut, every open connection is
+    shut and new ones are closed as soon as they are accepted (the node sees etcd go away)."""
+
+    def __init__(self, netns: str, upstream: tuple[str, int]):
+        self.cut = False
+        super().__init__(netns, upstream)
+
+    def set_cut(self, cut: bool) -> None:
+        self.cut = cut
+        if cut:
+            for s in list(self.conns):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.cut:
+                client.close()
+                continue
+            try:
+                up = socket.create_connection(self.upstream, timeout=5)
+                up.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            self.conns += [client, up]
+            for a, b in ((client, up), (up, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+
+def ready_status(store: Store, node: str) -> str | None:
+    n = store.find("Node", node, None)
+    for c in ((n or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return c.get("status")
+    return None
+
+
+@pytest.fixture
+def node(request, netns, etcd_endpoints, tmp_path):
+    require_root()
+    require_tool("nsenter")
+    require(os.path.exists("/usr/lib/cni/bridge"), "needs containernetworking-plugins in /usr/lib/cni")
+    ns = netns("k8s")
+    host, port = etcd_endpoints[0].removeprefix("http://").split(":")
+    relay = CuttableRelay(ns, (host, int(port)))
+    store = Store.from_endpoints(etcd_endpoints)
+    store.ensure_cluster()
+    extra = getattr(request, "param", None)
+    kubelet = KubeletProcess(ns, unique("node-"), "172.31.251.1", relay.endpoint, str(tmp_path), extra=extra)
+    try:
+        yield kubelet, relay, store
+    finally:
+        kubelet.stop()
+        relay.close()
+
+
+def test_node_becomes_ready_after_the_ready_write_failed(node, tmp_path):
+    kubelet, relay, store = node
+    wait_for(lambda: ready_status(store, kubelet.node), lambda s: s == "False", timeout=15,
+             what="node registered NotReady (no CNI config yet)")
+
+    relay.set_cut(True)  # etcd unreachable from the node ...
+    kubelet.write_conflist(bridge_conflist("testnet", unique("cnb"), "10.244.9.0/24", str(tmp_path / "ipam")))
+    # ... while the kubelet notices the config and tries to mark the node Ready
+    wait_for(kubelet.logs, lambda text: "Ready=True not written" in text, timeout=15,
+             what="the kubelet's failed attempt to write Ready=True")
+    assert ready_status(store, kubelet.node) == "False"
+
+    relay.set_cut(False)
+    wait_for(lambda: ready_status(store, kubelet.node), lambda s: s == "True", timeout=10,
+             what="node Ready once etcd answers again")
+    assert "network ready" in kubelet.logs()
+
+
+@pytest.mark.parametrize("node", [["--node-status-update-frequency", "1s"]], indirect=True)
+def test_node_status_sync_puts_back_a_ready_condition_changed_behind_its_back(node, tmp_path):
+    """The periodic sync (nodeStatusUpdateFrequency) corrects a Node whose Ready
+    condition someone else overwrote; the kubelet did not see any change of its own."""
+    kubelet, _relay, store = node
+    kubelet.write_conflist(bridge_conflist("testnet", unique("cnb"), "10.244.10.0/24", str(tmp_path / "ipam")))
+    wait_for(lambda: ready_status(store, kubelet.node), lambda s: s == "True", timeout=15, what="node Ready")
+
+    def flip(n: dict) -> None:
+        for c in n["status"]["conditions"]:
+            if c["type"] == "Ready":
+                c.update(status="Unknown", reason="NodeStatusUnknown", message="Kubelet stopped posting node status.")
+
+    store.mutate("Node", kubelet.node, None, flip)
+    wait_for(lambda: ready_status(store, kubelet.node), lambda s: s == "True", timeout=15,
+             what="the kubelet's node status sync to write Ready=True again")
