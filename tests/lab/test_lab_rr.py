@@ -11,9 +11,11 @@ import json
 import re
 import subprocess
 import sys
+from ipaddress import ip_address, ip_network
 
 import pytest
 
+from agent.bgp.messages import decode
 from testbed import lab as labmod
 from testbed.poll import wait_for
 from tests.support import require_root, require_tool, unique
@@ -33,10 +35,19 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: rr-b, labels: {app: rr-b}}
+metadata:
+  name: rr-b
+  labels: {app: rr-b}
+  annotations: {cni.projectcalico.org/ipv4pools: '["rr-extra"]'}
 spec:
   nodeName: k8s-w1
   containers: [{name: nginx, image: nginx}]
+"""
+EXTRA_POOL = """\
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: rr-extra}
+spec: {cidr: 172.29.0.0/16, blockSize: 26, ipipMode: Always, vxlanMode: Never, natOutgoing: false}
 """
 ROW = re.compile(r"^\|\s*(\d+\.\d+\.\d+\.\d+)\s*\|\s*([^|]*?)\s*\|\s*(\w+)\s*\|[^|]*\|\s*([^|]*?)\s*\|$")
 
@@ -106,19 +117,28 @@ def test_route_reflector_sessions_routes_and_pods(rr_lab, tmp_path):
                  lambda out, want=want, mine=mine: want in out and mine in out,
                  timeout=15, what=f"{me}: '{want}' (reflected) and '{mine}'")
 
-    # pods on the two workers reach each other through the reflected routes
-    res = cli(lab, "kubectl", "apply", "-f", "-", input=PODS)
-    assert res.returncode == 0, res.stderr
-
-    def pod_ips() -> dict[str, str]:
-        items = json.loads(cli(lab, "kubectl", "get", "pods", "-o", "json").stdout)["items"]
-        return {p["metadata"]["name"]: p.get("status", {}).get("podIP") for p in items
-                if p.get("status", {}).get("phase") == "Running"}
-
-    ips = wait_for(pod_ips, lambda d: d.get("rr-a") and d.get("rr-b"), timeout=30,
-                   what="pods rr-a (k8s-w0) and rr-b (k8s-w1) Running with an IP")
-    caps = CaptureGroup.for_lab(lab, ["k8s-w1"], root=tmp_path, ifaces="eth0").start()
+    # a new block on k8s-w1 (rr-b takes its address from a second pool) while we capture:
+    # k8s-m reflects it to k8s-w0 with k8s-w1's next hop, ORIGINATOR_ID and its CLUSTER_LIST
+    caps = CaptureGroup.for_lab(lab, ["k8s-w0", "k8s-w1"], root=tmp_path, ifaces="eth0").start()
     try:
+        res = cli(lab, "calicoctl", "apply", "-f", "-", input=EXTRA_POOL)
+        assert res.returncode == 0, res.stdout + res.stderr
+        res = cli(lab, "kubectl", "apply", "-f", "-", input=PODS)
+        assert res.returncode == 0, res.stderr
+
+        def pod_ips() -> dict[str, str]:
+            items = json.loads(cli(lab, "kubectl", "get", "pods", "-o", "json").stdout)["items"]
+            return {p["metadata"]["name"]: p.get("status", {}).get("podIP") for p in items
+                    if p.get("status", {}).get("phase") == "Running"}
+
+        ips = wait_for(pod_ips, lambda d: d.get("rr-a") and d.get("rr-b"), timeout=30,
+                       what="pods rr-a (k8s-w0) and rr-b (k8s-w1) Running with an IP")
+        new_block = str(ip_network(f"{ips['rr-b']}/26", strict=False))
+        assert ip_address(ips["rr-b"]) in ip_network("172.29.0.0/16"), ips
+        want = f"{new_block} via {ADDR['k8s-w1']} dev tunl0 proto bird onlink"
+        wait_for(lambda: cli(lab, "exec", "k8s-w0", "--", "ip", "route").stdout,
+                 lambda out: want in out, timeout=15, what=f"k8s-w0: '{want}' (reflected)")
+        # pods on the two workers reach each other through the reflected routes
         for src, dst in (("rr-a", "rr-b"), ("rr-b", "rr-a")):
             argv = ("curl", "-o", "/dev/null", "-s", "-m", "2", "-w", "%{http_code}",
                     f"http://{ips[dst]}")
@@ -128,8 +148,15 @@ def test_route_reflector_sessions_routes_and_pods(rr_lab, tmp_path):
                      what=f"curl from {src} to {dst} ({ips[dst]}) prints 200")
     finally:
         caps.stop()
-    # on the wire: w0 tunnels straight to w1 (outer k8s-w0 -> k8s-w1), not through k8s-m
-    pa.assert_ipip(caps.run_dir / "k8s-w1-eth0.pcap", outer_src=ADDR["k8s-w0"],
-                   outer_dst=ADDR["k8s-w1"], inner_src=ips["rr-a"], inner_dst=ips["rr-b"])
-    pa.assert_ipip(caps.run_dir / "k8s-w1-eth0.pcap", outer_src=ADDR["k8s-w1"],
-                   outer_dst=ADDR["k8s-w0"], inner_src=ips["rr-b"], inner_dst=ips["rr-a"])
+    w0_pcap, w1_pcap = caps.run_dir / "k8s-w0-eth0.pcap", caps.run_dir / "k8s-w1-eth0.pcap"
+    # on the wire: the reflected UPDATE, k8s-m -> k8s-w0, next hop k8s-w1 unchanged
+    ups = pa.assert_bgp_update(w0_pcap, src=ADDR["k8s-m"], dst=ADDR["k8s-w0"], nlri=new_block,
+                               next_hop=ADDR["k8s-w1"])
+    attrs = decode(ups[0].raw).attributes
+    assert attrs.originator_id == ip_address(ADDR["k8s-w1"]), attrs
+    assert attrs.cluster_list == (ip_address("244.0.0.1"),), attrs
+    # ... and the pod traffic tunnelled straight between the workers, not through k8s-m
+    pa.assert_ipip(w1_pcap, outer_src=ADDR["k8s-w0"], outer_dst=ADDR["k8s-w1"],
+                   inner_src=ips["rr-a"], inner_dst=ips["rr-b"])
+    pa.assert_ipip(w1_pcap, outer_src=ADDR["k8s-w1"], outer_dst=ADDR["k8s-w0"],
+                   inner_src=ips["rr-b"], inner_dst=ips["rr-a"])
