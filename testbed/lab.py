@@ -200,7 +200,7 @@ def node_env(state: dict, node: str, base: dict[str, str] | None = None) -> dict
         "ETCD_ENDPOINTS": ",".join(state["etcd_endpoints"]),
         "CALICOLAB_LAB": state["lab"],
         "DATASTORE_TYPE": "etcdv3",
-        "PATH": f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "PATH": f"{REPO / 'testbed' / 'nodebin'}:{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "PYTHONPATH": str(REPO),
         "PYTHONDONTWRITEBYTECODE": "1",
     })

@@ -114,3 +114,49 @@ def test_capture_cli_start_stop_writes_one_pcap_per_interface(wt):
     pa.assert_ipip(f"{run_dir}/k8s-w1-eth0.pcap", outer_src=na, outer_dst=nb, inner_src=a.ip,
                    inner_dst=b.ip)
     pa.assert_on_tunnel(f"{run_dir}/k8s-w1-tunl0.pcap", a.ip, b.ip)
+
+
+def test_walkthrough_commands_work_verbatim_in_a_node(wt):
+    """Sections 3-5 of the walkthrough, typed in k8s-w0's shell."""
+    import json
+
+    cols = ("NAME:.metadata.name,VERSION:.status.nodeInfo.kubeletVersion,"
+            "INTERNAL-IP:.status.addresses[0].address,POD-CIDR:.spec.podCIDR")
+    nodes = wt.in_node("k8s-w0", "kubectl", "get", "nodes", "-o", f"custom-columns={cols}")
+    assert nodes.split()[:4] == ["NAME", "VERSION", "INTERNAL-IP", "POD-CIDR"], nodes
+    assert "172.30.0.11" in nodes and "k8s-w1" in nodes, nodes
+
+    blocks = wt.in_node("k8s-w0", "calicoctl", "ipam", "show", "--show-blocks")
+    assert "IP Pool" in blocks and "192.168.0.0/16" in blocks and blocks.count("| Block") == 3, blocks
+
+    mine = wt.pods["k8s-w0"]
+    assert mine.iface in wt.in_node("k8s-w0", "ip", "-c", "route")  # colours on, as typed
+    route = wt.in_node("k8s-w0", "ip", "route")
+    assert f"{mine.ip} dev {mine.iface} scope link" in route, route
+    assert f"blackhole {wt.nodes['k8s-w0']['tunnel'].rsplit('.', 1)[0]}.0/24 proto bird" in route, route
+    status = wt.in_node("k8s-w0", "calicoctl", "node", "status")
+    assert status.startswith("Calico process is running.") and status.count("Established") == 2, status
+    assert "node-to-node mesh" in status
+    birdc = wt.in_node("k8s-w0", "birdc", "-s", "/var/run/calico/bird.ctl", "show", "protocols")
+    assert birdc.count("Established") == 2, birdc
+
+    weps = wt.in_node("k8s-w0", "calicoctl", "get", "workloadEndpoint")
+    for pod in wt.pods.values():
+        assert pod.iface in weps and pod.ip in weps, weps
+
+    netns = wt.in_node("k8s-w0", "ip", "netns", "list")
+    names = [ln.split()[0] for ln in netns.splitlines() if ln.strip()]
+    assert len(names) == 3 and all(n.startswith("cni-") for n in names), netns  # k8s-w0's pods only
+    link = wt.in_node("k8s-w0", "ip", "link", "show", mine.iface)
+    pod_ns = link.split("link-netns ")[1].split()[0]
+    assert pod_ns in names and "ee:ee:ee:ee:ee:ee" in link, link
+    inside = wt.in_node("k8s-w0", "ip", "netns", "exec", pod_ns, "ip", "route")
+    assert "default via 169.254.1.1 dev eth0" in inside and "169.254.1.1 dev eth0 scope link" in inside, inside
+
+    tasks = wt.in_node("k8s-w0", "ctr", "-n", "k8s.io", "task", "list")
+    assert tasks.split()[:3] == ["TASK", "PID", "STATUS"], tasks
+    pods = json.loads(wt.kubectl("get", "pods", "-o", "json"))["items"]
+    for p in pods:
+        if p["spec"]["nodeName"] == "k8s-w0":
+            pid = json.loads(p["metadata"]["annotations"]["calicolab.io/pids"])["nginx"]
+            assert f" {pid} " in f" {tasks} ".replace("\n", " "), (pid, tasks)
