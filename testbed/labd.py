@@ -36,6 +36,14 @@ from testbed import lab as labmod
 from testbed import netns as nsmod
 from testbed.topology import Topology, load
 
+#: BGP session timers of a lab's calico-nodes: BIRD waits its connect delay (Calico's
+#: template keeps BIRD's default; ours is 2 s) before the first connect and 5 s between
+#: attempts; every node of a lab starts at once, so that wait is all that stood between
+#: a pod running and its block's route on the other nodes. Hold and restart timers stay
+#: Calico's. Set CALICOLAB_BGP_TIMERS to override (see docs/bgp.md).
+BGP_TIMERS_ENV = "CALICOLAB_BGP_TIMERS"
+LAB_BGP_TIMERS = "connect_delay=0.1,connect_retry=1"
+
 #: Node directories private to each node: (mount point, name of the backing dir).
 #: None: a tmpfs (runtime state that must vanish with the node).
 NODE_DIRS: tuple[tuple[str, str | None], ...] = (
@@ -520,6 +528,14 @@ class Supervisor:
         if msg not in self.state["skipped"]:
             self.state["skipped"].append(msg)
 
+    def calico_node_env(self) -> dict[str, str]:
+        """calico-node's environment from the topology, plus the lab's BGP start-up timers
+        (:data:`LAB_BGP_TIMERS`) unless CALICOLAB_BGP_TIMERS is set already."""
+        env = dict(self.topo.calico_node_env())
+        if BGP_TIMERS_ENV not in env and BGP_TIMERS_ENV not in os.environ:
+            env[BGP_TIMERS_ENV] = LAB_BGP_TIMERS
+        return env
+
     def install_cni(self) -> list[str]:
         """Start calico-node on every node that has none running; return those started."""
         exe = labmod.VENV_BIN / "calico-node"
@@ -533,7 +549,7 @@ class Supervisor:
             proc = self.procs.get(key)
             if proc is not None and proc.poll() is None:
                 continue
-            self.start_service(n.name, "calico-node", [str(exe)], self.topo.calico_node_env())
+            self.start_service(n.name, "calico-node", [str(exe)], self.calico_node_env())
             started.append(n.name)
         self.state["cni_installed"] = True
         self.save()
