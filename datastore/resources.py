@@ -524,6 +524,13 @@ class BGPPeer(Resource):
             raise ValidationError(f"{p}.peerIP", "either peerIP or peerSelector is required")
         if self.spec.node and self.spec.node_selector:
             raise ValidationError(f"{p}.nodeSelector", "cannot be set together with node")
+        if self.spec.peer_selector and self.spec.peer_ip:
+            raise ValidationError(f"{p}.peerIP", "must be empty when peerSelector is specified")
+        if self.spec.peer_selector and self.spec.as_number is not None:
+            raise ValidationError(f"{p}.asNumber", "must be empty when peerSelector is specified")
+        if self.spec.reverse_peering not in (None, "", "Auto", "Manual"):
+            raise ValidationError(f"{p}.reversePeering",
+                                  f"must be Auto or Manual; got {self.spec.reverse_peering!r}")
         if self.spec.as_number is not None and not 0 < self.spec.as_number < 2**32:
             raise ValidationError(f"{p}.asNumber", f"must be 1..4294967295; got {self.spec.as_number}")
         _check_selector(self.spec.node_selector, f"{p}.nodeSelector")

@@ -178,3 +178,19 @@ def test_durations():
     assert parse_duration("500ms") == 0.5
     with pytest.raises(ValueError):
         parse_duration("ninety")
+
+
+def test_bgppeer_selector_rules():
+    ok = BGPPeer(metadata=Metadata(name="rr"), spec=BGPPeer.Spec(node_selector="all()",
+                                                                 peer_selector="route-reflector == 'true'"))
+    ok.validate()
+    both = BGPPeer(metadata=Metadata(name="rr"), spec=BGPPeer.Spec(peer_selector="has(x)", peer_ip="1.2.3.4",
+                                                                   as_number=1))
+    with pytest.raises(errors.ValidationError, match=r"spec\.peerIP: must be empty"):
+        both.validate()
+    asn = BGPPeer(metadata=Metadata(name="rr"), spec=BGPPeer.Spec(peer_selector="has(x)", as_number=1))
+    with pytest.raises(errors.ValidationError, match=r"spec\.asNumber: must be empty"):
+        asn.validate()
+    rev = BGPPeer(metadata=Metadata(name="rr"), spec=BGPPeer.Spec(peer_selector="has(x)", reverse_peering="No"))
+    with pytest.raises(errors.ValidationError, match=r"spec\.reversePeering"):
+        rev.validate()
