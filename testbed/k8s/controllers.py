@@ -344,18 +344,63 @@ def feasible_nodes(pod: dict, nodes: list[dict]) -> list[dict]:
     return out
 
 
-def schedule(store: Store, pods: list[dict], nodes: list[dict]) -> int:
-    """Bind unbound pods to the least loaded feasible node; returns how many were bound."""
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+def _owner(pod: dict) -> tuple[str, str, str] | None:
+    """The pod's controller (kind, namespace, name), if any."""
+    for ref in pod["metadata"].get("ownerReferences") or []:
+        if ref.get("controller", True):
+            return ref.get("kind", ""), pod["metadata"].get("namespace", ""), ref.get("name", "")
+    return None
+
+
+def plan_bindings(pods: list[dict], nodes: list[dict]) -> list[tuple[dict, str | None]]:
+    """Where each unbound pod goes, oldest first: ``(pod, node name)``, or ``(pod, None)``
+    when no node is feasible.
+
+    Like kube-scheduler's default scoring, roughly: among the feasible nodes, the one
+    with the fewest pods of the same controller (PodTopologySpread's default hostname
+    spreading), then the fewest pods in all (least allocated), then the name. Pods
+    that finished (Succeeded/Failed) no longer count; each placement counts for the
+    next pod, so a burst of pods is spread over the nodes Ready at the time."""
     load = {n["metadata"]["name"]: 0 for n in nodes}
+    owned: dict[tuple[str, tuple | None], int] = {}
     for p in pods:
-        if p["spec"].get("nodeName") in load:
-            load[p["spec"]["nodeName"]] += 1
-    bound = 0
+        node = p["spec"].get("nodeName")
+        if node in load and (p.get("status") or {}).get("phase") not in TERMINAL_PHASES:
+            load[node] += 1
+            owner = _owner(p)
+            if owner is not None:
+                owned[(node, owner)] = owned.get((node, owner), 0) + 1
+    plan: list[tuple[dict, str | None]] = []
     for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", "")):
         if pod["spec"].get("nodeName") or pod["metadata"].get("deletionTimestamp"):
             continue
         choices = feasible_nodes(pod, nodes)
         if not choices:
+            plan.append((pod, None))
+            continue
+        owner = _owner(pod)
+
+        def score(n: dict, owner: tuple | None = owner) -> tuple[int, int, str]:
+            name = n["metadata"]["name"]
+            same = owned.get((name, owner), 0) if owner is not None else 0
+            return same, load[name], name
+
+        name = min(choices, key=score)["metadata"]["name"]
+        load[name] += 1
+        if owner is not None:
+            owned[(name, owner)] = owned.get((name, owner), 0) + 1
+        plan.append((pod, name))
+    return plan
+
+
+def schedule(store: Store, pods: list[dict], nodes: list[dict]) -> int:
+    """Bind unbound pods as :func:`plan_bindings` places them; returns how many were bound."""
+    bound = 0
+    for pod, name in plan_bindings(pods, nodes):
+        if name is None:
             msg = f"0/{len(nodes)} nodes are available: no Ready node without a taint the pod tolerates."
 
             def unschedulable(p: dict, msg: str = msg) -> bool:
@@ -368,8 +413,6 @@ def schedule(store: Store, pods: list[dict], nodes: list[dict]) -> int:
 
             store.mutate("Pod", pod["metadata"]["name"], pod["metadata"]["namespace"], unschedulable)
             continue
-        node = min(choices, key=lambda n: (load[n["metadata"]["name"]], n["metadata"]["name"]))
-        name = node["metadata"]["name"]
 
         def bind(p: dict, name: str = name) -> bool:
             if p["spec"].get("nodeName"):
@@ -379,7 +422,6 @@ def schedule(store: Store, pods: list[dict], nodes: list[dict]) -> int:
             return True
 
         store.mutate("Pod", pod["metadata"]["name"], pod["metadata"]["namespace"], bind)
-        load[name] += 1
         bound += 1
     return bound
 
