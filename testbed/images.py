@@ -4,7 +4,8 @@ There is no registry and no filesystem image: an image name maps to a real progr
 started inside the pod's network namespace. ``nginx`` serves HTTP 200 on :80 (busybox's
 httpd with an nginx welcome page), busybox-like images idle so ``kubectl exec`` works,
 ``calico/node`` runs the project's calico-node (a hostNetwork DaemonSet pod, as calico.yaml
-installs it), and an unknown image is an error the kubelet reports as ``ImagePullBackOff``.
+installs it), ``calico/kube-controllers`` and ``calico/typha`` run ``agent.kubecontrollers``
+and ``agent.typha`` (Typha's pod is ready once it listens on 5473), and an unknown image is an error the kubelet reports as ``ImagePullBackOff``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import sys
 from dataclasses import dataclass, field
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
+#: Typha's port (syncproto.DefaultPort)
+TYPHA_PORT = 5473
 
 NGINX_INDEX = """<!DOCTYPE html>
 <html>
@@ -30,6 +33,8 @@ NGINX_INDEX = """<!DOCTYPE html>
 #: repository name (no registry, no tag; a bare name also matches any org's) -> behaviour
 IMAGES: dict[str, str] = {
     "calico/node": "calico-node",
+    "calico/kube-controllers": "kube-controllers",
+    "calico/typha": "typha",
     "nginx": "http",
     "httpd": "http",
     "busybox": "idle",
@@ -117,6 +122,10 @@ def resolve(image: str, command: list[str] | None, args: list[str] | None, workd
         return Workload(argv=argv)
     if behaviour == "calico-node":
         return Workload(argv=calico_node_argv())
+    if behaviour == "kube-controllers":
+        return Workload(argv=[sys.executable, "-m", "agent.kubecontrollers"])
+    if behaviour == "typha":
+        return Workload(argv=[sys.executable, "-m", "agent.typha"], port=TYPHA_PORT)
     if behaviour == "http":
         www = os.path.join(workdir, "www")
         return Workload(

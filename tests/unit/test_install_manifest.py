@@ -1,0 +1,117 @@
+"""The manifest template and its rendering (testbed/install.py): pure, no lab."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from testbed import images
+from testbed.install import InstallError, InstallSettings, render, settings_for_lab
+from testbed.k8s import model
+
+pytestmark = pytest.mark.unit
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _docs(text: str) -> dict[str, dict]:
+    return {f"{d['kind']}/{d['metadata']['name']}": d for d in yaml.safe_load_all(text) if d}
+
+
+def _env(container: dict) -> dict[str, object]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_render_walkthrough_values():
+    s = InstallSettings(etcd_endpoints=["http://172.30.0.10:2379"], pool_cidr="192.168.0.0/16", block_size=24,
+                        ipip_mode="Always", nat_outgoing=True, leak_grace_period="2s")
+    docs = _docs(render(s))
+    assert sorted(docs) == ["ConfigMap/calico-config", "DaemonSet/calico-node",
+                            "Deployment/calico-kube-controllers", "Deployment/calico-typha",
+                            "Service/calico-typha"]
+    assert all(d["metadata"]["namespace"] == "kube-system" for d in docs.values())
+    cm = docs["ConfigMap/calico-config"]["data"]
+    assert cm["etcd_endpoints"] == "http://172.30.0.10:2379" and cm["calico_backend"] == "bird"
+    node = docs["DaemonSet/calico-node"]["spec"]["template"]["spec"]
+    assert node["hostNetwork"] is True
+    c = node["containers"][0]
+    assert images.repository(c["image"]) == "calico/node"
+    env = _env(c)
+    assert env["CALICO_IPV4POOL_CIDR"] == "192.168.0.0/16"
+    assert env["CALICO_IPV4POOL_BLOCK_SIZE"] == "24"
+    assert env["CALICO_IPV4POOL_IPIP"] == "Always"
+    assert env["CALICO_IPV4POOL_NAT_OUTGOING"] == "true"
+    assert env["IP"] == "autodetect" and env["DATASTORE_TYPE"] == "etcdv3"
+    assert env["NODENAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["ETCD_ENDPOINTS"] == {"configMapKeyRef": {"name": "calico-config", "key": "etcd_endpoints"}}
+    kc = docs["Deployment/calico-kube-controllers"]["spec"]
+    assert kc["replicas"] == 1
+    kenv = _env(kc["template"]["spec"]["containers"][0])
+    assert kenv["ENABLED_CONTROLLERS"] == "policy,namespace,serviceaccount,workloadendpoint,node"
+    assert kenv["LEAK_GRACE_PERIOD"] == "2s"
+    assert images.repository(kc["template"]["spec"]["containers"][0]["image"]) == "calico/kube-controllers"
+    typha = docs["Deployment/calico-typha"]["spec"]["template"]["spec"]["containers"][0]
+    assert typha["ports"][0]["containerPort"] == 5473
+    assert docs["Service/calico-typha"]["spec"]["ports"][0]["port"] == 5473
+
+
+def test_rendered_objects_pass_kubectl_validation():
+    text = render(InstallSettings(etcd_endpoints=["http://172.30.0.10:2379"]))
+    for d in yaml.safe_load_all(text):
+        if d:
+            model.validate(d, "calico.yaml")
+    for d in yaml.safe_load_all(text):
+        if d and d["kind"] in ("DaemonSet", "Deployment"):
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                assert images.known(c["image"]), c["image"]
+
+
+def test_vxlan_pool_selects_vxlan_backend():
+    docs = _docs(render(InstallSettings(etcd_endpoints=["http://10.1.0.1:2379"], ipip_mode="Never",
+                                        vxlan_mode="Always")))
+    assert docs["ConfigMap/calico-config"]["data"]["calico_backend"] == "vxlan"
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("pool_cidr", "192.168.0.1/16", "pool_cidr"),
+    ("pool_cidr", "fd00::/64", "not IPv4"),
+    ("block_size", 19, "block_size"),
+    ("block_size", 8, "block_size"),
+    ("ipip_mode", "always", "ipip_mode"),
+    ("etcd_endpoints", [], "etcd_endpoints"),
+    ("etcd_endpoints", ["172.30.0.10:2379"], "etcd_endpoints"),
+    ("leak_grace_period", "15 minutes", "leak_grace_period"),
+    ("bgp_timers", 'x"y', "bgp_timers"),
+])
+def test_bad_settings_are_named(field, value, message):
+    s = InstallSettings(etcd_endpoints=["http://127.0.0.1:2379"])
+    setattr(s, field, value)
+    with pytest.raises(InstallError, match=message):
+        render(s)
+
+
+def test_both_encapsulations_refused():
+    with pytest.raises(InstallError, match="IPIP and VXLAN"):
+        render(InstallSettings(etcd_endpoints=["http://127.0.0.1:2379"], vxlan_mode="Always"))
+
+
+def test_unfilled_placeholder_is_an_error():
+    with pytest.raises(InstallError, match="NOPE"):
+        render(InstallSettings(etcd_endpoints=["http://127.0.0.1:2379"]), template="a: __NOPE__\n")
+
+
+def test_settings_from_lab_state_use_topology():
+    state = {"lab": "wt", "topology": str(REPO / "topologies" / "walkthrough.yaml"),
+             "etcd_endpoints": ["http://172.30.0.10:2379"]}
+    s = settings_for_lab(state, leak_grace_period="1s")
+    assert (s.pool_cidr, s.block_size, s.ipip_mode, s.nat_outgoing) == ("192.168.0.0/16", 24, "Always", True)
+    assert s.etcd_endpoints == ["http://172.30.0.10:2379"] and s.leak_grace_period == "1s"
+    with pytest.raises(InstallError, match="unknown install setting 'bogus'"):
+        settings_for_lab(state, bogus=1)
+
+
+def test_images_map_calico_components():
+    assert images.resolve("docker.io/calico/typha:v3.26.1", None, None, "/tmp").port == 5473
+    argv = images.resolve("calico/kube-controllers:v3.26.1", None, None, "/tmp").argv
+    assert argv[-2:] == ["-m", "agent.kubecontrollers"]
