@@ -578,12 +578,15 @@ class Supervisor:
             self.progress(f"warning: calico-node not ready after {self.ready_timeout:.0f}s on "
                           f"{', '.join(sorted(pending))} (see logs/<node>.calico-node.log)")
 
-    def start_workloads(self) -> subprocess.Popen | None:
-        """Start `kubectl apply` of every workload (in file order, one multi-document
-        file) in the control-plane node; :meth:`finish_workloads` waits for it.
+    def start_workloads(self) -> tuple[subprocess.Popen, bytes] | None:
+        """Start `kubectl apply -f -` in the control-plane node, reading the workloads
+        (every one, in file order, as one multi-document stream) from its stdin.
 
-        It runs while the nodes come up: the scheduler places the pods once nodes
-        are Ready, as it would on a cluster where manifests were applied early.
+        The process starts early, so its start-up overlaps the nodes'; the manifests
+        are written to it by :meth:`finish_workloads` once the nodes are Ready, so the
+        scheduler spreads the pods over every node, as on a cluster that was up
+        before they were applied (applied earlier, every pod lands on the first node
+        to become Ready).
         """
         if not self.topo.workloads:
             return None
@@ -596,18 +599,21 @@ class Supervisor:
         wdir.mkdir(exist_ok=True)
         path = wdir / "all.yaml"
         docs = [d for w in self.topo.workloads for d in w.documents]
-        path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-        self.progress("applying " + ", ".join(w.source for w in self.topo.workloads))
+        text = yaml.safe_dump_all(docs, sort_keys=False)
+        path.write_text(text)
         cp = self.topo.control_plane.name
-        return self.hosts[cp].popen([sys.executable, "-m", "testbed.kubectl", "apply", "-f",
-                                     str(path)], env=labmod.node_env(self.state, cp),
-                                    stdin=subprocess.DEVNULL)
+        proc = self.hosts[cp].popen([sys.executable, "-m", "testbed.kubectl", "apply", "-f", "-"],
+                                    env=labmod.node_env(self.state, cp), stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return proc, text.encode()
 
-    def finish_workloads(self, proc: subprocess.Popen | None) -> None:
-        """Wait for the workloads' `kubectl apply`; raise if it failed."""
-        if proc is None:
+    def finish_workloads(self, started: tuple[subprocess.Popen, bytes] | None) -> None:
+        """Hand the workloads to the waiting `kubectl apply`, wait for it; raise if it failed."""
+        if started is None:
             return
-        out, err = proc.communicate(timeout=120)
+        proc, text = started
+        self.progress("applying " + ", ".join(w.source for w in self.topo.workloads))
+        out, err = proc.communicate(text, timeout=120)
         if proc.returncode != 0:
             raise RuntimeError("kubectl apply of the workloads failed: "
                                f"{(err or out).decode(errors='replace').strip()}")
