@@ -57,6 +57,8 @@ SO_ATTACH_FILTER = 26
 OUTER_LEN = 20
 IP_DF = 0x40  # in the first byte of frag_off
 ECN_MASK, ECN_ECT0, ECN_CE = 0x03, 0x02, 0x03
+# Outer TOS for each inner TOS (tos 0, not inherit): the inner ECN bits, CE as ECT(0) (RFC 6040).
+OUTER_TOS = bytes(ECN_ECT0 if tos & ECN_MASK == ECN_CE else tos & ECN_MASK for tos in range(256))
 _DROP_ALL = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0))  # BPF "ret #0"
 
 
@@ -88,8 +90,7 @@ def encapsulate_into(buf: bytearray, template: bytes) -> None:
     mode); the DSCP is not copied.
     """
     buf[0:20] = template
-    ecn = buf[21] & ECN_MASK
-    buf[1] = ECN_ECT0 if ecn == ECN_CE else ecn
+    buf[1] = OUTER_TOS[buf[21]]
     buf[6] = buf[26] & IP_DF
     buf[8] = buf[28]
 
@@ -225,15 +226,17 @@ class IpipPump:
     def _tx_loop(self) -> None:
         fd = self.tun_fd
         off = VNET_HDR_LEN if self.vnet_hdr else 0
-        # The read lands at 20 - off, so the inner packet starts at byte 20; the virtio-net header
-        # (if any) sits inside bytes 0..20 and is checked (gso_type) before the outer header
-        # is written over it. One send() of bytes 0..end carries outer + inner, no copy.
+        # The inner packet is read to byte 20 of rbuf (a virtio-net header, if any, into its own
+        # buffer); the outer header is written in front of it, so one send() of bytes 0..end
+        # carries outer + inner without a copy. Bytes 0..20 only change when the next hop does,
+        # except the three per-packet fields (TOS, DF, TTL), patched as encapsulate_into does.
         rbuf = bytearray(OUTER_LEN + 65536)
         rmv = memoryview(rbuf)
-        rview = (rmv[OUTER_LEN - off:],)
+        vnet = bytearray(off)
+        rview = (vnet, rmv[OUTER_LEN:]) if off else (rmv[OUTER_LEN:],)
+        outer_tos = OUTER_TOS
         readv = os.readv
         stats = self.stats
-        encap = encapsulate_into
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
@@ -241,7 +244,7 @@ class IpipPump:
         table = None
         send_for: dict[bytes, tuple] = {}  # inner destination -> (bound send() of its node's socket, template)
         n = 0
-        gso_at = OUTER_LEN - off + 1
+        current = None  # the template now in rbuf[0:20]
         while not self._stop.is_set():
             try:
                 size = readv(fd, rview)
@@ -261,7 +264,7 @@ class IpipPump:
                 table = self._table
                 send_for = {}
                 self._prune_senders(table.gateways())
-            if off and rbuf[gso_at]:  # a GSO frame: never offered, as the TUN announces no offloads
+            if off and vnet[1]:  # a GSO frame: never offered, as the TUN announces no offloads
                 stats["tx_error"] += 1
                 continue
             end = OUTER_LEN - off + size
@@ -278,7 +281,11 @@ class IpipPump:
                 if sock is None:
                     sock = self._senders[gw] = connected_sender(gw)
                 entry = send_for[dst] = (sock.send, outer_template(gw))
-            encap(rbuf, entry[1])
+            if entry[1] is not current:
+                current = rbuf[0:20] = entry[1]
+            rbuf[1] = outer_tos[rbuf[21]]  # = encapsulate_into(rbuf, current), inlined (hot path)
+            rbuf[6] = rbuf[26] & 0x40
+            rbuf[8] = rbuf[28]
             try:
                 entry[0](rmv[:end])
                 n += 1
