@@ -1,0 +1,5 @@
+"""``python -m agent.kubecontrollers``."""
+
+from agent.kubecontrollers.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""kube-controllers' settings from the environment (pure)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+#: the etcd manifest's default (calico-etcd.yaml)
+DEFAULT_ENABLED = "policy,namespace,serviceaccount,workloadendpoint,node"
+KNOWN_CONTROLLERS = ("node", "policy", "namespace", "serviceaccount", "workloadendpoint", "loadbalancer",
+                     "flannelmigration")
+#: the ones calicolab implements
+IMPLEMENTED = ("node",)
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+
+
+class ConfigError(ValueError):
+    """A setting is invalid (the message names it)."""
+
+
+def parse_duration(text: str, name: str) -> float:
+    """Go-style duration (``15m``, ``2s``, ``1m30s``, ``500ms``) -> seconds."""
+    text = text.strip()
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    pos, total = 0, 0.0
+    for m in _DURATION_PART.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * units[m.group(2)]
+        pos = m.end()
+    if not text or pos != len(text):
+        raise ConfigError(f"{name}={text!r} is not a duration (like 15m, 2s, 1m30s)")
+    return total
+
+
+@dataclass
+class Config:
+    """What the controllers run with."""
+
+    enabled: list[str] = field(default_factory=lambda: DEFAULT_ENABLED.split(","))
+    leak_grace_period: float = 15 * 60.0
+    reconciler_period: float = 5 * 60.0
+    node_name_of_self: str = ""
+
+    @property
+    def gc_interval(self) -> float:
+        """Full IPAM scans every leakGracePeriod/2 (Calico's ipam.go)."""
+        return self.leak_grace_period / 2 if self.leak_grace_period > 0 else 5 * 60.0
+
+    @property
+    def unimplemented(self) -> list[str]:
+        """Enabled controllers calicolab does not implement (logged, never faked)."""
+        return [c for c in self.enabled if c not in IMPLEMENTED]
+
+
+def from_env(env: dict[str, str]) -> Config:
+    """``ENABLED_CONTROLLERS``, ``LEAK_GRACE_PERIOD`` (0 disables leak GC), ``RECONCILER_PERIOD``."""
+    enabled = [c.strip() for c in env.get("ENABLED_CONTROLLERS", DEFAULT_ENABLED).split(",") if c.strip()]
+    for c in enabled:
+        if c not in KNOWN_CONTROLLERS:
+            raise ConfigError(f"ENABLED_CONTROLLERS: unknown controller {c!r} "
+                              f"(known: {', '.join(KNOWN_CONTROLLERS)})")
+    dtype = env.get("DATASTORE_TYPE", "etcdv3")
+    if dtype not in ("etcdv3", ""):
+        raise ConfigError(f"DATASTORE_TYPE={dtype!r}: calicolab's kube-controllers use etcdv3")
+    return Config(
+        enabled=enabled,
+        leak_grace_period=parse_duration(env.get("LEAK_GRACE_PERIOD", "15m"), "LEAK_GRACE_PERIOD"),
+        reconciler_period=parse_duration(env.get("RECONCILER_PERIOD", "5m"), "RECONCILER_PERIOD"),
+    )

@@ -1,0 +1,150 @@
+"""Pure decisions of the node controller and IPAM garbage collection (no I/O).
+
+Calico's rules (calico.md section 6; kube-controllers ``pkg/controllers/node``):
+
+* a Calico Node whose Kubernetes Node is gone is cleaned up (its endpoints, IPs,
+  tunnel address, block affinities and the Node itself);
+* an allocation whose ``node`` attribute names a node that is gone is released at once;
+* a tunnel address is valid while its node exists;
+* a pod address whose pod is gone (or now has other IPs) is a leak *candidate*; it is
+  released only after ``leak_grace_period`` and a re-check, and only when *every*
+  address on its handle is leaked;
+* an allocation without node/pod attributes is not ours to judge and is left alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+TUNNEL_HANDLE_PREFIXES = ("ipip-tunnel-addr-", "vxlan-tunnel-addr-")
+TUNNEL_TYPES = ("ipipTunnelAddress", "vxlanTunnelAddress")
+
+VALID, NODE_GONE, LEAKED, UNKNOWN = "valid", "node-gone", "leaked", "unknown"
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """One allocated address as IPAM stores it."""
+
+    ip: str
+    block: str
+    handle_id: str | None
+    attrs: Mapping[str, str] = field(default_factory=dict)
+    sequence: int | None = None
+
+    @property
+    def key(self) -> str:
+        """Identity of this allocation: a re-allocated address is a new one."""
+        return f"{self.ip}|{self.handle_id}|{self.sequence}"
+
+
+@dataclass
+class ClusterView:
+    """What exists in Kubernetes: node names and pods -> their reported IPs."""
+
+    nodes: set[str]
+    pods: dict[tuple[str, str], tuple[str, ...]]
+
+
+def tunnel_node(a: Allocation) -> str | None:
+    """The node of a tunnel-address allocation, or None if ``a`` is not one."""
+    for prefix in TUNNEL_HANDLE_PREFIXES:
+        if a.handle_id and a.handle_id.startswith(prefix):
+            return a.attrs.get("node") or a.handle_id[len(prefix):]
+    if a.attrs.get("type") in TUNNEL_TYPES:
+        return a.attrs.get("node") or None
+    return None
+
+
+def classify(a: Allocation, view: ClusterView) -> str:
+    """VALID, NODE_GONE (release now), LEAKED (a candidate) or UNKNOWN (leave alone)."""
+    tnode = tunnel_node(a)
+    if tnode is not None:
+        return VALID if tnode in view.nodes else NODE_GONE
+    node = a.attrs.get("node")
+    if node and node not in view.nodes:
+        return NODE_GONE
+    ns, pod = a.attrs.get("namespace"), a.attrs.get("pod")
+    if not (ns and pod):
+        return UNKNOWN
+    ips = view.pods.get((ns, pod))
+    if ips is None:
+        return LEAKED
+    if ips and a.ip not in ips:
+        return LEAKED  # the pod lives on with other addresses (re-created under the same name)
+    return VALID
+
+
+@dataclass
+class GCPlan:
+    """What one scan decided."""
+
+    release_now: list[Allocation] = field(default_factory=list)   # their node is gone
+    release_leaked: list[Allocation] = field(default_factory=list)  # grace period over, whole handle
+    candidates: dict[str, float] = field(default_factory=dict)     # allocation key -> first seen
+
+
+def plan_gc(allocs: Iterable[Allocation], view: ClusterView, candidates: Mapping[str, float],
+            now: float, grace: float) -> GCPlan:
+    """Decide releases; ``candidates`` are the leak candidates of earlier scans (key ->
+    first seen), the returned plan carries the updated set. ``grace`` <= 0 disables
+    leak release (candidates are still tracked)."""
+    plan = GCPlan()
+    by_handle: dict[str | None, list[tuple[Allocation, str]]] = {}
+    for a in allocs:
+        verdict = classify(a, view)
+        if verdict == NODE_GONE:
+            plan.release_now.append(a)
+            continue
+        if verdict == LEAKED:
+            plan.candidates[a.key] = candidates.get(a.key, now)
+        by_handle.setdefault(a.handle_id, []).append((a, verdict))
+    if grace <= 0:
+        return plan
+    for handle, members in by_handle.items():
+        if handle is None:
+            continue
+        if all(v == LEAKED and now - plan.candidates[a.key] >= grace for a, v in members):
+            plan.release_leaked += [a for a, _ in members]
+    return plan
+
+
+def next_expiry(candidates: Mapping[str, float], grace: float) -> float | None:
+    """When the oldest candidate's grace period ends (None without candidates)."""
+    if not candidates or grace <= 0:
+        return None
+    return min(candidates.values()) + grace
+
+
+@dataclass(frozen=True)
+class CalicoNodeRef:
+    """A Calico Node and the Kubernetes node it belongs to (orchRef k8s, else its name)."""
+
+    name: str
+    k8s_name: str
+
+
+def nodes_to_clean(calico_nodes: Iterable[CalicoNodeRef], k8s_nodes: set[str], deleted: set[str],
+                   missing_since: Mapping[str, float], now: float,
+                   min_missing: float) -> tuple[list[str], dict[str, float]]:
+    """Calico Nodes to clean up, and the updated ``missing_since`` map.
+
+    A node whose Kubernetes Node was seen deleted (``deleted``) goes at once; one that
+    is merely absent must stay absent for ``min_missing`` seconds over two scans, so a
+    calico-node that registered before its kubelet is not removed.
+    """
+    out: list[str] = []
+    still: dict[str, float] = {}
+    for ref in calico_nodes:
+        if ref.k8s_name in k8s_nodes:
+            continue
+        if ref.k8s_name in deleted:
+            out.append(ref.name)
+            continue
+        first = missing_since.get(ref.name, now)
+        if now - first >= min_missing:
+            out.append(ref.name)
+        else:
+            still[ref.name] = first
+    return sorted(out), still

@@ -1,0 +1,151 @@
+"""kube-controllers against a real etcd and the real IPAM: a deleted Kubernetes Node
+takes its Calico data with it; leaked pod IPs go after the grace period only."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from ipaddress import IPv4Address
+
+import pytest
+
+from agent.kubecontrollers.config import Config
+from agent.kubecontrollers.controller import KubeControllers
+from datastore import Client
+from datastore.resources import IPPool, Metadata, Node, NodeBGPSpec, WorkloadEndpoint
+from ipam import IPAM
+from testbed.poll import wait_for
+
+pytestmark = pytest.mark.etcd
+
+
+def k8s_node(client: Client, name: str) -> None:
+    client.etcd.put(f"/registry/minions/{name}", json.dumps(
+        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}))
+
+
+def k8s_pod(client: Client, name: str, node: str, ip: str | None, ns: str = "default") -> None:
+    doc = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
+           "spec": {"nodeName": node, "containers": [{"name": "c", "image": "nginx"}]}, "status": {}}
+    if ip:
+        doc["status"] = {"podIP": ip, "podIPs": [{"ip": ip}]}
+    client.etcd.put(f"/registry/pods/{ns}/{name}", json.dumps(doc))
+
+
+def calico_node(client: Client, ipam: IPAM, name: str, addr: str) -> IPv4Address:
+    tunnel = ipam.allocate_tunnel_address(name)
+    client.create(Node(metadata=Metadata(name=name),
+                       spec=Node.Spec(bgp=NodeBGPSpec(ipv4_address=addr, ipv4_ipip_tunnel_addr=str(tunnel)))))
+    return tunnel
+
+
+def pod_ip(client: Client, ipam: IPAM, pod: str, node: str, cid: str) -> IPv4Address:
+    ip = ipam.auto_assign(1, f"k8s-pod-network.{cid}", {"node": node, "pod": pod, "namespace": "default"},
+                          node)[0]
+    k8s_pod(client, pod, node, str(ip))
+    return ip
+
+
+@pytest.fixture
+def cluster(ds_client: Client):
+    ds_client.create(IPPool(metadata=Metadata(name="default-ipv4-ippool"),
+                            spec=IPPool.Spec(cidr="192.168.0.0/16", block_size=24, ipip_mode="Always")))
+    ipam = IPAM(ds_client)
+    for name, addr in (("w0", "172.30.0.11/24"), ("w1", "172.30.0.12/24")):
+        k8s_node(ds_client, name)
+        calico_node(ds_client, ipam, name, addr)
+    return ds_client, ipam
+
+
+def allocated(ipam: IPAM) -> set[str]:
+    return {str(ip) for b in ipam.blocks() for ip, _ in b.allocated()}
+
+
+def test_deleted_node_loses_calico_node_affinities_ips_and_endpoints(cluster):
+    client, ipam = cluster
+    ip0 = pod_ip(client, ipam, "a", "w0", "c0")
+    ip1 = pod_ip(client, ipam, "b", "w1", "c1")
+    client.create(WorkloadEndpoint(
+        metadata=Metadata(name="w1-k8s-b-eth0", namespace="default"),
+        spec=WorkloadEndpoint.Spec(orchestrator="k8s", node="w1", pod="b", endpoint="eth0",
+                                   ip_networks=[f"{ip1}/32"], interface_name="cali0123456789a")))
+    assert [a.host for a in ipam.store.list_affinities("w1")] == ["w1"]
+    kc = KubeControllers(client, Config(enabled=["node"], leak_grace_period=900))
+    stop = threading.Event()
+    t = threading.Thread(target=kc.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: kc.scans, what="first scan")
+        assert {n.metadata.name for n in client.list("Node")} == {"w0", "w1"}  # nothing deleted yet
+        client.etcd.delete("/registry/minions/w1")
+        wait_for(lambda: [n.metadata.name for n in client.list("Node")], lambda v: v == ["w0"],
+                 what="Calico Node w1 removed", timeout=10)
+    finally:
+        stop.set()
+        kc.dirty.set()
+        t.join(5)
+    assert ipam.store.list_affinities("w1") == []
+    assert [a.host for a in ipam.store.list_affinities("w0")] == ["w0"]
+    left = allocated(ipam)
+    assert str(ip1) not in left and str(ip0) in left
+    tunnel0 = client.get("Node", "w0").spec.bgp.ipv4_ipip_tunnel_addr
+    assert left == {str(ip0), tunnel0}
+    assert client.list("WorkloadEndpoint") == []
+    assert kc.cleaned_nodes == ["w1"]
+
+
+def test_leaked_pod_ip_released_after_grace_and_recheck(cluster):
+    client, ipam = cluster
+    now = [1000.0]
+    kc = KubeControllers(client, Config(enabled=["node"], leak_grace_period=10.0), clock=lambda: now[0])
+    live = pod_ip(client, ipam, "live", "w0", "c-live")
+    gone = pod_ip(client, ipam, "gone", "w0", "c-gone")
+    r = kc.scan()
+    assert r["released"] == [] and r["candidates"] == 0
+    client.etcd.delete("/registry/pods/default/gone")
+    r = kc.scan()
+    assert r["released"] == [] and r["candidates"] == 1
+    now[0] += 9.0
+    assert kc.scan()["released"] == []
+    assert str(gone) in allocated(ipam)
+    now[0] += 1.0
+    assert kc.scan()["released"] == [str(gone)]
+    assert str(gone) not in allocated(ipam) and str(live) in allocated(ipam)
+    assert ipam.store.get_handle("k8s-pod-network.c-gone") is None
+
+
+def test_pod_back_before_grace_keeps_its_ip(cluster):
+    client, ipam = cluster
+    now = [0.0]
+    kc = KubeControllers(client, Config(enabled=["node"], leak_grace_period=5.0), clock=lambda: now[0])
+    ip = pod_ip(client, ipam, "p", "w0", "c-p")
+    client.etcd.delete("/registry/pods/default/p")
+    assert kc.scan()["candidates"] == 1
+    k8s_pod(client, "p", "w0", None)  # re-created, no IP reported yet
+    now[0] += 60
+    assert kc.scan() == {"cleaned_nodes": [], "released": [], "candidates": 0}
+    assert str(ip) in allocated(ipam)
+
+
+def test_handle_with_a_live_address_is_kept(cluster):
+    client, ipam = cluster
+    now = [0.0]
+    kc = KubeControllers(client, Config(enabled=["node"], leak_grace_period=1.0), clock=lambda: now[0])
+    ips = ipam.auto_assign(2, "k8s-pod-network.multi", {"node": "w0", "pod": "m", "namespace": "default"},
+                           "w0")
+    k8s_pod(client, "m", "w0", str(ips[0]))  # the pod reports only its first address
+    kc.scan()
+    now[0] += 100
+    assert kc.scan()["released"] == []
+    assert {str(i) for i in ips} <= allocated(ipam)
+
+
+def test_entry_point_rejects_bad_config(etcd_endpoints):
+    env = {"ETCD_ENDPOINTS": etcd_endpoints[0], "LEAK_GRACE_PERIOD": "soon", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "agent.kubecontrollers"], env=env, capture_output=True,
+                          text=True, timeout=20)
+    assert proc.returncode == 1 and "LEAK_GRACE_PERIOD='soon' is not a duration" in proc.stderr
+
+

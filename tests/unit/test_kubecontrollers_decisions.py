@@ -1,0 +1,116 @@
+"""kube-controllers' pure decisions: node cleanup, IPAM leak candidates, grace, handles."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.kubecontrollers.config import ConfigError, from_env, parse_duration
+from agent.kubecontrollers.controller import pod_ips
+from agent.kubecontrollers.decisions import (
+    LEAKED,
+    NODE_GONE,
+    UNKNOWN,
+    VALID,
+    Allocation,
+    CalicoNodeRef,
+    ClusterView,
+    classify,
+    next_expiry,
+    nodes_to_clean,
+    plan_gc,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def pod_alloc(ip: str, pod: str, handle: str | None = None, node: str = "w0", seq: int = 1) -> Allocation:
+    return Allocation(ip=ip, block="192.168.1.0/24", handle_id=handle or f"k8s-pod-network.{pod}",
+                      attrs={"node": node, "pod": pod, "namespace": "default"}, sequence=seq)
+
+
+VIEW = ClusterView(nodes={"m", "w0"}, pods={("default", "live"): ("192.168.1.2",),
+                                            ("default", "starting"): ()})
+
+
+def test_classify():
+    assert classify(pod_alloc("192.168.1.2", "live"), VIEW) == VALID
+    assert classify(pod_alloc("192.168.1.3", "starting"), VIEW) == VALID  # no IP reported yet
+    assert classify(pod_alloc("192.168.1.4", "gone"), VIEW) == LEAKED
+    assert classify(pod_alloc("192.168.1.5", "live"), VIEW) == LEAKED  # pod now has another IP
+    assert classify(pod_alloc("192.168.1.6", "live", node="w9"), VIEW) == NODE_GONE
+    tunnel = Allocation("192.168.1.0", "192.168.1.0/24", "ipip-tunnel-addr-w0",
+                        {"node": "w0", "type": "ipipTunnelAddress"})
+    assert classify(tunnel, VIEW) == VALID
+    gone_tunnel = Allocation("192.168.2.0", "192.168.2.0/24", "ipip-tunnel-addr-w1", {})
+    assert classify(gone_tunnel, VIEW) == NODE_GONE
+    assert classify(Allocation("192.168.1.9", "192.168.1.0/24", "other", {}), VIEW) == UNKNOWN
+
+
+def test_leak_released_only_after_grace():
+    a = pod_alloc("192.168.1.4", "gone")
+    p1 = plan_gc([a], VIEW, {}, now=100.0, grace=10.0)
+    assert p1.candidates == {a.key: 100.0} and not p1.release_leaked
+    p2 = plan_gc([a], VIEW, p1.candidates, now=109.0, grace=10.0)
+    assert not p2.release_leaked and p2.candidates[a.key] == 100.0
+    p3 = plan_gc([a], VIEW, p2.candidates, now=110.0, grace=10.0)
+    assert p3.release_leaked == [a]
+    assert next_expiry(p2.candidates, 10.0) == 110.0 and next_expiry({}, 10.0) is None
+
+
+def test_candidate_that_becomes_valid_is_forgotten():
+    a = pod_alloc("192.168.1.2", "live")
+    p = plan_gc([a], VIEW, {a.key: 0.0}, now=1000.0, grace=10.0)
+    assert p.candidates == {} and not p.release_leaked
+
+
+def test_handle_with_one_live_ip_is_kept():
+    live = pod_alloc("192.168.1.2", "live", handle="h")
+    leaked = pod_alloc("192.168.1.7", "gone", handle="h")
+    p = plan_gc([live, leaked], VIEW, {leaked.key: 0.0}, now=1000.0, grace=10.0)
+    assert not p.release_leaked and leaked.key in p.candidates
+
+
+def test_reallocated_address_restarts_the_clock():
+    old = pod_alloc("192.168.1.4", "gone", seq=1)
+    new = pod_alloc("192.168.1.4", "gone", seq=7)
+    p = plan_gc([new], VIEW, {old.key: 0.0}, now=1000.0, grace=10.0)
+    assert not p.release_leaked and p.candidates == {new.key: 1000.0}
+
+
+def test_deleted_node_ips_go_at_once_and_zero_grace_keeps_leaks():
+    a = pod_alloc("192.168.1.6", "x", node="w9")
+    b = pod_alloc("192.168.1.4", "gone")
+    p = plan_gc([a, b], VIEW, {b.key: 0.0}, now=1e6, grace=0)
+    assert p.release_now == [a] and not p.release_leaked and b.key in p.candidates
+
+
+def test_nodes_to_clean():
+    refs = [CalicoNodeRef("m", "m"), CalicoNodeRef("w1", "w1"), CalicoNodeRef("w2", "w2"),
+            CalicoNodeRef("calico-w3", "w3")]
+    out, missing = nodes_to_clean(refs, {"m"}, deleted={"w1"}, missing_since={}, now=10.0, min_missing=2.0)
+    assert out == ["w1"] and missing == {"w2": 10.0, "calico-w3": 10.0}
+    refs = [r for r in refs if r.name != "w1"]  # cleaned up
+    out, missing = nodes_to_clean(refs, {"m", "w3"}, deleted=set(), missing_since=missing, now=12.0,
+                                  min_missing=2.0)
+    assert out == ["w2"] and missing == {}
+
+
+def test_config_from_env():
+    cfg = from_env({"ENABLED_CONTROLLERS": "node,policy", "LEAK_GRACE_PERIOD": "1m30s"})
+    assert cfg.enabled == ["node", "policy"] and cfg.leak_grace_period == 90.0
+    assert cfg.gc_interval == 45.0 and cfg.unimplemented == ["policy"]
+    assert from_env({}).leak_grace_period == 900.0
+    assert parse_duration("500ms", "X") == 0.5
+    with pytest.raises(ConfigError, match="LEAK_GRACE_PERIOD='15 min'"):
+        from_env({"LEAK_GRACE_PERIOD": "15 min"})
+    with pytest.raises(ConfigError, match="unknown controller 'nodes'"):
+        from_env({"ENABLED_CONTROLLERS": "nodes"})
+    with pytest.raises(ConfigError, match="DATASTORE_TYPE"):
+        from_env({"DATASTORE_TYPE": "kubernetes"})
+
+
+def test_pod_ips():
+    assert pod_ips({"status": {"podIPs": [{"ip": "1.2.3.4"}], "podIP": "1.2.3.4"}}) == ("1.2.3.4",)
+    assert pod_ips({"status": {"podIP": "1.2.3.5"}}) == ("1.2.3.5",)
+    assert pod_ips({"spec": {"hostNetwork": True}, "status": {"podIP": "172.30.0.11"}}) == ()
+    assert pod_ips({}) == ()
