@@ -37,7 +37,10 @@ def test_node_env_contract():
     assert env["NODE_NAME"] == "k8s-w0" and env["NODE_ROLE"] == "worker"
     assert env["ETCD_ENDPOINTS"] == "http://172.30.0.10:2379"
     assert env["CALICOLAB_LAB"] == "walkthrough" and env["DATASTORE_TYPE"] == "etcdv3"
-    assert env["PATH"].split(":")[0] == str(labmod.VENV_BIN)
+    path = env["PATH"].split(":")
+    # the node's own tools (ctr), then the venv's (kubectl, calicoctl, calico-node), then the system's
+    assert path[:2] == [str(labmod.REPO / "testbed" / "nodebin"), str(labmod.VENV_BIN)]
+    assert path.index(str(labmod.VENV_BIN)) < path.index("/usr/bin")
     assert env["HOME"] == "/root"
 
 
