@@ -244,6 +244,7 @@ class IpipPump:
         table = None
         send_for: dict[bytes, tuple] = {}  # inner destination -> (bound send() of its node's socket, template)
         n = 0
+        templates: dict[str, bytes] = {}  # gateway -> outer header template
         current = None  # the template now in rbuf[0:20]
         while not self._stop.is_set():
             try:
@@ -280,7 +281,10 @@ class IpipPump:
                 sock = self._senders.get(gw)
                 if sock is None:
                     sock = self._senders[gw] = connected_sender(gw)
-                entry = send_for[dst] = (sock.send, outer_template(gw))
+                tmpl = templates.get(gw)
+                if tmpl is None:  # one template object per node, so pods of one node share it
+                    tmpl = templates[gw] = outer_template(gw)
+                entry = send_for[dst] = (sock.send, tmpl)
             if entry[1] is not current:
                 current = rbuf[0:20] = entry[1]
             rbuf[1] = outer_tos[rbuf[21]]  # = encapsulate_into(rbuf, current), inlined (hot path)
