@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from datastore import errors
 from datastore.etcd import EtcdClient
@@ -51,8 +52,11 @@ class Client:
     """Typed access to Calico resources in etcd."""
 
     def __init__(self, endpoints: str | list[str] | None = None, *, timeout: float = 3.0,
-                 etcd: EtcdClient | None = None):
+                 etcd: EtcdClient | None = None, typha: Any = None):
         self.etcd = etcd or EtcdClient(endpoints or DEFAULT_ENDPOINTS, timeout=timeout)
+        #: a :class:`datastore.typha.TyphaClient`: watches (without a start revision) come
+        #: from Typha instead of etcd; reads and writes still go to etcd
+        self.typha = typha
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, timeout: float = 3.0) -> Client:
@@ -285,6 +289,14 @@ class WatchStream:
         return events, rev
 
     def __iter__(self) -> Iterator[WatchEvent]:
+        typha = getattr(self.client, "typha", None)
+        if typha is not None and self.revision is None:
+            self._watch = typha.stream(self.classes, stop=self.stop)
+            try:
+                yield from self._watch
+            finally:
+                self._watch = None
+            return
         rev = self.revision
         if rev is None:
             events, rev = self._snapshot()

@@ -1,0 +1,333 @@
+"""Typha's sync protocol (calicolab framing) and the client side of it.
+
+Typha keeps one datastore watch and fans it out to many calico-nodes over TCP 5473.
+The real Typha encodes its messages with Go's ``gob``; calicolab keeps the same
+messages and sequence but frames each as a 4-byte big-endian length followed by a
+UTF-8 JSON object whose ``"type"`` names the message (docs/install.md):
+
+=================  ==========  ====================================================
+message            direction   fields
+=================  ==========  ====================================================
+MsgClientHello     c -> s      Hostname, Info, Version, SyncerType
+MsgServerHello     s -> c      Version, SyncerType
+MsgKVs             s -> c      KVs: [{Key, Value (JSON text or null), Revision,
+                               UpdateType: new|updated|deleted}]
+MsgSyncStatus      s -> c      SyncStatus: wait-for-ready|resync|in-sync
+MsgPing            s -> c      Timestamp
+MsgPong            c -> s      PingTimestamp, PongTimestamp
+=================  ==========  ====================================================
+
+After the hellos the server sends the snapshot (MsgKVs batches), ``in-sync``, then
+deltas. :class:`TyphaClient` turns that into the same :class:`~datastore.client.WatchEvent`
+stream as :meth:`datastore.Client.watch`: the snapshot as ADDED events and one SYNCED,
+then changes; after a lost connection it reconnects (re-discovering Typha) and
+resyncs, emitting only the difference from what it had already delivered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from datastore.client import WatchEvent
+from datastore.resources import Resource, kind_for_key, resolve_kind
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 5473
+PROTOCOL_VERSION = "calicolab-typha/1"
+MAX_FRAME = 16 * 1024 * 1024
+#: Felix-side defaults (TyphaReadTimeout 30 s)
+READ_TIMEOUT = 30.0
+
+#: what each syncer type carries
+SYNCER_KINDS: dict[str, tuple[str, ...]] = {
+    "felix": ("WorkloadEndpoint", "Node", "IPPool", "FelixConfiguration"),
+    "bgp": ("Node", "BGPConfiguration", "BGPPeer", "IPPool", "BlockAffinity", "IPAMBlock"),
+}
+MESSAGE_TYPES = ("MsgClientHello", "MsgServerHello", "MsgKVs", "MsgSyncStatus", "MsgPing", "MsgPong")
+IN_SYNC = "in-sync"
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a valid message."""
+
+
+# -- framing (pure) --------------------------------------------------------------------
+
+
+def encode(msg: dict[str, Any]) -> bytes:
+    """One frame: length + JSON. ``msg["type"]`` must be a known message type."""
+    if msg.get("type") not in MESSAGE_TYPES:
+        raise ProtocolError(f"unknown message type {msg.get('type')!r}")
+    body = json.dumps(msg, separators=(",", ":")).encode()
+    return struct.pack(">I", len(body)) + body
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    """Parse one frame's body; ProtocolError if it is not a known message."""
+    try:
+        msg = json.loads(body.decode())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"frame is not JSON: {exc}") from None
+    if not isinstance(msg, dict) or msg.get("type") not in MESSAGE_TYPES:
+        raise ProtocolError(f"not a Typha message: {str(msg)[:80]!r}")
+    return msg
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    """Read exactly ``n`` bytes; EOFError if the peer closed."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError("connection closed")
+        buf += chunk
+    return bytes(buf)
+
+
+def read_msg(sock: socket.socket) -> dict[str, Any]:
+    """Read one message (blocking, honouring the socket's timeout)."""
+    (length,) = struct.unpack(">I", recv_exact(sock, 4))
+    if length > MAX_FRAME:
+        raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME} byte limit")
+    return decode_body(recv_exact(sock, length))
+
+
+def kv_of(kind: str, name: str, namespace: str | None, obj: Resource | None, revision: int,
+          update_type: str) -> dict[str, Any]:
+    """A SerializedUpdate for one watch event (Value None for a deletion)."""
+    cls = resolve_kind(kind)
+    key = obj.key() if obj is not None else cls.key_for(name, namespace)
+    value = obj.encode_value().decode() if obj is not None and update_type != "deleted" else None
+    return {"Key": key, "Value": value, "Revision": revision, "UpdateType": update_type}
+
+
+def syncer_for(kinds: Iterable[str | type[Resource]]) -> str:
+    """The syncer type that carries every kind in ``kinds`` (felix first, then bgp)."""
+    names = {k if isinstance(k, str) else k.KIND for k in kinds}
+    names = {resolve_kind(n).KIND for n in names}
+    for syncer, carried in SYNCER_KINDS.items():
+        if names <= set(carried):
+            return syncer
+    raise ValueError(f"no Typha syncer carries all of {', '.join(sorted(names))}")
+
+
+def parse_address(addr: str) -> tuple[str, int]:
+    """``host[:port]`` -> (host, port), port defaulting to 5473."""
+    host, sep, port = addr.rpartition(":")
+    if not sep:
+        return addr, DEFAULT_PORT
+    try:
+        return host, int(port)
+    except ValueError:
+        raise ValueError(f"Typha address {addr!r}: port {port!r} is not a number") from None
+
+
+# -- discovery -------------------------------------------------------------------------
+
+
+def k8s_service_discovery(etcd: Any, service: str, namespace: str = "kube-system",
+                          port_name: str = "calico-typha") -> Callable[[], str | None]:
+    """Felix's TyphaK8sServiceName: read the Service's Endpoints (where the API server
+    keeps them, ``/registry/services/endpoints/<ns>/<name>``) and return a ready
+    ``ip:port``, or None while there is none."""
+    key = f"/registry/services/endpoints/{namespace}/{service}"
+
+    def find() -> str | None:
+        kv = etcd.get(key)
+        if kv is None:
+            return None
+        try:
+            doc = json.loads(kv.value)
+        except ValueError:
+            return None
+        for subset in doc.get("subsets") or []:
+            ports = subset.get("ports") or []
+            port = next((p.get("port") for p in ports if p.get("name") == port_name), None)
+            if port is None and ports:
+                port = ports[0].get("port")
+            for a in subset.get("addresses") or []:
+                if a.get("ip"):
+                    return f"{a['ip']}:{port or DEFAULT_PORT}"
+        return None
+
+    return find
+
+
+def typha_from_env(env: dict[str, str], etcd: Any, hostname: str = "") -> TyphaClient | None:
+    """A client when ``FELIX_TYPHAADDR``/``TYPHA_ADDR`` or ``FELIX_TYPHAK8SSERVICENAME`` is
+    set (``FELIX_TYPHAK8SNAMESPACE``, default kube-system); None otherwise."""
+    addr = env.get("FELIX_TYPHAADDR") or env.get("TYPHA_ADDR")
+    if addr:
+        parse_address(addr)
+        return TyphaClient(addr, hostname=hostname)
+    service = env.get("FELIX_TYPHAK8SSERVICENAME")
+    if service and service.lower() != "none":
+        ns = env.get("FELIX_TYPHAK8SNAMESPACE") or "kube-system"
+        return TyphaClient(discover=k8s_service_discovery(etcd, service, ns), hostname=hostname,
+                           where=f"Service {ns}/{service}")
+    return None
+
+
+# -- client ----------------------------------------------------------------------------
+
+
+class TyphaClient:
+    """Connects to Typha; :meth:`stream` gives a WatchEvent stream like Client.watch."""
+
+    def __init__(self, address: str | None = None, *, discover: Callable[[], str | None] | None = None,
+                 hostname: str = "", read_timeout: float = READ_TIMEOUT, retry_delay: float = 0.5,
+                 where: str = ""):
+        if address is None and discover is None:
+            raise ValueError("TyphaClient needs an address or a discovery function")
+        self.address = address
+        self.discover = discover
+        self.hostname = hostname or socket.gethostname()
+        self.read_timeout = read_timeout
+        self.retry_delay = retry_delay
+        self.where = where or (address or "")
+        self.connects = 0  # successful handshakes (tests, status)
+
+    def resolve(self) -> tuple[str, int] | None:
+        """Typha's (host, port) now, or None if discovery finds none yet."""
+        addr = self.address or (self.discover() if self.discover else None)
+        return parse_address(addr) if addr else None
+
+    def stream(self, kinds: Iterable[str | type[Resource]],
+               stop: threading.Event | None = None) -> TyphaWatchStream:
+        """A cancellable stream of WatchEvents for ``kinds``."""
+        return TyphaWatchStream(self, kinds, stop)
+
+
+class TyphaWatchStream:
+    """Iterate for WatchEvents; :meth:`close` ends the iteration from any thread."""
+
+    def __init__(self, client: TyphaClient, kinds: Iterable[str | type[Resource]],
+                 stop: threading.Event | None = None):
+        self.client = client
+        self.classes = [resolve_kind(k) if isinstance(k, str) else k for k in kinds]
+        self.syncer = syncer_for(self.classes)
+        self.stop = stop or threading.Event()
+        self.known: dict[str, int] = {}
+        self._sock: socket.socket | None = None
+        self._send_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Stop the stream (safe from any thread)."""
+        self.stop.set()
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _event(self, kv: dict[str, Any]) -> WatchEvent | None:
+        key = kv.get("Key") or ""
+        ident = kind_for_key(key)
+        if ident is None or ident[0] not in self.classes:
+            return None
+        cls, ns, name = ident
+        rev = int(kv.get("Revision") or 0)
+        if kv.get("UpdateType") == "deleted" or kv.get("Value") is None:
+            if self.known.pop(key, None) is None:
+                return None
+            return WatchEvent("DELETED", cls.KIND, name, ns, None, rev)
+        try:
+            obj = cls.decode_value(key, str(kv["Value"]).encode(), rev)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring undecodable %s from Typha at %s: %s", cls.KIND, key, exc)
+            return None
+        etype = "MODIFIED" if key in self.known else "ADDED"
+        self.known[key] = rev
+        return WatchEvent(etype, cls.KIND, name, ns, obj, rev)
+
+    def _send(self, sock: socket.socket, msg: dict[str, Any]) -> None:
+        with self._send_lock:
+            sock.sendall(encode(msg))
+
+    def _connect(self) -> socket.socket | None:
+        addr = self.client.resolve()
+        if addr is None:
+            log.info("waiting for Typha (%s has no ready address)", self.client.where)
+            return None
+        sock = socket.create_connection(addr, timeout=5.0)
+        sock.settimeout(self.client.read_timeout)
+        self._send(sock, {"type": "MsgClientHello", "Hostname": self.client.hostname,
+                          "Info": "calicolab calico-node", "Version": PROTOCOL_VERSION,
+                          "SyncerType": self.syncer})
+        hello = read_msg(sock)
+        if hello["type"] != "MsgServerHello" or hello.get("SyncerType") != self.syncer:
+            sock.close()
+            raise ProtocolError(f"unexpected handshake reply {hello}")
+        self.client.connects += 1
+        log.info("connected to Typha at %s:%d (syncer %s)", addr[0], addr[1], self.syncer)
+        return sock
+
+    def _session(self, sock: socket.socket) -> Iterator[WatchEvent]:
+        snapshot: dict[str, dict[str, Any]] | None = {}
+        while not self.stop.is_set():
+            msg = read_msg(sock)
+            mtype = msg["type"]
+            if mtype == "MsgPing":
+                self._send(sock, {"type": "MsgPong", "PingTimestamp": msg.get("Timestamp"),
+                                  "PongTimestamp": time.time()})
+            elif mtype == "MsgKVs":
+                for kv in msg.get("KVs") or []:
+                    if snapshot is not None:
+                        snapshot[kv.get("Key") or ""] = kv
+                    else:
+                        ev = self._event(kv)
+                        if ev is not None:
+                            yield ev
+            elif mtype == "MsgSyncStatus" and msg.get("SyncStatus") == IN_SYNC and snapshot is not None:
+                yield from self._resync(snapshot)
+                snapshot = None
+
+    def _resync(self, snapshot: dict[str, dict[str, Any]]) -> Iterator[WatchEvent]:
+        """Deliver the difference between what we delivered before and ``snapshot``."""
+        rev = 0
+        wanted = {}
+        for key, kv in snapshot.items():
+            ident = kind_for_key(key)
+            if ident is not None and ident[0] in self.classes and kv.get("Value") is not None:
+                wanted[key] = kv
+                rev = max(rev, int(kv.get("Revision") or 0))
+        for key in [k for k in self.known if k not in wanted]:
+            ev = self._event({"Key": key, "Value": None, "Revision": rev, "UpdateType": "deleted"})
+            if ev is not None:
+                yield ev
+        for key, kv in wanted.items():
+            if self.known.get(key) == int(kv.get("Revision") or 0):
+                continue
+            ev = self._event(kv)
+            if ev is not None:
+                yield ev
+        yield WatchEvent("SYNCED", "", "", None, None, rev)
+
+    def __iter__(self) -> Iterator[WatchEvent]:
+        while not self.stop.is_set():
+            sock = None
+            try:
+                sock = self._connect()
+                if sock is not None:
+                    self._sock = sock
+                    if self.stop.is_set():
+                        return
+                    yield from self._session(sock)
+            except (OSError, EOFError, ProtocolError, ValueError) as exc:
+                if self.stop.is_set():
+                    return
+                log.warning("Typha connection lost (%s); reconnecting", exc)
+            finally:
+                self._sock = None
+                if sock is not None:
+                    sock.close()
+            self.stop.wait(self.client.retry_delay)
