@@ -4,7 +4,8 @@ Environment (as calico-node's): NODENAME/NODE_NAME, ETCD_ENDPOINTS, IP
 (autodetect|none|<ip>[/len]), IP_AUTODETECTION_METHOD, CALICO_IPV4POOL_CIDR,
 CALICO_IPV4POOL_BLOCK_SIZE, CALICO_IPV4POOL_IPIP, CALICO_IPV4POOL_NAT_OUTGOING,
 CALICO_NETWORKING_BACKEND (bird|none), FELIX_HEALTHPORT (9099), FELIX_* settings,
-CNI_NET_DIR, CNI_BIN_DIR; calicolab additions: CALICO_VAR_LIB_DIR
+CNI_NET_DIR, CNI_BIN_DIR, FELIX_TYPHAADDR / FELIX_TYPHAK8SSERVICENAME (+ FELIX_TYPHAK8SNAMESPACE:
+watches through Typha); calicolab additions: CALICO_VAR_LIB_DIR
 (/var/lib/calico), CALICO_VAR_RUN_DIR (/var/run/calico), CALICO_TUNNEL_MODE
 (auto|kernel|userspace), CALICO_INSTALL_CNI (true).
 """
@@ -137,6 +138,11 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
         log.info("health on 127.0.0.1:%d", health.port)
 
     client = Client.from_env(env)
+    from datastore.typha import typha_from_env
+
+    client.typha = typha_from_env(env, client.etcd, hostname=nodename)  # FELIX_TYPHAADDR / ...K8SSERVICENAME
+    if client.typha is not None:
+        log.info("Felix and confd take their watches from Typha (%s)", client.typha.where)
     delay = 0.2
     while True:
         try:
