@@ -42,6 +42,31 @@ def _bgp_service(client: Any, nodename: str, var_run: str) -> Any:
     return svc
 
 
+SUPERVISE_INTERVAL = 1.0  # seconds between checks that confd's watcher is alive
+
+
+def _restart_dead_confd(svc: Any, client: Any, nodename: str) -> bool:
+    """Start confd's watcher again when its thread has died (as runit restarts a dead
+    confd in calico-node); the speaker keeps running. Returns True if it restarted it.
+
+    Seen in 50-node labs: etcd, busy with every node starting at once, answered the
+    watcher's first list after the client's 3 s timeout; the watcher logged "confd
+    watcher stopped" and the node never got a BGP configuration (no routes)."""
+    watcher = getattr(svc, "watcher", None) if svc is not None else None
+    thread = getattr(watcher, "_thread", None)
+    if watcher is None or thread is None or thread.is_alive() or not thread.ident:
+        return False
+    from agent.confd.watcher import ConfdWatcher
+
+    log.warning("confd watcher is not running (%s); starting it again",
+                getattr(watcher, "last_error", "") or "no error recorded")
+    fresh = ConfdWatcher(client, nodename, svc._apply, timers=svc.timers)
+    fresh.last = watcher.last  # the speaker has that configuration already
+    svc.watcher = fresh
+    fresh.start()
+    return True
+
+
 #: The CNI plugins' fast launchers (python3 -IS, linked into the CNI bin dir).
 CNI_LAUNCHERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cni", "bin")
 CNI_SOCKET = "/var/run/calico/cni.sock"
@@ -180,7 +205,8 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
             state["bgp"] = _bgp_service(client, result.nodename, var_run)
         except Exception:  # noqa: BLE001 - Felix keeps running; BGP state shows in /status
             log.exception("BGP service failed to start")
-    stop.wait()
+    while not stop.wait(SUPERVISE_INTERVAL):
+        _restart_dead_confd(state["bgp"], client, result.nodename)
     state["phase"] = "stopping"
     t0 = time.monotonic()
     if state["bgp"] is not None:
