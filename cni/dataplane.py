@@ -13,7 +13,7 @@ import errno
 import os
 from dataclasses import dataclass
 
-from cni.netlink import RT_SCOPE_LINK, Link, Netlink, NetlinkError, mac_to_bytes
+from cni.netlink import RT_SCOPE_LINK, Link, Netlink, NetlinkError, in_netns, mac_to_bytes
 
 HOST_MAC = "ee:ee:ee:ee:ee:ee"
 GATEWAY = "169.254.1.1"
@@ -57,10 +57,12 @@ def _set_host_sysctls(ifname: str) -> None:
 
 
 def setup(host_ifname: str, pod_ifname: str, netns_path: str, address: str, mtu: int,
-          pod_mac: str | None = None) -> Plumbing:
+          pod_mac: str | None = None, allow_ip_forwarding: bool = False) -> Plumbing:
     """Build the veth pair, sysctls, addresses and routes; on failure remove what was made.
 
     ``pod_mac`` (Calico's ``cni.projectcalico.org/hwAddr``) sets the pod side's MAC.
+    The pod's ``net.ipv4.ip_forward`` is set to 0, or 1 with ``allow_ip_forwarding``
+    (netconf ``container_settings.allow_ip_forwarding``), as Calico does.
     """
     if pod_mac is not None:
         try:
@@ -80,7 +82,8 @@ def setup(host_ifname: str, pod_ifname: str, netns_path: str, address: str, mtu:
             raise DataplaneError(f"cannot enter pod network namespace {netns_path}: {exc.strerror}") from None
         host_nl = Netlink()
         try:
-            return _setup(host_nl, pod_nl, ns_fd, host_ifname, pod_ifname, netns_path, address, mtu, pod_mac)
+            return _setup(host_nl, pod_nl, ns_fd, host_ifname, pod_ifname, netns_path, address, mtu, pod_mac,
+                          allow_ip_forwarding)
         finally:
             host_nl.close()
             pod_nl.close()
@@ -89,7 +92,8 @@ def setup(host_ifname: str, pod_ifname: str, netns_path: str, address: str, mtu:
 
 
 def _setup(host_nl: Netlink, pod_nl: Netlink, ns_fd: int, host_ifname: str, pod_ifname: str,
-           netns_path: str, address: str, mtu: int, pod_mac: str | None) -> Plumbing:
+           netns_path: str, address: str, mtu: int, pod_mac: str | None,
+           allow_ip_forwarding: bool = False) -> Plumbing:
     existing = pod_nl.link_get(pod_ifname)
     if existing is not None:
         raise DataplaneError(f"interface {pod_ifname} already exists in {netns_path}")
@@ -111,6 +115,8 @@ def _setup(host_nl: Netlink, pod_nl: Netlink, ns_fd: int, host_ifname: str, pod_
         pod = pod_nl.link_get(pod_ifname)
         if pod is None:
             raise DataplaneError(f"{pod_ifname} did not appear in {netns_path}")
+        with in_netns(netns_path):
+            write_sysctl("ipv4/ip_forward", "1" if allow_ip_forwarding else "0")
         pod_nl.link_set(pod.index, up=True)
         pod_nl.addr_add(pod.index, address, 32)
         pod_nl.route_add(f"{GATEWAY}/32", pod.index, scope=RT_SCOPE_LINK)

@@ -37,6 +37,21 @@ def _weps(node: CniNode) -> list:
         return c.list("WorkloadEndpoint")
 
 
+def _pod_sysctl(pod: str, key: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", pod, "cat", f"/proc/sys/net/{key}"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_container_settings_allow_ip_forwarding(node, netns):
+    pod = netns("cnip")
+    conf = node.conf(container_settings={"allow_ip_forwarding": True})
+    add = node.run("ADD", conf, cid="fwd01", netns=f"/run/netns/{pod}")
+    assert add.rc == 0, add.stdout + add.stderr
+    assert _pod_sysctl(pod, "ipv4/ip_forward") == "1"
+    dele = node.run("DEL", conf, cid="fwd01", netns=f"/run/netns/{pod}")
+    assert dele.rc == 0, dele.stdout + dele.stderr
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_add_check_del_every_version(node, netns, version):
     pod = netns("cnip")
@@ -66,6 +81,7 @@ def test_add_check_del_every_version(node, netns, version):
     assert sandbox["mac"] in node.ip("link", "show", "eth0", pod=pod)
     routes = node.ip("route", pod=pod)
     assert "default via 169.254.1.1 dev eth0" in routes and "169.254.1.1 dev eth0 scope link" in routes
+    assert _pod_sysctl(pod, "ipv4/ip_forward") == "0"
     # datastore
     (wep,) = _weps(node)
     assert wep.metadata.name == "k8s--w0-k8s-nginx-eth0" and wep.metadata.namespace == "default"
