@@ -43,28 +43,52 @@ def _bgp_service(client: Any, nodename: str, var_run: str) -> Any:
 
 
 SUPERVISE_INTERVAL = 1.0  # seconds between checks that confd's watcher is alive
+ETCD_TIMEOUT = 10.0  # seconds per etcd request: a busy etcd is waited for, not asked again
 
 
-def _restart_dead_confd(svc: Any, client: Any, nodename: str) -> bool:
-    """Start confd's watcher again when its thread has died (as runit restarts a dead
-    confd in calico-node); the speaker keeps running. Returns True if it restarted it.
+class ConfdSupervisor:
+    """Starts confd's watcher again when its thread has died (as runit restarts a dead
+    confd in calico-node); the speaker keeps running. Restarts back off (1 s doubling
+    to 30 s; back to 1 s once a watcher synced), so a struggling etcd is not hit by a
+    full list from every node every second.
 
     Seen in 50-node labs: etcd, busy with every node starting at once, answered the
-    watcher's first list after the client's 3 s timeout; the watcher logged "confd
-    watcher stopped" and the node never got a BGP configuration (no routes)."""
-    watcher = getattr(svc, "watcher", None) if svc is not None else None
-    thread = getattr(watcher, "_thread", None)
-    if watcher is None or thread is None or thread.is_alive() or not thread.ident:
-        return False
-    from agent.confd.watcher import ConfdWatcher
+    watcher's first list after the client's timeout; the watcher logged "confd watcher
+    stopped" and the node never got a BGP configuration (no routes)."""
 
-    log.warning("confd watcher is not running (%s); starting it again",
-                getattr(watcher, "last_error", "") or "no error recorded")
-    fresh = ConfdWatcher(client, nodename, svc._apply, timers=svc.timers)
-    fresh.last = watcher.last  # the speaker has that configuration already
-    svc.watcher = fresh
-    fresh.start()
-    return True
+    def __init__(self, client: Any, nodename: str, first_delay: float = 1.0, max_delay: float = 30.0):
+        self.client, self.nodename = client, nodename
+        self.first_delay, self.max_delay = first_delay, max_delay
+        self.delay = first_delay
+        self.due: float | None = None
+        self.restarts = 0
+
+    def check(self, svc: Any, now: float | None = None) -> bool:
+        """Restart ``svc``'s watcher if it died and its back-off has passed; True if restarted."""
+        now = time.monotonic() if now is None else now
+        watcher = getattr(svc, "watcher", None) if svc is not None else None
+        thread = getattr(watcher, "_thread", None)
+        if watcher is None or thread is None or thread.is_alive() or not thread.ident:
+            if watcher is not None and watcher.synced.is_set():
+                self.delay = self.first_delay
+            return False
+        if self.due is None:
+            self.due = now + self.delay
+            log.warning("confd watcher is not running (%s); starting it again in %.0fs",
+                        getattr(watcher, "last_error", "") or "no error recorded", self.delay)
+            return False
+        if now < self.due:
+            return False
+        from agent.confd.watcher import ConfdWatcher
+
+        fresh = ConfdWatcher(self.client, self.nodename, svc._apply, timers=svc.timers)
+        fresh.last = watcher.last  # the speaker has that configuration already
+        svc.watcher = fresh
+        fresh.start()
+        self.restarts += 1
+        self.due = None
+        self.delay = min(self.delay * 2, self.max_delay)
+        return True
 
 
 #: The CNI plugins' fast launchers (python3 -IS, linked into the CNI bin dir).
@@ -162,7 +186,7 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
         health.start()
         log.info("health on 127.0.0.1:%d", health.port)
 
-    client = Client.from_env(env)
+    client = Client.from_env(env, timeout=ETCD_TIMEOUT)
     from datastore.typha import typha_from_env
 
     client.typha = typha_from_env(env, client.etcd, hostname=nodename)  # FELIX_TYPHAADDR / ...K8SSERVICENAME
@@ -205,8 +229,9 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
             state["bgp"] = _bgp_service(client, result.nodename, var_run)
         except Exception:  # noqa: BLE001 - Felix keeps running; BGP state shows in /status
             log.exception("BGP service failed to start")
+    confd = ConfdSupervisor(client, result.nodename)
     while not stop.wait(SUPERVISE_INTERVAL):
-        _restart_dead_confd(state["bgp"], client, result.nodename)
+        confd.check(state["bgp"])
     state["phase"] = "stopping"
     t0 = time.monotonic()
     if state["bgp"] is not None:
