@@ -218,6 +218,7 @@ class TyphaWatchStream:
         self.known: dict[str, int] = {}
         self._sock: socket.socket | None = None
         self._send_lock = threading.Lock()
+        self._waiting = False
 
     def close(self) -> None:
         """Stop the stream (safe from any thread)."""
@@ -256,8 +257,11 @@ class TyphaWatchStream:
     def _connect(self) -> socket.socket | None:
         addr = self.client.resolve()
         if addr is None:
-            log.info("waiting for Typha (%s has no ready address)", self.client.where)
+            if not self._waiting:  # once per wait, not every retry
+                log.info("waiting for Typha (%s has no ready address)", self.client.where)
+            self._waiting = True
             return None
+        self._waiting = False
         sock = socket.create_connection(addr, timeout=5.0)
         sock.settimeout(self.client.read_timeout)
         self._send(sock, {"type": "MsgClientHello", "Hostname": self.client.hostname,
