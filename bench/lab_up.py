@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -88,25 +87,73 @@ def cluster_view(cp_netns: str, endpoints: list[str]) -> dict:
     return nsmod.run_in(cp_netns, read)
 
 
+def probe_until_200(ips: list[str], timeout: float = 60.0, attempt_timeout: float = 1.0,
+                    retry: float = 0.05) -> dict[str, float]:
+    """Wall-clock time (epoch) at which each IP first answered ``GET /`` on port 80 with
+    status 200. One thread, non-blocking sockets: every IP is tried at once, an attempt
+    that fails (refused, unreachable, reset, no answer within ``attempt_timeout``) is
+    repeated ``retry`` s later, until ``timeout``. Runs in the caller's netns."""
+    import selectors
+    import socket
+
+    sel = selectors.DefaultSelector()
+    seen: dict[str, float] = {}
+    start = time.monotonic()
+    due = dict.fromkeys(ips, start)  # ip -> when to (re)try
+    conns: dict[str, tuple[socket.socket, float, bytearray]] = {}
+
+    def close(ip: str) -> None:
+        sock, _, _ = conns.pop(ip)
+        sel.unregister(sock)
+        sock.close()
+        due[ip] = time.monotonic() + retry
+
+    while len(seen) < len(ips) and time.monotonic() - start < timeout:
+        now = time.monotonic()
+        for ip in [i for i, t in due.items() if t <= now and i not in conns and i not in seen]:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.connect_ex((ip, 80))
+            conns[ip] = (sock, now, bytearray())
+            sel.register(sock, selectors.EVENT_WRITE, ip)
+        for key, events in sel.select(timeout=0.01):
+            ip = key.data
+            sock, began, buf = conns[ip]
+            if events & selectors.EVENT_WRITE:
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    close(ip)
+                    continue
+                try:
+                    sock.send(f"GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n".encode())
+                except OSError:
+                    close(ip)
+                    continue
+                sel.modify(sock, selectors.EVENT_READ, ip)
+                continue
+            try:
+                data = sock.recv(4096)
+            except OSError:
+                data = b""
+            buf += data
+            if b"\r\n" in buf or not data:
+                status = buf.split(b"\r\n", 1)[0].split()
+                if len(status) >= 2 and status[1] == b"200":
+                    seen[ip] = time.time()
+                close(ip)
+        now = time.monotonic()
+        for ip in [i for i, (_, began, _) in conns.items() if now - began > attempt_timeout]:
+            close(ip)
+    for ip in list(conns):
+        close(ip)
+    sel.close()
+    return seen
+
+
 def reachable_at(cp_netns: str, ips: list[str], timeout: float = 60.0) -> dict[str, float]:
     """Wall-clock time (epoch) at which each pod IP first answered HTTP 200 from the
-    control-plane node; each IP is retried every 50 ms, in parallel, up to ``timeout``."""
-    loop = (
-        f'ip=$1; end=$(($(date +%s) + {int(timeout)})); '
-        'while [ "$(date +%s)" -lt "$end" ]; do '
-        'c=$(curl -s -o /dev/null -m 0.3 -w "%{http_code}" "http://$ip/"); '
-        '[ "$c" = 200 ] && { echo "$ip $(date +%s.%N)"; exit 0; }; sleep 0.05; done; '
-        'echo "$ip never"'
-    )
-    script = " ".join(f"sh -c '{loop}' _ {ip} &" for ip in ips) + " wait"
-    out = subprocess.run(["ip", "netns", "exec", cp_netns, "sh", "-c", script],
-                         capture_output=True, text=True, timeout=timeout + 30).stdout
-    seen: dict[str, float] = {}
-    for line in out.splitlines():
-        ip, _, when = line.partition(" ")
-        if when and when != "never":
-            seen[ip] = float(when)
-    return seen
+    control-plane node (:func:`probe_until_200` inside its netns; one light process for
+    every pod, so the measurement does not load the machine it measures)."""
+    return nsmod.run_in(cp_netns, probe_until_200, ips, timeout)
 
 
 def run_one(nodes: int, pods: int, workdir: Path) -> dict:
