@@ -317,13 +317,13 @@ def cmd_add(inv: Invocation) -> dict[str, Any]:
         with inv.timed("datastore"):
             _check_ready(client)
             reused = _reuse_addresses(inv, client, wep_name, wep_ns) if inv.nc.ipam.type == "calico-ipam" else []
+        pod_mac = (inv.pod(client) or k8s.PodInfo()).annotations.get(k8s.ANN_HWADDR) or None
     except CNIError:
         raise
     except Exception as exc:
         raise _datastore_error(exc, "reading the datastore") from exc
     mtu = determine_mtu(inv.nc, MTU_FILE)
     host_if = _host_ifname(inv)
-    pod_mac = (inv.pod(client) or k8s.PodInfo()).annotations.get(k8s.ANN_HWADDR) or None
     addresses = reused or _allocate(inv, nodename)
     address = addresses[0].split("/")[0]
     try:
