@@ -231,7 +231,7 @@ def test_two_node_agent_end_to_end(cluster):
     """)
     client = textwrap.dedent(f"""
         import socket, sys
-        c = socket.create_connection(('{ipb}', 7007), timeout=30)
+        c = socket.create_connection(('{ipb}', 7007), timeout=90)  # TCP backoff after a slow restart
         for line in sys.stdin:
             c.sendall(line.encode()); print(c.recv(4096).decode().strip(), flush=True)
     """)
