@@ -753,7 +753,7 @@ class IPAMBlock(Resource):
         doc = {
             "cidr": s.cidr,
             "affinity": s.affinity,
-            "affinityClaimTime": s.affinity_claim_time,
+            **({"affinityClaimTime": s.affinity_claim_time} if s.affinity_claim_time else {}),
             "strictAffinity": s.strict_affinity,
             "allocations": s.allocations,
             "unallocated": s.unallocated,

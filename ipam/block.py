@@ -219,6 +219,7 @@ class Block:
     sequence_number_for_allocation: dict[str, int] = field(default_factory=dict)
     affinity_claim_time: str | None = None
     deleted: bool = False
+    strict_affinity: bool = False
 
     @classmethod
     def new(cls, cidr: IPv4Network | str, affinity: str | None = None,
@@ -381,18 +382,21 @@ class Block:
     # -- JSON (Calico's etcd value shape) -----------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """The block as Calico stores it (``model.AllocationBlock`` JSON)."""
-        return {
-            "cidr": str(self.cidr),
-            "affinity": self.affinity,
-            "affinityClaimTime": self.affinity_claim_time,
+        """The block as Calico stores it (``model.AllocationBlock`` JSON: ``affinityClaimTime``
+        is omitted when unset, ``strictAffinity`` always present)."""
+        out: dict[str, Any] = {"cidr": str(self.cidr), "affinity": self.affinity}
+        if self.affinity_claim_time:
+            out["affinityClaimTime"] = self.affinity_claim_time
+        out.update({
+            "strictAffinity": self.strict_affinity,
             "allocations": list(self.allocations),
             "unallocated": list(self.unallocated),
             "attributes": [a.to_dict() for a in self.attributes],
             "deleted": self.deleted,
             "sequenceNumber": self.sequence_number,
             "sequenceNumberForAllocation": dict(self.sequence_number_for_allocation),
-        }
+        })
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Block:
@@ -413,6 +417,7 @@ class Block:
             unallocated=list(pick("unallocated", default=list(range(n)))),
             attributes=[Attribute.from_dict(a) for a in pick("attributes", default=[])],
             deleted=bool(pick("deleted", default=False)),
+            strict_affinity=bool(pick("strictAffinity", "strict_affinity", default=False)),
             sequence_number=int(pick("sequenceNumber", "sequence_number", default=0)),
             sequence_number_for_allocation={
                 str(k): int(v) for k, v in

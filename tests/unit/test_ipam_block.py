@@ -121,6 +121,13 @@ def test_block_json_round_trip():
                                   "secondary": {"node": "w0", "type": "ipipTunnelAddress"}}
     assert d["sequenceNumberForAllocation"] == {"0": 0, "1": 0}
     assert Block.from_dict(d) == b
+    # model.AllocationBlock's JSON: strictAffinity always, affinityClaimTime omitempty
+    assert list(d) == ["cidr", "affinity", "affinityClaimTime", "strictAffinity", "allocations", "unallocated",
+                       "attributes", "deleted", "sequenceNumber", "sequenceNumberForAllocation"]
+    assert d["strictAffinity"] is False
+    assert "affinityClaimTime" not in Block.new("10.1.0.0/28").to_dict()
+    written_by_other = {**d, "strictAffinity": True}
+    assert Block.from_dict(written_by_other).to_dict()["strictAffinity"] is True  # kept on rewrite
 
 
 def test_check_finds_corruption():
