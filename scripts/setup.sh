@@ -62,8 +62,14 @@ stamp=.venv/.calicolab-installed
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     say "installing Python packages into .venv"
-    .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+    # pip's chatter goes to a log, shown only if the install fails.
+    if ! { .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip &&
+           .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'; } \
+           > .venv/pip-install.log 2>&1; then
+        cat .venv/pip-install.log >&2
+        echo "setup: pip install failed (log above, also in .venv/pip-install.log)" >&2
+        exit 1
+    fi
     echo "$want" > "$stamp"
 fi
 .venv/bin/python -c 'import mininet.net, pyroute2, scapy, yaml' || {
