@@ -87,48 +87,48 @@ def cluster_view(cp_netns: str, endpoints: list[str]) -> dict:
     return nsmod.run_in(cp_netns, read)
 
 
-def probe_until_200(ips: list[str], timeout: float = 60.0, attempt_timeout: float = 1.0,
-                    retry: float = 0.05) -> dict[str, float]:
+def probe_until_200(ips: list[str], timeout: float = 60.0, attempt_timeout: float = 3.0,
+                    interval: float = 0.1) -> dict[str, float]:
     """Wall-clock time (epoch) at which each IP first answered ``GET /`` on port 80 with
-    status 200. One thread, non-blocking sockets: every IP is tried at once, an attempt
-    that fails (refused, unreachable, reset, no answer within ``attempt_timeout``) is
-    repeated ``retry`` s later, until ``timeout``. Runs in the caller's netns."""
+    status 200. One thread, non-blocking sockets: every IP gets a new connection
+    attempt every ``interval`` s while it has not answered (earlier attempts stay open
+    up to ``attempt_timeout``, so an answer that needed a SYN retransmission still
+    counts, at the time it came), until ``timeout``. Runs in the caller's netns."""
     import selectors
     import socket
 
     sel = selectors.DefaultSelector()
     seen: dict[str, float] = {}
     start = time.monotonic()
-    due = dict.fromkeys(ips, start)  # ip -> when to (re)try
-    conns: dict[str, tuple[socket.socket, float, bytearray]] = {}
+    next_try = dict.fromkeys(ips, start)
+    conns: dict[socket.socket, tuple[str, float, bytearray]] = {}
 
-    def close(ip: str) -> None:
-        sock, _, _ = conns.pop(ip)
+    def close(sock: socket.socket) -> None:
+        conns.pop(sock)
         sel.unregister(sock)
         sock.close()
-        due[ip] = time.monotonic() + retry
 
     while len(seen) < len(ips) and time.monotonic() - start < timeout:
         now = time.monotonic()
-        for ip in [i for i, t in due.items() if t <= now and i not in conns and i not in seen]:
+        for ip in [i for i, t in next_try.items() if t <= now and i not in seen]:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setblocking(False)
             sock.connect_ex((ip, 80))
-            conns[ip] = (sock, now, bytearray())
-            sel.register(sock, selectors.EVENT_WRITE, ip)
+            conns[sock] = (ip, now, bytearray())
+            sel.register(sock, selectors.EVENT_WRITE)
+            next_try[ip] = now + interval
         for key, events in sel.select(timeout=0.01):
-            ip = key.data
-            sock, began, buf = conns[ip]
+            sock = key.fileobj
+            ip, _, buf = conns[sock]
             if events & selectors.EVENT_WRITE:
-                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-                    close(ip)
-                    continue
                 try:
+                    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                        raise OSError("connect failed")
                     sock.send(f"GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n".encode())
                 except OSError:
-                    close(ip)
+                    close(sock)
                     continue
-                sel.modify(sock, selectors.EVENT_READ, ip)
+                sel.modify(sock, selectors.EVENT_READ)
                 continue
             try:
                 data = sock.recv(4096)
@@ -137,14 +137,14 @@ def probe_until_200(ips: list[str], timeout: float = 60.0, attempt_timeout: floa
             buf += data
             if b"\r\n" in buf or not data:
                 status = buf.split(b"\r\n", 1)[0].split()
-                if len(status) >= 2 and status[1] == b"200":
+                if len(status) >= 2 and status[1] == b"200" and ip not in seen:
                     seen[ip] = time.time()
-                close(ip)
+                close(sock)
         now = time.monotonic()
-        for ip in [i for i, (_, began, _) in conns.items() if now - began > attempt_timeout]:
-            close(ip)
-    for ip in list(conns):
-        close(ip)
+        for sock in [s for s, (ip, began, _) in conns.items() if ip in seen or now - began > attempt_timeout]:
+            close(sock)
+    for sock in list(conns):
+        close(sock)
     sel.close()
     return seen
 
