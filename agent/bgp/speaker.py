@@ -660,15 +660,23 @@ class Speaker:
     def _flush_export(self) -> None:
         self._export_handle = None
         prefixes, self._pending_export = self._pending_export, set()
+        infos = None  # built once per round, not once per peer (O(peers) instead of O(peers^2))
         for peer in self.peers.values():
             if peer.session is not None and peer.session.state == F.State.ESTABLISHED:
-                self._export_to(peer, prefixes)
+                if infos is None:
+                    infos = self._peer_infos()
+                self._export_to(peer, prefixes, infos)
 
-    def _export_to(self, peer: Peer, prefixes: set[IPv4Network]) -> None:
+    def _peer_infos(self) -> dict[str, PeerInfo]:
+        return {p.config.name: p.info_for_rib() for p in self.peers.values()}
+
+    def _export_to(self, peer: Peer, prefixes: set[IPv4Network],
+                   infos: dict[str, PeerInfo] | None = None) -> None:
         conn = peer.session
         if conn is None or conn.state != F.State.ESTABLISHED:
             return
-        infos = {p.config.name: p.info_for_rib() for p in self.peers.values()}
+        if infos is None:
+            infos = self._peer_infos()
         to = infos[peer.config.name]
         announce: dict[bytes, list[IPv4Network]] = {}
         withdraw: list[IPv4Network] = []
