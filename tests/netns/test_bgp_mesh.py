@@ -27,6 +27,9 @@ from testbed.poll import wait_for
 from tests.support import require_root, require_tool, sh, unique
 
 pytestmark = pytest.mark.netns
+# Deadline for convergence (sessions up, routes in): the wait ends as soon as it holds; the
+# headroom is for a machine loaded by parallel suites. Timing properties keep their own bounds.
+SETTLE = 20
 
 POOL = IPv4Network("192.168.0.0/16")
 FAST = Timers(hold=3, connect_delay=0.1, connect_retry=0.5, error_wait_min=0.2,
@@ -145,7 +148,7 @@ def test_three_node_mesh_programs_tunnel_routes_and_blackholes(lab):
     speakers = start_mesh(lab, 3)
     for i, (ns, _a) in enumerate(lab.nodes):
         wait_for(lambda ns=ns: bird_routes(ns), lambda r, i=i: r == expected_routes(lab, i),
-                 timeout=5, what=f"mesh routes on node {i}")
+                 timeout=SETTLE, what=f"mesh routes on node {i}")
     for s in speakers:
         st = s.status()
         assert st["established"] == 2, st
@@ -163,7 +166,7 @@ def test_passive_rule_larger_string_waits(lab):
         lab.speakers.append(t)
         t.start()
     wait_for(lambda: [s.status()["established"] for s in lab.speakers], lambda v: v == [1, 1],
-             timeout=5, what="session up")
+             timeout=SETTLE, what="session up")
     out = sh("ss", "-Htn", "state", "established", netns=b_ns).split()
     assert f"{b}:179" in out and f"{a}:179" not in out, out
 
@@ -171,15 +174,15 @@ def test_passive_rule_larger_string_waits(lab):
 def test_withdrawal_and_reannouncement_follow_config(lab):
     speakers = start_mesh(lab, 3)
     ns1 = lab.nodes[1][0]
-    wait_for(lambda: bird_routes(ns1), lambda r: r == expected_routes(lab, 1), timeout=5,
+    wait_for(lambda: bird_routes(ns1), lambda r: r == expected_routes(lab, 1), timeout=SETTLE,
              what="initial routes")
     addrs = [a for _ns, a in lab.nodes]
     speakers[0].apply(mesh_config(addrs[0], addrs, [block(0), IPv4Network("192.168.100.0/26")]))
     wait_for(lambda: bird_routes(ns1),
-             lambda r: f"192.168.100.0/26 via {addrs[0]} dev tunl0 onlink" in r, timeout=3,
+             lambda r: f"192.168.100.0/26 via {addrs[0]} dev tunl0 onlink" in r, timeout=SETTLE,
              what="new block on node 1")
     speakers[0].apply(mesh_config(addrs[0], addrs, []))
-    wait_for(lambda: bird_routes(ns1), lambda r: r == expected_routes(lab, 1, {1, 2}), timeout=3,
+    wait_for(lambda: bird_routes(ns1), lambda r: r == expected_routes(lab, 1, {1, 2}), timeout=SETTLE,
              what="node 0's blocks withdrawn on node 1")
     # sessions that did not change were not reset by the config changes
     assert speakers[1].status()["established"] == 2
@@ -188,7 +191,7 @@ def test_withdrawal_and_reannouncement_follow_config(lab):
 def test_peer_link_cut_withdraws_within_hold_time_and_recovers(lab):
     start_mesh(lab, 3)
     ns0, ns2 = lab.nodes[0][0], lab.nodes[2][0]
-    wait_for(lambda: bird_routes(ns0), lambda r: r == expected_routes(lab, 0), timeout=5,
+    wait_for(lambda: bird_routes(ns0), lambda r: r == expected_routes(lab, 0), timeout=SETTLE,
              what="initial routes")
     sh("ip", "-n", ns2, "link", "set", "eth0", "down")      # node 2 vanishes, no FIN
     wait_for(lambda: bird_routes(ns0), lambda r: r == expected_routes(lab, 0, {0, 1}),
@@ -201,7 +204,7 @@ def test_peer_link_cut_withdraws_within_hold_time_and_recovers(lab):
 def test_stop_flushes_routes_and_notifies_peers(lab):
     speakers = start_mesh(lab, 2)
     ns0, ns1 = lab.nodes[0][0], lab.nodes[1][0]
-    wait_for(lambda: bird_routes(ns1), lambda r: r == expected_routes(lab, 1), timeout=5,
+    wait_for(lambda: bird_routes(ns1), lambda r: r == expected_routes(lab, 1), timeout=SETTLE,
              what="initial routes")
     speakers[0].stop(graceful=False)
     assert bird_routes(ns0) == set()                        # own routes flushed
@@ -210,13 +213,13 @@ def test_stop_flushes_routes_and_notifies_peers(lab):
     # node 1 (the active side towards node 0) keeps trying, and says why, as BIRD does
     wait_for(lambda: speakers[1].status()["peers"][0],
              lambda p: p["state"] == "start" and "Socket: Connection refused" in p["info"],
-             timeout=5, what="'Active  Socket: Connection refused' in node 1's status")
+             timeout=SETTLE, what="'Active  Socket: Connection refused' in node 1's status")
 
 
 def test_graceful_restart_keeps_routes_then_refreshes(lab):
     speakers = start_mesh(lab, 2)
     ns0, ns1 = lab.nodes[0][0], lab.nodes[1][0]
-    wait_for(lambda: bird_routes(ns1), lambda r: r == expected_routes(lab, 1), timeout=5,
+    wait_for(lambda: bird_routes(ns1), lambda r: r == expected_routes(lab, 1), timeout=SETTLE,
              what="initial routes")
     speakers[0].stop(graceful=True)
     assert f"blackhole {block(0)}" in bird_routes(ns0)     # kept in our kernel
@@ -228,7 +231,7 @@ def test_graceful_restart_keeps_routes_then_refreshes(lab):
     again.start()
     # the restarted speaker keeps the routes it finds in the kernel while peers come back
     assert bird_routes(ns0) == expected_routes(lab, 0)
-    wait_for(lambda: speakers[1].status()["established"], lambda v: v == 1, timeout=5,
+    wait_for(lambda: speakers[1].status()["established"], lambda v: v == 1, timeout=SETTLE,
              what="session back")
     assert bird_routes(ns1) == expected_routes(lab, 1)
     again.stop(graceful=True)
@@ -244,14 +247,14 @@ def test_routes_wait_for_tunl0_then_appear(lab):
         t = SpeakerThread(mesh_config(me, [a, b], [block(i)]), netns=ns)
         lab.speakers.append(t)
         t.start()
-    wait_for(lambda: lab.speakers[0].status()["kernel_errors"], bool, timeout=5,
+    wait_for(lambda: lab.speakers[0].status()["kernel_errors"], bool, timeout=SETTLE,
              what="a kernel error about the missing tunl0")
     assert bird_routes(a_ns) == {f"blackhole {block(0)}"}
     sh("ip", "-n", a_ns, "tuntap", "add", "dev", "tunl0", "mode", "tun")
     sh("ip", "-n", a_ns, "link", "set", "tunl0", "up")
-    wait_for(lambda: bird_routes(a_ns), lambda r: r == expected_routes(lab, 0), timeout=5,
+    wait_for(lambda: bird_routes(a_ns), lambda r: r == expected_routes(lab, 0), timeout=SETTLE,
              what="tunnel route once tunl0 exists")
-    wait_for(lambda: lab.speakers[0].status()["kernel_errors"], lambda e: e == [], timeout=3,
+    wait_for(lambda: lab.speakers[0].status()["kernel_errors"], lambda e: e == [], timeout=SETTLE,
              what="no route failing any more")
     assert lab.speakers[0].status()["kernel_error_history"]
 
@@ -270,9 +273,9 @@ def test_collision_between_two_active_peers_leaves_one_session(lab):
     for t in lab.speakers:
         t.start()
     wait_for(lambda: [s.status()["established"] for s in lab.speakers], lambda v: v == [1, 1],
-             timeout=5, what="one session each side")
+             timeout=SETTLE, what="one session each side")
     wait_for(lambda: sh("ss", "-Htn", "state", "established", netns=a_ns).split(),
-             lambda o: o.count(f"{b}:179") + o.count(f"{a}:179") == 1, timeout=3,
+             lambda o: o.count(f"{b}:179") + o.count(f"{a}:179") == 1, timeout=SETTLE,
              what="exactly one TCP connection left")
     assert [s.status()["established"] for s in lab.speakers] == [1, 1]
 
@@ -297,7 +300,7 @@ def test_ecmp_and_cross_subnet_kernel_routes(lab):
     def multipath():
         return sh("ip", "-n", ns2, "route", "show", str(anycast))
 
-    out = wait_for(multipath, lambda o: o.count("nexthop via") == 2, timeout=5,
+    out = wait_for(multipath, lambda o: o.count("nexthop via") == 2, timeout=SETTLE,
                    what="ECMP route with two next hops")
     assert "proto bird" in out and "tunl0" not in out, out
     for a in addrs[:2]:
@@ -324,7 +327,7 @@ def test_our_speaker_as_route_reflector(lab):
         t.start()
     for i, (ns, _a) in enumerate(nodes):
         wait_for(lambda ns=ns: bird_routes(ns), lambda r, i=i: r == expected_routes(lab, i),
-                 timeout=5, what=f"reflected routes on node {i} (next hop = owning node)")
+                 timeout=SETTLE, what=f"reflected routes on node {i} (next hop = owning node)")
 
 
 def test_received_route_never_replaces_someone_elses_route(lab):
@@ -342,13 +345,13 @@ def test_received_route_never_replaces_someone_elses_route(lab):
         lab.speakers.append(t)
         t.start()
     wait_for(lambda: lab.speakers[0].status()["kernel_errors"],
-             lambda e: any(str(subnet) in x and "another source" in x for x in e), timeout=5,
+             lambda e: any(str(subnet) in x and "another source" in x for x in e), timeout=SETTLE,
              what="the conflicting route reported")
     assert bird_routes(a_ns) == expected_routes(lab, 0)
     kernel = sh("ip", "-n", a_ns, "route", "show", str(subnet))
     assert "proto kernel" in kernel and "bird" not in kernel, kernel
     # withdrawn: the report goes away, the kernel's route is still untouched
     lab.speakers[1].apply(mesh_config(b, [a, b], [block(1)]))
-    wait_for(lambda: lab.speakers[0].status()["kernel_errors"], lambda e: e == [], timeout=5,
+    wait_for(lambda: lab.speakers[0].status()["kernel_errors"], lambda e: e == [], timeout=SETTLE,
              what="report cleared after the withdrawal")
     assert "proto kernel" in sh("ip", "-n", a_ns, "route", "show", str(subnet))
