@@ -133,7 +133,10 @@ class EtcdClient:
                 except (OSError, http.client.HTTPException) as exc:
                     self._drop(idx)
                     last = exc
-                    if reused and attempt == 0:
+                    # Resend only when a stale keep-alive socket failed; after a timeout the
+                    # request may have been applied, and a resent create/CAS would then
+                    # report AlreadyExists/Conflict for our own write.
+                    if reused and attempt == 0 and not isinstance(exc, TimeoutError):
                         continue
                     break
                 self._preferred = idx

@@ -1,0 +1,100 @@
+"""The etcd client's transport retry: a stale keep-alive socket is retried, a timed-out
+request is not re-sent (it may have been applied; a resent create/CAS would then fail
+against our own write). A loopback HTTP server stands in for etcd's gateway so the
+server side can be made to hang on purpose."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from datastore import errors
+from datastore.etcd import EtcdClient
+
+pytestmark = pytest.mark.etcd
+
+OK = b'{"header":{"revision":"7"}}'
+
+
+class Gateway:
+    """Answers each request on a connection per ``script``: "ok", "hang" or "close"."""
+
+    def __init__(self, script: list[str]) -> None:
+        self.script = list(script)
+        self.requests = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.done = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.done.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._conn, args=(conn,), daemon=True).start()
+
+    def _conn(self, conn: socket.socket) -> None:
+        buf = b""
+        with conn:
+            while not self.done.is_set():
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, _, rest = buf.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                buf = rest[length:]
+                self.requests += 1
+                action = self.script.pop(0) if self.script else "ok"
+                if action == "hang":
+                    self.done.wait(5)
+                    return
+                if action == "close":
+                    return
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(OK), OK))
+
+    def close(self) -> None:
+        self.done.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def gateway():
+    made: list[Gateway] = []
+
+    def make(script: list[str]) -> Gateway:
+        gw = Gateway(script)
+        made.append(gw)
+        return gw
+
+    yield make
+    for gw in made:
+        gw.close()
+
+
+def test_stale_keepalive_socket_is_retried_once(gateway):
+    gw = gateway(["ok", "close", "ok"])
+    client = EtcdClient(f"http://127.0.0.1:{gw.port}", timeout=2)
+    assert client.put("/k", "v") == 7
+    assert client.put("/k", "v") == 7  # the kept-alive socket was closed: resent on a new one
+    assert gw.requests == 3
+
+
+def test_timed_out_request_is_not_resent(gateway):
+    gw = gateway(["ok", "hang"])
+    client = EtcdClient(f"http://127.0.0.1:{gw.port}", timeout=0.5)
+    assert client.put("/k", "v") == 7
+    with pytest.raises(errors.DatastoreUnavailable, match="cannot reach etcd"):
+        client.create("/k2", "v")
+    assert gw.requests == 2, "the timed-out create was sent again"
