@@ -28,6 +28,7 @@ from cni.spec import CNIError
 
 MTU_FILE = "/var/lib/calico/mtu"
 DATASTORE_TIMEOUT = 3.0
+WEP_DELETE_RETRIES = 5  # Calico retries the CAS delete of the WorkloadEndpoint 5 times
 
 _clients: dict[tuple[str, ...], Any] = {}
 _clients_lock = threading.Lock()
@@ -395,22 +396,30 @@ def cmd_del(inv: Invocation) -> None:
     client = client_for(inv.nc.etcd_endpoints)
     wep_name, wep_ns = _wep_ident(inv, nodename)
     try:
-        with inv.timed("datastore"):
-            try:
-                wep = client.get("WorkloadEndpoint", wep_name, wep_ns)
-            except errors.NotFound:
-                wep = None
-        if wep is not None:
-            if wep.spec.container_id == inv.env.container_id:
+        # Delete only the version whose containerID we checked (CAS on its revision, re-read
+        # on conflict, as Calico's CmdDelK8s): a new sandbox's ADD may rewrite it meanwhile.
+        for _ in range(WEP_DELETE_RETRIES):
+            with inv.timed("datastore"):
                 try:
-                    with inv.timed("datastore"):
-                        client.delete("WorkloadEndpoint", wep_name, wep_ns)
-                    inv.log.info(f"deleted WorkloadEndpoint {wep_ns}/{wep_name}")
+                    wep = client.get("WorkloadEndpoint", wep_name, wep_ns)
                 except errors.NotFound:
-                    pass
-            else:
+                    break
+            if wep.spec.container_id != inv.env.container_id:
                 inv.log.info(f"kept WorkloadEndpoint {wep_ns}/{wep_name}: it belongs to container "
                              f"{wep.spec.container_id}, not {inv.env.container_id}")
+                break
+            try:
+                with inv.timed("datastore"):
+                    client.delete("WorkloadEndpoint", wep_name, wep_ns, resource_version=wep.revision)
+                inv.log.info(f"deleted WorkloadEndpoint {wep_ns}/{wep_name}")
+                break
+            except errors.NotFound:
+                break
+            except errors.Conflict:
+                continue
+        else:
+            raise CNIError(spec.E_DATASTORE, f"WorkloadEndpoint {wep_ns}/{wep_name} kept changing; "
+                           f"gave up deleting it after {WEP_DELETE_RETRIES} attempts")
     except CNIError:
         raise
     except Exception as exc:

@@ -386,3 +386,38 @@ def test_new_sandbox_of_the_same_pod_replaces_the_old_one(node, netns):
     chk = node.run("CHECK", {**node.conf(), "prevResult": b.json}, cid="sandbox-new", netns=f"/run/netns/{new}")
     assert chk.rc == 0, chk.stdout
     assert node.run("DEL", node.conf(), cid="sandbox-new", netns=f"/run/netns/{new}").rc == 0
+
+
+def test_del_does_not_delete_a_wep_rewritten_after_its_check(node, netns, monkeypatch):
+    """Race injection: right after DEL(old) read the WEP and saw its own containerID, a new
+    sandbox's ADD rewrites it. The CAS delete must fail and the re-read keep the new WEP."""
+    from cni import plugin
+    from cni.netlink import in_netns
+    from datastore.client import Client
+
+    old, new = netns("cnip"), netns("cnip")
+    a = node.run("ADD", node.conf(), cid="race-old", netns=f"/run/netns/{old}")
+    assert a.rc == 0, a.stdout
+    real_get = Client.get
+    raced = []
+
+    def get_then_race(self, kind, name, namespace=None):
+        obj = real_get(self, kind, name, namespace)
+        if kind == "WorkloadEndpoint" and not raced:
+            raced.append(True)
+            b = node.run("ADD", node.conf(), cid="race-new", netns=f"/run/netns/{new}")
+            assert b.rc == 0, b.stdout
+        return obj
+
+    monkeypatch.setattr(Client, "get", get_then_race)
+    monkeypatch.setattr(plugin, "_clients", {})
+    env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "race-old", "CNI_NETNS": f"/run/netns/{old}",
+           "CNI_IFNAME": "eth0", "CNI_PATH": str(node.bin_dir),
+           "CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=nginx"}
+    with in_netns(node.nspath):
+        code, out, err = plugin.run("calico", env, json.dumps(node.conf()).encode())
+    assert code == 0, out + err
+    assert raced
+    (wep,) = _weps(node)
+    assert wep.spec.container_id == "race-new"
+    assert node.run("DEL", node.conf(), cid="race-new", netns=f"/run/netns/{new}").rc == 0
