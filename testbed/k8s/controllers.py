@@ -396,34 +396,49 @@ def plan_bindings(pods: list[dict], nodes: list[dict]) -> list[tuple[dict, str |
     return plan
 
 
+BIND_WORKERS = 8  # bindings written at once (kube-scheduler binds asynchronously too)
+
+
 def schedule(store: Store, pods: list[dict], nodes: list[dict]) -> int:
-    """Bind unbound pods as :func:`plan_bindings` places them; returns how many were bound."""
-    bound = 0
-    for pod, name in plan_bindings(pods, nodes):
-        if name is None:
-            msg = f"0/{len(nodes)} nodes are available: no Ready node without a taint the pod tolerates."
+    """Bind unbound pods as :func:`plan_bindings` places them; returns how many were bound.
 
-            def unschedulable(p: dict, msg: str = msg) -> bool:
-                conds = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg}]
-                if (p.get("status") or {}).get("conditions") == conds:
-                    return False
-                p.setdefault("status", {})["conditions"] = conds
-                p["status"]["phase"] = "Pending"
-                return True
+    The placements are decided in order (each counts for the next); the writes go to
+    the store concurrently, so a burst of pods reaches the kubelets together instead of
+    one store round trip after another."""
+    def unschedulable(pod: dict) -> None:
+        msg = f"0/{len(nodes)} nodes are available: no Ready node without a taint the pod tolerates."
 
-            store.mutate("Pod", pod["metadata"]["name"], pod["metadata"]["namespace"], unschedulable)
-            continue
+        def put(p: dict) -> bool:
+            conds = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg}]
+            if (p.get("status") or {}).get("conditions") == conds:
+                return False
+            p.setdefault("status", {})["conditions"] = conds
+            p["status"]["phase"] = "Pending"
+            return True
 
-        def bind(p: dict, name: str = name) -> bool:
+        store.mutate("Pod", pod["metadata"]["name"], pod["metadata"]["namespace"], put)
+
+    def bind(pod: dict, name: str) -> bool:
+        def put(p: dict) -> bool:
             if p["spec"].get("nodeName"):
                 return False
             p["spec"]["nodeName"] = name
             p.setdefault("status", {})["conditions"] = [{"type": "PodScheduled", "status": "True"}]
             return True
 
-        store.mutate("Pod", pod["metadata"]["name"], pod["metadata"]["namespace"], bind)
-        bound += 1
-    return bound
+        store.mutate("Pod", pod["metadata"]["name"], pod["metadata"]["namespace"], put)
+        return True
+
+    plan = plan_bindings(pods, nodes)
+    if len(plan) <= 1:
+        return sum(bind(pod, name) if name else unschedulable(pod) or 0 for pod, name in plan)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(BIND_WORKERS, len(plan)), thread_name_prefix="bind") as pool:
+        futures = [pool.submit(bind, pod, name) if name else pool.submit(unschedulable, pod)
+                   for pod, name in plan]
+        results = [f.result() for f in futures]  # the first error is raised, as before
+    return sum(1 for (_, name), r in zip(plan, results, strict=True) if name and r)
 
 
 # --- endpoints ---------------------------------------------------------------------------------
