@@ -1,22 +1,35 @@
-"""Kernel side: program ``proto bird`` (RTPROT_BIRD = 12) routes with pyroute2.
+"""Kernel side: program ``proto bird`` (RTPROT_BIRD = 12) routes.
 
-The driver runs in the network namespace of the thread that creates it (the speaker's
-thread) and must be called from a plain thread, never from inside a running asyncio loop
-(pyroute2's synchronous API runs its own loop): the speaker calls it through a dedicated
-single-thread executor.
+Changes go to the kernel in netlink batches (one send per up to 256 routes, one errno
+back per route, :class:`agent.felix.netlink.Netlink`); pyroute2 is used only for dumps
+and interface lookups. The driver runs in the network namespace of the thread that
+creates it (the speaker's thread) and must be called from a plain thread, never from
+inside a running asyncio loop (pyroute2's synchronous API runs its own loop): the
+speaker calls it through a dedicated single-thread executor.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
+import socket
+import struct
 from ipaddress import IPv4Address, IPv4Network
 
 from agent.bgp.routes import RTPROT_BIRD, KernelRoute, NextHop
+from agent.felix.netlink import Netlink
 
 log = logging.getLogger(__name__)
 RTNH_F_ONLINK = 4
 RTN_UNICAST, RTN_BLACKHOLE = 1, 6
+RTM_NEWROUTE, RTM_DELROUTE = 24, 25
+NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 9, 15
+RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
+MAIN_TABLE = 254
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_RTNH = struct.Struct("=HBBi")
 
 
 class RouteConflict(RuntimeError):
@@ -30,6 +43,7 @@ class KernelRoutes:
         from pyroute2 import IPRoute  # heavy import, only where the kernel is touched
 
         self.ipr = IPRoute()
+        self.nl = Netlink()
         self._ifindex: dict[str, int] = {}
         self._ifname: dict[int, str] = {}
         self.errors: list[str] = []                     # history (last 20)
@@ -37,8 +51,9 @@ class KernelRoutes:
         self.owned: set[IPv4Network] = set()           # our routes (proto bird) in the table
 
     def close(self) -> None:
-        """Release the netlink socket."""
+        """Release the netlink sockets."""
         self.ipr.close()
+        self.nl.close()
 
     def _index(self, name: str) -> int:
         idx = self._ifindex.get(name)
@@ -81,69 +96,84 @@ class KernelRoutes:
         self.owned = set(out)
         return out
 
-    def _hop_args(self, h: NextHop) -> dict:
-        args: dict = {"gateway": str(h.gateway)}
-        if h.device:
-            args["oif"] = self._index(h.device)
-        if h.onlink:
-            args["flags"] = RTNH_F_ONLINK
-        return args
-
-    def install(self, route: KernelRoute) -> None:
-        """Add one route, or replace it if it is ours. A route to the same destination
-        from anyone else (the connected subnet, Felix, an admin) is never replaced: that
-        raises RouteConflict."""
-        dst = str(route.prefix)
-        op = "replace" if route.prefix in self.owned else "add"
+    def _request(self, prefix: IPv4Network, route: KernelRoute | None) -> tuple[int, int, bytes] | None:
+        """The netlink request for one change (None: nothing to do, e.g. removing a route
+        that is not ours). Raises LookupError for a missing device."""
+        dst = socket.inet_aton(str(prefix.network_address))
+        attrs = _attr(RTA_DST, dst) + _attr(RTA_TABLE, struct.pack("=I", MAIN_TABLE))
+        if route is None:
+            if prefix not in self.owned:
+                return None  # never delete someone else's route to the same destination
+            body = _RTMSG.pack(socket.AF_INET, prefix.prefixlen, 0, 0, MAIN_TABLE, RTPROT_BIRD,
+                               RT_SCOPE_NOWHERE, 0, 0)
+            return RTM_DELROUTE, 0, body + attrs
+        flags = NLM_F_CREATE | (NLM_F_REPLACE if prefix in self.owned else NLM_F_EXCL)
+        rtype, rflags = RTN_UNICAST, 0
         if route.blackhole:
-            args: dict = {"type": "blackhole"}
+            rtype = RTN_BLACKHOLE
         elif len(route.nexthops) == 1:
-            args = self._hop_args(route.nexthops[0])
+            h = route.nexthops[0]
+            attrs += _attr(RTA_GATEWAY, socket.inet_aton(str(h.gateway)))
+            if h.device:
+                attrs += _attr(RTA_OIF, struct.pack("=i", self._index(h.device)))
+            rflags = RTNH_F_ONLINK if h.onlink else 0
         else:
-            args = {"multipath": [self._hop_args(h) for h in route.nexthops]}
-        try:
-            self.ipr.route(op, dst=dst, proto=RTPROT_BIRD, **args)
-        except Exception as exc:
-            if op == "add" and getattr(exc, "code", None) == errno.EEXIST:
-                raise RouteConflict(f"{dst} is already in the kernel from another source; "
-                                    f"not replacing it") from None
-            raise
-        self.owned.add(route.prefix)
-
-    def remove(self, prefix: IPv4Network) -> None:
-        """Delete our route for a prefix (absent is fine)."""
-        if prefix not in self.owned:
-            return  # never delete someone else's route to the same destination
-        try:
-            self.ipr.route("del", dst=str(prefix), proto=RTPROT_BIRD)
-        except Exception as exc:  # noqa: BLE001 - ESRCH/ENOENT: already gone
-            if "No such process" not in str(exc) and "ESRCH" not in str(exc) and getattr(
-                    exc, "code", None) not in (3, 2):
-                raise
-        self.owned.discard(prefix)
+            hops = b""
+            for h in route.nexthops:
+                gw = _attr(RTA_GATEWAY, socket.inet_aton(str(h.gateway)))
+                idx = self._index(h.device) if h.device else 0
+                hops += _RTNH.pack(_RTNH.size + len(gw), RTNH_F_ONLINK if h.onlink else 0, 0, idx) + gw
+            attrs += _attr(RTA_MULTIPATH, hops)
+        body = _RTMSG.pack(socket.AF_INET, prefix.prefixlen, 0, 0, MAIN_TABLE, RTPROT_BIRD,
+                           RT_SCOPE_UNIVERSE, rtype, rflags)
+        return RTM_NEWROUTE, flags, body + attrs
 
     def apply(self, changes: dict[IPv4Network, KernelRoute | None]) -> set[IPv4Network]:
-        """Install/replace routes (value) or remove them (None). Failures (e.g. tunl0 not
-        created yet) are logged, kept in ``errors`` and returned for a later retry; they do
-        not stop the other changes."""
+        """Install/replace routes (value) or remove them (None), in netlink batches. A route
+        to the same destination from anyone else (the connected subnet, Felix, an admin) is
+        never replaced or deleted. Failures (e.g. tunl0 not created yet) are logged, kept in
+        ``errors`` and returned for a later retry; they do not stop the other changes."""
         failed: set[IPv4Network] = set()
+        todo: list[tuple[IPv4Network, KernelRoute | None]] = []
+        reqs: list[tuple[int, int, bytes]] = []
         for prefix, route in changes.items():
             try:
-                if route is None:
-                    self.remove(prefix)
-                else:
-                    self.install(route)
+                req = self._request(prefix, route)
+            except Exception as exc:  # noqa: BLE001 - e.g. the device does not exist yet
+                self._fail(failed, prefix, str(exc))
+                continue
+            if req is None:
                 self.failing.pop(prefix, None)
-            except Exception as exc:  # noqa: BLE001 - report and continue with the others
-                failed.add(prefix)
-                msg = f"kernel route {prefix}: {exc}"
-                self._ifindex.clear()  # a device may have been re-created
-                self._ifname.clear()
-                if self.failing.get(prefix) != msg:  # log a failure once, not every retry
-                    log.warning(msg)
-                    self.errors = (self.errors + [msg])[-20:]
-                self.failing[prefix] = msg
+                continue
+            todo.append((prefix, route))
+            reqs.append(req)
+        results = self.nl.batch(reqs) if reqs else []
+        for (prefix, route), code in zip(todo, results, strict=True):
+            if route is None:
+                if code in (0, errno.ESRCH, errno.ENOENT):
+                    self.owned.discard(prefix)
+                    self.failing.pop(prefix, None)
+                else:
+                    self._fail(failed, prefix, os.strerror(code))
+            elif code == 0:
+                self.owned.add(prefix)
+                self.failing.pop(prefix, None)
+            elif code == errno.EEXIST and prefix not in self.owned:
+                self._fail(failed, prefix, f"{prefix} is already in the kernel from another source; "
+                                           "not replacing it")
+            else:
+                self._fail(failed, prefix, os.strerror(code))
         return failed
+
+    def _fail(self, failed: set[IPv4Network], prefix: IPv4Network, reason: str) -> None:
+        failed.add(prefix)
+        msg = f"kernel route {prefix}: {reason}"
+        self._ifindex.clear()  # a device may have been re-created
+        self._ifname.clear()
+        if self.failing.get(prefix) != msg:  # log a failure once, not every retry
+            log.warning(msg)
+            self.errors = (self.errors + [msg])[-20:]
+        self.failing[prefix] = msg
 
     def reconcile(self, desired: dict[IPv4Network, KernelRoute]) -> None:
         """Make the kernel's proto bird routes exactly ``desired``."""
@@ -156,3 +186,8 @@ class KernelRoutes:
     def flush(self) -> None:
         """Remove every proto bird route (stop without graceful restart)."""
         self.apply({p: None for p in self.dump()})
+
+
+def _attr(kind: int, data: bytes) -> bytes:
+    length = 4 + len(data)
+    return struct.pack("=HH", length, kind) + data + b"\0" * ((-length) % 4)
