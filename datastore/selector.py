@@ -1,5 +1,6 @@
 """Calico label selectors: ``all()``, ``has(k)``, ``k == 'v'``, ``k != 'v'``,
-``k in {'a','b'}``, ``k not in {...}``, ``!``, ``&&``, ``||`` and parentheses.
+``k in {'a','b'}``, ``k not in {...}``, ``k contains 's'``, ``k starts with 's'``,
+``k ends with 's'``, ``!``, ``&&``, ``||`` and parentheses.
 
 ``parse_selector(text).matches(labels)``; an empty selector matches everything.
 """
@@ -121,6 +122,15 @@ class _Parser:
         if op == "!=":
             val = self.string()
             return lambda lb: lb.get(key) != val
+        if op == "contains":
+            val = self.string()
+            return lambda lb: key in lb and val in lb[key]
+        if op in ("starts", "ends"):
+            self.take("with")
+            val = self.string()
+            if op == "starts":
+                return lambda lb: key in lb and lb[key].startswith(val)
+            return lambda lb: key in lb and lb[key].endswith(val)
         negate = False
         if op == "not":
             negate = True

@@ -167,7 +167,14 @@ def test_selectors():
     assert parse_selector("zone in {'a', 'b'} || role == 'x'").matches(labels)
     assert parse_selector("zone not in {'b'}").matches(labels)
     assert not parse_selector("(role != 'rr')").matches(labels)
-    for bad in ("role ==", "has(", "role ~ 'x'", "a == 'b' &&"):
+    # Calico's string operators; a missing label never matches them
+    rack = {"rack": "eu-west-r12"}
+    assert parse_selector("rack contains 'west'").matches(rack)
+    assert parse_selector("rack starts with 'eu-' && rack ends with 'r12'").matches(rack)
+    assert not parse_selector("rack starts with 'us-'").matches(rack)
+    assert not parse_selector("rack ends with 'r1'").matches(rack)
+    assert not parse_selector("other contains ''").matches(rack)
+    for bad in ("role ==", "has(", "role ~ 'x'", "a == 'b' &&", "rack starts 'eu'", "rack contains eu"):
         with pytest.raises(SelectorError):
             parse_selector(bad)
 
