@@ -584,14 +584,18 @@ class Kubelet:
     # --- main loop -----------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         """Register, then reconcile on every change until ``stop`` is set."""
-        while not stop.is_set():
+        registered = False
+        while not stop.is_set():  # etcd may come and go at start-up too: retry both steps
             try:
-                self.register()
+                if not registered:
+                    self.register()
+                    registered = True
+                self.adopt()
                 break
             except errors.Unavailable as exc:
                 log.warning("waiting for the datastore: %s", exc)
                 stop.wait(0.5)
-        self.adopt()
+        log.info("kubelet running: node %s, %d pod(s) adopted", self.node, len(self.states))
         self.feed.start(stop)
         last_proc_check = 0.0
         last_proxy_resync = time.monotonic()

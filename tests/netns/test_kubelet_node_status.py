@@ -86,6 +86,7 @@ def test_node_becomes_ready_after_the_ready_write_failed(node, tmp_path):
     kubelet, relay, store = node
     wait_for(lambda: ready_status(store, kubelet.node), lambda s: s == "False", timeout=15,
              what="node registered NotReady (no CNI config yet)")
+    wait_for(kubelet.logs, lambda text: "kubelet running" in text, timeout=15, what="the kubelet's main loop")
 
     relay.set_cut(True)  # etcd unreachable from the node ...
     kubelet.write_conflist(bridge_conflist("testnet", unique("cnb"), "10.244.9.0/24", str(tmp_path / "ipam")))
