@@ -74,6 +74,17 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 .venv/bin/python -c 'import mininet.net, pyroute2, scapy, yaml' || {
     echo "setup: the venv cannot import mininet/pyroute2/scapy/yaml" >&2; exit 1; }
+# The kernel's neighbour (ARP) table is shared by every network namespace; its
+# default limit (1024 entries) overflows in a 50-node full-mesh lab. Raise the
+# thresholds as Mininet's fixLimits() does; never lower a value already higher.
+for kv in gc_thresh1=4096 gc_thresh2=8192 gc_thresh3=16384; do
+    key="net.ipv4.neigh.default.${kv%%=*}"; want="${kv#*=}"
+    have="$(sysctl -n "$key" 2>/dev/null || echo 0)"
+    if [ "$have" -lt "$want" ]; then
+        sysctl -qw "$key=$want" || echo "setup: warning: could not raise $key" >&2
+    fi
+done
+
 # The kernel tier's guest kernel (Debian's stock package, cached in .cache/kernel/).
 if ! .venv/bin/python -m testbed.kerneltier.fetch >/dev/null; then
     echo "setup: could not fetch the guest kernel for the kernel tier" >&2
