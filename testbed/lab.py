@@ -464,7 +464,7 @@ def status(name: str | None = None) -> dict:
         node = {"name": hname, "role": h["role"], "address": h["address"], "netns": h["netns"],
                 "services": services, "datapath": None, "ready": None, "live": None,
                 "agent": "not running"}
-        if "calico-node" in services:
+        if st.get("cni_installed") or "calico-node" in services:  # a DaemonSet pod or a service
             try:
                 code, body = nsmod.http_json(h["netns"], "127.0.0.1", HEALTH_PORT, "/status",
                                              timeout=1.0)

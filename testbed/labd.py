@@ -544,23 +544,24 @@ class Supervisor:
         return env
 
     def install_cni(self) -> list[str]:
-        """Start calico-node on every node that has none running; return those started."""
-        exe = labmod.VENV_BIN / "calico-node"
+        """Install Calico as the walkthrough does, by manifest: render manifests/calico.yaml for
+        this lab and ``kubectl apply`` it (testbed.install). The DaemonSet controller then puts a
+        ``calico-node-<5>`` pod on every node (plus calico-kube-controllers and calico-typha),
+        which the kubelets run. Returns the nodes calico-node will run on."""
+        from testbed.install import install_by_manifest
+
         if importlib.util.find_spec("agent.main") is None:
             raise RuntimeError("calico-node is not available yet (agent/main.py missing)")
-        if not exe.exists():
-            raise RuntimeError(f"calico-node is not installed ({exe} missing): run scripts/setup.sh")
-        started = []
-        for n in self.topo.nodes:
-            key = f"{n.name}/calico-node"
-            proc = self.procs.get(key)
-            if proc is not None and proc.poll() is None:
-                continue
-            self.start_service(n.name, "calico-node", [str(exe)], self.calico_node_env())
-            started.append(n.name)
+        if self.state.get("cni_installed"):
+            return []
+        timers = os.environ.get(BGP_TIMERS_ENV) or self.calico_node_env().get(BGP_TIMERS_ENV,
+                                                                              LAB_BGP_TIMERS)
+        for line in install_by_manifest(self.state, bgp_timers=timers):
+            _log(f"install-cni: {line}")
         self.state["cni_installed"] = True
+        self.state["skipped"] = [m for m in self.state.get("skipped", []) if not m.startswith("calico-node")]
         self.save()
-        return started
+        return [n.name for n in self.topo.nodes]
 
     def wait_agents_ready(self, nodes: list[str]) -> None:
         """Wait (bounded) until calico-node on ``nodes`` answers /readiness 200; warn otherwise."""

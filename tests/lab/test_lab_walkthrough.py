@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -76,8 +77,28 @@ def test_walkthrough_notready_then_ready(lab_name, tmp_path):
     res = cli("--lab", lab_name, "exec", "k8s-w1", "--", "ip", "netns", "list")
     assert res.returncode == 0 and "cni-" not in res.stdout, res.stdout
 
-    st = labmod.read_state(lab_name)  # now with the calico-node PIDs
-    assert st is not None and any(k.endswith("/calico-node") for k in st["services"])
+    # install-cni applied calico.yaml: a calico-node pod (hostNetwork) on every node
+    res = cli("kubectl", "--lab", lab_name, "get", "pods", "-n", "kube-system", "-o", "json")
+    assert res.returncode == 0, res.stderr
+    calico = [p for p in json.loads(res.stdout)["items"]
+              if p["metadata"]["name"].startswith("calico-node-")]
+    assert sorted(p["spec"]["nodeName"] for p in calico) == ["k8s-m", "k8s-w0", "k8s-w1"], calico
+    pids = [pid for p in calico
+            for pid in json.loads(p["metadata"]["annotations"]["calicolab.io/pids"]).values()]
+    assert len(pids) == 3 and all(os.path.exists(f"/proc/{pid}") for pid in pids), pids
+    st = labmod.read_state(lab_name)
+    assert st is not None
     res = cli("down", lab_name)
     assert res.returncode == 0, res.stderr
     assert leftovers(st) == []
+    alive = [pid for pid in pids if _running(pid)]
+    assert alive == [], f"calico-node processes still running after down: {alive}"
+
+
+def _running(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie waiting for its (re)parent to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
