@@ -543,6 +543,23 @@ class Supervisor:
             env[BGP_TIMERS_ENV] = LAB_BGP_TIMERS
         return env
 
+    def start_calico_nodes(self) -> list[str]:
+        """``up`` without --no-cni: start calico-node on every node directly, as a lab service
+        (the fast path for big labs: no DaemonSet round trip, no Typha in between)."""
+        exe = labmod.VENV_BIN / "calico-node"
+        if not exe.exists():
+            raise RuntimeError(f"calico-node is not installed ({exe} missing): run scripts/setup.sh")
+        started = []
+        for n in self.topo.nodes:
+            proc = self.procs.get(f"{n.name}/calico-node")
+            if proc is not None and proc.poll() is None:
+                continue
+            self.start_service(n.name, "calico-node", [str(exe)], self.calico_node_env())
+            started.append(n.name)
+        self.state["cni_installed"] = True
+        self.save()
+        return started
+
     def install_cni(self) -> list[str]:
         """Install Calico as the walkthrough does, by manifest: render manifests/calico.yaml for
         this lab and ``kubectl apply`` it (testbed.install). The DaemonSet controller then puts a
@@ -553,7 +570,7 @@ class Supervisor:
         if importlib.util.find_spec("agent.main") is None:
             raise RuntimeError("calico-node is not available yet (agent/main.py missing)")
         if self.state.get("cni_installed"):
-            return []
+            return []  # already installed (by manifest, or started directly by `up`)
         timers = os.environ.get(BGP_TIMERS_ENV) or self.calico_node_env().get(BGP_TIMERS_ENV,
                                                                               LAB_BGP_TIMERS)
         for line in install_by_manifest(self.state, bgp_timers=timers):
@@ -709,7 +726,7 @@ class Supervisor:
                 self._skip("calico-node: agent.main not present")
             else:
                 self.progress("starting calico-node on every node")
-                started = self.install_cni()
+                started = self.start_calico_nodes()
             self.wait_etcd()
             mark("etcd")
             self.kubeadm_init()
