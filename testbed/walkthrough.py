@@ -451,13 +451,14 @@ class Walkthrough:
 
         topo = load(self.topology, name=self.lab)
         blocks = self._blocks()
+        datapaths = self._datapaths()
         nodes = []
         for n in topo.nodes:
             info = self.nodes.get(n.name, {})
             pods = [PodBox(p.name, p.ip, p.iface) for p in sorted(self.pods.values(), key=lambda p: p.name)
                     if p.node == n.name]
             nodes.append(NodeBox(n.name, str(n.address), n.segment, n.role, blocks.get(n.name, []),
-                                 info.get("tunnel"), datapath=self._datapath(n.name), ready=True,
+                                 info.get("tunnel"), datapath=datapaths.get(n.name, ""), ready=True,
                                  pods=pods))
         segs = [Segment(s.name, str(s.cidr)) for s in topo.segments]
         hosts = [HostBox(e.name, {e.segment: str(e.address)}) for e in topo.external]
@@ -479,15 +480,13 @@ class Walkthrough:
                 out.setdefault(spec.get("node", ""), []).append(spec.get("cidr", ""))
         return out
 
-    def _datapath(self, node: str) -> str:
+    def _datapaths(self) -> dict[str, str]:
+        """Each node's tunl0 datapath (kernel or userspace), from ``calicolab status --json``."""
         try:
             st = json.loads(self.cli("status", "--json").stdout)
         except (WalkthroughError, ValueError):
-            return ""
-        for n in st.get("nodes", []):
-            if n.get("name") == node:
-                return str(n.get("datapath") or "")
-        return ""
+            return {}
+        return {n["name"]: str(n.get("datapath") or "") for n in st.get("nodes", []) if "name" in n}
 
     def report_flows(self) -> list[Any]:
         from testbed import report
