@@ -288,6 +288,20 @@ class WatchStream:
         events.append(WatchEvent("SYNCED", "", "", None, None, rev))
         return events, rev
 
+    def _snapshot_retrying(self) -> tuple[list[WatchEvent], int] | None:
+        """:meth:`_snapshot`, retried with back-off (retry_delay doubling to 5 s) while etcd is
+        unreachable or slow, as a consumer starting against a busy etcd must not die of it.
+        None once the stream is stopped."""
+        delay = self.retry_delay
+        while not self.stop.is_set():
+            try:
+                return self._snapshot()
+            except errors.DatastoreUnavailable as exc:
+                log.warning("listing the current state failed (%s); retrying in %.1fs", exc, delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+        return None
+
     def __iter__(self) -> Iterator[WatchEvent]:
         typha = getattr(self.client, "typha", None)
         if typha is not None and self.revision is None:
@@ -299,7 +313,10 @@ class WatchStream:
             return
         rev = self.revision
         if rev is None:
-            events, rev = self._snapshot()
+            snap = self._snapshot_retrying()
+            if snap is None:
+                return
+            events, rev = snap
             yield from events
         while not self.stop.is_set():
             try:
@@ -329,7 +346,10 @@ class WatchStream:
                         return
             except errors.Compacted:
                 log.info("watch revision %s compacted; resyncing", rev)
-                events, rev = self._snapshot()
+                snap = self._snapshot_retrying()
+                if snap is None:
+                    return
+                events, rev = snap
                 yield from events
             except errors.DatastoreUnavailable as exc:
                 if self.stop.is_set():

@@ -165,3 +165,27 @@ def test_ipam_kinds_through_the_client(ds_client: Client):
     got[0].spec.state = "confirmed"
     ds_client.update(got[0])
     assert ds_client.get("BlockAffinity", "n1-192-168-5-0-26").spec.state == "confirmed"
+
+
+def test_watch_started_while_etcd_is_down_waits_for_it(tmp_path):
+    server = EtcdServer(str(tmp_path / "etcd"))
+    server.start()
+    server.stop()
+    try:
+        client = Client([server.endpoint], timeout=0.5)
+        seen: list = []
+        from datastore.client import WatchStream
+
+        stream = WatchStream(client, ["Node"], retry_delay=0.05)
+        t = threading.Thread(target=collect, args=(stream, seen), daemon=True)
+        t.start()
+        server.start()  # the stream's first list failed (refused); it must retry, not die
+        client.create(Node(metadata=Metadata(name="late")))
+        wait_for(lambda: [(e.type, e.name) for e in seen],
+                 lambda evs: ("SYNCED", "") in evs and ("ADDED", "late") in evs,
+                 timeout=15, what="state once etcd came up")
+        stream.close()
+        t.join(5)
+        assert not t.is_alive()
+    finally:
+        server.stop()
