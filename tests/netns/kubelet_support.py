@@ -71,11 +71,23 @@ class NetnsRelay:
         self.port = self.sock.getsockname()[1]
         self.conns: list[socket.socket] = []
         self.closed = False
+        self.cut = False  # while True, etcd is unreachable from the node (see set_cut)
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def set_cut(self, cut: bool) -> None:
+        """Cut (or restore) the node's path to etcd: open connections are shut and new
+        ones closed as soon as they are accepted, so the node sees etcd go away."""
+        self.cut = cut
+        if cut:
+            for s in list(self.conns):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def _accept(self) -> None:
         while not self.closed:
@@ -83,6 +95,9 @@ class NetnsRelay:
                 client, _ = self.sock.accept()
             except OSError:
                 return
+            if self.cut:
+                client.close()
+                continue
             try:
                 up = socket.create_connection(self.upstream, timeout=5)
                 up.settimeout(None)

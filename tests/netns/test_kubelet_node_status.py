@@ -5,8 +5,6 @@ answers again the kubelet writes Ready (retry plus its periodic node status sync
 from __future__ import annotations
 
 import os
-import socket
-import threading
 
 import pytest
 
@@ -16,43 +14,6 @@ from tests.netns.kubelet_support import KubeletProcess, NetnsRelay, bridge_confl
 from tests.support import require, require_root, require_tool, unique
 
 pytestmark = pytest.mark.netns
-
-
-class CuttableRelay(NetnsRelay):
-    """The etcd relay into the node, with a switch: while cut, every open connection is
-    shut and new ones are closed as soon as they are accepted (the node sees etcd go away)."""
-
-    def __init__(self, netns: str, upstream: tuple[str, int]):
-        self.cut = False
-        super().__init__(netns, upstream)
-
-    def set_cut(self, cut: bool) -> None:
-        self.cut = cut
-        if cut:
-            for s in list(self.conns):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            if self.cut:
-                client.close()
-                continue
-            try:
-                up = socket.create_connection(self.upstream, timeout=5)
-                up.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            self.conns += [client, up]
-            for a, b in ((client, up), (up, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
 
 def ready_status(store: Store, node: str) -> str | None:
@@ -70,7 +31,7 @@ def node(request, netns, etcd_endpoints, tmp_path):
     require(os.path.exists("/usr/lib/cni/bridge"), "needs containernetworking-plugins in /usr/lib/cni")
     ns = netns("k8s")
     host, port = etcd_endpoints[0].removeprefix("http://").split(":")
-    relay = CuttableRelay(ns, (host, int(port)))
+    relay = NetnsRelay(ns, (host, int(port)))
     store = Store.from_endpoints(etcd_endpoints)
     store.ensure_cluster()
     extra = getattr(request, "param", None)
