@@ -43,7 +43,8 @@ class EtcdEvent:
     kv: KV
 
 
-def _b64(data: bytes | str) -> str:
+def b64(data: bytes | str) -> str:
+    """Base64 text of ``data`` (the gateway's encoding of keys and values)."""
     if isinstance(data, str):
         data = data.encode()
     return base64.b64encode(data).decode()
@@ -60,7 +61,8 @@ def prefix_end(prefix: str) -> str:
     return "\0"
 
 
-def _kv(d: dict[str, Any]) -> KV:
+def kv_from_json(d: dict[str, Any]) -> KV:
+    """A :class:`KV` from the gateway's JSON form of one key-value pair."""
     return KV(
         key=base64.b64decode(d["key"]).decode(),
         value=base64.b64decode(d.get("value", "")),
@@ -167,25 +169,25 @@ class EtcdClient:
 
     def get(self, key: str) -> KV | None:
         """The pair at ``key``, or None."""
-        doc = self.call("/v3/kv/range", {"key": _b64(key)})
+        doc = self.call("/v3/kv/range", {"key": b64(key)})
         kvs = doc.get("kvs") or []
-        return _kv(kvs[0]) if kvs else None
+        return kv_from_json(kvs[0]) if kvs else None
 
     def list(self, prefix: str) -> tuple[list[KV], int]:
         """Every pair under ``prefix`` (sorted by key) and the store revision."""
-        doc = self.call("/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))})
-        kvs = [_kv(d) for d in doc.get("kvs") or []]
+        doc = self.call("/v3/kv/range", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))})
+        kvs = [kv_from_json(d) for d in doc.get("kvs") or []]
         kvs.sort(key=lambda kv: kv.key)
         return kvs, int(doc.get("header", {}).get("revision", 0))
 
     def revision(self) -> int:
         """The current store revision."""
-        doc = self.call("/v3/kv/range", {"key": _b64("\0"), "count_only": True})
+        doc = self.call("/v3/kv/range", {"key": b64("\0"), "count_only": True})
         return int(doc.get("header", {}).get("revision", 0))
 
     def put(self, key: str, value: bytes | str, lease: int | None = None) -> int:
         """Unconditional write; returns the new revision."""
-        body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        body: dict[str, Any] = {"key": b64(key), "value": b64(value)}
         if lease:
             body["lease"] = str(lease)
         doc = self.call("/v3/kv/put", body)
@@ -196,11 +198,11 @@ class EtcdClient:
 
     def create(self, key: str, value: bytes | str, lease: int | None = None) -> int:
         """Write only if ``key`` does not exist; raises AlreadyExists otherwise."""
-        put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        put: dict[str, Any] = {"key": b64(key), "value": b64(value)}
         if lease:
             put["lease"] = str(lease)
         doc = self._txn(
-            [{"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
+            [{"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
             [{"request_put": put}],
             [],
         )
@@ -211,9 +213,9 @@ class EtcdClient:
     def update(self, key: str, value: bytes | str, mod_revision: int) -> int:
         """Compare-and-swap: write only if ``key`` is still at ``mod_revision``."""
         doc = self._txn(
-            [{"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}],
-            [{"request_put": {"key": _b64(key), "value": _b64(value)}}],
-            [{"request_range": {"key": _b64(key)}}],
+            [{"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}],
+            [{"request_put": {"key": b64(key), "value": b64(value)}}],
+            [{"request_range": {"key": b64(key)}}],
         )
         if not doc.get("succeeded"):
             self._raise_cas_failure(key, doc, mod_revision)
@@ -222,12 +224,12 @@ class EtcdClient:
     def delete(self, key: str, mod_revision: int | None = None) -> bool:
         """Delete ``key`` (only at ``mod_revision`` if given). True if something was deleted."""
         if mod_revision is None:
-            doc = self.call("/v3/kv/deleterange", {"key": _b64(key)})
+            doc = self.call("/v3/kv/deleterange", {"key": b64(key)})
             return int(doc.get("deleted", 0)) > 0
         doc = self._txn(
-            [{"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}],
-            [{"request_delete_range": {"key": _b64(key)}}],
-            [{"request_range": {"key": _b64(key)}}],
+            [{"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}],
+            [{"request_delete_range": {"key": b64(key)}}],
+            [{"request_range": {"key": b64(key)}}],
         )
         if not doc.get("succeeded"):
             self._raise_cas_failure(key, doc, mod_revision)
@@ -236,7 +238,7 @@ class EtcdClient:
     def delete_prefix(self, prefix: str) -> int:
         """Delete every key under ``prefix``; returns how many."""
         doc = self.call(
-            "/v3/kv/deleterange", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}
+            "/v3/kv/deleterange", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))}
         )
         return int(doc.get("deleted", 0))
 
@@ -246,7 +248,7 @@ class EtcdClient:
         kvs = (responses[0].get("response_range") or {}).get("kvs") or []
         if not kvs:
             raise errors.NotFound(f"{key} does not exist")
-        now = _kv(kvs[0]).mod_revision
+        now = kv_from_json(kvs[0]).mod_revision
         raise errors.Conflict(f"{key} changed: expected revision {expected}, found {now}")
 
     # -- leases ------------------------------------------------------------
@@ -293,8 +295,8 @@ class Watch:
         conn = http.client.HTTPConnection(host, port, timeout=self.client.timeout)
         body = {
             "create_request": {
-                "key": _b64(self.prefix),
-                "range_end": _b64(prefix_end(self.prefix)),
+                "key": b64(self.prefix),
+                "range_end": b64(prefix_end(self.prefix)),
                 "start_revision": str(self.start_revision),
                 "progress_notify": True,
             }
@@ -362,7 +364,7 @@ class Watch:
                 f"etcd cancelled the watch: {result.get('cancel_reason', 'no reason given')}")
         out = []
         for ev in result.get("events") or []:
-            out.append(EtcdEvent(type=ev.get("type", "PUT"), kv=_kv(ev["kv"])))
+            out.append(EtcdEvent(type=ev.get("type", "PUT"), kv=kv_from_json(ev["kv"])))
         return out
 
 

@@ -19,13 +19,16 @@ from typing import Any
 
 from datastore import errors
 from datastore.etcd import KV, prefix_end
+from datastore.etcd import b64 as _b64
+from datastore.etcd import kv_from_json as _kv
+from datastore.resources import BlockAffinity, IPAMBlock, IPAMConfig, IPAMHandle
 from ipam.block import Block, Handle, IPAMConfigRules
 
-IPAM_PREFIX = "/calico/ipam/v2/"
-BLOCK_PREFIX = "/calico/ipam/v2/assignment/ipv4/block/"
-HOST_PREFIX = "/calico/ipam/v2/host/"
-HANDLE_PREFIX = "/calico/ipam/v2/handle/"
-CONFIG_KEY = "/calico/ipam/v2/config"
+# Calico's etcd key layout lives in datastore.resources; these are its IPAM prefixes.
+BLOCK_PREFIX = IPAMBlock.list_prefix()
+HOST_PREFIX = BlockAffinity.list_prefix()
+HANDLE_PREFIX = IPAMHandle.list_prefix()
+CONFIG_KEY = IPAMConfig.key_for("default")
 
 POOL_PREFIX = "/calico/resources/v3/projectcalico.org/ippools/"
 #: how a block with no free ordinal serialises (compact JSON, as both we and datastore/ write it)
@@ -49,22 +52,22 @@ def key_part_to_cidr(part: str) -> IPv4Network:
 
 def block_key(cidr: IPv4Network | str) -> str:
     """etcd key of a block."""
-    return BLOCK_PREFIX + cidr_to_key_part(cidr)
+    return IPAMBlock.key_for_cidr(str(cidr))
 
 
 def affinity_prefix(host: str) -> str:
     """etcd prefix of every IPv4 block affinity of ``host``."""
-    return f"{HOST_PREFIX}{host}/ipv4/block/"
+    return BlockAffinity.node_prefix(host)
 
 
 def affinity_key(host: str, cidr: IPv4Network | str) -> str:
     """etcd key of ``host``'s affinity to a block."""
-    return affinity_prefix(host) + cidr_to_key_part(cidr)
+    return BlockAffinity.key_for_node(host, str(cidr))
 
 
 def handle_key(handle_id: str) -> str:
     """etcd key of a handle."""
-    return HANDLE_PREFIX + handle_id
+    return IPAMHandle.key_for(handle_id)
 
 
 @dataclass
@@ -80,16 +83,6 @@ class Affinity:
 
 def _json(data: dict[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
-
-
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def _kv(d: dict[str, Any]) -> KV:
-    return KV(key=base64.b64decode(d["key"]).decode(), value=base64.b64decode(d.get("value", "")),
-              mod_revision=int(d.get("mod_revision", 0)), create_revision=int(d.get("create_revision", 0)),
-              version=int(d.get("version", 0)))
 
 
 class Store:
