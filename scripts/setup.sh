@@ -85,6 +85,10 @@ for kv in gc_thresh1=4096 gc_thresh2=8192 gc_thresh3=16384; do
     fi
 done
 
+# Mount points the labs and the CNI interop tier mount each node's private
+# directories on (Mininet's privateDirs need the directory to exist).
+mkdir -p /etc/cni/net.d /opt/cni/bin
+
 # The kernel tier's guest kernel (Debian's stock package, cached in .cache/kernel/).
 if ! .venv/bin/python -m testbed.kerneltier.fetch >/dev/null; then
     echo "setup: could not fetch the guest kernel for the kernel tier" >&2
