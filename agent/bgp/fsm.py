@@ -77,7 +77,8 @@ class DecodeError:
 # ---- actions
 @dataclass(frozen=True)
 class Connect:
-    """Open an outgoing TCP connection."""
+    """Open an outgoing TCP connection. The FSM never asks for one while another attempt or
+    connection of this session is open (it sends Drop first)."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ class Send:
 
 @dataclass(frozen=True)
 class Drop:
-    """Close the TCP connection."""
+    """Close the TCP connection, or abandon the connect attempt in flight. The session
+    object lives on (a new Connect may follow); Down says when it has ended."""
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,9 @@ class FSM:
         self.hold_time: float = config.timers.hold
         self.keepalive_time: float = 0
         self.last_error: str = ""
+        # a TCP connect of ours is in flight (Connect sent, neither TcpConnected nor
+        # TcpFailed back yet): a connect-retry expiry must drop it before starting another
+        self.connecting = False
 
     # -- helpers
     def _open(self) -> M.Open:
@@ -223,6 +228,7 @@ class FSM:
             acts.append(Send(M.Notification(notify.code, notify.subcode, notify.data)))
         acts += [Drop(), StopTimer("connect_retry"), StopTimer("hold"), StopTimer("keepalive")]
         self.state = State.IDLE
+        self.connecting = False
         self.last_error = reason
         acts.append(Down(reason, was))
         return acts
@@ -256,14 +262,20 @@ class FSM:
             if isinstance(ev, TimerExpired) and ev.name == "connect_retry":
                 if self.config.passive or self.incoming:
                     return []
+                # RFC 4271 8.2.2 (Connect, ConnectRetryTimer_Expires): drop the attempt in
+                # flight, then start a new one; never two transports on one session
+                acts = [Drop()] if self.connecting else []
                 self.state = State.CONNECT
-                return [Connect(), StartTimer("connect_retry", t.connect_retry)]
+                self.connecting = True
+                return acts + [Connect(), StartTimer("connect_retry", t.connect_retry)]
             if isinstance(ev, TcpConnected):
+                self.connecting = False
                 self.state = State.OPENSENT
                 # large hold timer while waiting for OPEN (RFC 4271 suggests 4 minutes)
                 return [StopTimer("connect_retry"), Send(self._open()),
                         StartTimer("hold", max(t.hold, 4) if t.hold else 240)]
             if isinstance(ev, TcpFailed):
+                self.connecting = False
                 if self.config.passive or self.incoming:
                     return self._fail(ev.reason)
                 self.state = State.ACTIVE

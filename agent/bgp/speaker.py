@@ -47,7 +47,9 @@ def peer_sends_addpath(peer_open: M.Open) -> bool:
 
 
 class Connection:
-    """One TCP connection and its FSM."""
+    """One session attempt with a peer: its FSM and, at any time, at most one transport
+    (an outgoing connect in flight, or a connected socket). The FSM's Drop closes the
+    transport; Down ends the Connection (``closed``), after which events are ignored."""
 
     def __init__(self, peer: Peer, incoming: bool):
         self.peer = peer
@@ -56,7 +58,9 @@ class Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.timers: dict[str, asyncio.TimerHandle] = {}
-        self.tasks: list[asyncio.Task] = []
+        self._connecting: asyncio.Task | None = None  # the outgoing connect in flight
+        self._reading: asyncio.Task | None = None     # the reader of the connected socket
+        self._attempt = 0  # numbers connect attempts: a superseded one never reports back
         self.recv_addpath = False
         self.closed = False
 
@@ -79,26 +83,33 @@ class Connection:
             if old:
                 old.cancel()
             self.timers[act.name] = loop.call_later(
-                act.seconds, self.feed, F.TimerExpired(act.name))
+                act.seconds, self._fire, act.name)
         elif isinstance(act, F.StopTimer):
             old = self.timers.pop(act.name, None)
             if old:
                 old.cancel()
         elif isinstance(act, F.Connect):
-            self.tasks.append(loop.create_task(self._connect()))
+            assert self._connecting is None and self.writer is None, "second transport"
+            self._attempt += 1
+            self._connecting = loop.create_task(self._connect(self._attempt))
         elif isinstance(act, F.Send):
             self.send(act.msg)
         elif isinstance(act, F.Drop):
-            self._close()
+            self._drop_transport()
         elif isinstance(act, F.OpenAccepted):
             self.peer.on_open(self)
         elif isinstance(act, F.Up):
             self.recv_addpath = peer_sends_addpath(act.peer_open)
             self.peer.on_up(self, act.peer_open)
         elif isinstance(act, F.Down):
+            self._close()
             self.peer.on_down(self, act.reason, act.was_established)
         elif isinstance(act, F.Deliver):
             self.peer.on_message(act.msg)
+
+    def _fire(self, name: str) -> None:
+        self.timers.pop(name, None)
+        self.feed(F.TimerExpired(name))
 
     def send(self, msg: object) -> None:
         """Write one message (no-op when the socket is gone)."""
@@ -113,40 +124,58 @@ class Connection:
         if self.writer is not None and not self.writer.is_closing():
             self.writer.write(data)
 
-    def _close(self) -> None:
-        self.closed = True
-        for t in self.timers.values():
-            t.cancel()
-        self.timers.clear()
+    def _drop_transport(self) -> None:
+        """Close the socket (queued bytes, e.g. a NOTIFICATION, still go out) and abandon
+        a connect in flight."""
+        self._attempt += 1
+        cur = asyncio.current_task()
+        for task in (self._connecting, self._reading):
+            if task is not None and task is not cur:
+                task.cancel()
+        self._connecting = self._reading = None
         if self.writer is not None:
             try:
                 self.writer.close()
             except Exception:  # noqa: BLE001 - closing a broken socket
                 pass
-        cur = asyncio.current_task()
-        for t in self.tasks:
-            if t is not cur:
-                t.cancel()
+        self.reader = self.writer = None
 
-    async def _connect(self) -> None:
+    def _close(self) -> None:
+        """End this Connection: transport and timers."""
+        self.closed = True
+        for t in self.timers.values():
+            t.cancel()
+        self.timers.clear()
+        self._drop_transport()
+
+    async def _connect(self, attempt: int) -> None:
         pc, sc = self.peer.config, self.peer.speaker.config
         try:
-            self.reader, self.writer = await asyncio.wait_for(asyncio.open_connection(
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
                 str(pc.address), pc.port, local_addr=(str(sc.local_address), 0)),
                 timeout=max(1.0, sc.timers.connect_retry))
         except (TimeoutError, OSError) as exc:
+            if attempt != self._attempt or self.closed:
+                return  # superseded: the FSM already moved on
+            self._connecting = None
             if isinstance(exc, TimeoutError) or not getattr(exc, "errno", None):
                 why = "Connection timed out"
             else:
                 why = os.strerror(exc.errno)  # BIRD's wording: 'Connection refused'
             self.feed(F.TcpFailed(f"Socket: {why}"))
             return
-        if self.peer.accept_outgoing(self):
-            self._nodelay()
-            self.feed(F.TcpConnected())
-            self.tasks.append(asyncio.get_running_loop().create_task(self._read()))
-        else:
-            self.writer.close()
+        if attempt != self._attempt or self.closed:
+            writer.close()  # superseded while connecting (wait_for may swallow a cancel)
+            return
+        self._connecting = None
+        if not self.peer.accept_outgoing(self):
+            writer.close()
+            return
+        self.reader, self.writer = reader, writer
+        self._nodelay()
+        self.feed(F.TcpConnected())
+        if self.writer is writer:  # still ours after the FSM's actions
+            self._reading = asyncio.get_running_loop().create_task(self._read(reader))
 
     def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Use an accepted socket."""
@@ -154,25 +183,26 @@ class Connection:
         self._nodelay()
         self.feed(F.ManualStart())
         self.feed(F.TcpConnected())
-        self.tasks.append(asyncio.get_running_loop().create_task(self._read()))
+        if self.writer is writer:
+            self._reading = asyncio.get_running_loop().create_task(self._read(reader))
 
     def _nodelay(self) -> None:
         sock = self.writer.get_extra_info("socket") if self.writer else None
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    async def _read(self) -> None:
-        assert self.reader is not None
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        """The one reader of ``reader`` (a Connection's socket has exactly one)."""
         try:
-            while not self.closed:
-                head = await self.reader.readexactly(M.HEADER_LEN)
+            while not self.closed and self.reader is reader:
+                head = await reader.readexactly(M.HEADER_LEN)
                 try:
                     length, _t = M.parse_header(head)
                 except E.BGPError as err:
                     self.peer.speaker.count("malformed")
                     self.feed(F.DecodeError(err))
                     return
-                body = await self.reader.readexactly(length - M.HEADER_LEN)
+                body = await reader.readexactly(length - M.HEADER_LEN)
                 try:
                     msg = M.decode(head + body, addpath=self.recv_addpath)
                 except E.BGPError as err:
@@ -187,10 +217,9 @@ class Connection:
                     self.peer.last_notification_received = msg
                 self.feed(F.MessageReceived(msg))
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
-            self.feed(F.TcpFailed("connection closed" if isinstance(
-                exc, asyncio.IncompleteReadError) else f"Socket: {exc}"))
-        except asyncio.CancelledError:
-            raise
+            if self.reader is reader:
+                self.feed(F.TcpFailed("connection closed" if isinstance(
+                    exc, asyncio.IncompleteReadError) else f"Socket: {exc}"))
 
 
 class Peer:

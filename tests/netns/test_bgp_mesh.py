@@ -355,3 +355,35 @@ def test_received_route_never_replaces_someone_elses_route(lab):
     wait_for(lambda: lab.speakers[0].status()["kernel_errors"], lambda e: e == [], timeout=SETTLE,
              what="report cleared after the withdrawal")
     assert "proto kernel" in sh("ip", "-n", a_ns, "route", "show", str(subnet))
+
+
+def test_thirty_node_mesh_converges_with_short_connect_retry(lab):
+    """Regression (issue 18): with a connect-retry timer shorter than a connect can take, a
+    retry in Connect used to start a second attempt beside the one in flight; both attached
+    to one connection (two readers on one stream: 'withdrawn routes length 65535', Cease 7
+    collisions towards passive peers) and a 30-node mesh never converged. Every session
+    must come up and every node must hold every other node's block."""
+    n = 30
+    timers = Timers(hold=9, connect_delay=0.1, connect_retry=0.3, error_wait_min=0.2,
+                    error_wait_max=1, graceful_restart=3)
+    nodes = [lab.add_node() for _ in range(n)]
+    lab.static_neighbors()
+    addrs = [a for _ns, a in nodes]
+    for i, (ns, a) in enumerate(nodes):
+        t = SpeakerThread(mesh_config(a, addrs, [block(i)], timers=timers), netns=ns,
+                          program_kernel=False, name=f"bgp{i}")
+        lab.speakers.append(t)
+        t.start()
+
+    def summary() -> tuple[list[int], list[int], int, int]:
+        sts = [s.status() for s in lab.speakers]
+        return ([st["established"] for st in sts], [st["routes"] for st in sts],
+                sum(st["counters"]["malformed"] for st in sts),
+                sum(st["counters"]["collisions"] for st in sts))
+
+    wait_for(summary, lambda v: v[0] == [n - 1] * n and v[1] == [n] * n, timeout=SETTLE,
+             what=f"{n}-node mesh: every session Established, {n} routes on every node "
+                  "(established, routes, malformed, collisions)")
+    # Calico's passive rule means exactly one side connects: no collision, nothing malformed
+    _est, _routes, malformed, collisions = summary()
+    assert (malformed, collisions) == (0, 0), (malformed, collisions)
