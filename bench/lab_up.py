@@ -28,9 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from testbed import lab as labmod  # noqa: E402
-from testbed import netns as nsmod  # noqa: E402
-from testbed.clean import clean_lab  # noqa: E402
+from testbed.lab import lifecycle as labmod  # noqa: E402
+from testbed.lab import netns as nsmod  # noqa: E402
+from testbed.lab.clean import clean_lab  # noqa: E402
 from testbed.poll import WaitTimeout, wait_for  # noqa: E402
 
 TARGETS = {3: 3.0, 20: 10.0, 50: 30.0}

@@ -113,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    from testbed.lab import LabError
-    from testbed.topology import TopologyError
+    from testbed.lab.state import LabError
+    from testbed.lab.topology import TopologyError
 
     tool = _split_tool(args_list, ("kubectl", "calicoctl", "capture", "demo"))
     try:
@@ -123,12 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return walkthrough.main(tool[2])
         if tool is not None and tool[1] == "capture":
-            from testbed import lab as labmod
-            from testbed.capture import capture_command
+            from testbed.capture.command import capture_command
+            from testbed.lab import state as labstate
 
             if tool[2][:1] in (["-h"], ["--help"]) or not tool[2]:
                 return capture_command(tool[2] or ["--help"], "-")
-            return capture_command(tool[2], labmod.resolve(tool[0])["lab"])
+            return capture_command(tool[2], labstate.resolve(tool[0])["lab"])
         if tool is not None:
             return run_tool(tool[1], tool[2], tool[0])
         args = build_parser().parse_args(args_list)
@@ -170,7 +170,8 @@ def _split_tool(args: list[str], tools: tuple[str, ...] = ("kubectl", "calicoctl
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from testbed import lab as labmod
+    from testbed.lab import lifecycle as labmod
+    from testbed.lab import state as labstate
 
     cmd = args.command
     lab = getattr(args, "lab", None)
@@ -179,7 +180,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                        progress=_progress, ready_timeout=args.ready_timeout)
         print(f"lab {st['lab']} is up: {len([h for h in st['hosts'].values() if h['kind'] == 'node'])}"
               f" node(s), etcd at {','.join(st['etcd_endpoints'])}")
-        print(f"  calicolab{'' if len(labmod.running_labs()) < 2 else ' --lab ' + st['lab']} "
+        print(f"  calicolab{'' if len(labstate.running_labs()) < 2 else ' --lab ' + st['lab']} "
               "kubectl get nodes    # or: calicolab shell "
               f"{st['control_plane']}")
         return EXIT_OK
@@ -187,19 +188,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         labmod.down(args.name or lab, progress=_progress)
         return EXIT_OK
     if cmd == "list":
-        for name in labmod.list_labs():
-            st = labmod.read_state(name) or {}
-            phase = st.get("phase", "?") if labmod.is_running(st) else f"{st.get('phase', '?')} (dead)"
+        for name in labstate.list_labs():
+            st = labstate.read_state(name) or {}
+            phase = st.get("phase", "?") if labstate.is_running(st) else f"{st.get('phase', '?')} (dead)"
             print(f"{name}\t{phase}\t{st.get('topology', '')}")
         return EXIT_OK
     if cmd == "clean":
-        from testbed.clean import clean_all, clean_lab
+        from testbed.lab.clean import clean_all, clean_lab
 
-        unknown = [n for n in args.names if n not in labmod.list_labs()]
+        unknown = [n for n in args.names if n not in labstate.list_labs()]
         if unknown:
-            raise labmod.LabError(f"no lab named {', '.join(map(repr, unknown))} "
-                                  f"(labs: {', '.join(labmod.list_labs()) or 'none'})",
-                                  labmod.EXIT_NOLAB)
+            raise labstate.LabError(f"no lab named {', '.join(map(repr, unknown))} "
+                                   f"(labs: {', '.join(labstate.list_labs()) or 'none'})",
+                                   labstate.EXIT_NOLAB)
         reports = [clean_lab(n) for n in args.names] if args.names else clean_all()
         for r in reports:
             print(r.summary())
@@ -209,18 +210,18 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "status":
         return _status(lab, args.json)
     if cmd == "shell":
-        from testbed import nodeshell
+        from testbed.lab import nodeshell
 
-        st = labmod.resolve(lab)
+        st = labstate.resolve(lab)
         return nodeshell.shell(st, args.node)
     if cmd == "exec":
         return _exec(lab, args.target, args.cmd)
     if cmd in ("kubectl", "calicoctl"):
         return run_tool(cmd, args.args, lab)
     if cmd == "capture":
-        from testbed.capture import capture_command
+        from testbed.capture.command import capture_command
 
-        return capture_command(args.args, labmod.resolve(lab)["lab"])
+        return capture_command(args.args, labstate.resolve(lab)["lab"])
     if cmd == "demo":
         from testbed import walkthrough
 
@@ -235,7 +236,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _status(lab: str | None, as_json: bool) -> int:
-    from testbed import lab as labmod
+    from testbed.lab import lifecycle as labmod
 
     info = labmod.status(lab)
     if as_json:
@@ -265,27 +266,27 @@ def _status(lab: str | None, as_json: bool) -> int:
 
 
 def _exec(lab: str | None, target: str, cmd: list[str]) -> int:
-    from testbed import lab as labmod
-    from testbed import nodeshell
+    from testbed.lab import nodeshell
+    from testbed.lab import state as labstate
 
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:
-        raise labmod.LabError("no command given (usage: calicolab exec NODE -- CMD ...)",
-                              exit_code=EXIT_INPUT)
+        raise labstate.LabError("no command given (usage: calicolab exec NODE -- CMD ...)",
+                               exit_code=EXIT_INPUT)
     if "/" in target:
         ns, _, pod = target.partition("/")
         if not ns or not pod:
-            raise labmod.LabError(f"bad pod {target!r}: use NAMESPACE/POD", exit_code=EXIT_INPUT)
+            raise labstate.LabError(f"bad pod {target!r}: use NAMESPACE/POD", exit_code=EXIT_INPUT)
         return run_tool("kubectl", ["exec", "-n", ns, pod, "--", *cmd], lab)
-    st = labmod.resolve(lab)
+    st = labstate.resolve(lab)
     return nodeshell.run_in_node(st, target, cmd).returncode
 
 
 def _tool_main(tool: str):  # noqa: ANN202
     import importlib
 
-    from testbed import lab as labmod
+    from testbed.lab import state as labstate
 
     candidates = [f"testbed.{tool}", f"testbed.{tool}.main"]
     for mod in candidates:
@@ -298,7 +299,7 @@ def _tool_main(tool: str):  # noqa: ANN202
         fn = getattr(m, "main", None)
         if callable(fn):
             return fn
-    raise labmod.LabError(f"{tool} is not available yet (no testbed.{tool}.main)")
+    raise labstate.LabError(f"{tool} is not available yet (no testbed.{tool}.main)")
 
 
 def run_tool(tool: str, args: list[str], lab: str | None) -> int:
@@ -307,15 +308,15 @@ def run_tool(tool: str, args: list[str], lab: str | None) -> int:
     This process enters the node's network (and mount) namespace first, so the
     tool reaches the lab's etcd at the node address like it would on the node.
     """
-    from testbed import lab as labmod
-    from testbed import netns as nsmod
-    from testbed.nodeshell import node_target
+    from testbed.lab import netns as nsmod
+    from testbed.lab import state as labstate
+    from testbed.lab.nodeshell import node_target
 
-    st = labmod.resolve(lab)
+    st = labstate.resolve(lab)
     fn = _tool_main(tool)
     cp = st["control_plane"]
     netns, mnt = node_target(st, cp)
-    env = labmod.node_env(st, cp)
+    env = labstate.node_env(st, cp)
     for key in ("NODE_NAME", "NODENAME", "ETCD_ENDPOINTS", "CALICOLAB_LAB", "DATASTORE_TYPE"):
         os.environ[key] = env[key]
     cwd = os.getcwd()

@@ -318,7 +318,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def _container_name(image: str) -> str:
-    from testbed.images import repository
+    from testbed.k8s.images import repository
 
     return repository(image).rsplit("/", 1)[-1]
 

@@ -12,7 +12,7 @@ It replays ../shared/reference/walkthrough.md on the lab of
 5. the four flows under tcpdump on every ``cali*``, ``tunl0`` and ``eth0`` (and the
    external host's ``eth0``): same node, cross node (IPIP), pod to the internet
    (masquerade), and through a Service (DNAT);
-6. each flow's pcaps checked with :mod:`testbed.pcapassert`, the results table,
+6. each flow's pcaps checked with :mod:`testbed.capture.pcapassert`, the results table,
    and an HTML report with the packets hop by hop and a diagram of the lab.
 
 Every step goes through the same commands a user types (``calicolab kubectl``,
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testbed import pcapassert as pa
+from testbed.capture import pcapassert as pa
 from testbed.poll import WaitTimeout, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,7 +194,7 @@ class Walkthrough:
 
     def up(self) -> None:
         """Bring the lab up without a CNI and check every node is NotReady for that reason."""
-        from testbed import lab as labmod
+        from testbed.lab import lifecycle as labmod
 
         t = time.monotonic()
         labmod.up(self.topology, name=self.lab, no_cni=True, progress=self.progress)
@@ -211,7 +211,7 @@ class Walkthrough:
 
     def install(self) -> None:
         """``install-cni`` and wait until every node is Ready."""
-        from testbed import lab as labmod
+        from testbed.lab import lifecycle as labmod
 
         t = time.monotonic()
         labmod.install_cni(self.lab)
@@ -286,7 +286,7 @@ class Walkthrough:
     # -- 5: captures and flows ---------------------------------------------------------
 
     def start_captures(self) -> None:
-        from testbed.capture import CaptureGroup
+        from testbed.capture.group import CaptureGroup
 
         t = time.monotonic()
         self.captures = CaptureGroup.for_lab(self.lab, ["k8s-w0", "k8s-w1", "internet"],
@@ -446,8 +446,8 @@ class Walkthrough:
     # -- report ------------------------------------------------------------------------------
 
     def lab_model(self) -> Any:
-        from testbed.diagram import HostBox, LabModel, NodeBox, PodBox, Segment
-        from testbed.topology import load
+        from testbed.lab.topology import load
+        from testbed.report.diagram import HostBox, LabModel, NodeBox, PodBox, Segment
 
         topo = load(self.topology, name=self.lab)
         blocks = self._blocks()
@@ -489,7 +489,7 @@ class Walkthrough:
         return {n["name"]: str(n.get("datapath") or "") for n in st.get("nodes", []) if "name" in n}
 
     def report_flows(self) -> list[Any]:
-        from testbed import report
+        from testbed.report import flows as report
 
         out = []
         for i, f in enumerate(self.flows):
@@ -504,7 +504,7 @@ class Walkthrough:
         return out
 
     def write_report(self) -> Path:
-        from testbed import report
+        from testbed.report import flows as report
 
         path = Path(self.captures.run_dir) / "report.html"
         report.write_report(path, self.report_flows(), self.lab_model(),
@@ -512,18 +512,19 @@ class Walkthrough:
         return path
 
     def table(self) -> str:
-        from testbed import report
+        from testbed.report import flows as report
 
         return report.results_table(self.report_flows())
 
     # -- all of it ---------------------------------------------------------------------
 
     def down(self) -> None:
-        from testbed import lab as labmod
+        from testbed.lab import lifecycle as labmod
+        from testbed.lab import state as labstate
 
         try:
             labmod.down(self.lab, progress=lambda m: None)
-        except labmod.LabError as exc:
+        except labstate.LabError as exc:
             self.progress(f"warning: {exc}")
 
     def run(self, keep: bool = False) -> tuple[bool, Path | None]:

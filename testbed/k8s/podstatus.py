@@ -41,7 +41,7 @@ def _condition(typ: str, ok: bool, now: str, reason: str | None = None, message:
 
 def container_status(info: ContainerInfo) -> dict:
     """One entry of status.containerStatuses."""
-    from testbed.images import qualified
+    from testbed.k8s.images import qualified
 
     if info.running:
         state = {"running": {"startedAt": info.started_at}}

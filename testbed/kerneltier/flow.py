@@ -4,7 +4,7 @@ Each function drives a :class:`~testbed.kerneltier.cluster.Cluster`, captures wi
 inside the nodes, and returns a JSON-able record of what a user observed (ping results,
 tunl0 counters, MTU outcomes, pcap file names relative to ``out_dir``).  The same functions
 run inside the qemu guest (kernel tunl0) and on the host (userspace tunl0); tests then compare
-the records and assert on the pcaps with :mod:`testbed.pcapassert`.
+the records and assert on the pcaps with :mod:`testbed.capture.pcapassert`.
 """
 
 from __future__ import annotations
@@ -134,10 +134,10 @@ def signature(frames, pool: str = "192.168.0.0/16", ttl_df: bool = False) -> Cou
     packet's TTL (as forwarded) and DF, and the userspace pump does the same
     (``tests/kernel/test_kernel_datapaths_agree.py`` compares with them).  IP ids are always
     left out (the kernel's tunnel hashes one even with DF; a raw socket leaves it 0), as is
-    the TOS (not decoded by :mod:`testbed.pcapassert`; the netns tier checks it).  Only the
+    the TOS (not decoded by :mod:`testbed.capture.pcapassert`; the netns tier checks it).  Only the
     pods' flow counts: IPIP frames and frames to or from ``pool``; node-to-node traffic such
     as BGP keepalives and IGMP reports is skipped.
-    ``frames`` are :class:`testbed.pcapassert.Frame` objects (a ``Trace`` iterates them).
+    ``frames`` are :class:`testbed.capture.pcapassert.Frame` objects (a ``Trace`` iterates them).
     """
     out: Counter = Counter()
     net = ipaddress.ip_network(pool)

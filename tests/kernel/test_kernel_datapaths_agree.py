@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from testbed import pcapassert as pa
+from testbed.capture import pcapassert as pa
 from testbed.kerneltier import cluster as kc
 from testbed.kerneltier import flow
 from tests.support import require, require_root, require_tool

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed import pcapassert as pa
+from testbed.capture import pcapassert as pa
 from testbed.kerneltier import cpio, fetch, initramfs, qemu
 from testbed.kerneltier.results import guest_test_names, read_junit, verdict_for
 from tests.support import require, require_root

@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from testbed import lab as labmod
+from testbed.lab import state as labstate
 
 SMALL = """\
 name: {name}
@@ -57,18 +57,18 @@ def leftovers(state: dict) -> list[str]:
              if line.split()[0] in state["netns"]]
     recs = [state.get("supervisor") or {}, *state["hosts"].values(), *state["services"].values()]
     for rec in recs:
-        if labmod.pid_alive(rec.get("pid"), rec.get("start")):
+        if labstate.pid_alive(rec.get("pid"), rec.get("start")):
             left.append(f"process {rec.get('pid')}")
     mounts = Path("/proc/self/mountinfo").read_text()
     for ns in state["netns"]:
         if f"/run/netns/{ns} " in mounts:
             left.append(f"mount /run/netns/{ns}")
-    if str(labmod.state_dir(lab)) in mounts:
+    if str(labstate.state_dir(lab)) in mounts:
         left.append("mount under the state dir")
     if state.get("cgroup") and os.path.isdir(state["cgroup"]):
         left.append(f"cgroup {state['cgroup']}")
-    if labmod.state_dir(lab).exists():
-        left.append(f"state dir {labmod.state_dir(lab)}")
+    if labstate.state_dir(lab).exists():
+        left.append(f"state dir {labstate.state_dir(lab)}")
     # the machine's own namespace never sees a lab interface
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     for host in state["hosts"]:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from testbed import lab as labmod
-from testbed.clean import clean_lab
+from testbed.lab import state as labstate
+from testbed.lab.clean import clean_lab
 from tests.lab.lab_helpers import SMALL, leftovers, write_topology
 from tests.support import require_root, require_tool, unique
 
@@ -22,7 +22,7 @@ CLI = [sys.executable, "-m", "testbed.cli"]
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=str(labmod.REPO))
+                          cwd=str(labstate.REPO))
 
 
 def shell_session(lab: str, node: str, line: str, timeout: float = 20) -> str:
@@ -39,7 +39,7 @@ def shell_session(lab: str, node: str, line: str, timeout: float = 20) -> str:
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     proc = subprocess.Popen([*CLI, "--lab", lab, "shell", node], stdin=slave, stdout=slave,
-                            stderr=slave, cwd=str(labmod.REPO), start_new_session=True,
+                            stderr=slave, cwd=str(labstate.REPO), start_new_session=True,
                             preexec_fn=controlling_tty)
     os.close(slave)
     os.write(master, (line + "\n").encode())
@@ -97,7 +97,7 @@ def test_bad_input_exits_2_and_creates_nothing(names, tmp_path):
     bad.write_text(SMALL.format(name=name).replace("172.30.60.11", "172.30.99.11"))
     res = cli("up", str(bad))
     assert res.returncode == 2 and "nodes[1].address" in res.stderr and "outside" in res.stderr
-    assert not labmod.state_dir(name).exists()
+    assert not labstate.state_dir(name).exists()
     after = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
     assert {n for n in after - before if n.startswith(name)} == set()
     assert cli("up", str(tmp_path / "missing.yaml")).returncode == 2
@@ -112,8 +112,8 @@ def test_up_status_exec_tools_down(names, tmp_path):
     # the lab outlives the command; a second up of the same name is refused
     again = cli("up", str(path), "--no-cni")
     assert again.returncode == 4 and "already running" in again.stderr
-    st = labmod.read_state(name)
-    assert st is not None and labmod.is_running(st)
+    st = labstate.read_state(name)
+    assert st is not None and labstate.is_running(st)
 
     res = cli("status", "--lab", name, "--json")
     assert res.returncode == 0, res.stderr
@@ -173,7 +173,7 @@ def test_clean_command_removes_a_crashed_lab(names, tmp_path):
     name = names()
     path = write_topology(tmp_path, name)
     assert cli("up", str(path), "--no-cni", "--ready-timeout", "5").returncode == 0
-    st = labmod.read_state(name)
+    st = labstate.read_state(name)
     assert st is not None
     os.kill(st["supervisor"]["pid"], 9)
     res = cli("clean", name)  # only ours: other labs on this machine may be in use

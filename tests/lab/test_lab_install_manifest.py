@@ -12,9 +12,9 @@ import sys
 
 import pytest
 
-from testbed import lab as labmod
-from testbed import netns as nsmod
-from testbed.install import install_by_manifest
+from testbed.k8s.install import install_by_manifest
+from testbed.lab import lifecycle as labmod
+from testbed.lab import netns as nsmod
 from testbed.poll import wait_for
 from tests.support import require_root, require_tool, unique
 

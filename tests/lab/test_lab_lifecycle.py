@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from testbed import lab as labmod
-from testbed import netns as nsmod
-from testbed.clean import clean_lab
+from testbed.lab import lifecycle as labmod
+from testbed.lab import netns as nsmod
+from testbed.lab import state as labstate
+from testbed.lab.clean import clean_lab
 from testbed.poll import wait_for
 from tests.lab.lab_helpers import ROUTED, SMALL, leftovers, template_of, write_topology
 from tests.support import require_root, require_tool, sh, unique
@@ -83,7 +84,7 @@ def test_up_node_view_and_down(make_lab):
     assert _root_links() == links_before
     assert sh("ip", "route") == routes_before
     # private node dirs: a file in w0's /etc/cni/net.d is not in m's nor on the machine
-    from testbed.nodeshell import run_in_node
+    from testbed.lab.nodeshell import run_in_node
 
     run_in_node(st, "w0", ["sh", "-c", "echo {} > /etc/cni/net.d/99-probe.conf"], check=True)
     seen_m = run_in_node(st, "m", ["ls", "/etc/cni/net.d"], capture_output=True, text=True).stdout
@@ -115,11 +116,11 @@ def test_several_labs_at_once(make_lab):
         return EtcdClient(["http://172.30.60.10:2379"], timeout=3.0).get("/calicolab-test/who")
 
     assert nsmod.run_in(f"{b['lab']}-m", get_b) is None
-    assert {a["lab"], b["lab"]} <= set(labmod.running_labs())
+    assert {a["lab"], b["lab"]} <= set(labstate.running_labs())
     labmod.down(a["lab"], progress=lambda _m: None)
     assert leftovers(a) == []
     # the other lab is untouched
-    assert labmod.is_running(labmod.read_state(b["lab"]))
+    assert labstate.is_running(labstate.read_state(b["lab"]))
     sh("ip", "netns", "exec", f"{b['lab']}-w0", "ping", "-c1", "-W2", "172.30.60.10")
 
 
@@ -135,9 +136,9 @@ def test_clean_after_kill_9_leaves_nothing(make_lab):
         assert len(pids) >= 5  # supervisor, 3 Mininet shells, etcd
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: [p for p in pids if labmod.pid_alive(p)], lambda alive: not alive,
+        wait_for(lambda: [p for p in pids if labstate.pid_alive(p)], lambda alive: not alive,
                  timeout=5, what="recorded lab processes to die")
-        assert not labmod.is_running(labmod.read_state(lab))
+        assert not labstate.is_running(labstate.read_state(lab))
         report = clean_lab(lab)
         assert not report.errors, report.errors
         assert leftovers(st) == []
@@ -151,10 +152,10 @@ def test_clean_after_kill_9_leaves_nothing(make_lab):
 
 def test_up_failure_creates_nothing(make_lab, tmp_path):
     st = make_lab()
-    with pytest.raises(labmod.LabError) as info:
+    with pytest.raises(labstate.LabError) as info:
         labmod.up(Path(st["topology"]), no_cni=True, progress=lambda _m: None)
-    assert "already running" in str(info.value) and info.value.exit_code == labmod.EXIT_EXISTS
-    assert labmod.is_running(labmod.read_state(st["lab"]))
+    assert "already running" in str(info.value) and info.value.exit_code == labstate.EXIT_EXISTS
+    assert labstate.is_running(labstate.read_state(st["lab"]))
 
 
 BGP_LAB = SMALL + """\
@@ -186,7 +187,7 @@ def test_topology_bgp_settings_become_calico_resources(make_lab):
 
 
 def test_crosssubnet_nodes_reach_etcd_through_the_router(make_lab):
-    st = make_lab(template_of(labmod.REPO / "topologies" / "crosssubnet.yaml"))
+    st = make_lab(template_of(labstate.REPO / "topologies" / "crosssubnet.yaml"))
     lab = st["lab"]
     # k8s-w1 is on lan1: its default route is r0's leg there, and r0 forwards to lan0
     assert "default via 172.30.9.1 dev eth0" in sh("ip", "-n", f"{lab}-k8s-w1", "route")

@@ -16,13 +16,14 @@ from ipaddress import ip_address, ip_network
 import pytest
 
 from agent.bgp.messages import decode
-from testbed import lab as labmod
+from testbed.lab import lifecycle as labmod
+from testbed.lab import state as labstate
 from testbed.poll import wait_for
 from tests.support import require_root, require_tool, unique
 
 pytestmark = pytest.mark.lab
 
-TOPOLOGY = labmod.REPO / "topologies" / "rr.yaml"
+TOPOLOGY = labstate.REPO / "topologies" / "rr.yaml"
 ADDR = {"k8s-m": "172.30.0.10", "k8s-w0": "172.30.0.11", "k8s-w1": "172.30.0.12"}
 FAST_BGP = "hold=9,connect_delay=0.5,connect_retry=1,error_wait_min=1"
 PODS = """\
@@ -57,7 +58,7 @@ def cli(lab: str, *args: str, input: str | None = None,  # noqa: A002
     """``calicolab --lab LAB ARGS...`` as a user types it."""
     return subprocess.run([sys.executable, "-m", "testbed.cli", "--lab", lab, *args],
                           capture_output=True, text=True, input=input, timeout=timeout,
-                          cwd=str(labmod.REPO))
+                          cwd=str(labstate.REPO))
 
 
 def peers(lab: str, node: str) -> list[tuple[str, str, str, str]]:
@@ -84,13 +85,13 @@ def rr_lab(monkeypatch):
         labmod.up(TOPOLOGY, name=name, progress=lambda msg: None)
         yield name
     finally:
-        if labmod.read_state(name) is not None:
+        if labstate.read_state(name) is not None:
             labmod.down(name, progress=lambda msg: None)
 
 
 def test_route_reflector_sessions_routes_and_pods(rr_lab, tmp_path):
-    from testbed import pcapassert as pa
-    from testbed.capture import CaptureGroup
+    from testbed.capture import pcapassert as pa
+    from testbed.capture.group import CaptureGroup
 
     lab = rr_lab
     # sessions: each worker one, to the reflector; the reflector one per worker

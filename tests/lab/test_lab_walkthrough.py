@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from testbed import lab as labmod
-from testbed.clean import clean_lab
+from testbed.lab import state as labstate
+from testbed.lab.clean import clean_lab
 from testbed.poll import wait_for
 from tests.lab.lab_helpers import leftovers
 from tests.support import require, require_root, require_tool, unique
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.lab
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """A fresh `calicolab` process each time, as from a new terminal."""
     return subprocess.run([sys.executable, "-m", "testbed.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=str(labmod.REPO))
+                          text=True, timeout=timeout, cwd=str(labstate.REPO))
 
 
 def node_table(lab: str) -> dict[str, str]:
@@ -36,7 +36,7 @@ def lab_name():
     require_root()
     require_tool("etcd")
     require_tool("mnexec")
-    for module in ("testbed.kubelet", "testbed.kubectl", "agent.main"):
+    for module in ("testbed.k8s.kubelet", "testbed.kubectl", "agent.main"):
         import importlib.util
 
         require(importlib.util.find_spec(module) is not None, f"needs {module}")
@@ -46,10 +46,10 @@ def lab_name():
 
 
 def test_walkthrough_notready_then_ready(lab_name, tmp_path):
-    topo = str(labmod.REPO / "topologies" / "walkthrough.yaml")
+    topo = str(labstate.REPO / "topologies" / "walkthrough.yaml")
     res = cli("up", topo, "--name", lab_name, "--no-cni")
     assert res.returncode == 0, res.stderr
-    st = labmod.read_state(lab_name)
+    st = labstate.read_state(lab_name)
     assert st is not None
     assert node_table(lab_name) == {"k8s-m": "NotReady", "k8s-w0": "NotReady",
                                     "k8s-w1": "NotReady"}
@@ -86,7 +86,7 @@ def test_walkthrough_notready_then_ready(lab_name, tmp_path):
     pids = [pid for p in calico
             for pid in json.loads(p["metadata"]["annotations"]["calicolab.io/pids"]).values()]
     assert len(pids) == 3 and all(os.path.exists(f"/proc/{pid}") for pid in pids), pids
-    st = labmod.read_state(lab_name)
+    st = labstate.read_state(lab_name)
     assert st is not None
     res = cli("down", lab_name)
     assert res.returncode == 0, res.stderr

@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from testbed.capture import pcaps_root
+from testbed.capture.group import pcaps_root
 from testbed.walkthrough import Walkthrough
 from tests.support import require_root, unique
 
@@ -101,7 +101,7 @@ def test_report_renders_flows_and_diagram(wt, tmp_path):
 
 
 def test_capture_cli_start_stop_writes_one_pcap_per_interface(wt):
-    from testbed import pcapassert as pa
+    from testbed.capture import pcapassert as pa
 
     out = wt.cli("capture", "start", "--nodes", "k8s-w1", "--ifaces", "eth0,tunl0").stdout
     assert "capturing in" in out, out

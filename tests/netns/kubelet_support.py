@@ -4,7 +4,7 @@
   127.0.0.1 inside a test netns: a real TCP relay whose listening socket is created in
   the netns (setns on one short-lived thread) and whose upstream connections are made
   from the test process' own netns.
-* :class:`KubeletProcess` runs ``python -m testbed.kubelet`` inside a node netns with
+* :class:`KubeletProcess` runs ``python -m testbed.k8s.kubelet`` inside a node netns with
   ``ip netns exec`` (which also gives it a private mount namespace, as a lab node has),
   with temporary CNI config / netns / state dirs, and at teardown removes everything it
   started: the kubelet, every process of its mount namespace (pods), by PID.
@@ -193,7 +193,7 @@ class KubeletProcess:
         self.mnt_inode = self._mount_inode()
         self.env = dict(os.environ, NODE_NAME=node, ETCD_ENDPOINTS=etcd, PYTHONPATH=REPO)
         self.env.pop("CALICOLAB_LAB", None)
-        self.argv = [sys.executable, "-m", "testbed.kubelet", "--node", node, "--node-ip", node_ip,
+        self.argv = [sys.executable, "-m", "testbed.k8s.kubelet", "--node", node, "--node-ip", node_ip,
                      "--cni-conf-dir", self.conf_dir, "--cni-bin-dir", bin_dirs,
                      "--netns-dir", self.netns_dir, "--root-dir", self.root_dir,
                      *(["--controllers"] if controllers else []), *(extra or [])]

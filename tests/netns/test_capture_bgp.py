@@ -1,5 +1,5 @@
 """BGP on the wire: two real BIRD daemons peer across a veth while we capture tcp/179,
-and testbed.pcapassert decodes BIRD's own OPEN and UPDATE bytes (ADD-PATH included).
+and testbed.capture.pcapassert decodes BIRD's own OPEN and UPDATE bytes (ADD-PATH included).
 
 This is the ground truth the calicolab BGP speaker is compared with: the
 capabilities BIRD puts in its OPEN with Calico's template options (graceful
@@ -13,8 +13,8 @@ import textwrap
 
 import pytest
 
-from testbed import capture as cp
-from testbed import pcapassert as pa
+from testbed.capture import pcapassert as pa
+from testbed.capture.group import CaptureGroup
 from testbed.poll import wait_for
 from tests.support import require_tool, sh
 
@@ -65,7 +65,7 @@ def start_bird(bird: str, ns: str, conf: str, tmp_path, name: str) -> subprocess
 
 def test_bird_open_and_update_decoded_from_capture(birds, tmp_path):
     a, b, bird = birds
-    group = cp.CaptureGroup({"k8s-w0": a, "k8s-w1": b}, tmp_path / "pcaps", ifaces="eth0",
+    group = CaptureGroup({"k8s-w0": a, "k8s-w1": b}, tmp_path / "pcaps", ifaces="eth0",
                             bpf="tcp port 179").start()
     procs = [start_bird(bird, b, bird_conf(B, A, BLOCK_B, passive=True), tmp_path, "b"),
              start_bird(bird, a, bird_conf(A, B, BLOCK_A, passive=False), tmp_path, "a")]

@@ -2,7 +2,7 @@
 
 Each test builds its own namespaces (the ``netns`` fixture removes them, on
 failure too), captures, sends real traffic (ping, curl to busybox httpd, proxy
-ARP) and checks the files with testbed.pcapassert and tshark.
+ARP) and checks the files with testbed.capture.pcapassert and tshark.
 """
 
 from __future__ import annotations
@@ -16,8 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from testbed import capture as cp
-from testbed import pcapassert as pa
+from testbed.capture import pcapassert as pa
+from testbed.capture.command import (
+    STATE_ROOT,
+    capture_command,
+    lab_nodes,
+    start_lab_capture,
+    stop_lab_capture,
+)
+from testbed.capture.errors import CaptureError
+from testbed.capture.group import REPO_ROOT, CaptureGroup
+from testbed.capture.links import parse_link_messages
+from testbed.capture.namespace import Capture
+from testbed.capture.pcapfile import check_pcap
 from testbed.poll import wait_for
 from tests.support import require_root, require_tool, sh, unique
 
@@ -75,7 +86,7 @@ def tshark_ok(path: Path) -> str:
 def test_capture_http_and_ping_on_both_ends(pair, httpd, tmp_path):
     a, b = pair
     run = tmp_path / "run"
-    group = cp.CaptureGroup({"a": a, "b": b}, run, ifaces="v*").start()
+    group = CaptureGroup({"a": a, "b": b}, run, ifaces="v*").start()
     assert group.captures["a"].listening() == ["va"]
     assert curl(a, f"http://{B_IP}/") == "200"
     sh("ping", "-c", "2", "-i", "0.05", B_IP, netns=a)
@@ -90,13 +101,13 @@ def test_capture_http_and_ping_on_both_ends(pair, httpd, tmp_path):
         out = tshark_ok(group.file(node, iface))
         assert "HTTP/1.1 200 OK" in out or "HTTP/1.0 200 OK" in out
     # every packet sent was written: the FIN exchange and the last echo reply included
-    assert res.files[0].packets == cp.check_pcap(group.file("a", "va"))
+    assert res.files[0].packets == check_pcap(group.file("a", "va"))
     print(res.table())
 
 
 def test_interface_appearing_while_capturing_is_picked_up(pair, tmp_path):
     a, b = pair
-    cap = cp.Capture(a, tmp_path, node="node", ifaces="cali*").start()
+    cap = Capture(a, tmp_path, node="node", ifaces="cali*").start()
     assert cap.listening() == []
     host_if, pod_if = f"cali{unique('')}", "eth0"
     sh("ip", "link", "add", host_if, "netns", a, "type", "veth", "peer", pod_if, "netns", b)
@@ -133,7 +144,7 @@ def test_proxy_arp_for_gateway_seen_on_cali(netns, tmp_path):
     sh("ip", "-n", pod, "link", "set", "eth0", "up")
     sh("ip", "-n", pod, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
     sh("ip", "-n", pod, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
-    with cp.CaptureGroup({"k8s-w0": node}, tmp_path, ifaces="cali*") as group:
+    with CaptureGroup({"k8s-w0": node}, tmp_path, ifaces="cali*") as group:
         sh("ping", "-c", "1", "172.31.0.1", netns=pod)
     assert group.result is not None and group.result.errors == []
     tr = group.trace("k8s-w0", cali)
@@ -143,15 +154,15 @@ def test_proxy_arp_for_gateway_seen_on_cali(netns, tmp_path):
 
 def test_bad_input_is_rejected_clearly(pair, tmp_path):
     a, _b = pair
-    with pytest.raises(cp.CaptureError, match="network namespace 'nosuchns.*' does not exist"):
-        cp.Capture(unique("nosuchns"), tmp_path, ifaces="v*").start()
-    with pytest.raises(cp.CaptureError, match="bad capture filter 'tcp port eighty'"):
-        cp.Capture(a, tmp_path, ifaces="v*", bpf="tcp port eighty").start()
+    with pytest.raises(CaptureError, match="network namespace 'nosuchns.*' does not exist"):
+        Capture(unique("nosuchns"), tmp_path, ifaces="v*").start()
+    with pytest.raises(CaptureError, match="bad capture filter 'tcp port eighty'"):
+        Capture(a, tmp_path, ifaces="v*", bpf="tcp port eighty").start()
     assert list(tmp_path.iterdir()) == []  # nothing half-done
     with pytest.raises(ValueError, match="no interface glob"):
-        cp.Capture(a, tmp_path, ifaces=" , ")
+        Capture(a, tmp_path, ifaces=" , ")
     # a valid filter is applied: only ICMP lands in the file
-    with cp.CaptureGroup({"a": a}, tmp_path, ifaces="va", bpf="icmp") as g:
+    with CaptureGroup({"a": a}, tmp_path, ifaces="va", bpf="icmp") as g:
         sh("ping", "-c", "1", B_IP, netns=a)
     tr = g.trace("a", "va")
     assert len(tr) == 2 and all(f.icmp_type is not None for f in tr)
@@ -163,14 +174,14 @@ def test_check_pcap_detects_truncated_file(tmp_path):
 
     good = tmp_path / "good.pcap"
     wrpcap(str(good), [IP(dst=B_IP) / UDP() / (b"x" * 50)] * 3)
-    assert cp.check_pcap(good) == 3
+    assert check_pcap(good) == 3
     cut = tmp_path / "cut.pcap"
     cut.write_bytes(good.read_bytes()[:-10])
-    with pytest.raises(cp.CaptureError, match="packet 3 cut short"):
-        cp.check_pcap(cut)
-    with pytest.raises(cp.CaptureError, match="shorter than a pcap header"):
+    with pytest.raises(CaptureError, match="packet 3 cut short"):
+        check_pcap(cut)
+    with pytest.raises(CaptureError, match="shorter than a pcap header"):
         (tmp_path / "e.pcap").write_bytes(b"")
-        cp.check_pcap(tmp_path / "e.pcap")
+        check_pcap(tmp_path / "e.pcap")
 
 
 def test_parse_link_messages_reads_names_and_up_flag():
@@ -185,7 +196,7 @@ def test_parse_link_messages_reads_names_and_up_flag():
 
     data = link(16, 5, 1, "cali0123456789a") + link(17, 6, 0, "eth0")
     data += struct.pack("=IHHII", 20, 3, 0, 1, 0) + b"\0" * 4
-    assert list(cp.parse_link_messages(data)) == [
+    assert list(parse_link_messages(data)) == [
         ("new", 5, "cali0123456789a", True), ("del", 6, "eth0", False), ("done", 0, None, False)]
 
 
@@ -204,50 +215,50 @@ def test_lab_capture_start_stop_with_detached_process(netns, tmp_path, monkeypat
         for i, ns in enumerate((n1, n2), start=1):
             sh("ip", "-n", ns, "addr", "add", f"203.0.113.{i}/24", "dev", "eth0")
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
-        assert cp.lab_nodes(lab) == ["n1", "n2"]
-        info = cp.start_lab_capture(lab, root=tmp_path, run="r1")
+        assert lab_nodes(lab) == ["n1", "n2"]
+        info = start_lab_capture(lab, root=tmp_path, run="r1")
         try:
             assert info["listening"] == {"n1": ["eth0"], "n2": ["eth0"]}
-            with pytest.raises(cp.CaptureError, match="already running"):
-                cp.start_lab_capture(lab, root=tmp_path)
+            with pytest.raises(CaptureError, match="already running"):
+                start_lab_capture(lab, root=tmp_path)
             sh("ping", "-c", "2", "-i", "0.05", "203.0.113.2", netns=n1)
         finally:
-            final = cp.stop_lab_capture(lab)
+            final = stop_lab_capture(lab)
         assert final["status"] == "stopped" and final["errors"] == []
         names = sorted(Path(f["path"]).name for f in final["files"])
         assert names == ["n1-eth0.pcap", "n2-eth0.pcap"]
         assert Path(final["run_dir"]) == tmp_path / lab / "r1"
         pa.load(tmp_path / lab / "r1" / "n2-eth0.pcap").expect(pa.icmp(8), exactly=2)
-        with pytest.raises(cp.CaptureError, match="no capture is running"):
-            cp.stop_lab_capture(lab)
-        with pytest.raises(cp.CaptureError, match="has no node 'n9'"):
-            cp.start_lab_capture(lab, ["n9"], root=tmp_path)
+        with pytest.raises(CaptureError, match="no capture is running"):
+            stop_lab_capture(lab)
+        with pytest.raises(CaptureError, match="has no node 'n9'"):
+            start_lab_capture(lab, ["n9"], root=tmp_path)
         # the same through `calicolab capture start|status|stop` (capture_command)
         monkeypatch.setenv("CALICOLAB_PCAPS", str(tmp_path / "cli"))
         capsys.readouterr()
-        assert cp.capture_command(["start", "--nodes", "n2", "--filter", "icmp", "--run", "r2"],
+        assert capture_command(["start", "--nodes", "n2", "--filter", "icmp", "--run", "r2"],
                                   lab) == 0
         try:
             out = capsys.readouterr().out
             assert f"capturing in {tmp_path / 'cli' / lab / 'r2'}" in out and "n2: eth0" in out
-            assert cp.capture_command(["status"], lab) == 0
+            assert capture_command(["status"], lab) == 0
             assert "capturing in" in capsys.readouterr().out
             sh("ping", "-c", "1", "203.0.113.2", netns=n1)
         finally:
-            rc = cp.capture_command(["stop"], lab)
+            rc = capture_command(["stop"], lab)
         out = capsys.readouterr().out
         assert rc == 0 and "n2-eth0.pcap" in out and "ok" in out, out
         assert len(pa.load(tmp_path / "cli" / lab / "r2" / "n2-eth0.pcap")) == 2
-        assert cp.capture_command(["stop"], lab) == 1
+        assert capture_command(["stop"], lab) == 1
         assert "no capture is running" in capsys.readouterr().err
-        assert cp.capture_command(["start", "--filter", "tcp port eighty"], lab) == 1
+        assert capture_command(["start", "--filter", "tcp port eighty"], lab) == 1
         assert "bad capture filter" in capsys.readouterr().err
     finally:
         for ns in made:
             subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
-        (cp.STATE_ROOT / lab / "capture.log").unlink(missing_ok=True)
+        (STATE_ROOT / lab / "capture.log").unlink(missing_ok=True)
         try:
-            (cp.STATE_ROOT / lab).rmdir()
+            (STATE_ROOT / lab).rmdir()
         except OSError:
             pass
 
@@ -255,7 +266,7 @@ def test_lab_capture_start_stop_with_detached_process(netns, tmp_path, monkeypat
 FIXTURE_USER = textwrap.dedent('''
     import subprocess, uuid
     import pytest
-    from testbed.capture import capture_fixture
+    from testbed.capture.fixture import capture_fixture
 
     captures = capture_fixture()
 
@@ -283,7 +294,7 @@ def test_fixture_keeps_pcaps_of_failed_test_only(tmp_path):
     require_tool("tcpdump")
     (tmp_path / "test_user_flow.py").write_text(FIXTURE_USER)
     root = tmp_path / "pcaps"
-    env = dict(os.environ, CALICOLAB_PCAPS=str(root), PYTHONPATH=str(cp.REPO_ROOT))
+    env = dict(os.environ, CALICOLAB_PCAPS=str(root), PYTHONPATH=str(REPO_ROOT))
     env.pop("CALICOLAB_KEEP_PCAPS", None)
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           "-o", "addopts=", "--rootdir", str(tmp_path), str(tmp_path)],

@@ -1,5 +1,5 @@
 """Captures of real tunnel traffic: IPIP on the wire, raw-IP frames on a TUN tunl0,
-and a kernel-made ICMP fragmentation-needed, asserted with testbed.pcapassert.
+and a kernel-made ICMP fragmentation-needed, asserted with testbed.capture.pcapassert.
 
 This machine's kernel has no ipip module, so the tunnel is done the way the
 agent's userspace datapath does it: a raw IPPROTO_IPIP socket sends and
@@ -17,10 +17,10 @@ import threading
 import pytest
 from scapy.layers.inet import IP, TCP
 
-from testbed import capture as cp
-from testbed import pcapassert as pa
-from testbed import report
+from testbed.capture import pcapassert as pa
+from testbed.capture.group import CaptureGroup
 from testbed.poll import wait_for
+from testbed.report import flows as report
 from tests.support import require_tool, sh
 
 pytestmark = pytest.mark.netns
@@ -65,7 +65,7 @@ def nodes(netns):
 
 def test_ipip_on_eth0_and_inner_packets_on_tun_tunl0(nodes, tmp_path):
     a, b = nodes
-    group = cp.CaptureGroup({"node-a": a, "node-b": b}, tmp_path, ifaces="eth0,tunl0").start()
+    group = CaptureGroup({"node-a": a, "node-b": b}, tmp_path, ifaces="eth0,tunl0").start()
     helper = subprocess.Popen(["ip", "netns", "exec", b, sys.executable, "-c", TUN_HELPER],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
@@ -130,7 +130,7 @@ def test_kernel_fragmentation_needed_is_seen(netns, tmp_path):
     sh("ip", "-n", a, "route", "add", "default", "via", "198.51.100.1")
     sh("ip", "-n", b, "route", "add", "default", "via", "203.0.113.1")
     sh("sysctl", "-qw", "net.ipv4.ip_forward=1", netns=r)
-    with cp.CaptureGroup({"a": a}, tmp_path, ifaces="eth0") as group:
+    with CaptureGroup({"a": a}, tmp_path, ifaces="eth0") as group:
         ok = subprocess.run(["ip", "netns", "exec", a, "ping", "-c", "1", "-W", "5", "-M", "do",
                              "-s", str(1400 - 28), "203.0.113.2"], capture_output=True)
         assert ok.returncode == 0, ok.stderr

@@ -198,9 +198,9 @@ def test_crashing_containers_back_off_and_completed_ones_succeed(node, tmp_path,
 
 
 def test_refuses_to_run_in_the_machines_own_netns():
-    from testbed.kubelet import in_host_netns
+    from testbed.k8s.kubelet import in_host_netns
 
     require(in_host_netns(), "the test process must run in the machine's network namespace")
-    res = subprocess.run([sys.executable, "-m", "testbed.kubelet", "--node", "stray",
+    res = subprocess.run([sys.executable, "-m", "testbed.k8s.kubelet", "--node", "stray",
                           "--etcd-endpoints", "http://127.0.0.1:9"], capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and "refusing to run in the machine's own network namespace" in res.stderr

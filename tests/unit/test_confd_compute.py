@@ -164,7 +164,7 @@ def test_listen_port_and_bind_mode():
 
 
 def lab_rr_state(reverse=None):
-    """The lab's route-reflector shape (testbed/labd.py): mesh off, k8s-m labelled and given a
+    """The lab's route-reflector shape (testbed/lab/supervisor.py): mesh off, k8s-m labelled and given a
     cluster id, one BGPPeer from every node to the reflectors."""
     st = walkthrough_state()
     st.bgp_configs["default"] = BGPConfiguration(

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from testbed import ctr
+from testbed.k8s import ctr
 
 pytestmark = pytest.mark.unit
 

@@ -2,8 +2,8 @@
 
 import pytest
 
+from testbed.capture.pcapassert import Frame, IpHeader
 from testbed.kerneltier.flow import signature
-from testbed.pcapassert import Frame, IpHeader
 
 pytestmark = pytest.mark.unit
 

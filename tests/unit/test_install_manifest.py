@@ -1,4 +1,4 @@
-"""The manifest template and its rendering (testbed/install.py): pure, no lab."""
+"""The manifest template and its rendering (testbed/k8s/install.py): pure, no lab."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from testbed import images
-from testbed.install import InstallError, InstallSettings, render, settings_for_lab
-from testbed.k8s import model
+from testbed.k8s import images, model
+from testbed.k8s.install import InstallError, InstallSettings, render, settings_for_lab
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]

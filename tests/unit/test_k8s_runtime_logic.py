@@ -6,16 +6,16 @@ import json
 
 import pytest
 
-from testbed import images, kubectl
-from testbed.k8s import cni
+from testbed import kubectl
+from testbed.k8s import cni, images
 from testbed.k8s.controllers import desired_endpoints, feasible_nodes, template_hash
+from testbed.k8s.kubeproxy import render, sep_chain, service_ports, svc_chain
 from testbed.k8s.podstatus import (
     NETWORK_NOT_READY_MESSAGE,
     ContainerInfo,
     node_conditions,
     pod_status,
 )
-from testbed.kubeproxy import render, sep_chain, service_ports, svc_chain
 
 pytestmark = pytest.mark.unit
 

@@ -166,8 +166,8 @@ def test_veth_name_matches_calicos_vectors():
 
 
 def test_flow_signature_keeps_the_pod_flow_only():
+    from testbed.capture.pcapassert import Frame, IpHeader
     from testbed.kerneltier.flow import signature
-    from testbed.pcapassert import Frame, IpHeader
 
     def frame(*ips, icmp=None):
         return Frame(index=1, time=0.0, source="x", size=100, ips=tuple(ips), icmp_type=icmp,

@@ -15,7 +15,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
-from testbed import pcapassert as pa
+from testbed.capture import pcapassert as pa
 
 pytestmark = pytest.mark.unit
 

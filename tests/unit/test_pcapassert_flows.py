@@ -11,7 +11,7 @@ from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import ARP, Ether
 from scapy.utils import wrpcap
 
-from testbed import pcapassert as pa
+from testbed.capture import pcapassert as pa
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed import pcapassert as pa
+from testbed.capture import pcapassert as pa
 
 pytestmark = pytest.mark.unit
 REF = Path(__file__).resolve().parents[2] / "pcaps" / "reference"

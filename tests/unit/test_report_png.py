@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.diagram import LadderRow, render_lab_svg, render_ladder_svg
+from testbed.report.diagram import LadderRow, render_lab_svg, render_ladder_svg
 from tests.support import require_tool
 from tests.unit.test_report_render import walkthrough_model
 

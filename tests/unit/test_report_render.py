@@ -1,4 +1,4 @@
-"""testbed.report and testbed.diagram: the report renders and shows what it must.
+"""testbed.report.flows and testbed.report.diagram: the report renders and shows what it must.
 
 The lab SVG is parsed (xml.etree) and its geometry checked: every box inside
 the canvas, pods inside their node, no two boxes overlapping, one arc per BGP
@@ -15,9 +15,9 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import ARP, Ether
 from scapy.utils import wrpcap
 
-from testbed import pcapassert as pa
-from testbed import report
-from testbed.diagram import (
+from testbed.capture import pcapassert as pa
+from testbed.report import flows as report
+from testbed.report.diagram import (
     DiagramError,
     HostBox,
     LabModel,
@@ -149,7 +149,7 @@ def test_lab_model_from_dict_and_topology():
     assert m.node("a").pods[0].ip == POD0 and m.tunnel_pairs() == [("a", "b")]
     from pathlib import Path
 
-    from testbed import topology
+    from testbed.lab import topology
 
     topo_file = Path(__file__).resolve().parents[2] / "topologies" / "walkthrough.yaml"
     tm = LabModel.from_topology(topology.load(topo_file))

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from testbed import lab as labmod
 from testbed.cli import _split_tool, build_parser
-from testbed.topology import load
+from testbed.lab import state as labstate
+from testbed.lab.topology import load
 
 pytestmark = pytest.mark.unit
 
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_plan_names_everything_before_creation():
     topo = load(ROOT / "topologies" / "walkthrough.yaml", name="wk")
-    st = labmod.plan(topo)
+    st = labstate.plan(topo)
     assert st["lab"] == "wk" and st["phase"] == "starting"
     assert sorted(st["netns"]) == sorted(["wk-k8s-m", "wk-k8s-w0", "wk-k8s-w1", "wk-r0",
                                           "wk-internet", "wk-lan0", "wk-inet"])
@@ -33,14 +33,14 @@ def test_plan_names_everything_before_creation():
 
 def test_node_env_contract():
     topo = load(ROOT / "topologies" / "walkthrough.yaml")
-    env = labmod.node_env(labmod.plan(topo), "k8s-w0", base={"HOME": "/root"})
+    env = labstate.node_env(labstate.plan(topo), "k8s-w0", base={"HOME": "/root"})
     assert env["NODE_NAME"] == "k8s-w0" and env["NODE_ROLE"] == "worker"
     assert env["ETCD_ENDPOINTS"] == "http://172.30.0.10:2379"
     assert env["CALICOLAB_LAB"] == "walkthrough" and env["DATASTORE_TYPE"] == "etcdv3"
     path = env["PATH"].split(":")
     # the node's own tools (ctr), then the venv's (kubectl, calicoctl, calico-node), then the system's
-    assert path[:2] == [str(labmod.REPO / "testbed" / "nodebin"), str(labmod.VENV_BIN)]
-    assert path.index(str(labmod.VENV_BIN)) < path.index("/usr/bin")
+    assert path[:2] == [str(labstate.REPO / "testbed" / "lab" / "nodebin"), str(labstate.VENV_BIN)]
+    assert path.index(str(labstate.VENV_BIN)) < path.index("/usr/bin")
     assert env["HOME"] == "/root"
 
 

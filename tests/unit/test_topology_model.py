@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.topology import Route, TopologyError, load, loads
+from testbed.lab.topology import Route, TopologyError, load, loads
 
 pytestmark = pytest.mark.unit
 

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testbed.lab import is_running, list_labs, pid_alive, read_state, state_dir
+from testbed.lab.state import is_running, list_labs, pid_alive, read_state, state_dir
 
 __all__ = ["CleanReport", "clean_lab", "clean_all"]
 

@@ -1,4 +1,4 @@
-"""The kubelet (and kube-proxy) of one node: ``python -m testbed.kubelet --node NAME``.
+"""The kubelet (and kube-proxy) of one node: ``python -m testbed.k8s.kubelet --node NAME``.
 
 Runs inside the node's network and mount namespaces. It registers the Node, reports it
 ``NotReady`` (NetworkPluginNotReady, "cni config uninitialized") until a CNI config exists
@@ -23,8 +23,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from testbed import images
-from testbed.k8s import cni, errors, runtime
+from testbed.k8s import cni, errors, images, runtime
 from testbed.k8s.informer import ChangeFeed
 from testbed.k8s.podstatus import (
     ContainerInfo,
@@ -104,7 +103,7 @@ class Kubelet:
         self.feed = ChangeFeed(store, interesting=self._interesting)
         self.proxy = None
         if kube_proxy:
-            from testbed.kubeproxy import KubeProxy
+            from testbed.k8s.kubeproxy import KubeProxy
 
             self.proxy = KubeProxy()
 
@@ -645,7 +644,7 @@ def _same_status(a: dict, b: dict) -> bool:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line of the kubelet."""
-    p = argparse.ArgumentParser(prog="python -m testbed.kubelet", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m testbed.k8s.kubelet", description=__doc__.split("\n\n")[0])
     p.add_argument("--node", default=os.environ.get("NODE_NAME"), help="node name (default $NODE_NAME)")
     p.add_argument("--node-ip", help="InternalIP (default: first global IPv4 address, eth0 first)")
     p.add_argument("--controllers", action="store_true",

@@ -15,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from testbed import lab as labmod
-from testbed.netns import nsenter_argv
+from testbed.lab import state as labstate
+from testbed.lab.netns import nsenter_argv
 
 __all__ = ["node_target", "exec_argv", "run_in_node", "shell"]
 
@@ -29,16 +29,16 @@ def node_target(state: dict, host: str) -> tuple[str, int | None]:
     rec = hosts.get(host)
     if rec is None or rec.get("kind") == "segment":
         names = [n for n, h in hosts.items() if h.get("kind") != "segment"]
-        raise labmod.LabError(f"lab {state['lab']!r} has no node {host!r} "
-                              f"(nodes: {', '.join(names)})", exit_code=labmod.EXIT_INPUT)
+        raise labstate.LabError(f"lab {state['lab']!r} has no node {host!r} "
+                               f"(nodes: {', '.join(names)})", exit_code=labstate.EXIT_INPUT)
     pid = rec.get("pid")
-    mnt = pid if labmod.pid_alive(pid, rec.get("start")) else None
+    mnt = pid if labstate.pid_alive(pid, rec.get("start")) else None
     return rec["netns"], mnt
 
 
 def _env(state: dict, host: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if k in _KEEP_ENV}
-    env = labmod.node_env(state, host, base=base)
+    env = labstate.node_env(state, host, base=base)
     env.setdefault("TERM", "xterm")
     env["KUBECONFIG"] = "/etc/kubernetes/admin.conf"  # informative; kubectl reads etcd
     return env
@@ -56,24 +56,24 @@ def exec_argv(state: dict, host: str, cmd: list[str]) -> list[str]:
 
 def _join(state: dict):
     cg = state.get("cgroup")
-    return (lambda: labmod.join_cgroup(cg)) if cg else None
+    return (lambda: labstate.join_cgroup(cg)) if cg else None
 
 
 def run_in_node(state: dict, host: str, cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     """Run ``cmd`` in ``host`` with the node's environment; like subprocess.run."""
     if not cmd:
-        raise labmod.LabError("no command given (usage: exec NODE -- CMD ...)", exit_code=labmod.EXIT_INPUT)
+        raise labstate.LabError("no command given (usage: exec NODE -- CMD ...)", exit_code=labstate.EXIT_INPUT)
     return subprocess.run(exec_argv(state, host, cmd), env=_env(state, host),
                           preexec_fn=_join(state), **kwargs)
 
 
 def _rcfile(state: dict, host: str) -> Path:
-    path = labmod.state_dir(state["lab"]) / "nodes" / host / "bashrc"
+    path = labstate.state_dir(state["lab"]) / "nodes" / host / "bashrc"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         "# calicolab node shell\n"
         "[ -f /etc/bash.bashrc ] && . /etc/bash.bashrc\n"
-        f"export PATH='{labmod.node_env(state, host, base={})['PATH']}'\n"
+        f"export PATH='{labstate.node_env(state, host, base={})['PATH']}'\n"
         f"PS1='\\[\\e[1;32m\\]root@{host}\\[\\e[0m\\]:\\[\\e[1;34m\\]\\w\\[\\e[0m\\]# '\n"
         "alias ls='ls --color=auto'\n"
         f"echo \"calicolab: node {host} of lab {state['lab']} (exit to leave)\"\n"

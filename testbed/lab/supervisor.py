@@ -2,7 +2,7 @@
 
 Started detached (``setsid``) by :func:`testbed.lab.up`::
 
-    python -m testbed.labd --topology FILE --name LAB --progress-fd N [--no-cni]
+    python -m testbed.lab.supervisor --topology FILE --name LAB --progress-fd N [--no-cni]
 
 It joins the lab's cgroup, builds the network (one Mininet host per node,
 router and external host; one Linux bridge per segment in its own netns),
@@ -32,9 +32,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from testbed import lab as labmod
-from testbed import netns as nsmod
-from testbed.topology import Topology, load
+from testbed.lab import netns as nsmod
+from testbed.lab import state as labstate
+from testbed.lab.topology import Topology, load
 
 #: BGP session timers of a lab's calico-nodes: BIRD waits its connect delay (Calico's
 #: template keeps BIRD's default; ours is 2 s) before the first connect and 5 s between
@@ -93,8 +93,8 @@ class Supervisor:
         self.no_cni = no_cni
         self.progress_fd = progress_fd
         self.ready_timeout = ready_timeout
-        self.sdir = labmod.state_dir(self.lab)
-        self.state: dict[str, Any] = labmod.read_state(self.lab) or labmod.plan(topo)
+        self.sdir = labstate.state_dir(self.lab)
+        self.state: dict[str, Any] = labstate.read_state(self.lab) or labstate.plan(topo)
         self.net: Any = None
         self.hosts: dict[str, Any] = {}
         self.procs: dict[str, subprocess.Popen] = {}
@@ -127,7 +127,7 @@ class Supervisor:
     def save(self) -> None:
         """Write the state file (under the lock)."""
         with self.lock:
-            labmod.write_state(self.lab, self.state)
+            labstate.write_state(self.lab, self.state)
 
     # ---------------------------------------------------------------- build
     def setup_process(self) -> None:
@@ -142,11 +142,11 @@ class Supervisor:
                     except FileNotFoundError:
                         if attempt == 4:
                             raise
-                labmod.join_cgroup(cg)
+                labstate.join_cgroup(cg)
             except OSError as exc:
                 _log(f"no cgroup for the lab ({exc}); clean will rely on recorded PIDs")
                 self.state["cgroup"] = None
-        self.state["supervisor"] = {"pid": os.getpid(), "start": labmod.proc_starttime(os.getpid())}
+        self.state["supervisor"] = {"pid": os.getpid(), "start": labstate.proc_starttime(os.getpid())}
         self.state["phase"] = "starting"
         self.save()
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -302,7 +302,7 @@ class Supervisor:
     def _record_host(self, name: str, node: Any) -> None:
         rec = self.state["hosts"][name]
         rec["pid"] = node.pid
-        rec["start"] = labmod.proc_starttime(node.pid)
+        rec["start"] = labstate.proc_starttime(node.pid)
 
     def _configure(self, name: str) -> None:
         topo, h = self.topo, self.hosts[name]
@@ -332,7 +332,7 @@ class Supervisor:
         logdir = self.sdir / "logs"
         logdir.mkdir(exist_ok=True)
         logpath = logdir / f"{host}.{service}.log"
-        env = labmod.node_env(self.state, host)
+        env = labstate.node_env(self.state, host)
         env.update(extra_env or {})
         with open(logpath, "ab") as log:
             proc = self.hosts[host].popen(argv, stdin=subprocess.DEVNULL, stdout=log,
@@ -340,7 +340,7 @@ class Supervisor:
         key = f"{host}/{service}"
         with self.lock:
             self.procs[key] = proc
-            self.state["services"][key] = {"pid": proc.pid, "start": labmod.proc_starttime(proc.pid),
+            self.state["services"][key] = {"pid": proc.pid, "start": labstate.proc_starttime(proc.pid),
                                            "argv": argv, "log": str(logpath),
                                            "started": time.time(), "exit": None}
         _log(f"started {key} pid {proc.pid}: {' '.join(argv)}")
@@ -352,7 +352,7 @@ class Supervisor:
         busybox httpd with a one-page document root under the lab's state dir;
         recorded like every other service, so down/clean end it by PID.
         """
-        from testbed.images import BUSYBOX
+        from testbed.k8s.images import BUSYBOX
 
         for ext in self.topo.external:
             www = self.sdir / "www" / ext.name
@@ -408,13 +408,13 @@ class Supervisor:
         The control-plane node's kubelet also runs the controllers (scheduler,
         deployments, endpoints, node pod CIDRs), as kubeadm's static pods would.
         """
-        if not _has_main("testbed.kubelet"):
-            self._skip("kubelet: module testbed.kubelet not present (or not runnable); not started")
+        if not _has_main("testbed.k8s.kubelet"):
+            self._skip("kubelet: module testbed.k8s.kubelet not present (or not runnable); not started")
             return
         py = sys.executable
         pool = str(self.topo.calico.pool.cidr)
         for n in self.topo.nodes:
-            argv = [py, "-m", "testbed.kubelet", "--node", n.name, "--node-ip", str(n.address)]
+            argv = [py, "-m", "testbed.k8s.kubelet", "--node", n.name, "--node-ip", str(n.address)]
             if n.is_control_plane:
                 argv += ["--controllers", "--pod-network-cidr", pool]
             self.start_service(n.name, "kubelet", argv)
@@ -546,7 +546,7 @@ class Supervisor:
     def start_calico_nodes(self) -> list[str]:
         """``up`` without --no-cni: start calico-node on every node directly, as a lab service
         (the fast path for big labs: no DaemonSet round trip, no Typha in between)."""
-        exe = labmod.VENV_BIN / "calico-node"
+        exe = labstate.VENV_BIN / "calico-node"
         if not exe.exists():
             raise RuntimeError(f"calico-node is not installed ({exe} missing): run scripts/setup.sh")
         started = []
@@ -562,10 +562,10 @@ class Supervisor:
 
     def install_cni(self) -> list[str]:
         """Install Calico as the walkthrough does, by manifest: render manifests/calico.yaml for
-        this lab and ``kubectl apply`` it (testbed.install). The DaemonSet controller then puts a
+        this lab and ``kubectl apply`` it (testbed.k8s.install). The DaemonSet controller then puts a
         ``calico-node-<5>`` pod on every node (plus calico-kube-controllers and calico-typha),
         which the kubelets run. Returns the nodes calico-node will run on."""
-        from testbed.install import install_by_manifest
+        from testbed.k8s.install import install_by_manifest
 
         if importlib.util.find_spec("agent.main") is None:
             raise RuntimeError("calico-node is not available yet (agent/main.py missing)")
@@ -593,7 +593,7 @@ class Supervisor:
                     continue
                 try:
                     code, _ = nsmod.http_get(self.state["hosts"][name]["netns"], "127.0.0.1",
-                                             labmod.HEALTH_PORT, "/readiness", timeout=0.5)
+                                             labstate.HEALTH_PORT, "/readiness", timeout=0.5)
                     if code == 200:
                         pending.discard(name)
                 except OSError:
@@ -628,7 +628,7 @@ class Supervisor:
         path.write_text(text)
         cp = self.topo.control_plane.name
         proc = self.hosts[cp].popen([sys.executable, "-m", "testbed.kubectl", "apply", "-f", "-"],
-                                    env=labmod.node_env(self.state, cp), stdin=subprocess.PIPE,
+                                    env=labstate.node_env(self.state, cp), stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         return proc, text.encode()
 
@@ -807,19 +807,19 @@ class Supervisor:
             except Exception:  # noqa: BLE001 - clean below removes what stop missed
                 _log("net.stop failed:\n" + traceback.format_exc())
         _log("stopped; cleaning up")
-        from testbed.clean import clean_lab
+        from testbed.lab.clean import clean_lab
 
         # leave the lab's cgroup first: clean kills every process in it
-        root = labmod.cgroup_mount()
+        root = labstate.cgroup_mount()
         if root is not None:
-            labmod.join_cgroup(root)
+            labstate.join_cgroup(root)
         report = clean_lab(self.lab)
         _log(report.summary())
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m testbed.labd``."""
-    ap = argparse.ArgumentParser(prog="testbed.labd", description=__doc__.splitlines()[0])
+    """Entry point of ``python -m testbed.lab.supervisor``."""
+    ap = argparse.ArgumentParser(prog="testbed.lab.supervisor", description=__doc__.splitlines()[0])
     ap.add_argument("--topology", required=True)
     ap.add_argument("--name")
     ap.add_argument("--no-cni", action="store_true")

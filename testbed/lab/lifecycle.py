@@ -1,8 +1,8 @@
-"""A calicolab lab seen from the machine: its state, and the operations on it.
+"""Bring a calicolab lab up and down, and talk to its supervisor.
 
-A lab named ``L`` is held by a detached supervisor (:mod:`testbed.labd`) that
+A lab named ``L`` is held by a detached supervisor (:mod:`testbed.lab.supervisor`) that
 builds the Mininet network and keeps it alive. Everything the lab makes is
-written, *before* it is made, to ``/run/calicolab/L/state.json``:
+written, *before* it is made, to ``/run/calicolab/L/state.json`` (:mod:`testbed.lab.state`):
 
 * netns ``L-<host>`` for every node, router and external host, and
   ``L-<segment>`` for every segment (its Linux bridge lives there, so bridges
@@ -12,7 +12,7 @@ written, *before* it is made, to ``/run/calicolab/L/state.json``:
   services (etcd, kubelet, calico-node).
 
 :func:`up`, :func:`down`, :func:`install_cni` and :func:`status` are what the
-CLI calls; :mod:`testbed.clean` removes whatever a lab left behind.
+CLI calls; :mod:`testbed.lab.clean` removes whatever a lab left behind.
 """
 
 from __future__ import annotations
@@ -25,225 +25,33 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from testbed.topology import Topology, load
-
-__all__ = [
-    "RUN_ROOT", "REPO", "VENV_BIN", "LabError", "state_dir", "read_state", "write_state",
-    "list_labs", "running_labs", "is_running", "resolve", "netns_name", "proc_starttime",
-    "pid_alive", "cgroup_mount", "cgroup_path", "node_env", "up", "down", "control",
-    "install_cni", "status", "Progress", "plan", "join_cgroup",
-]
-
-RUN_ROOT = Path(os.environ.get("CALICOLAB_RUN", "/run/calicolab"))
-REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = REPO / ".venv" / "bin"
-STATE_FILE = "state.json"
-PYCACHE = RUN_ROOT / ".pycache"  # lab processes' bytecode cache (a dot dir: not a lab)
-HEALTH_PORT = 9099
-
-Progress = Callable[[str], None]
-
-
-#: exit codes of the CLI, carried by LabError
-EXIT_FAIL, EXIT_INPUT, EXIT_NOLAB, EXIT_EXISTS = 1, 2, 3, 4
-
-
-class LabError(Exception):
-    """A user-facing failure of a lab operation (the CLI prints it and exits with ``exit_code``)."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-# --------------------------------------------------------------------------- state
-
-
-def state_dir(lab: str) -> Path:
-    """``/run/calicolab/<lab>``."""
-    return RUN_ROOT / lab
-
-
-def read_state(lab: str) -> dict | None:
-    """The lab's recorded state, or None if it has none (or it is unreadable)."""
-    try:
-        return json.loads((state_dir(lab) / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_state(lab: str, state: dict) -> None:
-    """Atomically replace the lab's state file."""
-    path = state_dir(lab) / STATE_FILE
-    tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}")
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def list_labs() -> list[str]:
-    """Every lab with a state directory (running or not)."""
-    if not RUN_ROOT.is_dir():
-        return []
-    return sorted(p.name for p in RUN_ROOT.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def proc_starttime(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (None if it does not exist)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def pid_alive(pid: int | None, start: int | None = None) -> bool:
-    """True if ``pid`` runs (and, if ``start`` is given, is the same process as recorded)."""
-    if not pid:
-        return False
-    st = proc_starttime(pid)
-    if st is None:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    if state == "Z":
-        return False
-    return start is None or st == start
-
-
-def is_running(state: dict | None) -> bool:
-    """True if the lab's supervisor is alive and the lab is not being torn down."""
-    if not state:
-        return False
-    sup = state.get("supervisor") or {}
-    return pid_alive(sup.get("pid"), sup.get("start")) and state.get("phase") in ("starting", "ready")
-
-
-def running_labs() -> list[str]:
-    """Labs whose supervisor is alive."""
-    return [lab for lab in list_labs() if is_running(read_state(lab))]
-
-
-def resolve(name: str | None) -> dict:
-    """The state of lab ``name``, or of the only running lab when ``name`` is None."""
-    if name:
-        st = read_state(name)
-        if st is None:
-            raise LabError(f"no lab named {name!r} (running: {', '.join(running_labs()) or 'none'})",
-                           EXIT_NOLAB)
-        if not is_running(st):
-            raise LabError(f"lab {name!r} is not running (phase {st.get('phase')}); "
-                           "`calicolab clean` removes what is left of it", EXIT_NOLAB)
-        return st
-    labs = running_labs()
-    if not labs:
-        raise LabError("no lab is running: start one with `calicolab up TOPOLOGY`", EXIT_NOLAB)
-    if len(labs) > 1:
-        raise LabError(f"several labs are running ({', '.join(labs)}): say which with --lab NAME",
-                       EXIT_NOLAB)
-    st = read_state(labs[0])
-    assert st is not None
-    return st
-
-
-def netns_name(lab: str, host: str) -> str:
-    """The name on the machine of host ``host``'s netns (``ip netns exec <this>``)."""
-    return f"{lab}-{host}"
-
-
-# --------------------------------------------------------------------------- cgroup
-
-
-def cgroup_mount() -> Path | None:
-    """Where cgroup v2 is mounted (``/sys/fs/cgroup`` or ``/sys/fs/cgroup/unified``), if anywhere."""
-    try:
-        for line in Path("/proc/self/mounts").read_text().splitlines():
-            parts = line.split()
-            if len(parts) > 2 and parts[2] == "cgroup2":
-                return Path(parts[1])
-    except OSError:
-        pass
-    return None
-
-
-def cgroup_path(lab: str) -> Path | None:
-    """The lab's cgroup directory (not necessarily existing)."""
-    root = cgroup_mount()
-    return root / "calicolab" / lab if root else None
-
-
-def join_cgroup(cgroup: str | os.PathLike | None, pid: int = 0) -> None:
-    """Move ``pid`` (0: the caller) into ``cgroup`` if it exists; never fails the caller."""
-    if not cgroup:
-        return
-    try:
-        (Path(cgroup) / "cgroup.procs").write_text(f"{pid or os.getpid()}\n")
-    except OSError:
-        pass
-
-
-# --------------------------------------------------------------------------- environment
-
-
-def node_env(state: dict, node: str, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment every process in ``node`` gets (NODE_NAME, ETCD_ENDPOINTS, ...)."""
-    env = dict(os.environ if base is None else base)
-    role = ((state.get("hosts") or {}).get(node) or {}).get("role", "")
-    env.update({
-        "NODE_ROLE": role,
-        "NODE_NAME": node,
-        "NODENAME": node,
-        "ETCD_ENDPOINTS": ",".join(state["etcd_endpoints"]),
-        "CALICOLAB_LAB": state["lab"],
-        "DATASTORE_TYPE": "etcdv3",
-        "PATH": f"{REPO / 'testbed' / 'nodebin'}:{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "PYTHONPATH": str(REPO),
-        # compiled modules go to a cache outside the work tree, shared by every lab:
-        # without it each kubelet / calico-node / kubectl compiled the project anew
-        # (~30 ms CPU per process start, measured; the cost scales with the nodes)
-        "PYTHONPYCACHEPREFIX": str(PYCACHE),
-    })
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env.pop("VIRTUAL_ENV", None)
-    return env
-
+from testbed.lab.state import (
+    EXIT_EXISTS,
+    EXIT_NOLAB,
+    HEALTH_PORT,
+    REPO,
+    RUN_ROOT,
+    LabError,
+    Progress,
+    is_running,
+    list_labs,
+    pid_alive,
+    plan,
+    read_state,
+    resolve,
+    state_dir,
+    write_state,
+)
+from testbed.lab.topology import load
 
 # --------------------------------------------------------------------------- up / down
 
 
 def _stderr_progress(msg: str) -> None:
     print(f"calicolab: {msg}", file=sys.stderr, flush=True)
-
-
-def plan(topo: Topology) -> dict[str, Any]:
-    """The initial state of a lab: every name it is going to make, before it makes any."""
-    hosts: dict[str, dict] = {}
-    for n in topo.nodes:
-        hosts[n.name] = {"kind": "node", "role": n.role, "address": str(n.address),
-                         "segment": n.segment, "netns": netns_name(topo.name, n.name)}
-    for r in topo.routers:
-        hosts[r.name] = {"kind": "router", "address": ",".join(str(i.address) for i in r.interfaces),
-                         "segment": ",".join(i.segment for i in r.interfaces),
-                         "netns": netns_name(topo.name, r.name)}
-    for e in topo.external:
-        hosts[e.name] = {"kind": "external", "address": str(e.address), "segment": e.segment,
-                         "netns": netns_name(topo.name, e.name)}
-    for s in topo.segments:
-        hosts[s.name] = {"kind": "segment", "address": str(s.cidr), "bridge": s.name,
-                         "netns": netns_name(topo.name, s.name)}
-    cg = cgroup_path(topo.name)
-    return {
-        "lab": topo.name, "topology": str(Path(topo.path).resolve()), "phase": "starting",
-        "error": None, "created": time.time(), "supervisor": {}, "hosts": hosts,
-        "netns": [h["netns"] for h in hosts.values()], "cgroup": str(cg) if cg else None,
-        "control_plane": topo.control_plane.name, "etcd_endpoints": topo.etcd_endpoints,
-        "services": {}, "no_cni": False, "cni_installed": False, "skipped": [],
-    }
 
 
 def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = False,
@@ -253,7 +61,7 @@ def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = Fals
 
     Validation and every check happen before anything is created; a failure
     during the build tears down whatever was made. Raises :class:`LabError`
-    (or :class:`testbed.topology.TopologyError` for a bad file).
+    (or :class:`testbed.lab.topology.TopologyError` for a bad file).
     """
     progress = progress or _stderr_progress
     topo = load(topology, name=name)
@@ -265,7 +73,7 @@ def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = Fals
                        f"{old['supervisor'].get('pid')}); `calicolab down {lab}` first, "
                        "or use --name for another copy", EXIT_EXISTS)
     if state_dir(lab).exists():
-        from testbed.clean import clean_lab
+        from testbed.lab.clean import clean_lab
         progress(f"removing leftovers of an earlier lab {lab!r}")
         clean_lab(lab)
     taken = [n for n in plan(topo)["netns"] if (Path("/run/netns") / n).exists()]
@@ -284,7 +92,7 @@ def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = Fals
 
     rfd, wfd = os.pipe()
     log = open(state_dir(lab) / "labd.log", "ab")
-    argv = [sys.executable, "-m", "testbed.labd", "--topology", str(Path(topology).resolve()),
+    argv = [sys.executable, "-m", "testbed.lab.supervisor", "--topology", str(Path(topology).resolve()),
             "--name", lab, "--progress-fd", str(wfd), "--ready-timeout", str(ready_timeout)]
     if no_cni:
         argv.append("--no-cni")
@@ -361,7 +169,7 @@ def _abort(proc: subprocess.Popen, lab: str) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    from testbed.clean import clean_lab
+    from testbed.lab.clean import clean_lab
     clean_lab(lab)
 
 
@@ -395,7 +203,7 @@ def down(name: str | None = None, timeout: float = 30.0, progress: Progress | No
             time.sleep(0.05)
         if pid_alive(pid, start):
             progress(f"lab {lab}: supervisor still running after {timeout:.0f}s, cleaning up")
-    from testbed.clean import clean_lab
+    from testbed.lab.clean import clean_lab
     clean_lab(lab)
     progress(f"lab {lab}: down")
     return lab
@@ -442,7 +250,7 @@ def install_cni(name: str | None = None, timeout: float = 120.0) -> dict:
 
 def status(name: str | None = None) -> dict:
     """Nodes, addresses, services and calico-node health of a running lab."""
-    from testbed import netns as nsmod
+    from testbed.lab import netns as nsmod
 
     st = resolve(name)
     out: dict[str, Any] = {"lab": st["lab"], "phase": st["phase"], "topology": st["topology"],

@@ -2,7 +2,7 @@
 
 Typical use (the demo, or a test that wants a picture)::
 
-    from testbed import report
+    from testbed.report import flows as report
 
     hops = report.flow_hops(run_dir.glob("*.pcap"), pa.between(pod_a, pod_b))
     flow = report.FlowResult("cross-node", "pod k8s-w0 -> pod k8s-w1", result="200",
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testbed.diagram import LabModel, LadderRow, render_lab_svg, render_ladder_svg
+from testbed.report.diagram import LabModel, LadderRow, render_lab_svg, render_ladder_svg
 
 __all__ = ["Hop", "FlowResult", "is_key_frame", "frame_key", "flow_hops", "path_taken",
            "results_table", "render_html", "render_markdown", "write_report"]
@@ -115,13 +115,13 @@ def flow_hops(captures: Iterable[Any], match: Any = None, *, key_only: bool = Tr
               until: float | None = None) -> list[Hop]:
     """Merge the frames of several captures (Traces or pcap paths) in time order.
 
-    ``match`` (a :class:`testbed.pcapassert.Match` or any predicate) selects the
+    ``match`` (a :class:`testbed.capture.pcapassert.Match` or any predicate) selects the
     flow's packets; ``key_only`` keeps :func:`is_key_frame` ones; ``since`` and
     ``until`` (epoch seconds, e.g. ``time.time()`` before and after the flow)
     keep one flow apart from later traffic between the same addresses;
     ``limit`` caps the result (earliest first).
     """
-    from testbed.pcapassert import load
+    from testbed.capture.pcapassert import load
 
     hops: list[Hop] = []
     for cap in captures:

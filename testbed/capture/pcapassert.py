@@ -2,7 +2,7 @@
 
 Usable in any pytest test::
 
-    from testbed import pcapassert as pa
+    from testbed.capture import pcapassert as pa
 
     eth0 = pa.load("pcaps/lab/run1/k8s-w0-eth0.pcap")
     pa.assert_ipip(eth0, outer_src="172.30.0.11", outer_dst="172.30.0.12",

@@ -9,7 +9,7 @@ applies the rendered manifest through the lab's own ``kubectl apply -f -``; the
 kubelets then start calico-node (DaemonSet), calico-kube-controllers and
 calico-typha (Deployments) as pods.
 
-CLI: ``python -m testbed.install [--lab NAME] [--render]``.
+CLI: ``python -m testbed.k8s.install [--lab NAME] [--render]``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "manifests" / "calico.yaml"
-#: A lab's BGP start-up timers (the same as testbed.labd.LAB_BGP_TIMERS; docs/bgp.md).
+#: A lab's BGP start-up timers (the same as testbed.lab.supervisor.LAB_BGP_TIMERS; docs/bgp.md).
 DEFAULT_BGP_TIMERS = "connect_delay=0.1,connect_retry=1"
 _PLACEHOLDER = re.compile(r"__([A-Z][A-Z0-9_]*)__")
 _DURATION = re.compile(r"^(\d+(\.\d+)?(ms|s|m|h))+$")
@@ -133,7 +133,7 @@ def settings_for_lab(state: dict, **overrides: object) -> InstallSettings:
     """Settings from a lab's state (``testbed.lab.read_state``): its topology's pool and
     calico-node env, its etcd endpoints, the lab's BGP timers (``$CALICOLAB_BGP_TIMERS``
     wins). ``overrides`` set fields of :class:`InstallSettings` (e.g. leak_grace_period)."""
-    from testbed.topology import load
+    from testbed.lab.topology import load
 
     topo = load(state["topology"], name=state["lab"])
     env = topo.calico_node_env()
@@ -175,23 +175,23 @@ def install_by_manifest(lab_state: dict, timeout: float = 60.0, **overrides: obj
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m testbed.install [--lab NAME] [--render] [--leak-grace-period D]``."""
-    ap = argparse.ArgumentParser(prog="python -m testbed.install", description=__doc__,
+    """``python -m testbed.k8s.install [--lab NAME] [--render] [--leak-grace-period D]``."""
+    ap = argparse.ArgumentParser(prog="python -m testbed.k8s.install", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lab", help="the lab (default: the only one running)")
     ap.add_argument("--render", action="store_true", help="print the manifest, do not apply it")
     ap.add_argument("--leak-grace-period", default="15m", help="kube-controllers' IPAM leak grace period")
     args = ap.parse_args(argv)
-    from testbed import lab as labmod
+    from testbed.lab import state as labstate
 
     try:
-        state = labmod.resolve(args.lab)
+        state = labstate.resolve(args.lab)
         if args.render:
             print(render(settings_for_lab(state, leak_grace_period=args.leak_grace_period)), end="")
             return 0
         for line in install_by_manifest(state, leak_grace_period=args.leak_grace_period):
             print(line)
-    except (InstallError, labmod.LabError) as exc:
+    except (InstallError, labstate.LabError) as exc:
         print(f"install: error: {exc}", file=sys.stderr)
         return 1
     return 0

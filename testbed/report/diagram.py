@@ -3,7 +3,7 @@
 :class:`LabModel` is the data: segments, nodes (address, blocks, tunnel
 address, pods), routers, external hosts, BGP sessions and IPIP tunnels. Build
 it by hand, from a dict (:meth:`LabModel.from_dict`, e.g. JSON written by the
-lab) or from a :class:`testbed.topology.Topology` (:meth:`LabModel.from_topology`).
+lab) or from a :class:`testbed.lab.topology.Topology` (:meth:`LabModel.from_topology`).
 
 :func:`render_lab_svg` draws the lab: node boxes with their pods, BGP sessions
 as arcs above the nodes, IPIP tunnels as dashed arcs below, and the L2
@@ -185,7 +185,7 @@ class LabModel:
 
     @classmethod
     def from_topology(cls, topo: Any) -> LabModel:
-        """Nodes, segments, routers and external hosts of a :class:`testbed.topology.Topology`
+        """Nodes, segments, routers and external hosts of a :class:`testbed.lab.topology.Topology`
         (no pods or blocks yet: fill them in from the running lab)."""
         pool = topo.calico.pool
         if pool.ipip_mode != "Never":
