@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -96,8 +97,9 @@ CNI_LAUNCHERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
 CNI_SOCKET = "/var/run/calico/cni.sock"
 
 
-def _cni_server(env: dict[str, str], var_run: str) -> Any:
-    """The warm CNI server the thin ``calico`` plugin hands its work to (docs/cni.md).
+def _cni_server(env: dict[str, str], var_run: str) -> subprocess.Popen | None:
+    """The warm CNI server the thin ``calico`` plugin hands its work to (docs/cni.md),
+    started as calico-node's child process ``python -m cni.server`` (it ends with us).
 
     The plugin looks for it at the fixed path /var/run/calico/cni.sock, so it runs
     only where that directory is this node's own (a lab node's private dir):
@@ -108,15 +110,25 @@ def _cni_server(env: dict[str, str], var_run: str) -> Any:
     if not _truthy(wanted, os.path.abspath(var_run) == os.path.dirname(CNI_SOCKET)):
         return None
     try:
-        from cni.server import CNIServer
-
-        server = CNIServer(sock_path=CNI_SOCKET)
-        server.start()
-        log.info("CNI server on %s", CNI_SOCKET)
-        return server
-    except Exception:  # noqa: BLE001 - the plugins still work in-process
+        proc = subprocess.Popen([sys.executable, "-m", "cni.server", "--socket", CNI_SOCKET,
+                                 "--parent", str(os.getpid())],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    except OSError:
         log.exception("CNI server failed to start; the CNI plugins will work in-process")
         return None
+    log.info("CNI server on %s (pid %d)", CNI_SOCKET, proc.pid)
+    return proc
+
+
+def _stop_cni_server(proc: subprocess.Popen) -> None:
+    """SIGTERM the CNI server and reap it (SIGKILL if it does not end within 5 s)."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,6 +244,9 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
     confd = ConfdSupervisor(client, result.nodename)
     while not stop.wait(SUPERVISE_INTERVAL):
         confd.check(state["bgp"])
+        if cni_server is not None and cni_server.poll() is not None:  # runit restarts it too
+            log.warning("CNI server exited with %s; starting it again", cni_server.returncode)
+            cni_server = _cni_server(env, var_run)
     state["phase"] = "stopping"
     t0 = time.monotonic()
     if state["bgp"] is not None:
@@ -241,7 +256,7 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
             log.exception("BGP service stop failed")
     felix.stop()
     if cni_server is not None:
-        cni_server.stop()
+        _stop_cni_server(cni_server)
     if health is not None:
         health.stop()
     log.info("calico-node stopped in %.2fs", time.monotonic() - t0)

@@ -192,11 +192,7 @@ def main() -> int:
         breakdown["full_import_ms"] -= breakdown["interpreter_start_ms"]
         results["breakdown"] = {k: round(v, 2) for k, v in breakdown.items()}
         sock = os.path.join(tmp, "cni.sock")
-        srv_code = ("import signal,sys\nfrom cni.server import CNIServer\n"
-                    "signal.pthread_sigmask(signal.SIG_BLOCK,[signal.SIGTERM])\n"
-                    "s=CNIServer(sys.argv[1]).start()\nprint('ready',flush=True)\n"
-                    "signal.sigwait([signal.SIGTERM])\ns.stop()\n")
-        server = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", py, "-c", srv_code, sock],
+        server = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", py, "-m", "cni.server", "--socket", sock],
                                   stdout=subprocess.PIPE, text=True, cwd=REPO)
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         modes = {}

@@ -9,6 +9,10 @@ caller is in another network or mount namespace than the server, because the
 host side of the veth and paths like CNI_NETNS and /var/lib/calico must be
 resolved where the runtime called the plugin.
 
+calico-node runs it as its own child process (``python -m cni.server``), as runit runs
+confd and BIRD beside Felix in Calico's calico-node: the agent does not import the
+CNI plugin's code (docs/CONVENTIONS.md layers).
+
 Protocol: the client writes one JSON object ``{"plugin", "env", "stdin", "ns":
 {"net": inode, "mnt": inode}}`` and shuts down its write side; the server
 answers ``{"code", "stdout", "stderr"}`` or ``{"refused": reason}`` and closes.
@@ -16,11 +20,15 @@ answers ``{"code", "stdout", "stderr"}`` or ``{"refused": reason}`` and closes.
 
 from __future__ import annotations
 
+import argparse
+import ctypes
 import json
 import os
+import signal
 import socket
 import stat
 import struct
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -157,3 +165,40 @@ class CNIServer:
         code, out, err = _plugin.run(plugin, env, stdin)
         self.served += 1
         return {"code": code, "stdout": out, "stderr": err}
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int | None) -> None:
+    """SIGTERM this process when the process that started it (``parent``) ends."""
+    if parent is None:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # it ended before the prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cni.server [--socket PATH] [--parent PID]``: serve until SIGTERM or SIGINT.
+
+    Prints ``ready`` once the socket listens and ``served=N refused=M`` when it stops.
+    With ``--parent`` (calico-node passes its PID) it also stops when that process ends.
+    """
+    ap = argparse.ArgumentParser(prog="python -m cni.server", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--socket", default="/var/run/calico/cni.sock", help="unix socket to serve on")
+    ap.add_argument("--parent", type=int, default=None, help="stop when this PID ends")
+    args = ap.parse_args(argv)
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM, signal.SIGINT])
+    _die_with_parent(args.parent)
+    srv = CNIServer(args.socket).start()
+    print("ready", flush=True)
+    signal.sigwait([signal.SIGTERM, signal.SIGINT])
+    srv.stop()
+    print(f"served={srv.served} refused={srv.refused}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

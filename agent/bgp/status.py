@@ -102,24 +102,6 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-BGP_NOT_RUNNING = ("Calico process is running.\n\n"
-                   "The BGP backend process (BIRD) is not running.\n\n")
-
-
-def node_status(sockets: tuple[str, ...] = ("/var/run/calico/bird.ctl",
-                                            "/var/run/bird/bird.ctl")) -> str:
-    """Everything after calicoctl's own process check: query the first reachable control
-    socket and render; Calico's message when no BGP daemon answers."""
-    from agent.bgp.ctl import CtlError, query
-
-    for sock in sockets:
-        try:
-            return render_node_status(query(sock, "show protocols"))
-        except CtlError:
-            continue
-    return BGP_NOT_RUNNING
-
-
 def render_node_status(protocols: list[dict] | str, running: bool = True) -> str:
     """``calicoctl node status`` output. ``protocols`` is the text of ``show protocols``
     (from :func:`agent.bgp.ctl.query`) or its parsed rows."""

@@ -103,7 +103,7 @@ def _cluster_info(client: Any) -> tuple[str, str, str, bool | None]:
 def check(ipam: IPAM, client: Any, show_all: bool, show_problems: bool, report_path: str | None,
           out: TextIO) -> int:
     """``ipam check``: the consistency report, worded as calicoctl prints it."""
-    from testbed.calicoctl.main import VERSION
+    from testbed.calicoctl.version import VERSION
 
     show_problems = show_problems or show_all
     w = out.write
@@ -209,7 +209,7 @@ def release(ipam: IPAM, client: Any, ip_text: str | None, reports: list[str], fo
 
 def _release_from_reports(ipam: IPAM, client: Any, paths: list[str], force: bool, out: TextIO,
                           err: TextIO) -> int:
-    from testbed.calicoctl.main import VERSION
+    from testbed.calicoctl.version import VERSION
 
     guid, _ctype, ci_rev, ready = _cluster_info(client)
     docs = []

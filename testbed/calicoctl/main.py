@@ -35,9 +35,6 @@ Description:
   (calicolab edition: etcdv3 datastore only; set ETCD_ENDPOINTS).
 """
 
-VERSION = "v3.27.0-calicolab"
-
-
 class UsageError(Exception):
     """Bad command line; the message is printed with a pointer to --help."""
 
@@ -169,6 +166,8 @@ def run(argv: Sequence[str], out=None, err=None, env: dict[str, str] | None = No
             return 0
         config = getattr(args, "sub_config", None) or args.config
         if args.command == "version":
+            from testbed.calicoctl.version import VERSION
+
             out.write(f"Client Version:    {VERSION}\n")
             return 0
         if args.command == "node":

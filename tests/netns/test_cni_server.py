@@ -19,18 +19,6 @@ pytestmark = pytest.mark.netns
 cni_node = cni_support.cni_node  # fixture
 node = cni_support.node  # fixture
 
-SERVER = """
-import signal, sys
-from cni.server import CNIServer
-signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
-srv = CNIServer(sys.argv[1]).start()
-print("ready", flush=True)
-signal.sigwait([signal.SIGTERM])
-srv.stop()
-print(f"served={srv.served} refused={srv.refused}", flush=True)
-"""
-
-
 def _pids_in_log(stderr: str) -> set[int]:
     return {int(p) for p in re.findall(r"\]\[(\d+)\] ", stderr)}
 
@@ -38,7 +26,7 @@ def _pids_in_log(stderr: str) -> set[int]:
 @pytest.fixture
 def server(node: CniNode):
     sock = str(node.tmp / f"{cni_support.unique('cni')}.sock")
-    proc = subprocess.Popen(["nsenter", f"--net={node.nspath}", sys.executable, "-c", SERVER, sock],
+    proc = subprocess.Popen(["nsenter", f"--net={node.nspath}", sys.executable, "-m", "cni.server", "--socket", sock],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert proc.stdout is not None
@@ -117,3 +105,37 @@ def test_fast_launcher_serves_both_plugins(node, netns, server):
     assert node.run("DEL", node.conf(), cid="fast02", plugin="calico-ipam", exe=str(launcher / "calico-ipam")).rc == 0
     assert node.run("DEL", node.conf(), cid="fast01", netns=pp, socket=sock, exe=str(launcher / "calico")).rc == 0
     assert "cali" not in node.ip("link")
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_server_ends_with_the_calico_node_that_started_it(tmp_path):
+    """calico-node runs the server as ``python -m cni.server --parent <its pid>``: when
+    calico-node dies (even by SIGKILL) the server stops and removes its socket."""
+    sock = tmp_path / "cni.sock"
+    # the shell starts the server with --parent $$, then becomes `sleep` (same PID)
+    starter = subprocess.Popen(
+        ["sh", "-c", f'"$0" -m cni.server --socket {sock} --parent $$ & echo $!; exec sleep 60',
+         sys.executable], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert starter.stdout is not None
+    server_pid = int(starter.stdout.readline())
+    try:
+        assert starter.stdout.readline().strip() == "ready"
+        assert sock.exists()
+        starter.kill()
+        starter.wait()
+        wait_for(lambda: _running(server_pid), lambda alive: not alive, timeout=10,
+                 what=f"CNI server {server_pid} to end after its parent was killed")
+        assert not sock.exists()
+    finally:
+        if starter.poll() is None:
+            starter.kill()
+            starter.wait()
+        if _running(server_pid):
+            os.kill(server_pid, signal.SIGKILL)

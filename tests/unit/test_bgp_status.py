@@ -104,11 +104,3 @@ def test_ctl_reply_framing_is_birds():
     assert text[0].startswith("2002-name") and text[0].split()[1:] == [
         "proto", "table", "state", "since", "info"]
     assert text[1].startswith("1002-Mesh_172_30_0_11 BGP") and text[-1] == "0000 "
-
-
-def test_node_status_when_no_bgp_daemon_answers(tmp_path):
-    from agent.bgp.status import BGP_NOT_RUNNING, node_status
-
-    assert node_status((str(tmp_path / "missing.ctl"),)) == BGP_NOT_RUNNING
-    assert BGP_NOT_RUNNING == ("Calico process is running.\n\n"
-                               "The BGP backend process (BIRD) is not running.\n\n")
