@@ -26,7 +26,7 @@ APT_PACKAGES=(
     mininet bridge-utils iproute2 iptables ipset kmod procps psmisc
     tcpdump tshark etcd-server etcd-client bird2 iputils-ping curl jq iperf3
     nginx-light containerd runc containernetworking-plugins
-    qemu-system-x86 busybox-static cpio xz-utils ethtool librsvg2-bin
+    qemu-system-x86 busybox-static cpio xz-utils ethtool librsvg2-bin strace
     vagrant
 )
 

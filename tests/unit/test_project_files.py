@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import require_tool
+from tests.support import require, require_tool
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,3 +35,19 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
     assert "demo" in demo and "test" in test
     ci = (ROOT / ".ci" / "run").read_text()
     assert test.replace("sudo ", "").strip() in ci
+
+
+def test_the_venv_finds_every_top_level_package():
+    """Console scripts (calico-node, calico...) import through the venv's editable install, which
+    maps only the packages pyproject listed when it was installed: a new one needs a re-run of
+    scripts/setup.sh, or every lab's calico-node fails with ModuleNotFoundError."""
+    import tomllib
+
+    venv_py = ROOT / ".venv" / "bin" / "python"
+    require(venv_py.exists(), "no .venv in this checkout: run scripts/setup.sh")
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    names = [p.rstrip("*") for p in include]
+    res = subprocess.run([str(venv_py), "-c", f"import {', '.join(names)}"], cwd="/", capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, (f"the venv cannot import a package of pyproject.toml from outside the repo: "
+                                 f"re-run `sudo bash scripts/setup.sh` ({res.stderr.strip().splitlines()[-1]})")
