@@ -18,11 +18,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 #: top-level package -> the project packages it may import (besides itself); CONVENTIONS.md
 LAYERS: dict[str, set[str]] = {
-    "datastore": set(),
-    "ipam": {"datastore"},
-    "cni": {"datastore", "ipam"},
-    "agent": {"datastore", "ipam"},
-    "testbed": {"datastore", "ipam", "cni", "agent"},
+    "kernel": set(),
+    "datastore": {"kernel"},
+    "ipam": {"datastore", "kernel"},
+    "cni": {"datastore", "ipam", "kernel"},
+    "agent": {"datastore", "ipam", "kernel"},
+    "testbed": {"datastore", "ipam", "cni", "agent", "kernel"},
 }
 
 
