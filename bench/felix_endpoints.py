@@ -19,7 +19,6 @@ JSON (default reports/bench/felix_endpoints.json). Run as root:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -31,13 +30,15 @@ import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from datastore.names import veth_name  # noqa: E402
+
 PY = os.path.join(REPO, ".venv", "bin", "python")
 N_MAX = 1000
 
 
 def iface(i: int) -> str:
-    """Host-side interface name of endpoint ``i`` (hashed like Calico's cali + sha1(ns.pod)[:11])."""
-    return "cali" + hashlib.sha1(f"bench.p{i}".encode()).hexdigest()[:11]
+    """Host-side interface name of endpoint ``i`` (pod ``bench/p<i>``, named as Calico names it)."""
+    return veth_name("bench", f"p{i}")
 
 
 def ip_of(i: int) -> str:

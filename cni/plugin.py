@@ -21,10 +21,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from cni import k8s, names, spec
+from cni import k8s, spec
 from cni.log import Log
 from cni.netconf import NetConf, determine_mtu, determine_nodename, parse_netconf
 from cni.spec import CNIError
+from datastore import names
 
 MTU_FILE = "/var/lib/calico/mtu"
 DATASTORE_TIMEOUT = 3.0
@@ -274,7 +275,8 @@ def _host_ifname(inv: Invocation) -> str:
 
 
 def _wep_ident(inv: Invocation, nodename: str) -> tuple[str, str]:
-    name = names.wep_name(nodename, inv.pod_name or None, inv.env.container_id, inv.env.ifname)
+    orchestrator, workload = ("k8s", inv.pod_name) if inv.pod_name else ("cni", inv.env.container_id)
+    name = names.workload_endpoint_name(nodename, orchestrator, workload, inv.env.ifname)
     return name, inv.pod_namespace or "default"
 
 

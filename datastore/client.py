@@ -14,7 +14,6 @@ import ipaddress
 import logging
 import os
 import threading
-import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -175,10 +174,6 @@ class Client:
         except errors.NotFound:
             raise errors.NotFound(f"{current.ident()} does not exist") from None
         return current
-
-    def delete_obj(self, obj: Resource) -> None:
-        """Delete exactly this version of ``obj`` (CAS on its revision)."""
-        self.etcd.delete(obj.key(), obj.revision)
 
     # -- IPPool rules --------------------------------------------------------
 
@@ -366,16 +361,3 @@ def _cls(kind: str | type[Resource]) -> type[Resource]:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def wait_for_etcd(client: Client, timeout: float = 10.0) -> None:
-    """Block until etcd answers (raises DatastoreUnavailable after ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            client.etcd.revision()
-            return
-        except errors.DatastoreUnavailable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)

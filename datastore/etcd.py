@@ -251,13 +251,6 @@ class EtcdClient:
         now = kv_from_json(kvs[0]).mod_revision
         raise errors.Conflict(f"{key} changed: expected revision {expected}, found {now}")
 
-    # -- leases ------------------------------------------------------------
-
-    def lease_grant(self, ttl: int) -> int:
-        """Grant a lease of ``ttl`` seconds; returns its ID."""
-        doc = self.call("/v3/lease/grant", {"TTL": str(ttl)})
-        return int(doc["ID"])
-
     # -- watch -------------------------------------------------------------
 
     def watch(self, prefix: str, start_revision: int) -> Watch:

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 from datastore import codec
 from datastore.codec import jfield
+from datastore.duration import parse_duration
 from datastore.errors import ValidationError
 
 API_VERSION = "projectcalico.org/v3"
@@ -321,11 +322,6 @@ class NodeSpec:
 
 
 @dataclass
-class NodeStatus:
-    pod_cidrs: list[str] = jfield("podCIDRs", default_factory=list)
-
-
-@dataclass
 class Node(Resource):
     """A Calico node (one per Kubernetes node) with its BGP address and tunnel address."""
 
@@ -616,24 +612,6 @@ class FelixConfiguration(Resource):
                     parse_duration(value)
                 except ValueError as exc:
                     raise ValidationError(f"{p}.{jname}", str(exc)) from None
-
-
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-
-
-def parse_duration(value: str) -> float:
-    """Go-style duration (``90s``, ``1m30s``, ``500ms``) in seconds."""
-    if not value:
-        raise ValueError("empty duration")
-    pos, total = 0, 0.0
-    for m in _DURATION_RE.finditer(value):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2)]
-        pos = m.end()
-    if pos != len(value):
-        raise ValueError(f"{value!r} is not a duration like 90s, 1m30s or 500ms")
-    return total
 
 
 @dataclass

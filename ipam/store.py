@@ -39,11 +39,6 @@ STATE_CONFIRMED = "confirmed"
 STATE_PENDING_DELETION = "pendingDeletion"
 
 
-def cidr_to_key_part(cidr: IPv4Network | str) -> str:
-    """``10.0.0.0/26`` -> ``10.0.0.0-26``."""
-    return str(cidr).replace("/", "-")
-
-
 def key_part_to_cidr(part: str) -> IPv4Network:
     """``10.0.0.0-26`` -> ``IPv4Network('10.0.0.0/26')``."""
     addr, _, plen = part.rpartition("-")
@@ -338,10 +333,6 @@ class Store:
     @staticmethod
     def _handle_value(h: Handle) -> bytes:
         return _json({"block": dict(h.block), "deleted": h.deleted})
-
-    def create_handle(self, h: Handle) -> int:
-        """Create a handle; raises AlreadyExists."""
-        return self.etcd.create(handle_key(h.handle_id), self._handle_value(h))
 
     def update_handle(self, h: Handle, revision: int) -> int:
         """CAS-write a handle."""

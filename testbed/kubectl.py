@@ -716,13 +716,13 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def _duration(text: str) -> float:
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    for u in ("ms", "s", "m", "h"):
-        if text.endswith(u) and text[: -len(u)].replace(".", "", 1).isdigit():
-            return float(text[: -len(u)]) * units[u]
-    if text.replace(".", "", 1).isdigit():
-        return float(text)
-    raise UsageError(f'invalid duration "{text}"')
+    """``--timeout`` / ``--request-timeout``: a Go duration, or plain seconds."""
+    from datastore.duration import parse_duration
+
+    try:
+        return parse_duration(text, bare_seconds=True)
+    except ValueError:
+        raise UsageError(f'invalid duration "{text}"') from None
 
 
 def cmd_scale(args: argparse.Namespace) -> int:

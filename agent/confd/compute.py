@@ -8,7 +8,6 @@ exported prefixes, and how received routes reach the kernel.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address
 
@@ -23,6 +22,7 @@ from agent.bgp.config import (
     passive_towards,
 )
 from agent.bgp.fsm import Timers
+from datastore.duration import parse_duration as go_duration
 
 DEFAULT_AS = 64512
 
@@ -54,18 +54,14 @@ class State:
             table[name] = obj
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
-
-
-def parse_duration(text: str | None, what: str) -> float | None:
-    """Go-style durations as Calico stores them ('30s', '2m0s', '1h') -> seconds."""
+def _duration(text: str | None, what: str) -> float | None:
+    """A Go duration as Calico stores it ('30s', '2m0s', '1h') -> seconds; None if unset."""
     if text in (None, ""):
         return None
-    parts = _DURATION.findall(text)
-    if not parts or "".join(a + b for a, b in parts) != text.replace(" ", ""):
-        raise ConfdError(f"{what}: invalid duration {text!r} (expected e.g. '30s', '2m0s')")
-    mult = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
-    return sum(float(a) * mult[b] for a, b in parts)
+    try:
+        return go_duration(text)
+    except ValueError as exc:
+        raise ConfdError(f"{what}: invalid duration {text!r} ({exc}; expected e.g. '30s', '2m0s')") from None
 
 
 def _labels(obj: object) -> dict:
@@ -178,7 +174,7 @@ def compute(node_name: str, st: State, timers: Timers | None = None) -> SpeakerC
                    or 179)
 
     listen_port = port_of(node_name)
-    mesh_restart = parse_duration(getattr(default_cfg.spec, "node_mesh_max_restart_time", None)
+    mesh_restart = _duration(getattr(default_cfg.spec, "node_mesh_max_restart_time", None)
                                   if default_cfg else None, "BGPConfiguration default")
     bind_mode = getattr(default_cfg.spec, "bind_mode", None) if default_cfg else None
     listen_address = str(my_ip) if bind_mode == "NodeIP" else "0.0.0.0"
@@ -220,8 +216,8 @@ def compute(node_name: str, st: State, timers: Timers | None = None) -> SpeakerC
             field_ = "peerIP" if spec.peer_ip else "asNumber"
             raise ConfdError(f"{what}: spec.{field_} must be empty when spec.peerSelector is "
                              f"set (the selected nodes' own addresses and AS numbers are used)")
-        keepalive = parse_duration(spec.keepalive_time, what)
-        restart = parse_duration(spec.max_restart_time, what)
+        keepalive = _duration(spec.keepalive_time, what)
+        restart = _duration(spec.max_restart_time, what)
         kind = NODE if spec.node else GLOBAL
         if spec.peer_ip:
             if not is_local_side(spec, node_name, my_labels, what):

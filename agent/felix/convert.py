@@ -10,7 +10,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from agent.felix.model import Endpoint, FelixSettings, HostNode, Pool, parse_duration
+from agent.felix.model import Endpoint, FelixSettings, HostNode, Pool
+from datastore.duration import parse_duration
 
 _ENV = {
     "FELIX_IPINIPENABLED": "ipip_enabled",
@@ -84,7 +85,7 @@ def settings(hostname: str, configs: Mapping[str, Any], env: Mapping[str, str]) 
             raw = getattr(s, attr, None)
             if raw:
                 try:
-                    vals[attr] = parse_duration(raw, 0)
+                    vals[attr] = parse_duration(raw)
                 except ValueError as exc:
                     raise ConfigError(f"FelixConfiguration({name}).spec.{attr}: {exc}") from None
     for var, attr in _ENV.items():
@@ -97,7 +98,7 @@ def settings(hostname: str, configs: Mapping[str, Any], env: Mapping[str, str]) 
             elif attr in ("ipip_mtu", "health_port"):
                 vals[attr] = int(raw)
             elif attr.endswith("_interval"):
-                vals[attr] = parse_duration(raw if not raw.replace(".", "").isdigit() else float(raw), 0)
+                vals[attr] = parse_duration(raw, bare_seconds=True)  # Felix's env: seconds
             else:
                 vals[attr] = raw
         except ValueError as exc:

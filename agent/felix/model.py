@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 # ---------------------------------------------------------------------------
@@ -131,21 +130,3 @@ class Desired:
     interface_prefix: str = "cali"
 
 
-DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-
-
-def parse_duration(text: str | float | int | None, default: float) -> float:
-    """Seconds in a Go-style duration ("90s", "1m30s", "500ms") or a number; ``default`` for None/""."""
-    if text is None or text == "":
-        return default
-    if isinstance(text, (int, float)):
-        return float(text)
-    pos, total = 0, 0.0
-    for m in DURATION_RE.finditer(text.strip()):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2)]
-        pos = m.end()
-    if pos != len(text.strip()) or pos == 0:
-        raise ValueError(f"bad duration {text!r}: use forms like 90s, 1m30s or 500ms")
-    return total

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
+
+from datastore.duration import parse_duration
 
 #: the etcd manifest's default (calico-etcd.yaml)
 DEFAULT_ENABLED = "policy,namespace,serviceaccount,workloadendpoint,node"
@@ -11,26 +12,18 @@ KNOWN_CONTROLLERS = ("node", "policy", "namespace", "serviceaccount", "workloade
                      "flannelmigration")
 #: the ones calicolab implements
 IMPLEMENTED = ("node",)
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 
 
 class ConfigError(ValueError):
     """A setting is invalid (the message names it)."""
 
 
-def parse_duration(text: str, name: str) -> float:
-    """Go-style duration (``15m``, ``2s``, ``1m30s``, ``500ms``) -> seconds."""
-    text = text.strip()
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    pos, total = 0, 0.0
-    for m in _DURATION_PART.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * units[m.group(2)]
-        pos = m.end()
-    if not text or pos != len(text):
-        raise ConfigError(f"{name}={text!r} is not a duration (like 15m, 2s, 1m30s)")
-    return total
+def _duration(text: str, name: str) -> float:
+    """A Go duration setting (``15m``, ``2s``, ``1m30s``, ``500ms``) -> seconds."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={text!r} is not a duration like 15m, 2s, 1m30s ({exc})") from None
 
 
 @dataclass
@@ -65,6 +58,6 @@ def from_env(env: dict[str, str]) -> Config:
         raise ConfigError(f"DATASTORE_TYPE={dtype!r}: calicolab's kube-controllers use etcdv3")
     return Config(
         enabled=enabled,
-        leak_grace_period=parse_duration(env.get("LEAK_GRACE_PERIOD", "15m"), "LEAK_GRACE_PERIOD"),
-        reconciler_period=parse_duration(env.get("RECONCILER_PERIOD", "5m"), "RECONCILER_PERIOD"),
+        leak_grace_period=_duration(env.get("LEAK_GRACE_PERIOD", "15m"), "LEAK_GRACE_PERIOD"),
+        reconciler_period=_duration(env.get("RECONCILER_PERIOD", "5m"), "RECONCILER_PERIOD"),
     )

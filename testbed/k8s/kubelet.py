@@ -23,6 +23,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from datastore.duration import parse_duration
 from testbed.k8s import cni, errors, images, runtime
 from testbed.k8s.informer import ChangeFeed
 from testbed.k8s.podstatus import (
@@ -677,16 +678,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _duration(text: str) -> float:
-    """A Go-style duration of one unit (``10s``, ``500ms``, ``1m``) or plain seconds, > 0."""
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0}
-    for suffix in ("ms", "s", "m"):
-        if text.endswith(suffix):
-            number, scale = text[:-len(suffix)], units[suffix]
-            break
-    else:
-        number, scale = text, 1.0
+    """A flag's Go duration (``10s``, ``500ms``, ``1m``) or plain seconds, > 0."""
     try:
-        value = float(number) * scale
+        value = parse_duration(text, bare_seconds=True)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 10s, 500ms, 1m)") from None
     if value <= 0:

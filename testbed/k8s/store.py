@@ -54,12 +54,6 @@ class Event:
     revision: int
 
 
-def _ds_errors():
-    from datastore import errors as ds_errors
-
-    return ds_errors
-
-
 class Store:
     """CRUD and watch of Kubernetes objects kept in etcd."""
 

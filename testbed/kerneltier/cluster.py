@@ -20,7 +20,6 @@ kills the processes started here (by PID) and deletes those namespaces.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import signal
@@ -30,6 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from datastore.names import veth_name
 from testbed.poll import wait_for
 
 IP = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "/sbin/ip"  # never busybox's applet
@@ -55,11 +55,6 @@ def sysctl(netns: str, key: str, value: str) -> None:
     """Write one sysctl inside ``netns``."""
     path = "/proc/sys/" + key.replace(".", "/")
     run("sh", "-c", f"echo {value} > {path}", netns=netns)
-
-
-def veth_name(namespace: str, pod: str, prefix: str = "cali") -> str:
-    """Calico's host-side veth name: prefix + sha1("<namespace>.<pod>") hex, 15 chars."""
-    return (prefix + hashlib.sha1(f"{namespace}.{pod}".encode()).hexdigest())[:15]
 
 
 @dataclass
@@ -260,13 +255,13 @@ def program_routes(netns: str, own_block: str, peers: list[tuple[str, str]], *,
     finally:
         pnetns.popns()
     try:
-        for route in routes:
-            try:
-                kr.install(route)
-            except Exception as exc:  # noqa: BLE001 - pyroute2 NetlinkError, reported with the route
-                raise ClusterError(f"in {netns}: `{route.render()}` refused: {exc}") from exc
+        failed = kr.apply({r.prefix: r for r in routes})
     finally:
         kr.close()
+    if failed:  # the driver keeps each failure's reason (errno text or a missing device)
+        refused = "; ".join(f"`{r.render()}` refused: {kr.failing[r.prefix]}"
+                            for r in routes if r.prefix in failed)
+        raise ClusterError(f"in {netns}: {refused}")
 
 
 def build(

@@ -7,8 +7,6 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-OUTCOMES = ("passed", "failed", "error", "skipped")
-
 
 @dataclass(frozen=True)
 class Verdict:

@@ -239,7 +239,7 @@ def test_status_version_and_gc(node, netns):
     assert gc.rc == 0, gc.stdout
     assert list(_allocations(node).values()) == ["k8s-pod-network.gc1"]
     assert [w.spec.container_id for w in _weps(node)] == ["gc1"]
-    from cni.names import veth_name
+    from datastore.names import veth_name
 
     links = node.ip("link")
     assert veth_name("default", "g1", "") in links

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from cni import names, netconf, spec
+from cni import netconf, spec
 from cni.spec import CNIError
+from datastore import names
 
 pytestmark = pytest.mark.unit
 
@@ -125,8 +126,8 @@ def test_names_match_calico_vectors():
     assert names.veth_name("test", "test-pod", "cid") == "cali998e5f7d75d"
     assert names.veth_name(None, None, "0123456789abcdef") == "cali0123456789a"
     assert names.interface_prefix("tap,cali") == "tap" and names.interface_prefix("") == "cali"
-    assert names.wep_name("node1", "pod-1", "cid", "eth0") == "node1-k8s-pod--1-eth0"
-    assert names.wep_name("k8s-w0", None, "abc", "eth0") == "k8s--w0-cni-abc-eth0"
+    assert names.workload_endpoint_name("node1", "k8s", "pod-1", "eth0") == "node1-k8s-pod--1-eth0"
+    assert names.workload_endpoint_name("k8s-w0", "cni", "abc", "eth0") == "k8s--w0-cni-abc-eth0"
     assert names.handle_id("k8s-pod-network", "abc") == "k8s-pod-network.abc"
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from datastore import errors
-from datastore.names import veth_name_for_workload, workload_endpoint_name
+from datastore.names import veth_name, workload_endpoint_name
 from datastore.resources import (
     BGPPeer,
     BlockAffinity,
@@ -18,7 +18,6 @@ from datastore.resources import (
     WorkloadEndpoint,
     from_document,
     kind_for_key,
-    parse_duration,
     resolve_kind,
 )
 from datastore.selector import SelectorError, parse_selector
@@ -153,8 +152,8 @@ def test_kind_aliases():
 
 
 def test_names_match_calico_vectors():
-    assert veth_name_for_workload("default", "nginx") == "calic440f455693"
-    assert veth_name_for_workload("test", "test-pod") == "cali998e5f7d75d"
+    assert veth_name("default", "nginx") == "calic440f455693"
+    assert veth_name("test", "test-pod") == "cali998e5f7d75d"
     assert workload_endpoint_name("node1", "k8s", "pod-1", "eth0") == "node1-k8s-pod--1-eth0"
 
 
@@ -179,12 +178,16 @@ def test_selectors():
             parse_selector(bad)
 
 
-def test_durations():
-    assert parse_duration("90s") == 90
-    assert parse_duration("1m30s") == 90
-    assert parse_duration("500ms") == 0.5
-    with pytest.raises(ValueError):
-        parse_duration("ninety")
+def test_felixconfiguration_intervals_are_go_durations():
+    from datastore.resources import FelixConfiguration
+
+    ok = FelixConfiguration(metadata=Metadata(name="default"),
+                            spec=FelixConfiguration.Spec(route_refresh_interval="1m30s"))
+    ok.validate()
+    bad = FelixConfiguration(metadata=Metadata(name="default"),
+                             spec=FelixConfiguration.Spec(route_refresh_interval="90"))
+    with pytest.raises(errors.ValidationError, match="routeRefreshInterval.*missing unit"):
+        bad.validate()
 
 
 def test_bgppeer_selector_rules():

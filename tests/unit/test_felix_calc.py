@@ -3,7 +3,7 @@
 import pytest
 
 from agent.felix.calc import DISPATCH_SPLIT_AT, calculate, ipip_enabled
-from agent.felix.model import Endpoint, FelixInput, FelixSettings, HostNode, Pool, parse_duration
+from agent.felix.model import Endpoint, FelixInput, FelixSettings, HostNode, Pool
 from agent.felix.names import endpoint_chain, length_limited_id, profile_chain, rule_hashes
 
 pytestmark = pytest.mark.unit
@@ -160,12 +160,3 @@ def test_duplicate_interfaces_and_bad_settings():
     assert len(d.routes) == 1
     with pytest.raises(ValueError, match="defaultEndpointToHostAction"):
         calculate(inp(settings=FelixSettings(default_endpoint_to_host_action="BOUNCE")))
-
-
-def test_parse_duration():
-    assert parse_duration("90s", 1) == 90
-    assert parse_duration("1m30s", 1) == 90
-    assert parse_duration("500ms", 1) == 0.5
-    assert parse_duration(None, 7) == 7
-    with pytest.raises(ValueError, match="bad duration"):
-        parse_duration("ten seconds", 1)

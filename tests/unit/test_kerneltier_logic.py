@@ -158,13 +158,6 @@ def test_guest_test_names():
     assert results.guest_test_names(src) == ["test_a", "test_b"]
 
 
-def test_veth_name_matches_calicos_vectors():
-    from testbed.kerneltier.cluster import veth_name
-
-    assert veth_name("default", "nginx") == "calic440f455693"
-    assert veth_name("test", "test-pod") == "cali998e5f7d75d"
-
-
 def test_flow_signature_keeps_the_pod_flow_only():
     from testbed.capture.pcapassert import Frame, IpHeader
     from testbed.kerneltier.flow import signature

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.kubecontrollers.config import ConfigError, from_env, parse_duration
+from agent.kubecontrollers.config import ConfigError, from_env
 from agent.kubecontrollers.controller import pod_ips
 from agent.kubecontrollers.decisions import (
     LEAKED,
@@ -100,7 +100,7 @@ def test_config_from_env():
     assert cfg.enabled == ["node", "policy"] and cfg.leak_grace_period == 90.0
     assert cfg.gc_interval == 45.0 and cfg.unimplemented == ["policy"]
     assert from_env({}).leak_grace_period == 900.0
-    assert parse_duration("500ms", "X") == 0.5
+    assert from_env({"RECONCILER_PERIOD": "500ms"}).reconciler_period == 0.5
     with pytest.raises(ConfigError, match="LEAK_GRACE_PERIOD='15 min'"):
         from_env({"LEAK_GRACE_PERIOD": "15 min"})
     with pytest.raises(ConfigError, match="unknown controller 'nodes'"):
