@@ -32,6 +32,14 @@ def jfield(json_name: str, default: Any = None, **kw: Any) -> Any:
     return dataclasses.field(default=default, metadata={"json": json_name}, **kw)
 
 
+def struct_field(cls: type, json_name: str | None = None) -> Any:
+    """A nested struct that Go encodes even when empty (a non-pointer struct: ``source: {}``)."""
+    meta: dict[str, Any] = {"keep_empty": True}
+    if json_name:
+        meta["json"] = json_name
+    return dataclasses.field(default_factory=cls, metadata=meta)
+
+
 @functools.cache
 def _fields(cls: type) -> list[tuple[str, str, Any]]:
     hints = typing.get_type_hints(cls)
@@ -41,6 +49,11 @@ def _fields(cls: type) -> list[tuple[str, str, Any]]:
             continue
         out.append((f.name, f.metadata.get("json") or camel(f.name), hints[f.name]))
     return out
+
+
+@functools.cache
+def _keep_empty(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get("keep_empty"))
 
 
 def _is_optional(tp: Any) -> tuple[bool, Any]:
@@ -56,8 +69,12 @@ def to_json(obj: Any) -> Any:
     """Encode a dataclass (recursively) into plain JSON data."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out: dict[str, Any] = {}
+        keep = _keep_empty(type(obj))
         for name, jname, tp in _fields(type(obj)):
             value = getattr(obj, name)
+            if name in keep:
+                out[jname] = to_json(value)
+                continue
             if value is None:
                 continue
             optional, _ = _is_optional(tp)

@@ -24,6 +24,7 @@ from datastore import codec
 from datastore.codec import jfield
 from datastore.duration import parse_duration
 from datastore.errors import ValidationError
+from datastore.rules import Rule, check_selector, default_types, validate_rules, validate_types
 
 API_VERSION = "projectcalico.org/v3"
 V3_PREFIX = "/calico/resources/v3/projectcalico.org/"
@@ -634,10 +635,27 @@ class ClusterInformation(Resource):
     spec: ClusterInformationSpec = field(default_factory=ClusterInformationSpec)
 
 
+_LABEL_NAME_RE = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                            r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+
+
+def _check_labels(labels: dict[str, str] | None, path: str) -> None:
+    """Kubernetes label rules: qualified names (prefix <= 253, name <= 63) and values <= 63."""
+    for k, v in (labels or {}).items():
+        name = k.rsplit("/", 1)[-1]
+        if not _LABEL_NAME_RE.match(k) or len(name) > 63 or len(k) - len(name) > 254:
+            raise ValidationError(f"{path}.{k}", "is not a valid label name (a qualified name: [prefix/]name, "
+                                                 "name <= 63 alphanumerics, '-', '_' or '.')")
+        if not isinstance(v, str) or not _LABEL_VALUE_RE.match(v) or len(v) > 63:
+            raise ValidationError(f"{path}.{k}", f"{v!r} is not a valid label value (<= 63 alphanumerics, "
+                                                 "'-', '_' or '.', starting and ending alphanumeric)")
+
+
 @dataclass
 class ProfileSpec:
-    ingress: list[Any] = field(default_factory=list)
-    egress: list[Any] = field(default_factory=list)
+    ingress: list[Rule] = field(default_factory=list)
+    egress: list[Rule] = field(default_factory=list)
     labels_to_apply: dict[str, str] = field(default_factory=dict)
 
 
@@ -650,6 +668,215 @@ class Profile(Resource):
     ALIASES = ("profile", "profiles", "pro", "pros")
     Spec = ProfileSpec
     spec: ProfileSpec = field(default_factory=ProfileSpec)
+
+    def validate(self) -> None:
+        super().validate()
+        p = f"{self.ident()}.spec"
+        validate_rules(self.spec.ingress, f"{p}.ingress", egress=False)
+        validate_rules(self.spec.egress, f"{p}.egress", egress=True)
+        _check_labels(self.spec.labels_to_apply, f"{p}.labelsToApply")
+
+
+# ---------------------------------------------------------------------------
+# Policies and network sets (calico.md sections 5 and 6)
+
+#: Kubernetes NetworkPolicies converted by Calico are named knp.default.<name>
+K8S_POLICY_PREFIX = "knp.default."
+_POLICY_LABEL_FMT = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_POLICY_SUBDOMAIN_FMT = _POLICY_LABEL_FMT + r"(\." + _POLICY_LABEL_FMT + r")*"
+_NP_NAME_RE = re.compile(rf"^(({_POLICY_LABEL_FMT})|((?:knp|ossg)\.default\.({_POLICY_SUBDOMAIN_FMT})))$")
+_GNP_NAME_RE = re.compile(rf"^({_POLICY_LABEL_FMT})$")
+PERFORMANCE_HINTS = ("AssumeNeededOnEveryNode",)
+
+
+def policy_storage_name(name: str) -> str:
+    """The name a policy is stored (and known to Felix) under: ``default.<name>`` (the tier),
+    except ``knp.``/``ossg.`` names (libcalico-go ``convertPolicyNameForStorage``)."""
+    if name.startswith(("knp.", "ossg.")):
+        return name
+    return "default." + name
+
+
+def policy_name_from_storage(name: str) -> str:
+    """The user-facing name of a stored policy (``convertPolicyNameFromStorage``)."""
+    if name.startswith(("knp.", "ossg.")):
+        return name
+    return name.split(".", 1)[-1]
+
+
+@dataclass
+class NetworkPolicySpec:
+    order: int | float | None = None
+    ingress: list[Rule] = field(default_factory=list)
+    egress: list[Rule] = field(default_factory=list)
+    selector: str = ""
+    types: list[str] = field(default_factory=list)
+    service_account_selector: str = ""
+    performance_hints: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GlobalNetworkPolicySpec:
+    order: int | float | None = None
+    ingress: list[Rule] = field(default_factory=list)
+    egress: list[Rule] = field(default_factory=list)
+    selector: str = ""
+    types: list[str] = field(default_factory=list)
+    do_not_track: bool = False
+    pre_dnat: bool = jfield("preDNAT", False)
+    apply_on_forward: bool = False
+    service_account_selector: str = ""
+    namespace_selector: str = ""
+    performance_hints: list[str] = field(default_factory=list)
+
+
+class _PolicyBase(Resource):
+    """Shared by NetworkPolicy and GlobalNetworkPolicy: tier-prefixed storage names, types, rules."""
+
+    NAME_RE: ClassVar[re.Pattern[str]] = _GNP_NAME_RE
+
+    @classmethod
+    def key_for(cls, name: str, namespace: str | None = None) -> str:
+        return super().key_for(policy_storage_name(name), namespace)
+
+    @classmethod
+    def ident_from_key(cls, key: str) -> tuple[str | None, str] | None:
+        ident = super().ident_from_key(key)
+        return None if ident is None else (ident[0], policy_name_from_storage(ident[1]))
+
+    def storage_name(self) -> str:
+        """``default.<name>`` (or the knp. name): the name in etcd and Felix's policy ID."""
+        return policy_storage_name(self.metadata.name)
+
+    def encode_value(self) -> bytes:
+        doc = self.to_dict()
+        doc["metadata"].pop("resourceVersion", None)
+        doc["metadata"]["name"] = self.storage_name()
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def decode_value(cls, key: str, value: bytes, revision: int) -> Resource:
+        obj = super().decode_value(key, value, revision)
+        obj.metadata.name = policy_name_from_storage(obj.metadata.name)
+        return obj
+
+    def apply_defaults(self) -> None:
+        spec = self.spec  # type: ignore[attr-defined]
+        if not spec.types:
+            spec.types = default_types(spec.ingress, spec.egress)
+
+    def validate(self) -> None:
+        name = self.metadata.name
+        if not name:
+            raise ValidationError(f"{self.KIND}.metadata.name", "is required")
+        if self.NAMESPACED and not self.metadata.namespace:
+            self.metadata.namespace = "default"
+        if len(name) > 253:
+            raise ValidationError(f"{self.ident()}.metadata.name", f"name is too long by {len(name) - 253} bytes")
+        if not self.NAME_RE.match(name):
+            raise ValidationError(f"{self.ident()}.metadata.name",
+                                  "name must consist of lower case alphanumeric characters or '-' "
+                                  f"(regex: {_POLICY_LABEL_FMT})")
+        _check_labels(self.metadata.labels, f"{self.ident()}.metadata.labels")
+        spec = self.spec  # type: ignore[attr-defined]
+        p = f"{self.ident()}.spec"
+        check_selector(spec.selector, f"{p}.selector")
+        check_selector(spec.service_account_selector, f"{p}.serviceAccountSelector")
+        validate_types(spec.types, f"{p}.types")
+        validate_rules(spec.ingress, f"{p}.ingress", egress=False)
+        validate_rules(spec.egress, f"{p}.egress", egress=True)
+        seen = set()
+        for i, hint in enumerate(spec.performance_hints):
+            if hint not in PERFORMANCE_HINTS or hint in seen:
+                raise ValidationError(f"{p}.performanceHints[{i}]",
+                                      f"must be one of {', '.join(PERFORMANCE_HINTS)}, each at most once")
+            seen.add(hint)
+
+
+@dataclass
+class NetworkPolicy(_PolicyBase):
+    """A namespaced Calico policy (``knp.default.<name>`` when converted from Kubernetes)."""
+
+    KIND = "NetworkPolicy"
+    PLURAL = "networkpolicies"
+    NAMESPACED = True
+    ALIASES = ("networkpolicy", "networkpolicies", "policy", "np", "policies", "pol", "pols")
+    NAME_RE = _NP_NAME_RE
+    Spec = NetworkPolicySpec
+    spec: NetworkPolicySpec = field(default_factory=NetworkPolicySpec)
+
+
+@dataclass
+class GlobalNetworkPolicy(_PolicyBase):
+    """A cluster-wide Calico policy."""
+
+    KIND = "GlobalNetworkPolicy"
+    PLURAL = "globalnetworkpolicies"
+    ALIASES = ("globalnetworkpolicy", "globalnetworkpolicies", "gnp", "gnps")
+    NAME_RE = _GNP_NAME_RE
+    Spec = GlobalNetworkPolicySpec
+    spec: GlobalNetworkPolicySpec = field(default_factory=GlobalNetworkPolicySpec)
+
+    def validate(self) -> None:
+        super().validate()
+        s = self.spec
+        p = f"{self.ident()}.spec"
+        check_selector(s.namespace_selector, f"{p}.namespaceSelector")
+        if s.do_not_track and s.pre_dnat:
+            raise ValidationError(f"{p}.preDNAT", "PreDNAT and DoNotTrack cannot both be true, for a given PolicySpec")
+        if s.pre_dnat and s.egress:
+            raise ValidationError(f"{p}.egress", "PreDNAT PolicySpec cannot have any Egress rules")
+        if s.pre_dnat and "Egress" in s.types:
+            raise ValidationError(f"{p}.types", "PreDNAT PolicySpec cannot have 'egress' Type")
+        if not s.apply_on_forward and (s.do_not_track or s.pre_dnat):
+            raise ValidationError(f"{p}.applyOnForward", "ApplyOnForward must be true if either PreDNAT or "
+                                                         "DoNotTrack is true, for a given PolicySpec")
+        for kind, rules in (("egress", s.egress), ("ingress", s.ingress)):
+            for i, rule in enumerate(rules):
+                svc = rule.destination.services if kind == "egress" else rule.source.services
+                side = "destination" if kind == "egress" else "source"
+                if svc is not None and not svc.namespace:
+                    raise ValidationError(f"{p}.{kind}[{i}].{side}.services.namespace", "must specify a namespace")
+
+
+@dataclass
+class NetworkSetSpec:
+    nets: list[str] = field(default_factory=list)
+
+
+class _NetworkSetBase(Resource):
+    def validate(self) -> None:
+        super().validate()
+        labels = self.metadata.labels or {}
+        if "projectcalico.org/namespace" in labels:
+            raise ValidationError(f"{self.ident()}.metadata.labels.projectcalico.org/namespace",
+                                  "projectcalico.org/namespace is not a valid label name")
+        _check_labels(labels, f"{self.ident()}.metadata.labels")
+        for i, net in enumerate(self.spec.nets):  # type: ignore[attr-defined]
+            _cidr(net, f"{self.ident()}.spec.nets[{i}]")
+
+
+@dataclass
+class NetworkSet(_NetworkSetBase):
+    """Namespaced CIDRs that policy selectors can match by label."""
+
+    KIND = "NetworkSet"
+    PLURAL = "networksets"
+    NAMESPACED = True
+    ALIASES = ("networkset", "networksets", "netsets")
+    Spec = NetworkSetSpec
+    spec: NetworkSetSpec = field(default_factory=NetworkSetSpec)
+
+
+@dataclass
+class GlobalNetworkSet(_NetworkSetBase):
+    """Cluster-wide CIDRs that policy selectors can match by label."""
+
+    KIND = "GlobalNetworkSet"
+    PLURAL = "globalnetworksets"
+    ALIASES = ("globalnetworkset", "globalnetworksets", "gnetsets")
+    Spec = NetworkSetSpec
+    spec: NetworkSetSpec = field(default_factory=NetworkSetSpec)
 
 
 # ---------------------------------------------------------------------------
@@ -966,7 +1193,8 @@ class IPAMConfig(Resource):
 KINDS: dict[str, type[Resource]] = {
     cls.KIND: cls
     for cls in (IPPool, Node, WorkloadEndpoint, BGPConfiguration, BGPPeer, FelixConfiguration,
-                ClusterInformation, Profile, IPAMBlock, BlockAffinity, IPAMHandle, IPAMConfig)
+                ClusterInformation, Profile, NetworkPolicy, GlobalNetworkPolicy, NetworkSet, GlobalNetworkSet,
+                IPAMBlock, BlockAffinity, IPAMHandle, IPAMConfig)
 }
 
 _BY_ALIAS: dict[str, type[Resource]] = {}
