@@ -21,6 +21,7 @@ USAGE = """Usage:
     apply        Apply a resource by file or stdin.
     delete       Delete a resource identified by file, stdin or resource type and name.
     get          Get a resource identified by file, stdin or resource type and name.
+    patch        Patch a pre-existing resource in place.
     ipam         IP address management.
     node         Calico node management.
     version      Display the version of this binary.
@@ -70,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--skip-not-exists", action="store_true")
     sp.add_argument("kind", nargs="?")
     sp.add_argument("names", nargs="*")
+    common(sp)
+
+    sp = sub.add_parser("patch", add_help=False)
+    sp.add_argument("-p", "--patch", required=True)
+    sp.add_argument("-t", "--type")
+    sp.add_argument("--context")
+    sp.add_argument("kind")
+    sp.add_argument("name")
     common(sp)
 
     sp = sub.add_parser("get", add_help=False)
@@ -181,6 +190,11 @@ def run(argv: Sequence[str], out=None, err=None, env: dict[str, str] | None = No
             from testbed.calicoctl import resources
 
             return resources.run(client, args, out, err)
+        if args.command == "patch":
+            from testbed.calicoctl import patch, resources
+
+            return patch.run(client, args.kind, args.name, args.namespace, args.patch, args.type, out, err,
+                             refuse=resources.refuse_k8s_policy)
         if args.command == "ipam":
             from testbed.calicoctl import ipam_cmds
 

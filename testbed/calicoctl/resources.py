@@ -14,7 +14,9 @@ from typing import Any, TextIO
 
 from datastore import errors
 from datastore.resources import (
+    K8S_POLICY_PREFIX,
     IPPool,
+    Profile,
     Resource,
     from_document,
     resolve_kind,
@@ -86,6 +88,37 @@ def _load(filename: str, namespace: str | None) -> list[Resource]:
     return objs
 
 
+class OperationNotSupported(errors.DatastoreError):
+    """calicoctl refuses the operation on this object (Calico's ErrorOperationNotSupported)."""
+
+
+def refuse_k8s_policy(obj: Resource, operation: str) -> None:
+    """calicoctl does not create, change or delete the NetworkPolicies Calico converted from
+    Kubernetes (``knp.default.*``): they are managed through the Kubernetes API."""
+    if obj.KIND == "NetworkPolicy" and obj.metadata.name.startswith(K8S_POLICY_PREFIX):
+        raise OperationNotSupported(
+            f"operation {operation} is not supported on {obj.ident()}: kubernetes network policies must be "
+            "managed through the kubernetes API")
+
+
+def check_namespace(client: Any, obj: Resource) -> None:
+    """A namespaced policy or network set must name a namespace that exists.
+
+    In etcd mode Calico knows a Kubernetes namespace by its profile ``kns.<ns>``, which
+    calico-kube-controllers' namespace controller keeps (calico.md section 6).
+    """
+    if obj.KIND not in ("NetworkPolicy", "NetworkSet"):
+        return
+    ns = obj.metadata.namespace or "default"
+    try:
+        client.get(Profile, f"kns.{ns}")
+    except errors.NotFound:
+        raise errors.ValidationError(
+            f"{obj.ident()}.metadata.namespace",
+            f"namespace {ns!r} does not exist (no Profile kns.{ns}: calico-kube-controllers' namespace "
+            "controller writes one for every Kubernetes Namespace)") from None
+
+
 def _preflight(client: Any, verb: str, objs: list[Resource], skip_exists: bool,
                skip_not_exists: bool) -> list[Resource]:
     """Validate everything before any write; returns the objects to act on."""
@@ -93,9 +126,12 @@ def _preflight(client: Any, verb: str, objs: list[Resource], skip_exists: bool,
     pools_here: list[IPPool] = []
     seen: set[str] = set()
     for obj in objs:
+        refuse_k8s_policy(obj, {"create": "create or apply", "apply": "create or apply",
+                                "replace": "apply or replace"}.get(verb, verb))
         if verb != "delete":
             obj.apply_defaults()
             obj.validate()
+            check_namespace(client, obj)
         key = obj.key()
         if key in seen:
             raise errors.ValidationError(f"{obj.ident()}.metadata.name", "appears twice in the input")
@@ -208,7 +244,10 @@ def delete_named(client: Any, kind: str, names: list[str], namespace: str | None
     ns = (namespace or "default") if cls.NAMESPACED else None
     for name in names:
         try:
-            client.get(cls, name, ns)
+            refuse_k8s_policy(client.get(cls, name, ns), "delete")
+        except OperationNotSupported as exc:
+            err.write(f"Failed to delete '{cls.KIND}' resource: {exc}\n")
+            return 1
         except errors.NotFound:
             if skip_not_exists:
                 continue
@@ -316,6 +355,38 @@ def table_for(kind: str, docs: list[dict[str, Any]], wide: bool, all_ns: bool,
                          "" if mesh is None and name(d) != "default" else b(True if mesh is None else mesh),
                          str(sp.get("asNumber", "")) if sp.get("asNumber") else
                          ("64512" if name(d) == "default" else "")])
+    elif kind in ("NetworkPolicy", "GlobalNetworkPolicy"):
+        def order(d: dict[str, Any]) -> str:
+            o = s(d).get("order")
+            return "<nil>" if o is None else (f"{o:g}" if isinstance(o, float) else str(o))
+
+        if wide:
+            header = ["NAME", "ORDER", "SELECTOR"]
+            rows = [[name(d), order(d), s(d).get("selector", "")] for d in docs]
+        else:
+            header, rows = ["NAME"], [[name(d)] for d in docs]
+        if all_ns and kind == "NetworkPolicy":
+            header = ["NAMESPACE", *header]
+            rows = [[(d.get("metadata") or {}).get("namespace", ""), *r] for d, r in zip(docs, rows, strict=True)]
+    elif kind in ("NetworkSet", "GlobalNetworkSet"):
+        def nets(d: dict[str, Any]) -> str:
+            text = ",".join(s(d).get("nets") or [])
+            return text if len(text) <= 80 else text[:77] + "..."
+
+        if wide:
+            header, rows = ["NAME", "NETS"], [[name(d), nets(d)] for d in docs]
+        else:
+            header, rows = ["NAME"], [[name(d)] for d in docs]
+        if all_ns and kind == "NetworkSet":
+            header = ["NAMESPACE", *header]
+            rows = [[(d.get("metadata") or {}).get("namespace", ""), *r] for d, r in zip(docs, rows, strict=True)]
+    elif kind == "Profile":
+        if wide:
+            header = ["NAME", "LABELS"]
+            rows = [[name(d), ",".join(sorted(f"{k}={v}" for k, v in (s(d).get("labelsToApply") or {}).items()))]
+                    for d in docs]
+        else:
+            header, rows = ["NAME"], [[name(d)] for d in docs]
     elif kind == "IPAMBlock":
         header = ["NAME", "CIDR"]
         rows = [[name(d), s(d).get("cidr", "")] for d in docs]
