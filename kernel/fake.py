@@ -398,8 +398,11 @@ class FakeKernel(Kernel):
             hops = r.hops()
             if not hops:
                 raise _Refused(errno.ENODEV, "a unicast route needs a device or a gateway")
-            for h in hops:
-                self._check_hop(h, r)
+            resolved = [self._check_hop(h, r) for h in hops]  # the kernel fills in the gateway's device
+            if r.nexthops:
+                r = replace(r, nexthops=tuple(replace(h, oif=oif) for h, oif in zip(r.nexthops, resolved, strict=True)))
+            else:
+                r = replace(r, oif=resolved[0])
         elif r.type in (RTN_BLACKHOLE, RTN_UNREACHABLE, RTN_PROHIBIT):
             if r.hops():
                 raise _Refused(errno.EINVAL, "a blackhole route has no next hop")
@@ -412,7 +415,8 @@ class FakeKernel(Kernel):
                 return
         self._routes.append(r)
 
-    def _check_hop(self, h: Any, r: Route) -> None:
+    def _check_hop(self, h: Any, r: Route) -> int:
+        """Refuse a hop the kernel refuses; returns its device index."""
         ln = self._links.get(h.oif) if h.oif else None
         if h.oif and ln is None:
             raise _Refused(errno.ENODEV)
@@ -421,13 +425,13 @@ class FakeKernel(Kernel):
                 raise _Refused(errno.EINVAL, "a device route needs a device")
             if not ln.flags & IFF_UP:
                 raise _Refused(errno.ENETDOWN, "Nexthop device is not up")
-            return
+            return h.oif
         if h.onlink:
             if ln is None:
                 raise _Refused(errno.ENODEV, "Nexthop device required for onlink")
             if not ln.flags & IFF_UP:
                 raise _Refused(errno.ENETDOWN, "Nexthop device is not up")
-            return
+            return h.oif
         gw = ipaddress.IPv4Address(h.gateway)
         if r.scope >= RT_SCOPE_LINK:  # the gateway lookup then only sees host routes
             raise _Refused(errno.ENETUNREACH, "Nexthop has invalid gateway")
@@ -435,7 +439,7 @@ class FakeKernel(Kernel):
             if (have.table == RT_TABLE_MAIN and have.type == RTN_UNICAST and have.scope >= RT_SCOPE_LINK
                     and not have.gateway and gw in ipaddress.IPv4Network(have.dst)
                     and (not h.oif or have.oif == h.oif) and self._links[have.oif].flags & IFF_UP):
-                return
+                return have.oif
         raise _Refused(errno.ENETUNREACH, "Nexthop has invalid gateway")
 
     def _route_del(self, op: RouteDel) -> None:

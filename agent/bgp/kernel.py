@@ -1,35 +1,23 @@
-"""Kernel side: program ``proto bird`` (RTPROT_BIRD = 12) routes.
+"""Kernel side: program ``proto bird`` (RTPROT_BIRD = 12) routes through a kernel handle.
 
-Changes go to the kernel in netlink batches (one send per up to 256 routes, one errno
-back per route, :class:`agent.felix.netlink.Netlink`); pyroute2 is used only for dumps
-and interface lookups. The driver runs in the network namespace of the thread that
-creates it (the speaker's thread) and must be called from a plain thread, never from
-inside a running asyncio loop (pyroute2's synchronous API runs its own loop): the
-speaker calls it through a dedicated single-thread executor.
+The driver is given its kernel (:class:`kernel.netlink.Netlink` bound to the node's netns,
+or :class:`kernel.fake.FakeKernel` in unit tests); changes go to it in batches
+(:meth:`kernel.base.Kernel.submit`: one send per up to 256 routes, one result per route).
+The speaker calls it from its dedicated kernel thread so the event loop never blocks on
+netlink.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import os
-import socket
-import struct
 from ipaddress import IPv4Address, IPv4Network
 
 from agent.bgp.routes import RTPROT_BIRD, KernelRoute, NextHop
-from agent.felix.netlink import Netlink
+from kernel import RTN_BLACKHOLE, Kernel, KernelError, Route, RouteAdd, RouteDel
+from kernel import NextHop as KNextHop
 
 log = logging.getLogger(__name__)
-RTNH_F_ONLINK = 4
-RTN_UNICAST, RTN_BLACKHOLE = 1, 6
-RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 9, 15
-RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
-MAIN_TABLE = 254
-_RTMSG = struct.Struct("=BBBBBBBBI")
-_RTNH = struct.Struct("=HBBi")
 
 
 class RouteConflict(RuntimeError):
@@ -37,13 +25,10 @@ class RouteConflict(RuntimeError):
 
 
 class KernelRoutes:
-    """Diff-and-apply of the speaker's routes in the main table."""
+    """Diff-and-apply of the speaker's routes in the main table of ``kernel``."""
 
-    def __init__(self) -> None:
-        from pyroute2 import IPRoute  # heavy import, only where the kernel is touched
-
-        self.ipr = IPRoute()
-        self.nl = Netlink()
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
         self._ifindex: dict[str, int] = {}
         self._ifname: dict[int, str] = {}
         self.errors: list[str] = []                     # history (last 20)
@@ -51,110 +36,81 @@ class KernelRoutes:
         self.owned: set[IPv4Network] = set()           # our routes (proto bird) in the table
 
     def close(self) -> None:
-        """Release the netlink sockets."""
-        self.ipr.close()
-        self.nl.close()
+        """Nothing of its own to release (the kernel handle belongs to its creator)."""
 
     def _index(self, name: str) -> int:
         idx = self._ifindex.get(name)
         if idx is None:
-            found = self.ipr.link_lookup(ifname=name)
-            if not found:
-                raise LookupError(f"device {name!r} does not exist")
-            idx = found[0]
-            self._ifindex[name] = idx
+            idx = self._ifindex[name] = self.kernel.index(name)  # KernelError ENODEV naming it
         return idx
 
-    def _name(self, idx: int | None) -> str | None:
-        if idx is None:
+    def _name(self, idx: int) -> str | None:
+        if not idx:
             return None
         if idx not in self._ifname:
-            links = self.ipr.get_links(idx)
-            self._ifname[idx] = links[0].get("IFLA_IFNAME") if links else str(idx)
-        return self._ifname[idx]
+            self._ifname = {ln.index: ln.name for ln in self.kernel.links()}
+        return self._ifname.get(idx, str(idx))
 
     def dump(self) -> dict[IPv4Network, KernelRoute]:
         """The ``proto bird`` IPv4 routes now in the main table."""
         out: dict[IPv4Network, KernelRoute] = {}
-        for r in self.ipr.route("dump", family=2, proto=RTPROT_BIRD, table=254):
-            prefix = IPv4Network(f"{r.get('dst') or '0.0.0.0'}/{r['dst_len']}")
-            if r["type"] == RTN_BLACKHOLE:
+        for r in self.kernel.routes(protocol=RTPROT_BIRD):
+            prefix = IPv4Network(r.dst)
+            if r.type == RTN_BLACKHOLE:
                 out[prefix] = KernelRoute(prefix, blackhole=True)
                 continue
-            hops = []
-            mp = r.get("multipath")
-            if mp:
-                for h in mp:
-                    gw = dict(h["attrs"]).get("RTA_GATEWAY")
-                    if gw:
-                        hops.append(NextHop(IPv4Address(gw), self._name(h.get("oif")),
-                                            bool(h["flags"] & RTNH_F_ONLINK)))
-            elif r.get("gateway"):
-                hops.append(NextHop(IPv4Address(r.get("gateway")), self._name(r.get("oif")),
-                                    bool(r["flags"] & RTNH_F_ONLINK)))
+            hops = [NextHop(IPv4Address(h.gateway), self._name(h.oif), h.onlink) for h in r.hops() if h.gateway]
             out[prefix] = KernelRoute(prefix, nexthops=tuple(sorted(hops)))
         self.owned = set(out)
         return out
 
-    def _request(self, prefix: IPv4Network, route: KernelRoute | None) -> tuple[int, int, bytes] | None:
-        """The netlink request for one change (None: nothing to do, e.g. removing a route
-        that is not ours). Raises LookupError for a missing device."""
-        dst = socket.inet_aton(str(prefix.network_address))
-        attrs = _attr(RTA_DST, dst) + _attr(RTA_TABLE, struct.pack("=I", MAIN_TABLE))
+    def _op(self, prefix: IPv4Network, route: KernelRoute | None) -> RouteAdd | RouteDel | None:
+        """The kernel operation for one change (None: nothing to do, e.g. removing a route
+        that is not ours). Raises KernelError for a missing device."""
         if route is None:
             if prefix not in self.owned:
                 return None  # never delete someone else's route to the same destination
-            body = _RTMSG.pack(socket.AF_INET, prefix.prefixlen, 0, 0, MAIN_TABLE, RTPROT_BIRD,
-                               RT_SCOPE_NOWHERE, 0, 0)
-            return RTM_DELROUTE, 0, body + attrs
-        flags = NLM_F_CREATE | (NLM_F_REPLACE if prefix in self.owned else NLM_F_EXCL)
-        rtype, rflags = RTN_UNICAST, 0
+            return RouteDel(Route(str(prefix), protocol=RTPROT_BIRD))
         if route.blackhole:
-            rtype = RTN_BLACKHOLE
+            r = Route(str(prefix), protocol=RTPROT_BIRD, type=RTN_BLACKHOLE)
         elif len(route.nexthops) == 1:
             h = route.nexthops[0]
-            attrs += _attr(RTA_GATEWAY, socket.inet_aton(str(h.gateway)))
-            if h.device:
-                attrs += _attr(RTA_OIF, struct.pack("=i", self._index(h.device)))
-            rflags = RTNH_F_ONLINK if h.onlink else 0
+            r = Route(str(prefix), oif=self._index(h.device) if h.device else 0, gateway=str(h.gateway),
+                      onlink=h.onlink, protocol=RTPROT_BIRD)
         else:
-            hops = b""
-            for h in route.nexthops:
-                gw = _attr(RTA_GATEWAY, socket.inet_aton(str(h.gateway)))
-                idx = self._index(h.device) if h.device else 0
-                hops += _RTNH.pack(_RTNH.size + len(gw), RTNH_F_ONLINK if h.onlink else 0, 0, idx) + gw
-            attrs += _attr(RTA_MULTIPATH, hops)
-        body = _RTMSG.pack(socket.AF_INET, prefix.prefixlen, 0, 0, MAIN_TABLE, RTPROT_BIRD,
-                           RT_SCOPE_UNIVERSE, rtype, rflags)
-        return RTM_NEWROUTE, flags, body + attrs
+            r = Route(str(prefix), protocol=RTPROT_BIRD, nexthops=tuple(
+                KNextHop(str(h.gateway), self._index(h.device) if h.device else 0, h.onlink)
+                for h in route.nexthops))
+        return RouteAdd(r, replace=prefix in self.owned)
 
     def apply(self, changes: dict[IPv4Network, KernelRoute | None]) -> set[IPv4Network]:
-        """Install/replace routes (value) or remove them (None), in netlink batches. A route
-        to the same destination from anyone else (the connected subnet, Felix, an admin) is
-        never replaced or deleted. Failures (e.g. tunl0 not created yet) are logged, kept in
+        """Install/replace routes (value) or remove them (None), in batches. A route to the
+        same destination from anyone else (the connected subnet, Felix, an admin) is never
+        replaced or deleted. Failures (e.g. tunl0 not created yet) are logged, kept in
         ``errors`` and returned for a later retry; they do not stop the other changes."""
         failed: set[IPv4Network] = set()
         todo: list[tuple[IPv4Network, KernelRoute | None]] = []
-        reqs: list[tuple[int, int, bytes]] = []
+        ops: list[RouteAdd | RouteDel] = []
         for prefix, route in changes.items():
             try:
-                req = self._request(prefix, route)
-            except Exception as exc:  # noqa: BLE001 - e.g. the device does not exist yet
-                self._fail(failed, prefix, str(exc))
+                op = self._op(prefix, route)
+            except KernelError as exc:  # e.g. the device does not exist yet
+                self._fail(failed, prefix, exc.strerror)
                 continue
-            if req is None:
+            if op is None:
                 self.failing.pop(prefix, None)
                 continue
             todo.append((prefix, route))
-            reqs.append(req)
-        results = self.nl.batch(reqs) if reqs else []
-        for (prefix, route), code in zip(todo, results, strict=True):
+            ops.append(op)
+        results = self.kernel.submit(ops) if ops else []
+        for (prefix, route), err in zip(todo, results, strict=True):
+            code = err.errno if err is not None else 0
             if route is None:
                 if code in (0, errno.ESRCH, errno.ENOENT):
                     self.owned.discard(prefix)
                     self.failing.pop(prefix, None)
                 else:
-                    self._fail(failed, prefix, os.strerror(code))
+                    self._fail(failed, prefix, err.strerror)
             elif code == 0:
                 self.owned.add(prefix)
                 self.failing.pop(prefix, None)
@@ -162,7 +118,7 @@ class KernelRoutes:
                 self._fail(failed, prefix, f"{prefix} is already in the kernel from another source; "
                                            "not replacing it")
             else:
-                self._fail(failed, prefix, os.strerror(code))
+                self._fail(failed, prefix, err.strerror)
         return failed
 
     def _fail(self, failed: set[IPv4Network], prefix: IPv4Network, reason: str) -> None:
@@ -175,19 +131,14 @@ class KernelRoutes:
             self.errors = (self.errors + [msg])[-20:]
         self.failing[prefix] = msg
 
-    def reconcile(self, desired: dict[IPv4Network, KernelRoute]) -> None:
-        """Make the kernel's proto bird routes exactly ``desired``."""
+    def reconcile(self, desired: dict[IPv4Network, KernelRoute]) -> set[IPv4Network]:
+        """Make the kernel's proto bird routes exactly ``desired``; returns the prefixes that failed."""
         actual = self.dump()
         changes: dict[IPv4Network, KernelRoute | None] = {
             p: None for p in actual if p not in desired}
         changes.update({p: r for p, r in desired.items() if actual.get(p) != r})
-        self.apply(changes)
+        return self.apply(changes)
 
     def flush(self) -> None:
         """Remove every proto bird route (stop without graceful restart)."""
         self.apply({p: None for p in self.dump()})
-
-
-def _attr(kind: int, data: bytes) -> bytes:
-    length = 4 + len(data)
-    return struct.pack("=HH", length, kind) + data + b"\0" * ((-length) % 4)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import ctypes
 import os
 import threading
 from collections.abc import Callable
@@ -13,20 +12,9 @@ from typing import Any
 
 from agent.bgp.config import SpeakerConfig
 from agent.bgp.speaker import Speaker
-
-CLONE_NEWNET = 0x40000000
-
-
-def enter_netns(name: str) -> None:
-    """Move the calling thread into the network namespace /run/netns/<name>."""
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({name}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
+from agent.clock import Clock
+from kernel import netns
+from kernel.base import Kernel
 
 
 class SpeakerThread:
@@ -34,8 +22,10 @@ class SpeakerThread:
 
     def __init__(self, config: SpeakerConfig | None = None, *, netns: str | None = None,
                  ctl_path: str | None = None, program_kernel: bool = True,
-                 name: str = "bgp"):
+                 name: str = "bgp", kernel: Kernel | None = None, clock: Clock | None = None):
         self.config = config
+        self.kernel = kernel  # default: the speaker opens a handle on its thread's netns
+        self.clock = clock
         self.netns = netns
         self.ctl_path = ctl_path
         self.program_kernel = program_kernel
@@ -59,7 +49,7 @@ class SpeakerThread:
     def _run(self) -> None:
         try:
             if self.netns:
-                enter_netns(self.netns)
+                netns.enter(self.netns)
             self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self.loop)
         except BaseException as exc:  # noqa: BLE001 - reported to start()
@@ -88,7 +78,7 @@ class SpeakerThread:
             raise TimeoutError(f"BGP speaker call {getattr(fn, '__name__', fn)} timed out") from exc
 
     async def _start_speaker(self, config: SpeakerConfig) -> None:
-        self.speaker = Speaker(config, program_kernel=self.program_kernel)
+        self.speaker = Speaker(config, program_kernel=self.program_kernel, kernel=self.kernel, clock=self.clock)
         await self.speaker.start()
         if self.ctl_path:
             from agent.bgp import ctl

@@ -22,6 +22,8 @@ from agent.bgp import messages as M
 from agent.bgp.config import PeerConfig, SpeakerConfig
 from agent.bgp.rib import RIB, PeerInfo
 from agent.bgp.routes import KernelRoute, kernel_route
+from agent.clock import Clock
+from kernel.base import Kernel
 
 log = logging.getLogger(__name__)
 NLRI_PER_UPDATE = 500
@@ -449,9 +451,15 @@ class Speaker:
     """The BGP speaker: listener, peers, RIB, export and kernel programming."""
 
     def __init__(self, config: SpeakerConfig, *, program_kernel: bool = True,
-                 on_change: Callable[[set[IPv4Network]], None] | None = None):
+                 on_change: Callable[[set[IPv4Network]], None] | None = None,
+                 kernel: Kernel | None = None, clock: Clock | None = None):
+        """``kernel``: the handle routes go to (default: a netlink handle on the netns of
+        the thread that starts the speaker); ``clock``: scan and retry timers."""
         config.validate()
         self.config = config
+        self.clock = clock or Clock()
+        self.kernel_handle = kernel
+        self._own_handle = False
         self.rib = RIB(config.local_as, config.router_id, config.cluster_id)
         self.peers: dict[str, Peer] = {}
         self.server: asyncio.AbstractServer | None = None
@@ -461,7 +469,7 @@ class Speaker:
         self.kernel_routes: dict[IPv4Network, KernelRoute] = {}
         self.counters = Counters()
         self.on_change = on_change
-        self.started = time.time()
+        self.started = self.clock.time()
         self._pending_kernel: set[IPv4Network] = set()
         self._kernel_task: asyncio.Task | None = None
         self._kernel_retry: asyncio.TimerHandle | None = None
@@ -483,7 +491,11 @@ class Speaker:
         if self.program_kernel:
             from agent.bgp.kernel import KernelRoutes
 
-            self.kernel = await self._in_kernel_thread(KernelRoutes)
+            if self.kernel_handle is None:
+                from kernel.netlink import Netlink
+
+                self.kernel_handle, self._own_handle = Netlink(), True  # this thread's netns
+            self.kernel = KernelRoutes(self.kernel_handle)
             existing = await self._in_kernel_thread(self.kernel.dump)
             self.kernel_routes = dict(existing)
             self._adopted = set(existing)
@@ -503,7 +515,7 @@ class Speaker:
         restart time after start, also drops routes left by a previous run that nobody
         re-announced."""
         first = max(self.config.timers.graceful_restart, 1.0)
-        await asyncio.sleep(first)
+        await self.clock.asleep(first)
         self._adopted = set()
         while True:
             desired = {p: r for p in self.rib.loc if (r := self.desired_kernel(p)) is not None}
@@ -511,7 +523,7 @@ class Speaker:
             if actual != desired:
                 self.kernel_routes = dict(actual)
                 self._schedule_kernel(set(actual) | set(desired))
-            await asyncio.sleep(KERNEL_SCAN_SECONDS)
+            await self.clock.asleep(KERNEL_SCAN_SECONDS)
 
     async def _in_kernel_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.kernel_exec, fn, *args)
@@ -540,7 +552,8 @@ class Speaker:
         if self.kernel is not None:
             if not graceful:
                 await self._in_kernel_thread(self.kernel.flush)
-            await self._in_kernel_thread(self.kernel.close)
+            if self._own_handle:
+                await self._in_kernel_thread(self.kernel_handle.close)
         self.kernel_exec.shutdown(wait=False)
 
     def _add_peer(self, pc: PeerConfig) -> None:
@@ -788,7 +801,7 @@ class Speaker:
             self._schedule_kernel(todo)
 
         if self._kernel_retry is None:
-            self._kernel_retry = asyncio.get_running_loop().call_later(KERNEL_RETRY_SECONDS, fire)
+            self._kernel_retry = self.clock.call_later(KERNEL_RETRY_SECONDS, fire)
 
     # ---- views
     def status(self) -> dict:

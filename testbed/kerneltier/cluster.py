@@ -236,11 +236,10 @@ def program_routes(netns: str, own_block: str, peers: list[tuple[str, str]], *,
     from dataclasses import replace
     from ipaddress import IPv4Address, IPv4Network
 
-    from pyroute2 import netns as pnetns
-
     from agent.bgp.config import KernelPolicy
     from agent.bgp.kernel import KernelRoutes
     from agent.bgp.routes import KernelRoute, next_hop_for
+    from kernel.netlink import Netlink
 
     policy = KernelPolicy(ipip_pools=(IPv4Network(POOL),))
     routes = [KernelRoute(IPv4Network(own_block), blackhole=True)]
@@ -249,18 +248,11 @@ def program_routes(netns: str, own_block: str, peers: list[tuple[str, str]], *,
         if not onlink:
             hop = replace(hop, onlink=False)
         routes.append(KernelRoute(IPv4Network(block), nexthops=(hop,)))
-    pnetns.pushns(netns)
-    try:
-        kr = KernelRoutes()  # its netlink socket belongs to the node's netns
-    finally:
-        pnetns.popns()
-    try:
+    with Netlink(netns) as k:  # bound to the node's netns
+        kr = KernelRoutes(k)
         failed = kr.apply({r.prefix: r for r in routes})
-    finally:
-        kr.close()
-    if failed:  # the driver keeps each failure's reason (errno text or a missing device)
-        refused = "; ".join(f"`{r.render()}` refused: {kr.failing[r.prefix]}"
-                            for r in routes if r.prefix in failed)
+    if failed:
+        refused = "; ".join(f"`{r.render()}` refused: {kr.failing[r.prefix]}" for r in routes if r.prefix in failed)
         raise ClusterError(f"in {netns}: {refused}")
 
 

@@ -239,26 +239,6 @@ def test_graceful_restart_keeps_routes_then_refreshes(lab):
              timeout=FAST.graceful_restart + 2, what="stale routes dropped after restart time")
 
 
-def test_routes_wait_for_tunl0_then_appear(lab):
-    """Felix creates tunl0; until it exists the speaker retries instead of giving up."""
-    a_ns, a = lab.add_node(tunnel=False)
-    b_ns, b = lab.add_node()
-    for i, (ns, me) in enumerate(((a_ns, a), (b_ns, b))):
-        t = SpeakerThread(mesh_config(me, [a, b], [block(i)]), netns=ns)
-        lab.speakers.append(t)
-        t.start()
-    wait_for(lambda: lab.speakers[0].status()["kernel_errors"], bool, timeout=SETTLE,
-             what="a kernel error about the missing tunl0")
-    assert bird_routes(a_ns) == {f"blackhole {block(0)}"}
-    sh("ip", "-n", a_ns, "tuntap", "add", "dev", "tunl0", "mode", "tun")
-    sh("ip", "-n", a_ns, "link", "set", "tunl0", "up")
-    wait_for(lambda: bird_routes(a_ns), lambda r: r == expected_routes(lab, 0), timeout=SETTLE,
-             what="tunnel route once tunl0 exists")
-    wait_for(lambda: lab.speakers[0].status()["kernel_errors"], lambda e: e == [], timeout=SETTLE,
-             what="no route failing any more")
-    assert lab.speakers[0].status()["kernel_error_history"]
-
-
 def test_collision_between_two_active_peers_leaves_one_session(lab):
     """Both ends connect at once (neither passive, as with external peers): RFC 4271 6.8
     keeps exactly one connection (the one opened by the higher BGP identifier when both
@@ -328,33 +308,6 @@ def test_our_speaker_as_route_reflector(lab):
     for i, (ns, _a) in enumerate(nodes):
         wait_for(lambda ns=ns: bird_routes(ns), lambda r, i=i: r == expected_routes(lab, i),
                  timeout=SETTLE, what=f"reflected routes on node {i} (next hop = owning node)")
-
-
-def test_received_route_never_replaces_someone_elses_route(lab):
-    """A peer announcing our connected subnet (as a ToR with `protocol direct` does) must
-    not replace the kernel's own route; it is reported instead."""
-    a_ns, a = lab.add_node()
-    b_ns, b = lab.add_node()
-    subnet = lab.subnet
-    for i, (ns, me) in enumerate(((a_ns, a), (b_ns, b))):
-        cfg = mesh_config(me, [a, b], [block(i)])
-        if i == 1:
-            cfg = type(cfg)(**{**cfg.__dict__, "originate": cfg.originate + ((subnet, False),),
-                               "export_pools": (POOL, subnet)})
-        t = SpeakerThread(cfg, netns=ns)
-        lab.speakers.append(t)
-        t.start()
-    wait_for(lambda: lab.speakers[0].status()["kernel_errors"],
-             lambda e: any(str(subnet) in x and "another source" in x for x in e), timeout=SETTLE,
-             what="the conflicting route reported")
-    assert bird_routes(a_ns) == expected_routes(lab, 0)
-    kernel = sh("ip", "-n", a_ns, "route", "show", str(subnet))
-    assert "proto kernel" in kernel and "bird" not in kernel, kernel
-    # withdrawn: the report goes away, the kernel's route is still untouched
-    lab.speakers[1].apply(mesh_config(b, [a, b], [block(1)]))
-    wait_for(lambda: lab.speakers[0].status()["kernel_errors"], lambda e: e == [], timeout=SETTLE,
-             what="report cleared after the withdrawal")
-    assert "proto kernel" in sh("ip", "-n", a_ns, "route", "show", str(subnet))
 
 
 def test_thirty_node_mesh_converges_with_short_connect_retry(lab):
