@@ -1,0 +1,231 @@
+"""Garbage collection by ownerReferences and namespace deletion (kube-controller-manager's
+garbagecollector and namespace controllers, run inside the API server).
+
+- Background: an object all of whose owners are gone is deleted (owners are checked
+  against etcd, not the cache, before anything is deleted).
+- Foreground: an owner being deleted with the ``foregroundDeletion`` finalizer has its
+  dependents deleted (in foreground too); when none remain the finalizer is removed,
+  which completes the owner's deletion.
+- Orphan: an owner with the ``orphan`` finalizer has itself removed from its dependents'
+  ownerReferences, then the finalizer is removed.
+- Namespaces being deleted: every namespaced object in them is deleted; once none remain
+  the ``kubernetes`` finalizer is removed from ``spec.finalizers`` and the namespace goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from testbed.apiserver.objects import deep
+from testbed.apiserver.status import APIError
+from testbed.apiserver.storage import Entry
+
+log = logging.getLogger("apiserver.gc")
+
+
+class Collector:
+    """The in-server garbage collector and namespace finalizer."""
+
+    def __init__(self, h: Any):
+        self.h = h
+        self._kick: asyncio.Event | None = None
+
+    def kick(self) -> None:
+        """Ask for a pass soon (after a deletion)."""
+        if self._kick is not None:
+            self._kick.set()
+
+    async def run(self) -> None:
+        self._kick = asyncio.Event()
+        hub = self.h.storage.hub
+        sub = hub.subscribe("/registry/", hub.rev)
+        try:
+            while True:
+                try:
+                    await self.sweep()
+                except APIError as err:
+                    log.info("gc pass: %s", err.message)
+                except Exception:  # noqa: BLE001
+                    log.exception("gc pass failed")
+                # next pass: after a deletion/owner change, or every 2 s (namespace contents, foreground waits)
+                try:
+                    await asyncio.wait_for(self._wait(sub), 2.0)
+                except TimeoutError:
+                    pass
+                if sub.queue.qsize() and isinstance(sub.queue._queue[-1], Exception):  # type: ignore[attr-defined]
+                    sub.close()
+                    sub = hub.subscribe("/registry/", hub.rev)
+                await asyncio.sleep(0.02)
+        finally:
+            sub.close()
+
+    async def _wait(self, sub: Any) -> None:
+        assert self._kick is not None
+        while True:
+            get = asyncio.ensure_future(sub.queue.get())
+            kick = asyncio.ensure_future(self._kick.wait())
+            done, pending = await asyncio.wait({get, kick}, return_when=asyncio.FIRST_COMPLETED)
+            for p in pending:
+                p.cancel()
+            if kick in done:
+                self._kick.clear()
+                return
+            ev = get.result()
+            if isinstance(ev, Exception):
+                sub.queue.put_nowait(ev)
+                return
+            meta = ev.entry.obj.get("metadata") or {}
+            if ev.type == "DELETED" or meta.get("deletionTimestamp") or meta.get("ownerReferences"):
+                return
+
+    async def sweep(self) -> None:
+        """One pass over the cached objects."""
+        cache = self.h.storage.hub.cache
+        entries = list(cache.values())
+        by_uid: dict[str, Entry] = {}
+        dependents: dict[str, list[Entry]] = {}
+        for e in entries:
+            meta = e.obj.get("metadata") or {}
+            if meta.get("uid"):
+                by_uid[meta["uid"]] = e
+            for ref in meta.get("ownerReferences") or []:
+                if isinstance(ref, dict) and ref.get("uid"):
+                    dependents.setdefault(ref["uid"], []).append(e)
+        # namespaces being deleted
+        for e in entries:
+            if e.key.startswith("/registry/namespaces/") and (e.obj.get("metadata") or {}).get("deletionTimestamp"):
+                await self.finalize_namespace(e, entries)
+        # owners being deleted (foreground / orphan)
+        for uid, deps in dependents.items():
+            owner = by_uid.get(uid)
+            if owner is None:
+                for d in deps:
+                    await self.maybe_collect(d)
+                continue
+            ometa = owner.obj.get("metadata") or {}
+            if not ometa.get("deletionTimestamp"):
+                continue
+            fins = ometa.get("finalizers") or []
+            if "orphan" in fins:
+                for d in deps:
+                    await self.drop_owner_ref(d, uid)
+            elif "foregroundDeletion" in fins:
+                for d in deps:
+                    await self.delete(d, "Foreground")
+        for e in entries:
+            meta = e.obj.get("metadata") or {}
+            if not meta.get("deletionTimestamp"):
+                continue
+            fins = meta.get("finalizers") or []
+            uid = meta.get("uid")
+            live_deps = [d for d in dependents.get(uid, []) if d.key in cache]
+            if "orphan" in fins:
+                if not any(any(r.get("uid") == uid for r in (cache[d.key].obj.get("metadata") or {})
+                               .get("ownerReferences") or []) for d in live_deps):
+                    await self.remove_finalizer(e, "orphan")
+            elif "foregroundDeletion" in fins and not live_deps:
+                await self.remove_finalizer(e, "foregroundDeletion")
+
+    def _rt(self, e: Entry) -> Any:
+        return self.h.registry.for_key(e.key)
+
+    async def owner_exists(self, dep: Entry, ref: dict) -> bool:
+        """Check an owner against etcd (the cache may not have a just-created owner yet)."""
+        api, kind, name = ref.get("apiVersion", ""), ref.get("kind", ""), ref.get("name", "")
+        rt = self.h.registry.by_kind(api, kind)
+        if rt is None:
+            return True  # an owner of a kind we do not serve: never collect on its account
+        ns = (dep.obj.get("metadata") or {}).get("namespace") if rt.namespaced else None
+        cur = await self.h.storage.get(rt.key(name, ns))
+        return cur is not None and (cur.obj.get("metadata") or {}).get("uid") == ref.get("uid")
+
+    async def maybe_collect(self, dep: Entry) -> None:
+        refs = [r for r in (dep.obj.get("metadata") or {}).get("ownerReferences") or [] if isinstance(r, dict)]
+        for ref in refs:
+            if await self.owner_exists(dep, ref):
+                return
+        await self.delete(dep, "Background")
+
+    async def delete(self, e: Entry, policy: str) -> None:
+        rt = self._rt(e)
+        if rt is None:
+            return
+        meta = e.obj.get("metadata") or {}
+        if meta.get("deletionTimestamp") and policy == "Background":
+            return
+        try:
+            await self.h.delete_object(rt, meta.get("name", ""), meta.get("namespace"),
+                                       {"propagationPolicy": policy})
+        except APIError as err:
+            if err.code not in (404, 409):
+                raise
+
+    async def drop_owner_ref(self, e: Entry, uid: str) -> None:
+        rt = self._rt(e)
+        for _ in range(5):
+            cur = await self.h.storage.get(e.key)
+            if cur is None:
+                return
+            obj = deep(cur.obj)
+            refs = [r for r in obj["metadata"].get("ownerReferences") or [] if r.get("uid") != uid]
+            if len(refs) == len(obj["metadata"].get("ownerReferences") or []):
+                return
+            if refs:
+                obj["metadata"]["ownerReferences"] = refs
+            else:
+                obj["metadata"].pop("ownerReferences", None)
+            try:
+                await self.h.update_object(rt, cur, obj, manager="garbage-collector")
+                return
+            except APIError as err:
+                if err.reason != "Conflict":
+                    raise
+
+    async def remove_finalizer(self, e: Entry, fin: str) -> None:
+        rt = self._rt(e)
+        for _ in range(5):
+            cur = await self.h.storage.get(e.key)
+            if cur is None:
+                return
+            obj = deep(cur.obj)
+            fins = [f for f in obj["metadata"].get("finalizers") or [] if f != fin]
+            if fins:
+                obj["metadata"]["finalizers"] = fins
+            else:
+                obj["metadata"].pop("finalizers", None)
+            try:
+                await self.h.update_object(rt, cur, obj, manager="garbage-collector")
+                return
+            except APIError as err:
+                if err.reason != "Conflict":
+                    raise
+
+    async def finalize_namespace(self, ns_entry: Entry, entries: list[Entry]) -> None:
+        ns = ns_entry.obj["metadata"]["name"]
+        left = 0
+        for e in entries:
+            rt = self._rt(e)
+            if rt is None or not rt.namespaced or (e.obj.get("metadata") or {}).get("namespace") != ns:
+                continue
+            left += 1
+            if not (e.obj.get("metadata") or {}).get("deletionTimestamp"):
+                await self.delete(e, "Background")
+        if left:
+            return
+        cur = await self.h.storage.get(ns_entry.key)
+        if cur is None:
+            return
+        obj = deep(cur.obj)
+        fins = [f for f in (obj.get("spec") or {}).get("finalizers") or [] if f != "kubernetes"]
+        if fins == (obj.get("spec") or {}).get("finalizers"):
+            return
+        obj.setdefault("spec", {})["finalizers"] = fins
+        if not fins:
+            obj["spec"].pop("finalizers")
+        try:
+            await self.h.update_object(self._rt(ns_entry), cur, obj, sub="finalize", manager="namespace-controller")
+        except APIError as err:
+            if err.code not in (404, 409):
+                raise

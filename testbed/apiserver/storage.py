@@ -1,0 +1,363 @@
+"""The API server's storage: Kubernetes objects as JSON under ``/registry/`` in etcd,
+with one etcd watch fanned out to every API watcher (kube-apiserver's watch cache).
+
+- ``resourceVersion`` is the key's etcd mod revision; an update is a CAS on it.
+- :class:`WatchHub` loads ``/registry/`` once, then follows one etcd watch; it keeps the
+  decoded objects (so lists and DELETED events need no second decode) and a window of
+  recent events, from which API watches starting at a recent resourceVersion are served.
+- Lists are consistent reads: a keys-only range read at the current (or requested)
+  revision says which objects exist and at which revision; objects the hub already
+  holds at that revision are not read again.
+
+Blocking etcd calls (``datastore.etcd.EtcdClient``) run on a thread pool; the hub's
+watch runs on its own thread and hands batches to the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import json
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from datastore import errors as ds_errors
+from datastore.etcd import EtcdClient, b64, kv_from_json, prefix_end
+
+log = logging.getLogger("apiserver.storage")
+
+REGISTRY = "/registry/"
+
+
+class Entry:
+    """One stored object at one revision; ``obj`` is shared and must not be mutated."""
+
+    __slots__ = ("key", "rev", "obj", "_raw", "create_rev")
+
+    def __init__(self, key: str, rev: int, obj: dict, create_rev: int = 0):
+        self.key, self.rev, self.obj, self.create_rev = key, rev, obj, create_rev
+        self._raw: bytes | None = None
+
+    @property
+    def raw(self) -> bytes:
+        """The object's JSON (with its resourceVersion), encoded once."""
+        if self._raw is None:
+            self._raw = json.dumps(self.obj, separators=(",", ":")).encode()
+        return self._raw
+
+
+def decode(key: str, value: bytes, rev: int, create_rev: int = 0) -> Entry:
+    """An :class:`Entry` from a stored value (resourceVersion set to ``rev``)."""
+    obj = json.loads(value)
+    obj.setdefault("metadata", {})["resourceVersion"] = str(rev)
+    return Entry(key, rev, obj, create_rev)
+
+
+def encode(obj: dict) -> bytes:
+    """The stored form of an object: JSON without resourceVersion."""
+    meta = obj.get("metadata") or {}
+    rv = meta.pop("resourceVersion", None)
+    try:
+        return json.dumps(obj, separators=(",", ":")).encode()
+    finally:
+        if rv is not None:
+            meta["resourceVersion"] = rv
+
+
+@dataclass
+class WatchEvent:
+    """A change seen by the hub: ``type`` ADDED/MODIFIED/DELETED."""
+
+    type: str
+    key: str
+    entry: Entry  # for DELETED: the last state, with rev = the deletion revision
+    rev: int
+
+
+class Gone(Exception):
+    """A resourceVersion older than what can be served (compacted, or before the window)."""
+
+
+class Subscription:
+    """One API watch's feed of hub events under ``prefix``."""
+
+    def __init__(self, hub: WatchHub, prefix: str, accept: Callable[[WatchEvent], bool] | None = None):
+        self.hub, self.prefix, self.accept = hub, prefix, accept
+        self.queue: asyncio.Queue[WatchEvent | Exception] = asyncio.Queue()
+
+    def offer(self, ev: WatchEvent) -> None:
+        if ev.key.startswith(self.prefix) and (self.accept is None or self.accept(ev)):
+            self.queue.put_nowait(ev)
+
+    def close(self) -> None:
+        self.hub.subscribers.discard(self)
+
+
+class Storage:
+    """Async CRUD on etcd for the API server."""
+
+    def __init__(self, endpoints: list[str], timeout: float = 5.0, threads: int = 16):
+        self.etcd = EtcdClient(endpoints, timeout=timeout)
+        self.endpoints = endpoints
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="etcd")
+        self.hub = WatchHub(self)
+
+    async def run(self, fn: Callable, *args: Any) -> Any:
+        """Run a blocking etcd call on the pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    # --- reads ---------------------------------------------------------------------------
+    async def get(self, key: str) -> Entry | None:
+        kv = await self.run(self.etcd.get, key)
+        if kv is None:
+            return None
+        cached = self.hub.cache.get(key)
+        if cached is not None and cached.rev == kv.mod_revision:
+            return cached
+        return decode(key, kv.value, kv.mod_revision, kv.create_revision)
+
+    def _range(self, prefix: str, start: str | None, revision: int | None, keys_only: bool,
+               limit: int = 0) -> tuple[list[Any], int, bool]:
+        body: dict[str, Any] = {"key": b64(start or prefix), "range_end": b64(prefix_end(prefix))}
+        if revision:
+            body["revision"] = str(revision)
+        if keys_only:
+            body["keys_only"] = True
+        if limit:
+            body["limit"] = str(limit)
+        doc = self.etcd.call("/v3/kv/range", body)
+        return doc.get("kvs") or [], int(doc.get("header", {}).get("revision", 0)), bool(doc.get("more"))
+
+    async def list(self, prefix: str, revision: int | None = None, start: str | None = None,
+                   limit: int = 0) -> tuple[list[Entry], int, bool]:
+        """Objects under ``prefix`` at ``revision`` (None: now), from key ``start``, at most
+        ``limit`` (0: all). Returns (entries sorted by key, revision read at, more)."""
+        kvs, rev, more = await self.run(self._range, prefix, start, revision, True, limit)
+        cache = self.hub.cache
+        out: list[Entry | None] = []
+        missing = False
+        for d in kvs:
+            key = base64.b64decode(d["key"]).decode()
+            mod = int(d.get("mod_revision", 0))
+            e = cache.get(key)
+            if e is not None and e.rev == mod:
+                out.append(e)
+            else:
+                out.append(None)
+                missing = True
+        if missing:
+            full, _, _ = await self.run(self._range, prefix, start, revision or rev, False, limit)
+            byk = {}
+            for d in full:
+                kv = kv_from_json(d)
+                byk[kv.key] = kv
+            for i, d in enumerate(kvs):
+                if out[i] is None:
+                    kv = byk[base64.b64decode(d["key"]).decode()]
+                    out[i] = decode(kv.key, kv.value, kv.mod_revision, kv.create_revision)
+        return [e for e in out if e is not None], rev, more
+
+    async def revision(self) -> int:
+        return await self.run(self.etcd.revision)
+
+    def _check_revision(self, rev: int) -> None:
+        self.etcd.call("/v3/kv/range", {"key": b64("\0"), "count_only": True, "revision": str(rev)})
+
+    async def check_not_compacted(self, rev: int) -> None:
+        """Raise :class:`Gone` if etcd compacted ``rev``."""
+        try:
+            await self.run(self._check_revision, rev)
+        except ds_errors.Compacted as exc:
+            raise Gone(str(exc)) from None
+        except ds_errors.DatastoreError as exc:
+            if "future revision" not in str(exc):
+                raise
+
+    # --- writes ---------------------------------------------------------------------------
+    async def create(self, key: str, obj: dict) -> int:
+        """Store a new object; raises datastore AlreadyExists. Returns its revision."""
+        return await self.run(self.etcd.create, key, encode(obj))
+
+    async def update(self, key: str, obj: dict, rev: int) -> int:
+        """CAS write at ``rev``; raises datastore Conflict / NotFound."""
+        return await self.run(self.etcd.update, key, encode(obj), rev)
+
+    def _delete(self, key: str, rev: int) -> int:
+        doc = self.etcd._txn(
+            [{"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(rev)}],
+            [{"request_delete_range": {"key": b64(key)}}],
+            [{"request_range": {"key": b64(key)}}],
+        )
+        if not doc.get("succeeded"):
+            self.etcd._raise_cas_failure(key, doc, rev)
+        return int(doc.get("header", {}).get("revision", 0))
+
+    async def delete(self, key: str, rev: int) -> int:
+        """CAS delete at ``rev``; returns the deletion revision."""
+        return await self.run(self._delete, key, rev)
+
+    async def put_raw(self, key: str, value: bytes) -> int:
+        return await self.run(self.etcd.put, key, value)
+
+    async def create_raw(self, key: str, value: bytes) -> int:
+        return await self.run(self.etcd.create, key, value)
+
+    async def delete_raw(self, key: str) -> bool:
+        return await self.run(self.etcd.delete, key, None)
+
+    async def list_raw(self, prefix: str) -> list[Any]:
+        kvs, _ = await self.run(self.etcd.list, prefix)
+        return kvs
+
+    def close(self) -> None:
+        self.hub.stop()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class WatchHub:
+    """One etcd watch on /registry/, fanned out to API watches (the watch cache)."""
+
+    WINDOW = 20000
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
+        self.cache: dict[str, Entry] = {}
+        self.events: collections.deque[WatchEvent] = collections.deque(maxlen=self.WINDOW)
+        self.subscribers: set[Subscription] = set()
+        self.start_rev = 0  # events after this revision are all seen (while in the window)
+        self.rev = 0  # last revision processed
+        self._stop = threading.Event()
+        self._watch: Any = None
+        self._thread: threading.Thread | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.ready = asyncio.Event()
+        self._progress: list[tuple[int, asyncio.Future]] = []
+
+    async def start(self) -> None:
+        """Load /registry and start following etcd."""
+        self.loop = asyncio.get_running_loop()
+        await self.storage.run(self._load)
+        self._thread = threading.Thread(target=self._follow, daemon=True, name="watch-hub")
+        self._thread.start()
+        self.ready.set()
+
+    def _load(self) -> None:
+        kvs, rev = self.storage.etcd.list(REGISTRY)
+        cache = {}
+        for kv in kvs:
+            try:
+                cache[kv.key] = decode(kv.key, kv.value, kv.mod_revision, kv.create_revision)
+            except ValueError:
+                log.warning("undecodable object at %s skipped", kv.key)
+        self.cache = cache
+        self.start_rev = self.rev = rev
+        self.events.clear()
+
+    def stop(self) -> None:
+        self._stop.set()
+        w = self._watch
+        if w is not None:
+            w.close()
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            try:
+                w = self.storage.etcd.watch(REGISTRY, self.rev + 1)
+                self._watch = w
+                if self._stop.is_set():
+                    return
+                for batch in w:
+                    if self._stop.is_set():
+                        return
+                    decoded = []
+                    for ev in batch:
+                        if ev.type == "DELETE":
+                            decoded.append((ev.kv.key, None, ev.kv.mod_revision, 0))
+                        else:
+                            try:
+                                e = decode(ev.kv.key, ev.kv.value, ev.kv.mod_revision, ev.kv.create_revision)
+                            except ValueError:
+                                continue
+                            decoded.append((ev.kv.key, e, ev.kv.mod_revision, ev.kv.create_revision))
+                    if decoded and self.loop is not None:
+                        self.loop.call_soon_threadsafe(self._apply, decoded)
+            except ds_errors.Compacted:
+                log.warning("watch hub fell behind a compaction; reloading /registry")
+                if self.loop is not None:
+                    fut = asyncio.run_coroutine_threadsafe(self._reload(), self.loop)
+                    try:
+                        fut.result(30)
+                    except Exception:  # noqa: BLE001
+                        self._stop.wait(0.5)
+            except Exception as exc:  # etcd restarting: follow again from where we were
+                if self._stop.is_set():
+                    return
+                log.info("watch hub: etcd watch broke (%s); resuming from %d", exc, self.rev + 1)
+                self._stop.wait(0.2)
+
+    async def _reload(self) -> None:
+        await self.storage.run(self._load)
+        for sub in list(self.subscribers):
+            sub.queue.put_nowait(Gone("the watch cache was reset after an etcd compaction"))
+        self.subscribers.clear()
+
+    def _apply(self, decoded: list[tuple[str, Entry | None, int, int]]) -> None:
+        for key, e, rev, create_rev in decoded:
+            if rev <= self.rev:
+                continue
+            if e is None:
+                old = self.cache.pop(key, None)
+                if old is None:
+                    self.rev = rev
+                    continue
+                obj = dict(old.obj)
+                obj["metadata"] = dict(old.obj.get("metadata") or {}, resourceVersion=str(rev))
+                ev = WatchEvent("DELETED", key, Entry(key, rev, obj), rev)
+            else:
+                typ = "ADDED" if create_rev == rev or key not in self.cache else "MODIFIED"
+                self.cache[key] = e
+                ev = WatchEvent(typ, key, e, rev)
+            self.rev = rev
+            self.events.append(ev)
+            if len(self.events) == self.WINDOW:
+                self.start_rev = self.events[0].rev - 1
+            for sub in list(self.subscribers):
+                sub.offer(ev)
+        if self._progress:
+            keep = []
+            for want, fut in self._progress:
+                if self.rev >= want:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    keep.append((want, fut))
+            self._progress = keep
+
+    def subscribe(self, prefix: str, after: int, accept: Callable[[WatchEvent], bool] | None = None) -> Subscription:
+        """A subscription receiving every event under ``prefix`` with revision > ``after``
+        (replayed from the window first). Raises :class:`Gone` if the window does not reach back."""
+        if after < self.start_rev:
+            raise Gone(f"too old resource version: {after} ({self.start_rev + 1})")
+        sub = Subscription(self, prefix, accept)
+        for ev in self.events:
+            if ev.rev > after:
+                sub.offer(ev)
+        self.subscribers.add(sub)
+        return sub
+
+    async def wait_for(self, rev: int, timeout: float = 3.0) -> bool:
+        """Wait until the hub processed revision ``rev`` (or any later event)."""
+        if self.rev >= rev:
+            return True
+        fut = asyncio.get_running_loop().create_future()
+        self._progress.append((rev, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return False
