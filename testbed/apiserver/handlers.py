@@ -626,6 +626,9 @@ class Handlers:
             obj.pop("status", None)
         if rt.kind == "Job":
             self._job_selector(obj)
+        if rt.kind == "Namespace":  # NamespaceStrategy.PrepareForCreate
+            obj.setdefault("spec", {})["finalizers"] = ["kubernetes"]
+            obj["status"] = {"phase": "Active"}
         self.validate(rt, obj, None)
         self.track(obj, manager, operation, input_rt or rt, applied)
         allocated = None

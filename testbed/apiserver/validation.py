@@ -332,7 +332,7 @@ def default(obj: dict) -> None:
         name = (obj.get("metadata") or {}).get("name")
         if name:
             obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = name
-        obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
+        obj.setdefault("spec", {})
         obj.setdefault("status", {}).setdefault("phase", "Active")
     elif kind == "PriorityClass":
         obj.setdefault("preemptionPolicy", "PreemptLowerPriority")

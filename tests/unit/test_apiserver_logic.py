@@ -1,0 +1,116 @@
+"""Pure logic of the API server and kubeclient: selectors, patches, schema checks, PKI, tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubeclient.selectors import (
+    SelectorError,
+    match_label_selector,
+    matches,
+    parse_fields,
+    parse_labels,
+)
+from testbed.apiserver import patch, schema, tables
+
+pytestmark = pytest.mark.unit
+
+
+def test_label_selector_syntax():
+    reqs = parse_labels("app=web,tier in (a, b),!canary,env!=prod,gen")
+    labels = {"app": "web", "tier": "b", "gen": "1"}
+    assert matches(reqs, labels)
+    assert not matches(reqs, dict(labels, canary="1"))
+    assert not matches(reqs, dict(labels, tier="c"))
+    assert not matches(reqs, {k: v for k, v in labels.items() if k != "gen"})
+    assert matches(parse_labels("x notin (1)"), {})
+    with pytest.raises(SelectorError):
+        parse_labels("a in (b")
+    assert parse_fields("spec.nodeName=n1,status.phase!=Running") == [("spec.nodeName", "=", "n1"),
+                                                                       ("status.phase", "!=", "Running")]
+    sel = {"matchLabels": {"a": "1"}, "matchExpressions": [{"key": "b", "operator": "In", "values": ["x"]}]}
+    assert match_label_selector(sel, {"a": "1", "b": "x"}) and not match_label_selector(sel, {"a": "1"})
+
+
+def test_strategic_merge_uses_merge_keys():
+    node = schema.model_node("V1Deployment")
+    live = {"spec": {"template": {"spec": {"containers": [
+        {"name": "a", "image": "a:1", "ports": [{"containerPort": 80}], "env": [{"name": "X", "value": "1"}]},
+        {"name": "b", "image": "b:1"}]}}}}
+    p = {"spec": {"template": {"spec": {
+        "$setElementOrder/containers": [{"name": "b"}, {"name": "a"}],
+        "containers": [{"name": "a", "env": [{"name": "Y", "value": "2"}], "ports": [{"containerPort": 81}]},
+                       {"name": "b", "$patch": "delete"}]}}}}
+    out = patch.strategic_merge(live, p, node)
+    cs = out["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in cs] == ["a"]
+    assert cs[0]["env"] == [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}]
+    assert cs[0]["ports"] == [{"containerPort": 80}, {"containerPort": 81}]
+
+
+def test_json_patch_and_merge_patch():
+    doc = {"a": {"b": [1, 2]}, "c": 1}
+    assert patch.json_patch(doc, [{"op": "add", "path": "/a/b/-", "value": 3},
+                                  {"op": "remove", "path": "/c"}]) == {"a": {"b": [1, 2, 3]}}
+    with pytest.raises(patch.PatchError):
+        patch.json_patch(doc, [{"op": "test", "path": "/c", "value": 2}])
+    assert patch.merge_patch(doc, {"a": None, "d": {"e": 1}}) == {"c": 1, "d": {"e": 1}}
+
+
+def test_schema_check_prunes_unknown_and_types():
+    node = schema.model_node("V1ConfigMap")
+    unknown: list[str] = []
+    out = schema.check({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "bogus": 1},
+                        "data": {"a": "b"}, "extra": True}, node, "", unknown)
+    assert unknown == ["metadata.bogus", "extra"] and "extra" not in out
+    with pytest.raises(schema.TypeMismatch):
+        schema.check({"data": {"a": 1}}, node, "", [])
+    pod = schema.model_node("V1Pod")
+    schema.check({"spec": {"containers": [{"name": "c", "image": "i", "resources": {"limits": {"cpu": 1}}}]}},
+                 pod, "", [])  # quantities may be numbers
+
+
+def test_ssa_prunes_fields_the_manager_stops_applying():
+    node = schema.model_node("V1ConfigMap")
+    first = {"metadata": {"labels": {"a": "1", "b": "2"}}, "data": {"x": "1", "y": "2"}}
+    live = patch.apply_patch({}, first, node, None)
+    live["data"]["z"] = "other manager"
+    second = {"metadata": {"labels": {"a": "1"}}, "data": {"x": "1"}}
+    out = patch.apply_patch(live, second, node, patch.field_set(first, node))
+    assert out["metadata"]["labels"] == {"a": "1"} and out["data"] == {"x": "1", "z": "other manager"}
+
+
+def test_pod_table_status_column():
+    pod = {"metadata": {"name": "p", "creationTimestamp": "2020-01-01T00:00:00Z"},
+           "spec": {"containers": [{"name": "c"}]},
+           "status": {"phase": "Running", "containerStatuses": [
+               {"name": "c", "ready": False, "restartCount": 2,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}}
+    t = tables.table("Pod", [pod])
+    assert [c["name"] for c in t["columnDefinitions"]][:5] == ["Name", "Ready", "Status", "Restarts", "Age"]
+    assert t["rows"][0]["cells"][:4] == ["p", "0/1", "CrashLoopBackOff", "2"]
+    assert tables.human_duration(3700) == "61m" and tables.human_duration(90000) == "25h"
+
+
+def test_pki_and_service_account_tokens(tmp_path):
+    from cryptography import x509
+
+    from testbed.apiserver import auth, pki
+
+    p = pki.write_pki(str(tmp_path / "pki"), "cp-node", ["192.0.2.10"])
+    cert = x509.load_pem_x509_certificate(open(p.serving_crt, "rb").read())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) >= {
+        "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
+        "cp-node"}
+    assert {str(i) for i in san.get_values_for_type(x509.IPAddress)} >= {"10.96.0.1", "127.0.0.1", "192.0.2.10"}
+    admin = x509.load_pem_x509_certificate(open(p.admin_crt, "rb").read())
+    assert "O=system:masters" in admin.subject.rfc4514_string()
+    tok = auth.sign_token(open(p.sa_key, "rb").read(), "kube-system", "calico-node", "uid-1")
+    claims = auth.TokenVerifier(open(p.sa_pub, "rb").read()).verify(tok)
+    assert auth.user_from_claims(claims).name == "system:serviceaccount:kube-system:calico-node"
+    with pytest.raises(auth.TokenError):
+        auth.TokenVerifier(open(p.sa_pub, "rb").read()).verify(tok[:-4] + "AAAA")
+    other = pki.write_pki(str(tmp_path / "other"))
+    with pytest.raises(auth.TokenError):
+        auth.TokenVerifier(open(other.sa_pub, "rb").read()).verify(tok)
