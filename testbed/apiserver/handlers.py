@@ -170,7 +170,7 @@ class Handlers:
             doc: Any = self.table(r, [obj], obj.get("metadata", {}).get("resourceVersion", ""))
         else:
             doc = obj
-        from testbed.apiserver.server import json_response
+        from testbed.apiserver.responses import json_response
 
         headers = {}
         resp = json_response(doc, code, headers=headers)
@@ -201,7 +201,7 @@ class Handlers:
         self._need_namespace(r)
         e = await self.get_entry(r.rt, r.name, r.namespace)
         if not self.wants_table(r) and not self.needs_conversion(r.rt):
-            from testbed.apiserver.server import json_response
+            from testbed.apiserver.responses import json_response
 
             return json_response(e.raw)
         return self.respond(r, e.obj)
@@ -284,7 +284,7 @@ class Handlers:
         if next_key:
             cont_out = base64.urlsafe_b64encode(json.dumps(
                 {"v": "meta.k8s.io/v1", "rv": rev, "start": next_key}).encode()).decode().rstrip("=")
-        from testbed.apiserver.server import json_response
+        from testbed.apiserver.responses import json_response
 
         if self.wants_table(r):
             objs = [self.output(r.rt, e.obj) for e in selected]
@@ -1121,7 +1121,7 @@ class Handlers:
             except APIError as err:
                 if err.code != 404:
                     raise
-        from testbed.apiserver.server import json_response
+        from testbed.apiserver.responses import json_response
 
         return json_response({"kind": f"{r.rt.kind}List", "apiVersion": r.rt.api_version,
                               "metadata": {"resourceVersion": str(rev)}, "items": items})
@@ -1168,7 +1168,7 @@ class Handlers:
                 raise status.method_not_allowed()
             await self.decode_body(r)
             obj, _ = await self.delete_object(r.rt, r.name, r.namespace, {})
-            from testbed.apiserver.server import json_response
+            from testbed.apiserver.responses import json_response
 
             return json_response(status.status_success(), 201)
         if sub in ("log", "exec", "attach", "portforward"):
@@ -1176,7 +1176,7 @@ class Handlers:
         raise status.page_not_found()
 
     async def scale(self, r: Request) -> web.Response:
-        from testbed.apiserver.server import json_response
+        from testbed.apiserver.responses import json_response
 
         e = await self.get_entry(r.rt, r.name, r.namespace)
 
@@ -1225,7 +1225,7 @@ class Handlers:
         node = target.get("name")
         if not node:
             raise status.invalid("Binding", "", r.name, [status.required("target.name")])
-        from testbed.apiserver.server import json_response
+        from testbed.apiserver.responses import json_response
 
         for _ in range(10):
             e = await self.get_entry(r.rt, r.name, r.namespace)
@@ -1253,7 +1253,7 @@ class Handlers:
 
     async def token_request(self, r: Request) -> web.Response:
         from testbed.apiserver.auth import sign_token
-        from testbed.apiserver.server import json_response
+        from testbed.apiserver.responses import json_response
 
         body = await self.decode_body(r, expect_kind="TokenRequest")
         e = await self.get_entry(r.rt, r.name, r.namespace)

@@ -209,7 +209,7 @@ def _doc_for(server: Any, group: str, version: str, v3: bool = True) -> dict:
 
 
 def server_version() -> str:
-    from testbed.apiserver.server import KUBE_VERSION
+    from testbed.apiserver.responses import KUBE_VERSION
 
     return KUBE_VERSION
 

@@ -8,7 +8,6 @@ a JSON answer, a Table, a watch stream, or a Status error.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import ssl
@@ -28,6 +27,7 @@ from testbed.apiserver.auth import (
 )
 from testbed.apiserver.handlers import Handlers, Request
 from testbed.apiserver.registry import Registry
+from testbed.apiserver.responses import json_response, version_info
 from testbed.apiserver.status import APIError
 from testbed.apiserver.storage import Storage
 
@@ -36,9 +36,6 @@ log = logging.getLogger("apiserver")
 MAX_BODY = 3 * 1024 * 1024
 """kube-apiserver's request body limit (3 MiB, as etcd's request limit)."""
 
-KUBE_VERSION = "v1.37.1"
-"""The Kubernetes version the server reports: the installed kubectl's, so the client and
-server are within the supported skew."""
 
 PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version")
 
@@ -228,26 +225,3 @@ class APIServer:
                                 content_type="text/plain")
         return web.Response(text="ok" if ok else "[-]etcd failed: reason withheld\nhealthz check failed",
                             status=200 if ok else 500, content_type="text/plain")
-
-
-def version_info() -> dict[str, str]:
-    """The /version document."""
-    major, minor, _ = KUBE_VERSION.lstrip("v").split(".")
-    return {"major": major, "minor": minor, "emulationMajor": major, "emulationMinor": minor,
-            "minCompatibilityMajor": major, "minCompatibilityMinor": str(int(minor) - 1),
-            "gitVersion": KUBE_VERSION, "gitCommit": "calicolab", "gitTreeState": "clean",
-            "buildDate": "2026-01-01T00:00:00Z", "goVersion": "python", "compiler": "calicolab",
-            "platform": "linux/amd64"}
-
-
-def json_response(doc: Any, code: int = 200, content_type: str = "application/json",
-                  headers: dict[str, str] | None = None) -> web.Response:
-    """A JSON answer (``doc`` may be pre-encoded bytes)."""
-    body = doc if isinstance(doc, bytes) else json.dumps(doc, separators=(",", ":")).encode()
-    resp = web.Response(body=body, status=code, headers=headers)
-    resp.content_type = content_type
-    if content_type == "application/json":
-        resp.headers["Content-Type"] = "application/json"
-    else:
-        resp.headers["Content-Type"] = content_type
-    return resp

@@ -19,11 +19,12 @@ REPO = Path(__file__).resolve().parents[2]
 #: top-level package -> the project packages it may import (besides itself); CONVENTIONS.md
 LAYERS: dict[str, set[str]] = {
     "kernel": set(),
-    "datastore": {"kernel"},
-    "ipam": {"datastore", "kernel"},
-    "cni": {"datastore", "ipam", "kernel"},
-    "agent": {"datastore", "ipam", "kernel"},
-    "testbed": {"datastore", "ipam", "cni", "agent", "kernel"},
+    "kubeclient": set(),
+    "datastore": {"kernel", "kubeclient"},
+    "ipam": {"datastore", "kernel", "kubeclient"},
+    "cni": {"datastore", "ipam", "kernel", "kubeclient"},
+    "agent": {"datastore", "ipam", "kernel", "kubeclient"},
+    "testbed": {"datastore", "ipam", "cni", "agent", "kernel", "kubeclient"},
 }
 
 
