@@ -131,6 +131,33 @@ def _stop_cni_server(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def report_unimplemented(reporter: Any, felix: Any, bgp: Any) -> None:
+    """Feed the reporter the resources in effect once Felix's (and confd's) watches are in
+    sync; it logs what changed (agent.unimplemented)."""
+    objects = felix.config_objects()
+    if objects is None:
+        return
+    labels: dict[str, str] = {}
+    watcher = getattr(bgp, "watcher", None) if bgp is not None else None
+    if watcher is not None:
+        if not watcher.synced.is_set():
+            return
+        st = watcher.state
+        try:
+            nodes = dict(st.nodes)
+            objects += [*dict(st.bgp_configs).values(), *dict(st.bgp_peers).values()]
+        except RuntimeError:  # changed while copied: next round
+            return
+        me = nodes.get(reporter.nodename)
+        if me is not None:
+            objects.append(me)
+            labels = dict(me.metadata.labels or {})
+    try:
+        reporter.update(objects, labels)
+    except Exception:  # noqa: BLE001 - a report must never stop calico-node
+        log.exception("reporting unimplemented settings failed")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run calico-node in the current network namespace."""
     ap = argparse.ArgumentParser(prog="calico-node", description=__doc__,
@@ -138,9 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--startup-only", action="store_true", help="run start-up (and install-cni) and exit")
     ap.add_argument("--no-bgp", action="store_true", help="do not start the BGP service")
     ap.add_argument("--no-install-cni", action="store_true", help="skip the install-cni step")
-    ap.add_argument("--log-level", default=os.environ.get("CALICO_LOG_LEVEL", "info"),
-                    choices=["debug", "info", "warning", "error"])
+    levels = ["debug", "info", "warning", "error"]
+    ap.add_argument("--log-level", default=os.environ.get("CALICO_LOG_LEVEL", "info").lower(), choices=levels,
+                    help="log level (default: $CALICO_LOG_LEVEL, else info; now %(default)s)")
     args = ap.parse_args(argv)
+    if args.log_level not in levels:  # argparse does not check a default
+        ap.error(f"CALICO_LOG_LEVEL={args.log_level!r} is not one of {', '.join(levels)}")
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     env = dict(os.environ)
@@ -161,6 +191,7 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
     from agent.health import HealthServer
     from agent.installcni import install_cni
     from agent.startup import determine_nodename, run_startup
+    from agent.unimplemented import Reporter
     from datastore import Client, errors
 
     stop = threading.Event()
@@ -185,6 +216,8 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
                                                         "tunnel_address": None}
         out["node"] = nodename
         out["phase"] = state["phase"]
+        reporter = state.get("reporter")
+        out["unimplemented"] = reporter.lines if reporter is not None else []
         bgp = state["bgp"]
         try:
             out["bgp"] = bgp.status() if bgp is not None else None
@@ -230,6 +263,9 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
         addr = ensure_tunnel_address(client, result.nodename)
         log.info("IP pools changed: tunnel address %s", addr)
 
+    reporter = Reporter(result.nodename, env)
+    state["reporter"] = reporter
+    reporter.update([])  # the environment's, at once; the resources' once the watches are in sync
     felix = Felix(client, result.nodename, env=env, tunnel_mode=env.get("CALICO_TUNNEL_MODE", "auto"),
                   var_lib=var_lib, on_pools_changed=pools_changed)
     felix.start()
@@ -247,6 +283,7 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
         if cni_server is not None and cni_server.poll() is not None:  # runit restarts it too
             log.warning("CNI server exited with %s; starting it again", cni_server.returncode)
             cni_server = _cni_server(env, var_run)
+        report_unimplemented(reporter, felix, state["bgp"])
     state["phase"] = "stopping"
     t0 = time.monotonic()
     if state["bgp"] is not None:

@@ -118,7 +118,9 @@ def _ipip_mode(value: str, var: str) -> str:
 
 
 def _env_bool(env: Mapping[str, str], var: str, default: bool) -> bool:
-    raw = env.get(var, "")
+    from agent import envvars
+
+    raw = envvars.get(env, var)
     if raw == "":
         return default
     low = raw.strip().lower()
@@ -173,9 +175,11 @@ def pool_from_env(env: Mapping[str, str], host_addresses: Sequence[str] = ()) ->
 
 def determine_nodename(env: Mapping[str, str]) -> str:
     """NODENAME, else NODE_NAME, else HOSTNAME, else the kernel hostname."""
+    from agent import envvars
+
     for var in ("NODENAME", "NODE_NAME", "HOSTNAME"):
-        if env.get(var, "").strip():
-            return env[var].strip()
+        if envvars.get(env, var).strip():
+            return envvars.get(env, var).strip()
     return socket.gethostname()
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cni.spec import E_INVALID_CONFIG, CNIError
+from datastore.inventory import Support, findings, missing, works, works_for
 
 DEFAULT_NODENAME_FILE = "/var/lib/calico/nodename"
 DEFAULT_MTU_FILE = "/var/lib/calico/mtu"
@@ -19,6 +20,104 @@ DEFAULT_MTU = 1480
 DEFAULT_IPAM_LOCK = "/var/run/calico/ipam.lock"
 DEFAULT_ETCD = "http://127.0.0.1:2379"
 LOG_LEVELS = ("debug", "info", "warning", "warn", "error", "fatal", "panic", "none", "")
+
+_T_SPEC = "tests/unit/test_cni_spec.py::"
+_T_PLUGIN = "tests/netns/test_cni_plugin.py::"
+_T_EFFECTS = "tests/unit/test_settings_effects.py::"
+_NO_V6 = "IPv6 is not implemented: calicolab is IPv4 only"
+_NO_TLS = "the plugin reaches etcd over plain http at etcd_endpoints"
+_NO_APISERVER = ("the plugin reads pods from the cluster's store in etcd (/registry), not through "
+                 "the Kubernetes API server")
+_WINDOWS = "Windows only"
+
+
+def _falsy(value: Any) -> bool:
+    return value in (False, 0, "", "false", "False", None)
+
+
+#: Every key of Calico's netconf (``cni-plugin/pkg/types/types.go`` at v3.28.1, nested
+#: keys dotted) and the CNI spec keys the plugin reads, with what calicolab does with
+#: each. :func:`parse_netconf` refuses a key set to a value calicolab does not honour,
+#: naming it; keys Calico does not know are ignored, as Calico ignores them.
+NETCONF_KEYS: dict[str, Support] = {
+    "cniVersion": works(_T_SPEC + "test_supported_versions_accepted", _T_SPEC + "test_result_rendering_per_version"),
+    "name": works(_T_SPEC + "test_netconf_parses_calico_fields", _T_PLUGIN + "test_add_check_del_every_version"),
+    "type": works(_T_SPEC + "test_netconf_errors_name_the_field"),
+    "mode": missing(_WINDOWS + " (vxlan or l2bridge networking)", sample="vxlan"),
+    "vxlan_mac_prefix": missing(_WINDOWS, sample="0E-2A"),
+    "vxlan_vni": missing(_WINDOWS, ok=_falsy, ok_doc="0", sample=4096),
+    "ipam.type": works(_T_PLUGIN + "test_other_ipam_types_are_delegated_through_cni_path"),
+    "ipam.subnet": missing("usePodCidr (host-local IPAM on the node's podCIDR) is not implemented",
+                           ok=lambda v: not str(v).startswith("usePodCidr"), ok_doc="any but usePodCidr",
+                           sample="usePodCidr"),
+    "ipam.assign_ipv4": works_for(lambda v: not _falsy(v), _T_PLUGIN + "test_add_check_del_every_version",
+                                  ok_doc="true", sample="false",
+                                  note="IPv6 is not implemented, so IPv4 must be assigned"),
+    "ipam.assign_ipv6": missing(_NO_V6, ok=_falsy, ok_doc="false", sample="true"),
+    "ipam.ipv4_pools": works("tests/unit/test_cni_k8s.py::test_pool_precedence_pod_over_namespace_over_netconf"),
+    "ipam.ipv6_pools": missing(_NO_V6, sample=["fd00:10::/64"]),
+    "args.org.apache.mesos": missing("Mesos network info is not read", sample={"network_info": {"name": "x"}}),
+    "mtu": works(_T_SPEC + "test_nodename_and_mtu_resolution"),
+    "num_queues": missing("veths get one queue each", ok=(0, 1), sample=4),
+    "nodename": works(_T_SPEC + "test_nodename_and_mtu_resolution"),
+    "nodename_file": works(_T_SPEC + "test_nodename_and_mtu_resolution"),
+    "nodename_file_optional": works(_T_SPEC + "test_nodename_and_mtu_resolution"),
+    "ipam_lock_file": works(_T_EFFECTS + "test_ipam_lock_file_is_the_one_locked"),
+    "datastore_type": works_for(("etcdv3",), _T_SPEC + "test_netconf_errors_name_the_field", sample="kubernetes",
+                                note="the Kubernetes datastore is not implemented"),
+    "etcd_endpoints": works(_T_SPEC + "test_netconf_env_fallback_for_endpoints", _T_SPEC + "test_netconf_parses_calico_fields"),
+    "etcd_discovery_srv": missing(_NO_TLS, sample="example.com"),
+    "etcd_scheme": missing(_NO_TLS, ok=("http",), sample="https"),
+    "etcd_key_file": missing(_NO_TLS, sample="/etc/calico/key.pem"),
+    "etcd_cert_file": missing(_NO_TLS, sample="/etc/calico/cert.pem"),
+    "etcd_ca_cert_file": missing(_NO_TLS, sample="/etc/calico/ca.pem"),
+    "etcd_authority": missing(_NO_TLS + " (etcd_authority is deprecated)", sample="127.0.0.1:2379"),
+    "log_level": works(_T_EFFECTS + "test_cni_log_file_and_level"),
+    "log_file_path": works(_T_EFFECTS + "test_cni_log_file_and_level"),
+    "log_file_max_size": missing("the log file is not rotated", sample=100),
+    "log_file_max_age": missing("the log file is not rotated", sample=30),
+    "log_file_max_count": missing("the log file is not rotated", sample=10),
+    "policy.type": works_for(("k8s",), _T_PLUGIN + "test_pod_labels_ports_and_annotations_from_the_kubernetes_store",
+                             sample="none", note="the plugin always takes labels and profiles from the pod (k8s)"),
+    "policy.k8s_api_root": missing(_NO_APISERVER, sample="https://10.96.0.1:443"),
+    "policy.k8s_auth_token": missing(_NO_APISERVER, sample="token"),
+    "policy.k8s_client_certificate": missing(_NO_APISERVER, sample="/etc/cert.pem"),
+    "policy.k8s_client_key": missing(_NO_APISERVER, sample="/etc/key.pem"),
+    "policy.k8s_certificate_authority": missing(_NO_APISERVER, sample="/etc/ca.pem"),
+    "kubernetes.k8s_api_root": missing(_NO_APISERVER, sample="https://10.96.0.1:443"),
+    "kubernetes.kubeconfig": missing(_NO_APISERVER, sample="/etc/cni/net.d/calico-kubeconfig"),
+    "kubernetes.node_name": missing("the node name comes from nodename / nodename_file", sample="k8s-w0"),
+    "feature_control.ip_addrs_no_ipam": missing("the ipAddrsNoIpam annotation is not implemented", ok=_falsy,
+                                                ok_doc="false", sample=True),
+    "feature_control.floating_ips": missing("floating IPs are not implemented", ok=_falsy, ok_doc="false",
+                                            sample=True),
+    "container_settings.allow_ip_forwarding": works(_T_PLUGIN + "test_container_settings_allow_ip_forwarding"),
+    "include_default_routes": missing("the result carries no routes", ok=_falsy, ok_doc="false", sample=True),
+    "dataplane_options": missing("there is one (Linux) dataplane", sample={"type": "x"}),
+    "windows_pod_deletion_timestamp_timeout": missing(_WINDOWS, ok=_falsy, ok_doc="0", sample=60),
+    "windows_use_single_network": missing(_WINDOWS, ok=_falsy, ok_doc="false", sample=True),
+    "windows_disable_default_deny_all_policy": missing(_WINDOWS, ok=_falsy, ok_doc="false", sample=True),
+    "windows_loopback_DSR": missing(_WINDOWS, ok=_falsy, ok_doc="false", sample=True),
+    "readiness_gates": missing("ADD does not wait for readiness gates", sample=["http://127.0.0.1:9099/readiness"]),
+    "policy_setup_timeout_seconds": missing("ADD does not wait for Felix to program policy", ok=_falsy,
+                                            ok_doc="0", sample=5),
+    "endpoint_status_dir": missing("read only with policy_setup_timeout_seconds > 0",
+                                   ok=lambda v: True, ok_doc="any"),
+    "hostname": missing("deprecated: use nodename", sample="k8s-w0"),
+    "prevResult": works("tests/netns/test_cni_chain.py::test_chain_result_is_accepted_as_prev_result_in_every_chained_version",
+                        note="CNI spec"),
+    "cni.dev/valid-attachments": works(_T_PLUGIN + "test_status_version_and_gc", note="CNI spec 1.1 GC"),
+}
+
+
+def refuse_unimplemented(conf: dict[str, Any]) -> None:
+    """Raise the CNI error naming the first key ``conf`` sets to a value calicolab cannot honour."""
+    bad = findings("netconf", conf, NETCONF_KEYS, roots=tuple(conf))
+    if bad:
+        f = bad[0]
+        why = f.support.note or "not implemented"
+        raise _bad(f"{f.path!r} = {f.value!r} is not supported by calicolab: {why} "
+                   f"(docs/inventory.md)")
 
 
 @dataclass
@@ -113,6 +212,7 @@ def parse_netconf(conf: dict[str, Any], *, expect_type: str | None = "calico", e
     ``etcd_endpoints`` (``ETCD_ENDPOINTS``).
     """
     env = env or {}
+    refuse_unimplemented(conf)
     name = _str(conf, "name")
     if not name:
         raise _bad("'name' is missing (the network name, e.g. \"k8s-pod-network\")")

@@ -239,9 +239,10 @@ def _status(lab: str | None, as_json: bool) -> int:
     from testbed.lab import lifecycle as labmod
 
     info = labmod.status(lab)
+    verdict = EXIT_FAIL if info["health"]["state"] == "broken" else EXIT_OK
     if as_json:
         print(json.dumps(info, indent=2, sort_keys=True))
-        return EXIT_OK
+        return verdict
     print(f"lab {info['lab']} ({info['phase']}), etcd {','.join(info['etcd_endpoints'])}, "
           f"supervisor pid {info['supervisor']}")
     rows = [("NODE", "ROLE", "ADDRESS", "NETNS", "SERVICES", "DATAPATH", "AGENT", "BGP")]
@@ -262,7 +263,16 @@ def _status(lab: str | None, as_json: bool) -> int:
     if info["others"]:
         print("other hosts: " + ", ".join(f"{o['name']} ({o['kind']}, {o['address']})"
                                            for o in info["others"]))
-    return EXIT_OK
+    unimpl = [(n["name"], u) for n in info["nodes"] for u in n.get("unimplemented") or []]
+    if unimpl:
+        print("in effect but not implemented in calicolab (no effect; see docs/inventory.md):")
+        width = max(len(name) for name, _ in unimpl)
+        for name, u in unimpl:
+            print(f"  {name.ljust(width)}  {u['setting']}  ({u['why']})")
+    h = info["health"]
+    print(f"status: {'BROKEN' if h['state'] == 'broken' else h['state']}"
+          + (": " + "; ".join(h["problems"]) if h["problems"] else ""))
+    return verdict
 
 
 def _exec(lab: str | None, target: str, cmd: list[str]) -> int:

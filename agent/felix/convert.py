@@ -10,6 +10,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from agent import envvars
 from agent.felix.model import Endpoint, FelixSettings, HostNode, Pool
 from datastore.duration import parse_duration
 
@@ -89,7 +90,7 @@ def settings(hostname: str, configs: Mapping[str, Any], env: Mapping[str, str]) 
                 except ValueError as exc:
                     raise ConfigError(f"FelixConfiguration({name}).spec.{attr}: {exc}") from None
     for var, attr in _ENV.items():
-        raw = env.get(var)
+        raw = envvars.get(env, var, None)
         if raw is None or raw == "":
             continue
         try:

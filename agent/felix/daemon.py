@@ -170,6 +170,13 @@ class Felix:
         else:
             cache[key] = ev.obj
 
+    def config_objects(self) -> list[Any] | None:
+        """The FelixConfiguration and IPPool resources as watched (None until in sync)."""
+        if not self._synced.is_set():
+            return None
+        with self._lock:
+            return [*self._configs.values(), *self._pools.values()]
+
     def snapshot(self) -> FelixInput:
         """The calculation input from the current cache."""
         with self._lock:

@@ -126,4 +126,7 @@ def run(client: Any, kind: str, name: str, namespace: str | None, text: str, pty
         err.write(f"Failed to patch '{cls.KIND}' resource: updating existing resource: {exc}\n")
         return 1
     out.write(f"Successfully patched 1 '{cls.KIND}' resource\n")
+    from testbed.calicoctl.resources import warn_unimplemented
+
+    warn_unimplemented([obj], err, before=[current])  # what the patch set that calicolab does not honour
     return 0

@@ -20,6 +20,7 @@ from datastore.resources import (
     Resource,
     from_document,
     resolve_kind,
+    unimplemented,
 )
 from testbed.calicoctl.tables import tab_table
 
@@ -234,7 +235,24 @@ def modify(client: Any, verb: str, filename: str, namespace: str | None, out: Te
             return 1
         done.append(obj)
     out.write(_summary(verb, objs))
+    if verb != "delete":
+        warn_unimplemented(done, err)
     return 0
+
+
+def warn_unimplemented(objs: list[Resource], err: TextIO, before: list[Resource] | None = None) -> int:
+    """One ``Warning:`` line on stderr per stored field calicolab does not honour (issue 20):
+    Calico's API accepts it, so it is stored, but the user must not believe it works.
+    Settings already in ``before`` (the objects as they were, for patch) are not repeated.
+    Returns the number of warnings."""
+    known = {f.message() for obj in before or [] for f in unimplemented(obj)}
+    count = 0
+    for obj in objs:
+        for finding in unimplemented(obj):
+            if finding.message() not in known:
+                err.write(f"Warning: {finding.message()}\n")
+                count += 1
+    return count
 
 
 def delete_named(client: Any, kind: str, names: list[str], namespace: str | None, out: TextIO,

@@ -279,11 +279,47 @@ def status(name: str | None = None) -> dict:
                 if isinstance(body, dict):
                     node.update(datapath=body.get("datapath"), ready=body.get("ready"),
                                 live=body.get("live"), tunnel_address=body.get("tunnel_address"),
-                                bgp=body.get("bgp"))
+                                bgp=body.get("bgp"), last_error=body.get("last_error"),
+                                unimplemented=body.get("unimplemented") or [])
                     node["agent"] = "ready" if body.get("ready") else "not ready"
                 else:
                     node["agent"] = f"health answered {code} without JSON"
             except OSError as exc:
                 node["agent"] = f"health port unreachable ({exc.strerror or exc})"
         out["nodes"].append(node)
+    out["health"] = health(out, agents_expected=bool(st.get("cni_installed")))
     return out
+
+
+def health(info: dict, agents_expected: bool = False) -> dict:
+    """The lab's verdict from a :func:`status` dict: ``broken`` (a service exited, a
+    calico-node does not answer or is not live, its dataplane or BGP reports an error),
+    ``not ready`` (an agent not ready yet, BGP sessions not all Established) or
+    ``healthy``; with the problems, each naming its node."""
+    broken: list[str] = []
+    waiting: list[str] = []
+    for n in info["nodes"]:
+        name = n["name"]
+        for sname, svc in sorted(n["services"].items()):
+            if not svc["running"]:
+                broken.append(f"{name}: {sname} exited ({svc.get('exit')})")
+        if agents_expected or "calico-node" in n["services"]:
+            agent = n.get("agent", "")
+            if agent not in ("ready", "not ready"):
+                broken.append(f"{name}: calico-node {agent}")
+            elif n.get("live") is False:
+                broken.append(f"{name}: calico-node is not live")
+            elif agent == "not ready":
+                waiting.append(f"{name}: calico-node not ready")
+            if n.get("last_error"):
+                broken.append(f"{name}: calico-node: {n['last_error']}")
+        bgp = n.get("bgp")
+        if isinstance(bgp, dict) and (bgp.get("error") or bgp.get("config_error")):
+            broken.append(f"{name}: BGP: {bgp.get('error') or bgp.get('config_error')}")
+        peers = bgp.get("peers") if isinstance(bgp, dict) else None
+        if peers:
+            down = [str(p.get("address") or p.get("name")) for p in peers if p.get("info") != "Established"]
+            if down:
+                waiting.append(f"{name}: BGP not established with {', '.join(down)}")
+    state = "broken" if broken else ("not ready" if waiting else "healthy")
+    return {"state": state, "problems": broken + waiting}

@@ -43,6 +43,8 @@ from typing import Any
 
 import yaml
 
+from datastore.inventory import Support, findings, works, works_for
+
 __all__ = [
     "TopologyError", "Segment", "RouterInterface", "Router", "NodeSpec", "ExternalHost",
     "PoolSpec", "ExternalPeer", "BGPSpec", "CalicoSpec", "Workload", "Topology", "Route",
@@ -69,6 +71,92 @@ RESERVED_NAMES = frozenset({"lo"})
 #: Mininet names every node after its netns; a bridge name must fit IFNAMSIZ.
 SEGMENT_NAME_MAX = 15
 NODE_NAME_MAX = 40
+
+
+_T_MODEL = "tests/unit/test_topology_model.py::"
+_T_LIFE = "tests/lab/test_lab_lifecycle.py::"
+_T_WALK = "tests/lab/test_walkthrough.py::"
+
+#: Every topology field (dotted, list entries transparent) and what the lab does with it.
+#: The parser allows exactly these keys (:func:`_keys`), and refuses a value a lab cannot
+#: honour, naming the field (:func:`_refuse_unimplemented`).
+TOPOLOGY_FIELDS: dict[str, Support] = {
+    "name": works(_T_MODEL + "test_defaults_and_name_override", _T_LIFE + "test_several_labs_at_once"),
+    "segments.name": works(_T_MODEL + "test_walkthrough_file", _T_LIFE + "test_up_node_view_and_down"),
+    "segments.cidr": works(_T_MODEL + "test_overlapping_segments", _T_LIFE + "test_up_node_view_and_down"),
+    "segments.gateway": works(_T_MODEL + "test_two_routers_need_an_explicit_gateway"),
+    "routers.name": works(_T_MODEL + "test_router_chain_routes",
+                          _T_LIFE + "test_crosssubnet_nodes_reach_etcd_through_the_router"),
+    "routers.interfaces.segment": works(_T_MODEL + "test_router_chain_routes",
+                                        _T_LIFE + "test_crosssubnet_nodes_reach_etcd_through_the_router"),
+    "routers.interfaces.address": works(_T_MODEL + "test_router_chain_routes",
+                                        _T_LIFE + "test_crosssubnet_nodes_reach_etcd_through_the_router"),
+    "nodes.name": works(_T_MODEL + "test_walkthrough_file", _T_LIFE + "test_up_node_view_and_down"),
+    "nodes.role": works(_T_MODEL + "test_walkthrough_file", _T_LIFE + "test_up_node_view_and_down"),
+    "nodes.address": works(_T_MODEL + "test_walkthrough_file", _T_LIFE + "test_up_node_view_and_down"),
+    "nodes.segment": works(_T_MODEL + "test_walkthrough_file", _T_LIFE + "test_up_node_view_and_down"),
+    "external.name": works(_T_MODEL + "test_external_host_must_be_on_documentation_prefix",
+                           _T_WALK + "test_pod_to_internet_is_masqueraded"),
+    "external.address": works(_T_MODEL + "test_external_host_must_be_on_documentation_prefix",
+                              _T_WALK + "test_pod_to_internet_is_masqueraded"),
+    "external.segment": works(_T_MODEL + "test_external_host_must_be_on_documentation_prefix",
+                              _T_WALK + "test_pod_to_internet_is_masqueraded"),
+    "calico.pool.cidr": works("tests/unit/test_install_manifest.py::test_settings_from_lab_state_use_topology",
+                              _T_WALK + "test_cross_node_flow_is_ipip"),
+    "calico.pool.blockSize": works("tests/unit/test_install_manifest.py::test_settings_from_lab_state_use_topology"),
+    "calico.pool.ipipMode": works(_T_MODEL + "test_crosssubnet_routed", _T_WALK + "test_cross_node_flow_is_ipip"),
+    "calico.pool.vxlanMode": works_for(
+        ("Never",), _T_WALK + "test_cross_node_flow_is_ipip", sample="Always",
+        note="VXLAN is not built (no vxlan.calico device, no VXLAN routes): a lab cannot run it"),
+    "calico.pool.natOutgoing": works(_T_WALK + "test_pod_to_internet_is_masqueraded"),
+    "calico.bgp.mesh": works(_T_LIFE + "test_topology_bgp_settings_become_calico_resources",
+                             "tests/lab/test_lab_rr.py::test_route_reflector_sessions_routes_and_pods"),
+    "calico.bgp.asNumber": works(_T_LIFE + "test_topology_bgp_settings_become_calico_resources"),
+    "calico.bgp.routeReflectors": works("tests/lab/test_lab_rr.py::test_route_reflector_sessions_routes_and_pods"),
+    "calico.bgp.externalPeers.name": works(_T_LIFE + "test_topology_bgp_settings_become_calico_resources"),
+    "calico.bgp.externalPeers.address": works(_T_LIFE + "test_topology_bgp_settings_become_calico_resources"),
+    "calico.bgp.externalPeers.asNumber": works(_T_LIFE + "test_topology_bgp_settings_become_calico_resources"),
+    "calico.bgp.externalPeers.node": works(_T_LIFE + "test_topology_bgp_settings_become_calico_resources"),
+    "workloads.file": works(_T_MODEL + "test_workloads_file_and_inline", _T_WALK + "test_same_node_flow"),
+    "workloads.manifest": works(_T_MODEL + "test_workloads_file_and_inline"),
+}
+
+
+def _keys(prefix: str = "") -> tuple[str, ...]:
+    """The keys allowed directly under ``prefix`` (``""`` = the top level), in order."""
+    out: list[str] = []
+    pre = f"{prefix}." if prefix else ""
+    for path in TOPOLOGY_FIELDS:
+        if path.startswith(pre):
+            key = path[len(pre):].split(".")[0]
+            if key not in out:
+                out.append(key)
+    return tuple(out)
+
+
+def _refuse_unimplemented(doc: _Doc, data: dict) -> None:
+    """A topology that asks for what a lab cannot honour is refused, naming the field."""
+    bad = findings("topology", data, TOPOLOGY_FIELDS, roots=tuple(data))
+    if not bad:
+        return
+    f = bad[0]
+    path = _locate(data, f.path.split("."), ())
+    raise doc.err(path, f"{f.value!r} is not implemented in calicolab: {f.support.note} (docs/inventory.md)")
+
+
+def _locate(data: Any, parts: list[str], path: tuple) -> tuple:
+    """The document path (with list indices) of the first value at dotted ``parts``."""
+    if not parts:
+        return path
+    if isinstance(data, list):
+        for i, item in enumerate(data):
+            found = _locate(item, parts, path + (i,))
+            if found:
+                return found
+        return ()
+    if isinstance(data, dict) and parts[0] in data:
+        return _locate(data[parts[0]], parts[1:], path + (parts[0],)) or path + (parts[0],)
+    return ()
 
 
 class TopologyError(ValueError):
@@ -496,8 +584,7 @@ def loads(text: str, file: str = "<string>", base: Path | None = None,
           name: str | None = None) -> Topology:
     """Validate topology YAML ``text``; ``file`` names it in errors, ``base`` resolves manifests."""
     data, doc = _compose(text, file)
-    top = _Reader(doc, data, (), ("name", "segments", "routers", "nodes", "external",
-                                  "calico", "workloads"))
+    top = _Reader(doc, data, (), _keys())
     lab = top.name("name", LAB_NAME_MAX)
     if name is not None:
         if len(name) > LAB_NAME_MAX or not _NAME_RE.match(name):
@@ -519,7 +606,7 @@ def loads(text: str, file: str = "<string>", base: Path | None = None,
     if not seg_items:
         raise doc.err(("segments",), "at least one segment is required")
     for i, item in enumerate(seg_items):
-        r = _Reader(doc, item, ("segments", i), ("name", "cidr", "gateway"))
+        r = _Reader(doc, item, ("segments", i), _keys("segments"))
         sname = r.name("name", SEGMENT_NAME_MAX)
         claim(sname, r.sub("name"))
         cidr = r.network("cidr")
@@ -556,7 +643,7 @@ def loads(text: str, file: str = "<string>", base: Path | None = None,
     # routers
     routers: list[Router] = []
     for i, item in enumerate(top.list("routers")):
-        r = _Reader(doc, item, ("routers", i), ("name", "interfaces"))
+        r = _Reader(doc, item, ("routers", i), _keys("routers"))
         rname = r.name("name", NODE_NAME_MAX)
         claim(rname, r.sub("name"))
         legs: list[RouterInterface] = []
@@ -564,7 +651,7 @@ def loads(text: str, file: str = "<string>", base: Path | None = None,
         if len(items) < 2:
             raise doc.err(r.sub("interfaces"), "a router needs at least two interfaces")
         for j, leg in enumerate(items):
-            lr = _Reader(doc, leg, r.sub("interfaces") + (j,), ("segment", "address"))
+            lr = _Reader(doc, leg, r.sub("interfaces") + (j,), _keys("routers.interfaces"))
             sname = lr.str("segment", required=True)
             if any(x.segment == sname for x in legs):
                 raise doc.err(lr.sub("segment"), f"router {rname} is on segment {sname} twice")
@@ -591,7 +678,7 @@ def loads(text: str, file: str = "<string>", base: Path | None = None,
     if not node_items:
         raise doc.err(("nodes",), "at least one node is required")
     for i, item in enumerate(node_items):
-        r = _Reader(doc, item, ("nodes", i), ("name", "role", "address", "segment"))
+        r = _Reader(doc, item, ("nodes", i), _keys("nodes"))
         nname = r.name("name", NODE_NAME_MAX)
         claim(nname, r.sub("name"))
         role = r.choice("role", "worker", ROLES)
@@ -604,7 +691,7 @@ def loads(text: str, file: str = "<string>", base: Path | None = None,
     # external hosts
     externals: list[ExternalHost] = []
     for i, item in enumerate(top.list("external")):
-        r = _Reader(doc, item, ("external", i), ("name", "address", "segment"))
+        r = _Reader(doc, item, ("external", i), _keys("external"))
         ename = r.name("name", NODE_NAME_MAX)
         claim(ename, r.sub("name"))
         sname = r.str("segment", required=True)
@@ -620,6 +707,7 @@ def loads(text: str, file: str = "<string>", base: Path | None = None,
 
     calico = _calico(doc, top.raw("calico", {}), segs, {n.name for n in nodes}, used_addr)
     workloads = _workloads(doc, top.list("workloads"), base, {n.name for n in nodes})
+    _refuse_unimplemented(doc, data)
     return Topology(lab, file, tuple(segs), tuple(nodes), tuple(routers), tuple(externals),
                     calico, workloads)
 
@@ -632,9 +720,8 @@ def _check_allowed(doc: _Doc, path: tuple, net: IPv4Network) -> None:
 
 def _calico(doc: _Doc, data: Any, segs: list[Segment], node_names: set[str],
             used: dict[IPv4Address, tuple]) -> CalicoSpec:
-    c = _Reader(doc, data, ("calico",), ("pool", "bgp"))
-    p = _Reader(doc, c.raw("pool", {}), ("calico", "pool"),
-                ("cidr", "blockSize", "ipipMode", "vxlanMode", "natOutgoing"))
+    c = _Reader(doc, data, ("calico",), _keys("calico"))
+    p = _Reader(doc, c.raw("pool", {}), ("calico", "pool"), _keys("calico.pool"))
     cidr = p.network("cidr", "192.168.0.0/16")
     _check_allowed(doc, p.sub("cidr"), cidr)
     for s in segs:
@@ -649,8 +736,7 @@ def _calico(doc: _Doc, data: Any, segs: list[Segment], node_names: set[str],
         raise doc.err(p.sub("vxlanMode"), "ipipMode and vxlanMode cannot both be enabled")
     pool = PoolSpec(cidr, block, ipip, vxlan, p.bool("natOutgoing", True))
 
-    b = _Reader(doc, c.raw("bgp", {}), ("calico", "bgp"),
-                ("mesh", "asNumber", "routeReflectors", "externalPeers"))
+    b = _Reader(doc, c.raw("bgp", {}), ("calico", "bgp"), _keys("calico.bgp"))
     rrs: list[str] = []
     for i, rr in enumerate(b.list("routeReflectors")):
         if rr not in node_names:
@@ -664,7 +750,7 @@ def _calico(doc: _Doc, data: Any, segs: list[Segment], node_names: set[str],
                       "peers: nodes would learn no routes")
     peers: list[ExternalPeer] = []
     for i, item in enumerate(b.list("externalPeers")):
-        r = _Reader(doc, item, b.sub("externalPeers") + (i,), ("name", "address", "asNumber", "node"))
+        r = _Reader(doc, item, b.sub("externalPeers") + (i,), _keys("calico.bgp.externalPeers"))
         addr, _ = r.address("address")
         if not any(addr in s.cidr for s in segs):
             raise doc.err(r.sub("address"), f"{addr} is not on any segment of the lab")
@@ -687,7 +773,7 @@ def _workloads(doc: _Doc, items: list, base: Path | None, node_names: set[str]) 
         path = ("workloads", i)
         if isinstance(item, str):
             item = {"file": item}
-        r = _Reader(doc, item, path, ("file", "manifest"))
+        r = _Reader(doc, item, path, _keys("workloads"))
         if r.has("file") == r.has("manifest"):
             raise doc.err(path, "give exactly one of 'file' or 'manifest'")
         if r.has("file"):
