@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from datastore.version import CALICO_VERSION
+
 log = logging.getLogger(__name__)
 
 SKIP_INTERFACES = (
@@ -37,7 +39,6 @@ SKIP_INTERFACES = (
 )
 DEFAULT_POOL_NAME = "default-ipv4-ippool"
 DEFAULT_POOL_CIDR = "192.168.0.0/16"
-CALICO_VERSION = "v3.32.1-calicolab"
 
 
 class StartupError(RuntimeError):
@@ -305,17 +306,36 @@ def ensure_default_pool(client: Any, env: Mapping[str, str], host_addresses: Seq
     return True
 
 
+def cluster_type(env: Mapping[str, str]) -> str:
+    """ClusterInformation's ``clusterType`` as calico-node v3.28.1 builds it: ``CLUSTER_TYPE``
+    from the manifest, and ``,kdd`` last when the datastore is Kubernetes.
+
+    Calico also appends ``,kubeadm`` (``,rancher``) when it finds kube-system's
+    kubeadm-config (full-cluster-state) ConfigMap through the Kubernetes API; calico-node
+    here has no Kubernetes API client yet, so that part is not added (docs/calicoctl.md).
+    """
+    ctype = env.get("CLUSTER_TYPE", "")
+    if env.get("DATASTORE_TYPE", "etcdv3") == "kubernetes":
+        ctype = f"{ctype.removesuffix(',')},kdd" if ctype else "kdd"
+    return ctype
+
+
 def ensure_cluster_information(client: Any, env: Mapping[str, str]) -> Any:
-    """ClusterInformation ``default`` exists with datastoreReady true (unless explicitly false)."""
+    """ClusterInformation ``default`` as libcalico-go's ``EnsureInitialized`` keeps it:
+    created with a hex GUID, ``calicoVersion`` (v3.28.1), ``clusterType`` and
+    ``datastoreReady: true``; on an existing one the version is set to ours, a missing GUID
+    is filled, an unset datastoreReady becomes true (an explicit false is kept) and our
+    cluster types are appended to those already listed."""
     from datastore import errors
     from datastore.resources import ClusterInformation, Metadata
 
+    ctype = cluster_type(env)
     try:
         client.get("ClusterInformation", "default")
     except errors.NotFound:
         ci = ClusterInformation(metadata=Metadata(name="default"))
         ci.spec.cluster_guid = uuid.uuid4().hex
-        ci.spec.cluster_type = env.get("CLUSTER_TYPE", "k8s,bgp")
+        ci.spec.cluster_type = ctype or None
         ci.spec.calico_version = CALICO_VERSION
         ci.spec.datastore_ready = True
         try:
@@ -324,10 +344,23 @@ def ensure_cluster_information(client: Any, env: Mapping[str, str]) -> Any:
             pass
 
     def mutate(ci: Any) -> bool:
+        changed = False
+        if ci.spec.calico_version != CALICO_VERSION:
+            ci.spec.calico_version = CALICO_VERSION
+            changed = True
+        if not ci.spec.cluster_guid:
+            ci.spec.cluster_guid = uuid.uuid4().hex
+            changed = True
         if ci.spec.datastore_ready is None:
             ci.spec.datastore_ready = True
-            return True
-        return False
+            changed = True
+        if ctype:
+            have = ci.spec.cluster_type.split(",") if ci.spec.cluster_type else []
+            extra = [t for t in ctype.split(",") if t not in have]
+            if extra or not ci.spec.cluster_type:
+                ci.spec.cluster_type = ",".join(have + extra) if have else ctype
+                changed = True
+        return changed
 
     return _update_retry(client, "ClusterInformation", "default", mutate)
 

@@ -120,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     common(s)
 
     sp = sub.add_parser("version", add_help=False)
+    sp.add_argument("--poll")
     common(sp)
     return p
 
@@ -175,10 +176,9 @@ def run(argv: Sequence[str], out=None, err=None, env: dict[str, str] | None = No
             return 0
         config = getattr(args, "sub_config", None) or args.config
         if args.command == "version":
-            from testbed.calicoctl.version import VERSION
+            from testbed.calicoctl import version
 
-            out.write(f"Client Version:    {VERSION}\n")
-            return 0
+            return version.run(lambda: make_client(config, env), args.poll, out, err)
         if args.command == "node":
             from testbed.calicoctl import node
 

@@ -23,12 +23,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from datastore.duration import parse_duration
+from datastore.version import CALICO_VERSION
+
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "manifests" / "calico.yaml"
 #: A lab's BGP start-up timers (the same as testbed.lab.supervisor.LAB_BGP_TIMERS; docs/bgp.md).
 DEFAULT_BGP_TIMERS = "connect_delay=0.1,connect_retry=1"
 _PLACEHOLDER = re.compile(r"__([A-Z][A-Z0-9_]*)__")
-_DURATION = re.compile(r"^(\d+(\.\d+)?(ms|s|m|h))+$")
 IPIP_MODES = ("Always", "CrossSubnet", "Never")
 
 
@@ -78,8 +80,11 @@ class InstallSettings:
             raise InstallError("vxlan_mode: IPIP and VXLAN cannot both be enabled on one pool")
         if not isinstance(self.health_port, int) or not 1 <= self.health_port <= 65535:
             raise InstallError(f"health_port: {self.health_port!r} is not a TCP port")
-        if not _DURATION.match(self.leak_grace_period):
-            raise InstallError(f"leak_grace_period: {self.leak_grace_period!r} is not a duration like 15m or 2s")
+        try:
+            parse_duration(self.leak_grace_period)
+        except ValueError as exc:
+            raise InstallError(f"leak_grace_period: {self.leak_grace_period!r} is not a duration like 15m "
+                               f"or 2s ({exc})") from None
         if not isinstance(self.typha_replicas, int) or self.typha_replicas < 0:
             raise InstallError(f"typha_replicas: {self.typha_replicas!r} is not a replica count")
         for key, value in {"bgp_timers": self.bgp_timers, "ip_autodetection_method":
@@ -103,6 +108,7 @@ class InstallSettings:
             "CALICOLAB_BGP_TIMERS": self.bgp_timers,
             "LEAK_GRACE_PERIOD": self.leak_grace_period,
             "TYPHA_REPLICAS": str(self.typha_replicas),
+            "CALICO_VERSION": CALICO_VERSION,
         }
         out.update(self.extra)
         return out

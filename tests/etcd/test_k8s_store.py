@@ -214,7 +214,7 @@ def test_daemonset_puts_one_pod_on_every_node_even_not_ready(store):
           "spec": {"selector": {"matchLabels": {"k8s-app": "calico-node"}},
                    "template": {"metadata": {"labels": {"k8s-app": "calico-node"}},
                                 "spec": {"hostNetwork": True, "tolerations": [{"operator": "Exists"}],
-                                         "containers": [{"name": "calico-node", "image": "calico/node:v3.26.1"}]}}}}
+                                         "containers": [{"name": "calico-node", "image": "calico/node:v3.28.1"}]}}}}
     store.create(ds)
     stop = threading.Event()
     t = threading.Thread(target=ControllerManager(store).run, args=(stop,), daemon=True)

@@ -36,6 +36,7 @@ def test_render_walkthrough_values():
     assert node["hostNetwork"] is True
     c = node["containers"][0]
     assert images.repository(c["image"]) == "calico/node"
+    assert c["image"] == "docker.io/calico/node:v3.28.1"  # the one version, datastore.version
     env = _env(c)
     assert env["CALICO_IPV4POOL_CIDR"] == "192.168.0.0/16"
     assert env["CALICO_IPV4POOL_BLOCK_SIZE"] == "24"
@@ -111,6 +112,6 @@ def test_settings_from_lab_state_use_topology():
 
 
 def test_images_map_calico_components():
-    assert images.resolve("docker.io/calico/typha:v3.26.1", None, None, "/tmp").port == 5473
-    argv = images.resolve("calico/kube-controllers:v3.26.1", None, None, "/tmp").argv
+    assert images.resolve("docker.io/calico/typha:v3.28.1", None, None, "/tmp").port == 5473
+    argv = images.resolve("calico/kube-controllers:v3.28.1", None, None, "/tmp").argv
     assert argv[-2:] == ["-m", "agent.kubecontrollers"]

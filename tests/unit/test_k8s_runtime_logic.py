@@ -222,6 +222,6 @@ def test_daemon_nodes_tolerate_node_condition_taints_but_not_others():
     assert daemon_nodes(ds, nodes) == ["m", "w0", "w1"]
     ds["spec"]["template"]["spec"]["nodeSelector"] = {"gpu": "yes"}
     assert daemon_nodes(ds, nodes) == ["w1"]
-    assert images.repository("quay.io/calico/node:v3.26.1") == "calico/node"
-    assert images.resolve("calico/node:v3.26.1", None, None, "/tmp").argv[0].endswith("calico-node")
+    assert images.repository("quay.io/calico/node:v3.28.1") == "calico/node"
+    assert images.resolve("calico/node:v3.28.1", None, None, "/tmp").argv[0].endswith("calico-node")
     assert images.repository("node:18") == "node" and not images.known("node:18")
