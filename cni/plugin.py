@@ -117,8 +117,10 @@ def _datastore_error(exc: BaseException, what: str) -> CNIError:
 
     if isinstance(exc, errors.DatastoreUnavailable):
         return CNIError(spec.E_TRY_AGAIN, f"{what}: the Calico datastore (etcd) is unreachable: {exc}")
-    if isinstance(exc, (PoolsExhausted, BlockLimitError)):
-        return CNIError(spec.E_IPAM_EXHAUSTED, f"{what}: {exc}")
+    if isinstance(exc, PoolsExhausted):  # the IPAM plugin's wording (calico.md section 1)
+        return CNIError(spec.E_IPAM_EXHAUSTED, f"failed to request IPv4 addresses: {exc}")
+    if isinstance(exc, BlockLimitError):  # libcalico-go's ErrBlockLimit, as is
+        return CNIError(spec.E_IPAM_EXHAUSTED, str(exc))
     if isinstance(exc, NoPools):
         return CNIError(spec.E_IPAM_EXHAUSTED, f"{what}: {exc}")
     if isinstance(exc, (errors.DatastoreError, IPAMError)):

@@ -1364,7 +1364,6 @@ class AllocationAttribute:
 class IPAMBlockSpec:
     cidr: str = ""
     affinity: str | None = None
-    affinity_claim_time: str | None = None
     strict_affinity: bool = False
     allocations: list[int | None] = field(default_factory=list)
     unallocated: list[int] = field(default_factory=list)
@@ -1426,7 +1425,6 @@ class IPAMBlock(Resource):
         doc = {
             "cidr": s.cidr,
             "affinity": s.affinity,
-            **({"affinityClaimTime": s.affinity_claim_time} if s.affinity_claim_time else {}),
             "strictAffinity": s.strict_affinity,
             "allocations": s.allocations,
             "unallocated": s.unallocated,
@@ -1443,7 +1441,6 @@ class IPAMBlock(Resource):
         spec = IPAMBlockSpec(
             cidr=d["cidr"],
             affinity=d.get("affinity"),
-            affinity_claim_time=d.get("affinityClaimTime"),
             strict_affinity=bool(d.get("strictAffinity", False)),
             allocations=list(d.get("allocations") or []),
             unallocated=list(d.get("unallocated") or []),

@@ -159,13 +159,11 @@ class IPAMConfigRules:
     def validate(self) -> None:
         """Refuse the combinations Calico refuses; raise :class:`InvalidConfig`."""
         if not self.strict_affinity and not self.auto_allocate_blocks:
-            raise InvalidConfig(
-                "IPAMConfig: autoAllocateBlocks=false requires strictAffinity=true"
-            )
+            raise InvalidConfig("Cannot disable 'StrictAffinity' and 'AutoAllocateBlocks' at the same time")
         if self.max_blocks_per_host < 0:
             raise InvalidConfig("IPAMConfig: maxBlocksPerHost must be >= 0")
         if self.max_blocks_per_host > 0 and not self.strict_affinity:
-            raise InvalidConfig("IPAMConfig: maxBlocksPerHost > 0 requires strictAffinity=true")
+            raise InvalidConfig("MaxBlocksPerHost requires StrictAffinity to be enabled")
 
     @property
     def block_limit(self) -> int:
@@ -217,18 +215,18 @@ class Block:
     attributes: list[Attribute] = field(default_factory=list)
     sequence_number: int = 0
     sequence_number_for_allocation: dict[str, int] = field(default_factory=dict)
-    affinity_claim_time: str | None = None
     deleted: bool = False
     strict_affinity: bool = False
 
     @classmethod
     def new(cls, cidr: IPv4Network | str, affinity: str | None = None,
-            claim_time: str | None = None) -> Block:
-        """A fresh empty block: every ordinal free, FIFO ``0..N-1``."""
+            sequence_number: int = 0) -> Block:
+        """A fresh empty block: every ordinal free, FIFO ``0..N-1`` (``newBlock``; IPAM passes
+        the creation time in Unix nanoseconds as the first sequence number)."""
         net = IPv4Network(cidr)
         n = net.num_addresses
         return cls(cidr=net, affinity=affinity, allocations=[None] * n,
-                   unallocated=list(range(n)), affinity_claim_time=claim_time)
+                   unallocated=list(range(n)), sequence_number=sequence_number)
 
     # -- queries ------------------------------------------------------------
 
@@ -382,11 +380,9 @@ class Block:
     # -- JSON (Calico's etcd value shape) -----------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """The block as Calico stores it (``model.AllocationBlock`` JSON: ``affinityClaimTime``
-        is omitted when unset, ``strictAffinity`` always present)."""
+        """The block as Calico v3.28.1 stores it (``model.AllocationBlock`` JSON, field order
+        as the struct; no ``affinityClaimTime``, which is v3.32+)."""
         out: dict[str, Any] = {"cidr": str(self.cidr), "affinity": self.affinity}
-        if self.affinity_claim_time:
-            out["affinityClaimTime"] = self.affinity_claim_time
         out.update({
             "strictAffinity": self.strict_affinity,
             "allocations": list(self.allocations),
@@ -412,7 +408,6 @@ class Block:
         return cls(
             cidr=cidr,
             affinity=pick("affinity"),
-            affinity_claim_time=pick("affinityClaimTime", "affinity_claim_time"),
             allocations=list(pick("allocations", default=[None] * n)),
             unallocated=list(pick("unallocated", default=list(range(n)))),
             attributes=[Attribute.from_dict(a) for a in pick("attributes", default=[])],

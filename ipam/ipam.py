@@ -5,8 +5,8 @@ Semantics follow libcalico-go's ``lib/ipam`` (calico.md section 2):
 1. fill this host's affine blocks (confirmed affinities in the selected pools);
 2. claim a new block (pending affinity -> create block -> confirmed affinity),
    walking each pool's blocks from a per-host offset, capped at 20 blocks per
-   host; when no block is unclaimed, reclaim another host's *empty* block whose
-   claim is older than the minimum reclaim age;
+   host; a block that exists is taken only if it is ours and has room (v3.28.1 has
+   no reclaim of other hosts' empty blocks and no ``affinityClaimTime``: v3.32+);
 3. only then, and only if strictAffinity is off, borrow from other hosts' blocks.
 
 Every write is a CAS with up to 100 attempts, re-reading on conflict. A handle
@@ -16,7 +16,6 @@ held without its handle knowing), and corrected if the write loses.
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import json
 import time
@@ -48,19 +47,16 @@ from ipam.store import (
 )
 
 DATASTORE_RETRIES = 100
-EMPTY_BLOCK_MIN_RECLAIM_AGE = 60.0
 RESOURCE_PREFIX = "/calico/resources/v3/projectcalico.org/"
 TUNNEL_HANDLE_PREFIX = "ipip-tunnel-addr-"
 
 
 class BlockLimitError(IPAMError):
-    """The host already holds its maximum number of blocks."""
+    """The host already holds its maximum number of blocks (libcalico-go's ``ErrBlockLimit``)."""
 
     def __init__(self, host: str, limit: int):
-        super().__init__(
-            f"cannot allocate new block due to per host block limit "
-            f"(host {host} already has {limit} blocks)"
-        )
+        self.host, self.limit = host, limit
+        super().__init__("cannot allocate new block due to per host block limit")
 
 
 class PoolsExhausted(IPAMError):
@@ -68,10 +64,11 @@ class PoolsExhausted(IPAMError):
 
     def __init__(self, pools: Sequence[IPv4Network], wanted: int, got: int):
         self.wanted, self.got = wanted, got
-        names = ", ".join(str(p) for p in pools)
+        names = " ".join(str(p) for p in pools)  # Go's %v of a slice
+        # IPAMAssignments.PartialFulfillmentError, with the message autoAssign records
         super().__init__(
-            f"No IPs available in pools: [{names}]: failed to request {wanted} IPv4 addresses. "
-            f"IPAM allocated only {got}"
+            f"Assigned {got} out of {wanted} requested IPv4 addresses; "
+            f"No IPs available in pools: [{names}]"
         )
 
 
@@ -120,31 +117,16 @@ def _ipv4(value: IPv4Address | str) -> IPv4Address:
         raise IPAMError(f"invalid IPv4 address {value!r}") from None
 
 
-def _now_rfc3339(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_rfc3339(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 class IPAM:
     """Calico IPAM over a datastore client (or a bare :class:`datastore.etcd.EtcdClient`)."""
 
     def __init__(self, client: Any, *, retries: int = DATASTORE_RETRIES,
-                 empty_block_min_reclaim_age: float = EMPTY_BLOCK_MIN_RECLAIM_AGE,
                  clock: Callable[[], float] = time.time):
         self.client = client
         etcd = getattr(client, "etcd", None)
         self.etcd = etcd if etcd is not None else client
         self.store = Store(self.etcd)
         self.retries = retries
-        self.min_reclaim_age = empty_block_min_reclaim_age
         self.clock = clock
         self.last_revision = 0  # etcd revision of the last block write that allocated
 
@@ -278,7 +260,8 @@ class IPAM:
             if aff is None:
                 return False
             rev = aff.revision
-        block = Block.new(cidr, host_affinity(host), claim_time=_now_rfc3339(self.clock()))
+        # newBlock: the sequence number starts at the creation time in Unix nanoseconds
+        block = Block.new(cidr, host_affinity(host), sequence_number=int(self.clock() * 1e9))
         try:
             self.store.create_block(block)
         except errors.AlreadyExists:
@@ -304,33 +287,6 @@ class IPAM:
                 return False
         raise TooManyConflicts(f"affinity {host} {cidr}: gave up after {self.retries} writes")
 
-    def _reclaim(self, block: Block, revision: int) -> bool:
-        """Take an empty block away from its host (pendingDeletion -> delete block -> delete affinity)."""
-        other = block.host
-        aff = self.store.get_affinity(other, block.cidr) if other else None
-        aff_rev = None
-        if aff is not None:
-            try:
-                aff_rev = self.store.update_affinity(other, block.cidr, STATE_PENDING_DELETION,
-                                                     aff.revision)
-            except (errors.Conflict, errors.NotFound):
-                return False
-        try:
-            self.store.delete_block(block.cidr, revision)
-        except (errors.Conflict, errors.NotFound):
-            if aff_rev is not None:
-                try:
-                    self.store.update_affinity(other, block.cidr, STATE_CONFIRMED, aff_rev)
-                except (errors.Conflict, errors.NotFound):
-                    pass
-            return False
-        if aff_rev is not None:
-            try:
-                self.store.delete_affinity(other, block.cidr, aff_rev)
-            except (errors.Conflict, errors.NotFound):
-                pass
-        return True
-
     def _claim_new_block(self, host: str, pools: Sequence[Pool]) -> IPv4Network | None:
         """Find and claim a block for ``host``; None when the pools have no free block."""
         existing = {b.cidr: (b, kv) for b, kv in self.store.list_blocks()}
@@ -340,20 +296,6 @@ class IPAM:
                 if have is None or (have[0].host == host and have[0].unallocated):
                     if self._try_claim(host, cidr):
                         return cidr
-        now = self.clock()
-        for pool in pools:
-            for cidr in block_walk(pool.cidr, pool.block_size, host):
-                have = existing.get(cidr)
-                if have is None:
-                    continue
-                block, kv = have
-                if block.host == host or not block.is_empty():
-                    continue
-                claimed = _parse_rfc3339(block.affinity_claim_time)
-                if claimed is not None and now - claimed < self.min_reclaim_age:
-                    continue
-                if self._reclaim(block, kv.mod_revision) and self._try_claim(host, cidr):
-                    return cidr
         return None
 
     def auto_assign(self, num: int, handle_id: str, attrs: dict[str, str] | None, hostname: str,

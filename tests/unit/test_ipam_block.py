@@ -112,20 +112,23 @@ def test_release_by_handle_and_assign_specific():
 
 
 def test_block_json_round_trip():
-    b = Block.new("10.1.0.0/28", host_affinity("w0"), claim_time="2026-01-01T00:00:00Z")
+    created_ns = 1_722_297_600_000_000_000  # newBlock: creation time in Unix ns
+    b = Block.new("10.1.0.0/28", host_affinity("w0"), sequence_number=created_ns)
     b.auto_assign(2, "ipip-tunnel-addr-w0", {"node": "w0", "type": "ipipTunnelAddress"})
     d = b.to_dict()
     assert d["affinity"] == "host:w0"
     assert d["allocations"][:3] == [0, 0, None]
     assert d["attributes"][0] == {"handle_id": "ipip-tunnel-addr-w0",
                                   "secondary": {"node": "w0", "type": "ipipTunnelAddress"}}
-    assert d["sequenceNumberForAllocation"] == {"0": 0, "1": 0}
+    assert d["sequenceNumberForAllocation"] == {"0": created_ns, "1": created_ns}
+    assert d["sequenceNumber"] == created_ns + 1
     assert Block.from_dict(d) == b
-    # model.AllocationBlock's JSON: strictAffinity always, affinityClaimTime omitempty
-    assert list(d) == ["cidr", "affinity", "affinityClaimTime", "strictAffinity", "allocations", "unallocated",
+    # v3.28.1's model.AllocationBlock JSON: strictAffinity always; no affinityClaimTime (v3.32+)
+    assert list(d) == ["cidr", "affinity", "strictAffinity", "allocations", "unallocated",
                        "attributes", "deleted", "sequenceNumber", "sequenceNumberForAllocation"]
     assert d["strictAffinity"] is False
-    assert "affinityClaimTime" not in Block.new("10.1.0.0/28").to_dict()
+    # a block written by a v3.32 node still reads (the field is ignored, as Go's decoder does)
+    assert "affinityClaimTime" not in Block.from_dict({**d, "affinityClaimTime": "2026-01-01T00:00:00Z"}).to_dict()
     written_by_other = {**d, "strictAffinity": True}
     assert Block.from_dict(written_by_other).to_dict()["strictAffinity"] is True  # kept on rewrite
 
@@ -201,10 +204,12 @@ def test_block_walk_deterministic_covers_all_and_differs_per_host():
 def test_ipam_config_rules():
     IPAMConfigRules().validate()
     assert IPAMConfigRules().block_limit == 20
-    with pytest.raises(InvalidConfig, match="strictAffinity"):
+    with pytest.raises(InvalidConfig) as err:  # SetIPAMConfig's wording
         IPAMConfigRules(strict_affinity=False, auto_allocate_blocks=False).validate()
-    with pytest.raises(InvalidConfig, match="maxBlocksPerHost"):
+    assert str(err.value) == "Cannot disable 'StrictAffinity' and 'AutoAllocateBlocks' at the same time"
+    with pytest.raises(InvalidConfig) as err:
         IPAMConfigRules(max_blocks_per_host=3).validate()
+    assert str(err.value) == "MaxBlocksPerHost requires StrictAffinity to be enabled"
     cfg = IPAMConfigRules(strict_affinity=True, max_blocks_per_host=3)
     cfg.validate()
     assert cfg.block_limit == 3
