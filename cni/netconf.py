@@ -16,7 +16,8 @@ from datastore.inventory import Support, findings, missing, works, works_for
 
 DEFAULT_NODENAME_FILE = "/var/lib/calico/nodename"
 DEFAULT_MTU_FILE = "/var/lib/calico/mtu"
-DEFAULT_MTU = 1480
+#: with no netconf mtu and no MTU file Calico leaves the veth at the kernel's default
+DEFAULT_MTU = 1500
 DEFAULT_IPAM_LOCK = "/var/run/calico/ipam.lock"
 DEFAULT_ETCD = "http://127.0.0.1:2379"
 LOG_LEVELS = ("debug", "info", "warning", "warn", "error", "fatal", "panic", "none", "")
@@ -305,7 +306,9 @@ def determine_nodename(nc: NetConf, hostname: str) -> str:
 
 
 def determine_mtu(nc: NetConf, mtu_file: str = DEFAULT_MTU_FILE) -> int:
-    """Netconf ``mtu`` if set, else the MTU Felix wrote to /var/lib/calico/mtu, else 1480."""
+    """Netconf ``mtu`` if set (0 = auto, as calico.yaml's ``veth_mtu: "0"``), else the MTU
+    Felix wrote to /var/lib/calico/mtu, else 1500, the MTU the kernel gives a veth that
+    Calico creates without one."""
     if nc.mtu:
         return nc.mtu
     try:

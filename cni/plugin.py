@@ -382,12 +382,9 @@ def cmd_add(inv: Invocation) -> dict[str, Any]:
         except Exception as exc:  # the original error matters more; log the cleanup failure
             inv.log.error(f"releasing {addresses} after a failed ADD also failed: {exc}")
         raise
-    result = spec.Result(
-        interfaces=[spec.Interface(host_if, plumbing.host.mac, mtu),
-                    spec.Interface(inv.env.ifname, plumbing.pod.mac, mtu, inv.env.netns)],
-        ips=[spec.IPConfig(a, interface=1) for a in addresses],
-        routes=[spec.Route("0.0.0.0/0", dataplane.GATEWAY)],
-    )
+    # v3.28.1's result (k8s.go "Add the interface created above to the CNI result"): the host
+    # veth by name only, the /32 addresses without an interface index, no gateway, no routes
+    result = spec.Result(interfaces=[spec.Interface(host_if)], ips=[spec.IPConfig(a) for a in addresses])
     return result.to_dict(inv.version)
 
 
@@ -445,24 +442,21 @@ def cmd_check(inv: Invocation) -> None:
         raise CNIError(spec.E_INVALID_CONFIG, "CHECK needs prevResult in the network configuration")
     prev = spec.Result.from_dict(inv.nc.prev_result)
     nodename = _nodename(inv)
-    sandbox = [i for i, itf in enumerate(prev.interfaces) if itf.name == inv.env.ifname and itf.sandbox]
-    if not sandbox:
-        raise CNIError(spec.E_CHECK_FAILED, f"prevResult lists no sandbox interface {inv.env.ifname}")
-    idx = sandbox[0]
-    addresses = [ip.address for ip in prev.ips if ip.interface in (None, idx) and ":" not in ip.address]
+    # Calico's result lists only the host veth and gives no interface index: the pod side
+    # is CNI_IFNAME in CNI_NETNS, and every IPv4 address of the result is the pod's
+    addresses = [ip.address for ip in prev.ips if ":" not in ip.address]
     if not addresses:
-        raise CNIError(spec.E_CHECK_FAILED, f"prevResult has no IPv4 address on {inv.env.ifname}")
+        raise CNIError(spec.E_CHECK_FAILED, f"prevResult has no IPv4 address for {inv.env.ifname}")
     host_if = _host_ifname(inv)
+    if prev.interfaces and host_if not in [i.name for i in prev.interfaces]:
+        raise CNIError(spec.E_CHECK_FAILED, f"prevResult does not list the host interface {host_if}")
     problems = []
-    for cidr in addresses:
-        problems += dataplane.check(host_if, inv.env.ifname, inv.env.netns, cidr.split("/")[0],
-                                    prev.interfaces[idx].mac)
     client = client_for(inv.nc.etcd_endpoints)
-    if inv.nc.ipam.type == "calico-ipam":
-        problems += ipam_check(inv, addresses)
     wep_name, wep_ns = _wep_ident(inv, nodename)
+    pod_mac = ""
     try:
         wep = client.get("WorkloadEndpoint", wep_name, wep_ns)
+        pod_mac = wep.spec.mac or ""
         if wep.spec.container_id != inv.env.container_id:
             problems.append(f"WorkloadEndpoint {wep_ns}/{wep_name} belongs to container {wep.spec.container_id}")
         if sorted(wep.spec.ip_networks) != sorted(a.split("/")[0] + "/32" for a in addresses):
@@ -473,6 +467,10 @@ def cmd_check(inv: Invocation) -> None:
         problems.append(f"WorkloadEndpoint {wep_ns}/{wep_name} is missing")
     except Exception as exc:
         raise _datastore_error(exc, "CHECK could not read the WorkloadEndpoint") from exc
+    for cidr in addresses:
+        problems += dataplane.check(host_if, inv.env.ifname, inv.env.netns, cidr.split("/")[0], pod_mac)
+    if inv.nc.ipam.type == "calico-ipam":
+        problems += ipam_check(inv, addresses)
     if problems:
         raise CNIError(spec.E_CHECK_FAILED, "CHECK failed: " + "; ".join(problems))
 
@@ -606,7 +604,7 @@ def run(plugin: str, env: dict[str, str], stdin: bytes) -> tuple[int, str, str]:
         out = _dispatch(inv)
         phases = " ".join(f"{k}={v:.1f}" for k, v in sorted(inv.timings.items()))
         log.info(f"done in {(time.monotonic() - started) * 1000:.1f} ms (ms: {phases})")
-        return 0, (json.dumps(out) if out is not None else ""), log.stderr_text()
+        return 0, (spec.print_json(out) if out is not None else ""), log.stderr_text()
     except CNIError as exc:
         log.error(f"error {exc.code}: {exc.msg}")
         return 1, spec.error_json(exc, version), log.stderr_text()

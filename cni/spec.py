@@ -1,7 +1,12 @@
-"""The CNI specification layer (spec 1.1.0): environment, versions, errors, results.
+"""The CNI specification layer: environment, versions, errors, results.
 
 Pure logic, stdlib only: nothing here touches the kernel or the datastore, so the
 thin plugin executable can import it cheaply and the unit tests need no root.
+
+Versions are Calico v3.28.1's (``PluginSupports("0.1.0" .. "1.0.0")``) plus 1.1.0, kept
+deliberately for the STATUS and GC verbs (docs/cni.md). Results are printed as
+containernetworking/cni v1.2.0 prints them: in the netconf's ``cniVersion``, indented
+four spaces.
 """
 
 from __future__ import annotations
@@ -10,8 +15,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-SUPPORTED_VERSIONS: tuple[str, ...] = ("0.3.1", "0.4.0", "1.0.0", "1.1.0")
+#: v3.28.1's list, then 1.1.0 (a deliberate addition: STATUS and GC)
+SUPPORTED_VERSIONS: tuple[str, ...] = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST = "1.1.0"
+#: what Calico's netconf parsing assumes when ``cniVersion`` is absent (calico.md section 1)
+DEFAULT_VERSION = "0.2.0"
+#: the indentation of printed results and errors (types.PrintResult / Error.Print)
+INDENT = 4
 
 VERBS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
 
@@ -136,22 +146,26 @@ def _vtuple(version: str) -> tuple[int, ...]:
         return (-1,)
 
 
+def _go_quoted_list(items: tuple[str, ...]) -> str:
+    """Go's ``%q`` of a string slice: ``["0.1.0" "0.2.0"]``."""
+    return "[" + " ".join(json.dumps(i) for i in items) + "]"
+
+
 def check_version(conf: dict[str, Any], command: str) -> str:
-    """Return the netconf's ``cniVersion`` if this plugin supports it for ``command``; else error 1."""
+    """Return the netconf's ``cniVersion`` (``0.2.0`` when absent) if this plugin supports it
+    for ``command``; else error 1 worded as libcni's skel words it."""
     version = conf.get("cniVersion")
     if version is None or version == "":
-        raise CNIError(E_INVALID_CONFIG, "network configuration has no cniVersion")
+        version = DEFAULT_VERSION
     if not isinstance(version, str):
         raise CNIError(E_INVALID_CONFIG, f"cniVersion must be a string, got {version!r}")
     if version not in SUPPORTED_VERSIONS:
-        raise CNIError(
-            E_INCOMPATIBLE_VERSION,
-            f"incompatible CNI versions: config is {version!r}, plugin supports {list(SUPPORTED_VERSIONS)}",
-        )
+        raise CNIError(E_INCOMPATIBLE_VERSION, "incompatible CNI versions",
+                       f"config is {json.dumps(version)}, plugin supports {_go_quoted_list(SUPPORTED_VERSIONS)}")
     if command == "CHECK" and _vtuple(version) < (0, 4, 0):
-        raise CNIError(E_INCOMPATIBLE_VERSION, f"CHECK is not supported for cniVersion {version} (needs >= 0.4.0)")
+        raise CNIError(E_INCOMPATIBLE_VERSION, "config version does not allow CHECK")
     if command in ("STATUS", "GC") and _vtuple(version) < (1, 1, 0):
-        raise CNIError(E_INCOMPATIBLE_VERSION, f"{command} is not supported for cniVersion {version} (needs 1.1.0)")
+        raise CNIError(E_INCOMPATIBLE_VERSION, f"config version does not allow {command}")
     return version
 
 
@@ -200,13 +214,29 @@ class Result:
     dns: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self, cni_version: str) -> dict[str, Any]:
-        """Render for ``cni_version`` (0.3.1/0.4.0 add ``version`` to ips; 1.1.0 adds ``mtu``)."""
+        """Render for ``cni_version`` with the key order of containernetworking/cni's types:
+        0.1.0/0.2.0 ``ip4``/``ip6`` objects (types020); 0.3.x/0.4.0 ``version`` first in each
+        IP (types040); 1.0.0 without it (types100); 1.1.0 adds the interface ``mtu``."""
         v = _vtuple(cni_version)
         out: dict[str, Any] = {"cniVersion": cni_version}
+        if v < (0, 3, 0):
+            for key, v6 in (("ip4", False), ("ip6", True)):
+                ip = next((i for i in self.ips if (":" in i.address) == v6), None)
+                if ip is None:
+                    continue
+                d: dict[str, Any] = {"ip": ip.address}
+                if ip.gateway:
+                    d["gateway"] = ip.gateway
+                routes = [r for r in self.routes if (":" in r.dst) == v6]
+                if routes:
+                    d["routes"] = [{"dst": r.dst, **({"gw": r.gw} if r.gw else {})} for r in routes]
+                out[key] = d
+            out["dns"] = dict(self.dns)
+            return out
         if self.interfaces:
             ifs = []
             for itf in self.interfaces:
-                d: dict[str, Any] = {"name": itf.name}
+                d = {"name": itf.name}
                 if itf.mac:
                     d["mac"] = itf.mac
                 if itf.mtu and v >= (1, 1, 0):
@@ -217,11 +247,12 @@ class Result:
             out["interfaces"] = ifs
         ips = []
         for ip in self.ips:
-            d = {"address": ip.address}
+            d = {}
             if v < (1, 0, 0):
                 d["version"] = "6" if ":" in ip.address else "4"
             if ip.interface is not None:
                 d["interface"] = ip.interface
+            d["address"] = ip.address
             if ip.gateway:
                 d["gateway"] = ip.gateway
             ips.append(d)
@@ -246,11 +277,21 @@ class Result:
                 for i in data.get("ips") or []
             ]
             routes = [Route(dst=r["dst"], gw=r.get("gw", "")) for r in data.get("routes") or []]
+            for key in ("ip4", "ip6"):  # a 0.1.0/0.2.0 result
+                if isinstance(data.get(key), dict):
+                    old = data[key]
+                    ips.append(IPConfig(address=old["ip"], gateway=old.get("gateway", "")))
+                    routes += [Route(dst=r["dst"], gw=r.get("gw", "")) for r in old.get("routes") or []]
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise CNIError(E_INVALID_CONFIG, f"prevResult is malformed: {exc!r}") from None
         return cls(interfaces=interfaces, ips=ips, routes=routes, dns=dict(data.get("dns") or {}))
 
 
+def print_json(doc: dict[str, Any]) -> str:
+    """A result or error as printed on stdout (indented four spaces, as the Go types print)."""
+    return json.dumps(doc, indent=INDENT)
+
+
 def error_json(err: CNIError, cni_version: str = LATEST) -> str:
     """The error object serialised as printed on stdout."""
-    return json.dumps(err.to_dict(cni_version))
+    return print_json(err.to_dict(cni_version))

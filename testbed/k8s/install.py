@@ -31,6 +31,8 @@ TEMPLATE = REPO / "manifests" / "calico.yaml"
 #: A lab's BGP start-up timers (the same as testbed.lab.supervisor.LAB_BGP_TIMERS; docs/bgp.md).
 DEFAULT_BGP_TIMERS = "connect_delay=0.1,connect_retry=1"
 _PLACEHOLDER = re.compile(r"__([A-Z][A-Z0-9_]*)__")
+#: placeholders of cni_network_config that install-cni fills on each node, left as they are
+INSTALL_CNI_PLACEHOLDERS = frozenset({"KUBERNETES_NODE_NAME", "CNI_MTU"})
 IPIP_MODES = ("Always", "CrossSubnet", "Never")
 
 
@@ -119,10 +121,10 @@ def render(settings: InstallSettings, template: str | None = None) -> str:
     an unknown placeholder, or a result that is not valid YAML."""
     text = TEMPLATE.read_text() if template is None else template
     values = settings.values()
-    missing = sorted({m.group(1) for m in _PLACEHOLDER.finditer(text)} - set(values))
+    missing = sorted({m.group(1) for m in _PLACEHOLDER.finditer(text)} - set(values) - INSTALL_CNI_PLACEHOLDERS)
     if missing:
         raise InstallError(f"manifest template has placeholders without a value: {', '.join(missing)}")
-    out = _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+    out = _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
     import yaml
 
     try:

@@ -165,7 +165,10 @@ def test_agent_conflist_through_the_kubelet_runner(node, netns):
     with in_netns(node.nspath):  # the runner execs the plugins from the node, as the kubelet does
         result = runner.add(conf, "kubelet01", f"/run/netns/{pod}", args)
     ip = result["ips"][0]["address"].split("/")[0]
-    assert result["cniVersion"] == doc["cniVersion"] and result["interfaces"][0]["name"] == "calic440f455693"
+    # the whole v3.28.1 chain ran (calico -> portmap -> bandwidth) and handed Calico's result through
+    assert [p["type"] for p in doc["plugins"]] == ["calico", "portmap", "bandwidth"]
+    assert result["cniVersion"] == doc["cniVersion"] == "0.3.1"
+    assert result["interfaces"] == [{"name": "calic440f455693"}]
     assert f"inet {ip}/32" in node.ip("addr", "show", "eth0", pod=pod)
     with in_netns(node.nspath):
         runner.delete(conf, "kubelet01", f"/run/netns/{pod}", args, prev_result=result)

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from cni.spec import SUPPORTED_VERSIONS
 from tests.netns import cni_support
 from tests.netns.cni_support import CniNode
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.netns
 cni_node = cni_support.cni_node  # module-wide node netns + etcd (fixture)
 node = cni_support.node  # that node, emptied, with the default pool (fixture)
 
-VERSIONS = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+VERSIONS = list(SUPPORTED_VERSIONS)  # v3.28.1's 0.1.0-1.0.0, and 1.1.0 (docs/cni.md)
 
 
 def _sysctl(node: CniNode, key: str) -> str:
@@ -60,17 +61,25 @@ def test_add_check_del_every_version(node, netns, version):
     add = node.run("ADD", conf, cid="c0ffee01", netns=podpath)
     assert add.rc == 0, add.stdout + add.stderr
     res = add.json
-    assert res["cniVersion"] == version
-    host, sandbox = res["interfaces"]
-    assert host == {"name": "calic440f455693", "mac": "ee:ee:ee:ee:ee:ee", **({"mtu": 1480} if version == "1.1.0" else {})}
-    assert sandbox["name"] == "eth0" and sandbox["sandbox"] == podpath
-    (ipc,) = res["ips"]
-    ip = ipc["address"].split("/")[0]
-    assert ipc["address"].endswith("/32") and ipc["interface"] == 1
-    assert ("version" in ipc) == (version in ("0.3.1", "0.4.0"))
+    # v3.28.1's result: the host veth only, the /32 without gateway, routes or interface index,
+    # printed in the netconf's version and indented four spaces
+    assert add.stdout.startswith('{\n    "cniVersion": '), add.stdout
+    if version in ("0.1.0", "0.2.0"):
+        assert list(res) == ["cniVersion", "ip4", "dns"] and list(res["ip4"]) == ["ip"]
+        address = res["ip4"]["ip"]
+    else:
+        assert list(res) == ["cniVersion", "interfaces", "ips", "dns"] and res["dns"] == {}
+        assert res["interfaces"] == [{"name": "calic440f455693"}]
+        (ipc,) = res["ips"]
+        assert list(ipc) == (["version", "address"] if version < "1.0.0" else ["address"])
+        assert ipc.get("version", "4") == "4"
+        address = ipc["address"]
+    assert res["cniVersion"] == version and address.endswith("/32")
+    ip = address.split("/")[0]
     # kernel: host side
     link = node.ip("-d", "link", "show", "calic440f455693")
-    assert "ee:ee:ee:ee:ee:ee" in link and f"link-netns {pod}" in link and "mtu 1480" in link
+    # no netconf mtu and no MTU file from Felix: the kernel's default, as Calico leaves it
+    assert "ee:ee:ee:ee:ee:ee" in link and f"link-netns {pod}" in link and "mtu 1500" in link
     assert f"{ip} dev calic440f455693 scope link" in node.ip("route")
     assert _sysctl(node, "ipv4/conf/calic440f455693/proxy_arp") == "1"
     assert _sysctl(node, "ipv4/neigh/calic440f455693/proxy_delay") == "0"
@@ -78,7 +87,8 @@ def test_add_check_del_every_version(node, netns, version):
     assert _sysctl(node, "ipv4/conf/calic440f455693/route_localnet") == "1"
     # kernel: pod side
     assert f"inet {ip}/32 scope global eth0" in node.ip("addr", "show", "eth0", pod=pod)
-    assert sandbox["mac"] in node.ip("link", "show", "eth0", pod=pod)
+    pod_link = node.ip("link", "show", "eth0", pod=pod)
+    assert "mtu 1500" in pod_link
     routes = node.ip("route", pod=pod)
     assert "default via 169.254.1.1 dev eth0" in routes and "169.254.1.1 dev eth0 scope link" in routes
     assert _pod_sysctl(pod, "ipv4/ip_forward") == "0"
@@ -87,12 +97,15 @@ def test_add_check_del_every_version(node, netns, version):
     assert wep.metadata.name == "k8s--w0-k8s-nginx-eth0" and wep.metadata.namespace == "default"
     assert (wep.spec.node, wep.spec.pod, wep.spec.container_id) == ("k8s-w0", "nginx", "c0ffee01")
     assert wep.spec.ip_networks == [f"{ip}/32"] and wep.spec.interface_name == "calic440f455693"
-    assert wep.spec.mac == sandbox["mac"] and wep.spec.profiles == ["kns.default"]
+    assert wep.spec.mac and wep.spec.mac in pod_link and wep.spec.profiles == ["kns.default"]
     assert _allocations(node) == {ip: "k8s-pod-network.c0ffee01"}
     # CHECK against prevResult (spec >= 0.4.0)
-    if version != "0.3.1":
+    if version >= "0.4.0":
         chk = node.run("CHECK", {**conf, "prevResult": res}, cid="c0ffee01", netns=podpath)
         assert chk.rc == 0 and chk.stdout == "", chk.stdout + chk.stderr
+    else:  # libcni's skel refuses CHECK below 0.4.0
+        chk = node.run("CHECK", {**conf, "prevResult": res}, cid="c0ffee01", netns=podpath)
+        assert chk.rc == 1 and chk.json["msg"] == "config version does not allow CHECK", chk.stdout
     # DEL removes everything, and is idempotent
     for _ in range(2):
         dele = node.run("DEL", {**conf, "prevResult": res}, cid="c0ffee01", netns=podpath)
@@ -190,7 +203,7 @@ def test_bad_input_gives_spec_errors_and_leaves_nothing(node, netns):
     cases = {
         "invalid json": (node.run("ADD", b"{nope", cid="bad", netns=pp), 6, "not valid JSON"),
         "missing env": (node.run("ADD", node.conf(), cid="bad", netns=pp, drop=("CNI_NETNS",)), 4, "CNI_NETNS"),
-        "unknown version": (node.run("ADD", node.conf("0.2.0"), cid="bad", netns=pp), 1, "0.2.0"),
+        "unknown version": (node.run("ADD", node.conf("1.2.0"), cid="bad", netns=pp), 1, "incompatible CNI versions"),
         "missing nodename": (node.run("ADD", node.conf(nodename="", nodename_file=str(node.tmp / "absent")),
                                       cid="bad", netns=pp), 7, "/var/lib/calico/"),
         "unreachable datastore": (node.run("ADD", node.conf(etcd_endpoints="http://127.0.0.1:1"), cid="bad", netns=pp),

@@ -96,7 +96,7 @@ def test_fast_launcher_serves_both_plugins(node, netns, server):
     pp = f"/run/netns/{pod}"
     launcher = REPO / "cni" / "bin"
     ver = node.run("VERSION", b"", exe=str(launcher / "calico-ipam"))
-    assert ver.json["supportedVersions"] == ["0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+    assert ver.json["supportedVersions"] == ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
     add = node.run("ADD", node.conf(), cid="fast01", netns=pp, socket=sock, exe=str(launcher / "calico"))
     assert add.rc == 0 and _pids_in_log(add.stderr) == {proc.pid}, add.stdout + add.stderr
     ipam = node.run("ADD", node.conf(), cid="fast02", plugin="calico-ipam", exe=str(launcher / "calico-ipam"),

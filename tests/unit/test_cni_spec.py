@@ -67,23 +67,35 @@ def test_supported_versions_accepted(version):
     assert spec.check_version({"cniVersion": version}, "ADD") == version
 
 
-@pytest.mark.parametrize("version", ["0.1.0", "0.2.0", "0.3.0", "1.2.0", "2.0.0", "banana"])
+def test_supported_versions_are_calicos_plus_1_1_0():
+    # v3.28.1's PluginSupports list, then 1.1.0 kept for STATUS/GC (docs/cni.md)
+    assert spec.SUPPORTED_VERSIONS == ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+
+
+@pytest.mark.parametrize("version", ["0.0.9", "1.2.0", "2.0.0", "banana"])
 def test_unsupported_versions_are_1(version):
     with pytest.raises(CNIError) as err:
         spec.check_version({"cniVersion": version}, "ADD")
-    assert err.value.code == 1 and version in err.value.msg
+    assert err.value.code == 1 and err.value.msg == "incompatible CNI versions"
+    assert err.value.details == (f'config is "{version}", plugin supports '
+                                 '["0.1.0" "0.2.0" "0.3.0" "0.3.1" "0.4.0" "1.0.0" "1.1.0"]')
+
+
+def test_missing_cni_version_is_0_2_0():
+    assert spec.check_version({}, "ADD") == "0.2.0"
+    assert spec.check_version({"cniVersion": ""}, "DEL") == "0.2.0"
 
 
 def test_verb_version_limits():
     with pytest.raises(CNIError) as err:
         spec.check_version({"cniVersion": "0.3.1"}, "CHECK")
-    assert err.value.code == 1
+    assert err.value.code == 1 and err.value.msg == "config version does not allow CHECK"
     for verb in ("STATUS", "GC"):
         with pytest.raises(CNIError) as err:
             spec.check_version({"cniVersion": "1.0.0"}, verb)
-        assert err.value.code == 1
+        assert err.value.code == 1 and err.value.msg == f"config version does not allow {verb}"
     with pytest.raises(CNIError) as err:
-        spec.check_version({}, "ADD")
+        spec.check_version({"cniVersion": 1.0}, "ADD")
     assert err.value.code == 7
 
 
@@ -92,33 +104,63 @@ def test_version_result():
     assert spec.version_result(None)["cniVersion"] == "1.1.0"
 
 
-def _result() -> spec.Result:
-    return spec.Result(
+def _calico_result() -> spec.Result:
+    """What ADD returns: the host veth by name, the /32 (calico.md section 1)."""
+    return spec.Result(interfaces=[spec.Interface("calic440f455693")], ips=[spec.IPConfig("192.168.1.5/32")])
+
+
+def test_calico_result_per_version():
+    assert spec.print_json(_calico_result().to_dict("0.3.1")) == """{
+    "cniVersion": "0.3.1",
+    "interfaces": [
+        {
+            "name": "calic440f455693"
+        }
+    ],
+    "ips": [
+        {
+            "version": "4",
+            "address": "192.168.1.5/32"
+        }
+    ],
+    "dns": {}
+}"""
+    assert _calico_result().to_dict("1.0.0") == {
+        "cniVersion": "1.0.0", "interfaces": [{"name": "calic440f455693"}],
+        "ips": [{"address": "192.168.1.5/32"}], "dns": {}}
+    assert _calico_result().to_dict("0.2.0") == {"cniVersion": "0.2.0", "ip4": {"ip": "192.168.1.5/32"}, "dns": {}}
+
+
+def test_full_result_rendering_and_parsing():
+    full = spec.Result(
         interfaces=[spec.Interface("calic440f455693", "ee:ee:ee:ee:ee:ee", 1480),
                     spec.Interface("eth0", "aa:bb:cc:dd:ee:ff", 1480, "/run/netns/p")],
-        ips=[spec.IPConfig("192.168.1.5/32", interface=1)],
+        ips=[spec.IPConfig("192.168.1.5/32", interface=1, gateway="169.254.1.1")],
         routes=[spec.Route("0.0.0.0/0", "169.254.1.1")],
     )
-
-
-def test_result_rendering_per_version():
-    old = _result().to_dict("0.3.1")
-    assert old["ips"] == [{"address": "192.168.1.5/32", "version": "4", "interface": 1}]
+    old = full.to_dict("0.4.0")
+    assert old["ips"] == [{"version": "4", "interface": 1, "address": "192.168.1.5/32", "gateway": "169.254.1.1"}]
+    assert list(old["ips"][0]) == ["version", "interface", "address", "gateway"]  # types040 field order
     assert "mtu" not in old["interfaces"][0]
-    new = _result().to_dict("1.1.0")
-    assert new["ips"] == [{"address": "192.168.1.5/32", "interface": 1}]
+    new = full.to_dict("1.1.0")
     assert new["interfaces"][1] == {"name": "eth0", "mac": "aa:bb:cc:dd:ee:ff", "mtu": 1480, "sandbox": "/run/netns/p"}
     assert new["routes"] == [{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}]
     back = spec.Result.from_dict(json.loads(json.dumps(new)))
     assert back.ips[0].interface == 1 and back.interfaces[1].sandbox == "/run/netns/p"
+    assert full.to_dict("0.1.0") == {"cniVersion": "0.1.0", "ip4": {
+        "ip": "192.168.1.5/32", "gateway": "169.254.1.1", "routes": [{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}]},
+        "dns": {}}
+    legacy = spec.Result.from_dict(full.to_dict("0.2.0"))
+    assert legacy.ips[0].address == "192.168.1.5/32" and legacy.routes[0].gw == "169.254.1.1"
     with pytest.raises(CNIError) as err:
         spec.Result.from_dict({"ips": [{"nope": 1}]})
     assert err.value.code == 7
 
 
 def test_error_json_shape():
-    out = json.loads(spec.error_json(CNIError(7, "bad", "why"), "1.0.0"))
-    assert out == {"cniVersion": "1.0.0", "code": 7, "msg": "bad", "details": "why"}
+    text = spec.error_json(CNIError(7, "bad", "why"), "1.0.0")
+    assert text.startswith('{\n    "cniVersion": "1.0.0",\n    "code": 7,')  # indented as Error.Print
+    assert json.loads(text) == {"cniVersion": "1.0.0", "code": 7, "msg": "bad", "details": "why"}
 
 
 def test_names_match_calico_vectors():
@@ -182,7 +224,7 @@ def test_nodename_and_mtu_resolution(tmp_path):
     assert "calico/node" in err.value.msg and err.value.code == 7
     (tmp_path / "nodename").write_text("k8s-w1\n")
     assert netconf.determine_nodename(nc, "host") == "k8s-w1"
-    assert netconf.determine_mtu(nc, str(tmp_path / "mtu")) == 1480
+    assert netconf.determine_mtu(nc, str(tmp_path / "mtu")) == 1500  # the kernel's veth default
     (tmp_path / "mtu").write_text("1430\n")
     assert netconf.determine_mtu(nc, str(tmp_path / "mtu")) == 1430
     assert netconf.determine_mtu(netconf.parse_netconf(_nc(mtu=1400)), str(tmp_path / "mtu")) == 1400

@@ -80,14 +80,38 @@ def test_bad_pool_env_is_named(env, match):
 
 
 def test_conflist_shape():
+    """calico.yaml v3.28.1's conflist: calico + portmap + bandwidth at cniVersion 0.3.1
+    (datastore_type etcdv3 + etcd_endpoints: the lab's deliberate difference)."""
     c = conflist("k8s-w0", ["http://172.30.0.10:2379"])
-    calico, portmap = c["plugins"]
+    calico, portmap, bandwidth = c["plugins"]
     assert c["name"] == "k8s-pod-network" and c["cniVersion"] == "0.3.1"
+    assert list(calico) == ["type", "log_level", "log_file_path", "datastore_type", "etcd_endpoints", "nodename",
+                            "mtu", "ipam", "policy"]
     assert (calico["type"], calico["datastore_type"], calico["etcd_endpoints"], calico["nodename"], calico["mtu"],
             calico["ipam"]) == ("calico", "etcdv3", "http://172.30.0.10:2379", "k8s-w0", 0, {"type": "calico-ipam"})
+    assert calico["log_file_path"] == "/var/log/calico/cni/cni.log" and calico["policy"] == {"type": "k8s"}
     assert portmap == {"type": "portmap", "snat": True, "capabilities": {"portMappings": True}}
+    assert bandwidth == {"type": "bandwidth", "capabilities": {"bandwidth": True}}
+    assert conflist("k8s-w0", ["http://x:2379"], mtu=1440)["plugins"][0]["mtu"] == 1440
     with pytest.raises(ValueError):
         conflist("", ["http://x:2379"])
+
+
+def test_conflist_from_cni_network_config():
+    """install-cni takes the template from CNI_NETWORK_CONFIG (the manifest's ConfigMap key),
+    which is the same document as the built-in default."""
+    import yaml
+
+    from agent.installcni import DEFAULT_NETWORK_CONFIG
+    from testbed.k8s.install import TEMPLATE
+
+    cm = next(d for d in yaml.safe_load_all(TEMPLATE.read_text()) if d and d["kind"] == "ConfigMap")
+    template = cm["data"]["cni_network_config"]
+    assert conflist("n1", ["http://e:2379"], 0, template) == conflist("n1", ["http://e:2379"], 0, DEFAULT_NETWORK_CONFIG)
+    with pytest.raises(ValueError, match="__KUBECONFIG_FILEPATH__"):
+        conflist("n1", ["http://e:2379"], 0, '{"kubeconfig": "__KUBECONFIG_FILEPATH__"}')
+    with pytest.raises(ValueError, match="not valid JSON"):
+        conflist("n1", ["http://e:2379"], 0, '{"mtu": __CNI_MTU__,}')
 
 
 class _Cfg:

@@ -32,12 +32,22 @@ def test_render_walkthrough_values():
     assert all(d["metadata"]["namespace"] == "kube-system" for d in docs.values())
     cm = docs["ConfigMap/calico-config"]["data"]
     assert cm["etcd_endpoints"] == "http://172.30.0.10:2379" and cm["calico_backend"] == "bird"
+    # calico.yaml's CNI settings: veth_mtu "0" (auto) and the conflist template, whose
+    # node name and MTU install-cni fills on each node
+    assert cm["veth_mtu"] == "0"
+    assert '"nodename": "__KUBERNETES_NODE_NAME__"' in cm["cni_network_config"]
+    assert '"mtu": __CNI_MTU__' in cm["cni_network_config"]
+    assert '"etcd_endpoints": "http://172.30.0.10:2379"' in cm["cni_network_config"]
     node = docs["DaemonSet/calico-node"]["spec"]["template"]["spec"]
     assert node["hostNetwork"] is True
     c = node["containers"][0]
     assert images.repository(c["image"]) == "calico/node"
     assert c["image"] == "docker.io/calico/node:v3.28.1"  # the one version, datastore.version
     env = _env(c)
+    refs = {e["name"]: e["valueFrom"]["configMapKeyRef"]["key"] for e in c["env"]
+            if "configMapKeyRef" in e.get("valueFrom", {})}
+    assert (refs["CNI_NETWORK_CONFIG"], refs["CNI_MTU"], refs["FELIX_IPINIPMTU"]) == (
+        "cni_network_config", "veth_mtu", "veth_mtu")
     assert env["CALICO_IPV4POOL_CIDR"] == "192.168.0.0/16"
     assert env["CALICO_IPV4POOL_BLOCK_SIZE"] == "24"
     assert env["CALICO_IPV4POOL_IPIP"] == "Always"
