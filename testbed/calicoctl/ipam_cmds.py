@@ -38,7 +38,7 @@ def show(ipam: IPAM, show_blocks: bool, out: TextIO) -> int:
 
 
 def show_ip(ipam: IPAM, ip_text: str, out: TextIO, err: TextIO) -> int:
-    """``ipam show --ip=IP``."""
+    """``ipam show --ip=IP``, as calicoctl v3.28.1 prints it (calico.md section 13)."""
     try:
         ip = ipaddress.IPv4Address(ip_text)
     except ValueError:
@@ -48,9 +48,9 @@ def show_ip(ipam: IPAM, ip_text: str, out: TextIO, err: TextIO) -> int:
     if not info["in_use"]:
         out.write(f"{ip} is not assigned\n")
         return 0
+    # v3.28.1's ipam/show.go: no Handle ID line (v3.32+ prints one); attributes sorted
+    # (calicoctl iterates a Go map, so its order varies from run to run)
     out.write(f"IP {ip} is in use\n")
-    if info["handle_id"]:
-        out.write(f"Handle ID: {info['handle_id']}\n")
     if info["attrs"]:
         out.write("Attributes:\n")
         for k in sorted(info["attrs"]):
