@@ -41,7 +41,8 @@ def _falsy(value: Any) -> bool:
 #: each. :func:`parse_netconf` refuses a key set to a value calicolab does not honour,
 #: naming it; keys Calico does not know are ignored, as Calico ignores them.
 NETCONF_KEYS: dict[str, Support] = {
-    "cniVersion": works(_T_SPEC + "test_supported_versions_accepted", _T_SPEC + "test_result_rendering_per_version"),
+    "cniVersion": works(_T_SPEC + "test_supported_versions_accepted", _T_SPEC + "test_calico_result_per_version",
+                        _T_SPEC + "test_missing_cni_version_is_0_2_0"),
     "name": works(_T_SPEC + "test_netconf_parses_calico_fields", _T_PLUGIN + "test_add_check_del_every_version"),
     "type": works(_T_SPEC + "test_netconf_errors_name_the_field"),
     "mode": missing(_WINDOWS + " (vxlan or l2bridge networking)", sample="vxlan"),

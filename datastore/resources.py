@@ -1386,7 +1386,6 @@ class IPAMBlock(Resource):
     INVENTORY = {
         "spec.cidr": works(_T_BLOCK + "test_block_json_round_trip", _T_IPAM + "test_first_node_tunnel_then_pod_claim_protocol"),
         "spec.affinity": works(_T_IPAM + "test_first_node_tunnel_then_pod_claim_protocol"),
-        "spec.affinityClaimTime": works(_T_IPAM + "test_reclaim_empty_block_of_other_host_after_min_age", since="v3.32"),
         "spec.strictAffinity": works(_T_BLOCK + "test_block_json_round_trip"),
         "spec.allocations": works(_T_BLOCK + "test_new_block_fifo_starts_at_zero"),
         "spec.unallocated": works(_T_BLOCK + "test_freed_ordinal_goes_to_tail_least_recently_freed_reused"),
