@@ -476,9 +476,15 @@ class Handlers:
                 raise status.bad_request(f"couldn't get version/kind; json parse error: {_go_json_error(exc)}"
                                          if expect_kind else f"error decoding {what}: {_go_json_error(exc)}") from None
         elif ctype == "application/vnd.kubernetes.protobuf":
-            raise status.unsupported_media(ctype, ["application/json", "application/yaml"])
+            from testbed.apiserver import protobuf
+
+            try:
+                doc = protobuf.decode(raw)
+            except (protobuf.ProtobufError, UnicodeDecodeError) as exc:
+                raise status.bad_request(f"error decoding protobuf: {exc}") from None
         else:
-            raise status.unsupported_media(ctype, ["application/json", "application/yaml"])
+            raise status.unsupported_media(ctype, ["application/json", "application/yaml",
+                                                   "application/vnd.kubernetes.protobuf"])
         r.http["duplicate_fields"] = dup
         return doc
 
@@ -583,6 +589,8 @@ class Handlers:
         body = await self.decode_body(r, expect_kind=r.rt.kind)
         obj = self.check_identity(r, body)
         obj, warnings = self.check_fields(r, r.rt, obj)
+        if r.rt.verbs == ("create",):
+            return self.respond(r, self.review(r, obj), 201, warnings)
         if r.rt.group == "events.k8s.io":
             from testbed.apiserver.events import events_to_core
 
@@ -590,6 +598,43 @@ class Handlers:
         created = await self.create_object(self.storage_type(r.rt), obj, dry_run=bool(r.query.getall("dryRun", [])),
                                            manager=self.manager(r), input_rt=r.rt)
         return self.respond(r, created, 201, warnings)
+
+    def review(self, r: Request, obj: dict) -> dict:
+        """Answer a create-only review. Authorization is not enforced (RBAC objects are
+        stored only), so every access review is allowed and says why."""
+        kind = r.rt.kind
+        user = r.user
+        out = {k: v for k, v in obj.items() if k != "status"}
+        out.setdefault("metadata", {})["creationTimestamp"] = None
+        info = {"username": user.name, "groups": user.groups}
+        if user.uid:
+            info["uid"] = user.uid
+        if user.extra:
+            info["extra"] = user.extra
+        if kind == "SelfSubjectReview":
+            out["status"] = {"userInfo": info}
+        elif kind == "TokenReview":
+            token = ((obj.get("spec") or {}).get("token")) or ""
+            try:
+                from testbed.apiserver.auth import user_from_claims
+
+                claims = self.server.tokens.verify(token)
+                if not self.service_account_valid(claims):
+                    raise ValueError("the ServiceAccount of the token no longer exists")
+                u = user_from_claims(claims)
+                out["status"] = {"authenticated": True, "user": {"username": u.name, "groups": u.groups,
+                                                                  "uid": u.uid},
+                                 "audiences": claims.get("aud") or []}
+            except Exception as exc:  # noqa: BLE001 - any invalid token is "not authenticated"
+                out["status"] = {"authenticated": False, "error": str(exc)}
+        elif kind == "SelfSubjectRulesReview":
+            out["status"] = {"resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
+                             "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+                             "incomplete": False}
+        else:
+            out["status"] = {"allowed": True, "reason": "calicolab does not enforce RBAC: every authenticated "
+                                                        "user may do everything"}
+        return out
 
     def storage_type(self, rt: ResourceType) -> ResourceType:
         if rt.group == "events.k8s.io":
@@ -967,7 +1012,15 @@ class Handlers:
     async def delete_options(self, r: Request) -> dict:
         opts: dict[str, Any] = {}
         raw = await self.read_body(r)
-        if raw.strip():
+        ctype = (r.http.headers.get("Content-Type") or "").split(";")[0].strip()
+        if raw and ctype == "application/vnd.kubernetes.protobuf":
+            from testbed.apiserver import protobuf
+
+            try:
+                opts = protobuf.decode(raw)
+            except protobuf.ProtobufError as exc:
+                raise status.bad_request(f"error decoding protobuf: {exc}") from None
+        elif raw.strip():
             try:
                 opts = json.loads(raw)
             except ValueError as exc:

@@ -118,6 +118,17 @@ BUILTINS: list[ResourceType] = [
     _rt("storage.k8s.io", "v1", "CSIDriver", "csidrivers", False, model="V1CSIDriver"),
     _rt("storage.k8s.io", "v1", "CSINode", "csinodes", False, model="V1CSINode"),
     _rt("storage.k8s.io", "v1", "StorageClass", "storageclasses", False, model="V1StorageClass", short=("sc",)),
+    # create-only reviews (answered, never stored)
+    _rt("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", False, model="V1SelfSubjectReview",
+        verbs=("create",)),
+    _rt("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", False, model="V1TokenReview",
+        verbs=("create",)),
+    _rt("authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", False,
+        model="V1SelfSubjectAccessReview", verbs=("create",)),
+    _rt("authorization.k8s.io", "v1", "SelfSubjectRulesReview", "selfsubjectrulesreviews", False,
+        model="V1SelfSubjectRulesReview", verbs=("create",)),
+    _rt("authorization.k8s.io", "v1", "SubjectAccessReview", "subjectaccessreviews", False,
+        model="V1SubjectAccessReview", verbs=("create",)),
     # apiextensions.k8s.io/v1
     _rt("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", False,
         prefix="apiextensions.k8s.io/customresourcedefinitions", model="V1CustomResourceDefinition",

@@ -241,3 +241,43 @@ def test_skew_kubectl_gets_and_applies(apiserver):
     rows = apiserver.kubectl("get", "deploy", "skew1", binary=str(k)).stdout.splitlines()
     assert rows[0].split() == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
     assert rows[1].split()[:2] == ["skew1", "0/1"]
+
+
+def test_create_generators_send_protobuf(apiserver):
+    """kubectl's typed clients send protobuf: the generators and create token work."""
+    ns = "gen1"
+    assert apiserver.kubectl("create", "namespace", ns).stdout.strip() == f"namespace/{ns} created"
+    out = [
+        apiserver.kubectl("create", "configmap", "g-cm", "-n", ns, "--from-literal", "a=1",
+                          "--from-literal", "b=2").stdout,
+        apiserver.kubectl("create", "secret", "generic", "g-s", "-n", ns, "--from-literal", "pw=x").stdout,
+        apiserver.kubectl("create", "deployment", "g-d", "-n", ns, "--image", "nginx:1.25", "--replicas", "2",
+                          "--port", "80").stdout,
+        apiserver.kubectl("create", "serviceaccount", "g-sa", "-n", ns).stdout,
+        apiserver.kubectl("create", "service", "clusterip", "g-svc", "-n", ns, "--tcp", "80:8080").stdout,
+        apiserver.kubectl("create", "job", "g-j", "-n", ns, "--image", "busybox", "--", "echo", "hi").stdout,
+        apiserver.kubectl("create", "role", "g-r", "-n", ns, "--verb", "get", "--resource", "pods").stdout,
+        apiserver.kubectl("create", "rolebinding", "g-rb", "-n", ns, "--role", "g-r", "--user", "bob").stdout,
+        apiserver.kubectl("create", "pdb", "g-pdb", "-n", ns, "--selector", "app=g", "--min-available",
+                          "1").stdout,
+    ]
+    assert [o.strip() for o in out] == [
+        "configmap/g-cm created", "secret/g-s created", "deployment.apps/g-d created",
+        "serviceaccount/g-sa created", "service/g-svc created", "job.batch/g-j created",
+        "role.rbac.authorization.k8s.io/g-r created", "rolebinding.rbac.authorization.k8s.io/g-rb created",
+        "poddisruptionbudget.policy/g-pdb created"]
+    cmj = json.loads(apiserver.kubectl("get", "cm", "g-cm", "-n", ns, "-o", "json").stdout)
+    assert cmj["data"] == {"a": "1", "b": "2"}
+    d = json.loads(apiserver.kubectl("get", "deploy", "g-d", "-n", ns, "-o", "json").stdout)
+    c = d["spec"]["template"]["spec"]["containers"][0]
+    assert d["spec"]["replicas"] == 2 and c["image"] == "nginx:1.25" and c["ports"] == [
+        {"containerPort": 80, "protocol": "TCP"}]
+    assert "creationTimestamp" not in d["spec"]["template"]["metadata"]
+    svc = json.loads(apiserver.kubectl("get", "svc", "g-svc", "-n", ns, "-o", "json").stdout)
+    assert svc["spec"]["ports"][0]["port"] == 80 and svc["spec"]["ports"][0]["targetPort"] == 8080
+    token = apiserver.kubectl("create", "token", "g-sa", "-n", ns).stdout.strip()
+    assert token.count(".") == 2
+    assert apiserver.kubectl("auth", "can-i", "delete", "nodes").stdout.strip() == "yes"
+    assert "kubernetes-admin" in apiserver.kubectl("auth", "whoami").stdout
+    res = apiserver.kubectl("create", "configmap", "Bad_Name", "-n", ns, check=False)
+    assert res.returncode == 1 and 'ConfigMap "Bad_Name" is invalid' in res.stderr

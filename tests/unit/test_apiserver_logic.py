@@ -114,3 +114,25 @@ def test_pki_and_service_account_tokens(tmp_path):
     other = pki.write_pki(str(tmp_path / "other"))
     with pytest.raises(auth.TokenError):
         auth.TokenVerifier(open(other.sa_pub, "rb").read()).verify(tok)
+
+
+def _field(num: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (test encoder)."""
+    return bytes([num << 3 | 2, len(payload)]) + payload
+
+
+def test_protobuf_decodes_a_configmap_envelope():
+    from testbed.apiserver import protobuf
+
+    meta = _field(1, b"cm1") + _field(3, b"ns1") + _field(11, _field(1, b"app") + _field(2, b"web"))
+    entry = _field(1, b"k") + _field(2, b"v")
+    raw = _field(1, meta) + _field(2, entry)
+    envelope = protobuf.MAGIC + _field(1, _field(1, b"v1") + _field(2, b"ConfigMap")) + _field(2, raw)
+    assert protobuf.decode(envelope) == {"apiVersion": "v1", "kind": "ConfigMap",
+                                         "metadata": {"name": "cm1", "namespace": "ns1", "labels": {"app": "web"}},
+                                         "data": {"k": "v"}}
+    with pytest.raises(protobuf.ProtobufError):  # a field number the tables do not know, with a value
+        protobuf.decode(protobuf.MAGIC + _field(1, _field(1, b"v1") + _field(2, b"ConfigMap"))
+                        + _field(2, _field(31, b"x")))
+    with pytest.raises(protobuf.ProtobufError):
+        protobuf.decode(b"{}")
