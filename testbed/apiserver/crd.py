@@ -254,7 +254,7 @@ def _validate(v: Any, s: dict, path: str, errs: list[FieldError], top: bool = Fa
             errs.append(status.invalid_value(p, v, f"should match '{s['pattern']}'"))
     if isinstance(v, list):
         if "maxItems" in s and len(v) > s["maxItems"]:
-            errs.append(status.FieldError("FieldValueTooMany" if False else "FieldValueInvalid", p,
+            errs.append(status.FieldError("FieldValueTooMany", p,
                                           f"must have at most {s['maxItems']} items", len(v), True))
         if "minItems" in s and len(v) < s["minItems"]:
             errs.append(status.invalid_value(p, len(v), f"should have at least {s['minItems']} items"))

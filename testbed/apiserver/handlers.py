@@ -492,9 +492,7 @@ class Handlers:
         """Unknown/duplicate fields per ``fieldValidation``; value types. Returns (pruned, warnings)."""
         mode = r.q("fieldValidation") or "Warn"
         if mode not in ("Strict", "Warn", "Ignore"):
-            raise status.bad_request(f'fieldValidation parameter unsupported: "{mode}" (supported: '
-                                     '"Strict", "Warn", "Ignore")' if False else
-                                     f"fieldValidation parameter unsupported: {mode}")
+            raise status.bad_request(f"fieldValidation parameter unsupported: {mode}")
         node = self.schema_of(rt)
         unknown: list[str] = []
         try:
@@ -532,14 +530,8 @@ class Handlers:
         if rt.group == "events.k8s.io" and api == rt.api_version and kind == "Event":
             pass
         elif api != rt.api_version or kind != rt.kind:
-            if kind != rt.kind:
-                raise status.bad_request(f"the object provided is unrecognized (must be of type {rt.kind}): "
-                                         f"no kind \"{kind}\" is registered for version \"{api}\" in scheme "
-                                         f"\"k8s.io/apiextensions-apiserver/pkg/apiserver/apiserver.go:52\""
-                                         if False else
-                                         f'the API version in the data ({api}) does not match the expected API '
-                                         f'version ({rt.api_version})' if api != rt.api_version else
-                                         f"the kind in the data ({kind}) does not match the expected kind "
+            if kind != rt.kind and api == rt.api_version:
+                raise status.bad_request(f"the kind in the data ({kind}) does not match the expected kind "
                                          f"({rt.kind})")
             raise status.bad_request(f"the API version in the data ({api}) does not match the expected API version "
                                      f"({rt.api_version})")
@@ -936,7 +928,6 @@ class Handlers:
                                                    "application/apply-patch+yaml"])
         body = await self.decode_body(r)
         rt = self.storage_type(r.rt)
-        force = r.flag("force")
         if ptype == "apply" and not r.q("fieldManager"):
             raise status.bad_request("PATCH, application/apply-patch+yaml requires fieldManager to be set")
         for _attempt in range(10):
@@ -976,9 +967,9 @@ class Handlers:
                             old_set = mf.get("fieldsV1")
                     patched = apply_patch(target, body, node, old_set)
             except PatchError as exc:
-                raise APIError(422, "Invalid" if ptype != "json" else "", str(exc)) if False else \
-                    status.APIError(422 if ptype in ("json",) else 400, "Invalid" if ptype == "json" else "BadRequest",
-                                    str(exc)) from None
+                # a JSON patch that cannot apply is 422 (as the real server); a malformed patch 400
+                raise status.APIError(422 if ptype == "json" else 400, "Invalid" if ptype == "json" else "BadRequest",
+                                      str(exc)) from None
             if not isinstance(patched, dict):
                 raise status.bad_request("the patch produced a non-object")
             patched.setdefault("metadata", {})
@@ -1004,7 +995,6 @@ class Handlers:
                 if err.reason == "Conflict" and not want_rv:
                     continue
                 raise
-            _ = force
             return self.respond(r, new, 200, warnings)
         raise status.conflict(rt.plural, rt.group, r.name)
 
@@ -1050,10 +1040,8 @@ class Handlers:
         self._need_namespace(r)
         opts = await self.delete_options(r)
         rt = self.storage_type(r.rt)
-        obj, done = await self.delete_object(rt, r.name, r.namespace, opts)
-        if rt.kind in ("Namespace",) or not done or True:
-            return self.respond(r, obj, 200)
-        return self.respond(r, obj, 200)
+        obj, _done = await self.delete_object(rt, r.name, r.namespace, opts)
+        return self.respond(r, obj, 200)  # the object, also while its deletion is pending
 
     async def delete_object(self, rt: ResourceType, name: str, ns: str | None, opts: dict) -> tuple[dict, bool]:
         """Delete (or start deleting) an object. Returns (its state, deleted now?)."""

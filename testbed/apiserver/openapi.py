@@ -82,7 +82,10 @@ class Builder:
             if n.preserve_unknown:
                 d["x-kubernetes-preserve-unknown-fields"] = True
         elif n.type == "array":
-            d = {"type": "array", "items": self.prop(n.item, v3) if n.item else {}}
+            items = self.prop(n.item, v3) if n.item else {}
+            if "allOf" in items or "$ref" in items:  # the item type's own description stays on its schema
+                items.pop("description", None)
+            d = {"type": "array", "items": items}
         elif n.type == "map":
             d = {"type": "object", "additionalProperties": self.prop(n.item, v3) if n.item else {}}
         elif n.type == "int-or-string":
@@ -181,7 +184,6 @@ def _doc_for(server: Any, group: str, version: str, v3: bool = True) -> dict:
     paths: dict[str, Any] = {}
     for rt in sorted(rts, key=lambda r: r.plural):
         if rt.crd is not None:
-            node = server.handlers.crds.schema_of(rt)
             name = f"{pkg}.{version}.{rt.kind}"
             s = json.loads(json.dumps(((server.handlers.crds.version_of(rt).get("schema") or {})
                                        .get("openAPIV3Schema")) or {"type": "object"}))
@@ -193,7 +195,6 @@ def _doc_for(server: Any, group: str, version: str, v3: bool = True) -> dict:
             s["x-kubernetes-group-version-kind"] = [{"group": rt.group, "kind": rt.kind, "version": rt.version}]
             b.schemas[name] = s
             ref = {"$ref": ("#/components/schemas/" if v3 else "#/definitions/") + name}
-            _ = node
         else:
             node = schema.model_node(rt.model) if rt.model else None
             if node is None:
@@ -231,6 +232,15 @@ def _encoded(server: Any, key: str, build: Any) -> tuple[bytes, str]:
     h = hashlib.sha512(body).hexdigest()[:128].upper()
     _cache[(id(server), key, "x")] = (reg, body, h)
     return body, h
+
+
+def warm(server: Any) -> None:
+    """Build every group-version document once (a thread at start: the first kubectl
+    apply/explain then finds them ready)."""
+    for g, vs in list(server.registry.groups().items()):
+        for v in vs:
+            p = f"apis/{g}/{v}" if g else "api/v1"
+            _encoded(server, p, lambda g=g, v=v: _doc_for(server, g, v))
 
 
 async def serve(server: Any, req: web.Request, path: str) -> web.StreamResponse:

@@ -259,8 +259,6 @@ def field_set(obj: Any, node: Node | None, prefix: str = "") -> dict:
             child = node.item if node.type == "map" else node.fields.get(k) if node.type == "object" else None
         if isinstance(v, dict):
             out[f"f:{k}"] = field_set(v, child, prefix + "." + k) or {}
-            if not out[f"f:{k}"]:
-                out[f"f:{k}"] = {".": {}} if False else {}
         elif isinstance(v, list) and child is not None and child.type == "array" and child.merge_key:
             items = {}
             for it in v:

@@ -104,6 +104,9 @@ class APIServer:
         await self.storage.hub.start()
         await self.handlers.bootstrap()
         self._tasks += self.handlers.start_controllers()
+        from testbed.apiserver import openapi
+
+        asyncio.get_running_loop().run_in_executor(None, openapi.warm, self)
         self.ready = True
 
     async def _cleanup(self, app: web.Application) -> None:

@@ -81,6 +81,7 @@ class FieldError:
         "FieldValueTooLong": "Too long",
         "FieldValueTypeInvalid": "Invalid value",
         "FieldValueNotFound": "Not found",
+        "FieldValueTooMany": "Too many",
     }
 
     def __init__(self, reason: str, field: str, detail: str = "", value: Any = None, has_value: bool = False,
