@@ -32,7 +32,7 @@ import uuid
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from cni.netlink import in_netns  # noqa: E402
+from kernel.netns import entered as in_netns  # noqa: E402
 
 VENV_BIN = os.path.join(REPO, ".venv", "bin")
 ETCD = "http://127.0.0.1:2379"

@@ -535,18 +535,19 @@ def cmd_gc(inv: Invocation) -> None:
 
 def _gc_host_veth(inv: Invocation, ifname: str) -> None:
     """Remove the host veth of a stale attachment (the WEP names the last ADD's, so it is the stale one)."""
-    from cni.netlink import Netlink, NetlinkError
+    from kernel import KernelError
+    from kernel.netlink import Netlink
 
     if not ifname:
         return
     with Netlink() as nl:
-        link = nl.link_get(ifname)
+        link = nl.link(ifname)
         if link is None or link.kind != "veth":
             return
         try:
-            nl.link_delete(link.index)
+            nl.link_del(link.index)
             inv.log.info(f"GC deleted host interface {ifname}")
-        except NetlinkError as exc:
+        except KernelError as exc:
             inv.log.warning(f"GC could not delete {ifname}: {exc.strerror}")
 
 

@@ -60,8 +60,7 @@ class Netlink(Kernel):
             with _netns.entered(self.netns_path):
                 sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
         except OSError as exc:
-            raise KernelError(exc.errno or errno.EINVAL, f"network namespace {self.netns_path}",
-                              exc.strerror) from None
+            raise KernelError(exc.errno or errno.EINVAL, f"network namespace {self.netns_path}") from None
         self.sock = sock
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         try:

@@ -99,8 +99,8 @@ class CniNode:
     @contextmanager
     def client(self) -> Iterator[Any]:
         """A datastore Client whose connections live in the node netns (thread inside it meanwhile)."""
-        from cni.netlink import in_netns
         from datastore import Client
+        from kernel.netns import entered as in_netns
 
         with in_netns(self.nspath):
             client = Client([ETCD])
@@ -127,9 +127,9 @@ class CniNode:
 
 
 def _wait_etcd(nspath: str, pid_proc: subprocess.Popen, deadline: float) -> None:
-    from cni.netlink import in_netns
     from datastore.errors import DatastoreUnavailable
     from datastore.etcd import EtcdClient
+    from kernel.netns import entered as in_netns
 
     last: Exception | None = None
     while time.monotonic() < deadline:

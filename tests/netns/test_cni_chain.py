@@ -150,7 +150,7 @@ def test_chain_result_is_accepted_as_prev_result_in_every_chained_version(node, 
 def test_agent_conflist_through_the_kubelet_runner(node, netns):
     """The three-way contract: calico-node's conflist, the testbed kubelet's CNI runner, our plugin."""
     from agent.installcni import conflist
-    from cni.netlink import in_netns
+    from kernel.netns import entered as in_netns
     from testbed.k8s.cni import Runner, cni_args, parse_config
 
     pod = netns("cnip")

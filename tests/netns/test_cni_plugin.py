@@ -299,9 +299,9 @@ def test_other_ipam_types_are_delegated_through_cni_path(node, netns):
 def test_failure_after_allocation_undoes_veth_and_allocation(node, netns, monkeypatch):
     """Fault injection: the WorkloadEndpoint write fails after IPAM and netlink succeeded."""
     from cni import plugin
-    from cni.netlink import in_netns
     from datastore import errors
     from datastore.client import Client
+    from kernel.netns import entered as in_netns
 
     def broken_apply(self, obj):
         raise errors.DatastoreUnavailable("etcd went away (injected by the test)")
@@ -407,8 +407,8 @@ def test_del_does_not_delete_a_wep_rewritten_after_its_check(node, netns, monkey
     """Race injection: right after DEL(old) read the WEP and saw its own containerID, a new
     sandbox's ADD rewrites it. The CAS delete must fail and the re-read keep the new WEP."""
     from cni import plugin
-    from cni.netlink import in_netns
     from datastore.client import Client
+    from kernel.netns import entered as in_netns
 
     old, new = netns("cnip"), netns("cnip")
     a = node.run("ADD", node.conf(), cid="race-old", netns=f"/run/netns/{old}")
