@@ -24,11 +24,13 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from datastore.version import CALICO_VERSION
+from kernel import Kernel, KernelError
 
 log = logging.getLogger(__name__)
 
@@ -188,31 +190,39 @@ def determine_nodename(env: Mapping[str, str]) -> str:
 # kernel and datastore side
 
 
-def local_interfaces() -> list[tuple[str, list[str]]]:
-    """[(ifname, ["a.b.c.d/len", ...])] of this netns, in interface-index order."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+def local_interfaces(kernel: Kernel | None = None) -> list[tuple[str, list[str]]]:
+    """[(ifname, ["a.b.c.d/len", ...])] of ``kernel``'s netns (default: this thread's), in index order."""
+    with _handle(kernel) as k:
+        names = {ln.index: ln.name for ln in k.links()}
         by_index: dict[int, list[str]] = {i: [] for i in names}
-        for a in ipr.get_addr(family=socket.AF_INET):
-            by_index.setdefault(a["index"], []).append(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+        for a in k.addrs():
+            by_index.setdefault(a.index, []).append(a.cidr)
     return [(names.get(i, str(i)), by_index[i]) for i in sorted(by_index)]
 
 
-def can_reach(dest: str, interfaces: Sequence[tuple[str, Sequence[str]]]) -> str | None:
-    """The local CIDR whose address the kernel uses as source towards ``dest``."""
-    from pyroute2 import IPRoute
+@contextmanager
+def _handle(kernel: Kernel | None) -> Iterator[Kernel]:
+    if kernel is not None:
+        yield kernel
+        return
+    from kernel.netlink import Netlink
 
+    with Netlink() as k:
+        yield k
+
+
+def can_reach(dest: str, interfaces: Sequence[tuple[str, Sequence[str]]], kernel: Kernel | None = None) -> str | None:
+    """The local CIDR whose address the kernel uses as source towards ``dest``."""
     try:
         ipaddress.IPv4Address(dest)
     except ValueError:
         raise StartupError(f"IP_AUTODETECTION_METHOD=can-reach={dest!r}: give an IPv4 address") from None
-    with IPRoute() as ipr:
+    with _handle(kernel) as k:
         try:
-            src = ipr.route("get", dst=dest)[0].get_attr("RTA_PREFSRC")
-        except Exception:  # noqa: BLE001 - no route
+            route = k.route_get(dest)
+        except KernelError:
             return None
+    src = route.prefsrc if route is not None else None
     for _, addrs in interfaces:
         for a in addrs:
             if a.split("/")[0] == src:

@@ -99,7 +99,7 @@ def inside(repeat: int) -> dict:
             f.apply(inp, resync={"routes", "iptables", "ipsets"})
             times.append(time.perf_counter() - t0)
             check_programmed(n)
-            f.routes.close()
+            f.close()
         out[f"dataplane {n}"] = times
     # One more with 1000 present (same Felix; its caches are warm, as in a running agent).
     flush_dataplane()
@@ -113,7 +113,7 @@ def inside(repeat: int) -> dict:
         check_programmed(N_MAX + 1)
         f.apply(felix_input(endpoints(N_MAX)))  # remove it again
     out["dataplane +1 (1000 present)"] = times
-    f.routes.close()
+    f.close()
     out.update(end_to_end(repeat))
     return out
 

@@ -77,6 +77,10 @@ class Kernel:
         """Write ``/proc/sys/<key>`` in this namespace (KernelError ENOENT if it does not exist)."""
         raise NotImplementedError
 
+    def tun_open(self, name: str, vnet_hdr: bool = True) -> int:
+        """An fd attached to the TUN ``name`` (created persistent if absent)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Release the handle."""
 

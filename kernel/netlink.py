@@ -292,6 +292,10 @@ class Netlink(Kernel):
                     out.append(data[off - 16:end])
 
     # -- events -----------------------------------------------------------------------------
+    def subscribe(self, groups: int) -> Netlink:
+        """A new handle on the same namespace subscribed to ``groups`` (rtnl.RTMGRP_*), for :meth:`events`."""
+        return Netlink(self.netns_path, groups=groups)
+
     def request_dump(self, mtype: int = rtnl.RTM_GETLINK, family: int = 0) -> None:
         """Ask for a dump without waiting: its objects arrive through :meth:`events`
         (followed by (NLMSG_DONE, None)). For a subscribed socket's resync."""
@@ -335,26 +339,33 @@ class Netlink(Kernel):
         except OSError as exc:
             raise KernelError(exc.errno or errno.EIO, f"sysctl {key}={value}") from None
 
-    def _tun_add(self, spec: Tun) -> None:
-        """Create a persistent TUN device (what ``ip tuntap add mode tun`` does)."""
+    def tun_open(self, name: str, vnet_hdr: bool = True) -> int:
+        """Attach to the TUN ``name`` in this namespace, creating it persistent if absent; the fd.
+
+        With ``vnet_hdr`` every read and write carries a 10-byte virtio-net header. EBUSY:
+        another process holds it; EINVAL: ``name`` exists and is not a TUN.
+        """
         import fcntl
 
-        what = f"tun link {spec.name}"
-        with _netns.entered(self.netns_path):
+        what = f"tun link {name}"
+        with _netns.entered(self.netns_path):  # a TUN belongs to the netns its fd was opened in
             try:
                 fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
             except OSError as exc:
                 raise KernelError(exc.errno or errno.ENODEV, what, "cannot open /dev/net/tun") from None
         try:
-            try:
-                fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", spec.name.encode(), IFF_TUN | IFF_NO_PI | IFF_VNET_HDR))
-            except OSError as exc:
-                hint = ("attached to another process" if exc.errno == errno.EBUSY
-                        else "exists and is not a TUN device")
-                raise KernelError(exc.errno or errno.EINVAL, what, hint) from None
+            flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
             fcntl.ioctl(fd, TUNSETPERSIST, 1)
-        finally:
+        except OSError as exc:
             os.close(fd)
+            hint = "attached to another process" if exc.errno == errno.EBUSY else "exists and is not a TUN device"
+            raise KernelError(exc.errno or errno.EINVAL, what, hint) from None
+        return fd
+
+    def _tun_add(self, spec: Tun) -> None:
+        """Create a persistent TUN device (what ``ip tuntap add mode tun`` does)."""
+        os.close(self.tun_open(spec.name))
 
 
 def _key(key: str) -> str:

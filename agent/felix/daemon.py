@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from agent.clock import Clock
 from agent.felix import convert
 from agent.felix.calc import calculate
 from agent.felix.ipsets import IpsetDriver
@@ -24,6 +25,7 @@ from agent.felix.model import Desired, Endpoint, FelixInput, HostNode
 from agent.felix.routes import RouteDriver
 from agent.felix.sysctl import SysctlDriver
 from agent.felix.tunnel import TunnelInfo, detect_host_mtu, ensure_tunl0, kernel_has_ipip, open_tun
+from kernel import Kernel
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +38,17 @@ class Felix:
 
     def __init__(self, client: Any, hostname: str, *, env: Mapping[str, str] | None = None,
                  tunnel_mode: str = "auto", var_lib: str | None = None,
-                 on_pools_changed: Any = None) -> None:
+                 on_pools_changed: Any = None, kernel: Kernel | None = None, clock: Clock | None = None) -> None:
+        """``kernel``: the node's kernel handle (default: a netlink handle on this thread's
+        netns, closed by :meth:`close`); ``clock``: the loop's waits, back-off and refresh timers."""
         self.client = client
+        self._own_kernel = kernel is None
+        if kernel is None:
+            from kernel.netlink import Netlink
+
+            kernel = Netlink()
+        self.kernel: Kernel = kernel
+        self.clock = clock or Clock()
         self.on_pools_changed = on_pools_changed  # e.g. re-run the tunnel address allocation
         self._pools_changed = threading.Event()
         self.hostname = hostname
@@ -54,7 +65,7 @@ class Felix:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._stream: Any = None
-        self.heartbeat = time.monotonic()
+        self.heartbeat = self.clock.monotonic()
         self.ready = False
         self.last_error: str | None = None
         self.applies = 0
@@ -64,9 +75,9 @@ class Felix:
         self._tun_fd: int | None = None
         self._tunnel_applied: tuple[str, int] | None = None
         self._mtu_written: int | None = None
-        self.host_mtu = detect_host_mtu()
-        self.routes = RouteDriver()
-        self.sysctls = SysctlDriver()
+        self.host_mtu = detect_host_mtu(self.kernel)
+        self.routes = RouteDriver(self.kernel)
+        self.sysctls = SysctlDriver(self.kernel)
         self.ipsets = IpsetDriver()
         self.tables = {"filter": IptablesTable("filter"), "nat": IptablesTable("nat")}
         self.desired: Desired | None = None
@@ -94,16 +105,21 @@ class Felix:
         if self._tun_fd is not None:
             os.close(self._tun_fd)
             self._tun_fd = None
-        self.routes.close()
+        self.close()
+
+    def close(self) -> None:
+        """Release the kernel handle if Felix opened it."""
+        if self._own_kernel:
+            self.kernel.close()
 
     def live(self) -> bool:
         """Liveness: both threads alive and the dataplane thread looped recently."""
         return (bool(self._threads) and all(t.is_alive() for t in self._threads)
-                and time.monotonic() - self.heartbeat < 30)
+                and self.clock.monotonic() - self.heartbeat < 30)
 
     def status(self) -> dict:
         """Ready/live, datapath kind, tunnel address and counters (served as /status)."""
-        datapath = self.tunnel.kind if self.tunnel else ("kernel" if kernel_has_ipip() else "userspace")
+        datapath = self.tunnel.kind if self.tunnel else ("kernel" if kernel_has_ipip(self.kernel) else "userspace")
         return {
             "ready": self.ready, "live": self.live(), "datapath": datapath,
             "tunnel_address": self.tunnel.address if self.tunnel else None,
@@ -149,7 +165,7 @@ class Felix:
             except Exception as exc:  # noqa: BLE001 - keep watching; report it
                 self.last_error = f"watch: {exc!r}"
                 log.exception("watch loop error")
-            self._stop.wait(1.0)
+            self.clock.wait(self._stop, 1.0)
 
     def _store(self, caches: dict[str, dict], ev: Any) -> None:
         key = f"{ev.namespace}/{ev.name}" if ev.namespace else ev.name
@@ -187,21 +203,22 @@ class Felix:
 
     # -- dataplane side ------------------------------------------------------------
     def _dataplane_loop(self) -> None:
-        now = time.monotonic()
+        clock = self.clock
+        now = clock.monotonic()
         next_sync = {"routes": now, "iptables": now, "ipsets": now}
         pending = False
         backoff = 0.1
         while not self._stop.is_set():
-            self.heartbeat = time.monotonic()
-            wait = min(1.0, max(0.0, min(next_sync.values()) - time.monotonic()))
+            self.heartbeat = clock.monotonic()
+            wait = min(1.0, max(0.0, min(next_sync.values()) - clock.monotonic()))
             if pending:
                 wait = min(wait, PENDING_RETRY)
-            self._dirty.wait(wait)
+            clock.wait(self._dirty, wait)
             if self._stop.is_set():
                 break
             if not self._synced.is_set():
                 continue
-            now = time.monotonic()
+            now = clock.monotonic()
             due = {k for k, t in next_sync.items() if now >= t}
             if not (self._dirty.is_set() or pending or due):
                 continue
@@ -226,8 +243,8 @@ class Felix:
                 self.last_error = f"apply: {exc}"
                 log.exception("dataplane apply failed")
                 self.ready = False
-                next_sync = dict.fromkeys(next_sync, time.monotonic() + backoff)
-                self._stop.wait(backoff)
+                next_sync = dict.fromkeys(next_sync, clock.monotonic() + backoff)
+                clock.wait(self._stop, backoff)
                 backoff = min(backoff * 2, 10.0)
                 self._dirty.set()
 
@@ -235,7 +252,7 @@ class Felix:
         """Calculate and apply once; returns True when something waits for an interface to appear."""
         t0 = time.monotonic()
         if "routes" in resync:
-            self.host_mtu = detect_host_mtu()
+            self.host_mtu = detect_host_mtu(self.kernel)
         desired = calculate(inp)
         self._apply_tunnel(desired, force="routes" in resync)
         self.ipsets.apply_updates(desired.ipsets, resync="ipsets" in resync)
@@ -259,14 +276,15 @@ class Felix:
             return
         key = (want.address, want.mtu)
         if key != self._tunnel_applied or force:
-            self.tunnel = ensure_tunl0(want.address, want.mtu, self.tunnel_mode)
+            self.tunnel = ensure_tunl0(self.kernel, want.address, want.mtu, self.tunnel_mode)
             self._tunnel_applied = key
         if self.tunnel is not None and self.tunnel.kind == "userspace" and self.pump is None:
             from agent.felix.pump import IpipPump
 
             gro = self.env.get("CALICO_TUNNEL_GRO", "true").lower() not in ("0", "false", "no")
-            self._tun_fd = open_tun("tunl0", vnet_hdr=gro)
-            self.pump = IpipPump(self._tun_fd, allowed_sources=desired.ipip_sources, vnet_hdr=gro)
+            self._tun_fd = open_tun(self.kernel, "tunl0", vnet_hdr=gro)
+            self.pump = IpipPump(self._tun_fd, allowed_sources=desired.ipip_sources, vnet_hdr=gro,
+                                 kernel=self.kernel)
             self.pump.start()
         if self.pump is not None:
             self.pump.set_allowed_sources(desired.ipip_sources)
@@ -284,7 +302,7 @@ class Felix:
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
         """Block until the first successful apply (or timeout); returns readiness."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout  # real time: callers wait for the agent's threads
         while time.monotonic() < deadline and not self.ready:
             self.applied_event.wait(0.05)
         return self.ready

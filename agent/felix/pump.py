@@ -45,13 +45,12 @@ from collections.abc import Iterable
 
 from agent.felix.gro import VNET_HDR_LEN, Coalescer, ip_checksum
 from agent.felix.lpm import LpmTable
+from kernel import RT_TABLE_MAIN, Kernel, rtnl
+from kernel.netlink import Netlink
 
 log = logging.getLogger(__name__)
 
 IPPROTO_IPIP = 4
-RTMGRP_IPV4_ROUTE = 0x40
-RTMGRP_LINK = 0x1
-NETLINK_ROUTE = 0
 SOCK_BUF = 8 * 1024 * 1024
 SO_ATTACH_FILTER = 26
 OUTER_LEN = 20
@@ -141,20 +140,12 @@ def connected_sender(gateway: str) -> socket.socket:
     return s
 
 
-def tunnel_routes(ifname: str = "tunl0") -> list[tuple[str, str]]:
+def tunnel_routes(kernel: Kernel, ifname: str = "tunl0") -> list[tuple[str, str]]:
     """(prefix, gateway) of every main-table IPv4 route with a gateway on ``ifname``."""
-    from agent.felix.netlink import Netlink
-
-    try:
-        idx = socket.if_nametoindex(ifname)
-    except OSError:
+    link = kernel.link(ifname)
+    if link is None:
         return []
-    nl = Netlink()
-    try:
-        return [(f"{r.dst}/{r.dst_len}", r.gateway) for r in nl.routes(254)
-                if r.oif == idx and r.gateway is not None]
-    finally:
-        nl.close()
+    return [(r.dst, r.gateway) for r in kernel.routes(RT_TABLE_MAIN) if r.oif == link.index and r.gateway]
 
 
 class IpipPump:
@@ -165,7 +156,8 @@ class IpipPump:
     """
 
     def __init__(self, tun_fd: int, ifname: str = "tunl0", allowed_sources: Iterable[str] = (),
-                 vnet_hdr: bool = True) -> None:
+                 vnet_hdr: bool = True, kernel: Kernel | None = None) -> None:
+        """``kernel``: the handle its routes are read from (default: one on this thread's netns)."""
         self.tun_fd = tun_fd
         self.vnet_hdr = vnet_hdr  # the TUN was opened with IFF_VNET_HDR: merge received TCP segments
         self.ifname = ifname
@@ -178,8 +170,9 @@ class IpipPump:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_IPIP)
         _set_bufs(self.sock)
         self._senders: dict[str, socket.socket] = {}  # gateway -> connected transmit socket (tx thread only)
-        self._nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-        self._nl.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_LINK))
+        self._own_kernel = kernel is None
+        self.kernel: Kernel = kernel if kernel is not None else Netlink()
+        self._nl = self.kernel.subscribe(rtnl.RTMGRP_IPV4_ROUTE | rtnl.RTMGRP_LINK)
         self._wake_r, self._wake_w = os.pipe()
 
     # -- configuration -------------------------------------------------------------
@@ -190,7 +183,7 @@ class IpipPump:
     def reload_routes(self) -> None:
         """Re-read the tunl0 routes from the kernel into the LPM table."""
         try:
-            self._table = LpmTable(tunnel_routes(self.ifname))
+            self._table = LpmTable(tunnel_routes(self.kernel, self.ifname))
         except Exception:  # noqa: BLE001 - keep the old table, retry on next notification
             log.exception("reading tunl0 routes failed")
 
@@ -218,8 +211,10 @@ class IpipPump:
             pass
         for t in self._threads:
             t.join(timeout=2)
-        for s in (self.sock, self._nl):
-            s.close()
+        self.sock.close()
+        self._nl.close()
+        if self._own_kernel:
+            self.kernel.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -374,12 +369,11 @@ class IpipPump:
                 continue
             if self._stop.is_set():
                 break
-            # Drain a burst of notifications, then reload once.
+            # Drain a burst of notifications, then reload once (lost events: the reload covers them).
             while True:
                 try:
-                    self._nl.recv(65536, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    break
+                    if not self._nl.events():
+                        break
                 except OSError:
                     break
             self.reload_routes()

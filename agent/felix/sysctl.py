@@ -2,39 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import logging
-import os
+
+from kernel import Kernel
 
 log = logging.getLogger(__name__)
-
-PROC = "/proc/sys"
-
-
-def read(key: str, root: str = PROC) -> str | None:
-    """Value of sysctl ``key`` (dotted or slashed form), or None if it does not exist."""
-    try:
-        with open(os.path.join(root, key.replace(".", "/") if "/" not in key else key)) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-def write(path: str, value: str, root: str = PROC, check_first: bool = True) -> bool:
-    """Set ``path`` (relative to /proc/sys, slashed) to ``value``; True if it was written.
-
-    With ``check_first`` the value is read first and left alone when equal.
-    """
-    full = os.path.join(root, path)
-    try:
-        if check_first:
-            with open(full) as f:
-                if f.read().strip() == value:
-                    return False
-        with open(full, "w") as f:
-            f.write(value)
-        return True
-    except FileNotFoundError:
-        return False
 
 
 def global_settings() -> dict[str, str]:
@@ -56,19 +29,36 @@ def interface_settings(iface: str, rp_filter: str) -> dict[str, str]:
     }
 
 
-def default_rp_filter(root: str = PROC) -> str:
+def default_rp_filter(kernel: Kernel) -> str:
     """Felix's workload rp_filter: the value of conf/default/rp_filter (0 if unreadable)."""
-    return read("net/ipv4/conf/default/rp_filter", root) or "0"
+    return kernel.sysctl_get("net/ipv4/conf/default/rp_filter") or "0"
 
 
 class SysctlDriver:
-    """Applies the global set once per resync and each interface's set when it first appears."""
+    """Applies the global set once per resync and each interface's set when it first appears,
+    through ``kernel`` (the namespace's /proc/sys)."""
 
-    def __init__(self, root: str = PROC) -> None:
-        self.root = root
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
         self._done: set[str] = set()
         self._rp: str | None = None
         self._last: frozenset[str] = frozenset()
+
+    def _write(self, key: str, value: str, check_first: bool = True) -> bool:
+        """Set ``key`` unless (with ``check_first``) it already has ``value``; False if it does not exist."""
+        if check_first:
+            have = self.kernel.sysctl_get(key)
+            if have is None:
+                return False
+            if have == value:
+                return False
+        try:
+            self.kernel.sysctl_set(key, value)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:  # absent (e.g. IPv6 off) is fine; anything else is not
+                raise
+            return False
+        return True
 
     def apply(self, interfaces: frozenset[str] | set[str], resync: bool = False) -> list[str]:
         """Set what is missing; returns the interfaces that are not there yet (retry later)."""
@@ -76,21 +66,21 @@ class SysctlDriver:
             self._done.clear()
             self._rp = None
         if "" not in self._done:
-            for path, val in global_settings().items():
-                write(path, val, self.root)
+            for key, val in global_settings().items():
+                self._write(key, val)
             self._done.add("")
         if self._rp is None:
-            self._rp = default_rp_filter(self.root)
+            self._rp = default_rp_filter(self.kernel)
         rp = self._rp
         missing = []
         for iface in interfaces:
             if iface in self._done:
                 continue
-            if not os.path.isdir(os.path.join(self.root, "net/ipv4/conf", iface)):
+            if self.kernel.sysctl_get(f"net/ipv4/conf/{iface}/forwarding") is None:
                 missing.append(iface)
                 continue
-            for path, val in interface_settings(iface, rp).items():
-                write(path, val, self.root, check_first=False)
+            for key, val in interface_settings(iface, rp).items():
+                self._write(key, val, check_first=False)
             self._done.add(iface)
         gone = self._last - interfaces if isinstance(interfaces, frozenset) else self._last - set(interfaces)
         self._done -= gone  # a re-made interface of the same name gets its settings again

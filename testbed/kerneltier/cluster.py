@@ -207,15 +207,11 @@ class Cluster:
 
 def kernel_tunl0(netns: str, address: str, mtu: int) -> None:
     """The agent's kernel tunl0 setup (``ensure_tunl0(..., mode="kernel")``) run in ``netns``."""
-    from pyroute2 import netns as pnetns
-
     from agent.felix.tunnel import ensure_tunl0
+    from kernel.netlink import Netlink
 
-    pnetns.pushns(netns)
-    try:
-        info = ensure_tunl0(address, mtu, mode="kernel")
-    finally:
-        pnetns.popns()
+    with Netlink(netns) as k:  # bound to the node's netns
+        info = ensure_tunl0(k, address, mtu, mode="kernel")
     if info.kind != "kernel":
         raise ClusterError(f"ensure_tunl0 in {netns} gave a {info.kind} tunnel, not kernel ipip")
 

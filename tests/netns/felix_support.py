@@ -10,7 +10,6 @@ Everything is made in namespaces created here and removed by :meth:`Topo.close`.
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
 import os
 import signal
 import subprocess
@@ -20,6 +19,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from kernel import netns
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PY = os.path.join(REPO, ".venv", "bin", "python")
@@ -139,19 +140,6 @@ class Topo:
             shutil.rmtree(d, ignore_errors=True)
 
 
-CLONE_NEWNET = 0x40000000
-
-
-def _enter_netns(name: str) -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {name} failed")
-    finally:
-        os.close(fd)
-
-
 class InNetns:
     """Runs callables on one thread that has entered netns ``name`` (the rest of the process stays put).
 
@@ -160,7 +148,7 @@ class InNetns:
     """
 
     def __init__(self, name: str) -> None:
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, initializer=_enter_netns,
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, initializer=netns.enter,
                                                           initargs=(name,))
 
     def call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:

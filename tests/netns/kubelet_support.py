@@ -2,7 +2,7 @@
 
 * :class:`NetnsRelay` makes the session etcd (on the machine's loopback) reachable on
   127.0.0.1 inside a test netns: a real TCP relay whose listening socket is created in
-  the netns (setns on one short-lived thread) and whose upstream connections are made
+  the netns (kernel.netns.entered: setns on the calling thread, and back) and whose upstream connections are made
   from the test process' own netns.
 * :class:`KubeletProcess` runs ``python -m testbed.k8s.kubelet`` inside a node netns with
   ``ip netns exec`` (which also gives it a private mount namespace, as a lab node has),
@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -22,44 +21,19 @@ import sys
 import threading
 import time
 
-CLONE_NEWNET = 0x40000000
+from kernel.netns import entered
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
 def listen_in_netns(netns: str, host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    """A listening TCP socket that lives in the named netns."""
-    box: dict = {}
-
-    def run() -> None:
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-        try:
-            _setns(target)
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((host, port))
-            s.listen(128)
-            box["sock"] = s
-        except Exception as exc:  # reported to the caller
-            box["err"] = exc
-        finally:
-            _setns(own)
-            os.close(own)
-            os.close(target)
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if "err" in box:
-        raise box["err"]
-    return box["sock"]
+    """A listening TCP socket that lives in the named netns (made there; the thread comes back)."""
+    with entered(netns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, port))
+    s.listen(128)
+    return s
 
 
 class NetnsRelay:

@@ -1,16 +1,25 @@
-"""Userspace tunl0 in namespaces: real IPIP on the wire, source filtering, restart keeps flows."""
+"""Userspace tunl0 in namespaces: real IPIP on the wire, source filtering, restart keeps flows.
+
+The pump runs as its own process (``python -m agent.felix.tunnel``) in each node; traffic is
+made in this process by sockets opened inside the pods' namespaces (kernel.netns.entered).
+tunl0's set-up logic is unit-tested on the fake kernel (tests/unit/test_felix_kernel.py).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
+import socket
+import struct
 import subprocess
-import textwrap
+import threading
 
 import pytest
 
+from kernel.netns import entered
 from testbed.poll import wait_for
-from tests.netns.felix_support import PY, Topo, run, two_node_tunnel
+from tests.netns.felix_support import Topo, run, two_node_tunnel
 from tests.support import require_root, require_tool
 
 pytestmark = pytest.mark.netns
@@ -30,37 +39,48 @@ def topo():
     t.close()
 
 
-def test_ensure_tunl0_userspace_is_idempotent_and_exact(topo):
-    node = topo.node("n")
-    script = textwrap.dedent("""
-        from agent.felix.tunnel import ensure_tunl0, tunl0_kind
-        before = tunl0_kind()
-        for _ in range(2):
-            info = ensure_tunl0("192.168.3.0", 1480, mode="userspace")
-        print(info.kind, info.ifname, info.address, info.mtu, before, tunl0_kind())
-    """)
-    out = run(PY, "-c", script, netns=node)
-    assert out.split() == ["userspace", "tunl0", "192.168.3.0", "1480", "None", "userspace"]
-    addrs = run("ip", "-4", "-o", "addr", "show", "dev", "tunl0", netns=node)
-    assert [line.split()[3] for line in addrs.splitlines()] == ["192.168.3.0/32"]
-    link = run("ip", "link", "show", "tunl0", netns=node)
-    assert "mtu 1480" in link and ",UP" in link
-    # A second address added by hand is removed, as Felix does (felix#2887).
-    run("ip", "addr", "add", "10.9.9.9/24", "dev", "tunl0", netns=node)
-    assert run(PY, "-c", script, netns=node).split()[4:] == ["userspace", "userspace"]
-    addrs = run("ip", "-4", "-o", "addr", "show", "dev", "tunl0", netns=node)
-    assert [line.split()[3] for line in addrs.splitlines()] == ["192.168.3.0/32"]
+def _csum(b: bytes) -> int:
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
 
 
-def test_bad_tunnel_input_is_rejected():
-    from agent.felix.tunnel import TunnelError, ensure_tunl0
+def _echo_request(src: str, dst: str, ident: int, seq: int, tos: int = 0, ttl: int = 64) -> bytes:
+    """An IPv4 ICMP echo request (header checksummed), as bytes."""
+    icmp = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + b"x" * 8
+    icmp = icmp[:2] + struct.pack("!H", _csum(icmp)) + icmp[4:]
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + len(icmp), seq, 0, ttl, 1, 0, socket.inet_aton(src),
+                    socket.inet_aton(dst))
+    return h[:10] + struct.pack("!H", _csum(h)) + h[12:] + icmp
 
-    with pytest.raises(TunnelError, match="not an IPv4 address"):
-        ensure_tunl0("nonsense", 1480)
-    with pytest.raises(TunnelError, match="MTU"):
-        ensure_tunl0("192.168.0.1", 10)
-    with pytest.raises(TunnelError, match="mode"):
-        ensure_tunl0("192.168.0.1", 1480, mode="gre")
+
+def _send_ipip(ns: str, to: str, packets: list[bytes], outer_tos: int = 0) -> None:
+    """Send ``packets`` IPIP-encapsulated to ``to`` from netns ``ns`` (a raw protocol-4 socket made there)."""
+    with entered(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)
+    with s:
+        if outer_tos:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, outer_tos)
+        for pkt in packets:
+            s.sendto(pkt, (to, 0))
+
+
+def _listener(ns: str, addr: str, port: int) -> socket.socket:
+    with entered(ns):
+        s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port))
+    s.listen(1)
+    return s
+
+
+def _connect(ns: str, addr: str, port: int, timeout: float) -> socket.socket:
+    with entered(ns):
+        c = socket.socket()
+    c.settimeout(timeout)
+    c.connect((addr, port))
+    return c
 
 
 def test_pod_to_pod_over_userspace_tunnel_is_real_ipip(topo):
@@ -93,29 +113,15 @@ def test_ipip_from_unknown_source_is_not_delivered(topo):
     run("ip", "-n", env["b"], "link", "set", "eth1", "up")
     run("ip", "-n", rogue, "addr", "add", "172.31.8.9/24", "dev", "eth0")
     run("ip", "-n", rogue, "link", "set", "eth0", "up")
-    sender = textwrap.dedent("""
-        import socket, struct
-        def csum(b):
-            s = sum(struct.unpack('!10H', b)); s = (s >> 16) + (s & 0xffff); s += s >> 16
-            return ~s & 0xffff
-        src, dst = socket.inet_aton('192.168.10.99'), socket.inet_aton('192.168.20.7')
-        icmp = struct.pack('!BBHHH', 8, 0, 0, 1, 1) + b'x' * 8
-        c = sum(struct.unpack('!8H', icmp)); c = (c >> 16) + (c & 0xffff); c = ~(c + (c >> 16)) & 0xffff
-        icmp = icmp[:2] + struct.pack('!H', c) + icmp[4:]
-        h = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(icmp), 1, 0, 64, 1, 0, src, dst)
-        h = h[:10] + struct.pack('!H', csum(h)) + h[12:]
-        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)
-        for _ in range(5):
-            s.sendto(h + icmp, ('172.31.8.1', 0))
-    """)
+    probe = [_echo_request("192.168.10.99", "192.168.20.7", 1, 1)] * 5
     cap = topo.spawn(env["pb"], "tcpdump", "-ni", "eth0", "--immediate-mode", "-l", "icmp",
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cap.stderr.readline()
     ping_until_ok(env["pa"], env["ipb"])  # both pumps up with their routes
-    run(PY, "-c", sender, netns=rogue)
+    _send_ipip(rogue, "172.31.8.1", probe)
     # The same packet from a known node does arrive (proves the sender is right).
     run("ip", "-n", env["a"], "route", "add", "172.31.8.0/24", "dev", "eth0")
-    run(PY, "-c", sender.replace("'172.31.8.1'", "'172.31.9.2'"), netns=env["a"])
+    _send_ipip(env["a"], "172.31.9.2", probe)
     os.set_blocking(cap.stdout.fileno(), False)
     seen: list[str] = []
 
@@ -129,40 +135,31 @@ def test_ipip_from_unknown_source_is_not_delivered(topo):
     assert len(requests()) == 5, seen
 
 
-def _echo_pair(topo, env):
-    server = textwrap.dedent("""
-        import socket, sys
-        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(('192.168.20.7', 7007)); s.listen(1); print('listening', flush=True)
-        c, _ = s.accept()
-        while True:
-            d = c.recv(4096)
-            if not d: break
-            c.sendall(d)
-    """)
-    client = textwrap.dedent("""
-        import socket, sys
-        c = socket.create_connection(('192.168.20.7', 7007), timeout=30)
-        for line in sys.stdin:
-            c.sendall(line.encode()); print(c.recv(4096).decode().strip(), flush=True)
-    """)
-    srv = topo.spawn(env["pb"], PY, "-c", server, stdout=subprocess.PIPE, text=True)
-    assert srv.stdout.readline().strip() == "listening"
-    cli = topo.spawn(env["pa"], PY, "-c", client, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    return cli
+def _echo_pair(env) -> socket.socket:
+    """An echo server in pod b (a thread, its socket in b's netns) and a client socket in pod a."""
+    srv = _listener(env["pb"], "192.168.20.7", 7007)
+
+    def serve() -> None:
+        with srv:
+            c, _ = srv.accept()
+            with c:
+                while d := c.recv(4096):
+                    c.sendall(d)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return _connect(env["pa"], "192.168.20.7", 7007, timeout=30)
 
 
-def _say(cli, word):
-    cli.stdin.write(word + "\n")
-    cli.stdin.flush()
-    return cli.stdout.readline().strip()
+def _say(cli: socket.socket, word: str) -> str:
+    cli.sendall(word.encode())
+    return cli.recv(4096).decode()
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
 def test_established_flow_survives_pump_restart(topo, how):
     env = two_node_tunnel(topo)
     ping_until_ok(env["pa"], env["ipb"])
-    cli = _echo_pair(topo, env)
+    cli = _echo_pair(env)
     assert _say(cli, "before") == "before"
     topo.stop(env["ta"], how)
     # The TUN persists with its routes while no pump runs.
@@ -171,37 +168,34 @@ def test_established_flow_survives_pump_restart(topo, how):
     assert _say(cli, "after") == "after"
     routes = run("ip", "route", "show", "dev", "tunl0", netns=env["a"]).splitlines()
     assert routes == ["192.168.20.0/26 via 172.31.9.2 onlink "]
-    wait_for(lambda: cli.poll(), lambda rc: rc is None, timeout=0.1, what="client still connected")
-    cli.stdin.close()
+    assert _say(cli, "still") == "still"  # the same connection
+    cli.close()
 
 
 def test_bulk_tcp_through_the_tunnel_arrives_intact(topo):
     """Megabytes over TCP (received segments merged into GSO frames): the bytes match end to end."""
     env = two_node_tunnel(topo)
     ping_until_ok(env["pa"], env["ipb"])
-    server = textwrap.dedent("""
-        import hashlib, socket
-        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(('192.168.20.7', 7008)); s.listen(1); print('listening', flush=True)
-        c, _ = s.accept(); h = hashlib.sha256(); n = 0
-        while True:
-            d = c.recv(1 << 16)
-            if not d: break
-            h.update(d); n += len(d)
-        print(n, h.hexdigest(), flush=True)
-    """)
-    client = textwrap.dedent("""
-        import hashlib, os, socket
-        data = os.urandom(8 << 20)
-        c = socket.create_connection(('192.168.20.7', 7008), timeout=60)
-        c.sendall(data); c.close()
-        print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
-    """)
-    srv = topo.spawn(env["pb"], PY, "-c", server, stdout=subprocess.PIPE, text=True)
-    assert srv.stdout.readline().strip() == "listening"
-    sent = run(PY, "-c", client, netns=env["pa"]).split()
-    got = srv.stdout.readline().split()
-    assert got == sent
+    srv = _listener(env["pb"], "192.168.20.7", 7008)
+    got: dict[str, object] = {}
+
+    def receive() -> None:
+        with srv:
+            c, _ = srv.accept()
+            h, n = hashlib.sha256(), 0
+            with c:
+                while d := c.recv(1 << 16):
+                    h.update(d)
+                    n += len(d)
+            got.update(n=n, sha=h.hexdigest())
+
+    t = threading.Thread(target=receive, daemon=True)
+    t.start()
+    data = os.urandom(8 << 20)
+    with _connect(env["pa"], "192.168.20.7", 7008, timeout=60) as c:
+        c.sendall(data)
+    t.join(60)
+    assert got == {"n": len(data), "sha": hashlib.sha256(data).hexdigest()}
     topo.stop(env["tb"])
     stats = env["tb"].stderr.read()
     assert "rx_merged" in stats and "'rx_merged': 0" not in stats, stats
@@ -259,29 +253,13 @@ def test_outer_ce_is_carried_into_the_inner_packet_or_drops_it(topo):
     require_tool("tcpdump")
     env = two_node_tunnel(topo)
     ping_until_ok(env["pa"], env["ipb"])
-    sender = textwrap.dedent("""
-        import socket, struct, sys
-        def csum(b):
-            s = sum(struct.unpack('!%dH' % (len(b) // 2), b)); s = (s >> 16) + (s & 0xffff); s += s >> 16
-            return ~s & 0xffff
-        def echo(seq, tos):
-            icmp = struct.pack('!BBHHH', 8, 0, 0, 77, seq) + b'x' * 8
-            icmp = icmp[:2] + struct.pack('!H', csum(icmp)) + icmp[4:]
-            h = struct.pack('!BBHHHBBH4s4s', 0x45, tos, 20 + len(icmp), seq, 0, 63, 1, 0,
-                            socket.inet_aton('192.168.10.5'), socket.inet_aton('192.168.20.7'))
-            return h[:10] + struct.pack('!H', csum(h)) + h[12:] + icmp
-        for seq, outer_tos, inner_tos in ((1, 3, 2), (2, 3, 0), (3, 0, 0), (4, 3, 1)):
-            s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, outer_tos)
-            for _ in range(3):
-                s.sendto(echo(seq, inner_tos), ('172.31.9.2', 0))
-            s.close()
-    """)
     cap = topo.spawn(env["pb"], "tcpdump", "-nvi", "eth0", "--immediate-mode", "-l",
                      "icmp[icmptype] == 8 and icmp[4:2] == 77",
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cap.stderr.readline()
-    run(PY, "-c", sender, netns=env["a"])
+    for seq, outer_tos, inner_tos in ((1, 3, 2), (2, 3, 0), (3, 0, 0), (4, 3, 1)):
+        _send_ipip(env["a"], "172.31.9.2", [_echo_request("192.168.10.5", "192.168.20.7", 77, seq, inner_tos, 63)] * 3,
+                   outer_tos)
     os.set_blocking(cap.stdout.fileno(), False)
     lines: list[str] = []
 

@@ -37,8 +37,10 @@ def cluster():
     """Three nodes with the agent's kernel tunl0, a BGP mesh (agent.bgp) programming the block
     routes, and one pod each."""
     from agent.felix.tunnel import kernel_has_ipip
+    from kernel.netlink import Netlink
 
-    require(kernel_has_ipip(), "this kernel cannot make ipip devices")
+    with Netlink() as k:
+        require(kernel_has_ipip(k), "this kernel cannot make ipip devices")
     brk = os.environ.get("CALICOLAB_KTIER_BREAK", "")
     if brk not in ("", "no-onlink", "tunnel-mtu"):
         raise ValueError(f"CALICOLAB_KTIER_BREAK={brk!r}: expected no-onlink or tunnel-mtu")
@@ -60,19 +62,14 @@ def test_agent_auto_mode_loads_ipip_on_demand_and_picks_the_kernel(netns):
 
     Runs first in this module, before anything else creates an ipip device.
     """
-    from pyroute2 import netns as pnetns
-
     from agent.felix import tunnel
+    from kernel.netlink import Netlink
 
     require(not os.path.isdir("/sys/module/ipip"),
             "ipip is already loaded: this must run before any other ipip user")  # fmt: skip
-    tunnel._ipip_cache = None  # a fresh agent process has not probed yet
     ns = netns("ktauto")
-    pnetns.pushns(ns)
-    try:
-        info = tunnel.ensure_tunl0("192.168.77.0", 1480, mode="auto")
-    finally:
-        pnetns.popns()
+    with Netlink(ns) as k:  # a fresh handle, as a fresh agent process: it has not probed yet
+        info = tunnel.ensure_tunl0(k, "192.168.77.0", 1480, mode="auto")
     assert os.path.isdir("/sys/module/ipip"), "the kernel did not load ipip on demand"
     assert info.kind == "kernel", info
     link = kc.run("ip", "-d", "link", "show", "tunl0", netns=ns)
