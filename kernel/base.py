@@ -77,8 +77,8 @@ class Kernel:
         """Write ``/proc/sys/<key>`` in this namespace (KernelError ENOENT if it does not exist)."""
         raise NotImplementedError
 
-    def tun_open(self, name: str, vnet_hdr: bool = True) -> int:
-        """An fd attached to the TUN ``name`` (created persistent if absent)."""
+    def tun_open(self, name: str, vnet_hdr: bool = True, persist: bool = True) -> int:
+        """An fd attached to the TUN ``name`` (created, persistent unless told, if absent)."""
         raise NotImplementedError
 
     def close(self) -> None:

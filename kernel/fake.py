@@ -195,7 +195,7 @@ class FakeKernel(Kernel):
             raise KernelError(errno.ENOENT, f"sysctl {key}={value}")
         self.sysctls[key] = value
 
-    def tun_open(self, name: str, vnet_hdr: bool = True) -> int:
+    def tun_open(self, name: str, vnet_hdr: bool = True, persist: bool = True) -> int:
         """The fake has no file descriptors to give (a TUN's packets need the real kernel)."""
         raise KernelError(errno.EOPNOTSUPP, f"tun link {name}", "the fake kernel has no TUN file descriptors")
 

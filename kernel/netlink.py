@@ -339,10 +339,11 @@ class Netlink(Kernel):
         except OSError as exc:
             raise KernelError(exc.errno or errno.EIO, f"sysctl {key}={value}") from None
 
-    def tun_open(self, name: str, vnet_hdr: bool = True) -> int:
-        """Attach to the TUN ``name`` in this namespace, creating it persistent if absent; the fd.
+    def tun_open(self, name: str, vnet_hdr: bool = True, persist: bool = True) -> int:
+        """Attach to the TUN ``name`` in this namespace, creating it if absent; the fd.
 
-        With ``vnet_hdr`` every read and write carries a 10-byte virtio-net header. EBUSY:
+        With ``vnet_hdr`` every read and write carries a 10-byte virtio-net header; with
+        ``persist`` the device outlives the fd (else it goes when the fd is closed). EBUSY:
         another process holds it; EINVAL: ``name`` exists and is not a TUN.
         """
         import fcntl
@@ -356,7 +357,8 @@ class Netlink(Kernel):
         try:
             flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
             fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
-            fcntl.ioctl(fd, TUNSETPERSIST, 1)
+            if persist:
+                fcntl.ioctl(fd, TUNSETPERSIST, 1)
         except OSError as exc:
             os.close(fd)
             hint = "attached to another process" if exc.errno == errno.EBUSY else "exists and is not a TUN device"

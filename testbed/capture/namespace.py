@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from testbed.capture.errors import CaptureError
-from testbed.capture.links import link_socket, parse_link_messages, request_dump
+from testbed.capture.links import link_changes, link_watcher
 from testbed.capture.pcapfile import settle_files
 from testbed.capture.tcpdump import IfaceResult, Tcpdump, check_filter
 from testbed.poll import wait_for
@@ -90,7 +90,7 @@ class Capture:
             raise CaptureError(f"capture on {self.node} already started")
         if not (shutil.which("tcpdump") or os.path.exists("/usr/bin/tcpdump")):
             raise CaptureError("tcpdump is not installed")
-        self._sock = link_socket(self.netns)  # also checks the netns exists
+        self._sock = link_watcher(self.netns)  # also checks the netns exists
         if self.bpf:
             try:
                 check_filter(self.bpf, self.netns)
@@ -202,8 +202,7 @@ class Capture:
 
     def _dump_links(self, wait: bool) -> None:
         assert self._sock is not None
-        seq = int(time.monotonic() * 1000) & 0x7FFFFFFF
-        request_dump(self._sock, seq)
+        self._sock.request_dump()
         if not wait:
             return
         deadline = time.monotonic() + 5
@@ -212,9 +211,8 @@ class Capture:
             r, _, _ = select.select([self._sock], [], [], 0.5)
             if not r:
                 continue
-            data = self._sock.recv(1 << 20)
             done = False
-            for ev, idx, name, up in parse_link_messages(data):
+            for ev, idx, name, up in link_changes(self._sock.events()):
                 if ev == "done":
                     done = True
                 elif ev == "new" and name:
@@ -264,15 +262,14 @@ class Capture:
             try:
                 r, _, _ = select.select([self._sock], [], [], 0.1)
                 if r:
-                    data = self._sock.recv(1 << 20)
-                    for ev, idx, name, up in parse_link_messages(data):
+                    for ev, idx, name, up in link_changes(self._sock.events()):
                         if ev == "new" and name:
                             self._links[idx] = (name, up)
                         elif ev == "del":
                             self._links.pop(idx, None)
                 if time.monotonic() - last_resync > _RESYNC_S:
                     last_resync = time.monotonic()
-                    request_dump(self._sock, 1)
+                    self._sock.request_dump()
                 if self._stop.is_set():
                     break
                 for d in self._launch_matching():
@@ -282,7 +279,7 @@ class Capture:
                         self._errors.append(str(exc))
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:  # events lost: re-dump
-                    request_dump(self._sock, 2)
+                    self._sock.request_dump()
                     continue
                 if self._stop.is_set():
                     break

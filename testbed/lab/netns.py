@@ -1,4 +1,4 @@
-"""Reach into a lab node's namespaces from the machine (setns via ctypes).
+"""Reach into a lab node's namespaces from the machine (setns through kernel.netns).
 
 A lab node's network namespace is attached on the machine as
 ``/run/netns/<lab>-<node>``; its mount namespace is held by the node's Mininet
@@ -12,12 +12,13 @@ route from the machine into the lab:
 * :func:`socket_in` / :func:`http_get` open one socket inside a netns and
   return to where the thread was, so the caller itself stays put.
 * :func:`nsenter_argv` builds the argv to run a command inside a node.
+
+The setns(2) calls themselves are the project's one helper, :mod:`kernel.netns`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import socket
@@ -25,21 +26,19 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from kernel import netns as _kns
+
 __all__ = ["NETNS_DIR", "CLONE_NEWNET", "CLONE_NEWNS", "netns_path", "setns", "enter",
            "entered", "socket_in", "http_get", "http_json", "run_in", "nsenter_argv", "exists"]
 
-NETNS_DIR = Path("/run/netns")
-CLONE_NEWNS = 0x00020000
-CLONE_NEWNET = 0x40000000
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+NETNS_DIR = Path(_kns.NETNS_DIR)
+CLONE_NEWNS = _kns.CLONE_NEWNS
+CLONE_NEWNET = _kns.CLONE_NEWNET
 
 
 def netns_path(name_or_path: str | os.PathLike) -> Path:
     """``/run/netns/<name>`` for a bare name; a path (``/proc/1/ns/net``) is kept as is."""
-    s = str(name_or_path)
-    return Path(s) if "/" in s else NETNS_DIR / s
+    return Path(_kns.path(name_or_path))
 
 
 def exists(name: str) -> bool:
@@ -49,13 +48,7 @@ def exists(name: str) -> bool:
 
 def setns(path: str | os.PathLike, nstype: int = CLONE_NEWNET) -> None:
     """Move the calling thread into the namespace file at ``path`` (OSError if not allowed)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _libc.setns(fd, nstype) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({path}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
+    _kns.setns(os.fspath(path), nstype)
 
 
 def enter(name: str) -> None:
@@ -63,26 +56,17 @@ def enter(name: str) -> None:
     path = netns_path(name)
     if not path.exists():
         raise FileNotFoundError(f"network namespace {name!r} does not exist ({path})")
-    setns(path)
+    _kns.enter(str(path))
 
 
 @contextlib.contextmanager
 def entered(name: str) -> Iterator[None]:
     """Run the ``with`` body in netns ``name``, then return this thread to its own netns."""
-    home = os.open(f"/proc/self/task/{_gettid()}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        enter(name)
-        try:
-            yield
-        finally:
-            if _libc.setns(home, CLONE_NEWNET) != 0:  # pragma: no cover - cannot fail for root
-                raise OSError(ctypes.get_errno(), "setns back to the original netns failed")
-    finally:
-        os.close(home)
-
-
-def _gettid() -> int:
-    return threading.get_native_id()
+    path = netns_path(name)
+    if not path.exists():
+        raise FileNotFoundError(f"network namespace {name!r} does not exist ({path})")
+    with _kns.entered(str(path)):
+        yield
 
 
 def socket_in(name: str, family: int = socket.AF_INET,

@@ -12,9 +12,11 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -158,6 +160,47 @@ class InNetns:
     def close(self) -> None:
         """Stop the thread."""
         self.pool.shutdown(wait=True)
+
+
+def listen_in(ns: str, addr: str, port: int) -> socket.socket:
+    """A listening TCP socket made inside netns ``ns`` (the calling thread comes back)."""
+    with netns.entered(ns):
+        s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port))
+    s.listen(1)
+    return s
+
+
+def connect_in(ns: str, addr: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection from inside netns ``ns``."""
+    with netns.entered(ns):
+        c = socket.socket()
+    c.settimeout(timeout)
+    c.connect((addr, port))
+    return c
+
+
+def echo_pair(server_ns: str, client_ns: str, addr: str, port: int, timeout: float = 30) -> socket.socket:
+    """An echo server at ``addr:port`` in ``server_ns`` (a thread here) and a client socket from
+    ``client_ns`` connected to it; :func:`say` talks over it."""
+    srv = listen_in(server_ns, addr, port)
+
+    def serve() -> None:
+        with srv:
+            c, _ = srv.accept()
+            with c:
+                while d := c.recv(4096):
+                    c.sendall(d)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return connect_in(client_ns, addr, port, timeout)
+
+
+def say(cli: socket.socket, word: str) -> str:
+    """Send ``word`` over an echo connection; what came back."""
+    cli.sendall(word.encode())
+    return cli.recv(4096).decode()
 
 
 def start_etcd(topo: Topo, netns: str, address: str, port: int = 2379) -> str:

@@ -15,12 +15,12 @@ import os
 import signal
 import subprocess
 import tempfile
-import textwrap
 
 import pytest
 
 from testbed.poll import wait_for
-from tests.netns.felix_support import PY, REPO, InNetns, Topo, run, start_etcd
+from tests.netns.felix_support import PY, REPO, InNetns, Topo, echo_pair, run, start_etcd
+from tests.netns.felix_support import say as echo_say
 from tests.support import require_root, require_tool
 
 pytestmark = pytest.mark.netns
@@ -219,30 +219,10 @@ def test_two_node_agent_end_to_end(cluster):
              timeout=5, what="INPUT hook restored by resync")
 
     # Restart (SIGTERM) and kill -9: established flows survive; nothing duplicated.
-    server = textwrap.dedent(f"""
-        import socket
-        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(('{ipb}', 7007)); s.listen(1); print('listening', flush=True)
-        c, _ = s.accept()
-        while True:
-            d = c.recv(4096)
-            if not d: break
-            c.sendall(d)
-    """)
-    client = textwrap.dedent(f"""
-        import socket, sys
-        c = socket.create_connection(('{ipb}', 7007), timeout=90)  # TCP backoff after a slow restart
-        for line in sys.stdin:
-            c.sendall(line.encode()); print(c.recv(4096).decode().strip(), flush=True)
-    """)
-    srv = c.topo.spawn(pb, PY, "-c", server, stdout=subprocess.PIPE, text=True)
-    assert srv.stdout.readline().strip() == "listening"
-    cli = c.topo.spawn(pa, PY, "-c", client, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    cli = echo_pair(pb, pa, ipb, 7007, timeout=90)  # TCP backoff after a slow restart
 
     def say(word: str) -> str:
-        cli.stdin.write(word + "\n")
-        cli.stdin.flush()
-        return cli.stdout.readline().strip()
+        return echo_say(cli, word)
 
     assert say("hello") == "hello"
     before = _snapshot(c.w0)

@@ -26,7 +26,6 @@ from testbed.capture.command import (
 )
 from testbed.capture.errors import CaptureError
 from testbed.capture.group import REPO_ROOT, CaptureGroup
-from testbed.capture.links import parse_link_messages
 from testbed.capture.namespace import Capture
 from testbed.capture.pcapfile import check_pcap
 from testbed.poll import wait_for
@@ -182,22 +181,6 @@ def test_check_pcap_detects_truncated_file(tmp_path):
     with pytest.raises(CaptureError, match="shorter than a pcap header"):
         (tmp_path / "e.pcap").write_bytes(b"")
         check_pcap(tmp_path / "e.pcap")
-
-
-def test_parse_link_messages_reads_names_and_up_flag():
-    import struct
-
-    def link(mtype: int, index: int, flags: int, name: str) -> bytes:
-        attr = name.encode() + b"\0"
-        rta = struct.pack("=HH", 4 + len(attr), 3) + attr
-        rta += b"\0" * (-len(rta) % 4)
-        body = struct.pack("=BxHiII", 0, 1, index, flags, 0) + rta
-        return struct.pack("=IHHII", 16 + len(body), mtype, 0, 1, 0) + body
-
-    data = link(16, 5, 1, "cali0123456789a") + link(17, 6, 0, "eth0")
-    data += struct.pack("=IHHII", 20, 3, 0, 1, 0) + b"\0" * 4
-    assert list(parse_link_messages(data)) == [
-        ("new", 5, "cali0123456789a", True), ("del", 6, "eth0", False), ("done", 0, None, False)]
 
 
 def test_lab_capture_start_stop_with_detached_process(netns, tmp_path, monkeypatch, capsys):

@@ -9,14 +9,16 @@ TUN device named tunl0 (created while the capture runs, so it is picked up late)
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
-import sys
-import textwrap
 import threading
 
 import pytest
 from scapy.layers.inet import IP, TCP
 
+from kernel.netlink import Netlink
+from kernel.netns import entered
 from testbed.capture import pcapassert as pa
 from testbed.capture.group import CaptureGroup
 from testbed.poll import wait_for
@@ -28,27 +30,51 @@ pytestmark = pytest.mark.netns
 NODE_A, NODE_B = "192.0.2.11", "192.0.2.12"
 POD_A, POD_B = "192.168.1.2", "192.168.2.3"
 
-TUN_HELPER = textwrap.dedent('''
-    import fcntl, os, socket, struct, subprocess, sys
-    fd = os.open("/dev/net/tun", os.O_RDWR)
-    fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", b"tunl0", 0x0001 | 0x1000))  # TUN, NO_PI
-    subprocess.run(["ip", "addr", "add", "192.168.2.1/32", "dev", "tunl0"], check=True)
-    subprocess.run(["ip", "link", "set", "tunl0", "mtu", "1480", "up"], check=True)
-    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)
-    print("ready", flush=True)
-    n = 0
-    while True:
-        pkt, _ = raw.recvfrom(65535)
-        inner = pkt[(pkt[0] & 0x0F) * 4:]
-        os.write(fd, inner)
-        n += 1
-        print(f"got {n}", flush=True)
-''')
 
-SENDER = ("import socket, sys\n"
-          "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)\n"
-          "for h in sys.argv[2:]:\n"
-          "    s.sendto(bytes.fromhex(h), (sys.argv[1], 0))\n")
+
+class TunHelper:
+    """The receiving half of a userspace IPIP tunnel in netns ``ns`` (in this process): a
+    non-persistent TUN tunl0 192.168.2.1/32 (it goes away when :meth:`close` closes its fd)
+    and a raw protocol-4 socket whose packets' inner halves are written into the TUN."""
+
+    def __init__(self, ns: str) -> None:
+        self.kernel = Netlink(ns)
+        self.fd = self.kernel.tun_open("tunl0", vnet_hdr=False, persist=False)
+        tunl0 = self.kernel.index("tunl0")
+        self.kernel.addr_add(tunl0, "192.168.2.1/32")
+        self.kernel.link_set(tunl0, mtu=1480, up=True)
+        with entered(ns):
+            self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)
+        self.raw.settimeout(0.2)
+        self.got = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                pkt, _ = self.raw.recvfrom(65535)
+            except TimeoutError:
+                continue
+            os.write(self.fd, pkt[(pkt[0] & 0x0F) * 4:])
+            self.got += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.raw.close()
+        os.close(self.fd)
+        self.kernel.close()
+
+
+def send_ipip(ns: str, to: str, packets: list[bytes]) -> None:
+    """Send ``packets`` IPIP-encapsulated to ``to`` from a raw socket made in netns ``ns``."""
+    with entered(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)
+    with s:
+        for p in packets:
+            s.sendto(p, (to, 0))
 
 
 @pytest.fixture
@@ -66,25 +92,16 @@ def nodes(netns):
 def test_ipip_on_eth0_and_inner_packets_on_tun_tunl0(nodes, tmp_path):
     a, b = nodes
     group = CaptureGroup({"node-a": a, "node-b": b}, tmp_path, ifaces="eth0,tunl0").start()
-    helper = subprocess.Popen(["ip", "netns", "exec", b, sys.executable, "-c", TUN_HELPER],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(helper.stdout), daemon=True)
-    reader.start()
+    helper = TunHelper(b)
     try:
-        wait_for(lambda: list(lines), lambda ls: "ready\n" in ls or helper.poll() is not None,
-                 timeout=10, what="the TUN helper to create tunl0")
-        assert "ready\n" in lines, f"TUN helper failed: {helper.stderr.read()}"
         assert group.wait_for_iface("node-b", "tunl0", timeout=15) == ["tunl0"]
         inner = [bytes(IP(src=POD_A, dst=POD_B) / TCP(sport=41000 + i, dport=80, flags="S", seq=7000 * (i + 1)))
                  for i in range(3)]
-        sh("ip", "netns", "exec", a, sys.executable, "-c", SENDER, NODE_B,
-           *[p.hex() for p in inner])
-        wait_for(lambda: list(lines), lambda ls: "got 3\n" in ls, timeout=10,
+        send_ipip(a, NODE_B, inner)
+        wait_for(lambda: helper.got, lambda n: n == 3, timeout=10,
                  what="the tunnel helper to decapsulate 3 packets")
     finally:
-        helper.kill()
-        helper.wait()
+        helper.close()
     res = group.stop()
     assert res.errors == [], res.errors
     (tun_res,) = [r for r in res.files if r.iface == "tunl0"]

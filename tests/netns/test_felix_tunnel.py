@@ -19,7 +19,15 @@ import pytest
 
 from kernel.netns import entered
 from testbed.poll import wait_for
-from tests.netns.felix_support import Topo, run, two_node_tunnel
+from tests.netns.felix_support import (
+    Topo,
+    connect_in,
+    echo_pair,
+    listen_in,
+    run,
+    say,
+    two_node_tunnel,
+)
 from tests.support import require_root, require_tool
 
 pytestmark = pytest.mark.netns
@@ -64,23 +72,6 @@ def _send_ipip(ns: str, to: str, packets: list[bytes], outer_tos: int = 0) -> No
             s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, outer_tos)
         for pkt in packets:
             s.sendto(pkt, (to, 0))
-
-
-def _listener(ns: str, addr: str, port: int) -> socket.socket:
-    with entered(ns):
-        s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((addr, port))
-    s.listen(1)
-    return s
-
-
-def _connect(ns: str, addr: str, port: int, timeout: float) -> socket.socket:
-    with entered(ns):
-        c = socket.socket()
-    c.settimeout(timeout)
-    c.connect((addr, port))
-    return c
 
 
 def test_pod_to_pod_over_userspace_tunnel_is_real_ipip(topo):
@@ -135,40 +126,20 @@ def test_ipip_from_unknown_source_is_not_delivered(topo):
     assert len(requests()) == 5, seen
 
 
-def _echo_pair(env) -> socket.socket:
-    """An echo server in pod b (a thread, its socket in b's netns) and a client socket in pod a."""
-    srv = _listener(env["pb"], "192.168.20.7", 7007)
-
-    def serve() -> None:
-        with srv:
-            c, _ = srv.accept()
-            with c:
-                while d := c.recv(4096):
-                    c.sendall(d)
-
-    threading.Thread(target=serve, daemon=True).start()
-    return _connect(env["pa"], "192.168.20.7", 7007, timeout=30)
-
-
-def _say(cli: socket.socket, word: str) -> str:
-    cli.sendall(word.encode())
-    return cli.recv(4096).decode()
-
-
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
 def test_established_flow_survives_pump_restart(topo, how):
     env = two_node_tunnel(topo)
     ping_until_ok(env["pa"], env["ipb"])
-    cli = _echo_pair(env)
-    assert _say(cli, "before") == "before"
+    cli = echo_pair(env["pb"], env["pa"], "192.168.20.7", 7007)
+    assert say(cli, "before") == "before"
     topo.stop(env["ta"], how)
     # The TUN persists with its routes while no pump runs.
     assert "192.168.20.0/26 via 172.31.9.2 dev tunl0" in run("ip", "route", netns=env["a"])
     topo.tunnel(env["a"], "192.168.10.0", ["172.31.9.2"])
-    assert _say(cli, "after") == "after"
+    assert say(cli, "after") == "after"
     routes = run("ip", "route", "show", "dev", "tunl0", netns=env["a"]).splitlines()
     assert routes == ["192.168.20.0/26 via 172.31.9.2 onlink "]
-    assert _say(cli, "still") == "still"  # the same connection
+    assert say(cli, "still") == "still"  # the same connection
     cli.close()
 
 
@@ -176,7 +147,7 @@ def test_bulk_tcp_through_the_tunnel_arrives_intact(topo):
     """Megabytes over TCP (received segments merged into GSO frames): the bytes match end to end."""
     env = two_node_tunnel(topo)
     ping_until_ok(env["pa"], env["ipb"])
-    srv = _listener(env["pb"], "192.168.20.7", 7008)
+    srv = listen_in(env["pb"], "192.168.20.7", 7008)
     got: dict[str, object] = {}
 
     def receive() -> None:
@@ -192,7 +163,7 @@ def test_bulk_tcp_through_the_tunnel_arrives_intact(topo):
     t = threading.Thread(target=receive, daemon=True)
     t.start()
     data = os.urandom(8 << 20)
-    with _connect(env["pa"], "192.168.20.7", 7008, timeout=60) as c:
+    with connect_in(env["pa"], "192.168.20.7", 7008, timeout=60) as c:
         c.sendall(data)
     t.join(60)
     assert got == {"n": len(data), "sha": hashlib.sha256(data).hexdigest()}
