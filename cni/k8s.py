@@ -16,10 +16,38 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cni.spec import E_INVALID_CONFIG, CNIError
+from datastore.inventory import Support, findings, missing, works
 
 ANN_IPV4POOLS = "cni.projectcalico.org/ipv4pools"
 ANN_IPADDRS = "cni.projectcalico.org/ipAddrs"
 ANN_HWADDR = "cni.projectcalico.org/hwAddr"
+
+_T_PLUGIN = "tests/netns/test_cni_plugin.py::"
+#: The pod (and namespace) annotations Calico's CNI plugin reads (calico.md section 1), with
+#: what calicolab does with each; ADD refuses one it cannot honour, naming it.
+ANNOTATIONS: dict[str, Support] = {
+    ANN_IPV4POOLS: works("tests/unit/test_cni_k8s.py::test_pool_precedence_pod_over_namespace_over_netconf",
+                         _T_PLUGIN + "test_pod_labels_ports_and_annotations_from_the_kubernetes_store"),
+    "cni.projectcalico.org/ipv6pools": missing("IPv6 is not implemented: calicolab is IPv4 only",
+                                               sample='["fd00:10::/64"]'),
+    ANN_IPADDRS: works("tests/unit/test_cni_k8s.py::test_ip_addrs_annotation",
+                       _T_PLUGIN + "test_pod_labels_ports_and_annotations_from_the_kubernetes_store"),
+    "cni.projectcalico.org/ipAddrsNoIpam": missing("addresses outside IPAM are not implemented",
+                                                   sample='["10.9.9.9"]'),
+    "cni.projectcalico.org/floatingIPs": missing("floating IPs are not implemented", sample='["203.0.113.9"]'),
+    ANN_HWADDR: works(_T_PLUGIN + "test_pod_labels_ports_and_annotations_from_the_kubernetes_store"),
+    "cni.projectcalico.org/allowedSourcePrefixes": missing("Felix renders no cali-rpf-skip exceptions",
+                                                           sample='["10.0.0.0/8"]'),
+}
+
+
+def refuse_unimplemented(pod_ann: dict[str, str], ns_ann: dict[str, str] | None = None) -> None:
+    """ADD's refusal of an annotation calicolab cannot honour (error naming it)."""
+    for where, ann in (("pod", pod_ann), ("namespace", ns_ann or {})):
+        for f in findings(where, {k: v for k, v in ann.items() if k in ANNOTATIONS}, ANNOTATIONS,
+                          roots=tuple(k for k in ann if k in ANNOTATIONS)):
+            raise CNIError(E_INVALID_CONFIG, f"{where} annotation {f.path} is not supported by calicolab: "
+                                             f"{f.support.note} (docs/inventory.md)")
 
 
 @dataclass

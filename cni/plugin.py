@@ -162,10 +162,12 @@ def ipam_add(inv: Invocation, nodename: str) -> list[str]:
     try:
         pod = inv.pod(client)
         pod_ann = pod.annotations if pod else {}
+        k8s.refuse_unimplemented(pod_ann)
         wanted_ips = k8s.requested_ips(pod_ann)
         pools = inv.nc.ipam.ipv4_pools
         if inv.pod_name and not wanted_ips:
             ns_ann = {} if k8s.ANN_IPV4POOLS in pod_ann else k8s.read_namespace_annotations(client.etcd, inv.pod_namespace)
+            k8s.refuse_unimplemented({}, ns_ann)
             pools = k8s.requested_pools(pod_ann, ns_ann, pools)
         with inv.timed("ipam"), _IPAMLock(inv.nc.ipam_lock_file):
             ipam = _ipam(client)

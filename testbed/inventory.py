@@ -130,6 +130,20 @@ def netconf_rows() -> list[Row]:
     return [Row(k, s) for k, s in NETCONF_KEYS.items()]
 
 
+def annotation_rows() -> list[Row]:
+    """Every pod/namespace annotation Calico's CNI plugin reads."""
+    from cni.k8s import ANNOTATIONS
+
+    return [Row(k, s) for k, s in ANNOTATIONS.items()]
+
+
+def k8s_kind_rows() -> list[Row]:
+    """Kubernetes kinds Calico acts on that are listed in the inventory."""
+    from testbed.k8s.model import CALICO_SUPPORT
+
+    return [Row(k, s) for k, s in CALICO_SUPPORT.items()]
+
+
 def topology_rows() -> list[Row]:
     """Every topology field."""
     from testbed.lab.topology import TOPOLOGY_FIELDS
@@ -171,6 +185,7 @@ def problems() -> list[str]:
     out += [f"{p}: inventory entry for a metadata field that does not exist"
             for p in sorted(set(METADATA_INVENTORY) - meta)]
     for group, rows in (("environment", [r for _, r in env_rows()]), ("netconf", netconf_rows()),
+                        ("annotations", annotation_rows()), ("kubernetes", k8s_kind_rows()),
                         ("topology", topology_rows()), ("resources", _all_resource_supports())):
         for row in rows:
             s = row.support
@@ -280,6 +295,13 @@ def code_problems() -> list[str]:
         out += [f"{rel}: reads {n} from the environment without an entry in agent/envvars.py"
                 for n in sorted(names - set(REGISTRY))]
         out += [f"{d} (read a variable by a literal name, or through agent.envvars.get)" for d in dynamic]
+    from cni.k8s import ANNOTATIONS
+
+    for f in sorted((REPO / "cni").glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and node.value.startswith("cni.projectcalico.org/") and node.value not in ANNOTATIONS:
+                out.append(f"cni/{f.name}: reads annotation {node.value} without an entry in cni.k8s.ANNOTATIONS")
     leaves = {part for k in NETCONF_KEYS for part in k.split(".")} | set(NETCONF_KEYS)
     for key in sorted(netconf_reads((REPO / "cni" / "netconf.py").read_text()) - leaves):
         out.append(f"cni/netconf.py: reads netconf key {key!r} without an entry in NETCONF_KEYS")
@@ -294,7 +316,8 @@ def _all_resource_supports() -> list[Row]:
 
 def linked_tests() -> set[str]:
     """Every test node id the inventory links."""
-    rows = _all_resource_supports() + [r for _, r in env_rows()] + netconf_rows() + topology_rows()
+    rows = (_all_resource_supports() + [r for _, r in env_rows()] + netconf_rows() + annotation_rows()
+            + k8s_kind_rows() + topology_rows())
     return {t for r in rows if r.support is not None for t in r.support.tests}
 
 
@@ -468,6 +491,8 @@ def summary() -> dict[str, dict[str, int]]:
         f"fields of the {len(NOT_STORED)} kinds not stored": counts(r for k in NOT_STORED for r in not_stored_rows(k)),
         "calico-node environment variables": counts(r for _, r in env_rows()),
         "CNI netconf keys": counts(netconf_rows()),
+        "CNI pod and namespace annotations": counts(annotation_rows()),
+        "Kubernetes kinds Calico acts on (listed)": counts(k8s_kind_rows()),
         "topology fields": counts(topology_rows()),
     }
 
@@ -485,7 +510,7 @@ def render() -> str:
         "named) or **not implemented**, with the tests that show the effect of what is implemented:",
         f"every field of every Calico {calico_api.VERSION} resource kind (the kinds calicolab stores and",
         "the ones it does not), every calico-node environment variable Calico documents, every CNI",
-        "netconf key Calico reads and every field of a lab topology.",
+        "netconf key and pod annotation Calico reads, and every field of a lab topology.",
         "",
         "What happens to what is not implemented:",
         "",
@@ -494,8 +519,9 @@ def render() -> str:
         "  a kind calicolab does not store is refused by name (nothing is written).",
         "- calico-node logs the settings in effect on its node that have no effect, once at start and",
         "  again on every change, and serves them in `/status`; `calicolab status` lists them per node.",
-        "- The CNI plugin refuses a netconf key set to a value it cannot honour, and the topology",
-        "  validator a topology field, naming the key or field.",
+        "- The CNI plugin refuses a netconf key or pod annotation set to a value it cannot honour,",
+        "  and the topology validator a topology field, naming the key or field.",
+        "- A Kubernetes NetworkPolicy is stored with the API server's `Warning:` (kubectl prints it).",
         "",
         "A value listed after \"as Calico with\" is what calicolab does anyway, so it draws no warning",
         "(e.g. `bpfEnabled: false`). \"as `x`\" means the field is part of `x` and shares its entry.",
@@ -538,6 +564,12 @@ def render() -> str:
     lines += ["## CNI netconf keys", "",
               "Calico's keys (`cni-plugin/pkg/types/types.go`, nested keys dotted) and the CNI spec's "
               "keys the plugin reads.", "", *_table(netconf_rows(), "Key"), ""]
+    lines += ["## CNI pod and namespace annotations", "",
+              "The `cni.projectcalico.org/*` annotations Calico's CNI plugin reads; ADD refuses one "
+              "calicolab cannot honour, naming it.", "", *_table(annotation_rows(), "Annotation"), ""]
+    lines += ["## Kubernetes kinds", "",
+              "Kubernetes objects Calico acts on that calicolab does not: the API server (and kubectl) "
+              "answer with a `Warning:` naming the object.", "", *_table(k8s_kind_rows(), "Kind"), ""]
     lines += ["## Topology fields", "", "Fields of `topologies/*.yaml` (see `testbed/lab/topology.py`).", "",
               *_table(topology_rows()), ""]
     return "\n".join(lines)

@@ -239,7 +239,7 @@ def cmd_apply(args: argparse.Namespace, create: bool = False) -> int:
     """kubectl apply / create -f."""
     store = _store()
     items = load_manifests(args.filename, args.recursive)
-    from testbed.k8s.model import validate
+    from testbed.k8s.model import calico_warnings, validate
 
     prepared = []
     seen: dict[tuple, str] = {}
@@ -273,6 +273,8 @@ def cmd_apply(args: argparse.Namespace, create: bool = False) -> int:
                 action = "created"
             else:
                 obj, action = store.apply(obj, where)
+            for w in calico_warnings(obj["kind"], obj["metadata"]["name"]):
+                print(f"Warning: {w}", file=sys.stderr)
             print(f"{printers.name_of(obj)} {action}")
         except errors.Invalid as exc:
             print(f'The {obj["kind"]} "{obj["metadata"]["name"]}" is invalid: {exc}', file=sys.stderr)

@@ -33,6 +33,7 @@ from testbed.apiserver.patch import (
 from testbed.apiserver.registry import ResourceType
 from testbed.apiserver.status import APIError
 from testbed.apiserver.storage import Entry, Gone, WatchEvent
+from testbed.k8s.model import calico_warnings
 
 log = logging.getLogger("apiserver.handlers")
 
@@ -502,11 +503,13 @@ class Handlers:
                                      f"json: {exc}") from None
         issues = [f'unknown field "{u}"' for u in unknown]
         issues += [f'duplicate field "{d}"' for d in r.http.get("duplicate_fields") or []]
+        # what calicolab does not act on, whatever fieldValidation says (docs/inventory.md)
+        calico = calico_warnings(rt.kind, (obj.get("metadata") or {}).get("name", "")) if rt.crd is None else []
         if not issues or mode == "Ignore":
-            return pruned, []
+            return pruned, calico
         if mode == "Strict":
             raise status.bad_request("strict decoding error: " + ", ".join(issues))
-        return pruned, issues
+        return pruned, issues + calico
 
     def schema_of(self, rt: ResourceType) -> schema.Node | None:
         if rt.crd is not None:

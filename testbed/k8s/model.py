@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from datastore.inventory import Support, missing
 from testbed.k8s.errors import Invalid
 
 
@@ -51,6 +52,22 @@ KINDS: dict[str, Kind] = {
 }
 
 _ALIASES = {alias: k for k in KINDS.values() for alias in k.aliases}
+
+#: Kubernetes kinds Calico acts on that calicolab does not (yet): the inventory lists them,
+#: and kubectl prints the API server's ``Warning:`` for each one applied (docs/inventory.md).
+CALICO_SUPPORT: dict[str, Support] = {
+    "NetworkPolicy": missing("policy is not enforced: nothing converts it to Calico policy (kube-controllers' "
+                             "policy controller) and Felix renders no policy chains",
+                             sample={"podSelector": {}, "policyTypes": ["Ingress"]}),
+}
+
+
+def calico_warnings(kind: str, name: str) -> list[str]:
+    """The warnings the API server returns for a ``kind`` object calicolab does not act on."""
+    support = CALICO_SUPPORT.get(kind)
+    if support is None or support.implemented:
+        return []
+    return [f"{kind} {name} has no effect in calicolab: {support.note} (see docs/inventory.md)"]
 
 DEFAULT_NAMESPACE = "default"
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease", "calico-system")

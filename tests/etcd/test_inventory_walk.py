@@ -164,3 +164,4 @@ def test_patch_warns_about_what_it_sets(etcd_endpoints):
     assert res.stderr.startswith("Warning: IPPool(p) spec.vxlanMode=Always has no effect in calicolab")
     res = ctl(etcd_endpoints, "patch", "ippool", "p", "-p", '{"spec":{"natOutgoing":true}}')
     assert res.returncode == 0 and res.stderr == ""  # nothing new the patch set
+

@@ -157,7 +157,9 @@ spec:
   - from: [{podSelector: {matchLabels: {role: client}}}]
     ports: [{port: 80}]
 """
-    assert kubectl("apply", "-f", "-", stdin=netpol).stdout == "networkpolicy.networking.k8s.io/allow-web created\n"
+    res = kubectl("apply", "-f", "-", stdin=netpol)
+    assert res.stdout == "networkpolicy.networking.k8s.io/allow-web created\n"
+    assert "Warning: NetworkPolicy allow-web has no effect in calicolab: policy is not enforced" in res.stderr
     stored = kubectl.store.get("NetworkPolicy", "allow-web")
     assert stored["spec"]["policyTypes"] == ["Ingress"]
     assert stored["spec"]["ingress"][0]["ports"] == [{"port": 80, "protocol": "TCP"}]

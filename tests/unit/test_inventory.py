@@ -199,3 +199,17 @@ def test_reporter_logs_at_start_then_only_changes(caplog):
     assert msgs[2].startswith("now in effect, not implemented: FelixConfiguration(default) spec.wireguardEnabled")
     assert [m.split(":")[0] for m in msgs[3:]] == ["no longer in effect"] * 2
     assert len(msgs) == 5 and rep.lines == []
+
+
+def test_pod_annotation_calicolab_cannot_honour_is_refused_by_name():
+    from cni.k8s import ANNOTATIONS, refuse_unimplemented
+
+    refused = [k for k, s in ANNOTATIONS.items() if not s.implemented]
+    assert len(refused) == 4
+    for key in refused:
+        with pytest.raises(CNIError) as exc:
+            refuse_unimplemented({key: ANNOTATIONS[key].sample, "other.io/x": "y"})
+        assert exc.value.msg.startswith(f"pod annotation {key} is not supported by calicolab")
+        with pytest.raises(CNIError, match=f"namespace annotation {key}"):
+            refuse_unimplemented({}, {key: ANNOTATIONS[key].sample})
+    refuse_unimplemented({"cni.projectcalico.org/ipv4pools": '["p"]', "cni.projectcalico.org/hwAddr": "02:00:00:00:00:01"})

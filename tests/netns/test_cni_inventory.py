@@ -1,0 +1,40 @@
+"""The CNI plugin refuses what it cannot honour (issue 20): a netconf key or a pod
+annotation calicolab does not implement fails ADD with an error naming it, and nothing is
+left behind (no veth, no WorkloadEndpoint, no address)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.netns import cni_support
+
+pytestmark = pytest.mark.netns
+cni_node = cni_support.cni_node  # module-wide node netns + etcd (fixture)
+node = cni_support.node  # that node, emptied, with the default pool (fixture)
+
+
+def _left(node) -> tuple[list, list]:
+    with node.client() as c:
+        return c.list("WorkloadEndpoint"), [b for b in c.list("IPAMBlock") if any(
+            a is not None for a in b.spec.allocations)]
+
+
+def test_unimplemented_annotation_and_netconf_key_fail_add_by_name(node, netns):
+    pod_ns = netns("cniv")
+    with node.client() as c:
+        c.etcd.put("/registry/pods/default/fip", json.dumps({"metadata": {
+            "name": "fip", "namespace": "default",
+            "annotations": {"cni.projectcalico.org/floatingIPs": '["203.0.113.9"]'}}}))
+    res = node.run("ADD", node.conf(), cid="inv1", netns=f"/run/netns/{pod_ns}", pod=("default", "fip"))
+    assert res.rc != 0 and res.json["code"] == 7, res.stdout + res.stderr
+    assert "pod annotation cni.projectcalico.org/floatingIPs is not supported by calicolab" in res.json["msg"]
+    assert "cali" not in node.ip("-o", "link", "show")
+    assert _left(node) == ([], [])
+
+    conf = node.conf(num_queues=4)
+    res = node.run("ADD", conf, cid="inv2", netns=f"/run/netns/{pod_ns}", pod=("default", "plain"))
+    assert res.rc != 0 and res.json["code"] == 7
+    assert "'num_queues' = 4 is not supported by calicolab: veths get one queue each" in res.json["msg"]
+    assert _left(node) == ([], [])
