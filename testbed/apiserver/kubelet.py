@@ -152,24 +152,42 @@ class KubeletProxy:
         c = self.container(pod, r, r.sub)
         if r.sub == "exec" and not r.query.getall("command", []):
             raise status.bad_request("you must specify at least 1 command")
+        path = "exec" if r.sub == "exec" else "attach"
+        q = [(k, v) for k, v in r.query.items() if k in ("command", "stdin", "stdout", "stderr", "tty")]
+        url = f"{base}/{path}/{r.namespace}/{r.name}/{c}?" + urllib.parse.urlencode(q)
         if r.http.headers.get("Upgrade", "").lower() != "websocket":
+            # kubectl falls back to SPDY when its WebSocket was refused: name the kubelet's reason
+            text = await self._kubelet_text(url)
+            if text and "websocket" not in text.lower():
+                raise status.bad_request(text)
             raise status.bad_request(f"Upgrade request required: {r.sub} is served over WebSocket "
                                      f"({', '.join(EXEC_PROTOCOLS[:2])}); SPDY is not")
         offered = [p.strip() for p in r.http.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
         proto = next((p for p in offered if p in EXEC_PROTOCOLS), None)
         if proto is None:
             raise status.bad_request(f"no supported subprotocol among {offered} (supported: {EXEC_PROTOCOLS})")
-        path = "exec" if r.sub == "exec" else "attach"
-        q = [(k, v) for k, v in r.query.items() if k in ("command", "stdin", "stdout", "stderr", "tty")]
-        url = f"{base}/{path}/{r.namespace}/{r.name}/{c}?" + urllib.parse.urlencode(q)
         try:
             upstream = await self.session().ws_connect(url, protocols=[proto], autoping=True, max_msg_size=0)
+        except aiohttp.WSServerHandshakeError as exc:
+            # the kubelet refused (unknown pod/container, attach not served): say what it said
+            text = await self._kubelet_text(url)
+            raise status.APIError(exc.status if exc.status in (400, 404) else 500,
+                                  "BadRequest" if exc.status == 400 else "NotFound" if exc.status == 404
+                                  else "InternalError", text or f"error dialing backend: {exc}") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise status.APIError(500, "InternalError", f"error dialing backend: {exc}") from None
         down = web.WebSocketResponse(protocols=[proto], autoping=True, max_msg_size=0)
         await down.prepare(r.http)
         await _relay(down, upstream)
         return down
+
+    async def _kubelet_text(self, url: str) -> str:
+        """The kubelet's plain-text answer to a refused upgrade (asked again without it)."""
+        try:
+            async with self.session().get(url) as resp:
+                return (await resp.text()).strip()
+        except (aiohttp.ClientError, OSError):
+            return ""
 
     # --- port-forward -----------------------------------------------------------------------
     async def portforward(self, r: Any) -> web.StreamResponse:

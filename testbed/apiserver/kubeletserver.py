@@ -58,6 +58,12 @@ class Backend:
         """A TCP connection to ``port`` inside the pod's network namespace."""
         raise NotImplementedError
 
+    async def attach(self, ns: str, pod: str, container: str) -> tuple[asyncio.StreamReader,
+                                                                       asyncio.StreamWriter | None]:
+        """The container's main process output (and its stdin, if open): optional; a backend
+        without it makes attach (and ``kubectl run -i``) answer 400 saying so."""
+        raise NotImplementedError
+
 
 def _status_ok() -> bytes:
     return json.dumps({"metadata": {}, "status": "Success"}).encode()
@@ -85,6 +91,7 @@ class KubeletServer:
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/containerLogs/{ns}/{pod}/{container}", self.logs)
         self.app.router.add_route("*", "/exec/{ns}/{pod}/{container}", self.exec)
+        self.app.router.add_route("*", "/attach/{ns}/{pod}/{container}", self.attach)
         self.app.router.add_route("*", "/portForward/{ns}/{pod}", self.portforward)
 
     async def healthz(self, req: web.Request) -> web.Response:
@@ -204,6 +211,40 @@ class KubeletServer:
         await asyncio.gather(pump(proc.stdout, STDOUT), pump(proc.stderr, STDERR))
         code = await proc.wait()
         await ws.send_bytes(bytes([ERROR]) + (_status_ok() if code == 0 else _status_exit(code)))
+        feeder.cancel()
+        await ws.close()
+        return ws
+
+    async def attach(self, req: web.Request) -> web.StreamResponse:
+        m = req.match_info
+        try:
+            fn = getattr(self.backend, "attach", None)
+            if fn is None:
+                raise NotImplementedError
+            reader, writer = await fn(m["ns"], m["pod"], m["container"])
+        except NotImplementedError:
+            return web.Response(status=400, text="attach is not served by this kubelet (exec, logs and "
+                                                 "port-forward are)")
+        except NotFoundError as exc:
+            return web.Response(status=404, text=str(exc))
+        ws = web.WebSocketResponse(protocols=EXEC_PROTOCOLS, max_msg_size=0)
+        await ws.prepare(req)
+
+        async def feed() -> None:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY and msg.data[:1] == bytes([STDIN]) and writer is not None:
+                    writer.write(msg.data[1:])
+                    await writer.drain()
+                elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.ERROR):
+                    break
+
+        feeder = asyncio.ensure_future(feed())
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            await ws.send_bytes(bytes([STDOUT]) + data)
+        await ws.send_bytes(bytes([ERROR]) + _status_ok())
         feeder.cancel()
         await ws.close()
         return ws

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from testbed.apiserver.kubeletserver import Backend
 from testbed.poll import wait_for
 
 pytestmark = pytest.mark.etcd
 
 
-class LocalBackend:
-    """Containers as local processes and log files."""
+class LocalBackend(Backend):
+    """Containers as local processes and log files (no attach: that answer is tested too)."""
 
     def __init__(self, logdir: Path, port_map: dict[int, int]):
         self.logdir, self.port_map = logdir, port_map
@@ -199,6 +200,75 @@ def test_port_forward(apiserver, kubelet):
                         break
                     got += chunk
             assert got == f"echo:ping{attempt}".encode()
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_exec_over_v4_channel_protocol(apiserver, kubelet):
+    """An older client's v4.channel.k8s.io exec: stdout on channel 1, the exit Status on channel 3."""
+    import ssl
+
+    import aiohttp
+
+    async def run() -> tuple[bytes, dict]:
+        ctx = ssl.create_default_context(cafile=apiserver.pki.ca_crt)
+        ctx.load_cert_chain(apiserver.pki.admin_crt, apiserver.pki.admin_key)
+        url = (f"{apiserver.url}/api/v1/namespaces/default/pods/kl-one/exec?command=sh&command=-c"
+               "&command=echo+v4;exit+4&stdout=true&stderr=true")
+        out, st = b"", {}
+        async with aiohttp.ClientSession() as s:
+            async with s.ws_connect(url, protocols=["v4.channel.k8s.io"], ssl=ctx) as ws:
+                assert ws.protocol == "v4.channel.k8s.io"
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.BINARY:
+                        break
+                    if msg.data[0] == 1:
+                        out += msg.data[1:]
+                    elif msg.data[0] == 3:
+                        st = json.loads(msg.data[1:])
+        return out, st
+
+    out, st = asyncio.run(run())
+    assert out == b"v4\n"
+    assert st["status"] == "Failure" and st["reason"] == "NonZeroExitCode"
+    assert st["details"]["causes"] == [{"reason": "ExitCode", "message": "4"}]
+
+
+def test_attach_refused_by_this_kubelet_says_so(apiserver, kubelet):
+    res = apiserver.kubectl("attach", "kl-one", check=False, timeout=30)
+    assert res.returncode == 1
+    assert "attach is not served by this kubelet" in res.stderr
+
+
+def test_binding_subresource(apiserver, kubelet):
+    import kubeclient
+
+    c = apiserver.client()
+    c.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kl-bind", "namespace": "default"},
+              "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+    binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "kl-bind"},
+               "target": {"apiVersion": "v1", "kind": "Node", "name": "kl-node"}}
+    st = c.request("POST", "/api/v1/namespaces/default/pods/kl-bind/binding", binding)
+    assert st["status"] == "Success"
+    pod = c.get("v1", "pods", "kl-bind", "default")
+    assert pod["spec"]["nodeName"] == "kl-node"
+    assert any(x["type"] == "PodScheduled" and x["status"] == "True" for x in pod["status"]["conditions"])
+    with pytest.raises(kubeclient.Conflict) as ei:
+        c.request("POST", "/api/v1/namespaces/default/pods/kl-bind/binding", binding)
+    assert 'is already assigned to node "kl-node"' in str(ei.value)
+
+
+def test_get_watch_table_rows(apiserver, kubelet):
+    from tests.apiserver_support import real_kubectl
+
+    proc = subprocess.Popen([real_kubectl(), "get", "pods", "-w", "--field-selector", "metadata.name=kl-two"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=apiserver.env())
+    try:
+        assert proc.stdout.readline().split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+        assert proc.stdout.readline().split()[:3] == ["kl-two", "0/2", "Running"]
+        apiserver.kubectl("label", "pod", "kl-two", "seen=yes")
+        assert proc.stdout.readline().split()[:3] == ["kl-two", "0/2", "Running"]
     finally:
         proc.terminate()
         proc.wait(5)
