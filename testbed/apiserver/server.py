@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from datastore import errors as ds_errors
 from testbed.apiserver import discovery, status
 from testbed.apiserver.auth import (
     TokenError,
@@ -169,6 +170,9 @@ class APIServer:
                     raise status.unauthorized()
             return await self._route(req, path, user)
         except APIError as err:
+            return json_response(err.status(), err.code)
+        except ds_errors.DatastoreUnavailable as exc:  # etcd down: say so, the client retries
+            err = status.unavailable(f"the datastore (etcd) is unavailable: {exc}")
             return json_response(err.status(), err.code)
         except asyncio.CancelledError:
             raise

@@ -241,7 +241,15 @@ class WatchHub:
     async def start(self) -> None:
         """Load /registry and start following etcd."""
         self.loop = asyncio.get_running_loop()
-        await self.storage.run(self._load)
+        delay = 0.2
+        while True:  # etcd may come up after us (as kube-apiserver, wait for it)
+            try:
+                await self.storage.run(self._load)
+                break
+            except ds_errors.DatastoreUnavailable as exc:
+                log.warning("waiting for etcd: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
         self._thread = threading.Thread(target=self._follow, daemon=True, name="watch-hub")
         self._thread.start()
         self.ready.set()

@@ -354,3 +354,33 @@ def test_official_python_client_lists_and_watches_pods(apiserver):
     timer.join()
     assert got == [("ADDED", "pyc1", None), ("MODIFIED", "pyc1", "2")]
     api_client.close()
+
+
+def test_etcd_restart_is_survived(apiserver, etcd_server):
+    """etcd goes away and comes back: requests fail with 503 meanwhile, then work again, and
+    an informer's watch carries on and sees writes made after the restart."""
+    c = apiserver.client()
+    inf = kubeclient.Informer(c, "v1", "configmaps", "default", label_selector="restart=yes").start()
+    try:
+        assert inf.wait_synced(10)
+        etcd_server.stop()
+        with pytest.raises(kubeclient.ApiError) as ei:
+            c.list("v1", "configmaps", "default")
+        assert ei.value.code == 503 and ei.value.reason == "ServiceUnavailable"
+        etcd_server.start()
+        wait_for(lambda: _status_of_list(c), lambda code: code == 200, timeout=20, what="API back after etcd")
+        obj = cm("after-restart")
+        obj["metadata"]["labels"] = {"restart": "yes"}
+        c.create(obj)
+        wait_for(lambda: sorted(inf.store), lambda k: k == ["default/after-restart"], timeout=20,
+                 what="the informer sees a write made after etcd came back")
+    finally:
+        inf.stop()
+
+
+def _status_of_list(client) -> int:
+    try:
+        client.list("v1", "configmaps", "default")
+        return 200
+    except kubeclient.ApiError as exc:
+        return exc.code
