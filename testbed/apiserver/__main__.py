@@ -24,6 +24,19 @@ def _bool(v: str) -> bool:
     raise argparse.ArgumentTypeError(f"invalid boolean {v!r} (true or false)")
 
 
+def _duration(v: str) -> float:
+    """A Go duration (``5m0s``, ``90s``, ``1h``, ``250ms``, ``0``) in seconds."""
+    import re
+
+    if v.strip() == "0":
+        return 0.0
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", v)
+    if not parts or "".join(n + u for n, u in parts) != v.strip():
+        raise argparse.ArgumentTypeError(f"invalid duration {v!r} (e.g. 5m0s)")
+    scale = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
 def parse_args(argv: list[str] | None = None) -> Options:
     """Options from kube-apiserver-style flags (``--flag value`` or ``--flag=value``)."""
     p = argparse.ArgumentParser(prog="kube-apiserver (calicolab)", allow_abbrev=False,
@@ -46,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p.add_argument("--kubelet-client-key", default="")
     p.add_argument("--kubelet-certificate-authority", default="")
     p.add_argument("--enable-garbage-collector", type=_bool, default=True)
+    p.add_argument("--etcd-compaction-interval", type=_duration, default=300.0,
+                   help="compact etcd's history this often, like kube-apiserver (Go duration; 0 disables)")
     p.add_argument("--v", "-v", type=int, default=0, help="log verbosity")
     a = p.parse_args(argv)
     if a.service_account_issuer != "https://kubernetes.default.svc.cluster.local":
@@ -61,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
                    anonymous_auth=a.anonymous_auth, kubelet_client_certificate=a.kubelet_client_certificate,
                    kubelet_client_key=a.kubelet_client_key,
                    kubelet_certificate_authority=a.kubelet_certificate_authority,
-                   enable_garbage_collector=a.enable_garbage_collector)
+                   enable_garbage_collector=a.enable_garbage_collector,
+                   etcd_compaction_interval=a.etcd_compaction_interval)
     missing = [f for f in (opts.path(opts.tls_cert_file, "apiserver.crt"), opts.path(opts.tls_private_key_file,
                                                                                     "apiserver.key"),
                            opts.path(opts.client_ca_file, "ca.crt"), opts.path(opts.service_account_key_file, "sa.pub"))

@@ -1350,7 +1350,27 @@ class Handlers:
         tasks = [asyncio.create_task(bootstrap.namespace_contents(self))]
         if self.server.opts.enable_garbage_collector:
             tasks.append(asyncio.create_task(self.gc.run()))
+        if self.server.opts.etcd_compaction_interval > 0:
+            tasks.append(asyncio.create_task(self.compactor(self.server.opts.etcd_compaction_interval)))
         return tasks
+
+    async def compactor(self, interval: float) -> None:
+        """Compact etcd's history as kube-apiserver does: every interval, up to the revision
+        seen one interval before (so a watcher is never more than one interval behind)."""
+        last = 0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                now = await self.storage.revision()
+                if last:
+                    await self.storage.run(self.storage.etcd.call, "/v3/kv/compaction", {"revision": str(last)})
+                    log.info("compacted etcd to revision %d", last)
+                last = now
+            except ds_errors.Compacted:
+                last = 0
+            except ds_errors.DatastoreError as exc:
+                if "compacted" not in str(exc):
+                    log.info("compaction skipped: %s", exc)
 
     async def internal_create(self, obj: dict) -> dict | None:
         """Create an object as the server itself (bootstrap); None if it exists."""

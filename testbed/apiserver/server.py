@@ -63,6 +63,7 @@ class Options:
     kubelet_certificate_authority: str = ""
     kubelet_port: int = 10250
     enable_garbage_collector: bool = True
+    etcd_compaction_interval: float = 300.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def path(self, explicit: str, name: str) -> str:

@@ -384,3 +384,27 @@ def _status_of_list(client) -> int:
         return 200
     except kubeclient.ApiError as exc:
         return exc.code
+
+
+def test_server_compacts_etcd_history(apiserver, tmp_path):
+    """--etcd-compaction-interval: the history is compacted, old resourceVersions become 410."""
+    from tests.apiserver_support import APIServerProcess
+
+    other = APIServerProcess(tmp_path, apiserver.etcd, ["--etcd-compaction-interval", "1s"])
+    other.start()
+    try:
+        c = other.client()
+        old = c.create(cm("compact-me"))["metadata"]["resourceVersion"]
+        c.create(cm("compact-me-2"))
+
+        def watch_code() -> int:
+            try:
+                for _ in c.watch("v1", "configmaps", "default", resource_version=old, timeout_seconds=1):
+                    pass
+                return 200
+            except kubeclient.Gone:
+                return 410
+
+        wait_for(watch_code, lambda code: code == 410, timeout=15, what="410 for a compacted resourceVersion")
+    finally:
+        other.stop()
