@@ -24,6 +24,7 @@ examples:
   calicolab capture stop
   calicolab up topologies/walkthrough.yaml        # lab "walkthrough", returns when ready
   calicolab kubectl get nodes -o wide
+  calicolab kubeconfig > lab.conf                  # the lab's admin kubeconfig
   calicolab shell k8s-w0                           # bash inside the node
   calicolab exec k8s-w0 -- ip -c route
   calicolab exec default/nginx-0 -- ip addr        # inside a pod (kubectl exec)
@@ -92,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"run {tool} against the lab (from its control-plane node)",
                            usage=f"calicolab {tool} [--lab NAME] ARGS ...")
         s.add_argument("args", nargs=argparse.REMAINDER)
+
+    sub.add_parser("kubeconfig", parents=[lab_opt],
+                   help="print the lab's admin kubeconfig (/etc/kubernetes/admin.conf)",
+                   description="Prints the admin kubeconfig of the lab (the API server at "
+                   "https://<control-plane address>:6443, reachable from inside the lab's nodes).")
 
     s = sub.add_parser("install-cni", parents=[lab_opt],
                        help="start calico-node on every node (kubectl apply -f calico.yaml)")
@@ -226,6 +232,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         from testbed import walkthrough
 
         return walkthrough.main(args.args)
+    if cmd == "kubeconfig":
+        from testbed.lab import kubeadm
+
+        st = labstate.resolve(lab)
+        try:
+            sys.stdout.write(kubeadm.admin_conf(st).read_text())
+        except OSError as exc:
+            raise labstate.LabError(f"lab {st['lab']!r} has no admin kubeconfig ({exc.strerror})") from None
+        return EXIT_OK
     if cmd == "install-cni":
         reply = labmod.install_cni(lab, timeout=args.timeout)
         started = reply.get("started") or []

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 SERVICE_IP = "10.96.0.1"
@@ -79,7 +79,11 @@ def _key(bits: int = 2048) -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=bits)
 
 
-def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
+def _ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                              serialization.NoEncryption())
 
@@ -120,9 +124,11 @@ def make_ca(days: int = 3650) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
 
 def issue(ca: x509.Certificate, ca_key: rsa.RSAPrivateKey, cn: str, *, orgs: tuple[str, ...] = (),
           dns: tuple[str, ...] = (), ips: tuple[str, ...] = (), server: bool = False,
-          client: bool = False, days: int = 365) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
-    """A leaf certificate signed by the CA (serving and/or client usage)."""
-    key = _key()
+          client: bool = False, days: int = 365, ecdsa: bool = False
+          ) -> tuple[x509.Certificate, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey]:
+    """A leaf certificate signed by the CA (serving and/or client usage); ``ecdsa``: a P-256
+    key (as the kubelet's own certificates), else RSA 2048 (kubeadm's)."""
+    key = _ec_key() if ecdsa else _key()
     now = _now()
     usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
         [ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
@@ -132,7 +138,7 @@ def issue(ca: x509.Certificate, ca_key: rsa.RSAPrivateKey, cn: str, *, orgs: tup
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True, key_cert_sign=False,
+        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=not ecdsa, key_cert_sign=False,
                                      content_commitment=False, data_encipherment=False, key_agreement=False,
                                      crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
@@ -183,15 +189,44 @@ def write_pki(directory: str, node_name: str = "control-plane", node_ips: list[s
     return pki
 
 
-def issue_client(pki: Pki, cn: str, orgs: tuple[str, ...] = ()) -> tuple[bytes, bytes]:
-    """A client cert/key (PEM) for user ``cn`` in groups ``orgs``, signed by the lab CA
-    (what a kubelet or controller would get as its credentials)."""
+def load_ca(pki: Pki) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    """The CA certificate and key of ``pki``."""
     with open(pki.ca_crt, "rb") as f:
         ca = x509.load_pem_x509_certificate(f.read())
     with open(pki.ca_key, "rb") as f:
         ca_key = serialization.load_pem_private_key(f.read(), None)
-    cert, key = issue(ca, ca_key, cn, orgs=orgs, client=True)  # type: ignore[arg-type]
+    return ca, ca_key  # type: ignore[return-value]
+
+
+def issue_client(pki: Pki, cn: str, orgs: tuple[str, ...] = (), ecdsa: bool = False,
+                 ca: tuple[x509.Certificate, rsa.RSAPrivateKey] | None = None) -> tuple[bytes, bytes]:
+    """A client cert/key (PEM) for user ``cn`` in groups ``orgs``, signed by the lab CA
+    (what a kubelet or controller would get as its credentials). ``ca``: the loaded CA
+    (:func:`load_ca`), to issue many without reading it again."""
+    ca_cert, ca_key = ca or load_ca(pki)
+    cert, key = issue(ca_cert, ca_key, cn, orgs=orgs, client=True, ecdsa=ecdsa)
     return _pem_cert(cert), _pem_key(key)
+
+
+def self_signed_serving(cn: str, dns: tuple[str, ...] = (), ips: tuple[str, ...] = (),
+                        days: int = 365) -> tuple[bytes, bytes]:
+    """A self-signed serving cert/key (PEM, ECDSA P-256), as a kubelet makes for its
+    :10250 endpoint when no serving certificate is given (``<node>-ca@<time>`` issuer)."""
+    key = _ec_key()
+    now = _now()
+    name = _name(cn)
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    builder = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(_name(f"{cn}-ca@{int(now.timestamp())}"))
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return _pem_cert(builder.sign(key, hashes.SHA256())), _pem_key(key)
 
 
 def kubeconfig(server: str, ca_pem: bytes, cert_pem: bytes | None = None, key_pem: bytes | None = None,

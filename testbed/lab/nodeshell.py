@@ -40,7 +40,7 @@ def _env(state: dict, host: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if k in _KEEP_ENV}
     env = labstate.node_env(state, host, base=base)
     env.setdefault("TERM", "xterm")
-    env["KUBECONFIG"] = "/etc/kubernetes/admin.conf"  # informative; kubectl reads etcd
+    env["KUBECONFIG"] = "/etc/kubernetes/admin.conf"  # the lab's API server (testbed.lab.kubeadm)
     return env
 
 

@@ -56,6 +56,7 @@ NODE_DIRS: tuple[tuple[str, str | None], ...] = (
     ("/var/log/calico", "log"),
     ("/var/lib/kubelet", "var-lib-kubelet"),
     ("/var/lib/cni", "var-lib-cni"),
+    ("/etc/kubernetes", "etc-kubernetes"),
     ("/var/run/calico", None),
     ("/run/netns", None),
 )
@@ -101,6 +102,8 @@ class Supervisor:
         self.stop_event = threading.Event()
         self.lock = threading.RLock()
         self.server: socket.socket | None = None
+        self.pki_thread: threading.Thread | None = None
+        self.pki_error: BaseException | None = None
 
     # ---------------------------------------------------------------- reporting
     def progress(self, msg: str) -> None:
@@ -381,6 +384,65 @@ class Supervisor:
         # control plane would have its own resources): starved, it answered in more than
         # the clients' 3 s timeout and watchers gave up (see docs/testbed.md)
         self.start_service(cp.name, "etcd", ["nice", "-n", str(ETCD_NICE), *argv])
+
+    def start_pki(self) -> None:
+        """Make the PKI and kubeconfigs (testbed.lab.kubeadm) on a thread: RSA keys take ~1 s,
+        the network build runs meanwhile."""
+        from testbed.lab import kubeadm
+
+        def run() -> None:
+            try:
+                kubeadm.init(self.state)
+            except BaseException as exc:  # noqa: BLE001 - raised in start_apiserver
+                self.pki_error = exc
+
+        self.pki_thread = threading.Thread(target=run, name="pki", daemon=True)
+        self.pki_thread.start()
+
+    def start_apiserver(self) -> None:
+        """The Kubernetes API server in the control-plane node, on <address>:6443, over the
+        lab's etcd (testbed.apiserver, kube-apiserver's flags)."""
+        if self.pki_thread is not None:
+            self.pki_thread.join()
+        if self.pki_error is not None:
+            raise RuntimeError(f"making the lab's PKI failed: {self.pki_error}")
+        cp = self.topo.control_plane
+        argv = [sys.executable, "-m", "testbed.apiserver", "--etcd-servers", "http://127.0.0.1:2379",
+                "--bind-address", "0.0.0.0", "--secure-port", "6443", "--advertise-address", str(cp.address),
+                "--cert-dir", "/etc/kubernetes/pki"]
+        self.progress(f"starting kube-apiserver on {cp.name} ({cp.address}:6443)")
+        # the API server answers every node like etcd does: same CPU priority (see start_etcd)
+        self.start_service(cp.name, "kube-apiserver", ["nice", "-n", str(ETCD_NICE), *argv])
+
+    def wait_apiserver(self, timeout: float = 30.0) -> None:
+        """Wait until the API server answers /readyz ``ok`` (admin credentials)."""
+        from testbed.lab import kubeadm
+
+        cp = self.topo.control_plane
+        key = f"{cp.name}/kube-apiserver"
+        conf = str(kubeadm.admin_conf(self.state))
+
+        def poll() -> None:
+            from kubeclient import Client, from_kubeconfig
+
+            client = Client(from_kubeconfig(conf))
+            client.config.timeout = 2.0
+            deadline = time.monotonic() + timeout
+            last: Any = None
+            while time.monotonic() < deadline:
+                proc = self.procs.get(key)
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"kube-apiserver exited ({proc.returncode}); see "
+                                       f"{self.sdir / 'logs' / (cp.name + '.kube-apiserver.log')}")
+                try:
+                    if client.request("GET", "/readyz", raw=True) == b"ok":
+                        return
+                except Exception as exc:  # noqa: BLE001 - not up yet
+                    last = exc
+                time.sleep(0.02)
+            raise RuntimeError(f"kube-apiserver on {cp.name} not ready after {timeout:.0f}s (last: {last})")
+
+        nsmod.run_in(self.state["hosts"][cp.name]["netns"], poll)
 
     def wait_etcd(self) -> None:
         """Wait until the lab's etcd answers /health from the control-plane node."""
@@ -712,11 +774,13 @@ class Supervisor:
 
         try:
             self.setup_process()
+            self.start_pki()
             self.build()
             mark("network")
             # etcd, kubelets and calico-nodes start together: the node services
             # retry until the datastore answers, and their start-up overlaps etcd's.
             self.start_etcd()
+            self.start_apiserver()
             self.start_external_services()
             self.start_node_services()
             started: list[str] = []
@@ -729,6 +793,8 @@ class Supervisor:
                 started = self.start_calico_nodes()
             self.wait_etcd()
             mark("etcd")
+            self.wait_apiserver()
+            mark("apiserver")
             self.kubeadm_init()
             applying = self.start_workloads()
             self.apply_bgp_config(patch_nodes=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,12 +81,27 @@ def test_up_node_view_and_down(make_lab):
     ns_obj = nsmod.run_in(f"{lab}-m", lambda: Store.from_endpoints(st["etcd_endpoints"])
                           .find("Namespace", "lab-probe", None))
     assert ns_obj is not None and ns_obj["metadata"]["name"] == "lab-probe"
+    # the lab's API server on the control plane's :6443: the real kubectl in a worker's shell
+    # (KUBECONFIG=/etc/kubernetes/admin.conf) sees the nodes, and only the control plane holds the PKI
+    from testbed.lab.nodeshell import run_in_node
+
+    kubectl = str(labstate.VENV_BIN / "kubectl")
+    got = run_in_node(st, "w0", [kubectl, "get", "nodes", "-o", "name"], capture_output=True, text=True)
+    assert got.returncode == 0 and set(got.stdout.split()) >= {"node/m", "node/w0", "node/w1"}, got
+    assert "https://172.30.61.10:6443" in run_in_node(st, "w1", [kubectl, "config", "view", "-o", "name"],
+                                                      capture_output=True, text=True).stdout + \
+        run_in_node(st, "w1", ["cat", "/etc/kubernetes/admin.conf"], capture_output=True, text=True).stdout
+    pki = run_in_node(st, "m", ["ls", "/etc/kubernetes/pki"], capture_output=True, text=True).stdout.split()
+    assert {"ca.crt", "ca.key", "apiserver.crt", "sa.key"} <= set(pki), pki
+    assert run_in_node(st, "w0", ["ls", "/etc/kubernetes/pki"], capture_output=True,
+                       text=True).stdout.split() == ["ca.crt"]
+    conf = subprocess.run([sys.executable, "-m", "testbed.cli", "kubeconfig", "--lab", lab],
+                          capture_output=True, text=True)
+    assert conf.returncode == 0 and '"server": "https://172.30.61.10:6443"' in conf.stdout, conf
     # the machine's namespace gained no link and lost no route
     assert _root_links() == links_before
     assert sh("ip", "route") == routes_before
     # private node dirs: a file in w0's /etc/cni/net.d is not in m's nor on the machine
-    from testbed.lab.nodeshell import run_in_node
-
     run_in_node(st, "w0", ["sh", "-c", "echo {} > /etc/cni/net.d/99-probe.conf"], check=True)
     seen_m = run_in_node(st, "m", ["ls", "/etc/cni/net.d"], capture_output=True, text=True).stdout
     seen_w0 = run_in_node(st, "w0", ["ls", "/etc/cni/net.d"], capture_output=True, text=True).stdout
