@@ -1,135 +1,131 @@
-"""Benchmark: BGP full-mesh convergence and new-block propagation.
+"""Benchmark: BGP full-mesh convergence and new-block propagation, calicolab vs BIRD 2.
 
-For each N (default 10, 30, 50) it builds N namespaces on one bridge (a TUN ``tunl0`` in
-each), starts one speaker per namespace (threads of this process, each in its namespace),
-and measures:
+N namespaces on one bridge, ONE DAEMON PROCESS PER NODE (as a lab runs calico-node), for
+our speaker and for Debian's BIRD 2 in the same run, interleaved (ABBA order), repeated;
+medians and ratios are printed with the load average. Timers are matched, connect delay
+1 s for both (BIRD's floor). Each node originates its /26 block as a blackhole; received
+blocks go to the kernel (``proto bird``). Measured:
 
-* mesh convergence: last speaker started -> every node has every other node's block
-  programmed in its kernel (``proto bird`` route via tunl0) -- N(N-1)/2 sessions;
-* new block: a block added to node 0's configuration -> programmed on every other node.
+* mesh convergence: first daemon spawned -> every node holds every block in its kernel
+  (N(N-1)/2 sessions; process start-up, connect delay and route exchange included);
+* new block: a /26 added to node 0's file + SIGHUP -> the route in every other node's kernel.
 
-Prints a table and writes JSON (``--json``, default bench/results/bgp_convergence.json).
-Needs root. Run: ``sudo .venv/bin/python bench/bgp_convergence.py [--sizes 10,30,50]``.
+Prints a table and writes JSON (``--json``). Needs root and bird2. Run under the lock:
+``flock /work/wt/heavy.lock .venv/bin/python bench/bgp_convergence.py [--sizes 10,30] [--repeat 5]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
 import time
-from dataclasses import replace
-from ipaddress import IPv4Network
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agent.bgp.fsm import Timers  # noqa: E402
-from agent.bgp.runner import SpeakerThread  # noqa: E402
-from tests.netns.test_bgp_mesh import NetLab, bird_routes, mesh_config  # noqa: E402
-
-BENCH_TIMERS = Timers(connect_delay=0.1, connect_retry=1, error_wait_min=0.5, error_wait_max=2)
-
-
-def block(i: int) -> IPv4Network:
-    return IPv4Network(f"10.{100 + i // 256}.{i % 256}.0/26")
-
-
-def wait_all(pred, timeout: float, what: str) -> float:
-    t0 = time.monotonic()
-    while True:
-        if pred():
-            return time.monotonic()
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+from bench.bgp_peers import (  # noqa: E402
+    ROOT,
+    TIMERS,
+    Bench,
+    Node,
+    bird_version,
+    compile_bytecode,
+    load,
+    median,
+    print_table,
+    require_root_and_bird,
+    write_json,
+)
 
 
-def run(n: int, timeout: float) -> dict:
-    lab = NetLab("172.29.0.0/22")
-    speakers: list[SpeakerThread] = []
+def block(i: int) -> str:
+    return f"10.{100 + i // 256}.{i % 256}.0/26"
+
+
+NEW_BLOCK = "10.200.0.0/26"
+
+
+def one_run(bench: Bench, impl: str, timeout: float) -> dict:
+    nss = bench.namespaces
+    addrs = [a for _ns, a in bench.lab.nodes]
+    n = len(nss)
+    nodes = [Node(ns, a, [b for b in addrs if b != a], blackholes=[block(i)])
+             for i, (ns, a) in enumerate(bench.lab.nodes)]
+    w = bench.watch
     try:
-        t_setup = time.monotonic()
-        nodes = [lab.add_node() for _ in range(n)]
-        lab.static_neighbors()
-        setup = time.monotonic() - t_setup
-        addrs = [a for _ns, a in nodes]
-        configs = [replace(mesh_config(a, addrs, [block(i)], timers=BENCH_TIMERS),
-                           export_pools=(IPv4Network("10.0.0.0/8"),))
-                   for i, (_ns, a) in enumerate(nodes)]
-        configs = [replace(c, kernel=replace(c.kernel, ipip_pools=(IPv4Network("10.0.0.0/8"),)))
-                   for c in configs]
-        t_first = time.monotonic()
-        for i, (ns, _a) in enumerate(nodes):
-            t = SpeakerThread(configs[i], netns=ns, name=f"bgp{i}")
-            speakers.append(t)
-            t.start()
-        t_last = time.monotonic()
-
-        def converged() -> bool:
-            return all(s.speaker is not None and len(s.speaker.kernel_routes) == n
-                       for s in speakers)
-
-        t_conv = wait_all(converged, timeout, "mesh convergence")
-        sessions = sum(s.status()["established"] for s in speakers) // 2
-        # the kernel really holds it (checked once, outside the timing)
-        sample = bird_routes(nodes[-1][0])
-        assert len(sample) == n, sample
-
-        new = IPv4Network("10.200.0.0/26")
-        cfg0 = replace(configs[0], originate=configs[0].originate + ((new, True),))
+        t0 = time.monotonic()
+        bench.start(impl, nodes)
+        t_spawned = time.monotonic()
+        w.wait(lambda: all(w.count(ns) == n for ns in nss), timeout, f"{impl}: mesh of {n}")
+        t_conv = w.last_arrival(nss)
+        others = nss[1:]
+        nodes[0].blackholes.append(NEW_BLOCK)
         t_apply = time.monotonic()
-        speakers[0].apply(cfg0)
-
-        def everywhere() -> bool:
-            return all(new in s.speaker.kernel_routes for s in speakers[1:])
-
-        t_new = wait_all(everywhere, timeout, "new block everywhere")
-        return {"nodes": n, "sessions": sessions, "expected_sessions": n * (n - 1) // 2,
-                "netns_setup_s": round(setup, 3),
-                "start_all_s": round(t_last - t_first, 3),
-                "converge_after_last_start_s": round(t_conv - t_last, 3),
-                "converge_after_first_start_s": round(t_conv - t_first, 3),
-                "new_block_everywhere_s": round(t_new - t_apply, 3)}
+        bench.daemons[0].reconfigure()
+        w.wait(lambda: all(w.when(ns, NEW_BLOCK) is not None for ns in others), timeout,
+               f"{impl}: new block everywhere")
+        t_new = w.last_arrival(others, {NEW_BLOCK})
+        return {"impl": impl, "nodes": n, "spawn_all_s": round(t_spawned - t0, 3),
+                "converged_s": round(t_conv - t0, 3),
+                "new_block_ms": round((t_new - t_apply) * 1000, 1)}
+    except (TimeoutError, RuntimeError):
+        for d in bench.daemons[:3]:
+            print(f"--- {d.kind} {d.node.ns} log:\n{d.log_tail()}", file=sys.stderr)
+        raise
     finally:
-        for s in speakers:
-            try:
-                s.stop()
-            except Exception:  # noqa: BLE001 - cleanup goes on
-                pass
-        lab.close()
+        bench.stop()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="10,30,50")
-    ap.add_argument("--timeout", type=float, default=120)
+    ap.add_argument("--sizes", default="10,30")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--impls", default="calicolab,bird")
+    ap.add_argument("--timeout", type=float, default=60)
     ap.add_argument("--json", default=os.path.join(ROOT, "bench", "results",
                                                    "bgp_convergence.json"))
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("needs root (namespaces)", file=sys.stderr)
-        return 2
-    # all speakers share this process: 50 nodes hold ~2,500 sockets (a real node holds ~50)
+    require_root_and_bird()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
-    rows = []
+    compile_bytecode()
+    impls = args.impls.split(",")
+    load_before = load()
+    runs, summary = [], []
     for n in (int(x) for x in args.sizes.split(",")):
-        rows.append(run(n, args.timeout))
-        print(f"  done N={n}", file=sys.stderr)
-    cols = ["nodes", "sessions", "start_all_s", "converge_after_last_start_s",
-            "converge_after_first_start_s", "new_block_everywhere_s"]
-    print(" | ".join(cols))
-    for r in rows:
-        print(" | ".join(str(r[c]).rjust(len(c)) for c in cols))
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"benchmark": "bgp_convergence", "timers": BENCH_TIMERS.__dict__,
-                   "process_model": "one process, one thread + asyncio loop per speaker",
-                   "results": rows}, f, indent=2)
-    print(f"wrote {args.json}")
+        bench = Bench(n, "172.29.0.0/22")
+        try:
+            for rep in range(args.repeat):
+                order = impls if rep % 2 == 0 else impls[::-1]  # ABBA: drift hits both
+                for impl in order:
+                    r = one_run(bench, impl, args.timeout)
+                    r["rep"] = rep
+                    r["load1"] = load()[0]
+                    runs.append(r)
+                    print(f"  N={n} rep {rep} {impl}: converged {r['converged_s']} s, "
+                          f"new block {r['new_block_ms']} ms", file=sys.stderr)
+        finally:
+            bench.close()
+        row = {"nodes": n}
+        for impl in impls:
+            mine = [r for r in runs if r["nodes"] == n and r["impl"] == impl]
+            row[f"{impl}_converged_s"] = median([r["converged_s"] for r in mine])
+            row[f"{impl}_new_block_ms"] = median([r["new_block_ms"] for r in mine])
+        if len(impls) == 2:
+            a, b = impls
+            row["converged_ratio"] = round(row[f"{a}_converged_s"] / row[f"{b}_converged_s"], 2)
+            row["new_block_ratio"] = round(row[f"{a}_new_block_ms"] / row[f"{b}_new_block_ms"], 2)
+        summary.append(row)
+    load_after = load()
+    print_table(f"BGP mesh convergence and new-block propagation (medians of {args.repeat}, "
+                f"connect delay {TIMERS.connect_delay:g} s both; load average before "
+                f"{load_before}, after {load_after})", summary, list(summary[0]))
+    write_json(args.json, {"benchmark": "bgp_convergence", "peer": bird_version(),
+                           "process_model": "one daemon process per node (ip netns exec)",
+                           "timers": TIMERS.__dict__, "repeat": args.repeat,
+                           "load_before": load_before, "load_after": load_after,
+                           "summary": summary, "runs": runs})
     return 0
 
 

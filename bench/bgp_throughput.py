@@ -1,113 +1,144 @@
-"""Benchmark: UPDATE throughput — one speaker announces P prefixes to K neighbours.
+"""Benchmark: UPDATE throughput, calicolab vs BIRD 2 in the same run.
 
-Measures, in namespaces on one bridge: time from the originating speaker's configuration
-change (P new prefixes) until every neighbour's Loc-RIB holds all of them, and (separately)
-the same with kernel programming on the receivers. Prints a table, writes JSON.
-Reference point (calico.md / issue 6): BIRD and FRR pass 100k prefixes to 5 neighbours in
-3-4 s. Run: ``sudo .venv/bin/python bench/bgp_throughput.py [--prefixes 100000] [--peers 5]``.
+One sender announces P prefixes (/26s of 10.0.0.0/8, one set of attributes) to K receivers,
+each node one daemon process in its own namespace (``bench.bgp_peers``). The trigger is the
+same for both: the sender's configuration file gains the P routes, then SIGHUP. Measured
+from the signal until:
+
+* ``rib``: every receiver holds all P routes in its RIB (control socket count; receivers do
+  not program the kernel), default 100k prefixes to 5 peers;
+* ``kernel``: every receiver has all P routes in its kernel (rtnetlink listener), default
+  10k prefixes to 5 peers.
+
+Interleaved (ABBA), repeated, medians, ratios and the load average. Needs root and bird2:
+``flock /work/wt/heavy.lock .venv/bin/python bench/bgp_throughput.py [--repeat 3]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import socket
 import sys
 import time
-from dataclasses import replace
-from ipaddress import IPv4Network
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agent.bgp.config import KernelPolicy  # noqa: E402
-from agent.bgp.fsm import Timers  # noqa: E402
-from agent.bgp.runner import SpeakerThread  # noqa: E402
-from tests.netns.test_bgp_mesh import NetLab, mesh_config  # noqa: E402
+from bench.bgp_peers import (  # noqa: E402
+    ROOT,
+    Bench,
+    Node,
+    bird_version,
+    compile_bytecode,
+    load,
+    median,
+    print_table,
+    require_root_and_bird,
+    write_json,
+)
 
-TIMERS = Timers(connect_delay=0.1, connect_retry=1, error_wait_min=0.5, error_wait_max=2)
-POOL = IPv4Network("10.0.0.0/8")
+BASE = int.from_bytes(socket.inet_aton("10.0.0.0"), "big")
 
 
-def prefixes(n: int) -> list[IPv4Network]:
-    base = int(POOL.network_address)
+def prefixes(n: int) -> list[str]:
     if n > 2 ** 18:
-        raise ValueError(f"at most {2 ** 18} /26 prefixes fit in {POOL}")
-    return [IPv4Network((base + (i << 6), 26)) for i in range(n)]
+        raise ValueError(f"at most {2 ** 18} /26 prefixes fit in 10.0.0.0/8")
+    return [f"{socket.inet_ntoa((BASE + (i << 6)).to_bytes(4, 'big'))}/26" for i in range(n)]
 
 
-def run(n_prefixes: int, n_peers: int, program_kernel: bool, timeout: float) -> dict:
-    lab = NetLab("172.28.0.0/24")
-    speakers: list[SpeakerThread] = []
+def one_run(bench: Bench, impl: str, mode: str, nets: list[str], timeout: float) -> dict:
+    addrs = [a for _ns, a in bench.lab.nodes]
+    nss = bench.namespaces
+    kernel = mode == "kernel"
+    nodes = [Node(nss[0], addrs[0], addrs[1:], kernel=False)]
+    nodes += [Node(ns, a, [addrs[0]], kernel=kernel) for ns, a in bench.lab.nodes[1:]]
+    p = len(nets)
     try:
-        nodes = [lab.add_node() for _ in range(n_peers + 1)]
-        lab.static_neighbors()
-        addrs = [a for _ns, a in nodes]
-        cfgs = []
-        for i, (_ns, a) in enumerate(nodes):
-            peers = addrs if i == 0 else [addrs[0], a]
-            c = mesh_config(a, peers, [], timers=TIMERS)
-            cfgs.append(replace(c, export_pools=(POOL,), kernel=KernelPolicy()))
-        for i, (ns, _a) in enumerate(nodes):
-            t = SpeakerThread(cfgs[i], netns=ns, program_kernel=program_kernel or i == 0,
-                              name=f"tp{i}")
-            speakers.append(t)
-            t.start()
-        deadline = time.monotonic() + 10
-        while sum(s.status()["established"] for s in speakers[1:]) < n_peers:
+        bench.start(impl, nodes)
+        bench.wait_sockets()
+        recv = bench.daemons[1:]
+        deadline = time.monotonic() + timeout
+
+        def established() -> bool:
+            for d in recv:
+                out = d.query("show protocols")
+                if out.count("Established") != 1:
+                    return False
+            return True
+
+        while not established():
             if time.monotonic() > deadline:
-                raise TimeoutError("sessions did not come up")
-            time.sleep(0.02)
-        nets = prefixes(n_prefixes)
-        cfg0 = replace(cfgs[0], originate=tuple((p, False) for p in nets))
+                raise TimeoutError(f"{impl}: sessions did not come up")
+            time.sleep(0.05)
+        nodes[0].unicast = nets
         t0 = time.monotonic()
-        speakers[0].apply(cfg0)
-        t_applied = time.monotonic()
-
-        def done() -> bool:
-            if program_kernel:
-                return all(len(s.speaker.kernel_routes) >= n_prefixes for s in speakers[1:])
-            return all(len(s.speaker.rib.loc) >= n_prefixes for s in speakers[1:])
-
-        while not done():
-            if time.monotonic() - t0 > timeout:
-                raise TimeoutError("prefixes did not arrive")
-            time.sleep(0.02)
-        t_end = time.monotonic()
-        return {"prefixes": n_prefixes, "peers": n_peers, "kernel": program_kernel,
-                "originate_s": round(t_applied - t0, 3), "all_received_s": round(t_end - t0, 3),
-                "prefixes_per_s_per_peer": round(n_prefixes / (t_end - t0))}
+        bench.daemons[0].reconfigure()
+        if kernel:
+            w = bench.watch
+            w.wait(lambda: all(w.count(ns) >= p for ns in nss[1:]), timeout,
+                   f"{impl}: {p} routes in every receiver's kernel")
+            t_end = w.last_arrival(nss[1:])
+        else:
+            pending = list(recv)
+            while pending:
+                pending = [d for d in pending if d.rib_routes() < p]
+                if pending:
+                    if time.monotonic() > deadline + timeout:
+                        raise TimeoutError(f"{impl}: {p} routes did not reach every RIB")
+                    time.sleep(0.005)
+            t_end = time.monotonic()
+        return {"impl": impl, "mode": mode, "prefixes": p, "peers": len(recv),
+                "seconds": round(t_end - t0, 3)}
+    except (TimeoutError, RuntimeError):
+        for d in bench.daemons[:2]:
+            print(f"--- {d.kind} {d.node.ns} log:\n{d.log_tail()}", file=sys.stderr)
+        raise
     finally:
-        for s in speakers:
-            try:
-                s.stop(timeout=60)
-            except Exception:  # noqa: BLE001 - cleanup goes on
-                pass
-        lab.close()
+        bench.stop()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prefixes", type=int, default=100000)
+    ap.add_argument("--kernel-prefixes", type=int, default=10000)
     ap.add_argument("--peers", type=int, default=5)
-    ap.add_argument("--kernel-prefixes", type=int, default=10000,
-                    help="prefix count for the run that also programs the receivers' kernels")
-    ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--modes", default="rib,kernel")
+    ap.add_argument("--impls", default="calicolab,bird")
+    ap.add_argument("--timeout", type=float, default=120)
     ap.add_argument("--json", default=os.path.join(ROOT, "bench", "results", "bgp_throughput.json"))
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("needs root (namespaces)", file=sys.stderr)
-        return 2
-    rows = [run(args.prefixes, args.peers, False, args.timeout),
-            run(args.kernel_prefixes, args.peers, True, args.timeout)]
-    cols = list(rows[0])
-    print(" | ".join(cols))
-    for r in rows:
-        print(" | ".join(str(r[c]).rjust(len(c)) for c in cols))
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"benchmark": "bgp_throughput", "results": rows}, f, indent=2)
-    print(f"wrote {args.json}")
+    require_root_and_bird()
+    compile_bytecode()
+    impls = args.impls.split(",")
+    load_before = load()
+    bench = Bench(args.peers + 1, "172.28.0.0/24")
+    runs, summary = [], []
+    try:
+        for mode in args.modes.split(","):
+            nets = prefixes(args.prefixes if mode == "rib" else args.kernel_prefixes)
+            for rep in range(args.repeat):
+                for impl in (impls if rep % 2 == 0 else impls[::-1]):
+                    r = one_run(bench, impl, mode, nets, args.timeout)
+                    r["rep"], r["load1"] = rep, load()[0]
+                    runs.append(r)
+                    print(f"  {mode} rep {rep} {impl}: {r['seconds']} s", file=sys.stderr)
+            row = {"what": f"{len(nets)} prefixes to {args.peers} peers ({mode})"}
+            for impl in impls:
+                row[f"{impl}_s"] = median([r["seconds"] for r in runs
+                                           if r["mode"] == mode and r["impl"] == impl])
+            if len(impls) == 2:
+                row["ratio"] = round(row[f"{impls[0]}_s"] / row[f"{impls[1]}_s"], 2)
+            summary.append(row)
+    finally:
+        bench.close()
+    load_after = load()
+    print_table(f"BGP UPDATE throughput (medians of {args.repeat}; load average before "
+                f"{load_before}, after {load_after})", summary, list(summary[0]))
+    write_json(args.json, {"benchmark": "bgp_throughput", "peer": bird_version(),
+                           "process_model": "one daemon process per node (ip netns exec)",
+                           "repeat": args.repeat, "load_before": load_before,
+                           "load_after": load_after, "summary": summary, "runs": runs})
     return 0
 
 

@@ -121,3 +121,96 @@ class SpeakerThread:
                 os.unlink(self.ctl_path)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
+
+
+# ---------------------------------------------------------------- a speaker as a process
+
+
+def load_config(path: str) -> SpeakerConfig:
+    """Read a speaker configuration file (JSON, :func:`agent.bgp.config.to_dict`'s shape)."""
+    import json
+
+    from agent.bgp.config import from_dict
+
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    try:
+        return from_dict(data)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+async def serve_forever(path: str, *, ctl_path: str | None = None,
+                        program_kernel: bool = True) -> None:
+    """Run one speaker from the file at ``path`` in this process's loop, as BIRD runs from
+    bird.conf: SIGHUP re-reads the file and applies it (sessions that did not change stay
+    up), SIGTERM/SIGINT stop with Cease and remove our kernel routes."""
+    import logging
+    import signal
+
+    log = logging.getLogger(__name__)
+    loop = asyncio.get_running_loop()
+    speaker = Speaker(load_config(path), program_kernel=program_kernel)
+    await speaker.start()
+    ctl_server = None
+    if ctl_path:
+        from agent.bgp import ctl
+
+        ctl_server = await ctl.serve(ctl_path, speaker.status, speaker.show_route)
+    done = asyncio.Event()
+    busy: set[asyncio.Task] = set()
+
+    async def reload() -> None:
+        try:
+            await speaker.apply(load_config(path))
+            log.info("reconfigured from %s", path)
+        except ValueError as exc:  # keep running with the old configuration, as BIRD does
+            log.error("reconfiguration failed, keeping the running configuration: %s", exc)
+
+    def on_hup() -> None:
+        task = loop.create_task(reload())
+        busy.add(task)
+        task.add_done_callback(busy.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGTERM, done.set)
+    loop.add_signal_handler(signal.SIGINT, done.set)
+    await done.wait()
+    await speaker.stop()
+    if ctl_server is not None:
+        ctl_server.close()
+        if os.path.exists(ctl_path):
+            os.unlink(ctl_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m agent.bgp.runner -c speaker.json [-s ctl.sock] [--netns NAME]``."""
+    import argparse
+    import logging
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m agent.bgp.runner",
+                                 description="Run one BGP speaker from a configuration file "
+                                             "(SIGHUP: reload; SIGTERM: stop)")
+    ap.add_argument("-c", "--config", required=True, help="JSON speaker configuration")
+    ap.add_argument("-s", "--socket", help="control socket (agent.bgp.ctl protocol)")
+    ap.add_argument("--netns", help="enter /run/netns/NAME first")
+    ap.add_argument("--no-kernel", action="store_true", help="keep routes out of the kernel")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        if args.netns:
+            enter_netns(args.netns)
+        asyncio.run(serve_forever(args.config, ctl_path=args.socket,
+                                  program_kernel=not args.no_kernel))
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -617,7 +617,9 @@ class Speaker:
         self._changed(changed)
 
     def _set_local(self) -> set[IPv4Network]:
-        return self.rib.set_local(dict(self.config.originate))
+        from agent.bgp import prefix
+        return self.rib.set_local({prefix.to_network(p) if isinstance(p, int) else p: bh
+                                   for p, bh in self.config.originate})
 
     # ---- RIB events
     def on_peer_up(self, peer: Peer) -> None:
