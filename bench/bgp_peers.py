@@ -321,6 +321,13 @@ class Ours(Daemon):
         os.replace(path + ".tmp", path)
 
     def command(self) -> list[str]:
+        prof = os.environ.get("BGP_BENCH_PROFILE")  # a directory: cProfile every daemon
+        if prof:
+            os.makedirs(prof, exist_ok=True)
+            out = os.path.join(prof, f"{self.node.address}-{time.monotonic_ns()}.prof")
+            return [PY, "-m", "cProfile", "-o", out, "-m", "agent.bgp.runner",
+                    "-c", os.path.join(self.dir, "speaker.json"), "-s", self.sock] + (
+                        [] if self.node.kernel else ["--no-kernel"])
         return [PY, "-m", "agent.bgp.runner", "-c", os.path.join(self.dir, "speaker.json"),
                 "-s", self.sock] + ([] if self.node.kernel else ["--no-kernel"])
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from agent.bgp import errors as E
+from agent.bgp import prefix as P
 
 MARKER = b"\xff" * 16
 HEADER_LEN = 19
@@ -48,24 +49,6 @@ AS_SET, AS_SEQUENCE = 1, 2
 
 # ADD-PATH send/receive values
 ADDPATH_RECEIVE, ADDPATH_SEND, ADDPATH_BOTH = 1, 2, 3
-
-
-class Prefix(IPv4Network):
-    """An IPv4Network that caches its hash (the stdlib recomputes it on every dict lookup,
-    which dominated RIB time). Equal to, and hashed like, the plain IPv4Network."""
-
-    __slots__ = ()
-
-    def __hash__(self) -> int:
-        h = self.__dict__.get("_hash")
-        if h is None:
-            h = self.__dict__["_hash"] = IPv4Network.__hash__(self)
-        return h
-
-
-def as_prefix(net: IPv4Network) -> Prefix:
-    """The same network as a Prefix."""
-    return net if isinstance(net, Prefix) else Prefix((net.network_address, net.prefixlen))
 
 
 # ---------------------------------------------------------------------------- capabilities
@@ -287,15 +270,18 @@ class Attributes:
 class Update:
     """UPDATE: withdrawn prefixes, attributes, announced prefixes.
 
+    Prefixes are :mod:`agent.bgp.prefix` keys (ints): one UPDATE carries hundreds of them
+    and no per-prefix object is made. The encoder also accepts IPv4Network.
+
     ``path_ids`` hold ADD-PATH identifiers by prefix when ADD-PATH is in use.
     ``treat_as_withdraw`` is set by the decoder when RFC 7606 turned a malformed
     announcement into a withdrawal (its NLRI are then in ``withdrawn``); ``errors``
     says why.
     """
 
-    withdrawn: list[IPv4Network] = field(default_factory=list)
+    withdrawn: list[int] = field(default_factory=list)
     attributes: Attributes | None = None
-    nlri: list[IPv4Network] = field(default_factory=list)
+    nlri: list[int] = field(default_factory=list)
     withdrawn_ids: list[int] | None = None
     nlri_ids: list[int] | None = None
     treat_as_withdraw: bool = False
@@ -445,40 +431,74 @@ def decode_open_body(body: bytes) -> Open:
 # ---------------------------------------------------------------------------- UPDATE
 
 
-def encode_prefixes(prefixes: list[IPv4Network], ids: list[int] | None, addpath: bool) -> bytes:
-    """NLRI encoding: [path id] length, minimal prefix bytes."""
+def encode_prefixes(prefixes: list[int | IPv4Network], ids: list[int] | None,
+                    addpath: bool) -> bytes:
+    """NLRI encoding: [path id] length, minimal prefix bytes (prefix keys or IPv4Network)."""
     out = bytearray()
-    for n, net in enumerate(prefixes):
+    for n, key in enumerate(prefixes):
+        if not isinstance(key, int):
+            key = P.of(key)
         if addpath:
-            out += struct.pack("!I", ids[n] if ids else 0)
-        nbytes = (net.prefixlen + 7) // 8
-        out.append(net.prefixlen)
-        out += net.network_address.packed[:nbytes]
+            out += (ids[n] if ids else 0).to_bytes(4, "big")
+        plen = key & 0xFF
+        nbytes = (plen + 7) >> 3
+        out.append(plen)
+        out += (key >> 8).to_bytes(4, "big")[:nbytes]
     return bytes(out)
 
 
-def decode_prefixes(data: bytes, addpath: bool, what: str) -> tuple[list[IPv4Network], list[int]]:
-    """Decode an NLRI / withdrawn field; malformed prefixes reset the session (RFC 7606 5.3)."""
-    nets: list[IPv4Network] = []
-    ids: list[int] = []
-    i = 0
-    while i < len(data):
+def pack_nlri(keys: list[int], room: int, ids: list[int] | None = None,
+              addpath: bool = False) -> list[tuple[bytes, int]]:
+    """Encode ``keys`` into chunks of at most ``room`` bytes each (BIRD fills every UPDATE up
+    to the 4096-byte limit): [(encoded NLRI, how many prefixes)]."""
+    chunks: list[tuple[bytes, int]] = []
+    out = bytearray()
+    count = 0
+    extra = 4 if addpath else 0
+    for n, key in enumerate(keys):
+        plen = key & 0xFF
+        nbytes = (plen + 7) >> 3
+        if len(out) + 1 + nbytes + extra > room:
+            chunks.append((bytes(out), count))
+            out = bytearray()
+            count = 0
         if addpath:
-            if i + 4 > len(data):
+            out += (ids[n] if ids else 0).to_bytes(4, "big")
+        out.append(plen)
+        out += (key >> 8).to_bytes(4, "big")[:nbytes]
+        count += 1
+    if count:
+        chunks.append((bytes(out), count))
+    return chunks
+
+
+_HOST_MASK = tuple((1 << (32 - n)) - 1 for n in range(33))
+
+
+def decode_prefixes(data: bytes, addpath: bool, what: str) -> tuple[list[int], list[int]]:
+    """Decode an NLRI / withdrawn field into prefix keys (and path ids with ADD-PATH).
+    Malformed prefixes reset the session (RFC 7606 5.3); host bits are cleared."""
+    keys: list[int] = []
+    ids: list[int] = []
+    i, end = 0, len(data)
+    frombytes = int.from_bytes
+    while i < end:
+        if addpath:
+            if i + 4 > end:
                 raise E.UpdateMessageError(E.INVALID_NETWORK_FIELD, f"truncated {what}")
-            ids.append(struct.unpack("!I", data[i:i + 4])[0])
+            ids.append(frombytes(data[i:i + 4], "big"))
             i += 4
-        if i >= len(data):
-            raise E.UpdateMessageError(E.INVALID_NETWORK_FIELD, f"truncated {what}")
+            if i >= end:
+                raise E.UpdateMessageError(E.INVALID_NETWORK_FIELD, f"truncated {what}")
         plen = data[i]
-        nbytes = (plen + 7) // 8
-        if plen > 32 or i + 1 + nbytes > len(data):
+        nbytes = (plen + 7) >> 3
+        if plen > 32 or i + 1 + nbytes > end:
             raise E.UpdateMessageError(E.INVALID_NETWORK_FIELD,
                                        f"invalid prefix length {plen} in {what}")
-        raw = bytes(data[i + 1:i + 1 + nbytes]) + b"\0" * (4 - nbytes)
-        nets.append(Prefix((IPv4Address(raw), plen), strict=False))
+        net = frombytes(data[i + 1:i + 1 + nbytes], "big") << (32 - 8 * nbytes)
+        keys.append((net & ~_HOST_MASK[plen]) << 8 | plen)
         i += 1 + nbytes
-    return nets, ids
+    return keys, ids
 
 
 def _attr(flags: int, atype: int, value: bytes) -> bytes:

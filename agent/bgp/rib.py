@@ -1,18 +1,27 @@
 """Routing information bases, pure: Adj-RIB-In per peer, Loc-RIB best path with ECMP,
 export rules (iBGP split horizon, route reflection per RFC 4456) and graceful-restart
 stale handling. No sockets, no kernel.
+
+Prefixes are :mod:`agent.bgp.prefix` keys (ints). A :class:`Path` describes where a route
+came from and with which attributes, not which prefix: every prefix of one UPDATE shares
+one Path object (and every locally originated blackhole shares another), so applying an
+UPDATE of 800 NLRI makes one object, and the Loc-RIB entry of a prefix with a single
+candidate is that path's shared one-element tuple. Only the prefixes an event touched are
+recomputed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
 from agent.bgp import messages as M
+from agent.bgp import prefix as PF
 
 LOCAL = "local"
 DEFAULT_LOCAL_PREF = 100
+_NO_ID = IPv4Address("0.0.0.0")
 
 
 @dataclass(frozen=True)
@@ -22,24 +31,28 @@ class PeerInfo:
     key: str                       # protocol name, e.g. Mesh_172_30_0_11
     address: IPv4Address
     asn: int
-    router_id: IPv4Address = IPv4Address("0.0.0.0")
+    router_id: IPv4Address = _NO_ID
     rr_client: bool = False        # we reflect to/from it (we are its route reflector)
     local_address: IPv4Address | None = None  # our next hop toward it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Path:
-    """One path to a prefix."""
+    """One path: its source and attributes, shared by every prefix that has it (identity
+    is the path: two UPDATEs make two paths even with equal attributes)."""
 
-    prefix: IPv4Network
     source: str                    # peer key or LOCAL
     attrs: M.Attributes
     path_id: int = 0
     ibgp: bool = False
-    router_id: IPv4Address = IPv4Address("0.0.0.0")
-    peer_address: IPv4Address = IPv4Address("0.0.0.0")
+    router_id: IPv4Address = _NO_ID
+    peer_address: IPv4Address = _NO_ID
     stale: bool = False
     blackhole: bool = False        # local: program a blackhole route for it
+    solo: tuple = field(init=False, compare=False, repr=False)  # (self,): a Loc-RIB entry
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "solo", (self,))
 
     @property
     def next_hop(self) -> IPv4Address | None:
@@ -87,18 +100,20 @@ def better(a: Path, b: Path) -> bool:
     return a.path_id < b.path_id
 
 
-def select(paths: Iterable[Path]) -> list[Path]:
+def select(paths: Iterable[Path]) -> tuple[Path, ...]:
     """Best path first, followed by the other paths usable for ECMP (equal through the
     eBGP/iBGP step, with distinct next hops)."""
     paths = list(paths)
     if not paths:
-        return []
+        return ()
+    if len(paths) == 1:
+        return paths[0].solo
     best = paths[0]
     for p in paths[1:]:
         if better(p, best):
             best = p
     if best.source == LOCAL:
-        return [best]
+        return best.solo
     key = _mergeable_key(best)
     out = [best]
     hops = {best.next_hop}
@@ -107,11 +122,11 @@ def select(paths: Iterable[Path]) -> list[Path]:
             continue
         hops.add(p.next_hop)
         out.append(p)
-    return out
+    return best.solo if len(out) == 1 else tuple(out)
 
 
 class RIB:
-    """Adj-RIB-In per peer plus the Loc-RIB.
+    """Adj-RIB-In per peer plus the Loc-RIB, keyed by prefix keys (ints).
 
     Mutators return the set of prefixes whose best-path set changed, so callers know what
     to re-export and re-program.
@@ -122,58 +137,59 @@ class RIB:
         self.local_as = local_as
         self.router_id = router_id
         self.cluster_id = cluster_id
-        self.adj_in: dict[str, dict[tuple[IPv4Network, int], Path]] = {}
-        # the same paths indexed by prefix, so selection never scans every peer
-        self.by_prefix: dict[IPv4Network, dict[tuple[str, int], Path]] = {}
-        self.local: dict[IPv4Network, Path] = {}
-        self.loc: dict[IPv4Network, list[Path]] = {}
-        # export results shared by every prefix with the same attributes (one object, so
+        # peer key -> {prefix << 32 | path id: Path}
+        self.adj_in: dict[str, dict[int, Path]] = {}
+        # prefix -> {peer key (path id 0) or (peer key, path id): Path}: selection never
+        # scans every peer
+        self.by_prefix: dict[int, dict[object, Path]] = {}
+        self.local: dict[int, Path] = {}
+        self.loc: dict[int, tuple[Path, ...]] = {}
+        self._local_paths: dict[bool, Path] = {}
+        # export results shared by every prefix with the same best path (one object, so
         # the speaker encodes them once per UPDATE group)
         self._xcache: dict[tuple, tuple[object, M.Attributes | None]] = {}
 
     # ---- inputs
-    def _candidates(self, prefix: IPv4Network) -> list[Path]:
-        out = [self.local[prefix]] if prefix in self.local else []
-        out.extend(self.by_prefix.get(prefix, {}).values())
-        return out
-
-    def _put(self, key: str, pid: int, path: Path) -> None:
-        self.adj_in.setdefault(key, {})[(path.prefix, pid)] = path
-        self.by_prefix.setdefault(path.prefix, {})[(key, pid)] = path
-
-    def _del(self, key: str, prefix: IPv4Network, pid: int) -> bool:
-        found = self.adj_in.get(key, {}).pop((prefix, pid), None) is not None
-        idx = self.by_prefix.get(prefix)
-        if idx is not None:
-            idx.pop((key, pid), None)
-            if not idx:
-                del self.by_prefix[prefix]
-        return found
-
-    def _recompute(self, prefixes: Iterable[IPv4Network]) -> set[IPv4Network]:
-        changed = set()
-        for prefix in set(prefixes):
-            new = select(self._candidates(prefix))
-            if new != self.loc.get(prefix, []):
-                changed.add(prefix)
-                if new:
-                    self.loc[prefix] = new
-                else:
-                    self.loc.pop(prefix, None)
+    def _recompute(self, prefixes: Iterable[int]) -> set[int]:
+        changed: set[int] = set()
+        loc, local, by_prefix = self.loc, self.local, self.by_prefix
+        for pfx in prefixes:
+            cands = by_prefix.get(pfx)
+            mine = local.get(pfx)
+            if mine is not None:
+                new = mine.solo  # a local route always wins (better(): local first)
+            elif cands is None:
+                new = ()
+            elif len(cands) == 1:
+                new = next(iter(cands.values())).solo
+            else:
+                new = select(cands.values())
+            old = loc.get(pfx, ())
+            if new is old or new == old:
+                continue
+            changed.add(pfx)
+            if new:
+                loc[pfx] = new
+            else:
+                del loc[pfx]
         return changed
 
-    def set_local(self, routes: dict[IPv4Network, bool]) -> set[IPv4Network]:
+    def _local_path(self, blackhole: bool) -> Path:
+        path = self._local_paths.get(blackhole)
+        if path is None or path.router_id != self.router_id:
+            path = self._local_paths[blackhole] = Path(
+                LOCAL, M.Attributes(origin=M.ORIGIN_IGP), blackhole=blackhole,
+                router_id=self.router_id)
+        return path
+
+    def set_local(self, routes: dict[int | IPv4Network, bool]) -> set[int]:
         """Replace the locally originated routes: {prefix: blackhole?}."""
-        routes = {M.as_prefix(p): bh for p, bh in routes.items()}
-        touched = set(self.local) | set(routes)
-        attrs = M.Attributes(origin=M.ORIGIN_IGP)
+        black, plain = self._local_path(True), self._local_path(False)
+        new = {PF.of(p): (black if bh else plain) for p, bh in routes.items()}
         old = self.local
-        self.local = {}
-        for p, bh in routes.items():
-            prev = old.get(p)
-            self.local[p] = prev if prev is not None and prev.blackhole == bh else Path(
-                p, LOCAL, attrs, blackhole=bh, router_id=self.router_id)
-        touched = {p for p in touched if old.get(p) is not self.local.get(p)}
+        self.local = new
+        touched = [p for p, path in new.items() if old.get(p) is not path]
+        touched += [p for p in old if p not in new]
         return self._recompute(touched)
 
     def acceptable(self, peer: PeerInfo, attrs: M.Attributes) -> bool:
@@ -189,73 +205,111 @@ class RIB:
                 return False
         return attrs.next_hop is not None
 
-    def apply_update(self, peer: PeerInfo, upd: M.Update) -> set[IPv4Network]:
+    def _remove(self, key: str, table: dict[int, Path], pfx: int, pid: int) -> bool:
+        if table.pop(pfx << 32 | pid, None) is None:
+            return False
+        idx = self.by_prefix.get(pfx)
+        if idx is not None:
+            idx.pop(key if pid == 0 else (key, pid), None)
+            if not idx:
+                del self.by_prefix[pfx]
+        return True
+
+    def apply_update(self, peer: PeerInfo, upd: M.Update) -> set[int]:
         """Apply a decoded UPDATE from ``peer`` to its Adj-RIB-In."""
-        self.adj_in.setdefault(peer.key, {})
-        touched: set[IPv4Network] = set()
+        key = peer.key
+        table = self.adj_in.setdefault(key, {})
+        touched: list[int] = []
+        wids = upd.withdrawn_ids
         for n, pfx in enumerate(upd.withdrawn):
-            pid = upd.withdrawn_ids[n] if upd.withdrawn_ids else 0
-            if self._del(peer.key, pfx, pid):
-                touched.add(pfx)
+            if self._remove(key, table, pfx, wids[n] if wids else 0):
+                touched.append(pfx)
         if upd.nlri and upd.attributes is not None:
-            ok = self.acceptable(peer, upd.attributes)
+            if not self.acceptable(peer, upd.attributes):
+                ids = upd.nlri_ids
+                for n, pfx in enumerate(upd.nlri):
+                    self._remove(key, table, pfx, ids[n] if ids else 0)
+                    touched.append(pfx)
+                return self._recompute(touched)
+            ibgp = peer.asn == self.local_as
+            paths: dict[int, Path] = {}
+            ids = upd.nlri_ids
+            by_prefix = self.by_prefix
             for n, pfx in enumerate(upd.nlri):
-                pid = upd.nlri_ids[n] if upd.nlri_ids else 0
-                if ok:
-                    self._put(peer.key, pid, Path(pfx, peer.key, upd.attributes, pid,
-                                                  ibgp=peer.asn == self.local_as,
-                                                  router_id=peer.router_id,
-                                                  peer_address=peer.address))
+                pid = ids[n] if ids else 0
+                path = paths.get(pid)
+                if path is None:
+                    path = paths[pid] = Path(key, upd.attributes, pid, ibgp=ibgp,
+                                             router_id=peer.router_id,
+                                             peer_address=peer.address)
+                table[pfx << 32 | pid] = path
+                idx = by_prefix.get(pfx)
+                if idx is None:
+                    by_prefix[pfx] = {key if pid == 0 else (key, pid): path}
                 else:
-                    self._del(peer.key, pfx, pid)
-                touched.add(pfx)
+                    idx[key if pid == 0 else (key, pid)] = path
+            touched.extend(upd.nlri)
         return self._recompute(touched)
 
-    def drop_peer(self, key: str) -> set[IPv4Network]:
+    def drop_peer(self, key: str) -> set[int]:
         """Forget everything learned from a peer."""
-        table = dict(self.adj_in.get(key, {}))
-        for pfx, pid in table:
-            self._del(key, pfx, pid)
-        self.adj_in.pop(key, None)
-        return self._recompute(p for p, _ in table)
+        table = self.adj_in.pop(key, {})
+        touched = []
+        for pk in table:
+            pfx, pid = pk >> 32, pk & 0xFFFFFFFF
+            idx = self.by_prefix.get(pfx)
+            if idx is not None:
+                idx.pop(key if pid == 0 else (key, pid), None)
+                if not idx:
+                    del self.by_prefix[pfx]
+            touched.append(pfx)
+        return self._recompute(touched)
 
     def mark_stale(self, key: str) -> None:
         """Graceful restart (receiving side): keep the peer's routes, flagged stale."""
         table = self.adj_in.get(key, {})
-        for (_pfx, pid), path in list(table.items()):
-            self._put(key, pid, replace(path, stale=True))
-        # the loc-rib keeps forwarding on them; refresh objects so the flag is visible
-        for prefix in {p for p, _ in table}:
-            self.loc[prefix] = select(self._candidates(prefix))
+        copies: dict[int, Path] = {}
+        prefixes = []
+        for pk, path in table.items():
+            stale = copies.get(id(path))
+            if stale is None:
+                stale = copies[id(path)] = replace(path, stale=True)
+            table[pk] = stale
+            pfx, pid = pk >> 32, pk & 0xFFFFFFFF
+            self.by_prefix[pfx][key if pid == 0 else (key, pid)] = stale
+            prefixes.append(pfx)
+        # the Loc-RIB keeps forwarding on them; refreshed so the flag is visible
+        self._recompute(prefixes)
 
-    def sweep_stale(self, key: str) -> set[IPv4Network]:
+    def sweep_stale(self, key: str) -> set[int]:
         """End-of-RIB or restart timer: remove the peer's routes still flagged stale."""
         table = self.adj_in.get(key, {})
-        gone = [k for k, p in table.items() if p.stale]
-        for pfx, pid in gone:
-            self._del(key, pfx, pid)
-        return self._recompute(p for p, _ in gone)
+        gone = [pk for pk, p in table.items() if p.stale]
+        touched = []
+        for pk in gone:
+            self._remove(key, table, pk >> 32, pk & 0xFFFFFFFF)
+            touched.append(pk >> 32)
+        return self._recompute(touched)
 
-    def prefixes_from(self, key: str) -> set[IPv4Network]:
+    def prefixes_from(self, key: str) -> set[int]:
         """Prefixes present in a peer's Adj-RIB-In."""
-        return {p for p, _ in self.adj_in.get(key, {})}
+        return {pk >> 32 for pk in self.adj_in.get(key, {})}
+
+    def count_from(self, key: str) -> int:
+        """How many paths a peer's Adj-RIB-In holds (cheap; for status)."""
+        return len(self.adj_in.get(key, {}))
 
     # ---- export (Adj-RIB-Out)
-    def export(self, prefix: IPv4Network, to: PeerInfo,
-               exportable: Callable[[IPv4Network], bool] = lambda p: True,
-               peers: dict[str, PeerInfo] | None = None) -> M.Attributes | None:
-        """Attributes to advertise ``prefix`` with to ``to``, or None to not advertise."""
-        paths = self.loc.get(prefix)
-        if not paths:
-            return None
-        best = paths[0]
+    def export_path(self, best: Path, to: PeerInfo,
+                    peers: dict[str, PeerInfo] | None = None) -> tuple[M.Attributes | None, bool]:
+        """What to advertise to ``to`` for any prefix whose best path is ``best``:
+        (attributes or None, whether the prefix must also pass the export filter). The
+        attributes object is shared by every prefix of the group."""
         if best.source == to.key:
-            return None
+            return None, False
         ibgp_out = to.asn == self.local_as
         nh_self = to.local_address or self.router_id
         if best.source == LOCAL:
-            if not exportable(prefix):
-                return None
             key = ("local", ibgp_out, nh_self, self.local_as)
             hit = self._xcache.get(key)
             if hit is None:
@@ -266,24 +320,33 @@ class RIB:
                     out = M.Attributes(origin=M.ORIGIN_IGP, next_hop=nh_self,
                                        as_path=((M.AS_SEQUENCE, (self.local_as,)),))
                 hit = self._xcache[key] = (None, out)
-            return hit[1]
+            return hit[1], True
         a = best.attrs
+        reflect = best.ibgp and ibgp_out
         key = (id(a), best.router_id, best.ibgp, best.source, ibgp_out, nh_self, to.asn,
                to.rr_client, self.cluster_id)
         hit = self._xcache.get(key)
-        if hit is not None and hit[0] is a:
-            if hit[1] is not None and not exportable(prefix) and not (best.ibgp and ibgp_out):
-                return None
-            return hit[1]
-        out = self._transform(best, to, ibgp_out, nh_self, exportable, prefix, peers)
-        if len(self._xcache) > 50000:
-            self._xcache.clear()
-        if out is not None or (best.ibgp and ibgp_out):
-            self._xcache[key] = (a, out)
+        if hit is None or hit[0] is not a:
+            out = self._transform(best, to, ibgp_out, nh_self, peers)
+            if len(self._xcache) > 50000:
+                self._xcache.clear()
+            hit = self._xcache[key] = (a, out)
+        return hit[1], not reflect
+
+    def export(self, prefix: int | IPv4Network, to: PeerInfo,
+               exportable: Callable[[int], bool] = lambda p: True,
+               peers: dict[str, PeerInfo] | None = None) -> M.Attributes | None:
+        """Attributes to advertise ``prefix`` with to ``to``, or None to not advertise."""
+        pfx = PF.of(prefix)
+        paths = self.loc.get(pfx)
+        if not paths:
+            return None
+        out, filtered = self.export_path(paths[0], to, peers)
+        if out is not None and filtered and not exportable(pfx):
+            return None
         return out
 
     def _transform(self, best: Path, to: PeerInfo, ibgp_out: bool, nh_self: IPv4Address,
-                   exportable: Callable[[IPv4Network], bool], prefix: IPv4Network,
                    peers: dict[str, PeerInfo] | None) -> M.Attributes | None:
         a = best.attrs
         if best.ibgp and ibgp_out:
@@ -294,8 +357,6 @@ class RIB:
             return replace(a, originator_id=a.originator_id or best.router_id,
                            cluster_list=(self.cluster_id, *a.cluster_list),
                            local_pref=_local_pref(best))
-        if not exportable(prefix):
-            return None
         if ibgp_out:  # eBGP-learned to iBGP: keep next hop, set local pref
             return replace(a, local_pref=_local_pref(best), originator_id=None, cluster_list=())
         if to.asn in {x for _t, s in a.as_path for x in s}:

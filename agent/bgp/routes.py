@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network
 
+from agent.bgp import prefix as PF
 from agent.bgp.config import KernelPolicy
 from agent.bgp.rib import LOCAL, Path
 
@@ -23,22 +25,28 @@ class NextHop:
 
 @dataclass(frozen=True)
 class KernelRoute:
-    """A route as ``ip route`` shows it: blackhole, or unicast via one or more next hops."""
+    """A route as ``ip route`` shows it: blackhole, or unicast via one or more next hops.
 
-    prefix: IPv4Network
+    ``prefix`` (an IPv4Network or a prefix key) is for display only and takes no part in
+    equality: the speaker keys routes by prefix and shares one KernelRoute between every
+    prefix routed the same way."""
+
+    prefix: IPv4Network | int | None = field(default=None, compare=False)
     blackhole: bool = False
     nexthops: tuple[NextHop, ...] = ()
 
-    def render(self) -> str:
+    def render(self, prefix: IPv4Network | int | None = None) -> str:
         """iproute2-like text, e.g. '192.168.1.0/26 via 172.30.0.11 dev tunl0 proto bird onlink'."""
+        p = self.prefix if prefix is None else prefix
+        p = PF.text(p) if isinstance(p, int) else p
         if self.blackhole:
-            return f"blackhole {self.prefix} proto bird"
+            return f"blackhole {p} proto bird"
         if len(self.nexthops) == 1:
             h = self.nexthops[0]
             dev = f" dev {h.device}" if h.device else ""
-            return f"{self.prefix} via {h.gateway}{dev} proto bird" + (" onlink" if h.onlink else "")
+            return f"{p} via {h.gateway}{dev} proto bird" + (" onlink" if h.onlink else "")
         hops = " ".join(f"nexthop {_hop(h)}" for h in self.nexthops)
-        return f"{self.prefix} proto bird {hops}"
+        return f"{p} proto bird {hops}"
 
 
 def _hop(h: NextHop) -> str:
@@ -50,31 +58,61 @@ def _hop(h: NextHop) -> str:
     return s
 
 
-def _in(prefix: IPv4Network, pools: tuple[IPv4Network, ...]) -> bool:
-    return any(prefix.subnet_of(p) for p in pools)
+@lru_cache(maxsize=64)
+def _pools(policy: KernelPolicy) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...],
+                                          int | None]:
+    """The policy's pools and subnet as prefix keys (computed once per policy)."""
+    return (tuple(map(PF.of, policy.ipip_pools)), tuple(map(PF.of, policy.cross_subnet_pools)),
+            tuple(map(PF.of, policy.reject_pools)),
+            PF.of(policy.local_subnet) if policy.local_subnet is not None else None)
 
 
-def next_hop_for(prefix: IPv4Network, gateway: IPv4Address, policy: KernelPolicy) -> NextHop:
-    """Tunnel or direct, following the pool's IPIP mode."""
-    if _in(prefix, policy.ipip_pools):
+def pool_class(prefix: int | IPv4Network, policy: KernelPolicy) -> int:
+    """0 plain, 1 IPIP Always, 2 CrossSubnet, 3 rejected (VXLAN): what the filter does."""
+    key = PF.of(prefix)
+    ipip, cross, reject, _subnet = _pools(policy)
+    if reject and PF.within(key, reject):
+        return 3
+    if ipip and PF.within(key, ipip):
+        return 1
+    if cross and PF.within(key, cross):
+        return 2
+    return 0
+
+
+def _hop_for(cls: int, gateway: IPv4Address, policy: KernelPolicy) -> NextHop:
+    if cls == 1:
         return NextHop(gateway, policy.tunnel_device, True)
-    if _in(prefix, policy.cross_subnet_pools):
-        if policy.local_subnet is not None and gateway in policy.local_subnet:
+    if cls == 2:
+        subnet = _pools(policy)[3]
+        if subnet is not None and PF.address_in(int(gateway), subnet):
             return NextHop(gateway)
         return NextHop(gateway, policy.tunnel_device, True)
     return NextHop(gateway)
 
 
-def kernel_route(prefix: IPv4Network, paths: list[Path], policy: KernelPolicy) -> KernelRoute | None:
-    """The kernel route for a Loc-RIB entry (best path first, then ECMP paths), or None."""
-    if not paths or not policy.program:
-        return None
-    best = paths[0]
-    if _in(prefix, policy.reject_pools):
+def next_hop_for(prefix: int | IPv4Network, gateway: IPv4Address,
+                 policy: KernelPolicy) -> NextHop:
+    """Tunnel or direct, following the pool's IPIP mode."""
+    return _hop_for(pool_class(prefix, policy), gateway, policy)
+
+
+def route_for(cls: int, paths: tuple[Path, ...] | list[Path],
+              policy: KernelPolicy) -> KernelRoute | None:
+    """The kernel route for a Loc-RIB entry of pool class ``cls`` (no prefix attached)."""
+    if not paths or not policy.program or cls == 3:
         return None  # VXLAN pools: Felix programs those, blackholes included
+    best = paths[0]
     if best.source == LOCAL:
-        return KernelRoute(prefix, blackhole=True) if best.blackhole else None
-    hops = sorted({next_hop_for(prefix, p.next_hop, policy) for p in paths if p.next_hop})
+        return KernelRoute(blackhole=True) if best.blackhole else None
+    hops = sorted({_hop_for(cls, p.next_hop, policy) for p in paths if p.next_hop})
     if not hops:
         return None
-    return KernelRoute(prefix, nexthops=tuple(hops))
+    return KernelRoute(nexthops=tuple(hops))
+
+
+def kernel_route(prefix: int | IPv4Network, paths: tuple[Path, ...] | list[Path],
+                 policy: KernelPolicy) -> KernelRoute | None:
+    """The kernel route for a Loc-RIB entry (best path first, then ECMP paths), or None."""
+    r = route_for(pool_class(prefix, policy), paths, policy)
+    return None if r is None else KernelRoute(prefix, r.blackhole, r.nexthops)

@@ -14,19 +14,20 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 
 from agent.bgp import errors as E
 from agent.bgp import fsm as F
 from agent.bgp import messages as M
+from agent.bgp import prefix as PF
 from agent.bgp.config import PeerConfig, SpeakerConfig
 from agent.bgp.rib import RIB, PeerInfo
-from agent.bgp.routes import KernelRoute, kernel_route
+from agent.bgp.routes import KernelRoute, pool_class, route_for
 from agent.clock import Clock
 from kernel.base import Kernel
 
 log = logging.getLogger(__name__)
-NLRI_PER_UPDATE = 500
+_MISSING = object()
 KERNEL_SCAN_SECONDS = 10.0
 KERNEL_RETRY_SECONDS = 1.0
 
@@ -233,7 +234,8 @@ class Peer:
         self.main: Connection | None = None        # the outgoing-capable connection
         self.incoming: list[Connection] = []
         self.session: Connection | None = None     # the Established one
-        self.adj_out: dict[IPv4Network, bytes] = {}
+        # prefix -> the attributes object last advertised (shared by the prefix group)
+        self.adj_out: dict[int, M.Attributes] = {}
         self.since = time.time()
         self.info = ""
         self.failures = 0
@@ -428,7 +430,7 @@ class Peer:
         return {"name": self.config.name, "address": str(self.config.address),
                 "type": self.config.peer_type, "state": proto_state, "bgp_state": st.value,
                 "since": self.since, "info": info,
-                "routes_received": len(self.speaker.rib.prefixes_from(self.config.name)),
+                "routes_received": self.speaker.rib.count_from(self.config.name),
                 "routes_exported": len(self.adj_out),
                 "add_path_rx": bool(self.session and self.session.recv_addpath),
                 "peer_capabilities": sorted({c.code for c in self.peer_open.capabilities})
@@ -451,7 +453,7 @@ class Speaker:
     """The BGP speaker: listener, peers, RIB, export and kernel programming."""
 
     def __init__(self, config: SpeakerConfig, *, program_kernel: bool = True,
-                 on_change: Callable[[set[IPv4Network]], None] | None = None,
+                 on_change: Callable[[set[int]], None] | None = None,
                  kernel: Kernel | None = None, clock: Clock | None = None):
         """``kernel``: the handle routes go to (default: a netlink handle on the netns of
         the thread that starts the speaker); ``clock``: scan and retry timers."""
@@ -466,19 +468,24 @@ class Speaker:
         self.program_kernel = program_kernel
         self.kernel = None
         self.kernel_exec = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bgp-krt")
-        self.kernel_routes: dict[IPv4Network, KernelRoute] = {}
+        self.kernel_routes: dict[int, KernelRoute] = {}  # prefix key -> what we installed
         self.counters = Counters()
         self.on_change = on_change
         self.started = self.clock.time()
-        self._pending_kernel: set[IPv4Network] = set()
+        self._pending_kernel: set[int] = set()
         self._kernel_task: asyncio.Task | None = None
         self._kernel_retry: asyncio.TimerHandle | None = None
-        self._retry_prefixes: set[IPv4Network] = set()
+        self._retry_prefixes: set[int] = set()
         self._scan_task: asyncio.Task | None = None
         # routes found in the kernel at start (a restart): kept until the first full scan
-        self._adopted: set[IPv4Network] = set()
-        self._pending_export: set[IPv4Network] = set()
-        self._export_memo: tuple[object, dict[IPv4Network, bool]] = (None, {})
+        self._adopted: set[int] = set()
+        self._pending_export: set[int] = set()
+        self._export_memo: tuple[object, tuple[int, ...], dict[int, bool]] = (None, (), {})
+        # (Loc-RIB entry, pool class) -> kernel route: one object per way of routing
+        self._kcache: dict[tuple, KernelRoute | None] = {}
+        self._kcache_policy: object = None
+        # id(attributes) -> (attributes, encoded): one encoding per attribute set
+        self._attr_bytes: dict[int, tuple[M.Attributes, bytes]] = {}
         self._export_handle: asyncio.Handle | None = None
 
     def count(self, name: str) -> None:
@@ -496,7 +503,7 @@ class Speaker:
 
                 self.kernel_handle, self._own_handle = Netlink(), True  # this thread's netns
             self.kernel = KernelRoutes(self.kernel_handle)
-            existing = await self._in_kernel_thread(self.kernel.dump)
+            existing = await self._kernel_dump()
             self.kernel_routes = dict(existing)
             self._adopted = set(existing)
         self.server = await asyncio.start_server(
@@ -519,11 +526,16 @@ class Speaker:
         self._adopted = set()
         while True:
             desired = {p: r for p in self.rib.loc if (r := self.desired_kernel(p)) is not None}
-            actual = await self._in_kernel_thread(self.kernel.dump)
+            actual = await self._kernel_dump()
             if actual != desired:
                 self.kernel_routes = dict(actual)
                 self._schedule_kernel(set(actual) | set(desired))
             await self.clock.asleep(KERNEL_SCAN_SECONDS)
+
+    async def _kernel_dump(self) -> dict[int, KernelRoute]:
+        """The kernel's proto bird routes, keyed by prefix key."""
+        routes = await self._in_kernel_thread(self.kernel.dump)
+        return {PF.of(p): r for p, r in routes.items()}
 
     async def _in_kernel_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.kernel_exec, fn, *args)
@@ -616,10 +628,8 @@ class Speaker:
         changed = self.rib.drop_peer(peer.config.name)
         self._changed(changed)
 
-    def _set_local(self) -> set[IPv4Network]:
-        from agent.bgp import prefix
-        return self.rib.set_local({prefix.to_network(p) if isinstance(p, int) else p: bh
-                                   for p, bh in self.config.originate})
+    def _set_local(self) -> set[int]:
+        return self.rib.set_local(dict(self.config.originate))
 
     # ---- RIB events
     def on_peer_up(self, peer: Peer) -> None:
@@ -674,7 +684,7 @@ class Speaker:
             return
         self._changed(self.rib.apply_update(peer.info_for_rib(), upd))
 
-    def _changed(self, prefixes: set[IPv4Network]) -> None:
+    def _changed(self, prefixes: set[int]) -> None:
         if not prefixes:
             return
         self._schedule_export(prefixes)
@@ -683,19 +693,20 @@ class Speaker:
             self.on_change(prefixes)
 
     # ---- export
-    def _exportable(self, prefix: IPv4Network) -> bool:
+    def _exportable(self, pfx: int) -> bool:
+        """Inside one of the export pools (BIRD's calico_export_to_bgp_peers)."""
         pools = self.config.export_pools
         if self._export_memo[0] is not pools:
-            self._export_memo = (pools, {})
-        memo = self._export_memo[1]
-        ok = memo.get(prefix)
+            self._export_memo = (pools, tuple(map(PF.of, pools)), {})
+        _p, keys, memo = self._export_memo
+        ok = memo.get(pfx)
         if ok is None:
-            ok = memo[prefix] = any(prefix.subnet_of(p) for p in pools)
-            if len(memo) > 200000:
+            ok = memo[pfx] = PF.within(pfx, keys)
+            if len(memo) > 500000:
                 memo.clear()
         return ok
 
-    def _schedule_export(self, prefixes: set[IPv4Network]) -> None:
+    def _schedule_export(self, prefixes: set[int]) -> None:
         # coalesce everything changed in this loop iteration into one round of UPDATEs
         self._pending_export |= prefixes
         if self._export_handle is None and self._pending_export:
@@ -704,57 +715,115 @@ class Speaker:
     def _flush_export(self) -> None:
         self._export_handle = None
         prefixes, self._pending_export = self._pending_export, set()
-        infos = None  # built once per round, not once per peer (O(peers) instead of O(peers^2))
-        for peer in self.peers.values():
-            if peer.session is not None and peer.session.state == F.State.ESTABLISHED:
-                if infos is None:
-                    infos = self._peer_infos()
-                self._export_to(peer, prefixes, infos)
+        peers = [p for p in self.peers.values()
+                 if p.session is not None and p.session.state == F.State.ESTABLISHED]
+        if not peers:
+            return
+        # built once per round, not once per peer
+        infos = self._peer_infos()
+        items = self._export_items(prefixes)
+        shared: dict[tuple, bytes] = {}
+        for peer in peers:
+            self._export_items_to(peer, items, infos, shared)
 
     def _peer_infos(self) -> dict[str, PeerInfo]:
         return {p.config.name: p.info_for_rib() for p in self.peers.values()}
 
-    def _export_to(self, peer: Peer, prefixes: set[IPv4Network],
-                   infos: dict[str, PeerInfo] | None = None) -> None:
+    def _export_items(self, prefixes: set[int]) -> list[tuple[int, object]]:
+        """[(prefix, best path or None)] in prefix order."""
+        loc = self.rib.loc
+        out = []
+        for pfx in sorted(prefixes):
+            paths = loc.get(pfx)
+            out.append((pfx, paths[0] if paths else None))
+        return out
+
+    def _export_to(self, peer: Peer, prefixes: set[int]) -> None:
+        self._export_items_to(peer, self._export_items(prefixes), self._peer_infos(), {})
+
+    def _export_items_to(self, peer: Peer, items: list[tuple[int, object]],
+                         infos: dict[str, PeerInfo], shared: dict[tuple, bytes]) -> None:
+        """Bring ``peer``'s Adj-RIB-Out up to date for ``items``: UPDATEs grouped by
+        attribute set, each filled with as many NLRI as fit (as BIRD does). Identical
+        UPDATE streams to several peers are encoded once (``shared``)."""
         conn = peer.session
         if conn is None or conn.state != F.State.ESTABLISHED:
             return
-        if infos is None:
-            infos = self._peer_infos()
         to = infos[peer.config.name]
-        announce: dict[bytes, list[IPv4Network]] = {}
-        withdraw: list[IPv4Network] = []
-        encoded: dict[int, tuple[M.Attributes, bytes]] = {}
-        for prefix in sorted(prefixes):
-            attrs = self.rib.export(prefix, to, self._exportable, infos)
+        adj = peer.adj_out
+        groups: dict[int, tuple[M.Attributes | None, bool]] = {}
+        announce: dict[int, tuple[M.Attributes, list[int]]] = {}
+        withdraw: list[int] = []
+        export_path, exportable = self.rib.export_path, self._exportable
+        for pfx, best in items:
+            attrs = None
+            if best is not None:
+                g = groups.get(id(best))
+                if g is None:
+                    g = groups[id(best)] = export_path(best, to, infos)
+                attrs = g[0]
+                if attrs is not None and g[1] and not exportable(pfx):
+                    attrs = None
             if attrs is None:
-                if prefix in peer.adj_out:
-                    del peer.adj_out[prefix]
-                    withdraw.append(prefix)
+                if pfx in adj:
+                    del adj[pfx]
+                    withdraw.append(pfx)
                 continue
-            hit = encoded.get(id(attrs))
-            if hit is None or hit[0] is not attrs:
-                hit = encoded[id(attrs)] = (attrs, M.encode_attributes(attrs))
-            enc = hit[1]
-            if peer.adj_out.get(prefix) == enc:
+            if adj.get(pfx) is attrs:
                 continue
-            peer.adj_out[prefix] = enc
-            announce.setdefault(enc, []).append(prefix)
-        for i in range(0, len(withdraw), NLRI_PER_UPDATE):
-            conn.send(M.Update(withdrawn=withdraw[i:i + NLRI_PER_UPDATE]))
-        for enc, nets in announce.items():
-            for i in range(0, len(nets), NLRI_PER_UPDATE):
-                chunk = nets[i:i + NLRI_PER_UPDATE]
-                nl = M.encode_prefixes(chunk, None, False)
-                body = b"\0\0" + len(enc).to_bytes(2, "big") + enc + nl
-                conn.send_raw(M.frame(M.UPDATE, body))
+            adj[pfx] = attrs
+            grp = announce.get(id(attrs))
+            if grp is None:
+                announce[id(attrs)] = (attrs, [pfx])
+            else:
+                grp[1].append(pfx)
+        out = []
+        if withdraw:
+            key = ("w", tuple(withdraw))
+            data = shared.get(key)
+            if data is None:
+                data = shared[key] = b"".join(
+                    M.frame(M.UPDATE, len(nl).to_bytes(2, "big") + nl + b"\0\0")
+                    for nl, _n in M.pack_nlri(withdraw, M.MAX_MESSAGE_LEN - M.HEADER_LEN - 4))
+            out.append(data)
+        for attrs, nets in announce.values():
+            enc = self._encoded(attrs)
+            key = (enc, tuple(nets))
+            data = shared.get(key)
+            if data is None:
+                head = b"\0\0" + len(enc).to_bytes(2, "big") + enc
+                room = M.MAX_MESSAGE_LEN - M.HEADER_LEN - len(head)
+                data = shared[key] = b"".join(M.frame(M.UPDATE, head + nl)
+                                              for nl, _n in M.pack_nlri(nets, room))
+            out.append(data)
+        if out:
+            conn.send_raw(b"".join(out))
+
+    def _encoded(self, attrs: M.Attributes) -> bytes:
+        hit = self._attr_bytes.get(id(attrs))
+        if hit is None or hit[0] is not attrs:
+            if len(self._attr_bytes) > 10000:
+                self._attr_bytes.clear()
+            hit = self._attr_bytes[id(attrs)] = (attrs, M.encode_attributes(attrs))
+        return hit[1]
 
     # ---- kernel
-    def desired_kernel(self, prefix: IPv4Network) -> KernelRoute | None:
-        """The route the kernel should hold for ``prefix``."""
-        return kernel_route(prefix, self.rib.loc.get(prefix, []), self.config.kernel)
+    def desired_kernel(self, pfx: int) -> KernelRoute | None:
+        """The route the kernel should hold for ``pfx`` (one shared object per way of
+        routing: the prefix is the dict key, not part of the route)."""
+        paths = self.rib.loc.get(pfx)
+        if not paths:
+            return None
+        policy = self.config.kernel
+        if self._kcache_policy is not policy or len(self._kcache) > 20000:
+            self._kcache, self._kcache_policy = {}, policy
+        key = (paths, pool_class(pfx, policy))
+        r = self._kcache.get(key, _MISSING)
+        if r is _MISSING:
+            r = self._kcache[key] = route_for(key[1], paths, policy)
+        return r
 
-    def _schedule_kernel(self, prefixes: set[IPv4Network]) -> None:
+    def _schedule_kernel(self, prefixes: set[int]) -> None:
         if self.kernel is None:
             for p in prefixes:
                 r = self.desired_kernel(p)
@@ -770,19 +839,22 @@ class Speaker:
     async def _kernel_sync(self) -> None:
         while self._pending_kernel:
             prefixes, self._pending_kernel = self._pending_kernel, set()
-            changes: dict[IPv4Network, KernelRoute | None] = {}
+            changes: dict[int, KernelRoute | None] = {}
             for p in prefixes:
                 want = self.desired_kernel(p)
                 if want is None and p in self._adopted:
                     continue  # left by our previous run: wait for the peers to re-announce
                 if want is None and p not in self.kernel_routes:
-                    self.kernel.failing.pop(p, None)  # withdrawn before it ever got in
+                    self.kernel.failing.pop(PF.to_network(p), None)  # withdrawn before it got in
                     continue
                 if self.kernel_routes.get(p) != want:
                     changes[p] = want
             if not changes:
                 continue
-            failed = await self._in_kernel_thread(self.kernel.apply, changes)
+            # the kernel driver speaks IPv4Network (until the shared kernel layer lands)
+            failed_nets = await self._in_kernel_thread(
+                self.kernel.apply, {PF.to_network(p): r for p, r in changes.items()})
+            failed = {PF.of(n) for n in failed_nets}
             self.counters.kernel_changes += len(changes) - len(failed)
             for p, r in changes.items():
                 if p in failed:
@@ -794,7 +866,7 @@ class Speaker:
             if failed:
                 self._retry_kernel(failed)
 
-    def _retry_kernel(self, prefixes: set[IPv4Network]) -> None:
+    def _retry_kernel(self, prefixes: set[int]) -> None:
         self._retry_prefixes |= prefixes
 
         def fire() -> None:
@@ -822,18 +894,19 @@ class Speaker:
     def show_route(self) -> list[str]:
         """birdc-like 'show route' lines."""
         lines = []
-        for prefix in sorted(self.rib.loc):
-            for n, p in enumerate(self.rib.loc[prefix]):
+        for pfx in sorted(self.rib.loc):
+            name = PF.text(pfx)
+            for n, p in enumerate(self.rib.loc[pfx]):
                 mark = "*" if n == 0 else " "
                 if p.source == "local":
                     how = "blackhole" if p.blackhole else "unreachable"
-                    lines.append(f"{str(prefix):<18} {how:<26} [static1] {mark} (200)")
+                    lines.append(f"{name:<18} {how:<26} [static1] {mark} (200)")
                     continue
-                r = kernel_route(prefix, [p], self.config.kernel)
+                r = route_for(pool_class(pfx, self.config.kernel), (p,), self.config.kernel)
                 dev = r.nexthops[0].device if r and r.nexthops and r.nexthops[0].device else ""
                 via = f"via {p.next_hop}" + (f" on {dev}" if dev else "")
                 path = " ".join(str(a) for _t, s in p.attrs.as_path for a in s)
                 stale = " stale" if p.stale else ""
-                lines.append(f"{str(prefix):<18} {via:<26} [{p.source}] {mark} (100) "
+                lines.append(f"{name:<18} {via:<26} [{p.source}] {mark} (100) "
                              f"[{path or 'i'}]{stale}")
         return lines

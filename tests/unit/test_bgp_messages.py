@@ -1,11 +1,12 @@
 """Golden-byte tests for the BGP codecs (vectors computed by hand from RFC 4271/5492/6793)."""
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 
 import pytest
 
 from agent.bgp import errors as E
 from agent.bgp import messages as M
+from agent.bgp.prefix import parse as N
 
 pytestmark = pytest.mark.unit
 
@@ -77,7 +78,7 @@ def test_open_parses_llgr_and_unknown_capability():
 def test_update_golden_roundtrip():
     upd = M.Update(attributes=M.Attributes(origin=0, next_hop=IPv4Address("172.30.0.11"),
                                            local_pref=100),
-                   nlri=[IPv4Network("192.168.1.0/24")])
+                   nlri=[N("192.168.1.0/24")])
     assert M.encode(upd).hex() == UPDATE_HEX
     back = M.decode(hx(UPDATE_HEX))
     assert back.nlri == upd.nlri and back.attributes == upd.attributes
@@ -89,8 +90,8 @@ def test_update_as_path_med_rr_attributes_and_withdraw():
                          next_hop=IPv4Address("10.1.2.3"), med=7,
                          originator_id=IPv4Address("1.1.1.1"),
                          cluster_list=(IPv4Address("224.0.0.1"),))
-    upd = M.Update(withdrawn=[IPv4Network("10.0.0.0/8")], attributes=attrs,
-                   nlri=[IPv4Network("192.168.0.0/26"), IPv4Network("0.0.0.0/0")])
+    upd = M.Update(withdrawn=[N("10.0.0.0/8")], attributes=attrs,
+                   nlri=[N("192.168.0.0/26"), N("0.0.0.0/0")])
     body = ("0002" + "080a"
             + "002d"
             + "400101" + "02"
@@ -107,9 +108,9 @@ def test_update_as_path_med_rr_attributes_and_withdraw():
 
 
 def test_update_addpath_ids():
-    upd = M.Update(withdrawn=[IPv4Network("10.0.0.0/24")], withdrawn_ids=[5],
+    upd = M.Update(withdrawn=[N("10.0.0.0/24")], withdrawn_ids=[5],
                    attributes=M.Attributes(next_hop=IPv4Address("10.0.0.1")),
-                   nlri=[IPv4Network("10.1.0.0/16")], nlri_ids=[9])
+                   nlri=[N("10.1.0.0/16")], nlri_ids=[9])
     raw = M.encode(upd, addpath=True)
     assert raw[21:29].hex() == "00000005180a0000"
     back = M.decode(raw, addpath=True)
@@ -168,7 +169,7 @@ GOOD = {"origin": "40010100", "path": "400200", "nh": "400304ac1e000b"}
 def test_rfc7606_treat_as_withdraw(attrs, why):
     upd = M.decode(_update_with(attrs))
     assert upd.treat_as_withdraw
-    assert upd.nlri == [] and upd.withdrawn == [IPv4Network("192.168.1.0/24")]
+    assert upd.nlri == [] and upd.withdrawn == [N("192.168.1.0/24")]
     assert any(why in e for e in upd.errors), upd.errors
 
 

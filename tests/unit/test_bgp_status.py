@@ -62,8 +62,8 @@ def test_passive_rule_is_string_comparison():
     assert passive_towards("10.0.0.1", "10.0.0.2")
 
 
-def _path(nh, prefix="192.168.1.0/26"):
-    return Path(N(prefix), "p", M.Attributes(next_hop=A(nh)), ibgp=True)
+def _path(nh):
+    return Path("p", M.Attributes(next_hop=A(nh)), ibgp=True)
 
 
 def test_kernel_route_modes():
@@ -80,7 +80,7 @@ def test_kernel_route_modes():
     assert [str(h.gateway) for h in ecmp.nexthops] == ["172.30.0.11", "172.30.0.12"]
     vx = KernelPolicy(reject_pools=(N("192.168.0.0/16"),))
     assert kernel_route(N("192.168.1.0/26"), [_path("172.30.0.11")], vx) is None
-    local = Path(N("192.168.2.0/26"), "local", M.Attributes(), blackhole=True)
+    local = Path("local", M.Attributes(), blackhole=True)
     assert kernel_route(N("192.168.2.0/26"), [local], vx) is None
     assert kernel_route(N("192.168.2.0/26"), [local], ipip).render() == \
         "blackhole 192.168.2.0/26 proto bird"
