@@ -60,6 +60,11 @@ class Path:
         return self.attrs.next_hop
 
 
+def _slot(p: Path) -> object:
+    """A path's place among a prefix's candidates: its peer (and path id)."""
+    return p.source if p.path_id == 0 else (p.source, p.path_id)
+
+
 def _local_pref(p: Path) -> int:
     lp = p.attrs.local_pref
     return DEFAULT_LOCAL_PREF if lp is None else lp
@@ -139,9 +144,9 @@ class RIB:
         self.cluster_id = cluster_id
         # peer key -> {prefix << 32 | path id: Path}
         self.adj_in: dict[str, dict[int, Path]] = {}
-        # prefix -> {peer key (path id 0) or (peer key, path id): Path}: selection never
-        # scans every peer
-        self.by_prefix: dict[int, dict[object, Path]] = {}
+        # prefix -> its candidate path (the common case: one), or {slot: Path} with a slot
+        # per (peer, path id) when there are several: selection never scans every peer
+        self.by_prefix: dict[int, Path | dict[object, Path]] = {}
         self.local: dict[int, Path] = {}
         self.loc: dict[int, tuple[Path, ...]] = {}
         self._local_paths: dict[bool, Path] = {}
@@ -160,8 +165,8 @@ class RIB:
                 new = mine.solo  # a local route always wins (better(): local first)
             elif cands is None:
                 new = ()
-            elif len(cands) == 1:
-                new = next(iter(cands.values())).solo
+            elif type(cands) is not dict:
+                new = cands.solo
             else:
                 new = select(cands.values())
             old = loc.get(pfx, ())
@@ -205,14 +210,35 @@ class RIB:
                 return False
         return attrs.next_hop is not None
 
+    def _index(self, pfx: int, slot: object, path: Path) -> None:
+        bp = self.by_prefix
+        cur = bp.get(pfx)
+        if cur is None:
+            bp[pfx] = path
+        elif type(cur) is dict:
+            cur[slot] = path
+        else:
+            mine = _slot(cur)
+            bp[pfx] = path if mine == slot else {mine: cur, slot: path}
+
+    def _unindex(self, pfx: int, slot: object) -> None:
+        bp = self.by_prefix
+        cur = bp.get(pfx)
+        if cur is None:
+            return
+        if type(cur) is dict:
+            cur.pop(slot, None)
+            if len(cur) == 1:
+                bp[pfx] = next(iter(cur.values()))
+            elif not cur:
+                del bp[pfx]
+        elif _slot(cur) == slot:
+            del bp[pfx]
+
     def _remove(self, key: str, table: dict[int, Path], pfx: int, pid: int) -> bool:
         if table.pop(pfx << 32 | pid, None) is None:
             return False
-        idx = self.by_prefix.get(pfx)
-        if idx is not None:
-            idx.pop(key if pid == 0 else (key, pid), None)
-            if not idx:
-                del self.by_prefix[pfx]
+        self._unindex(pfx, key if pid == 0 else (key, pid))
         return True
 
     def apply_update(self, peer: PeerInfo, upd: M.Update) -> set[int]:
@@ -232,9 +258,25 @@ class RIB:
                     touched.append(pfx)
                 return self._recompute(touched)
             ibgp = peer.asn == self.local_as
-            paths: dict[int, Path] = {}
             ids = upd.nlri_ids
+            if not ids:  # one path for the whole UPDATE: bulk dict operations
+                path = Path(key, upd.attributes, 0, ibgp=ibgp, router_id=peer.router_id,
+                            peer_address=peer.address)
+                nlri = upd.nlri
+                table.update(dict.fromkeys([p << 32 for p in nlri], path))
+                bp = self.by_prefix
+                if bp.keys().isdisjoint(nlri):
+                    bp.update(dict.fromkeys(nlri, path))
+                else:
+                    for pfx in nlri:
+                        if pfx in bp:
+                            self._index(pfx, key, path)
+                        else:
+                            bp[pfx] = path
+                return self._recompute(touched + nlri if touched else nlri)
+            paths: dict[int, Path] = {}
             by_prefix = self.by_prefix
+            index = self._index
             for n, pfx in enumerate(upd.nlri):
                 pid = ids[n] if ids else 0
                 path = paths.get(pid)
@@ -243,11 +285,10 @@ class RIB:
                                              router_id=peer.router_id,
                                              peer_address=peer.address)
                 table[pfx << 32 | pid] = path
-                idx = by_prefix.get(pfx)
-                if idx is None:
-                    by_prefix[pfx] = {key if pid == 0 else (key, pid): path}
+                if pfx not in by_prefix:
+                    by_prefix[pfx] = path  # the common case: its only candidate
                 else:
-                    idx[key if pid == 0 else (key, pid)] = path
+                    index(pfx, key if pid == 0 else (key, pid), path)
             touched.extend(upd.nlri)
         return self._recompute(touched)
 
@@ -257,11 +298,7 @@ class RIB:
         touched = []
         for pk in table:
             pfx, pid = pk >> 32, pk & 0xFFFFFFFF
-            idx = self.by_prefix.get(pfx)
-            if idx is not None:
-                idx.pop(key if pid == 0 else (key, pid), None)
-                if not idx:
-                    del self.by_prefix[pfx]
+            self._unindex(pfx, key if pid == 0 else (key, pid))
             touched.append(pfx)
         return self._recompute(touched)
 
@@ -276,7 +313,7 @@ class RIB:
                 stale = copies[id(path)] = replace(path, stale=True)
             table[pk] = stale
             pfx, pid = pk >> 32, pk & 0xFFFFFFFF
-            self.by_prefix[pfx][key if pid == 0 else (key, pid)] = stale
+            self._index(pfx, key if pid == 0 else (key, pid), stale)
             prefixes.append(pfx)
         # the Loc-RIB keeps forwarding on them; refreshed so the flag is visible
         self._recompute(prefixes)

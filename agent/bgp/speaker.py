@@ -480,7 +480,7 @@ class Speaker:
         # routes found in the kernel at start (a restart): kept until the first full scan
         self._adopted: set[int] = set()
         self._pending_export: set[int] = set()
-        self._export_memo: tuple[object, tuple[int, ...], dict[int, bool]] = (None, (), {})
+        self._export_memo: tuple[object, tuple[int, ...]] = (None, ())
         # (Loc-RIB entry, pool class) -> kernel route: one object per way of routing
         self._kcache: dict[tuple, KernelRoute | None] = {}
         self._kcache_policy: object = None
@@ -693,19 +693,6 @@ class Speaker:
             self.on_change(prefixes)
 
     # ---- export
-    def _exportable(self, pfx: int) -> bool:
-        """Inside one of the export pools (BIRD's calico_export_to_bgp_peers)."""
-        pools = self.config.export_pools
-        if self._export_memo[0] is not pools:
-            self._export_memo = (pools, tuple(map(PF.of, pools)), {})
-        _p, keys, memo = self._export_memo
-        ok = memo.get(pfx)
-        if ok is None:
-            ok = memo[pfx] = PF.within(pfx, keys)
-            if len(memo) > 500000:
-                memo.clear()
-        return ok
-
     def _schedule_export(self, prefixes: set[int]) -> None:
         # coalesce everything changed in this loop iteration into one round of UPDATEs
         self._pending_export |= prefixes
@@ -729,19 +716,33 @@ class Speaker:
     def _peer_infos(self) -> dict[str, PeerInfo]:
         return {p.config.name: p.info_for_rib() for p in self.peers.values()}
 
-    def _export_items(self, prefixes: set[int]) -> list[tuple[int, object]]:
-        """[(prefix, best path or None)] in prefix order."""
+    def _export_items(self, prefixes: set[int]) -> list[tuple[object, list[int], list[int]]]:
+        """The round's prefixes grouped by best path (None: no route any more), each group
+        as (best path, its prefixes in order, those inside an export pool): what every
+        peer's export needs, computed once per round. Per peer the work is then per group
+        (and C-speed bulk operations on each group's lists), not per prefix."""
         loc = self.rib.loc
-        out = []
+        pools = self.config.export_pools
+        if self._export_memo[0] is not pools:
+            self._export_memo = (pools, tuple(map(PF.of, pools)))
+        keys = self._export_memo[1]
+        by_best: dict[int, tuple[object, list[int]]] = {}
         for pfx in sorted(prefixes):
             paths = loc.get(pfx)
-            out.append((pfx, paths[0] if paths else None))
-        return out
+            best = paths[0] if paths else None
+            g = by_best.get(id(best))
+            if g is None:
+                by_best[id(best)] = (best, [pfx])
+            else:
+                g[1].append(pfx)
+        within = PF.within
+        return [(best, pfxs, [p for p in pfxs if within(p, keys)] if best is not None else [])
+                for best, pfxs in by_best.values()]
 
     def _export_to(self, peer: Peer, prefixes: set[int]) -> None:
         self._export_items_to(peer, self._export_items(prefixes), self._peer_infos(), {})
 
-    def _export_items_to(self, peer: Peer, items: list[tuple[int, object]],
+    def _export_items_to(self, peer: Peer, items: list[tuple[object, list[int], list[int]]],
                          infos: dict[str, PeerInfo], shared: dict[tuple, bytes]) -> None:
         """Bring ``peer``'s Adj-RIB-Out up to date for ``items``: UPDATEs grouped by
         attribute set, each filled with as many NLRI as fit (as BIRD does). Identical
@@ -751,32 +752,31 @@ class Speaker:
             return
         to = infos[peer.config.name]
         adj = peer.adj_out
-        groups: dict[int, tuple[M.Attributes | None, bool]] = {}
         announce: dict[int, tuple[M.Attributes, list[int]]] = {}
         withdraw: list[int] = []
-        export_path, exportable = self.rib.export_path, self._exportable
-        for pfx, best in items:
-            attrs = None
-            if best is not None:
-                g = groups.get(id(best))
-                if g is None:
-                    g = groups[id(best)] = export_path(best, to, infos)
-                attrs = g[0]
-                if attrs is not None and g[1] and not exportable(pfx):
-                    attrs = None
-            if attrs is None:
-                if pfx in adj:
-                    del adj[pfx]
-                    withdraw.append(pfx)
+        export_path = self.rib.export_path
+        for best, pfxs, in_pool in items:
+            attrs, filtered = export_path(best, to, infos) if best is not None else (None, False)
+            send = pfxs if attrs is None else in_pool if filtered else pfxs
+            if attrs is None or len(send) != len(pfxs):  # some or all must not be advertised
+                if adj:
+                    keep = set(send) if attrs is not None else ()
+                    gone = [p for p in pfxs if p in adj and p not in keep]
+                    for p in gone:
+                        del adj[p]
+                    withdraw.extend(gone)
+                if attrs is None:
+                    continue
+            new = [p for p in send if adj.get(p) is not attrs] if adj else send
+            if not new:
                 continue
-            if adj.get(pfx) is attrs:
-                continue
-            adj[pfx] = attrs
+            adj.update(dict.fromkeys(new, attrs))
             grp = announce.get(id(attrs))
             if grp is None:
-                announce[id(attrs)] = (attrs, [pfx])
+                announce[id(attrs)] = (attrs, list(new))
             else:
-                grp[1].append(pfx)
+                grp[1].extend(new)
+        withdraw.sort()
         out = []
         if withdraw:
             key = ("w", tuple(withdraw))
@@ -825,13 +825,7 @@ class Speaker:
 
     def _schedule_kernel(self, prefixes: set[int]) -> None:
         if self.kernel is None:
-            for p in prefixes:
-                r = self.desired_kernel(p)
-                if r is None:
-                    self.kernel_routes.pop(p, None)
-                else:
-                    self.kernel_routes[p] = r
-            return
+            return  # not programming the kernel: nothing to track
         self._pending_kernel |= prefixes
         if self._kernel_task is None or self._kernel_task.done():
             self._kernel_task = asyncio.get_running_loop().create_task(self._kernel_sync())
