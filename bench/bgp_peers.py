@@ -1,7 +1,7 @@
 """Side-by-side harness for the BGP benchmarks: our speaker and BIRD 2 under equal terms.
 
 Each node is a network namespace on one bridge (``tests.netns.test_bgp_mesh.NetLab``).
-Each node runs ONE DAEMON PROCESS, as a lab does: ours is ``python -m agent.bgp.runner -c
+Each node runs ONE DAEMON PROCESS, as a lab does: ours is ``python -m agent.bgp.daemon -c
 speaker.json`` (a calico-node's speaker), BIRD's is Debian's ``bird -f -c bird.conf``. Both
 are started with ``ip netns exec``, reconfigured by rewriting their file and sending SIGHUP,
 stopped with SIGTERM. Timers are matched (BIRD's timers are whole seconds: its connect delay
@@ -40,7 +40,7 @@ sys.path.insert(0, ROOT)
 
 from agent.bgp import config as C  # noqa: E402
 from agent.bgp.fsm import Timers  # noqa: E402
-from agent.bgp.runner import enter_netns  # noqa: E402
+from kernel import netns  # noqa: E402
 from tests.netns.test_bgp_mesh import NetLab  # noqa: E402
 
 PY = os.path.join(ROOT, ".venv", "bin", "python")
@@ -76,8 +76,9 @@ def compile_bytecode() -> None:
     prefix set Python looks for every module's bytecode there)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPYCACHEPREFIX"] = PYC_PREFIX
-    subprocess.run([PY, "-c", "import agent.bgp.runner, agent.bgp.speaker, agent.bgp.kernel, "
-                    "agent.bgp.ctl, agent.bgp.status, argparse, logging, json, signal"],
+    subprocess.run([PY, "-c", "import agent.bgp.daemon, agent.bgp.runner, agent.bgp.speaker, "
+                    "agent.bgp.kernel, agent.bgp.ctl, agent.bgp.status, argparse, logging, "
+                    "json, signal, pyroute2"],
                    cwd=ROOT, env=env, check=True)
 
 
@@ -110,7 +111,7 @@ class RouteWatch:
 
         def inside() -> None:  # a socket stays in the namespace it was created in
             try:
-                enter_netns(ns)
+                netns.enter(ns)
                 s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
                 s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)
                 s.bind((0, RTMGRP_IPV4_ROUTE))
@@ -300,7 +301,7 @@ class Daemon:
 
 
 class Ours(Daemon):
-    """``python -m agent.bgp.runner``: the calicolab speaker, one process per node."""
+    """``python -m agent.bgp.daemon``: the calicolab speaker, one process per node."""
 
     kind = "calicolab"
 
@@ -325,10 +326,10 @@ class Ours(Daemon):
         if prof:
             os.makedirs(prof, exist_ok=True)
             out = os.path.join(prof, f"{self.node.address}-{time.monotonic_ns()}.prof")
-            return [PY, "-m", "cProfile", "-o", out, "-m", "agent.bgp.runner",
+            return [PY, "-m", "cProfile", "-o", out, "-m", "agent.bgp.daemon",
                     "-c", os.path.join(self.dir, "speaker.json"), "-s", self.sock] + (
                         [] if self.node.kernel else ["--no-kernel"])
-        return [PY, "-m", "agent.bgp.runner", "-c", os.path.join(self.dir, "speaker.json"),
+        return [PY, "-m", "agent.bgp.daemon", "-c", os.path.join(self.dir, "speaker.json"),
                 "-s", self.sock] + ([] if self.node.kernel else ["--no-kernel"])
 
     def env(self) -> dict:

@@ -267,11 +267,16 @@ class Peer:
                         local_address=self.speaker.config.local_address)
 
     # ---- lifecycle
-    def start(self) -> None:
-        """Start (or restart after an error wait)."""
+    def start(self, since: float | None = None) -> None:
+        """Start (or restart after an error wait). ``since``: the monotonic time the
+        connect delay counts from (the daemon's start), when not now."""
         self.stopped = False
         self.restart_handle = None
         self.main = Connection(self, incoming=False)
+        if since is not None:
+            t = self.main.fsm.config.timers
+            left = max(0.01, t.connect_delay - (time.monotonic() - since))
+            self.main.fsm.config.timers = F.Timers(**{**t.__dict__, "connect_delay": left})
         self.main.feed(F.ManualStart())
         self._set_state_change()
 
@@ -454,10 +459,14 @@ class Speaker:
 
     def __init__(self, config: SpeakerConfig, *, program_kernel: bool = True,
                  on_change: Callable[[set[int]], None] | None = None,
-                 kernel: Kernel | None = None, clock: Clock | None = None):
+                 kernel: Kernel | None = None, clock: Clock | None = None,
+                 started_at: float | None = None):
         """``kernel``: the handle routes go to (default: a netlink handle on the netns of
-        the thread that starts the speaker); ``clock``: scan and retry timers."""
+        the thread that starts the speaker); ``clock``: scan and retry timers;
+        ``started_at``: the monotonic time the first connect delay counts from."""
         config.validate()
+        # monotonic time the process started: the first connect delay counts from there
+        self.started_at = started_at
         self.config = config
         self.clock = clock or Clock()
         self.kernel_handle = kernel
@@ -493,8 +502,9 @@ class Speaker:
         setattr(self.counters, name, getattr(self.counters, name) + 1)
 
     # ---- lifecycle
-    async def start(self) -> None:
-        """Open the kernel driver, listen, start every peer, originate local routes."""
+    async def start(self, listener: socket.socket | None = None) -> None:
+        """Open the kernel driver, listen (on ``listener`` when the caller bound it
+        already), start every peer, originate local routes."""
         if self.program_kernel:
             from agent.bgp.kernel import KernelRoutes
 
@@ -506,12 +516,15 @@ class Speaker:
             existing = await self._kernel_dump()
             self.kernel_routes = dict(existing)
             self._adopted = set(existing)
-        self.server = await asyncio.start_server(
-            self._accept, self.config.listen_address, self.config.listen_port,
-            reuse_address=True)
+        if listener is not None:
+            self.server = await asyncio.start_server(self._accept, sock=listener)
+        else:
+            self.server = await asyncio.start_server(
+                self._accept, self.config.listen_address, self.config.listen_port,
+                reuse_address=True)
         self._set_local()
         for pc in self.config.peers:
-            self._add_peer(pc)
+            self._add_peer(pc, since=self.started_at)
         self._schedule_kernel(set(self.kernel_routes) | set(self.rib.loc))
         if self.kernel is not None:
             self._scan_task = asyncio.get_running_loop().create_task(self._scan_loop())
@@ -568,10 +581,10 @@ class Speaker:
                 await self._in_kernel_thread(self.kernel_handle.close)
         self.kernel_exec.shutdown(wait=False)
 
-    def _add_peer(self, pc: PeerConfig) -> None:
+    def _add_peer(self, pc: PeerConfig, since: float | None = None) -> None:
         peer = Peer(self, pc)
         self.peers[pc.name] = peer
-        peer.start()
+        peer.start(since)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         host = writer.get_extra_info("peername")[0]
