@@ -154,7 +154,7 @@ def decode_capability(code: int, value: bytes) -> AnyCapability:
 
     if code == CAP_MULTIPROTOCOL:
         if len(value) != 4:
-            raise bad("multiprotocol")
+            return Capability(code, value)  # BIRD (IPv4 build) does not parse it: no error
         afi, _, safi = struct.unpack("!HBB", value)
         return MultiProtocol(afi, safi)
     if code == CAP_ROUTE_REFRESH:
@@ -180,7 +180,7 @@ def decode_capability(code: int, value: bytes) -> AnyCapability:
             raise bad("ADD-PATH")
         fams = tuple(struct.unpack("!HBB", value[i:i + 4]) for i in range(0, len(value), 4))
         for fam in fams:
-            if fam[2] not in (1, 2, 3):
+            if fam[2] > ADDPATH_BOTH:  # BIRD: more than send+receive is an error, 0 is not
                 raise bad("ADD-PATH")
         return AddPath(fams)
     if code == CAP_LONG_LIVED_GR:
@@ -366,13 +366,15 @@ def decode(data: bytes, *, addpath: bool = False) -> Message:
 
 
 def encode_open_body(msg: Open) -> bytes:
-    """OPEN body; one capabilities optional parameter (type 2) per capability
-    (RFC 5492 allows either layout; this one every decoder, scapy included, parses)."""
-    params = b""
-    for c in msg.capabilities:
-        cap = encode_capability(c)
-        params += struct.pack("!BB", 2, len(cap)) + cap
-    my_as = msg.asn if msg.asn <= 0xFFFF else AS_TRANS
+    """OPEN body with every capability in ONE optional parameter (type 2), in the order
+    given, as BIRD 1.6 sends them (``bgp_create_open``); no parameter without capabilities.
+    My Autonomous System is AS_TRANS from 65535 up (BIRD: ``local_as < 0xFFFF``)."""
+    caps = b"".join(encode_capability(c) for c in msg.capabilities)
+    if len(caps) > 253:
+        raise ValueError(f"capabilities take {len(caps)} bytes; one optional parameter "
+                         "holds at most 253")
+    params = struct.pack("!BB", 2, len(caps)) + caps if caps else b""
+    my_as = msg.asn if msg.asn < 0xFFFF else AS_TRANS
     return struct.pack("!BHH4sB", msg.version, my_as, msg.hold_time, msg.router_id.packed,
                        len(params)) + params
 
@@ -447,23 +449,23 @@ def encode_prefixes(prefixes: list[int | IPv4Network], ids: list[int] | None,
     return bytes(out)
 
 
-def pack_nlri(keys: list[int], room: int, ids: list[int] | None = None,
-              addpath: bool = False) -> list[tuple[bytes, int]]:
+def pack_nlri(keys: list[int], room: int, path_id: int | None = None) -> list[tuple[bytes, int]]:
     """Encode ``keys`` into chunks of at most ``room`` bytes each (BIRD fills every UPDATE up
-    to the 4096-byte limit): [(encoded NLRI, how many prefixes)]."""
+    to the 4096-byte limit): [(encoded NLRI, how many prefixes)]. With ``path_id`` (ADD-PATH
+    negotiated for sending) every prefix carries that path identifier."""
     chunks: list[tuple[bytes, int]] = []
     out = bytearray()
     count = 0
-    extra = 4 if addpath else 0
-    for n, key in enumerate(keys):
+    pid = b"" if path_id is None else path_id.to_bytes(4, "big")
+    extra = len(pid)
+    for key in keys:
         plen = key & 0xFF
         nbytes = (plen + 7) >> 3
         if len(out) + 1 + nbytes + extra > room:
             chunks.append((bytes(out), count))
             out = bytearray()
             count = 0
-        if addpath:
-            out += (ids[n] if ids else 0).to_bytes(4, "big")
+        out += pid
         out.append(plen)
         out += (key >> 8).to_bytes(4, "big")[:nbytes]
         count += 1

@@ -28,6 +28,7 @@ from kernel.base import Kernel
 
 log = logging.getLogger(__name__)
 _MISSING = object()
+EXPORT_PATH_ID = 1  # ADD-PATH identifier of the (single, best) path we advertise per prefix
 KERNEL_SCAN_SECONDS = 10.0
 KERNEL_RETRY_SECONDS = 1.0
 
@@ -37,16 +38,32 @@ def local_capabilities(cfg: SpeakerConfig, peer: PeerConfig) -> list:
     gr = peer.graceful_restart_time or cfg.timers.graceful_restart
     return [M.MultiProtocol(), M.RouteRefreshCap(),
             M.GracefulRestart(int(gr) & 0xFFF, families=((M.AFI_IPV4, M.SAFI_UNICAST, 0),)),
-            M.FourOctetAS(cfg.local_as), M.AddPath(((M.AFI_IPV4, M.SAFI_UNICAST, M.ADDPATH_RECEIVE),)),
+            M.FourOctetAS(cfg.local_as), M.AddPath(((M.AFI_IPV4, M.SAFI_UNICAST, M.ADDPATH_BOTH),)),
             M.EnhancedRouteRefreshCap(), M.LongLivedGR(())]  # LLGR "aware": no families
 
 
+def peer_addpath(peer_open: M.Open) -> int:
+    """The peer's ADD-PATH mode for IPv4 unicast (0 none, 1 receive, 2 send, 3 both); as
+    BIRD, the last matching entry counts."""
+    mode = 0
+    for cap in peer_open.capabilities:
+        if isinstance(cap, M.AddPath):
+            for a, s, sr in cap.families:
+                if (a, s) == (M.AFI_IPV4, M.SAFI_UNICAST):
+                    mode = sr
+    return mode
+
+
 def peer_sends_addpath(peer_open: M.Open) -> bool:
-    """ADD-PATH negotiation for the receive direction: we advertise receive; the peer must
-    advertise send (2) or both (3) for IPv4 unicast."""
-    cap = peer_open.cap(M.AddPath)
-    return bool(cap and any(a == M.AFI_IPV4 and s == M.SAFI_UNICAST and sr in (2, 3)
-                            for a, s, sr in cap.families))
+    """ADD-PATH for what we receive: we advertise both directions (Calico's ``add paths
+    on``); NLRI from the peer carry path ids when it advertises send (2) or both (3)."""
+    return bool(peer_addpath(peer_open) & M.ADDPATH_SEND)
+
+
+def peer_receives_addpath(peer_open: M.Open) -> bool:
+    """ADD-PATH for what we send: when the peer advertises receive (1) or both (3), our
+    NLRI carry a path id (BIRD: ``add_path_tx``)."""
+    return bool(peer_addpath(peer_open) & M.ADDPATH_RECEIVE)
 
 
 class Connection:
@@ -64,7 +81,8 @@ class Connection:
         self._connecting: asyncio.Task | None = None  # the outgoing connect in flight
         self._reading: asyncio.Task | None = None     # the reader of the connected socket
         self._attempt = 0  # numbers connect attempts: a superseded one never reports back
-        self.recv_addpath = False
+        self.recv_addpath = False   # NLRI from the peer carry path ids
+        self.send_addpath = False   # NLRI to the peer carry path ids
         self.closed = False
 
     @property
@@ -100,9 +118,13 @@ class Connection:
         elif isinstance(act, F.Drop):
             self._drop_transport()
         elif isinstance(act, F.OpenAccepted):
+            # the peer's OPEN fixes how NLRI are framed both ways from the next message on
+            self.recv_addpath = peer_sends_addpath(act.peer_open)
+            self.send_addpath = peer_receives_addpath(act.peer_open)
             self.peer.on_open(self)
         elif isinstance(act, F.Up):
             self.recv_addpath = peer_sends_addpath(act.peer_open)
+            self.send_addpath = peer_receives_addpath(act.peer_open)
             self.peer.on_up(self, act.peer_open)
         elif isinstance(act, F.Down):
             self._close()
@@ -118,7 +140,7 @@ class Connection:
         """Write one message (no-op when the socket is gone)."""
         if self.writer is None or self.writer.is_closing():
             return
-        self.writer.write(M.encode(msg))
+        self.writer.write(M.encode(msg, addpath=self.send_addpath))
         if isinstance(msg, M.Notification):
             self.peer.last_notification_sent = msg
 
@@ -438,6 +460,7 @@ class Peer:
                 "routes_received": self.speaker.rib.count_from(self.config.name),
                 "routes_exported": len(self.adj_out),
                 "add_path_rx": bool(self.session and self.session.recv_addpath),
+                "add_path_tx": bool(self.session and self.session.send_addpath),
                 "peer_capabilities": sorted({c.code for c in self.peer_open.capabilities})
                 if self.peer_open else [],
                 "hold_time": self.session.fsm.hold_time if self.session else None,
@@ -790,24 +813,28 @@ class Speaker:
             else:
                 grp[1].extend(new)
         withdraw.sort()
+        # ADD-PATH towards this peer: we advertise one path per prefix (the best), so one
+        # path id for all of them makes each announcement replace the previous one
+        pid = EXPORT_PATH_ID if conn.send_addpath else None
         out = []
         if withdraw:
-            key = ("w", tuple(withdraw))
+            key = ("w", pid, tuple(withdraw))
             data = shared.get(key)
             if data is None:
                 data = shared[key] = b"".join(
                     M.frame(M.UPDATE, len(nl).to_bytes(2, "big") + nl + b"\0\0")
-                    for nl, _n in M.pack_nlri(withdraw, M.MAX_MESSAGE_LEN - M.HEADER_LEN - 4))
+                    for nl, _n in M.pack_nlri(withdraw, M.MAX_MESSAGE_LEN - M.HEADER_LEN - 4,
+                                              pid))
             out.append(data)
         for attrs, nets in announce.values():
             enc = self._encoded(attrs)
-            key = (enc, tuple(nets))
+            key = (enc, pid, tuple(nets))
             data = shared.get(key)
             if data is None:
                 head = b"\0\0" + len(enc).to_bytes(2, "big") + enc
                 room = M.MAX_MESSAGE_LEN - M.HEADER_LEN - len(head)
                 data = shared[key] = b"".join(M.frame(M.UPDATE, head + nl)
-                                              for nl, _n in M.pack_nlri(nets, room))
+                                              for nl, _n in M.pack_nlri(nets, room, pid))
             out.append(data)
         if out:
             conn.send_raw(b"".join(out))

@@ -153,7 +153,8 @@ def test_route_reflector_sessions_routes_and_pods(rr_lab, tmp_path):
     # on the wire: the reflected UPDATE, k8s-m -> k8s-w0, next hop k8s-w1 unchanged
     ups = pa.assert_bgp_update(w0_pcap, src=ADDR["k8s-m"], dst=ADDR["k8s-w0"], nlri=new_block,
                                next_hop=ADDR["k8s-w1"])
-    attrs = decode(ups[0].raw).attributes
+    # both ends are our speakers: ADD-PATH is negotiated both ways, NLRI carry path ids
+    attrs = decode(ups[0].raw, addpath=True).attributes
     assert attrs.originator_id == ip_address(ADDR["k8s-w1"]), attrs
     assert attrs.cluster_list == (ip_address("244.0.0.1"),), attrs
     # ... and the pod traffic tunnelled straight between the workers, not through k8s-m

@@ -12,27 +12,33 @@ pytestmark = pytest.mark.unit
 
 MK = "ff" * 16
 
+# The OPEN BIRD 1.6 sends with Calico's bird.cfg (proto/bgp/packets.c bgp_create_open):
+# every capability in ONE optional parameter, in BIRD's order
 OPEN_HEX = (
-    MK + "0047" + "01"          # length 71, OPEN
-    + "04" + "fc00" + "00f0" + "ac1e000b" + "2a"   # v4, AS 64512, hold 240, id, opt len 42
-    + "0206" + "0104" + "00010001"                 # MP IPv4 unicast
-    + "0202" + "0200"                              # route refresh
-    + "0208" + "4006" + "0078" + "00010100"        # GR 120 s, ipv4/unicast
-    + "0206" + "4104" + "0000fc00"                 # 4-octet AS 64512
-    + "0206" + "4504" + "00010101"                 # ADD-PATH ipv4/unicast receive
-    + "0202" + "4600"                              # enhanced route refresh
+    MK + "003f" + "01"                              # length 63, OPEN
+    + "04" + "fc00" + "00f0" + "ac1e000b"          # v4, AS 64512, hold 240, id 172.30.0.11
+    + "22" + "02" + "20"                           # opt len 34: one capabilities param of 32
+    + "0104" + "00010001"                          # 1 multiprotocol: AFI 1, reserved, SAFI 1
+    + "0200"                                       # 2 route refresh
+    + "4006" + "0078" + "00010100"                 # 64 GR: no R bit, 120 s; ipv4/unicast, F=0
+    + "4104" + "0000fc00"                          # 65 4-octet AS 64512
+    + "4504" + "00010103"                          # 69 ADD-PATH ipv4/unicast, send+receive
+    + "4600"                                       # 70 enhanced route refresh
+    + "4700"                                       # 71 long-lived GR, aware (no families)
 )
 
-# BIRD's layout: all capabilities in a single optional parameter
-OPEN_ONE_PARAM_HEX = (
-    MK + "003d" + "01" + "04" + "fc00" + "00f0" + "ac1e000b" + "20" + "02" + "1e"
-    + "0104" + "00010001" + "0200" + "4006" + "0078" + "00010100" + "4104" + "0000fc00"
-    + "4504" + "00010101" + "4600"
+# the same capabilities, one optional parameter each (RFC 5492 allows both; we accept both)
+OPEN_MANY_PARAMS_HEX = (
+    MK + "004b" + "01" + "04" + "fc00" + "00f0" + "ac1e000b" + "2e"
+    + "0206" + "0104" + "00010001" + "0202" + "0200" + "0208" + "4006" + "0078" + "00010100"
+    + "0206" + "4104" + "0000fc00" + "0206" + "4504" + "00010103" + "0202" + "4600"
+    + "0202" + "4700"
 )
 
 OPEN_MSG = M.Open(asn=64512, hold_time=240, router_id=IPv4Address("172.30.0.11"), capabilities=[
     M.MultiProtocol(), M.RouteRefreshCap(), M.GracefulRestart(120),
-    M.FourOctetAS(64512), M.AddPath(((1, 1, 1),)), M.EnhancedRouteRefreshCap()])
+    M.FourOctetAS(64512), M.AddPath(((1, 1, 3),)), M.EnhancedRouteRefreshCap(),
+    M.LongLivedGR(())])
 
 UPDATE_HEX = (
     MK + "0030" + "02" + "0000" + "0015"
@@ -56,7 +62,28 @@ def test_keepalive_golden():
 def test_open_golden_roundtrip():
     assert M.encode(OPEN_MSG).hex() == OPEN_HEX
     assert M.decode(hx(OPEN_HEX)) == OPEN_MSG
-    assert M.decode(hx(OPEN_ONE_PARAM_HEX)) == OPEN_MSG
+    assert M.decode(hx(OPEN_MANY_PARAMS_HEX)) == OPEN_MSG
+
+
+def test_speaker_sends_birds_capability_set_with_calicos_config():
+    """calico.md section 9: multiprotocol IPv4, route refresh, GR able, 4-octet AS, ADD-PATH
+    tx+rx (``add paths on``), enhanced route refresh, LLGR aware; byte for byte BIRD's."""
+    from agent.bgp.config import PeerConfig, SpeakerConfig
+    from agent.bgp.speaker import local_capabilities
+
+    me = IPv4Address("172.30.0.11")
+    cfg = SpeakerConfig(router_id=me, local_as=64512, local_address=me)
+    peer = PeerConfig("Mesh_172_30_0_12", IPv4Address("172.30.0.12"), 64512)
+    msg = M.Open(asn=64512, hold_time=240, router_id=me,
+                 capabilities=local_capabilities(cfg, peer))
+    assert M.encode(msg).hex() == OPEN_HEX
+
+
+def test_open_my_as_is_as_trans_from_65535_as_bird():
+    msg = M.Open(asn=65535, hold_time=90, router_id=IPv4Address("1.2.3.4"),
+                 capabilities=[M.FourOctetAS(65535)])
+    assert M.encode(msg)[20:22].hex() == "5ba0"
+    assert M.decode(M.encode(msg)).asn == 65535
 
 
 def test_open_large_as_uses_as_trans():
