@@ -319,10 +319,13 @@ class FSM:
             return acts + self._hold_timer()
 
         if st == State.OPENCONFIRM:
-            if isinstance(msg, M.Keepalive):
+            if isinstance(msg, M.Keepalive | M.Update):
+                # an UPDATE here means the peer skipped its KEEPALIVE: BIRD takes it as
+                # one and goes on (bgp_rx_update's workaround), so do we
                 self.state = State.ESTABLISHED
                 assert self.peer_open is not None
-                return self._hold_timer() + [Up(self.peer_open)]
+                acts = self._hold_timer() + [Up(self.peer_open)]
+                return acts + [Deliver(msg)] if isinstance(msg, M.Update) else acts
             return self._fail("expected KEEPALIVE", E.FSMError(2, "expected KEEPALIVE"))
 
         # ESTABLISHED
@@ -333,12 +336,18 @@ class FSM:
         return self._fail("unexpected OPEN", E.FSMError(3, "OPEN in Established"))
 
     def _check_open(self, msg: M.Open) -> E.BGPError | None:
-        if msg.asn != self.config.peer_as:
-            return E.OpenMessageError(E.BAD_PEER_AS, f"peer AS {msg.asn}, expected "
-                                                     f"{self.config.peer_as}")
-        if msg.router_id == self.config.router_id and msg.asn == self.config.local_as:
+        """BIRD's order and data (bgp_rx_open): our own identifier on an iBGP session 2/3
+        (the identifier), then the AS 2/2 (4 bytes when the peer speaks 4-octet AS, else
+        the 2-byte My AS)."""
+        if msg.router_id == self.config.router_id and self.config.peer_as == self.config.local_as:
             return E.OpenMessageError(E.BAD_BGP_IDENTIFIER,
-                                      f"peer uses our router id {msg.router_id}")
+                                      f"peer uses our router id {msg.router_id}",
+                                      msg.router_id.packed)
+        if msg.asn != self.config.peer_as:
+            data = (msg.asn.to_bytes(4, "big") if msg.cap(M.FourOctetAS) is not None
+                    else (msg.asn & 0xFFFF).to_bytes(2, "big"))
+            return E.OpenMessageError(E.BAD_PEER_AS, f"peer AS {msg.asn}, expected "
+                                                     f"{self.config.peer_as}", data)
         return None
 
 

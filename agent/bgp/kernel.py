@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import errno
 import logging
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 
+from agent.bgp import prefix as PF
 from agent.bgp.routes import RTPROT_BIRD, KernelRoute, NextHop
 from kernel import RTN_BLACKHOLE, Kernel, KernelError, Route, RouteAdd, RouteDel
 from kernel import NextHop as KNextHop
@@ -32,8 +33,9 @@ class KernelRoutes:
         self._ifindex: dict[str, int] = {}
         self._ifname: dict[int, str] = {}
         self.errors: list[str] = []                     # history (last 20)
-        self.failing: dict[IPv4Network, str] = {}      # prefixes failing right now
-        self.owned: set[IPv4Network] = set()           # our routes (proto bird) in the table
+        # prefixes are agent.bgp.prefix keys (ints), as everywhere in the speaker
+        self.failing: dict[int, str] = {}              # prefixes failing right now
+        self.owned: set[int] = set()                   # our routes (proto bird) in the table
 
     def close(self) -> None:
         """Nothing of its own to release (the kernel handle belongs to its creator)."""
@@ -51,11 +53,11 @@ class KernelRoutes:
             self._ifname = {ln.index: ln.name for ln in self.kernel.links()}
         return self._ifname.get(idx, str(idx))
 
-    def dump(self) -> dict[IPv4Network, KernelRoute]:
+    def dump(self) -> dict[int, KernelRoute]:
         """The ``proto bird`` IPv4 routes now in the main table."""
-        out: dict[IPv4Network, KernelRoute] = {}
+        out: dict[int, KernelRoute] = {}
         for r in self.kernel.routes(protocol=RTPROT_BIRD):
-            prefix = IPv4Network(r.dst)
+            prefix = PF.parse(r.dst)
             if r.type == RTN_BLACKHOLE:
                 out[prefix] = KernelRoute(prefix, blackhole=True)
                 continue
@@ -64,32 +66,33 @@ class KernelRoutes:
         self.owned = set(out)
         return out
 
-    def _op(self, prefix: IPv4Network, route: KernelRoute | None) -> RouteAdd | RouteDel | None:
+    def _op(self, prefix: int, route: KernelRoute | None) -> RouteAdd | RouteDel | None:
         """The kernel operation for one change (None: nothing to do, e.g. removing a route
         that is not ours). Raises KernelError for a missing device."""
         if route is None:
             if prefix not in self.owned:
                 return None  # never delete someone else's route to the same destination
-            return RouteDel(Route(str(prefix), protocol=RTPROT_BIRD))
+            return RouteDel(Route(PF.text(prefix), protocol=RTPROT_BIRD))
+        dst = PF.text(prefix)
         if route.blackhole:
-            r = Route(str(prefix), protocol=RTPROT_BIRD, type=RTN_BLACKHOLE)
+            r = Route(dst, protocol=RTPROT_BIRD, type=RTN_BLACKHOLE)
         elif len(route.nexthops) == 1:
             h = route.nexthops[0]
-            r = Route(str(prefix), oif=self._index(h.device) if h.device else 0, gateway=str(h.gateway),
+            r = Route(dst, oif=self._index(h.device) if h.device else 0, gateway=str(h.gateway),
                       onlink=h.onlink, protocol=RTPROT_BIRD)
         else:
-            r = Route(str(prefix), protocol=RTPROT_BIRD, nexthops=tuple(
+            r = Route(dst, protocol=RTPROT_BIRD, nexthops=tuple(
                 KNextHop(str(h.gateway), self._index(h.device) if h.device else 0, h.onlink)
                 for h in route.nexthops))
         return RouteAdd(r, replace=prefix in self.owned)
 
-    def apply(self, changes: dict[IPv4Network, KernelRoute | None]) -> set[IPv4Network]:
+    def apply(self, changes: dict[int, KernelRoute | None]) -> set[int]:
         """Install/replace routes (value) or remove them (None), in batches. A route to the
         same destination from anyone else (the connected subnet, Felix, an admin) is never
         replaced or deleted. Failures (e.g. tunl0 not created yet) are logged, kept in
         ``errors`` and returned for a later retry; they do not stop the other changes."""
-        failed: set[IPv4Network] = set()
-        todo: list[tuple[IPv4Network, KernelRoute | None]] = []
+        failed: set[int] = set()
+        todo: list[tuple[int, KernelRoute | None]] = []
         ops: list[RouteAdd | RouteDel] = []
         for prefix, route in changes.items():
             try:
@@ -115,15 +118,15 @@ class KernelRoutes:
                 self.owned.add(prefix)
                 self.failing.pop(prefix, None)
             elif code == errno.EEXIST and prefix not in self.owned:
-                self._fail(failed, prefix, f"{prefix} is already in the kernel from another source; "
-                                           "not replacing it")
+                self._fail(failed, prefix, f"{PF.text(prefix)} is already in the kernel from "
+                                           "another source; not replacing it")
             else:
                 self._fail(failed, prefix, err.strerror)
         return failed
 
-    def _fail(self, failed: set[IPv4Network], prefix: IPv4Network, reason: str) -> None:
+    def _fail(self, failed: set[int], prefix: int, reason: str) -> None:
         failed.add(prefix)
-        msg = f"kernel route {prefix}: {reason}"
+        msg = f"kernel route {PF.text(prefix)}: {reason}"
         self._ifindex.clear()  # a device may have been re-created
         self._ifname.clear()
         if self.failing.get(prefix) != msg:  # log a failure once, not every retry
@@ -131,10 +134,10 @@ class KernelRoutes:
             self.errors = (self.errors + [msg])[-20:]
         self.failing[prefix] = msg
 
-    def reconcile(self, desired: dict[IPv4Network, KernelRoute]) -> set[IPv4Network]:
+    def reconcile(self, desired: dict[int, KernelRoute]) -> set[int]:
         """Make the kernel's proto bird routes exactly ``desired``; returns the prefixes that failed."""
         actual = self.dump()
-        changes: dict[IPv4Network, KernelRoute | None] = {
+        changes: dict[int, KernelRoute | None] = {
             p: None for p in actual if p not in desired}
         changes.update({p: r for p, r in desired.items() if actual.get(p) != r})
         return self.apply(changes)

@@ -304,22 +304,31 @@ def frame(msg_type: int, body: bytes) -> bytes:
 
 
 def parse_header(data: bytes) -> tuple[int, int]:
-    """Check a 19-byte header; return (total length, type). Raises MessageHeaderError."""
+    """Check a 19-byte header; return (total length, type). Raises MessageHeaderError with
+    the code, subcode and data BIRD 1.6 sends (proto/bgp/packets.c bgp_rx, bgp_rx_packet and
+    the per-type handlers): marker 1/1; length outside 19..4096 1/2 (the length); unknown
+    type 1/3 (the type); below the type's minimum 1/2 (the length). A KEEPALIVE's length is
+    not checked further and a long ROUTE-REFRESH is 7/1 (see :func:`decode`), as in BIRD."""
     if len(data) < HEADER_LEN:
         raise E.MessageHeaderError(E.BAD_MESSAGE_LENGTH, "short header")
     if data[:16] != MARKER:
         raise E.MessageHeaderError(E.CONNECTION_NOT_SYNCHRONIZED, "marker is not all ones")
     length, mtype = struct.unpack("!HB", data[16:19])
-    minimum = {OPEN: 29, UPDATE: 23, NOTIFICATION: 21, KEEPALIVE: 19, ROUTE_REFRESH: 23}
-    if mtype not in minimum:
+    if length < HEADER_LEN or length > MAX_MESSAGE_LEN:
+        raise E.MessageHeaderError(E.BAD_MESSAGE_LENGTH, f"bad message length {length}",
+                                   struct.pack("!H", length))
+    minimum = _MINIMUM.get(mtype)
+    if minimum is None:
         raise E.MessageHeaderError(E.BAD_MESSAGE_TYPE, f"unknown message type {mtype}",
                                    bytes([mtype]))
-    if length < minimum[mtype] or length > MAX_MESSAGE_LEN or (
-            mtype == KEEPALIVE and length != 19):
+    if length < minimum:
         raise E.MessageHeaderError(E.BAD_MESSAGE_LENGTH,
                                    f"bad length {length} for {TYPE_NAMES[mtype]}",
                                    struct.pack("!H", length))
     return length, mtype
+
+
+_MINIMUM = {OPEN: 29, UPDATE: 23, NOTIFICATION: 21, KEEPALIVE: 19, ROUTE_REFRESH: 23}
 
 
 def encode(msg: Message, *, addpath: bool = False) -> bytes:
@@ -346,19 +355,18 @@ def decode(data: bytes, *, addpath: bool = False) -> Message:
                                    struct.pack("!H", length))
     body = data[HEADER_LEN:]
     if mtype == KEEPALIVE:
-        return Keepalive()
+        return Keepalive()  # trailing bytes ignored, as BIRD does
     if mtype == OPEN:
         return decode_open_body(body)
     if mtype == UPDATE:
         return decode_update_body(body, addpath=addpath)
     if mtype == NOTIFICATION:
         return Notification(body[0], body[1], bytes(body[2:]))
+    if len(body) != 4:  # RFC 7313 / BIRD: Invalid Message Length, data = the message
+        raise E.RouteRefreshError(1, f"ROUTE-REFRESH length {length} is not 23",
+                                  bytes(data[:2048]))
     afi, subtype, safi = struct.unpack("!HBB", body[:4])
-    if len(body) != 4:
-        raise E.MessageHeaderError(E.BAD_MESSAGE_LENGTH, "ROUTE-REFRESH length is not 23",
-                                   struct.pack("!H", length))
-    if subtype > 2:
-        raise E.RouteRefreshError(1, f"unknown ROUTE-REFRESH subtype {subtype}", body)
+    # an unknown subtype is not an error (BIRD logs and ignores it): the speaker decides
     return RouteRefresh(afi, safi, subtype)
 
 
@@ -380,53 +388,49 @@ def encode_open_body(msg: Open) -> bytes:
 
 
 def decode_open_body(body: bytes) -> Open:
-    """Decode an OPEN body; the real AS comes from capability 65 when present."""
-    if len(body) < 10:
-        raise E.MessageHeaderError(E.BAD_MESSAGE_LENGTH, "OPEN too short")
+    """Decode an OPEN body; the real AS comes from capability 65 when present. Checks in
+    BIRD 1.6's order and with its codes (``bgp_rx_open``, ``bgp_parse_options``,
+    ``bgp_parse_capabilities``): length vs optional parameters 1/2 (the length); version
+    2/1 (the version received, one byte); a truncated parameter or malformed known
+    capability 2/0; a parameter other than capabilities 2/4 (BIRD's bytes: the parameter,
+    as long as its length says); hold time 1-2 2/6 (the hold time); BGP identifier 0 2/3
+    (the identifier). A 4-octet AS that disagrees with My AS is taken (BIRD only warns)."""
+    length = HEADER_LEN + len(body)
+    if len(body) < 10 or len(body) != 10 + body[9]:
+        raise E.MessageHeaderError(E.BAD_MESSAGE_LENGTH,
+                                   f"OPEN length {length} does not match its optional "
+                                   f"parameters length", struct.pack("!H", length))
     version, my_as, hold, rid, plen = struct.unpack("!BHH4sB", body[:10])
     if version != 4:
         raise E.OpenMessageError(E.UNSUPPORTED_VERSION_NUMBER, f"version {version}",
-                                 struct.pack("!H", 4))
-    if plen != len(body) - 10:
-        raise E.OpenMessageError(0, f"optional parameters length {plen} does not match "
-                                    f"the {len(body) - 10} bytes present")
-    router_id = IPv4Address(rid)
-    if int(router_id) == 0:
-        raise E.OpenMessageError(E.BAD_BGP_IDENTIFIER, "BGP identifier 0.0.0.0")
-    if hold in (1, 2):
-        raise E.OpenMessageError(E.UNACCEPTABLE_HOLD_TIME, f"hold time {hold}")
+                                 bytes([version]))
     caps: list = []
     params = body[10:]
     i = 0
     while i < len(params):
-        if i + 2 > len(params):
+        if i + 2 > len(params) or i + 2 + params[i + 1] > len(params):
             raise E.OpenMessageError(0, "truncated optional parameter")
         ptype, pl = params[i], params[i + 1]
-        pval = params[i + 2:i + 2 + pl]
-        if len(pval) != pl:
-            raise E.OpenMessageError(0, "truncated optional parameter")
-        i += 2 + pl
         if ptype != 2:
             raise E.OpenMessageError(E.UNSUPPORTED_OPTIONAL_PARAMETER,
-                                     f"optional parameter type {ptype}")
+                                     f"optional parameter type {ptype}", bytes(params[i:i + pl]))
+        pval = params[i + 2:i + 2 + pl]
+        i += 2 + pl
         j = 0
         while j < len(pval):
-            if j + 2 > len(pval):
+            if j + 2 > len(pval) or j + 2 + pval[j + 1] > len(pval):
                 raise E.OpenMessageError(0, "truncated capability")
             code, cl = pval[j], pval[j + 1]
-            cval = bytes(pval[j + 2:j + 2 + cl])
-            if len(cval) != cl:
-                raise E.OpenMessageError(0, f"truncated capability {code}")
-            caps.append(decode_capability(code, cval))
+            caps.append(decode_capability(code, bytes(pval[j + 2:j + 2 + cl])))
             j += 2 + cl
-    asn = my_as
+    if hold in (1, 2):
+        raise E.OpenMessageError(E.UNACCEPTABLE_HOLD_TIME, f"hold time {hold}",
+                                 struct.pack("!H", hold))
+    if rid == b"\0\0\0\0":
+        raise E.OpenMessageError(E.BAD_BGP_IDENTIFIER, "BGP identifier 0.0.0.0", rid)
     four = next((c for c in caps if isinstance(c, FourOctetAS)), None)
-    if four is not None:
-        if my_as != AS_TRANS and four.asn != my_as:
-            raise E.OpenMessageError(E.BAD_PEER_AS, f"My AS {my_as} disagrees with "
-                                                    f"4-octet AS {four.asn}")
-        asn = four.asn
-    return Open(asn=asn, hold_time=hold, router_id=router_id, capabilities=caps,
+    asn = four.asn if four is not None else my_as
+    return Open(asn=asn, hold_time=hold, router_id=IPv4Address(rid), capabilities=caps,
                 version=version)
 
 
@@ -495,17 +499,18 @@ def decode_prefixes(data: bytes, addpath: bool, what: str) -> tuple[list[int], l
     frombytes = int.from_bytes
     while i < end:
         if addpath:
-            if i + 4 > end:
-                raise E.UpdateMessageError(E.INVALID_NETWORK_FIELD, f"truncated {what}")
+            if i + 5 > end:  # BIRD: path id and length byte must fit, else 3/1
+                raise E.UpdateMessageError(E.MALFORMED_ATTRIBUTE_LIST, f"truncated {what}")
             ids.append(frombytes(data[i:i + 4], "big"))
             i += 4
-            if i >= end:
-                raise E.UpdateMessageError(E.INVALID_NETWORK_FIELD, f"truncated {what}")
         plen = data[i]
         nbytes = (plen + 7) >> 3
-        if plen > 32 or i + 1 + nbytes > end:
+        if plen > 32:  # BIRD: 3/10
             raise E.UpdateMessageError(E.INVALID_NETWORK_FIELD,
                                        f"invalid prefix length {plen} in {what}")
+        if i + 1 + nbytes > end:  # BIRD: 3/1
+            raise E.UpdateMessageError(E.MALFORMED_ATTRIBUTE_LIST,
+                                       f"prefix /{plen} truncated in {what}")
         net = frombytes(data[i + 1:i + 1 + nbytes], "big") << (32 - 8 * nbytes)
         keys.append((net & ~_HOST_MASK[plen]) << 8 | plen)
         i += 1 + nbytes
@@ -559,6 +564,11 @@ _EXPECTED_FLAGS = {ORIGIN: FLAG_TRANSITIVE, AS_PATH: FLAG_TRANSITIVE, NEXT_HOP: 
                    CLUSTER_LIST: FLAG_OPTIONAL}
 
 
+# attribute types BIRD 1.6 knows (proto/bgp/attrs.c bgp_attr_table): any other one without
+# the optional bit is an unrecognized well-known attribute
+_BIRD_KNOWN = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 14, 15, 16, 17, 18, 32})
+
+
 class _Withdraw(Exception):
     """Internal: an attribute error that RFC 7606 handles as treat-as-withdraw."""
 
@@ -590,24 +600,24 @@ def decode_update_body(body: bytes, *, addpath: bool = False) -> Update:
     """
     if len(body) < 4:
         raise E.UpdateMessageError(E.MALFORMED_ATTRIBUTE_LIST, "UPDATE too short")
+    # framing first, as BIRD's bgp_rx_update: every violation is 3/1
     (wlen,) = struct.unpack("!H", body[:2])
     if 2 + wlen + 2 > len(body):
         raise E.UpdateMessageError(E.MALFORMED_ATTRIBUTE_LIST,
                                    f"withdrawn routes length {wlen} overruns the message")
-    withdrawn, wids = decode_prefixes(body[2:2 + wlen], addpath, "withdrawn routes")
     (alen,) = struct.unpack("!H", body[2 + wlen:4 + wlen])
     astart = 4 + wlen
     if astart + alen > len(body):
         raise E.UpdateMessageError(E.MALFORMED_ATTRIBUTE_LIST,
                                    f"path attribute length {alen} overruns the message")
+    if alen == 0 and astart < len(body):
+        raise E.UpdateMessageError(E.MALFORMED_ATTRIBUTE_LIST, "NLRI without path attributes")
+    withdrawn, wids = decode_prefixes(body[2:2 + wlen], addpath, "withdrawn routes")
     nlri, nids = decode_prefixes(body[astart + alen:], addpath, "NLRI")
     upd = Update(withdrawn=withdrawn, nlri=nlri,
                  withdrawn_ids=wids if addpath else None, nlri_ids=nids if addpath else None)
     if alen == 0:
-        if nlri:
-            upd.errors.append("NLRI without path attributes")
-            upd.treat_as_withdraw = True
-        return _finish(upd)
+        return upd
     attrs = Attributes(origin=None)
     seen: set[int] = set()
     other = []
@@ -630,6 +640,11 @@ def decode_update_body(body: bytes, *, addpath: bool = False) -> Update:
             raise E.UpdateMessageError(E.MALFORMED_ATTRIBUTE_LIST,
                                        f"attribute {atype} length {length} overruns the list")
         value = bytes(data[vstart:vstart + length])
+        if atype not in _BIRD_KNOWN and not flags & FLAG_OPTIONAL:
+            # RFC 4271 6.3 and BIRD: 3/2 with the attribute as data (no treat-as-withdraw)
+            raise E.UpdateMessageError(E.UNRECOGNIZED_WELL_KNOWN_ATTRIBUTE,
+                                       f"unrecognized well-known attribute {atype}",
+                                       bytes(data[i:vstart + length]))
         i = vstart + length
         if atype in seen:
             if atype in (MP_REACH, MP_UNREACH):

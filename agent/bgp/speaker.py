@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 _MISSING = object()
 EXPORT_PATH_ID = 1  # ADD-PATH identifier of the (single, best) path we advertise per prefix
 KERNEL_SCAN_SECONDS = 10.0
+KERNEL_INLINE_MAX = 64  # route changes written from the event loop itself (more: kernel thread)
 KERNEL_RETRY_SECONDS = 1.0
 
 
@@ -424,12 +425,19 @@ class Peer:
         if isinstance(msg, M.RouteRefresh):
             if (msg.afi, msg.safi) != (M.AFI_IPV4, M.SAFI_UNICAST):
                 return  # a family we never negotiated: ignore (RFC 2918)
-            if msg.subtype == 0:
+            # as BIRD: the subtype counts only when the peer announced enhanced route
+            # refresh; an unknown one is logged and ignored (no NOTIFICATION)
+            enhanced = bool(self.peer_open and self.peer_open.cap(M.EnhancedRouteRefreshCap))
+            subtype = msg.subtype if enhanced else 0
+            if subtype == 0:
                 self.speaker.resend(self)
-            elif msg.subtype == 1:    # BoRR: the peer re-advertises everything (RFC 7313)
+            elif subtype == 1:    # BoRR: the peer re-advertises everything (RFC 7313)
                 self.speaker.rib.mark_stale(self.config.name)
-            else:                     # EoRR: what was not re-advertised is gone
+            elif subtype == 2:    # EoRR: what was not re-advertised is gone
                 self.speaker._changed(self.speaker.rib.sweep_stale(self.config.name))
+            else:
+                log.warning("%s: ROUTE-REFRESH with unknown subtype %d, ignored",
+                            self.config.name, subtype)
             return
         self.updates_received += 1
         self.speaker.on_update(self, msg)
@@ -506,6 +514,7 @@ class Speaker:
         self.started = self.clock.time()
         self._pending_kernel: set[int] = set()
         self._kernel_task: asyncio.Task | None = None
+        self._kernel_busy = 0  # kernel calls running on the kernel thread
         self._kernel_retry: asyncio.TimerHandle | None = None
         self._retry_prefixes: set[int] = set()
         self._scan_task: asyncio.Task | None = None
@@ -570,11 +579,16 @@ class Speaker:
 
     async def _kernel_dump(self) -> dict[int, KernelRoute]:
         """The kernel's proto bird routes, keyed by prefix key."""
-        routes = await self._in_kernel_thread(self.kernel.dump)
-        return {PF.of(p): r for p, r in routes.items()}
+        return await self._in_kernel_thread(self.kernel.dump)
 
     async def _in_kernel_thread(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.kernel_exec, fn, *args)
+        """Run a kernel call on the kernel thread (one at a time: the handle is not shared
+        between threads while this runs)."""
+        self._kernel_busy += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.kernel_exec, fn, *args)
+        finally:
+            self._kernel_busy -= 1
 
     async def stop(self, graceful: bool = False) -> None:
         """Stop: Cease to every peer and flush routes; or, with ``graceful``, just drop TCP
@@ -879,16 +893,19 @@ class Speaker:
                 if want is None and p in self._adopted:
                     continue  # left by our previous run: wait for the peers to re-announce
                 if want is None and p not in self.kernel_routes:
-                    self.kernel.failing.pop(PF.to_network(p), None)  # withdrawn before it got in
+                    self.kernel.failing.pop(p, None)  # withdrawn before it ever got in
                     continue
                 if self.kernel_routes.get(p) != want:
                     changes[p] = want
             if not changes:
                 continue
-            # the kernel driver speaks IPv4Network (until the shared kernel layer lands)
-            failed_nets = await self._in_kernel_thread(
-                self.kernel.apply, {PF.to_network(p): r for p, r in changes.items()})
-            failed = {PF.of(n) for n in failed_nets}
+            if len(changes) <= KERNEL_INLINE_MAX and not self._kernel_busy:
+                # a few routes (a new block, a node joining): straight to netlink from the
+                # loop, as BIRD writes its routes; a thread hop costs more than the write
+                failed = self.kernel.apply(changes)
+            else:
+                # many: the kernel thread writes while the loop goes on decoding UPDATEs
+                failed = await self._in_kernel_thread(self.kernel.apply, changes)
             self.counters.kernel_changes += len(changes) - len(failed)
             for p, r in changes.items():
                 if p in failed:

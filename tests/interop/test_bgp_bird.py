@@ -287,10 +287,10 @@ from ipaddress import IPv4Address
 def conn():
     s = socket.create_connection(("{a0}", 179), timeout=5)
     return s
-# 1: OPEN with version 3
+# 1: OPEN with version 3 (well formed otherwise: BIRD checks the length first)
 s = conn()
 _read_msg(s)  # the speaker's OPEN
-s.sendall(_frame(1, bytes.fromhex("03fc0000f0ac1f02630000")[:10] + b"\\x00"))
+s.sendall(_frame(1, bytes.fromhex("03fc0000f0ac1f026300")))
 n = _read_until_notification(s); print("open", n.code, n.subcode)
 s.close()
 # 2: a proper session, then an UPDATE whose attributes overrun the message

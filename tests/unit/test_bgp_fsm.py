@@ -84,11 +84,33 @@ def test_bad_peer_as_and_own_router_id():
     f.handle(F.TimerExpired("connect_retry"))
     f.handle(F.TcpConnected())
     acts = f.handle(peer_open(asn=65000))
-    assert acts[0] == F.Send(M.Notification(2, E.BAD_PEER_AS))
+    # BIRD's data: the peer's 2-byte My AS (no 4-octet AS capability in that OPEN)
+    assert acts[0] == F.Send(M.Notification(2, E.BAD_PEER_AS, bytes.fromhex("fde8")))
     f2 = F.FSM(cfg(passive=True))
     f2.handle(F.ManualStart())
     f2.handle(F.TcpConnected())
-    assert f2.handle(peer_open(rid=ME))[0] == F.Send(M.Notification(2, E.BAD_BGP_IDENTIFIER))
+    assert f2.handle(peer_open(rid=ME))[0] == F.Send(
+        M.Notification(2, E.BAD_BGP_IDENTIFIER, ME.packed))          # the identifier
+    f3 = F.FSM(cfg())
+    f3.handle(F.ManualStart())
+    f3.handle(F.TimerExpired("connect_retry"))
+    f3.handle(F.TcpConnected())
+    four = M.Open(asn=4200000000, hold_time=9, router_id=PEER,
+                  capabilities=[M.FourOctetAS(4200000000)])
+    assert f3.handle(F.MessageReceived(four))[0] == F.Send(
+        M.Notification(2, E.BAD_PEER_AS, (4200000000).to_bytes(4, "big")))
+
+
+def test_update_in_openconfirm_is_taken_as_keepalive_then_delivered_as_bird():
+    f = F.FSM(cfg())
+    f.handle(F.ManualStart())
+    f.handle(F.TimerExpired("connect_retry"))
+    f.handle(F.TcpConnected())
+    f.handle(peer_open())
+    upd = M.Update()
+    acts = f.handle(F.MessageReceived(upd))
+    assert f.state is F.State.ESTABLISHED
+    assert kinds(acts)[-2:] == ["Up", "Deliver"]
 
 
 def test_malformed_input_notifies_with_its_code():

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import errno
 from ipaddress import IPv4Address as A
-from ipaddress import IPv4Network as N
+from ipaddress import IPv4Network
 
 import pytest
 
 from agent.bgp import messages as M
 from agent.bgp.config import KernelPolicy, SpeakerConfig
 from agent.bgp.kernel import KernelRoutes
+from agent.bgp.prefix import parse as N  # prefixes are integer keys in the speaker
 from agent.bgp.rib import PeerInfo
 from agent.bgp.routes import KernelRoute, NextHop
 from agent.bgp.speaker import KERNEL_RETRY_SECONDS, KERNEL_SCAN_SECONDS, Speaker
@@ -28,7 +29,7 @@ from kernel.model import LinkAdd, RouteAdd, RouteDel
 
 pytestmark = pytest.mark.unit
 
-POOL = N("192.168.0.0/16")
+POOL = IPv4Network("192.168.0.0/16")
 OWN = N("192.168.0.0/26")
 
 

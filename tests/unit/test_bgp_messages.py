@@ -156,24 +156,65 @@ def test_notification_and_route_refresh_golden():
     assert M.decode(hx(MK + "0017" + "05" + "00010201")) == M.RouteRefresh(1, 1, 2)
 
 
-@pytest.mark.parametrize("raw, exc, sub", [
-    (("fe" + "ff" * 15) + "001304", E.MessageHeaderError, E.CONNECTION_NOT_SYNCHRONIZED),
-    (MK + "001409" + "00", E.MessageHeaderError, E.BAD_MESSAGE_TYPE),
-    (MK + "001404" + "00", E.MessageHeaderError, E.BAD_MESSAGE_LENGTH),
-    (MK + "001d01" + "03fc0000f0010203040" + "0", E.OpenMessageError, E.UNSUPPORTED_VERSION_NUMBER),
-    (MK + "001d01" + "04fc0000f0000000000" + "0", E.OpenMessageError, E.BAD_BGP_IDENTIFIER),
-    (MK + "001d01" + "04fc00000101020304" + "00", E.OpenMessageError, E.UNACCEPTABLE_HOLD_TIME),
-    (MK + "002001" + "04fc0000f00102030403" + "0301ff", E.OpenMessageError,
-     E.UNSUPPORTED_OPTIONAL_PARAMETER),
-    (MK + "001702" + "00050000", E.UpdateMessageError, E.MALFORMED_ATTRIBUTE_LIST),
-    (MK + "001a02" + "00000004" + "400101", E.UpdateMessageError, E.MALFORMED_ATTRIBUTE_LIST),
-    (MK + "001902" + "00000000" + "21ff", E.UpdateMessageError, E.INVALID_NETWORK_FIELD),
-])
-def test_malformed_raises_typed_error(raw, exc, sub):
-    with pytest.raises(exc) as info:
+# (message, the NOTIFICATION BIRD 1.6 sends for it: code, subcode, data), each read from
+# proto/bgp/packets.c / attrs.c (bgp_rx, bgp_rx_packet, bgp_rx_open, bgp_parse_options,
+# bgp_parse_capabilities, bgp_rx_update, DECODE_PREFIX, bgp_decode_attrs)
+BIRD_NOTIFICATIONS = [
+    ("marker", ("fe" + "ff" * 15) + "001304", 1, 1, ""),
+    ("length below 19", MK + "001204", 1, 2, "0012"),
+    ("length above 4096", MK + "100104" + "00" * (0x1001 - 19), 1, 2, "1001"),
+    ("unknown type", MK + "001409" + "00", 1, 3, "09"),
+    ("OPEN shorter than 29", MK + "001c01" + "04fc0000f001020304", 1, 2, "001c"),
+    # the issue-16 case: BIRD checks the length against the parameters length first
+    ("OPEN optional parameters length mismatch", MK + "001e01" + "04fc0000f001020304" + "05" + "02",
+     1, 2, "001e"),
+    ("OPEN version 3", MK + "001d01" + "03fc0000f001020304" + "00", 2, 1, "03"),
+    ("OPEN truncated parameter", MK + "001f01" + "04fc0000f001020304" + "02" + "0205", 2, 0, ""),
+    ("OPEN truncated capability", MK + "002101" + "04fc0000f001020304" + "04" + "0202" + "4104", 2, 0,
+     ""),
+    ("OPEN malformed 4-octet AS capability", MK + "002301" + "04fc0000f001020304" + "06" + "0204"
+     + "4102" + "0000", 2, 0, ""),
+    ("OPEN ADD-PATH mode 4", MK + "002501" + "04fc0000f001020304" + "08" + "0206" + "4504"
+     + "00010104", 2, 0, ""),
+    ("OPEN parameter type 3", MK + "002001" + "04fc0000f001020304" + "03" + "0301ff", 2, 4, "03"),
+    ("OPEN hold time 2", MK + "001d01" + "04fc00000201020304" + "00", 2, 6, "0002"),
+    ("OPEN identifier 0", MK + "001d01" + "04fc0000f000000000" + "00", 2, 3, "00000000"),
+    ("UPDATE shorter than 23", MK + "001602" + "000000", 1, 2, "0016"),
+    ("UPDATE withdrawn length overruns", MK + "001702" + "00050000", 3, 1, ""),
+    ("UPDATE attribute length overruns", MK + "001a02" + "00000004" + "400101", 3, 1, ""),
+    ("UPDATE NLRI without attributes", MK + "001902" + "00000000" + "1801", 3, 1, ""),
+    ("UPDATE prefix length 33", MK + "001902" + "0002" + "21ff" + "0000", 3, 10, ""),
+    ("UPDATE truncated prefix", MK + "001902" + "0002" + "18ff" + "0000", 3, 1, ""),
+    ("UPDATE attribute header truncated", MK + "001802" + "0000" + "0001" + "40", 3, 1, ""),
+    ("UPDATE unrecognized well-known attribute", MK + "001b02" + "0000" + "0004" + "4063" + "0100"
+     + "", 3, 2, "40630100"),
+    ("NOTIFICATION shorter than 21", MK + "001403" + "06", 1, 2, "0014"),
+    ("ROUTE-REFRESH shorter than 23", MK + "001605" + "000100", 1, 2, "0016"),
+    ("ROUTE-REFRESH longer than 23", MK + "001805" + "0001000100", 7, 1,
+     MK + "001805" + "0001000100"),
+]
+
+
+@pytest.mark.parametrize("what, raw, code, sub, data", BIRD_NOTIFICATIONS,
+                         ids=[c[0] for c in BIRD_NOTIFICATIONS])
+def test_malformed_input_gets_birds_notification(what, raw, code, sub, data):
+    with pytest.raises(E.BGPError) as info:
         M.decode(hx(raw))
-    assert info.value.subcode == sub
-    assert info.value.code == exc.code
+    err = info.value
+    assert (err.code, err.subcode, err.data.hex()) == (code, sub, data), (what, str(err))
+
+
+def test_what_bird_accepts_we_accept():
+    """BIRD does not check a KEEPALIVE's length, ignores an unknown ROUTE-REFRESH subtype,
+    ignores a malformed multiprotocol capability (IPv4 build), accepts ADD-PATH mode 0 and
+    takes a 4-octet AS that disagrees with My AS (a warning)."""
+    assert M.decode(hx(MK + "001404" + "00")) == M.Keepalive()
+    assert M.decode(hx(MK + "0017" + "05" + "00010901")).subtype == 9
+    body = "04" + "fc00" + "00f0" + "01020304" + "0c" + "020a" + "0102" + "0001" + "4504" + "00010100"
+    assert M.decode(hx(MK + f"{19 + len(body) // 2:04x}" + "01" + body)).capabilities == [
+        M.Capability(1, hx("0001")), M.AddPath(((1, 1, 0),))]
+    body = "04" + "fc00" + "00f0" + "01020304" + "08" + "0206" + "4104" + "0000fde8"
+    assert M.decode(hx(MK + f"{19 + len(body) // 2:04x}" + "01" + body)).asn == 65000
 
 
 def _update_with(attr_hex: str, nlri="18c0a801") -> bytes:
