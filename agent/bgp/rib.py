@@ -360,6 +360,8 @@ class RIB:
             return hit[1], True
         a = best.attrs
         reflect = best.ibgp and ibgp_out
+        if reflect and self.cluster_id is None:
+            return None, False  # iBGP split horizon, no reflection configured: the mesh case
         key = (id(a), best.router_id, best.ibgp, best.source, ibgp_out, nh_self, to.asn,
                to.rr_client, self.cluster_id)
         hit = self._xcache.get(key)

@@ -97,15 +97,17 @@ def next_hop_for(prefix: int | IPv4Network, gateway: IPv4Address,
     return _hop_for(pool_class(prefix, policy), gateway, policy)
 
 
-def route_for(cls: int, paths: tuple[Path, ...] | list[Path],
-              policy: KernelPolicy) -> KernelRoute | None:
-    """The kernel route for a Loc-RIB entry of pool class ``cls`` (no prefix attached)."""
+def route_for(cls: int, paths: tuple[Path, ...] | list[Path], policy: KernelPolicy,
+              prefix: int | IPv4Network) -> KernelRoute | None:
+    """The kernel route for a Loc-RIB entry of ``prefix`` (pool class ``cls``), with no
+    prefix attached: the speaker shares it between prefixes routed the same way. Next hops
+    come from :func:`next_hop_for` (the one place that decides tunnel or direct)."""
     if not paths or not policy.program or cls == 3:
         return None  # VXLAN pools: Felix programs those, blackholes included
     best = paths[0]
     if best.source == LOCAL:
         return KernelRoute(blackhole=True) if best.blackhole else None
-    hops = sorted({_hop_for(cls, p.next_hop, policy) for p in paths if p.next_hop})
+    hops = sorted({next_hop_for(prefix, p.next_hop, policy) for p in paths if p.next_hop})
     if not hops:
         return None
     return KernelRoute(nexthops=tuple(hops))
@@ -114,5 +116,5 @@ def route_for(cls: int, paths: tuple[Path, ...] | list[Path],
 def kernel_route(prefix: int | IPv4Network, paths: tuple[Path, ...] | list[Path],
                  policy: KernelPolicy) -> KernelRoute | None:
     """The kernel route for a Loc-RIB entry (best path first, then ECMP paths), or None."""
-    r = route_for(pool_class(prefix, policy), paths, policy)
+    r = route_for(pool_class(prefix, policy), paths, policy, prefix)
     return None if r is None else KernelRoute(prefix, r.blackhole, r.nexthops)

@@ -28,6 +28,7 @@ from kernel.base import Kernel
 
 log = logging.getLogger(__name__)
 _MISSING = object()
+_NO_ID = IPv4Address("0.0.0.0")
 EXPORT_PATH_ID = 1  # ADD-PATH identifier of the (single, best) path we advertise per prefix
 KERNEL_SCAN_SECONDS = 10.0
 KERNEL_INLINE_MAX = 64  # route changes written from the event loop itself (more: kernel thread)
@@ -270,6 +271,7 @@ class Peer:
         self.last_notification_sent: M.Notification | None = None
         self.last_notification_received: M.Notification | None = None
         self.updates_received = 0
+        self._info: PeerInfo | None = None
 
     # ---- identity
     def fsm_config(self) -> F.FSMConfig:
@@ -283,11 +285,16 @@ class Peer:
                            capabilities=local_capabilities(sc, self.config))
 
     def info_for_rib(self) -> PeerInfo:
-        """The RIB's view of this peer."""
-        rid = self.peer_open.router_id if self.peer_open else IPv4Address("0.0.0.0")
-        return PeerInfo(self.config.name, self.config.address, self.config.asn, rid,
-                        rr_client=self.config.rr_client,
-                        local_address=self.speaker.config.local_address)
+        """The RIB's view of this peer (made once per peer OPEN and local address, not per
+        UPDATE)."""
+        rid = self.peer_open.router_id if self.peer_open else _NO_ID
+        local = self.speaker.config.local_address
+        info = self._info
+        if info is None or info.router_id != rid or info.local_address != local:
+            info = self._info = PeerInfo(self.config.name, self.config.address,
+                                         self.config.asn, rid, rr_client=self.config.rr_client,
+                                         local_address=local)
+        return info
 
     # ---- lifecycle
     def start(self, since: float | None = None) -> None:
@@ -874,7 +881,7 @@ class Speaker:
         key = (paths, pool_class(pfx, policy))
         r = self._kcache.get(key, _MISSING)
         if r is _MISSING:
-            r = self._kcache[key] = route_for(key[1], paths, policy)
+            r = self._kcache[key] = route_for(key[1], paths, policy, pfx)
         return r
 
     def _schedule_kernel(self, prefixes: set[int]) -> None:
@@ -953,7 +960,7 @@ class Speaker:
                     how = "blackhole" if p.blackhole else "unreachable"
                     lines.append(f"{name:<18} {how:<26} [static1] {mark} (200)")
                     continue
-                r = route_for(pool_class(pfx, self.config.kernel), (p,), self.config.kernel)
+                r = route_for(pool_class(pfx, self.config.kernel), (p,), self.config.kernel, pfx)
                 dev = r.nexthops[0].device if r and r.nexthops and r.nexthops[0].device else ""
                 via = f"via {p.next_hop}" + (f" on {dev}" if dev else "")
                 path = " ".join(str(a) for _t, s in p.attrs.as_path for a in s)
