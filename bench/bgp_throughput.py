@@ -136,7 +136,7 @@ def main() -> int:
     print_table(f"BGP UPDATE throughput (medians of {args.repeat}; load average before "
                 f"{load_before}, after {load_after})", summary, list(summary[0]))
     write_json(args.json, {"benchmark": "bgp_throughput", "peer": bird_version(),
-                           "process_model": "one daemon process per node (nice 5, ip netns exec)",
+                           "process_model": "one daemon process per node (ip netns exec; harness at nice -5, daemons at 0)",
                            "repeat": args.repeat, "load_before": load_before,
                            "load_after": load_after, "summary": summary, "runs": runs})
     return 0

@@ -136,6 +136,17 @@ class Connection:
 
     def _fire(self, name: str) -> None:
         self.timers.pop(name, None)
+        if name == "connect_retry" and self._connecting is not None:
+            # the connect may have completed in this same loop iteration, its wakeup queued
+            # behind this timer (a loop starved for a whole connect-retry time): let it run
+            # first, so a connection that is up is not dropped for a retry. StopTimer (on
+            # TcpConnected) cancels this deferred expiry like any timer.
+            self.timers[name] = asyncio.get_running_loop().call_soon(self._expire, name)
+            return
+        self.feed(F.TimerExpired(name))
+
+    def _expire(self, name: str) -> None:
+        self.timers.pop(name, None)
         self.feed(F.TimerExpired(name))
 
     def send(self, msg: object) -> None:
