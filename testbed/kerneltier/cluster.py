@@ -232,6 +232,7 @@ def program_routes(netns: str, own_block: str, peers: list[tuple[str, str]], *,
     from dataclasses import replace
     from ipaddress import IPv4Address, IPv4Network
 
+    from agent.bgp import prefix as PF
     from agent.bgp.config import KernelPolicy
     from agent.bgp.kernel import KernelRoutes
     from agent.bgp.routes import KernelRoute, next_hop_for
@@ -246,9 +247,10 @@ def program_routes(netns: str, own_block: str, peers: list[tuple[str, str]], *,
         routes.append(KernelRoute(IPv4Network(block), nexthops=(hop,)))
     with Netlink(netns) as k:  # bound to the node's netns
         kr = KernelRoutes(k)
-        failed = kr.apply({r.prefix: r for r in routes})
+        failed = kr.apply({PF.of(r.prefix): r for r in routes})  # the speaker's prefix keys
     if failed:
-        refused = "; ".join(f"`{r.render()}` refused: {kr.failing[r.prefix]}" for r in routes if r.prefix in failed)
+        refused = "; ".join(f"`{r.render()}` refused: {kr.failing[PF.of(r.prefix)]}"
+                            for r in routes if PF.of(r.prefix) in failed)
         raise ClusterError(f"in {netns}: {refused}")
 
 
