@@ -69,7 +69,7 @@ capability = st.one_of(
 def open_msg(draw) -> M.Open:
     asn = draw(st.integers(1, 0xFFFFFFFF))
     caps = draw(st.lists(capability, max_size=6))
-    if asn > 0xFFFF or draw(st.booleans()):
+    if asn >= 0xFFFF or draw(st.booleans()):  # My AS is AS_TRANS from 65535 up (as BIRD)
         caps.insert(draw(st.integers(0, len(caps))), M.FourOctetAS(asn))
     hold = draw(st.one_of(st.just(0), st.integers(3, 0xFFFF)))
     return M.Open(asn=asn, hold_time=hold, router_id=draw(addr), capabilities=caps)
