@@ -898,42 +898,56 @@ class Speaker:
     def _schedule_kernel(self, prefixes: set[int]) -> None:
         if self.kernel is None:
             return  # not programming the kernel: nothing to track
+        idle = (self._kernel_task is None or self._kernel_task.done()) and not self._kernel_busy
+        if idle and not self._pending_kernel and len(prefixes) <= KERNEL_INLINE_MAX:
+            # a few routes and nothing queued (a new block, a node joining): written now,
+            # in this loop iteration, as BIRD writes its routes
+            changes = self._kernel_changes(prefixes)
+            if changes:
+                self._kernel_done(changes, self.kernel.apply(changes))
+            return
         self._pending_kernel |= prefixes
         if self._kernel_task is None or self._kernel_task.done():
             self._kernel_task = asyncio.get_running_loop().create_task(self._kernel_sync())
 
+    def _kernel_changes(self, prefixes: set[int]) -> dict[int, KernelRoute | None]:
+        """What must change in the kernel for ``prefixes`` (route, or None: remove)."""
+        changes: dict[int, KernelRoute | None] = {}
+        for p in prefixes:
+            want = self.desired_kernel(p)
+            if want is None and p in self._adopted:
+                continue  # left by our previous run: wait for the peers to re-announce
+            if want is None and p not in self.kernel_routes:
+                self.kernel.failing.pop(p, None)  # withdrawn before it ever got in
+                continue
+            if self.kernel_routes.get(p) != want:
+                changes[p] = want
+        return changes
+
+    def _kernel_done(self, changes: dict[int, KernelRoute | None], failed: set[int]) -> None:
+        self.counters.kernel_changes += len(changes) - len(failed)
+        for p, r in changes.items():
+            if p in failed:
+                continue
+            if r is None:
+                self.kernel_routes.pop(p, None)
+            else:
+                self.kernel_routes[p] = r
+        if failed:
+            self._retry_kernel(failed)
+
     async def _kernel_sync(self) -> None:
         while self._pending_kernel:
             prefixes, self._pending_kernel = self._pending_kernel, set()
-            changes: dict[int, KernelRoute | None] = {}
-            for p in prefixes:
-                want = self.desired_kernel(p)
-                if want is None and p in self._adopted:
-                    continue  # left by our previous run: wait for the peers to re-announce
-                if want is None and p not in self.kernel_routes:
-                    self.kernel.failing.pop(p, None)  # withdrawn before it ever got in
-                    continue
-                if self.kernel_routes.get(p) != want:
-                    changes[p] = want
+            changes = self._kernel_changes(prefixes)
             if not changes:
                 continue
             if len(changes) <= KERNEL_INLINE_MAX and not self._kernel_busy:
-                # a few routes (a new block, a node joining): straight to netlink from the
-                # loop, as BIRD writes its routes; a thread hop costs more than the write
-                failed = self.kernel.apply(changes)
+                failed = self.kernel.apply(changes)  # a thread hop costs more than the write
             else:
                 # many: the kernel thread writes while the loop goes on decoding UPDATEs
                 failed = await self._in_kernel_thread(self.kernel.apply, changes)
-            self.counters.kernel_changes += len(changes) - len(failed)
-            for p, r in changes.items():
-                if p in failed:
-                    continue
-                if r is None:
-                    self.kernel_routes.pop(p, None)
-                else:
-                    self.kernel_routes[p] = r
-            if failed:
-                self._retry_kernel(failed)
+            self._kernel_done(changes, failed)
 
     def _retry_kernel(self, prefixes: set[int]) -> None:
         self._retry_prefixes |= prefixes
