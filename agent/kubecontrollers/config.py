@@ -8,8 +8,8 @@ from datastore.duration import parse_duration
 
 #: the etcd manifest's default (calico-etcd.yaml)
 DEFAULT_ENABLED = "policy,namespace,serviceaccount,workloadendpoint,node"
-KNOWN_CONTROLLERS = ("node", "policy", "namespace", "serviceaccount", "workloadendpoint", "loadbalancer",
-                     "flannelmigration")
+#: v3.28.1's controllers (no ``loadbalancer``: v3.30+)
+KNOWN_CONTROLLERS = ("node", "policy", "namespace", "serviceaccount", "workloadendpoint", "flannelmigration")
 #: the ones calicolab implements
 IMPLEMENTED = ("node",)
 
@@ -51,8 +51,9 @@ def from_env(env: dict[str, str]) -> Config:
     enabled = [c.strip() for c in env.get("ENABLED_CONTROLLERS", DEFAULT_ENABLED).split(",") if c.strip()]
     for c in enabled:
         if c not in KNOWN_CONTROLLERS:
-            raise ConfigError(f"ENABLED_CONTROLLERS: unknown controller {c!r} "
-                              f"(known: {', '.join(KNOWN_CONTROLLERS)})")
+            # kube-controllers' runconfig.go wording (fatal there too)
+            raise ConfigError(f"Invalid controller '{c}' provided. "
+                              f"(ENABLED_CONTROLLERS; v3.28.1 knows {', '.join(KNOWN_CONTROLLERS)})")
     dtype = env.get("DATASTORE_TYPE", "etcdv3")
     if dtype not in ("etcdv3", ""):
         raise ConfigError(f"DATASTORE_TYPE={dtype!r}: calicolab's kube-controllers use etcdv3")

@@ -103,8 +103,10 @@ def test_config_from_env():
     assert from_env({"RECONCILER_PERIOD": "500ms"}).reconciler_period == 0.5
     with pytest.raises(ConfigError, match="LEAK_GRACE_PERIOD='15 min'"):
         from_env({"LEAK_GRACE_PERIOD": "15 min"})
-    with pytest.raises(ConfigError, match="unknown controller 'nodes'"):
+    with pytest.raises(ConfigError, match="Invalid controller 'nodes' provided."):
         from_env({"ENABLED_CONTROLLERS": "nodes"})
+    with pytest.raises(ConfigError, match="Invalid controller 'loadbalancer' provided."):  # v3.30+
+        from_env({"ENABLED_CONTROLLERS": "node,loadbalancer"})
     with pytest.raises(ConfigError, match="DATASTORE_TYPE"):
         from_env({"DATASTORE_TYPE": "kubernetes"})
 
