@@ -281,3 +281,25 @@ def test_create_generators_send_protobuf(apiserver):
     assert "kubernetes-admin" in apiserver.kubectl("auth", "whoami").stdout
     res = apiserver.kubectl("create", "configmap", "Bad_Name", "-n", ns, check=False)
     assert res.returncode == 1 and 'ConfigMap "Bad_Name" is invalid' in res.stderr
+
+
+def test_run_expose_and_networkpolicy(apiserver):
+    out = apiserver.kubectl("run", "rx1", "--image", "nginx:1.25", "--labels", "app=rx1", "--port", "80",
+                            "--command", "--", "nginx", "-g", "daemon off;").stdout
+    assert out.strip() == "pod/rx1 created"
+    pod = json.loads(apiserver.kubectl("get", "pod", "rx1", "-o", "json").stdout)
+    assert pod["spec"]["containers"][0]["command"] == ["nginx", "-g", "daemon off;"]
+    assert apiserver.kubectl("expose", "pod", "rx1", "--port", "80").stdout.strip() == "service/rx1 exposed"
+    svc = json.loads(apiserver.kubectl("get", "svc", "rx1", "-o", "json").stdout)
+    assert svc["spec"]["selector"] == {"app": "rx1"} and svc["spec"]["ports"][0]["port"] == 80
+    assert svc["spec"]["clusterIP"].startswith("10.")
+    netpol = ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-rx1}\n"
+              "spec:\n  podSelector: {matchLabels: {app: rx1}}\n  ingress:\n  - from:\n"
+              "    - podSelector: {matchLabels: {role: client}}\n    ports: [{port: 80}]\n")
+    assert apiserver.kubectl("apply", "-f", "-", input=netpol).stdout.strip() == \
+        "networkpolicy.networking.k8s.io/deny-rx1 created"
+    rows = [r.split() for r in apiserver.kubectl("get", "netpol", "deny-rx1").stdout.splitlines()]
+    assert rows[0] == ["NAME", "POD-SELECTOR", "AGE"] and rows[1][:2] == ["deny-rx1", "app=rx1"]
+    np = json.loads(apiserver.kubectl("get", "netpol", "deny-rx1", "-o", "json").stdout)
+    assert np["spec"]["policyTypes"] == ["Ingress"]
+    assert np["spec"]["ingress"][0]["ports"] == [{"port": 80, "protocol": "TCP"}]

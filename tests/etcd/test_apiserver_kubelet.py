@@ -272,3 +272,19 @@ def test_get_watch_table_rows(apiserver, kubelet):
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def test_logs_of_a_deployment(apiserver, kubelet):
+    """kubectl logs deploy/x: kubectl finds a pod by the Deployment's selector."""
+    c = apiserver.client()
+    c.create({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "kl-dep", "namespace": "default"},
+              "spec": {"replicas": 1, "selector": {"matchLabels": {"kl": "dep"}},
+                       "template": {"metadata": {"labels": {"kl": "dep"}},
+                                    "spec": {"containers": [{"name": "main", "image": "busybox"}]}}}})
+    made = c.create({"apiVersion": "v1", "kind": "Pod",
+                     "metadata": {"name": "kl-dep-abc12", "namespace": "default", "labels": {"kl": "dep"}},
+                     "spec": {"nodeName": "kl-node", "containers": [{"name": "main", "image": "busybox"}]}})
+    made["status"] = {"phase": "Running"}
+    c.update_status(made)
+    (kubelet["dir"] / "default_kl-dep-abc12_main.log").write_text("deployment says hi\n")
+    assert apiserver.kubectl("logs", "deploy/kl-dep").stdout == "deployment says hi\n"
