@@ -1,0 +1,58 @@
+"""The speaker's transport for one session attempt (no sockets: the connect is a stand-in)."""
+
+from __future__ import annotations
+
+import asyncio
+from ipaddress import IPv4Address as A
+
+import pytest
+
+from agent.bgp import fsm as F
+from agent.bgp.config import PeerConfig, SpeakerConfig
+from agent.bgp.speaker import Connection, Peer, Speaker
+
+pytestmark = pytest.mark.unit
+
+
+def attempt_in_flight() -> tuple[Connection, list]:
+    me, other = A("172.30.0.10"), A("172.30.0.11")
+    sp = Speaker(SpeakerConfig(router_id=me, local_as=64512, local_address=me,
+                               timers=F.Timers(connect_delay=0.1, connect_retry=0.3)),
+                 program_kernel=False)
+    conn = Connection(Peer(sp, PeerConfig("Mesh_172_30_0_11", other, 64512)), incoming=False)
+    started = []
+    conn._connect = lambda attempt: started.append(attempt) or asyncio.sleep(3600)
+    conn.feed(F.ManualStart())
+    conn._fire("connect_retry")          # the connect delay: first attempt
+    assert conn.state is F.State.CONNECT and len(started) == 1
+    return conn, started
+
+
+def test_retry_expiry_racing_a_completed_connect_lets_the_connect_win():
+    async def main() -> None:
+        conn, started = attempt_in_flight()
+        conn._fire("connect_retry")      # expiry in the same iteration as the completion
+        assert len(started) == 1 and "connect_retry" in conn.timers  # deferred, not fired
+        conn._connecting.cancel()
+        conn._connecting = None
+        conn.feed(F.TcpConnected())      # the completion runs first: StopTimer cancels it
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert conn.state is F.State.OPENSENT and len(started) == 1
+        conn._close()
+
+    asyncio.run(main())
+
+
+def test_retry_expiry_without_a_completion_drops_the_attempt_and_connects_again():
+    async def main() -> None:
+        conn, started = attempt_in_flight()
+        first = conn._connecting
+        conn._fire("connect_retry")
+        await asyncio.sleep(0)           # the deferred expiry fires one iteration later
+        await asyncio.sleep(0)
+        assert len(started) == 2 and (first.cancelled() or first.cancelling())
+        assert conn._connecting is not first and conn.state is F.State.CONNECT
+        conn._close()
+
+    asyncio.run(main())
