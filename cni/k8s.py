@@ -99,20 +99,16 @@ def read_namespace_annotations(etcd: Any, namespace: str) -> dict[str, str]:
 
 def wep_labels(pod: PodInfo | None, namespace: str) -> dict[str, str]:
     """WorkloadEndpoint labels: the pod's plus Calico's namespace/orchestrator/serviceaccount."""
-    labels = dict(pod.labels) if pod else {}
-    labels["projectcalico.org/namespace"] = namespace
-    labels["projectcalico.org/orchestrator"] = "k8s"
-    if pod and pod.service_account and len(pod.service_account) < 63:
-        labels["projectcalico.org/serviceaccount"] = pod.service_account
-    return labels
+    from datastore.conversion import pod_labels
+
+    return pod_labels(pod.labels if pod else {}, namespace, pod.service_account if pod else None)
 
 
 def profiles(namespace: str, pod: PodInfo | None) -> list[str]:
     """``kns.<ns>`` plus ``ksa.<ns>.<sa>`` when the pod has a service account."""
-    out = [f"kns.{namespace}"]
-    if pod and pod.service_account:
-        out.append(f"ksa.{namespace}.{pod.service_account}")
-    return out
+    from datastore.conversion import pod_profiles
+
+    return pod_profiles(namespace, pod.service_account if pod else None)
 
 
 def _json_list(value: str, what: str) -> list[str]:

@@ -8,10 +8,12 @@ from datastore.duration import parse_duration
 
 #: the etcd manifest's default (calico-etcd.yaml)
 DEFAULT_ENABLED = "policy,namespace,serviceaccount,workloadendpoint,node"
-#: v3.28.1's controllers (no ``loadbalancer``: v3.30+)
-KNOWN_CONTROLLERS = ("node", "policy", "namespace", "serviceaccount", "workloadendpoint", "flannelmigration")
+#: v3.28.1's controllers (``runconfig.go mergeEnabledControllers``); "profile" is an alias of
+#: "namespace"; flannelmigration must run alone; there is no loadbalancer controller before v3.30
+KNOWN_CONTROLLERS = ("node", "policy", "namespace", "profile", "serviceaccount", "workloadendpoint",
+                     "flannelmigration")
 #: the ones calicolab implements
-IMPLEMENTED = ("node",)
+IMPLEMENTED = ("node", "policy", "namespace", "serviceaccount", "workloadendpoint")
 
 
 class ConfigError(ValueError):
@@ -54,6 +56,9 @@ def from_env(env: dict[str, str]) -> Config:
             # kube-controllers' runconfig.go wording (fatal there too)
             raise ConfigError(f"Invalid controller '{c}' provided. "
                               f"(ENABLED_CONTROLLERS; v3.28.1 knows {', '.join(KNOWN_CONTROLLERS)})")
+    if "flannelmigration" in enabled and len(enabled) > 1:
+        raise ConfigError("ENABLED_CONTROLLERS: cannot run flannelmigration with other controllers")
+    enabled = list(dict.fromkeys("namespace" if c == "profile" else c for c in enabled))
     dtype = env.get("DATASTORE_TYPE", "etcdv3")
     if dtype not in ("etcdv3", ""):
         raise ConfigError(f"DATASTORE_TYPE={dtype!r}: calicolab's kube-controllers use etcdv3")

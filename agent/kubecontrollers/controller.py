@@ -1,15 +1,14 @@
 """The running controllers: read Kubernetes and Calico state from etcd, apply the
 decisions of :mod:`agent.kubecontrollers.decisions` with the datastore and IPAM.
 
-Kubernetes objects are read where the API server keeps them in etcd
-(``/registry/minions/<node>``, ``/registry/pods/<ns>/<name>``); a raw etcd watch on
-``/registry/`` wakes a scan when a Node or Pod is deleted, and a full scan runs every
-``leak_grace_period / 2`` (or sooner, when a leak candidate's grace period ends).
+Kubernetes Nodes and Pods come from a :class:`~agent.kubecontrollers.kubesource.KubeSource`
+(the API, or the API server's etcd keys in labs without one); a watch wakes a scan when a
+Node or Pod is deleted, and a full scan runs every ``leak_grace_period / 2`` (or sooner,
+when a leak candidate's grace period ends).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -25,11 +24,10 @@ from agent.kubecontrollers.decisions import (
     nodes_to_clean,
     plan_gc,
 )
+from agent.kubecontrollers.kubesource import SOURCE_ERRORS, KubeSource, RegistrySource
 from datastore import Client, errors
 
 log = logging.getLogger(__name__)
-NODES_PREFIX = "/registry/minions/"
-PODS_PREFIX = "/registry/pods/"
 #: how long a Calico Node must lack its Kubernetes Node (over two scans) without a
 #: delete event before it is cleaned up
 NODE_MISSING_MIN = 2.0
@@ -49,11 +47,12 @@ def pod_ips(doc: dict[str, Any]) -> tuple[str, ...]:
 class KubeControllers:
     """The ``node`` controller (with IPAM GC) over one datastore client."""
 
-    def __init__(self, client: Client, config: Config, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, client: Client, config: Config, clock: Callable[[], float] = time.monotonic,
+                 source: KubeSource | None = None):
         from ipam import IPAM
 
         self.client = client
-        self.etcd = client.etcd
+        self.source = source if source is not None else RegistrySource(client.etcd)
         self.ipam = IPAM(client)
         self.config = config
         self.clock = clock
@@ -69,20 +68,15 @@ class KubeControllers:
 
     # -- reading ---------------------------------------------------------------------
     def cluster_view(self) -> ClusterView:
-        """Kubernetes Nodes and Pods (with their IPs) from ``/registry``."""
-        kvs, _ = self.etcd.list(NODES_PREFIX)
-        nodes = {kv.key[len(NODES_PREFIX):] for kv in kvs}
+        """Kubernetes Nodes and Pods (with their IPs)."""
+        nodes = {(n.get("metadata") or {}).get("name", "") for n in self.source.list("nodes")}
         pods: dict[tuple[str, str], tuple[str, ...]] = {}
-        kvs, _ = self.etcd.list(PODS_PREFIX)
-        for kv in kvs:
-            rest = kv.key[len(PODS_PREFIX):]
-            if rest.count("/") != 1:
-                continue
-            ns, name = rest.split("/")
+        for p in self.source.list("pods"):
+            md = p.get("metadata") or {}
             try:
-                pods[(ns, name)] = pod_ips(json.loads(kv.value))
-            except (ValueError, AttributeError):
-                pods[(ns, name)] = ()  # unreadable: counts as existing, never leaked
+                pods[(md.get("namespace") or "default", md["name"])] = pod_ips(p)
+            except (KeyError, AttributeError):
+                continue
         return ClusterView(nodes=nodes, pods=pods)
 
     def allocations(self) -> list[Allocation]:
@@ -183,32 +177,18 @@ class KubeControllers:
             pass
 
     # -- running ---------------------------------------------------------------------
+    def on_kubernetes_event(self, typ: str, resource: str, obj: dict) -> None:
+        """A Node or Pod deleted in Kubernetes wakes a scan (a Node's data is cleaned at once)."""
+        if typ != "DELETED":
+            return
+        if resource == "nodes":
+            with self._dlock:
+                self.deleted_nodes.add((obj.get("metadata") or {}).get("name", ""))
+        self.dirty.set()
+
     def watch_kubernetes(self, stop: threading.Event) -> None:
-        """Follow ``/registry/`` and wake a scan when a Node or Pod is deleted."""
-        rev = self.etcd.revision()
-        while not stop.is_set():
-            try:
-                for batch in self.etcd.watch("/registry/", rev + 1):
-                    for ev in batch:
-                        rev = max(rev, ev.kv.mod_revision)
-                        if ev.type != "DELETE":
-                            continue
-                        if ev.kv.key.startswith(NODES_PREFIX):
-                            with self._dlock:
-                                self.deleted_nodes.add(ev.kv.key[len(NODES_PREFIX):])
-                            self.dirty.set()
-                        elif ev.kv.key.startswith(PODS_PREFIX):
-                            self.dirty.set()
-                    if stop.is_set():
-                        return
-            except errors.Compacted:
-                rev = self.etcd.revision()
-                self.dirty.set()
-            except errors.DatastoreError as exc:
-                if stop.is_set():
-                    return
-                log.warning("watch of /registry/ interrupted: %s; resuming", exc)
-                stop.wait(0.5)
+        """Follow Nodes and Pods; deletions wake a scan."""
+        self.source.watch(("nodes", "pods"), self.on_kubernetes_event, stop)
 
     def run(self, stop: threading.Event) -> None:
         """Scan at start, on deletions, every gc interval and when a candidate expires."""
@@ -226,7 +206,7 @@ class KubeControllers:
                 result = self.scan()
                 if result["cleaned_nodes"] or result["released"]:
                     log.info("scan: %s", result)
-            except errors.DatastoreError as exc:
+            except (errors.DatastoreError, *SOURCE_ERRORS) as exc:
                 log.warning("scan failed: %s; retrying", exc)
                 stop.wait(1.0)
                 continue
@@ -243,6 +223,6 @@ class KubeControllers:
         while not stop.is_set():
             try:
                 self.watch_kubernetes(stop)
-            except errors.DatastoreError as exc:
-                log.warning("cannot watch /registry/: %s", exc)
+            except (errors.DatastoreError, *SOURCE_ERRORS) as exc:
+                log.warning("cannot watch Kubernetes: %s", exc)
                 stop.wait(1.0)

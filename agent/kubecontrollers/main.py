@@ -1,7 +1,8 @@
 """``python -m agent.kubecontrollers``: calico-kube-controllers (etcd datastore).
 
 Environment: ETCD_ENDPOINTS, DATASTORE_TYPE (etcdv3), ENABLED_CONTROLLERS
-(``node`` is implemented; others are named in a warning and not run),
+(node, policy, namespace/profile, serviceaccount, workloadendpoint; KUBECONFIG to read
+Kubernetes through its API),
 LEAK_GRACE_PERIOD (15m), RECONCILER_PERIOD (5m), LOG_LEVEL (info).
 """
 
@@ -34,5 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     logging.getLogger(__name__).info("starting: controllers %s, leak grace period %gs",
                                      ",".join(cfg.enabled), cfg.leak_grace_period)
-    KubeControllers(client, cfg).run(stop)
+    from agent.kubecontrollers.kubesource import from_env as kube_source
+    from agent.kubecontrollers.objects import ObjectControllers
+
+    source = kube_source(env, client.etcd)
+    objects = ObjectControllers(client, source, cfg.enabled, cfg.reconciler_period)
+    worker = threading.Thread(target=objects.run, args=(stop,), name="object-controllers", daemon=True)
+    worker.start()
+    KubeControllers(client, cfg, source=source).run(stop)
+    worker.join(timeout=5)
     return 0

@@ -62,11 +62,19 @@ class ImageNotFound(Exception):
 
 @dataclass
 class Workload:
-    """What to start in the pod: argv, files to write first, and the TCP port it listens on."""
+    """What to start in the pod: argv, files to write first, the TCP port it listens on, and
+    environment the image adds (under the pod spec's own env)."""
 
     argv: list[str]
     files: dict[str, str] = field(default_factory=dict)
     port: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+#: The kubeconfig kubeadm leaves on every lab node (testbed.lab.kubeadm.ADMIN_CONF). The lab's
+#: kubelet does not mount ServiceAccount tokens, so calico-kube-controllers' pod reaches the API
+#: server with it instead of the in-cluster config it uses in a real cluster.
+NODE_KUBECONFIG = "/etc/kubernetes/admin.conf"
 
 
 def repository(image: str) -> str:
@@ -123,7 +131,8 @@ def resolve(image: str, command: list[str] | None, args: list[str] | None, workd
     if behaviour == "calico-node":
         return Workload(argv=calico_node_argv())
     if behaviour == "kube-controllers":
-        return Workload(argv=[sys.executable, "-m", "agent.kubecontrollers"])
+        env = {"KUBECONFIG": NODE_KUBECONFIG} if os.path.exists(NODE_KUBECONFIG) else {}
+        return Workload(argv=[sys.executable, "-m", "agent.kubecontrollers"], env=env)
     if behaviour == "typha":
         return Workload(argv=[sys.executable, "-m", "agent.typha"], port=TYPHA_PORT)
     if behaviour == "http":

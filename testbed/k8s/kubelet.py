@@ -377,6 +377,7 @@ class Kubelet:
             with open(path, "w") as f:
                 f.write(text)
         env = dict(os.environ)
+        env.update(wl.env)
         env.update(self._container_env(pod, c))
         env["HOSTNAME"] = state.name
         os.makedirs(workdir, exist_ok=True)

@@ -618,6 +618,16 @@ class Supervisor:
                 continue
             self.start_service(n.name, "calico-node", [str(exe)], self.calico_node_env())
             started.append(n.name)
+        # calico-kube-controllers as calico-etcd.yaml runs it (one instance, host network): the
+        # namespace/serviceaccount profiles, Kubernetes NetworkPolicies, pod labels, node clean-up
+        cp = self.topo.control_plane.name
+        proc = self.procs.get(f"{cp}/calico-kube-controllers")
+        if proc is None or proc.poll() is not None:
+            self.start_service(cp, "calico-kube-controllers", [sys.executable, "-m", "agent.kubecontrollers"],
+                               {"DATASTORE_TYPE": "etcdv3",
+                                "ENABLED_CONTROLLERS": "policy,namespace,serviceaccount,workloadendpoint,node",
+                                # Kubernetes objects through the API server (kubeadm's admin.conf)
+                                "KUBECONFIG": "/etc/kubernetes/admin.conf"})
         self.state["cni_installed"] = True
         self.save()
         return started

@@ -98,15 +98,18 @@ def test_nodes_to_clean():
 def test_config_from_env():
     cfg = from_env({"ENABLED_CONTROLLERS": "node,policy", "LEAK_GRACE_PERIOD": "1m30s"})
     assert cfg.enabled == ["node", "policy"] and cfg.leak_grace_period == 90.0
-    assert cfg.gc_interval == 45.0 and cfg.unimplemented == ["policy"]
+    assert cfg.gc_interval == 45.0 and cfg.unimplemented == []
+    assert from_env({"ENABLED_CONTROLLERS": "profile,namespace,node"}).enabled == ["namespace", "node"]
     assert from_env({}).leak_grace_period == 900.0
     assert from_env({"RECONCILER_PERIOD": "500ms"}).reconciler_period == 0.5
     with pytest.raises(ConfigError, match="LEAK_GRACE_PERIOD='15 min'"):
         from_env({"LEAK_GRACE_PERIOD": "15 min"})
-    with pytest.raises(ConfigError, match="Invalid controller 'nodes' provided."):
+    with pytest.raises(ConfigError, match="Invalid controller 'nodes' provided"):
         from_env({"ENABLED_CONTROLLERS": "nodes"})
-    with pytest.raises(ConfigError, match="Invalid controller 'loadbalancer' provided."):  # v3.30+
+    with pytest.raises(ConfigError, match="Invalid controller 'loadbalancer'"):  # v3.30+ only
         from_env({"ENABLED_CONTROLLERS": "node,loadbalancer"})
+    with pytest.raises(ConfigError, match="flannelmigration with other"):
+        from_env({"ENABLED_CONTROLLERS": "node,flannelmigration"})
     with pytest.raises(ConfigError, match="DATASTORE_TYPE"):
         from_env({"DATASTORE_TYPE": "kubernetes"})
 
