@@ -24,7 +24,7 @@ from datastore import codec
 from datastore.codec import jfield
 from datastore.duration import parse_duration
 from datastore.errors import ValidationError
-from datastore.inventory import Finding, Support, findings, missing, prune, works, works_for
+from datastore.inventory import Finding, Support, findings, missing, works, works_for
 from datastore.rules import Rule, check_selector, default_types, validate_rules, validate_types
 
 API_VERSION = "projectcalico.org/v3"
@@ -209,7 +209,6 @@ _NO_XDP = "XDP is not used (it only serves untracked policy on host endpoints)"
 _NO_MD5 = "BGP passwords (TCP MD5) are not implemented: sessions run without authentication"
 _NO_SVC_ADV = "Service IPs are not advertised over BGP"
 _NO_COMMUNITIES = "BGP communities are not set on exported routes"
-_NO_POLICY = "policy is not enforced: Felix renders kns.<namespace> profiles as allow-all and nothing else"
 _NO_HEP = "host endpoints are not implemented, so no failsafe rules are rendered"
 _NO_METRICS = "no Prometheus metrics are served"
 _NO_REPORTS = "Felix writes no endpoint status"
@@ -222,11 +221,6 @@ _FIXED_HEALTH = "calico-node's health server always runs on 127.0.0.1:FELIX_HEAL
 _SOFT_DELETE = "soft deletion belongs to the Kubernetes datastore; in etcd the key is deleted"
 _SECRET = {"secretKeyRef": {"name": "bgp-secrets", "key": "password"}}
 _MTU_PATTERN = r"^((en|wl|ww|sl|ib)[Pcopsvx].*|(eth|wlan|wwan).*)"
-
-
-def _allow_all(rules: list) -> bool:
-    """Rules that allow everything: what Felix renders for a kns.<namespace> profile."""
-    return prune(rules) == [{"action": "Allow"}]
 
 
 def _zero_duration(value: str) -> bool:
@@ -314,7 +308,7 @@ class IPPool(Resource):
                                "tests/netns/test_bgp_mesh.py::test_ecmp_and_cross_subnet_kernel_routes",
                                _T_IPAM + "test_tunnel_address_released_when_ipip_is_turned_off"),
         "spec.natOutgoing": works(_T_WALK + "test_pod_to_internet_is_masqueraded",
-                                  "tests/unit/test_felix_calc.py::test_nat_outgoing_and_ipsets"),
+                                  "tests/unit/test_felix_calc.py::test_mangle_and_nat"),
         "spec.disabled": works(_T_IPAM + "test_pool_selection_rules"),
         "spec.disableBGPExport": works(_T_CONFD + "test_disable_bgp_export_cross_subnet_vxlan_and_borrowed"),
         "spec.blockSize": works(_T_IPAM + "test_borrow_only_when_no_free_block_and_not_strict",
@@ -531,17 +525,18 @@ class WorkloadEndpoint(Resource):
                                     "always route via 169.254.1.1"),
         "spec.ipv6Gateway": missing(_NO_V6),
         "spec.profiles": works(_T_CNI + "test_pod_labels_ports_and_annotations_from_the_kubernetes_store",
-                               "tests/unit/test_felix_calc.py::test_forward_and_dispatch_and_endpoint_chains"),
+                               "tests/unit/test_felix_calc.py::test_endpoint_chains_with_profiles_and_missing_profile_drops"),
         "spec.interfaceName": works(_T_CNI + "test_add_check_del_every_version",
-                                    "tests/unit/test_felix_calc.py::test_forward_and_dispatch_and_endpoint_chains"),
+                                    "tests/unit/test_felix_calc.py::test_endpoint_chains_with_profiles_and_missing_profile_drops"),
         "spec.mac": works(_T_CNI + "test_add_check_del_every_version"),
         "spec.ports.name": works(_T_CNI + "test_pod_labels_ports_and_annotations_from_the_kubernetes_store",
-                                 note="written as Calico writes them; named ports in policy are not implemented"),
+                                 "tests/unit/test_felix_policy.py::test_policy_order_groups_and_ipset_members"),
         "spec.ports.protocol": works(_T_CNI + "test_pod_labels_ports_and_annotations_from_the_kubernetes_store"),
         "spec.ports.port": works(_T_CNI + "test_pod_labels_ports_and_annotations_from_the_kubernetes_store"),
         "spec.ports.hostPort": missing("host ports come from the portmap plugin, not from the WorkloadEndpoint"),
         "spec.ports.hostIP": missing("host ports come from the portmap plugin, not from the WorkloadEndpoint"),
-        "spec.allowSpoofedSourcePrefixes": missing("Felix renders no cali-rpf-skip exceptions"),
+        "spec.allowSpoofedSourcePrefixes": works(
+            "tests/unit/test_felix_calc.py::test_raw_prerouting_rpf_and_unreferenced_failsafes"),
     }
 
     def validate(self) -> None:
@@ -932,7 +927,7 @@ class FelixConfiguration(Resource):
         "spec.ipipEnabled": works(_T_EFFECTS + "test_felix_configuration_fields_reach_the_dataplane",
                                   "tests/unit/test_felix_calc.py::test_ipip_derivation"),
         "spec.ipipMTU": works(_T_EFFECTS + "test_felix_configuration_fields_reach_the_dataplane",
-                              "tests/unit/test_felix_calc.py::test_endpoints_of_other_prefix_are_ignored_and_ipip_mtu_override"),
+                              "tests/unit/test_felix_calc.py::test_remote_and_foreign_endpoints_are_not_local"),
         "spec.vxlanEnabled": missing(_NO_VXLAN, ok=(False,)),
         "spec.vxlanMTU": missing(_NO_VXLAN),
         "spec.vxlanMTUV6": missing(_NO_VXLAN),
@@ -1084,6 +1079,53 @@ def _check_labels(labels: dict[str, str] | None, path: str) -> None:
                                                  "'-', '_' or '.', starting and ending alphanumeric)")
 
 
+_T_POLICY = "tests/unit/test_felix_policy.py::"
+
+
+def _rule_inventory(prefix: str) -> dict[str, Support]:
+    """Entries for every field of a rule list (``spec.ingress`` / ``spec.egress``)."""
+    from datastore.inventory import field_paths
+
+    tests = {
+        "": (_T_POLICY + "test_rule_actions",),
+        "action": (_T_POLICY + "test_rule_actions",),
+        "ipVersion": (_T_POLICY + "test_rule_actions",),
+        "protocol": (_T_POLICY + "test_rule_actions",),
+        "notProtocol": (_T_POLICY + "test_rule_actions",),
+        "icmp": (_T_POLICY + "test_rule_actions",),
+        "notICMP": (_T_POLICY + "test_rule_actions",),
+        "nets": (_T_POLICY + "test_match_blocks_for_several_cidrs_and_ports",),
+        "notNets": (_T_POLICY + "test_match_blocks_for_several_cidrs_and_ports",),
+        "ports": (_T_POLICY + "test_rule_actions", _T_POLICY + "test_selectors_become_ipsets"),
+        "notPorts": (_T_POLICY + "test_rule_actions",),
+        "selector": (_T_POLICY + "test_selectors_become_ipsets",),
+        "notSelector": (_T_POLICY + "test_selectors_become_ipsets",),
+        "namespaceSelector": (_T_POLICY + "test_profile_labels_are_inherited_for_namespace_selectors",
+                              _T_POLICY + "test_k8s_policy_selectors_as_felix_sees_them"),
+        "serviceAccounts": (_T_POLICY + "test_calico_policy_names_service_accounts_and_gnp_namespace_selector",),
+        "metadata": (_T_POLICY + "test_rule_actions",),
+    }
+    out: dict[str, Support] = {prefix: works(*tests[""])}
+    for path, _ in field_paths(Rule, prefix + "."):
+        rest = path[len(prefix) + 1:]
+        parts = rest.split(".")
+        key = parts[1] if parts[0] in ("source", "destination") and len(parts) > 1 else parts[0]
+        if parts[0] in ("source", "destination") and len(parts) == 1:
+            key = ""
+        if key in ("services", "http") and not (rest.endswith(".services") or rest == "http"):
+            continue  # covered by the services/http entry above it
+        if key == "services":
+            out[path] = missing("Felix here does not watch Kubernetes Services: a rule naming one matches "
+                                "nothing (an empty ipset)", sample={"name": "web", "namespace": "default"})
+        elif key == "http":
+            out[path] = missing("HTTP matches need Calico's application layer policy (Dikastes); Felix "
+                                "renders the rule's layer 3/4 part, as Calico does without it",
+                                sample={"methods": ["GET"]})
+        else:
+            out[path] = works(*tests[key])
+    return out
+
+
 @dataclass
 class ProfileSpec:
     ingress: list[Rule] = field(default_factory=list)
@@ -1101,18 +1143,15 @@ class Profile(Resource):
     Spec = ProfileSpec
     spec: ProfileSpec = field(default_factory=ProfileSpec)
     INVENTORY = {
-        "spec.ingress": missing(_NO_POLICY, ok=_allow_all, ok_doc='[{"action": "Allow"}]',
-                                sample=[{"action": "Deny", "source": {"nets": ["10.0.0.0/8"]}}]),
-        "spec.egress": missing(_NO_POLICY, ok=_allow_all, ok_doc='[{"action": "Allow"}]',
-                               sample=[{"action": "Deny", "protocol": "TCP"}]),
-        "spec.labelsToApply": missing("labels only matter to policy selectors; " + _NO_POLICY),
+        **_rule_inventory("spec.ingress"), **_rule_inventory("spec.egress"),
+        "spec.labelsToApply": works(_T_POLICY + "test_profile_labels_are_inherited_for_namespace_selectors"),
     }
 
     def validate(self) -> None:
         super().validate()
         p = f"{self.ident()}.spec"
-        validate_rules(self.spec.ingress, f"{p}.ingress", egress=False)
-        validate_rules(self.spec.egress, f"{p}.egress", egress=True)
+        validate_rules(self.spec.ingress, f"{p}.ingress", egress=False, policy=False)
+        validate_rules(self.spec.egress, f"{p}.egress", egress=True, policy=False)
         _check_labels(self.spec.labels_to_apply, f"{p}.labelsToApply")
 
 
@@ -1143,12 +1182,32 @@ def policy_name_from_storage(name: str) -> str:
     return name.split(".", 1)[-1]
 
 
-#: a valid value of each policy field (the test that walks the inventory applies each)
-_POLICY_SAMPLES: dict[str, Any] = {
-    "order": 100, "ingress": [{"action": "Deny"}], "egress": [{"action": "Deny"}], "selector": "app == 'web'",
-    "types": ["Ingress"], "doNotTrack": True, "preDNAT": True, "applyOnForward": True,
-    "serviceAccountSelector": "role == 'db'", "namespaceSelector": "all()",
-    "performanceHints": ["AssumeNeededOnEveryNode"]}
+_REFUSED_HERE = works("tests/unit/test_datastore_policy.py::test_services_and_http_only_where_calico_allows_them",
+                      note="refused here by Calico's policy validator")
+_NO_HEP_POLICY = ("applies to host endpoints, which calicolab does not implement: the policy has no effect "
+                  "on workloads")
+_POLICY_INVENTORY: dict[str, Support] = {
+    "spec.order": works(_T_POLICY + "test_policy_order_groups_and_ipset_members"),
+    **_rule_inventory("spec.ingress"), **_rule_inventory("spec.egress"),
+    **{f"{where}{sub}": _REFUSED_HERE for where, subs in (
+        ("spec.ingress.destination.services", ("", ".name", ".namespace")),
+        ("spec.egress.source.services", ("", ".name", ".namespace")),
+        ("spec.egress.http", ("", ".methods", ".paths", ".paths.exact", ".paths.prefix"))) for sub in subs},
+    "spec.selector": works(_T_POLICY + "test_policy_order_groups_and_ipset_members",
+                           _T_POLICY + "test_k8s_policy_selectors_as_felix_sees_them"),
+    "spec.types": works(_T_POLICY + "test_new_policy_then_delete_restores_the_chain",
+                        "tests/unit/test_datastore_policy.py::test_default_types_as_calico"),
+    "spec.serviceAccountSelector": works(
+        _T_POLICY + "test_calico_policy_names_service_accounts_and_gnp_namespace_selector"),
+    "spec.namespaceSelector": works(_T_POLICY + "test_calico_policy_names_service_accounts_and_gnp_namespace_selector"),
+    "spec.doNotTrack": missing("untracked policy " + _NO_HEP_POLICY, sample=True),
+    "spec.preDNAT": missing("pre-DNAT policy " + _NO_HEP_POLICY, sample=True),
+    "spec.applyOnForward": works(_T_POLICY + "test_apply_on_forward_does_not_change_workload_chains",
+                                 note="workload chains police forwarded traffic whatever its value; it matters "
+                                      "to host endpoints, which calicolab does not implement"),
+    "spec.performanceHints": missing("a hint for Felix's policy calculation; calicolab computes every policy "
+                                     "that selects a local endpoint", sample=["AssumeNeededOnEveryNode"]),
+}
 
 
 @dataclass
@@ -1251,8 +1310,8 @@ class NetworkPolicy(_PolicyBase):
     NAME_RE = _NP_NAME_RE
     Spec = NetworkPolicySpec
     spec: NetworkPolicySpec = field(default_factory=NetworkPolicySpec)
-    INVENTORY = {f"spec.{f}": missing(_NO_POLICY, sample=s) for f, s in _POLICY_SAMPLES.items()
-                 if f not in ("doNotTrack", "preDNAT", "applyOnForward", "namespaceSelector")}
+    INVENTORY = {k: v for k, v in _POLICY_INVENTORY.items()
+                 if k not in ("spec.doNotTrack", "spec.preDNAT", "spec.applyOnForward", "spec.namespaceSelector")}
 
 
 @dataclass
@@ -1265,7 +1324,7 @@ class GlobalNetworkPolicy(_PolicyBase):
     NAME_RE = _GNP_NAME_RE
     Spec = GlobalNetworkPolicySpec
     spec: GlobalNetworkPolicySpec = field(default_factory=GlobalNetworkPolicySpec)
-    INVENTORY = {f"spec.{f}": missing(_NO_POLICY, sample=s) for f, s in _POLICY_SAMPLES.items()}
+    INVENTORY = _POLICY_INVENTORY
 
     def validate(self) -> None:
         super().validate()
@@ -1316,8 +1375,7 @@ class NetworkSet(_NetworkSetBase):
     ALIASES = ("networkset", "networksets", "netsets")
     Spec = NetworkSetSpec
     spec: NetworkSetSpec = field(default_factory=NetworkSetSpec)
-    INVENTORY = {"spec.nets": missing("network sets only feed policy selectors; " + _NO_POLICY,
-                                      sample=["10.0.0.0/8"])}
+    INVENTORY = {"spec.nets": works(_T_POLICY + "test_network_sets_feed_selector_ipsets")}
 
 
 @dataclass
@@ -1329,8 +1387,7 @@ class GlobalNetworkSet(_NetworkSetBase):
     ALIASES = ("globalnetworkset", "globalnetworksets", "gnetsets")
     Spec = NetworkSetSpec
     spec: NetworkSetSpec = field(default_factory=NetworkSetSpec)
-    INVENTORY = {"spec.nets": missing("network sets only feed policy selectors; " + _NO_POLICY,
-                                      sample=["10.0.0.0/8"])}
+    INVENTORY = {"spec.nets": works(_T_POLICY + "test_network_sets_feed_selector_ipsets")}
 
 
 # ---------------------------------------------------------------------------

@@ -297,11 +297,14 @@ def validate_rule(rule: Rule, path: str) -> None:
         raise ValidationError(f"{path}.destination.ports", "cannot specify ports with a service selector")
 
 
-def validate_rules(rules: list[Rule], path: str, egress: bool) -> None:
-    """Every rule of an ingress (``egress=False``) or egress list."""
+def validate_rules(rules: list[Rule], path: str, egress: bool, policy: bool = True) -> None:
+    """Every rule of an ingress (``egress=False``) or egress list; ``policy``: the checks
+    Calico's (Global)NetworkPolicy validators add (services and http by direction)."""
     for i, rule in enumerate(rules):
         rp = f"{path}[{i}]"
         validate_rule(rule, rp)
+        if not policy:
+            continue
         if egress and rule.source.services is not None:
             raise ValidationError(f"{rp}.source.services", "not allowed in egress rule source")
         if egress and rule.http is not None:

@@ -48,7 +48,8 @@ READ_TIMEOUT = 30.0
 
 #: what each syncer type carries
 SYNCER_KINDS: dict[str, tuple[str, ...]] = {
-    "felix": ("WorkloadEndpoint", "Node", "IPPool", "FelixConfiguration"),
+    "felix": ("WorkloadEndpoint", "Node", "IPPool", "FelixConfiguration", "Profile", "NetworkPolicy",
+              "GlobalNetworkPolicy", "NetworkSet", "GlobalNetworkSet"),
     "bgp": ("Node", "BGPConfiguration", "BGPPeer", "IPPool", "BlockAffinity", "IPAMBlock"),
 }
 MESSAGE_TYPES = ("MsgClientHello", "MsgServerHello", "MsgKVs", "MsgSyncStatus", "MsgPing", "MsgPong")

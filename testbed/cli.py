@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("args", nargs=argparse.REMAINDER)
 
     s = sub.add_parser("demo", add_help=False,
-                       help="replay the walkthrough: NotReady -> Ready, four flows under capture, report",
+                       help="replay the walkthrough: NotReady -> Ready, six flows (policy too) under capture, report",
                        usage="calicolab demo [--name NAME] [--keep]")
     s.add_argument("args", nargs=argparse.REMAINDER)
     return p

@@ -372,7 +372,10 @@ def place(cls: type, doc: dict, path: str, value: object) -> dict:
         if typing.get_origin(tp) in (typing.Union, types.UnionType):
             inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
         if typing.get_origin(inner) is list:
-            node[part] = [{}]
+            from datastore.rules import Rule
+
+            # a policy rule needs its action to be valid
+            node[part] = [{"action": "Allow"} if typing.get_args(inner) == (Rule,) else {}]
             node = node[part][0]
         else:
             node = node.setdefault(part, {})

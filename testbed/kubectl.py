@@ -25,8 +25,8 @@ from testbed.k8s.model import (
     parse_label_selector,
 )
 
-ORDER = ["Namespace", "ConfigMap", "NetworkPolicy", "Node", "Service", "Endpoints", "DaemonSet", "Deployment",
-         "ReplicaSet", "Pod"]
+ORDER = ["Namespace", "ServiceAccount", "ConfigMap", "NetworkPolicy", "Node", "Service", "Endpoints", "DaemonSet",
+         "Deployment", "ReplicaSet", "Pod"]
 
 
 class UsageError(Exception):

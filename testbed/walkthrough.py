@@ -11,7 +11,11 @@ It replays ../shared/reference/walkthrough.md on the lab of
    ``k8s-w0`` and ``k8s-w1`` pinned to their nodes;
 5. the four flows under tcpdump on every ``cali*``, ``tunl0`` and ``eth0`` (and the
    external host's ``eth0``): same node, cross node (IPIP), pod to the internet
-   (masquerade), and through a Service (DNAT);
+   (masquerade), and through a Service (DNAT); then section 10, policy: a Kubernetes
+   NetworkPolicy denies ingress to nginx (the curl from pod k8s-w1 fails: its SYN
+   leaves the pod, crosses k8s-w0's tunl0 and is dropped before nginx's cali
+   interface, by the rule whose counter shows it), then one allows pod k8s-w1 by
+   label (200 again, the ``cali-pi-`` chain and the ``cali40s:`` ipset on the node);
 6. each flow's pcaps checked with :mod:`testbed.capture.pcapassert`, the results table,
    and an HTML report with the packets hop by hop and a diagram of the lab.
 
@@ -37,6 +41,33 @@ from testbed.capture import pcapassert as pa
 from testbed.poll import WaitTimeout, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
+POLICY_DENY_NAME = "deny-ingress-nginx"
+POLICY_DENY = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: deny-ingress-nginx
+spec:
+  podSelector:
+    matchLabels: {app: nginx}
+  policyTypes: [Ingress]
+"""
+POLICY_ALLOW_NAME = "allow-nginx-from-k8s-w1"
+POLICY_ALLOW = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: allow-nginx-from-k8s-w1
+spec:
+  podSelector:
+    matchLabels: {app: nginx}
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels: {app: k8s-w1}
+    ports:
+    - {port: 80}
+"""
 TOPOLOGY = REPO / "topologies" / "walkthrough.yaml"
 POD_GATEWAY = "169.254.1.1"
 CALI_MAC = "ee:ee:ee:ee:ee:ee"
@@ -124,6 +155,9 @@ class Flow:
     hop_files: list[Path] = field(default_factory=list)
     since: float = field(default_factory=time.time)  # packets before this belong to earlier flows
     ends: list[str] = field(default_factory=list)  # pod/host names outlined in the diagram
+    expect: str = "200"  # what curl must print for the flow to be ok ("000": denied)
+    drop: tuple[str, str] | None = None  # (node, the rule that dropped it) for a denied flow
+    state: dict[str, str] = field(default_factory=dict)  # node state read while the flow ran (checked later)
 
 
 def _run(argv: list[str], timeout: float = 60, check: bool = True,
@@ -352,9 +386,59 @@ class Walkthrough:
                        self.captures.file("k8s-w0", "eth0"), self.captures.file("k8s-w0", target.iface)]
         return f
 
+    # -- 10: policy -------------------------------------------------------------------------
+
+    def _drop_counters(self, node: str) -> list[Any]:
+        from testbed.capture import counters
+
+        return counters.parse(self.in_node(node, "iptables-save", "-c", "-t", "filter"), "filter")
+
+    def flow_policy_denied(self) -> Flow:
+        """A Kubernetes NetworkPolicy selecting nginx with no ingress rule: the cross-node curl fails."""
+        from testbed.capture import counters
+
+        a, target = self.pods["k8s-w1"], self.nginx_pods()[0]
+        self.kubectl("apply", "-f", "-", input=POLICY_DENY)
+        f = Flow("policy-denied", f"pod {a.name} (k8s-w1) -> {target.name} (k8s-w0) after {POLICY_DENY_NAME}",
+                 f"kubectl apply -f deny.yaml; curl -m 2 -o /dev/null -s -w '%{{http_code}}' http://{target.ip}",
+                 expect="000")
+        argv = ("curl", "-o", "/dev/null", "-s", "-m", "2", "-w", "%{http_code}", f"http://{target.ip}")
+        # Felix programs the policy within milliseconds; poll until the connection is refused service
+        wait_for(lambda: self.in_pod(a.name, *argv, check=False).stdout.strip(), lambda code: code == "000",
+                 timeout=20, what=f"curl to {target.name} denied by {POLICY_DENY_NAME}")
+        before = self._drop_counters("k8s-w0")
+        f.since = time.time()
+        f.result = self.in_pod(a.name, *argv, check=False).stdout.strip() or "000"
+        dropped = counters.dropped_by(before, self._drop_counters("k8s-w0"))
+        if dropped:
+            f.drop = ("k8s-w0", dropped[0].describe())
+        f.match = pa.between(a.ip, target.ip)
+        f.ends = [a.name, target.name]
+        f.hop_files = [self.captures.file("k8s-w1", a.iface), self.captures.file("k8s-w1", "tunl0"),
+                       self.captures.file("k8s-w1", "eth0"), self.captures.file("k8s-w0", "eth0"),
+                       self.captures.file("k8s-w0", "tunl0"), self.captures.file("k8s-w0", target.iface)]
+        return f
+
+    def flow_policy_allowed(self) -> Flow:
+        """A second NetworkPolicy allows pod k8s-w1 by its label: 200 again."""
+        a, target = self.pods["k8s-w1"], self.nginx_pods()[0]
+        self.kubectl("apply", "-f", "-", input=POLICY_ALLOW)
+        f = Flow("policy-allowed", f"pod {a.name} (k8s-w1) -> {target.name} (k8s-w0) after {POLICY_ALLOW_NAME}",
+                 f"kubectl apply -f allow.yaml; curl -o /dev/null -s -w '%{{http_code}}' http://{target.ip}")
+        f.result = self.curl(a, f"http://{target.ip}", f"HTTP 200 from {target.name} once allowed")
+        # read now: the policies are deleted once the flows have run, before the checks
+        f.state = {"iptables": self.in_node("k8s-w0", "iptables-save", "-t", "filter"),
+                   "ipsets": self.in_node("k8s-w0", "ipset", "list")}
+        f.match = pa.between(a.ip, target.ip)
+        f.ends = [a.name, target.name]
+        f.hop_files = [self.captures.file("k8s-w1", a.iface), self.captures.file("k8s-w0", "tunl0"),
+                       self.captures.file("k8s-w0", target.iface)]
+        return f
+
     def run_flows(self) -> None:
         t = time.monotonic()
-        for fn in (self.flow_same_node, self.flow_cross_node, self.flow_internet, self.flow_service):
+        for fn in (self.flow_same_node, self.flow_cross_node, self.flow_internet, self.flow_service,
+                   self.flow_policy_denied, self.flow_policy_allowed):
             try:
                 flow = fn()
             except (WalkthroughError, WaitTimeout) as exc:
@@ -363,19 +447,22 @@ class Walkthrough:
             self.flows.append(flow)
             self.progress(f"  flow {flow.name}: {flow.result}")
         self.captures.stop()
-        self._step("four flows run under capture", t)
+        for name in (POLICY_ALLOW_NAME, POLICY_DENY_NAME):
+            self.kubectl("delete", "networkpolicy", name, check=False)
+        self._step("six flows run under capture (four paths, then a policy denying and one allowing)", t)
 
     # -- 6: the checks on the pcaps -------------------------------------------------------
 
     def check_flows(self) -> None:
         """Assert each flow on its pcaps; a flow is ok only if curl printed 200 and every check held."""
         checks = {"same-node": self.check_same_node, "cross-node": self.check_cross_node,
-                  "internet": self.check_internet, "service": self.check_service}
+                  "internet": self.check_internet, "service": self.check_service,
+                  "policy-denied": self.check_policy_denied, "policy-allowed": self.check_policy_allowed}
         for flow in self.flows:
             if flow.error is None:
                 try:
                     checks[flow.name](flow)
-                    flow.ok = flow.result == "200"
+                    flow.ok = flow.result == flow.expect
                 except AssertionError as exc:
                     flow.error = str(exc)
             flow.pcaps = [str(p) for p in flow.hop_files if p.exists()]
@@ -423,6 +510,34 @@ class Walkthrough:
                        client_side=self.captures.file("k8s-w1", client.iface))
         f.checks.append(f"SYN to {self.cluster_ip}:80 on k8s-w1/{client.iface} arrives DNATed to "
                         f"{target.ip}:80 on k8s-w0/{target.iface}")
+
+    def check_policy_denied(self, f: Flow) -> None:
+        a, target = self.pods["k8s-w1"], self.nginx_pods()[0]
+        pa.assert_dropped(self.captures.file("k8s-w1", a.iface), self.captures.file("k8s-w0", target.iface),
+                          client=a.ip, server=target.ip, port=80, tunnel=self.captures.file("k8s-w0", "tunl0"),
+                          since=f.since, until=self._next_since(f))
+        f.checks.append(f"SYN {a.ip} > {target.ip}:80 on k8s-w1/{a.iface} and k8s-w0/tunl0, none on "
+                        f"k8s-w0/{target.iface}, no SYN-ACK")
+        if f.drop is None or "Drop if no policies passed packet" not in f.drop[1]:
+            raise AssertionError(f"no Calico DROP rule on k8s-w0 counted the SYNs (got {f.drop})")
+        f.checks.append(f"dropped on k8s-w0 by {f.drop[1]}")
+
+    def _next_since(self, f: Flow) -> float | None:
+        """When the flow after ``f`` started (its packets are not ``f``'s)."""
+        i = self.flows.index(f)
+        return self.flows[i + 1].since if i + 1 < len(self.flows) else None
+
+    def check_policy_allowed(self, f: Flow) -> None:
+        a, target = self.pods["k8s-w1"], self.nginx_pods()[0]
+        pa.assert_http_exchange(self.captures.file("k8s-w0", target.iface), a.ip, target.ip, status=200)
+        f.checks.append(f"HTTP 200 on k8s-w0/{target.iface}")
+        chains = f.state.get("iptables", "")
+        if "knp.default.allow-nginx-from-k8s-w1 ingress" not in chains:
+            raise AssertionError("no cali-pi- chain of knp.default.allow-nginx-from-k8s-w1 on k8s-w0")
+        sets = f.state.get("ipsets", "")
+        if "cali40s:" not in sets or a.ip not in sets:
+            raise AssertionError(f"no cali40s: ipset holding {a.ip} on k8s-w0")
+        f.checks.append(f"cali-pi- chain of the policy and a cali40s: ipset holding {a.ip} on k8s-w0")
 
     # -- MTU -------------------------------------------------------------------------------
 
@@ -500,7 +615,7 @@ class Walkthrough:
             out.append(report.FlowResult(f.name, f.title, result=f.result, ok=f.ok, hops=hops,
                                          pcaps=f.pcaps, description=f"{f.command}\n" + "\n".join(
                                              f"check: {c}" for c in f.checks),
-                                         error=f.error, highlight=f.ends))
+                                         error=f.error, highlight=f.ends, drop=f.drop))
         return out
 
     def write_report(self) -> Path:
@@ -547,7 +662,7 @@ class Walkthrough:
                 t = time.monotonic()
                 self.down()
                 self._step("lab torn down (calicolab down)", t)
-        return all(f.ok for f in self.flows) and len(self.flows) == 4, report_path
+        return all(f.ok for f in self.flows) and len(self.flows) == 6, report_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -555,9 +670,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="calicolab demo",
         description="Replay the walkthrough on topologies/walkthrough.yaml: NotReady -> install "
-                    "Calico -> Ready, then four flows (same node, cross node over IPIP, pod to the "
-                    "internet, through a Service) under tcpdump, checked on the pcaps, with a "
-                    "table and an HTML report.")
+                    "Calico -> Ready, then six flows (same node, cross node over IPIP, pod to the "
+                    "internet, through a Service, then a NetworkPolicy denying and one allowing) under "
+                    "tcpdump, checked on the pcaps, with a table and an HTML report.")
     ap.add_argument("--name", default="walkthrough", help="lab name (default: walkthrough)")
     ap.add_argument("--keep", action="store_true",
                     help="leave the lab running afterwards (calicolab shell k8s-w0; calicolab down)")

@@ -11,7 +11,17 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from agent import envvars
-from agent.felix.model import Endpoint, FelixSettings, HostNode, Pool
+from agent.felix.model import Endpoint, FelixSettings, HostNode, NamedPort, NetSet, Pool
+from agent.felix.policy import (
+    NAMESPACE_LABEL,
+    NAMESPACE_PREFIX,
+    SERVICEACCOUNT_LABEL,
+    SERVICEACCOUNT_PREFIX,
+    Policy,
+    Profile,
+    policy_from_resource,
+    profile_from_resource,
+)
 from datastore.duration import parse_duration
 
 _ENV = {
@@ -31,7 +41,13 @@ class ConfigError(ValueError):
 
 
 def endpoint_from_wep(wep: Any) -> Endpoint | None:
-    """A WorkloadEndpoint resource as a Felix endpoint (None without an interface name)."""
+    """A WorkloadEndpoint resource as a Felix endpoint (None without an interface name).
+
+    As Calico's workload endpoint update processor: ``pcns.``/``pcsa.`` labels
+    on the endpoint itself are dropped (a pod must not pretend to be in another
+    namespace), the service account label comes from ``spec.serviceAccountName``,
+    and only named ports are kept.
+    """
     spec = wep.spec
     if not spec.interface_name:
         return None
@@ -41,8 +57,62 @@ def endpoint_from_wep(wep: Any) -> Endpoint | None:
             ips.append(str(ipaddress.ip_network(net, strict=False)))
         except ValueError:
             continue
+    labels = {k: v for k, v in (wep.metadata.labels or {}).items()
+              if not k.startswith((NAMESPACE_PREFIX, SERVICEACCOUNT_PREFIX))}
+    if spec.service_account_name:
+        labels[SERVICEACCOUNT_LABEL] = spec.service_account_name
+    ports = tuple(NamedPort(p.name, (p.protocol or "TCP").lower(), p.port) for p in spec.ports if p.name)
+    spoof = []
+    for prefix in spec.allow_spoofed_source_prefixes:
+        try:
+            spoof.append(str(ipaddress.ip_network(prefix, strict=False)))
+        except ValueError:
+            continue
     return Endpoint(key=f"{wep.metadata.namespace}/{wep.metadata.name}", iface=spec.interface_name,
-                    ips=tuple(ips), profiles=tuple(spec.profiles))
+                    ips=tuple(ips), profiles=tuple(spec.profiles), node=spec.node, labels=labels,
+                    ports=ports, allow_spoofed=tuple(spoof))
+
+
+def netset_from_resource(obj: Any) -> NetSet:
+    """A NetworkSet (namespace label and ``kns.`` profile added, as Calico) or GlobalNetworkSet."""
+    nets = []
+    for n in obj.spec.nets:
+        try:
+            nets.append(str(ipaddress.ip_network(n, strict=False)))
+        except ValueError:
+            continue
+    labels = dict(obj.metadata.labels or {})
+    profiles: tuple[str, ...] = ()
+    key = obj.metadata.name
+    if obj.NAMESPACED:
+        ns = obj.metadata.namespace or "default"
+        labels[NAMESPACE_LABEL] = ns
+        profiles = (f"kns.{ns}",)
+        key = f"{ns}/{key}"
+    return NetSet(key=f"{obj.KIND}/{key}", nets=tuple(nets), labels=labels, profiles=profiles)
+
+
+def policy_key(kind: str, name: str, namespace: str | None) -> str:
+    """The key Felix's caches use: the policy ID (``<ns>/default.<name>``), the profile name, or
+    ``<Kind>/[<ns>/]<name>`` for network sets."""
+    if kind in ("NetworkPolicy", "GlobalNetworkPolicy"):
+        from datastore.resources import policy_storage_name
+
+        stored = policy_storage_name(name)
+        return f"{namespace or 'default'}/{stored}" if kind == "NetworkPolicy" else stored
+    if kind == "Profile":
+        return name
+    return f"{kind}/{namespace}/{name}" if namespace else f"{kind}/{name}"
+
+
+def policy_from(obj: Any) -> Policy:
+    """A NetworkPolicy / GlobalNetworkPolicy resource as Felix's policy."""
+    return policy_from_resource(obj)
+
+
+def profile_from(obj: Any) -> Profile:
+    """A Profile resource as Felix's profile."""
+    return profile_from_resource(obj)
 
 
 def host_from_node(node: Any) -> HostNode:

@@ -9,6 +9,7 @@ change, and re-reads the kernel on each driver's refresh interval so drift
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -18,7 +19,7 @@ from typing import Any
 
 from agent.clock import Clock
 from agent.felix import convert
-from agent.felix.calc import calculate
+from agent.felix.calc import Calculator
 from agent.felix.ipsets import IpsetDriver
 from agent.felix.iptables import IptablesTable
 from agent.felix.model import Desired, Endpoint, FelixInput, HostNode
@@ -29,7 +30,10 @@ from kernel import Kernel
 
 log = logging.getLogger(__name__)
 
-WATCH_KINDS = ("WorkloadEndpoint", "Node", "IPPool", "FelixConfiguration")
+WATCH_KINDS = ("WorkloadEndpoint", "Node", "IPPool", "FelixConfiguration", "Profile", "NetworkPolicy",
+               "GlobalNetworkPolicy", "NetworkSet", "GlobalNetworkSet")
+POLICY_KINDS = {"NetworkPolicy": "_policies", "GlobalNetworkPolicy": "_policies", "Profile": "_profiles",
+                "NetworkSet": "_netsets", "GlobalNetworkSet": "_netsets"}
 PENDING_RETRY = 0.25
 
 
@@ -60,6 +64,13 @@ class Felix:
         self._nodes: dict[str, HostNode] = {}
         self._pools: dict[str, Any] = {}
         self._configs: dict[str, Any] = {}
+        self._policies: dict[str, Any] = {}  # Felix policy ID -> agent.felix.policy.Policy
+        self._profiles: dict[str, Any] = {}
+        self._netsets: dict[str, Any] = {}
+        # addresses of the non-workload interfaces (cali40this-host)
+        self.host_ips_fn = lambda prefix: _host_ips(prefix, self.kernel)
+        self._host_ips: frozenset[str] = frozenset()
+        self.calc = Calculator()
         self._synced = threading.Event()
         self._dirty = threading.Event()
         self._stop = threading.Event()
@@ -79,7 +90,7 @@ class Felix:
         self.routes = RouteDriver(self.kernel)
         self.sysctls = SysctlDriver(self.kernel)
         self.ipsets = IpsetDriver()
-        self.tables = {"filter": IptablesTable("filter"), "nat": IptablesTable("nat")}
+        self.tables = {name: IptablesTable(name) for name in ("raw", "mangle", "filter", "nat")}
         self.desired: Desired | None = None
         self.applied_event = threading.Event()  # set after every successful apply (tests, benchmarks)
 
@@ -123,7 +134,8 @@ class Felix:
         return {
             "ready": self.ready, "live": self.live(), "datapath": datapath,
             "tunnel_address": self.tunnel.address if self.tunnel else None,
-            "endpoints": len(self._weps), "applies": self.applies,
+            "endpoints": sum(1 for ep in self._weps.values() if ep.node in ("", self.hostname)),
+            "applies": self.applies,
             "last_apply_ms": round(self.last_apply_seconds * 1000, 1), "last_error": self.last_error,
             "pump": dict(self.pump.stats) if self.pump is not None else None,
         }
@@ -135,7 +147,8 @@ class Felix:
 
         while not self._stop.is_set():
             fresh: dict[str, dict] | None = {"WorkloadEndpoint": {}, "Node": {}, "IPPool": {},
-                                               "FelixConfiguration": {}}
+                                               "FelixConfiguration": {}, "_policies": {}, "_profiles": {},
+                                               "_netsets": {}}
             try:
                 self._stream = WatchStream(self.client, WATCH_KINDS, stop=self._stop)
                 for ev in self._stream:
@@ -146,6 +159,9 @@ class Felix:
                                 self._nodes = fresh["Node"]
                                 self._pools = fresh["IPPool"]
                                 self._configs = fresh["FelixConfiguration"]
+                                self._policies = fresh["_policies"]
+                                self._profiles = fresh["_profiles"]
+                                self._netsets = fresh["_netsets"]
                             fresh = None
                         self._synced.set()
                         self._dirty.set()
@@ -155,7 +171,9 @@ class Felix:
                     else:
                         with self._lock:
                             self._store({"WorkloadEndpoint": self._weps, "Node": self._nodes,
-                                         "IPPool": self._pools, "FelixConfiguration": self._configs}, ev)
+                                         "IPPool": self._pools, "FelixConfiguration": self._configs,
+                                         "_policies": self._policies, "_profiles": self._profiles,
+                                         "_netsets": self._netsets}, ev)
                         if ev.kind == "IPPool":
                             self._pools_changed.set()
                         self._dirty.set()
@@ -169,14 +187,24 @@ class Felix:
 
     def _store(self, caches: dict[str, dict], ev: Any) -> None:
         key = f"{ev.namespace}/{ev.name}" if ev.namespace else ev.name
-        cache = caches.get(ev.kind)
+        if ev.kind in POLICY_KINDS:
+            cache = caches[POLICY_KINDS[ev.kind]]
+            key = convert.policy_key(ev.kind, ev.name, ev.namespace)
+        else:
+            cache = caches.get(ev.kind)
         if cache is None:
             return
         if ev.type == "DELETED" or ev.obj is None:
             cache.pop(key, None)
             return
-        if ev.kind == "WorkloadEndpoint":
-            ep = convert.endpoint_from_wep(ev.obj) if ev.obj.spec.node == self.hostname else None
+        if ev.kind in ("NetworkPolicy", "GlobalNetworkPolicy"):
+            cache[key] = convert.policy_from(ev.obj)
+        elif ev.kind == "Profile":
+            cache[key] = convert.profile_from(ev.obj)
+        elif ev.kind in ("NetworkSet", "GlobalNetworkSet"):
+            cache[key] = convert.netset_from_resource(ev.obj)
+        elif ev.kind == "WorkloadEndpoint":
+            ep = convert.endpoint_from_wep(ev.obj)
             if ep is None:
                 cache.pop(key, None)
             else:
@@ -197,9 +225,11 @@ class Felix:
         """The calculation input from the current cache."""
         with self._lock:
             settings = convert.settings(self.hostname, self._configs, self.env)
-            return FelixInput(hostname=self.hostname, endpoints=tuple(self._weps.values()),
+            return FelixInput(hostname=self.hostname, endpoints=dict(self._weps),
                               nodes=tuple(self._nodes.values()), pools=convert.pools_from(self._pools.values()),
-                              settings=settings, host_mtu=self.host_mtu)
+                              settings=settings, host_mtu=self.host_mtu, policies=dict(self._policies),
+                              profiles=dict(self._profiles), netsets=dict(self._netsets),
+                              host_ips=self._host_ips)
 
     # -- dataplane side ------------------------------------------------------------
     def _dataplane_loop(self) -> None:
@@ -253,7 +283,9 @@ class Felix:
         t0 = time.monotonic()
         if "routes" in resync:
             self.host_mtu = detect_host_mtu(self.kernel)
-        desired = calculate(inp)
+            self._host_ips = self.host_ips_fn(inp.settings.interface_prefix)
+            inp = dataclasses.replace(inp, host_ips=self._host_ips)
+        desired = self.calc.calculate(inp)
         self._apply_tunnel(desired, force="routes" in resync)
         self.ipsets.apply_updates(desired.ipsets, resync="ipsets" in resync)
         _, missing = self.routes.apply(desired.routes, resync="routes" in resync)
@@ -306,3 +338,15 @@ class Felix:
         while time.monotonic() < deadline and not self.ready:
             self.applied_event.wait(0.05)
         return self.ready
+
+
+def _host_ips(prefix: str, kernel: Kernel | None = None) -> frozenset[str]:
+    """IPv4 addresses of this namespace's non-workload interfaces (Felix's hostIPManager)."""
+    from agent.startup import local_interfaces
+
+    try:
+        return frozenset(a.split("/")[0] for name, addrs in local_interfaces(kernel) if not name.startswith(prefix)
+                         for a in addrs)
+    except OSError as exc:
+        log.warning("cannot list the host's addresses for cali40this-host: %s", exc)
+        return frozenset()

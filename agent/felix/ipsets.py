@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import subprocess
+from functools import lru_cache
 
 from agent.felix.model import IPSet
 
@@ -20,8 +21,13 @@ class IpsetError(RuntimeError):
     """ipset restore failed."""
 
 
+@lru_cache(maxsize=262144)
 def norm_member(member: str) -> str:
-    """Canonical member text as ``ipset save`` prints it (a /32 is a bare address)."""
+    """Canonical member text as ``ipset save`` prints it (a /32 is a bare address;
+    ``ip,proto:port`` members of ``hash:ip,port`` sets are kept as they are)."""
+    if "," in member:
+        ip, _, rest = member.partition(",")
+        return f"{ipaddress.ip_address(ip)},{rest}"
     net = ipaddress.ip_network(member, strict=False)
     return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
@@ -43,6 +49,7 @@ class IpsetDriver:
 
     def __init__(self) -> None:
         self._actual: dict[str, tuple[str, set[str]]] | None = None
+        self._known: dict[str, IPSet] = {}  # set name -> IPSet object known to match the kernel
 
     def read(self) -> dict[str, tuple[str, set[str]]]:
         """Read Calico's sets from the kernel (and refresh the cache)."""
@@ -50,6 +57,7 @@ class IpsetDriver:
         if res.returncode != 0:
             raise IpsetError(f"ipset save failed: {res.stderr.strip()}")
         self._actual = parse_save(res.stdout)
+        self._known = {}
         return self._actual
 
     def _restore(self, lines: list[str]) -> None:
@@ -59,6 +67,7 @@ class IpsetDriver:
                              capture_output=True, text=True)
         if res.returncode != 0:
             self._actual = None
+            self._known = {}
             raise IpsetError(f"ipset restore failed: {res.stderr.strip()}")
 
     def apply_updates(self, desired: dict[str, IPSet], resync: bool = False) -> int:
@@ -69,7 +78,12 @@ class IpsetDriver:
         assert actual is not None
         lines: list[str] = []
         changes = 0
+        known = self._known
+        todo = []
         for name, want in desired.items():
+            if known.get(name) is want:
+                continue
+            todo.append((name, want))
             members = {norm_member(m) for m in want.members}
             have = actual.get(name)
             if have is not None and have[0] != want.type:
@@ -88,8 +102,9 @@ class IpsetDriver:
                 changes += len(members ^ have[1])
         self._restore(lines)
         if self._actual is not None:
-            for name, want in desired.items():
+            for name, want in todo:
                 self._actual[name] = (want.type, {norm_member(m) for m in want.members})
+                known[name] = want
         return changes
 
     def remove_stale(self, desired: dict[str, IPSet]) -> list[str]:
@@ -106,4 +121,5 @@ class IpsetDriver:
                 return []
             for name in stale:
                 self._actual.pop(name, None)
+                self._known.pop(name, None)
         return stale

@@ -122,7 +122,7 @@ class IptablesTable:
             ins = desired.inserts.get(kchain, ())
             app = desired.appends.get(kchain, ())
             ins_h = rule_hashes(kchain, list(ins))
-            app_h = rule_hashes(kchain + "/append", list(app))
+            app_h = rule_hashes(kchain + "*appends*", list(app))
             have = actual.chains.get(kchain, [])
             cali = [r for h, r in have if h is not None]
             top = [h for h, _ in have[:len(ins)]]
@@ -182,7 +182,7 @@ class IptablesTable:
                 app = desired.appends.get(name, ())
                 others = [(h, r) for h, r in act.chains.get(name, []) if h is None]
                 act.chains[name] = (_cached(rule_hashes(name, list(ins)), ins) + others
-                                    + _cached(rule_hashes(name + "/append", list(app)), app))
+                                    + _cached(rule_hashes(name + "*appends*", list(app)), app))
             else:
                 act.chains.pop(name, None)
                 self._known.pop(name, None)

@@ -2,19 +2,50 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from agent.felix.marks import DEFAULT_MASK, MarkBits, allocate
 
 # ---------------------------------------------------------------------------
 # Inputs (built from datastore resources by agent.felix.convert)
 
 
 @dataclass(frozen=True)
+class NamedPort:
+    """A named port of an endpoint (``ports`` of a WorkloadEndpoint): protocol is tcp/udp/sctp."""
+
+    name: str
+    protocol: str
+    port: int
+
+
+@dataclass(frozen=True)
 class Endpoint:
-    """A local workload endpoint: its host interface, /32s and profiles."""
+    """A workload endpoint as Felix sees it: interface, /32s, profiles, labels, named ports.
+
+    ``node`` "" means the local node (so plain unit tests need not name it).
+    """
 
     key: str  # "<namespace>/<name>"
     iface: str
     ips: tuple[str, ...]  # "192.168.1.5/32"
+    profiles: tuple[str, ...] = ()
+    node: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    ports: tuple[NamedPort, ...] = ()
+    allow_spoofed: tuple[str, ...] = ()  # allowSpoofedSourcePrefixes
+
+
+@dataclass(frozen=True)
+class NetSet:
+    """A NetworkSet or GlobalNetworkSet: labels and CIDRs that selectors can match."""
+
+    key: str
+    nets: tuple[str, ...]
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     profiles: tuple[str, ...] = ()
 
 
@@ -55,18 +86,93 @@ class FelixSettings:
     ipsets_refresh_interval: float = 90.0
     health_port: int = 9099
     nat_random_fully: bool = True
+    iptables_mark_mask: int = DEFAULT_MASK
+    iptables_filter_allow_action: str = "ACCEPT"
+    iptables_filter_deny_action: str = "DROP"
+    iptables_mangle_allow_action: str = "ACCEPT"
+    log_prefix: str = "calico-packet"
+    failsafe_inbound: tuple[tuple[str, int, str], ...] = (
+        ("tcp", 22, ""), ("udp", 68, ""), ("tcp", 179, ""), ("tcp", 2379, ""), ("tcp", 2380, ""),
+        ("tcp", 5473, ""), ("tcp", 6443, ""), ("tcp", 6666, ""), ("tcp", 6667, ""))
+    failsafe_outbound: tuple[tuple[str, int, str], ...] = (
+        ("udp", 53, ""), ("udp", 67, ""), ("tcp", 179, ""), ("tcp", 2379, ""), ("tcp", 2380, ""),
+        ("tcp", 5473, ""), ("tcp", 6443, ""), ("tcp", 6666, ""), ("tcp", 6667, ""))
+    vxlan_port: int = 4789
+    allow_vxlan_from_workloads: bool = False
+    allow_ipip_from_workloads: bool = False
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    """What the rule renderer needs (Felix's ``rules.Config`` plus the resolved actions)."""
+
+    marks: MarkBits
+    prefix: str = "cali"
+    ipip: bool = False
+    filter_allow: str = "--jump ACCEPT"
+    mangle_allow: str = "--jump ACCEPT"
+    deny: str = "--jump DROP"
+    deny_name: str = "Drop"
+    endpoint_to_host: str = "--jump ACCEPT"
+    log_prefix: str = "calico-packet"
+    failsafe_inbound: tuple[tuple[str, int, str], ...] = ()
+    failsafe_outbound: tuple[tuple[str, int, str], ...] = ()
+    vxlan_port: int = 4789
+    allow_vxlan_from_workloads: bool = False
+    allow_ipip_from_workloads: bool = False
+
+
+def rule_config(s: FelixSettings, ipip: bool) -> RuleConfig:
+    """Resolve FelixSettings into the renderer's config (``rules.NewRenderer``)."""
+    deny = s.iptables_filter_deny_action.upper()
+    eth = s.default_endpoint_to_host_action.upper()
+    if eth not in ("ACCEPT", "DROP", "REJECT", "RETURN"):
+        raise ValueError(f"defaultEndpointToHostAction must be ACCEPT, DROP, REJECT or RETURN; got {eth!r}")
+    return RuleConfig(
+        marks=allocate(s.iptables_mark_mask),
+        prefix=s.interface_prefix,
+        ipip=ipip,
+        filter_allow="--jump RETURN" if s.iptables_filter_allow_action.upper() == "RETURN" else "--jump ACCEPT",
+        mangle_allow="--jump RETURN" if s.iptables_mangle_allow_action.upper() == "RETURN" else "--jump ACCEPT",
+        deny="--jump REJECT" if deny == "REJECT" else "--jump DROP",
+        deny_name="Reject" if deny == "REJECT" else "Drop",
+        endpoint_to_host=f"--jump {eth}",
+        log_prefix=s.log_prefix,
+        failsafe_inbound=s.failsafe_inbound,
+        failsafe_outbound=s.failsafe_outbound,
+        vxlan_port=s.vxlan_port,
+        allow_vxlan_from_workloads=s.allow_vxlan_from_workloads,
+        allow_ipip_from_workloads=s.allow_ipip_from_workloads,
+    )
 
 
 @dataclass(frozen=True)
 class FelixInput:
-    """Everything the calculation needs."""
+    """Everything the calculation needs.
+
+    ``endpoints``: every workload endpoint of the cluster (a tuple or a mapping
+    key -> Endpoint); those with ``node`` "" or ``hostname`` are local. Remote
+    ones feed the selector ipsets. ``policies`` (id -> policy.Policy),
+    ``profiles`` (name -> policy.Profile) and ``netsets`` (key -> NetSet) are the
+    policy model; ``host_ips`` fills ``cali40this-host``.
+    """
 
     hostname: str
-    endpoints: tuple[Endpoint, ...] = ()
+    endpoints: tuple[Endpoint, ...] | Mapping[str, Endpoint] = ()
     nodes: tuple[HostNode, ...] = ()
     pools: tuple[Pool, ...] = ()
     settings: FelixSettings = field(default_factory=FelixSettings)
     host_mtu: int = 1500
+    policies: Mapping[str, Any] = field(default_factory=dict)
+    profiles: Mapping[str, Any] = field(default_factory=dict)
+    netsets: Mapping[str, NetSet] = field(default_factory=dict)
+    host_ips: frozenset[str] = frozenset()
+
+    def endpoint_map(self) -> Mapping[str, Endpoint]:
+        """``endpoints`` as a mapping key -> Endpoint."""
+        if isinstance(self.endpoints, Mapping):
+            return self.endpoints
+        return {ep.key: ep for ep in self.endpoints}
 
 
 # ---------------------------------------------------------------------------
@@ -75,10 +181,24 @@ class FelixInput:
 
 @dataclass(frozen=True)
 class Chain:
-    """An iptables chain: name and rule bodies (without ``-A <chain>`` and without the hash comment)."""
+    """An iptables chain: name and rule bodies (without ``-A <chain>`` and without the hash comment).
+
+    ``refs``: the Calico chains its rules jump or go to (Felix programs only chains
+    reachable from the hooks).
+    """
 
     name: str
     rules: tuple[str, ...]
+    refs: tuple[str, ...] = ()
+
+
+@lru_cache(maxsize=131072)
+def make_chain(name: str, rules: tuple[str, ...]) -> Chain:
+    """A chain with its references; interned, so an unchanged chain is the very same object
+    from one calculation to the next (the iptables driver skips it by identity)."""
+    from agent.felix.match import referenced_chains
+
+    return Chain(name, rules, referenced_chains(rules))
 
 
 @dataclass
@@ -96,7 +216,11 @@ class TableState:
 
     def add(self, name: str, rules: list[str] | tuple[str, ...]) -> None:
         """Add (or replace) a Calico chain."""
-        self.chains[name] = Chain(name, tuple(rules))
+        self.chains[name] = make_chain(name, tuple(rules))
+
+    def put(self, chain: Chain) -> None:
+        """Add (or replace) a Calico chain made by :func:`make_chain`."""
+        self.chains[chain.name] = chain
 
 
 @dataclass(frozen=True)

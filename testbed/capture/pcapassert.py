@@ -748,6 +748,36 @@ def assert_ipip(cap: Trace | str | os.PathLike[str], *, outer_src: str, outer_ds
     return got
 
 
+def assert_dropped(client_side: Trace | str | os.PathLike[str], server_side: Trace | str | os.PathLike[str], *,
+                   client: str, server: str, port: int, tunnel: Trace | str | os.PathLike[str] | None = None,
+                   since: float | None = None, until: float | None = None) -> list[Frame]:
+    """A connection policy dropped: the client's SYN leaves its pod (``client_side``, the client's
+    cali interface), crosses the server node's ``tunnel`` (tunl0, when it crosses nodes) and
+    never reaches the server's interface (``server_side``); no SYN-ACK comes back anywhere.
+
+    ``since`` and ``until`` (epoch seconds) ignore packets between the same pods before and
+    after the flow (earlier flows, a later one once a policy allows it). Returns the SYNs
+    seen on the client's interface.
+    """
+    def recent(tr: Trace) -> Trace:
+        if since is None and until is None:
+            return tr
+        lo, hi = since if since is not None else float("-inf"), until if until is not None else float("inf")
+        return Trace(tr.path, [f for f in tr.frames if lo <= f.time < hi], tr.linktype, tr.label)
+
+    syn = inner(client, server, 6) & tcp(dport=port, flags="S")
+    synack = inner(server, client, 6) & tcp(sport=port, flags="SA")
+    c = recent(_trace(client_side))
+    got = c.expect(syn, what=f"the SYN {client} -> {server}:{port} leaving the client")
+    c.expect_none(synack, what=f"a SYN-ACK from {server}:{port} (the connection was meant to be dropped)")
+    if tunnel is not None:
+        recent(_trace(tunnel)).expect(syn, what=f"the SYN {client} -> {server}:{port} decapsulated on the "
+                                                "server node's tunnel")
+    recent(_trace(server_side)).expect_none(syn, what=f"a SYN {client} -> {server}:{port} reaching the server "
+                                                      "(policy should have dropped it)")
+    return got
+
+
 def assert_no_plain(cap: Trace | str | os.PathLike[str], *nets: str) -> None:
     """No un-encapsulated IP packet to or from any of ``nets`` (pod addresses or pool CIDRs)."""
     tr = _trace(cap)

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from datastore.inventory import Support, missing
+from datastore.inventory import Support, works
 from testbed.k8s.errors import Invalid
 
 
@@ -45,6 +45,8 @@ KINDS: dict[str, Kind] = {
         Kind("Service", "v1", "services", "services/specs", True, ("svc", "service", "services"), "service"),
         Kind("Endpoints", "v1", "endpoints", "services/endpoints", True, ("ep", "endpoints", "endpoint"), "endpoints"),
         Kind("ConfigMap", "v1", "configmaps", "configmaps", True, ("cm", "configmap", "configmaps"), "configmap"),
+        Kind("ServiceAccount", "v1", "serviceaccounts", "serviceaccounts", True,
+             ("sa", "serviceaccount", "serviceaccounts"), "serviceaccount"),
         Kind("NetworkPolicy", "networking.k8s.io/v1", "networkpolicies", "networkpolicies", True,
              ("netpol", "networkpolicy", "networkpolicies", "networkpolicy.networking.k8s.io"),
              "networkpolicy.networking.k8s.io"),
@@ -56,9 +58,11 @@ _ALIASES = {alias: k for k in KINDS.values() for alias in k.aliases}
 #: Kubernetes kinds Calico acts on that calicolab does not (yet): the inventory lists them,
 #: and kubectl prints the API server's ``Warning:`` for each one applied (docs/inventory.md).
 CALICO_SUPPORT: dict[str, Support] = {
-    "NetworkPolicy": missing("policy is not enforced: nothing converts it to Calico policy (kube-controllers' "
-                             "policy controller) and Felix renders no policy chains",
-                             sample={"podSelector": {}, "policyTypes": ["Ingress"]}),
+    "NetworkPolicy": works("tests/lab/test_policy_matrix.py::test_policy_matrix",
+                           "tests/etcd/test_kubecontrollers_objects.py::"
+                           "test_profiles_policies_and_endpoint_labels_follow_kubernetes",
+                           note="kube-controllers' policy controller converts it to the Calico NetworkPolicy "
+                                "knp.default.<name> (etcd mode); Felix enforces it (docs/policy.md)"),
 }
 
 
@@ -187,6 +191,7 @@ SCHEMAS: dict[str, dict] = {
         }],
     },
     "ConfigMap": {"data": MAPSTR, "binaryData": MAPSTR, "immutable": bool},
+    "ServiceAccount": {"secrets": [ANY], "imagePullSecrets": [ANY], "automountServiceAccountToken": bool},
     "NetworkPolicy": {
         "spec": {
             "podSelector": {"matchLabels": MAPSTR, "matchExpressions": [ANY]},

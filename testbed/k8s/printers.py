@@ -213,6 +213,10 @@ def _netpol_row(np: dict, wide: bool) -> list[str]:
     return [np["metadata"]["name"], _selector_text(sel) if sel else "<none>", age(np)]
 
 
+def _serviceaccount_row(sa: dict, wide: bool) -> list[str]:
+    return [sa["metadata"]["name"], str(len(sa.get("secrets") or [])), age(sa)]
+
+
 def _configmap_row(cm: dict, wide: bool) -> list[str]:
     return [cm["metadata"]["name"], str(len(cm.get("data") or {})), age(cm)]
 
@@ -230,6 +234,7 @@ TABLES = {
     "Endpoints": (["NAME", "ENDPOINTS", "AGE"], [], _endpoints_row),
     "Namespace": (["NAME", "STATUS", "AGE"], [], _namespace_row),
     "ConfigMap": (["NAME", "DATA", "AGE"], [], _configmap_row),
+    "ServiceAccount": (["NAME", "SECRETS", "AGE"], [], _serviceaccount_row),
     "NetworkPolicy": (["NAME", "POD-SELECTOR", "AGE"], [], _netpol_row),
 }
 

@@ -31,7 +31,7 @@ NODE_W, NODE_GAP, POD_H, HOST_W = 250, 40, 40, 170
 MARGIN = 24
 COLORS = {"bgp": "#1565c0", "bgp_down": "#c62828", "tunnel": "#ef6c00", "segment": "#546e7a",
           "node": "#37474f", "node_fill": "#f5f7fb", "pod": "#2e7d32", "pod_fill": "#e8f5e9",
-          "host_fill": "#fff8e1", "host": "#8d6e63", "hl": "#d81b60"}
+          "host_fill": "#fff8e1", "host": "#8d6e63", "hl": "#d81b60", "drop": "#c62828"}
 
 
 class DiagramError(ValueError):
@@ -373,6 +373,7 @@ class LadderRow:
     column: str  # "node/iface"
     label: str
     key: str = ""  # sightings with the same key are the same packet on different hops
+    drop: bool = False  # the packet ends here: dropped by the rule the label names
 
 
 def render_ladder_svg(rows: Sequence[LadderRow], columns: Sequence[str] | None = None,
@@ -412,8 +413,15 @@ def render_ladder_svg(rows: Sequence[LadderRow], columns: Sequence[str] | None =
         if r.key:
             last[r.key] = (x, y)
         color = _iface_color(r.column.partition("/")[2])
-        out.append(f"<circle class='sighting' cx='{x:.0f}' cy='{y:.0f}' r='5' fill='{color}' "
-                   f"data-column={quoteattr(r.column)}/>")
+        if r.drop:
+            out.append(f"<g class='drop' data-column={quoteattr(r.column)}>"
+                       f"<line x1='{x - 6:.0f}' y1='{y - 6:.0f}' x2='{x + 6:.0f}' y2='{y + 6:.0f}' "
+                       f"stroke='{COLORS['drop']}' stroke-width='3'/>"
+                       f"<line x1='{x - 6:.0f}' y1='{y + 6:.0f}' x2='{x + 6:.0f}' y2='{y - 6:.0f}' "
+                       f"stroke='{COLORS['drop']}' stroke-width='3'/></g>")
+        else:
+            out.append(f"<circle class='sighting' cx='{x:.0f}' cy='{y:.0f}' r='5' fill='{color}' "
+                       f"data-column={quoteattr(r.column)}/>")
         out.append(_t(6, y + 4, f"{r.t * 1000:8.3f} ms", 10, color="#78909c"))
         out.append(_t(left + col_w * len(cols) + 10, y + 4, r.label[:130], 11, cls="packet"))
     out.append("</svg>")
@@ -421,6 +429,8 @@ def render_ladder_svg(rows: Sequence[LadderRow], columns: Sequence[str] | None =
 
 
 def _iface_color(iface: str) -> str:
+    if iface == "iptables":
+        return COLORS["drop"]
     if iface.startswith("cali"):
         return COLORS["pod"]
     if iface.startswith("tunl"):

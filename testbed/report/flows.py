@@ -66,6 +66,27 @@ class FlowResult:
     description: str = ""
     error: str | None = None  # the assertion message when not ok
     highlight: list[str] = field(default_factory=list)  # node/pod names to outline
+    #: a flow that policy denied: (node, what dropped it, e.g. "filter cali-tw-calie1.. rule 9
+    #: (-j DROP, "Drop if no policies passed packet"): 3 packet(s)")
+    drop: tuple[str, str] | None = None
+
+    def ladder_rows(self) -> list[LadderRow]:
+        """The hops as ladder rows; a denied flow ends with the drop, on its node's iptables."""
+        if not self.hops:
+            return []
+        t0 = self.hops[0].time
+        rows = [LadderRow(h.time - t0, h.where, h.summary, h.key) for h in self.hops]
+        if self.drop is not None:
+            node, rule = self.drop
+            last = self.hops[-1]
+            rows.append(LadderRow(last.time - t0, f"{node}/iptables", f"DROPPED by {rule}", last.key, drop=True))
+        return rows
+
+    def ladder_columns(self) -> list[str] | None:
+        cols = self.path_taken()
+        if self.drop is not None:
+            cols = [*cols, f"{self.drop[0]}/iptables"]
+        return cols or None
 
     def path_taken(self) -> list[str]:
         """Interfaces the flow crossed, in order (given, or from the hops)."""
@@ -233,9 +254,8 @@ def render_html(flows: Sequence[FlowResult], lab: LabModel | None = None, *,
                        + _svg_inline(render_lab_svg(lab, highlight=f.highlight)) + "</div>")
         if f.hops:
             t0 = f.hops[0].time
-            rows = [LadderRow(h.time - t0, h.where, h.summary, h.key) for h in f.hops]
             out.append("<div class='figure'>" + _svg_inline(
-                render_ladder_svg(rows, f.path_taken() or None)) + "</div>")
+                render_ladder_svg(f.ladder_rows(), f.ladder_columns())) + "</div>")
             out.append("<table class='hops'><tr><th>#</th><th>time</th><th>node</th>"
                        "<th>interface</th><th>packet</th><th>file:frame</th></tr>")
             for i, h in enumerate(f.hops, start=1):
@@ -245,6 +265,9 @@ def render_html(flows: Sequence[FlowResult], lab: LabModel | None = None, *,
                     f"{_e(h.iface)}</span></td><td class='mono'>{_e(h.summary)}</td>"
                     f"<td class='mono'>{_e(h.source)}:{h.index}</td></tr>")
             out.append("</table>")
+            if f.drop is not None:
+                out.append(f"<p class='drop'><span class='fail'>dropped</span> on {_e(f.drop[0])} by "
+                           f"<span class='mono'>{_e(f.drop[1])}</span></p>")
         else:
             out.append("<p><em>no packets captured for this flow</em></p>")
     out.append("</body></html>")
@@ -287,13 +310,14 @@ def render_markdown(flows: Sequence[FlowResult], lab: LabModel | None = None, *,
         if f.hops:
             t0 = f.hops[0].time
             name = f"flow-{f.name}.svg"
-            rows = [LadderRow(h.time - t0, h.where, h.summary, h.key) for h in f.hops]
-            files[name] = render_ladder_svg(rows, f.path_taken() or None)
+            files[name] = render_ladder_svg(f.ladder_rows(), f.ladder_columns())
             out += ["", f"![{f.name} hop by hop]({pre}{name})", "",
                     "| # | time | node | interface | packet |", "|---|---|---|---|---|"]
             for i, h in enumerate(f.hops, start=1):
                 out.append(f"| {i} | +{(h.time - t0) * 1000:.3f} ms | {_md(h.node)} | "
                            f"{_md(h.iface)} | `{_md(h.summary)}` |")
+            if f.drop is not None:
+                out += ["", f"dropped on {f.drop[0]} by `{_md(f.drop[1])}`"]
     return "\n".join(out) + "\n", files
 
 

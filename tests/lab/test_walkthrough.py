@@ -1,4 +1,4 @@
-"""The walkthrough's four flows in a real lab, each asserted on its pcaps (issue 7).
+"""The walkthrough's flows in a real lab, each asserted on its pcaps (issues 7 and 13).
 
 One lab for the module: NotReady -> install-cni -> Ready, the workloads, the four
 flows under tcpdump. Each test then checks what a user would observe: curl's
@@ -78,6 +78,21 @@ def test_service_is_dnatted(wt):
     wt.check_service(f)
 
 
+def test_policy_denied_flow_is_dropped_where_felix_drops_it(wt):
+    """Section 10: a NetworkPolicy denies ingress to nginx; the SYN leaves pod k8s-w1, crosses
+    k8s-w0's tunl0 and is dropped before nginx's cali interface, by the rule counting it."""
+    f = next(f for f in wt.flows if f.name == "policy-denied")
+    assert f.error is None, f.error
+    assert f.result == "000", f"curl printed {f.result!r} although the policy denies it"
+    wt.check_policy_denied(f)
+    assert f.drop is not None and f.drop[0] == "k8s-w0" and "cali-tw-" in f.drop[1], f.drop
+
+
+def test_policy_allowed_flow_passes_again(wt):
+    f = flow(wt, "policy-allowed")
+    wt.check_policy_allowed(f)
+
+
 def test_mtu_largest_df_ping_passes_one_more_fails(wt):
     res = wt.mtu_probe()
     assert res["tunnel_mtu"] == 1480, res
@@ -98,6 +113,7 @@ def test_report_renders_flows_and_diagram(wt, tmp_path):
     for node in ("k8s-m", "k8s-w0", "k8s-w1"):
         assert node in text
     assert all(f.ok for f in wt.flows), [(f.name, f.error) for f in wt.flows]
+    assert "DROPPED by filter cali-tw-" in html and "class='drop'" in html  # the denied flow ends at the drop
 
 
 def test_capture_cli_start_stop_writes_one_pcap_per_interface(wt):

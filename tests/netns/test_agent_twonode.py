@@ -18,6 +18,7 @@ import tempfile
 
 import pytest
 
+from datastore.conversion import namespace_to_profile
 from testbed.poll import wait_for
 from tests.netns.felix_support import PY, REPO, InNetns, Topo, echo_pair, run, start_etcd
 from tests.netns.felix_support import say as echo_say
@@ -44,6 +45,8 @@ class Cluster:
         wait_for(lambda: self.ds.call(lambda: self.client.etcd.revision()), timeout=10,
                  ignore=(Exception,), what="etcd in w0")
         self.agents: dict[str, subprocess.Popen] = {}
+        # what calico-kube-controllers' namespace controller writes for the pods' namespace
+        self.ds.call(lambda: self.client.create(namespace_to_profile({"metadata": {"name": "default"}})))
 
     def _client(self):
         from datastore import Client

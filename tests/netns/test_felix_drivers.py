@@ -68,7 +68,7 @@ def test_iptables_apply_is_minimal_and_resync_repairs(topo):
     assert "-m set --match-set cali40masq-ipam-pools src -m set ! --match-set cali40all-ipam-pools dst" in nat
     tun = [ln for ln in nat.splitlines() if ln.startswith("-A cali-POSTROUTING -o tunl0")]
     assert len(tun) == 1 and tun[0].endswith(
-        "-m addrtype ! --src-type LOCAL --limit-iface-out -m addrtype --src-type LOCAL -j MASQUERADE")
+        "-m addrtype ! --src-type LOCAL --limit-iface-out -m addrtype --src-type LOCAL -j MASQUERADE --random-fully")
 
     # Drift: delete a hook and a rule by hand; a resync puts exactly them back.
     run("iptables", "-D", "INPUT", "1", netns=ns)
@@ -94,7 +94,7 @@ def test_iptables_apply_is_minimal_and_resync_repairs(topo):
 def test_iptables_restore_failure_is_reported(topo):
     ns = topo.netns("n")
     bad = TableState()
-    bad.add("cali-bad", ["-j no-such-chain"])
+    bad.add("cali-bad", ["--jump no-such-chain"])
     with entered(ns), pytest.raises(IptablesError) as exc:
         IptablesTable("filter", retries=2).apply(bad)
     r = str(exc.value)

@@ -193,3 +193,16 @@ def test_parse_port_forms():
     assert parse_port("80:90", "p") == PortRange(80, 90)
     assert parse_port("http", "p") == PortRange(name="http")
     assert str(PortRange(80, 90)) == "80:90" and str(PortRange(80, 80)) == "80"
+
+
+def test_services_and_http_only_where_calico_allows_them():
+    for rules, words in ((("ingress", {"action": "Allow", "destination": {"services": {"name": "a"}}}),
+                          "not allowed in ingress rule destination"),
+                         (("egress", {"action": "Allow", "source": {"services": {"name": "a"}}}),
+                          "not allowed in egress rule source"),
+                         (("egress", {"action": "Allow", "http": {"methods": ["GET"]}}), "not allowed in egress")):
+        with pytest.raises(errors.ValidationError, match=words):
+            load({"kind": "NetworkPolicy", "metadata": {"name": "p"}, "spec": {rules[0]: [rules[1]]}})
+    # a profile's rules are not checked by direction (Calico has no such check for profiles)
+    load({"kind": "Profile", "metadata": {"name": "p"},
+          "spec": {"ingress": [{"action": "Allow", "destination": {"services": {"name": "a", "namespace": "b"}}}]}})

@@ -55,8 +55,8 @@ def test_felix_configuration_fields_reach_the_dataplane():
     assert (s.route_refresh_interval, s.iptables_refresh_interval, s.ipsets_refresh_interval) == (30, 60, 5)
     d = calculate(FelixInput("k8s-w0", (EP,), NODES, POOLS, s))
     assert d.routes == {"192.168.1.5/32": "tap0123456789a"}  # the prefix picks the workload interfaces
-    assert "-i tap+ -j cali-from-wl-dispatch" in _rules(d, "filter", "cali-FORWARD")
-    assert _rules(d, "filter", "cali-wl-to-host")[-1].endswith("-j DROP")
+    assert "--in-interface tap+ --jump cali-from-wl-dispatch" in _rules(d, "filter", "cali-FORWARD")
+    assert _rules(d, "filter", "cali-wl-to-host")[-1].endswith("--jump DROP")
     assert d.tunnel is not None and d.tunnel.mtu == 1400 and d.mtu_file == 1400
     off = settings("k8s-w0", {"default": _felix("default", {"ipipEnabled": False})}, {})
     d = calculate(FelixInput("k8s-w0", (EP,), NODES, POOLS, off))
@@ -74,7 +74,7 @@ def test_felix_environment_overrides_felix_configuration():
     assert (s.interface_prefix, s.ipip_enabled, s.default_endpoint_to_host_action) == ("tap", False, "RETURN")
     assert (s.iptables_refresh_interval, s.ipsets_refresh_interval) == (20, 15)
     d = calculate(FelixInput("k8s-w0", (EP,), NODES, POOLS, s))
-    assert d.tunnel is None and _rules(d, "filter", "cali-wl-to-host")[-1].endswith("-j RETURN")
+    assert d.tunnel is None and _rules(d, "filter", "cali-wl-to-host")[-1].endswith("--jump RETURN")
 
 
 def test_graceful_restart_times_reach_the_peers():
