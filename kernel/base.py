@@ -44,8 +44,9 @@ class Kernel:
         a refused op (every op is attempted)."""
         raise NotImplementedError
 
-    def links(self) -> list[Link]:
-        """Every link of the namespace."""
+    def links(self, brief: bool = False) -> list[Link]:
+        """Every link of the namespace; with ``brief`` only index, flags, name and MTU are
+        read (the other fields may stay empty), which is cheaper on big dumps."""
         raise NotImplementedError
 
     def link(self, name: str) -> Link | None:

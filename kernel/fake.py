@@ -147,8 +147,8 @@ class FakeKernel(Kernel):
             out.append(None)
         return out
 
-    def links(self) -> list[Link]:
-        """Every link, by index."""
+    def links(self, brief: bool = False) -> list[Link]:
+        """Every link, by index (``brief`` changes nothing here)."""
         return [ln.view() for _, ln in sorted(self._links.items())]
 
     def link(self, name: str) -> Link | None:

@@ -115,8 +115,9 @@ class Netlink(Kernel):
             raise KernelError(errno.ETIMEDOUT, f"netlink socket ({self})", f"no answer within {TIMEOUT_S} s") from None
         return bytes(self._view[:n])
 
-    def _dump(self, mtype: int, body: bytes, what: str, keep: Callable[[Any], bool] | None = None) -> list[Any]:
-        parse = rtnl.PARSERS[mtype - 2]  # RTM_GETX answers with RTM_NEWX
+    def _dump(self, mtype: int, body: bytes, what: str, keep: Callable[[Any], bool] | None = None,
+              parse: Callable[..., Any] | None = None) -> list[Any]:
+        parse = parse or rtnl.PARSERS[mtype - 2]  # RTM_GETX answers with RTM_NEWX
         for _attempt in range(3):
             with self._lock:
                 seq = self._next()
@@ -234,9 +235,10 @@ class Netlink(Kernel):
             return {}
 
     # -- dumps ------------------------------------------------------------------------------
-    def links(self) -> list[Link]:
-        """Every link of the namespace."""
-        return self._dump(rtnl.RTM_GETLINK, rtnl.dump_request(rtnl.RTM_GETLINK), "link dump")
+    def links(self, brief: bool = False) -> list[Link]:
+        """Every link of the namespace (``brief``: index, flags, name and MTU only, faster)."""
+        return self._dump(rtnl.RTM_GETLINK, rtnl.dump_request(rtnl.RTM_GETLINK), "link dump",
+                          parse=rtnl.parse_link_brief if brief else None)
 
     def link(self, name: str) -> Link | None:
         """The link called ``name``, or None."""
@@ -323,19 +325,26 @@ class Netlink(Kernel):
     # -- namespace-local files and devices ---------------------------------------------------
     def sysctl_get(self, key: str) -> str | None:
         """Value of /proc/sys/<key> in this namespace (None if absent)."""
+        path = _key(key)
         try:
-            with _netns.entered(self.netns_path):
-                with open(f"/proc/sys/{_key(key)}") as f:
+            if self.netns_path is None:  # this thread's own netns: no setns round trip
+                with open(path) as f:
                     return f.read().strip()
+            with _netns.entered(self.netns_path), open(path) as f:
+                return f.read().strip()
         except FileNotFoundError:
             return None
 
     def sysctl_set(self, key: str, value: str) -> None:
         """Write /proc/sys/<key> in this namespace."""
+        path = _key(key)
         try:
-            with _netns.entered(self.netns_path):
-                with open(f"/proc/sys/{_key(key)}", "w") as f:
+            if self.netns_path is None:
+                with open(path, "w") as f:
                     f.write(value)
+                return
+            with _netns.entered(self.netns_path), open(path, "w") as f:
+                f.write(value)
         except OSError as exc:
             raise KernelError(exc.errno or errno.EIO, f"sysctl {key}={value}") from None
 
@@ -371,6 +380,7 @@ class Netlink(Kernel):
 
 
 def _key(key: str) -> str:
-    if ".." in key.split("/") or key.startswith("/"):
+    """The /proc/sys path of a slashed sysctl key (refusing absolute or '..' keys)."""
+    if key.startswith("/") or "/../" in f"/{key}/":
         raise KernelError(errno.EINVAL, f"sysctl {key}", "not a relative /proc/sys path")
-    return key
+    return "/proc/sys/" + key

@@ -29,7 +29,7 @@ class RouteDriver:
 
     def refresh_links(self) -> dict[str, int]:
         """Re-read the interfaces with our prefix: {name: index}."""
-        self._links = {ln.name: ln.index for ln in self.kernel.links() if ln.name.startswith(self.prefix)}
+        self._links = {ln.name: ln.index for ln in self.kernel.links(brief=True) if ln.name.startswith(self.prefix)}
         return self._links
 
     def read(self) -> dict[str, str]:

@@ -76,10 +76,12 @@ class SysctlDriver:
         for iface in interfaces:
             if iface in self._done:
                 continue
-            if self.kernel.sysctl_get(f"net/ipv4/conf/{iface}/forwarding") is None:
+            settings = list(interface_settings(iface, rp).items())
+            key, val = settings[0]  # an IPv4 key: absent means the interface is not there yet
+            if not self._write(key, val, check_first=False):
                 missing.append(iface)
                 continue
-            for key, val in interface_settings(iface, rp).items():
+            for key, val in settings[1:]:
                 self._write(key, val, check_first=False)
             self._done.add(iface)
         gone = self._last - interfaces if isinstance(interfaces, frozenset) else self._last - set(interfaces)

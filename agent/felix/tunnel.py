@@ -60,7 +60,7 @@ def detect_host_mtu(kernel: Kernel, pattern: str = MTU_IFACE_PATTERN) -> int:
     inside a Mininet host that did not remount sysfs).
     """
     rx = re.compile(pattern)
-    found = [ln.mtu for ln in kernel.links() if rx.match(ln.name) and ln.up]
+    found = [ln.mtu for ln in kernel.links(brief=True) if rx.match(ln.name) and ln.up]
     return min(found) if found else DEFAULT_HOST_MTU
 
 
