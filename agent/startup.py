@@ -193,7 +193,7 @@ def determine_nodename(env: Mapping[str, str]) -> str:
 def local_interfaces(kernel: Kernel | None = None) -> list[tuple[str, list[str]]]:
     """[(ifname, ["a.b.c.d/len", ...])] of ``kernel``'s netns (default: this thread's), in index order."""
     with _handle(kernel) as k:
-        names = {ln.index: ln.name for ln in k.links()}
+        names = {ln.index: ln.name for ln in k.links(brief=True)}
         by_index: dict[int, list[str]] = {i: [] for i in names}
         for a in k.addrs():
             by_index.setdefault(a.index, []).append(a.cidr)

@@ -50,7 +50,7 @@ class KernelRoutes:
         if not idx:
             return None
         if idx not in self._ifname:
-            self._ifname = {ln.index: ln.name for ln in self.kernel.links()}
+            self._ifname = {ln.index: ln.name for ln in self.kernel.links(brief=True)}
         return self._ifname.get(idx, str(idx))
 
     def dump(self) -> dict[int, KernelRoute]:
