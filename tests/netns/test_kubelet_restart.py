@@ -63,7 +63,8 @@ def test_restarted_kubelet_adopts_live_pods_and_cleans_deleted_ones(node, tmp_pa
              what="the deleted pod's process to be killed")
     wait_for(lambda: (data_dir / "testnet" / gone["status"]["podIP"]).exists(), lambda e: not e, timeout=10,
              what="CNI DEL to release the deleted pod's IP")
-    assert gone_ns not in kubelet.in_mount_ns("ls", kubelet.netns_dir).stdout.split()
+    wait_for(lambda: kubelet.in_mount_ns("ls", kubelet.netns_dir).stdout.split(), lambda names: gone_ns not in names,
+             timeout=10, what="the deleted pod's netns to be removed after its CNI DEL")
     # the surviving pod was adopted, not restarted
     assert alive(keep_pid)
     after = store.get("Pod", "keep")
