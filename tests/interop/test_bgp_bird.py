@@ -13,7 +13,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 from ipaddress import IPv4Address, IPv4Network
 
@@ -22,6 +21,7 @@ import pytest
 from agent.bgp import messages as M
 from agent.bgp.config import GLOBAL, PeerConfig
 from agent.bgp.runner import SpeakerThread
+from kernel import netns as kernel_netns
 from testbed.poll import wait_for
 from tests.netns.test_bgp_mesh import FAST, NetLab, bird_routes, block, mesh_config
 from tests.support import require_root, require_tool, sh
@@ -31,7 +31,6 @@ pytestmark = pytest.mark.interop
 # headroom is for a machine loaded by parallel suites. Timing properties keep their own bounds.
 SETTLE = 20
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOR_ROUTE = "203.0.113.0/24"
 CLUSTER_ID = "1.1.1.1"
 
@@ -278,39 +277,31 @@ def test_malformed_open_and_update_get_notifications_others_untouched(tor, tmp_p
     before = {p["name"]: p["since"] for p in tor.speakers[0].status()["peers"]
               if p["state"] == "up"}
 
-    script = f"""
-import socket, sys, struct
-sys.path.insert(0, {ROOT!r})
-from tests.interop.test_bgp_bird import _frame, _read_msg, _read_until_notification
-from agent.bgp import messages as M
-from ipaddress import IPv4Address
-def conn():
-    s = socket.create_connection(("{a0}", 179), timeout=5)
-    return s
-# 1: OPEN with version 3 (well formed otherwise: BIRD checks the length first)
-s = conn()
-_read_msg(s)  # the speaker's OPEN
-s.sendall(_frame(1, bytes.fromhex("03fc0000f0ac1f026300")))
-n = _read_until_notification(s); print("open", n.code, n.subcode)
-s.close()
-# 2: a proper session, then an UPDATE whose attributes overrun the message
-s = conn()
-_read_msg(s)
-s.sendall(M.encode(M.Open(64512, 9, IPv4Address("{rogue_ip}"), [M.FourOctetAS(64512)])))
-s.sendall(M.encode(M.Keepalive()))
-# 3: treat-as-withdraw first (bad ORIGIN): no NOTIFICATION expected
-attrs = bytes.fromhex("40010107" + "400200" + "400304" + "ac1f0263")
-body = b"\\x00\\x00" + struct.pack("!H", len(attrs)) + attrs + bytes.fromhex("18c6336400")[:4]
-s.sendall(_frame(2, body))
-good = bytes.fromhex("40010100" + "400200" + "400304" + "ac1f0263")
-s.sendall(_frame(2, b"\\x00\\x00" + struct.pack("!H", len(good)) + good + bytes.fromhex("18c63365")))
-s.sendall(_frame(2, b"\\x00\\x00\\x00\\x30" + bytes.fromhex("400101")))
-n = _read_until_notification(s); print("update", n.code, n.subcode)
-"""
-    res = subprocess.run(["ip", "netns", "exec", rogue_ns, sys.executable, "-c",
-                          script], capture_output=True, text=True, timeout=30)
-    assert res.returncode == 0, res.stderr
-    assert "open 2 1" in res.stdout and "update 3 1" in res.stdout, res.stdout
+    def conn() -> socket.socket:
+        # the socket is made inside the rogue's netns and keeps it; the test thread goes back
+        with kernel_netns.entered(rogue_ns):
+            return socket.create_connection((str(a0), 179), timeout=5)
+
+    # 1: OPEN with version 3 (well formed otherwise: BIRD checks the length first)
+    with conn() as s:
+        _read_msg(s)  # the speaker's OPEN
+        s.sendall(_frame(1, bytes.fromhex("03fc0000f0ac1f026300")))
+        n = _read_until_notification(s)
+        assert (n.code, n.subcode) == (2, 1), n
+    # 2: a proper session, then an UPDATE whose attributes overrun the message
+    with conn() as s:
+        _read_msg(s)
+        s.sendall(M.encode(M.Open(64512, 9, IPv4Address(str(rogue_ip)), [M.FourOctetAS(64512)])))
+        s.sendall(M.encode(M.Keepalive()))
+        # 3: treat-as-withdraw first (bad ORIGIN): no NOTIFICATION expected
+        attrs = bytes.fromhex("40010107" + "400200" + "400304" + "ac1f0263")
+        body = b"\x00\x00" + struct.pack("!H", len(attrs)) + attrs + bytes.fromhex("18c6336400")[:4]
+        s.sendall(_frame(2, body))
+        good = bytes.fromhex("40010100" + "400200" + "400304" + "ac1f0263")
+        s.sendall(_frame(2, b"\x00\x00" + struct.pack("!H", len(good)) + good + bytes.fromhex("18c63365")))
+        s.sendall(_frame(2, b"\x00\x00\x00\x30" + bytes.fromhex("400101")))
+        n = _read_until_notification(s)
+        assert (n.code, n.subcode) == (3, 1), n
     st = tor.speakers[0].status()
     assert st["counters"]["malformed"] >= 2 and st["counters"]["treat_as_withdraw"] >= 1
     # other sessions untouched, routes intact, speaker alive
