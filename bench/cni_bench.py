@@ -8,10 +8,17 @@ each mode execs the real ``calico`` executable once per pod, as the kubelet woul
   (what calico-node provides in the lab);
 * ``in-process``: no server, the executable imports everything and does the work.
 
-Prints p50/p99 per verb and mode plus a breakdown (interpreter start, imports, IPAM,
-netlink, datastore) and writes JSON (default reports/bench/cni_bench.json).
+Interleaved with them, pod by pod, the *floor* of each verb is measured in the same run
+(issue 18): ADD = exec of ``python3 -IS -c pass`` (the interpreter our launcher runs)
+plus ``ip link add <veth> type veth peer name eth0 netns <pod>``; DEL = the same exec
+plus ``ip link del <veth>``. The same floor with ``/bin/true`` as the exec is printed
+too. Must hold: ADD p50 and DEL p50 (server + launcher) <= 2x their floor.
 
-    sudo .venv/bin/python bench/cni_bench.py [--pods 100] [--json PATH]
+Prints p50/p99 per verb and mode, the floors and the ratios, the load average, a
+breakdown (interpreter start, imports, IPAM, netlink, datastore) and writes JSON
+(default reports/bench/cni_bench.json). Run as root under the shared lock::
+
+    flock /work/wt/heavy.lock .venv/bin/python bench/cni_bench.py [--pods 100] [--json PATH]
 """
 
 from __future__ import annotations
@@ -124,6 +131,21 @@ def run_one(pod: str, cid: str, command: str, sock: str, log_path: str,
     return wall, ph
 
 
+#: the exec part of each floor: the interpreter the launcher runs, and a trivial binary
+FLOOR_EXECS = {"floor python3 -IS": ["/usr/bin/python3", "-I", "-S", "-c", "pass"], "floor /bin/true": ["/bin/true"]}
+
+
+def floor_one(command: str, exec_argv: list[str], veth: str, pod: str) -> float:
+    """One floor sample (ms; caller's thread is in the node netns): ``exec_argv`` to exit, then the
+    veth into the pod's netns made (ADD) or deleted (DEL) with ``ip``."""
+    ip = ["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", pod] if command == "ADD" \
+        else ["ip", "link", "del", veth]
+    t0 = time.perf_counter()
+    subprocess.run(exec_argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
+    subprocess.run(ip, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
+    return (time.perf_counter() - t0) * 1000
+
+
 def burst(ns: str, pods: list[str], concurrency: int, sock: str, exe: str, tmp: str) -> dict[str, object]:
     """A Deployment scale-up on one node: every pod ADDed (then DELed) with ``concurrency`` execs in flight."""
     from concurrent.futures import ThreadPoolExecutor
@@ -167,7 +189,7 @@ def main() -> int:
         raise SystemExit("needs root (network namespaces)")
     tag = uuid.uuid4().hex[:6]
     ns = f"cnib{tag}"
-    pods = [f"cnibp{tag}{i:04d}" for i in range(args.pods * 4)]
+    pods = [f"cnibp{tag}{i:04d}" for i in range(args.pods * (4 + len(FLOOR_EXECS)))]
     tmp = tempfile.mkdtemp(prefix="cni-bench-")
     etcd = server = None
     made: list[str] = []
@@ -208,6 +230,7 @@ def main() -> int:
         reset_datastore(ns)
         # modes are interleaved pod by pod, so a change in the machine's load hits all of them alike
         data = {mode: {"ADD": ([], []), "DEL": ([], [])} for mode, _, _ in chosen}
+        floors: dict[str, dict[str, list[float]]] = {f: {"ADD": [], "DEL": []} for f in FLOOR_EXECS}
         with in_netns(f"/run/netns/{ns}"):  # children inherit the node netns: no nsenter in the timing
             for command in ("ADD", "DEL"):
                 for i in range(args.pods):
@@ -218,9 +241,22 @@ def main() -> int:
                         data[mode][command][0].append(wall)
                         if ph:
                             data[mode][command][1].append(ph)
+                    for k, (floor, argv) in enumerate(FLOOR_EXECS.items()):
+                        pod = pods[(4 + k) * args.pods + i]
+                        floors[floor][command].append(floor_one(command, argv, f"flr{k}x{i:04d}", pod))
         for mode, verbs in data.items():
             modes[mode] = {verb: summarize(w, p) for verb, (w, p) in verbs.items()}
+        for floor, verbs in floors.items():
+            modes[floor] = {verb: summarize(w, []) for verb, w in verbs.items()}
         results["modes"] = modes
+        results["ratios_p50"] = {
+            mode: {floor: {verb: round(modes[mode][verb]["p50_ms"] / modes[floor][verb]["p50_ms"], 2)
+                           for verb in ("ADD", "DEL")} for floor in FLOOR_EXECS}
+            for mode, _, _ in chosen}
+        main_mode = "server+cni/bin" if "server+cni/bin" in results["ratios_p50"] else chosen[0][0]
+        results["must_hold"] = {
+            f"CNI {verb} p50 <= 2x floor (python3 -IS exec + ip veth), {main_mode}":
+                results["ratios_p50"][main_mode]["floor python3 -IS"][verb] <= 2.0 for verb in ("ADD", "DEL")}
         if args.burst:
             results["burst"] = burst(ns, pods[: args.pods], args.burst, sock, fast_exe, tmp)
         results["loadavg_1m_after"] = os.getloadavg()[0]
@@ -239,11 +275,17 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"CNI exec-to-exit wall time, {args.pods} pods on one node ({os.cpu_count()} CPUs, "
           f"load {results['loadavg_1m_before']:.1f} -> {results.get('loadavg_1m_after', 0):.1f})")
-    print(f"{'mode':<15} {'verb':<4} {'min ms':>8} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}   plugin phases p50 (ms)")
+    print(f"{'mode':<18} {'verb':<4} {'min ms':>8} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}   plugin phases p50 (ms)")
     for mode, verbs in results["modes"].items():  # type: ignore[union-attr]
         for verb, s in verbs.items():
             ph = " ".join(f"{k}={v}" for k, v in s["phases_p50_ms"].items())
-            print(f"{mode:<15} {verb:<4} {s['min_ms']:>8} {s['p50_ms']:>8} {s['p99_ms']:>8} {s['mean_ms']:>8}   {ph}")
+            print(f"{mode:<18} {verb:<4} {s['min_ms']:>8} {s['p50_ms']:>8} {s['p99_ms']:>8} {s['mean_ms']:>8}   {ph}")
+    print(f"p50 ratio to the floor measured in the same run (must hold: <= 2x, {', '.join(FLOOR_EXECS)})")
+    for mode, by_floor in results["ratios_p50"].items():  # type: ignore[union-attr]
+        cells = "  ".join(f"{verb} vs {f[6:]}: {by_floor[f][verb]:.2f}x" for f in FLOOR_EXECS for verb in ("ADD", "DEL"))
+        print(f"{mode:<18} {cells}")
+    for what, ok in results["must_hold"].items():  # type: ignore[union-attr]
+        print(f"{what}: {'HOLDS' if ok else 'DOES NOT HOLD'}")
     if "burst" in results:
         b = results["burst"]
         for verb in ("ADD", "DEL"):
