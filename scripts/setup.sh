@@ -25,7 +25,7 @@ APT_PACKAGES=(
     python3 python3-venv python3-dev
     mininet bridge-utils iproute2 iptables ipset kmod procps psmisc
     tcpdump tshark etcd-server etcd-client bird2 iputils-ping curl jq iperf3
-    nginx-light containerd runc containernetworking-plugins
+    nginx-light containerd runc containernetworking-plugins docker.io
     qemu-system-x86 busybox-static cpio xz-utils ethtool librsvg2-bin strace
     vagrant
 )

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="lab name (default: the file's name: field)")
     s.add_argument("--no-cni", action="store_true",
                    help="do not start calico-node (nodes stay NotReady until install-cni)")
+    s.add_argument("--runtime", metavar="NAME",
+                   help="who runs the pods: netns (processes; the default), containerd or docker "
+                        "(overrides the topology's runtime; docs/runtimes.md)")
     s.add_argument("--timeout", type=float, default=180.0, help="give up after this many seconds")
     s.add_argument("--ready-timeout", type=float, default=30.0,
                    help="how long to wait for calico-node/Nodes to turn ready (warn after)")
@@ -183,7 +186,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     lab = getattr(args, "lab", None)
     if cmd == "up":
         st = labmod.up(args.topology, name=args.name, no_cni=args.no_cni, timeout=args.timeout,
-                       progress=_progress, ready_timeout=args.ready_timeout)
+                       progress=_progress, ready_timeout=args.ready_timeout, runtime=args.runtime)
         print(f"lab {st['lab']} is up: {len([h for h in st['hosts'].values() if h['kind'] == 'node'])}"
               f" node(s), etcd at {','.join(st['etcd_endpoints'])}")
         print(f"  calicolab{'' if len(labstate.running_labs()) < 2 else ' --lab ' + st['lab']} "

@@ -598,9 +598,37 @@ def merge(base: Any, patch: Any) -> Any:
     return patch
 
 
+CONTAINER_RUNTIMES = ("containerd", "docker")
+
+
+def container_runtime(pod: dict, container: str) -> str:
+    """Who runs ``container`` of ``pod``: ``netns`` (a process of the kubelet), ``containerd``
+    or ``docker`` (the kubelet's ``calicolab.io/runtime`` annotation)."""
+    rts = json.loads((pod["metadata"].get("annotations") or {}).get("calicolab.io/runtime") or "{}")
+    return rts.get(container, "netns")
+
+
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _container_environ(pid: int) -> list[str]:
+    """The container's environment from its OCI spec: the runc shim (the init process'
+    parent, for containerd and Docker alike) runs in the bundle directory holding
+    ``config.json`` (``/proc/<pid>/environ`` is no use: nginx overwrites it with its title)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        with open(f"/proc/{ppid}/cwd/config.json") as f:
+            return list(json.load(f)["process"]["env"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return [DEFAULT_PATH]
+
+
 def exec_argv(pod: dict, command: list[str], container: str | None = None) -> list[str]:
     """The command line that runs ``command`` inside a running pod: nsenter into the pod's
-    workload process (its netns is the pod's, its mount namespace the node's).
+    workload process (its netns is the pod's, its mount namespace the node's); for a
+    container of containerd or Docker, into all its namespaces (PID, mount = its rootfs,
+    UTS, IPC, network) with the container's environment, as ``runc exec`` does.
     This is the one place that knows how to enter a pod."""
     pids = json.loads((pod["metadata"].get("annotations") or {}).get("calicolab.io/pids") or "{}")
     if not pids:
@@ -612,6 +640,9 @@ def exec_argv(pod: dict, command: list[str], container: str | None = None) -> li
     if not os.path.exists(f"/proc/{pid}"):
         raise UsageError(f"cannot exec into pod {pod['metadata']['name']}: its process {pid} is gone "
                          "(run kubectl on the lab's machine or inside a node)")
+    name = container or first
+    if container_runtime(pod, name) in CONTAINER_RUNTIMES:
+        return ["nsenter", "-t", str(pid), "-a", "--", "env", "-i", *_container_environ(pid), *command]
     return ["nsenter", "-t", str(pid), "-n", "-m", "--", *command]
 
 
@@ -650,7 +681,23 @@ def log_path(pod: dict, container: str | None) -> str:
                          f"choose one of: [{' '.join(names)}]")
     if name not in logs or name not in pids:
         raise UsageError(f'container "{name}" in pod "{pod["metadata"]["name"]}" is waiting to start')
+    if container_runtime(pod, name) in CONTAINER_RUNTIMES:
+        return logs[name]  # under the lab's runtime dir: the same path in every mount namespace
     return f"/proc/{pids[name]}/root{logs[name]}"
+
+
+def decode_log(data: bytes, runtime: str) -> bytes:
+    """A container log as ``kubectl logs`` prints it: Docker's json-file lines
+    (``{"log": ..., "stream": ..., "time": ...}``) are decoded; other logs are raw (pure)."""
+    if runtime != "docker":
+        return data
+    out = []
+    for line in data.splitlines():
+        try:
+            out.append(json.loads(line)["log"].encode())
+        except (ValueError, KeyError, TypeError):
+            continue
+    return b"".join(out)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -665,7 +712,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     path = log_path(pod, args.container)
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = decode_log(f.read(), container_runtime(pod, args.container or pod["spec"]["containers"][0]["name"]))
     except OSError as exc:
         raise UsageError(f"cannot read the logs of {name}: {exc.strerror}") from None
     lines = data.decode(errors="replace").splitlines(keepends=True)

@@ -173,9 +173,11 @@ class Walkthrough:
     """Drives one lab through the walkthrough. Use :meth:`run` or the steps one by one."""
 
     def __init__(self, lab: str = "walkthrough", topology: Path = TOPOLOGY,
-                 progress: Callable[[str], None] | None = None, run: str | None = None):
+                 progress: Callable[[str], None] | None = None, run: str | None = None,
+                 runtime: str | None = None):
         self.lab = lab
         self.topology = Path(topology)
+        self.runtime = runtime  # None: the topology's (netns, containerd or docker)
         self.progress = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.steps: list[Step] = []
         self.pods: dict[str, Pod] = {}
@@ -231,11 +233,14 @@ class Walkthrough:
         from testbed.lab import lifecycle as labmod
 
         t = time.monotonic()
-        labmod.up(self.topology, name=self.lab, no_cni=True, progress=self.progress)
+        from testbed.lab.topology import load
+
+        nodes = len(load(self.topology).nodes)
+        labmod.up(self.topology, name=self.lab, no_cni=True, progress=self.progress, runtime=self.runtime)
         self._step("cluster up without a CNI (calicolab up --no-cni)", t)
         t = time.monotonic()
-        conds = wait_for(self.node_conditions, lambda c: len(c) >= 3, timeout=30,
-                         what="3 nodes registered")
+        conds = wait_for(self.node_conditions, lambda c: len(c) >= nodes, timeout=30,
+                         what=f"{nodes} nodes registered")
         not_ready = {n: c for n, c in conds.items() if c["status"] != "True"}
         if len(not_ready) != len(conds) or any(c["reason"] != "NetworkPluginNotReady"
                                                for c in not_ready.values()):

@@ -51,12 +51,12 @@ IMAGES: dict[str, str] = {
 class ImageNotFound(Exception):
     """The image is not in the table (the kubelet's ErrImagePull / ImagePullBackOff)."""
 
-    def __init__(self, image: str):
+    def __init__(self, image: str, known: list[str] | None = None):
         self.image = image
-        known = ", ".join(sorted(IMAGES))
+        names = ", ".join(sorted(IMAGES) if known is None else known)
         super().__init__(
             f'failed to pull and unpack image "{qualified(image)}": not found '
-            f"(calicolab knows these images: {known})"
+            f"(calicolab knows these images: {names})"
         )
 
 
@@ -108,6 +108,12 @@ def calico_node_argv() -> list[str]:
     """calico-node from the project's venv (the entry point agent.main:main)."""
     exe = os.path.join(os.path.dirname(sys.executable), "calico-node")
     return [exe if os.path.exists(exe) else shutil.which("calico-node") or "calico-node"]
+
+
+def is_component(image: str) -> bool:
+    """True for the project's own components (calico/node, kube-controllers, typha): their
+    "image" is the project's Python code, run as a process by every runtime."""
+    return IMAGES.get(repository(image)) in ("calico-node", "kube-controllers", "typha")
 
 
 def known(image: str) -> bool:

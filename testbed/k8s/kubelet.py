@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from datastore.duration import parse_duration
-from testbed.k8s import cni, errors, images, runtime
+from testbed.k8s import cni, cri, errors, imagebuild, images, runtime
 from testbed.k8s.informer import ChangeFeed
 from testbed.k8s.podstatus import (
     ContainerInfo,
@@ -34,6 +34,7 @@ from testbed.k8s.podstatus import (
     pod_status,
 )
 from testbed.k8s.runtime import PodState
+from testbed.k8s.runtimes import make_runtime
 from testbed.k8s.store import DEFAULT_POD_CIDR, DEFAULT_SERVICE_CIDR, Store, now_iso
 
 log = logging.getLogger("kubelet")
@@ -41,6 +42,7 @@ log = logging.getLogger("kubelet")
 ANNOTATION_NETNS = "calicolab.io/netns"
 ANNOTATION_PIDS = "calicolab.io/pids"
 ANNOTATION_LOGS = "calicolab.io/logs"
+ANNOTATION_RUNTIME = "calicolab.io/runtime"
 DEL_ATTEMPTS = 3
 PROXY_RESYNC = 30.0  # seconds between full kube-proxy syncs (hooks re-checked)
 NODE_STATUS_UPDATE = 10.0  # seconds between checks that the Node still says what we see
@@ -78,8 +80,10 @@ class Kubelet:
     def __init__(self, store: Store, node: str, node_ip: str, cni_conf_dir: str = "/etc/cni/net.d",
                  cni_bin_dirs: list[str] | None = None, netns_dir: str = "/run/netns",
                  root_dir: str = "/var/lib/kubelet", control_plane: bool = False,
-                 kube_proxy: bool = True, workers: int = 8, node_status_update: float = NODE_STATUS_UPDATE):
+                 kube_proxy: bool = True, workers: int = 8, node_status_update: float = NODE_STATUS_UPDATE,
+                 container_runtime: cri.ContainerRuntime | None = None):
         self.store = store
+        self.cri = container_runtime  # None: pods are processes in a netns (the netns runtime)
         self.node = node
         self.node_ip = node_ip
         self.cni_conf_dir = cni_conf_dir
@@ -137,6 +141,8 @@ class Kubelet:
         except OSError:
             machine_id = ""
         info = default_node_info(os.uname().release, _os_image(), machine_id)
+        if self.cri is not None and self.cri.name == "docker":
+            info["containerRuntimeVersion"] = self.cri.version()
         obj = node_object(self.node, self.node_ip, labels, taints, info, capacity, self.network_ready, now_iso())
         self.next_status_sync = time.monotonic() + self.node_status_update
         try:
@@ -280,8 +286,10 @@ class Kubelet:
                     ann[ANNOTATION_NETNS] = os.path.basename(state.netns)
                 ann[ANNOTATION_PIDS] = json.dumps(state.pids, sort_keys=True)
                 ann[ANNOTATION_LOGS] = json.dumps(
-                    {c: os.path.join(state.pod_dir(self.root_dir), "containers", c, "log") for c in state.pids},
-                    sort_keys=True)
+                    {c: state.logs.get(c) or os.path.join(state.pod_dir(self.root_dir), "containers", c, "log")
+                     for c in state.pids}, sort_keys=True)
+                ann[ANNOTATION_RUNTIME] = json.dumps(
+                    {c: state.container_runtimes.get(c, "netns") for c in state.pids}, sort_keys=True)
             return True
 
         for attempt in range(5):  # the status is the only report of what happened: retry it
@@ -305,24 +313,43 @@ class Kubelet:
         t0 = time.monotonic()
         state = PodState(uid=uid, namespace=ns, name=name, sandbox_id=runtime.new_sandbox_id(),
                          netns=os.path.join(self.netns_dir, runtime.new_netns_name()),
-                         node=self.node, lab=self.lab)
-        args = cni.cni_args(ns, name, state.sandbox_id)
+                         node=self.node, lab=self.lab, runtime=self.cri.name if self.cri else "netns")
         ports = [{"containerPort": p["containerPort"], "hostPort": p["hostPort"], "protocol": p.get("protocol", "TCP").lower()}
                  for c in pod["spec"]["containers"] for p in c.get("ports") or [] if p.get("hostPort")]
         t1 = t0
+        result = None
         try:
-            runtime.create_netns(state.netns)
+            if self.cri is not None:
+                state.save(self.root_dir)  # a restarted kubelet finds (and removes) a half-made sandbox
+                self.cri.create_sandbox(state, self.netns_dir)
+            else:
+                runtime.create_netns(state.netns)
+            args = cni.cni_args(ns, name, state.sandbox_id)
             state.cni_conf = conf.raw
             state.save(self.root_dir)
             t1 = time.monotonic()
             result = self.runner.add(conf, state.sandbox_id, state.netns, args, "eth0",
                                      {"portMappings": ports} if ports else None)
-        except (cni.CNIError, runtime.SandboxError, OSError) as exc:
-            runtime.remove_netns(state.netns)
+            if self.cri is not None:
+                state.cni_result = result
+                self.cri.start_sandbox(state, (cni.pod_ips(result) or [None])[0])
+        except (cni.CNIError, runtime.SandboxError, cri.ContainerStartError, imagebuild.ImageBuildError,
+                OSError) as exc:
+            if self.cri is not None:
+                if result is not None:  # the network is set up: undo it before the sandbox goes
+                    try:
+                        self.runner.delete(conf, state.sandbox_id, state.netns, cni.cni_args(ns, name, state.sandbox_id),
+                                           "eth0", result)
+                    except cni.CNIError as del_exc:
+                        log.warning("pod %s/%s: CNI DEL after a failed sandbox: %s", ns, name, del_exc)
+                self.cri.remove_sandbox(state)
+            else:
+                runtime.remove_netns(state.netns)
             shutil.rmtree(state.pod_dir(self.root_dir), ignore_errors=True)
             attempts = self.failures.get(uid, (0, 0, ""))[1] + 1
             self.failures[uid] = (time.monotonic() + min(0.5 * 2 ** attempts, 10.0), attempts, str(exc))
-            what = "setup network for" if isinstance(exc, cni.CNIError) else "create"
+            what = "setup network for" if isinstance(exc, cni.CNIError) else \
+                "start" if isinstance(exc, cri.ContainerStartError) else "create"
             msg = (f'Failed to create pod sandbox: rpc error: code = Unknown desc = failed to {what} '
                    f'sandbox "{state.sandbox_id}": {exc}')
             log.warning("pod %s/%s: %s", ns, name, msg)
@@ -362,8 +389,56 @@ class Kubelet:
         self._write_status(pod, infos, [self.node_ip], state=state)
         log.info("hostNetwork pod %s/%s running", state.namespace, state.name)
 
+    def _use_cri(self, state: PodState, c: dict) -> bool:
+        """A container runs in the container runtime unless the pod has no sandbox there
+        (hostNetwork) or its image is one of the project's components (calico/node,
+        kube-controllers, typha: the project's Python code, run as processes)."""
+        return self.cri is not None and state.runtime == self.cri.name and not images.is_component(c["image"])
+
+    def _decorate(self, info: ContainerInfo, state: PodState) -> ContainerInfo:
+        """The runtime's name and the image it ran, for the container's status."""
+        rt = state.container_runtimes.get(info.name)
+        if rt == "docker":
+            info.runtime = "docker"
+        ref = state.images.get(info.name)
+        if ref:
+            info.image_ref, info.image_id = ref[0], ref[1]
+        return info
+
+    def _start_cri_container(self, state: PodState, pod: dict, c: dict, info: ContainerInfo) -> ContainerInfo:
+        assert self.cri is not None
+        name = c["name"]
+        env = self._container_env(pod, c)
+        env.setdefault("HOSTNAME", state.name)
+        try:
+            started = self.cri.start_container(state, c, env)
+        except images.ImageNotFound as exc:
+            info.waiting_reason = "ImagePullBackOff"
+            info.waiting_message = f'Back-off pulling image "{c["image"]}": ErrImagePull: {exc}'
+            self.image_errors.setdefault(state.uid, {})[name] = info.waiting_message
+            return info
+        except (cri.ContainerStartError, imagebuild.ImageBuildError, OSError) as exc:
+            info.waiting_reason = "RunContainerError"
+            info.waiting_message = f"failed to start container {name}: {exc}"
+            return info
+        state.container_ids[name] = started.cid
+        state.pids[name] = started.pid
+        state.ticks[name] = runtime.start_ticks(started.pid) or 0
+        state.started_at[name] = now_iso()
+        state.container_runtimes[name] = self.cri.name
+        state.images[name] = [started.image, started.image_id]
+        state.logs[name] = started.log
+        info.container_id, info.running, info.started_at = started.cid, True, state.started_at[name]
+        declared = [p["containerPort"] for p in c.get("ports") or [] if p.get("protocol", "TCP") == "TCP"]
+        spec = imagebuild.spec_for(c["image"])
+        info.port = declared[0] if declared else (spec.ports[0] if spec and spec.ports and not c.get("command") else None)
+        info.ready = info.port is None
+        return self._decorate(info, state)
+
     def _start_container(self, state: PodState, pod: dict, c: dict) -> ContainerInfo:
         info = ContainerInfo(c["name"], c["image"], restart_count=state.restarts.get(c["name"], 0))
+        if self._use_cri(state, c):
+            return self._start_cri_container(state, pod, c, info)
         workdir = os.path.join(state.pod_dir(self.root_dir), "containers", c["name"])
         try:
             wl = images.resolve(c["image"], c.get("command"), c.get("args"), workdir, state.name)
@@ -440,6 +515,7 @@ class Kubelet:
             name = c["name"]
             info = ContainerInfo(name, c["image"], container_id=state.container_ids.get(name, ""),
                                  restart_count=state.restarts.get(name, 0), started_at=state.started_at.get(name))
+            self._decorate(info, state)
             err = self.image_errors.get(state.uid, {}).get(name)
             pid = state.pids.get(name)
             if err:
@@ -482,6 +558,8 @@ class Kubelet:
                     continue
                 proc = self.procs.pop(key, None)
                 code = proc.returncode if proc is not None else -1
+                if self.cri is not None and state.container_runtimes.get(name) == self.cri.name:
+                    code = self.cri.reap(state, name)
                 self.exits[key] = (code, now_iso())
                 self._submit(uid, self._on_exit, uid, name, code)
 
@@ -528,13 +606,18 @@ class Kubelet:
         Only processes that are our children, live in the pod's netns, or have the
         recorded start time are signalled (a PID from a state file may have been reused)."""
         in_netns = set(runtime.netns_pids(state.netns))
+        cri_rt = self.cri if self.cri is not None and state.runtime == self.cri.name else None
         for name, pid in state.pids.items():
+            if cri_rt is not None and state.container_runtimes.get(name) == cri_rt.name:
+                cri_rt.stop_container(state, name, grace=2.0)
+                continue
             proc = self.procs.pop((state.uid, name), None)
             if proc is not None or pid in in_netns or (
                     state.ticks.get(name) and runtime.start_ticks(pid) == state.ticks[name]):
                 runtime.kill_process(pid, grace=2.0, proc=proc)
         for pid in runtime.netns_pids(state.netns):  # e.g. processes left by kubectl exec
-            runtime.kill_process(pid, grace=0.5)
+            if pid != state.sandbox_pid:
+                runtime.kill_process(pid, grace=0.5)
         if cni_del and state.cni_conf:
             conf = cni.parse_config(state.cni_conf)
             args = cni.cni_args(state.namespace, state.name, state.sandbox_id)
@@ -545,7 +628,9 @@ class Kubelet:
                 except cni.CNIError as exc:
                     log.warning("CNI DEL for %s/%s (attempt %d): %s", state.namespace, state.name, attempt, exc)
                     time.sleep(0.5 * attempt)
-        if state.netns:
+        if cri_rt is not None:
+            cri_rt.remove_sandbox(state)
+        elif state.netns:
             runtime.remove_netns(state.netns)
         shutil.rmtree(state.pod_dir(self.root_dir), ignore_errors=True)
         with self.lock:
@@ -666,6 +751,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    metavar="DURATION", help="how often the Node's status is checked and corrected "
                    "(e.g. 10s, 500ms; default 10s)")
     p.add_argument("--no-kube-proxy", action="store_true", help="do not run kube-proxy")
+    p.add_argument("--container-runtime", default="netns", metavar="NAME",
+                   help="netns (pods are processes in a netns; default), containerd or docker "
+                        "(pods are containers of that runtime: docs/runtimes.md)")
+    p.add_argument("--runtime-dir", default=None,
+                   help="the node's runtime directory holding the daemon's socket and the pods' files "
+                        "(containerd: <dir>/containerd/containerd.sock; docker: <dir>/docker/docker.sock)")
     p.add_argument("--kill-pods-on-exit", action="store_true",
                    help="on SIGTERM also kill the pods' processes and remove their netns")
     p.add_argument("--allow-host-netns", action="store_true", help=argparse.SUPPRESS)
@@ -675,6 +766,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--node is required (or set NODE_NAME)")
     if args.root_dir is None:
         args.root_dir = default_root_dir(args.node)
+    if args.container_runtime not in cri.RUNTIMES:
+        p.error(str(cri.UnknownRuntime(args.container_runtime)))
+    if args.container_runtime != "netns" and not args.runtime_dir:
+        p.error(f"--container-runtime {args.container_runtime} needs --runtime-dir")
     return args
 
 
@@ -751,10 +846,13 @@ def main(argv: list[str] | None = None) -> int:
         t = threading.Thread(target=cm.run, args=(stop,), daemon=True, name="controllers")
         t.start()
         threads.append(t)
+    container_runtime = make_runtime(args.container_runtime, args.runtime_dir,
+                                     os.environ.get("CALICOLAB_LAB", ""), args.node)
     kubelet = Kubelet(store, args.node, node_ip, args.cni_conf_dir, args.cni_bin_dir.split(":"),
                       args.netns_dir, args.root_dir, control_plane=args.controllers,
                       kube_proxy=not args.no_kube_proxy,
-                      node_status_update=args.node_status_update_frequency)
+                      node_status_update=args.node_status_update_frequency,
+                      container_runtime=container_runtime)
     kubelet.run(stop)
     kubelet.shutdown(kill_pods=args.kill_pods_on_exit)
     return 0

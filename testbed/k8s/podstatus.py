@@ -28,6 +28,9 @@ class ContainerInfo:
     exit_code: int | None = None
     finished_at: str | None = None
     port: int | None = None  # TCP port whose listening socket makes it ready
+    runtime: str = "containerd"  # the containerID scheme (containerd://, docker://)
+    image_ref: str = ""  # the image the runtime ran, when it differs from the spec's (built locally)
+    image_id: str = ""  # its digest reference (repo@sha256:...)
 
 
 def _condition(typ: str, ok: bool, now: str, reason: str | None = None, message: str | None = None) -> dict:
@@ -56,8 +59,11 @@ def container_status(info: ContainerInfo) -> dict:
     cs = {"name": info.name, "image": info.image, "imageID": "", "ready": info.ready,
           "restartCount": info.restart_count, "started": info.running, "state": state}
     if info.container_id:
-        cs["containerID"] = f"containerd://{info.container_id}"
+        cs["containerID"] = f"{info.runtime}://{info.container_id}"
         cs["imageID"] = f"{qualified(info.image)}"
+    if info.image_ref:
+        cs["image"] = info.image_ref
+        cs["imageID"] = info.image_id or info.image_ref
     return cs
 
 

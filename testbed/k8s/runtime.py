@@ -169,6 +169,11 @@ class PodState:
     ticks: dict[str, int] = field(default_factory=dict)  # start_ticks of each pid
     node: str = ""  # the kubelet that owns it (root dirs may be shared between nodes)
     lab: str = ""  # $CALICOLAB_LAB of that kubelet
+    runtime: str = "netns"  # who holds the sandbox: netns (the kubelet), containerd, docker
+    sandbox_pid: int = 0  # the pause container's PID (container runtimes)
+    container_runtimes: dict[str, str] = field(default_factory=dict)  # container -> runtime ("netns": a process)
+    images: dict[str, list[str]] = field(default_factory=dict)  # container -> [reference, digest ref]
+    logs: dict[str, str] = field(default_factory=dict)  # container -> log file (container runtimes)
 
     def save(self, root_dir: str) -> None:
         """Write the state file atomically."""

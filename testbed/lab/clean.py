@@ -76,6 +76,34 @@ def _cgroup_pids(cg: Path) -> set[int]:
     return pids
 
 
+def _runtime_cgroup_dirs(lab: str, depth: int = 4) -> list[Path]:
+    """The ``calicolab-<lab>`` cgroups a lab's container runtimes made in every cgroup
+    hierarchy (runc places containers relative to its own cgroup; testbed.k8s.cri)."""
+    want = f"calicolab-{lab}"
+    roots = []
+    try:
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            parts = line.split(" - ", 1)
+            if len(parts) == 2 and parts[1].split()[0] in ("cgroup", "cgroup2"):
+                roots.append(Path(parts[0].split()[4]))
+    except OSError:
+        return []
+    found = []
+    for root in roots:
+        level = [root]
+        for _ in range(depth):
+            nxt = []
+            for d in level:
+                try:
+                    for entry in os.scandir(d):
+                        if entry.is_dir(follow_symlinks=False):
+                            (found if entry.name == want else nxt).append(Path(entry.path))
+                except OSError:
+                    continue
+            level = nxt
+    return found
+
+
 def _environ_pids(lab: str) -> set[int]:
     """Processes started with ``CALICOLAB_LAB=<lab>`` in their environment (lab processes
     that left the cgroup, or every one on a machine without cgroup v2)."""
@@ -179,6 +207,8 @@ def clean_lab(lab: str) -> CleanReport:
             victims |= _netns_pids(p)
         if st:
             victims |= _environ_pids(lab)
+            for d in _runtime_cgroup_dirs(lab):
+                victims |= _cgroup_pids(d)
         victims -= _ancestors()
         if not victims:
             break
@@ -217,6 +247,16 @@ def clean_lab(lab: str) -> CleanReport:
             cg.parent.rmdir()  # calicolab/ itself, when this was the last lab
         except OSError:
             pass
+    for d in _runtime_cgroup_dirs(lab) if st else []:
+        for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            try:
+                sub.rmdir()
+            except OSError:
+                pass
+        try:
+            d.rmdir()
+        except OSError as exc:
+            report.errors.append(f"rmdir {d}: {exc.strerror}")
     if sdir.exists():
         shutil.rmtree(sdir, ignore_errors=True)
         if sdir.exists():

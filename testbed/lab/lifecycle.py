@@ -56,7 +56,7 @@ def _stderr_progress(msg: str) -> None:
 
 def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = False,
        timeout: float = 120.0, progress: Progress | None = None,
-       ready_timeout: float = 30.0) -> dict:
+       ready_timeout: float = 30.0, runtime: str | None = None) -> dict:
     """Bring up the lab described by ``topology``; return its state once it is ready.
 
     Validation and every check happen before anything is created; a failure
@@ -64,7 +64,7 @@ def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = Fals
     (or :class:`testbed.lab.topology.TopologyError` for a bad file).
     """
     progress = progress or _stderr_progress
-    topo = load(topology, name=name)
+    topo = load(topology, name=name, runtime=runtime)
     lab = topo.name
     _preflight()
     old = read_state(lab)
@@ -96,6 +96,7 @@ def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = Fals
             "--name", lab, "--progress-fd", str(wfd), "--ready-timeout", str(ready_timeout)]
     if no_cni:
         argv.append("--no-cni")
+    argv += ["--runtime", topo.runtime]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,

@@ -192,7 +192,19 @@ def node_env(state: dict, node: str, base: dict[str, str] | None = None) -> dict
     })
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.pop("VIRTUAL_ENV", None)
+    # `ctr` and `docker` in a node talk to that node's own daemon (testbed.k8s.cri)
+    if state.get("runtime") in ("containerd", "docker") and role:
+        rdir = runtime_dir(state["lab"], node)
+        env["CONTAINERD_ADDRESS"] = str(rdir / "containerd" / "containerd.sock")
+        if state["runtime"] == "docker":
+            env["DOCKER_HOST"] = f"unix://{rdir / 'docker' / 'docker.sock'}"
     return env
+
+
+def runtime_dir(lab: str, node: str) -> Path:
+    """A node's container-runtime directory: its daemons' root, state and sockets, and the
+    pods' files (the same path in the node's and the machine's mount namespaces)."""
+    return state_dir(lab) / "rt" / node
 
 
 
@@ -222,6 +234,7 @@ def plan(topo: Topology) -> dict[str, Any]:
         "netns": [h["netns"] for h in hosts.values()], "cgroup": str(cg) if cg else None,
         "control_plane": topo.control_plane.name, "etcd_endpoints": topo.etcd_endpoints,
         "services": {}, "no_cni": False, "cni_installed": False, "skipped": [],
+        "runtime": topo.runtime,
     }
 
 

@@ -475,12 +475,71 @@ class Supervisor:
             return
         py = sys.executable
         pool = str(self.topo.calico.pool.cidr)
+        rt = self.topo.runtime
+        if rt != "netns":
+            self.start_runtime_daemons()
         for n in self.topo.nodes:
             argv = [py, "-m", "testbed.k8s.kubelet", "--node", n.name, "--node-ip", str(n.address)]
             if n.is_control_plane:
                 argv += ["--controllers", "--pod-network-cidr", pool]
+            if rt != "netns":
+                argv += ["--container-runtime", rt, "--runtime-dir", str(labstate.runtime_dir(self.lab, n.name))]
             self.start_service(n.name, "kubelet", argv)
         self.save()
+
+    def start_runtime_daemons(self) -> None:
+        """One containerd per node (and, for ``runtime: docker``, one dockerd on it), each in
+        the node's network namespace through ``nsenter --net`` (the machine's mount namespace
+        and cgroup view, which containerd and runc need), with root, state and sockets under
+        the node's runtime dir. Recorded as services: down and clean stop them by PID."""
+        from testbed.k8s import containerd, dockerrt
+
+        rt = self.topo.runtime
+        self.progress(f"starting {rt} on {len(self.topo.nodes)} node(s)")
+        for n in self.topo.nodes:
+            base = labstate.runtime_dir(self.lab, n.name)
+            nspath = nsmod.netns_path(self.state["hosts"][n.name]["netns"])
+            self.start_daemon(n.name, "containerd", containerd.daemon_argv(nspath, base / "containerd"))
+        deadline = time.monotonic() + 30
+        for n in self.topo.nodes:
+            ctr = containerd.Ctr(containerd.socket_path(labstate.runtime_dir(self.lab, n.name) / "containerd"))
+            while not ctr.ready():
+                if time.monotonic() > deadline or self.procs[f"{n.name}/containerd"].poll() is not None:
+                    raise RuntimeError(f"containerd on {n.name} did not answer within 30s "
+                                       f"(see logs/{n.name}.containerd.log)")
+                time.sleep(0.05)
+        if rt != "docker":
+            return
+        for n in self.topo.nodes:
+            base = labstate.runtime_dir(self.lab, n.name)
+            nspath = nsmod.netns_path(self.state["hosts"][n.name]["netns"])
+            self.start_daemon(n.name, "dockerd", dockerrt.daemon_argv(nspath, base, self.lab, n.name))
+        for n in self.topo.nodes:
+            sock = dockerrt.socket_path(labstate.runtime_dir(self.lab, n.name))
+            while not dockerrt.ready(sock):
+                if time.monotonic() > deadline + 30 or self.procs[f"{n.name}/dockerd"].poll() is not None:
+                    raise RuntimeError(f"dockerd on {n.name} did not answer within 60s "
+                                       f"(see logs/{n.name}.dockerd.log)")
+                time.sleep(0.1)
+
+    def start_daemon(self, host: str, service: str, argv: list[str]) -> subprocess.Popen:
+        """Start ``argv`` (an ``nsenter --net`` command line) from the supervisor: the
+        machine's mount namespace, the lab's cgroup; logged and recorded like a service."""
+        logdir = self.sdir / "logs"
+        logdir.mkdir(exist_ok=True)
+        logpath = logdir / f"{host}.{service}.log"
+        env = labstate.node_env(self.state, host)
+        with open(logpath, "ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    env=env, cwd="/", start_new_session=True)
+        key = f"{host}/{service}"
+        with self.lock:
+            self.procs[key] = proc
+            self.state["services"][key] = {"pid": proc.pid, "start": labstate.proc_starttime(proc.pid),
+                                           "argv": argv, "log": str(logpath),
+                                           "started": time.time(), "exit": None}
+        _log(f"started {key} pid {proc.pid}: {' '.join(argv)}")
+        return proc
 
     def kubeadm_init(self) -> None:
         """What `kubeadm init` leaves in the store (system namespaces, kubeadm-config)."""
@@ -901,8 +960,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-cni", action="store_true")
     ap.add_argument("--progress-fd", type=int)
     ap.add_argument("--ready-timeout", type=float, default=30.0)
+    ap.add_argument("--runtime", default=None)
     args = ap.parse_args(argv)
-    topo = load(args.topology, name=args.name)
+    topo = load(args.topology, name=args.name, runtime=args.runtime)
     sup = Supervisor(topo, args.no_cni, args.progress_fd, args.ready_timeout)
 
     def on_signal(signum: int, _frame: Any) -> None:

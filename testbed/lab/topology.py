@@ -24,6 +24,8 @@ Schema (camelCase keys, as Calico's own YAML)::
       pool: {cidr: 192.168.0.0/16, blockSize: 26, ipipMode: Always, vxlanMode: Never,
              natOutgoing: true}
       bgp: {mesh: true, asNumber: 64512, routeReflectors: [], externalPeers: []}
+    runtime: netns                     # pods as processes (netns), or containers of
+                                       # containerd or docker (docs/runtimes.md)
     workloads:                         # Kubernetes manifests applied once the lab is up
       - file: ../examples/nginx.yaml   # relative to this file
       - manifest: {apiVersion: v1, kind: Pod, ...}
@@ -63,6 +65,8 @@ FORBIDDEN_PREFIXES = tuple(
               "240.0.0.0/4")
 )
 ROLES = ("control-plane", "worker")
+#: pod runtimes a lab can run (testbed.k8s.cri.RUNTIMES)
+RUNTIMES = ("netns", "containerd", "docker")
 ENCAP_MODES = ("Never", "Always", "CrossSubnet")
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 LAB_NAME_MAX = 24
@@ -117,6 +121,9 @@ TOPOLOGY_FIELDS: dict[str, Support] = {
     "calico.bgp.externalPeers.address": works(_T_LIFE + "test_topology_bgp_settings_become_calico_resources"),
     "calico.bgp.externalPeers.asNumber": works(_T_LIFE + "test_topology_bgp_settings_become_calico_resources"),
     "calico.bgp.externalPeers.node": works(_T_LIFE + "test_topology_bgp_settings_become_calico_resources"),
+    "runtime": works("tests/unit/test_runtime_logic.py::test_topology_runtime_field_and_override",
+                     "tests/lab/test_runtime_containerd.py::test_pod_is_a_containerd_container",
+                     "tests/lab/test_runtime_docker.py::test_pod_is_a_docker_container"),
     "workloads.file": works(_T_MODEL + "test_workloads_file_and_inline", _T_WALK + "test_same_node_flow"),
     "workloads.manifest": works(_T_MODEL + "test_workloads_file_and_inline"),
 }
@@ -287,6 +294,7 @@ class Topology:
     external: tuple[ExternalHost, ...] = ()
     calico: CalicoSpec = field(default_factory=CalicoSpec)
     workloads: tuple[Workload, ...] = ()
+    runtime: str = "netns"  # who runs the pods: netns (processes), containerd, docker
 
     # -- lookups
     @property
@@ -570,18 +578,19 @@ def _kind(v: Any) -> str:
 # --------------------------------------------------------------------------- loading
 
 
-def load(path: str | Path, name: str | None = None) -> Topology:
-    """Read and validate the topology file at ``path``; ``name`` overrides the lab name."""
+def load(path: str | Path, name: str | None = None, runtime: str | None = None) -> Topology:
+    """Read and validate the topology file at ``path``; ``name`` overrides the lab name,
+    ``runtime`` the file's ``runtime``."""
     p = Path(path)
     try:
         text = p.read_text()
     except OSError as exc:
         raise TopologyError(str(path), None, "", f"cannot read: {exc.strerror}") from None
-    return loads(text, file=str(path), base=p.parent, name=name)
+    return loads(text, file=str(path), base=p.parent, name=name, runtime=runtime)
 
 
 def loads(text: str, file: str = "<string>", base: Path | None = None,
-          name: str | None = None) -> Topology:
+          name: str | None = None, runtime: str | None = None) -> Topology:
     """Validate topology YAML ``text``; ``file`` names it in errors, ``base`` resolves manifests."""
     data, doc = _compose(text, file)
     top = _Reader(doc, data, (), _keys())
@@ -591,6 +600,12 @@ def loads(text: str, file: str = "<string>", base: Path | None = None,
             raise TopologyError(file, None, "name", f"invalid lab name {name!r}: lowercase letters, "
                                 f"digits and '-', at most {LAB_NAME_MAX} characters")
         lab = name
+    rt = top.choice("runtime", "netns", RUNTIMES)
+    if runtime is not None:
+        if runtime not in RUNTIMES:
+            raise TopologyError(file, None, "runtime", f"container runtime {runtime!r} is not implemented in "
+                                f"calicolab (choose one of: {', '.join(RUNTIMES)})")
+        rt = runtime
     names: dict[str, tuple] = {}
 
     def claim(n: str, path: tuple) -> None:
@@ -709,7 +724,7 @@ def loads(text: str, file: str = "<string>", base: Path | None = None,
     workloads = _workloads(doc, top.list("workloads"), base, {n.name for n in nodes})
     _refuse_unimplemented(doc, data)
     return Topology(lab, file, tuple(segs), tuple(nodes), tuple(routers), tuple(externals),
-                    calico, workloads)
+                    calico, workloads, rt)
 
 
 def _check_allowed(doc: _Doc, path: tuple, net: IPv4Network) -> None:
