@@ -431,6 +431,7 @@ def describe(obj: dict, store=None) -> str:
             state = cs.get("state") or {}
             lines += [f"  {c['name']}:", f"    Container ID:  {cs.get('containerID', '')}",
                       f"    Image:         {c['image']}",
+                      f"    Image ID:      {cs.get('imageID', '')}",
                       f"    Port:          {', '.join(str(p['containerPort']) + '/' + p.get('protocol', 'TCP') for p in c.get('ports') or []) or '<none>'}"]
             for sname, sval in state.items():
                 lines.append(f"    State:         {sname.capitalize()}")
@@ -997,11 +998,30 @@ def _options_first(argv: list[str]) -> list[str]:
     return [argv[0], *opts, *rest]
 
 
+def _exec_options_first(argv: list[str]) -> list[str]:
+    """``exec POD -c C -- CMD``: the options before ``--`` go ahead of POD, as kubectl takes them."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    opts: list[str] = []
+    rest: list[str] = []
+    i = 1
+    while i < end:
+        word = argv[i]
+        if word in ("-c", "--container", "-n", "--namespace") and i + 1 < end:
+            opts += argv[i:i + 2]
+            i += 2
+            continue
+        (opts if word.startswith("-") and len(word) > 1 else rest).append(word)
+        i += 1
+    return [argv[0], *opts, *rest, *argv[end:]]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point (``kubectl``)."""
     argv = _hoist_globals(list(sys.argv[1:] if argv is None else argv))
     if argv and argv[0] in ("label", "annotate"):
         argv = _options_first(argv)
+    if argv and argv[0] == "exec":
+        argv = _exec_options_first(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "cmd", None):

@@ -264,3 +264,62 @@ def clean(lab: str) -> None:
                          capture_output=True, text=True, cwd=str(REPO))
     assert res.returncode == 0, res.stderr
 
+
+
+DUO = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: duo}
+spec:
+  nodeName: k8s-w1
+  containers:
+  - {name: web, image: "docker.io/library/nginx:latest"}
+  - {name: side, image: "busybox:1.36", command: [sleep, "3600"]}
+"""
+
+
+def check_two_containers(w: Walkthrough, runtime: str) -> None:
+    """A two-container pod: each container has its own PID namespace and rootfs, both share
+    the pod's network and hostname; ``exec -c`` picks one; ``describe`` names what runs."""
+    apply(w, DUO)
+    wait_for(lambda: pod(w, "duo").get("status") or {},
+             lambda s: s.get("phase") == "Running" and all(c.get("ready") for c in s.get("containerStatuses") or [{}]),
+             timeout=60, what="pod duo Running with both containers ready")
+    ps = w.kubectl("exec", "duo", "-c", "side", "--", "ps", "aux")
+    cmds = [r.split(None, 2)[2] for r in ps.splitlines()[1:] if r.strip()]
+    assert cmds[0] == "sleep 3600" and all(c in ("sleep 3600", "ps aux") for c in cmds), ps
+    assert "nginx" in w.kubectl("exec", "duo", "-c", "web", "--", "ps", "aux")
+    assert w.kubectl("exec", "duo", "-c", "side", "--", "hostname").strip() == "duo"
+    page = w.kubectl("exec", "duo", "-c", "side", "--", "wget", "-qO-", "http://127.0.0.1/")
+    assert "Welcome to nginx!" in page
+    desc = w.kubectl("describe", "pod", "duo")
+    scheme = "docker://" if runtime == "docker" else "containerd://"
+    assert desc.count(f"Container ID:  {scheme}") == 2, desc
+    assert "Image ID:      docker.io/calicolab/nginx@sha256:" in desc, desc
+    assert "Image ID:      docker.io/calicolab/busybox@sha256:" in desc, desc
+    delete_and_wait(w, "duo")
+
+
+def check_cleanup(runtime: str, how: str) -> None:
+    """A fresh lab with one running pod, ended by ``down`` or by ``kill -9`` of every process
+    then ``calicolab clean``: nothing of it is left."""
+    from testbed.lab import lifecycle as labmod
+    from testbed.lab.clean import clean_lab
+
+    w = Walkthrough(unique("rc"), topology=TOPOLOGY, runtime=runtime, progress=lambda m: None)
+    try:
+        labmod.up(TOPOLOGY, name=w.lab, runtime=runtime, progress=lambda m: None)
+        apply(w, pod_yaml("one", "k8s-w1", "nginx"))
+        wait_for(lambda: pod(w, "one").get("status") or {}, lambda s: s.get("phase") == "Running", timeout=60,
+                 what="pod one Running")
+        pids = container_pids(w)
+        assert pids and runtime_processes(w.lab)
+        if how == "down":
+            labmod.down(w.lab, progress=lambda m: None)
+        else:
+            assert kill9_everything(w.lab) > 0
+            clean(w.lab)
+        check_nothing_left(w.lab, pids)
+    finally:
+        if labstate.read_state(w.lab) is not None:
+            clean_lab(w.lab)

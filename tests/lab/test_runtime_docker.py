@@ -60,6 +60,10 @@ def test_access_log_in_kubectl_logs(lab):
     rs.check_access_log(lab, "k8s-w1", "k8s-w0")
 
 
+def test_two_containers_exec_c_and_describe(lab):
+    rs.check_two_containers(lab, RUNTIME)
+
+
 def test_bad_input(lab):
     rs.check_bad_input(lab, RUNTIME)
 
@@ -70,3 +74,7 @@ def test_clean_after_kill9_leaves_nothing(lab):
     assert rs.kill9_everything(lab.lab) > 0
     rs.clean(lab.lab)
     rs.check_nothing_left(lab.lab, pids)
+
+
+def test_down_leaves_nothing():
+    rs.check_cleanup(RUNTIME, "down")

@@ -136,3 +136,11 @@ def test_docker_json_logs_decode_to_the_container_output():
             b'{"log":"err\\n","stream":"stderr","time":"t"}\n')
     assert decode_log(data, "docker") == b"line 1\nerr\n"
     assert decode_log(b"raw\n", "containerd") == b"raw\n"
+
+
+def test_exec_takes_options_after_the_pod():
+    from testbed.kubectl import _exec_options_first
+
+    assert _exec_options_first(["exec", "duo", "-c", "side", "--", "ps", "-c", "x"]) == \
+        ["exec", "-c", "side", "duo", "--", "ps", "-c", "x"]
+    assert _exec_options_first(["exec", "-it", "duo", "--", "sh"]) == ["exec", "-it", "duo", "--", "sh"]
