@@ -282,7 +282,7 @@ class Kubelet:
             p["status"] = status
             if state is not None:
                 ann = p["metadata"].setdefault("annotations", {})
-                if state.netns:
+                if state.netns and state.runtime != "docker":  # Docker's pod netns has no name
                     ann[ANNOTATION_NETNS] = os.path.basename(state.netns)
                 ann[ANNOTATION_PIDS] = json.dumps(state.pids, sort_keys=True)
                 ann[ANNOTATION_LOGS] = json.dumps(
