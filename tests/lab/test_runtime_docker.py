@@ -40,7 +40,7 @@ def test_pod_is_a_docker_container(lab):
     pid = rs.pod_pids(p)["nginx"]
     cid = p["status"]["containerStatuses"][0]["containerID"]
     assert cid.startswith("docker://")
-    names = lab.in_node("k8s-w1", "docker", "ps", "--format", "{{.Names}}").split()
+    names = [n for n in lab.in_node("k8s-w1", "docker", "ps", "--format", "{{.Names}}").split() if uid in n]
     assert sorted(names) == sorted([f"k8s_nginx_k8s-w1_default_{uid}_0", f"k8s_POD_k8s-w1_default_{uid}_0"]), names
     fmt = "{{.State.Pid}} {{.HostConfig.NetworkMode}}"
     inspect = lab.in_node("k8s-w1", "docker", "inspect", "-f", fmt, cid.removeprefix("docker://")).split()
