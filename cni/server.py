@@ -13,16 +13,15 @@ calico-node runs it as its own child process (``python -m cni.server``), as runi
 confd and BIRD beside Felix in Calico's calico-node: the agent does not import the
 CNI plugin's code (docs/CONVENTIONS.md layers).
 
-Protocol: the client writes one JSON object ``{"plugin", "env", "stdin", "ns":
-{"net": inode, "mnt": inode}}`` and shuts down its write side; the server
-answers ``{"code", "stdout", "stderr"}`` or ``{"refused": reason}`` and closes.
+Protocol (:mod:`cni.wire`): the client writes one request (plugin, its network and
+mount namespace inodes, stdin, environment) and shuts down its write side; the server
+answers ``ok`` with exit code, stdout and stderr, or ``refused`` with a reason, and closes.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import signal
 import socket
@@ -31,16 +30,16 @@ import struct
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from cni import plugin as _plugin
+from cni import wire
 
 MAX_REQUEST = 4 << 20
 WORKERS = 8  # long-lived workers keep their (thread-local) etcd connections warm
 
 
-def _own_ns() -> dict[str, int]:
-    return {kind: os.stat(f"/proc/self/ns/{kind}").st_ino for kind in ("net", "mnt")}
+def _own_ns() -> tuple[int, int]:
+    return os.stat("/proc/self/ns/net").st_ino, os.stat("/proc/self/ns/mnt").st_ino
 
 
 class CNIServer:
@@ -127,17 +126,18 @@ class CNIServer:
             try:
                 reply = self._process(conn)
             except Exception as exc:  # never let one bad request kill the server
-                reply = {"refused": f"bad request: {exc}"}
+                reply = [b"refused", f"bad request: {exc}".encode()]
             try:
-                conn.sendall(json.dumps(reply).encode())
+                conn.sendall(wire.encode(reply))
             except OSError:
                 pass
 
-    def _process(self, conn: socket.socket) -> dict[str, Any]:
+    def _process(self, conn: socket.socket) -> list[bytes]:
+        """Read one request, check the caller, run the plugin; the reply's fields."""
         _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
         if uid != os.geteuid():
             self.refused += 1
-            return {"refused": f"caller uid {uid} is not the server's uid"}
+            return [b"refused", f"caller uid {uid} is not the server's uid".encode()]
         chunks, size = [], 0
         while True:
             chunk = conn.recv(65536)
@@ -146,25 +146,30 @@ class CNIServer:
             size += len(chunk)
             if size > MAX_REQUEST:
                 self.refused += 1
-                return {"refused": "request too large"}
+                return [b"refused", b"request too large"]
             chunks.append(chunk)
-        req = json.loads(b"".join(chunks).decode("utf-8", "surrogatepass"))
-        if os.stat("/proc/thread-self/ns/net").st_ino != self._ns["net"]:
+        fields = wire.decode(b"".join(chunks))
+        if len(fields) < 4:
+            raise ValueError(f"{len(fields)} fields, at least 4 expected")
+        plugin, net, mnt, stdin = fields[0].decode("utf-8", "replace"), fields[1], fields[2], fields[3]
+        if os.stat("/proc/thread-self/ns/net").st_ino != self._ns[0]:
             # defensive: a worker that could not leave a pod netns must never serve again
             self.refused += 1
-            return {"refused": "server worker is not in the node's network namespace"}
-        if req.get("ns") != self._ns:
+            return [b"refused", b"server worker is not in the node's network namespace"]
+        if (net, mnt) != (b"%d" % self._ns[0], b"%d" % self._ns[1]):
             self.refused += 1
-            return {"refused": "caller is in another network or mount namespace than the CNI server"}
-        plugin = req.get("plugin")
+            return [b"refused", b"caller is in another network or mount namespace than the CNI server"]
         if plugin not in ("calico", "calico-ipam"):
             self.refused += 1
-            return {"refused": f"unknown plugin {plugin!r}"}
-        env = {str(k): str(v) for k, v in (req.get("env") or {}).items()}
-        stdin = str(req.get("stdin", "")).encode("utf-8", "surrogateescape")
+            return [b"refused", f"unknown plugin {plugin!r}".encode()]
+        env = {}
+        for item in fields[4:]:
+            key, sep, value = item.partition(b"=")
+            if sep:
+                env[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         code, out, err = _plugin.run(plugin, env, stdin)
         self.served += 1
-        return {"code": code, "stdout": out, "stderr": err}
+        return [b"ok", b"%d" % code, out.encode("utf-8", "surrogateescape"), err.encode("utf-8", "surrogateescape")]
 
 
 _PR_SET_PDEATHSIG = 1

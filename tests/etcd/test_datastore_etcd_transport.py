@@ -98,3 +98,19 @@ def test_timed_out_request_is_not_resent(gateway):
     with pytest.raises(errors.DatastoreUnavailable, match="cannot reach etcd"):
         client.create("/k2", "v")
     assert gw.requests == 2, "the timed-out create was sent again"
+
+
+def test_error_reply_with_chunks_and_trailer_leaves_the_connection_usable(etcd_server):
+    """etcd's gateway sends errors chunked with a trailer: the kept-alive socket must be
+    left at the next reply (a misread would make the next create look stale and be resent)."""
+    client = EtcdClient(etcd_server.endpoint, timeout=2)
+    key = f"/transport-test/{threading.get_ident()}"
+    client.delete_prefix("/transport-test/")
+    first = client.put(key, "a")
+    client.put(key, "b")
+    client.call("/v3/kv/compaction", {"revision": str(first)})
+    with pytest.raises(errors.Compacted):
+        client.call("/v3/kv/range", {"key": "eA==", "revision": str(first - 1)})
+    client.create(key + "/new", "c")  # on the same socket: applied once, no AlreadyExists
+    assert client.get(key + "/new").value == b"c"
+    client.delete_prefix("/transport-test/")
