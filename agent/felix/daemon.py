@@ -21,7 +21,7 @@ from agent.clock import Clock
 from agent.felix import convert
 from agent.felix.calc import Calculator
 from agent.felix.ipsets import IpsetDriver
-from agent.felix.iptables import IptablesTable
+from agent.felix.iptables import IptablesTable, apply_tables
 from agent.felix.model import Desired, Endpoint, FelixInput, HostNode
 from agent.felix.routes import RouteDriver
 from agent.felix.sysctl import SysctlDriver
@@ -288,10 +288,17 @@ class Felix:
         desired = self.calc.calculate(inp)
         self._apply_tunnel(desired, force="routes" in resync)
         self.ipsets.apply_updates(desired.ipsets, resync="ipsets" in resync)
-        _, missing = self.routes.apply(desired.routes, resync="routes" in resync)
-        missing_sys = self.sysctls.apply(desired.interfaces, resync="routes" in resync)
-        for name, table in self.tables.items():
-            table.apply(desired.tables[name], resync="iptables" in resync)
+        # iptables-restore runs while the routes and sysctls are written (Calico's dataplane
+        # applies its iptables and route tables in parallel too); a new thread starts in the
+        # network namespace of the thread that made it, so both act on the same namespace
+        tables = _Background(self._apply_tables, desired, "iptables" in resync)
+        try:
+            _, missing = self.routes.apply(desired.routes, resync="routes" in resync)
+            missing_sys = self.sysctls.apply(desired.interfaces, resync="routes" in resync)
+        finally:
+            tables.join()
+        if tables.error is not None:
+            raise tables.error
         self.ipsets.remove_stale(desired.ipsets)
         self._write_mtu(desired.mtu_file)
         self.desired = desired
@@ -301,6 +308,10 @@ class Felix:
         self.ready = True
         self.applied_event.set()
         return bool(missing or missing_sys)
+
+    def _apply_tables(self, desired: Desired, resync: bool) -> None:
+        """raw, mangle, filter and nat with one iptables-restore (see iptables.apply_tables)."""
+        apply_tables(self.tables, desired.tables, resync=resync)
 
     def _apply_tunnel(self, desired: Desired, force: bool) -> None:
         want = desired.tunnel
@@ -338,6 +349,22 @@ class Felix:
         while time.monotonic() < deadline and not self.ready:
             self.applied_event.wait(0.05)
         return self.ready
+
+
+class _Background(threading.Thread):
+    """``fn(*args)`` on a one-shot thread, started at once; ``error`` holds what it raised."""
+
+    def __init__(self, fn: Any, *args: Any) -> None:
+        super().__init__(name="felix-iptables", daemon=True)
+        self.fn, self.args = fn, args
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.fn(*self.args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the joiner
+            self.error = exc
 
 
 def _host_ips(prefix: str, kernel: Kernel | None = None) -> frozenset[str]:

@@ -1,4 +1,4 @@
-"""iptables driver: read a table, diff by rule hashes, apply with one iptables-restore per table.
+"""iptables driver: read the tables, diff by rule hashes, apply with one iptables-restore.
 
 Felix's scheme: every rule Felix writes carries ``-m comment --comment
 "cali:<16-char hash>"``, the hash covering the chain name and every earlier
@@ -11,6 +11,12 @@ are deleted and the desired ones re-inserted, in the same transaction.
 
 State read from the kernel is cached and trusted until :meth:`IptablesTable.apply`
 is called with ``resync=True`` (the refresh timer) or a restore fails.
+
+:func:`apply_tables` does it for all of a node's tables at once: one ``iptables-save``
+when a read is due and one ``iptables-restore`` holding every changed table (each its
+own ``*table ... COMMIT``), instead of a save and a restore per table: each exec of the
+nft backend costs 10-20 ms before it does anything. A failed combined restore falls
+back to table-by-table :meth:`IptablesTable.apply` with its retries.
 """
 
 from __future__ import annotations
@@ -60,6 +66,18 @@ class ActualTable:
     chains: dict[str, list[tuple[str | None, str]]] = field(default_factory=dict)
 
 
+def split_save(text: str) -> dict[str, str]:
+    """``iptables-save`` output of several tables, per table (``*filter`` ... ``COMMIT``)."""
+    out: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("*"):
+            current = out.setdefault(line[1:].strip(), [])
+        elif current is not None:
+            current.append(line)
+    return {name: "\n".join(lines) for name, lines in out.items()}
+
+
 def parse_save(text: str) -> ActualTable:
     """Parse ``iptables-save -t <table>`` output."""
     t = ActualTable()
@@ -98,7 +116,11 @@ class IptablesTable:
         res = subprocess.run([self.save_cmd, "-t", self.table], capture_output=True, text=True)
         if res.returncode != 0:
             raise IptablesError(f"{self.save_cmd} -t {self.table} failed: {res.stderr.strip()}")
-        self._actual = parse_save(res.stdout)
+        return self.read_from(res.stdout)
+
+    def read_from(self, save_text: str) -> ActualTable:
+        """Take ``save_text`` (this table's part of ``iptables-save``) as the kernel's state."""
+        self._actual = parse_save(save_text)
         self._known = {}
         return self._actual
 
@@ -197,3 +219,42 @@ def _hooked(actual: ActualTable) -> set[str]:
 def _cached(hashes: list[str], rules: tuple[str, ...]) -> list[tuple[str | None, str]]:
     """Cache entries for rules we wrote: the rule text as ``-D`` needs it (with its hash comment)."""
     return [(h, f'-m comment --comment "{HASH_COMMENT_PREFIX}{h}" {r}') for h, r in zip(hashes, rules, strict=True)]
+
+
+def apply_tables(tables: dict[str, IptablesTable], desired: dict[str, TableState], resync: bool = False) -> None:
+    """Bring every table of ``tables`` to ``desired[name]``: one save if a read is due, one restore.
+
+    Falls back to :meth:`IptablesTable.apply` table by table (re-reading each, with its
+    retries) when the combined save or restore fails; IptablesError if that fails too.
+    """
+    first = next(iter(tables.values()))
+    due = [t for t in tables.values() if resync or t._actual is None]
+    if due:
+        res = subprocess.run([first.save_cmd], capture_output=True, text=True)
+        if res.returncode != 0:
+            log.warning("%s failed: %s; reading table by table", first.save_cmd, res.stderr.strip())
+            for t in due:
+                t.read()
+        else:
+            parts = split_save(res.stdout)
+            for t in due:
+                t.read_from(parts.get(t.table, ""))
+    plans = {name: t.plan(desired[name], t._actual) for name, t in tables.items()}  # type: ignore[arg-type]
+    lines = [line for plan, _ in plans.values() for line in plan]
+    if not lines:
+        for t in tables.values():
+            t.last_written = []
+        return
+    res = subprocess.run(first._restore_argv, input="\n".join(lines), capture_output=True, text=True)
+    if res.returncode == 0:
+        for name, t in tables.items():
+            written = plans[name][1]
+            if written:
+                t._after_write(desired[name], written)
+            t.last_written = written
+        return
+    log.warning("iptables-restore of tables %s failed: %s; applying table by table",
+                ", ".join(n for n, (plan, _) in plans.items() if plan), res.stderr.strip())
+    for name, t in tables.items():
+        t._actual, t._known = None, {}
+        t.apply(desired[name])
