@@ -75,9 +75,19 @@ def parse_pod(doc: dict[str, Any]) -> PodInfo:
                    ports=ports)
 
 
+def pod_key(namespace: str, name: str) -> str:
+    """Where the API server keeps a Pod in etcd."""
+    return f"/registry/pods/{namespace}/{name}"
+
+
+def namespace_key(namespace: str) -> str:
+    """Where the API server keeps a Namespace in etcd."""
+    return f"/registry/namespaces/{namespace}"
+
+
 def read_pod(etcd: Any, namespace: str, name: str) -> PodInfo | None:
     """The Pod from ``/registry/pods/<ns>/<name>``, or None if there is none."""
-    kv = etcd.get(f"/registry/pods/{namespace}/{name}")
+    kv = etcd.get(pod_key(namespace, name))
     if kv is None:
         return None
     try:
@@ -88,7 +98,7 @@ def read_pod(etcd: Any, namespace: str, name: str) -> PodInfo | None:
 
 def read_namespace_annotations(etcd: Any, namespace: str) -> dict[str, str]:
     """Annotations of the Namespace (empty if none)."""
-    kv = etcd.get(f"/registry/namespaces/{namespace}")
+    kv = etcd.get(namespace_key(namespace))
     if kv is None:
         return {}
     try:

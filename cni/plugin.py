@@ -49,6 +49,8 @@ class Invocation:
     timings: dict[str, float] = field(default_factory=dict)
     _pod: Any = None
     _pod_loaded: bool = False
+    #: the datastore client of this invocation when it differs from client_for's (ADD: its prefetched reads)
+    client: Any = None
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -101,6 +103,34 @@ def client_for(endpoints: list[str]) -> Any:
 
             client = _clients[key] = Client(list(endpoints), timeout=DATASTORE_TIMEOUT)
         return client
+
+
+class _ReadsOnce:
+    """An etcd client whose first ``get`` of each of ``keys`` is answered from one batched
+    read (the reads an ADD starts with, one round trip instead of four); every other call,
+    and a second read of a key, goes to ``etcd``."""
+
+    def __init__(self, etcd: Any, keys: list[str]) -> None:
+        self._etcd = etcd
+        self._kvs = dict(zip(keys, etcd.get_many(keys), strict=True))
+
+    def get(self, key: str) -> Any:
+        """The prefetched pair at ``key`` (once), else etcd's."""
+        if key in self._kvs:
+            return self._kvs.pop(key)
+        return self._etcd.get(key)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._etcd, name)
+
+
+def _prefetching(client: Any, keys: list[str]) -> Any:
+    """A per-invocation copy of ``client`` reading ``keys`` through :class:`_ReadsOnce`."""
+    import copy
+
+    view = copy.copy(client)
+    view.etcd = _ReadsOnce(client.etcd, keys)
+    return view
 
 
 def _ipam(client: Any) -> Any:
@@ -158,7 +188,7 @@ def ipam_add(inv: Invocation, nodename: str) -> list[str]:
     if inv.pod_name:
         attrs["pod"] = inv.pod_name
         attrs["namespace"] = inv.pod_namespace
-    client = client_for(inv.nc.etcd_endpoints)
+    client = inv.client or client_for(inv.nc.etcd_endpoints)
     try:
         pod = inv.pod(client)
         pod_ann = pod.annotations if pod else {}
@@ -315,13 +345,18 @@ def _reuse_addresses(inv: Invocation, client: Any, wep_name: str, wep_ns: str) -
 def cmd_add(inv: Invocation) -> dict[str, Any]:
     """ADD: allocate, plumb, write the WorkloadEndpoint; undo everything on failure."""
     from cni import dataplane
-    from datastore.resources import EndpointPort, Metadata, WorkloadEndpoint
+    from datastore import errors
+    from datastore.resources import ClusterInformation, EndpointPort, Metadata, WorkloadEndpoint
 
     nodename = _nodename(inv)
     client = client_for(inv.nc.etcd_endpoints)
     wep_name, wep_ns = _wep_ident(inv, nodename)
     try:
         with inv.timed("datastore"):
+            reads = [ClusterInformation.key_for("default"), WorkloadEndpoint.key_for(wep_name, wep_ns)]
+            if inv.pod_name:
+                reads += [k8s.pod_key(inv.pod_namespace, inv.pod_name), k8s.namespace_key(inv.pod_namespace)]
+            client = inv.client = _prefetching(client, reads)
             _check_ready(client)
             reused = _reuse_addresses(inv, client, wep_name, wep_ns) if inv.nc.ipam.type == "calico-ipam" else []
         pod_mac = (inv.pod(client) or k8s.PodInfo()).annotations.get(k8s.ANN_HWADDR) or None
@@ -370,7 +405,10 @@ def cmd_add(inv: Invocation) -> dict[str, Any]:
         )
         try:
             with inv.timed("datastore"):
-                client.apply(wep)
+                try:
+                    client.create(wep)  # one round trip; a repeated ADD replaces its WEP below
+                except errors.AlreadyExists:
+                    client.apply(wep)
         except Exception as exc:
             try:
                 dataplane.teardown(inv.env.ifname, inv.env.netns)

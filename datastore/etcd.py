@@ -264,6 +264,18 @@ class EtcdClient:
         kvs = doc.get("kvs") or []
         return kv_from_json(kvs[0]) if kvs else None
 
+    def get_many(self, keys: list[str]) -> list[KV | None]:
+        """The pair at each of ``keys`` (None where absent), read in one transaction."""
+        doc = self.call("/v3/kv/txn", {"compare": [], "failure": [],
+                                       "success": [{"request_range": {"key": b64(k)}} for k in keys]})
+        out: list[KV | None] = []
+        for resp in doc.get("responses") or []:
+            kvs = (resp.get("response_range") or {}).get("kvs") or []
+            out.append(kv_from_json(kvs[0]) if kvs else None)
+        if len(out) != len(keys):
+            raise errors.DatastoreError(f"etcd answered {len(out)} of {len(keys)} reads of one transaction")
+        return out
+
     def list(self, prefix: str) -> tuple[list[KV], int]:
         """Every pair under ``prefix`` (sorted by key) and the store revision."""
         doc = self.call("/v3/kv/range", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))})

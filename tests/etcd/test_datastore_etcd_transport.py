@@ -114,3 +114,13 @@ def test_error_reply_with_chunks_and_trailer_leaves_the_connection_usable(etcd_s
     client.create(key + "/new", "c")  # on the same socket: applied once, no AlreadyExists
     assert client.get(key + "/new").value == b"c"
     client.delete_prefix("/transport-test/")
+
+
+def test_get_many_reads_several_keys_in_order_with_none_where_absent(etcd_server):
+    client = EtcdClient(etcd_server.endpoint, timeout=2)
+    client.delete_prefix("/get-many/")
+    client.put("/get-many/a", "1")
+    client.put("/get-many/c", "3")
+    got = client.get_many(["/get-many/c", "/get-many/b", "/get-many/a"])
+    assert [kv.value if kv else None for kv in got] == [b"3", None, b"1"]
+    client.delete_prefix("/get-many/")

@@ -303,10 +303,15 @@ def test_failure_after_allocation_undoes_veth_and_allocation(node, netns, monkey
     from datastore.client import Client
     from kernel.netns import entered as in_netns
 
-    def broken_apply(self, obj):
-        raise errors.DatastoreUnavailable("etcd went away (injected by the test)")
+    def broken(real):
+        def write(self, obj):
+            if obj.KIND == "WorkloadEndpoint":
+                raise errors.DatastoreUnavailable("etcd went away (injected by the test)")
+            return real(self, obj)
+        return write
 
-    monkeypatch.setattr(Client, "apply", broken_apply)
+    for verb in ("create", "apply"):  # ADD creates its WorkloadEndpoint (a repeated ADD applies it)
+        monkeypatch.setattr(Client, verb, broken(getattr(Client, verb)))
     monkeypatch.setattr(plugin, "_clients", {})
     pod = netns("cnip")
     env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "undo01", "CNI_NETNS": f"/run/netns/{pod}",
