@@ -324,6 +324,8 @@ class FakeKernel(Kernel):
             ln.mac = op.mac
         if op.txqlen is not None:
             ln.txqlen = op.txqlen
+        if op.arp is not None:
+            ln.flags = (ln.flags & ~IFF_NOARP) | (0 if op.arp else IFF_NOARP)
         if op.up is not None:
             self._set_up(ln, op.up)
 

@@ -28,6 +28,7 @@ AF_INET6 = socket.AF_INET6
 AF_BRIDGE = 7
 
 IFF_UP = 0x1
+IFF_NOARP = 0x80
 IFF_LOWER_UP = 0x10000
 
 RT_TABLE_MAIN, RT_TABLE_LOCAL = 254, 255
@@ -269,7 +270,8 @@ class LinkAdd:
 
 @dataclass
 class LinkSet:
-    """Change a link: up/down, MTU, MAC, txqlen, name, master (0: none), netns (an fd)."""
+    """Change a link: up/down, MTU, MAC, txqlen, name, master (0: none), netns (an fd),
+    ARP on/off (``arp=False`` sets IFF_NOARP, as ``ip link set X arp off``)."""
 
     index: int
     up: bool | None = None
@@ -279,6 +281,7 @@ class LinkSet:
     name: str | None = None
     master: int | None = None
     netns_fd: int | None = None
+    arp: bool | None = None
 
     def describe(self, names: dict[int, str]) -> str:
         """``"link cali12 (set up mtu 1480)"``."""
@@ -286,6 +289,8 @@ class LinkSet:
                  for k, v in (("up", self.up), ("mtu", self.mtu), ("address", self.mac),
                               ("txqlen", self.txqlen), ("name", self.name), ("master", self.master),
                               ("netns", self.netns_fd)) if v is not None]
+        if self.arp is not None:
+            parts.append("arp on" if self.arp else "arp off")
         return f"link {_dev(self.index, names)} (set {' '.join(parts)})"
 
 

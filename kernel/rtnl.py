@@ -17,6 +17,7 @@ from kernel.model import (
     AF_BRIDGE,
     AF_INET,
     AF_INET6,
+    IFF_NOARP,
     RT_SCOPE_NOWHERE,
     RT_TABLE_MAIN,
     RTNH_F_ONLINK,
@@ -373,6 +374,9 @@ def link_set_body(op: LinkSet) -> bytes:
     flags = change = 0
     if op.up is not None:
         change, flags = 1, (1 if op.up else 0)
+    if op.arp is not None:
+        change |= IFF_NOARP
+        flags |= 0 if op.arp else IFF_NOARP
     body = IFINFO.pack(0, 0, op.index, flags, change)
     if op.name is not None:
         body += attr_str(IFLA_IFNAME, op.name)
