@@ -44,6 +44,7 @@ import time
 from collections.abc import Iterable
 
 from agent.felix.gro import VNET_HDR_LEN, Coalescer, ip_checksum
+from agent.felix.ipip_bpf import outer_tos
 from agent.felix.lpm import LpmTable
 from kernel import RT_TABLE_MAIN, Kernel, rtnl
 from kernel.netlink import Netlink
@@ -56,8 +57,9 @@ SO_ATTACH_FILTER = 26
 OUTER_LEN = 20
 IP_DF = 0x40  # in the first byte of frag_off
 ECN_MASK, ECN_ECT0, ECN_CE = 0x03, 0x02, 0x03
-# Outer TOS for each inner TOS (tos 0, not inherit): the inner ECN bits, CE as ECT(0) (RFC 6040).
-OUTER_TOS = bytes(ECN_ECT0 if tos & ECN_MASK == ECN_CE else tos & ECN_MASK for tos in range(256))
+# Outer TOS for each inner TOS (tos 0, not inherit): the inner ECN bits, CE as ECT(0) (RFC 6040),
+# the rule the tc-BPF tunnel's programs follow too (agent.felix.ipip_bpf.outer_tos).
+OUTER_TOS = bytes(outer_tos(tos) for tos in range(256))
 _DROP_ALL = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0))  # BPF "ret #0"
 
 

@@ -13,6 +13,7 @@ import concurrent.futures
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,7 @@ class Topo:
     namespaces: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen] = field(default_factory=list)
     cleanup_dirs: list[str] = field(default_factory=list)
+    bpffs: str | None = None  # a bpf filesystem of this topology's own (tc-BPF tunnels), unmounted at close
 
     def netns(self, role: str) -> str:
         """Create netns ``f<role><tag><n>`` with lo up."""
@@ -109,6 +111,30 @@ class Topo:
             raise AssertionError(f"tunnel in {node} did not start: {line!r} {p.stderr.read()}")
         return p
 
+    def bpf_dir(self, node: str) -> str:
+        """The bpffs directory of ``node`` (a bpffs mounted once per topology in the machine's
+        mount namespace, as a node's /sys/fs/bpf; one sub-directory per node)."""
+        from kernel import bpf
+
+        if self.bpffs is None:
+            self.bpffs = tempfile.mkdtemp(prefix="felix-bpffs-")
+            bpf.mount_bpffs(self.bpffs)
+        return os.path.join(self.bpffs, node)
+
+    def bpf_tunnel(self, node: str, address: str, allow: list[str], *extra: str) -> dict:
+        """Set up the tc-BPF tunl0 in ``node`` (python -m agent.felix.bpftunnel; no process stays);
+        its JSON answer."""
+        import json
+
+        args = [PY, "-m", "agent.felix.bpftunnel", "--address", address, "--bpffs", self.bpf_dir(node), *extra]
+        for a in allow:
+            args += ["--allow", a]
+        res = subprocess.run(["ip", "netns", "exec", node, *args], capture_output=True, text=True, cwd=REPO,
+                             timeout=60)
+        if res.returncode != 0:
+            raise AssertionError(f"tc-BPF tunnel in {node}: {res.stderr.strip()}")
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
     def stop(self, p: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
         """Signal one of our processes and reap it."""
         if p.poll() is None:
@@ -138,6 +164,10 @@ class Topo:
             run("ip", "netns", "delete", ns, check=False)
         import shutil
 
+        if self.bpffs is not None:
+            subprocess.run(["umount", "-l", self.bpffs], capture_output=True)
+            self.cleanup_dirs.append(self.bpffs)
+            self.bpffs = None
         for d in self.cleanup_dirs:
             shutil.rmtree(d, ignore_errors=True)
 
@@ -216,6 +246,33 @@ def start_etcd(topo: Topo, netns: str, address: str, port: int = 2379) -> str:
     return url
 
 
+def csum(b: bytes) -> int:
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
+def echo_request(src: str, dst: str, ident: int, seq: int, tos: int = 0, ttl: int = 64) -> bytes:
+    """An IPv4 ICMP echo request (header checksummed), as bytes."""
+    icmp = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + b"x" * 8
+    icmp = icmp[:2] + struct.pack("!H", csum(icmp)) + icmp[4:]
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + len(icmp), seq, 0, ttl, 1, 0, socket.inet_aton(src),
+                    socket.inet_aton(dst))
+    return h[:10] + struct.pack("!H", csum(h)) + h[12:] + icmp
+
+
+def send_ipip(ns: str, to: str, packets: list[bytes], outer_tos: int = 0) -> None:
+    """Send ``packets`` IPIP-encapsulated to ``to`` from netns ``ns`` (a raw protocol-4 socket made there)."""
+    with netns.entered(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)
+    with s:
+        if outer_tos:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, outer_tos)
+        for pkt in packets:
+            s.sendto(pkt, (to, 0))
+
+
 def two_node_tunnel(topo: Topo, mtu: int = 1500) -> dict:
     """Nodes A and B with userspace tunnels, pod a (192.168.10.5) on A and pod b (192.168.20.7) on B."""
     a, b = topo.node("a"), topo.node("b")
@@ -227,6 +284,19 @@ def two_node_tunnel(topo: Topo, mtu: int = 1500) -> dict:
     run("ip", "-n", a, "route", "add", "192.168.20.0/26", "via", "172.31.9.2", "dev", "tunl0", "onlink")
     run("ip", "-n", b, "route", "add", "192.168.10.0/26", "via", "172.31.9.1", "dev", "tunl0", "onlink")
     return {"a": a, "b": b, "pa": pa, "pb": pb, "ta": ta, "tb": tb, "ipa": "192.168.10.5", "ipb": "192.168.20.7"}
+
+
+def two_node_bpf_tunnel(topo: Topo, mtu: int = 1500) -> dict:
+    """Nodes A and B with tc-BPF tunnels, pod a (192.168.10.5) on A and pod b (192.168.20.7) on B."""
+    a, b = topo.node("a"), topo.node("b")
+    topo.link_nodes(a, b, "172.31.9.1/24", "172.31.9.2/24", mtu=mtu)
+    pa = topo.pod(a, "192.168.10.5", "cali0a0000001", mtu=mtu - 20)
+    pb = topo.pod(b, "192.168.20.7", "cali0b0000001", mtu=mtu - 20)
+    sa = topo.bpf_tunnel(a, "192.168.10.0", ["172.31.9.2"])
+    sb = topo.bpf_tunnel(b, "192.168.20.0", ["172.31.9.1"])
+    run("ip", "-n", a, "route", "add", "192.168.20.0/26", "via", "172.31.9.2", "dev", "tunl0", "onlink")
+    run("ip", "-n", b, "route", "add", "192.168.10.0/26", "via", "172.31.9.1", "dev", "tunl0", "onlink")
+    return {"a": a, "b": b, "pa": pa, "pb": pb, "sa": sa, "sb": sb, "ipa": "192.168.10.5", "ipb": "192.168.20.7"}
 
 
 if __name__ == "__main__":  # manual poking: python tests/netns/felix_support.py

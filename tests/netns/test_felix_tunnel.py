@@ -1,8 +1,12 @@
-"""Userspace tunl0 in namespaces: real IPIP on the wire, source filtering, restart keeps flows.
+"""tunl0 without kernel ipip, in namespaces: real IPIP on the wire, source filtering, outer
+header fields, ECN, bulk TCP, for both datapaths: the in-kernel tc-BPF tunnel (``bpf``, set up by
+``python -m agent.felix.bpftunnel``, no process stays) and the userspace fallback
+(``userspace``: the pump runs as its own process, ``python -m agent.felix.tunnel``). The pump's
+restart test is its own; the tc-BPF tunnel's own tests are in test_felix_bpf_tunnel.py.
 
-The pump runs as its own process (``python -m agent.felix.tunnel``) in each node; traffic is
-made in this process by sockets opened inside the pods' namespaces (kernel.netns.entered).
-tunl0's set-up logic is unit-tested on the fake kernel (tests/unit/test_felix_kernel.py).
+Traffic is made in this process by sockets opened inside the pods' namespaces
+(kernel.netns.entered). tunl0's set-up logic is unit-tested on the fake kernel
+(tests/unit/test_felix_kernel.py).
 """
 
 from __future__ import annotations
@@ -10,22 +14,22 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
-import struct
 import subprocess
 import threading
 
 import pytest
 
-from kernel.netns import entered
 from testbed.poll import wait_for
 from tests.netns.felix_support import (
     Topo,
     connect_in,
     echo_pair,
+    echo_request,
     listen_in,
     run,
     say,
+    send_ipip,
+    two_node_bpf_tunnel,
     two_node_tunnel,
 )
 from tests.support import require_root, require_tool
@@ -47,36 +51,21 @@ def topo():
     t.close()
 
 
-def _csum(b: bytes) -> int:
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
+@pytest.fixture(params=["bpf", "userspace"])
+def two_nodes(request, topo):
+    """Nodes a and b with pods, joined by the tc-BPF or the userspace tunnel."""
+    if request.param == "bpf":
+        from agent.felix.bpftunnel import unsupported_reason
+        from tests.support import require
+
+        require(unsupported_reason() is None, f"tc-BPF tunnel: {unsupported_reason()}")
+        return two_node_bpf_tunnel(topo)
+    return two_node_tunnel(topo)
 
 
-def _echo_request(src: str, dst: str, ident: int, seq: int, tos: int = 0, ttl: int = 64) -> bytes:
-    """An IPv4 ICMP echo request (header checksummed), as bytes."""
-    icmp = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + b"x" * 8
-    icmp = icmp[:2] + struct.pack("!H", _csum(icmp)) + icmp[4:]
-    h = struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + len(icmp), seq, 0, ttl, 1, 0, socket.inet_aton(src),
-                    socket.inet_aton(dst))
-    return h[:10] + struct.pack("!H", _csum(h)) + h[12:] + icmp
-
-
-def _send_ipip(ns: str, to: str, packets: list[bytes], outer_tos: int = 0) -> None:
-    """Send ``packets`` IPIP-encapsulated to ``to`` from netns ``ns`` (a raw protocol-4 socket made there)."""
-    with entered(ns):
-        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)
-    with s:
-        if outer_tos:
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, outer_tos)
-        for pkt in packets:
-            s.sendto(pkt, (to, 0))
-
-
-def test_pod_to_pod_over_userspace_tunnel_is_real_ipip(topo):
+def test_pod_to_pod_over_userspace_tunnel_is_real_ipip(topo, two_nodes):
     require_tool("tcpdump")
-    env = two_node_tunnel(topo)
+    env = two_nodes
     pcap = f"/tmp/felix-tunnel-{topo.tag}.pcap"
     cap = topo.spawn(env["b"], "tcpdump", "-ni", "eth0", "--immediate-mode", "-U", "-w", pcap, "ip proto 4",
                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -95,8 +84,8 @@ def test_pod_to_pod_over_userspace_tunnel_is_real_ipip(topo):
         ("192.168.10.5", "192.168.20.7", 8), ("192.168.20.7", "192.168.10.5", 0)}
 
 
-def test_ipip_from_unknown_source_is_not_delivered(topo):
-    env = two_node_tunnel(topo)
+def test_ipip_from_unknown_source_is_not_delivered(topo, two_nodes):
+    env = two_nodes
     # A third host on node b's segment sends IPIP to b: it must not be decapsulated.
     rogue = topo.netns("r")
     run("ip", "link", "add", "eth1", "netns", env["b"], "type", "veth", "peer", "name", "eth0", "netns", rogue)
@@ -104,15 +93,15 @@ def test_ipip_from_unknown_source_is_not_delivered(topo):
     run("ip", "-n", env["b"], "link", "set", "eth1", "up")
     run("ip", "-n", rogue, "addr", "add", "172.31.8.9/24", "dev", "eth0")
     run("ip", "-n", rogue, "link", "set", "eth0", "up")
-    probe = [_echo_request("192.168.10.99", "192.168.20.7", 1, 1)] * 5
+    probe = [echo_request("192.168.10.99", "192.168.20.7", 1, 1)] * 5
     cap = topo.spawn(env["pb"], "tcpdump", "-ni", "eth0", "--immediate-mode", "-l", "icmp",
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cap.stderr.readline()
     ping_until_ok(env["pa"], env["ipb"])  # both pumps up with their routes
-    _send_ipip(rogue, "172.31.8.1", probe)
+    send_ipip(rogue, "172.31.8.1", probe)
     # The same packet from a known node does arrive (proves the sender is right).
     run("ip", "-n", env["a"], "route", "add", "172.31.8.0/24", "dev", "eth0")
-    _send_ipip(env["a"], "172.31.9.2", probe)
+    send_ipip(env["a"], "172.31.9.2", probe)
     os.set_blocking(cap.stdout.fileno(), False)
     seen: list[str] = []
 
@@ -143,9 +132,10 @@ def test_established_flow_survives_pump_restart(topo, how):
     cli.close()
 
 
-def test_bulk_tcp_through_the_tunnel_arrives_intact(topo):
-    """Megabytes over TCP (received segments merged into GSO frames): the bytes match end to end."""
-    env = two_node_tunnel(topo)
+def test_bulk_tcp_through_the_tunnel_arrives_intact(topo, two_nodes):
+    """Megabytes over TCP (GSO frames encapsulated in the kernel; the pump merges received
+    segments into GSO frames): the bytes match end to end."""
+    env = two_nodes
     ping_until_ok(env["pa"], env["ipb"])
     srv = listen_in(env["pb"], "192.168.20.7", 7008)
     got: dict[str, object] = {}
@@ -167,16 +157,18 @@ def test_bulk_tcp_through_the_tunnel_arrives_intact(topo):
         c.sendall(data)
     t.join(60)
     assert got == {"n": len(data), "sha": hashlib.sha256(data).hexdigest()}
+    if "tb" not in env:
+        return  # the tc-BPF tunnel: no pump
     topo.stop(env["tb"])
     stats = env["tb"].stderr.read()
     assert "rx_merged" in stats and "'rx_merged': 0" not in stats, stats
 
 
-def test_outer_ttl_df_and_ecn_follow_the_inner_packet(topo):
+def test_outer_ttl_df_and_ecn_follow_the_inner_packet(topo, two_nodes):
     """As the kernel's tunl0 (ttl inherit, nopmtudisc, tos 0): outer TTL = inner TTL (after the
     node forwarded it), outer DF = inner DF, outer TOS = inner ECN bits (CE -> ECT(0)), no DSCP."""
     require_tool("tcpdump")
-    env = two_node_tunnel(topo)
+    env = two_nodes
     ping_until_ok(env["pa"], env["ipb"])
     pcap = f"/tmp/felix-tunnel-ttl-{topo.tag}.pcap"
     cap = topo.spawn(env["b"], "tcpdump", "-ni", "eth0", "--immediate-mode", "-U", "-w", pcap, "ip proto 4",
@@ -219,17 +211,17 @@ def test_outer_ttl_df_and_ecn_follow_the_inner_packet(topo):
     assert any(ICMP in o.payload and o.payload[ICMP].type == 0 for o in frames), "no echo replies captured"
 
 
-def test_outer_ce_is_carried_into_the_inner_packet_or_drops_it(topo):
+def test_outer_ce_is_carried_into_the_inner_packet_or_drops_it(topo, two_nodes):
     """Receive side as the kernel's ip_tunnel_rcv: outer CE -> inner CE if ECN-capable, else dropped."""
     require_tool("tcpdump")
-    env = two_node_tunnel(topo)
+    env = two_nodes
     ping_until_ok(env["pa"], env["ipb"])
     cap = topo.spawn(env["pb"], "tcpdump", "-nvi", "eth0", "--immediate-mode", "-l",
                      "icmp[icmptype] == 8 and icmp[4:2] == 77",
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cap.stderr.readline()
     for seq, outer_tos, inner_tos in ((1, 3, 2), (2, 3, 0), (3, 0, 0), (4, 3, 1)):
-        _send_ipip(env["a"], "172.31.9.2", [_echo_request("192.168.10.5", "192.168.20.7", 77, seq, inner_tos, 63)] * 3,
+        send_ipip(env["a"], "172.31.9.2", [echo_request("192.168.10.5", "192.168.20.7", 77, seq, inner_tos, 63)] * 3,
                    outer_tos)
     os.set_blocking(cap.stdout.fileno(), False)
     lines: list[str] = []
