@@ -214,7 +214,11 @@ _CALICOLAB: dict[str, Support] = {
     "CALICO_VAR_LIB_DIR": works(_T_TWONODE, note="calicolab: /var/lib/calico elsewhere (tests)"),
     "CALICO_VAR_RUN_DIR": works(_T_TWONODE, note="calicolab: /var/run/calico elsewhere (tests)"),
     "CALICO_TUNNEL_MODE": works("tests/netns/test_felix_tunnel.py::test_pod_to_pod_over_userspace_tunnel_is_real_ipip",
-                                note="calicolab: auto, kernel or userspace tunl0 (README)"),
+                                "tests/unit/test_felix_kernel.py::test_datapath_choice_and_its_fallback_note",
+                                note="calicolab: auto, kernel, bpf (tc-BPF) or userspace tunl0 (docs/felix.md)"),
+    "CALICO_TUNNEL_BPFFS": works("tests/netns/test_agent_twonode.py::test_two_node_agent_end_to_end",
+                                 note="calicolab: where the tc-BPF tunnel pins its programs and maps "
+                                      "(default /sys/fs/bpf, mounted if not)"),
     "CALICO_TUNNEL_GRO": works("tests/unit/test_felix_gro.py::test_in_order_full_segments_become_one_gso_frame",
                                note="calicolab: coalesce tunnelled TCP in the userspace tunnel"),
     "CALICO_INSTALL_CNI": works(_T_TWONODE, note="calicolab: false skips the install-cni step"),

@@ -7,7 +7,7 @@ CALICO_NETWORKING_BACKEND (bird|none), FELIX_HEALTHPORT (9099), FELIX_* settings
 CNI_NET_DIR, CNI_BIN_DIR, FELIX_TYPHAADDR / FELIX_TYPHAK8SSERVICENAME (+ FELIX_TYPHAK8SNAMESPACE:
 watches through Typha); calicolab additions: CALICO_VAR_LIB_DIR
 (/var/lib/calico), CALICO_VAR_RUN_DIR (/var/run/calico), CALICO_TUNNEL_MODE
-(auto|kernel|userspace), CALICO_INSTALL_CNI (true).
+(auto|kernel|bpf|userspace), CALICO_TUNNEL_BPFFS (/sys/fs/bpf), CALICO_INSTALL_CNI (true).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from agent.felix.iptables import IptablesTable, apply_tables
 from agent.felix.model import Desired, Endpoint, FelixInput, HostNode
 from agent.felix.routes import RouteDriver
 from agent.felix.sysctl import SysctlDriver
-from agent.felix.tunnel import TunnelInfo, detect_host_mtu, ensure_tunl0, kernel_has_ipip, open_tun
+from agent.felix.tunnel import TunnelInfo, choose_datapath, detect_host_mtu, ensure_tunl0, open_tun
 from kernel import Kernel
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,11 @@ class Felix:
         self.applies = 0
         self.last_apply_seconds = 0.0
         self.tunnel: TunnelInfo | None = None
+        self.datapath: str | None = None  # chosen once: "kernel", "bpf" or "userspace"
+        self.datapath_note: str | None = None  # why a fallback was taken
+        self.bpffs = self.env.get("CALICO_TUNNEL_BPFFS") or "/sys/fs/bpf"
+        self.bpf: Any = None  # agent.felix.bpftunnel.BpfTunnel when the datapath is "bpf"
+        self._allowed_applied: frozenset[str] | None = None
         self.pump: Any = None
         self._tun_fd: int | None = None
         self._tunnel_applied: tuple[str, int] | None = None
@@ -103,7 +108,8 @@ class Felix:
             self._threads.append(t)
 
     def stop(self) -> None:
-        """Stop the threads; tunl0 (a persistent TUN) and all kernel state stay for the next agent."""
+        """Stop the threads; tunl0 (and its pinned BPF programs) and all kernel state stay for the
+        next agent."""
         self._stop.set()
         self._dirty.set()
         if self._stream is not None:
@@ -116,6 +122,8 @@ class Felix:
         if self._tun_fd is not None:
             os.close(self._tun_fd)
             self._tun_fd = None
+        if self.bpf is not None:
+            self.bpf.close()
         self.close()
 
     def close(self) -> None:
@@ -130,15 +138,32 @@ class Felix:
 
     def status(self) -> dict:
         """Ready/live, datapath kind, tunnel address and counters (served as /status)."""
-        datapath = self.tunnel.kind if self.tunnel else ("kernel" if kernel_has_ipip(self.kernel) else "userspace")
+        datapath = self.tunnel.kind if self.tunnel else self._choose_datapath()[0]
+        bpf_stats = None
+        if self.bpf is not None and self.bpf.maps:
+            try:
+                full = self.bpf.stats()
+                bpf_stats = {k: full[k] for k in ("tx_packets", "rx_packets", "drops")}
+            except OSError as exc:
+                bpf_stats = {"error": str(exc)}
         return {
             "ready": self.ready, "live": self.live(), "datapath": datapath,
+            "datapath_note": self.datapath_note,
             "tunnel_address": self.tunnel.address if self.tunnel else None,
             "endpoints": sum(1 for ep in self._weps.values() if ep.node in ("", self.hostname)),
             "applies": self.applies,
             "last_apply_ms": round(self.last_apply_seconds * 1000, 1), "last_error": self.last_error,
             "pump": dict(self.pump.stats) if self.pump is not None else None,
+            "bpf": bpf_stats,
         }
+
+    def _choose_datapath(self) -> tuple[str, str | None]:
+        """The tunnel datapath of this node, chosen once (see tunnel.choose_datapath)."""
+        if self.datapath is None:
+            self.datapath, self.datapath_note = choose_datapath(self.kernel, self.tunnel_mode)
+            if self.datapath_note:
+                log.warning("tunl0: %s", self.datapath_note)
+        return self.datapath, self.datapath_note
 
     # -- datastore side ------------------------------------------------------------
     def _watch_loop(self) -> None:
@@ -286,7 +311,7 @@ class Felix:
             self._host_ips = self.host_ips_fn(inp.settings.interface_prefix)
             inp = dataclasses.replace(inp, host_ips=self._host_ips)
         desired = self.calc.calculate(inp)
-        self._apply_tunnel(desired, force="routes" in resync)
+        self._apply_tunnel(desired, force="routes" in resync, node_ip=self._node_ip(inp))
         self.ipsets.apply_updates(desired.ipsets, resync="ipsets" in resync)
         # iptables-restore runs while the routes and sysctls are written (Calico's dataplane
         # applies its iptables and route tables in parallel too); a new thread starts in the
@@ -313,11 +338,21 @@ class Felix:
         """raw, mangle, filter and nat with one iptables-restore (see iptables.apply_tables)."""
         apply_tables(self.tables, desired.tables, resync=resync)
 
-    def _apply_tunnel(self, desired: Desired, force: bool) -> None:
+    @staticmethod
+    def _node_ip(inp: FelixInput) -> str | None:
+        me = next((n for n in inp.nodes if n.name == inp.hostname), None)
+        return me.ip if me is not None else None
+
+    def _apply_tunnel(self, desired: Desired, force: bool, node_ip: str | None = None) -> None:
         want = desired.tunnel
         if want is None:
+            self._remove_bpf_tunnel()
             return
         key = (want.address, want.mtu)
+        kind, _note = self._choose_datapath()
+        if kind == "bpf":
+            self._apply_bpf_tunnel(desired, key, force, node_ip)
+            return
         if key != self._tunnel_applied or force:
             self.tunnel = ensure_tunl0(self.kernel, want.address, want.mtu, self.tunnel_mode)
             self._tunnel_applied = key
@@ -331,6 +366,50 @@ class Felix:
             self.pump.start()
         if self.pump is not None:
             self.pump.set_allowed_sources(desired.ipip_sources)
+
+    def _apply_bpf_tunnel(self, desired: Desired, key: tuple[str, int], force: bool, node_ip: str | None) -> None:
+        """The tc-BPF tunl0: made (or adopted) on a change and on the routes refresh; the
+        allowed-hosts map follows cali40all-hosts-net on every apply that changes it."""
+        from agent.felix.bpftunnel import BpfTunnel
+        from agent.felix.names import IPSET_ALL_HOSTS
+
+        hosts = desired.ipsets.get(IPSET_ALL_HOSTS)
+        allowed = frozenset(hosts.members) if hosts is not None else desired.ipip_sources
+        if self.bpf is None:
+            self.bpf = BpfTunnel(self.kernel, self.bpffs)
+        if key != self._tunnel_applied or force or self.bpf.state is None:
+            uplinks = [a_link for a_link in self._links_with(node_ip)] if node_ip else []
+            state = self.bpf.ensure(key[0], key[1], allowed, extra_uplinks=uplinks)
+            if self._tunnel_applied is None:
+                log.info("tunl0 (tc-BPF): %s programs %s on %s, pins in %s",
+                         "adopted" if state.adopted else "installed", state.prog_ids,
+                         ", ".join(state.uplinks), state.pin_dir)
+            self.tunnel = TunnelInfo("bpf", "tunl0", key[0], key[1])
+            self._tunnel_applied = key
+        elif allowed != self._allowed_applied:
+            self.bpf.sync_allowed(allowed)
+        self._allowed_applied = allowed
+
+    def _links_with(self, ip: str) -> list[str]:
+        """Names of the links holding address ``ip``."""
+        index = {a.index for a in self.kernel.addrs() if a.address == ip}
+        return [ln.name for ln in self.kernel.links() if ln.index in index]
+
+    def _remove_bpf_tunnel(self) -> None:
+        """IPIP off: the tc-BPF tunnel's filters, tunl0 pair and pins go (if this node has them)."""
+        if self.bpf is None:
+            if self.datapath == "kernel" or not os.path.isdir(os.path.join(self.bpffs, "calico", "ipip")):
+                return
+            from agent.felix.bpftunnel import BpfTunnel
+
+            self.bpf = BpfTunnel(self.kernel, self.bpffs)
+        removed = self.bpf.remove()
+        if removed:
+            log.info("IPIP is off: removed the tc-BPF tunnel (%s)", ", ".join(removed))
+        self.bpf = None
+        self.tunnel = None
+        self._tunnel_applied = None
+        self._allowed_applied = None
 
     def _write_mtu(self, mtu: int) -> None:
         if mtu == self._mtu_written:

@@ -2,9 +2,11 @@
 
 ``ensure_tunl0(kernel, address, mtu)`` makes tunl0 look as Felix leaves it: link up,
 the only address the tunnel IP as /32, the given MTU, in the namespace of the kernel
-handle it is given (:mod:`kernel`). On this project's machine (no ``CONFIG_NET_IPIP``)
-it makes a persistent TUN named tunl0; the caller then runs
-:class:`agent.felix.pump.IpipPump` on :func:`open_tun`'s fd.
+handle it is given (:mod:`kernel`). Which tunl0 a node gets is :func:`choose_datapath`'s
+answer: the kernel's ipip device where the kernel has one; else (this project's machine,
+no ``CONFIG_NET_IPIP``) the in-kernel tc-BPF tunnel (:mod:`agent.felix.bpftunnel`, set up
+by Felix); else, as a fallback where BPF cannot run it, a persistent TUN named tunl0 on
+which the caller runs :class:`agent.felix.pump.IpipPump` (:func:`open_tun`'s fd).
 
 Run as ``python -m agent.felix.tunnel --address 192.168.0.1 --allow 172.30.0.11 ...``
 to hold a userspace tunnel in the current netns until SIGTERM (used by tests
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 IPIP_OVERHEAD = 20
 DEFAULT_HOST_MTU = 1460
 MTU_IFACE_PATTERN = r"^((en|wl|ww|sl|ib)[Pcopsvx].*|(eth|wlan|wwan).*)"
-MODES = ("auto", "kernel", "userspace")
+MODES = ("auto", "kernel", "bpf", "userspace")
 
 class TunnelError(RuntimeError):
     """tunl0 could not be set up as asked."""
@@ -41,7 +43,7 @@ class TunnelError(RuntimeError):
 class TunnelInfo:
     """What ensure_tunl0 made: kind is "kernel" (ipip) or "userspace" (TUN + pump)."""
 
-    kind: str
+    kind: str  # "kernel", "bpf" or "userspace"
     ifname: str
     address: str
     mtu: int
@@ -51,6 +53,41 @@ def kernel_has_ipip(kernel: Kernel) -> bool:
     """True when this kernel can make ipip devices (module loaded, built in, or loadable);
     probed once per kernel handle."""
     return kernel.can_create("ipip")
+
+
+def choose_datapath(kernel: Kernel, mode: str = "auto") -> tuple[str, str | None]:
+    """(datapath, note) for tunnel mode ``mode``: "kernel" (ipip), "bpf" (tc-BPF, in-kernel,
+    outlives calico-node) or "userspace" (TUN + pump in calico-node). "auto" picks the first
+    this kernel can run; the note says why a fallback was taken. A forced mode the kernel
+    cannot run is a TunnelError naming the reason."""
+    if mode not in MODES:
+        raise TunnelError(f"tunnel mode {mode!r} is not one of {', '.join(MODES)}")
+    if mode == "userspace":
+        return "userspace", None
+    if mode == "kernel" or (mode == "auto" and kernel_has_ipip(kernel)):
+        if not kernel_has_ipip(kernel):
+            raise TunnelError("kernel tunl0 asked for, but this kernel has no ipip support")
+        return "kernel", None
+    reason = tc_bpf_unsupported(kernel)
+    if reason is None:
+        return "bpf", None
+    if mode == "bpf":
+        raise TunnelError(f"tc-BPF tunl0 asked for, but this kernel cannot run it: {reason}")
+    return "userspace", f"fallback: no ipip in the kernel and tc-BPF unavailable ({reason})"
+
+
+def tc_bpf_unsupported(kernel: Kernel) -> str | None:
+    """Why the tc-BPF tunl0 cannot run on ``kernel`` (None: it can). A handle may answer for
+    itself (``tc_bpf_reason()``, e.g. a fake in unit tests); a real netlink handle is probed
+    (:func:`agent.felix.bpftunnel.unsupported_reason`); anything else has no BPF."""
+    answer = getattr(kernel, "tc_bpf_reason", None)
+    if answer is not None:
+        return answer()
+    if not isinstance(kernel, Netlink):
+        return f"{type(kernel).__name__} is not a real kernel"
+    from agent.felix.bpfprobe import unsupported_reason
+
+    return unsupported_reason()
 
 
 def detect_host_mtu(kernel: Kernel, pattern: str = MTU_IFACE_PATTERN) -> int:
@@ -87,9 +124,12 @@ def ensure_tunl0(kernel: Kernel, address: str, mtu: int, mode: str = "auto") -> 
 
     mode "auto" picks the kernel ipip device when :func:`kernel_has_ipip`,
     else the userspace TUN; "kernel"/"userspace" force one (kernel fails
-    clearly when the kernel lacks ipip). Idempotent.
+    clearly when the kernel lacks ipip). Idempotent. (The tc-BPF tunl0, mode
+    "bpf", needs the allowed hosts and a bpffs: :class:`agent.felix.bpftunnel.BpfTunnel`.)
     """
     addr = _validate(address, mtu, mode)
+    if mode == "bpf":
+        raise TunnelError("the tc-BPF tunl0 is made by agent.felix.bpftunnel.BpfTunnel, not ensure_tunl0")
     if mode == "auto":
         mode = "kernel" if kernel_has_ipip(kernel) else "userspace"
     if mode == "kernel":
@@ -152,21 +192,29 @@ def _set_link_and_address(kernel: Kernel, link: Link, address: str, mtu: int) ->
     """tunl0 up with ``mtu`` (txqlen at least 1000) and ``address``/32 as its only IPv4 address."""
     if link.mtu != mtu or not link.up or link.txqlen < 1000:
         kernel.link_set(link.index, mtu=mtu, up=True, txqlen=max(1000, link.txqlen))
-    have = [a for a in kernel.addrs() if a.index == link.index]
+    set_only_address(kernel, link.index, address)
+
+
+def set_only_address(kernel: Kernel, index: int, address: str) -> None:
+    """``address``/32 as the only IPv4 address of link ``index``."""
+    have = [a for a in kernel.addrs() if a.index == index]
     for a in have:
         if (a.address, a.prefixlen) != (address, 32):
-            kernel.addr_del(link.index, a.cidr)
+            kernel.addr_del(index, a.cidr)
     if not any((a.address, a.prefixlen) == (address, 32) for a in have):
-        kernel.addr_add(link.index, f"{address}/32")
+        kernel.addr_add(index, f"{address}/32")
 
 
 def tunl0_kind(kernel: Kernel) -> str | None:
-    """"kernel" (ipip), "userspace" (TUN) or None: what tunl0 in ``kernel``'s namespace is."""
+    """"kernel" (ipip), "bpf" (veth), "userspace" (TUN) or None: what tunl0 in ``kernel``'s
+    namespace is."""
     link = kernel.link("tunl0")
     if link is None:
         return None
     if link.kind == "tun":
         return "userspace"
+    if link.kind == "veth":
+        return "bpf"
     return "kernel" if link.kind in ("ipip", "") else link.kind
 
 

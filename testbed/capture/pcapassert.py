@@ -72,6 +72,8 @@ class IpHeader:
     length: int
     df: bool = False
     version: int = 4
+    tos: int = 0  # IPv4 TOS byte (DSCP and ECN); IPv6: 0
+    ident: int = 0  # IPv4 identification; IPv6: 0
 
 
 @dataclass
@@ -251,10 +253,10 @@ def _decode_bytes(index: int, time: float, source: str, data: bytes, linktype: i
         if version == 4:
             if len(data) < l4 + 20:
                 break
-            vihl, _tos, tot, _id, frag, ttl, proto = struct.unpack_from("!BBHHHBB", data, l4)
+            vihl, tos, tot, ident, frag, ttl, proto = struct.unpack_from("!BBHHHBB", data, l4)
             ihl = (vihl & 0x0F) * 4
             ips.append(IpHeader(_ip4(data[l4 + 12:l4 + 16]), _ip4(data[l4 + 16:l4 + 20]), proto,
-                                ttl, tot, bool(frag & 0x4000), 4))
+                                ttl, tot, bool(frag & 0x4000), 4, tos, ident))
             end = min(len(data), l4 + tot) if tot else len(data)
             first_fragment = (frag & 0x1FFF) == 0
             l4 += ihl

@@ -1,8 +1,10 @@
 """A small Calico IPIP cluster in network namespaces, with either tunl0 datapath.
 
 Used inside the qemu guest (``datapath="kernel"``: the real ipip.ko tunl0) and on the
-host (``datapath="userspace"``: Felix's TUN tunl0 + pump, ``python -m agent.felix.tunnel``)
-so both datapaths are driven by the same code and can be compared.
+host (``datapath="bpf"``: Felix's tc-BPF tunl0, ``python -m agent.felix.bpftunnel``, with a
+bpffs of the cluster's own; ``datapath="userspace"``: the fallback TUN tunl0 + pump,
+``python -m agent.felix.tunnel``) so the datapaths are driven by the same code and can be
+compared.
 
 Shape (per node ``i`` = 1..n)::
 
@@ -34,7 +36,7 @@ from testbed.poll import wait_for
 
 IP = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "/sbin/ip"  # never busybox's applet
 REPO = Path(__file__).resolve().parents[2]
-DATAPATHS = ("kernel", "userspace")
+DATAPATHS = ("kernel", "bpf", "userspace")
 ROUTE_SOURCES = ("bgp", "static")
 
 
@@ -115,6 +117,7 @@ class Cluster:
     speakers: list = field(default_factory=list)  # agent.bgp.runner.SpeakerThread
     undo: list = field(default_factory=list)  # callables run at close (deliberate breaks)
     switch: str = ""
+    bpffs: str | None = None  # the bpf filesystem of the "bpf" datapath (unmounted at close)
 
     # -- building blocks -------------------------------------------------------------
     def netns(self, role: str) -> str:
@@ -200,6 +203,10 @@ class Cluster:
                     pass
             run(IP, "netns", "delete", ns, check=False)
         self.namespaces.clear()
+        if self.bpffs is not None:
+            subprocess.run(["umount", "-l", self.bpffs], capture_output=True)
+            os.rmdir(self.bpffs)
+            self.bpffs = None
 
 
 # -- tunl0 and routes ----------------------------------------------------------------
@@ -312,6 +319,8 @@ def _wire(cluster: Cluster, n_nodes: int, pod_mtu: int, onlink: bool, routes: st
         peers = [p.address for p in cluster.nodes if p is not node]
         if cluster.datapath == "kernel":
             kernel_tunl0(node.netns, node.tunnel_address, cluster.tunnel_mtu)
+        elif cluster.datapath == "bpf":
+            _bpf_tunl0(cluster, node, peers)
         else:
             _userspace_tunl0(cluster, node, peers)
     if routes == "bgp":
@@ -394,6 +403,25 @@ def _bgp_mesh(cluster: Cluster, onlink: bool, timeout: float) -> None:
 
     wait_for(probe, lambda missing: not any(missing.values()), timeout=timeout,
              interval=0.1, what="every node's BGP routes via tunl0 (missing per node)")  # fmt: skip
+
+
+def _bpf_tunl0(cluster: Cluster, node: Node, peers: list[str]) -> None:
+    """The tc-BPF tunl0 (no process stays), pinned in a bpffs of this cluster's."""
+    import tempfile
+
+    from kernel import bpf
+
+    if cluster.bpffs is None:
+        cluster.bpffs = tempfile.mkdtemp(prefix=f"kt-bpffs-{cluster.tag}-")
+        bpf.mount_bpffs(cluster.bpffs)
+    args = [sys.executable, "-m", "agent.felix.bpftunnel", "--address", node.tunnel_address,
+            "--mtu", str(cluster.tunnel_mtu), "--bpffs", os.path.join(cluster.bpffs, node.netns)]
+    for peer in peers:
+        args += ["--allow", peer]
+    res = subprocess.run([IP, "netns", "exec", node.netns, *args], capture_output=True, text=True, cwd=REPO,
+                         timeout=60)
+    if res.returncode != 0:
+        raise ClusterError(f"tc-BPF tunl0 in {node.netns}: {res.stderr.strip()}")
 
 
 def _userspace_tunl0(cluster: Cluster, node: Node, peers: list[str]) -> None:

@@ -33,7 +33,7 @@ def tunl0_state(cluster: Cluster) -> list[dict]:
     for node in cluster.nodes:
         detail = run("ip", "-d", "-o", "link", "show", "tunl0", netns=node.netns)
         mtu = int(detail.split(" mtu ")[1].split()[0])
-        kind = "kernel" if " ipip " in f" {detail} " else "userspace"
+        kind = "kernel" if " ipip " in f" {detail} " else ("bpf" if " veth " in f" {detail} " else "userspace")
         addrs = run("ip", "-o", "-4", "addr", "show", "dev", "tunl0", netns=node.netns).split()
         cidrs = [addrs[i + 1] for i, w in enumerate(addrs) if w == "inet"]
         out.append({"node": node.index, "kind": kind, "mtu": mtu, "addresses": cidrs})
@@ -125,7 +125,7 @@ def write(record: dict, path: Path) -> Path:
     return path
 
 
-def signature(frames, pool: str = "192.168.0.0/16", ttl_df: bool = False) -> Counter:
+def signature(frames, pool: str = "192.168.0.0/16", ttl_df: bool = False, tos: bool = False) -> Counter:
     """What must be the same on both datapaths, per IPv4 frame of a capture, counted.
 
     Each frame becomes ((src, dst, proto, total length) for every IP header, outermost first,
@@ -133,8 +133,8 @@ def signature(frames, pool: str = "192.168.0.0/16", ttl_df: bool = False) -> Cou
     the kernel's fallback tunl0 (``ttl inherit nopmtudisc``) gives the outer header the inner
     packet's TTL (as forwarded) and DF, and the userspace pump does the same
     (``tests/kernel/test_kernel_datapaths_agree.py`` compares with them).  IP ids are always
-    left out (the kernel's tunnel hashes one even with DF; a raw socket leaves it 0), as is
-    the TOS (not decoded by :mod:`testbed.capture.pcapassert`; the netns tier checks it).  Only the
+    left out (they differ per packet: :func:`outer_ids_advance` holds them to the kernel's rule);
+    with ``tos`` every header carries its TOS byte too.  Only the
     pods' flow counts: IPIP frames and frames to or from ``pool``; node-to-node traffic such
     as BGP keepalives and IGMP reports is skipped.
     ``frames`` are :class:`testbed.capture.pcapassert.Frame` objects (a ``Trace`` iterates them).
@@ -150,8 +150,29 @@ def signature(frames, pool: str = "192.168.0.0/16", ttl_df: bool = False) -> Cou
         if f.ips[0].proto != 4 and not in_pool:
             continue
         if ttl_df:
-            headers = tuple((h.src, h.dst, h.proto, h.length, h.ttl, h.df) for h in f.ips)
+            headers = tuple((h.src, h.dst, h.proto, h.length, h.ttl, h.df) + ((h.tos,) if tos else ())
+                            for h in f.ips)
         else:
             headers = tuple((h.src, h.dst, h.proto, h.length) for h in f.ips)
         out[(headers, f.icmp_type, f.icmp_code)] += 1
     return out
+
+
+def outer_ids(frames, df: bool | None = None) -> dict[tuple[str, str], list[int]]:
+    """The IP ids of the outer headers of IPIP frames, per (outer source, destination), in
+    capture order; with ``df`` only those of outer headers whose DF bit is ``df``."""
+    out: dict[tuple[str, str], list[int]] = {}
+    for f in frames:
+        if f.ips and f.ips[0].version == 4 and f.ips[0].proto == 4 and df in (None, f.ips[0].df):
+            out.setdefault((f.ips[0].src, f.ips[0].dst), []).append(f.ips[0].ident)
+    return out
+
+
+def outer_ids_advance(ids: list[int]) -> bool:
+    """Whether each id moves forward from the one before, as ``__ip_select_ident`` hands them out
+    for one (source, destination, protocol): a counter advanced by at least one per packet (the
+    kernel adds a random jump after idle time), modulo 2^16; never the same id twice in a row,
+    never 0 throughout (what a raw socket sends with DF)."""
+    if len(ids) < 2 or not any(ids):
+        return False
+    return all(1 <= (b - a) % 65536 < 32768 for a, b in zip(ids, ids[1:], strict=False))

@@ -61,7 +61,7 @@ def test_walkthrough_notready_then_ready(lab_name, tmp_path):
     assert res.returncode == 0, res.stderr
     nodes = json.loads(res.stdout)["nodes"]
     assert [n["agent"] for n in nodes] == ["ready"] * 3, nodes
-    assert {n["datapath"] for n in nodes} <= {"kernel", "userspace"}
+    assert {n["datapath"] for n in nodes} <= {"kernel", "bpf", "userspace"}
     # a pod pinned to k8s-w0: `exec NS/POD` lands in its netns, `exec NODE` sees its netns
     pod = tmp_path / "pod.yaml"
     pod.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: probe, namespace: default}\n"

@@ -65,6 +65,7 @@ class Cluster:
             "FELIX_IPSETSREFRESHINTERVAL": "1",
             "CALICO_VAR_LIB_DIR": f"{base}/var-lib-calico", "CALICO_VAR_RUN_DIR": f"{base}/var-run-calico",
             "CNI_NET_DIR": f"{base}/cni-net.d", "CNI_BIN_DIR": f"{base}/cni-bin",
+            "CALICO_TUNNEL_BPFFS": self.topo.bpf_dir(name),
         })
         return env
 
@@ -164,7 +165,11 @@ def test_two_node_agent_end_to_end(cluster):
     # Start-up: Nodes registered with autodetected CIDRs and tunnel addresses; one pool; datastore ready.
     n0, n1 = c.node("w0"), c.node("w1")
     assert n0.spec.bgp.ipv4_address == f"{W0}/24" and n1.spec.bgp.ipv4_address == f"{W1}/24"
-    assert s0["datapath"] == "userspace" and s0["tunnel_address"] == n0.spec.bgp.ipv4_ipip_tunnel_addr
+    # this machine's kernel has no ipip: the in-kernel tc-BPF tunnel, pinned where the env says
+    assert s0["datapath"] == "bpf" and s0["datapath_note"] is None, s0
+    assert s0["tunnel_address"] == n0.spec.bgp.ipv4_ipip_tunnel_addr
+    assert sorted(os.listdir(os.path.join(c.env("w0")["CALICO_TUNNEL_BPFFS"], "calico", "ipip"))) == [
+        "cali_ipip_dec", "cali_ipip_enc", "cali_ipip_hosts", "cali_ipip_nodes", "cali_ipip_stats"]
     assert s1["tunnel_address"] == n1.spec.bgp.ipv4_ipip_tunnel_addr
     pools = c.ds.call(lambda: c.client.list("IPPool"))
     assert [(p.metadata.name, p.spec.cidr, p.spec.ipip_mode, p.spec.nat_outgoing) for p in pools] == [
@@ -229,6 +234,7 @@ def test_two_node_agent_end_to_end(cluster):
 
     assert say("hello") == "hello"
     before = _snapshot(c.w0)
+    programs = run("tc", "filter", "show", "dev", "eth0", "ingress", netns=c.w0)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         c.topo.stop(c.agents["w0"], sig)
         c.start("w0", c.w0)
@@ -240,6 +246,7 @@ def test_two_node_agent_end_to_end(cluster):
         assert _strip_counters(after[2]) == _strip_counters(before[2])
         assert _dupes(after[1]) == [] and _dupes(after[2]) == []
         assert run("iptables-save", netns=c.w0).count("-j cali-INPUT") == 1
+        assert run("tc", "filter", "show", "dev", "eth0", "ingress", netns=c.w0) == programs  # adopted
 
     # Endpoint deleted: its route and chains go away.
     c.ds.call(lambda: c.client.delete("WorkloadEndpoint", "w0-k8s-pod-a-eth0",

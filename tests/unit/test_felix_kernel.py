@@ -339,3 +339,27 @@ def test_split_save_gives_each_table_its_part():
     assert sorted(parse_save(parts["raw"]).chains) == ["PREROUTING", "cali-PREROUTING"]
     assert parse_save(parts["filter"]).chains["INPUT"] == [("Cz_u1IQiXIMmKD4c", '-m comment --comment '
                                                             '"cali:Cz_u1IQiXIMmKD4c" -j cali-INPUT')]
+
+
+def test_datapath_choice_and_its_fallback_note():
+    """auto: kernel ipip, else tc-BPF, else the userspace pump with the reason; forced modes
+    the kernel cannot run are refused naming why."""
+    from agent.felix.tunnel import TunnelError, choose_datapath
+
+    ipip = FakeKernel(kinds={"veth", "ipip"})
+    assert choose_datapath(ipip) == ("kernel", None)
+    bpf_ok = FakeKernel()
+    bpf_ok.tc_bpf_reason = lambda: None
+    assert choose_datapath(bpf_ok) == ("bpf", None)
+    assert choose_datapath(bpf_ok, "userspace") == ("userspace", None)
+    no_bpf = FakeKernel()
+    no_bpf.tc_bpf_reason = lambda: "bpf(2) unavailable: [Errno 1] Operation not permitted"
+    kind, note = choose_datapath(no_bpf)
+    assert kind == "userspace" and "tc-BPF unavailable (bpf(2) unavailable" in note and note.startswith("fallback")
+    with pytest.raises(TunnelError, match="tc-BPF tunl0 asked for, but this kernel cannot run it: bpf"):
+        choose_datapath(no_bpf, "bpf")
+    with pytest.raises(TunnelError, match="no ipip support"):
+        choose_datapath(bpf_ok, "kernel")
+    with pytest.raises(TunnelError, match="not one of auto, kernel, bpf, userspace"):
+        choose_datapath(bpf_ok, "ebpf")
+    assert choose_datapath(FakeKernel())[0] == "userspace"  # a handle that cannot say: no BPF
