@@ -1,18 +1,23 @@
-"""Pod-to-pod TCP throughput over the userspace tunl0, next to plain routed veths.
+"""Pod-to-pod TCP throughput through tunl0 without kernel ipip, next to its peers, same run.
 
-Two node namespaces joined by a veth, one pod namespace on each, iperf3 from
-pod a to pod b. Cases:
+Two node namespaces joined by a veth, one pod namespace on each, iperf3 from pod a to pod
+b. Cases, interleaved round by round (so a busy machine hits them alike):
 
-* ``routed``: no tunnel, nodes route the pod blocks ``via <node> dev eth0``.
-* ``ipip-userspace``: the TUN tunl0 + IpipPump of agent/felix (as on this machine).
+* ``routed veth``: no tunnel, nodes route the pod blocks ``via <node> dev eth0`` (the floor
+  every encapsulation is measured against);
+* ``ipip tc-bpf``: tunl0 as calico-node sets it up here (agent/felix/bpftunnel.py: the
+  in-kernel encap/decap programs, no process);
+* ``kernel vxlan``: the kernel's vxlan device as Felix's VXLAN mode makes it (vxlan.calico,
+  VNI 4096, port 4789, MTU uplink-50, ``<block> via <vtep> dev vxlan.calico onlink`` with
+  static ARP and FDB entries);
+* ``ipip userspace``: the fallback TUN tunl0 + pump (agent/felix/pump.py), with the pumps'
+  CPU per MB delivered (node a's pump transmits, node b's receives).
 
-For the tunnel case the pumps' CPU time during the run is read from /proc
-(node a's pump transmits, node b's receives) and reported per MB delivered:
-a measure of the pump's own cost that a busy shared machine disturbs less
-than Gbit/s does.
+Prints a table (best and median Gbit/s per case, the median's ratio to the routed veth's,
+retransmits, the load average) and writes JSON (default reports/bench/tunnel_throughput.json).
+Run as root, under the heavy lock::
 
-Prints a table and writes JSON (default reports/bench/tunnel_throughput.json).
-Run as root: ``.venv/bin/python bench/tunnel_throughput.py [--seconds 5]``.
+    flock /work/wt/heavy.lock .venv/bin/python bench/tunnel_throughput.py --seconds 5 --repeat 3
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from tests.netns.felix_support import Topo, run, two_node_tunnel  # noqa: E402
+from tests.netns.felix_support import Topo, run, two_node_bpf_tunnel, two_node_tunnel  # noqa: E402
+
+CASES = ("routed veth", "ipip tc-bpf", "kernel vxlan", "ipip userspace")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -73,48 +80,92 @@ def routed_case(topo: Topo) -> dict:
     return {"pa": pa, "pb": pb, "ipb": "192.168.20.7"}
 
 
+def vxlan_case(topo: Topo) -> dict:
+    """Pods on two nodes over the kernel's vxlan device, set up as Felix's VXLAN mode does."""
+    a, b = topo.node("a"), topo.node("b")
+    topo.link_nodes(a, b, "172.31.9.1/24", "172.31.9.2/24")
+    pa = topo.pod(a, "192.168.10.5", "cali0a0000001", mtu=1450)
+    pb = topo.pod(b, "192.168.20.7", "cali0b0000001", mtu=1450)
+    nodes = {a: ("172.31.9.1", "192.168.10.0", "66:aa:00:00:00:0a"),
+             b: ("172.31.9.2", "192.168.20.0", "66:bb:00:00:00:0b")}
+    for ns, (ip, vtep, mac) in nodes.items():
+        run("ip", "-n", ns, "link", "add", "vxlan.calico", "mtu", "1450", "address", mac, "type", "vxlan",
+            "id", "4096", "local", ip, "dev", "eth0", "dstport", "4789", "nolearning")
+        run("ip", "-n", ns, "addr", "add", f"{vtep}/32", "dev", "vxlan.calico")
+        run("ip", "-n", ns, "link", "set", "vxlan.calico", "up")
+    for ns, peer in ((a, b), (b, a)):
+        ip, vtep, mac = nodes[peer]
+        block = vtep.rsplit(".", 1)[0] + ".0/26"
+        run("ip", "-n", ns, "neigh", "add", vtep, "lladdr", mac, "dev", "vxlan.calico", "nud", "permanent")
+        run("bridge", "-n", ns, "fdb", "add", mac, "dev", "vxlan.calico", "dst", ip)
+        run("ip", "-n", ns, "route", "add", block, "via", vtep, "dev", "vxlan.calico", "onlink")
+    return {"pa": pa, "pb": pb, "ipb": "192.168.20.7"}
+
+
+BUILDERS = {"routed veth": routed_case, "ipip tc-bpf": two_node_bpf_tunnel, "kernel vxlan": vxlan_case,
+            "ipip userspace": two_node_tunnel}
+
+
+def one(name: str, seconds: int, streams: int) -> dict:
+    """Build case ``name``, measure once, tear down."""
+    topo = Topo()
+    try:
+        env = BUILDERS[name](topo)
+        for _ in range(100):  # the pumps may still be loading routes
+            if " 0% packet loss" in run("ping", "-c", "1", "-W", "1", env["ipb"], netns=env["pa"], check=False):
+                break
+        pumps = (env["ta"], env["tb"]) if "ta" in env else ()
+        load = os.getloadavg()[0]
+        r = iperf(topo, env["pa"], env["pb"], env["ipb"], seconds, streams, pumps)
+        for p in pumps:
+            topo.stop(p)
+        return {"case": name, "seconds": seconds, "streams": streams, "loadavg": round(load, 2), **r}
+    finally:
+        topo.close()
+
+
 def main() -> int:
-    """Run the cases and print/write the results."""
+    """Run the cases round by round and print/write the results."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--streams", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=1, help="runs per case (the machine may be shared: best and median shown)")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds (every case once per round, interleaved)")
+    ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of: {', '.join(CASES)}")
     ap.add_argument("--json", default=os.path.join(REPO, "reports", "bench", "tunnel_throughput.json"))
     args = ap.parse_args()
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in BUILDERS]
+    if unknown:
+        ap.error(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
     results = []
     for _ in range(args.repeat):
-        for name, build in (("routed veth", routed_case), ("ipip userspace tunl0", two_node_tunnel)):
-            topo = Topo()
-            try:
-                env = build(topo)
-                if "ta" in env:  # wait until the pumps know their routes
-                    for _ in range(100):
-                        if " 0% packet loss" in run("ping", "-c", "1", "-W", "1", env["ipb"], netns=env["pa"],
-                                                    check=False):
-                            break
-                pumps = (env["ta"], env["tb"]) if "ta" in env else ()
-                r = iperf(topo, env["pa"], env["pb"], env["ipb"], args.seconds, args.streams, pumps)
-                if "ta" in env:
-                    topo.stop(env["ta"])
-                    topo.stop(env["tb"])
-                results.append({"case": name, "seconds": args.seconds, "streams": args.streams,
-                                "loadavg": os.getloadavg()[0], **r})
-            finally:
-                topo.close()
-    print(f"{'case':<24} {'best Gbit/s':>12} {'median':>8} {'runs':>5} {'retransmits':>12} {'loadavg':>8} "
-          f"{'tx pump us/MB':>14} {'rx pump us/MB':>14}")
-    for name in dict.fromkeys(r["case"] for r in results):
+        for name in cases:
+            results.append(one(name, args.seconds, args.streams))
+    medians = {}
+    print(f"{'case':<16} {'best Gbit/s':>11} {'median':>7} {'x routed':>9} {'runs':>5} {'retransmits':>12} "
+          f"{'loadavg':>8} {'tx pump us/MB':>14} {'rx pump us/MB':>14}")
+    for name in cases:
         rs = [r for r in results if r["case"] == name]
         rates = sorted(r["gbit_s"] for r in rs)
+        medians[name] = rates[len(rates) // 2]
+    base = medians.get("routed veth")
+    for name in cases:
+        rs = [r for r in results if r["case"] == name]
+        rates = sorted(r["gbit_s"] for r in rs)
+        ratio = f"{medians[name] / base:>9.2f}" if base else f"{'-':>9}"
         cpu = []
         for key in ("tx_pump_us_per_mb", "rx_pump_us_per_mb"):
             vals = sorted(r[key] for r in rs if r.get(key) is not None)
             cpu.append(f"{vals[len(vals) // 2]:>14.0f}" if vals else f"{'-':>14}")
-        print(f"{name:<24} {rates[-1]:>12.3f} {rates[len(rates) // 2]:>8.3f} {len(rs):>5} "
-              f"{sum(r['retransmits'] for r in rs):>12} {max(r['loadavg'] for r in rs):>8.1f} {cpu[0]} {cpu[1]}")
+        loads = sorted(r["loadavg"] for r in rs)
+        print(f"{name:<16} {rates[-1]:>11.2f} {medians[name]:>7.2f} {ratio} {len(rs):>5} "
+              f"{sum(r['retransmits'] for r in rs):>12} {loads[0]:>3.1f}-{loads[-1]:<4.1f} {cpu[0]} {cpu[1]}")
+    summary = {name: {"median_gbit_s": medians[name], "ratio_to_routed": round(medians[name] / base, 3) if base else None}
+               for name in cases}
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump({"benchmark": "tunnel_throughput", "cpus": os.cpu_count(), "results": results}, f, indent=2)
+        json.dump({"benchmark": "tunnel_throughput", "cpus": os.cpu_count(), "summary": summary,
+                   "results": results}, f, indent=2)
     print(f"wrote {args.json}")
     return 0
 

@@ -276,6 +276,9 @@ def _status(lab: str | None, as_json: bool) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for n in info["nodes"]:
+        if n.get("datapath_note"):
+            print(f"{n['name']}: tunl0 is {n['datapath']}: {n['datapath_note']}")
     for skip in info["skipped"]:
         print(f"skipped: {skip}")
     if info["others"]:

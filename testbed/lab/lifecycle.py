@@ -278,7 +278,8 @@ def status(name: str | None = None) -> dict:
                 code, body = nsmod.http_json(h["netns"], "127.0.0.1", HEALTH_PORT, "/status",
                                              timeout=1.0)
                 if isinstance(body, dict):
-                    node.update(datapath=body.get("datapath"), ready=body.get("ready"),
+                    node.update(datapath=body.get("datapath"), datapath_note=body.get("datapath_note"),
+                                bpf=body.get("bpf"), ready=body.get("ready"),
                                 live=body.get("live"), tunnel_address=body.get("tunnel_address"),
                                 bgp=body.get("bgp"), last_error=body.get("last_error"),
                                 unimplemented=body.get("unimplemented") or [])
