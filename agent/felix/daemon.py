@@ -19,7 +19,7 @@ from typing import Any
 
 from agent.clock import Clock
 from agent.felix import convert
-from agent.felix.calc import Calculator
+from agent.felix.calc import Calculator, ipip_enabled
 from agent.felix.ipsets import IpsetDriver
 from agent.felix.iptables import IptablesTable, apply_tables
 from agent.felix.model import Desired, Endpoint, FelixInput, HostNode
@@ -311,7 +311,8 @@ class Felix:
             self._host_ips = self.host_ips_fn(inp.settings.interface_prefix)
             inp = dataclasses.replace(inp, host_ips=self._host_ips)
         desired = self.calc.calculate(inp)
-        self._apply_tunnel(desired, force="routes" in resync, node_ip=self._node_ip(inp))
+        self._apply_tunnel(desired, force="routes" in resync, node_ip=self._node_ip(inp),
+                           ipip_on=ipip_enabled(inp))
         self.ipsets.apply_updates(desired.ipsets, resync="ipsets" in resync)
         # iptables-restore runs while the routes and sysctls are written (Calico's dataplane
         # applies its iptables and route tables in parallel too); a new thread starts in the
@@ -343,10 +344,12 @@ class Felix:
         me = next((n for n in inp.nodes if n.name == inp.hostname), None)
         return me.ip if me is not None else None
 
-    def _apply_tunnel(self, desired: Desired, force: bool, node_ip: str | None = None) -> None:
+    def _apply_tunnel(self, desired: Desired, force: bool, node_ip: str | None = None,
+                      ipip_on: bool = True) -> None:
         want = desired.tunnel
         if want is None:
-            self._remove_bpf_tunnel()
+            if not ipip_on:  # IPIP switched off (not merely no tunnel address yet): the tunnel goes
+                self._remove_bpf_tunnel()
             return
         key = (want.address, want.mtu)
         kind, _note = self._choose_datapath()

@@ -254,3 +254,22 @@ def test_two_node_agent_end_to_end(cluster):
     wait_for(lambda: run("iptables-save", "-t", "filter", netns=c.w0), lambda t: "cali-fw-cali0a0000001" not in t,
              timeout=5, what="endpoint chains removed")
     assert f"{ipa} dev" not in run("ip", "-4", "route", netns=c.w0)
+
+    # IPIP switched off (the pool's ipipMode Never): the tc-BPF tunnel goes: filters, tunl0 and
+    # its peer, the pins.
+    def ipip_off():
+        pool = c.client.get("IPPool", "default-ipv4-ippool")
+        pool.spec.ipip_mode = "Never"
+        c.client.update(pool)
+
+    c.ds.call(ipip_off)
+    pins = os.path.join(c.env("w0")["CALICO_TUNNEL_BPFFS"], "calico", "ipip")
+
+    def tunnel_left() -> dict:
+        links = run("ip", "-o", "link", "show", netns=c.w0)
+        return {"links": [ln.split(":")[1].strip() for ln in links.splitlines() if "tunl0" in ln],
+                "filters": " bpf " in run("tc", "filter", "show", "dev", "eth0", "ingress", netns=c.w0),
+                "pins": sorted(os.listdir(pins)) if os.path.exists(pins) else None}
+
+    wait_for(tunnel_left, lambda left: left == {"links": [], "filters": False, "pins": None}, timeout=10,
+             what="tunl0, tunl0-bpf, the eth0 filter and the pins removed on w0", ignore=(FileNotFoundError,))
