@@ -265,8 +265,7 @@ def _status(lab: str | None, as_json: bool) -> int:
           f"supervisor pid {info['supervisor']}")
     rows = [("NODE", "ROLE", "ADDRESS", "NETNS", "SERVICES", "DATAPATH", "AGENT", "BGP")]
     for n in info["nodes"]:
-        svcs = ",".join(f"{k}{'' if v['running'] else '(exited ' + str(v['exit']) + ')'}"
-                        for k, v in sorted(n["services"].items())) or "-"
+        svcs = ",".join(labmod.describe_service(k, v) for k, v in sorted(n["services"].items())) or "-"
         bgp = n.get("bgp")
         peers = bgp.get("peers") if isinstance(bgp, dict) else None
         sessions = "-" if peers is None else \

@@ -267,9 +267,7 @@ def status(name: str | None = None) -> dict:
         for key, svc in st["services"].items():
             host, _, sname = key.partition("/")
             if host == hname:
-                alive = pid_alive(svc.get("pid"), svc.get("start"))
-                services[sname] = {"pid": svc.get("pid"), "running": alive,
-                                   "exit": None if alive else svc.get("exit")}
+                services[sname] = service_status(svc, now=time.time())
         node = {"name": hname, "role": h["role"], "address": h["address"], "netns": h["netns"],
                 "services": services, "datapath": None, "ready": None, "live": None,
                 "agent": "not running"}
@@ -293,6 +291,40 @@ def status(name: str | None = None) -> dict:
     return out
 
 
+def service_status(rec: dict, now: float, alive: bool | None = None) -> dict:
+    """What ``status`` says of one recorded service: ``state`` is ``running``,
+    ``restarting`` (exited, the supervisor restarts it at ``next_start``) or ``crashed``
+    (not running and no restart scheduled); ``restarts`` counts the restarts so far."""
+    if alive is None:
+        alive = pid_alive(rec.get("pid"), rec.get("start"))
+    out = {"pid": rec.get("pid"), "running": alive, "restarts": rec.get("restarts", 0),
+           "exit": None if alive else rec.get("exit"), "last_exit": rec.get("last_exit")}
+    if alive:
+        out["state"] = "running"
+    elif rec.get("next_start") is not None and rec.get("exit") is not None:
+        out["state"] = "restarting"
+        out["restart_in"] = round(max(0.0, rec["next_start"] - now), 1)
+    else:
+        out["state"] = "crashed"
+    return out
+
+
+def describe_service(name: str, svc: dict) -> str:
+    """One service for a person: ``kubelet``, ``kubelet(2 restarts)``,
+    ``calico-node(restarting in 9.8s after signal 9 (SIGKILL), 1 restart)``, ``etcd(crashed: status 1)``."""
+    from testbed.lab.restarts import describe_exit
+
+    n = svc.get("restarts") or 0
+    count = f"{n} restart{'s' if n != 1 else ''}"
+    state = svc.get("state", "running" if svc.get("running") else "crashed")
+    if state == "running":
+        return name + (f"({count})" if n else "")
+    if state == "restarting":
+        return (f"{name}(restarting in {svc.get('restart_in', 0):g}s after "
+                f"{describe_exit(svc.get('exit'))}" + (f", {count}" if n else "") + ")")
+    return f"{name}(crashed: {describe_exit(svc.get('exit'))}" + (f", {count}" if n else "") + ")"
+
+
 def health(info: dict, agents_expected: bool = False) -> dict:
     """The lab's verdict from a :func:`status` dict: ``broken`` (a service exited, a
     calico-node does not answer or is not live, its dataplane or BGP reports an error),
@@ -304,7 +336,7 @@ def health(info: dict, agents_expected: bool = False) -> dict:
         name = n["name"]
         for sname, svc in sorted(n["services"].items()):
             if not svc["running"]:
-                broken.append(f"{name}: {sname} exited ({svc.get('exit')})")
+                broken.append(f"{name}: {describe_service(sname, svc)}")
         if agents_expected or "calico-node" in n["services"]:
             agent = n.get("agent", "")
             if agent not in ("ready", "not ready"):

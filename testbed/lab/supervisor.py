@@ -34,6 +34,7 @@ from typing import Any
 
 from testbed.lab import netns as nsmod
 from testbed.lab import state as labstate
+from testbed.lab.restarts import Restarter, describe_exit
 from testbed.lab.topology import Topology, load
 
 #: BGP session timers of a lab's calico-nodes: BIRD waits its connect delay (Calico's
@@ -43,6 +44,9 @@ from testbed.lab.topology import Topology, load
 #: Calico's. Set CALICOLAB_BGP_TIMERS to override (see docs/bgp.md).
 BGP_TIMERS_ENV = "CALICOLAB_BGP_TIMERS"
 LAB_BGP_TIMERS = "connect_delay=0.1,connect_retry=1"
+
+#: seconds between the supervisor's checks of its services
+REAP_INTERVAL = 0.2
 
 #: CPU priority (nice) of the lab's etcd.
 ETCD_NICE = -10
@@ -99,6 +103,10 @@ class Supervisor:
         self.net: Any = None
         self.hosts: dict[str, Any] = {}
         self.procs: dict[str, subprocess.Popen] = {}
+        #: how to start each service again (host, service, argv, extra env), and its restart state
+        self.specs: dict[str, tuple[str, str, list[str], dict[str, str] | None]] = {}
+        self.restarters: dict[str, Restarter] = {}
+        self.networkd: Any = None
         self.stop_event = threading.Event()
         self.lock = threading.RLock()
         self.server: socket.socket | None = None
@@ -343,9 +351,14 @@ class Supervisor:
         key = f"{host}/{service}"
         with self.lock:
             self.procs[key] = proc
+            self.specs[key] = (host, service, argv, extra_env)
+            rst = self.restarters.setdefault(key, Restarter(service))
+            rst.started(time.monotonic())
             self.state["services"][key] = {"pid": proc.pid, "start": labstate.proc_starttime(proc.pid),
                                            "argv": argv, "log": str(logpath),
-                                           "started": time.time(), "exit": None}
+                                           "started": time.time(), "exit": None,
+                                           "restarts": rst.restarts, "restart_policy": rst.policy,
+                                           "next_start": None, "last_exit": rst.last_exit}
         _log(f"started {key} pid {proc.pid}: {' '.join(argv)}")
         return proc
 
@@ -535,9 +548,15 @@ class Supervisor:
         key = f"{host}/{service}"
         with self.lock:
             self.procs[key] = proc
+            self.specs[key] = (host, service, argv, None)
+            rst = self.restarters.setdefault(key, Restarter(service))
+            rst.started(time.monotonic())
             self.state["services"][key] = {"pid": proc.pid, "start": labstate.proc_starttime(proc.pid),
                                            "argv": argv, "log": str(logpath),
-                                           "started": time.time(), "exit": None}
+                                           "started": time.time(), "exit": None,
+                                           "restarts": rst.restarts, "restart_policy": rst.policy,
+                                           "next_start": None, "last_exit": rst.last_exit,
+                                           "from_machine": True}
         _log(f"started {key} pid {proc.pid}: {' '.join(argv)}")
         return proc
 
@@ -890,21 +909,44 @@ class Supervisor:
             self.teardown()
             return 1
         self._close_progress()
-        while not self.stop_event.wait(0.5):
+        while not self.stop_event.wait(REAP_INTERVAL):
             self._reap()
         self.teardown()
         return 0
 
     def _reap(self) -> None:
+        """Notice services that exited and restart them as their restarter would
+        (:mod:`testbed.lab.restarts`): one log line per exit and per restart."""
         changed = False
+        now = time.monotonic()
         with self.lock:
-            for key, proc in self.procs.items():
-                rc = proc.poll()
+            for key, proc in list(self.procs.items()):
                 rec = self.state["services"].get(key)
-                if rc is not None and rec is not None and rec.get("exit") is None:
-                    rec["exit"] = rc
+                rst = self.restarters.get(key)
+                if rec is None or rst is None:
+                    continue
+                rc = proc.poll()
+                if rc is not None and rec.get("exit") is None:
+                    wait = rst.exited(rc, now)
+                    rec.update(exit=rc, last_exit=rc, next_start=time.time() + wait)
                     changed = True
-                    _log(f"{key} exited with {rc}")
+                    _log(f"{key} (pid {proc.pid}) exited with {describe_exit(rc)}; restart "
+                         f"{rst.restarts + 1} in {wait:g}s ({rst.policy})")
+                elif rc is not None and rst.due(now) and not self.stop_event.is_set():
+                    host, service, argv, extra_env = self.specs[key]
+                    rst.restarted(now)
+                    try:
+                        if rec.get("from_machine"):
+                            new = self.start_daemon(host, service, argv)
+                        else:
+                            new = self.start_service(host, service, argv, extra_env)
+                    except Exception as exc:  # noqa: BLE001 - e.g. the node's shell is gone
+                        wait = rst.exited(None, now)
+                        rec.update(next_start=time.time() + wait, start_error=str(exc))
+                        _log(f"restarting {key} failed: {exc}; next try in {wait:g}s")
+                    else:
+                        _log(f"restarted {key}: pid {new.pid} (restart {rst.restarts})")
+                    changed = True
         if changed:
             self.save()
 

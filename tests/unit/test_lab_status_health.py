@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from testbed.lab.lifecycle import health
+from testbed.lab.lifecycle import describe_service, health, service_status
 
 pytestmark = pytest.mark.unit
 
@@ -26,7 +26,8 @@ def test_healthy_not_ready_and_broken():
     dead = {"nodes": [node("m"), node("w0", agent="health port unreachable (Connection refused)", running=False)]}
     h = health(dead)
     assert h["state"] == "broken" and h["problems"] == [
-        "w0: calico-node exited (-9)", "w0: calico-node health port unreachable (Connection refused)"]
+        "w0: calico-node(crashed: signal 9 (SIGKILL))",
+        "w0: calico-node health port unreachable (Connection refused)"]
     failing = {"nodes": [node("m", last_error="apply: iptables-restore failed", live=False)]}
     assert health(failing)["problems"] == ["m: calico-node is not live", "m: calico-node: apply: iptables-restore failed"]
     bad_cfg = {"nodes": [node("m", bgp={"peers": [], "config_error": "BGPPeer x: invalid selector"})]}
@@ -37,3 +38,19 @@ def test_nodes_before_install_cni_are_not_broken():
     waiting = {"nodes": [{"name": "m", "agent": "not running", "services": {"kubelet": {"running": True}}}]}
     assert health(waiting) == {"state": "healthy", "problems": []}
     assert health(waiting, agents_expected=True)["state"] == "broken"
+
+
+def test_a_restarting_or_crashed_service_is_reported_as_such():
+    rec = {"pid": 4242, "start": 1, "exit": -9, "last_exit": -9, "restarts": 1, "next_start": 110.0}
+    svc = service_status(rec, now=100.0, alive=False)
+    assert svc["state"] == "restarting" and svc["restart_in"] == 10.0
+    assert describe_service("kubelet", svc) == "kubelet(restarting in 10s after signal 9 (SIGKILL), 1 restart)"
+    h = health({"nodes": [{"name": "w0", "agent": "not running", "services": {"kubelet": svc}}]})
+    assert h == {"state": "broken",
+                 "problems": ["w0: kubelet(restarting in 10s after signal 9 (SIGKILL), 1 restart)"]}
+    # restarted: running again, the count stays visible
+    up = service_status(dict(rec, exit=None, next_start=None, restarts=2), now=111.0, alive=True)
+    assert up["state"] == "running" and describe_service("kubelet", up) == "kubelet(2 restarts)"
+    # exited, nothing will restart it (e.g. an old lab without restarts): crashed
+    dead = service_status({"pid": 4242, "exit": 1}, now=0.0, alive=False)
+    assert dead["state"] == "crashed" and describe_service("etcd", dead) == "etcd(crashed: status 1)"
