@@ -293,6 +293,23 @@ class Supervisor:
         self.progress("configuring addresses and routes")
         self._parallel(self._configure, topo.host_names())
         self._attach_netns()
+        self.start_networkd()
+
+    def start_networkd(self) -> None:
+        """Keep every host's addresses and routes (testbed.lab.networkd): a link that comes
+        back up gets them back, as systemd-networkd does on a node."""
+        from testbed.lab.networkd import NetworkKeeper, host_network
+
+        hosts = {name: (f"/run/netns/{self.state['hosts'][name]['netns']}", host_network(self.topo, name))
+                 for name in self.topo.host_names()}
+
+        def restored(host: str, done: list[str]) -> None:
+            _log(f"networkd: {host}: a link came back up; restored {', '.join(done)}")
+
+        self.networkd = NetworkKeeper(hosts, on_repair=restored)
+        self.networkd.start(self.stop_event)
+        for host, err in sorted(self.networkd.errors.items()):
+            _log(f"networkd: {host}: {err}")
 
     @staticmethod
     def _parallel(fn: Any, names: list[str]) -> None:
@@ -978,6 +995,8 @@ class Supervisor:
                 except OSError:
                     p.kill()
                 p.wait()
+        if self.networkd is not None:
+            self.networkd.close()
         if self.net is not None:
             try:
                 self.net.stop()
