@@ -29,7 +29,8 @@ _T_EFFECTS = "tests/unit/test_settings_effects.py::"
 _T_EFFECTS_DS = "tests/etcd/test_settings_effects.py::"
 _T_TWONODE = "tests/netns/test_agent_twonode.py::test_two_node_agent_end_to_end"
 _NO_V6 = "IPv6 is not implemented: calicolab is IPv4 only"
-_NO_KDD = "the Kubernetes datastore is not implemented: calicolab keeps Calico's data in etcd"
+_T_KDD_UNIT = "tests/unit/test_kdd_logic.py::"
+_T_KDD_AGENT = "tests/netns/test_agent_kdd.py::test_calico_node_in_the_kubernetes_datastore"
 _NO_TLS = "calico-node reaches etcd over plain http at ETCD_ENDPOINTS"
 _NO_TYPHA_TLS = "calico-node talks to Typha without TLS"
 _FIXED_LOG = "calico-node logs to stderr at CALICO_LOG_LEVEL"
@@ -104,13 +105,16 @@ _NODE: dict[str, tuple[str, Support]] = {
     "CALICO_K8S_NODE_REF": ("node", missing("calico-node writes no orchRefs")),
     # datastore
     "DATASTORE_TYPE": ("datastore", works_for(
-        _ci("", "etcdv3"), "tests/etcd/test_datastore_client.py::test_bad_endpoint_and_datastore_type_are_explained",
-        ok_doc="etcdv3", sample="kubernetes", note=_NO_KDD + "; calico-node refuses to start")),
-    "KUBECONFIG": ("datastore", missing(_NO_KDD)),
-    "K8S_API_ENDPOINT": ("datastore", missing(_NO_KDD)),
-    "K8S_CERT_FILE": ("datastore", missing(_NO_KDD)),
-    "K8S_KEY_FILE": ("datastore", missing(_NO_KDD)),
-    "K8S_CA_FILE": ("datastore", missing(_NO_KDD)),
+        _ci("", "etcdv3", "kubernetes"), _T_KDD_UNIT + "test_datastore_type_resolution", _T_KDD_AGENT,
+        "tests/etcd/test_datastore_client.py::test_bad_endpoint_and_datastore_type_are_explained",
+        ok_doc="etcdv3, kubernetes", sample="consul", note="Calico's datastores are etcdv3 and kubernetes")),
+    "KUBECONFIG": ("datastore", works(_T_KDD_UNIT + "test_kube_config_from_env", _T_KDD_AGENT)),
+    "K8S_API_ENDPOINT": ("datastore", works(_T_KDD_UNIT + "test_kube_config_from_env")),
+    "K8S_API_TOKEN": ("datastore", works(_T_KDD_UNIT + "test_kube_config_from_env")),
+    "K8S_INSECURE_SKIP_TLS_VERIFY": ("datastore", works(_T_KDD_UNIT + "test_kube_config_from_env")),
+    "K8S_CERT_FILE": ("datastore", works(_T_KDD_UNIT + "test_kube_config_from_env")),
+    "K8S_KEY_FILE": ("datastore", works(_T_KDD_UNIT + "test_kube_config_from_env")),
+    "K8S_CA_FILE": ("datastore", works(_T_KDD_UNIT + "test_kube_config_from_env")),
     "ETCD_ENDPOINTS": ("datastore", works(_T_TWONODE)),
     "ETCD_DISCOVERY_SRV": ("datastore", missing(_NO_TLS)),
     "ETCD_KEY_FILE": ("datastore", missing(_NO_TLS)),
@@ -139,7 +143,8 @@ _NODE: dict[str, tuple[str, Support]] = {
 # -- Felix's environment-only parameters (felix/config/config_params.go, "local") -------
 
 _FELIX_LOCAL: dict[str, Support] = {
-    "FELIX_DATASTORETYPE": missing(_NO_KDD + "; set DATASTORE_TYPE", ok=_ci("etcdv3"), ok_doc="etcdv3"),
+    "FELIX_DATASTORETYPE": missing("Felix runs inside calico-node with its datastore (DATASTORE_TYPE)",
+                                   ok=_ci("etcdv3", "kubernetes"), ok_doc="etcdv3, kubernetes"),
     "FELIX_FELIXHOSTNAME": missing("Felix's host name is calico-node's NODENAME"),
     "FELIX_ETCDADDR": missing(_NO_TLS),
     "FELIX_ETCDSCHEME": missing(_NO_TLS, ok=_ci("http"), ok_doc="http"),
@@ -206,7 +211,14 @@ _INSTALL_CNI: dict[str, Support] = {
     "CNI_MTU": works(_T_STARTUP_UNIT + "test_conflist_shape"),
     "CNI_CONF_NAME": missing("the conflist is always 10-calico.conflist"),
     "CNI_NETWORK_CONFIG": works(_T_STARTUP_UNIT + "test_conflist_from_cni_network_config",
+                                _T_KDD_UNIT + "test_install_cni_kubernetes_conflist_and_kubeconfig",
                                 note="the manifest's cni_network_config; a built-in copy without it"),
+    "KUBERNETES_SERVICE_HOST": works(_T_KDD_UNIT + "test_install_cni_kubernetes_conflist_and_kubeconfig",
+                                     note="in a pod: the API server the CNI kubeconfig names"),
+    "KUBERNETES_SERVICE_PORT": works(_T_KDD_UNIT + "test_install_cni_kubernetes_conflist_and_kubeconfig"),
+    "CALICO_CNI_SERVICE_ACCOUNT": works(_T_KDD_UNIT + "test_install_cni_kubernetes_conflist_and_kubeconfig",
+                                        note="the ServiceAccount whose token the CNI kubeconfig carries "
+                                             "(default calico-cni-plugin)"),
 }
 
 _CALICOLAB: dict[str, Support] = {

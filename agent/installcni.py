@@ -1,16 +1,19 @@
 """The install-cni step: Calico's conflist into /etc/cni/net.d and the plugins into /opt/cni/bin.
 
-As Calico v3.28.1's install-cni: the network config is the template in
-``CNI_NETWORK_CONFIG`` (calico.yaml's ``cni_network_config`` ConfigMap key; without it
-:data:`DEFAULT_NETWORK_CONFIG`, the same document), with ``__KUBERNETES_NODE_NAME__``,
-``__CNI_MTU__`` (``CNI_MTU``, from ``veth_mtu``: 0 = auto) and ``__ETCD_ENDPOINTS__``
-filled in, written as ``10-calico.conflist``: calico + portmap + bandwidth, cniVersion
-0.3.1. ``calico``, ``calico-ipam`` (our entry points) and the reference plugins
-(/usr/lib/cni/*) are linked into the CNI bin dir. Directories come from ``CNI_NET_DIR`` /
-``CNI_BIN_DIR`` (defaults /etc/cni/net.d, /opt/cni/bin).
-
-One deliberate difference: ``datastore_type`` is ``etcdv3`` (with ``etcd_endpoints``), not
-calico.yaml's ``kubernetes``, because the lab's Calico datastore is etcd (docs/cni.md).
+As Calico v3.28.1's install-cni (``cni-plugin/pkg/install``): the network config is the
+template in ``CNI_NETWORK_CONFIG`` (calico.yaml's ``cni_network_config`` ConfigMap key;
+without it :data:`KDD_NETWORK_CONFIG` with ``DATASTORE_TYPE=kubernetes``, calico.yaml's
+document, else :data:`DEFAULT_NETWORK_CONFIG`, its etcd form), with install-cni's
+placeholders filled (:func:`fill`), written as ``10-calico.conflist``: calico + portmap +
+bandwidth, cniVersion 0.3.1. When the plugin needs the Kubernetes API
+(``__KUBECONFIG_FILEPATH__`` in the template, or the Kubernetes datastore) the kubeconfig
+``<CNI_NET_DIR>/calico-kubeconfig`` is written: in a pod, with a token of the
+``calico-cni-plugin`` ServiceAccount (``CALICO_CNI_SERVICE_ACCOUNT``) obtained by
+TokenRequest, the API server at KUBERNETES_SERVICE_HOST:PORT and the ServiceAccount's CA, as
+Calico writes it; outside a pod (calicolab runs calico-node as a plain process too) a copy
+of the ``KUBECONFIG`` calico-node itself uses. ``calico``, ``calico-ipam`` (our entry
+points) and the reference plugins (/usr/lib/cni/*) are linked into the CNI bin dir.
+Directories come from ``CNI_NET_DIR`` / ``CNI_BIN_DIR`` (defaults /etc/cni/net.d, /opt/cni/bin).
 """
 
 from __future__ import annotations
@@ -57,20 +60,69 @@ DEFAULT_NETWORK_CONFIG = """{
     }
   ]
 }"""
+#: calico.yaml's cni_network_config (the Kubernetes datastore)
+KDD_NETWORK_CONFIG = """{
+  "name": "k8s-pod-network",
+  "cniVersion": "0.3.1",
+  "plugins": [
+    {
+      "type": "calico",
+      "log_level": "info",
+      "log_file_path": "/var/log/calico/cni/cni.log",
+      "datastore_type": "kubernetes",
+      "nodename": "__KUBERNETES_NODE_NAME__",
+      "mtu": __CNI_MTU__,
+      "ipam": {
+          "type": "calico-ipam"
+      },
+      "policy": {
+          "type": "k8s"
+      },
+      "kubernetes": {
+          "kubeconfig": "__KUBECONFIG_FILEPATH__"
+      }
+    },
+    {
+      "type": "portmap",
+      "snat": true,
+      "capabilities": {"portMappings": true}
+    },
+    {
+      "type": "bandwidth",
+      "capabilities": {"bandwidth": true}
+    }
+  ]
+}"""
+KUBECONFIG_NAME = "calico-kubeconfig"
+#: install.go's defaults for the log placeholders (calicolab does not read LOG_* variables)
+_LOG_DEFAULTS = {"__LOG_LEVEL__": "info", "__LOG_FILE_PATH__": "/var/log/calico/cni/cni.log",
+                 "__LOG_FILE_MAX_SIZE__": "100", "__LOG_FILE_MAX_AGE__": "30", "__LOG_FILE_MAX_COUNT__": "10"}
 _PLACEHOLDER = re.compile(r"__[A-Z][A-Z0-9_]*__")
 
 
-def conflist(nodename: str, etcd_endpoints: Sequence[str], mtu: int = 0, template: str | None = None) -> dict:
+def fill(template: str, values: Mapping[str, str]) -> str:
+    """``template`` with install-cni's placeholders replaced (``values`` plus the log defaults)."""
+    text = template
+    for key, value in {**_LOG_DEFAULTS, **values}.items():
+        text = text.replace(key, value)
+    return text
+
+
+def conflist(nodename: str, etcd_endpoints: Sequence[str], mtu: int = 0, template: str | None = None,
+             values: Mapping[str, str] | None = None) -> dict:
     """The conflist document: ``template`` (default :data:`DEFAULT_NETWORK_CONFIG`) with
-    install-cni's placeholders filled. A placeholder left over or a result that is not a
-    JSON object is a ValueError naming it."""
+    install-cni's placeholders filled (``values`` adds e.g. ``__KUBECONFIG_FILEPATH__``,
+    ``__DATASTORE_TYPE__``). A placeholder left over or a result that is not a JSON object
+    is a ValueError naming it."""
     if not nodename:
         raise ValueError("conflist needs a node name")
-    if not etcd_endpoints:
-        raise ValueError("conflist needs at least one etcd endpoint")
     text = DEFAULT_NETWORK_CONFIG if template is None else template
-    text = (text.replace("__KUBERNETES_NODE_NAME__", nodename).replace("__CNI_MTU__", str(int(mtu)))
-            .replace("__ETCD_ENDPOINTS__", ",".join(etcd_endpoints)))
+    if "__ETCD_ENDPOINTS__" in text and not etcd_endpoints:
+        raise ValueError("conflist needs at least one etcd endpoint")
+    text = fill(text, {"__KUBERNETES_NODE_NAME__": nodename, "__CNI_MTU__": str(int(mtu)),
+                       "__ETCD_ENDPOINTS__": ",".join(etcd_endpoints), "__ETCD_DISCOVERY_SRV__": "",
+                       "__ETCD_CERT_FILE__": "", "__ETCD_CA_CERT_FILE__": "", "__ETCD_KEY_FILE__": "",
+                       **(values or {})})
     left = sorted(set(_PLACEHOLDER.findall(text)))
     if left:
         raise ValueError(f"CNI_NETWORK_CONFIG has placeholders install-cni does not fill: {', '.join(left)}")
@@ -91,9 +143,52 @@ def _link(src: str, dst: str) -> None:
     os.symlink(src, dst)
 
 
+def cni_kubeconfig(env: Mapping[str, str], sa_dir: str = "/var/run/secrets/kubernetes.io/serviceaccount") -> str:
+    """The kubeconfig the CNI plugin uses (``calico-kubeconfig``): in a pod, a token of the
+    ``CALICO_CNI_SERVICE_ACCOUNT`` (calico-cni-plugin) ServiceAccount of the pod's namespace,
+    requested by TokenRequest (24 h), with the in-cluster API address and CA; outside a pod
+    the content of ``KUBECONFIG``. ValueError when there is neither."""
+    import base64
+
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    token_file = os.path.join(sa_dir, "token")
+    if host and port and os.path.exists(token_file) and not env.get("KUBECONFIG"):
+        import kubeclient
+        from kubeclient.config import Config
+
+        with open(os.path.join(sa_dir, "namespace")) as f:
+            namespace = f.read().strip() or "kube-system"
+        sa = env.get("CALICO_CNI_SERVICE_ACCOUNT") or "calico-cni-plugin"
+        server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+        kube = kubeclient.Client(Config(server=server, ca_file=os.path.join(sa_dir, "ca.crt"), token_file=token_file))
+        try:
+            tr = kube.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}/token",
+                              {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                               "spec": {"expirationSeconds": 24 * 3600}})
+        except kubeclient.KubeError as exc:
+            raise ValueError(f"Unable to create token for CNI kubeconfig (ServiceAccount {namespace}/{sa}): "
+                             f"{exc}") from None
+        with open(os.path.join(sa_dir, "ca.crt"), "rb") as f:
+            ca = base64.b64encode(f.read()).decode()
+        return (f"# Kubeconfig file for Calico CNI plugin.\napiVersion: v1\nkind: Config\nclusters:\n"
+                f"- name: local\n  cluster:\n    server: https://[{host}]:{port}\n"
+                f"    certificate-authority-data: {ca}\nusers:\n- name: calico\n  user:\n"
+                f"    token: {tr['status']['token']}\ncontexts:\n- name: calico-context\n  context:\n"
+                "    cluster: local\n    user: calico\ncurrent-context: calico-context\n")
+    path = env.get("KUBECONFIG")
+    if path:
+        with open(path.split(os.pathsep)[0]) as f:
+            return f.read()
+    raise ValueError("the CNI plugin needs the Kubernetes API but calico-node has neither a ServiceAccount "
+                     "token (in a pod) nor KUBECONFIG")
+
+
 def install_cni(nodename: str, etcd_endpoints: Sequence[str], env: Mapping[str, str] | None = None,
                 bin_source: str | None = None) -> list[str]:
-    """Write the conflist and link the binaries; returns the paths written. Idempotent."""
+    """Write the conflist (and the CNI kubeconfig when the plugin needs one) and link the
+    binaries; returns the paths written. Idempotent."""
+    from datastore.client import datastore_type
+
     env = os.environ if env is None else env
     net_dir = env.get("CNI_NET_DIR", "/etc/cni/net.d")
     bin_dir = env.get("CNI_BIN_DIR", "/opt/cni/bin")
@@ -102,10 +197,25 @@ def install_cni(nodename: str, etcd_endpoints: Sequence[str], env: Mapping[str, 
         mtu = int(env.get("CNI_MTU", "0") or 0)
     except ValueError:
         raise ValueError(f"CNI_MTU={env.get('CNI_MTU')!r} is not an MTU (0 = auto)") from None
-    doc = conflist(nodename, list(etcd_endpoints), mtu=mtu, template=env.get("CNI_NETWORK_CONFIG") or None)
+    dtype = datastore_type(env)
+    template = env.get("CNI_NETWORK_CONFIG") or (KDD_NETWORK_CONFIG if dtype == "kubernetes"
+                                                 else DEFAULT_NETWORK_CONFIG)
+    kubeconfig_path = os.path.join(net_dir, KUBECONFIG_NAME)
+    doc = conflist(nodename, list(etcd_endpoints), mtu=mtu, template=template, values={
+        "__KUBECONFIG_FILEPATH__": kubeconfig_path, "__DATASTORE_TYPE__": dtype,
+        "__KUBERNETES_SERVICE_HOST__": env.get("KUBERNETES_SERVICE_HOST", ""),
+        "__KUBERNETES_SERVICE_PORT__": env.get("KUBERNETES_SERVICE_PORT", "")})
     written = []
     os.makedirs(net_dir, exist_ok=True)
     os.makedirs(bin_dir, exist_ok=True)
+    if "__KUBECONFIG_FILEPATH__" in template or dtype == "kubernetes":
+        data = cni_kubeconfig(env)
+        tmp = kubeconfig_path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+        os.replace(tmp, kubeconfig_path)
+        written.append(kubeconfig_path)
     path = os.path.join(net_dir, CONFLIST_NAME)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

@@ -232,9 +232,11 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
         log.info("health on 127.0.0.1:%d", health.port)
 
     client = Client.from_env(env, timeout=ETCD_TIMEOUT)
+    from agent.startup import kube_client
     from datastore.typha import typha_from_env
 
-    client.typha = typha_from_env(env, client.etcd, hostname=nodename)  # FELIX_TYPHAADDR / ...K8SSERVICENAME
+    # FELIX_TYPHAADDR / FELIX_TYPHAK8SSERVICENAME (the Service found through the Kubernetes API)
+    client.typha = typha_from_env(env, kube_client(client, env), hostname=nodename, etcd=client.etcd)
     if client.typha is not None:
         log.info("Felix and confd take their watches from Typha (%s)", client.typha.where)
     delay = 0.2

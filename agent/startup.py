@@ -134,12 +134,13 @@ def _env_bool(env: Mapping[str, str], var: str, default: bool) -> bool:
     raise StartupError(f"{var}={raw!r} is not a boolean (true/false)")
 
 
-def pool_from_env(env: Mapping[str, str], host_addresses: Sequence[str] = ()) -> Any:
-    """The default IPPool resource described by ``CALICO_IPV4POOL_*`` (validated)."""
+def pool_from_env(env: Mapping[str, str], host_addresses: Sequence[str] = (), kubeadm_cidr: str | None = None) -> Any:
+    """The default IPPool resource described by ``CALICO_IPV4POOL_*`` (validated); its CIDR is
+    ``CALICO_IPV4POOL_CIDR``, else kubeadm's ``podSubnet``, else 192.168.0.0/16."""
     from datastore.errors import ValidationError
     from datastore.resources import IPPool, Metadata
 
-    cidr = env.get("CALICO_IPV4POOL_CIDR", "").strip()
+    cidr = env.get("CALICO_IPV4POOL_CIDR", "").strip() or (kubeadm_cidr or "")
     if cidr:
         try:
             net = ipaddress.IPv4Network(cidr, strict=False)
@@ -274,13 +275,20 @@ def _update_retry(client: Any, kind: str, name: str, mutate: Any, attempts: int 
 
 
 def register_node(client: Any, nodename: str, ipv4: str | None) -> Any:
-    """Create or update the Node with ``spec.bgp.ipv4Address``; other fields are kept."""
+    """Create or update the Node with ``spec.bgp.ipv4Address``; other fields are kept.
+
+    In the Kubernetes datastore the Calico Node is the Kubernetes Node (its
+    ``projectcalico.org/*`` annotations): it cannot be created, so a missing Kubernetes
+    Node is a start-up error (calico-node is restarted and tries again)."""
     from datastore import errors
     from datastore.resources import Metadata, Node, NodeBGPSpec
 
     try:
         client.get("Node", nodename)
     except errors.NotFound:
+        if getattr(client, "datastore_type", "") == "kubernetes":
+            raise StartupError(f"the Kubernetes Node {nodename!r} does not exist: in the Kubernetes datastore "
+                               "the Calico Node is the Kubernetes Node (has the kubelet registered it?)") from None
         node = Node(metadata=Metadata(name=nodename))
         node.spec.bgp = NodeBGPSpec(ipv4_address=ipv4)
         try:
@@ -299,13 +307,67 @@ def register_node(client: Any, nodename: str, ipv4: str | None) -> Any:
     return _update_retry(client, "Node", nodename, mutate)
 
 
-def ensure_default_pool(client: Any, env: Mapping[str, str], host_addresses: Sequence[str] = ()) -> bool:
+def kube_client(client: Any, env: Mapping[str, str]) -> Any:
+    """calico-node's Kubernetes API client: the datastore's own in the Kubernetes datastore,
+    else one from KUBECONFIG or the in-cluster config when calico-node has them (as
+    calico-node builds its clientset in etcd mode too); None without."""
+    kube = getattr(client, "kube", None)
+    if kube is not None:
+        return kube
+    if not (env.get("KUBECONFIG") or env.get("KUBERNETES_SERVICE_HOST")):
+        return None
+    from datastore.errors import DatastoreError
+    from datastore.kdd import kube_config_from_env
+    from kubeclient import Client as Kube
+
+    try:
+        return Kube(kube_config_from_env(env))
+    except (DatastoreError, OSError, ValueError) as exc:
+        log.warning("no Kubernetes API client (%s): kubeadm-config is not read", exc)
+        return None
+
+
+def kubeadm_config(kube: Any) -> dict | None:
+    """kube-system/kubeadm-config, or None (not a kubeadm cluster, or no API client)."""
+    if kube is None:
+        return None
+    import kubeclient
+
+    try:
+        return kube.get("v1", "configmaps", "kubeadm-config", "kube-system")
+    except kubeclient.NotFound:
+        return None
+    except kubeclient.KubeError as exc:
+        log.warning("failed to query kubeadm's config map: %s", exc)
+        return None
+
+
+def kubeadm_pod_subnet(cm: dict | None) -> str | None:
+    """The IPv4 ``podSubnet`` of kubeadm's ClusterConfiguration (``extractKubeadmCIDRs``)."""
+    if not cm:
+        return None
+    text = (cm.get("data") or {}).get("ClusterConfiguration") or ""
+    m = re.search(r"podSubnet:\s*(\S+)", text)
+    if not m:
+        return None
+    for part in m.group(1).strip("\"'").split(","):
+        try:
+            net = ipaddress.ip_network(part.strip(), strict=False)
+        except ValueError:
+            continue
+        if net.version == 4:
+            return str(net)
+    return None
+
+
+def ensure_default_pool(client: Any, env: Mapping[str, str], host_addresses: Sequence[str] = (),
+                        kubeadm_cidr: str | None = None) -> bool:
     """Create default-ipv4-ippool when no IPPool exists; True if this call created it."""
     from datastore import errors
 
     if _env_bool(env, "NO_DEFAULT_POOLS", False):
         return False
-    pool = pool_from_env(env, host_addresses)  # validate env even if a pool exists
+    pool = pool_from_env(env, host_addresses, kubeadm_cidr)  # validate env even if a pool exists
     if client.list("IPPool"):
         return False
     try:
@@ -316,21 +378,26 @@ def ensure_default_pool(client: Any, env: Mapping[str, str], host_addresses: Seq
     return True
 
 
-def cluster_type(env: Mapping[str, str]) -> str:
+def cluster_type(env: Mapping[str, str], kubeadm: bool = False, kdd: bool | None = None) -> str:
     """ClusterInformation's ``clusterType`` as calico-node v3.28.1 builds it: ``CLUSTER_TYPE``
-    from the manifest, and ``,kdd`` last when the datastore is Kubernetes.
+    from the manifest, ``,kubeadm`` when kube-system's kubeadm-config ConfigMap exists, and
+    ``,kdd`` last when the datastore is Kubernetes (``k8s,bgp,kubeadm,kdd``)."""
+    ctype = env.get("CLUSTER_TYPE", "").removesuffix(",")
+    if kubeadm:
+        ctype = f"{ctype},kubeadm" if ctype else "kubeadm"
+    if kdd is None:
+        from datastore.base import datastore_type
 
-    Calico also appends ``,kubeadm`` (``,rancher``) when it finds kube-system's
-    kubeadm-config (full-cluster-state) ConfigMap through the Kubernetes API; calico-node
-    here has no Kubernetes API client yet, so that part is not added (docs/calicoctl.md).
-    """
-    ctype = env.get("CLUSTER_TYPE", "")
-    if env.get("DATASTORE_TYPE", "etcdv3") == "kubernetes":
-        ctype = f"{ctype.removesuffix(',')},kdd" if ctype else "kdd"
+        try:
+            kdd = datastore_type(env) == "kubernetes"
+        except Exception:  # noqa: BLE001 - a bad DATASTORE_TYPE fails elsewhere, by name
+            kdd = False
+    if kdd:
+        ctype = f"{ctype},kdd" if ctype else "kdd"
     return ctype
 
 
-def ensure_cluster_information(client: Any, env: Mapping[str, str]) -> Any:
+def ensure_cluster_information(client: Any, env: Mapping[str, str], kubeadm: bool = False) -> Any:
     """ClusterInformation ``default`` as libcalico-go's ``EnsureInitialized`` keeps it:
     created with a hex GUID, ``calicoVersion`` (v3.28.1), ``clusterType`` and
     ``datastoreReady: true``; on an existing one the version is set to ours, a missing GUID
@@ -339,7 +406,7 @@ def ensure_cluster_information(client: Any, env: Mapping[str, str]) -> Any:
     from datastore import errors
     from datastore.resources import ClusterInformation, Metadata
 
-    ctype = cluster_type(env)
+    ctype = cluster_type(env, kubeadm, getattr(client, "datastore_type", "") == "kubernetes")
     try:
         client.get("ClusterInformation", "default")
     except errors.NotFound:
@@ -415,13 +482,15 @@ def run_startup(client: Any, env: Mapping[str, str], var_lib: str | None = None,
         raise StartupError(f"node name {nodename!r} is not a valid Calico name (lower case, digits, '-', '.')")
     ifaces = list(interfaces) if interfaces is not None else local_interfaces()
     host_addrs = [a for _, addrs in ifaces for a in addrs]
+    kubeadm = kubeadm_config(kube_client(client, env))
+    kubeadm_cidr = kubeadm_pod_subnet(kubeadm)
     if not _env_bool(env, "NO_DEFAULT_POOLS", False):
-        pool_from_env(env, host_addrs)  # bad CALICO_IPV4POOL_* fails before anything is written
+        pool_from_env(env, host_addrs, kubeadm_cidr)  # bad CALICO_IPV4POOL_* fails before anything is written
     ipv4 = node_address(env, ifaces)
     log.info("node %s: IPv4 address %s", nodename, ipv4)
     register_node(client, nodename, ipv4)
-    created = ensure_default_pool(client, env, host_addrs)
-    ensure_cluster_information(client, env)
+    created = ensure_default_pool(client, env, host_addrs, kubeadm_cidr)
+    ensure_cluster_information(client, env, kubeadm is not None)
     tunnel = ensure_tunnel_address(client, nodename)
     write_nodename(var_lib or env.get("CALICO_VAR_LIB_DIR", "/var/lib/calico"), nodename)
     return StartupResult(nodename, ipv4, tunnel, created)

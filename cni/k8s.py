@@ -96,6 +96,37 @@ def read_pod(etcd: Any, namespace: str, name: str) -> PodInfo | None:
         return None
 
 
+def get_pod(kube: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    """The Pod through the Kubernetes API (``kube``: a :class:`kubeclient.Client`), or None."""
+    import kubeclient
+
+    try:
+        return kube.get("v1", "pods", name, namespace)
+    except kubeclient.NotFound:
+        return None
+    except kubeclient.KubeError as exc:
+        from datastore import errors
+
+        raise errors.DatastoreUnavailable(f"cannot read pod {namespace}/{name} from the Kubernetes API: {exc}") \
+            from None
+
+
+def get_namespace_annotations(kube: Any, namespace: str) -> dict[str, str]:
+    """Annotations of the Namespace through the Kubernetes API (empty if none)."""
+    import kubeclient
+
+    try:
+        ns = kube.get("v1", "namespaces", namespace)
+    except kubeclient.NotFound:
+        return {}
+    except kubeclient.KubeError as exc:
+        from datastore import errors
+
+        raise errors.DatastoreUnavailable(f"cannot read namespace {namespace} from the Kubernetes API: {exc}") \
+            from None
+    return dict((ns.get("metadata") or {}).get("annotations") or {})
+
+
 def read_namespace_annotations(etcd: Any, namespace: str) -> dict[str, str]:
     """Annotations of the Namespace (empty if none)."""
     kv = etcd.get(namespace_key(namespace))

@@ -2,7 +2,7 @@
 
 Field names are Calico's (``cni-plugin/pkg/types/types.go``). Only what calicolab
 implements is accepted with a value; a known but unsupported value (e.g.
-``datastore_type: kubernetes``) is an error naming the field, not a silent default.
+``etcd_scheme: https``) is an error naming the field, not a silent default.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ _T_PLUGIN = "tests/netns/test_cni_plugin.py::"
 _T_EFFECTS = "tests/unit/test_settings_effects.py::"
 _NO_V6 = "IPv6 is not implemented: calicolab is IPv4 only"
 _NO_TLS = "the plugin reaches etcd over plain http at etcd_endpoints"
-_NO_APISERVER = ("the plugin reads pods from the cluster's store in etcd (/registry), not through "
-                 "the Kubernetes API server")
+_NO_APISERVER = "the plugin reaches the Kubernetes API with kubernetes.kubeconfig only"
 _WINDOWS = "Windows only"
 
 
@@ -65,8 +64,9 @@ NETCONF_KEYS: dict[str, Support] = {
     "nodename_file": works(_T_SPEC + "test_nodename_and_mtu_resolution"),
     "nodename_file_optional": works(_T_SPEC + "test_nodename_and_mtu_resolution"),
     "ipam_lock_file": works(_T_EFFECTS + "test_ipam_lock_file_is_the_one_locked"),
-    "datastore_type": works_for(("etcdv3",), _T_SPEC + "test_netconf_errors_name_the_field", sample="kubernetes",
-                                note="the Kubernetes datastore is not implemented"),
+    "datastore_type": works_for(("etcdv3", "kubernetes"), _T_SPEC + "test_netconf_kubernetes_datastore",
+                                "tests/netns/test_cni_kdd.py::test_add_del_write_the_pod_annotations",
+                                sample="consul", note="Calico's datastores are etcdv3 and kubernetes"),
     "etcd_endpoints": works(_T_SPEC + "test_netconf_env_fallback_for_endpoints", _T_SPEC + "test_netconf_parses_calico_fields"),
     "etcd_discovery_srv": missing(_NO_TLS, sample="example.com"),
     "etcd_scheme": missing(_NO_TLS, ok=("http",), sample="https"),
@@ -87,7 +87,8 @@ NETCONF_KEYS: dict[str, Support] = {
     "policy.k8s_client_key": missing(_NO_APISERVER, sample="/etc/key.pem"),
     "policy.k8s_certificate_authority": missing(_NO_APISERVER, sample="/etc/ca.pem"),
     "kubernetes.k8s_api_root": missing(_NO_APISERVER, sample="https://10.96.0.1:443"),
-    "kubernetes.kubeconfig": missing(_NO_APISERVER, sample="/etc/cni/net.d/calico-kubeconfig"),
+    "kubernetes.kubeconfig": works(_T_SPEC + "test_netconf_kubernetes_datastore",
+                                   "tests/netns/test_cni_kdd.py::test_add_del_write_the_pod_annotations"),
     "kubernetes.node_name": missing("the node name comes from nodename / nodename_file", sample="k8s-w0"),
     "feature_control.ip_addrs_no_ipam": missing("the ipAddrsNoIpam annotation is not implemented", ok=_falsy,
                                                 ok_doc="false", sample=True),
@@ -142,6 +143,9 @@ class NetConf:
     type: str
     datastore_type: str = "etcdv3"
     etcd_endpoints: list[str] = field(default_factory=list)
+    #: ``kubernetes.kubeconfig``: how the plugin reaches the Kubernetes API (pods; the datastore
+    #: itself with ``datastore_type: kubernetes``)
+    kubeconfig: str = ""
     nodename: str = ""
     nodename_file: str = DEFAULT_NODENAME_FILE
     nodename_file_optional: bool = False
@@ -222,8 +226,15 @@ def parse_netconf(conf: dict[str, Any], *, expect_type: str | None = "calico", e
     if expect_type is not None and ptype != expect_type:
         raise _bad(f"'type' is {ptype!r}, this plugin is {expect_type!r}")
     dstype = _str(conf, "datastore_type", "etcdv3") or "etcdv3"
-    if dstype != "etcdv3":
-        raise _bad(f"'datastore_type' {dstype!r} is not supported (calicolab uses etcdv3)")
+    if dstype not in ("etcdv3", "kubernetes"):
+        raise _bad(f"'datastore_type' {dstype!r} is not a Calico datastore (etcdv3 or kubernetes)")
+    kube = conf.get("kubernetes") or {}
+    if not isinstance(kube, dict):
+        raise _bad(f"'kubernetes' must be an object, got {kube!r}")
+    kubeconfig = _str(kube, "kubeconfig")
+    if dstype == "kubernetes" and not kubeconfig:
+        raise _bad("'datastore_type' is kubernetes but 'kubernetes.kubeconfig' is not set (the kubeconfig "
+                   "the plugin reaches the API server with, e.g. /etc/cni/net.d/calico-kubeconfig)")
     raw_eps = conf.get("etcd_endpoints")
     if raw_eps is None or raw_eps == "":
         raw_eps = env.get("ETCD_ENDPOINTS", "") or DEFAULT_ETCD
@@ -267,6 +278,7 @@ def parse_netconf(conf: dict[str, Any], *, expect_type: str | None = "calico", e
         type=ptype,
         datastore_type=dstype,
         etcd_endpoints=endpoints,
+        kubeconfig=kubeconfig,
         nodename=_str(conf, "nodename"),
         nodename_file=_str(conf, "nodename_file", DEFAULT_NODENAME_FILE) or DEFAULT_NODENAME_FILE,
         nodename_file_optional=_bool(conf, "nodename_file_optional", False),

@@ -51,6 +51,8 @@ class Invocation:
     _pod_loaded: bool = False
     #: the datastore client of this invocation when it differs from client_for's (ADD: its prefetched reads)
     client: Any = None
+    #: the Pod as the API served it (None: not read through the API, or no such pod)
+    pod_doc: dict[str, Any] | None = None
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -77,7 +79,12 @@ class Invocation:
             self._pod_loaded = True
             if self.pod_name:
                 with self.timed("datastore"):
-                    self._pod = k8s.read_pod(client.etcd, self.pod_namespace, self.pod_name)
+                    kube = kube_for(self.nc, client)
+                    if kube is not None:
+                        self.pod_doc = k8s.get_pod(kube, self.pod_namespace, self.pod_name)
+                        self._pod = k8s.parse_pod(self.pod_doc) if self.pod_doc is not None else None
+                    else:  # etcd mode without a kubeconfig: the pod where the API server keeps it
+                        self._pod = k8s.read_pod(client.etcd, self.pod_namespace, self.pod_name)
                 if self._pod is None:
                     self.log.warning(f"pod {self.pod_namespace}/{self.pod_name} not found in the Kubernetes "
                                      "store; no labels, ports or annotations applied")
@@ -93,15 +100,25 @@ class Invocation:
 # datastore access (imported lazily: the thin client never pays for it)
 
 
-def client_for(endpoints: list[str]) -> Any:
-    """A datastore Client per endpoint list, reused across requests in one process."""
-    key = tuple(endpoints)
+def client_for(nc: Any) -> Any:
+    """The datastore client of a netconf (``datastore_type`` etcdv3 with ``etcd_endpoints``, or
+    kubernetes with ``kubernetes.kubeconfig``), reused across requests in one process."""
+    if nc.datastore_type == "kubernetes":
+        key: tuple[str, ...] = ("kubernetes", nc.kubeconfig)
+    else:
+        key = ("etcdv3", *nc.etcd_endpoints)
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
-            from datastore import Client
+            if nc.datastore_type == "kubernetes":
+                from datastore.kdd import KubeClient
 
-            client = _clients[key] = Client(list(endpoints), timeout=DATASTORE_TIMEOUT)
+                client = KubeClient.from_env({"KUBECONFIG": nc.kubeconfig}, timeout=DATASTORE_TIMEOUT)
+            else:
+                from datastore import Client
+
+                client = Client(list(nc.etcd_endpoints), timeout=DATASTORE_TIMEOUT)
+            _clients[key] = client
         return client
 
 
@@ -133,6 +150,34 @@ def _prefetching(client: Any, keys: list[str]) -> Any:
     return view
 
 
+def kube_for(nc: Any, client: Any) -> Any:
+    """The Kubernetes API client the plugin reads pods with: the datastore's own in the
+    Kubernetes datastore, else one from ``kubernetes.kubeconfig`` (None without one)."""
+    kube = getattr(client, "kube", None)
+    if kube is not None:
+        return kube
+    if not nc.kubeconfig:
+        return None
+    key = ("kube", nc.kubeconfig)
+    with _clients_lock:
+        kube = _clients.get(key)
+        if kube is None:
+            from kubeclient import Client as Kube
+            from kubeclient import from_kubeconfig
+
+            cfg = from_kubeconfig(nc.kubeconfig)
+            cfg.timeout = DATASTORE_TIMEOUT
+            kube = _clients[key] = Kube(cfg)
+        return kube
+
+
+def _namespace_annotations(inv: Invocation, client: Any) -> dict[str, str]:
+    kube = kube_for(inv.nc, client)
+    if kube is not None:
+        return k8s.get_namespace_annotations(kube, inv.pod_namespace)
+    return k8s.read_namespace_annotations(client.etcd, inv.pod_namespace)
+
+
 def _ipam(client: Any) -> Any:
     from ipam.ipam import IPAM
 
@@ -146,7 +191,7 @@ def _datastore_error(exc: BaseException, what: str) -> CNIError:
     from ipam.ipam import BlockLimitError, NoPools, PoolsExhausted
 
     if isinstance(exc, errors.DatastoreUnavailable):
-        return CNIError(spec.E_TRY_AGAIN, f"{what}: the Calico datastore (etcd) is unreachable: {exc}")
+        return CNIError(spec.E_TRY_AGAIN, f"{what}: the Calico datastore is unreachable: {exc}")
     if isinstance(exc, PoolsExhausted):  # the IPAM plugin's wording (calico.md section 1)
         return CNIError(spec.E_IPAM_EXHAUSTED, f"failed to request IPv4 addresses: {exc}")
     if isinstance(exc, BlockLimitError):  # libcalico-go's ErrBlockLimit, as is
@@ -188,7 +233,7 @@ def ipam_add(inv: Invocation, nodename: str) -> list[str]:
     if inv.pod_name:
         attrs["pod"] = inv.pod_name
         attrs["namespace"] = inv.pod_namespace
-    client = inv.client or client_for(inv.nc.etcd_endpoints)
+    client = inv.client or client_for(inv.nc)
     try:
         pod = inv.pod(client)
         pod_ann = pod.annotations if pod else {}
@@ -196,7 +241,7 @@ def ipam_add(inv: Invocation, nodename: str) -> list[str]:
         wanted_ips = k8s.requested_ips(pod_ann)
         pools = inv.nc.ipam.ipv4_pools
         if inv.pod_name and not wanted_ips:
-            ns_ann = {} if k8s.ANN_IPV4POOLS in pod_ann else k8s.read_namespace_annotations(client.etcd, inv.pod_namespace)
+            ns_ann = {} if k8s.ANN_IPV4POOLS in pod_ann else _namespace_annotations(inv, client)
             k8s.refuse_unimplemented({}, ns_ann)
             pools = k8s.requested_pools(pod_ann, ns_ann, pools)
         with inv.timed("ipam"), _IPAMLock(inv.nc.ipam_lock_file):
@@ -223,7 +268,7 @@ def ipam_add(inv: Invocation, nodename: str) -> list[str]:
 
 def ipam_del(inv: Invocation) -> list[str]:
     """Release everything of this attachment's handle (and the legacy ``<ns>.<pod>`` handle)."""
-    client = client_for(inv.nc.etcd_endpoints)
+    client = client_for(inv.nc)
     freed: list[str] = []
     try:
         with inv.timed("ipam"), _IPAMLock(inv.nc.ipam_lock_file):
@@ -239,7 +284,7 @@ def ipam_del(inv: Invocation) -> list[str]:
 
 def ipam_check(inv: Invocation, addresses: list[str]) -> list[str]:
     """Problems with the allocations of ``addresses`` (empty when each is held by our handle)."""
-    client = client_for(inv.nc.etcd_endpoints)
+    client = client_for(inv.nc)
     problems = []
     try:
         ipam = _ipam(client)
@@ -331,10 +376,21 @@ def _reuse_addresses(inv: Invocation, client: Any, wep_name: str, wep_ns: str) -
     """A repeated ADD of the same container keeps the addresses its handle already holds."""
     from datastore import errors
 
-    try:
-        wep = client.get("WorkloadEndpoint", wep_name, wep_ns)
-    except errors.NotFound:
-        return []
+    if getattr(client, "kube", None) is not None and inv.pod_name:
+        # the Kubernetes datastore: the WorkloadEndpoint is the pod this ADD has just read
+        from datastore import derived
+
+        doc = inv.pod_doc
+        if doc is None or not derived.is_workload(doc):
+            return []
+        wep = derived.pod_to_workload_endpoint(doc, client.interface_prefix)
+        if wep.metadata.name != wep_name:
+            return []
+    else:
+        try:
+            wep = client.get("WorkloadEndpoint", wep_name, wep_ns)
+        except errors.NotFound:
+            return []
     if wep.spec.container_id != inv.env.container_id or not wep.spec.ip_networks:
         return []
     if ipam_check(inv, list(wep.spec.ip_networks)):
@@ -349,17 +405,19 @@ def cmd_add(inv: Invocation) -> dict[str, Any]:
     from datastore.resources import ClusterInformation, EndpointPort, Metadata, WorkloadEndpoint
 
     nodename = _nodename(inv)
-    client = client_for(inv.nc.etcd_endpoints)
+    client = client_for(inv.nc)
     wep_name, wep_ns = _wep_ident(inv, nodename)
     try:
         with inv.timed("datastore"):
-            reads = [ClusterInformation.key_for("default"), WorkloadEndpoint.key_for(wep_name, wep_ns)]
-            if inv.pod_name:
-                reads += [k8s.pod_key(inv.pod_namespace, inv.pod_name), k8s.namespace_key(inv.pod_namespace)]
-            client = inv.client = _prefetching(client, reads)
+            if inv.nc.datastore_type != "kubernetes":  # etcd: the first reads in one round trip
+                reads = [ClusterInformation.key_for("default"), WorkloadEndpoint.key_for(wep_name, wep_ns)]
+                if inv.pod_name and kube_for(inv.nc, client) is None:
+                    reads += [k8s.pod_key(inv.pod_namespace, inv.pod_name), k8s.namespace_key(inv.pod_namespace)]
+                client = inv.client = _prefetching(client, reads)
             _check_ready(client)
-            reused = _reuse_addresses(inv, client, wep_name, wep_ns) if inv.nc.ipam.type == "calico-ipam" else []
         pod_mac = (inv.pod(client) or k8s.PodInfo()).annotations.get(k8s.ANN_HWADDR) or None
+        with inv.timed("datastore"):
+            reused = _reuse_addresses(inv, client, wep_name, wep_ns) if inv.nc.ipam.type == "calico-ipam" else []
     except CNIError:
         raise
     except Exception as exc:
@@ -386,8 +444,10 @@ def cmd_add(inv: Invocation) -> dict[str, Any]:
             labels = {"projectcalico.org/namespace": wep_ns, "projectcalico.org/orchestrator": "cni"}
             profiles = [f"kns.{wep_ns}"]
         ports = [EndpointPort(name=p["name"], protocol=p["protocol"], port=p["port"]) for p in (pod.ports if pod else [])]
+        # the Kubernetes datastore patches the pod: its UID is the write's precondition
+        pod_uid = ((inv.pod_doc or {}).get("metadata") or {}).get("uid") if getattr(client, "kube", None) else None
         wep = WorkloadEndpoint(
-            metadata=Metadata(name=wep_name, namespace=wep_ns, labels=labels),
+            metadata=Metadata(name=wep_name, namespace=wep_ns, labels=labels, uid=pod_uid),
             spec=WorkloadEndpoint.Spec(
                 orchestrator="k8s" if inv.pod_name else "cni",
                 node=nodename,
@@ -434,7 +494,7 @@ def cmd_del(inv: Invocation) -> None:
     from datastore import errors
 
     nodename = _nodename(inv)
-    client = client_for(inv.nc.etcd_endpoints)
+    client = client_for(inv.nc)
     wep_name, wep_ns = _wep_ident(inv, nodename)
     try:
         # Delete only the version whose containerID we checked (CAS on its revision, re-read
@@ -451,7 +511,8 @@ def cmd_del(inv: Invocation) -> None:
                 break
             try:
                 with inv.timed("datastore"):
-                    client.delete("WorkloadEndpoint", wep_name, wep_ns, resource_version=wep.revision)
+                    client.delete("WorkloadEndpoint", wep_name, wep_ns, resource_version=wep.metadata.resource_version,
+                                  uid=wep.metadata.uid)
                 inv.log.info(f"deleted WorkloadEndpoint {wep_ns}/{wep_name}")
                 break
             except errors.NotFound:
@@ -491,7 +552,7 @@ def cmd_check(inv: Invocation) -> None:
     if prev.interfaces and host_if not in [i.name for i in prev.interfaces]:
         raise CNIError(spec.E_CHECK_FAILED, f"prevResult does not list the host interface {host_if}")
     problems = []
-    client = client_for(inv.nc.etcd_endpoints)
+    client = client_for(inv.nc)
     wep_name, wep_ns = _wep_ident(inv, nodename)
     pod_mac = ""
     try:
@@ -518,7 +579,7 @@ def cmd_check(inv: Invocation) -> None:
 def cmd_status(inv: Invocation) -> None:
     """STATUS: error 50 unless the datastore answers and a usable pool exists."""
     try:
-        client = client_for(inv.nc.etcd_endpoints)
+        client = client_for(inv.nc)
         try:
             _check_ready(client)
         except CNIError as exc:
@@ -545,7 +606,7 @@ def cmd_gc(inv: Invocation) -> None:
     valid = {a["containerID"] for a in inv.nc.valid_attachments or []}
     nodename = _nodename(inv)
     prefix = inv.nc.name + "."
-    client = client_for(inv.nc.etcd_endpoints)
+    client = client_for(inv.nc)
     try:
         ipam = _ipam(client)
         stale: set[str] = set()

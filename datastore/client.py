@@ -9,45 +9,24 @@ difference, so a consumer never misses a change.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import logging
 import os
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from datastore import errors
+from datastore.base import Datastore, WatchEvent, _cls, _now, datastore_type
 from datastore.etcd import EtcdClient
-from datastore.resources import (
-    IPAM_PREFIX,
-    V3_PREFIX,
-    IPPool,
-    Resource,
-    kind_for_key,
-    resolve_kind,
-)
+from datastore.resources import IPAM_PREFIX, V3_PREFIX, Resource, kind_for_key
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
 
 
-@dataclass(frozen=True)
-class WatchEvent:
-    """One change: ``type`` is ADDED, MODIFIED, DELETED, or SYNCED (initial state complete)."""
-
-    type: str
-    kind: str
-    name: str
-    namespace: str | None
-    obj: Resource | None
-    revision: int
-
-
-class Client:
+class Client(Datastore):
     """Typed access to Calico resources in etcd."""
 
     def __init__(self, endpoints: str | list[str] | None = None, *, timeout: float = 3.0,
@@ -57,15 +36,28 @@ class Client:
         #: from Typha instead of etcd; reads and writes still go to etcd
         self.typha = typha
 
+    #: ``DATASTORE_TYPE`` of this client
+    datastore_type = "etcdv3"
+
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, timeout: float = 3.0) -> Client:
-        """Build from ``DATASTORE_TYPE`` (must be etcdv3 if set) and ``ETCD_ENDPOINTS``."""
+    def from_env(cls, env: dict[str, str] | None = None, timeout: float = 3.0) -> Datastore:  # type: ignore[override]
+        """The datastore client Calico's components build from their environment
+        (libcalico-go's apiconfig): ``DATASTORE_TYPE``
+        ``etcdv3`` with ``ETCD_ENDPOINTS``, or ``kubernetes`` (a :class:`datastore.kdd.KubeClient`
+        from ``KUBECONFIG`` or the in-cluster config). Unset: ``etcdv3`` when ETCD_ENDPOINTS
+        is set, else ``kubernetes``."""
         env = dict(os.environ) if env is None else env
-        dtype = env.get("DATASTORE_TYPE", "etcdv3")
-        if dtype not in ("etcdv3", ""):
-            raise errors.DatastoreError(
-                f"DATASTORE_TYPE={dtype!r} is not supported: calicolab uses the etcd datastore (etcdv3)")
-        return cls(env.get("ETCD_ENDPOINTS") or DEFAULT_ENDPOINTS, timeout=timeout)
+        dtype = datastore_type(env)
+        if dtype == "kubernetes":
+            from datastore.kdd import KubeClient
+
+            return KubeClient.from_env(env, timeout=timeout)
+        return cls(env.get("ETCD_ENDPOINTS") or DEFAULT_ENDPOINTS,
+                   timeout=timeout)
+
+    def describe(self) -> str:
+        """Where the data is (for messages)."""
+        return f"etcd at {', '.join(f'http://{h}:{p}' for h, p in self.etcd.endpoints)}"
 
     # -- reads ---------------------------------------------------------------
 
@@ -78,10 +70,6 @@ class Client:
             ns = f" in namespace {namespace}" if cls.NAMESPACED and namespace else ""
             raise errors.NotFound(f"{cls.KIND} {name!r}{ns} does not exist")
         return cls.decode_value(kv.key, kv.value, kv.mod_revision)
-
-    def list(self, kind: str | type[Resource], namespace: str | None = None) -> list[Resource]:
-        """Every object of ``kind`` (in ``namespace``; None = all namespaces)."""
-        return self.list_with_revision(kind, namespace)[0]
 
     def list_with_revision(self, kind: str | type[Resource],
                            namespace: str | None = None) -> tuple[list[Resource], int]:
@@ -97,15 +85,7 @@ class Client:
 
     # -- writes --------------------------------------------------------------
 
-    def _prepare(self, obj: Resource) -> None:
-        obj.apply_defaults()
-        obj.validate()
-
-    def create(self, obj: Resource) -> Resource:
-        """Store a new object; raises AlreadyExists, ValidationError."""
-        self._prepare(obj)
-        if isinstance(obj, IPPool):
-            self._check_pool_overlap(obj)
+    def _write_create(self, obj: Resource) -> Resource:
         md = obj.metadata
         if not obj.MODEL_STORED:
             md.uid = md.uid or str(uuid.uuid4())
@@ -117,20 +97,7 @@ class Client:
         md.resource_version = str(rev)
         return obj
 
-    def update(self, obj: Resource) -> Resource:
-        """Replace an existing object, compare-and-swap on ``metadata.resourceVersion``.
-
-        Without a resourceVersion the current one is read first (last writer wins).
-        Raises Conflict if the object changed since it was read, NotFound if gone.
-        """
-        self._prepare(obj)
-        current = None
-        if not obj.metadata.resource_version or isinstance(obj, IPPool):
-            current = self._get_by_key(obj)
-            if not obj.metadata.resource_version:
-                obj.metadata.resource_version = current.metadata.resource_version
-        if isinstance(obj, IPPool) and current is not None:
-            self._check_pool_immutable(current, obj)
+    def _write_update(self, obj: Resource, current: Resource | None) -> Resource:
         if current is not None and not obj.MODEL_STORED:
             obj.metadata.uid = obj.metadata.uid or current.metadata.uid
             obj.metadata.creation_timestamp = obj.metadata.creation_timestamp or current.metadata.creation_timestamp
@@ -151,21 +118,14 @@ class Client:
             raise errors.NotFound(f"{obj.ident()} does not exist")
         return type(obj).decode_value(kv.key, kv.value, kv.mod_revision)
 
-    def apply(self, obj: Resource) -> Resource:
-        """Create, or replace if it exists (calicoctl apply)."""
-        try:
-            existing = self._get_by_key(obj)
-        except errors.NotFound:
-            obj.metadata.resource_version = None
-            return self.create(obj)
-        obj.metadata.resource_version = existing.metadata.resource_version
-        return self.update(obj)
-
     def delete(self, kind: str | type[Resource], name: str, namespace: str | None = None,
-               resource_version: str | int | None = None) -> Resource:
-        """Delete and return the object; CAS if ``resource_version`` is given. Raises NotFound."""
+               resource_version: str | int | None = None, uid: str | None = None) -> Resource:
+        """Delete and return the object; CAS if ``resource_version`` is given (and only the
+        object with ``uid``, if given). Raises NotFound, Conflict."""
         cls = _cls(kind)
         current = self.get(cls, name, namespace)
+        if uid and current.metadata.uid and uid != current.metadata.uid:
+            raise errors.Conflict(f"{current.ident()} is not the object with UID {uid}")
         rev = int(resource_version) if resource_version else current.revision
         try:
             self.etcd.delete(current.key(), rev)
@@ -175,42 +135,10 @@ class Client:
             raise errors.NotFound(f"{current.ident()} does not exist") from None
         return current
 
-    # -- IPPool rules --------------------------------------------------------
-
-    def _check_pool_overlap(self, pool: IPPool) -> None:
-        net = pool.network()
-        for other in self.list(IPPool):
-            if other.metadata.name == pool.metadata.name:
-                continue
-            onet = other.network()
-            if onet.version == net.version and onet.overlaps(net):
-                raise errors.ValidationError(
-                    f"{pool.ident()}.spec.cidr",
-                    f"{net} overlaps with IPPool {other.metadata.name!r} ({onet})",
-                )
-
-    @staticmethod
-    def _check_pool_immutable(current: Resource, new: IPPool) -> None:
-        assert isinstance(current, IPPool)
-        if ipaddress.ip_network(current.spec.cidr) != ipaddress.ip_network(new.spec.cidr):
-            raise errors.ValidationError(f"{new.ident()}.spec.cidr",
-                                         f"cannot be changed (is {current.spec.cidr})")
-        if current.spec.block_size != new.spec.block_size:
-            raise errors.ValidationError(f"{new.ident()}.spec.blockSize",
-                                         f"cannot be changed (is {current.spec.block_size})")
-
-    # -- watch ---------------------------------------------------------------
-
-    def watch(self, kinds: Iterable[str | type[Resource]], revision: int | None = None,
-              stop: threading.Event | None = None, retry_delay: float = 0.5) -> Iterator[WatchEvent]:
-        """Stream changes of ``kinds``: current state (ADDED..., SYNCED), then changes.
-
-        With ``revision`` given, skip the initial listing and stream changes after
-        it (no SYNCED event unless a compaction forces a resync). Stops when
-        ``stop`` is set (checked between batches; use :meth:`watch_stream` for
-        prompt cancellation).
-        """
-        yield from WatchStream(self, kinds, revision, stop, retry_delay)
+    def watch_stream(self, kinds: Iterable[str | type[Resource]], revision: int | None = None,  # type: ignore[override]
+                     stop: threading.Event | None = None, retry_delay: float = 0.5) -> Any:
+        """Like :meth:`watch`, as an object whose ``close()`` ends the iteration from any thread."""
+        return WatchStream(self, kinds, revision, stop, retry_delay)
 
 
 class WatchStream:
@@ -355,9 +283,4 @@ class WatchStream:
                 self._watch = None
 
 
-def _cls(kind: str | type[Resource]) -> type[Resource]:
-    return resolve_kind(kind) if isinstance(kind, str) else kind
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+__all__ = ["Client", "WatchEvent", "WatchStream", "datastore_type"]

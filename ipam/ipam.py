@@ -42,8 +42,6 @@ from ipam.store import (
     STATE_PENDING,
     STATE_PENDING_DELETION,
     Store,
-    block_key,
-    handle_key,
 )
 
 DATASTORE_RETRIES = 100
@@ -125,7 +123,14 @@ class IPAM:
         self.client = client
         etcd = getattr(client, "etcd", None)
         self.etcd = etcd if etcd is not None else client
-        self.store = Store(self.etcd)
+        kube = getattr(client, "kube", None)
+        if kube is not None and etcd is None:  # the Kubernetes datastore (datastore.kdd.KubeClient)
+            from ipam.kddstore import KubeStore
+
+            self.store: Any = KubeStore(kube)
+            self.etcd = None
+        else:
+            self.store = Store(self.etcd)
         self.retries = retries
         self.clock = clock
         self.last_revision = 0  # etcd revision of the last block write that allocated
@@ -245,7 +250,8 @@ class IPAM:
             ips = block.auto_assign(num, handle_id, attrs)
             h = Handle(handle_id, dict(handle[0].block)) if handle else Handle(handle_id)
             h.increment(cidr, len(ips))
-            done, got, handle = self.store.commit_allocation(block, rev, h, handle[1] if handle else None)
+            done, got, handle = self.store.commit_allocation(block, rev, h, handle[1] if handle else None,
+                                                             added=len(ips))
             if done is not None:
                 self.last_revision = done
                 return ips
@@ -399,7 +405,8 @@ class IPAM:
             block.assign(ip, handle_id, attrs)
             h = Handle(handle_id, dict(handle[0].block)) if handle else Handle(handle_id)
             h.increment(cidr, 1)
-            done, got, handle = self.store.commit_allocation(block, rev, h, handle[1] if handle else None)
+            done, got, handle = self.store.commit_allocation(block, rev, h, handle[1] if handle else None,
+                                                             added=1)
             if done is not None:
                 self.last_revision = done
                 return
@@ -473,7 +480,7 @@ class IPAM:
             new = Handle(hid, dict(h.block))
             new.decrement(block.cidr, min(counts[hid], new.block.get(str(block.cidr), 0)))
             ops.append((hid, new, hrev))
-        return self.store.commit_release(block, rev, ops)
+        return self.store.commit_release(block, rev, ops, counts)
 
     def release_by_handle(self, handle_id: str) -> list[IPv4Address]:
         """Release every address of ``handle_id``; returns them (empty if the handle is unknown).
@@ -488,17 +495,16 @@ class IPAM:
         for cidr_text in list(got[0].block):
             cidr = IPv4Network(cidr_text)
             for _ in range(self.retries):
-                bkvs, hkvs = self.store.read_many([(block_key(cidr), False), (handle_key(handle_id), False)])
-                handles = {handle_id: (self._decode_handle(handle_id, hkvs[0].value),
-                                       hkvs[0].mod_revision)} if hkvs else {}
-                if not bkvs:
+                got_block, got_handle = self.store.get_block_and_handle(cidr, handle_id)
+                handles = {handle_id: got_handle} if got_handle is not None else {}
+                if got_block is None:
                     if handles:  # the block is gone: drop its count from the handle
                         h, hrev = handles[handle_id]
                         new = Handle(handle_id, {k: v for k, v in h.block.items() if k != str(cidr)})
                         if not self._commit_handle_only(new, hrev):
                             continue
                     break
-                block = Block.from_dict(json.loads(bkvs[0].value))
+                block, block_rev = got_block
                 ips, counts = block.release_by_handle(handle_id)
                 if not ips:
                     if handles and str(cidr) in handles[handle_id][0].block:
@@ -507,7 +513,7 @@ class IPAM:
                         if not self._commit_handle_only(new, hrev):
                             continue
                     break
-                if self._commit_release(block, bkvs[0].mod_revision, counts, handles):
+                if self._commit_release(block, block_rev, counts, handles):
                     freed += ips
                     break
             else:

@@ -174,7 +174,7 @@ class Store:
         return self.etcd.update(block_key(block.cidr), _json(block.to_dict()), revision)
 
     def commit_allocation(self, block: Block, block_rev: int, handle: Handle, handle_rev: int | None,
-                          ) -> tuple[int | None, tuple[Block, int] | None, tuple[Handle, int] | None]:
+                          added: int = 0) -> tuple[int | None, tuple[Block, int] | None, tuple[Handle, int] | None]:
         """Write a block and its handle in one transaction (one CAS, one round trip).
 
         Succeeds only if the block is still at ``block_rev`` and the handle is
@@ -215,6 +215,18 @@ class Store:
             fresh_handle = (h, kv.mod_revision)
         return None, fresh_block, fresh_handle
 
+    def get_block_and_handle(self, cidr: IPv4Network, handle_id: str
+                             ) -> tuple[tuple[Block, int] | None, tuple[Handle, int] | None]:
+        """A block and a handle, read together (one round trip)."""
+        bkvs, hkvs = self.read_many([(block_key(cidr), False), (handle_key(handle_id), False)])
+        block = (Block.from_dict(json.loads(bkvs[0].value)), bkvs[0].mod_revision) if bkvs else None
+        handle = None
+        if hkvs:
+            h = Handle.from_dict(json.loads(hkvs[0].value))
+            h.handle_id = handle_id
+            handle = (h, hkvs[0].mod_revision)
+        return block, handle
+
     def get_handles(self, handle_ids: list[str]) -> dict[str, tuple[Handle, int]]:
         """Several handles in one round trip (missing ones are left out)."""
         out = {}
@@ -227,7 +239,7 @@ class Store:
         return out
 
     def commit_release(self, block: Block, block_rev: int,
-                       handles: list[tuple[str, Handle | None, int]]) -> bool:
+                       handles: list[tuple[str, Handle | None, int]], counts: dict[str, int] | None = None) -> bool:
         """Write a block after a release together with its handles, in one transaction.
 
         The block is deleted instead of written when it is empty and has no

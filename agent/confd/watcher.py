@@ -42,9 +42,7 @@ class ConfdWatcher:
         self._thread.join(5)
 
     def _run(self) -> None:
-        from datastore.client import WatchStream
-
-        self._stream = WatchStream(self.client, KINDS)
+        self._stream = self.client.watch_stream(KINDS)
         try:
             for ev in self._stream:
                 if ev.type == "SYNCED":

@@ -168,14 +168,13 @@ class Felix:
     # -- datastore side ------------------------------------------------------------
     def _watch_loop(self) -> None:
         from datastore import errors
-        from datastore.client import WatchStream
 
         while not self._stop.is_set():
             fresh: dict[str, dict] | None = {"WorkloadEndpoint": {}, "Node": {}, "IPPool": {},
                                                "FelixConfiguration": {}, "_policies": {}, "_profiles": {},
                                                "_netsets": {}}
             try:
-                self._stream = WatchStream(self.client, WATCH_KINDS, stop=self._stop)
+                self._stream = self.client.watch_stream(WATCH_KINDS, stop=self._stop)
                 for ev in self._stream:
                     if ev.type == "SYNCED":
                         if fresh is not None:

@@ -129,11 +129,10 @@ class TyphaServer:
     # -- the one datastore watch -------------------------------------------------------
     def _watch_loop(self) -> None:
         from datastore import errors
-        from datastore.client import WatchStream
 
         while not self.stopping.is_set():
             try:
-                self._stream = WatchStream(self.client, ALL_KINDS, stop=self.stopping)
+                self._stream = self.client.watch_stream(ALL_KINDS, stop=self.stopping)
                 for ev in self._stream:
                     if ev.type == "SYNCED":
                         if not self.synced.is_set():

@@ -835,6 +835,10 @@ class Handlers:
             return self.respond(r, created, 201, warnings)
         if rv and rv != str(e.rev):
             raise status.conflict(rt.plural, rt.group, r.name)
+        uid, cur_uid = (obj.get("metadata") or {}).get("uid"), (e.obj.get("metadata") or {}).get("uid")
+        if uid and cur_uid and uid != cur_uid:  # the object's UID is a precondition of a PUT
+            raise status.conflict(rt.plural, rt.group, r.name, f"Precondition failed: UID in precondition: {uid}, "
+                                  f"UID in object meta: {cur_uid}")
         new = await self.update_object(rt, e, obj, sub=None, manager=self.manager(r),
                                        dry_run=bool(r.query.getall("dryRun", [])), input_rt=r.rt)
         return self.respond(r, new, 200, warnings)
@@ -845,6 +849,10 @@ class Handlers:
         """Admit ``obj`` as the new state of ``cur`` and CAS-write it."""
         old = cur.obj
         meta, ometa = obj.setdefault("metadata", {}), old.get("metadata") or {}
+        if meta.get("uid") and ometa.get("uid") and meta["uid"] != ometa["uid"]:
+            # validateCommonFields: the UID is immutable (a patch carrying another UID)
+            raise status.invalid(rt.kind, rt.group, ometa.get("name", ""),
+                                 [status.invalid_value("metadata.uid", meta["uid"], "field is immutable")])
         if sub == "status":
             new = deep(old)
             new["status"] = obj.get("status")

@@ -153,8 +153,11 @@ def test_unreachable_etcd_fails_fast_with_a_clear_message():
 def test_bad_endpoint_and_datastore_type_are_explained():
     with pytest.raises(errors.DatastoreError, match="invalid etcd endpoint 'https://x:1'"):
         Client(["https://x:1"])
-    with pytest.raises(errors.DatastoreError, match="DATASTORE_TYPE='kubernetes' is not supported"):
-        Client.from_env({"DATASTORE_TYPE": "kubernetes"})
+    with pytest.raises(errors.DatastoreError, match="DATASTORE_TYPE='consul' is not a Calico datastore type"):
+        Client.from_env({"DATASTORE_TYPE": "consul"})
+    # the Kubernetes datastore without a way to reach the API is explained, not guessed
+    with pytest.raises(errors.DatastoreError, match="needs the Kubernetes API: set KUBECONFIG"):
+        Client.from_env({"DATASTORE_TYPE": "kubernetes", "HOME": "/nonexistent"})
 
 
 def test_ipam_kinds_through_the_client(ds_client: Client):

@@ -172,7 +172,7 @@ def test_client_watch_goes_through_typha_found_by_service(ds_client, server, etc
     cached(server, 1)
     env = {"FELIX_TYPHAK8SSERVICENAME": "calico-typha"}
     via = Client(etcd_endpoints)
-    via.typha = typha_from_env(env, via.etcd, hostname="w0")
+    via.typha = typha_from_env(env, None, hostname="w0", etcd=via.etcd)
     stream = iter(via.watch(["Node"]))
     got: list = []
     t = threading.Thread(target=lambda: got.extend([next(stream), next(stream)]), daemon=True)

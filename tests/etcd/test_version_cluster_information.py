@@ -46,7 +46,12 @@ def test_cluster_type_appends_kdd_last_for_the_kubernetes_datastore():
     assert cluster_type({"CLUSTER_TYPE": "k8s,bgp,", "DATASTORE_TYPE": "kubernetes"}) == "k8s,bgp,kdd"
     assert cluster_type({"DATASTORE_TYPE": "kubernetes"}) == "kdd"
     assert cluster_type({"CLUSTER_TYPE": "k8s,bgp", "DATASTORE_TYPE": "etcdv3"}) == "k8s,bgp"
-    assert cluster_type({}) == ""
+    assert cluster_type({"ETCD_ENDPOINTS": "http://127.0.0.1:2379"}) == ""
+    assert cluster_type({}) == "kdd"  # no DATASTORE_TYPE and no etcd: the Kubernetes datastore
+    # kube-system/kubeadm-config found: ",kubeadm" before ",kdd" (the walkthrough's cluster)
+    assert cluster_type({"CLUSTER_TYPE": "k8s,bgp", "DATASTORE_TYPE": "kubernetes"}, kubeadm=True) == \
+        "k8s,bgp,kubeadm,kdd"
+    assert cluster_type({"DATASTORE_TYPE": "etcdv3"}, kubeadm=True) == "kubeadm"
 
 
 def test_calicoctl_version_prints_client_and_cluster(ds_client, etcd_endpoints):

@@ -200,7 +200,9 @@ def test_netconf_env_fallback_for_endpoints():
     [
         ({"name": ""}, "name"),
         ({"type": "bridge"}, "type"),
-        ({"datastore_type": "kubernetes"}, "datastore_type"),
+        ({"datastore_type": "kubernetes"}, "kubernetes.kubeconfig"),
+        ({"datastore_type": "consul"}, "datastore_type"),
+        ({"kubernetes": "x"}, "kubernetes"),
         ({"etcd_endpoints": "10.0.0.1:2379"}, "etcd_endpoints"),
         ({"mtu": -3}, "mtu"),
         ({"mtu": "big"}, "mtu"),
@@ -215,6 +217,17 @@ def test_netconf_errors_name_the_field(override, field):
     with pytest.raises(CNIError) as err:
         netconf.parse_netconf(_nc(**override))
     assert err.value.code == 7 and field in err.value.msg
+
+
+def test_netconf_kubernetes_datastore():
+    """``datastore_type: kubernetes`` with ``kubernetes.kubeconfig`` (calico.yaml's conflist);
+    etcdv3 stays the default and may carry a kubeconfig for reading pods."""
+    nc = netconf.parse_netconf(_nc(datastore_type="kubernetes",
+                                   kubernetes={"kubeconfig": "/etc/cni/net.d/calico-kubeconfig"}))
+    assert nc.datastore_type == "kubernetes" and nc.kubeconfig == "/etc/cni/net.d/calico-kubeconfig"
+    assert netconf.parse_netconf(_nc()).datastore_type == "etcdv3"
+    nc = netconf.parse_netconf(_nc(kubernetes={"kubeconfig": "/k"}))
+    assert nc.datastore_type == "etcdv3" and nc.kubeconfig == "/k"
 
 
 def test_nodename_and_mtu_resolution(tmp_path):
