@@ -21,6 +21,7 @@ import json
 from typing import Any
 
 from datastore import names
+from datastore.conversion import pod_labels, pod_profiles
 from datastore.resources import (
     EndpointPort,
     Metadata,
@@ -55,10 +56,6 @@ ANN_POD_IP = "cni.projectcalico.org/podIP"
 ANN_POD_IPS = "cni.projectcalico.org/podIPs"
 ANN_CONTAINER_ID = "cni.projectcalico.org/containerID"
 ANN_AWS_POD_IPS = "vpc.amazonaws.com/pod-ips"
-
-LABEL_NAMESPACE = "projectcalico.org/namespace"
-LABEL_ORCHESTRATOR = "projectcalico.org/orchestrator"
-LABEL_SERVICEACCOUNT = "projectcalico.org/serviceaccount"
 
 
 def _go_json(value: Any) -> str:
@@ -292,25 +289,6 @@ def pod_ips(pod: dict[str, Any]) -> list[str]:
             out.append(str(ipaddress.ip_network(ip, strict=False)))
         except ValueError:
             raise ValueError(f"pod IP {ip!r} is not an IP address or CIDR") from None
-    return out
-
-
-def pod_labels(labels: dict[str, str] | None, namespace: str, service_account: str | None) -> dict[str, str]:
-    """The WorkloadEndpoint labels: the pod's plus Calico's namespace, orchestrator and
-    (shorter than 63 characters) service account labels."""
-    out = dict(labels or {})
-    out[LABEL_NAMESPACE] = namespace
-    out[LABEL_ORCHESTRATOR] = "k8s"
-    if service_account and len(service_account) < 63:
-        out[LABEL_SERVICEACCOUNT] = service_account
-    return out
-
-
-def pod_profiles(namespace: str, service_account: str | None) -> list[str]:
-    """``kns.<ns>`` plus ``ksa.<ns>.<sa>`` with a service account."""
-    out = [f"kns.{namespace}"]
-    if service_account:
-        out.append(f"ksa.{namespace}.{service_account}")
     return out
 
 

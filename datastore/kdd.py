@@ -30,9 +30,10 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from datastore import crds, derived, errors
+from datastore import conversion, crds, derived, errors
 from datastore.base import Datastore, WatchEvent, _cls
 from datastore.resources import (
+    K8S_POLICY_PREFIX,
     BlockAffinity,
     IPAMBlock,
     IPAMHandle,
@@ -47,8 +48,9 @@ from datastore.rules import Rule
 log = logging.getLogger(__name__)
 
 DEFAULT_ALLOW_PROFILE = "projectcalico-default-allow"
-NAMESPACE_PROFILE_PREFIX = "kns."
-SERVICEACCOUNT_PROFILE_PREFIX = "ksa."
+NAMESPACE_PROFILE_PREFIX = conversion.NAMESPACE_PROFILE_PREFIX
+SERVICEACCOUNT_PROFILE_PREFIX = conversion.SERVICEACCOUNT_PROFILE_PREFIX
+K8S_NP = ("networking.k8s.io/v1", "networkpolicies")
 #: soft-deleted IPAM kinds (``deleted`` set by an update before the DELETE)
 SOFT_DELETED = (IPAMBlock, BlockAffinity, IPAMHandle)
 
@@ -384,31 +386,22 @@ class _WorkloadEndpointKind(_Kind):
 
 
 def namespace_to_profile(ns: dict) -> Profile:
-    """``NamespaceToProfile``: ``kns.<ns>``, allow all both ways, ``pcns.`` labels plus
-    ``pcns.projectcalico.org/name``."""
+    """``kns.<ns>`` (:func:`datastore.conversion.namespace_to_profile`) with the Namespace's UID,
+    creation time and ``<nsrev>/`` as resourceVersion (``JoinProfileRevisions``)."""
     m = ns.get("metadata") or {}
-    labels = {f"pcns.{k}": v for k, v in (m.get("labels") or {}).items()}
-    labels["pcns.projectcalico.org/name"] = m.get("name", "")
-    p = Profile(metadata=Metadata(name=NAMESPACE_PROFILE_PREFIX + m.get("name", ""),
-                                  uid=m.get("uid"), creation_timestamp=m.get("creationTimestamp"),
-                                  resource_version=f"{m.get('resourceVersion', '')}/"))
-    p.spec.ingress = [Rule(action="Allow")]
-    p.spec.egress = [Rule(action="Allow")]
-    p.spec.labels_to_apply = labels
+    p = conversion.namespace_to_profile(ns)
+    p.metadata.uid, p.metadata.creation_timestamp = m.get("uid"), m.get("creationTimestamp")
+    p.metadata.resource_version = f"{m.get('resourceVersion', '')}/"
     return p
 
 
 def serviceaccount_to_profile(sa: dict) -> Profile:
-    """``ServiceAccountToProfile``: ``ksa.<ns>.<sa>``, no rules, ``pcsa.`` labels plus
-    ``pcsa.projectcalico.org/name``."""
+    """``ksa.<ns>.<sa>`` (:func:`datastore.conversion.serviceaccount_to_profile`), resourceVersion
+    ``/<sarev>``."""
     m = sa.get("metadata") or {}
-    labels = {f"pcsa.{k}": v for k, v in (m.get("labels") or {}).items()}
-    labels["pcsa.projectcalico.org/name"] = m.get("name", "")
-    p = Profile(metadata=Metadata(
-        name=f"{SERVICEACCOUNT_PROFILE_PREFIX}{m.get('namespace') or 'default'}.{m.get('name', '')}",
-        uid=m.get("uid"), creation_timestamp=m.get("creationTimestamp"),
-        resource_version=f"/{m.get('resourceVersion', '')}"))
-    p.spec.labels_to_apply = labels
+    p = conversion.serviceaccount_to_profile(sa)
+    p.metadata.uid, p.metadata.creation_timestamp = m.get("uid"), m.get("creationTimestamp")
+    p.metadata.resource_version = f"/{m.get('resourceVersion', '')}"
     return p
 
 
@@ -459,6 +452,71 @@ class _ProfileKind(_Kind):
         return [default_allow_profile()]
 
 
+class _NetworkPolicyKind(_CRDKind):
+    """Calico NetworkPolicies (custom resources) plus the Kubernetes NetworkPolicies, converted
+    by the datastore to ``knp.default.<name>`` (read-only): in the Kubernetes datastore there is
+    no policy controller (calico.md section 6)."""
+
+    why = "knp.default.* policies are Kubernetes NetworkPolicies; change them with kubectl"
+
+    def __init__(self, cls: type[Resource]):
+        super().__init__(cls)
+        self.sources = (*self.sources, K8S_NP)
+
+    @staticmethod
+    def _k8s(name: str) -> bool:
+        return name.startswith(conversion.K8S_POLICY_PREFIX)
+
+    @staticmethod
+    def _converted(np: dict) -> Resource:
+        pol, problems = conversion.k8s_networkpolicy_to_calico(np)
+        for p in problems:
+            log.warning("NetworkPolicy %s/%s: %s", (np.get("metadata") or {}).get("namespace"),
+                        (np.get("metadata") or {}).get("name"), p)
+        m = np.get("metadata") or {}
+        pol.metadata.uid, pol.metadata.creation_timestamp = m.get("uid"), m.get("creationTimestamp")
+        pol.metadata.resource_version = m.get("resourceVersion")
+        return pol
+
+    def get(self, kc: KubeClient, name: str, ns: str | None) -> Resource:
+        if not self._k8s(name):
+            return super().get(kc, name, ns)
+        try:
+            np = kc.kube.get(*K8S_NP, name[len(K8S_POLICY_PREFIX):], ns or "default")
+        except Exception as exc:  # noqa: BLE001
+            raise kc.map_error(exc, f"NetworkPolicy({ns or 'default'}/{name})") from None
+        return self._converted(np)
+
+    def list(self, kc: KubeClient, ns: str | None) -> tuple[list[Resource], int]:
+        out, rev = super().list(kc, ns)
+        try:
+            items, krv = kc.kube.list_all(*K8S_NP, ns)
+        except Exception as exc:  # noqa: BLE001
+            raise kc.map_error(exc, "NetworkPolicy list") from None
+        return out + [self._converted(np) for np in items], max(rev, _rev(krv))
+
+    def _own(self, obj: Resource) -> None:
+        if self._k8s(obj.metadata.name):
+            raise errors.DatastoreError(f"{obj.ident()}: {self.why}")
+
+    def create(self, kc: KubeClient, obj: Resource) -> Resource:
+        self._own(obj)
+        return super().create(kc, obj)
+
+    def update(self, kc: KubeClient, obj: Resource) -> Resource:
+        self._own(obj)
+        return super().update(kc, obj)
+
+    def delete(self, kc: KubeClient, obj: Resource, rv: str | None) -> Resource:
+        self._own(obj)
+        return super().delete(kc, obj, rv)
+
+    def convert(self, kc: KubeClient, api: str, plural: str, k8s: dict) -> Resource | None:
+        if api == K8S_NP[0]:
+            return self._converted(k8s)
+        return super().convert(kc, api, plural, k8s)
+
+
 def _kinds() -> dict[str, _Kind]:
     from datastore.resources import KINDS
 
@@ -470,6 +528,8 @@ def _kinds() -> dict[str, _Kind]:
             out[kind] = _WorkloadEndpointKind(cls)
         elif kind == "Profile":
             out[kind] = _ProfileKind(cls)
+        elif kind == "NetworkPolicy":
+            out[kind] = _NetworkPolicyKind(cls)
         else:
             out[kind] = _CRDKind(cls)
     return out

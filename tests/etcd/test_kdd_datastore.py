@@ -313,3 +313,32 @@ def test_watch_lists_then_streams_and_resyncs_after_410(kc, apiserver, tmp_path)
                 pass
         kube = apiserver.client()
         kube.delete("v1", "pods", "kdd-wpod", "default", grace_period=0)
+
+
+def test_kubernetes_networkpolicies_are_served_as_knp_policies(kc, apiserver):
+    """No policy controller in this mode: the datastore converts Kubernetes NetworkPolicies to
+    read-only ``knp.default.<name>`` Calico policies, on get, list and watch."""
+    kube = apiserver.client()
+    kube.create({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                 "metadata": {"name": "allow-web", "namespace": "default"},
+                 "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"],
+                          "ingress": [{"ports": [{"port": 80}]}]}})
+    names = [p.metadata.name for p in kc.list("NetworkPolicy", "default")]
+    assert "knp.default.allow-web" in names
+    pol = kc.get("NetworkPolicy", "knp.default.allow-web", "default")
+    assert pol.spec.order == 1000 and pol.spec.selector == "projectcalico.org/orchestrator == 'k8s' && app == 'web'"
+    with pytest.raises(errors.DatastoreError, match="change them with kubectl"):
+        kc.update(pol)
+    got: list = []
+    stream = kc.watch_stream(["NetworkPolicy"])
+    t = threading.Thread(target=lambda: got.extend(ev for ev in stream), daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: [(e.type, e.name) for e in got], lambda v: ("SYNCED", "") in v, timeout=10, what="sync")
+        assert ("ADDED", "knp.default.allow-web") in [(e.type, e.name) for e in got]
+        kube.delete("networking.k8s.io/v1", "networkpolicies", "allow-web", "default")
+        wait_for(lambda: [(e.type, e.name) for e in got], lambda v: ("DELETED", "knp.default.allow-web") in v,
+                 timeout=10, what="knp deleted")
+    finally:
+        stream.close()
+        t.join(5)
