@@ -1,4 +1,4 @@
-"""calicoctl front end (the real tool's syntax) over calicolab's etcd datastore."""
+"""calicoctl front end (the real tool's syntax) over calicolab's datastores (Kubernetes API or etcd)."""
 
 from testbed.calicoctl.main import main, run
 

@@ -1,7 +1,9 @@
-"""``calicoctl``: the real tool's command line over calicolab's etcd datastore.
+"""``calicoctl``: the real tool's command line over calicolab's datastores.
 
-Honours ``DATASTORE_TYPE=etcdv3`` and ``ETCD_ENDPOINTS`` (or ``--config`` with a
-``CalicoAPIConfig`` file). Errors are one clear line on stderr and exit code 1;
+Honours ``DATASTORE_TYPE`` (``etcdv3`` with ``ETCD_ENDPOINTS``, or ``kubernetes`` with
+``KUBECONFIG`` / ``K8S_API_ENDPOINT`` / ``~/.kube/config`` / the in-cluster config; unset:
+etcdv3 when ETCD_ENDPOINTS is set, else kubernetes, as Calico's apiconfig), or ``--config``
+with a ``CalicoAPIConfig`` file. Errors are one clear line on stderr and exit code 1;
 never a traceback.
 """
 
@@ -33,7 +35,7 @@ Options:
 
 Description:
   The calico kubectl command line tool for managing Calico network and security policy
-  (calicolab edition: etcdv3 datastore only; set ETCD_ENDPOINTS).
+  (calicolab edition: DATASTORE_TYPE=kubernetes with KUBECONFIG, or etcdv3 with ETCD_ENDPOINTS).
 """
 
 class UsageError(Exception):
@@ -140,10 +142,13 @@ def _config_env(path: str | None, base: dict[str, str] | None = None) -> dict[st
     except yaml.YAMLError as exc:
         raise UsageError(f"config file {path} is not valid YAML: {exc}") from None
     spec = doc.get("spec") or {} if isinstance(doc, dict) else {}
-    if spec.get("datastoreType"):
-        env["DATASTORE_TYPE"] = str(spec["datastoreType"])
-    if spec.get("etcdEndpoints"):
-        env["ETCD_ENDPOINTS"] = str(spec["etcdEndpoints"])
+    for key, var in (("datastoreType", "DATASTORE_TYPE"), ("etcdEndpoints", "ETCD_ENDPOINTS"),
+                     ("kubeconfig", "KUBECONFIG"), ("k8sAPIEndpoint", "K8S_API_ENDPOINT"),
+                     ("k8sAPIToken", "K8S_API_TOKEN"), ("k8sCAFile", "K8S_CA_FILE"),
+                     ("k8sCertFile", "K8S_CERT_FILE"), ("k8sKeyFile", "K8S_KEY_FILE"),
+                     ("k8sInsecureSkipTLSVerify", "K8S_INSECURE_SKIP_TLS_VERIFY")):
+        if spec.get(key) not in (None, ""):
+            env[var] = str(spec[key]).lower() if isinstance(spec[key], bool) else str(spec[key])
     return env
 
 
