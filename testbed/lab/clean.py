@@ -5,8 +5,9 @@ at any time: it only touches what the lab's ``state.json`` names (written
 before anything was created), never anything matched by a process name.
 
 Order: kill every process of the lab (its cgroup, recorded PIDs checked
-against their start time, anything still inside one of its namespaces, anything
-started with the lab's ``CALICOLAB_LAB=<lab>`` environment), then
+against their start time, anything still inside one of its namespaces: its hosts' netns,
+the mount namespaces of its nodes and every pod netns of a node, whoever started it,
+anything started with the lab's ``CALICOLAB_LAB=<lab>`` environment), then
 detach its netns (their veths, bridges and iptables rules go with them), then
 unmount anything left under its state directory, remove its cgroup and the
 state directory (etcd data, logs, node directories).
@@ -61,6 +62,62 @@ def _netns_pids(path: Path) -> set[int]:
             continue
         if (st.st_ino, st.st_dev) == (want.st_ino, want.st_dev):
             out.add(int(entry.name))
+    return out
+
+
+def _ns_id(path: str | os.PathLike) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_dev)
+
+
+def _lab_namespaces(hosts: set[int], ns_paths: list[Path], exclude: set[int]) -> set[tuple[str, tuple[int, int]]]:
+    """The network and mount namespaces of the lab: its hosts' netns (``ns_paths``), the
+    mount namespaces of its nodes' shells (``hosts``, PIDs) and every pod netns bound in a
+    node's own ``/run/netns`` tmpfs (seen through the shell's root; never the machine's
+    /run/netns, which holds every lab's). Never the namespaces of the machine, of this
+    process or of the processes in ``exclude`` (the supervisor)."""
+    never = {(kind, i) for kind in ("net", "mnt") for p in ("/proc/1", "/proc/self", *(f"/proc/{x}" for x in exclude))
+             if (i := _ns_id(f"{p}/ns/{kind}")) is not None}
+    out: set[tuple[str, tuple[int, int]]] = set()
+    for path in ns_paths:
+        if (i := _ns_id(path)) is not None:
+            out.add(("net", i))
+    machine_netns_dir = _ns_id("/run/netns")
+    for pid in hosts:
+        if (i := _ns_id(f"/proc/{pid}/ns/mnt")) is not None:
+            out.add(("mnt", i))
+        # a node's own /run/netns (a tmpfs of its mount namespace) holds its pods' netns;
+        # one that is the machine's directory holds every lab's: never read that one
+        own = _ns_id(f"/proc/{pid}/root/run/netns")
+        if own is None or machine_netns_dir is None or own[1] == machine_netns_dir[1]:
+            continue
+        try:
+            pod_ns = os.scandir(f"/proc/{pid}/root/run/netns")
+        except OSError:
+            continue
+        with pod_ns:
+            for entry in pod_ns:
+                if (i := _ns_id(entry.path)) is not None:
+                    out.add(("net", i))
+    return out - never
+
+
+def _ns_member_pids(namespaces: set[tuple[str, tuple[int, int]]]) -> set[int]:
+    """Processes inside one of ``namespaces`` (net or mnt), whoever started them."""
+    out: set[int] = set()
+    if not namespaces:
+        return out
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        for kind in ("net", "mnt"):
+            i = _ns_id(f"/proc/{entry.name}/ns/{kind}")
+            if i is not None and (kind, i) in namespaces:
+                out.add(int(entry.name))
+                break
     return out
 
 
@@ -185,6 +242,17 @@ def clean_lab(lab: str) -> CleanReport:
     ns_paths = [Path("/run/netns") / n for n in netns_names]
     cg = Path(st["cgroup"]) if st.get("cgroup") else None
 
+    # the lab's namespaces, read before anything is killed (a node's shell shows its pods' netns)
+    recorded = [st.get("supervisor") or {}]
+    recorded += list((st.get("hosts") or {}).values())
+    recorded += list((st.get("services") or {}).values())
+    shells = {rec["pid"] for rec in (st.get("hosts") or {}).values()
+              if rec.get("kind") == "node" and rec.get("pid") and rec.get("start")
+              and pid_alive(rec["pid"], rec["start"])}
+    sup = st.get("supervisor") or {}
+    namespaces = _lab_namespaces(shells, ns_paths, {sup["pid"]} if pid_alive(sup.get("pid"), sup.get("start"))
+                                 else set())
+
     # 1. processes: the cgroup first (atomic kill), then recorded PIDs, then namespace members
     for _ in range(3):
         victims: set[int] = set()
@@ -196,15 +264,13 @@ def clean_lab(lab: str) -> CleanReport:
             except OSError:
                 victims |= members  # no cgroup.kill (kernel < 5.14): kill them one by one
             _wait_gone(members)
-        recorded = [st.get("supervisor") or {}]
-        recorded += list((st.get("hosts") or {}).values())
-        recorded += list((st.get("services") or {}).values())
         for rec in recorded:
             pid, start = rec.get("pid"), rec.get("start")
             if pid and start and pid_alive(pid, start):
                 victims.add(pid)
         for p in ns_paths:
             victims |= _netns_pids(p)
+        victims |= _ns_member_pids(namespaces)
         if st:
             victims |= _environ_pids(lab)
             for d in _runtime_cgroup_dirs(lab):

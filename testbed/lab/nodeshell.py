@@ -82,10 +82,15 @@ def _rcfile(state: dict, host: str) -> Path:
 
 
 def shell(state: dict, host: str) -> int:
-    """An interactive bash inside ``host``; returns its exit status."""
+    """An interactive bash inside ``host``; returns its exit status.
+
+    The rc file lives in the lab's state directory, which a node does not see
+    (testbed.lab.supervisor.hide_commands): bash reads it from a descriptor opened here."""
     rc = _rcfile(state, host)
-    inner = ["unshare", "--uts", "--", "sh", "-c",
-             f'hostname "{host}" 2>/dev/null; exec bash --rcfile "{rc}" -i']
-    proc = subprocess.run(exec_argv(state, host, inner), env=_env(state, host),
-                          preexec_fn=_join(state))
+    with open(rc) as f:
+        fd = f.fileno()
+        inner = ["unshare", "--uts", "--", "sh", "-c",
+                 f'hostname "{host}" 2>/dev/null; exec bash --rcfile /dev/fd/{fd} -i']
+        proc = subprocess.run(exec_argv(state, host, inner), env=_env(state, host),
+                              preexec_fn=_join(state), pass_fds=(fd,))
     return proc.returncode

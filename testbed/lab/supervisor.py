@@ -72,6 +72,23 @@ def _log(msg: str) -> None:
           f"labd: {msg}", flush=True)
 
 
+def hide_commands(hide: tuple[Path, list[Path]] | None) -> list[str]:
+    """Shell commands (for a node's shell, in its mount namespace) that cover ``root`` (the
+    machine's /run/calicolab) with an empty tmpfs and bind back only the directories in
+    ``keep``, each to its own path: they are opened before the cover goes on and bound from
+    the open descriptor (``/proc/self/fd/N``), the only name left for them."""
+    if not hide:
+        return []
+    root, keep = hide
+    cmds = []
+    for i, path in enumerate(keep):
+        cmds += [f"mkdir -p -m 0700 {path}", f"exec {10 + i}<{path}"]
+    cmds.append(f"mount -n -t tmpfs -o mode=0755,size=1m calicolab-private {root}")
+    for i, path in enumerate(keep):
+        cmds += [f"mkdir -p {path}", f"mount -n -c --bind /proc/self/fd/{10 + i} {path}", f"exec {10 + i}<&-"]
+    return cmds
+
+
 def _has_main(module: str) -> bool:
     """True if ``python -m module`` would run something (module exists with a main guard)."""
     try:
@@ -225,6 +242,7 @@ class Supervisor:
                         cmds.append(f"mkdir -p {d[1]} {d[0]} && mount --bind {d[1]} {d[0]}")
                     else:
                         cmds.append(f"mkdir -p {d} && mount -n -t tmpfs tmpfs {d}")
+                cmds += hide_commands(getattr(self, "hide", None))
                 if cmds:
                     out = self.cmd(" && ".join(cmds) + " && echo MOUNTED")
                     if "MOUNTED" not in out:
@@ -278,6 +296,15 @@ class Supervisor:
                 for mp, backing in NODE_DIRS:
                     dirs.append((mp, str(nodedir / name / backing)) if backing else mp)
             h = net.addHost(name, ip=None, privateDirs=dirs)
+            if kind == "node":
+                # pods and node processes see no lab's state (control sockets, etcd data,
+                # logs): only the compiled-module cache and, on the control plane, etcd's data
+                keep = [labstate.PYCACHE]
+                if name == topo.control_plane.name:
+                    keep.append(self.sdir / "etcd")
+                if topo.runtime != "netns":  # the lab's container runtime dirs: the same path
+                    keep.append(self.sdir / "rt")  # in every mount namespace (kubectl logs)
+                h.hide = (labstate.RUN_ROOT, keep)
             self.hosts[name] = h
             self._record_host(name, h)
         self.save()

@@ -2,14 +2,15 @@
 etcd, the API server and the kubelets run as the lab's services), each checked by what a
 user observes: pings between pods on two nodes, the node's routes, `calicolab status`.
 
-One lab serves the module; each fault test waits, with a deadline, for the cluster to come
-back and says what it last saw.
+One lab serves the module (tests run in file order; the last one cleans it); each fault
+test waits, with a deadline, for the cluster to come back and says what it last saw.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 
 import pytest
@@ -19,7 +20,7 @@ from testbed.lab import lifecycle as labmod
 from testbed.lab import state as labstate
 from testbed.lab.clean import clean_lab
 from testbed.poll import wait_for
-from tests.lab.lab_helpers import template_of, write_topology
+from tests.lab.lab_helpers import leftovers, template_of, write_topology
 from tests.support import require_root, require_tool, unique
 
 pytestmark = pytest.mark.lab
@@ -226,3 +227,54 @@ def test_kill_typha_installed_by_manifest(tmp_path):
         wait_healthy(name)
     finally:
         clean_lab(name)
+
+
+def test_a_pod_reaches_no_labs_control_socket_or_etcd_data(lab):
+    """A second lab runs; from a pod of the first, neither lab's control socket, state
+    directory or etcd data exists (the node's /run/calicolab is an empty cover)."""
+    from tests.lab.lab_helpers import SMALL
+
+    other = unique("fo")
+    try:
+        ost = labmod.up(write_topology(lab["tmp"], other, SMALL), no_cni=True, progress=lambda _m: None,
+                        ready_timeout=5)
+        theirs = labstate.state_dir(other)
+        assert (theirs / "control.sock").exists() and (theirs / "etcd").is_dir()  # the machine sees them
+        pid = pod_pid(pods(lab["name"])["fault-a"])
+        probe = ("import os, socket, sys\n"
+                 "s = socket.socket(socket.AF_UNIX)\n"
+                 "for path in sys.argv[1:]:\n"
+                 "    try:\n"
+                 "        s.connect(path) if path.endswith('.sock') else os.listdir(path)\n"
+                 "        print('REACHED', path)\n"
+                 "    except OSError as exc:\n"
+                 "        print('refused', path, exc.strerror)\n"
+                 "print('LISTING', sorted(os.listdir('/run/calicolab')))\n")
+        mine = labstate.state_dir(lab["name"])
+        res = subprocess.run(["nsenter", "-t", str(pid), "--net", "--mount", "--", sys.executable, "-c", probe,
+                              str(theirs / "control.sock"), str(theirs / "etcd"), str(mine / "control.sock"),
+                              str(mine / "etcd"), str(mine / "logs")], capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        assert "REACHED" not in res.stdout, res.stdout
+        assert "LISTING ['.pycache']" in res.stdout, res.stdout
+    finally:
+        clean_lab(other)
+    assert leftovers(ost) == []
+
+
+def test_clean_finds_a_process_started_in_a_pod_netns_from_outside(lab):
+    """Last: it removes the module's lab. A process joined to a pod's netns by nsenter from
+    the machine (not in the lab's cgroup, without its environment) goes with the lab."""
+    name = lab["name"]
+    pid = pod_pid(pods(name)["fault-b"])
+    stray = subprocess.Popen(["nsenter", f"--net=/proc/{pid}/ns/net", "--", "sleep", "600"],
+                             env={"PATH": "/usr/bin:/bin"}, start_new_session=True)
+    try:
+        st = labstate.read_state(name)
+        report = clean_lab(name)
+        assert stray.wait(timeout=10) == -9, report
+        assert leftovers(st) == []
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+            stray.wait()
