@@ -304,6 +304,8 @@ def service_status(rec: dict, now: float, alive: bool | None = None) -> dict:
     elif rec.get("next_start") is not None and rec.get("exit") is not None:
         out["state"] = "restarting"
         out["restart_in"] = round(max(0.0, rec["next_start"] - now), 1)
+    elif rec.get("restart_policy") and rec.get("exit") is None:
+        out["state"] = "restarting"  # just exited: the supervisor notices within 0.2 s
     else:
         out["state"] = "crashed"
     return out
@@ -319,6 +321,8 @@ def describe_service(name: str, svc: dict) -> str:
     state = svc.get("state", "running" if svc.get("running") else "crashed")
     if state == "running":
         return name + (f"({count})" if n else "")
+    if state == "restarting" and "restart_in" not in svc:
+        return f"{name}(exited, restart pending" + (f", {count}" if n else "") + ")"
     if state == "restarting":
         return (f"{name}(restarting in {svc.get('restart_in', 0):g}s after "
                 f"{describe_exit(svc.get('exit'))}" + (f", {count}" if n else "") + ")")

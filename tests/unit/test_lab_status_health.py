@@ -54,3 +54,9 @@ def test_a_restarting_or_crashed_service_is_reported_as_such():
     # exited, nothing will restart it (e.g. an old lab without restarts): crashed
     dead = service_status({"pid": 4242, "exit": 1}, now=0.0, alive=False)
     assert dead["state"] == "crashed" and describe_service("etcd", dead) == "etcd(crashed: status 1)"
+
+
+def test_a_supervised_service_that_just_exited_is_restarting_not_crashed():
+    rec = {"pid": 4242, "start": 1, "exit": None, "restarts": 0, "restart_policy": "systemd Restart=always"}
+    svc = service_status(rec, now=0.0, alive=False)
+    assert svc["state"] == "restarting" and describe_service("kubelet", svc) == "kubelet(exited, restart pending)"
