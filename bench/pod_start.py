@@ -4,7 +4,8 @@ For each runtime the script brings up a 2-node lab (``topologies/containers.yaml
 started directly), pulls the nginx image once (one pod, deleted: the import is not what is
 measured), then applies 20 nginx pods pinned to ``k8s-w1`` in one ``kubectl apply`` and records
 for each pod when it is first ``Running`` (the store polled every 50 ms) and when it first
-answers ``GET /`` with 200 from ``k8s-w0`` (through the IPIP tunnel). Latencies are from the
+answers ``GET /`` with 200 from ``k8s-w0`` (through the IPIP tunnel; each pod probed from the
+moment it is Running). Latencies are from the
 apply; the table gives p50 and max over the 20 pods.
 
 The floor, in the same lab on the same node: 20 containers of the same image started without
@@ -85,17 +86,20 @@ def measure_pods(lab: str, st: dict, n: int) -> dict:
     t0 = time.time()
     kubectl(lab, "apply", "-f", "-", stdin=pods_yaml(n, "b"))
     running: dict[str, float] = {}
-    ips: dict[str, str] = {}
+    probes = []
+    pool = ThreadPoolExecutor(n)
     deadline = time.monotonic() + 180
     while len(running) < n and time.monotonic() < deadline:
         for name, (phase, ip) in pod_phases(cp_ns, eps, "b").items():
             if phase == "Running" and ip and name not in running:
-                running[name], ips[name] = time.time() - t0, ip
+                running[name] = time.time() - t0
+                # each pod probed from the moment it is Running, as a user's curl would
+                probes.append(pool.submit(nsmod.run_in, cp_ns, probe_until_200, [ip], 60.0))
         time.sleep(0.05)
     if len(running) < n:
         raise RuntimeError(f"only {len(running)} of {n} pods Running after 180 s")
-    seen = nsmod.run_in(cp_ns, probe_until_200, sorted(ips.values()), 60.0)
-    answered = [seen[ip] - t0 for ip in ips.values() if ip in seen]
+    answered = [t - t0 for f in probes for t in f.result().values()]
+    pool.shutdown()
     if len(answered) < n:
         raise RuntimeError(f"only {len(answered)} of {n} pods answered HTTP 200")
     return {"running": sorted(running.values()), "answering": sorted(answered)}
