@@ -133,7 +133,7 @@ def container_state(w: Walkthrough, name: str) -> dict:
 
 def delete_and_wait(w: Walkthrough, *names: str) -> None:
     """``kubectl delete pod`` and wait until they are gone."""
-    w.kubectl("delete", "pod", *names, "--wait=false", check=False)
+    w.kubectl("delete", "pod", *names, "--grace-period=1", "--wait=false", check=False)
     wait_for(lambda: json.loads(w.kubectl("get", "pods", "-o", "json"))["items"],
              lambda items: not {i["metadata"]["name"] for i in items} & set(names), timeout=30,
              what=f"pods {names} deleted")
