@@ -175,10 +175,14 @@ def run_one(rt: str, n: int) -> dict:
         st = labmod.up(TOPOLOGY, name=lab, runtime=rt, timeout=300, ready_timeout=60,
                        progress=lambda m: print(f"  {lab}: {m}", file=sys.stderr))
         out.update(measure_pods(lab, st, n))
-        if rt == "containerd":
-            out["floor"] = floor_containerd(lab, n)
-        elif rt == "docker":
-            out["floor"] = floor_docker(lab, n)
+        try:
+            if rt == "containerd":
+                out["floor"] = floor_containerd(lab, n)
+            elif rt == "docker":
+                out["floor"] = floor_docker(lab, n)
+        except Exception as exc:  # noqa: BLE001 - reported in the table and the JSON
+            out["floor_error"] = f"{type(exc).__name__}: {exc}"[:300]
+            print(f"  {lab}: the floor failed: {out['floor_error']}", file=sys.stderr)
     finally:
         try:
             labmod.down(lab, progress=lambda m: None)
@@ -213,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'runtime':<11} {'Running p50':>12} {'max':>7} {'HTTP 200 p50':>13} {'max':>7}   "
           f"{'floor (runtime alone, no CNI) p50':>34} {'max':>7}")
     for r in results:
+        if r.get("floor_error"):
+            print(f"  ({r['runtime']} floor failed: {r['floor_error']})")
         print(f"{r['runtime']:<11} {p50(r['running']):>12} {mx(r['running']):>7} {p50(r['answering']):>13} "
               f"{mx(r['answering']):>7}   {p50(r.get('floor')):>34} {mx(r.get('floor')):>7}")
     doc = {"bench": "pod_start", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
