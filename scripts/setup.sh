@@ -4,31 +4,54 @@
 # .venv/ (Debian's python3 with system site packages, so Mininet's Debian
 # module is importable) with the project installed editable.
 #
-# Usage: scripts/setup.sh [--quiet]
+# Usage: scripts/setup.sh [--quiet] [--guest] [--print-packages]
+#   --guest           inside a calicolab VM (the Vagrantfile's provisioning): only what
+#                     labs need, not the VM/SSH-host tooling nor the kernel tier's guest
+#                     kernel (a VM's own kernel has ipip)
+#   --print-packages  print the Debian package list (for --guest: the guest's) and exit
 # Re-running is cheap: apt runs only when a package is missing, pip only when
-# pyproject.toml changed since the last successful run.
+# pyproject.toml changed since the last successful run. With a wheelhouse at
+# /opt/calicolab/wheels (the box built by testbed.vagrant.box) pip installs from it
+# alone, so a VM is provisioned without a network.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
-quiet=0
-[ "${1:-}" = "--quiet" ] && quiet=1
+quiet=0 guest=0 print_packages=0
+for arg in "$@"; do
+    case "$arg" in
+        --quiet) quiet=1 ;;
+        --guest) guest=1 ;;
+        --print-packages) print_packages=1 ;;
+        *) echo "setup: unknown option $arg (options: --quiet --guest --print-packages)" >&2; exit 2 ;;
+    esac
+done
 say() { [ "$quiet" = 1 ] || echo "setup: $*" >&2; }
 
-if [ "$(id -u)" != 0 ]; then
-    echo "setup: must run as root (it installs Debian packages and creates network namespaces)" >&2
-    exit 1
-fi
-
-# Debian packages.  Keep this list the single source of truth.
+# Debian packages.  Keep these lists the single source of truth.
 APT_PACKAGES=(
     python3 python3-venv python3-dev
     mininet bridge-utils iproute2 iptables ipset kmod procps psmisc
     tcpdump tshark etcd-server etcd-client bird2 iputils-ping curl jq iperf3
     nginx-light containerd runc containernetworking-plugins docker.io
-    qemu-system-x86 busybox-static cpio xz-utils ethtool librsvg2-bin strace
-    vagrant
+    busybox-static cpio xz-utils ethtool librsvg2-bin strace rsync
 )
+# The machine that runs labs across hosts and VMs, not a VM itself: the kernel tier's
+# qemu, the SSH test hosts' sshd, Vagrant with libvirt (qemu under TCG) and the box build.
+HOST_PACKAGES=(
+    qemu-system-x86 qemu-utils fdisk openssh-server
+    vagrant vagrant-libvirt libvirt-daemon-system dnsmasq-base debootstrap
+)
+[ "$guest" = 1 ] || APT_PACKAGES+=("${HOST_PACKAGES[@]}")
+if [ "$print_packages" = 1 ]; then
+    printf '%s\n' "${APT_PACKAGES[@]}"
+    exit 0
+fi
+
+if [ "$(id -u)" != 0 ]; then
+    echo "setup: must run as root (it installs Debian packages and creates network namespaces)" >&2
+    exit 1
+fi
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -57,6 +80,10 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(0 if
     say "creating .venv (Debian python3, system site packages for Mininet)"
     rm -rf .venv
     "$PY" -m venv --system-site-packages .venv
+fi
+# A box's wheelhouse: pip installs from it alone (no index, no network).
+if [ -d /opt/calicolab/wheels ]; then
+    export PIP_NO_INDEX=1 PIP_FIND_LINKS=/opt/calicolab/wheels
 fi
 stamp=.venv/.calicolab-installed
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
@@ -110,7 +137,7 @@ done
 mkdir -p /etc/cni/net.d /opt/cni/bin
 
 # The kernel tier's guest kernel (Debian's stock package, cached in .cache/kernel/).
-if ! .venv/bin/python -m testbed.kerneltier.fetch >/dev/null; then
+if [ "$guest" = 0 ] && ! .venv/bin/python -m testbed.kerneltier.fetch >/dev/null; then
     echo "setup: could not fetch the guest kernel for the kernel tier" >&2
     exit 1
 fi

@@ -8,15 +8,27 @@ Usage::
 
 On timeout :class:`WaitTimeout` is raised and its message carries the last value seen,
 so a failing test says what it was waiting for and what it found instead.
+
+``CALICOLAB_DEADLINE_SCALE`` (default 1) multiplies every deadline: a machine that runs
+Python 10-20x slower (a VM under TCG: docs/vagrant.md) waits as long relative to its pace.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+def deadline_scale() -> float:
+    """``CALICOLAB_DEADLINE_SCALE`` (>= 1; 1 when unset or invalid)."""
+    try:
+        return max(1.0, float(os.environ.get("CALICOLAB_DEADLINE_SCALE", "1")))
+    except ValueError:
+        return 1.0
 
 
 class WaitTimeout(AssertionError):
@@ -46,6 +58,7 @@ def wait_for(
     Exceptions listed in ``ignore`` raised by ``probe`` count as "not yet" and
     are reported if the deadline passes.
     """
+    timeout *= deadline_scale()
     deadline = time.monotonic() + timeout
     last: Any = None
     error: BaseException | None = None

@@ -36,6 +36,7 @@ from testbed.k8s.podstatus import (
 from testbed.k8s.runtime import PodState
 from testbed.k8s.runtimes import make_runtime
 from testbed.k8s.store import DEFAULT_POD_CIDR, DEFAULT_SERVICE_CIDR, Store, now_iso
+from testbed.poll import deadline_scale
 
 log = logging.getLogger("kubelet")
 
@@ -497,7 +498,9 @@ class Kubelet:
         return env
 
     def _wait_ready(self, state: PodState, pod: dict, infos: list[ContainerInfo], timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
+        # the readiness of a container with a port is decided once, here: on a slow machine
+        # (a VM under TCG) its deadline scales with CALICOLAB_DEADLINE_SCALE (testbed.poll)
+        deadline = time.monotonic() + timeout * deadline_scale()
         for info in infos:
             port = info.port
             if not info.running or port is None:
