@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=180.0, help="give up after this many seconds")
     s.add_argument("--ready-timeout", type=float, default=30.0,
                    help="how long to wait for calico-node/Nodes to turn ready (warn after)")
+    s.add_argument("--tunnels", help=argparse.SUPPRESS)  # one machine's part (testbed.multihost)
 
     s = sub.add_parser("down", parents=[lab_opt], help="stop a lab and remove everything it made")
     s.add_argument("name", nargs="?", help="lab name (default: the only running lab)")
@@ -137,7 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             if tool[2][:1] in (["-h"], ["--help"]) or not tool[2]:
                 return capture_command(tool[2] or ["--help"], "-")
-            return capture_command(tool[2], labstate.resolve(tool[0])["lab"])
+            st = labstate.resolve(tool[0])
+            if labstate.is_multihost(st):
+                from testbed.multihost.capture import capture_command as machines_capture
+
+                return machines_capture(tool[2], st)
+            return capture_command(tool[2], st["lab"])
         if tool is not None:
             return run_tool(tool[1], tool[2], tool[0])
         args = build_parser().parse_args(args_list)
@@ -186,7 +192,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     lab = getattr(args, "lab", None)
     if cmd == "up":
         st = labmod.up(args.topology, name=args.name, no_cni=args.no_cni, timeout=args.timeout,
-                       progress=_progress, ready_timeout=args.ready_timeout, runtime=args.runtime)
+                       progress=_progress, ready_timeout=args.ready_timeout, runtime=args.runtime,
+                       tunnels=json.loads(args.tunnels) if args.tunnels else None)
         print(f"lab {st['lab']} is up: {len([h for h in st['hosts'].values() if h['kind'] == 'node'])}"
               f" node(s), etcd at {','.join(st['etcd_endpoints'])}")
         print(f"  calicolab{'' if len(labstate.running_labs()) < 2 else ' --lab ' + st['lab']} "
@@ -222,6 +229,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from testbed.lab import nodeshell
 
         st = labstate.resolve(lab)
+        if labstate.is_multihost(st):
+            from testbed.multihost import controller
+
+            return controller.shell(st, args.node)
         return nodeshell.shell(st, args.node)
     if cmd == "exec":
         return _exec(lab, args.target, args.cmd)
@@ -262,7 +273,8 @@ def _status(lab: str | None, as_json: bool) -> int:
         print(json.dumps(info, indent=2, sort_keys=True))
         return verdict
     print(f"lab {info['lab']} ({info['phase']}), etcd {','.join(info['etcd_endpoints'])}, "
-          f"supervisor pid {info['supervisor']}")
+          + (f"{len(info['machines'])} machine(s)" if "machines" in info
+             else f"supervisor pid {info['supervisor']}"))
     rows = [("NODE", "ROLE", "ADDRESS", "NETNS", "SERVICES", "DATAPATH", "AGENT", "BGP")]
     for n in info["nodes"]:
         svcs = ",".join(labmod.describe_service(k, v) for k, v in sorted(n["services"].items())) or "-"
@@ -289,6 +301,12 @@ def _status(lab: str | None, as_json: bool) -> int:
         width = max(len(name) for name, _ in unimpl)
         for name, u in unimpl:
             print(f"  {name.ljust(width)}  {u['setting']}  ({u['why']})")
+    for name, m in sorted((info.get("machines") or {}).items()):
+        where = ", ".join(n["name"] for n in info["nodes"] + info["others"] if n.get("host") == name)
+        if m["ok"]:
+            print(f"{m['machine']}: ok, supervisor pid {m.get('supervisor')} ({where})")
+        else:
+            print(f"{m['machine']}: UNREACHABLE ({where}): {m['error']}")
     h = info["health"]
     print(f"status: {'BROKEN' if h['state'] == 'broken' else h['state']}"
           + (": " + "; ".join(h["problems"]) if h["problems"] else ""))
@@ -308,8 +326,17 @@ def _exec(lab: str | None, target: str, cmd: list[str]) -> int:
         ns, _, pod = target.partition("/")
         if not ns or not pod:
             raise labstate.LabError(f"bad pod {target!r}: use NAMESPACE/POD", exit_code=EXIT_INPUT)
+        st = labstate.resolve(lab)
+        if labstate.is_multihost(st):  # on the machine of the pod's node
+            from testbed.multihost import controller
+
+            return controller.exec_in(st, target, cmd)
         return run_tool("kubectl", ["exec", "-n", ns, pod, "--", *cmd], lab)
     st = labstate.resolve(lab)
+    if labstate.is_multihost(st):
+        from testbed.multihost import controller
+
+        return controller.exec_in(st, target, cmd)
     return nodeshell.run_in_node(st, target, cmd).returncode
 
 
@@ -343,8 +370,14 @@ def run_tool(tool: str, args: list[str], lab: str | None) -> int:
     from testbed.lab.nodeshell import node_target
 
     st = labstate.resolve(lab)
+    if labstate.is_multihost(st):  # on the control plane's machine (a pod's, for exec/logs)
+        from testbed.multihost import controller
+
+        return controller.run_tool(st, tool, args)
     fn = _tool_main(tool)
     cp = st["control_plane"]
+    if cp not in st["hosts"]:  # one machine's part of a lab without the control plane
+        cp = next((n for n, h in st["hosts"].items() if h.get("kind") == "node"), cp)
     netns, mnt = node_target(st, cp)
     env = labstate.node_env(st, cp)
     for key in ("NODE_NAME", "NODENAME", "ETCD_ENDPOINTS", "CALICOLAB_LAB", "DATASTORE_TYPE"):

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.capture import pcapassert as pa
-from testbed.poll import WaitTimeout, wait_for
+from testbed.poll import WaitTimeout, deadline_scale, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY_DENY_NAME = "deny-ingress-nginx"
@@ -162,7 +162,8 @@ class Flow:
 
 def _run(argv: list[str], timeout: float = 60, check: bool = True,
          input: str | None = None) -> subprocess.CompletedProcess:  # noqa: A002
-    res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input)
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout * deadline_scale(),
+                         input=input)
     if check and res.returncode != 0:
         raise WalkthroughError(f"`{' '.join(argv)}` exited {res.returncode}: "
                                f"{(res.stderr or res.stdout).strip()[-600:]}")
@@ -236,7 +237,8 @@ class Walkthrough:
         from testbed.lab.topology import load
 
         nodes = len(load(self.topology).nodes)
-        labmod.up(self.topology, name=self.lab, no_cni=True, progress=self.progress, runtime=self.runtime)
+        labmod.up(self.topology, name=self.lab, no_cni=True, progress=self.progress, runtime=self.runtime,
+                  timeout=120 * deadline_scale())
         self._step("cluster up without a CNI (calicolab up --no-cni)", t)
         t = time.monotonic()
         conds = wait_for(self.node_conditions, lambda c: len(c) >= nodes, timeout=30,
@@ -253,7 +255,7 @@ class Walkthrough:
         from testbed.lab import lifecycle as labmod
 
         t = time.monotonic()
-        labmod.install_cni(self.lab)
+        labmod.install_cni(self.lab, timeout=120 * deadline_scale())
         wait_for(self.node_conditions, lambda c: c and all(v["status"] == "True" for v in c.values()),
                  timeout=60, what="every node Ready after install-cni")
         self._step("install Calico (calicolab install-cni): all nodes Ready", t,
@@ -325,11 +327,11 @@ class Walkthrough:
     # -- 5: captures and flows ---------------------------------------------------------
 
     def start_captures(self) -> None:
-        from testbed.capture.group import CaptureGroup
+        from testbed.multihost.capture import lab_captures
 
         t = time.monotonic()
-        self.captures = CaptureGroup.for_lab(self.lab, ["k8s-w0", "k8s-w1", "internet"],
-                                             run=self.run_name, ifaces="cali*,tunl0,eth0")
+        self.captures = lab_captures(self.lab, ["k8s-w0", "k8s-w1", "internet"],
+                                     run=self.run_name, ifaces="cali*,tunl0,eth0")
         self.captures.start()
         self._step(f"tcpdump on cali*, tunl0, eth0 -> {self.captures.run_dir}", t)
 
@@ -681,7 +683,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="walkthrough", help="lab name (default: walkthrough)")
     ap.add_argument("--keep", action="store_true",
                     help="leave the lab running afterwards (calicolab shell k8s-w0; calicolab down)")
-    ap.add_argument("--topology", default=str(TOPOLOGY), help=argparse.SUPPRESS)
+    ap.add_argument("--topology", default=str(TOPOLOGY),
+                    help="the lab (default topologies/walkthrough.yaml; its nodes and hosts may "
+                    "be spread over machines: topologies/vagrant-multi.yaml)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("calicolab demo: needs root (network namespaces, Mininet): run it with sudo",

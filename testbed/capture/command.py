@@ -23,9 +23,11 @@ from testbed.capture.errors import CaptureError
 from testbed.capture.group import REPO_ROOT, CaptureGroup, RunResult, new_run_name, pcaps_root
 from testbed.capture.namespace import DEFAULT_IFACES, parse_globs
 from testbed.capture.tcpdump import IfaceResult
+from testbed.lab.state import RUN_ROOT, read_state
 from testbed.poll import WaitTimeout, wait_for
 
-STATE_ROOT = Path("/run/calicolab")
+#: the labs' state root (``CALICOLAB_RUN``; each machine's part of a multi-host lab has its own)
+STATE_ROOT = RUN_ROOT
 
 
 def _state_file(lab: str) -> Path:
@@ -33,7 +35,11 @@ def _state_file(lab: str) -> Path:
 
 
 def lab_nodes(lab: str) -> list[str]:
-    """Nodes of a running lab, from its netns names ``<lab>-<node>``."""
+    """Nodes of a running lab: its members on this machine (state file), else the netns
+    named ``<lab>-<node>``."""
+    hosts = (read_state(lab) or {}).get("hosts")
+    if hosts:
+        return sorted(n for n, h in hosts.items() if h.get("kind") != "segment")
     try:
         names = os.listdir("/run/netns")
     except FileNotFoundError:
@@ -169,7 +175,8 @@ def capture_command(argv: Sequence[str], lab: str) -> int:
                     help=f"comma-separated interface globs (default {DEFAULT_IFACES!r})")
     st.add_argument("--filter", dest="bpf", help="a tcpdump/BPF filter, e.g. 'not port 2379'")
     st.add_argument("--run", help="run directory name (default: run-<date>-<time>-<hex>)")
-    sub.add_parser("stop", help="stop capturing and list the files")
+    sp = sub.add_parser("stop", help="stop capturing and list the files")
+    sp.add_argument("--json", action="store_true", help="print the final state as JSON")
     sub.add_parser("status", help="is a capture running, and where does it write")
     a = ap.parse_args(list(argv))
     try:
@@ -182,6 +189,9 @@ def capture_command(argv: Sequence[str], lab: str) -> int:
             return 0
         if a.action == "stop":
             final = stop_lab_capture(lab)
+            if a.json:
+                print(json.dumps(final))
+                return 0
             res = RunResult(final.get("run_dir", ""),
                             [IfaceResult(**f) for f in final.get("files", [])])
             print(res.table())

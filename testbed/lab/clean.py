@@ -23,7 +23,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testbed.lab.state import is_running, list_labs, pid_alive, read_state, state_dir
+from testbed.lab.state import (
+    is_multihost,
+    is_running,
+    list_labs,
+    part,
+    pid_alive,
+    read_state,
+    state_dir,
+)
 
 __all__ = ["CleanReport", "clean_lab", "clean_all"]
 
@@ -38,9 +46,13 @@ class CleanReport:
     mounts: list[str] = field(default_factory=list)
     cgroup: str | None = None
     errors: list[str] = field(default_factory=list)
+    machines: list[str] | None = None  # a lab on several machines: what each one said
 
     def summary(self) -> str:
         """One line for the CLI."""
+        if self.machines is not None:
+            return (f"lab {self.lab}: " + "; ".join(self.machines or ["no machine reached"])
+                    + (f"; errors: {'; '.join(self.errors)}" if self.errors else ""))
         return (f"lab {self.lab}: killed {len(self.killed)} process(es), removed "
                 f"{len(self.netns)} netns, {len(self.mounts)} mount(s)"
                 + (f"; errors: {'; '.join(self.errors)}" if self.errors else ""))
@@ -161,10 +173,13 @@ def _runtime_cgroup_dirs(lab: str, depth: int = 4) -> list[Path]:
     return found
 
 
-def _environ_pids(lab: str) -> set[int]:
+def _environ_pids(lab: str, part: str = "") -> set[int]:
     """Processes started with ``CALICOLAB_LAB=<lab>`` in their environment (lab processes
-    that left the cgroup, or every one on a machine without cgroup v2)."""
+    that left the cgroup, or every one on a machine without cgroup v2); for one machine's
+    part of a multi-host lab, only those with ``CALICOLAB_PART=<part>`` too (two parts of a
+    lab may share a machine, as in the tests)."""
     marker = f"CALICOLAB_LAB={lab}".encode()
+    mine = f"CALICOLAB_PART={part}".encode()
     out: set[int] = set()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -174,7 +189,11 @@ def _environ_pids(lab: str) -> set[int]:
                 env = f.read()
         except OSError:
             continue
-        if marker in env.split(b"\0"):
+        items = env.split(b"\0")
+        if marker not in items:
+            continue
+        theirs = next((i for i in items if i.startswith(b"CALICOLAB_PART=")), b"CALICOLAB_PART=")
+        if theirs == mine:
             out.add(int(entry.name))
     return out
 
@@ -229,6 +248,12 @@ def clean_lab(lab: str) -> CleanReport:
     """Remove every process, namespace, mount, cgroup and file of lab ``lab``."""
     report = CleanReport(lab)
     st = read_state(lab) or {}
+    if is_multihost(st):  # the record of a lab on several machines: clean each of them
+        from testbed.multihost.controller import clean as clean_machines
+
+        done = clean_machines(lab, st)
+        report.machines, report.errors = done["machines"], done["errors"]
+        return report
     sdir = state_dir(lab)
     # names are "<lab>-<host>": lab "a" host "b-c" and lab "a-b" host "c" share one. Never
     # touch a namespace another *running* lab recorded (a stale state may name it too).
@@ -272,7 +297,7 @@ def clean_lab(lab: str) -> CleanReport:
             victims |= _netns_pids(p)
         victims |= _ns_member_pids(namespaces)
         if st:
-            victims |= _environ_pids(lab)
+            victims |= _environ_pids(lab, st.get("part") or part())
             for d in _runtime_cgroup_dirs(lab):
                 victims |= _cgroup_pids(d)
         victims -= _ancestors()

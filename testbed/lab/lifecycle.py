@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,8 +37,10 @@ from testbed.lab.state import (
     RUN_ROOT,
     LabError,
     Progress,
+    is_multihost,
     is_running,
     list_labs,
+    part,
     pid_alive,
     plan,
     read_state,
@@ -56,12 +59,15 @@ def _stderr_progress(msg: str) -> None:
 
 def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = False,
        timeout: float = 120.0, progress: Progress | None = None,
-       ready_timeout: float = 30.0, runtime: str | None = None) -> dict:
+       ready_timeout: float = 30.0, runtime: str | None = None,
+       tunnels: dict | None = None) -> dict:
     """Bring up the lab described by ``topology``; return its state once it is ready.
 
     Validation and every check happen before anything is created; a failure
     during the build tears down whatever was made. Raises :class:`LabError`
-    (or :class:`testbed.lab.topology.TopologyError` for a bad file).
+    (or :class:`testbed.lab.topology.TopologyError` for a bad file). A topology
+    with ``hosts:`` is brought up on every machine by :mod:`testbed.multihost`;
+    each machine's part comes back here (``CALICOLAB_PART``, with its ``tunnels``).
     """
     progress = progress or _stderr_progress
     topo = load(topology, name=name, runtime=runtime)
@@ -76,18 +82,29 @@ def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = Fals
         from testbed.lab.clean import clean_lab
         progress(f"removing leftovers of an earlier lab {lab!r}")
         clean_lab(lab)
+    if topo.multihost and not part():
+        from testbed.multihost import controller
+
+        return controller.up(topo, no_cni=no_cni, timeout=timeout, progress=progress,
+                             ready_timeout=ready_timeout)
     taken = [n for n in plan(topo)["netns"] if (Path("/run/netns") / n).exists()]
     if taken:
         raise LabError(f"network namespace(s) {', '.join(taken)} already exist and were not made "
                        f"by a calicolab lab named {lab!r}; choose another --name", EXIT_EXISTS)
     state = plan(topo)
     state["no_cni"] = no_cni
+    state["tunnels"] = tunnels or {}
     RUN_ROOT.mkdir(parents=True, exist_ok=True)
     try:
         state_dir(lab).mkdir()
     except FileExistsError:
         raise LabError(f"lab {lab!r} is being created by someone else right now",
                        EXIT_EXISTS) from None
+    if part():  # the copy sent by the machine driving the lab: keep it with the part
+        kept = state_dir(lab) / "topology.yaml"
+        shutil.copyfile(topology, kept)
+        topology = kept
+        state["topology"] = str(kept)
     write_state(lab, state)
 
     rfd, wfd = os.pipe()
@@ -194,6 +211,12 @@ def down(name: str | None = None, timeout: float = 30.0, progress: Progress | No
     else:
         st = resolve(None)
     lab = st["lab"]
+    if is_multihost(st):
+        from testbed.multihost import controller
+
+        controller.down(st, progress)
+        progress(f"lab {lab}: down")
+        return lab
     sup = st.get("supervisor") or {}
     pid, start = sup.get("pid"), sup.get("start")
     if pid_alive(pid, start):
@@ -243,6 +266,10 @@ def control(lab: str, request: dict, timeout: float = 120.0) -> dict:
 def install_cni(name: str | None = None, timeout: float = 120.0) -> dict:
     """Start calico-node on every node (the walkthrough's `kubectl apply -f calico.yaml`)."""
     st = resolve(name)
+    if is_multihost(st):
+        from testbed.multihost import controller
+
+        return controller.install_cni(st, timeout=timeout)
     return control(st["lab"], {"cmd": "install-cni"}, timeout=timeout)
 
 
@@ -254,6 +281,10 @@ def status(name: str | None = None) -> dict:
     from testbed.lab import netns as nsmod
 
     st = resolve(name)
+    if is_multihost(st):
+        from testbed.multihost import controller
+
+        return controller.status(st)
     out: dict[str, Any] = {"lab": st["lab"], "phase": st["phase"], "topology": st["topology"],
                            "etcd_endpoints": st["etcd_endpoints"],
                            "supervisor": st["supervisor"].get("pid"), "nodes": [], "others": [],

@@ -99,9 +99,12 @@ def pid_alive(pid: int | None, start: int | None = None) -> bool:
 
 
 def is_running(state: dict | None) -> bool:
-    """True if the lab's supervisor is alive and the lab is not being torn down."""
+    """True if the lab's supervisor is alive and the lab is not being torn down (for a lab
+    spanning several machines: its record says it is up; `status` asks each machine)."""
     if not state:
         return False
+    if is_multihost(state):
+        return state.get("phase") in ("starting", "ready")
     sup = state.get("supervisor") or {}
     return pid_alive(sup.get("pid"), sup.get("start")) and state.get("phase") in ("starting", "ready")
 
@@ -138,6 +141,23 @@ def netns_name(lab: str, host: str) -> str:
     return f"{lab}-{host}"
 
 
+def part() -> str:
+    """The machine this process acts for in a lab spanning several (``CALICOLAB_PART``, set by
+    :mod:`testbed.multihost` on every command it runs on a host); "" in a one-machine lab."""
+    return os.environ.get("CALICOLAB_PART", "")
+
+
+def segment_netns(lab: str, segment: str, machine: str = "") -> str:
+    """The netns holding ``segment``'s bridge: ``<lab>-<segment>``, and ``<lab>-<segment>@<machine>``
+    in a multi-host lab (each machine has a bridge of its own for a segment it shares)."""
+    return f"{lab}-{segment}" + (f"@{machine}" if machine else "")
+
+
+def is_multihost(state: dict | None) -> bool:
+    """True for the record of a lab spanning several machines (kept by the machine that made it)."""
+    return bool(state and state.get("multihost"))
+
+
 # --------------------------------------------------------------------------- cgroup
 
 
@@ -154,9 +174,10 @@ def cgroup_mount() -> Path | None:
 
 
 def cgroup_path(lab: str) -> Path | None:
-    """The lab's cgroup directory (not necessarily existing)."""
+    """The lab's cgroup directory (not necessarily existing); ``<lab>@<machine>`` for one part
+    of a multi-host lab."""
     root = cgroup_mount()
-    return root / "calicolab" / lab if root else None
+    return root / "calicolab" / (f"{lab}@{part()}" if part() else lab) if root else None
 
 
 def join_cgroup(cgroup: str | os.PathLike | None, pid: int = 0) -> None:
@@ -190,6 +211,8 @@ def node_env(state: dict, node: str, base: dict[str, str] | None = None) -> dict
         # (~30 ms CPU per process start, measured; the cost scales with the nodes)
         "PYTHONPYCACHEPREFIX": str(PYCACHE),
     })
+    if state.get("part"):  # one machine's part of a multi-host lab: its processes say which
+        env.update(CALICOLAB_PART=state["part"], CALICOLAB_RUN=str(RUN_ROOT))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.pop("VIRTUAL_ENV", None)
     # `ctr` and `docker` in a node talk to that node's own daemon (testbed.k8s.cri)
@@ -211,9 +234,10 @@ def runtime_dir(lab: str, node: str) -> Path:
 # --------------------------------------------------------------------------- plan
 
 
-def plan(topo: Topology) -> dict[str, Any]:
-    """The initial state of a lab: every name it is going to make, before it makes any."""
+def members(topo: Topology, machine: str | None = None) -> dict[str, dict]:
+    """Every node, router and external host (on ``machine``; all for None) as the state records it."""
     hosts: dict[str, dict] = {}
+    mine = set(topo.names_on(machine))
     for n in topo.nodes:
         hosts[n.name] = {"kind": "node", "role": n.role, "address": str(n.address),
                          "segment": n.segment, "netns": netns_name(topo.name, n.name)}
@@ -224,9 +248,26 @@ def plan(topo: Topology) -> dict[str, Any]:
     for e in topo.external:
         hosts[e.name] = {"kind": "external", "address": str(e.address), "segment": e.segment,
                          "netns": netns_name(topo.name, e.name)}
-    for s in topo.segments:
+    for name, rec in hosts.items():
+        if topo.multihost:
+            rec["host"] = topo.host_of(name)
+    return {k: v for k, v in hosts.items() if k in mine}
+
+
+def plan(topo: Topology) -> dict[str, Any]:
+    """The initial state of a lab (of this machine's part of it: :func:`part`): every name it
+    is going to make, before it makes any."""
+    me = part()
+    if topo.multihost and not me:
+        raise LabError(f"lab {topo.name!r} spans several machines: only a part of it is "
+                       "planned on one (CALICOLAB_PART)")
+    if me and me not in topo.machines():
+        raise LabError(f"this machine's part {me!r} holds nothing of lab {topo.name!r} "
+                       f"(machines: {', '.join(topo.machines())})")
+    hosts = members(topo, me or None)
+    for s in topo.segments_on(me or None):
         hosts[s.name] = {"kind": "segment", "address": str(s.cidr), "bridge": s.name,
-                         "netns": netns_name(topo.name, s.name)}
+                         "netns": segment_netns(topo.name, s.name, me)}
     cg = cgroup_path(topo.name)
     return {
         "lab": topo.name, "topology": str(Path(topo.path).resolve()), "phase": "starting",
@@ -235,6 +276,7 @@ def plan(topo: Topology) -> dict[str, Any]:
         "control_plane": topo.control_plane.name, "etcd_endpoints": topo.etcd_endpoints,
         "services": {}, "no_cni": False, "cni_installed": False, "skipped": [],
         "runtime": topo.runtime,
+        "part": me, "tunnels": {},
     }
 
 

@@ -36,6 +36,7 @@ from testbed.lab import netns as nsmod
 from testbed.lab import state as labstate
 from testbed.lab.restarts import Restarter, describe_exit
 from testbed.lab.topology import Topology, load
+from testbed.poll import deadline_scale
 
 #: BGP session timers of a lab's calico-nodes: BIRD waits its connect delay (Calico's
 #: template keeps BIRD's default; ours is 2 s) before the first connect and 5 s between
@@ -117,6 +118,12 @@ class Supervisor:
         self.ready_timeout = ready_timeout
         self.sdir = labstate.state_dir(self.lab)
         self.state: dict[str, Any] = labstate.read_state(self.lab) or labstate.plan(topo)
+        # this machine's part of the lab (all of it on one machine): multihost.controller
+        self.part = labstate.part()
+        self.names = topo.names_on(self.part or None)
+        self.segments = topo.segments_on(self.part or None)
+        self.local_nodes = [n for n in topo.nodes if n.name in self.names]
+        self.has_cp = topo.control_plane.name in self.names
         self.net: Any = None
         self.hosts: dict[str, Any] = {}
         self.procs: dict[str, subprocess.Popen] = {}
@@ -268,6 +275,8 @@ class Supervisor:
                 ports = [i.name for i in self.intfList() if i.name != "lo"]
                 cmd = [f"ip link add name {self.name} type bridge forward_delay 0 stp_state 0",
                        f"ip link set dev {self.name} up", "ip link set dev lo up"]
+                if self.name in spans:  # the tunnel between machines leaves less room
+                    cmd += [f"ip link set dev {p} mtu {spans[self.name]}" for p in ports]
                 cmd += [f"ip link set dev {p} master {self.name} up" for p in ports]
                 out = self.cmd(" && ".join(cmd) + " && echo BRIDGED")
                 if "BRIDGED" not in out:
@@ -277,19 +286,21 @@ class Supervisor:
                 self.cmd(f"ip link del dev {self.name}")
 
         topo = self.topo
+        spans = self._span_mtus()
+        names = self.names
         first = topo.segments[0].cidr
         self.net = net = mnet.Mininet(topo=None, controller=None, switch=SegmentBridge,
                                       host=LabHost, link=Link, intf=LabIntf, build=False,
                                       ipBase=str(first),
                                       autoSetMacs=False, waitConnected=False)
-        self.progress(f"creating {len(topo.segments)} segment(s) and "
-                      f"{len(topo.host_names())} host(s)")
-        for i, seg in enumerate(topo.segments):
+        self.progress(f"creating {len(self.segments)} segment(s) and {len(names)} host(s)"
+                      + (f" on {self.part}" if self.part else ""))
+        for i, seg in enumerate(self.segments):
             sw = net.addSwitch(seg.name, inNamespace=True, dpid=f"{i + 1:016x}")
             self.hosts[seg.name] = sw
             self._record_host(seg.name, sw)
         nodedir = self.sdir / "nodes"
-        for name in topo.host_names():
+        for name in names:
             kind = self.state["hosts"][name]["kind"]
             dirs: list = []
             if kind == "node":
@@ -308,18 +319,19 @@ class Supervisor:
             self.hosts[name] = h
             self._record_host(name, h)
         self.save()
-        self._parallel(lambda name: self.hosts[name].finish_start(), topo.host_names())
-        self.progress(f"linking {len(topo.host_names())} host(s)")
-        for name in topo.host_names():
+        self._parallel(lambda name: self.hosts[name].finish_start(), names)
+        self.progress(f"linking {len(names)} host(s)")
+        for name in names:
             h = self.hosts[name]
             for ifname, seg, _addr, _plen in topo.interface_of(name):
                 port = self._port_name(seg, name, ifname)
                 net.addLink(h, self.hosts[seg], intfName1=ifname, intfName2=port)
-        for seg in topo.segments:
+        for seg in self.segments:
             self.hosts[seg.name].start([])
-        self.progress("configuring addresses and routes")
-        self._parallel(self._configure, topo.host_names())
         self._attach_netns()
+        self._tunnels(spans)
+        self.progress("configuring addresses and routes")
+        self._parallel(self._configure, names)
         self.start_networkd()
 
     def start_networkd(self) -> None:
@@ -328,7 +340,7 @@ class Supervisor:
         from testbed.lab.networkd import NetworkKeeper, host_network
 
         hosts = {name: (f"/run/netns/{self.state['hosts'][name]['netns']}", host_network(self.topo, name))
-                 for name in self.topo.host_names()}
+                 for name in self.names}
 
         def restored(host: str, done: list[str]) -> None:
             _log(f"networkd: {host}: a link came back up; restored {', '.join(done)}")
@@ -359,11 +371,34 @@ class Supervisor:
         rec["pid"] = node.pid
         rec["start"] = labstate.proc_starttime(node.pid)
 
+    def _span_mtus(self) -> dict[str, int]:
+        """The MTU of each of this machine's segments that span machines (VXLAN between them)."""
+        from testbed.multihost import vxlan
+
+        out = {}
+        for seg, spec in (self.state.get("tunnels") or {}).items():
+            under = min((vxlan.underlay_mtu(p) for p in spec["peers"]),
+                        default=vxlan.DEFAULT_UNDERLAY_MTU)
+            out[seg] = vxlan.segment_mtu(min(under, vxlan.DEFAULT_UNDERLAY_MTU))
+        return out
+
+    def _tunnels(self, spans: dict[str, int]) -> None:
+        """The VXLAN port of every segment bridge shared with other machines."""
+        from testbed.multihost import vxlan
+
+        for seg, spec in sorted((self.state.get("tunnels") or {}).items()):
+            peers = ", ".join(spec["peers"])
+            self.progress(f"segment {seg}: VXLAN {spec['vni']} to {peers} (MTU {spans[seg]})")
+            vxlan.create(self.state["hosts"][seg]["netns"], seg, spec, spans[seg])
+
     def _configure(self, name: str) -> None:
         topo, h = self.topo, self.hosts[name]
         kind = self.state["hosts"][name]["kind"]
+        spans = self._span_mtus() if self.state.get("tunnels") else {}
         cmds = ["ip link set dev lo up"]
-        for ifname, _seg, addr, plen in topo.interface_of(name):
+        for ifname, seg, addr, plen in topo.interface_of(name):
+            if seg in spans:
+                cmds.append(f"ip link set dev {ifname} mtu {spans[seg]}")
             cmds += [f"ip addr add {addr}/{plen} dev {ifname}", f"ip link set dev {ifname} up"]
         for route in topo.routes_of(name):
             cmds.append(f"ip route add {route.dst} via {route.via}")
@@ -415,6 +450,8 @@ class Supervisor:
         from testbed.k8s.images import BUSYBOX
 
         for ext in self.topo.external:
+            if ext.name not in self.names:
+                continue
             www = self.sdir / "www" / ext.name
             www.mkdir(parents=True, exist_ok=True)
             (www / "index.html").write_text(
@@ -449,7 +486,10 @@ class Supervisor:
 
         def run() -> None:
             try:
-                kubeadm.init(self.state)
+                # one machine's part of a lab over several: the kubeconfigs of every node,
+                # the other machines' copied to them (testbed.multihost.controller)
+                kubeadm.init(dict(self.state, hosts=labstate.members(self.topo)) if self.part
+                             else self.state)
             except BaseException as exc:  # noqa: BLE001 - raised in start_apiserver
                 self.pki_error = exc
 
@@ -502,13 +542,17 @@ class Supervisor:
         nsmod.run_in(self.state["hosts"][cp.name]["netns"], poll)
 
     def wait_etcd(self) -> None:
-        """Wait until the lab's etcd answers /health from the control-plane node."""
+        """Wait until the lab's etcd answers /health from the control-plane node (on another
+        machine's part: from one of this machine's nodes, over the lab's network)."""
         cp = self.topo.control_plane
-        ns = self.state["hosts"][cp.name]["netns"]
-        deadline = time.monotonic() + 30
+        if not self.local_nodes:
+            return  # routers and external hosts only: nothing here talks to etcd
+        ns = self.state["hosts"][cp.name if self.has_cp else self.local_nodes[0].name]["netns"]
+        wait = (30 if self.has_cp else 60) * deadline_scale()
+        deadline = time.monotonic() + wait
         last: Any = None
         while time.monotonic() < deadline:
-            if self.procs[f"{cp.name}/etcd"].poll() is not None:
+            if self.has_cp and self.procs[f"{cp.name}/etcd"].poll() is not None:
                 raise RuntimeError(f"etcd exited ({self.procs[f'{cp.name}/etcd'].returncode}); see "
                                    f"{self.sdir / 'logs' / (cp.name + '.etcd.log')}")
             try:
@@ -519,7 +563,7 @@ class Supervisor:
             except OSError as exc:
                 last = exc
             time.sleep(0.02)
-        raise RuntimeError(f"etcd on {cp.name} not healthy after 30s (last: {last!r})")
+        raise RuntimeError(f"etcd on {cp.name} not healthy after {wait:.0f}s (last: {last!r})")
 
     def start_node_services(self) -> None:
         """The kubelet (which also runs kube-proxy) on every node, when it exists.
@@ -535,7 +579,7 @@ class Supervisor:
         rt = self.topo.runtime
         if rt != "netns":
             self.start_runtime_daemons()
-        for n in self.topo.nodes:
+        for n in self.local_nodes:
             argv = [py, "-m", "testbed.k8s.kubelet", "--node", n.name, "--node-ip", str(n.address)]
             if n.is_control_plane:
                 argv += ["--controllers", "--pod-network-cidr", pool]
@@ -552,13 +596,13 @@ class Supervisor:
         from testbed.k8s import containerd, dockerrt
 
         rt = self.topo.runtime
-        self.progress(f"starting {rt} on {len(self.topo.nodes)} node(s)")
-        for n in self.topo.nodes:
+        self.progress(f"starting {rt} on {len(self.local_nodes)} node(s)")
+        for n in self.local_nodes:
             base = labstate.runtime_dir(self.lab, n.name)
             nspath = nsmod.netns_path(self.state["hosts"][n.name]["netns"])
             self.start_daemon(n.name, "containerd", containerd.daemon_argv(nspath, base / "containerd"))
         deadline = time.monotonic() + 30
-        for n in self.topo.nodes:
+        for n in self.local_nodes:
             ctr = containerd.Ctr(containerd.socket_path(labstate.runtime_dir(self.lab, n.name) / "containerd"))
             while not ctr.ready():
                 if time.monotonic() > deadline or self.procs[f"{n.name}/containerd"].poll() is not None:
@@ -567,11 +611,11 @@ class Supervisor:
                 time.sleep(0.05)
         if rt != "docker":
             return
-        for n in self.topo.nodes:
+        for n in self.local_nodes:
             base = labstate.runtime_dir(self.lab, n.name)
             nspath = nsmod.netns_path(self.state["hosts"][n.name]["netns"])
             self.start_daemon(n.name, "dockerd", dockerrt.daemon_argv(nspath, base, self.lab, n.name))
-        for n in self.topo.nodes:
+        for n in self.local_nodes:
             sock = dockerrt.socket_path(labstate.runtime_dir(self.lab, n.name))
             while not dockerrt.ready(sock):
                 if time.monotonic() > deadline + 30 or self.procs[f"{n.name}/dockerd"].poll() is not None:
@@ -734,7 +778,7 @@ class Supervisor:
         if not exe.exists():
             raise RuntimeError(f"calico-node is not installed ({exe} missing): run scripts/setup.sh")
         started = []
-        for n in self.topo.nodes:
+        for n in self.local_nodes:
             proc = self.procs.get(f"{n.name}/calico-node")
             if proc is not None and proc.poll() is None:
                 continue
@@ -765,6 +809,10 @@ class Supervisor:
             raise RuntimeError("calico-node is not available yet (agent/main.py missing)")
         if self.state.get("cni_installed"):
             return []  # already installed (by manifest, or started directly by `up`)
+        if not self.has_cp:  # the control plane's machine applied calico.yaml: its DaemonSet
+            self.state["cni_installed"] = True  # runs calico-node here, through the kubelets
+            self.save()
+            return [n.name for n in self.local_nodes]
         timers = os.environ.get(BGP_TIMERS_ENV) or self.calico_node_env().get(BGP_TIMERS_ENV,
                                                                               LAB_BGP_TIMERS)
         for line in install_by_manifest(self.state, bgp_timers=timers):
@@ -772,7 +820,7 @@ class Supervisor:
         self.state["cni_installed"] = True
         self.state["skipped"] = [m for m in self.state.get("skipped", []) if not m.startswith("calico-node")]
         self.save()
-        return [n.name for n in self.topo.nodes]
+        return [n.name for n in self.local_nodes]
 
     def wait_agents_ready(self, nodes: list[str]) -> None:
         """Wait (bounded) until calico-node on ``nodes`` answers /readiness 200; warn otherwise."""
@@ -886,8 +934,9 @@ class Supervisor:
             with self.lock:
                 started = self.install_cni()
             self.wait_agents_ready(started)
-            self.apply_bgp_config(patch_nodes=True)
-            self.wait_nodes(ready=True)
+            if self.has_cp:
+                self.apply_bgp_config(patch_nodes=True)
+                self.wait_nodes(ready=True)
             return {"ok": True, "started": started}
         if cmd == "stop":
             self.stop_event.set()
@@ -906,13 +955,15 @@ class Supervisor:
 
         try:
             self.setup_process()
-            self.start_pki()
+            if self.has_cp:
+                self.start_pki()
             self.build()
             mark("network")
             # etcd, kubelets and calico-nodes start together: the node services
             # retry until the datastore answers, and their start-up overlaps etcd's.
-            self.start_etcd()
-            self.start_apiserver()
+            if self.has_cp:
+                self.start_etcd()
+                self.start_apiserver()
             self.start_external_services()
             self.start_node_services()
             started: list[str] = []
@@ -925,18 +976,22 @@ class Supervisor:
                 started = self.start_calico_nodes()
             self.wait_etcd()
             mark("etcd")
-            self.wait_apiserver()
-            mark("apiserver")
-            self.kubeadm_init()
-            applying = self.start_workloads()
-            self.apply_bgp_config(patch_nodes=False)
+            applying = None
+            if self.has_cp:
+                self.wait_apiserver()
+                mark("apiserver")
+                self.kubeadm_init()
+                applying = self.start_workloads()
+                self.apply_bgp_config(patch_nodes=False)
             if started:
                 self.wait_agents_ready(started)
-                self.apply_bgp_config(patch_nodes=True)
+                if self.has_cp:
+                    self.apply_bgp_config(patch_nodes=True)
                 mark("calico-node ready")
-            self.wait_nodes(ready=bool(self.state.get("cni_installed")))
-            mark("nodes")
-            self.finish_workloads(applying)
+            if self.has_cp:
+                self.wait_nodes(ready=bool(self.state.get("cni_installed")))
+                mark("nodes")
+                self.finish_workloads(applying)
             self.serve_control()
             self.state["phase"] = "ready"
             self.state["ready_after"] = round(time.monotonic() - t0, 3)

@@ -29,6 +29,13 @@ Schema (camelCase keys, as Calico's own YAML)::
     workloads:                         # Kubernetes manifests applied once the lab is up
       - file: ../examples/nginx.yaml   # relative to this file
       - manifest: {apiVersion: v1, kind: Pod, ...}
+    hosts:                             # other machines the lab spans (reached over SSH)
+      - {name: h1, address: 198.51.100.7, user: root, key: keys/id_ed25519,
+         port: 22, hostKey: keys/h1.pub, repo: /vagrant, runDir: /run/calicolab}
+
+Nodes, routers and external hosts take ``host: NAME`` (default: this machine, ``local``);
+a segment with members on several hosts is carried between them by VXLAN
+(:mod:`testbed.multihost`).
 
 Every error is a :class:`TopologyError` naming the file, the line and the field.
 """
@@ -50,7 +57,7 @@ from datastore.inventory import Support, findings, works, works_for
 __all__ = [
     "TopologyError", "Segment", "RouterInterface", "Router", "NodeSpec", "ExternalHost",
     "PoolSpec", "ExternalPeer", "BGPSpec", "CalicoSpec", "Workload", "Topology", "Route",
-    "load", "loads", "DOCUMENTATION_PREFIXES", "FORBIDDEN_PREFIXES",
+    "HostSpec", "LOCAL_HOST", "load", "loads", "DOCUMENTATION_PREFIXES", "FORBIDDEN_PREFIXES",
 ]
 
 #: RFC 5737 prefixes: the only place an in-lab "internet" host may live.
@@ -75,11 +82,16 @@ RESERVED_NAMES = frozenset({"lo"})
 #: Mininet names every node after its netns; a bridge name must fit IFNAMSIZ.
 SEGMENT_NAME_MAX = 15
 NODE_NAME_MAX = 40
+#: the machine running calicolab, where members without ``host:`` live
+LOCAL_HOST = "local"
+HOST_NAME_MAX = 24
 
 
 _T_MODEL = "tests/unit/test_topology_model.py::"
 _T_LIFE = "tests/lab/test_lab_lifecycle.py::"
 _T_WALK = "tests/lab/test_walkthrough.py::"
+_T_MH = "tests/unit/test_multihost_logic.py::"
+_T_MHLAB = "tests/lab/test_multihost_lab.py::"
 
 #: Every topology field (dotted, list entries transparent) and what the lab does with it.
 #: The parser allows exactly these keys (:func:`_keys`), and refuses a value a lab cannot
@@ -126,6 +138,21 @@ TOPOLOGY_FIELDS: dict[str, Support] = {
                      "tests/lab/test_runtime_docker.py::test_pod_is_a_docker_container"),
     "workloads.file": works(_T_MODEL + "test_workloads_file_and_inline", _T_WALK + "test_same_node_flow"),
     "workloads.manifest": works(_T_MODEL + "test_workloads_file_and_inline"),
+    # labs over several machines (testbed.multihost, docs/multihost.md)
+    "nodes.host": works(_T_MH + "test_hosts_and_placement", _T_MHLAB + "test_walkthrough_over_two_ssh_hosts"),
+    "routers.host": works(_T_MH + "test_hosts_and_placement", _T_MHLAB + "test_walkthrough_over_two_ssh_hosts"),
+    "external.host": works(_T_MH + "test_hosts_and_placement", _T_MHLAB + "test_walkthrough_over_two_ssh_hosts"),
+    "hosts.name": works(_T_MH + "test_hosts_and_placement", _T_MHLAB + "test_walkthrough_over_two_ssh_hosts"),
+    "hosts.address": works(_T_MH + "test_hosts_and_placement",
+                           _T_MHLAB + "test_bad_host_is_refused_naming_it_before_anything_is_made"),
+    "hosts.user": works(_T_MH + "test_hosts_and_placement", _T_MHLAB + "test_walkthrough_over_two_ssh_hosts"),
+    "hosts.key": works(_T_MH + "test_hosts_and_placement",
+                       _T_MHLAB + "test_bad_host_is_refused_naming_it_before_anything_is_made"),
+    "hosts.port": works(_T_MH + "test_hosts_and_placement", _T_MHLAB + "test_walkthrough_over_two_ssh_hosts"),
+    "hosts.hostKey": works(_T_MH + "test_hosts_and_placement",
+                           _T_MHLAB + "test_bad_host_is_refused_naming_it_before_anything_is_made"),
+    "hosts.repo": works(_T_MH + "test_hosts_and_placement", _T_MHLAB + "test_walkthrough_over_two_ssh_hosts"),
+    "hosts.runDir": works(_T_MH + "test_hosts_and_placement", _T_MHLAB + "test_walkthrough_over_two_ssh_hosts"),
 }
 
 
@@ -201,6 +228,7 @@ class Router:
 
     name: str
     interfaces: tuple[RouterInterface, ...]
+    host: str = LOCAL_HOST
 
 
 @dataclass(frozen=True)
@@ -211,6 +239,7 @@ class NodeSpec:
     role: str
     address: IPv4Address
     segment: str
+    host: str = LOCAL_HOST
 
     @property
     def is_control_plane(self) -> bool:
@@ -225,6 +254,21 @@ class ExternalHost:
     name: str
     address: IPv4Address
     segment: str
+    host: str = LOCAL_HOST
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """Another machine the lab spans: reached over SSH, it holds the members placed on it."""
+
+    name: str
+    address: str  # an IP address or a DNS name, as ssh takes it
+    user: str
+    key: str  # path of the private key (absolute: resolved against the topology file)
+    port: int = 22
+    host_key: str = ""  # the host's public key ("ssh-ed25519 AAAA..."), or "" (see multihost.ssh)
+    repo: str = ""  # calicolab's checkout there ("": the same path as here)
+    run_dir: str = ""  # the lab state root there ("": /run/calicolab)
 
 
 @dataclass(frozen=True)
@@ -295,6 +339,53 @@ class Topology:
     calico: CalicoSpec = field(default_factory=CalicoSpec)
     workloads: tuple[Workload, ...] = ()
     runtime: str = "netns"  # who runs the pods: netns (processes), containerd, docker
+    hosts: tuple[HostSpec, ...] = ()
+
+    # -- placement on machines
+    @property
+    def multihost(self) -> bool:
+        """True when the lab names other machines (``hosts:``)."""
+        return bool(self.hosts)
+
+    def host_of(self, name: str) -> str:
+        """The machine (a ``hosts[].name`` or :data:`LOCAL_HOST`) holding node/router/external ``name``."""
+        for m in (*self.nodes, *self.routers, *self.external):
+            if m.name == name:
+                return m.host
+        raise KeyError(name)
+
+    def machines(self) -> list[str]:
+        """Every machine holding a member, in the order of first use (``local`` included if used)."""
+        out: list[str] = []
+        for m in (*self.nodes, *self.routers, *self.external):
+            if m.host not in out:
+                out.append(m.host)
+        return out
+
+    def host_spec(self, name: str) -> HostSpec:
+        """The ``hosts:`` entry called ``name`` (KeyError if none)."""
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+    def names_on(self, machine: str | None) -> list[str]:
+        """:meth:`host_names` placed on ``machine`` (all of them for None)."""
+        return [n for n in self.host_names() if machine is None or self.host_of(n) == machine]
+
+    def segment_machines(self, segment: str) -> list[str]:
+        """The machines with a member on ``segment``, in :meth:`machines` order."""
+        on = {self.host_of(n) for n in self.host_names()
+              if any(leg[1] == segment for leg in self.interface_of(n))}
+        return [m for m in self.machines() if m in on]
+
+    def segments_on(self, machine: str | None) -> list[Segment]:
+        """The segments with a member on ``machine`` (all of them for None)."""
+        return [s for s in self.segments if machine is None or machine in self.segment_machines(s.name)]
+
+    def spanning_segments(self) -> list[Segment]:
+        """Segments with members on more than one machine (carried between them by VXLAN)."""
+        return [s for s in self.segments if len(self.segment_machines(s.name)) > 1]
 
     # -- lookups
     @property
@@ -594,6 +685,7 @@ def loads(text: str, file: str = "<string>", base: Path | None = None,
     """Validate topology YAML ``text``; ``file`` names it in errors, ``base`` resolves manifests."""
     data, doc = _compose(text, file)
     top = _Reader(doc, data, (), _keys())
+
     lab = top.name("name", LAB_NAME_MAX)
     if name is not None:
         if len(name) > LAB_NAME_MAX or not _NAME_RE.match(name):
@@ -607,6 +699,16 @@ def loads(text: str, file: str = "<string>", base: Path | None = None,
                                 f"calicolab (choose one of: {', '.join(RUNTIMES)})")
         rt = runtime
     names: dict[str, tuple] = {}
+    hosts = _hosts(doc, top.list("hosts"), base)
+    host_names = [h.name for h in hosts]
+
+    def machine(r: _Reader) -> str:
+        """The ``host:`` of a member: local, or one of the ``hosts:``."""
+        h = r.str("host", LOCAL_HOST)
+        if h != LOCAL_HOST and h not in host_names:
+            raise doc.err(r.sub("host"), f"unknown host {h!r} (hosts: "
+                          f"{', '.join(host_names + [LOCAL_HOST])})")
+        return h
 
     def claim(n: str, path: tuple) -> None:
         if n in RESERVED_NAMES:
@@ -659,6 +761,7 @@ def loads(text: str, file: str = "<string>", base: Path | None = None,
     routers: list[Router] = []
     for i, item in enumerate(top.list("routers")):
         r = _Reader(doc, item, ("routers", i), _keys("routers"))
+
         rname = r.name("name", NODE_NAME_MAX)
         claim(rname, r.sub("name"))
         legs: list[RouterInterface] = []
@@ -671,7 +774,7 @@ def loads(text: str, file: str = "<string>", base: Path | None = None,
             if any(x.segment == sname for x in legs):
                 raise doc.err(lr.sub("segment"), f"router {rname} is on segment {sname} twice")
             legs.append(RouterInterface(sname, place(lr.path, lr, sname)))
-        routers.append(Router(rname, tuple(legs)))
+        routers.append(Router(rname, tuple(legs), machine(r)))
 
     # segment gateways: explicit, else the only router on the segment
     for i, seg in enumerate(segs):
@@ -694,11 +797,12 @@ def loads(text: str, file: str = "<string>", base: Path | None = None,
         raise doc.err(("nodes",), "at least one node is required")
     for i, item in enumerate(node_items):
         r = _Reader(doc, item, ("nodes", i), _keys("nodes"))
+
         nname = r.name("name", NODE_NAME_MAX)
         claim(nname, r.sub("name"))
         role = r.choice("role", "worker", ROLES)
         sname = r.str("segment", required=True)
-        nodes.append(NodeSpec(nname, role, place(r.path, r, sname), sname))
+        nodes.append(NodeSpec(nname, role, place(r.path, r, sname), sname, machine(r)))
     cps = [n for n in nodes if n.is_control_plane]
     if len(cps) != 1:
         raise doc.err(("nodes",), f"exactly one node must have role control-plane, found {len(cps)}")
@@ -707,6 +811,7 @@ def loads(text: str, file: str = "<string>", base: Path | None = None,
     externals: list[ExternalHost] = []
     for i, item in enumerate(top.list("external")):
         r = _Reader(doc, item, ("external", i), _keys("external"))
+
         ename = r.name("name", NODE_NAME_MAX)
         claim(ename, r.sub("name"))
         sname = r.str("segment", required=True)
@@ -718,13 +823,74 @@ def loads(text: str, file: str = "<string>", base: Path | None = None,
         if any(n.segment == sname for n in nodes):
             raise doc.err(r.sub("segment"), f"segment {sname} holds Kubernetes nodes; put external "
                           "hosts on their own segment behind a router")
-        externals.append(ExternalHost(ename, addr, sname))
+        externals.append(ExternalHost(ename, addr, sname, machine(r)))
 
     calico = _calico(doc, top.raw("calico", {}), segs, {n.name for n in nodes}, used_addr)
     workloads = _workloads(doc, top.list("workloads"), base, {n.name for n in nodes})
     _refuse_unimplemented(doc, data)
+    used = {m.host for m in (*nodes, *routers, *externals)}
+    for i, h in enumerate(hosts):
+        if h.name not in used:
+            raise doc.err(("hosts", i, "name"), f"host {h.name!r} holds no node, router or external "
+                          "host of the lab (give some 'host: " + h.name + "', or remove it)")
+        _check_underlay(doc, ("hosts", i, "address"), h, segs)
+
     return Topology(lab, file, tuple(segs), tuple(nodes), tuple(routers), tuple(externals),
-                    calico, workloads, rt)
+                    calico, workloads, rt, tuple(hosts))
+
+
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]*$")
+_PUBKEY_RE = re.compile(r"^(ssh-[a-z0-9-]+|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+( .*)?$")
+
+
+def _hosts(doc: _Doc, items: list, base: Path | None) -> list[HostSpec]:
+    """``hosts:``: the other machines, each reached over SSH (nothing is contacted here)."""
+    out: list[HostSpec] = []
+    for i, item in enumerate(items):
+        r = _Reader(doc, item, ("hosts", i), _keys("hosts"))
+        hname = r.name("name", HOST_NAME_MAX)
+        if hname == LOCAL_HOST:
+            raise doc.err(r.sub("name"), f"{LOCAL_HOST!r} is this machine; give the host another name")
+        if any(h.name == hname for h in out):
+            raise doc.err(r.sub("name"), f"duplicate host {hname!r}")
+        addr = str(r.raw("address", required=True))
+        if not _HOSTNAME_RE.match(addr):
+            raise doc.err(r.sub("address"), f"{addr!r} is not an IP address or a host name")
+        user = r.str("user", required=True)
+        if not _USER_RE.match(user):
+            raise doc.err(r.sub("user"), f"{user!r} is not a user name")
+        key = r.str("key", required=True)
+        host_key = r.str("hostKey", "")
+        if host_key and not _PUBKEY_RE.match(host_key.strip()):
+            host_key = _resolve(base, host_key)
+        paths = {}
+        for field_ in ("repo", "runDir"):
+            v = r.str(field_, "")
+            if v and not v.startswith("/"):
+                raise doc.err(r.sub(field_), f"{v!r} must be an absolute path on host {hname}")
+            paths[field_] = v.rstrip("/") if v != "/" else v
+        out.append(HostSpec(hname, addr, user, _resolve(base, key), r.int("port", 22, 1, 65535),
+                            host_key.strip(), paths["repo"], paths["runDir"]))
+    return out
+
+
+def _resolve(base: Path | None, path: str) -> str:
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else ((base or Path(".")) / p).resolve())
+
+
+def _check_underlay(doc: _Doc, path: tuple, h: HostSpec, segs: list[Segment]) -> None:
+    """A host's own address must be outside the lab's segments (the lab's addresses there
+    would shadow it). The pod pool may overlap: pods live in the nodes' namespaces."""
+    try:
+        ip = IPv4Address(h.address)
+    except ValueError:
+        return  # a name: resolved when connecting
+    for s in segs:
+        if ip in s.cidr:
+            raise doc.err(path, f"host {h.name}'s address {ip} is inside segment {s.name} ({s.cidr}): "
+                          "the hosts' own network must be outside the lab's segments")
 
 
 def _check_allowed(doc: _Doc, path: tuple, net: IPv4Network) -> None:

@@ -1,0 +1,573 @@
+"""A lab spanning several machines, driven from this one: up, down, clean, status, routing.
+
+The topology places each node, router and external host on a machine (``host:``; this
+one is ``local``). Each machine holds its *part*: a lab of the same name made by that
+machine's own ``calicolab up`` with ``CALICOLAB_PART=<machine>`` (only its members, a
+bridge per segment it has members on, a VXLAN port on those that span machines:
+:mod:`testbed.multihost.vxlan`), its own supervisor, state root and cleanup. This module
+runs those commands on every machine through :mod:`testbed.multihost.hosts` and keeps
+the lab's *record* here (``/run/calicolab/<lab>/state.json`` with a ``multihost`` key):
+which machines, how to reach them, who is where, the tunnels. This machine's own part
+lives under ``/run/calicolab/<lab>/local/``.
+
+Every failure names the machine. ``up`` contacts every machine before it makes anything;
+when a part fails to start, every part is removed again. ``down``/``clean`` remove what
+they can reach and keep the record of the machines they could not, so a later
+``calicolab clean`` tries those again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from testbed.lab.state import (
+    EXIT_EXISTS,
+    EXIT_INPUT,
+    EXIT_NOLAB,
+    LabError,
+    Progress,
+    members,
+    read_state,
+    state_dir,
+    write_state,
+)
+from testbed.lab.topology import LOCAL_HOST, Topology
+from testbed.multihost import vxlan
+from testbed.multihost.hosts import REPO, Host, HostError, Machine, open_host
+
+__all__ = ["up", "down", "clean", "status", "install_cni", "machine_of", "connect", "run_cli",
+           "exec_in", "shell", "run_tool", "portable_topology", "reach_map"]
+
+
+def _machines(topo: Topology, lab: str) -> dict[str, Machine]:
+    out = {}
+    for name in topo.machines():
+        if name == LOCAL_HOST:
+            out[name] = Machine(LOCAL_HOST, repo=str(REPO), run_dir=str(state_dir(lab) / "local"))
+        else:
+            out[name] = Machine.from_spec(topo.host_spec(name))
+    return out
+
+
+def machines(st: dict) -> dict[str, Machine]:
+    """The machines of a lab's record."""
+    return {n: Machine.from_record(r) for n, r in st["multihost"]["machines"].items()}
+
+
+def machine_of(st: dict, member: str) -> Machine:
+    """The machine holding node/router/external ``member`` (LabError naming the members if none)."""
+    placement = st["multihost"]["placement"]
+    if member not in placement:
+        names = [n for n, h in st["hosts"].items() if h.get("kind") != "segment"]
+        raise LabError(f"lab {st['lab']!r} has no node {member!r} (nodes: {', '.join(names)})",
+                       EXIT_INPUT)
+    return machines(st)[placement[member]]
+
+
+def connect(st: dict, machine: Machine) -> Host:
+    """A connection to ``machine`` of the lab (its pinned host key checked)."""
+    return open_host(machine)
+
+
+def _parallel(fn: Callable[[str], Any], names: list[str]) -> dict[str, Any]:
+    """``fn(name)`` for every name at once; name -> result or the exception it raised."""
+    out: dict[str, Any] = {}
+
+    def work(n: str) -> None:
+        try:
+            out[n] = fn(n)
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+            out[n] = exc
+
+    threads = [threading.Thread(target=work, args=(n,), daemon=True) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def portable_topology(topo: Topology) -> str:
+    """The topology as every machine's part reads it: the lab's name, workloads inlined
+    (their files are here), key paths absolute (parts never use them)."""
+    data = yaml.safe_load(Path(topo.path).read_text())
+    data["name"] = topo.name
+    if topo.workloads:
+        data["workloads"] = [{"manifest": list(w.documents)} for w in topo.workloads]
+    data["hosts"] = [{"name": h.name, "address": h.address, "user": h.user, "key": h.key,
+                      "port": h.port} for h in topo.hosts]
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _route_source(dst: str) -> str:
+    """The source address this machine uses towards ``dst``."""
+    res = subprocess.run(["ip", "-o", "route", "get", dst], capture_output=True, text=True,
+                         check=False)
+    parts = res.stdout.split()
+    if res.returncode != 0 or "src" not in parts:
+        raise LabError(f"this machine has no route to {dst}: {res.stderr.strip() or res.stdout.strip()}")
+    return parts[parts.index("src") + 1]
+
+
+def reach_map(ms: dict[str, Machine], resolve: Callable[[str], str] | None = None,
+              source: Callable[[str], str] = _route_source) -> dict[str, dict[str, str]]:
+    """``reach[a][b]``: the address machine ``a`` sends VXLAN to for machine ``b``.
+
+    Another machine is reached at its topology address (resolved here); this machine, by
+    a machine ``a``, at the source address this machine routes ``a`` from."""
+    resolve = resolve or _resolve
+    addr = {n: resolve(m.address) for n, m in ms.items() if not m.local}
+    out: dict[str, dict[str, str]] = {}
+    for a in ms:
+        out[a] = {}
+        for b in ms:
+            if a == b:
+                continue
+            out[a][b] = source(addr[a]) if ms[b].local else addr[b]
+    return out
+
+
+def _resolve(address: str) -> str:
+    try:
+        return socket.getaddrinfo(address, None, socket.AF_INET)[0][4][0]
+    except (socket.gaierror, IndexError) as exc:
+        raise LabError(f"cannot resolve {address}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- up
+
+
+def _line(progress: Progress, name: str) -> Callable[[str], None]:
+    def on_line(line: str) -> None:
+        text = line.removeprefix("calicolab: ")
+        if text.strip():
+            progress(f"[{name}] {text}")
+    return on_line
+
+
+def _last_error(text: str) -> str:
+    lines = [ln.removeprefix("calicolab: ") for ln in text.strip().splitlines() if ln.strip()]
+    errs = [ln.removeprefix("error: ") for ln in lines if ln.startswith("error: ")]
+    return "\n".join(errs) if errs else (lines[-1] if lines else "no output")
+
+
+def up(topo: Topology, no_cni: bool = False, timeout: float = 180.0,
+       progress: Progress | None = None, ready_timeout: float = 30.0) -> dict:
+    """Bring up every machine's part of ``topo``; return the lab's record once all are ready.
+
+    Nothing is made before every machine answered; a part that fails removes every part.
+    """
+    progress = progress or (lambda m: None)
+    lab = topo.name
+    ms = _machines(topo, lab)
+    record: dict[str, Any] = {
+        "lab": lab, "topology": str(Path(topo.path).resolve()), "phase": "starting", "error": None,
+        "created": time.time(), "supervisor": {}, "hosts": members(topo), "netns": [],
+        "cgroup": None, "control_plane": topo.control_plane.name,
+        "etcd_endpoints": topo.etcd_endpoints, "services": {}, "no_cni": no_cni,
+        "cni_installed": False, "skipped": [],
+        "multihost": {"machines": {n: m.record() for n, m in ms.items()},
+                      "placement": {n: topo.host_of(n) for n in topo.host_names()}, "tunnels": {}},
+    }
+    try:
+        state_dir(lab).mkdir(parents=True)
+    except FileExistsError:
+        raise LabError(f"lab {lab!r} is being created by someone else right now", EXIT_EXISTS) from None
+    write_state(lab, record)
+    progress(f"lab {lab}: {len(ms)} machine(s): " + ", ".join(m.describe() for m in ms.values()))
+    hosts: dict[str, Host] = {}
+    try:
+        hosts = _connect_all(record, ms, progress)
+        tunnels = vxlan.plan(lab, {s.name: topo.segment_machines(s.name) for s in topo.segments},
+                             reach_map(ms))
+        record["multihost"]["tunnels"] = tunnels
+        write_state(lab, record)
+        for seg in topo.spanning_segments():
+            progress(f"segment {seg.name} spans {', '.join(topo.segment_machines(seg.name))}: "
+                     f"VXLAN {vxlan.vni(lab, seg.name)} on UDP {vxlan.PORT}")
+    except BaseException:
+        for h in hosts.values():
+            h.close()
+        shutil.rmtree(state_dir(lab), ignore_errors=True)  # nothing was made on any machine
+        raise
+    text = portable_topology(topo).encode()
+
+    def start(name: str) -> None:
+        host = hosts[name]
+        tmp = f"/tmp/calicolab-{lab}-{name}-{uuid.uuid4().hex[:8]}.yaml"
+        host.write(tmp, text)
+        try:
+            args = ["up", tmp, "--name", lab, "--timeout", str(timeout), "--ready-timeout",
+                    str(ready_timeout), "--tunnels", json.dumps(tunnels.get(name, {}))]
+            if no_cni:
+                args.append("--no-cni")
+            res = host.stream(host.calicolab(*args), _line(progress, name), timeout=timeout + 60)
+        finally:
+            try:
+                host.run(["rm", "-f", tmp], timeout=30)
+            except HostError:
+                pass
+        if res.rc != 0:
+            raise HostError(host.machine, f"its part of lab {lab} failed to start: "
+                            f"{_last_error(res.err)}")
+
+    # the control plane's machine first in the list: its progress reads first
+    order = sorted(hosts, key=lambda n: n != topo.host_of(topo.control_plane.name))
+    results = _parallel(start, order)
+    failed = {n: r for n, r in results.items() if isinstance(r, BaseException)}
+    if failed:
+        record["phase"] = "failed"
+        record["error"] = "; ".join(str(e) for e in failed.values())
+        write_state(lab, record)
+        progress(f"lab {lab} failed on {', '.join(sorted(failed))}: removing it from every machine")
+        report = _clean_parts(lab, record, hosts)
+        for h in hosts.values():
+            h.close()
+        first = next(iter(failed.values()))
+        if isinstance(first, KeyboardInterrupt):
+            raise first
+        msg = "\n".join(str(e) for e in failed.values())
+        if report["unreached"]:
+            msg += ("\nnot removed (unreachable): " + "; ".join(report["errors"])
+                    + f"\n`calicolab clean {lab}` tries those again")
+        raise LabError(msg)
+    try:
+        _copy_kubeconfigs(topo, hosts, progress)
+    except HostError as exc:
+        progress(f"warning: {exc}")
+    for h in hosts.values():
+        h.close()
+    record["phase"] = "ready"
+    record["cni_installed"] = not no_cni
+    write_state(lab, record)
+    return record
+
+
+#: what `kubeadm join` leaves in a node's /etc/kubernetes (testbed.lab.kubeadm)
+JOIN_FILES = ("admin.conf", "kubelet.conf", "pki/ca.crt")
+
+
+def _copy_kubeconfigs(topo: Topology, hosts: dict[str, Host], progress: Progress) -> None:
+    """The control plane's machine made every node's kubeconfigs (its CA signs them): copy
+    each node's to its own machine, into the node's /etc/kubernetes."""
+    lab = topo.name
+    cp_machine = topo.host_of(topo.control_plane.name)
+    src = hosts[cp_machine]
+    copied = []
+    for node in topo.nodes:
+        where = topo.host_of(node.name)
+        if where == cp_machine:
+            continue
+        dst = hosts[where]
+        for f in JOIN_FILES:
+            data = src.read(f"{src.machine.run_dir}/{lab}/nodes/{node.name}/etc-kubernetes/{f}")
+            path = f"{dst.machine.run_dir}/{lab}/nodes/{node.name}/etc-kubernetes/{f}"
+            dst.check(["mkdir", "-p", path.rsplit("/", 1)[0]], "mkdir", timeout=30)
+            dst.write(path, data)
+            dst.check(["chmod", "644" if f.endswith(".crt") else "600", path], "chmod", timeout=30)
+        copied.append(node.name)
+    if copied:
+        progress(f"kubeconfigs of {', '.join(copied)} copied from {cp_machine}")
+
+
+def _connect_all(record: dict, ms: dict[str, Machine], progress: Progress) -> dict[str, Host]:
+    """Connect to every machine and check it can run its part; HostError naming every failure."""
+    pins: dict[str, str] = {}
+
+    def one(name: str) -> Host:
+        m = ms[name]
+        host = open_host(m, pin=lambda fp, n=name: pins.__setitem__(n, fp))
+        try:
+            who = host.check(["id", "-u"], "running a command (as root)", timeout=30).out.strip()
+            if who != "0":
+                raise HostError(m, f"commands run as uid {who}, not root")
+            probe = host.run(host.calicolab("list"), timeout=60)
+            if probe.rc != 0:
+                raise HostError(m, f"cannot run calicolab from {m.repo} (run scripts/setup.sh "
+                                f"there): {(probe.err or probe.out).strip()[-400:]}")
+        except BaseException:
+            host.close()
+            raise
+        return host
+
+    results = _parallel(one, list(ms))
+    failed = [r for r in results.values() if isinstance(r, BaseException)]
+    hosts = {n: r for n, r in results.items() if isinstance(r, Host)}
+    if failed:
+        for h in hosts.values():
+            h.close()
+        if any(isinstance(e, KeyboardInterrupt) for e in failed):
+            raise KeyboardInterrupt
+        errs = [e for e in failed if isinstance(e, LabError)]
+        if len(errs) == len(failed) and len(errs) == 1:
+            raise errs[0]
+        raise LabError("\n".join(str(e) for e in failed))
+    for name, fp in pins.items():
+        progress(f"{ms[name].describe()}: host key {fp} accepted on first use and pinned for this "
+                 "lab (give hostKey in the topology to check it instead)")
+        record["multihost"]["machines"][name]["pinned"] = fp
+    return hosts
+
+
+# --------------------------------------------------------------------------- down / clean
+
+
+def _clean_parts(lab: str, st: dict, hosts: dict[str, Host] | None = None,
+                 verb: str = "clean") -> dict[str, Any]:
+    """Run ``calicolab <verb> <lab>`` as every machine's part; what each said, what failed."""
+    ms = machines(st)
+    hosts = dict(hosts or {})
+    report: dict[str, Any] = {"done": {}, "errors": [], "unreached": []}
+
+    def one(name: str) -> str:
+        host = hosts.get(name)
+        own = host is None
+        if host is None:
+            host = connect(st, ms[name])
+        try:
+            res = host.run(host.calicolab(verb, lab), timeout=180)
+            if res.rc not in (0, EXIT_NOLAB):
+                raise HostError(ms[name], f"`calicolab {verb} {lab}` failed (exit {res.rc}): "
+                                f"{_last_error(res.err or res.out)}")
+            return (res.out.strip() or res.err.strip()).splitlines()[-1] if (res.out or res.err) \
+                else "ok"
+        finally:
+            if own:
+                host.close()
+
+    for name, res in _parallel(one, list(ms)).items():
+        if isinstance(res, BaseException):
+            report["errors"].append(str(res))
+            report["unreached"].append(name)
+        else:
+            report["done"][name] = res
+    return report
+
+
+def _finish_removal(lab: str, st: dict, report: dict[str, Any]) -> None:
+    """Drop the record when every machine was cleaned; else keep only the unreached ones."""
+    if not report["unreached"]:
+        shutil.rmtree(state_dir(lab), ignore_errors=True)
+        return
+    st["phase"] = "failed"
+    st["error"] = "; ".join(report["errors"])
+    st["multihost"]["unreached"] = report["unreached"]
+    st["multihost"]["machines"] = {n: r for n, r in st["multihost"]["machines"].items()
+                                   if n in report["unreached"]}
+    write_state(lab, st)
+
+
+def down(st: dict, progress: Progress | None = None) -> str:
+    """Stop every machine's part; LabError naming the machines that could not be reached."""
+    progress = progress or (lambda m: None)
+    lab = st["lab"]
+    progress(f"lab {lab}: stopping on {', '.join(machines(st))}")
+    report = _clean_parts(lab, st, verb="down")
+    for name, said in report["done"].items():
+        progress(f"[{name}] {said.removeprefix('calicolab: ')}")
+    _finish_removal(lab, st, report)
+    if report["unreached"]:
+        raise LabError(f"lab {lab}: " + "; ".join(report["errors"])
+                       + f"\neverything on {', '.join(report['done']) or 'no machine'} was removed; "
+                       f"`calicolab clean {lab}` tries {', '.join(report['unreached'])} again")
+    return lab
+
+
+def clean(lab: str, st: dict) -> dict[str, list[str]]:
+    """``calicolab clean`` of a lab on several machines: what each machine said, and the
+    errors (each naming its machine) of those that could not be reached."""
+    report = _clean_parts(lab, st)
+    _finish_removal(lab, st, report)
+    return {"machines": [f"{n}: {said}" for n, said in report["done"].items()],
+            "errors": list(report["errors"])}
+
+
+# --------------------------------------------------------------------------- status, install
+
+
+def status(st: dict) -> dict:
+    """:func:`testbed.lab.lifecycle.status` of every machine, merged; unreachable ones shown so."""
+    lab = st["lab"]
+    ms = machines(st)
+    out: dict[str, Any] = {"lab": lab, "phase": st["phase"], "topology": st["topology"],
+                           "etcd_endpoints": st["etcd_endpoints"], "supervisor": None,
+                           "nodes": [], "others": [], "skipped": [], "timings": {},
+                           "machines": {}}
+
+    def one(name: str) -> dict:
+        host = connect(st, ms[name])
+        try:
+            res = host.run(host.calicolab("--lab", lab, "status", "--json"), timeout=60)
+        finally:
+            host.close()
+        if res.rc != 0 and not res.out.strip().startswith("{"):  # 1 with JSON: a broken part
+            raise HostError(ms[name], f"its part of lab {lab} does not answer: {_last_error(res.err)}")
+        return json.loads(res.out)
+
+    parts: dict[str, dict] = {}
+    for name, res in _parallel(one, list(ms)).items():
+        m = ms[name]
+        if isinstance(res, BaseException):
+            out["machines"][name] = {"machine": m.describe(), "ok": False, "error": str(res)}
+            for member, where in st["multihost"]["placement"].items():
+                if where != name:
+                    continue
+                h = st["hosts"][member]
+                row = {"name": member, "kind": h["kind"], "address": h["address"], "host": name,
+                       "netns": h["netns"]}
+                if h["kind"] == "node":
+                    row.update(role=h.get("role", ""), services={}, datapath=None, ready=None,
+                               live=None, agent=f"unknown: {m.describe()} unreachable")
+                    out["nodes"].append(row)
+                else:
+                    out["others"].append(row)
+            continue
+        parts[name] = res
+        out["machines"][name] = {"machine": m.describe(), "ok": True, "error": None,
+                                 "supervisor": res.get("supervisor"), "phase": res.get("phase")}
+        for row in res.get("nodes", []):
+            out["nodes"].append(dict(row, host=name))
+        for row in res.get("others", []):
+            out["others"].append(dict(row, host=name))
+        out["skipped"] += [f"[{name}] {s}" for s in res.get("skipped", [])]
+    order = list(st["multihost"]["placement"])
+    out["nodes"].sort(key=lambda r: order.index(r["name"]) if r["name"] in order else 0)
+    out["health"] = merged_health(out["machines"], parts)
+    return out
+
+
+def merged_health(machines_: dict[str, dict], parts: dict[str, dict]) -> dict:
+    """The lab's verdict from its machines' (each part's ``health``): ``broken`` when a machine
+    is unreachable or a part is broken, ``not ready`` when one waits, else ``healthy``."""
+    broken = [f"{m['machine']} unreachable" for m in machines_.values() if not m["ok"]]
+    waiting: list[str] = []
+    for name in sorted(parts):
+        h = parts[name].get("health") or {}
+        if h.get("state") == "broken":
+            broken += h.get("problems") or [f"{name}: broken"]
+        elif h.get("state") == "not ready":
+            waiting += h.get("problems") or [f"{name}: not ready"]
+    state = "broken" if broken else ("not ready" if waiting else "healthy")
+    return {"state": state, "problems": broken + waiting}
+
+
+def install_cni(st: dict, timeout: float = 120.0) -> dict:
+    """``install-cni`` on the control plane's machine (kubectl apply of calico.yaml), then on the
+    others (each waits for its own calico-node pods)."""
+    lab = st["lab"]
+    ms = machines(st)
+    cp = st["multihost"]["placement"][st["control_plane"]]
+
+    def one(name: str) -> None:
+        host = connect(st, ms[name])
+        try:
+            host.check(host.calicolab("--lab", lab, "install-cni", "--timeout", str(timeout)),
+                       "install-cni", timeout=timeout + 60)
+        finally:
+            host.close()
+
+    one(cp)
+    failed = [r for r in _parallel(one, [n for n in ms if n != cp]).values()
+              if isinstance(r, BaseException)]
+    if failed:
+        raise LabError("\n".join(str(e) for e in failed))
+    st["cni_installed"] = True
+    write_state(lab, st)
+    return {"ok": True, "started": [n for n, h in st["hosts"].items() if h["kind"] == "node"]}
+
+
+# --------------------------------------------------------------------------- commands in members
+
+
+def run_cli(st: dict, machine: Machine, args: list[str], interactive: bool = False) -> int:
+    """Run ``calicolab --lab LAB ARGS`` as ``machine``'s part with this terminal; exit status."""
+    host = connect(st, machine)
+    try:
+        argv = host.calicolab("--lab", st["lab"], *args)
+        return host.interactive(argv) if interactive else host.passthrough(argv)
+    finally:
+        host.close()
+
+
+def _pod_machine(st: dict, namespace: str, pod: str) -> Machine:
+    """The machine whose node runs ``namespace/pod`` (asked on the control plane's machine)."""
+    cp = machine_of(st, st["control_plane"])
+    host = connect(st, cp)
+    try:
+        res = host.run(host.calicolab("--lab", st["lab"], "kubectl", "get", "pod", "-n", namespace,
+                                      pod, "-o", "json"), timeout=60)
+    finally:
+        host.close()
+    if res.rc != 0:
+        return cp  # kubectl there says why (NotFound ...)
+    node = (json.loads(res.out).get("spec") or {}).get("nodeName")
+    return machine_of(st, node) if node in st["multihost"]["placement"] else cp
+
+
+def exec_in(st: dict, target: str, cmd: list[str]) -> int:
+    """``calicolab exec NODE|NS/POD -- CMD`` where that node (or the pod's node) is."""
+    if "/" in target:
+        ns, _, pod = target.partition("/")
+        where = _pod_machine(st, ns, pod)
+    else:
+        where = machine_of(st, target)
+    return run_cli(st, where, ["exec", target, "--", *cmd])
+
+
+def shell(st: dict, node: str) -> int:
+    """``calicolab shell NODE`` on the node's machine (a pty over SSH)."""
+    return run_cli(st, machine_of(st, node), ["shell", node], interactive=True)
+
+
+def run_tool(st: dict, tool: str, args: list[str]) -> int:
+    """kubectl/calicoctl: on the control plane's machine, or for ``kubectl exec|logs`` of a pod,
+    on its node's machine (the pod's processes are there)."""
+    where = machine_of(st, st["control_plane"])
+    if tool == "kubectl" and args and args[0] in ("exec", "logs"):
+        ns, pod = _pod_arg(args[1:])
+        if pod:
+            where = _pod_machine(st, ns, pod)
+    return run_cli(st, where, [tool, *args])
+
+
+def _pod_arg(args: list[str]) -> tuple[str, str]:
+    """(namespace, pod) from ``kubectl exec|logs`` arguments."""
+    ns, pod = "default", ""
+    i = 0
+    takes_value = {"-n", "--namespace", "-c", "--container", "--tail", "--since"}
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            break
+        if a in ("-n", "--namespace") and i + 1 < len(args):
+            ns = args[i + 1]
+        elif a.startswith("--namespace="):
+            ns = a.split("=", 1)[1]
+        if a in takes_value:
+            i += 2
+            continue
+        if not a.startswith("-") and not pod:
+            pod = a.split("/", 1)[1] if a.startswith(("pod/", "pods/", "po/")) else a
+        i += 1
+    return ns, pod
+
+
+def record_of(lab: str) -> dict | None:
+    """The record of lab ``lab`` if it spans machines."""
+    st = read_state(lab)
+    return st if st and st.get("multihost") else None
+
