@@ -786,9 +786,10 @@ class Supervisor:
             started.append(n.name)
         # calico-kube-controllers as calico-etcd.yaml runs it (one instance, host network): the
         # namespace/serviceaccount profiles, Kubernetes NetworkPolicies, pod labels, node clean-up
+        # (on the control plane's machine only, when the lab spans several: testbed.multihost)
         cp = self.topo.control_plane.name
         proc = self.procs.get(f"{cp}/calico-kube-controllers")
-        if proc is None or proc.poll() is not None:
+        if self.has_cp and (proc is None or proc.poll() is not None):
             self.start_service(cp, "calico-kube-controllers", [sys.executable, "-m", "agent.kubecontrollers"],
                                {"DATASTORE_TYPE": "etcdv3",
                                 "ENABLED_CONTROLLERS": "policy,namespace,serviceaccount,workloadendpoint,node",
