@@ -153,6 +153,33 @@ def remove_pool(name: str) -> list[str]:
     return removed
 
 
+def remove_run(prefix: str, networks: tuple[str, ...], pool: str) -> list[str]:
+    """Remove what one run made, by its names: domains named ``prefix*`` (stopped, undefined,
+    with their storage), the ``networks`` and the storage ``pool``; returns what was removed.
+
+    Only these names are touched: everything a run makes carries its unique tag."""
+    removed = []
+    for dom in virsh("list", "--all", "--name").split():
+        if dom.startswith(prefix):
+            virsh("destroy", dom, check=False)
+            virsh("undefine", dom, "--remove-all-storage", "--nvram", check=False)
+            if dom in virsh("list", "--all", "--name").split():
+                virsh("undefine", dom, "--remove-all-storage")
+            removed.append(f"domain {dom}")
+    have = virsh("net-list", "--all", "--name").split()
+    for net in networks:
+        if net in have:
+            virsh("net-destroy", net, check=False)
+            virsh("net-undefine", net)
+            removed.append(f"network {net}")
+    return removed + remove_pool(pool)
+
+
+def network_xml(name: str) -> str:
+    """``virsh net-dumpxml NAME``."""
+    return virsh("net-dumpxml", name)
+
+
 def firewall_chains() -> dict[str, set[str]]:
     """libvirt's chains per iptables table (``LIBVIRT_*``)."""
     out: dict[str, set[str]] = {}
@@ -203,7 +230,7 @@ class Inventory:
     pools: frozenset[str]
     volumes: frozenset[str]
     processes: frozenset[str]  # "qemu <domain>" / "dnsmasq <network>"
-    bridges: frozenset[str]
+    bridges: frozenset[str]  # libvirt's (virbrN)
 
     def minus(self, other: Inventory) -> dict[str, list[str]]:
         """What this inventory has that ``other`` has not, per kind (empty kinds left out)."""
@@ -232,7 +259,9 @@ def inventory() -> Inventory:
         for w in cmd.split():
             if w.startswith("--conf-file=/var/lib/libvirt/dnsmasq/"):
                 procs.add(f"dnsmasq {Path(w.split('=', 1)[1]).stem}")
-    bridges = {p.name for p in Path("/sys/class/net").iterdir() if (p / "bridge").exists()}
+    # libvirt's bridges (virbrN): other bridges on the machine belong to labs, not to libvirt
+    bridges = {p.name for p in Path("/sys/class/net").iterdir()
+               if (p / "bridge").exists() and p.name.startswith("virbr")}
     return Inventory(frozenset(virsh("list", "--all", "--name").split()),
                      frozenset(virsh("net-list", "--all", "--name").split()), pools,
                      frozenset(volumes), frozenset(procs), frozenset(bridges))

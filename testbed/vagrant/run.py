@@ -31,6 +31,9 @@ from testbed.vagrant import libvirt
 
 REPO = boxmod.REPO
 VAGRANT_HOME = boxmod.CACHE / "home"
+#: one record per run in progress (its tag, owner, the daemons it started, the firewall before),
+#: so a run that was killed is cleaned up by the next one (:func:`reap_stale`)
+RUNS = Path("/var/lib/calicolab/vagrant-runs")
 MULTI_VMS = ("k8s-m", "k8s-w0", "k8s-w1")
 #: Python under TCG runs 10-20x slower (kernel-tier.md): the demo's deadlines scale with it
 TCG_DEADLINE_SCALE = 10
@@ -38,6 +41,61 @@ TCG_DEADLINE_SCALE = 10
 
 class VagrantError(RuntimeError):
     """A vagrant step failed; the message has the command and the tail of its output."""
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    return start is not None and _start_time(pid) == start
+
+
+def run_names(tag: str) -> tuple[str, tuple[str, ...], str]:
+    """What a run of tag ``tag`` names in libvirt: (domain prefix, networks, storage pool)."""
+    return f"calicolab-{tag}-", (f"calicolab-{tag}", f"calicolab-lab-{tag}"), f"calicolab-{tag}"
+
+
+def reap_stale(daemons: libvirt.Daemons, runs: Path = RUNS) -> list[str]:
+    """Remove what runs whose process is gone (killed, machine stopped) left in libvirt, by
+    their recorded tags only; their libvirt daemons are adopted by ``daemons`` (ended with
+    it) and the firewall chains they added are removed. Returns what was removed."""
+    removed: list[str] = []
+    if not runs.is_dir():
+        return removed
+    for rec_path in sorted(runs.glob("*.json")):
+        try:
+            rec = json.loads(rec_path.read_text())
+        except (OSError, ValueError):
+            rec_path.unlink(missing_ok=True)
+            continue
+        if _alive(rec["owner"], rec.get("owner_start")):
+            continue
+        for name, pid, start in rec.get("daemons", []):
+            if _alive(pid, start) and (name, pid) not in daemons.started:
+                daemons.started.insert(0, (name, pid))
+        prefix, networks, pool = run_names(rec["tag"])
+        removed += libvirt.remove_run(prefix, networks, pool)
+        removed += libvirt.restore_firewall({t: set(c) for t, c in rec.get("firewall", {}).items()})
+        rec_path.unlink(missing_ok=True)
+    return removed
+
+
+def prune_boxes(current: str, home: Path = VAGRANT_HOME) -> list[str]:
+    """Remove the boxes of earlier recipes from Vagrant's box store (``current``: the box's name)."""
+    removed = []
+    base = home / "boxes"
+    prefix = boxmod.BOX_NAME.replace("/", "-VAGRANTSLASH-") + "-"
+    keep = current.replace("/", "-VAGRANTSLASH-")
+    if base.is_dir():
+        for d in base.iterdir():
+            if d.name.startswith(prefix) and d.name != keep:
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(f"box {d.name}")
+    return removed
 
 
 def has_kvm() -> bool:
@@ -65,9 +123,24 @@ class VagrantRun:
     firewall_before: dict = field(default_factory=dict)
     log: Path | None = None
 
+    reaped: list[str] = field(default_factory=list)
+    left_by_vagrant: list[str] = field(default_factory=list)
+    clean: bool = False
+
     @property
     def pool(self) -> str:
-        return f"calicolab-{self.tag}"
+        return run_names(self.tag)[2]
+
+    @property
+    def record(self) -> Path:
+        return RUNS / f"{self.tag}.json"
+
+    def _write_record(self) -> None:
+        RUNS.mkdir(parents=True, exist_ok=True)
+        self.record.write_text(json.dumps({
+            "tag": self.tag, "owner": os.getpid(), "owner_start": _start_time(os.getpid()),
+            "daemons": [[n, p, _start_time(p)] for n, p in self.daemons.started],
+            "firewall": {t: sorted(c) for t, c in self.firewall_before.items()}}) + "\n")
 
     def env(self) -> dict[str, str]:
         """The environment every vagrant command of this run gets."""
@@ -126,8 +199,12 @@ class VagrantRun:
         t = time.monotonic()
         self.box = boxmod.build()
         self.timings["box"] = round(time.monotonic() - t, 1)
+        self.reaped += prune_boxes(self.env()["CALICOLAB_BOX"])
+        self._write_record()
         self.daemons.ensure()
+        self.reaped += reap_stale(self.daemons)
         self.firewall_before = libvirt.firewall_chains()
+        self._write_record()
         before = libvirt.inventory()
         libvirt.ensure_pool(self.pool, Path("/var/lib/libvirt") / self.pool)
         return before
@@ -160,7 +237,10 @@ class VagrantRun:
                            timeout=7200, env=env, cwd=REPO)
 
     def destroy(self) -> list[str]:
-        """``vagrant destroy -f``, then the run's pool (box volume), daemons and chains we added."""
+        """``vagrant destroy -f``, then the run's pool (box volume), daemons and chains we added.
+
+        Whatever of the run's domains and networks ``vagrant destroy`` left is removed too,
+        by name, and listed in :attr:`left_by_vagrant`."""
         removed: list[str] = []
         t = time.monotonic()
         try:
@@ -168,16 +248,24 @@ class VagrantRun:
                 self.vagrant("destroy", "-f", timeout=900, check=False)
         finally:
             self.timings["destroy"] = round(time.monotonic() - t, 1)
-            try:
-                removed += libvirt.remove_pool(self.pool)
-            except libvirt.LibvirtError as exc:
-                removed.append(f"error: {exc}")
-            removed += libvirt.restore_firewall(self.firewall_before)
+            if self.daemons.started or libvirt.SOCKET.exists():
+                prefix, networks, pool = run_names(self.tag)
+                try:
+                    gone = libvirt.remove_run(prefix, networks, pool)
+                    self.left_by_vagrant = [g for g in gone if g.startswith(("domain ", "network "))]
+                    removed += gone
+                except libvirt.LibvirtError as exc:
+                    removed.append(f"error: {exc}")
+                removed += libvirt.restore_firewall(self.firewall_before)
+            self.clean = not any(r.startswith("error: ") for r in removed)
         return removed
 
     def stop_daemons(self) -> None:
-        """End the libvirt daemons this run started (none if libvirt was running before)."""
+        """End the libvirt daemons this run started (none if libvirt was running before);
+        the run's record goes once everything of it is gone."""
         self.daemons.stop()
+        if self.clean:
+            self.record.unlink(missing_ok=True)
 
     def cleanup_workdir(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -195,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     ok = False
     demo_out = ""
+    before = None
     try:
         before = run.prepare()
         run.up()
@@ -209,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             removed = run.destroy()
-            left = libvirt.inventory().minus(before) if run.box else {}
+            left = libvirt.inventory().minus(before) if before is not None else {}
             run.stop_daemons()
             print(f"removed: {', '.join(removed) or '-'}; left behind: {left or 'nothing'}")
     print(demo_out[-3000:])
