@@ -27,10 +27,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from tests.support import unique
 
 REPO = Path(__file__).resolve().parents[1]
 SSHD = "/usr/sbin/sshd"
+#: the walkthrough's members over two hosts: lan0 spans them, inet is on hb only
+SPREAD = {"k8s-m": "ha", "k8s-w0": "ha", "k8s-w1": "hb", "r0": "hb", "internet": "hb"}
 
 
 def _sh(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -259,3 +263,17 @@ def part_leftovers(hosts: SimHosts | None, name: str, lab: str,
         if (root / f"{lab}@{name}").exists():
             left.append(f"cgroup {root / f'{lab}@{name}'}")
     return left
+
+
+def spread_walkthrough(tmp_path: Path, hs: SimHosts, lab: str, **host_extra) -> Path:
+    """topologies/walkthrough.yaml named ``lab`` with its members over the hosts ``hs`` as
+    :data:`SPREAD` places them; the path of the file written under ``tmp_path``."""
+    data = yaml.safe_load((REPO / "topologies" / "walkthrough.yaml").read_text())
+    data["name"] = lab
+    data["hosts"] = hs.specs(**host_extra)
+    for section in ("nodes", "routers", "external"):
+        for m in data[section]:
+            m["host"] = SPREAD[m["name"]]
+    path = tmp_path / f"{lab}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

@@ -27,13 +27,10 @@ import yaml
 
 from testbed.lab import state as labstate
 from testbed.walkthrough import Walkthrough
-from tests.sshhosts import REPO, SimHosts, part_leftovers
+from tests.sshhosts import REPO, SimHosts, part_leftovers, spread_walkthrough
 from tests.support import require_root, require_tool, unique
 
 pytestmark = pytest.mark.lab
-
-#: the walkthrough's members over two hosts: lan0 spans them, inet is on hb only
-SPREAD = {"k8s-m": "ha", "k8s-w0": "ha", "k8s-w1": "hb", "r0": "hb", "internet": "hb"}
 
 TWO = """\
 name: {name}
@@ -59,18 +56,6 @@ def require(cond: bool, reason: str) -> None:
     from tests.support import require as _require
 
     _require(cond, reason)
-
-
-def spread_walkthrough(tmp_path: Path, hs: SimHosts, lab: str, **host_extra) -> Path:
-    data = yaml.safe_load((REPO / "topologies" / "walkthrough.yaml").read_text())
-    data["name"] = lab
-    data["hosts"] = hs.specs(**host_extra)
-    for section in ("nodes", "routers", "external"):
-        for m in data[section]:
-            m["host"] = SPREAD[m["name"]]
-    path = tmp_path / f"{lab}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def cli(*args: str, timeout: float = 300, env: dict | None = None,
