@@ -8,7 +8,7 @@
   with DHCP on ``eth0``, and a ``vagrant`` user with Vagrant's insecure key (Vagrant
   replaces it with a key of its own on the first ``vagrant up``);
 - every Debian package ``scripts/setup.sh --guest`` installs (the list is read from it), with
-  their daemons (etcd, BIRD, nginx, containerd, Open vSwitch) disabled: labs start their own;
+  their daemons (etcd, BIRD, nginx, containerd, Docker, Open vSwitch) disabled: labs start their own;
 - a wheelhouse at ``/opt/calicolab/wheels`` with the project's Python dependencies
   (pyproject.toml), which setup.sh installs from without an index;
 
@@ -41,7 +41,7 @@ CACHE = REPO / ".cache" / "vagrant"
 BOX_NAME = "calicolab/debian12-local"
 BOX_FILE = "calicolab-debian12.box"
 #: bump when the steps below change in a way the other inputs do not show
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 SUITE = "bookworm"
 DISK_GB = 8
 ROOT_LABEL = "calicolab-root"
@@ -54,6 +54,7 @@ BASE_PACKAGES = (
 #: daemons the lab packages enable that a lab runs itself (inside its nodes)
 DISABLED_UNITS = (
     "etcd.service", "bird.service", "bird6.service", "nginx.service", "containerd.service",
+    "docker.service", "docker.socket",
     "openvswitch-switch.service", "ovsdb-server.service", "ovs-vswitchd.service",
     "iperf3.service", "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer",
     "fstrim.timer", "man-db.timer", "logrotate.timer",
