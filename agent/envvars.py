@@ -28,6 +28,8 @@ _T_STARTUP_UNIT = "tests/unit/test_felix_startup.py::"
 _T_EFFECTS = "tests/unit/test_settings_effects.py::"
 _T_EFFECTS_DS = "tests/etcd/test_settings_effects.py::"
 _T_TWONODE = "tests/netns/test_agent_twonode.py::test_two_node_agent_end_to_end"
+_T_VXLAN_NETNS = "tests/netns/test_agent_vxlan.py::test_vxlan_mode_without_bgp_then_crosssubnet_then_off"
+_T_ENCAP = "tests/unit/test_felix_encap.py::"
 _NO_V6 = "IPv6 is not implemented: calicolab is IPv4 only"
 _T_KDD_UNIT = "tests/unit/test_kdd_logic.py::"
 _T_KDD_AGENT = "tests/netns/test_agent_kdd.py::test_calico_node_in_the_kubernetes_datastore"
@@ -76,9 +78,7 @@ _NODE: dict[str, tuple[str, Support]] = {
     "CALICO_IPV4POOL_CIDR": ("default pool", works(_T_STARTUP_UNIT + "test_pool_from_env")),
     "CALICO_IPV4POOL_BLOCK_SIZE": ("default pool", works(_T_STARTUP_UNIT + "test_pool_from_env")),
     "CALICO_IPV4POOL_IPIP": ("default pool", works(_T_STARTUP_UNIT + "test_pool_from_env")),
-    "CALICO_IPV4POOL_VXLAN": ("default pool", works_for(
-        _ci("", "never", "off"), _T_STARTUP_UNIT + "test_pool_from_env", ok_doc="Never", sample="Always",
-        note="VXLAN is not built: the pool is created, but nothing encapsulates in VXLAN")),
+    "CALICO_IPV4POOL_VXLAN": ("default pool", works(_T_STARTUP_UNIT + "test_pool_from_env", _T_VXLAN_NETNS)),
     "CALICO_IPV4POOL_NAT_OUTGOING": ("default pool", works(_T_STARTUP_UNIT + "test_pool_from_env")),
     "CALICO_IPV4POOL_NODE_SELECTOR": ("default pool", works(_T_EFFECTS + "test_default_pool_env")),
     "CALICO_IPV4POOL_DISABLE_BGP_EXPORT": ("default pool", works(_T_EFFECTS + "test_default_pool_env")),
@@ -133,9 +133,10 @@ _NODE: dict[str, tuple[str, Support]] = {
                                                ok=_ci("true"), ok_doc="true")),
     "WAIT_FOR_DATASTORE": ("other", missing("calico-node always waits for etcd, retrying", ok=_ci("true"),
                                             ok_doc="true")),
-    "CALICO_NETWORKING_BACKEND": ("other", works_for(
-        _ci("bird", "none"), _T_TWONODE, "tests/lab/test_walkthrough.py::test_cross_node_flow_is_ipip",
-        ok_doc="bird, none", sample="vxlan", note="VXLAN is not built: with vxlan no BGP runs and nothing routes")),
+    "CALICO_NETWORKING_BACKEND": ("other", works(
+        _T_TWONODE, "tests/lab/test_walkthrough.py::test_cross_node_flow_is_ipip", _T_VXLAN_NETNS,
+        "tests/lab/test_modes_vxlan.py::test_vxlan_crosssubnet_without_bgp_four_flows",
+        note="bird runs the BGP speaker; vxlan and none run none (Felix routes VXLAN pools itself)")),
     "CLUSTER_TYPE": ("other", works(_T_EFFECTS_DS + "test_cluster_information_written_at_start_up")),
     "HOSTNAME": ("node", works(_T_EFFECTS + "test_node_name_order")),
 }
@@ -201,6 +202,10 @@ FELIX_READ: dict[str, Support] = {
     "FELIX_IPSETSREFRESHINTERVAL": works(_T_EFFECTS + "test_felix_environment_overrides_felix_configuration"),
     "FELIX_HEALTHPORT": works(_T_TWONODE, "tests/lab/test_cli_lab.py::test_up_status_exec_tools_down"),
     "FELIX_HEALTHENABLED": missing("calico-node's health server always runs", ok=(True,)),
+    "FELIX_VXLANENABLED": works(_T_ENCAP + "test_datastore_objects_to_felix_inputs"),
+    "FELIX_VXLANMTU": works(_T_ENCAP + "test_datastore_objects_to_felix_inputs"),
+    "FELIX_VXLANPORT": works(_T_ENCAP + "test_datastore_objects_to_felix_inputs"),
+    "FELIX_VXLANVNI": works(_T_ENCAP + "test_datastore_objects_to_felix_inputs"),
 }
 
 # -- install-cni and calicolab's own -----------------------------------------------------

@@ -258,12 +258,12 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
         return 0
     cni_server = _cni_server(env, var_run)
 
-    from agent.startup import ensure_tunnel_address
+    from agent.startup import ensure_tunnel_addresses
 
     def pools_changed() -> None:
-        """Calico's allocate-tunnel-addrs: (re)allocate or release the tunnel IP when pools change."""
-        addr = ensure_tunnel_address(client, result.nodename)
-        log.info("IP pools changed: tunnel address %s", addr)
+        """Calico's allocate-tunnel-addrs: (re)allocate or release the tunnel IPs when pools change."""
+        addrs = ensure_tunnel_addresses(client, result.nodename)
+        log.info("IP pools changed: tunnel addresses IPIP %s, VXLAN %s", addrs["ipip"], addrs["vxlan"])
 
     reporter = Reporter(result.nodename, env)
     state["reporter"] = reporter

@@ -9,7 +9,8 @@ Mirrors ``node/pkg/lifecycle/startup`` and ``allocateip`` (calico.md sections 2-
   (create-if-absent, so exactly one node wins a race; AlreadyExists is fine);
 * ``ClusterInformation default`` gets ``datastoreReady: true``;
 * the IPIP tunnel address comes from IPAM (handle ``ipip-tunnel-addr-<node>``)
-  and is stored in ``spec.bgp.ipv4IPIPTunnelAddr``;
+  and is stored in ``spec.bgp.ipv4IPIPTunnelAddr``, the VXLAN one (handle
+  ``vxlan-tunnel-addr-<node>``) in ``spec.ipv4VXLANTunnelAddr``;
 * ``/var/lib/calico/nodename`` is written.
 
 :func:`autodetect` and :func:`pool_from_env` are pure; the rest talks to the
@@ -442,16 +443,23 @@ def ensure_cluster_information(client: Any, env: Mapping[str, str], kubeadm: boo
     return _update_retry(client, "ClusterInformation", "default", mutate)
 
 
-def ensure_tunnel_address(client: Any, nodename: str) -> str | None:
-    """Allocate (or keep) the IPIP tunnel address and store it in the Node; None without IPIP pools."""
+def ensure_tunnel_address(client: Any, nodename: str, kind: str = "ipip") -> str | None:
+    """Allocate (or keep) the node's IPIP or VXLAN tunnel address and store it in the Node
+    (``spec.bgp.ipv4IPIPTunnelAddr``, ``spec.ipv4VXLANTunnelAddr``); without a pool of
+    that encapsulation the address is released and the field cleared; returns the address."""
     from ipam import IPAM
 
-    ip = IPAM(client).allocate_tunnel_address(nodename)
+    ip = IPAM(client).allocate_tunnel_address(nodename, kind)
     addr = str(ip) if ip is not None else None
 
     def mutate(node: Any) -> bool:
         from datastore.resources import NodeBGPSpec
 
+        if kind == "vxlan":
+            if node.spec.ipv4_vxlan_tunnel_addr == addr:
+                return False
+            node.spec.ipv4_vxlan_tunnel_addr = addr
+            return True
         if node.spec.bgp is None:
             node.spec.bgp = NodeBGPSpec()
         if node.spec.bgp.ipv4_ipip_tunnel_addr == addr:
@@ -461,6 +469,12 @@ def ensure_tunnel_address(client: Any, nodename: str) -> str | None:
 
     _update_retry(client, "Node", nodename, mutate)
     return addr
+
+
+def ensure_tunnel_addresses(client: Any, nodename: str) -> dict[str, str | None]:
+    """Calico's allocate-tunnel-addrs (``reconcileTunnelAddrs``): the IPIP address, then the
+    VXLAN one, each allocated, kept or released as the pools ask; {"ipip": .., "vxlan": ..}."""
+    return {kind: ensure_tunnel_address(client, nodename, kind) for kind in ("ipip", "vxlan")}
 
 
 def write_nodename(var_lib: str, nodename: str) -> str:
@@ -491,6 +505,7 @@ def run_startup(client: Any, env: Mapping[str, str], var_lib: str | None = None,
     register_node(client, nodename, ipv4)
     created = ensure_default_pool(client, env, host_addrs, kubeadm_cidr)
     ensure_cluster_information(client, env, kubeadm is not None)
-    tunnel = ensure_tunnel_address(client, nodename)
+    tunnels = ensure_tunnel_addresses(client, nodename)
+    tunnel = tunnels["ipip"] or tunnels["vxlan"]
     write_nodename(var_lib or env.get("CALICO_VAR_LIB_DIR", "/var/lib/calico"), nodename)
     return StartupResult(nodename, ipv4, tunnel, created)

@@ -202,7 +202,10 @@ _T_STARTUP = "tests/netns/test_agent_startup.py::"
 _T_EFFECTS = "tests/unit/test_settings_effects.py::"
 _T_EFFECTS_DS = "tests/etcd/test_settings_effects.py::"
 _NO_V6 = "IPv6 is not implemented: calicolab is IPv4 only"
-_NO_VXLAN = "VXLAN is not built (no vxlan.calico device, no VXLAN routes)"
+_NO_VXLAN = "IPv6 VXLAN is not built: calicolab is IPv4 only"
+_T_ENCAP = "tests/unit/test_felix_encap.py::"
+_T_VXLAN_NETNS = "tests/netns/test_agent_vxlan.py::test_vxlan_mode_without_bgp_then_crosssubnet_then_off"
+_T_MODES = "tests/lab/test_modes_switch.py::"
 _NO_WIREGUARD = "WireGuard encryption is not implemented: traffic between nodes is not encrypted"
 _NO_BPF = "the eBPF dataplane is not built: Felix programs iptables"
 _NO_XDP = "XDP is not used (it only serves untracked policy on host endpoints)"
@@ -301,9 +304,10 @@ class IPPool(Resource):
             lambda v: ":" not in v, _T_IPAM + "test_pool_selection_rules", _T_WALK + "test_cross_node_flow_is_ipip",
             ok_doc="IPv4 CIDRs", sample="fd00:10::/64",
             note="IPv6 pools are not implemented: calicolab assigns, routes and tunnels IPv4 only"),
-        "spec.vxlanMode": works_for(
-            ("Never",), _T_WALK + "test_cross_node_flow_is_ipip", sample="Always",
-            note="VXLAN is not built: no vxlan.calico device, no VXLAN routes (only Never works)"),
+        "spec.vxlanMode": works(_T_ENCAP + "test_vxlan_always_routes_every_remote_block_via_the_vtep_and_blackholes_its_own",
+                                _T_ENCAP + "test_vxlan_cross_subnet_routes_same_subnet_nodes_unencapsulated",
+                                _T_VXLAN_NETNS, _T_MODES + "test_ipip_to_vxlan_by_calicoctl_patch",
+                                "tests/lab/test_modes_vxlan.py::test_vxlan_crosssubnet_without_bgp_four_flows"),
         "spec.ipipMode": works(_T_WALK + "test_cross_node_flow_is_ipip",
                                "tests/netns/test_bgp_mesh.py::test_ecmp_and_cross_subnet_kernel_routes",
                                _T_IPAM + "test_tunnel_address_released_when_ipip_is_turned_off"),
@@ -352,7 +356,7 @@ class IPPool(Resource):
         _oneof(self.spec.ipip_mode, ("Always", "CrossSubnet", "Never"), f"{p}.ipipMode")
         _oneof(self.spec.vxlan_mode, ("Always", "CrossSubnet", "Never"), f"{p}.vxlanMode")
         if self.spec.ipip_mode != "Never" and self.spec.vxlan_mode != "Never":
-            raise ValidationError(f"{p}.vxlanMode", "IPIP and VXLAN cannot both be enabled on one pool")
+            raise ValidationError(f"{p}.vxlanMode", "Cannot enable both VXLAN and IPIP on the same IPPool")
         if net.version == 6 and self.spec.ipip_mode != "Never":
             raise ValidationError(f"{p}.ipipMode", "IPIP is not supported on an IPv6 pool")
         for i, use in enumerate(self.spec.allowed_uses):
@@ -424,8 +428,10 @@ class Node(Resource):
             "tests/unit/test_felix_calc.py::test_routes_tunnel_and_mtu"),
         "spec.bgp.routeReflectorClusterID": works(_T_CONFD + "test_route_reflector_topology",
                                                   "tests/lab/test_lab_rr.py::test_route_reflector_sessions_routes_and_pods"),
-        "spec.ipv4VXLANTunnelAddr": missing(_NO_VXLAN),
-        "spec.vxlanTunnelMACAddr": missing(_NO_VXLAN),
+        "spec.ipv4VXLANTunnelAddr": works(_T_VXLAN_NETNS, _T_MODES + "test_ipip_to_vxlan_by_calicoctl_patch"),
+        "spec.vxlanTunnelMACAddr": works(
+            _T_ENCAP + "test_vxlan_always_routes_every_remote_block_via_the_vtep_and_blackholes_its_own",
+            note="calico-node never writes it (as v3.28.1); Felix derives the MAC when it is unset"),
         "spec.ipv6VXLANTunnelAddr": missing(_NO_VXLAN),
         "spec.vxlanTunnelMACAddrV6": missing(_NO_VXLAN),
         "spec.orchRefs.nodeName": works(_T_EFFECTS + "test_orch_refs_name_the_kubernetes_node"),
@@ -928,11 +934,13 @@ class FelixConfiguration(Resource):
                                   "tests/unit/test_felix_calc.py::test_ipip_derivation"),
         "spec.ipipMTU": works(_T_EFFECTS + "test_felix_configuration_fields_reach_the_dataplane",
                               "tests/unit/test_felix_calc.py::test_remote_and_foreign_endpoints_are_not_local"),
-        "spec.vxlanEnabled": missing(_NO_VXLAN, ok=(False,)),
-        "spec.vxlanMTU": missing(_NO_VXLAN),
+        "spec.vxlanEnabled": works(_T_ENCAP + "test_ipip_and_unencapsulated_pools_are_left_to_bgp",
+                                   _T_ENCAP + "test_felix_configuration_vxlan_fields_take_effect"),
+        "spec.vxlanMTU": works(_T_ENCAP + "test_felix_configuration_vxlan_fields_take_effect",
+                               _T_ENCAP + "test_pod_mtu_is_the_smallest_enabled_encapsulation"),
         "spec.vxlanMTUV6": missing(_NO_VXLAN),
-        "spec.vxlanPort": missing(_NO_VXLAN),
-        "spec.vxlanVNI": missing(_NO_VXLAN),
+        "spec.vxlanPort": works(_T_ENCAP + "test_felix_configuration_vxlan_fields_take_effect"),
+        "spec.vxlanVNI": works(_T_ENCAP + "test_felix_configuration_vxlan_fields_take_effect"),
         "spec.allowVXLANPacketsFromWorkloads": missing("workloads' VXLAN packets are always dropped", ok=(False,)),
         "spec.allowIPIPPacketsFromWorkloads": missing("workloads' IPIP packets are always dropped", ok=(False,)),
         "spec.reportingInterval": missing("Felix writes no status reports", ok=_zero_duration, ok_doc="0s"),

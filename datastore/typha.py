@@ -49,7 +49,7 @@ READ_TIMEOUT = 30.0
 #: what each syncer type carries
 SYNCER_KINDS: dict[str, tuple[str, ...]] = {
     "felix": ("WorkloadEndpoint", "Node", "IPPool", "FelixConfiguration", "Profile", "NetworkPolicy",
-              "GlobalNetworkPolicy", "NetworkSet", "GlobalNetworkSet"),
+              "GlobalNetworkPolicy", "NetworkSet", "GlobalNetworkSet", "IPAMBlock"),
     "bgp": ("Node", "BGPConfiguration", "BGPPeer", "IPPool", "BlockAffinity", "IPAMBlock"),
 }
 MESSAGE_TYPES = ("MsgClientHello", "MsgServerHello", "MsgKVs", "MsgSyncStatus", "MsgPing", "MsgPong")

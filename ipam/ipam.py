@@ -47,6 +47,10 @@ from ipam.store import (
 DATASTORE_RETRIES = 100
 RESOURCE_PREFIX = "/calico/resources/v3/projectcalico.org/"
 TUNNEL_HANDLE_PREFIX = "ipip-tunnel-addr-"
+#: Per encapsulation: the handle prefix and the ``type`` attribute of a node's tunnel address
+#: (allocateip.go ``generateHandleAndAttributes``).
+TUNNEL_KINDS = {"ipip": ("ipip-tunnel-addr-", "ipipTunnelAddress"),
+                "vxlan": ("vxlan-tunnel-addr-", "vxlanTunnelAddress")}
 
 
 class BlockLimitError(IPAMError):
@@ -612,23 +616,26 @@ class IPAM:
     # tunnel addresses
 
     @staticmethod
-    def tunnel_handle(node: str) -> str:
-        """``ipip-tunnel-addr-<node>``."""
-        return TUNNEL_HANDLE_PREFIX + node
+    def tunnel_handle(node: str, kind: str = "ipip") -> str:
+        """``ipip-tunnel-addr-<node>`` (``vxlan-tunnel-addr-<node>`` for ``kind="vxlan"``)."""
+        return _tunnel_kind(kind)[0] + node
 
-    def tunnel_pools(self, node: str) -> list[Pool]:
-        """Enabled IPIP (Always/CrossSubnet) pools that allow Tunnel use and select ``node``."""
+    def tunnel_pools(self, node: str, kind: str = "ipip") -> list[Pool]:
+        """Enabled pools that allow Tunnel use, select ``node`` and have ``kind`` (ipip or
+        vxlan) mode Always or CrossSubnet (allocateip.go ``determineEnabledPoolCIDRs``)."""
+        _tunnel_kind(kind)
         return [p for p in self.select_pools(node, None, "Tunnel")
-                if p.ipip_mode in ("Always", "CrossSubnet")]
+                if (p.vxlan_mode if kind == "vxlan" else p.ipip_mode) in ("Always", "CrossSubnet")]
 
-    def allocate_tunnel_address(self, node: str) -> IPv4Address | None:
-        """The node's IPIP tunnel address, allocated if it has none; None without IPIP pools.
+    def allocate_tunnel_address(self, node: str, kind: str = "ipip") -> IPv4Address | None:
+        """The node's IPIP (or VXLAN) tunnel address, allocated if it has none; None
+        (and any address it held released) without such pools.
 
-        Idempotent: an address already held by ``ipip-tunnel-addr-<node>`` inside
-        a current IPIP pool is returned as is.
+        Idempotent: an address already held by ``<kind>-tunnel-addr-<node>`` inside
+        a current pool of that kind is returned as is.
         """
-        handle = self.tunnel_handle(node)
-        pools = self.tunnel_pools(node)
+        handle = self.tunnel_handle(node, kind)
+        pools = self.tunnel_pools(node, kind)
         got = self.store.get_handle(handle)
         if got is not None:
             held = [ip for cidr in got[0].block
@@ -639,16 +646,21 @@ class IPAM:
             self.release_by_handle(handle)
         if not pools:
             return None
-        return self.auto_assign(1, handle, {"node": node, "type": "ipipTunnelAddress"}, node,
+        attr = _tunnel_kind(kind)[1]
+        return self.auto_assign(1, handle, {"node": node, "type": attr}, node,
                                 pools=[p.name for p in pools], intended_use="Tunnel")[0]
 
     def _handle_ips_in_block(self, handle_id: str, cidr: IPv4Network) -> list[IPv4Address]:
         got = self.store.get_block(cidr)
         return got[0].ips_of_handle(handle_id) if got else []
 
-    def release_tunnel_address(self, node: str) -> list[IPv4Address]:
-        """Release the node's IPIP tunnel address (IPIP disabled or pool removed)."""
-        return self.release_by_handle(self.tunnel_handle(node))
+    def release_tunnel_address(self, node: str, kind: str | None = None) -> list[IPv4Address]:
+        """Release the node's tunnel address of ``kind`` (ipip, vxlan; None: both), e.g. when
+        the encapsulation is disabled, the pool removed or the node deleted."""
+        out: list[IPv4Address] = []
+        for k in ([kind] if kind else list(TUNNEL_KINDS)):
+            out += self.release_by_handle(self.tunnel_handle(node, k))
+        return out
 
     # ------------------------------------------------------------------
     # consistency check
@@ -663,6 +675,13 @@ class IPAM:
             handles=self.store.list_handles_with_revision(),
             affinities=[(a.host, a.cidr, a.state) for a in self.store.list_affinities()],
         )
+
+
+def _tunnel_kind(kind: str) -> tuple[str, str]:
+    try:
+        return TUNNEL_KINDS[kind]
+    except KeyError:
+        raise ValueError(f"tunnel kind {kind!r} is not one of {', '.join(TUNNEL_KINDS)}") from None
 
 
 __all__ = ["IPAM", "Pool", "CheckReport", "BlockLimitError", "PoolsExhausted", "NoPools",

@@ -82,6 +82,16 @@ class Kernel:
         """An fd attached to the TUN ``name`` (created, persistent unless told, if absent)."""
         raise NotImplementedError
 
+    def tx_checksum(self, name: str) -> bool:
+        """Whether transmit checksum offload is on for link ``name`` (``ethtool -k``
+        tx-checksumming; KernelError ENODEV if there is no such link)."""
+        raise NotImplementedError
+
+    def set_tx_checksum(self, name: str, on: bool) -> None:
+        """Turn transmit checksum offload of link ``name`` on or off (``ethtool -K NAME tx
+        on|off``; Felix turns it off on vxlan.calico)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Release the handle."""
 

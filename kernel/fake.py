@@ -91,6 +91,7 @@ class _Link:
     parent: int = 0
     info: dict[str, Any] = field(default_factory=dict)
     peer: tuple[FakeKernel, int] | None = None
+    tx_csum: bool = True
 
     def view(self) -> Link:
         flags = self.flags | (IFF_LOWER_UP if self.flags & IFF_UP else 0)
@@ -198,6 +199,20 @@ class FakeKernel(Kernel):
     def tun_open(self, name: str, vnet_hdr: bool = True, persist: bool = True) -> int:
         """The fake has no file descriptors to give (a TUN's packets need the real kernel)."""
         raise KernelError(errno.EOPNOTSUPP, f"tun link {name}", "the fake kernel has no TUN file descriptors")
+
+    def tx_checksum(self, name: str) -> bool:
+        """Transmit checksum offload of ``name`` (on unless turned off)."""
+        ln = self._by_name(name)
+        if ln is None:
+            raise KernelError(errno.ENODEV, f"link {name} (ethtool)")
+        return ln.tx_csum
+
+    def set_tx_checksum(self, name: str, on: bool) -> None:
+        """Turn transmit checksum offload of ``name`` on or off."""
+        ln = self._by_name(name)
+        if ln is None:
+            raise KernelError(errno.ENODEV, f"link {name} (ethtool)")
+        ln.tx_csum = on
 
     def close(self) -> None:
         """Mark closed (state stays readable)."""

@@ -46,6 +46,7 @@ SO_RCVBUFFORCE = 33
 BATCH = 256  # requests per send
 TIMEOUT_S = 30  # a kernel that stops answering is an error, not a hang
 TUNSETIFF, TUNSETPERSIST = 0x400454CA, 0x400454CB
+SIOCETHTOOL, ETHTOOL_GTXCSUM, ETHTOOL_STXCSUM = 0x8946, 0x16, 0x17
 IFF_TUN, IFF_NO_PI, IFF_VNET_HDR = 0x0001, 0x1000, 0x4000
 
 
@@ -373,6 +374,35 @@ class Netlink(Kernel):
             hint = "attached to another process" if exc.errno == errno.EBUSY else "exists and is not a TUN device"
             raise KernelError(exc.errno or errno.EINVAL, what, hint) from None
         return fd
+
+    def _ethtool_value(self, name: str, cmd: int, data: int = 0) -> int:
+        """One SIOCETHTOOL request carrying a ``struct ethtool_value`` for link ``name``,
+        made on a socket of this namespace; returns the value's data."""
+        import array
+        import fcntl
+
+        what = f"link {name} (ethtool)"
+        if len(name.encode()) >= 16:
+            raise KernelError(errno.EINVAL, what, "interface name too long")
+        value = array.array("I", [cmd, data])  # struct ethtool_value {u32 cmd; u32 data;}
+        ifreq = struct.pack("16sP", name.encode(), value.buffer_info()[0]).ljust(40, b"\0")
+        with _netns.entered(self.netns_path):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
+        except OSError as exc:
+            raise KernelError(exc.errno or errno.EIO, what) from None
+        finally:
+            sock.close()
+        return value[1]
+
+    def tx_checksum(self, name: str) -> bool:
+        """Whether transmit checksum offload is on for ``name`` (ETHTOOL_GTXCSUM)."""
+        return bool(self._ethtool_value(name, ETHTOOL_GTXCSUM))
+
+    def set_tx_checksum(self, name: str, on: bool) -> None:
+        """``ethtool -K NAME tx on|off`` (ETHTOOL_STXCSUM, as Felix's EthtoolTXOff)."""
+        self._ethtool_value(name, ETHTOOL_STXCSUM, 1 if on else 0)
 
     def _tun_add(self, spec: Tun) -> None:
         """Create a persistent TUN device (what ``ip tuntap add mode tun`` does)."""

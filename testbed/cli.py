@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", add_help=False,
                        help="replay the walkthrough: NotReady -> Ready, six flows (policy too) under capture, report",
-                       usage="calicolab demo [--name NAME] [--keep]")
+                       usage="calicolab demo [--name NAME] [--keep] [--topology FILE]")
     s.add_argument("args", nargs=argparse.REMAINDER)
     return p
 
@@ -268,22 +268,25 @@ def _status(lab: str | None, as_json: bool) -> int:
     from testbed.lab import lifecycle as labmod
 
     info = labmod.status(lab)
-    verdict = EXIT_FAIL if info["health"]["state"] == "broken" else EXIT_OK
+    verdict = EXIT_FAIL if info["health"]["state"] in ("broken", "degraded") else EXIT_OK
     if as_json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return verdict
     print(f"lab {info['lab']} ({info['phase']}), etcd {','.join(info['etcd_endpoints'])}, "
           + (f"{len(info['machines'])} machine(s)" if "machines" in info
              else f"supervisor pid {info['supervisor']}"))
-    rows = [("NODE", "ROLE", "ADDRESS", "NETNS", "SERVICES", "DATAPATH", "AGENT", "BGP")]
+    rows = [("NODE", "ROLE", "ADDRESS", "NETNS", "SERVICES", "DATAPATH", "AGENT", "BGP", "DATAPLANE")]
     for n in info["nodes"]:
         svcs = ",".join(labmod.describe_service(k, v) for k, v in sorted(n["services"].items())) or "-"
         bgp = n.get("bgp")
         peers = bgp.get("peers") if isinstance(bgp, dict) else None
         sessions = "-" if peers is None else \
             f"{sum(1 for p in peers if p.get('info') == 'Established')}/{len(peers)} Established"
+        datapath = n.get("datapath") or "-"
+        if n.get("encap") and n["encap"] != "none":  # e.g. "vxlan (kernel)", "ipip (userspace)"
+            datapath = f"{n['encap']} ({datapath})"
         rows.append((n["name"], n["role"], n["address"], n["netns"], svcs,
-                     n.get("datapath") or "-", n["agent"], sessions))
+                     datapath, n["agent"], sessions, n.get("dataplane") or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -308,7 +311,7 @@ def _status(lab: str | None, as_json: bool) -> int:
         else:
             print(f"{m['machine']}: UNREACHABLE ({where}): {m['error']}")
     h = info["health"]
-    print(f"status: {'BROKEN' if h['state'] == 'broken' else h['state']}"
+    print(f"status: {h['state'].upper() if h['state'] in ('broken', 'degraded') else h['state']}"
           + (": " + "; ".join(h["problems"]) if h["problems"] else ""))
     return verdict
 

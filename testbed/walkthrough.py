@@ -9,11 +9,12 @@ It replays ../shared/reference/walkthrough.md on the lab of
    tunnel addresses, ``ip -c route``, ``calicoctl node status``);
 4. the workloads: a Deployment ``nginx`` with 2 replicas pinned to k8s-w0, and pods
    ``k8s-w0`` and ``k8s-w1`` pinned to their nodes;
-5. the four flows under tcpdump on every ``cali*``, ``tunl0`` and ``eth0`` (and the
-   external host's ``eth0``): same node, cross node (IPIP), pod to the internet
+5. the four flows under tcpdump on every ``cali*``, ``tunl0``, ``vxlan.calico`` and
+   ``eth0`` (and the external host's ``eth0``): same node, cross node (IPIP, VXLAN or
+   plainly routed, as the pool's mode says: :mod:`testbed.modes`), pod to the internet
    (masquerade), and through a Service (DNAT); then section 10, policy: a Kubernetes
    NetworkPolicy denies ingress to nginx (the curl from pod k8s-w1 fails: its SYN
-   leaves the pod, crosses k8s-w0's tunl0 and is dropped before nginx's cali
+   leaves the pod, crosses k8s-w0's tunnel and is dropped before nginx's cali
    interface, by the rule whose counter shows it), then one allows pod k8s-w1 by
    label (200 again, the ``cali-pi-`` chain and the ``cali40s:`` ipset on the node);
 6. each flow's pcaps checked with :mod:`testbed.capture.pcapassert`, the results table,
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.capture import pcapassert as pa
+from testbed.modes import Mode, NodeInfo, encapsulated, expected_route
 from testbed.poll import WaitTimeout, deadline_scale, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,6 +73,8 @@ spec:
 TOPOLOGY = REPO / "topologies" / "walkthrough.yaml"
 POD_GATEWAY = "169.254.1.1"
 CALI_MAC = "ee:ee:ee:ee:ee:ee"
+CAPTURE_IFACES = "cali*,tunl0,vxlan.calico,eth0"
+FOUR_FLOWS = ("same-node", "cross-node", "internet", "service")
 
 WORKLOADS = """\
 apiVersion: apps/v1
@@ -187,6 +191,8 @@ class Walkthrough:
         self.captures: Any = None
         self.run_name = run or time.strftime("run-%Y%m%d-%H%M%S")
         self.cluster_ip: str | None = None
+        self.mode = Mode()  # the pool's mode as last read (inspect, read_mode)
+        self.info: dict[str, NodeInfo] = {}  # the Calico Nodes as last read
         self.t0 = time.monotonic()
 
     # -- commands as a user types them ------------------------------------------------
@@ -266,33 +272,67 @@ class Walkthrough:
     def inspect(self) -> None:
         """Read what the walkthrough's section 3-4 looks at: blocks, tunnel addresses, routes."""
         t = time.monotonic()
-        doc = json.loads(self.calicoctl("get", "nodes", "-o", "json"))
-        items = doc.get("items", [doc]) if isinstance(doc, dict) else doc
-        for item in items:
-            bgp = item.get("spec", {}).get("bgp", {})
-            self.nodes[item["metadata"]["name"]] = {
-                "address": bgp.get("ipv4Address", "").split("/")[0],
-                "tunnel": bgp.get("ipv4IPIPTunnelAddr"),
-            }
-        missing = [n for n, v in self.nodes.items() if not v["tunnel"]]
+        self.read_mode()
+        field = {"ipip": "spec.bgp.ipv4IPIPTunnelAddr", "vxlan": "spec.ipv4VXLANTunnelAddr"}.get(self.mode.encap or "")
+        missing = [n for n, v in self.nodes.items() if field and not v["tunnel"]]
         if missing:
-            raise WalkthroughError(f"nodes without spec.bgp.ipv4IPIPTunnelAddr: {missing}")
+            raise WalkthroughError(f"nodes without {field} ({self.mode.name}): {missing}")
         blocks = self.calicoctl("ipam", "show", "--show-blocks")
-        self._step("calicoctl ipam show --show-blocks; tunnel addresses from calicoctl get nodes", t,
-                   blocks)
+        self._step(f"calicoctl ipam show --show-blocks; tunnel addresses from calicoctl get nodes ({self.mode.name})",
+                   t, blocks)
 
-    def wait_routes(self) -> None:
-        """Every node has a route via tunl0 to every other node's block (BGP converged)."""
+    def read_mode(self) -> Mode:
+        """The pool's mode (``calicoctl get ippools``) and every node's address and tunnel
+        addresses (``calicoctl get nodes``); ``nodes[n]["tunnel"]`` is the active mode's."""
+        pools = self._items(self.calicoctl("get", "ippools", "-o", "json"))
+        modes = {Mode.of_pool(p.get("spec", {})) for p in pools if not p.get("spec", {}).get("disabled")}
+        if len(modes) != 1:
+            raise WalkthroughError(f"expected one enabled IP pool mode, found {sorted(m.name for m in modes)}")
+        self.mode = modes.pop()
+        for item in self._items(self.calicoctl("get", "nodes", "-o", "json")):
+            info = NodeInfo.of_node(item)
+            self.info[info.name] = info
+            tunnel = {"ipip": info.ipip_tunnel, "vxlan": info.vxlan_tunnel}.get(self.mode.encap or "")
+            self.nodes[info.name] = {"address": info.ip, "tunnel": tunnel, "ipip_tunnel": info.ipip_tunnel,
+                                     "vxlan_tunnel": info.vxlan_tunnel}
+        return self.mode
+
+    @staticmethod
+    def _items(text: str) -> list[dict]:
+        doc = json.loads(text)
+        return doc.get("items", [doc]) if isinstance(doc, dict) else doc
+
+    def vtep_mac(self, node: str) -> str:
+        """A node's VXLAN tunnel MAC: its Node's ``vxlanTunnelMACAddr``, else Felix's derivation."""
+        from agent.felix.encap import vtep_mac
+
+        info = self.info.get(node)
+        return (info.vxlan_mac if info and info.vxlan_mac else vtep_mac(node)).lower()
+
+    def expected_routes(self) -> dict[str, list[str]]:
+        """Per node, the ``ip route`` text it needs towards every other node's blocks."""
+        out: dict[str, list[str]] = {}
+        for me in sorted(self.info):
+            wants = [expected_route(self.mode, self.info[me], self.info[o]) for o in sorted(self.info) if o != me]
+            out[me] = [w.text() for w in wants if w is not None]
+        return out
+
+    def wait_routes(self, timeout: float = 30) -> None:
+        """Every node routes every other node's blocks as the pool's mode says (IPIP: BGP via
+        tunl0; VXLAN: Felix via vxlan.calico; no encapsulation or CrossSubnet inside the
+        subnet: via the uplink)."""
         t = time.monotonic()
-        nodes = sorted(self.nodes)
-        for node in nodes:
-            others = [self.nodes[o]["address"] for o in nodes if o != node]
+        for node, wants in self.expected_routes().items():
             wait_for(lambda node=node: self.in_node(node, "ip", "route"),
-                     lambda out, others=others: all(f"via {a} dev tunl0 proto bird onlink" in out
-                                                    for a in others),
-                     timeout=30, what=f"routes via tunl0 to every other node on {node}")
-        self._step("BGP mesh converged: remote blocks via tunl0 proto bird onlink on every node", t,
+                     lambda out, wants=wants: all(w in out for w in wants),
+                     timeout=timeout, what=f"{self.mode.name} routes on {node}: {wants}")
+        self._step(f"routes converged ({self.mode.name}): every remote block routed on every node", t,
                    self.in_node("k8s-w0", "ip", "route"))
+
+    def tunnel_files(self, *nodes: str) -> list[Path]:
+        """The capture files of the mode's tunnel device on ``nodes`` (none without encapsulation)."""
+        dev = self.mode.device
+        return [self.captures.file(n, dev) for n in nodes] if dev else []
 
     # -- 4: workloads --------------------------------------------------------------------
 
@@ -326,14 +366,14 @@ class Walkthrough:
 
     # -- 5: captures and flows ---------------------------------------------------------
 
-    def start_captures(self) -> None:
+    def start_captures(self, run: str | None = None) -> None:
         from testbed.multihost.capture import lab_captures
 
         t = time.monotonic()
         self.captures = lab_captures(self.lab, ["k8s-w0", "k8s-w1", "internet"],
-                                     run=self.run_name, ifaces="cali*,tunl0,eth0")
+                                     run=run or self.run_name, ifaces=CAPTURE_IFACES)
         self.captures.start()
-        self._step(f"tcpdump on cali*, tunl0, eth0 -> {self.captures.run_dir}", t)
+        self._step(f"tcpdump on {CAPTURE_IFACES.replace(',', ', ')} -> {self.captures.run_dir}", t)
 
     def curl(self, pod: Pod, url: str, what: str, timeout: float = 20) -> str:
         """curl from ``pod`` until it prints 200 (Felix may still be programming a new endpoint)."""
@@ -349,7 +389,7 @@ class Walkthrough:
         f.match = pa.between(a.ip, b.ip)
         f.ends = [a.name, b.name]
         f.hop_files = [self.captures.file("k8s-w0", a.iface), self.captures.file("k8s-w0", b.iface),
-                       self.captures.file("k8s-w0", "tunl0")]
+                       *self.tunnel_files("k8s-w0")]
         return f
 
     def flow_cross_node(self) -> Flow:
@@ -361,10 +401,15 @@ class Walkthrough:
         f.result = self.curl(a, f"http://{b.ip}", f"HTTP 200 from {b.name}")
         f.match = pa.between(a.ip, b.ip) | pa.arp_request(POD_GATEWAY) | pa.arp_reply(POD_GATEWAY)
         f.ends = [a.name, b.name]
-        f.hop_files = [self.captures.file("k8s-w0", a.iface), self.captures.file("k8s-w0", "tunl0"),
+        via = self.tunnel_files("k8s-w0", "k8s-w1") if self.crosses_tunnel("k8s-w0", "k8s-w1") else []
+        f.hop_files = [self.captures.file("k8s-w0", a.iface), *via[:1],
                        self.captures.file("k8s-w0", "eth0"), self.captures.file("k8s-w1", "eth0"),
-                       self.captures.file("k8s-w1", "tunl0"), self.captures.file("k8s-w1", b.iface)]
+                       *via[1:], self.captures.file("k8s-w1", b.iface)]
         return f
+
+    def crosses_tunnel(self, src: str, dst: str) -> bool:
+        """Whether pod traffic from node ``src`` to node ``dst`` is encapsulated in the mode."""
+        return encapsulated(self.mode, self.info[src], self.info[dst])
 
     def flow_internet(self) -> Flow:
         a = self.pods["k8s-w0"]
@@ -380,7 +425,8 @@ class Walkthrough:
 
     def flow_service(self) -> Flow:
         target, client = self.pods["k8s-w0"], self.pods["k8s-w1"]
-        self.kubectl("expose", "pod", target.name, "--port", "80")
+        if self.kubectl("get", "service", target.name, "-o", "name", check=False).strip() == "":
+            self.kubectl("expose", "pod", target.name, "--port", "80")
         svc = json.loads(self.kubectl("get", "service", target.name, "-o", "json"))
         self.cluster_ip = svc["spec"]["clusterIP"]
         f = Flow("service", f"pod {client.name} -> Service {target.name} ({self.cluster_ip}) "
@@ -421,9 +467,10 @@ class Walkthrough:
             f.drop = ("k8s-w0", dropped[0].describe())
         f.match = pa.between(a.ip, target.ip)
         f.ends = [a.name, target.name]
-        f.hop_files = [self.captures.file("k8s-w1", a.iface), self.captures.file("k8s-w1", "tunl0"),
+        via = self.tunnel_files("k8s-w1", "k8s-w0") if self.crosses_tunnel("k8s-w1", "k8s-w0") else []
+        f.hop_files = [self.captures.file("k8s-w1", a.iface), *via[:1],
                        self.captures.file("k8s-w1", "eth0"), self.captures.file("k8s-w0", "eth0"),
-                       self.captures.file("k8s-w0", "tunl0"), self.captures.file("k8s-w0", target.iface)]
+                       *via[1:], self.captures.file("k8s-w0", target.iface)]
         return f
 
     def flow_policy_allowed(self) -> Flow:
@@ -438,14 +485,18 @@ class Walkthrough:
                    "ipsets": self.in_node("k8s-w0", "ipset", "list")}
         f.match = pa.between(a.ip, target.ip)
         f.ends = [a.name, target.name]
-        f.hop_files = [self.captures.file("k8s-w1", a.iface), self.captures.file("k8s-w0", "tunl0"),
-                       self.captures.file("k8s-w0", target.iface)]
+        via = self.tunnel_files("k8s-w0") if self.crosses_tunnel("k8s-w1", "k8s-w0") else []
+        f.hop_files = [self.captures.file("k8s-w1", a.iface), *via, self.captures.file("k8s-w0", target.iface)]
         return f
 
-    def run_flows(self) -> None:
+    def run_flows(self, only: tuple[str, ...] | None = None) -> None:
+        """Run the flows (``only``: these, e.g. :data:`FOUR_FLOWS`) under the running capture."""
         t = time.monotonic()
+        self.flows = []
         for fn in (self.flow_same_node, self.flow_cross_node, self.flow_internet, self.flow_service,
                    self.flow_policy_denied, self.flow_policy_allowed):
+            if only is not None and fn.__name__.removeprefix("flow_").replace("_", "-") not in only:
+                continue
             try:
                 flow = fn()
             except (WalkthroughError, WaitTimeout) as exc:
@@ -480,25 +531,47 @@ class Walkthrough:
         f.checks.append(f"HTTP {a.ip} -> {b.ip} 200 on k8s-w0/{a.iface}")
         pa.assert_http_exchange(self.captures.file("k8s-w0", b.iface), a.ip, b.ip, status=200)
         f.checks.append(f"HTTP {a.ip} -> {b.ip} 200 on k8s-w0/{b.iface}")
-        pa.assert_none(self.captures.file("k8s-w0", "tunl0"), pa.between(a.ip, b.ip))
-        f.checks.append("nothing between them on k8s-w0/tunl0")
+        for path in self.tunnel_files("k8s-w0"):
+            pa.assert_none(path, pa.between(a.ip, b.ip))
+            f.checks.append(f"nothing between them on k8s-w0/{self.mode.device}")
+        pa.assert_none(self.captures.file("k8s-w0", "eth0"), pa.between(a.ip, b.ip))
+        f.checks.append("nothing between them on k8s-w0/eth0")
 
     def check_cross_node(self, f: Flow) -> None:
         a, b = self.pods["k8s-w0"], self.pods["k8s-w1"]
-        na, nb = self.nodes["k8s-w0"]["address"], self.nodes["k8s-w1"]["address"]
         cali = self.captures.file("k8s-w0", a.iface)
         pa.assert_arp_gateway(cali, gateway=POD_GATEWAY, mac=CALI_MAC, asker=a.ip, before_traffic=True)
         f.checks.append(f"ARP who-has {POD_GATEWAY} answered by {CALI_MAC}, then the SYN, on {a.iface}")
-        for node, src, dst in (("k8s-w0", na, nb), ("k8s-w1", na, nb)):
-            pa.assert_ipip(self.captures.file(node, "eth0"), outer_src=src, outer_dst=dst,
-                           inner_src=a.ip, inner_dst=b.ip)
-            pa.assert_no_plain(self.captures.file(node, "eth0"), a.ip, b.ip)
-            f.checks.append(f"IPIP {src} > {dst} carrying {a.ip} > {b.ip} on {node}/eth0, no plain pod packets")
-        for node in ("k8s-w0", "k8s-w1"):
-            pa.assert_on_tunnel(self.captures.file(node, "tunl0"), a.ip, b.ip)
-            f.checks.append(f"inner packets {a.ip} > {b.ip} on {node}/tunl0")
+        self.check_wire(f, "k8s-w0", "k8s-w1", a, b, ("k8s-w0", "k8s-w1"))
         pa.assert_http_exchange(self.captures.file("k8s-w1", b.iface), a.ip, b.ip, status=200)
         f.checks.append(f"HTTP 200 on k8s-w1/{b.iface}")
+
+    def check_wire(self, f: Flow, src: str, dst: str, a: Pod, b: Pod, at: tuple[str, ...]) -> None:
+        """Pod ``a`` (on node ``src``) -> pod ``b`` (on ``dst``) on the uplinks of the nodes
+        ``at`` as the mode puts it on the wire: IPIP, VXLAN (UDP 4789, VNI 4096, node
+        addresses outside, the VTEP MACs and pod addresses inside), or plainly routed; and
+        the inner packets on both tunnel devices when encapsulated."""
+        na, nb = self.nodes[src]["address"], self.nodes[dst]["address"]
+        enc = self.mode.encap if self.crosses_tunnel(src, dst) else None
+        for node in at:
+            eth0 = self.captures.file(node, "eth0")
+            if enc == "ipip":
+                pa.assert_ipip(eth0, outer_src=na, outer_dst=nb, inner_src=a.ip, inner_dst=b.ip)
+                pa.assert_no_plain(eth0, a.ip, b.ip)
+                f.checks.append(f"IPIP {na} > {nb} carrying {a.ip} > {b.ip} on {node}/eth0, no plain pod packets")
+            elif enc == "vxlan":
+                ma, mb = self.vtep_mac(src), self.vtep_mac(dst)
+                pa.assert_vxlan(eth0, outer_src=na, outer_dst=nb, inner_src=a.ip, inner_dst=b.ip, vni=4096,
+                                inner_mac_src=ma, inner_mac_dst=mb, port=4789)
+                f.checks.append(f"VXLAN {na} > {nb}:4789 vni 4096, ether {ma} > {mb}, carrying {a.ip} > {b.ip} "
+                                f"on {node}/eth0, no plain pod packets")
+            else:
+                pa.assert_routed(eth0, a.ip, b.ip)
+                f.checks.append(f"plainly routed {a.ip} > {b.ip} on {node}/eth0 (no IPIP, no VXLAN)")
+        if enc is not None:
+            for node in (src, dst):
+                pa.assert_on_tunnel(self.captures.file(node, self.mode.device or ""), a.ip, b.ip)
+                f.checks.append(f"inner packets {a.ip} > {b.ip} on {node}/{self.mode.device}")
 
     def check_internet(self, f: Flow) -> None:
         a = self.pods["k8s-w0"]
@@ -520,10 +593,12 @@ class Walkthrough:
 
     def check_policy_denied(self, f: Flow) -> None:
         a, target = self.pods["k8s-w1"], self.nginx_pods()[0]
+        # where it crosses k8s-w0: its tunnel device (tunl0, vxlan.calico), else its uplink
+        dev = self.mode.device if self.crosses_tunnel("k8s-w1", "k8s-w0") else "eth0"
         pa.assert_dropped(self.captures.file("k8s-w1", a.iface), self.captures.file("k8s-w0", target.iface),
-                          client=a.ip, server=target.ip, port=80, tunnel=self.captures.file("k8s-w0", "tunl0"),
+                          client=a.ip, server=target.ip, port=80, tunnel=self.captures.file("k8s-w0", dev),
                           since=f.since, until=self._next_since(f))
-        f.checks.append(f"SYN {a.ip} > {target.ip}:80 on k8s-w1/{a.iface} and k8s-w0/tunl0, none on "
+        f.checks.append(f"SYN {a.ip} > {target.ip}:80 on k8s-w1/{a.iface} and k8s-w0/{dev}, none on "
                         f"k8s-w0/{target.iface}, no SYN-ACK")
         if f.drop is None or "Drop if no policies passed packet" not in f.drop[1]:
             raise AssertionError(f"no Calico DROP rule on k8s-w0 counted the SYNs (got {f.drop})")
@@ -549,11 +624,23 @@ class Walkthrough:
     # -- MTU -------------------------------------------------------------------------------
 
     def mtu_probe(self) -> dict[str, Any]:
-        """DF pings pod k8s-w0 -> pod k8s-w1: the largest that fits tunl0 passes, one byte more fails."""
+        """DF pings pod k8s-w0 -> pod k8s-w1: the largest that fits the path passes, one byte
+        more fails. The path's MTU is the smaller of the pod's eth0 and the device the mode
+        routes through on k8s-w0 (tunl0, vxlan.calico or eth0). When the pod's MTU is the
+        larger (pods made before a switch to a mode with more overhead), the node answers the
+        oversized packet with an ICMP fragmentation-needed; that exchange is captured on the
+        pod's cali interface (``capture``)."""
+        from testbed.capture.group import CaptureGroup
+
         a, b = self.pods["k8s-w0"], self.pods["k8s-w1"]
-        link = self.in_node("k8s-w0", "ip", "-o", "link", "show", "tunl0")
+        dev = self.mode.device if self.crosses_tunnel("k8s-w0", "k8s-w1") else "eth0"
+        link = self.in_node("k8s-w0", "ip", "-o", "link", "show", dev)
         mtu = int(link.split(" mtu ")[1].split()[0])
-        fits = mtu - 28
+        pod_link = self.in_pod(a.name, "ip", "-o", "link", "show", "eth0").stdout
+        pod_mtu = int(pod_link.split(" mtu ")[1].split()[0])
+        fits = min(mtu, pod_mtu) - 28
+        # forget a path MTU the pod learned from an ICMP in an earlier mode (after a switch)
+        self.in_pod(a.name, "ip", "route", "flush", "cache", check=False)
 
         def ping(size: int) -> subprocess.CompletedProcess:
             return self.in_pod(a.name, "ping", "-M", "do", "-c", "1", "-W", "2", "-s", str(size), b.ip,
@@ -561,9 +648,12 @@ class Walkthrough:
 
         ok = wait_for(lambda: ping(fits), lambda r: r.returncode == 0, timeout=10,
                       what=f"DF ping of {fits} bytes {a.ip} -> {b.ip}")
-        too_big = ping(fits + 1)
-        return {"tunnel_mtu": mtu, "fits": fits, "fits_output": ok.stdout,
-                "too_big_rc": too_big.returncode, "too_big_output": too_big.stdout + too_big.stderr}
+        cap = CaptureGroup.for_lab(self.lab, ["k8s-w0"], run=f"{self.run_name}-mtu-{dev}", ifaces=a.iface)
+        with cap:
+            too_big = ping(fits + 1)
+        return {"tunnel_mtu": mtu, "device": dev, "pod_mtu": pod_mtu, "fits": fits, "fits_output": ok.stdout,
+                "too_big_rc": too_big.returncode, "too_big_output": too_big.stdout + too_big.stderr,
+                "capture": cap.file("k8s-w0", a.iface)}
 
     # -- report ------------------------------------------------------------------------------
 
@@ -580,15 +670,26 @@ class Walkthrough:
             pods = [PodBox(p.name, p.ip, p.iface) for p in sorted(self.pods.values(), key=lambda p: p.name)
                     if p.node == n.name]
             nodes.append(NodeBox(n.name, str(n.address), n.segment, n.role, blocks.get(n.name, []),
-                                 info.get("tunnel"), datapath=datapaths.get(n.name, ""), ready=True,
-                                 pods=pods))
+                                 info.get("tunnel"), tunnel_dev=self.mode.device or "-",
+                                 datapath=datapaths.get(n.name, ""), ready=True, pods=pods))
         segs = [Segment(s.name, str(s.cidr)) for s in topo.segments]
         hosts = [HostBox(e.name, {e.segment: str(e.address)}) for e in topo.external]
         hosts += [HostBox(r.name, {i.segment: str(i.address) for i in r.interfaces}, kind="router")
                   for r in topo.routers]
         pool = topo.calico.pool
-        return LabModel(self.lab, nodes, segs, hosts, pool=str(pool.cidr),
-                        mode=f"IPIP {pool.ipip_mode}")
+        return LabModel(self.lab, nodes, segs, hosts, pool=str(pool.cidr), mode=self.mode.name,
+                        tunnels=self.tunnel_pairs(), bgp=None if self.bgp_on() else [])
+
+    def tunnel_pairs(self) -> list[tuple[str, str]]:
+        """The node pairs whose pod traffic is encapsulated in the mode (the diagram's arcs)."""
+        names = sorted(self.info)
+        return [(x, y) for i, x in enumerate(names) for y in names[i + 1:] if self.crosses_tunnel(x, y)]
+
+    def bgp_on(self) -> bool:
+        """Whether the lab runs BGP (calico_backend bird; vxlan runs none)."""
+        from testbed.lab.topology import load
+
+        return load(self.topology, name=self.lab).calico_node_env()["CALICO_NETWORKING_BACKEND"] == "bird"
 
     def _blocks(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -622,8 +723,20 @@ class Walkthrough:
             out.append(report.FlowResult(f.name, f.title, result=f.result, ok=f.ok, hops=hops,
                                          pcaps=f.pcaps, description=f"{f.command}\n" + "\n".join(
                                              f"check: {c}" for c in f.checks),
-                                         error=f.error, highlight=f.ends, drop=f.drop))
+                                         error=f.error, highlight=f.ends, drop=f.drop, mode=self.flow_mode(f)))
         return out
+
+    def flow_mode(self, f: Flow) -> str:
+        """The network mode and what it did to this flow between the nodes."""
+        pair = {"cross-node": ("k8s-w0", "k8s-w1"), "service": ("k8s-w1", "k8s-w0")}.get(f.name)
+        if pair is None or not self.info:
+            return self.mode.name
+        if self.crosses_tunnel(*pair):
+            how = {"ipip": "encapsulated in IPIP (protocol 4) over tunl0",
+                   "vxlan": "encapsulated in VXLAN (UDP 4789, VNI 4096) over vxlan.calico"}[self.mode.encap or ""]
+        else:
+            how = "routed unencapsulated over eth0"
+        return f"{self.mode.name}: {pair[0]} -> {pair[1]} {how}"
 
     def write_report(self) -> Path:
         from testbed.report import flows as report
@@ -679,13 +792,16 @@ def main(argv: list[str] | None = None) -> int:
         description="Replay the walkthrough on topologies/walkthrough.yaml: NotReady -> install "
                     "Calico -> Ready, then six flows (same node, cross node over IPIP, pod to the "
                     "internet, through a Service, then a NetworkPolicy denying and one allowing) under "
-                    "tcpdump, checked on the pcaps, with a table and an HTML report.")
+                    "tcpdump, checked on the pcaps, with a table and an HTML report. --topology runs it in "
+                    "another network mode (topologies/vxlan.yaml, noencap.yaml, crosssubnet.yaml, "
+                    "crosssubnet-vxlan.yaml).")
     ap.add_argument("--name", default="walkthrough", help="lab name (default: walkthrough)")
     ap.add_argument("--keep", action="store_true",
                     help="leave the lab running afterwards (calicolab shell k8s-w0; calicolab down)")
     ap.add_argument("--topology", default=str(TOPOLOGY),
-                    help="the lab (default topologies/walkthrough.yaml; its nodes and hosts may "
-                    "be spread over machines: topologies/vagrant-multi.yaml)")
+                    help="the lab (default topologies/walkthrough.yaml: IPIP Always; its nodes and hosts "
+                    "may be spread over machines: topologies/vagrant-multi.yaml); its pool's mode decides "
+                    "what the cross-node flow must look like on the wire")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("calicolab demo: needs root (network namespaces, Mininet): run it with sudo",
@@ -706,7 +822,8 @@ def main(argv: list[str] | None = None) -> int:
     for f in wt.flows:
         if f.error:
             print(f"\n{f.name}: {f.error}")
-    print(f"\npcaps:  {wt.captures.run_dir if wt.captures else '-'}")
+    print(f"\nnetwork mode: {wt.mode.name}")
+    print(f"pcaps:  {wt.captures.run_dir if wt.captures else '-'}")
     print(f"report: {report_path or '-'}")
     print(f"done in {time.monotonic() - t0:.1f}s" + (f"; lab {wt.lab} kept: calicolab shell k8s-w0"
                                                      if args.keep else "; lab torn down"))

@@ -283,7 +283,7 @@ def compute(node_name: str, st: State, timers: Timers | None = None) -> SpeakerC
             if idx is None or idx >= len(s.attributes):
                 continue
             attr = s.attributes[idx].secondary or {}
-            if attr.get("node") == node_name and attr.get("type") != "ipipTunnelAddress":
+            if attr.get("node") == node_name and attr.get("type") not in ("ipipTunnelAddress", "vxlanTunnelAddress"):
                 originate.setdefault(IPv4Network(base.network_address + ordinal), False)
 
     return SpeakerConfig(

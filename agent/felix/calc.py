@@ -27,7 +27,8 @@ import logging
 from collections.abc import Hashable, Mapping
 from functools import lru_cache
 
-from agent.felix import render, static
+from agent.felix import encap, render, static
+from agent.felix.encap import ipip_enabled
 from agent.felix.labelindex import SelectorIndex
 from agent.felix.model import (
     Chain,
@@ -46,6 +47,7 @@ from agent.felix.model import (
 from agent.felix.names import (
     IPSET_ALL_HOSTS,
     IPSET_ALL_POOLS,
+    IPSET_ALL_VXLAN,
     IPSET_MASQ_POOLS,
     IPSET_THIS_HOST,
     ipset_name,
@@ -54,13 +56,6 @@ from agent.felix.policy import IPSetSpec, Policy, Profile, drop_profile, ipsets_
 from datastore.selector import parse_selector
 
 log = logging.getLogger(__name__)
-
-
-def ipip_enabled(inp: FelixInput) -> bool:
-    """IPIP is on when FelixConfiguration says so, else when any enabled pool uses it."""
-    if inp.settings.ipip_enabled is not None:
-        return inp.settings.ipip_enabled
-    return any(p.ipip_mode in ("Always", "CrossSubnet") and not p.disabled for p in inp.pools)
 
 
 def is_local(ep: Endpoint, inp: FelixInput) -> bool:
@@ -176,7 +171,7 @@ class Calculator:
         """Update from ``inp`` (changes found by identity) and return the desired dataplane."""
         s = inp.settings
         ipip = ipip_enabled(inp)
-        cfg = rule_config(s, ipip)
+        cfg = rule_config(s, ipip, encap.vxlan_enabled(inp))
         if cfg != self.cfg or inp.hostname != self.hostname:
             self._reset(s, cfg)
             self.hostname = inp.hostname
@@ -500,24 +495,29 @@ class Calculator:
         s = inp.settings
         me = next((n for n in inp.nodes if n.name == inp.hostname), None)
         tunnel = None
-        tunnel_mtu = s.ipip_mtu or (inp.host_mtu - 20)
+        tunnel_mtu = encap.ipip_mtu(inp)
+        vx = encap.plan(inp)
         if ipip and me is not None and me.tunnel_addr:
             tunnel = TunnelWant(str(ipaddress.IPv4Address(me.tunnel_addr.split("/")[0])), tunnel_mtu)
         f, raw, routes, endpoints = self._filter_raw(inp, cfg)
         mangle_static = _static_parts(cfg)[4]
         mangle = TableState(chains=dict(mangle_static), inserts=static.mangle_hooks())
         nat_out = any(p.nat_outgoing and not p.disabled for p in inp.pools)
-        nat = static.nat_table(cfg, nat_out, tunnel is not None, s.nat_random_fully)
+        tunnels = (["tunl0"] if tunnel is not None else []) + ([vx.device.name] if vx.device is not None else [])
+        nat = static.nat_table(cfg, nat_out, tunnels, s.nat_random_fully)
 
         host_ips = frozenset(n.ip for n in inp.nodes if n.ip)
         active_pools = [p for p in inp.pools if not p.disabled]
         ipsets = {
-            IPSET_ALL_HOSTS: IPSet(IPSET_ALL_HOSTS, "hash:net", host_ips),
             IPSET_ALL_POOLS: IPSet(IPSET_ALL_POOLS, "hash:net", frozenset(_net(p.cidr) for p in inp.pools)),
             IPSET_MASQ_POOLS: IPSet(IPSET_MASQ_POOLS, "hash:net",
                                     frozenset(_net(p.cidr) for p in active_pools if p.nat_outgoing)),
             IPSET_THIS_HOST: IPSet(IPSET_THIS_HOST, "hash:ip", inp.host_ips),
         }
+        if ipip:  # the IPIP manager's set (every node address)
+            ipsets[IPSET_ALL_HOSTS] = IPSet(IPSET_ALL_HOSTS, "hash:net", host_ips)
+        if vx.enabled:  # the VXLAN manager's set (the remote VTEPs' node addresses)
+            ipsets[IPSET_ALL_VXLAN] = IPSet(IPSET_ALL_VXLAN, "hash:net", vx.allowed_sources)
         for uid in self._dirty_sets:
             spec = self._specs.get(uid)
             if spec is not None:
@@ -532,8 +532,9 @@ class Calculator:
             tables={"filter": f, "nat": prune(nat), "raw": raw, "mangle": prune(mangle)},
             tunnel=tunnel,
             ipip_sources=host_ips,
-            mtu_file=tunnel_mtu if ipip else inp.host_mtu,
+            mtu_file=encap.pod_mtu(inp),
             interface_prefix=s.interface_prefix,
+            vxlan=vx,
         )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from agent import envvars
-from agent.felix.model import Endpoint, FelixSettings, HostNode, NamedPort, NetSet, Pool
+from agent.felix.model import Block, Endpoint, FelixSettings, HostNode, NamedPort, NetSet, Pool
 from agent.felix.policy import (
     NAMESPACE_LABEL,
     NAMESPACE_PREFIX,
@@ -33,7 +33,14 @@ _ENV = {
     "FELIX_IPTABLESREFRESHINTERVAL": "iptables_refresh_interval",
     "FELIX_IPSETSREFRESHINTERVAL": "ipsets_refresh_interval",
     "FELIX_HEALTHPORT": "health_port",
+    "FELIX_VXLANENABLED": "vxlan_enabled",
+    "FELIX_VXLANMTU": "vxlan_mtu",
+    "FELIX_VXLANPORT": "vxlan_port",
+    "FELIX_VXLANVNI": "vxlan_vni",
 }
+_INTS = ("ipip_mtu", "health_port", "vxlan_mtu", "vxlan_port", "vxlan_vni")
+_BOOLS = ("ipip_enabled", "vxlan_enabled")
+_LIMITS = {"vxlan_port": (1, 65535), "vxlan_vni": (0, 16777215), "vxlan_mtu": (0, 65535), "ipip_mtu": (0, 65535)}
 
 
 class ConfigError(ValueError):
@@ -116,10 +123,12 @@ def profile_from(obj: Any) -> Profile:
 
 
 def host_from_node(node: Any) -> HostNode:
-    """A Node resource as Felix's view of a host."""
+    """A Node resource as Felix's view of a host (BGP address, IPIP and VXLAN tunnel
+    addresses, VTEP MAC)."""
     bgp = node.spec.bgp
     return HostNode(node.metadata.name, bgp.ipv4_address if bgp else None,
-                    bgp.ipv4_ipip_tunnel_addr if bgp else None)
+                    bgp.ipv4_ipip_tunnel_addr if bgp else None,
+                    node.spec.ipv4_vxlan_tunnel_addr or None, node.spec.vxlan_tunnel_mac_addr or None)
 
 
 def pool_from_ippool(pool: Any) -> Pool | None:
@@ -127,7 +136,32 @@ def pool_from_ippool(pool: Any) -> Pool | None:
     net = ipaddress.ip_network(pool.spec.cidr, strict=False)
     if net.version != 4:
         return None
-    return Pool(str(net), pool.spec.ipip_mode or "Never", bool(pool.spec.nat_outgoing), bool(pool.spec.disabled))
+    return Pool(str(net), pool.spec.ipip_mode or "Never", bool(pool.spec.nat_outgoing), bool(pool.spec.disabled),
+                pool.spec.vxlan_mode or "Never")
+
+
+def block_from_ipamblock(block: Any) -> Block | None:
+    """An IPAMBlock as the route resolver uses it: its CIDR, the node of its ``host:``
+    affinity and the addresses allocated to other nodes (borrowed; tunnel addresses are
+    not workloads). None for a deleted or IPv6 block."""
+    spec = block.spec
+    try:
+        net = ipaddress.ip_network(spec.cidr, strict=False)
+    except ValueError:
+        return None
+    if net.version != 4 or spec.deleted:
+        return None
+    aff = spec.affinity or ""
+    host = aff[len("host:"):] if aff.startswith("host:") else None
+    borrowed = []
+    for ordinal, idx in enumerate(spec.allocations):
+        if idx is None or idx >= len(spec.attributes):
+            continue
+        attrs = spec.attributes[idx].secondary or {}
+        node = attrs.get("node")
+        if node and node != host and attrs.get("type") not in ("ipipTunnelAddress", "vxlanTunnelAddress"):
+            borrowed.append((str(net.network_address + ordinal), node))
+    return Block(str(net), host or None, tuple(borrowed))
 
 
 def _bool(text: str, what: str) -> bool:
@@ -147,11 +181,13 @@ def settings(hostname: str, configs: Mapping[str, Any], env: Mapping[str, str]) 
         if cfg is None:
             continue
         s = cfg.spec
-        for attr in ("ipip_enabled", "interface_prefix", "default_endpoint_to_host_action", "health_port"):
+        for attr in ("ipip_enabled", "interface_prefix", "default_endpoint_to_host_action", "health_port",
+                     "vxlan_enabled", "vxlan_port", "vxlan_vni"):
             if getattr(s, attr, None) is not None:
                 vals[attr] = getattr(s, attr)
-        if s.ipip_mtu:
-            vals["ipip_mtu"] = int(s.ipip_mtu)
+        for attr in ("ipip_mtu", "vxlan_mtu"):
+            if getattr(s, attr, None):
+                vals[attr] = int(getattr(s, attr))
         for attr in ("route_refresh_interval", "iptables_refresh_interval", "ipsets_refresh_interval"):
             raw = getattr(s, attr, None)
             if raw:
@@ -164,9 +200,9 @@ def settings(hostname: str, configs: Mapping[str, Any], env: Mapping[str, str]) 
         if raw is None or raw == "":
             continue
         try:
-            if attr == "ipip_enabled":
+            if attr in _BOOLS:
                 vals[attr] = _bool(raw, var)
-            elif attr in ("ipip_mtu", "health_port"):
+            elif attr in _INTS:
                 vals[attr] = int(raw)
             elif attr.endswith("_interval"):
                 vals[attr] = parse_duration(raw, bare_seconds=True)  # Felix's env: seconds
@@ -174,6 +210,9 @@ def settings(hostname: str, configs: Mapping[str, Any], env: Mapping[str, str]) 
                 vals[attr] = raw
         except ValueError as exc:
             raise ConfigError(f"{var}={raw!r}: {exc}") from None
+    for attr, (lo, hi) in _LIMITS.items():
+        if attr in vals and not lo <= int(vals[attr]) <= hi:
+            raise ConfigError(f"{attr}: {vals[attr]} is out of range {lo}..{hi}")
     if "interface_prefix" in vals:
         vals["interface_prefix"] = str(vals["interface_prefix"]).split(",")[0]
     return FelixSettings(**vals)

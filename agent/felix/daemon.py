@@ -25,15 +25,26 @@ from agent.felix.iptables import IptablesTable, apply_tables
 from agent.felix.model import Desired, Endpoint, FelixInput, HostNode
 from agent.felix.routes import RouteDriver
 from agent.felix.sysctl import SysctlDriver
-from agent.felix.tunnel import TunnelInfo, choose_datapath, detect_host_mtu, ensure_tunl0, open_tun
-from kernel import Kernel
+from agent.felix.tunnel import (
+    TunnelInfo,
+    choose_datapath,
+    detect_host_mtu,
+    ensure_tunl0,
+    open_tun,
+    strip_tunl0,
+)
+from agent.felix.vxlan import ensure_vxlan_device, remove_vxlan_device
+from agent.felix.vxlanfdb import VxlanFdb
+from agent.felix.vxlanroutes import VxlanRouteDriver
+from kernel import Kernel, Link
 
 log = logging.getLogger(__name__)
 
 WATCH_KINDS = ("WorkloadEndpoint", "Node", "IPPool", "FelixConfiguration", "Profile", "NetworkPolicy",
-               "GlobalNetworkPolicy", "NetworkSet", "GlobalNetworkSet")
+               "GlobalNetworkPolicy", "NetworkSet", "GlobalNetworkSet", "IPAMBlock")
 POLICY_KINDS = {"NetworkPolicy": "_policies", "GlobalNetworkPolicy": "_policies", "Profile": "_profiles",
                 "NetworkSet": "_netsets", "GlobalNetworkSet": "_netsets"}
+VXLAN_DEVICE_CHECK = 10.0  # seconds: KeepVXLANDeviceInSync re-checks vxlan.calico this often
 PENDING_RETRY = 0.25
 
 
@@ -71,6 +82,7 @@ class Felix:
         self.host_ips_fn = lambda prefix: _host_ips(prefix, self.kernel)
         self._host_ips: frozenset[str] = frozenset()
         self.calc = Calculator()
+        self._blocks: dict[str, Any] = {}
         self._synced = threading.Event()
         self._dirty = threading.Event()
         self._stop = threading.Event()
@@ -90,9 +102,15 @@ class Felix:
         self.pump: Any = None
         self._tun_fd: int | None = None
         self._tunnel_applied: tuple[str, int] | None = None
+        self._vxlan_applied: Any = None  # the VxlanDevice last made
+        self._vxlan_links: tuple[Link, Link] | None = None  # (vxlan.calico, parent) as last made
+        self._encap: str | None = None  # "ipip", "vxlan", "ipip+vxlan" or "none" after an apply
+        self.vxlan_waiting: list[str] = []
         self._mtu_written: int | None = None
         self.host_mtu = detect_host_mtu(self.kernel)
         self.routes = RouteDriver(self.kernel)
+        self.vxlan_routes = VxlanRouteDriver(self.kernel)
+        self.vxlan_fdb = VxlanFdb(self.kernel)
         self.sysctls = SysctlDriver(self.kernel)
         self.ipsets = IpsetDriver()
         self.tables = {name: IptablesTable(name) for name in ("raw", "mangle", "filter", "nat")}
@@ -137,8 +155,19 @@ class Felix:
                 and self.clock.monotonic() - self.heartbeat < 30)
 
     def status(self) -> dict:
-        """Ready/live, datapath kind, tunnel address and counters (served as /status)."""
-        datapath = self.tunnel.kind if self.tunnel else self._choose_datapath()[0]
+        """Ready/live, datapath kind, encapsulation, tunnel addresses and counters (served as
+        /status). ``datapath``: tunl0's kind (kernel ipip, tc-BPF or userspace TUN) while IPIP
+        is on, "kernel" for VXLAN alone (the kernel's vxlan device), "routed" with no
+        encapsulation."""
+        if self.tunnel:
+            datapath = self.tunnel.kind
+        elif self._vxlan_applied is not None:
+            datapath = "kernel"
+        elif self._encap == "none":
+            datapath = "routed"
+        else:
+            datapath = self._choose_datapath()[0]
+        vx = self._vxlan_applied
         bpf_stats = None
         if self.bpf is not None and self.bpf.maps:
             try:
@@ -148,8 +177,10 @@ class Felix:
                 bpf_stats = {"error": str(exc)}
         return {
             "ready": self.ready, "live": self.live(), "datapath": datapath,
-            "datapath_note": self.datapath_note,
+            "datapath_note": self.datapath_note, "encap": self._encap,
             "tunnel_address": self.tunnel.address if self.tunnel else None,
+            "vxlan": {"device": vx.name, "address": vx.address, "mac": vx.mac, "vni": vx.vni, "port": vx.port,
+                      "mtu": vx.mtu, "waiting": list(self.vxlan_waiting)} if vx is not None else None,
             "endpoints": sum(1 for ep in self._weps.values() if ep.node in ("", self.hostname)),
             "applies": self.applies,
             "last_apply_ms": round(self.last_apply_seconds * 1000, 1), "last_error": self.last_error,
@@ -172,7 +203,7 @@ class Felix:
         while not self._stop.is_set():
             fresh: dict[str, dict] | None = {"WorkloadEndpoint": {}, "Node": {}, "IPPool": {},
                                                "FelixConfiguration": {}, "_policies": {}, "_profiles": {},
-                                               "_netsets": {}}
+                                               "_netsets": {}, "IPAMBlock": {}}
             try:
                 self._stream = self.client.watch_stream(WATCH_KINDS, stop=self._stop)
                 for ev in self._stream:
@@ -186,6 +217,7 @@ class Felix:
                                 self._policies = fresh["_policies"]
                                 self._profiles = fresh["_profiles"]
                                 self._netsets = fresh["_netsets"]
+                                self._blocks = fresh["IPAMBlock"]
                             fresh = None
                         self._synced.set()
                         self._dirty.set()
@@ -197,7 +229,7 @@ class Felix:
                             self._store({"WorkloadEndpoint": self._weps, "Node": self._nodes,
                                          "IPPool": self._pools, "FelixConfiguration": self._configs,
                                          "_policies": self._policies, "_profiles": self._profiles,
-                                         "_netsets": self._netsets}, ev)
+                                         "_netsets": self._netsets, "IPAMBlock": self._blocks}, ev)
                         if ev.kind == "IPPool":
                             self._pools_changed.set()
                         self._dirty.set()
@@ -235,6 +267,12 @@ class Felix:
                 cache[key] = ep
         elif ev.kind == "Node":
             cache[key] = convert.host_from_node(ev.obj)
+        elif ev.kind == "IPAMBlock":
+            block = convert.block_from_ipamblock(ev.obj)
+            if block is None:
+                cache.pop(key, None)
+            else:
+                cache[key] = block
         else:
             cache[key] = ev.obj
 
@@ -253,13 +291,13 @@ class Felix:
                               nodes=tuple(self._nodes.values()), pools=convert.pools_from(self._pools.values()),
                               settings=settings, host_mtu=self.host_mtu, policies=dict(self._policies),
                               profiles=dict(self._profiles), netsets=dict(self._netsets),
-                              host_ips=self._host_ips)
+                              host_ips=self._host_ips, blocks=tuple(self._blocks.values()))
 
     # -- dataplane side ------------------------------------------------------------
     def _dataplane_loop(self) -> None:
         clock = self.clock
         now = clock.monotonic()
-        next_sync = {"routes": now, "iptables": now, "ipsets": now}
+        next_sync = {"routes": now, "iptables": now, "ipsets": now, "vxlan": now}
         pending = False
         backoff = 0.1
         while not self._stop.is_set():
@@ -289,7 +327,7 @@ class Felix:
                 pending = self.apply(inp, resync=due)
                 s = inp.settings
                 for k, interval in (("routes", s.route_refresh_interval), ("iptables", s.iptables_refresh_interval),
-                                    ("ipsets", s.ipsets_refresh_interval)):
+                                    ("ipsets", s.ipsets_refresh_interval), ("vxlan", VXLAN_DEVICE_CHECK)):
                     if k in due:
                         next_sync[k] = now + max(0.05, interval)
                 backoff = 0.1
@@ -312,13 +350,20 @@ class Felix:
         desired = self.calc.calculate(inp)
         self._apply_tunnel(desired, force="routes" in resync, node_ip=self._node_ip(inp),
                            ipip_on=ipip_enabled(inp))
+        vx_resync = bool({"routes", "vxlan"} & set(resync))  # the device is re-checked every 10 s
+        self._apply_vxlan_device(desired, force=vx_resync)
         self.ipsets.apply_updates(desired.ipsets, resync="ipsets" in resync)
+        self._apply_vxlan_fdb(desired, resync=vx_resync)
         # iptables-restore runs while the routes and sysctls are written (Calico's dataplane
         # applies its iptables and route tables in parallel too); a new thread starts in the
         # network namespace of the thread that made it, so both act on the same namespace
         tables = _Background(self._apply_tables, desired, "iptables" in resync)
         try:
             _, missing = self.routes.apply(desired.routes, resync="routes" in resync)
+            vx_dev, vx_parent = self._vxlan_links or (None, None)
+            _, self.vxlan_waiting = self.vxlan_routes.apply(
+                desired.vxlan, vx_dev.index if vx_dev else None, vx_parent.index if vx_parent else None,
+                resync=vx_resync)
             missing_sys = self.sysctls.apply(desired.interfaces, resync="routes" in resync)
         finally:
             tables.join()
@@ -327,12 +372,15 @@ class Felix:
         self.ipsets.remove_stale(desired.ipsets)
         self._write_mtu(desired.mtu_file)
         self.desired = desired
+        self._encap = "+".join(k for k, on in (("ipip", desired.tunnel is not None),
+                                               ("vxlan", desired.vxlan.device is not None)) if on) or (
+            "none" if not desired.vxlan.enabled else "vxlan")
         self.applies += 1
         self.last_apply_seconds = time.monotonic() - t0
         self.last_error = None
         self.ready = True
         self.applied_event.set()
-        return bool(missing or missing_sys)
+        return bool(missing or missing_sys or self.vxlan_waiting)
 
     def _apply_tables(self, desired: Desired, resync: bool) -> None:
         """raw, mangle, filter and nat with one iptables-restore (see iptables.apply_tables)."""
@@ -349,6 +397,8 @@ class Felix:
         if want is None:
             if not ipip_on:  # IPIP switched off (not merely no tunnel address yet): the tunnel goes
                 self._remove_bpf_tunnel()
+                if self._tunnel_applied is not None or self.pump is not None or force or self._encap is None:
+                    self._ipip_off()
             return
         key = (want.address, want.mtu)
         kind, _note = self._choose_datapath()
@@ -412,6 +462,45 @@ class Felix:
         self.tunnel = None
         self._tunnel_applied = None
         self._allowed_applied = None
+
+    def _ipip_off(self) -> None:
+        """IPIP turned off: the pump stops and tunl0 keeps no address (Felix's
+        ``cleanUpIPIPAddrs``); the device itself stays, as the kernel's ipip tunl0 does."""
+        if self.pump is not None:
+            self.pump.stop()
+            self.pump = None
+        if self._tun_fd is not None:
+            os.close(self._tun_fd)
+            self._tun_fd = None
+        if strip_tunl0(self.kernel):
+            log.info("IPIP is off: removed tunl0's addresses")
+        self.tunnel = None
+        self._tunnel_applied = None
+
+    def _apply_vxlan_device(self, desired: Desired, force: bool) -> None:
+        """vxlan.calico made (or re-checked on resync), or deleted when VXLAN is off."""
+        want = desired.vxlan.device
+        if want is None:
+            if self._vxlan_applied is not None or force or self._encap is None:
+                if remove_vxlan_device(self.kernel) or self._vxlan_applied is not None:
+                    self.vxlan_fdb.forget()
+                    self.vxlan_routes.forget()
+            self._vxlan_applied = None
+            self._vxlan_links = None
+            return
+        if want != self._vxlan_applied or force or self._vxlan_links is None:
+            before = self._vxlan_links[0].index if self._vxlan_links else None
+            self._vxlan_links = ensure_vxlan_device(self.kernel, want)
+            if self._vxlan_links[0].index != before:  # made (again): its entries and routes are new
+                self.vxlan_fdb.forget()
+                self.vxlan_routes.forget()
+            self._vxlan_applied = want
+
+    def _apply_vxlan_fdb(self, desired: Desired, resync: bool) -> None:
+        vx = desired.vxlan
+        if self._vxlan_links is None:
+            return
+        self.vxlan_fdb.apply(self._vxlan_links[0].index, vx.neighbours(), vx.fdb(), resync=resync)
 
     def _write_mtu(self, mtu: int) -> None:
         if mtu == self._mtu_written:

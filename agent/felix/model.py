@@ -57,20 +57,34 @@ class Pool:
     ipip_mode: str = "Never"
     nat_outgoing: bool = False
     disabled: bool = False
+    vxlan_mode: str = "Never"
 
 
 @dataclass(frozen=True)
 class HostNode:
-    """A Calico node: name, BGP address (CIDR or bare IP) and IPIP tunnel address."""
+    """A Calico node: name, BGP address (CIDR or bare IP), IPIP tunnel address, VXLAN tunnel
+    address and VTEP MAC (None: derived from the name)."""
 
     name: str
     ipv4_address: str | None = None
     tunnel_addr: str | None = None
+    vxlan_tunnel_addr: str | None = None
+    vxlan_mac: str | None = None
 
     @property
     def ip(self) -> str | None:
         """The node address without its prefix length."""
         return self.ipv4_address.split("/")[0] if self.ipv4_address else None
+
+
+@dataclass(frozen=True)
+class Block:
+    """An IPAM block as Felix's route resolver uses it: CIDR, the node it is affine to (None:
+    no affinity) and the addresses it lends to other nodes (``(ip, node)``, borrowed /32s)."""
+
+    cidr: str
+    node: str | None = None
+    borrowed: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,7 +111,10 @@ class FelixSettings:
     failsafe_outbound: tuple[tuple[str, int, str], ...] = (
         ("udp", 53, ""), ("udp", 67, ""), ("tcp", 179, ""), ("tcp", 2379, ""), ("tcp", 2380, ""),
         ("tcp", 5473, ""), ("tcp", 6443, ""), ("tcp", 6666, ""), ("tcp", 6667, ""))
+    vxlan_enabled: bool | None = None  # None: derived from the pools
+    vxlan_mtu: int = 0  # 0: host MTU - 50
     vxlan_port: int = 4789
+    vxlan_vni: int = 4096
     allow_vxlan_from_workloads: bool = False
     allow_ipip_from_workloads: bool = False
 
@@ -109,6 +126,7 @@ class RuleConfig:
     marks: MarkBits
     prefix: str = "cali"
     ipip: bool = False
+    vxlan: bool = False
     filter_allow: str = "--jump ACCEPT"
     mangle_allow: str = "--jump ACCEPT"
     deny: str = "--jump DROP"
@@ -122,7 +140,7 @@ class RuleConfig:
     allow_ipip_from_workloads: bool = False
 
 
-def rule_config(s: FelixSettings, ipip: bool) -> RuleConfig:
+def rule_config(s: FelixSettings, ipip: bool, vxlan: bool = False) -> RuleConfig:
     """Resolve FelixSettings into the renderer's config (``rules.NewRenderer``)."""
     deny = s.iptables_filter_deny_action.upper()
     eth = s.default_endpoint_to_host_action.upper()
@@ -132,6 +150,7 @@ def rule_config(s: FelixSettings, ipip: bool) -> RuleConfig:
         marks=allocate(s.iptables_mark_mask),
         prefix=s.interface_prefix,
         ipip=ipip,
+        vxlan=vxlan,
         filter_allow="--jump RETURN" if s.iptables_filter_allow_action.upper() == "RETURN" else "--jump ACCEPT",
         mangle_allow="--jump RETURN" if s.iptables_mangle_allow_action.upper() == "RETURN" else "--jump ACCEPT",
         deny="--jump REJECT" if deny == "REJECT" else "--jump DROP",
@@ -163,6 +182,7 @@ class FelixInput:
     pools: tuple[Pool, ...] = ()
     settings: FelixSettings = field(default_factory=FelixSettings)
     host_mtu: int = 1500
+    blocks: tuple[Block, ...] = ()  # every IPAM block (VXLAN routes come from them)
     policies: Mapping[str, Any] = field(default_factory=dict)
     profiles: Mapping[str, Any] = field(default_factory=dict)
     netsets: Mapping[str, NetSet] = field(default_factory=dict)
@@ -240,6 +260,82 @@ class TunnelWant:
     mtu: int
 
 
+VXLAN_DEVICE = "vxlan.calico"
+VXLAN_PROTO = 80  # defaultVXLANProto: no-encap and blackhole routes of the VXLAN manager
+VXLAN, NOENCAP, BLACKHOLE = "vxlan", "noencap", "blackhole"  # route kinds (routetable.TargetType)
+
+
+@dataclass(frozen=True)
+class VxlanDevice:
+    """vxlan.calico as it should be: VNI, UDP port, local (and parent) address, MAC, MTU,
+    and its only address, the tunnel IP (as /32)."""
+
+    vni: int
+    port: int
+    local: str
+    mac: str
+    mtu: int
+    address: str
+    name: str = VXLAN_DEVICE
+
+
+@dataclass(frozen=True)
+class Vtep:
+    """A remote node's VXLAN tunnel endpoint."""
+
+    node: str
+    node_ip: str
+    tunnel_ip: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class EncapRoute:
+    """A route the VXLAN manager owns: ``vxlan`` (via the remote tunnel IP on vxlan.calico,
+    onlink), ``noencap`` (via the remote node IP on the parent device, proto 80, onlink) or
+    ``blackhole`` (proto 80)."""
+
+    dst: str
+    kind: str
+    gateway: str | None = None
+    node: str | None = None
+
+    def render(self, parent: str = "<parent>") -> str:
+        """``ip route`` text of the route."""
+        if self.kind == BLACKHOLE:
+            return f"blackhole {self.dst} proto {VXLAN_PROTO}"
+        if self.kind == VXLAN:
+            return f"{self.dst} via {self.gateway} dev {VXLAN_DEVICE} onlink"
+        return f"{self.dst} via {self.gateway} dev {parent} proto {VXLAN_PROTO} onlink"
+
+
+@dataclass(frozen=True)
+class VxlanPlan:
+    """Everything the VXLAN manager wants in the kernel. ``device`` None: no vxlan.calico
+    (VXLAN off, or this node has no VTEP yet). ``routes``: dst -> route. ``waiting``: remote
+    destinations that cannot be routed yet (the remote VTEP or node address is unknown)."""
+
+    enabled: bool = False
+    device: VxlanDevice | None = None
+    parent_ip: str | None = None
+    vteps: tuple[Vtep, ...] = ()
+    routes: dict[str, EncapRoute] = field(default_factory=dict)
+    waiting: tuple[str, ...] = ()
+
+    @property
+    def allowed_sources(self) -> frozenset[str]:
+        """``cali40all-vxlan-net``: the remote VTEPs' node addresses."""
+        return frozenset(v.node_ip for v in self.vteps)
+
+    def neighbours(self) -> dict[str, str]:
+        """Permanent ARP entries on vxlan.calico: remote tunnel IP -> VTEP MAC."""
+        return {v.tunnel_ip: v.mac for v in self.vteps}
+
+    def fdb(self) -> dict[str, str]:
+        """FDB entries on vxlan.calico: VTEP MAC -> remote node IP."""
+        return {v.mac: v.node_ip for v in self.vteps}
+
+
 @dataclass
 class Desired:
     """The whole desired dataplane of one node."""
@@ -252,5 +348,6 @@ class Desired:
     ipip_sources: frozenset[str] = frozenset()  # node addresses allowed to send us IPIP
     mtu_file: int = 1500  # what /var/lib/calico/mtu should say
     interface_prefix: str = "cali"
+    vxlan: VxlanPlan = field(default_factory=lambda: VxlanPlan())  # the VXLAN manager's device, VTEPs, routes
 
 

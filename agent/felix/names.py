@@ -15,6 +15,7 @@ IPSET_ALL_HOSTS = "cali40all-hosts-net"
 IPSET_MASQ_POOLS = "cali40masq-ipam-pools"
 IPSET_ALL_POOLS = "cali40all-ipam-pools"
 IPSET_THIS_HOST = "cali40this-host"
+IPSET_ALL_VXLAN = "cali40all-vxlan-net"
 
 
 def length_limited_id(prefix: str, suffix: str, max_len: int = MAX_CHAIN_NAME) -> str:

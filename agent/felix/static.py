@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from agent.felix import match as m
 from agent.felix.model import RuleConfig, TableState
-from agent.felix.names import IPSET_ALL_HOSTS, IPSET_ALL_POOLS, IPSET_MASQ_POOLS
+from agent.felix.names import IPSET_ALL_HOSTS, IPSET_ALL_POOLS, IPSET_ALL_VXLAN, IPSET_MASQ_POOLS
 
 # chain names (felix/rules/rule_defs.go)
 FORWARD, INPUT, OUTPUT = "cali-FORWARD", "cali-INPUT", "cali-OUTPUT"
@@ -45,6 +45,14 @@ def filter_chains(cfg: RuleConfig) -> dict[str, tuple[str, ...]]:
                    comment="Allow IPIP packets from Calico hosts"),
             m.rule(cfg.deny, m.proto(PROTO_IPIP), comment=f"{cfg.deny_name} IPIP packets from non-Calico hosts"),
         ]
+    vxlan_port = m.ports("dst", [str(cfg.vxlan_port)])
+    if cfg.vxlan:  # IPv4 VXLAN from the known VTEPs only, to this host (the drop is always DROP)
+        inp += [
+            m.rule(cfg.filter_allow, m.proto(PROTO_UDP), vxlan_port, m.set_match(IPSET_ALL_VXLAN, "src"),
+                   m.addrtype("dst"), comment="Allow IPv4 VXLAN packets from allowed hosts"),
+            m.rule(m.DROP, m.proto(PROTO_UDP), vxlan_port, m.addrtype("dst"),
+                   comment="Drop IPv4 VXLAN packets from non-allowed hosts"),
+        ]
     inp += [
         m.rule(m.goto(WL_TO_HOST), m.in_iface(wl)),
         _accept_already_accepted(cfg),
@@ -56,6 +64,9 @@ def filter_chains(cfg: RuleConfig) -> dict[str, tuple[str, ...]]:
     if cfg.ipip:
         out.append(m.rule(cfg.filter_allow, m.proto(PROTO_IPIP), m.set_match(IPSET_ALL_HOSTS, "dst"),
                           m.addrtype("src"), comment="Allow IPIP packets to other Calico hosts"))
+    if cfg.vxlan:
+        out.append(m.rule(cfg.filter_allow, m.proto(PROTO_UDP), vxlan_port, m.addrtype("src"),
+                          m.set_match(IPSET_ALL_VXLAN, "dst"), comment="Allow IPv4 VXLAN packets to other allowed hosts"))
     out += [
         m.rule(m.clear_mark(mk.all_calico)),
         m.rule(m.jump(TO_HEP), m.ctstate("DNAT", negate=True)),
@@ -184,8 +195,10 @@ def mangle_hooks() -> dict[str, tuple[str, ...]]:
     return {"PREROUTING": (m.rule(m.jump(PREROUTING)),), "POSTROUTING": (m.rule(m.jump(POSTROUTING)),)}
 
 
-def nat_table(cfg: RuleConfig, nat_outgoing: bool, tunnel: bool, random_fully: bool) -> TableState:
-    """cali-PREROUTING/POSTROUTING/OUTPUT, cali-nat-outgoing and the tunl0 MASQUERADE rule."""
+def nat_table(cfg: RuleConfig, nat_outgoing: bool, tunnels: list[str] | tuple[str, ...],
+              random_fully: bool) -> TableState:
+    """cali-PREROUTING/POSTROUTING/OUTPUT, cali-nat-outgoing and one MASQUERADE rule per active
+    tunnel device (tunl0, vxlan.calico) for host traffic that picked a non-tunnel source."""
     t = TableState()
     t.inserts = {"PREROUTING": (m.rule(m.jump(PREROUTING)),), "POSTROUTING": (m.rule(m.jump(POSTROUTING)),),
                  "OUTPUT": (m.rule(m.jump(OUTPUT)),)}
@@ -196,8 +209,8 @@ def nat_table(cfg: RuleConfig, nat_outgoing: bool, tunnel: bool, random_fully: b
     # MasqAction renders --random-fully wherever the feature is detected (iptables >= 1.6.2)
     masq = m.MASQUERADE + (" --random-fully" if random_fully else "")
     post = [m.rule(m.jump(FIP_SNAT)), m.rule(m.jump(NAT_OUTGOING))]
-    if tunnel:
-        post.append(m.rule(masq, m.out_iface("tunl0"),
+    for dev in tunnels:
+        post.append(m.rule(masq, m.out_iface(dev),
                            m.addrtype("src", negate=True, limit_iface_out=True), m.addrtype("src")))
     t.add(POSTROUTING, post)
     t.add(NAT_OUTGOING, [m.rule(masq, m.set_match(IPSET_MASQ_POOLS, "src"),

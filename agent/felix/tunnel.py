@@ -205,6 +205,18 @@ def set_only_address(kernel: Kernel, index: int, address: str) -> None:
         kernel.addr_add(index, f"{address}/32")
 
 
+def strip_tunl0(kernel: Kernel) -> bool:
+    """IPIP is off: remove every IPv4 address from tunl0 (Felix's ``cleanUpIPIPAddrs``);
+    True if there was one to remove. The device stays."""
+    link = kernel.link("tunl0")
+    if link is None:
+        return False
+    have = [a for a in kernel.addrs() if a.index == link.index]
+    for a in have:
+        kernel.addr_del(link.index, a.cidr)
+    return bool(have)
+
+
 def tunl0_kind(kernel: Kernel) -> str | None:
     """"kernel" (ipip), "bpf" (veth), "userspace" (TUN) or None: what tunl0 in ``kernel``'s
     namespace is."""

@@ -161,7 +161,7 @@ def _write_state(path: Path, info: dict[str, Any]) -> None:
 def capture_command(argv: Sequence[str], lab: str) -> int:
     """``calicolab capture start|stop|status`` for lab ``lab``: parse ``argv``, print, exit code.
 
-    ``start [--nodes a,b] [--ifaces 'cali*,tunl0,eth0'] [--filter BPF] [--run NAME]``,
+    ``start [--nodes a,b] [--ifaces 'cali*,tunl0,vxlan.calico,eth0'] [--filter BPF] [--run NAME]``,
     ``stop`` (prints the files table; exit 1 if a file is incomplete), ``status``.
     """
     ap = argparse.ArgumentParser(prog="calicolab capture",

@@ -24,7 +24,7 @@ from testbed.capture.pcapfile import settle_files
 from testbed.capture.tcpdump import IfaceResult, Tcpdump, check_filter
 from testbed.poll import wait_for
 
-DEFAULT_IFACES = "cali*,tunl0,eth0"
+DEFAULT_IFACES = "cali*,tunl0,vxlan.calico,eth0"
 _RESYNC_S = 1.0  # periodic re-dump of the links, in case a netlink event was lost
 
 

@@ -21,7 +21,9 @@ objects combine with ``&``, ``|`` and ``~``::
 
 Captures from Ethernet interfaces (linktype 1), TUN/ipip devices such as
 ``tunl0`` (raw IP, linktype 101/228/12) and ``any`` (Linux cooked, 113/276)
-are all understood. Classic pcap files (what tcpdump writes) are read and
+are all understood. Encapsulation is decoded: IP-in-IP (protocol 4) and VXLAN
+(UDP to port 4789: the VNI, then the inner Ethernet frame with its MACs and the
+pod's packet), so matchers see the outer (node) and inner (pod) headers. Classic pcap files (what tcpdump writes) are read and
 decoded by a small struct-based dissector of our own (~100k packets/s, where
 scapy's dissection manages ~2k); ``Frame.packet`` gives scapy's full view of a
 frame on demand, and pcapng files are read through scapy.
@@ -40,9 +42,10 @@ from typing import Any
 
 __all__ = [
     "CaptureAssertionError", "Frame", "IpHeader", "Trace", "Match", "BgpMessage", "load",
-    "outer", "inner", "plain", "ipip", "between", "tcp", "udp", "icmp", "frag_needed",
+    "outer", "inner", "plain", "ipip", "vxlan", "between", "tcp", "udp", "icmp", "frag_needed",
     "http_request", "http_response", "arp_request", "arp_reply", "any_frame",
-    "assert_seen", "assert_none", "assert_sequence", "assert_http_exchange", "assert_ipip",
+    "assert_seen", "assert_none", "assert_sequence", "assert_http_exchange", "assert_ipip", "assert_vxlan",
+    "assert_routed", "VXLAN_PORTS",
     "assert_no_plain", "assert_on_tunnel", "assert_arp_gateway", "assert_masqueraded",
     "assert_dnat", "assert_frag_needed", "bgp_messages", "assert_bgp_open",
     "assert_bgp_update", "CAPABILITY_NAMES",
@@ -52,6 +55,8 @@ SUMMARY_LIMIT = 25  # packets listed in a failure message
 
 # Linktypes whose frames start directly with an IP header.
 _RAW_IP_LINKTYPES = {12, 14, 101, 228, 229}
+#: UDP destination ports decoded as VXLAN (IANA's, Felix's ``vxlanPort`` default).
+VXLAN_PORTS = {4789}
 
 
 class CaptureAssertionError(AssertionError):
@@ -105,6 +110,11 @@ class Frame:
     icmp_seq: int | None = None
     quoted: IpHeader | None = None  # original header inside an ICMP error
     other: str = ""  # what a frame that is neither ARP nor IP is (ethertype)
+    vni: int | None = None  # VXLAN: the network identifier (the outer header is ips[0])
+    vxlan_sport: int | None = None  # VXLAN: the outer UDP ports
+    vxlan_dport: int | None = None
+    inner_eth_src: str | None = None  # VXLAN: the inner Ethernet frame's MACs
+    inner_eth_dst: str | None = None
     raw: bytes = field(default=b"", repr=False)  # the frame as captured
     linktype: int = 1
     _pkt: Any = field(default=None, repr=False, compare=False)
@@ -129,8 +139,15 @@ class Frame:
 
     @property
     def encapsulated(self) -> bool:
-        """True for IP-in-IP (protocol 4) frames."""
+        """True for IP-in-IP (protocol 4) and VXLAN frames."""
         return len(self.ips) > 1
+
+    @property
+    def encap(self) -> str | None:
+        """"ipip", "vxlan" or None (not encapsulated)."""
+        if len(self.ips) < 2:
+            return None
+        return "vxlan" if self.vni is not None else "ipip"
 
     @property
     def l4_name(self) -> str:
@@ -154,7 +171,13 @@ class Frame:
             return f"ARP op {self.arp_op} {self.arp_psrc} > {self.arp_pdst}"
         if not self.ips:
             return f"{self.other or 'non-IP frame'} ({self.size} bytes)"
-        parts = [f"IP {hdr.src} > {hdr.dst} ipip:" for hdr in self.ips[:-1]]
+        if self.vni is not None:
+            outer = self.ips[0]
+            parts = [f"IP {outer.src}.{self.vxlan_sport} > {outer.dst}.{self.vxlan_dport} VXLAN vni {self.vni} "
+                     f"{self.inner_eth_src} > {self.inner_eth_dst}:"]
+            parts += [f"IP {hdr.src} > {hdr.dst} ipip:" for hdr in self.ips[1:-1]]
+        else:
+            parts = [f"IP {hdr.src} > {hdr.dst} ipip:" for hdr in self.ips[:-1]]
         parts.append(self._l4_summary())
         return " ".join(parts)
 
@@ -286,6 +309,9 @@ def _decode_bytes(index: int, time: float, source: str, data: bytes, linktype: i
     elif proto == 17 and end >= l4 + 8:
         fr.sport, fr.dport = struct.unpack_from("!HH", data, l4)
         fr.payload = data[l4 + 8:end]
+        if (fr.dport in VXLAN_PORTS and len(ips) == 1 and end >= l4 + 8 + 8 + 14
+                and data[l4 + 8] & 0x08):  # the VXLAN header's I flag: a valid VNI follows
+            _vxlan(fr, data[l4 + 16:end], index, time, source)
     elif proto == 1 and version == 4 and end >= l4 + 4:
         fr.icmp_type, fr.icmp_code = data[l4], data[l4 + 1]
         if fr.icmp_type in (0, 8) and end >= l4 + 8:
@@ -299,6 +325,21 @@ def _decode_bytes(index: int, time: float, source: str, data: bytes, linktype: i
             fr.quoted = IpHeader(_ip4(data[q + 12:q + 16]), _ip4(data[q + 16:q + 20]), qproto,
                                  qttl, qtot, bool(qfrag & 0x4000), 4)
     return fr
+
+
+def _vxlan(fr: Frame, inner: bytes, index: int, time: float, source: str) -> None:
+    """Fill ``fr`` (a UDP/4789 frame) from its VXLAN payload: VNI, inner MACs, inner packet."""
+    vni = int.from_bytes(fr.payload[4:7], "big")
+    sub = _decode_bytes(index, time, source, inner, 1)
+    fr.vni, fr.vxlan_sport, fr.vxlan_dport = vni, fr.sport, fr.dport
+    fr.inner_eth_src, fr.inner_eth_dst = sub.eth_src, sub.eth_dst
+    fr.ips = fr.ips + sub.ips
+    fr.sport, fr.dport, fr.tcp_flags, fr.seq, fr.ack = sub.sport, sub.dport, sub.tcp_flags, sub.seq, sub.ack
+    fr.payload = sub.payload
+    fr.icmp_type, fr.icmp_code, fr.icmp_mtu = sub.icmp_type, sub.icmp_code, sub.icmp_mtu
+    fr.icmp_id, fr.icmp_seq, fr.quoted = sub.icmp_id, sub.icmp_seq, sub.quoted
+    if not sub.ips:
+        fr.other = f"VXLAN vni {vni} carrying {sub.describe()}"
 
 
 def _scapy_dissect(data: bytes, linktype: int) -> Any:
@@ -595,6 +636,33 @@ def ipip(outer_src: str | None = None, outer_dst: str | None = None,
                  and _hdr_match(f.outer, os_, od, None) and _hdr_match(f.inner, is_, id_, None))
 
 
+def vxlan(outer_src: str | None = None, outer_dst: str | None = None,
+          inner_src: str | None = None, inner_dst: str | None = None, *, vni: int | None = None,
+          inner_mac_src: str | None = None, inner_mac_dst: str | None = None,
+          port: int | None = None) -> Match:
+    """A VXLAN packet (UDP to ``port``, default any of :data:`VXLAN_PORTS`) with these outer
+    (node) addresses, VNI, inner Ethernet MACs and inner (pod) addresses."""
+    os_, od = _addr_test(outer_src), _addr_test(outer_dst)
+    is_, id_ = _addr_test(inner_src), _addr_test(inner_dst)
+    parts = [f"VXLAN {_hdr_desc(outer_src, outer_dst)}"]
+    if port is not None:
+        parts.append(f"port {port}")
+    if vni is not None:
+        parts.append(f"vni {vni}")
+    if inner_mac_src or inner_mac_dst:
+        parts.append(f"ether {inner_mac_src or '*'} > {inner_mac_dst or '*'}")
+    parts.append(f"carrying {_hdr_desc(inner_src, inner_dst)}")
+
+    def pred(f: Frame) -> bool:
+        return (f.vni is not None and len(f.ips) > 1 and (port is None or f.vxlan_dport == port)
+                and (vni is None or f.vni == vni)
+                and (inner_mac_src is None or (f.inner_eth_src or "").lower() == inner_mac_src.lower())
+                and (inner_mac_dst is None or (f.inner_eth_dst or "").lower() == inner_mac_dst.lower())
+                and _hdr_match(f.outer, os_, od, 17) and _hdr_match(f.inner, is_, id_, None))
+
+    return Match(" ".join(parts), pred)
+
+
 def between(a: str, b: str) -> Match:
     """Innermost IP header between ``a`` and ``b``, either direction."""
     ta, tb = _addr_test(a), _addr_test(b)
@@ -777,6 +845,47 @@ def assert_dropped(client_side: Trace | str | os.PathLike[str], server_side: Tra
                                                 "server node's tunnel")
     recent(_trace(server_side)).expect_none(syn, what=f"a SYN {client} -> {server}:{port} reaching the server "
                                                       "(policy should have dropped it)")
+    return got
+
+
+def assert_vxlan(cap: Trace | str | os.PathLike[str], *, outer_src: str, outer_dst: str,
+                 inner_src: str | None = None, inner_dst: str | None = None, vni: int | None = 4096,
+                 inner_mac_src: str | None = None, inner_mac_dst: str | None = None,
+                 port: int | None = 4789, no_plain: Iterable[str] | None = None,
+                 at_least: int = 1) -> list[Frame]:
+    """VXLAN packets on this interface: UDP to ``port`` between the nodes ``outer_src`` and
+    ``outer_dst``, VNI ``vni``, an inner Ethernet frame between the tunnel MACs, and the pod
+    packet ``inner_src`` > ``inner_dst`` inside.
+
+    Also asserts that no un-encapsulated packet travels between the inner addresses, none
+    to/from any network in ``no_plain``, and no IPIP.
+    """
+    tr = _trace(cap)
+    got = tr.expect(vxlan(outer_src, outer_dst, inner_src, inner_dst, vni=vni, inner_mac_src=inner_mac_src,
+                          inner_mac_dst=inner_mac_dst, port=port), at_least=at_least)
+    if inner_src and inner_dst:
+        tr.expect_none(plain(inner_src, inner_dst) | plain(inner_dst, inner_src),
+                       what=f"un-encapsulated pod traffic between {inner_src} and {inner_dst}")
+        tr.expect_none(ipip(inner_src=inner_src, inner_dst=inner_dst), what="IPIP instead of VXLAN")
+    for net in [no_plain] if isinstance(no_plain, str) else (no_plain or ()):
+        tr.expect_none(plain(net=net), what=f"un-encapsulated traffic to or from {net}")
+    return got
+
+
+def assert_routed(cap: Trace | str | os.PathLike[str], src: str, dst: str, *, eth_dst: str | None = None,
+                  at_least: int = 1) -> list[Frame]:
+    """Plain routing, no encapsulation: the pod packets ``src`` > ``dst`` cross this
+    interface as they are (pod addresses in the only IP header; to the MAC ``eth_dst``,
+    e.g. the next node's, if given), and nothing carries them in IPIP or VXLAN."""
+    tr = _trace(cap)
+    m = plain(src, dst)
+    if eth_dst is not None:
+        m = m & Match(f"to ether {eth_dst}", lambda f: (f.eth_dst or "").lower() == eth_dst.lower())
+    got = tr.expect(m, at_least=at_least, what=f"routed (un-encapsulated) packets {src} > {dst}"
+                    + (f" to {eth_dst}" if eth_dst else ""))
+    tr.expect_none(Match(f"encapsulated packets between {src} and {dst}",
+                         lambda f: f.encapsulated and between(src, dst)(f)),
+                   what=f"IPIP or VXLAN carrying {src} <-> {dst} (expected plain routing)")
     return got
 
 

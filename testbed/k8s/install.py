@@ -79,7 +79,7 @@ class InstallSettings:
         if self.vxlan_mode not in IPIP_MODES:
             raise InstallError(f"vxlan_mode: {self.vxlan_mode!r} is not one of {', '.join(IPIP_MODES)}")
         if self.ipip_mode != "Never" and self.vxlan_mode != "Never":
-            raise InstallError("vxlan_mode: IPIP and VXLAN cannot both be enabled on one pool")
+            raise InstallError("vxlan_mode: Cannot enable both VXLAN and IPIP on the same IPPool")
         if not isinstance(self.health_port, int) or not 1 <= self.health_port <= 65535:
             raise InstallError(f"health_port: {self.health_port!r} is not a TCP port")
         try:

@@ -308,7 +308,7 @@ def status(name: str | None = None) -> dict:
                                              timeout=1.0)
                 if isinstance(body, dict):
                     node.update(datapath=body.get("datapath"), datapath_note=body.get("datapath_note"),
-                                bpf=body.get("bpf"), ready=body.get("ready"),
+                                bpf=body.get("bpf"), encap=body.get("encap"), ready=body.get("ready"),
                                 live=body.get("live"), tunnel_address=body.get("tunnel_address"),
                                 bgp=body.get("bgp"), last_error=body.get("last_error"),
                                 unimplemented=body.get("unimplemented") or [])
@@ -318,6 +318,8 @@ def status(name: str | None = None) -> dict:
             except OSError as exc:
                 node["agent"] = f"health port unreachable ({exc.strerror or exc})"
         out["nodes"].append(node)
+    if st.get("cni_installed"):
+        _check_dataplane(st, out["nodes"])
     out["health"] = health(out, agents_expected=bool(st.get("cni_installed")))
     return out
 
@@ -360,13 +362,35 @@ def describe_service(name: str, svc: dict) -> str:
     return f"{name}(crashed: {describe_exit(svc.get('exit'))}" + (f", {count}" if n else "") + ")"
 
 
+def _check_dataplane(st: dict, nodes: list[dict]) -> None:
+    """Each running node's routes and tunnel devices against its pools' modes
+    (:mod:`testbed.lab.dataplane`): ``dataplane`` is "ok", "degraded" (with ``missing``: what
+    it lacks) or why it could not be read."""
+    from testbed.lab import dataplane
+
+    names = [n["name"] for n in nodes if n["agent"] in ("ready", "not ready")]
+    try:
+        found = dataplane.check(st, names)
+    except Exception as exc:  # noqa: BLE001 - status reports what it could not read
+        for n in nodes:
+            n["dataplane"], n["missing"] = f"not read ({type(exc).__name__}: {exc})", []
+        return
+    for n in nodes:
+        missing = found.get(n["name"])
+        n["dataplane"] = "-" if missing is None else ("degraded" if missing else "ok")
+        n["missing"] = missing or []
+
+
 def health(info: dict, agents_expected: bool = False) -> dict:
     """The lab's verdict from a :func:`status` dict: ``broken`` (a service exited, a
     calico-node does not answer or is not live, its dataplane or BGP reports an error),
-    ``not ready`` (an agent not ready yet, BGP sessions not all Established) or
+    ``degraded`` (a node's routes do not cover every remote block, or its tunnel device is
+    missing, while its agent is ready and its BGP sessions are up), ``not ready`` (an agent
+    not ready yet, BGP sessions not all Established: routes may still be coming) or
     ``healthy``; with the problems, each naming its node."""
     broken: list[str] = []
     waiting: list[str] = []
+    degraded: list[str] = []
     for n in info["nodes"]:
         name = n["name"]
         for sname, svc in sorted(n["services"].items()):
@@ -390,5 +414,9 @@ def health(info: dict, agents_expected: bool = False) -> dict:
             down = [str(p.get("address") or p.get("name")) for p in peers if p.get("info") != "Established"]
             if down:
                 waiting.append(f"{name}: BGP not established with {', '.join(down)}")
-    state = "broken" if broken else ("not ready" if waiting else "healthy")
-    return {"state": state, "problems": broken + waiting}
+        missing = n.get("missing") or []
+        converging = n.get("agent") != "ready" or any(p.startswith(f"{name}: BGP not established")
+                                                      for p in waiting)
+        (waiting if converging else degraded).extend(missing)
+    state = "broken" if broken else ("degraded" if degraded else ("not ready" if waiting else "healthy"))
+    return {"state": state, "problems": broken + degraded + waiting}

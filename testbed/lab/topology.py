@@ -52,7 +52,7 @@ from typing import Any
 
 import yaml
 
-from datastore.inventory import Support, findings, works, works_for
+from datastore.inventory import Support, findings, works
 
 __all__ = [
     "TopologyError", "Segment", "RouterInterface", "Router", "NodeSpec", "ExternalHost",
@@ -121,9 +121,9 @@ TOPOLOGY_FIELDS: dict[str, Support] = {
                               _T_WALK + "test_cross_node_flow_is_ipip"),
     "calico.pool.blockSize": works("tests/unit/test_install_manifest.py::test_settings_from_lab_state_use_topology"),
     "calico.pool.ipipMode": works(_T_MODEL + "test_crosssubnet_routed", _T_WALK + "test_cross_node_flow_is_ipip"),
-    "calico.pool.vxlanMode": works_for(
-        ("Never",), _T_WALK + "test_cross_node_flow_is_ipip", sample="Always",
-        note="VXLAN is not built (no vxlan.calico device, no VXLAN routes): a lab cannot run it"),
+    "calico.pool.vxlanMode": works(_T_MODEL + "test_mode_topologies",
+                                   "tests/lab/test_modes_vxlan.py::test_vxlan_crosssubnet_without_bgp_four_flows",
+                                   note="Always/CrossSubnet run calico-node without BGP (calico_backend: vxlan)"),
     "calico.pool.natOutgoing": works(_T_WALK + "test_pod_to_internet_is_masqueraded"),
     "calico.bgp.mesh": works(_T_LIFE + "test_topology_bgp_settings_become_calico_resources",
                              "tests/lab/test_lab_rr.py::test_route_reflector_sessions_routes_and_pods"),
@@ -914,7 +914,7 @@ def _calico(doc: _Doc, data: Any, segs: list[Segment], node_names: set[str],
     ipip = p.choice("ipipMode", "Always", ENCAP_MODES)
     vxlan = p.choice("vxlanMode", "Never", ENCAP_MODES)
     if ipip != "Never" and vxlan != "Never":
-        raise doc.err(p.sub("vxlanMode"), "ipipMode and vxlanMode cannot both be enabled")
+        raise doc.err(p.sub("vxlanMode"), "Cannot enable both VXLAN and IPIP on the same IPPool")
     pool = PoolSpec(cidr, block, ipip, vxlan, p.bool("natOutgoing", True))
 
     b = _Reader(doc, c.raw("bgp", {}), ("calico", "bgp"), _keys("calico.bgp"))

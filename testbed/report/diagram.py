@@ -151,13 +151,24 @@ class LabModel:
         return [Session(a, b) for i, a in enumerate(ns) for b in ns[i + 1:]]
 
     def tunnel_pairs(self) -> list[tuple[str, str]]:
-        """The IPIP tunnels drawn (all node pairs when none were given and mode is IPIP)."""
+        """The tunnels drawn (when none were given: every node pair in an IPIP or VXLAN
+        mode; with CrossSubnet, the pairs on different segments)."""
         if self.tunnels is not None:
             return self.tunnels
-        if "IPIP" not in self.mode:
+        if self.tunnel_kind is None:
             return []
-        ns = [n.name for n in self.nodes]
-        return [(a, b) for i, a in enumerate(ns) for b in ns[i + 1:]]
+        cross = "CrossSubnet" in self.mode
+        ns = self.nodes
+        return [(a.name, b.name) for i, a in enumerate(ns) for b in ns[i + 1:]
+                if not cross or a.segment != b.segment]
+
+    @property
+    def tunnel_kind(self) -> str | None:
+        """"VXLAN", "IPIP" or None (no encapsulation), from the mode."""
+        for kind in ("VXLAN", "IPIP"):
+            if kind in self.mode:
+                return kind
+        return None
 
     def node(self, name: str) -> NodeBox:
         """The node called ``name``."""
@@ -187,20 +198,18 @@ class LabModel:
     def from_topology(cls, topo: Any) -> LabModel:
         """Nodes, segments, routers and external hosts of a :class:`testbed.lab.topology.Topology`
         (no pods or blocks yet: fill them in from the running lab)."""
+        from testbed.modes import Mode
+
         pool = topo.calico.pool
-        if pool.ipip_mode != "Never":
-            mode = f"IPIP {pool.ipip_mode}"
-        elif pool.vxlan_mode != "Never":
-            mode = f"VXLAN {pool.vxlan_mode}"
-        else:
-            mode = "BGP, no encapsulation"
+        mode = Mode(pool.ipip_mode, pool.vxlan_mode).name
         hosts = [HostBox(r.name, {i.segment: str(i.address) for i in r.interfaces}, "router")
                  for r in topo.routers]
         hosts += [HostBox(e.name, {e.segment: str(e.address)}, "external") for e in topo.external]
         return cls(name=topo.name,
                    nodes=[NodeBox(n.name, str(n.address), n.segment, n.role) for n in topo.nodes],
                    segments=[Segment(s.name, str(s.cidr)) for s in topo.segments],
-                   hosts=hosts, bgp=None if topo.calico.bgp.mesh else [],
+                   hosts=hosts, bgp=None if topo.calico.bgp.mesh and
+                   topo.calico_node_env()["CALICO_NETWORKING_BACKEND"] == "bird" else [],
                    pool=str(pool.cidr), mode=mode)
 
 
@@ -300,7 +309,7 @@ def render_lab_svg(model: LabModel, highlight: Iterable[str] = ()) -> str:
             out.append("</g>")
             py += POD_H + 6
         out.append("</g>")
-    # IPIP tunnels: dashed arcs below the nodes, between tunl0 ports
+    # tunnels (IPIP or VXLAN): dashed arcs below the nodes, between the tunnel devices
     bottom = top + node_h
     for a, b in model.tunnel_pairs():
         x1, x2 = sorted((centers[a] - NODE_W / 4, centers[b] - NODE_W / 4))
@@ -310,8 +319,8 @@ def render_lab_svg(model: LabModel, highlight: Iterable[str] = ()) -> str:
                    f"d='M {x1:.0f} {bottom} C {x1:.0f} {bottom + h * 1.3:.0f} {x2:.0f} "
                    f"{bottom + h * 1.3:.0f} {x2:.0f} {bottom}' fill='none' "
                    f"stroke='{COLORS['tunnel']}' stroke-width='2' stroke-dasharray='5 4'/>")
-        out.append(_t((x1 + x2) / 2, bottom + h + 12, "IPIP", 9, "middle", color=COLORS["tunnel"],
-                      cls="tunnel-label"))
+        out.append(_t((x1 + x2) / 2, bottom + h + 12, model.tunnel_kind or "tunnel", 9, "middle",
+                      color=COLORS["tunnel"], cls="tunnel-label"))
     # segments and attachments
     for s in segs:
         y = seg_y[s.name]
@@ -433,6 +442,6 @@ def _iface_color(iface: str) -> str:
         return COLORS["drop"]
     if iface.startswith("cali"):
         return COLORS["pod"]
-    if iface.startswith("tunl"):
+    if iface.startswith(("tunl", "vxlan")):
         return COLORS["tunnel"]
     return COLORS["bgp"]

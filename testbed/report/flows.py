@@ -69,6 +69,7 @@ class FlowResult:
     #: a flow that policy denied: (node, what dropped it, e.g. "filter cali-tw-calie1.. rule 9
     #: (-j DROP, "Drop if no policies passed packet"): 3 packet(s)")
     drop: tuple[str, str] | None = None
+    mode: str = ""  # how the flow crossed between nodes, e.g. "VXLAN Always: encapsulated"
 
     def ladder_rows(self) -> list[LadderRow]:
         """The hops as ladder rows; a denied flow ends with the drop, on its node's iptables."""
@@ -202,7 +203,7 @@ pre.err{background:#ffebee;border:1px solid #ef9a9a;padding:8px;white-space:pre-
 
 
 def _iface_class(iface: str) -> str:
-    for pfx, cls in (("cali", "cali"), ("tunl", "tunl"), ("eth", "eth")):
+    for pfx, cls in (("cali", "cali"), ("tunl", "tunl"), ("vxlan", "tunl"), ("eth", "eth")):
         if iface.startswith(pfx):
             return cls
     return "other"
@@ -247,6 +248,8 @@ def render_html(flows: Sequence[FlowResult], lab: LabModel | None = None, *,
         status = "ok" if f.ok else "fail"
         out.append(f"<p>result: <span class='{status}'>{'ok' if f.ok else 'FAIL'}</span> "
                    f"{_e(f.result)}</p>")
+        if f.mode:
+            out.append(f"<p class='mode'>network mode: {_e(f.mode)}</p>")
         if f.error:
             out.append(f"<pre class='err'>{_e(f.error)}</pre>")
         if lab is not None and f.highlight:
@@ -255,7 +258,8 @@ def render_html(flows: Sequence[FlowResult], lab: LabModel | None = None, *,
         if f.hops:
             t0 = f.hops[0].time
             out.append("<div class='figure'>" + _svg_inline(
-                render_ladder_svg(f.ladder_rows(), f.ladder_columns())) + "</div>")
+                render_ladder_svg(f.ladder_rows(), f.ladder_columns(),
+                                  title=f"{f.name} · {f.mode}" if f.mode else "")) + "</div>")
             out.append("<table class='hops'><tr><th>#</th><th>time</th><th>node</th>"
                        "<th>interface</th><th>packet</th><th>file:frame</th></tr>")
             for i, h in enumerate(f.hops, start=1):
@@ -305,12 +309,15 @@ def render_markdown(flows: Sequence[FlowResult], lab: LabModel | None = None, *,
         if f.description:
             out += [f.description, ""]
         out.append(f"result: **{'ok' if f.ok else 'FAIL'}** {f.result}")
+        if f.mode:
+            out.append(f"\nnetwork mode: {f.mode}")
         if f.error:
             out += ["", "```", f.error, "```"]
         if f.hops:
             t0 = f.hops[0].time
             name = f"flow-{f.name}.svg"
-            files[name] = render_ladder_svg(f.ladder_rows(), f.ladder_columns())
+            files[name] = render_ladder_svg(f.ladder_rows(), f.ladder_columns(),
+                                            title=f"{f.name} · {f.mode}" if f.mode else "")
             out += ["", f"![{f.name} hop by hop]({pre}{name})", "",
                     "| # | time | node | interface | packet |", "|---|---|---|---|---|"]
             for i, h in enumerate(f.hops, start=1):

@@ -37,3 +37,19 @@ def test_patch_must_be_a_json_object():
         parse_patch("spec: {}")
     with pytest.raises(PatchError, match="JSON object"):
         parse_patch("[1]")
+
+
+def test_patching_an_ippool_mode_and_both_modes_refused_with_calicos_message():
+    from datastore.errors import ValidationError
+    from datastore.resources import IPPool, Metadata
+    from testbed.calicoctl.patch import patched
+
+    pool = IPPool(metadata=Metadata(name="default-ipv4-ippool"), spec=IPPool.Spec(cidr="192.168.0.0/16",
+                                                                                   ipip_mode="Always"))
+    pool.apply_defaults()
+    vx = patched(pool, parse_patch('{"spec":{"ipipMode":"Never","vxlanMode":"Always"}}'))
+    vx.validate()
+    assert (vx.spec.ipip_mode, vx.spec.vxlan_mode, vx.spec.cidr) == ("Never", "Always", "192.168.0.0/16")
+    both = patched(pool, parse_patch('{"spec":{"vxlanMode":"CrossSubnet"}}'))
+    with pytest.raises(ValidationError, match="Cannot enable both VXLAN and IPIP on the same IPPool"):
+        both.validate()

@@ -114,14 +114,16 @@ def test_disable_bgp_export_cross_subnet_vxlan_and_borrowed():
     st.pools["vx"] = pool("vx", "10.70.0.0/16", ipip="Never", vxlan_mode="Always")
     st.affinities["q"] = aff("k8s-w0", "10.50.0.0/26")
     st.blocks["b"] = IPAMBlock(metadata=Metadata(name="192.168.2.0-26"), spec=IPAMBlock.Spec(
-        cidr="192.168.2.0/26", affinity="host:k8s-m", allocations=[0, None, 1],
+        cidr="192.168.2.0/26", affinity="host:k8s-m", allocations=[0, None, 1, 2],
         attributes=[AllocationAttribute("h0", {"node": "k8s-m"}),
-                    AllocationAttribute("h1", {"node": "k8s-w0"})]))
+                    AllocationAttribute("h1", {"node": "k8s-w0"}),
+                    AllocationAttribute("vxlan-tunnel-addr-k8s-w0", {"node": "k8s-w0", "type": "vxlanTunnelAddress"})]))
     cfg = compute("k8s-w0", st)
     orig = dict(cfg.originate)
     assert orig[N("10.50.0.0/26")] is True                    # blackholed ...
     assert N("10.50.0.0/16") not in cfg.export_pools          # ... but never exported
     assert orig[N("192.168.2.2/32")] is False                 # borrowed /32, no blackhole
+    assert N("192.168.2.3/32") not in orig                    # a borrowed tunnel address is no workload
     assert cfg.kernel.cross_subnet_pools == (N("10.60.0.0/16"),)
     assert cfg.kernel.reject_pools == (N("10.70.0.0/16"),)
 

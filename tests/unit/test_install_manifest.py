@@ -102,7 +102,7 @@ def test_bad_settings_are_named(field, value, message):
 
 
 def test_both_encapsulations_refused():
-    with pytest.raises(InstallError, match="IPIP and VXLAN"):
+    with pytest.raises(InstallError, match="Cannot enable both VXLAN and IPIP"):
         render(InstallSettings(etcd_endpoints=["http://127.0.0.1:2379"], vxlan_mode="Always"))
 
 

@@ -60,3 +60,35 @@ def test_a_supervised_service_that_just_exited_is_restarting_not_crashed():
     rec = {"pid": 4242, "start": 1, "exit": None, "restarts": 0, "restart_policy": "systemd Restart=always"}
     svc = service_status(rec, now=0.0, alive=False)
     assert svc["state"] == "restarting" and describe_service("kubelet", svc) == "kubelet(exited, restart pending)"
+
+
+def test_missing_routes_or_tunnel_make_a_ready_node_degraded_and_a_converging_one_not_ready():
+    gone = ["w0: tunnel device vxlan.calico is missing (VXLAN Always)",
+            "w0: no route to 192.168.2.0/24 (w1's block, VXLAN Always)"]
+    h = health({"nodes": [node("m"), node("w0", missing=gone)]})
+    assert h == {"state": "degraded", "problems": gone}
+    # while BGP is still coming up, missing routes are expected: not ready, not degraded
+    h = health({"nodes": [node("w0", peers=[("a", "Connect")], missing=gone)]})
+    assert h["state"] == "not ready" and gone[1] in h["problems"]
+    # a broken lab stays broken
+    assert health({"nodes": [node("m", running=False, agent="x"), node("w0", missing=gone)]})["state"] == "broken"
+
+
+def test_status_command_prints_degraded_nodes_and_exits_1(monkeypatch, capsys):
+    from testbed import cli
+    from testbed.lab import lifecycle
+
+    gone = ["k8s-w1: tunnel device vxlan.calico is missing (VXLAN Always)"]
+    nodes = [node("k8s-w0", datapath="kernel", encap="vxlan", dataplane="ok", role="worker", address="172.30.0.11",
+                  netns="l-k8s-w0"),
+             node("k8s-w1", datapath="kernel", encap="vxlan", dataplane="degraded", missing=gone, role="worker",
+                  address="172.30.0.12", netns="l-k8s-w1")]
+    info = {"lab": "l", "phase": "running", "etcd_endpoints": ["http://172.30.0.10:2379"], "supervisor": 1,
+            "nodes": nodes, "skipped": [], "others": []}
+    info["health"] = health(info)
+    monkeypatch.setattr(lifecycle, "status", lambda lab: info)
+    assert cli._status("l", False) == 1
+    out = capsys.readouterr().out
+    assert "status: DEGRADED: k8s-w1: tunnel device vxlan.calico is missing (VXLAN Always)" in out
+    rows = {ln.split()[0]: ln for ln in out.splitlines() if ln.startswith("k8s-w")}
+    assert rows["k8s-w1"].rstrip().endswith("degraded") and "vxlan (kernel)" in rows["k8s-w1"]

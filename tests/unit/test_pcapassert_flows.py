@@ -374,3 +374,69 @@ def test_load_ignores_a_last_record_still_being_written(tmp_path):
     cut = tmp_path / "n-cut.pcap"
     cut.write_bytes(data[:-5])
     assert len(pa.load(cut)) == 5
+
+
+# -- VXLAN and plain routing (issue 14) ----------------------------------------------------------
+
+VTEP_A, VTEP_B = "66:5a:10:2b:3c:4d", "66:5b:20:3c:4d:5e"
+
+
+def vxlan_wrap(pkts: list, src: str = NODE_A, dst: str = NODE_B, vni: int = 4096) -> list:
+    from scapy.layers.inet import UDP
+    from scapy.layers.vxlan import VXLAN
+
+    return [Ether(src=MAC_A, dst=MAC_B) / IP(src=src, dst=dst) / UDP(sport=51234, dport=4789)
+            / VXLAN(vni=vni, flags=0x08) / Ether(src=VTEP_A, dst=VTEP_B) / p for p in pkts]
+
+
+def test_vxlan_frames_decode_outer_vni_inner_ethernet_and_pod_packet(tmp_path):
+    path = write(tmp_path, "k8s-w1-eth0", vxlan_wrap(http_exchange(POD_A, POD_B)))
+    frames = pa.load(path).frames
+    f = frames[0]
+    assert f.encap == "vxlan" and f.vni == 4096 and (f.vxlan_sport, f.vxlan_dport) == (51234, 4789)
+    assert (f.outer.src, f.outer.dst, f.outer.proto) == (NODE_A, NODE_B, 17)
+    assert (f.inner.src, f.inner.dst, f.tcp_flags, f.dport) == (POD_A, POD_B, "S", 80)
+    assert (f.inner_eth_src, f.inner_eth_dst) == (VTEP_A, VTEP_B)
+    assert f.describe().startswith(f"IP {NODE_A}.51234 > {NODE_B}.4789 VXLAN vni 4096 {VTEP_A} > {VTEP_B}: "
+                                   f"IP {POD_A}.40000 > {POD_B}.80 TCP [S]")
+    got = pa.assert_vxlan(path, outer_src=NODE_A, outer_dst=NODE_B, inner_src=POD_A, inner_dst=POD_B,
+                          vni=4096, inner_mac_src=VTEP_A, inner_mac_dst=VTEP_B, no_plain="192.168.0.0/16")
+    assert len(got) >= 3
+    pa.assert_http_exchange(path, POD_A, POD_B)  # inner headers, as through IPIP
+    assert not pa.ipip()(f) and not pa.plain()(f)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(vni=7), "vni 7"),
+    (dict(inner_mac_src="66:00:00:00:00:01"), "ether 66:00:00:00:00:01"),
+    (dict(outer_src=NODE_B), f"VXLAN {NODE_B} > {NODE_B}"),
+    (dict(inner_dst="192.168.9.9"), "carrying 192.168.1.2 > 192.168.9.9"),
+])
+def test_assert_vxlan_fails_naming_what_differs(tmp_path, bad, match):
+    path = write(tmp_path, "eth0", vxlan_wrap(http_exchange(POD_A, POD_B)))
+    kw = dict(outer_src=NODE_A, outer_dst=NODE_B, inner_src=POD_A, inner_dst=POD_B, vni=4096,
+              inner_mac_src=VTEP_A, inner_mac_dst=VTEP_B)
+    kw.update(bad)
+    with pytest.raises(pa.CaptureAssertionError, match=match):
+        pa.assert_vxlan(path, **kw)
+
+
+def test_assert_vxlan_fails_on_ipip_and_plain_traffic(tmp_path):
+    ipip = write(tmp_path, "ipip", ipip_wrap(http_exchange(POD_A, POD_B)))
+    with pytest.raises(pa.CaptureAssertionError, match="VXLAN"):
+        pa.assert_vxlan(ipip, outer_src=NODE_A, outer_dst=NODE_B, inner_src=POD_A, inner_dst=POD_B)
+    mixed = write(tmp_path, "mixed", vxlan_wrap(http_exchange(POD_A, POD_B))
+                  + [Ether(src=MAC_A, dst=MAC_B) / p for p in http_exchange(POD_A, POD_B, sport=40001)])
+    with pytest.raises(pa.CaptureAssertionError, match="un-encapsulated pod traffic"):
+        pa.assert_vxlan(mixed, outer_src=NODE_A, outer_dst=NODE_B, inner_src=POD_A, inner_dst=POD_B)
+
+
+def test_assert_routed_sees_pod_addresses_on_the_wire_and_refuses_encapsulation(tmp_path):
+    routed = write(tmp_path, "routed", [Ether(src=MAC_A, dst=MAC_B) / p for p in http_exchange(POD_A, POD_B)])
+    assert len(pa.assert_routed(routed, POD_A, POD_B, eth_dst=MAC_B)) >= 3
+    with pytest.raises(pa.CaptureAssertionError, match="to 02:00:00:00:00:0c"):
+        pa.assert_routed(routed, POD_A, POD_B, eth_dst="02:00:00:00:00:0c")
+    for wrapped in (vxlan_wrap(http_exchange(POD_A, POD_B)), ipip_wrap(http_exchange(POD_A, POD_B))):
+        path = write(tmp_path, "enc", wrapped + [Ether(src=MAC_A, dst=MAC_B) / IP(src=POD_A, dst=POD_B) / ICMP()])
+        with pytest.raises(pa.CaptureAssertionError, match="expected plain routing"):
+            pa.assert_routed(path, POD_A, POD_B)

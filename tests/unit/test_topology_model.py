@@ -66,7 +66,8 @@ def test_crosssubnet_routed():
     assert t.calico.pool.ipip_mode == "CrossSubnet"
     assert t.routes_of("k8s-w1")[0].via == IPv4Address("172.30.9.1")
     assert t.interface_of("r0") == [("eth0", "lan0", IPv4Address("172.30.8.1"), 24),
-                                    ("eth1", "lan1", IPv4Address("172.30.9.1"), 24)]
+                                    ("eth1", "lan1", IPv4Address("172.30.9.1"), 24),
+                                    ("eth2", "inet", IPv4Address("203.0.113.1"), 24)]
 
 
 def test_defaults_and_name_override():
@@ -203,3 +204,23 @@ def test_missing_file_is_an_error(tmp_path):
     with pytest.raises(TopologyError) as info:
         load(tmp_path / "nope.yaml")
     assert "cannot read" in str(info.value)
+
+
+def test_mode_topologies():
+    """The modes' labs: VXLAN (BGP off, calico-vxlan.yaml), no encapsulation, CrossSubnet for both."""
+    want = {"walkthrough": ("Always", "Never", "bird"), "vxlan": ("Never", "Always", "vxlan"),
+            "noencap": ("Never", "Never", "bird"), "crosssubnet": ("CrossSubnet", "Never", "bird"),
+            "crosssubnet-vxlan": ("Never", "CrossSubnet", "vxlan")}
+    for name, (ipip, vxlan, backend) in want.items():
+        t = load(ROOT / "topologies" / f"{name}.yaml")
+        env = t.calico_node_env()
+        assert (t.calico.pool.ipip_mode, t.calico.pool.vxlan_mode, env["CALICO_NETWORKING_BACKEND"]) == (
+            ipip, vxlan, backend), name
+        assert env["CALICO_IPV4POOL_VXLAN"] == vxlan and env["CALICO_IPV4POOL_IPIP"] == ipip
+        assert [e.name for e in t.external] == ["internet"], name  # the walkthrough's four flows run there
+        assert {n.name for n in t.nodes} == {"k8s-m", "k8s-w0", "k8s-w1"}, name
+    for name in ("crosssubnet", "crosssubnet-vxlan"):
+        t = load(ROOT / "topologies" / f"{name}.yaml")
+        assert t.node("k8s-m").segment == t.node("k8s-w0").segment != t.node("k8s-w1").segment
+    with pytest.raises(TopologyError, match="Cannot enable both VXLAN and IPIP on the same IPPool"):
+        loads(BASE + "calico:\n  pool: {ipipMode: Always, vxlanMode: CrossSubnet}\n")

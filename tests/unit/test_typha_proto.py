@@ -74,3 +74,14 @@ def test_parse_address():
     assert parse_address("172.30.0.10:6000") == ("172.30.0.10", 6000)
     with pytest.raises(ValueError, match="port 'x'"):
         parse_address("h:x")
+
+
+def test_every_kind_felix_and_confd_watch_comes_through_one_syncer():
+    """Felix watches IPAM blocks (its VXLAN routes come from them), as Calico's felix syncer
+    carries them; a kind missing here would leave a Typha-fed Felix never in sync."""
+    from agent.confd.watcher import KINDS as CONFD_KINDS
+    from agent.felix.daemon import WATCH_KINDS
+    from datastore.typha import syncer_for
+
+    assert syncer_for(WATCH_KINDS) == "felix" and "IPAMBlock" in WATCH_KINDS
+    assert syncer_for(CONFD_KINDS) == "bgp"
