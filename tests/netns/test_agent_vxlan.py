@@ -157,8 +157,9 @@ def test_vxlan_mode_without_bgp_then_crosssubnet_then_off(cluster, tmp_path):
              lambda out: out.strip() == "", timeout=10, what="vxlan.calico deleted on w0")
     wait_for(lambda: c.node("w0").spec.ipv4_vxlan_tunnel_addr, lambda a: a is None, timeout=10,
              what="w0's VXLAN tunnel address released")
-    routes = run("ip", "-4", "route", netns=c.w0)
-    assert "proto 80" not in routes and "vxlan.calico" not in routes, routes
+    wait_for(lambda: run("ip", "-4", "route", netns=c.w0),
+             lambda r: "proto 80" not in r and "vxlan.calico" not in r, timeout=10,
+             what="w0 without the VXLAN manager's routes")
     assert c.ds.call(lambda: _ipam(c).ip_info(tun0))["in_use"] is False
     mtu_file = os.path.join(c.env("w0")["CALICO_VAR_LIB_DIR"], "mtu")
     wait_for(lambda: open(mtu_file).read().strip(), lambda m: m == "1500", timeout=5, what="mtu file 1500")
