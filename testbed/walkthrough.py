@@ -310,11 +310,23 @@ class Walkthrough:
         return (info.vxlan_mac if info and info.vxlan_mac else vtep_mac(node)).lower()
 
     def expected_routes(self) -> dict[str, list[str]]:
-        """Per node, the ``ip route`` text it needs towards every other node's blocks."""
+        """Per node, the ``ip route`` text it needs towards every other node's blocks: one
+        line per block affine to the other node; a node without a block yet (no encapsulation
+        and no pod: nothing to route) is expected only when the mode gives it a tunnel address,
+        which comes from a block of its own."""
+        blocks = self.block_affinities()
         out: dict[str, list[str]] = {}
         for me in sorted(self.info):
-            wants = [expected_route(self.mode, self.info[me], self.info[o]) for o in sorted(self.info) if o != me]
-            out[me] = [w.text() for w in wants if w is not None]
+            lines = []
+            for o in sorted(self.info):
+                want = expected_route(self.mode, self.info[me], self.info[o]) if o != me else None
+                if want is None:
+                    continue
+                if blocks.get(o):
+                    lines += [want.text(cidr) for cidr in sorted(blocks[o])]
+                elif self.mode.encap is not None:
+                    lines.append(want.text())
+            out[me] = lines
         return out
 
     def wait_routes(self, timeout: float = 30) -> None:
@@ -662,7 +674,7 @@ class Walkthrough:
         from testbed.report.diagram import HostBox, LabModel, NodeBox, PodBox, Segment
 
         topo = load(self.topology, name=self.lab)
-        blocks = self._blocks()
+        blocks = self.block_affinities()
         datapaths = self._datapaths()
         nodes = []
         for n in topo.nodes:
@@ -691,7 +703,8 @@ class Walkthrough:
 
         return load(self.topology, name=self.lab).calico_node_env()["CALICO_NETWORKING_BACKEND"] == "bird"
 
-    def _blocks(self) -> dict[str, list[str]]:
+    def block_affinities(self) -> dict[str, list[str]]:
+        """Node -> the CIDRs of its confirmed block affinities (calicoctl get blockaffinities)."""
         out: dict[str, list[str]] = {}
         try:
             doc = json.loads(self.calicoctl("get", "blockaffinities", "-o", "json"))
