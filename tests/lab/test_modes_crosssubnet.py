@@ -2,7 +2,7 @@
 router. The walkthrough's four flows pass, asserted on their pcaps: k8s-w0 -> k8s-w1 crosses
 the router, so it is IPIP; pod traffic inside lan0 (k8s-w0 -> k8s-m) is plainly routed, and
 the BGP routes say so (``via <node> dev eth0 proto bird`` inside the subnet, ``dev tunl0
-onlink`` across it)."""
+onlink`` across it). The MTU check across the router (tunl0's 1480)."""
 
 from __future__ import annotations
 
@@ -42,3 +42,13 @@ def test_ipip_crosssubnet_four_flows_and_same_subnet_routed(wt):
     f = Flow("same-subnet", f"pod {a.name} -> pod {m.name}", "curl")
     wt.check_wire(f, "k8s-w0", "k8s-m", a, m, ("k8s-w0", "k8s-m"))
     assert f.checks[0].startswith("plainly routed"), f.checks
+
+
+def test_ipip_crosssubnet_mtu_across_the_router(wt):
+    # k8s-w0 -> k8s-w1 crosses the router, so the path is tunl0's (host MTU - 20): a DF packet at
+    # the pod MTU passes, one byte more fails in the pod (its eth0 is 1480 as well)
+    assert wt.in_node("k8s-w0", "cat", "/var/lib/calico/mtu").strip() == "1480"
+    res = wt.mtu_probe()
+    assert (res["device"], res["tunnel_mtu"], res["pod_mtu"], res["fits"]) == ("tunl0", 1480, 1480, 1452), res
+    assert res["too_big_rc"] != 0, res
+    assert "mtu=1480" in res["too_big_output"] or "mtu = 1480" in res["too_big_output"], res
