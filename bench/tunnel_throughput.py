@@ -81,24 +81,32 @@ def routed_case(topo: Topo) -> dict:
 
 
 def vxlan_case(topo: Topo) -> dict:
-    """Pods on two nodes over the kernel's vxlan device, set up as Felix's VXLAN mode does."""
+    """Pods on two nodes over the kernel's vxlan.calico, made and filled by Felix's own VXLAN
+    manager code (:func:`agent.felix.encap.plan` -> ``ensure_vxlan_device``, ``VxlanFdb``,
+    ``VxlanRouteDriver``): VNI 4096, port 4789, MTU 1450, permanent ARP/FDB, ``<block> via
+    <vtep> dev vxlan.calico onlink``."""
+    from agent.felix import encap
+    from agent.felix.model import Block, FelixInput, HostNode, Pool
+    from agent.felix.vxlan import ensure_vxlan_device
+    from agent.felix.vxlanfdb import VxlanFdb
+    from agent.felix.vxlanroutes import VxlanRouteDriver
+    from kernel.netlink import Netlink
+
     a, b = topo.node("a"), topo.node("b")
     topo.link_nodes(a, b, "172.31.9.1/24", "172.31.9.2/24")
     pa = topo.pod(a, "192.168.10.5", "cali0a0000001", mtu=1450)
     pb = topo.pod(b, "192.168.20.7", "cali0b0000001", mtu=1450)
-    nodes = {a: ("172.31.9.1", "192.168.10.0", "66:aa:00:00:00:0a"),
-             b: ("172.31.9.2", "192.168.20.0", "66:bb:00:00:00:0b")}
-    for ns, (ip, vtep, mac) in nodes.items():
-        run("ip", "-n", ns, "link", "add", "vxlan.calico", "mtu", "1450", "address", mac, "type", "vxlan",
-            "id", "4096", "local", ip, "dev", "eth0", "dstport", "4789", "nolearning")
-        run("ip", "-n", ns, "addr", "add", f"{vtep}/32", "dev", "vxlan.calico")
-        run("ip", "-n", ns, "link", "set", "vxlan.calico", "up")
-    for ns, peer in ((a, b), (b, a)):
-        ip, vtep, mac = nodes[peer]
-        block = vtep.rsplit(".", 1)[0] + ".0/26"
-        run("ip", "-n", ns, "neigh", "add", vtep, "lladdr", mac, "dev", "vxlan.calico", "nud", "permanent")
-        run("bridge", "-n", ns, "fdb", "add", mac, "dev", "vxlan.calico", "dst", ip)
-        run("ip", "-n", ns, "route", "add", block, "via", vtep, "dev", "vxlan.calico", "onlink")
+    nodes = (HostNode("a", "172.31.9.1/24", None, "192.168.10.0"), HostNode("b", "172.31.9.2/24", None, "192.168.20.0"))
+    blocks = (Block("192.168.10.0/26", "a"), Block("192.168.20.0/26", "b"))
+    for ns, me in ((a, "a"), (b, "b")):
+        plan = encap.plan(FelixInput(hostname=me, nodes=nodes, pools=(Pool("192.168.0.0/16", vxlan_mode="Always"),),
+                                     blocks=blocks, host_mtu=1500))
+        assert plan.device is not None
+        with Netlink(ns) as k:
+            dev, parent = ensure_vxlan_device(k, plan.device)
+            VxlanFdb(k).apply(dev.index, plan.neighbours(), plan.fdb())
+            _, waiting = VxlanRouteDriver(k).apply(plan, dev.index, parent.index)
+            assert not waiting, waiting
     return {"pa": pa, "pb": pb, "ipb": "192.168.20.7"}
 
 
