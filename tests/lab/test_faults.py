@@ -9,6 +9,7 @@ test waits, with a deadline, for the cluster to come back and says what it last 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -267,9 +268,30 @@ def test_clean_finds_a_process_started_in_a_pod_netns_from_outside(lab):
     """Last: it removes the module's lab. A process joined to a pod's netns by nsenter from
     the machine (not in the lab's cgroup, without its environment) goes with the lab."""
     name = lab["name"]
-    pid = pod_pid(pods(name)["fault-b"])
-    stray = subprocess.Popen(["nsenter", f"--net=/proc/{pid}/ns/net", "--", "sleep", "600"],
-                             env={"PATH": "/usr/bin:/bin"}, start_new_session=True)
+
+    def join() -> subprocess.Popen | None:
+        # the PID is read afresh each attempt: an earlier fault may have restarted fault-b
+        pid = pod_pid(pods(name)["fault-b"])
+        try:
+            target = os.readlink(f"/proc/{pid}/ns/net")
+        except OSError:
+            return None
+        proc = subprocess.Popen(["nsenter", f"--net=/proc/{pid}/ns/net", "--", "sleep", "600"],
+                                env={"PATH": "/usr/bin:/bin"}, start_new_session=True)
+        for _ in range(40):
+            if proc.poll() is not None:
+                return None  # nsenter failed: the process went away meanwhile
+            try:
+                if os.readlink(f"/proc/{proc.pid}/ns/net") == target:
+                    return proc
+            except OSError:
+                pass
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+        return None
+
+    stray = wait_for(join, lambda p: p is not None, timeout=30, what="a process joined to fault-b's netns")
     try:
         st = labstate.read_state(name)
         report = clean_lab(name)
