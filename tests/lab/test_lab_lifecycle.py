@@ -146,6 +146,9 @@ def test_clean_after_kill_9_leaves_nothing(make_lab):
     # a stray process inside a node, as a user's tcpdump would be
     stray = subprocess.Popen(["ip", "netns", "exec", f"{lab}-w0", "sleep", "300"])
     try:
+        node_ns = os.stat(f"/run/netns/{lab}-w0").st_ino
+        wait_for(lambda: os.stat(f"/proc/{stray.pid}/ns/net").st_ino, lambda ino: ino == node_ns, timeout=5,
+                 ignore=(OSError,), what="the stray process to be inside the node's netns")
         recorded = [st["supervisor"], *[h for h in st["hosts"].values()],
                     *st["services"].values()]
         pids = [r["pid"] for r in recorded if r.get("pid")]
