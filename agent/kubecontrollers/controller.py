@@ -24,7 +24,7 @@ from agent.kubecontrollers.decisions import (
     nodes_to_clean,
     plan_gc,
 )
-from agent.kubecontrollers.kubesource import SOURCE_ERRORS, KubeSource, RegistrySource
+from agent.kubecontrollers.kubesource import SOURCE_ERRORS, SYNCED, KubeSource, RegistrySource
 from datastore import Client, errors
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,11 @@ class KubeControllers:
 
     # -- running ---------------------------------------------------------------------
     def on_kubernetes_event(self, typ: str, resource: str, obj: dict) -> None:
-        """A Node or Pod deleted in Kubernetes wakes a scan (a Node's data is cleaned at once)."""
+        """A Node or Pod deleted in Kubernetes wakes a scan (a Node's data is cleaned at once);
+        so does the watch's first full list (what went between the first scan and it)."""
+        if typ == SYNCED:
+            self.dirty.set()
+            return
         if typ != "DELETED":
             return
         if resource == "nodes":

@@ -41,7 +41,11 @@ RESOURCES = {
     "nodes": ("v1", "/registry/minions/"),
 }
 
-Handler = Callable[[str, str, dict[str, Any]], None]  # (ADDED|MODIFIED|DELETED, resource, object)
+Handler = Callable[[str, str, dict[str, Any]], None]  # (ADDED|MODIFIED|DELETED|SYNCED, resource, object)
+
+#: the event a source emits once its first full list is in: an object deleted between a
+#: caller's own list and the watch's list has no DELETED event, so the caller looks again
+SYNCED = "SYNCED"
 
 
 class KubeSource(Protocol):
@@ -51,7 +55,8 @@ class KubeSource(Protocol):
         """Every object of ``resource`` (a plural such as "pods")."""
 
     def watch(self, resources: tuple[str, ...], handler: Handler, stop: threading.Event) -> None:
-        """Call ``handler`` for every change of ``resources`` until ``stop`` is set (blocks)."""
+        """Call ``handler`` for every change of ``resources`` until ``stop`` is set (blocks);
+        ``(SYNCED, "", {})`` once the first list of every resource is in."""
 
 
 class RegistrySource:
@@ -96,6 +101,8 @@ class RegistrySource:
                             handler("MODIFIED", self._res(prefixes, key), obj)
                     for key in set(known) - set(fresh):
                         handler("DELETED", self._res(prefixes, key), known[key])
+                    if not known:
+                        handler(SYNCED, "", {})
                     known = fresh
                 for batch in self.etcd.watch("/registry/", rev + 1):
                     for ev in batch:
@@ -152,6 +159,10 @@ class ApiSource:
             inf = Informer(self.client, RESOURCES[res][0], res)
             inf.add_handler(lambda typ, obj, old, res=res: handler(typ, res, obj))
             informers.append(inf.start())
+        while not stop.is_set() and not all(inf.wait_synced(0.5) for inf in informers):
+            pass
+        if not stop.is_set():
+            handler(SYNCED, "", {})
         try:
             stop.wait()
         finally:

@@ -13,6 +13,7 @@ import pytest
 
 from agent.kubecontrollers.config import Config
 from agent.kubecontrollers.controller import KubeControllers
+from agent.kubecontrollers.kubesource import RegistrySource
 from datastore import Client
 from datastore.resources import IPPool, Metadata, Node, NodeBGPSpec, WorkloadEndpoint
 from ipam import IPAM
@@ -93,6 +94,46 @@ def test_deleted_node_loses_calico_node_affinities_ips_and_endpoints(cluster):
     tunnel0 = client.get("Node", "w0").spec.bgp.ipv4_ipip_tunnel_addr
     assert left == {str(ip0), tunnel0}
     assert client.list("WorkloadEndpoint") == []
+    assert kc.cleaned_nodes == ["w1"]
+
+
+class DeleteBeforeWatch(RegistrySource):
+    """A registry source whose watch starts only after a Node was deleted: the deletion falls
+    between the controller's first scan and its watch's first list, so no DELETED event is seen."""
+
+    def __init__(self, etcd, first_scan: threading.Event) -> None:
+        super().__init__(etcd)
+        self.first_scan = first_scan
+
+    def watch(self, resources, handler, stop):
+        self.first_scan.wait(10)
+        self.etcd.delete("/registry/minions/w1")
+        super().watch(resources, handler, stop)
+
+
+def test_node_deleted_between_first_scan_and_watch_is_still_cleaned(cluster):
+    client, ipam = cluster
+    scanned = threading.Event()
+    kc = KubeControllers(client, Config(enabled=["node"], leak_grace_period=900),
+                         source=DeleteBeforeWatch(client.etcd, scanned))
+    real_scan = kc.scan
+
+    def scan():
+        r = real_scan()
+        scanned.set()
+        return r
+
+    kc.scan = scan
+    stop = threading.Event()
+    t = threading.Thread(target=kc.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: [n.metadata.name for n in client.list("Node")], lambda v: v == ["w0"],
+                 what="Calico Node w1 removed without a DELETED event (gc interval 300 s)", timeout=10)
+    finally:
+        stop.set()
+        kc.dirty.set()
+        t.join(5)
     assert kc.cleaned_nodes == ["w1"]
 
 
