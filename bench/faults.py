@@ -15,7 +15,11 @@ For each fault it measures:
 Then the lab is taken down and checked for leftovers. Prints a table and writes JSON
 (default reports/bench/faults.json)::
 
-    sudo .venv/bin/python bench/faults.py [--json PATH] [--flap 2]
+    sudo .venv/bin/python bench/faults.py [--json PATH] [--flap 2] [--soak 1000] [--soak-batch 50]
+
+The last row is the churn soak (:mod:`testbed.lab.soak`): ``--soak`` pod create/delete
+cycles across the workers while the pings go on; its "recovered" is the time from the last
+batch's deletion until the pods are gone and nothing is left.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from testbed.lab import faults  # noqa: E402
 from testbed.lab import lifecycle as labmod  # noqa: E402
 from testbed.lab import state as labstate  # noqa: E402
 from testbed.lab.clean import clean_lab  # noqa: E402
+from testbed.lab.footprint import LabCluster  # noqa: E402
+from testbed.lab.soak import soak  # noqa: E402
 from testbed.poll import WaitTimeout, wait_for  # noqa: E402
 
 BOUND = 15.0  # the issue's "converged within 15 s"
@@ -87,6 +93,20 @@ def measure(lab: str, prober: faults.Prober, name: str, node: str, inject: Calla
             "leaked": ", ".join(leaks) or "nothing", "verdict": verdict}
 
 
+def soak_row(lab: str, prober: faults.Prober, cycles: int, batch: int) -> dict:
+    """The churn soak as a row: recovered = until its pods are gone and the footprint is back;
+    probes lost = fault-a -> fault-b pings lost meanwhile; leaked = the soak's leak check."""
+    _a0, lost0, _ = prober.result()
+    res = soak(LabCluster(lab), cycles, batch, run="soak", progress=lambda m: print(f"  soak: {m}", flush=True))
+    _a1, lost1, _ = prober.result()
+    leaked = ", ".join(f"{k} {len(v)}" for k, v in res.leaks.items())
+    if res.duplicate_ips:
+        leaked = ", ".join(filter(None, [leaked, f"{len(res.duplicate_ips)} duplicate IP(s)"]))
+    return {"fault": f"{res.cycles:,}-pod churn soak ({batch} per batch, {res.row()['pods_per_s']} pods/s)",
+            "recovered_s": round(res.settle_seconds, 2), "probes_lost": lost1 - lost0,
+            "leaked": leaked or "nothing", "verdict": res.verdict, "soak": res.row()}
+
+
 def kill(lab: str, key: str) -> Callable[[], float]:
     def go() -> float:
         t = time.time()
@@ -99,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default=str(REPO / "reports" / "bench" / "faults.json"))
     ap.add_argument("--flap", type=float, default=2.0, help="seconds the uplink stays down")
+    ap.add_argument("--soak", type=int, default=1000, metavar="CYCLES",
+                    help="pod create/delete cycles of the churn soak (0: no soak row)")
+    ap.add_argument("--soak-batch", type=int, default=50, metavar="N", help="pods per soak batch")
     args = ap.parse_args(argv)
+    if args.soak < 0 or args.soak_batch < 1:
+        ap.error("--soak must be >= 0 and --soak-batch >= 1")
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
         return 2
@@ -153,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
 
             rows.append(measure(lab, prober, f"{args.flap:g} s flap of k8s-w0 eth0", "k8s-w0", flap, default_route))
             print(rows[-1], flush=True)
+            if args.soak:
+                rows.append(soak_row(lab, prober, args.soak, args.soak_batch))
+                print(rows[-1], flush=True)
         finally:
             prober.stop()
         st = labstate.read_state(lab)
