@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kernel import netns
+from testbed.poll import wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PY = os.path.join(REPO, ".venv", "bin", "python")
@@ -231,6 +232,13 @@ def say(cli: socket.socket, word: str) -> str:
     """Send ``word`` over an echo connection; what came back."""
     cli.sendall(word.encode())
     return cli.recv(4096).decode()
+
+
+def ping_until_ok(ns: str, dst: str, timeout: float = 20) -> str:
+    """Ping ``dst`` from ``ns``, one echo per try, until a reply comes back (a tunnel or the agent
+    may still be loading its routes); fails with the last ping's output at ``timeout``."""
+    return wait_for(lambda: run("ping", "-c", "1", "-W", "1", dst, netns=ns, check=False),
+                    lambda out: " 0% packet loss" in out, timeout=timeout, what=f"ping {dst} from {ns}")
 
 
 def start_etcd(topo: Topo, netns: str, address: str, port: int = 2379) -> str:

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import tempfile
+from pathlib import Path
 
 import pytest
 
 from testbed.poll import wait_for
-from tests.netns.felix_support import PY, REPO, Topo, run, start_etcd
+from tests.netns.agent_support import TwoNodes, running
+from tests.netns.felix_support import ping_until_ok, run
 from tests.netns.kdd_support import NetnsAPIServer
-from tests.netns.test_agent_twonode import ping_until_ok
-from tests.support import require_root, require_tool
 
 pytestmark = pytest.mark.netns
 
@@ -28,16 +26,15 @@ KUBEADM = ("apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nnetw
            "  podSubnet: 10.88.0.0/16\n  serviceSubnet: 10.96.0.0/12\n")
 
 
-class KddCluster:
-    def __init__(self, topo: Topo) -> None:
-        self.topo = topo
-        self.w0, self.w1 = topo.node("w"), topo.node("w")
-        topo.link_nodes(self.w0, self.w1, f"{W0}/24", f"{W1}/24")
-        self.etcd = start_etcd(topo, self.w0, W0)
-        self.dir = tempfile.mkdtemp(prefix="kdd-agent-")
-        topo.cleanup_dirs.append(self.dir)
-        from pathlib import Path
+class KddCluster(TwoNodes):
+    """The two nodes with calicolab's API server in w0 (on the etcd there), Calico's CRDs, the
+    Kubernetes Nodes and kube-system/kubeadm-config; calico-node in the Kubernetes datastore."""
 
+    addresses = (W0, W1)
+    dir_prefix = "kdd-agent-"
+    ready_timeout = 60.0
+
+    def setup(self) -> None:
         self.api = NetnsAPIServer(self.w0, Path(self.dir) / "api", self.etcd, W0)
         self.api.start()
         self.api.install_crds()
@@ -51,7 +48,6 @@ class KddCluster:
         self.api.call(kube.create, {"apiVersion": "v1", "kind": "ConfigMap",
                                     "metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
                                     "data": {"ClusterConfiguration": KUBEADM}})
-        self.procs: dict[str, subprocess.Popen] = {}
 
     def env(self, name: str, **extra: str) -> dict[str, str]:
         base = os.path.join(self.dir, name)
@@ -66,29 +62,6 @@ class KddCluster:
         })
         env.update(extra)
         return env
-
-    def start(self, name: str, ns: str, *argv: str, **env: str) -> subprocess.Popen:
-        log = open(os.path.join(self.dir, f"{name}.log"), "ab")
-        p = self.topo.spawn(ns, PY, *(argv or ("-m", "agent.main")), env=self.env(name.split("-")[0], **env),
-                            cwd=REPO, stdout=log, stderr=log)
-        self.procs[name] = p
-        return p
-
-    def log(self, name: str) -> str:
-        with open(os.path.join(self.dir, f"{name}.log")) as f:
-            return f.read()
-
-    def status(self, ns: str) -> dict:
-        out = run("curl", "-s", "-m", "2", "http://127.0.0.1:9099/status", netns=ns, check=False)
-        return json.loads(out) if out.strip() else {}
-
-    def wait_ready(self, name: str, ns: str, timeout: float = 60) -> dict:
-        def probe():
-            p = self.procs[name]
-            if p.poll() is not None:
-                raise AssertionError(f"calico-node {name} exited {p.returncode}:\n{self.log(name)[-3000:]}")
-            return self.status(ns)
-        return wait_for(probe, lambda s: s.get("ready") is True, timeout=timeout, what=f"calico-node {name} ready")
 
     def pod(self, node_ns: str, node: str, name: str) -> tuple[str, str]:
         """A Pod object with the CNI plugin's annotations (address from IPAM), and its netns wired."""
@@ -108,25 +81,14 @@ class KddCluster:
         return self.topo.pod(node_ns, str(ip), iface, route=False), str(ip)
 
     def close(self) -> None:
-        self.api.stop()
+        if hasattr(self, "api"):
+            self.api.stop()
 
 
 @pytest.fixture
 def kdd():
-    require_root()
-    require_tool("etcd")
-    require_tool("curl")
-    topo = Topo()
-    c = None
-    try:
-        c = KddCluster(topo)
+    with running(KddCluster) as c:
         yield c
-    finally:
-        if c is not None:
-            for p in c.procs.values():
-                topo.stop(p)
-            c.close()
-        topo.close()
 
 
 def test_calico_node_in_the_kubernetes_datastore(kdd):
@@ -172,7 +134,7 @@ def test_calico_node_in_the_kubernetes_datastore(kdd):
     # Typha in front: both calico-nodes restarted with FELIX_TYPHAK8SSERVICENAME; Typha (in w0)
     # holds the only API watches; its Service's Endpoints tell the nodes where it is
     for name in ("w0", "w1"):
-        c.topo.stop(c.procs.pop(name))
+        c.topo.stop(c.agents.pop(name))
     c.start("typha", c.w0, "-m", "agent.typha", TYPHA_SERVERPORT="5473")
     c.api.call(kube.create, {"apiVersion": "v1", "kind": "Service",
                              "metadata": {"name": "calico-typha", "namespace": "kube-system"},

@@ -14,131 +14,23 @@ import json
 import os
 import signal
 import subprocess
-import tempfile
 
 import pytest
 
-from datastore.conversion import namespace_to_profile
 from testbed.poll import wait_for
-from tests.netns.felix_support import PY, REPO, InNetns, Topo, echo_pair, run, start_etcd
+from tests.netns.agent_support import W0, W1, running, strip_counters
+from tests.netns.felix_support import echo_pair, ping_until_ok, run
 from tests.netns.felix_support import say as echo_say
-from tests.support import require_root, require_tool
 
 pytestmark = pytest.mark.netns
 
-W0, W1 = "172.31.9.1", "172.31.9.2"
 EXT = "203.0.113.9"
-
-
-class Cluster:
-    """Two nodes, etcd, agents, and helpers to talk to them."""
-
-    def __init__(self, topo: Topo) -> None:
-        self.topo = topo
-        self.w0, self.w1 = topo.node("w"), topo.node("w")
-        topo.link_nodes(self.w0, self.w1, f"{W0}/24", f"{W1}/24")
-        self.etcd = start_etcd(topo, self.w0, W0)
-        self.dir = tempfile.mkdtemp(prefix="felix-agent-")
-        topo.cleanup_dirs.append(self.dir)
-        self.ds = InNetns(self.w0)
-        self.client = self.ds.call(self._client)
-        wait_for(lambda: self.ds.call(lambda: self.client.etcd.revision()), timeout=10,
-                 ignore=(Exception,), what="etcd in w0")
-        self.agents: dict[str, subprocess.Popen] = {}
-        # what calico-kube-controllers' namespace controller writes for the pods' namespace
-        self.ds.call(lambda: self.client.create(namespace_to_profile({"metadata": {"name": "default"}})))
-
-    def _client(self):
-        from datastore import Client
-
-        return Client([self.etcd])
-
-    def env(self, name: str) -> dict[str, str]:
-        base = os.path.join(self.dir, name)
-        env = dict(os.environ)
-        env.update({
-            "NODE_NAME": name, "ETCD_ENDPOINTS": self.etcd, "IP": "autodetect", "DATASTORE_TYPE": "etcdv3",
-            "CALICO_IPV4POOL_CIDR": "192.168.0.0/16", "CALICO_IPV4POOL_BLOCK_SIZE": "26",
-            "CALICO_IPV4POOL_IPIP": "Always", "CALICO_IPV4POOL_NAT_OUTGOING": "true",
-            "CALICO_NETWORKING_BACKEND": "none", "FELIX_HEALTHPORT": "9099",
-            "FELIX_ROUTEREFRESHINTERVAL": "1", "FELIX_IPTABLESREFRESHINTERVAL": "1",
-            "FELIX_IPSETSREFRESHINTERVAL": "1",
-            "CALICO_VAR_LIB_DIR": f"{base}/var-lib-calico", "CALICO_VAR_RUN_DIR": f"{base}/var-run-calico",
-            "CNI_NET_DIR": f"{base}/cni-net.d", "CNI_BIN_DIR": f"{base}/cni-bin",
-            "CALICO_TUNNEL_BPFFS": self.topo.bpf_dir(name),
-        })
-        return env
-
-    def start(self, name: str, ns: str) -> subprocess.Popen:
-        log = open(os.path.join(self.dir, f"{name}.log"), "ab")
-        p = self.topo.spawn(ns, PY, "-m", "agent.main", env=self.env(name), cwd=REPO, stdout=log, stderr=log)
-        self.agents[name] = p
-        return p
-
-    def log(self, name: str) -> str:
-        with open(os.path.join(self.dir, f"{name}.log")) as f:
-            return f.read()
-
-    def status(self, ns: str) -> dict:
-        out = run("curl", "-s", "-m", "2", "http://127.0.0.1:9099/status", netns=ns, check=False)
-        return json.loads(out) if out.strip() else {}
-
-    def wait_ready(self, name: str, ns: str, timeout: float = 40) -> dict:
-        def probe():
-            p = self.agents[name]
-            if p.poll() is not None:
-                raise AssertionError(f"agent {name} exited {p.returncode}:\n{self.log(name)[-3000:]}")
-            return self.status(ns)
-        return wait_for(probe, lambda s: s.get("ready") is True, timeout=timeout, what=f"agent {name} ready")
-
-    def add_pod(self, node_ns: str, node: str, pod: str, iface: str) -> tuple[str, str]:
-        """Allocate an IP through IPAM, write the WorkloadEndpoint, wire the pod netns (no route)."""
-        def alloc():
-            from datastore.resources import Metadata, WorkloadEndpoint
-            from ipam import IPAM
-
-            ip = IPAM(self.client).auto_assign(1, f"k8s-pod-network.{pod}", {"node": node, "pod": pod,
-                                                                              "namespace": "default"}, node)[0]
-            wep = WorkloadEndpoint(metadata=Metadata(name=f"{node}-k8s-{pod}-eth0", namespace="default"))
-            wep.spec.orchestrator, wep.spec.node, wep.spec.pod, wep.spec.endpoint = "k8s", node, pod, "eth0"
-            wep.spec.ip_networks = [f"{ip}/32"]
-            wep.spec.profiles = ["kns.default", "ksa.default.default"]
-            wep.spec.interface_name = iface
-            self.client.create(wep)
-            return str(ip)
-        ip = self.ds.call(alloc)
-        ns = self.topo.pod(node_ns, ip, iface, route=False)
-        return ns, ip
-
-    def node(self, name: str):
-        return self.ds.call(lambda: self.client.get("Node", name))
-
-    def close(self) -> None:
-        self.ds.close()
 
 
 @pytest.fixture
 def cluster():
-    require_root()
-    require_tool("etcd")
-    require_tool("curl")
-    topo = Topo()
-    c = None
-    try:
-        c = Cluster(topo)
+    with running() as c:
         yield c
-    finally:
-        if c is not None:
-            for p in c.agents.values():
-                topo.stop(p)
-            c.close()
-        topo.close()
-
-
-def ping_until_ok(ns: str, dst: str, timeout: float = 20) -> str:
-    """One echo per try until a reply comes back (the pump may still be loading routes)."""
-    return wait_for(lambda: run("ping", "-c", "1", "-W", "1", dst, netns=ns, check=False),
-                    lambda out: " 0% packet loss" in out, timeout=timeout, what=f"ping {dst} from {ns}")
 
 
 def _dupes(text: str) -> list[str]:
@@ -149,10 +41,6 @@ def _dupes(text: str) -> list[str]:
 def _snapshot(ns: str) -> tuple[str, str, str]:
     return (run("ip", "-4", "route", netns=ns), run("iptables-save", "-t", "filter", netns=ns),
             run("iptables-save", "-t", "nat", netns=ns))
-
-
-def _strip_counters(text: str) -> str:
-    return "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))
 
 
 def test_two_node_agent_end_to_end(cluster):
@@ -242,8 +130,8 @@ def test_two_node_agent_end_to_end(cluster):
         assert say(f"after-{sig.name}") == f"after-{sig.name}"
         after = _snapshot(c.w0)
         assert after[0] == before[0], "routes changed across the restart"
-        assert _strip_counters(after[1]) == _strip_counters(before[1])
-        assert _strip_counters(after[2]) == _strip_counters(before[2])
+        assert strip_counters(after[1]) == strip_counters(before[1])
+        assert strip_counters(after[2]) == strip_counters(before[2])
         assert _dupes(after[1]) == [] and _dupes(after[2]) == []
         assert run("iptables-save", netns=c.w0).count("-j cali-INPUT") == 1
         assert run("tc", "filter", "show", "dev", "eth0", "ingress", netns=c.w0) == programs  # adopted

@@ -18,9 +18,8 @@ import pytest
 from agent.felix.encap import vtep_mac
 from testbed.capture import pcapassert as pa
 from testbed.poll import wait_for
-from tests.netns.felix_support import run
-from tests.netns.test_agent_twonode import W0, W1, Cluster, ping_until_ok
-from tests.support import require_root, require_tool
+from tests.netns.agent_support import W0, W1, Cluster, running
+from tests.netns.felix_support import ping_until_ok, run
 
 pytestmark = pytest.mark.netns
 
@@ -28,32 +27,18 @@ pytestmark = pytest.mark.netns
 class VxlanCluster(Cluster):
     """Two agents with the default pool in VXLAN Always and no BGP (calico-vxlan.yaml)."""
 
-    def env(self, name: str) -> dict[str, str]:
+    def env(self, name: str, **extra: str) -> dict[str, str]:
         env = super().env(name)
         env.update({"CALICO_IPV4POOL_IPIP": "Never", "CALICO_IPV4POOL_VXLAN": "Always",
                     "CALICO_NETWORKING_BACKEND": "vxlan"})
+        env.update(extra)
         return env
 
 
 @pytest.fixture
 def cluster():
-    require_root()
-    require_tool("etcd")
-    require_tool("tcpdump")
-    require_tool("ethtool")
-    from tests.netns.felix_support import Topo
-
-    topo = Topo()
-    c = None
-    try:
-        c = VxlanCluster(topo)
+    with running(VxlanCluster, "tcpdump", "ethtool") as c:
         yield c
-    finally:
-        if c is not None:
-            for p in c.agents.values():
-                topo.stop(p)
-            c.close()
-        topo.close()
 
 
 def _ipam(c: Cluster):

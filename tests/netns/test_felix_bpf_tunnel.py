@@ -28,7 +28,15 @@ from kernel.netlink import Netlink
 from kernel.netns import entered
 from kernel.tc import Tc
 from testbed.poll import wait_for
-from tests.netns.felix_support import PY, Topo, echo_request, run, send_ipip, two_node_bpf_tunnel
+from tests.netns.felix_support import (
+    PY,
+    Topo,
+    echo_request,
+    ping_until_ok,
+    run,
+    send_ipip,
+    two_node_bpf_tunnel,
+)
 from tests.support import require, require_root, require_tool
 
 pytestmark = pytest.mark.netns
@@ -43,8 +51,7 @@ def env():
     try:
         e = two_node_bpf_tunnel(t)
         e["topo"] = t
-        wait_for(lambda: run("ping", "-c", "1", "-W", "1", e["ipb"], netns=e["pa"], check=False),
-                 lambda out: " 0% packet loss" in out, timeout=10, what="pod a -> pod b")
+        ping_until_ok(e["pa"], e["ipb"], timeout=10)  # pod a -> pod b
         yield e
     finally:
         t.close()

@@ -24,29 +24,16 @@ from datastore.rules import Rule
 from kernel.netns import entered
 from testbed.capture import counters
 from testbed.poll import wait_for
-from tests.netns.felix_support import Topo, run
-from tests.netns.test_agent_twonode import Cluster, _strip_counters
-from tests.support import require_root, require_tool
+from tests.netns.agent_support import running, strip_counters
+from tests.netns.felix_support import run
 
 pytestmark = pytest.mark.netns
 
 
 @pytest.fixture
 def cluster():
-    require_root()
-    require_tool("etcd")
-    require_tool("curl")
-    topo = Topo()
-    c = None
-    try:
-        c = Cluster(topo)
+    with running() as c:
         yield c
-    finally:
-        if c is not None:
-            for p in c.agents.values():
-                topo.stop(p)
-            c.close()
-        topo.close()
 
 
 def connects(pod_ns: str, ip: str, port: int, timeout: float) -> bool:
@@ -92,7 +79,7 @@ def test_restart_keeps_denied_flows_denied(cluster):
 
     first = drop_rule()
     assert first is not None, "no DROP rule in cali-pi-default.deny-server"
-    table_before = _strip_counters(run("iptables-save", "-t", "filter", netns=c.w0))
+    table_before = strip_counters(run("iptables-save", "-t", "filter", netns=c.w0))
 
     stop = threading.Event()
     passed: list[float] = []
@@ -132,4 +119,4 @@ def test_restart_keeps_denied_flows_denied(cluster):
     counts = [s.packets for s in samples if s is not None]
     assert counts == sorted(counts) and counts[-1] > first.packets, \
         "the DROP rule's counter was reset (the chain was rewritten) or counted nothing"
-    assert _strip_counters(run("iptables-save", "-t", "filter", netns=c.w0)) == table_before
+    assert strip_counters(run("iptables-save", "-t", "filter", netns=c.w0)) == table_before

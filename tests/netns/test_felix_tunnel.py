@@ -26,6 +26,7 @@ from tests.netns.felix_support import (
     echo_pair,
     echo_request,
     listen_in,
+    ping_until_ok,
     run,
     say,
     send_ipip,
@@ -35,12 +36,6 @@ from tests.netns.felix_support import (
 from tests.support import require_root, require_tool
 
 pytestmark = pytest.mark.netns
-
-
-def ping_until_ok(ns: str, dst: str, timeout: float = 20) -> str:
-    """Ping (one echo per try) until a reply comes back; the pump may still be loading its routes."""
-    return wait_for(lambda: run("ping", "-c", "1", "-W", "1", dst, netns=ns, check=False),
-                    lambda out: " 0% packet loss" in out, timeout=timeout, what=f"ping {dst} from {ns}")
 
 
 @pytest.fixture
