@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.lab import netns as nsmod
+from testbed.lab import shellbatch
 from testbed.lab import state as labstate
 from testbed.lab.restarts import Restarter, describe_exit
 from testbed.lab.topology import Topology, load
@@ -251,9 +252,7 @@ class Supervisor:
                         cmds.append(f"mkdir -p {d} && mount -n -t tmpfs tmpfs {d}")
                 cmds += hide_commands(getattr(self, "hide", None))
                 if cmds:
-                    out = self.cmd(" && ".join(cmds) + " && echo MOUNTED")
-                    if "MOUNTED" not in out:
-                        raise RuntimeError(f"{self.name}: private dirs: {out.strip()}")
+                    shellbatch.run(self.cmd, cmds, "MOUNTED", f"{self.name}: private dirs")
 
             def unmountPrivateDirs(self) -> None:  # noqa: N802
                 pass  # the mount namespace dies with the node
@@ -278,9 +277,7 @@ class Supervisor:
                 if self.name in spans:  # the tunnel between machines leaves less room
                     cmd += [f"ip link set dev {p} mtu {spans[self.name]}" for p in ports]
                 cmd += [f"ip link set dev {p} master {self.name} up" for p in ports]
-                out = self.cmd(" && ".join(cmd) + " && echo BRIDGED")
-                if "BRIDGED" not in out:
-                    raise RuntimeError(f"segment {self.name}: {out.strip()}")
+                shellbatch.run(self.cmd, cmd, "BRIDGED", f"segment {self.name}")
 
             def stop(self, deleteIntfs: bool = True) -> None:  # noqa: N803
                 self.cmd(f"ip link del dev {self.name}")
@@ -404,9 +401,7 @@ class Supervisor:
             cmds.append(f"ip route add {route.dst} via {route.via}")
         if kind in ("node", "router"):
             cmds.append("sysctl -qw net.ipv4.ip_forward=1")
-        out = h.cmd(" && ".join(cmds) + " && echo CONFIGURED")
-        if "CONFIGURED" not in out:
-            raise RuntimeError(f"configuring {name}: {out.strip()}")
+        shellbatch.run(h.cmd, cmds, "CONFIGURED", f"configuring {name}")
 
     def _attach_netns(self) -> None:
         batch = "".join(f"netns attach {self.state['hosts'][n]['netns']} {node.pid}\n"
