@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any
@@ -80,11 +81,22 @@ def _json(data: dict[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
+#: (etcd endpoints, host) -> the blocks of the host's confirmed affinities at its last
+#: allocation snapshot. Only a hint of which blocks to read in the snapshot's own
+#: transaction: a host allocates from the same blocks again and again, so its free blocks
+#: come in that one round trip; a stale hint costs the second read (get_free_blocks).
+_AFFINE_HINT: dict[tuple[Any, str], tuple[IPv4Network, ...]] = {}
+_HINTS_MAX = 4096
+
+
 class Store:
     """Typed reads and CAS writes of IPAM keys over :class:`datastore.etcd.EtcdClient`."""
 
     def __init__(self, etcd: Any):
         self.etcd = etcd
+        #: per thread: the blocks read by its last alloc_snapshot (``snapshot_blocks``:
+        #: cidr -> KVs), for its next get_free_blocks only
+        self._local = threading.local()
 
     # -- batched reads (one round trip) ------------------------------------
 
@@ -106,12 +118,26 @@ class Store:
         return out
 
     def alloc_snapshot(self, host: str) -> tuple[IPAMConfigRules, list[dict[str, Any]], list[Affinity]]:
-        """IPAMConfig, every IPPool document and ``host``'s affinities, in one round trip."""
-        cfg_kvs, pool_kvs, aff_kvs = self.read_many(
-            [(CONFIG_KEY, False), (POOL_PREFIX, True), (affinity_prefix(host), True)])
+        """IPAMConfig, every IPPool document and ``host``'s affinities, in one round trip.
+
+        The same transaction reads the blocks of the host's affinities as of its last
+        snapshot (:data:`_AFFINE_HINT`); :meth:`get_free_blocks` answers from them when
+        they are the blocks it is asked for, so an allocation in an affine block reads once.
+        """
+        endpoints = getattr(self.etcd, "endpoints", None)
+        hint_key = (tuple(endpoints), host) if isinstance(endpoints, list) else None
+        hinted = _AFFINE_HINT.get(hint_key, ()) if hint_key else ()
+        got = self.read_many([(CONFIG_KEY, False), (POOL_PREFIX, True), (affinity_prefix(host), True),
+                              *((block_key(c), False) for c in hinted)])
+        cfg_kvs, pool_kvs, aff_kvs = got[:3]
+        self._local.snapshot_blocks = dict(zip(hinted, got[3:], strict=True))
         cfg = self._config(cfg_kvs[0]) if cfg_kvs else IPAMConfigRules()
         pools = [json.loads(kv.value) for kv in pool_kvs]
         affs = [a for a in (self._affinity(kv) for kv in aff_kvs) if a is not None]
+        if hint_key is not None:
+            if len(_AFFINE_HINT) >= _HINTS_MAX and hint_key not in _AFFINE_HINT:
+                _AFFINE_HINT.clear()
+            _AFFINE_HINT[hint_key] = tuple(a.cidr for a in affs if not a.deleted and a.state == STATE_CONFIRMED)
         return cfg, pools, affs
 
     def get_blocks(self, cidrs: list[IPv4Network]) -> dict[IPv4Network, tuple[Block, int]]:
@@ -132,8 +158,14 @@ class Store:
         """
         if not cidrs:
             return {}
+        snap = getattr(self._local, "snapshot_blocks", {})
+        self._local.snapshot_blocks = {}
+        if all(c in snap for c in cidrs):  # read by alloc_snapshot's transaction just before
+            read = [snap[c] for c in cidrs]
+        else:
+            read = self.read_many([(block_key(c), False) for c in cidrs])
         out = {}
-        for cidr, kvs in zip(cidrs, self.read_many([(block_key(c), False) for c in cidrs]), strict=True):
+        for cidr, kvs in zip(cidrs, read, strict=True):
             if kvs and FULL_MARK not in kvs[0].value:
                 out[cidr] = (Block.from_dict(json.loads(kvs[0].value)), kvs[0].mod_revision)
         return out

@@ -309,3 +309,34 @@ def test_tunnel_address_released_when_ipip_is_turned_off(ds_client, ipam):
     pool.spec.ipip_mode = "CrossSubnet"
     ds_client.update(pool)
     assert ipam.allocate_tunnel_address("n1") in IPv4Network("10.25.0.0/24")
+
+
+def test_allocation_in_an_affine_block_reads_once_then_writes_once(ds_client):
+    """The blocks of a host's affinities are read in the snapshot's own transaction (issue 18):
+    an allocation in its affine block is one read and one CAS; a block claimed meanwhile by
+    another client (a stale hint) still allocates correctly, with one read more."""
+    add_pool(ds_client, "p", "10.23.0.0/24", 28)
+    ipam = IPAM(Client([f"http://{h}:{p}" for h, p in ds_client.etcd.endpoints]))
+    calls: list[str] = []
+    real = ipam.etcd.call
+
+    def counted(path, body):
+        calls.append(path)
+        return real(path, body)
+
+    ipam.etcd.call = counted
+    first = ipam.auto_assign(1, "h0", {}, "n-rt")  # claims the block
+    ipam.auto_assign(1, "h1", {}, "n-rt")  # learns the host's affinity
+    calls.clear()
+    third = ipam.auto_assign(1, "h2", {}, "n-rt")
+    assert calls == ["/v3/kv/txn", "/v3/kv/txn"]  # the snapshot with the block, the CAS
+    assert third[0] == first[0] + 2
+    # another client fills the block: this one's snapshot sees it full and claims the next
+    other = IPAM(ds_client)
+    other.auto_assign(13, "filler", {}, "n-rt")
+    got = ipam.auto_assign(1, "h3", {}, "n-rt")
+    blocks = {b.cidr: b for b in ipam.blocks()}
+    assert len(blocks) == 2 and all(b.affinity == "host:n-rt" for b in blocks.values())
+    assert got[0] not in IPv4Network((int(first[0]), 28), strict=False)
+    rep = ipam.check()
+    assert rep.handle_mismatches == [] and rep.missing_handles == [] and rep.other == []
