@@ -1,9 +1,10 @@
 """Entry points of the ``calico`` and ``calico-ipam`` executables: a thin client.
 
-Imports only ``os``, ``sys`` (both already loaded by the interpreter), the built-in
-``_socket`` and :mod:`cni.wire`, so the process costs little more than the
-interpreter's start (``json`` and ``socket`` would add ~10 ms per call: see
-:mod:`cni.wire`). It forwards the request (environment + stdin) over the unix
+Imports only ``posix`` and ``sys`` (both loaded by the interpreter before any code
+runs, also under ``python3 -I -S``), the built-in ``_socket`` and :mod:`cni.wire`, so
+the process costs little more than the interpreter's start (``json`` and ``socket``
+would add ~10 ms per call: see :mod:`cni.wire`; ``os``, which ``-S`` does not load,
+~1 ms with its ``_collections_abc``; ``__future__`` 0.1 ms). It forwards the request (environment + stdin) over the unix
 socket of the warm :class:`cni.server.CNIServer` in calico-node and prints the
 answer. When no server answers (no agent on this node, or a server in another
 network/mount namespace), it does the work in-process with :func:`cni.plugin.run`,
@@ -13,10 +14,8 @@ Environment: ``CALICO_CNI_SOCKET`` overrides the socket path
 (default ``/var/run/calico/cni.sock``); ``none`` disables forwarding.
 """
 
-from __future__ import annotations
-
 import _socket
-import os
+import posix
 import sys
 
 from cni import wire
@@ -30,7 +29,7 @@ def ns_ids() -> tuple[int, int]:
     out = []
     for kind in ("net", "mnt"):
         try:
-            out.append(os.stat(f"/proc/self/ns/{kind}").st_ino)
+            out.append(posix.stat(f"/proc/self/ns/{kind}").st_ino)
         except OSError:
             out.append(0)
     return out[0], out[1]
@@ -84,11 +83,15 @@ def forward(plugin: str, env: dict[bytes, bytes], stdin: bytes, sock_path: str) 
 
 def _main(plugin: str) -> int:
     stdin = sys.stdin.buffer.read() if sys.stdin is not None and not sys.stdin.isatty() else b""
-    sock_path = os.environ.get("CALICO_CNI_SOCKET", DEFAULT_SOCKET)
+    environb = dict(posix.environ)  # bytes -> bytes, as os.environb
+    sock = environb.get(b"CALICO_CNI_SOCKET")
+    sock_path = DEFAULT_SOCKET if sock is None else sock.decode("utf-8", "surrogateescape")
     answer = None
     if sock_path and sock_path != "none":
-        answer = forward(plugin, dict(os.environb), stdin, sock_path)
+        answer = forward(plugin, environb, stdin, sock_path)
     if answer is None:
+        import os
+
         from cni.plugin import run
 
         code, text_out, text_err = run(plugin, dict(os.environ), stdin)
@@ -115,5 +118,4 @@ def main_ipam() -> int:
 
 
 if __name__ == "__main__":
-    name = os.path.basename(sys.argv[0])
-    sys.exit(main_ipam() if name.endswith("ipam") else main_calico())
+    sys.exit(main_ipam() if sys.argv[0].rsplit("/", 1)[-1].endswith("ipam") else main_calico())

@@ -8,9 +8,10 @@ and the executable talks through the built-in ``_socket`` module.
 
 Request: ``[b"calico" | b"calico-ipam", net-ns inode, mnt-ns inode, stdin, b"K=V", ...]``.
 Reply: ``[b"ok", exit code, stdout, stderr]`` or ``[b"refused", reason]``.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here or in :mod:`cni.main`: importing
+``__future__`` costs the executable 0.1 ms, and their annotations evaluate as they are.
+"""
 
 
 def encode(fields: list[bytes]) -> bytes:
