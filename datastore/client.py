@@ -19,7 +19,7 @@ from typing import Any
 from datastore import errors
 from datastore.base import Datastore, WatchEvent, _cls, _now, datastore_type
 from datastore.etcd import EtcdClient
-from datastore.resources import IPAM_PREFIX, V3_PREFIX, Resource, kind_for_key
+from datastore.resources import IPAM_PREFIX, V3_PREFIX, Metadata, Resource, kind_for_key
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,13 @@ class Client(Datastore):
         """Delete and return the object; CAS if ``resource_version`` is given (and only the
         object with ``uid``, if given). Raises NotFound, Conflict."""
         cls = _cls(kind)
-        current = self.get(cls, name, namespace)
+        if cls.KIND == "WorkloadEndpoint" and resource_version:
+            # the CNI plugin's DEL, with the revision it read as the CAS (which also pins the
+            # UID it read): no second read, as KubeClient.delete
+            current = cls(metadata=Metadata(name=name, namespace=namespace or "default", uid=uid,
+                                            resource_version=str(resource_version)))
+        else:
+            current = self.get(cls, name, namespace)
         if uid and current.metadata.uid and uid != current.metadata.uid:
             raise errors.Conflict(f"{current.ident()} is not the object with UID {uid}")
         rev = int(resource_version) if resource_version else current.revision

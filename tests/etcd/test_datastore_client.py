@@ -53,6 +53,35 @@ def test_crud_uses_calico_keys_and_cas(ds_client: Client):
         ds_client.delete("IPPool", "p1")
 
 
+def test_workload_endpoint_cas_delete_at_the_revision_read_writes_once(ds_client: Client):
+    """The CNI DEL's delete: the revision it read is the CAS, no second read (issue 18); a WEP
+    rewritten since (a new sandbox's ADD) is kept with a Conflict, a gone one is NotFound."""
+    wep = WorkloadEndpoint(metadata=Metadata(name="n1-k8s-q-eth0", namespace="ns1"),
+                           spec=WorkloadEndpoint.Spec(node="n1", ip_networks=["192.168.0.2/32"], container_id="a"))
+    first = ds_client.get("WorkloadEndpoint", ds_client.create(wep).metadata.name, "ns1")
+    rewritten = ds_client.get("WorkloadEndpoint", "n1-k8s-q-eth0", "ns1")
+    rewritten.spec.container_id = "b"
+    ds_client.update(rewritten)
+    with pytest.raises(errors.Conflict, match="changed since revision"):
+        ds_client.delete("WorkloadEndpoint", "n1-k8s-q-eth0", "ns1", resource_version=first.metadata.resource_version,
+                         uid=first.metadata.uid)
+    current = ds_client.get("WorkloadEndpoint", "n1-k8s-q-eth0", "ns1")
+    assert current.spec.container_id == "b"
+    calls: list[str] = []
+    real = ds_client.etcd.call
+    ds_client.etcd.call = lambda path, body: calls.append(path) or real(path, body)  # type: ignore[method-assign]
+    try:
+        ds_client.delete("WorkloadEndpoint", "n1-k8s-q-eth0", "ns1", resource_version=current.metadata.resource_version,
+                         uid=current.metadata.uid)
+        assert calls == ["/v3/kv/txn"]
+        with pytest.raises(errors.NotFound):
+            ds_client.delete("WorkloadEndpoint", "n1-k8s-q-eth0", "ns1",
+                             resource_version=current.metadata.resource_version)
+    finally:
+        del ds_client.etcd.call
+    assert ds_client.list("WorkloadEndpoint", namespace="ns1") == []
+
+
 def test_pool_overlap_and_immutable_fields_are_rejected_and_nothing_written(ds_client: Client):
     ds_client.create(mkpool("a", "192.168.0.0/16", block_size=24))
     rev = ds_client.etcd.revision()
