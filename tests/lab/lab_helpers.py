@@ -1,12 +1,21 @@
-"""Helpers for the lab engineer's lab-tier tests (topology text, leftovers check)."""
+"""Helpers for the lab-tier tests: topology text, the leftovers check, and the one way a test
+module starts a walkthrough lab (:func:`walkthrough_lab`) and keeps its pcaps only on failure
+(:func:`pcaps_kept_on_failure`)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from testbed.capture.group import pcaps_root
 from testbed.lab import state as labstate
+from testbed.walkthrough import Flow, Walkthrough
+from tests.support import require_root, unique
 
 SMALL = """\
 name: {name}
@@ -83,3 +92,55 @@ def template_of(path: Path) -> str:
     text = path.read_text().replace("{", "{{").replace("}", "}}")
     lines = [("name: {name}" if line.startswith("name: ") else line) for line in text.splitlines()]
     return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def pcaps_kept_on_failure(request, lab: str, what: str = "lab") -> Iterator[Path]:
+    """Lab ``lab``'s pcaps dir, removed at exit when none of the session's tests failed meanwhile
+    (and CALICOLAB_KEEP_PCAPS is unset); otherwise kept, and its path printed."""
+    lab_pcaps = pcaps_root() / lab
+    failed_before = request.session.testsfailed
+    try:
+        yield lab_pcaps
+    finally:
+        if request.session.testsfailed == failed_before and not os.environ.get("CALICOLAB_KEEP_PCAPS"):
+            shutil.rmtree(lab_pcaps, ignore_errors=True)
+        elif lab_pcaps.exists():
+            print(f"\n{what} pcaps kept in {lab_pcaps}")
+
+
+@contextmanager
+def walkthrough_lab(request, prefix: str, *, flows: bool = False, what: str = "lab",
+                    **walkthrough: Any) -> Iterator[Walkthrough]:
+    """A lab (named ``prefix`` + a unique suffix) taken through the walkthrough as a user does:
+    up without a CNI (every node NotReady), Calico installed by manifest, inspected, BGP/Felix
+    routes in place, the workloads Running; with ``flows`` also the walkthrough's flows run under
+    tcpdump. ``walkthrough`` goes to :class:`Walkthrough` (topology, runtime, ...). At exit:
+    captures stopped, the lab down (if a test has not already ended it), pcaps kept only when a
+    test failed."""
+    require_root()
+    w = Walkthrough(unique(prefix), progress=lambda m: None, **walkthrough)
+    with pcaps_kept_on_failure(request, w.lab, what):
+        try:
+            w.up()
+            w.install()
+            w.inspect()
+            w.wait_routes()
+            w.deploy()
+            if flows:
+                w.start_captures()
+                w.run_flows()
+            yield w
+        finally:
+            if w.captures is not None and w.captures.result is None:
+                w.captures.stop()
+            if labstate.read_state(w.lab) is not None:
+                w.down()
+
+
+def flow(w: Walkthrough, name: str) -> Flow:
+    """The walkthrough's flow ``name``, which must have answered 200."""
+    f = next(f for f in w.flows if f.name == name)
+    assert f.error is None, f"{name}: {f.error}"
+    assert f.result == "200", f"{name}: curl printed {f.result!r}"
+    return f

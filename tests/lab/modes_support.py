@@ -4,17 +4,14 @@ walkthrough (:class:`testbed.walkthrough.Walkthrough`) and the commands a user t
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from testbed.capture.group import pcaps_root
 from testbed.poll import wait_for
-from testbed.walkthrough import FOUR_FLOWS, Pod, Walkthrough
-from tests.support import require_root, unique
+from testbed.walkthrough import FOUR_FLOWS, Flow, Pod, Walkthrough
+from tests.lab.lab_helpers import walkthrough_lab
 
 REPO = Path(__file__).resolve().parents[2]
 POOL = "default-ipv4-ippool"
@@ -24,25 +21,8 @@ POOL = "default-ipv4-ippool"
 def mode_lab(request, prefix: str, topology: str) -> Iterator[Walkthrough]:
     """A running lab of ``topologies/<topology>.yaml`` with Calico installed by manifest and the
     walkthrough's workloads Running; torn down (pcaps kept only on failure) afterwards."""
-    require_root()
-    w = Walkthrough(unique(prefix), topology=REPO / "topologies" / f"{topology}.yaml", progress=lambda m: None)
-    failed_before = request.session.testsfailed
-    try:
-        w.up()
-        w.install()
-        w.inspect()
-        w.wait_routes()
-        w.deploy()
+    with walkthrough_lab(request, prefix, what="mode lab", topology=REPO / "topologies" / f"{topology}.yaml") as w:
         yield w
-    finally:
-        if w.captures is not None and w.captures.result is None:
-            w.captures.stop()
-        w.down()
-        lab_pcaps = pcaps_root() / w.lab
-        if request.session.testsfailed == failed_before and not os.environ.get("CALICOLAB_KEEP_PCAPS"):
-            shutil.rmtree(lab_pcaps, ignore_errors=True)
-        elif lab_pcaps.exists():
-            print(f"\nmode lab pcaps kept in {lab_pcaps}")
 
 
 def pod_ips(w: Walkthrough) -> dict[str, str]:
@@ -128,3 +108,37 @@ def add_pod(w: Walkthrough, name: str, node: str) -> Pod:
     iface = next(x["spec"]["interfaceName"] for x in weps if x["spec"].get("pod") == name)
     w.pods[name] = Pod(name, node, pod["status"]["podIP"], iface)
     return w.pods[name]
+
+
+def check_crosssubnet_flows(w: Walkthrough, run: str, cross_node: str) -> None:
+    """CrossSubnet on a topology whose k8s-m shares lan0 with k8s-w0 and whose k8s-w1 is behind
+    the router: the walkthrough's four flows pass on their pcaps (k8s-m captured too), the
+    cross-node one (k8s-w0 -> k8s-w1, across the router) encapsulated as ``cross_node`` says
+    (its check's start), and pod k8s-w0 -> a new pod on k8s-m, inside lan0, plainly routed."""
+    from testbed.capture.group import CaptureGroup
+    from testbed.walkthrough import CAPTURE_IFACES
+
+    m = add_pod(w, "k8s-m", "k8s-m")
+    flows = four_flows(w, run, extra_nodes=("k8s-m",))
+    checks = next(f for f in flows if f.name == "cross-node").checks
+    assert any(c.startswith(cross_node) for c in checks), checks
+    # same subnet: pod k8s-w0 -> pod k8s-m is routed as it is, without encapsulation
+    a = w.pods["k8s-w0"]
+    w.captures = CaptureGroup.for_lab(w.lab, ["k8s-w0", "k8s-m"], run=f"{w.run_name}-same-subnet",
+                                      ifaces=CAPTURE_IFACES)
+    with w.captures:
+        assert w.curl(a, f"http://{m.ip}", "HTTP 200 from pod k8s-m") == "200"
+    f = Flow("same-subnet", f"pod {a.name} -> pod {m.name}", "curl")
+    w.check_wire(f, "k8s-w0", "k8s-m", a, m, ("k8s-w0", "k8s-m"))
+    assert f.checks[0].startswith("plainly routed"), f.checks
+
+
+def check_mtu(w: Walkthrough, device: str, tunnel_mtu: int, pod_mtu: int, fits: int) -> dict:
+    """``mtu_probe`` from pod k8s-w0 to pod k8s-w1: the path goes over ``device`` (``tunnel_mtu``),
+    the pod's eth0 is ``pod_mtu``, a DF ping of ``fits`` payload bytes passes and one byte more
+    fails, reporting mtu ``pod_mtu``. Returns the probe's result."""
+    res = w.mtu_probe()
+    assert (res["device"], res["tunnel_mtu"], res["pod_mtu"], res["fits"]) == (device, tunnel_mtu, pod_mtu, fits), res
+    assert res["too_big_rc"] != 0, res
+    assert f"mtu={pod_mtu}" in res["too_big_output"] or f"mtu = {pod_mtu}" in res["too_big_output"], res
+    return res

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.lab.modes_support import four_flows, mode_lab, status, wait_healthy
+from tests.lab.modes_support import check_mtu, four_flows, mode_lab, status, wait_healthy
 
 pytestmark = pytest.mark.lab
 
@@ -61,9 +61,6 @@ def test_four_flows_routes_and_mtu_in_the_topologys_mode(wt):
     flows = four_flows(wt, wt.topology.stem)
     checks = next(f for f in flows if f.name == "cross-node").checks
     assert any(c.startswith(expect) for c in checks), (expect, checks)
-    res = wt.mtu_probe()  # a DF packet at the pod MTU passes, one byte more fails
-    assert (res["device"], res["tunnel_mtu"], res["pod_mtu"], res["fits"]) == mtu, res
-    assert res["too_big_rc"] != 0, res
-    assert f"mtu={mtu[2]}" in res["too_big_output"] or f"mtu = {mtu[2]}" in res["too_big_output"], res
+    check_mtu(wt, *mtu)  # a DF packet at the pod MTU passes, one byte more fails
     code, doc = status(wt)
     assert code == 0 and doc["health"]["state"] == "healthy", doc

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from testbed.walkthrough import Flow
-from tests.lab.modes_support import add_pod, four_flows, mode_lab, status, wait_healthy
+from tests.lab.modes_support import (
+    check_crosssubnet_flows,
+    check_mtu,
+    mode_lab,
+    status,
+    wait_healthy,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -32,29 +37,12 @@ def test_vxlan_crosssubnet_without_bgp_four_flows(wt):
     routes = wt.in_node("k8s-w0", "ip", "route")
     assert f"via {wt.nodes['k8s-m']['address']} dev eth0 proto 80 onlink" in routes, routes
     assert f"via {wt.nodes['k8s-w1']['vxlan_tunnel']} dev vxlan.calico onlink" in routes, routes
-    m = add_pod(wt, "k8s-m", "k8s-m")
-    flows = four_flows(wt, "vxlan-crosssubnet", extra_nodes=("k8s-m",))
-    checks = next(f for f in flows if f.name == "cross-node").checks
-    assert any(c.startswith("VXLAN 172.30.10.11 > 172.30.11.11:4789 vni 4096") for c in checks), checks
     # same subnet: pod k8s-w0 -> pod k8s-m is routed unencapsulated by Felix
-    from testbed.capture.group import CaptureGroup
-    from testbed.walkthrough import CAPTURE_IFACES
-
-    a = wt.pods["k8s-w0"]
-    wt.captures = CaptureGroup.for_lab(wt.lab, ["k8s-w0", "k8s-m"], run=f"{wt.run_name}-same-subnet",
-                                       ifaces=CAPTURE_IFACES)
-    with wt.captures:
-        assert wt.curl(a, f"http://{m.ip}", "HTTP 200 from pod k8s-m") == "200"
-    f = Flow("same-subnet", f"pod {a.name} -> pod {m.name}", "curl")
-    wt.check_wire(f, "k8s-w0", "k8s-m", a, m, ("k8s-w0", "k8s-m"))
-    assert f.checks[0].startswith("plainly routed"), f.checks
+    check_crosssubnet_flows(wt, "vxlan-crosssubnet", cross_node="VXLAN 172.30.10.11 > 172.30.11.11:4789 vni 4096")
     code, _ = status(wt)
     assert code == 0
 
 
 def test_vxlan_mtu_df_at_pod_mtu_passes_one_more_fails(wt):
     assert wt.in_node("k8s-w0", "cat", "/var/lib/calico/mtu").strip() == "1450"
-    res = wt.mtu_probe()  # the pods were made in VXLAN mode: eth0 1450, as vxlan.calico
-    assert (res["device"], res["tunnel_mtu"], res["pod_mtu"], res["fits"]) == ("vxlan.calico", 1450, 1450, 1422), res
-    assert res["too_big_rc"] != 0, res
-    assert "mtu=1450" in res["too_big_output"] or "mtu = 1450" in res["too_big_output"], res
+    check_mtu(wt, "vxlan.calico", 1450, 1450, 1422)  # the pods were made in VXLAN mode: eth0 1450, as vxlan.calico
