@@ -24,11 +24,9 @@ breakdown (interpreter start, imports, IPAM, netlink, datastore) and writes JSON
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,19 +34,10 @@ import tempfile
 import time
 import uuid
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import benchlib
+from benchlib import REPO, VENV_BIN, in_netns, pct, summarize
 
-from kernel.netns import entered as in_netns  # noqa: E402
-
-VENV_BIN = os.path.join(REPO, ".venv", "bin")
 ETCD = "http://127.0.0.1:2379"
-
-
-def pct(values: list[float], p: float) -> float:
-    """The p-th percentile (nearest rank) of ``values``."""
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, int(round(p / 100 * len(s) + 0.5)) - 1))]
 
 
 def median_exec(cmd: list[str], n: int = 15, env: dict[str, str] | None = None) -> float:
@@ -62,30 +51,8 @@ def median_exec(cmd: list[str], n: int = 15, env: dict[str, str] | None = None) 
 
 
 def start_etcd(ns: str, data: str) -> subprocess.Popen:
-    """etcd on the node's loopback."""
-    proc = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{ns}", shutil.which("etcd") or "etcd", "--name", "b", "--data-dir", data,
-         "--listen-client-urls", ETCD, "--advertise-client-urls", ETCD,
-         "--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-         "--initial-cluster", "b=http://127.0.0.1:2380", "--log-level", "error", "--logger", "zap"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    from datastore.errors import DatastoreUnavailable
-    from datastore.etcd import EtcdClient
-
-    deadline = time.monotonic() + 15
-    while True:
-        with in_netns(f"/run/netns/{ns}"):
-            c = EtcdClient(ETCD, timeout=0.5)
-            try:
-                c.revision()
-                c.close()
-                return proc
-            except DatastoreUnavailable:
-                c.close()
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise SystemExit("etcd did not start in the bench node")
-        time.sleep(0.05)
+    """etcd on the node's loopback (port 2379)."""
+    return benchlib.start_etcd(data, 2379, netns=ns)[0]
 
 
 def reset_datastore(ns: str) -> None:
@@ -107,20 +74,9 @@ _PHASES = re.compile(r"done in ([\d.]+) ms \(ms: ([^)]*)\)")
 def run_one(pod: str, cid: str, command: str, sock: str, log_path: str,
             exe: str) -> tuple[float, dict[str, float]]:
     """Exec the plugin once (caller's thread is in the node netns); wall ms and the plugin's phases."""
-    conf = json.dumps({"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "calico", "etcd_endpoints": ETCD,
-                       "nodename": "bench-node", "mtu": 0, "log_level": "info", "log_file_path": log_path,
-                       "ipam": {"type": "calico-ipam"},
-                       "ipam_lock_file": os.path.join(os.path.dirname(log_path), "ipam.lock")}).encode()
-    env = {"PATH": f"{VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command,
-           "CNI_CONTAINERID": cid, "CNI_NETNS": f"/run/netns/{pod}", "CNI_IFNAME": "eth0",
-           "CNI_PATH": VENV_BIN, "CNI_ARGS": f"K8S_POD_NAMESPACE=bench;K8S_POD_NAME={cid}",
-           "CALICO_CNI_SOCKET": sock}
+    conf = benchlib.cni_netconf(log_path, "bench-node", etcd_endpoints=ETCD)
     size = os.path.getsize(log_path) if os.path.exists(log_path) else 0
-    t0 = time.perf_counter()
-    proc = subprocess.run([exe], input=conf, env=env, capture_output=True)
-    wall = (time.perf_counter() - t0) * 1000
-    if proc.returncode != 0:
-        raise SystemExit(f"{command} {cid} failed: {proc.stdout.decode()} {proc.stderr.decode()[-800:]}")
+    wall = benchlib.exec_cni(exe, command, cid, pod, "bench", cid, sock, conf)
     ph: dict[str, float] = {}
     with open(log_path) as f:
         f.seek(size)
@@ -168,15 +124,6 @@ def burst(ns: str, pods: list[str], concurrency: int, sock: str, exe: str, tmp: 
     return out
 
 
-def summarize(walls: list[float], phases: list[dict[str, float]]) -> dict[str, object]:
-    """p50/p99 and phase medians."""
-    keys = sorted({k for p in phases for k in p})
-    return {"n": len(walls), "min_ms": round(min(walls), 2), "p50_ms": round(pct(walls, 50), 2),
-            "p99_ms": round(pct(walls, 99), 2),
-            "mean_ms": round(statistics.mean(walls), 2),
-            "phases_p50_ms": {k: round(statistics.median([p.get(k, 0.0) for p in phases]), 2) for k in keys}}
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pods", type=int, default=100)
@@ -192,16 +139,13 @@ def main() -> int:
     pods = [f"cnibp{tag}{i:04d}" for i in range(args.pods * (4 + len(FLOOR_EXECS)))]
     tmp = tempfile.mkdtemp(prefix="cni-bench-")
     etcd = server = None
-    made: list[str] = []
+    netns = benchlib.Namespaces()
     results: dict[str, object] = {"benchmark": "cni_bench", "pods": args.pods, "cpus": os.cpu_count(),
                                   "loadavg_1m_before": os.getloadavg()[0]}
     try:
-        subprocess.run(["ip", "netns", "add", ns], check=True)
-        made.append(ns)
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        netns.add(ns, lo_up=True)
         for p in pods:
-            subprocess.run(["ip", "netns", "add", p], check=True)
-            made.append(p)
+            netns.add(p)
         etcd = start_etcd(ns, os.path.join(tmp, "etcd"))
         py = os.path.join(VENV_BIN, "python")
         breakdown = {
@@ -214,11 +158,9 @@ def main() -> int:
         breakdown["full_import_ms"] -= breakdown["interpreter_start_ms"]
         results["breakdown"] = {k: round(v, 2) for k, v in breakdown.items()}
         sock = os.path.join(tmp, "cni.sock")
-        server = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", py, "-m", "cni.server", "--socket", sock],
-                                  stdout=subprocess.PIPE, text=True, cwd=REPO)
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        server = benchlib.start_cni_server(ns, sock)
         modes = {}
-        venv_exe, fast_exe = os.path.join(VENV_BIN, "calico"), os.path.join(REPO, "cni", "bin", "calico")
+        venv_exe, fast_exe = os.path.join(VENV_BIN, "calico"), benchlib.CNI_LAUNCHER
         breakdown["fast_launcher_version_ms"] = median_exec([fast_exe], env={"CNI_COMMAND": "VERSION", "CALICO_CNI_SOCKET": "none"})
         breakdown["venv_script_version_ms"] = median_exec([venv_exe], env={"CNI_COMMAND": "VERSION", "CALICO_CNI_SOCKET": "none"})
         results["breakdown"] = {k: round(v, 2) for k, v in breakdown.items()}
@@ -261,25 +203,15 @@ def main() -> int:
             results["burst"] = burst(ns, pods[: args.pods], args.burst, sock, fast_exe, tmp)
         results["loadavg_1m_after"] = os.getloadavg()[0]
     finally:
-        if server is not None and server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        benchlib.stop(server)
         if etcd is not None:
             etcd.kill()
             etcd.wait()
-        for name in reversed(made):
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+        netns.close()
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"CNI exec-to-exit wall time, {args.pods} pods on one node ({os.cpu_count()} CPUs, "
           f"load {results['loadavg_1m_before']:.1f} -> {results.get('loadavg_1m_after', 0):.1f})")
-    print(f"{'mode':<18} {'verb':<4} {'min ms':>8} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}   plugin phases p50 (ms)")
-    for mode, verbs in results["modes"].items():  # type: ignore[union-attr]
-        for verb, s in verbs.items():
-            ph = " ".join(f"{k}={v}" for k, v in s["phases_p50_ms"].items())
-            print(f"{mode:<18} {verb:<4} {s['min_ms']:>8} {s['p50_ms']:>8} {s['p99_ms']:>8} {s['mean_ms']:>8}   {ph}")
+    benchlib.print_verb_table("mode", results["modes"], phases=True)  # type: ignore[arg-type]
     print(f"p50 ratio to the floor measured in the same run (must hold: <= 2x, {', '.join(FLOOR_EXECS)})")
     for mode, by_floor in results["ratios_p50"].items():  # type: ignore[union-attr]
         cells = "  ".join(f"{verb} vs {f[6:]}: {by_floor[f][verb]:.2f}x" for f in FLOOR_EXECS for verb in ("ADD", "DEL"))
@@ -293,10 +225,7 @@ def main() -> int:
             print(f"burst {verb} {b['pods']} pods, {b['concurrency']} in flight (server + launcher): "  # type: ignore[index]
                   f"{r['total_s']} s, {r['pods_per_s']} pods/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms")
     print("breakdown:", ", ".join(f"{k}={v} ms" for k, v in results["breakdown"].items()))  # type: ignore[union-attr]
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {args.json}")
+    benchlib.write_json(args.json, results)
     return 0
 
 

@@ -18,28 +18,18 @@ reports/bench/cni_datastores.json). Run as root under the shared lock::
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import benchlib
+from benchlib import REPO, in_netns
 
-from kernel.netns import entered as in_netns  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location("cni_bench", os.path.join(REPO, "bench", "cni_bench.py"))
-assert _spec is not None and _spec.loader is not None
-cni_bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cni_bench)
-
-ETCD = cni_bench.ETCD
+ETCD = "http://127.0.0.1:2379"
 API = "https://127.0.0.1:16443"
 NODE = "bench-node"
 NS = "bench"
@@ -96,19 +86,7 @@ def prepare(ns: str, kubeconfig: str, cids: list[str]) -> None:
 
 def run_one(pod: str, cid: str, command: str, sock: str, log_path: str, exe: str, netconf: dict) -> float:
     """Exec the plugin once (caller's thread is in the node netns); wall ms."""
-    conf = dict(netconf, cniVersion="1.0.0", name="k8s-pod-network", type="calico", nodename=NODE, mtu=0,
-                log_level="info", log_file_path=log_path, ipam={"type": "calico-ipam"},
-                ipam_lock_file=os.path.join(os.path.dirname(log_path), "ipam.lock"))
-    env = {"PATH": f"{cni_bench.VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command,
-           "CNI_CONTAINERID": cid, "CNI_NETNS": f"/run/netns/{pod}", "CNI_IFNAME": "eth0",
-           "CNI_PATH": cni_bench.VENV_BIN, "CNI_ARGS": f"K8S_POD_NAMESPACE={NS};K8S_POD_NAME={cid}",
-           "CALICO_CNI_SOCKET": sock}
-    t0 = time.perf_counter()
-    proc = subprocess.run([exe], input=json.dumps(conf).encode(), env=env, capture_output=True)
-    wall = (time.perf_counter() - t0) * 1000
-    if proc.returncode != 0:
-        raise SystemExit(f"{command} {cid} failed: {proc.stdout.decode()} {proc.stderr.decode()[-800:]}")
-    return wall
+    return benchlib.exec_cni(exe, command, cid, pod, NS, cid, sock, benchlib.cni_netconf(log_path, NODE, **netconf))
 
 
 def main() -> int:
@@ -124,27 +102,22 @@ def main() -> int:
     pods = {ds: [f"cnidp{tag}{k}{i:04d}" for i in range(args.pods)] for k, ds in enumerate(stores)}
     tmp = tempfile.mkdtemp(prefix="cni-datastores-")
     etcd = api = server = None
-    made: list[str] = []
+    netns = benchlib.Namespaces()
     results: dict[str, object] = {"benchmark": "cni_datastores", "pods": args.pods, "cpus": os.cpu_count(),
                                   "loadavg_1m_before": os.getloadavg()[0]}
     try:
-        subprocess.run(["ip", "netns", "add", ns], check=True)
-        made.append(ns)
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        netns.add(ns, lo_up=True)
         for p in (p for ps in pods.values() for p in ps):
-            subprocess.run(["ip", "netns", "add", p], check=True)
-            made.append(p)
-        etcd = cni_bench.start_etcd(ns, os.path.join(tmp, "etcd"))
+            netns.add(p)
+        etcd, _ = benchlib.start_etcd(os.path.join(tmp, "etcd"), 2379, netns=ns)
         api, kubeconfig = start_apiserver(ns, tmp)
         cids = {ds: [f"{ds[:4]}-{i:04d}" for i in range(args.pods)] for ds in stores}
         prepare(ns, kubeconfig, cids["kubernetes"])
         netconfs = {"etcdv3": {"datastore_type": "etcdv3", "etcd_endpoints": ETCD},
                     "kubernetes": {"datastore_type": "kubernetes", "kubernetes": {"kubeconfig": kubeconfig}}}
         sock = os.path.join(tmp, "cni.sock")
-        server = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", os.path.join(cni_bench.VENV_BIN, "python"),
-                                   "-m", "cni.server", "--socket", sock], stdout=subprocess.PIPE, text=True, cwd=REPO)
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        exe = os.path.join(REPO, "cni", "bin", "calico")
+        server = benchlib.start_cni_server(ns, sock)
+        exe = benchlib.CNI_LAUNCHER
         walls = {ds: {"ADD": [], "DEL": []} for ds in stores}
         with in_netns(f"/run/netns/{ns}"):
             for ds in stores:  # one warm-up ADD/DEL each (the server's first client of that datastore)
@@ -155,7 +128,7 @@ def main() -> int:
                     for ds in stores:
                         walls[ds][command].append(run_one(pods[ds][i], cids[ds][i], command, sock,
                                                           os.path.join(tmp, f"{ds}.log"), exe, netconfs[ds]))
-        results["datastores"] = {ds: {verb: cni_bench.summarize(w, []) for verb, w in verbs.items()}
+        results["datastores"] = {ds: {verb: benchlib.summarize(w, []) for verb, w in verbs.items()}
                                  for ds, verbs in walls.items()}
         add_p50 = results["datastores"]["kubernetes"]["ADD"]["p50_ms"]  # type: ignore[index]
         results["must_hold"] = {f"CNI ADD p50 <= {MUST_ADD_P50_MS:g} ms in the Kubernetes datastore":
@@ -163,31 +136,19 @@ def main() -> int:
         results["loadavg_1m_after"] = os.getloadavg()[0]
     finally:
         for proc in (server, api):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            benchlib.stop(proc)
         if etcd is not None:
             etcd.kill()
             etcd.wait()
-        for name in reversed(made):
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+        netns.close()
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"CNI exec-to-exit wall time (cni/bin/calico -> warm CNI server), {args.pods} pods per datastore, "
           f"interleaved ({os.cpu_count()} CPUs, load {results['loadavg_1m_before']:.2f} -> "
           f"{results.get('loadavg_1m_after', 0):.2f})")
-    print(f"{'datastore':<12} {'verb':<4} {'min ms':>8} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
-    for ds, verbs in results["datastores"].items():  # type: ignore[union-attr]
-        for verb, s in verbs.items():
-            print(f"{ds:<12} {verb:<4} {s['min_ms']:>8} {s['p50_ms']:>8} {s['p99_ms']:>8} {s['mean_ms']:>8}")
+    benchlib.print_verb_table("datastore", results["datastores"])  # type: ignore[arg-type]
     for what, ok in results["must_hold"].items():  # type: ignore[union-attr]
         print(f"{what}: {'HOLDS' if ok else 'DOES NOT HOLD'}")
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {args.json}")
+    benchlib.write_json(args.json, results)
     return 0
 
 

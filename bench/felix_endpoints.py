@@ -29,27 +29,13 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-import uuid
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from datastore.names import veth_name  # noqa: E402
+import benchlib
+from benchlib import REPO, iface, ip_of
 
-PY = os.path.join(REPO, ".venv", "bin", "python")
 N_MAX = 1000
-
-
-def iface(i: int) -> str:
-    """Host-side interface name of endpoint ``i`` (pod ``bench/p<i>``, named as Calico names it)."""
-    return veth_name("bench", f"p{i}")
-
-
-def ip_of(i: int) -> str:
-    """Pod IP of endpoint ``i`` (inside 10.64.0.0/16)."""
-    return f"10.64.{i // 250}.{i % 250 + 1}"
 
 
 def make_links(n: int) -> None:
@@ -78,11 +64,7 @@ def felix_input(eps):
 
 def flush_dataplane() -> None:
     """Remove what Felix programmed (routes go with ``ip route flush``; chains and sets are dropped)."""
-    subprocess.run(["ip", "-4", "route", "flush", "table", "main", "proto", "boot"], check=False)
-    for table in ("filter", "nat"):
-        subprocess.run(["iptables", "-t", table, "-F"], check=True)
-        subprocess.run(["iptables", "-t", table, "-X"], check=True)
-    subprocess.run(["ipset", "destroy"], check=False)
+    benchlib.flush_dataplane(("filter", "nat"), routes=True)
 
 
 FLOOR_RAW = "floor: ipset restore + iptables-restore (same rules)"
@@ -92,19 +74,12 @@ FLOOR_FULL = "floor + ip -batch routes + sysctl writes"
 def raw_floor(desired) -> tuple[float, float]:
     """One raw restore of ``desired``'s sets and rules (seconds), then (the second value) the
     same plus its routes with one ``ip -batch`` and its interfaces' sysctls written in turn."""
-    from felix_policy import restore_texts
-
-    from agent.felix.iptables import commands
     from agent.felix.sysctl import global_settings, interface_settings
 
-    ipt_text, set_text = restore_texts(desired)
+    ipt_text, set_text = benchlib.restore_texts(desired)
     routes = "".join(f"route replace {dst} dev {dev} scope link proto boot\n" for dst, dev in desired.routes.items())
     t0 = time.perf_counter()
-    r1 = subprocess.run(["ipset", "restore"], input=set_text, text=True, capture_output=True)
-    r2 = subprocess.run([commands()[1], "--noflush"], input=ipt_text, text=True, capture_output=True)
-    t1 = time.perf_counter()
-    if r1.returncode or r2.returncode:
-        raise SystemExit(f"raw restore failed: {r1.stderr} {r2.stderr[-500:]}")
+    t1 = t0 + benchlib.raw_restore(ipt_text, set_text)
     subprocess.run(["ip", "-batch", "-"], input=routes, text=True, check=True)
     for key, val in [*global_settings().items(),
                      *(kv for i in sorted(desired.interfaces) for kv in interface_settings(i, "1").items())]:
@@ -118,22 +93,8 @@ def raw_floor(desired) -> tuple[float, float]:
 
 def timed_phases(felix, phases: dict[str, float]) -> None:
     """Wrap ``felix``'s calculation and drivers so each apply adds its seconds to ``phases``."""
-    def wrap(obj, attr: str, name: str) -> None:
-        fn = getattr(obj, attr)
-
-        def timed(*a, **kw):
-            t = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
-        setattr(obj, attr, timed)
-
-    wrap(felix.calc, "calculate", "calculation")
-    wrap(felix.ipsets, "apply_updates", "ipsets")
-    wrap(felix.routes, "apply", "routes")
-    wrap(felix.sysctls, "apply", "sysctls")
-    wrap(felix, "_apply_tables", "iptables")
+    benchlib.time_phases(felix, phases, {"calculate": "calculation", "ipsets": "ipsets", "routes": "routes",
+                                         "sysctls": "sysctls", "iptables": "iptables"})
 
 
 def inside(repeat: int) -> dict:
@@ -210,23 +171,9 @@ def end_to_end(repeat: int) -> dict[str, list[float]]:
 
     flush_dataplane()
     data = tempfile.mkdtemp(prefix="bench-etcd-")
-    url = "http://127.0.0.1:23790"
-    etcd = subprocess.Popen(["etcd", "--name", "b", "--data-dir", data, "--listen-client-urls", url,
-                             "--advertise-client-urls", url, "--listen-peer-urls", "http://127.0.0.1:23800",
-                             "--initial-advertise-peer-urls", "http://127.0.0.1:23800",
-                             "--initial-cluster", "b=http://127.0.0.1:23800", "--log-level", "error",
-                             "--logger", "zap"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    etcd, url = benchlib.start_etcd(data, 23790)
     try:
         client = Client([url])
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.etcd.revision()
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
         client.create(IPPool(metadata=Metadata(name="p"), spec=IPPool.Spec(cidr="10.64.0.0/16", block_size=26,
                                                                              ipip_mode="Never", nat_outgoing=True)))
         node = Node(metadata=Metadata(name="bench"))
@@ -294,36 +241,17 @@ def main() -> int:
         with open(args.inside, "w") as f:
             json.dump(res, f)
         return 0
-    load_before = os.getloadavg()
-    ns = f"fbench{uuid.uuid4().hex[:6]}"
-    out = tempfile.mktemp(prefix="felix-bench-", suffix=".json")
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ip", "netns", "exec", ns, PY, os.path.abspath(__file__), "--inside", out,
-                        "--repeat", str(args.repeat)], check=True, cwd=REPO)
-        with open(out) as f:
-            res = json.load(f)
-    finally:
-        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-        for pid in pids:
-            subprocess.run(["kill", "-9", pid], check=False)
-        subprocess.run(["ip", "netns", "delete", ns], check=False)
-        if os.path.exists(out):
-            os.unlink(out)
-    load_after = os.getloadavg()
+    res, load_before, load_after = benchlib.run_inside_netns(__file__, ["--repeat", str(args.repeat)], "fbench")
     targets = {"dataplane 1000": 2.0, "dataplane +1 (1000 present)": 0.05, "end-to-end +1 (1000 present)": 0.05}
-    rows = []
     print(f"Felix programming workload endpoints, {os.cpu_count()} CPUs, load average {load_before[0]:.1f} before, "
           f"{load_after[0]:.1f} after; {args.repeat} repeats, medians")
-    print(f"{'measurement':<54} {'median ms':>10} {'min ms':>9} {'max ms':>9} {'target ms':>10}")
-    for name, times in res.items():
-        med = statistics.median(times)
+
+    def target_of(name: str, med: float) -> tuple[str, dict]:
         tgt = targets.get(name)
-        rows.append({"measurement": name, "seconds": times, "median_s": med,
-                     "target_s": tgt, "meets_target": (med <= tgt) if tgt else None})
-        print(f"{name:<54} {med * 1000:>10.1f} {min(times) * 1000:>9.1f} {max(times) * 1000:>9.1f} "
-              f"{(f'{tgt * 1000:.0f}' if tgt else '-'):>10}")
+        return (f"{tgt * 1000:.0f} ms" if tgt else "-",
+                {"target_s": tgt, "meets_target": (med <= tgt) if tgt else None})
+
+    rows = benchlib.print_median_table(res, 54, "median ms", target_of)
     med = {name: statistics.median(times) for name, times in res.items()}
     ratios = {"dataplane 1000 / raw restore": med["dataplane 1000"] / med[FLOOR_RAW],
               "dataplane 1000 / raw restore + routes + sysctls": med["dataplane 1000"] / med[FLOOR_FULL]}
@@ -332,12 +260,9 @@ def main() -> int:
     holds = ratios["dataplane 1000 / raw restore"] <= 1.5
     print(f"issue 18 must-hold, 1,000 endpoints from empty <= 1.5x one raw restore: "
           f"{'HOLDS' if holds else 'DOES NOT HOLD'}")
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"benchmark": "felix_endpoints", "cpus": os.cpu_count(), "repeat": args.repeat,
-                   "load_average": {"before": load_before, "after": load_after}, "ratios": ratios,
-                   "must_hold_1000_le_1_5x_raw_restore": holds, "results": rows}, f, indent=2)
-    print(f"wrote {args.json}")
+    benchlib.write_json(args.json, {"benchmark": "felix_endpoints", "cpus": os.cpu_count(), "repeat": args.repeat,
+                                    "load_average": {"before": load_before, "after": load_after}, "ratios": ratios,
+                                    "must_hold_1000_le_1_5x_raw_restore": holds, "results": rows})
     return 0
 
 

@@ -33,22 +33,14 @@ import os
 import random
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-import uuid
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import benchlib
+from benchlib import REPO, TABLES, iface, ip_of, restore_texts
 
-PY = os.path.join(REPO, ".venv", "bin", "python")
 N_EP, N_POL, N_LABELS, N_VALUES = 1000, 500, 20, 50
 NODE, REMOTE = "bench", "bench-remote"
-TABLES = ("raw", "mangle", "filter", "nat")
-
-
-def ip_of(i: int) -> str:
-    return f"10.64.{i // 250}.{i % 250 + 1}"
 
 
 def labels_of(i: int, seed: int = 7) -> dict[str, str]:
@@ -72,12 +64,6 @@ def policy_doc(j: int, seed: int = 7) -> dict:
                                   "destination": {"ports": ports}}],
                      "egress": [{"action": "Allow", "protocol": "TCP",
                                  "destination": {"selector": f"l{c} == 'v{z}'", "ports": ports}}]}}
-
-
-def iface(i: int) -> str:
-    from datastore.names import veth_name
-
-    return veth_name("bench", f"p{i}")
 
 
 def wep(i: int, node: str = NODE, labels: dict[str, str] | None = None):
@@ -115,48 +101,24 @@ def felix_input():
 
 
 def flush_dataplane() -> None:
-    for table in TABLES:
-        subprocess.run(["iptables", "-t", table, "-F"], check=True)
-        subprocess.run(["iptables", "-t", table, "-X"], check=True)
-    subprocess.run(["ipset", "destroy"], check=False)
-
-
-def restore_texts(desired) -> tuple[str, str]:
-    """The identical ruleset as one ``iptables-restore`` input and one ``ipset restore`` input."""
-    from agent.felix.ipsets import MAXELEM, norm_member
-    from agent.felix.iptables import ActualTable, IptablesTable
-
-    parts = []
-    for table in TABLES:
-        plan, _ = IptablesTable(table).plan(desired.tables[table], ActualTable())
-        parts.append("\n".join(line for line in plan if line))
-    sets = []
-    for s in desired.ipsets.values():
-        sets.append(f"create {s.name} {s.type} family inet maxelem {MAXELEM}")
-        sets += [f"add {s.name} {norm_member(m)}" for m in sorted(s.members)]
-    return "\n".join(parts) + "\n", "\n".join(sets) + "\n"
+    """Drop the chains of every table and every ipset Felix programmed."""
+    benchlib.flush_dataplane(TABLES)
 
 
 def from_empty(repeat: int) -> dict[str, list[float]]:
     from agent.felix.calc import Calculator
     from agent.felix.ipsets import IpsetDriver
-    from agent.felix.iptables import IptablesTable, commands
+    from agent.felix.iptables import IptablesTable
 
     inp = felix_input()
     desired = Calculator().calculate(inp)
     ipt_text, set_text = restore_texts(desired)
-    restore = commands()[1]
     rules = ipt_text.count("\n-A ") + ipt_text.count("\n-I ")
     out: dict[str, list[float]] = {"felix from empty": [], "floor: ipset restore + iptables-restore": [],
                                    "felix: calculation only": []}
     for _ in range(repeat):
         flush_dataplane()
-        t0 = time.perf_counter()
-        r1 = subprocess.run(["ipset", "restore"], input=set_text, text=True, capture_output=True)
-        r2 = subprocess.run([restore, "--noflush"], input=ipt_text, text=True, capture_output=True)
-        out["floor: ipset restore + iptables-restore"].append(time.perf_counter() - t0)
-        if r1.returncode or r2.returncode:
-            raise SystemExit(f"raw restore failed: {r1.stderr} {r2.stderr[-500:]}")
+        out["floor: ipset restore + iptables-restore"].append(benchlib.raw_restore(ipt_text, set_text))
         flush_dataplane()
         t0 = time.perf_counter()
         d = Calculator().calculate(inp)
@@ -174,17 +136,6 @@ def from_empty(repeat: int) -> dict[str, list[float]]:
     out["_size"] = [float(rules), float(len(desired.ipsets)),
                     float(sum(len(s.members) for s in desired.ipsets.values()))]
     return out
-
-
-def start_etcd(data: str, port: int):
-    url = f"http://127.0.0.1:{port}"
-    p = subprocess.Popen(["etcd", "--name", "b", "--data-dir", data, "--listen-client-urls", url,
-                          "--advertise-client-urls", url, "--listen-peer-urls", f"http://127.0.0.1:{port + 1}",
-                          "--initial-advertise-peer-urls", f"http://127.0.0.1:{port + 1}",
-                          "--initial-cluster", f"b=http://127.0.0.1:{port + 1}", "--log-level", "error",
-                          "--logger", "zap", "--quota-backend-bytes", str(4 << 30)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return p, url
 
 
 def wait_applied(felix, check, what: str, timeout: float = 10.0) -> None:
@@ -210,19 +161,10 @@ def end_to_end(repeat: int) -> dict[str, list[float]]:
                     for i in range(N_EP))
     subprocess.run(["ip", "-batch", "-"], input=batch, text=True, check=True)
     data = tempfile.mkdtemp(prefix="bench-etcd-")
-    etcd, url = start_etcd(data, 23890)
+    etcd, url = benchlib.start_etcd(data, 23890, quota_bytes=4 << 30)
     res: dict[str, list[float]] = {}
     try:
         client = Client([url])
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.etcd.revision()
-                break
-            except Exception:  # noqa: BLE001 - etcd starting
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
         client.create(IPPool(metadata=Metadata(name="p"), spec=IPPool.Spec(cidr="10.64.0.0/16", block_size=26,
                                                                              ipip_mode="Never", nat_outgoing=True)))
         for name, addr in ((NODE, "172.31.50.1/24"), (REMOTE, "172.31.50.2/24")):
@@ -279,26 +221,15 @@ def end_to_end(repeat: int) -> dict[str, list[float]]:
         phases: dict[str, float] = {}
         starts: list[float] = []
 
-        def timed(name, fn):
-            def wrapper(*a, **kw):
-                t = time.perf_counter()
-                try:
-                    return fn(*a, **kw)
-                finally:
-                    phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
-            return wrapper
-
         apply_fn = felix.apply
 
         def apply_logged(*a, **kw):
             starts.append(time.perf_counter())
             return apply_fn(*a, **kw)
         felix.apply = apply_logged
-        felix.calc.calculate = timed("calculation", felix.calc.calculate)
-        felix.ipsets.apply_updates = timed("ipset driver", felix.ipsets.apply_updates)
-        felix.routes.apply = timed("routes and sysctls", felix.routes.apply)
-        felix.sysctls.apply = timed("routes and sysctls", felix.sysctls.apply)
-        felix._apply_tables = timed("iptables driver (iptables-restore)", felix._apply_tables)
+        benchlib.time_phases(felix, phases, {"calculate": "calculation", "ipsets": "ipset driver",
+                                             "routes": "routes and sysctls", "sysctls": "routes and sysctls",
+                                             "iptables": "iptables driver (iptables-restore)"})
         breakdown: dict[str, list[float]] = {}
         i = 3
         ep_key = f"bench/{NODE}-k8s-p{i}-eth0"
@@ -379,52 +310,32 @@ def main() -> int:
         with open(args.inside, "w") as f:
             json.dump(res, f)
         return 0
-    load_before = os.getloadavg()
-    ns = f"fpbench{uuid.uuid4().hex[:6]}"
-    out = tempfile.mktemp(prefix="felix-policy-bench-", suffix=".json")
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ip", "netns", "exec", ns, PY, os.path.abspath(__file__), "--inside", out,
-                        "--repeat", str(args.repeat),
-                        "--endpoints", str(N_EP), "--policies", str(N_POL)], check=True, cwd=REPO)
-        with open(out) as f:
-            res = json.load(f)
-    finally:
-        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-        for pid in pids:
-            subprocess.run(["kill", "-9", pid], check=False)
-        subprocess.run(["ip", "netns", "delete", ns], check=False)
-        if os.path.exists(out):
-            os.unlink(out)
-    load_after = os.getloadavg()
+    res, load_before, load_after = benchlib.run_inside_netns(
+        __file__, ["--repeat", str(args.repeat), "--endpoints", str(N_EP), "--policies", str(N_POL)], "fpbench")
     size = res.pop("_size")
     felix, floor = statistics.median(res["felix from empty"]), statistics.median(
         res["floor: ipset restore + iptables-restore"])
     targets = {"label change: remote endpoint into a rule's ipset": 0.100,
                "label change: local endpoint, its policies change": 0.100, "new policy enforced": 0.200}
-    rows = []
     print(f"scenario: {N_EP} endpoints x {N_LABELS} labels, {N_POL} policies -> {int(size[0])} iptables rules, "
           f"{int(size[1])} ipsets ({int(size[2])} members); load average {load_before[0]:.1f} before, "
           f"{load_after[0]:.1f} after; {os.cpu_count()} CPUs")
-    print(f"{'measurement':<70} {'p50 ms':>9} {'min ms':>9} {'max ms':>9} {'target':>12}")
-    for name, times in res.items():
-        med = statistics.median(times)
+
+    def target_of(name: str, med: float) -> tuple[str, dict]:
         tgt = targets.get(name)
         target = f"{tgt * 1000:.0f} ms" if tgt else ("ratio <= 2" if name == "felix from empty" else "-")
         ok = (med <= tgt) if tgt else ((felix / floor <= 2) if name == "felix from empty" else None)
-        rows.append({"measurement": name, "seconds": times, "median_s": med, "target": target, "meets_target": ok})
-        print(f"{name:<70} {med * 1000:>9.1f} {min(times) * 1000:>9.1f} {max(times) * 1000:>9.1f} {target:>12}")
+        return target, {"target": target, "meets_target": ok}
+
+    rows = benchlib.print_median_table(res, 70, "p50 ms", target_of)
     print(f"{'ratio felix from empty / floor (same run)':<70} {felix / floor:>9.2f} {'':>9} {'':>9} "
           f"{'<= 2':>12}")
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"benchmark": "felix_policy", "cpus": os.cpu_count(), "repeat": args.repeat,
-                   "load_average": {"before": load_before, "after": load_after},
-                   "scenario": {"endpoints": N_EP, "policies": N_POL, "labels": N_LABELS, "values": N_VALUES,
-                                "iptables_rules": size[0], "ipsets": size[1], "ipset_members": size[2]},
-                   "ratio_from_empty": felix / floor, "results": rows}, f, indent=2)
-    print(f"wrote {args.json}")
+    benchlib.write_json(args.json, {
+        "benchmark": "felix_policy", "cpus": os.cpu_count(), "repeat": args.repeat,
+        "load_average": {"before": load_before, "after": load_after},
+        "scenario": {"endpoints": N_EP, "policies": N_POL, "labels": N_LABELS, "values": N_VALUES,
+                     "iptables_rules": size[0], "ipsets": size[1], "ipset_members": size[2]},
+        "ratio_from_empty": felix / floor, "results": rows})
     return 0
 
 
