@@ -134,8 +134,7 @@ TOPOLOGY_FIELDS: dict[str, Support] = {
     "calico.bgp.externalPeers.asNumber": works(_T_LIFE + "test_topology_bgp_settings_become_calico_resources"),
     "calico.bgp.externalPeers.node": works(_T_LIFE + "test_topology_bgp_settings_become_calico_resources"),
     "runtime": works("tests/unit/test_runtime_logic.py::test_topology_runtime_field_and_override",
-                     "tests/lab/test_runtime_containerd.py::test_pod_is_a_containerd_container",
-                     "tests/lab/test_runtime_docker.py::test_pod_is_a_docker_container"),
+                     "tests/lab/test_runtime.py::test_pod_is_a_containerd_or_docker_container"),
     "workloads.file": works(_T_MODEL + "test_workloads_file_and_inline", _T_WALK + "test_same_node_flow"),
     "workloads.manifest": works(_T_MODEL + "test_workloads_file_and_inline"),
     # labs over several machines (testbed.multihost, docs/multihost.md)

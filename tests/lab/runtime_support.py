@@ -1,9 +1,9 @@
-"""Shared body of the runtime lab tests (issue 17): one 2-node lab whose pods are containers
-of the runtime under test, driven as a user drives it (``calicolab kubectl``/``exec``).
+"""Shared body of the runtime lab tests (issue 17): one 2-node lab per runtime whose pods are
+containers of that runtime, driven as a user drives it (``calicolab kubectl``/``exec``).
 
-The module fixture runs the walkthrough (NotReady -> install -> Ready, the workloads, the
-flows under tcpdump) on ``topologies/containers.yaml`` with the runtime; the tests then
-look inside the pods, at the runtime's own client in the nodes, and at bad input.
+:func:`runtime_lab` runs the walkthrough (NotReady -> install -> Ready, the workloads, the
+flows under tcpdump) on ``topologies/containers.yaml`` with the runtime; the tests then look
+inside the pods, at the runtime's own client in the nodes, and at bad input.
 """
 
 from __future__ import annotations
@@ -11,56 +11,32 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from testbed.capture.group import pcaps_root
 from testbed.lab import state as labstate
 from testbed.poll import wait_for
 from testbed.walkthrough import REPO, Walkthrough
-from tests.support import require_root, require_tool, unique
+from tests.lab.lab_helpers import walkthrough_lab
+from tests.support import require_tool, unique
 
 TOPOLOGY = REPO / "topologies" / "containers.yaml"
+RUNTIMES = ("containerd", "docker")
 
 
-def bring_up(request, runtime: str):
+def runtime_lab(request, runtime: str) -> Iterator[Walkthrough]:
     """The module's lab (a generator for a fixture): walkthrough flows already run."""
-    require_root()
     for tool in ("containerd", "ctr", "runc", "containerd-shim-runc-v2"):
         require_tool(tool)
     if runtime == "docker":
         require_tool("dockerd")
-    w = Walkthrough(unique("rt"), topology=TOPOLOGY, runtime=runtime, progress=lambda m: None)
-    failed_before = request.session.testsfailed
-    try:
-        w.up()
-        w.install()
-        w.inspect()
-        w.wait_routes()
-        w.deploy()
-        w.start_captures()
-        w.run_flows()
+    with walkthrough_lab(request, "rt", flows=True, what=f"{runtime} lab", topology=TOPOLOGY,
+                         runtime=runtime) as w:
         yield w
-    finally:
-        if w.captures is not None and w.captures.result is None:
-            w.captures.stop()
-        if labstate.read_state(w.lab) is not None:
-            w.down()
-        lab_pcaps = pcaps_root() / w.lab
-        if request.session.testsfailed == failed_before and not os.environ.get("CALICOLAB_KEEP_PCAPS"):
-            shutil.rmtree(lab_pcaps, ignore_errors=True)
-
-
-def flow(w: Walkthrough, name: str):
-    """The flow ``name``, which must have answered 200."""
-    f = next(f for f in w.flows if f.name == name)
-    assert f.error is None, f"{name}: {f.error}"
-    assert f.result == "200", f"{name}: curl printed {f.result!r}"
-    return f
 
 
 def pod(w: Walkthrough, name: str) -> dict:
@@ -301,6 +277,68 @@ def check_two_containers(w: Walkthrough, runtime: str) -> None:
     delete_and_wait(w, "duo")
 
 
+def check_pod_is_a_containerd_container(w: Walkthrough) -> None:
+    """`ctr -n k8s.io task list` / `containers ls` in the node show the pod's real tasks:
+    the PID the pod runs as, its image, and its pause sandbox."""
+    p = pod(w, "k8s-w1")
+    pid = pod_pids(p)["nginx"]
+    cid = p["status"]["containerStatuses"][0]["containerID"]
+    assert cid.startswith("containerd://")
+    tasks = w.in_node("k8s-w1", "ctr", "-n", "k8s.io", "task", "list")
+    rows = {r.split()[0]: r.split()[1:] for r in tasks.splitlines()[1:]}
+    assert rows[cid.removeprefix("containerd://")] == [str(pid), "RUNNING"], tasks
+    ctrs = w.in_node("k8s-w1", "ctr", "-n", "k8s.io", "containers", "ls")
+    images = {r.split()[0]: r.split()[1] for r in ctrs.splitlines()[1:]}
+    assert images[cid.removeprefix("containerd://")].startswith("docker.io/calicolab/nginx:"), ctrs
+    assert any(i.startswith("docker.io/calicolab/pause:") for i in images.values()), ctrs
+    # the pod's sandbox: a pause task whose netns the nginx container shares
+    sandbox = [t for t, (tpid, _) in rows.items() if t != cid.removeprefix("containerd://")
+               and images.get(t, "").startswith("docker.io/calicolab/pause:")
+               and w.in_node("k8s-w1", "ip", "netns", "identify", tpid).strip()
+               == p["metadata"]["annotations"]["calicolab.io/netns"]]
+    assert len(sandbox) == 1, tasks
+    # the pod's netns is the sandbox's, named as containerd's CRI names it
+    ns = p["metadata"]["annotations"]["calicolab.io/netns"]
+    assert ns.startswith("cni-") and ns in node_netns(w, "k8s-w1")
+    assert w.in_node("k8s-w1", "ip", "netns", "identify", str(pid)).strip() == ns
+
+
+def check_pod_is_a_docker_container(w: Walkthrough) -> None:
+    """`docker ps` in the node lists the pod's sandbox and container under cri-dockerd's
+    names, the container's PID is the pod's, and it was started with network none."""
+    p = pod(w, "k8s-w1")
+    uid = p["metadata"]["uid"]
+    pid = pod_pids(p)["nginx"]
+    cid = p["status"]["containerStatuses"][0]["containerID"]
+    assert cid.startswith("docker://")
+    names = [n for n in w.in_node("k8s-w1", "docker", "ps", "--format", "{{.Names}}").split() if uid in n]
+    assert sorted(names) == sorted([f"k8s_nginx_k8s-w1_default_{uid}_0", f"k8s_POD_k8s-w1_default_{uid}_0"]), names
+    fmt = "{{.State.Pid}} {{.HostConfig.NetworkMode}}"
+    inspect = w.in_node("k8s-w1", "docker", "inspect", "-f", fmt, cid.removeprefix("docker://")).split()
+    sandbox = w.in_node("k8s-w1", "docker", "inspect", "-f", fmt, f"k8s_POD_k8s-w1_default_{uid}_0").split()
+    assert inspect[0] == str(pid) and inspect[1].startswith("container:"), inspect
+    assert sandbox[1] == "none", sandbox
+    # dockerd made no bridge and no NAT rules in the node: the pod is wired by Calico's CNI only
+    assert "docker0" not in w.in_node("k8s-w1", "ip", "link")
+    assert "DOCKER" not in w.in_node("k8s-w1", "iptables-save")
+
+
+def end_lab(w: Walkthrough, how: str) -> None:
+    """End lab ``w`` (it runs containers and runtime processes) by ``down`` or by ``kill -9``
+    of every lab process then ``calicolab clean`` (``how``: "down" or "kill9"); nothing of it
+    may be left."""
+    from testbed.lab import lifecycle as labmod
+
+    pids = container_pids(w)
+    assert pids and runtime_processes(w.lab)
+    if how == "down":
+        labmod.down(w.lab, progress=lambda m: None)
+    else:
+        assert kill9_everything(w.lab) > 0
+        clean(w.lab)
+    check_nothing_left(w.lab, pids)
+
+
 def check_cleanup(runtime: str, how: str) -> None:
     """A fresh lab with one running pod, ended by ``down`` or by ``kill -9`` of every process
     then ``calicolab clean``: nothing of it is left."""
@@ -313,14 +351,7 @@ def check_cleanup(runtime: str, how: str) -> None:
         apply(w, pod_yaml("one", "k8s-w1", "nginx"))
         wait_for(lambda: pod(w, "one").get("status") or {}, lambda s: s.get("phase") == "Running", timeout=60,
                  what="pod one Running")
-        pids = container_pids(w)
-        assert pids and runtime_processes(w.lab)
-        if how == "down":
-            labmod.down(w.lab, progress=lambda m: None)
-        else:
-            assert kill9_everything(w.lab) > 0
-            clean(w.lab)
-        check_nothing_left(w.lab, pids)
+        end_lab(w, how)
     finally:
         if labstate.read_state(w.lab) is not None:
             clean_lab(w.lab)
