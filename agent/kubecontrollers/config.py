@@ -36,6 +36,15 @@ class Config:
     leak_grace_period: float = 15 * 60.0
     reconciler_period: float = 5 * 60.0
     node_name_of_self: str = ""
+    #: etcdv3 or kubernetes (``DATASTORE_TYPE``, resolved as Calico's apiconfig does)
+    datastore_type: str = "etcdv3"
+
+    @property
+    def delete_nodes(self) -> bool:
+        """The node controller deletes Calico Nodes (and their endpoints and per-node
+        configuration) only in etcd mode: in the Kubernetes datastore the Calico Node is the
+        Kubernetes Node (runconfig.go ``DeleteNodes``)."""
+        return self.datastore_type != "kubernetes"
 
     @property
     def gc_interval(self) -> float:
@@ -46,6 +55,15 @@ class Config:
     def unimplemented(self) -> list[str]:
         """Enabled controllers calicolab does not implement (logged, never faked)."""
         return [c for c in self.enabled if c not in IMPLEMENTED]
+
+    @property
+    def not_needed(self) -> list[str]:
+        """Enabled controllers with nothing to do in the Kubernetes datastore: profiles and
+        WorkloadEndpoints are derived from Namespaces, ServiceAccounts and Pods, and
+        Kubernetes NetworkPolicies are converted by the datastore itself (calico.md section 6)."""
+        if self.datastore_type != "kubernetes":
+            return []
+        return [c for c in self.enabled if c in ("policy", "namespace", "serviceaccount", "workloadendpoint")]
 
 
 def from_env(env: dict[str, str]) -> Config:
@@ -59,10 +77,15 @@ def from_env(env: dict[str, str]) -> Config:
     if "flannelmigration" in enabled and len(enabled) > 1:
         raise ConfigError("ENABLED_CONTROLLERS: cannot run flannelmigration with other controllers")
     enabled = list(dict.fromkeys("namespace" if c == "profile" else c for c in enabled))
-    dtype = env.get("DATASTORE_TYPE", "etcdv3")
-    if dtype not in ("etcdv3", ""):
-        raise ConfigError(f"DATASTORE_TYPE={dtype!r}: calicolab's kube-controllers use etcdv3")
+    from datastore.base import datastore_type
+    from datastore.errors import DatastoreError
+
+    try:
+        dtype = datastore_type(env)
+    except DatastoreError as exc:
+        raise ConfigError(str(exc)) from None
     return Config(
+        datastore_type=dtype,
         enabled=enabled,
         leak_grace_period=_duration(env.get("LEAK_GRACE_PERIOD", "15m"), "LEAK_GRACE_PERIOD"),
         reconciler_period=_duration(env.get("RECONCILER_PERIOD", "5m"), "RECONCILER_PERIOD"),

@@ -24,7 +24,13 @@ from agent.kubecontrollers.decisions import (
     nodes_to_clean,
     plan_gc,
 )
-from agent.kubecontrollers.kubesource import SOURCE_ERRORS, SYNCED, KubeSource, RegistrySource
+from agent.kubecontrollers.kubesource import (
+    SOURCE_ERRORS,
+    SYNCED,
+    ApiSource,
+    KubeSource,
+    RegistrySource,
+)
 from datastore import Client, errors
 
 log = logging.getLogger(__name__)
@@ -52,7 +58,10 @@ class KubeControllers:
         from ipam import IPAM
 
         self.client = client
-        self.source = source if source is not None else RegistrySource(client.etcd)
+        if source is None:
+            kube = getattr(client, "kube", None)
+            source = ApiSource(kube) if kube is not None else RegistrySource(client.etcd)
+        self.source = source
         self.ipam = IPAM(client)
         self.config = config
         self.clock = clock
@@ -89,7 +98,11 @@ class KubeControllers:
         return out
 
     def calico_nodes(self) -> list[CalicoNodeRef]:
-        """Calico Nodes with the Kubernetes node each belongs to."""
+        """Calico Nodes with the Kubernetes node each belongs to. In the Kubernetes datastore a
+        Calico Node goes with its Kubernetes Node, so the hosts of block affinities stand in for
+        them (a deleted node's affinities are what is left to clean)."""
+        if not self.config.delete_nodes:
+            return [CalicoNodeRef(h, h) for h in sorted({a.host for a in self.ipam.store.list_affinities()})]
         out = []
         for n in self.client.list("Node"):
             ref = next((r.node_name for r in n.spec.orch_refs if r.orchestrator == "k8s" and r.node_name),
@@ -154,14 +167,18 @@ class KubeControllers:
         """Remove Calico's data of a deleted node: endpoints, IPs, tunnel address, block
         affinities, per-node BGP/Felix configuration, and the Calico Node itself."""
         log.info("node %s was deleted from Kubernetes: cleaning up its Calico data", name)
-        for wep in self.client.list("WorkloadEndpoint"):
-            if wep.spec.node == name:
-                self._delete("WorkloadEndpoint", wep.metadata.name, wep.metadata.namespace)
+        if self.config.delete_nodes:
+            for wep in self.client.list("WorkloadEndpoint"):
+                if wep.spec.node == name:
+                    self._delete("WorkloadEndpoint", wep.metadata.name, wep.metadata.namespace)
         mine = [a for a in self.allocations() if a.attrs.get("node") == name]
         self._release(mine, f"node {name} was deleted")
         self.ipam.release_tunnel_address(name)
         released = self.ipam.release_host_affinities(name)
         log.info("node %s: released %d block affinities", name, released)
+        if not self.config.delete_nodes:  # the Calico Node went with the Kubernetes Node
+            self.cleaned_nodes.append(name)
+            return
         for kind in ("BGPConfiguration", "FelixConfiguration"):
             self._delete(kind, f"node.{name}")
         for peer in self.client.list("BGPPeer"):
@@ -199,6 +216,10 @@ class KubeControllers:
         if self.config.unimplemented:
             log.warning("controllers not implemented in calicolab, not running: %s",
                         ", ".join(self.config.unimplemented))
+        if self.config.not_needed:
+            log.warning("controllers with nothing to do in the Kubernetes datastore (profiles and "
+                        "WorkloadEndpoints are derived, NetworkPolicies converted by the datastore), "
+                        "not running: %s", ", ".join(self.config.not_needed))
         if "node" not in self.config.enabled:
             log.info("node controller disabled by ENABLED_CONTROLLERS; nothing to do")
             stop.wait()

@@ -1,6 +1,6 @@
 """``python -m agent.kubecontrollers``: calico-kube-controllers (etcd datastore).
 
-Environment: ETCD_ENDPOINTS, DATASTORE_TYPE (etcdv3), ENABLED_CONTROLLERS
+Environment: DATASTORE_TYPE (etcdv3 with ETCD_ENDPOINTS, or kubernetes), ENABLED_CONTROLLERS
 (node, policy, namespace/profile, serviceaccount, workloadendpoint; KUBECONFIG to read
 Kubernetes through its API),
 LEAK_GRACE_PERIOD (15m), RECONCILER_PERIOD (5m), LOG_LEVEL (info).
@@ -31,17 +31,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"calico-kube-controllers: {exc}", file=sys.stderr)
         return 1
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     logging.getLogger(__name__).info("starting: controllers %s, leak grace period %gs",
                                      ",".join(cfg.enabled), cfg.leak_grace_period)
     from agent.kubecontrollers.kubesource import from_env as kube_source
     from agent.kubecontrollers.objects import ObjectControllers
 
-    source = kube_source(env, client.etcd)
-    objects = ObjectControllers(client, source, cfg.enabled, cfg.reconciler_period)
+    kube = getattr(client, "kube", None)
+    if kube is not None:  # the Kubernetes datastore: the same API client
+        from agent.kubecontrollers.kubesource import ApiSource
+
+        source = ApiSource(kube)
+    else:
+        source = kube_source(env, client.etcd)
+    enabled = [c for c in cfg.enabled if c not in cfg.not_needed]
+    objects = ObjectControllers(client, source, enabled, cfg.reconciler_period)
+    controllers = KubeControllers(client, cfg, source=source)
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        controllers.dirty.set()  # wake the node controller's wait (up to a GC interval)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     worker = threading.Thread(target=objects.run, args=(stop,), name="object-controllers", daemon=True)
     worker.start()
-    KubeControllers(client, cfg, source=source).run(stop)
+    controllers.run(stop)
     worker.join(timeout=5)
     return 0

@@ -111,7 +111,10 @@ def test_config_from_env():
     with pytest.raises(ConfigError, match="flannelmigration with other"):
         from_env({"ENABLED_CONTROLLERS": "node,flannelmigration"})
     with pytest.raises(ConfigError, match="DATASTORE_TYPE"):
-        from_env({"DATASTORE_TYPE": "kubernetes"})
+        from_env({"DATASTORE_TYPE": "consul"})
+    kdd = from_env({"DATASTORE_TYPE": "kubernetes", "ENABLED_CONTROLLERS": "node,policy,namespace"})
+    assert not kdd.delete_nodes and kdd.not_needed == ["policy", "namespace"]
+    assert from_env({"ETCD_ENDPOINTS": "http://127.0.0.1:2379"}).delete_nodes
 
 
 def test_pod_ips():
