@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "once the lab is ready and leaves it running.")
     s.add_argument("topology", help="topology file (topologies/*.yaml)")
     s.add_argument("--name", help="lab name (default: the file's name: field)")
+    s.add_argument("--datastore", choices=("kubernetes", "etcdv3"),
+                   help="Calico's datastore (default: the topology's calico.datastore)")
     s.add_argument("--no-cni", action="store_true",
                    help="do not start calico-node (nodes stay NotReady until install-cni)")
     s.add_argument("--runtime", metavar="NAME",
@@ -193,7 +195,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "up":
         st = labmod.up(args.topology, name=args.name, no_cni=args.no_cni, timeout=args.timeout,
                        progress=_progress, ready_timeout=args.ready_timeout, runtime=args.runtime,
-                       tunnels=json.loads(args.tunnels) if args.tunnels else None)
+                       tunnels=json.loads(args.tunnels) if args.tunnels else None,
+                       datastore=args.datastore)
         print(f"lab {st['lab']} is up: {len([h for h in st['hosts'].values() if h['kind'] == 'node'])}"
               f" node(s), etcd at {','.join(st['etcd_endpoints'])}")
         print(f"  calicolab{'' if len(labstate.running_labs()) < 2 else ' --lab ' + st['lab']} "
@@ -385,6 +388,8 @@ def run_tool(tool: str, args: list[str], lab: str | None) -> int:
     env = labstate.node_env(st, cp)
     for key in ("NODE_NAME", "NODENAME", "ETCD_ENDPOINTS", "CALICOLAB_LAB", "DATASTORE_TYPE"):
         os.environ[key] = env[key]
+    if env["DATASTORE_TYPE"] == "kubernetes":  # calicoctl reads the API server, as in a node shell
+        os.environ.setdefault("KUBECONFIG", "/etc/kubernetes/admin.conf")
     cwd = os.getcwd()
     nsmod.enter(netns)  # first: the node's mount ns hides /run/netns/<lab>-*
     if mnt is not None:

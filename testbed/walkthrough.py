@@ -179,8 +179,10 @@ class Walkthrough:
 
     def __init__(self, lab: str = "walkthrough", topology: Path = TOPOLOGY,
                  progress: Callable[[str], None] | None = None, run: str | None = None,
-                 runtime: str | None = None):
+                 runtime: str | None = None, datastore: str | None = None):
         self.lab = lab
+        #: kubernetes or etcdv3 (None: the topology's calico.datastore)
+        self.datastore = datastore
         self.topology = Path(topology)
         self.runtime = runtime  # None: the topology's (netns, containerd or docker)
         self.progress = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -244,7 +246,7 @@ class Walkthrough:
 
         nodes = len(load(self.topology).nodes)
         labmod.up(self.topology, name=self.lab, no_cni=True, progress=self.progress, runtime=self.runtime,
-                  timeout=120 * deadline_scale())
+                  timeout=120 * deadline_scale(), datastore=self.datastore)
         self._step("cluster up without a CNI (calicolab up --no-cni)", t)
         t = time.monotonic()
         conds = wait_for(self.node_conditions, lambda c: len(c) >= nodes, timeout=30,
@@ -815,12 +817,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="the lab (default topologies/walkthrough.yaml: IPIP Always; its nodes and hosts "
                     "may be spread over machines: topologies/vagrant-multi.yaml); its pool's mode decides "
                     "what the cross-node flow must look like on the wire")
+    ap.add_argument("--datastore", choices=("kubernetes", "etcdv3"),
+                    help="Calico's datastore (default: the topology's calico.datastore)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("calicolab demo: needs root (network namespaces, Mininet): run it with sudo",
               file=sys.stderr)
         return 1
-    wt = Walkthrough(args.name, Path(args.topology))
+    wt = Walkthrough(args.name, Path(args.topology), datastore=args.datastore)
     t0 = time.monotonic()
     try:
         ok, report_path = wt.run(keep=args.keep)

@@ -60,8 +60,9 @@ def _stderr_progress(msg: str) -> None:
 def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = False,
        timeout: float = 120.0, progress: Progress | None = None,
        ready_timeout: float = 30.0, runtime: str | None = None,
-       tunnels: dict | None = None) -> dict:
+       tunnels: dict | None = None, datastore: str | None = None) -> dict:
     """Bring up the lab described by ``topology``; return its state once it is ready.
+    ``datastore`` (kubernetes or etcdv3) overrides the file's ``calico.datastore``.
 
     Validation and every check happen before anything is created; a failure
     during the build tears down whatever was made. Raises :class:`LabError`
@@ -70,7 +71,7 @@ def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = Fals
     each machine's part comes back here (``CALICOLAB_PART``, with its ``tunnels``).
     """
     progress = progress or _stderr_progress
-    topo = load(topology, name=name, runtime=runtime)
+    topo = load(topology, name=name, runtime=runtime, datastore=datastore)
     lab = topo.name
     _preflight()
     old = read_state(lab)
@@ -114,6 +115,7 @@ def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = Fals
     if no_cni:
         argv.append("--no-cni")
     argv += ["--runtime", topo.runtime]
+    argv += ["--datastore", topo.calico.datastore]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,

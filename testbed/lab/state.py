@@ -203,7 +203,9 @@ def node_env(state: dict, node: str, base: dict[str, str] | None = None) -> dict
         "NODENAME": node,
         "ETCD_ENDPOINTS": ",".join(state["etcd_endpoints"]),
         "CALICOLAB_LAB": state["lab"],
-        "DATASTORE_TYPE": "etcdv3",
+        # calicoctl in a node shell reads the lab's datastore (with the shell's KUBECONFIG in
+        # the Kubernetes datastore)
+        "DATASTORE_TYPE": state.get("datastore", "etcdv3"),
         "PATH": f"{REPO / 'testbed' / 'lab' / 'nodebin'}:{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "PYTHONPATH": str(REPO),
         # compiled modules go to a cache outside the work tree, shared by every lab:
@@ -274,6 +276,7 @@ def plan(topo: Topology) -> dict[str, Any]:
         "error": None, "created": time.time(), "supervisor": {}, "hosts": hosts,
         "netns": [h["netns"] for h in hosts.values()], "cgroup": str(cg) if cg else None,
         "control_plane": topo.control_plane.name, "etcd_endpoints": topo.etcd_endpoints,
+        "datastore": topo.calico.datastore,
         "services": {}, "no_cni": False, "cni_installed": False, "skipped": [],
         "runtime": topo.runtime,
         "part": me, "tunnels": {},

@@ -137,6 +137,8 @@ class Supervisor:
         self.server: socket.socket | None = None
         self.pki_thread: threading.Thread | None = None
         self.pki_error: BaseException | None = None
+        #: Calico's datastore is the Kubernetes API (CRDs), not etcd (topology calico.datastore)
+        self.kdd = topo.calico.datastore == "kubernetes"
 
     # ---------------------------------------------------------------- reporting
     def progress(self, msg: str) -> None:
@@ -671,13 +673,12 @@ class Supervisor:
         if importlib.util.find_spec("datastore.client") is None:
             self._skip("BGP settings: datastore not present")
             return
-        endpoints = self.state["etcd_endpoints"]
 
         def work() -> list[str]:
-            from datastore import Client, errors
+            from datastore import errors
             from datastore.resources import BGPConfiguration, BGPPeer, Metadata, NodeBGPSpec
 
-            client = Client(endpoints)
+            client = self.datastore_client()
             done = []
             if not bgp.mesh or bgp.as_number != 64512:
                 client.apply(BGPConfiguration(
@@ -716,6 +717,34 @@ class Supervisor:
         done = nsmod.run_in(self.state["hosts"][self.topo.control_plane.name]["netns"], work)
         if done:
             self.progress("BGP settings: " + ", ".join(done))
+
+    def datastore_client(self) -> Any:
+        """Calico's datastore as the lab's components see it (call inside the control-plane
+        netns): the API server's custom resources (admin kubeconfig), or the lab's etcd."""
+        from datastore import Client
+
+        if self.kdd:
+            from testbed.lab import kubeadm
+
+            return Client.from_env({"DATASTORE_TYPE": "kubernetes",
+                                    "KUBECONFIG": str(kubeadm.admin_conf(self.state))}, timeout=5.0)
+        return Client(self.state["etcd_endpoints"])
+
+    def install_crds(self) -> None:
+        """The Kubernetes datastore: Calico's CRDs (crd.projectcalico.org/v1, what the install
+        manifest carries) in the API server, before any Calico component starts."""
+        from testbed.lab import kubeadm
+
+        conf = str(kubeadm.admin_conf(self.state))
+
+        def work() -> list[str]:
+            from datastore.kdd import install_crds
+            from kubeclient import Client, from_kubeconfig
+
+            return install_crds(Client(from_kubeconfig(conf)))
+
+        made = nsmod.run_in(self.state["hosts"][self.topo.control_plane.name]["netns"], work)
+        self.progress(f"Kubernetes datastore: {len(made)} Calico CRDs (crd.projectcalico.org/v1) installed")
 
     def wait_nodes(self, ready: bool) -> None:
         """Wait (bounded) until every node is registered (and Ready if ``ready``); warn otherwise."""
@@ -762,6 +791,11 @@ class Supervisor:
         """calico-node's environment from the topology, plus the lab's BGP start-up timers
         (:data:`LAB_BGP_TIMERS`) unless CALICOLAB_BGP_TIMERS is set already."""
         env = dict(self.topo.calico_node_env())
+        if self.kdd:  # a lab service, not a pod: the node's admin kubeconfig, not a token
+            env["KUBECONFIG"] = "/etc/kubernetes/admin.conf"
+            # Typha in front of every Felix and confd, as Calico recommends in this mode: the
+            # API server sees Typha's watches, not one set per node
+            env["FELIX_TYPHAADDR"] = f"{self.topo.control_plane.address}:5473"
         if BGP_TIMERS_ENV not in env and BGP_TIMERS_ENV not in os.environ:
             env[BGP_TIMERS_ENV] = LAB_BGP_TIMERS
         return env
@@ -773,6 +807,11 @@ class Supervisor:
         if not exe.exists():
             raise RuntimeError(f"calico-node is not installed ({exe} missing): run scripts/setup.sh")
         started = []
+        cp = self.topo.control_plane.name
+        typha = self.procs.get(f"{cp}/calico-typha")
+        if self.kdd and self.has_cp and (typha is None or typha.poll() is not None):
+            self.start_service(cp, "calico-typha", [str(labstate.VENV_BIN / "calico-typha")],
+                               {"DATASTORE_TYPE": "kubernetes", "KUBECONFIG": "/etc/kubernetes/admin.conf"})
         for n in self.local_nodes:
             proc = self.procs.get(f"{n.name}/calico-node")
             if proc is not None and proc.poll() is None:
@@ -781,13 +820,15 @@ class Supervisor:
             started.append(n.name)
         # calico-kube-controllers as calico-etcd.yaml runs it (one instance, host network): the
         # namespace/serviceaccount profiles, Kubernetes NetworkPolicies, pod labels, node clean-up
-        # (on the control plane's machine only, when the lab spans several: testbed.multihost)
-        cp = self.topo.control_plane.name
+        # (on the control plane's machine only, when the lab spans several: testbed.multihost);
+        # in the Kubernetes datastore as calico.yaml does, the node controller only (the rest is
+        # derived from Kubernetes objects by the datastore itself)
         proc = self.procs.get(f"{cp}/calico-kube-controllers")
         if self.has_cp and (proc is None or proc.poll() is not None):
             self.start_service(cp, "calico-kube-controllers", [sys.executable, "-m", "agent.kubecontrollers"],
-                               {"DATASTORE_TYPE": "etcdv3",
-                                "ENABLED_CONTROLLERS": "policy,namespace,serviceaccount,workloadendpoint,node",
+                               {"DATASTORE_TYPE": self.topo.calico.datastore,
+                                "ENABLED_CONTROLLERS": "node" if self.kdd else
+                                "policy,namespace,serviceaccount,workloadendpoint,node",
                                 # Kubernetes objects through the API server (kubeadm's admin.conf)
                                 "KUBECONFIG": "/etc/kubernetes/admin.conf"})
         self.state["cni_installed"] = True
@@ -801,6 +842,14 @@ class Supervisor:
         which the kubelets run. Returns the nodes calico-node will run on."""
         from testbed.k8s.install import install_by_manifest
 
+        if self.kdd:
+            # the lab's manifest is calico-etcd.yaml's shape: in the Kubernetes datastore Calico
+            # is installed as `up` without --no-cni does it (calico-node as a lab service per node)
+            if self.state.get("cni_installed"):
+                return []
+            self.progress("Kubernetes datastore: starting calico-node on every node as a lab service "
+                          "(the manifest install is etcd-only; docs/kdd.md)")
+            return self.start_calico_nodes()
         if importlib.util.find_spec("agent.main") is None:
             raise RuntimeError("calico-node is not available yet (agent/main.py missing)")
         if self.state.get("cni_installed"):
@@ -967,7 +1016,7 @@ class Supervisor:
                 self._skip("calico-node: --no-cni (run `calicolab install-cni` later)")
             elif importlib.util.find_spec("agent.main") is None:
                 self._skip("calico-node: agent.main not present")
-            else:
+            elif not self.kdd:
                 self.progress("starting calico-node on every node")
                 started = self.start_calico_nodes()
             self.wait_etcd()
@@ -977,6 +1026,14 @@ class Supervisor:
                 self.wait_apiserver()
                 mark("apiserver")
                 self.kubeadm_init()
+                if self.kdd:
+                    # the Calico Node is the Kubernetes Node: calico-node starts once the CRDs are
+                    # served and its kubelet has registered the Node (a pod would crash and restart)
+                    self.install_crds()
+                    if not self.no_cni and importlib.util.find_spec("agent.main") is not None:
+                        self.wait_nodes(ready=False)
+                        self.progress("starting calico-node on every node (Kubernetes datastore)")
+                        started = self.start_calico_nodes()
                 applying = self.start_workloads()
                 self.apply_bgp_config(patch_nodes=False)
             if started:
@@ -1097,11 +1154,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--topology", required=True)
     ap.add_argument("--name")
     ap.add_argument("--no-cni", action="store_true")
+    ap.add_argument("--datastore", choices=("kubernetes", "etcdv3"))
     ap.add_argument("--progress-fd", type=int)
     ap.add_argument("--ready-timeout", type=float, default=30.0)
     ap.add_argument("--runtime", default=None)
     args = ap.parse_args(argv)
-    topo = load(args.topology, name=args.name, runtime=args.runtime)
+    topo = load(args.topology, name=args.name, runtime=args.runtime, datastore=args.datastore)
     sup = Supervisor(topo, args.no_cni, args.progress_fd, args.ready_timeout)
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -45,7 +45,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,10 @@ ROLES = ("control-plane", "worker")
 #: pod runtimes a lab can run (testbed.k8s.cri.RUNTIMES)
 RUNTIMES = ("netns", "containerd", "docker")
 ENCAP_MODES = ("Never", "Always", "CrossSubnet")
+#: ``calico.datastore``: Calico's two datastores (libcalico-go's apiconfig names)
+DATASTORES = ("kubernetes", "etcdv3")
+#: the lab's datastore when the topology does not say (``up --datastore`` overrides both)
+DEFAULT_DATASTORE = "etcdv3"
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 LAB_NAME_MAX = 24
 #: Hosts name bridge ports after themselves and segments name their bridge: not "lo".
@@ -117,6 +121,9 @@ TOPOLOGY_FIELDS: dict[str, Support] = {
                               _T_WALK + "test_pod_to_internet_is_masqueraded"),
     "external.segment": works(_T_MODEL + "test_external_host_must_be_on_documentation_prefix",
                               _T_WALK + "test_pod_to_internet_is_masqueraded"),
+    "calico.datastore": works(_T_MODEL + "test_datastore_setting_and_the_node_environment",
+                              "tests/lab/test_walkthrough_kdd.py::"
+                              "test_six_flows_pass_on_their_pcaps_in_the_kubernetes_datastore"),
     "calico.pool.cidr": works("tests/unit/test_install_manifest.py::test_settings_from_lab_state_use_topology",
                               _T_WALK + "test_cross_node_flow_is_ipip"),
     "calico.pool.blockSize": works("tests/unit/test_install_manifest.py::test_settings_from_lab_state_use_topology"),
@@ -307,6 +314,8 @@ class CalicoSpec:
 
     pool: PoolSpec = field(default_factory=PoolSpec)
     bgp: BGPSpec = field(default_factory=BGPSpec)
+    #: ``kubernetes`` (Calico's resources as CRDs in the API server) or ``etcdv3``
+    datastore: str = DEFAULT_DATASTORE
 
 
 @dataclass(frozen=True)
@@ -499,7 +508,7 @@ class Topology:
             "CALICO_NETWORKING_BACKEND": "bird" if pool.vxlan_mode == "Never" else "vxlan",
             "IP": "autodetect",
             "IP_AUTODETECTION_METHOD": "interface=eth0",
-            "DATASTORE_TYPE": "etcdv3",
+            "DATASTORE_TYPE": self.calico.datastore,
             "FELIX_HEALTHPORT": "9099",
         }
 
@@ -668,15 +677,30 @@ def _kind(v: Any) -> str:
 # --------------------------------------------------------------------------- loading
 
 
-def load(path: str | Path, name: str | None = None, runtime: str | None = None) -> Topology:
+#: the Kubernetes datastore lab starts Typha, the CRDs and calico-node from the control plane's
+#: machine only; a lab over several machines (``hosts:``) is etcd-only for now
+_KDD_MULTIHOST = ("the Kubernetes datastore is not implemented for a lab over several machines "
+                  "(hosts:); use etcdv3")
+
+
+def load(path: str | Path, name: str | None = None, runtime: str | None = None,
+         datastore: str | None = None) -> Topology:
     """Read and validate the topology file at ``path``; ``name`` overrides the lab name,
-    ``runtime`` the file's ``runtime``."""
+    ``runtime`` the file's ``runtime``, ``datastore`` its ``calico.datastore`` (``up --datastore``)."""
     p = Path(path)
     try:
         text = p.read_text()
     except OSError as exc:
         raise TopologyError(str(path), None, "", f"cannot read: {exc.strerror}") from None
-    return loads(text, file=str(path), base=p.parent, name=name, runtime=runtime)
+    topo = loads(text, file=str(path), base=p.parent, name=name, runtime=runtime)
+    if datastore is None:
+        return topo
+    if datastore not in DATASTORES:
+        raise TopologyError(str(path), None, "calico.datastore",
+                            f"--datastore {datastore!r} is not one of {', '.join(DATASTORES)}")
+    if topo.multihost and datastore == "kubernetes":
+        raise TopologyError(str(path), None, "calico.datastore", f"--datastore kubernetes: {_KDD_MULTIHOST}")
+    return replace(topo, calico=replace(topo.calico, datastore=datastore))
 
 
 def loads(text: str, file: str = "<string>", base: Path | None = None,
@@ -825,6 +849,8 @@ def loads(text: str, file: str = "<string>", base: Path | None = None,
         externals.append(ExternalHost(ename, addr, sname, machine(r)))
 
     calico = _calico(doc, top.raw("calico", {}), segs, {n.name for n in nodes}, used_addr)
+    if hosts and calico.datastore == "kubernetes":
+        raise doc.err(("calico", "datastore"), _KDD_MULTIHOST)
     workloads = _workloads(doc, top.list("workloads"), base, {n.name for n in nodes})
     _refuse_unimplemented(doc, data)
     used = {m.host for m in (*nodes, *routers, *externals)}
@@ -940,7 +966,8 @@ def _calico(doc: _Doc, data: Any, segs: list[Segment], node_names: set[str],
         peers.append(ExternalPeer(addr, r.int("asNumber", 0, 1, 4294967295) if r.has("asNumber")
                                   else _missing(doc, r, "asNumber"), r.str("name", ""), node))
     return CalicoSpec(pool, BGPSpec(mesh, b.int("asNumber", 64512, 1, 4294967295),
-                                    tuple(rrs), tuple(peers)))
+                                    tuple(rrs), tuple(peers)),
+                      c.choice("datastore", DEFAULT_DATASTORE, DATASTORES))
 
 
 def _missing(doc: _Doc, r: _Reader, key: str) -> Any:

@@ -56,6 +56,29 @@ def test_walkthrough_file():
         assert n.address not in IPv4Network("10.0.0.0/8")
 
 
+def test_datastore_setting_and_the_node_environment(tmp_path):
+    """``calico.datastore`` (kubernetes or etcdv3; ``up --datastore`` overrides the file) sets
+    calico-node's DATASTORE_TYPE and every node shell's, so calicoctl reads the lab's datastore."""
+    from testbed.lab import state as labstate
+    from testbed.lab.topology import DEFAULT_DATASTORE
+
+    walk = ROOT / "topologies" / "walkthrough.yaml"
+    assert load(walk).calico.datastore == DEFAULT_DATASTORE
+    for ds in ("kubernetes", "etcdv3"):
+        t = load(walk, datastore=ds)
+        assert t.calico.datastore == ds and t.calico_node_env()["DATASTORE_TYPE"] == ds
+        assert labstate.node_env(labstate.plan(t), "k8s-w0", base={})["DATASTORE_TYPE"] == ds
+    f = tmp_path / "t.yaml"
+    f.write_text(walk.read_text().replace("calico:\n", "calico:\n  datastore: kubernetes\n"))
+    assert load(f).calico.datastore == "kubernetes"
+    assert load(f, datastore="etcdv3").calico.datastore == "etcdv3"
+    with pytest.raises(TopologyError, match="consul"):
+        load(walk, datastore="consul")
+    f.write_text(walk.read_text().replace("calico:\n", "calico:\n  datastore: etcd\n"))
+    with pytest.raises(TopologyError, match=r"calico\.datastore: 'etcd' is not one of kubernetes, etcdv3"):
+        load(f)
+
+
 def test_mesh4_has_six_sessions():
     t = load(ROOT / "topologies" / "mesh4.yaml")
     assert len(t.nodes) == 4 and t.expected_bgp_sessions() == 6
