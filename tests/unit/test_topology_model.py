@@ -77,6 +77,13 @@ def test_datastore_setting_and_the_node_environment(tmp_path):
     f.write_text(walk.read_text().replace("calico:\n", "calico:\n  datastore: etcd\n"))
     with pytest.raises(TopologyError, match=r"calico\.datastore: 'etcd' is not one of kubernetes, etcdv3"):
         load(f)
+    # a lab over several machines (hosts:) is etcd-only: refused by name, from the file or the flag
+    multi = ROOT / "topologies" / "vagrant-multi.yaml"
+    with pytest.raises(TopologyError, match="Kubernetes datastore is not implemented for a lab over several"):
+        load(multi, datastore="kubernetes")
+    f.write_text(multi.read_text().replace("calico:\n", "calico:\n  datastore: kubernetes\n"))
+    with pytest.raises(TopologyError, match=r"calico\.datastore: the Kubernetes datastore is not implemented"):
+        load(f)
 
 
 def test_mesh4_has_six_sessions():
