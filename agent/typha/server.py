@@ -80,9 +80,11 @@ class TyphaServer:
         self.kinds_of: dict[str, str] = {}          # key -> kind
         self.synced = threading.Event()
         self.stopping = threading.Event()
-        self.conns: set[_Conn] = set()
+        self.conns: set[_Conn] = set()     # streaming: handshake done, snapshot sent or being sent
+        self.open: set[_Conn] = set()      # every open connection, including those in the handshake
         self.lock = threading.Lock()
-        self.stats = {"connections": 0, "rejected": 0, "updates": 0, "messages": 0, "dropped": 0}
+        self.stats = {"accepted": 0, "connections": 0, "rejected": 0, "updates": 0, "messages": 0,
+                      "dropped": 0}
         self._listener: socket.socket | None = None
         self._stream: Any = None
         self._threads: list[threading.Thread] = []
@@ -125,6 +127,35 @@ class TyphaServer:
         with self.lock:
             clients = sorted(f"{c.hostname}/{c.syncer}" for c in self.conns if c.syncer)
         return {"synced": self.synced.is_set(), "cache": len(self.cache), "clients": clients, **self.stats}
+
+    def metrics_text(self) -> str:
+        """The connection and cache counts in Prometheus' text format, under the names
+        Calico's Typha exports them (``typha/pkg/syncserver/sync_server.go``): how many
+        clients are connected, and how many of each syncer type (felix, bgp) stream."""
+        with self.lock:
+            streaming = {st: 0 for st in SYNCER_KINDS}
+            for c in self.conns:
+                streaming[c.syncer] = streaming.get(c.syncer, 0) + 1
+            cache = {st: sum(1 for k in self.kinds_of.values() if k in kinds)
+                     for st, kinds in SYNCER_KINDS.items()}
+            active, accepted = len(self.open), self.stats["accepted"]
+        lines = [
+            "# HELP typha_connections_accepted Total number of connections accepted over time.",
+            "# TYPE typha_connections_accepted counter",
+            f"typha_connections_accepted {accepted}",
+            "# HELP typha_connections_active Number of open client connections, including "
+            "connections that are still in the handshake.",
+            "# TYPE typha_connections_active gauge",
+            f"typha_connections_active {active}",
+            "# HELP typha_connections_streaming Number of client connections that completed the "
+            "handshake and are streaming data.",
+            "# TYPE typha_connections_streaming gauge",
+            *(f'typha_connections_streaming{{syncer="{st}"}} {n}' for st, n in sorted(streaming.items())),
+            "# HELP typha_cache_size The total number of key/value pairs in Typha's in-memory cache.",
+            "# TYPE typha_cache_size gauge",
+            *(f'typha_cache_size{{syncer="{st}"}} {n}' for st, n in sorted(cache.items())),
+        ]
+        return "\n".join(lines) + "\n"
 
     # -- the one datastore watch -------------------------------------------------------
     def _watch_loop(self) -> None:
@@ -170,6 +201,9 @@ class TyphaServer:
             except OSError:
                 return
             conn = _Conn(sock, f"{addr[0]}:{addr[1]}")
+            with self.lock:
+                self.stats["accepted"] += 1
+                self.open.add(conn)
             threading.Thread(target=self._serve, args=(conn,), name=f"typha-{conn.peer}", daemon=True).start()
 
     def _serve(self, conn: _Conn) -> None:
@@ -182,6 +216,7 @@ class TyphaServer:
         finally:
             with self.lock:
                 self.conns.discard(conn)
+                self.open.discard(conn)
             conn.close()
 
     def _handshake(self, conn: _Conn) -> None:
@@ -270,25 +305,92 @@ def _timeval(seconds: float) -> bytes:
     return struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
 
 
+class MetricsServer:
+    """``GET /metrics``: :meth:`TyphaServer.metrics_text` over http (Typha's Prometheus port)."""
+
+    def __init__(self, server: TyphaServer, host: str = "", port: int = 9093) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if self.path.split("?")[0] != "/metrics":
+                    body, code = b"not found: try /metrics\n", 404
+                else:
+                    body, code = server.metrics_text().encode(), 200
+                self.send_response(code)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, fmt: str, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer((host or "0.0.0.0", port), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+
+    def start(self) -> None:
+        """Serve in a daemon thread."""
+        threading.Thread(target=self.httpd.serve_forever, name="typha-metrics", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m agent.typha``: serve until SIGTERM. Env: ETCD_ENDPOINTS, DATASTORE_TYPE,
-    TYPHA_SERVERPORT (5473), TYPHA_PINGINTERVAL (10), TYPHA_PONGTIMEOUT (60),
-    TYPHA_LOGSEVERITYSCREEN (info)."""
+    """``python -m agent.typha``: serve until SIGTERM. Configured as Calico's Typha, from
+    ``TYPHA_<PARAM>`` (:mod:`agent.typha.config`; a parameter calicolab does not implement
+    is refused by name), plus DATASTORE_TYPE/KUBECONFIG/ETCD_ENDPOINTS for the datastore."""
+    from agent.typha.config import ConfigError, load
+
     ap = argparse.ArgumentParser(prog="calico-typha", description=__doc__)
-    ap.add_argument("--port", type=int, default=int(os.environ.get("TYPHA_SERVERPORT", DEFAULT_PORT)))
-    ap.add_argument("--host", default="0.0.0.0")
+    ap.add_argument("--port", type=int, help="the sync port (default TYPHA_SERVERPORT, else 5473)")
+    ap.add_argument("--host", help="the address to listen on (default TYPHA_SERVERHOST, else all)")
     args = ap.parse_args(argv)
-    level = os.environ.get("TYPHA_LOGSEVERITYSCREEN", "info").upper()
-    logging.basicConfig(level=level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO",
-                        stream=sys.stderr, format="%(asctime)s %(levelname)s typha: %(message)s")
+    try:
+        cfg = load(os.environ)
+    except ConfigError as exc:
+        print(f"calico-typha: {exc}", file=sys.stderr)
+        return 1
+    level = str(cfg["LogSeverityScreen"]).replace("CRITICAL", "ERROR")
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s typha: %(message)s")
+    for name in cfg.unknown:
+        log.info("Ignoring unknown config param %s", name)
     from datastore import Client, errors
 
+    env = dict(os.environ)
+    if cfg["DatastoreType"]:
+        env["DATASTORE_TYPE"] = str(cfg["DatastoreType"])
+    if cfg["EtcdEndpoints"]:
+        env["ETCD_ENDPOINTS"] = str(cfg["EtcdEndpoints"])
+    extra: list = []
     try:
-        client = Client.from_env()
-        server = TyphaServer(client, args.host, args.port,
-                             ping_interval=float(os.environ.get("TYPHA_PINGINTERVAL", "10")),
-                             pong_timeout=float(os.environ.get("TYPHA_PONGTIMEOUT", "60")))
+        client = Client.from_env(env)
+        server = TyphaServer(client, args.host or str(cfg["ServerHost"]) or "0.0.0.0",
+                             args.port if args.port is not None else cfg.port,
+                             ping_interval=float(cfg["ServerPingIntervalSecs"]),  # type: ignore[arg-type]
+                             pong_timeout=float(cfg["ServerPongTimeoutSecs"]),  # type: ignore[arg-type]
+                             handshake_timeout=float(cfg["ServerHandshakeTimeoutSecs"]),  # type: ignore[arg-type]
+                             batch=int(cfg["ServerMaxMessageSize"]))  # type: ignore[arg-type]
         server.start()
+        if cfg["PrometheusMetricsEnabled"]:
+            metrics = MetricsServer(server, str(cfg["PrometheusMetricsHost"]),
+                                    int(cfg["PrometheusMetricsPort"]))  # type: ignore[arg-type]
+            metrics.start()
+            extra.append(metrics)
+            log.info("Prometheus metrics on port %d (/metrics)", metrics.port)
+        if cfg["HealthEnabled"]:
+            from agent.health import HealthServer
+
+            health = HealthServer(live=lambda: True, ready=server.synced.is_set, status=server.status,
+                                  port=int(cfg["HealthPort"]),  # type: ignore[arg-type]
+                                  host=str(cfg["HealthHost"]))
+            health.start()
+            extra.append(health)
     except (errors.DatastoreError, OSError, ValueError) as exc:
         print(f"calico-typha: {exc}", file=sys.stderr)
         return 1
@@ -296,5 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
+    for e in extra:
+        e.stop()
     server.stop()
     return 0

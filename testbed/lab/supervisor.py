@@ -811,7 +811,10 @@ class Supervisor:
         typha = self.procs.get(f"{cp}/calico-typha")
         if self.kdd and self.has_cp and (typha is None or typha.poll() is not None):
             self.start_service(cp, "calico-typha", [str(labstate.VENV_BIN / "calico-typha")],
-                               {"DATASTORE_TYPE": "kubernetes", "KUBECONFIG": "/etc/kubernetes/admin.conf"})
+                               {"TYPHA_DATASTORETYPE": "kubernetes", "KUBECONFIG": "/etc/kubernetes/admin.conf",
+                                # as calico-typha.yaml: health on 9098; Prometheus metrics on 9093
+                                # (how many Felix and confd clients it serves)
+                                "TYPHA_HEALTHENABLED": "true", "TYPHA_PROMETHEUSMETRICSENABLED": "true"})
         for n in self.local_nodes:
             proc = self.procs.get(f"{n.name}/calico-node")
             if proc is not None and proc.poll() is None:

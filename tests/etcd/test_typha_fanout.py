@@ -186,3 +186,42 @@ def test_client_watch_goes_through_typha_found_by_service(ds_client, server, etc
     t.join(10)
     assert [(e.type, e.name) for e in got] == [("ADDED", "n1"), ("SYNCED", "")]
     assert via.typha.connects == 1 and "w0/felix" in server.status()["clients"]
+
+
+def test_client_counts_are_exported_as_calicos_typha_metrics(ds_client, server):
+    """How many Felix and confd clients a Typha serves is read from its Prometheus endpoint
+    under Calico's metric names; a client in the handshake is active, not streaming."""
+    import urllib.request
+
+    from agent.typha.server import MetricsServer
+
+    add_node(ds_client, "n1", "172.30.0.11/24")
+    cached(server, 1)
+    metrics = MetricsServer(server, "127.0.0.1", 0)
+    metrics.start()
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics.port}/metrics", timeout=5) as r:
+            assert r.headers["Content-Type"].startswith("text/plain")
+            text = r.read().decode()
+        return {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1])
+                for ln in text.splitlines() if ln and not ln.startswith("#")}
+
+    addr = f"127.0.0.1:{server.port}"
+    cols = [Collector(TyphaClient(addr, hostname=f"h{i}"), ["Node", "IPPool"]) for i in range(3)]
+    cols.append(Collector(TyphaClient(addr, hostname="bgp"), ["Node", "BGPPeer", "BlockAffinity"]))
+    silent = socket.create_connection(("127.0.0.1", server.port))  # no hello yet
+    try:
+        m = wait_for(scrape, lambda m: m['typha_connections_streaming{syncer="felix"}'] == 3
+                     and m['typha_connections_streaming{syncer="bgp"}'] == 1 and m["typha_connections_active"] == 5,
+                     what="3 felix + 1 bgp streaming, 5 open")
+        assert m["typha_connections_accepted"] == 5 and m['typha_cache_size{syncer="felix"}'] == 1, m
+        silent.close()
+        cols.pop().close()
+        m = wait_for(scrape, lambda m: m["typha_connections_active"] == 3, what="3 open after two closed")
+        assert m['typha_connections_streaming{syncer="bgp"}'] == 0, m
+    finally:
+        silent.close()
+        for c in cols:
+            c.close()
+        metrics.stop()

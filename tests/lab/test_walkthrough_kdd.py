@@ -91,3 +91,17 @@ def test_cluster_information_says_kdd(wt):
 def test_shell_environment_names_the_datastore(wt):
     env = wt.in_node("k8s-w1", "sh", "-c", "echo $DATASTORE_TYPE $KUBECONFIG")
     assert env.split() == ["kubernetes", "/etc/kubernetes/admin.conf"], env
+
+
+def test_typha_serves_every_felix_and_confd(wt):
+    """Felix and confd of all three nodes behind the one Typha, read from Typha's Prometheus
+    metrics (Calico's names) in a node shell; Typha holds the only Calico watches."""
+    from testbed.lab.topology import load
+
+    cp = load(wt.topology).control_plane.address
+    out = wt.in_node("k8s-w0", "sh", "-c", f"curl -s http://{cp}:9093/metrics | grep ^typha_connections")
+    m = {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in out.splitlines()
+         if ln.startswith("typha_")}
+    assert m.get('typha_connections_streaming{syncer="felix"}') == 3, out
+    assert m.get('typha_connections_streaming{syncer="bgp"}') == 3, out
+    assert m.get("typha_connections_active") == 6, out
