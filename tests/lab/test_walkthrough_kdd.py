@@ -105,3 +105,19 @@ def test_typha_serves_every_felix_and_confd(wt):
     assert m.get('typha_connections_streaming{syncer="felix"}') == 3, out
     assert m.get('typha_connections_streaming{syncer="bgp"}') == 3, out
     assert m.get("typha_connections_active") == 6, out
+
+
+@pytest.mark.parametrize("cidr, block, field, reason", [
+    ("192.168.128.0/20", 26, "spec.cidr", "overlaps with IPPool 'default-ipv4-ippool' (192.168.0.0/16)"),
+    ("10.77.0.0/16", 19, "spec.blockSize", "must be between 20 and 32"),
+])
+def test_bad_pool_refused_and_nothing_made(wt, cidr, block, field, reason):
+    """calicoctl in a node shell refuses a pool overlapping the default one, and blockSize 19,
+    naming the field; no IPPool custom resource is created."""
+    doc = (f"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: bad-pool}}\n"
+           f"spec: {{cidr: {cidr}, blockSize: {block}}}\n")
+    r = wt.cli("exec", "k8s-w0", "--", "sh", "-c", f"printf '%s' '{doc}' | calicoctl create -f -", check=False)
+    assert r.returncode != 0 and field in r.stderr + r.stdout and reason in r.stderr + r.stdout, (r.stdout, r.stderr)
+    pools = wt.in_node("k8s-w0", str(labstate.VENV_BIN / "kubectl"), "get", "ippools.crd.projectcalico.org",
+                       "-o", "name")
+    assert pools.split() == ["ippool.crd.projectcalico.org/default-ipv4-ippool"], pools
