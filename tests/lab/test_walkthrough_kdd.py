@@ -6,36 +6,20 @@ WorkloadEndpoints and profiles are derived from Kubernetes objects (no etcd key 
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
-from testbed.capture.group import pcaps_root
 from testbed.lab import state as labstate
-from testbed.walkthrough import Walkthrough
-from tests.support import require_root, unique
+from tests.lab.lab_helpers import walkthrough_lab
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
-def wt():
-    require_root()
-    w = Walkthrough(unique("wk"), progress=lambda m: None, datastore="kubernetes")
-    try:
-        w.up()
-        w.install()
-        w.inspect()
-        w.wait_routes()
-        w.deploy()
-        w.start_captures()
-        w.run_flows()
+def wt(request):
+    with walkthrough_lab(request, "wk", flows=True, what="walkthrough (kubernetes datastore)",
+                         datastore="kubernetes") as w:
         yield w
-    finally:
-        if w.captures is not None and w.captures.result is None:
-            w.captures.stop()
-        w.down()
-        shutil.rmtree(pcaps_root() / w.lab, ignore_errors=True)
 
 
 def test_six_flows_pass_on_their_pcaps_in_the_kubernetes_datastore(wt):
