@@ -160,7 +160,11 @@ def pool_from_env(env: Mapping[str, str], host_addresses: Sequence[str] = (), ku
     try:
         block_size = int(raw_bs)
     except ValueError:
-        raise StartupError(f"CALICO_IPV4POOL_BLOCK_SIZE={raw_bs!r} is not an integer") from None
+        raise StartupError(f"Unable to convert blocksize to int: CALICO_IPV4POOL_BLOCK_SIZE={raw_bs!r} "
+                           "is not an integer") from None
+    if not 20 <= block_size <= 32:  # startup.go validateBlockSize, before any pool is looked at
+        raise StartupError(f"Invalid blocksize {block_size} for version 4: CALICO_IPV4POOL_BLOCK_SIZE="
+                           f"{raw_bs!r} must be between 20 and 32")
     spec = IPPool.Spec(
         cidr=str(net), block_size=block_size,
         ipip_mode=_ipip_mode(env.get("CALICO_IPV4POOL_IPIP", ""), "CALICO_IPV4POOL_IPIP"),

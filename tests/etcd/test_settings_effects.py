@@ -30,6 +30,18 @@ def test_no_default_pools(ds_client):
     assert [p.spec.cidr for p in ds_client.list("IPPool")] == ["10.230.0.0/16"]
 
 
+def test_bad_block_size_stops_start_up_with_calicos_line_and_writes_nothing(ds_client, tmp_path):
+    """CALICO_IPV4POOL_BLOCK_SIZE=99 (issue 15's bad manifest): calico-node stops with Calico's
+    log line (startup.go validateBlockSize) before it writes anything: no Node, no IPPool."""
+    from agent.startup import StartupError, run_startup
+
+    env = {"NODENAME": "bs-node", "IP": "172.30.9.9/24", "CALICO_IPV4POOL_BLOCK_SIZE": "99"}
+    with pytest.raises(StartupError, match="Invalid blocksize 99 for version 4"):
+        run_startup(ds_client, env, var_lib=str(tmp_path), interfaces=[("eth0", ["172.30.9.9/24"])])
+    assert ds_client.list("IPPool") == [] and ds_client.list("Node") == []
+    assert not (tmp_path / "nodename").exists()
+
+
 def test_auto_allocate_blocks_false_claims_no_block(ds_client):
     from ipam.ipam import PoolsExhausted
 

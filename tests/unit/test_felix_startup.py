@@ -71,7 +71,11 @@ def test_pool_from_env():
     ({"CALICO_IPV4POOL_IPIP": "sometimes"}, "CALICO_IPV4POOL_IPIP='sometimes'"),
     ({"CALICO_IPV4POOL_CIDR": "300.0.0.0/8"}, "CALICO_IPV4POOL_CIDR"),
     ({"CALICO_IPV4POOL_BLOCK_SIZE": "big"}, "CALICO_IPV4POOL_BLOCK_SIZE"),
-    ({"CALICO_IPV4POOL_BLOCK_SIZE": "33"}, "blockSize"),
+    # Calico's log lines (startup.go parseBlockSizeEnvironment, validateBlockSize), then the variable
+    ({"CALICO_IPV4POOL_BLOCK_SIZE": "big"}, "Unable to convert blocksize to int: CALICO_IPV4POOL_BLOCK_SIZE='big'"),
+    ({"CALICO_IPV4POOL_BLOCK_SIZE": "33"}, "Invalid blocksize 33 for version 4: CALICO_IPV4POOL_BLOCK_SIZE='33'"),
+    ({"CALICO_IPV4POOL_BLOCK_SIZE": "99"}, "Invalid blocksize 99 for version 4: .* must be between 20 and 32"),
+    ({"CALICO_IPV4POOL_BLOCK_SIZE": "19", "CALICO_IPV4POOL_CIDR": "10.0.0.0/8"}, "Invalid blocksize 19"),
     ({"CALICO_IPV4POOL_NAT_OUTGOING": "perhaps"}, "CALICO_IPV4POOL_NAT_OUTGOING"),
 ])
 def test_bad_pool_env_is_named(env, match):
