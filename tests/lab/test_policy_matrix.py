@@ -15,18 +15,16 @@ SYN-ACK on the client's interface.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 
 import pytest
 import yaml
 
-from testbed.capture.group import CaptureGroup, pcaps_root
+from testbed.capture.group import CaptureGroup
 from testbed.lab import lifecycle as labmod
 from testbed.lab import state as labstate
 from testbed.lab.clean import clean_lab
-from tests.lab.lab_helpers import template_of, write_topology
+from tests.lab.lab_helpers import pcaps_kept_on_failure, template_of, write_topology
 from tests.lab.policy_support import INTERNET, Case, Matrix, PodInfo, Target, prove_on_pcaps
 from tests.support import require_root, require_tool, unique
 
@@ -216,24 +214,19 @@ def matrix(tmp_path_factory, request):
                           template_of(labstate.REPO / "topologies" / "walkthrough.yaml"))
     m = Matrix(name)
     caps = None
-    failed_before = request.session.testsfailed
-    try:
-        labmod.up(path, name=name, progress=lambda msg: None)
-        m.kubectl("apply", "-f", "-", input="---\n".join(yaml.safe_dump(d) for d in WORKLOADS))
-        m.load_pods(set(CLIENTS + SERVERS))
-        m.pump_before = m.pump_stats()
-        caps = CaptureGroup.for_lab(name, ["k8s-w0", "k8s-w1"], ifaces="cali*,tunl0").start()
-        yield m, caps
-    finally:
-        if caps is not None and caps.result is None:
-            caps.stop()
-        m.pool.shutdown(wait=False)
-        clean_lab(name)
-        lab_pcaps = pcaps_root() / name
-        if request.session.testsfailed == failed_before and not os.environ.get("CALICOLAB_KEEP_PCAPS"):
-            shutil.rmtree(lab_pcaps, ignore_errors=True)
-        elif lab_pcaps.exists():
-            print(f"\npolicy matrix pcaps kept in {lab_pcaps}")
+    with pcaps_kept_on_failure(request, name, "policy matrix"):
+        try:
+            labmod.up(path, name=name, progress=lambda msg: None)
+            m.kubectl("apply", "-f", "-", input="---\n".join(yaml.safe_dump(d) for d in WORKLOADS))
+            m.load_pods(set(CLIENTS + SERVERS))
+            m.pump_before = m.pump_stats()
+            caps = CaptureGroup.for_lab(name, ["k8s-w0", "k8s-w1"], ifaces="cali*,tunl0").start()
+            yield m, caps
+        finally:
+            if caps is not None and caps.result is None:
+                caps.stop()
+            m.pool.shutdown(wait=False)
+            clean_lab(name)
 
 
 def test_policy_matrix(matrix):
