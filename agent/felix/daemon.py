@@ -81,6 +81,7 @@ class Felix:
         # addresses of the non-workload interfaces (cali40this-host)
         self.host_ips_fn = lambda prefix: _host_ips(prefix, self.kernel)
         self._host_ips: frozenset[str] = frozenset()
+        self._host_ips_tunnels: tuple[str | None, str | None] = (None, None)  # for which tunnel addresses
         self.calc = Calculator()
         self._blocks: dict[str, Any] = {}
         self._synced = threading.Event()
@@ -352,6 +353,7 @@ class Felix:
                            ipip_on=ipip_enabled(inp))
         vx_resync = bool({"routes", "vxlan"} & set(resync))  # the device is re-checked every 10 s
         self._apply_vxlan_device(desired, force=vx_resync)
+        self._refresh_host_ips_after_tunnel(desired, inp.settings.interface_prefix)
         self.ipsets.apply_updates(desired.ipsets, resync="ipsets" in resync)
         self._apply_vxlan_fdb(desired, resync=vx_resync)
         # iptables-restore runs while the routes and sysctls are written (Calico's dataplane
@@ -390,6 +392,21 @@ class Felix:
     def _node_ip(inp: FelixInput) -> str | None:
         me = next((n for n in inp.nodes if n.name == inp.hostname), None)
         return me.ip if me is not None else None
+
+    def _refresh_host_ips_after_tunnel(self, desired: Desired, prefix: str) -> None:
+        """The tunnel address Felix just gave tunl0 / vxlan.calico is one of the host's own
+        (Felix's ifacemonitor sees the address appear): re-read the host's addresses once per
+        tunnel address change and, when they changed, apply again so cali40this-host has it
+        now rather than at the next routes refresh (90 s)."""
+        tun = (desired.tunnel.address if desired.tunnel else None,
+               desired.vxlan.device.address if desired.vxlan.device else None)
+        if tun == self._host_ips_tunnels:
+            return
+        self._host_ips_tunnels = tun
+        fresh = self.host_ips_fn(prefix)
+        if fresh != self._host_ips:
+            self._host_ips = fresh
+            self._dirty.set()
 
     def _apply_tunnel(self, desired: Desired, force: bool, node_ip: str | None = None,
                       ipip_on: bool = True) -> None:

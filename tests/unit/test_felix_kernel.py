@@ -363,3 +363,30 @@ def test_datapath_choice_and_its_fallback_note():
     with pytest.raises(TunnelError, match="not one of auto, kernel, bpf, userspace"):
         choose_datapath(bpf_ok, "ebpf")
     assert choose_datapath(FakeKernel())[0] == "userspace"  # a handle that cannot say: no BPF
+
+
+def test_host_ips_are_read_again_once_per_tunnel_address_so_this_host_has_it(tmp_path):
+    """cali40this-host gains the tunnel address Felix just gave tunl0 on the next apply, not at
+    the routes refresh 90 s later; the host's addresses are re-read once per address change."""
+    from types import SimpleNamespace
+
+    f = Felix(object(), "w0", env={}, var_lib=str(tmp_path), kernel=node(0), clock=FakeClock(start=0.0))
+    kernel_addrs = {"172.30.0.11"}
+    reads = []
+
+    def host_ips(prefix: str) -> frozenset[str]:
+        reads.append(prefix)
+        return frozenset(kernel_addrs)
+
+    f.host_ips_fn = host_ips
+    f._host_ips = frozenset(kernel_addrs)
+    no_tunnel = SimpleNamespace(tunnel=None, vxlan=SimpleNamespace(device=None))
+    f._refresh_host_ips_after_tunnel(no_tunnel, "cali")
+    assert reads == [] and not f._dirty.is_set()
+    kernel_addrs.add("192.168.133.0")  # tunl0's address, as Felix's tunnel driver just set it
+    tunnel = SimpleNamespace(tunnel=SimpleNamespace(address="192.168.133.0"), vxlan=SimpleNamespace(device=None))
+    f._refresh_host_ips_after_tunnel(tunnel, "cali")
+    assert f._host_ips == {"172.30.0.11", "192.168.133.0"} and f._dirty.is_set()
+    f._dirty.clear()
+    f._refresh_host_ips_after_tunnel(tunnel, "cali")
+    assert reads == ["cali"] and not f._dirty.is_set()
