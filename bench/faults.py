@@ -99,12 +99,16 @@ def soak_row(lab: str, prober: faults.Prober, cycles: int, batch: int) -> dict:
     _a0, lost0, _ = prober.result()
     res = soak(LabCluster(lab), cycles, batch, run="soak", progress=lambda m: print(f"  soak: {m}", flush=True))
     _a1, lost1, _ = prober.result()
+    for cat, items in res.leaks.items():
+        print(f"  soak left {cat}: {items[:10]}", flush=True)
     leaked = ", ".join(f"{k} {len(v)}" for k, v in res.leaks.items())
     if res.duplicate_ips:
         leaked = ", ".join(filter(None, [leaked, f"{len(res.duplicate_ips)} duplicate IP(s)"]))
     return {"fault": f"{res.cycles:,}-pod churn soak ({batch} per batch, {res.row()['pods_per_s']} pods/s)",
             "recovered_s": round(res.settle_seconds, 2), "probes_lost": lost1 - lost0,
-            "leaked": leaked or "nothing", "verdict": res.verdict, "soak": res.row()}
+            "leaked": leaked or "nothing", "verdict": res.verdict, "soak": res.row(),
+            "soak_leaks": {k: v[:20] for k, v in res.leaks.items()},
+            "soak_duplicate_ips": res.duplicate_ips}
 
 
 def kill(lab: str, key: str) -> Callable[[], float]:

@@ -99,7 +99,15 @@ class LabCluster(Cluster):
         return json.loads(self._kubectl("get", "pods", "-n", "default", "-l", selector, "-o", "json"))["items"]
 
     def delete(self, selector: str) -> None:
-        self._kubectl("delete", "pods", "-n", "default", "-l", selector, "--wait=false")
+        # a pod the kubelet finished deleting between kubectl's list and its DELETE is what we
+        # asked for: kubectl says NotFound for it, and the next try deletes whatever is left
+        for attempt in range(3):
+            try:
+                self._kubectl("delete", "pods", "-n", "default", "-l", selector, "--wait=false")
+                return
+            except RuntimeError as exc:
+                if "not found" not in str(exc).lower() or attempt == 2:
+                    raise
 
     def footprint(self) -> Footprint:
         cat: dict[str, set[str]] = {k: set() for k in ("veths", "routes", "chains", "rules", "ipsets", "netns")}

@@ -216,7 +216,10 @@ def soak(cluster: Cluster, cycles: int, batch: int, *, run: str = "soak", timeou
         cluster.delete(f"soak={run}")
     except (TimeoutError, RuntimeError) as exc:
         res.error = str(exc)
-        cluster.delete(f"soak={run}")
+        try:
+            cluster.delete(f"soak={run}")
+        except RuntimeError as again:
+            res.error += f"; cleaning up: {again}"
     res.cycles = done
     res.seconds = clock() - t0
     t1 = clock()
