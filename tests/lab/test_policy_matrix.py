@@ -1,4 +1,5 @@
-"""The policy matrix (issue 13): clients x servers x policies -> allowed/denied, in one lab (etcd mode).
+"""The policy matrix (issue 13): clients x servers x policies -> allowed/denied, in one lab, run
+once with each datastore (etcd, and Kubernetes with Typha in front of Felix).
 
 Four clients in two namespaces on both workers probe servers on both workers, another
 namespace's server and the in-lab internet, through Kubernetes NetworkPolicies (as
@@ -204,7 +205,7 @@ def cases(m: Matrix) -> list[Case]:
     ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["etcdv3", "kubernetes"])
 def matrix(tmp_path_factory, request):
     require_root()
     require_tool("etcd")
@@ -216,7 +217,10 @@ def matrix(tmp_path_factory, request):
     caps = None
     with pcaps_kept_on_failure(request, name, "policy matrix"):
         try:
-            labmod.up(path, name=name, progress=lambda msg: None)
+            labmod.up(path, name=name, progress=lambda msg: None, datastore=request.param)
+            # the lab really is in the datastore asked for: calico-node says so in ClusterInformation
+            info = yaml.safe_load(m.calicoctl("get", "clusterinformation", "default", "-o", "yaml"))
+            assert ("kdd" in (info["spec"].get("clusterType") or "").split(",")) == (request.param == "kubernetes"), info
             m.kubectl("apply", "-f", "-", input="---\n".join(yaml.safe_dump(d) for d in WORKLOADS))
             m.load_pods(set(CLIENTS + SERVERS))
             m.pump_before = m.pump_stats()
