@@ -162,6 +162,22 @@ def _running(p: dict) -> bool:
     return st.get("phase") == "Running" and bool(st.get("podIP"))
 
 
+def steady_footprint(cluster: Cluster, timeout: float, clock: Callable[[], float],
+                     sleep: Callable[[float], None], interval: float = 1.0) -> Footprint:
+    """The footprint once two reads ``interval`` apart agree (a lab still converging, BGP routes
+    still arriving, would otherwise count its late routes as the soak's leaks); after
+    ``timeout`` the last read, whatever it is."""
+    deadline = clock() + timeout
+    last = cluster.footprint()
+    while clock() < deadline:
+        sleep(interval)
+        now = cluster.footprint()
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def soak(cluster: Cluster, cycles: int, batch: int, *, run: str = "soak", timeout: float = 120.0,
          settle: float = 60.0, progress: Callable[[str], None] = lambda _m: None,
          clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
@@ -176,7 +192,7 @@ def soak(cluster: Cluster, cycles: int, batch: int, *, run: str = "soak", timeou
         raise ValueError(f"cycles must be at least 1, not {cycles}")
     nodes = cluster.nodes()
     res = SoakResult()
-    before = cluster.footprint()
+    before = steady_footprint(cluster, settle, clock, sleep)
     t0 = clock()
     done = 0
     prev: str | None = None

@@ -41,14 +41,17 @@ class LocalBackend(Backend):
             if opts.previous:
                 raise ValueError(f'previous terminated container "{container}" in pod "{pod}" not found')
             raise NotFoundError(f"container {container} of pod {ns}/{pod} is not on this node")
-        lines = path.read_bytes().splitlines(keepends=True)
+        data = path.read_bytes()
+        lines = data.splitlines(keepends=True)
         if opts.tail_lines is not None:
             lines = lines[-opts.tail_lines:] if opts.tail_lines > 0 else []
         for line in lines:
             yield (b"2026-01-01T00:00:00.000000000Z " + line) if opts.timestamps else line
         if not opts.follow:
             return
-        pos = path.stat().st_size
+        # follow from what was read, not from the size after the yields: a line written while
+        # the first lines were on their way would otherwise be skipped (and `logs -f` wait forever)
+        pos = len(data)
         while True:
             await asyncio.sleep(0.05)
             size = path.stat().st_size

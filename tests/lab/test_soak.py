@@ -13,6 +13,7 @@ from testbed.lab import state as labstate
 from testbed.lab.clean import clean_lab
 from testbed.lab.footprint import LabCluster
 from testbed.lab.soak import SEEN_PER_POD, soak
+from testbed.poll import wait_for
 from tests.lab.lab_helpers import leftovers, template_of, write_topology
 from tests.support import require_root, require_tool, unique
 
@@ -29,6 +30,9 @@ def test_pod_churn_leaves_nothing_behind(tmp_path):
     topo = write_topology(tmp_path, name, template_of(labstate.REPO / "topologies" / "walkthrough.yaml"))
     try:
         st = labmod.up(topo, progress=lambda _m: None, ready_timeout=30)
+        # the soak starts on a settled cluster: every calico-node healthy (BGP Established)
+        wait_for(lambda: labmod.status(name)["health"]["state"], lambda h: h == "healthy", timeout=60,
+                 what="`calicolab status` healthy before the soak")
         cluster = LabCluster(name)
         assert cluster.nodes() == ["k8s-w0", "k8s-w1"]
         res = soak(cluster, CYCLES, BATCH, run="churn", timeout=90, settle=60, progress=print)

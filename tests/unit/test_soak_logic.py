@@ -138,3 +138,17 @@ def test_soak_fails_loudly_when_its_footprint_cannot_see_pods():
 def test_soak_refuses_zero_cycles():
     with pytest.raises(ValueError, match="cycles"):
         soak(MemoryCluster(), 0, 5)
+
+
+def test_the_baseline_waits_until_the_footprint_stops_changing():
+    from testbed.lab.soak import steady_footprint
+
+    clock, sleep = fake_time()
+    reads = iter([Footprint(routes=frozenset({"m a"})), Footprint(routes=frozenset({"m a", "m b"})),
+                  Footprint(routes=frozenset({"m a", "m b"}))])
+
+    class Converging(MemoryCluster):
+        def footprint(self) -> Footprint:
+            return next(reads)
+
+    assert steady_footprint(Converging(), 30, clock, sleep).routes == {"m a", "m b"}
