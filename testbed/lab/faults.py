@@ -185,9 +185,9 @@ class Prober:
         self.stop()
 
 
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """A fresh ``calicolab`` process, as a user runs it from a terminal."""
-    return subprocess.run([sys.executable, "-m", "testbed.cli", *args], capture_output=True,
+def cli(*args: str, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess:  # noqa: A002
+    """A fresh ``calicolab`` process, as a user runs it from a terminal (``input`` on its stdin)."""
+    return subprocess.run([sys.executable, "-m", "testbed.cli", *args], input=input, capture_output=True,
                           text=True, timeout=timeout, cwd=str(labstate.REPO))
 
 
@@ -203,9 +203,7 @@ def apply_pod(lab: str, name: str, node: str, image: str = "busybox") -> None:
     """``kubectl apply`` a one-container pod ``name`` bound to ``node``."""
     doc = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
            "spec": {"nodeName": node, "containers": [{"name": "c", "image": image}]}}
-    res = subprocess.run([sys.executable, "-m", "testbed.cli", "kubectl", "--lab", lab, "apply", "-f", "-"],
-                         input=json.dumps(doc), capture_output=True, text=True, timeout=60,
-                         cwd=str(labstate.REPO))
+    res = cli("kubectl", "--lab", lab, "apply", "-f", "-", input=json.dumps(doc))
     if res.returncode != 0:
         raise RuntimeError(f"kubectl apply pod {name}: {res.stderr.strip()}")
 
@@ -228,13 +226,21 @@ def node_dataplane(lab: str, node: str) -> tuple[list[str], list[str]]:
     routes = subprocess.run(["ip", "-n", ns, "route"], capture_output=True, text=True, check=True).stdout
     rules = subprocess.run(["ip", "netns", "exec", ns, "iptables-save"], capture_output=True, text=True,
                            check=True).stdout
-    out, table = [], ""
-    for line in rules.splitlines():
+    return routes.splitlines(), iptables_save_lines(rules)[1]
+
+
+def iptables_save_lines(text: str) -> tuple[list[str], list[str]]:
+    """``iptables-save`` output as (chains, rules), each prefixed with its table:
+    ``filter cali-tw-cali1234``, ``nat -A POSTROUTING ...``."""
+    chains, rules, table = [], [], ""
+    for line in text.splitlines():
         if line.startswith("*"):
             table = line[1:]
+        elif line.startswith(":"):
+            chains.append(f"{table} {line[1:].split()[0]}")
         elif line.startswith("-A "):
-            out.append(f"{table} {line}")
-    return routes.splitlines(), out
+            rules.append(f"{table} {line}")
+    return chains, rules
 
 
 def duplicates(lines: list[str]) -> list[str]:

@@ -10,8 +10,6 @@ read from the control-plane node's netns; processes from the lab's cgroup.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from testbed.lab import faults, nodeshell
 from testbed.lab import netns as nsmod
@@ -36,14 +34,9 @@ def node_items(node: str, links: str, routes: str, iptables: str, ipsets: str, n
             if name.startswith("cali"):
                 out["veths"].add(f"{node} {name}")
     out["routes"] = {f"{node} {line.strip()}" for line in routes.splitlines() if line.strip()}
-    table = ""
-    for line in iptables.splitlines():
-        if line.startswith("*"):
-            table = line[1:]
-        elif line.startswith(":"):
-            out["chains"].add(f"{node} {table} {line[1:].split()[0]}")
-        elif line.startswith("-A "):
-            out["rules"].add(f"{node} {table} {line}")
+    chains, rules = faults.iptables_save_lines(iptables)
+    out["chains"] = {f"{node} {c}" for c in chains}
+    out["rules"] = {f"{node} {r}" for r in rules}
     for line in ipsets.splitlines():
         f = line.split()
         if len(f) >= 3 and f[0] == "add":
@@ -86,8 +79,7 @@ class LabCluster(Cluster):
         return list(self._nodes)
 
     def _kubectl(self, *args: str, input: str | None = None) -> str:  # noqa: A002
-        res = subprocess.run([sys.executable, "-m", "testbed.cli", "kubectl", "--lab", self.lab, *args],
-                             input=input, capture_output=True, text=True, timeout=120, cwd=str(labstate.REPO))
+        res = faults.cli("kubectl", "--lab", self.lab, *args, input=input, timeout=120)
         if res.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)}: {res.stderr.strip()}")
         return res.stdout

@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from testbed.lab.faults import pod_running
+
 #: what every Running pod adds to the footprint, at least one item each
 SEEN_PER_POD = ("ips", "workloadendpoints", "veths", "routes")
 
@@ -157,11 +159,6 @@ class Cluster:
         raise NotImplementedError
 
 
-def _running(p: dict) -> bool:
-    st = p.get("status") or {}
-    return st.get("phase") == "Running" and bool(st.get("podIP"))
-
-
 def steady_footprint(cluster: Cluster, timeout: float, clock: Callable[[], float],
                      sleep: Callable[[float], None], interval: float = 1.0) -> Footprint:
     """The footprint once two reads ``interval`` apart agree (a lab still converging, BGP routes
@@ -207,11 +204,11 @@ def soak(cluster: Cluster, cycles: int, batch: int, *, run: str = "soak", timeou
             deadline = clock() + timeout
             while True:
                 live = cluster.pods(f"soak={run}")
-                res.max_live = max(res.max_live, sum(1 for p in live if _running(p)))
+                res.max_live = max(res.max_live, sum(1 for p in live if pod_running(p)))
                 for ip, who in duplicate_ips(live).items():
                     res.duplicate_ips[ip] = sorted(set(res.duplicate_ips.get(ip, [])) | set(who))
                 mine = [p for p in live if (p.get("metadata") or {}).get("labels", {}).get("batch") == str(b)]
-                up = sum(1 for p in mine if _running(p))
+                up = sum(1 for p in mine if pod_running(p))
                 if up == size:
                     break
                 if clock() > deadline:
