@@ -5,49 +5,19 @@ flows under tcpdump. Each test then checks what a user would observe: curl's
 answer and the packets on each interface.
 """
 
-import os
-import shutil
 import xml.etree.ElementTree as ET
 
 import pytest
 
-from testbed.capture.group import pcaps_root
-from testbed.walkthrough import Walkthrough
-from tests.support import require_root, unique
+from tests.lab.lab_helpers import flow, walkthrough_lab
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
 def wt(request):
-    require_root()
-    w = Walkthrough(unique("wt"), progress=lambda m: None)
-    failed_before = request.session.testsfailed
-    try:
-        w.up()
-        w.install()
-        w.inspect()
-        w.wait_routes()
-        w.deploy()
-        w.start_captures()
-        w.run_flows()
+    with walkthrough_lab(request, "wt", flows=True, what="walkthrough") as w:
         yield w
-    finally:
-        if w.captures is not None and w.captures.result is None:
-            w.captures.stop()
-        w.down()
-        lab_pcaps = pcaps_root() / w.lab
-        if request.session.testsfailed == failed_before and not os.environ.get("CALICOLAB_KEEP_PCAPS"):
-            shutil.rmtree(lab_pcaps, ignore_errors=True)
-        elif lab_pcaps.exists():
-            print(f"\nwalkthrough pcaps and report kept in {lab_pcaps}")
-
-
-def flow(wt: Walkthrough, name: str):
-    f = next(f for f in wt.flows if f.name == name)
-    assert f.error is None, f"{name}: {f.error}"
-    assert f.result == "200", f"{name}: curl printed {f.result!r}"
-    return f
 
 
 def test_nodes_were_notready_then_ready(wt):
