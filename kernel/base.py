@@ -92,6 +92,12 @@ class Kernel:
         on|off``; Felix turns it off on vxlan.calico)."""
         raise NotImplementedError
 
+    def subscribe(self, groups: int) -> Any:
+        """A new handle on the same namespace subscribed to the multicast ``groups``
+        (rtnl.RTMGRP_*): ``fileno()`` for poll, ``events()`` -> [(message type, object)],
+        ``close()``."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Release the handle."""
 

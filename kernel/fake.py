@@ -28,6 +28,8 @@ from __future__ import annotations
 import errno
 import ipaddress
 import itertools
+import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -66,6 +68,7 @@ from kernel.model import (
     Veth,
     Vxlan,
 )
+from kernel.rtnl import RTM_DELADDR, RTM_NEWADDR, RTMGRP_IPV4_IFADDR
 
 IFF_BROADCAST, IFF_POINTOPOINT, IFF_LOOPBACK, IFF_NOARP, IFF_MULTICAST = 0x2, 0x10, 0x8, 0x80, 0x1000
 DEFAULT_KINDS = frozenset({"veth", "vxlan", "bridge", "tun"})
@@ -104,6 +107,46 @@ def _mac() -> str:
     return f"02:00:00:{n >> 16 & 0xFF:02x}:{n >> 8 & 0xFF:02x}:{n & 0xFF:02x}"
 
 
+class _Subscription:
+    """A FakeKernel's event subscription: a queue plus a pipe whose read end polls readable
+    while events wait (the shape of a subscribed netlink socket)."""
+
+    def __init__(self, kernel: FakeKernel, groups: int) -> None:
+        self.kernel, self.groups = kernel, groups
+        self._queue: list[tuple[int, Any]] = []
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        self._lock = threading.Lock()
+
+    def push(self, mtype: int, obj: Any) -> None:
+        with self._lock:
+            self._queue.append((mtype, obj))
+            os.write(self._w, b"x")
+
+    def fileno(self) -> int:
+        return self._r
+
+    def events(self) -> list[tuple[int, Any]]:
+        """What waits, emptied (as one read of a netlink socket)."""
+        with self._lock:
+            out, self._queue = self._queue, []
+            try:
+                while os.read(self._r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+            return out
+
+    def close(self) -> None:
+        if self in self.kernel._subs:
+            self.kernel._subs.remove(self)
+        for fd in (self._r, self._w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 class FakeKernel(Kernel):
     """One fake network namespace. ``kinds``: the link kinds it can create."""
 
@@ -122,6 +165,7 @@ class FakeKernel(Kernel):
         self.batches: list[int] = []
         self.fault: Callable[[Any], int | None] | None = None
         self.closed = False
+        self._subs: list[_Subscription] = []
         lo = self._new_link("lo", "", mtu=65536, flags=IFF_LOOPBACK | IFF_UP, mac="00:00:00:00:00:00")
         self._addrs.append(Addr(lo.index, "127.0.0.1", 8, scope=RT_SCOPE_HOST, label="lo"))
         if "ipip" in self.kinds:  # the ipip module makes the fallback tunl0 in every namespace
@@ -213,6 +257,19 @@ class FakeKernel(Kernel):
         if ln is None:
             raise KernelError(errno.ENODEV, f"link {name} (ethtool)")
         ln.tx_csum = on
+
+    def subscribe(self, groups: int) -> _Subscription:
+        """A subscription to ``groups`` (rtnl.RTMGRP_*): address changes made through
+        :meth:`submit` arrive as (RTM_NEWADDR / RTM_DELADDR, Addr) with a readable ``fileno()``,
+        as on a netlink socket (only RTMGRP_IPV4_IFADDR is modelled)."""
+        sub = _Subscription(self, groups)
+        self._subs.append(sub)
+        return sub
+
+    def _notify(self, group: int, mtype: int, obj: Any) -> None:
+        for sub in self._subs:
+            if sub.groups & group:
+                sub.push(mtype, obj)
 
     def close(self) -> None:
         """Mark closed (state stays readable)."""
@@ -384,6 +441,7 @@ class FakeKernel(Kernel):
         self._addrs.append(a)
         if ln.flags & IFF_UP:
             self._connected(a, add=True)
+        self._notify(RTMGRP_IPV4_IFADDR, RTM_NEWADDR, a)
 
     def _addr_del(self, op: AddrDel) -> None:
         a = op.addr
@@ -391,6 +449,7 @@ class FakeKernel(Kernel):
             if (x.index, x.address, x.prefixlen) == (a.index, a.address, a.prefixlen):
                 self._addrs.remove(x)
                 self._connected(x, add=False)
+                self._notify(RTMGRP_IPV4_IFADDR, RTM_DELADDR, x)
                 return
         raise _Refused(errno.EADDRNOTAVAIL)
 

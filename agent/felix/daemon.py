@@ -20,6 +20,7 @@ from typing import Any
 from agent.clock import Clock
 from agent.felix import convert
 from agent.felix.calc import Calculator, ipip_enabled
+from agent.felix.ifacemonitor import AddrMonitor
 from agent.felix.ipsets import IpsetDriver
 from agent.felix.iptables import IptablesTable, apply_tables
 from agent.felix.model import Desired, Endpoint, FelixInput, HostNode
@@ -81,7 +82,8 @@ class Felix:
         # addresses of the non-workload interfaces (cali40this-host)
         self.host_ips_fn = lambda prefix: _host_ips(prefix, self.kernel)
         self._host_ips: frozenset[str] = frozenset()
-        self._host_ips_tunnels: tuple[str | None, str | None] = (None, None)  # for which tunnel addresses
+        self._iface_prefix = self.env.get("FELIX_INTERFACEPREFIX", "cali")  # as of the last apply
+        self.ifacemonitor = AddrMonitor(self.kernel, self._on_host_addrs_changed)
         self.calc = Calculator()
         self._blocks: dict[str, Any] = {}
         self._synced = threading.Event()
@@ -120,7 +122,8 @@ class Felix:
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
-        """Start the watcher and dataplane threads."""
+        """Start the interface monitor, then the watcher and dataplane threads."""
+        self._threads.append(self.ifacemonitor.start())
         for name, target in (("watch", self._watch_loop), ("dataplane", self._dataplane_loop)):
             t = threading.Thread(target=target, name=f"felix-{name}", daemon=True)
             t.start()
@@ -133,6 +136,7 @@ class Felix:
         self._dirty.set()
         if self._stream is not None:
             self._stream.close()
+        self.ifacemonitor.stop()
         for t in self._threads:
             t.join(timeout=5)
         if self.pump is not None:
@@ -344,6 +348,7 @@ class Felix:
     def apply(self, inp: FelixInput, resync: set[str] | frozenset[str] = frozenset()) -> bool:
         """Calculate and apply once; returns True when something waits for an interface to appear."""
         t0 = time.monotonic()
+        self._iface_prefix = inp.settings.interface_prefix
         if "routes" in resync:
             self.host_mtu = detect_host_mtu(self.kernel)
             self._host_ips = self.host_ips_fn(inp.settings.interface_prefix)
@@ -353,7 +358,6 @@ class Felix:
                            ipip_on=ipip_enabled(inp))
         vx_resync = bool({"routes", "vxlan"} & set(resync))  # the device is re-checked every 10 s
         self._apply_vxlan_device(desired, force=vx_resync)
-        self._refresh_host_ips_after_tunnel(desired, inp.settings.interface_prefix)
         self.ipsets.apply_updates(desired.ipsets, resync="ipsets" in resync)
         self._apply_vxlan_fdb(desired, resync=vx_resync)
         # iptables-restore runs while the routes and sysctls are written (Calico's dataplane
@@ -393,17 +397,13 @@ class Felix:
         me = next((n for n in inp.nodes if n.name == inp.hostname), None)
         return me.ip if me is not None else None
 
-    def _refresh_host_ips_after_tunnel(self, desired: Desired, prefix: str) -> None:
-        """The tunnel address Felix just gave tunl0 / vxlan.calico is one of the host's own
-        (Felix's ifacemonitor sees the address appear): re-read the host's addresses once per
-        tunnel address change and, when they changed, apply again so cali40this-host has it
-        now rather than at the next routes refresh (90 s)."""
-        tun = (desired.tunnel.address if desired.tunnel else None,
-               desired.vxlan.device.address if desired.vxlan.device else None)
-        if tun == self._host_ips_tunnels:
-            return
-        self._host_ips_tunnels = tun
-        fresh = self.host_ips_fn(prefix)
+    def _on_host_addrs_changed(self) -> None:
+        """The interface monitor saw an address come or go (the tunnel address Felix just gave
+        tunl0 / vxlan.calico, an operator's, an uplink's after a flap): re-read the host's
+        addresses and, when they changed, apply again, so cali40this-host follows at once
+        rather than at the next routes refresh (90 s), as Felix's ifacemonitor feeds its
+        hostIPManager."""
+        fresh = self.host_ips_fn(self._iface_prefix)
         if fresh != self._host_ips:
             self._host_ips = fresh
             self._dirty.set()

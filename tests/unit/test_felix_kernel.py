@@ -365,28 +365,43 @@ def test_datapath_choice_and_its_fallback_note():
     assert choose_datapath(FakeKernel())[0] == "userspace"  # a handle that cannot say: no BPF
 
 
-def test_host_ips_are_read_again_once_per_tunnel_address_so_this_host_has_it(tmp_path):
-    """cali40this-host gains the tunnel address Felix just gave tunl0 on the next apply, not at
-    the routes refresh 90 s later; the host's addresses are re-read once per address change."""
-    from types import SimpleNamespace
+def test_an_address_change_reaches_this_host_at_once_through_the_interface_monitor(tmp_path):
+    """cali40this-host follows the host's addresses as the kernel reports them (Felix's
+    ifacemonitor -> hostIPManager): the tunnel address Felix gives tunl0, an address added
+    by hand, one removed; not at the routes refresh 90 s later. Workload interfaces do not count."""
+    from kernel import Addr, AddrAdd, AddrDel
+    from testbed.poll import wait_for
 
-    f = Felix(object(), "w0", env={}, var_lib=str(tmp_path), kernel=node(0), clock=FakeClock(start=0.0))
-    kernel_addrs = {"172.30.0.11"}
-    reads = []
+    k = node(1)
+    f = Felix(object(), "w0", env={}, var_lib=str(tmp_path), kernel=k, clock=FakeClock(start=0.0))
+    f._host_ips = f.host_ips_fn("cali")
+    assert f._host_ips == {"127.0.0.1", "172.31.9.1"}
+    f.ifacemonitor.start()
+    try:
+        tunl0 = k.add_link("tunl0", "tun", mtu=1480)
+        k.do(AddrAdd(Addr(tunl0.index, "192.168.133.0", 32)))  # as the tunnel driver sets it
+        wait_for(lambda: f._host_ips, lambda ips: "192.168.133.0" in ips, timeout=5, what="the tunnel address")
+        assert f._dirty.is_set()
+        f._dirty.clear()
+        k.do(AddrDel(Addr(tunl0.index, "192.168.133.0", 32)))
+        wait_for(lambda: f._host_ips, lambda ips: "192.168.133.0" not in ips, timeout=5, what="the address gone")
+        assert f._dirty.is_set()
+        f._dirty.clear()
+        changes = f.ifacemonitor.changes
+        k.do(AddrAdd(Addr(k.index("cali00000000001"), "10.9.9.9", 32)))  # a workload interface's
+        wait_for(lambda: f.ifacemonitor.changes, lambda n: n > changes, timeout=5, what="the event seen")
+        assert "10.9.9.9" not in f._host_ips and not f._dirty.is_set()
+    finally:
+        f.ifacemonitor.stop()
+    assert not f.ifacemonitor.thread.is_alive() and k._subs == []
 
-    def host_ips(prefix: str) -> frozenset[str]:
-        reads.append(prefix)
-        return frozenset(kernel_addrs)
 
-    f.host_ips_fn = host_ips
-    f._host_ips = frozenset(kernel_addrs)
-    no_tunnel = SimpleNamespace(tunnel=None, vxlan=SimpleNamespace(device=None))
-    f._refresh_host_ips_after_tunnel(no_tunnel, "cali")
-    assert reads == [] and not f._dirty.is_set()
-    kernel_addrs.add("192.168.133.0")  # tunl0's address, as Felix's tunnel driver just set it
-    tunnel = SimpleNamespace(tunnel=SimpleNamespace(address="192.168.133.0"), vxlan=SimpleNamespace(device=None))
-    f._refresh_host_ips_after_tunnel(tunnel, "cali")
-    assert f._host_ips == {"172.30.0.11", "192.168.133.0"} and f._dirty.is_set()
-    f._dirty.clear()
-    f._refresh_host_ips_after_tunnel(tunnel, "cali")
-    assert reads == ["cali"] and not f._dirty.is_set()
+def test_only_ipv4_address_events_count_as_address_changes():
+    from agent.felix.ifacemonitor import addresses_touched
+    from kernel import Addr, Link, rtnl
+
+    assert addresses_touched([(rtnl.RTM_NEWADDR, Addr(2, "10.0.0.1", 24))])
+    assert addresses_touched([(rtnl.RTM_NEWLINK, Link(2, "eth0")), (rtnl.RTM_DELADDR, Addr(2, "10.0.0.1", 24))])
+    assert not addresses_touched([(rtnl.RTM_NEWLINK, Link(2, "eth0")), (rtnl.NLMSG_DONE, None)])
+    assert not addresses_touched([(rtnl.RTM_NEWADDR, Addr(2, "fd00::1", 64, family=10))])
+    assert not addresses_touched([])
