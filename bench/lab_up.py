@@ -81,21 +81,21 @@ def topology(name: str, nodes: int, pods: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cluster_view(cp_netns: str, endpoints: list[str]) -> dict:
-    """Nodes' readiness and pods' phase/IP, read from the lab's store inside its netns."""
-    from testbed.k8s.store import Store
+def cluster_view(cp_netns: str, kubeconfig: str) -> dict:
+    """Nodes' readiness and pods' phase/IP, read through the lab's API server (inside its netns)."""
+    from kubeclient import Client, from_kubeconfig
 
     def read() -> dict:
-        store = Store.from_endpoints(endpoints)
+        client = Client(from_kubeconfig(kubeconfig))
         nodes = {}
-        for n in store.list("Node"):
+        for n in client.list("v1", "nodes")["items"]:
             conds = (n.get("status") or {}).get("conditions") or []
             nodes[n["metadata"]["name"]] = any(c.get("type") == "Ready" and c.get("status") == "True"
                                                for c in conds)
         pods = {p["metadata"]["name"]: ((p.get("status") or {}).get("phase"),
                                         (p.get("status") or {}).get("podIP"),
                                         (p.get("spec") or {}).get("nodeName"))
-                for p in store.list("Pod", "default")}
+                for p in client.list("v1", "pods", "default")["items"]}
         return {"nodes": nodes, "pods": pods}
 
     return nsmod.run_in(cp_netns, read)
@@ -284,7 +284,9 @@ def run_one(nodes: int, pods: int, workdir: Path) -> dict:
         result["up_returned_s"] = round(time.monotonic() - t0, 3)
         result["supervisor_timings_s"] = st.get("timings", {})
         cp_ns = st["hosts"][st["control_plane"]]["netns"]
-        eps = st["etcd_endpoints"]
+        from testbed.lab import kubeadm
+
+        eps = str(kubeadm.admin_conf(st))
 
         def all_ready(v: dict) -> bool:
             return len(v["nodes"]) == nodes and all(v["nodes"].values())

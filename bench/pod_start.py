@@ -63,13 +63,13 @@ def kubectl(lab: str, *args: str, stdin: str | None = None) -> str:
     return res.stdout
 
 
-def pod_phases(cp_ns: str, endpoints: list[str], prefix: str) -> dict[str, tuple[str, str]]:
-    """name -> (phase, podIP) of the benchmark's pods."""
-    from testbed.k8s.store import Store
+def pod_phases(cp_ns: str, kubeconfig: str, prefix: str) -> dict[str, tuple[str, str]]:
+    """name -> (phase, podIP) of the benchmark's pods, read through the lab's API server."""
+    from kubeclient import Client, from_kubeconfig
 
     def read() -> dict:
         return {p["metadata"]["name"]: ((p.get("status") or {}).get("phase"), (p.get("status") or {}).get("podIP"))
-                for p in Store.from_endpoints(endpoints).list("Pod", "default")
+                for p in Client(from_kubeconfig(kubeconfig)).list("v1", "pods", "default")["items"]
                 if p["metadata"]["name"].startswith(prefix)}
 
     return nsmod.run_in(cp_ns, read)
@@ -78,7 +78,9 @@ def pod_phases(cp_ns: str, endpoints: list[str], prefix: str) -> dict[str, tuple
 def measure_pods(lab: str, st: dict, n: int) -> dict:
     """Apply ``n`` pods; per pod the seconds to Running and to HTTP 200."""
     cp_ns = st["hosts"][PROBER]["netns"]
-    eps = st["etcd_endpoints"]
+    from testbed.lab import kubeadm
+
+    eps = str(kubeadm.admin_conf(st))
     kubectl(lab, "apply", "-f", "-", stdin=pods_yaml(1, "warm"))
     wait_for(lambda: pod_phases(cp_ns, eps, "warm"), lambda v: v.get("warm0", ("",))[0] == "Running",
              timeout=120, what="the warm-up pod Running")

@@ -32,7 +32,7 @@ say() { [ "$quiet" = 1 ] || echo "setup: $*" >&2; }
 APT_PACKAGES=(
     python3 python3-venv python3-dev
     mininet bridge-utils iproute2 iptables ipset kmod procps psmisc
-    tcpdump tshark etcd-server etcd-client bird2 iputils-ping curl jq iperf3
+    tcpdump tshark etcd-server etcd-client bird2 iputils-ping curl jq iperf3 bind9-dnsutils
     nginx-light containerd runc containernetworking-plugins docker.io
     busybox-static cpio xz-utils ethtool librsvg2-bin strace rsync
 )

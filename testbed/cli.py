@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for tool in ("kubectl", "calicoctl"):
         s = sub.add_parser(tool, parents=[lab_opt], add_help=False,
-                           help=f"run {tool} against the lab (from its control-plane node)",
+                           help=f"run {'the real kubectl' if tool == 'kubectl' else tool} against the lab "
+                                "(from its control-plane node)",
                            usage=f"calicolab {tool} [--lab NAME] ARGS ...")
         s.add_argument("args", nargs=argparse.REMAINDER)
 
@@ -365,12 +366,36 @@ def _tool_main(tool: str):  # noqa: ANN202
     raise labstate.LabError(f"{tool} is not available yet (no testbed.{tool}.main)")
 
 
-def run_tool(tool: str, args: list[str], lab: str | None) -> int:
-    """Run kubectl/calicoctl in-process inside the lab's control-plane node.
+def run_kubectl(args: list[str], lab: str | None) -> int:
+    """The real kubectl (``.venv/bin/kubectl``) against the lab's API server, run in the
+    control-plane node's network namespace (where https://<control plane>:6443 is
+    reachable) with the lab's admin kubeconfig; files and the working directory are the
+    caller's. ``port-forward`` therefore listens inside the control-plane node.
 
-    This process enters the node's network (and mount) namespace first, so the
-    tool reaches the lab's etcd at the node address like it would on the node.
-    """
+    The process becomes kubectl (exec, nsenter execs it in turn), so a signal sent to
+    ``calicolab kubectl get -w`` ends kubectl itself, and its exit code is kubectl's."""
+    from testbed.lab import kubeadm
+    from testbed.lab import state as labstate
+    from testbed.lab.netns import nsenter_argv
+    from testbed.lab.nodeshell import node_target
+
+    st = labstate.resolve(lab)
+    kubectl = labstate.VENV_BIN / "kubectl"
+    if not kubectl.exists():
+        raise labstate.LabError(f"the real kubectl is not installed ({kubectl} missing): run scripts/setup.sh")
+    netns, _ = node_target(st, st["control_plane"])
+    env = dict(os.environ, KUBECONFIG=str(kubeadm.admin_conf(st)))
+    argv = [*nsenter_argv(netns), str(kubectl), *args]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(argv[0], argv, env)
+
+
+def run_tool(tool: str, args: list[str], lab: str | None) -> int:
+    """Run kubectl (:func:`run_kubectl`), or calicoctl in-process inside the lab's
+    control-plane node (net and mount namespaces, the lab's ETCD_ENDPOINTS)."""
+    if tool == "kubectl":
+        return run_kubectl(args, lab)
     from testbed.lab import netns as nsmod
     from testbed.lab import state as labstate
     from testbed.lab.nodeshell import node_target

@@ -139,7 +139,7 @@ def annotation_rows() -> list[Row]:
 
 def k8s_kind_rows() -> list[Row]:
     """Kubernetes kinds Calico acts on that are listed in the inventory."""
-    from testbed.k8s.model import CALICO_SUPPORT
+    from testbed.k8s.support import CALICO_SUPPORT
 
     return [Row(k, s) for k, s in CALICO_SUPPORT.items()]
 

@@ -33,7 +33,7 @@ from testbed.apiserver.patch import (
 from testbed.apiserver.registry import ResourceType
 from testbed.apiserver.status import APIError
 from testbed.apiserver.storage import Entry, Gone, WatchEvent
-from testbed.k8s.model import calico_warnings
+from testbed.k8s.support import calico_warnings
 
 log = logging.getLogger("apiserver.handlers")
 
@@ -309,6 +309,7 @@ class Handlers:
         if single:
             fields = fields + [("metadata.name", "=", single)]
         ok = self._filter(r, labels, fields)
+        filtered = bool(labels or fields)
         rv = r.q("resourceVersion")
         send_initial = r.q("sendInitialEvents")
         bookmarks = r.flag("allowWatchBookmarks")
@@ -365,7 +366,10 @@ class Handlers:
         try:
             if gone_msg is None:
                 try:
-                    sub = hub.subscribe(prefix, after, lambda ev: ok(ev.entry.obj))
+                    # an object entering the selection is ADDED, one leaving it DELETED (as the
+                    # cacher's filtered watches send them): events whose old state matched count too
+                    sub = hub.subscribe(prefix, after, lambda ev: ok(ev.entry.obj) or (
+                        ev.prev is not None and filtered and ok(ev.prev.obj)))
                 except Gone:
                     cur = await self.storage.revision()
                     gone_msg = f"too old resource version: {after} ({cur})"
@@ -402,7 +406,8 @@ class Handlers:
                         sub.queue.put_nowait(nxt)
                         break
                     chunk.append(nxt)
-                data = b"".join(self._event_frame(r, e2, frame, table) for e2 in chunk)
+                data = b"".join(self._event_frame(r, e2, frame, table, self._transition(e2, ok) if filtered else None)
+                                for e2 in chunk)
                 last_rev = chunk[-1].rev
                 await resp.write(data)
         except (ConnectionResetError, asyncio.CancelledError):
@@ -416,10 +421,24 @@ class Handlers:
             pass
         return resp
 
-    def _event_frame(self, r: Request, ev: WatchEvent, frame: Any, table: bool) -> bytes:
+    @staticmethod
+    def _transition(ev: WatchEvent, ok: Any) -> str:
+        """The event's type for a filtered watch: MODIFIED into the selection is ADDED, out of
+        it DELETED (with the object's new state)."""
+        if ev.type != "MODIFIED" or ev.prev is None:
+            return ev.type
+        now, before = ok(ev.entry.obj), ok(ev.prev.obj)
+        if now and not before:
+            return "ADDED"
+        if before and not now:
+            return "DELETED"
+        return ev.type
+
+    def _event_frame(self, r: Request, ev: WatchEvent, frame: Any, table: bool, typ: str | None = None) -> bytes:
+        typ = typ or ev.type
         if not table and not self.needs_conversion(r.rt):
-            return b'{"type":"' + ev.type.encode() + b'","object":' + ev.entry.raw + b"}\n"
-        return frame(ev.type, ev.entry.obj)
+            return b'{"type":"' + typ.encode() + b'","object":' + ev.entry.raw + b"}\n"
+        return frame(typ, ev.entry.obj)
 
     def _bookmark(self, rt: ResourceType, rev: int, initial_end: bool = False) -> dict:
         meta: dict[str, Any] = {"resourceVersion": str(rev), "creationTimestamp": None}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import ssl
 import struct
 from collections.abc import AsyncIterator
@@ -105,10 +106,14 @@ class KubeletServer:
             ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
 
-    async def start(self, host: str, port: int) -> web.AppRunner:
+    async def start(self, host: str, port: int, sock: socket.socket | None = None) -> web.AppRunner:
+        """Serve on ``host:port``, or on the listening socket ``sock`` (bound by the caller)."""
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
-        await web.TCPSite(runner, host, port, ssl_context=self.ssl_context()).start()
+        if sock is not None:
+            await web.SockSite(runner, sock, ssl_context=self.ssl_context()).start()
+        else:
+            await web.TCPSite(runner, host, port, ssl_context=self.ssl_context()).start()
         return runner
 
     # --- logs -------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ the kinds of CustomResourceDefinitions.
 
 Each :class:`ResourceType` carries what discovery, the REST paths and storage need:
 group/version/kind, plural and short names, scope, categories, subresources, the etcd
-key prefix (kube-apiserver's own layout, as ``testbed/k8s/store.py`` keeps it), and the
+key prefix (kube-apiserver's own layout), and the
 name of the official Python client's model class the schema is derived from.
 """
 

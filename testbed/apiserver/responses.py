@@ -7,9 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-KUBE_VERSION = "v1.37.1"
-"""The Kubernetes version the server reports: the installed kubectl's, so the client and
-server are within the supported skew."""
+from testbed.k8s.version import KUBE_VERSION  # noqa: F401 - the one definition, re-exported
 
 
 def json_response(doc: Any, code: int = 200, content_type: str = "application/json",

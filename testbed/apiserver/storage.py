@@ -77,6 +77,7 @@ class WatchEvent:
     key: str
     entry: Entry  # for DELETED: the last state, with rev = the deletion revision
     rev: int
+    prev: Entry | None = None  # for MODIFIED: the state before (selector transitions)
 
 
 class Gone(Exception):
@@ -327,9 +328,10 @@ class WatchHub:
                 obj["metadata"] = dict(old.obj.get("metadata") or {}, resourceVersion=str(rev))
                 ev = WatchEvent("DELETED", key, Entry(key, rev, obj), rev)
             else:
-                typ = "ADDED" if create_rev == rev or key not in self.cache else "MODIFIED"
+                prev = self.cache.get(key)
+                typ = "ADDED" if create_rev == rev or prev is None else "MODIFIED"
                 self.cache[key] = e
-                ev = WatchEvent(typ, key, e, rev)
+                ev = WatchEvent(typ, key, e, rev, prev if typ == "MODIFIED" else None)
             self.rev = rev
             self.events.append(ev)
             if len(self.events) == self.WINDOW:

@@ -1,7 +1,7 @@
 """Server-side Table printing (``Accept: application/json;as=Table;v=v1;g=meta.k8s.io``):
 the columns kubectl shows for every built-in kind, as kube-apiserver's printers
 (pkg/printers/internalversion/printers.go) define them, and ``additionalPrinterColumns``
-for custom resources. Ported from testbed/k8s/printers.py and extended to every kind served.
+for custom resources, for every kind served.
 """
 
 from __future__ import annotations

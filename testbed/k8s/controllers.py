@@ -1,39 +1,51 @@
-"""The control plane's controllers, level-triggered: each pass reads the whole state and
-moves it one step towards the desired one.
+"""kube-controller-manager: ``python -m testbed.k8s.controllers --kubeconfig FILE``.
 
-* node IPAM: every Node gets ``spec.podCIDR``, the next free /24 of the cluster's pod
-  CIDR (kube-controller-manager --allocate-node-cidrs, as kubeadm sets it up).
-* deployments: each Deployment owns a ReplicaSet ``<deploy>-<template-hash>`` with its
-  replicas (older templates' ReplicaSets scaled to 0); status counts the pods.
+An API client: informers (list+watch) on Nodes, Pods, Deployments, ReplicaSets,
+DaemonSets, Services, Endpoints and EndpointSlices; level-triggered, each pass moves the
+cached state one step towards the desired one and writes through the API server:
+
+* node IPAM (``--allocate-node-cidrs``): every Node gets ``spec.podCIDR``, the next free
+  ``/--node-cidr-mask-size`` of ``--cluster-cidr`` (as kubeadm sets it up);
+* deployments: a ReplicaSet ``<deploy>-<template-hash>`` per template with the Deployment's
+  replicas (older templates' ReplicaSets scaled to 0 and kept as revision history); status
+  (``deployments/<d>/status``) counts the pods, ``readyReplicas``/``availableReplicas`` only
+  the ready ones; events ``ScalingReplicaSet``;
 * replicasets: ``replicas`` Pods ``<rs>-<5>``; extra pods deleted (unscheduled, unready,
-  newest first).
+  newest first); events ``SuccessfulCreate``/``SuccessfulDelete``;
 * daemonsets: one pod per eligible node (NotReady nodes too: CNI daemons start first),
-  bound directly to it, replaced when the template changes.
-* garbage collection: what a Deployment, ReplicaSet or DaemonSet owned goes with it.
-* scheduler: unbound pods go to the Ready, schedulable node (taints and nodeSelector
-  honoured) with the fewest pods.
-* endpoints: each Service with a selector gets Endpoints listing the ready pods that
-  match it (addresses) and those not ready (notReadyAddresses).
+  bound to it directly, with the tolerations the DaemonSet controller adds; replaced when
+  the template changes;
+* endpoints and endpointslices: for each Service with a selector, the pods it selects
+  (ready ones as ``addresses``/``ready: true``, the others as ``notReadyAddresses``);
+* pod GC: a pod bound to a node that has not existed for 40 s (the podgc controller's
+  quarantine) is deleted (force, grace 0), as no kubelet will ever finish it.
+
+Garbage collection (ownerReferences) and namespace deletion run in the API server
+(docs/apiserver.md). The scheduler is its own process (:mod:`testbed.k8s.scheduler`).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import ipaddress
 import json
 import logging
 import secrets
+import signal
+import sys
 import threading
 from collections.abc import Callable
 
-from testbed.k8s import errors
-from testbed.k8s.model import selector_matches
-from testbed.k8s.printers import node_ready
-from testbed.k8s.store import Store
+from kubeclient import AlreadyExists, ApiError, KubeError
+from testbed.k8s.apiclient import Cluster, client_from
 
 log = logging.getLogger("controllers")
 
 _ALNUM = "bcdfghjklmnpqrstvwxz2456789"  # the alphabet of Kubernetes' generated name suffixes
+WATCHED = ("Node", "Pod", "Deployment", "ReplicaSet", "DaemonSet", "Service", "Endpoints", "EndpointSlice")
+ENDPOINTSLICE_MANAGER = "endpointslice-controller.k8s.io"
+ORPHAN_QUARANTINE = 40.0  # seconds a pod's node must be missing before pod GC deletes the pod
 
 
 def random_suffix(n: int = 5) -> str:
@@ -58,93 +70,20 @@ def pod_ready(pod: dict) -> bool:
                for c in (pod.get("status") or {}).get("conditions") or [])
 
 
-def owner_uid(pod: dict, kind: str = "Deployment") -> str | None:
-    """UID of the controller of ``kind`` (Deployment, DaemonSet) that owns the pod, if any."""
-    for ref in pod["metadata"].get("ownerReferences") or []:
+def node_ready(node: dict) -> bool:
+    """True when the node's Ready condition is True."""
+    for c in (node.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return c.get("status") == "True"
+    return False
+
+
+def owner_uid(obj: dict, kind: str = "Deployment") -> str | None:
+    """UID of the controller of ``kind`` that owns the object, if any."""
+    for ref in obj["metadata"].get("ownerReferences") or []:
         if ref.get("controller") and ref.get("kind") == kind:
             return ref.get("uid")
     return None
-
-
-# --- node IPAM ---------------------------------------------------------------------------------
-
-def allocate_pod_cidrs(store: Store, nodes: list[dict], pod_cidr: str, mask: int = 24) -> int:
-    """Give every node without one a free /``mask`` of ``pod_cidr``; returns how many."""
-    net = ipaddress.ip_network(pod_cidr)
-    if mask < net.prefixlen:
-        mask = net.prefixlen
-    used = {n["spec"].get("podCIDR") for n in nodes if (n.get("spec") or {}).get("podCIDR")}
-    free = (str(s) for s in net.subnets(new_prefix=mask) if str(s) not in used)
-    count = 0
-    for node in sorted(nodes, key=lambda n: n["metadata"]["name"]):
-        if (node.get("spec") or {}).get("podCIDR"):
-            continue
-        cidr = next(free, None)
-        if cidr is None:
-            log.warning("pod CIDR %s exhausted; node %s gets none", pod_cidr, node["metadata"]["name"])
-            return count
-
-        def assign(n: dict, cidr: str = cidr) -> bool:
-            if n.setdefault("spec", {}).get("podCIDR"):
-                return False
-            n["spec"]["podCIDR"] = cidr
-            n["spec"]["podCIDRs"] = [cidr]
-            return True
-
-        store.mutate("Node", node["metadata"]["name"], None, assign)
-        count += 1
-    return count
-
-
-# --- deployments -------------------------------------------------------------------------------
-
-def _pod_for(owner: dict, thash: str, node: str | None = None) -> dict:
-    meta, spec = owner["metadata"], owner["spec"]
-    tmeta = spec["template"].get("metadata") or {}
-    labels = dict(tmeta.get("labels") or {})
-    if owner["kind"] == "DaemonSet":
-        labels["controller-revision-hash"] = thash
-    pod = {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {
-            "name": f"{meta['name']}-{random_suffix()}", "namespace": meta["namespace"],
-            "labels": labels, "annotations": dict(tmeta.get("annotations") or {}),
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": owner["kind"], "name": meta["name"],
-                                 "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}],
-        },
-        "spec": json.loads(json.dumps(spec["template"]["spec"])),
-    }
-    if node:
-        pod["spec"]["nodeName"] = node
-    return pod
-
-
-def _set_status(store: Store, obj: dict, status: dict) -> None:
-    if obj.get("status") == status:
-        return
-
-    def put(o: dict) -> None:
-        o["status"] = status
-
-    store.mutate(obj["kind"], obj["metadata"]["name"], obj["metadata"]["namespace"], put)
-
-
-def _replicaset_for(d: dict, thash: str) -> dict:
-    meta, spec = d["metadata"], d["spec"]
-    template = json.loads(json.dumps(spec["template"]))
-    template.setdefault("metadata", {}).setdefault("labels", {})["pod-template-hash"] = thash
-    selector = dict(spec["selector"]["matchLabels"], **{"pod-template-hash": thash})
-    return {
-        "apiVersion": "apps/v1", "kind": "ReplicaSet",
-        "metadata": {
-            "name": f"{meta['name']}-{thash}", "namespace": meta["namespace"],
-            "labels": dict(template["metadata"]["labels"]),
-            "annotations": {"deployment.kubernetes.io/revision": str(meta.get("generation", 1))},
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": meta["name"],
-                                 "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}],
-        },
-        "spec": {"replicas": spec.get("replicas", 1), "selector": {"matchLabels": selector}, "template": template},
-    }
 
 
 def _owned(objs: list[dict], kind: str) -> dict[str, list[dict]]:
@@ -156,292 +95,200 @@ def _owned(objs: list[dict], kind: str) -> dict[str, list[dict]]:
     return by_owner
 
 
-def reconcile_deployments(store: Store, deployments: list[dict], replicasets: list[dict], pods: list[dict]) -> None:
-    """Each Deployment owns a ReplicaSet ``<name>-<template-hash>`` with its replicas; the
-    ReplicaSets of older templates are scaled to 0 (kept, as revision history); status
-    counts the pods. ReplicaSets whose Deployment is gone are deleted."""
-    rs_by_owner = _owned(replicasets, "Deployment")
-    live = {d["metadata"]["uid"] for d in deployments}
-    for uid, owned in rs_by_owner.items():
-        if uid not in live:
-            for rs in owned:
-                _delete(store, rs)
-    pods_by_rs = _owned(pods, "ReplicaSet")
-    for d in deployments:
-        thash = template_hash(d["spec"]["template"])
-        want = d["spec"].get("replicas", 1)
-        owned = rs_by_owner.get(d["metadata"]["uid"], [])
-        current = next((rs for rs in owned if rs["metadata"].get("labels", {}).get("pod-template-hash") == thash), None)
-        if current is None:
-            try:
-                current = store.create(_replicaset_for(d, thash))
-            except errors.AlreadyExists:
-                current = store.find("ReplicaSet", f"{d['metadata']['name']}-{thash}", d["metadata"]["namespace"])
-            except errors.K8sError as exc:
-                log.warning("deployment %s/%s: cannot create its replicaset: %s", d["metadata"]["namespace"],
-                            d["metadata"]["name"], exc)
-                continue
-        for rs in owned:
-            target = want if rs is current else 0
-            if rs["spec"].get("replicas") != target:
-                def scale(o: dict, target: int = target) -> None:
-                    o["spec"]["replicas"] = target
-
-                store.mutate("ReplicaSet", rs["metadata"]["name"], rs["metadata"]["namespace"], scale)
-        all_pods = [p for rs in owned for p in pods_by_rs.get(rs["metadata"]["uid"], [])
-                    if not p["metadata"].get("deletionTimestamp")]
-        updated = [p for p in all_pods if p["metadata"].get("labels", {}).get("pod-template-hash") == thash]
-        ready = sum(1 for p in all_pods if pod_ready(p))
-        status = {
-            "observedGeneration": d["metadata"].get("generation", 1), "replicas": len(all_pods),
-            "updatedReplicas": len(updated), "readyReplicas": ready, "availableReplicas": ready,
-            "conditions": [{"type": "Available", "status": "True" if ready >= want else "False",
-                            "reason": "MinimumReplicasAvailable" if ready >= want else "MinimumReplicasUnavailable"}],
-        }
-        if ready < len(all_pods):
-            status["unavailableReplicas"] = len(all_pods) - ready
-        if not ready:
-            status.pop("readyReplicas")
-            status.pop("availableReplicas")
-        _set_status(store, d, status)
+def _active(pods: list[dict]) -> list[dict]:
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")
+            and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
 
 
-def reconcile_replicasets(store: Store, replicasets: list[dict], pods: list[dict]) -> None:
-    """Create/delete pods so each ReplicaSet has ``replicas``; update status; delete pods
-    whose ReplicaSet is gone."""
-    by_owner = _owned(pods, "ReplicaSet")
-    live = {rs["metadata"]["uid"] for rs in replicasets}
-    for uid, owned in by_owner.items():
-        if uid not in live:
-            for pod in owned:
-                _delete(store, pod)
-    for rs in replicasets:
-        current = [p for p in by_owner.get(rs["metadata"]["uid"], []) if not p["metadata"].get("deletionTimestamp")]
-        want = rs["spec"].get("replicas", 1)
-        if len(current) < want:
-            for _ in range(want - len(current)):
-                try:
-                    current.append(store.create(_pod_for(rs, "")))
-                except errors.K8sError as exc:
-                    log.warning("replicaset %s/%s: cannot create pod: %s", rs["metadata"]["namespace"],
-                                rs["metadata"]["name"], exc)
-                    break
-        elif len(current) > want:
-            # delete unscheduled first, then not ready, then the newest
-            victims = sorted(current, key=lambda p: (bool(p["spec"].get("nodeName")), pod_ready(p),
-                                                     p["metadata"].get("creationTimestamp", "")))
-            for pod in victims[: len(current) - want]:
-                _delete(store, pod)
-                current.remove(pod)
-        ready = sum(1 for p in current if pod_ready(p))
-        status = {"replicas": len(current), "fullyLabeledReplicas": len(current),
-                  "observedGeneration": rs["metadata"].get("generation", 1)}
-        if ready:
-            status.update(readyReplicas=ready, availableReplicas=ready)
-        _set_status(store, rs, status)
+def _owner_ref(owner: dict) -> dict:
+    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
+            "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
 
 
-def _delete(store: Store, obj: dict) -> None:
-    try:
-        store.delete(obj["kind"], obj["metadata"]["name"], obj["metadata"]["namespace"])
-    except errors.NotFound:
-        pass
+# --- node IPAM ---------------------------------------------------------------------------------
+
+def plan_pod_cidrs(nodes: list[dict], pod_cidr: str, mask: int = 24) -> dict[str, str]:
+    """node name -> the /``mask`` of ``pod_cidr`` it gets (nodes without one; pure)."""
+    net = ipaddress.ip_network(pod_cidr)
+    mask = max(mask, net.prefixlen)
+    used = {n["spec"].get("podCIDR") for n in nodes if (n.get("spec") or {}).get("podCIDR")}
+    free = (str(s) for s in net.subnets(new_prefix=mask) if str(s) not in used)
+    out = {}
+    for node in sorted(nodes, key=lambda n: n["metadata"]["name"]):
+        if (node.get("spec") or {}).get("podCIDR"):
+            continue
+        cidr = next(free, None)
+        if cidr is None:
+            log.warning("pod CIDR %s exhausted; node %s gets none", pod_cidr, node["metadata"]["name"])
+            break
+        out[node["metadata"]["name"]] = cidr
+    return out
+
+
+# --- pods of controllers -------------------------------------------------------------------------
+
+#: tolerations the DaemonSet controller adds to every DaemonSet pod
+DAEMON_TOLERATIONS = (
+    {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"},
+    {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"},
+    {"key": "node.kubernetes.io/disk-pressure", "operator": "Exists", "effect": "NoSchedule"},
+    {"key": "node.kubernetes.io/memory-pressure", "operator": "Exists", "effect": "NoSchedule"},
+    {"key": "node.kubernetes.io/pid-pressure", "operator": "Exists", "effect": "NoSchedule"},
+    {"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"},
+)
+HOST_NETWORK_TOLERATION = {"key": "node.kubernetes.io/network-unavailable", "operator": "Exists",
+                           "effect": "NoSchedule"}
+
+
+def pod_for(owner: dict, thash: str, node: str | None = None) -> dict:
+    """A new pod of ``owner`` (a ReplicaSet or DaemonSet) from its template (pure)."""
+    meta, spec = owner["metadata"], owner["spec"]
+    tmeta = spec["template"].get("metadata") or {}
+    labels = dict(tmeta.get("labels") or {})
+    pspec = json.loads(json.dumps(spec["template"]["spec"]))
+    if owner["kind"] == "DaemonSet":
+        labels["controller-revision-hash"] = thash
+        labels.setdefault("pod-template-generation", str(meta.get("generation", 1)))
+        tols = pspec.setdefault("tolerations", [])
+        extra = list(DAEMON_TOLERATIONS) + ([HOST_NETWORK_TOLERATION] if pspec.get("hostNetwork") else [])
+        for t in extra:
+            if not any(x.get("key") == t["key"] and x.get("effect") == t["effect"] for x in tols):
+                tols.append(dict(t))
+    pod = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"{meta['name']}-{random_suffix()}", "namespace": meta["namespace"],
+                     "labels": labels, "ownerReferences": [_owner_ref(owner)]},
+        "spec": pspec,
+    }
+    if tmeta.get("annotations"):
+        pod["metadata"]["annotations"] = dict(tmeta["annotations"])
+    if node:
+        pod["spec"]["nodeName"] = node
+    return pod
+
+
+def replicaset_for(d: dict, thash: str, revision: int) -> dict:
+    """The ReplicaSet of Deployment ``d``'s current template (pure)."""
+    meta, spec = d["metadata"], d["spec"]
+    template = json.loads(json.dumps(spec["template"]))
+    template.setdefault("metadata", {}).setdefault("labels", {})["pod-template-hash"] = thash
+    selector = json.loads(json.dumps(spec["selector"]))
+    selector.setdefault("matchLabels", {})["pod-template-hash"] = thash
+    want = spec.get("replicas", 1)
+    return {
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {
+            "name": f"{meta['name']}-{thash}", "namespace": meta["namespace"],
+            "labels": dict(template["metadata"]["labels"]),
+            "annotations": {"deployment.kubernetes.io/revision": str(revision),
+                            "deployment.kubernetes.io/desired-replicas": str(want),
+                            "deployment.kubernetes.io/max-replicas": str(want)},
+            "ownerReferences": [_owner_ref(d)],
+        },
+        "spec": {"replicas": want, "selector": selector, "template": template,
+                 **({"minReadySeconds": spec["minReadySeconds"]} if spec.get("minReadySeconds") else {})},
+    }
+
+
+def deployment_status(d: dict, current: dict | None, owned: list[dict], pods_by_rs: dict[str, list[dict]],
+                      thash: str) -> dict:
+    """The Deployment's status from its ReplicaSets' pods: only ready pods count as
+    ready/available (pure)."""
+    want = d["spec"].get("replicas", 1)
+    pods = [p for rs in owned for p in _active(pods_by_rs.get(rs["metadata"]["uid"], []))]
+    updated = [p for p in pods if (p["metadata"].get("labels") or {}).get("pod-template-hash") == thash]
+    ready = sum(1 for p in pods if pod_ready(p))
+    available = ready >= want
+    status: dict = {"observedGeneration": d["metadata"].get("generation", 1), "replicas": len(pods),
+                    "updatedReplicas": len(updated)}
+    if ready:
+        status["readyReplicas"] = ready
+        status["availableReplicas"] = ready
+    if len(pods) - ready > 0 or want > ready:
+        status["unavailableReplicas"] = max(len(pods), want) - ready
+    old = {c.get("type"): c for c in (d.get("status") or {}).get("conditions") or []}
+
+    def cond(typ: str, ok: bool, reason: str, message: str) -> dict:
+        c = {"type": typ, "status": "True" if ok else "False", "reason": reason, "message": message}
+        prev = old.get(typ)
+        from testbed.k8s.apiclient import now_iso
+
+        now = now_iso()
+        c["lastUpdateTime"] = prev.get("lastUpdateTime", now) if prev and prev.get("reason") == reason else now
+        c["lastTransitionTime"] = prev.get("lastTransitionTime", now) if prev and \
+            prev.get("status") == c["status"] else now
+        return c
+
+    rs_name = current["metadata"]["name"] if current else ""
+    done = len(updated) >= want and ready >= want and len(pods) == len(updated)
+    status["conditions"] = [
+        cond("Available", available, "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
+             "Deployment has minimum availability." if available else
+             "Deployment does not have minimum availability."),
+        cond("Progressing", True, "NewReplicaSetAvailable" if done else "ReplicaSetUpdated",
+             f'ReplicaSet "{rs_name}" has successfully progressed.' if done else
+             f'ReplicaSet "{rs_name}" is progressing.'),
+    ]
+    return status
+
+
+def replicaset_status(rs: dict, pods: list[dict]) -> dict:
+    """A ReplicaSet's status (pure)."""
+    ready = sum(1 for p in pods if pod_ready(p))
+    status = {"replicas": len(pods), "fullyLabeledReplicas": len(pods),
+              "observedGeneration": rs["metadata"].get("generation", 1)}
+    if ready:
+        status.update(readyReplicas=ready, availableReplicas=ready)
+    return status
 
 
 # --- daemonsets --------------------------------------------------------------------------------
 
-#: taints a DaemonSet pod tolerates without asking (the DaemonSet controller adds these)
-DAEMON_TOLERATED = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable",
-                    "node.kubernetes.io/disk-pressure", "node.kubernetes.io/memory-pressure",
-                    "node.kubernetes.io/pid-pressure", "node.kubernetes.io/unschedulable",
-                    "node.kubernetes.io/network-unavailable")
+def tolerates(pod_spec: dict, taint: dict) -> bool:
+    """True if the pod tolerates the taint."""
+    for t in pod_spec.get("tolerations") or []:
+        if t.get("effect") and t.get("effect") != taint.get("effect"):
+            continue
+        if t.get("operator") == "Exists" and not t.get("key"):
+            return True
+        if t.get("key") == taint.get("key") and (t.get("operator") == "Exists" or
+                                                 t.get("value", "") == taint.get("value", "")):
+            return True
+    return False
 
 
 def daemon_nodes(ds: dict, nodes: list[dict]) -> list[str]:
-    """Nodes that should run one pod of the DaemonSet (ready or not: CNI daemons start first)."""
-    tspec = ds["spec"]["template"]["spec"]
-    pod = {"spec": tspec}
+    """Nodes that should run one pod of the DaemonSet (Ready or not: CNI daemons start
+    first), taints checked with the tolerations the DaemonSet controller adds (pure)."""
+    tspec = json.loads(json.dumps(ds["spec"]["template"]["spec"]))
+    tspec.setdefault("tolerations", []).extend(DAEMON_TOLERATIONS)
+    tspec["tolerations"].append({"key": "node.kubernetes.io/not-ready", "operator": "Exists",
+                                 "effect": "NoSchedule"})
+    if tspec.get("hostNetwork"):
+        tspec["tolerations"].append(HOST_NETWORK_TOLERATION)
     out = []
     for node in nodes:
+        if node["metadata"].get("deletionTimestamp"):
+            continue
         sel = tspec.get("nodeSelector") or {}
         if sel and not all((node["metadata"].get("labels") or {}).get(k) == v for k, v in sel.items()):
             continue
         taints = (node.get("spec") or {}).get("taints") or []
-        if any(t.get("effect") in ("NoSchedule", "NoExecute") and t.get("key") not in DAEMON_TOLERATED
-               and not _tolerates(pod, t) for t in taints):
+        if any(t.get("effect") in ("NoSchedule", "NoExecute") and not tolerates(tspec, t) for t in taints):
             continue
         out.append(node["metadata"]["name"])
     return sorted(out)
 
 
-def reconcile_daemonsets(store: Store, daemonsets: list[dict], pods: list[dict], nodes: list[dict]) -> None:
-    """One current pod per eligible node for each DaemonSet; delete the rest; update status."""
-    by_owner: dict[str, list[dict]] = {}
-    for pod in pods:
-        uid = owner_uid(pod, "DaemonSet")
-        if uid:
-            by_owner.setdefault(uid, []).append(pod)
-    live = {d["metadata"]["uid"] for d in daemonsets}
-    for uid, owned in by_owner.items():
-        if uid not in live:
-            for pod in owned:
-                _delete(store, pod)
-    for ds in daemonsets:
-        thash = template_hash(ds["spec"]["template"])
-        wanted = daemon_nodes(ds, nodes)
-        owned = [p for p in by_owner.get(ds["metadata"]["uid"], []) if not p["metadata"].get("deletionTimestamp")]
-        current: dict[str, dict] = {}
-        for pod in owned:
-            node = pod["spec"].get("nodeName")
-            fresh = pod["metadata"].get("labels", {}).get("controller-revision-hash") == thash
-            if node not in wanted or not fresh or node in current:
-                _delete(store, pod)
-            else:
-                current[node] = pod
-        for node in wanted:
-            if node not in current:
-                try:
-                    current[node] = store.create(_pod_for(ds, thash, node))
-                except errors.K8sError as exc:
-                    log.warning("daemonset %s: cannot create pod on %s: %s", ds["metadata"]["name"], node, exc)
-        ready = sum(1 for p in current.values() if pod_ready(p))
-        status = {"desiredNumberScheduled": len(wanted), "currentNumberScheduled": len(current),
-                  "updatedNumberScheduled": len(current), "numberReady": ready, "numberAvailable": ready,
-                  "numberMisscheduled": 0, "observedGeneration": ds["metadata"].get("generation", 1)}
-        if ds.get("status") != status:
-            def set_status(obj: dict, status: dict = status) -> None:
-                obj["status"] = status
-
-            store.mutate("DaemonSet", ds["metadata"]["name"], ds["metadata"]["namespace"], set_status)
-
-
-# --- scheduler ---------------------------------------------------------------------------------
-
-def _tolerates(pod: dict, taint: dict) -> bool:
-    for t in pod["spec"].get("tolerations") or []:
-        if t.get("operator") == "Exists" and not t.get("key"):
-            return True
-        if t.get("key") == taint.get("key") and (t.get("operator") == "Exists" or t.get("value") == taint.get("value")):
-            if not t.get("effect") or t.get("effect") == taint.get("effect"):
-                return True
-    return False
-
-
-def feasible_nodes(pod: dict, nodes: list[dict]) -> list[dict]:
-    """Nodes the pod may run on: Ready, schedulable, taints tolerated, nodeSelector matched."""
-    out = []
-    for node in nodes:
-        spec = node.get("spec") or {}
-        if spec.get("unschedulable") or not node_ready(node):
-            continue
-        if any(t.get("effect") in ("NoSchedule", "NoExecute") and not _tolerates(pod, t)
-               for t in spec.get("taints") or []):
-            continue
-        sel = pod["spec"].get("nodeSelector") or {}
-        if sel and not all((node["metadata"].get("labels") or {}).get(k) == v for k, v in sel.items()):
-            continue
-        out.append(node)
-    return out
-
-
-TERMINAL_PHASES = ("Succeeded", "Failed")
-
-
-def _owner(pod: dict) -> tuple[str, str, str] | None:
-    """The pod's controller (kind, namespace, name), if any."""
-    for ref in pod["metadata"].get("ownerReferences") or []:
-        if ref.get("controller", True):
-            return ref.get("kind", ""), pod["metadata"].get("namespace", ""), ref.get("name", "")
-    return None
-
-
-def plan_bindings(pods: list[dict], nodes: list[dict]) -> list[tuple[dict, str | None]]:
-    """Where each unbound pod goes, oldest first: ``(pod, node name)``, or ``(pod, None)``
-    when no node is feasible.
-
-    Like kube-scheduler's default scoring, roughly: among the feasible nodes, the one
-    with the fewest pods of the same controller (PodTopologySpread's default hostname
-    spreading), then the fewest pods in all (least allocated), then the name. Pods
-    that finished (Succeeded/Failed) no longer count; each placement counts for the
-    next pod, so a burst of pods is spread over the nodes Ready at the time."""
-    load = {n["metadata"]["name"]: 0 for n in nodes}
-    owned: dict[tuple[str, tuple | None], int] = {}
-    for p in pods:
-        node = p["spec"].get("nodeName")
-        if node in load and (p.get("status") or {}).get("phase") not in TERMINAL_PHASES:
-            load[node] += 1
-            owner = _owner(p)
-            if owner is not None:
-                owned[(node, owner)] = owned.get((node, owner), 0) + 1
-    plan: list[tuple[dict, str | None]] = []
-    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", "")):
-        if pod["spec"].get("nodeName") or pod["metadata"].get("deletionTimestamp"):
-            continue
-        choices = feasible_nodes(pod, nodes)
-        if not choices:
-            plan.append((pod, None))
-            continue
-        owner = _owner(pod)
-
-        def score(n: dict, owner: tuple | None = owner) -> tuple[int, int, str]:
-            name = n["metadata"]["name"]
-            same = owned.get((name, owner), 0) if owner is not None else 0
-            return same, load[name], name
-
-        name = min(choices, key=score)["metadata"]["name"]
-        load[name] += 1
-        if owner is not None:
-            owned[(name, owner)] = owned.get((name, owner), 0) + 1
-        plan.append((pod, name))
-    return plan
-
-
-BIND_WORKERS = 8  # bindings written at once (kube-scheduler binds asynchronously too)
-
-
-def schedule(store: Store, pods: list[dict], nodes: list[dict]) -> int:
-    """Bind unbound pods as :func:`plan_bindings` places them; returns how many were bound.
-
-    The placements are decided in order (each counts for the next); the writes go to
-    the store concurrently, so a burst of pods reaches the kubelets together instead of
-    one store round trip after another."""
-    def unschedulable(pod: dict) -> None:
-        msg = f"0/{len(nodes)} nodes are available: no Ready node without a taint the pod tolerates."
-
-        def put(p: dict) -> bool:
-            conds = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg}]
-            if (p.get("status") or {}).get("conditions") == conds:
-                return False
-            p.setdefault("status", {})["conditions"] = conds
-            p["status"]["phase"] = "Pending"
-            return True
-
-        store.mutate("Pod", pod["metadata"]["name"], pod["metadata"]["namespace"], put)
-
-    def bind(pod: dict, name: str) -> bool:
-        def put(p: dict) -> bool:
-            if p["spec"].get("nodeName"):
-                return False
-            p["spec"]["nodeName"] = name
-            p.setdefault("status", {})["conditions"] = [{"type": "PodScheduled", "status": "True"}]
-            return True
-
-        store.mutate("Pod", pod["metadata"]["name"], pod["metadata"]["namespace"], put)
-        return True
-
-    plan = plan_bindings(pods, nodes)
-    if len(plan) <= 1:
-        return sum(bind(pod, name) if name else unschedulable(pod) or 0 for pod, name in plan)
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=min(BIND_WORKERS, len(plan)), thread_name_prefix="bind") as pool:
-        futures = [pool.submit(bind, pod, name) if name else pool.submit(unschedulable, pod)
-                   for pod, name in plan]
-        results = [f.result() for f in futures]  # the first error is raised, as before
-    return sum(1 for (_, name), r in zip(plan, results, strict=True) if name and r)
-
-
 # --- endpoints ---------------------------------------------------------------------------------
+
+def selector_matches(selector: dict[str, str] | None, labels: dict[str, str] | None) -> bool:
+    """A Service's equality selector (an empty one selects nothing)."""
+    if not selector:
+        return False
+    labels = labels or {}
+    return all(labels.get(k) == v for k, v in selector.items())
+
 
 def _target_port(port: dict, pod: dict) -> int | None:
     target = port.get("targetPort", port["port"])
@@ -456,17 +303,29 @@ def _target_port(port: dict, pod: dict) -> int | None:
     return None
 
 
-def desired_endpoints(svc: dict, pods: list[dict]) -> dict:
-    """The Endpoints object the controller wants for a Service."""
-    ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
-    selector = svc["spec"].get("selector")
-    groups: dict[str, dict] = {}
+def _service_pods(svc: dict, pods: list[dict]) -> list[dict]:
+    ns, selector = svc["metadata"]["namespace"], svc["spec"].get("selector")
+    out = []
     for pod in sorted(pods, key=lambda p: (p.get("status") or {}).get("podIP") or ""):
         if pod["metadata"].get("namespace") != ns or not selector_matches(selector, pod["metadata"].get("labels")):
             continue
-        ip = (pod.get("status") or {}).get("podIP")
-        if not ip or pod["metadata"].get("deletionTimestamp"):
+        if not (pod.get("status") or {}).get("podIP") or (pod.get("status") or {}).get("phase") in (
+                "Succeeded", "Failed"):
             continue
+        out.append(pod)
+    return out
+
+
+def _ready_for(svc: dict, pod: dict) -> bool:
+    return pod_ready(pod) and not pod["metadata"].get("deletionTimestamp") or \
+        bool(svc["spec"].get("publishNotReadyAddresses"))
+
+
+def desired_endpoints(svc: dict, pods: list[dict]) -> dict:
+    """The Endpoints object the endpoints controller wants for a Service (pure)."""
+    ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
+    groups: dict[str, dict] = {}
+    for pod in _service_pods(svc, pods):
         ports = []
         for p in svc["spec"].get("ports") or []:
             tp = _target_port(p, pod)
@@ -480,87 +339,378 @@ def desired_endpoints(svc: dict, pods: list[dict]) -> dict:
             continue
         key = json.dumps(ports, sort_keys=True)
         subset = groups.setdefault(key, {"ports": ports})
-        addr = {"ip": ip, "nodeName": pod["spec"].get("nodeName"),
+        addr = {"ip": pod["status"]["podIP"], "nodeName": pod["spec"].get("nodeName"),
                 "targetRef": {"kind": "Pod", "name": pod["metadata"]["name"], "namespace": ns,
                               "uid": pod["metadata"].get("uid")}}
-        subset.setdefault("addresses" if pod_ready(pod) else "notReadyAddresses", []).append(addr)
-    ep = {"apiVersion": "v1", "kind": "Endpoints",
-          "metadata": {"name": name, "namespace": ns, "labels": dict(svc["metadata"].get("labels") or {})}}
+        if pod["spec"].get("hostname") and pod["spec"].get("subdomain") == name:
+            addr["hostname"] = pod["spec"]["hostname"]
+        subset.setdefault("addresses" if _ready_for(svc, pod) else "notReadyAddresses", []).append(addr)
+    labels = dict(svc["metadata"].get("labels") or {})
+    if svc["spec"].get("clusterIP") == "None":
+        labels["service.kubernetes.io/headless"] = ""
+    ep = {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": ns, "labels": labels}}
     subsets = [groups[k] for k in sorted(groups)]
     if subsets:
         ep["subsets"] = subsets
     return ep
 
 
-def reconcile_endpoints(store: Store, services: list[dict], endpoints: list[dict], pods: list[dict]) -> None:
-    """Write Endpoints for every Service with a selector; drop those of deleted Services."""
-    existing = {(e["metadata"]["namespace"], e["metadata"]["name"]): e for e in endpoints}
-    wanted = set()
-    for svc in services:
-        if not svc["spec"].get("selector"):
+def desired_slice(svc: dict, pods: list[dict]) -> dict:
+    """The content (``endpoints``, ``ports``, labels) of the Service's EndpointSlice (pure)."""
+    ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
+    ports: list[dict] = []
+    endpoints = []
+    for pod in _service_pods(svc, pods):
+        pports = []
+        for p in svc["spec"].get("ports") or []:
+            tp = _target_port(p, pod)
+            if tp is None:
+                continue
+            pports.append({"name": p.get("name", ""), "port": tp, "protocol": p.get("protocol", "TCP")})
+        if not pports:
             continue
-        key = (svc["metadata"]["namespace"], svc["metadata"]["name"])
-        wanted.add(key)
-        want = desired_endpoints(svc, pods)
-        have = existing.get(key)
-        if have is None:
-            try:
-                store.create(want)
-            except errors.AlreadyExists:
-                pass
-            continue
-        if have.get("subsets") != want.get("subsets") or have["metadata"].get("labels", {}) != want["metadata"]["labels"]:
-            def put(obj: dict, want: dict = want) -> None:
-                obj.pop("subsets", None)
-                if "subsets" in want:
-                    obj["subsets"] = want["subsets"]
-                obj["metadata"]["labels"] = want["metadata"]["labels"]
-
-            store.mutate("Endpoints", key[1], key[0], put)
-    live = {(s["metadata"]["namespace"], s["metadata"]["name"]) for s in services}
-    for key in existing:
-        if key not in wanted and key not in live:
-            store.remove("Endpoints", key[1], key[0])
+        if not ports:
+            ports = pports
+        ready = _ready_for(svc, pod)
+        terminating = bool(pod["metadata"].get("deletionTimestamp"))
+        ep = {"addresses": [pod["status"]["podIP"]],
+              "conditions": {"ready": ready, "serving": pod_ready(pod), "terminating": terminating},
+              "targetRef": {"kind": "Pod", "name": pod["metadata"]["name"], "namespace": ns,
+                            "uid": pod["metadata"].get("uid")}}
+        if pod["spec"].get("nodeName"):
+            ep["nodeName"] = pod["spec"]["nodeName"]
+        if pod["spec"].get("hostname") and pod["spec"].get("subdomain") == name:
+            ep["hostname"] = pod["spec"]["hostname"]
+        endpoints.append(ep)
+    labels = {k: v for k, v in (svc["metadata"].get("labels") or {}).items()}
+    labels.update({"kubernetes.io/service-name": name,
+                   "endpointslice.kubernetes.io/managed-by": ENDPOINTSLICE_MANAGER})
+    if svc["spec"].get("clusterIP") == "None":
+        labels["service.kubernetes.io/headless"] = ""
+    return {"addressType": "IPv4", "endpoints": endpoints, "ports": ports or None, "labels": labels}
 
 
 # --- the manager -------------------------------------------------------------------------------
 
+def _component(owner: dict) -> str:
+    """The controller that reports events about ``owner`` (its source component)."""
+    return {"ReplicaSet": "replicaset-controller", "DaemonSet": "daemonset-controller",
+            "Deployment": "deployment-controller"}.get(owner.get("kind", ""), "kube-controller-manager")
+
+
 class ControllerManager:
     """Runs every controller whenever the watched state changes (and every few seconds)."""
 
-    def __init__(self, store: Store, pod_cidr: str | None = None, node_cidr_mask: int = 24):
-        self.store = store
+    def __init__(self, cluster: Cluster, pod_cidr: str | None = None, node_cidr_mask: int = 24,
+                 allocate_node_cidrs: bool = True, clock: Callable[[], float] | None = None):
+        import time
+
+        self.cluster = cluster
+        self.clock = clock or time.monotonic
+        self.missing_nodes: dict[str, float] = {}  # node name -> when first seen missing (pod GC)
         self.pod_cidr = pod_cidr
         self.node_cidr_mask = node_cidr_mask
+        self.allocate_node_cidrs = allocate_node_cidrs and bool(pod_cidr)
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _set_status(self, obj: dict, status: dict) -> None:
+        if obj.get("status") == status:
+            return
+
+        def put(o: dict) -> None:
+            o["status"] = status
+
+        self.cluster.mutate(obj["kind"], obj["metadata"]["name"], obj["metadata"].get("namespace"), put,
+                            sub="status", current=obj)
+
+    def _delete_pod(self, owner: dict, pod: dict) -> None:
+        meta = pod["metadata"]
+        if self.cluster.delete("Pod", meta["name"], meta["namespace"], uid=meta.get("uid")):
+            self.cluster.event(owner, "SuccessfulDelete", f"Deleted pod: {meta['name']}",
+                               component=_component(owner))
+
+    def _create_pod(self, owner: dict, pod: dict) -> dict | None:
+        try:
+            created = self.cluster.create(pod)
+        except AlreadyExists:
+            return None
+        except ApiError as exc:
+            log.warning("%s %s/%s: cannot create pod: %s", owner["kind"], owner["metadata"]["namespace"],
+                        owner["metadata"]["name"], exc)
+            self.cluster.event(owner, "FailedCreate", f"Error creating: {exc}", "Warning",
+                               component=_component(owner))
+            return None
+        self.cluster.event(owner, "SuccessfulCreate", f"Created pod: {created['metadata']['name']}",
+                           component=_component(owner))
+        return created
+
+    # --- controllers -----------------------------------------------------------------------
+    def reconcile_node_cidrs(self, nodes: list[dict]) -> None:
+        if not self.allocate_node_cidrs:
+            return
+        for name, cidr in plan_pod_cidrs(nodes, self.pod_cidr or "", self.node_cidr_mask).items():
+            def assign(n: dict, cidr: str = cidr) -> bool:
+                if n.setdefault("spec", {}).get("podCIDR"):
+                    return False
+                n["spec"]["podCIDR"] = cidr
+                n["spec"]["podCIDRs"] = [cidr]
+                return True
+
+            self.cluster.mutate("Node", name, None, assign)
+
+    def reconcile_deployments(self, deployments: list[dict], replicasets: list[dict], pods: list[dict]) -> None:
+        rs_by_owner = _owned(replicasets, "Deployment")
+        pods_by_rs = _owned(pods, "ReplicaSet")
+        for d in deployments:
+            if d["metadata"].get("deletionTimestamp"):
+                continue
+            thash = template_hash(d["spec"]["template"])
+            want = d["spec"].get("replicas", 1)
+            owned = [rs for rs in rs_by_owner.get(d["metadata"]["uid"], [])
+                     if not rs["metadata"].get("deletionTimestamp")]
+            current = next((rs for rs in owned
+                            if (rs["metadata"].get("labels") or {}).get("pod-template-hash") == thash), None)
+            revisions = [int((rs["metadata"].get("annotations") or {}).get("deployment.kubernetes.io/revision")
+                             or 0) for rs in owned]
+            if current is None:
+                try:
+                    current = self.cluster.create(replicaset_for(d, thash, max(revisions, default=0) + 1))
+                    self.cluster.event(d, "ScalingReplicaSet",
+                                       f"Scaled up replica set {current['metadata']['name']} from 0 to {want}",
+                                       component="deployment-controller")
+                    owned.append(current)
+                except AlreadyExists:
+                    continue  # in the cache soon
+                except ApiError as exc:
+                    log.warning("deployment %s/%s: cannot create its replicaset: %s", d["metadata"]["namespace"],
+                                d["metadata"]["name"], exc)
+                    continue
+            for rs in owned:
+                target = want if rs is current else 0
+                have = rs["spec"].get("replicas", 1)
+                if have != target:
+                    def scale(o: dict, target: int = target) -> None:
+                        o["spec"]["replicas"] = target
+                        ann = o["metadata"].setdefault("annotations", {})
+                        if target:
+                            ann["deployment.kubernetes.io/desired-replicas"] = str(target)
+                            ann["deployment.kubernetes.io/max-replicas"] = str(target)
+
+                    self.cluster.mutate("ReplicaSet", rs["metadata"]["name"], rs["metadata"]["namespace"], scale,
+                                        current=rs)
+                    verb = "up" if target > have else "down"
+                    self.cluster.event(d, "ScalingReplicaSet", f"Scaled {verb} replica set "
+                                       f"{rs['metadata']['name']} from {have} to {target}",
+                                       component="deployment-controller")
+            rev = (current["metadata"].get("annotations") or {}).get("deployment.kubernetes.io/revision")
+            if rev and (d["metadata"].get("annotations") or {}).get("deployment.kubernetes.io/revision") != rev:
+                def annotate(o: dict, rev: str = rev) -> None:
+                    o["metadata"].setdefault("annotations", {})["deployment.kubernetes.io/revision"] = rev
+
+                d = self.cluster.mutate("Deployment", d["metadata"]["name"], d["metadata"]["namespace"], annotate,
+                                        current=d) or d
+            self._set_status(d, deployment_status(d, current, owned, pods_by_rs, thash))
+
+    def reconcile_replicasets(self, replicasets: list[dict], pods: list[dict]) -> None:
+        by_owner = _owned(pods, "ReplicaSet")
+        for rs in replicasets:
+            if rs["metadata"].get("deletionTimestamp"):
+                continue
+            current = _active(by_owner.get(rs["metadata"]["uid"], []))
+            want = rs["spec"].get("replicas", 1)
+            if len(current) < want:
+                for _ in range(want - len(current)):
+                    pod = self._create_pod(rs, pod_for(rs, ""))
+                    if pod is None:
+                        break
+                    current.append(pod)
+            elif len(current) > want:
+                # delete unscheduled first, then not ready, then the newest
+                victims = sorted(current, key=lambda p: (bool(p["spec"].get("nodeName")), pod_ready(p),
+                                                         p["metadata"].get("creationTimestamp", "")))
+                for pod in victims[: len(current) - want]:
+                    self._delete_pod(rs, pod)
+                    current.remove(pod)
+            self._set_status(rs, replicaset_status(rs, current))
+
+    def reconcile_daemonsets(self, daemonsets: list[dict], pods: list[dict], nodes: list[dict]) -> None:
+        by_owner = _owned(pods, "DaemonSet")
+        for ds in daemonsets:
+            if ds["metadata"].get("deletionTimestamp"):
+                continue
+            thash = template_hash(ds["spec"]["template"])
+            wanted = daemon_nodes(ds, nodes)
+            owned = [p for p in by_owner.get(ds["metadata"]["uid"], []) if not p["metadata"].get("deletionTimestamp")]
+            current: dict[str, dict] = {}
+            for pod in owned:
+                node = pod["spec"].get("nodeName")
+                fresh = (pod["metadata"].get("labels") or {}).get("controller-revision-hash") == thash
+                if node not in wanted or not fresh or node in current:
+                    self._delete_pod(ds, pod)
+                else:
+                    current[node] = pod
+            for node in wanted:
+                if node not in current:
+                    pod = self._create_pod(ds, pod_for(ds, thash, node))
+                    if pod is not None:
+                        current[node] = pod
+            ready = sum(1 for p in current.values() if pod_ready(p))
+            status = {"desiredNumberScheduled": len(wanted), "currentNumberScheduled": len(current),
+                      "updatedNumberScheduled": len(current), "numberReady": ready, "numberAvailable": ready,
+                      "numberMisscheduled": 0, "observedGeneration": ds["metadata"].get("generation", 1)}
+            if len(wanted) - ready:
+                status["numberUnavailable"] = len(wanted) - ready
+            self._set_status(ds, status)
+
+    def reconcile_endpoints(self, services: list[dict], endpoints: list[dict], pods: list[dict]) -> None:
+        existing = {(e["metadata"]["namespace"], e["metadata"]["name"]): e for e in endpoints}
+        for svc in services:
+            if not svc["spec"].get("selector"):
+                continue
+            key = (svc["metadata"]["namespace"], svc["metadata"]["name"])
+            want = desired_endpoints(svc, pods)
+            have = existing.get(key)
+            if have is None:
+                try:
+                    self.cluster.create(want)
+                except AlreadyExists:
+                    pass
+                continue
+            if have.get("subsets") != want.get("subsets") or (have["metadata"].get("labels") or {}) != \
+                    want["metadata"]["labels"]:
+                def put(obj: dict, want: dict = want) -> None:
+                    obj.pop("subsets", None)
+                    if "subsets" in want:
+                        obj["subsets"] = want["subsets"]
+                    obj["metadata"]["labels"] = want["metadata"]["labels"]
+
+                self.cluster.mutate("Endpoints", key[1], key[0], put, current=have)
+
+    def reconcile_slices(self, services: list[dict], slices: list[dict], pods: list[dict]) -> None:
+        mine: dict[tuple[str, str], list[dict]] = {}
+        for s in slices:
+            labels = s["metadata"].get("labels") or {}
+            if labels.get("endpointslice.kubernetes.io/managed-by") == ENDPOINTSLICE_MANAGER:
+                mine.setdefault((s["metadata"]["namespace"], labels.get("kubernetes.io/service-name", "")),
+                                []).append(s)
+        for svc in services:
+            if not svc["spec"].get("selector"):
+                continue
+            key = (svc["metadata"]["namespace"], svc["metadata"]["name"])
+            want = desired_slice(svc, pods)
+            have = mine.get(key) or []
+            if not have:
+                obj = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                       "metadata": {"generateName": f"{key[1]}-", "namespace": key[0], "labels": want["labels"],
+                                    "ownerReferences": [_owner_ref(svc)]},
+                       "addressType": "IPv4", "endpoints": want["endpoints"], "ports": want["ports"]}
+                try:
+                    self.cluster.create(obj)
+                except ApiError as exc:
+                    log.warning("endpointslice for %s/%s: %s", key[0], key[1], exc)
+                continue
+            first = have[0]
+            for extra in have[1:]:
+                self.cluster.delete("EndpointSlice", extra["metadata"]["name"], key[0])
+            if first.get("endpoints") != want["endpoints"] or first.get("ports") != want["ports"] or \
+                    (first["metadata"].get("labels") or {}) != want["labels"]:
+                def put(obj: dict, want: dict = want) -> None:
+                    obj["endpoints"] = want["endpoints"]
+                    obj["ports"] = want["ports"]
+                    obj["metadata"]["labels"] = want["labels"]
+
+                self.cluster.mutate("EndpointSlice", first["metadata"]["name"], key[0], put, current=first)
+
+    def gc_orphaned_pods(self, pods: list[dict], nodes: list[dict]) -> list[str]:
+        """Force-delete pods bound to nodes missing for :data:`ORPHAN_QUARANTINE` seconds."""
+        now = self.clock()
+        names = {n["metadata"]["name"] for n in nodes}
+        bound = {p["spec"]["nodeName"] for p in pods if p["spec"].get("nodeName")}
+        self.missing_nodes = {n: self.missing_nodes.get(n, now) for n in bound - names}
+        done = []
+        for p in pods:
+            node = p["spec"].get("nodeName")
+            if node in self.missing_nodes and now - self.missing_nodes[node] >= ORPHAN_QUARANTINE:
+                meta = p["metadata"]
+                if self.cluster.delete("Pod", meta["name"], meta["namespace"], grace=0, uid=meta.get("uid")):
+                    log.info("pod %s/%s: its node %s does not exist: deleted", meta["namespace"], meta["name"], node)
+                    done.append(f"{meta['namespace']}/{meta['name']}")
+        return done
 
     def reconcile(self) -> None:
-        """One pass of every controller."""
-        store = self.store
-        nodes = store.list("Node")
-        if self.pod_cidr is None:
-            self.pod_cidr = store.cluster_config()["podSubnet"]
-        if any(not (n.get("spec") or {}).get("podCIDR") for n in nodes):
-            allocate_pod_cidrs(store, nodes, self.pod_cidr, self.node_cidr_mask)
-        reconcile_deployments(store, store.list("Deployment"), store.list("ReplicaSet"), store.list("Pod"))
-        reconcile_replicasets(store, store.list("ReplicaSet"), store.list("Pod"))
-        reconcile_daemonsets(store, store.list("DaemonSet"), store.list("Pod"), nodes)
-        pods = store.list("Pod")
-        schedule(store, pods, nodes)
-        reconcile_endpoints(store, store.list("Service"), store.list("Endpoints"), store.list("Pod"))
+        """One pass of every controller, over the cached state."""
+        c = self.cluster
+        nodes = c.list("Node")
+        self.reconcile_node_cidrs(nodes)
+        pods = c.list("Pod")
+        self.reconcile_deployments(c.list("Deployment"), c.list("ReplicaSet"), pods)
+        self.reconcile_replicasets(c.list("ReplicaSet"), c.list("Pod"))
+        self.reconcile_daemonsets(c.list("DaemonSet"), c.list("Pod"), nodes)
+        pods = c.list("Pod")
+        services = c.list("Service")
+        self.reconcile_endpoints(services, c.list("Endpoints"), pods)
+        self.reconcile_slices(services, c.list("EndpointSlice"), pods)
+        self.gc_orphaned_pods(pods, nodes)
 
     def run(self, stop: threading.Event, on_error: Callable[[Exception], None] | None = None) -> None:
-        """Reconcile until ``stop`` is set, woken by a watch on the store."""
-        from testbed.k8s.informer import ChangeFeed
-
-        feed = ChangeFeed(self.store, interesting=lambda ev: ev.kind != "Endpoints" or ev.type == "DELETED")
-        feed.start(stop)
+        """Reconcile until ``stop`` is set, woken by the informers."""
+        self.cluster.start()
+        while not stop.is_set() and not self.cluster.wait_synced(timeout=5, stop=stop):
+            log.info("waiting for the informers to sync")
         while not stop.is_set():
             try:
                 self.reconcile()
-            except Exception as exc:  # keep the control plane alive; log and retry
+            except (KubeError, OSError) as exc:  # keep the control plane alive; retry
+                log.warning("controller pass failed: %s", exc)
+                if on_error:
+                    on_error(exc)
+                stop.wait(0.5)
+                self.cluster.mark()
+            except Exception as exc:
                 log.exception("controller pass failed")
                 if on_error:
                     on_error(exc)
                 stop.wait(0.5)
-            feed.wait(stop, timeout=5.0)
+            self.cluster.wait(stop, timeout=1.0 if self.missing_nodes else 5.0)
             stop.wait(0.02)  # let a burst of changes land: one pass for all of them
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m testbed.k8s.controllers`` (kube-controller-manager's flag names)."""
+    p = argparse.ArgumentParser(prog="python -m testbed.k8s.controllers", description=__doc__.split("\n\n")[0],
+                                allow_abbrev=False)
+    p.add_argument("--kubeconfig", default=None, help="default $KUBECONFIG, else in-cluster")
+    p.add_argument("--cluster-cidr", default="", help="the pod network (kubeadm --pod-network-cidr)")
+    p.add_argument("--allocate-node-cidrs", default="false", choices=("true", "false"))
+    p.add_argument("--node-cidr-mask-size", type=int, default=24)
+    p.add_argument("--controllers", default="*",
+                   help="accepted as kube-controller-manager's; calicolab runs its set always")
+    p.add_argument("--use-service-account-credentials", default="false", choices=("true", "false"))
+    p.add_argument("--leader-elect", default="false", choices=("true", "false"),
+                   help="one controller-manager per lab: no election")
+    p.add_argument("-v", "--v", default="2")
+    args = p.parse_args(argv)
+    if args.controllers not in ("*", "*,bootstrapsigner,tokencleaner"):
+        p.error(f"--controllers={args.controllers}: calicolab runs a fixed set (see the module docstring)")
+    if args.leader_elect == "true":
+        p.error("--leader-elect=true: calicolab runs one controller-manager per lab; use false")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s kube-controller-manager %(levelname)s %(message)s")
+    try:
+        client = client_from(args.kubeconfig, "kube-controller-manager")
+    except KubeError as exc:
+        print(f"kube-controller-manager: {exc}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    cluster = Cluster(client, WATCHED, component="kube-controller-manager")
+    cm = ControllerManager(cluster, args.cluster_cidr or None, args.node_cidr_mask_size,
+                           args.allocate_node_cidrs == "true")
+    cm.run(stop)
+    cluster.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -84,8 +84,8 @@ def container_argv(command: list[str] | None, args: list[str] | None) -> list[st
 def etc_files(pod_name: str, ip: str | None, node_resolv: str) -> dict[str, str]:
     """``/etc/hostname``, ``/etc/hosts`` and ``/etc/resolv.conf`` of a pod (pure).
 
-    The lab has no cluster DNS, so resolv.conf is the node's (the kubelet's ``Default``
-    DNS policy, what it falls back to without ``--cluster-dns``)."""
+    ``node_resolv`` is the resolv.conf the kubelet chose (cluster DNS for ``ClusterFirst``
+    pods, else the node's)."""
     hosts = "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
     if ip:
         hosts += f"{ip}\t{pod_name}\n"
@@ -122,14 +122,17 @@ class ContainerRuntime:
         return os.path.join(self.pod_dir(state), "containers", f"{container}.log")
 
     def write_etc(self, state: PodState, ip: str | None) -> dict[str, str]:
-        """Write the pod's hostname/hosts/resolv.conf; returns name -> path."""
+        """Write the pod's hostname/hosts/resolv.conf (the kubelet's ``state.resolv``, cluster
+        DNS; else the node's); returns name -> path."""
         d = os.path.join(self.pod_dir(state), "etc")
         os.makedirs(d, exist_ok=True)
-        try:
-            with open("/etc/resolv.conf") as f:
-                resolv = f.read()
-        except OSError:
-            resolv = ""
+        resolv = state.resolv
+        if not resolv:
+            try:
+                with open("/etc/resolv.conf") as f:
+                    resolv = f.read()
+            except OSError:
+                resolv = ""
         out = {}
         for name, text in etc_files(state.name, ip, resolv).items():
             path = os.path.join(d, name)
@@ -155,9 +158,18 @@ class ContainerRuntime:
         """Start the pause container once the network is set up (sets ``state.sandbox_pid``)."""
         raise NotImplementedError
 
-    def start_container(self, state: PodState, container: dict, env: dict[str, str]) -> Started:
-        """Create and start one container of the pod."""
+    def start_container(self, state: PodState, container: dict, env: dict[str, str],
+                        mounts: list[tuple[str, str]] | None = None) -> Started:
+        """Create and start one container of the pod, with its volumes ``mounts`` ((source,
+        mountPath) pairs, bind-mounted read-write; a source must be a path the daemon sees as
+        the kubelet does: under the runtime dir, or a hostPath outside the node's private
+        directories)."""
         raise NotImplementedError
+
+    def visible(self, path: str) -> str:
+        """A path of the kubelet's mount namespace as the runtime's daemon (in the machine's)
+        can open it."""
+        return f"/proc/{os.getpid()}/root{path}"
 
     def reap(self, state: PodState, name: str) -> int:
         """An exited container's exit code; the container is removed."""
@@ -197,10 +209,6 @@ class ContainerdRuntime(ContainerRuntime):
                 self.have.update(present)
         return ref, f"{ref.rsplit(':', 1)[0]}@{self.have.get(ref, '')}"
 
-    def _visible(self, path: str) -> str:
-        """A path of the kubelet's mount namespace as containerd (machine's) can open it."""
-        return f"/proc/{os.getpid()}/root{path}"
-
     def create_sandbox(self, state: PodState, netns_dir: str) -> None:
         state.netns = os.path.join(netns_dir, runtime.new_netns_name())
         runtime.create_netns(state.netns)
@@ -226,7 +234,7 @@ class ContainerdRuntime(ContainerRuntime):
         ref, _ = self.pull("calicolab/pause")
         self.write_etc(state, ip)
         try:
-            self.ctr.run(ref, state.sandbox_id, [], netns=self._visible(state.netns),
+            self.ctr.run(ref, state.sandbox_id, [], netns=self.visible(state.netns),
                          cgroup=f"{self.cgroup_parent}/{state.sandbox_id}", labels=pod_labels(state))
             state.sandbox_pid = self._pid_of(state.sandbox_id)
         except (containerd.CtrError, ContainerStartError) as exc:
@@ -236,7 +244,8 @@ class ContainerdRuntime(ContainerRuntime):
         if res.returncode != 0:
             raise ContainerStartError(f"setting the pod's hostname: {res.stderr.strip()}")
 
-    def start_container(self, state: PodState, container: dict, env: dict[str, str]) -> Started:
+    def start_container(self, state: PodState, container: dict, env: dict[str, str],
+                        mounts: list[tuple[str, str]] | None = None) -> Started:
         ref, digest = self.pull(container["image"])
         name = container["name"]
         cid = runtime.new_sandbox_id()
@@ -248,7 +257,8 @@ class ContainerdRuntime(ContainerRuntime):
             self.ctr.run(ref, cid, container_argv(container.get("command"), container.get("args")),
                          netns=f"/proc/{sb}/ns/net",
                          join={"ipc": f"/proc/{sb}/ns/ipc", "uts": f"/proc/{sb}/ns/uts"},
-                         mounts=[(os.path.join(etc, n), f"/etc/{n}", False) for n in ("hostname", "hosts", "resolv.conf")],
+                         mounts=[*((os.path.join(etc, n), f"/etc/{n}", False) for n in ("hostname", "hosts", "resolv.conf")),
+                                 *((src, dst, False) for src, dst in mounts or [])],
                          env=env, labels=pod_labels(state, name), log_file=log,
                          cgroup=f"{self.cgroup_parent}/{cid}", cwd=container.get("workingDir"))
             pid = self._pid_of(cid)

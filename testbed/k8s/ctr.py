@@ -3,15 +3,15 @@
 Lab nodes run no containerd: the testbed kubelet starts each pod's workload
 process itself. So that the walkthrough's ``ctr -n k8s.io task list`` (container
 PIDs) works in a node's shell, this front end answers ``task list`` and
-``containers list`` from the pods bound to this node (``NODE_NAME``), in ctr's
-own table format. Anything else, or a real containerd being addressed
+``containers list`` for the containers the kubelet runs on this node, in ctr's
+own table format, from the kubelet's runtime state on the node
+(``/var/lib/kubelet/pods/*/state.json``), as the real ctr reads containerd's. Anything else, or a real containerd being addressed
 (``-a``/``--address``, ``CONTAINERD_ADDRESS``, a live /run/containerd/containerd.sock),
 goes to the real ``/usr/bin/ctr``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -53,29 +53,27 @@ def _parse(argv: list[str]) -> tuple[str, list[str]]:
     return ns, rest
 
 
-def tasks(pods: list[dict]) -> list[tuple[str, int, str]]:
-    """(task id, pid, STATUS) for every container of ``pods`` (pure)."""
+def tasks(states: list, alive=None) -> list[tuple[str, int, str]]:  # noqa: ANN001
+    """(task id, pid, STATUS) for every container of the kubelet's pod ``states`` (pure but
+    for ``alive(pid, ticks)``, which says whether the process still runs)."""
+    from testbed.k8s import runtime
+
+    def running(pid: int, ticks: int | None) -> bool:
+        return runtime.alive(pid) and (not ticks or runtime.start_ticks(pid) == ticks)
+
+    alive = alive or running
     out = []
-    for pod in pods:
-        pids = json.loads((pod.get("metadata", {}).get("annotations") or {}).get("calicolab.io/pids") or "{}")
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            cid = (cs.get("containerID") or "").split("://")[-1]
-            if not cid:
-                continue
-            state = "RUNNING" if "running" in (cs.get("state") or {}) else "STOPPED"
-            out.append((cid, int(pids.get(cs.get("name"), 0) or 0), state))
+    for st in states:
+        for name, cid in sorted(st.container_ids.items()):
+            pid = st.pids.get(name, 0)
+            out.append((cid, pid, "RUNNING" if pid and alive(pid, st.ticks.get(name)) else "STOPPED"))
     return out
 
 
-def containers(pods: list[dict]) -> list[tuple[str, str, str]]:
-    """(container id, image, runtime) for every container of ``pods`` (pure)."""
-    out = []
-    for pod in pods:
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            cid = (cs.get("containerID") or "").split("://")[-1]
-            if cid:
-                out.append((cid, cs.get("imageID") or cs.get("image") or "", "io.containerd.runc.v2"))
-    return out
+def containers(states: list) -> list[tuple[str, str, str]]:
+    """(container id, image, runtime) for every container of the pod ``states`` (pure)."""
+    return [(cid, st.images.get(name, ""), "io.containerd.runc.v2")
+            for st in states for name, cid in sorted(st.container_ids.items())]
 
 
 def table(header: tuple[str, ...], rows: list[tuple]) -> str:
@@ -86,11 +84,14 @@ def table(header: tuple[str, ...], rows: list[tuple]) -> str:
                              enumerate(zip(r, widths, strict=True))).rstrip() for r in cells)
 
 
-def _node_pods() -> list[dict]:
-    from testbed.k8s.store import Store
+def _node_pods() -> list:
+    """The kubelet's pod states on this node (its root dir, /var/lib/kubelet in a lab)."""
+    from testbed.k8s.kubelet import default_root_dir
+    from testbed.k8s.runtime import PodState
 
     node = os.environ.get("NODE_NAME", "")
-    return [p for p in Store.from_endpoints().list("Pod") if p.get("spec", {}).get("nodeName") == node]
+    lab = os.environ.get("CALICOLAB_LAB", "")
+    return [st for st in PodState.load_all(default_root_dir(node)) if st.node == node and st.lab == lab]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -141,7 +141,8 @@ class DockerRuntime(ContainerRuntime):
     def start_sandbox(self, state: PodState, ip: str | None) -> None:
         self.write_etc(state, ip)
 
-    def start_container(self, state: PodState, container: dict, env: dict[str, str]) -> Started:
+    def start_container(self, state: PodState, container: dict, env: dict[str, str],
+                        mounts: list[tuple[str, str]] | None = None) -> Started:
         ref, image_id = self.pull(container["image"])
         cname = container["name"]
         name = container_name(cname, state.name, state.namespace, state.uid, state.restarts.get(cname, 0))
@@ -153,7 +154,8 @@ class DockerRuntime(ContainerRuntime):
                 network_mode=f"container:{state.sandbox_id}", ipc_mode=f"container:{state.sandbox_id}",
                 environment=env, labels=pod_labels(state, cname), working_dir=container.get("workingDir"),
                 volumes={os.path.join(etc, "hosts"): {"bind": "/etc/hosts", "mode": "rw"},
-                         os.path.join(etc, "resolv.conf"): {"bind": "/etc/resolv.conf", "mode": "rw"}})
+                         os.path.join(etc, "resolv.conf"): {"bind": "/etc/resolv.conf", "mode": "rw"},
+                         **{src: {"bind": dst, "mode": "rw"} for src, dst in mounts or []}})
             pid = self._pid(c)
         except self.sdk.errors.DockerException as exc:
             self._remove(name)

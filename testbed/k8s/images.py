@@ -6,6 +6,13 @@ httpd with an nginx welcome page), busybox-like images idle so ``kubectl exec`` 
 ``calico/node`` runs the project's calico-node (a hostNetwork DaemonSet pod, as calico.yaml
 installs it), ``calico/kube-controllers`` and ``calico/typha`` run ``agent.kubecontrollers``
 and ``agent.typha`` (Typha's pod is ready once it listens on 5473), and an unknown image is an error the kubelet reports as ``ImagePullBackOff``.
+
+The control plane's images run the project's components: ``kube-apiserver``
+(:mod:`testbed.apiserver`), ``kube-controller-manager`` (:mod:`testbed.k8s.controllers`),
+``kube-scheduler`` (:mod:`testbed.k8s.scheduler`), ``kube-proxy`` (:mod:`testbed.k8s.kubeproxy`),
+``coredns/coredns`` (:mod:`testbed.k8s.dns`), and ``etcd`` the real etcd; a container's
+``command`` names the component's binary (as kubeadm's manifests do: ``kube-apiserver
+--flag ...``), which is replaced by the project's program, its flags kept.
 """
 
 from __future__ import annotations
@@ -35,6 +42,12 @@ IMAGES: dict[str, str] = {
     "calico/node": "calico-node",
     "calico/kube-controllers": "kube-controllers",
     "calico/typha": "typha",
+    "etcd": "etcd",
+    "kube-apiserver": "kube-apiserver",
+    "kube-controller-manager": "kube-controller-manager",
+    "kube-scheduler": "kube-scheduler",
+    "kube-proxy": "kube-proxy",
+    "coredns/coredns": "coredns",
     "nginx": "http",
     "httpd": "http",
     "busybox": "idle",
@@ -62,19 +75,11 @@ class ImageNotFound(Exception):
 
 @dataclass
 class Workload:
-    """What to start in the pod: argv, files to write first, the TCP port it listens on, and
-    environment the image adds (under the pod spec's own env)."""
+    """What to start in the pod: argv, files to write first, and the TCP port it listens on."""
 
     argv: list[str]
     files: dict[str, str] = field(default_factory=dict)
     port: int | None = None
-    env: dict[str, str] = field(default_factory=dict)
-
-
-#: The kubeconfig kubeadm leaves on every lab node (testbed.lab.kubeadm.ADMIN_CONF). The lab's
-#: kubelet does not mount ServiceAccount tokens, so calico-kube-controllers' pod reaches the API
-#: server with it instead of the in-cluster config it uses in a real cluster.
-NODE_KUBECONFIG = "/etc/kubernetes/admin.conf"
 
 
 def repository(image: str) -> str:
@@ -110,10 +115,23 @@ def calico_node_argv() -> list[str]:
     return [exe if os.path.exists(exe) else shutil.which("calico-node") or "calico-node"]
 
 
+#: control-plane images: behaviour -> (the binary their commands name, the program that runs)
+COMPONENTS = {
+    "etcd": ("etcd", lambda: [shutil.which("etcd") or "etcd"]),
+    "kube-apiserver": ("kube-apiserver", lambda: [sys.executable, "-m", "testbed.apiserver"]),
+    "kube-controller-manager": ("kube-controller-manager", lambda: [sys.executable, "-m", "testbed.k8s.controllers"]),
+    "kube-scheduler": ("kube-scheduler", lambda: [sys.executable, "-m", "testbed.k8s.scheduler"]),
+    "kube-proxy": ("kube-proxy", lambda: [sys.executable, "-m", "testbed.k8s.kubeproxy"]),
+    "coredns": ("coredns", lambda: [sys.executable, "-m", "testbed.k8s.dns"]),
+}
+
+
 def is_component(image: str) -> bool:
-    """True for the project's own components (calico/node, kube-controllers, typha): their
-    "image" is the project's Python code, run as a process by every runtime."""
-    return IMAGES.get(repository(image)) in ("calico-node", "kube-controllers", "typha")
+    """True for the project's own components (calico/node, kube-controllers, typha and the
+    control plane's images: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+    kube-proxy, coredns): their "image" is a program of this machine, run as a process by
+    every runtime."""
+    return IMAGES.get(repository(image)) in ("calico-node", "kube-controllers", "typha", *COMPONENTS)
 
 
 def known(image: str) -> bool:
@@ -129,6 +147,16 @@ def resolve(image: str, command: list[str] | None, args: list[str] | None, workd
     behaviour = IMAGES.get(repository(image))
     if behaviour is None:
         raise ImageNotFound(image)
+    if behaviour in COMPONENTS:
+        binary, impl = COMPONENTS[behaviour]
+        cmd = list(command or [])
+        if cmd and os.path.basename(cmd[0]) == binary:
+            cmd = cmd[1:]
+        elif cmd:
+            raise ValueError(f"image {qualified(image)} runs {binary}: command {cmd[0]!r} is not available in it")
+        argv = impl() + cmd + list(args or [])
+        port = {"coredns": 53, "kube-apiserver": None}.get(behaviour)
+        return Workload(argv=argv, port=port)
     if command or args:
         argv = list(command or []) + list(args or [])
         if behaviour == "idle" and not command:
@@ -137,8 +165,8 @@ def resolve(image: str, command: list[str] | None, args: list[str] | None, workd
     if behaviour == "calico-node":
         return Workload(argv=calico_node_argv())
     if behaviour == "kube-controllers":
-        env = {"KUBECONFIG": NODE_KUBECONFIG} if os.path.exists(NODE_KUBECONFIG) else {}
-        return Workload(argv=[sys.executable, "-m", "agent.kubecontrollers"], env=env)
+        # in-cluster config: the ServiceAccount token the kubelet mounts into the pod
+        return Workload(argv=[sys.executable, "-m", "agent.kubecontrollers"])
     if behaviour == "typha":
         return Workload(argv=[sys.executable, "-m", "agent.typha"], port=TYPHA_PORT)
     if behaviour == "http":

@@ -1,12 +1,16 @@
-"""The kubelet (and kube-proxy) of one node: ``python -m testbed.k8s.kubelet --node NAME``.
+"""The kubelet of one node: ``python -m testbed.k8s.kubelet --node NAME --kubeconfig FILE``.
 
-Runs inside the node's network and mount namespaces. It registers the Node, reports it
-``NotReady`` (NetworkPluginNotReady, "cni config uninitialized") until a CNI config exists
-in the config directory, then ``Ready``; for each pod bound to the node it creates the
-sandbox netns ``cni-<uuid>``, runs the CNI chain (ADD; DEL on delete), starts the image's
-workload process in the sandbox and reports phase, podIP and conditions. kube-proxy keeps
-the node's iptables in line with Services. With ``--controllers`` (the control-plane node)
-it also runs the controllers (deployments, scheduler, endpoints, node pod CIDRs).
+An API client (list+watch through :mod:`testbed.k8s.apiclient`): it registers its Node
+(with the ``node.kubernetes.io/not-ready:NoSchedule`` taint while it is NotReady), reports
+it ``NotReady`` (NetworkPluginNotReady, "cni config uninitialized") until a CNI config exists
+in the config directory, then ``Ready``; it watches the pods bound to it
+(``spec.nodeName=<node>``) and for each creates the sandbox netns ``cni-<uuid>``, runs the
+CNI chain (ADD; DEL on delete), makes the pod's volumes (ServiceAccount token, ConfigMaps,
+...) and ``/etc/resolv.conf`` (cluster DNS), starts the image's workload in the sandbox and
+writes the pod's status (``pods/<p>/status``) and Events. A Terminating pod's containers are
+stopped within its grace period, then the pod is deleted with grace 0. Static pods
+(``--pod-manifest-path``) run without the API server and appear as mirror pods. The kubelet
+API on :10250 (logs, exec, port-forward) is served by :mod:`testbed.k8s.kubeletapi`.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from datastore.duration import parse_duration
-from testbed.k8s import cni, cri, errors, imagebuild, images, runtime
-from testbed.k8s.informer import ChangeFeed
+from kubeclient import AlreadyExists, KubeError
+from testbed.k8s import cni, cri, imagebuild, images, runtime
+from testbed.k8s.apiclient import Cluster, client_from, now_iso
 from testbed.k8s.podstatus import (
+    NETWORK_NOT_READY_MESSAGE,
     ContainerInfo,
     default_node_info,
     node_conditions,
@@ -35,19 +41,23 @@ from testbed.k8s.podstatus import (
 )
 from testbed.k8s.runtime import PodState
 from testbed.k8s.runtimes import make_runtime
-from testbed.k8s.store import DEFAULT_POD_CIDR, DEFAULT_SERVICE_CIDR, Store, now_iso
+from testbed.k8s.volumes import VolumeError, VolumeMaker, resolv_conf, token_request
 from testbed.poll import deadline_scale
 
 log = logging.getLogger("kubelet")
 
 ANNOTATION_NETNS = "calicolab.io/netns"
 ANNOTATION_PIDS = "calicolab.io/pids"
-ANNOTATION_LOGS = "calicolab.io/logs"
 ANNOTATION_RUNTIME = "calicolab.io/runtime"
+NOT_READY_TAINT = {"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}
 DEL_ATTEMPTS = 3
-PROXY_RESYNC = 30.0  # seconds between full kube-proxy syncs (hooks re-checked)
 NODE_STATUS_UPDATE = 10.0  # seconds between checks that the Node still says what we see
 NODE_STATUS_RETRY = 0.5  # seconds before a failed Node status write is tried again
+LEASE_DURATION = 40  # seconds (the kubelet's nodeLeaseDurationSeconds); renewed every quarter of it
+#: CPU priority of pods of priority class system-node-critical (the control plane's static
+#: pods): a real kubelet gives them CPU weight from their requests; calicolab's pods have no
+#: cgroups of their own, so they get a nice value instead (see docs/kubernetes.md)
+CRITICAL_NICE = -10
 
 
 def detect_node_ip() -> str:
@@ -75,15 +85,26 @@ def _os_image() -> str:
     return "Linux"
 
 
+def _pull_policy(c: dict) -> str:
+    policy = c.get("imagePullPolicy")
+    if policy:
+        return policy
+    image = c.get("image", "")
+    tag = image.rsplit("/", 1)[-1]
+    return "Always" if "@" not in image and (":" not in tag or tag.endswith(":latest")) else "IfNotPresent"
+
+
 class Kubelet:
     """One node's kubelet; :meth:`run` until ``stop`` is set."""
 
-    def __init__(self, store: Store, node: str, node_ip: str, cni_conf_dir: str = "/etc/cni/net.d",
+    def __init__(self, cluster: Cluster, node: str, node_ip: str, cni_conf_dir: str = "/etc/cni/net.d",
                  cni_bin_dirs: list[str] | None = None, netns_dir: str = "/run/netns",
-                 root_dir: str = "/var/lib/kubelet", control_plane: bool = False,
-                 kube_proxy: bool = True, workers: int = 8, node_status_update: float = NODE_STATUS_UPDATE,
-                 container_runtime: cri.ContainerRuntime | None = None):
-        self.store = store
+                 root_dir: str = "/var/lib/kubelet", control_plane: bool = False, workers: int = 8,
+                 node_status_update: float = NODE_STATUS_UPDATE, cluster_dns: list[str] | None = None,
+                 cluster_domain: str = "cluster.local", etc_netns_dir: str | None = None,
+                 pod_manifest_path: str | None = None, container_runtime: cri.ContainerRuntime | None = None):
+        self.cluster = cluster
+        self.api = cluster.client
         self.cri = container_runtime  # None: pods are processes in a netns (the netns runtime)
         self.node = node
         self.node_ip = node_ip
@@ -92,9 +113,15 @@ class Kubelet:
         self.netns_dir = netns_dir
         self.root_dir = root_dir
         self.control_plane = control_plane
+        self.cluster_dns = cluster_dns or []
+        self.cluster_domain = cluster_domain
+        self.etc_netns_dir = etc_netns_dir
         self.lab = os.environ.get("CALICOLAB_LAB", "")
         self.network_ready: bool | None = None
+        self.registered = False
         self.next_status_sync = 0.0  # monotonic time of the next Node status check
+        self.lease: dict | None = None  # the node's Lease as last written
+        self.next_lease = 0.0  # monotonic time of the next Lease renewal
         self.node_status_update = node_status_update
         self.conf: cni.NetworkConfig | None = None
         self.states: dict[str, PodState] = {}
@@ -106,26 +133,16 @@ class Kubelet:
         self.image_errors: dict[str, dict[str, str]] = {}
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pod")
-        self.feed = ChangeFeed(store, interesting=self._interesting)
-        self.proxy = None
-        if kube_proxy:
-            from testbed.k8s.kubeproxy import KubeProxy
+        self.volumes = VolumeMaker(self._get_for_volume, self._token, node, node_ip)
+        self.static = None
+        if pod_manifest_path:
+            from testbed.k8s.staticpods import StaticPods
 
-            self.proxy = KubeProxy()
-
-    def _interesting(self, ev) -> bool:
-        """Pods of this node (or gone), our Node, and anything kube-proxy needs."""
-        if ev.kind in ("Service", "Endpoints"):
-            return self.proxy is not None
-        if ev.kind == "Pod":
-            return ev.obj is None or (ev.obj.get("spec") or {}).get("nodeName") == self.node
-        return ev.kind == "Node" and ev.name == self.node
+            self.static = StaticPods(pod_manifest_path, node)
 
     # --- node ------------------------------------------------------------------------------
-    def register(self) -> None:
-        """Create or refresh this node's Node object."""
-        self.conf = cni.find_config(self.cni_conf_dir)
-        self.network_ready = self.conf is not None
+    def node_object(self) -> dict:
+        """The Node this kubelet registers."""
         labels = {"beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
                   "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": self.node, "kubernetes.io/os": "linux"}
         taints = []
@@ -133,6 +150,8 @@ class Kubelet:
             labels["node-role.kubernetes.io/control-plane"] = ""
             labels["node.kubernetes.io/exclude-from-external-load-balancers"] = ""
             taints.append({"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"})
+        if not self.network_ready:
+            taints.append(dict(NOT_READY_TAINT))
         cpus = os.cpu_count() or 1
         mem_kib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 1024
         capacity = {"cpu": str(cpus), "memory": f"{mem_kib}Ki", "pods": "110", "ephemeral-storage": "0"}
@@ -144,18 +163,54 @@ class Kubelet:
         info = default_node_info(os.uname().release, _os_image(), machine_id)
         if self.cri is not None and self.cri.name == "docker":
             info["containerRuntimeVersion"] = self.cri.version()
-        obj = node_object(self.node, self.node_ip, labels, taints, info, capacity, self.network_ready, now_iso())
+        return node_object(self.node, self.node_ip, labels, taints, info, capacity, bool(self.network_ready),
+                           now_iso())
+
+    def register(self) -> None:
+        """Create this node's Node object (or bring an existing one up to date)."""
+        self.conf = cni.find_config(self.cni_conf_dir)
+        self.network_ready = self.conf is not None
+        obj = self.node_object()
         self.next_status_sync = time.monotonic() + self.node_status_update
         try:
-            self.store.create(obj)
+            created = self.api.create(obj)
             log.info("registered node %s (%s), network ready: %s", self.node, self.node_ip, self.network_ready)
-        except errors.AlreadyExists:
+            self.cluster.event(created, "Starting", "Starting kubelet.")
+        except AlreadyExists:
             def refresh(n: dict) -> None:
-                n["metadata"].setdefault("labels", {}).update(labels)
-                n["status"] = dict(obj["status"], conditions=node_conditions(
-                    bool(self.network_ready), now_iso(), (n.get("status") or {}).get("conditions")))
+                n["metadata"].setdefault("labels", {}).update(obj["metadata"]["labels"])
 
-            self.store.mutate("Node", self.node, None, refresh)
+            self.cluster.mutate("Node", self.node, None, refresh)
+            self.cluster.mutate("Node", self.node, None, lambda n: self._set_status(n, obj["status"]),
+                                sub="status")
+        self.registered = True
+        self._sync_taint()
+
+    def _set_status(self, n: dict, status: dict) -> None:
+        prev = (n.get("status") or {}).get("conditions")
+        n["status"] = dict(status, conditions=node_conditions(bool(self.network_ready), now_iso(), prev))
+
+    def _sync_taint(self) -> None:
+        """The not-ready taint follows the Ready condition the kubelet reports."""
+        ready = bool(self.network_ready)
+
+        def put(n: dict) -> bool:
+            spec = n.setdefault("spec", {})
+            taints = [t for t in spec.get("taints") or [] if t.get("key") != NOT_READY_TAINT["key"]
+                      or t.get("effect") != NOT_READY_TAINT["effect"]]
+            if not ready:
+                taints.append(dict(NOT_READY_TAINT, timeAdded=now_iso()))
+            same = [(t.get("key"), t.get("effect")) for t in taints] == \
+                [(t.get("key"), t.get("effect")) for t in spec.get("taints") or []]
+            if same:
+                return False
+            if taints:
+                spec["taints"] = taints
+            else:
+                spec.pop("taints", None)
+            return True
+
+        self.cluster.mutate("Node", self.node, None, put)
 
     def check_network(self) -> bool:
         """Re-read the CNI config dir; make the Node's Ready condition follow it.
@@ -163,9 +218,9 @@ class Kubelet:
 
         The Node is written on a change and then every :data:`NODE_STATUS_UPDATE` seconds
         if it no longer says what this kubelet sees (the real kubelet's
-        nodeStatusUpdateFrequency); a write that fails (etcd unreachable, timeout) is
-        retried on the next pass after :data:`NODE_STATUS_RETRY` seconds, so the condition
-        converges once the datastore answers again."""
+        nodeStatusUpdateFrequency); a write that fails is retried on the next pass after
+        :data:`NODE_STATUS_RETRY` seconds, so the condition converges once the API server
+        answers again."""
         conf = cni.find_config(self.cni_conf_dir)
         ready = conf is not None
         self.conf = conf
@@ -174,12 +229,12 @@ class Kubelet:
             self.network_ready = ready
             log.info("network %s (%s)", "ready" if ready else "not ready", conf.path if conf else "no CNI config")
         if changed or time.monotonic() >= self.next_status_sync:
-            self.sync_node_status()
+            self.sync_node_status(changed)
         return changed
 
-    def sync_node_status(self) -> bool:
-        """Write this node's Ready condition when the stored Node says otherwise.
-        Returns True when the store agrees with the kubelet afterwards."""
+    def sync_node_status(self, changed: bool = False) -> bool:
+        """Write this node's Ready condition (and its not-ready taint) when the API says
+        otherwise. Returns True when the server agrees with the kubelet afterwards."""
         ready = bool(self.network_ready)
         want = "True" if ready else "False"
 
@@ -192,22 +247,71 @@ class Kubelet:
             return True
 
         try:
-            obj = self.store.mutate("Node", self.node, None, set_ready)
-        except Exception as exc:  # noqa: BLE001 - any failure: the next pass tries again
+            obj = self.cluster.mutate("Node", self.node, None, set_ready, sub="status")
+            if obj is not None:
+                self._sync_taint()
+        except (KubeError, OSError) as exc:  # any failure: the next pass tries again
             self.next_status_sync = time.monotonic() + NODE_STATUS_RETRY
             log.warning("node %s: Ready=%s not written, retrying in %.1fs: %s", self.node, want,
                         NODE_STATUS_RETRY, exc)
             return False
         self.next_status_sync = time.monotonic() + self.node_status_update
-        if obj is None:
-            log.warning("node %s: the Node object is gone; status not written", self.node)
+        if obj is None:  # deleted: as the kubelet, register again only when restarted
+            log.warning("node %s: the Node object is gone (deleted); not registering it again until the "
+                        "kubelet restarts", self.node)
             return False
+        if changed:
+            self.cluster.event(obj, "NodeReady" if ready else "NodeNotReady",
+                               f"Node {self.node} status is now: {'NodeReady' if ready else 'NodeNotReady'}")
         return True
+
+    def renew_lease(self) -> None:
+        """The node's heartbeat: Lease ``kube-node-lease/<node>`` (holder the node, 40 s,
+        renewed every 10 s), owned by the Node, as the kubelet keeps it."""
+        from kubeclient import Conflict, NotFound
+        from testbed.k8s.apiclient import micro_time
+
+        now = time.monotonic()
+        if now < self.next_lease:
+            return
+        node = self.cluster.get("Node", self.node)
+        if node is None:
+            return
+        self.next_lease = now + LEASE_DURATION / 4
+        lease = self.lease or {
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": self.node, "namespace": "kube-node-lease",
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": self.node,
+                                              "uid": node["metadata"]["uid"]}]},
+            "spec": {"holderIdentity": self.node, "leaseDurationSeconds": LEASE_DURATION}}
+        lease["spec"]["renewTime"] = micro_time()
+        try:
+            if "resourceVersion" in lease["metadata"]:
+                self.lease = self.api.replace(lease, "kube-node-lease", plural="leases")
+            else:
+                self.lease = self.api.create(lease, "kube-node-lease", plural="leases")
+        except (Conflict, NotFound, AlreadyExists):
+            self.lease = None
+            try:  # someone else wrote it: take the stored one and renew that
+                cur = self.api.get("coordination.k8s.io/v1", "leases", self.node, "kube-node-lease")
+                cur["spec"].update(holderIdentity=self.node, leaseDurationSeconds=LEASE_DURATION,
+                                   renewTime=micro_time())
+                self.lease = self.api.replace(cur, "kube-node-lease", plural="leases")
+            except KubeError as exc:
+                log.info("node lease not renewed: %s", exc)
+                self.next_lease = now + 1.0
+        except (KubeError, OSError) as exc:
+            log.info("node lease not renewed: %s", exc)
+            self.next_lease = now + 1.0
 
     # --- pods ------------------------------------------------------------------------------
     def my_pods(self) -> list[dict]:
-        """Pods bound to this node."""
-        return [p for p in self.store.list("Pod") if p["spec"].get("nodeName") == self.node]
+        """Pods bound to this node (the API's, plus the static pods of this node)."""
+        pods = self.cluster.list("Pod")
+        if self.static is not None:
+            mirrors = {p["metadata"]["uid"] for p in pods if self.static.is_mirror(p)}
+            pods = [p for p in pods if p["metadata"]["uid"] not in mirrors] + self.static.pods()
+        return pods
 
     def sync_pods(self) -> None:
         """Start what is missing, tear down what is gone (work runs in the pool)."""
@@ -233,6 +337,8 @@ class Kubelet:
         for uid in list(self.failures):
             if uid not in by_uid:
                 self.failures.pop(uid, None)
+        if self.static is not None:
+            self.static.sync_mirrors(self)
 
     def _retry_due(self) -> bool:
         """A pod whose sandbox failed is due for another try."""
@@ -245,7 +351,7 @@ class Kubelet:
         def done(_f) -> None:
             with self.lock:
                 self.busy.discard(uid)
-            self.feed.mark("Pod")
+            self.cluster.mark("Pod")
 
         fut = self.pool.submit(self._guard, fn, *args)
         fut.add_done_callback(done)
@@ -257,50 +363,57 @@ class Kubelet:
             log.exception("%s failed", fn.__name__)
 
     def _report_not_ready(self, pod: dict) -> None:
-        msg = "network is not ready: " + "container runtime network not ready: NetworkReady=false " \
-              "reason:NetworkPluginNotReady message:Network plugin returns error: cni config uninitialized"
-        infos = [ContainerInfo(c["name"], c["image"], waiting_reason="ContainerCreating") for c in pod["spec"]["containers"]]
-        self._write_status(pod, infos, [], sandbox_ready=False, message=msg)
+        msg = "network is not ready: " + NETWORK_NOT_READY_MESSAGE
+        infos = [ContainerInfo(c["name"], c["image"], waiting_reason="ContainerCreating")
+                 for c in pod["spec"]["containers"]]
+        if self._write_status(pod, infos, [], sandbox_ready=False):
+            self.cluster.event(pod, "NetworkNotReady", msg, "Warning")
 
     def _write_status(self, pod: dict, infos: list[ContainerInfo], ips: list[str], sandbox_ready: bool = True,
-                      message: str | None = None, state: PodState | None = None) -> None:
+                      message: str | None = None, state: PodState | None = None) -> bool:
+        """Write the pod's status (``pods/<p>/status``); True if it changed."""
         meta = pod["metadata"]
+        if self.static is not None and self.static.is_static(pod):
+            return self.static.set_status(pod, pod_status(pod, infos, self.node_ip, ips, now_iso(), None,
+                                                          sandbox_ready), self)
         old_start = (pod.get("status") or {}).get("startTime")
         status = pod_status(pod, infos, self.node_ip, ips, now_iso(), old_start, sandbox_ready)
         if message:
             status["message"] = message
+        changed = []
 
         def put(p: dict) -> bool:
             if p["metadata"].get("uid") != meta["uid"]:
                 return False
             prev = p.get("status") or {}
-            if _same_status(prev, status):
-                return False
             for c in status["conditions"]:
                 for pc in prev.get("conditions") or []:
                     if pc.get("type") == c["type"] and pc.get("status") == c["status"] and pc.get("lastTransitionTime"):
                         c["lastTransitionTime"] = pc["lastTransitionTime"]
-            p["status"] = status
+            ann = dict(p["metadata"].get("annotations") or {})
             if state is not None:
-                ann = p["metadata"].setdefault("annotations", {})
                 if state.netns and state.runtime != "docker":  # Docker's pod netns has no name
                     ann[ANNOTATION_NETNS] = os.path.basename(state.netns)
                 ann[ANNOTATION_PIDS] = json.dumps(state.pids, sort_keys=True)
-                ann[ANNOTATION_LOGS] = json.dumps(
-                    {c: state.logs.get(c) or os.path.join(state.pod_dir(self.root_dir), "containers", c, "log")
-                     for c in state.pids}, sort_keys=True)
                 ann[ANNOTATION_RUNTIME] = json.dumps(
                     {c: state.container_runtimes.get(c, "netns") for c in state.pids}, sort_keys=True)
+            if _same_status(prev, status) and ann == (p["metadata"].get("annotations") or {}):
+                return False
+            if ann:
+                p["metadata"]["annotations"] = ann
+            p["status"] = status
+            changed.append(True)
             return True
 
         for attempt in range(5):  # the status is the only report of what happened: retry it
             try:
-                self.store.mutate("Pod", meta["name"], meta["namespace"], put)
-                return
-            except errors.Unavailable as exc:
+                self.cluster.mutate("Pod", meta["name"], meta["namespace"], put, sub="status")
+                return bool(changed)
+            except (KubeError, OSError) as exc:
                 log.warning("pod %s/%s: status not written (attempt %d): %s", meta["namespace"], meta["name"],
                             attempt + 1, exc)
                 time.sleep(0.2 * 2 ** attempt)
+        return False
 
     def _setup(self, pod: dict) -> None:
         meta = pod["metadata"]
@@ -311,6 +424,10 @@ class Kubelet:
         conf = self.conf
         if conf is None:
             return
+        creating = [ContainerInfo(c["name"], c["image"], waiting_reason="ContainerCreating")
+                    for c in pod["spec"]["containers"]]
+        if not (pod.get("status") or {}).get("containerStatuses"):
+            self._write_status(pod, creating, [], sandbox_ready=False)  # Pending / ContainerCreating
         t0 = time.monotonic()
         state = PodState(uid=uid, namespace=ns, name=name, sandbox_id=runtime.new_sandbox_id(),
                          netns=os.path.join(self.netns_dir, runtime.new_netns_name()),
@@ -333,6 +450,7 @@ class Kubelet:
                                      {"portMappings": ports} if ports else None)
             if self.cri is not None:
                 state.cni_result = result
+                state.resolv = resolv_conf(pod, self.cluster_dns, self.cluster_domain) or ""
                 self.cri.start_sandbox(state, (cni.pod_ips(result) or [None])[0])
         except (cni.CNIError, runtime.SandboxError, cri.ContainerStartError, imagebuild.ImageBuildError,
                 OSError) as exc:
@@ -354,9 +472,8 @@ class Kubelet:
             msg = (f'Failed to create pod sandbox: rpc error: code = Unknown desc = failed to {what} '
                    f'sandbox "{state.sandbox_id}": {exc}')
             log.warning("pod %s/%s: %s", ns, name, msg)
-            infos = [ContainerInfo(c["name"], c["image"], waiting_reason="ContainerCreating")
-                     for c in pod["spec"]["containers"]]
-            self._write_status(pod, infos, [], sandbox_ready=False, message=msg)
+            self._write_status(pod, creating, [], sandbox_ready=False, message=msg)
+            self.cluster.event(pod, "FailedCreatePodSandBox", msg, "Warning")
             return
         self.failures.pop(uid, None)
         state.cni_result = result
@@ -390,10 +507,32 @@ class Kubelet:
         self._write_status(pod, infos, [self.node_ip], state=state)
         log.info("hostNetwork pod %s/%s running", state.namespace, state.name)
 
+    # --- containers ----------------------------------------------------------------------------
+    def _get_for_volume(self, kind: str, name: str, namespace: str) -> dict | None:
+        return self.cluster.fetch(kind, name, namespace)
+
+    def _token(self, namespace: str, sa: str, audiences: list[str], seconds: int, pod: dict) -> str:
+        return token_request(self.api, namespace, sa, audiences, seconds, pod)
+
+    def _resolv_mount(self, state: PodState, pod: dict) -> tuple[str, str] | None:
+        text = resolv_conf(pod, self.cluster_dns, self.cluster_domain)
+        if text is None:
+            return None
+        if self.etc_netns_dir and state.netns:
+            # where `ip netns exec <sandbox>` finds it too (it binds /etc/netns/<name>/resolv.conf)
+            path = os.path.join(self.etc_netns_dir, os.path.basename(state.netns), "resolv.conf")
+        else:
+            path = os.path.join(state.pod_dir(self.root_dir), "resolv.conf")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+        return path, "/etc/resolv.conf"
+
     def _use_cri(self, state: PodState, c: dict) -> bool:
         """A container runs in the container runtime unless the pod has no sandbox there
         (hostNetwork) or its image is one of the project's components (calico/node,
-        kube-controllers, typha: the project's Python code, run as processes)."""
+        kube-controllers, typha, the control plane, kube-proxy, CoreDNS: the project's code,
+        run as processes)."""
         return self.cri is not None and state.runtime == self.cri.name and not images.is_component(c["image"])
 
     def _decorate(self, info: ContainerInfo, state: PodState) -> ContainerInfo:
@@ -409,10 +548,18 @@ class Kubelet:
     def _start_cri_container(self, state: PodState, pod: dict, c: dict, info: ContainerInfo) -> ContainerInfo:
         assert self.cri is not None
         name = c["name"]
-        env = self._container_env(pod, c)
+        try:
+            # the volumes live in the runtime's pod directory: the same path in the node's
+            # mount namespace and the daemon's (the machine's), which bind-mounts them
+            mounts = self.volumes.mounts(pod, c, self.cri.pod_dir(state))
+            env = self._container_env(pod, c)
+        except (VolumeError, KubeError, OSError) as exc:
+            info.waiting_reason = "CreateContainerConfigError"
+            info.waiting_message = str(exc)
+            return info
         env.setdefault("HOSTNAME", state.name)
         try:
-            started = self.cri.start_container(state, c, env)
+            started = self.cri.start_container(state, c, env, mounts)
         except images.ImageNotFound as exc:
             info.waiting_reason = "ImagePullBackOff"
             info.waiting_message = f'Back-off pulling image "{c["image"]}": ErrImagePull: {exc}'
@@ -441,30 +588,65 @@ class Kubelet:
         if self._use_cri(state, c):
             return self._start_cri_container(state, pod, c, info)
         workdir = os.path.join(state.pod_dir(self.root_dir), "containers", c["name"])
+        path = f"spec.containers{{{c['name']}}}"
         try:
-            wl = images.resolve(c["image"], c.get("command"), c.get("args"), workdir, state.name)
+            mounts = self.volumes.mounts(pod, c, state.pod_dir(self.root_dir))
+            resolv = self._resolv_mount(state, pod)
+            if resolv is not None:
+                mounts.append(resolv)
+            env = self._container_env(pod, c)
+        except (VolumeError, KubeError, OSError) as exc:
+            info.waiting_reason = "CreateContainerConfigError"
+            info.waiting_message = str(exc)
+            self.image_errors.setdefault(state.uid, {})[c["name"]] = info.waiting_message
+            self.cluster.event(pod, "Failed", f"Error: {exc}", "Warning", path)
+            return info
+        policy = _pull_policy(c)
+        if policy == "Always" and not state.restarts.get(c["name"]):
+            self.cluster.event(pod, "Pulling", f'Pulling image "{c["image"]}"', field_path=path)
+        t0 = time.monotonic()
+        command = [expand_vars(x, env) for x in c.get("command") or []]
+        args = [expand_vars(x, env) for x in c.get("args") or []]
+        try:
+            wl = images.resolve(c["image"], command, args, workdir, state.name)
         except images.ImageNotFound as exc:
             info.waiting_reason = "ImagePullBackOff"
             info.waiting_message = f'Back-off pulling image "{c["image"]}": ErrImagePull: {exc}'
             self.image_errors.setdefault(state.uid, {})[c["name"]] = info.waiting_message
+            self.cluster.event(pod, "Failed", f'Failed to pull image "{c["image"]}": {exc}', "Warning", path)
             return info
-        for path, text in wl.files.items():
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w") as f:
+        except ValueError as exc:
+            info.waiting_reason, info.waiting_message = "CreateContainerError", str(exc)
+            self.image_errors.setdefault(state.uid, {})[c["name"]] = info.waiting_message
+            self.cluster.event(pod, "Failed", f"Error: {exc}", "Warning", path)
+            return info
+        if policy == "Always" and not state.restarts.get(c["name"]):
+            took = f"{(time.monotonic() - t0) * 1000:.0f}ms"
+            self.cluster.event(pod, "Pulled", f'Successfully pulled image "{c["image"]}" in {took} '
+                               f"({took} including waiting)", field_path=path)
+        else:
+            self.cluster.event(pod, "Pulled", f'Container image "{c["image"]}" already present on machine',
+                               field_path=path)
+        for fpath, text in wl.files.items():
+            os.makedirs(os.path.dirname(fpath), exist_ok=True)
+            with open(fpath, "w") as f:
                 f.write(text)
-        env = dict(os.environ)
-        env.update(wl.env)
-        env.update(self._container_env(pod, c))
         env["HOSTNAME"] = state.name
         os.makedirs(workdir, exist_ok=True)
+        log_path = os.path.join(workdir, "log")
+        if os.path.exists(log_path) and state.restarts.get(c["name"]):
+            os.replace(log_path, log_path + ".previous")  # kubectl logs --previous
+        nice = CRITICAL_NICE if pod["spec"].get("priorityClassName") == "system-node-critical" \
+            and self.static is not None and self.static.is_static(pod) else 0
         try:
-            proc = runtime.start_process(state.netns, wl.argv, os.path.join(workdir, "log"), env, workdir)
+            proc = runtime.start_process(state.netns, wl.argv, log_path, env, workdir, mounts, nice)
         except OSError as exc:
             info.waiting_reason = "RunContainerError"
             info.waiting_message = f"failed to start container {c['name']}: {exc}"
             return info
         cid = state.container_ids.get(c["name"]) or runtime.new_sandbox_id()
         state.container_ids[c["name"]] = cid
+        state.images[c["name"]] = images.qualified(c["image"])
         state.pids[c["name"]] = proc.pid
         state.ticks[c["name"]] = runtime.start_ticks(proc.pid) or 0
         state.started_at[c["name"]] = now_iso()
@@ -472,29 +654,49 @@ class Kubelet:
         info.container_id, info.running, info.started_at = cid, True, state.started_at[c["name"]]
         info.ready = wl.port is None
         info.port = wl.port
+        self.cluster.event(pod, "Created", f"Created container: {c['name']}", field_path=path)
+        self.cluster.event(pod, "Started", f"Started container {c['name']}", field_path=path)
         return info
 
     def _container_env(self, pod: dict, c: dict) -> dict[str, str]:
-        """The container's env: values, and valueFrom fieldRef / configMapKeyRef."""
-        fields = {"metadata.name": pod["metadata"]["name"], "metadata.namespace": pod["metadata"]["namespace"],
-                  "metadata.uid": pod["metadata"]["uid"], "spec.nodeName": self.node,
-                  "status.hostIP": self.node_ip, "spec.serviceAccountName": "default"}
-        env: dict[str, str] = {}
+        """The container's environment: the kubelet's own (what a lab's processes get:
+        PATH, CALICOLAB_LAB, ...) without its credentials, the ``kubernetes`` Service's
+        variables (KUBERNETES_SERVICE_HOST/PORT, for in-cluster clients), then the
+        container's ``env`` (values, fieldRef, configMapKeyRef, secretKeyRef)."""
+        from testbed.k8s.volumes import field_value
+
+        env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "NOTIFY_SOCKET")}
+        env.update({"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443",
+                    "KUBERNETES_SERVICE_PORT_HTTPS": "443", "KUBERNETES_PORT": "tcp://10.96.0.1:443",
+                    "KUBERNETES_PORT_443_TCP": "tcp://10.96.0.1:443", "KUBERNETES_PORT_443_TCP_PROTO": "tcp",
+                    "KUBERNETES_PORT_443_TCP_PORT": "443", "KUBERNETES_PORT_443_TCP_ADDR": "10.96.0.1"})
+        ns = pod["metadata"]["namespace"]
         for e in c.get("env") or []:
             if e.get("value") is not None:
                 env[e["name"]] = str(e["value"])
                 continue
             src = e.get("valueFrom") or {}
+            value: str | None = None
             if "fieldRef" in src:
-                path = src["fieldRef"].get("fieldPath", "")
-                if path in fields:
-                    env[e["name"]] = fields[path]
-            elif "configMapKeyRef" in src:
-                ref = src["configMapKeyRef"]
-                cm = self.store.find("ConfigMap", ref.get("name", ""), pod["metadata"]["namespace"])
-                value = ((cm or {}).get("data") or {}).get(ref.get("key", ""))
-                if value is not None:
-                    env[e["name"]] = value
+                value = field_value(pod, src["fieldRef"].get("fieldPath", ""), self.node, self.node_ip)
+            elif "configMapKeyRef" in src or "secretKeyRef" in src:
+                kind = "ConfigMap" if "configMapKeyRef" in src else "Secret"
+                ref = src.get("configMapKeyRef") or src.get("secretKeyRef") or {}
+                obj = self.cluster.fetch(kind, ref.get("name", ""), ns)
+                if kind == "Secret" and obj is not None:
+                    import base64
+
+                    data = {k: base64.b64decode(v).decode(errors="replace") for k, v in (obj.get("data") or {}).items()}
+                else:
+                    data = (obj or {}).get("data") or {}
+                value = data.get(ref.get("key", ""))
+                if value is None and not ref.get("optional"):
+                    what = "configmap" if kind == "ConfigMap" else "secret"
+                    if obj is None:
+                        raise VolumeError(f'{what} "{ref.get("name")}" not found')
+                    raise VolumeError(f"couldn't find key {ref.get('key')} in {kind} {ns}/{ref.get('name')}")
+            if value is not None:
+                env[e["name"]] = value
         return env
 
     def _wait_ready(self, state: PodState, pod: dict, infos: list[ContainerInfo], timeout: float = 5.0) -> None:
@@ -566,9 +768,12 @@ class Kubelet:
                 self.exits[key] = (code, now_iso())
                 self._submit(uid, self._on_exit, uid, name, code)
 
+    def _pod_by_uid(self, uid: str) -> dict | None:
+        return next((p for p in self.my_pods() if p["metadata"]["uid"] == uid), None)
+
     def _on_exit(self, uid: str, name: str, code: int) -> None:
         state = self.states.get(uid)
-        pod = next((p for p in self.my_pods() if p["metadata"]["uid"] == uid), None)
+        pod = self._pod_by_uid(uid)
         if state is None or pod is None:
             return
         self._write_status(pod, self._infos(state, pod), cni.pod_ips(state.cni_result or {}), state=state)
@@ -578,11 +783,15 @@ class Kubelet:
             backoff = min(10.0 * 2 ** (n - 1), 300.0) if n else 1.0
             log.info("pod %s/%s container %s exited %s; restarting in %.0fs", state.namespace, state.name,
                      name, code, backoff)
+            if n:
+                self.cluster.event(pod, "BackOff", f"Back-off restarting failed container {name} in pod "
+                                   f"{state.name}_{state.namespace}({uid})", "Warning",
+                                   f"spec.containers{{{name}}}")
             self.restart_at[(uid, name)] = time.monotonic() + backoff
 
     def _restart(self, uid: str, name: str) -> None:
         state = self.states.get(uid)
-        pod = next((p for p in self.my_pods() if p["metadata"]["uid"] == uid), None)
+        pod = self._pod_by_uid(uid)
         if state is None or pod is None or pod["metadata"].get("deletionTimestamp"):
             return
         state.restarts[name] = state.restarts.get(name, 0) + 1
@@ -593,31 +802,51 @@ class Kubelet:
         self._write_status(pod, self._infos(state, pod), cni.pod_ips(state.cni_result or {}), state=state)
 
     def _teardown(self, uid: str, pod: dict | None) -> None:
+        """Stop a pod: its containers within the grace period, CNI DEL, the sandbox; then,
+        when it was deleted gracefully (Terminating), delete it for good (grace 0)."""
         state = self.states.get(uid)
+        grace = 2.0
+        if pod is not None:
+            grace = float(pod["metadata"].get("deletionGracePeriodSeconds") or 0) or 0.5
         if state is not None:
-            self.stop_pod(state, cni_del=True)
+            if pod is not None:
+                for name in state.pids:
+                    self.cluster.event(pod, "Killing", f"Stopping container {name}",
+                                       field_path=f"spec.containers{{{name}}}")
+            self.stop_pod(state, cni_del=True, grace=grace)
         if pod is not None and pod["metadata"].get("deletionTimestamp"):
+            meta = pod["metadata"]
+            if self.static is not None and self.static.is_static(pod):
+                return
             try:
-                self.store.remove("Pod", pod["metadata"]["name"], pod["metadata"]["namespace"])
-            except errors.K8sError as exc:
-                log.warning("removing pod %s: %s", pod["metadata"]["name"], exc)
-            log.info("pod %s/%s deleted", pod["metadata"]["namespace"], pod["metadata"]["name"])
+                self.cluster.delete("Pod", meta["name"], meta["namespace"], grace=0, uid=meta["uid"])
+            except (KubeError, OSError) as exc:
+                log.warning("deleting pod %s/%s: %s", meta["namespace"], meta["name"], exc)
+                self.cluster.mark("Pod")
+                return
+            log.info("pod %s/%s deleted", meta["namespace"], meta["name"])
 
-    def stop_pod(self, state: PodState, cni_del: bool = True) -> None:
-        """Kill the pod's processes, run CNI DEL, remove the sandbox netns and state.
+    def stop_pod(self, state: PodState, cni_del: bool = True, grace: float = 2.0) -> None:
+        """Kill the pod's processes (SIGTERM, SIGKILL after ``grace`` s), run CNI DEL, remove
+        the sandbox netns and state.
 
         Only processes that are our children, live in the pod's netns, or have the
         recorded start time are signalled (a PID from a state file may have been reused)."""
         in_netns = set(runtime.netns_pids(state.netns))
         cri_rt = self.cri if self.cri is not None and state.runtime == self.cri.name else None
+        kills = []
         for name, pid in state.pids.items():
             if cri_rt is not None and state.container_runtimes.get(name) == cri_rt.name:
-                cri_rt.stop_container(state, name, grace=2.0)
+                cri_rt.stop_container(state, name, grace=grace)
                 continue
             proc = self.procs.pop((state.uid, name), None)
             if proc is not None or pid in in_netns or (
                     state.ticks.get(name) and runtime.start_ticks(pid) == state.ticks[name]):
-                runtime.kill_process(pid, grace=2.0, proc=proc)
+                t = threading.Thread(target=runtime.kill_process, args=(pid, grace, proc), daemon=True)
+                t.start()
+                kills.append(t)
+        for t in kills:
+            t.join()
         for pid in runtime.netns_pids(state.netns):  # e.g. processes left by kubectl exec
             if pid != state.sandbox_pid:
                 runtime.kill_process(pid, grace=0.5)
@@ -635,6 +864,8 @@ class Kubelet:
             cri_rt.remove_sandbox(state)
         elif state.netns:
             runtime.remove_netns(state.netns)
+            if self.etc_netns_dir:
+                shutil.rmtree(os.path.join(self.etc_netns_dir, os.path.basename(state.netns)), ignore_errors=True)
         shutil.rmtree(state.pod_dir(self.root_dir), ignore_errors=True)
         with self.lock:
             self.states.pop(state.uid, None)
@@ -656,69 +887,106 @@ class Kubelet:
                 log.info("cleaning up pod %s/%s left by a previous kubelet", state.namespace, state.name)
                 self.stop_pod(state, cni_del=True)
 
-    # --- kube-proxy --------------------------------------------------------------------------
-    def sync_proxy(self, full: bool = False) -> None:
-        """Apply the Services' iptables rules in this node's netns (``full``: also re-check
-        the hooks in the built-in chains and rewrite every rule)."""
-        if self.proxy is None:
-            return
-        if self.proxy.cluster_cidr is None:
-            self.proxy.cluster_cidr = self.store.cluster_config()["podSubnet"]
-        services, endpoints = self.store.list("Service"), self.store.list("Endpoints")
-        if full:
-            self.proxy.resync(services, endpoints)
-        else:
-            self.proxy.sync(services, endpoints)
-
     # --- main loop -----------------------------------------------------------------------------
+    def start_static(self) -> None:
+        """Static pods need no API server: start them before anything else."""
+        if self.static is not None:
+            for pod in self.static.pods():
+                uid = pod["metadata"]["uid"]
+                if uid not in self.states and uid not in self.busy:
+                    self._submit(uid, self._setup, pod)
+
     def run(self, stop: threading.Event) -> None:
         """Register, then reconcile on every change until ``stop`` is set."""
-        registered = False
-        while not stop.is_set():  # etcd may come and go at start-up too: retry both steps
+        self.start_static()
+        self.cluster.start()
+        while not stop.is_set():  # the API server may come and go at start-up: retry both steps
             try:
-                if not registered:
+                if not self.registered:
                     self.register()
-                    registered = True
+                if not self.cluster.wait_synced(timeout=30, stop=stop):
+                    continue
                 self.adopt()
                 break
-            except errors.Unavailable as exc:
-                log.warning("waiting for the datastore: %s", exc)
+            except (KubeError, OSError) as exc:
+                log.warning("waiting for the API server: %s", exc)
                 stop.wait(0.5)
         log.info("kubelet running: node %s, %d pod(s) adopted", self.node, len(self.states))
-        self.feed.start(stop)
         last_proc_check = 0.0
-        last_proxy_resync = time.monotonic()
         while not stop.is_set():
-            kinds = self.feed.wait(stop, timeout=0.2 if self.network_ready else 0.05)
+            kinds = self.cluster.wait(stop, timeout=0.2 if self.network_ready else 0.05)
             if stop.is_set():
                 break
             try:
+                if not self.registered:
+                    self.register()
                 changed = self.check_network()
                 if changed or kinds & {"*", "Pod", "Node"} or self._retry_due():
                     self.sync_pods()
-                if time.monotonic() - last_proxy_resync > PROXY_RESYNC:
-                    last_proxy_resync = time.monotonic()
-                    self.sync_proxy(full=True)
-                elif kinds & {"*", "Service", "Endpoints"}:
-                    self.sync_proxy()
                 if time.monotonic() - last_proc_check > 0.5:
                     last_proc_check = time.monotonic()
                     self.check_processes()
-            except errors.Unavailable as exc:
-                log.warning("datastore unavailable: %s", exc)
-                self.feed.mark()
+                    self.renew_lease()
+            except (KubeError, OSError) as exc:
+                log.warning("API server unavailable: %s", exc)
+                self.cluster.mark()
                 stop.wait(0.5)
             except Exception:
                 log.exception("kubelet pass failed")
-                self.feed.mark()
+                self.cluster.mark()
                 stop.wait(0.5)
 
     def shutdown(self, kill_pods: bool = False) -> None:
         """Stop the worker pool; with ``kill_pods`` also stop every pod (no CNI DEL)."""
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.cluster.stop()
         if kill_pods:
             for state in list(self.states.values()):
                 self.stop_pod(state, cni_del=False)
+
+
+def expand_vars(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion of command and args (``$$`` escapes; an unknown
+    variable is left as written), as the kubelet does."""
+    out, i = [], 0
+    while i < len(text):
+        if text.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif text.startswith("$(", i) and ")" in text[i + 2:]:
+            end = text.index(")", i + 2)
+            name = text[i + 2:end]
+            out.append(env[name] if name in env else text[i:end + 1])
+            i = end + 1
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def serve_api(kubelet: Kubelet, host: str, port: int, stop: threading.Event) -> None:
+    """The kubelet API (:mod:`testbed.k8s.kubeletapi`) on ``host:port`` until ``stop`` (call on
+    a thread). The port is bound at once, but the HTTP stack (aiohttp, ~0.1 s of CPU to
+    import) is loaded when the first client connects: at a lab's start every node's CPU goes
+    to bringing pods up, and most nodes never serve a ``kubectl logs``."""
+    import select
+    import socket
+
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        log.error("kubelet API not served on %s:%d: %s", host, port, exc)
+        return
+    while not stop.is_set():
+        if select.select([sock], [], [], 0.5)[0]:
+            from testbed.k8s.kubeletapi import run
+
+            run(kubelet, sock, stop)  # the waiting client is accepted once the server runs
+            return
+    sock.close()
 
 
 def _same_status(a: dict, b: dict) -> bool:
@@ -737,23 +1005,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m testbed.k8s.kubelet", description=__doc__.split("\n\n")[0])
     p.add_argument("--node", default=os.environ.get("NODE_NAME"), help="node name (default $NODE_NAME)")
     p.add_argument("--node-ip", help="InternalIP (default: first global IPv4 address, eth0 first)")
-    p.add_argument("--controllers", action="store_true",
-                   help="control-plane node: also run the controllers and label the node control-plane")
-    p.add_argument("--etcd-endpoints", default=os.environ.get("ETCD_ENDPOINTS", "http://127.0.0.1:2379"),
-                   help="etcd endpoints, comma separated (default $ETCD_ENDPOINTS)")
+    p.add_argument("--kubeconfig", default=None,
+                   help="the kubelet's kubeconfig (default $KUBECONFIG, else /etc/kubernetes/kubelet.conf)")
+    p.add_argument("--control-plane", action="store_true",
+                   help="label and taint the node as a control-plane node")
+    p.add_argument("--pod-manifest-path", default=None,
+                   help="directory of static pod manifests (kubeadm: /etc/kubernetes/manifests)")
+    p.add_argument("--cluster-dns", default="", help="DNS server IPs for pods, comma separated (10.96.0.10)")
+    p.add_argument("--cluster-domain", default="cluster.local")
     p.add_argument("--cni-conf-dir", default="/etc/cni/net.d")
     p.add_argument("--cni-bin-dir", default="/opt/cni/bin", help="CNI plugin dirs, colon separated")
     p.add_argument("--netns-dir", default="/run/netns", help="where sandbox netns are bound")
+    p.add_argument("--etc-netns-dir", default=None,
+                   help="write each sandbox's resolv.conf to <dir>/<netns>/resolv.conf (as ip netns "
+                        "exec reads it); default /etc/netns when the netns dir is /run/netns")
     p.add_argument("--root-dir", default=None,
                    help="kubelet state (pods' files); default /var/lib/kubelet (in a lab that does not "
                         "mount one per node: /run/calicolab/$CALICOLAB_LAB/kubelet/<node>)")
-    p.add_argument("--pod-network-cidr", default=os.environ.get("CALICO_IPV4POOL_CIDR", DEFAULT_POD_CIDR),
-                   help="cluster pod CIDR (kubeadm --pod-network-cidr), with --controllers")
-    p.add_argument("--service-cidr", default=DEFAULT_SERVICE_CIDR, help="ClusterIP range, with --controllers")
+    p.add_argument("--kubelet-port", type=int, default=10250, help="the kubelet API port (0: not served)")
     p.add_argument("--node-status-update-frequency", type=_duration, default=NODE_STATUS_UPDATE,
                    metavar="DURATION", help="how often the Node's status is checked and corrected "
                    "(e.g. 10s, 500ms; default 10s)")
-    p.add_argument("--no-kube-proxy", action="store_true", help="do not run kube-proxy")
     p.add_argument("--container-runtime", default="netns", metavar="NAME",
                    help="netns (pods are processes in a netns; default), containerd or docker "
                         "(pods are containers of that runtime: docs/runtimes.md)")
@@ -773,6 +1045,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(str(cri.UnknownRuntime(args.container_runtime)))
     if args.container_runtime != "netns" and not args.runtime_dir:
         p.error(f"--container-runtime {args.container_runtime} needs --runtime-dir")
+    if args.kubeconfig is None:
+        args.kubeconfig = os.environ.get("KUBECONFIG") or "/etc/kubernetes/kubelet.conf"
+    if args.etc_netns_dir is None and args.netns_dir == "/run/netns":
+        args.etc_netns_dir = "/etc/netns"
     return args
 
 
@@ -829,33 +1105,33 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format=f"%(asctime)s {args.node} %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    store = Store.from_endpoints([e.strip() for e in args.etcd_endpoints.split(",") if e.strip()])
+    try:
+        client = client_from(args.kubeconfig, "kubelet")
+    except KubeError as exc:
+        print(f"kubelet: {exc}", file=sys.stderr)
+        return 1
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     node_ip = args.node_ip or detect_node_ip()
-    threads = []
-    if args.controllers:
-        from testbed.k8s.controllers import ControllerManager
-
-        while not stop.is_set():
-            try:
-                store.ensure_cluster(args.pod_network_cidr, args.service_cidr)
-                break
-            except errors.Unavailable as exc:
-                log.warning("waiting for the datastore: %s", exc)
-                stop.wait(0.5)
-        cm = ControllerManager(store, args.pod_network_cidr)
-        t = threading.Thread(target=cm.run, args=(stop,), daemon=True, name="controllers")
-        t.start()
-        threads.append(t)
-    container_runtime = make_runtime(args.container_runtime, args.runtime_dir,
-                                     os.environ.get("CALICOLAB_LAB", ""), args.node)
-    kubelet = Kubelet(store, args.node, node_ip, args.cni_conf_dir, args.cni_bin_dir.split(":"),
-                      args.netns_dir, args.root_dir, control_plane=args.controllers,
-                      kube_proxy=not args.no_kube_proxy,
+    try:
+        runtime.make_shared(args.netns_dir)
+    except (runtime.SandboxError, OSError) as exc:
+        log.warning("sandbox netns will not show in running pods' mount namespaces: %s", exc)
+    cluster = Cluster(client, {"Pod": {"field_selector": f"spec.nodeName={args.node}"},
+                               "Node": {"field_selector": f"metadata.name={args.node}"}},
+                      component="kubelet", host=args.node)
+    kubelet = Kubelet(cluster, args.node, node_ip, args.cni_conf_dir, args.cni_bin_dir.split(":"),
+                      args.netns_dir, args.root_dir, control_plane=args.control_plane,
                       node_status_update=args.node_status_update_frequency,
-                      container_runtime=container_runtime)
+                      cluster_dns=[s for s in args.cluster_dns.split(",") if s],
+                      cluster_domain=args.cluster_domain, etc_netns_dir=args.etc_netns_dir,
+                      pod_manifest_path=args.pod_manifest_path,
+                      container_runtime=make_runtime(args.container_runtime, args.runtime_dir,
+                                                     os.environ.get("CALICOLAB_LAB", ""), args.node))
+    if args.kubelet_port:
+        threading.Thread(target=serve_api, args=(kubelet, node_ip, args.kubelet_port, stop), daemon=True,
+                         name="kubelet-api").start()
     kubelet.run(stop)
     kubelet.shutdown(kill_pods=args.kill_pods_on_exit)
     return 0

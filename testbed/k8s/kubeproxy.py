@@ -1,4 +1,10 @@
 """kube-proxy (iptables mode): ClusterIP DNAT with random balancing across endpoints.
+``python -m testbed.k8s.kubeproxy --config /var/lib/kube-proxy/config.conf --hostname-override NODE``
+(kubeadm runs it as the DaemonSet ``kube-proxy`` in kube-system; hostNetwork).
+
+An API client: informers on Services and EndpointSlices (the ready endpoints of each
+Service, as kube-proxy reads them); every change rewrites the rules, and every 30 s a full
+resync re-checks the hooks.
 
 :func:`render` is pure: Services + Endpoints -> the ``nat`` (and ``filter``) rules kube-proxy
 writes: ``KUBE-SERVICES`` (hooked from PREROUTING and OUTPUT) jumps per service port to
@@ -65,9 +71,14 @@ class ServicePort:
         return f"{base}:{self.port_name}" if self.port_name else base
 
 
-def service_ports(services: list[dict], endpoints: list[dict]) -> list[ServicePort]:
-    """Join Services with their Endpoints into ServicePorts (sorted, deterministic)."""
-    eps = {(e["metadata"].get("namespace"), e["metadata"]["name"]): e for e in endpoints}
+def service_ports(services: list[dict], slices: list[dict]) -> list[ServicePort]:
+    """Join Services with their EndpointSlices' ready endpoints into ServicePorts (sorted,
+    deterministic; pure)."""
+    by_svc: dict[tuple[str | None, str], list[dict]] = {}
+    for s in slices:
+        name = (s["metadata"].get("labels") or {}).get("kubernetes.io/service-name")
+        if name and s.get("addressType", "IPv4") == "IPv4":
+            by_svc.setdefault((s["metadata"].get("namespace"), name), []).append(s)
     out = []
     for svc in services:
         spec = svc.get("spec") or {}
@@ -75,18 +86,20 @@ def service_ports(services: list[dict], endpoints: list[dict]) -> list[ServicePo
         if not cip or cip == "None":
             continue
         ns, name = svc["metadata"].get("namespace", "default"), svc["metadata"]["name"]
-        ep = eps.get((ns, name)) or {}
         for p in spec.get("ports") or []:
             pname, proto = p.get("name") or "", p.get("protocol", "TCP")
             targets = set()
-            for subset in ep.get("subsets") or []:
-                ports = subset.get("ports") or []
+            for sl in by_svc.get((ns, name), []):
+                ports = sl.get("ports") or []
                 match = [q for q in ports if (q.get("name") or "") == pname and q.get("protocol", "TCP") == proto]
-                if not match and len(ports) == 1 and not pname:
-                    match = ports
                 for q in match:
-                    for addr in subset.get("addresses") or []:
-                        targets.add(f"{addr['ip']}:{q['port']}")
+                    if q.get("port") is None:
+                        continue
+                    for ep in sl.get("endpoints") or []:
+                        if (ep.get("conditions") or {}).get("ready") is False:
+                            continue
+                        for addr in ep.get("addresses") or []:
+                            targets.add(f"{addr}:{q['port']}")
             out.append(ServicePort(ns, name, pname, cip, int(p["port"]), proto,
                                    tuple(sorted(targets, key=_endpoint_key))))
     return sorted(out, key=lambda s: (s.namespace, s.name, s.port_name, s.protocol))
@@ -181,9 +194,9 @@ class KubeProxy:
         return {line[1:].split()[0] for line in out.splitlines()
                 if line.startswith((":KUBE-SVC-", ":KUBE-SEP-"))}
 
-    def sync(self, services: list[dict], endpoints: list[dict]) -> bool:
+    def sync(self, services: list[dict], slices: list[dict]) -> bool:
         """Apply the rules for these objects; returns True if anything was written."""
-        ports = service_ports(services, endpoints)
+        ports = service_ports(services, slices)
         nat, filt, chains = render(ports, self.cluster_cidr)
         if (nat, filt) == self.last:
             return False
@@ -198,10 +211,10 @@ class KubeProxy:
         self.last = None if stale else (nat, filt)
         return True
 
-    def resync(self, services: list[dict], endpoints: list[dict]) -> None:
+    def resync(self, services: list[dict], slices: list[dict]) -> None:
         """Re-check the hooks and rewrite everything (kube-proxy's periodic sync)."""
         self.hooked, self.last = False, None
-        self.sync(services, endpoints)
+        self.sync(services, slices)
 
     def cleanup(self) -> None:
         """Remove every rule and chain kube-proxy made in this netns."""
@@ -216,3 +229,87 @@ class KubeProxy:
             for name in names:
                 _run(["iptables", "-w", "-t", table, "-X", name])
         self.last, self.hooked = None, False
+
+
+PROXY_RESYNC = 30.0  # seconds between full syncs (hooks re-checked)
+
+
+def load_config(path: str) -> dict:
+    """A KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1); only the iptables mode
+    is implemented: any other ``mode`` is refused by name."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f) or {}
+    except OSError as exc:
+        raise SystemExit(f"kube-proxy: cannot read --config {path}: {exc.strerror}") from None
+    if doc.get("kind") != "KubeProxyConfiguration":
+        raise SystemExit(f"kube-proxy: {path}: kind {doc.get('kind')!r} is not KubeProxyConfiguration")
+    mode = doc.get("mode") or "iptables"
+    if mode != "iptables":
+        raise SystemExit(f"kube-proxy: {path}: mode {mode!r} is not implemented by calicolab (iptables is)")
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point (kube-proxy's flag names)."""
+    import argparse
+    import logging
+    import os
+    import signal
+    import sys
+    import threading
+    import time
+
+    from kubeclient import KubeError
+    from testbed.k8s.apiclient import Cluster, client_from
+
+    p = argparse.ArgumentParser(prog="python -m testbed.k8s.kubeproxy", allow_abbrev=False,
+                                description="kube-proxy, iptables mode")
+    p.add_argument("--config", help="a KubeProxyConfiguration file")
+    p.add_argument("--kubeconfig", help="default: the config's clientConnection.kubeconfig, else in-cluster")
+    p.add_argument("--hostname-override", default=os.environ.get("NODE_NAME", ""))
+    p.add_argument("--cluster-cidr", default="")
+    p.add_argument("-v", "--v", default="2")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config) if args.config else {}
+    kubeconfig = args.kubeconfig or (cfg.get("clientConnection") or {}).get("kubeconfig") or None
+    cidr = args.cluster_cidr or cfg.get("clusterCIDR") or None
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s kube-proxy {args.hostname_override} %(levelname)s %(message)s")
+    log = logging.getLogger("kube-proxy")
+    try:
+        client = client_from(kubeconfig, "kube-proxy")
+    except KubeError as exc:
+        print(f"kube-proxy: {exc}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    cluster = Cluster(client, ("Service", "EndpointSlice"), component="kube-proxy", host=args.hostname_override)
+    cluster.start()
+    proxy = KubeProxy(cidr)
+    while not stop.is_set() and not cluster.wait_synced(timeout=5, stop=stop):
+        log.info("waiting for Services and EndpointSlices")
+    log.info("syncing iptables rules (cluster CIDR %s)", cidr or "unset: no masquerade of off-cluster traffic")
+    last_full = 0.0
+    while not stop.is_set():
+        try:
+            if time.monotonic() - last_full > PROXY_RESYNC:
+                proxy.resync(cluster.list("Service"), cluster.list("EndpointSlice"))
+                last_full = time.monotonic()
+            else:
+                proxy.sync(cluster.list("Service"), cluster.list("EndpointSlice"))
+        except KubeProxyError as exc:
+            log.error("%s", exc)
+            stop.wait(1.0)
+        cluster.wait(stop, timeout=5.0)
+    cluster.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

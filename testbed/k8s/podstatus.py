@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from testbed.k8s.store import KUBE_VERSION
+from testbed.k8s.version import KUBE_VERSION
 
 NETWORK_NOT_READY_MESSAGE = (
     "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady "

@@ -84,17 +84,69 @@ def netns_pids(path: str) -> list[int]:
     return pids
 
 
+#: the pod's init, run by ``sh -c``: bind the pod's volumes (and resolv.conf) in the pod's own
+#: mount namespace (made by ``unshare --mount``; mounts of the node propagate into it), then
+#: enter the sandbox netns and exec the workload, so the workload keeps the PID of ``unshare``.
+_POD_INIT = r"""
+ns=$1; n=$2; shift 2
+while [ "$n" -gt 0 ]; do
+  if [ ! -e "$2" ]; then
+    if [ -d "$1" ]; then mkdir -p "$2"; else mkdir -p "$(dirname "$2")" && : > "$2"; fi || exit 127
+  fi
+  mount --bind "$1" "$2" || exit 127
+  shift 2; n=$((n - 1))
+done
+if [ -n "$ns" ]; then exec nsenter --net="$ns" -- "$@"; fi
+exec "$@"
+"""
+
+
+def process_argv(netns_path: str, argv: list[str], mounts: list[tuple[str, str]] | None = None,
+                 nice: int = 0) -> list[str]:
+    """The argv that starts ``argv`` as a pod's container process (pure): in the sandbox netns
+    (``nsenter --net``; none for a hostNetwork pod), in a mount namespace of its own when it
+    has ``mounts`` (``(source, mount point)`` bind mounts: volumes, /etc/resolv.conf), at
+    CPU priority ``nice``. Every step execs, so the PID is the workload's."""
+    prefix = ["nice", "-n", str(nice)] if nice else []
+    if mounts:
+        flat = [x for m in mounts for x in m]
+        return [*prefix, "unshare", "--mount", "--propagation", "slave", "--", "sh", "-c", _POD_INIT, "pod-init",
+                netns_path, str(len(mounts)), *flat, *argv]
+    if netns_path:
+        return [*prefix, "nsenter", f"--net={netns_path}", "--", *argv]
+    return [*prefix, *argv]
+
+
 def start_process(netns_path: str, argv: list[str], log_path: str, env: dict[str, str] | None = None,
-                  cwd: str | None = None) -> subprocess.Popen:
-    """Start ``argv`` inside the namespace (nsenter execs it, so the PID is the workload's);
-    an empty ``netns_path`` runs it in the caller's own netns (hostNetwork pods)."""
+                  cwd: str | None = None, mounts: list[tuple[str, str]] | None = None,
+                  nice: int = 0) -> subprocess.Popen:
+    """Start ``argv`` inside the namespace (see :func:`process_argv`); an empty
+    ``netns_path`` runs it in the caller's own netns (hostNetwork pods). Output appends to
+    ``log_path``."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    prefix = ["nsenter", f"--net={netns_path}", "--"] if netns_path else []
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [*prefix, *argv], stdin=subprocess.DEVNULL,
+            process_argv(netns_path, argv, mounts, nice), stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True,
         )
+
+
+def make_shared(path: str) -> None:
+    """Make ``path`` a shared mount (bind it onto itself first if it is not a mount point), as
+    ``ip netns add`` does for /run/netns: sandbox netns bound there later then show up in the
+    mount namespaces of running pods (calico-node's CNI server enters them by path)."""
+    os.makedirs(path, exist_ok=True)
+    mounted = False
+    try:
+        with open("/proc/self/mountinfo") as f:
+            mounted = any(line.split()[4] == path for line in f)
+    except OSError:
+        pass
+    if not mounted:
+        subprocess.run(["mount", "--bind", path, path], capture_output=True)
+    res = subprocess.run(["mount", "--make-shared", path], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SandboxError(f"mount --make-shared {path}: {res.stderr.strip()}")
 
 
 def alive(pid: int) -> bool:
@@ -167,6 +219,7 @@ class PodState:
     started_at: dict[str, str] = field(default_factory=dict)
     container_ids: dict[str, str] = field(default_factory=dict)
     ticks: dict[str, int] = field(default_factory=dict)  # start_ticks of each pid
+    images: dict[str, str] = field(default_factory=dict)  # container -> image reference
     node: str = ""  # the kubelet that owns it (root dirs may be shared between nodes)
     lab: str = ""  # $CALICOLAB_LAB of that kubelet
     runtime: str = "netns"  # who holds the sandbox: netns (the kubelet), containerd, docker
@@ -174,6 +227,7 @@ class PodState:
     container_runtimes: dict[str, str] = field(default_factory=dict)  # container -> runtime ("netns": a process)
     images: dict[str, list[str]] = field(default_factory=dict)  # container -> [reference, digest ref]
     logs: dict[str, str] = field(default_factory=dict)  # container -> log file (container runtimes)
+    resolv: str = ""  # the pod's resolv.conf for container runtimes ("": the node's)
 
     def save(self, root_dir: str) -> None:
         """Write the state file atomically."""

@@ -50,9 +50,6 @@ LAB_BGP_TIMERS = "connect_delay=0.1,connect_retry=1"
 #: seconds between the supervisor's checks of its services
 REAP_INTERVAL = 0.2
 
-#: CPU priority (nice) of the lab's etcd.
-ETCD_NICE = -10
-
 #: Node directories private to each node: (mount point, name of the backing dir).
 #: None: a tmpfs (runtime state that must vanish with the node).
 NODE_DIRS: tuple[tuple[str, str | None], ...] = (
@@ -63,7 +60,10 @@ NODE_DIRS: tuple[tuple[str, str | None], ...] = (
     ("/var/lib/kubelet", "var-lib-kubelet"),
     ("/var/lib/cni", "var-lib-cni"),
     ("/etc/kubernetes", "etc-kubernetes"),
+    ("/var/lib/etcd", "var-lib-etcd"),
+    ("/etc/netns", "etc-netns"),
     ("/var/run/calico", None),
+    ("/var/run/secrets", None),
     ("/run/netns", None),
 )
 
@@ -457,63 +457,39 @@ class Supervisor:
             self.start_service(ext.name, "httpd",
                                [BUSYBOX, "httpd", "-f", "-p", f"{ext.address}:80", "-h", str(www)])
 
-    def start_etcd(self) -> None:
-        """etcd in the control-plane node, on its node address, port 2379."""
-        cp = self.topo.control_plane
-        data = self.sdir / "etcd"
-        argv = ["etcd", "--name", self.lab, "--data-dir", str(data),
-                "--listen-client-urls", f"http://{cp.address}:2379,http://127.0.0.1:2379",
-                "--advertise-client-urls", f"http://{cp.address}:2379",
-                "--listen-peer-urls", "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-                "--initial-cluster", f"{self.lab}=http://127.0.0.1:2380",
-                "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn",
-                "--heartbeat-interval", "50", "--election-timeout", "500"]
-        self.progress(f"starting etcd on {cp.name} ({cp.address}:2379)")
-        # every node's services start at the same moment and keep the CPUs busy for
-        # seconds; etcd answers them all, so it runs at a higher CPU priority (as a
-        # control plane would have its own resources): starved, it answered in more than
-        # the clients' 3 s timeout and watchers gave up (see docs/testbed.md)
-        self.start_service(cp.name, "etcd", ["nice", "-n", str(ETCD_NICE), *argv])
-
     def start_pki(self) -> None:
-        """Make the PKI and kubeconfigs (testbed.lab.kubeadm) on a thread: RSA keys take ~1 s,
-        the network build runs meanwhile."""
+        """Make the PKI, the kubeconfigs and the static pod manifests (testbed.lab.kubeadm) on a
+        thread: RSA keys take ~1 s, the network build runs meanwhile."""
         from testbed.lab import kubeadm
+
+        pool = str(self.topo.calico.pool.cidr)
 
         def run() -> None:
             try:
                 # one machine's part of a lab over several: the kubeconfigs of every node,
                 # the other machines' copied to them (testbed.multihost.controller)
                 kubeadm.init(dict(self.state, hosts=labstate.members(self.topo)) if self.part
-                             else self.state)
-            except BaseException as exc:  # noqa: BLE001 - raised in start_apiserver
+                             else self.state, pool)
+            except BaseException as exc:  # noqa: BLE001 - raised in join_pki
                 self.pki_error = exc
 
         self.pki_thread = threading.Thread(target=run, name="pki", daemon=True)
         self.pki_thread.start()
 
-    def start_apiserver(self) -> None:
-        """The Kubernetes API server in the control-plane node, on <address>:6443, over the
-        lab's etcd (testbed.apiserver, kube-apiserver's flags)."""
+    def join_pki(self) -> None:
+        """Wait for the PKI thread; raise if it failed."""
         if self.pki_thread is not None:
             self.pki_thread.join()
         if self.pki_error is not None:
             raise RuntimeError(f"making the lab's PKI failed: {self.pki_error}")
-        cp = self.topo.control_plane
-        argv = [sys.executable, "-m", "testbed.apiserver", "--etcd-servers", "http://127.0.0.1:2379",
-                "--bind-address", "0.0.0.0", "--secure-port", "6443", "--advertise-address", str(cp.address),
-                "--cert-dir", "/etc/kubernetes/pki"]
-        self.progress(f"starting kube-apiserver on {cp.name} ({cp.address}:6443)")
-        # the API server answers every node like etcd does: same CPU priority (see start_etcd)
-        self.start_service(cp.name, "kube-apiserver", ["nice", "-n", str(ETCD_NICE), *argv])
 
     def wait_apiserver(self, timeout: float = 30.0) -> None:
-        """Wait until the API server answers /readyz ``ok`` (admin credentials)."""
+        """Wait until the API server (a static pod of the control-plane node) answers
+        /readyz ``ok`` (admin credentials)."""
         from testbed.lab import kubeadm
 
         cp = self.topo.control_plane
-        key = f"{cp.name}/kube-apiserver"
+        key = f"{cp.name}/kubelet"
         conf = str(kubeadm.admin_conf(self.state))
 
         def poll() -> None:
@@ -526,15 +502,18 @@ class Supervisor:
             while time.monotonic() < deadline:
                 proc = self.procs.get(key)
                 if proc is not None and proc.poll() is not None:
-                    raise RuntimeError(f"kube-apiserver exited ({proc.returncode}); see "
-                                       f"{self.sdir / 'logs' / (cp.name + '.kube-apiserver.log')}")
+                    raise RuntimeError(f"the kubelet of {cp.name} (which runs the control plane's static "
+                                       f"pods) exited ({proc.returncode}); see "
+                                       f"{self.sdir / 'logs' / (cp.name + '.kubelet.log')}")
                 try:
                     if client.request("GET", "/readyz", raw=True) == b"ok":
                         return
                 except Exception as exc:  # noqa: BLE001 - not up yet
                     last = exc
                 time.sleep(0.02)
-            raise RuntimeError(f"kube-apiserver on {cp.name} not ready after {timeout:.0f}s (last: {last})")
+            raise RuntimeError(f"kube-apiserver on {cp.name} not ready after {timeout:.0f}s (last: {last}); "
+                               f"its log: kubectl logs, or the kubelet root dir of {cp.name}, "
+                               "pods/<uid>/containers/kube-apiserver/log")
 
         nsmod.run_in(self.state["hosts"][cp.name]["netns"], poll)
 
@@ -548,10 +527,11 @@ class Supervisor:
         wait = (30 if self.has_cp else 60) * deadline_scale()
         deadline = time.monotonic() + wait
         last: Any = None
+        kubelet = self.procs.get(f"{cp.name}/kubelet")
         while time.monotonic() < deadline:
-            if self.has_cp and self.procs[f"{cp.name}/etcd"].poll() is not None:
-                raise RuntimeError(f"etcd exited ({self.procs[f'{cp.name}/etcd'].returncode}); see "
-                                   f"{self.sdir / 'logs' / (cp.name + '.etcd.log')}")
+            if self.has_cp and kubelet is not None and kubelet.poll() is not None:
+                raise RuntimeError(f"the kubelet of {cp.name} (which runs etcd as a static pod) exited "
+                                   f"({kubelet.returncode}); see {self.sdir / 'logs' / (cp.name + '.kubelet.log')}")
             try:
                 code, body = nsmod.http_get(ns, str(cp.address), 2379, "/health", timeout=1.0)
                 last = (code, body[:80])
@@ -560,29 +540,35 @@ class Supervisor:
             except OSError as exc:
                 last = exc
             time.sleep(0.02)
-        raise RuntimeError(f"etcd on {cp.name} not healthy after {wait:.0f}s (last: {last!r})")
+        raise RuntimeError(f"etcd on {cp.name} not healthy after {wait:.0f}s (last: {last!r}); it runs as the "
+                           f"static pod etcd-{cp.name} (see the control plane's kubelet log)")
 
     def start_node_services(self) -> None:
-        """The kubelet (which also runs kube-proxy) on every node, when it exists.
+        """The kubelet on every node, with its own credentials (/etc/kubernetes/kubelet.conf).
 
-        The control-plane node's kubelet also runs the controllers (scheduler,
-        deployments, endpoints, node pod CIDRs), as kubeadm's static pods would.
+        The control-plane node's kubelet runs the control plane as static pods from
+        /etc/kubernetes/manifests (etcd, kube-apiserver, kube-controller-manager,
+        kube-scheduler: testbed.lab.kubeadm), as on a kubeadm cluster; kube-proxy comes as
+        a DaemonSet once the API server is up (kubeadm_init).
         """
-        if not _has_main("testbed.k8s.kubelet"):
-            self._skip("kubelet: module testbed.k8s.kubelet not present (or not runnable); not started")
-            return
+        from testbed.lab import kubeadm
+
+        self.join_pki()
         py = sys.executable
-        pool = str(self.topo.calico.pool.cidr)
         rt = self.topo.runtime
         if rt != "netns":
             self.start_runtime_daemons()
         for n in self.local_nodes:
-            argv = [py, "-m", "testbed.k8s.kubelet", "--node", n.name, "--node-ip", str(n.address)]
+            argv = [py, "-m", "testbed.k8s.kubelet", "--node", n.name, "--node-ip", str(n.address),
+                    "--kubeconfig", kubeadm.KUBELET_CONF, "--cluster-dns", kubeadm.CLUSTER_DNS,
+                    "--cluster-domain", kubeadm.CLUSTER_DOMAIN]
             if n.is_control_plane:
-                argv += ["--controllers", "--pod-network-cidr", pool]
+                argv += ["--control-plane", "--pod-manifest-path", f"/etc/kubernetes/{kubeadm.MANIFESTS}"]
             if rt != "netns":
                 argv += ["--container-runtime", rt, "--runtime-dir", str(labstate.runtime_dir(self.lab, n.name))]
             self.start_service(n.name, "kubelet", argv)
+        self.progress(f"starting the kubelets (the control plane as static pods on "
+                      f"{self.topo.control_plane.name})")
         self.save()
 
     def start_runtime_daemons(self) -> None:
@@ -646,16 +632,24 @@ class Supervisor:
         return proc
 
     def kubeadm_init(self) -> None:
-        """What `kubeadm init` leaves in the store (system namespaces, kubeadm-config)."""
-        if importlib.util.find_spec("testbed.k8s.store") is None:
-            self._skip("kubeadm init: testbed.k8s.store not present")
-            return
-        from testbed.k8s.store import Store
+        """What `kubeadm init` leaves in the API once the control plane answers: the
+        kubeadm-config ConfigMap and the add-ons, kube-proxy (a DaemonSet on every node) and
+        CoreDNS (Deployment coredns, Service kube-dns 10.96.0.10)."""
+        from testbed.lab import kubeadm
 
-        endpoints = self.state["etcd_endpoints"]
-        pod_cidr = str(self.topo.calico.pool.cidr)
-        nsmod.run_in(self.state["hosts"][self.topo.control_plane.name]["netns"],
-                     lambda: Store.from_endpoints(endpoints).ensure_cluster(pod_cidr=pod_cidr))
+        pool = str(self.topo.calico.pool.cidr)
+        conf = str(kubeadm.admin_conf(self.state))
+
+        def work() -> list[str]:
+            from kubeclient import Client, from_kubeconfig
+
+            client = Client(from_kubeconfig(conf))
+            return kubeadm.apply_addons(client, [kubeadm.kubeadm_config(pool), *kubeadm.kube_proxy_addon(
+                self.state, pool), *kubeadm.coredns_addon()])
+
+        made = nsmod.run_in(self.state["hosts"][self.topo.control_plane.name]["netns"], work)
+        if made:
+            self.progress("kubeadm add-ons: " + ", ".join(made))
 
     def apply_bgp_config(self, patch_nodes: bool) -> None:
         """The topology's BGP settings as Calico resources (what a user would calicoctl apply).
@@ -750,20 +744,22 @@ class Supervisor:
         """Wait (bounded) until every node is registered (and Ready if ``ready``); warn otherwise."""
         if not any(k.endswith("/kubelet") for k in self.procs):
             return
-        from testbed.k8s.store import Store
+        from testbed.lab import kubeadm
 
-        endpoints = self.state["etcd_endpoints"]
+        conf = str(kubeadm.admin_conf(self.state))
         want = {n.name for n in self.topo.nodes}
         timeout = self.ready_timeout
 
         def poll() -> dict[str, bool]:
-            store = Store.from_endpoints(endpoints)
+            from kubeclient import Client, from_kubeconfig
+
+            client = Client(from_kubeconfig(conf))
             deadline = time.monotonic() + timeout
             seen: dict[str, bool] = {}
             while time.monotonic() < deadline:
                 try:
                     seen = {}
-                    for obj in store.list("Node"):
+                    for obj in client.list("v1", "nodes")["items"]:
                         conds = (obj.get("status") or {}).get("conditions") or []
                         seen[obj["metadata"]["name"]] = any(
                             c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
@@ -798,6 +794,10 @@ class Supervisor:
             env["FELIX_TYPHAADDR"] = f"{self.topo.control_plane.address}:5473"
         if BGP_TIMERS_ENV not in env and BGP_TIMERS_ENV not in os.environ:
             env[BGP_TIMERS_ENV] = LAB_BGP_TIMERS
+        # run as a lab service, not a pod, calico-node has no ServiceAccount token: the
+        # Kubernetes API (install-cni's calico-kubeconfig for the CNI plugin) with the node's
+        # admin kubeconfig instead
+        env.setdefault("KUBECONFIG", "/etc/kubernetes/admin.conf")
         return env
 
     def start_calico_nodes(self) -> list[str]:
@@ -905,9 +905,6 @@ class Supervisor:
         """
         if not self.topo.workloads:
             return None
-        if not _has_main("testbed.kubectl"):
-            self._skip("workloads: testbed.kubectl not present")
-            return None
         import yaml
 
         wdir = self.sdir / "workloads"
@@ -917,9 +914,11 @@ class Supervisor:
         text = yaml.safe_dump_all(docs, sort_keys=False)
         path.write_text(text)
         cp = self.topo.control_plane.name
-        proc = self.hosts[cp].popen([sys.executable, "-m", "testbed.kubectl", "apply", "-f", "-"],
-                                    env=labstate.node_env(self.state, cp), stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        env = labstate.node_env(self.state, cp)
+        env["KUBECONFIG"] = "/etc/kubernetes/admin.conf"
+        proc = self.hosts[cp].popen([str(labstate.VENV_BIN / "kubectl"), "apply", "-f", "-"],
+                                    env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
         return proc, text.encode()
 
     def finish_workloads(self, started: tuple[subprocess.Popen, bytes] | None) -> None:
@@ -1009,9 +1008,6 @@ class Supervisor:
             mark("network")
             # etcd, kubelets and calico-nodes start together: the node services
             # retry until the datastore answers, and their start-up overlaps etcd's.
-            if self.has_cp:
-                self.start_etcd()
-                self.start_apiserver()
             self.start_external_services()
             self.start_node_services()
             started: list[str] = []

@@ -108,7 +108,7 @@ def test_up_status_exec_tools_down(names, tmp_path):
     path = write_topology(tmp_path, name)
     res = cli("up", str(path), "--no-cni", "--ready-timeout", "5")
     assert res.returncode == 0, res.stderr
-    assert "starting etcd on m" in res.stderr and f"lab {name} is up" in res.stdout
+    assert "the control plane as static pods on m" in res.stderr and f"lab {name} is up" in res.stdout
     # the lab outlives the command; a second up of the same name is refused
     again = cli("up", str(path), "--no-cni")
     assert again.returncode == 4 and "already running" in again.stderr
@@ -120,7 +120,7 @@ def test_up_status_exec_tools_down(names, tmp_path):
     info = json.loads(res.stdout)
     assert [(n["name"], n["address"], n["role"]) for n in info["nodes"]] == [
         ("m", "172.30.60.10", "control-plane"), ("w0", "172.30.60.11", "worker")]
-    assert info["nodes"][0]["services"]["etcd"]["running"] is True
+    assert info["nodes"][0]["services"]["kubelet"]["running"] is True
     human = cli("--lab", name, "status")
     assert human.returncode == 0 and "172.30.60.11" in human.stdout
 
@@ -131,8 +131,12 @@ def test_up_status_exec_tools_down(names, tmp_path):
     res = cli("--lab", name, "exec", "nosuch", "--", "true")
     assert res.returncode == 2 and "no node 'nosuch'" in res.stderr
     res = cli("exec", "--lab", name, "w0", "--", "sh", "-c", "command -v kubectl calicoctl")
-    # kubectl in a node shell: the project's (the etcd-reading one until the lab runs the API server)
-    assert res.returncode == 0 and "/testbed/lab/nodebin/kubectl" in res.stdout
+    # kubectl in a node shell: the real one, with the lab's admin kubeconfig
+    assert res.returncode == 0 and "/.venv/bin/kubectl" in res.stdout
+    res = cli("kubectl", "--lab", name, "get", "pods", "-n", "kube-system", "-o", "name")
+    assert res.returncode == 0, res.stderr
+    assert {"pod/etcd-m", "pod/kube-apiserver-m", "pod/kube-controller-manager-m",
+            "pod/kube-scheduler-m"} <= set(res.stdout.split()), res.stdout
 
     # calicoctl from the machine reaches the lab's etcd (inside the control-plane netns)
     res = cli("calicoctl", "--lab", name, "get", "ippools", "-o", "json")

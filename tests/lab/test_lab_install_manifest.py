@@ -94,12 +94,19 @@ def test_install_by_manifest(lab):
              timeout=20, what="every node registered and NotReady (no CNI yet)")
 
     out = install_by_manifest(lab, leak_grace_period="2s")
-    assert sorted(out) == ["configmap/calico-config created", "daemonset.apps/calico-node created",
+    assert sorted(out) == ["clusterrole.rbac.authorization.k8s.io/calico-kube-controllers created",
+                           "clusterrole.rbac.authorization.k8s.io/calico-node created",
+                           "clusterrolebinding.rbac.authorization.k8s.io/calico-kube-controllers created",
+                           "clusterrolebinding.rbac.authorization.k8s.io/calico-node created",
+                           "configmap/calico-config created", "daemonset.apps/calico-node created",
                            "deployment.apps/calico-kube-controllers created",
-                           "deployment.apps/calico-typha created", "service/calico-typha created"], out
+                           "deployment.apps/calico-typha created", "service/calico-typha created",
+                           "serviceaccount/calico-kube-controllers created",
+                           "serviceaccount/calico-node created"], out
 
-    def pods() -> list[dict[str, str]]:
-        return table(cli(name, "kubectl", "get", "pods", "-n", "kube-system", "-o", "wide").stdout)
+    def pods() -> list[dict[str, str]]:  # Calico's (kube-system also holds the control plane and add-ons)
+        return [r for r in table(cli(name, "kubectl", "get", "pods", "-n", "kube-system", "-o", "wide").stdout)
+                if r["NAME"].startswith("calico-")]
 
     def settled(rows: list[dict[str, str]]) -> bool:
         running = [r for r in rows if r["STATUS"] == "Running" and r["READY"] == "1/1"]

@@ -75,12 +75,13 @@ def test_up_node_view_and_down(make_lab):
     assert '"health":"true"' in health
     # ... and from this process (the CLI's way: setns into the control-plane netns)
     assert _etcd_put_get(f"{lab}-m", "http://172.30.61.10:2379", "/calicolab-test/k") == b"hello"
-    # the topology's workloads were applied (kubectl apply in the control-plane node)
-    from testbed.k8s.store import Store
+    # the topology's workloads were applied (the real kubectl apply in the control-plane node)
+    from kubeclient import Client, from_kubeconfig
+    from testbed.lab import kubeadm
 
-    ns_obj = nsmod.run_in(f"{lab}-m", lambda: Store.from_endpoints(st["etcd_endpoints"])
-                          .find("Namespace", "lab-probe", None))
-    assert ns_obj is not None and ns_obj["metadata"]["name"] == "lab-probe"
+    conf = str(kubeadm.admin_conf(st))
+    ns_obj = nsmod.run_in(f"{lab}-m", lambda: Client(from_kubeconfig(conf)).get("v1", "namespaces", "lab-probe"))
+    assert ns_obj["metadata"]["name"] == "lab-probe"
     # the lab's API server on the control plane's :6443: the real kubectl in a worker's shell
     # (KUBECONFIG=/etc/kubernetes/admin.conf) sees the nodes, and only the control plane holds the PKI
     from testbed.lab.nodeshell import run_in_node

@@ -36,7 +36,7 @@ def lab_name():
     require_root()
     require_tool("etcd")
     require_tool("mnexec")
-    for module in ("testbed.k8s.kubelet", "testbed.kubectl", "agent.main"):
+    for module in ("testbed.k8s.kubelet", "testbed.apiserver", "agent.main"):
         import importlib.util
 
         require(importlib.util.find_spec(module) is not None, f"needs {module}")

@@ -37,10 +37,12 @@ def listen_in_netns(netns: str, host: str = "127.0.0.1", port: int = 0) -> socke
 
 
 class NetnsRelay:
-    """127.0.0.1:<port> inside ``netns`` relayed to ``upstream`` (host, port) here."""
+    """127.0.0.1:<port> inside ``netns`` relayed to ``upstream`` (host, port) here (or in
+    ``upstream_netns``)."""
 
-    def __init__(self, netns: str, upstream: tuple[str, int]):
+    def __init__(self, netns: str, upstream: tuple[str, int], upstream_netns: str | None = None):
         self.upstream = upstream
+        self.upstream_netns = upstream_netns
         self.sock = listen_in_netns(netns)
         self.port = self.sock.getsockname()[1]
         self.conns: list[socket.socket] = []
@@ -73,8 +75,7 @@ class NetnsRelay:
                 client.close()
                 continue
             try:
-                up = socket.create_connection(self.upstream, timeout=5)
-                up.settimeout(None)
+                up = connect_from(self.upstream_netns, self.upstream)
             except OSError:
                 client.close()
                 continue
@@ -107,6 +108,171 @@ class NetnsRelay:
             except OSError:
                 pass
             s.close()
+
+
+def connect_from(netns: str | None, addr: tuple[str, int], timeout: float = 5.0) -> socket.socket:
+    """A TCP connection to ``addr`` made from inside ``netns`` (None: from here)."""
+    from kernel.netns import entered
+
+    with entered(f"/run/netns/{netns}" if netns else None):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout)
+        s.connect(addr)
+        s.settimeout(None)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+class OutwardRelay(NetnsRelay):
+    """127.0.0.1:<port> on the machine relayed to ``target`` inside ``netns``."""
+
+    def __init__(self, netns: str, target: tuple[str, int]):
+        self.upstream = target
+        self.upstream_netns = netns
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.closed = False
+        self.cut = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+
+_PKI: dict[str, object] = {}
+
+
+def session_pki(base: str):  # noqa: ANN201 - testbed.apiserver.pki.Pki
+    """One PKI for the test session (RSA keys take a second to make)."""
+    from testbed.apiserver import pki
+
+    if "pki" not in _PKI:
+        d = os.path.join(base, "calicolab-netns-pki")
+        _PKI["pki"] = pki.write_pki(d, "control-plane", ["127.0.0.1"])
+    return _PKI["pki"]
+
+
+class NodeCluster:
+    """A control plane inside node netns ``netns`` (see the module docstring).
+
+    ``node_ip`` is put on the netns' loopback: the kubelet registers it as its InternalIP
+    and serves its API there (:10250), where the API server reaches it for logs, exec and
+    port-forward. ``controllers``: also run kube-controller-manager and the scheduler;
+    ``proxy``: also kube-proxy (in the node netns, like a kube-proxy pod)."""
+
+    def __init__(self, netns: str, node_ip: str, etcd: str, tmp: str, pki_base: str,
+                 controllers: bool = False, proxy: bool = False, cluster_cidr: str = "10.244.0.0/16"):
+        self.netns, self.node_ip, self.tmp = netns, node_ip, tmp
+        subprocess.run(["ip", "-n", netns, "addr", "add", f"{node_ip}/32", "dev", "lo"], check=True)
+        host, port = etcd.removeprefix("http://").split(":")
+        self.etcd_relay = NetnsRelay(netns, (host, int(port)))
+        self.pki = session_pki(pki_base)
+        self.procs: list[subprocess.Popen] = []
+        self.logs: dict[str, str] = {}
+        self._start("apiserver", [sys.executable, "-m", "testbed.apiserver", "--etcd-servers",
+                                  self.etcd_relay.endpoint, "--bind-address", "0.0.0.0", "--secure-port", "6443",
+                                  "--cert-dir", self.pki.dir, "--advertise-address", node_ip])
+        self.outward = OutwardRelay(netns, ("127.0.0.1", 6443))
+        self.kubelet_relay = NetnsRelay(netns, ("127.0.0.1", 6443), upstream_netns=netns)
+        self.admin_conf = os.path.join(tmp, "admin.conf")
+        self._write_conf(self.admin_conf, f"https://127.0.0.1:{self.outward.port}", None)
+        self.inside_conf = os.path.join(tmp, "inside.conf")
+        self._write_conf(self.inside_conf, "https://127.0.0.1:6443", None)
+        self.home = os.path.join(tmp, "home")
+        os.makedirs(self.home, exist_ok=True)
+        self.wait_ready()
+        if controllers:
+            self._start("controller-manager", [sys.executable, "-m", "testbed.k8s.controllers", "--kubeconfig",
+                                               self.inside_conf, "--cluster-cidr", cluster_cidr,
+                                               "--allocate-node-cidrs", "true"])
+            self._start("scheduler", [sys.executable, "-m", "testbed.k8s.scheduler", "--kubeconfig",
+                                      self.inside_conf])
+        if proxy:
+            self._start("kube-proxy", [sys.executable, "-m", "testbed.k8s.kubeproxy", "--kubeconfig",
+                                       self.inside_conf, "--cluster-cidr", cluster_cidr])
+
+    def _start(self, name: str, argv: list[str]) -> None:
+        log = os.path.join(self.tmp, f"{name}.log")
+        self.logs[name] = log
+        env = dict(os.environ, PYTHONPATH=REPO)
+        env.pop("KUBECONFIG", None)
+        self.procs.append(subprocess.Popen(["ip", "netns", "exec", self.netns, *argv], stdout=subprocess.DEVNULL,
+                                           stderr=open(log, "ab"), env=env, cwd=REPO))
+
+    def _write_conf(self, path: str, server: str, user: tuple[str, tuple[str, ...]] | None) -> None:
+        from testbed.apiserver import pki
+
+        with open(self.pki.ca_crt, "rb") as f:
+            ca = f.read()
+        if user is None:
+            with open(self.pki.admin_crt, "rb") as f:
+                crt = f.read()
+            with open(self.pki.admin_key, "rb") as f:
+                key = f.read()
+        else:
+            crt, key = pki.issue_client(self.pki, user[0], user[1], ecdsa=True)
+        with open(path, "w") as f:
+            json.dump(pki.kubeconfig(server, ca, crt, key), f)
+
+    def kubelet_conf(self, node: str) -> str:
+        """A kubeconfig for ``node``'s kubelet (its own cert), through the cuttable relay."""
+        path = os.path.join(self.tmp, f"kubelet-{node}.conf")
+        self._write_conf(path, f"https://127.0.0.1:{self.kubelet_relay.port}",
+                         (f"system:node:{node}", ("system:nodes",)))
+        return path
+
+    def client(self):  # noqa: ANN201
+        """A kubeclient Client with the admin credentials (from the machine)."""
+        from kubeclient import Client, from_kubeconfig
+
+        return Client(from_kubeconfig(self.admin_conf))
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        c = self.client()
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.procs[0].poll() is not None:
+                raise AssertionError(f"apiserver exited: {self.log_tail('apiserver')}")
+            try:
+                if c.request("GET", "/readyz", raw=True) == b"ok":
+                    return
+            except Exception as exc:  # noqa: BLE001 - not up yet
+                last = exc
+            time.sleep(0.05)
+        raise AssertionError(f"apiserver not ready: {last}; {self.log_tail('apiserver')}")
+
+    def log_tail(self, name: str, n: int = 3000) -> str:
+        try:
+            with open(self.logs[name], errors="replace") as f:
+                return f.read()[-n:]
+        except OSError:
+            return ""
+
+    def kubectl(self, *args: str, input: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+        """The real kubectl against this node's API server (from the machine)."""
+        from tests.apiserver_support import real_kubectl
+
+        env = dict(os.environ, KUBECONFIG=self.admin_conf, HOME=self.home)
+        return subprocess.run([real_kubectl(), *args], input=input, capture_output=True, text=True,
+                              timeout=timeout, env=env)
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for r in (self.outward, self.kubelet_relay, self.etcd_relay):
+            r.close()
 
 
 def bridge_conflist(name: str, bridge: str, subnet: str, data_dir: str) -> dict:
@@ -144,6 +310,22 @@ def mount_ns_pids(inode: int) -> list[int]:
     return pids
 
 
+def env_pids(key: str, value: str) -> list[int]:
+    """PIDs whose environment has ``key=value`` (a pod inherits its kubelet's environment:
+    NODE_NAME names the test's unique node, wherever the pod's namespaces are)."""
+    want = f"{key}={value}".encode()
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and int(d) != os.getpid():
+            try:
+                with open(f"/proc/{d}/environ", "rb") as f:
+                    if want in f.read().split(b"\0"):
+                        pids.append(int(d))
+            except OSError:
+                pass
+    return pids
+
+
 class KubeletProcess:
     """A kubelet inside a node netns, with its own mount namespace and temp dirs.
 
@@ -152,7 +334,7 @@ class KubeletProcess:
     (:meth:`restart`) and find the pod netns it bound there.
     """
 
-    def __init__(self, netns: str, node: str, node_ip: str, etcd: str, tmp: str, controllers: bool = False,
+    def __init__(self, netns: str, node: str, node_ip: str, kubeconfig: str, tmp: str, control_plane: bool = False,
                  extra: list[str] | None = None, bin_dirs: str = "/usr/lib/cni"):
         self.netns, self.node, self.tmp = netns, node, tmp
         self.conf_dir = os.path.join(tmp, "net.d")
@@ -165,12 +347,13 @@ class KubeletProcess:
         self.holder = subprocess.Popen(["ip", "netns", "exec", netns, "sleep", "infinity"],
                                        stdout=subprocess.DEVNULL, stderr=self.log)
         self.mnt_inode = self._mount_inode()
-        self.env = dict(os.environ, NODE_NAME=node, ETCD_ENDPOINTS=etcd, PYTHONPATH=REPO)
+        self.env = dict(os.environ, NODE_NAME=node, PYTHONPATH=REPO)
         self.env.pop("CALICOLAB_LAB", None)
+        self.env.pop("KUBECONFIG", None)
         self.argv = [sys.executable, "-m", "testbed.k8s.kubelet", "--node", node, "--node-ip", node_ip,
-                     "--cni-conf-dir", self.conf_dir, "--cni-bin-dir", bin_dirs,
+                     "--kubeconfig", kubeconfig, "--cni-conf-dir", self.conf_dir, "--cni-bin-dir", bin_dirs,
                      "--netns-dir", self.netns_dir, "--root-dir", self.root_dir,
-                     *(["--controllers"] if controllers else []), *(extra or [])]
+                     *(["--control-plane"] if control_plane else []), *(extra or [])]
         self.proc = self._start()
 
     def _start(self) -> subprocess.Popen:
@@ -228,12 +411,14 @@ class KubeletProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        victims = set(env_pids("NODE_NAME", self.node))  # the pods (each in a mount namespace of its own)
         if self.mnt_inode:
-            for pid in mount_ns_pids(self.mnt_inode):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            victims |= set(mount_ns_pids(self.mnt_inode))
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if self.holder.poll() is None:
             self.holder.kill()
         self.holder.wait()

@@ -7,9 +7,8 @@ import os
 
 import pytest
 
-from testbed.k8s.store import Store
 from testbed.poll import wait_for
-from tests.netns.kubelet_support import KubeletProcess, NetnsRelay, bridge_conflist
+from tests.netns.kubelet_support import KubeletProcess, bridge_conflist
 from tests.support import require, require_root, unique
 
 pytestmark = pytest.mark.netns
@@ -29,7 +28,7 @@ fi
 """
 
 
-def test_failed_add_is_undone_reported_and_retried(netns, etcd_endpoints, tmp_path):
+def test_failed_add_is_undone_reported_and_retried(node_cluster, tmp_path):
     require_root()
     require(os.path.exists("/usr/lib/cni/bridge"), "needs containernetworking-plugins in /usr/lib/cni")
     bindir = tmp_path / "bin"
@@ -37,28 +36,26 @@ def test_failed_add_is_undone_reported_and_retried(netns, etcd_endpoints, tmp_pa
     log = tmp_path / "flaky.log"
     (bindir / "flaky").write_text(FLAKY.format(log=log))
     (bindir / "flaky").chmod(0o755)
-    ns = netns("k8e")
-    host, port = etcd_endpoints[0].removeprefix("http://").split(":")
-    relay = NetnsRelay(ns, (host, int(port)))
-    store = Store.from_endpoints(etcd_endpoints)
-    store.ensure_cluster()
+    cluster = node_cluster("k8e", "172.31.254.1")
+    client = cluster.client()
     node = unique("node-")
-    kubelet = KubeletProcess(ns, node, "172.31.254.1", relay.endpoint, str(tmp_path / "k"),
+    kubelet = KubeletProcess(cluster.netns, node, "172.31.254.1", cluster.kubelet_conf(node), str(tmp_path / "k"),
                              bin_dirs=f"{bindir}:/usr/lib/cni")
     try:
         conf = bridge_conflist("testnet", unique("cnb"), "10.244.6.0/24", str(tmp_path / "ipam"))
         conf["plugins"].append({"type": "flaky"})
         kubelet.write_conflist(conf)
-        wait_for(lambda: store.find("Node", node, None), lambda n: n is not None, timeout=15, what="node registered")
-        store.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
-                      "spec": {"nodeName": node, "containers": [{"name": "c", "image": "nginx"}]}})
-        failed = wait_for(lambda: store.get("Pod", "web")["status"], lambda st: st.get("message"), timeout=15,
-                          what="the sandbox error on the pod")
+        wait_for(lambda: client.list("v1", "nodes")["items"], lambda ns: any(n["metadata"]["name"] == node for n in ns),
+                 timeout=15, what="node registered")
+        client.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+                       "spec": {"nodeName": node, "containers": [{"name": "c", "image": "nginx"}]}}, "default")
+        failed = wait_for(lambda: client.get("v1", "pods", "web", "default")["status"], lambda st: st.get("message"),
+                          timeout=15, what="the sandbox error on the pod")
         assert failed["message"].startswith("Failed to create pod sandbox:")
         assert 'type="flaky"' in failed["message"] and "try again later" in failed["message"]
         assert failed["containerStatuses"][0]["state"]["waiting"]["reason"] == "ContainerCreating"
-        running = wait_for(lambda: store.get("Pod", "web")["status"], lambda st: st.get("phase") == "Running",
-                           timeout=20, what="the pod Running after the retry")
+        running = wait_for(lambda: client.get("v1", "pods", "web", "default")["status"],
+                           lambda st: st.get("phase") == "Running", timeout=20, what="the pod Running after the retry")
         assert "message" not in running
         calls = log.read_text().split()
         first_id = calls[1]
@@ -68,6 +65,7 @@ def test_failed_add_is_undone_reported_and_retried(netns, etcd_endpoints, tmp_pa
         ips = [f for f in os.listdir(tmp_path / "ipam" / "testnet") if f[0].isdigit()]
         assert ips == [running["podIP"]]
         assert len(kubelet.in_mount_ns("ls", kubelet.netns_dir).stdout.split()) == 1
+        events = client.list("v1", "events", "default", field_selector="involvedObject.name=web")["items"]
+        assert any(e["reason"] == "FailedCreatePodSandBox" and e["type"] == "Warning" for e in events), events
     finally:
         kubelet.stop()
-        relay.close()

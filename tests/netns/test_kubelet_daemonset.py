@@ -3,15 +3,10 @@ still NotReady, with env from fieldRef and configMapKeyRef."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-from testbed.k8s.store import Store
 from testbed.poll import wait_for
-from tests.netns.kubelet_support import KubeletProcess, NetnsRelay
+from tests.netns.kubelet_support import KubeletProcess
 from tests.support import require_root, require_tool, unique
 
 pytestmark = pytest.mark.netns
@@ -46,35 +41,36 @@ spec:
 """
 
 
-def test_hostnetwork_daemonset_runs_before_the_network_is_ready(netns, etcd_endpoints, tmp_path):
+def test_hostnetwork_daemonset_runs_before_the_network_is_ready(node_cluster, tmp_path):
     require_root()
     require_tool("nsenter")
-    ns = netns("k8d")
-    host, port = etcd_endpoints[0].removeprefix("http://").split(":")
-    relay = NetnsRelay(ns, (host, int(port)))
-    store = Store.from_endpoints(etcd_endpoints)
+    cluster = node_cluster("k8d", "172.31.253.1", controllers=True)
+    client = cluster.client()
     node = unique("cp-")
-    kubelet = KubeletProcess(ns, node, "172.31.253.1", relay.endpoint, str(tmp_path), controllers=True)
-    env = dict(os.environ, ETCD_ENDPOINTS=",".join(etcd_endpoints))
+    kubelet = KubeletProcess(cluster.netns, node, "172.31.253.1", cluster.kubelet_conf(node), str(tmp_path),
+                             control_plane=True)
     try:
-        wait_for(lambda: store.find("Node", node, None), lambda n: n is not None, timeout=15, what="node registered")
-        res = subprocess.run([sys.executable, "-m", "testbed.kubectl", "apply", "-f", "-"], input=MANIFEST,
-                             capture_output=True, text=True, env=env, timeout=30)
+        wait_for(lambda: [n["metadata"]["name"] for n in client.list("v1", "nodes")["items"]],
+                 lambda names: node in names, timeout=15, what="node registered")
+        res = cluster.kubectl("apply", "-f", "-", input=MANIFEST)
         assert res.stdout.splitlines() == ["configmap/agent-config created", "daemonset.apps/agent created"], res
-        pod = wait_for(lambda: store.list("Pod", "kube-system"),
+        pod = wait_for(lambda: client.list("v1", "pods", "kube-system", label_selector="k8s-app=agent")["items"],
                        lambda ps: len(ps) == 1 and ps[0]["status"].get("phase") == "Running", timeout=20,
                        what="the daemonset's pod Running")[0]
         assert pod["spec"]["nodeName"] == node and pod["status"]["podIP"] == "172.31.253.1"
-        ready = next(c for c in store.get("Node", node, None)["status"]["conditions"] if c["type"] == "Ready")
+        tolerated = {(t.get("key"), t.get("effect")) for t in pod["spec"]["tolerations"]}
+        assert ("node.kubernetes.io/not-ready", "NoExecute") in tolerated  # added by the DaemonSet controller
+        ready = next(c for c in client.get("v1", "nodes", node)["status"]["conditions"] if c["type"] == "Ready")
         assert ready["status"] == "False"  # no CNI config: the network is not ready, the daemon runs anyway
-        logs = wait_for(lambda: subprocess.run([sys.executable, "-m", "testbed.kubectl", "logs", "-n", "kube-system",
-                                                pod["metadata"]["name"]], capture_output=True, text=True,
-                                               env=env).stdout,
+        logs = wait_for(lambda: cluster.kubectl("logs", "-n", "kube-system", pod["metadata"]["name"]).stdout,
                         lambda out: "node=" in out, timeout=10, what="the daemon's output")
         assert logs.strip() == f"node={node} ip=172.31.253.1 backend=bird"
-        table = subprocess.run([sys.executable, "-m", "testbed.kubectl", "get", "ds", "-n", "kube-system"],
-                               capture_output=True, text=True, env=env).stdout.splitlines()
+        table = wait_for(lambda: cluster.kubectl("get", "ds", "-n", "kube-system").stdout.splitlines(),
+                         lambda t: len(t) == 2 and t[1].split()[1:6] == ["1", "1", "1", "1", "1"], timeout=10,
+                         what="the DaemonSet's status counted")
         assert table[0].split()[:6] == ["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE"]
+        events = client.list("v1", "events", "kube-system", field_selector="involvedObject.name=agent")["items"]
+        assert [(e["reason"], e["source"]["component"]) for e in events] == [
+            ("SuccessfulCreate", "daemonset-controller")], events
     finally:
         kubelet.stop()
-        relay.close()

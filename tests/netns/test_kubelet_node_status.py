@@ -1,6 +1,6 @@
 """The Node's Ready condition converges even when the write that should flip it fails:
-etcd is unreachable from the node at the moment the CNI config appears, and once it
-answers again the kubelet writes Ready (retry plus its periodic node status sync)."""
+the API server is unreachable from the node at the moment the CNI config appears, and once
+it answers again the kubelet writes Ready (retry plus its periodic node status sync)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,20 @@ import os
 
 import pytest
 
-from testbed.k8s.store import Store
 from testbed.poll import wait_for
-from tests.netns.kubelet_support import KubeletProcess, NetnsRelay, bridge_conflist
+from tests.netns.kubelet_support import KubeletProcess, bridge_conflist
 from tests.support import require, require_root, require_tool, unique
 
 pytestmark = pytest.mark.netns
 
 
-def ready_status(store: Store, node: str) -> str | None:
-    n = store.find("Node", node, None)
+def ready_status(cluster, node: str) -> str | None:
+    from kubeclient import NotFound
+
+    try:
+        n = cluster.client().get("v1", "nodes", node)
+    except NotFound:
+        return None
     for c in ((n or {}).get("status") or {}).get("conditions") or []:
         if c.get("type") == "Ready":
             return c.get("status")
@@ -25,40 +29,37 @@ def ready_status(store: Store, node: str) -> str | None:
 
 
 @pytest.fixture
-def node(request, netns, etcd_endpoints, tmp_path):
+def node(request, node_cluster, tmp_path):
     require_root()
     require_tool("nsenter")
     require(os.path.exists("/usr/lib/cni/bridge"), "needs containernetworking-plugins in /usr/lib/cni")
-    ns = netns("k8s")
-    host, port = etcd_endpoints[0].removeprefix("http://").split(":")
-    relay = NetnsRelay(ns, (host, int(port)))
-    store = Store.from_endpoints(etcd_endpoints)
-    store.ensure_cluster()
+    cluster = node_cluster("k8s", "172.31.251.1")
     extra = getattr(request, "param", None)
-    kubelet = KubeletProcess(ns, unique("node-"), "172.31.251.1", relay.endpoint, str(tmp_path), extra=extra)
+    name = unique("node-")
+    kubelet = KubeletProcess(cluster.netns, name, "172.31.251.1", cluster.kubelet_conf(name), str(tmp_path),
+                             extra=extra)
     try:
-        yield kubelet, relay, store
+        yield kubelet, cluster.kubelet_relay, cluster
     finally:
         kubelet.stop()
-        relay.close()
 
 
 def test_node_becomes_ready_after_the_ready_write_failed(node, tmp_path):
-    kubelet, relay, store = node
-    wait_for(lambda: ready_status(store, kubelet.node), lambda s: s == "False", timeout=15,
+    kubelet, relay, cluster = node
+    wait_for(lambda: ready_status(cluster, kubelet.node), lambda s: s == "False", timeout=15,
              what="node registered NotReady (no CNI config yet)")
     wait_for(kubelet.logs, lambda text: "kubelet running" in text, timeout=15, what="the kubelet's main loop")
 
-    relay.set_cut(True)  # etcd unreachable from the node ...
+    relay.set_cut(True)  # the API server unreachable from the node ...
     kubelet.write_conflist(bridge_conflist("testnet", unique("cnb"), "10.244.9.0/24", str(tmp_path / "ipam")))
     # ... while the kubelet notices the config and tries to mark the node Ready
     wait_for(kubelet.logs, lambda text: "Ready=True not written" in text, timeout=15,
              what="the kubelet's failed attempt to write Ready=True")
-    assert ready_status(store, kubelet.node) == "False"
+    assert ready_status(cluster, kubelet.node) == "False"
 
     relay.set_cut(False)
-    wait_for(lambda: ready_status(store, kubelet.node), lambda s: s == "True", timeout=10,
-             what="node Ready once etcd answers again")
+    wait_for(lambda: ready_status(cluster, kubelet.node), lambda s: s == "True", timeout=10,
+             what="node Ready once the API server answers again")
     assert "network ready" in kubelet.logs()
 
 
@@ -66,15 +67,18 @@ def test_node_becomes_ready_after_the_ready_write_failed(node, tmp_path):
 def test_node_status_sync_puts_back_a_ready_condition_changed_behind_its_back(node, tmp_path):
     """The periodic sync (nodeStatusUpdateFrequency) corrects a Node whose Ready
     condition someone else overwrote; the kubelet did not see any change of its own."""
-    kubelet, _relay, store = node
+    kubelet, _relay, cluster = node
     kubelet.write_conflist(bridge_conflist("testnet", unique("cnb"), "10.244.10.0/24", str(tmp_path / "ipam")))
-    wait_for(lambda: ready_status(store, kubelet.node), lambda s: s == "True", timeout=15, what="node Ready")
+    wait_for(lambda: ready_status(cluster, kubelet.node), lambda s: s == "True", timeout=15, what="node Ready")
 
     def flip(n: dict) -> None:
         for c in n["status"]["conditions"]:
             if c["type"] == "Ready":
                 c.update(status="Unknown", reason="NodeStatusUnknown", message="Kubelet stopped posting node status.")
 
-    store.mutate("Node", kubelet.node, None, flip)
-    wait_for(lambda: ready_status(store, kubelet.node), lambda s: s == "True", timeout=15,
+    client = cluster.client()
+    n = client.get("v1", "nodes", kubelet.node)
+    flip(n)
+    client.replace(n, sub="status")
+    wait_for(lambda: ready_status(cluster, kubelet.node), lambda s: s == "True", timeout=15,
              what="the kubelet's node status sync to write Ready=True again")

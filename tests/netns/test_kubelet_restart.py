@@ -8,54 +8,58 @@ import os
 
 import pytest
 
+from kubeclient import NotFound
 from testbed.k8s.runtime import alive
-from testbed.k8s.store import Store
 from testbed.poll import wait_for
-from tests.netns.kubelet_support import KubeletProcess, NetnsRelay, bridge_conflist
+from tests.netns.kubelet_support import KubeletProcess, bridge_conflist
 from tests.support import require, require_root, require_tool, unique
 
 pytestmark = pytest.mark.netns
 
 
 @pytest.fixture
-def node(netns, etcd_endpoints, tmp_path):
+def node(node_cluster, tmp_path):
     require_root()
     require_tool("nsenter")
     require(os.path.exists("/usr/lib/cni/bridge"), "needs containernetworking-plugins in /usr/lib/cni")
-    ns = netns("k8r")
-    host, port = etcd_endpoints[0].removeprefix("http://").split(":")
-    relay = NetnsRelay(ns, (host, int(port)))
-    store = Store.from_endpoints(etcd_endpoints)
-    store.ensure_cluster()
-    kubelet = KubeletProcess(ns, unique("node-"), "172.31.252.1", relay.endpoint, str(tmp_path))
+    cluster = node_cluster("k8r", "172.31.252.1")
+    name = unique("node-")
+    kubelet = KubeletProcess(cluster.netns, name, "172.31.252.1", cluster.kubelet_conf(name), str(tmp_path))
     try:
-        yield kubelet, store
+        yield kubelet, cluster.client()
     finally:
         kubelet.stop()
-        relay.close()
 
 
-def running(store: Store, name: str) -> dict:
-    return wait_for(lambda: store.get("Pod", name), lambda p: p["status"].get("phase") == "Running", timeout=20,
+def pod(client, name: str) -> dict | None:
+    try:
+        return client.get("v1", "pods", name, "default")
+    except NotFound:
+        return None
+
+
+def running(client, name: str) -> dict:
+    return wait_for(lambda: pod(client, name), lambda p: p["status"].get("phase") == "Running", timeout=20,
                     what=f"pod {name} Running")
 
 
 def test_restarted_kubelet_adopts_live_pods_and_cleans_deleted_ones(node, tmp_path):
-    kubelet, store = node
+    kubelet, client = node
     data_dir = tmp_path / "ipam"
     kubelet.write_conflist(bridge_conflist("testnet", unique("cnb"), "10.244.8.0/24", str(data_dir)))
-    wait_for(lambda: store.find("Node", kubelet.node, None), lambda n: n is not None, timeout=15,
-             what="node registered")
+    wait_for(lambda: [n["metadata"]["name"] for n in client.list("v1", "nodes")["items"]],
+             lambda names: kubelet.node in names, timeout=15, what="node registered")
     for name in ("keep", "gone"):
-        store.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-                      "spec": {"nodeName": kubelet.node, "containers": [{"name": "c", "image": "nginx"}]}})
-    keep, gone = running(store, "keep"), running(store, "gone")
+        client.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                       "spec": {"nodeName": kubelet.node, "containers": [{"name": "c", "image": "nginx"}]}},
+                      "default")
+    keep, gone = running(client, "keep"), running(client, "gone")
     keep_pid = json.loads(keep["metadata"]["annotations"]["calicolab.io/pids"])["c"]
     gone_pid = json.loads(gone["metadata"]["annotations"]["calicolab.io/pids"])["c"]
     gone_ns = gone["metadata"]["annotations"]["calicolab.io/netns"]
 
     kubelet.kill()
-    store.delete("Pod", "gone", force=True)  # removed while the kubelet is down
+    client.delete("v1", "pods", "gone", "default", grace_period=0)  # force-deleted while the kubelet is down
     assert alive(gone_pid) and (data_dir / "testnet" / gone["status"]["podIP"]).exists()
     kubelet.restart()
 
@@ -67,11 +71,11 @@ def test_restarted_kubelet_adopts_live_pods_and_cleans_deleted_ones(node, tmp_pa
              timeout=10, what="the deleted pod's netns to be removed after its CNI DEL")
     # the surviving pod was adopted, not restarted
     assert alive(keep_pid)
-    after = store.get("Pod", "keep")
+    after = pod(client, "keep")
     assert after["status"]["podIP"] == keep["status"]["podIP"]
     assert json.loads(after["metadata"]["annotations"]["calicolab.io/pids"])["c"] == keep_pid
     # and the kubelet still manages it: delete tears it down
-    store.delete("Pod", "keep")
-    wait_for(lambda: store.find("Pod", "keep"), lambda p: p is None, timeout=20, what="pod keep removed")
+    client.delete("v1", "pods", "keep", "default")
+    wait_for(lambda: pod(client, "keep"), lambda p: p is None, timeout=20, what="pod keep removed")
     assert not alive(keep_pid)  # (a zombie until init reaps it: its parent kubelet died)
     assert kubelet.in_mount_ns("ls", kubelet.netns_dir).stdout.split() == []

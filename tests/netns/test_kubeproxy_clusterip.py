@@ -5,49 +5,39 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
-from testbed.k8s.store import Store
+from kubeclient import NotFound
 from testbed.poll import wait_for
-from tests.netns.kubelet_support import KubeletProcess, NetnsRelay, ptp_conflist
+from tests.netns.kubelet_support import KubeletProcess, ptp_conflist
 from tests.support import require, require_root, require_tool, unique
 
 pytestmark = pytest.mark.netns
 
 
-def kubectl(endpoints: list[str], *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, ETCD_ENDPOINTS=",".join(endpoints))
-    return subprocess.run([sys.executable, "-m", "testbed.kubectl", *args], capture_output=True, text=True,
-                          env=env, timeout=30)
-
-
 @pytest.fixture
-def cluster(netns, etcd_endpoints, tmp_path):
-    """A control-plane node (kubelet + kube-proxy + controllers) with routed pod links."""
+def cluster(node_cluster, tmp_path):
+    """A control-plane node (kubelet, kube-proxy, controller-manager, scheduler) with routed pod links."""
     require_root()
     require_tool("iptables-restore")
     require_tool("curl")
     require(os.path.exists("/usr/lib/cni/ptp"), "needs containernetworking-plugins in /usr/lib/cni")
-    ns = netns("k8p")
-    host, port = etcd_endpoints[0].removeprefix("http://").split(":")
-    relay = NetnsRelay(ns, (host, int(port)))
-    store = Store.from_endpoints(etcd_endpoints)
+    c = node_cluster("k8p", "172.31.251.1", controllers=True, proxy=True, cluster_cidr="10.244.9.0/24")
     name = unique("cp-")
-    kubelet = KubeletProcess(ns, name, "172.31.251.1", relay.endpoint, str(tmp_path), controllers=True)
+    kubelet = KubeletProcess(c.netns, name, "172.31.251.1", c.kubelet_conf(name), str(tmp_path))
     kubelet.write_conflist(ptp_conflist("podnet", "10.244.9.0/24", str(tmp_path / "ipam")))
     try:
-        yield kubelet, store, ns
+        yield kubelet, c, c.netns
     finally:
         kubelet.stop()
-        relay.close()
 
 
-def test_cluster_ip_is_dnat_balanced_across_endpoints(cluster, etcd_endpoints):
-    kubelet, store, ns = cluster
-    wait_for(lambda: store.find("Node", kubelet.node, None), lambda n: n is not None, timeout=15,
-             what="node registered")
+def test_cluster_ip_is_dnat_balanced_across_endpoints(cluster):
+    kubelet, c, ns = cluster
+    client = c.client()
+    wait_for(lambda: [n["metadata"]["name"] for n in client.list("v1", "nodes")["items"]],
+             lambda names: kubelet.node in names, timeout=15, what="node registered")
     manifest = f"""
 apiVersion: apps/v1
 kind: Deployment
@@ -68,30 +58,43 @@ spec:
   nodeName: {kubelet.node}
   containers: [{{name: box, image: busybox}}]
 """
-    env = dict(os.environ, ETCD_ENDPOINTS=",".join(etcd_endpoints))
-    res = subprocess.run([sys.executable, "-m", "testbed.kubectl", "apply", "-f", "-"], input=manifest,
-                         capture_output=True, text=True, env=env, timeout=30)
+    res = c.kubectl("apply", "-f", "-", input=manifest)
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == ["deployment.apps/web created", "pod/client created"]
-    res = kubectl(etcd_endpoints, "expose", "deployment", "web", "--port", "8080", "--target-port", "http")
+    res = c.kubectl("expose", "deployment", "web", "--port", "8080", "--target-port", "http")
     assert res.stdout.strip() == "service/web exposed", res
-    svc = store.get("Service", "web")
+    svc = client.get("v1", "services", "web", "default")
     cip = svc["spec"]["clusterIP"]
 
-    pods = wait_for(lambda: [p for p in store.list("Pod") if p["status"].get("phase") == "Running"],
+    pods = wait_for(lambda: [p for p in client.list("v1", "pods", "default")["items"]
+                             if (p.get("status") or {}).get("phase") == "Running"],
                     lambda ps: len(ps) == 3, timeout=20, what="3 pods Running")
     web_ips = sorted(p["status"]["podIP"] for p in pods if p["metadata"]["name"].startswith("web-"))
-    ep = wait_for(lambda: store.find("Endpoints", "web"),
-                  lambda e: e and len((e.get("subsets") or [{}])[0].get("addresses") or []) == 2, timeout=10,
-                  what="Endpoints with both pods")
+
+    def endpoints() -> dict | None:
+        try:
+            return client.get("v1", "endpoints", "web", "default")
+        except NotFound:
+            return None
+
+    ep = wait_for(endpoints, lambda e: e and len((e.get("subsets") or [{}])[0].get("addresses") or []) == 2,
+                  timeout=10, what="Endpoints with both pods")
     assert sorted(a["ip"] for a in ep["subsets"][0]["addresses"]) == web_ips
     assert ep["subsets"][0]["ports"] == [{"port": 80, "protocol": "TCP"}]
+    slices = client.list("discovery.k8s.io/v1", "endpointslices", "default",
+                         label_selector="kubernetes.io/service-name=web")["items"]
+    assert len(slices) == 1 and sorted(e["addresses"][0] for e in slices[0]["endpoints"]) == web_ips
 
     def nat() -> str:
         return subprocess.run(["ip", "netns", "exec", ns, "iptables-save", "-t", "nat"], capture_output=True,
                               text=True).stdout
 
-    rules = wait_for(nat, lambda t: t.count("-j DNAT") == 2, timeout=10, what="two DNAT rules")
+    def web_dnat(text: str) -> int:
+        return sum(1 for line in text.splitlines() if '"default/web"' in line and "-j DNAT" in line)
+
+    rules = wait_for(nat, lambda t: web_dnat(t) == 2, timeout=10, what="two DNAT rules for web")
+    # the API server's own Service (default/kubernetes 10.96.0.1:443) is DNATed too, as kube-proxy does
+    assert "-d 10.96.0.1/32 -p tcp" in rules and "--to-destination 172.31.251.1:6443" in rules
     assert f"-A KUBE-SERVICES -d {cip}/32 -p tcp" in rules
     assert "-m statistic --mode random --probability 0.50000000000" in rules
     for ip in web_ips:
@@ -103,8 +106,7 @@ spec:
     seen: set[str] = set()
 
     def backends_seen() -> set:
-        out = kubectl(etcd_endpoints, "exec", "client", "--", "curl", "-s", "--max-time", "3",
-                      f"http://{cip}:8080/")
+        out = c.kubectl("exec", "client", "--", "curl", "-s", "--max-time", "3", f"http://{cip}:8080/")
         seen.update({line.split("calicolab pod ")[1].split(".")[0] for line in out.stdout.splitlines()
                      if "calicolab pod" in line})
         return set(seen)
@@ -113,7 +115,7 @@ spec:
     assert all(s.startswith("web-") for s in seen), seen
 
     # the Service goes: its chains go; the ClusterIP no longer answers
-    res = kubectl(etcd_endpoints, "delete", "service", "web")
+    res = c.kubectl("delete", "service", "web")
     assert res.returncode == 0, res
-    wait_for(nat, lambda t: "KUBE-SVC-" not in t and "KUBE-SEP-" not in t, timeout=10,
-             what="service chains removed")
+    wait_for(nat, lambda t: "default/web" not in t and web_dnat(t) == 0, timeout=10,
+             what="the web service's chains removed")

@@ -1,24 +1,23 @@
-"""The node's ctr front end: tables in ctr's format from pod objects."""
-
-import json
+"""The node's ctr front end: tables in ctr's format from the kubelet's pod states."""
 
 import pytest
 
 from testbed.k8s import ctr
+from testbed.k8s.runtime import PodState
 
 pytestmark = pytest.mark.unit
 
-POD = {
-    "metadata": {"annotations": {"calicolab.io/pids": json.dumps({"nginx": 4242})}},
-    "status": {"containerStatuses": [{"name": "nginx", "containerID": "containerd://abc123",
-                                      "imageID": "docker.io/library/nginx:latest",
-                                      "state": {"running": {}}}]},
-}
+POD = PodState(uid="u", namespace="default", name="web", sandbox_id="s", netns="/run/netns/cni-x",
+               pids={"nginx": 4242}, container_ids={"nginx": "abc123"},
+               images={"nginx": "docker.io/library/nginx:latest"}, ticks={"nginx": 7})
 
 
 def test_task_list_rows_and_layout():
-    rows = ctr.tasks([POD, {"status": {}}])
-    assert rows == [("abc123", 4242, "RUNNING")]
+    stopped = PodState(uid="v", namespace="default", name="b", sandbox_id="t", netns="", pids={"c": 99},
+                       container_ids={"c": "def456"})
+    rows = ctr.tasks([POD, stopped], alive=lambda pid, ticks: pid == 4242 and ticks == 7)
+    assert rows == [("abc123", 4242, "RUNNING"), ("def456", 99, "STOPPED")]
+    rows = rows[:1]
     assert ctr.table(("TASK", "PID", "STATUS"), rows).splitlines() == [
         "TASK      PID     STATUS", "abc123    4242    RUNNING"]
 

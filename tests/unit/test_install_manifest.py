@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from testbed.k8s import images, model
+from testbed.apiserver import validation
+from testbed.k8s import images
 from testbed.k8s.install import InstallError, InstallSettings, render, settings_for_lab
 
 pytestmark = pytest.mark.unit
@@ -26,10 +27,18 @@ def test_render_walkthrough_values():
     s = InstallSettings(etcd_endpoints=["http://172.30.0.10:2379"], pool_cidr="192.168.0.0/16", block_size=24,
                         ipip_mode="Always", nat_outgoing=True, leak_grace_period="2s")
     docs = _docs(render(s))
-    assert sorted(docs) == ["ConfigMap/calico-config", "DaemonSet/calico-node",
+    assert sorted(docs) == ["ClusterRole/calico-kube-controllers", "ClusterRole/calico-node",
+                            "ClusterRoleBinding/calico-kube-controllers", "ClusterRoleBinding/calico-node",
+                            "ConfigMap/calico-config", "DaemonSet/calico-node",
                             "Deployment/calico-kube-controllers", "Deployment/calico-typha",
-                            "Service/calico-typha"]
-    assert all(d["metadata"]["namespace"] == "kube-system" for d in docs.values())
+                            "Service/calico-typha", "ServiceAccount/calico-kube-controllers",
+                            "ServiceAccount/calico-node"]
+    assert all(d["metadata"]["namespace"] == "kube-system" for d in docs.values()
+               if not d["kind"].startswith("ClusterRole"))
+    # every pod runs as a ServiceAccount the manifest makes
+    sas = {d["metadata"]["name"] for d in docs.values() if d["kind"] == "ServiceAccount"}
+    assert {d["spec"]["template"]["spec"]["serviceAccountName"] for d in docs.values()
+            if d["kind"] in ("DaemonSet", "Deployment")} <= sas
     cm = docs["ConfigMap/calico-config"]["data"]
     assert cm["etcd_endpoints"] == "http://172.30.0.10:2379" and cm["calico_backend"] == "bird"
     # calico.yaml's CNI settings: veth_mtu "0" (auto) and the conflist template, whose
@@ -66,11 +75,12 @@ def test_render_walkthrough_values():
     assert docs["Service/calico-typha"]["spec"]["ports"][0]["port"] == 5473
 
 
-def test_rendered_objects_pass_kubectl_validation():
+def test_rendered_objects_pass_the_api_servers_validation():
     text = render(InstallSettings(etcd_endpoints=["http://172.30.0.10:2379"]))
     for d in yaml.safe_load_all(text):
         if d:
-            model.validate(d, "calico.yaml")
+            validation.default(d)
+            assert validation.validate(d) == [], d["metadata"]["name"]
     for d in yaml.safe_load_all(text):
         if d and d["kind"] in ("DaemonSet", "Deployment"):
             for c in d["spec"]["template"]["spec"]["containers"]:

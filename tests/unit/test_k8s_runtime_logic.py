@@ -6,9 +6,13 @@ import json
 
 import pytest
 
-from testbed import kubectl
 from testbed.k8s import cni, images
-from testbed.k8s.controllers import desired_endpoints, feasible_nodes, template_hash
+from testbed.k8s.controllers import (
+    deployment_status,
+    desired_endpoints,
+    desired_slice,
+    template_hash,
+)
 from testbed.k8s.kubeproxy import render, sep_chain, service_ports, svc_chain
 from testbed.k8s.podstatus import (
     NETWORK_NOT_READY_MESSAGE,
@@ -16,6 +20,7 @@ from testbed.k8s.podstatus import (
     node_conditions,
     pod_status,
 )
+from testbed.k8s.scheduler import feasible_nodes
 
 pytestmark = pytest.mark.unit
 
@@ -86,9 +91,12 @@ SVC = {"metadata": {"name": "web", "namespace": "default"},
        "spec": {"clusterIP": "10.96.0.20", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}
 
 
-def eps(*ips: str) -> dict:
-    return {"metadata": {"name": "web", "namespace": "default"},
-            "subsets": [{"addresses": [{"ip": ip} for ip in ips], "ports": [{"name": "http", "port": 8080}]}]}
+def eps(*ips: str, ready: bool = True) -> dict:
+    """An EndpointSlice of Service web (as the endpointslice controller writes it)."""
+    return {"metadata": {"name": "web-x7k2p", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": ready}} for ip in ips]}
 
 
 def test_three_endpoints_get_one_third_one_half_then_the_rest():
@@ -108,6 +116,7 @@ def test_three_endpoints_get_one_third_one_half_then_the_rest():
 
 
 def test_service_without_endpoints_rejects_and_stale_chains_are_deleted():
+    assert service_ports([SVC], [eps("192.168.1.9", ready=False)])[0].endpoints == ()
     nat, filt, chains = render(service_ports([SVC], []), None, stale={"KUBE-SVC-OLDOLDOLDOLDOLDO"})
     assert chains == set()
     assert '--comment "default/web:http has no endpoints" -m tcp --dport 80 -j REJECT' in filt
@@ -172,7 +181,9 @@ def test_feasible_nodes_honour_readiness_taints_and_selectors():
         return {"metadata": {"name": name, "labels": labels or {}}, "spec": {"taints": list(taints)},
                 "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
     cp_taint = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
-    nodes = [n("m", taints=[cp_taint]), n("w0"), n("w1", ready=False), n("w2", labels={"disk": "ssd"})]
+    not_ready = {"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}
+    nodes = [n("m", taints=[cp_taint]), n("w0"), n("w1", ready=False, taints=[not_ready]),
+             n("w2", labels={"disk": "ssd"})]
     pod = {"spec": {}}
     assert [x["metadata"]["name"] for x in feasible_nodes(pod, nodes)] == ["w0", "w2"]
     pod = {"spec": {"nodeSelector": {"disk": "ssd"}}}
@@ -192,20 +203,37 @@ def test_desired_endpoints_resolve_named_target_ports():
         {"ip": "192.168.1.5", "nodeName": "w0", "targetRef": {"kind": "Pod", "name": "p", "namespace": "default", "uid": "u"}}]}]
 
 
-# --- kubectl argument handling -------------------------------------------------------------------
+def test_endpointslice_lists_every_selected_pod_with_its_readiness():
+    svc = {"metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}},
+           "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
 
-def test_kubectl_targets_and_manifest_errors(tmp_path):
-    assert [(k.kind, n) for k, n in kubectl.resolve_targets(["pod/a", "svc/b"])] == [("Pod", ["a"]), ("Service", ["b"])]
-    assert [(k.kind, n) for k, n in kubectl.resolve_targets(["po,deploy"])] == [("Pod", []), ("Deployment", [])]
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\n  labels: [oops\n")
-    with pytest.raises(kubectl.UsageError, match=r"bad.yaml: line \d+"):
-        kubectl.load_manifests([str(bad)])
-    with pytest.raises(kubectl.UsageError, match="does not exist"):
-        kubectl.load_manifests([str(tmp_path / "none.yaml")])
-    assert kubectl._hoist_globals(["-n", "kube-system", "get", "pods"]) == ["get", "-n", "kube-system", "pods"]
-    assert kubectl.merge({"spec": {"a": 1, "b": {"c": 2}}}, {"spec": {"b": {"d": 3}}}) == \
-        {"spec": {"a": 1, "b": {"c": 2, "d": 3}}}
+    def pod(name, ip, ready):
+        return {"metadata": {"name": name, "namespace": "default", "uid": name, "labels": {"app": "web"}},
+                "spec": {"nodeName": "w0", "containers": [{"name": "c"}]},
+                "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+    want = desired_slice(svc, [pod("a", "192.168.1.5", True), pod("b", "192.168.1.6", False)])
+    assert want["ports"] == [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    assert [(e["addresses"], e["conditions"]["ready"]) for e in want["endpoints"]] == [
+        (["192.168.1.5"], True), (["192.168.1.6"], False)]
+    assert want["labels"]["kubernetes.io/service-name"] == "web"
+    assert want["labels"]["endpointslice.kubernetes.io/managed-by"] == "endpointslice-controller.k8s.io"
+    assert desired_slice(svc, [])["endpoints"] == [] and desired_slice(svc, [])["ports"] is None
+
+
+def test_deployment_status_counts_only_ready_pods():
+    d = {"metadata": {"name": "web", "uid": "d", "generation": 2}, "spec": {"replicas": 2, "template": {}}}
+    rs = {"metadata": {"name": "web-abc", "uid": "rs"}}
+
+    def pod(name, ready):
+        return {"metadata": {"name": name, "labels": {"pod-template-hash": "abc"},
+                             "ownerReferences": [{"kind": "ReplicaSet", "uid": "rs", "controller": True}]},
+                "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+    st = deployment_status(d, rs, [rs], {"rs": [pod("a", True), pod("b", False)]}, "abc")
+    assert (st["replicas"], st["updatedReplicas"], st["readyReplicas"], st["availableReplicas"],
+            st["unavailableReplicas"], st["observedGeneration"]) == (2, 2, 1, 1, 1, 2)
+    assert {c["type"]: c["status"] for c in st["conditions"]} == {"Available": "False", "Progressing": "True"}
+    none_ready = deployment_status(d, rs, [rs], {"rs": [pod("a", False)]}, "abc")
+    assert "readyReplicas" not in none_ready and none_ready["unavailableReplicas"] == 2
 
 
 def test_daemon_nodes_tolerate_node_condition_taints_but_not_others():
@@ -225,3 +253,26 @@ def test_daemon_nodes_tolerate_node_condition_taints_but_not_others():
     assert images.repository("quay.io/calico/node:v3.28.1") == "calico/node"
     assert images.resolve("calico/node:v3.28.1", None, None, "/tmp").argv[0].endswith("calico-node")
     assert images.repository("node:18") == "node" and not images.known("node:18")
+
+
+def test_pod_gc_deletes_pods_of_a_node_missing_for_40_seconds():
+    from testbed.k8s.controllers import ControllerManager
+
+    class FakeCluster:  # records deletions (pure-logic test of the quarantine)
+        deleted: list[str] = []
+
+        def delete(self, kind, name, ns, grace=None, uid=None):
+            self.deleted.append(f"{ns}/{name}:{grace}")
+            return True
+
+    now = [100.0]
+    cm = ControllerManager(FakeCluster(), clock=lambda: now[0])  # type: ignore[arg-type]
+    pods = [{"metadata": {"name": "lost", "namespace": "default", "uid": "u"}, "spec": {"nodeName": "w9"}},
+            {"metadata": {"name": "ok", "namespace": "default", "uid": "v"}, "spec": {"nodeName": "w0"}}]
+    nodes = [{"metadata": {"name": "w0"}}]
+    assert cm.gc_orphaned_pods(pods, nodes) == []
+    now[0] += 39.0
+    assert cm.gc_orphaned_pods(pods, nodes) == []
+    now[0] += 1.0
+    assert cm.gc_orphaned_pods(pods, nodes) == ["default/lost"]
+    assert FakeCluster.deleted == ["default/lost:0"]

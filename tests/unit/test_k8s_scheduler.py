@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from testbed.k8s.controllers import plan_bindings
+from testbed.k8s.scheduler import plan_bindings, unschedulable_message
 
 pytestmark = pytest.mark.unit
 
 
 def node(name: str, ready: bool = True, taints: list[dict] | None = None) -> dict:
+    taints = list(taints or []) + ([] if ready else [{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}])
     return {"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
             "spec": {"taints": taints} if taints else {},
             "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
@@ -71,3 +72,18 @@ def test_no_feasible_node_is_reported_and_deleting_or_bound_pods_are_left_alone(
     deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:09Z"
     pods = [pod("web-0", "2026-01-01T00:00:01Z"), deleting, pod("pinned", "2026-01-01T00:00:02Z", "w0")]
     assert placed(plan_bindings(pods, nodes)) == {"web-0": None}
+
+
+def test_unschedulable_message_counts_the_reasons_as_kube_scheduler_words_them():
+    nodes = [CP, node("w0", ready=False), node("w1", ready=False)]
+    msg = unschedulable_message(pod("web-0", "t0"), nodes)
+    assert msg.startswith("0/3 nodes are available: 1 node(s) had untolerated taint "
+                          "{node-role.kubernetes.io/control-plane: }, 2 node(s) had untolerated taint "
+                          "{node.kubernetes.io/not-ready: }."), msg
+    assert msg.endswith("preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.")
+
+
+def test_pods_of_another_scheduler_are_left_alone():
+    p = pod("web-0", "t0")
+    p["spec"]["schedulerName"] = "my-scheduler"
+    assert plan_bindings([p], [node("w0")]) == []

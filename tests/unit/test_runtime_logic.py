@@ -1,14 +1,13 @@
 """Pure logic of the container runtimes (issue 17): image names, ctr output, cri-dockerd names,
 the topology's ``runtime``, kubectl's view of a container."""
 
-import json
 
 import pytest
 
 from testbed.k8s import containerd, cri, dockerrt, imagebuild
 from testbed.k8s.kubelet import parse_args
+from testbed.k8s.kubeletapi import decode_docker_log, exec_command
 from testbed.k8s.runtimes import make_runtime
-from testbed.kubectl import container_runtime, decode_log, exec_argv
 from testbed.lab.topology import TopologyError, loads
 
 pytestmark = pytest.mark.unit
@@ -116,31 +115,15 @@ def test_pod_etc_files():
     assert files["resolv.conf"] == "nameserver 9.9.9.9\n"
 
 
-def _pod(runtime: str) -> dict:
-    return {"metadata": {"name": "web", "annotations": {
-        "calicolab.io/pids": json.dumps({"nginx": 1}),
-        "calicolab.io/runtime": json.dumps({"nginx": runtime})}},
-        "spec": {"containers": [{"name": "nginx", "image": "nginx"}]}}
-
-
 def test_exec_enters_every_namespace_of_a_container():
-    argv = exec_argv(_pod("containerd"), ["ps", "aux"])
-    assert argv[:5] == ["nsenter", "-t", "1", "-a", "--"] and argv[-2:] == ["ps", "aux"]
-    assert argv[5:7] == ["env", "-i"]
-    assert exec_argv(_pod("netns"), ["ps"]) == ["nsenter", "-t", "1", "-n", "-m", "--", "ps"]
-    assert container_runtime(_pod("docker"), "nginx") == "docker"
+    argv = exec_command("containerd", 1, ["PATH=/bin"], ["ps", "aux"])
+    assert argv == ["nsenter", "-t", "1", "-a", "--", "env", "-i", "PATH=/bin", "ps", "aux"]
+    assert exec_command("docker", 1, [], ["ps"])[:5] == ["nsenter", "-t", "1", "-a", "--"]
+    assert exec_command("netns", 1, [], ["ps"]) == ["nsenter", "-t", "1", "-n", "-m", "-w", "--", "env", "-i", "ps"]
 
 
 def test_docker_json_logs_decode_to_the_container_output():
     data = (b'{"log":"line 1\\n","stream":"stdout","time":"t"}\n'
-            b'{"log":"err\\n","stream":"stderr","time":"t"}\n')
-    assert decode_log(data, "docker") == b"line 1\nerr\n"
-    assert decode_log(b"raw\n", "containerd") == b"raw\n"
-
-
-def test_exec_takes_options_after_the_pod():
-    from testbed.kubectl import _exec_options_first
-
-    assert _exec_options_first(["exec", "duo", "-c", "side", "--", "ps", "-c", "x"]) == \
-        ["exec", "-c", "side", "duo", "--", "ps", "-c", "x"]
-    assert _exec_options_first(["exec", "-it", "duo", "--", "sh"]) == ["exec", "-it", "duo", "--", "sh"]
+            b'{"log":"err\\n","stream":"stderr","time":"t"}\n{"log":"par')
+    assert decode_docker_log(data) == (b"line 1\nerr\n", b'{"log":"par')
+    assert decode_docker_log(b'not json\n') == (b"", b"")
