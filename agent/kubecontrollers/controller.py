@@ -24,13 +24,7 @@ from agent.kubecontrollers.decisions import (
     nodes_to_clean,
     plan_gc,
 )
-from agent.kubecontrollers.kubesource import (
-    SOURCE_ERRORS,
-    SYNCED,
-    ApiSource,
-    KubeSource,
-    RegistrySource,
-)
+from agent.kubecontrollers.kubesource import SOURCE_ERRORS, SYNCED, KubeSource
 from datastore import Client, errors
 
 log = logging.getLogger(__name__)
@@ -53,14 +47,11 @@ def pod_ips(doc: dict[str, Any]) -> tuple[str, ...]:
 class KubeControllers:
     """The ``node`` controller (with IPAM GC) over one datastore client."""
 
-    def __init__(self, client: Client, config: Config, clock: Callable[[], float] = time.monotonic,
-                 source: KubeSource | None = None):
+    def __init__(self, client: Client, config: Config, source: KubeSource,
+                 clock: Callable[[], float] = time.monotonic):
         from ipam import IPAM
 
         self.client = client
-        if source is None:
-            kube = getattr(client, "kube", None)
-            source = ApiSource(kube) if kube is not None else RegistrySource(client.etcd)
         self.source = source
         self.ipam = IPAM(client)
         self.config = config

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                                      ",".join(cfg.enabled), cfg.leak_grace_period)
     from agent.kubecontrollers.kubesource import from_env as kube_source
     from agent.kubecontrollers.objects import ObjectControllers
+    from kubeclient import ConfigError as KubeConfigError
 
     kube = getattr(client, "kube", None)
     if kube is not None:  # the Kubernetes datastore: the same API client
@@ -42,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
 
         source = ApiSource(kube)
     else:
-        source = kube_source(env, client.etcd)
+        try:
+            source = kube_source(env)
+        except KubeConfigError as exc:
+            print(f"calico-kube-controllers: the Kubernetes API is needed (KUBECONFIG or the pod's in-cluster "
+                  f"config): {exc}", file=sys.stderr)
+            return 1
     enabled = [c for c in cfg.enabled if c not in cfg.not_needed]
     objects = ObjectControllers(client, source, enabled, cfg.reconciler_period)
     controllers = KubeControllers(client, cfg, source=source)

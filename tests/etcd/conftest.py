@@ -18,3 +18,17 @@ def apiserver(etcd_server, tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def fresh_apiserver(etcd_endpoints, tmp_path_factory):
+    """An API server on the session etcd emptied for this test (the PKI is made once per
+    session): the Kubernetes objects a test writes go through it, as every component's do."""
+    from tests.apiserver_support import APIServerProcess
+
+    base = tmp_path_factory.getbasetemp() / "fresh-apiserver"
+    base.mkdir(exist_ok=True)
+    server = APIServerProcess(base, etcd_endpoints[0])
+    server.start()
+    yield server
+    server.stop()

@@ -14,6 +14,7 @@ import pytest
 
 from agent.kubecontrollers.config import Config
 from agent.kubecontrollers.controller import KubeControllers
+from agent.kubecontrollers.kubesource import ApiSource
 from datastore import errors
 from testbed.poll import wait_for
 
@@ -60,7 +61,7 @@ def test_node_controller_and_ipam_gc_in_the_kubernetes_datastore(kdd):
     _pod(kube, "p1", "kc-w1", str(on_w1))
     now = [0.0]
     ctl = KubeControllers(kc, Config(enabled=["node"], leak_grace_period=10.0, datastore_type="kubernetes"),
-                          clock=lambda: now[0])
+                          ApiSource(kube), clock=lambda: now[0])
     r = ctl.scan()
     assert r["released"] == [] and r["candidates"] == 1  # "gone" has no pod
     now[0] += 11

@@ -1,9 +1,9 @@
-"""kube-controllers against a real etcd and the real IPAM: a deleted Kubernetes Node
-takes its Calico data with it; leaked pod IPs go after the grace period only."""
+"""kube-controllers against a real etcd, the real IPAM and the API server (Kubernetes objects
+read through the API): a deleted Kubernetes Node takes its Calico data with it; leaked pod
+IPs go after the grace period only."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
@@ -13,7 +13,7 @@ import pytest
 
 from agent.kubecontrollers.config import Config
 from agent.kubecontrollers.controller import KubeControllers
-from agent.kubecontrollers.kubesource import RegistrySource
+from agent.kubecontrollers.kubesource import ApiSource
 from datastore import Client
 from datastore.resources import IPPool, Metadata, Node, NodeBGPSpec, WorkloadEndpoint
 from ipam import IPAM
@@ -22,17 +22,20 @@ from testbed.poll import wait_for
 pytestmark = pytest.mark.etcd
 
 
-def k8s_node(client: Client, name: str) -> None:
-    client.etcd.put(f"/registry/minions/{name}", json.dumps(
-        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}))
+def k8s_node(api, name: str) -> None:
+    api.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
 
 
-def k8s_pod(client: Client, name: str, node: str, ip: str | None, ns: str = "default") -> None:
+def k8s_pod(api, name: str, node: str, ip: str | None, ns: str = "default") -> None:
     doc = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "nginx"}]}, "status": {}}
     if ip:
         doc["status"] = {"podIP": ip, "podIPs": [{"ip": ip}]}
-    client.etcd.put(f"/registry/pods/{ns}/{name}", json.dumps(doc))
+    api.create(doc, ns)
+
+
+def k8s_delete(api, plural: str, name: str, ns: str | None = None) -> None:
+    api.delete("v1", plural, name, ns, grace_period=0)
 
 
 def calico_node(client: Client, ipam: IPAM, name: str, addr: str) -> IPv4Address:
@@ -42,22 +45,24 @@ def calico_node(client: Client, ipam: IPAM, name: str, addr: str) -> IPv4Address
     return tunnel
 
 
-def pod_ip(client: Client, ipam: IPAM, pod: str, node: str, cid: str) -> IPv4Address:
+def pod_ip(api, ipam: IPAM, pod: str, node: str, cid: str) -> IPv4Address:
     ip = ipam.auto_assign(1, f"k8s-pod-network.{cid}", {"node": node, "pod": pod, "namespace": "default"},
                           node)[0]
-    k8s_pod(client, pod, node, str(ip))
+    k8s_pod(api, pod, node, str(ip))
     return ip
 
 
 @pytest.fixture
-def cluster(ds_client: Client):
+def cluster(fresh_apiserver, etcd_endpoints):
+    ds_client = Client(etcd_endpoints)
+    api = fresh_apiserver.client()
     ds_client.create(IPPool(metadata=Metadata(name="default-ipv4-ippool"),
                             spec=IPPool.Spec(cidr="192.168.0.0/16", block_size=24, ipip_mode="Always")))
     ipam = IPAM(ds_client)
     for name, addr in (("w0", "172.30.0.11/24"), ("w1", "172.30.0.12/24")):
-        k8s_node(ds_client, name)
+        k8s_node(api, name)
         calico_node(ds_client, ipam, name, addr)
-    return ds_client, ipam
+    return ds_client, ipam, api
 
 
 def allocated(ipam: IPAM) -> set[str]:
@@ -65,22 +70,22 @@ def allocated(ipam: IPAM) -> set[str]:
 
 
 def test_deleted_node_loses_calico_node_affinities_ips_and_endpoints(cluster):
-    client, ipam = cluster
-    ip0 = pod_ip(client, ipam, "a", "w0", "c0")
-    ip1 = pod_ip(client, ipam, "b", "w1", "c1")
+    client, ipam, api = cluster
+    ip0 = pod_ip(api, ipam, "a", "w0", "c0")
+    ip1 = pod_ip(api, ipam, "b", "w1", "c1")
     client.create(WorkloadEndpoint(
         metadata=Metadata(name="w1-k8s-b-eth0", namespace="default"),
         spec=WorkloadEndpoint.Spec(orchestrator="k8s", node="w1", pod="b", endpoint="eth0",
                                    ip_networks=[f"{ip1}/32"], interface_name="cali0123456789a")))
     assert [a.host for a in ipam.store.list_affinities("w1")] == ["w1"]
-    kc = KubeControllers(client, Config(enabled=["node"], leak_grace_period=900))
+    kc = KubeControllers(client, Config(enabled=["node"], leak_grace_period=900), ApiSource(api))
     stop = threading.Event()
     t = threading.Thread(target=kc.run, args=(stop,), daemon=True)
     t.start()
     try:
         wait_for(lambda: kc.scans, what="first scan")
         assert {n.metadata.name for n in client.list("Node")} == {"w0", "w1"}  # nothing deleted yet
-        client.etcd.delete("/registry/minions/w1")
+        k8s_delete(api, "nodes", "w1")
         wait_for(lambda: [n.metadata.name for n in client.list("Node")], lambda v: v == ["w0"],
                  what="Calico Node w1 removed", timeout=10)
     finally:
@@ -97,25 +102,29 @@ def test_deleted_node_loses_calico_node_affinities_ips_and_endpoints(cluster):
     assert kc.cleaned_nodes == ["w1"]
 
 
-class DeleteBeforeWatch(RegistrySource):
-    """A registry source whose watch starts only after a Node was deleted: the deletion falls
-    between the controller's first scan and its watch's first list, so no DELETED event is seen."""
+class DeleteBeforeWatch(ApiSource):
+    """The API-server source whose watch starts only after a Node was deleted (through the API
+    server): the deletion falls between the controller's first scan and its watch's first
+    list, so the watch never sees a DELETED event for it."""
 
-    def __init__(self, etcd, first_scan: threading.Event) -> None:
-        super().__init__(etcd)
+    def __init__(self, api, first_scan: threading.Event) -> None:
+        super().__init__(api)
         self.first_scan = first_scan
 
     def watch(self, resources, handler, stop):
         self.first_scan.wait(10)
-        self.etcd.delete("/registry/minions/w1")
+        k8s_delete(self.client, "nodes", "w1")
         super().watch(resources, handler, stop)
 
 
 def test_node_deleted_between_first_scan_and_watch_is_still_cleaned(cluster):
-    client, ipam = cluster
+    """The watch's first full list (SYNCED) wakes a scan; the gc interval (300 s) does not
+    run within the test's deadline, so only that scan can find the deleted Node."""
+    client, ipam, api = cluster
     scanned = threading.Event()
     kc = KubeControllers(client, Config(enabled=["node"], leak_grace_period=900),
-                         source=DeleteBeforeWatch(client.etcd, scanned))
+                         DeleteBeforeWatch(api, scanned))
+    assert kc.config.gc_interval >= 60
     real_scan = kc.scan
 
     def scan():
@@ -138,14 +147,15 @@ def test_node_deleted_between_first_scan_and_watch_is_still_cleaned(cluster):
 
 
 def test_leaked_pod_ip_released_after_grace_and_recheck(cluster):
-    client, ipam = cluster
+    client, ipam, api = cluster
     now = [1000.0]
-    kc = KubeControllers(client, Config(enabled=["node"], leak_grace_period=10.0), clock=lambda: now[0])
-    live = pod_ip(client, ipam, "live", "w0", "c-live")
-    gone = pod_ip(client, ipam, "gone", "w0", "c-gone")
+    kc = KubeControllers(client, Config(enabled=["node"], leak_grace_period=10.0), ApiSource(api),
+                         clock=lambda: now[0])
+    live = pod_ip(api, ipam, "live", "w0", "c-live")
+    gone = pod_ip(api, ipam, "gone", "w0", "c-gone")
     r = kc.scan()
     assert r["released"] == [] and r["candidates"] == 0
-    client.etcd.delete("/registry/pods/default/gone")
+    k8s_delete(api, "pods", "gone", "default")
     r = kc.scan()
     assert r["released"] == [] and r["candidates"] == 1
     now[0] += 9.0
@@ -158,25 +168,27 @@ def test_leaked_pod_ip_released_after_grace_and_recheck(cluster):
 
 
 def test_pod_back_before_grace_keeps_its_ip(cluster):
-    client, ipam = cluster
+    client, ipam, api = cluster
     now = [0.0]
-    kc = KubeControllers(client, Config(enabled=["node"], leak_grace_period=5.0), clock=lambda: now[0])
-    ip = pod_ip(client, ipam, "p", "w0", "c-p")
-    client.etcd.delete("/registry/pods/default/p")
+    kc = KubeControllers(client, Config(enabled=["node"], leak_grace_period=5.0), ApiSource(api),
+                         clock=lambda: now[0])
+    ip = pod_ip(api, ipam, "p", "w0", "c-p")
+    k8s_delete(api, "pods", "p", "default")
     assert kc.scan()["candidates"] == 1
-    k8s_pod(client, "p", "w0", None)  # re-created, no IP reported yet
+    k8s_pod(api, "p", "w0", None)  # re-created, no IP reported yet
     now[0] += 60
     assert kc.scan() == {"cleaned_nodes": [], "released": [], "candidates": 0}
     assert str(ip) in allocated(ipam)
 
 
 def test_handle_with_a_live_address_is_kept(cluster):
-    client, ipam = cluster
+    client, ipam, api = cluster
     now = [0.0]
-    kc = KubeControllers(client, Config(enabled=["node"], leak_grace_period=1.0), clock=lambda: now[0])
+    kc = KubeControllers(client, Config(enabled=["node"], leak_grace_period=1.0), ApiSource(api),
+                         clock=lambda: now[0])
     ips = ipam.auto_assign(2, "k8s-pod-network.multi", {"node": "w0", "pod": "m", "namespace": "default"},
                            "w0")
-    k8s_pod(client, "m", "w0", str(ips[0]))  # the pod reports only its first address
+    k8s_pod(api, "m", "w0", str(ips[0]))  # the pod reports only its first address
     kc.scan()
     now[0] += 100
     assert kc.scan()["released"] == []

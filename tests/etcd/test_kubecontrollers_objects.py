@@ -1,14 +1,13 @@
 """calico-kube-controllers' policy, namespace, serviceaccount and workloadendpoint controllers
-against a real etcd (Kubernetes objects read from the registry keys, as labs without an API server)."""
+against a real etcd, reading Kubernetes through calicolab's API server."""
 
 from __future__ import annotations
 
-import json
 import threading
 
 import pytest
 
-from agent.kubecontrollers.kubesource import RegistrySource
+from agent.kubecontrollers.kubesource import ApiSource
 from agent.kubecontrollers.objects import ObjectControllers
 from datastore import Client, errors
 from datastore.resources import Metadata, NetworkPolicy, Profile, WorkloadEndpoint
@@ -19,16 +18,35 @@ pytestmark = pytest.mark.etcd
 ENABLED = ["policy", "namespace", "serviceaccount", "workloadendpoint"]
 
 
-def put(client: Client, key: str, doc: dict) -> None:
-    client.etcd.put(key, json.dumps(doc))
+def put(api, api_version: str, plural: str, doc: dict) -> None:
+    """Create or replace a Kubernetes object through the API."""
+    from kubeclient import NotFound
+
+    ns = doc["metadata"].get("namespace")
+    doc = {"apiVersion": api_version, "kind": {"namespaces": "Namespace", "serviceaccounts": "ServiceAccount",
+                                               "networkpolicies": "NetworkPolicy", "pods": "Pod"}[plural], **doc}
+    try:
+        cur = api.get(api_version, plural, doc["metadata"]["name"], ns)
+    except NotFound:
+        status = doc.pop("status", None)
+        created = api.create(doc, ns, plural=plural)
+        if status:
+            created["status"] = status
+            api.update_status(created, ns, plural=plural)
+        return
+    doc["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"]
+    if plural == "pods":
+        doc["spec"] = cur["spec"]
+    api.replace(doc, ns, plural=plural)
 
 
 @pytest.fixture
-def running(etcd_endpoints):
+def running(fresh_apiserver, etcd_endpoints):
     client = Client(",".join(etcd_endpoints))
+    api = fresh_apiserver.client()
     stop = threading.Event()
-    ctl = ObjectControllers(client, RegistrySource(client.etcd), ENABLED, reconciler_period=300)
-    yield client, ctl, stop
+    ctl = ObjectControllers(client, ApiSource(api), ENABLED, reconciler_period=300)
+    yield client, ctl, stop, api
     stop.set()
 
 
@@ -46,15 +64,15 @@ def get_or_none(client: Client, kind: str, name: str, ns: str | None = None):
 
 
 def test_profiles_policies_and_endpoint_labels_follow_kubernetes(running):
-    client, ctl, stop = running
+    client, ctl, stop, api = running
     # stale objects the controllers own (a namespace deleted while they were down) and one they don't
     client.create(Profile(metadata=Metadata(name="kns.gone")))
     client.create(Profile(metadata=Metadata(name="mine")))
     stale = NetworkPolicy(metadata=Metadata(name="knp.default.old", namespace="shop"))
     client.create(stale)
-    put(client, "/registry/namespaces/shop", {"metadata": {"name": "shop", "labels": {"team": "a"}}})
-    put(client, "/registry/serviceaccounts/shop/api", {"metadata": {"name": "api", "namespace": "shop"}})
-    put(client, "/registry/networkpolicies/shop/deny", {
+    put(api, "v1", "namespaces", {"metadata": {"name": "shop", "labels": {"team": "a"}}})
+    put(api, "v1", "serviceaccounts", {"metadata": {"name": "api", "namespace": "shop"}})
+    put(api, "networking.k8s.io/v1", "networkpolicies", {
         "metadata": {"name": "deny", "namespace": "shop"},
         "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]}})
     # a pod the CNI plugin has already made an endpoint for
@@ -65,13 +83,16 @@ def test_profiles_policies_and_endpoint_labels_follow_kubernetes(running):
     wep.spec.interface_name = "cali0000000000a"
     client.create(wep)
     pod = {"metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
-           "spec": {"nodeName": "w0", "serviceAccountName": "api"}, "status": {"podIP": "10.0.0.5"}}
-    put(client, "/registry/pods/shop/web", pod)
+           "spec": {"nodeName": "w0", "serviceAccountName": "api", "automountServiceAccountToken": False,
+                    "containers": [{"name": "c", "image": "busybox"}]}, "status": {"podIP": "10.0.0.5"}}
+    put(api, "v1", "pods", dict(pod))
     start(ctl, stop)
 
     kns = wait_for(lambda: get_or_none(client, "Profile", "kns.shop"), lambda p: p is not None, timeout=10,
                    what="kns.shop")
-    assert kns.spec.labels_to_apply == {"pcns.team": "a", "pcns.projectcalico.org/name": "shop"}
+    # the API server labels every namespace with its name, as Kubernetes does
+    assert kns.spec.labels_to_apply == {"pcns.team": "a", "pcns.projectcalico.org/name": "shop",
+                                        "pcns.kubernetes.io/metadata.name": "shop"}
     assert [r.action for r in kns.spec.ingress] == ["Allow"]
     ksa = wait_for(lambda: get_or_none(client, "Profile", "ksa.shop.api"), lambda p: p is not None, timeout=10,
                    what="ksa.shop.api")
@@ -92,20 +113,20 @@ def test_profiles_policies_and_endpoint_labels_follow_kubernetes(running):
     assert got.metadata.labels["projectcalico.org/serviceaccount"] == "api"
 
     # changes: namespace labels, pod labels, the policy, deletions
-    put(client, "/registry/namespaces/shop", {"metadata": {"name": "shop", "labels": {"team": "b"}}})
+    put(api, "v1", "namespaces", {"metadata": {"name": "shop", "labels": {"team": "b"}}})
     wait_for(lambda: client.get("Profile", "kns.shop").spec.labels_to_apply.get("pcns.team"),
              lambda v: v == "b", timeout=10, what="namespace label change")
-    put(client, "/registry/pods/shop/web", {**pod, "metadata": {**pod["metadata"], "labels": {"app": "db"}}})
+    put(api, "v1", "pods", {**pod, "metadata": {**pod["metadata"], "labels": {"app": "db"}}})
     got = wait_for(lambda: client.get("WorkloadEndpoint", "w0-k8s-web-eth0", "shop"),
                    lambda w: w.metadata.labels.get("app") == "db", timeout=10, what="pod label change")
     assert got.spec.interface_name == "cali0000000000a"  # the rest of the endpoint is left alone
-    put(client, "/registry/networkpolicies/shop/deny", {
+    put(api, "networking.k8s.io/v1", "networkpolicies", {
         "metadata": {"name": "deny", "namespace": "shop"},
         "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}})
     wait_for(lambda: client.get("NetworkPolicy", "knp.default.deny", "shop").spec.types,
              lambda t: t == ["Ingress", "Egress"], timeout=10, what="policy update")
-    client.etcd.delete("/registry/networkpolicies/shop/deny")
-    client.etcd.delete("/registry/serviceaccounts/shop/api")
+    api.delete("networking.k8s.io/v1", "networkpolicies", "deny", "shop")
+    api.delete("v1", "serviceaccounts", "api", "shop")
     wait_for(lambda: get_or_none(client, "NetworkPolicy", "knp.default.deny", "shop"), lambda p: p is None,
              timeout=10, what="policy deleted")
     wait_for(lambda: get_or_none(client, "Profile", "ksa.shop.api"), lambda p: p is None, timeout=10,
