@@ -369,13 +369,25 @@ class Kubelet:
         if self._write_status(pod, infos, [], sandbox_ready=False):
             self.cluster.event(pod, "NetworkNotReady", msg, "Warning")
 
+    @staticmethod
+    def _annotations(state: PodState | None) -> dict[str, str]:
+        """calicolab's annotations saying where a pod lives (netns, container PIDs, runtimes)."""
+        if state is None:
+            return {}
+        ann = {ANNOTATION_PIDS: json.dumps(state.pids, sort_keys=True),
+               ANNOTATION_RUNTIME: json.dumps({c: state.container_runtimes.get(c, "netns") for c in state.pids},
+                                              sort_keys=True)}
+        if state.netns and state.runtime != "docker":  # Docker's pod netns has no name
+            ann[ANNOTATION_NETNS] = os.path.basename(state.netns)
+        return ann
+
     def _write_status(self, pod: dict, infos: list[ContainerInfo], ips: list[str], sandbox_ready: bool = True,
                       message: str | None = None, state: PodState | None = None) -> bool:
         """Write the pod's status (``pods/<p>/status``); True if it changed."""
         meta = pod["metadata"]
         if self.static is not None and self.static.is_static(pod):
             return self.static.set_status(pod, pod_status(pod, infos, self.node_ip, ips, now_iso(), None,
-                                                          sandbox_ready), self)
+                                                          sandbox_ready), self, self._annotations(state))
         old_start = (pod.get("status") or {}).get("startTime")
         status = pod_status(pod, infos, self.node_ip, ips, now_iso(), old_start, sandbox_ready)
         if message:
@@ -391,12 +403,7 @@ class Kubelet:
                     if pc.get("type") == c["type"] and pc.get("status") == c["status"] and pc.get("lastTransitionTime"):
                         c["lastTransitionTime"] = pc["lastTransitionTime"]
             ann = dict(p["metadata"].get("annotations") or {})
-            if state is not None:
-                if state.netns and state.runtime != "docker":  # Docker's pod netns has no name
-                    ann[ANNOTATION_NETNS] = os.path.basename(state.netns)
-                ann[ANNOTATION_PIDS] = json.dumps(state.pids, sort_keys=True)
-                ann[ANNOTATION_RUNTIME] = json.dumps(
-                    {c: state.container_runtimes.get(c, "netns") for c in state.pids}, sort_keys=True)
+            ann.update(self._annotations(state))
             if _same_status(prev, status) and ann == (p["metadata"].get("annotations") or {}):
                 return False
             if ann:

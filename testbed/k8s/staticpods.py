@@ -62,6 +62,7 @@ class StaticPods:
         self.dir, self.node = directory, node
         self._cache: dict[str, tuple[float, dict | None]] = {}
         self.status: dict[str, dict] = {}  # static pod uid -> status last reported
+        self.annotations: dict[str, dict[str, str]] = {}  # static pod uid -> the kubelet's annotations
         self._written: dict[str, str] = {}  # uid -> JSON of the status last written to the mirror
 
     def pods(self) -> list[dict]:
@@ -110,13 +111,16 @@ class StaticPods:
     def is_mirror(pod: dict) -> bool:
         return MIRROR in ((pod.get("metadata") or {}).get("annotations") or {})
 
-    def set_status(self, pod: dict, status: dict, kubelet: Any) -> bool:
-        """Keep the static pod's status (written to its mirror pod by :meth:`sync_mirrors`)."""
+    def set_status(self, pod: dict, status: dict, kubelet: Any, annotations: dict[str, str] | None = None) -> bool:
+        """Keep the static pod's status and the kubelet's annotations (where it runs: PIDs,
+        netns), written to its mirror pod by :meth:`sync_mirrors`."""
         uid = pod["metadata"]["uid"]
-        prev = self.status.get(uid)
+        prev = (self.status.get(uid), self.annotations.get(uid))
         self.status[uid] = status
+        if annotations:
+            self.annotations[uid] = annotations
         kubelet.cluster.mark("Pod")
-        return prev != status
+        return prev != (status, self.annotations.get(uid))
 
     def mirror_of(self, pod: dict, mirrors: list[dict]) -> dict | None:
         h = pod["metadata"]["annotations"][HASH]
@@ -161,12 +165,15 @@ class StaticPods:
             status = self.status.get(pod["metadata"]["uid"])
             if status is None:
                 continue
-            text = json.dumps(status, sort_keys=True)
+            ann = self.annotations.get(pod["metadata"]["uid"]) or {}
+            text = json.dumps([status, ann], sort_keys=True)
             if self._written.get(m["metadata"]["uid"]) == text:
                 continue
 
-            def put(p: dict, status: dict = status) -> None:
+            def put(p: dict, status: dict = status, ann: dict = ann) -> None:
                 p["status"] = status
+                if ann:
+                    p["metadata"].setdefault("annotations", {}).update(ann)
 
             try:
                 cluster.mutate("Pod", m["metadata"]["name"], m["metadata"]["namespace"], put, sub="status",
