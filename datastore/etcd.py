@@ -242,6 +242,10 @@ class EtcdClient:
         try:
             doc = json.loads(data) if data else {}
         except ValueError:
+            if status == 200:  # cut short (etcd stopping mid-answer): never an empty result
+                host, port = self.endpoints[idx]
+                raise errors.DatastoreUnavailable(f"etcd at http://{host}:{port} sent an unreadable answer "
+                                                  f"({len(data)} bytes)") from None
             doc = {"message": data[:200].decode(errors="replace")}
         if status != 200:
             msg = doc.get("message") or doc.get("error") or f"HTTP {status}"

@@ -132,7 +132,9 @@ class Storage:
         if limit:
             body["limit"] = str(limit)
         doc = self.etcd.call("/v3/kv/range", body)
-        return doc.get("kvs") or [], int(doc.get("header", {}).get("revision", 0)), bool(doc.get("more"))
+        if "header" not in doc:  # every etcd answer has one: without it, it is no list (never "empty")
+            raise ds_errors.DatastoreUnavailable(f"etcd answered a range of {prefix} without a header")
+        return doc.get("kvs") or [], int(doc["header"].get("revision", 0)), bool(doc.get("more"))
 
     async def list(self, prefix: str, revision: int | None = None, start: str | None = None,
                    limit: int = 0) -> tuple[list[Entry], int, bool]:

@@ -28,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from datastore.duration import parse_duration
-from kubeclient import AlreadyExists, KubeError
+from kubeclient import AlreadyExists, KubeError, NotFound
 from testbed.k8s import cni, cri, imagebuild, images, runtime
 from testbed.k8s.apiclient import Cluster, client_from, now_iso
 from testbed.k8s.podstatus import (
@@ -53,6 +53,7 @@ NOT_READY_TAINT = {"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"
 DEL_ATTEMPTS = 3
 NODE_STATUS_UPDATE = 10.0  # seconds between checks that the Node still says what we see
 NODE_STATUS_RETRY = 0.5  # seconds before a failed Node status write is tried again
+GONE_RECHECK = 1.0  # seconds before a pod missing from the cache but not confirmed gone is checked again
 LEASE_DURATION = 40  # seconds (the kubelet's nodeLeaseDurationSeconds); renewed every quarter of it
 #: CPU priority of pods of priority class system-node-critical (the control plane's static
 #: pods): a real kubelet gives them CPU weight from their requests; calicolab's pods have no
@@ -130,6 +131,9 @@ class Kubelet:
         self.restart_at: dict[tuple[str, str], float] = {}
         self.busy: set[str] = set()
         self.failures: dict[str, tuple[float, int, str]] = {}
+        #: pods missing from the cache whose deletion the API server has not confirmed: uid ->
+        #: when to ask again (a list the API server got wrong must never stop a running pod)
+        self.unconfirmed: dict[str, float] = {}
         self.image_errors: dict[str, dict[str, str]] = {}
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pod")
@@ -332,18 +336,25 @@ class Kubelet:
                     continue
                 self._submit(uid, self._setup, pod)
         for uid in list(self.states):
-            if uid not in by_uid and uid not in self.busy:
-                self._submit(uid, self._teardown, uid, None)
+            if uid not in by_uid and uid not in self.busy and self.unconfirmed.get(uid, 0.0) <= now:
+                self._submit(uid, self._teardown_if_gone, uid)
+        for uid in list(self.unconfirmed):
+            if uid in by_uid or uid not in self.states:
+                self.unconfirmed.pop(uid, None)
         for uid in list(self.failures):
             if uid not in by_uid:
                 self.failures.pop(uid, None)
         if self.static is not None:
             self.static.sync_mirrors(self)
 
+    def _is_static(self, pod: dict) -> bool:
+        return self.static is not None and self.static.is_static(pod)
+
     def _retry_due(self) -> bool:
         """A pod whose sandbox failed is due for another try."""
         now = time.monotonic()
-        return any(uid not in self.busy and when <= now for uid, (when, _, _) in list(self.failures.items()))
+        return any(uid not in self.busy and when <= now for uid, (when, _, _) in list(self.failures.items())) \
+            or any(uid not in self.busy and when <= now for uid, when in list(self.unconfirmed.items()))
 
     def _submit(self, uid: str, fn, *args) -> None:
         self.busy.add(uid)
@@ -438,7 +449,8 @@ class Kubelet:
         t0 = time.monotonic()
         state = PodState(uid=uid, namespace=ns, name=name, sandbox_id=runtime.new_sandbox_id(),
                          netns=os.path.join(self.netns_dir, runtime.new_netns_name()),
-                         node=self.node, lab=self.lab, runtime=self.cri.name if self.cri else "netns")
+                         node=self.node, lab=self.lab, runtime=self.cri.name if self.cri else "netns",
+                         static=self._is_static(pod))
         ports = [{"containerPort": p["containerPort"], "hostPort": p["hostPort"], "protocol": p.get("protocol", "TCP").lower()}
                  for c in pod["spec"]["containers"] for p in c.get("ports") or [] if p.get("hostPort")]
         t1 = t0
@@ -504,7 +516,7 @@ class Kubelet:
         meta = pod["metadata"]
         state = PodState(uid=meta["uid"], namespace=meta["namespace"], name=meta["name"],
                          sandbox_id=runtime.new_sandbox_id(), netns="", node=self.node, lab=self.lab,
-                         cni_result={"ips": [{"address": f"{self.node_ip}/32"}]})
+                         cni_result={"ips": [{"address": f"{self.node_ip}/32"}]}, static=self._is_static(pod))
         state.save(self.root_dir)
         with self.lock:
             self.states[state.uid] = state
@@ -808,6 +820,37 @@ class Kubelet:
         state.save(self.root_dir)
         self._write_status(pod, self._infos(state, pod), cni.pod_ips(state.cni_result or {}), state=state)
 
+    def gone_from_api(self, state: PodState) -> bool | None:
+        """Whether the API server confirms that ``state``'s pod no longer exists (or is now
+        another pod of that name, or bound elsewhere): True, False (it still exists: the
+        cache is behind) or None (no answer: the API server is unreachable or failing).
+        A static pod's existence is its manifest's: always True once it left the cache."""
+        if state.static:
+            return True
+        try:
+            cur = self.api.get("v1", "pods", state.name, state.namespace)
+        except NotFound:
+            return True
+        except (KubeError, OSError) as exc:
+            log.info("pod %s/%s: not in the pod list, and the API server cannot confirm it is gone (%s); "
+                     "keeping it", state.namespace, state.name, exc)
+            return None
+        meta, spec = cur.get("metadata") or {}, cur.get("spec") or {}
+        return meta.get("uid") != state.uid or spec.get("nodeName") != self.node
+
+    def _teardown_if_gone(self, uid: str) -> None:
+        """A pod that left the cache without being seen Terminating (a force deletion, or a
+        list the API server got wrong after a restart): stopped only once the API server
+        confirms it is gone; otherwise asked again after :data:`GONE_RECHECK` seconds."""
+        state = self.states.get(uid)
+        if state is None:
+            return
+        if self.gone_from_api(state):
+            self.unconfirmed.pop(uid, None)
+            self._teardown(uid, None)
+            return
+        self.unconfirmed[uid] = time.monotonic() + GONE_RECHECK
+
     def _teardown(self, uid: str, pod: dict | None) -> None:
         """Stop a pod: its containers within the grace period, CNI DEL, the sandbox; then,
         when it was deleted gracefully (Terminating), delete it for good (grace 0)."""
@@ -887,7 +930,9 @@ class Kubelet:
         for state in PodState.load_all(self.root_dir):
             if state.node != self.node or state.lab != self.lab:
                 continue  # another node's (or lab's) pod sharing this root dir
-            if state.uid in live and (not state.netns or os.path.exists(state.netns)) and state.cni_result is not None:
+            # a pod missing from the list is stopped only when the API server confirms it is gone
+            kept = state.uid in live or self.gone_from_api(state) is not True
+            if kept and (not state.netns or os.path.exists(state.netns)) and state.cni_result is not None:
                 self.states[state.uid] = state
                 log.info("adopted pod %s/%s", state.namespace, state.name)
             else:

@@ -228,6 +228,7 @@ class PodState:
     images: dict[str, list[str]] = field(default_factory=dict)  # container -> [reference, digest ref]
     logs: dict[str, str] = field(default_factory=dict)  # container -> log file (container runtimes)
     resolv: str = ""  # the pod's resolv.conf for container runtimes ("": the node's)
+    static: bool = False  # a static pod (its manifest, not the API server, says whether it exists)
 
     def save(self, root_dir: str) -> None:
         """Write the state file atomically."""

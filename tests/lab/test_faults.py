@@ -127,6 +127,7 @@ def test_kill_calico_node_is_restarted_and_converges(lab, probe):
 
 def test_kill_kubelet_is_restarted_by_its_systemd_policy(lab, probe):
     name = lab["name"]
+    workloads = workload_pids(name)
     t0 = time.time()
     faults.kill_service(name, "k8s-w1/kubelet")
     s = wait_for(lambda: service(status(name), "k8s-w1", "kubelet"),
@@ -138,6 +139,7 @@ def test_kill_kubelet_is_restarted_by_its_systemd_policy(lab, probe):
     # the node's pods kept running and the kubelet adopted them: traffic never stopped
     wait_healthy(name, timeout=CONVERGED - (time.time() - t0))
     assert pods(name)["fault-b"]["status"]["phase"] == "Running"
+    assert workload_pids(name) == workloads  # adopted: not stopped, not restarted
     answered, lost, _ = probe.result()
     assert lost == 0, probe.lines[-20:]
 
@@ -152,6 +154,7 @@ def test_kill_etcd_and_apiserver_are_restarted(lab):
     """etcd and the API server: lab services of the control-plane node, or its static pods
     (whichever the lab runs them as); either way restarted without anyone's help."""
     name = lab["name"]
+    workloads = workload_pids(name)
     for key in ("k8s-m/etcd", "k8s-m/kube-apiserver"):
         node, _, svc = key.partition("/")
         tb0 = tracebacks(name)
@@ -172,6 +175,19 @@ def test_kill_etcd_and_apiserver_are_restarted(lab):
         tb1 = tracebacks(name)
         assert {k: v - tb0.get(k, 0) for k, v in tb1.items() if v != tb0.get(k, 0)} == {}, key
     wait_healthy(name)
+    # the kubelets' re-lists after the restarts stopped no pod: the same processes still run
+    assert workload_pids(name) == workloads
+
+
+def workload_pids(lab: str) -> dict[str, tuple[int, int]]:
+    """``pod -> (PID, restartCount)`` of the fault pods, each PID checked alive."""
+    out = {}
+    for pod_name, p in sorted(pods(lab).items()):
+        if pod_name in PODS.values():
+            pid = pod_pid(p)
+            assert labstate.pid_alive(pid), f"{pod_name}: its process {pid} is gone"
+            out[pod_name] = (pid, p["status"]["containerStatuses"][0].get("restartCount", 0))
+    return out
 
 
 def test_link_flap_restores_the_node_routes(lab, probe):
