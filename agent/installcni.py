@@ -19,17 +19,22 @@ Directories come from ``CNI_NET_DIR`` / ``CNI_BIN_DIR`` (defaults /etc/cni/net.d
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 import sys
+import time
 from collections.abc import Mapping, Sequence
+
+log = logging.getLogger(__name__)
 
 CONFLIST_NAME = "10-calico.conflist"
 REFERENCE_PLUGINS = "/usr/lib/cni"
 
 
-#: calico.yaml's cni_network_config, for the etcd datastore (docs/cni.md)
+#: calico-etcd.yaml's cni_network_config: the etcd datastore, the Kubernetes API (pods,
+#: namespaces) through install-cni's calico-kubeconfig (docs/cni.md)
 DEFAULT_NETWORK_CONFIG = """{
   "name": "k8s-pod-network",
   "cniVersion": "0.3.1",
@@ -47,6 +52,9 @@ DEFAULT_NETWORK_CONFIG = """{
       },
       "policy": {
           "type": "k8s"
+      },
+      "kubernetes": {
+          "kubeconfig": "__KUBECONFIG_FILEPATH__"
       }
     },
     {
@@ -94,6 +102,10 @@ KDD_NETWORK_CONFIG = """{
   ]
 }"""
 KUBECONFIG_NAME = "calico-kubeconfig"
+#: seconds install-cni waits for the API server to answer its TokenRequest
+TOKEN_WAIT = 30.0
+#: where install-cni writes it by default (CNI_NET_DIR /etc/cni/net.d)
+DEFAULT_KUBECONFIG_PATH = "/etc/cni/net.d/" + KUBECONFIG_NAME
 #: install.go's defaults for the log placeholders (calicolab does not read LOG_* variables)
 _LOG_DEFAULTS = {"__LOG_LEVEL__": "info", "__LOG_FILE_PATH__": "/var/log/calico/cni/cni.log",
                  "__LOG_FILE_MAX_SIZE__": "100", "__LOG_FILE_MAX_AGE__": "30", "__LOG_FILE_MAX_COUNT__": "10"}
@@ -120,6 +132,7 @@ def conflist(nodename: str, etcd_endpoints: Sequence[str], mtu: int = 0, templat
     if "__ETCD_ENDPOINTS__" in text and not etcd_endpoints:
         raise ValueError("conflist needs at least one etcd endpoint")
     text = fill(text, {"__KUBERNETES_NODE_NAME__": nodename, "__CNI_MTU__": str(int(mtu)),
+                       "__KUBECONFIG_FILEPATH__": DEFAULT_KUBECONFIG_PATH,
                        "__ETCD_ENDPOINTS__": ",".join(etcd_endpoints), "__ETCD_DISCOVERY_SRV__": "",
                        "__ETCD_CERT_FILE__": "", "__ETCD_CA_CERT_FILE__": "", "__ETCD_KEY_FILE__": "",
                        **(values or {})})
@@ -161,13 +174,21 @@ def cni_kubeconfig(env: Mapping[str, str], sa_dir: str = "/var/run/secrets/kuber
         sa = env.get("CALICO_CNI_SERVICE_ACCOUNT") or "calico-cni-plugin"
         server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
         kube = kubeclient.Client(Config(server=server, ca_file=os.path.join(sa_dir, "ca.crt"), token_file=token_file))
-        try:
-            tr = kube.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}/token",
-                              {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                               "spec": {"expirationSeconds": 24 * 3600}})
-        except kubeclient.KubeError as exc:
-            raise ValueError(f"Unable to create token for CNI kubeconfig (ServiceAccount {namespace}/{sa}): "
-                             f"{exc}") from None
+        deadline = time.monotonic() + TOKEN_WAIT
+        while True:  # the kubernetes Service may not be programmed yet (kube-proxy starting too)
+            try:
+                tr = kube.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}/token",
+                                  {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                                   "spec": {"expirationSeconds": 24 * 3600}})
+                break
+            except kubeclient.ConnectionFailed as exc:
+                if time.monotonic() > deadline:
+                    raise ValueError(f"Unable to create token for CNI kubeconfig (ServiceAccount {namespace}/{sa}): "
+                                     f"{exc}") from None
+                time.sleep(0.5)
+            except kubeclient.KubeError as exc:
+                raise ValueError(f"Unable to create token for CNI kubeconfig (ServiceAccount {namespace}/{sa}): "
+                                 f"{exc}") from None
         with open(os.path.join(sa_dir, "ca.crt"), "rb") as f:
             ca = base64.b64encode(f.read()).decode()
         return (f"# Kubeconfig file for Calico CNI plugin.\napiVersion: v1\nkind: Config\nclusters:\n"
@@ -209,7 +230,20 @@ def install_cni(nodename: str, etcd_endpoints: Sequence[str], env: Mapping[str, 
     os.makedirs(net_dir, exist_ok=True)
     os.makedirs(bin_dir, exist_ok=True)
     if "__KUBECONFIG_FILEPATH__" in template or dtype == "kubernetes":
-        data = cni_kubeconfig(env)
+        try:
+            data = cni_kubeconfig(env)
+        except ValueError as exc:
+            if env.get("CNI_NETWORK_CONFIG") or dtype == "kubernetes":
+                raise
+            # calico-node run as a plain process without Kubernetes credentials (no pod, no
+            # KUBECONFIG): the built-in etcd conflist without its "kubernetes" section, said so
+            log.warning("install-cni: %s: the conflist gets no kubernetes.kubeconfig, so the CNI plugin "
+                        "will not read pods' labels, ports or annotations", exc)
+            doc["plugins"][0].pop("kubernetes", None)
+            data = None
+    else:
+        data = None
+    if data is not None:
         tmp = kubeconfig_path + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -236,7 +236,7 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
     from datastore.typha import typha_from_env
 
     # FELIX_TYPHAADDR / FELIX_TYPHAK8SSERVICENAME (the Service found through the Kubernetes API)
-    client.typha = typha_from_env(env, kube_client(client, env), hostname=nodename, etcd=client.etcd)
+    client.typha = typha_from_env(env, kube_client(client, env), hostname=nodename)
     if client.typha is not None:
         log.info("Felix and confd take their watches from Typha (%s)", client.typha.where)
     delay = 0.2

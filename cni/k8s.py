@@ -1,10 +1,10 @@
 """What the plugin reads about the pod from the Kubernetes API, and Calico's use of it.
 
 Calico's plugin GETs the Pod (and its Namespace) for labels, service account, ports
-and the ``cni.projectcalico.org/*`` annotations. In calicolab the Kubernetes objects
-live in the same etcd in the API server's own layout (``/registry/pods/<ns>/<name>``,
-``/registry/namespaces/<name>``), so the plugin reads them there. The parsing and the
-rules (labels, profiles, pool/IP annotations with pod > namespace > netconf
+and the ``cni.projectcalico.org/*`` annotations, through the Kubernetes API with the
+netconf's ``kubernetes.kubeconfig`` (in both datastores, as calico.yaml and
+calico-etcd.yaml configure it); the API server's own etcd keys are never read. The parsing
+and the rules (labels, profiles, pool/IP annotations with pod > namespace > netconf
 precedence) are pure functions.
 """
 
@@ -75,27 +75,6 @@ def parse_pod(doc: dict[str, Any]) -> PodInfo:
                    ports=ports)
 
 
-def pod_key(namespace: str, name: str) -> str:
-    """Where the API server keeps a Pod in etcd."""
-    return f"/registry/pods/{namespace}/{name}"
-
-
-def namespace_key(namespace: str) -> str:
-    """Where the API server keeps a Namespace in etcd."""
-    return f"/registry/namespaces/{namespace}"
-
-
-def read_pod(etcd: Any, namespace: str, name: str) -> PodInfo | None:
-    """The Pod from ``/registry/pods/<ns>/<name>``, or None if there is none."""
-    kv = etcd.get(pod_key(namespace, name))
-    if kv is None:
-        return None
-    try:
-        return parse_pod(json.loads(kv.value))
-    except (ValueError, TypeError, AttributeError):
-        return None
-
-
 def get_pod(kube: Any, namespace: str, name: str) -> dict[str, Any] | None:
     """The Pod through the Kubernetes API (``kube``: a :class:`kubeclient.Client`), or None."""
     import kubeclient
@@ -125,17 +104,6 @@ def get_namespace_annotations(kube: Any, namespace: str) -> dict[str, str]:
         raise errors.DatastoreUnavailable(f"cannot read namespace {namespace} from the Kubernetes API: {exc}") \
             from None
     return dict((ns.get("metadata") or {}).get("annotations") or {})
-
-
-def read_namespace_annotations(etcd: Any, namespace: str) -> dict[str, str]:
-    """Annotations of the Namespace (empty if none)."""
-    kv = etcd.get(namespace_key(namespace))
-    if kv is None:
-        return {}
-    try:
-        return dict((json.loads(kv.value).get("metadata") or {}).get("annotations") or {})
-    except (ValueError, TypeError, AttributeError):
-        return {}
 
 
 def wep_labels(pod: PodInfo | None, namespace: str) -> dict[str, str]:

@@ -83,9 +83,11 @@ class Invocation:
                     if kube is not None:
                         self.pod_doc = k8s.get_pod(kube, self.pod_namespace, self.pod_name)
                         self._pod = k8s.parse_pod(self.pod_doc) if self.pod_doc is not None else None
-                    else:  # etcd mode without a kubeconfig: the pod where the API server keeps it
-                        self._pod = k8s.read_pod(client.etcd, self.pod_namespace, self.pod_name)
-                if self._pod is None:
+                if kube is None:  # the API server's etcd keys are its own: never read them
+                    self.log.warning(f"pod {self.pod_namespace}/{self.pod_name}: the netconf has no "
+                                     "kubernetes.kubeconfig, so the pod's labels, ports and annotations "
+                                     "are not read (Calico's plugin needs one to reach the Kubernetes API)")
+                elif self._pod is None:
                     self.log.warning(f"pod {self.pod_namespace}/{self.pod_name} not found in the Kubernetes "
                                      "store; no labels, ports or annotations applied")
         return self._pod
@@ -175,7 +177,7 @@ def _namespace_annotations(inv: Invocation, client: Any) -> dict[str, str]:
     kube = kube_for(inv.nc, client)
     if kube is not None:
         return k8s.get_namespace_annotations(kube, inv.pod_namespace)
-    return k8s.read_namespace_annotations(client.etcd, inv.pod_namespace)
+    return {}  # no kubernetes.kubeconfig: Kubernetes is not read (see Invocation.pod)
 
 
 def _ipam(client: Any) -> Any:
@@ -411,8 +413,6 @@ def cmd_add(inv: Invocation) -> dict[str, Any]:
         with inv.timed("datastore"):
             if inv.nc.datastore_type != "kubernetes":  # etcd: the first reads in one round trip
                 reads = [ClusterInformation.key_for("default"), WorkloadEndpoint.key_for(wep_name, wep_ns)]
-                if inv.pod_name and kube_for(inv.nc, client) is None:
-                    reads += [k8s.pod_key(inv.pod_namespace, inv.pod_name), k8s.namespace_key(inv.pod_namespace)]
                 client = inv.client = _prefetching(client, reads)
             _check_ready(client)
         pod_mac = (inv.pod(client) or k8s.PodInfo()).annotations.get(k8s.ANN_HWADDR) or None

@@ -135,32 +135,19 @@ def parse_address(addr: str) -> tuple[str, int]:
 
 
 def k8s_service_discovery(kube: Any, service: str, namespace: str = "kube-system",
-                          port_name: str = "calico-typha", etcd: Any = None) -> Callable[[], str | None]:
+                          port_name: str = "calico-typha") -> Callable[[], str | None]:
     """Felix's TyphaK8sServiceName: the Service's Endpoints through the Kubernetes API
-    (``kube``, a :class:`kubeclient.Client`); a ready ``ip:port``, or None while there is none.
-
-    ``etcd`` instead of ``kube`` reads them where the API server keeps them
-    (``/registry/services/endpoints/<ns>/<name>``): calicolab's etcd-mode calico-node run
-    without Kubernetes API credentials."""
-    key = f"/registry/services/endpoints/{namespace}/{service}"
+    (``kube``, a :class:`kubeclient.Client`); a ready ``ip:port``, or None while there is none."""
 
     def read() -> dict | None:
-        if kube is not None:
-            import kubeclient
+        import kubeclient
 
-            try:
-                return kube.get("v1", "endpoints", service, namespace)
-            except kubeclient.NotFound:
-                return None
-            except kubeclient.KubeError as exc:
-                log.info("reading Endpoints %s/%s failed: %s", namespace, service, exc)
-                return None
-        kv = etcd.get(key) if etcd is not None else None
-        if kv is None:
-            return None
         try:
-            return json.loads(kv.value)
-        except ValueError:
+            return kube.get("v1", "endpoints", service, namespace)
+        except kubeclient.NotFound:
+            return None
+        except kubeclient.KubeError as exc:
+            log.info("reading Endpoints %s/%s failed: %s", namespace, service, exc)
             return None
 
     def find() -> str | None:
@@ -178,10 +165,11 @@ def k8s_service_discovery(kube: Any, service: str, namespace: str = "kube-system
     return find
 
 
-def typha_from_env(env: dict[str, str], kube: Any, hostname: str = "", etcd: Any = None) -> TyphaClient | None:
+def typha_from_env(env: dict[str, str], kube: Any, hostname: str = "") -> TyphaClient | None:
     """A client when ``FELIX_TYPHAADDR``/``TYPHA_ADDR`` or ``FELIX_TYPHAK8SSERVICENAME`` is
     set (``FELIX_TYPHAK8SNAMESPACE``, default kube-system); None otherwise. The Service is
-    found through the Kubernetes API (``kube``), else, in etcd mode, ``etcd``."""
+    found through the Kubernetes API (``kube``) in both datastores; without it the Service
+    name is a ValueError saying so."""
     addr = env.get("FELIX_TYPHAADDR") or env.get("TYPHA_ADDR")
     if addr:
         parse_address(addr)
@@ -189,10 +177,10 @@ def typha_from_env(env: dict[str, str], kube: Any, hostname: str = "", etcd: Any
     service = env.get("FELIX_TYPHAK8SSERVICENAME")
     if service and service.lower() != "none":
         ns = env.get("FELIX_TYPHAK8SNAMESPACE") or "kube-system"
-        if kube is None and etcd is None:
+        if kube is None:
             raise ValueError(f"FELIX_TYPHAK8SSERVICENAME={service} needs the Kubernetes API (KUBECONFIG or the "
                              "in-cluster config) to find the Service's endpoints")
-        return TyphaClient(discover=k8s_service_discovery(kube, service, ns, etcd=etcd), hostname=hostname,
+        return TyphaClient(discover=k8s_service_discovery(kube, service, ns), hostname=hostname,
                            where=f"Service {ns}/{service}")
     return None
 

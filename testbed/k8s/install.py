@@ -32,7 +32,7 @@ TEMPLATE = REPO / "manifests" / "calico.yaml"
 DEFAULT_BGP_TIMERS = "connect_delay=0.1,connect_retry=1"
 _PLACEHOLDER = re.compile(r"__([A-Z][A-Z0-9_]*)__")
 #: placeholders of cni_network_config that install-cni fills on each node, left as they are
-INSTALL_CNI_PLACEHOLDERS = frozenset({"KUBERNETES_NODE_NAME", "CNI_MTU"})
+INSTALL_CNI_PLACEHOLDERS = frozenset({"KUBERNETES_NODE_NAME", "CNI_MTU", "KUBECONFIG_FILEPATH"})
 IPIP_MODES = ("Always", "CrossSubnet", "Never")
 
 

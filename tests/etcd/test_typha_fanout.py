@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import struct
 import threading
@@ -167,22 +166,27 @@ def test_server_survives_garbage_and_drops_silent_clients(ds_client, server):
         col.close()
 
 
-def test_client_watch_goes_through_typha_found_by_service(ds_client, server, etcd_endpoints):
+def test_client_watch_goes_through_typha_found_by_service(ds_client, server, etcd_endpoints, fresh_apiserver):
+    """FELIX_TYPHAK8SSERVICENAME: Typha found through the Service's Endpoints, read through
+    the API server (never from its etcd keys)."""
     add_node(ds_client, "n1", "172.30.0.11/24")
     cached(server, 1)
     env = {"FELIX_TYPHAK8SSERVICENAME": "calico-typha"}
+    kube = fresh_apiserver.client()
+    with pytest.raises(ValueError, match="needs the Kubernetes API"):
+        typha_from_env(env, None, hostname="w0")
     via = Client(etcd_endpoints)
-    via.typha = typha_from_env(env, None, hostname="w0", etcd=via.etcd)
+    via.typha = typha_from_env(env, kube, hostname="w0")
     stream = iter(via.watch(["Node"]))
     got: list = []
     t = threading.Thread(target=lambda: got.extend([next(stream), next(stream)]), daemon=True)
     t.start()
     wait_for(lambda: via.typha.connects, lambda n: n == 0, what="no Typha before its Endpoints")
-    ds_client.etcd.put("/registry/services/endpoints/kube-system/calico-typha", json.dumps({
+    kube.create({
         "apiVersion": "v1", "kind": "Endpoints",
         "metadata": {"name": "calico-typha", "namespace": "kube-system"},
         "subsets": [{"addresses": [{"ip": "127.0.0.1"}],
-                     "ports": [{"name": "calico-typha", "port": server.port, "protocol": "TCP"}]}]}))
+                     "ports": [{"name": "calico-typha", "port": server.port, "protocol": "TCP"}]}]}, "kube-system")
     t.join(10)
     assert [(e.type, e.name) for e in got] == [("ADDED", "n1"), ("SYNCED", "")]
     assert via.typha.connects == 1 and "w0/felix" in server.status()["clients"]

@@ -188,3 +188,18 @@ def node(cni_node: CniNode) -> CniNode:
     """The module's node with etcd emptied and the default pool 192.168.0.0/16 (/26 blocks)."""
     cni_node.reset()
     return cni_node
+
+
+@pytest.fixture
+def node_api(node: CniNode) -> Iterator[Any]:
+    """calicolab's API server in the node's netns (127.0.0.1:6443) on the node's etcd, emptied
+    with it: the Kubernetes objects the plugin reads through its ``kubernetes.kubeconfig``
+    (``node_api.kubeconfig``), created with ``node_api.call(node_api.kube.create, ...)``."""
+    from tests.netns.kdd_support import NetnsAPIServer
+
+    server = NetnsAPIServer(node.ns, node.tmp / unique("api"), ETCD, "127.0.0.1")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

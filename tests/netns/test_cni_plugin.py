@@ -16,6 +16,7 @@ from tests.netns.cni_support import CniNode
 pytestmark = pytest.mark.netns
 cni_node = cni_support.cni_node  # module-wide node netns + etcd (fixture)
 node = cni_support.node  # that node, emptied, with the default pool (fixture)
+node_api = cni_support.node_api  # an API server on that node's etcd (fixture)
 
 VERSIONS = list(SUPPORTED_VERSIONS)  # v3.28.1's 0.1.0-1.0.0, and 1.1.0 (docs/cni.md)
 
@@ -326,34 +327,38 @@ def test_failure_after_allocation_undoes_veth_and_allocation(node, netns, monkey
     assert _allocations(node) == {} and _weps(node) == []
 
 
-def test_pod_labels_ports_and_annotations_from_the_kubernetes_store(node, netns):
-    """The pod object in /registry (as the testbed's API store keeps it) shapes the WEP and IPAM."""
+def test_pod_labels_ports_and_annotations_from_the_kubernetes_store(node, node_api, netns):
+    """The pod and its namespace, read through the API server with the netconf's
+    kubernetes.kubeconfig (calico-etcd.yaml's conflist), shape the WEP and IPAM."""
     from datastore.resources import IPPool, Metadata
 
     pods = [netns("cnip") for _ in range(3)]
     with node.client() as c:
         c.create(IPPool(metadata=Metadata(name="blue-pool"), spec=IPPool.Spec(cidr="10.60.0.0/16", block_size=26)))
-        c.etcd.put("/registry/namespaces/shop", json.dumps(
-            {"metadata": {"name": "shop", "annotations": {"cni.projectcalico.org/ipv4pools": '["blue-pool"]'}}}))
-        c.etcd.put("/registry/pods/shop/web", json.dumps({
-            "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
-            "spec": {"serviceAccountName": "frontend",
-                     "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 80}]}]}}))
-        c.etcd.put("/registry/pods/shop/fixed", json.dumps({
-            "metadata": {"name": "fixed", "namespace": "shop", "annotations": {
-                "cni.projectcalico.org/ipAddrs": '["192.168.77.7"]',
-                "cni.projectcalico.org/hwAddr": "02:00:00:00:77:07"}}}))
-        c.etcd.put("/registry/pods/shop/bad", json.dumps({
-            "metadata": {"name": "bad", "namespace": "shop",
-                         "annotations": {"cni.projectcalico.org/ipv4pools": "nope"}}}))
-    web = node.run("ADD", node.conf(), cid="k8sweb", netns=f"/run/netns/{pods[0]}", pod=("shop", "web"))
+    create = node_api.call
+    kube = node_api.kube
+    create(kube.create, {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": "shop", "annotations": {"cni.projectcalico.org/ipv4pools": '["blue-pool"]'}}})
+    create(kube.create, {"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "web", "namespace": "shop", "labels": {"app": "web"}},
+        "spec": {"serviceAccountName": "frontend", "containers": [
+            {"name": "c", "image": "nginx", "ports": [{"name": "http", "containerPort": 80}]}]}}, "shop")
+    create(kube.create, {"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "fixed", "namespace": "shop", "annotations": {
+            "cni.projectcalico.org/ipAddrs": '["192.168.77.7"]', "cni.projectcalico.org/hwAddr": "02:00:00:00:77:07"}},
+        "spec": {"containers": [{"name": "c", "image": "nginx"}]}}, "shop")
+    create(kube.create, {"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "bad", "namespace": "shop", "annotations": {"cni.projectcalico.org/ipv4pools": "nope"}},
+        "spec": {"containers": [{"name": "c", "image": "nginx"}]}}, "shop")
+    conf = node.conf(kubernetes={"kubeconfig": node_api.kubeconfig})
+    web = node.run("ADD", conf, cid="k8sweb", netns=f"/run/netns/{pods[0]}", pod=("shop", "web"))
     assert web.rc == 0, web.stdout + web.stderr
     assert web.json["ips"][0]["address"].startswith("10.60.")  # the namespace's pool annotation
-    fixed = node.run("ADD", node.conf(), cid="k8sfixed", netns=f"/run/netns/{pods[1]}", pod=("shop", "fixed"))
+    fixed = node.run("ADD", conf, cid="k8sfixed", netns=f"/run/netns/{pods[1]}", pod=("shop", "fixed"))
     assert fixed.rc == 0, fixed.stdout + fixed.stderr
     assert fixed.json["ips"][0]["address"] == "192.168.77.7/32"
     assert "02:00:00:00:77:07" in node.ip("link", "show", "eth0", pod=pods[1])
-    bad = node.run("ADD", node.conf(), cid="k8sbad", netns=f"/run/netns/{pods[2]}", pod=("shop", "bad"))
+    bad = node.run("ADD", conf, cid="k8sbad", netns=f"/run/netns/{pods[2]}", pod=("shop", "bad"))
     assert bad.json["code"] == 7 and "ipv4pools" in bad.json["msg"]
     weps = {w.spec.pod: w for w in _weps(node)}
     assert set(weps) == {"web", "fixed"}

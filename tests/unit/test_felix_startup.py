@@ -1,5 +1,7 @@
 """calico-node start-up logic without a datastore: address autodetection, pool from env, conflist, settings."""
 
+import json
+
 import pytest
 
 from agent.felix.convert import ConfigError, settings
@@ -84,13 +86,14 @@ def test_bad_pool_env_is_named(env, match):
 
 
 def test_conflist_shape():
-    """calico.yaml v3.28.1's conflist: calico + portmap + bandwidth at cniVersion 0.3.1
-    (datastore_type etcdv3 + etcd_endpoints: the lab's deliberate difference)."""
+    """calico-etcd.yaml v3.28.1's conflist: calico + portmap + bandwidth at cniVersion 0.3.1,
+    datastore_type etcdv3 + etcd_endpoints, pods read through install-cni's kubeconfig."""
     c = conflist("k8s-w0", ["http://172.30.0.10:2379"])
     calico, portmap, bandwidth = c["plugins"]
     assert c["name"] == "k8s-pod-network" and c["cniVersion"] == "0.3.1"
     assert list(calico) == ["type", "log_level", "log_file_path", "datastore_type", "etcd_endpoints", "nodename",
-                            "mtu", "ipam", "policy"]
+                            "mtu", "ipam", "policy", "kubernetes"]
+    assert calico["kubernetes"] == {"kubeconfig": "/etc/cni/net.d/calico-kubeconfig"}
     assert (calico["type"], calico["datastore_type"], calico["etcd_endpoints"], calico["nodename"], calico["mtu"],
             calico["ipam"]) == ("calico", "etcdv3", "http://172.30.0.10:2379", "k8s-w0", 0, {"type": "calico-ipam"})
     assert calico["log_file_path"] == "/var/log/calico/cni/cni.log" and calico["policy"] == {"type": "k8s"}
@@ -112,8 +115,8 @@ def test_conflist_from_cni_network_config():
     cm = next(d for d in yaml.safe_load_all(TEMPLATE.read_text()) if d and d["kind"] == "ConfigMap")
     template = cm["data"]["cni_network_config"]
     assert conflist("n1", ["http://e:2379"], 0, template) == conflist("n1", ["http://e:2379"], 0, DEFAULT_NETWORK_CONFIG)
-    with pytest.raises(ValueError, match="__KUBECONFIG_FILEPATH__"):
-        conflist("n1", ["http://e:2379"], 0, '{"kubeconfig": "__KUBECONFIG_FILEPATH__"}')
+    with pytest.raises(ValueError, match="__KUBERNETES_SERVICE_HOST__"):
+        conflist("n1", ["http://e:2379"], 0, '{"host": "__KUBERNETES_SERVICE_HOST__"}')
     with pytest.raises(ValueError, match="not valid JSON"):
         conflist("n1", ["http://e:2379"], 0, '{"mtu": __CNI_MTU__,}')
 
@@ -136,3 +139,30 @@ def test_settings_precedence():
         settings("w0", {}, {"FELIX_IPINIPMTU": "lots"})
     with pytest.raises(ConfigError, match="route_refresh_interval"):
         settings("w0", {"default": _Cfg(route_refresh_interval="soon")}, {})
+
+
+def test_install_cni_etcd_conflist_reads_pods_through_the_api(tmp_path, caplog):
+    """install-cni in the etcd datastore writes calico-etcd.yaml's conflist: etcd_endpoints and
+    kubernetes.kubeconfig -> <CNI_NET_DIR>/calico-kubeconfig (a copy of calico-node's
+    KUBECONFIG here). Without any Kubernetes credentials the section is left out, said so."""
+    from agent.installcni import install_cni
+
+    kube = tmp_path / "admin.conf"
+    kube.write_text("apiVersion: v1\nkind: Config\n")
+    for exe in ("calico", "calico-ipam"):
+        (tmp_path / exe).write_text("")
+    env = {"DATASTORE_TYPE": "etcdv3", "KUBECONFIG": str(kube), "CNI_NET_DIR": str(tmp_path / "net"),
+           "CNI_BIN_DIR": str(tmp_path / "bin")}
+    written = install_cni("k8s-w0", ["http://172.30.0.10:2379"], env, bin_source=str(tmp_path))
+    calico = json.loads((tmp_path / "net" / "10-calico.conflist").read_text())["plugins"][0]
+    assert calico["etcd_endpoints"] == "http://172.30.0.10:2379"
+    assert calico["kubernetes"] == {"kubeconfig": str(tmp_path / "net" / "calico-kubeconfig")}
+    assert (tmp_path / "net" / "calico-kubeconfig").read_text() == kube.read_text()
+    assert str(tmp_path / "net" / "calico-kubeconfig") in written
+    env.pop("KUBECONFIG")
+    (tmp_path / "net" / "calico-kubeconfig").unlink()
+    with caplog.at_level("WARNING"):
+        install_cni("k8s-w0", ["http://172.30.0.10:2379"], env, bin_source=str(tmp_path))
+    calico = json.loads((tmp_path / "net" / "10-calico.conflist").read_text())["plugins"][0]
+    assert "kubernetes" not in calico and not (tmp_path / "net" / "calico-kubeconfig").exists()
+    assert "gets no kubernetes.kubeconfig" in caplog.text

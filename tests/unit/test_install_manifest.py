@@ -27,12 +27,13 @@ def test_render_walkthrough_values():
     s = InstallSettings(etcd_endpoints=["http://172.30.0.10:2379"], pool_cidr="192.168.0.0/16", block_size=24,
                         ipip_mode="Always", nat_outgoing=True, leak_grace_period="2s")
     docs = _docs(render(s))
-    assert sorted(docs) == ["ClusterRole/calico-kube-controllers", "ClusterRole/calico-node",
+    assert sorted(docs) == ["ClusterRole/calico-cni-plugin", "ClusterRole/calico-kube-controllers",
+                            "ClusterRole/calico-node", "ClusterRoleBinding/calico-cni-plugin",
                             "ClusterRoleBinding/calico-kube-controllers", "ClusterRoleBinding/calico-node",
                             "ConfigMap/calico-config", "DaemonSet/calico-node",
                             "Deployment/calico-kube-controllers", "Deployment/calico-typha",
-                            "Service/calico-typha", "ServiceAccount/calico-kube-controllers",
-                            "ServiceAccount/calico-node"]
+                            "Service/calico-typha", "ServiceAccount/calico-cni-plugin",
+                            "ServiceAccount/calico-kube-controllers", "ServiceAccount/calico-node"]
     assert all(d["metadata"]["namespace"] == "kube-system" for d in docs.values()
                if not d["kind"].startswith("ClusterRole"))
     # every pod runs as a ServiceAccount the manifest makes
@@ -47,6 +48,8 @@ def test_render_walkthrough_values():
     assert '"nodename": "__KUBERNETES_NODE_NAME__"' in cm["cni_network_config"]
     assert '"mtu": __CNI_MTU__' in cm["cni_network_config"]
     assert '"etcd_endpoints": "http://172.30.0.10:2379"' in cm["cni_network_config"]
+    # as calico-etcd.yaml: the plugin reads pods through the API (install-cni's kubeconfig)
+    assert '"kubeconfig": "__KUBECONFIG_FILEPATH__"' in cm["cni_network_config"]
     node = docs["DaemonSet/calico-node"]["spec"]["template"]["spec"]
     assert node["hostNetwork"] is True
     c = node["containers"][0]
