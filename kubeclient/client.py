@@ -74,12 +74,25 @@ def _query(params: dict[str, Any]) -> str:
     return ("?" + urllib.parse.urlencode(items)) if items else ""
 
 
+def _unbracket_ipv4(server: str) -> str:
+    """``https://[10.96.0.1]:443`` -> ``https://10.96.0.1:443``: Calico's install-cni writes the
+    host in brackets whatever its family (Go's URL parser takes that; Python's refuses an IPv4
+    address in brackets)."""
+    import re
+
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)\[(\d{1,3}(?:\.\d{1,3}){3})\]", r"\1\2", server)
+
+
 class Client:
     """A Kubernetes API client (thread-safe: each thread keeps its own connection)."""
 
     def __init__(self, config: Config):
         self.config = config
-        url = urllib.parse.urlsplit(config.server)
+        try:
+            url = urllib.parse.urlsplit(_unbracket_ipv4(config.server))
+            url.port  # noqa: B018 - a bad port raises here, not at the first request
+        except ValueError as exc:
+            raise errors.ConfigError(f"invalid server URL {config.server!r}: {exc}") from None
         if url.scheme not in ("https", "http") or not url.hostname:
             raise errors.ConfigError(f"invalid server URL {config.server!r}")
         self.scheme, self.host = url.scheme, url.hostname

@@ -136,3 +136,16 @@ def test_protobuf_decodes_a_configmap_envelope():
                         + _field(2, _field(31, b"x")))
     with pytest.raises(protobuf.ProtobufError):
         protobuf.decode(b"{}")
+
+
+def test_the_cni_kubeconfig_server_calico_writes_is_understood():
+    """install-cni writes ``server: https://[<KUBERNETES_SERVICE_HOST>]:<port>`` (brackets
+    whatever the family, as Calico's install.go): the client reaches 10.96.0.1:443."""
+    from kubeclient import Client, ConfigError
+    from kubeclient.config import Config
+
+    c = Client(Config(server="https://[10.96.0.1]:443"))
+    assert (c.scheme, c.host, c.port) == ("https", "10.96.0.1", 443)
+    assert Client(Config(server="https://[fd00:96::1]:443")).host == "fd00:96::1"
+    with pytest.raises(ConfigError, match="invalid server URL"):
+        Client(Config(server="https://[10.96.0.1:443"))

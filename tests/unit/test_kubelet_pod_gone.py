@@ -233,3 +233,4 @@ def test_an_etcd_answer_cut_short_is_an_error_not_an_empty_list():
     with pytest.raises(errors.DatastoreUnavailable, match="unreadable answer"):
         etcd._decode(200, b'{"header":{"revision":"12"},"kvs":[{"key":"L3Jl', 0)
     assert etcd._decode(200, b'{"header":{"revision":"12"}}', 0)["header"]["revision"] == "12"
+
