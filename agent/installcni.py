@@ -160,7 +160,10 @@ def cni_kubeconfig(env: Mapping[str, str], sa_dir: str = "/var/run/secrets/kuber
     """The kubeconfig the CNI plugin uses (``calico-kubeconfig``): in a pod, a token of the
     ``CALICO_CNI_SERVICE_ACCOUNT`` (calico-cni-plugin) ServiceAccount of the pod's namespace,
     requested by TokenRequest (24 h), with the in-cluster API address and CA; outside a pod
-    the content of ``KUBECONFIG``. ValueError when there is neither."""
+    the content of ``KUBECONFIG``. ValueError when there is neither.
+
+    Written as JSON (a kubeconfig kubectl and client-go read too; Calico writes the same
+    document as YAML): the CNI executables run on the standard library alone, without PyYAML."""
     import base64
 
     host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
@@ -191,15 +194,27 @@ def cni_kubeconfig(env: Mapping[str, str], sa_dir: str = "/var/run/secrets/kuber
                                  f"{exc}") from None
         with open(os.path.join(sa_dir, "ca.crt"), "rb") as f:
             ca = base64.b64encode(f.read()).decode()
-        return (f"# Kubeconfig file for Calico CNI plugin.\napiVersion: v1\nkind: Config\nclusters:\n"
-                f"- name: local\n  cluster:\n    server: https://[{host}]:{port}\n"
-                f"    certificate-authority-data: {ca}\nusers:\n- name: calico\n  user:\n"
-                f"    token: {tr['status']['token']}\ncontexts:\n- name: calico-context\n  context:\n"
-                "    cluster: local\n    user: calico\ncurrent-context: calico-context\n")
+        return json.dumps({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "local", "cluster": {"server": f"https://[{host}]:{port}",
+                                                       "certificate-authority-data": ca}}],
+            "users": [{"name": "calico", "user": {"token": tr["status"]["token"]}}],
+            "contexts": [{"name": "calico-context", "context": {"cluster": "local", "user": "calico"}}],
+            "current-context": "calico-context"}, indent=2) + "\n"
     path = env.get("KUBECONFIG")
     if path:
         with open(path.split(os.pathsep)[0]) as f:
-            return f.read()
+            text = f.read()
+        try:
+            json.loads(text)
+            return text
+        except ValueError:
+            import yaml
+
+            try:
+                return json.dumps(yaml.safe_load(text), indent=2) + "\n"
+            except yaml.YAMLError as exc:
+                raise ValueError(f"KUBECONFIG {path}: not a kubeconfig (neither JSON nor YAML): {exc}") from None
     raise ValueError("the CNI plugin needs the Kubernetes API but calico-node has neither a ServiceAccount "
                      "token (in a pod) nor KUBECONFIG")
 

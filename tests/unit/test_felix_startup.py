@@ -157,7 +157,7 @@ def test_install_cni_etcd_conflist_reads_pods_through_the_api(tmp_path, caplog):
     calico = json.loads((tmp_path / "net" / "10-calico.conflist").read_text())["plugins"][0]
     assert calico["etcd_endpoints"] == "http://172.30.0.10:2379"
     assert calico["kubernetes"] == {"kubeconfig": str(tmp_path / "net" / "calico-kubeconfig")}
-    assert (tmp_path / "net" / "calico-kubeconfig").read_text() == kube.read_text()
+    assert json.loads((tmp_path / "net" / "calico-kubeconfig").read_text()) == {"apiVersion": "v1", "kind": "Config"}
     assert str(tmp_path / "net" / "calico-kubeconfig") in written
     env.pop("KUBECONFIG")
     (tmp_path / "net" / "calico-kubeconfig").unlink()
@@ -166,3 +166,37 @@ def test_install_cni_etcd_conflist_reads_pods_through_the_api(tmp_path, caplog):
     calico = json.loads((tmp_path / "net" / "10-calico.conflist").read_text())["plugins"][0]
     assert "kubernetes" not in calico and not (tmp_path / "net" / "calico-kubeconfig").exists()
     assert "gets no kubernetes.kubeconfig" in caplog.text
+
+
+def test_cni_kubeconfig_in_a_pod_is_a_token_of_calico_cni_plugin_readable_without_pyyaml(tmp_path, monkeypatch):
+    """In a pod install-cni asks a token for kube-system/calico-cni-plugin and writes a
+    kubeconfig for https://[KUBERNETES_SERVICE_HOST]:PORT with the ServiceAccount's CA (as
+    Calico's install.go); it is JSON, which the stdlib-only CNI executables read."""
+    import kubeclient
+    from agent.installcni import cni_kubeconfig
+    from kubeclient.config import load
+
+    sa = tmp_path / "sa"
+    sa.mkdir()
+    (sa / "token").write_text("pod-token")
+    (sa / "namespace").write_text("kube-system")
+    from testbed.apiserver import pki
+
+    (sa / "ca.crt").write_bytes(open(pki.write_pki(str(tmp_path / "pki"), ecdsa=True).ca_crt, "rb").read())
+    asked = []
+
+    def request(self, method, path, body=None, **kw):
+        asked.append((method, path, body["spec"]))
+        return {"status": {"token": "cni-token"}}
+
+    monkeypatch.setattr(kubeclient.Client, "request", request)
+    text = cni_kubeconfig({"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}, str(sa))
+    assert asked == [("POST", "/api/v1/namespaces/kube-system/serviceaccounts/calico-cni-plugin/token",
+                      {"expirationSeconds": 86400})]
+    doc = json.loads(text)
+    assert doc["clusters"][0]["cluster"]["server"] == "https://[10.96.0.1]:443"
+    assert doc["users"][0]["user"] == {"token": "cni-token"}
+    path = tmp_path / "calico-kubeconfig"
+    path.write_text(text)
+    cfg = load(str(path))
+    assert cfg.server == "https://[10.96.0.1]:443" and kubeclient.Client(cfg).host == "10.96.0.1"
