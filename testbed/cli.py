@@ -380,6 +380,10 @@ def run_kubectl(args: list[str], lab: str | None) -> int:
     from testbed.lab.nodeshell import node_target
 
     st = labstate.resolve(lab)
+    if labstate.is_multihost(st):  # on the control plane's machine, whose part has admin.conf
+        from testbed.multihost import controller
+
+        return controller.run_cli(st, controller.machine_of(st, st["control_plane"]), ["kubectl", *args])
     kubectl = labstate.VENV_BIN / "kubectl"
     if not kubectl.exists():
         raise labstate.LabError(f"the real kubectl is not installed ({kubectl} missing): run scripts/setup.sh")

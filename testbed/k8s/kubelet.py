@@ -103,7 +103,8 @@ class Kubelet:
                  root_dir: str = "/var/lib/kubelet", control_plane: bool = False, workers: int = 8,
                  node_status_update: float = NODE_STATUS_UPDATE, cluster_dns: list[str] | None = None,
                  cluster_domain: str = "cluster.local", etc_netns_dir: str | None = None,
-                 pod_manifest_path: str | None = None, container_runtime: cri.ContainerRuntime | None = None):
+                 pod_manifest_path: str | None = None, container_runtime: cri.ContainerRuntime | None = None,
+                 join_after: str = ""):
         self.cluster = cluster
         self.api = cluster.client
         self.cri = container_runtime  # None: pods are processes in a netns (the netns runtime)
@@ -118,6 +119,7 @@ class Kubelet:
         self.cluster_domain = cluster_domain
         self.etc_netns_dir = etc_netns_dir
         self.lab = os.environ.get("CALICOLAB_LAB", "")
+        self.join_after = join_after  # register only once this Node exists (kubeadm join after init)
         self.network_ready: bool | None = None
         self.registered = False
         self.next_status_sync = 0.0  # monotonic time of the next Node status check
@@ -954,6 +956,9 @@ class Kubelet:
         self.cluster.start()
         while not stop.is_set():  # the API server may come and go at start-up: retry both steps
             try:
+                if not self.registered and self.join_after and not self._joined():
+                    stop.wait(0.01)
+                    continue
                 if not self.registered:
                     self.register()
                 if not self.cluster.wait_synced(timeout=30, stop=stop):
@@ -987,6 +992,21 @@ class Kubelet:
                 log.exception("kubelet pass failed")
                 self.cluster.mark()
                 stop.wait(0.5)
+
+    def _joined(self) -> bool:
+        """True once the Node ``join_after`` is registered (watched, not polled): a lab's nodes
+        join one after the other, the control plane's first, as ``kubeadm init`` then
+        ``kubeadm join`` on each worker do, so node IPAM hands out pod CIDRs in that order."""
+        from kubeclient import Informer
+
+        inf = getattr(self, "_join_informer", None)
+        if inf is None:
+            inf = self._join_informer = Informer(self.api, "v1", "nodes",
+                                                 field_selector=f"metadata.name={self.join_after}").start()
+        if inf.get(self.join_after) is None:
+            return False
+        inf.stop(wait=0)
+        return True
 
     def shutdown(self, kill_pods: bool = False) -> None:
         """Stop the worker pool; with ``kill_pods`` also stop every pod (no CNI DEL)."""
@@ -1087,6 +1107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kill-pods-on-exit", action="store_true",
                    help="on SIGTERM also kill the pods' processes and remove their netns")
     p.add_argument("--allow-host-netns", action="store_true", help=argparse.SUPPRESS)
+    # calicolab's stand-in for "kubeadm join after kubeadm init": register once that Node exists
+    p.add_argument("--join-after", default="", metavar="NODE", help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if not args.node:
@@ -1178,7 +1200,7 @@ def main(argv: list[str] | None = None) -> int:
                       node_status_update=args.node_status_update_frequency,
                       cluster_dns=[s for s in args.cluster_dns.split(",") if s],
                       cluster_domain=args.cluster_domain, etc_netns_dir=args.etc_netns_dir,
-                      pod_manifest_path=args.pod_manifest_path,
+                      pod_manifest_path=args.pod_manifest_path, join_after=args.join_after,
                       container_runtime=make_runtime(args.container_runtime, args.runtime_dir,
                                                      os.environ.get("CALICOLAB_LAB", ""), args.node))
     if args.kubelet_port:

@@ -85,7 +85,16 @@ class LabCluster(Cluster):
         return res.stdout
 
     def apply(self, manifest: dict) -> None:
-        self._kubectl("apply", "-f", "-", input=json.dumps(manifest))
+        """``kubectl apply -f -``; a ``List`` goes as a stream of its items (one YAML document
+        each): the real kubectl validates a v1 List against /openapi/v2 in protobuf, which
+        calicolab's API server does not serve (docs/apiserver.md)."""
+        if manifest.get("kind") == "List":
+            import yaml
+
+            text = yaml.safe_dump_all(manifest.get("items") or [], sort_keys=False)
+        else:
+            text = json.dumps(manifest)
+        self._kubectl("apply", "-f", "-", input=text)
 
     def pods(self, selector: str) -> list[dict]:
         return json.loads(self._kubectl("get", "pods", "-n", "default", "-l", selector, "-o", "json"))["items"]

@@ -558,12 +558,16 @@ class Supervisor:
         rt = self.topo.runtime
         if rt != "netns":
             self.start_runtime_daemons()
+        # kubeadm init on the control plane, then a join per worker, in the topology's order
+        order = [self.topo.control_plane.name, *(m.name for m in self.topo.nodes if not m.is_control_plane)]
         for n in self.local_nodes:
             argv = [py, "-m", "testbed.k8s.kubelet", "--node", n.name, "--node-ip", str(n.address),
                     "--kubeconfig", kubeadm.KUBELET_CONF, "--cluster-dns", kubeadm.CLUSTER_DNS,
                     "--cluster-domain", kubeadm.CLUSTER_DOMAIN]
             if n.is_control_plane:
                 argv += ["--control-plane", "--pod-manifest-path", f"/etc/kubernetes/{kubeadm.MANIFESTS}"]
+            elif order.index(n.name) > 0:  # kubeadm join after init, one node after the other
+                argv += ["--join-after", order[order.index(n.name) - 1]]
             if rt != "netns":
                 argv += ["--container-runtime", rt, "--runtime-dir", str(labstate.runtime_dir(self.lab, n.name))]
             self.start_service(n.name, "kubelet", argv)

@@ -94,13 +94,16 @@ def test_install_by_manifest(lab):
              timeout=20, what="every node registered and NotReady (no CNI yet)")
 
     out = install_by_manifest(lab, leak_grace_period="2s")
-    assert sorted(out) == ["clusterrole.rbac.authorization.k8s.io/calico-kube-controllers created",
+    assert sorted(out) == ["clusterrole.rbac.authorization.k8s.io/calico-cni-plugin created",
+                           "clusterrole.rbac.authorization.k8s.io/calico-kube-controllers created",
                            "clusterrole.rbac.authorization.k8s.io/calico-node created",
+                           "clusterrolebinding.rbac.authorization.k8s.io/calico-cni-plugin created",
                            "clusterrolebinding.rbac.authorization.k8s.io/calico-kube-controllers created",
                            "clusterrolebinding.rbac.authorization.k8s.io/calico-node created",
                            "configmap/calico-config created", "daemonset.apps/calico-node created",
                            "deployment.apps/calico-kube-controllers created",
                            "deployment.apps/calico-typha created", "service/calico-typha created",
+                           "serviceaccount/calico-cni-plugin created",
                            "serviceaccount/calico-kube-controllers created",
                            "serviceaccount/calico-node created"], out
 

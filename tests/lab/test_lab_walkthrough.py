@@ -72,10 +72,28 @@ def test_walkthrough_notready_then_ready(lab_name, tmp_path):
              lambda out: "Running" in out, timeout=30, what="pod probe Running")
     res = cli("--lab", lab_name, "exec", "default/probe", "--", "ip", "route")
     assert res.returncode == 0 and "default via 169.254.1.1" in res.stdout, res.stdout + res.stderr
-    res = cli("--lab", lab_name, "exec", "k8s-w0", "--", "ip", "netns", "list")
-    assert res.returncode == 0 and res.stdout.count("cni-") == 1, res.stdout
-    res = cli("--lab", lab_name, "exec", "k8s-w1", "--", "ip", "netns", "list")
-    assert res.returncode == 0 and "cni-" not in res.stdout, res.stdout
+    # each node's sandbox netns are exactly those of the pods bound to it (probe on k8s-w0;
+    # CoreDNS's pods wherever the scheduler put them: waited for, they may still be starting)
+    def netns_by_node() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+        res = cli("kubectl", "--lab", lab_name, "get", "pods", "-A", "-o", "json")
+        assert res.returncode == 0, res.stderr
+        sandboxes: dict[str, set[str]] = {}
+        for p in json.loads(res.stdout)["items"]:
+            ns_name = (p["metadata"].get("annotations") or {}).get("calicolab.io/netns")
+            if ns_name and not p["spec"].get("hostNetwork"):
+                sandboxes.setdefault(p["spec"]["nodeName"], set()).add(ns_name)
+        listed = {}
+        for node in ("k8s-m", "k8s-w0", "k8s-w1"):
+            res = cli("--lab", lab_name, "exec", node, "--", "ip", "netns", "list")
+            assert res.returncode == 0, res.stderr
+            listed[node] = {line.split()[0] for line in res.stdout.splitlines() if line.startswith("cni-")}
+        return sandboxes, listed
+
+    sandboxes, listed = wait_for(netns_by_node, lambda v: all(v[1][n] == v[0].get(n, set()) for n in v[1]),
+                                 timeout=15, what="every node's cni- netns = its pods' sandboxes")
+    probe_netns = json.loads(cli("kubectl", "--lab", lab_name, "get", "pod", "probe", "-o", "json").stdout)[
+        "metadata"]["annotations"]["calicolab.io/netns"]
+    assert probe_netns in listed["k8s-w0"]
 
     # install-cni applied calico.yaml: a calico-node pod (hostNetwork) on every node
     res = cli("kubectl", "--lab", lab_name, "get", "pods", "-n", "kube-system", "-o", "json")
