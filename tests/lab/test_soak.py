@@ -6,6 +6,9 @@ is a row of bench/faults.py (docs/faults.md)."""
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 from testbed.lab import lifecycle as labmod
@@ -35,6 +38,18 @@ def test_pod_churn_leaves_nothing_behind(tmp_path):
                  what="`calicolab status` healthy before the soak")
         cluster = LabCluster(name)
         assert cluster.nodes() == ["k8s-w0", "k8s-w1"]
+        # the cluster's own pods (CoreDNS) and kube-proxy's Service rules are in the baseline:
+        # the soak starts once every pod is Running and Ready and the footprint holds still
+        def settled() -> bool:
+            items = json.loads(cluster._kubectl("get", "pods", "-A", "-o", "json"))["items"]
+            return bool(items) and all(
+                (p.get("status") or {}).get("phase") == "Running"
+                and all(c.get("ready") for c in (p.get("status") or {}).get("containerStatuses") or [{}])
+                for p in items)
+
+        wait_for(settled, timeout=60, what="every pod of the lab Running and Ready before the soak")
+        wait_for(lambda: (cluster.footprint(), time.sleep(1.0), cluster.footprint()),
+                 lambda v: v[0] == v[2], timeout=30, what="the lab's footprint unchanged over 1 s")
         res = soak(cluster, CYCLES, BATCH, run="churn", timeout=90, settle=60, progress=print)
         print(res.row())
         assert res.error == ""
