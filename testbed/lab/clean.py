@@ -51,7 +51,8 @@ class CleanReport:
     def summary(self) -> str:
         """One line for the CLI."""
         if self.machines is not None:
-            return (f"lab {self.lab}: " + "; ".join(self.machines or ["no machine reached"])
+            return (f"lab {self.lab}: " + "; ".join(self.machines or ["no machine of it reached"])
+                    + "; its record on this machine removed"
                     + (f"; errors: {'; '.join(self.errors)}" if self.errors else ""))
         return (f"lab {self.lab}: killed {len(self.killed)} process(es), removed "
                 f"{len(self.netns)} netns, {len(self.mounts)} mount(s)"

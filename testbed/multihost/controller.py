@@ -54,7 +54,7 @@ def _machines(topo: Topology, lab: str) -> dict[str, Machine]:
     out = {}
     for name in topo.machines():
         if name == LOCAL_HOST:
-            out[name] = Machine(LOCAL_HOST, repo=str(REPO), run_dir=str(state_dir(lab) / "local"))
+            out[name] = _local_machine(lab)
         else:
             out[name] = Machine.from_spec(topo.host_spec(name))
     return out
@@ -327,9 +327,10 @@ def _connect_all(record: dict, ms: dict[str, Machine], progress: Progress) -> di
 
 
 def _clean_parts(lab: str, st: dict, hosts: dict[str, Host] | None = None,
-                 verb: str = "clean") -> dict[str, Any]:
-    """Run ``calicolab <verb> <lab>`` as every machine's part; what each said, what failed."""
-    ms = machines(st)
+                 verb: str = "clean", ms: dict[str, Machine] | None = None) -> dict[str, Any]:
+    """Run ``calicolab <verb> <lab>`` as every machine's part (``ms``: the record's machines
+    unless given); what each said, what failed."""
+    ms = machines(st) if ms is None else ms
     hosts = dict(hosts or {})
     report: dict[str, Any] = {"done": {}, "errors": [], "unreached": []}
 
@@ -388,12 +389,26 @@ def down(st: dict, progress: Progress | None = None) -> str:
 
 
 def clean(lab: str, st: dict) -> dict[str, list[str]]:
-    """``calicolab clean`` of a lab on several machines: what each machine said, and the
-    errors (each naming its machine) of those that could not be reached."""
-    report = _clean_parts(lab, st)
-    _finish_removal(lab, st, report)
-    return {"machines": [f"{n}: {said}" for n, said in report["done"].items()],
-            "errors": list(report["errors"])}
+    """``calicolab clean`` of a lab on several machines: every machine it can reach is cleaned,
+    and everything of the lab on this machine goes in any case (this machine's part, even once
+    the record no longer names it, its bytecode cache, the record itself). What each machine
+    said, and the errors: each machine it could not reach, named, with why and what is left
+    there (its part, which that machine's own ``calicolab clean <lab>`` removes)."""
+    ms = machines(st)
+    if LOCAL_HOST not in ms and (state_dir(lab) / "local").exists():
+        ms[LOCAL_HOST] = _local_machine(lab)
+    report = _clean_parts(lab, st, ms=ms)
+    errors = [f"{err}: not cleaned there; its part of lab {lab} is left on it "
+              f"(`calicolab clean {lab}` on that machine removes it)" for err in report["errors"]]
+    shutil.rmtree(state_dir(lab), ignore_errors=True)
+    if state_dir(lab).exists():
+        errors.append(f"this machine: could not remove {state_dir(lab)}")
+    return {"machines": [f"{n}: {said}" for n, said in report["done"].items()], "errors": errors}
+
+
+def _local_machine(lab: str) -> Machine:
+    """This machine as a machine of lab ``lab`` (its part under the lab's ``local/``)."""
+    return Machine(LOCAL_HOST, repo=str(REPO), run_dir=str(state_dir(lab) / "local"))
 
 
 # --------------------------------------------------------------------------- status, install

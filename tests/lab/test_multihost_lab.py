@@ -255,3 +255,36 @@ def test_a_host_lost_mid_lab_is_named_and_the_others_are_cleaned(hosts, tmp_path
         assert part_leftovers(hosts, "hb", lab) == []
     finally:
         clean_everywhere(hosts, lab)
+
+
+def test_clean_when_a_host_and_its_key_are_gone_removes_everything_here_and_names_it(tmp_path):
+    """After a failed multi-machine run (its `down` could not reach hb; hb and the key to it are
+    gone since): `calicolab clean` removes all the lab left on this machine and says which
+    machine it could not reach, why, and what is left there."""
+    from testbed.multihost.hosts import Machine
+
+    require_root()
+    lab = unique("mh")
+    key = tmp_path / "id_ed25519"  # the test's key, deleted with its directory
+    hb = Machine("hb", address="198.18.0.99", port=2222, key=str(key), run_dir="/run/calicolab")
+    record = {"lab": lab, "topology": str(tmp_path / "t.yaml"), "phase": "failed",
+              "error": "host hb: is unreachable", "hosts": {}, "netns": [], "cgroup": None,
+              "multihost": {"machines": {"hb": hb.record()}, "placement": {"w0": "hb"},
+                            "tunnels": {}, "unreached": ["hb"]}}
+    sdir = labstate.state_dir(lab)
+    (sdir / "local" / ".pycache").mkdir(parents=True)
+    (sdir / "local" / ".pycache" / "x.pyc").write_bytes(b"")
+    labstate.write_state(lab, record)
+    try:
+        res = cli("clean", lab, timeout=60)
+        out = res.stdout + res.stderr
+        assert res.returncode == 1, out
+        assert f"host hb (root@198.18.0.99:2222): cannot read its key {key}" in out, out
+        assert f"its part of lab {lab} is left on it (`calicolab clean {lab}` on that machine" \
+            in out, out
+        assert not sdir.exists(), sorted(map(str, sdir.rglob("*")))
+        assert lab not in cli("list").stdout
+    finally:
+        import shutil
+
+        shutil.rmtree(sdir, ignore_errors=True)
