@@ -110,11 +110,13 @@ class KubeControllers:
             view = self.cluster_view()
             with self._dlock:
                 deleted, self.deleted_nodes = self.deleted_nodes, set()
-            gone, self.missing_since = nodes_to_clean(self.calico_nodes(), view.nodes, deleted,
+            refs = self.calico_nodes()
+            gone, self.missing_since = nodes_to_clean(refs, view.nodes, deleted,
                                                       self.missing_since, now, NODE_MISSING_MIN)
             for name in gone:
                 self.clean_node(name)
-            plan = plan_gc(self.allocations(), view, self.candidates, now, self.config.leak_grace_period)
+            plan = plan_gc(self.allocations(), view, self.candidates, now, self.config.leak_grace_period,
+                           calico_nodes={r.name for r in refs if r.name not in gone})
             released = self._release(plan.release_now, "its node no longer exists")
             if plan.release_leaked:
                 released += self._release_leaked(plan.release_leaked)

@@ -4,7 +4,10 @@ Calico's rules (calico.md section 6; kube-controllers ``pkg/controllers/node``):
 
 * a Calico Node whose Kubernetes Node is gone is cleaned up (its endpoints, IPs,
   tunnel address, block affinities and the Node itself);
-* an allocation whose ``node`` attribute names a node that is gone is released at once;
+* an allocation whose ``node`` attribute names a node that is gone is released at once
+  when no Calico Node of that name exists; while one does, the allocation goes with it
+  (its cleanup releases the node's addresses; ``ipam.go`` ``checkAllocations`` marks a
+  node's tunnel addresses as leaks only once it releases the node itself);
 * a tunnel address is valid while its node exists;
 * a pod address whose pod is gone (or now has other IPs) is a leak *candidate*; it is
   released only after ``leak_grace_period`` and a re-check, and only when *every*
@@ -86,16 +89,21 @@ class GCPlan:
 
 
 def plan_gc(allocs: Iterable[Allocation], view: ClusterView, candidates: Mapping[str, float],
-            now: float, grace: float) -> GCPlan:
+            now: float, grace: float, calico_nodes: Iterable[str] = ()) -> GCPlan:
     """Decide releases; ``candidates`` are the leak candidates of earlier scans (key ->
     first seen), the returned plan carries the updated set. ``grace`` <= 0 disables
-    leak release (candidates are still tracked)."""
+    leak release (candidates are still tracked). An allocation of a node missing from
+    Kubernetes whose Calico Node (``calico_nodes``) still exists is left to that node's
+    cleanup (:func:`nodes_to_clean` decides when: a calico-node may register before its
+    kubelet)."""
     plan = GCPlan()
+    keep = set(calico_nodes)
     by_handle: dict[str | None, list[tuple[Allocation, str]]] = {}
     for a in allocs:
         verdict = classify(a, view)
         if verdict == NODE_GONE:
-            plan.release_now.append(a)
+            if (tunnel_node(a) or a.attrs.get("node")) not in keep:
+                plan.release_now.append(a)
             continue
         if verdict == LEAKED:
             plan.candidates[a.key] = candidates.get(a.key, now)

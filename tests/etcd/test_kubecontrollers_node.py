@@ -102,6 +102,21 @@ def test_deleted_node_loses_calico_node_affinities_ips_and_endpoints(cluster):
     assert kc.cleaned_nodes == ["w1"]
 
 
+def test_calico_node_before_its_kubelet_keeps_its_tunnel_address(cluster):
+    """A lab's calico-node may create its Calico Node (and tunnel address) before its kubelet
+    registers the Kubernetes Node: the controller's scans meanwhile release nothing of it."""
+    client, ipam, api = cluster
+    tunnel = calico_node(client, ipam, "w2", "172.30.0.13/24")
+    kc = KubeControllers(client, Config(enabled=["node"], leak_grace_period=900), ApiSource(api))
+    result = kc.scan()
+    assert result["released"] == [] and result["cleaned_nodes"] == [], result
+    assert str(tunnel) in allocated(ipam)
+    k8s_node(api, "w2")  # the kubelet registers (within NODE_MISSING_MIN)
+    result = kc.scan()
+    assert result["released"] == [] and result["cleaned_nodes"] == [], result
+    assert str(tunnel) in allocated(ipam) and kc.missing_since == {}
+
+
 class DeleteBeforeWatch(ApiSource):
     """The API-server source whose watch starts only after a Node was deleted (through the API
     server): the deletion falls between the controller's first scan and its watch's first

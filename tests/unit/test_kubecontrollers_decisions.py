@@ -84,6 +84,18 @@ def test_deleted_node_ips_go_at_once_and_zero_grace_keeps_leaks():
     assert p.release_now == [a] and not p.release_leaked and b.key in p.candidates
 
 
+def test_a_calico_node_not_yet_in_kubernetes_keeps_its_addresses():
+    """calico-node registered before its kubelet: its tunnel address and pod addresses wait
+    for the node's cleanup decision instead of going at once."""
+    tunnel = Allocation("192.168.2.0", "192.168.2.0/24", "ipip-tunnel-addr-w2",
+                        {"node": "w2", "type": "ipipTunnelAddress"})
+    pod = pod_alloc("192.168.2.5", "p", node="w2")
+    p = plan_gc([tunnel, pod], VIEW, {}, now=1.0, grace=10.0, calico_nodes={"m", "w0", "w2"})
+    assert p.release_now == [] and p.candidates == {}
+    p = plan_gc([tunnel, pod], VIEW, {}, now=1.0, grace=10.0, calico_nodes={"m", "w0"})
+    assert p.release_now == [tunnel, pod]  # no Calico Node either: gone at once
+
+
 def test_nodes_to_clean():
     refs = [CalicoNodeRef("m", "m"), CalicoNodeRef("w1", "w1"), CalicoNodeRef("w2", "w2"),
             CalicoNodeRef("calico-w3", "w3")]
