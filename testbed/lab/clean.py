@@ -33,7 +33,7 @@ from testbed.lab.state import (
     state_dir,
 )
 
-__all__ = ["CleanReport", "clean_lab", "clean_all"]
+__all__ = ["CleanReport", "clean_lab", "clean_all", "kill_processes"]
 
 
 @dataclass
@@ -243,6 +243,37 @@ def _mounts_under(prefixes: list[str]) -> list[str]:
         if any(mp == p or mp.startswith(p.rstrip("/") + "/") for p in prefixes):
             out.append(mp)
     return sorted(set(out), key=len, reverse=True)
+
+
+def kill_processes(lab: str, keep: set[int]) -> CleanReport:
+    """SIGKILL every process of lab ``lab`` (what :func:`clean_lab` kills: its cgroup, its
+    namespaces' members, its environment marker, its runtimes' cgroups) except ``keep``, this
+    process and its ancestors; for ``down``, while the lab's links are still up. A process
+    killed after its peer's link is gone leaves its TCP connections orphaned, retransmitting a
+    FIN for minutes, and each such socket keeps its node's netns (and the tc-BPF tunnel
+    programs attached in it) alive that long."""
+    report = CleanReport(lab)
+    st = read_state(lab) or {}
+    ns_paths = [Path("/run/netns") / n for n in (st.get("netns") or [])]
+    cg = Path(st["cgroup"]) if st.get("cgroup") else None
+    shells = {rec["pid"] for rec in (st.get("hosts") or {}).values()
+              if rec.get("kind") == "node" and rec.get("pid") and rec.get("start")
+              and pid_alive(rec["pid"], rec["start"])}
+    namespaces = _lab_namespaces(shells, ns_paths, {os.getpid()})
+    for _ in range(3):
+        victims = _cgroup_pids(cg) if cg is not None else set()
+        for p in ns_paths:
+            victims |= _netns_pids(p)
+        victims |= _ns_member_pids(namespaces)
+        victims |= _environ_pids(lab, st.get("part") or part())
+        for d in _runtime_cgroup_dirs(lab):
+            victims |= _cgroup_pids(d)
+        victims -= keep | _ancestors()
+        if not victims:
+            break
+        _kill(victims, report)
+        _wait_gone(victims)
+    return report
 
 
 def clean_lab(lab: str) -> CleanReport:

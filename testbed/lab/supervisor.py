@@ -1133,6 +1133,16 @@ class Supervisor:
                 except OSError:
                     p.kill()
                 p.wait()
+        # the pods (the kubelets leave them running) and anything else of the lab go while
+        # the links are up, so their TCP connections close at once (clean.kill_processes);
+        # the Mininet shells stay for net.stop
+        from testbed.lab.clean import kill_processes
+
+        shells = {rec["pid"] for rec in self.state["hosts"].values() if rec.get("pid")}
+        try:
+            kill_processes(self.lab, shells)
+        except OSError:
+            _log("killing the lab's processes failed:\n" + traceback.format_exc())
         if self.networkd is not None:
             self.networkd.close()
         if self.net is not None:
