@@ -334,7 +334,7 @@ def _exec(lab: str | None, target: str, cmd: list[str]) -> int:
         if not ns or not pod:
             raise labstate.LabError(f"bad pod {target!r}: use NAMESPACE/POD", exit_code=EXIT_INPUT)
         st = labstate.resolve(lab)
-        if labstate.is_multihost(st):  # on the machine of the pod's node
+        if labstate.is_multihost(st):  # kubectl exec on the control plane's machine
             from testbed.multihost import controller
 
             return controller.exec_in(st, target, cmd)
@@ -405,7 +405,7 @@ def run_tool(tool: str, args: list[str], lab: str | None) -> int:
     from testbed.lab.nodeshell import node_target
 
     st = labstate.resolve(lab)
-    if labstate.is_multihost(st):  # on the control plane's machine (a pod's, for exec/logs)
+    if labstate.is_multihost(st):  # on the control plane's machine
         from testbed.multihost import controller
 
         return controller.run_tool(st, tool, args)

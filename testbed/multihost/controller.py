@@ -518,28 +518,11 @@ def run_cli(st: dict, machine: Machine, args: list[str], interactive: bool = Fal
         host.close()
 
 
-def _pod_machine(st: dict, namespace: str, pod: str) -> Machine:
-    """The machine whose node runs ``namespace/pod`` (asked on the control plane's machine)."""
-    cp = machine_of(st, st["control_plane"])
-    host = connect(st, cp)
-    try:
-        res = host.run(host.calicolab("--lab", st["lab"], "kubectl", "get", "pod", "-n", namespace,
-                                      pod, "-o", "json"), timeout=60)
-    finally:
-        host.close()
-    if res.rc != 0:
-        return cp  # kubectl there says why (NotFound ...)
-    node = (json.loads(res.out).get("spec") or {}).get("nodeName")
-    return machine_of(st, node) if node in st["multihost"]["placement"] else cp
-
-
 def exec_in(st: dict, target: str, cmd: list[str]) -> int:
-    """``calicolab exec NODE|NS/POD -- CMD`` where that node (or the pod's node) is."""
-    if "/" in target:
-        ns, _, pod = target.partition("/")
-        where = _pod_machine(st, ns, pod)
-    else:
-        where = machine_of(st, target)
+    """``calicolab exec NODE|NS/POD -- CMD``: a node's command where that node is; a pod's on
+    the control plane's machine, as ``kubectl exec`` (the real kubectl reaches the pod through
+    the API server and the kubelet API of the pod's node, wherever that node is)."""
+    where = machine_of(st, st["control_plane"] if "/" in target else target)
     return run_cli(st, where, ["exec", target, "--", *cmd])
 
 
@@ -549,36 +532,9 @@ def shell(st: dict, node: str) -> int:
 
 
 def run_tool(st: dict, tool: str, args: list[str]) -> int:
-    """kubectl/calicoctl: on the control plane's machine, or for ``kubectl exec|logs`` of a pod,
-    on its node's machine (the pod's processes are there)."""
-    where = machine_of(st, st["control_plane"])
-    if tool == "kubectl" and args and args[0] in ("exec", "logs"):
-        ns, pod = _pod_arg(args[1:])
-        if pod:
-            where = _pod_machine(st, ns, pod)
-    return run_cli(st, where, [tool, *args])
-
-
-def _pod_arg(args: list[str]) -> tuple[str, str]:
-    """(namespace, pod) from ``kubectl exec|logs`` arguments."""
-    ns, pod = "default", ""
-    i = 0
-    takes_value = {"-n", "--namespace", "-c", "--container", "--tail", "--since"}
-    while i < len(args):
-        a = args[i]
-        if a == "--":
-            break
-        if a in ("-n", "--namespace") and i + 1 < len(args):
-            ns = args[i + 1]
-        elif a.startswith("--namespace="):
-            ns = a.split("=", 1)[1]
-        if a in takes_value:
-            i += 2
-            continue
-        if not a.startswith("-") and not pod:
-            pod = a.split("/", 1)[1] if a.startswith(("pod/", "pods/", "po/")) else a
-        i += 1
-    return ns, pod
+    """kubectl/calicoctl on the control plane's machine (its part has admin.conf); ``kubectl
+    exec|logs|port-forward`` too: the API server reaches every node's kubelet API."""
+    return run_cli(st, machine_of(st, st["control_plane"]), [tool, *args])
 
 
 def record_of(lab: str) -> dict | None:

@@ -156,7 +156,7 @@ def test_walkthrough_over_two_ssh_hosts(hosts, tmp_path, monkeypatch):
         assert "vxlan id" in seg.stdout and "master lan0" in seg.stdout, seg.stdout + seg.stderr
         fdb = hosts.sh("hb", "bridge", "-n", f"{lab}-lan0@hb", "fdb", "show", "dev", "vx.hosts")
         assert f"dst {hosts['ha'].address}" in fdb.stdout, fdb.stdout
-        # a pod on hb, from here, through the pod's machine
+        # a pod on hb, from here: kubectl exec on the control plane's machine, via hb's kubelet API
         ex = cli("--lab", lab, "exec", "default/k8s-w1", "--", "hostname")
         assert ex.returncode == 0, ex.stderr
         # a shell in a node of the other host: piped, then on a terminal (a pty over SSH)
