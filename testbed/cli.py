@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ready-timeout", type=float, default=30.0,
                    help="how long to wait for calico-node/Nodes to turn ready (warn after)")
     s.add_argument("--tunnels", help=argparse.SUPPRESS)  # one machine's part (testbed.multihost)
+    s.add_argument("--join-files", help=argparse.SUPPRESS)  # its workers' kubeadm join files (ditto)
 
     s = sub.add_parser("down", parents=[lab_opt], help="stop a lab and remove everything it made")
     s.add_argument("name", nargs="?", help="lab name (default: the only running lab)")
@@ -197,7 +198,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         st = labmod.up(args.topology, name=args.name, no_cni=args.no_cni, timeout=args.timeout,
                        progress=_progress, ready_timeout=args.ready_timeout, runtime=args.runtime,
                        tunnels=json.loads(args.tunnels) if args.tunnels else None,
-                       datastore=args.datastore)
+                       datastore=args.datastore, join_files=args.join_files)
         print(f"lab {st['lab']} is up: {len([h for h in st['hosts'].values() if h['kind'] == 'node'])}"
               f" node(s), etcd at {','.join(st['etcd_endpoints'])}")
         print(f"  calicolab{'' if len(labstate.running_labs()) < 2 else ' --lab ' + st['lab']} "

@@ -100,6 +100,38 @@ def init(state: dict, pod_cidr: str | None = None) -> None:
         data.chmod(0o700)  # as kubeadm makes it (etcd warns about a wider one)
 
 
+#: what ``kubeadm join`` leaves in a worker's /etc/kubernetes (made by :func:`init` on the
+#: control plane's machine; a lab over several machines sends each its nodes' files)
+JOIN_FILES = ("admin.conf", "kubelet.conf", "pki/ca.crt")
+
+
+def check_join(state: dict, files: dict) -> None:
+    """Refuse a join bundle (``{node: {file: text}}``) that is not exactly :data:`JOIN_FILES`
+    for nodes of this lab (part) other than the control plane (ValueError naming what)."""
+    nodes = sorted(n for n, h in state["hosts"].items() if h["kind"] == "node" and n != state["control_plane"])
+    if not isinstance(files, dict):
+        raise ValueError("the join files must map each node to its files")
+    for node, per in files.items():
+        if node not in nodes:
+            raise ValueError(f"join files for {node!r}, which is not a worker node here "
+                             f"(nodes: {', '.join(nodes) or 'none'})")
+        if not isinstance(per, dict) or sorted(per) != sorted(JOIN_FILES) or \
+                not all(isinstance(v, str) and v for v in per.values()):
+            raise ValueError(f"join files for {node!r}: need {', '.join(JOIN_FILES)} (non-empty text), "
+                             f"got {', '.join(sorted(per)) if isinstance(per, dict) else type(per).__name__}")
+
+
+def join(state: dict, files: dict[str, dict[str, str]]) -> list[str]:
+    """Write what ``kubeadm join`` leaves in each node's /etc/kubernetes (``files``: node ->
+    :data:`JOIN_FILES` name -> text, checked by :func:`check_join` first); the nodes written."""
+    check_join(state, files)
+    for node, per in files.items():
+        etc = etc_kubernetes(state, node)
+        for name in JOIN_FILES:
+            _write(etc / name, per[name], 0o644 if name.endswith(".crt") else 0o600)
+    return sorted(files)
+
+
 # --------------------------------------------------------------------------- static pods
 
 MANIFESTS = "manifests"  # /etc/kubernetes/manifests: the control-plane kubelet's --pod-manifest-path

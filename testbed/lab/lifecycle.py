@@ -31,6 +31,7 @@ from typing import Any
 
 from testbed.lab.state import (
     EXIT_EXISTS,
+    EXIT_INPUT,
     EXIT_NOLAB,
     HEALTH_PORT,
     REPO,
@@ -60,7 +61,8 @@ def _stderr_progress(msg: str) -> None:
 def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = False,
        timeout: float = 120.0, progress: Progress | None = None,
        ready_timeout: float = 30.0, runtime: str | None = None,
-       tunnels: dict | None = None, datastore: str | None = None) -> dict:
+       tunnels: dict | None = None, datastore: str | None = None,
+       join_files: str | None = None) -> dict:
     """Bring up the lab described by ``topology``; return its state once it is ready.
     ``datastore`` (kubernetes or etcdv3) overrides the file's ``calico.datastore``.
 
@@ -68,7 +70,9 @@ def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = Fals
     during the build tears down whatever was made. Raises :class:`LabError`
     (or :class:`testbed.lab.topology.TopologyError` for a bad file). A topology
     with ``hosts:`` is brought up on every machine by :mod:`testbed.multihost`;
-    each machine's part comes back here (``CALICOLAB_PART``, with its ``tunnels``).
+    each machine's part comes back here (``CALICOLAB_PART``, with its ``tunnels`` and, for
+    its worker nodes, ``join_files``: a JSON file of what ``kubeadm join`` leaves in their
+    /etc/kubernetes, written there before any of its kubelets starts).
     """
     progress = progress or _stderr_progress
     topo = load(topology, name=name, runtime=runtime, datastore=datastore)
@@ -93,6 +97,7 @@ def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = Fals
         raise LabError(f"network namespace(s) {', '.join(taken)} already exist and were not made "
                        f"by a calicolab lab named {lab!r}; choose another --name", EXIT_EXISTS)
     state = plan(topo)
+    join = _read_join_files(state, join_files) if join_files else None
     state["no_cni"] = no_cni
     state["tunnels"] = tunnels or {}
     RUN_ROOT.mkdir(parents=True, exist_ok=True)
@@ -107,6 +112,10 @@ def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = Fals
         topology = kept
         state["topology"] = str(kept)
     write_state(lab, state)
+    if join:
+        from testbed.lab import kubeadm
+
+        kubeadm.join(state, join)
 
     rfd, wfd = os.pipe()
     log = open(state_dir(lab) / "labd.log", "ab")
@@ -135,6 +144,23 @@ def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = Fals
     st = read_state(lab)
     assert st is not None
     return st
+
+
+def _read_join_files(state: dict, path: str) -> dict:
+    """The join bundle at ``path`` (one machine's part only), checked before anything is made."""
+    from testbed.lab import kubeadm
+
+    if not part():
+        raise LabError("--join-files is for one machine's part of a lab over several "
+                       "(CALICOLAB_PART, set by testbed.multihost)", EXIT_INPUT)
+    try:
+        files = json.loads(Path(path).read_text())
+        kubeadm.check_join(state, files)
+    except OSError as exc:
+        raise LabError(f"cannot read the join files {path}: {exc.strerror or exc}", EXIT_INPUT) from None
+    except ValueError as exc:  # JSONDecodeError included
+        raise LabError(f"bad join files {path}: {exc}", EXIT_INPUT) from None
+    return files
 
 
 def _follow(rfd: int, proc: subprocess.Popen, lab: str, timeout: float, progress: Progress) -> None:

@@ -205,20 +205,39 @@ def up(topo: Topology, no_cni: bool = False, timeout: float = 180.0,
         shutil.rmtree(state_dir(lab), ignore_errors=True)  # nothing was made on any machine
         raise
     text = portable_topology(topo).encode()
+    cp_machine = topo.host_of(topo.control_plane.name)
+    want = _join_paths(topo, hosts[cp_machine].machine)
+    join = _Join(hosts[cp_machine], want, deadline=time.monotonic() + timeout)
 
     def start(name: str) -> None:
         host = hosts[name]
         tmp = f"/tmp/calicolab-{lab}-{name}-{uuid.uuid4().hex[:8]}.yaml"
-        host.write(tmp, text)
+        made = [tmp]
         try:
+            host.write(tmp, text)
             args = ["up", tmp, "--name", lab, "--timeout", str(timeout), "--ready-timeout",
                     str(ready_timeout), "--tunnels", json.dumps(tunnels.get(name, {}))]
             if no_cni:
                 args.append("--no-cni")
+            if name == cp_machine and want:
+                join.start(tmp)  # files newer than this copy of the topology are this up's
+            if name in want:  # kubeadm join: its workers' files are there before its part starts
+                files = join.files(name)
+                if files is None:
+                    raise HostError(host.machine, f"its part was not started: the kubeconfigs of its "
+                                    f"nodes did not come from {hosts[cp_machine].describe()}: {join.error}")
+                made.append(tmp.removesuffix(".yaml") + ".join.json")
+                host.check(["install", "-m", "600", "/dev/null", made[-1]], "creating the join files",
+                           timeout=30)
+                host.write(made[-1], json.dumps(files).encode())
+                args += ["--join-files", made[-1]]
+                progress(f"[{name}] kubeconfigs of {', '.join(sorted(files))} from {cp_machine} (kubeadm join)")
             res = host.stream(host.calicolab(*args), _line(progress, name), timeout=timeout + 60)
         finally:
+            if name == cp_machine:
+                join.stop()  # and wait: the file wait compares with ``tmp``, removed next
             try:
-                host.run(["rm", "-f", tmp], timeout=30)
+                host.run(["rm", "-f", *made], timeout=30)
             except HostError:
                 pass
         if res.rc != 0:
@@ -245,10 +264,6 @@ def up(topo: Topology, no_cni: bool = False, timeout: float = 180.0,
             msg += ("\nnot removed (unreachable): " + "; ".join(report["errors"])
                     + f"\n`calicolab clean {lab}` tries those again")
         raise LabError(msg)
-    try:
-        _copy_kubeconfigs(topo, hosts, progress)
-    except HostError as exc:
-        progress(f"warning: {exc}")
     for h in hosts.values():
         h.close()
     record["phase"] = "ready"
@@ -257,31 +272,82 @@ def up(topo: Topology, no_cni: bool = False, timeout: float = 180.0,
     return record
 
 
-#: what `kubeadm join` leaves in a node's /etc/kubernetes (testbed.lab.kubeadm)
-JOIN_FILES = ("admin.conf", "kubelet.conf", "pki/ca.crt")
+def _join_paths(topo: Topology, cp: Machine) -> dict[str, dict[str, dict[str, str]]]:
+    """What ``kubeadm join`` needs for each worker on another machine than the control
+    plane's, where the control plane's part makes it (:func:`testbed.lab.kubeadm.init`):
+    machine -> node -> file (:data:`~testbed.lab.kubeadm.JOIN_FILES`) -> path on ``cp``."""
+    from testbed.lab import kubeadm
 
-
-def _copy_kubeconfigs(topo: Topology, hosts: dict[str, Host], progress: Progress) -> None:
-    """The control plane's machine made every node's kubeconfigs (its CA signs them): copy
-    each node's to its own machine, into the node's /etc/kubernetes."""
-    lab = topo.name
-    cp_machine = topo.host_of(topo.control_plane.name)
-    src = hosts[cp_machine]
-    copied = []
+    out: dict[str, dict[str, dict[str, str]]] = {}
     for node in topo.nodes:
         where = topo.host_of(node.name)
-        if where == cp_machine:
-            continue
-        dst = hosts[where]
-        for f in JOIN_FILES:
-            data = src.read(f"{src.machine.run_dir}/{lab}/nodes/{node.name}/etc-kubernetes/{f}")
-            path = f"{dst.machine.run_dir}/{lab}/nodes/{node.name}/etc-kubernetes/{f}"
-            dst.check(["mkdir", "-p", path.rsplit("/", 1)[0]], "mkdir", timeout=30)
-            dst.write(path, data)
-            dst.check(["chmod", "644" if f.endswith(".crt") else "600", path], "chmod", timeout=30)
-        copied.append(node.name)
-    if copied:
-        progress(f"kubeconfigs of {', '.join(copied)} copied from {cp_machine}")
+        if where != cp.name:
+            etc = f"{cp.run_dir}/{topo.name}/nodes/{node.name}/{kubeadm.ETC_DIR}"
+            out.setdefault(where, {})[node.name] = {f: f"{etc}/{f}" for f in kubeadm.JOIN_FILES}
+    return out
+
+
+#: run on the control plane's machine: exit 0 once every file "$@" exists and is newer than
+#: "$1" (this up's copy of the topology: older ones are an earlier lab's leftovers), else 1
+#: after about a second
+_FRESH = ('ref=$1; shift; i=0; while [ $i -lt 20 ]; do ok=1; for f; do [ "$f" -nt "$ref" ] || ok=0; '
+          'done; [ $ok = 1 ] && exit 0; sleep 0.05; i=$((i+1)); done; exit 1')
+
+
+class _Join:
+    """The workers' join files, read from the control plane's machine once its part made them
+    (its PKI is the first thing it makes), for the other machines' parts, which start only then:
+    their kubelets, kube-proxy and calico-node find /etc/kubernetes as ``kubeadm join`` leaves it.
+    (A kubelet without its kubeconfig exits and is restarted with back-off: the workers
+    registered late or not at all while the control plane's part waited for them.)"""
+
+    def __init__(self, src: Host, want: dict[str, dict[str, dict[str, str]]], deadline: float):
+        self.src, self.want, self.deadline = src, want, deadline
+        self.got: dict[str, dict[str, dict[str, str]]] = {}
+        self.error = ""  # why the files could not be had
+        self.done = threading.Event()
+        self.stopped = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self, ref: str) -> None:
+        """Begin waiting for the files (newer than ``ref``) on a thread."""
+        self.thread = threading.Thread(target=self._run, args=(ref,), name="join-files", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        """The control plane's part ended (ready or failed, maybe before :meth:`start`): the
+        wait takes a last look and ends; return once it has."""
+        self.stopped.set()
+        if self.thread is None:
+            self.error = self.error or "its part did not start"
+            self.done.set()
+        self.done.wait()
+
+    def _run(self, ref: str) -> None:
+        paths = [p for nodes in self.want.values() for files in nodes.values() for p in files.values()]
+        try:
+            while True:
+                ended = self.stopped.is_set()  # read first: a look once the part ended is the last
+                if self.src.run(["sh", "-c", _FRESH, "sh", ref, *paths], timeout=60).rc == 0:
+                    break
+                if ended:
+                    self.error = "its part ended before it made them"
+                    return
+                if time.monotonic() > self.deadline:
+                    self.error = "not made in time"
+                    return
+            self.got = {m: {n: {f: self.src.read(p).decode() for f, p in files.items()}
+                            for n, files in nodes.items()} for m, nodes in self.want.items()}
+        except Exception as exc:  # noqa: BLE001 - handed to the parts waiting for the files
+            self.error = str(exc)
+        finally:
+            self.done.set()
+
+    def files(self, machine: str) -> dict[str, dict[str, str]] | None:
+        """``machine``'s workers' files (node -> file -> text) once read; None if they cannot
+        be had (:attr:`error` says why)."""
+        self.done.wait()
+        return self.got.get(machine)
 
 
 def _connect_all(record: dict, ms: dict[str, Machine], progress: Progress) -> dict[str, Host]:
