@@ -17,6 +17,11 @@ cached state one step towards the desired one and writes through the API server:
   the template changes;
 * endpoints and endpointslices: for each Service with a selector, the pods it selects
   (ready ones as ``addresses``/``ready: true``, the others as ``notReadyAddresses``);
+* node lifecycle (:mod:`testbed.k8s.nodelifecycle`): a node whose kubelet stopped renewing
+  its Lease for ``--node-monitor-grace-period`` (40 s) turns Unknown, NotReady and Unknown
+  nodes get the not-ready/unreachable NoSchedule and NoExecute taints, their pods are marked
+  not ready, and pods that do not tolerate a NoExecute taint (for longer than their
+  ``tolerationSeconds``) are evicted; checked every ``--node-monitor-period`` (5 s);
 * pod GC: a pod bound to a node that has not existed for 40 s (the podgc controller's
   quarantine) is deleted (force, grace 0), as no kubelet will ever finish it.
 
@@ -39,13 +44,16 @@ from collections.abc import Callable
 
 from kubeclient import AlreadyExists, ApiError, KubeError
 from testbed.k8s.apiclient import Cluster, client_from
+from testbed.k8s.nodelifecycle import GRACE_PERIOD, NodeLifecycle
 
 log = logging.getLogger("controllers")
 
 _ALNUM = "bcdfghjklmnpqrstvwxz2456789"  # the alphabet of Kubernetes' generated name suffixes
-WATCHED = ("Node", "Pod", "Deployment", "ReplicaSet", "DaemonSet", "Service", "Endpoints", "EndpointSlice")
+WATCHED = ("Node", "Pod", "Deployment", "ReplicaSet", "DaemonSet", "Service", "Endpoints", "EndpointSlice",
+           "Lease")
 ENDPOINTSLICE_MANAGER = "endpointslice-controller.k8s.io"
 ORPHAN_QUARANTINE = 40.0  # seconds a pod's node must be missing before pod GC deletes the pod
+NODE_MONITOR_PERIOD = 5.0  # --node-monitor-period (v1.28 default)
 
 
 def random_suffix(n: int = 5) -> str:
@@ -257,9 +265,12 @@ def tolerates(pod_spec: dict, taint: dict) -> bool:
     return False
 
 
-def daemon_nodes(ds: dict, nodes: list[dict]) -> list[str]:
+def daemon_nodes(ds: dict, nodes: list[dict], running: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """Nodes that should run one pod of the DaemonSet (Ready or not: CNI daemons start
-    first), taints checked with the tolerations the DaemonSet controller adds (pure)."""
+    first), taints checked with the tolerations the DaemonSet controller adds (pure). On
+    the nodes in ``running`` (a pod of it runs there already) only NoExecute taints count,
+    as the DaemonSet controller's shouldContinueRunning: an unreachable node's NoSchedule
+    taint does not remove its calico-node or kube-proxy."""
     tspec = json.loads(json.dumps(ds["spec"]["template"]["spec"]))
     tspec.setdefault("tolerations", []).extend(DAEMON_TOLERATIONS)
     tspec["tolerations"].append({"key": "node.kubernetes.io/not-ready", "operator": "Exists",
@@ -274,7 +285,8 @@ def daemon_nodes(ds: dict, nodes: list[dict]) -> list[str]:
         if sel and not all((node["metadata"].get("labels") or {}).get(k) == v for k, v in sel.items()):
             continue
         taints = (node.get("spec") or {}).get("taints") or []
-        if any(t.get("effect") in ("NoSchedule", "NoExecute") and not tolerates(tspec, t) for t in taints):
+        effects = ("NoExecute",) if node["metadata"]["name"] in running else ("NoSchedule", "NoExecute")
+        if any(t.get("effect") in effects and not tolerates(tspec, t) for t in taints):
             continue
         out.append(node["metadata"]["name"])
     return sorted(out)
@@ -402,11 +414,16 @@ class ControllerManager:
     """Runs every controller whenever the watched state changes (and every few seconds)."""
 
     def __init__(self, cluster: Cluster, pod_cidr: str | None = None, node_cidr_mask: int = 24,
-                 allocate_node_cidrs: bool = True, clock: Callable[[], float] | None = None):
+                 allocate_node_cidrs: bool = True, clock: Callable[[], float] | None = None,
+                 node_monitor_grace: float = GRACE_PERIOD, node_monitor_period: float = NODE_MONITOR_PERIOD,
+                 wall_clock: Callable[[], float] | None = None):
         import time
 
         self.cluster = cluster
         self.clock = clock or time.monotonic
+        self.lifecycle = NodeLifecycle(cluster, wall_clock or time.time, node_monitor_grace)
+        self.node_monitor_period = node_monitor_period
+        self.next_eviction: float | None = None  # wall time of the next NoExecute eviction
         self.missing_nodes: dict[str, float] = {}  # node name -> when first seen missing (pod GC)
         self.pod_cidr = pod_cidr
         self.node_cidr_mask = node_cidr_mask
@@ -539,8 +556,8 @@ class ControllerManager:
             if ds["metadata"].get("deletionTimestamp"):
                 continue
             thash = template_hash(ds["spec"]["template"])
-            wanted = daemon_nodes(ds, nodes)
             owned = [p for p in by_owner.get(ds["metadata"]["uid"], []) if not p["metadata"].get("deletionTimestamp")]
+            wanted = daemon_nodes(ds, nodes, {p["spec"].get("nodeName") for p in owned})
             current: dict[str, dict] = {}
             for pod in owned:
                 node = pod["spec"].get("nodeName")
@@ -651,6 +668,15 @@ class ControllerManager:
         self.reconcile_endpoints(services, c.list("Endpoints"), pods)
         self.reconcile_slices(services, c.list("EndpointSlice"), pods)
         self.gc_orphaned_pods(pods, nodes)
+        self.next_eviction = self.lifecycle.reconcile(c.list("Node"), c.list("Pod"), c.list("Lease"))
+
+    def _pass_timeout(self) -> float:
+        """How long the loop may sleep without a change: the node monitor period, sooner
+        for a pending eviction or a missing node (pod GC)."""
+        timeout = min(self.node_monitor_period, 1.0 if self.missing_nodes else 5.0)
+        if self.next_eviction is not None:
+            timeout = min(timeout, max(0.05, self.next_eviction - self.lifecycle.clock()))
+        return timeout
 
     def run(self, stop: threading.Event, on_error: Callable[[Exception], None] | None = None) -> None:
         """Reconcile until ``stop`` is set, woken by the informers."""
@@ -671,8 +697,27 @@ class ControllerManager:
                 if on_error:
                     on_error(exc)
                 stop.wait(0.5)
-            self.cluster.wait(stop, timeout=1.0 if self.missing_nodes else 5.0)
+            # a Lease renewal alone (every node's kubelet, every 10 s) needs no pass: node
+            # health is checked every --node-monitor-period
+            deadline = self.clock() + self._pass_timeout()
+            while not stop.is_set():
+                kinds = self.cluster.wait(stop, timeout=max(0.0, deadline - self.clock()))
+                if kinds - {"Lease"} or self.clock() >= deadline:
+                    break
             stop.wait(0.02)  # let a burst of changes land: one pass for all of them
+
+
+def _duration(text: str) -> float:
+    """A flag's Go duration (``40s``, ``500ms``, ``1m``), > 0."""
+    from datastore.duration import parse_duration
+
+    try:
+        value = parse_duration(text, bare_seconds=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 40s, 500ms, 1m)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"duration {text!r} must be positive")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -683,6 +728,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cluster-cidr", default="", help="the pod network (kubeadm --pod-network-cidr)")
     p.add_argument("--allocate-node-cidrs", default="false", choices=("true", "false"))
     p.add_argument("--node-cidr-mask-size", type=int, default=24)
+    p.add_argument("--node-monitor-grace-period", type=_duration, default=GRACE_PERIOD, metavar="DURATION",
+                   help="how long a node may go without a heartbeat (Lease renewal or Ready condition) "
+                        "before it is Unknown (default 40s)")
+    p.add_argument("--node-monitor-period", type=_duration, default=NODE_MONITOR_PERIOD, metavar="DURATION",
+                   help="how often node health is checked (default 5s)")
     p.add_argument("--controllers", default="*",
                    help="accepted as kube-controller-manager's; calicolab runs its set always")
     p.add_argument("--use-service-account-credentials", default="false", choices=("true", "false"))
@@ -706,7 +756,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     cluster = Cluster(client, WATCHED, component="kube-controller-manager")
     cm = ControllerManager(cluster, args.cluster_cidr or None, args.node_cidr_mask_size,
-                           args.allocate_node_cidrs == "true")
+                           args.allocate_node_cidrs == "true", node_monitor_grace=args.node_monitor_grace_period,
+                           node_monitor_period=args.node_monitor_period)
     cm.run(stop)
     cluster.stop()
     return 0
