@@ -9,7 +9,14 @@ CNI chain (ADD; DEL on delete), makes the pod's volumes (ServiceAccount token, C
 ...) and ``/etc/resolv.conf`` (cluster DNS), starts the image's workload in the sandbox and
 writes the pod's status (``pods/<p>/status``) and Events. A Terminating pod's containers are
 stopped within its grace period, then the pod is deleted with grace 0. Static pods
-(``--pod-manifest-path``) run without the API server and appear as mirror pods. The kubelet
+(``--pod-manifest-path``) run without the API server and appear as mirror pods.
+
+Once its Node object no longer exists (``kubectl delete node``; confirmed by a GET), the
+kubelet runs no pod for it: it stops the containers of every pod bound to the node and
+reports the pod ``Failed`` (reason ``NodeNotFound``), starts none, and restarts none; the
+pod's sandbox, and with it its IP, stays until the pod is deleted (pod GC), when CNI DEL
+releases the IP. A kubelet restarted later registers the Node again and never starts a pod
+in a terminal phase (Failed, Succeeded). The kubelet
 API on :10250 (logs, exec, port-forward) is served by :mod:`testbed.k8s.kubeletapi`.
 """
 
@@ -54,6 +61,7 @@ DEL_ATTEMPTS = 3
 NODE_STATUS_UPDATE = 10.0  # seconds between checks that the Node still says what we see
 NODE_STATUS_RETRY = 0.5  # seconds before a failed Node status write is tried again
 GONE_RECHECK = 1.0  # seconds before a pod missing from the cache but not confirmed gone is checked again
+NODE_GONE_REASON = "NodeNotFound"  # the reason of a pod the kubelet stopped because its Node is gone
 LEASE_DURATION = 40  # seconds (the kubelet's nodeLeaseDurationSeconds); renewed every quarter of it
 #: CPU priority of pods of priority class system-node-critical (the control plane's static
 #: pods): a real kubelet gives them CPU weight from their requests; calicolab's pods have no
@@ -137,6 +145,10 @@ class Kubelet:
         #: when to ask again (a list the API server got wrong must never stop a running pod)
         self.unconfirmed: dict[str, float] = {}
         self.image_errors: dict[str, dict[str, str]] = {}
+        self.node_gone = False  # the API server confirmed that this kubelet's Node was deleted
+        self.node_recheck = 0.0  # monotonic time to ask again whether the Node exists (0: on its events)
+        self.refused: set[str] = set()  # pods stopped (and reported Failed) because the Node is gone
+        self.ready_written: dict[str, bool] = {}  # uid -> the Ready status this kubelet last wrote
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pod")
         self.volumes = VolumeMaker(self._get_for_volume, self._token, node, node_ip)
@@ -271,6 +283,31 @@ class Kubelet:
                                f"Node {self.node} status is now: {'NodeReady' if ready else 'NodeNotReady'}")
         return True
 
+    def check_node(self) -> bool:
+        """Whether this kubelet's Node still exists: once the informer lost it, a GET
+        decides (no answer decides nothing). Returns True when that changed."""
+        if not self.registered or not self.cluster.synced():
+            return False
+        if self.cluster.get("Node", self.node) is not None:
+            gone = False
+        else:
+            try:
+                gone = self.cluster.fetch("Node", self.node) is None
+            except (KubeError, OSError) as exc:
+                log.info("node %s: not in the cache and the API server does not answer (%s)", self.node, exc)
+                self.node_recheck = time.monotonic() + GONE_RECHECK
+                return False
+        self.node_recheck = 0.0
+        if gone == self.node_gone:
+            return False
+        self.node_gone = gone
+        if gone:
+            log.warning("node %s: the Node object was deleted: stopping every pod bound to it and starting none "
+                        "(their sandboxes and IPs stay until the pods are deleted)", self.node)
+        else:
+            log.info("node %s exists again", self.node)
+        return True
+
     def renew_lease(self) -> None:
         """The node's heartbeat: Lease ``kube-node-lease/<node>`` (holder the node, 40 s,
         renewed every 10 s), owned by the Node, as the kubelet keeps it."""
@@ -329,7 +366,16 @@ class Kubelet:
                 continue
             if pod["metadata"].get("deletionTimestamp"):
                 self._submit(uid, self._teardown, uid, pod)
-            elif uid not in self.states:
+            elif self.node_gone and not self._is_static(pod):
+                if uid not in self.refused:
+                    self._submit(uid, self._refuse, uid, pod)
+            elif uid in self.states:
+                if self.ready_written.get(uid) and pod_ready_status(pod) == "False" and uid not in self.refused \
+                        and not terminal(pod):
+                    self._submit(uid, self._resync_status, uid)  # e.g. marked not ready while unreachable
+            elif terminal(pod):
+                continue  # a Failed or Succeeded pod is never started (again)
+            else:
                 failed = self.failures.get(uid)
                 if failed and now < failed[0]:
                     continue
@@ -346,6 +392,7 @@ class Kubelet:
         for uid in list(self.failures):
             if uid not in by_uid:
                 self.failures.pop(uid, None)
+        self.refused &= set(by_uid)
         if self.static is not None:
             self.static.sync_mirrors(self)
 
@@ -382,6 +429,42 @@ class Kubelet:
         if self._write_status(pod, infos, [], sandbox_ready=False):
             self.cluster.event(pod, "NetworkNotReady", msg, "Warning")
 
+    def _refuse(self, uid: str, pod: dict) -> None:
+        """The Node is gone: stop the pod's containers and report it Failed. Its sandbox
+        (and IP) is kept: CNI DEL runs when the pod is deleted."""
+        state = self.states.get(uid)
+        now = now_iso()
+        infos = []
+        for c in pod["spec"]["containers"]:
+            name = c["name"]
+            started = state.started_at.get(name) if state else None
+            infos.append(ContainerInfo(name, c["image"], container_id=state.container_ids.get(name, "") if state else "",
+                                       started_at=started, restart_count=state.restarts.get(name, 0) if state else 0,
+                                       exit_code=137 if started else None, finished_at=now if started else None,
+                                       waiting_reason=None if started else NODE_GONE_REASON))
+        if state is not None:
+            self._kill_containers(state, grace=0.5)
+            state.save(self.root_dir)
+        self.refused.add(uid)
+        msg = f"Node {self.node} no longer exists: the kubelet stopped this pod and runs no pod for it"
+        ips = cni.pod_ips(state.cni_result or {}) if state is not None and state.netns else []
+        self._write_status(pod, infos, ips, sandbox_ready=False, state=state,
+                           override={"phase": "Failed", "reason": NODE_GONE_REASON, "message": msg})
+        self.cluster.event(pod, NODE_GONE_REASON, msg, "Warning")
+        log.info("pod %s/%s stopped: node %s no longer exists", pod["metadata"]["namespace"],
+                 pod["metadata"]["name"], self.node)
+
+    def _resync_status(self, uid: str) -> None:
+        """Write the pod's status again when the API server says otherwise than this kubelet
+        last wrote (the status manager's sync; e.g. after the node controller marked the pods
+        of an unreachable node not ready)."""
+        state = self.states.get(uid)
+        pod = self._pod_by_uid(uid)
+        if state is None or pod is None or pod["metadata"].get("deletionTimestamp") or terminal(pod):
+            return
+        ips = [self.node_ip] if not state.netns else cni.pod_ips(state.cni_result or {})
+        self._write_status(pod, self._infos(state, pod), ips, state=state)
+
     @staticmethod
     def _annotations(state: PodState | None) -> dict[str, str]:
         """calicolab's annotations saying where a pod lives (netns, container PIDs, runtimes)."""
@@ -395,8 +478,10 @@ class Kubelet:
         return ann
 
     def _write_status(self, pod: dict, infos: list[ContainerInfo], ips: list[str], sandbox_ready: bool = True,
-                      message: str | None = None, state: PodState | None = None) -> bool:
-        """Write the pod's status (``pods/<p>/status``); True if it changed."""
+                      message: str | None = None, state: PodState | None = None,
+                      override: dict | None = None) -> bool:
+        """Write the pod's status (``pods/<p>/status``; ``override``: fields set over the
+        computed ones, e.g. a Failed phase); True if it changed."""
         meta = pod["metadata"]
         if self.static is not None and self.static.is_static(pod):
             return self.static.set_status(pod, pod_status(pod, infos, self.node_ip, ips, now_iso(), None,
@@ -405,6 +490,9 @@ class Kubelet:
         status = pod_status(pod, infos, self.node_ip, ips, now_iso(), old_start, sandbox_ready)
         if message:
             status["message"] = message
+        if override:
+            status.update(override)
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status["conditions"])
         changed = []
 
         def put(p: dict) -> bool:
@@ -428,6 +516,7 @@ class Kubelet:
         for attempt in range(5):  # the status is the only report of what happened: retry it
             try:
                 self.cluster.mutate("Pod", meta["name"], meta["namespace"], put, sub="status")
+                self.ready_written[meta["uid"]] = ready
                 return bool(changed)
             except (KubeError, OSError) as exc:
                 log.warning("pod %s/%s: status not written (attempt %d): %s", meta["namespace"], meta["name"],
@@ -770,7 +859,7 @@ class Kubelet:
         (CrashLoopBackOff: 1 s, then 10 s doubling to 5 min) has passed."""
         now = time.monotonic()
         for uid, state in list(self.states.items()):
-            if uid in self.busy:
+            if uid in self.busy or uid in self.refused:
                 continue
             for name, pid in list(state.pids.items()):
                 key = (uid, name)
@@ -795,8 +884,10 @@ class Kubelet:
     def _on_exit(self, uid: str, name: str, code: int) -> None:
         state = self.states.get(uid)
         pod = self._pod_by_uid(uid)
-        if state is None or pod is None:
+        if state is None or pod is None or uid in self.refused:
             return
+        if terminal(pod) and (pod.get("status") or {}).get("reason") == NODE_GONE_REASON:
+            return  # stopped because its Node was gone (e.g. adopted after a restart): never restarted
         self._write_status(pod, self._infos(state, pod), cni.pod_ips(state.cni_result or {}), state=state)
         policy = pod["spec"].get("restartPolicy", "Always")
         if policy == "Always" or (policy == "OnFailure" and code != 0):
@@ -813,7 +904,8 @@ class Kubelet:
     def _restart(self, uid: str, name: str) -> None:
         state = self.states.get(uid)
         pod = self._pod_by_uid(uid)
-        if state is None or pod is None or pod["metadata"].get("deletionTimestamp"):
+        if state is None or pod is None or pod["metadata"].get("deletionTimestamp") or terminal(pod) or \
+                uid in self.refused or (self.node_gone and not self._is_static(pod)):
             return
         state.restarts[name] = state.restarts.get(name, 0) + 1
         c = next(c for c in pod["spec"]["containers"] if c["name"] == name)
@@ -884,7 +976,14 @@ class Kubelet:
 
         Only processes that are our children, live in the pod's netns, or have the
         recorded start time are signalled (a PID from a state file may have been reused)."""
-        in_netns = set(runtime.netns_pids(state.netns))
+        cri_rt = self._kill_containers(state, grace)
+        self._finish_stop(state, cri_rt, cni_del)
+
+    def _kill_containers(self, state: PodState, grace: float = 2.0):
+        """Stop the pod's containers (SIGTERM, SIGKILL after ``grace`` s) and every other
+        process in its netns; the sandbox stays. Returns the pod's container runtime (None:
+        the netns runtime)."""
+        in_netns = set(runtime.netns_pids(state.netns)) if state.netns else set()
         cri_rt = self.cri if self.cri is not None and state.runtime == self.cri.name else None
         kills = []
         for name, pid in state.pids.items():
@@ -899,9 +998,12 @@ class Kubelet:
                 kills.append(t)
         for t in kills:
             t.join()
-        for pid in runtime.netns_pids(state.netns):  # e.g. processes left by kubectl exec
+        for pid in runtime.netns_pids(state.netns) if state.netns else ():  # e.g. left by kubectl exec
             if pid != state.sandbox_pid:
                 runtime.kill_process(pid, grace=0.5)
+        return cri_rt
+
+    def _finish_stop(self, state: PodState, cri_rt, cni_del: bool) -> None:
         if cni_del and state.cni_conf:
             conf = cni.parse_config(state.cni_conf)
             args = cni.cni_args(state.namespace, state.name, state.sandbox_id)
@@ -921,6 +1023,7 @@ class Kubelet:
         shutil.rmtree(state.pod_dir(self.root_dir), ignore_errors=True)
         with self.lock:
             self.states.pop(state.uid, None)
+        self.ready_written.pop(state.uid, None)
         for key in [k for k in self.exits if k[0] == state.uid]:
             self.exits.pop(key, None)
             self.restart_at.pop(key, None)
@@ -978,6 +1081,8 @@ class Kubelet:
                 if not self.registered:
                     self.register()
                 changed = self.check_network()
+                if kinds & {"*", "Node"} or 0 < self.node_recheck <= time.monotonic():
+                    changed = self.check_node() or changed  # deleted or (re-)created: an informer event
                 if changed or kinds & {"*", "Pod", "Node"} or self._retry_due():
                     self.sync_pods()
                 if time.monotonic() - last_proc_check > 0.5:
@@ -1015,6 +1120,19 @@ class Kubelet:
         if kill_pods:
             for state in list(self.states.values()):
                 self.stop_pod(state, cni_del=False)
+
+
+def terminal(pod: dict) -> bool:
+    """The pod is in a terminal phase (Failed, Succeeded): no kubelet starts it again."""
+    return (pod.get("status") or {}).get("phase") in ("Failed", "Succeeded")
+
+
+def pod_ready_status(pod: dict) -> str | None:
+    """The status of the pod's Ready condition (None without one)."""
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return c.get("status")
+    return None
 
 
 def expand_vars(text: str, env: dict[str, str]) -> str:
