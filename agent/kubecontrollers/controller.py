@@ -20,6 +20,7 @@ from agent.kubecontrollers.decisions import (
     Allocation,
     CalicoNodeRef,
     ClusterView,
+    busy_deleted_nodes,
     next_expiry,
     nodes_to_clean,
     plan_gc,
@@ -59,6 +60,7 @@ class KubeControllers:
         self.candidates: dict[str, float] = {}
         self.missing_since: dict[str, float] = {}
         self.deleted_nodes: set[str] = set()
+        self.waiting_nodes: set[str] = set()  # deleted nodes whose pods still hold IPs
         self.dirty = threading.Event()
         self.scans = 0
         self.released: list[str] = []       # every address released (for status and tests)
@@ -110,12 +112,20 @@ class KubeControllers:
             view = self.cluster_view()
             with self._dlock:
                 deleted, self.deleted_nodes = self.deleted_nodes, set()
+            allocs = self.allocations()
+            busy = busy_deleted_nodes(allocs, view)
+            for name in sorted(busy - self.waiting_nodes):
+                log.info("node %s was deleted from Kubernetes, but pods bound to it still hold their IPs: "
+                         "its Calico data stays until they are deleted", name)
+            self.waiting_nodes = busy
             refs = self.calico_nodes()
             gone, self.missing_since = nodes_to_clean(refs, view.nodes, deleted,
-                                                      self.missing_since, now, NODE_MISSING_MIN)
+                                                      self.missing_since, now, NODE_MISSING_MIN, busy)
             for name in gone:
                 self.clean_node(name)
-            plan = plan_gc(self.allocations(), view, self.candidates, now, self.config.leak_grace_period,
+            if gone:
+                allocs = self.allocations()
+            plan = plan_gc(allocs, view, self.candidates, now, self.config.leak_grace_period,
                            calico_nodes={r.name for r in refs if r.name not in gone})
             released = self._release(plan.release_now, "its node no longer exists")
             if plan.release_leaked:

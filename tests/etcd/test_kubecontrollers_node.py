@@ -86,8 +86,16 @@ def test_deleted_node_loses_calico_node_affinities_ips_and_endpoints(cluster):
         wait_for(lambda: kc.scans, what="first scan")
         assert {n.metadata.name for n in client.list("Node")} == {"w0", "w1"}  # nothing deleted yet
         k8s_delete(api, "nodes", "w1")
+        # pod b still exists (bound to w1 until pod GC deletes it): its IP, WEP and w1's
+        # Calico data stay, so no new pod can get b's address
+        scans = kc.scans
+        wait_for(lambda: kc.scans, lambda v: v >= scans + 2, what="two scans after the Node's deletion", timeout=10)
+        assert {n.metadata.name for n in client.list("Node")} == {"w0", "w1"}
+        assert str(ip1) in allocated(ipam) and kc.waiting_nodes == {"w1"}
+        assert [w.metadata.name for w in client.list("WorkloadEndpoint")] == ["w1-k8s-b-eth0"]
+        k8s_delete(api, "pods", "b", "default")
         wait_for(lambda: [n.metadata.name for n in client.list("Node")], lambda v: v == ["w0"],
-                 what="Calico Node w1 removed", timeout=10)
+                 what="Calico Node w1 removed once its last pod was deleted", timeout=10)
     finally:
         stop.set()
         kc.dirty.set()

@@ -134,3 +134,33 @@ def test_pod_ips():
     assert pod_ips({"status": {"podIP": "1.2.3.5"}}) == ("1.2.3.5",)
     assert pod_ips({"spec": {"hostNetwork": True}, "status": {"podIP": "172.30.0.11"}}) == ()
     assert pod_ips({}) == ()
+
+
+def test_pods_of_a_deleted_node_keep_their_ips_until_they_are_deleted():
+    """A deleted Kubernetes Node whose pods still exist (their kubelet stopped them, pod GC
+    has not deleted them yet) keeps their addresses, its tunnel address and its Calico data:
+    a new pod must never get an address a pod still holds."""
+    from agent.kubecontrollers.decisions import busy_deleted_nodes
+
+    view = ClusterView(nodes={"m", "w0"}, pods={("default", "orphan"): ("192.168.2.5",),
+                                                ("default", "starting"): ()})
+    orphan = pod_alloc("192.168.2.5", "orphan", node="w1")
+    gone = pod_alloc("192.168.2.6", "deleted", node="w1")
+    tunnel = Allocation("192.168.2.0", "192.168.2.0/24", "ipip-tunnel-addr-w1",
+                        {"node": "w1", "type": "ipipTunnelAddress"})
+    assert busy_deleted_nodes([orphan, gone, tunnel], view) == {"w1"}
+    assert classify(orphan, view, {"w1"}) == VALID
+    assert classify(gone, view, {"w1"}) == NODE_GONE  # its pod is gone: released at once
+    assert classify(tunnel, view, {"w1"}) == VALID
+    plan = plan_gc([orphan, gone, tunnel], view, {}, now=1.0, grace=900.0)
+    assert plan.release_now == [gone]
+    refs = [CalicoNodeRef("w1", "w1")]
+    out, missing = nodes_to_clean(refs, {"m", "w0"}, deleted={"w1"}, missing_since={}, now=5.0, min_missing=2.0,
+                                  busy={"w1"})
+    assert out == [] and missing == {"w1": 5.0}
+    # the orphan deleted (pod GC): everything of w1 goes
+    view.pods.pop(("default", "orphan"))
+    assert busy_deleted_nodes([orphan, tunnel], view) == set()
+    assert plan_gc([orphan, tunnel], view, {}, now=8.0, grace=900.0).release_now == [orphan, tunnel]
+    out, _ = nodes_to_clean(refs, {"m", "w0"}, deleted=set(), missing_since=missing, now=8.0, min_missing=2.0)
+    assert out == ["w1"]
