@@ -166,8 +166,17 @@ def test_install_by_manifest(lab):
     assert affinities() == sorted(NODES)
     res = cli(name, "kubectl", "delete", "node", "k8s-w1")
     assert res.returncode == 0, res.stderr
+    # pod k8s-w1 is stopped by its kubelet but still exists (pod GC would delete it after
+    # 40 s): it holds its IP, so k8s-w1's Calico data stays until the pods bound to k8s-w1
+    # are deleted
+    wait_for(lambda: json.loads(cli(name, "kubectl", "get", "pod", "k8s-w1", "-o", "json").stdout)["status"],
+             lambda st: st.get("phase") == "Failed" and st.get("reason") == "NodeNotFound", timeout=15,
+             what="pod k8s-w1 stopped (Failed, NodeNotFound) by the kubelet of the deleted node")
+    assert "k8s-w1" in {r["NAME"] for r in table(cli(name, "calicoctl", "get", "nodes").stdout)}
+    res = cli(name, "kubectl", "delete", "pods", "-A", "--field-selector", "spec.nodeName=k8s-w1")
+    assert res.returncode == 0, res.stderr
     wait_for(lambda: table(cli(name, "calicoctl", "get", "nodes").stdout),
-             lambda rows: sorted(r["NAME"] for r in rows) == ["k8s-m", "k8s-w0"], timeout=15,
+             lambda rows: sorted(r["NAME"] for r in rows) == ["k8s-m", "k8s-w0"], timeout=30,
              what="calicoctl get nodes without k8s-w1")
     wait_for(affinities, lambda hosts: hosts == ["k8s-m", "k8s-w0"], timeout=10,
              what="k8s-w1's block affinities released")
