@@ -1,0 +1,268 @@
+"""Node lifecycle in a running lab (plain `up`: the control plane as static pods, a kubelet
+and calico-node on every node), checked as a user sees it through kubectl and calicoctl:
+
+* a hung kubelet (SIGSTOP: the process lives on, so nothing restarts it) stops renewing its
+  Lease: after kube-controller-manager's --node-monitor-grace-period the Node is Unknown
+  with the unreachable taints, its pods are marked not ready, a pod tolerating the taint for
+  3 s is evicted then and one with the default 300 s is not; the kubelet resumed, all is
+  Ready again;
+* `kubectl delete node`: the node's kubelet stops its pods (Failed, processes gone) and
+  restarts none; their IPs stay allocated until the pods are deleted (pod GC, 40 s), so
+  the pods created meanwhile get other IPs; then the IPs, the WEPs and the node's Calico
+  data go, and `calicoctl ipam check` finds no problem.
+
+One lab serves the module (tests run in file order; the last one deletes a node).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from testbed.lab import faults, kubeadm
+from testbed.lab import lifecycle as labmod
+from testbed.lab import state as labstate
+from testbed.lab.clean import clean_lab
+from testbed.poll import wait_for
+from tests.lab.lab_helpers import write_topology
+from tests.support import require_root, require_tool, unique
+
+pytestmark = pytest.mark.lab
+
+TOPOLOGY = """\
+name: {name}
+segments:
+  - {{name: lan0, cidr: 172.30.62.0/24}}
+nodes:
+  - {{name: m, role: control-plane, address: 172.30.62.10, segment: lan0}}
+  - {{name: w0, role: worker, address: 172.30.62.11, segment: lan0}}
+  - {{name: w1, role: worker, address: 172.30.62.12, segment: lan0}}
+"""
+UNREACHABLE = "node.kubernetes.io/unreachable"
+#: kube-controller-manager flags for this lab: the grace period must exceed the kubelet's
+#: Lease renewal interval (10 s), as with Kubernetes' defaults (40 s, 5 s)
+GRACE = 15
+CM_FLAGS = [f"--node-monitor-grace-period={GRACE}s", "--node-monitor-period=1s"]
+
+
+def cli(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "testbed.cli", *args], input=stdin, capture_output=True,
+                          text=True, timeout=timeout, cwd=str(labstate.REPO))
+
+
+def kubectl(lab: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return cli("kubectl", "--lab", lab, *args, stdin=stdin)
+
+
+def calicoctl(lab: str, *args: str) -> subprocess.CompletedProcess:
+    return cli("calicoctl", "--lab", lab, *args)
+
+
+def get_json(lab: str, *args: str) -> dict | None:
+    """``kubectl get ... -o json``; None when it is NotFound."""
+    res = kubectl(lab, "get", *args, "-o", "json")
+    if res.returncode != 0:
+        if "NotFound" in res.stderr or "not found" in res.stderr:
+            return None
+        raise RuntimeError(f"kubectl get {' '.join(args)}: {res.stderr.strip()}")
+    return json.loads(res.stdout)
+
+
+def pods(lab: str) -> dict[str, dict]:
+    return {p["metadata"]["name"]: p for p in get_json(lab, "pods", "-n", "default")["items"]}
+
+
+def condition(obj: dict | None, typ: str = "Ready") -> dict:
+    return next((c for c in ((obj or {}).get("status") or {}).get("conditions") or [] if c.get("type") == typ), {})
+
+
+def taints(node: dict | None) -> set[tuple[str, str]]:
+    return {(t["key"], t["effect"]) for t in ((node or {}).get("spec") or {}).get("taints") or []}
+
+
+def apply_pod(lab: str, name: str, node: str, tolerations: list[dict] | None = None) -> None:
+    spec: dict = {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}
+    if tolerations:
+        spec["tolerations"] = tolerations
+    doc = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"}, "spec": spec}
+    res = kubectl(lab, "apply", "-f", "-", stdin=json.dumps(doc))
+    assert res.returncode == 0, res.stderr
+
+
+def running(lab: str, names: list[str], timeout: float = 40) -> dict[str, dict]:
+    return wait_for(lambda: pods(lab), lambda ps: all(faults.pod_running(ps.get(n)) for n in names),
+                    timeout=timeout, what=f"pods {names} Running with an IP")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def ip_in_use(lab: str, ip: str) -> bool:
+    res = calicoctl(lab, "ipam", "show", f"--ip={ip}")
+    assert res.returncode == 0, res.stderr
+    return "is in use" in res.stdout
+
+
+def ipam_clean(lab: str, when: str) -> None:
+    """`calicoctl ipam check` finds 0 problems (else: its problem IPs, the WEPs, the pods and
+    calico-kube-controllers' log)."""
+    check = calicoctl(lab, "ipam", "check", "--show-problem-ips")
+    if check.returncode == 0 and check.stdout.endswith("found 0 problems.\n"):
+        return
+    kc_log = labstate.state_dir(lab) / "logs" / "m.calico-kube-controllers.log"
+    pytest.fail("\n".join([f"ipam check {when}:", check.stdout, check.stderr,
+                            calicoctl(lab, "get", "workloadendpoints", "-A", "-o", "wide").stdout,
+                            kubectl(lab, "get", "pods", "-A", "-o", "wide").stdout,
+                            kc_log.read_text()[-6000:] if kc_log.exists() else f"({kc_log} missing)"]))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A running lab (m, w0, w1) whose kube-controller-manager runs with :data:`CM_FLAGS`
+    (its static pod manifest edited, as on a kubeadm control plane)."""
+    require_root()
+    for tool in ("mnexec", "etcd", "nsenter"):
+        require_tool(tool)
+    tmp = tmp_path_factory.mktemp("nodelife")
+    name = unique("nl")
+    topo = write_topology(tmp, name, TOPOLOGY)
+    try:
+        st = labmod.up(topo, progress=lambda _m: None, ready_timeout=30)
+        manifest = kubeadm.etc_kubernetes(st, "m") / kubeadm.MANIFESTS / "kube-controller-manager.yaml"
+        pod = json.loads(manifest.read_text())
+        pod["spec"]["containers"][0]["command"] += CM_FLAGS
+        manifest.write_text(json.dumps(pod, indent=2) + "\n")
+
+        def cm_cmdline() -> str:
+            mirror = get_json(name, "pod", "-n", "kube-system", "kube-controller-manager-m")
+            pids = json.loads(((mirror or {}).get("metadata", {}).get("annotations") or {})
+                              .get("calicolab.io/pids") or "{}")
+            try:
+                with open(f"/proc/{next(iter(pids.values()))}/cmdline", "rb") as f:
+                    return f.read().replace(b"\0", b" ").decode()
+            except (OSError, StopIteration):
+                return ""
+
+        wait_for(cm_cmdline, lambda c: all(f in c for f in CM_FLAGS), timeout=30,
+                 what=f"kube-controller-manager restarted by the kubelet with {CM_FLAGS}")
+        yield {"name": name, "state": st}
+    finally:
+        clean_lab(name)
+
+
+def test_a_hung_kubelet_makes_its_node_unknown_tainted_and_its_pods_evicted(lab):
+    name = lab["name"]
+    short = [{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 3}]
+    apply_pod(name, "hung-default", "w1")  # the API server adds the 300 s tolerations
+    apply_pod(name, "hung-short", "w1", short)
+    running(name, ["hung-default", "hung-short"])
+    default_tol = {t["key"]: t.get("tolerationSeconds") for t in pods(name)["hung-default"]["spec"]["tolerations"]}
+    assert default_tol[UNREACHABLE] == 300
+    pid = faults.kill_service(name, "w1/kubelet", signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        node = wait_for(lambda: get_json(name, "node", "w1"),
+                        lambda n: condition(n).get("status") == "Unknown"
+                        and {(UNREACHABLE, "NoSchedule"), (UNREACHABLE, "NoExecute")} <= taints(n),
+                        timeout=GRACE + 10 + 15, what="node w1 Unknown with the unreachable taints")
+        took = time.monotonic() - t0
+        # the last Lease renewal was at most 10 s before the hang
+        assert took > GRACE - 10 - 1, f"Unknown {took:.1f}s after the kubelet hung: early for a {GRACE}s grace period"
+        ready = condition(node)
+        assert ready["reason"] == "NodeStatusUnknown" and ready["message"] == "Kubelet stopped posting node status."
+        assert all(condition(node, t).get("status") == "Unknown" for t in ("MemoryPressure", "DiskPressure",
+                                                                              "PIDPressure"))
+        row = kubectl(name, "get", "node", "w1").stdout
+        assert "NotReady" in row, row
+        # the pod tolerating the taint for 3 s is evicted (Terminating: its kubelet is hung) ...
+        wait_for(lambda: pods(name).get("hung-short"),
+                           lambda p: p is None or p["metadata"].get("deletionTimestamp"), timeout=3 + 10,
+                           what="hung-short evicted 3 s after the unreachable taint")
+        # ... the one with the default 300 s stays, marked not ready
+        default = wait_for(lambda: pods(name)["hung-default"], lambda p: condition(p).get("status") == "False",
+                           timeout=10, what="hung-default marked not ready")
+        assert not default["metadata"].get("deletionTimestamp")
+        events = get_json(name, "events", "-n", "default")["items"]
+        assert any(e["reason"] == "TaintManagerEviction" and e["involvedObject"]["name"] == "hung-short"
+                   for e in events), [e["reason"] for e in events]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: get_json(name, "node", "w1"),
+             lambda n: condition(n).get("status") == "True" and not any(k == UNREACHABLE for k, _ in taints(n)),
+             timeout=30, what="node w1 Ready again, unreachable taints removed")
+    wait_for(lambda: pods(name), lambda ps: "hung-short" not in ps, timeout=30,
+             what="the evicted pod torn down by its resumed kubelet and deleted")
+    wait_for(lambda: pods(name)["hung-default"], lambda p: condition(p).get("status") == "True"
+             and faults.pod_running(p), timeout=30, what="hung-default Ready again")
+
+
+def test_a_deleted_node_runs_no_pod_and_no_ip_is_handed_out_twice(lab):
+    name = lab["name"]
+    orphans = ["del-a", "del-b"]
+    for p in orphans:
+        apply_pod(name, p, "w1")
+    apply_pod(name, "keep", "w0")
+    before = running(name, [*orphans, "keep"])
+    orphan_ips = {before[p]["status"]["podIP"] for p in orphans}
+    orphan_pids = {p: faults.pod_pid(before[p]) for p in orphans}
+    assert all(pid_alive(pid) for pid in orphan_pids.values())
+
+    ipam_clean(name, "before the Node's deletion")
+    res = kubectl(name, "delete", "node", "w1")
+    assert res.returncode == 0 and 'node "w1" deleted' in res.stdout, res.stderr
+    t0 = time.monotonic()
+    # no pod runs on a deleted node: its kubelet stops them and reports them Failed
+    stopped = wait_for(lambda: pods(name), lambda ps: all(
+        ps[p]["status"].get("phase") == "Failed" and ps[p]["status"].get("reason") == "NodeNotFound"
+        and not pid_alive(orphan_pids[p]) for p in orphans), timeout=20,
+        what="the pods of deleted node w1 Failed (NodeNotFound) with their processes gone")
+    for p in orphans:
+        st = stopped[p]["status"]
+        assert "no longer exists" in st["message"]
+        assert st["containerStatuses"][0]["state"].get("terminated"), st["containerStatuses"]
+    restarts = {p: stopped[p]["status"]["containerStatuses"][0]["restartCount"] for p in orphans}
+    # ... and restarts none of them (the kubelet would within 1 s: watch for 3 s)
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        ps = pods(name)
+        for p in orphans:
+            assert ps[p]["status"]["phase"] == "Failed" and not pid_alive(orphan_pids[p]), ps[p]["status"]
+            assert ps[p]["status"]["containerStatuses"][0]["restartCount"] == restarts[p]
+        time.sleep(0.3)
+    # their IPs stay allocated while the pods exist ...
+    assert all(ip_in_use(name, ip) for ip in orphan_ips)
+    # ... so pods created right now never get one of them, nor any IP a live pod holds
+    fresh = [f"new-{i}" for i in range(4)]
+    for p in fresh:
+        apply_pod(name, p, "w0")
+    now = running(name, fresh + ["keep"])
+    new_ips = [now[p]["status"]["podIP"] for p in fresh]
+    assert not set(new_ips) & orphan_ips, (new_ips, orphan_ips)
+    live = [p["status"]["podIP"] for p in now.values() if faults.pod_running(p)]
+    assert len(live) == len(set(live)), f"an IP handed out twice among running pods: {sorted(live)}"
+    # pod GC deletes the pods of the deleted node (after its 40 s quarantine); then their IPs,
+    # their WEPs and the node's Calico data go
+    wait_for(lambda: pods(name), lambda ps: not set(orphans) & set(ps), timeout=40 + 30,
+             what="the pods of deleted node w1 deleted by pod GC")
+    assert time.monotonic() - t0 >= 30, "the pods went before pod GC's 40 s quarantine"
+    wait_for(lambda: [ip for ip in orphan_ips if ip_in_use(name, ip)], lambda left: not left, timeout=20,
+             what="the deleted pods' IPs released")
+    wait_for(lambda: json.loads(calicoctl(name, "get", "nodes", "-o", "json").stdout)["items"],
+             lambda items: "w1" not in {n["metadata"]["name"] for n in items}, timeout=20,
+             what="Calico Node w1 removed by kube-controllers")
+    weps = calicoctl(name, "get", "workloadendpoints", "-A", "-o", "wide").stdout
+    assert "del-a" not in weps and "del-b" not in weps, weps
+    ipam_clean(name, "after the Node's deletion")
+    after = pods(name)
+    assert all(faults.pod_running(after[p]) for p in fresh + ["keep"])
