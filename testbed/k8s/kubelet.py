@@ -1087,6 +1087,8 @@ class Kubelet:
                     self.sync_pods()
                 if time.monotonic() - last_proc_check > 0.5:
                     last_proc_check = time.monotonic()
+                    if self.static is not None and self.static.changed():
+                        self.sync_pods()  # a static pod manifest edited, added or removed
                     self.check_processes()
                     self.renew_lease()
             except (KubeError, OSError) as exc:

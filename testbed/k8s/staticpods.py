@@ -68,14 +68,10 @@ class StaticPods:
     def pods(self) -> list[dict]:
         """The static pods (manifests re-read when they change; a bad one is logged and skipped)."""
         out = []
-        try:
-            names = sorted(os.listdir(self.dir))
-        except FileNotFoundError:
-            return []
-        for name in names:
-            if name.startswith(".") or not name.endswith((".yaml", ".yml", ".json")):
-                continue
-            path = os.path.join(self.dir, name)
+        paths = self._paths()
+        for gone in set(self._cache) - set(paths):
+            self._cache.pop(gone, None)
+        for path in paths:
             try:
                 mtime = os.stat(path).st_mtime
             except OSError:
@@ -101,6 +97,28 @@ class StaticPods:
                     pod["status"] = self.status[pod["metadata"]["uid"]]
                 out.append(pod)
         return out
+
+    def _paths(self) -> list[str]:
+        try:
+            names = sorted(os.listdir(self.dir))
+        except FileNotFoundError:
+            return []
+        return [os.path.join(self.dir, n) for n in names
+                if not n.startswith(".") and n.endswith((".yaml", ".yml", ".json"))]
+
+    def changed(self) -> bool:
+        """A manifest was added, removed or changed since :meth:`pods` last read them (the
+        kubelet's file source: a real one checks its directory every 20 s and on inotify)."""
+        paths = self._paths()
+        if set(paths) != set(self._cache):
+            return True
+        for path in paths:
+            try:
+                if os.stat(path).st_mtime != self._cache[path][0]:
+                    return True
+            except OSError:
+                return True
+        return False
 
     @staticmethod
     def is_static(pod: dict) -> bool:

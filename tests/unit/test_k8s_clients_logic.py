@@ -217,6 +217,34 @@ def test_static_pod_is_named_for_its_node_with_a_stable_uid():
         static_pod({"apiVersion": "apps/v1", "kind": "Deployment"}, "k8s-m")
 
 
+def test_static_pods_notice_an_edited_added_or_removed_manifest(tmp_path):
+    """The kubelet asks StaticPods.changed() every half second, so an edit of a manifest (a
+    kube-controller-manager flag, as on a kubeadm control plane) replaces the pod without
+    waiting for an API event."""
+    import json
+    import os
+
+    from testbed.k8s.staticpods import StaticPods
+
+    m = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kcm", "namespace": "kube-system"},
+         "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["a"]}]}}
+    path = tmp_path / "kcm.yaml"
+    path.write_text(json.dumps(m))
+    sp = StaticPods(str(tmp_path), "m")
+    assert sp.changed()  # never read
+    first = sp.pods()[0]["metadata"]["uid"]
+    assert not sp.changed()
+    m["spec"]["containers"][0]["command"] = ["a", "--node-monitor-grace-period=15s"]
+    path.write_text(json.dumps(m))
+    os.utime(path, (1, 1))  # a different mtime, whatever the clock's granularity
+    assert sp.changed()
+    assert sp.pods()[0]["metadata"]["uid"] != first and not sp.changed()
+    (tmp_path / "other.yaml").write_text(json.dumps(dict(m, metadata={"name": "o", "namespace": "kube-system"})))
+    assert sp.changed() and len(sp.pods()) == 2 and not sp.changed()
+    path.unlink()
+    assert sp.changed() and len(sp.pods()) == 1 and not sp.changed()
+
+
 def test_kubeadm_static_pods_and_addons_render():
     from testbed.lab import kubeadm
 
