@@ -56,7 +56,8 @@ def in_pod(w: Walkthrough, name: str, *cmd: str) -> str:
 
 
 def check_inside_pod(w: Walkthrough, name: str) -> None:
-    """What a user sees inside a pod: only its processes, its name, its image's nginx."""
+    """What a user sees inside a pod: only its processes, its name, its image's nginx, cluster
+    DNS in its /etc/resolv.conf answering it."""
     ps = in_pod(w, name, "ps", "aux")
     rows = [r for r in ps.splitlines()[1:] if r.strip()]
     cmds = [r.split(None, 2)[2] for r in rows]  # busybox ps: PID USER COMMAND
@@ -70,6 +71,13 @@ def check_inside_pod(w: Walkthrough, name: str) -> None:
     tag = image.rsplit(":", 1)[1]
     version = in_pod(w, name, "nginx", "-v")
     assert f"nginx version: nginx/{tag}" in version, (image, version)
+    # the kubelet's /etc/resolv.conf names cluster DNS, and CoreDNS answers the container
+    resolv = in_pod(w, name, "cat", "/etc/resolv.conf")
+    assert "nameserver 10.96.0.10" in resolv and "search default.svc.cluster.local" in resolv, resolv
+    svc = json.loads(w.kubectl("get", "service", "kubernetes", "-o", "json"))["spec"]["clusterIP"]
+    answer = wait_for(lambda: in_pod(w, name, "nslookup", "kubernetes.default.svc.cluster.local"),
+                      lambda out: svc in out, timeout=20, what="cluster DNS answering from the pod")
+    assert "10.96.0.10" in answer, answer
     root = in_pod(w, name, "ls", "/")
     assert "work" not in root.split() and "home" not in root.split(), f"/ is not the image's rootfs: {root}"
 
