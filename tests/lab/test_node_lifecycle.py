@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -118,13 +119,104 @@ def ipam_clean(lab: str, when: str) -> None:
     """`calicoctl ipam check` finds 0 problems (else: its problem IPs, the WEPs, the pods and
     calico-kube-controllers' log)."""
     check = calicoctl(lab, "ipam", "check", "--show-problem-ips")
-    if check.returncode == 0 and check.stdout.endswith("found 0 problems.\n"):
+    if (check.returncode == 0 and check.stdout.endswith("found 0 problems.\n")
+            and "has multiple owners" not in check.stdout):
         return
     kc_log = labstate.state_dir(lab) / "logs" / "m.calico-kube-controllers.log"
     pytest.fail("\n".join([f"ipam check {when}:", check.stdout, check.stderr,
                             calicoctl(lab, "get", "workloadendpoints", "-A", "-o", "wide").stdout,
                             kubectl(lab, "get", "pods", "-A", "-o", "wide").stdout,
                             kc_log.read_text()[-6000:] if kc_log.exists() else f"({kc_log} missing)"]))
+
+
+def all_pods(lab: str) -> list[dict]:
+    """Every pod of the cluster (``kubectl get pods -A -o json``)."""
+    return get_json(lab, "pods", "-A")["items"]
+
+
+def in_node(lab: str, node: str, *cmd: str) -> str:
+    """``calicolab exec <node> -- cmd`` (the node's net and mount namespaces): its stdout."""
+    res = cli("--lab", lab, "exec", node, "--", *cmd)
+    assert res.returncode == 0, f"{' '.join(cmd)} in {node}: {res.stderr}"
+    return res.stdout
+
+
+def pod_key(pod: dict) -> str:
+    return f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+
+
+def pod_ips(pod: dict) -> list[str]:
+    """The IPs a (not hostNetwork) pod reports; a hostNetwork pod's are its node's."""
+    if pod["spec"].get("hostNetwork"):
+        return []
+    st = pod.get("status") or {}
+    return sorted({i["ip"] for i in st.get("podIPs") or []} | ({st["podIP"]} if st.get("podIP") else set()))
+
+
+ALLOC_LINE = re.compile(r"^\s+(\d+\.\d+\.\d+\.\d+) allocated; attrs Main:(\S+) Extra:(.*)$")
+BLOCK_LINE = re.compile(r"^ IPAM block (\S+) affinity=(\S+):$")
+
+
+def ipam_state(lab: str) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """What IPAM records, from ``calicoctl ipam check --show-all-ips``: every allocated
+    address with its handle and attributes (pod, namespace, node), and every block's affinity."""
+    res = calicoctl(lab, "ipam", "check", "--show-all-ips")
+    assert res.returncode == 0, res.stderr
+    allocs: dict[str, dict[str, str]] = {}
+    blocks: dict[str, str] = {}
+    for line in res.stdout.splitlines():
+        if m := BLOCK_LINE.match(line):
+            blocks[m[1]] = m[2]
+        elif m := ALLOC_LINE.match(line):
+            assert m[1] not in allocs, f"{m[1]} listed twice by ipam check:\n{res.stdout}"
+            allocs[m[1]] = {"handle": m[2], **dict(kv.split("=", 1) for kv in m[3].split(",") if "=" in kv)}
+    assert blocks, res.stdout
+    return allocs, blocks
+
+
+class IpLedger:
+    """No IP is ever handed out twice, checked at every :meth:`observe`: no two existing pods
+    (of any phase, any namespace) report the same IP; each pod that exists before and after
+    IPAM is read, unchanged and not being deleted, holds its IP in IPAM under its own name
+    and namespace; and an IP seen on one pod appears on another only once the first is gone
+    from the API (``reused`` lists those hand-overs)."""
+
+    def __init__(self, lab: str) -> None:
+        self.lab = lab
+        self.holder: dict[str, tuple[str, str]] = {}  # ip -> (uid, ns/name) last seen holding it
+        self.reused: list[tuple[str, str, str]] = []  # (ip, former holder, new holder)
+        self.observations = 0
+
+    def observe(self) -> list[dict]:
+        """One check of the rule above; returns the pods it saw (the later list)."""
+        first = {p["metadata"]["uid"]: p for p in all_pods(self.lab)}
+        allocs, _ = ipam_state(self.lab)
+        later = all_pods(self.lab)
+        for snapshot in (list(first.values()), later):
+            seen: dict[str, str] = {}
+            for p in snapshot:
+                for ip in pod_ips(p):
+                    assert ip not in seen, f"IP {ip} held by both {seen[ip]} and {pod_key(p)}"
+                    seen[ip] = pod_key(p)
+        uids = {p["metadata"]["uid"] for p in later}
+        for p in later:
+            uid, key = p["metadata"]["uid"], pod_key(p)
+            ips = pod_ips(p)
+            stable = (uid in first and pod_ips(first[uid]) == ips and not p["metadata"].get("deletionTimestamp")
+                      and not first[uid]["metadata"].get("deletionTimestamp"))
+            for ip in ips:
+                if stable:
+                    got = allocs.get(ip)
+                    want = {"pod": p["metadata"]["name"], "namespace": p["metadata"]["namespace"]}
+                    assert got and {k: got.get(k) for k in want} == want, \
+                        f"pod {key} reports {ip} but IPAM records {got or 'no allocation'} for it"
+                old = self.holder.get(ip)
+                if old and old[0] != uid:
+                    assert old[0] not in uids, f"{ip} moved from {old[1]} to {key} while {old[1]} still exists"
+                    self.reused.append((ip, old[1], key))
+                self.holder[ip] = (uid, key)
+        self.observations += 1
+        return later
 
 
 @pytest.fixture(scope="module")
@@ -209,60 +301,102 @@ def test_a_hung_kubelet_makes_its_node_unknown_tainted_and_its_pods_evicted(lab)
 
 def test_a_deleted_node_runs_no_pod_and_no_ip_is_handed_out_twice(lab):
     name = lab["name"]
+    ledger = IpLedger(name)
     orphans = ["del-a", "del-b"]
     for p in orphans:
         apply_pod(name, p, "w1")
     apply_pod(name, "keep", "w0")
     before = running(name, [*orphans, "keep"])
     orphan_ips = {before[p]["status"]["podIP"] for p in orphans}
-    orphan_pids = {p: faults.pod_pid(before[p]) for p in orphans}
-    assert all(pid_alive(pid) for pid in orphan_pids.values())
+    ledger.observe()
+    # every pod bound to w1 (ours, kube-proxy's, CoreDNS's if the scheduler put one there):
+    # its processes and, unless hostNetwork, its sandbox netns on w1
+    on_w1 = wait_for(lambda: {pod_key(p): p for p in all_pods(name) if p["spec"].get("nodeName") == "w1"},
+                     lambda ps: all(faults.pod_running(p) for p in ps.values()), timeout=30,
+                     what="every pod bound to w1 Running")
+    w1_pids = {k: list(json.loads(p["metadata"]["annotations"]["calicolab.io/pids"]).values())
+               for k, p in on_w1.items()}
+    w1_netns = {k: p["metadata"]["annotations"]["calicolab.io/netns"] for k, p in on_w1.items()
+                if not p["spec"].get("hostNetwork")}
+    assert {f"default/{p}" for p in orphans} <= set(w1_netns), sorted(on_w1)
+    assert all(pid_alive(pid) for pids in w1_pids.values() for pid in pids), w1_pids
+    assert set(w1_netns.values()) <= set(in_node(name, "w1", "ip", "netns", "list").split()), w1_netns
+    w1_blocks = {c for c, aff in ipam_state(name)[1].items() if aff == "host:w1"}
+    assert w1_blocks, "w1 has no affine block before its deletion"
 
     ipam_clean(name, "before the Node's deletion")
     res = kubectl(name, "delete", "node", "w1")
     assert res.returncode == 0 and 'node "w1" deleted' in res.stdout, res.stderr
     t0 = time.monotonic()
-    # no pod runs on a deleted node: its kubelet stops them and reports them Failed
-    stopped = wait_for(lambda: pods(name), lambda ps: all(
-        ps[p]["status"].get("phase") == "Failed" and ps[p]["status"].get("reason") == "NodeNotFound"
-        and not pid_alive(orphan_pids[p]) for p in orphans), timeout=20,
-        what="the pods of deleted node w1 Failed (NodeNotFound) with their processes gone")
+    # no pod runs on a deleted node: its kubelet stops every one of them (all their processes
+    # gone, no process left in their netns) and reports them Failed
+    def w1_pods_state() -> dict[str, dict | None]:
+        now = {pod_key(p): p for p in all_pods(name)}
+        return {k: now.get(k) for k in on_w1}
+
+    def stopped_for_good(ps: dict[str, dict | None]) -> bool:
+        return all(p is None or (p["status"].get("phase") == "Failed" and p["status"].get("reason") == "NodeNotFound")
+                   for p in ps.values()) and not any(pid_alive(pid) for pids in w1_pids.values() for pid in pids)
+
+    stopped = wait_for(w1_pods_state, stopped_for_good, timeout=20,
+                       what=f"every pod of deleted node w1 ({sorted(on_w1)}) Failed (NodeNotFound), its processes gone")
     for p in orphans:
-        st = stopped[p]["status"]
+        st = stopped[f"default/{p}"]["status"]
         assert "no longer exists" in st["message"]
         assert st["containerStatuses"][0]["state"].get("terminated"), st["containerStatuses"]
-    restarts = {p: stopped[p]["status"]["containerStatuses"][0]["restartCount"] for p in orphans}
+    for k, ns in w1_netns.items():
+        left = in_node(name, "w1", "ip", "netns", "pids", ns).split()
+        assert not left, f"processes {left} still run in {k}'s netns {ns} on deleted node w1"
+    restarts = {p: stopped[f"default/{p}"]["status"]["containerStatuses"][0]["restartCount"] for p in orphans}
     # ... and restarts none of them (the kubelet would within 1 s: watch for 3 s)
     end = time.monotonic() + 3
     while time.monotonic() < end:
         ps = pods(name)
         for p in orphans:
-            assert ps[p]["status"]["phase"] == "Failed" and not pid_alive(orphan_pids[p]), ps[p]["status"]
+            assert ps[p]["status"]["phase"] == "Failed", ps[p]["status"]
             assert ps[p]["status"]["containerStatuses"][0]["restartCount"] == restarts[p]
+        assert not any(pid_alive(pid) for pids in w1_pids.values() for pid in pids)
         time.sleep(0.3)
     # their IPs stay allocated while the pods exist ...
     assert all(ip_in_use(name, ip) for ip in orphan_ips)
-    # ... so pods created right now never get one of them, nor any IP a live pod holds
+    ledger.observe()
+    # ... so pods created right now never get one of them, nor any IP another pod holds
     fresh = [f"new-{i}" for i in range(4)]
     for p in fresh:
         apply_pod(name, p, "w0")
     now = running(name, fresh + ["keep"])
     new_ips = [now[p]["status"]["podIP"] for p in fresh]
     assert not set(new_ips) & orphan_ips, (new_ips, orphan_ips)
-    live = [p["status"]["podIP"] for p in now.values() if faults.pod_running(p)]
-    assert len(live) == len(set(live)), f"an IP handed out twice among running pods: {sorted(live)}"
+    ledger.observe()
     # pod GC deletes the pods of the deleted node (after its 40 s quarantine); then their IPs,
-    # their WEPs and the node's Calico data go
+    # their netns and veths on w1, their WEPs and the node's Calico data (Node, affinities) go
     wait_for(lambda: pods(name), lambda ps: not set(orphans) & set(ps), timeout=40 + 30,
              what="the pods of deleted node w1 deleted by pod GC")
     assert time.monotonic() - t0 >= 30, "the pods went before pod GC's 40 s quarantine"
     wait_for(lambda: [ip for ip in orphan_ips if ip_in_use(name, ip)], lambda left: not left, timeout=20,
              what="the deleted pods' IPs released")
+    wait_for(lambda: (set(in_node(name, "w1", "ip", "netns", "list").split()) & set(w1_netns.values()),
+                      [ln for ln in in_node(name, "w1", "ip", "-o", "link", "show").splitlines() if ": cali" in ln]),
+             lambda left: not left[0] and not left[1], timeout=20,
+             what="the sandboxes (netns, cali veths) of w1's pods removed on w1")
     wait_for(lambda: json.loads(calicoctl(name, "get", "nodes", "-o", "json").stdout)["items"],
              lambda items: "w1" not in {n["metadata"]["name"] for n in items}, timeout=20,
              what="Calico Node w1 removed by kube-controllers")
     weps = calicoctl(name, "get", "workloadendpoints", "-A", "-o", "wide").stdout
     assert "del-a" not in weps and "del-b" not in weps, weps
+    allocs, blocks = wait_for(lambda: ipam_state(name), lambda s: "host:w1" not in s[1].values(), timeout=20,
+                              what="no IPAM block affine to w1 any more")
+    assert not [ip for ip, a in allocs.items() if a.get("node") == "w1"], allocs
     ipam_clean(name, "after the Node's deletion")
-    after = pods(name)
-    assert all(faults.pod_running(after[p]) for p in fresh + ["keep"])
+    ledger.observe()
+    # new pods now may get the released IPs: the ledger checks they went only to pods created
+    # after the old holders were deleted
+    fresh2 = [f"after-{i}" for i in range(3)]
+    for p in fresh2:
+        apply_pod(name, p, "w0")
+    after = running(name, fresh + fresh2 + ["keep"])
+    ledger.observe()
+    ipam_clean(name, "after new pods")
+    assert all(faults.pod_running(after[p]) for p in fresh + fresh2 + ["keep"])
+    print(f"ip ledger: {ledger.observations} observations, {len(ledger.holder)} IPs, "
+          f"reused after release: {ledger.reused}")
