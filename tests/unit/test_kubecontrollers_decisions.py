@@ -154,6 +154,9 @@ def test_pods_of_a_deleted_node_keep_their_ips_until_they_are_deleted():
     assert classify(tunnel, view, {"w1"}) == VALID
     plan = plan_gc([orphan, gone, tunnel], view, {}, now=1.0, grace=900.0)
     assert plan.release_now == [gone]
+    # w1's Calico Node is kept meanwhile: that keeps only the addresses its pods still hold
+    assert plan_gc([orphan, gone, tunnel], view, {}, now=1.0, grace=900.0,
+                   calico_nodes={"m", "w0", "w1"}).release_now == [gone]
     refs = [CalicoNodeRef("w1", "w1")]
     out, missing = nodes_to_clean(refs, {"m", "w0"}, deleted={"w1"}, missing_since={}, now=5.0, min_missing=2.0,
                                   busy={"w1"})
