@@ -7,6 +7,7 @@ import json
 from collections import Counter
 from typing import Any, TextIO
 
+from datastore.resources import cidr_name
 from ipam import IPAM
 from ipam.block import BadSequenceNumber, InvalidConfig
 from testbed.calicoctl.resources import InputError
@@ -14,9 +15,12 @@ from testbed.calicoctl.tables import box_table, gfmt, usage_cell
 
 
 def show(ipam: IPAM, show_blocks: bool, out: TextIO) -> int:
-    """The pool (and block) usage table."""
-    pools = sorted(ipam.pools(), key=lambda p: (int(p.cidr.network_address), p.cidr.prefixlen))
-    blocks = sorted(ipam.blocks(), key=lambda b: int(b.cidr.network_address))
+    """The pool (and block) usage table. Rows come in the order v3.28.1's ``GetUtilization``
+    lists them: pools in the datastore's list order (by name), each followed by its blocks in
+    list order, which is by object name (``192-168-133-0-24`` before ``192-168-9-0-24``, in
+    both datastores: the etcd key ``192.168.133.0-24`` sorts the same way)."""
+    pools = sorted(ipam.pools(), key=lambda p: p.name)
+    blocks = sorted(ipam.blocks(), key=lambda b: cidr_name(str(b.cidr)))
     rows = []
     for pool in pools:
         total = float(pool.cidr.num_addresses)

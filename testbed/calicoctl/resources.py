@@ -416,6 +416,17 @@ def table_for(kind: str, docs: list[dict[str, Any]], wide: bool, all_ns: bool,
     return tab_table(header, rows)
 
 
+def printed(obj: Resource) -> dict[str, Any]:
+    """The document calicoctl prints for ``obj``: a kind with a status (Node) always shows one,
+    ``status: {}`` when nothing is set, as Go marshals Calico's status struct (``omitempty``
+    does not drop a struct). In etcd mode nothing writes a Node's status, so that is what
+    ``calicoctl get node -o yaml`` shows there."""
+    doc = obj.to_dict()
+    if hasattr(type(obj), "status"):
+        doc.setdefault("status", {})
+    return doc
+
+
 def get(client: Any, kind: str, names: list[str], output: str, namespace: str | None, all_ns: bool,
         out: TextIO, err: TextIO) -> int:
     """``calicoctl get KIND [NAME...] [-o ps|wide|yaml|json]``."""
@@ -437,7 +448,7 @@ def get(client: Any, kind: str, names: list[str], output: str, namespace: str | 
         rev = None
     else:
         objs, rev = client.list_with_revision(cls, ns)
-    docs = [o.to_dict() for o in objs]
+    docs = [printed(o) for o in objs]
     if output in ("yaml", "json"):
         if names and len(docs) == 1:
             payload: Any = docs[0]
@@ -465,7 +476,7 @@ def get_from_file(client: Any, filename: str, namespace: str | None, output: str
         except errors.NotFound:
             err.write(f"Failed to get resources: resource does not exist: {obj.ident()}\n")
             return 1
-    docs = [o.to_dict() for o in found]
+    docs = [printed(o) for o in found]
     if output == "json":
         out.write(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2, sort_keys=True) + "\n")
     elif output == "yaml":

@@ -17,6 +17,7 @@ import yaml
 from datastore import Client
 from ipam import IPAM
 from testbed.calicoctl import run
+from tests.support import require_tool
 
 pytestmark = pytest.mark.etcd
 
@@ -139,6 +140,24 @@ def test_stdin_json_nodes_and_weps_and_delete(etcd_endpoints):
     res = ctl(etcd_endpoints, "get", "node", "nope")
     assert res.returncode == 1 and "resource does not exist: Node(nope)" in res.stderr
 
+
+
+def test_pod_cidrs_pipeline_in_etcd_mode_fails_in_jq_as_on_calico(etcd_endpoints):
+    """In etcd mode nothing writes a Calico Node's status.podCIDRs (only the Kubernetes
+    datastore derives it from the Kubernetes Node): calicoctl prints ``status: {}`` (Go's empty
+    NodeStatus) and the second seed's jq pipeline stops on the null, exit 5, as on Calico."""
+    node = {"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": "k8s-w9"},
+            "spec": {"bgp": {"ipv4Address": "172.30.0.19/24"}}}
+    assert ctl(etcd_endpoints, "apply", "-f", "-", stdin=json.dumps(node)).returncode == 0
+    res = ctl(etcd_endpoints, "get", "node", "k8s-w9", "-o", "yaml")
+    assert yaml.safe_load(res.stdout)["status"] == {} and "status: {}" in res.stdout, res.stdout
+    listed = ctl(etcd_endpoints, "get", "node", "-o", "json", proc=True)
+    assert listed.returncode == 0, listed.stderr
+    assert all(n["status"] == {} for n in json.loads(listed.stdout)["items"]), listed.stdout
+    jq = subprocess.run([require_tool("jq"), ".items[].status.podCIDRs[]"], input=listed.stdout, capture_output=True,
+                        text=True, timeout=10)
+    assert jq.returncode == 5 and "Cannot iterate over null" in jq.stderr, (jq.returncode, jq.stderr)
+    assert ctl(etcd_endpoints, "delete", "node", "k8s-w9").returncode == 0
 
 BAD_POOLS = [
     ("cidr: 10.0.0.0/33", "IPPool(bad).spec.cidr"),

@@ -38,3 +38,32 @@ def test_tabwriter_spacing():
                     "default-ipv4-ippool   192.168.0.0/16   all()\n")
     # minimum cell width 5 (including padding)
     assert tab_table(["A", "B"], [["x", "y"]]) == "A    B\nx    y\n"
+
+
+def test_ipam_show_rows_in_calicos_list_order():
+    """v3.28.1's GetUtilization: pools in list order (by name), each followed by its blocks
+    in list order (by object name: 192-168-133-0-24 before 192-168-9-0-24), then blocks
+    outside every pool without a pool row."""
+    import io
+    from ipaddress import IPv4Network
+    from types import SimpleNamespace
+
+    from testbed.calicoctl.ipam_cmds import show
+
+    def block(cidr: str, used: int) -> SimpleNamespace:
+        net = IPv4Network(cidr)
+        return SimpleNamespace(cidr=net, size=net.num_addresses, num_allocated=lambda: used)
+
+    ipam = SimpleNamespace(
+        pools=lambda: [SimpleNamespace(name="z-pool", cidr=IPv4Network("10.0.0.0/16")),
+                       SimpleNamespace(name="default-ipv4-ippool", cidr=IPv4Network("192.168.0.0/16"))],
+        blocks=lambda: [block("192.168.9.0/24", 1), block("10.0.1.0/24", 2),
+                        block("192.168.133.0/24", 4), block("172.16.0.0/26", 1)])
+    out = io.StringIO()
+    assert show(ipam, True, out) == 0
+    rows = [[c.strip() for c in ln.split("|")[1:3]] for ln in out.getvalue().splitlines()[3:-1]]
+    assert rows == [["IP Pool", "192.168.0.0/16"], ["Block", "192.168.133.0/24"], ["Block", "192.168.9.0/24"],
+                    ["IP Pool", "10.0.0.0/16"], ["Block", "10.0.1.0/24"], ["Block", "172.16.0.0/26"]]
+    out = io.StringIO()
+    show(ipam, False, out)
+    assert [ln.split("|")[2].strip() for ln in out.getvalue().splitlines()[3:-1]] == ["192.168.0.0/16", "10.0.0.0/16"]

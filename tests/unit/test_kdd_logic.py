@@ -319,3 +319,23 @@ def test_install_cni_kubernetes_conflist_and_kubeconfig(tmp_path):
         install_cni("k8s-w0", [], {"DATASTORE_TYPE": "kubernetes", "CNI_NET_DIR": str(tmp_path / "n2"),
                                    "CNI_BIN_DIR": str(tmp_path / "b2"), "KUBERNETES_SERVICE_PORT": "443"},
                     bin_source=str(tmp_path))
+
+
+def test_node_status_pod_cidrs_are_the_kubernetes_nodes_spec_pod_cidrs():
+    """``K8sNodeToCalico``: status.podCIDRs is a copy of spec.podCIDRs, every family in order;
+    a Node that node IPAM has not given a CIDR yet has none, and calicoctl then prints
+    ``status: {}`` (Go's empty NodeStatus struct), so jq's ``.status.podCIDRs[]`` fails there
+    as on Calico."""
+    from testbed.calicoctl.resources import printed
+
+    dual = json.loads(json.dumps(K8S_NODE))
+    dual["spec"] = {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24", "fd00:10:244:1::/64"]}
+    assert derived.k8s_node_to_calico(dual).status == {"podCIDRs": ["10.244.1.0/24", "fd00:10:244:1::/64"]}
+    bare = json.loads(json.dumps(K8S_NODE))
+    bare["spec"] = {}
+    node = derived.k8s_node_to_calico(bare)
+    assert node.status is None and "status" not in node.to_dict()  # nothing stored
+    assert printed(node)["status"] == {}
+    assert printed(derived.k8s_node_to_calico(K8S_NODE))["status"] == {"podCIDRs": ["10.244.1.0/24"]}
+    wep = derived.pod_to_workload_endpoint(POD)
+    assert "status" not in printed(wep)  # a WorkloadEndpoint has no status struct

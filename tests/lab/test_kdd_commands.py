@@ -1,0 +1,187 @@
+"""Issue 15's first must-hold: the commands a user types verbatim in a node shell of a lab in
+the Kubernetes datastore (``calicolab up`` with ``calico.datastore: kubernetes``), each
+checked on what it prints. ``kubectl`` is the real one (the pinned kubectl in the venv, first on
+the node shell's PATH); ``calicoctl`` is calicolab's. One small lab (a control plane, a worker,
+one pod) serves the module; everything it shows is compared with what the API server holds,
+read with the same kubectl."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from ipaddress import IPv4Network
+
+import pytest
+
+from testbed.lab import state as labstate
+from testbed.lab.clean import clean_lab
+from testbed.poll import wait_for
+from tests.lab.lab_helpers import leftovers
+from tests.support import require_root, require_tool, unique
+
+pytestmark = pytest.mark.lab
+
+CLI = [sys.executable, "-m", "testbed.cli"]
+POOL = IPv4Network("192.168.0.0/16")
+TOPOLOGY = """\
+name: {name}
+segments:
+  - {{name: lan0, cidr: 172.30.74.0/24}}
+nodes:
+  - {{name: k8s-m, role: control-plane, address: 172.30.74.10, segment: lan0}}
+  - {{name: k8s-w0, role: worker, address: 172.30.74.11, segment: lan0}}
+calico:
+  datastore: kubernetes
+  pool: {{cidr: 192.168.0.0/16, blockSize: 24, ipipMode: Always, vxlanMode: Never, natOutgoing: true}}
+workloads:
+  - manifest: {{apiVersion: v1, kind: Pod, metadata: {{name: web, labels: {{app: web}}}},
+               spec: {{nodeName: k8s-w0, containers: [{{name: nginx, image: nginx}}]}}}}
+"""
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=str(labstate.REPO))
+
+
+class Lab:
+    """The module's lab: ``sh(line)`` types ``line`` into a node shell (``sh -c``)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def run(self, line: str, node: str = "k8s-w0") -> subprocess.CompletedProcess:
+        return cli("--lab", self.name, "exec", node, "--", "sh", "-c", line)
+
+    def sh(self, line: str, node: str = "k8s-w0") -> str:
+        r = self.run(line, node)
+        assert r.returncode == 0, f"{line!r} on {node} exited {r.returncode}: {r.stdout}{r.stderr}"
+        return r.stdout
+
+    def kube(self, *args: str) -> dict:
+        """``kubectl ... -o json`` in a node shell, parsed."""
+        return json.loads(self.sh("kubectl " + " ".join(args) + " -o json"))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Iterator[Lab]:
+    require_root()
+    require_tool("etcd")
+    require_tool("jq")
+    name = unique("kc")
+    topo = tmp_path_factory.mktemp("kddcmds") / f"{name}.yaml"
+    topo.write_text(TOPOLOGY.format(name=name))
+    st = None
+    try:
+        r = cli("up", str(topo), timeout=300)
+        assert r.returncode == 0, r.stderr
+        st = labstate.read_state(name)
+        lab = Lab(name)
+        # the pod is Running with its IP and its WorkloadEndpoint shows it
+        # every pod networked by Calico (web, CoreDNS) is Running with its IP
+        wait_for(lambda: [(p["metadata"]["name"], p.get("status", {}).get("phase"), p.get("status", {}).get("podIP"))
+                          for p in lab.kube("get", "pods", "-A")["items"] if not p["spec"].get("hostNetwork")],
+                 lambda ps: len(ps) == 3 and all(ph == "Running" and ip for _, ph, ip in ps),
+                 timeout=60, what="web and the two CoreDNS pods Running with their IPs")
+        yield lab
+    finally:
+        down = cli("down", name, timeout=120)
+        if st is not None:
+            assert down.returncode == 0, down.stderr
+            assert leftovers(st) == []
+        else:
+            clean_lab(name)
+
+
+def test_node_shells_run_the_real_kubectl_and_name_the_datastore(lab):
+    out = lab.sh("command -v kubectl; command -v calicoctl; command -v jq; echo $DATASTORE_TYPE $KUBECONFIG")
+    assert out.split() == [str(labstate.VENV_BIN / "kubectl"), str(labstate.VENV_BIN / "calicoctl"),
+                           "/usr/bin/jq", "kubernetes", "/etc/kubernetes/admin.conf"], out
+    assert re.search(r"Client Version: v1\.\d+\.\d+", lab.sh("kubectl version")), "not the real kubectl"
+
+
+def test_pod_cidrs_pipeline_prints_each_nodes_kubernetes_pod_cidrs(lab):
+    """The second seed's ``calicoctl get node -o json | jq ...`` with ``.status.podCIDRs[]``:
+    each Calico Node's status.podCIDRs is its Kubernetes Node's spec.podCIDRs (node IPAM's
+    per-node /24s of the pod network), typed as docs/kdd.md gives it and with node names."""
+    k8s = {n["metadata"]["name"]: n["spec"].get("podCIDRs") for n in lab.kube("get", "nodes")["items"]}
+    assert set(k8s) == {"k8s-m", "k8s-w0"} and all(k8s.values()), k8s
+    cidrs = [IPv4Network(c[0]) for c in k8s.values()]
+    assert all(c.subnet_of(POOL) and c.prefixlen == 24 for c in cidrs) and len(set(cidrs)) == 2, k8s
+
+    out = lab.sh("calicoctl get node -o json | jq '.items[].status.podCIDRs[]'")
+    assert out.splitlines() == [json.dumps(k8s["k8s-m"][0]), json.dumps(k8s["k8s-w0"][0])], out
+    out = lab.sh("calicoctl get node -o json | jq -r '.items[] | .metadata.name + \" \" + .status.podCIDRs[]'")
+    assert out.splitlines() == [f"k8s-m {k8s['k8s-m'][0]}", f"k8s-w0 {k8s['k8s-w0'][0]}"], out
+    # the same column as the walkthrough's custom-columns view of the Kubernetes Nodes
+    cols = lab.sh("kubectl get nodes -o custom-columns=NAME:.metadata.name,POD-CIDR:.spec.podCIDR")
+    assert [ln.split() for ln in cols.splitlines()] == [["NAME", "POD-CIDR"], ["k8s-m", k8s["k8s-m"][0]],
+                                                        ["k8s-w0", k8s["k8s-w0"][0]]], cols
+
+
+def _table(text: str) -> list[list[str]]:
+    """The cells of calicoctl's ``+---+`` box table, one list per row (header first)."""
+    return [[c.strip() for c in ln.split("|")[1:-1]] for ln in text.splitlines() if ln.startswith("|")]
+
+
+def test_ipam_show_blocks_is_the_pool_and_one_block_per_node(lab):
+    out = lab.sh("calicoctl ipam show --show-blocks")
+    lines = out.splitlines()
+    assert lines[0] == lines[2] == lines[-1] and re.fullmatch(r"(\+-+)+\+", lines[0]), out
+    rows = _table(out)
+    assert rows[0] == ["GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE"], out
+    # what the pool and blocks hold: one tunnel address per node plus the pods' IPs
+    blocks = lab.kube("get", "ipamblocks.crd.projectcalico.org")["items"]
+    owner = {b["spec"]["cidr"]: b["spec"]["affinity"] for b in blocks}
+    assert sorted(owner.values()) == ["host:k8s-m", "host:k8s-w0"], owner
+    pods = [p for p in lab.kube("get", "pods", "-A")["items"] if not p["spec"].get("hostNetwork")]
+    used = {b["spec"]["cidr"]: sum(a is not None for a in b["spec"]["allocations"]) for b in blocks}
+    assert sum(used.values()) == len(pods) + 2, (used, [p["metadata"]["name"] for p in pods])
+    total = sum(used.values())
+    assert rows[1] == ["IP Pool", "192.168.0.0/16", "65536", f"{total} (0%)", f"{65536 - total} (100%)"], out
+    # Block rows in the order Calico lists them (by object name), numbers as %.5g (%.f%%)
+    names = sorted(owner, key=lambda c: c.replace(".", "-").replace("/", "-"))
+    assert rows[2:] == [["Block", c, "256", f"{used[c]} ({100 * used[c] / 256:.0f}%)",
+                         f"{256 - used[c]} ({100 * (256 - used[c]) / 256:.0f}%)"] for c in names], out
+    assert all(IPv4Network(c).subnet_of(POOL) for c in names)
+
+
+def test_get_workload_endpoint_lists_the_pod_with_node_ip_and_interface(lab):
+    pod = lab.kube("get", "pod", "web")
+    out = lab.sh("calicoctl get workloadEndpoint")
+    lines = [ln.split() for ln in out.splitlines()]
+    assert lines[0] == ["WORKLOAD", "NODE", "NETWORKS", "INTERFACE"], out
+    assert len(lines) == 2 and lines[1][:3] == ["web", "k8s-w0", f"{pod['status']['podIP']}/32"], out
+    iface = lines[1][3]
+    assert re.fullmatch(r"cali[0-9a-f]{11}", iface), out
+    # the interface is the pod's host-side veth on its node
+    assert f"{iface}@" in lab.sh(f"ip -o link show {iface}", node="k8s-w0")
+    # columns line up as Go's tabwriter (padding 3) puts them
+    assert out.splitlines()[0].index("NODE") == out.splitlines()[1].index("k8s-w0") == len("WORKLOAD") + 3, out
+    # all namespaces: CoreDNS's pods too, a NAMESPACE column first
+    every = [ln.split() for ln in lab.sh("calicoctl get workloadEndpoint -A").splitlines()]
+    assert every[0] == ["NAMESPACE", "WORKLOAD", "NODE", "NETWORKS", "INTERFACE"]
+    dns = [p["metadata"]["name"] for p in lab.kube("get", "pods", "-n", "kube-system", "-l", "k8s-app=kube-dns")["items"]]
+    assert sorted((r[0], r[1]) for r in every[1:]) == sorted([("default", "web")] + [("kube-system", d) for d in dns])
+
+
+def test_kubectl_get_ippools_crd(lab):
+    out = lab.sh("kubectl get ippools.crd.projectcalico.org")
+    rows = [ln.split() for ln in out.splitlines()]
+    assert rows[0] == ["NAME", "AGE"] and [r[0] for r in rows[1:]] == ["default-ipv4-ippool"], out
+    assert re.fullmatch(r"\d+[smhd](\d+[smh])?", rows[1][1]), out
+    spec = lab.kube("get", "ippools.crd.projectcalico.org", "default-ipv4-ippool")["spec"]
+    assert (spec["cidr"], spec["blockSize"], spec["ipipMode"]) == ("192.168.0.0/16", 24, "Always"), spec
+
+
+def test_kubectl_get_ipamblocks_crd(lab):
+    out = lab.sh("kubectl get ipamblocks.crd.projectcalico.org")
+    rows = [ln.split() for ln in out.splitlines()]
+    assert rows[0] == ["NAME", "AGE"], out
+    shown = _table(lab.sh("calicoctl ipam show --show-blocks"))
+    blocks = [r[1] for r in shown if r[0] == "Block"]
+    # Calico's object names (CIDRToName), the same blocks calicoctl shows, in kubectl's name order
+    assert [r[0] for r in rows[1:]] == sorted(c.replace(".", "-").replace("/", "-") for c in blocks), (out, blocks)
+    assert len(rows) == 3 and all(re.fullmatch(r"192-168-\d+-0-24", r[0]) for r in rows[1:]), out
