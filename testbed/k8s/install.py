@@ -28,6 +28,8 @@ from datastore.version import CALICO_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "manifests" / "calico.yaml"
+#: the Kubernetes datastore's install, in the operator's layout (namespace calico-system)
+OPERATOR_TEMPLATE = REPO / "manifests" / "calico-system.yaml"
 #: A lab's BGP start-up timers (the same as testbed.lab.supervisor.LAB_BGP_TIMERS; docs/bgp.md).
 DEFAULT_BGP_TIMERS = "connect_delay=0.1,connect_retry=1"
 _PLACEHOLDER = re.compile(r"__([A-Z][A-Z0-9_]*)__")
@@ -172,12 +174,38 @@ def install_by_manifest(lab_state: dict, timeout: float = 60.0, **overrides: obj
     """Render the manifest for the lab and ``kubectl apply -f -`` it; returns kubectl's
     output lines (``daemonset.apps/calico-node created`` ...). Raises
     :class:`InstallError` with kubectl's message if the apply fails."""
-    text = render(settings_for_lab(lab_state, **overrides))
+    return _apply(lab_state, render(settings_for_lab(lab_state, **overrides)), "calico.yaml", timeout)
+
+
+def render_operator_layout(lab_state: dict, **overrides: object) -> str:
+    """manifests/calico-system.yaml for a lab in the Kubernetes datastore: the operator's
+    layout (calico-node DaemonSet, calico-typha and calico-kube-controllers Deployments in
+    namespace calico-system) with the lab's pool, autodetection, health port and BGP timers,
+    and the control plane's API address as ``KUBERNETES_SERVICE_HOST``/``PORT`` (the
+    operator's kubernetes-services-endpoint: a host-network pod has no route to the
+    kubernetes Service in a lab node)."""
+    from testbed.lab.kubeadm import API_PORT
+    from testbed.lab.topology import load
+
+    topo = load(lab_state["topology"], name=lab_state["lab"])
+    s = settings_for_lab(lab_state, **overrides)
+    s.extra = {**s.extra, "KUBERNETES_SERVICE_HOST": str(topo.control_plane.address),
+               "KUBERNETES_SERVICE_PORT": str(API_PORT)}
+    return render(s, OPERATOR_TEMPLATE.read_text())
+
+
+def install_operator_layout(lab_state: dict, timeout: float = 60.0, **overrides: object) -> list[str]:
+    """``kubectl apply -f -`` of :func:`render_operator_layout`; returns kubectl's lines.
+    Raises :class:`InstallError` with kubectl's message if the apply fails."""
+    return _apply(lab_state, render_operator_layout(lab_state, **overrides), "calico-system.yaml", timeout)
+
+
+def _apply(lab_state: dict, text: str, what: str, timeout: float) -> list[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run(kubectl_argv(lab_state["lab"], "apply", "-f", "-"), input=text, text=True,
                           capture_output=True, timeout=timeout, env=env, cwd=str(REPO))
     if proc.returncode != 0:
-        raise InstallError(f"kubectl apply -f calico.yaml failed (exit {proc.returncode}): "
+        raise InstallError(f"kubectl apply -f {what} failed (exit {proc.returncode}): "
                            f"{(proc.stderr or proc.stdout).strip()}")
     return [line for line in proc.stdout.splitlines() if line.strip()]
 

@@ -791,11 +791,6 @@ class Supervisor:
         """calico-node's environment from the topology, plus the lab's BGP start-up timers
         (:data:`LAB_BGP_TIMERS`) unless CALICOLAB_BGP_TIMERS is set already."""
         env = dict(self.topo.calico_node_env())
-        if self.kdd:  # a lab service, not a pod: the node's admin kubeconfig, not a token
-            env["KUBECONFIG"] = "/etc/kubernetes/admin.conf"
-            # Typha in front of every Felix and confd, as Calico recommends in this mode: the
-            # API server sees Typha's watches, not one set per node
-            env["FELIX_TYPHAADDR"] = f"{self.topo.control_plane.address}:5473"
         if BGP_TIMERS_ENV not in env and BGP_TIMERS_ENV not in os.environ:
             env[BGP_TIMERS_ENV] = LAB_BGP_TIMERS
         # run as a lab service, not a pod, calico-node has no ServiceAccount token: the
@@ -805,20 +800,15 @@ class Supervisor:
         return env
 
     def start_calico_nodes(self) -> list[str]:
-        """``up`` without --no-cni: start calico-node on every node directly, as a lab service
-        (the fast path for big labs: no DaemonSet round trip, no Typha in between)."""
+        """``up`` without --no-cni (etcd datastore): start calico-node on every node directly,
+        as a lab service (the fast path for big labs: no DaemonSet round trip, no Typha in
+        between). The Kubernetes datastore installs the operator's layout instead
+        (:meth:`install_operator_layout`)."""
         exe = labstate.VENV_BIN / "calico-node"
         if not exe.exists():
             raise RuntimeError(f"calico-node is not installed ({exe} missing): run scripts/setup.sh")
         started = []
         cp = self.topo.control_plane.name
-        typha = self.procs.get(f"{cp}/calico-typha")
-        if self.kdd and self.has_cp and (typha is None or typha.poll() is not None):
-            self.start_service(cp, "calico-typha", [str(labstate.VENV_BIN / "calico-typha")],
-                               {"TYPHA_DATASTORETYPE": "kubernetes", "KUBECONFIG": "/etc/kubernetes/admin.conf",
-                                # as calico-typha.yaml: health on 9098; Prometheus metrics on 9093
-                                # (how many Felix and confd clients it serves)
-                                "TYPHA_HEALTHENABLED": "true", "TYPHA_PROMETHEUSMETRICSENABLED": "true"})
         for n in self.local_nodes:
             proc = self.procs.get(f"{n.name}/calico-node")
             if proc is not None and proc.poll() is None:
@@ -827,20 +817,36 @@ class Supervisor:
             started.append(n.name)
         # calico-kube-controllers as calico-etcd.yaml runs it (one instance, host network): the
         # namespace/serviceaccount profiles, Kubernetes NetworkPolicies, pod labels, node clean-up
-        # (on the control plane's machine only, when the lab spans several: testbed.multihost);
-        # in the Kubernetes datastore as calico.yaml does, the node controller only (the rest is
-        # derived from Kubernetes objects by the datastore itself)
+        # (on the control plane's machine only, when the lab spans several: testbed.multihost)
         proc = self.procs.get(f"{cp}/calico-kube-controllers")
         if self.has_cp and (proc is None or proc.poll() is not None):
             self.start_service(cp, "calico-kube-controllers", [sys.executable, "-m", "agent.kubecontrollers"],
                                {"DATASTORE_TYPE": self.topo.calico.datastore,
-                                "ENABLED_CONTROLLERS": "node" if self.kdd else
-                                "policy,namespace,serviceaccount,workloadendpoint,node",
+                                "ENABLED_CONTROLLERS": "policy,namespace,serviceaccount,workloadendpoint,node",
                                 # Kubernetes objects through the API server (kubeadm's admin.conf)
                                 "KUBECONFIG": "/etc/kubernetes/admin.conf"})
         self.state["cni_installed"] = True
         self.save()
         return started
+
+    def install_operator_layout(self) -> list[str]:
+        """The Kubernetes datastore: Calico as the Tigera operator lays it out, applied through
+        the API server (manifests/calico-system.yaml, testbed.k8s.install): the DaemonSet
+        controller puts a ``calico-node-<5>`` pod on every node, Deployments run calico-typha
+        (Felix and confd behind it, found through its Service, as Calico recommends in this
+        mode) and calico-kube-controllers (the node controller only: the rest is derived by
+        the datastore); the kubelets run them. Returns the nodes calico-node will run on."""
+        from testbed.k8s.install import install_operator_layout
+
+        self.progress("installing Calico in namespace calico-system (the operator's layout: calico-node "
+                      "DaemonSet, calico-typha and calico-kube-controllers Deployments)")
+        timers = os.environ.get(BGP_TIMERS_ENV) or LAB_BGP_TIMERS
+        for line in install_operator_layout(self.state, bgp_timers=timers):
+            _log(f"install: {line}")
+        self.state["cni_installed"] = True
+        self.state["skipped"] = [m for m in self.state.get("skipped", []) if not m.startswith("calico-node")]
+        self.save()
+        return [n.name for n in self.local_nodes]
 
     def install_cni(self) -> list[str]:
         """Install Calico as the walkthrough does, by manifest: render manifests/calico.yaml for
@@ -851,12 +857,10 @@ class Supervisor:
 
         if self.kdd:
             # the lab's manifest is calico-etcd.yaml's shape: in the Kubernetes datastore Calico
-            # is installed as `up` without --no-cni does it (calico-node as a lab service per node)
+            # is installed as `up` without --no-cni does it (the operator's layout)
             if self.state.get("cni_installed"):
                 return []
-            self.progress("Kubernetes datastore: starting calico-node on every node as a lab service "
-                          "(the manifest install is etcd-only; docs/kdd.md)")
-            return self.start_calico_nodes()
+            return self.install_operator_layout()
         if importlib.util.find_spec("agent.main") is None:
             raise RuntimeError("calico-node is not available yet (agent/main.py missing)")
         if self.state.get("cni_installed"):
@@ -1035,8 +1039,7 @@ class Supervisor:
                     self.install_crds()
                     if not self.no_cni and importlib.util.find_spec("agent.main") is not None:
                         self.wait_nodes(ready=False)
-                        self.progress("starting calico-node on every node (Kubernetes datastore)")
-                        started = self.start_calico_nodes()
+                        started = self.install_operator_layout()
                 applying = self.start_workloads()
                 self.apply_bgp_config(patch_nodes=False)
             if started:

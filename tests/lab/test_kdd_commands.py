@@ -102,6 +102,31 @@ def test_node_shells_run_the_real_kubectl_and_name_the_datastore(lab):
     assert re.search(r"Client Version: v1\.\d+\.\d+", lab.sh("kubectl version")), "not the real kubectl"
 
 
+def test_kubectl_get_pods_calico_system_lists_the_operators_pods(lab):
+    """``up`` lays Calico out as the operator does: a calico-node pod of the DaemonSet on every
+    node, calico-typha and calico-kube-controllers pods of their Deployments, all Running
+    (csi-node-driver is not built; docs/kdd.md)."""
+    def listed() -> list[list[str]]:
+        return [ln.split() for ln in lab.sh("kubectl get pods -n calico-system -o wide").splitlines()]
+
+    rows = wait_for(listed, lambda r: len(r) == 5 and all(x[1] == "1/1" and x[2] == "Running" for x in r[1:]),
+                    timeout=60, what="four calico-system pods Running")
+    assert rows[0][:5] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"], rows
+    names = sorted(r[0] for r in rows[1:])
+    assert re.fullmatch(r"calico-kube-controllers-[a-z0-9]{10}-[a-z0-9]{5}", names[0]), names
+    assert all(re.fullmatch(r"calico-node-[a-z0-9]{5}", n) for n in names[1:3]), names
+    assert re.fullmatch(r"calico-typha-[a-z0-9]{10}-[a-z0-9]{5}", names[3]), names
+    # one calico-node per node, each owned by the DaemonSet
+    nodes = {r[0]: r[6] for r in rows[1:]}
+    assert sorted(nodes[n] for n in names[1:3]) == ["k8s-m", "k8s-w0"], rows
+    pods = lab.kube("get", "pods", "-n", "calico-system", "-l", "k8s-app=calico-node")["items"]
+    assert {(o["kind"], o["name"]) for p in pods for o in p["metadata"]["ownerReferences"]} == {("DaemonSet", "calico-node")}
+    out = lab.sh("kubectl get daemonsets,deployments -n calico-system")
+    got = {ln.split()[0] for ln in out.splitlines() if ln.split() and ln.split()[0] != "NAME"}
+    assert got == {"daemonset.apps/calico-node", "deployment.apps/calico-typha",
+                   "deployment.apps/calico-kube-controllers"}, out
+
+
 def test_pod_cidrs_pipeline_prints_each_nodes_kubernetes_pod_cidrs(lab):
     """The second seed's ``calicoctl get node -o json | jq ...`` with ``.status.podCIDRs[]``:
     each Calico Node's status.podCIDRs is its Kubernetes Node's spec.podCIDRs (node IPAM's

@@ -138,3 +138,38 @@ def test_images_map_calico_components():
     assert images.resolve("docker.io/calico/typha:v3.28.1", None, None, "/tmp").port == 5473
     argv = images.resolve("calico/kube-controllers:v3.28.1", None, None, "/tmp").argv
     assert argv[-2:] == ["-m", "agent.kubecontrollers"]
+
+
+def test_operator_layout_for_a_kubernetes_datastore_lab():
+    """manifests/calico-system.yaml as `up` renders it: the operator's namespace and workloads,
+    the lab's pool, the control plane's API address for host-network pods, Typha behind its
+    Service; every object passes the API server's validation and every image is known."""
+    from testbed.k8s.install import render_operator_layout
+
+    state = {"lab": "wt", "topology": str(REPO / "topologies" / "walkthrough.yaml"),
+             "etcd_endpoints": ["http://172.30.0.10:2379"]}
+    text = render_operator_layout(state, bgp_timers="connect_delay=0.1,connect_retry=1")
+    docs = _docs(text)
+    assert {k for k in docs if k.split("/")[0] in ("Namespace", "DaemonSet", "Deployment", "Service")} == {
+        "Namespace/calico-system", "DaemonSet/calico-node", "Deployment/calico-typha",
+        "Deployment/calico-kube-controllers", "Service/calico-typha"}
+    for d in yaml.safe_load_all(text):
+        if d:
+            assert d["kind"] in ("Namespace", "ClusterRole", "ClusterRoleBinding") or \
+                d["metadata"]["namespace"] == "calico-system", d["metadata"]
+            validation.default(d)
+            assert validation.validate(d) == [], d["metadata"]["name"]
+    node = docs["DaemonSet/calico-node"]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in node["containers"][0]["env"]}
+    assert env["KUBERNETES_SERVICE_HOST"] == "172.30.0.10" and env["KUBERNETES_SERVICE_PORT"] == "6443"
+    assert (env["DATASTORE_TYPE"], env["FELIX_TYPHAK8SSERVICENAME"], env["FELIX_TYPHAK8SNAMESPACE"]) == (
+        "kubernetes", "calico-typha", "calico-system")
+    assert (env["CALICO_IPV4POOL_CIDR"], env["CALICO_IPV4POOL_BLOCK_SIZE"], env["CALICO_IPV4POOL_IPIP"]) == (
+        "192.168.0.0/16", "24", "Always")
+    assert "ETCD_ENDPOINTS" not in env and node["hostNetwork"] is True
+    assert node["serviceAccountName"] == "calico-node" and "ServiceAccount/calico-cni-plugin" in docs
+    kc = docs["Deployment/calico-kube-controllers"]["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e.get("value") for e in kc["env"]}["ENABLED_CONTROLLERS"] == "node"
+    for kind in ("DaemonSet/calico-node", "Deployment/calico-typha", "Deployment/calico-kube-controllers"):
+        for c in docs[kind]["spec"]["template"]["spec"]["containers"]:
+            assert images.known(c["image"]) and images.is_component(c["image"]), c["image"]
