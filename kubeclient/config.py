@@ -44,15 +44,21 @@ class Config:
         return self.token
 
     def ssl_context(self) -> ssl.SSLContext:
-        """A TLS context verifying the server and presenting the client cert, if any."""
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        """A TLS context verifying the server and presenting the client cert, if any.
+
+        The server is verified against the kubeconfig's CA alone when it names one (as
+        client-go does); the machine's trust store is loaded only when it names none (that
+        load costs ~80 ms of CPU in every process that makes a client)."""
         if self.insecure:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         elif self.ca_data:
-            ctx.load_verify_locations(cadata=self.ca_data.decode())
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=self.ca_data.decode())
         elif self.ca_file:
-            ctx.load_verify_locations(cafile=self.ca_file)
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_file)
+        else:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
         if self.cert_file and self.key_file:
             ctx.load_cert_chain(self.cert_file, self.key_file)
         elif self.cert_data and self.key_data:

@@ -8,6 +8,7 @@ not enforced; docs/apiserver.md says so).
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import time
 import uuid
@@ -48,13 +49,22 @@ def _kid(pub_pem: bytes) -> str:
     return _b64url(hashlib.sha256(der).digest())
 
 
+@functools.lru_cache(maxsize=4)
+def signing_key(key_pem: bytes) -> tuple[Any, str]:
+    """The private key of ``key_pem`` and its key ID, loaded once: loading an RSA key checks
+    it (``RSA_check_key``, tens of ms of CPU on the API server's event loop), and every
+    TokenRequest (one per pod with a projected token) signs with the same key."""
+    key = serialization.load_pem_private_key(key_pem, None)
+    pub_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key, _kid(pub_pem)
+
+
 def sign_token(key_pem: bytes, namespace: str, sa_name: str, sa_uid: str = "", *,
                expiration: int = 3607 * 24 * 365, audiences: list[str] | None = None,
                pod: dict | None = None, node: dict | None = None, now: float | None = None) -> str:
     """A ServiceAccount token (JWT RS256) as kube-apiserver's TokenRequest makes it."""
-    key = serialization.load_pem_private_key(key_pem, None)
-    pub_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    key, kid = signing_key(key_pem)
     t = int(now if now is not None else time.time())
     k8s: dict[str, Any] = {"namespace": namespace, "serviceaccount": {"name": sa_name, "uid": sa_uid}}
     if pod:
@@ -64,7 +74,7 @@ def sign_token(key_pem: bytes, namespace: str, sa_name: str, sa_uid: str = "", *
     claims = {"aud": audiences or [AUDIENCE], "exp": t + expiration, "iat": t, "iss": ISSUER,
               "jti": str(uuid.uuid4()), "kubernetes.io": k8s, "nbf": t,
               "sub": f"system:serviceaccount:{namespace}:{sa_name}"}
-    header = {"alg": "RS256", "kid": _kid(pub_pem)}
+    header = {"alg": "RS256", "kid": kid}
     signing = f"{_b64url(json.dumps(header, separators=(',', ':')).encode())}." \
               f"{_b64url(json.dumps(claims, separators=(',', ':')).encode())}"
     sig = key.sign(signing.encode(), padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr]

@@ -34,6 +34,7 @@ from testbed.lab.state import (
     EXIT_INPUT,
     EXIT_NOLAB,
     HEALTH_PORT,
+    PYCACHE,
     REPO,
     RUN_ROOT,
     LabError,
@@ -125,7 +126,9 @@ def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = Fals
         argv.append("--no-cni")
     argv += ["--runtime", topo.runtime]
     argv += ["--datastore", topo.calico.datastore]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    # the supervisor compiles into the lab processes' bytecode cache too (testbed.lab.state.node_env)
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONPYCACHEPREFIX=str(PYCACHE))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 pass_fds=(wfd,), start_new_session=True, env=env, cwd="/")
