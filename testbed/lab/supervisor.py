@@ -49,6 +49,8 @@ LAB_BGP_TIMERS = "connect_delay=0.1,connect_retry=1"
 
 #: seconds between the supervisor's checks of its services
 REAP_INTERVAL = 0.2
+#: seconds between admissions of a big lab's waiting nodes (testbed.lab.admission)
+ADMIT_INTERVAL = 0.1
 
 #: Node directories private to each node: (mount point, name of the backing dir).
 #: None: a tmpfs (runtime state that must vanish with the node).
@@ -137,6 +139,10 @@ class Supervisor:
         self.server: socket.socket | None = None
         self.pki_thread: threading.Thread | None = None
         self.pki_error: BaseException | None = None
+        #: set once every node has been started (at once, or by admit_nodes' thread)
+        self.admitted = threading.Event()
+        self.admitted.set()
+        self.kc_thread: threading.Thread | None = None  # start_kube_controllers
         #: Calico's datastore is the Kubernetes API (CRDs), not etcd (topology calico.datastore)
         self.kdd = topo.calico.datastore == "kubernetes"
 
@@ -543,8 +549,10 @@ class Supervisor:
         raise RuntimeError(f"etcd on {cp.name} not healthy after {wait:.0f}s (last: {last!r}); it runs as the "
                            f"static pod etcd-{cp.name} (see the control plane's kubelet log)")
 
-    def start_node_services(self) -> None:
-        """The kubelet on every node, with its own credentials (/etc/kubernetes/kubelet.conf).
+    def start_node_services(self, nodes: list[str] | None = None) -> None:
+        """The kubelet on every node (on ``nodes`` only, when given: a big lab's nodes are
+        admitted a window at a time, :meth:`admit_nodes`), with its own credentials
+        (/etc/kubernetes/kubelet.conf).
 
         The control-plane node's kubelet runs the control plane as static pods from
         /etc/kubernetes/manifests (etcd, kube-apiserver, kube-controller-manager,
@@ -559,8 +567,10 @@ class Supervisor:
         if rt != "netns":
             self.start_runtime_daemons()
         # kubeadm init on the control plane, then a join per worker, in the topology's order
-        order = [self.topo.control_plane.name, *(m.name for m in self.topo.nodes if not m.is_control_plane)]
+        order = self.node_order()
         for n in self.local_nodes:
+            if nodes is not None and n.name not in nodes:
+                continue
             argv = [py, "-m", "testbed.k8s.kubelet", "--node", n.name, "--node-ip", str(n.address),
                     "--kubeconfig", kubeadm.KUBELET_CONF, "--cluster-dns", kubeadm.CLUSTER_DNS,
                     "--cluster-domain", kubeadm.CLUSTER_DOMAIN]
@@ -571,9 +581,69 @@ class Supervisor:
             if rt != "netns":
                 argv += ["--container-runtime", rt, "--runtime-dir", str(labstate.runtime_dir(self.lab, n.name))]
             self.start_service(n.name, "kubelet", argv)
-        self.progress(f"starting the kubelets (the control plane as static pods on "
-                      f"{self.topo.control_plane.name})")
+        if nodes is None or self.has_cp and self.topo.control_plane.name in nodes:
+            self.progress(f"starting the kubelets (the control plane as static pods on "
+                          f"{self.topo.control_plane.name})")
         self.save()
+
+    def node_order(self) -> list[str]:
+        """The nodes in the order they join: the control plane, then the workers in the
+        topology's order (kubeadm init, then a join per worker)."""
+        return [self.topo.control_plane.name, *(m.name for m in self.topo.nodes if not m.is_control_plane)]
+
+    def start_window(self) -> int:
+        """How many nodes may be starting at once (testbed.lab.admission; CALICOLAB_START_WINDOW
+        overrides it, e.g. for bench/lab_up.py's comparison)."""
+        from testbed.lab import admission
+
+        return admission.window_size(os.cpu_count(), os.environ.get(admission.WINDOW_ENV))
+
+    def admit_nodes(self, window: int) -> list[str]:
+        """Start the first ``window`` nodes' kubelet and calico-node now and the others on a
+        thread, each once a starting node's calico-node answers /readiness (or after
+        :data:`testbed.lab.admission.SETTLE_TIMEOUT`). Returns every node calico-node will run on."""
+        from testbed.lab import admission
+
+        mine = {n.name for n in self.local_nodes}
+        gate = admission.StartWindow([n for n in self.node_order() if n in mine], window)
+        self.admitted.clear()  # before the first start: start_kube_controllers waits for it
+
+        def ready(name: str) -> bool:
+            try:
+                code, _ = nsmod.http_get(self.state["hosts"][name]["netns"], "127.0.0.1",
+                                         labstate.HEALTH_PORT, "/readiness", timeout=0.5)
+            except OSError:
+                return False
+            return code == 200
+
+        def start(names: list[str]) -> None:
+            with self.lock:  # teardown takes the lock to stop everything: nothing starts after it
+                if self.stop_event.is_set():
+                    return
+                self.start_node_services(names)
+                self.start_calico_nodes(names)
+
+        first = gate.admit(time.monotonic(), ready)
+        start(first)
+        self.progress(f"starting {len(first)} of {len(mine)} node(s); the others as nodes settle "
+                      f"(at most {window} starting at once)")
+
+        def run() -> None:
+            try:
+                while not gate.done and not self.stop_event.wait(ADMIT_INTERVAL):
+                    more = gate.admit(time.monotonic(), ready)
+                    if more:
+                        start(more)
+                        _log(f"admitted {', '.join(more)} ({len(gate.waiting)} waiting)")
+                if gate.timed_out:
+                    _log(f"admission: not settled within {gate.settle_timeout:.0f}s: {', '.join(gate.timed_out)}")
+            except Exception:  # noqa: BLE001 - reported; wait_agents_ready warns about the rest
+                _log("admitting nodes failed:\n" + traceback.format_exc())
+            finally:
+                self.admitted.set()
+
+        threading.Thread(target=run, name="admission", daemon=True).start()
+        return [n for n in self.node_order() if n in mine]
 
     def start_runtime_daemons(self) -> None:
         """One containerd per node (and, for ``runtime: docker``, one dockerd on it), each in
@@ -799,32 +869,24 @@ class Supervisor:
         env.setdefault("KUBECONFIG", "/etc/kubernetes/admin.conf")
         return env
 
-    def start_calico_nodes(self) -> list[str]:
-        """``up`` without --no-cni (etcd datastore): start calico-node on every node directly,
-        as a lab service (the fast path for big labs: no DaemonSet round trip, no Typha in
-        between). The Kubernetes datastore installs the operator's layout instead
-        (:meth:`install_operator_layout`)."""
+    def start_calico_nodes(self, nodes: list[str] | None = None) -> list[str]:
+        """``up`` without --no-cni (etcd datastore): start calico-node on every node (on
+        ``nodes`` only, when given: :meth:`admit_nodes`) directly, as a lab service (the fast
+        path for big labs: no DaemonSet round trip, no Typha in between). The Kubernetes
+        datastore installs the operator's layout instead (:meth:`install_operator_layout`)."""
         exe = labstate.VENV_BIN / "calico-node"
         if not exe.exists():
             raise RuntimeError(f"calico-node is not installed ({exe} missing): run scripts/setup.sh")
         started = []
-        cp = self.topo.control_plane.name
         for n in self.local_nodes:
+            if nodes is not None and n.name not in nodes:
+                continue
             proc = self.procs.get(f"{n.name}/calico-node")
             if proc is not None and proc.poll() is None:
                 continue
             self.start_service(n.name, "calico-node", [str(exe)], self.calico_node_env())
             started.append(n.name)
-        # calico-kube-controllers as calico-etcd.yaml runs it (one instance, host network): the
-        # namespace/serviceaccount profiles, Kubernetes NetworkPolicies, pod labels, node clean-up
-        # (on the control plane's machine only, when the lab spans several: testbed.multihost)
-        proc = self.procs.get(f"{cp}/calico-kube-controllers")
-        if self.has_cp and (proc is None or proc.poll() is not None):
-            self.start_service(cp, "calico-kube-controllers", [sys.executable, "-m", "agent.kubecontrollers"],
-                               {"DATASTORE_TYPE": self.topo.calico.datastore,
-                                "ENABLED_CONTROLLERS": "policy,namespace,serviceaccount,workloadendpoint,node",
-                                # Kubernetes objects through the API server (kubeadm's admin.conf)
-                                "KUBECONFIG": "/etc/kubernetes/admin.conf"})
+        self.start_kube_controllers()
         self.state["cni_installed"] = True
         self.save()
         return started
@@ -847,6 +909,69 @@ class Supervisor:
         self.state["skipped"] = [m for m in self.state.get("skipped", []) if not m.startswith("calico-node")]
         self.save()
         return [n.name for n in self.local_nodes]
+
+    def start_kube_controllers(self) -> None:
+        """calico-kube-controllers as calico-etcd.yaml runs it (one instance, host network): the
+        namespace/serviceaccount profiles, Kubernetes NetworkPolicies, pod labels, node clean-up
+        (on the control plane's machine only, when the lab spans several: testbed.multihost).
+
+        Started on a thread once every node of the lab is registered (bounded by the lab's
+        ready timeout): its node controller cleans up a Calico Node whose Kubernetes Node is
+        missing (after NODE_MISSING_MIN), and calico-node runs here as a lab service from the
+        start, before the kubelets' one-after-the-other joins are done (in a 100-node start
+        the last joins ~60 s after its calico-node). Started earlier, it cleaned up nodes not
+        yet joined, and (before its allocations rule) released their tunnel addresses, which
+        IPAM gave to pods that then never answered. With the DaemonSet, calico-node runs only
+        on a registered node, as on a cluster."""
+        cp = self.topo.control_plane.name
+        proc = self.procs.get(f"{cp}/calico-kube-controllers")
+        if not self.has_cp or (proc is not None and proc.poll() is None) or \
+                (self.kc_thread is not None and self.kc_thread.is_alive()):
+            return
+
+        def run() -> None:
+            self.admitted.wait()  # a big lab's last nodes start late (admit_nodes)
+            self.wait_registered(self.ready_timeout * deadline_scale())
+            with self.lock:  # teardown takes the lock to stop everything: nothing starts after it
+                if self.stop_event.is_set():
+                    return
+                self.start_service(cp, "calico-kube-controllers", [sys.executable, "-m", "agent.kubecontrollers"],
+                                   {"DATASTORE_TYPE": self.topo.calico.datastore,
+                                    "ENABLED_CONTROLLERS": "policy,namespace,serviceaccount,workloadendpoint,node",
+                                    # Kubernetes objects through the API server (kubeadm's admin.conf)
+                                    "KUBECONFIG": "/etc/kubernetes/admin.conf"})
+                self.save()
+
+        self.kc_thread = threading.Thread(target=run, name="kube-controllers", daemon=True)
+        self.kc_thread.start()
+
+    def wait_registered(self, timeout: float) -> bool:
+        """Wait until every node of the lab has a Node in the API (each kubelet registered),
+        at most ``timeout`` s (also while the API server is not up yet); False if not all did."""
+        from testbed.lab import kubeadm
+
+        conf = str(kubeadm.admin_conf(self.state))
+        want = {n.name for n in self.topo.nodes}
+
+        def poll() -> bool:
+            from kubeclient import Client, from_kubeconfig
+
+            client = Client(from_kubeconfig(conf))
+            client.config.timeout = 2.0
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and not self.stop_event.is_set():
+                try:
+                    if want <= {o["metadata"]["name"] for o in client.list("v1", "nodes")["items"]}:
+                        return True
+                except Exception:  # noqa: BLE001 - not up yet: keep polling until the deadline
+                    pass
+                time.sleep(0.05)
+            return False
+
+        if not nsmod.run_in(self.state["hosts"][self.topo.control_plane.name]["netns"], poll):
+            _log(f"not every node registered within {timeout:.0f}s; starting calico-kube-controllers anyway")
+            return False
+        return True
 
     def install_cni(self) -> list[str]:
         """Install Calico as the walkthrough does, by manifest: render manifests/calico.yaml for
@@ -879,7 +1004,9 @@ class Supervisor:
         return [n.name for n in self.local_nodes]
 
     def wait_agents_ready(self, nodes: list[str]) -> None:
-        """Wait (bounded) until calico-node on ``nodes`` answers /readiness 200; warn otherwise."""
+        """Wait (bounded) until calico-node on ``nodes`` answers /readiness 200; warn otherwise
+        (the bound counts from the last node's admission, :meth:`admit_nodes`)."""
+        self.admitted.wait()
         deadline = time.monotonic() + self.ready_timeout
         pending = set(nodes)
         while pending and time.monotonic() < deadline:
@@ -1017,15 +1144,21 @@ class Supervisor:
             # etcd, kubelets and calico-nodes start together: the node services
             # retry until the datastore answers, and their start-up overlaps etcd's.
             self.start_external_services()
-            self.start_node_services()
             started: list[str] = []
-            if self.no_cni:
-                self._skip("calico-node: --no-cni (run `calicolab install-cni` later)")
-            elif importlib.util.find_spec("agent.main") is None:
-                self._skip("calico-node: agent.main not present")
-            elif not self.kdd:
-                self.progress("starting calico-node on every node")
-                started = self.start_calico_nodes()
+            calico = not self.no_cni and not self.kdd and importlib.util.find_spec("agent.main") is not None
+            window = self.start_window()
+            if calico and self.topo.runtime == "netns" and len(self.local_nodes) > window:
+                # a big lab: a window of nodes (kubelet + calico-node) starting at once
+                started = self.admit_nodes(window)
+            else:
+                self.start_node_services()
+                if self.no_cni:
+                    self._skip("calico-node: --no-cni (run `calicolab install-cni` later)")
+                elif importlib.util.find_spec("agent.main") is None:
+                    self._skip("calico-node: agent.main not present")
+                elif not self.kdd:
+                    self.progress("starting calico-node on every node")
+                    started = self.start_calico_nodes()
             self.wait_etcd()
             mark("etcd")
             applying = None
@@ -1051,6 +1184,8 @@ class Supervisor:
                 self.wait_nodes(ready=bool(self.state.get("cni_installed")))
                 mark("nodes")
                 self.finish_workloads(applying)
+            if self.kc_thread is not None:  # started once the nodes registered (start_kube_controllers)
+                self.kc_thread.join()
             self.serve_control()
             self.state["phase"] = "ready"
             self.state["ready_after"] = round(time.monotonic() - t0, 3)
@@ -1120,7 +1255,9 @@ class Supervisor:
                 self.server.close()
             except OSError:
                 pass
-        procs = [p for p in self.procs.values() if p.poll() is None]
+        with self.lock:  # admit_nodes starts no node after this
+            self.stop_event.set()
+            procs = [p for p in self.procs.values() if p.poll() is None]
         for p in procs:
             try:
                 os.killpg(p.pid, signal.SIGTERM)  # mnexec -d made each its own session
