@@ -159,6 +159,10 @@ class WatchStream:
         self.retry_delay = retry_delay
         self._watch = None
         self.known: dict[str, int] = {}
+        #: True while the event just yielded is followed by others already received (the rest
+        #: of the initial listing, or of one etcd watch response): a consumer that recomputes
+        #: from the whole state may wait for the last of them
+        self.more = False
 
     def close(self) -> None:
         """Stop the stream (safe from any thread)."""
@@ -231,6 +235,14 @@ class WatchStream:
                 delay = min(delay * 2, 5.0)
         return None
 
+    def _batch(self, events: list[WatchEvent]) -> Iterator[WatchEvent]:
+        """Yield ``events`` (received together), with :attr:`more` set while others follow."""
+        last = len(events) - 1
+        for i, ev in enumerate(events):
+            self.more = i < last
+            yield ev
+        self.more = False
+
     def __iter__(self) -> Iterator[WatchEvent]:
         typha = getattr(self.client, "typha", None)
         if typha is not None and self.revision is None:
@@ -246,7 +258,7 @@ class WatchStream:
             if snap is None:
                 return
             events, rev = snap
-            yield from events
+            yield from self._batch(events)
         while not self.stop.is_set():
             try:
                 prefixes = self._prefixes()
@@ -256,6 +268,7 @@ class WatchStream:
                 if self.stop.is_set():
                     return
                 for batch in self._watch:
+                    out: list[WatchEvent] = []
                     for ev in batch:
                         rev = max(rev, ev.kv.mod_revision)
                         dec = self._decode(ev.kv.key, ev.kv.value if ev.type != "DELETE" else b"",
@@ -266,11 +279,12 @@ class WatchStream:
                         if ev.type == "DELETE":
                             if self.known.pop(ev.kv.key, None) is None and self.revision is None:
                                 continue
-                            yield WatchEvent("DELETED", cls.KIND, name, ns, None, ev.kv.mod_revision)
+                            out.append(WatchEvent("DELETED", cls.KIND, name, ns, None, ev.kv.mod_revision))
                         else:
                             etype = "MODIFIED" if ev.kv.key in self.known else "ADDED"
                             self.known[ev.kv.key] = ev.kv.mod_revision
-                            yield WatchEvent(etype, cls.KIND, name, ns, obj, ev.kv.mod_revision)
+                            out.append(WatchEvent(etype, cls.KIND, name, ns, obj, ev.kv.mod_revision))
+                    yield from self._batch(out)
                     if self.stop.is_set():
                         return
             except errors.Compacted:
@@ -279,7 +293,7 @@ class WatchStream:
                 if snap is None:
                     return
                 events, rev = snap
-                yield from events
+                yield from self._batch(events)
             except errors.DatastoreUnavailable as exc:
                 if self.stop.is_set():
                     return

@@ -50,7 +50,9 @@ class ConfdWatcher:
                 elif ev.kind in State.KINDS:
                     self.state.apply_event(ev.kind, ev.name,
                                            None if ev.type == "DELETED" else ev.obj)
-                if self.synced.is_set():
+                # events received together (a watch response: many in a busy lab's start) are
+                # applied first and the configuration computed once, from the state after the last
+                if self.synced.is_set() and not getattr(self._stream, "more", False):
                     self._recompute()
         except Exception as exc:  # noqa: BLE001 - a dead watcher must be visible in status
             if not self._stream.stop.is_set():
