@@ -141,4 +141,10 @@ if [ "$guest" = 0 ] && ! .venv/bin/python -m testbed.kerneltier.fetch >/dev/null
     echo "setup: could not fetch the guest kernel for the kernel tier" >&2
     exit 1
 fi
+# Calico v3.28.1's own manifests (calico.yaml, tigera-operator.yaml, custom-resources.yaml),
+# verified by sha256, into .cache/upstream/ when a source has them (testbed/k8s/upstream.py);
+# not fatal: the tests that need one say so when they cannot get it.
+if [ "$guest" = 0 ] && ! .venv/bin/python -m testbed.k8s.upstream --quiet; then
+    echo "setup: warning: Calico's upstream manifests are not cached (see above)" >&2
+fi
 say "ready: $(.venv/bin/python --version), venv at $here/.venv"
