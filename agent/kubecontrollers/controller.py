@@ -59,7 +59,10 @@ class KubeControllers:
         self.clock = clock
         self.candidates: dict[str, float] = {}
         self.missing_since: dict[str, float] = {}
+        # Kubernetes Nodes seen deleted; a mark stays until the node's Calico data is cleaned
+        # (a scan may see the node busy, or a view that still lists it)
         self.deleted_nodes: set[str] = set()
+        self.synced = threading.Event()  # the Kubernetes watch has listed what exists
         self.waiting_nodes: set[str] = set()  # deleted nodes whose pods still hold IPs
         self.dirty = threading.Event()
         self.scans = 0
@@ -111,7 +114,7 @@ class KubeControllers:
             now = self.clock()
             view = self.cluster_view()
             with self._dlock:
-                deleted, self.deleted_nodes = self.deleted_nodes, set()
+                deleted = set(self.deleted_nodes)
             allocs = self.allocations()
             busy = busy_deleted_nodes(allocs, view)
             for name in sorted(busy - self.waiting_nodes):
@@ -123,6 +126,8 @@ class KubeControllers:
                                                       self.missing_since, now, NODE_MISSING_MIN, busy)
             for name in gone:
                 self.clean_node(name)
+            with self._dlock:  # cleaned, or nothing of Calico's names it any more
+                self.deleted_nodes -= set(gone) | (deleted - {r.k8s_name for r in refs} - busy)
             if gone:
                 allocs = self.allocations()
             plan = plan_gc(allocs, view, self.candidates, now, self.config.leak_grace_period,
@@ -201,13 +206,18 @@ class KubeControllers:
         """A Node or Pod deleted in Kubernetes wakes a scan (a Node's data is cleaned at once);
         so does the watch's first full list (what went between the first scan and it)."""
         if typ == SYNCED:
+            self.synced.set()
             self.dirty.set()
             return
+        name = (obj.get("metadata") or {}).get("name", "")
+        if typ == "ADDED" and resource == "nodes":  # the name is a node again
+            with self._dlock:
+                self.deleted_nodes.discard(name)
         if typ != "DELETED":
             return
         if resource == "nodes":
             with self._dlock:
-                self.deleted_nodes.add((obj.get("metadata") or {}).get("name", ""))
+                self.deleted_nodes.add(name)
         self.dirty.set()
 
     def watch_kubernetes(self, stop: threading.Event) -> None:

@@ -73,6 +73,9 @@ def test_node_controller_and_ipam_gc_in_the_kubernetes_datastore(kdd):
     t = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
     t.start()
     try:
+        # deletions before the watch has listed would be seen only as absence (cleaned after
+        # NODE_MISSING_MIN of the clock, which this test freezes)
+        assert ctl.synced.wait(15), "kube-controllers' Kubernetes watch never listed"
         kube.delete("v1", "pods", "p1", "default", grace_period=0)
         kube.delete("v1", "nodes", "kc-w1")
         wait_for(lambda: ipam.store.list_affinities("kc-w1"), lambda a: a == [], timeout=15,

@@ -78,12 +78,16 @@ def test_deleted_node_loses_calico_node_affinities_ips_and_endpoints(cluster):
         spec=WorkloadEndpoint.Spec(orchestrator="k8s", node="w1", pod="b", endpoint="eth0",
                                    ip_networks=[f"{ip1}/32"], interface_name="cali0123456789a")))
     assert [a.host for a in ipam.store.list_affinities("w1")] == ["w1"]
-    kc = KubeControllers(client, Config(enabled=["node"], leak_grace_period=900), ApiSource(api))
+    # a frozen clock: a node merely absent would wait NODE_MISSING_MIN forever, so w1 can go
+    # only because its deletion was seen, and that mark must outlive the scans that find w1 busy
+    kc = KubeControllers(client, Config(enabled=["node"], leak_grace_period=900), ApiSource(api),
+                         clock=lambda: 0.0)
     stop = threading.Event()
     t = threading.Thread(target=kc.run, args=(stop,), daemon=True)
     t.start()
     try:
         wait_for(lambda: kc.scans, what="first scan")
+        assert kc.synced.wait(10), "the Kubernetes watch never listed"
         assert {n.metadata.name for n in client.list("Node")} == {"w0", "w1"}  # nothing deleted yet
         k8s_delete(api, "nodes", "w1")
         # pod b still exists (bound to w1 until pod GC deletes it): its IP, WEP and w1's
