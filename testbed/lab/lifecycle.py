@@ -170,12 +170,15 @@ def _follow(rfd: int, proc: subprocess.Popen, lab: str, timeout: float, progress
     deadline = time.monotonic() + timeout
     buf = b""
     error: str | None = None
+    last = "none"
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
+            tail = _log_tail(state_dir(lab) / "labd.log", 25)  # read before the lab is removed
             _abort(proc, lab)
-            raise LabError(f"lab {lab!r} was not ready after {timeout:.0f}s; it was removed "
-                           f"(supervisor log was {state_dir(lab) / 'labd.log'})")
+            raise LabError(f"lab {lab!r} was not ready after {timeout:.0f}s (last progress: {last}); "
+                           f"it was removed"
+                           + (f"\n--- supervisor log (tail) ---\n{tail}" if tail else ""))
         ready, _, _ = select.select([rfd], [], [], min(left, 0.5))
         if not ready:
             continue
@@ -191,7 +194,8 @@ def _follow(rfd: int, proc: subprocess.Popen, lab: str, timeout: float, progress
             if text.startswith("error: "):
                 error = text[7:]
             elif text.startswith("progress: "):
-                progress(text[10:])
+                last = text[10:]
+                progress(last)
     # EOF without "ready": the supervisor failed; it tears itself down.
     try:
         proc.wait(timeout=30)
