@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     leftovers: list[str] = []
     try:
         t_up = time.monotonic()
-        labmod.up(topo, progress=lambda _m: None, ready_timeout=30)
+        labmod.up(topo, progress=lambda _m: None, ready_timeout=30, datastore="etcdv3")  # tests/lab/test_faults.py's lab
         faults.apply_pod(lab, "fault-a", "k8s-w0")
         faults.apply_pod(lab, "fault-b", "k8s-w1")
         ps = wait_for(lambda: faults.pods(lab), lambda p: all(faults.pod_running(p.get(n))

@@ -273,18 +273,19 @@ def floor_one(nodes: int, pods: int, workdir: Path) -> dict:
     return result
 
 
-def run_one(nodes: int, pods: int, workdir: Path) -> dict:
-    """Bring one lab up, measure, take it down."""
+def run_one(nodes: int, pods: int, workdir: Path, datastore: str | None = None) -> dict:
+    """Bring one lab up (``datastore``: ``up --datastore``, None the default), measure, take it down."""
     name = f"bench{nodes}-{os.getpid() % 10000}"
     path = workdir / f"{name}.yaml"
     path.write_text(topology(name, nodes, pods))
-    result: dict = {"nodes": nodes, "pods": pods, "lab": name}
+    result: dict = {"nodes": nodes, "pods": pods, "lab": name, "datastore": datastore}
     t0 = time.monotonic()
     epoch0 = time.time()
     try:
         st = labmod.up(path, progress=lambda m: print(f"  [{time.monotonic() - t0:6.2f}s] {m}",
                                                       file=sys.stderr),
-                       timeout=300, ready_timeout=60)
+                       timeout=300, ready_timeout=60, datastore=datastore)
+        result["datastore"] = st.get("datastore", datastore)
         result["up_returned_s"] = round(time.monotonic() - t0, 3)
         result["supervisor_timings_s"] = st.get("timings", {})
         cp_ns = st["hosts"][st["control_plane"]]["netns"]
@@ -342,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="pods for the 3-node lab; bigger labs run one pod per worker")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each (lab and floor) per size")
     ap.add_argument("--no-floor", action="store_true", help="labs only (the 100-node must-hold is absolute)")
+    ap.add_argument("--datastore", choices=("kubernetes", "etcdv3"),
+                    help="Calico's datastore of every lab (default: the lab's default)")
     ap.add_argument("--json", default=str(REPO / "reports" / "bench" / "lab_up.json"))
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -355,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             labs, floors = [], []
             for k in range(args.repeat):
                 print(f"lab of {n} nodes, {pods} pods (run {k + 1}/{args.repeat}) ...", file=sys.stderr)
-                labs.append(run_one(n, pods, Path(tmp)))
+                labs.append(run_one(n, pods, Path(tmp), args.datastore))
                 if not args.no_floor:
                     print(f"floor of {n} nodes, {pods} pods (run {k + 1}/{args.repeat}) ...", file=sys.stderr)
                     floors.append(floor_one(n, pods, Path(tmp)))
@@ -376,8 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                 entry["holds"] = bool(ours and ready and max(ours, ready) <= MUST_HOLD_SECONDS[n])
             sizes.append(entry)
     load_after = os.getloadavg()
-    print(f"lab up vs its floor (bare Mininet, same hosts/links + the pods as netns/veth/httpd), medians of "
-          f"{args.repeat}, interleaved; {os.cpu_count()} CPUs, load average {load_before[0]:.1f} before, "
+    print(f"lab up ({args.datastore or 'default'} datastore) vs its floor (bare Mininet, same hosts/links + "
+          f"the pods as netns/veth/httpd), medians of {args.repeat}, interleaved; {os.cpu_count()} CPUs, load average {load_before[0]:.1f} before, "
           f"{load_after[0]:.1f} after")
     hdr = ("nodes", "pods", "up returns", "nodes Ready", "pods Running", "pods answer", "floor net",
            "floor answer", "ratio", "must hold", "")
@@ -403,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{k}={statistics.median(t.get(k, 0.0) for t in timings):.2f}" for k in timings[0]))
     out = {"benchmark": "lab_up", "machine": {"cpus": os.cpu_count(), "kernel": platform.release()},
            "load_average": {"before": load_before, "after": load_after}, "repeat": args.repeat,
-           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sizes": sizes}
+           "datastore": args.datastore, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sizes": sizes}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.json}")

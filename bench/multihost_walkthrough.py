@@ -64,7 +64,7 @@ def one_run(kind: str, workdir: Path) -> dict:
             topo = spread_walkthrough(run_dir, hosts, lab)
         else:
             topo = TOPOLOGY
-        wt = Walkthrough(lab, topo, progress=lambda m: None)
+        wt = Walkthrough(lab, topo, progress=lambda m: None, datastore="etcdv3")  # as the two hosts run
         t_all = time.monotonic()
         try:
             for phase, method in PHASES:

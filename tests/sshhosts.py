@@ -267,10 +267,11 @@ def part_leftovers(hosts: SimHosts | None, name: str, lab: str,
 
 def spread_walkthrough(tmp_path: Path, hs: SimHosts, lab: str, **host_extra) -> Path:
     """topologies/walkthrough.yaml named ``lab`` with its members over the hosts ``hs`` as
-    :data:`SPREAD` places them; the path of the file written under ``tmp_path``."""
+    :data:`SPREAD` places them, in the etcd datastore; the path of the file written under ``tmp_path``."""
     data = yaml.safe_load((REPO / "topologies" / "walkthrough.yaml").read_text())
     data["name"] = lab
     data["hosts"] = hs.specs(**host_extra)
+    data["calico"]["datastore"] = "etcdv3"  # a lab over several machines: etcd (docs/multihost.md)
     for section in ("nodes", "routers", "external"):
         for m in data[section]:
             m["host"] = SPREAD[m["name"]]

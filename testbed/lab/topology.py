@@ -678,9 +678,12 @@ def _kind(v: Any) -> str:
 
 
 #: the Kubernetes datastore lab starts Typha, the CRDs and calico-node from the control plane's
-#: machine only; a lab over several machines (``hosts:``) is etcd-only for now
+#: machine only; a lab over several machines (``hosts:``) is etcd-only for now, and says so in
+#: its file (``calico.datastore: etcdv3``): the default, kubernetes, is refused there by name
 _KDD_MULTIHOST = ("the Kubernetes datastore is not implemented for a lab over several machines "
                   "(hosts:); use etcdv3")
+_KDD_MULTIHOST_DEFAULT = ("not given, so the default, kubernetes, which is not implemented for a lab "
+                          "over several machines (hosts:): write 'datastore: etcdv3' under 'calico:'")
 
 
 def load(path: str | Path, name: str | None = None, runtime: str | None = None,
@@ -850,7 +853,8 @@ def loads(text: str, file: str = "<string>", base: Path | None = None,
 
     calico = _calico(doc, top.raw("calico", {}), segs, {n.name for n in nodes}, used_addr)
     if hosts and calico.datastore == "kubernetes":
-        raise doc.err(("calico", "datastore"), _KDD_MULTIHOST)
+        given = isinstance(top.raw("calico", {}), dict) and "datastore" in top.raw("calico", {})
+        raise doc.err(("calico", "datastore"), _KDD_MULTIHOST if given else _KDD_MULTIHOST_DEFAULT)
     workloads = _workloads(doc, top.list("workloads"), base, {n.name for n in nodes})
     _refuse_unimplemented(doc, data)
     used = {m.host for m in (*nodes, *routers, *externals)}

@@ -15,13 +15,17 @@ from tests.lab.lab_helpers import walkthrough_lab
 
 REPO = Path(__file__).resolve().parents[2]
 POOL = "default-ipv4-ippool"
+#: the mode labs run the etcd datastore, as before the Kubernetes one became the default: they
+#: are installed by manifest (calico-etcd.yaml's shape) and switch modes with calicoctl on etcd
+DATASTORE = "etcdv3"
 
 
 @contextmanager
 def mode_lab(request, prefix: str, topology: str) -> Iterator[Walkthrough]:
-    """A running lab of ``topologies/<topology>.yaml`` with Calico installed by manifest and the
+    """A running lab of ``topologies/<topology>.yaml`` (etcd datastore) with Calico installed by manifest and the
     walkthrough's workloads Running; torn down (pcaps kept only on failure) afterwards."""
-    with walkthrough_lab(request, prefix, what="mode lab", topology=REPO / "topologies" / f"{topology}.yaml") as w:
+    with walkthrough_lab(request, prefix, what="mode lab", topology=REPO / "topologies" / f"{topology}.yaml",
+                         datastore=DATASTORE) as w:
         yield w
 
 

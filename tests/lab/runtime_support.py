@@ -26,6 +26,9 @@ from tests.support import require_tool, unique
 
 TOPOLOGY = REPO / "topologies" / "containers.yaml"
 RUNTIMES = ("containerd", "docker")
+#: the runtime labs run the etcd datastore, as before the Kubernetes one became the default:
+#: their subject is the pod runtime (containerd, Docker), not the datastore
+DATASTORE = "etcdv3"
 
 
 def runtime_lab(request, runtime: str) -> Iterator[Walkthrough]:
@@ -35,7 +38,7 @@ def runtime_lab(request, runtime: str) -> Iterator[Walkthrough]:
     if runtime == "docker":
         require_tool("dockerd")
     with walkthrough_lab(request, "rt", flows=True, what=f"{runtime} lab", topology=TOPOLOGY,
-                         runtime=runtime) as w:
+                         runtime=runtime, datastore=DATASTORE) as w:
         yield w
 
 
@@ -353,9 +356,10 @@ def check_cleanup(runtime: str, how: str) -> None:
     from testbed.lab import lifecycle as labmod
     from testbed.lab.clean import clean_lab
 
-    w = Walkthrough(unique("rc"), topology=TOPOLOGY, runtime=runtime, progress=lambda m: None)
+    w = Walkthrough(unique("rc"), topology=TOPOLOGY, runtime=runtime, progress=lambda m: None,
+                    datastore=DATASTORE)
     try:
-        labmod.up(TOPOLOGY, name=w.lab, runtime=runtime, progress=lambda m: None)
+        labmod.up(TOPOLOGY, name=w.lab, runtime=runtime, progress=lambda m: None, datastore=DATASTORE)
         apply(w, pod_yaml("one", "k8s-w1", "nginx"))
         wait_for(lambda: pod(w, "one").get("status") or {}, lambda s: s.get("phase") == "Running", timeout=60,
                  what="pod one Running")

@@ -68,7 +68,9 @@ def lab(tmp_path_factory):
     name = unique("ft")
     topo = write_topology(tmp, name, template_of(labstate.REPO / "topologies" / "walkthrough.yaml"))
     try:
-        st = labmod.up(topo, progress=lambda _m: None, ready_timeout=30)
+        # etcd mode: the faults here kill calico-node as the lab service `up` starts in etcd mode
+        # (in the Kubernetes datastore it is a DaemonSet pod) and read Calico's etcd keys
+        st = labmod.up(topo, progress=lambda _m: None, ready_timeout=30, datastore="etcdv3")
         for node, pod in PODS.items():
             apply_pod(name, tmp, pod, node)
         running(name, list(PODS.values()))
@@ -228,7 +230,7 @@ def test_kill_typha_installed_by_manifest(tmp_path):
     name = unique("fy")
     topo = write_topology(tmp_path, name, template_of(labstate.REPO / "topologies" / "walkthrough.yaml"))
     try:
-        labmod.up(topo, no_cni=True, progress=lambda _m: None, ready_timeout=30)
+        labmod.up(topo, no_cni=True, progress=lambda _m: None, ready_timeout=30, datastore="etcdv3")
         res = cli("install-cni", "--lab", name, timeout=120)
         assert res.returncode == 0, res.stderr
         before = wait_for(lambda: faults.daemon_state(name, None, "calico-typha"), lambda s: s[0], timeout=30,
@@ -257,7 +259,7 @@ def test_a_pod_reaches_no_labs_control_socket_or_etcd_data(lab):
     other = unique("fo")
     try:
         ost = labmod.up(write_topology(lab["tmp"], other, SMALL), no_cni=True, progress=lambda _m: None,
-                        ready_timeout=5)
+                        ready_timeout=5, datastore="etcdv3")
         theirs = labstate.state_dir(other)
         assert (theirs / "control.sock").exists() and (theirs / "etcd").is_dir()  # the machine sees them
         pid = pod_pid(pods(lab["name"])["fault-a"])

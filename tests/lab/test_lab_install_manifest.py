@@ -80,7 +80,9 @@ def lab(tmp_path):
     name = unique("inst")
     path = tmp_path / f"{name}.yaml"
     path.write_text(TOPOLOGY.format(name=name))
-    state = labmod.up(path, no_cni=True, progress=lambda _m: None, ready_timeout=5)
+    # the lab's manifest is calico-etcd.yaml's shape: the etcd datastore (in the Kubernetes one
+    # install-cni lays out calico-system instead: test_kdd_commands.py, test_lab_walkthrough.py)
+    state = labmod.up(path, no_cni=True, progress=lambda _m: None, ready_timeout=5, datastore="etcdv3")
     try:
         yield state
     finally:

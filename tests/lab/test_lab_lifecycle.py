@@ -33,6 +33,9 @@ def make_lab(tmp_path):
         name = unique("lt")
         made.append(name)
         path = write_topology(tmp_path, name, template)
+        # etcd mode: these tests read and write Calico's data as etcd keys (EtcdClient, Client
+        # on the lab's etcd endpoints)
+        kwargs.setdefault("datastore", "etcdv3")
         return labmod.up(path, no_cni=True, progress=lambda _m: None, ready_timeout=5, **kwargs)
 
     yield make
@@ -173,7 +176,7 @@ def test_clean_after_kill_9_leaves_nothing(make_lab):
 def test_up_failure_creates_nothing(make_lab, tmp_path):
     st = make_lab()
     with pytest.raises(labstate.LabError) as info:
-        labmod.up(Path(st["topology"]), no_cni=True, progress=lambda _m: None)
+        labmod.up(Path(st["topology"]), no_cni=True, progress=lambda _m: None, datastore="etcdv3")
     assert "already running" in str(info.value) and info.value.exit_code == labstate.EXIT_EXISTS
     assert labstate.is_running(labstate.read_state(st["lab"]))
 

@@ -82,7 +82,7 @@ def rr_lab(monkeypatch):
     monkeypatch.setenv("CALICOLAB_BGP_TIMERS", FAST_BGP)   # inherited by every node's agent
     name = unique("rr")
     try:
-        labmod.up(TOPOLOGY, name=name, progress=lambda msg: None)
+        labmod.up(TOPOLOGY, name=name, progress=lambda msg: None, datastore="etcdv3")
         yield name
     finally:
         if labstate.read_state(name) is not None:

@@ -110,7 +110,8 @@ def lab(tmp_path):
     ids: set[int] = set()
     procs: list[subprocess.Popen] = []
     try:
-        yield labmod.up(TOPOLOGY, name=name, progress=lambda _m: None), ids, procs
+        # calico-node as the lab service `up` starts in etcd mode, killed and restarted by the test
+        yield labmod.up(TOPOLOGY, name=name, progress=lambda _m: None, datastore="etcdv3"), ids, procs
     finally:
         from testbed.lab.clean import clean_lab
 

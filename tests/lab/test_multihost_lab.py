@@ -39,6 +39,7 @@ segments:
 nodes:
   - {{name: m, role: control-plane, address: 172.30.62.10, segment: lan0, host: {cp}}}
   - {{name: w0, role: worker, address: 172.30.62.11, segment: lan0, host: hb}}
+calico: {{datastore: etcdv3}}
 """
 
 

@@ -230,7 +230,7 @@ def lab(tmp_path_factory):
     name = unique("nl")
     topo = write_topology(tmp, name, TOPOLOGY)
     try:
-        st = labmod.up(topo, progress=lambda _m: None, ready_timeout=30)
+        st = labmod.up(topo, progress=lambda _m: None, ready_timeout=30, datastore="etcdv3")
         manifest = kubeadm.etc_kubernetes(st, "m") / kubeadm.MANIFESTS / "kube-controller-manager.yaml"
         pod = json.loads(manifest.read_text())
         pod["spec"]["containers"][0]["command"] += CM_FLAGS

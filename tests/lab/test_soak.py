@@ -32,7 +32,7 @@ def test_pod_churn_leaves_nothing_behind(tmp_path):
     name = unique("sk")
     topo = write_topology(tmp_path, name, template_of(labstate.REPO / "topologies" / "walkthrough.yaml"))
     try:
-        st = labmod.up(topo, progress=lambda _m: None, ready_timeout=30)
+        st = labmod.up(topo, progress=lambda _m: None, ready_timeout=30, datastore="etcdv3")
         # the soak starts on a settled cluster: every calico-node healthy (BGP Established)
         wait_for(lambda: labmod.status(name)["health"]["state"], lambda h: h == "healthy", timeout=60,
                  what="`calicolab status` healthy before the soak")

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture(scope="module")
 def wt(request):
-    with walkthrough_lab(request, "wt", flows=True, what="walkthrough") as w:
+    # the etcd half of the walkthrough pair (test_walkthrough_kdd.py runs the default, kubernetes)
+    with walkthrough_lab(request, "wt", flows=True, what="walkthrough (etcd datastore)", datastore="etcdv3") as w:
         yield w
 
 

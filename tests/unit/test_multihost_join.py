@@ -72,6 +72,7 @@ nodes:
   - {{name: k8s-m, role: control-plane, address: 172.30.0.10, segment: lan0, host: ha}}
   - {{name: k8s-w0, address: 172.30.0.11, segment: lan0, host: ha}}
   - {{name: k8s-w1, address: 172.30.0.12, segment: lan0, host: hb}}
+calico: {{datastore: etcdv3}}
 """
 
 

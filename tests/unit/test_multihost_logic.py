@@ -38,6 +38,7 @@ nodes:
   - {name: k8s-w2, address: 172.30.0.13, segment: lan0}
 external:
   - {name: internet, address: 203.0.113.10, segment: inet, host: hb}
+calico: {datastore: etcdv3}
 """
 
 

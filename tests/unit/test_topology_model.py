@@ -79,9 +79,10 @@ def test_datastore_setting_and_the_node_environment(tmp_path):
         load(f)
     # a lab over several machines (hosts:) is etcd-only: refused by name, from the file or the flag
     multi = ROOT / "topologies" / "vagrant-multi.yaml"
+    assert load(multi).calico.datastore == "etcdv3"  # said in the file
     with pytest.raises(TopologyError, match="Kubernetes datastore is not implemented for a lab over several"):
         load(multi, datastore="kubernetes")
-    f.write_text(multi.read_text().replace("calico:\n", "calico:\n  datastore: kubernetes\n"))
+    f.write_text(multi.read_text().replace("datastore: etcdv3", "datastore: kubernetes"))
     with pytest.raises(TopologyError, match=r"calico\.datastore: the Kubernetes datastore is not implemented"):
         load(f)
 
