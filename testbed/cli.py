@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("install-cni", parents=[lab_opt],
                        help="start calico-node on every node (kubectl apply -f calico.yaml)")
     s.add_argument("--timeout", type=float, default=120.0)
+    s.add_argument("--operator", action="store_true",
+                   help="by the Tigera operator, as the first seed: kubectl create -f "
+                        "manifests/tigera-operator.yaml, then custom-resources.yaml; waits for "
+                        "tigerastatus calico Available (Kubernetes datastore; docs/install.md)")
 
     s = sub.add_parser("capture", parents=[lab_opt], add_help=False,
                        help="tcpdump on the nodes: capture start [--nodes a,b] [--ifaces GLOBS] "
@@ -261,12 +265,36 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise labstate.LabError(f"lab {st['lab']!r} has no admin kubeconfig ({exc.strerror})") from None
         return EXIT_OK
     if cmd == "install-cni":
+        if args.operator:
+            return _install_operator(lab, args.timeout)
         reply = labmod.install_cni(lab, timeout=args.timeout)
         started = reply.get("started") or []
         print(f"calico-node started on {', '.join(started)}" if started
               else "calico-node already runs on every node")
         return EXIT_OK
     raise AssertionError(cmd)
+
+
+def _install_operator(lab: str | None, timeout: float) -> int:
+    """``install-cni --operator``: testbed.k8s.tigera.install, then the lab marks Calico installed."""
+    from testbed.k8s.install import InstallError
+    from testbed.k8s.tigera.install import install_by_operator
+    from testbed.lab import lifecycle as labmod
+    from testbed.lab import state as labstate
+
+    st = labstate.resolve(lab)
+    if st.get("datastore", "etcdv3") != "kubernetes":
+        _err(f"lab {st['lab']!r} keeps Calico's data in etcd: the operator installs Calico in the Kubernetes "
+             "datastore (calico.datastore: kubernetes, or `up --datastore kubernetes`)")
+        return EXIT_FAIL
+    try:
+        install_by_operator(st["lab"], _progress, timeout=timeout)
+    except InstallError as exc:
+        _err(str(exc))
+        return EXIT_FAIL
+    reply = labmod.install_cni(st["lab"], timeout=timeout, operator=True)
+    print(f"Calico installed by the operator: calico-node runs on {', '.join(reply.get('started') or [])}")
+    return EXIT_OK
 
 
 def _status(lab: str | None, as_json: bool) -> int:

@@ -562,19 +562,27 @@ def _partial(obj: dict) -> dict:
 
 
 def jsonpath_value(obj: Any, path: str) -> list[Any]:
-    """Values of a simple JSONPath (``.status.replicas``, ``.spec.x[0].y``, ``.a[*].b``) as
-    additionalPrinterColumns use them."""
+    """Values of a simple JSONPath (``.status.replicas``, ``.spec.x[0].y``, ``.a[*].b``, a filter
+    ``.conditions[?(@.type=='Available')].status``) as additionalPrinterColumns use them."""
     import re
 
     p = path.strip()
     if p.startswith("{") and p.endswith("}"):
         p = p[1:-1]
-    steps = re.findall(r"\.([^.\[\]]+)|\[(\*|-?\d+)\]|\[['\"]([^'\"]+)['\"]\]", p)
+    steps = re.findall(r"\.([^.\[\]]+)|\[(\*|-?\d+)\]|\[['\"]([^'\"]+)['\"]\]"
+                       r"|\[\?\(@\.([\w.]+)\s*==\s*['\"]([^'\"]*)['\"]\)\]", p)
     vals = [obj]
-    for name, idx, quoted in steps:
+    for name, idx, quoted, fkey, fval in steps:
         nxt = []
         for v in vals:
-            if name or quoted:
+            if fkey:
+                for item in v if isinstance(v, list) else []:
+                    cur: Any = item
+                    for part in fkey.split("."):
+                        cur = cur.get(part) if isinstance(cur, dict) else None
+                    if cur is not None and str(cur) == fval:
+                        nxt.append(item)
+            elif name or quoted:
                 key = name or quoted
                 if isinstance(v, dict) and key in v:
                     nxt.append(v[key])

@@ -5,7 +5,9 @@ started inside the pod's network namespace. ``nginx`` serves HTTP 200 on :80 (bu
 httpd with an nginx welcome page), busybox-like images idle so ``kubectl exec`` works,
 ``calico/node`` runs the project's calico-node (a hostNetwork DaemonSet pod, as calico.yaml
 installs it), ``calico/kube-controllers`` and ``calico/typha`` run ``agent.kubecontrollers``
-and ``agent.typha`` (Typha's pod is ready once it listens on 5473), and an unknown image is an error the kubelet reports as ``ImagePullBackOff``.
+and ``agent.typha`` (Typha's pod is ready once it listens on 5473), ``tigera/operator`` runs
+calicolab's operator (:mod:`testbed.k8s.tigera`), and an unknown image is an error the kubelet
+reports as ``ImagePullBackOff``.
 
 The control plane's images run the project's components: ``kube-apiserver``
 (:mod:`testbed.apiserver`), ``kube-controller-manager`` (:mod:`testbed.k8s.controllers`),
@@ -42,6 +44,7 @@ IMAGES: dict[str, str] = {
     "calico/node": "calico-node",
     "calico/kube-controllers": "kube-controllers",
     "calico/typha": "typha",
+    "tigera/operator": "tigera-operator",
     "etcd": "etcd",
     "kube-apiserver": "kube-apiserver",
     "kube-controller-manager": "kube-controller-manager",
@@ -123,6 +126,8 @@ COMPONENTS = {
     "kube-scheduler": ("kube-scheduler", lambda: [sys.executable, "-m", "testbed.k8s.scheduler"]),
     "kube-proxy": ("kube-proxy", lambda: [sys.executable, "-m", "testbed.k8s.kubeproxy"]),
     "coredns": ("coredns", lambda: [sys.executable, "-m", "testbed.k8s.dns"]),
+    # not the control plane's, but run the same way: its Deployment's command names `operator`
+    "tigera-operator": ("operator", lambda: [sys.executable, "-m", "testbed.k8s.tigera"]),
 }
 
 

@@ -57,11 +57,22 @@ class InstallSettings:
     bgp_timers: str = DEFAULT_BGP_TIMERS
     leak_grace_period: str = "15m"
     typha_replicas: int = 1
+    #: ``kubernetes`` (the operator's calico-system layout) needs no etcd endpoints
+    datastore: str = "etcdv3"
+    #: NO_DEFAULT_POOLS: the operator makes the IP pools, calico-node must not
+    no_default_pools: bool = False
+    #: CALICO_NETWORKING_BACKEND when set (the operator: bird unless BGP is Disabled); else
+    #: vxlan for a VXLAN pool, bird otherwise (calico.yaml's choice)
+    networking_backend: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise :class:`InstallError` naming the first bad setting."""
-        if not self.etcd_endpoints:
+        if self.datastore not in ("etcdv3", "kubernetes"):
+            raise InstallError(f"datastore: {self.datastore!r} is not etcdv3 or kubernetes")
+        if self.networking_backend not in (None, "bird", "vxlan", "none"):
+            raise InstallError(f"networking_backend: {self.networking_backend!r} is not bird, vxlan or none")
+        if not self.etcd_endpoints and self.datastore == "etcdv3":
             raise InstallError("etcd_endpoints: at least one endpoint is needed")
         for ep in self.etcd_endpoints:
             if not re.match(r"^https?://[^\s,/]+(:\d+)?/?$", ep):
@@ -101,7 +112,8 @@ class InstallSettings:
         self.validate()
         out = {
             "ETCD_ENDPOINTS": ",".join(self.etcd_endpoints),
-            "CALICO_BACKEND": "bird" if self.vxlan_mode == "Never" else "vxlan",
+            "CALICO_BACKEND": self.networking_backend or ("bird" if self.vxlan_mode == "Never" else "vxlan"),
+            "NO_DEFAULT_POOLS": "true" if self.no_default_pools else "false",
             "IP_AUTODETECTION_METHOD": self.ip_autodetection_method,
             "CALICO_IPV4POOL_CIDR": str(ipaddress.ip_network(self.pool_cidr)),
             "CALICO_IPV4POOL_BLOCK_SIZE": str(self.block_size),
@@ -178,20 +190,28 @@ def install_by_manifest(lab_state: dict, timeout: float = 60.0, **overrides: obj
 
 
 def render_operator_layout(lab_state: dict, **overrides: object) -> str:
-    """manifests/calico-system.yaml for a lab in the Kubernetes datastore: the operator's
-    layout (calico-node DaemonSet, calico-typha and calico-kube-controllers Deployments in
-    namespace calico-system) with the lab's pool, autodetection, health port and BGP timers,
-    and the control plane's API address as ``KUBERNETES_SERVICE_HOST``/``PORT`` (the
-    operator's kubernetes-services-endpoint: a host-network pod has no route to the
-    kubernetes Service in a lab node)."""
+    """manifests/calico-system.yaml for a lab in the Kubernetes datastore, as ``up`` lays it out
+    without the operator: the operator's layout (:func:`render_calico_system`, the one rendering
+    the operator uses too, testbed.k8s.tigera.render) with the lab's pool, autodetection, health port
+    and BGP timers, and the control plane's API address (a host-network pod has no route to
+    the kubernetes Service in a lab node)."""
     from testbed.lab.kubeadm import API_PORT
     from testbed.lab.topology import load
 
     topo = load(lab_state["topology"], name=lab_state["lab"])
     s = settings_for_lab(lab_state, **overrides)
-    s.extra = {**s.extra, "KUBERNETES_SERVICE_HOST": str(topo.control_plane.address),
-               "KUBERNETES_SERVICE_PORT": str(API_PORT)}
-    return render(s, OPERATOR_TEMPLATE.read_text())
+    s.datastore = "kubernetes"
+    return render_calico_system(s, str(topo.control_plane.address), API_PORT)
+
+
+def render_calico_system(settings: InstallSettings, api_host: str, api_port: int | str) -> str:
+    """manifests/calico-system.yaml (the operator's layout of an Installation) rendered from
+    ``settings``, with the API server's address as calico-node's, Typha's and kube-controllers'
+    ``KUBERNETES_SERVICE_HOST``/``PORT`` (what the operator's ``kubernetes-services-endpoint``
+    ConfigMap gives them). Raises :class:`InstallError` on a bad setting."""
+    settings.extra = {**settings.extra, "KUBERNETES_SERVICE_HOST": str(api_host),
+                      "KUBERNETES_SERVICE_PORT": str(api_port)}
+    return render(settings, OPERATOR_TEMPLATE.read_text())
 
 
 def install_operator_layout(lab_state: dict, timeout: float = 60.0, **overrides: object) -> list[str]:

@@ -298,14 +298,16 @@ def control(lab: str, request: dict, timeout: float = 120.0) -> dict:
     return reply
 
 
-def install_cni(name: str | None = None, timeout: float = 120.0) -> dict:
-    """Start calico-node on every node (the walkthrough's `kubectl apply -f calico.yaml`)."""
+def install_cni(name: str | None = None, timeout: float = 120.0, operator: bool = False) -> dict:
+    """Start calico-node on every node (the walkthrough's `kubectl apply -f calico.yaml`).
+    ``operator``: the Tigera operator has installed Calico (testbed.k8s.tigera.install); the
+    lab only records it and waits for the nodes."""
     st = resolve(name)
     if is_multihost(st):
         from testbed.multihost import controller
 
         return controller.install_cni(st, timeout=timeout)
-    return control(st["lab"], {"cmd": "install-cni"}, timeout=timeout)
+    return control(st["lab"], {"cmd": "install-cni", "operator": operator}, timeout=timeout)
 
 
 # --------------------------------------------------------------------------- status

@@ -973,12 +973,22 @@ class Supervisor:
             return False
         return True
 
-    def install_cni(self) -> list[str]:
+    def install_cni(self, operator: bool = False) -> list[str]:
         """Install Calico as the walkthrough does, by manifest: render manifests/calico.yaml for
         this lab and ``kubectl apply`` it (testbed.k8s.install). The DaemonSet controller then puts a
         ``calico-node-<5>`` pod on every node (plus calico-kube-controllers and calico-typha),
-        which the kubelets run. Returns the nodes calico-node will run on."""
+        which the kubelets run. ``operator``: the Tigera operator installed Calico already
+        (``install-cni --operator``, testbed.k8s.tigera.install): recorded, nothing applied.
+        Returns the nodes calico-node will run on."""
         from testbed.k8s.install import install_by_manifest
+
+        if operator:
+            if not self.kdd:
+                raise RuntimeError("the operator installs Calico in the Kubernetes datastore only")
+            self.state["cni_installed"] = True
+            self.state["skipped"] = [m for m in self.state.get("skipped", []) if not m.startswith("calico-node")]
+            self.save()
+            return [n.name for n in self.local_nodes]
 
         if self.kdd:
             # the lab's manifest is calico-etcd.yaml's shape: in the Kubernetes datastore Calico
@@ -1114,7 +1124,7 @@ class Supervisor:
             return {"ok": True, "phase": self.state["phase"]}
         if cmd == "install-cni":
             with self.lock:
-                started = self.install_cni()
+                started = self.install_cni(operator=bool(req.get("operator")))
             self.wait_agents_ready(started)
             if self.has_cp:
                 self.apply_bgp_config(patch_nodes=True)
