@@ -215,3 +215,9 @@ def test_operator_install_typed_in_a_node_shell(lab, tmp_path):
     wait_for(lab.tigerastatus, lambda s: s["ippools"].get("Available", ("",))[0] == "True"
              and s["ippools"].get("Degraded", ("",))[0] == "False", timeout=20,
              what="tigerastatus ippools Available again")
+
+    # `calicolab install-cni --operator` on a lab where the operator is installed already: kubectl
+    # create refuses, and the command says so (bench/install_operator.py runs its whole path)
+    r = cli("--lab", lab.name, "install-cni", "--operator", timeout=60)
+    assert r.returncode != 0 and "kubectl create -f tigera-operator.yaml failed" in r.stderr, r.stderr
+    assert "AlreadyExists" in r.stderr or "already exists" in r.stderr, r.stderr

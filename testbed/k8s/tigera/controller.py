@@ -68,7 +68,8 @@ class Operator:
         self.components = {n: Component(n) for n in ("calico", "ippools", "apiserver")}
         self.applied: tuple[str, float] | None = None  # (hash of what was applied, when)
         self.monitored: tuple[list[tuple[str, str]], list[tuple[str, str]]] = ([], [])
-        self.crds_ok = False
+        self.crds_ok = self.felix_ok = False
+        self.rendered: tuple[str, str] | None = None  # (the spec rendered, the text)
         self.last_msgs: dict[str, str] = {}
 
     # ------------------------------------------------------------------ helpers
@@ -222,12 +223,17 @@ class Operator:
                 self._degrade("calico", "ResourceUpdateError", "Error creating / updating CRD resource", str(exc))
                 return
         try:
-            self.felix_defaults()
+            if not self.felix_ok:
+                self.felix_defaults()
+                self.felix_ok = True
         except Exception as exc:  # noqa: BLE001
             self._degrade("calico", "ResourceUpdateError", "Error updating resource", str(exc))
             return
         try:
-            text = self.render(spec)
+            key = json.dumps(spec, sort_keys=True)
+            if self.rendered is None or self.rendered[0] != key:
+                self.rendered = (key, self.render(spec))
+            text = self.rendered[1]
         except Exception as exc:  # noqa: BLE001
             self._degrade("calico", "ResourceRenderingError", "Error rendering calico-system", str(exc))
             return
@@ -289,8 +295,8 @@ class Operator:
         comp = self.components[name]
         dss = [d for d in (self._get("apps/v1", "daemonsets", n, ns) for ns, n in self.monitored[0]) if d]
         deps = [d for d in (self._get("apps/v1", "deployments", n, ns) for ns, n in self.monitored[1]) if d]
-        pods = self.kube.list("v1", "pods", NAMESPACE).get("items") or []
-        comp.progressing, comp.failing = sync_state(dss, deps, pods)
+        comp.progressing, comp.failing = sync_state(
+            dss, deps, lambda: self.kube.list("v1", "pods", NAMESPACE).get("items") or [])
         comp.synced = True
 
     def reconcile_apiserver(self) -> None:

@@ -6,7 +6,6 @@ Available. ``calicolab install-cni --operator`` runs it after ``calicolab up --n
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -37,14 +36,29 @@ def create(lab: str, path: Path) -> list[str]:
 
 
 def tigerastatus(lab: str) -> dict[str, dict[str, dict]]:
-    """``kubectl get tigerastatus -o json``: component -> condition type -> condition."""
-    proc = _kubectl(lab, "get", "tigerastatus", "-o", "json", timeout=20)
-    if proc.returncode != 0:
-        return {}
-    out = {}
-    for item in json.loads(proc.stdout).get("items") or []:
-        out[item["metadata"]["name"]] = {c["type"]: c for c in (item.get("status") or {}).get("conditions") or []}
-    return out
+    """What ``kubectl get tigerastatus`` lists: component -> condition type -> condition (read
+    with the lab's admin kubeconfig from its control-plane node, in this process: polled
+    every 0.5 s, a kubectl process each time would load a busy machine)."""
+    from testbed.lab import kubeadm
+    from testbed.lab import netns as nsmod
+    from testbed.lab import state as labstate
+
+    st = labstate.resolve(lab)
+    conf = str(kubeadm.admin_conf(st))
+
+    def read() -> list[dict]:
+        import kubeclient
+
+        client = kubeclient.Client(kubeclient.from_kubeconfig(conf))
+        client.config.timeout = 5.0
+        try:
+            return client.list("operator.tigera.io/v1", "tigerastatuses").get("items") or []
+        except kubeclient.KubeError:
+            return []
+
+    items = nsmod.run_in(st["hosts"][st["control_plane"]]["netns"], read)
+    return {i["metadata"]["name"]: {c["type"]: c for c in (i.get("status") or {}).get("conditions") or []}
+            for i in items}
 
 
 def describe(name: str, conds: dict[str, dict]) -> str:

@@ -11,6 +11,7 @@ monitored, nothing fails and nothing progresses. Each condition keeps its
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 AVAILABLE, PROGRESSING, DEGRADED = "Available", "Progressing", "Degraded"
@@ -105,9 +106,10 @@ def container_error(pod: dict, cs: dict) -> str:
     return ""
 
 
-def pods_failing(selector: dict, namespace: str, pods: list[dict]) -> str:
-    """The first failing container among the pods ``selector`` picks in ``namespace``."""
-    for p in pods:
+def pods_failing(selector: dict, namespace: str, pods: list[dict] | Callable[[], list[dict]]) -> str:
+    """The first failing container among the pods ``selector`` picks in ``namespace`` (``pods``:
+    the pods, or a callable listing them, called only when needed)."""
+    for p in pods() if callable(pods) else pods:
         if p["metadata"].get("namespace") != namespace or not _matches(selector, p["metadata"].get("labels") or {}):
             continue
         st = p.get("status") or {}
@@ -118,8 +120,19 @@ def pods_failing(selector: dict, namespace: str, pods: list[dict]) -> str:
     return ""
 
 
-def sync_state(daemonsets: list[dict], deployments: list[dict], pods: list[dict]) -> tuple[list[str], list[str]]:
-    """(progressing, failing) messages of the workloads (``syncState``)."""
+def sync_state(daemonsets: list[dict], deployments: list[dict],
+               pods: list[dict] | Callable[[], list[dict]]) -> tuple[list[str], list[str]]:
+    """(progressing, failing) messages of the workloads (``syncState``); ``pods`` is listed only
+    for a workload that is not fully available."""
+    if callable(pods):
+        listed: list[list[dict]] = []
+        lister = pods
+
+        def pods() -> list[dict]:  # noqa: F811 - listed once, on first need
+            if not listed:
+                listed.append(lister())
+            return listed[0]
+
     progressing: list[str] = []
     failing: list[str] = []
     for ds in daemonsets:
