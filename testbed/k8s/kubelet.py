@@ -149,6 +149,9 @@ class Kubelet:
         self.node_recheck = 0.0  # monotonic time to ask again whether the Node exists (0: on its events)
         self.refused: set[str] = set()  # pods stopped (and reported Failed) because the Node is gone
         self.ready_written: dict[str, bool] = {}  # uid -> the Ready status this kubelet last wrote
+        self.init_infos: dict[str, list[ContainerInfo]] = {}  # uid -> its init containers' status
+        self.init_procs: dict[tuple[str, str], subprocess.Popen] = {}
+        self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pod")
         self.volumes = VolumeMaker(self._get_for_volume, self._token, node, node_ip)
@@ -483,11 +486,12 @@ class Kubelet:
         """Write the pod's status (``pods/<p>/status``; ``override``: fields set over the
         computed ones, e.g. a Failed phase); True if it changed."""
         meta = pod["metadata"]
+        init = self.init_infos.get(meta["uid"])
         if self.static is not None and self.static.is_static(pod):
             return self.static.set_status(pod, pod_status(pod, infos, self.node_ip, ips, now_iso(), None,
-                                                          sandbox_ready), self, self._annotations(state))
+                                                          sandbox_ready, init), self, self._annotations(state))
         old_start = (pod.get("status") or {}).get("startTime")
-        status = pod_status(pod, infos, self.node_ip, ips, now_iso(), old_start, sandbox_ready)
+        status = pod_status(pod, infos, self.node_ip, ips, now_iso(), old_start, sandbox_ready, init)
         if message:
             status["message"] = message
         if override:
@@ -591,6 +595,8 @@ class Kubelet:
         with self.lock:
             self.states[uid] = state
         ips = cni.pod_ips(result)
+        if not self._run_init_containers(state, pod, ips):
+            return
         t2 = time.monotonic()
         infos = [self._start_container(state, pod, c) for c in pod["spec"]["containers"]]
         state.save(self.root_dir)
@@ -611,6 +617,8 @@ class Kubelet:
         state.save(self.root_dir)
         with self.lock:
             self.states[state.uid] = state
+        if not self._run_init_containers(state, pod, [self.node_ip]):
+            return
         infos = [self._start_container(state, pod, c) for c in pod["spec"]["containers"]]
         state.save(self.root_dir)
         self._wait_ready(state, pod, infos)
@@ -651,7 +659,7 @@ class Kubelet:
         if rt == "docker":
             info.runtime = "docker"
         ref = state.images.get(info.name)
-        if ref:
+        if isinstance(ref, list) and len(ref) == 2:  # a runtime's [image, image id] (netns: the name alone)
             info.image_ref, info.image_id = ref[0], ref[1]
         return info
 
@@ -693,12 +701,18 @@ class Kubelet:
         info.ready = info.port is None
         return self._decorate(info, state)
 
-    def _start_container(self, state: PodState, pod: dict, c: dict) -> ContainerInfo:
+    def _start_container(self, state: PodState, pod: dict, c: dict, init: bool = False) -> ContainerInfo:
         info = ContainerInfo(c["name"], c["image"], restart_count=state.restarts.get(c["name"], 0))
         if self._use_cri(state, c):
+            if init:
+                info.waiting_reason = "CreateContainerError"
+                info.waiting_message = (f"init container {c['name']}: calicolab's kubelet runs init containers "
+                                        f"as processes only (the netns runtime, or the project's images), not in "
+                                        f"{self.cri.name if self.cri else 'a container runtime'}")
+                return info
             return self._start_cri_container(state, pod, c, info)
         workdir = os.path.join(state.pod_dir(self.root_dir), "containers", c["name"])
-        path = f"spec.containers{{{c['name']}}}"
+        path = f"spec.initContainers{{{c['name']}}}" if init else f"spec.containers{{{c['name']}}}"
         try:
             mounts = self.volumes.mounts(pod, c, state.pod_dir(self.root_dir))
             resolv = self._resolv_mount(state, pod)
@@ -757,6 +771,12 @@ class Kubelet:
         cid = state.container_ids.get(c["name"]) or runtime.new_sandbox_id()
         state.container_ids[c["name"]] = cid
         state.images[c["name"]] = images.qualified(c["image"])
+        if init:  # waited for by _run_init_containers, never restarted by check_processes
+            self.init_procs[(state.uid, c["name"])] = proc
+            info.container_id, info.running, info.started_at = cid, True, now_iso()
+            self.cluster.event(pod, "Created", f"Created container: {c['name']}", field_path=path)
+            self.cluster.event(pod, "Started", f"Started container {c['name']}", field_path=path)
+            return info
         state.pids[c["name"]] = proc.pid
         state.ticks[c["name"]] = runtime.start_ticks(proc.pid) or 0
         state.started_at[c["name"]] = now_iso()
@@ -768,11 +788,72 @@ class Kubelet:
         self.cluster.event(pod, "Started", f"Started container {c['name']}", field_path=path)
         return info
 
+    def _run_init_containers(self, state: PodState, pod: dict, ips: list[str]) -> bool:
+        """Run the pod's ``initContainers`` in order, each to completion, before its containers
+        (as the kubelet does): a failed one (exit != 0, or not startable) is restarted after a
+        back-off (1 s, then 10 s doubling to 5 min: ``Init:Error``, ``Init:CrashLoopBackOff``)
+        and the next waits for it. Returns False when the pod went away (deleted, its Node gone,
+        the kubelet stopping) before they all succeeded; its containers then do not start.
+        Their status is ``status.initContainerStatuses``; their logs are ``kubectl logs -c``."""
+        inits = pod["spec"].get("initContainers") or []
+        if not inits:
+            return True
+        uid = state.uid
+        infos = [ContainerInfo(c["name"], c["image"], waiting_reason="PodInitializing") for c in inits]
+        self.init_infos[uid] = infos
+        waiting = [ContainerInfo(c["name"], c["image"], waiting_reason="PodInitializing")
+                   for c in pod["spec"]["containers"]]
+
+        def gone() -> bool:
+            cur = self._pod_by_uid(uid)
+            return (self.stopping.is_set() or cur is None or bool(cur["metadata"].get("deletionTimestamp"))
+                    or uid in self.refused or self.node_gone)
+
+        for i, c in enumerate(inits):
+            restarts = 0
+            while True:
+                if gone():
+                    return False
+                info = self._start_container(state, pod, c, init=True)
+                info.restart_count = restarts
+                infos[i] = info
+                proc = self.init_procs.pop((uid, c["name"]), None)
+                if proc is not None:
+                    self._write_status(pod, waiting, ips, state=state)
+                    while proc.poll() is None:
+                        if gone():
+                            runtime.kill_process(proc.pid, grace=0.5, proc=proc)
+                            return False
+                        time.sleep(0.05)
+                    info.running, info.exit_code, info.finished_at = False, proc.returncode, now_iso()
+                    if proc.returncode == 0:
+                        break
+                    log.warning("pod %s/%s init container %s exited %s", state.namespace, state.name, c["name"],
+                                proc.returncode)
+                backoff = min(10.0 * 2 ** (restarts - 1), 300.0) if restarts else 1.0
+                self._write_status(pod, waiting, ips, state=state)
+                if restarts:
+                    self.cluster.event(pod, "BackOff", f"Back-off restarting failed container {c['name']} in pod "
+                                       f"{state.name}_{state.namespace}({uid})", "Warning",
+                                       f"spec.initContainers{{{c['name']}}}")
+                deadline = time.monotonic() + backoff
+                while time.monotonic() < deadline:
+                    if gone():
+                        return False
+                    time.sleep(0.1)
+                if proc is not None:  # shown as waiting in CrashLoopBackOff until the next start
+                    info.waiting_reason = "CrashLoopBackOff"
+                    info.waiting_message = f"back-off restarting failed container {c['name']} in pod {state.name}"
+                restarts += 1
+        return True
+
     def _container_env(self, pod: dict, c: dict) -> dict[str, str]:
         """The container's environment: the kubelet's own (what a lab's processes get:
         PATH, CALICOLAB_LAB, ...) without its credentials, the ``kubernetes`` Service's
         variables (KUBERNETES_SERVICE_HOST/PORT, for in-cluster clients), then the
-        container's ``env`` (values, fieldRef, configMapKeyRef, secretKeyRef)."""
+        container's ``envFrom`` (every key of a ConfigMap or Secret, with its ``prefix``; a
+        missing one is an error unless ``optional``), then its ``env`` (values, fieldRef,
+        configMapKeyRef, secretKeyRef)."""
         from testbed.k8s.volumes import field_value
 
         env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "NOTIFY_SOCKET")}
@@ -781,6 +862,23 @@ class Kubelet:
                     "KUBERNETES_PORT_443_TCP": "tcp://10.96.0.1:443", "KUBERNETES_PORT_443_TCP_PROTO": "tcp",
                     "KUBERNETES_PORT_443_TCP_PORT": "443", "KUBERNETES_PORT_443_TCP_ADDR": "10.96.0.1"})
         ns = pod["metadata"]["namespace"]
+        for src in c.get("envFrom") or []:
+            kind = "ConfigMap" if "configMapRef" in src else "Secret" if "secretRef" in src else None
+            if kind is None:
+                raise VolumeError(f"envFrom: source {sorted(src)} is not a configMapRef or secretRef")
+            ref = src.get("configMapRef") or src.get("secretRef") or {}
+            obj = self.cluster.fetch(kind, ref.get("name", ""), ns)
+            if obj is None:
+                if ref.get("optional"):
+                    continue
+                raise VolumeError(f'{"configmap" if kind == "ConfigMap" else "secret"} "{ref.get("name")}" not found')
+            data = dict(obj.get("data") or {})
+            if kind == "Secret":
+                import base64
+
+                data = {k: base64.b64decode(v).decode(errors="replace") for k, v in data.items()}
+            for key, value in data.items():
+                env[str(src.get("prefix") or "") + key] = str(value)
         for e in c.get("env") or []:
             if e.get("value") is not None:
                 env[e["name"]] = str(e["value"])
@@ -948,6 +1046,7 @@ class Kubelet:
     def _teardown(self, uid: str, pod: dict | None) -> None:
         """Stop a pod: its containers within the grace period, CNI DEL, the sandbox; then,
         when it was deleted gracefully (Terminating), delete it for good (grace 0)."""
+        self.init_infos.pop(uid, None)
         state = self.states.get(uid)
         grace = 2.0
         if pod is not None:
@@ -1117,6 +1216,7 @@ class Kubelet:
 
     def shutdown(self, kill_pods: bool = False) -> None:
         """Stop the worker pool; with ``kill_pods`` also stop every pod (no CNI DEL)."""
+        self.stopping.set()  # init containers being waited for end
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.cluster.stop()
         if kill_pods:

@@ -68,8 +68,10 @@ def container_status(info: ContainerInfo) -> dict:
 
 
 def pod_status(pod: dict, containers: list[ContainerInfo], host_ip: str, pod_ips: list[str], now: str,
-               start_time: str | None = None, sandbox_ready: bool = True) -> dict:
-    """The status a kubelet writes for a pod bound to it."""
+               start_time: str | None = None, sandbox_ready: bool = True,
+               init: list[ContainerInfo] | None = None) -> dict:
+    """The status a kubelet writes for a pod bound to it (``init``: its init containers, in
+    order; the pod is Pending and not Initialized until each has exited 0)."""
     spec_containers = pod["spec"]["containers"]
     by_name = {c.name: c for c in containers}
     infos = [by_name.get(c["name"]) or ContainerInfo(c["name"], c["image"]) for c in spec_containers]
@@ -85,10 +87,14 @@ def pod_status(pod: dict, containers: list[ContainerInfo], host_ip: str, pod_ips
         phase = "Pending"
     not_ready = [i.name for i in infos if not i.ready]
     msg = f"containers with unready status: [{' '.join(not_ready)}]" if not_ready else None
+    incomplete = [i.name for i in init or [] if i.running or i.exit_code != 0]
+    if incomplete:
+        phase = "Pending"
     status = {
         "phase": phase,
         "conditions": [
-            _condition("Initialized", True, now),
+            _condition("Initialized", not incomplete, now, "ContainersNotInitialized" if incomplete else None,
+                       f"containers with incomplete status: [{' '.join(incomplete)}]" if incomplete else None),
             _condition("Ready", all_ready, now, None if all_ready else "ContainersNotReady", msg),
             _condition("ContainersReady", all_ready, now, None if all_ready else "ContainersNotReady", msg),
             _condition("PodScheduled", True, now),
@@ -99,6 +105,8 @@ def pod_status(pod: dict, containers: list[ContainerInfo], host_ip: str, pod_ips
         "qosClass": "BestEffort",
         "startTime": start_time or now,
     }
+    if init:
+        status["initContainerStatuses"] = [container_status(i) for i in init]
     if sandbox_ready is False:
         status["conditions"].insert(0, _condition("PodReadyToStartContainers", False, now))
     if pod_ips:
