@@ -32,6 +32,7 @@ _T_VXLAN_NETNS = "tests/netns/test_agent_vxlan.py::test_vxlan_mode_without_bgp_t
 _T_ENCAP = "tests/unit/test_felix_encap.py::"
 _NO_V6 = "IPv6 is not implemented: calicolab is IPv4 only"
 _T_KDD_UNIT = "tests/unit/test_kdd_logic.py::"
+_T_UPSTREAM = "tests/unit/test_upstream_install.py::"
 _T_KDD_AGENT = "tests/netns/test_agent_kdd.py::test_calico_node_in_the_kubernetes_datastore"
 _NO_TLS = "calico-node reaches etcd over plain http at ETCD_ENDPOINTS"
 _NO_TYPHA_TLS = "calico-node talks to Typha without TLS"
@@ -214,7 +215,18 @@ _INSTALL_CNI: dict[str, Support] = {
     "CNI_NET_DIR": works(_T_TWONODE),
     "CNI_BIN_DIR": works(_T_TWONODE),
     "CNI_MTU": works(_T_STARTUP_UNIT + "test_conflist_shape"),
-    "CNI_CONF_NAME": missing("the conflist is always 10-calico.conflist"),
+    "CNI_CONF_NAME": works(_T_UPSTREAM + "test_install_cni_container_main",
+                           note="the install-cni container's conflist name (default 10-calico.conflist); "
+                                "calico-node's own step always writes 10-calico.conflist"),
+    "CNI_NETWORK_CONFIG_FILE": works(_T_UPSTREAM + "test_install_cni_container_main",
+                                     note="the install-cni container: the template from a file"),
+    "KUBERNETES_NODE_NAME": works(_T_UPSTREAM + "test_install_cni_container_main",
+                                  note="install-cni and upgrade-ipam containers: the node name"),
+    "SLEEP": works(_T_UPSTREAM + "test_install_cni_container_main",
+                   note="the install-cni container stays running after the install unless false"),
+    "SKIP_CNI_BINARIES": missing("install-cni links every plugin binary", ok=("",)),
+    "UPDATE_CNI_BINARIES": missing("install-cni always (re)links the plugin binaries", ok=("true",)),
+    "CNI_OLD_CONF_NAME": missing("install-cni removes no older conflist", ok=("",)),
     "CNI_NETWORK_CONFIG": works(_T_STARTUP_UNIT + "test_conflist_from_cni_network_config",
                                 _T_KDD_UNIT + "test_install_cni_kubernetes_conflist_and_kubeconfig",
                                 note="the manifest's cni_network_config; a built-in copy without it"),

@@ -30,6 +30,8 @@ from collections.abc import Mapping, Sequence
 log = logging.getLogger(__name__)
 
 CONFLIST_NAME = "10-calico.conflist"
+#: the thin ``calico`` and ``calico-ipam`` executables linked into the CNI bin dir (cni/bin)
+CNI_LAUNCHERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cni", "bin")
 REFERENCE_PLUGINS = "/usr/lib/cni"
 
 
@@ -220,14 +222,15 @@ def cni_kubeconfig(env: Mapping[str, str], sa_dir: str = "/var/run/secrets/kuber
 
 
 def install_cni(nodename: str, etcd_endpoints: Sequence[str], env: Mapping[str, str] | None = None,
-                bin_source: str | None = None) -> list[str]:
-    """Write the conflist (and the CNI kubeconfig when the plugin needs one) and link the
-    binaries; returns the paths written. Idempotent."""
+                bin_source: str | None = None, host_root: str = "", conf_name: str = CONFLIST_NAME) -> list[str]:
+    """Write the conflist ``conf_name`` (and the CNI kubeconfig when the plugin needs one) and
+    link the binaries; returns the paths written. Idempotent. ``host_root`` (``/host`` in
+    Calico's install-cni container) prefixes the paths written, not the paths the conflist names."""
     from datastore.client import datastore_type
 
     env = os.environ if env is None else env
     net_dir = env.get("CNI_NET_DIR", "/etc/cni/net.d")
-    bin_dir = env.get("CNI_BIN_DIR", "/opt/cni/bin")
+    bin_dir = host_root + env.get("CNI_BIN_DIR", "/opt/cni/bin")
     bin_source = bin_source or os.path.dirname(os.path.abspath(sys.executable))
     try:
         mtu = int(env.get("CNI_MTU", "0") or 0)
@@ -242,6 +245,8 @@ def install_cni(nodename: str, etcd_endpoints: Sequence[str], env: Mapping[str, 
         "__KUBERNETES_SERVICE_HOST__": env.get("KUBERNETES_SERVICE_HOST", ""),
         "__KUBERNETES_SERVICE_PORT__": env.get("KUBERNETES_SERVICE_PORT", "")})
     written = []
+    kubeconfig_path = host_root + kubeconfig_path
+    net_dir = host_root + net_dir
     os.makedirs(net_dir, exist_ok=True)
     os.makedirs(bin_dir, exist_ok=True)
     if "__KUBECONFIG_FILEPATH__" in template or dtype == "kubernetes":
@@ -265,7 +270,7 @@ def install_cni(nodename: str, etcd_endpoints: Sequence[str], env: Mapping[str, 
             f.write(data)
         os.replace(tmp, kubeconfig_path)
         written.append(kubeconfig_path)
-    path = os.path.join(net_dir, CONFLIST_NAME)
+    path = os.path.join(net_dir, conf_name)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=2)
@@ -288,3 +293,74 @@ def install_cni(nodename: str, etcd_endpoints: Sequence[str], env: Mapping[str, 
             _link(os.path.join(REFERENCE_PLUGINS, name), os.path.join(bin_dir, name))
             written.append(os.path.join(bin_dir, name))
     return written
+
+
+#: where Calico's install-cni container finds the node's CNI directories (hostPath volumes)
+HOST_ROOT = "/host"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``/opt/cni/bin/install`` of the calico/cni image (calico.yaml's ``install-cni`` init
+    container), as Calico's: the node's directories are mounted at ``/host/etc/cni/net.d`` and
+    ``/host/opt/cni/bin``; ``KUBERNETES_NODE_NAME``, ``CNI_NETWORK_CONFIG`` (or
+    ``CNI_NETWORK_CONFIG_FILE``), ``CNI_CONF_NAME`` (10-calico.conflist), ``CNI_MTU``,
+    ``CNI_NET_DIR`` (the node's path the conflist names, /etc/cni/net.d), ``ETCD_ENDPOINTS``
+    (the etcd manifest), ``SLEEP`` (true: stay running after the install, as Calico's; the
+    manifests set false). ``SKIP_CNI_BINARIES``/``UPDATE_CNI_BINARIES`` set to other than their
+    defaults and ``CNI_OLD_CONF_NAME`` are refused by name (not implemented). Exit 1 with the
+    reason on failure (the pod shows Init:Error, the log says why)."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s [%(levelname)s] cni-installer: %(message)s")
+    env = dict(os.environ)
+    if argv:
+        print(f"install: unexpected arguments {' '.join(argv)} (Calico's install takes none)", file=sys.stderr)
+        return 2
+    try:
+        for name, value, default in (("SKIP_CNI_BINARIES", env.get("SKIP_CNI_BINARIES", ""), ""),
+                                     ("UPDATE_CNI_BINARIES", env.get("UPDATE_CNI_BINARIES", ""), "true"),
+                                     ("CNI_OLD_CONF_NAME", env.get("CNI_OLD_CONF_NAME", ""), "")):
+            if value and value.strip().lower() != default:
+                raise ValueError(f"{name}={value!r} is not implemented by calicolab's install-cni "
+                                 f"(only its default {default or '(unset)'})")
+        nodename = env.get("KUBERNETES_NODE_NAME") or env.get("NODENAME") or ""
+        if not nodename:
+            raise ValueError("KUBERNETES_NODE_NAME is not set (the manifest sets it from spec.nodeName)")
+        if not env.get("CNI_NETWORK_CONFIG") and env.get("CNI_NETWORK_CONFIG_FILE"):
+            with open(env["CNI_NETWORK_CONFIG_FILE"]) as f:
+                env["CNI_NETWORK_CONFIG"] = f.read()
+        host_net = HOST_ROOT + "/etc/cni/net.d"
+        if not _mounted(host_net):
+            raise ValueError(f"{host_net} is not mounted: the install-cni container mounts the node's CNI "
+                             "config directory there (volume cni-net-dir)")
+        endpoints = [e.strip() for e in env.get("ETCD_ENDPOINTS", "").split(",") if e.strip()]
+        written = install_cni(nodename, endpoints, env, bin_source=CNI_LAUNCHERS, host_root=HOST_ROOT,
+                              conf_name=env.get("CNI_CONF_NAME") or CONFLIST_NAME)
+    except (ValueError, OSError) as exc:
+        log.error("install-cni failed: %s", exc)
+        return 1
+    for path in written:
+        log.info("Installed %s", path)
+    log.info("Done configuring CNI.  Sleep= %s", _truthy(env.get("SLEEP"), True))
+    while _truthy(env.get("SLEEP"), True):  # until SIGTERM ends the process
+        time.sleep(3600)
+    return 0
+
+
+def _mounted(path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """True when ``path`` is a mount point (a bind mount on the same filesystem too, which
+    os.path.ismount does not see)."""
+    try:
+        with open(mountinfo) as f:
+            return any(len(line.split()) > 4 and line.split()[4] == path for line in f)
+    except OSError:
+        return False
+
+
+def _truthy(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

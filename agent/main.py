@@ -22,6 +22,8 @@ import threading
 import time
 from typing import Any
 
+from agent.installcni import CNI_LAUNCHERS
+
 log = logging.getLogger("calico-node")
 
 
@@ -92,9 +94,10 @@ class ConfdSupervisor:
         return True
 
 
-#: The CNI plugins' fast launchers (python3 -IS, linked into the CNI bin dir).
-CNI_LAUNCHERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cni", "bin")
+#: where calico-node serves its CNI requests (cni.server)
 CNI_SOCKET = "/var/run/calico/cni.sock"
+#: a pod's ServiceAccount token (the kubelet mounts it): calico-node runs in a pod
+SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
 def _cni_server(env: dict[str, str], var_run: str) -> subprocess.Popen | None:
@@ -159,7 +162,13 @@ def report_unimplemented(reporter: Any, felix: Any, bgp: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run calico-node in the current network namespace."""
+    """Run calico-node in the current network namespace (Calico's single-dash flags such as
+    ``-init`` or ``-felix-ready``: :mod:`agent.nodeflags`)."""
+    from agent import nodeflags
+
+    args_in = sys.argv[1:] if argv is None else argv
+    if nodeflags.is_calico_flags(args_in):
+        return nodeflags.main(args_in)
     ap = argparse.ArgumentParser(prog="calico-node", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--startup-only", action="store_true", help="run start-up (and install-cni) and exit")
@@ -251,7 +260,12 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
             delay = min(delay * 2, 5.0)
     log.info("start-up done: node %s address %s tunnel %s%s", result.nodename, result.ipv4_address,
              result.tunnel_address, " (created the default pool)" if result.pool_created else "")
-    if not args.no_install_cni and _truthy(env.get("CALICO_INSTALL_CNI"), True):
+    conflist = os.path.join(env.get("CNI_NET_DIR", "/etc/cni/net.d"), "10-calico.conflist")
+    in_pod = bool(env.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(SA_TOKEN)
+    if in_pod and not env.get("CNI_NETWORK_CONFIG") and os.path.exists(conflist):
+        # in a pod, as Calico's calico-node, which never writes it: the install-cni init container did
+        log.info("install-cni: %s exists (the install-cni container wrote it); left as it is", conflist)
+    elif not args.no_install_cni and _truthy(env.get("CALICO_INSTALL_CNI"), True):
         endpoints = [e.strip() for e in env.get("ETCD_ENDPOINTS", "http://127.0.0.1:2379").split(",") if e.strip()]
         install_cni(result.nodename, endpoints, env, bin_source=CNI_LAUNCHERS)
     if args.startup_only:

@@ -4,10 +4,15 @@ There is no registry and no filesystem image: an image name maps to a real progr
 started inside the pod's network namespace. ``nginx`` serves HTTP 200 on :80 (busybox's
 httpd with an nginx welcome page), busybox-like images idle so ``kubectl exec`` works,
 ``calico/node`` runs the project's calico-node (a hostNetwork DaemonSet pod, as calico.yaml
-installs it), ``calico/kube-controllers`` and ``calico/typha`` run ``agent.kubecontrollers``
+installs it; its command ``calico-node -init -best-effort``, calico.yaml's ``mount-bpffs`` init
+container, runs that step of calico-node), ``calico/cni`` runs the program its command names
+(``/opt/cni/bin/install``, the image's default: ``agent.installcni``, calico.yaml's
+``install-cni`` init container; ``/opt/cni/bin/calico-ipam -upgrade``: ``cni.upgrade``, its
+``upgrade-ipam``), ``calico/kube-controllers`` and ``calico/typha`` run ``agent.kubecontrollers``
 and ``agent.typha`` (Typha's pod is ready once it listens on 5473), ``tigera/operator`` runs
 calicolab's operator (:mod:`testbed.k8s.tigera`), and an unknown image is an error the kubelet
-reports as ``ImagePullBackOff``.
+reports as ``ImagePullBackOff``. Images match by repository whatever the registry and tag
+(``docker.io/calico/cni:v3.28.1``, ``quay.io/calico/node:v3.27.0``).
 
 The control plane's images run the project's components: ``kube-apiserver``
 (:mod:`testbed.apiserver`), ``kube-controller-manager`` (:mod:`testbed.k8s.controllers`),
@@ -42,6 +47,7 @@ NGINX_INDEX = """<!DOCTYPE html>
 #: repository name (no registry, no tag; a bare name also matches any org's) -> behaviour
 IMAGES: dict[str, str] = {
     "calico/node": "calico-node",
+    "calico/cni": "calico-cni",
     "calico/kube-controllers": "kube-controllers",
     "calico/typha": "typha",
     "tigera/operator": "tigera-operator",
@@ -118,6 +124,30 @@ def calico_node_argv() -> list[str]:
     return [exe if os.path.exists(exe) else shutil.which("calico-node") or "calico-node"]
 
 
+def calico_argv(image: str, behaviour: str, command: list[str], args: list[str]) -> list[str]:
+    """The program for a container of Calico's ``calico/node`` or ``calico/cni`` image: the
+    binary its command names (any directory: ``/bin/calico-node``, ``/opt/cni/bin/install``),
+    its arguments kept; no command runs the image's entrypoint (calico-node; install).
+    A binary calicolab does not provide is a ValueError naming it (CreateContainerError)."""
+    argv = command + args
+    if behaviour == "calico-node":
+        if not command:
+            return calico_node_argv() + args
+        if os.path.basename(command[0]) == "calico-node":
+            return calico_node_argv() + argv[1:]
+        raise ValueError(f"image {qualified(image)}: command {command[0]!r} is not available in calicolab's "
+                         "calico/node (it runs calico-node and its flags: docs/install.md)")
+    binary = os.path.basename(argv[0]) if argv else "install"
+    rest = argv[1:] if argv else []
+    if binary == "install":
+        return [sys.executable, "-m", "agent.installcni", *rest]
+    if binary == "calico-ipam" and rest[:1] == ["-upgrade"]:
+        return [sys.executable, "-m", "cni.upgrade", *rest[1:]]
+    raise ValueError(f"image {qualified(image)}: command {' '.join(argv)!r} is not available in calicolab's "
+                     "calico/cni (it runs /opt/cni/bin/install and /opt/cni/bin/calico-ipam -upgrade; the "
+                     "plugins themselves are run by the kubelet's CNI calls)")
+
+
 #: control-plane images: behaviour -> (the binary their commands name, the program that runs)
 COMPONENTS = {
     "etcd": ("etcd", lambda: [shutil.which("etcd") or "etcd"]),
@@ -136,7 +166,7 @@ def is_component(image: str) -> bool:
     control plane's images: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
     kube-proxy, coredns): their "image" is a program of this machine, run as a process by
     every runtime."""
-    return IMAGES.get(repository(image)) in ("calico-node", "kube-controllers", "typha", *COMPONENTS)
+    return IMAGES.get(repository(image)) in ("calico-node", "calico-cni", "kube-controllers", "typha", *COMPONENTS)
 
 
 def known(image: str) -> bool:
@@ -162,13 +192,13 @@ def resolve(image: str, command: list[str] | None, args: list[str] | None, workd
         argv = impl() + cmd + list(args or [])
         port = {"coredns": 53, "kube-apiserver": None}.get(behaviour)
         return Workload(argv=argv, port=port)
+    if behaviour in ("calico-node", "calico-cni"):
+        return Workload(argv=calico_argv(image, behaviour, list(command or []), list(args or [])))
     if command or args:
         argv = list(command or []) + list(args or [])
         if behaviour == "idle" and not command:
             argv = ["sleep", "infinity"] if not argv else argv
         return Workload(argv=argv)
-    if behaviour == "calico-node":
-        return Workload(argv=calico_node_argv())
     if behaviour == "kube-controllers":
         # in-cluster config: the ServiceAccount token the kubelet mounts into the pod
         return Workload(argv=[sys.executable, "-m", "agent.kubecontrollers"])
