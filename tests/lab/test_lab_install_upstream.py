@@ -128,8 +128,12 @@ def test_bad_block_size_crash_loops_and_makes_nothing(lab):
             for cs in statuses)
 
     pods = wait_for(crashing, crash_looping, timeout=40, what="calico-node restarting on every node")
-    log = lab.sh(f"kubectl logs -n kube-system {pods[0]['metadata']['name']} -c calico-node")
-    assert "Invalid blocksize 99 for version 4" in log, log
+    # the current run's log, or the previous run's while a restarted one has not logged yet
+    name = pods[0]["metadata"]["name"]
+    wait_for(lambda: lab.sh(f"kubectl logs -n kube-system {name} -c calico-node; "
+                            f"kubectl logs -n kube-system {name} -c calico-node --previous", check=False),
+             lambda log: "Invalid blocksize 99 for version 4" in log, timeout=20,
+             what="Calico's log line in calico-node's log")
     wait_for(lambda: lab.sh("kubectl get pods -n kube-system -l k8s-app=calico-node"),
              lambda table: "CrashLoopBackOff" in table, timeout=30, what="kubectl shows calico-node CrashLoopBackOff")
     # nothing half-made: no pool, no block, no tunnel address
