@@ -157,7 +157,7 @@ def settings_for_lab(state: dict, **overrides: object) -> InstallSettings:
     wins). ``overrides`` set fields of :class:`InstallSettings` (e.g. leak_grace_period)."""
     from testbed.lab.topology import load
 
-    topo = load(state["topology"], name=state["lab"])
+    topo = load(state["topology"], name=state["lab"], datastore=state.get("datastore"))
     env = topo.calico_node_env()
     s = InstallSettings(
         etcd_endpoints=list(state["etcd_endpoints"]),
@@ -198,7 +198,7 @@ def render_operator_layout(lab_state: dict, **overrides: object) -> str:
     from testbed.lab.kubeadm import API_PORT
     from testbed.lab.topology import load
 
-    topo = load(lab_state["topology"], name=lab_state["lab"])
+    topo = load(lab_state["topology"], name=lab_state["lab"], datastore=lab_state.get("datastore"))
     s = settings_for_lab(lab_state, **overrides)
     s.datastore = "kubernetes"
     return render_calico_system(s, str(topo.control_plane.address), API_PORT)

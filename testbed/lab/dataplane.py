@@ -1,7 +1,8 @@
 """Each node's dataplane against its pools' modes, read live for ``calicolab status``.
 
-Reads the IP pools, Calico Nodes and IPAM blocks from the lab's etcd (from inside the
-control-plane namespace, where etcd is reachable) and every node's main routing table and
+Reads the IP pools, Calico Nodes and IPAM blocks from the lab's datastore, etcd or (in the
+Kubernetes datastore) the API server's custom resources and Nodes (from inside the
+control-plane namespace, where both are reachable) and every node's main routing table and
 links (a netlink handle bound to the node's namespace); :func:`testbed.modes.dataplane_problems`
 then names, per node, the remote blocks its routes do not cover and the tunnel devices
 it lacks.
@@ -16,11 +17,16 @@ from kernel.model import RTN_BLACKHOLE, RTN_PROHIBIT, RTN_UNREACHABLE
 from testbed.modes import KernelRoute, Mode, NodeInfo, dataplane_problems
 
 
-def read_calico(endpoints: list[str]) -> tuple[dict[str, NodeInfo], dict[str, Mode], dict[str, str]]:
-    """(nodes, pools by CIDR, blocks CIDR -> affine node) from etcd (call inside a lab netns)."""
+def read_calico(endpoints: list[str], kubeconfig: str | None = None,
+                ) -> tuple[dict[str, NodeInfo], dict[str, Mode], dict[str, str]]:
+    """(nodes, pools by CIDR, blocks CIDR -> affine node) from etcd at ``endpoints``, or with
+    ``kubeconfig`` from the Kubernetes datastore through that API server (call inside a lab netns)."""
     from datastore import Client
 
-    c = Client(endpoints, timeout=3.0)
+    if kubeconfig is not None:
+        c = Client.from_env({"DATASTORE_TYPE": "kubernetes", "KUBECONFIG": kubeconfig}, timeout=3.0)
+    else:
+        c = Client(endpoints, timeout=3.0)
     try:
         nodes = {n.metadata.name: NodeInfo.of_node(n.to_dict()) for n in c.list("Node")}
         pools = {p.spec.cidr: Mode.of_pool(p.to_dict().get("spec") or {}) for p in c.list("IPPool")
@@ -59,11 +65,13 @@ def read_kernel(k: Kernel) -> tuple[list[KernelRoute], list[str]]:
 
 def check(state: dict[str, Any], node_names: list[str]) -> dict[str, list[str]]:
     """Per node of ``node_names``, what its dataplane lacks (an empty list: nothing).
-    Raises OSError (or a datastore error) when etcd or a namespace cannot be read."""
+    Raises OSError (or a datastore error) when the datastore or a namespace cannot be read."""
+    from testbed.lab import kubeadm
     from testbed.lab import netns as nsmod
 
     cp = state["hosts"][state["control_plane"]]["netns"]
-    nodes, pools, blocks = nsmod.run_in(cp, read_calico, list(state["etcd_endpoints"]))
+    kubeconfig = str(kubeadm.admin_conf(state)) if state.get("datastore") == "kubernetes" else None
+    nodes, pools, blocks = nsmod.run_in(cp, read_calico, list(state["etcd_endpoints"]), kubeconfig)
     out: dict[str, list[str]] = {}
     for name in node_names:
         routes, links = read_node(state["hosts"][name]["netns"])

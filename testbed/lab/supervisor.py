@@ -891,19 +891,39 @@ class Supervisor:
         self.save()
         return started
 
-    def install_operator_layout(self) -> list[str]:
+    def install_operator_layout(self, direct: bool = False) -> list[str]:
         """The Kubernetes datastore: Calico as the Tigera operator lays it out, applied through
         the API server (manifests/calico-system.yaml, testbed.k8s.install): the DaemonSet
         controller puts a ``calico-node-<5>`` pod on every node, Deployments run calico-typha
         (Felix and confd behind it, found through its Service, as Calico recommends in this
         mode) and calico-kube-controllers (the node controller only: the rest is derived by
-        the datastore); the kubelets run them. Returns the nodes calico-node will run on."""
-        from testbed.k8s.install import install_operator_layout
+        the datastore); the kubelets run them. Returns the nodes calico-node will run on.
+
+        ``kubectl apply -f -`` of the rendered layout (``install-cni``), or with ``direct`` (``up``)
+        the same objects created through the API as the operator creates them (no kubectl
+        process: its start and discovery were ~0.45 s on the path to calico-node's pods)."""
+        from testbed.k8s.install import install_operator_layout, render_operator_layout
 
         self.progress("installing Calico in namespace calico-system (the operator's layout: calico-node "
                       "DaemonSet, calico-typha and calico-kube-controllers Deployments)")
         timers = os.environ.get(BGP_TIMERS_ENV) or LAB_BGP_TIMERS
-        for line in install_operator_layout(self.state, bgp_timers=timers):
+        if direct:
+            import yaml
+
+            from testbed.lab import kubeadm
+
+            docs = [d for d in yaml.safe_load_all(render_operator_layout(self.state, bgp_timers=timers)) if d]
+            conf = str(kubeadm.admin_conf(self.state))
+
+            def work() -> list[str]:
+                from kubeclient import Client, from_kubeconfig
+
+                return kubeadm.apply_addons(Client(from_kubeconfig(conf)), docs)
+
+            lines = nsmod.run_in(self.state["hosts"][self.topo.control_plane.name]["netns"], work)
+        else:
+            lines = install_operator_layout(self.state, bgp_timers=timers)
+        for line in lines:
             _log(f"install: {line}")
         self.state["cni_installed"] = True
         self.state["skipped"] = [m for m in self.state.get("skipped", []) if not m.startswith("calico-node")]
@@ -1175,14 +1195,19 @@ class Supervisor:
             if self.has_cp:
                 self.wait_apiserver()
                 mark("apiserver")
-                self.kubeadm_init()
                 if self.kdd:
                     # the Calico Node is the Kubernetes Node: calico-node starts once the CRDs are
-                    # served and its kubelet has registered the Node (a pod would crash and restart)
+                    # served and its kubelet has registered the Node (a pod would crash and restart).
+                    # kubeadm's add-ons come after: no calico-node needs them, and CoreDNS waits for
+                    # the CNI anyway; made first they held up calico-node's pods (~0.5 s of a 3-node
+                    # start, bench/lab_up.py --datastore kubernetes)
                     self.install_crds()
+                    mark("crds")
                     if not self.no_cni and importlib.util.find_spec("agent.main") is not None:
                         self.wait_nodes(ready=False)
-                        started = self.install_operator_layout()
+                        started = self.install_operator_layout(direct=True)
+                        mark("calico-system")
+                self.kubeadm_init()
                 applying = self.start_workloads()
                 self.apply_bgp_config(patch_nodes=False)
             if started:

@@ -210,3 +210,18 @@ def test_kubectl_get_ipamblocks_crd(lab):
     # Calico's object names (CIDRToName), the same blocks calicoctl shows, in kubectl's name order
     assert [r[0] for r in rows[1:]] == sorted(c.replace(".", "-").replace("/", "-") for c in blocks), (out, blocks)
     assert len(rows) == 3 and all(re.fullmatch(r"192-168-\d+-0-24", r[0]) for r in rows[1:]), out
+
+
+def test_status_reads_the_kubernetes_datastore(lab):
+    """``calicolab status`` checks every node's dataplane against the Calico Nodes, pools and
+    blocks of the lab's datastore (here the API server's): healthy, exit 0 (it read etcd in both
+    modes before and called every node of a default lab DEGRADED: "no Calico Node")."""
+    def status() -> tuple[int, dict]:
+        r = cli("--lab", lab.name, "status", "--json")
+        return r.returncode, json.loads(r.stdout) if r.stdout else {}
+
+    code, info = wait_for(status, lambda s: s[0] == 0 and s[1].get("health", {}).get("state") == "healthy",
+                          timeout=30, what="calicolab status healthy")
+    assert [n["agent"] for n in info["nodes"]] == ["ready", "ready"], info["nodes"]
+    human = cli("--lab", lab.name, "status")
+    assert human.returncode == 0 and "status: healthy" in human.stdout, human.stdout
