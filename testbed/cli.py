@@ -57,11 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("up", help="build a lab from a topology file and start it",
                        description="Build the lab, start etcd and the node services; returns "
-                       "once the lab is ready and leaves it running.")
+                       "once the lab is ready and leaves it running. Calico's datastore is Kubernetes "
+                       "(Calico's default) unless the topology or --datastore says etcdv3.")
     s.add_argument("topology", help="topology file (topologies/*.yaml)")
     s.add_argument("--name", help="lab name (default: the file's name: field)")
     s.add_argument("--datastore", choices=("kubernetes", "etcdv3"),
-                   help="Calico's datastore (default: the topology's calico.datastore)")
+                   help="Calico's datastore: kubernetes (Calico's default: its CRDs in the "
+                   "API server) or etcdv3 (default: the topology's calico.datastore, else kubernetes)")
     s.add_argument("--no-cni", action="store_true",
                    help="do not start calico-node (nodes stay NotReady until install-cni)")
     s.add_argument("--runtime", metavar="NAME",
@@ -123,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", add_help=False,
                        help="replay the walkthrough: NotReady -> Ready, six flows (policy too) under capture, report",
-                       usage="calicolab demo [--name NAME] [--keep] [--topology FILE]")
+                       usage="calicolab demo [--name NAME] [--keep] [--topology FILE] [--datastore kubernetes|etcdv3]")
     s.add_argument("args", nargs=argparse.REMAINDER)
     return p
 

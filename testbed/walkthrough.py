@@ -181,7 +181,7 @@ class Walkthrough:
                  progress: Callable[[str], None] | None = None, run: str | None = None,
                  runtime: str | None = None, datastore: str | None = None):
         self.lab = lab
-        #: kubernetes or etcdv3 (None: the topology's calico.datastore)
+        #: kubernetes or etcdv3 (None: the topology's calico.datastore, else the default kubernetes)
         self.datastore = datastore
         self.topology = Path(topology)
         self.runtime = runtime  # None: the topology's (netns, containerd or docker)
@@ -818,7 +818,8 @@ def main(argv: list[str] | None = None) -> int:
                     "may be spread over machines: topologies/vagrant-multi.yaml); its pool's mode decides "
                     "what the cross-node flow must look like on the wire")
     ap.add_argument("--datastore", choices=("kubernetes", "etcdv3"),
-                    help="Calico's datastore (default: the topology's calico.datastore)")
+                    help="Calico's datastore: kubernetes (Calico's default) or etcdv3 (default: the "
+                    "topology's calico.datastore, else kubernetes)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("calicolab demo: needs root (network namespaces, Mininet): run it with sudo",

@@ -77,8 +77,9 @@ RUNTIMES = ("netns", "containerd", "docker")
 ENCAP_MODES = ("Never", "Always", "CrossSubnet")
 #: ``calico.datastore``: Calico's two datastores (libcalico-go's apiconfig names)
 DATASTORES = ("kubernetes", "etcdv3")
-#: the lab's datastore when the topology does not say (``up --datastore`` overrides both)
-DEFAULT_DATASTORE = "etcdv3"
+#: the lab's datastore when the topology does not say (``up --datastore`` overrides both): Calico's
+#: own default, kubernetes (its CRDs in the API server); a lab over several machines must say etcdv3
+DEFAULT_DATASTORE = "kubernetes"
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 LAB_NAME_MAX = 24
 #: Hosts name bridge ports after themselves and segments name their bridge: not "lo".

@@ -1,6 +1,7 @@
 """Issue 15's first must-hold: the commands a user types verbatim in a node shell of a lab in
-the Kubernetes datastore (``calicolab up`` with ``calico.datastore: kubernetes``), each
-checked on what it prints. ``kubectl`` is the real one (the pinned kubectl in the venv, first on
+the default (Kubernetes) datastore: ``calicolab up`` of a topology that names no datastore, with
+no ``--datastore`` flag (the node shells say ``DATASTORE_TYPE=kubernetes``), each checked on what
+it prints. ``kubectl`` is the real one (the pinned kubectl in the venv, first on
 the node shell's PATH); ``calicoctl`` is calicolab's. One small lab (a control plane, a worker,
 one pod) serves the module; everything it shows is compared with what the API server holds,
 read with the same kubectl."""
@@ -34,7 +35,6 @@ nodes:
   - {{name: k8s-m, role: control-plane, address: 172.30.74.10, segment: lan0}}
   - {{name: k8s-w0, role: worker, address: 172.30.74.11, segment: lan0}}
 calico:
-  datastore: kubernetes
   pool: {{cidr: 192.168.0.0/16, blockSize: 24, ipipMode: Always, vxlanMode: Never, natOutgoing: true}}
 workloads:
   - manifest: {{apiVersion: v1, kind: Pod, metadata: {{name: web, labels: {{app: web}}}},
@@ -75,9 +75,11 @@ def lab(tmp_path_factory) -> Iterator[Lab]:
     topo.write_text(TOPOLOGY.format(name=name))
     st = None
     try:
+        assert "datastore" not in TOPOLOGY  # the default, as a user gets it
         r = cli("up", str(topo), timeout=300)
         assert r.returncode == 0, r.stderr
         st = labstate.read_state(name)
+        assert st["datastore"] == "kubernetes", st["datastore"]
         lab = Lab(name)
         # the pod is Running with its IP and its WorkloadEndpoint shows it
         # every pod networked by Calico (web, CoreDNS) is Running with its IP

@@ -42,7 +42,9 @@ def lab(tmp_path):
     require_tool("etcd")
     name = unique("inv")
     try:
-        res = cli("up", str(write_topology(tmp_path, name, SMALL)), timeout=180)
+        # etcd mode: the test kills calico-node, the lab service `up` starts in etcd mode (in the
+        # Kubernetes datastore it is a DaemonSet pod, restarted by its kubelet)
+        res = cli("up", str(write_topology(tmp_path, name, SMALL)), "--datastore", "etcdv3", timeout=180)
         assert res.returncode == 0, res.stderr
         yield name
     finally:

@@ -1,4 +1,5 @@
-"""The issue's must-hold: walkthrough lab NotReady with --no-cni, Ready after install-cni."""
+"""The issue's must-hold: walkthrough lab NotReady with --no-cni, Ready after install-cni, in the
+default datastore (Kubernetes: install-cni lays Calico out in namespace calico-system)."""
 
 from __future__ import annotations
 
@@ -95,8 +96,11 @@ def test_walkthrough_notready_then_ready(lab_name, tmp_path):
         "metadata"]["annotations"]["calicolab.io/netns"]
     assert probe_netns in listed["k8s-w0"]
 
-    # install-cni applied calico.yaml: a calico-node pod (hostNetwork) on every node
-    res = cli("kubectl", "--lab", lab_name, "get", "pods", "-n", "kube-system", "-o", "json")
+    # install-cni laid Calico out (the default datastore, kubernetes: the operator's layout in
+    # calico-system; calico.yaml in kube-system in etcd mode): a calico-node pod (hostNetwork) per node
+    st = labstate.read_state(lab_name)
+    assert st is not None and st["datastore"] == "kubernetes", st and st["datastore"]
+    res = cli("kubectl", "--lab", lab_name, "get", "pods", "-n", "calico-system", "-o", "json")
     assert res.returncode == 0, res.stderr
     calico = [p for p in json.loads(res.stdout)["items"]
               if p["metadata"]["name"].startswith("calico-node-")]

@@ -1,4 +1,5 @@
-"""The walkthrough in the Kubernetes datastore (``--datastore kubernetes``): the same lab, the
+"""The walkthrough in the default datastore, Kubernetes (no ``--datastore``; test_walkthrough.py
+runs the etcd one with ``--datastore etcdv3``): the same lab, the
 same six flows checked on their pcaps, and the issue's commands typed verbatim in a node
 shell, where Calico's data are custom resources in the API server and Calico Nodes,
 WorkloadEndpoints and profiles are derived from Kubernetes objects (no etcd key of Calico's)."""
@@ -17,8 +18,9 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture(scope="module")
 def wt(request):
-    with walkthrough_lab(request, "wk", flows=True, what="walkthrough (kubernetes datastore)",
-                         datastore="kubernetes") as w:
+    # no datastore given: the lab's default, Calico's (kubernetes)
+    with walkthrough_lab(request, "wk", flows=True, what="walkthrough (default datastore: kubernetes)") as w:
+        assert labstate.read_state(w.lab)["datastore"] == "kubernetes"
         yield w
 
 

@@ -36,7 +36,7 @@ def test_node_env_contract():
     env = labstate.node_env(labstate.plan(topo), "k8s-w0", base={"HOME": "/root"})
     assert env["NODE_NAME"] == "k8s-w0" and env["NODE_ROLE"] == "worker"
     assert env["ETCD_ENDPOINTS"] == "http://172.30.0.10:2379"
-    assert env["CALICOLAB_LAB"] == "walkthrough" and env["DATASTORE_TYPE"] == "etcdv3"
+    assert env["CALICOLAB_LAB"] == "walkthrough" and env["DATASTORE_TYPE"] == "kubernetes"
     path = env["PATH"].split(":")
     # the node's own tools (ctr), then the venv's (kubectl, calicoctl, calico-node), then the system's
     assert path[:2] == [str(labstate.REPO / "testbed" / "lab" / "nodebin"), str(labstate.VENV_BIN)]

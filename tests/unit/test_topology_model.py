@@ -63,7 +63,12 @@ def test_datastore_setting_and_the_node_environment(tmp_path):
     from testbed.lab.topology import DEFAULT_DATASTORE
 
     walk = ROOT / "topologies" / "walkthrough.yaml"
-    assert load(walk).calico.datastore == DEFAULT_DATASTORE
+    # Calico's default datastore is the lab's: a topology that does not say runs kubernetes
+    assert DEFAULT_DATASTORE == "kubernetes"
+    assert load(walk).calico.datastore == "kubernetes"
+    assert loads("name: x\nsegments: [{name: l, cidr: 172.30.9.0/24}]\n"
+                 "nodes: [{name: m, role: control-plane, address: 172.30.9.10, segment: l}]\n"
+                 ).calico.datastore == "kubernetes"
     for ds in ("kubernetes", "etcdv3"):
         t = load(walk, datastore=ds)
         assert t.calico.datastore == ds and t.calico_node_env()["DATASTORE_TYPE"] == ds
@@ -77,9 +82,14 @@ def test_datastore_setting_and_the_node_environment(tmp_path):
     f.write_text(walk.read_text().replace("calico:\n", "calico:\n  datastore: etcd\n"))
     with pytest.raises(TopologyError, match=r"calico\.datastore: 'etcd' is not one of kubernetes, etcdv3"):
         load(f)
-    # a lab over several machines (hosts:) is etcd-only: refused by name, from the file or the flag
+    # a lab over several machines (hosts:) is etcd-only and says so; the default (kubernetes) is
+    # refused there naming the line to write, as is kubernetes from the file or the flag
     multi = ROOT / "topologies" / "vagrant-multi.yaml"
     assert load(multi).calico.datastore == "etcdv3"  # said in the file
+    f.write_text(multi.read_text().replace("  datastore: etcdv3\n", ""))
+    with pytest.raises(TopologyError, match=r"t\.yaml:\d+: calico\.datastore: not given, so the default, "
+                       r"kubernetes, .* write 'datastore: etcdv3' under 'calico:'"):
+        load(f)
     with pytest.raises(TopologyError, match="Kubernetes datastore is not implemented for a lab over several"):
         load(multi, datastore="kubernetes")
     f.write_text(multi.read_text().replace("datastore: etcdv3", "datastore: kubernetes"))
