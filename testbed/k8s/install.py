@@ -185,7 +185,13 @@ def kubectl_argv(lab: str, *args: str) -> list[str]:
 def install_by_manifest(lab_state: dict, timeout: float = 60.0, **overrides: object) -> list[str]:
     """Render the manifest for the lab and ``kubectl apply -f -`` it; returns kubectl's
     output lines (``daemonset.apps/calico-node created`` ...). Raises
-    :class:`InstallError` with kubectl's message if the apply fails."""
+    :class:`InstallError` with kubectl's message if the apply fails, or naming the datastore when
+    the lab runs the Kubernetes one (this manifest is calico-etcd.yaml's shape: etcd only)."""
+    if lab_state.get("datastore", "etcdv3") != "etcdv3":
+        raise InstallError(f"manifests/calico.yaml is calico-etcd.yaml's shape (the etcd datastore); lab "
+                           f"{lab_state.get('lab')} runs the {lab_state['datastore']} datastore: "
+                           "`calicolab install-cni` lays Calico out in calico-system there, or start the lab "
+                           "with --datastore etcdv3")
     return _apply(lab_state, render(settings_for_lab(lab_state, **overrides)), "calico.yaml", timeout)
 
 

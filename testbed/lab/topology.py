@@ -124,7 +124,12 @@ TOPOLOGY_FIELDS: dict[str, Support] = {
                               _T_WALK + "test_pod_to_internet_is_masqueraded"),
     "calico.datastore": works(_T_MODEL + "test_datastore_setting_and_the_node_environment",
                               "tests/lab/test_walkthrough_kdd.py::"
-                              "test_six_flows_pass_on_their_pcaps_in_the_kubernetes_datastore"),
+                              "test_six_flows_pass_on_their_pcaps_in_the_kubernetes_datastore",
+                              "tests/lab/test_kdd_commands.py::"
+                              "test_node_shells_run_the_real_kubectl_and_name_the_datastore",
+                              _T_WALK + "test_cross_node_flow_is_ipip",
+                              note="kubernetes (the default, as Calico's) or etcdv3; a lab over several "
+                                   "machines (hosts:) must say etcdv3"),
     "calico.pool.cidr": works("tests/unit/test_install_manifest.py::test_settings_from_lab_state_use_topology",
                               _T_WALK + "test_cross_node_flow_is_ipip"),
     "calico.pool.blockSize": works("tests/unit/test_install_manifest.py::test_settings_from_lab_state_use_topology"),

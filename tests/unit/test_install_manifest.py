@@ -173,3 +173,14 @@ def test_operator_layout_for_a_kubernetes_datastore_lab():
     for kind in ("DaemonSet/calico-node", "Deployment/calico-typha", "Deployment/calico-kube-controllers"):
         for c in docs[kind]["spec"]["template"]["spec"]["containers"]:
             assert images.known(c["image"]) and images.is_component(c["image"]), c["image"]
+
+
+def test_the_etcd_manifest_is_refused_in_a_kubernetes_datastore_lab():
+    """manifests/calico.yaml is calico-etcd.yaml's shape: applied to a lab of the default
+    (Kubernetes) datastore it would run calico-node against etcd; refused naming both, before
+    anything is rendered or applied."""
+    from testbed.k8s.install import install_by_manifest
+
+    with pytest.raises(InstallError, match=r"calico-etcd\.yaml's shape .* lab lk runs the kubernetes datastore: "
+                       r"`calicolab install-cni` lays Calico out in calico-system"):
+        install_by_manifest({"lab": "lk", "datastore": "kubernetes", "topology": "/nonexistent.yaml"})
