@@ -108,9 +108,40 @@ def run_one(mode: str, nodes: int, pods: int, workdir: Path) -> dict:
         labmod.down(name, progress=lambda _m: None)
     except Exception as exc:  # noqa: BLE001 - recorded, lab removed below
         result["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
+        result["calico_system_pods"] = _calico_pods(name)
     finally:
         clean_lab(name)
     return result
+
+
+def _calico_pods(lab: str) -> list[str]:
+    """What calico-system's pods were doing when a run failed (for the JSON)."""
+    try:
+        from testbed.lab import kubeadm
+        from testbed.lab import netns as nsmod
+        from testbed.lab import state as labstate
+
+        st = labstate.resolve(lab)
+        conf = str(kubeadm.admin_conf(st))
+
+        def read() -> list[str]:
+            import kubeclient
+
+            client = kubeclient.Client(kubeclient.from_kubeconfig(conf))
+            out = []
+            for p in client.list("v1", "pods", "calico-system")["items"]:
+                stt = p.get("status") or {}
+                conds = {c["type"]: c["status"] for c in stt.get("conditions") or []}
+                cs = [(c["name"], c.get("ready"), list((c.get("state") or {}).keys()), c.get("restartCount"))
+                      for c in stt.get("containerStatuses") or []]
+                if conds.get("Ready") != "True":
+                    out.append(f"{p['metadata']['name']} on {p['spec'].get('nodeName')}: {stt.get('phase')} "
+                               f"{conds} {cs}")
+            return out
+
+        return nsmod.run_in(st["hosts"][st["control_plane"]]["netns"], read)
+    except Exception as exc:  # noqa: BLE001 - diagnostics only
+        return [f"could not read: {exc}"]
 
 
 def _median(runs: list[dict], key: str) -> float | None:

@@ -394,3 +394,34 @@ def test_unimplemented_field_is_degraded_by_name():
     st = _status(kube, "calico")["Degraded"]
     assert st[:2] == ("True", "InvalidConfigurationError") and "spec.calicoNetwork.mtu" in st[2]
     assert calico.list(IPPool) == [] and kube.applied == []
+
+
+def test_deleted_installation_clears_its_statuses_and_a_new_one_is_rendered_again():
+    op, kube, _calico = _operator()
+    _installation(kube, seed_spec())
+    op.reconcile()
+    first = len(kube.applied)
+    assert first and _status(kube, "calico")["Progressing"][0] == "True"
+    kube.delete("operator.tigera.io/v1", "installations", "default")
+    op.reconcile()
+    for name in ("calico", "ippools"):
+        assert {t: s for t, (s, _r, _m) in _status(kube, name).items()} == {
+            "Available": "False", "Progressing": "False", "Degraded": "False"}
+    _installation(kube, seed_spec())  # a new uid: applied again at once (not after the resync)
+    op.reconcile()
+    assert len(kube.applied) == 2 * first
+    owners = {o["metadata"]["ownerReferences"][0]["uid"] for o in kube.applied[first:]}
+    assert owners == {kube.objs[("installations", "", "default")]["metadata"]["uid"]}
+
+
+def test_kubernetes_services_endpoint_configmap_sets_the_api_address():
+    op, kube, _calico = _operator()
+    kube.create({"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": {"name": "kubernetes-services-endpoint", "namespace": "tigera-operator"},
+                 "data": {"KUBERNETES_SERVICE_HOST": "10.0.0.5", "KUBERNETES_SERVICE_PORT": "8443"}},
+                plural="configmaps")
+    _installation(kube, seed_spec())
+    op.reconcile()
+    ds = next(o for o in kube.applied if o["kind"] == "DaemonSet")
+    env = {e["name"]: e.get("value") for e in ds["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == ("10.0.0.5", "8443")

@@ -37,6 +37,7 @@ from testbed.k8s.tigera.status import Component, merge_conditions, sync_state
 
 GROUP = "operator.tigera.io/v1"
 NAMESPACE = "calico-system"
+OPERATOR_NAMESPACE = "tigera-operator"
 FIELD_MANAGER = "tigera-operator"
 CALICO_VERSION = "v3.28.1"
 #: what calicolab says about the APIServer resource (docs/install.md)
@@ -69,6 +70,7 @@ class Operator:
         self.applied: tuple[str, float] | None = None  # (hash of what was applied, when)
         self.monitored: tuple[list[tuple[str, str]], list[tuple[str, str]]] = ([], [])
         self.crds_ok = self.felix_ok = False
+        self.installation_uid: str | None = None
         self.rendered: tuple[str, str] | None = None  # (the spec rendered, the text)
         self.last_msgs: dict[str, str] = {}
 
@@ -76,7 +78,18 @@ class Operator:
     def _render(self, spec: dict) -> str:
         from testbed.k8s.tigera.render import render_calico_system, settings_for_installation
 
-        return render_calico_system(settings_for_installation(spec), self.api_host, self.api_port)
+        host, port = self.api_endpoint()
+        return render_calico_system(settings_for_installation(spec), host, port)
+
+    def api_endpoint(self) -> tuple[str, str | int]:
+        """The API server address calico-system's pods get: the ConfigMap
+        ``kubernetes-services-endpoint`` in namespace tigera-operator when it exists (as the
+        operator reads it), else the operator's own (its ``KUBERNETES_SERVICE_HOST``/``PORT``)."""
+        cm = self._get("v1", "configmaps", "kubernetes-services-endpoint", OPERATOR_NAMESPACE)
+        data = (cm or {}).get("data") or {}
+        if data.get("KUBERNETES_SERVICE_HOST") and data.get("KUBERNETES_SERVICE_PORT"):
+            return data["KUBERNETES_SERVICE_HOST"], data["KUBERNETES_SERVICE_PORT"]
+        return self.api_host, self.api_port
 
     def _get(self, api: str, plural: str, name: str, namespace: str | None = None) -> dict | None:
         import kubeclient
@@ -94,7 +107,19 @@ class Operator:
         """One pass of the three controllers, then the TigeraStatus objects written."""
         installation = self._get(GROUP, "installations", inst.DEFAULT_NAME)
         active = ["apiserver"]
-        if installation is not None and not installation["metadata"].get("deletionTimestamp"):
+        uid = (installation or {}).get("metadata", {}).get("uid")
+        if uid != self.installation_uid:
+            # a new (or no) Installation: what was applied for the old one is being garbage
+            # collected; nothing is monitored until this one is rendered
+            self.installation_uid, self.applied, self.monitored = uid, None, ([], [])
+            for name in ("calico", "ippools"):
+                self.components[name] = Component(name)
+        if installation is None or installation["metadata"].get("deletionTimestamp"):
+            # the operator's OnCRNotFound: every condition of calico and ippools False
+            for name in ("calico", "ippools"):
+                if self._get(GROUP, "tigerastatuses", name) is not None:
+                    active.append(name)
+        else:
             active += ["ippools", "calico"]
             spec = self.reconcile_pools(installation)
             self.reconcile_core(installation, spec)
@@ -230,7 +255,7 @@ class Operator:
             self._degrade("calico", "ResourceUpdateError", "Error updating resource", str(exc))
             return
         try:
-            key = json.dumps(spec, sort_keys=True)
+            key = json.dumps([spec, self.api_endpoint()], sort_keys=True)
             if self.rendered is None or self.rendered[0] != key:
                 self.rendered = (key, self.render(spec))
             text = self.rendered[1]
@@ -323,6 +348,8 @@ class Operator:
         if name == "apiserver" and not comp.ready_to_monitor:
             return
         conds = comp.conditions()
+        if name in ("calico", "ippools") and self.installation_uid is None:
+            conds = [(t, "False", "Unknown", "") for t in ("Available", "Progressing", "Degraded")]
         summary = "; ".join(f"{t}={s}" + (f" ({r}: {m})" if s == "True" and t != "Available" and m else "")
                             for t, s, r, m in conds)
         if self.last_msgs.get(name) != summary:
