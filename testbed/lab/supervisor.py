@@ -466,6 +466,13 @@ class Supervisor:
     def start_pki(self) -> None:
         """Make the PKI, the kubeconfigs and the static pod manifests (testbed.lab.kubeadm) on a
         thread: RSA keys take ~1 s, the network build runs meanwhile."""
+        # Everything the thread imports is imported here first: two threads importing the
+        # stdlib's email package at once (cryptography.x509 here, mininet's setuptools in the
+        # network build) can deadlock on its circular imports, and the lab hung before its
+        # first progress line (CI: "not ready after 120s").
+        import yaml  # noqa: F401 - kubeadm.write_static_pods
+
+        from testbed.apiserver import pki  # noqa: F401
         from testbed.lab import kubeadm
 
         pool = str(self.topo.calico.pool.cidr)
