@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
     if nodeflags.is_calico_flags(args_in):
         return nodeflags.main(args_in)
+    from kernel.preload import before_threads
+
+    before_threads()  # before any thread imports lazily (kernel.preload)
     ap = argparse.ArgumentParser(prog="calico-node", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--startup-only", action="store_true", help="run start-up (and install-cni) and exit")

@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     Prints ``ready`` once the socket listens and ``served=N refused=M`` when it stops.
     With ``--parent`` (calico-node passes its PID) it also stops when that process ends.
     """
+    from kernel.preload import before_threads
+
+    before_threads()  # before any thread imports lazily (kernel.preload)
     ap = argparse.ArgumentParser(prog="python -m cni.server", description=__doc__.split("\n\n")[0])
     ap.add_argument("--socket", default="/var/run/calico/cni.sock", help="unix socket to serve on")
     ap.add_argument("--parent", type=int, default=None, help="stop when this PID ends")

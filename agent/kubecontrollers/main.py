@@ -17,6 +17,9 @@ import threading
 
 def main(argv: list[str] | None = None) -> int:
     """Run until SIGTERM/SIGINT."""
+    from kernel.preload import before_threads
+
+    before_threads()  # before any thread imports lazily (kernel.preload)
     from agent.kubecontrollers.config import ConfigError, from_env
     from agent.kubecontrollers.controller import KubeControllers
     from datastore import Client, errors

@@ -344,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m agent.typha``: serve until SIGTERM. Configured as Calico's Typha, from
     ``TYPHA_<PARAM>`` (:mod:`agent.typha.config`; a parameter calicolab does not implement
     is refused by name), plus DATASTORE_TYPE/KUBECONFIG/ETCD_ENDPOINTS for the datastore."""
+    from kernel.preload import before_threads
+
+    before_threads()  # before any thread imports lazily (kernel.preload)
     from agent.typha.config import ConfigError, load
 
     ap = argparse.ArgumentParser(prog="calico-typha", description=__doc__)

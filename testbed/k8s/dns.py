@@ -447,6 +447,9 @@ def _qtype(wire: bytes) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m testbed.k8s.dns [-conf Corefile]`` (the coredns image's entry point)."""
+    from kernel.preload import before_threads
+
+    before_threads()  # before any thread imports lazily (kernel.preload)
     import signal
 
     from kubeclient import KubeError

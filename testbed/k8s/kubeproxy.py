@@ -254,6 +254,9 @@ def load_config(path: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point (kube-proxy's flag names)."""
+    from kernel.preload import before_threads
+
+    before_threads()  # before any thread imports lazily (kernel.preload)
     import argparse
     import logging
     import os

@@ -1345,6 +1345,9 @@ class Supervisor:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m testbed.lab.supervisor``."""
+    from kernel.preload import before_threads
+
+    before_threads()  # before any thread imports lazily (kernel.preload)
     ap = argparse.ArgumentParser(prog="testbed.lab.supervisor", description=__doc__.splitlines()[0])
     ap.add_argument("--topology", required=True)
     ap.add_argument("--name")
