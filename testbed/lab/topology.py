@@ -701,20 +701,16 @@ def load(path: str | Path, name: str | None = None, runtime: str | None = None,
         text = p.read_text()
     except OSError as exc:
         raise TopologyError(str(path), None, "", f"cannot read: {exc.strerror}") from None
-    topo = loads(text, file=str(path), base=p.parent, name=name, runtime=runtime)
-    if datastore is None:
-        return topo
-    if datastore not in DATASTORES:
-        raise TopologyError(str(path), None, "calico.datastore",
-                            f"--datastore {datastore!r} is not one of {', '.join(DATASTORES)}")
-    if topo.multihost and datastore == "kubernetes":
-        raise TopologyError(str(path), None, "calico.datastore", f"--datastore kubernetes: {_KDD_MULTIHOST}")
-    return replace(topo, calico=replace(topo.calico, datastore=datastore))
+    return loads(text, file=str(path), base=p.parent, name=name, runtime=runtime, datastore=datastore)
 
 
 def loads(text: str, file: str = "<string>", base: Path | None = None,
-          name: str | None = None, runtime: str | None = None) -> Topology:
-    """Validate topology YAML ``text``; ``file`` names it in errors, ``base`` resolves manifests."""
+          name: str | None = None, runtime: str | None = None, datastore: str | None = None) -> Topology:
+    """Validate topology YAML ``text``; ``file`` names it in errors, ``base`` resolves manifests;
+    ``datastore`` (``up --datastore``) overrides ``calico.datastore``."""
+    if datastore is not None and datastore not in DATASTORES:
+        raise TopologyError(file, None, "calico.datastore",
+                            f"--datastore {datastore!r} is not one of {', '.join(DATASTORES)}")
     data, doc = _compose(text, file)
     top = _Reader(doc, data, (), _keys())
 
@@ -858,7 +854,11 @@ def loads(text: str, file: str = "<string>", base: Path | None = None,
         externals.append(ExternalHost(ename, addr, sname, machine(r)))
 
     calico = _calico(doc, top.raw("calico", {}), segs, {n.name for n in nodes}, used_addr)
+    if datastore is not None:
+        calico = replace(calico, datastore=datastore)
     if hosts and calico.datastore == "kubernetes":
+        if datastore is not None:
+            raise TopologyError(file, None, "calico.datastore", f"--datastore kubernetes: {_KDD_MULTIHOST}")
         given = isinstance(top.raw("calico", {}), dict) and "datastore" in top.raw("calico", {})
         raise doc.err(("calico", "datastore"), _KDD_MULTIHOST if given else _KDD_MULTIHOST_DEFAULT)
     workloads = _workloads(doc, top.list("workloads"), base, {n.name for n in nodes})

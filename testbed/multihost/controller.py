@@ -103,9 +103,11 @@ def _parallel(fn: Callable[[str], Any], names: list[str]) -> dict[str, Any]:
 
 def portable_topology(topo: Topology) -> str:
     """The topology as every machine's part reads it: the lab's name, workloads inlined
-    (their files are here), key paths absolute (parts never use them)."""
+    (their files are here), key paths absolute (parts never use them), the lab's datastore
+    (the file's, or ``up --datastore``'s) written out."""
     data = yaml.safe_load(Path(topo.path).read_text())
     data["name"] = topo.name
+    data["calico"] = {**(data.get("calico") or {}), "datastore": topo.calico.datastore}
     if topo.workloads:
         data["workloads"] = [{"manifest": list(w.documents)} for w in topo.workloads]
     data["hosts"] = [{"name": h.name, "address": h.address, "user": h.user, "key": h.key,

@@ -159,6 +159,11 @@ def test_portable_topology_inlines_workloads_and_renames(tmp_path):
     assert again.workloads[0].documents == t.workloads[0].documents
     assert [h.key for h in again.hosts] == [h.key for h in t.hosts]
     assert [(n.name, n.host) for n in again.nodes] == [(n.name, n.host) for n in t.nodes]
+    # the lab's datastore is written out, also when only `up --datastore etcdv3` said it
+    assert again.calico.datastore == "etcdv3"
+    (tmp_path / "t.yaml").write_text(text.replace("calico: {datastore: etcdv3}\n", ""))
+    t = load(tmp_path / "t.yaml", name="other", datastore="etcdv3")
+    assert loads(controller.portable_topology(t), file="copy.yaml", base=Path("/nowhere")).calico.datastore == "etcdv3"
 
 
 def _spread_record() -> dict:

@@ -90,6 +90,7 @@ def test_datastore_setting_and_the_node_environment(tmp_path):
     with pytest.raises(TopologyError, match=r"t\.yaml:\d+: calico\.datastore: not given, so the default, "
                        r"kubernetes, .* write 'datastore: etcdv3' under 'calico:'"):
         load(f)
+    assert load(f, datastore="etcdv3").calico.datastore == "etcdv3"  # the flag says it as well
     with pytest.raises(TopologyError, match="Kubernetes datastore is not implemented for a lab over several"):
         load(multi, datastore="kubernetes")
     f.write_text(multi.read_text().replace("datastore: etcdv3", "datastore: kubernetes"))
