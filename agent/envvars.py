@@ -207,6 +207,8 @@ FELIX_READ: dict[str, Support] = {
     "FELIX_VXLANMTU": works(_T_ENCAP + "test_datastore_objects_to_felix_inputs"),
     "FELIX_VXLANPORT": works(_T_ENCAP + "test_datastore_objects_to_felix_inputs"),
     "FELIX_VXLANVNI": works(_T_ENCAP + "test_datastore_objects_to_felix_inputs"),
+    "FELIX_POLICYSYNCPATHPREFIX": works("tests/unit/test_csi_driver.py::test_felix_settings_policy_sync_path_prefix",
+                                        note="endpoint updates and removes and InSync only (docs/csi.md)"),
 }
 
 # -- install-cni and calicolab's own -----------------------------------------------------

@@ -972,7 +972,11 @@ class FelixConfiguration(Resource):
         "spec.failsafeInboundHostPorts": missing(_NO_HEP),
         "spec.failsafeOutboundHostPorts": missing(_NO_HEP),
         "spec.kubeNodePortRanges": missing("kube-proxy IPVS and eBPF node ports are not implemented"),
-        "spec.policySyncPathPrefix": missing("the policy sync API (Dikastes) is not implemented"),
+        "spec.policySyncPathPrefix": works(
+            "tests/unit/test_csi_driver.py::test_felix_settings_policy_sync_path_prefix",
+            "tests/lab/test_kdd_commands.py::test_a_pod_with_a_csi_tigera_io_volume_gets_felixs_policy_sync_socket",
+            note="Sync streams carry the workload's endpoint updates and removes and InSync only: no "
+                 "policy, profile, IP set, namespace or service account messages (docs/csi.md)"),
         "spec.usageReportingEnabled": missing("calicolab reports no usage", ok=(False,)),
         "spec.usageReportingInitialDelay": missing("calicolab reports no usage"),
         "spec.usageReportingInterval": missing("calicolab reports no usage"),

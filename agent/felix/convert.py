@@ -37,6 +37,7 @@ _ENV = {
     "FELIX_VXLANMTU": "vxlan_mtu",
     "FELIX_VXLANPORT": "vxlan_port",
     "FELIX_VXLANVNI": "vxlan_vni",
+    "FELIX_POLICYSYNCPATHPREFIX": "policy_sync_path_prefix",
 }
 _INTS = ("ipip_mtu", "health_port", "vxlan_mtu", "vxlan_port", "vxlan_vni")
 _BOOLS = ("ipip_enabled", "vxlan_enabled")
@@ -77,7 +78,8 @@ def endpoint_from_wep(wep: Any) -> Endpoint | None:
             continue
     return Endpoint(key=f"{wep.metadata.namespace}/{wep.metadata.name}", iface=spec.interface_name,
                     ips=tuple(ips), profiles=tuple(spec.profiles), node=spec.node, labels=labels,
-                    ports=ports, allow_spoofed=tuple(spoof))
+                    ports=ports, allow_spoofed=tuple(spoof),
+                    workload=f"{wep.metadata.namespace}/{spec.pod}" if spec.pod else "", mac=spec.mac or "")
 
 
 def netset_from_resource(obj: Any) -> NetSet:
@@ -182,7 +184,7 @@ def settings(hostname: str, configs: Mapping[str, Any], env: Mapping[str, str]) 
             continue
         s = cfg.spec
         for attr in ("ipip_enabled", "interface_prefix", "default_endpoint_to_host_action", "health_port",
-                     "vxlan_enabled", "vxlan_port", "vxlan_vni"):
+                     "vxlan_enabled", "vxlan_port", "vxlan_vni", "policy_sync_path_prefix"):
             if getattr(s, attr, None) is not None:
                 vals[attr] = getattr(s, attr)
         for attr in ("ipip_mtu", "vxlan_mtu"):

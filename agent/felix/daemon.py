@@ -24,6 +24,7 @@ from agent.felix.ifacemonitor import AddrMonitor
 from agent.felix.ipsets import IpsetDriver
 from agent.felix.iptables import IptablesTable, apply_tables
 from agent.felix.model import Desired, Endpoint, FelixInput, HostNode
+from agent.felix.policysync import PolicySync, endpoint_update
 from agent.felix.routes import RouteDriver
 from agent.felix.sysctl import SysctlDriver
 from agent.felix.tunnel import (
@@ -118,6 +119,7 @@ class Felix:
         self.ipsets = IpsetDriver()
         self.tables = {name: IptablesTable(name) for name in ("raw", "mangle", "filter", "nat")}
         self.desired: Desired | None = None
+        self.policysync = PolicySync()  # on while policySyncPathPrefix is set
         self.applied_event = threading.Event()  # set after every successful apply (tests, benchmarks)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -147,6 +149,7 @@ class Felix:
             self._tun_fd = None
         if self.bpf is not None:
             self.bpf.close()
+        self.policysync.close()
         self.close()
 
     def close(self) -> None:
@@ -378,6 +381,7 @@ class Felix:
         self.ipsets.remove_stale(desired.ipsets)
         self._write_mtu(desired.mtu_file)
         self.desired = desired
+        self._sync_policysync(inp)
         self._encap = "+".join(k for k, on in (("ipip", desired.tunnel is not None),
                                                ("vxlan", desired.vxlan.device is not None)) if on) or (
             "none" if not desired.vxlan.enabled else "vxlan")
@@ -387,6 +391,16 @@ class Felix:
         self.ready = True
         self.applied_event.set()
         return bool(missing or missing_sys or self.vxlan_waiting)
+
+    def _sync_policysync(self, inp: FelixInput) -> None:
+        """The policy-sync API follows policySyncPathPrefix and serves the local endpoints as
+        calculated (agent.felix.policysync)."""
+        from agent.felix.calc import local_endpoints
+
+        self.policysync.configure(inp.settings.policy_sync_path_prefix)
+        if self.policysync.active:
+            self.policysync.update({ep.workload: endpoint_update(ep, *self.calc.policies_of(ep.key))
+                                    for ep in local_endpoints(inp) if ep.workload})
 
     def _apply_tables(self, desired: Desired, resync: bool) -> None:
         """raw, mangle, filter and nat with one iptables-restore (see iptables.apply_tables)."""

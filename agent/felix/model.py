@@ -37,6 +37,8 @@ class Endpoint:
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     ports: tuple[NamedPort, ...] = ()
     allow_spoofed: tuple[str, ...] = ()  # allowSpoofedSourcePrefixes
+    workload: str = ""  # "<namespace>/<pod>": the policy-sync API's workload ID
+    mac: str = ""
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ class FelixSettings:
     vxlan_vni: int = 4096
     allow_vxlan_from_workloads: bool = False
     allow_ipip_from_workloads: bool = False
+    policy_sync_path_prefix: str = ""  # "": the policy-sync API is off (agent.felix.policysync)
 
 
 @dataclass(frozen=True)

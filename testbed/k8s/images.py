@@ -10,8 +10,10 @@ container, runs that step of calico-node), ``calico/cni`` runs the program its c
 ``install-cni`` init container; ``/opt/cni/bin/calico-ipam -upgrade``: ``cni.upgrade``, its
 ``upgrade-ipam``), ``calico/kube-controllers`` and ``calico/typha`` run ``agent.kubecontrollers``
 and ``agent.typha`` (Typha's pod is ready once it listens on 5473), ``tigera/operator`` runs
-calicolab's operator (:mod:`testbed.k8s.tigera`), and an unknown image is an error the kubelet
-reports as ``ImagePullBackOff``. Images match by repository whatever the registry and tag
+calicolab's operator (:mod:`testbed.k8s.tigera`), ``calico/csi`` and
+``calico/node-driver-registrar`` (csi-node-driver's containers) run ``agent.csi`` and
+``agent.csi.registrar``, and an unknown image is an error the kubelet reports as
+``ImagePullBackOff``. Images match by repository whatever the registry and tag
 (``docker.io/calico/cni:v3.28.1``, ``quay.io/calico/node:v3.27.0``).
 
 The control plane's images run the project's components: ``kube-apiserver``
@@ -51,6 +53,9 @@ IMAGES: dict[str, str] = {
     "calico/kube-controllers": "kube-controllers",
     "calico/typha": "typha",
     "tigera/operator": "tigera-operator",
+    "calico/csi": "csi-driver",
+    "calico/node-driver-registrar": "node-driver-registrar",
+    "csi-node-driver-registrar": "node-driver-registrar",  # registry.k8s.io/sig-storage's
     "etcd": "etcd",
     "kube-apiserver": "kube-apiserver",
     "kube-controller-manager": "kube-controller-manager",
@@ -158,12 +163,15 @@ COMPONENTS = {
     "coredns": ("coredns", lambda: [sys.executable, "-m", "testbed.k8s.dns"]),
     # not the control plane's, but run the same way: its Deployment's command names `operator`
     "tigera-operator": ("operator", lambda: [sys.executable, "-m", "testbed.k8s.tigera"]),
+    # csi-node-driver's containers (agent.csi, docs/csi.md): the images' entry points
+    "csi-driver": ("csi-driver", lambda: [sys.executable, "-m", "agent.csi"]),
+    "node-driver-registrar": ("csi-node-driver-registrar", lambda: [sys.executable, "-m", "agent.csi.registrar"]),
 }
 
 
 def is_component(image: str) -> bool:
-    """True for the project's own components (calico/node, kube-controllers, typha and the
-    control plane's images: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+    """True for the project's own components (calico/node, kube-controllers, typha, calico/csi,
+    node-driver-registrar and the control plane's images: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
     kube-proxy, coredns): their "image" is a program of this machine, run as a process by
     every runtime."""
     return IMAGES.get(repository(image)) in ("calico-node", "calico-cni", "kube-controllers", "typha", *COMPONENTS)

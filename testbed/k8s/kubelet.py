@@ -38,6 +38,7 @@ from datastore.duration import parse_duration
 from kubeclient import AlreadyExists, KubeError, NotFound
 from testbed.k8s import cni, cri, imagebuild, images, runtime
 from testbed.k8s.apiclient import Cluster, client_from, now_iso
+from testbed.k8s.csivolumes import CsiDrivers, CsiVolumeError, csi_volumes
 from testbed.k8s.podstatus import (
     NETWORK_NOT_READY_MESSAGE,
     ContainerInfo,
@@ -154,7 +155,10 @@ class Kubelet:
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pod")
-        self.volumes = VolumeMaker(self._get_for_volume, self._token, node, node_ip)
+        self.volumes = VolumeMaker(self._get_for_volume, self._token, node, node_ip, csi=self._csi_target)
+        # CSI drivers register through <root-dir>/plugins_registry (testbed.k8s.pluginwatcher)
+        self.csi = CsiDrivers(cluster, node)
+        self.shared_root = False  # root_dir made a shared mount (for mountPropagation: Bidirectional)
         self.static = None
         if pod_manifest_path:
             from testbed.k8s.staticpods import StaticPods
@@ -546,6 +550,8 @@ class Kubelet:
                          netns=os.path.join(self.netns_dir, runtime.new_netns_name()),
                          node=self.node, lab=self.lab, runtime=self.cri.name if self.cri else "netns",
                          static=self._is_static(pod))
+        if not self._publish_volumes(pod, state, creating):
+            return
         ports = [{"containerPort": p["containerPort"], "hostPort": p["hostPort"], "protocol": p.get("protocol", "TCP").lower()}
                  for c in pod["spec"]["containers"] for p in c.get("ports") or [] if p.get("hostPort")]
         t1 = t0
@@ -578,6 +584,7 @@ class Kubelet:
                 self.cri.remove_sandbox(state)
             else:
                 runtime.remove_netns(state.netns)
+            self._unpublish_volumes(state)
             shutil.rmtree(state.pod_dir(self.root_dir), ignore_errors=True)
             attempts = self.failures.get(uid, (0, 0, ""))[1] + 1
             self.failures[uid] = (time.monotonic() + min(0.5 * 2 ** attempts, 10.0), attempts, str(exc))
@@ -614,6 +621,10 @@ class Kubelet:
         state = PodState(uid=meta["uid"], namespace=meta["namespace"], name=meta["name"],
                          sandbox_id=runtime.new_sandbox_id(), netns="", node=self.node, lab=self.lab,
                          cni_result={"ips": [{"address": f"{self.node_ip}/32"}]}, static=self._is_static(pod))
+        creating = [ContainerInfo(c["name"], c["image"], waiting_reason="ContainerCreating")
+                    for c in pod["spec"]["containers"]]
+        if not self._publish_volumes(pod, state, creating):
+            return
         state.save(self.root_dir)
         with self.lock:
             self.states[state.uid] = state
@@ -624,6 +635,68 @@ class Kubelet:
         self._wait_ready(state, pod, infos)
         self._write_status(pod, infos, [self.node_ip], state=state)
         log.info("hostNetwork pod %s/%s running", state.namespace, state.name)
+
+    # --- CSI volumes ---------------------------------------------------------------------------
+    def _publish_volumes(self, pod: dict, state: PodState, creating: list[ContainerInfo]) -> bool:
+        """NodePublishVolume for the pod's CSI volumes before anything of it starts
+        (:mod:`testbed.k8s.csivolumes`); on a failure the pod waits (FailedMount event,
+        retried with back-off) and False is returned."""
+        if not csi_volumes(pod):
+            return True
+        uid = pod["metadata"]["uid"]
+        try:
+            if self.cri is not None and not pod["spec"].get("hostNetwork"):
+                raise CsiVolumeError("calicolab's kubelet publishes CSI volumes for pods of the netns runtime only "
+                                     f"(this node runs {self.cri.name}; docs/csi.md)")
+            state.csi_volumes = self.csi.publish(pod, state.pod_dir(self.root_dir),
+                                                 lambda d: self.cluster.fetch("CSIDriver", d))
+        except (CsiVolumeError, KubeError, OSError) as exc:
+            attempts = self.failures.get(uid, (0, 0, ""))[1] + 1
+            self.failures[uid] = (time.monotonic() + min(0.5 * 2 ** attempts, 10.0), attempts, str(exc))
+            log.warning("pod %s/%s: %s", state.namespace, state.name, exc)
+            self._write_status(pod, creating, [], sandbox_ready=False)
+            self.cluster.event(pod, "FailedMount", str(exc), "Warning")
+            return False
+        state.save(self.root_dir)  # a restarted kubelet unpublishes what it finds here
+        return True
+
+    def _unpublish_volumes(self, state: PodState) -> None:
+        """NodeUnpublishVolume for the pod's CSI volumes; whatever is still mounted under the
+        pod's directory afterwards is detached, so removing the directory never reaches
+        through a mount into the driver's (or Felix's) files."""
+        if state.csi_volumes:
+            for err in self.csi.unpublish(state.csi_volumes):
+                log.warning("pod %s/%s: %s", state.namespace, state.name, err)
+            state.csi_volumes = {}
+        pod_dir = os.path.realpath(state.pod_dir(self.root_dir))
+        for mp in sorted(_mounts_under(pod_dir), key=len, reverse=True):
+            log.warning("pod %s/%s: %s is still mounted: detaching it", state.namespace, state.name, mp)
+            runtime.remove_mount(mp)
+
+    def _csi_target(self, pod: dict, vol: dict) -> str:
+        state = self.states.get(pod["metadata"]["uid"])
+        rec = (state.csi_volumes if state is not None else {}).get(vol.get("name", ""))
+        if rec is None:
+            raise VolumeError(f'volume "{vol.get("name")}": the CSI volume is not published')
+        return rec["target"]
+
+    def _propagation(self, c: dict) -> str:
+        """The container's mount propagation: ``unchanged`` for a privileged container with a
+        ``mountPropagation: Bidirectional`` volume mount (the kubelet's root dir is made a
+        shared mount first), else ``slave``."""
+        if not any(vm.get("mountPropagation") == "Bidirectional" for vm in c.get("volumeMounts") or []):
+            return "slave"
+        if not (c.get("securityContext") or {}).get("privileged"):
+            raise VolumeError(f"container {c['name']}: mountPropagation Bidirectional is available only to "
+                              "privileged containers")
+        if not self.shared_root:
+            if "shared" in _propagation_of("/"):
+                raise VolumeError(f"container {c['name']}: mountPropagation Bidirectional needs the node's / to be "
+                                  "a private mount (pods share the node's filesystem: run the kubelet in a node "
+                                  "of a lab)")
+            runtime.make_shared(self.root_dir)
+            self.shared_root = True
+        return "unchanged"
 
     # --- containers ----------------------------------------------------------------------------
     def _get_for_volume(self, kind: str, name: str, namespace: str) -> dict | None:
@@ -719,6 +792,7 @@ class Kubelet:
             if resolv is not None:
                 mounts.append(resolv)
             env = self._container_env(pod, c)
+            propagation = self._propagation(c)
         except (VolumeError, KubeError, OSError) as exc:
             info.waiting_reason = "CreateContainerConfigError"
             info.waiting_message = str(exc)
@@ -763,7 +837,7 @@ class Kubelet:
         nice = CRITICAL_NICE if pod["spec"].get("priorityClassName") == "system-node-critical" \
             and self.static is not None and self.static.is_static(pod) else 0
         try:
-            proc = runtime.start_process(state.netns, wl.argv, log_path, env, workdir, mounts, nice)
+            proc = runtime.start_process(state.netns, wl.argv, log_path, env, workdir, mounts, nice, propagation)
         except OSError as exc:
             info.waiting_reason = "RunContainerError"
             info.waiting_message = f"failed to start container {c['name']}: {exc}"
@@ -1119,6 +1193,7 @@ class Kubelet:
             runtime.remove_netns(state.netns)
             if self.etc_netns_dir:
                 shutil.rmtree(os.path.join(self.etc_netns_dir, os.path.basename(state.netns)), ignore_errors=True)
+        self._unpublish_volumes(state)
         shutil.rmtree(state.pod_dir(self.root_dir), ignore_errors=True)
         with self.lock:
             self.states.pop(state.uid, None)
@@ -1171,6 +1246,10 @@ class Kubelet:
                 log.warning("waiting for the API server: %s", exc)
                 stop.wait(0.5)
         log.info("kubelet running: node %s, %d pod(s) adopted", self.node, len(self.states))
+        from testbed.k8s.pluginwatcher import PluginWatcher
+
+        threading.Thread(target=PluginWatcher(os.path.join(self.root_dir, "plugins_registry"), self.csi).run,
+                         args=(stop,), daemon=True, name="pluginwatcher").start()
         last_proc_check = 0.0
         while not stop.is_set():
             kinds = self.cluster.wait(stop, timeout=0.2 if self.network_ready else 0.05)
@@ -1355,6 +1434,26 @@ def _duration(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"duration {text!r} must be positive")
     return value
+
+
+def _mounts_under(path: str) -> list[str]:
+    """Mount points strictly below ``path`` in this mount namespace."""
+    prefix = path.rstrip("/") + "/"
+    return [mp for mp in _mount_points() if mp.startswith(prefix)]
+
+
+def _propagation_of(path: str) -> str:
+    """The optional fields of mount point ``path`` in /proc/self/mountinfo (``shared:N``,
+    ``master:N``; "" for a private mount or none)."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                head = line.split(" - ", 1)[0].split()
+                if head[4] == path:
+                    return " ".join(head[6:])
+    except OSError:
+        pass
+    return ""
 
 
 def _mount_points() -> set[str]:

@@ -63,6 +63,12 @@ def remove_netns(path: str) -> None:
         _unlink_quiet(path)
 
 
+def remove_mount(path: str) -> None:
+    """Detach the mount at ``path`` (umount2 MNT_DETACH; no error if nothing is mounted)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.umount2(path.encode(), MNT_DETACH)
+
+
 def netns_pids(path: str) -> list[int]:
     """PIDs of the processes living in the namespace bound at ``path``."""
     if not path:
@@ -87,13 +93,15 @@ def netns_pids(path: str) -> list[int]:
 #: the pod's init, run by ``sh -c``: bind the pod's volumes (and resolv.conf) in the pod's own
 #: mount namespace (made by ``unshare --mount``; mounts of the node propagate into it), then
 #: enter the sandbox netns and exec the workload, so the workload keeps the PID of ``unshare``.
+#: Binds are recursive (``--rbind``, as container runtimes bind volumes): a CSI volume's
+#: target holds mounts of its own (agent.csi: a tmpfs and a bind inside it).
 _POD_INIT = r"""
 ns=$1; n=$2; shift 2
 while [ "$n" -gt 0 ]; do
   if [ ! -e "$2" ]; then
     if [ -d "$1" ]; then mkdir -p "$2"; else mkdir -p "$(dirname "$2")" && : > "$2"; fi || exit 127
   fi
-  mount --bind "$1" "$2" || exit 127
+  mount --rbind "$1" "$2" || exit 127
   shift 2; n=$((n - 1))
 done
 if [ -n "$ns" ]; then exec nsenter --net="$ns" -- "$@"; fi
@@ -102,15 +110,20 @@ exec "$@"
 
 
 def process_argv(netns_path: str, argv: list[str], mounts: list[tuple[str, str]] | None = None,
-                 nice: int = 0) -> list[str]:
+                 nice: int = 0, propagation: str = "slave") -> list[str]:
     """The argv that starts ``argv`` as a pod's container process (pure): in the sandbox netns
     (``nsenter --net``; none for a hostNetwork pod), in a mount namespace of its own when it
     has ``mounts`` (``(source, mount point)`` bind mounts: volumes, /etc/resolv.conf), at
-    CPU priority ``nice``. Every step execs, so the PID is the workload's."""
+    CPU priority ``nice``. Every step execs, so the PID is the workload's.
+    ``propagation``: ``slave`` (the node's mounts reach the pod, none go back: Kubernetes'
+    HostToContainer) or ``unchanged`` (mounts under the node's shared mounts go both ways:
+    the kubelet's ``mountPropagation: Bidirectional``)."""
+    if propagation not in ("slave", "unchanged"):
+        raise ValueError(f"mount propagation {propagation!r} (slave or unchanged)")
     prefix = ["nice", "-n", str(nice)] if nice else []
     if mounts:
         flat = [x for m in mounts for x in m]
-        return [*prefix, "unshare", "--mount", "--propagation", "slave", "--", "sh", "-c", _POD_INIT, "pod-init",
+        return [*prefix, "unshare", "--mount", "--propagation", propagation, "--", "sh", "-c", _POD_INIT, "pod-init",
                 netns_path, str(len(mounts)), *flat, *argv]
     if netns_path:
         return [*prefix, "nsenter", f"--net={netns_path}", "--", *argv]
@@ -119,14 +132,14 @@ def process_argv(netns_path: str, argv: list[str], mounts: list[tuple[str, str]]
 
 def start_process(netns_path: str, argv: list[str], log_path: str, env: dict[str, str] | None = None,
                   cwd: str | None = None, mounts: list[tuple[str, str]] | None = None,
-                  nice: int = 0) -> subprocess.Popen:
+                  nice: int = 0, propagation: str = "slave") -> subprocess.Popen:
     """Start ``argv`` inside the namespace (see :func:`process_argv`); an empty
     ``netns_path`` runs it in the caller's own netns (hostNetwork pods). Output appends to
     ``log_path``."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            process_argv(netns_path, argv, mounts, nice), stdin=subprocess.DEVNULL,
+            process_argv(netns_path, argv, mounts, nice, propagation), stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True,
         )
 
@@ -229,6 +242,8 @@ class PodState:
     logs: dict[str, str] = field(default_factory=dict)  # container -> log file (container runtimes)
     resolv: str = ""  # the pod's resolv.conf for container runtimes ("": the node's)
     static: bool = False  # a static pod (its manifest, not the API server, says whether it exists)
+    #: CSI volumes published for the pod: volume name -> {driver, volume_id, target}
+    csi_volumes: dict[str, dict] = field(default_factory=dict)
 
     def save(self, root_dir: str) -> None:
         """Write the state file atomically."""

@@ -9,7 +9,9 @@ container's own mount namespace (:func:`testbed.k8s.runtime.process_argv`):
   (``kube-root-ca.crt`` -> ``ca.crt``), ``downwardAPI`` items (``namespace``), ``secret``;
 * ``configMap``, ``secret`` (keys as files, ``items`` honoured), ``downwardAPI``, ``emptyDir``;
 * ``hostPath``: the node's path itself (a no-op when it is the mount path: a pod shares
-  its node's filesystem).
+  its node's filesystem);
+* ``csi`` (inline ephemeral): the target the CSI driver published the volume at before the
+  pod started (:mod:`testbed.k8s.csivolumes`).
 
 Any other volume type is refused by name (the container does not start:
 ``CreateContainerConfigError``). Pods share their node's filesystem, so a mount point that
@@ -30,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
-SUPPORTED = ("projected", "configMap", "secret", "downwardAPI", "emptyDir", "hostPath")
+SUPPORTED = ("projected", "configMap", "secret", "downwardAPI", "emptyDir", "hostPath", "csi")
 
 
 class VolumeError(Exception):
@@ -83,11 +85,14 @@ def field_value(pod: dict, path: str, node: str = "", host_ip: str = "") -> str 
 
 class VolumeMaker:
     """Makes a pod's volumes. ``get(kind, name, namespace)`` reads a ConfigMap/Secret (None if
-    missing); ``token(namespace, sa, audiences, seconds, pod)`` returns a ServiceAccount token."""
+    missing); ``token(namespace, sa, audiences, seconds, pod)`` returns a ServiceAccount token;
+    ``csi(pod, volume)`` the path a CSI volume was published at (VolumeError if it was not)."""
 
     def __init__(self, get: Callable[[str, str, str], dict | None],
-                 token: Callable[[str, str, list[str], int, dict], str], node: str = "", host_ip: str = ""):
+                 token: Callable[[str, str, list[str], int, dict], str], node: str = "", host_ip: str = "",
+                 csi: Callable[[dict, dict], str] | None = None):
         self.get, self.token, self.node, self.host_ip = get, token, node, host_ip
+        self.csi = csi
 
     def _configmap(self, ns: str, name: str, optional: bool) -> dict[str, bytes]:
         cm = self.get("ConfigMap", name, ns)
@@ -140,6 +145,8 @@ class VolumeMaker:
         if "emptyDir" in vol:
             os.makedirs(where, exist_ok=True)
             return where
+        if "csi" in vol and self.csi is not None:
+            return self.csi(pod, vol)
         files: dict[str, bytes]
         mode = None
         if "configMap" in vol:

@@ -66,6 +66,7 @@ NODE_DIRS: tuple[tuple[str, str | None], ...] = (
     ("/etc/netns", "etc-netns"),
     ("/var/run/calico", None),
     ("/var/run/secrets", None),
+    ("/var/run/nodeagent", None),  # csi.tigera.io's per-pod dirs and Felix's policy-sync sockets
     ("/run/netns", None),
 )
 

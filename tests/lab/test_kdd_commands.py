@@ -105,28 +105,35 @@ def test_node_shells_run_the_real_kubectl_and_name_the_datastore(lab):
 
 
 def test_kubectl_get_pods_calico_system_lists_the_operators_pods(lab):
-    """``up`` lays Calico out as the operator does: a calico-node pod of the DaemonSet on every
-    node, calico-typha and calico-kube-controllers pods of their Deployments, all Running
-    (csi-node-driver is not built; docs/kdd.md)."""
+    """``up`` lays Calico out as the operator does: a calico-node pod of the DaemonSet and a
+    csi-node-driver pod (2/2: calico-csi and csi-node-driver-registrar) on every node,
+    calico-typha and calico-kube-controllers pods of their Deployments, all Running."""
     def listed() -> list[list[str]]:
         return [ln.split() for ln in lab.sh("kubectl get pods -n calico-system -o wide").splitlines()]
 
-    rows = wait_for(listed, lambda r: len(r) == 5 and all(x[1] == "1/1" and x[2] == "Running" for x in r[1:]),
-                    timeout=60, what="four calico-system pods Running")
+    def ready(x: list[str]) -> bool:
+        want = "2/2" if x[0].startswith("csi-node-driver-") else "1/1"
+        return x[1] == want and x[2] == "Running"
+
+    rows = wait_for(listed, lambda r: len(r) == 7 and all(ready(x) for x in r[1:]),
+                    timeout=60, what="six calico-system pods Running")
     assert rows[0][:5] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"], rows
     names = sorted(r[0] for r in rows[1:])
     assert re.fullmatch(r"calico-kube-controllers-[a-z0-9]{10}-[a-z0-9]{5}", names[0]), names
     assert all(re.fullmatch(r"calico-node-[a-z0-9]{5}", n) for n in names[1:3]), names
     assert re.fullmatch(r"calico-typha-[a-z0-9]{10}-[a-z0-9]{5}", names[3]), names
-    # one calico-node per node, each owned by the DaemonSet
+    assert all(re.fullmatch(r"csi-node-driver-[a-z0-9]{5}", n) for n in names[4:6]), names
+    # one calico-node and one csi-node-driver per node, each owned by its DaemonSet
     nodes = {r[0]: r[6] for r in rows[1:]}
     assert sorted(nodes[n] for n in names[1:3]) == ["k8s-m", "k8s-w0"], rows
-    pods = lab.kube("get", "pods", "-n", "calico-system", "-l", "k8s-app=calico-node")["items"]
-    assert {(o["kind"], o["name"]) for p in pods for o in p["metadata"]["ownerReferences"]} == {("DaemonSet", "calico-node")}
+    assert sorted(nodes[n] for n in names[4:6]) == ["k8s-m", "k8s-w0"], rows
+    for app in ("calico-node", "csi-node-driver"):
+        pods = lab.kube("get", "pods", "-n", "calico-system", "-l", f"k8s-app={app}")["items"]
+        assert {(o["kind"], o["name"]) for p in pods for o in p["metadata"]["ownerReferences"]} == {("DaemonSet", app)}
     out = lab.sh("kubectl get daemonsets,deployments -n calico-system")
     got = {ln.split()[0] for ln in out.splitlines() if ln.split() and ln.split()[0] != "NAME"}
     assert got == {"daemonset.apps/calico-node", "deployment.apps/calico-typha",
-                   "deployment.apps/calico-kube-controllers"}, out
+                   "deployment.apps/calico-kube-controllers", "daemonset.apps/csi-node-driver"}, out
 
 
 def test_pod_cidrs_pipeline_prints_each_nodes_kubernetes_pod_cidrs(lab):
@@ -227,3 +234,90 @@ def test_status_reads_the_kubernetes_datastore(lab):
     assert [n["agent"] for n in info["nodes"]] == ["ready", "ready"], info["nodes"]
     human = cli("--lab", lab.name, "status")
     assert human.returncode == 0 and "status: healthy" in human.stdout, human.stdout
+
+
+CSI_POD = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: policy-client}
+spec:
+  nodeName: k8s-w0
+  containers:
+    - name: client
+      image: busybox
+      command: [sleep, infinity]
+      volumeMounts: [{name: felix-sync, mountPath: /var/run/felix}]
+  volumes:
+    - name: felix-sync
+      csi: {driver: csi.tigera.io}
+"""
+
+
+def test_csi_node_driver_is_registered_on_every_node(lab):
+    """The CSIDriver csi.tigera.io (ephemeral, podInfoOnMount) and, through each kubelet's
+    plugin registration, every node's CSINode lists the driver with the node's name as its ID."""
+    drv = lab.kube("get", "csidriver", "csi.tigera.io")["spec"]
+    assert (drv["podInfoOnMount"], drv["volumeLifecycleModes"]) == (True, ["Ephemeral"]), drv
+
+    def drivers() -> dict:
+        return {n["metadata"]["name"]: [(d["name"], d["nodeID"]) for d in (n.get("spec") or {}).get("drivers") or []]
+                for n in lab.kube("get", "csinodes")["items"]}
+
+    got = wait_for(drivers, lambda d: len(d) == 2 and all(d.values()), timeout=30, what="both CSINodes with a driver")
+    assert got == {"k8s-m": [("csi.tigera.io", "k8s-m")], "k8s-w0": [("csi.tigera.io", "k8s-w0")]}, got
+    rows = [ln.split() for ln in lab.sh("kubectl get csinodes").splitlines()]
+    assert [r[:2] for r in rows] == [["NAME", "DRIVERS"], ["k8s-m", "1"], ["k8s-w0", "1"]], rows
+    # the registrar's socket and the driver's, where the kubelet looks for them
+    out = lab.sh("ls /var/lib/kubelet/plugins_registry /var/lib/kubelet/plugins/csi.tigera.io")
+    assert "csi.tigera.io-reg.sock" in out.split() and "csi.sock" in out.split(), out
+
+
+def test_a_pod_with_a_csi_tigera_io_volume_gets_felixs_policy_sync_socket(lab):
+    """With FelixConfiguration policySyncPathPrefix /var/run/nodeagent (as Calico's app-layer
+    policy sets it), a pod with a csi.tigera.io volume finds Felix's policy-sync socket at
+    ``<mountPath>/nodeagent/socket`` and a Sync over it answers its own endpoint, then
+    InSync; deleting the pod unpublishes the volume (no creds, no workload dir, no mount)."""
+    python = str(labstate.VENV_BIN / "python")
+    # calicolab's calico-node does not create FelixConfiguration default (Calico's startup does)
+    had = lab.run("calicoctl get felixconfiguration default").returncode == 0
+    if had:
+        lab.sh("calicoctl patch felixconfiguration default "
+               "--patch '{\"spec\": {\"policySyncPathPrefix\": \"/var/run/nodeagent\"}}'")
+    else:
+        lab.sh("printf 'apiVersion: projectcalico.org/v3\\nkind: FelixConfiguration\\nmetadata: {name: default}\\n"
+               "spec: {policySyncPathPrefix: /var/run/nodeagent}\\n' | calicoctl create -f -")
+    try:
+        lab.sh(f"cat <<'EOF' | kubectl apply -f -\n{CSI_POD}EOF")
+        pod = wait_for(lambda: lab.kube("get", "pod", "policy-client"),
+                       lambda p: p.get("status", {}).get("phase") == "Running", timeout=60,
+                       what="policy-client Running")
+        uid, ip = pod["metadata"]["uid"], pod["status"]["podIP"]
+        ls = wait_for(lambda: lab.run("kubectl exec policy-client -- ls /var/run/felix/nodeagent").stdout.split(),
+                      lambda names: "socket" in names, timeout=20, what="the socket in the pod's volume")
+        assert ls == ["socket"], ls
+        out = lab.sh(f"kubectl exec policy-client -- {python} -m agent.felix.policysync "
+                     "--dial /var/run/felix/nodeagent/socket --count 2")
+        first, second = (json.loads(ln) for ln in out.splitlines())
+        upd = first["workload_endpoint_update"]
+        assert upd["id"] == {"orchestrator_id": "k8s", "workload_id": "default/policy-client", "endpoint_id": "eth0"}
+        assert upd["endpoint"]["ipv4_nets"] == [f"{ip}/32"] and upd["endpoint"]["state"] == "active", upd
+        assert re.fullmatch(r"cali[0-9a-f]{11}", upd["endpoint"]["name"]), upd
+        assert upd["endpoint"]["profile_ids"][0] == "kns.default", upd
+        assert second == {"in_sync": {}, "sequence_number": 0}, second
+        # on the node: the driver's files for the volume, and its tmpfs at the kubelet's target
+        vol = lab.sh("ls /var/run/nodeagent/creds", node="k8s-w0").split()
+        assert len(vol) == 1 and vol[0].startswith("csi-"), vol
+        creds = json.loads(lab.sh(f"cat /var/run/nodeagent/creds/{vol[0]}", node="k8s-w0"))
+        assert creds == {"UID": uid, "Workload": "policy-client", "Namespace": "default",
+                         "ServiceAccount": "default"}, creds
+        target = f"/var/lib/kubelet/pods/{uid}/volumes/kubernetes.io~csi/felix-sync/mount"
+        assert f" {target} " in lab.sh("cat /proc/self/mountinfo", node="k8s-w0")
+    finally:
+        lab.run("kubectl delete pod policy-client --wait=true --timeout=60s")
+        if had:
+            lab.run("calicoctl patch felixconfiguration default --patch '{\"spec\": {\"policySyncPathPrefix\": \"\"}}'")
+        else:
+            lab.run("calicoctl delete felixconfiguration default")
+    assert lab.sh("ls -A /var/run/nodeagent/creds /var/run/nodeagent/mount", node="k8s-w0").split() == [
+        "/var/run/nodeagent/creds:", "/var/run/nodeagent/mount:"]
+    assert "kubernetes.io~csi" not in lab.sh("cat /proc/self/mountinfo", node="k8s-w0")

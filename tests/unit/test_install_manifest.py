@@ -152,10 +152,10 @@ def test_operator_layout_for_a_kubernetes_datastore_lab():
     docs = _docs(text)
     assert {k for k in docs if k.split("/")[0] in ("Namespace", "DaemonSet", "Deployment", "Service")} == {
         "Namespace/calico-system", "DaemonSet/calico-node", "Deployment/calico-typha",
-        "Deployment/calico-kube-controllers", "Service/calico-typha"}
+        "Deployment/calico-kube-controllers", "Service/calico-typha", "DaemonSet/csi-node-driver"}
     for d in yaml.safe_load_all(text):
         if d:
-            assert d["kind"] in ("Namespace", "ClusterRole", "ClusterRoleBinding") or \
+            assert d["kind"] in ("Namespace", "ClusterRole", "ClusterRoleBinding", "CSIDriver") or \
                 d["metadata"]["namespace"] == "calico-system", d["metadata"]
             validation.default(d)
             assert validation.validate(d) == [], d["metadata"]["name"]
@@ -170,7 +170,17 @@ def test_operator_layout_for_a_kubernetes_datastore_lab():
     assert node["serviceAccountName"] == "calico-node" and "ServiceAccount/calico-cni-plugin" in docs
     kc = docs["Deployment/calico-kube-controllers"]["spec"]["template"]["spec"]["containers"][0]
     assert {e["name"]: e.get("value") for e in kc["env"]}["ENABLED_CONTROLLERS"] == "node"
-    for kind in ("DaemonSet/calico-node", "Deployment/calico-typha", "Deployment/calico-kube-controllers"):
+    # csi-node-driver (docs/csi.md): the csi.tigera.io driver and its registrar, the CSIDriver
+    assert docs["CSIDriver/csi.tigera.io"]["spec"] == {"attachRequired": False, "podInfoOnMount": True,
+                                                        "volumeLifecycleModes": ["Ephemeral"]}
+    csi = docs["DaemonSet/csi-node-driver"]["spec"]["template"]["spec"]
+    assert [c["name"] for c in csi["containers"]] == ["calico-csi", "csi-node-driver-registrar"]
+    assert [images.resolve(c["image"], None, c.get("args"), "/tmp").argv[1:3] for c in csi["containers"]] == [
+        ["-m", "agent.csi"], ["-m", "agent.csi.registrar"]]
+    assert {vm["name"]: vm.get("mountPropagation") for vm in csi["containers"][0]["volumeMounts"]}["kubelet-dir"] \
+        == "Bidirectional" and csi["containers"][0]["securityContext"]["privileged"] is True
+    for kind in ("DaemonSet/calico-node", "Deployment/calico-typha", "Deployment/calico-kube-controllers",
+                 "DaemonSet/csi-node-driver"):
         for c in docs[kind]["spec"]["template"]["spec"]["containers"]:
             assert images.known(c["image"]) and images.is_component(c["image"]), c["image"]
 
