@@ -140,6 +140,9 @@ class Kubelet:
         self.procs: dict[tuple[str, str], subprocess.Popen] = {}
         self.exits: dict[tuple[str, str], tuple[int, str]] = {}
         self.restart_at: dict[tuple[str, str], float] = {}
+        #: running containers with a port that did not listen within the start-up window: uid ->
+        #: {container: port}; re-checked every pass, the pod turns Ready when all of them listen
+        self.unready: dict[str, dict[str, int]] = {}
         self.busy: set[str] = set()
         self.failures: dict[str, tuple[float, int, str]] = {}
         #: pods missing from the cache whose deletion the API server has not confirmed: uid ->
@@ -995,6 +998,11 @@ class Kubelet:
                     info.ready = True
                     break
                 time.sleep(0.005)
+        late = {i.name: i.port for i in infos if i.running and i.port is not None and not i.ready}
+        if late:  # written not ready now; check_processes re-checks (a real kubelet keeps probing)
+            self.unready[state.uid] = late
+        else:
+            self.unready.pop(state.uid, None)
 
     def _infos(self, state: PodState, pod: dict) -> list[ContainerInfo]:
         infos = []
@@ -1049,6 +1057,26 @@ class Kubelet:
                     code = self.cri.reap(state, name)
                 self.exits[key] = (code, now_iso())
                 self._submit(uid, self._on_exit, uid, name, code)
+        self._check_late_listeners()
+
+    def _check_late_listeners(self) -> None:
+        """A pod written not ready because a container had not listened on its port within the
+        start-up window turns Ready once every such container listens."""
+        for uid, late in list(self.unready.items()):
+            state = self.states.get(uid)
+            if state is None:
+                self.unready.pop(uid, None)
+                continue
+            if uid in self.busy:
+                continue
+            for name, port in list(late.items()):
+                pid = state.pids.get(name)
+                if pid and self._alive(uid, name, pid) and runtime.listening(pid, port):
+                    late.pop(name)
+            if not late:
+                self.unready.pop(uid, None)
+                log.info("pod %s/%s: every container listens now: Ready", state.namespace, state.name)
+                self._submit(uid, self._resync_status, uid)
 
     def _pod_by_uid(self, uid: str) -> dict | None:
         return next((p for p in self.my_pods() if p["metadata"]["uid"] == uid), None)
