@@ -4,7 +4,10 @@ The walkthrough's cluster brought up with ``up`` (calico-node started directly o
 node): on this machine (no kernel ipip) every node runs the tc-BPF tunl0. Pods on k8s-w0
 and k8s-w1 ping each other every 0.1 s, both directions at once, while k8s-w1's
 calico-node is killed with SIGKILL, stays dead for 6 s, and is started again by hand (or,
-where the lab supervises its services, restarted by the lab). Every probe must be answered.
+where the lab supervises its services, restarted by the lab). The pings go on until 30 more
+probes crossed k8s-w1's tunl0 after the restarted agent is ready, then are interrupted (SIGINT,
+as a user's Ctrl-C). Every probe must be answered: only the one in flight at the interrupt
+may lack its reply.
 The restarted agent adopts the pinned programs (same program ids, one filter per hook, one
 tunl0). After ``down`` nothing of the tunnel is left on the machine: no program, no map, no
 bpffs mount, no device; after the fixture's clean-up (also when the test failed) none of
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,7 +40,9 @@ pytestmark = pytest.mark.lab
 REPO = Path(__file__).resolve().parents[2]
 TOPOLOGY = REPO / "topologies" / "walkthrough.yaml"
 OUTAGE_S = 6.0  # how long calico-node stays dead (the must-hold asks for at least 5 s)
-PROBE_S = 24  # each ping runs this long, at 10 per second
+PROBE_MAX_S = 90  # the pings' own deadline: they are interrupted long before (once recovered)
+AFTER_READY = 30  # probes that must cross k8s-w1's tunl0 after the restarted agent is ready
+SEQ = re.compile(r"\b(?:icmp_)?seq=(\d+)")
 
 
 def cli(lab: str, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
@@ -80,6 +86,33 @@ kind: Pod
 metadata: {{name: {name}, namespace: default}}
 spec: {{nodeName: {node}, containers: [{{name: c, image: busybox}}]}}
 """
+
+
+def pings_in_pod(pod: dict) -> list[int]:
+    """PIDs of the ``ping`` processes in ``pod``'s network namespace (the probes this test
+    started in it by ``calicolab exec``)."""
+    pid = next(iter(json.loads(pod["metadata"]["annotations"]["calicolab.io/pids"]).values()))
+    want = os.stat(f"/proc/{pid}/ns/net").st_ino
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/comm") as f:
+                if f.read().strip() != "ping":
+                    continue
+            if os.stat(f"/proc/{d}/ns/net").st_ino == want:
+                found.append(int(d))
+        except OSError:
+            continue
+    return found
+
+
+def ping_verdict(out: str) -> tuple[int, int, list[int]]:
+    """(sent, answered, the sequence numbers answered) of one ping's output."""
+    line = next((ln for ln in out.splitlines() if "packets transmitted" in ln), "")
+    assert line, out[-500:]
+    return int(line.split()[0]), int(line.split()[3]), sorted(int(m[1]) for m in SEQ.finditer(out))
 
 
 def programs_alive(ids: set[int]) -> list[int]:
@@ -136,13 +169,13 @@ def test_kill_9_of_calico_node_loses_no_cross_node_probe(lab, tmp_path):
         path.write_text(POD.format(name=pod, node=node))
         cli(name, "kubectl", "apply", "-f", str(path))
 
-    def pod_ips() -> dict[str, str]:
+    def running_pods() -> dict[str, dict]:
         out = cli(name, "kubectl", "get", "pods", "-o", "json", check=False).stdout
         items = json.loads(out).get("items", []) if out.strip() else []
-        return {p["metadata"]["name"]: p["status"].get("podIP") for p in items
-                if p.get("status", {}).get("phase") == "Running"}
+        return {p["metadata"]["name"]: p for p in items if p.get("status", {}).get("phase") == "Running"}
 
-    ips = wait_for(pod_ips, lambda m: m.get("pa") and m.get("pb"), timeout=60, what="pods pa and pb Running")
+    pods = wait_for(running_pods, lambda m: "pa" in m and "pb" in m, timeout=60, what="pods pa and pb Running")
+    ips = {n: p["status"].get("podIP") for n, p in pods.items()}
     wait_for(lambda: cli(name, "exec", "default/pa", "--", "ping", "-c", "1", "-W", "1", ips["pb"],
                          check=False).stdout, lambda o: " 0% packet loss" in o, timeout=30,
              what="pa -> pb over tunl0 (BGP routes in place)")
@@ -152,9 +185,10 @@ def test_kill_9_of_calico_node_loses_no_cross_node_probe(lab, tmp_path):
     assert len(all_ids) == 6, all_ids  # encap + decap on each of the 3 nodes
 
     probes = {d: subprocess.Popen([sys.executable, "-m", "testbed.cli", "--lab", name, "exec", f"default/{src}",
-                                   "--", "ping", "-i", "0.1", "-w", str(PROBE_S), ips[dst]],
+                                   "--", "ping", "-i", "0.1", "-w", str(PROBE_MAX_S), ips[dst]],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
               for d, (src, dst) in {"w0->w1": ("pa", "pb"), "w1->w0": ("pb", "pa")}.items()}
+    probes_t0 = time.monotonic()
     try:
         agent = st["services"]["k8s-w1/calico-node"]
         wait_for(lambda: node_status(name, "k8s-w1").get("bpf") or {}, lambda b: (b.get("tx_packets") or 0) > 10,
@@ -187,16 +221,31 @@ def test_kill_9_of_calico_node_loses_no_cross_node_probe(lab, tmp_path):
         dead_for = time.monotonic() - killed
         wait_for(lambda: node_status(name, "k8s-w1").get("agent"), lambda a: a == "ready", timeout=60,
                  what="the restarted calico-node ready on k8s-w1")
-        results = {d: p.communicate(timeout=PROBE_S + 30)[0] for d, p in probes.items()}
+        # the probes go on through the recovered node: AFTER_READY more cross its tunl0 (the
+        # restarted agent's counters start at the adopted maps': read them once ready)
+        tx0 = (node_status(name, "k8s-w1").get("bpf") or {}).get("tx_packets") or 0
+        wait_for(lambda: (node_status(name, "k8s-w1").get("bpf") or {}).get("tx_packets") or 0,
+                 lambda tx: tx >= tx0 + AFTER_READY, timeout=30,
+                 what=f"{AFTER_READY} more probes through k8s-w1's tunl0 after its calico-node is ready")
+        assert all(p.poll() is None for p in probes.values()), "a ping ended before the recovery was probed"
+        window = time.monotonic() - probes_t0
+        pings = [pid for pod in ("pa", "pb") for pid in pings_in_pod(pods[pod])]
+        assert len(pings) == 2, f"ping processes in pa and pb: {pings}"
+        for pid in pings:  # ours: ended by PID, as a user's Ctrl-C
+            os.kill(pid, signal.SIGINT)
+        results = {d: p.communicate(timeout=30)[0] for d, p in probes.items()}
     finally:
         for p in probes.values():
             if p.poll() is None:
                 p.kill()
     for d, out in results.items():
-        line = next((ln for ln in out.splitlines() if "packets transmitted" in ln), "")
-        assert line, f"{d}: {out[-500:]}"
-        sent, got = int(line.split()[0]), int(line.split()[3])
-        assert sent >= PROBE_S * 10 * 0.8 and got == sent, f"{d}: {line} (agent dead for {dead_for:.1f} s)"
+        sent, got, seqs = ping_verdict(out)
+        summary = f"{d}: {sent} sent, {got} answered over {window:.1f} s (agent dead for {dead_for:.1f} s)"
+        assert sent >= window * 10 * 0.8, summary
+        # every probe answered; only the last one sent may have been in flight at the interrupt
+        assert got in (sent, sent - 1) and len(seqs) == got, f"{summary}\n{out[-800:]}"
+        assert seqs == list(range(seqs[0], seqs[0] + got)) and seqs[0] in (0, 1), \
+            f"{summary}: a gap in the answered sequence numbers\n{out[-800:]}"
     assert supervised or dead_for >= 5.0
     # the restarted agent adopted the pinned programs: the same ids, one filter per hook, one tunl0
     after = tunnel_programs(st, "k8s-w1")
