@@ -36,6 +36,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -53,7 +54,25 @@ WATCHED = ("Node", "Pod", "Deployment", "ReplicaSet", "DaemonSet", "Service", "E
            "Lease")
 ENDPOINTSLICE_MANAGER = "endpointslice-controller.k8s.io"
 ORPHAN_QUARANTINE = 40.0  # seconds a pod's node must be missing before pod GC deletes the pod
+#: test-only: overrides :data:`ORPHAN_QUARANTINE` (podgc's is a constant, no flag); the node
+#: lifecycle lab test sets it so it does not sit through 40 s (docs/kubernetes.md)
+QUARANTINE_ENV = "CALICOLAB_PODGC_QUARANTINE"
 NODE_MONITOR_PERIOD = 5.0  # --node-monitor-period (v1.28 default)
+
+
+def orphan_quarantine(env: dict[str, str]) -> float:
+    """Pod GC's quarantine in seconds: :data:`ORPHAN_QUARANTINE`, or ``CALICOLAB_PODGC_QUARANTINE``
+    (test-only, a positive number of seconds). Raises ValueError naming a bad value."""
+    raw = env.get(QUARANTINE_ENV)
+    if raw is None:
+        return ORPHAN_QUARANTINE
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ValueError(f"{QUARANTINE_ENV}={raw!r}: expected a positive number of seconds")
+    return value
 
 
 def random_suffix(n: int = 5) -> str:
@@ -416,7 +435,7 @@ class ControllerManager:
     def __init__(self, cluster: Cluster, pod_cidr: str | None = None, node_cidr_mask: int = 24,
                  allocate_node_cidrs: bool = True, clock: Callable[[], float] | None = None,
                  node_monitor_grace: float = GRACE_PERIOD, node_monitor_period: float = NODE_MONITOR_PERIOD,
-                 wall_clock: Callable[[], float] | None = None):
+                 wall_clock: Callable[[], float] | None = None, quarantine: float = ORPHAN_QUARANTINE):
         import time
 
         self.cluster = cluster
@@ -425,6 +444,7 @@ class ControllerManager:
         self.node_monitor_period = node_monitor_period
         self.next_eviction: float | None = None  # wall time of the next NoExecute eviction
         self.missing_nodes: dict[str, float] = {}  # node name -> when first seen missing (pod GC)
+        self.quarantine = quarantine  # pod GC's (ORPHAN_QUARANTINE unless a test set it)
         self.pod_cidr = pod_cidr
         self.node_cidr_mask = node_cidr_mask
         self.allocate_node_cidrs = allocate_node_cidrs and bool(pod_cidr)
@@ -639,7 +659,7 @@ class ControllerManager:
                 self.cluster.mutate("EndpointSlice", first["metadata"]["name"], key[0], put, current=first)
 
     def gc_orphaned_pods(self, pods: list[dict], nodes: list[dict]) -> list[str]:
-        """Force-delete pods bound to nodes missing for :data:`ORPHAN_QUARANTINE` seconds."""
+        """Force-delete pods bound to nodes missing for ``quarantine`` (:data:`ORPHAN_QUARANTINE`) seconds."""
         now = self.clock()
         names = {n["metadata"]["name"] for n in nodes}
         bound = {p["spec"]["nodeName"] for p in pods if p["spec"].get("nodeName")}
@@ -647,7 +667,7 @@ class ControllerManager:
         done = []
         for p in pods:
             node = p["spec"].get("nodeName")
-            if node in self.missing_nodes and now - self.missing_nodes[node] >= ORPHAN_QUARANTINE:
+            if node in self.missing_nodes and now - self.missing_nodes[node] >= self.quarantine:
                 meta = p["metadata"]
                 if self.cluster.delete("Pod", meta["name"], meta["namespace"], grace=0, uid=meta.get("uid")):
                     log.info("pod %s/%s: its node %s does not exist: deleted", meta["namespace"], meta["name"], node)
@@ -744,6 +764,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--controllers={args.controllers}: calicolab runs a fixed set (see the module docstring)")
     if args.leader_elect == "true":
         p.error("--leader-elect=true: calicolab runs one controller-manager per lab; use false")
+    try:
+        quarantine = orphan_quarantine(dict(os.environ))
+    except ValueError as exc:
+        p.error(str(exc))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s kube-controller-manager %(levelname)s %(message)s")
     try:
@@ -757,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = Cluster(client, WATCHED, component="kube-controller-manager")
     cm = ControllerManager(cluster, args.cluster_cidr or None, args.node_cidr_mask_size,
                            args.allocate_node_cidrs == "true", node_monitor_grace=args.node_monitor_grace_period,
-                           node_monitor_period=args.node_monitor_period)
+                           node_monitor_period=args.node_monitor_period, quarantine=quarantine)
     cm.run(stop)
     cluster.stop()
     return 0

@@ -7,9 +7,11 @@ and calico-node on every node), checked as a user sees it through kubectl and ca
   3 s is evicted then and one with the default 300 s is not; the kubelet resumed, all is
   Ready again;
 * `kubectl delete node`: the node's kubelet stops its pods (Failed, processes gone) and
-  restarts none; their IPs stay allocated until the pods are deleted (pod GC, 40 s), so
-  the pods created meanwhile get other IPs; then the IPs, the WEPs and the node's Calico
-  data go, and `calicoctl ipam check` finds no problem.
+  restarts none; their IPs stay allocated until the pods are deleted (pod GC: its
+  quarantine, 40 s in Kubernetes, is :data:`PODGC` s here by the test-only
+  CALICOLAB_PODGC_QUARANTINE, docs/kubernetes.md), so the pods created meanwhile get other
+  IPs; then the IPs, the WEPs and the node's Calico data go, and `calicoctl ipam check`
+  finds no problem.
 
 One lab serves the module (tests run in file order; the last one deletes a node).
 """
@@ -50,6 +52,10 @@ UNREACHABLE = "node.kubernetes.io/unreachable"
 #: Lease renewal interval (10 s), as with Kubernetes' defaults (40 s, 5 s)
 GRACE = 15
 CM_FLAGS = [f"--node-monitor-grace-period={GRACE}s", "--node-monitor-period=1s"]
+#: pod GC's quarantine for this lab (test-only CALICOLAB_PODGC_QUARANTINE; Kubernetes' is 40 s):
+#: long enough for the deleted-node test to create pods while the orphans still hold their IPs
+PODGC = 20
+CM_ENV = {"CALICOLAB_PODGC_QUARANTINE": str(PODGC)}
 
 
 def cli(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -221,8 +227,8 @@ class IpLedger:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """A running lab (m, w0, w1) whose kube-controller-manager runs with :data:`CM_FLAGS`
-    (its static pod manifest edited, as on a kubeadm control plane)."""
+    """A running lab (m, w0, w1) whose kube-controller-manager runs with :data:`CM_FLAGS` and
+    :data:`CM_ENV` (its static pod manifest edited, as on a kubeadm control plane)."""
     require_root()
     for tool in ("mnexec", "etcd", "nsenter"):
         require_tool(tool)
@@ -234,20 +240,24 @@ def lab(tmp_path_factory):
         manifest = kubeadm.etc_kubernetes(st, "m") / kubeadm.MANIFESTS / "kube-controller-manager.yaml"
         pod = json.loads(manifest.read_text())
         pod["spec"]["containers"][0]["command"] += CM_FLAGS
+        pod["spec"]["containers"][0].setdefault("env", []).extend(
+            {"name": k, "value": v} for k, v in CM_ENV.items())
         manifest.write_text(json.dumps(pod, indent=2) + "\n")
 
-        def cm_cmdline() -> str:
+        def cm_cmdline() -> tuple[str, str]:
             mirror = get_json(name, "pod", "-n", "kube-system", "kube-controller-manager-m")
             pids = json.loads(((mirror or {}).get("metadata", {}).get("annotations") or {})
                               .get("calicolab.io/pids") or "{}")
             try:
-                with open(f"/proc/{next(iter(pids.values()))}/cmdline", "rb") as f:
-                    return f.read().replace(b"\0", b" ").decode()
+                pid = next(iter(pids.values()))
+                with open(f"/proc/{pid}/cmdline", "rb") as f, open(f"/proc/{pid}/environ", "rb") as e:
+                    return f.read().replace(b"\0", b" ").decode(), e.read().replace(b"\0", b"\n").decode()
             except (OSError, StopIteration):
-                return ""
+                return "", ""
 
-        wait_for(cm_cmdline, lambda c: all(f in c for f in CM_FLAGS), timeout=30,
-                 what=f"kube-controller-manager restarted by the kubelet with {CM_FLAGS}")
+        wait_for(cm_cmdline, lambda c: all(f in c[0] for f in CM_FLAGS)
+                 and all(f"{k}={v}" in c[1].splitlines() for k, v in CM_ENV.items()), timeout=30,
+                 what=f"kube-controller-manager restarted by the kubelet with {CM_FLAGS} and {CM_ENV}")
         yield {"name": name, "state": st}
     finally:
         clean_lab(name)
@@ -367,12 +377,16 @@ def test_a_deleted_node_runs_no_pod_and_no_ip_is_handed_out_twice(lab):
     now = running(name, fresh + ["keep"])
     new_ips = [now[p]["status"]["podIP"] for p in fresh]
     assert not set(new_ips) & orphan_ips, (new_ips, orphan_ips)
+    # (the orphans held their IPs all along: pod GC had not deleted them yet)
+    assert set(orphans) <= set(pods(name)), \
+        f"pod GC deleted the orphans {time.monotonic() - t0:.1f} s after the deletion, before the new pods ran"
+    print(f"new pods Running {time.monotonic() - t0:.1f} s after the Node's deletion (quarantine {PODGC} s)")
     ledger.observe()
-    # pod GC deletes the pods of the deleted node (after its 40 s quarantine); then their IPs,
+    # pod GC deletes the pods of the deleted node (after its quarantine); then their IPs,
     # their netns and veths on w1, their WEPs and the node's Calico data (Node, affinities) go
-    wait_for(lambda: pods(name), lambda ps: not set(orphans) & set(ps), timeout=40 + 30,
+    wait_for(lambda: pods(name), lambda ps: not set(orphans) & set(ps), timeout=PODGC + 30,
              what="the pods of deleted node w1 deleted by pod GC")
-    assert time.monotonic() - t0 >= 30, "the pods went before pod GC's 40 s quarantine"
+    assert time.monotonic() - t0 >= PODGC - 5, f"the pods went before pod GC's {PODGC} s quarantine"
     wait_for(lambda: [ip for ip in orphan_ips if ip_in_use(name, ip)], lambda left: not left, timeout=20,
              what="the deleted pods' IPs released")
     wait_for(lambda: (set(in_node(name, "w1", "ip", "netns", "list").split()) & set(w1_netns.values()),

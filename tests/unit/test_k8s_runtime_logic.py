@@ -276,3 +276,13 @@ def test_pod_gc_deletes_pods_of_a_node_missing_for_40_seconds():
     now[0] += 1.0
     assert cm.gc_orphaned_pods(pods, nodes) == ["default/lost"]
     assert FakeCluster.deleted == ["default/lost:0"]
+
+
+def test_pod_gc_quarantine_is_40_seconds_unless_a_test_sets_it():
+    from testbed.k8s.controllers import ORPHAN_QUARANTINE, orphan_quarantine
+
+    assert orphan_quarantine({}) == ORPHAN_QUARANTINE == 40.0
+    assert orphan_quarantine({"CALICOLAB_PODGC_QUARANTINE": "15"}) == 15.0
+    for bad in ("0", "-1", "soon", ""):
+        with pytest.raises(ValueError, match=f"CALICOLAB_PODGC_QUARANTINE={bad!r}"):
+            orphan_quarantine({"CALICOLAB_PODGC_QUARANTINE": bad})
