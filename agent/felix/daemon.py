@@ -397,10 +397,13 @@ class Felix:
         calculated (agent.felix.policysync)."""
         from agent.felix.calc import local_endpoints
 
-        self.policysync.configure(inp.settings.policy_sync_path_prefix)
-        if self.policysync.active:
-            self.policysync.update({ep.workload: endpoint_update(ep, *self.calc.policies_of(ep.key))
-                                    for ep in local_endpoints(inp) if ep.workload})
+        try:
+            self.policysync.configure(inp.settings.policy_sync_path_prefix)
+            if self.policysync.active:
+                self.policysync.update({ep.workload: endpoint_update(ep, *self.calc.policies_of(ep.key))
+                                        for ep in local_endpoints(inp) if ep.workload})
+        except Exception:  # noqa: BLE001 - the policy-sync API never stops the dataplane
+            log.exception("policy sync API: update failed")
 
     def _apply_tables(self, desired: Desired, resync: bool) -> None:
         """raw, mangle, filter and nat with one iptables-restore (see iptables.apply_tables)."""

@@ -295,8 +295,12 @@ def test_a_pod_with_a_csi_tigera_io_volume_gets_felixs_policy_sync_socket(lab):
         ls = wait_for(lambda: lab.run("kubectl exec policy-client -- ls /var/run/felix/nodeagent").stdout.split(),
                       lambda names: "socket" in names, timeout=20, what="the socket in the pod's volume")
         assert ls == ["socket"], ls
-        out = lab.sh(f"kubectl exec policy-client -- {python} -m agent.felix.policysync "
-                     "--dial /var/run/felix/nodeagent/socket --count 2")
+        # Felix answers the pod's endpoint once its calculation has it (the WorkloadEndpoint
+        # reaches Felix through Typha): until then a Sync gets InSync alone first
+        out = wait_for(lambda: lab.sh(f"kubectl exec policy-client -- {python} -m agent.felix.policysync "
+                                      "--dial /var/run/felix/nodeagent/socket --count 2"),
+                       lambda o: "workload_endpoint_update" in o.splitlines()[0], timeout=20,
+                       what="a Sync that starts with the pod's endpoint")
         first, second = (json.loads(ln) for ln in out.splitlines())
         upd = first["workload_endpoint_update"]
         assert upd["id"] == {"orchestrator_id": "k8s", "workload_id": "default/policy-client", "endpoint_id": "eth0"}

@@ -117,9 +117,13 @@ def test_publish_shows_felixs_policy_sync_socket_at_the_target_then_unpublish_cl
     sync.update({"default/web": endpoint_update(ep, ["default/default.allow-web"], [])})
     sync.configure(home)
     try:
-        sock = wait_for(lambda: os.path.join(home, "mount", vol, "socket"), os.path.exists, timeout=10,
-                        what="Felix's policy-sync socket")
-        assert oct(os.stat(sock).st_mode & 0o777) == "0o777"
+        sock = os.path.join(home, "mount", vol, "socket")
+
+        def mode() -> str | None:
+            return oct(os.stat(sock).st_mode & 0o777) if os.path.exists(sock) else None
+
+        # listening first, then opened to every user (0777) as the binder does
+        wait_for(mode, lambda m: m == "0o777", timeout=10, what="Felix's policy-sync socket, mode 0777")
         via_pod = f"/proc/{pid}/root{target}/nodeagent/socket"
         ch = rpc.channel(via_pod)
         try:
