@@ -110,8 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "https://<control-plane address>:6443, reachable from inside the lab's nodes).")
 
     s = sub.add_parser("install-cni", parents=[lab_opt],
-                       help="start calico-node on every node (kubectl apply -f calico.yaml)")
+                       help="install Calico: kubectl apply -f calico.yaml (the project's manifest of the "
+                            "lab's datastore), or --manifest FILE, or --operator")
     s.add_argument("--timeout", type=float, default=120.0)
+    s.add_argument("--manifest", nargs="?", const="", metavar="FILE",
+                   help="by manifest, as the second seed (the default): the project's calico.yaml "
+                        "(calico-etcd.yaml in an etcd lab), or FILE applied as it is, e.g. Calico's "
+                        "own calico.yaml (python -m testbed.k8s.upstream calico.yaml; docs/install.md)")
     s.add_argument("--operator", action="store_true",
                    help="by the Tigera operator, as the first seed: kubectl create -f "
                         "manifests/tigera-operator.yaml, then custom-resources.yaml; waits for "
@@ -268,8 +273,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if cmd == "install-cni":
         if args.operator:
+            if args.manifest is not None:
+                _err("install-cni: --manifest and --operator are two ways to install Calico: give one")
+                return EXIT_FAIL
             return _install_operator(lab, args.timeout)
-        reply = labmod.install_cni(lab, timeout=args.timeout)
+        reply = labmod.install_cni(lab, timeout=args.timeout, manifest=args.manifest or None)
         started = reply.get("started") or []
         print(f"calico-node started on {', '.join(started)}" if started
               else "calico-node already runs on every node")

@@ -298,8 +298,10 @@ def control(lab: str, request: dict, timeout: float = 120.0) -> dict:
     return reply
 
 
-def install_cni(name: str | None = None, timeout: float = 120.0, operator: bool = False) -> dict:
-    """Start calico-node on every node (the walkthrough's `kubectl apply -f calico.yaml`).
+def install_cni(name: str | None = None, timeout: float = 120.0, operator: bool = False,
+                manifest: str | None = None) -> dict:
+    """Start calico-node on every node (the walkthrough's `kubectl apply -f calico.yaml`: the
+    project's manifest of the lab's datastore, or the file ``manifest`` as it is).
     ``operator``: the Tigera operator has installed Calico (testbed.k8s.tigera.install); the
     lab only records it and waits for the nodes."""
     st = resolve(name)
@@ -307,7 +309,10 @@ def install_cni(name: str | None = None, timeout: float = 120.0, operator: bool 
         from testbed.multihost import controller
 
         return controller.install_cni(st, timeout=timeout)
-    return control(st["lab"], {"cmd": "install-cni", "operator": operator}, timeout=timeout)
+    req = {"cmd": "install-cni", "operator": operator}
+    if manifest:
+        req["manifest"] = os.path.abspath(manifest)
+    return control(st["lab"], req, timeout=timeout)
 
 
 # --------------------------------------------------------------------------- status

@@ -1001,14 +1001,16 @@ class Supervisor:
             return False
         return True
 
-    def install_cni(self, operator: bool = False) -> list[str]:
-        """Install Calico as the walkthrough does, by manifest: render manifests/calico.yaml for
-        this lab and ``kubectl apply`` it (testbed.k8s.install). The DaemonSet controller then puts a
+    def install_cni(self, operator: bool = False, manifest: str | None = None) -> list[str]:
+        """Install Calico as the walkthrough's second seed does, by manifest: render the manifest
+        of the lab's datastore (manifests/calico.yaml, or calico-etcd.yaml) and ``kubectl apply``
+        it (testbed.k8s.install), or apply the file ``manifest`` as it is (``install-cni
+        --manifest FILE``: Calico's own calico.yaml). The DaemonSet controller then puts a
         ``calico-node-<5>`` pod on every node (plus calico-kube-controllers and calico-typha),
         which the kubelets run. ``operator``: the Tigera operator installed Calico already
         (``install-cni --operator``, testbed.k8s.tigera.install): recorded, nothing applied.
         Returns the nodes calico-node will run on."""
-        from testbed.k8s.install import install_by_manifest
+        from testbed.k8s.install import apply_file, install_by_manifest
 
         if operator:
             if not self.kdd:
@@ -1018,12 +1020,6 @@ class Supervisor:
             self.save()
             return [n.name for n in self.local_nodes]
 
-        if self.kdd:
-            # the lab's manifest is calico-etcd.yaml's shape: in the Kubernetes datastore Calico
-            # is installed as `up` without --no-cni does it (the operator's layout)
-            if self.state.get("cni_installed"):
-                return []
-            return self.install_operator_layout()
         if importlib.util.find_spec("agent.main") is None:
             raise RuntimeError("calico-node is not available yet (agent/main.py missing)")
         if self.state.get("cni_installed"):
@@ -1034,7 +1030,8 @@ class Supervisor:
             return [n.name for n in self.local_nodes]
         timers = os.environ.get(BGP_TIMERS_ENV) or self.calico_node_env().get(BGP_TIMERS_ENV,
                                                                               LAB_BGP_TIMERS)
-        for line in install_by_manifest(self.state, bgp_timers=timers):
+        lines = apply_file(self.state, manifest) if manifest else install_by_manifest(self.state, bgp_timers=timers)
+        for line in lines:
             _log(f"install-cni: {line}")
         self.state["cni_installed"] = True
         self.state["skipped"] = [m for m in self.state.get("skipped", []) if not m.startswith("calico-node")]
@@ -1152,7 +1149,7 @@ class Supervisor:
             return {"ok": True, "phase": self.state["phase"]}
         if cmd == "install-cni":
             with self.lock:
-                started = self.install_cni(operator=bool(req.get("operator")))
+                started = self.install_cni(operator=bool(req.get("operator")), manifest=req.get("manifest") or None)
             self.wait_agents_ready(started)
             if self.has_cp:
                 self.apply_bgp_config(patch_nodes=True)

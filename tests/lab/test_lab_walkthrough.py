@@ -1,5 +1,6 @@
 """The issue's must-hold: walkthrough lab NotReady with --no-cni, Ready after install-cni, in the
-default datastore (Kubernetes: install-cni lays Calico out in namespace calico-system)."""
+default datastore (Kubernetes: install-cni applies the project's calico.yaml, Calico's calico.yaml
+shape, into kube-system: the second seed; calico-etcd.yaml in an etcd lab)."""
 
 from __future__ import annotations
 
@@ -96,15 +97,17 @@ def test_walkthrough_notready_then_ready(lab_name, tmp_path):
         "metadata"]["annotations"]["calicolab.io/netns"]
     assert probe_netns in listed["k8s-w0"]
 
-    # install-cni laid Calico out (the default datastore, kubernetes: the operator's layout in
-    # calico-system; calico.yaml in kube-system in etcd mode): a calico-node pod (hostNetwork) per node
+    # install-cni applied calico.yaml (the default datastore, kubernetes; calico-etcd.yaml in etcd
+    # mode), both into kube-system: a calico-node pod (hostNetwork) per node, its init containers done
     st = labstate.read_state(lab_name)
     assert st is not None and st["datastore"] == "kubernetes", st and st["datastore"]
-    res = cli("kubectl", "--lab", lab_name, "get", "pods", "-n", "calico-system", "-o", "json")
+    res = cli("kubectl", "--lab", lab_name, "get", "pods", "-n", "kube-system", "-o", "json")
     assert res.returncode == 0, res.stderr
     calico = [p for p in json.loads(res.stdout)["items"]
               if p["metadata"]["name"].startswith("calico-node-")]
     assert sorted(p["spec"]["nodeName"] for p in calico) == ["k8s-m", "k8s-w0", "k8s-w1"], calico
+    assert {s["name"]: s["state"]["terminated"]["reason"] for p in calico for s in p["status"]["initContainerStatuses"]
+            } == {"upgrade-ipam": "Completed", "install-cni": "Completed", "mount-bpffs": "Completed"}
     pids = [pid for p in calico
             for pid in json.loads(p["metadata"]["annotations"]["calicolab.io/pids"]).values()]
     assert len(pids) == 3 and all(os.path.exists(f"/proc/{pid}") for pid in pids), pids

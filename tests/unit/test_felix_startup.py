@@ -110,7 +110,7 @@ def test_conflist_from_cni_network_config():
     import yaml
 
     from agent.installcni import DEFAULT_NETWORK_CONFIG
-    from testbed.k8s.install import TEMPLATE
+    from testbed.k8s.install import ETCD_TEMPLATE as TEMPLATE
 
     cm = next(d for d in yaml.safe_load_all(TEMPLATE.read_text()) if d and d["kind"] == "ConfigMap")
     template = cm["data"]["cni_network_config"]

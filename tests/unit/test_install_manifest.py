@@ -185,12 +185,73 @@ def test_operator_layout_for_a_kubernetes_datastore_lab():
             assert images.known(c["image"]) and images.is_component(c["image"]), c["image"]
 
 
-def test_the_etcd_manifest_is_refused_in_a_kubernetes_datastore_lab():
-    """manifests/calico.yaml is calico-etcd.yaml's shape: applied to a lab of the default
-    (Kubernetes) datastore it would run calico-node against etcd; refused naming both, before
-    anything is rendered or applied."""
-    from testbed.k8s.install import install_by_manifest
+def test_a_kubernetes_datastore_lab_gets_the_kdd_manifest():
+    """A lab of the Kubernetes datastore is installed with manifests/calico.yaml (the etcd one
+    with calico-etcd.yaml): settings_for_lab takes the lab's datastore and API address."""
+    state = {"lab": "lk", "datastore": "kubernetes", "topology": str(REPO / "topologies" / "walkthrough.yaml"),
+             "etcd_endpoints": ["http://172.30.0.10:2379"]}
+    s = settings_for_lab(state)
+    assert s.datastore == "kubernetes" and s.extra["KUBERNETES_SERVICE_HOST"] == "172.30.0.10"
+    docs = _docs(render(s))
+    assert "DaemonSet/calico-node" in docs and "ConfigMap/kubernetes-services-endpoint" in docs
+    assert "etcd_endpoints" not in docs["ConfigMap/calico-config"]["data"]
+    assert settings_for_lab({**state, "datastore": "etcdv3"}).datastore == "etcdv3"
 
-    with pytest.raises(InstallError, match=r"calico-etcd\.yaml's shape .* lab lk runs the kubernetes datastore: "
-                       r"`calicolab install-cni` lays Calico out in calico-system"):
-        install_by_manifest({"lab": "lk", "datastore": "kubernetes", "topology": "/nonexistent.yaml"})
+
+def _kdd_settings(**kw) -> InstallSettings:
+    return InstallSettings(etcd_endpoints=[], datastore="kubernetes", block_size=24, leak_grace_period="2s",
+                           extra={"KUBERNETES_SERVICE_HOST": "172.30.0.10", "KUBERNETES_SERVICE_PORT": "6443"}, **kw)
+
+
+def test_kdd_manifest_has_calicos_calico_yaml_shape():
+    """manifests/calico.yaml (the Kubernetes datastore) rendered: Calico's CRDs, RBAC,
+    calico-config with the KDD conflist template, the calico-node DaemonSet with upgrade-ipam,
+    install-cni and mount-bpffs, calico-kube-controllers on the pod network, Typha; all in
+    kube-system; every object valid for the API server; every container a calicolab program."""
+    from agent.installcni import KDD_NETWORK_CONFIG
+    from datastore.crds import CRDS
+
+    text = render(_kdd_settings())
+    docs = _docs(text)
+    crds = sorted(k.split("/", 1)[1] for k in docs if k.startswith("CustomResourceDefinition/"))
+    assert len(crds) == len(CRDS) and "ippools.crd.projectcalico.org" in crds
+    assert {k for k in docs if not k.startswith(("CustomResourceDefinition/", "ClusterRole"))} == {
+        "ConfigMap/kubernetes-services-endpoint", "ConfigMap/calico-config", "PodDisruptionBudget/calico-kube-controllers",
+        "ServiceAccount/calico-kube-controllers", "ServiceAccount/calico-node", "ServiceAccount/calico-cni-plugin",
+        "DaemonSet/calico-node", "Deployment/calico-kube-controllers", "Deployment/calico-typha",
+        "Service/calico-typha"}
+    for d in docs.values():
+        if d["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
+            assert d["metadata"]["namespace"] == "kube-system", d["metadata"]
+        validation.default(d)
+        assert validation.validate(d) == [], d["metadata"]["name"]
+    cm = docs["ConfigMap/calico-config"]["data"]
+    assert cm["cni_network_config"] == KDD_NETWORK_CONFIG  # install-cni's built-in copy is the same document
+    assert docs["ConfigMap/kubernetes-services-endpoint"]["data"] == {
+        "KUBERNETES_SERVICE_HOST": "172.30.0.10", "KUBERNETES_SERVICE_PORT": "6443"}
+    spec = docs["DaemonSet/calico-node"]["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["initContainers"]] == ["upgrade-ipam", "install-cni", "mount-bpffs"]
+    argv = {c["name"]: images.resolve(c["image"], c.get("command"), c.get("args"), "/t").argv
+            for c in spec["initContainers"] + spec["containers"]}
+    assert argv["upgrade-ipam"][-1] == "cni.upgrade" and argv["install-cni"][-1] == "agent.installcni"
+    assert argv["mount-bpffs"][1:] == ["-init", "-best-effort"]
+    env = _env(spec["containers"][0])
+    assert (env["DATASTORE_TYPE"], env["CALICO_IPV4POOL_CIDR"], env["CALICO_IPV4POOL_BLOCK_SIZE"],
+            env["CALICO_IPV4POOL_IPIP"], env["CALICO_IPV4POOL_VXLAN"]) == (
+        "kubernetes", "192.168.0.0/16", "24", "Always", "Never")
+    assert "ETCD_ENDPOINTS" not in env and "CNI_NETWORK_CONFIG" not in env  # install-cni's job
+    kc = docs["Deployment/calico-kube-controllers"]["spec"]["template"]["spec"]
+    assert not kc.get("hostNetwork") and _env(kc["containers"][0])["ENABLED_CONTROLLERS"] == "node"
+    for kind in ("DaemonSet/calico-node", "Deployment/calico-kube-controllers", "Deployment/calico-typha"):
+        for c in docs[kind]["spec"]["template"]["spec"]["containers"]:
+            assert images.is_component(c["image"]), c["image"]
+
+
+def test_kdd_manifest_needs_the_api_address_and_no_etcd():
+    with pytest.raises(InstallError, match="KUBERNETES_SERVICE_HOST"):
+        render(InstallSettings(etcd_endpoints=[], datastore="kubernetes"))
+    assert "etcd_endpoints" not in render(_kdd_settings())
+    bad = _kdd_settings()
+    bad.block_size = 99
+    with pytest.raises(InstallError, match="block_size: 99 is outside 20..32"):
+        render(bad)

@@ -211,3 +211,15 @@ def test_install_cni_container_main(tmp_path, monkeypatch, caplog):
     assert conf["plugins"][0]["nodename"] == "k8s-w1" and conf["plugins"][0]["mtu"] == 1440
     assert (host / "opt" / "cni" / "bin" / "calico").is_symlink()
     assert "Done configuring CNI.  Sleep= False" in caplog.text
+
+
+def test_install_cni_flags():
+    """``calicolab install-cni`` installs by manifest by default; ``--manifest`` alone is the
+    project's manifest, ``--manifest FILE`` a file as it is; with --operator it is refused."""
+    from testbed import cli
+
+    p = cli.build_parser()
+    assert p.parse_args(["install-cni"]).manifest is None
+    assert p.parse_args(["install-cni", "--manifest"]).manifest == ""
+    assert p.parse_args(["install-cni", "--manifest", "calico.yaml"]).manifest == "calico.yaml"
+    assert cli.main(["install-cni", "--manifest", "x.yaml", "--operator"]) == cli.EXIT_FAIL
