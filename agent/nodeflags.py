@@ -6,10 +6,8 @@ Calico's calico.yaml runs the calico/node image with these commands:
   BPF filesystem at /sys/fs/bpf (when it is not mounted) and the root cgroup2 at
   /run/calico/cgroup (for BPF connect-time load balancing), both propagated to the host
   (``mountPropagation: Bidirectional``). calicolab checks the BPF filesystem and mounts
-  nothing: a lab node shares the machine's /sys/fs, where the bpffs is mounted already (the
-  project's BPF tunnel datapath pins nothing there by default), and its kubelet does not
-  propagate a container's mounts to the node. A missing bpffs is an error (a warning with
-  ``-best-effort``, as Calico's). The cgroup2 mount is not made: calicolab's BPF datapath
+  nothing: a lab node shares the machine's /sys/fs, and a mount there would be the machine's,
+  outliving the lab. A missing bpffs is an error (a warning with ``-best-effort``, as Calico's). The cgroup2 mount is not made: calicolab's BPF datapath
   attaches no connect-time load balancer (said in the log).
 * ``calico-node -felix-live -bird-live`` / ``-felix-ready -bird-ready``: the liveness and
   readiness probes' commands (a user can run them too, ``kubectl exec``). They ask the running
@@ -72,8 +70,8 @@ def node_init(best_effort: bool, mount_table: Mapping[str, str] | None = None) -
         log.info("BPF filesystem is mounted at %s", bpffs)
     else:
         ok = False
-        msg = (f"BPF filesystem is not mounted at {bpffs} and calicolab does not mount it: a container's mounts "
-               "do not reach the node (mountPropagation Bidirectional is not implemented by calicolab's kubelet)")
+        msg = (f"BPF filesystem is not mounted at {bpffs} and calicolab does not mount it: a lab node shares the "
+               "machine's /sys/fs, and the mount would be the machine's")
         (log.warning if best_effort else log.error)(msg)
     log.info("calicolab: the cgroup2 mount at /run/calico/cgroup is not made: calicolab's BPF datapath attaches "
              "no connect-time load balancer (no-op)")
