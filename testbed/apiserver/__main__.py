@@ -98,6 +98,7 @@ async def serve(opts: Options) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    server.storage.hub.end_watches()  # as kube-apiserver: watches end at once, not after a grace
     await runner.cleanup()
 
 

@@ -32,7 +32,7 @@ from testbed.apiserver.patch import (
 )
 from testbed.apiserver.registry import ResourceType
 from testbed.apiserver.status import APIError
-from testbed.apiserver.storage import Entry, Gone, WatchEvent
+from testbed.apiserver.storage import Entry, Gone, ShuttingDown, WatchEvent
 from testbed.k8s.support import calico_warnings
 
 log = logging.getLogger("apiserver.handlers")
@@ -369,7 +369,7 @@ class Handlers:
                     # an object entering the selection is ADDED, one leaving it DELETED (as the
                     # cacher's filtered watches send them): events whose old state matched count too
                     sub = hub.subscribe(prefix, after, lambda ev: ok(ev.entry.obj) or (
-                        ev.prev is not None and filtered and ok(ev.prev.obj)))
+                        ev.prev is not None and filtered and ok(ev.prev.obj)), api_watch=True)
                 except Gone:
                     cur = await self.storage.revision()
                     gone_msg = f"too old resource version: {after} ({cur})"
@@ -396,6 +396,8 @@ class Handlers:
                         await resp.write(frame("BOOKMARK", self._bookmark(r.rt, last_rev)))
                         last_bookmark = time.monotonic()
                     continue
+                if isinstance(ev, ShuttingDown):
+                    break
                 if isinstance(ev, Exception):
                     await resp.write(frame("ERROR", status.gone(str(ev)).status()))
                     break

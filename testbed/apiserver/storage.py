@@ -84,11 +84,19 @@ class Gone(Exception):
     """A resourceVersion older than what can be served (compacted, or before the window)."""
 
 
+class ShuttingDown(Exception):
+    """Put on every subscription when the API server stops: its watch ends at once, as
+    kube-apiserver ends watches on SIGTERM (``--shutdown-watch-termination-grace-period``
+    defaults to 0); the client re-watches wherever it can."""
+
+
 class Subscription:
     """One API watch's feed of hub events under ``prefix``."""
 
-    def __init__(self, hub: WatchHub, prefix: str, accept: Callable[[WatchEvent], bool] | None = None):
+    def __init__(self, hub: WatchHub, prefix: str, accept: Callable[[WatchEvent], bool] | None = None,
+                 api_watch: bool = False):
         self.hub, self.prefix, self.accept = hub, prefix, accept
+        self.api_watch = api_watch  # a client's watch (ended at shutdown), not the server's own feed
         self.queue: asyncio.Queue[WatchEvent | Exception] = asyncio.Queue()
 
     def offer(self, ev: WatchEvent) -> None:
@@ -240,6 +248,7 @@ class WatchHub:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ready = asyncio.Event()
         self._progress: list[tuple[int, asyncio.Future]] = []
+        self.closing = False  # the API server is stopping: watches end (ShuttingDown)
 
     async def start(self) -> None:
         """Load /registry and start following etcd."""
@@ -350,17 +359,28 @@ class WatchHub:
                     keep.append((want, fut))
             self._progress = keep
 
-    def subscribe(self, prefix: str, after: int, accept: Callable[[WatchEvent], bool] | None = None) -> Subscription:
+    def subscribe(self, prefix: str, after: int, accept: Callable[[WatchEvent], bool] | None = None,
+                  api_watch: bool = False) -> Subscription:
         """A subscription receiving every event under ``prefix`` with revision > ``after``
-        (replayed from the window first). Raises :class:`Gone` if the window does not reach back."""
+        (replayed from the window first). Raises :class:`Gone` if the window does not reach back.
+        ``api_watch``: a client's watch, ended by :meth:`end_watches`."""
         if after < self.start_rev:
             raise Gone(f"too old resource version: {after} ({self.start_rev + 1})")
-        sub = Subscription(self, prefix, accept)
+        sub = Subscription(self, prefix, accept, api_watch)
         for ev in self.events:
             if ev.rev > after:
                 sub.offer(ev)
+        if self.closing and api_watch:
+            sub.queue.put_nowait(ShuttingDown("the API server is shutting down"))
         self.subscribers.add(sub)
         return sub
+
+    def end_watches(self) -> None:
+        """The API server is stopping: every client's watch, open or opened from now on, ends."""
+        self.closing = True
+        for sub in list(self.subscribers):
+            if sub.api_watch:
+                sub.queue.put_nowait(ShuttingDown("the API server is shutting down"))
 
     async def wait_for(self, rev: int, timeout: float = 3.0) -> bool:
         """Wait until the hub processed revision ``rev`` (or any later event)."""
