@@ -124,6 +124,19 @@ class Cluster:
             self._kinds.add(kind)
             self._cond.notify_all()
 
+    def wake_on_signals(self, stop: threading.Event) -> None:
+        """SIGTERM and SIGINT set ``stop`` and wake :meth:`wait` at once (call from the main
+        thread): a daemon blocked in wait() would otherwise notice its stop only at the wait's
+        timeout, up to 5 s later."""
+        import signal
+
+        def handler(*_: object) -> None:
+            stop.set()
+            self.mark()  # the condition's lock is reentrant: safe even if the main thread holds it
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, handler)
+
     def wait(self, stop: threading.Event, timeout: float) -> set[str]:
         """Block until something changed or ``timeout``; returns (and clears) the kinds that did."""
         with self._cond:

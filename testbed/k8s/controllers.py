@@ -779,6 +779,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     cluster = Cluster(client, WATCHED, component="kube-controller-manager")
+    cluster.wake_on_signals(stop)
     cm = ControllerManager(cluster, args.cluster_cidr or None, args.node_cidr_mask_size,
                            args.allocate_node_cidrs == "true", node_monitor_grace=args.node_monitor_grace_period,
                            node_monitor_period=args.node_monitor_period, quarantine=quarantine)

@@ -479,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     cluster = Cluster(client, ("Service", "EndpointSlice"), component="coredns")
+    cluster.wake_on_signals(stop)
     db = ClusterDNS(cfg)
 
     def follow() -> None:

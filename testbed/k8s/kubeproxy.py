@@ -291,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     cluster = Cluster(client, ("Service", "EndpointSlice"), component="kube-proxy", host=args.hostname_override)
+    cluster.wake_on_signals(stop)
     cluster.start()
     proxy = KubeProxy(cidr)
     while not stop.is_set() and not cluster.wait_synced(timeout=5, stop=stop):

@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     cluster = Cluster(client, {"Pod": {"field_selector": "status.phase!=Succeeded,status.phase!=Failed"},
                                "Node": {}}, component="default-scheduler")
+    cluster.wake_on_signals(stop)
     Scheduler(cluster).run(stop)
     cluster.stop()
     return 0
