@@ -233,3 +233,28 @@ def test_refuses_to_run_in_the_machines_own_netns(tmp_path):
     res = subprocess.run([sys.executable, "-m", "testbed.k8s.kubelet", "--node", "stray",
                           "--kubeconfig", str(conf)], capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and "refusing to run in the machine's own network namespace" in res.stderr
+
+
+def test_a_csi_volume_waits_for_its_driver_with_failed_mount_events(node):
+    """A pod with an inline csi.tigera.io volume does not start until the volume is published:
+    without the CSIDriver object, then without the driver registered on the node, it stays
+    ContainerCreating with a FailedMount event naming the reason (docs/csi.md)."""
+    kubelet, cluster, _ns = node
+    wait_for(lambda: ready_condition(cluster, kubelet.node), lambda c: c is not None, timeout=15,
+             what="node registered")
+    make_pod(cluster, "csi-pod", kubelet.node, image="busybox", hostNetwork=True,
+             volumes=[{"name": "felix-sync", "csi": {"driver": "csi.tigera.io"}}])
+    reasons = wait_for(lambda: [m for r, m in events_of(cluster, "csi-pod") if r == "FailedMount"],
+                       lambda ms: any("CSIDriver csi.tigera.io not found" in m for m in ms), timeout=20,
+                       what="FailedMount: no CSIDriver")
+    assert reasons, reasons
+    cluster.client().create({"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
+                             "metadata": {"name": "csi.tigera.io"},
+                             "spec": {"podInfoOnMount": True, "volumeLifecycleModes": ["Ephemeral"]}})
+    wait_for(lambda: [m for r, m in events_of(cluster, "csi-pod") if r == "FailedMount"],
+             lambda ms: any("driver name csi.tigera.io not found in the list of registered CSI drivers" in m
+                            for m in ms), timeout=30, what="FailedMount: driver not registered")
+    pod = get(cluster, "Pod", "csi-pod")
+    waiting = [(cs.get("state") or {}).get("waiting", {}).get("reason")
+               for cs in (pod.get("status") or {}).get("containerStatuses") or []]
+    assert pod["status"]["phase"] == "Pending" and waiting == ["ContainerCreating"], pod["status"]
