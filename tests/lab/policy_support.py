@@ -167,12 +167,13 @@ class Matrix:
             s.close()
         return probe
 
-    def check(self, case: Case, clients: list[str], deadline: float = 20.0, timeout: float = 1.5) -> list[Probe]:
+    def check(self, case: Case, clients: list[str], deadline: float = 20.0, timeout: float = 1.2) -> list[Probe]:
         """Probe every client x target x port until each verdict is the expected one (the policy
         may still be on its way); keeps the final round for the pcap checks. Returns it.
 
         ``timeout`` is past Linux's first SYN retransmission (1 s), so a denied probe sends its SYN
-        twice and the proof on the server node's tunl0 does not hang on one packet."""
+        twice and the proof on the server node's tunl0 does not hang on one packet (1.2 s: each
+        round with a denied probe lasts that long, and the matrix has ~17 such rounds per datastore)."""
         end = time.monotonic() + deadline
         while True:
             batch = []
