@@ -181,6 +181,8 @@ def _follow(rfd: int, proc: subprocess.Popen, lab: str, timeout: float, progress
                            + (f"\n--- supervisor log (tail) ---\n{tail}" if tail else ""))
         ready, _, _ = select.select([rfd], [], [], min(left, 0.5))
         if not ready:
+            if proc.poll() is not None:
+                break  # the supervisor died without a word (whoever else holds the pipe)
             continue
         data = os.read(rfd, 65536)
         if not data:
@@ -196,14 +198,17 @@ def _follow(rfd: int, proc: subprocess.Popen, lab: str, timeout: float, progress
             elif text.startswith("progress: "):
                 last = text[10:]
                 progress(last)
-    # EOF without "ready": the supervisor failed; it tears itself down.
+    # EOF (or exit) without "ready": the supervisor failed; it tears itself down.
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         pass
     tail = _log_tail(state_dir(lab) / "labd.log")
+    code = proc.returncode
     _abort(proc, lab)
-    raise LabError(f"lab {lab!r} failed to start: {error or 'supervisor exited'}"
+    died = "supervisor exited" + (f" with status {code}" if code is not None and code >= 0 else
+                                  f" on signal {-code}" if code is not None else "")
+    raise LabError(f"lab {lab!r} failed to start: {error or died} (last progress: {last})"
                    + (f"\n--- supervisor log (tail) ---\n{tail}" if tail and not error else ""))
 
 

@@ -1355,6 +1355,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ready-timeout", type=float, default=30.0)
     ap.add_argument("--runtime", default=None)
     args = ap.parse_args(argv)
+    if args.progress_fd is not None:
+        # only this process writes progress: the node shells (Popen with close_fds=False) and
+        # every daemon must not inherit the pipe, or `up` would see no EOF if this process died
+        os.set_inheritable(args.progress_fd, False)
     topo = load(args.topology, name=args.name, runtime=args.runtime, datastore=args.datastore)
     sup = Supervisor(topo, args.no_cni, args.progress_fd, args.ready_timeout)
 
