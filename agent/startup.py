@@ -8,7 +8,6 @@ Mirrors ``node/pkg/lifecycle/startup`` and ``allocateip`` (calico.md sections 2-
 * ``default-ipv4-ippool`` is created from ``CALICO_IPV4POOL_*`` if no pool exists
   (create-if-absent, so exactly one node wins a race; AlreadyExists is fine);
 * ``ClusterInformation default`` gets ``datastoreReady: true``;
-* ``FelixConfiguration default`` is created if missing (reportingInterval 0s, logSeverityScreen Info);
 * the IPIP tunnel address comes from IPAM (handle ``ipip-tunnel-addr-<node>``)
   and is stored in ``spec.bgp.ipv4IPIPTunnelAddr``, the VXLAN one (handle
   ``vxlan-tunnel-addr-<node>``) in ``spec.ipv4VXLANTunnelAddr``;
@@ -448,28 +447,6 @@ def ensure_cluster_information(client: Any, env: Mapping[str, str], kubeadm: boo
     return _update_retry(client, "ClusterInformation", "default", mutate)
 
 
-def ensure_default_felix_configuration(client: Any) -> bool:
-    """FelixConfiguration ``default`` as calico-node's ``ensureDefaultConfig`` makes it when it
-    does not exist: ``reportingInterval: 0s`` (not Felix's 30 s) and ``logSeverityScreen:
-    Info``; an existing one is left as it is. True when it was created."""
-    from datastore import errors
-    from datastore.resources import FelixConfiguration, Metadata
-
-    try:
-        client.get("FelixConfiguration", "default")
-        return False
-    except errors.NotFound:
-        pass
-    fc = FelixConfiguration(metadata=Metadata(name="default"))
-    fc.spec.reporting_interval = "0s"
-    fc.spec.log_severity_screen = "Info"
-    try:
-        client.create(fc)
-    except errors.AlreadyExists:  # another node (or the operator) was first
-        return False
-    return True
-
-
 def ensure_tunnel_address(client: Any, nodename: str, kind: str = "ipip") -> str | None:
     """Allocate (or keep) the node's IPIP or VXLAN tunnel address and store it in the Node
     (``spec.bgp.ipv4IPIPTunnelAddr``, ``spec.ipv4VXLANTunnelAddr``); without a pool of
@@ -532,7 +509,6 @@ def run_startup(client: Any, env: Mapping[str, str], var_lib: str | None = None,
     register_node(client, nodename, ipv4)
     created = ensure_default_pool(client, env, host_addrs, kubeadm_cidr)
     ensure_cluster_information(client, env, kubeadm is not None)
-    ensure_default_felix_configuration(client)
     tunnels = ensure_tunnel_addresses(client, nodename)
     tunnel = tunnels["ipip"] or tunnels["vxlan"]
     write_nodename(var_lib or env.get("CALICO_VAR_LIB_DIR", "/var/lib/calico"), nodename)

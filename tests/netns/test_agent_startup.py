@@ -32,8 +32,6 @@ def test_startup_registers_node_and_allocates_first_ip_of_first_block(ds_client,
     assert (tmp_path / "nodename").read_text() == "k8s-w0"
     ci = ds_client.get("ClusterInformation", "default")
     assert ci.spec.datastore_ready is True and ci.spec.cluster_guid
-    fc = ds_client.get("FelixConfiguration", "default")  # ensureDefaultConfig's
-    assert (fc.spec.reporting_interval, fc.spec.log_severity_screen) == ("0s", "Info")
 
     # A restart changes nothing (same tunnel address, no new pool), and a moved address is updated.
     again = run_startup(ds_client, {**ENV, "NODE_NAME": "k8s-w0"}, var_lib=str(tmp_path),
