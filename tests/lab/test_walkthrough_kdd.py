@@ -80,10 +80,11 @@ def test_shell_environment_names_the_datastore(wt):
 
 
 def test_typha_serves_every_felix_and_confd(wt):
-    """Felix and confd of all three nodes behind the one Typha (the calico-typha pod of
-    calico-system, on whichever node it was scheduled), read from Typha's Prometheus metrics
-    (Calico's names) in a node shell; Typha holds the only Calico watches."""
-    host = wt.in_node("k8s-w0", "kubectl", "get", "pods", "-n", "calico-system", "-l", "k8s-app=calico-typha",
+    """Felix and confd of all three nodes behind the one Typha (the calico-typha pod of the
+    walkthrough's manifest install, in kube-system, on whichever node it was scheduled), read
+    from Typha's Prometheus metrics (Calico's names) in a node shell; Typha holds the only
+    Calico watches."""
+    host = wt.in_node("k8s-w0", "kubectl", "get", "pods", "-n", "kube-system", "-l", "k8s-app=calico-typha",
                       "-o", "jsonpath={.items[*].status.hostIP}").split()
     assert len(host) == 1, host
     out = wt.in_node("k8s-w0", "sh", "-c", f"curl -s http://{host[0]}:9093/metrics | grep ^typha_connections")
