@@ -23,6 +23,7 @@ from testbed.kerneltier.cluster import (
     run,
     wait_ping_ok,
 )
+from testbed.poll import WaitTimeout, wait_for
 
 PING_COUNT = 3
 
@@ -98,12 +99,15 @@ def mtu_behaviour(cluster: Cluster, out_dir: Path) -> dict:
         n1, "big", f"192.168.{n1.index}.9", mtu=cluster.uplink_mtu
     )
     wait_ping_ok(big, dst)
-    cap = cluster.capture(n1, big.host_iface, out_dir / f"{cluster.datapath}-n1-bigpod.pcap")
+    path = out_dir / f"{cluster.datapath}-n1-bigpod.pcap"
+    cap = cluster.capture(n1, big.host_iface, path)
     try:
         probes = {
             "pod": [mtu_probe(normal, dst, fits), mtu_probe(normal, dst, fits + 1)],
             "big_pod": [mtu_probe(big, dst, fits), mtu_probe(big, dst, fits + 1)],
         }
+        if any(p["outcome"] == "frag-needed" for p in probes["big_pod"]):
+            _wait_captured(path)
     finally:
         pcap = cap.stop().name
     return {
@@ -116,6 +120,25 @@ def mtu_behaviour(cluster: Cluster, out_dir: Path) -> dict:
         "probes": probes,
         "pcaps": {"n1-bigpod": pcap},
     }
+
+
+def _wait_captured(path: Path, timeout: float = 5.0) -> None:
+    """Wait until the capture holds the frag-needed ICMP the pod already received: ping exits
+    as soon as it sees it, and tcpdump stopped at that moment may not have read it yet (a slow
+    TCG guest). Gives up quietly at the deadline: the test's assertion then shows the capture."""
+    from testbed.capture import pcapassert as pa
+
+    def seen() -> bool:
+        try:
+            pa.load(path).expect(pa.frag_needed())
+        except Exception:  # noqa: BLE001 - not there yet, or a record half written
+            return False
+        return True
+
+    try:
+        wait_for(seen, timeout=timeout, what=f"the frag-needed ICMP in {path.name}")
+    except WaitTimeout:
+        pass
 
 
 def write(record: dict, path: Path) -> Path:
