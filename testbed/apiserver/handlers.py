@@ -363,6 +363,10 @@ class Handlers:
                 first[0] = False
             return json.dumps({"type": typ, "object": obj}, separators=(",", ":")).encode() + b"\n"
 
+        from testbed.apiserver.metrics import scope
+
+        gauge = (r.rt.group, r.rt.version, r.rt.plural, scope(r.namespace, single), "", "WATCH")
+        self.server.longrunning.start(gauge)
         try:
             if gone_msg is None:
                 try:
@@ -415,6 +419,7 @@ class Handlers:
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
+            self.server.longrunning.end(gauge)
             if sub is not None:
                 sub.close()
         try:

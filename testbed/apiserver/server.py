@@ -27,6 +27,7 @@ from testbed.apiserver.auth import (
     user_from_peercert,
 )
 from testbed.apiserver.handlers import Handlers, Request
+from testbed.apiserver.metrics import LongRunning
 from testbed.apiserver.registry import Registry
 from testbed.apiserver.responses import json_response, version_info
 from testbed.apiserver.status import APIError
@@ -76,6 +77,7 @@ class APIServer:
     def __init__(self, opts: Options):
         self.opts = opts
         self.registry = Registry()
+        self.longrunning = LongRunning()  # /metrics: the watches being served
         self.storage = Storage(opts.etcd_servers)
         with open(opts.path(opts.service_account_key_file, "sa.pub"), "rb") as f:
             self.tokens = TokenVerifier(f.read())
@@ -187,11 +189,14 @@ class APIServer:
     async def _route(self, req: web.Request, path: str, user: User) -> web.StreamResponse:
         if path == "/version":
             return json_response(version_info())
+        if path == "/metrics":
+            return web.Response(text=self.longrunning.exposition(), content_type="text/plain",
+                                charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
         if path in ("/healthz", "/livez", "/readyz") or path.startswith(("/healthz/", "/livez/", "/readyz/")):
             return await self._health(req, path)
         if path == "/":
             return json_response({"paths": sorted(["/api", "/api/v1", "/apis", "/healthz", "/livez", "/readyz",
-                                                   "/version", "/openapi/v2", "/openapi/v3"]
+                                                   "/metrics", "/version", "/openapi/v2", "/openapi/v3"]
                                                   + [f"/apis/{g}" for g in self.registry.groups() if g]
                                                   + [f"/apis/{g}/{v}" for g, vs in self.registry.groups().items()
                                                      if g for v in vs])})

@@ -408,3 +408,40 @@ def test_server_compacts_etcd_history(apiserver, tmp_path):
         wait_for(watch_code, lambda code: code == 410, timeout=15, what="410 for a compacted resourceVersion")
     finally:
         other.stop()
+
+
+def test_metrics_count_the_watches_being_served(apiserver):
+    """``kubectl get --raw /metrics`` shows apiserver_longrunning_requests per resource and
+    scope while watches are open, and drops them when they end."""
+    import subprocess
+
+    from testbed.apiserver.metrics import parse
+    from tests.apiserver_support import real_kubectl
+
+    def metrics() -> dict:
+        out = subprocess.run([real_kubectl(), "--kubeconfig", apiserver.kubeconfig, "get", "--raw", "/metrics"],
+                             capture_output=True, text=True, timeout=30, env={"HOME": str(apiserver.home)})
+        assert out.returncode == 0, out.stderr
+        assert "# TYPE apiserver_longrunning_requests gauge" in out.stdout
+        return {k: v for k, v in parse(out.stdout).items() if k[2] in ("configmaps", "nodes")}
+
+    client = apiserver.client()
+    before = metrics()
+    w1 = client.watch("v1", "configmaps", "default", timeout_seconds=30)
+    w2 = client.watch("v1", "configmaps", "default", timeout_seconds=30)
+    w3 = client.watch("v1", "nodes", timeout_seconds=30)
+    readers = [threading.Thread(target=lambda w=w: list(w), daemon=True) for w in (w1, w2, w3)]
+    for t in readers:  # a watch is requested when it is first read
+        t.start()
+    try:
+        seen = wait_for(metrics, lambda m: m.get(("", "v1", "configmaps", "namespace", "", "WATCH"), 0)
+                        - before.get(("", "v1", "configmaps", "namespace", "", "WATCH"), 0) == 2,
+                        timeout=10, what="two configmap watches counted")
+        assert seen[("", "v1", "nodes", "cluster", "", "WATCH")] - before.get(
+            ("", "v1", "nodes", "cluster", "", "WATCH"), 0) == 1, seen
+    finally:
+        for w in (w1, w2, w3):
+            w.close()
+        for t in readers:
+            t.join(10)
+    wait_for(metrics, lambda m: m == before, timeout=10, what="the gauge back to its value before the watches")
