@@ -444,4 +444,8 @@ def test_metrics_count_the_watches_being_served(apiserver):
             w.close()
         for t in readers:
             t.join(10)
-    wait_for(metrics, lambda m: m == before, timeout=10, what="the gauge back to its value before the watches")
+    keys = (("", "v1", "configmaps", "namespace", "", "WATCH"), ("", "v1", "nodes", "cluster", "", "WATCH"))
+    # other tests' watches on this shared server may end meanwhile: ours are gone when no key
+    # is above its count before them
+    wait_for(metrics, lambda m: all(m.get(k, 0) <= before.get(k, 0) for k in keys), timeout=10,
+             what="the gauge back to at most its value before the watches")
