@@ -20,6 +20,7 @@ tests/unit/test_protowire.py.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,28 +94,8 @@ class Message:
                 out[f.name] = []
             elif f.kind != "message":
                 out[f.name] = _default(f.kind)
-        pos, end = 0, len(data)
-        while pos < end:
-            key, pos = read_varint(data, pos)
-            number, wtype = key >> 3, key & 7
-            if number == 0:
-                raise WireError(f"{self.name}: field number 0")
+        for number, wtype, raw in raw_fields(data, self.name):
             f = self.by_number.get(number)
-            if wtype == 0:
-                raw, pos = read_varint(data, pos)
-            elif wtype == 2:
-                n, pos = read_varint(data, pos)
-                if pos + n > end:
-                    raise WireError(f"{self.name}: truncated length-delimited field {number}")
-                raw, pos = data[pos:pos + n], pos + n
-            elif wtype == 1:
-                raw, pos = data[pos:pos + 8], pos + 8
-            elif wtype == 5:
-                raw, pos = data[pos:pos + 4], pos + 4
-            else:
-                raise WireError(f"{self.name}: field {number} has unsupported wire type {wtype}")
-            if pos > end:
-                raise WireError(f"{self.name}: truncated field {number}")
             if f is None:
                 continue  # unknown field: skipped, as protobuf does
             want = 2 if f.kind in ("map", "message") else SCALARS[f.kind]
@@ -199,6 +180,33 @@ def write_varint(n: int) -> bytes:
         else:
             out.append(b)
             return bytes(out)
+
+
+def raw_fields(data: bytes, what: str = "message") -> Iterator[tuple[int, int, Any]]:
+    """``(field number, wire type, raw value)`` of every field of a message, in wire order
+    (varints as ints, the others as bytes); ``what`` names the message in errors."""
+    pos, end = 0, len(data)
+    while pos < end:
+        key, pos = read_varint(data, pos)
+        number, wtype = key >> 3, key & 7
+        if number == 0:
+            raise WireError(f"{what}: field number 0")
+        if wtype == 0:
+            raw, pos = read_varint(data, pos)
+        elif wtype == 2:
+            n, pos = read_varint(data, pos)
+            if pos + n > end:
+                raise WireError(f"{what}: truncated length-delimited field {number}")
+            raw, pos = data[pos:pos + n], pos + n
+        elif wtype == 1:
+            raw, pos = data[pos:pos + 8], pos + 8
+        elif wtype == 5:
+            raw, pos = data[pos:pos + 4], pos + 4
+        else:
+            raise WireError(f"{what}: field {number} has unsupported wire type {wtype}")
+        if pos > end:
+            raise WireError(f"{what}: truncated field {number}")
+        yield number, wtype, raw
 
 
 def read_varint(buf: bytes, pos: int) -> tuple[int, int]:

@@ -17,6 +17,7 @@ import time
 from functools import cache
 from typing import Any
 
+from agent.protowire import WireError, raw_fields, read_varint
 from testbed.apiserver.protofields import FIELDS
 
 MAGIC = b"k8s\x00"
@@ -48,42 +49,18 @@ def _table(message: str) -> dict[int, tuple[str, str]]:
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        if pos >= len(buf):
-            raise ProtobufError("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
+    try:
+        return read_varint(buf, pos)
+    except WireError as exc:
+        raise ProtobufError(str(exc)) from None
 
 
 def _fields(buf: bytes) -> list[tuple[int, int, Any]]:
-    """(number, wire type, raw value) of every field of a message."""
-    out, pos = [], 0
-    while pos < len(buf):
-        tag, pos = _varint(buf, pos)
-        num, wt = tag >> 3, tag & 7
-        if wt == 0:
-            v, pos = _varint(buf, pos)
-        elif wt == 1:
-            v = buf[pos:pos + 8]
-            pos += 8
-        elif wt == 2:
-            n, pos = _varint(buf, pos)
-            v = buf[pos:pos + n]
-            if len(v) != n:
-                raise ProtobufError("truncated length-delimited field")
-            pos += n
-        elif wt == 5:
-            v = buf[pos:pos + 4]
-            pos += 4
-        else:
-            raise ProtobufError(f"unsupported wire type {wt}")
-        out.append((num, wt, v))
-    return out
+    """(number, wire type, raw value) of every field of a message (agent.protowire's walker)."""
+    try:
+        return list(raw_fields(bytes(buf), "protobuf message"))
+    except WireError as exc:
+        raise ProtobufError(str(exc)) from None
 
 
 def _scalar(typ: str, wt: int, v: Any) -> Any:
