@@ -135,12 +135,7 @@ class NodeService:
         return {}  # no STAGE_UNSTAGE_VOLUME: the kubelet publishes directly
 
     def node_publish_volume(self, req: dict) -> dict:
-        vol, target = req.get("volume_id", ""), req.get("target_path", "")
-        if not vol:
-            raise CsiError("INVALID_ARGUMENT", "Volume ID not provided")
-        if not target:
-            raise CsiError("INVALID_ARGUMENT", "Target path not provided")
-        _check_id(vol)
+        vol, target = _volume_and_target(req)
         ctx = req.get("volume_context") or {}
         missing = [k for k in POD_INFO_KEYS if k not in ctx]
         if missing:
@@ -165,12 +160,7 @@ class NodeService:
         return {}
 
     def node_unpublish_volume(self, req: dict) -> dict:
-        vol, target = req.get("volume_id", ""), req.get("target_path", "")
-        if not vol:
-            raise CsiError("INVALID_ARGUMENT", "Volume ID not provided")
-        if not target:
-            raise CsiError("INVALID_ARGUMENT", "Target path not provided")
-        _check_id(vol)
+        vol, target = _volume_and_target(req)
         creds_file = os.path.join(self.config.creds_dir, vol + ".json")
         try:
             with open(creds_file) as f:
@@ -238,3 +228,15 @@ def _check_id(vol: str) -> None:
     """A volume ID becomes a file name: no path separators, no dot names."""
     if "/" in vol or vol in (".", "..") or "\x00" in vol:
         raise CsiError("INVALID_ARGUMENT", f"Volume ID {vol!r} is not a valid file name")
+
+
+def _volume_and_target(req: dict) -> tuple[str, str]:
+    """A publish/unpublish request's volume ID (checked) and target path; INVALID_ARGUMENT
+    naming what is missing, as Calico's driver answers."""
+    vol, target = req.get("volume_id", ""), req.get("target_path", "")
+    if not vol:
+        raise CsiError("INVALID_ARGUMENT", "Volume ID not provided")
+    if not target:
+        raise CsiError("INVALID_ARGUMENT", "Target path not provided")
+    _check_id(vol)
+    return vol, target
