@@ -35,12 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from install_operator import _end_point, kdd_topology  # noqa: E402
+import install_manifest  # noqa: E402
 
 from testbed.apiserver.metrics import parse  # noqa: E402
 from testbed.k8s.install import kubectl_argv  # noqa: E402
-from testbed.lab import lifecycle as labmod  # noqa: E402
-from testbed.lab.clean import clean_lab  # noqa: E402
 
 MODES = ("typha", "no-typha")
 CALICO_GROUP = "crd.projectcalico.org"
@@ -60,34 +58,20 @@ def watches(lab: str) -> Counter:
 
 
 def run_one(mode: str, nodes: int, workdir: Path, upstream_file: str | None, settle: float) -> dict:
-    """One lab in ``mode``; its watch counts once it is Ready and answering."""
-    pods = max(nodes - 1, 1)
-    name = f"aw{nodes}{mode[0]}-{os.getpid() % 10000}"
-    path = workdir / f"{name}.yaml"
-    path.write_text(kdd_topology(name, nodes, pods))
-    result: dict = {"mode": mode, "nodes": nodes, "pods": pods, "lab": name}
-    t0, epoch0 = time.monotonic(), time.time()
+    """One lab in ``mode`` (bench/install_manifest.py's ``direct`` or ``upstream`` lab); its
+    watch counts once every Node is Ready and every pod answers."""
 
-    def progress(m: str) -> None:
-        print(f"  [{time.monotonic() - t0:6.2f}s] {m}", file=sys.stderr)
-
-    try:
-        st = labmod.up(path, progress=progress, timeout=300, ready_timeout=60, no_cni=(mode == "no-typha"))
-        if mode == "no-typha":
-            labmod.install_cni(name, timeout=180, manifest=upstream_file)
-        _end_point(result, st, nodes, pods, t0, epoch0, "total")
+    def count(lab: str, result: dict) -> None:
         time.sleep(settle)  # let restarts and re-lists finish: the count is of a settled cluster
-        per = watches(name)
+        per = watches(lab)
         result["watches_total"] = sum(per.values())
         result["watches_calico"] = sum(n for (g, _), n in per.items() if g == CALICO_GROUP)
         result["watches_core"] = sum(n for (g, _), n in per.items() if g != CALICO_GROUP)
         result["per_resource"] = {f"{g}/{r}": n for (g, r), n in sorted(per.items())}
-        labmod.down(name, progress=lambda _m: None)
-    except Exception as exc:  # noqa: BLE001 - recorded, lab removed below
-        result["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
-    finally:
-        clean_lab(name)
-    return result
+
+    result = install_manifest.run_one("direct" if mode == "typha" else "upstream", nodes, max(nodes - 1, 1),
+                                      workdir, upstream_file, after=count, prefix="aw")
+    return dict(result, mode=mode)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,9 +47,11 @@ KEYS = ("up_returned_s", "applied_s", "nodes_ready_install_s", "pods_answer_inst
         "pods_answer_total_s")
 
 
-def run_one(mode: str, nodes: int, pods: int, workdir: Path, upstream_file: str | None) -> dict:
-    """One lab: ``manifest``/``upstream`` (up --no-cni + install-cni [--manifest FILE]) or ``direct`` (up)."""
-    name = f"im{nodes}{mode[0]}-{os.getpid() % 10000}"
+def run_one(mode: str, nodes: int, pods: int, workdir: Path, upstream_file: str | None,
+            after: Callable[[str, dict], None] | None = None, prefix: str = "im") -> dict:
+    """One lab: ``manifest``/``upstream`` (up --no-cni + install-cni [--manifest FILE]) or ``direct`` (up).
+    ``after(lab, result)`` runs once pods answer, before the lab goes (other benches' readings)."""
+    name = f"{prefix}{nodes}{mode[0]}-{os.getpid() % 10000}"
     path = workdir / f"{name}.yaml"
     path.write_text(kdd_topology(name, nodes, pods))
     result: dict = {"mode": mode, "nodes": nodes, "pods": pods, "lab": name}
@@ -70,6 +73,8 @@ def run_one(mode: str, nodes: int, pods: int, workdir: Path, upstream_file: str 
             result["pods_answer_total_s"] = round(result["pods_answer_install_s"] + (epoch1 - epoch0), 3)
         else:
             _end_point(result, st, nodes, pods, t0, epoch0, "total")
+        if after is not None:
+            after(name, result)
         labmod.down(name, progress=lambda _m: None)
     except Exception as exc:  # noqa: BLE001 - recorded, lab removed below
         result["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
