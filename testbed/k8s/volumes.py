@@ -28,10 +28,14 @@ import base64
 import json
 import os
 import shutil
+import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+#: the symlink to the current data directory of a configMap/secret/projected volume
+DATA_LINK = "..data"
 SUPPORTED = ("projected", "configMap", "secret", "downwardAPI", "emptyDir", "hostPath", "csi")
 
 
@@ -40,15 +44,47 @@ class VolumeError(Exception):
 
 
 def _write_files(d: str, files: dict[str, bytes], mode: int | None = None) -> None:
+    """Write ``files`` into the volume directory ``d`` atomically, as the kubelet's
+    AtomicWriter does: the data goes to a new hidden ``..<time>.<n>`` directory, the
+    ``..data`` symlink is swapped to it in one rename, and each top-level name is a symlink
+    through ``..data``. ``d`` itself is never replaced: a running container's bind mount of it
+    keeps seeing the current files (removing and recreating ``d`` left it an empty, deleted
+    directory)."""
     os.makedirs(d, exist_ok=True)
+    data_dir = tempfile.mkdtemp(prefix=time.strftime("..%Y_%m_%d_%H_%M_%S."), dir=d)
+    os.chmod(data_dir, 0o755)
     for rel, data in files.items():
-        path = os.path.join(d, rel)
+        path = os.path.join(data_dir, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
+        with open(path, "wb") as f:
             f.write(data)
-        os.chmod(tmp, mode if mode is not None else 0o644)
-        os.replace(tmp, path)
+        os.chmod(path, mode if mode is not None else 0o644)
+    link = os.path.join(d, DATA_LINK)
+    tmp_link = os.path.join(d, DATA_LINK + "_tmp")
+    if os.path.lexists(tmp_link):
+        os.unlink(tmp_link)
+    os.symlink(os.path.basename(data_dir), tmp_link)
+    os.replace(tmp_link, link)
+    top = {rel.split("/", 1)[0] for rel in files}
+    for name in top:
+        user = os.path.join(d, name)
+        target = os.path.join(DATA_LINK, name)
+        if os.path.islink(user) and os.readlink(user) == target:
+            continue
+        if os.path.lexists(user):
+            if os.path.isdir(user) and not os.path.islink(user):
+                shutil.rmtree(user)
+            else:
+                os.unlink(user)
+        os.symlink(target, user)
+    for name in os.listdir(d):  # names the new data no longer has, and older data directories
+        full = os.path.join(d, name)
+        if name.startswith(".."):
+            if name not in (DATA_LINK, os.path.basename(data_dir)) and os.path.isdir(full) \
+                    and not os.path.islink(full):
+                shutil.rmtree(full, ignore_errors=True)
+        elif name not in top and os.path.islink(full) and os.readlink(full).startswith(DATA_LINK + "/"):
+            os.unlink(full)
 
 
 def _keys(data: dict[str, bytes], items: list[dict] | None, what: str, optional: bool) -> dict[str, bytes]:
@@ -186,8 +222,6 @@ class VolumeMaker:
             kinds = sorted(k for k in vol if k != "name")
             raise VolumeError(f"volume {name!r}: type {', '.join(kinds) or '(none)'} is not supported by "
                               f"calicolab's kubelet (supported: {', '.join(SUPPORTED)})")
-        if os.path.isdir(where):
-            shutil.rmtree(where)
         _write_files(where, files, mode)
         return where
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 
 import pytest
 
@@ -185,6 +186,30 @@ def test_volumes_are_made_and_mounted_where_the_container_asks(tmp_path):
         vm.mounts(pod(volumes=[{"name": "n", "nfs": {"server": "x"}}]),
                   {"volumeMounts": [{"name": "n", "mountPath": "/n"}]}, str(tmp_path))
     assert field_value(p, "metadata.labels['app']") == "web" and field_value(p, "status.podIP") == "192.168.1.5"
+
+
+def test_a_volume_made_again_keeps_its_directory_and_swaps_its_data(tmp_path):
+    """A second container (or a refresh) makes the pod's volumes again: the volume directory
+    a running container has bind-mounted must stay the same directory and show the new data
+    (CI once saw an empty serviceaccount directory: the re-make had removed and recreated it)."""
+    data = {"a": "1", "b": "2"}
+    vm = VolumeMaker(lambda kind, name, ns: {"data": dict(data)}, lambda *a: "T")
+    p = pod(volumes=[{"name": "cfg", "configMap": {"name": "cfg"}}])
+    c = {"name": "c", "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}]}
+    [(src, _)] = vm.mounts(p, c, str(tmp_path))
+    ino = os.stat(src).st_ino
+    fd = os.open(src, os.O_RDONLY)  # what a bind mount holds: the directory itself
+    try:
+        data.pop("b")
+        data["a"] = "one"
+        vm.mounts(p, c, str(tmp_path))
+        assert os.stat(src).st_ino == ino
+        assert sorted(n for n in os.listdir(f"/proc/self/fd/{fd}") if not n.startswith("..")) == ["a"]
+        assert open(f"/proc/self/fd/{fd}/a").read() == "one"
+    finally:
+        os.close(fd)
+    assert os.readlink(os.path.join(src, "a")) == "..data/a"
+    assert len([n for n in os.listdir(src) if n.startswith("..") and n != "..data"]) == 1  # old data removed
 
 
 def test_process_argv_mounts_then_enters_the_sandbox():
