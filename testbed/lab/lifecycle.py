@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -323,6 +324,11 @@ def install_cni(name: str | None = None, timeout: float = 120.0, operator: bool 
 # --------------------------------------------------------------------------- status
 
 
+#: seconds a node's missing routes must persist before ``status`` calls the
+#: lab degraded (BGP carries a new block to every node well within it)
+DEGRADED_SETTLE = 3.0
+
+
 def status(name: str | None = None) -> dict:
     """Nodes, addresses, services and calico-node health of a running lab."""
     from testbed.lab import netns as nsmod
@@ -365,10 +371,29 @@ def status(name: str | None = None) -> dict:
             except OSError as exc:
                 node["agent"] = f"health port unreachable ({exc.strerror or exc})"
         out["nodes"].append(node)
-    if st.get("cni_installed"):
+    agents = bool(st.get("cni_installed"))
+    if agents:
         _check_dataplane(st, out["nodes"])
-    out["health"] = health(out, agents_expected=bool(st.get("cni_installed")))
+    out["health"] = settled_health(out, agents, lambda: _check_dataplane(st, out["nodes"]))
     return out
+
+
+def settled_health(info: dict, agents_expected: bool, recheck: Callable[[], None],
+                   settle: float = DEGRADED_SETTLE, clock: Callable[[], float] = time.monotonic,
+                   sleep: Callable[[float], None] = time.sleep) -> dict:
+    """:func:`health` of ``info``, where a route missing for a moment is convergence, not
+    damage (a block claimed a moment ago is still on its way through BGP): when routes are
+    all a degraded lab lacks, ``recheck()`` re-reads the nodes' dataplane until they are there
+    or ``settle`` seconds have passed, and only gaps that last are "degraded". A missing
+    tunnel device is reported at once."""
+    verdict = health(info, agents_expected=agents_expected)
+    deadline = clock() + settle
+    while (agents_expected and verdict["state"] == "degraded" and clock() < deadline
+           and all(" no route to " in m for n in info["nodes"] for m in n.get("missing") or [])):
+        sleep(0.25)
+        recheck()
+        verdict = health(info, agents_expected=agents_expected)
+    return verdict
 
 
 def service_status(rec: dict, now: float, alive: bool | None = None) -> dict:

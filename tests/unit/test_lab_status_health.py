@@ -92,3 +92,36 @@ def test_status_command_prints_degraded_nodes_and_exits_1(monkeypatch, capsys):
     assert "status: DEGRADED: k8s-w1: tunnel device vxlan.calico is missing (VXLAN Always)" in out
     rows = {ln.split()[0]: ln for ln in out.splitlines() if ln.startswith("k8s-w")}
     assert rows["k8s-w1"].rstrip().endswith("degraded") and "vxlan (kernel)" in rows["k8s-w1"]
+
+
+def test_routes_missing_for_a_moment_are_convergence_and_a_lasting_gap_is_degraded():
+    from testbed.lab.lifecycle import settled_health
+
+    gap = ["w0: no route to 192.168.2.0/24 (w1's block, IPIP Always)"]
+    clock = [0.0]
+
+    def sleep(s):
+        clock[0] += s
+
+    info = {"nodes": [node("m"), node("w0", missing=list(gap))]}
+    reads = []
+
+    def route_arrives():  # BGP delivers the block's route on the second re-read
+        reads.append(clock[0])
+        if len(reads) == 2:
+            info["nodes"][1]["missing"] = []
+
+    assert settled_health(info, True, route_arrives, settle=3.0, clock=lambda: clock[0], sleep=sleep) == {
+        "state": "healthy", "problems": []}
+    assert reads == [0.25, 0.5]
+    # the gap lasts: degraded after the settle time, naming it
+    info["nodes"][1]["missing"] = list(gap)
+    clock[0] = 0.0
+    v = settled_health(info, True, lambda: None, settle=3.0, clock=lambda: clock[0], sleep=sleep)
+    assert v == {"state": "degraded", "problems": gap} and clock[0] >= 3.0
+    # a missing tunnel device is not convergence: degraded at once, no re-read
+    dev = ["w0: tunnel device vxlan.calico is missing (VXLAN Always)"]
+    info["nodes"][1]["missing"] = dev + gap
+    clock[0] = 0.0
+    v = settled_health(info, True, lambda: pytest.fail("re-read"), settle=3.0, clock=lambda: clock[0], sleep=sleep)
+    assert v["state"] == "degraded" and clock[0] == 0.0
