@@ -169,7 +169,7 @@ class Felix:
         encapsulation."""
         if self.tunnel:
             datapath = self.tunnel.kind
-        elif self._vxlan_applied is not None:
+        elif self._vxlan_applied is not None or self._encap == "vxlan":  # also before its VTEP address
             datapath = "kernel"
         elif self._encap == "none":
             datapath = "routed"

@@ -68,8 +68,12 @@ def test_vxlan_mode_without_bgp_then_crosssubnet_then_off(cluster, tmp_path):
     c = cluster
     c.start("w0", c.w0)
     c.start("w1", c.w1)
-    s0 = c.wait_ready("w0", c.w0)
+    c.wait_ready("w0", c.w0)
     c.wait_ready("w1", c.w1)
+    # Felix can be ready before calico-node has its VTEP address from IPAM (Calico allocates
+    # tunnel addresses beside Felix): vxlan.calico follows once the address is in the Node
+    s0, _ = [wait_for(lambda ns=ns: c.status(ns), lambda s: s.get("vxlan") is not None, timeout=15,
+                      what=f"vxlan.calico in {name}'s Felix status") for name, ns in (("w0", c.w0), ("w1", c.w1))]
     assert s0["bgp"] is None and s0["encap"] == "vxlan" and s0["datapath"] == "kernel"
 
     # Start-up: VXLAN tunnel addresses from IPAM, no IPIP address, the device as Felix makes it.

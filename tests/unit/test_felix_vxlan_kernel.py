@@ -201,3 +201,18 @@ def test_loop_remakes_a_deleted_device_within_ten_seconds(tmp_path):
     run_loop(f, clock, until=12)
     assert seen == [(6, False), (9.9, False), (10.1, True)]  # the 10 s device check (KeepVXLANDeviceInSync)
     assert "192.168.2.0/26 via 192.168.2.0 dev vxlan.calico proto 3 onlink" in routes(k)
+
+
+def test_vxlan_alone_is_the_kernel_datapath_before_the_node_has_its_vtep_address(tmp_path):
+    """VXLAN without IPIP: until IPAM gave this node its VTEP address there is no vxlan.calico
+    yet, and the status still names the kernel's vxlan datapath (not the tunl0 that IPIP would
+    use: the netns tier read "bpf" there when calico-node was slow to get its address)."""
+    import dataclasses
+
+    k = host()
+    f = felix_on(k, tmp_path, ("Never", "Always"))
+    f._nodes["w0"] = dataclasses.replace(f._nodes["w0"], vxlan_tunnel_addr=None, vxlan_mac=None)
+    f.apply(f.snapshot())
+    assert k.link("vxlan.calico") is None
+    st = f.status()
+    assert st["encap"] == "vxlan" and st["datapath"] == "kernel" and st["vxlan"] is None, st
