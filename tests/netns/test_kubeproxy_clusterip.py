@@ -81,9 +81,13 @@ spec:
                   timeout=10, what="Endpoints with both pods")
     assert sorted(a["ip"] for a in ep["subsets"][0]["addresses"]) == web_ips
     assert ep["subsets"][0]["ports"] == [{"port": 80, "protocol": "TCP"}]
-    slices = client.list("discovery.k8s.io/v1", "endpointslices", "default",
-                         label_selector="kubernetes.io/service-name=web")["items"]
-    assert len(slices) == 1 and sorted(e["addresses"][0] for e in slices[0]["endpoints"]) == web_ips
+    # the EndpointSlice controller is its own loop, as in kube-controller-manager: its slice may
+    # follow the Endpoints a moment later, so it is polled, and then must hold exactly both pods
+    slices = wait_for(lambda: client.list("discovery.k8s.io/v1", "endpointslices", "default",
+                                          label_selector="kubernetes.io/service-name=web")["items"],
+                      lambda ss: len(ss) == 1 and len(ss[0].get("endpoints") or []) == 2,
+                      timeout=10, what="one EndpointSlice with both pods")
+    assert sorted(e["addresses"][0] for e in slices[0]["endpoints"]) == web_ips
 
     def nat() -> str:
         return subprocess.run(["ip", "netns", "exec", ns, "iptables-save", "-t", "nat"], capture_output=True,
