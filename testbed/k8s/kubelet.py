@@ -143,6 +143,7 @@ class Kubelet:
         #: running containers with a port that did not listen within the start-up window: uid ->
         #: {container: port}; re-checked every pass, the pod turns Ready when all of them listen
         self.unready: dict[str, dict[str, int]] = {}
+        self.warned_not_run: set[tuple[str, str]] = set()  # (pod UID, container) told about probes/hooks
         self.busy: set[str] = set()
         self.failures: dict[str, tuple[float, int, str]] = {}
         #: pods missing from the cache whose deletion the API server has not confirmed: uid ->
@@ -775,6 +776,7 @@ class Kubelet:
         spec = imagebuild.spec_for(c["image"])
         info.port = declared[0] if declared else (spec.ports[0] if spec and spec.ports and not c.get("command") else None)
         info.ready = info.port is None
+        self._warn_not_run(pod, c, f"spec.containers{{{name}}}")
         return self._decorate(info, state)
 
     def _start_container(self, state: PodState, pod: dict, c: dict, init: bool = False) -> ContainerInfo:
@@ -863,7 +865,20 @@ class Kubelet:
         info.port = wl.port
         self.cluster.event(pod, "Created", f"Created container: {c['name']}", field_path=path)
         self.cluster.event(pod, "Started", f"Started container {c['name']}", field_path=path)
+        self._warn_not_run(pod, c, path)
         return info
+
+    def _warn_not_run(self, pod: dict, c: dict, path: str) -> None:
+        """Say in an event (kubectl describe, kubectl get events) which of the container's
+        probes and lifecycle hooks this kubelet stores but does not run (docs/kubernetes.md)."""
+        fields = not_run_fields(c)
+        key = (pod["metadata"]["uid"], c["name"])
+        if fields and key not in self.warned_not_run:
+            self.warned_not_run.add(key)
+            self.cluster.event(pod, "NotSupported",
+                               f"calicolab's kubelet does not run {', '.join(fields)} of container {c['name']}: "
+                               "readiness is the container running (and listening on its port)",
+                               "Warning", path)
 
     def _run_init_containers(self, state: PodState, pod: dict, ips: list[str]) -> bool:
         """Run the pod's ``initContainers`` in order, each to completion, before its containers
@@ -1149,6 +1164,7 @@ class Kubelet:
         """Stop a pod: its containers within the grace period, CNI DEL, the sandbox; then,
         when it was deleted gracefully (Terminating), delete it for good (grace 0)."""
         self.init_infos.pop(uid, None)
+        self.warned_not_run = {k for k in self.warned_not_run if k[0] != uid}
         state = self.states.get(uid)
         grace = 2.0
         if pod is not None:
@@ -1329,6 +1345,17 @@ class Kubelet:
         if kill_pods:
             for state in list(self.states.values()):
                 self.stop_pod(state, cni_del=False)
+
+
+#: container fields the kubelet stores but does not act on, named in a Warning event
+NOT_RUN = ("startupProbe", "livenessProbe", "readinessProbe")
+
+
+def not_run_fields(c: dict) -> list[str]:
+    """The probes and lifecycle hooks of container ``c`` that calicolab's kubelet does not run (pure)."""
+    out = [f for f in NOT_RUN if c.get(f)]
+    out += [f"lifecycle.{h}" for h in ("postStart", "preStop") if (c.get("lifecycle") or {}).get(h)]
+    return out
 
 
 def terminal(pod: dict) -> bool:

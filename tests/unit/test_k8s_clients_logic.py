@@ -299,3 +299,13 @@ def test_kubeadm_static_pods_and_addons_render():
     with pytest.raises(ValueError, match="is not available in it"):
         images.resolve("registry.k8s.io/kube-proxy:v1.37.1", ["sh", "-c", "x"], None, "/tmp")
     json.dumps(objs)
+
+
+def test_probes_and_hooks_the_kubelet_does_not_run_are_named():
+    from testbed.k8s.kubelet import not_run_fields
+
+    calico_node = {"name": "calico-node", "livenessProbe": {"exec": {"command": ["calico-node", "-felix-live"]}},
+                   "readinessProbe": {"exec": {"command": ["calico-node", "-felix-ready"]}},
+                   "lifecycle": {"preStop": {"exec": {"command": ["/bin/calico-node", "-shutdown"]}}}}
+    assert not_run_fields(calico_node) == ["livenessProbe", "readinessProbe", "lifecycle.preStop"]
+    assert not_run_fields({"name": "nginx", "ports": [{"containerPort": 80}], "lifecycle": {}}) == []
