@@ -10,10 +10,9 @@ resources. Objects are checked against the version's structural ``openAPIV3Schem
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from testbed.apiserver import schema, status
+from testbed.apiserver import goregexp, schema, status
 from testbed.apiserver.objects import now_iso
 from testbed.apiserver.registry import VERBS, ResourceType
 from testbed.apiserver.status import FieldError
@@ -250,8 +249,12 @@ def _validate(v: Any, s: dict, path: str, errs: list[FieldError], top: bool = Fa
                                           v, False))
         if "minLength" in s and len(v) < s["minLength"]:
             errs.append(status.invalid_value(p, v, f"should be at least {s['minLength']} chars long"))
-        if "pattern" in s and not re.search(s["pattern"], v):
-            errs.append(status.invalid_value(p, v, f"should match '{s['pattern']}'"))
+        if "pattern" in s:
+            try:  # Go's regexp syntax, as kube-apiserver evaluates it (Calico's CRDs use (?i))
+                if not goregexp.search(s["pattern"], v):
+                    errs.append(status.invalid_value(p, v, f"should match '{s['pattern']}'"))
+            except goregexp.GoRegexpError as exc:
+                errs.append(status.invalid_value(p, v, f"the schema's pattern cannot be evaluated: {exc}"))
     if isinstance(v, list):
         if "maxItems" in s and len(v) > s["maxItems"]:
             errs.append(status.FieldError("FieldValueTooMany", p,
