@@ -8,6 +8,8 @@ Mirrors ``node/pkg/lifecycle/startup`` and ``allocateip`` (calico.md sections 2-
 * ``default-ipv4-ippool`` is created from ``CALICO_IPV4POOL_*`` if no pool exists
   (create-if-absent, so exactly one node wins a race; AlreadyExists is fine);
 * ``ClusterInformation default`` gets ``datastoreReady: true``;
+* ``FelixConfiguration default`` is created if missing with ``reportingInterval: 0s`` and
+  ``logSeverityScreen: Info``; on an existing one only those of the two that are unset are set;
 * the IPIP tunnel address comes from IPAM (handle ``ipip-tunnel-addr-<node>``)
   and is stored in ``spec.bgp.ipv4IPIPTunnelAddr``, the VXLAN one (handle
   ``vxlan-tunnel-addr-<node>``) in ``spec.ipv4VXLANTunnelAddr``;
@@ -42,6 +44,9 @@ SKIP_INTERFACES = (
 )
 DEFAULT_POOL_NAME = "default-ipv4-ippool"
 DEFAULT_POOL_CIDR = "192.168.0.0/16"
+#: what calico-node's ensureDefaultConfig writes into FelixConfiguration default
+DEFAULT_REPORTING_INTERVAL = "0s"
+DEFAULT_LOG_SEVERITY = "Info"
 
 
 class StartupError(RuntimeError):
@@ -447,6 +452,41 @@ def ensure_cluster_information(client: Any, env: Mapping[str, str], kubeadm: boo
     return _update_retry(client, "ClusterInformation", "default", mutate)
 
 
+def ensure_default_felix_configuration(client: Any) -> Any:
+    """FelixConfiguration ``default`` as calico-node's ``ensureDefaultConfig`` keeps it:
+    created when missing with ``reportingInterval: 0s`` (not Felix's 30 s) and
+    ``logSeverityScreen: Info``; on an existing one (a user's, the operator's) each of the two
+    is set only when it is unset, every value already there is kept. Returns the object."""
+    from datastore import errors
+    from datastore.resources import FelixConfiguration, Metadata
+
+    try:
+        client.get("FelixConfiguration", "default")
+    except errors.NotFound:
+        fc = FelixConfiguration(metadata=Metadata(name="default"))
+        fc.spec.reporting_interval = DEFAULT_REPORTING_INTERVAL
+        fc.spec.log_severity_screen = DEFAULT_LOG_SEVERITY
+        try:
+            created = client.create(fc)
+            log.info("created FelixConfiguration default (reportingInterval %s, logSeverityScreen %s)",
+                     DEFAULT_REPORTING_INTERVAL, DEFAULT_LOG_SEVERITY)
+            return created
+        except errors.AlreadyExists:  # another node (or the operator) was first
+            pass
+
+    def mutate(fc: Any) -> bool:
+        changed = False
+        if fc.spec.reporting_interval is None:
+            fc.spec.reporting_interval = DEFAULT_REPORTING_INTERVAL
+            changed = True
+        if not fc.spec.log_severity_screen:
+            fc.spec.log_severity_screen = DEFAULT_LOG_SEVERITY
+            changed = True
+        return changed
+
+    return _update_retry(client, "FelixConfiguration", "default", mutate)
+
+
 def ensure_tunnel_address(client: Any, nodename: str, kind: str = "ipip") -> str | None:
     """Allocate (or keep) the node's IPIP or VXLAN tunnel address and store it in the Node
     (``spec.bgp.ipv4IPIPTunnelAddr``, ``spec.ipv4VXLANTunnelAddr``); without a pool of
@@ -509,6 +549,7 @@ def run_startup(client: Any, env: Mapping[str, str], var_lib: str | None = None,
     register_node(client, nodename, ipv4)
     created = ensure_default_pool(client, env, host_addrs, kubeadm_cidr)
     ensure_cluster_information(client, env, kubeadm is not None)
+    ensure_default_felix_configuration(client)
     tunnels = ensure_tunnel_addresses(client, nodename)
     tunnel = tunnels["ipip"] or tunnels["vxlan"]
     write_nodename(var_lib or env.get("CALICO_VAR_LIB_DIR", "/var/lib/calico"), nodename)

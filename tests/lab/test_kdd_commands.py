@@ -278,14 +278,11 @@ def test_a_pod_with_a_csi_tigera_io_volume_gets_felixs_policy_sync_socket(lab):
     ``<mountPath>/nodeagent/socket`` and a Sync over it answers its own endpoint, then
     InSync; deleting the pod unpublishes the volume (no creds, no workload dir, no mount)."""
     python = str(labstate.VENV_BIN / "python")
-    # calicolab's calico-node does not create FelixConfiguration default (Calico's startup does)
-    had = lab.run("calicoctl get felixconfiguration default").returncode == 0
-    if had:
-        lab.sh("calicoctl patch felixconfiguration default "
-               "--patch '{\"spec\": {\"policySyncPathPrefix\": \"/var/run/nodeagent\"}}'")
-    else:
-        lab.sh("printf 'apiVersion: projectcalico.org/v3\\nkind: FelixConfiguration\\nmetadata: {name: default}\\n"
-               "spec: {policySyncPathPrefix: /var/run/nodeagent}\\n' | calicoctl create -f -")
+    # calico-node's start-up made FelixConfiguration default (ensureDefaultConfig)
+    fc = json.loads(lab.sh("calicoctl get felixconfiguration default -o json"))
+    assert fc["spec"].get("reportingInterval") == "0s" and fc["spec"].get("logSeverityScreen") == "Info", fc
+    lab.sh("calicoctl patch felixconfiguration default "
+           "--patch '{\"spec\": {\"policySyncPathPrefix\": \"/var/run/nodeagent\"}}'")
     try:
         lab.sh(f"cat <<'EOF' | kubectl apply -f -\n{CSI_POD}EOF")
         pod = wait_for(lambda: lab.kube("get", "pod", "policy-client"),
@@ -318,10 +315,7 @@ def test_a_pod_with_a_csi_tigera_io_volume_gets_felixs_policy_sync_socket(lab):
         assert f" {target} " in lab.sh("cat /proc/self/mountinfo", node="k8s-w0")
     finally:
         lab.run("kubectl delete pod policy-client --wait=true --timeout=60s")
-        if had:
-            lab.run("calicoctl patch felixconfiguration default --patch '{\"spec\": {\"policySyncPathPrefix\": \"\"}}'")
-        else:
-            lab.run("calicoctl delete felixconfiguration default")
+        lab.run("calicoctl patch felixconfiguration default --patch '{\"spec\": {\"policySyncPathPrefix\": \"\"}}'")
     assert lab.sh("ls -A /var/run/nodeagent/creds /var/run/nodeagent/mount", node="k8s-w0").split() == [
         "/var/run/nodeagent/creds:", "/var/run/nodeagent/mount:"]
     assert "kubernetes.io~csi" not in lab.sh("cat /proc/self/mountinfo", node="k8s-w0")

@@ -11,12 +11,14 @@ network CIDR in /24 blocks, and pods on two workers talk. One 3-node lab for the
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from testbed.lab import lifecycle as labmod
 from testbed.lab import state as labstate
@@ -182,6 +184,15 @@ def test_upstream_manifest_installs(lab):
     pool = lab.kube("get", "ippools.crd.projectcalico.org", "default-ipv4-ippool")["spec"]
     assert (pool["cidr"], pool["blockSize"], pool["ipipMode"], pool["natOutgoing"]) == (
         "192.168.0.0/16", 24, "Always", True)
+    # calico-node's start-up (ensureDefaultConfig) made FelixConfiguration default through Calico's
+    # own CRD, whose enum patterns are Go regexps with (?i) after ^ (the API server refused it
+    # with a 500 before: Python's re rejects that), and ClusterInformation default
+    fc = yaml.safe_load(lab.sh("kubectl get felixconfiguration default -o yaml"))
+    assert (fc["spec"].get("reportingInterval"), fc["spec"].get("logSeverityScreen")) == ("0s", "Info"), fc
+    ci = yaml.safe_load(lab.sh("kubectl get clusterinformation default -o yaml"))["spec"]
+    assert (ci["calicoVersion"], ci["clusterType"], ci["datastoreReady"]) == (
+        "v3.28.1", "k8s,bgp,kubeadm,kdd", True), ci
+    assert re.fullmatch(r"[0-9a-f]{32}", ci["clusterGUID"]), ci
     kc = next(p for p in pods if p["metadata"]["name"].startswith("calico-kube-controllers-"))
     assert kc["status"]["podIP"].startswith("192.168.")  # on the pod network, as upstream's Deployment
 

@@ -72,6 +72,14 @@ def test_cluster_information_says_kdd(wt):
                                "default", "-o", "json"))
     assert ci["spec"]["clusterType"].split(",")[-1] == "kdd", ci["spec"]
     assert ci["spec"]["datastoreReady"] is True
+    assert ci["spec"]["calicoVersion"] == "v3.28.1" and len(ci["spec"]["clusterGUID"]) == 32, ci["spec"]
+
+
+def test_felix_configuration_default_made_at_start_up(wt):
+    """calico-node's ensureDefaultConfig: FelixConfiguration default with reportingInterval 0s
+    and logSeverityScreen Info, shown by kubectl in a node shell."""
+    out = wt.in_node("k8s-m", "kubectl", "get", "felixconfiguration", "default", "-o", "yaml")
+    assert "  reportingInterval: 0s\n" in out and "  logSeverityScreen: Info\n" in out, out
 
 
 def test_shell_environment_names_the_datastore(wt):

@@ -1,4 +1,5 @@
-"""calico-node start-up against a real etcd: Node, default pool race, tunnel address, ClusterInformation."""
+"""calico-node start-up against a real etcd: Node, default pool race, tunnel address, ClusterInformation,
+FelixConfiguration default."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def test_startup_registers_node_and_allocates_first_ip_of_first_block(ds_client,
     assert (tmp_path / "nodename").read_text() == "k8s-w0"
     ci = ds_client.get("ClusterInformation", "default")
     assert ci.spec.datastore_ready is True and ci.spec.cluster_guid
+    fc = ds_client.get("FelixConfiguration", "default")  # ensureDefaultConfig's
+    assert (fc.spec.reporting_interval, fc.spec.log_severity_screen) == ("0s", "Info")
 
     # A restart changes nothing (same tunnel address, no new pool), and a moved address is updated.
     again = run_startup(ds_client, {**ENV, "NODE_NAME": "k8s-w0"}, var_lib=str(tmp_path),
@@ -39,6 +42,26 @@ def test_startup_registers_node_and_allocates_first_ip_of_first_block(ds_client,
     assert again.tunnel_address == res.tunnel_address and not again.pool_created
     assert ds_client.get("Node", "k8s-w0").spec.bgp.ipv4_address == "172.30.0.99/24"
     assert len(ds_client.list("IPPool")) == 1
+
+
+def test_a_users_felix_configuration_default_keeps_its_values(ds_client, tmp_path):
+    """ensureDefaultConfig on an existing FelixConfiguration default: only an unset
+    reportingInterval / logSeverityScreen is filled; what the user set stays, and an object
+    with both set is not written at all."""
+    from datastore.resources import FelixConfiguration
+
+    ds_client.create(FelixConfiguration.from_dict({
+        "apiVersion": "projectcalico.org/v3", "kind": "FelixConfiguration", "metadata": {"name": "default"},
+        "spec": {"logSeverityScreen": "Debug", "healthPort": 9099}}))
+    run_startup(ds_client, {**ENV, "NODE_NAME": "k8s-w0"}, var_lib=str(tmp_path), interfaces=ifaces("172.30.0.11/24"))
+    fc = ds_client.get("FelixConfiguration", "default")
+    assert (fc.spec.log_severity_screen, fc.spec.health_port, fc.spec.reporting_interval) == ("Debug", 9099, "0s")
+    fc.spec.reporting_interval = "30s"
+    rv = ds_client.update(fc).metadata.resource_version
+    run_startup(ds_client, {**ENV, "NODE_NAME": "k8s-w0"}, var_lib=str(tmp_path), interfaces=ifaces("172.30.0.11/24"))
+    fc = ds_client.get("FelixConfiguration", "default")
+    assert (fc.spec.log_severity_screen, fc.spec.reporting_interval, fc.metadata.resource_version) == (
+        "Debug", "30s", rv)
 
 
 def test_exactly_one_node_creates_the_default_pool(ds_client, etcd_endpoints, tmp_path):
