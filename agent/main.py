@@ -243,6 +243,10 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
         health.start()
         log.info("health on 127.0.0.1:%d", health.port)
 
+    # the CNI server starts first: its imports (~0.5 s under a lab's start-up load) overlap
+    # start-up, so it listens before install-cni's conflist makes the node Ready and the
+    # kubelet's first CNI ADDs come (started after it, they ran in-process, ~0.4 s of imports each)
+    cni_server = None if args.startup_only else _cni_server(env, var_run)
     client = Client.from_env(env, timeout=ETCD_TIMEOUT)
     from agent.startup import kube_client
     from datastore.typha import typha_from_env
@@ -259,6 +263,8 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
         except errors.DatastoreUnavailable as exc:
             log.warning("datastore not reachable (%s); retrying", exc)
             if stop.wait(delay):
+                if cni_server is not None:
+                    _stop_cni_server(cni_server)
                 return 0
             delay = min(delay * 2, 5.0)
     log.info("start-up done: node %s address %s tunnel %s%s", result.nodename, result.ipv4_address,
@@ -273,7 +279,6 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
         install_cni(result.nodename, endpoints, env, bin_source=CNI_LAUNCHERS)
     if args.startup_only:
         return 0
-    cni_server = _cni_server(env, var_run)
 
     from agent.startup import ensure_tunnel_addresses
 

@@ -5,9 +5,12 @@ a unix socket; the server runs :func:`cni.plugin.run` in a thread of the agent
 process, which already has the modules imported and a connection to etcd.
 
 A request is refused (and the client falls back to in-process execution) when the
-caller is in another network or mount namespace than the server, because the
-host side of the veth and paths like CNI_NETNS and /var/lib/calico must be
-resolved where the runtime called the plugin.
+caller is in another network namespace than the server, because the host side of the
+veth must be made where the runtime called the plugin. A caller in another *mount*
+namespace (the kubelet, when calico-node runs as a pod with mounts of its own) is
+served by a worker that joins the caller's mount namespace for that request
+(``setns(2)`` on the worker thread alone, after ``unshare(CLONE_FS)``), so paths like
+CNI_NETNS, /var/lib/calico and the kubeconfig resolve exactly as the caller sees them.
 
 calico-node runs it as its own child process (``python -m cni.server``), as runit runs
 confd and BIRD beside Felix in Calico's calico-node: the agent does not import the
@@ -31,15 +34,41 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from cni import plugin as _plugin
 from cni import wire
+from kernel import netns as _netns
 
 MAX_REQUEST = 4 << 20
 WORKERS = 8  # long-lived workers keep their (thread-local) etcd connections warm
 
 
+_CLONE_FS = 0x00000200
+_thread_fs = threading.local()
+
+
 def _own_ns() -> tuple[int, int]:
     return os.stat("/proc/self/ns/net").st_ino, os.stat("/proc/self/ns/mnt").st_ino
+
+
+def _private_fs() -> None:
+    """Give the calling thread filesystem attributes of its own (``unshare(CLONE_FS)``, once
+    per thread): ``setns(2)`` into a mount namespace refuses a thread that shares them."""
+    if getattr(_thread_fs, "private", False):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_FS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_FS): {os.strerror(err)}")
+    _thread_fs.private = True
+
+
+def _caller_mounts(pid: int, mnt: bytes) -> int:
+    """An fd of the mount namespace of the connected caller ``pid`` (SO_PEERCRED), checked
+    against the inode the caller reported; OSError if it cannot be opened or differs."""
+    fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    if b"%d" % os.fstat(fd).st_ino != mnt:
+        os.close(fd)
+        raise OSError(f"process {pid}'s mount namespace is not the one it reported")
+    return fd
 
 
 class CNIServer:
@@ -58,13 +87,12 @@ class CNIServer:
         self._ns = _own_ns()
         self.served = 0
         self.refused = 0
-        # warm the datastore/IPAM modules too, so the first request is fast
-        import datastore.client  # noqa: F401
-        import ipam.ipam  # noqa: F401
-        from cni import dataplane  # noqa: F401
 
     def start(self) -> CNIServer:
-        """Bind the socket (replacing a stale one) and serve in a daemon thread."""
+        """Bind the socket (replacing a stale one), import the plugin's modules, serve in a
+        daemon thread. The socket listens before the imports (~0.3 s, more under a lab's
+        start-up load): a request that comes meanwhile waits in the backlog and is served
+        then, instead of finding no server and paying the same imports in-process."""
         os.makedirs(os.path.dirname(self.sock_path) or ".", exist_ok=True)
         try:
             st = os.lstat(self.sock_path)
@@ -89,6 +117,10 @@ class CNIServer:
             os.umask(old_umask)
         sock.listen(128)
         self._sock = sock
+        # the plugin and the datastore/IPAM/netlink modules its first request would import
+        import datastore.client  # noqa: F401
+        import ipam.ipam  # noqa: F401
+        from cni import dataplane, plugin  # noqa: F401
         self._thread = threading.Thread(target=self._serve, name="cni-server", daemon=True)
         self._thread.start()
         return self
@@ -134,7 +166,7 @@ class CNIServer:
 
     def _process(self, conn: socket.socket) -> list[bytes]:
         """Read one request, check the caller, run the plugin; the reply's fields."""
-        _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
         if uid != os.geteuid():
             self.refused += 1
             return [b"refused", f"caller uid {uid} is not the server's uid".encode()]
@@ -152,13 +184,14 @@ class CNIServer:
         if len(fields) < 4:
             raise ValueError(f"{len(fields)} fields, at least 4 expected")
         plugin, net, mnt, stdin = fields[0].decode("utf-8", "replace"), fields[1], fields[2], fields[3]
-        if os.stat("/proc/thread-self/ns/net").st_ino != self._ns[0]:
-            # defensive: a worker that could not leave a pod netns must never serve again
+        if (os.stat("/proc/thread-self/ns/net").st_ino, os.stat("/proc/thread-self/ns/mnt").st_ino) != self._ns:
+            # defensive: a worker that could not leave a pod netns (or a caller's mount
+            # namespace) must never serve again
             self.refused += 1
-            return [b"refused", b"server worker is not in the node's network namespace"]
-        if (net, mnt) != (b"%d" % self._ns[0], b"%d" % self._ns[1]):
+            return [b"refused", b"server worker is not in the node's network or the server's mount namespace"]
+        if net != b"%d" % self._ns[0]:
             self.refused += 1
-            return [b"refused", b"caller is in another network or mount namespace than the CNI server"]
+            return [b"refused", b"caller is in another network namespace than the CNI server"]
         if plugin not in ("calico", "calico-ipam"):
             self.refused += 1
             return [b"refused", f"unknown plugin {plugin!r}".encode()]
@@ -167,7 +200,22 @@ class CNIServer:
             key, sep, value = item.partition(b"=")
             if sep:
                 env[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-        code, out, err = _plugin.run(plugin, env, stdin)
+        from cni import plugin as _plugin  # imported by start()
+
+        if mnt == b"%d" % self._ns[1]:
+            code, out, err = _plugin.run(plugin, env, stdin)
+        else:  # paths resolve in the caller's mount namespace, as for a plugin it executed
+            try:
+                _private_fs()
+                fd = _caller_mounts(pid, mnt)
+            except OSError as exc:
+                self.refused += 1
+                return [b"refused", f"cannot join the caller's mount namespace: {exc}".encode()]
+            try:
+                with _netns.entered(fd, _netns.CLONE_NEWNS):
+                    code, out, err = _plugin.run(plugin, env, stdin)
+            finally:
+                os.close(fd)
         self.served += 1
         return [b"ok", b"%d" % code, out.encode("utf-8", "surrogateescape"), err.encode("utf-8", "surrogateescape")]
 

@@ -1,5 +1,6 @@
-"""The thin ``calico`` executable forwards to a warm CNIServer running in the node, and
-falls back to in-process work when the server is absent or in another namespace."""
+"""The thin ``calico`` executable forwards to a warm CNIServer running in the node (joining
+the caller's mount namespace for a caller in another one), and falls back to in-process
+work when the server is absent or in another network namespace."""
 
 from __future__ import annotations
 
@@ -66,19 +67,28 @@ def test_requests_are_served_by_the_warm_server(node, netns, server):
     assert not os.path.exists(sock)
 
 
-def test_caller_in_another_mount_namespace_falls_back_in_process(node, netns, server):
+def test_caller_in_another_mount_namespace_is_served_in_it(node, netns, server):
+    """calico-node runs as a pod with mounts of its own: the kubelet's plugin exec is in
+    another mount namespace. The server serves it with paths resolved in the caller's
+    mount namespace: here CNI_NETNS exists only there (a tmpfs of the caller's)."""
     proc, sock = server
     pod = netns("cnip")
     pp = f"/run/netns/{pod}"
-    # `ip netns exec` gives the plugin a new mount namespace: the server must refuse
-    add = node.run("ADD", node.conf(), cid="fb01", netns=pp, socket=sock,
-                   wrapper=("ip", "netns", "exec", node.ns))
+    private = node.tmp / cni_support.unique("mnt")
+    private.mkdir()
+    wrapper = ("nsenter", f"--net={node.nspath}", "unshare", "--mount", "--propagation", "private", "sh", "-c",
+               f'mount -t tmpfs cnimnt {private} && touch {private}/pod && mount --bind {pp} {private}/pod'
+               ' && exec "$0"')
+    add = node.run("ADD", node.conf(), cid="mnt01", netns=f"{private}/pod", socket=sock, wrapper=wrapper)
     assert add.rc == 0, add.stdout + add.stderr
-    pids = _pids_in_log(add.stderr)
-    assert pids and proc.pid not in pids
-    assert node.run("DEL", node.conf(), cid="fb01", netns=pp, socket=sock).rc == 0
+    assert _pids_in_log(add.stderr) == {proc.pid}, add.stderr  # served by the server, not in-process
+    assert not os.path.exists(f"{private}/pod")  # the path exists in the caller's mount namespace only
+    ip = add.json["ips"][0]["address"]
+    assert f"inet {ip}" in node.ip("addr", "show", "eth0", pod=pod)
+    dele = node.run("DEL", node.conf(), cid="mnt01", netns=pp, socket=sock)  # its own namespace again
+    assert dele.rc == 0 and _pids_in_log(dele.stderr) == {proc.pid}, dele.stdout + dele.stderr
     proc.send_signal(signal.SIGTERM)
-    assert "served=1 refused=1" in proc.communicate(timeout=10)[0]
+    assert "served=2 refused=0" in proc.communicate(timeout=10)[0]
 
 
 def test_no_server_means_in_process(node, netns):
