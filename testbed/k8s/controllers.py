@@ -54,6 +54,11 @@ WATCHED = ("Node", "Pod", "Deployment", "ReplicaSet", "DaemonSet", "Service", "E
            "Lease")
 ENDPOINTSLICE_MANAGER = "endpointslice-controller.k8s.io"
 ORPHAN_QUARANTINE = 40.0  # seconds a pod's node must be missing before pod GC deletes the pod
+#: seconds one controller may spend creating pods in one pass before the others get their turn.
+#: kube-controller-manager runs its controllers side by side; here they take turns in one loop,
+#: so without a slice a DaemonSet rolling out to 50 nodes on a loaded machine (kube-proxy pods at
+#: ~3 s per create) held every Deployment's first ReplicaSet back for 4.5 minutes
+CREATE_SLICE = 1.0
 #: test-only: overrides :data:`ORPHAN_QUARANTINE` (podgc's is a constant, no flag); the node
 #: lifecycle lab test sets it so it does not sit through 40 s (docs/kubernetes.md)
 QUARANTINE_ENV = "CALICOLAB_PODGC_QUARANTINE"
@@ -448,6 +453,7 @@ class ControllerManager:
         self.pod_cidr = pod_cidr
         self.node_cidr_mask = node_cidr_mask
         self.allocate_node_cidrs = allocate_node_cidrs and bool(pod_cidr)
+        self.more = False  # a controller used up its CREATE_SLICE: pass again at once
 
     # --- helpers ---------------------------------------------------------------------------
     def _set_status(self, obj: dict, status: dict) -> None:
@@ -465,6 +471,14 @@ class ControllerManager:
         if self.cluster.delete("Pod", meta["name"], meta["namespace"], uid=meta.get("uid")):
             self.cluster.event(owner, "SuccessfulDelete", f"Deleted pod: {meta['name']}",
                                component=_component(owner))
+
+    def _slice_over(self, started: float) -> bool:
+        """True (and another pass is due at once) when a controller that began creating pods
+        at ``started`` has used its CREATE_SLICE in this pass."""
+        if self.clock() - started < CREATE_SLICE:
+            return False
+        self.more = True
+        return True
 
     def _create_pod(self, owner: dict, pod: dict) -> dict | None:
         try:
@@ -550,6 +564,7 @@ class ControllerManager:
 
     def reconcile_replicasets(self, replicasets: list[dict], pods: list[dict]) -> None:
         by_owner = _owned(pods, "ReplicaSet")
+        started = self.clock()
         for rs in replicasets:
             if rs["metadata"].get("deletionTimestamp"):
                 continue
@@ -557,6 +572,8 @@ class ControllerManager:
             want = rs["spec"].get("replicas", 1)
             if len(current) < want:
                 for _ in range(want - len(current)):
+                    if self._slice_over(started):
+                        break
                     pod = self._create_pod(rs, pod_for(rs, ""))
                     if pod is None:
                         break
@@ -572,6 +589,7 @@ class ControllerManager:
 
     def reconcile_daemonsets(self, daemonsets: list[dict], pods: list[dict], nodes: list[dict]) -> None:
         by_owner = _owned(pods, "DaemonSet")
+        started = self.clock()
         for ds in daemonsets:
             if ds["metadata"].get("deletionTimestamp"):
                 continue
@@ -587,7 +605,7 @@ class ControllerManager:
                 else:
                     current[node] = pod
             for node in wanted:
-                if node not in current:
+                if node not in current and not self._slice_over(started):
                     pod = self._create_pod(ds, pod_for(ds, thash, node))
                     if pod is not None:
                         current[node] = pod
@@ -677,6 +695,7 @@ class ControllerManager:
     def reconcile(self) -> None:
         """One pass of every controller, over the cached state."""
         c = self.cluster
+        self.more = False
         nodes = c.list("Node")
         self.reconcile_node_cidrs(nodes)
         pods = c.list("Pod")
@@ -719,8 +738,8 @@ class ControllerManager:
                 stop.wait(0.5)
             # a Lease renewal alone (every node's kubelet, every 10 s) needs no pass: node
             # health is checked every --node-monitor-period
-            deadline = self.clock() + self._pass_timeout()
-            while not stop.is_set():
+            deadline = self.clock() + (0.0 if self.more else self._pass_timeout())
+            while not stop.is_set() and not self.more:
                 kinds = self.cluster.wait(stop, timeout=max(0.0, deadline - self.clock()))
                 if kinds - {"Lease"} or self.clock() >= deadline:
                     break
