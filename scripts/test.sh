@@ -5,11 +5,14 @@
 #
 # Without arguments the suite runs as two streams at once, to fit the 15-minute budget on
 # 2 cores (a lab mostly waits on timers and packets: one stream alone leaves a core idle):
-# - the lab tier (and any tier not named below) in the foreground, its output live;
-# - beside it, one after the other: the netns, interop and kernel tiers, then the unit and
-#   etcd tiers under `nice` (no root, no lab: they take the CPU the others leave idle).
-# Each tier isolates itself as it does in one run (its own netns, ports, bpffs, state dirs),
-# so the streams share nothing. The side stream's output is printed after the lab tier's;
+# - the lab tier (but the two modules below; and any tier not named below) in the foreground,
+#   its output live;
+# - beside it, one after the other: the netns, interop and kernel tiers and two lab modules
+#   that mostly wait (on ssh hosts, on Kubernetes' grace periods), then the unit and etcd
+#   tiers under `nice` (no root, no lab: they take the CPU the others leave idle).
+# Each test isolates itself as it does in one run (its own netns, ports, bpffs, lab name and
+# state dir; labs run side by side as users run them), so the streams share nothing. The side
+# stream's output is printed after the lab tier's;
 # the exit code is non-zero when any run failed. Together the runs are the same tests as one
 # `pytest` over `tests/`.
 set -euo pipefail
@@ -22,7 +25,7 @@ if [ "$#" -gt 0 ]; then
 fi
 
 pytest=(.venv/bin/python -m pytest)
-side_root=(tests/netns tests/interop tests/kernel)
+side_root=(tests/netns tests/interop tests/kernel tests/lab/test_multihost_lab.py tests/lab/test_node_lifecycle.py)
 side_user=(tests/unit tests/etcd)
 side() {
     # each run its own cache dir: parallel pytest runs must not overwrite each other's lastfailed
