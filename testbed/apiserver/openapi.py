@@ -215,16 +215,23 @@ def server_version() -> str:
     return KUBE_VERSION
 
 
-def _registry_key(server: Any) -> str:
-    items = sorted((rt.group, rt.version, rt.plural, id(rt.crd)) for rt in server.registry.all())
+def _registry_key(server: Any, gv: tuple[str, str] | None = None) -> str:
+    """What a document is built from: the served resources (and their CRD objects) of group
+    version ``gv``, or of every group (None: the v2 document)."""
+    rts = server.registry.all() if gv is None else server.registry.in_group_version(*gv)
+    items = sorted((rt.group, rt.version, rt.plural, id(rt.crd)) for rt in rts)
     return hashlib.sha256(repr(items).encode()).hexdigest()
 
 
 _cache: dict[tuple[int, str, str], tuple[str, bytes, str]] = {}
 
 
-def _encoded(server: Any, key: str, build: Any) -> tuple[bytes, str]:
-    reg = _registry_key(server)
+def _encoded(server: Any, key: str, build: Any, gv: tuple[str, str] | None = None) -> tuple[bytes, str]:
+    """The JSON of document ``key`` and its hash, built again only when what it is built from
+    changed (:func:`_registry_key`): a group-version's document stays valid when another
+    group's resources come (Calico's CRDs right after start-up, which made the first
+    ``kubectl apply`` rebuild every document to answer /openapi/v3)."""
+    reg = _registry_key(server, gv)
     c = _cache.get((id(server), key, "x"))
     if c is not None and c[0] == reg:
         return c[1], c[2]
@@ -240,7 +247,7 @@ def warm(server: Any) -> None:
     for g, vs in list(server.registry.groups().items()):
         for v in vs:
             p = f"apis/{g}/{v}" if g else "api/v1"
-            _encoded(server, p, lambda g=g, v=v: _doc_for(server, g, v))
+            _encoded(server, p, lambda g=g, v=v: _doc_for(server, g, v), (g, v))
 
 
 async def serve(server: Any, req: web.Request, path: str) -> web.StreamResponse:
@@ -267,7 +274,7 @@ async def serve(server: Any, req: web.Request, path: str) -> web.StreamResponse:
         for g, vs in server.registry.groups().items():
             for v in vs:
                 p = f"apis/{g}/{v}" if g else "api/v1"
-                _, h = _encoded(server, p, lambda g=g, v=v: _doc_for(server, g, v))
+                _, h = _encoded(server, p, lambda g=g, v=v: _doc_for(server, g, v), (g, v))
                 paths[p] = {"serverRelativeURL": f"/openapi/v3/{p}?hash={h}"}
         return web.Response(body=json.dumps({"paths": paths}).encode(), headers={"Content-Type": "application/json"})
     rest = path[len("/openapi/v3/"):]
@@ -280,7 +287,7 @@ async def serve(server: Any, req: web.Request, path: str) -> web.StreamResponse:
         raise status.page_not_found()
     if v not in server.registry.groups().get(g, []):
         raise status.page_not_found()
-    body, h = _encoded(server, rest, lambda: _doc_for(server, g, v))
+    body, h = _encoded(server, rest, lambda: _doc_for(server, g, v), (g, v))
     headers = {"Content-Type": "application/json", "Etag": f'"{h}"'}
     if req.query.get("hash") == h:
         headers["Cache-Control"] = "public, immutable"
