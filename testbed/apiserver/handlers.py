@@ -611,7 +611,7 @@ class Handlers:
         obj = self.check_identity(r, body)
         obj, warnings = self.check_fields(r, r.rt, obj)
         if r.rt.verbs == ("create",):
-            return self.respond(r, self.review(r, obj), 201, warnings)
+            return self.respond(r, await self.review(r, obj), 201, warnings)
         if r.rt.group == "events.k8s.io":
             from testbed.apiserver.events import events_to_core
 
@@ -620,7 +620,7 @@ class Handlers:
                                            manager=self.manager(r), input_rt=r.rt)
         return self.respond(r, created, 201, warnings)
 
-    def review(self, r: Request, obj: dict) -> dict:
+    async def review(self, r: Request, obj: dict) -> dict:
         """Answer a create-only review. Authorization is not enforced (RBAC objects are
         stored only), so every access review is allowed and says why."""
         kind = r.rt.kind
@@ -640,7 +640,7 @@ class Handlers:
                 from testbed.apiserver.auth import user_from_claims
 
                 claims = self.server.tokens.verify(token)
-                if not self.service_account_valid(claims):
+                if not await self.service_account_valid(claims):
                     raise ValueError("the ServiceAccount of the token no longer exists")
                 u = user_from_claims(claims)
                 out["status"] = {"authenticated": True, "user": {"username": u.name, "groups": u.groups,
@@ -1357,16 +1357,28 @@ class Handlers:
                                        "expirationSeconds": exp, "boundObjectRef": ref},
                               "status": {"token": token, "expirationTimestamp": t_exp}}, 201)
 
-    def service_account_valid(self, claims: dict) -> bool:
-        """A token's ServiceAccount must still exist (with the uid it was issued for)."""
+    async def service_account_valid(self, claims: dict) -> bool:
+        """A token's ServiceAccount must still exist (with the uid it was issued for). Read
+        from the watch cache; when the cache does not have it (or has another uid) the
+        storage is read, as kube-apiserver's token getter falls back from its informer to a
+        live GET: a token for a ServiceAccount created a moment ago authenticates although
+        the cache has not seen the create yet."""
         k8s = claims.get("kubernetes.io") or {}
         sa = k8s.get("serviceaccount") or {}
         rt = self.registry.get("", "v1", "serviceaccounts")
-        e = self.storage.hub.cache.get(rt.key(sa.get("name", ""), k8s.get("namespace", "")))
-        if e is None:
-            return False
+        key = rt.key(sa.get("name", ""), k8s.get("namespace", ""))
         uid = sa.get("uid")
-        return not uid or e.obj["metadata"].get("uid") == uid
+
+        def matches(e: Any) -> bool:
+            return e is not None and (not uid or e.obj["metadata"].get("uid") == uid)
+
+        if matches(self.storage.hub.cache.get(key)):
+            return True
+        try:
+            return matches(await self.storage.get(key))
+        except Exception as exc:  # noqa: BLE001 - etcd unreachable: the token cannot be checked
+            log.info("token of %s: its ServiceAccount cannot be read: %s", key, exc)
+            return False
 
     # --- bootstrap and controllers ------------------------------------------------------------
     async def bootstrap(self) -> None:

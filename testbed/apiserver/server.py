@@ -133,7 +133,7 @@ class APIServer:
         return runner
 
     # --- authentication -------------------------------------------------------------------
-    def authenticate(self, req: web.Request) -> User | None:
+    async def authenticate(self, req: web.Request) -> User | None:
         authz = req.headers.get("Authorization", "")
         if authz[:7].lower() == "bearer ":
             token = authz[7:].strip()
@@ -143,7 +143,7 @@ class APIServer:
                 log.info("token rejected: %s", exc)
                 return None
             user = user_from_claims(claims)
-            if not self.handlers.service_account_valid(claims):
+            if not await self.handlers.service_account_valid(claims):
                 return None
             return user
         transport = req.transport
@@ -161,7 +161,7 @@ class APIServer:
         log.debug("%s %s accept=%s ctype=%s", req.method, req.path_qs, req.headers.get("Accept"),
                   req.headers.get("Content-Type"))
         try:
-            user = self.authenticate(req)
+            user = await self.authenticate(req)
             path = req.path.rstrip("/") or "/"
             if user is None:
                 if self.opts.anonymous_auth and (path in PUBLIC_PATHS or path.startswith(PUBLIC_PATHS[:3])):
