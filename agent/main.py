@@ -267,8 +267,9 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
                     _stop_cni_server(cni_server)
                 return 0
             delay = min(delay * 2, 5.0)
-    log.info("start-up done: node %s address %s tunnel %s%s", result.nodename, result.ipv4_address,
-             result.tunnel_address, " (created the default pool)" if result.pool_created else "")
+    log.info("start-up done: node %s address %s tunnel %s%s (ms: %s)", result.nodename, result.ipv4_address,
+             result.tunnel_address, " (created the default pool)" if result.pool_created else "",
+             " ".join(f"{k}={v:g}" for k, v in result.steps.items()))
     conflist = os.path.join(env.get("CNI_NET_DIR", "/etc/cni/net.d"), "10-calico.conflist")
     in_pod = bool(env.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(SA_TOKEN)
     if in_pod and not env.get("CNI_NETWORK_CONFIG") and os.path.exists(conflist):

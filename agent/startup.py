@@ -26,10 +26,11 @@ import logging
 import os
 import re
 import socket
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from datastore.version import CALICO_VERSION
@@ -61,6 +62,8 @@ class StartupResult:
     ipv4_address: str | None
     tunnel_address: str | None
     pool_created: bool
+    #: milliseconds per step (calico-node's start-up log line shows them)
+    steps: dict[str, float] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------
@@ -538,19 +541,35 @@ def run_startup(client: Any, env: Mapping[str, str], var_lib: str | None = None,
     nodename = determine_nodename(env)
     if not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", nodename):
         raise StartupError(f"node name {nodename!r} is not a valid Calico name (lower case, digits, '-', '.')")
+    steps: dict[str, float] = {}
+    t = time.monotonic()
+
+    def step(name: str) -> None:
+        nonlocal t
+        now = time.monotonic()
+        steps[name] = round((now - t) * 1000, 1)
+        t = now
+
     ifaces = list(interfaces) if interfaces is not None else local_interfaces()
     host_addrs = [a for _, addrs in ifaces for a in addrs]
     kubeadm = kubeadm_config(kube_client(client, env))
     kubeadm_cidr = kubeadm_pod_subnet(kubeadm)
+    step("kubeadm")
     if not _env_bool(env, "NO_DEFAULT_POOLS", False):
         pool_from_env(env, host_addrs, kubeadm_cidr)  # bad CALICO_IPV4POOL_* fails before anything is written
     ipv4 = node_address(env, ifaces)
     log.info("node %s: IPv4 address %s", nodename, ipv4)
+    step("address")
     register_node(client, nodename, ipv4)
+    step("node")
     created = ensure_default_pool(client, env, host_addrs, kubeadm_cidr)
+    step("pool")
     ensure_cluster_information(client, env, kubeadm is not None)
+    step("clusterinfo")
     ensure_default_felix_configuration(client)
+    step("felixconfig")
     tunnels = ensure_tunnel_addresses(client, nodename)
     tunnel = tunnels["ipip"] or tunnels["vxlan"]
+    step("tunnel")
     write_nodename(var_lib or env.get("CALICO_VAR_LIB_DIR", "/var/lib/calico"), nodename)
-    return StartupResult(nodename, ipv4, tunnel, created)
+    return StartupResult(nodename, ipv4, tunnel, created, steps)

@@ -51,6 +51,9 @@ LAB_BGP_TIMERS = "connect_delay=0.1,connect_retry=1"
 REAP_INTERVAL = 0.2
 #: seconds between admissions of a big lab's waiting nodes (testbed.lab.admission)
 ADMIT_INTERVAL = 0.1
+#: Calico's CRDs created this many at a time (the Kubernetes datastore's start-up): one at a
+#: time, each waited up to ~0.17 s for the API server's start-up burst (3 nodes: 0.74 s for 18)
+CRD_WORKERS = 6
 
 #: Node directories private to each node: (mount point, name of the backing dir).
 #: None: a tmpfs (runtime state that must vanish with the node).
@@ -817,7 +820,7 @@ class Supervisor:
             from datastore.kdd import install_crds
             from kubeclient import Client, from_kubeconfig
 
-            return install_crds(Client(from_kubeconfig(conf)))
+            return install_crds(Client(from_kubeconfig(conf)), workers=CRD_WORKERS)
 
         made = nsmod.run_in(self.state["hosts"][self.topo.control_plane.name]["netns"], work)
         self.progress(f"Kubernetes datastore: {len(made)} Calico CRDs (crd.projectcalico.org/v1) installed")
@@ -1063,19 +1066,23 @@ class Supervisor:
             self.progress(f"warning: calico-node not ready after {self.ready_timeout:.0f}s on "
                           f"{', '.join(sorted(pending))} (see logs/<node>.calico-node.log)")
 
-    def start_workloads(self) -> tuple[subprocess.Popen, bytes] | None:
-        """Start `kubectl apply -f -` in the control-plane node, reading the workloads
-        (every one, in file order, as one multi-document stream) from its stdin.
+    def start_workloads(self) -> tuple[subprocess.Popen | None, bytes] | None:
+        """Prepare the workloads (every one, in file order, as one multi-document stream) for
+        :meth:`finish_workloads`, which applies them once the nodes are Ready, so the scheduler
+        spreads the pods over every node, as on a cluster that was up before they were applied
+        (applied earlier, every pod lands on the first node to become Ready).
 
-        The process starts early, so its start-up overlaps the nodes'; the manifests
-        are written to it by :meth:`finish_workloads` once the nodes are Ready, so the
-        scheduler spreads the pods over every node, as on a cluster that was up
-        before they were applied (applied earlier, every pod lands on the first node
-        to become Ready).
-        """
+        Objects that ``kubectl apply`` would simply create are created through the API as it
+        creates them (testbed.lab.workloads: no kubectl process, its start, discovery and
+        OpenAPI downloads were 0.4-0.7 s between Ready and the pods); any other stream goes to
+        `kubectl apply -f -` in the control-plane node, started now so its start-up overlaps
+        the nodes'."""
         if not self.topo.workloads:
             return None
         import yaml
+
+        from kubeclient.client import BUILTIN
+        from testbed.lab import workloads
 
         wdir = self.sdir / "workloads"
         wdir.mkdir(exist_ok=True)
@@ -1083,20 +1090,52 @@ class Supervisor:
         docs = [d for w in self.topo.workloads for d in w.documents]
         text = yaml.safe_dump_all(docs, sort_keys=False)
         path.write_text(text)
+        if workloads.plan(docs, BUILTIN) is not None:
+            return None, text.encode()
+        return self._kubectl_apply(), text.encode()
+
+    def _kubectl_apply(self) -> subprocess.Popen:
+        """`kubectl apply -f -` in the control-plane node (admin credentials), stdin a pipe."""
         cp = self.topo.control_plane.name
         env = labstate.node_env(self.state, cp)
         env["KUBECONFIG"] = "/etc/kubernetes/admin.conf"
-        proc = self.hosts[cp].popen([str(labstate.VENV_BIN / "kubectl"), "apply", "-f", "-"],
+        return self.hosts[cp].popen([str(labstate.VENV_BIN / "kubectl"), "apply", "-f", "-"],
                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE)
-        return proc, text.encode()
 
-    def finish_workloads(self, started: tuple[subprocess.Popen, bytes] | None) -> None:
-        """Hand the workloads to the waiting `kubectl apply`, wait for it; raise if it failed."""
+    def finish_workloads(self, started: tuple[subprocess.Popen | None, bytes] | None) -> None:
+        """Apply the workloads (created through the API, or handed to the waiting `kubectl
+        apply`, :meth:`start_workloads`); raise if that failed."""
         if started is None:
             return
         proc, text = started
         self.progress("applying " + ", ".join(w.source for w in self.topo.workloads))
+        if proc is None:
+            import yaml
+
+            from kubeclient import KubeError
+            from kubeclient.client import BUILTIN
+            from testbed.lab import kubeadm, workloads
+
+            objs = workloads.plan([d for d in yaml.safe_load_all(text) if d is not None], BUILTIN) or []
+            conf = str(kubeadm.admin_conf(self.state))
+
+            def work() -> list[str] | str:
+                from kubeclient import Client, from_kubeconfig
+
+                try:
+                    return workloads.create(Client(from_kubeconfig(conf)), objs)
+                except (KubeError, OSError) as exc:
+                    return f"{type(exc).__name__}: {exc}"
+
+            made = nsmod.run_in(self.state["hosts"][self.topo.control_plane.name]["netns"], work)
+            if not isinstance(made, str):
+                for line in made:
+                    _log(f"workloads: {line}")
+                return
+            # kubectl says what is wrong in its own words; what was created is unchanged for it
+            _log(f"workloads: creating through the API failed ({made}); handing them to kubectl apply")
+            proc = self._kubectl_apply()
         out, err = proc.communicate(text, timeout=120)
         if proc.returncode != 0:
             raise RuntimeError("kubectl apply of the workloads failed: "
@@ -1201,15 +1240,15 @@ class Supervisor:
                 self.wait_apiserver()
                 mark("apiserver")
                 if self.kdd:
-                    # the Calico Node is the Kubernetes Node: calico-node starts once the CRDs are
-                    # served and its kubelet has registered the Node (a pod would crash and restart).
-                    # kubeadm's add-ons come after: no calico-node needs them, and CoreDNS waits for
-                    # the CNI anyway; made first they held up calico-node's pods (~0.5 s of a 3-node
-                    # start, bench/lab_up.py --datastore kubernetes)
+                    # calico-node's DaemonSet once the CRDs are served: its controller puts a pod on
+                    # each node as its kubelet registers the Node (the Calico Node is the Kubernetes
+                    # Node), so nothing waits for the registrations here (a big lab's nodes register
+                    # a window at a time). kubeadm's add-ons come after: no calico-node needs them,
+                    # and CoreDNS waits for the CNI anyway; made first they held up calico-node's
+                    # pods (~0.5 s of a 3-node start, bench/lab_up.py --datastore kubernetes)
                     self.install_crds()
                     mark("crds")
                     if not self.no_cni and importlib.util.find_spec("agent.main") is not None:
-                        self.wait_nodes(ready=False)
                         started = self.install_operator_layout(direct=True)
                         mark("calico-system")
                 self.kubeadm_init()
