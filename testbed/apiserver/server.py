@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from datastore import errors as ds_errors
-from testbed.apiserver import discovery, status
+from testbed.apiserver import discovery, schema, status
 from testbed.apiserver.auth import (
     TokenError,
     TokenVerifier,
@@ -77,6 +77,8 @@ class APIServer:
     def __init__(self, opts: Options):
         self.opts = opts
         self.registry = Registry()
+        # the built-in kinds' schemas (request checks, OpenAPI), from the on-disk cache
+        schema.preload([rt.model for rt in self.registry.all() if rt.model] + ["V1ObjectMeta"])
         self.longrunning = LongRunning()  # /metrics: the watches being served
         self.storage = Storage(opts.etcd_servers)
         with open(opts.path(opts.service_account_key_file, "sa.pub"), "rb") as f:
