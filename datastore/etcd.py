@@ -16,7 +16,7 @@ import json
 import socket
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -239,21 +239,7 @@ class EtcdClient:
         )
 
     def _decode(self, status: int, data: bytes, idx: int) -> dict[str, Any]:
-        try:
-            doc = json.loads(data) if data else {}
-        except ValueError:
-            if status == 200:  # cut short (etcd stopping mid-answer): never an empty result
-                host, port = self.endpoints[idx]
-                raise errors.DatastoreUnavailable(f"etcd at http://{host}:{port} sent an unreadable answer "
-                                                  f"({len(data)} bytes)") from None
-            doc = {"message": data[:200].decode(errors="replace")}
-        if status != 200:
-            msg = doc.get("message") or doc.get("error") or f"HTTP {status}"
-            if "compacted" in msg:
-                raise errors.Compacted(f"etcd: {msg}")
-            host, port = self.endpoints[idx]
-            raise errors.DatastoreError(f"etcd at http://{host}:{port} refused the request: {msg}")
-        return doc
+        return decode_reply(status, data, *self.endpoints[idx])
 
     def close(self) -> None:
         """Close this thread's connections."""
@@ -261,102 +247,60 @@ class EtcdClient:
             self._drop(idx)
 
     # -- key/value ---------------------------------------------------------
+    # Each operation is a plan (below, shared with datastore.etcd_aio's asyncio client):
+    # this client runs it with blocking calls.
+
+    def run(self, plan: Plan) -> Any:
+        """Run ``plan``: each request it yields goes to :meth:`call`, the answer back in."""
+        try:
+            req = next(plan)
+            while True:
+                req = plan.send(self.call(*req))
+        except StopIteration as done:
+            return done.value
 
     def get(self, key: str) -> KV | None:
         """The pair at ``key``, or None."""
-        doc = self.call("/v3/kv/range", {"key": b64(key)})
-        kvs = doc.get("kvs") or []
-        return kv_from_json(kvs[0]) if kvs else None
+        return self.run(plan_get(key))
 
     def get_many(self, keys: list[str]) -> list[KV | None]:
         """The pair at each of ``keys`` (None where absent), read in one transaction."""
-        doc = self.call("/v3/kv/txn", {"compare": [], "failure": [],
-                                       "success": [{"request_range": {"key": b64(k)}} for k in keys]})
-        out: list[KV | None] = []
-        for resp in doc.get("responses") or []:
-            kvs = (resp.get("response_range") or {}).get("kvs") or []
-            out.append(kv_from_json(kvs[0]) if kvs else None)
-        if len(out) != len(keys):
-            raise errors.DatastoreError(f"etcd answered {len(out)} of {len(keys)} reads of one transaction")
-        return out
+        return self.run(plan_get_many(keys))
 
     def list(self, prefix: str) -> tuple[list[KV], int]:
         """Every pair under ``prefix`` (sorted by key) and the store revision."""
-        doc = self.call("/v3/kv/range", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))})
-        kvs = [kv_from_json(d) for d in doc.get("kvs") or []]
-        kvs.sort(key=lambda kv: kv.key)
-        return kvs, int(doc.get("header", {}).get("revision", 0))
+        return self.run(plan_list(prefix))
 
     def revision(self) -> int:
         """The current store revision."""
-        doc = self.call("/v3/kv/range", {"key": b64("\0"), "count_only": True})
-        return int(doc.get("header", {}).get("revision", 0))
+        return self.run(plan_revision())
 
     def put(self, key: str, value: bytes | str, lease: int | None = None) -> int:
         """Unconditional write; returns the new revision."""
-        body: dict[str, Any] = {"key": b64(key), "value": b64(value)}
-        if lease:
-            body["lease"] = str(lease)
-        doc = self.call("/v3/kv/put", body)
-        return int(doc.get("header", {}).get("revision", 0))
+        return self.run(plan_put(key, value, lease))
 
     def _txn(self, compare: list[dict], success: list[dict], failure: list[dict]) -> dict[str, Any]:
         return self.call("/v3/kv/txn", {"compare": compare, "success": success, "failure": failure})
 
     def create(self, key: str, value: bytes | str, lease: int | None = None) -> int:
         """Write only if ``key`` does not exist; raises AlreadyExists otherwise."""
-        put: dict[str, Any] = {"key": b64(key), "value": b64(value)}
-        if lease:
-            put["lease"] = str(lease)
-        doc = self._txn(
-            [{"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
-            [{"request_put": put}],
-            [],
-        )
-        if not doc.get("succeeded"):
-            raise errors.AlreadyExists(f"{key} already exists")
-        return int(doc.get("header", {}).get("revision", 0))
+        return self.run(plan_create(key, value, lease))
 
     def update(self, key: str, value: bytes | str, mod_revision: int) -> int:
         """Compare-and-swap: write only if ``key`` is still at ``mod_revision``."""
-        doc = self._txn(
-            [{"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}],
-            [{"request_put": {"key": b64(key), "value": b64(value)}}],
-            [{"request_range": {"key": b64(key)}}],
-        )
-        if not doc.get("succeeded"):
-            self._raise_cas_failure(key, doc, mod_revision)
-        return int(doc.get("header", {}).get("revision", 0))
+        return self.run(plan_update(key, value, mod_revision))
 
     def delete(self, key: str, mod_revision: int | None = None) -> bool:
         """Delete ``key`` (only at ``mod_revision`` if given). True if something was deleted."""
-        if mod_revision is None:
-            doc = self.call("/v3/kv/deleterange", {"key": b64(key)})
-            return int(doc.get("deleted", 0)) > 0
-        doc = self._txn(
-            [{"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}],
-            [{"request_delete_range": {"key": b64(key)}}],
-            [{"request_range": {"key": b64(key)}}],
-        )
-        if not doc.get("succeeded"):
-            self._raise_cas_failure(key, doc, mod_revision)
-        return True
+        return self.run(plan_delete(key, mod_revision)) > 0
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every key under ``prefix``; returns how many."""
-        doc = self.call(
-            "/v3/kv/deleterange", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))}
-        )
-        return int(doc.get("deleted", 0))
+        return self.run(plan_delete_prefix(prefix))
 
     @staticmethod
     def _raise_cas_failure(key: str, doc: dict[str, Any], expected: int) -> None:
-        responses = doc.get("responses") or [{}]
-        kvs = (responses[0].get("response_range") or {}).get("kvs") or []
-        if not kvs:
-            raise errors.NotFound(f"{key} does not exist")
-        now = kv_from_json(kvs[0]).mod_revision
-        raise errors.Conflict(f"{key} changed: expected revision {expected}, found {now}")
+        raise_cas_failure(key, doc, expected)
 
     # -- watch -------------------------------------------------------------
 
@@ -448,26 +392,157 @@ class Watch:
             conn.close()
 
     def _handle(self, doc: dict[str, Any]) -> list[EtcdEvent]:
-        if "error" in doc:
-            err = doc["error"]
-            msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
-            if "compacted" in msg:
-                raise errors.Compacted(f"etcd: {msg}")
-            raise errors.DatastoreUnavailable(f"etcd watch error: {msg}")
-        result = doc.get("result", {})
-        compact = int(result.get("compact_revision", 0) or 0)
-        if compact:
-            raise errors.Compacted(
-                f"revision {self.start_revision} of {self.prefix} was compacted (now {compact})",
-                compact,
-            )
-        if result.get("canceled"):
-            raise errors.DatastoreUnavailable(
-                f"etcd cancelled the watch: {result.get('cancel_reason', 'no reason given')}")
-        out = []
-        for ev in result.get("events") or []:
-            out.append(EtcdEvent(type=ev.get("type", "PUT"), kv=kv_from_json(ev["kv"])))
-        return out
+        return watch_batch(doc, self.prefix, self.start_revision)
+
+def watch_batch(doc: dict[str, Any], prefix: str, start_revision: int) -> list[EtcdEvent]:
+    """The events of one watch stream message; its errors as typed exceptions."""
+    if "error" in doc:
+        err = doc["error"]
+        msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+        if "compacted" in msg:
+            raise errors.Compacted(f"etcd: {msg}")
+        raise errors.DatastoreUnavailable(f"etcd watch error: {msg}")
+    result = doc.get("result", {})
+    compact = int(result.get("compact_revision", 0) or 0)
+    if compact:
+        raise errors.Compacted(
+            f"revision {start_revision} of {prefix} was compacted (now {compact})",
+            compact,
+        )
+    if result.get("canceled"):
+        raise errors.DatastoreUnavailable(
+            f"etcd cancelled the watch: {result.get('cancel_reason', 'no reason given')}")
+    out = []
+    for ev in result.get("events") or []:
+        out.append(EtcdEvent(type=ev.get("type", "PUT"), kv=kv_from_json(ev["kv"])))
+    return out
+
+
+def decode_reply(status: int, data: bytes, host: str, port: int) -> dict[str, Any]:
+    """The JSON document of a gateway reply; etcd's refusals as typed errors."""
+    try:
+        doc = json.loads(data) if data else {}
+    except ValueError:
+        if status == 200:  # cut short (etcd stopping mid-answer): never an empty result
+            raise errors.DatastoreUnavailable(f"etcd at http://{host}:{port} sent an unreadable answer "
+                                              f"({len(data)} bytes)") from None
+        doc = {"message": data[:200].decode(errors="replace")}
+    if status != 200:
+        msg = doc.get("message") or doc.get("error") or f"HTTP {status}"
+        if "compacted" in msg:
+            raise errors.Compacted(f"etcd: {msg}")
+        raise errors.DatastoreError(f"etcd at http://{host}:{port} refused the request: {msg}")
+    return doc
+
+
+# -- plans: what each operation asks etcd and how it reads the answers ------------------
+# A plan is a generator yielding (gateway path, JSON body) requests, sent each answer's
+# document, returning the operation's result; EtcdClient.run drives it with blocking
+# calls, datastore.etcd_aio.AsyncEtcdClient.run on an event loop.
+
+Plan = Generator[tuple[str, dict[str, Any]], dict[str, Any], Any]
+
+
+def _revision_of(doc: dict[str, Any]) -> int:
+    return int(doc.get("header", {}).get("revision", 0))
+
+
+def plan_get(key: str) -> Plan:
+    """The pair at ``key``, or None."""
+    doc = yield "/v3/kv/range", {"key": b64(key)}
+    kvs = doc.get("kvs") or []
+    return kv_from_json(kvs[0]) if kvs else None
+
+
+def plan_get_many(keys: list[str]) -> Plan:
+    """The pair at each of ``keys`` (None where absent), read in one transaction."""
+    doc = yield "/v3/kv/txn", {"compare": [], "failure": [],
+                               "success": [{"request_range": {"key": b64(k)}} for k in keys]}
+    out: list[KV | None] = []
+    for resp in doc.get("responses") or []:
+        kvs = (resp.get("response_range") or {}).get("kvs") or []
+        out.append(kv_from_json(kvs[0]) if kvs else None)
+    if len(out) != len(keys):
+        raise errors.DatastoreError(f"etcd answered {len(out)} of {len(keys)} reads of one transaction")
+    return out
+
+
+def plan_list(prefix: str) -> Plan:
+    """Every pair under ``prefix`` (sorted by key) and the store revision."""
+    doc = yield "/v3/kv/range", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))}
+    kvs = [kv_from_json(d) for d in doc.get("kvs") or []]
+    kvs.sort(key=lambda kv: kv.key)
+    return kvs, _revision_of(doc)
+
+
+def plan_revision() -> Plan:
+    """The current store revision."""
+    doc = yield "/v3/kv/range", {"key": b64("\0"), "count_only": True}
+    return _revision_of(doc)
+
+
+def plan_put(key: str, value: bytes | str, lease: int | None = None) -> Plan:
+    """Unconditional write; the new revision."""
+    body: dict[str, Any] = {"key": b64(key), "value": b64(value)}
+    if lease:
+        body["lease"] = str(lease)
+    doc = yield "/v3/kv/put", body
+    return _revision_of(doc)
+
+
+def plan_create(key: str, value: bytes | str, lease: int | None = None) -> Plan:
+    """Write only if ``key`` does not exist (else AlreadyExists); the new revision."""
+    put: dict[str, Any] = {"key": b64(key), "value": b64(value)}
+    if lease:
+        put["lease"] = str(lease)
+    doc = yield "/v3/kv/txn", {
+        "compare": [{"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
+        "success": [{"request_put": put}], "failure": []}
+    if not doc.get("succeeded"):
+        raise errors.AlreadyExists(f"{key} already exists")
+    return _revision_of(doc)
+
+
+def plan_update(key: str, value: bytes | str, mod_revision: int) -> Plan:
+    """Compare-and-swap: write only if ``key`` is still at ``mod_revision``; the new revision."""
+    doc = yield "/v3/kv/txn", {
+        "compare": [{"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}],
+        "success": [{"request_put": {"key": b64(key), "value": b64(value)}}],
+        "failure": [{"request_range": {"key": b64(key)}}]}
+    if not doc.get("succeeded"):
+        raise_cas_failure(key, doc, mod_revision)
+    return _revision_of(doc)
+
+
+def plan_delete(key: str, mod_revision: int | None = None) -> Plan:
+    """Delete ``key`` (only at ``mod_revision`` if given: else NotFound/Conflict). Returns
+    0 when nothing was deleted, else the deletion's revision."""
+    if mod_revision is None:
+        doc = yield "/v3/kv/deleterange", {"key": b64(key)}
+        return (_revision_of(doc) or 1) if int(doc.get("deleted", 0)) > 0 else 0
+    doc = yield "/v3/kv/txn", {
+        "compare": [{"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}],
+        "success": [{"request_delete_range": {"key": b64(key)}}],
+        "failure": [{"request_range": {"key": b64(key)}}]}
+    if not doc.get("succeeded"):
+        raise_cas_failure(key, doc, mod_revision)
+    return _revision_of(doc) or 1
+
+
+def plan_delete_prefix(prefix: str) -> Plan:
+    """Delete every key under ``prefix``; how many."""
+    doc = yield "/v3/kv/deleterange", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))}
+    return int(doc.get("deleted", 0))
+
+
+def raise_cas_failure(key: str, doc: dict[str, Any], expected: int) -> None:
+    """NotFound or Conflict from a failed compare-and-swap's failure read."""
+    responses = doc.get("responses") or [{}]
+    kvs = (responses[0].get("response_range") or {}).get("kvs") or []
+    if not kvs:
+        raise errors.NotFound(f"{key} does not exist")
+    now = kv_from_json(kvs[0]).mod_revision
+    raise errors.Conflict(f"{key} changed: expected revision {expected}, found {now}")
 
 
 def _reason(exc: BaseException | None) -> str:

@@ -1409,7 +1409,7 @@ class Handlers:
             try:
                 now = await self.storage.revision()
                 if last:
-                    await self.storage.run(self.storage.etcd.call, "/v3/kv/compaction", {"revision": str(last)})
+                    await self.storage.call("/v3/kv/compaction", {"revision": str(last)})
                     log.info("compacted etcd to revision %d", last)
                 last = now
             except ds_errors.Compacted:

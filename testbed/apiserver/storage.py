@@ -9,8 +9,9 @@ with one etcd watch fanned out to every API watcher (kube-apiserver's watch cach
   revision says which objects exist and at which revision; objects the hub already
   holds at that revision are not read again.
 
-Blocking etcd calls (``datastore.etcd.EtcdClient``) run on a thread pool; the hub's
-watch runs on its own thread and hands batches to the event loop.
+etcd is reached with ``datastore.etcd_aio.AsyncEtcdClient``: keep-alive connections
+and the hub's watch stream on the event loop (no thread pool: its hand-offs cost more
+CPU than the calls).
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ import base64
 import collections
 import json
 import logging
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from datastore import errors as ds_errors
-from datastore.etcd import EtcdClient, b64, kv_from_json, prefix_end
+from datastore.etcd import b64, kv_from_json, prefix_end
+from datastore.etcd_aio import AsyncEtcdClient
 
 log = logging.getLogger("apiserver.storage")
 
@@ -110,19 +110,18 @@ class Subscription:
 class Storage:
     """Async CRUD on etcd for the API server."""
 
-    def __init__(self, endpoints: list[str], timeout: float = 5.0, threads: int = 16):
-        self.etcd = EtcdClient(endpoints, timeout=timeout)
+    def __init__(self, endpoints: list[str], timeout: float = 5.0, connections: int = 16):
+        self.etcd = AsyncEtcdClient(endpoints, timeout=timeout, max_connections=connections)
         self.endpoints = endpoints
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="etcd")
         self.hub = WatchHub(self)
 
-    async def run(self, fn: Callable, *args: Any) -> Any:
-        """Run a blocking etcd call on the pool."""
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+    async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One etcd gateway request (``/v3/kv/compaction`` ...): its answer's document."""
+        return await self.etcd.call(path, body)
 
     # --- reads ---------------------------------------------------------------------------
     async def get(self, key: str) -> Entry | None:
-        kv = await self.run(self.etcd.get, key)
+        kv = await self.etcd.get(key)
         if kv is None:
             return None
         cached = self.hub.cache.get(key)
@@ -130,8 +129,8 @@ class Storage:
             return cached
         return decode(key, kv.value, kv.mod_revision, kv.create_revision)
 
-    def _range(self, prefix: str, start: str | None, revision: int | None, keys_only: bool,
-               limit: int = 0) -> tuple[list[Any], int, bool]:
+    async def _range(self, prefix: str, start: str | None, revision: int | None, keys_only: bool,
+                     limit: int = 0) -> tuple[list[Any], int, bool]:
         body: dict[str, Any] = {"key": b64(start or prefix), "range_end": b64(prefix_end(prefix))}
         if revision:
             body["revision"] = str(revision)
@@ -139,7 +138,7 @@ class Storage:
             body["keys_only"] = True
         if limit:
             body["limit"] = str(limit)
-        doc = self.etcd.call("/v3/kv/range", body)
+        doc = await self.etcd.call("/v3/kv/range", body)
         if "header" not in doc:  # every etcd answer has one: without it, it is no list (never "empty")
             raise ds_errors.DatastoreUnavailable(f"etcd answered a range of {prefix} without a header")
         return doc.get("kvs") or [], int(doc["header"].get("revision", 0)), bool(doc.get("more"))
@@ -148,7 +147,7 @@ class Storage:
                    limit: int = 0) -> tuple[list[Entry], int, bool]:
         """Objects under ``prefix`` at ``revision`` (None: now), from key ``start``, at most
         ``limit`` (0: all). Returns (entries sorted by key, revision read at, more)."""
-        kvs, rev, more = await self.run(self._range, prefix, start, revision, True, limit)
+        kvs, rev, more = await self._range(prefix, start, revision, True, limit)
         cache = self.hub.cache
         out: list[Entry | None] = []
         missing = False
@@ -162,7 +161,7 @@ class Storage:
                 out.append(None)
                 missing = True
         if missing:
-            full, _, _ = await self.run(self._range, prefix, start, revision or rev, False, limit)
+            full, _, _ = await self._range(prefix, start, revision or rev, False, limit)
             byk = {}
             for d in full:
                 kv = kv_from_json(d)
@@ -174,15 +173,12 @@ class Storage:
         return [e for e in out if e is not None], rev, more
 
     async def revision(self) -> int:
-        return await self.run(self.etcd.revision)
-
-    def _check_revision(self, rev: int) -> None:
-        self.etcd.call("/v3/kv/range", {"key": b64("\0"), "count_only": True, "revision": str(rev)})
+        return await self.etcd.revision()
 
     async def check_not_compacted(self, rev: int) -> None:
         """Raise :class:`Gone` if etcd compacted ``rev``."""
         try:
-            await self.run(self._check_revision, rev)
+            await self.etcd.call("/v3/kv/range", {"key": b64("\0"), "count_only": True, "revision": str(rev)})
         except ds_errors.Compacted as exc:
             raise Gone(str(exc)) from None
         except ds_errors.DatastoreError as exc:
@@ -192,42 +188,32 @@ class Storage:
     # --- writes ---------------------------------------------------------------------------
     async def create(self, key: str, obj: dict) -> int:
         """Store a new object; raises datastore AlreadyExists. Returns its revision."""
-        return await self.run(self.etcd.create, key, encode(obj))
+        return await self.etcd.create(key, encode(obj))
 
     async def update(self, key: str, obj: dict, rev: int) -> int:
         """CAS write at ``rev``; raises datastore Conflict / NotFound."""
-        return await self.run(self.etcd.update, key, encode(obj), rev)
-
-    def _delete(self, key: str, rev: int) -> int:
-        doc = self.etcd._txn(
-            [{"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(rev)}],
-            [{"request_delete_range": {"key": b64(key)}}],
-            [{"request_range": {"key": b64(key)}}],
-        )
-        if not doc.get("succeeded"):
-            self.etcd._raise_cas_failure(key, doc, rev)
-        return int(doc.get("header", {}).get("revision", 0))
+        return await self.etcd.update(key, encode(obj), rev)
 
     async def delete(self, key: str, rev: int) -> int:
         """CAS delete at ``rev``; returns the deletion revision."""
-        return await self.run(self._delete, key, rev)
+        return await self.etcd.delete(key, rev)
 
     async def put_raw(self, key: str, value: bytes) -> int:
-        return await self.run(self.etcd.put, key, value)
+        return await self.etcd.put(key, value)
 
     async def create_raw(self, key: str, value: bytes) -> int:
-        return await self.run(self.etcd.create, key, value)
+        return await self.etcd.create(key, value)
 
     async def delete_raw(self, key: str) -> bool:
-        return await self.run(self.etcd.delete, key, None)
+        return await self.etcd.delete(key, None) > 0
 
     async def list_raw(self, prefix: str) -> list[Any]:
-        kvs, _ = await self.run(self.etcd.list, prefix)
+        kvs, _ = await self.etcd.list(prefix)
         return kvs
 
     def close(self) -> None:
         self.hub.stop()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.etcd.close()
 
 
 class WatchHub:
@@ -242,9 +228,7 @@ class WatchHub:
         self.subscribers: set[Subscription] = set()
         self.start_rev = 0  # events after this revision are all seen (while in the window)
         self.rev = 0  # last revision processed
-        self._stop = threading.Event()
-        self._watch: Any = None
-        self._thread: threading.Thread | None = None
+        self._task: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ready = asyncio.Event()
         self._progress: list[tuple[int, asyncio.Future]] = []
@@ -256,18 +240,17 @@ class WatchHub:
         delay = 0.2
         while True:  # etcd may come up after us (as kube-apiserver, wait for it)
             try:
-                await self.storage.run(self._load)
+                await self._load()
                 break
             except ds_errors.DatastoreUnavailable as exc:
                 log.warning("waiting for etcd: %s", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        self._thread = threading.Thread(target=self._follow, daemon=True, name="watch-hub")
-        self._thread.start()
+        self._task = asyncio.create_task(self._follow(), name="watch-hub")
         self.ready.set()
 
-    def _load(self) -> None:
-        kvs, rev = self.storage.etcd.list(REGISTRY)
+    async def _load(self) -> None:
+        kvs, rev = await self.storage.etcd.list(REGISTRY)
         cache = {}
         for kv in kvs:
             try:
@@ -279,21 +262,13 @@ class WatchHub:
         self.events.clear()
 
     def stop(self) -> None:
-        self._stop.set()
-        w = self._watch
-        if w is not None:
-            w.close()
+        if self._task is not None:
+            self._task.cancel()
 
-    def _follow(self) -> None:
-        while not self._stop.is_set():
+    async def _follow(self) -> None:
+        while True:
             try:
-                w = self.storage.etcd.watch(REGISTRY, self.rev + 1)
-                self._watch = w
-                if self._stop.is_set():
-                    return
-                for batch in w:
-                    if self._stop.is_set():
-                        return
+                async for batch in self.storage.etcd.watch(REGISTRY, self.rev + 1):
                     decoded = []
                     for ev in batch:
                         if ev.type == "DELETE":
@@ -304,24 +279,20 @@ class WatchHub:
                             except ValueError:
                                 continue
                             decoded.append((ev.kv.key, e, ev.kv.mod_revision, ev.kv.create_revision))
-                    if decoded and self.loop is not None:
-                        self.loop.call_soon_threadsafe(self._apply, decoded)
+                    if decoded:
+                        self._apply(decoded)
             except ds_errors.Compacted:
                 log.warning("watch hub fell behind a compaction; reloading /registry")
-                if self.loop is not None:
-                    fut = asyncio.run_coroutine_threadsafe(self._reload(), self.loop)
-                    try:
-                        fut.result(30)
-                    except Exception:  # noqa: BLE001
-                        self._stop.wait(0.5)
+                try:
+                    await asyncio.wait_for(self._reload(), 30)
+                except Exception:  # noqa: BLE001
+                    await asyncio.sleep(0.5)
             except Exception as exc:  # etcd restarting: follow again from where we were
-                if self._stop.is_set():
-                    return
                 log.info("watch hub: etcd watch broke (%s); resuming from %d", exc, self.rev + 1)
-                self._stop.wait(0.2)
+                await asyncio.sleep(0.2)
 
     async def _reload(self) -> None:
-        await self.storage.run(self._load)
+        await self._load()
         for sub in list(self.subscribers):
             sub.queue.put_nowait(Gone("the watch cache was reset after an etcd compaction"))
         self.subscribers.clear()
