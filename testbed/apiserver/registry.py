@@ -153,6 +153,7 @@ class Registry:
     def __init__(self) -> None:
         self._by_gvr: dict[tuple[str, str, str], ResourceType] = {}
         self._prefixes: list[tuple[str, ResourceType]] = []
+        self._groups: dict[str, list[str]] = {}
         for rt in BUILTINS:
             self.add(rt)
 
@@ -174,6 +175,7 @@ class Registry:
                 continue
             seen[rt.prefix] = rt
         self._prefixes = sorted(((f"/registry/{p}/", rt) for p, rt in seen.items()), key=lambda x: -len(x[0]))
+        self._groups = self._group_versions()
 
     def get(self, group: str, version: str, plural: str) -> ResourceType | None:
         return self._by_gvr.get((group, version, plural))
@@ -200,7 +202,11 @@ class Registry:
         return [r for r in self._by_gvr.values() if r.prefix == rt.prefix]
 
     def groups(self) -> dict[str, list[str]]:
-        """group -> served versions (preferred first)."""
+        """group -> served versions (preferred first); kept from the last change of the served
+        types (every request asks: do not mutate it)."""
+        return self._groups
+
+    def _group_versions(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for rt in self._by_gvr.values():
             vs = out.setdefault(rt.group, [])
