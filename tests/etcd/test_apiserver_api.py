@@ -449,3 +449,27 @@ def test_metrics_count_the_watches_being_served(apiserver):
     # is above its count before them
     wait_for(metrics, lambda m: all(m.get(k, 0) <= before.get(k, 0) for k in keys), timeout=10,
              what="the gauge back to at most its value before the watches")
+
+
+def test_kubeclient_resumes_its_tls_session_as_the_same_user(apiserver):
+    """A client's next connection (another thread's, a watch's) resumes its TLS session: the
+    server skips the full handshake and still knows the client certificate's user."""
+    c = apiserver.client()
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    first = c.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", review)
+    assert c._local.conn.sock.session_reused is False
+    c._drop()
+    again = c.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", review)
+    assert c._local.conn.sock.session_reused is True
+    assert again["status"]["userInfo"] == first["status"]["userInfo"]
+    assert again["status"]["userInfo"]["username"] == "kubernetes-admin"
+    other: list[bool] = []
+
+    def in_another_thread() -> None:  # its own connection
+        c.request("GET", "/api/v1/namespaces/default")
+        other.append(c._local.conn.sock.session_reused)
+
+    t = threading.Thread(target=in_another_thread)
+    t.start()
+    t.join(30)
+    assert other == [True]
