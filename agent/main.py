@@ -112,15 +112,40 @@ def _cni_server(env: dict[str, str], var_run: str) -> subprocess.Popen | None:
     wanted = env.get("CALICO_CNI_SERVER")
     if not _truthy(wanted, os.path.abspath(var_run) == os.path.dirname(CNI_SOCKET)):
         return None
+    argv = [sys.executable, "-m", "cni.server", "--socket", CNI_SOCKET, "--parent", str(os.getpid())]
+    proc = _zygote_cni_server(argv)
+    if proc is not None:
+        log.info("CNI server on %s (pid %d, a fork of the lab's zygote)", CNI_SOCKET, proc.pid)
+        return proc
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "cni.server", "--socket", CNI_SOCKET,
-                                 "--parent", str(os.getpid())],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     except OSError:
         log.exception("CNI server failed to start; the CNI plugins will work in-process")
         return None
     log.info("CNI server on %s (pid %d)", CNI_SOCKET, proc.pid)
     return proc
+
+
+def _zygote_cni_server(argv: list[str]) -> Any:
+    """The CNI server as a fork of the lab's zygote ($CALICOLAB_ZYGOTE: kernel.zygote) in this
+    process' mount and network namespaces, environment and priority (stdout to /dev/null, stderr
+    ours, as by exec); None without a zygote or when it failed (logged: the caller execs)."""
+    from kernel import zygote
+
+    path = zygote.socket_path()
+    if path is None:
+        return None
+    fds: list[int] = []
+    try:
+        fds = [os.open(f"/proc/thread-self/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in ("mnt", "net")]
+        return zygote.spawn(path, argv, env=dict(os.environ), cwd=os.getcwd(), stdin=None, stdout=None,
+                            stderr=2, mnt=fds[0], net=fds[1], priority=os.getpriority(os.PRIO_PROCESS, 0))
+    except (OSError, zygote.ZygoteError, ValueError) as exc:
+        log.warning("the zygote %s did not start the CNI server (%s): starting it by exec", path, exc)
+        return None
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _stop_cni_server(proc: subprocess.Popen) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import select
 import signal
 import socket
 import stat
@@ -224,13 +225,27 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent(parent: int | None) -> None:
-    """SIGTERM this process when the process that started it (``parent``) ends."""
+    """SIGTERM this process when the process that started it (``parent``) ends: the parent
+    death signal when ``parent`` is our parent process, else (the lab's zygote forked us for
+    it: kernel.zygote) a thread watching its pidfd."""
     if parent is None:
         return
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:  # it ended before the prctl
+    if os.getppid() == parent:
+        return
+    libc.prctl(_PR_SET_PDEATHSIG, 0, 0, 0, 0)
+    try:
+        fd = os.pidfd_open(parent)
+    except ProcessLookupError:  # it ended already
         os.kill(os.getpid(), signal.SIGTERM)
+        return
+
+    def watch() -> None:
+        select.select([fd], [], [])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import secrets
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+
+from kernel import zygote
+
+log = logging.getLogger(__name__)
 
 MNT_DETACH = 2
 
@@ -132,16 +138,50 @@ def process_argv(netns_path: str, argv: list[str], mounts: list[tuple[str, str]]
 
 def start_process(netns_path: str, argv: list[str], log_path: str, env: dict[str, str] | None = None,
                   cwd: str | None = None, mounts: list[tuple[str, str]] | None = None,
-                  nice: int = 0, propagation: str = "slave") -> subprocess.Popen:
+                  nice: int = 0, propagation: str = "slave") -> subprocess.Popen | zygote.ZygoteProcess:
     """Start ``argv`` inside the namespace (see :func:`process_argv`); an empty
     ``netns_path`` runs it in the caller's own netns (hostNetwork pods). Output appends to
-    ``log_path``."""
+    ``log_path``. The project's Python programs start as forks of the lab's zygote when
+    ``$CALICOLAB_ZYGOTE`` names one (:func:`_zygote_start`; the same namespaces, mounts and
+    priority), everything else (and everything without a zygote) by exec."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "ab") as log:
+        proc = _zygote_start(netns_path, argv, log.fileno(), env, cwd, mounts, nice, propagation)
+        if proc is not None:
+            return proc
         return subprocess.Popen(
             process_argv(netns_path, argv, mounts, nice, propagation), stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True,
         )
+
+
+def _zygote_start(netns_path: str, argv: list[str], log_fd: int, env: dict[str, str] | None,
+                  cwd: str | None, mounts: list[tuple[str, str]] | None, nice: int,
+                  propagation: str) -> zygote.ZygoteProcess | None:
+    """Start one of the project's Python programs through the lab's zygote ($CALICOLAB_ZYGOTE,
+    :mod:`testbed.lab.zygote`) in the same namespaces, mounts, priority and session as
+    :func:`process_argv`'s command line would; None when there is no zygote or ``argv`` is not
+    the venv's Python (exec it). A zygote that fails is logged and the caller execs."""
+    path = zygote.socket_path()
+    if path is None or zygote.run_spec(argv, sys.executable, cwd) is None:
+        return None
+    if propagation not in ("slave", "unchanged"):
+        raise ValueError(f"mount propagation {propagation!r} (slave or unchanged)")
+    child_env = dict(os.environ if env is None else env)  # the zygote adds the child's channel
+    fds: list[int] = []
+    try:
+        fds.append(os.open("/proc/thread-self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC))
+        fds.append(os.open(netns_path or "/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
+        prio = os.getpriority(os.PRIO_PROCESS, 0) + nice
+        return zygote.spawn(path, argv, env=child_env, cwd=cwd, stdout=log_fd, stderr=log_fd,
+                            mnt=fds[0], net=fds[1], mounts=mounts or None, propagation=propagation,
+                            priority=prio)
+    except (OSError, zygote.ZygoteError, ValueError) as exc:
+        log.warning("zygote %s did not start %s (%s): starting it by exec", path, " ".join(argv[:3]), exc)
+        return None
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def make_shared(path: str) -> None:

@@ -32,6 +32,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from kernel import zygote
 from testbed.lab import netns as nsmod
 from testbed.lab import shellbatch
 from testbed.lab import state as labstate
@@ -54,6 +55,8 @@ ADMIT_INTERVAL = 0.1
 #: Calico's CRDs created this many at a time (the Kubernetes datastore's start-up): one at a
 #: time, each waited up to ~0.17 s for the API server's start-up burst (3 nodes: 0.74 s for 18)
 CRD_WORKERS = 6
+#: the zygote's socket directory in the lab's state dir (the supervisor's only)
+ZYGOTE_DIR = "zygote"
 
 #: Node directories private to each node: (mount point, name of the backing dir).
 #: None: a tmpfs (runtime state that must vanish with the node).
@@ -149,6 +152,9 @@ class Supervisor:
         self.kc_thread: threading.Thread | None = None  # start_kube_controllers
         #: Calico's datastore is the Kubernetes API (CRDs), not etcd (topology calico.datastore)
         self.kdd = topo.calico.datastore == "kubernetes"
+        #: the lab's zygote socket (testbed.lab.zygote), once started; None: every process execs
+        self.zygote: str | None = None
+        self.zygote_ready = False
 
     # ---------------------------------------------------------------- reporting
     def progress(self, msg: str) -> None:
@@ -432,8 +438,10 @@ class Supervisor:
         env = labstate.node_env(self.state, host)
         env.update(extra_env or {})
         with open(logpath, "ab") as log:
-            proc = self.hosts[host].popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, env=env, cwd="/")
+            proc = self._zygote_start(host, argv, env, log.fileno())
+            if proc is None:
+                proc = self.hosts[host].popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                              stderr=subprocess.STDOUT, env=env, cwd="/")
         key = f"{host}/{service}"
         with self.lock:
             self.procs[key] = proc
@@ -447,6 +455,47 @@ class Supervisor:
                                            "next_start": None, "last_exit": rst.last_exit}
         _log(f"started {key} pid {proc.pid}: {' '.join(argv)}")
         return proc
+
+    def start_zygote(self) -> None:
+        """The lab's zygote (:mod:`testbed.lab.zygote`): a pre-imported fork server the lab's
+        Python processes start from (kubelets here; their pods and calico-node's CNI server
+        through the channel each of its children inherits: $CALICOLAB_ZYGOTE=fd:N:PID, no node
+        sees the socket in the lab's state dir); recorded as the service ``supervisor/zygote``.
+        CALICOLAB_ZYGOTE=off in the environment: none."""
+        from testbed.lab import zygote as zmod
+
+        if os.environ.get(zygote.ENV, "").lower() in zygote.OFF:  # unset: a zygote
+            _log(f"{zygote.ENV}={os.environ[zygote.ENV]}: no zygote, every process execs")
+            return
+        zdir = self.sdir / ZYGOTE_DIR
+        zdir.mkdir(mode=0o700, exist_ok=True)
+        path = str(zdir / "zygote.sock")
+        self.start_daemon("supervisor", "zygote", zmod.argv(sys.executable, path), env_wrap=zmod.environ)
+        self.zygote = path
+
+    def _zygote_start(self, host: str, argv: list[str], env: dict[str, str], log_fd: int) -> Any:
+        """Start ``argv`` in ``host``'s network and mount namespaces as a fork of the lab's
+        zygote (what ``host.popen``'s ``mnexec -da`` does by exec); None: exec it (no zygote, not
+        the venv's Python, or the zygote failed: logged)."""
+        if self.zygote is None or zygote.run_spec(argv, sys.executable, "/") is None:
+            return None
+        if not self.zygote_ready:  # it binds its socket first thing: a moment after its start
+            deadline = time.monotonic() + 10
+            while not os.path.exists(self.zygote) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.zygote_ready = True
+        pid = self.hosts[host].pid
+        fds: list[int] = []
+        try:
+            fds = [os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in ("mnt", "net")]
+            return zygote.spawn(self.zygote, argv, env=env, cwd="/", stdout=log_fd, stderr=log_fd,
+                                mnt=fds[0], net=fds[1], priority=os.getpriority(os.PRIO_PROCESS, 0))
+        except (OSError, zygote.ZygoteError, ValueError) as exc:
+            _log(f"warning: the zygote did not start {' '.join(argv[:3])} on {host} ({exc}): starting it by exec")
+            return None
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def start_external_services(self) -> None:
         """The walkthrough's "internet": every external host serves HTTP 200 on :80.
@@ -691,13 +740,16 @@ class Supervisor:
                                        f"(see logs/{n.name}.dockerd.log)")
                 time.sleep(0.1)
 
-    def start_daemon(self, host: str, service: str, argv: list[str]) -> subprocess.Popen:
+    def start_daemon(self, host: str, service: str, argv: list[str],
+                     env_wrap: Any = None) -> subprocess.Popen:
         """Start ``argv`` (an ``nsenter --net`` command line) from the supervisor: the
         machine's mount namespace, the lab's cgroup; logged and recorded like a service."""
         logdir = self.sdir / "logs"
         logdir.mkdir(exist_ok=True)
         logpath = logdir / f"{host}.{service}.log"
         env = labstate.node_env(self.state, host)
+        if env_wrap is not None:
+            env = env_wrap(env)
         with open(logpath, "ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     env=env, cwd="/", start_new_session=True)
@@ -1211,6 +1263,7 @@ class Supervisor:
 
         try:
             self.setup_process()
+            self.start_zygote()  # its imports overlap the network's build
             if self.has_cp:
                 self.start_pki()
             self.build()

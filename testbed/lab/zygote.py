@@ -1,0 +1,430 @@
+"""The lab's zygote: a fork server that has imported the heavy modules of the lab's Python
+processes once, so each kubelet, calico-node, CNI server, kube-proxy, CSI driver, API server...
+starts as a fork of it instead of a new interpreter that imports them again.
+
+One per lab (per machine of a lab), started by the supervisor first thing as the recorded
+service ``supervisor/zygote`` (down and clean end it by PID). It listens on a unix socket in
+the lab's state dir (``<state>/zygote/zygote.sock``, 0600, the supervisor's: no node or pod
+sees the state dir) and gives each child a channel of its own (an inherited socket,
+``$CALICOLAB_ZYGOTE=fd:N:PID``) over which that child (a kubelet, calico-node) asks for
+children in turn. It serves requests of :mod:`kernel.zygote`: for each it forks; the child
+enters the caller's mount namespace, for a pod makes its own (unshare, slave
+or unchanged propagation, the rbind mounts, as :data:`testbed.k8s.runtime._POD_INIT` does),
+enters the network namespace, starts a session, takes the priority, resets signals, replaces
+the environment, takes the stdio fds, closes the zygote's sockets, rewrites its command line
+(``/proc/<pid>/cmdline``: what ps, pgrep and the tests see) and returns out of the serve loop
+to :func:`main`, which runs the program with :mod:`runpy` as ``python -m``/``python script``
+would: ``SystemExit``, exceptions, ``atexit`` and buffered output behave as at a normal
+interpreter exit. The zygote reaps its children (a pidfd each in its selector) and sends each
+exit status to the connection that asked for the child.
+
+What it imports (:data:`PRELOAD`) was audited: none of these modules starts a thread or reads
+the environment at import, except :mod:`testbed.lab.state` (``CALICOLAB_RUN``, the same value
+in every process of a lab); the zygote checks ``threading.active_count() == 1`` before it
+serves and before each fork.
+
+Run: ``python -m testbed.lab.zygote --socket PATH`` (the supervisor does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from kernel import zygote as proto
+from kernel.netns import CLONE_NEWNET, CLONE_NEWNS, setns
+
+#: what the lab's processes import: the standard library's heavy parts, the third-party
+#: packages, then the project's program modules (their own imports come with them)
+PRELOAD = (
+    "asyncio", "ssl", "json", "http.client", "http.server", "urllib.request", "email.utils",
+    "concurrent.futures", "logging.handlers", "argparse", "ipaddress", "uuid", "secrets",
+    "subprocess", "selectors", "dataclasses", "hashlib", "hmac", "base64", "sqlite3",
+    "aiohttp", "aiohttp.web", "yaml", "pyroute2", "grpc", "cryptography.x509",
+    "cryptography.hazmat.primitives.asymmetric.rsa", "cryptography.hazmat.primitives.asymmetric.ec",
+    "cryptography.hazmat.primitives.serialization",
+    "kernel.netlink", "kernel.preload",
+    "testbed.k8s.kubelet", "testbed.k8s.kubeproxy", "testbed.k8s.controllers", "testbed.k8s.scheduler",
+    "testbed.k8s.dns", "testbed.apiserver", "testbed.apiserver.server",
+    "agent.main", "agent.felix", "agent.startup", "agent.csi", "agent.csi.registrar", "agent.typha",
+    "agent.kubecontrollers", "cni.server", "cni.plugin",
+)
+
+MS_REC = 0x4000
+MS_BIND = 0x1000
+MS_SLAVE = 1 << 19
+CLONE_NEWNS_FLAG = CLONE_NEWNS
+PR_SET_NAME = 15
+#: the zygote's own argv and environment are padded to this many bytes: a child writes its
+#: command line and environment there (what /proc/<pid>/cmdline and environ show: ps, pgrep,
+#: kubectl exec's environment); a child whose do not fit is refused (the caller execs it)
+CMDLINE_ROOM = 8192
+ENV_ROOM = 65536
+PAD_FLAG = "--room"
+ROOM_ENV = "CALICOLAB_ZYGOTE_ROOM"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _log(msg: str) -> None:
+    sys.stderr.write(f"{time.strftime('%H:%M:%S')} zygote[{os.getpid()}]: {msg}\n")
+    sys.stderr.flush()
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def preload(modules: tuple[str, ...] = PRELOAD) -> list[str]:
+    """Import ``modules``; returns the errors (one line each) of those that failed."""
+    errors = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - a module that does not import is not preloaded
+            errors.append(f"{name}: {type(exc).__name__}: {exc}")
+    return errors
+
+
+# ---------------------------------------------------------------------- the child's side
+def _mount_ns(mounts: list[list[str]], propagation: str) -> None:
+    """A mount namespace of the process' own with ``mounts`` bound (``mount --rbind``)."""
+    _check(_libc.unshare(CLONE_NEWNS_FLAG), "unshare(CLONE_NEWNS)")
+    if propagation == "slave":
+        _check(_libc.mount(None, b"/", None, MS_REC | MS_SLAVE, None), "making / a slave mount")
+    elif propagation != "unchanged":
+        raise ValueError(f"mount propagation {propagation!r} (slave or unchanged)")
+    for src, dst in mounts:
+        if not os.path.exists(dst):
+            if os.path.isdir(src):
+                os.makedirs(dst, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                open(dst, "a").close()
+        _check(_libc.mount(src.encode(), dst.encode(), None, MS_BIND | MS_REC, None),
+               f"mount --rbind {src} {dst}")
+
+
+def areas() -> tuple[tuple[int, int], tuple[int, int]]:
+    """This process' argument and environment areas ((start, end) addresses: what
+    ``/proc/<pid>/cmdline`` and ``/proc/<pid>/environ`` show)."""
+    with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[45]), int(fields[46])), (int(fields[47]), int(fields[48]))
+
+
+def packed(items: list[str]) -> bytes:
+    """NUL-terminated strings, as the kernel lays out argv and the environment."""
+    return b"".join(x.encode(errors="surrogateescape") + b"\0" for x in items)
+
+
+def _write_area(area: tuple[int, int], data: bytes) -> None:
+    """Write ``data`` (which fits: checked before the fork) over an area, padded with NULs."""
+    start, end = area
+    size = end - start
+    if size > 0 and len(data) <= size:
+        ctypes.memmove(start, data.ljust(size, b"\0"), size)
+
+
+def _set_name(name: str) -> None:
+    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(os.path.basename(name).encode()[:15]), 0, 0, 0)
+
+
+def enter(req: dict[str, Any], fds: dict[str, int]) -> None:
+    """In the forked child: take the request's namespaces, mounts, session, priority, signals,
+    environment, working directory and stdio (any failure ends the child with 127, as the
+    pod's init did)."""
+    if "mnt" in fds:
+        setns(fds["mnt"], CLONE_NEWNS)
+        os.close(fds.pop("mnt"))
+    if req.get("mounts"):
+        _mount_ns(req["mounts"], req.get("propagation") or "slave")
+    if "net" in fds:
+        setns(fds["net"], CLONE_NEWNET)
+        os.close(fds.pop("net"))
+    os.setsid()
+    if req.get("priority") is not None:
+        os.setpriority(os.PRIO_PROCESS, 0, max(-20, min(19, int(req["priority"]))))
+    os.chdir(req.get("cwd") or "/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for i, name in enumerate(("stdin", "stdout", "stderr")):
+        os.dup2(fds.get(name, null), i)
+    for fd in {null, *fds.values()}:
+        if fd > 2:
+            os.close(fd)
+    # a fresh interpreter's signal state: SIGINT raises KeyboardInterrupt, SIGPIPE and SIGXFSZ
+    # ignored, everything else default, nothing blocked
+    signal.set_wakeup_fd(-1)
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        want: Any = signal.SIG_DFL
+        if sig == signal.SIGINT:
+            want = signal.default_int_handler
+        elif sig in (signal.SIGPIPE, signal.SIGXFSZ):
+            want = signal.SIG_IGN
+        try:
+            signal.signal(sig, want)
+        except (OSError, ValueError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    env = {str(k): str(v) for k, v in (req.get("env") or {}).items()}
+    old_pp = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ.clear()
+    os.environ.update(env)
+    new_pp = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    rest = [p for p in sys.path[1:] if p not in old_pp]
+    sys.path[:] = [sys.path[0], *new_pp, *rest]
+    sys.pycache_prefix = env.get("PYTHONPYCACHEPREFIX") or None
+    sys.dont_write_bytecode = bool(env.get("PYTHONDONTWRITEBYTECODE"))
+    import logging
+
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.setLevel(logging.WARNING)
+    args, envs = areas()
+    _write_area(args, packed(req["argv"]))
+    _write_area(envs, packed([f"{k}={v}" for k, v in env.items()]))
+
+
+def run(spec: proto.RunSpec, argv: list[str]) -> None:
+    """Run the program as ``python -m``/``python script`` would (in the child, at top level)."""
+    import runpy
+
+    sys.orig_argv = list(argv)
+    if spec.kind == "module":
+        sys.path[0] = os.getcwd()
+        sys.argv = ["-m", *spec.argv[1:]]
+        sys.modules.pop(spec.target, None)  # preloaded: run_module would warn and run it anyway
+        sys.modules.pop(spec.target + ".__main__", None)
+        runpy.run_module(spec.target, run_name="__main__", alter_sys=True)
+    else:
+        path = spec.target
+        sys.path[0] = os.path.dirname(os.path.abspath(path))
+        sys.argv = list(spec.argv)
+        _set_name(path)
+        runpy.run_path(path, run_name="__main__")
+
+
+# ---------------------------------------------------------------------- the server
+class Server:
+    """The selector loop: accept requests, fork, reap, report exits."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.sel = selectors.DefaultSelector()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o177)
+        try:
+            self.listener.bind(path)
+        finally:
+            os.umask(old)
+        self.listener.listen(256)
+        #: pidfd -> (pid, the request's connection)
+        self.children: dict[int, tuple[int, socket.socket]] = {}
+        #: fd -> the zygote's end of a child's channel (requests from the child come on it)
+        self.channels: dict[int, socket.socket] = {}
+
+    def serve(self) -> tuple[proto.RunSpec, list[str]] | None:
+        """Serve until SIGTERM; in a forked child, return what it runs."""
+        self.sel.register(self.listener, selectors.EVENT_READ, None)
+        while True:
+            for key, _ in self.sel.select():
+                child = None
+                if key.fileobj is self.listener:
+                    try:
+                        conn, _ = self.listener.accept()
+                    except OSError:
+                        continue
+                    child = self._handle(conn)
+                elif key.data == "channel":
+                    for conn in self._channel(key.fd):
+                        child = self._handle(conn)
+                        if child is not None:
+                            break
+                else:
+                    self._reap(key.fd)
+                if child is not None:
+                    return child
+
+    def _channel(self, fd: int) -> list[socket.socket]:
+        """The connections a child sent over its channel (none at its end: closed)."""
+        ch = self.channels[fd]
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(ch, 16, 8)
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            for x in fds:
+                os.close(x)
+            self.sel.unregister(fd)
+            del self.channels[fd]
+            ch.close()
+            return []
+        return [socket.socket(fileno=x) for x in fds]
+
+    def _handle(self, conn: socket.socket) -> tuple[proto.RunSpec, list[str]] | None:
+        """Serve one request; in the forked child, return what it runs."""
+        conn.settimeout(5.0)
+        reader = proto.FrameReader(conn)
+        try:
+            req = reader.read()
+            fds = reader.fds
+            names = list(req.get("fds") or [])
+            if len(names) != len(fds) or any(n not in proto.FD_NAMES for n in names):
+                raise ValueError(f"fds {names} named, {len(fds)} sent")
+            argv = [str(a) for a in req.get("argv") or []]
+            spec = proto.run_spec(argv, sys.executable, req.get("cwd"))
+            if spec is None:
+                raise ValueError(f"not a program of this interpreter ({sys.executable}): {argv[:3]}")
+            env_size = len(packed([f"{k}={v}" for k, v in (req.get("env") or {}).items()])) + 40
+            room = [end - start for start, end in areas()]
+            if len(packed(argv)) > room[0] or env_size > room[1]:
+                raise ValueError(f"command line ({len(packed(argv))} bytes) or environment ({env_size} bytes) "
+                                 f"larger than the zygote's room for them ({room[0]}, {room[1]})")
+            if threading.active_count() != 1:
+                raise RuntimeError(f"the zygote has {threading.active_count()} threads: it does not fork")
+        except (OSError, ValueError, RuntimeError) as exc:
+            for fd in reader.fds:
+                os.close(fd)
+            _log(f"refused a request: {exc}")
+            try:
+                conn.sendall(proto.encode({"error": str(exc)}))
+            except OSError:
+                pass
+            conn.close()
+            return None
+        byname = dict(zip(names, fds, strict=True))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        zpid = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self._close_all()
+                conn.close()
+                mine.close()
+                # the child's channel: it (a kubelet, calico-node) asks for children through it
+                req["env"] = {**(req.get("env") or {}), proto.ENV: f"fd:{theirs.detach()}:{zpid}"}
+                enter(req, byname)
+            except BaseException:  # noqa: BLE001 - the child never returns into the server
+                try:
+                    os.write(2, f"zygote: starting {' '.join(argv)} failed:\n{traceback.format_exc()}".encode())
+                finally:
+                    os._exit(127)
+            return spec, argv
+        for fd in fds:
+            os.close(fd)
+        theirs.close()
+        self.channels[mine.fileno()] = mine
+        self.sel.register(mine, selectors.EVENT_READ, "channel")
+        pidfd = os.pidfd_open(pid)
+        try:
+            socket.send_fds(conn, [proto.encode({"pid": pid})], [pidfd])
+        except OSError as exc:
+            _log(f"pid {pid}: the caller went away before its reply ({exc})")
+        conn.settimeout(None)
+        self.children[pidfd] = (pid, conn)
+        self.sel.register(pidfd, selectors.EVENT_READ, None)
+        return None
+
+    def _reap(self, pidfd: int) -> None:
+        pid, conn = self.children[pidfd]
+        try:
+            wpid, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # reaped already (cannot happen: only this loop reaps)
+            wpid, status = pid, None
+        if wpid == 0:
+            return  # not ended yet: keep watching
+        self.sel.unregister(pidfd)
+        os.close(pidfd)
+        del self.children[pidfd]
+        code = os.waitstatus_to_exitcode(status) if status is not None else proto.UNKNOWN_EXIT
+        try:
+            conn.sendall(proto.encode({"exit": code}))
+        except OSError:
+            pass  # the caller went away (e.g. a kubelet restarted): it adopts by PID
+        conn.close()
+
+    def _close_all(self) -> None:
+        """In the child: close every fd of the zygote (listener, selector, pidfds, others'
+        connections and channels)."""
+        self.sel.close()
+        self.listener.close()
+        for pidfd, (_pid, conn) in self.children.items():
+            os.close(pidfd)
+            conn.close()
+        self.children.clear()
+        for ch in self.channels.values():
+            ch.close()
+        self.channels.clear()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m testbed.lab.zygote``: preload, serve; in a child, run the
+    requested program and let the interpreter exit as that program's would."""
+    ap = argparse.ArgumentParser(prog="testbed.lab.zygote", description=__doc__.splitlines()[0])
+    ap.add_argument("--socket", required=True)
+    ap.add_argument(PAD_FLAG, default="", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    server = Server(args.socket)  # bound first: requests queue while the modules import
+    me = os.getpid()
+    # SIGTERM ends the zygote (its socket removed); its children live on (each its own session)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    t0 = time.monotonic()
+    errors = preload()
+    for e in errors:
+        _log(f"not preloaded: {e}")
+    if threading.active_count() != 1:
+        _log(f"threads after the imports: {[t.name for t in threading.enumerate()]}: not serving")
+        sys.exit(1)
+    os.environ.pop(ROOM_ENV, None)
+    mine_args, mine_env = areas()
+    _write_area(mine_args, packed([sys.executable, "-m", "testbed.lab.zygote", "--socket", args.socket]))
+    _write_area(mine_env, packed([f"{k}={v}" for k, v in os.environ.items()]))
+    _log(f"serving {args.socket}: {len(sys.modules)} modules imported in {time.monotonic() - t0:.2f}s")
+    try:
+        child = server.serve()
+    finally:
+        if os.getpid() == me:
+            try:
+                os.unlink(args.socket)
+            except FileNotFoundError:
+                pass
+    if child is None:
+        return
+    del server
+    spec, child_argv = child
+    run(spec, child_argv)
+
+
+def argv(python: str, path: str) -> list[str]:
+    """The zygote's command line (padded: its children write theirs over it)."""
+    return [python, "-m", "testbed.lab.zygote", "--socket", path, f"{PAD_FLAG}={'-' * CMDLINE_ROOM}"]
+
+
+def environ(env: dict[str, str]) -> dict[str, str]:
+    """The zygote's environment: ``env`` padded (its children write theirs over it)."""
+    return {**env, ROOM_ENV: "-" * ENV_ROOM}
+
+
+if __name__ == "__main__":
+    main()

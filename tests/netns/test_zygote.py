@@ -1,0 +1,136 @@
+"""The lab's zygote (testbed.lab.zygote) starts a program as a fork in another network
+namespace and a private mount namespace with a bind mount, with the caller's cwd, environment
+and stdio; its exit code and a signal come back as Popen reports them; nothing is left after."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kernel import zygote
+from testbed.k8s import runtime
+from testbed.lab import zygote as zmod
+from testbed.poll import wait_for
+from tests.support import sh
+
+pytestmark = pytest.mark.netns
+
+REPO = Path(__file__).resolve().parents[2]
+
+VIEW = """
+import os, subprocess, sys, time
+print("addr", subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout.replace("\\n", " | "))
+print("bind", sorted(os.listdir(sys.argv[1])))
+print("cwd", os.getcwd())
+print("env", os.environ.get("ZYGOTE_TEST"), os.environ.get("HOME", "-"))
+print("argv", sys.argv[1:])
+print("cmdline", open("/proc/self/cmdline", "rb").read().rstrip(b"\\0").split(b"\\0")[1:])
+sys.stdout.flush()
+if sys.argv[2] == "wait":
+    time.sleep(60)
+sys.exit(3)
+"""
+
+
+@pytest.fixture
+def zygote_server(tmp_path):
+    path = str(tmp_path / "zygote.sock")
+    log = open(tmp_path / "zygote.log", "ab")
+    env = zmod.environ({**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(zmod.argv(sys.executable, path), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                            env=env, cwd="/", start_new_session=True)
+    log.close()
+    try:
+        wait_for(lambda: os.path.exists(path), timeout=30, what=f"the zygote's socket {path}")
+        yield path
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert proc.returncode == 0, (tmp_path / "zygote.log").read_text()
+    assert not os.path.exists(path)
+
+
+def test_zygote_child_in_netns_with_private_bind_mount(netns, tmp_path, zygote_server):
+    ns = netns("zyg")
+    sh("ip", "-n", ns, "addr", "add", "10.123.45.6/32", "dev", "lo")
+    src, dst = tmp_path / "src", tmp_path / "pod" / "vol"
+    src.mkdir()
+    (src / "hello").write_text("hi")
+    work = tmp_path / "work"
+    work.mkdir()
+    script = tmp_path / "view.py"
+    script.write_text(VIEW)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "ZYGOTE_TEST": "yes"}
+    outs = [tmp_path / "exit.log", tmp_path / "wait.log"]
+    procs = []
+    mnt = os.open("/proc/self/ns/mnt", os.O_RDONLY)
+    net = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        for out, how in zip(outs, ("exit", "wait"), strict=True):
+            with open(out, "ab") as f:
+                procs.append(zygote.spawn(zygote_server, [sys.executable, str(script), str(dst), how], env=env,
+                                          cwd=str(work), stdout=f.fileno(), stderr=f.fileno(), mnt=mnt, net=net,
+                                          mounts=[(str(src), str(dst))], propagation="slave"))
+    finally:
+        os.close(mnt)
+        os.close(net)
+    proc, waiting = procs
+    assert proc.wait(timeout=30) == 3
+    lines = outs[0].read_text().splitlines()
+    assert len(lines) == 6, lines
+    assert "10.123.45.6" in lines[0] and "172." not in lines[0], lines[0]  # the pod netns only
+    assert lines[1] == "bind ['hello']"
+    assert lines[2] == f"cwd {work}"
+    assert lines[3] == "env yes -"  # the request's environment, not the zygote's
+    assert lines[4] == f"argv ['{dst}', 'exit']"
+    assert lines[5] == f"cmdline [b'{script}', b'{dst}', b'exit']"
+    environ = [e for e in Path(f"/proc/{procs[1].pid}/environ").read_bytes().split(b"\0") if e]
+    # /proc/<pid>/environ (kubectl exec reads it) is the request's, plus the child's channel
+    assert {e.split(b"=", 1)[0].decode() for e in environ} == {*env, zygote.ENV}, environ
+    assert b"ZYGOTE_TEST=yes" in environ
+    wait_for(lambda: outs[1].read_text(), lambda t: "cmdline" in t, timeout=30, what="the second child's view")
+    # the bind exists in the children's mount namespace only
+    assert not dst.exists() or not any(dst.iterdir())
+    assert str(dst) not in Path("/proc/self/mountinfo").read_text()
+    # the zygote is the parent; a signal comes back as Popen's negative code
+    with open(f"/proc/{waiting.pid}/stat") as f:
+        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+    assert ppid != os.getpid()
+    assert waiting.poll() is None
+    waiting.terminate()
+    assert waiting.wait(timeout=30) == -signal.SIGTERM
+    assert not runtime.alive(waiting.pid)
+    assert runtime.netns_pids(f"/run/netns/{ns}") == []
+
+
+def test_start_process_uses_the_zygote_and_falls_back_to_exec(netns, tmp_path, zygote_server, monkeypatch, caplog):
+    ns = netns("zyg")
+    script = tmp_path / "x.py"
+    script.write_text("import os, sys\n"
+                      "from kernel import zygote\n"
+                      "if sys.argv[1] == 'parent':  # a zygote child asks for one through its channel\n"
+                      "    target = os.environ[zygote.ENV]\n"
+                      "    p = zygote.spawn(target, [sys.executable, __file__, '7'], env={'PYTHONPATH': os.environ['PYTHONPATH']})\n"
+                      "    print('grandchild', target.split(':')[0], p.wait(30), flush=True)\n"
+                      "    sys.exit(5)\n"
+                      "sys.exit(int(sys.argv[1]))\n")
+    log = tmp_path / "c" / "log"
+    monkeypatch.setenv(zygote.ENV, zygote_server)
+    proc = runtime.start_process(f"/run/netns/{ns}", [sys.executable, str(script), "parent"], str(log),
+                                 env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)}, cwd=str(tmp_path))
+    assert isinstance(proc, zygote.ZygoteProcess)
+    assert proc.wait(timeout=30) == 5, log.read_text()
+    assert "grandchild fd 7" in log.read_text()
+    monkeypatch.setenv(zygote.ENV, str(tmp_path / "missing.sock"))
+    started = time.monotonic()
+    proc = runtime.start_process(f"/run/netns/{ns}", [sys.executable, str(script), "4"], str(log),
+                                 env={"PATH": os.environ["PATH"]}, cwd=str(tmp_path))
+    assert isinstance(proc, subprocess.Popen) and proc.wait(timeout=30) == 4
+    assert time.monotonic() - started < 10
+    assert "starting it by exec" in caplog.text and "missing.sock" in caplog.text

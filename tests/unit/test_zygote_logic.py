@@ -1,0 +1,132 @@
+"""The zygote's pure parts (kernel.zygote): the request codec, argv -> run spec, and the
+client's Popen-like view of a child (exit codes as Popen's, the zygote's hang-up)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from kernel import zygote
+
+pytestmark = pytest.mark.unit
+
+PY = sys.executable
+
+
+def test_frames_round_trip_and_wait_for_the_rest():
+    a, b = zygote.encode({"argv": ["x", "é"], "n": 1}), zygote.encode({"exit": -15})
+    msg, rest = zygote.decode(a + b[:3])
+    assert msg == {"argv": ["x", "é"], "n": 1}
+    assert zygote.decode(rest) == (None, b[:3])  # incomplete: kept
+    assert zygote.decode(b) == ({"exit": -15}, b"")
+
+
+def test_bad_frames_are_errors():
+    with pytest.raises(ValueError, match="not an object"):
+        zygote.decode(b"\0\0\0\x02[]")
+    with pytest.raises(ValueError, match="at most"):
+        zygote.decode(b"\x7f\0\0\0")
+    with pytest.raises(ValueError, match="at most"):
+        zygote.encode({"x": "y" * (zygote.MAX_FRAME + 1)})
+
+
+def test_run_spec_module_and_script():
+    assert zygote.run_spec([PY, "-m", "agent.csi", "--nodeid=n"], PY) == \
+        zygote.RunSpec("module", "agent.csi", ["agent.csi", "--nodeid=n"])
+    assert zygote.run_spec([PY, "/x/tool.py", "a"], PY) == zygote.RunSpec("path", "/x/tool.py", ["/x/tool.py", "a"])
+
+
+def test_run_spec_console_script_by_its_shebang(tmp_path):
+    script = tmp_path / "calico-node"
+    script.write_text(f"#!{PY}\nimport sys\n")
+    assert zygote.run_spec([str(script), "-felix-ready"], PY) == \
+        zygote.RunSpec("path", str(script), [str(script), "-felix-ready"])
+    other = tmp_path / "other"
+    other.write_text("#!/bin/sh\necho\n")
+    assert zygote.run_spec([str(other)], PY) is None
+    flags = tmp_path / "flags"
+    flags.write_text(f"#!{PY} -u\n")
+    assert zygote.run_spec([str(flags)], PY) is None  # interpreter flags: exec
+
+
+def test_run_spec_refuses_what_a_fork_would_not_run_the_same(tmp_path):
+    assert zygote.run_spec([PY, "-c", "pass"], PY) is None
+    assert zygote.run_spec([PY, "-u", "-m", "x"], PY) is None
+    assert zygote.run_spec([PY], PY) is None
+    assert zygote.run_spec(["python3", "-m", "x"], PY) is None  # a bare name: PATH decides
+    assert zygote.run_spec(["/usr/bin/etcd", "--name=x"], PY) is None
+    assert zygote.run_spec([], PY) is None
+    other = tmp_path / "python"
+    other.write_text("")
+    assert zygote.run_spec([str(other), "-m", "x"], PY) is None  # another interpreter
+
+
+def test_run_spec_resolves_a_relative_interpreter_against_cwd():
+    d, name = os.path.split(PY)
+    rel = os.path.relpath(PY, "/")
+    assert zygote.run_spec([rel, "-m", "x"], PY, cwd="/") == zygote.RunSpec("module", "x", ["x"])
+    assert zygote.run_spec([os.path.join(d, name), "-m", "x"], PY).target == "x"
+
+
+def test_socket_path_from_the_environment():
+    assert zygote.socket_path({}) is None
+    assert zygote.socket_path({zygote.ENV: "off"}) is None
+    assert zygote.socket_path({zygote.ENV: "/run/z.sock"}) == "/run/z.sock"
+
+
+def _process(pidfd: int | None = None) -> tuple[zygote.ZygoteProcess, socket.socket]:
+    mine, theirs = socket.socketpair()
+    return zygote.ZygoteProcess(["prog"], 4242, mine, zygote.FrameReader(mine), pidfd), theirs
+
+
+def test_exit_codes_as_popen_reports_them():
+    proc, zyg = _process()
+    assert proc.poll() is None
+    zyg.sendall(zygote.encode({"exit": -signal.SIGTERM}))
+    assert proc.wait(timeout=2) == -15 and proc.returncode == -15
+    proc, zyg = _process()
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(timeout=0.1)
+    zyg.sendall(zygote.encode({"exit": 3})[:2])
+    assert proc.poll() is None  # half a frame
+    zyg.sendall(zygote.encode({"exit": 3})[2:])
+    assert proc.wait(timeout=2) == 3
+
+
+def test_a_lost_zygote_leaves_the_exit_code_unknown_once_the_process_ends():
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        proc, zyg = _process(os.pidfd_open(child.pid))
+        zyg.close()  # the zygote died
+        assert proc.poll() is None  # the process itself still runs
+        proc.kill()  # signalled through the pidfd
+        child.wait(timeout=5)
+        assert proc.wait(timeout=2) == zygote.UNKNOWN_EXIT
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_target_is_a_socket_path_or_an_inherited_channel():
+    assert zygote.parse_target("/run/calicolab/l/zygote/zygote.sock") == ("path", "/run/calicolab/l/zygote/zygote.sock")
+    assert zygote.parse_target("fd:7:1283") == ("fd", 7, 1283)
+    for bad in ("fd:7", "fd:x:1", "relative.sock", "fd:7:1:2"):
+        with pytest.raises(ValueError, match="CALICOLAB_ZYGOTE"):
+            zygote.parse_target(bad)
+
+
+def test_a_channel_fd_that_is_not_the_zygotes_is_refused():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        with pytest.raises(zygote.ZygoteError, match="not the channel of zygote 1"):
+            zygote.connect(f"fd:{a.fileno()}:1")  # its peer is this process, not pid 1
+        with open(os.devnull) as f, pytest.raises(zygote.ZygoteError, match="not the zygote's channel"):
+            zygote.connect(f"fd:{f.fileno()}:{os.getpid()}")
+    finally:
+        a.close()
+        b.close()
