@@ -66,14 +66,25 @@ def test_pod_to_pod_over_userspace_tunnel_is_real_ipip(topo, two_nodes):
                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     cap.stderr.readline()  # "listening on eth0 ..."
     ping_until_ok(env["pa"], env["ipb"])
+    from scapy.all import ICMP, IP, rdpcap
+    from scapy.error import Scapy_Exception
+
+    def ipip() -> list:
+        try:
+            return [p for p in rdpcap(pcap) if IP in p and p[IP].proto == 4]
+        except (OSError, EOFError, Scapy_Exception):  # nothing written yet, or a record being written
+            return []
+
+    # the reply is in flight to tcpdump when ping returns: wait until the pcap (-U: written
+    # per packet) holds both directions, then stop the capture
+    both = {("172.31.9.1", "172.31.9.2"), ("172.31.9.2", "172.31.9.1")}
+    pkts = wait_for(ipip, lambda ps: {(p[IP].src, p[IP].dst) for p in ps} >= both, timeout=5,
+                    what="IPIP both ways in node b's eth0 capture")
     cap.send_signal(signal.SIGINT)
     cap.wait(timeout=5)
-    from scapy.all import ICMP, IP, rdpcap
-
-    pkts = [p for p in rdpcap(pcap) if IP in p and p[IP].proto == 4]
     assert pkts, "no protocol-4 packets on node b's eth0"
     outer_pairs = {(p[IP].src, p[IP].dst) for p in pkts}
-    assert outer_pairs == {("172.31.9.1", "172.31.9.2"), ("172.31.9.2", "172.31.9.1")}
+    assert outer_pairs == both
     inner = [p[IP].payload for p in pkts]
     assert {(i.src, i.dst, i[ICMP].type) for i in inner} == {
         ("192.168.10.5", "192.168.20.7", 8), ("192.168.20.7", "192.168.10.5", 0)}
