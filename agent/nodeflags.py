@@ -106,8 +106,10 @@ def probe(flags: list[str], env: Mapping[str, str]) -> tuple[bool, str]:
             if not isinstance(bgp, dict) or bgp.get("error") or not bgp.get("running"):
                 return False, "calico/node is not ready: BIRD is not ready: the BGP speaker is not running"
             if "-bird-ready" in flags:
+                # the speaker's /status gives each peer's BGP FSM state as bgp_state (its
+                # "state" is BIRD's protocol state: up, start)
                 down = [p.get("name") or p.get("peer") or "?" for p in bgp.get("peers") or []
-                        if str(p.get("state", "")).lower() != "established"]
+                        if str(p.get("bgp_state", "")).lower() != "established"]
                 if down:
                     return False, f"calico/node is not ready: BIRD is not ready: BGP not established with {', '.join(map(str, down))}"
     except (OSError, ValueError) as exc:

@@ -3,7 +3,9 @@
 Environment: DATASTORE_TYPE (etcdv3 with ETCD_ENDPOINTS, or kubernetes), ENABLED_CONTROLLERS
 (node, policy, namespace/profile, serviceaccount, workloadendpoint; KUBECONFIG to read
 Kubernetes through its API),
-LEAK_GRACE_PERIOD (15m), RECONCILER_PERIOD (5m), LOG_LEVEL (info).
+LEAK_GRACE_PERIOD (15m), RECONCILER_PERIOD (5m), LOG_LEVEL (info). ``--status-file``
+(``-status-file``; default /status/status.json): the status file ``check-status`` reads
+(:mod:`agent.kubecontrollers.status`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,18 @@ def main(argv: list[str] | None = None) -> int:
     before_threads()  # before any thread imports lazily (kernel.preload)
     from agent.kubecontrollers.config import ConfigError, from_env
     from agent.kubecontrollers.controller import KubeControllers
+    from agent.kubecontrollers.status import DEFAULT_STATUS_FILE, Status, run_health_checks
     from datastore import Client, errors
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    status_path = DEFAULT_STATUS_FILE
+    for i, a in enumerate(args):
+        if a in ("--status-file", "-status-file") and i + 1 < len(args):
+            status_path = args[i + 1]
+        elif a.startswith(("--status-file=", "-status-file=")):
+            status_path = a.split("=", 1)[1]
+    status = Status(status_path)
+    status.set_ready("Startup", False, "initialized to false")
     env = dict(os.environ)
     logging.basicConfig(level=env.get("LOG_LEVEL", "info").upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s kube-controllers: %(message)s")
@@ -33,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, errors.DatastoreError) as exc:
         print(f"calico-kube-controllers: {exc}", file=sys.stderr)
         return 1
+    status.set_ready("Startup", True, "")
     stop = threading.Event()
     logging.getLogger(__name__).info("starting: controllers %s, leak grace period %gs",
                                      ",".join(cfg.enabled), cfg.leak_grace_period)
@@ -62,6 +75,29 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    api = getattr(source, "client", None)
+
+    def datastore_ok() -> str | None:
+        try:
+            client.get("ClusterInformation", "default")
+        except errors.NotFound:
+            pass  # the datastore answered: calico-node writes it at its start
+        except Exception as exc:  # noqa: BLE001 - any failure is the reason
+            return str(exc)
+        return None
+
+    def apiserver_ok() -> str | None:
+        try:
+            api.request("GET", "/healthz", raw=True)
+        except Exception as exc:  # noqa: BLE001
+            return str(exc)
+        return None
+
+    if api is not None:
+        threading.Thread(target=run_health_checks, args=(status, datastore_ok, apiserver_ok, stop),
+                         name="health", daemon=True).start()
+    else:  # Kubernetes read from the API server's etcd keys: no API server to ask
+        logging.getLogger(__name__).info("no Kubernetes API client: the status file has Startup only")
     worker = threading.Thread(target=objects.run, args=(stop,), name="object-controllers", daemon=True)
     worker.start()
     controllers.run(stop)

@@ -208,8 +208,9 @@ def resolve(image: str, command: list[str] | None, args: list[str] | None, workd
             argv = ["sleep", "infinity"] if not argv else argv
         return Workload(argv=argv)
     if behaviour == "kube-controllers":
-        # in-cluster config: the ServiceAccount token the kubelet mounts into the pod
-        return Workload(argv=[sys.executable, "-m", "agent.kubecontrollers"])
+        # in-cluster config: the ServiceAccount token the kubelet mounts into the pod; its status
+        # file (upstream: /status/status.json) is the container's own (see status_file)
+        return Workload(argv=[sys.executable, "-m", "agent.kubecontrollers", "--status-file", status_file(workdir)])
     if behaviour == "typha":
         return Workload(argv=[sys.executable, "-m", "agent.typha"], port=TYPHA_PORT)
     if behaviour == "http":
@@ -220,3 +221,36 @@ def resolve(image: str, command: list[str] | None, args: list[str] | None, workd
             port=80,
         )
     return Workload(argv=["sleep", "infinity"])
+
+
+def status_file(workdir: str) -> str:
+    """Where calico-kube-controllers writes its status file and ``check-status`` reads it, for
+    the container whose private directory is ``workdir``. Upstream's default is
+    /status/status.json in the container's own filesystem; calicolab's containers of the
+    project's images share the node's filesystem, so the path is the container's directory
+    (two kube-controllers on one node, or in two labs, never read each other's)."""
+    return os.path.join(workdir, "status", "status.json")
+
+
+def exec_command(image: str, command: list[str], workdir: str) -> list[str]:
+    """The command line that runs ``command`` (a ``kubectl exec`` or an exec probe) in a
+    container of ``image`` whose private directory is ``workdir`` (pure). In the project's
+    component images the image's binaries are the project's programs, as container start
+    resolves them: ``/bin/calico-node -felix-ready -bird-ready`` in calico/node runs the
+    project's calico-node with those flags, ``/usr/bin/check-status -r`` in
+    calico/kube-controllers reads that container's status file, a control-plane image's
+    binary (``kube-apiserver``, ``etcd``...) its program. Anything else runs as given."""
+    if not command:
+        return command
+    behaviour = IMAGES.get(repository(image))
+    binary, rest = os.path.basename(command[0]), list(command[1:])
+    if behaviour == "calico-node" and binary == "calico-node":
+        return calico_node_argv() + rest
+    if behaviour == "kube-controllers":
+        if binary == "check-status":
+            return [sys.executable, "-m", "agent.kubecontrollers.checkstatus", "--file", status_file(workdir), *rest]
+        if binary == "kube-controllers":
+            return [sys.executable, "-m", "agent.kubecontrollers", *rest]
+    if behaviour in COMPONENTS and binary == COMPONENTS[behaviour][0]:
+        return COMPONENTS[behaviour][1]() + rest
+    return list(command)

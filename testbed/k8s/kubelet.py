@@ -47,6 +47,8 @@ from testbed.k8s.podstatus import (
     node_object,
     pod_status,
 )
+from testbed.k8s.probe import FIELDS, READINESS, kill_message
+from testbed.k8s.probehandlers import Prober
 from testbed.k8s.runtime import PodState
 from testbed.k8s.runtimes import make_runtime
 from testbed.k8s.volumes import VolumeError, VolumeMaker, resolv_conf, token_request
@@ -143,7 +145,12 @@ class Kubelet:
         #: running containers with a port that did not listen within the start-up window: uid ->
         #: {container: port}; re-checked every pass, the pod turns Ready when all of them listen
         self.unready: dict[str, dict[str, int]] = {}
-        self.warned_not_run: set[tuple[str, str]] = set()  # (pod UID, container) told about probes/hooks
+        self.warned_not_run: set[tuple[str, str]] = set()  # (pod UID, container) told about lifecycle hooks
+        #: the probes (testbed.k8s.probe): workers start with a container, results come back as
+        #: pods whose status must be written again and containers to restart (liveness/startup)
+        self.prober = Prober(self)
+        self.probe_dirty: set[str] = set()
+        self.probe_kills: dict[tuple[str, str], tuple[str, int | None]] = {}
         self.busy: set[str] = set()
         self.failures: dict[str, tuple[float, int, str]] = {}
         #: pods missing from the cache whose deletion the API server has not confirmed: uid ->
@@ -381,6 +388,8 @@ class Kubelet:
                 if uid not in self.refused:
                     self._submit(uid, self._refuse, uid, pod)
             elif uid in self.states:
+                if self._probe_work(uid, pod):
+                    continue
                 if self.ready_written.get(uid) and pod_ready_status(pod) == "False" and uid not in self.refused \
                         and not terminal(pod):
                     self._submit(uid, self._resync_status, uid)  # e.g. marked not ready while unreachable
@@ -495,6 +504,7 @@ class Kubelet:
         computed ones, e.g. a Failed phase); True if it changed."""
         meta = pod["metadata"]
         init = self.init_infos.get(meta["uid"])
+        self._apply_probes(pod, infos)
         if self.static is not None and self.static.is_static(pod):
             return self.static.set_status(pod, pod_status(pod, infos, self.node_ip, ips, now_iso(), None,
                                                           sandbox_ready, init), self, self._annotations(state))
@@ -777,6 +787,7 @@ class Kubelet:
         info.port = declared[0] if declared else (spec.ports[0] if spec and spec.ports and not c.get("command") else None)
         info.ready = info.port is None
         self._warn_not_run(pod, c, f"spec.containers{{{name}}}")
+        self.prober.add(state.uid, c, time.monotonic())
         return self._decorate(info, state)
 
     def _start_container(self, state: PodState, pod: dict, c: dict, init: bool = False) -> ContainerInfo:
@@ -866,19 +877,115 @@ class Kubelet:
         self.cluster.event(pod, "Created", f"Created container: {c['name']}", field_path=path)
         self.cluster.event(pod, "Started", f"Started container {c['name']}", field_path=path)
         self._warn_not_run(pod, c, path)
+        self.prober.add(state.uid, c, time.monotonic())
         return info
 
     def _warn_not_run(self, pod: dict, c: dict, path: str) -> None:
         """Say in an event (kubectl describe, kubectl get events) which of the container's
-        probes and lifecycle hooks this kubelet stores but does not run (docs/kubernetes.md)."""
+        lifecycle hooks this kubelet stores but does not run (docs/kubernetes.md)."""
         fields = not_run_fields(c)
         key = (pod["metadata"]["uid"], c["name"])
         if fields and key not in self.warned_not_run:
             self.warned_not_run.add(key)
             self.cluster.event(pod, "NotSupported",
-                               f"calicolab's kubelet does not run {', '.join(fields)} of container {c['name']}: "
-                               "readiness is the container running (and listening on its port)",
+                               f"calicolab's kubelet does not run {', '.join(fields)} of container {c['name']}",
                                "Warning", path)
+
+    # --- probes (testbed.k8s.probehandlers.Prober calls these) ---------------------------------
+    def _apply_probes(self, pod: dict, infos: list[ContainerInfo]) -> None:
+        """Readiness and ``started`` of running containers from their probes: a container with
+        a readinessProbe is ready when the probe succeeds (and it has started); one without
+        keeps the kubelet's rule (running, listening on its port), and needs started too."""
+        uid = pod["metadata"]["uid"]
+        specs = {c["name"]: c for c in pod["spec"]["containers"]}
+        for info in infos:
+            if not info.running or info.name not in specs:
+                continue
+            started = self.prober.started(uid, info.name)
+            info.started = started
+            if specs[info.name].get(FIELDS[READINESS]):
+                info.ready = bool(self.prober.ready(uid, info.name))
+            elif started is False:
+                info.ready = False
+
+    def probe_target(self, uid: str, name: str) -> tuple[dict, str] | None:
+        """(container spec, pod IP) of a running container to probe; None otherwise (also
+        while its pod terminates)."""
+        state = self.states.get(uid)
+        pod = self._pod_by_uid(uid)
+        if state is None or pod is None or pod["metadata"].get("deletionTimestamp") or uid in self.refused:
+            return None
+        pid = state.pids.get(name)
+        c = next((c for c in pod["spec"]["containers"] if c["name"] == name), None)
+        if c is None or not pid or not self._alive(uid, name, pid):
+            return None
+        ips = cni.pod_ips(state.cni_result or {}) if state.netns else [self.node_ip]
+        return c, (ips or [self.node_ip])[0]
+
+    def probe_exec_argv(self, uid: str, name: str, command: list[str]) -> list[str]:
+        """The command line of an exec probe: what ``kubectl exec`` runs."""
+        from testbed.apiserver.kubeletserver import NotFoundError
+        from testbed.k8s.kubeletapi import exec_argv
+
+        state = self.states.get(uid)
+        if state is None:
+            raise LookupError(f"container {name} is not running")
+        try:
+            return exec_argv(self, state, name, command)
+        except NotFoundError as exc:
+            raise LookupError(str(exc)) from None
+
+    def probe_event(self, uid: str, name: str, reason: str, message: str) -> None:
+        """A Warning event about a container's probe."""
+        pod = self._pod_by_uid(uid)
+        if pod is not None:
+            self.cluster.event(pod, reason, message, "Warning", f"spec.containers{{{name}}}")
+
+    def probe_changed(self, uid: str) -> None:
+        """A readiness or startup result changed: the main loop writes the pod's status again."""
+        with self.lock:
+            self.probe_dirty.add(uid)
+        self.cluster.mark("Pod")
+
+    def probe_kill(self, uid: str, name: str, kind: str, grace: int | None) -> None:
+        """A liveness or startup probe failed: the main loop restarts the container."""
+        with self.lock:
+            self.probe_kills[(uid, name)] = (kind, grace)
+        self.cluster.mark("Pod")
+
+    def _probe_work(self, uid: str, pod: dict) -> bool:
+        """Submit what the probes asked for the pod (a restart, a status write); True if any."""
+        with self.lock:
+            kills = {k: self.probe_kills.pop(k) for k in list(self.probe_kills) if k[0] == uid}
+            dirty = uid in self.probe_dirty
+            self.probe_dirty.discard(uid)
+        if kills:
+            self._submit(uid, self._probe_restart, uid, pod, kills)
+        elif dirty:
+            self._submit(uid, self._resync_status, uid)
+        return bool(kills or dirty)
+
+    def _probe_restart(self, uid: str, pod: dict, kills: dict[tuple[str, str], tuple[str, int | None]]) -> None:
+        """Kill containers that failed their liveness or startup probe (event ``Killing``;
+        grace: the probe's terminationGracePeriodSeconds, else the pod's, at least 2 s as the
+        kubelet's minimum); the exit is then noticed and restarted as any exit
+        (check_processes), restartCount + 1."""
+        state = self.states.get(uid)
+        if state is None:
+            return
+        for (_, name), (kind, grace) in kills.items():
+            pid = state.pids.get(name)
+            if not pid or not self._alive(uid, name, pid):
+                continue
+            spec_grace = pod["spec"].get("terminationGracePeriodSeconds")
+            seconds = max(2, int(grace if grace is not None else 30 if spec_grace is None else spec_grace))
+            self.cluster.event(pod, "Killing", kill_message(kind, name), field_path=f"spec.containers{{{name}}}")
+            log.info("pod %s/%s: %s (grace %ds)", state.namespace, state.name, kill_message(kind, name), seconds)
+            if self.cri is not None and state.container_runtimes.get(name) == self.cri.name:
+                self.cri.stop_container(state, name, grace=seconds)
+            else:
+                runtime.kill_process(pid, grace=seconds, proc=self.procs.get((uid, name)))
+        self.probe_dirty.add(uid)
 
     def _run_init_containers(self, state: PodState, pod: dict, ips: list[str]) -> bool:
         """Run the pod's ``initContainers`` in order, each to completion, before its containers
@@ -1003,8 +1110,12 @@ class Kubelet:
         # the readiness of a container with a port is decided once, here: on a slow machine
         # (a VM under TCG) its deadline scales with CALICOLAB_DEADLINE_SCALE (testbed.poll)
         deadline = time.monotonic() + timeout * deadline_scale()
+        probed = {c["name"] for c in (pod.get("spec") or {}).get("containers") or [] if c.get(FIELDS[READINESS])}
         for info in infos:
             port = info.port
+            if info.name in probed:
+                info.port = None  # its readiness probe decides
+                continue
             if not info.running or port is None:
                 continue
             pid = state.pids[info.name]
@@ -1031,7 +1142,8 @@ class Kubelet:
             if err:
                 info.waiting_reason, info.waiting_message = "ImagePullBackOff", err
             elif pid and self._alive(state.uid, name, pid):
-                info.running = info.ready = True
+                info.running = True
+                info.ready = name not in self.unready.get(state.uid, {})
             elif (state.uid, name) in self.exits:
                 info.exit_code, info.finished_at = self.exits[(state.uid, name)]
                 if pod["spec"].get("restartPolicy", "Always") == "Always" or (
@@ -1071,6 +1183,7 @@ class Kubelet:
                 if self.cri is not None and state.container_runtimes.get(name) == self.cri.name:
                     code = self.cri.reap(state, name)
                 self.exits[key] = (code, now_iso())
+                self.prober.remove(uid, name)  # a restarted instance gets new workers
                 self._submit(uid, self._on_exit, uid, name, code)
         self._check_late_listeners()
 
@@ -1241,6 +1354,10 @@ class Kubelet:
         shutil.rmtree(state.pod_dir(self.root_dir), ignore_errors=True)
         with self.lock:
             self.states.pop(state.uid, None)
+            self.probe_dirty.discard(state.uid)
+            for key in [k for k in self.probe_kills if k[0] == state.uid]:
+                self.probe_kills.pop(key, None)
+        self.prober.remove(state.uid)
         self.ready_written.pop(state.uid, None)
         for key in [k for k in self.exits if k[0] == state.uid]:
             self.exits.pop(key, None)
@@ -1249,7 +1366,8 @@ class Kubelet:
 
     def adopt(self) -> None:
         """Pick up pods a previous kubelet started (kept if their pod still exists)."""
-        live = {p["metadata"]["uid"] for p in self.my_pods() if not p["metadata"].get("deletionTimestamp")}
+        pods = {p["metadata"]["uid"]: p for p in self.my_pods() if not p["metadata"].get("deletionTimestamp")}
+        live = set(pods)
         for state in PodState.load_all(self.root_dir):
             if state.node != self.node or state.lab != self.lab:
                 continue  # another node's (or lab's) pod sharing this root dir
@@ -1258,9 +1376,30 @@ class Kubelet:
             if kept and (not state.netns or os.path.exists(state.netns)) and state.cni_result is not None:
                 self.states[state.uid] = state
                 log.info("adopted pod %s/%s", state.namespace, state.name)
+                self._adopt_probes(state, pods.get(state.uid))
             else:
                 log.info("cleaning up pod %s/%s left by a previous kubelet", state.namespace, state.name)
                 self.stop_pod(state, cni_del=True)
+
+    def _adopt_probes(self, state: PodState, pod: dict | None) -> None:
+        """Probe workers for the running containers of an adopted pod (their start times from
+        the pod's state, for initialDelaySeconds)."""
+        if pod is None:
+            return
+        for c in pod["spec"]["containers"]:
+            pid = state.pids.get(c["name"])
+            if not pid or not self._alive(state.uid, c["name"], pid):
+                continue
+            age = 0.0
+            started = state.started_at.get(c["name"])
+            if started:
+                from datetime import datetime
+
+                try:
+                    age = max(0.0, time.time() - datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp())
+                except ValueError:
+                    age = 0.0
+            self.prober.add(state.uid, c, time.monotonic() - age)
 
     # --- main loop -----------------------------------------------------------------------------
     def start_static(self) -> None:
@@ -1340,6 +1479,7 @@ class Kubelet:
     def shutdown(self, kill_pods: bool = False) -> None:
         """Stop the worker pool; with ``kill_pods`` also stop every pod (no CNI DEL)."""
         self.stopping.set()  # init containers being waited for end
+        self.prober.stop()
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.cluster.stop()
         if kill_pods:
@@ -1347,15 +1487,10 @@ class Kubelet:
                 self.stop_pod(state, cni_del=False)
 
 
-#: container fields the kubelet stores but does not act on, named in a Warning event
-NOT_RUN = ("startupProbe", "livenessProbe", "readinessProbe")
-
-
 def not_run_fields(c: dict) -> list[str]:
-    """The probes and lifecycle hooks of container ``c`` that calicolab's kubelet does not run (pure)."""
-    out = [f for f in NOT_RUN if c.get(f)]
-    out += [f"lifecycle.{h}" for h in ("postStart", "preStop") if (c.get("lifecycle") or {}).get(h)]
-    return out
+    """The lifecycle hooks of container ``c`` that calicolab's kubelet does not run (pure;
+    its probes run: testbed.k8s.probe)."""
+    return [f"lifecycle.{h}" for h in ("postStart", "preStop") if (c.get("lifecycle") or {}).get(h)]
 
 
 def terminal(pod: dict) -> bool:

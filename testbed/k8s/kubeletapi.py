@@ -97,6 +97,42 @@ def _connect_in_netns(netns_path: str, port: int, timeout: float = 5.0) -> socke
     return s
 
 
+def exec_argv(kubelet: Any, st: Any, container: str, command: list[str]) -> list[str]:
+    """The command line running ``command`` in ``container`` of the pod ``st`` (a PodState)
+    of ``kubelet``: what ``kubectl exec`` and an exec probe run. In a container of one of the
+    project's component images the image's binary is the project's program
+    (:func:`testbed.k8s.images.exec_command`: ``/bin/calico-node -felix-ready``,
+    ``/usr/bin/check-status -r``). Raises NotFoundError when the container is not running,
+    FileNotFoundError when the command is not found in its PATH."""
+    from testbed.k8s import images
+
+    pid = st.pids.get(container)
+    if pid is None:
+        raise NotFoundError(f'container "{container}" not found in pod {st.namespace}/{st.name}')
+    if not kubelet._alive(st.uid, container, pid):
+        raise NotFoundError(f'container "{container}" in pod {st.namespace}/{st.name} is not running')
+    runtime = st.container_runtimes.get(container, "netns")
+    if runtime in CONTAINER_RUNTIMES:
+        env = container_environ(pid)
+        root = f"/proc/{pid}/root"  # the container's own filesystem
+    else:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = [e.decode(errors="replace") for e in f.read().split(b"\0") if e]
+        except OSError:
+            env = []
+        root = ""
+        image = st.images.get(container)
+        if isinstance(image, str) and command:
+            workdir = os.path.join(st.pod_dir(kubelet.root_dir), "containers", container)
+            command = images.exec_command(image, command, workdir)
+    if "/" not in command[0]:
+        path = next((e[5:] for e in env if e.startswith("PATH=")), os.defpath)
+        if shutil.which(command[0], path=os.pathsep.join(root + d for d in path.split(os.pathsep))) is None:
+            raise FileNotFoundError(2, "No such file or directory")
+    return exec_command(runtime, pid, env, command)
+
+
 class PodBackend(Backend):
     """The kubelet's pods, for the kubelet API."""
 
@@ -108,14 +144,6 @@ class PodBackend(Backend):
             if st.namespace == ns and st.name == pod:
                 return st
         raise NotFoundError(f'pod "{pod}" in namespace "{ns}" is not running on node {self.kubelet.node}')
-
-    def _pid(self, st: Any, container: str) -> int:
-        pid = st.pids.get(container)
-        if pid is None:
-            raise NotFoundError(f'container "{container}" not found in pod {st.namespace}/{st.name}')
-        if not self.kubelet._alive(st.uid, container, pid):
-            raise NotFoundError(f'container "{container}" in pod {st.namespace}/{st.name} is not running')
-        return pid
 
     async def logs(self, ns: str, pod: str, container: str, opts: LogOptions) -> AsyncIterator[bytes]:
         st = self._state(ns, pod)
@@ -172,23 +200,7 @@ class PodBackend(Backend):
 
     async def exec_argv(self, ns: str, pod: str, container: str, command: list[str], tty: bool) -> list[str]:
         st = self._state(ns, pod)
-        pid = self._pid(st, container)
-        runtime = st.container_runtimes.get(container, "netns")
-        if runtime in CONTAINER_RUNTIMES:
-            env = container_environ(pid)
-            root = f"/proc/{pid}/root"  # the container's own filesystem
-        else:
-            try:
-                with open(f"/proc/{pid}/environ", "rb") as f:
-                    env = [e.decode(errors="replace") for e in f.read().split(b"\0") if e]
-            except OSError:
-                env = []
-            root = ""
-        if "/" not in command[0]:
-            path = next((e[5:] for e in env if e.startswith("PATH=")), os.defpath)
-            if shutil.which(command[0], path=os.pathsep.join(root + d for d in path.split(os.pathsep))) is None:
-                raise FileNotFoundError(2, "No such file or directory")
-        return exec_command(runtime, pid, env, command)
+        return exec_argv(self.kubelet, st, container, command)
 
     async def open_port(self, ns: str, pod: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         st = self._state(ns, pod)

@@ -31,6 +31,7 @@ class ContainerInfo:
     runtime: str = "containerd"  # the containerID scheme (containerd://, docker://)
     image_ref: str = ""  # the image the runtime ran, when it differs from the spec's (built locally)
     image_id: str = ""  # its digest reference (repo@sha256:...)
+    started: bool | None = None  # the startup probe's verdict (None: running means started)
 
 
 def _condition(typ: str, ok: bool, now: str, reason: str | None = None, message: str | None = None) -> dict:
@@ -57,7 +58,8 @@ def container_status(info: ContainerInfo) -> dict:
             waiting["message"] = info.waiting_message
         state = {"waiting": waiting}
     cs = {"name": info.name, "image": info.image, "imageID": "", "ready": info.ready,
-          "restartCount": info.restart_count, "started": info.running, "state": state}
+          "restartCount": info.restart_count,
+          "started": info.running if info.started is None else info.running and info.started, "state": state}
     if info.container_id:
         cs["containerID"] = f"{info.runtime}://{info.container_id}"
         cs["imageID"] = f"{qualified(info.image)}"

@@ -3,7 +3,7 @@ the default (Kubernetes) datastore: ``calicolab up`` of a topology that names no
 no ``--datastore`` flag (the node shells say ``DATASTORE_TYPE=kubernetes``), each checked on what
 it prints. ``kubectl`` is the real one (the pinned kubectl in the venv, first on
 the node shell's PATH); ``calicoctl`` is calicolab's. One small lab (a control plane, a worker,
-one pod) serves the module; everything it shows is compared with what the API server holds,
+their router, one pod) serves the module; everything it shows is compared with what the API server holds,
 read with the same kubectl."""
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ TOPOLOGY = """\
 name: {name}
 segments:
   - {{name: lan0, cidr: 172.30.74.0/24}}
+  - {{name: inet, cidr: 198.51.100.0/24}}
+routers:  # the nodes' default route: the kubelet's probes reach pods (proxy ARP for 169.254.1.1 needs it)
+  - name: r0
+    interfaces:
+      - {{segment: lan0, address: 172.30.74.1}}
+      - {{segment: inet, address: 198.51.100.1}}
 nodes:
   - {{name: k8s-m, role: control-plane, address: 172.30.74.10, segment: lan0}}
   - {{name: k8s-w0, role: worker, address: 172.30.74.11, segment: lan0}}
@@ -319,3 +325,84 @@ def test_a_pod_with_a_csi_tigera_io_volume_gets_felixs_policy_sync_socket(lab):
     assert lab.sh("ls -A /var/run/nodeagent/creds /var/run/nodeagent/mount", node="k8s-w0").split() == [
         "/var/run/nodeagent/creds:", "/var/run/nodeagent/mount:"]
     assert "kubernetes.io~csi" not in lab.sh("cat /proc/self/mountinfo", node="k8s-w0")
+
+
+PROBE_PODS = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: probe-web, labels: {app: probe-web}}
+spec:
+  nodeName: k8s-w0
+  containers:
+  - name: web
+    image: nginx
+    readinessProbe: {httpGet: {path: /ready, port: 80}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: probe-exec}
+spec:
+  nodeName: k8s-w0
+  containers:
+  - name: sh
+    image: busybox
+    command: [sleep, infinity]
+    readinessProbe: {exec: {command: [cat, ready-flag]}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: probe-live}
+spec:
+  nodeName: k8s-w0
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: sh
+    image: busybox
+    command: [sleep, infinity]
+    livenessProbe: {exec: {command: [cat, /no/such/file]}, periodSeconds: 1, failureThreshold: 2}
+"""
+
+
+def test_probes_decide_readiness_and_restart_a_container_that_fails_its_liveness_probe(lab):
+    """The kubelet runs the probes: an httpGet readiness probe on a path busybox httpd serves
+    only once the file exists keeps the pod 0/1 until ``kubectl exec ... touch`` makes it, then
+    1/1; an exec readiness probe likewise; a failing liveness probe gets the container killed
+    and restarted (restartCount 1, ``Killing`` and ``Unhealthy`` events)."""
+    def ready(name: str) -> str:
+        return lab.sh(f"kubectl get pod {name} --no-headers").split()[1]
+
+    lab.sh(f"cat <<'EOF' | kubectl apply -f -\n{PROBE_PODS}EOF")
+    try:
+        for name in ("probe-web", "probe-exec"):
+            wait_for(lambda n=name: lab.kube("get", "pod", n), lambda p: p.get("status", {}).get("phase") == "Running",
+                     timeout=60, what=f"{name} Running")
+        # failing readiness probes: Running but 0/1 (status and READY column), with Unhealthy events
+        for name, words, part in (("probe-web", "Readiness probe failed: HTTP probe failed with statuscode: 404", ""),
+                                  ("probe-exec", "Readiness probe failed: cat: ", "ready-flag")):
+            ev = wait_for(lambda n=name: [e["message"] for e in lab.kube(
+                "get", "events", "--field-selector", f"involvedObject.name={n},reason=Unhealthy")["items"]],
+                lambda msgs, w=words, p=part: any(m.startswith(w) and p in m for m in msgs), timeout=20, what=f"{name}'s Unhealthy event")
+            assert ev, name
+            assert ready(name) == "0/1"
+            cs = lab.kube("get", "pod", name)["status"]["containerStatuses"][0]
+            assert cs["ready"] is False and cs["started"] is True, cs
+        lab.sh("kubectl exec probe-web -- touch ready")  # busybox httpd runs in its document root
+        lab.sh("kubectl exec probe-exec -- touch ready-flag")
+        for name in ("probe-web", "probe-exec"):
+            wait_for(lambda n=name: ready(n), lambda r: r == "1/1", timeout=20, what=f"{name} 1/1 after the touch")
+            conds = {c["type"]: c["status"] for c in lab.kube("get", "pod", name)["status"]["conditions"]}
+            assert conds["Ready"] == "True" and conds["ContainersReady"] == "True", conds
+        # the liveness probe fails twice: the container is killed and restarted
+        pod = wait_for(lambda: lab.kube("get", "pod", "probe-live"),
+                       lambda p: any(c.get("restartCount", 0) >= 1 for c in p.get("status", {}).get(
+                           "containerStatuses") or []), timeout=60, what="probe-live restarted")
+        events = lab.kube("get", "events", "--field-selector", "involvedObject.name=probe-live")["items"]
+        by_reason = {}
+        for e in events:
+            by_reason.setdefault(e["reason"], []).append(e["message"])
+        assert "Container sh failed liveness probe, will be restarted" in by_reason.get("Killing", []), by_reason
+        assert any(m.startswith("Liveness probe failed: cat: ") and "/no/such/file" in m
+                   for m in by_reason.get("Unhealthy", [])), by_reason
+        assert pod["status"]["containerStatuses"][0]["restartCount"] >= 1
+    finally:
+        lab.run("kubectl delete pod probe-web probe-exec probe-live --wait=true --timeout=60s")

@@ -137,7 +137,7 @@ def test_settings_from_lab_state_use_topology():
 def test_images_map_calico_components():
     assert images.resolve("docker.io/calico/typha:v3.28.1", None, None, "/tmp").port == 5473
     argv = images.resolve("calico/kube-controllers:v3.28.1", None, None, "/tmp").argv
-    assert argv[-2:] == ["-m", "agent.kubecontrollers"]
+    assert argv[-4:] == ["-m", "agent.kubecontrollers", "--status-file", "/tmp/status/status.json"]
 
 
 def test_operator_layout_for_a_kubernetes_datastore_lab():

@@ -27,7 +27,7 @@ def _upstream_docs() -> list[dict]:
 
 def test_every_upstream_container_maps_to_a_program():
     docs = _upstream_docs()
-    seen = {}
+    seen, probes = {}, {}
     for d in docs:
         if d["kind"] not in ("DaemonSet", "Deployment"):
             continue
@@ -36,11 +36,22 @@ def test_every_upstream_container_maps_to_a_program():
             assert images.known(c["image"]) and images.is_component(c["image"]), c["image"]
             argv = images.resolve(c["image"], c.get("command"), c.get("args"), "/tmp/x").argv
             seen[c["name"]] = argv
+            for field in ("readinessProbe", "livenessProbe"):
+                if (c.get(field) or {}).get("exec"):
+                    probes[(c["name"], field)] = images.exec_command(c["image"], c[field]["exec"]["command"], "/tmp/x")
     assert seen["upgrade-ipam"][-2:] == ["-m", "cni.upgrade"]
     assert seen["install-cni"][-2:] == ["-m", "agent.installcni"]
     assert seen["mount-bpffs"][0].endswith("calico-node") and seen["mount-bpffs"][1:] == ["-init", "-best-effort"]
     assert seen["calico-node"][0].endswith("calico-node") and len(seen["calico-node"]) == 1
-    assert seen["calico-kube-controllers"][-2:] == ["-m", "agent.kubecontrollers"]
+    assert seen["calico-kube-controllers"][-4:] == ["-m", "agent.kubecontrollers", "--status-file",
+                                                    "/tmp/x/status/status.json"]
+    # the probes' commands run the project's programs (the image's binaries), as kubectl exec does
+    assert probes[("calico-node", "readinessProbe")][0].endswith("calico-node")
+    assert probes[("calico-node", "readinessProbe")][1:] == ["-felix-ready", "-bird-ready"]
+    assert probes[("calico-node", "livenessProbe")][1:] == ["-felix-live", "-bird-live"]
+    assert probes[("calico-kube-controllers", "readinessProbe")][1:] == [
+        "-m", "agent.kubecontrollers.checkstatus", "--file", "/tmp/x/status/status.json", "-r"]
+    assert probes[("calico-kube-controllers", "livenessProbe")][-1] == "-l"
 
 
 @pytest.mark.parametrize("image", ["docker.io/calico/cni:v3.28.1", "quay.io/calico/cni:v3.27.0",
@@ -80,8 +91,8 @@ def test_calico_node_flags(capsys, monkeypatch):
     assert "-confd is Calico's but not provided" in capsys.readouterr().err
     answers = {"/liveness": (200, b""), "/readiness": (503, b""),
                "/status": (200, json.dumps({"bgp": {"running": True, "peers": [
-                   {"name": "Mesh_172_30_0_11", "state": "Established"},
-                   {"name": "Mesh_172_30_0_12", "state": "Connect"}]}}).encode())}
+                   {"name": "Mesh_172_30_0_11", "state": "up", "bgp_state": "Established"},
+                   {"name": "Mesh_172_30_0_12", "state": "start", "bgp_state": "Connect"}]}}).encode())}
     monkeypatch.setattr(nodeflags, "_health", lambda env, path: answers[path])
     assert nodeflags.main(["-felix-live", "-bird-live"], env={}) == 0
     assert nodeflags.main(["-felix-ready", "-bird-ready"], env={}) == 1
@@ -89,6 +100,9 @@ def test_calico_node_flags(capsys, monkeypatch):
     answers["/readiness"] = (200, b"")
     assert nodeflags.main(["-felix-ready", "-bird-ready"], env={}) == 1
     assert "BGP not established with Mesh_172_30_0_12" in capsys.readouterr().err
+    answers["/status"] = (200, json.dumps({"bgp": {"running": True, "peers": [
+        {"name": "Mesh_172_30_0_11", "state": "up", "bgp_state": "Established"}]}}).encode())
+    assert nodeflags.main(["-felix-ready", "-bird-ready"], env={}) == 0
     assert nodeflags.main(["-shutdown"]) == 0
 
 
