@@ -318,8 +318,55 @@ def test_pod_creation_takes_turns_a_daemonset_rollout_does_not_hold_a_pass():
           "spec": {"template": {"metadata": {}, "spec": {"containers": [{"name": "c"}]}}}}
     cm.reconcile_daemonsets([ds], [], nodes)
     per_pass = int(CREATE_SLICE / 0.4) + (CREATE_SLICE % 0.4 > 0)
-    assert [p["spec"]["nodeName"] for p in SlowCluster.created] == [f"w{i}" for i in range(per_pass)] and cm.more
+    # slow-start batches (1, then 2 at once, ...): the creates of one batch land in any order
+    assert sorted(p["spec"]["nodeName"] for p in SlowCluster.created) == [f"w{i}" for i in range(per_pass)] \
+        and cm.more
     cm.more = False
     cm.reconcile_daemonsets([ds], list(SlowCluster.created), nodes)  # the next pass: the rest, a slice more
-    assert [p["spec"]["nodeName"] for p in SlowCluster.created] == [f"w{i}" for i in range(2 * per_pass)]
+    assert sorted(p["spec"]["nodeName"] for p in SlowCluster.created) == [f"w{i}" for i in range(2 * per_pass)]
     assert cm.more
+
+
+def test_pods_are_created_in_slow_start_batches():
+    """kube-controller-manager's slowStartBatch: 1 pod, then 2 at once, then 4, ...; no batch
+    after one with a failed create."""
+    import threading
+
+    from kubeclient import Invalid
+    from testbed.k8s.controllers import ControllerManager
+
+    class Cluster:
+        def __init__(self, fail_at: int = -1):
+            self.lock = threading.Lock()
+            self.calls = 0
+            self.fail_at = fail_at
+            self.created: list[str] = []
+
+        def create(self, obj):
+            with self.lock:
+                self.calls += 1
+                n = self.calls
+            if n == self.fail_at:
+                raise Invalid(422, "Invalid", "refused")
+            obj["metadata"]["uid"] = obj["spec"]["nodeName"]
+            with self.lock:
+                self.created.append(obj["spec"]["nodeName"])
+            return obj
+
+        def event(self, *a, **kw):
+            pass
+
+        def mutate(self, *a, **kw):
+            pass
+
+    nodes = [{"metadata": {"name": f"w{i:02d}", "labels": {}}, "spec": {}} for i in range(40)]
+    ds = {"apiVersion": "apps/v1", "kind": "DaemonSet",
+          "metadata": {"name": "calico-node", "namespace": "calico-system", "uid": "ds"},
+          "spec": {"template": {"metadata": {}, "spec": {"containers": [{"name": "c"}]}}}}
+    ok = Cluster()
+    ControllerManager(ok, clock=lambda: 0.0).reconcile_daemonsets([ds], [], nodes)  # type: ignore[arg-type]
+    assert sorted(ok.created) == [f"w{i:02d}" for i in range(40)]
+    # the 5th create fails: it was in the third batch (creates 4-7), so no fourth batch
+    bad = Cluster(fail_at=5)
+    ControllerManager(bad, clock=lambda: 0.0).reconcile_daemonsets([ds], [], nodes)  # type: ignore[arg-type]
+    assert bad.calls == 7 and len(bad.created) == 6
