@@ -187,3 +187,35 @@ def test_token_signing_loads_the_key_once(tmp_path):
     assert [verifier.verify(t)["sub"] for t in toks] == [f"system:serviceaccount:kube-system:sa{i}" for i in range(3)]
     header = json.loads(auth._unb64url(toks[0].split(".")[0]))
     assert header == {"alg": "RS256", "kid": auth._kid(pub_pem)}
+
+
+def test_a_verified_token_is_not_rsa_checked_again_but_its_time_bounds_are(tmp_path):
+    """The verifier remembers tokens whose signature verified (clients send the same token
+    with every request); expiry, issuer and audience are still checked every time, and a
+    token that failed is checked again."""
+    from testbed.apiserver import auth, pki
+
+    p = pki.write_pki(str(tmp_path / "pki"), "cp-node", ["192.0.2.10"])
+    key_pem, pub_pem = open(p.sa_key, "rb").read(), open(p.sa_pub, "rb").read()
+    verifier = auth.TokenVerifier(pub_pem)
+    checks: list[bytes] = []
+    real = verifier.pub.verify
+    verifier.pub = type("Counting", (), {"verify": lambda self, sig, *a: (checks.append(sig), real(sig, *a))})()
+    tok = auth.sign_token(key_pem, "kube-system", "calico-node", "uid-1", expiration=600, now=1000.0)
+    for _ in range(3):
+        claims = verifier.verify(tok, now=1100.0)
+        assert claims["sub"] == "system:serviceaccount:kube-system:calico-node"
+        claims["sub"] = "changed by a caller"  # a copy: the remembered claims stay
+    assert len(checks) == 1
+    with pytest.raises(auth.TokenError, match="expired"):
+        verifier.verify(tok, now=1700.0)
+    bad = tok[:-4] + "AAAA"
+    for _ in range(2):
+        with pytest.raises(auth.TokenError, match="invalid signature"):
+            verifier.verify(bad, now=1100.0)
+    assert len(checks) == 3
+    verifier.CACHED = 1
+    other = auth.sign_token(key_pem, "kube-system", "other", "uid-2", now=1000.0)
+    verifier.verify(other, now=1100.0)
+    verifier.verify(tok, now=1100.0)  # pushed out by the other one: checked again
+    assert len(checks) == 5
