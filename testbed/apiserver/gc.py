@@ -25,6 +25,22 @@ from testbed.apiserver.storage import Entry
 log = logging.getLogger("apiserver.gc")
 
 
+def needs_pass(ev: Any) -> bool:
+    """Whether a watch event can give the collector work: a deletion, an object being
+    deleted, or owner references that are new (an added object's, or changed ones). A
+    status or lease update that keeps its owner references (most of a lab's start-up
+    traffic: node leases, pod status) waits for the periodic pass like anything else."""
+    meta = ev.entry.obj.get("metadata") or {}
+    if ev.type == "DELETED" or meta.get("deletionTimestamp"):
+        return True
+    refs = meta.get("ownerReferences")
+    if not refs:
+        return False
+    if ev.type != "MODIFIED" or ev.prev is None:
+        return True
+    return refs != (ev.prev.obj.get("metadata") or {}).get("ownerReferences")
+
+
 class Collector:
     """The in-server garbage collector and namespace finalizer."""
 
@@ -76,8 +92,7 @@ class Collector:
             if isinstance(ev, Exception):
                 sub.queue.put_nowait(ev)
                 return
-            meta = ev.entry.obj.get("metadata") or {}
-            if ev.type == "DELETED" or meta.get("deletionTimestamp") or meta.get("ownerReferences"):
+            if needs_pass(ev):
                 return
 
     async def sweep(self) -> None:

@@ -160,8 +160,9 @@ class APIServer:
 
     # --- dispatch -------------------------------------------------------------------------
     async def dispatch(self, req: web.Request) -> web.StreamResponse:
-        log.debug("%s %s accept=%s ctype=%s", req.method, req.path_qs, req.headers.get("Accept"),
-                  req.headers.get("Content-Type"))
+        if log.isEnabledFor(logging.DEBUG):  # its arguments cost more than the check
+            log.debug("%s %s accept=%s ctype=%s", req.method, req.path_qs, req.headers.get("Accept"),
+                      req.headers.get("Content-Type"))
         try:
             user = await self.authenticate(req)
             path = req.path.rstrip("/") or "/"

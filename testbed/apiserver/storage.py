@@ -96,6 +96,7 @@ class Subscription:
     def __init__(self, hub: WatchHub, prefix: str, accept: Callable[[WatchEvent], bool] | None = None,
                  api_watch: bool = False):
         self.hub, self.prefix, self.accept = hub, prefix, accept
+        self.bucket = bucket_of(prefix, partial=True)
         self.api_watch = api_watch  # a client's watch (ended at shutdown), not the server's own feed
         self.queue: asyncio.Queue[WatchEvent | Exception] = asyncio.Queue()
 
@@ -105,6 +106,19 @@ class Subscription:
 
     def close(self) -> None:
         self.hub.subscribers.discard(self)
+        b = self.hub.buckets.get(self.bucket)
+        if b is not None:
+            b.discard(self)
+
+
+def bucket_of(path: str, partial: bool = False) -> str:
+    """The first segment under /registry/ of a key (``pods`` of /registry/pods/ns/name), by
+    which the hub offers an event only to the subscriptions that can want it; "" for a
+    subscription prefix that does not end its first segment (/registry/, /registry/po),
+    offered every event."""
+    rest = path[len(REGISTRY):] if path.startswith(REGISTRY) else ""
+    i = rest.find("/")
+    return rest[:i] if i >= 0 else ("" if partial else rest)
 
 
 class Storage:
@@ -226,6 +240,7 @@ class WatchHub:
         self.cache: dict[str, Entry] = {}
         self.events: collections.deque[WatchEvent] = collections.deque(maxlen=self.WINDOW)
         self.subscribers: set[Subscription] = set()
+        self.buckets: dict[str, set[Subscription]] = {}  # the subscribers by bucket_of(prefix)
         self.start_rev = 0  # events after this revision are all seen (while in the window)
         self.rev = 0  # last revision processed
         self._task: asyncio.Task | None = None
@@ -296,6 +311,7 @@ class WatchHub:
         for sub in list(self.subscribers):
             sub.queue.put_nowait(Gone("the watch cache was reset after an etcd compaction"))
         self.subscribers.clear()
+        self.buckets.clear()
 
     def _apply(self, decoded: list[tuple[str, Entry | None, int, int]]) -> None:
         for key, e, rev, create_rev in decoded:
@@ -318,8 +334,10 @@ class WatchHub:
             self.events.append(ev)
             if len(self.events) == self.WINDOW:
                 self.start_rev = self.events[0].rev - 1
-            for sub in list(self.subscribers):
-                sub.offer(ev)
+            for group in (self.buckets.get(bucket_of(key)), self.buckets.get("")):
+                if group:
+                    for sub in list(group):
+                        sub.offer(ev)
         if self._progress:
             keep = []
             for want, fut in self._progress:
@@ -344,6 +362,7 @@ class WatchHub:
         if self.closing and api_watch:
             sub.queue.put_nowait(ShuttingDown("the API server is shutting down"))
         self.subscribers.add(sub)
+        self.buckets.setdefault(sub.bucket, set()).add(sub)
         return sub
 
     def end_watches(self) -> None:

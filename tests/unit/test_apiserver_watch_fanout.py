@@ -1,0 +1,70 @@
+"""The watch hub's fan-out (pure logic): an event reaches exactly the subscriptions whose
+prefix it is under, also when they are indexed by their first /registry/ segment."""
+
+from __future__ import annotations
+
+import pytest
+
+from testbed.apiserver.storage import Entry, WatchHub, bucket_of
+
+pytestmark = pytest.mark.unit
+
+
+def drain(sub) -> list[str]:
+    out = []
+    while not sub.queue.empty():
+        ev = sub.queue.get_nowait()
+        out.append(f"{ev.type} {ev.key}")
+    return out
+
+
+def test_each_event_reaches_the_subscriptions_under_whose_prefix_it_is():
+    hub = WatchHub(storage=None)  # type: ignore[arg-type]
+    subs = {p: hub.subscribe(p, 0) for p in ("/registry/", "/registry/pods/", "/registry/pods/ns1/",
+                                             "/registry/po", "/registry/minions/", "/registry/services/endpoints/",
+                                             "/registry/crd.projectcalico.org/ippools/")}
+    only_a = hub.subscribe("/registry/pods/", 0, accept=lambda ev: ev.key.endswith("/a"))
+    keys = ["/registry/pods/ns1/a", "/registry/pods/ns2/b", "/registry/minions/n1",
+            "/registry/services/specs/default/kubernetes", "/registry/services/endpoints/default/kubernetes",
+            "/registry/crd.projectcalico.org/ippools/default", "/registry/crd.projectcalico.org/felixconfigurations/d"]
+    hub._apply([(k, Entry(k, rev, {"metadata": {}}), rev, rev) for rev, k in enumerate(keys, 1)])
+    hub._apply([("/registry/pods/ns1/a", None, 8, 0)])
+    got = {p: drain(s) for p, s in subs.items()}
+    assert got["/registry/"] == [f"ADDED {k}" for k in keys] + ["DELETED /registry/pods/ns1/a"]
+    assert got["/registry/pods/"] == got["/registry/po"] == [
+        "ADDED /registry/pods/ns1/a", "ADDED /registry/pods/ns2/b", "DELETED /registry/pods/ns1/a"]
+    assert got["/registry/pods/ns1/"] == ["ADDED /registry/pods/ns1/a", "DELETED /registry/pods/ns1/a"]
+    assert got["/registry/minions/"] == ["ADDED /registry/minions/n1"]
+    assert got["/registry/services/endpoints/"] == ["ADDED /registry/services/endpoints/default/kubernetes"]
+    assert got["/registry/crd.projectcalico.org/ippools/"] == ["ADDED /registry/crd.projectcalico.org/ippools/default"]
+    assert drain(only_a) == ["ADDED /registry/pods/ns1/a", "DELETED /registry/pods/ns1/a"]
+    subs["/registry/pods/"].close()
+    hub._apply([("/registry/pods/ns1/c", Entry("/registry/pods/ns1/c", 9, {"metadata": {}}), 9, 9)])
+    assert drain(subs["/registry/pods/"]) == [] and drain(subs["/registry/pods/ns1/"]) == ["ADDED /registry/pods/ns1/c"]
+    assert subs["/registry/pods/"] not in hub.buckets["pods"] and subs["/registry/pods/"] not in hub.subscribers
+
+
+def test_bucket_of():
+    assert bucket_of("/registry/pods/ns/name") == "pods"
+    assert bucket_of("/registry/pods/", partial=True) == "pods"
+    assert bucket_of("/registry/", partial=True) == bucket_of("/registry/po", partial=True) == ""
+    assert bucket_of("/registry/minions") == "minions"
+
+
+def test_the_garbage_collector_is_woken_by_what_can_give_it_work():
+    from testbed.apiserver.gc import needs_pass
+    from testbed.apiserver.storage import WatchEvent
+
+    def ev(typ: str, meta: dict, prev_meta: dict | None = None) -> WatchEvent:
+        prev = Entry("/registry/x", 1, {"metadata": prev_meta}) if prev_meta is not None else None
+        return WatchEvent(typ, "/registry/x", Entry("/registry/x", 2, {"metadata": meta}), 2, prev)
+
+    refs = [{"uid": "u1", "kind": "Node", "name": "n1", "apiVersion": "v1"}]
+    assert needs_pass(ev("DELETED", {}))
+    assert needs_pass(ev("MODIFIED", {"deletionTimestamp": "t", "ownerReferences": refs}, {"ownerReferences": refs}))
+    assert needs_pass(ev("ADDED", {"ownerReferences": refs}))
+    assert needs_pass(ev("MODIFIED", {"ownerReferences": refs}, {}))
+    assert needs_pass(ev("MODIFIED", {"ownerReferences": refs}, {"ownerReferences": refs + refs}))
+    assert not needs_pass(ev("MODIFIED", {"ownerReferences": refs, "resourceVersion": "2"},
+                             {"ownerReferences": refs, "resourceVersion": "1"}))  # a lease renewal
+    assert not needs_pass(ev("ADDED", {"name": "no-owner"}))
