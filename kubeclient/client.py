@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import ssl
 import threading
@@ -83,20 +84,56 @@ def _unbracket_ipv4(server: str) -> str:
     return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)\[(\d{1,3}(?:\.\d{1,3}){3})\]", r"\1\2", server)
 
 
-class _ResumingHTTPSConnection(http.client.HTTPSConnection):
-    """An HTTPS connection that resumes its client's last TLS session (a TLS 1.3 ticket): the
-    API server then skips its certificate signature and the client certificate's check
-    (~0.7 ms of its CPU per connection; our clients open dozens per node at a lab's start).
-    A server that does not know the ticket (restarted) just does a full handshake."""
+class _TLS:
+    """The TLS context a process's clients of one server with the same credentials share,
+    and the session (a TLS 1.3 ticket) their new connections resume: the API server then
+    skips its certificate signature and the client certificate's check (~1.1 ms of its CPU
+    per connection; our processes open dozens of connections per node at a lab's start, from
+    several clients each). A server that does not know the ticket (restarted) just does a
+    full handshake."""
 
-    def __init__(self, client: Client, host: str, port: int, timeout: float | None, context: ssl.SSLContext):
-        super().__init__(host, port, timeout=timeout, context=context)
-        self._client = client
+    __slots__ = ("context", "session")
+
+    def __init__(self, context: ssl.SSLContext):
+        self.context = context
+        self.session: ssl.SSLSession | None = None
+
+
+_TLS_SHARED: dict[tuple, _TLS] = {}
+_TLS_LOCK = threading.Lock()
+
+
+def _tls_for(config: Config) -> _TLS:
+    """The shared :class:`_TLS` of ``config``'s server and TLS credentials (files by path,
+    modification time and size: a rewritten certificate gets a new context)."""
+    def file_key(path: str | None) -> tuple | None:
+        if not path:
+            return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return (path,)
+        return (path, st.st_mtime_ns, st.st_size)
+
+    key = (config.server, config.insecure, config.ca_data, file_key(config.ca_file), config.cert_data,
+           config.key_data, file_key(config.cert_file), file_key(config.key_file))
+    with _TLS_LOCK:
+        tls = _TLS_SHARED.get(key)
+        if tls is None:
+            tls = _TLS_SHARED[key] = _TLS(config.ssl_context())
+        return tls
+
+
+class _ResumingHTTPSConnection(http.client.HTTPSConnection):
+    """An HTTPS connection resuming the last TLS session of its clients (see :class:`_TLS`)."""
+
+    def __init__(self, tls: _TLS, host: str, port: int, timeout: float | None):
+        super().__init__(host, port, timeout=timeout, context=tls.context)
+        self._tls = tls
 
     def connect(self) -> None:
         http.client.HTTPConnection.connect(self)
-        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host,
-                                              session=self._client._tls_session)
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host, session=self._tls.session)
 
 
 class Client:
@@ -114,8 +151,7 @@ class Client:
         self.scheme, self.host = url.scheme, url.hostname
         self.port = url.port or (443 if url.scheme == "https" else 80)
         self.base = url.path.rstrip("/")
-        self._ssl: ssl.SSLContext | None = config.ssl_context() if url.scheme == "https" else None
-        self._tls_session: ssl.SSLSession | None = None  # the last one with a ticket: new connections resume it
+        self._tls: _TLS | None = _tls_for(config) if url.scheme == "https" else None
         self._local = threading.local()
 
     @classmethod
@@ -127,18 +163,18 @@ class Client:
 
     # --- transport --------------------------------------------------------------------------
     def _new_conn(self, timeout: float | None) -> http.client.HTTPConnection:
-        if self._ssl is not None:
-            return _ResumingHTTPSConnection(self, self.host, self.port, timeout, self._ssl)
+        if self._tls is not None:
+            return _ResumingHTTPSConnection(self._tls, self.host, self.port, timeout)
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
     def _remember_session(self, conn: http.client.HTTPConnection) -> None:
         """Keep ``conn``'s TLS session for the next connection once its ticket came (TLS 1.3
         sends it after the handshake: it is there once an answer was read)."""
         sock = conn.sock
-        if self._ssl is not None and sock is not None and not sock.session_reused:
+        if self._tls is not None and sock is not None and not sock.session_reused:
             sess = sock.session
             if sess is not None and sess.has_ticket:
-                self._tls_session = sess
+                self._tls.session = sess
 
     def _conn(self) -> http.client.HTTPConnection:
         c = getattr(self._local, "conn", None)

@@ -452,12 +452,12 @@ def test_metrics_count_the_watches_being_served(apiserver):
 
 
 def test_kubeclient_resumes_its_tls_session_as_the_same_user(apiserver):
-    """A client's next connection (another thread's, a watch's) resumes its TLS session: the
-    server skips the full handshake and still knows the client certificate's user."""
+    """A client's next connection (another thread's, another client's with the same
+    credentials) resumes its TLS session: the server skips the full handshake and still
+    knows the client certificate's user."""
     c = apiserver.client()
     review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
     first = c.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", review)
-    assert c._local.conn.sock.session_reused is False
     c._drop()
     again = c.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", review)
     assert c._local.conn.sock.session_reused is True
@@ -473,3 +473,7 @@ def test_kubeclient_resumes_its_tls_session_as_the_same_user(apiserver):
     t.start()
     t.join(30)
     assert other == [True]
+    c2 = apiserver.client()  # another client of the process with the same credentials
+    assert c2.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", review)["status"]["userInfo"] \
+        == first["status"]["userInfo"]
+    assert c2._local.conn.sock.session_reused is True
