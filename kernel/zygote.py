@@ -237,11 +237,12 @@ class ZygoteProcess:
             left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
             if left <= 0:
                 raise subprocess.TimeoutExpired(self.args, timeout or 0)
-            watch = [x for x in (self._sock, self._pidfd) if x is not None]
+            sock, pidfd = self._sock, self._pidfd  # another thread may finish it meanwhile
+            watch = [sock] if sock is not None else [pidfd] if pidfd is not None else []
             if watch:
                 try:
-                    select.select([self._sock] if self._sock is not None else watch, [], [], left)
-                except (OSError, ValueError):  # closed by another thread meanwhile
+                    select.select(watch, [], [], left)
+                except (OSError, ValueError, TypeError):  # closed by another thread meanwhile
                     pass
 
     def send_signal(self, sig: int) -> None:

@@ -765,7 +765,7 @@ class Supervisor:
                                            "restarts": rst.restarts, "restart_policy": rst.policy,
                                            "next_start": None, "last_exit": rst.last_exit,
                                            "from_machine": True}
-        _log(f"started {key} pid {proc.pid}: {' '.join(argv)}")
+        _log(f"started {key} pid {proc.pid}: {' '.join(a if len(a) < 300 else a[:40] + '...' for a in argv)}")
         return proc
 
     def kubeadm_init(self) -> None:

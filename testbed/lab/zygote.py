@@ -46,18 +46,19 @@ from kernel.netns import CLONE_NEWNET, CLONE_NEWNS, setns
 
 #: what the lab's processes import: the standard library's heavy parts, the third-party
 #: packages, then the project's program modules (their own imports come with them)
+#: in the order they are asked for: the kubelets first (requests are served between two
+#: imports, so a kubelet does not wait for calico-node's modules), then the control plane's
+#: static pods, then calico-node and the DaemonSets
 PRELOAD = (
-    "asyncio", "ssl", "json", "http.client", "http.server", "urllib.request", "email.utils",
-    "concurrent.futures", "logging.handlers", "argparse", "ipaddress", "uuid", "secrets",
-    "subprocess", "selectors", "dataclasses", "hashlib", "hmac", "base64", "sqlite3",
-    "aiohttp", "aiohttp.web", "yaml", "pyroute2", "grpc", "cryptography.x509",
-    "cryptography.hazmat.primitives.asymmetric.rsa", "cryptography.hazmat.primitives.asymmetric.ec",
-    "cryptography.hazmat.primitives.serialization",
-    "kernel.netlink", "kernel.preload",
-    "testbed.k8s.kubelet", "testbed.k8s.kubeproxy", "testbed.k8s.controllers", "testbed.k8s.scheduler",
-    "testbed.k8s.dns", "testbed.apiserver", "testbed.apiserver.server",
-    "agent.main", "agent.felix", "agent.startup", "agent.csi", "agent.csi.registrar", "agent.typha",
-    "agent.kubecontrollers", "cni.server", "cni.plugin",
+    "asyncio", "ssl", "json", "http.client", "email.utils", "concurrent.futures", "argparse",
+    "ipaddress", "uuid", "secrets", "subprocess", "selectors", "dataclasses", "hashlib", "base64",
+    "kernel.preload", "testbed.k8s.kubelet",
+    "aiohttp", "aiohttp.web", "yaml", "cryptography.x509", "cryptography.hazmat.primitives.asymmetric.rsa",
+    "cryptography.hazmat.primitives.asymmetric.ec", "cryptography.hazmat.primitives.serialization",
+    "testbed.apiserver", "testbed.apiserver.server", "testbed.k8s.controllers", "testbed.k8s.scheduler",
+    "http.server", "urllib.request", "logging.handlers", "hmac", "pyroute2", "grpc", "kernel.netlink",
+    "agent.main", "agent.felix", "agent.startup", "cni.server", "cni.plugin", "testbed.k8s.kubeproxy",
+    "agent.csi", "agent.csi.registrar", "agent.typha", "agent.kubecontrollers", "testbed.k8s.dns",
 )
 
 MS_REC = 0x4000
@@ -87,15 +88,20 @@ def _check(ret: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def preload(modules: tuple[str, ...] = PRELOAD) -> list[str]:
-    """Import ``modules``; returns the errors (one line each) of those that failed."""
+def preload(modules: tuple[str, ...] = PRELOAD, between: Any = None) -> tuple[list[str], Any]:
+    """Import ``modules``; returns the errors (one line each) of those that failed, and what
+    ``between()`` (called after each import) returned when it returned something (then the
+    rest is not imported: a forked child's program runs)."""
     errors = []
     for name in modules:
         try:
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - a module that does not import is not preloaded
             errors.append(f"{name}: {type(exc).__name__}: {exc}")
-    return errors
+        got = between() if between is not None else None
+        if got is not None:
+            return errors, got
+    return errors, None
 
 
 # ---------------------------------------------------------------------- the child's side
@@ -237,32 +243,39 @@ class Server:
         finally:
             os.umask(old)
         self.listener.listen(256)
+        self.sel.register(self.listener, selectors.EVENT_READ, None)
         #: pidfd -> (pid, the request's connection)
         self.children: dict[int, tuple[int, socket.socket]] = {}
         #: fd -> the zygote's end of a child's channel (requests from the child come on it)
         self.channels: dict[int, socket.socket] = {}
 
-    def serve(self) -> tuple[proto.RunSpec, list[str]] | None:
+    def serve(self) -> tuple[proto.RunSpec, list[str]]:
         """Serve until SIGTERM; in a forked child, return what it runs."""
-        self.sel.register(self.listener, selectors.EVENT_READ, None)
         while True:
-            for key, _ in self.sel.select():
-                child = None
-                if key.fileobj is self.listener:
-                    try:
-                        conn, _ = self.listener.accept()
-                    except OSError:
-                        continue
+            child = self.step(None)
+            if child is not None:
+                return child
+
+    def step(self, timeout: float | None) -> tuple[proto.RunSpec, list[str]] | None:
+        """Serve what is ready (waiting up to ``timeout``); in a forked child, what it runs."""
+        for key, _ in self.sel.select(timeout):
+            child = None
+            if key.fileobj is self.listener:
+                try:
+                    conn, _ = self.listener.accept()
+                except OSError:
+                    continue
+                child = self._handle(conn)
+            elif key.data == "channel":
+                for conn in self._channel(key.fd):
                     child = self._handle(conn)
-                elif key.data == "channel":
-                    for conn in self._channel(key.fd):
-                        child = self._handle(conn)
-                        if child is not None:
-                            break
-                else:
-                    self._reap(key.fd)
-                if child is not None:
-                    return child
+                    if child is not None:
+                        break
+            else:
+                self._reap(key.fd)
+            if child is not None:
+                return child
+        return None
 
     def _channel(self, fd: int) -> list[socket.socket]:
         """The connections a child sent over its channel (none at its end: closed)."""
@@ -390,28 +403,28 @@ def main(argv: list[str] | None = None) -> None:
     # SIGTERM ends the zygote (its socket removed); its children live on (each its own session)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     t0 = time.monotonic()
-    errors = preload()
-    for e in errors:
-        _log(f"not preloaded: {e}")
-    if threading.active_count() != 1:
-        _log(f"threads after the imports: {[t.name for t in threading.enumerate()]}: not serving")
-        sys.exit(1)
     os.environ.pop(ROOM_ENV, None)
     mine_args, mine_env = areas()
     _write_area(mine_args, packed([sys.executable, "-m", "testbed.lab.zygote", "--socket", args.socket]))
     _write_area(mine_env, packed([f"{k}={v}" for k, v in os.environ.items()]))
-    _log(f"serving {args.socket}: {len(sys.modules)} modules imported in {time.monotonic() - t0:.2f}s")
     try:
-        child = server.serve()
+        # requests arriving meanwhile are served between two imports (a child imports the rest
+        # it needs itself)
+        errors, child = preload(between=lambda: server.step(0))
+        if child is None:
+            for e in errors:
+                _log(f"not preloaded: {e}")
+            if threading.active_count() != 1:
+                _log(f"threads after the imports: {[t.name for t in threading.enumerate()]}: not serving")
+                sys.exit(1)
+            _log(f"serving {args.socket}: {len(sys.modules)} modules imported in {time.monotonic() - t0:.2f}s")
+            child = server.serve()
     finally:
         if os.getpid() == me:
             try:
                 os.unlink(args.socket)
             except FileNotFoundError:
                 pass
-    if child is None:
-        return
-    del server
     spec, child_argv = child
     run(spec, child_argv)
 
