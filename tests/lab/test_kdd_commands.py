@@ -329,6 +329,11 @@ def test_a_pod_with_a_csi_tigera_io_volume_gets_felixs_policy_sync_socket(lab):
 
 PROBE_PODS = """\
 apiVersion: v1
+kind: Service
+metadata: {name: probe-web}
+spec: {selector: {app: probe-web}, ports: [{port: 80}]}
+---
+apiVersion: v1
 kind: Pod
 metadata: {name: probe-web, labels: {app: probe-web}}
 spec:
@@ -365,8 +370,8 @@ spec:
 
 def test_probes_decide_readiness_and_restart_a_container_that_fails_its_liveness_probe(lab):
     """The kubelet runs the probes: an httpGet readiness probe on a path busybox httpd serves
-    only once the file exists keeps the pod 0/1 until ``kubectl exec ... touch`` makes it, then
-    1/1; an exec readiness probe likewise; a failing liveness probe gets the container killed
+    only once the file exists keeps the pod 0/1 (its Service's endpoint not ready) until
+    ``kubectl exec ... touch`` makes it, then 1/1 (the endpoint ready); an exec readiness probe likewise; a failing liveness probe gets the container killed
     and restarted (restartCount 1, ``Killing`` and ``Unhealthy`` events)."""
     def ready(name: str) -> str:
         return lab.sh(f"kubectl get pod {name} --no-headers").split()[1]
@@ -386,12 +391,20 @@ def test_probes_decide_readiness_and_restart_a_container_that_fails_its_liveness
             assert ready(name) == "0/1"
             cs = lab.kube("get", "pod", name)["status"]["containerStatuses"][0]
             assert cs["ready"] is False and cs["started"] is True, cs
+        def slice_ready() -> list:
+            return [e.get("conditions", {}).get("ready") for sl in lab.kube(
+                "get", "endpointslices", "-l", "kubernetes.io/service-name=probe-web")["items"]
+                for e in sl.get("endpoints") or []]
+
+        # the Service's EndpointSlice follows the pod's readiness
+        wait_for(slice_ready, lambda r: r == [False], timeout=20, what="probe-web's endpoint not ready")
         lab.sh("kubectl exec probe-web -- touch ready")  # busybox httpd runs in its document root
         lab.sh("kubectl exec probe-exec -- touch ready-flag")
         for name in ("probe-web", "probe-exec"):
             wait_for(lambda n=name: ready(n), lambda r: r == "1/1", timeout=20, what=f"{name} 1/1 after the touch")
             conds = {c["type"]: c["status"] for c in lab.kube("get", "pod", name)["status"]["conditions"]}
             assert conds["Ready"] == "True" and conds["ContainersReady"] == "True", conds
+        wait_for(slice_ready, lambda r: r == [True], timeout=20, what="probe-web's endpoint ready")
         # the liveness probe fails twice: the container is killed and restarted
         pod = wait_for(lambda: lab.kube("get", "pod", "probe-live"),
                        lambda p: any(c.get("restartCount", 0) >= 1 for c in p.get("status", {}).get(
@@ -405,4 +418,5 @@ def test_probes_decide_readiness_and_restart_a_container_that_fails_its_liveness
                    for m in by_reason.get("Unhealthy", [])), by_reason
         assert pod["status"]["containerStatuses"][0]["restartCount"] >= 1
     finally:
-        lab.run("kubectl delete pod probe-web probe-exec probe-live --wait=true --timeout=60s")
+        lab.run("kubectl delete service probe-web; kubectl delete pod probe-web probe-exec probe-live --wait=true "
+                "--timeout=60s")
