@@ -47,8 +47,8 @@ from testbed.k8s.podstatus import (
     node_object,
     pod_status,
 )
-from testbed.k8s.probe import FIELDS, READINESS, kill_message
-from testbed.k8s.probehandlers import Prober
+from testbed.k8s.probe import FIELDS, HOOKS, READINESS, ProbeError, kill_message, parse_hook
+from testbed.k8s.probehandlers import Prober, run_hook
 from testbed.k8s.runtime import PodState
 from testbed.k8s.runtimes import make_runtime
 from testbed.k8s.volumes import VolumeError, VolumeMaker, resolv_conf, token_request
@@ -788,6 +788,7 @@ class Kubelet:
         info.ready = info.port is None
         self._warn_not_run(pod, c, f"spec.containers{{{name}}}")
         self.prober.add(state.uid, c, time.monotonic())
+        self._post_start(state, pod, c)
         return self._decorate(info, state)
 
     def _start_container(self, state: PodState, pod: dict, c: dict, init: bool = False) -> ContainerInfo:
@@ -878,6 +879,7 @@ class Kubelet:
         self.cluster.event(pod, "Started", f"Started container {c['name']}", field_path=path)
         self._warn_not_run(pod, c, path)
         self.prober.add(state.uid, c, time.monotonic())
+        self._post_start(state, pod, c)
         return info
 
     def _warn_not_run(self, pod: dict, c: dict, path: str) -> None:
@@ -888,7 +890,8 @@ class Kubelet:
         if fields and key not in self.warned_not_run:
             self.warned_not_run.add(key)
             self.cluster.event(pod, "NotSupported",
-                               f"calicolab's kubelet does not run {', '.join(fields)} of container {c['name']}",
+                               f"calicolab's kubelet does not run {', '.join(fields)} of container {c['name']} "
+                               "(it runs exec and httpGet hooks)",
                                "Warning", path)
 
     # --- probes (testbed.k8s.probehandlers.Prober calls these) ---------------------------------
@@ -908,6 +911,57 @@ class Kubelet:
             elif started is False:
                 info.ready = False
 
+    def _pod_ip(self, state: PodState) -> str:
+        """The IP probes and hooks connect to: the pod's (a hostNetwork pod's is the node's)."""
+        ips = cni.pod_ips(state.cni_result or {}) if state.netns else [self.node_ip]
+        return (ips or [self.node_ip])[0]
+
+    def _post_start(self, state: PodState, pod: dict, c: dict) -> None:
+        """The container's postStart hook, run right after it started (at most 30 s); when it
+        fails: event ``FailedPostStartHook`` and the container is stopped (then restarted per
+        restartPolicy, as any exit)."""
+        hook = (c.get("lifecycle") or {}).get("postStart")
+        name = c["name"]
+        if not hook:
+            return
+        msg = run_hook(hook, "postStart", c, pod, self._pod_ip(state),
+                       lambda cmd: self.probe_exec_argv(state.uid, name, cmd), 30.0)
+        if msg is None:
+            return
+        log.warning("pod %s/%s: %s", state.namespace, state.name, msg)
+        self.cluster.event(pod, "FailedPostStartHook", msg, "Warning", f"spec.containers{{{name}}}")
+        self.cluster.event(pod, "Killing", "FailedPostStartHook", field_path=f"spec.containers{{{name}}}")
+        grace = pod["spec"].get("terminationGracePeriodSeconds")
+        self._stop_container(state, pod, name, max(2.0, float(30 if grace is None else grace)))
+
+    def _pre_stop(self, state: PodState, pod: dict | None, name: str, grace: float) -> float:
+        """Run the container's preStop hook (when the pod has one and a grace period) within
+        ``grace`` s; event ``FailedPreStopHook`` when it fails. Returns the grace left for
+        SIGTERM..SIGKILL: what the hook did not use, at least 2 s after a hook (the kubelet's
+        minimum)."""
+        c = next((c for c in ((pod or {}).get("spec") or {}).get("containers") or [] if c.get("name") == name), None)
+        hook = ((c or {}).get("lifecycle") or {}).get("preStop")
+        if not hook or grace <= 0 or pod is None or c is None:
+            return grace
+        t0 = time.monotonic()
+        msg = run_hook(hook, "preStop", c, pod, self._pod_ip(state),
+                       lambda cmd: self.probe_exec_argv(state.uid, name, cmd), grace)
+        if msg is not None:
+            log.warning("pod %s/%s: %s", state.namespace, state.name, msg)
+            self.cluster.event(pod, "FailedPreStopHook", msg, "Warning", f"spec.containers{{{name}}}")
+        return max(2.0, grace - (time.monotonic() - t0))
+
+    def _stop_container(self, state: PodState, pod: dict, name: str, grace: float) -> None:
+        """Stop one container (its preStop hook first); its exit is noticed by check_processes."""
+        pid = state.pids.get(name)
+        if not pid or not self._alive(state.uid, name, pid):
+            return
+        grace = self._pre_stop(state, pod, name, grace)
+        if self.cri is not None and state.container_runtimes.get(name) == self.cri.name:
+            self.cri.stop_container(state, name, grace=grace)
+        else:
+            runtime.kill_process(pid, grace=grace, proc=self.procs.get((state.uid, name)))
+
     def probe_target(self, uid: str, name: str) -> tuple[dict, str] | None:
         """(container spec, pod IP) of a running container to probe; None otherwise (also
         while its pod terminates)."""
@@ -919,8 +973,7 @@ class Kubelet:
         c = next((c for c in pod["spec"]["containers"] if c["name"] == name), None)
         if c is None or not pid or not self._alive(uid, name, pid):
             return None
-        ips = cni.pod_ips(state.cni_result or {}) if state.netns else [self.node_ip]
-        return c, (ips or [self.node_ip])[0]
+        return c, self._pod_ip(state)
 
     def probe_exec_argv(self, uid: str, name: str, command: list[str]) -> list[str]:
         """The command line of an exec probe: what ``kubectl exec`` runs."""
@@ -981,10 +1034,7 @@ class Kubelet:
             seconds = max(2, int(grace if grace is not None else 30 if spec_grace is None else spec_grace))
             self.cluster.event(pod, "Killing", kill_message(kind, name), field_path=f"spec.containers{{{name}}}")
             log.info("pod %s/%s: %s (grace %ds)", state.namespace, state.name, kill_message(kind, name), seconds)
-            if self.cri is not None and state.container_runtimes.get(name) == self.cri.name:
-                self.cri.stop_container(state, name, grace=seconds)
-            else:
-                runtime.kill_process(pid, grace=seconds, proc=self.procs.get((uid, name)))
+            self._stop_container(state, pod, name, float(seconds))
         self.probe_dirty.add(uid)
 
     def _run_init_containers(self, state: PodState, pod: dict, ips: list[str]) -> bool:
@@ -1287,7 +1337,8 @@ class Kubelet:
                 for name in state.pids:
                     self.cluster.event(pod, "Killing", f"Stopping container {name}",
                                        field_path=f"spec.containers{{{name}}}")
-            self.stop_pod(state, cni_del=True, grace=grace)
+            hooks = pod if pod is not None and (pod["metadata"].get("deletionGracePeriodSeconds") or 0) > 0 else None
+            self.stop_pod(state, cni_del=True, grace=grace, pod=hooks)
         if pod is not None and pod["metadata"].get("deletionTimestamp"):
             meta = pod["metadata"]
             if self.static is not None and self.static.is_static(pod):
@@ -1300,30 +1351,35 @@ class Kubelet:
                 return
             log.info("pod %s/%s deleted", meta["namespace"], meta["name"])
 
-    def stop_pod(self, state: PodState, cni_del: bool = True, grace: float = 2.0) -> None:
-        """Kill the pod's processes (SIGTERM, SIGKILL after ``grace`` s), run CNI DEL, remove
-        the sandbox netns and state.
+    def stop_pod(self, state: PodState, cni_del: bool = True, grace: float = 2.0, pod: dict | None = None) -> None:
+        """Kill the pod's processes (SIGTERM, SIGKILL after ``grace`` s; with ``pod``, each
+        container's preStop hook first), run CNI DEL, remove the sandbox netns and state.
 
         Only processes that are our children, live in the pod's netns, or have the
         recorded start time are signalled (a PID from a state file may have been reused)."""
-        cri_rt = self._kill_containers(state, grace)
+        cri_rt = self._kill_containers(state, grace, pod)
         self._finish_stop(state, cri_rt, cni_del)
 
-    def _kill_containers(self, state: PodState, grace: float = 2.0):
-        """Stop the pod's containers (SIGTERM, SIGKILL after ``grace`` s) and every other
-        process in its netns; the sandbox stays. Returns the pod's container runtime (None:
-        the netns runtime)."""
+    def _kill_containers(self, state: PodState, grace: float = 2.0, pod: dict | None = None):
+        """Stop the pod's containers (SIGTERM, SIGKILL after ``grace`` s; with ``pod``, each
+        container's preStop hook first, in parallel) and every other process in its netns; the
+        sandbox stays. Returns the pod's container runtime (None: the netns runtime)."""
         in_netns = set(runtime.netns_pids(state.netns)) if state.netns else set()
         cri_rt = self.cri if self.cri is not None and state.runtime == self.cri.name else None
         kills = []
         for name, pid in state.pids.items():
             if cri_rt is not None and state.container_runtimes.get(name) == cri_rt.name:
-                cri_rt.stop_container(state, name, grace=grace)
+                cri_rt.stop_container(state, name, grace=self._pre_stop(state, pod, name, grace))
                 continue
-            proc = self.procs.pop((state.uid, name), None)
+            proc = self.procs.get((state.uid, name))
             if proc is not None or pid in in_netns or (
                     state.ticks.get(name) and runtime.start_ticks(pid) == state.ticks[name]):
-                t = threading.Thread(target=runtime.kill_process, args=(pid, grace, proc), daemon=True)
+                def stop(name: str = name, pid: int = pid, proc=proc) -> None:
+                    left = self._pre_stop(state, pod, name, grace)  # exec needs the container alive
+                    self.procs.pop((state.uid, name), None)
+                    runtime.kill_process(pid, left, proc)
+
+                t = threading.Thread(target=stop, daemon=True)
                 t.start()
                 kills.append(t)
         for t in kills:
@@ -1488,9 +1544,17 @@ class Kubelet:
 
 
 def not_run_fields(c: dict) -> list[str]:
-    """The lifecycle hooks of container ``c`` that calicolab's kubelet does not run (pure;
-    its probes run: testbed.k8s.probe)."""
-    return [f"lifecycle.{h}" for h in ("postStart", "preStop") if (c.get("lifecycle") or {}).get(h)]
+    """The lifecycle hooks of container ``c`` that calicolab's kubelet cannot run (pure): a
+    handler other than exec and httpGet (its probes and exec/httpGet hooks run)."""
+    out = []
+    for h in HOOKS:
+        spec = (c.get("lifecycle") or {}).get(h)
+        if spec:
+            try:
+                parse_hook(spec, h)
+            except ProbeError:
+                out.append(f"lifecycle.{h}")
+    return out
 
 
 def terminal(pod: dict) -> bool:

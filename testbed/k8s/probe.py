@@ -277,3 +277,39 @@ class ContainerProbes:
             w.on_hold, w.run = True, 0
             out.kill = True
         return out
+
+
+#: the lifecycle hooks the kubelet runs (postStart after the container starts, preStop before it is stopped)
+HOOKS = ("postStart", "preStop")
+
+
+def parse_hook(spec: dict, hook: str) -> tuple[str, dict]:
+    """(handler, action) of a lifecycle hook (pure): ``exec`` or ``httpGet``; anything else is a
+    :class:`ProbeError` (the kubelet of Kubernetes 1.28 runs no other hook handler)."""
+    if not isinstance(spec, dict):
+        raise ProbeError(f"lifecycle.{hook}: not an object")
+    handlers = [h for h in ("exec", "httpGet", "tcpSocket", "sleep") if spec.get(h) is not None]
+    if len(handlers) != 1:
+        raise ProbeError(f"lifecycle.{hook}: must have exactly one handler of exec, httpGet")
+    handler = handlers[0]
+    if handler not in ("exec", "httpGet"):
+        raise ProbeError(f"lifecycle.{hook}.{handler}: not supported as a lifecycle handler (exec, httpGet)")
+    action = spec[handler]
+    if handler == "exec" and not (isinstance(action, dict) and action.get("command")):
+        raise ProbeError(f"lifecycle.{hook}.exec.command: required")
+    if handler == "httpGet" and not (isinstance(action, dict) and action.get("port") not in (None, "")):
+        raise ProbeError(f"lifecycle.{hook}.httpGet.port: required")
+    return handler, action
+
+
+def hook_failure(handler: str, action: dict, container: str, pod: str, error: str, output: str = "") -> str:
+    """The ``FailedPostStartHook`` / ``FailedPreStopHook`` event's message, as the kubelet words
+    it; ``pod`` is ``name_namespace(uid)``."""
+    if handler == "exec":
+        cmd = "[" + " ".join(str(x) for x in action.get("command") or []) + "]"
+        return (f'Exec lifecycle hook ({cmd}) for Container "{container}" in Pod "{pod}" failed - error: {error}, '
+                f'message: "{output}"')
+    if handler == "httpGet":
+        return (f'HTTP lifecycle hook ({action.get("path") or ""}) for Container "{container}" in Pod "{pod}" '
+                f"failed - error: {error}")
+    return f'lifecycle hook for Container "{container}" in Pod "{pod}" failed - error: {error}'

@@ -320,3 +320,33 @@ class Prober:
         if outcome.kill:
             self.target.probe_kill(cp.uid, cp.name, w.kind, w.probe.termination_grace)
 
+
+
+def run_hook(spec: dict, hook: str, container: dict, pod: dict, pod_ip: str,
+             exec_argv: Callable[[list[str]], list[str]], timeout: float) -> str | None:
+    """Run a lifecycle hook of ``container`` for at most ``timeout`` s; None when it succeeded,
+    else the event's message (:func:`testbed.k8s.probe.hook_failure`)."""
+    from testbed.k8s.probe import hook_failure, parse_hook
+
+    meta = pod["metadata"]
+    who = f"{meta['name']}_{meta['namespace']}({meta.get('uid', '')})"
+    try:
+        handler, action = parse_hook(spec, hook)
+    except ProbeError as exc:
+        return hook_failure("", {}, container["name"], who, str(exc))
+    if handler == "exec":
+        command = [str(x) for x in action.get("command") or []]
+        try:
+            argv = exec_argv(command)
+        except (OSError, ValueError, LookupError) as exc:
+            return hook_failure(handler, action, container["name"], who, str(exc))
+        result, output = exec_probe(argv, command, timeout)
+        if result == SUCCESS:
+            return None
+        error = output if output.startswith("command ") and output.endswith("timed out") else "command terminated"
+        return hook_failure(handler, action, container["name"], who, error, output)
+    try:
+        result, output = http_probe(action, container, pod_ip, timeout)
+    except ProbeError as exc:
+        result, output = FAILURE, str(exc)
+    return None if result == SUCCESS else hook_failure(handler, action, container["name"], who, output)

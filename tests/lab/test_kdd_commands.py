@@ -348,11 +348,15 @@ kind: Pod
 metadata: {name: probe-exec}
 spec:
   nodeName: k8s-w0
+  terminationGracePeriodSeconds: 3
   containers:
   - name: sh
     image: busybox
     command: [sleep, infinity]
     readinessProbe: {exec: {command: [cat, ready-flag]}, periodSeconds: 1}
+    lifecycle:
+      postStart: {exec: {command: [touch, post-start-flag]}}
+      preStop: {exec: {command: [cat, /no/such/pre-stop-file]}}
 ---
 apiVersion: v1
 kind: Pod
@@ -371,7 +375,8 @@ spec:
 def test_probes_decide_readiness_and_restart_a_container_that_fails_its_liveness_probe(lab):
     """The kubelet runs the probes: an httpGet readiness probe on a path busybox httpd serves
     only once the file exists keeps the pod 0/1 (its Service's endpoint not ready) until
-    ``kubectl exec ... touch`` makes it, then 1/1 (the endpoint ready); an exec readiness probe likewise; a failing liveness probe gets the container killed
+    ``kubectl exec ... touch`` makes it, then 1/1 (the endpoint ready); an exec readiness probe likewise, in a pod whose postStart hook
+    makes a file and whose failing preStop hook is a FailedPreStopHook event; a failing liveness probe gets the container killed
     and restarted (restartCount 1, ``Killing`` and ``Unhealthy`` events)."""
     def ready(name: str) -> str:
         return lab.sh(f"kubectl get pod {name} --no-headers").split()[1]
@@ -405,6 +410,13 @@ def test_probes_decide_readiness_and_restart_a_container_that_fails_its_liveness
             conds = {c["type"]: c["status"] for c in lab.kube("get", "pod", name)["status"]["conditions"]}
             assert conds["Ready"] == "True" and conds["ContainersReady"] == "True", conds
         wait_for(slice_ready, lambda r: r == [True], timeout=20, what="probe-web's endpoint ready")
+        # the lifecycle hooks ran: postStart made its file; a failing preStop is an event
+        assert lab.run("kubectl exec probe-exec -- test -e post-start-flag").returncode == 0
+        lab.sh("kubectl delete pod probe-exec --wait=true --timeout=60s")
+        hooks = [e["message"] for e in lab.kube("get", "events", "--field-selector",
+                                                "involvedObject.name=probe-exec,reason=FailedPreStopHook")["items"]]
+        assert len(hooks) == 1 and hooks[0].startswith(
+            'Exec lifecycle hook ([cat /no/such/pre-stop-file]) for Container "sh" in Pod "probe-exec_default('), hooks
         # the liveness probe fails twice: the container is killed and restarted
         pod = wait_for(lambda: lab.kube("get", "pod", "probe-live"),
                        lambda p: any(c.get("restartCount", 0) >= 1 for c in p.get("status", {}).get(

@@ -307,5 +307,7 @@ def test_hooks_the_kubelet_does_not_run_are_named_and_probes_are_not():
     calico_node = {"name": "calico-node", "livenessProbe": {"exec": {"command": ["calico-node", "-felix-live"]}},
                    "readinessProbe": {"exec": {"command": ["calico-node", "-felix-ready"]}},
                    "lifecycle": {"preStop": {"exec": {"command": ["/bin/calico-node", "-shutdown"]}}}}
-    assert not_run_fields(calico_node) == ["lifecycle.preStop"]  # the probes run (testbed.k8s.probe)
+    assert not_run_fields(calico_node) == []  # probes and exec/httpGet hooks run (testbed.k8s.probe)
+    assert not_run_fields({"name": "x", "lifecycle": {"postStart": {"tcpSocket": {"port": 1}},
+                                                      "preStop": {"httpGet": {"port": 80}}}}) == ["lifecycle.postStart"]
     assert not_run_fields({"name": "nginx", "ports": [{"containerPort": 80}], "lifecycle": {}}) == []

@@ -86,7 +86,7 @@ def kubelet(tmp_path):
     k.registered = True
     did: list[tuple[str, str]] = []
     k._setup = lambda p: did.append(("setup", p["metadata"]["name"]))  # type: ignore[method-assign]
-    k.stop_pod = lambda state, cni_del=True, grace=2.0: did.append(("stop", state.name))  # type: ignore[method-assign]
+    k.stop_pod = lambda state, cni_del=True, grace=2.0, pod=None: did.append(("stop", state.name))  # type: ignore[method-assign]
     killed: list[str] = []
     k._kill_containers = lambda state, grace=2.0: killed.append(state.name)  # type: ignore[method-assign]
     yield k, view, did, killed

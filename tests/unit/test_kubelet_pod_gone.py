@@ -76,7 +76,7 @@ def kubelet(tmp_path):
     k.network_ready = True
     stopped: list[str] = []
 
-    def stop_pod(state: PodState, cni_del: bool = True, grace: float = 2.0) -> None:
+    def stop_pod(state: PodState, cni_del: bool = True, grace: float = 2.0, pod: dict | None = None) -> None:
         stopped.append(state.name)
         k.states.pop(state.uid, None)
         shutil.rmtree(state.pod_dir(k.root_dir), ignore_errors=True)  # as stop_pod removes its state

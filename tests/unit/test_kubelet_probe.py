@@ -292,3 +292,24 @@ def test_check_status_reads_what_kube_controllers_writes(tmp_path, capsys):
     assert checkstatus.main(["-r", "-f", path]) == 0 and capsys.readouterr().out == "Ready\n"
     assert checkstatus.main(["-f", path]) == 1 and "No command specified" in capsys.readouterr().out
     assert check({}) == (False, "") and read_status(path)["Startup"] == (True, "")
+
+
+def test_lifecycle_hooks_run_with_the_probe_handlers(web):
+    from testbed.k8s.probe import parse_hook
+    from testbed.k8s.probehandlers import run_hook
+
+    pod = {"metadata": {"name": "p", "namespace": "ns", "uid": "u1"}}
+    c = {"name": "c"}
+    assert parse_hook({"exec": {"command": ["x"]}}, "preStop") == ("exec", {"command": ["x"]})
+    with pytest.raises(ProbeError, match="tcpSocket: not supported as a lifecycle handler"):
+        parse_hook({"tcpSocket": {"port": 1}}, "postStart")
+    assert run_hook({"exec": {"command": ["ok"]}}, "postStart", c, pod, "127.0.0.1",
+                    lambda cmd: ["sh", "-c", "exit 0"], 2) is None
+    msg = run_hook({"exec": {"command": ["/bin/hook", "-x"]}}, "preStop", c, pod, "127.0.0.1",
+                   lambda cmd: ["sh", "-c", "echo no; exit 3"], 2)
+    assert msg == ('Exec lifecycle hook ([/bin/hook -x]) for Container "c" in Pod "p_ns(u1)" failed - error: '
+                   'command terminated, message: "no\n"')
+    assert run_hook({"httpGet": {"path": "/ok", "port": web}}, "postStart", c, pod, "127.0.0.1", None, 2) is None
+    assert run_hook({"httpGet": {"path": "/bad", "port": web}}, "postStart", c, pod, "127.0.0.1", None, 2) == (
+        'HTTP lifecycle hook (/bad) for Container "c" in Pod "p_ns(u1)" failed - error: '
+        "HTTP probe failed with statuscode: 503")
