@@ -150,9 +150,10 @@ class APIServer:
             return user
         transport = req.transport
         if transport is not None:
-            ssl_obj = transport.get_extra_info("ssl_object")
-            if ssl_obj is not None:
-                cert = ssl_obj.getpeercert()
+            # the client certificate as the TLS transport decoded it at the handshake (one
+            # getpeercert() per connection, not one per request)
+            cert = transport.get_extra_info("peercert")
+            if cert:
                 u = user_from_peercert(cert)
                 if u is not None:
                     return u
