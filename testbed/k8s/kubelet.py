@@ -1439,9 +1439,12 @@ class Kubelet:
 
     def _adopt_probes(self, state: PodState, pod: dict | None) -> None:
         """Probe workers for the running containers of an adopted pod (their start times from
-        the pod's state, for initialDelaySeconds)."""
+        the pod's state, for initialDelaySeconds). The pod's status is written again: a
+        readiness probe starts failing until its first success, as after a kubelet's restart."""
         if pod is None:
             return
+        if any(c.get(f) for c in pod["spec"]["containers"] for f in FIELDS.values()):
+            self.probe_changed(state.uid)
         for c in pod["spec"]["containers"]:
             pid = state.pids.get(c["name"])
             if not pid or not self._alive(state.uid, c["name"], pid):

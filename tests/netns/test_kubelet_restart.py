@@ -1,5 +1,5 @@
-"""A kubelet that crashes and comes back adopts its running pods and cleans up the pods
-deleted while it was away (CNI DEL, processes, sandbox netns)."""
+"""A kubelet that crashes and comes back adopts its running pods (and runs their probes again)
+and cleans up the pods deleted while it was away (CNI DEL, processes, sandbox netns)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,11 @@ def pod(client, name: str) -> dict | None:
         return None
 
 
+def ready(client, name: str) -> str | None:
+    p = pod(client, name) or {}
+    return next((c["status"] for c in (p.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), None)
+
+
 def running(client, name: str) -> dict:
     return wait_for(lambda: pod(client, name), lambda p: p["status"].get("phase") == "Running", timeout=20,
                     what=f"pod {name} Running")
@@ -50,11 +55,18 @@ def test_restarted_kubelet_adopts_live_pods_and_cleans_deleted_ones(node, tmp_pa
     wait_for(lambda: [n["metadata"]["name"] for n in client.list("v1", "nodes")["items"]],
              lambda names: kubelet.node in names, timeout=15, what="node registered")
     for name in ("keep", "gone"):
+        c = {"name": "c", "image": "nginx"}
+        if name == "keep":  # readiness is a file in its working directory (busybox httpd's root)
+            c["readinessProbe"] = {"exec": {"command": ["cat", "ready-flag"]}, "periodSeconds": 1}
         client.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-                       "spec": {"nodeName": kubelet.node, "containers": [{"name": "c", "image": "nginx"}]}},
-                      "default")
+                       "spec": {"nodeName": kubelet.node, "containers": [c]}}, "default")
     keep, gone = running(client, "keep"), running(client, "gone")
     keep_pid = json.loads(keep["metadata"]["annotations"]["calicolab.io/pids"])["c"]
+    flag = f"/proc/{keep_pid}/cwd/ready-flag"
+    assert ready(client, "keep") == "False"
+    with open(flag, "w"):
+        pass
+    wait_for(lambda: ready(client, "keep"), lambda r: r == "True", timeout=20, what="keep Ready by its probe")
     gone_pid = json.loads(gone["metadata"]["annotations"]["calicolab.io/pids"])["c"]
     gone_ns = gone["metadata"]["annotations"]["calicolab.io/netns"]
 
@@ -74,6 +86,12 @@ def test_restarted_kubelet_adopts_live_pods_and_cleans_deleted_ones(node, tmp_pa
     after = pod(client, "keep")
     assert after["status"]["podIP"] == keep["status"]["podIP"]
     assert json.loads(after["metadata"]["annotations"]["calicolab.io/pids"])["c"] == keep_pid
+    # its readiness probe runs again in the restarted kubelet: Ready while the file is there
+    # (after the restart's not-ready until the first success), not ready once it is gone
+    wait_for(lambda: ready(client, "keep"), lambda r: r == "True", timeout=20, what="the adopted pod Ready")
+    os.unlink(flag)
+    wait_for(lambda: ready(client, "keep"), lambda r: r == "False", timeout=20,
+             what="the adopted pod not Ready once its probe fails")
     # and the kubelet still manages it: delete tears it down
     client.delete("v1", "pods", "keep", "default")
     wait_for(lambda: pod(client, "keep"), lambda p: p is None, timeout=20, what="pod keep removed")
