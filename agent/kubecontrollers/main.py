@@ -4,8 +4,9 @@ Environment: DATASTORE_TYPE (etcdv3 with ETCD_ENDPOINTS, or kubernetes), ENABLED
 (node, policy, namespace/profile, serviceaccount, workloadendpoint; KUBECONFIG to read
 Kubernetes through its API),
 LEAK_GRACE_PERIOD (15m), RECONCILER_PERIOD (5m), LOG_LEVEL (info). ``--status-file``
-(``-status-file``; default /status/status.json): the status file ``check-status`` reads
-(:mod:`agent.kubecontrollers.status`).
+(``-status-file``): the status file ``check-status`` reads (:mod:`agent.kubecontrollers.status`;
+the kubelet passes one in the container's directory). Upstream's default, /status/status.json,
+is not used: this process shares the machine's filesystem; without the flag no file is written.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     before_threads()  # before any thread imports lazily (kernel.preload)
     from agent.kubecontrollers.config import ConfigError, from_env
     from agent.kubecontrollers.controller import KubeControllers
-    from agent.kubecontrollers.status import DEFAULT_STATUS_FILE, Status, run_health_checks
+    from agent.kubecontrollers.status import Status, run_health_checks
     from datastore import Client, errors
 
     args = list(sys.argv[1:] if argv is None else argv)
-    status_path = DEFAULT_STATUS_FILE
+    # upstream's default is /status/status.json in its container's own filesystem; calicolab's
+    # processes share the node's (the machine's), so without --status-file none is written
+    status_path = ""
     for i, a in enumerate(args):
         if a in ("--status-file", "-status-file") and i + 1 < len(args):
             status_path = args[i + 1]
@@ -46,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"calico-kube-controllers: {exc}", file=sys.stderr)
         return 1
     status.set_ready("Startup", True, "")
+    if not status_path:
+        logging.getLogger(__name__).info("no --status-file: the health status is not written to a file")
     stop = threading.Event()
     logging.getLogger(__name__).info("starting: controllers %s, leak grace period %gs",
                                      ",".join(cfg.enabled), cfg.leak_grace_period)

@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-#: upstream's default (status.DefaultStatusFile); calicolab's kubelet passes a per-container path
+#: upstream's default (status.DefaultStatusFile), check-status's default; calicolab's kubelet passes
+#: a per-container path to both (kube-controllers without --status-file writes no file)
 DEFAULT_STATUS_FILE = "/status/status.json"
 HEALTH_PERIOD = 10.0  # seconds between checks when all is ready
 RETRY_PERIOD = 2.0  # seconds between checks while something is not ready
@@ -36,11 +37,13 @@ class Status:
         self.lock = threading.Lock()
 
     def set_ready(self, key: str, ready: bool, reason: str = "") -> None:
-        """Set one key; the file is rewritten when it changed."""
+        """Set one key; the file (if any: an empty path writes none) is rewritten when it changed."""
         with self.lock:
             if self.readiness.get(key) == (ready, reason):
                 return
             self.readiness[key] = (ready, reason)
+            if not self.path:
+                return
             doc = {"Readiness": {k: {"Ready": r, "Reason": why} for k, (r, why) in self.readiness.items()}}
             try:
                 os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)

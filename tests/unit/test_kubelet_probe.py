@@ -292,6 +292,9 @@ def test_check_status_reads_what_kube_controllers_writes(tmp_path, capsys):
     assert checkstatus.main(["-r", "-f", path]) == 0 and capsys.readouterr().out == "Ready\n"
     assert checkstatus.main(["-f", path]) == 1 and "No command specified" in capsys.readouterr().out
     assert check({}) == (False, "") and read_status(path)["Startup"] == (True, "")
+    nowhere = Status("")  # kube-controllers without --status-file: no file, not upstream's /status
+    nowhere.set_ready("Startup", True)
+    assert nowhere.ready() and not (tmp_path / "status.json").exists()
 
 
 def test_lifecycle_hooks_run_with_the_probe_handlers(web):
