@@ -261,18 +261,24 @@ metadata: {name: duo}
 spec:
   nodeName: k8s-w1
   containers:
-  - {name: web, image: "docker.io/library/nginx:latest"}
+  - name: web
+    image: "docker.io/library/nginx:latest"
+    startupProbe: {exec: {command: [ps]}, periodSeconds: 1}
+    readinessProbe: {httpGet: {path: /, port: 80}, periodSeconds: 1}
   - {name: side, image: "busybox:1.36", command: [sleep, "3600"]}
 """
 
 
 def check_two_containers(w: Walkthrough, runtime: str) -> None:
     """A two-container pod: each container has its own PID namespace and rootfs, both share
-    the pod's network and hostname; ``exec -c`` picks one; ``describe`` names what runs."""
+    the pod's network and hostname; ``exec -c`` picks one; ``describe`` names what runs. The
+    web container is started by an exec startup probe run in the container and ready by an
+    httpGet readiness probe from the node."""
     apply(w, DUO)
-    wait_for(lambda: pod(w, "duo").get("status") or {},
-             lambda s: s.get("phase") == "Running" and all(c.get("ready") for c in s.get("containerStatuses") or [{}]),
-             timeout=60, what="pod duo Running with both containers ready")
+    st = wait_for(lambda: pod(w, "duo").get("status") or {},
+                  lambda s: s.get("phase") == "Running" and all(c.get("ready") for c in s.get("containerStatuses") or [{}]),
+                  timeout=60, what="pod duo Running with both containers ready")
+    assert all(c.get("started") for c in st["containerStatuses"]), st
     ps = w.kubectl("exec", "duo", "-c", "side", "--", "ps", "aux")
     cmds = [r.split(None, 2)[2] for r in ps.splitlines()[1:] if r.strip()]
     assert cmds[0] == "sleep 3600" and all(c in ("sleep 3600", "ps aux") for c in cmds), ps
