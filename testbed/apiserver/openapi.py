@@ -241,15 +241,6 @@ def _encoded(server: Any, key: str, build: Any, gv: tuple[str, str] | None = Non
     return body, h
 
 
-def warm(server: Any) -> None:
-    """Build every group-version document once (a thread at start: the first kubectl
-    apply/explain then finds them ready)."""
-    for g, vs in list(server.registry.groups().items()):
-        for v in vs:
-            p = f"apis/{g}/{v}" if g else "api/v1"
-            _encoded(server, p, lambda g=g, v=v: _doc_for(server, g, v), (g, v))
-
-
 async def serve(server: Any, req: web.Request, path: str) -> web.StreamResponse:
     """Answer /openapi/v2, /openapi/v3 and /openapi/v3/<api|apis/...>."""
     if path == "/openapi/v2":

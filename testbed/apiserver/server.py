@@ -110,9 +110,8 @@ class APIServer:
         await self.storage.hub.start()
         await self.handlers.bootstrap()
         self._tasks += self.handlers.start_controllers()
-        from testbed.apiserver import openapi
-
-        asyncio.get_running_loop().run_in_executor(None, openapi.warm, self)
+        # OpenAPI documents are built at the first /openapi request (kubectl apply/explain),
+        # not during the start: a lab's start makes none and its CPU is the bottleneck then
         self.ready = True
 
     async def _cleanup(self, app: web.Application) -> None:
