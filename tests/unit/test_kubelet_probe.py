@@ -176,11 +176,11 @@ def _free_port() -> int:
 
 def test_tcp_probe():
     port = _free_port()
-    assert tcp_probe("127.0.0.1", port, 1) == (FAILURE, f"dial tcp 127.0.0.1:{port}: connect: connection refused")
+    assert tcp_probe("127.0.0.1", port, 10) == (FAILURE, f"dial tcp 127.0.0.1:{port}: connect: connection refused")
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))
         srv.listen(1)
-        assert tcp_probe("127.0.0.1", srv.getsockname()[1], 1) == (SUCCESS, "")
+        assert tcp_probe("127.0.0.1", srv.getsockname()[1], 10) == (SUCCESS, "")
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -212,10 +212,10 @@ def web():
 def test_http_probe(web):
     c = {"name": "web", "ports": [{"name": "http", "containerPort": web}]}
     assert http_probe({"path": "/ok", "port": "http", "httpHeaders": [{"name": "X-Probe", "value": "1"}]},
-                      c, "127.0.0.1", 1) == (SUCCESS, "")
+                      c, "127.0.0.1", 10) == (SUCCESS, "")
     assert _Handler.seen[-1]["User-Agent"].startswith("kube-probe/") and _Handler.seen[-1]["X-Probe"] == "1"
-    assert http_probe({"path": "/moved", "port": web}, c, "127.0.0.1", 1)[0] == SUCCESS
-    assert http_probe({"path": "/bad", "port": web}, c, "127.0.0.1", 1) == \
+    assert http_probe({"path": "/moved", "port": web}, c, "127.0.0.1", 10)[0] == SUCCESS
+    assert http_probe({"path": "/bad", "port": web}, c, "127.0.0.1", 10) == \
         (FAILURE, "HTTP probe failed with statuscode: 503")
     assert http_probe({"path": "/slow", "port": web}, c, "127.0.0.1", 0.3) == \
         (FAILURE, f'Get "http://127.0.0.1:{web}/slow": context deadline exceeded '
@@ -226,8 +226,8 @@ def test_http_probe(web):
 
 
 def test_exec_probe():
-    assert exec_probe(["sh", "-c", "echo fine"], ["check"], 2) == (SUCCESS, "fine\n")
-    assert exec_probe(["sh", "-c", "echo not ready >&2; exit 1"], ["check"], 2) == (FAILURE, "not ready\n")
+    assert exec_probe(["sh", "-c", "echo fine"], ["check"], 10) == (SUCCESS, "fine\n")
+    assert exec_probe(["sh", "-c", "echo not ready >&2; exit 1"], ["check"], 10) == (FAILURE, "not ready\n")
     assert exec_probe(["sleep", "5"], ["/bin/check", "-r"], 0.2) == (FAILURE, 'command "/bin/check -r" timed out')
 
 
@@ -253,9 +253,9 @@ def test_grpc_probe():
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        assert grpc_probe("127.0.0.1", port, "", 2) == (SUCCESS, "service healthy")
-        assert grpc_probe("127.0.0.1", port, "db", 2) == (FAILURE, 'service unhealthy (responded with "NOT_SERVING")')
-        assert grpc_probe("127.0.0.1", port, "nope", 2)[1].startswith("error: health rpc probe failed: unknown service")
+        assert grpc_probe("127.0.0.1", port, "", 10) == (SUCCESS, "service healthy")
+        assert grpc_probe("127.0.0.1", port, "db", 10) == (FAILURE, 'service unhealthy (responded with "NOT_SERVING")')
+        assert grpc_probe("127.0.0.1", port, "nope", 10)[1].startswith("error: health rpc probe failed: unknown service")
     finally:
         server.stop(0)
     res, msg = grpc_probe("127.0.0.1", _free_port(), "", 0.3)
@@ -307,9 +307,9 @@ def test_lifecycle_hooks_run_with_the_probe_handlers(web):
     with pytest.raises(ProbeError, match="tcpSocket: not supported as a lifecycle handler"):
         parse_hook({"tcpSocket": {"port": 1}}, "postStart")
     assert run_hook({"exec": {"command": ["ok"]}}, "postStart", c, pod, "127.0.0.1",
-                    lambda cmd: ["sh", "-c", "exit 0"], 2) is None
+                    lambda cmd: ["sh", "-c", "exit 0"], 10) is None
     msg = run_hook({"exec": {"command": ["/bin/hook", "-x"]}}, "preStop", c, pod, "127.0.0.1",
-                   lambda cmd: ["sh", "-c", "echo no; exit 3"], 2)
+                   lambda cmd: ["sh", "-c", "echo no; exit 3"], 10)
     assert msg == ('Exec lifecycle hook ([/bin/hook -x]) for Container "c" in Pod "p_ns(u1)" failed - error: '
                    'command terminated, message: "no\n"')
     assert run_hook({"httpGet": {"path": "/ok", "port": web}}, "postStart", c, pod, "127.0.0.1", None, 2) is None
