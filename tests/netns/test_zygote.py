@@ -90,6 +90,9 @@ def test_zygote_child_in_netns_with_private_bind_mount(netns, tmp_path, zygote_s
     assert lines[3] == "env yes -"  # the request's environment, not the zygote's
     assert lines[4] == f"argv ['{dst}', 'exit']"
     assert lines[5] == f"cmdline [b'{script}', b'{dst}', b'exit']"
+    # the "wait" child rewrites its environ area before its program runs: wait for its output
+    wait_for(lambda: outs[1].read_text().splitlines(), lambda ls: len(ls) >= 6, timeout=30,
+             what="the waiting child's view")
     environ = [e for e in Path(f"/proc/{procs[1].pid}/environ").read_bytes().split(b"\0") if e]
     # /proc/<pid>/environ (kubectl exec reads it) is the request's, plus the child's channel
     assert {e.split(b"=", 1)[0].decode() for e in environ} == {*env, zygote.ENV}, environ
