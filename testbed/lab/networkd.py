@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from kernel.base import Kernel
 from kernel.model import (
     IFF_LOWER_UP,
+    RT_SCOPE_LINK,
+    RT_SCOPE_UNIVERSE,
     RTPROT_BOOT,
     Addr,
     AddrAdd,
@@ -62,7 +64,7 @@ class HostNetwork:
 def host_network(topo, host: str) -> HostNetwork:
     """What the topology configures on ``host`` (as the supervisor's first configuration)."""
     addrs = tuple((ifname, str(addr), int(plen)) for ifname, _seg, addr, plen in topo.interface_of(host))
-    routes = tuple((str(r.dst), str(r.via)) for r in topo.routes_of(host))
+    routes = tuple((str(r.dst), str(r.via) if r.via is not None else "") for r in topo.routes_of(host))
     return HostNetwork(host, addrs, routes)
 
 
@@ -83,10 +85,13 @@ def repair(kernel: Kernel, net: HostNetwork) -> list[str]:
     wanted_routes = []
     for dst, via in net.routes:
         dst = "0.0.0.0/0" if dst == "default" else dst
-        dev = _device_for(net, via)
+        # "" : on-link through the host's first interface (testbed.lab.topology.Route)
+        dev = _device_for(net, via) if via else (net.addresses[0][0] if net.addresses else None)
         if dst not in routes and dev in up:  # a gateway behind a down link waits for it
-            wanted_routes.append(RouteAdd(Route(dst, oif=links[dev].index, gateway=via,
-                                                protocol=RTPROT_BOOT), replace=True))
+            wanted_routes.append(RouteAdd(Route(dst, oif=links[dev].index, gateway=via or None,
+                                                protocol=RTPROT_BOOT,
+                                                scope=RT_SCOPE_UNIVERSE if via else RT_SCOPE_LINK),
+                                          replace=True))
     done: list[str] = []
     for batch in (ops, wanted_routes):  # addresses first: they bring the gateways' prefixes
         if not batch:

@@ -415,8 +415,10 @@ class Supervisor:
             if seg in spans:
                 cmds.append(f"ip link set dev {ifname} mtu {spans[seg]}")
             cmds += [f"ip addr add {addr}/{plen} dev {ifname}", f"ip link set dev {ifname} up"]
+        uplink = next((ifname for ifname, *_ in topo.interface_of(name)), "eth0")
         for route in topo.routes_of(name):
-            cmds.append(f"ip route add {route.dst} via {route.via}")
+            cmds.append(f"ip route add {route.dst} via {route.via}" if route.via is not None
+                        else f"ip route add {route.dst} dev {uplink} scope link")
         if kind in ("node", "router"):
             cmds.append("sysctl -qw net.ipv4.ip_forward=1")
         shellbatch.run(h.cmd, cmds, "CONFIGURED", f"configuring {name}")

@@ -332,12 +332,18 @@ class Workload:
     documents: tuple[dict, ...]
 
 
+#: the gateway address Calico's CNI gives every pod (its default route's next hop, answered
+#: by the node's proxy ARP on the pod's cali interface)
+CALICO_GATEWAY = IPv4Network("169.254.1.1/32")
+
+
 @dataclass(frozen=True)
 class Route:
-    """A static route a lab host needs (destination via gateway)."""
+    """A static route a lab host needs: destination via gateway, or (``via`` None) on-link
+    through the host's own segment interface."""
 
     dst: IPv4Network
-    via: IPv4Address
+    via: IPv4Address | None
 
 
 @dataclass(frozen=True)
@@ -453,9 +459,16 @@ class Topology:
         Nodes and external hosts route through their segment's gateway (a default
         route, confined to the lab: the only next hops are lab routers); routers
         get a route per segment they are not on, towards the next router on a
-        shortest path.
+        shortest path. A node on a segment without a gateway gets an on-link route to
+        :data:`CALICO_GATEWAY` instead: a real node's default route covers that address,
+        and without a route to it the node's proxy ARP does not answer its pods' ARP for
+        their gateway (no pod would reach even its own node).
         """
-        for n in (*self.nodes, *self.external):
+        for n in self.nodes:
+            if n.name == host:
+                gw = self.segment(n.segment).gateway
+                return [Route(IPv4Network("0.0.0.0/0"), gw)] if gw else [Route(CALICO_GATEWAY, None)]
+        for n in self.external:
             if n.name == host:
                 gw = self.segment(n.segment).gateway
                 return [Route(IPv4Network("0.0.0.0/0"), gw)] if gw else []

@@ -117,7 +117,8 @@ def test_defaults_and_name_override():
     assert t.name == "other"
     assert t.calico.pool.cidr == IPv4Network("192.168.0.0/16")
     assert t.calico.pool.block_size == 26 and t.calico.bgp.mesh and t.calico.bgp.as_number == 64512
-    assert t.routes_of("k8s-m") == []
+    # no router: an on-link route to Calico's pod gateway (proxy ARP answers only with a route)
+    assert t.routes_of("k8s-m") == [Route(IPv4Network("169.254.1.1/32"), None)]
 
 
 def test_router_chain_routes():
