@@ -88,6 +88,34 @@ def parse_endpoints(endpoints: str | list[str]) -> list[tuple[str, int]]:
     return out
 
 
+def post_request(host: str, port: int, path: str, payload: bytes) -> bytes:
+    """The bytes of a JSON POST of ``payload`` to the gateway's ``path``: headers and body in
+    one buffer, sent with one write (pure)."""
+    return (b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), host.encode(), port, len(payload), payload))
+
+
+def parse_reply_head(head: bytes) -> tuple[int, int | None, bool, bool]:
+    """The gateway's reply head (status line and headers, without the blank line) as
+    (status, Content-Length or None, chunked, the server closes the connection) (pure).
+    Raises ConnectionError for a status line that is not HTTP/1.x."""
+    lines = head.split(b"\r\n")
+    status = lines[0].split(None, 2)
+    if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
+        raise ConnectionError(f"malformed HTTP status line from etcd: {lines[0][:80]!r}")
+    length, chunked, close = None, False, False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+        elif name == b"connection":
+            close = b"close" in value.lower()
+    return int(status[1]), length, chunked, close
+
+
 class GatewayConnection:
     """One keep-alive HTTP/1.1 connection to the gateway, for unary calls.
 
@@ -115,24 +143,8 @@ class GatewayConnection:
         if self.sock is None:
             self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.sendall(b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: %d\r\n\r\n%s"
-                          % (path.encode(), self.host.encode(), self.port, len(payload), payload))
-        head = self._until(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = lines[0].split(None, 2)
-        if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
-            raise ConnectionError(f"malformed HTTP status line from etcd: {lines[0][:80]!r}")
-        length, chunked, close = None, False, False
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif name == b"connection":
-                close = b"close" in value.lower()
+        self.sock.sendall(post_request(self.host, self.port, path, payload))
+        code, length, chunked, close = parse_reply_head(self._until(b"\r\n\r\n"))
         if chunked:
             parts = []
             while True:
@@ -156,7 +168,7 @@ class GatewayConnection:
             self._buf = b""
         if close:
             self.close()
-        return int(status[1]), body
+        return code, body
 
     def _fill(self) -> None:
         assert self.sock is not None

@@ -26,6 +26,7 @@ from datastore.etcd import (
     b64,
     decode_reply,
     parse_endpoints,
+    parse_reply_head,
     plan_create,
     plan_delete,
     plan_get,
@@ -33,6 +34,7 @@ from datastore.etcd import (
     plan_put,
     plan_revision,
     plan_update,
+    post_request,
     prefix_end,
     watch_batch,
 )
@@ -60,25 +62,9 @@ class _Conn:
 
     async def post(self, host: str, port: int, path: str, payload: bytes) -> tuple[int, bytes, bool]:
         """POST ``payload`` (one write, headers and body): (status, body, keep the connection)."""
-        self.writer.write(b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: %d\r\n\r\n%s"
-                          % (path.encode(), host.encode(), port, len(payload), payload))
+        self.writer.write(post_request(host, port, path, payload))
         r = self.reader
-        head = await r.readuntil(b"\r\n\r\n")
-        lines = head[:-4].split(b"\r\n")
-        status = lines[0].split(None, 2)
-        if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
-            raise ConnectionError(f"malformed HTTP status line from etcd: {lines[0][:80]!r}")
-        length, chunked, close = None, False, False
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif name == b"connection":
-                close = b"close" in value.lower()
+        code, length, chunked, close = parse_reply_head((await r.readuntil(b"\r\n\r\n"))[:-4])
         if chunked:
             parts = []
             while True:
@@ -93,7 +79,7 @@ class _Conn:
             body = await r.readexactly(length)
         else:  # delimited by the end of the connection
             body, close = await r.read(), True
-        return int(status[1]), body, not close
+        return code, body, not close
 
 
 class AsyncEtcdClient:
