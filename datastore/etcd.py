@@ -116,6 +116,22 @@ def parse_reply_head(head: bytes) -> tuple[int, int | None, bool, bool]:
     return int(status[1]), length, chunked, close
 
 
+def json_documents(buf: str, decoder: json.JSONDecoder) -> tuple[list[Any], str]:
+    """The whole JSON documents at the start of ``buf`` (a watch stream: documents one after
+    the other) and what is left of it, an incomplete document (pure)."""
+    docs = []
+    while True:
+        buf = buf.lstrip()
+        if not buf:
+            return docs, buf
+        try:
+            doc, end = decoder.raw_decode(buf)
+        except ValueError:
+            return docs, buf
+        docs.append(doc)
+        buf = buf[end:]
+
+
 class GatewayConnection:
     """One keep-alive HTTP/1.1 connection to the gateway, for unary calls.
 
@@ -387,16 +403,8 @@ class Watch:
                     if self._closed:
                         return
                     raise errors.DatastoreUnavailable("etcd closed the watch stream")
-                buf += chunk.decode()
-                while True:
-                    buf = buf.lstrip()
-                    if not buf:
-                        break
-                    try:
-                        doc, end = decoder.raw_decode(buf)
-                    except ValueError:
-                        break
-                    buf = buf[end:]
+                docs, buf = json_documents(buf + chunk.decode(), decoder)
+                for doc in docs:
                     batch = self._handle(doc)
                     if batch:
                         yield batch

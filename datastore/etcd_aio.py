@@ -25,6 +25,7 @@ from datastore.etcd import (
     _reason,
     b64,
     decode_reply,
+    json_documents,
     parse_endpoints,
     parse_reply_head,
     plan_create,
@@ -216,16 +217,8 @@ class AsyncEtcdClient:
                             raise errors.DatastoreUnavailable("etcd closed the watch stream")
                 except _BROKEN as exc:
                     raise errors.DatastoreUnavailable(f"etcd watch stream broke: {_reason(exc)}") from exc
-                buf += chunk.decode()
-                while True:
-                    buf = buf.lstrip()
-                    if not buf:
-                        break
-                    try:
-                        doc, end = decoder.raw_decode(buf)
-                    except ValueError:
-                        break
-                    buf = buf[end:]
+                docs, buf = json_documents(buf + chunk.decode(), decoder)
+                for doc in docs:
                     batch = watch_batch(doc, prefix, start_revision)
                     if batch:
                         yield batch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from datastore.etcd import parse_reply_head, post_request
+from datastore.etcd import json_documents, parse_reply_head, post_request
 
 pytestmark = pytest.mark.unit
 
@@ -25,3 +25,10 @@ def test_reply_head_length_chunked_and_close():
 def test_reply_head_that_is_not_http_is_a_connection_error():
     with pytest.raises(ConnectionError, match="malformed HTTP status line"):
         parse_reply_head(b"\x15\x03\x01garbage")
+
+
+def test_json_documents_splits_a_stream_and_keeps_the_incomplete_rest():
+    import json
+
+    docs, rest = json_documents('{"a":1}\n {"b":[2]}{"c"', json.JSONDecoder())
+    assert docs == [{"a": 1}, {"b": [2]}] and rest == '{"c"'
