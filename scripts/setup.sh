@@ -147,4 +147,8 @@ fi
 if [ "$guest" = 0 ] && ! .venv/bin/python -m testbed.k8s.upstream --quiet; then
     echo "setup: warning: Calico's upstream manifests are not cached (see above)" >&2
 fi
+# the API server's schema cache (.cache/schema): built here once, not at a lab's first start
+.venv/bin/python -c 'from testbed.apiserver.registry import Registry
+from testbed.apiserver.server import preload_schemas
+preload_schemas(Registry())' || { echo "setup: building the API server's schema cache failed" >&2; exit 1; }
 say "ready: $(.venv/bin/python --version), venv at $here/.venv"

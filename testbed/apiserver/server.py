@@ -71,14 +71,20 @@ class Options:
         return explicit or os.path.join(self.cert_dir, name)
 
 
+def preload_schemas(registry: Registry) -> None:
+    """The built-in kinds' schemas (request checks, OpenAPI), from the on-disk cache; on a
+    miss they are built (importing the ``kubernetes`` client's models: seconds, a minute under
+    TCG) and the cache written. scripts/setup.sh calls it so a lab's first start finds it."""
+    schema.preload([rt.model for rt in registry.all() if rt.model] + ["V1ObjectMeta"])
+
+
 class APIServer:
     """One API server instance (an aiohttp application plus its storage)."""
 
     def __init__(self, opts: Options):
         self.opts = opts
         self.registry = Registry()
-        # the built-in kinds' schemas (request checks, OpenAPI), from the on-disk cache
-        schema.preload([rt.model for rt in self.registry.all() if rt.model] + ["V1ObjectMeta"])
+        preload_schemas(self.registry)
         self.longrunning = LongRunning()  # /metrics: the watches being served
         self.storage = Storage(opts.etcd_servers)
         with open(opts.path(opts.service_account_key_file, "sa.pub"), "rb") as f:

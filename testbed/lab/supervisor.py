@@ -553,8 +553,12 @@ class Supervisor:
 
     def wait_apiserver(self, timeout: float = 30.0) -> None:
         """Wait until the API server (a static pod of the control-plane node) answers
-        /readyz ``ok`` (admin credentials)."""
+        /readyz ``ok`` (admin credentials); ``timeout`` scales with CALICOLAB_DEADLINE_SCALE
+        (a VM under TCG)."""
         from testbed.lab import kubeadm
+        from testbed.poll import deadline_scale
+
+        timeout *= deadline_scale()
 
         cp = self.topo.control_plane
         key = f"{cp.name}/kubelet"
