@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 ENV = "CALICOLAB_ZYGOTE"
 #: values of $CALICOLAB_ZYGOTE that mean "no zygote" (the supervisor starts none)
 OFF = ("0", "off", "false", "no")
+#: values of $CALICOLAB_ZYGOTE, in the supervisor's environment, that mean its own zygote
+ON = ("", "1", "on", "true", "yes")
 #: the exit code reported when the zygote went away before the process ended (as the
 #: kubelet's "unknown": -1)
 UNKNOWN_EXIT = -1

@@ -466,9 +466,12 @@ class Supervisor:
         CALICOLAB_ZYGOTE=off in the environment: none."""
         from testbed.lab import zygote as zmod
 
-        if os.environ.get(zygote.ENV, "").lower() in zygote.OFF:  # unset: a zygote
-            _log(f"{zygote.ENV}={os.environ[zygote.ENV]}: no zygote, every process execs")
+        value = os.environ.get(zygote.ENV, "")
+        if value.lower() in zygote.OFF:
+            _log(f"{zygote.ENV}={value}: no zygote, every process execs")
             return
+        if value.lower() not in zygote.ON:  # unset or "on": a zygote; anything else is a mistake
+            raise RuntimeError(f"{zygote.ENV}={value!r}: 'off' (no zygote) or 'on' / unset (the lab's own zygote)")
         zdir = self.sdir / ZYGOTE_DIR
         zdir.mkdir(mode=0o700, exist_ok=True)
         path = str(zdir / "zygote.sock")
