@@ -94,14 +94,17 @@ class Subscription:
     """One API watch's feed of hub events under ``prefix``."""
 
     def __init__(self, hub: WatchHub, prefix: str, accept: Callable[[WatchEvent], bool] | None = None,
-                 api_watch: bool = False):
+                 api_watch: bool = False, after: int = 0):
         self.hub, self.prefix, self.accept = hub, prefix, accept
+        self.after = after  # events at or before this revision are not this watch's
         self.bucket = bucket_of(prefix, partial=True)
         self.api_watch = api_watch  # a client's watch (ended at shutdown), not the server's own feed
         self.queue: asyncio.Queue[WatchEvent | Exception] = asyncio.Queue()
 
     def offer(self, ev: WatchEvent) -> None:
-        if ev.key.startswith(self.prefix) and (self.accept is None or self.accept(ev)):
+        # (a watch may start from a revision the hub has not processed yet: the client got it
+        # from a write that etcd answered before the hub's stream delivered it)
+        if ev.rev > self.after and ev.key.startswith(self.prefix) and (self.accept is None or self.accept(ev)):
             self.queue.put_nowait(ev)
 
     def close(self) -> None:
@@ -355,10 +358,9 @@ class WatchHub:
         ``api_watch``: a client's watch, ended by :meth:`end_watches`."""
         if after < self.start_rev:
             raise Gone(f"too old resource version: {after} ({self.start_rev + 1})")
-        sub = Subscription(self, prefix, accept, api_watch)
+        sub = Subscription(self, prefix, accept, api_watch, after)
         for ev in self.events:
-            if ev.rev > after:
-                sub.offer(ev)
+            sub.offer(ev)
         if self.closing and api_watch:
             sub.queue.put_nowait(ShuttingDown("the API server is shutting down"))
         self.subscribers.add(sub)

@@ -68,3 +68,15 @@ def test_the_garbage_collector_is_woken_by_what_can_give_it_work():
     assert not needs_pass(ev("MODIFIED", {"ownerReferences": refs, "resourceVersion": "2"},
                              {"ownerReferences": refs, "resourceVersion": "1"}))  # a lease renewal
     assert not needs_pass(ev("ADDED", {"name": "no-owner"}))
+
+
+def test_a_watch_from_a_revision_the_hub_has_not_reached_gets_only_later_events():
+    """A client may watch from the revision etcd gave its write before the hub's stream has
+    delivered that write: the write itself must not reach the watch (CI saw an extra ADDED)."""
+    hub = WatchHub(storage=None)  # type: ignore[arg-type]
+    key = "/registry/pods/sel/p"
+    hub._apply([("/registry/pods/sel/q", Entry("/registry/pods/sel/q", 1, {"metadata": {}}), 1, 1)])
+    sub = hub.subscribe("/registry/pods/", after=2)  # the hub is at 1: revision 2 not seen yet
+    hub._apply([(key, Entry(key, 2, {"metadata": {}}), 2, 2), (key, Entry(key, 3, {"metadata": {}}), 3, 2)])
+    hub._apply([(key, None, 4, 0)])
+    assert drain(sub) == [f"MODIFIED {key}", f"DELETED {key}"]
