@@ -3,9 +3,10 @@
 For each size (default 3, 20 and 50 nodes) the script writes a topology (one
 node segment with a gateway router, IPIP Always, an nginx Deployment as the
 lab's workload), brings the
-lab up with calico-node, then polls until every Node is Ready, every pod is
-Running with an IP, and every pod answers HTTP 200 from the control-plane node
-(through the IPIP tunnel when it runs elsewhere). Then it takes the lab down and
+lab up with calico-node, then follows it with watches (no polling lag) for when every
+Node is Ready and every pod is Running with an IP, and probes each pod from the moment
+it has an IP for when every pod answers HTTP 200 from the control-plane node (through
+the IPIP tunnel when it runs elsewhere). Then it takes the lab down and
 checks nothing is left.
 
 Interleaved with each lab (``--repeat`` times per size, medians), the *floor* is
@@ -35,7 +36,9 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +47,7 @@ sys.path.insert(0, str(REPO))
 from testbed.lab import lifecycle as labmod  # noqa: E402
 from testbed.lab import netns as nsmod  # noqa: E402
 from testbed.lab.clean import clean_lab  # noqa: E402
-from testbed.poll import WaitTimeout, wait_for  # noqa: E402
+from testbed.poll import wait_for  # noqa: E402
 
 #: issue 18's must-holds: size -> ratio to the same-run floor, or (100 nodes) seconds; issue 11's
 #: 50 nodes <= 30 s (its 3 nodes <= 3 s is the "pods answer" column of the 3-node row)
@@ -106,12 +109,17 @@ def cluster_view(cp_netns: str, kubeconfig: str) -> dict:
 
 
 def probe_until_200(ips: list[str], timeout: float = 60.0, attempt_timeout: float = 3.0,
-                    interval: float = 0.1) -> dict[str, float]:
+                    interval: float = 0.1, *, more: Callable[[], list[str]] | None = None,
+                    expect: int | None = None) -> dict[str, float]:
     """Wall-clock time (epoch) at which each IP first answered ``GET /`` on port 80 with
     status 200. One thread, non-blocking sockets: every IP gets a new connection
     attempt every ``interval`` s while it has not answered (earlier attempts stay open
     up to ``attempt_timeout``, so an answer that needed a SYN retransmission still
-    counts, at the time it came), until ``timeout``. Runs in the caller's netns."""
+    counts, at the time it came), until ``timeout``. Runs in the caller's netns.
+
+    ``more`` (called every round) returns IPs that appeared since (a watch's pods getting
+    their addresses): they are probed from then on; ``expect`` is how many IPs to wait
+    for in all (default: ``len(ips)``)."""
     import selectors
     import socket
 
@@ -119,6 +127,7 @@ def probe_until_200(ips: list[str], timeout: float = 60.0, attempt_timeout: floa
     seen: dict[str, float] = {}
     start = time.monotonic()
     next_try = dict.fromkeys(ips, start)
+    want = expect if expect is not None else len(ips)
     conns: dict[socket.socket, tuple[str, float, bytearray]] = {}
 
     def close(sock: socket.socket) -> None:
@@ -126,8 +135,11 @@ def probe_until_200(ips: list[str], timeout: float = 60.0, attempt_timeout: floa
         sel.unregister(sock)
         sock.close()
 
-    while len(seen) < len(ips) and time.monotonic() - start < timeout:
+    while len(seen) < want and time.monotonic() - start < timeout:
         now = time.monotonic()
+        if more is not None:
+            for ip in more():
+                next_try.setdefault(ip, now)
         for ip in [i for i, t in next_try.items() if t <= now and i not in seen]:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setblocking(False)
@@ -172,6 +184,95 @@ def reachable_at(cp_netns: str, ips: list[str], timeout: float = 60.0) -> dict[s
     control-plane node (:func:`probe_until_200` inside its netns; one light process for
     every pod, so the measurement does not load the machine it measures)."""
     return nsmod.run_in(cp_netns, probe_until_200, ips, timeout)
+
+
+def observe(kubeconfig: str, nodes: int, pods: int, t0: float, timeout: float = 180.0) -> dict:
+    """Follow the lab as it comes up, without polling lag: watches on the Nodes and on the
+    default namespace's Pods record (monotonic, from ``t0``) when every Node is Ready and when
+    every pod is Running with an IP, and each pod IP is probed (:func:`probe_until_200`) from
+    the moment the watch shows it. Returns ``nodes_ready_s``, ``pods_running_s``, ``seen``
+    (IP -> epoch of its first 200), ``pods`` (name -> (phase, IP, node)) and ``nodes``.
+    Runs in the caller's netns (the control-plane node's: :func:`nsmod.run_in`)."""
+    from kubeclient import Client, from_kubeconfig
+
+    client = Client(from_kubeconfig(kubeconfig))
+    lock = threading.Lock()
+    state: dict[str, dict] = {"nodes": {}, "pods": {}}
+    out: dict = {}
+    fresh: list[str] = []
+    known: set[str] = set()
+    errors: list[str] = []
+    stop = threading.Event()
+    watches = []
+
+    def node_ready(obj: dict) -> bool:
+        return any(c.get("type") == "Ready" and c.get("status") == "True"
+                   for c in (obj.get("status") or {}).get("conditions") or [])
+
+    def pod_view(obj: dict) -> tuple:
+        st = obj.get("status") or {}
+        return st.get("phase"), st.get("podIP"), (obj.get("spec") or {}).get("nodeName")
+
+    def check() -> None:
+        now = round(time.monotonic() - t0, 3)
+        nv, pv = state["nodes"], state["pods"]
+        if "nodes_ready_s" not in out and len(nv) == nodes and all(nv.values()):
+            out["nodes_ready_s"] = now
+        if "pods_running_s" not in out and len(pv) == pods and all(
+                ph == "Running" and ip for ph, ip, _ in pv.values()):
+            out["pods_running_s"] = now
+        for _ph, ip, _n in pv.values():
+            if ip and ip not in known:
+                known.add(ip)
+                fresh.append(ip)
+
+    def follow(plural: str, namespace: str | None, key: str, view: Callable[[dict], object]) -> None:
+        try:
+            w = client.watch("v1", plural, namespace, timeout_seconds=int(timeout) + 10)
+            watches.append(w)
+            for typ, obj in w:
+                if typ == "BOOKMARK":
+                    continue
+                if typ == "ERROR":
+                    raise RuntimeError(f"watch {plural}: {obj.get('message')}")
+                with lock:
+                    name = obj["metadata"]["name"]
+                    if typ == "DELETED":
+                        state[key].pop(name, None)
+                    else:
+                        state[key][name] = view(obj)
+                    check()
+        except Exception as exc:  # noqa: BLE001 - reported by the caller
+            if not stop.is_set():
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=follow, args=a, daemon=True)
+               for a in (("nodes", None, "nodes", node_ready), ("pods", "default", "pods", pod_view))]
+    for t in threads:
+        t.start()
+
+    def more() -> list[str]:
+        if errors:
+            raise RuntimeError(f"watching the lab failed: {errors[0]}")
+        with lock:
+            got = list(fresh)
+            fresh.clear()
+        return got
+
+    try:
+        seen = probe_until_200([], timeout=timeout, more=more, expect=pods)
+        # (a pod can answer before the watch shows its phase Running)
+        wait_for(lambda: "pods_running_s" in out or bool(errors), timeout=10,
+                 what=f"{pods} pods Running in the watch")
+        with lock:
+            out.update(seen=seen, pods=dict(state["pods"]), nodes=dict(state["nodes"]))
+    finally:
+        stop.set()
+        for w in list(watches):
+            w.close()
+        for t in threads:
+            t.join(timeout=5)
+    return out
 
 
 def floor_placement(topo, pods: int) -> list[str]:
@@ -293,32 +394,22 @@ def run_one(nodes: int, pods: int, workdir: Path, datastore: str | None = None) 
 
         eps = str(kubeadm.admin_conf(st))
 
-        def all_ready(v: dict) -> bool:
-            return len(v["nodes"]) == nodes and all(v["nodes"].values())
-
-        try:
-            wait_for(lambda: cluster_view(cp_ns, eps), all_ready, timeout=60,
-                     what=f"{nodes} nodes Ready")
-            result["nodes_ready_s"] = round(time.monotonic() - t0, 3)
-        except WaitTimeout as exc:  # record who is stuck; pods may still run elsewhere
-            last = exc.last or {"nodes": {}}
-            result["nodes_not_ready"] = sorted(n for n, ok in last["nodes"].items() if not ok)
-
-        def pods_running(v: dict) -> bool:
-            return len(v["pods"]) == pods and all(ph == "Running" and ip
-                                                  for ph, ip, _ in v["pods"].values())
-
-        view = wait_for(lambda: cluster_view(cp_ns, eps), pods_running, timeout=180,
-                        what=f"{pods} pods Running")
-        result["pods_running_s"] = round(time.monotonic() - t0, 3)
-        ips = sorted(ip for _, ip, _ in view["pods"].values())
-        seen = reachable_at(cp_ns, ips)
+        obs = nsmod.run_in(cp_ns, observe, eps, nodes, pods, t0)
+        for key in ("nodes_ready_s", "pods_running_s"):
+            if key in obs:
+                result[key] = obs[key]
+        if "nodes_ready_s" not in obs:
+            result["nodes_not_ready"] = sorted(n for n, ok in obs["nodes"].items() if not ok)
+        if "pods_running_s" not in obs:
+            raise RuntimeError(f"{pods} pods not Running with an IP; last seen: {obs['pods']}")
+        seen = obs["seen"]
+        ips = sorted(ip for _, ip, _ in obs["pods"].values())
         missing = sorted(set(ips) - set(seen))
         if missing:
             raise RuntimeError(f"pods never answered HTTP 200 from {st['control_plane']}: "
                                f"{', '.join(missing)}")
         result["pods_reachable_s"] = round(max(seen.values()) - epoch0, 3)
-        result["pod_nodes"] = sorted({n for _, _, n in view["pods"].values()})
+        result["pod_nodes"] = sorted({n for _, _, n in obs["pods"].values()})
         t1 = time.monotonic()
         labmod.down(name, progress=lambda _m: None)
         result["down_s"] = round(time.monotonic() - t1, 3)
