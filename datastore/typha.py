@@ -134,35 +134,61 @@ def parse_address(addr: str) -> tuple[str, int]:
 # -- discovery -------------------------------------------------------------------------
 
 
-def k8s_service_discovery(kube: Any, service: str, namespace: str = "kube-system",
-                          port_name: str = "calico-typha") -> Callable[[], str | None]:
+class ServiceDiscovery:
     """Felix's TyphaK8sServiceName: the Service's Endpoints through the Kubernetes API
-    (``kube``, a :class:`kubeclient.Client`); a ready ``ip:port``, or None while there is none."""
+    (``kube``, a :class:`kubeclient.Client`), followed by an informer (list + watch of that one
+    Endpoints object) so a client waiting for Typha connects as soon as its endpoint is ready,
+    without polling. Called: a ready ``ip:port``, or None while there is none."""
 
-    def read() -> dict | None:
-        import kubeclient
+    def __init__(self, kube: Any, service: str, namespace: str = "kube-system",
+                 port_name: str = "calico-typha"):
+        self.kube, self.service, self.namespace, self.port_name = kube, service, namespace, port_name
+        self.changed = threading.Event()  # set by every change of the Endpoints (cleared by a read)
+        self._informer: Any = None
+        self._lock = threading.Lock()
 
-        try:
-            return kube.get("v1", "endpoints", service, namespace)
-        except kubeclient.NotFound:
+    def _start(self) -> Any:
+        with self._lock:
+            if self._informer is None:
+                from kubeclient import Informer
+
+                inf = Informer(self.kube, "v1", "endpoints", self.namespace,
+                               field_selector=f"metadata.name={self.service}")
+                inf.add_handler(lambda *_a: self.changed.set())
+                self._informer = inf.start()
+            return self._informer
+
+    def __call__(self) -> str | None:
+        inf = self._start()
+        self.changed.clear()  # (a change from here on wakes wait())
+        if not inf.wait_synced(timeout=5.0):
+            log.info("reading Endpoints %s/%s: not listed yet", self.namespace, self.service)
             return None
-        except kubeclient.KubeError as exc:
-            log.info("reading Endpoints %s/%s failed: %s", namespace, service, exc)
-            return None
+        return endpoint_address(inf.get(self.service, self.namespace), self.port_name)
 
-    def find() -> str | None:
-        doc = read()
-        for subset in (doc or {}).get("subsets") or []:
-            ports = subset.get("ports") or []
-            port = next((p.get("port") for p in ports if p.get("name") == port_name), None)
-            if port is None and ports:
-                port = ports[0].get("port")
-            for a in subset.get("addresses") or []:
-                if a.get("ip"):
-                    return f"{a['ip']}:{port or DEFAULT_PORT}"
-        return None
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the Endpoints to change since the last call; True if it did."""
+        return self.changed.wait(timeout)
 
-    return find
+    def close(self) -> None:
+        with self._lock:
+            inf, self._informer = self._informer, None
+        if inf is not None:
+            inf.stop(wait=0)
+
+
+def endpoint_address(doc: dict | None, port_name: str = "calico-typha") -> str | None:
+    """The first ready ``ip:port`` of an Endpoints object (the port named ``port_name``, else
+    the first; DEFAULT_PORT without ports), or None (pure)."""
+    for subset in (doc or {}).get("subsets") or []:
+        ports = subset.get("ports") or []
+        port = next((p.get("port") for p in ports if p.get("name") == port_name), None)
+        if port is None and ports:
+            port = ports[0].get("port")
+        for a in subset.get("addresses") or []:
+            if a.get("ip"):
+                return f"{a['ip']}:{port or DEFAULT_PORT}"
+    return None
 
 
 def typha_from_env(env: dict[str, str], kube: Any, hostname: str = "") -> TyphaClient | None:
@@ -180,7 +206,7 @@ def typha_from_env(env: dict[str, str], kube: Any, hostname: str = "") -> TyphaC
         if kube is None:
             raise ValueError(f"FELIX_TYPHAK8SSERVICENAME={service} needs the Kubernetes API (KUBECONFIG or the "
                              "in-cluster config) to find the Service's endpoints")
-        return TyphaClient(discover=k8s_service_discovery(kube, service, ns), hostname=hostname,
+        return TyphaClient(discover=ServiceDiscovery(kube, service, ns), hostname=hostname,
                            where=f"Service {ns}/{service}")
     return None
 
@@ -203,6 +229,21 @@ class TyphaClient:
         self.retry_delay = retry_delay
         self.where = where or (address or "")
         self.connects = 0  # successful handshakes (tests, status)
+
+    def wait_retry(self, stop: threading.Event) -> None:
+        """Wait before the next connection attempt: ``retry_delay``, or less when discovery
+        sees the Service's Endpoints change (Typha's pod turned ready) or ``stop`` is set."""
+        waiter = getattr(self.discover, "wait", None)
+        if self.address is None and waiter is not None and not stop.is_set():
+            waiter(self.retry_delay)
+        else:
+            stop.wait(self.retry_delay)
+
+    def close(self) -> None:
+        """Stop discovery's watch (if any)."""
+        closer = getattr(self.discover, "close", None)
+        if closer is not None:
+            closer()
 
     def resolve(self) -> tuple[str, int] | None:
         """Typha's (host, port) now, or None if discovery finds none yet."""
@@ -343,4 +384,4 @@ class TyphaWatchStream:
                 self._sock = None
                 if sock is not None:
                     sock.close()
-            self.stop.wait(self.client.retry_delay)
+            self.client.wait_retry(self.stop)

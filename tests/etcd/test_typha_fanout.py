@@ -190,6 +190,7 @@ def test_client_watch_goes_through_typha_found_by_service(ds_client, server, etc
     t.join(10)
     assert [(e.type, e.name) for e in got] == [("ADDED", "n1"), ("SYNCED", "")]
     assert via.typha.connects == 1 and "w0/felix" in server.status()["clients"]
+    via.typha.close()  # discovery's Endpoints watch ends
 
 
 def test_client_counts_are_exported_as_calicos_typha_metrics(ds_client, server):

@@ -61,3 +61,16 @@ def test_calico_typha_exits_naming_the_setting(monkeypatch, capsys):
     assert main([]) == 1
     err = capsys.readouterr().err
     assert err.startswith("calico-typha: not implemented in calicolab's Typha: TYPHA_CONNECTIONREBALANCINGMODE"), err
+
+
+def test_endpoint_address_picks_the_named_port_of_a_ready_address():
+    from datastore.typha import DEFAULT_PORT, endpoint_address
+
+    doc = {"subsets": [{"addresses": [{"ip": "10.0.0.7"}],
+                        "ports": [{"name": "metrics", "port": 9093}, {"name": "calico-typha", "port": 5473}]}]}
+    assert endpoint_address(doc) == "10.0.0.7:5473"
+    assert endpoint_address({"subsets": [{"addresses": [{"ip": "10.0.0.7"}], "ports": [{"port": 7}]}]}) == "10.0.0.7:7"
+    assert endpoint_address({"subsets": [{"addresses": [{"ip": "10.0.0.7"}]}]}) == f"10.0.0.7:{DEFAULT_PORT}"
+    # not ready (only notReadyAddresses), no subsets, no object: none
+    assert endpoint_address({"subsets": [{"notReadyAddresses": [{"ip": "10.0.0.7"}]}]}) is None
+    assert endpoint_address({}) is None and endpoint_address(None) is None
