@@ -1,4 +1,4 @@
-"""``calico-node``: start-up, install-cni, then Felix + the BGP service until SIGTERM.
+"""``calico-node``: install-cni, start-up, then Felix + the BGP service until SIGTERM.
 
 Environment (as calico-node's): NODENAME/NODE_NAME, ETCD_ENDPOINTS, IP
 (autodetect|none|<ip>[/len]), IP_AUTODETECTION_METHOD, CALICO_IPV4POOL_CIDR,
@@ -100,9 +100,16 @@ CNI_SOCKET = "/var/run/calico/cni.sock"
 SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
+#: seconds calico-node waits for its CNI server to listen before it writes the CNI config
+CNI_SERVER_WAIT = 2.0
+
+
 def _cni_server(env: dict[str, str], var_run: str) -> subprocess.Popen | None:
     """The warm CNI server the thin ``calico`` plugin hands its work to (docs/cni.md),
     started as calico-node's child process ``python -m cni.server`` (it ends with us).
+    Returns once its socket listens (at most :data:`CNI_SERVER_WAIT` s): the CNI config is
+    written next and the kubelet's first ADDs find it, not the in-process path. Its output
+    (``listening``, ``ready``, ``served=N refused=M``) goes to our log.
 
     The plugin looks for it at the fixed path /var/run/calico/cni.sock, so it runs
     only where that directory is this node's own (a lab node's private dir):
@@ -113,23 +120,51 @@ def _cni_server(env: dict[str, str], var_run: str) -> subprocess.Popen | None:
     if not _truthy(wanted, os.path.abspath(var_run) == os.path.dirname(CNI_SOCKET)):
         return None
     argv = [sys.executable, "-m", "cni.server", "--socket", CNI_SOCKET, "--parent", str(os.getpid())]
-    proc = _zygote_cni_server(argv)
-    if proc is not None:
-        log.info("CNI server on %s (pid %d, a fork of the lab's zygote)", CNI_SOCKET, proc.pid)
-        return proc
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    how = ", a fork of the lab's zygote"
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    except OSError:
-        log.exception("CNI server failed to start; the CNI plugins will work in-process")
-        return None
-    log.info("CNI server on %s (pid %d)", CNI_SOCKET, proc.pid)
+        proc = _zygote_cni_server(argv, stdout=wfd)
+        if proc is None:
+            how = ""
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=wfd)
+            except OSError:
+                log.exception("CNI server failed to start; the CNI plugins will work in-process")
+                os.close(rfd)
+                return None
+    finally:
+        os.close(wfd)
+    listening = threading.Event()
+    threading.Thread(target=_relay_cni_server, args=(rfd, listening), name="cni-server-output", daemon=True).start()
+    t0 = time.monotonic()
+    if listening.wait(CNI_SERVER_WAIT):
+        log.info("CNI server on %s (pid %d%s), listening after %.0f ms", CNI_SOCKET, proc.pid, how,
+                 (time.monotonic() - t0) * 1000)
+    else:
+        log.warning("CNI server on %s (pid %d%s) not listening after %.0fs; going on (the CNI plugins "
+                    "work in-process until it does)", CNI_SOCKET, proc.pid, how, CNI_SERVER_WAIT)
     return proc
 
 
-def _zygote_cni_server(argv: list[str]) -> Any:
+def _relay_cni_server(fd: int, listening: threading.Event) -> None:
+    """Log the CNI server's output lines; set ``listening`` when it says so (or ends)."""
+    try:
+        with os.fdopen(fd, "r", errors="replace") as out:
+            for line in out:
+                word = line.strip()
+                if word == "listening":
+                    listening.set()
+                elif word:
+                    log.info("CNI server: %s", word)
+    finally:
+        listening.set()
+
+
+def _zygote_cni_server(argv: list[str], stdout: int | None = None) -> Any:
     """The CNI server as a fork of the lab's zygote ($CALICOLAB_ZYGOTE: kernel.zygote) in this
-    process' mount and network namespaces, environment and priority (stdout to /dev/null, stderr
-    ours, as by exec); None without a zygote or when it failed (logged: the caller execs)."""
+    process' mount and network namespaces, environment and priority (stdout to ``stdout``,
+    /dev/null without, stderr ours, as by exec); None without a zygote or when it failed
+    (logged: the caller execs)."""
     from kernel import zygote
 
     path = zygote.socket_path()
@@ -138,7 +173,7 @@ def _zygote_cni_server(argv: list[str]) -> Any:
     fds: list[int] = []
     try:
         fds = [os.open(f"/proc/thread-self/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in ("mnt", "net")]
-        return zygote.spawn(path, argv, env=dict(os.environ), cwd=os.getcwd(), stdin=None, stdout=None,
+        return zygote.spawn(path, argv, env=dict(os.environ), cwd=os.getcwd(), stdin=None, stdout=stdout,
                             stderr=2, mnt=fds[0], net=fds[1], priority=os.getpriority(os.PRIO_PROCESS, 0))
     except (OSError, zygote.ZygoteError, ValueError) as exc:
         log.warning("the zygote %s did not start the CNI server (%s): starting it by exec", path, exc)
@@ -268,10 +303,26 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
         health.start()
         log.info("health on 127.0.0.1:%d", health.port)
 
-    # the CNI server starts first: its imports (~0.5 s under a lab's start-up load) overlap
-    # start-up, so it listens before install-cni's conflist makes the node Ready and the
-    # kubelet's first CNI ADDs come (started after it, they ran in-process, ~0.4 s of imports each)
+    # the CNI server starts first and listens before the CNI config is written, so the kubelet's
+    # first CNI ADDs find it (in-process they paid ~0.4 s of imports each); its imports
+    # (~0.5 s under a lab's start-up load) overlap start-up
     cni_server = None if args.startup_only else _cni_server(env, var_run)
+    # then install-cni, before start-up, as Calico's install-cni init container runs before
+    # calico-node: the node turns Ready while calico-node starts; a pod's CNI ADD meanwhile
+    # waits in the CNI server (or fails with Calico's error in-process and the kubelet retries)
+    # until start-up has written /var/lib/calico/nodename (cni.plugin.calico_node_started)
+    from agent.startup import check_nodename
+
+    check_nodename(nodename)
+    conflist = os.path.join(env.get("CNI_NET_DIR", "/etc/cni/net.d"), "10-calico.conflist")
+    in_pod = bool(env.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(SA_TOKEN)
+    if in_pod and not env.get("CNI_NETWORK_CONFIG") and os.path.exists(conflist):
+        # in a pod, as Calico's calico-node, which never writes it: the install-cni init container did
+        log.info("install-cni: %s exists (the install-cni container wrote it); left as it is", conflist)
+    elif not args.no_install_cni and _truthy(env.get("CALICO_INSTALL_CNI"), True):
+        endpoints = [e.strip() for e in env.get("ETCD_ENDPOINTS", "http://127.0.0.1:2379").split(",") if e.strip()]
+        install_cni(nodename, endpoints, env, bin_source=CNI_LAUNCHERS)
+        log.info("install-cni: wrote %s", conflist)
     client = Client.from_env(env, timeout=ETCD_TIMEOUT)
     from agent.startup import kube_client
     from datastore.typha import typha_from_env
@@ -295,14 +346,6 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
     log.info("start-up done: node %s address %s tunnel %s%s (ms: %s)", result.nodename, result.ipv4_address,
              result.tunnel_address, " (created the default pool)" if result.pool_created else "",
              " ".join(f"{k}={v:g}" for k, v in result.steps.items()))
-    conflist = os.path.join(env.get("CNI_NET_DIR", "/etc/cni/net.d"), "10-calico.conflist")
-    in_pod = bool(env.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(SA_TOKEN)
-    if in_pod and not env.get("CNI_NETWORK_CONFIG") and os.path.exists(conflist):
-        # in a pod, as Calico's calico-node, which never writes it: the install-cni init container did
-        log.info("install-cni: %s exists (the install-cni container wrote it); left as it is", conflist)
-    elif not args.no_install_cni and _truthy(env.get("CALICO_INSTALL_CNI"), True):
-        endpoints = [e.strip() for e in env.get("ETCD_ENDPOINTS", "http://127.0.0.1:2379").split(",") if e.strip()]
-        install_cni(result.nodename, endpoints, env, bin_source=CNI_LAUNCHERS)
     if args.startup_only:
         return 0
 

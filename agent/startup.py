@@ -535,12 +535,17 @@ def write_nodename(var_lib: str, nodename: str) -> str:
     return path
 
 
+def check_nodename(nodename: str) -> str:
+    """``nodename`` if it is a valid Calico name, else :class:`StartupError` naming it."""
+    if not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", nodename):
+        raise StartupError(f"node name {nodename!r} is not a valid Calico name (lower case, digits, '-', '.')")
+    return nodename
+
+
 def run_startup(client: Any, env: Mapping[str, str], var_lib: str | None = None,
                 interfaces: Sequence[tuple[str, Sequence[str]]] | None = None) -> StartupResult:
     """The whole start-up sequence (idempotent: safe on every agent restart)."""
-    nodename = determine_nodename(env)
-    if not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", nodename):
-        raise StartupError(f"node name {nodename!r} is not a valid Calico name (lower case, digits, '-', '.')")
+    nodename = check_nodename(determine_nodename(env))
     steps: dict[str, float] = {}
     t = time.monotonic()
 

@@ -167,9 +167,13 @@ class Namespaces:
 
 
 def cni_netconf(log_path: str, nodename: str, **extra: Any) -> bytes:
-    """The calico netconf a bench sends (calico-ipam, log and IPAM lock beside ``log_path``)."""
+    """The calico netconf a bench sends (calico-ipam, log, IPAM lock and the nodename file
+    calico-node's start-up would write, written here, beside ``log_path``)."""
+    nodename_file = os.path.join(os.path.dirname(log_path), "nodename")
+    with open(nodename_file, "w") as f:
+        f.write(nodename)
     conf = {"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "calico", **extra,
-            "nodename": nodename, "mtu": 0, "log_level": "info", "log_file_path": log_path,
+            "nodename": nodename, "nodename_file": nodename_file, "mtu": 0, "log_level": "info", "log_file_path": log_path,
             "ipam": {"type": "calico-ipam"}, "ipam_lock_file": os.path.join(os.path.dirname(log_path), "ipam.lock")}
     return json.dumps(conf).encode()
 
@@ -196,7 +200,7 @@ def start_cni_server(ns: str, sock: str) -> subprocess.Popen:
     server = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", PY, "-m", "cni.server", "--socket", sock],
                               stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert server.stdout is not None
-    if server.stdout.readline().strip() != "ready":
+    if [server.stdout.readline().strip() for _ in range(2)] != ["listening", "ready"]:
         stop(server)
         raise SystemExit("the CNI server did not start")
     return server

@@ -28,6 +28,8 @@ from cni.spec import CNIError
 from datastore import names
 
 MTU_FILE = "/var/lib/calico/mtu"
+#: seconds between looks at the nodename (and MTU) file while a request waits for calico-node's start-up
+STARTUP_POLL = 0.02
 DATASTORE_TIMEOUT = 3.0
 WEP_DELETE_RETRIES = 5  # Calico retries the CAS delete of the WorkloadEndpoint 5 times
 
@@ -672,9 +674,50 @@ def ipam_plugin_check(inv: Invocation) -> None:
 # entry point
 
 
-def run(plugin: str, env: dict[str, str], stdin: bytes) -> tuple[int, str, str]:
+def calico_node_started(nc: NetConf, wait: float = 0.0, need_mtu: bool = False, mtu_file: str = MTU_FILE) -> float:
+    """Calico's guard at the start of the calico plugin's ADD and DEL: unless
+    ``nodename_file_optional``, the nodename file (``nodename_file``, /var/lib/calico/nodename),
+    which calico-node writes at the end of its start-up, must exist; else the error Calico
+    gives (code 999, as CNI's skel reports a plain error), and the runtime retries the sandbox.
+    The conflist is written before it (install-cni runs first), so a pod scheduled while
+    calico-node starts meets this.
+
+    ``wait`` > 0 (the CNI server, a child of that calico-node: :mod:`cni.server`): a request
+    that finds the file missing is held until it appears and then, with ``need_mtu`` (an ADD
+    whose netconf MTU is 0, auto), until Felix has written the MTU file too (else the veth
+    would get 1500 in an IPIP or VXLAN lab), at most ``wait`` seconds in all; a request that
+    finds the file there never waits. Returns the seconds waited."""
+    if nc.nodename_file_optional:
+        return 0.0
+    path = nc.nodename_file or "/var/lib/calico/nodename"
+    try:
+        os.stat(path)
+        return 0.0
+    except OSError as exc:
+        missing = exc
+    t0 = time.monotonic()
+    deadline = t0 + wait
+    while True:
+        if time.monotonic() >= deadline:
+            reason = os.strerror(missing.errno) if missing.errno else str(missing)
+            raise CNIError(spec.E_INTERNAL, f"stat {path}: {reason[:1].lower()}{reason[1:]}: check that the "
+                           "calico/node container is running and has mounted /var/lib/calico/")
+        time.sleep(STARTUP_POLL)
+        try:
+            os.stat(path)
+            break
+        except OSError as exc:
+            missing = exc
+    while need_mtu and not os.path.exists(mtu_file) and time.monotonic() < deadline:
+        time.sleep(STARTUP_POLL)
+    return time.monotonic() - t0
+
+
+def run(plugin: str, env: dict[str, str], stdin: bytes, startup_wait: float = 0.0) -> tuple[int, str, str]:
     """Execute one CNI invocation of ``plugin`` ("calico" or "calico-ipam").
 
+    ``startup_wait``: how long an ADD or DEL of the calico plugin may wait for calico-node's
+    start-up (:func:`calico_node_started`; 0, the executables in-process: not at all).
     Returns (exit code, stdout text, stderr text). Never raises.
     """
     log = Log()
@@ -698,6 +741,10 @@ def run(plugin: str, env: dict[str, str], stdin: bytes) -> tuple[int, str, str]:
         log.configure(nc.log_file_path, nc.log_level)
         log.prefix = f"{plugin} {cenv.command} {cenv.container_id[:12]} "
         inv = Invocation(plugin, cenv, env, conf, version, nc, log)
+        if plugin == "calico" and cenv.command in ("ADD", "DEL"):  # before the imports: cheap to refuse
+            waited = calico_node_started(nc, startup_wait, need_mtu=cenv.command == "ADD" and not nc.mtu)
+            if waited:
+                log.info(f"waited {waited * 1000:.0f} ms for calico-node's start-up ({nc.nodename_file})")
         started = time.monotonic()
         with inv.timed("imports"):  # free in the warm server; the cold path pays it here
             import cni.dataplane  # noqa: F401

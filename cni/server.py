@@ -33,6 +33,7 @@ import stat
 import struct
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from cni import wire
@@ -40,6 +41,11 @@ from kernel import netns as _netns
 
 MAX_REQUEST = 4 << 20
 WORKERS = 8  # long-lived workers keep their (thread-local) etcd connections warm
+#: seconds an ADD or DEL that comes while calico-node is still starting (no nodename file yet:
+#: its conflist is written first, as Calico's install-cni init container does) is held for the
+#: start-up to finish, instead of failing at once and waiting for the runtime's retry (the
+#: testbed kubelet's first is 1 s later); after that it fails with Calico's error
+STARTUP_WAIT = 5.0
 
 
 _CLONE_FS = 0x00000200
@@ -89,11 +95,12 @@ class CNIServer:
         self.served = 0
         self.refused = 0
 
-    def start(self) -> CNIServer:
+    def start(self, on_listening: Callable[[], None] | None = None) -> CNIServer:
         """Bind the socket (replacing a stale one), import the plugin's modules, serve in a
         daemon thread. The socket listens before the imports (~0.3 s, more under a lab's
         start-up load): a request that comes meanwhile waits in the backlog and is served
-        then, instead of finding no server and paying the same imports in-process."""
+        then, instead of finding no server and paying the same imports in-process.
+        ``on_listening`` is called once the socket listens (before the imports)."""
         os.makedirs(os.path.dirname(self.sock_path) or ".", exist_ok=True)
         try:
             st = os.lstat(self.sock_path)
@@ -118,6 +125,8 @@ class CNIServer:
             os.umask(old_umask)
         sock.listen(128)
         self._sock = sock
+        if on_listening is not None:
+            on_listening()
         # the plugin and the datastore/IPAM/netlink modules its first request would import
         import datastore.client  # noqa: F401
         import ipam.ipam  # noqa: F401
@@ -204,7 +213,7 @@ class CNIServer:
         from cni import plugin as _plugin  # imported by start()
 
         if mnt == b"%d" % self._ns[1]:
-            code, out, err = _plugin.run(plugin, env, stdin)
+            code, out, err = _plugin.run(plugin, env, stdin, startup_wait=STARTUP_WAIT)
         else:  # paths resolve in the caller's mount namespace, as for a plugin it executed
             try:
                 _private_fs()
@@ -214,7 +223,7 @@ class CNIServer:
                 return [b"refused", f"cannot join the caller's mount namespace: {exc}".encode()]
             try:
                 with _netns.entered(fd, _netns.CLONE_NEWNS):
-                    code, out, err = _plugin.run(plugin, env, stdin)
+                    code, out, err = _plugin.run(plugin, env, stdin, startup_wait=STARTUP_WAIT)
             finally:
                 os.close(fd)
         self.served += 1
@@ -251,8 +260,10 @@ def _die_with_parent(parent: int | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``python -m cni.server [--socket PATH] [--parent PID]``: serve until SIGTERM or SIGINT.
 
-    Prints ``ready`` once the socket listens and ``served=N refused=M`` when it stops.
-    With ``--parent`` (calico-node passes its PID) it also stops when that process ends.
+    Prints ``listening`` once the socket listens (calico-node waits for it before it writes
+    the CNI config), ``ready`` once the plugin's modules are imported and ``served=N refused=M``
+    when it stops. With ``--parent`` (calico-node passes its PID) it also stops when that
+    process ends.
     """
     from kernel.preload import before_threads
 
@@ -263,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM, signal.SIGINT])
     _die_with_parent(args.parent)
-    srv = CNIServer(args.socket).start()
+    srv = CNIServer(args.socket).start(on_listening=lambda: print("listening", flush=True))
     print("ready", flush=True)
     signal.sigwait([signal.SIGTERM, signal.SIGINT])
     srv.stop()

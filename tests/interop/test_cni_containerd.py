@@ -122,7 +122,8 @@ def test_ctr_run_cni_gets_ip_from_calico_ipam_and_leaves_nothing(node, container
         "name": "k8s-pod-network", "cniVersion": "1.0.0",
         "plugins": [
             {"type": "calico", "log_level": "info", "log_file_path": str(cni_log), "datastore_type": "etcdv3",
-             "etcd_endpoints": ETCD, "nodename": "k8s-w0", "mtu": 0, "ipam": {"type": "calico-ipam"},
+             "etcd_endpoints": ETCD, "nodename": "k8s-w0", "nodename_file": str(node.nodename_file), "mtu": 0,
+             "ipam": {"type": "calico-ipam"},
              "policy": {"type": "k8s"}, "ipam_lock_file": str(tmp / "ipam.lock")},
             {"type": "portmap", "snat": True, "capabilities": {"portMappings": True}},
         ],

@@ -62,13 +62,18 @@ class CniNode:
         """/run/netns/<ns>."""
         return f"/run/netns/{self.ns}"
 
+    @property
+    def nodename_file(self) -> Path:
+        """This node's /var/lib/calico/nodename (calico-node's start-up writes it; the fixture here)."""
+        return self.tmp / "nodename"
+
     def conf(self, version: str = "1.0.0", **over: Any) -> dict[str, Any]:
-        """A calico netconf for this node (nodename k8s-w0)."""
+        """A calico netconf for this node (nodename k8s-w0, its nodename file)."""
         conf: dict[str, Any] = {
             "cniVersion": version, "name": "k8s-pod-network", "type": "calico",
             "datastore_type": "etcdv3", "etcd_endpoints": ETCD, "nodename": "k8s-w0",
-            "mtu": 0, "log_level": "debug", "ipam": {"type": "calico-ipam"},
-            "ipam_lock_file": str(self.tmp / "ipam.lock"),
+            "nodename_file": str(self.nodename_file), "mtu": 0, "log_level": "debug",
+            "ipam": {"type": "calico-ipam"}, "ipam_lock_file": str(self.tmp / "ipam.lock"),
         }
         conf.update(over)
         return conf
@@ -173,6 +178,7 @@ def cni_node(tmp_path_factory) -> Iterator[CniNode]:
              "--initial-cluster", "cni=http://127.0.0.1:2380", "--log-level", "error", "--logger", "zap"],
             stdout=subprocess.DEVNULL, stderr=open(tmp / "etcd.log", "ab"))
         _wait_etcd(f"/run/netns/{ns}", proc, time.monotonic() + 15)
+        (tmp / "nodename").write_text("k8s-w0")  # as calico-node's start-up leaves it
         yield CniNode(ns=ns, tmp=tmp, etcd_pid=proc.pid, bin_dir=bin_dir)
     finally:
         if proc is not None:

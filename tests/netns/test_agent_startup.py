@@ -139,3 +139,44 @@ def test_tunnel_address_follows_the_pools(ds_client, tmp_path):
     ds_client.update(pool)
     again = ensure_tunnel_address(ds_client, "w9")
     assert again and ds_client.get("Node", "w9").spec.bgp.ipv4_ipip_tunnel_addr == again
+
+
+def test_cni_config_is_written_before_start_up(netns, tmp_path):
+    """calico-node writes the CNI config first, as Calico's install-cni init container runs
+    before calico-node, so the kubelet turns the node Ready while start-up goes on: with the
+    datastore unreachable the conflist is there and start-up is still retrying, without the
+    nodename file the CNI plugin waits for (cni.plugin.calico_node_started)."""
+    import json
+    import os
+    import signal
+    import subprocess
+
+    from testbed.poll import wait_for
+    from tests.netns.felix_support import PY, REPO
+
+    ns = netns("cnf")
+    var_lib, net_d, log_path = tmp_path / "var-lib-calico", tmp_path / "net.d", tmp_path / "calico-node.log"
+    env = {**os.environ, "NODENAME": "k8s-w7", "DATASTORE_TYPE": "etcdv3", "ETCD_ENDPOINTS": "http://127.0.0.1:1",
+           "IP": "10.77.0.7/24", "CALICO_VAR_LIB_DIR": str(var_lib), "CALICO_VAR_RUN_DIR": str(tmp_path / "run"),
+           "CNI_NET_DIR": str(net_d), "CNI_BIN_DIR": str(tmp_path / "bin"), "CNI_MTU": "1440"}
+    env.pop("KUBECONFIG", None)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", PY, "-m", "agent.main"], env=env, cwd=REPO,
+                                stdout=log, stderr=log)
+    try:
+        wait_for(lambda: log_path.read_text(), lambda text: "datastore not reachable" in text, timeout=30,
+                 what="calico-node retrying its start-up")
+        conf = json.loads((net_d / "10-calico.conflist").read_text())
+        assert conf["plugins"][0]["nodename"] == "k8s-w7" and conf["plugins"][0]["mtu"] == 1440
+        assert os.path.islink(tmp_path / "bin" / "calico")
+        assert not (var_lib / "nodename").exists() and proc.poll() is None
+        text = log_path.read_text()
+        assert text.index("install-cni: wrote") < text.index("datastore not reachable"), text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, log_path.read_text()[-2000:]

@@ -159,6 +159,7 @@ def test_agent_conflist_through_the_kubelet_runner(node, netns):
         if plugin["type"] == "calico":
             plugin["log_file_path"] = str(node.tmp / "cni.log")
             plugin["ipam_lock_file"] = str(node.tmp / "ipam.lock")
+            plugin["nodename_file"] = str(node.nodename_file)  # this node's /var/lib/calico/nodename
             plugin.pop("kubernetes")  # this node has no API server (no calico-kubeconfig): pods are not read
     conf = parse_config(doc)
     runner = Runner([str(node.bin_dir)], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CALICO_CNI_SOCKET": "none"})

@@ -201,11 +201,16 @@ def test_concurrent_adds_on_one_node(node, netns):
 def test_bad_input_gives_spec_errors_and_leaves_nothing(node, netns):
     pod = netns("cnip")
     pp = f"/run/netns/{pod}"
+    (node.tmp / "empty").write_text("")
     cases = {
         "invalid json": (node.run("ADD", b"{nope", cid="bad", netns=pp), 6, "not valid JSON"),
         "missing env": (node.run("ADD", node.conf(), cid="bad", netns=pp, drop=("CNI_NETNS",)), 4, "CNI_NETNS"),
         "unknown version": (node.run("ADD", node.conf("1.2.0"), cid="bad", netns=pp), 1, "incompatible CNI versions"),
-        "missing nodename": (node.run("ADD", node.conf(nodename="", nodename_file=str(node.tmp / "absent")),
+        # calico-node has not written its nodename file (not started yet): Calico's error, code 999
+        "no nodename file": (node.run("ADD", node.conf(nodename_file=str(node.tmp / "absent")), cid="bad", netns=pp),
+                             999, f"stat {node.tmp / 'absent'}: no such file or directory: check that the calico/node "
+                             "container is running and has mounted /var/lib/calico/"),
+        "missing nodename": (node.run("ADD", node.conf(nodename="", nodename_file=str(node.tmp / "empty")),
                                       cid="bad", netns=pp), 7, "/var/lib/calico/"),
         "unreachable datastore": (node.run("ADD", node.conf(etcd_endpoints="http://127.0.0.1:1"), cid="bad", netns=pp),
                                   11, "unreachable"),

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -31,8 +32,9 @@ def server(node: CniNode):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.strip() == "ready", (line, proc.stderr.read() if proc.poll() is not None else "")
+        lines = [proc.stdout.readline(), proc.stdout.readline()]  # "listening", then "ready" once imported
+        assert [ln.strip() for ln in lines] == ["listening", "ready"], (
+            lines, proc.stderr.read() if proc.poll() is not None else "")
         yield proc, sock
     finally:
         if proc.poll() is None:
@@ -91,6 +93,33 @@ def test_caller_in_another_mount_namespace_is_served_in_it(node, netns, server):
     assert "served=2 refused=0" in proc.communicate(timeout=10)[0]
 
 
+def test_an_add_while_calico_node_starts_waits_for_its_start_up(node, netns, server):
+    """calico-node writes the CNI config first (as Calico's install-cni init container) and its
+    nodename file at the end of start-up: an ADD in between is held by the server until the
+    file is there (and, with an auto MTU, Felix's MTU file too), then served; in-process (no
+    server) it fails at once with Calico's error, and the runtime retries."""
+    proc, sock = server
+    pod = netns("cnip")
+    pp = f"/run/netns/{pod}"
+    starting = node.tmp / cni_support.unique("nodename")
+    missing = f"stat {starting}: no such file or directory: check that the calico/node container is running"
+    alone = node.run("ADD", node.conf(nodename_file=str(starting)), cid="start01", netns=pp)
+    assert alone.rc == 1 and alone.json["code"] == 999 and missing in alone.json["msg"], alone.stdout
+    assert "cali" not in node.ip("link")
+    writer = threading.Timer(0.5, starting.write_text, args=("k8s-w0",))
+    writer.start()
+    try:
+        add = node.run("ADD", node.conf(nodename_file=str(starting), mtu=1440), cid="start01", netns=pp, socket=sock)
+    finally:
+        writer.cancel()
+    assert add.rc == 0, add.stdout + add.stderr
+    assert add.seconds >= 0.5 and _pids_in_log(add.stderr) == {proc.pid}, (add.seconds, add.stderr)
+    assert "waited" in add.stderr and "for calico-node's start-up" in add.stderr, add.stderr
+    assert "mtu 1440" in node.ip("link", "show", "eth0", pod=pod)
+    assert node.run("DEL", node.conf(nodename_file=str(starting)), cid="start01", netns=pp, socket=sock).rc == 0
+    assert "cali" not in node.ip("link")
+
+
 def test_no_server_means_in_process(node, netns):
     pod = netns("cnip")
     add = node.run("ADD", node.conf(), cid="nosrv", netns=f"/run/netns/{pod}",
@@ -136,7 +165,7 @@ def test_server_ends_with_the_calico_node_that_started_it(tmp_path):
     assert starter.stdout is not None
     server_pid = int(starter.stdout.readline())
     try:
-        assert starter.stdout.readline().strip() == "ready"
+        assert [starter.stdout.readline().strip() for _ in range(2)] == ["listening", "ready"]
         assert sock.exists()
         starter.kill()
         starter.wait()

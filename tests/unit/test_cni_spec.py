@@ -241,3 +241,51 @@ def test_nodename_and_mtu_resolution(tmp_path):
     (tmp_path / "mtu").write_text("1430\n")
     assert netconf.determine_mtu(nc, str(tmp_path / "mtu")) == 1430
     assert netconf.determine_mtu(netconf.parse_netconf(_nc(mtu=1400)), str(tmp_path / "mtu")) == 1400
+
+
+def test_calico_node_started_is_calicos_nodename_file_guard(tmp_path):
+    """ADD and DEL of the calico plugin need the nodename file calico-node's start-up writes
+    (Calico's cmdAdd/cmdDel): missing, Calico's error (999, skel's code for a plain error),
+    unless nodename_file_optional; the CNI server's wait holds a request until it appears,
+    then (an auto MTU) until Felix's MTU file appears too, never longer than the wait."""
+    import threading
+    import time
+
+    from cni import plugin
+
+    path, mtu = tmp_path / "nodename", tmp_path / "mtu"
+    nc = netconf.parse_netconf(_nc(nodename_file=str(path)))
+    with pytest.raises(CNIError) as err:
+        plugin.calico_node_started(nc)
+    assert err.value.code == 999 and err.value.msg == (
+        f"stat {path}: no such file or directory: check that the calico/node container is running and has "
+        "mounted /var/lib/calico/")
+    assert plugin.calico_node_started(netconf.parse_netconf(_nc(nodename_file=str(path),
+                                                                nodename_file_optional=True))) == 0.0
+    t0 = time.monotonic()
+    with pytest.raises(CNIError):
+        plugin.calico_node_started(nc, wait=0.2)
+    assert time.monotonic() - t0 >= 0.2
+    threading.Timer(0.1, path.write_text, args=("k8s-w0",)).start()
+    assert 0.1 <= plugin.calico_node_started(nc, wait=5.0) < 5.0
+    assert plugin.calico_node_started(nc, wait=5.0, need_mtu=True, mtu_file=str(mtu)) == 0.0  # started: no wait
+    path.unlink()
+    threading.Timer(0.1, path.write_text, args=("k8s-w0",)).start()
+    threading.Timer(0.3, mtu.write_text, args=("1480\n",)).start()
+    assert 0.3 <= plugin.calico_node_started(nc, wait=5.0, need_mtu=True, mtu_file=str(mtu)) < 5.0
+    path.unlink()
+    mtu.unlink()
+    threading.Timer(0.1, path.write_text, args=("k8s-w0",)).start()
+    waited = plugin.calico_node_started(nc, wait=0.4, need_mtu=True, mtu_file=str(mtu))  # Felix never wrote it
+    assert 0.4 <= waited < 1.0
+
+
+def test_add_and_del_without_the_nodename_file_fail_before_any_work(tmp_path):
+    from cni import plugin
+
+    conf = json.dumps(_nc(nodename_file=str(tmp_path / "nodename"), log_file_path=str(tmp_path / "cni.log"))).encode()
+    for command in ("ADD", "DEL"):
+        code, out, _ = plugin.run("calico", _env(CNI_COMMAND=command, CNI_NETNS="/run/netns/none"), conf)
+        assert code == 1 and json.loads(out)["code"] == 999 and "calico/node container" in json.loads(out)["msg"]
+    code, out, _ = plugin.run("calico", _env(CNI_COMMAND="VERSION"), conf)
+    assert code == 0
