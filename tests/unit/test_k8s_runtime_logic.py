@@ -290,8 +290,8 @@ def test_pod_gc_quarantine_is_40_seconds_unless_a_test_sets_it():
 
 def test_pod_creation_takes_turns_a_daemonset_rollout_does_not_hold_a_pass():
     """A controller stops creating pods after CREATE_SLICE seconds in one pass and asks for the
-    next pass at once, so the Deployment controller (first in every pass) is not held back by a
-    DaemonSet rolling out to many nodes on a slow API server."""
+    next pass at once, so the Deployment controller (after the DaemonSet controller in every
+    pass) is not held back by a DaemonSet rolling out to many nodes on a slow API server."""
     from testbed.k8s.controllers import CREATE_SLICE, ControllerManager
 
     now = [0.0]
@@ -326,6 +326,66 @@ def test_pod_creation_takes_turns_a_daemonset_rollout_does_not_hold_a_pass():
     cm.reconcile_daemonsets([ds], list(SlowCluster.created), nodes)
     assert sorted(p["spec"]["nodeName"] for p in SlowCluster.created) == [f"w{i}" for i in range(per_pass + 4)]
     assert cm.more
+
+
+def test_a_pass_untaints_ready_nodes_then_creates_daemon_pods_for_nodes_registered_meanwhile():
+    """One controller pass: the node lifecycle controller lifts the not-ready taints of a node
+    that turned Ready before any pod is created, and the DaemonSet controller puts a pod on a
+    node that registered after the pass began (the nodes read at its turn, not the pass'
+    start), before the Deployment controller's ReplicaSet."""
+    import copy
+
+    from testbed.k8s.controllers import ControllerManager
+
+    ready = {"type": "Ready", "status": "True", "lastHeartbeatTime": "2026-12-03T15:00:00Z"}
+    nodes = [{"metadata": {"name": "k8s-m", "labels": {}},
+              "spec": {"taints": [{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"},
+                                  {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute",
+                                   "timeAdded": "2026-12-03T15:00:00Z"}]},
+              "status": {"conditions": [ready]}}]
+    late = {"metadata": {"name": "k8s-w1", "labels": {}}, "spec": {}, "status": {"conditions": [ready]}}
+    objects = {"Node": nodes, "DaemonSet": [{
+        "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "calico-node", "namespace": "calico-system",
+                                                                   "uid": "ds"},
+        "spec": {"template": {"metadata": {}, "spec": {"containers": [{"name": "c"}]}}}}],
+        "Deployment": [{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {
+            "name": "nginx", "namespace": "default", "uid": "d"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "x"}},
+                     "template": {"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "c"}]}}}}]}
+    did: list[tuple[str, str, str]] = []
+
+    class Cluster:
+        listed_nodes = 0
+
+        def list(self, kind):
+            if kind == "Node":
+                self.listed_nodes += 1
+                if self.listed_nodes == 2:  # k8s-w1 registers once the pass has begun
+                    nodes.append(late)
+            return copy.deepcopy(objects.get(kind, []))
+
+        def create(self, obj):
+            obj["metadata"].setdefault("uid", obj["metadata"].get("name", "x"))
+            did.append(("create", obj["kind"], obj["spec"].get("nodeName", "")))
+            return obj
+
+        def mutate(self, kind, name, namespace, fn, sub=None, current=None):
+            obj = copy.deepcopy(current) if current is not None else {"metadata": {"name": name}}
+            if fn(obj) is not False and sub is None and kind == "Node":
+                did.append(("taints", name, ",".join(t["key"] for t in obj["spec"].get("taints") or [])))
+            return obj
+
+        def event(self, *a, **kw):
+            pass
+
+        def delete(self, *a, **kw):
+            return True
+
+    cm = ControllerManager(Cluster(), pod_cidr=None, wall_clock=lambda: 1796310000.0)  # type: ignore[arg-type]
+    cm.reconcile()
+    assert did[0] == ("taints", "k8s-m", "")
+    assert [d for d in did if d[0] == "create"] == [("create", "Pod", "k8s-m"), ("create", "Pod", "k8s-w1"),
+                                                    ("create", "ReplicaSet", "")]
 
 
 def test_pods_are_created_in_slow_start_batches():
