@@ -727,22 +727,25 @@ class ControllerManager:
         comes). kube-controller-manager runs them side by side; taking turns here, the ones a
         node's start-up waits for go first: the node lifecycle controller (a node turned
         Ready loses its not-ready taints, the nodes untainted ~1 s later when it came last
-        behind a pass creating calico-system's pods on a loaded machine), then the DaemonSet
-        controller (calico-node, which makes the node Ready, before the Deployments' pods;
-        the nodes read at its turn: read at the pass' start, a node registered meanwhile got
-        its DaemonSet pods a whole pass, ~0.6 s, after the others)."""
+        behind a pass creating calico-system's pods on a loaded machine), the Endpoints and
+        EndpointSlice controllers (a pod turned ready, calico-typha, is in its Service's
+        endpoints at the next pass' start, not its end: ~0.75 s later there, which every
+        calico-node's Felix waited for), then the DaemonSet controller (calico-node, which
+        makes the node Ready, before the Deployments' pods; the nodes read at its turn: read
+        at the pass' start, a node registered meanwhile got its DaemonSet pods a whole pass,
+        ~0.6 s, after the others)."""
         c = self.cluster
         self.more = False
         self.reconcile_node_cidrs(c.list("Node"))
         self.next_eviction = self.lifecycle.reconcile(c.list("Node"), c.list("Pod"), c.list("Lease"))
-        self.reconcile_daemonsets(c.list("DaemonSet"), c.list("Pod"), c.list("Node"))
-        self.reconcile_deployments(c.list("Deployment"), c.list("ReplicaSet"), c.list("Pod"))
-        self.reconcile_replicasets(c.list("ReplicaSet"), c.list("Pod"))
         pods = c.list("Pod")
         services = c.list("Service")
         self.reconcile_endpoints(services, c.list("Endpoints"), pods)
         self.reconcile_slices(services, c.list("EndpointSlice"), pods)
-        self.gc_orphaned_pods(pods, c.list("Node"))
+        self.reconcile_daemonsets(c.list("DaemonSet"), c.list("Pod"), c.list("Node"))
+        self.reconcile_deployments(c.list("Deployment"), c.list("ReplicaSet"), c.list("Pod"))
+        self.reconcile_replicasets(c.list("ReplicaSet"), c.list("Pod"))
+        self.gc_orphaned_pods(c.list("Pod"), c.list("Node"))
 
     def _pass_timeout(self) -> float:
         """How long the loop may sleep without a change: the node monitor period, sooner
