@@ -231,11 +231,14 @@ class Ipip:
 
 @dataclass
 class Bridge:
-    """A Linux bridge."""
+    """A Linux bridge; ``forward_delay`` (centiseconds) and ``stp_state`` (0: off) are sent
+    when given (``ip link add NAME type bridge forward_delay 0 stp_state 0``)."""
 
     name: str
     mtu: int = 0
     mac: str | None = None
+    forward_delay: int | None = None
+    stp_state: int | None = None
     kind = "bridge"
 
 

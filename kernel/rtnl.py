@@ -69,6 +69,7 @@ IFLA_VXLAN_ID, IFLA_VXLAN_GROUP, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL = 1, 2, 3, 4
 IFLA_VXLAN_TTL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT = 5, 7, 15
 IFLA_IPTUN_LINK, IFLA_IPTUN_LOCAL, IFLA_IPTUN_REMOTE, IFLA_IPTUN_TTL = 1, 2, 3, 4
 IFLA_IPTUN_PMTUDISC = 10
+IFLA_BR_FORWARD_DELAY, IFLA_BR_STP_STATE = 1, 5  # linux/if_link.h, bridge IFLA_INFO_DATA
 IFLA_TUN_OWNER, IFLA_TUN_GROUP, IFLA_TUN_TYPE, IFLA_TUN_PI = 1, 2, 3, 4
 IFLA_TUN_VNET_HDR, IFLA_TUN_PERSIST, IFLA_TUN_MULTI_QUEUE = 5, 6, 7
 RTEXT_FILTER_SKIP_STATS = 1 << 3
@@ -343,6 +344,10 @@ def link_add_body(spec: Any) -> bytes:
             data += attr_u8(IFLA_IPTUN_PMTUDISC, 0)
     elif isinstance(spec, Bridge):
         data = b""
+        if spec.forward_delay is not None:
+            data += attr_u32(IFLA_BR_FORWARD_DELAY, spec.forward_delay)
+        if spec.stp_state is not None:
+            data += attr_u32(IFLA_BR_STP_STATE, spec.stp_state)
     else:
         raise TypeError(f"not a link kind: {spec!r}")
     info = attr(IFLA_INFO_KIND, spec.kind.encode())  # no NUL, as iproute2 sends it

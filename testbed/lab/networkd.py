@@ -35,6 +35,7 @@ from kernel.model import (
     Addr,
     AddrAdd,
     KernelError,
+    LinkSet,
     Route,
     RouteAdd,
 )
@@ -66,6 +67,38 @@ def host_network(topo, host: str) -> HostNetwork:
     addrs = tuple((ifname, str(addr), int(plen)) for ifname, _seg, addr, plen in topo.interface_of(host))
     routes = tuple((str(r.dst), str(r.via) if r.via is not None else "") for r in topo.routes_of(host))
     return HostNetwork(host, addrs, routes)
+
+
+def configure_ops(net: HostNetwork, links: dict[str, int], mtus: dict[str, int] | None = None) -> list:
+    """The operations of a host's first configuration (the supervisor sends them over
+    rtnetlink), in the order and with the attributes of the ``ip`` commands they replace:
+    ``lo`` up; per interface its MTU (``mtus``: ifname -> MTU, a segment spanning machines),
+    ``ip addr add A/N dev X``, ``ip link set X up``; then every route: ``ip route add D via G``
+    (the kernel picks the device) or, without a gateway, ``ip route add D dev <first
+    interface> scope link``. ``links`` maps each interface name to its index."""
+    ops: list = [LinkSet(links["lo"], up=True)]
+    for ifname, address, plen in net.addresses:
+        if ifname in (mtus or {}):
+            ops.append(LinkSet(links[ifname], mtu=(mtus or {})[ifname]))
+        ops += [AddrAdd(Addr(links[ifname], address, plen)), LinkSet(links[ifname], up=True)]
+    uplink = net.addresses[0][0] if net.addresses else "eth0"
+    for dst, via in net.routes:
+        dst = "0.0.0.0/0" if dst == "default" else dst
+        if via:
+            ops.append(RouteAdd(Route(dst, gateway=via, protocol=RTPROT_BOOT)))
+        else:
+            ops.append(RouteAdd(Route(dst, oif=links[uplink], protocol=RTPROT_BOOT, scope=RT_SCOPE_LINK)))
+    return ops
+
+
+def bridge_ops(bridge: str, ports: list[str], links: dict[str, int], mtu: int | None = None) -> list:
+    """A segment's bridge, once made (``ip link add B type bridge forward_delay 0 stp_state
+    0``): ``ip link set dev B up``, ``ip link set dev lo up``, each port's MTU if given, then
+    ``ip link set dev P master B up`` for every port."""
+    ops: list = [LinkSet(links[bridge], up=True), LinkSet(links["lo"], up=True)]
+    if mtu:
+        ops += [LinkSet(links[p], mtu=mtu) for p in ports]
+    return ops + [LinkSet(links[p], master=links[bridge], up=True) for p in ports]
 
 
 def repair(kernel: Kernel, net: HostNetwork) -> list[str]:

@@ -85,7 +85,7 @@ def shell(state: dict, host: str) -> int:
     """An interactive bash inside ``host``; returns its exit status.
 
     The rc file lives in the lab's state directory, which a node does not see
-    (testbed.lab.supervisor.hide_commands): bash reads it from a descriptor opened here."""
+    (testbed.lab.privatedirs.plan, its hide): bash reads it from a descriptor opened here."""
     rc = _rcfile(state, host)
     with open(rc) as f:
         fd = f.fileno()

@@ -34,7 +34,6 @@ from typing import Any
 
 from kernel import zygote
 from testbed.lab import netns as nsmod
-from testbed.lab import shellbatch
 from testbed.lab import state as labstate
 from testbed.lab.restarts import Restarter, describe_exit
 from testbed.lab.topology import Topology, load
@@ -83,21 +82,50 @@ def _log(msg: str) -> None:
           f"labd: {msg}", flush=True)
 
 
-def hide_commands(hide: tuple[Path, list[Path]] | None) -> list[str]:
-    """Shell commands (for a node's shell, in its mount namespace) that cover ``root`` (the
-    machine's /run/calicolab) with an empty tmpfs and bind back only the directories in
-    ``keep``, each to its own path: they are opened before the cover goes on and bound from
-    the open descriptor (``/proc/self/fd/N``), the only name left for them."""
-    if not hide:
-        return []
-    root, keep = hide
-    cmds = []
-    for i, path in enumerate(keep):
-        cmds += [f"mkdir -p -m 0700 {path}", f"exec {10 + i}<{path}"]
-    cmds.append(f"mount -n -t tmpfs -o mode=0755,size=1m calicolab-private {root}")
-    for i, path in enumerate(keep):
-        cmds += [f"mkdir -p {path}", f"mount -n -c --bind /proc/self/fd/{10 + i} {path}", f"exec {10 + i}<&-"]
-    return cmds
+def _prefer_stdlib_distutils() -> None:
+    """Let Mininet's ``from distutils.version import StrictVersion`` (for Open vSwitch
+    versions, which a lab never compares) find the standard library's distutils. In the venv,
+    setuptools' distutils shim (its distutils-precedence.pth) answers that import with
+    setuptools' own copy, which imports setuptools and pkg_resources: importing mininet.net
+    took 123 ms, 24 ms without the shim (-X importtime, quiet machine), all of it before the
+    first host. Without a standard-library distutils (Python >= 3.12) the shim's is used."""
+    if "distutils" in sys.modules:
+        return
+    shims = [(i, f) for i, f in enumerate(sys.meta_path) if type(f).__module__ == "_distutils_hack"]
+    if not shims:
+        return
+    for _i, f in shims:
+        sys.meta_path.remove(f)
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # "distutils is deprecated"
+            import distutils.version  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        for i, f in shims:
+            sys.meta_path.insert(i, f)
+
+
+def import_build() -> None:
+    """Import what the network build and the first services need, in the main thread, before
+    the PKI thread starts importing (:meth:`Supervisor.start_pki`)."""
+    _prefer_stdlib_distutils()
+    import concurrent.futures.thread  # noqa: F401 - Supervisor._parallel
+
+    import mininet.link  # noqa: F401
+    import mininet.net  # noqa: F401
+    import mininet.node  # noqa: F401
+    import mininet.nodelib  # noqa: F401
+
+    import kernel.netlink  # noqa: F401
+    import testbed.k8s.images  # noqa: F401 - start_external_services
+    import testbed.lab.admission  # noqa: F401 - start_window
+    import testbed.lab.networkd  # noqa: F401
+    import testbed.lab.privatedirs  # noqa: F401
+    import testbed.multihost.vxlan  # noqa: F401 - _span_mtus
 
 
 def _has_main(module: str) -> bool:
@@ -136,6 +164,10 @@ class Supervisor:
         self.has_cp = topo.control_plane.name in self.names
         self.net: Any = None
         self.hosts: dict[str, Any] = {}
+        #: the build's rtnetlink handle of each host's and segment's netns (closed after it)
+        self.kernels: dict[str, Any] = {}
+        #: the mount helper of the build (testbed.lab.privatedirs), forked before any thread
+        self.mounter: Any = None
         self.procs: dict[str, subprocess.Popen] = {}
         #: how to start each service again (host, service, argv, extra env), and its restart state
         self.specs: dict[str, tuple[str, str, list[str], dict[str, str] | None]] = {}
@@ -208,25 +240,42 @@ class Supervisor:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
     def build(self) -> None:
-        """Create the Mininet network: hosts, segment bridges, links, addresses, routes."""
+        """Create the Mininet network: hosts, segment bridges, links, addresses, routes.
+
+        Every shell (segments and hosts) is spawned first and waited for together; the
+        private directories are mounted by the mount helper (:mod:`testbed.lab.privatedirs`),
+        links, bridges, addresses and routes are made over rtnetlink from here (one socket per
+        namespace, :mod:`kernel.netlink`): no ``ip``/``mount``/``sysctl`` process per step."""
+        _prefer_stdlib_distutils()
         from mininet import net as mnet
         from mininet.link import Intf, Link
         from mininet.log import setLogLevel
         from mininet.node import Host
         from mininet.nodelib import LinuxBridge
 
+        from kernel.model import Bridge, LinkAdd, Veth
+        from testbed.lab import networkd, privatedirs
+
         setLogLevel("error")
         # Mininet.init() raises machine-wide sysctls (ARP cache, buffers): a lab
         # must not touch the machine's namespace, so skip it (limits are set above).
         mnet.Mininet.inited = True
+        mounter = self.mounter
 
-        class LabHost(Host):
-            """A Mininet host that starts without waiting for its shell.
+        def kernel_of(node: Any) -> Any:
+            return self.kernel(node.name)
 
-            Mininet waits for each host's shell prompt before creating the next
-            host; a lab creates every shell first and waits for all of them in
-            :meth:`finish_start` (the waits overlap), then mounts the private
-            directories in one shell command.
+        def submit(node: Any, ops: list, what: str) -> None:
+            for err in kernel_of(node).submit(ops):
+                if err is not None:
+                    raise RuntimeError(f"{what}: {err}")
+
+        class LazyShell:
+            """A Mininet node that starts without waiting for its shell.
+
+            Mininet waits for each node's shell prompt before creating the next; a lab
+            creates every shell first and waits for all of them in :meth:`finish_start` (the
+            waits overlap), then mounts the private directories.
             """
 
             def startShell(self, mnopts: str | None = None) -> None:  # noqa: N802 (Mininet's name)
@@ -262,18 +311,15 @@ class Supervisor:
             def mountPrivateDirs(self) -> None:  # noqa: N802 (Mininet's name)
                 if not getattr(self, "started", True):
                     return  # called by Node.__init__ before the shell is up: see finish_start
-                cmds = []
-                for d in self.privateDirs:
-                    if isinstance(d, tuple):
-                        cmds.append(f"mkdir -p {d[1]} {d[0]} && mount --bind {d[1]} {d[0]}")
-                    else:
-                        cmds.append(f"mkdir -p {d} && mount -n -t tmpfs tmpfs {d}")
-                cmds += hide_commands(getattr(self, "hide", None))
-                if cmds:
-                    shellbatch.run(self.cmd, cmds, "MOUNTED", f"{self.name}: private dirs")
+                ops = privatedirs.plan(self.privateDirs, getattr(self, "hide", None))
+                if ops:
+                    mounter.mount(self.name, self.pid, ops)
 
             def unmountPrivateDirs(self) -> None:  # noqa: N802
                 pass  # the mount namespace dies with the node
+
+        class LabHost(LazyShell, Host):
+            """A lab host (node, router, external host): see :class:`LazyShell`."""
 
         class LabIntf(Intf):
             """An interface configured by the lab in one batch (not 4 ifconfig calls each).
@@ -285,17 +331,27 @@ class Supervisor:
             def config(self, **_params: Any) -> dict:
                 return {}
 
-        class SegmentBridge(LinuxBridge):
+        class LabLink(Link):
+            """A veth pair made over rtnetlink (``ip link add N1 type veth peer name N2 netns
+            <node2>``, as Mininet runs it in node1's shell)."""
+
+            @staticmethod
+            def makeIntfPair(intfname1: str, intfname2: str, addr1: str | None = None,  # noqa: N802
+                             addr2: str | None = None, node1: Any = None, node2: Any = None,
+                             deleteIntfs: bool = True) -> None:  # noqa: N803
+                submit(node1, [LinkAdd(Veth(intfname1, intfname2, mac=addr1, peer_mac=addr2,
+                                            peer_netns=kernel_of(node2)))],
+                       f"link {node1.name}:{intfname1} - {node2.name}:{intfname2}")
+
+        class SegmentBridge(LazyShell, LinuxBridge):
             """A segment: a Linux bridge (no STP) in its own netns, all ports enslaved."""
 
             def start(self, _controllers: Any) -> None:
                 ports = [i.name for i in self.intfList() if i.name != "lo"]
-                cmd = [f"ip link add name {self.name} type bridge forward_delay 0 stp_state 0",
-                       f"ip link set dev {self.name} up", "ip link set dev lo up"]
-                if self.name in spans:  # the tunnel between machines leaves less room
-                    cmd += [f"ip link set dev {p} mtu {spans[self.name]}" for p in ports]
-                cmd += [f"ip link set dev {p} master {self.name} up" for p in ports]
-                shellbatch.run(self.cmd, cmd, "BRIDGED", f"segment {self.name}")
+                submit(self, [LinkAdd(Bridge(self.name, forward_delay=0, stp_state=0))], f"segment {self.name}")
+                links = {ln.name: ln.index for ln in kernel_of(self).links(brief=True)}
+                submit(self, networkd.bridge_ops(self.name, ports, links, spans.get(self.name)),
+                       f"segment {self.name}")
 
             def stop(self, deleteIntfs: bool = True) -> None:  # noqa: N803
                 self.cmd(f"ip link del dev {self.name}")
@@ -305,7 +361,7 @@ class Supervisor:
         names = self.names
         first = topo.segments[0].cidr
         self.net = net = mnet.Mininet(topo=None, controller=None, switch=SegmentBridge,
-                                      host=LabHost, link=Link, intf=LabIntf, build=False,
+                                      host=LabHost, link=LabLink, intf=LabIntf, build=False,
                                       ipBase=str(first),
                                       autoSetMacs=False, waitConnected=False)
         self.progress(f"creating {len(self.segments)} segment(s) and {len(names)} host(s)"
@@ -334,7 +390,8 @@ class Supervisor:
             self.hosts[name] = h
             self._record_host(name, h)
         self.save()
-        self._parallel(lambda name: self.hosts[name].finish_start(), names)
+        segs = [seg.name for seg in self.segments]
+        self._parallel(lambda name: self.hosts[name].finish_start(), segs + names)
         self.progress(f"linking {len(names)} host(s)")
         for name in names:
             h = self.hosts[name]
@@ -348,6 +405,40 @@ class Supervisor:
         self.progress("configuring addresses and routes")
         self._parallel(self._configure, names)
         self.start_networkd()
+
+    def kernel(self, name: str) -> Any:
+        """The build's rtnetlink handle (:class:`kernel.netlink.Netlink`) of host or segment
+        ``name``'s network namespace, opened on first use."""
+        k = self.kernels.get(name)
+        if k is None:
+            from kernel.netlink import Netlink
+
+            k = self.kernels[name] = Netlink(f"/proc/{self.hosts[name].pid}/ns/net")
+        return k
+
+    def start_mounter(self) -> None:
+        """Fork the build's mount helper (:class:`testbed.lab.privatedirs.Mounter`) while this
+        process has no thread yet; recorded as the service ``supervisor/mounts`` until
+        :meth:`close_build` reaps it (clean ends it by PID if the supervisor dies first)."""
+        from testbed.lab.privatedirs import Mounter
+
+        self.mounter = Mounter()
+        pid = self.mounter.start()
+        self.state["services"]["supervisor/mounts"] = {
+            "pid": pid, "start": labstate.proc_starttime(pid), "argv": ["(fork of the supervisor)"],
+            "log": None, "started": time.time(), "exit": None, "restarts": 0, "restart_policy": None,
+            "next_start": None, "last_exit": None, "from_machine": True}
+
+    def close_build(self) -> None:
+        """End the mount helper and close the build's rtnetlink handles."""
+        if self.mounter is not None:
+            self.mounter.close()
+            self.mounter = None
+            with self.lock:
+                self.state["services"].pop("supervisor/mounts", None)
+        for k in self.kernels.values():
+            k.close()
+        self.kernels.clear()
 
     def start_networkd(self) -> None:
         """Keep every host's addresses and routes (testbed.lab.networkd): a link that comes
@@ -407,21 +498,20 @@ class Supervisor:
             vxlan.create(self.state["hosts"][seg]["netns"], seg, spec, spans[seg])
 
     def _configure(self, name: str) -> None:
-        topo, h = self.topo, self.hosts[name]
+        """Host ``name``'s addresses, routes and (nodes, routers) IP forwarding, over its
+        namespace's rtnetlink handle (what ``ip addr/link/route`` and ``sysctl -w`` did)."""
+        from testbed.lab.networkd import configure_ops, host_network
+
+        topo, k = self.topo, self.kernel(name)
         kind = self.state["hosts"][name]["kind"]
         spans = self._span_mtus() if self.state.get("tunnels") else {}
-        cmds = ["ip link set dev lo up"]
-        for ifname, seg, addr, plen in topo.interface_of(name):
-            if seg in spans:
-                cmds.append(f"ip link set dev {ifname} mtu {spans[seg]}")
-            cmds += [f"ip addr add {addr}/{plen} dev {ifname}", f"ip link set dev {ifname} up"]
-        uplink = next((ifname for ifname, *_ in topo.interface_of(name)), "eth0")
-        for route in topo.routes_of(name):
-            cmds.append(f"ip route add {route.dst} via {route.via}" if route.via is not None
-                        else f"ip route add {route.dst} dev {uplink} scope link")
+        mtus = {ifname: spans[seg] for ifname, seg, _a, _p in topo.interface_of(name) if seg in spans}
+        links = {ln.name: ln.index for ln in k.links(brief=True)}
+        for err in k.submit(configure_ops(host_network(topo, name), links, mtus)):
+            if err is not None:
+                raise RuntimeError(f"configuring {name}: {err}")
         if kind in ("node", "router"):
-            cmds.append("sysctl -qw net.ipv4.ip_forward=1")
-        shellbatch.run(h.cmd, cmds, "CONFIGURED", f"configuring {name}")
+            k.sysctl_set("net/ipv4/ip_forward", "1")
 
     def _attach_netns(self) -> None:
         batch = "".join(f"netns attach {self.state['hosts'][n]['netns']} {node.pid}\n"
@@ -523,20 +613,21 @@ class Supervisor:
 
     def start_pki(self) -> None:
         """Make the PKI, the kubeconfigs and the static pod manifests (testbed.lab.kubeadm) on a
-        thread: RSA keys take ~1 s, the network build runs meanwhile."""
-        # Everything the thread imports is imported here first: two threads importing the
-        # stdlib's email package at once (cryptography.x509 here, mininet's setuptools in the
-        # network build) can deadlock on its circular imports, and the lab hung before its
-        # first progress line (CI: "not ready after 120s").
-        import yaml  # noqa: F401 - kubeadm.write_static_pods
-
-        from testbed.apiserver import pki  # noqa: F401
-        from testbed.lab import kubeadm
-
+        thread: its imports (cryptography, yaml: ~0.1 s) and the ServiceAccount's RSA key run
+        while the network is built. Two threads importing one package with circular imports at
+        once can deadlock (the stdlib's email package: cryptography.x509 here, mininet's
+        setuptools in the build; the lab hung before its first progress line, CI "not ready
+        after 120s"): the main thread imports what the build needs before this thread starts
+        (:func:`import_build`) and joins it (:meth:`join_pki`) before it imports anything more."""
         pool = str(self.topo.calico.pool.cidr)
 
         def run() -> None:
             try:
+                import yaml  # noqa: F401 - kubeadm.write_static_pods
+
+                from testbed.apiserver import pki  # noqa: F401
+                from testbed.lab import kubeadm
+
                 # one machine's part of a lab over several: the kubeconfigs of every node,
                 # the other machines' copied to them (testbed.multihost.controller)
                 kubeadm.init(dict(self.state, hosts=labstate.members(self.topo)) if self.part
@@ -628,9 +719,10 @@ class Supervisor:
         kube-scheduler: testbed.lab.kubeadm), as on a kubeadm cluster; kube-proxy comes as
         a DaemonSet once the API server is up (kubeadm_init).
         """
+        self.join_pki()  # first: its thread imports kubeadm
+
         from testbed.lab import kubeadm
 
-        self.join_pki()
         py = sys.executable
         rt = self.topo.runtime
         if rt != "netns":
@@ -1283,10 +1375,13 @@ class Supervisor:
 
         try:
             self.setup_process()
+            self.start_mounter()  # forked before any thread starts
             self.start_zygote()  # its imports overlap the network's build
+            import_build()
             if self.has_cp:
                 self.start_pki()
             self.build()
+            self.close_build()
             mark("network")
             # etcd, kubelets and calico-nodes start together: the node services
             # retry until the datastore answers, and their start-up overlaps etcd's.
@@ -1297,8 +1392,10 @@ class Supervisor:
             if calico and self.topo.runtime == "netns" and len(self.local_nodes) > window:
                 # a big lab: a window of nodes (kubelet + calico-node) starting at once
                 started = self.admit_nodes(window)
+                mark("kubelets")
             else:
                 self.start_node_services()
+                mark("kubelets")
                 if self.no_cni:
                     self._skip("calico-node: --no-cni (run `calicolab install-cni` later)")
                 elif importlib.util.find_spec("agent.main") is None:
@@ -1447,6 +1544,10 @@ class Supervisor:
             kill_processes(self.lab, shells)
         except OSError:
             _log("killing the lab's processes failed:\n" + traceback.format_exc())
+        try:
+            self.close_build()
+        except OSError:
+            _log("closing the build's helpers failed:\n" + traceback.format_exc())
         if self.networkd is not None:
             self.networkd.close()
         if self.net is not None:

@@ -7,7 +7,7 @@ import pytest
 
 from kernel.fake import FakeKernel
 from kernel.model import IFF_LOWER_UP, LinkSet
-from testbed.lab.networkd import HostNetwork, host_network, repair
+from testbed.lab.networkd import HostNetwork, bridge_ops, configure_ops, host_network, repair
 
 pytestmark = pytest.mark.unit
 
@@ -62,3 +62,56 @@ def test_host_network_from_the_walkthrough_topology():
     assert host_network(topo, "k8s-w0") == NODE
     r0 = host_network(topo, "r0")
     assert r0.addresses == (("eth0", "172.30.0.1", 24), ("eth1", "203.0.113.1", 24)) and r0.routes == ()
+
+
+def test_first_configuration_is_what_ip_did_and_networkd_finds_nothing_to_add():
+    """The supervisor's first configuration (configure_ops, sent over rtnetlink) gives a host
+    the topology's addresses and routes, in the order of the ``ip`` commands it replaced;
+    the network keeper then has nothing to restore."""
+    from kernel.model import AddrAdd, RouteAdd
+
+    k = FakeKernel("k8s-w0")
+    k.add_link("eth0", up=False)
+    links = {ln.name: ln.index for ln in k.links()}
+    ops = configure_ops(NODE, links)
+    assert [type(op).__name__ for op in ops] == ["LinkSet", "AddrAdd", "LinkSet", "RouteAdd"]
+    assert isinstance(ops[1], AddrAdd) and ops[1].addr.cidr == "172.30.0.11/24"
+    route = ops[3].route if isinstance(ops[3], RouteAdd) else None
+    assert route is not None and route.gateway == "172.30.0.1" and route.oif == 0 and not ops[3].replace
+    assert k.submit(ops) == [None] * len(ops)
+    assert k.link("eth0").up
+    assert routes(k) == ["0.0.0.0/0 via 172.30.0.1", "172.30.0.0/24"]
+    assert repair(k, NODE) == []
+
+
+def test_first_configuration_on_link_route_and_spanning_mtu():
+    """A node on a segment without a gateway: an on-link route through its first interface;
+    a segment spanning machines: the interface's MTU first."""
+    from kernel.model import RT_SCOPE_LINK, LinkSet
+
+    net = HostNetwork("k8s-w0", (("eth0", "172.30.0.11", 24),), (("169.254.1.1/32", ""),))
+    k = FakeKernel("k8s-w0")
+    k.add_link("eth0", up=False)
+    links = {ln.name: ln.index for ln in k.links()}
+    ops = configure_ops(net, links, {"eth0": 1450})
+    assert isinstance(ops[1], LinkSet) and ops[1].mtu == 1450
+    route = ops[-1].route
+    assert route.oif == links["eth0"] and route.scope == RT_SCOPE_LINK and route.gateway is None
+    assert k.submit(ops) == [None] * len(ops)
+    assert k.link("eth0").mtu == 1450 and "169.254.1.1/32" in routes(k)
+
+
+def test_bridge_ops_bring_the_bridge_up_and_enslave_every_port():
+    from kernel.model import Bridge, LinkAdd
+
+    k = FakeKernel("lan0")
+    for port in ("k8s-m", "k8s-w0"):
+        k.add_link(port, up=False)
+    assert k.submit([LinkAdd(Bridge("lan0", forward_delay=0, stp_state=0))]) == [None]
+    links = {ln.name: ln.index for ln in k.links()}
+    ops = bridge_ops("lan0", ["k8s-m", "k8s-w0"], links, mtu=1450)
+    assert k.submit(ops) == [None] * len(ops)
+    got = {ln.name: ln for ln in k.links()}
+    assert got["lan0"].up and all(got[p].up and got[p].master == links["lan0"] and got[p].mtu == 1450
+                                  for p in ("k8s-m", "k8s-w0"))
+    assert bridge_ops("lan0", ["k8s-m"], links)[-1].mtu is None  # no MTU given: none set
