@@ -60,10 +60,13 @@ class CleanReport:
 
 
 def _netns_pids(path: Path) -> set[int]:
-    """PIDs whose netns is the namespace bound at ``path``."""
+    """PIDs whose netns is the namespace bound at ``path``; none when ``path`` is the
+    machine's own netns (a lab's name for it would make every process a victim)."""
     try:
         want = os.stat(path)
     except OSError:
+        return set()
+    if any(_ns_id(f"{p}/ns/net") == (want.st_ino, want.st_dev) for p in ("/proc/1", "/proc/self")):
         return set()
     out: set[int] = set()
     for entry in os.scandir("/proc"):

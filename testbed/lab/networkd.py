@@ -91,14 +91,16 @@ def configure_ops(net: HostNetwork, links: dict[str, int], mtus: dict[str, int] 
     return ops
 
 
-def bridge_ops(bridge: str, ports: list[str], links: dict[str, int], mtu: int | None = None) -> list:
+def bridge_ops(bridge: str, links: dict[str, int]) -> list:
     """A segment's bridge, once made (``ip link add B type bridge forward_delay 0 stp_state
-    0``): ``ip link set dev B up``, ``ip link set dev lo up``, each port's MTU if given, then
-    ``ip link set dev P master B up`` for every port."""
-    ops: list = [LinkSet(links[bridge], up=True), LinkSet(links["lo"], up=True)]
-    if mtu:
-        ops += [LinkSet(links[p], mtu=mtu) for p in ports]
-    return ops + [LinkSet(links[p], master=links[bridge], up=True) for p in ports]
+    0``): ``ip link set dev B up``, ``ip link set dev lo up``."""
+    return [LinkSet(links[bridge], up=True), LinkSet(links["lo"], up=True)]
+
+
+def port_ops(port: int, bridge: int, mtu: int | None = None) -> list:
+    """A host's port on its segment's bridge (indexes in the segment's namespace): its MTU if
+    given (``ip link set dev P mtu M``), then ``ip link set dev P master B up``."""
+    return ([LinkSet(port, mtu=mtu)] if mtu else []) + [LinkSet(port, master=bridge, up=True)]
 
 
 def repair(kernel: Kernel, net: HostNetwork) -> list[str]:

@@ -203,13 +203,18 @@ def _serve(sock: socket.socket) -> None:
     keep = sock.fileno()
     os.closerange(3, keep)  # the progress pipe, logs, state files: the supervisor's only
     os.closerange(keep + 1, 1 << 16)
+    machine = os.stat("/proc/self/ns/mnt")  # where the helper starts: the machine's
     while True:
         data = sock.recv(1 << 20)
         if not data:
             return
         req = json.loads(data)
         try:
-            setns(Path(f"/proc/{int(req['pid'])}/ns/mnt"), CLONE_NEWNS)
+            target = Path(f"/proc/{int(req['pid'])}/ns/mnt")
+            st = os.stat(target)
+            if (st.st_dev, st.st_ino) == (machine.st_dev, machine.st_ino):
+                raise ValueError(f"pid {req['pid']} is in the machine's mount namespace: refused")
+            setns(target, CLONE_NEWNS)
             apply([tuple(op) for op in req["ops"]])
             reply: dict[str, Any] = {"ok": True}
         except (OSError, ValueError, KeyError) as exc:

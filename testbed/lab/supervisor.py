@@ -109,23 +109,12 @@ def _prefer_stdlib_distutils() -> None:
             sys.meta_path.insert(i, f)
 
 
-def import_build() -> None:
-    """Import what the network build and the first services need, in the main thread, before
-    the PKI thread starts importing (:meth:`Supervisor.start_pki`)."""
-    _prefer_stdlib_distutils()
-    import concurrent.futures.thread  # noqa: F401 - Supervisor._parallel
-
-    import mininet.link  # noqa: F401
-    import mininet.net  # noqa: F401
-    import mininet.node  # noqa: F401
-    import mininet.nodelib  # noqa: F401
-
-    import kernel.netlink  # noqa: F401
-    import testbed.k8s.images  # noqa: F401 - start_external_services
-    import testbed.lab.admission  # noqa: F401 - start_window
-    import testbed.lab.networkd  # noqa: F401
-    import testbed.lab.privatedirs  # noqa: F401
-    import testbed.multihost.vxlan  # noqa: F401 - _span_mtus
+def check_own_namespace(path: str, what: str, kind: str = "net") -> None:
+    """Refuse (RuntimeError) a namespace file ``path`` that is this process's own ``kind``
+    namespace, i.e. the machine's: a lab must never name, configure or clean it."""
+    a, b = os.stat(path), os.stat(f"/proc/self/ns/{kind}")
+    if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+        raise RuntimeError(f"{what}: its {kind} namespace is the machine's own; refusing to touch it")
 
 
 def _has_main(module: str) -> bool:
@@ -176,8 +165,8 @@ class Supervisor:
         self.stop_event = threading.Event()
         self.lock = threading.RLock()
         self.server: socket.socket | None = None
-        self.pki_thread: threading.Thread | None = None
-        self.pki_error: BaseException | None = None
+        #: the forked child making the PKI (start_pki), until join_pki reaps it
+        self.pki: Any = None
         #: set once every node has been started (at once, or by admit_nodes' thread)
         self.admitted = threading.Event()
         self.admitted.set()
@@ -239,13 +228,17 @@ class Supervisor:
         want = min(max(soft, 65536), hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
-    def build(self) -> None:
+    def build(self, on_ready: Any = None) -> None:
         """Create the Mininet network: hosts, segment bridges, links, addresses, routes.
 
         Every shell (segments and hosts) is spawned first and waited for together; the
         private directories are mounted by the mount helper (:mod:`testbed.lab.privatedirs`),
         links, bridges, addresses and routes are made over rtnetlink from here (one socket per
-        namespace, :mod:`kernel.netlink`): no ``ip``/``mount``/``sysctl`` process per step."""
+        namespace, :mod:`kernel.netlink`): no ``ip``/``mount``/``sysctl`` process per step.
+        Each host is then taken through its own steps (shell, mounts, links, ports, addresses
+        and routes) on a thread of its own, the control plane's first; ``on_ready(name)`` is
+        called as soon as host ``name`` is done (the control plane's kubelet starts then, while
+        the other hosts are still being built)."""
         _prefer_stdlib_distutils()
         from mininet import net as mnet
         from mininet.link import Intf, Link
@@ -344,14 +337,14 @@ class Supervisor:
                        f"link {node1.name}:{intfname1} - {node2.name}:{intfname2}")
 
         class SegmentBridge(LazyShell, LinuxBridge):
-            """A segment: a Linux bridge (no STP) in its own netns, all ports enslaved."""
+            """A segment: a Linux bridge (no STP) in its own netns; each host enslaves its
+            port once it is linked (:meth:`Supervisor._host_steps`)."""
 
             def start(self, _controllers: Any) -> None:
-                ports = [i.name for i in self.intfList() if i.name != "lo"]
                 submit(self, [LinkAdd(Bridge(self.name, forward_delay=0, stp_state=0))], f"segment {self.name}")
                 links = {ln.name: ln.index for ln in kernel_of(self).links(brief=True)}
-                submit(self, networkd.bridge_ops(self.name, ports, links, spans.get(self.name)),
-                       f"segment {self.name}")
+                self.bridge_index = links[self.name]
+                submit(self, networkd.bridge_ops(self.name, links), f"segment {self.name}")
 
             def stop(self, deleteIntfs: bool = True) -> None:  # noqa: N803
                 self.cmd(f"ip link del dev {self.name}")
@@ -391,20 +384,44 @@ class Supervisor:
             self._record_host(name, h)
         self.save()
         segs = [seg.name for seg in self.segments]
+        # every shell's prompt first: only then has mnexec made its namespaces (before, the
+        # shell's /proc/<pid>/ns/net is still the machine's, and a name attached to it then
+        # names the machine's netns: clean would have killed every process of the machine)
         self._parallel(lambda name: self.hosts[name].finish_start(), segs + names)
-        self.progress(f"linking {len(names)} host(s)")
-        for name in names:
-            h = self.hosts[name]
-            for ifname, seg, _addr, _plen in topo.interface_of(name):
-                port = self._port_name(seg, name, ifname)
-                net.addLink(h, self.hosts[seg], intfName1=ifname, intfName2=port)
-        for seg in self.segments:
-            self.hosts[seg.name].start([])
         self._attach_netns()
+        self._parallel(lambda name: self.hosts[name].start([]), segs)
         self._tunnels(spans)
-        self.progress("configuring addresses and routes")
-        self._parallel(self._configure, names)
+        self.progress(f"linking and configuring {len(names)} host(s)")
+        cp = topo.control_plane.name
+        link_lock = threading.Lock()  # Mininet's bookkeeping (ports, intfs) is not thread-safe
+
+        def host(name: str) -> None:
+            self._host_steps(name, link_lock, spans)
+            if on_ready is not None:
+                on_ready(name)
+
+        self._parallel(host, sorted(names, key=lambda n: n != cp))  # the control plane first
         self.start_networkd()
+
+    def _host_steps(self, name: str, link_lock: threading.Lock, spans: dict[str, int]) -> None:
+        """One host, once its shell is up (:meth:`build`): a
+        veth to each of its segments (its port enslaved to the segment's bridge, with the
+        MTU of a segment spanning machines), then :meth:`_configure`."""
+        from testbed.lab.networkd import port_ops
+
+        h = self.hosts[name]
+        for ifname, seg, _addr, _plen in self.topo.interface_of(name):
+            port = self._port_name(seg, name, ifname)
+            with link_lock:
+                self.net.addLink(h, self.hosts[seg], intfName1=ifname, intfName2=port)
+            k = self.kernel(seg)
+            found = k.link(port)
+            if found is None:
+                raise RuntimeError(f"segment {seg}: port {port} of {name} vanished")
+            for err in k.submit(port_ops(found.index, self.hosts[seg].bridge_index, spans.get(seg))):
+                if err is not None:
+                    raise RuntimeError(f"segment {seg}: {err}")
+        self._configure(name)
 
     def kernel(self, name: str) -> Any:
         """The build's rtnetlink handle (:class:`kernel.netlink.Netlink`) of host or segment
@@ -413,7 +430,9 @@ class Supervisor:
         if k is None:
             from kernel.netlink import Netlink
 
-            k = self.kernels[name] = Netlink(f"/proc/{self.hosts[name].pid}/ns/net")
+            path = f"/proc/{self.hosts[name].pid}/ns/net"
+            check_own_namespace(path, name)
+            k = self.kernels[name] = Netlink(path)
         return k
 
     def start_mounter(self) -> None:
@@ -423,19 +442,27 @@ class Supervisor:
         from testbed.lab.privatedirs import Mounter
 
         self.mounter = Mounter()
-        pid = self.mounter.start()
-        self.state["services"]["supervisor/mounts"] = {
-            "pid": pid, "start": labstate.proc_starttime(pid), "argv": ["(fork of the supervisor)"],
-            "log": None, "started": time.time(), "exit": None, "restarts": 0, "restart_policy": None,
-            "next_start": None, "last_exit": None, "from_machine": True}
+        self._record_helper("supervisor/mounts", self.mounter.start())
+
+    def _record_helper(self, key: str, pid: int) -> None:
+        """Record a forked helper of the supervisor (clean ends it by PID if need be)."""
+        with self.lock:
+            self.state["services"][key] = {
+                "pid": pid, "start": labstate.proc_starttime(pid), "argv": ["(fork of the supervisor)"],
+                "log": None, "started": time.time(), "exit": None, "restarts": 0, "restart_policy": None,
+                "next_start": None, "last_exit": None, "from_machine": True}
+
+    def _forget_helper(self, key: str) -> None:
+        """A forked helper was reaped: no more record of it."""
+        with self.lock:
+            self.state["services"].pop(key, None)
 
     def close_build(self) -> None:
         """End the mount helper and close the build's rtnetlink handles."""
         if self.mounter is not None:
             self.mounter.close()
             self.mounter = None
-            with self.lock:
-                self.state["services"].pop("supervisor/mounts", None)
+            self._forget_helper("supervisor/mounts")
         for k in self.kernels.values():
             k.close()
         self.kernels.clear()
@@ -458,7 +485,8 @@ class Supervisor:
 
     @staticmethod
     def _parallel(fn: Any, names: list[str]) -> None:
-        """``fn(name)`` for every host at once (each talks only to its own shell)."""
+        """``fn(name)`` for every host at once (each talks only to its own shell), in the
+        order of ``names`` as far as the threads go."""
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=min(32, max(1, len(names)))) as pool:
@@ -514,6 +542,10 @@ class Supervisor:
             k.sysctl_set("net/ipv4/ip_forward", "1")
 
     def _attach_netns(self) -> None:
+        """Name every host's and segment's netns ``/run/netns/<lab>-<name>`` (one ``ip -batch``),
+        after checking that none is the machine's own (a shell that has not made its own yet)."""
+        for n, node in self.hosts.items():
+            check_own_namespace(f"/proc/{node.pid}/ns/net", f"{n} (pid {node.pid})")
         batch = "".join(f"netns attach {self.state['hosts'][n]['netns']} {node.pid}\n"
                         for n, node in self.hosts.items())
         res = subprocess.run(["ip", "-batch", "-"], input=batch, capture_output=True, text=True)
@@ -612,38 +644,35 @@ class Supervisor:
                                [BUSYBOX, "httpd", "-f", "-p", f"{ext.address}:80", "-h", str(www)])
 
     def start_pki(self) -> None:
-        """Make the PKI, the kubeconfigs and the static pod manifests (testbed.lab.kubeadm) on a
-        thread: its imports (cryptography, yaml: ~0.1 s) and the ServiceAccount's RSA key run
-        while the network is built. Two threads importing one package with circular imports at
-        once can deadlock (the stdlib's email package: cryptography.x509 here, mininet's
-        setuptools in the build; the lab hung before its first progress line, CI "not ready
-        after 120s"): the main thread imports what the build needs before this thread starts
-        (:func:`import_build`) and joins it (:meth:`join_pki`) before it imports anything more."""
+        """Make the PKI, the kubeconfigs and the static pod manifests (testbed.lab.kubeadm) in a
+        forked child (:mod:`testbed.lab.forkcall`; forked before any thread starts, recorded as
+        the service ``supervisor/pki`` until :meth:`join_pki` reaps it): its imports
+        (cryptography, yaml: ~0.1 s) and keys (the ServiceAccount's RSA 2048 key: 0.12-0.42 s
+        of CPU) run on another CPU while the network is built. On a thread they shared the
+        interpreter lock with the build, and the kubelets waited for them."""
+        from testbed.lab.forkcall import ForkCall
+
         pool = str(self.topo.calico.pool.cidr)
+        # one machine's part of a lab over several: the kubeconfigs of every node, the other
+        # machines' copied to them (testbed.multihost.controller)
+        state = dict(self.state, hosts=labstate.members(self.topo)) if self.part else self.state
 
-        def run() -> None:
-            try:
-                import yaml  # noqa: F401 - kubeadm.write_static_pods
+        def make() -> None:
+            from testbed.lab import kubeadm
 
-                from testbed.apiserver import pki  # noqa: F401
-                from testbed.lab import kubeadm
+            kubeadm.init(state, pool)
 
-                # one machine's part of a lab over several: the kubeconfigs of every node,
-                # the other machines' copied to them (testbed.multihost.controller)
-                kubeadm.init(dict(self.state, hosts=labstate.members(self.topo)) if self.part
-                             else self.state, pool)
-            except BaseException as exc:  # noqa: BLE001 - raised in join_pki
-                self.pki_error = exc
-
-        self.pki_thread = threading.Thread(target=run, name="pki", daemon=True)
-        self.pki_thread.start()
+        self.pki = ForkCall(make, "making the lab's PKI")
+        self._record_helper("supervisor/pki", self.pki.start())
 
     def join_pki(self) -> None:
-        """Wait for the PKI thread; raise if it failed."""
-        if self.pki_thread is not None:
-            self.pki_thread.join()
-        if self.pki_error is not None:
-            raise RuntimeError(f"making the lab's PKI failed: {self.pki_error}")
+        """Wait for the PKI's child; raise if it failed."""
+        if self.pki is None:
+            return
+        try:
+            self.pki.wait()
+        finally:
+            self._forget_helper("supervisor/pki")
 
     def wait_apiserver(self, timeout: float = 30.0) -> None:
         """Wait until the API server (a static pod of the control-plane node) answers
@@ -719,9 +748,9 @@ class Supervisor:
         kube-scheduler: testbed.lab.kubeadm), as on a kubeadm cluster; kube-proxy comes as
         a DaemonSet once the API server is up (kubeadm_init).
         """
-        self.join_pki()  # first: its thread imports kubeadm
-
         from testbed.lab import kubeadm
+
+        self.join_pki()
 
         py = sys.executable
         rt = self.topo.runtime
@@ -729,9 +758,12 @@ class Supervisor:
             self.start_runtime_daemons()
         # kubeadm init on the control plane, then a join per worker, in the topology's order
         order = self.node_order()
+        started = []
         for n in self.local_nodes:
             if nodes is not None and n.name not in nodes:
                 continue
+            if f"{n.name}/kubelet" in self.procs:
+                continue  # started already (the control plane's, as soon as its node was built)
             argv = [py, "-m", "testbed.k8s.kubelet", "--node", n.name, "--node-ip", str(n.address),
                     "--kubeconfig", kubeadm.KUBELET_CONF, "--cluster-dns", kubeadm.CLUSTER_DNS,
                     "--cluster-domain", kubeadm.CLUSTER_DOMAIN]
@@ -742,7 +774,8 @@ class Supervisor:
             if rt != "netns":
                 argv += ["--container-runtime", rt, "--runtime-dir", str(labstate.runtime_dir(self.lab, n.name))]
             self.start_service(n.name, "kubelet", argv)
-        if nodes is None or self.has_cp and self.topo.control_plane.name in nodes:
+            started.append(n.name)
+        if self.has_cp and self.topo.control_plane.name in started:
             self.progress(f"starting the kubelets (the control plane as static pods on "
                           f"{self.topo.control_plane.name})")
         self.save()
@@ -1376,11 +1409,19 @@ class Supervisor:
         try:
             self.setup_process()
             self.start_mounter()  # forked before any thread starts
-            self.start_zygote()  # its imports overlap the network's build
-            import_build()
             if self.has_cp:
-                self.start_pki()
-            self.build()
+                self.start_pki()  # forked too
+            self.start_zygote()  # its imports overlap the network's build
+            cp = self.topo.control_plane.name
+
+            def node_built(name: str) -> None:
+                # the control plane's kubelet (etcd and the API server, the critical path)
+                # starts as soon as its own node is up, while the other hosts are being built
+                if name == cp and self.has_cp and self.topo.runtime == "netns":
+                    self.start_node_services([cp])
+                    mark("control-plane kubelet")
+
+            self.build(on_ready=node_built)
             self.close_build()
             mark("network")
             # etcd, kubelets and calico-nodes start together: the node services

@@ -7,7 +7,14 @@ import pytest
 
 from kernel.fake import FakeKernel
 from kernel.model import IFF_LOWER_UP, LinkSet
-from testbed.lab.networkd import HostNetwork, bridge_ops, configure_ops, host_network, repair
+from testbed.lab.networkd import (
+    HostNetwork,
+    bridge_ops,
+    configure_ops,
+    host_network,
+    port_ops,
+    repair,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -101,7 +108,7 @@ def test_first_configuration_on_link_route_and_spanning_mtu():
     assert k.link("eth0").mtu == 1450 and "169.254.1.1/32" in routes(k)
 
 
-def test_bridge_ops_bring_the_bridge_up_and_enslave_every_port():
+def test_bridge_and_port_ops_bring_the_bridge_up_and_enslave_each_port():
     from kernel.model import Bridge, LinkAdd
 
     k = FakeKernel("lan0")
@@ -109,9 +116,11 @@ def test_bridge_ops_bring_the_bridge_up_and_enslave_every_port():
         k.add_link(port, up=False)
     assert k.submit([LinkAdd(Bridge("lan0", forward_delay=0, stp_state=0))]) == [None]
     links = {ln.name: ln.index for ln in k.links()}
-    ops = bridge_ops("lan0", ["k8s-m", "k8s-w0"], links, mtu=1450)
+    ops = bridge_ops("lan0", links)
+    for port in ("k8s-m", "k8s-w0"):
+        ops += port_ops(links[port], links["lan0"], mtu=1450)
     assert k.submit(ops) == [None] * len(ops)
     got = {ln.name: ln for ln in k.links()}
     assert got["lan0"].up and all(got[p].up and got[p].master == links["lan0"] and got[p].mtu == 1450
                                   for p in ("k8s-m", "k8s-w0"))
-    assert bridge_ops("lan0", ["k8s-m"], links)[-1].mtu is None  # no MTU given: none set
+    assert [op.mtu for op in port_ops(links["k8s-m"], links["lan0"])] == [None]  # no MTU given: none set
