@@ -1038,13 +1038,15 @@ class Supervisor:
                     seen = {}
                     for obj in nodes.snapshot():
                         conds = (obj.get("status") or {}).get("conditions") or []
-                        # Ready, and the node lifecycle controller has lifted its not-ready taint:
-                        # the workloads go in next, and a pod applied before the taint is gone
-                        # cannot be scheduled there (3 nodes: 3 of 4 pods on one worker)
+                        # Ready, and its not-ready NoSchedule taint is gone: the workloads go in
+                        # next, and a pod applied before that cannot be scheduled there (3 nodes:
+                        # 3 of 4 pods on one worker). The NoExecute one may stay a moment: every
+                        # pod tolerates it for 300 s (DefaultTolerationSeconds, at admission)
                         taints = (obj.get("spec") or {}).get("taints") or []
                         seen[obj["metadata"]["name"]] = any(
                             c.get("type") == "Ready" and c.get("status") == "True" for c in conds) and not any(
-                            t.get("key") == "node.kubernetes.io/not-ready" for t in taints)
+                            t.get("key") == "node.kubernetes.io/not-ready" and t.get("effect") == "NoSchedule"
+                            for t in taints)
                     if want <= set(seen) and (not ready or all(seen[n] for n in want)):
                         return seen
                     changed.wait(min(1.0, max(0.0, deadline - time.monotonic())))
