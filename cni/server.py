@@ -44,8 +44,10 @@ WORKERS = 8  # long-lived workers keep their (thread-local) etcd connections war
 #: seconds an ADD or DEL that comes while calico-node is still starting (no nodename file yet:
 #: its conflist is written first, as Calico's install-cni init container does) is held for the
 #: start-up to finish, instead of failing at once and waiting for the runtime's retry (the
-#: testbed kubelet's first is 1 s later); after that it fails with Calico's error
-STARTUP_WAIT = 5.0
+#: testbed kubelet's come 1, 2, 4, 8, 10 s apart: a start-up longer than the wait, as in a big
+#: lab on a loaded machine, would cost up to that much after it ended); after that it fails with
+#: Calico's error. Well under the kubelet's 60 s CNI timeout
+STARTUP_WAIT = 30.0
 
 
 _CLONE_FS = 0x00000200
