@@ -3,43 +3,65 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 
-from testbed.lab.forkcall import ForkCall, ForkCallError
+from testbed.lab.forkcall import ForkCall
 
 pytestmark = pytest.mark.unit
 
 
-def _only_thread() -> bool:
-    return threading.active_count() == 1
+REPO = Path(__file__).resolve().parents[2]
+
+
+def in_fresh_process(code: str) -> str:
+    """Run ``code`` in a new interpreter (a fork needs a process without threads, which this
+    test process may not be after other tests ran); its stdout. Fails with its stderr."""
+    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, capture_output=True,
+                         text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert res.returncode == 0, res.stderr
+    return res.stdout
 
 
 def test_child_runs_the_function_and_the_parent_reaps_it(tmp_path):
-    if not _only_thread():
-        pytest.skip("a fork is refused while threads run (this test process has some)")
     out = tmp_path / "made"
-    call = ForkCall(lambda: out.write_text(str(os.getpid())), "writing")
-    pid = call.start()
-    call.wait()
-    assert out.read_text() == str(pid) != str(os.getpid())
-    with pytest.raises(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)  # reaped
+    got = in_fresh_process(f"""
+        import os
+        from pathlib import Path
+        from testbed.lab.forkcall import ForkCall, ForkCallError
+        call = ForkCall(lambda: Path({str(out)!r}).write_text(str(os.getpid())), "writing")
+        pid = call.start()
+        call.wait()
+        try:
+            os.waitpid(pid, os.WNOHANG)
+            print("not reaped")
+        except ChildProcessError:
+            print(pid, os.getpid())
+        """).split()
+    assert len(got) == 2, got
+    assert out.read_text() == got[0] != got[1]
 
 
 def test_a_failure_is_raised_with_the_childs_error_on_every_wait():
-    if not _only_thread():
-        pytest.skip("a fork is refused while threads run (this test process has some)")
-
-    def fail() -> None:
-        raise ValueError("no key")
-
-    call = ForkCall(fail, "making the PKI")
-    call.start()
-    for _ in range(2):
-        with pytest.raises(ForkCallError, match=r"^making the PKI: ValueError: no key$"):
-            call.wait()
+    got = in_fresh_process("""
+        from testbed.lab.forkcall import ForkCall, ForkCallError
+        def fail():
+            raise ValueError("no key")
+        call = ForkCall(fail, "making the PKI")
+        call.start()
+        for _ in range(2):
+            try:
+                call.wait()
+                print("no error")
+            except ForkCallError as exc:
+                print(exc)
+        """)
+    assert got.splitlines() == ["making the PKI: ValueError: no key"] * 2
 
 
 def test_fork_is_refused_once_a_thread_runs():
