@@ -137,3 +137,46 @@ def test_start_process_uses_the_zygote_and_falls_back_to_exec(netns, tmp_path, z
     assert isinstance(proc, subprocess.Popen) and proc.wait(timeout=30) == 4
     assert time.monotonic() - started < 10
     assert "starting it by exec" in caplog.text and "missing.sock" in caplog.text
+
+
+EXITING = """
+import atexit, sys, threading, time
+atexit.register(lambda: print("atexit ran"))
+def late():
+    time.sleep(0.3)
+    print("thread done")
+threading.Thread(target=late).start()  # not a daemon: the exit waits for it
+print("buffered")  # to a file: block-buffered, written at the exit
+how = sys.argv[1]
+if how == "raise":
+    raise RuntimeError("boom")
+if how != "return":
+    sys.exit(int(how) if how.isdigit() else how)
+"""
+
+
+@pytest.mark.parametrize("how, code, out", [
+    ("return", 0, "buffered\nthread done\natexit ran\n"),
+    ("4", 4, "buffered\nthread done\natexit ran\n"),
+    ("bye", 1, "bye\nbuffered\nthread done\natexit ran\n"),
+    ("raise", 1, "RuntimeError: boom"),
+])
+def test_a_child_exits_as_the_interpreter_would(tmp_path, zygote_server, how, code, out):
+    """A child's end (which skips the interpreter's teardown of the zygote's modules) is a
+    normal exit as its program sees it: non-daemon threads joined, atexit handlers run,
+    buffered output written, the exit code of ``sys.exit``; an uncaught exception printed."""
+    script = tmp_path / "exiting.py"
+    script.write_text(EXITING)
+    log = tmp_path / "out.log"
+    with open(log, "ab") as f:
+        proc = zygote.spawn(zygote_server, [sys.executable, str(script), how],
+                            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)}, cwd=str(tmp_path),
+                            stdout=f.fileno(), stderr=f.fileno())
+    assert proc.wait(timeout=30) == code, log.read_text()
+    text = log.read_text()
+    if how == "raise":
+        assert out in text and "Traceback" in text, text
+        assert "thread done" in text and "atexit ran" in text, text
+    else:
+        assert sorted(text.splitlines()) == sorted(out.splitlines()), text  # stderr and stdout interleave
+        assert text.index("thread done") < text.index("atexit ran"), text
