@@ -12,6 +12,12 @@ VXLANCrossSubnet as custom-resources.yaml has it, an nginx Deployment of one pod
 - **direct** (the peer): ``calicolab up`` without ``--no-cni`` (the same calico-system layout
   applied by the lab itself), timed from the start of ``up`` to the same end point.
 
+The end point is observed as it happens (:func:`follow`: bench/lab_up.py's watches on the
+Nodes and pods and its prober, started with the install), not after the install's own waits
+(tigerastatus Available, calico-node ready on every node). Each run records on how many nodes
+the pods ran (``pod_nodes``): pods created before the nodes are Ready go where the scheduler
+finds room first.
+
 Must hold (issue 15): by the operator, 50 nodes Ready and pods answering <= 30 s (the install).
 Prints a table with the load average, writes JSON (default reports/bench/install_operator.json).
 Run as root under the shared lock::
@@ -28,18 +34,20 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from lab_up import cluster_view, reachable_at, topology  # noqa: E402
+from lab_up import observe, topology  # noqa: E402
 
 from testbed.lab import lifecycle as labmod  # noqa: E402
+from testbed.lab import netns as nsmod  # noqa: E402
 from testbed.lab.clean import clean_lab  # noqa: E402
-from testbed.poll import WaitTimeout, wait_for  # noqa: E402
 
 MUST_HOLD_SECONDS = {50: 30.0}
 POOL = "  pool: {cidr: 192.168.0.0/16, blockSize: 26, ipipMode: Never, vxlanMode: CrossSubnet, natOutgoing: true}"
@@ -55,28 +63,57 @@ def kdd_topology(name: str, nodes: int, pods: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _end_point(result: dict, st: dict, nodes: int, pods: int, t0: float, epoch0: float, key: str) -> None:
-    """Wait for every Node Ready and every pod answering; record seconds since ``t0``/``epoch0``."""
+def follow(st: dict, nodes: int, pods: int, t0: float, timeout: float = 240.0) -> Callable[[], dict]:
+    """Start following the lab now, while the install runs (bench/lab_up.py's ``observe`` in the
+    control-plane node's netns, on a thread: watches on the Nodes and the pods, each pod probed
+    from the moment its IP shows; times in monotonic seconds from ``t0``). Returns a function
+    that waits for what it saw. The install's own waits (tigerastatus, calico-node ready on
+    every node) do not delay what is observed: a Node Ready while calico-node still starts on
+    another node counts when it turned Ready."""
     from testbed.lab import kubeadm
 
     cp_ns = st["hosts"][st["control_plane"]]["netns"]
     conf = str(kubeadm.admin_conf(st))
-    try:
-        wait_for(lambda: cluster_view(cp_ns, conf), lambda v: len(v["nodes"]) == nodes and all(v["nodes"].values()),
-                 timeout=90, what=f"{nodes} nodes Ready")
-        result[f"nodes_ready_{key}_s"] = round(time.monotonic() - t0, 3)
-    except WaitTimeout as exc:
-        last = exc.last or {"nodes": {}}
-        result["nodes_not_ready"] = sorted(n for n, ok in last["nodes"].items() if not ok)
-    view = wait_for(lambda: cluster_view(cp_ns, conf),
-                    lambda v: len(v["pods"]) == pods and all(ph == "Running" and ip for ph, ip, _ in v["pods"].values()),
-                    timeout=120, what=f"{pods} pods Running")
-    ips = sorted(ip for _, ip, _ in view["pods"].values())
-    seen = reachable_at(cp_ns, ips)
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["obs"] = nsmod.run_in(cp_ns, observe, conf, nodes, pods, t0, timeout)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
+            box["error"] = exc
+
+    th = threading.Thread(target=target, name="follow", daemon=True)
+    th.start()
+
+    def result() -> dict:
+        th.join(timeout + 30)
+        if "error" in box:
+            raise box["error"]
+        if "obs" not in box:
+            raise RuntimeError(f"following the lab did not end within {timeout + 30:.0f}s")
+        return box["obs"]
+
+    return result
+
+
+def _end_point(result: dict, obs: dict, nodes: int, pods: int, epoch0: float, key: str) -> None:
+    """Record from ``obs`` (:func:`follow`) when every Node was Ready, every pod Running and
+    answering HTTP 200 (seconds since the follow's ``t0`` / ``epoch0``), and on how many nodes
+    the pods run. Raises when a pod never ran or never answered."""
+    if "nodes_ready_s" in obs:
+        result[f"nodes_ready_{key}_s"] = obs["nodes_ready_s"]
+    else:
+        result["nodes_not_ready"] = sorted(n for n, ok in obs["nodes"].items() if not ok)
+    if "pods_running_s" not in obs:
+        raise RuntimeError(f"{pods} pods not Running with an IP; last seen: {obs.get('pods')}")
+    result[f"pods_running_{key}_s"] = obs["pods_running_s"]
+    seen = obs["seen"]
+    ips = sorted(ip for _, ip, _ in obs["pods"].values())
     missing = sorted(set(ips) - set(seen))
     if missing:
         raise RuntimeError(f"pods never answered HTTP 200: {', '.join(missing)}")
     result[f"pods_answer_{key}_s"] = round(max(seen.values()) - epoch0, 3)
+    result["pod_nodes"] = len({n for _, _, n in obs["pods"].values()})
 
 
 def run_one(mode: str, nodes: int, pods: int, workdir: Path) -> dict:
@@ -97,14 +134,16 @@ def run_one(mode: str, nodes: int, pods: int, workdir: Path) -> dict:
         result["up_returned_s"] = round(time.monotonic() - t0, 3)
         if mode == "operator":
             t1, epoch1 = time.monotonic(), time.time()
+            seen = follow(st, nodes, pods, t1)
             install_by_operator(name, progress, timeout=120)
             result["tigerastatus_available_s"] = round(time.monotonic() - t1, 3)
             labmod.install_cni(name, timeout=120, operator=True)
-            _end_point(result, st, nodes, pods, t1, epoch1, "install")
-            result["nodes_ready_total_s"] = round(result.get("nodes_ready_install_s", 0) + (t1 - t0), 3)
+            _end_point(result, seen(), nodes, pods, epoch1, "install")
+            if "nodes_ready_install_s" in result:
+                result["nodes_ready_total_s"] = round(result["nodes_ready_install_s"] + (t1 - t0), 3)
             result["pods_answer_total_s"] = round(result["pods_answer_install_s"] + (epoch1 - epoch0), 3)
         else:
-            _end_point(result, st, nodes, pods, t0, epoch0, "total")
+            _end_point(result, follow(st, nodes, pods, t0)(), nodes, pods, epoch0, "total")
         labmod.down(name, progress=lambda _m: None)
     except Exception as exc:  # noqa: BLE001 - recorded, lab removed below
         result["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
@@ -199,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
                    f(m["pods_answer_total_s"]), e.get("must_hold", "-") if mode == "operator" else "", verdict)
             print("  ".join(f"{c:>13}" for c in row))
         for r in e["runs"]["operator"] + e["runs"]["direct"]:
+            if r.get("pod_nodes"):
+                print(f"    {r['mode']}: pods on {r['pod_nodes']} node(s)")
             if r.get("nodes_not_ready"):
                 print(f"    {r['mode']}: never Ready: {', '.join(r['nodes_not_ready'])}")
             if r.get("error"):
