@@ -70,6 +70,10 @@ LEASE_DURATION = 40  # seconds (the kubelet's nodeLeaseDurationSeconds); renewed
 #: pods): a real kubelet gives them CPU weight from their requests; calicolab's pods have no
 #: cgroups of their own, so they get a nice value instead (see docs/kubernetes.md)
 CRITICAL_NICE = -10
+#: a pod's start reads each ConfigMap/Secret its containers' env names once: its init containers
+#: and containers started one after the other reuse the read for this long (the kubelet's object
+#: manager keeps them cached for a running pod), and an init container that failed reads again
+POD_READ_TTL = 30.0
 
 
 def detect_node_ip() -> str:
@@ -163,6 +167,10 @@ class Kubelet:
         self.ready_written: dict[str, bool] = {}  # uid -> the Ready status this kubelet last wrote
         self.init_infos: dict[str, list[ContainerInfo]] = {}  # uid -> its init containers' status
         self.init_procs: dict[tuple[str, str], subprocess.Popen] = {}
+        #: (pod uid, kind, namespace, name) -> (object or None, when read): :meth:`_pod_read`
+        self.pod_reads: dict[tuple[str, str, str, str], tuple[dict | None, float]] = {}
+        #: (namespace, sa, audiences, seconds, pod uid) -> (token, when issued): :meth:`_token`
+        self.tokens: dict[tuple, tuple[str, float]] = {}
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pod")
@@ -717,7 +725,46 @@ class Kubelet:
         return self.cluster.fetch(kind, name, namespace)
 
     def _token(self, namespace: str, sa: str, audiences: list[str], seconds: int, pod: dict) -> str:
-        return token_request(self.api, namespace, sa, audiences, seconds, pod)
+        """A ServiceAccount token bound to ``pod``, as the kubelet's token manager gives it: one
+        TokenRequest per (ServiceAccount, audiences, expiry, pod), reused by the pod's other
+        containers (its init containers, each mounting the projected token volume, included)
+        until 80% of its lifetime has passed."""
+        key = (namespace, sa, tuple(audiences), seconds, pod["metadata"].get("uid", ""))
+        now = time.monotonic()
+        with self.lock:
+            for k in [k for k, (_t, at) in self.tokens.items() if now - at >= 0.8 * k[3]]:
+                del self.tokens[k]
+            hit = self.tokens.get(key)
+        if hit is not None:
+            return hit[0]
+        tok = token_request(self.api, namespace, sa, audiences, seconds, pod)
+        with self.lock:
+            self.tokens[key] = (tok, now)
+        return tok
+
+    def _pod_read(self, uid: str, kind: str, name: str, namespace: str) -> dict | None:
+        """A ConfigMap or Secret a container of pod ``uid`` names in its env: read from the API
+        server once for the pod's start (:data:`POD_READ_TTL`), not once per reference and per
+        container (calico.yaml's calico-node pod named calico-config nine times over its three
+        init containers and calico-node, each a GET on the start's critical path)."""
+        key = (uid, kind, namespace, name)
+        now = time.monotonic()
+        with self.lock:
+            for k in [k for k, (_o, at) in self.pod_reads.items() if now - at >= POD_READ_TTL]:
+                del self.pod_reads[k]
+            hit = self.pod_reads.get(key)
+        if hit is not None:
+            return hit[0]
+        obj = self.cluster.fetch(kind, name, namespace)
+        with self.lock:
+            self.pod_reads[key] = (obj, now)
+        return obj
+
+    def _forget_pod_reads(self, uid: str) -> None:
+        """Read pod ``uid``'s ConfigMaps and Secrets again at its next container start."""
+        with self.lock:
+            for k in [k for k in self.pod_reads if k[0] == uid]:
+                del self.pod_reads[k]
 
     def _resolv_mount(self, state: PodState, pod: dict) -> tuple[str, str] | None:
         text = resolv_conf(pod, self.cluster_dns, self.cluster_domain)
@@ -1079,6 +1126,7 @@ class Kubelet:
                         break
                     log.warning("pod %s/%s init container %s exited %s", state.namespace, state.name, c["name"],
                                 proc.returncode)
+                self._forget_pod_reads(uid)  # the retry sees a ConfigMap fixed meanwhile
                 backoff = min(10.0 * 2 ** (restarts - 1), 300.0) if restarts else 1.0
                 self._write_status(pod, waiting, ips, state=state)
                 if restarts:
@@ -1116,7 +1164,7 @@ class Kubelet:
             if kind is None:
                 raise VolumeError(f"envFrom: source {sorted(src)} is not a configMapRef or secretRef")
             ref = src.get("configMapRef") or src.get("secretRef") or {}
-            obj = self.cluster.fetch(kind, ref.get("name", ""), ns)
+            obj = self._pod_read(pod["metadata"]["uid"], kind, ref.get("name", ""), ns)
             if obj is None:
                 if ref.get("optional"):
                     continue
@@ -1139,7 +1187,7 @@ class Kubelet:
             elif "configMapKeyRef" in src or "secretKeyRef" in src:
                 kind = "ConfigMap" if "configMapKeyRef" in src else "Secret"
                 ref = src.get("configMapKeyRef") or src.get("secretKeyRef") or {}
-                obj = self.cluster.fetch(kind, ref.get("name", ""), ns)
+                obj = self._pod_read(pod["metadata"]["uid"], kind, ref.get("name", ""), ns)
                 if kind == "Secret" and obj is not None:
                     import base64
 
@@ -1288,6 +1336,7 @@ class Kubelet:
         state.restarts[name] = state.restarts.get(name, 0) + 1
         c = next(c for c in pod["spec"]["containers"] if c["name"] == name)
         self.exits.pop((uid, name), None)
+        self._forget_pod_reads(uid)  # a restart reads the env's ConfigMaps and Secrets again
         self._start_container(state, pod, c)
         state.save(self.root_dir)
         self._write_status(pod, self._infos(state, pod), cni.pod_ips(state.cni_result or {}), state=state)
