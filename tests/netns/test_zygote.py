@@ -180,3 +180,48 @@ def test_a_child_exits_as_the_interpreter_would(tmp_path, zygote_server, how, co
     else:
         assert sorted(text.splitlines()) == sorted(out.splitlines()), text  # stderr and stdout interleave
         assert text.index("thread done") < text.index("atexit ran"), text
+
+
+def test_an_exec_probe_runs_as_a_zygote_child_in_the_containers_namespaces(netns, tmp_path, zygote_server,
+                                                                            monkeypatch):
+    """An exec probe of one of the project's programs in a netns-runtime container starts as
+    a fork of the zygote (probehandlers.zygote_exec), in that container's network namespace,
+    working directory and environment, with its output and exit code as the kubelet reports
+    them; a probe over its timeout is killed."""
+    from testbed.k8s.kubeletapi import exec_command
+    from testbed.k8s.probehandlers import FAILURE, SUCCESS, exec_probe, zygote_exec
+
+    ns = netns("zygp")
+    sh("ip", "-n", ns, "addr", "add", "10.123.45.7/32", "dev", "lo")
+    work = tmp_path / "work"
+    work.mkdir()
+    container = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "60"], cwd=str(work))
+    try:
+        wait_for(lambda: runtime.netns_pids(f"/run/netns/{ns}"), timeout=10, what="the container's process")
+        pid = runtime.netns_pids(f"/run/netns/{ns}")[0]
+        script = tmp_path / "check.py"
+        script.write_text("import os, subprocess, sys, time\n"
+                          "print(os.getcwd(), os.environ.get('PROBE_ENV'), os.getppid() != 1, flush=True)\n"
+                          "print(subprocess.run(['ip', '-o', 'addr'], capture_output=True, text=True).stdout)\n"
+                          "time.sleep(float(sys.argv[2]))\n"
+                          "sys.exit(int(sys.argv[1]))\n")
+        env = [f"PATH={os.environ['PATH']}", f"PYTHONPATH={REPO}", "PROBE_ENV=from-the-container"]
+        monkeypatch.setenv(zygote.ENV, zygote_server)
+        argv = exec_command("netns", pid, env, [sys.executable, str(script), "0", "0"])
+        result, out = zygote_exec(argv, ["check"], 10)
+        assert result == SUCCESS, out
+        assert out.splitlines()[0] == f"{work} from-the-container True", out
+        assert "10.123.45.7" in out and "172." not in out, out  # the container's netns only
+        result, out = exec_probe(exec_command("netns", pid, env, [sys.executable, str(script), "3", "0"]),
+                                 ["check"], 10)
+        assert result == FAILURE and "from-the-container" in out
+        started = time.monotonic()
+        result, out = zygote_exec(exec_command("netns", pid, env, [sys.executable, str(script), "0", "30"]),
+                                  ["check", "slow"], 1)
+        assert (result, out) == (FAILURE, 'command "check slow" timed out')
+        assert time.monotonic() - started < 10
+        # not one of the project's programs: exec'd as before
+        assert zygote_exec(exec_command("netns", pid, env, ["/bin/true"]), ["true"], 5) is None
+    finally:
+        container.kill()
+        container.wait()

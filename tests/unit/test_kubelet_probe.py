@@ -316,3 +316,19 @@ def test_lifecycle_hooks_run_with_the_probe_handlers(web):
     assert run_hook({"httpGet": {"path": "/bad", "port": web}}, "postStart", c, pod, "127.0.0.1", None, 2) == (
         'HTTP lifecycle hook (/bad) for Container "c" in Pod "p_ns(u1)" failed - error: '
         "HTTP probe failed with statuscode: 503")
+
+
+def test_an_exec_command_line_is_read_back_for_the_zygote():
+    """probehandlers.nsenter_parts reads kubeletapi.exec_command's netns command line back
+    (the zygote runs the probe in that pid's namespaces, with that environment); anything else
+    (a container runtime's, or not ours) is exec'd as it is."""
+    from testbed.k8s.kubeletapi import exec_command
+    from testbed.k8s.probehandlers import nsenter_parts
+
+    env = ["PATH=/usr/bin:/bin", "A=b=c", "EMPTY="]
+    cmd = ["/venv/bin/calico-node", "-felix-ready", "X=not-env-after-the-command"]
+    assert nsenter_parts(exec_command("netns", 4242, env, cmd)) == (
+        4242, {"PATH": "/usr/bin:/bin", "A": "b=c", "EMPTY": ""}, cmd)
+    assert nsenter_parts(exec_command("containerd", 4242, env, cmd)) is None
+    assert nsenter_parts(exec_command("netns", 4242, env, [])) is None
+    assert nsenter_parts(["/bin/true"]) is None
