@@ -1164,7 +1164,7 @@ class Kubelet:
             if kind is None:
                 raise VolumeError(f"envFrom: source {sorted(src)} is not a configMapRef or secretRef")
             ref = src.get("configMapRef") or src.get("secretRef") or {}
-            obj = self._pod_read(pod["metadata"]["uid"], kind, ref.get("name", ""), ns)
+            obj = self._pod_read(pod["metadata"].get("uid", ""), kind, ref.get("name", ""), ns)
             if obj is None:
                 if ref.get("optional"):
                     continue
@@ -1187,7 +1187,7 @@ class Kubelet:
             elif "configMapKeyRef" in src or "secretKeyRef" in src:
                 kind = "ConfigMap" if "configMapKeyRef" in src else "Secret"
                 ref = src.get("configMapKeyRef") or src.get("secretKeyRef") or {}
-                obj = self._pod_read(pod["metadata"]["uid"], kind, ref.get("name", ""), ns)
+                obj = self._pod_read(pod["metadata"].get("uid", ""), kind, ref.get("name", ""), ns)
                 if kind == "Secret" and obj is not None:
                     import base64
 

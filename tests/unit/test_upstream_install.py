@@ -179,6 +179,7 @@ def test_kubelet_env_from():
             ("Secret", "s"): {"data": {"K": "dmFsdWU="}}}
     fake = types.SimpleNamespace(cluster=types.SimpleNamespace(fetch=lambda kind, name, ns: objs.get((kind, name))),
                                  node="k8s-w0", node_ip="10.0.0.1")
+    fake._pod_read = lambda uid, kind, name, ns: fake.cluster.fetch(kind, name, ns)  # no per-pod memo here
     pod = {"metadata": {"namespace": "kube-system", "name": "p"}, "spec": {"nodeName": "k8s-w0"}}
     c = {"envFrom": [{"configMapRef": {"name": "kubernetes-services-endpoint", "optional": True}},
                      {"configMapRef": {"name": "absent", "optional": True}},
