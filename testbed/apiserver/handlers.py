@@ -32,7 +32,7 @@ from testbed.apiserver.patch import (
 )
 from testbed.apiserver.registry import ResourceType
 from testbed.apiserver.status import APIError
-from testbed.apiserver.storage import Entry, Gone, ShuttingDown, WatchEvent
+from testbed.apiserver.storage import Entry, Gone, ShuttingDown, WatchEvent, bucket_of, index_value
 from testbed.k8s.support import calico_warnings
 
 log = logging.getLogger("apiserver.handlers")
@@ -373,7 +373,8 @@ class Handlers:
                     # an object entering the selection is ADDED, one leaving it DELETED (as the
                     # cacher's filtered watches send them): events whose old state matched count too
                     sub = hub.subscribe(prefix, after, lambda ev: ok(ev.entry.obj) or (
-                        ev.prev is not None and filtered and ok(ev.prev.obj)), api_watch=True)
+                        ev.prev is not None and filtered and ok(ev.prev.obj)), api_watch=True,
+                        index=index_value(bucket_of(prefix, partial=True), fields))
                 except Gone:
                     cur = await self.storage.revision()
                     gone_msg = f"too old resource version: {after} ({cur})"

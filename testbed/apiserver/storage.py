@@ -90,18 +90,61 @@ class ShuttingDown(Exception):
     defaults to 0); the client re-watches wherever it can."""
 
 
+#: the field the hub indexes its watches of a bucket by: kube-apiserver's watch cache indexes
+#: pods by ``spec.nodeName`` (pkg/registry/core/pod/storage: the cacher's IndexerFuncs,
+#: ``NodeNameTriggerFunc``), so a pod's event reaches only the watches selecting its node (one
+#: kubelet's), not every kubelet's watch to be filtered there
+INDEXED_FIELDS = {"pods": "spec.nodeName"}
+
+
+def index_value(bucket: str, fields: list[tuple[str, str, str]]) -> str | None:
+    """The value a watch's field selector pins its bucket's indexed field to (``pods`` and
+    ``spec.nodeName=w0``: ``w0``; ``spec.nodeName=``: ``""``, unbound pods), None when it does
+    not pin it (the watch is offered every event of its bucket)."""
+    path = INDEXED_FIELDS.get(bucket)
+    if path is None:
+        return None
+    for field, op, value in fields:
+        if field == path and op == "=":
+            return value
+    return None
+
+
+def _field(obj: dict, path: str) -> str:
+    v: Any = obj
+    for part in path.split("."):
+        v = v.get(part) if isinstance(v, dict) else None
+    return "" if v is None else str(v)
+
+
+def event_index_values(ev: WatchEvent, path: str) -> set[str]:
+    """The indexed field's values an event concerns: the object's, and before a MODIFIED its
+    previous state's too (a pod bound to w0 leaves the ``spec.nodeName=`` selection and enters
+    ``spec.nodeName=w0``'s: both watches must see it)."""
+    out = {_field(ev.entry.obj, path)}
+    if ev.prev is not None:
+        out.add(_field(ev.prev.obj, path))
+    return out
+
+
 class Subscription:
-    """One API watch's feed of hub events under ``prefix``."""
+    """One API watch's feed of hub events under ``prefix`` (``index``: the value its field
+    selector pins the bucket's :data:`INDEXED_FIELDS` field to, see :func:`index_value`)."""
 
     def __init__(self, hub: WatchHub, prefix: str, accept: Callable[[WatchEvent], bool] | None = None,
-                 api_watch: bool = False, after: int = 0):
+                 api_watch: bool = False, after: int = 0, index: str | None = None):
         self.hub, self.prefix, self.accept = hub, prefix, accept
         self.after = after  # events at or before this revision are not this watch's
         self.bucket = bucket_of(prefix, partial=True)
+        self.index = index if self.bucket in INDEXED_FIELDS else None
         self.api_watch = api_watch  # a client's watch (ended at shutdown), not the server's own feed
         self.queue: asyncio.Queue[WatchEvent | Exception] = asyncio.Queue()
 
     def offer(self, ev: WatchEvent) -> None:
+        """Queue ``ev`` if it is this watch's: after its start revision, under its prefix, in its
+        index (if indexed) and accepted by its filter."""
+        if self.index is not None and self.index not in event_index_values(ev, INDEXED_FIELDS[self.bucket]):
+            return
         # (a watch may start from a revision the hub has not processed yet: the client got it
         # from a write that etcd answered before the hub's stream delivered it)
         if ev.rev > self.after and ev.key.startswith(self.prefix) and (self.accept is None or self.accept(ev)):
@@ -109,7 +152,8 @@ class Subscription:
 
     def close(self) -> None:
         self.hub.subscribers.discard(self)
-        b = self.hub.buckets.get(self.bucket)
+        b = self.hub.buckets.get(self.bucket) if self.index is None else \
+            self.hub.indexed.get((self.bucket, self.index))
         if b is not None:
             b.discard(self)
 
@@ -243,7 +287,8 @@ class WatchHub:
         self.cache: dict[str, Entry] = {}
         self.events: collections.deque[WatchEvent] = collections.deque(maxlen=self.WINDOW)
         self.subscribers: set[Subscription] = set()
-        self.buckets: dict[str, set[Subscription]] = {}  # the subscribers by bucket_of(prefix)
+        self.buckets: dict[str, set[Subscription]] = {}  # the unindexed subscribers by bucket_of(prefix)
+        self.indexed: dict[tuple[str, str], set[Subscription]] = {}  # the indexed ones by (bucket, value)
         self.start_rev = 0  # events after this revision are all seen (while in the window)
         self.rev = 0  # last revision processed
         self._task: asyncio.Task | None = None
@@ -315,6 +360,7 @@ class WatchHub:
             sub.queue.put_nowait(Gone("the watch cache was reset after an etcd compaction"))
         self.subscribers.clear()
         self.buckets.clear()
+        self.indexed.clear()
 
     def _apply(self, decoded: list[tuple[str, Entry | None, int, int]]) -> None:
         for key, e, rev, create_rev in decoded:
@@ -337,10 +383,18 @@ class WatchHub:
             self.events.append(ev)
             if len(self.events) == self.WINDOW:
                 self.start_rev = self.events[0].rev - 1
-            for group in (self.buckets.get(bucket_of(key)), self.buckets.get("")):
+            bucket = bucket_of(key)
+            for group in (self.buckets.get(bucket), self.buckets.get("")):
                 if group:
                     for sub in list(group):
                         sub.offer(ev)
+            path = INDEXED_FIELDS.get(bucket)
+            if path is not None and self.indexed:
+                for value in event_index_values(ev, path):
+                    group = self.indexed.get((bucket, value))
+                    if group:
+                        for sub in list(group):
+                            sub.offer(ev)
         if self._progress:
             keep = []
             for want, fut in self._progress:
@@ -352,20 +406,36 @@ class WatchHub:
             self._progress = keep
 
     def subscribe(self, prefix: str, after: int, accept: Callable[[WatchEvent], bool] | None = None,
-                  api_watch: bool = False) -> Subscription:
+                  api_watch: bool = False, index: str | None = None) -> Subscription:
         """A subscription receiving every event under ``prefix`` with revision > ``after``
         (replayed from the window first). Raises :class:`Gone` if the window does not reach back.
-        ``api_watch``: a client's watch, ended by :meth:`end_watches`."""
+        ``api_watch``: a client's watch, ended by :meth:`end_watches`. ``index``: the value the
+        watch's field selector pins its bucket's indexed field to (:func:`index_value`): it is
+        offered only the events of objects with that value, now or before."""
         if after < self.start_rev:
             raise Gone(f"too old resource version: {after} ({self.start_rev + 1})")
-        sub = Subscription(self, prefix, accept, api_watch, after)
-        for ev in self.events:
+        sub = Subscription(self, prefix, accept, api_watch, after, index)
+        for ev in self._since(after):
             sub.offer(ev)
         if self.closing and api_watch:
             sub.queue.put_nowait(ShuttingDown("the API server is shutting down"))
         self.subscribers.add(sub)
-        self.buckets.setdefault(sub.bucket, set()).add(sub)
+        if sub.index is None:
+            self.buckets.setdefault(sub.bucket, set()).add(sub)
+        else:
+            self.indexed.setdefault((sub.bucket, sub.index), set()).add(sub)
         return sub
+
+    def _since(self, after: int) -> list[WatchEvent]:
+        """The window's events with revision > ``after``, oldest first (read from the newest
+        end: a watch usually starts near the head, and the window holds up to WINDOW events)."""
+        out = []
+        for ev in reversed(self.events):
+            if ev.rev <= after:
+                break
+            out.append(ev)
+        out.reverse()
+        return out
 
     def end_watches(self) -> None:
         """The API server is stopping: every client's watch, open or opened from now on, ends."""

@@ -80,3 +80,48 @@ def test_a_watch_from_a_revision_the_hub_has_not_reached_gets_only_later_events(
     hub._apply([(key, Entry(key, 2, {"metadata": {}}), 2, 2), (key, Entry(key, 3, {"metadata": {}}), 3, 2)])
     hub._apply([(key, None, 4, 0)])
     assert drain(sub) == [f"MODIFIED {key}", f"DELETED {key}"]
+
+
+def test_index_value_is_what_a_field_selector_pins_the_indexed_field_to():
+    from testbed.apiserver.storage import index_value
+
+    assert index_value("pods", [("spec.nodeName", "=", "w0")]) == "w0"
+    assert index_value("pods", [("status.phase", "!=", "Failed"), ("spec.nodeName", "=", "")]) == ""
+    assert index_value("pods", [("spec.nodeName", "!=", "w0")]) is None  # every node but one: not indexed
+    assert index_value("pods", [("status.phase", "=", "Running")]) is None
+    assert index_value("pods", []) is None
+    assert index_value("services", [("spec.nodeName", "=", "w0")]) is None  # only pods are indexed
+
+
+def test_a_pods_events_reach_the_watches_of_its_old_and_new_node_only():
+    """Indexed by spec.nodeName (as kube-apiserver's watch cache): a kubelet's watch is offered
+    its node's pods' events, the unbound-pods watch loses the pod at its binding, and watches
+    without the index (another selector, none) still see everything."""
+    hub = WatchHub(storage=None)  # type: ignore[arg-type]
+    subs = {name: hub.subscribe("/registry/pods/", 0, index=value)
+            for name, value in (("w0", "w0"), ("w1", "w1"), ("unbound", ""))}
+    subs["all"] = hub.subscribe("/registry/pods/", 0)
+    key = "/registry/pods/ns/p"
+
+    def pod(rev: int, node: str | None) -> Entry:
+        return Entry(key, rev, {"metadata": {"name": "p"}, "spec": {"nodeName": node} if node else {}})
+
+    hub._apply([(key, pod(1, None), 1, 1)])  # created: Pending, unbound
+    hub._apply([(key, pod(2, "w0"), 2, 1)])  # bound to w0
+    hub._apply([(key, pod(3, "w0"), 3, 1)])  # its status written by w0's kubelet
+    hub._apply([(key, None, 4, 0)])  # deleted
+    other = "/registry/pods/ns/q"
+    hub._apply([(other, Entry(other, 5, {"metadata": {}, "spec": {"nodeName": "w1"}}), 5, 5)])
+    got = {name: drain(s) for name, s in subs.items()}
+    assert got["w0"] == [f"MODIFIED {key}", f"MODIFIED {key}", f"DELETED {key}"]
+    assert got["unbound"] == [f"ADDED {key}", f"MODIFIED {key}"]  # (the handler turns the 2nd into DELETED)
+    assert got["w1"] == [f"ADDED {other}"]
+    assert got["all"] == [f"ADDED {key}", f"MODIFIED {key}", f"MODIFIED {key}", f"DELETED {key}", f"ADDED {other}"]
+    assert subs["w0"] in hub.indexed[("pods", "w0")] and subs["w0"] not in hub.buckets.get("pods", set())
+    subs["w0"].close()
+    assert subs["w0"] not in hub.indexed[("pods", "w0")] and subs["w0"] not in hub.subscribers
+    # a watch started later is replayed the window's events after its revision, through its index
+    late = hub.subscribe("/registry/pods/", 2, index="w0")
+    assert drain(late) == [f"MODIFIED {key}", f"DELETED {key}"]
+    assert drain(hub.subscribe("/registry/pods/", 4, index="w1")) == [f"ADDED {other}"]
+    assert drain(hub.subscribe("/registry/pods/", 5)) == []
