@@ -104,6 +104,11 @@ def _kv_error(exc: Exception) -> str:
     return type(exc).__name__
 
 
+class StaleCache(Exception):
+    """An update started from the watch cache's copy (:meth:`Handlers.for_update`) cannot be
+    decided on it (its CAS write lost, or it changes nothing): read etcd and try again."""
+
+
 class Handlers:
     """Every resource verb, over the server's storage."""
 
@@ -197,6 +202,21 @@ class Handlers:
         if e is None:
             raise status.not_found(rt.plural, rt.group, name)
         return e
+
+    async def for_update(self, rt: ResourceType, name: str, ns: str | None, rv: str | None = None,
+                         fresh: bool = False) -> tuple[Entry | None, bool]:
+        """The stored object an update starts from, and whether it is the watch cache's copy.
+        As kube-apiserver's cacher hands its cached object to GuaranteedUpdate, the first
+        attempt (``fresh`` False) starts from the hub's copy when it is at the request's
+        resourceVersion (any copy when the request has none) and saves the etcd read; the
+        write's CAS on that revision checks it, and an update that loses the CAS or changes
+        nothing raises :class:`StaleCache` for a second attempt from etcd (``fresh``)."""
+        key = rt.key(name, ns)
+        if not fresh:
+            e = self.storage.hub.cache.get(key)
+            if e is not None and (not rv or rv == str(e.rev)):
+                return e, True
+        return await self.storage.get(key), False
 
     async def get(self, r: Request) -> web.Response:
         self._need_namespace(r)
@@ -850,31 +870,42 @@ class Handlers:
             obj = events_to_core(obj)
         rt = self.storage_type(r.rt)
         rv = (obj.get("metadata") or {}).get("resourceVersion")
-        key = rt.key(r.name, r.namespace)
-        e = await self.storage.get(key)
-        if e is None:
-            if rt.kind in ("Pod",) or rt.crd is None and rt.kind not in ("Lease", "ConfigMap", "Secret", "Endpoints",
-                                                                         "EndpointSlice", "Service"):
-                raise status.not_found(rt.plural, rt.group, r.name)
-            # create on update (AllowCreateOnUpdate kinds)
-            obj["metadata"].pop("resourceVersion", None)
-            created = await self.create_object(rt, obj, bool(r.query.getall("dryRun", [])), self.manager(r), r.rt)
-            return self.respond(r, created, 201, warnings)
-        if rv and rv != str(e.rev):
-            raise status.conflict(rt.plural, rt.group, r.name)
-        uid, cur_uid = (obj.get("metadata") or {}).get("uid"), (e.obj.get("metadata") or {}).get("uid")
-        if uid and cur_uid and uid != cur_uid:  # the object's UID is a precondition of a PUT
-            raise status.conflict(rt.plural, rt.group, r.name, f"Precondition failed: UID in precondition: {uid}, "
-                                  f"UID in object meta: {cur_uid}")
-        new = await self.update_object(rt, e, obj, sub=None, manager=self.manager(r),
-                                       dry_run=bool(r.query.getall("dryRun", [])), input_rt=r.rt)
-        return self.respond(r, new, 200, warnings)
+        for fresh in (False, True):
+            e, cached = await self.for_update(rt, r.name, r.namespace, rv, fresh)
+            if e is None:
+                if rt.kind in ("Pod",) or rt.crd is None and rt.kind not in ("Lease", "ConfigMap", "Secret",
+                                                                             "Endpoints", "EndpointSlice", "Service"):
+                    raise status.not_found(rt.plural, rt.group, r.name)
+                # create on update (AllowCreateOnUpdate kinds)
+                obj["metadata"].pop("resourceVersion", None)
+                created = await self.create_object(rt, obj, bool(r.query.getall("dryRun", [])), self.manager(r), r.rt)
+                return self.respond(r, created, 201, warnings)
+            if rv and rv != str(e.rev):
+                raise status.conflict(rt.plural, rt.group, r.name)
+            uid, cur_uid = (obj.get("metadata") or {}).get("uid"), (e.obj.get("metadata") or {}).get("uid")
+            if uid and cur_uid and uid != cur_uid:  # the object's UID is a precondition of a PUT
+                if cached:
+                    continue
+                raise status.conflict(rt.plural, rt.group, r.name, f"Precondition failed: UID in precondition: "
+                                      f"{uid}, UID in object meta: {cur_uid}")
+            try:
+                new = await self.update_object(rt, e, obj, sub=None, manager=self.manager(r),
+                                               dry_run=bool(r.query.getall("dryRun", [])), input_rt=r.rt,
+                                               cached=cached)
+            except StaleCache:
+                continue
+            return self.respond(r, new, 200, warnings)
+        raise AssertionError("unreachable: the second attempt reads etcd")
 
     async def update_object(self, rt: ResourceType, cur: Entry, obj: dict, sub: str | None = None,
                             manager: str = "", dry_run: bool = False, input_rt: ResourceType | None = None,
-                            operation: str = "Update", applied: dict | None = None) -> dict:
-        """Admit ``obj`` as the new state of ``cur`` and CAS-write it."""
+                            operation: str = "Update", applied: dict | None = None, cached: bool = False) -> dict:
+        """Admit ``obj`` as the new state of ``cur`` and CAS-write it. ``cached``: ``cur`` is
+        the watch cache's copy (:meth:`for_update`), and what cannot be decided on it raises
+        :class:`StaleCache`."""
         old = cur.obj
+        if cached and (dry_run or (old.get("metadata") or {}).get("deletionTimestamp")):
+            raise StaleCache  # (rare paths: decided on etcd's copy)
         meta, ometa = obj.setdefault("metadata", {}), old.get("metadata") or {}
         if meta.get("uid") and ometa.get("uid") and meta["uid"] != ometa["uid"]:
             # validateCommonFields: the UID is immutable (a patch carrying another UID)
@@ -933,6 +964,8 @@ class Handlers:
         self.track(obj, manager, operation, input_rt or rt, applied, sub or "")
         meta["resourceVersion"] = str(cur.rev)
         if _same(obj, old):
+            if cached:  # a no-op is answered with etcd's current object, not the cache's
+                raise StaleCache
             return deep(old)
         if dry_run:
             return obj
@@ -946,6 +979,8 @@ class Handlers:
         try:
             rev = await self.storage.update(cur.key, obj, cur.rev)
         except ds_errors.Conflict:
+            if cached:
+                raise StaleCache from None
             raise status.conflict(rt.plural, rt.group, meta.get("name", "")) from None
         except ds_errors.NotFound:
             raise status.not_found(rt.plural, rt.group, meta.get("name", "")) from None
@@ -968,8 +1003,8 @@ class Handlers:
         rt = self.storage_type(r.rt)
         if ptype == "apply" and not r.q("fieldManager"):
             raise status.bad_request("PATCH, application/apply-patch+yaml requires fieldManager to be set")
-        for _attempt in range(10):
-            e = await self.storage.get(rt.key(r.name, r.namespace))
+        for attempt in range(10):
+            e, cached = await self.for_update(rt, r.name, r.namespace, fresh=attempt > 0)
             if e is None:
                 if ptype == "apply":
                     obj = self.check_identity(r, deep(body), r.name)
@@ -1023,12 +1058,16 @@ class Handlers:
                 patched = events_to_core(patched)
             want_rv = patched["metadata"].get("resourceVersion")
             if want_rv and want_rv != str(e.rev):
+                if cached:
+                    continue
                 raise status.conflict(rt.plural, rt.group, r.name)
             try:
                 new = await self.update_object(rt, e, patched, sub=sub, manager=self.manager(r),
                                                dry_run=bool(r.query.getall("dryRun", [])), input_rt=r.rt,
                                                operation="Apply" if ptype == "apply" else "Update",
-                                               applied=deep(body) if ptype == "apply" else None)
+                                               applied=deep(body) if ptype == "apply" else None, cached=cached)
+            except StaleCache:
+                continue
             except APIError as err:
                 if err.reason == "Conflict" and not want_rv:
                     continue
@@ -1216,19 +1255,26 @@ class Handlers:
                 body = await self.decode_body(r, expect_kind=r.rt.kind)
                 obj = self.check_identity(r, body, r.name)
                 obj, warnings = self.check_fields(r, r.rt, obj)
-                e = await self.get_entry(r.rt, r.name, r.namespace)
                 rv = obj["metadata"].get("resourceVersion")
-                if rv and rv != str(e.rev):
-                    raise status.conflict(r.rt.plural, r.rt.group, r.name)
-                if sub == "finalize":
-                    new = deep(e.obj)
-                    new.setdefault("spec", {})["finalizers"] = (obj.get("spec") or {}).get("finalizers") or []
-                    if not new["spec"]["finalizers"]:
-                        new["spec"].pop("finalizers")
-                    obj = new
-                out = await self.update_object(r.rt, e, obj, sub="status" if sub == "status" else "finalize",
-                                               manager=self.manager(r))
-                return self.respond(r, out, 200, warnings)
+                for fresh in (False, True):
+                    e, cached = await self.for_update(r.rt, r.name, r.namespace, rv, fresh)
+                    if e is None:
+                        raise status.not_found(r.rt.plural, r.rt.group, r.name)
+                    if rv and rv != str(e.rev):
+                        raise status.conflict(r.rt.plural, r.rt.group, r.name)
+                    target = obj
+                    if sub == "finalize":
+                        target = deep(e.obj)
+                        target.setdefault("spec", {})["finalizers"] = (obj.get("spec") or {}).get("finalizers") or []
+                        if not target["spec"]["finalizers"]:
+                            target["spec"].pop("finalizers")
+                    try:
+                        out = await self.update_object(r.rt, e, target, sub="status" if sub == "status" else "finalize",
+                                                       manager=self.manager(r), cached=cached)
+                    except StaleCache:
+                        continue
+                    return self.respond(r, out, 200, warnings)
+                raise AssertionError("unreachable: the second attempt reads etcd")
             if m == "PATCH" and sub == "status":
                 return await self.patch(r, sub="status")
             raise status.method_not_allowed()
@@ -1306,9 +1352,14 @@ class Handlers:
             raise status.invalid("Binding", "", r.name, [status.required("target.name")])
         from testbed.apiserver.responses import json_response
 
-        for _ in range(10):
-            e = await self.get_entry(r.rt, r.name, r.namespace)
+        for attempt in range(10):
+            e, cached = await self.for_update(r.rt, r.name, r.namespace, fresh=attempt > 0)
+            if e is None:
+                raise status.not_found(r.rt.plural, r.rt.group, r.name)
             pod = deep(e.obj)
+            if cached and ((pod.get("metadata") or {}).get("deletionTimestamp") or (pod.get("spec") or {}).get(
+                    "nodeName")):
+                continue  # a refusal is decided on etcd's copy
             if (pod.get("metadata") or {}).get("deletionTimestamp"):
                 raise status.conflict("pods/binding", "", r.name, f"pod {r.name} is being deleted, cannot be assigned "
                                       "to a host")
