@@ -65,6 +65,8 @@ CREATE_SLICE = 1.0
 #: at once; one create after the other, a 20-node lab's calico-node pods took 6 s to create
 #: (0.3 s per create on the API server's start-up load, bench/lab_up.py)
 CREATE_BATCH_MAX = 16
+#: a controller pass longer than this is logged (seconds)
+SLOW_PASS = 1.0
 #: test-only: overrides :data:`ORPHAN_QUARANTINE` (podgc's is a constant, no flag); the node
 #: lifecycle lab test sets it so it does not sit through 40 s (docs/kubernetes.md)
 QUARANTINE_ENV = "CALICOLAB_PODGC_QUARANTINE"
@@ -459,9 +461,18 @@ class ControllerManager:
         self.pod_cidr = pod_cidr
         self.node_cidr_mask = node_cidr_mask
         self.allocate_node_cidrs = allocate_node_cidrs and bool(pod_cidr)
-        self.more = False  # a controller used up its CREATE_SLICE: pass again at once
-        self._pool: ThreadPoolExecutor | None = None  # the slow-start batches' creates
+        self._local = threading.local()  # `more`: per controller loop (each its own thread)
+        self._pool = ThreadPoolExecutor(max_workers=CREATE_BATCH_MAX, thread_name_prefix="create")
         self._batch: dict[str, int] = {}  # owner uid -> its next batch (a rollout cut by CREATE_SLICE)
+
+    @property
+    def more(self) -> bool:
+        """A controller of this thread's loop used up its CREATE_SLICE: pass again at once."""
+        return getattr(self._local, "more", False)
+
+    @more.setter
+    def more(self, value: bool) -> None:
+        self._local.more = value
 
     # --- helpers ---------------------------------------------------------------------------
     def _set_status(self, obj: dict, status: dict) -> None:
@@ -518,8 +529,6 @@ class ControllerManager:
             if len(chunk) == 1:
                 results = [self._create_pod(owner, chunk[0])]
             else:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(max_workers=CREATE_BATCH_MAX, thread_name_prefix="create")
                 results = list(self._pool.map(lambda p: self._create_pod(owner, p), chunk))
             made += [r for r in results if r is not None]
             if any(r is None for r in results):
@@ -537,8 +546,10 @@ class ControllerManager:
     def reconcile_node_cidrs(self, nodes: list[dict]) -> None:
         if not self.allocate_node_cidrs:
             return
-        for name, cidr in plan_pod_cidrs(nodes, self.pod_cidr or "", self.node_cidr_mask).items():
-            def assign(n: dict, cidr: str = cidr) -> bool:
+        def write(item: tuple[str, str]) -> None:
+            name, cidr = item
+
+            def assign(n: dict) -> bool:
                 if n.setdefault("spec", {}).get("podCIDR"):
                     return False
                 n["spec"]["podCIDR"] = cidr
@@ -546,6 +557,10 @@ class ControllerManager:
                 return True
 
             self.cluster.mutate("Node", name, None, assign)
+
+        # written at once, as kube's range allocator has workers for it (cidrUpdateWorkers): 50
+        # nodes registering together, one write after the other, held node lifecycle back
+        list(self._pool.map(write, plan_pod_cidrs(nodes, self.pod_cidr or "", self.node_cidr_mask).items()))
 
     def reconcile_deployments(self, deployments: list[dict], replicasets: list[dict], pods: list[dict]) -> None:
         rs_by_owner = _owned(replicasets, "Deployment")
@@ -722,30 +737,54 @@ class ControllerManager:
                     done.append(f"{meta['namespace']}/{meta['name']}")
         return done
 
-    def reconcile(self) -> None:
-        """One pass of every controller, over the cached state (each reads it when its turn
-        comes). kube-controller-manager runs them side by side; taking turns here, the ones a
-        node's start-up waits for go first: the node lifecycle controller (a node turned
-        Ready loses its not-ready taints, the nodes untainted ~1 s later when it came last
-        behind a pass creating calico-system's pods on a loaded machine), the Endpoints and
-        EndpointSlice controllers (a pod turned ready, calico-typha, is in its Service's
-        endpoints at the next pass' start, not its end: ~0.75 s later there, which every
-        calico-node's Felix waited for), then the DaemonSet controller (calico-node, which
-        makes the node Ready, before the Deployments' pods; the nodes read at its turn: read
-        at the pass' start, a node registered meanwhile got its DaemonSet pods a whole pass,
-        ~0.6 s, after the others)."""
+    # --- the controllers' loops ------------------------------------------------------------
+    def pass_nodes(self) -> None:
+        """Node IPAM, the node lifecycle controller and pod GC (each reading the cache at its turn)."""
         c = self.cluster
-        self.more = False
         self.reconcile_node_cidrs(c.list("Node"))
         self.next_eviction = self.lifecycle.reconcile(c.list("Node"), c.list("Pod"), c.list("Lease"))
+        self.gc_orphaned_pods(c.list("Pod"), c.list("Node"))
+
+    def pass_workloads(self) -> None:
+        """The Deployment and ReplicaSet controllers."""
+        c = self.cluster
+        self.reconcile_deployments(c.list("Deployment"), c.list("ReplicaSet"), c.list("Pod"))
+        self.reconcile_replicasets(c.list("ReplicaSet"), c.list("Pod"))
+
+    def pass_daemonsets(self) -> None:
+        """The DaemonSet controller (the nodes read at its turn)."""
+        c = self.cluster
+        self.reconcile_daemonsets(c.list("DaemonSet"), c.list("Pod"), c.list("Node"))
+
+    def pass_endpoints(self) -> None:
+        """The Endpoints and EndpointSlice controllers."""
+        c = self.cluster
         pods = c.list("Pod")
         services = c.list("Service")
         self.reconcile_endpoints(services, c.list("Endpoints"), pods)
         self.reconcile_slices(services, c.list("EndpointSlice"), pods)
-        self.reconcile_daemonsets(c.list("DaemonSet"), c.list("Pod"), c.list("Node"))
-        self.reconcile_deployments(c.list("Deployment"), c.list("ReplicaSet"), c.list("Pod"))
-        self.reconcile_replicasets(c.list("ReplicaSet"), c.list("Pod"))
-        self.gc_orphaned_pods(c.list("Pod"), c.list("Node"))
+
+    def loops(self) -> list[tuple[str, Callable[[], None], frozenset[str]]]:
+        """The controller loops :meth:`run` runs side by side, as kube-controller-manager runs
+        its controllers: (name, one pass, the kinds whose changes wake it). One loop per group,
+        so the Deployment and ReplicaSet controllers never wait behind the node lifecycle
+        controller's taint writes (50 nodes turning Ready on a loaded machine: one pass of
+        them took 7-20 s while a Deployment waited for its ReplicaSet and pods) or a
+        DaemonSet's status writes, and a node turned Ready is untainted, a ready calico-typha
+        put in its Service's endpoints, a new node given its DaemonSet pods, each by its own
+        loop without waiting for the others' passes. In :meth:`reconcile` (one pass of all,
+        in this order) the ones a node's start-up waits for go first."""
+        return [("nodes", self.pass_nodes, frozenset({"Node", "Pod"})),
+                ("endpoints", self.pass_endpoints, frozenset({"Service", "Endpoints", "EndpointSlice", "Pod"})),
+                ("daemonsets", self.pass_daemonsets, frozenset({"DaemonSet", "Pod", "Node"})),
+                ("workloads", self.pass_workloads, frozenset({"Deployment", "ReplicaSet", "Pod"}))]
+
+    def reconcile(self) -> None:
+        """One pass of every controller, over the cached state, one after the other in
+        :meth:`loops`' order (each reads the cache at its turn)."""
+        self.more = False
+        for _name, one_pass, _kinds in self.loops():
+            one_pass()
 
     def _pass_timeout(self) -> float:
         """How long the loop may sleep without a change: the node monitor period, sooner
@@ -755,33 +794,76 @@ class ControllerManager:
             timeout = min(timeout, max(0.05, self.next_eviction - self.lifecycle.clock()))
         return timeout
 
+    def _loop(self, name: str, one_pass: Callable[[], None], wake: _Wake, stop: threading.Event,
+              on_error: Callable[[Exception], None] | None) -> None:
+        """One controller loop: a pass whenever one of its kinds changed (after a short
+        settle, so a burst of changes makes one pass), at least every few seconds."""
+        while not stop.is_set():
+            self.more = False
+            wake.clear()
+            began = self.clock()
+            try:
+                one_pass()
+                took = self.clock() - began
+                if took > SLOW_PASS:
+                    log.info("%s controller pass took %.2f s", name, took)
+            except (KubeError, OSError) as exc:  # keep the control plane alive; retry
+                log.warning("%s controller pass failed: %s", name, exc)
+                if on_error:
+                    on_error(exc)
+                stop.wait(0.5)
+                wake.set()
+            except Exception as exc:
+                log.exception("%s controller pass failed", name)
+                if on_error:
+                    on_error(exc)
+                stop.wait(0.5)
+            if not self.more:
+                wake.wait(stop, self._pass_timeout())
+            stop.wait(0.02)  # let a burst of changes land: one pass for all of them
+
     def run(self, stop: threading.Event, on_error: Callable[[Exception], None] | None = None) -> None:
-        """Reconcile until ``stop`` is set, woken by the informers."""
+        """Run the controller loops (:meth:`loops`) until ``stop`` is set, woken by the informers."""
         self.cluster.start()
         while not stop.is_set() and not self.cluster.wait_synced(timeout=5, stop=stop):
             log.info("waiting for the informers to sync")
-        while not stop.is_set():
-            try:
-                self.reconcile()
-            except (KubeError, OSError) as exc:  # keep the control plane alive; retry
-                log.warning("controller pass failed: %s", exc)
-                if on_error:
-                    on_error(exc)
-                stop.wait(0.5)
-                self.cluster.mark()
-            except Exception as exc:
-                log.exception("controller pass failed")
-                if on_error:
-                    on_error(exc)
-                stop.wait(0.5)
-            # a Lease renewal alone (every node's kubelet, every 10 s) needs no pass: node
-            # health is checked every --node-monitor-period
-            deadline = self.clock() + (0.0 if self.more else self._pass_timeout())
-            while not stop.is_set() and not self.more:
-                kinds = self.cluster.wait(stop, timeout=max(0.0, deadline - self.clock()))
-                if kinds - {"Lease"} or self.clock() >= deadline:
-                    break
-            stop.wait(0.02)  # let a burst of changes land: one pass for all of them
+        threads, wakes = [], []
+        for name, one_pass, kinds in self.loops():
+            wake = _Wake()
+            for kind in kinds:
+                self.cluster.informers[kind].add_handler(lambda _t, _o, _old, w=wake: w.set())
+            wakes.append(wake)
+            t = threading.Thread(target=self._loop, args=(name, one_pass, wake, stop, on_error),
+                                 name=f"controller-{name}", daemon=True)
+            t.start()
+            threads.append(t)
+        stop.wait()
+        for wake in wakes:
+            wake.set()
+        for t in threads:
+            t.join(timeout=5)
+
+
+class _Wake:
+    """A controller loop's wake-up: set by its informers' handlers (any change of its kinds)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._set = True
+
+    def set(self) -> None:
+        with self._cond:
+            self._set = True
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._set = False
+
+    def wait(self, stop: threading.Event, timeout: float) -> None:
+        with self._cond:
+            if not self._set and not stop.is_set():
+                self._cond.wait(timeout)
 
 
 def _duration(text: str) -> float:
