@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from kubeclient import KubeError
 from testbed.k8s.apiclient import Cluster, client_from, now_iso
@@ -113,13 +113,32 @@ def plan_bindings(pods: list[dict], nodes: list[dict]) -> list[tuple[dict, str |
     return plan
 
 
+def assume(pods: list[dict], assumed: dict[str, str]) -> list[dict]:
+    """``pods`` with each assumed pod (uid -> node: its binding is in flight) shown bound to its
+    node, as kube-scheduler's cache assumes a pod bound while its binding is written (pure)."""
+    out = []
+    for p in pods:
+        node = assumed.get(p["metadata"].get("uid", ""))
+        if node and not p["spec"].get("nodeName"):
+            p = dict(p, spec=dict(p["spec"], nodeName=node))
+        out.append(p)
+    return out
+
+
 class Scheduler:
-    """Binds pods to nodes through the API."""
+    """Binds pods to nodes through the API. Placements are decided in order (each counts for
+    the next); the bindings are written in the background, the pods *assumed* bound meanwhile
+    (kube-scheduler's assume/bind): a pass does not wait for the last pass's writes, so pods
+    created while a burst is being bound are placed at once (50 nodes: a pass binding 34 pods
+    took 4.7 s on a loaded API server, and the pods created meanwhile waited for it)."""
 
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
         self.pool = ThreadPoolExecutor(max_workers=BIND_WORKERS, thread_name_prefix="bind")
         self.reported: dict[str, str] = {}  # pod uid -> the FailedScheduling message last reported
+        self.lock = threading.Lock()
+        self.assumed: dict[str, str] = {}  # pod uid -> node: its binding is written or in flight
+        self.busy: set[str] = set()  # pod uids with a write in flight (binding or FailedScheduling)
 
     def _unschedulable(self, pod: dict, nodes: list[dict]) -> None:
         msg = unschedulable_message(pod, nodes)
@@ -149,27 +168,51 @@ class Scheduler:
         self.cluster.event(pod, "Scheduled", f"Successfully assigned {ns}/{name} to {node}")
         return True
 
+    def _done(self, uid: str, binding: bool, fut: Future) -> None:
+        """A write finished: a binding that failed is forgotten (the pod is planned again)."""
+        try:
+            ok = fut.result()
+        except (KubeError, OSError) as exc:
+            log.warning("scheduling: %s", exc)
+            ok = False
+        with self.lock:
+            self.busy.discard(uid)
+            if binding and not ok:
+                self.assumed.pop(uid, None)
+        if binding and not ok:
+            self.cluster.mark()
+
     def schedule(self) -> int:
-        """Bind the unbound pods; returns how many were bound. Placements are decided in
-        order (each counts for the next); the bindings are written concurrently."""
+        """Place the unbound pods and start writing their bindings; returns how many bindings
+        were started. A pod whose write is in flight is not planned again."""
         pods = self.cluster.list("Pod")
         nodes = self.cluster.list("Node")
-        plan = plan_bindings(pods, nodes)
-        futures = [self.pool.submit(self._bind, pod, name) if name else
-                   self.pool.submit(self._unschedulable, pod, nodes) for pod, name in plan]
-        bound = 0
-        for (_, name), f in zip(plan, futures, strict=True):
-            try:
-                r = f.result()
-            except (KubeError, OSError) as exc:
-                log.warning("scheduling: %s", exc)
-                self.cluster.mark()
+        live = {p["metadata"]["uid"]: p for p in pods}
+        with self.lock:
+            for uid in [u for u, _ in self.assumed.items()
+                        if u not in live or live[u]["spec"].get("nodeName")]:
+                if uid not in self.busy:  # the cache caught up with the binding (or the pod is gone)
+                    self.assumed.pop(uid)
+            view = assume(pods, self.assumed)
+            busy = set(self.busy)
+        started = 0
+        for pod, name in plan_bindings(view, nodes):
+            uid = pod["metadata"]["uid"]
+            if uid in busy:
                 continue
-            bound += bool(name and r)
-        live = {p["metadata"]["uid"] for p in pods}
+            with self.lock:
+                self.busy.add(uid)
+                if name:
+                    self.assumed[uid] = name
+            if name:
+                fut = self.pool.submit(self._bind, pod, name)
+                started += 1
+            else:
+                fut = self.pool.submit(self._unschedulable, pod, nodes)
+            fut.add_done_callback(lambda f, uid=uid, b=bool(name): self._done(uid, b, f))
         for uid in [u for u in self.reported if u not in live]:
             self.reported.pop(uid)
-        return bound
+        return started
 
     def run(self, stop: threading.Event) -> None:
         self.cluster.start()

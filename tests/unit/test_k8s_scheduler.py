@@ -87,3 +87,60 @@ def test_pods_of_another_scheduler_are_left_alone():
     p = pod("web-0", "t0")
     p["spec"]["schedulerName"] = "my-scheduler"
     assert plan_bindings([p], [node("w0")]) == []
+
+
+def test_pods_whose_bindings_are_in_flight_are_assumed_bound_and_not_planned_again():
+    """kube-scheduler's assume/bind: a pass does not wait for the bindings it started; the next
+    pass counts a pod being bound on its node and does not place it a second time. A binding
+    that fails is forgotten, so the pod is placed again."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from testbed.k8s.scheduler import Scheduler, assume
+
+    release = threading.Event()
+
+    class FakeCluster:
+        def __init__(self) -> None:
+            self.pods: list[dict] = []
+            self.binds: list[tuple[str, str]] = []
+            self.refuse: set[str] = set()
+            self.marked = 0
+
+        def list(self, kind: str) -> list[dict]:
+            return list(self.pods) if kind == "Pod" else [node("w0"), node("w1")]
+
+        def bind(self, p: dict, n: str) -> bool:
+            release.wait(5)
+            self.binds.append((p["metadata"]["name"], n))
+            return p["metadata"]["name"] not in self.refuse
+
+        def event(self, *a, **kw) -> None:
+            pass
+
+        def mark(self) -> None:
+            self.marked += 1
+
+    c = FakeCluster()
+    sched = Scheduler(c)  # type: ignore[arg-type]
+    for i in range(2):
+        c.pods.append(pod(f"web-{i}", f"t{i}"))
+        c.pods[-1]["metadata"]["uid"] = f"u{i}"
+    assert sched.schedule() == 2  # started, not waited for (the binds block)
+    c.pods.append(pod("web-2", "t2"))
+    c.pods[-1]["metadata"]["uid"] = "u2"
+    assert sched.schedule() == 1  # only the new pod: the others are assumed on w0 and w1
+    assert assume(c.pods, sched.assumed)[2]["spec"]["nodeName"] in ("w0", "w1")
+    c.refuse.add("web-2")
+    release.set()
+    sched.pool.shutdown(wait=True)
+    assert sorted(n for n, _ in c.binds) == ["web-0", "web-1", "web-2"]
+    assert sorted(sched.assumed) == ["u0", "u1"] and not sched.busy and c.marked == 1
+    # the cache catches up with the two bindings: they are no longer assumptions
+    for p, n in zip(c.pods[:2], ("w0", "w1"), strict=True):
+        p["spec"]["nodeName"] = n
+    c.refuse.clear()
+    sched.pool = ThreadPoolExecutor(max_workers=1)
+    assert sched.schedule() == 1  # web-2 again, its failed binding forgotten
+    sched.pool.shutdown(wait=True)
+    assert sorted(sched.assumed) == ["u2"] and [n for n, _ in c.binds].count("web-2") == 2
