@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from datastore.duration import parse_duration
 from kubeclient import AlreadyExists, KubeError, NotFound
@@ -174,6 +174,11 @@ class Kubelet:
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pod")
+        # status writes a pod's setup does not wait for (its ContainerCreating status, written while
+        # its sandbox and network are made, as the kubelet's status manager writes in the background);
+        # the pod's next status write waits for them, so the statuses land in order
+        self.status_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="status")
+        self.status_pending: dict[str, Future] = {}
         self.volumes = VolumeMaker(self._get_for_volume, self._token, node, node_ip, csi=self._csi_target)
         # CSI drivers register through <root-dir>/plugins_registry (testbed.k8s.pluginwatcher)
         self.csi = CsiDrivers(cluster, node)
@@ -420,6 +425,8 @@ class Kubelet:
         for uid in list(self.failures):
             if uid not in by_uid:
                 self.failures.pop(uid, None)
+        for uid in [u for u, f in list(self.status_pending.items()) if u not in by_uid and f.done()]:
+            self.status_pending.pop(uid, None)
         self.refused &= set(by_uid)
         if self.static is not None:
             self.static.sync_mirrors(self)
@@ -507,10 +514,18 @@ class Kubelet:
 
     def _write_status(self, pod: dict, infos: list[ContainerInfo], ips: list[str], sandbox_ready: bool = True,
                       message: str | None = None, state: PodState | None = None,
-                      override: dict | None = None) -> bool:
+                      override: dict | None = None, wait_pending: bool = True) -> bool:
         """Write the pod's status (``pods/<p>/status``; ``override``: fields set over the
-        computed ones, e.g. a Failed phase); True if it changed."""
+        computed ones, e.g. a Failed phase); True if it changed. The pod's status write still
+        in the background (``status_pending``) lands first (``wait_pending``: False for that
+        write itself)."""
         meta = pod["metadata"]
+        pending = self.status_pending.pop(meta["uid"], None) if wait_pending else None
+        if pending is not None:
+            try:
+                pending.result()
+            except Exception:  # noqa: BLE001 - it logged its own failure; this write is what counts
+                log.exception("pod %s/%s: background status write failed", meta.get("namespace"), meta["name"])
         init = self.init_infos.get(meta["uid"])
         self._apply_probes(pod, infos)
         if self.static is not None and self.static.is_static(pod):
@@ -565,8 +580,9 @@ class Kubelet:
             return
         creating = [ContainerInfo(c["name"], c["image"], waiting_reason="ContainerCreating")
                     for c in pod["spec"]["containers"]]
-        if not (pod.get("status") or {}).get("containerStatuses"):
-            self._write_status(pod, creating, [], sandbox_ready=False)  # Pending / ContainerCreating
+        if not (pod.get("status") or {}).get("containerStatuses"):  # Pending / ContainerCreating
+            self.status_pending[uid] = self.status_pool.submit(self._write_status, pod, creating, [],
+                                                               sandbox_ready=False, wait_pending=False)
         t0 = time.monotonic()
         state = PodState(uid=uid, namespace=ns, name=name, sandbox_id=runtime.new_sandbox_id(),
                          netns=os.path.join(self.netns_dir, runtime.new_netns_name()),
@@ -1589,6 +1605,7 @@ class Kubelet:
         self.stopping.set()  # init containers being waited for end
         self.prober.stop()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.status_pool.shutdown(wait=True, cancel_futures=True)
         self.cluster.stop()
         if kill_pods:
             for state in list(self.states.values()):
