@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from datastore.duration import parse_duration
@@ -179,6 +180,7 @@ class Kubelet:
         # the pod's next status write waits for them, so the statuses land in order
         self.status_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="status")
         self.status_pending: dict[str, Future] = {}
+        self.prepared: dict[str, Future] = {}  # uid -> its containers' volume mounts, made during CNI ADD
         self.volumes = VolumeMaker(self._get_for_volume, self._token, node, node_ip, csi=self._csi_target)
         # CSI drivers register through <root-dir>/plugins_registry (testbed.k8s.pluginwatcher)
         self.csi = CsiDrivers(cluster, node)
@@ -603,6 +605,8 @@ class Kubelet:
             args = cni.cni_args(ns, name, state.sandbox_id)
             state.cni_conf = conf.raw
             state.save(self.root_dir)
+            if self.cri is None:  # the volumes' API reads (TokenRequest, ConfigMaps) while CNI ADD runs
+                self.prepared[uid] = self.status_pool.submit(self._prepare_mounts, pod, state)
             t1 = time.monotonic()
             result = self.runner.add(conf, state.sandbox_id, state.netns, args, "eth0",
                                      {"portMappings": ports} if ports else None)
@@ -622,6 +626,9 @@ class Kubelet:
                 self.cri.remove_sandbox(state)
             else:
                 runtime.remove_netns(state.netns)
+            prep = self.prepared.pop(uid, None)
+            if prep is not None:  # its files go with the pod's directory
+                futures.wait([prep])
             self._unpublish_volumes(state)
             shutil.rmtree(state.pod_dir(self.root_dir), ignore_errors=True)
             attempts = self.failures.get(uid, (0, 0, ""))[1] + 1
@@ -641,9 +648,11 @@ class Kubelet:
             self.states[uid] = state
         ips = cni.pod_ips(result)
         if not self._run_init_containers(state, pod, ips):
+            self.prepared.pop(uid, None)
             return
         t2 = time.monotonic()
         infos = [self._start_container(state, pod, c) for c in pod["spec"]["containers"]]
+        self.prepared.pop(uid, None)
         state.save(self.root_dir)
         self._wait_ready(state, pod, infos)
         t3 = time.monotonic()
@@ -854,6 +863,27 @@ class Kubelet:
         self._post_start(state, pod, c)
         return self._decorate(info, state)
 
+    def _prepare_mounts(self, pod: dict, state: PodState) -> dict[str, list[tuple[str, str]]]:
+        """Every container's volume mounts (their files written under the pod's directory), made
+        while the pod's network is set up: the projected ServiceAccount volume's TokenRequest and
+        ConfigMap read are API round trips the containers' start would otherwise wait for."""
+        return {c["name"]: self.volumes.mounts(pod, c, state.pod_dir(self.root_dir))
+                for c in pod["spec"].get("containers") or []}
+
+    def _mounts(self, state: PodState, pod: dict, c: dict, init: bool) -> list[tuple[str, str]]:
+        """Container ``c``'s volume mounts: those :meth:`_prepare_mounts` made for its first start,
+        else made now (a restart, an init container, or a preparation that failed: made again
+        here, so its error is reported as the container's)."""
+        prep = self.prepared.get(state.uid)
+        if prep is not None and not init and not state.restarts.get(c["name"]):
+            try:
+                made = prep.result()
+            except (VolumeError, KubeError, OSError):
+                made = {}
+            if c["name"] in made:
+                return made[c["name"]]
+        return self.volumes.mounts(pod, c, state.pod_dir(self.root_dir))
+
     def _start_container(self, state: PodState, pod: dict, c: dict, init: bool = False) -> ContainerInfo:
         info = ContainerInfo(c["name"], c["image"], restart_count=state.restarts.get(c["name"], 0))
         if self._use_cri(state, c):
@@ -867,7 +897,7 @@ class Kubelet:
         workdir = os.path.join(state.pod_dir(self.root_dir), "containers", c["name"])
         path = f"spec.initContainers{{{c['name']}}}" if init else f"spec.containers{{{c['name']}}}"
         try:
-            mounts = self.volumes.mounts(pod, c, state.pod_dir(self.root_dir))
+            mounts = self._mounts(state, pod, c, init)
             resolv = self._resolv_mount(state, pod)
             if resolv is not None:
                 mounts.append(resolv)
