@@ -57,6 +57,18 @@ def sh(*args: str, check: bool = True, netns: str | None = None, timeout: float 
     return res.stdout
 
 
+def terminate(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """End a process this test started: SIGTERM, then SIGKILL after ``timeout`` s; reaped."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 (for etcd and other test servers)."""
     import socket

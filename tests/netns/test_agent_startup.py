@@ -148,11 +148,11 @@ def test_cni_config_is_written_before_start_up(netns, tmp_path):
     nodename file the CNI plugin waits for (cni.plugin.calico_node_started)."""
     import json
     import os
-    import signal
     import subprocess
 
     from testbed.poll import wait_for
     from tests.netns.felix_support import PY, REPO
+    from tests.support import terminate
 
     ns = netns("cnf")
     var_lib, net_d, log_path = tmp_path / "var-lib-calico", tmp_path / "net.d", tmp_path / "calico-node.log"
@@ -173,10 +173,5 @@ def test_cni_config_is_written_before_start_up(netns, tmp_path):
         text = log_path.read_text()
         assert text.index("install-cni: wrote") < text.index("datastore not reachable"), text
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
     assert proc.returncode == 0, log_path.read_text()[-2000:]

@@ -16,6 +16,7 @@ import pytest
 from testbed.poll import wait_for
 from tests.netns import cni_support
 from tests.netns.cni_support import REPO, CniNode
+from tests.support import terminate
 
 pytestmark = pytest.mark.netns
 cni_node = cni_support.cni_node  # fixture
@@ -37,13 +38,7 @@ def server(node: CniNode):
             lines, proc.stderr.read() if proc.poll() is not None else "")
         yield proc, sock
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, timeout=10)
 
 
 def test_requests_are_served_by_the_warm_server(node, netns, server):
