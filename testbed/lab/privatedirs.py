@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kernel.mount import MS_BIND, mount
+
 __all__ = ["Op", "plan", "apply", "Mounter", "MounterError"]
 
 #: one operation: ("mkdir", path, mode or None) | ("bind", source, target) |
@@ -36,9 +38,7 @@ __all__ = ["Op", "plan", "apply", "Mounter", "MounterError"]
 #: | ("close", slot)
 Op = tuple
 
-MS_BIND = 0x1000
 PR_SET_PDEATHSIG = 1
-_libc: Any = None
 
 
 class MounterError(RuntimeError):
@@ -68,18 +68,6 @@ def plan(dirs: Sequence[str | tuple[str, str]], hide: tuple[str | os.PathLike, S
         for i, path in enumerate(keep):
             ops += [("mkdir", str(path), None), ("bindfd", i, str(path)), ("close", i)]
     return ops
-
-
-def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                                ctypes.c_char_p]
-    if _libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
-                   data.encode() if data else None) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 def describe(op: Op) -> str:
@@ -113,13 +101,13 @@ def apply(ops: Sequence[Op]) -> None:
                     elif not os.path.isdir(op[1]):
                         os.makedirs(op[1], mode=op[2], exist_ok=True)
                 elif kind == "bind":
-                    _mount(op[1], op[2], None, MS_BIND, None)
+                    mount(op[1], op[2], None, MS_BIND)
                 elif kind == "tmpfs":
-                    _mount(op[1], op[2], "tmpfs", 0, op[3])
+                    mount(op[1], op[2], "tmpfs", 0, op[3])
                 elif kind == "open":
                     fds[op[1]] = os.open(op[2], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 elif kind == "bindfd":
-                    _mount(f"/proc/self/fd/{fds[op[1]]}", op[2], None, MS_BIND, None)
+                    mount(f"/proc/self/fd/{fds[op[1]]}", op[2], None, MS_BIND)
                 elif kind == "close":
                     os.close(fds.pop(op[1]))
                 else:

@@ -45,6 +45,7 @@ import traceback
 from typing import Any
 
 from kernel import zygote as proto
+from kernel.mount import MS_BIND, MS_REC, MS_SLAVE, mount
 from kernel.netns import CLONE_NEWNET, CLONE_NEWNS, setns
 
 #: what the lab's processes import: the standard library's heavy parts, the third-party
@@ -92,9 +93,6 @@ PRELOAD = (
     "testbed.k8s.pluginwatcher", "encodings.idna",
 )
 
-MS_REC = 0x4000
-MS_BIND = 0x1000
-MS_SLAVE = 1 << 19
 CLONE_NEWNS_FLAG = CLONE_NEWNS
 PR_SET_NAME = 15
 #: the zygote's own argv and environment are padded to this many bytes: a child writes its
@@ -140,7 +138,7 @@ def _mount_ns(mounts: list[list[str]], propagation: str) -> None:
     """A mount namespace of the process' own with ``mounts`` bound (``mount --rbind``)."""
     _check(_libc.unshare(CLONE_NEWNS_FLAG), "unshare(CLONE_NEWNS)")
     if propagation == "slave":
-        _check(_libc.mount(None, b"/", None, MS_REC | MS_SLAVE, None), "making / a slave mount")
+        mount(None, "/", None, MS_REC | MS_SLAVE, what="making / a slave mount")
     elif propagation != "unchanged":
         raise ValueError(f"mount propagation {propagation!r} (slave or unchanged)")
     for src, dst in mounts:
@@ -150,8 +148,7 @@ def _mount_ns(mounts: list[list[str]], propagation: str) -> None:
             else:
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
                 open(dst, "a").close()
-        _check(_libc.mount(src.encode(), dst.encode(), None, MS_BIND | MS_REC, None),
-               f"mount --rbind {src} {dst}")
+        mount(src, dst, None, MS_BIND | MS_REC, what=f"mount --rbind {src} {dst}")
 
 
 def areas() -> tuple[tuple[int, int], tuple[int, int]]:

@@ -38,7 +38,8 @@ def test_plan_hides_the_state_dir_and_binds_back_what_the_node_keeps():
 
 def test_apply_makes_directories_and_names_the_failing_step(tmp_path, monkeypatch):
     mounts: list[tuple] = []
-    monkeypatch.setattr(privatedirs, "_mount", lambda *a: mounts.append(a))
+    monkeypatch.setattr(privatedirs, "mount", lambda source, target, fstype=None, flags=0, data=None, what="":
+                        mounts.append((source, target, fstype, flags, data)))
     keep = tmp_path / "state" / "keep"
     privatedirs.apply([("mkdir", str(keep), 0o700), ("open", 0, str(keep)),
                        ("tmpfs", "calicolab-private", str(tmp_path / "state"), "size=1m"),
@@ -52,7 +53,7 @@ def test_apply_makes_directories_and_names_the_failing_step(tmp_path, monkeypatc
     def refuse(*_a):
         raise OSError(1, "Operation not permitted")
 
-    monkeypatch.setattr(privatedirs, "_mount", refuse)
+    monkeypatch.setattr(privatedirs, "mount", refuse)
     with pytest.raises(OSError, match=r"mount --bind .*/keep /x: Operation not permitted"):
         privatedirs.apply([("open", 0, str(keep)), ("bind", str(keep), "/x")])
     assert set(os.listdir("/proc/self/fd")) == fds  # the opened descriptor was closed
