@@ -88,26 +88,6 @@ def topology(name: str, nodes: int, pods: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cluster_view(cp_netns: str, kubeconfig: str) -> dict:
-    """Nodes' readiness and pods' phase/IP, read through the lab's API server (inside its netns)."""
-    from kubeclient import Client, from_kubeconfig
-
-    def read() -> dict:
-        client = Client(from_kubeconfig(kubeconfig))
-        nodes = {}
-        for n in client.list("v1", "nodes")["items"]:
-            conds = (n.get("status") or {}).get("conditions") or []
-            nodes[n["metadata"]["name"]] = any(c.get("type") == "Ready" and c.get("status") == "True"
-                                               for c in conds)
-        pods = {p["metadata"]["name"]: ((p.get("status") or {}).get("phase"),
-                                        (p.get("status") or {}).get("podIP"),
-                                        (p.get("spec") or {}).get("nodeName"))
-                for p in client.list("v1", "pods", "default")["items"]}
-        return {"nodes": nodes, "pods": pods}
-
-    return nsmod.run_in(cp_netns, read)
-
-
 def probe_until_200(ips: list[str], timeout: float = 60.0, attempt_timeout: float = 3.0,
                     interval: float = 0.1, *, more: Callable[[], list[str]] | None = None,
                     expect: int | None = None) -> dict[str, float]:
@@ -177,13 +157,6 @@ def probe_until_200(ips: list[str], timeout: float = 60.0, attempt_timeout: floa
         close(sock)
     sel.close()
     return seen
-
-
-def reachable_at(cp_netns: str, ips: list[str], timeout: float = 60.0) -> dict[str, float]:
-    """Wall-clock time (epoch) at which each pod IP first answered HTTP 200 from the
-    control-plane node (:func:`probe_until_200` inside its netns; one light process for
-    every pod, so the measurement does not load the machine it measures)."""
-    return nsmod.run_in(cp_netns, probe_until_200, ips, timeout)
 
 
 def observe(kubeconfig: str, nodes: int, pods: int, t0: float, timeout: float = 180.0) -> dict:
