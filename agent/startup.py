@@ -272,12 +272,15 @@ def node_address(env: Mapping[str, str], interfaces: Sequence[tuple[str, Sequenc
     return found
 
 
-def _update_retry(client: Any, kind: str, name: str, mutate: Any, attempts: int = 20) -> Any:
-    """get -> mutate -> update (CAS) with retries on Conflict; returns the stored object."""
+def _update_retry(client: Any, kind: str, name: str, mutate: Any, attempts: int = 20,
+                  first: Any = None) -> Any:
+    """get -> mutate -> update (CAS) with retries on Conflict; returns the stored object.
+    ``first``: the object as the caller just read it, used for the first attempt (under a
+    busy lab's start each API round trip was 0.3-1.5 s of a late node's start-up)."""
     from datastore import errors
 
     for _ in range(attempts):
-        obj = client.get(kind, name)
+        obj, first = (first, None) if first is not None else (client.get(kind, name), None)
         if not mutate(obj):
             return obj
         try:
@@ -297,8 +300,9 @@ def register_node(client: Any, nodename: str, ipv4: str | None) -> Any:
     from datastore.resources import Metadata, Node, NodeBGPSpec
 
     try:
-        client.get("Node", nodename)
+        current = client.get("Node", nodename)
     except errors.NotFound:
+        current = None
         if getattr(client, "datastore_type", "") == "kubernetes":
             raise StartupError(f"the Kubernetes Node {nodename!r} does not exist: in the Kubernetes datastore "
                                "the Calico Node is the Kubernetes Node (has the kubelet registered it?)") from None
@@ -317,7 +321,7 @@ def register_node(client: Any, nodename: str, ipv4: str | None) -> Any:
         node.spec.bgp.ipv4_address = ipv4
         return True
 
-    return _update_retry(client, "Node", nodename, mutate)
+    return _update_retry(client, "Node", nodename, mutate, first=current)
 
 
 def kube_client(client: Any, env: Mapping[str, str]) -> Any:
@@ -421,8 +425,9 @@ def ensure_cluster_information(client: Any, env: Mapping[str, str], kubeadm: boo
 
     ctype = cluster_type(env, kubeadm, getattr(client, "datastore_type", "") == "kubernetes")
     try:
-        client.get("ClusterInformation", "default")
+        current = client.get("ClusterInformation", "default")
     except errors.NotFound:
+        current = None
         ci = ClusterInformation(metadata=Metadata(name="default"))
         ci.spec.cluster_guid = uuid.uuid4().hex
         ci.spec.cluster_type = ctype or None
@@ -452,7 +457,7 @@ def ensure_cluster_information(client: Any, env: Mapping[str, str], kubeadm: boo
                 changed = True
         return changed
 
-    return _update_retry(client, "ClusterInformation", "default", mutate)
+    return _update_retry(client, "ClusterInformation", "default", mutate, first=current)
 
 
 def ensure_default_felix_configuration(client: Any) -> Any:
@@ -464,8 +469,9 @@ def ensure_default_felix_configuration(client: Any) -> Any:
     from datastore.resources import FelixConfiguration, Metadata
 
     try:
-        client.get("FelixConfiguration", "default")
+        current = client.get("FelixConfiguration", "default")
     except errors.NotFound:
+        current = None
         fc = FelixConfiguration(metadata=Metadata(name="default"))
         fc.spec.reporting_interval = DEFAULT_REPORTING_INTERVAL
         fc.spec.log_severity_screen = DEFAULT_LOG_SEVERITY
@@ -487,7 +493,7 @@ def ensure_default_felix_configuration(client: Any) -> Any:
             changed = True
         return changed
 
-    return _update_retry(client, "FelixConfiguration", "default", mutate)
+    return _update_retry(client, "FelixConfiguration", "default", mutate, first=current)
 
 
 def ensure_tunnel_address(client: Any, nodename: str, kind: str = "ipip") -> str | None:
@@ -543,8 +549,15 @@ def check_nodename(nodename: str) -> str:
 
 
 def run_startup(client: Any, env: Mapping[str, str], var_lib: str | None = None,
-                interfaces: Sequence[tuple[str, Sequence[str]]] | None = None) -> StartupResult:
-    """The whole start-up sequence (idempotent: safe on every agent restart)."""
+                interfaces: Sequence[tuple[str, Sequence[str]]] | None = None,
+                tunnels: bool = True) -> StartupResult:
+    """The whole start-up sequence (idempotent: safe on every agent restart).
+
+    ``tunnels=False`` leaves the tunnel addresses to the caller, as Calico's start-up does:
+    it ends by writing the nodename file, and ``allocate-tunnel-addrs`` runs beside Felix and
+    BIRD (calico-node's :class:`agent.main.TunnelAllocator`); ``tunnel_address`` is then None.
+    With ``tunnels`` (``--startup-only``, nothing runs after it) they are allocated before the
+    nodename file is written."""
     nodename = check_nodename(determine_nodename(env))
     steps: dict[str, float] = {}
     t = time.monotonic()
@@ -573,8 +586,10 @@ def run_startup(client: Any, env: Mapping[str, str], var_lib: str | None = None,
     step("clusterinfo")
     ensure_default_felix_configuration(client)
     step("felixconfig")
-    tunnels = ensure_tunnel_addresses(client, nodename)
-    tunnel = tunnels["ipip"] or tunnels["vxlan"]
-    step("tunnel")
+    tunnel = None
+    if tunnels:
+        addrs = ensure_tunnel_addresses(client, nodename)
+        tunnel = addrs["ipip"] or addrs["vxlan"]
+        step("tunnel")
     write_nodename(var_lib or env.get("CALICO_VAR_LIB_DIR", "/var/lib/calico"), nodename)
     return StartupResult(nodename, ipv4, tunnel, created, steps)

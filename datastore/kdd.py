@@ -286,6 +286,7 @@ class _NodeKind(_Kind):
             k8s = kc.kube.get("v1", "nodes", name)
         except Exception as exc:  # noqa: BLE001
             raise kc.map_error(exc, f"Node({name})") from None
+        kc.node_sources[name] = k8s
         return derived.k8s_node_to_calico(k8s)
 
     def list(self, kc: KubeClient, ns: str | None) -> tuple[list[Resource], int]:
@@ -297,10 +298,16 @@ class _NodeKind(_Kind):
 
     def update(self, kc: KubeClient, obj: Resource) -> Resource:
         assert isinstance(obj, Node)
-        try:
-            k8s = kc.kube.get("v1", "nodes", obj.metadata.name)
-        except Exception as exc:  # noqa: BLE001
-            raise kc.map_error(exc, obj.ident()) from None
+        name = obj.metadata.name
+        k8s = kc.node_sources.get(name)
+        if not (k8s and obj.metadata.resource_version and str(obj.metadata.resource_version) ==
+                str((k8s.get("metadata") or {}).get("resourceVersion"))):
+            # the Node was not just read at that version here: read it (the write still carries
+            # the resourceVersion, so a Node changed meanwhile is a Conflict either way)
+            try:
+                k8s = kc.kube.get("v1", "nodes", name)
+            except Exception as exc:  # noqa: BLE001
+                raise kc.map_error(exc, obj.ident()) from None
         if obj.metadata.resource_version and str(obj.metadata.resource_version) != \
                 str((k8s.get("metadata") or {}).get("resourceVersion")):
             raise errors.Conflict(f"{obj.ident()} was modified by someone else "
@@ -309,7 +316,9 @@ class _NodeKind(_Kind):
         try:
             out = kc.kube.replace(new, plural="nodes", sub="status")
         except Exception as exc:  # noqa: BLE001
+            kc.node_sources.pop(name, None)
             raise kc.map_error(exc, obj.ident()) from None
+        kc.node_sources[name] = out
         return derived.k8s_node_to_calico(out)
 
     def convert(self, kc: KubeClient, api: str, plural: str, k8s: dict) -> Resource | None:
@@ -552,6 +561,9 @@ class KubeClient(Datastore):
 
         self.interface_prefix = interface_prefix or _prefix(os.environ.get("FELIX_INTERFACEPREFIX"))
         self.kinds = _kinds()
+        #: the Kubernetes Node each Calico Node was last read from or written to, by name
+        #: (an update at the same resourceVersion writes over it without reading it again)
+        self.node_sources: dict[str, dict] = {}
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, timeout: float = 3.0) -> KubeClient:

@@ -339,3 +339,46 @@ def test_node_status_pod_cidrs_are_the_kubernetes_nodes_spec_pod_cidrs():
     assert printed(derived.k8s_node_to_calico(K8S_NODE))["status"] == {"podCIDRs": ["10.244.1.0/24"]}
     wep = derived.pod_to_workload_endpoint(POD)
     assert "status" not in printed(wep)  # a WorkloadEndpoint has no status struct
+
+
+def test_node_update_writes_over_the_node_it_just_read_without_reading_it_again():
+    """A Calico Node update right after its get sends one PUT (no second GET, each one a
+    round trip of a busy lab's start-up); an object at another resourceVersion is read first."""
+    from datastore.kdd import KubeClient
+
+    class FakeKube:
+        def __init__(self) -> None:
+            self.node = json.loads(json.dumps(K8S_NODE))
+            self.calls: list[str] = []
+
+        def get(self, api, plural, name, namespace=None):
+            self.calls.append(f"GET {name}")
+            return json.loads(json.dumps(self.node))
+
+        def replace(self, obj, plural=None, sub=None):
+            self.calls.append(f"PUT {obj['metadata']['name']}/{sub}")
+            if obj["metadata"]["resourceVersion"] != self.node["metadata"]["resourceVersion"]:
+                import kubeclient
+
+                raise kubeclient.Conflict(409, "Conflict", "the object has been modified")
+            self.node = json.loads(json.dumps(obj))
+            self.node["metadata"]["resourceVersion"] = str(int(obj["metadata"]["resourceVersion"]) + 1)
+            return json.loads(json.dumps(self.node))
+
+    kube = FakeKube()
+    kc = KubeClient(kube)
+    node = kc.get("Node", "k8s-w0")
+    node.spec.bgp.ipv4_ipip_tunnel_addr = "192.168.18.65"
+    out = kc.update(node)
+    assert kube.calls == ["GET k8s-w0", "PUT k8s-w0/status"]
+    assert out.spec.bgp.ipv4_ipip_tunnel_addr == "192.168.18.65" and out.metadata.resource_version == "43"
+    kube.node["metadata"]["resourceVersion"] = "50"  # someone else wrote the Node
+    out.spec.bgp.ipv4_ipip_tunnel_addr = "192.168.18.66"
+    with pytest.raises(errors.Conflict):
+        kc.update(out)  # the write carries 43: the server has 50
+    assert kube.calls[2:] == ["PUT k8s-w0/status"]
+    fresh = kc.get("Node", "k8s-w0")
+    fresh.spec.bgp.ipv4_ipip_tunnel_addr = "192.168.18.66"
+    kc.node_sources["k8s-w0"]["metadata"]["resourceVersion"] = "49"  # a cache at another version
+    kc.update(fresh)
+    assert kube.calls[3:] == ["GET k8s-w0", "GET k8s-w0", "PUT k8s-w0/status"]
