@@ -288,6 +288,8 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
                                                         "tunnel_address": None}
         out["node"] = nodename
         out["phase"] = state["phase"]
+        tunnels = state.get("tunnels")
+        out["tunnels"] = tunnels.status() if tunnels is not None else None
         reporter = state.get("reporter")
         out["unimplemented"] = reporter.lines if reporter is not None else []
         bgp = state["bgp"]
@@ -297,9 +299,15 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
             out["bgp"] = {"error": str(exc)}
         return out
 
+    def tunnels_status() -> dict:
+        felix, tunnels = state["felix"], state.get("tunnels")
+        out = felix.tunnel_addresses() if felix is not None else {"tunnel_address": None, "vxlan": None}
+        out["tunnels"] = tunnels.status() if tunnels is not None else {"done": False}
+        return out
+
     health = None
     if not args.startup_only:
-        health = HealthServer(live, ready, status, port=port)
+        health = HealthServer(live, ready, status, port=port, tunnels=tunnels_status)
         health.start()
         log.info("health on 127.0.0.1:%d", health.port)
 
@@ -334,7 +342,9 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
     delay = 0.2
     while True:
         try:
-            result = run_startup(client, env, var_lib=var_lib)
+            # the tunnel addresses come after, from allocate-tunnel-addrs beside Felix and BGP
+            # (as in Calico), except with --startup-only, where nothing runs after start-up
+            result = run_startup(client, env, var_lib=var_lib, tunnels=args.startup_only)
             break
         except errors.DatastoreUnavailable as exc:
             log.warning("datastore not reachable (%s); retrying", exc)
@@ -343,18 +353,24 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
                     _stop_cni_server(cni_server)
                 return 0
             delay = min(delay * 2, 5.0)
-    log.info("start-up done: node %s address %s tunnel %s%s (ms: %s)", result.nodename, result.ipv4_address,
-             result.tunnel_address, " (created the default pool)" if result.pool_created else "",
+    tunnel_note = f" tunnel {result.tunnel_address}" if args.startup_only else ""
+    log.info("start-up done: node %s address %s%s%s (ms: %s)", result.nodename, result.ipv4_address,
+             tunnel_note, " (created the default pool)" if result.pool_created else "",
              " ".join(f"{k}={v:g}" for k, v in result.steps.items()))
     if args.startup_only:
         return 0
 
     from agent.startup import ensure_tunnel_addresses
+    from agent.tunneladdrs import TunnelAllocator
+
+    # Calico's allocate-tunnel-addrs: the tunnel IPs now, and (re)allocated or released
+    # whenever the pools change (Felix's pool-change hook asks for a pass)
+    tunnels = TunnelAllocator(lambda: ensure_tunnel_addresses(client, result.nodename), stop)
+    state["tunnels"] = tunnels
+    tunnels.start()
 
     def pools_changed() -> None:
-        """Calico's allocate-tunnel-addrs: (re)allocate or release the tunnel IPs when pools change."""
-        addrs = ensure_tunnel_addresses(client, result.nodename)
-        log.info("IP pools changed: tunnel addresses IPIP %s, VXLAN %s", addrs["ipip"], addrs["vxlan"])
+        tunnels.request()
 
     reporter = Reporter(result.nodename, env)
     state["reporter"] = reporter
@@ -385,6 +401,7 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
         except Exception:  # noqa: BLE001
             log.exception("BGP service stop failed")
     felix.stop()
+    tunnels.stop()
     if cni_server is not None:
         _stop_cni_server(cni_server)
     if health is not None:

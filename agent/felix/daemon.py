@@ -162,6 +162,12 @@ class Felix:
         return (bool(self._threads) and all(t.is_alive() for t in self._threads)
                 and self.clock.monotonic() - self.heartbeat < 30)
 
+    def tunnel_addresses(self) -> dict:
+        """The addresses Felix has put on tunl0 and vxlan.calico (as in :meth:`status`)."""
+        vx = self._vxlan_applied
+        return {"tunnel_address": self.tunnel.address if self.tunnel else None,
+                "vxlan": {"address": vx.address} if vx is not None else None}
+
     def status(self) -> dict:
         """Ready/live, datapath kind, encapsulation, tunnel addresses and counters (served as
         /status). ``datapath``: tunl0's kind (kernel ipip, tc-BPF or userspace TUN) while IPIP

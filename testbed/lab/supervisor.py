@@ -117,6 +117,21 @@ def check_own_namespace(path: str, what: str, kind: str = "net") -> None:
         raise RuntimeError(f"{what}: its {kind} namespace is the machine's own; refusing to touch it")
 
 
+def tunnels_settled(status: dict) -> bool:
+    """From calico-node's /status/tunnels: its allocate-tunnel-addrs pass is done and Felix has put
+    each allocated address on its device (tunl0's for IPIP, vxlan.calico's for VXLAN), so a
+    lab reported ready shows them, as a node that has run a while does. A calico-node
+    without the ``tunnels`` section (none allocated beside Felix) counts as settled."""
+    tunnels = status.get("tunnels")
+    if not tunnels:
+        return True
+    if not tunnels.get("done"):
+        return False
+    if tunnels.get("ipip") and status.get("tunnel_address") != tunnels["ipip"]:
+        return False
+    return not (tunnels.get("vxlan") and (status.get("vxlan") or {}).get("address") != tunnels["vxlan"])
+
+
 def _has_main(module: str) -> bool:
     """True if ``python -m module`` would run something (module exists with a main guard)."""
     try:
@@ -1241,11 +1256,17 @@ class Supervisor:
         return [n.name for n in self.local_nodes]
 
     def wait_agents_ready(self, nodes: list[str]) -> None:
-        """Wait (bounded) until calico-node on ``nodes`` answers /readiness 200; warn otherwise
-        (the bound counts from the last node's admission, :meth:`admit_nodes`)."""
+        """Wait (bounded) until calico-node on ``nodes`` answers /readiness 200 and its
+        /status/tunnels shows the tunnel addresses allocated and on the node's devices
+        (:func:`tunnels_settled`: allocate-tunnel-addrs runs beside Felix, as in Calico, so
+        /readiness can come first); warn otherwise (the bound counts from the last node's
+        admission, :meth:`admit_nodes`). A sweep asks every pending node; sweeps are 50 ms
+        apart, more with many nodes pending (at most ~100 requests a second: at 50 ms, a
+        50-node lab's sweeps were 1,000 a second of calico-node and supervisor CPU)."""
         self.admitted.wait()
         deadline = time.monotonic() + self.ready_timeout
         pending = set(nodes)
+        ready: set[str] = set()
         while pending and time.monotonic() < deadline:
             for name in sorted(pending):
                 proc = self.procs.get(f"{name}/calico-node")
@@ -1253,14 +1274,21 @@ class Supervisor:
                     self.progress(f"warning: calico-node on {name} exited ({proc.returncode})")
                     pending.discard(name)
                     continue
+                netns = self.state["hosts"][name]["netns"]
                 try:
-                    code, _ = nsmod.http_get(self.state["hosts"][name]["netns"], "127.0.0.1",
-                                             labstate.HEALTH_PORT, "/readiness", timeout=0.5)
-                    if code == 200:
+                    if name not in ready:
+                        code, _ = nsmod.http_get(netns, "127.0.0.1", labstate.HEALTH_PORT, "/readiness",
+                                                 timeout=0.5)
+                        if code != 200:
+                            continue
+                        ready.add(name)
+                    code, body = nsmod.http_get(netns, "127.0.0.1", labstate.HEALTH_PORT,
+                                                "/status/tunnels", timeout=0.5)
+                    if code == 404 or (code == 200 and tunnels_settled(json.loads(body))):
                         pending.discard(name)
-                except OSError:
+                except (OSError, ValueError):
                     pass
-            time.sleep(0.05)
+            time.sleep(max(0.05, 0.01 * len(pending)))
         if pending:
             self.progress(f"warning: calico-node not ready after {self.ready_timeout:.0f}s on "
                           f"{', '.join(sorted(pending))} (see logs/<node>.calico-node.log)")
