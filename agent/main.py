@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -181,6 +182,19 @@ def _zygote_cni_server(argv: list[str], stdout: int | None = None) -> Any:
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _cni_socket_served(path: str = CNI_SOCKET) -> bool:
+    """True if something accepts connections on the CNI server's socket."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(0.5)
+    try:
+        sock.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
 
 
 def _stop_cni_server(proc: subprocess.Popen) -> None:
@@ -387,11 +401,22 @@ def _run(args: argparse.Namespace, env: dict[str, str]) -> int:
         except Exception:  # noqa: BLE001 - Felix keeps running; BGP state shows in /status
             log.exception("BGP service failed to start")
     confd = ConfdSupervisor(client, result.nodename)
+    cni_adopted = False  # the server on the socket is not our child (see below)
     while not stop.wait(SUPERVISE_INTERVAL):
         confd.check(state["bgp"])
         if cni_server is not None and cni_server.poll() is not None:  # runit restarts it too
-            log.warning("CNI server exited with %s; starting it again", cni_server.returncode)
-            cni_server = _cni_server(env, var_run)
+            if _cni_socket_served():
+                # a zygote start that answered after its timeout, while the exec'd fallback
+                # found it listening and ended (restarting that one looped ~once a second)
+                log.warning("CNI server exited with %s, but another one serves %s: leaving that one",
+                            cni_server.returncode, CNI_SOCKET)
+                cni_server, cni_adopted = None, True
+            else:
+                log.warning("CNI server exited with %s; starting it again", cni_server.returncode)
+                cni_server = _cni_server(env, var_run)
+        elif cni_adopted and not _cni_socket_served():
+            log.warning("the CNI server serving %s is gone; starting one", CNI_SOCKET)
+            cni_server, cni_adopted = _cni_server(env, var_run), False
         report_unimplemented(reporter, felix, state["bgp"])
     state["phase"] = "stopping"
     t0 = time.monotonic()
