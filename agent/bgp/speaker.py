@@ -32,7 +32,11 @@ _NO_ID = IPv4Address("0.0.0.0")
 EXPORT_PATH_ID = 1  # ADD-PATH identifier of the (single, best) path we advertise per prefix
 KERNEL_SCAN_SECONDS = 10.0
 KERNEL_INLINE_MAX = 64  # route changes written from the event loop itself (more: kernel thread)
-KERNEL_RETRY_SECONDS = 1.0
+KERNEL_RETRY_SECONDS = 1.0  # the longest wait before failed kernel routes are written again
+#: the first wait: a route via tunl0 that arrives before Felix has made tunl0 (the BGP
+#: sessions of a lab's start come up first) fails with "No such device"; waiting a whole
+#: second for it kept that node's pods unreachable ~0.5 s after the lab was ready
+KERNEL_RETRY_FIRST = 0.1
 
 
 def local_capabilities(cfg: SpeakerConfig, peer: PeerConfig) -> list:
@@ -534,6 +538,7 @@ class Speaker:
         self._kernel_task: asyncio.Task | None = None
         self._kernel_busy = 0  # kernel calls running on the kernel thread
         self._kernel_retry: asyncio.TimerHandle | None = None
+        self._kernel_retry_delay = KERNEL_RETRY_FIRST  # doubles while retries fail
         self._retry_prefixes: set[int] = set()
         self._scan_task: asyncio.Task | None = None
         # routes found in the kernel at start (a restart): kept until the first full scan
@@ -935,6 +940,8 @@ class Speaker:
                 self.kernel_routes[p] = r
         if failed:
             self._retry_kernel(failed)
+        elif not self._retry_prefixes:
+            self._kernel_retry_delay = KERNEL_RETRY_FIRST
 
     async def _kernel_sync(self) -> None:
         while self._pending_kernel:
@@ -958,7 +965,8 @@ class Speaker:
             self._schedule_kernel(todo)
 
         if self._kernel_retry is None:
-            self._kernel_retry = self.clock.call_later(KERNEL_RETRY_SECONDS, fire)
+            self._kernel_retry = self.clock.call_later(self._kernel_retry_delay, fire)
+            self._kernel_retry_delay = min(self._kernel_retry_delay * 2, KERNEL_RETRY_SECONDS)
 
     # ---- views
     def status(self) -> dict:

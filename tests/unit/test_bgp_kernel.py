@@ -21,7 +21,7 @@ from agent.bgp.kernel import KernelRoutes
 from agent.bgp.prefix import parse as N  # prefixes are integer keys in the speaker
 from agent.bgp.rib import PeerInfo
 from agent.bgp.routes import KernelRoute, NextHop
-from agent.bgp.speaker import KERNEL_RETRY_SECONDS, KERNEL_SCAN_SECONDS, Speaker
+from agent.bgp.speaker import KERNEL_RETRY_FIRST, KERNEL_RETRY_SECONDS, KERNEL_SCAN_SECONDS, Speaker
 from agent.clock import FakeClock
 from kernel import RT_SCOPE_LINK, RTN_BLACKHOLE, RTPROT_BIRD, Route, Tun
 from kernel.fake import FakeKernel
@@ -211,6 +211,35 @@ def test_speaker_retries_until_tunl0_exists():
         assert sp.status()["kernel_errors"] == [] and sp.status()["kernel_error_history"]
         await sp.stop()
         assert bird(k) == set() and not k.closed  # flushed; the handle belongs to the caller
+
+    run(main())
+
+
+def test_speaker_retries_quickly_first_then_backs_off_to_a_second():
+    """tunl0 made a moment after the first route (Felix and the BGP sessions start together):
+    the route is in 0.1 s, not a second later; retries that keep failing back off to 1 s."""
+    async def main() -> None:
+        k, clock = node(tunl0=False), FakeClock()
+        sp = Speaker(config(), kernel=k, clock=clock)
+        await sp.start()
+        announce(sp, "192.168.1.0/26", "172.30.0.12")
+        await settle(sp)
+        assert sp.status()["kernel_errors"]
+        delays = []
+        for _ in range(6):  # each failed retry waits twice as long, up to KERNEL_RETRY_SECONDS
+            delays.append(min(t for t in clock.pending() if t > clock.now) - clock.now)
+            clock.advance(delays[-1])
+            await settle(sp)
+        assert [round(d, 3) for d in delays] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0], delays
+        k.do(LinkAdd(Tun("tunl0")))
+        k.link_set(k.index("tunl0"), up=True)
+        clock.advance(KERNEL_RETRY_SECONDS)
+        await settle(sp)
+        assert "192.168.1.0/26 via 172.30.0.12 dev tunl0 onlink" in bird(k)
+        announce(sp, "192.168.2.0/26", "172.30.0.13")  # works at once; the next failure starts at 0.1 again
+        await settle(sp)
+        assert sp._kernel_retry_delay == KERNEL_RETRY_FIRST
+        await sp.stop()
 
     run(main())
 
