@@ -191,13 +191,19 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 20))
 
 
+async def speaker_before_tunl0() -> tuple:
+    """A started speaker on a node without tunl0 that has just learnt a route via tunl0."""
+    k, clock = node(tunl0=False), FakeClock()
+    sp = Speaker(config(), kernel=k, clock=clock)
+    await sp.start()
+    announce(sp, "192.168.1.0/26", "172.30.0.12")
+    await settle(sp)
+    return k, clock, sp
+
+
 def test_speaker_retries_until_tunl0_exists():
     async def main() -> None:
-        k, clock = node(tunl0=False), FakeClock()
-        sp = Speaker(config(), kernel=k, clock=clock)
-        await sp.start()
-        announce(sp, "192.168.1.0/26", "172.30.0.12")
-        await settle(sp)
+        k, clock, sp = await speaker_before_tunl0()
         assert bird(k) == {"blackhole 192.168.0.0/26"}
         assert sp.status()["kernel_errors"] == ["kernel route 192.168.1.0/26: link tunl0: No such device"]
         clock.advance(KERNEL_RETRY_SECONDS)  # still missing: retried and failing again
@@ -219,11 +225,7 @@ def test_speaker_retries_quickly_first_then_backs_off_to_a_second():
     """tunl0 made a moment after the first route (Felix and the BGP sessions start together):
     the route is in 0.1 s, not a second later; retries that keep failing back off to 1 s."""
     async def main() -> None:
-        k, clock = node(tunl0=False), FakeClock()
-        sp = Speaker(config(), kernel=k, clock=clock)
-        await sp.start()
-        announce(sp, "192.168.1.0/26", "172.30.0.12")
-        await settle(sp)
+        k, clock, sp = await speaker_before_tunl0()
         assert sp.status()["kernel_errors"]
         delays = []
         for _ in range(6):  # each failed retry waits twice as long, up to KERNEL_RETRY_SECONDS
