@@ -1289,9 +1289,13 @@ class Supervisor:
                 except (OSError, ValueError):
                     pass
             time.sleep(max(0.05, 0.01 * len(pending)))
-        if pending:
+        if pending - ready:
             self.progress(f"warning: calico-node not ready after {self.ready_timeout:.0f}s on "
-                          f"{', '.join(sorted(pending))} (see logs/<node>.calico-node.log)")
+                          f"{', '.join(sorted(pending - ready))} (see logs/<node>.calico-node.log)")
+        if pending & ready:
+            self.progress(f"warning: calico-node ready but its tunnel address not allocated or not on "
+                          f"tunl0/vxlan.calico after {self.ready_timeout:.0f}s on "
+                          f"{', '.join(sorted(pending & ready))} (its /status/tunnels says why)")
 
     def start_workloads(self) -> tuple[subprocess.Popen | None, bytes] | None:
         """Prepare the workloads (every one, in file order, as one multi-document stream) for
