@@ -29,6 +29,7 @@ from pathlib import Path
 
 from datastore.duration import parse_duration
 from datastore.version import CALICO_VERSION
+from testbed.poll import deadline_scale
 
 REPO = Path(__file__).resolve().parents[2]
 #: the Kubernetes datastore's manifest (Calico's calico.yaml shape, plus Typha)
@@ -254,10 +255,25 @@ def install_operator_layout(lab_state: dict, timeout: float = 60.0, **overrides:
     return _apply(lab_state, render_operator_layout(lab_state, **overrides), "calico-system.yaml", timeout)
 
 
+def _text(out: str | bytes | None) -> str:
+    """What a timed-out subprocess had printed (bytes, even with ``text=True``)."""
+    if isinstance(out, bytes):
+        return out.decode(errors="replace")
+    return out or ""
+
+
 def _apply(lab_state: dict, text: str, what: str, timeout: float) -> list[str]:
+    """``kubectl apply -f -`` of ``text``; ``timeout`` scales with CALICOLAB_DEADLINE_SCALE (a VM
+    under TCG runs kubectl and the API server ~10x slower). Raises :class:`InstallError` naming
+    ``what`` when kubectl fails or does not return in time."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run(kubectl_argv(lab_state["lab"], "apply", "-f", "-"), input=text, text=True,
-                          capture_output=True, timeout=timeout, env=env, cwd=str(REPO))
+    limit = timeout * deadline_scale()
+    try:
+        proc = subprocess.run(kubectl_argv(lab_state["lab"], "apply", "-f", "-"), input=text, text=True,
+                              capture_output=True, timeout=limit, env=env, cwd=str(REPO))
+    except subprocess.TimeoutExpired as exc:
+        raise InstallError(f"kubectl apply -f {what} did not return within {limit:.0f}s: "
+                           f"{_text(exc.stderr or exc.stdout).strip()[-600:] or 'no output'}") from None
     if proc.returncode != 0:
         raise InstallError(f"kubectl apply -f {what} failed (exit {proc.returncode}): "
                            f"{(proc.stderr or proc.stdout).strip()}")

@@ -1367,7 +1367,7 @@ class Supervisor:
             # kubectl says what is wrong in its own words; what was created is unchanged for it
             _log(f"workloads: creating through the API failed ({made}); handing them to kubectl apply")
             proc = self._kubectl_apply()
-        out, err = proc.communicate(text, timeout=120)
+        out, err = proc.communicate(text, timeout=120 * deadline_scale())
         if proc.returncode != 0:
             raise RuntimeError("kubectl apply of the workloads failed: "
                                f"{(err or out).decode(errors='replace').strip()}")

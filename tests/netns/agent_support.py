@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from datastore.conversion import namespace_to_profile
+from testbed.lab.supervisor import tunnels_settled
 from testbed.poll import wait_for
 from tests.netns.felix_support import PY, REPO, InNetns, Topo, run, start_etcd
 from tests.support import require_root, require_tool
@@ -73,14 +74,17 @@ class TwoNodes:
         return json.loads(out) if out.strip() else {}
 
     def wait_ready(self, name: str, ns: str, timeout: float | None = None) -> dict:
-        """Poll until agent ``name`` reports ready; fails with its log if it exited."""
+        """Poll until agent ``name`` reports ready and its tunnel addresses are on their devices
+        (allocate-tunnel-addrs runs beside Felix, as the lab's readiness wait also waits for);
+        fails with its log if it exited."""
         def probe():
             p = self.agents[name]
             if p.poll() is not None:
                 raise AssertionError(f"calico-node {name} exited {p.returncode}:\n{self.log(name)[-3000:]}")
             return self.status(ns)
-        return wait_for(probe, lambda s: s.get("ready") is True, timeout=timeout or self.ready_timeout,
-                        what=f"calico-node {name} ready")
+        return wait_for(probe, lambda s: s.get("ready") is True and tunnels_settled(s),
+                        timeout=timeout or self.ready_timeout,
+                        what=f"calico-node {name} ready with its tunnel addresses")
 
     def close(self) -> None:
         """Release what :meth:`setup` made besides the topology (also a half-done setup's)."""

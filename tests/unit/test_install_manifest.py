@@ -255,3 +255,17 @@ def test_kdd_manifest_needs_the_api_address_and_no_etcd():
     bad.block_size = 99
     with pytest.raises(InstallError, match="block_size: 99 is outside 20..32"):
         render(bad)
+
+
+def test_an_apply_that_does_not_return_is_named_and_its_deadline_scales(monkeypatch, tmp_path):
+    """kubectl apply that hangs: an InstallError naming the file and the scaled deadline (a VM under
+    TCG sets CALICOLAB_DEADLINE_SCALE=10; the walkthrough's calico.yaml took over 60 s there)."""
+    from testbed.k8s import install
+
+    script = tmp_path / "slow-kubectl"
+    script.write_text("#!/bin/sh\necho applying >&2\nexec sleep 30\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(install, "kubectl_argv", lambda lab, *args: [str(script)])
+    monkeypatch.setenv("CALICOLAB_DEADLINE_SCALE", "3")
+    with pytest.raises(InstallError, match=r"kubectl apply -f calico\.yaml did not return within 1s: applying"):
+        install._apply({"lab": "x"}, "kind: List\n", "calico.yaml", timeout=0.3)
