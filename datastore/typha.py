@@ -71,6 +71,19 @@ def encode(msg: dict[str, Any]) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
+def encode_kv(kv: dict[str, Any]) -> str:
+    """One SerializedUpdate as the JSON that :func:`encode_kvs` frames: Typha encodes each
+    update once and sends the same text to every client of the syncer."""
+    return json.dumps(kv, separators=(",", ":"))
+
+
+def encode_kvs(encoded: list[str]) -> bytes:
+    """A MsgKVs frame of updates already encoded by :func:`encode_kv` (the same bytes as
+    ``encode({"type": "MsgKVs", "KVs": [...]})``)."""
+    body = ('{"type":"MsgKVs","KVs":[' + ",".join(encoded) + "]}").encode()
+    return struct.pack(">I", len(body)) + body
+
+
 def decode_body(body: bytes) -> dict[str, Any]:
     """Parse one frame's body; ProtocolError if it is not a known message."""
     try:
@@ -269,6 +282,11 @@ class TyphaWatchStream:
         self._sock: socket.socket | None = None
         self._send_lock = threading.Lock()
         self._waiting = False
+        #: True while the event just yielded is followed by others of the same MsgKVs (Typha's
+        #: batch): a consumer that recomputes from the whole state waits for the last of them,
+        #: as Felix's and confd's syncer callbacks get each batch whole (datastore.client's
+        #: etcd stream has the same attribute)
+        self.more = False
 
     def close(self) -> None:
         """Stop the stream (safe from any thread)."""
@@ -334,13 +352,17 @@ class TyphaWatchStream:
                 self._send(sock, {"type": "MsgPong", "PingTimestamp": msg.get("Timestamp"),
                                   "PongTimestamp": time.time()})
             elif mtype == "MsgKVs":
-                for kv in msg.get("KVs") or []:
-                    if snapshot is not None:
+                kvs = msg.get("KVs") or []
+                if snapshot is not None:
+                    for kv in kvs:
                         snapshot[kv.get("Key") or ""] = kv
-                    else:
-                        ev = self._event(kv)
-                        if ev is not None:
-                            yield ev
+                    continue
+                events = [ev for ev in map(self._event, kvs) if ev is not None]
+                last = len(events) - 1
+                for i, ev in enumerate(events):
+                    self.more = i < last
+                    yield ev
+                self.more = False
             elif mtype == "MsgSyncStatus" and msg.get("SyncStatus") == IN_SYNC and snapshot is not None:
                 yield from self._resync(snapshot)
                 snapshot = None

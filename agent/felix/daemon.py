@@ -246,7 +246,10 @@ class Felix:
                                          "_netsets": self._netsets, "IPAMBlock": self._blocks}, ev)
                         if ev.kind == "IPPool":
                             self._pools_changed.set()
-                        self._dirty.set()
+                        # the dataplane is woken once per batch the stream received (Felix's calc
+                        # graph flushes after each batch from the syncer), not for every event in it
+                        if not getattr(self._stream, "more", False):
+                            self._dirty.set()
             except errors.DatastoreError as exc:
                 self.last_error = f"datastore: {exc}"
                 log.warning("datastore watch failed: %s; retrying", exc)

@@ -29,6 +29,8 @@ from datastore.typha import (
     SYNCER_KINDS,
     ProtocolError,
     encode,
+    encode_kv,
+    encode_kvs,
     kv_of,
     read_msg,
 )
@@ -45,14 +47,17 @@ class _Conn:
         self.peer = peer
         self.syncer = ""
         self.hostname = ""
-        self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.queue: queue.Queue[str | None] = queue.Queue()  # updates, each encoded once (encode_kv)
         self.last_pong = time.monotonic()
         self.closed = threading.Event()
         self.send_lock = threading.Lock()
 
     def send(self, msg: dict[str, Any]) -> None:
+        self.send_frame(encode(msg))
+
+    def send_frame(self, frame: bytes) -> None:
         with self.send_lock:
-            self.sock.sendall(encode(msg))
+            self.sock.sendall(frame)
 
     def close(self) -> None:
         if not self.closed.is_set():
@@ -76,7 +81,7 @@ class TyphaServer:
         self.ping_interval, self.pong_timeout = ping_interval, pong_timeout
         self.handshake_timeout, self.write_timeout = handshake_timeout, write_timeout
         self.batch = batch
-        self.cache: dict[str, dict[str, Any]] = {}  # key -> SerializedUpdate
+        self.cache: dict[str, str] = {}  # key -> SerializedUpdate, encoded once (encode_kv)
         self.kinds_of: dict[str, str] = {}          # key -> kind
         self.synced = threading.Event()
         self.stopping = threading.Event()
@@ -181,16 +186,17 @@ class TyphaServer:
     def _publish(self, kind: str, kv: dict[str, Any]) -> None:
         with self.lock:
             key = kv["Key"]
+            text = encode_kv(kv)
             if kv["UpdateType"] == "deleted":
                 self.cache.pop(key, None)
                 self.kinds_of.pop(key, None)
             else:
-                self.cache[key] = kv
+                self.cache[key] = text
                 self.kinds_of[key] = kind
             self.stats["updates"] += 1
             for c in self.conns:
                 if c.syncer and kind in SYNCER_KINDS[c.syncer]:
-                    c.queue.put(kv)
+                    c.queue.put(text)
 
     # -- clients -----------------------------------------------------------------------
     def _accept_loop(self) -> None:
@@ -243,13 +249,17 @@ class TyphaServer:
             self.conns.add(conn)
             self.stats["connections"] += 1
         for i in range(0, len(snapshot), self.batch):
-            self._send(conn, {"type": "MsgKVs", "KVs": snapshot[i:i + self.batch]})
+            self._send_kvs(conn, snapshot[i:i + self.batch])
         self._send(conn, {"type": "MsgSyncStatus", "SyncStatus": IN_SYNC})
         log.info("client %s (%s, syncer %s): snapshot of %d keys sent", conn.peer, conn.hostname, syncer,
                  len(snapshot))
 
     def _send(self, conn: _Conn, msg: dict[str, Any]) -> None:
         conn.send(msg)
+        self.stats["messages"] += 1
+
+    def _send_kvs(self, conn: _Conn, encoded: list[str]) -> None:
+        conn.send_frame(encode_kvs(encoded))
         self.stats["messages"] += 1
 
     def _read_pongs(self, conn: _Conn) -> None:
@@ -289,7 +299,7 @@ class TyphaServer:
                     if more is None:
                         return
                     kvs.append(more)
-                self._send(conn, {"type": "MsgKVs", "KVs": kvs})
+                self._send_kvs(conn, kvs)
             now = time.monotonic()
             if now - conn.last_pong > self.pong_timeout:
                 self.stats["dropped"] += 1

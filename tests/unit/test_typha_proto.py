@@ -85,3 +85,59 @@ def test_every_kind_felix_and_confd_watch_comes_through_one_syncer():
 
     assert syncer_for(WATCH_KINDS) == "felix" and "IPAMBlock" in WATCH_KINDS
     assert syncer_for(CONFD_KINDS) == "bgp"
+
+
+def test_updates_encoded_once_frame_as_a_msgkvs():
+    """Typha encodes each update once for all its clients: the frame is the same bytes as
+    encoding the whole message, and decodes to it."""
+    from datastore.typha import encode_kv, encode_kvs
+
+    pool = IPPool(metadata=Metadata(name="p"), spec=IPPool.Spec(cidr="192.168.0.0/16", block_size=24))
+    kvs = [kv_of("IPPool", "p", None, pool, 7, "new"), kv_of("IPPool", "q", None, None, 8, "deleted")]
+    frame = encode_kvs([encode_kv(kv) for kv in kvs])
+    assert frame == encode({"type": "MsgKVs", "KVs": kvs})
+    assert decode_body(frame[4:]) == {"type": "MsgKVs", "KVs": kvs}
+    assert decode_body(encode_kvs([])[4:]) == {"type": "MsgKVs", "KVs": []}
+
+
+def test_stream_says_more_while_a_batch_has_events_to_come():
+    """A MsgKVs of three pools is three events, ``more`` set on the first two: confd computes the
+    BGP configuration and Felix wakes its dataplane once per batch, not per event."""
+    import threading
+
+    from datastore.typha import IN_SYNC, PROTOCOL_VERSION, TyphaClient
+
+    def pool(name: str, rev: int) -> dict:
+        p = IPPool(metadata=Metadata(name=name), spec=IPPool.Spec(cidr=f"10.{rev}.0.0/16", block_size=26))
+        return kv_of("IPPool", name, None, p, rev, "new")
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def typha() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            hello = read_msg(conn)
+            conn.sendall(encode({"type": "MsgServerHello", "Version": PROTOCOL_VERSION,
+                                 "SyncerType": hello["SyncerType"]}))
+            conn.sendall(encode({"type": "MsgKVs", "KVs": [pool("a", 1)]}))
+            conn.sendall(encode({"type": "MsgSyncStatus", "SyncStatus": IN_SYNC}))
+            conn.sendall(encode({"type": "MsgKVs", "KVs": [pool("b", 2), pool("c", 3), pool("d", 4)]}))
+            conn.sendall(encode({"type": "MsgKVs", "KVs": [pool("e", 5)]}))
+            conn.recv(1)  # until the client goes
+
+    t = threading.Thread(target=typha, daemon=True)
+    t.start()
+    stream = TyphaClient(f"127.0.0.1:{port}", hostname="w0", read_timeout=5).stream(["IPPool", "Node"])
+    seen = []
+    try:
+        for ev in stream:
+            seen.append((ev.type, ev.name, stream.more))
+            if ev.name == "e":
+                break
+    finally:
+        stream.close()
+        listener.close()
+        t.join(5)
+    assert seen == [("ADDED", "a", False), ("SYNCED", "", False), ("ADDED", "b", True),
+                    ("ADDED", "c", True), ("ADDED", "d", False), ("ADDED", "e", False)]
