@@ -27,6 +27,7 @@ from agent.felix.model import Desired, Endpoint, FelixInput, HostNode
 from agent.felix.policysync import PolicySync, endpoint_update
 from agent.felix.routes import RouteDriver
 from agent.felix.sysctl import SysctlDriver
+from agent.felix.throttle import Throttle
 from agent.felix.tunnel import (
     TunnelInfo,
     choose_datapath,
@@ -88,6 +89,8 @@ class Felix:
         self.calc = Calculator()
         self._blocks: dict[str, Any] = {}
         self._synced = threading.Event()
+        self._throttle = Throttle(self.clock.monotonic())
+        self.throttled = False  # applies are waiting for the throttle's tokens (status, logs)
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -197,6 +200,7 @@ class Felix:
                       "mtu": vx.mtu, "waiting": list(self.vxlan_waiting)} if vx is not None else None,
             "endpoints": sum(1 for ep in self._weps.values() if ep.node in ("", self.hostname)),
             "applies": self.applies,
+            "throttled": self.throttled,  # applies wait for the throttle (10 a second after a burst of 10)
             "last_apply_ms": round(self.last_apply_seconds * 1000, 1), "last_error": self.last_error,
             "pump": dict(self.pump.stats) if self.pump is not None else None,
             "bpf": bpf_stats,
@@ -335,6 +339,15 @@ class Felix:
             due = {k for k, t in next_sync.items() if now >= t}
             if not (self._dirty.is_set() or pending or due):
                 continue
+            if not self._throttle.admit(now):  # Calico's apply throttle (agent.felix.throttle)
+                if not self.throttled:
+                    log.info("Dataplane updates throttled")
+                    self.throttled = True
+                clock.wait(self._stop, self._throttle.next_token(clock.monotonic()))
+                continue
+            if self.throttled and self._throttle.count > 0:
+                log.info("Dataplane updates no longer throttled")
+                self.throttled = False
             self._dirty.clear()
             if self._pools_changed.is_set() and self.on_pools_changed is not None:
                 self._pools_changed.clear()

@@ -418,3 +418,37 @@ def test_loop_before_the_first_sync_waits_for_it_and_does_not_spin(tmp_path):
     assert len(clock.waits) <= 12, f"the loop woke {len(clock.waits)} times in 10 virtual seconds"
     assert all(w == 1.0 for w in clock.waits), clock.waits[:20]
     assert f.tables["filter"].applies == 0, "applied before the first sync"
+
+
+def test_loop_applies_a_stream_of_changes_at_most_ten_times_a_second(tmp_path):
+    """Calico's apply throttle: a change every 10 ms for 3 s is applied in a first burst of 10, then
+    once per 100 ms refill (not 300 times), and the last change is applied."""
+    k, clock = node(), FakeClock(start=0.0)
+    f = felix_on(k, clock, tmp_path)
+    real = f.apply
+    at: list[float] = []
+
+    def apply(inp, resync=frozenset()):  # each apply takes 10 ms and a change comes meanwhile
+        at.append(clock.now)
+        out = real(inp, resync)
+        if clock.now < 3.0:
+            clock.advance(0.01)
+            f._dirty.set()
+        return out
+
+    f.apply = apply
+    run_loop(f, clock, until=5)
+    assert 10 + 28 <= f.applies <= 10 + 31, f.applies  # unthrottled: 300
+    assert at[10] >= 0.099 and 3.0 <= at[-1] <= 3.1 and f.ready  # the change made during the last is applied
+
+
+def test_throttle_bucket():
+    from agent.felix.throttle import Throttle
+
+    t = Throttle(start=100.0)
+    assert [t.admit(100.0) for _ in range(11)] == [True] * 10 + [False]  # a full bucket of 10
+    assert t.next_token(100.03) == pytest.approx(0.07)
+    assert not t.admit(100.09) and t.admit(100.1) and not t.admit(100.15)
+    assert t.admit(100.35) and t.admit(100.35) and not t.admit(100.35)  # two refills since 100.1
+    t.admit(1000.0)
+    assert t.count == 9  # refills stop at the bucket's size
