@@ -130,12 +130,15 @@ def test_stream_says_more_while_a_batch_has_events_to_come():
     t.start()
     stream = TyphaClient(f"127.0.0.1:{port}", hostname="w0", read_timeout=5).stream(["IPPool", "Node"])
     seen = []
+    deadline = threading.Timer(10, stream.close)  # a stream that never yields "e" ends, not hangs
+    deadline.start()
     try:
         for ev in stream:
             seen.append((ev.type, ev.name, stream.more))
             if ev.name == "e":
                 break
     finally:
+        deadline.cancel()
         stream.close()
         listener.close()
         t.join(5)
