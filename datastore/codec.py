@@ -65,19 +65,24 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
     return False, tp
 
 
+@functools.cache
+def _encode_plan(cls: type) -> tuple[tuple[str, str, bool, bool], ...]:
+    """Per field of ``cls``, once: (name, JSON name, keep empty, Go pointer)."""
+    keep = _keep_empty(cls)
+    return tuple((name, jname, name in keep, _is_optional(tp)[0]) for name, jname, tp in _fields(cls))
+
+
 def to_json(obj: Any) -> Any:
     """Encode a dataclass (recursively) into plain JSON data."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out: dict[str, Any] = {}
-        keep = _keep_empty(type(obj))
-        for name, jname, tp in _fields(type(obj)):
+        for name, jname, keep, optional in _encode_plan(type(obj)):
             value = getattr(obj, name)
-            if name in keep:
+            if keep:
                 out[jname] = to_json(value)
                 continue
             if value is None:
                 continue
-            optional, _ = _is_optional(tp)
             if not optional:
                 if value is False or (isinstance(value, int) and not isinstance(value, bool) and value == 0):
                     continue
@@ -112,64 +117,121 @@ def _type_name(tp: Any) -> str:
     return str(tp)
 
 
+Decoder = typing.Callable[[Any, str], Any]
+
+
 def from_json(tp: Any, data: Any, path: str) -> Any:
     """Decode ``data`` into type ``tp``; errors name ``path`` (e.g. ``IPPool(p).spec.blockSize``)."""
+    return _decoder(tp)(data, path)
+
+
+@functools.cache
+def _decoder(tp: Any) -> Decoder:
+    """The decoder of ``tp``, worked out once per type: what the type asks for (optional,
+    dataclass fields, list items...) is looked up here, not on every value decoded."""
     optional, inner = _is_optional(tp)
-    if data is None:
-        if optional or tp is Any:
-            return None
-        raise ValidationError(path, "must not be null")
-    tp = inner
+    nullable = optional or tp is Any
+    body = _body(inner)
+
+    def decode(data: Any, path: str) -> Any:
+        if data is None:
+            if nullable:
+                return None
+            raise ValidationError(path, "must not be null")
+        return body(data, path)
+
+    return decode
+
+
+def _body(tp: Any) -> Decoder:  # noqa: C901 - one branch per kind of type, as from_json had
     if tp is Any:
-        return data
+        return lambda data, path: data
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        if not isinstance(data, dict):
-            raise ValidationError(path, f"must be a mapping, got {type(data).__name__}")
-        by_json = {jname: (name, ftp) for name, jname, ftp in _fields(tp)}
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key not in by_json:
-                known = ", ".join(sorted(by_json))
-                raise ValidationError(f"{path}.{key}", f"unknown field (known fields: {known})")
-            name, ftp = by_json[key]
-            kwargs[name] = from_json(ftp, value, f"{path}.{key}")
-        return tp(**kwargs)
+        plan: dict[str, tuple[str, Decoder]] = {}  # filled on first use: types may be recursive
+
+        def dataclass_body(data: Any, path: str) -> Any:
+            if not isinstance(data, dict):
+                raise ValidationError(path, f"must be a mapping, got {type(data).__name__}")
+            if not plan:
+                plan.update({jname: (name, _decoder(ftp)) for name, jname, ftp in _fields(tp)})
+            kwargs: dict[str, Any] = {}
+            for key, value in data.items():
+                entry = plan.get(key)
+                if entry is None:
+                    known = ", ".join(sorted(plan))
+                    raise ValidationError(f"{path}.{key}", f"unknown field (known fields: {known})")
+                name, dec = entry
+                kwargs[name] = dec(value, f"{path}.{key}")
+            return tp(**kwargs)
+
+        return dataclass_body
     if origin is list:
-        if not isinstance(data, list):
-            raise ValidationError(path, f"must be a list, got {type(data).__name__}")
-        (item,) = typing.get_args(tp) or (Any,)
-        return [from_json(item, v, f"{path}[{i}]") for i, v in enumerate(data)]
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        item = _decoder(item_tp)
+
+        def list_body(data: Any, path: str) -> Any:
+            if not isinstance(data, list):
+                raise ValidationError(path, f"must be a list, got {type(data).__name__}")
+            return [item(v, f"{path}[{i}]") for i, v in enumerate(data)]
+
+        return list_body
     if origin is dict:
-        if not isinstance(data, dict):
-            raise ValidationError(path, f"must be a mapping, got {type(data).__name__}")
         _, vt = typing.get_args(tp) or (str, Any)
-        return {str(k): from_json(vt, v, f"{path}.{k}") for k, v in data.items()}
+        val = _decoder(vt)
+
+        def dict_body(data: Any, path: str) -> Any:
+            if not isinstance(data, dict):
+                raise ValidationError(path, f"must be a mapping, got {type(data).__name__}")
+            return {str(k): val(v, f"{path}.{k}") for k, v in data.items()}
+
+        return dict_body
     if origin in (Union, types.UnionType):
-        for alt in typing.get_args(tp):
-            try:
-                return from_json(alt, data, path)
-            except ValidationError:
-                continue
-        raise ValidationError(path, f"has an unexpected value {data!r}")
+        alts = [_decoder(alt) for alt in typing.get_args(tp)]
+
+        def union_body(data: Any, path: str) -> Any:
+            for alt in alts:
+                try:
+                    return alt(data, path)
+                except ValidationError:
+                    continue
+            raise ValidationError(path, f"has an unexpected value {data!r}")
+
+        return union_body
     if tp is bool:
-        if isinstance(data, bool):
-            return data
-        raise ValidationError(path, f"must be true or false, got {data!r}")
+        def bool_body(data: Any, path: str) -> Any:
+            if isinstance(data, bool):
+                return data
+            raise ValidationError(path, f"must be true or false, got {data!r}")
+
+        return bool_body
     if tp is int:
-        if isinstance(data, int) and not isinstance(data, bool):
-            return data
-        if isinstance(data, str) and data.strip().lstrip("-").isdigit():
-            return int(data)
-        raise ValidationError(path, f"must be an integer, got {data!r}")
+        def int_body(data: Any, path: str) -> Any:
+            if isinstance(data, int) and not isinstance(data, bool):
+                return data
+            if isinstance(data, str) and data.strip().lstrip("-").isdigit():
+                return int(data)
+            raise ValidationError(path, f"must be an integer, got {data!r}")
+
+        return int_body
     if tp is float:
-        if isinstance(data, int | float) and not isinstance(data, bool):
-            return float(data)
-        raise ValidationError(path, f"must be a number, got {data!r}")
+        def float_body(data: Any, path: str) -> Any:
+            if isinstance(data, int | float) and not isinstance(data, bool):
+                return float(data)
+            raise ValidationError(path, f"must be a number, got {data!r}")
+
+        return float_body
     if tp is str:
-        if isinstance(data, str):
-            return data
-        if isinstance(data, int | float) and not isinstance(data, bool):
-            return str(data)
-        raise ValidationError(path, f"must be a string, got {data!r}")
-    raise ValidationError(path, f"cannot decode into {_type_name(tp)}")
+        def str_body(data: Any, path: str) -> Any:
+            if isinstance(data, str):
+                return data
+            if isinstance(data, int | float) and not isinstance(data, bool):
+                return str(data)
+            raise ValidationError(path, f"must be a string, got {data!r}")
+
+        return str_body
+
+    def unknown_body(data: Any, path: str) -> Any:
+        raise ValidationError(path, f"cannot decode into {_type_name(tp)}")
+
+    return unknown_body
