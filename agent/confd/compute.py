@@ -95,6 +95,16 @@ def node_ip(node: object) -> IPv4Interface | None:
                          f"{addr!r}") from exc
 
 
+@functools.lru_cache(maxsize=4096)
+def _mesh_peer(address: str, my_ip: str, asn: int, port: int, restart: float | None) -> PeerConfig:
+    """The mesh peering towards a node whose ``spec.bgp.ipv4Address`` is ``address``, seen
+    from ``my_ip``. compute() runs on every batch of events and meets every node each time:
+    the addresses, names and passive rule are worked out once per distinct peer."""
+    ip = _interface(address).ip
+    return PeerConfig(mesh_name(ip), ip, asn, MESH, port=port, passive=passive_towards(my_ip, ip),
+                      graceful_restart_time=restart)
+
+
 def _node_as(node: object, default_as: int) -> int:
     bgp = getattr(node.spec, "bgp", None)
     return (getattr(bgp, "as_number", None) if bgp else None) or default_as
@@ -206,16 +216,15 @@ def compute(node_name: str, st: State, timers: Timers | None = None) -> SpeakerC
 
     # node-to-node mesh: every other node with an address that is not a route reflector
     if mesh_on and not my_cid:
+        my_text = str(my_ip)
         for name in sorted(st.nodes):
             other = st.nodes[name]
             if name == node_name or _cluster_id(other):
                 continue
-            oif = node_ip(other)
-            if oif is None:
+            if node_ip(other) is None:  # (and a ConfdError naming a node with a bad address)
                 continue
-            add(PeerConfig(mesh_name(oif.ip), oif.ip, _node_as(other, global_as), MESH,
-                           port=port_of(name), passive=passive_towards(my_ip, oif.ip),
-                           graceful_restart_time=mesh_restart))
+            add(_mesh_peer(other.spec.bgp.ipv4_address, my_text, _node_as(other, global_as),
+                           port_of(name), mesh_restart))
 
     # explicit BGPPeers. A peerSelector peering works in both directions, as Calico's confd
     # makes it (unless spec.reversePeering is Manual): a "local" node (spec.node, or matching
