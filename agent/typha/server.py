@@ -83,13 +83,15 @@ class TyphaServer:
         self.batch = batch
         self.cache: dict[str, str] = {}  # key -> SerializedUpdate, encoded once (encode_kv)
         self.kinds_of: dict[str, str] = {}          # key -> kind
+        self.values: dict[str, str | None] = {}     # key -> its Value, to skip no-op updates
+        self.kind_counts: dict[str, list[int]] = {}  # kind -> [updates, skipped as no-ops]
         self.synced = threading.Event()
         self.stopping = threading.Event()
         self.conns: set[_Conn] = set()     # streaming: handshake done, snapshot sent or being sent
         self.open: set[_Conn] = set()      # every open connection, including those in the handshake
         self.lock = threading.Lock()
         self.stats = {"accepted": 0, "connections": 0, "rejected": 0, "updates": 0, "messages": 0,
-                      "dropped": 0}
+                      "dropped": 0, "skipped": 0}
         self._listener: socket.socket | None = None
         self._stream: Any = None
         self._threads: list[threading.Thread] = []
@@ -144,6 +146,8 @@ class TyphaServer:
             cache = {st: sum(1 for k in self.kinds_of.values() if k in kinds)
                      for st, kinds in SYNCER_KINDS.items()}
             active, accepted = len(self.open), self.stats["accepted"]
+            totals = {st: [sum(n[i] for k, n in self.kind_counts.items() if k in kinds) for i in (0, 1)]
+                      for st, kinds in SYNCER_KINDS.items()}
         lines = [
             "# HELP typha_connections_accepted Total number of connections accepted over time.",
             "# TYPE typha_connections_accepted counter",
@@ -159,6 +163,12 @@ class TyphaServer:
             "# HELP typha_cache_size The total number of key/value pairs in Typha's in-memory cache.",
             "# TYPE typha_cache_size gauge",
             *(f'typha_cache_size{{syncer="{st}"}} {n}' for st, n in sorted(cache.items())),
+            "# HELP typha_updates_total Total number of updates received from the Syncer.",
+            "# TYPE typha_updates_total counter",
+            *(f'typha_updates_total{{syncer="{st}"}} {n[0]}' for st, n in sorted(totals.items())),
+            "# HELP typha_updates_skipped Total number of updates skipped as duplicates.",
+            "# TYPE typha_updates_skipped counter",
+            *(f'typha_updates_skipped{{syncer="{st}"}} {n[1]}' for st, n in sorted(totals.items())),
         ]
         return "\n".join(lines) + "\n"
 
@@ -186,14 +196,26 @@ class TyphaServer:
     def _publish(self, kind: str, kv: dict[str, Any]) -> None:
         with self.lock:
             key = kv["Key"]
-            text = encode_kv(kv)
+            counts = self.kind_counts.setdefault(kind, [0, 0])
+            counts[0] += 1
+            self.stats["updates"] += 1
             if kv["UpdateType"] == "deleted":
+                # a deletion always passes, as in Typha, even of a key not cached
                 self.cache.pop(key, None)
                 self.kinds_of.pop(key, None)
-            else:
+                self.values.pop(key, None)
+            elif key in self.cache and self.values.get(key) == kv["Value"]:
+                # Typha's snapcache skips an update whose value did not change, only its
+                # revision (SerializedUpdate.WouldBeNoOp): a kubelet's heartbeat on its Node,
+                # a controller's status write that changes nothing Calico reads
+                counts[1] += 1
+                self.stats["skipped"] += 1
+                return
+            text = encode_kv(kv)
+            if kv["UpdateType"] != "deleted":
                 self.cache[key] = text
                 self.kinds_of[key] = kind
-            self.stats["updates"] += 1
+                self.values[key] = kv["Value"]
             for c in self.conns:
                 if c.syncer and kind in SYNCER_KINDS[c.syncer]:
                     c.queue.put(text)
