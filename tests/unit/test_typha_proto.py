@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 
@@ -144,3 +145,36 @@ def test_stream_says_more_while_a_batch_has_events_to_come():
         t.join(5)
     assert seen == [("ADDED", "a", False), ("SYNCED", "", False), ("ADDED", "b", True),
                     ("ADDED", "c", True), ("ADDED", "d", False), ("ADDED", "e", False)]
+
+
+def test_server_skips_an_update_whose_value_did_not_change():
+    """As Typha's snapcache (WouldBeNoOp): a new revision of the same value reaches no client
+    and is counted as skipped; a changed value and a deletion (even a repeated one) pass."""
+    from agent.typha.server import TyphaServer, _Conn
+
+    server = TyphaServer(client=None)
+    a, b = socket.socketpair()
+    conn = _Conn(a, "test")
+    conn.syncer = "bgp"
+    server.conns.add(conn)
+    try:
+        pool = IPPool(metadata=Metadata(name="p"), spec=IPPool.Spec(cidr="192.168.0.0/16"))
+        server._publish("IPPool", kv_of("IPPool", "p", None, pool, 5, "new"))
+        server._publish("IPPool", kv_of("IPPool", "p", None, pool, 6, "updated"))  # same value
+        pool.spec.ipip_mode = "Always"
+        server._publish("IPPool", kv_of("IPPool", "p", None, pool, 7, "updated"))
+        server._publish("IPPool", kv_of("IPPool", "p", None, None, 8, "deleted"))
+        server._publish("IPPool", kv_of("IPPool", "p", None, None, 9, "deleted"))
+        sent = []
+        while not conn.queue.empty():
+            sent.append(json.loads(conn.queue.get_nowait()))
+        assert [(kv["Revision"], kv["UpdateType"]) for kv in sent] == [
+            (5, "new"), (7, "updated"), (8, "deleted"), (9, "deleted")]
+        assert server.stats["updates"] == 5 and server.stats["skipped"] == 1
+        metrics = server.metrics_text()
+        assert 'typha_updates_total{syncer="bgp"} 5' in metrics
+        assert 'typha_updates_skipped{syncer="bgp"} 1' in metrics
+        assert 'typha_updates_skipped{syncer="felix"} 1' in metrics  # IPPool is in both syncers
+    finally:
+        a.close()
+        b.close()
