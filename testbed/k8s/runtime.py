@@ -43,15 +43,14 @@ def new_netns_name() -> str:
 
 
 def create_netns(path: str) -> None:
-    """Create a network namespace bound at ``path`` with ``lo`` up."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "x"):
-        pass
-    res = subprocess.run(["unshare", f"--net={path}", "ip", "link", "set", "lo", "up"],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        _unlink_quiet(path)
-        raise SandboxError(f"creating network namespace {path}: {res.stderr.strip()}")
+    """Create a network namespace bound at ``path`` with ``lo`` up (:func:`kernel.netns.create`,
+    in-process: no ``unshare`` + ``ip`` execs)."""
+    from kernel import netns
+
+    try:
+        netns.create(path)
+    except OSError as exc:
+        raise SandboxError(str(exc.strerror or exc)) from None
 
 
 def _unlink_quiet(path: str) -> None:
