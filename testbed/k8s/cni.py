@@ -59,6 +59,39 @@ def find_config(conf_dir: str) -> NetworkConfig | None:
     return None
 
 
+class ConfigWatch:
+    """:func:`find_config` of one directory, read again only when what it lists changed: the
+    names, inodes, sizes and change times of its config files (the kubelet asks several times
+    a second; containerd watches the directory with inotify to the same end)."""
+
+    def __init__(self, conf_dir: str):
+        self.conf_dir = conf_dir
+        self._seen: tuple | None = None
+        self._conf: NetworkConfig | None = None
+
+    def _signature(self) -> tuple | None:
+        try:
+            names = sorted(n for n in os.listdir(self.conf_dir) if n.endswith(CONF_EXTENSIONS))
+        except FileNotFoundError:
+            return None
+        sig = []
+        for name in names:
+            try:
+                st = os.stat(os.path.join(self.conf_dir, name))
+            except OSError:
+                continue
+            sig.append((name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        return tuple(sig)
+
+    def current(self) -> NetworkConfig | None:
+        """The config :func:`find_config` returns now (from the last read if nothing changed)."""
+        sig = self._signature()
+        if sig is None or sig != self._seen:
+            self._conf = find_config(self.conf_dir) if sig else None
+            self._seen = sig
+        return self._conf
+
+
 def parse_config(data: Any, path: str = "") -> NetworkConfig:
     """Validate a conflist (or a single-plugin conf) into a :class:`NetworkConfig`."""
     if not isinstance(data, dict):

@@ -127,6 +127,7 @@ class Kubelet:
         self.node = node
         self.node_ip = node_ip
         self.cni_conf_dir = cni_conf_dir
+        self.cni_watch = cni.ConfigWatch(cni_conf_dir)
         self.runner = cni.Runner(cni_bin_dirs or ["/opt/cni/bin"])
         self.netns_dir = netns_dir
         self.root_dir = root_dir
@@ -219,7 +220,7 @@ class Kubelet:
 
     def register(self) -> None:
         """Create this node's Node object (or bring an existing one up to date)."""
-        self.conf = cni.find_config(self.cni_conf_dir)
+        self.conf = self.cni_watch.current()
         self.network_ready = self.conf is not None
         obj = self.node_object()
         self.next_status_sync = time.monotonic() + self.node_status_update
@@ -272,7 +273,7 @@ class Kubelet:
         nodeStatusUpdateFrequency); a write that fails is retried on the next pass after
         :data:`NODE_STATUS_RETRY` seconds, so the condition converges once the API server
         answers again."""
-        conf = cni.find_config(self.cni_conf_dir)
+        conf = self.cni_watch.current()
         ready = conf is not None
         self.conf = conf
         changed = ready != self.network_ready
@@ -1589,7 +1590,7 @@ class Kubelet:
                          args=(stop,), daemon=True, name="pluginwatcher").start()
         last_proc_check = 0.0
         while not stop.is_set():
-            kinds = self.cluster.wait(stop, timeout=0.2 if self.network_ready else 0.05)
+            kinds = self.cluster.wait(stop, timeout=0.5 if self.network_ready else 0.05)
             if stop.is_set():
                 break
             try:

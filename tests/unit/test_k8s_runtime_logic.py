@@ -39,6 +39,29 @@ def test_first_config_in_lexical_order_wins_and_bad_files_are_skipped(tmp_path):
     assert conf.name == "k8s-pod-network" and [p["type"] for p in conf.plugins] == ["calico", "portmap"]
 
 
+def test_config_watch_reads_again_only_when_the_directory_changed(tmp_path, monkeypatch):
+    d = tmp_path / "net.d"
+    watch = cni.ConfigWatch(str(d))
+    assert watch.current() is None  # no directory yet
+    d.mkdir()
+    assert watch.current() is None
+    reads = []
+    real = cni.find_config
+    monkeypatch.setattr(cni, "find_config", lambda conf_dir: reads.append(conf_dir) or real(conf_dir))
+    doc = {"cniVersion": "0.3.1", "name": "k8s-pod-network", "plugins": [{"type": "calico"}]}
+    tmp = d / ".10-calico.conflist.tmp"  # written aside and renamed, as install-cni does
+    tmp.write_text(json.dumps(doc))
+    tmp.rename(d / "10-calico.conflist")
+    assert watch.current().name == "k8s-pod-network" and len(reads) == 1
+    assert watch.current().name == "k8s-pod-network" and len(reads) == 1  # unchanged: not read again
+    (d / "README").write_text("not a config")
+    assert watch.current() is not None and len(reads) == 1
+    (d / "10-calico.conflist").write_text(json.dumps({**doc, "name": "renamed-in-place"}))
+    assert watch.current().name == "renamed-in-place" and len(reads) == 2
+    (d / "10-calico.conflist").unlink()
+    assert watch.current() is None
+
+
 def test_single_plugin_conf_is_wrapped():
     conf = cni.parse_config({"cniVersion": "0.4.0", "name": "n", "type": "bridge", "bridge": "cni0"})
     assert conf.plugins == [{"type": "bridge", "bridge": "cni0"}]
