@@ -103,9 +103,8 @@ def same(a: str | os.PathLike[str], b: str | os.PathLike[str] = _SELF[CLONE_NEWN
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-_CLONE_NEWNET_UNSHARE = CLONE_NEWNET
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
-_MS_BIND = 0x1000
+_IFREQ = "16sH22x"  # struct ifreq: the name, then ifr_flags at the start of its 24-byte union
 
 
 def create(target: str | os.PathLike[str]) -> None:
@@ -121,6 +120,8 @@ def create(target: str | os.PathLike[str]) -> None:
     import struct
     import threading
 
+    from kernel.mount import MS_BIND, mount
+
     p = path(target)
     try:
         os.makedirs(os.path.dirname(p), exist_ok=True)
@@ -132,17 +133,13 @@ def create(target: str | os.PathLike[str]) -> None:
     def make() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         try:
-            if libc.unshare(_CLONE_NEWNET_UNSHARE) != 0:
+            if libc.unshare(CLONE_NEWNET) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
-            src = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
-            if libc.mount(src, p.encode(), None, _MS_BIND, None) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"binding the new namespace at {p}: {os.strerror(err)}")
+            mount(_SELF[CLONE_NEWNET], p, flags=MS_BIND, what=f"binding the new namespace at {p}")
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                req = struct.pack("16sH14x", b"lo", 0)
-                flags = struct.unpack("16sH14x", fcntl.ioctl(s, _SIOCGIFFLAGS, req))[1]
-                fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+                flags = struct.unpack(_IFREQ, fcntl.ioctl(s, _SIOCGIFFLAGS, struct.pack(_IFREQ, b"lo", 0)))[1]
+                fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack(_IFREQ, b"lo", flags | _IFF_UP))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             failure.append(exc)
 
