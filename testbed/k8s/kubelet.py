@@ -111,6 +111,10 @@ def _pull_policy(c: dict) -> str:
     return "Always" if "@" not in image and (":" not in tag or tag.endswith(":latest")) else "IfNotPresent"
 
 
+#: seconds between the checks of the pods' processes (exits, restarts, late listeners), the
+#: static pod manifests and the Lease (the real kubelet's PLEG relists every 1 s)
+PROC_CHECK = 0.5
+
 class Kubelet:
     """One node's kubelet; :meth:`run` until ``stop`` is set."""
 
@@ -1590,7 +1594,10 @@ class Kubelet:
                          args=(stop,), daemon=True, name="pluginwatcher").start()
         last_proc_check = 0.0
         while not stop.is_set():
-            kinds = self.cluster.wait(stop, timeout=0.5 if self.network_ready else 0.05)
+            # idle, the loop wakes for the process checks (every PROC_CHECK s) and, until the
+            # network is ready, to look for the CNI config; any informer event wakes it at once
+            due = max(0.01, last_proc_check + PROC_CHECK - time.monotonic())
+            kinds = self.cluster.wait(stop, timeout=due if self.network_ready else min(due, 0.05))
             if stop.is_set():
                 break
             try:
@@ -1601,7 +1608,7 @@ class Kubelet:
                     changed = self.check_node() or changed  # deleted or (re-)created: an informer event
                 if changed or kinds & {"*", "Pod", "Node"} or self._retry_due():
                     self.sync_pods()
-                if time.monotonic() - last_proc_check > 0.5:
+                if time.monotonic() - last_proc_check >= PROC_CHECK:
                     last_proc_check = time.monotonic()
                     if self.static is not None and self.static.changed():
                         self.sync_pods()  # a static pod manifest edited, added or removed
