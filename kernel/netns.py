@@ -9,7 +9,7 @@ were created in, and children forked from the thread inherit it.
   a speaker thread, an executor's initializer);
 * :func:`path` : ``/run/netns/<name>`` for a bare name;
 * :func:`create`: a new network namespace bound at a path, ``lo`` up (``ip netns add`` +
-  ``ip link set lo up``, in-process).
+  ``ip link set lo up``, in-process); :func:`remove` undoes it (``ip netns del``).
 """
 
 from __future__ import annotations
@@ -147,13 +147,22 @@ def create(target: str | os.PathLike[str]) -> None:
     t.start()
     t.join()
     if failure:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.umount2(p.encode(), 2)  # MNT_DETACH; nothing mounted is fine
-        try:
-            os.unlink(p)
-        except FileNotFoundError:
-            pass
+        remove(p)
         exc = failure[0]
         if isinstance(exc, OSError):
             raise OSError(exc.errno, f"creating network namespace {p}: {exc.strerror or exc}") from None
         raise exc
+
+
+def remove(target: str | os.PathLike[str]) -> None:
+    """Unbind the namespace at ``target`` (MNT_DETACH) and remove the file; nothing there,
+    or nothing mounted on it, is no error."""
+    import ctypes
+
+    p = path(target)
+    if os.path.exists(p):
+        ctypes.CDLL(None, use_errno=True).umount2(p.encode(), 2)  # MNT_DETACH
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass

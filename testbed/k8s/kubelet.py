@@ -115,6 +115,7 @@ def _pull_policy(c: dict) -> str:
 #: static pod manifests and the Lease (the real kubelet's PLEG relists every 1 s)
 PROC_CHECK = 0.5
 
+
 class Kubelet:
     """One node's kubelet; :meth:`run` until ``stop`` is set."""
 

@@ -53,19 +53,12 @@ def create_netns(path: str) -> None:
         raise SandboxError(str(exc.strerror or exc)) from None
 
 
-def _unlink_quiet(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 def remove_netns(path: str) -> None:
-    """Unmount and remove a namespace bound at ``path`` (no error if it is gone)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if os.path.exists(path):
-        libc.umount2(path.encode(), MNT_DETACH)
-        _unlink_quiet(path)
+    """Unmount and remove a namespace bound at ``path`` (no error if it is gone;
+    :func:`kernel.netns.remove`)."""
+    from kernel import netns
+
+    netns.remove(path)
 
 
 def remove_mount(path: str) -> None:
