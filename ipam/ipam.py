@@ -51,6 +51,8 @@ TUNNEL_HANDLE_PREFIX = "ipip-tunnel-addr-"
 #: (allocateip.go ``generateHandleAndAttributes``).
 TUNNEL_KINDS = {"ipip": ("ipip-tunnel-addr-", "ipipTunnelAddress"),
                 "vxlan": ("vxlan-tunnel-addr-", "vxlanTunnelAddress")}
+#: the ``type`` attributes of tunnel addresses (never a workload's, never a borrowed route)
+TUNNEL_TYPES = tuple(kind for _, kind in TUNNEL_KINDS.values())
 
 
 class BlockLimitError(IPAMError):

@@ -23,6 +23,7 @@ from agent.felix.policy import (
     profile_from_resource,
 )
 from datastore.duration import parse_duration
+from ipam.ipam import TUNNEL_TYPES
 
 _ENV = {
     "FELIX_IPINIPENABLED": "ipip_enabled",
@@ -161,7 +162,7 @@ def block_from_ipamblock(block: Any) -> Block | None:
             continue
         attrs = spec.attributes[idx].secondary or {}
         node = attrs.get("node")
-        if node and node != host and attrs.get("type") not in ("ipipTunnelAddress", "vxlanTunnelAddress"):
+        if node and node != host and attrs.get("type") not in TUNNEL_TYPES:
             borrowed.append((str(net.network_address + ordinal), node))
     return Block(str(net), host or None, tuple(borrowed))
 

@@ -52,7 +52,6 @@ __all__ = ["BLACKHOLE", "NOENCAP", "VXLAN", "VXLAN_DEVICE", "VXLAN_PROTO", "Enca
 IPIP_OVERHEAD = 20
 VXLAN_OVERHEAD = 50
 ENCAP_ON = ("Always", "CrossSubnet")
-TUNNEL_TYPES = ("ipipTunnelAddress", "vxlanTunnelAddress")
 
 
 def vtep_mac(node: str) -> str:

@@ -24,8 +24,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from ipam.ipam import TUNNEL_TYPES
+
 TUNNEL_HANDLE_PREFIXES = ("ipip-tunnel-addr-", "vxlan-tunnel-addr-")
-TUNNEL_TYPES = ("ipipTunnelAddress", "vxlanTunnelAddress")
 
 VALID, NODE_GONE, LEAKED, UNKNOWN = "valid", "node-gone", "leaked", "unknown"
 
