@@ -99,6 +99,8 @@ class Felix:
         self.ready = False
         self.last_error: str | None = None
         self.applies = 0
+        self.updates_changed = 0  # datastore updates that changed Felix's model (status)
+        self.updates_unchanged = 0  # ... and those that did not, so woke nothing
         self.last_apply_seconds = 0.0
         self.tunnel: TunnelInfo | None = None
         self.datapath: str | None = None  # chosen once: "kernel", "bpf" or "userspace"
@@ -200,6 +202,7 @@ class Felix:
                       "mtu": vx.mtu, "waiting": list(self.vxlan_waiting)} if vx is not None else None,
             "endpoints": sum(1 for ep in self._weps.values() if ep.node in ("", self.hostname)),
             "applies": self.applies,
+            "updates": {"changed": self.updates_changed, "unchanged": self.updates_unchanged},
             "throttled": self.throttled,  # applies wait for the throttle (10 a second after a burst of 10)
             "last_apply_ms": round(self.last_apply_seconds * 1000, 1), "last_error": self.last_error,
             "pump": dict(self.pump.stats) if self.pump is not None else None,
@@ -224,6 +227,7 @@ class Felix:
                                                "_netsets": {}, "IPAMBlock": {}}
             try:
                 self._stream = self.client.watch_stream(WATCH_KINDS, stop=self._stop)
+                batch_changed = False
                 for ev in self._stream:
                     if ev.type == "SYNCED":
                         if fresh is not None:
@@ -244,16 +248,26 @@ class Felix:
                         self._store(fresh, ev)
                     else:
                         with self._lock:
-                            self._store({"WorkloadEndpoint": self._weps, "Node": self._nodes,
-                                         "IPPool": self._pools, "FelixConfiguration": self._configs,
-                                         "_policies": self._policies, "_profiles": self._profiles,
-                                         "_netsets": self._netsets, "IPAMBlock": self._blocks}, ev)
+                            changed = self._store({"WorkloadEndpoint": self._weps, "Node": self._nodes,
+                                                   "IPPool": self._pools, "FelixConfiguration": self._configs,
+                                                   "_policies": self._policies, "_profiles": self._profiles,
+                                                   "_netsets": self._netsets, "IPAMBlock": self._blocks}, ev)
                         if ev.kind == "IPPool":
                             self._pools_changed.set()
+                        # an update whose converted value equals what Felix holds (a Node whose
+                        # addresses did not change, a block that gained a local allocation) changes
+                        # nothing downstream, as in Felix's calc graph, and wakes nothing
+                        batch_changed = batch_changed or changed
+                        if changed:
+                            self.updates_changed += 1
+                        else:
+                            self.updates_unchanged += 1
                         # the dataplane is woken once per batch the stream received (Felix's calc
                         # graph flushes after each batch from the syncer), not for every event in it
                         if not getattr(self._stream, "more", False):
-                            self._dirty.set()
+                            if batch_changed:
+                                self._dirty.set()
+                            batch_changed = False
             except errors.DatastoreError as exc:
                 self.last_error = f"datastore: {exc}"
                 log.warning("datastore watch failed: %s; retrying", exc)
@@ -262,7 +276,9 @@ class Felix:
                 log.exception("watch loop error")
             self.clock.wait(self._stop, 1.0)
 
-    def _store(self, caches: dict[str, dict], ev: Any) -> None:
+    def _store(self, caches: dict[str, dict], ev: Any) -> bool:
+        """Put one event into ``caches`` as Felix's model; False when the model it holds for
+        the key is unchanged (so nothing downstream has to be recalculated)."""
         key = f"{ev.namespace}/{ev.name}" if ev.namespace else ev.name
         if ev.kind in POLICY_KINDS:
             cache = caches[POLICY_KINDS[ev.kind]]
@@ -270,32 +286,31 @@ class Felix:
         else:
             cache = caches.get(ev.kind)
         if cache is None:
-            return
+            return False
         if ev.type == "DELETED" or ev.obj is None:
-            cache.pop(key, None)
-            return
+            return cache.pop(key, None) is not None
+        value: Any
         if ev.kind in ("NetworkPolicy", "GlobalNetworkPolicy"):
-            cache[key] = convert.policy_from(ev.obj)
+            value = convert.policy_from(ev.obj)
         elif ev.kind == "Profile":
-            cache[key] = convert.profile_from(ev.obj)
+            value = convert.profile_from(ev.obj)
         elif ev.kind in ("NetworkSet", "GlobalNetworkSet"):
-            cache[key] = convert.netset_from_resource(ev.obj)
+            value = convert.netset_from_resource(ev.obj)
         elif ev.kind == "WorkloadEndpoint":
-            ep = convert.endpoint_from_wep(ev.obj)
-            if ep is None:
-                cache.pop(key, None)
-            else:
-                cache[key] = ep
+            value = convert.endpoint_from_wep(ev.obj)
         elif ev.kind == "Node":
-            cache[key] = convert.host_from_node(ev.obj)
+            value = convert.host_from_node(ev.obj)
         elif ev.kind == "IPAMBlock":
-            block = convert.block_from_ipamblock(ev.obj)
-            if block is None:
-                cache.pop(key, None)
-            else:
-                cache[key] = block
+            value = convert.block_from_ipamblock(ev.obj)
         else:
-            cache[key] = ev.obj
+            cache[key] = ev.obj  # raw resources (FelixConfiguration, IPPool): always a change
+            return True
+        if value is None:  # an endpoint without an interface, a deleted or IPv6 block
+            return cache.pop(key, None) is not None
+        if cache.get(key) == value:
+            return False
+        cache[key] = value
+        return True
 
     def config_objects(self) -> list[Any] | None:
         """The FelixConfiguration and IPPool resources as watched (None until in sync)."""
