@@ -24,6 +24,7 @@ from agent.bgp.config import (
 )
 from agent.bgp.fsm import Timers
 from datastore.duration import parse_duration as go_duration
+from ipam.ipam import TUNNEL_TYPES
 
 DEFAULT_AS = 64512
 
@@ -46,13 +47,37 @@ class State:
     KINDS = {"Node": "nodes", "BGPConfiguration": "bgp_configs", "BGPPeer": "bgp_peers",
              "IPPool": "pools", "BlockAffinity": "affinities", "IPAMBlock": "blocks"}
 
-    def apply_event(self, kind: str, name: str, obj: object | None) -> None:
-        """ADDED/MODIFIED (obj) or DELETED (None) of one resource."""
+    def apply_event(self, kind: str, name: str, obj: object | None) -> bool:
+        """ADDED/MODIFIED (obj) or DELETED (None) of one resource. Returns False when the
+        change cannot alter what :func:`compute` makes of the state (only metadata such as
+        the resourceVersion changed, or an IPAM block gained or lost an allocation of its
+        own node), so the caller need not compute again."""
         table = getattr(self, self.KINDS[kind])
         if obj is None:
-            table.pop(name, None)
-        else:
-            table[name] = obj
+            return table.pop(name, None) is not None
+        old = table.get(name)
+        table[name] = obj
+        return old is None or relevant(kind, old) != relevant(kind, obj)
+
+
+def relevant(kind: str, obj: object) -> object:
+    """What :func:`compute` reads of a resource: its labels and spec, and of an IPAMBlock
+    only its CIDR, affinity, deletion and the allocations that belong to another node than
+    the block's (borrowed addresses; tunnel addresses are never originated)."""
+    spec = getattr(obj, "spec", None)
+    if kind != "IPAMBlock" or spec is None:
+        return (getattr(getattr(obj, "metadata", None), "labels", None), spec)
+    aff = spec.affinity or ""
+    host = aff[len("host:"):] if aff.startswith("host:") else None
+    borrowed = []
+    for ordinal, idx in enumerate(spec.allocations):
+        if idx is None or idx >= len(spec.attributes):
+            continue
+        attr = spec.attributes[idx].secondary or {}
+        node = attr.get("node")
+        if node and node != host and attr.get("type") not in TUNNEL_TYPES:
+            borrowed.append((ordinal, node))
+    return (spec.cidr, spec.affinity, bool(spec.deleted), tuple(borrowed))
 
 
 def _duration(text: str | None, what: str) -> float | None:
@@ -308,7 +333,7 @@ def compute(node_name: str, st: State, timers: Timers | None = None) -> SpeakerC
             if idx is None or idx >= len(s.attributes):
                 continue
             attr = s.attributes[idx].secondary or {}
-            if attr.get("node") == node_name and attr.get("type") not in ("ipipTunnelAddress", "vxlanTunnelAddress"):
+            if attr.get("node") == node_name and attr.get("type") not in TUNNEL_TYPES:
                 originate.setdefault(IPv4Network(base.network_address + ordinal), False)
 
     return SpeakerConfig(

@@ -28,6 +28,8 @@ class ConfdWatcher:
         self.synced = threading.Event()
         self.last: SpeakerConfig | None = None
         self.last_error: str = ""
+        self.updates_changed = 0  # updates that could change the configuration (status, tests)
+        self.updates_unchanged = 0  # ... and those that could not, so computed nothing
         self._stream = None
         self._thread = threading.Thread(target=self._run, name="confd", daemon=True)
 
@@ -43,16 +45,25 @@ class ConfdWatcher:
 
     def _run(self) -> None:
         self._stream = self.client.watch_stream(KINDS)
+        pending = False
         try:
             for ev in self._stream:
                 if ev.type == "SYNCED":
                     self.synced.set()
+                    pending = True
                 elif ev.kind in State.KINDS:
-                    self.state.apply_event(ev.kind, ev.name,
-                                           None if ev.type == "DELETED" else ev.obj)
+                    # an update that cannot change the configuration (State.apply_event) is
+                    # stored but computes nothing: in a lab's start most are a block gaining
+                    # a pod of its own node, or a Node whose resourceVersion alone moved
+                    if self.state.apply_event(ev.kind, ev.name, None if ev.type == "DELETED" else ev.obj):
+                        pending = True
+                        self.updates_changed += 1
+                    else:
+                        self.updates_unchanged += 1
                 # events received together (a watch response: many in a busy lab's start) are
                 # applied first and the configuration computed once, from the state after the last
-                if self.synced.is_set() and not getattr(self._stream, "more", False):
+                if pending and self.synced.is_set() and not getattr(self._stream, "more", False):
+                    pending = False
                     self._recompute()
         except Exception as exc:  # noqa: BLE001 - a dead watcher must be visible in status
             if not self._stream.stop.is_set():

@@ -261,3 +261,47 @@ def test_two_reflectors_of_one_cluster_peer_as_non_clients():
     del st.bgp_configs["default"]
     assert [p.name for p in compute("k8s-w0", st).peers] == ["Node_172_30_0_10",
                                                              "Node_172_30_0_12"]
+
+
+def test_an_update_state_calls_irrelevant_never_changes_any_nodes_configuration():
+    """State.apply_event's False is a promise: compute() gives every node the same result."""
+    st = walkthrough_state()
+    names = sorted(st.nodes)
+
+    def configs():
+        return {n: compute(n, st) for n in names}
+
+    def blk(rv, allocs):
+        return IPAMBlock(metadata=Metadata(name="192.168.2.0-26", resource_version=rv), spec=IPAMBlock.Spec(
+            cidr="192.168.2.0/26", affinity="host:k8s-m", allocations=list(range(len(allocs))),
+            attributes=[AllocationAttribute(f"h{i}", {"node": o, **({"type": t} if t else {})})
+                        for i, (o, t) in enumerate(allocs)]))
+
+    updates = [
+        ("IPAMBlock", blk("1", [("k8s-m", None)])),
+        ("IPAMBlock", blk("2", [("k8s-m", None), ("k8s-m", None)])),
+        ("IPAMBlock", blk("3", [("k8s-m", None), ("k8s-m", None), ("k8s-w0", "ipipTunnelAddress")])),
+        ("IPAMBlock", blk("4", [("k8s-m", None), ("k8s-m", None), ("k8s-w0", "ipipTunnelAddress"),
+                                ("k8s-w0", None)])),
+        ("IPAMBlock", blk("5", [("k8s-m", None), ("k8s-w1", None), ("k8s-w0", "ipipTunnelAddress"),
+                                ("k8s-w0", None)])),
+    ]
+    for name in names:
+        n = st.nodes[name]
+        updates.append(("Node", Node(metadata=Metadata(name=name, labels=n.metadata.labels, resource_version="9"),
+                                     spec=n.spec)))
+        updates.append(("Node", Node(metadata=Metadata(name=name, labels={**(n.metadata.labels or {}), "x": "y"}),
+                                     spec=n.spec)))
+    seen = []
+    for kind, obj in updates:
+        before = configs()
+        relevant = st.apply_event(kind, obj.metadata.name, obj)
+        seen.append(relevant)
+        if not relevant:
+            assert configs() == before, (kind, obj.metadata)
+    # the first block and each Node's label change are changes; the own node's pod, the tunnel
+    # address and a moved resourceVersion are not; a borrowed pod (and its owner moving) are
+    assert seen[:5] == [True, False, False, True, True]
+    assert seen[5:] == [False, True] * len(names)
+    assert st.apply_event("IPAMBlock", "192.168.2.0-26", None) is True
+    assert st.apply_event("IPAMBlock", "192.168.2.0-26", None) is False

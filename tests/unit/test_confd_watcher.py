@@ -62,3 +62,37 @@ def test_without_batch_information_every_event_is_computed_as_before(monkeypatch
     w._stream = None
     w._run()
     assert calls == [0, 1, 2]
+
+
+def test_updates_that_cannot_change_the_configuration_compute_nothing(monkeypatch):
+    """A Node whose resourceVersion alone moved, or a block that gained an address of its own
+    node, is stored but computes nothing; a batch holding one real change computes once."""
+    from datastore.resources import AllocationAttribute, IPAMBlock, Metadata, Node, NodeBGPSpec
+
+    def node(rv: str, ip: str = "172.30.0.11/24") -> Node:
+        return Node(metadata=Metadata(name="w0", resource_version=rv),
+                    spec=Node.Spec(bgp=NodeBGPSpec(ipv4_address=ip)))
+
+    def block(rv: str, *owners: str) -> IPAMBlock:
+        return IPAMBlock(metadata=Metadata(name="192.168.1.0-26", resource_version=rv), spec=IPAMBlock.Spec(
+            cidr="192.168.1.0/26", affinity="host:w0", allocations=list(range(len(owners))),
+            attributes=[AllocationAttribute(f"h{i}", {"node": o}) for i, o in enumerate(owners)]))
+
+    def change(kind, obj):
+        return WatchEvent("MODIFIED", kind, obj.metadata.name, None, obj, int(obj.metadata.resource_version))
+
+    calls = []
+    monkeypatch.setattr(watcher_mod, "compute", lambda n, st, timers=None: calls.append(n) or len(calls))
+    stream = StandInStream([
+        [change("Node", node("1")), change("IPAMBlock", block("2", "w0")), WatchEvent("SYNCED", "", "", None, None, 2)],
+        [change("Node", node("3"))],                                   # resourceVersion only
+        [change("IPAMBlock", block("4", "w0", "w0"))],                 # its own node's pod
+        [change("Node", node("5")), change("IPAMBlock", block("6", "w0", "w0", "w0"))],
+        [change("IPAMBlock", block("7", "w0", "w0", "w0", "w1"))],     # borrowed by w1
+        [change("Node", node("8", "172.30.0.12/24"))],                 # a new address
+        [WatchEvent("DELETED", "IPAMBlock", "192.168.1.0-26", None, None, 9)],
+    ])
+    w = watcher_mod.ConfdWatcher(SimpleNamespace(watch_stream=lambda kinds: stream), "w0", lambda c: None)
+    w._run()
+    assert len(calls) == 4  # the sync, the borrowed address, the new address, the deletion
+    assert (w.updates_changed, w.updates_unchanged) == (5, 4)
