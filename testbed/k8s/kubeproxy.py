@@ -3,8 +3,10 @@
 (kubeadm runs it as the DaemonSet ``kube-proxy`` in kube-system; hostNetwork).
 
 An API client: informers on Services and EndpointSlices (the ready endpoints of each
-Service, as kube-proxy reads them); every change rewrites the rules, and every 30 s a full
-resync re-checks the hooks.
+Service, as kube-proxy reads them); a change rewrites the rules, at most as often as
+kube-proxy's sync runner allows (:class:`SyncRunner`: ``iptables.minSyncPeriod``, default 1 s,
+after a burst of 2), and every ``iptables.syncPeriod`` (default 30 s) a full resync re-checks
+the hooks.
 
 :func:`render` is pure: Services + Endpoints -> the ``nat`` (and ``filter``) rules kube-proxy
 writes: ``KUBE-SERVICES`` (hooked from PREROUTING and OUTPUT) jumps per service port to
@@ -231,7 +233,57 @@ class KubeProxy:
         self.last, self.hooked = None, False
 
 
-PROXY_RESYNC = 30.0  # seconds between full syncs (hooks re-checked)
+PROXY_RESYNC = 30.0  # seconds between full syncs (hooks re-checked): iptables.syncPeriod's default
+MIN_SYNC_PERIOD = 1.0  # iptables.minSyncPeriod's default
+BURST_SYNCS = 2  # kube-proxy's burstSyncs: syncs allowed back to back before minSyncPeriod applies
+
+
+class SyncRunner:
+    """When kube-proxy may sync again: its BoundedFrequencyRunner, a token bucket of ``burst``
+    syncs refilled at one per ``min_interval`` seconds (0: no limit). Pure; the caller passes
+    the monotonic time."""
+
+    def __init__(self, min_interval: float, burst: int = BURST_SYNCS, now: float = 0.0):
+        self.min_interval = min_interval
+        self.burst = burst
+        self.tokens = float(burst)
+        self.at = now
+
+    def _refill(self, now: float) -> None:
+        if self.min_interval <= 0:
+            self.tokens = float(self.burst)
+        else:
+            self.tokens = min(float(self.burst), self.tokens + (now - self.at) / self.min_interval)
+        self.at = now
+
+    def delay(self, now: float) -> float:
+        """Seconds until a sync may run (0.0: now)."""
+        self._refill(now)
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) * self.min_interval
+
+    def ran(self, now: float) -> None:
+        """A sync ran at ``now``."""
+        self._refill(now)
+        self.tokens = max(0.0, self.tokens - 1)
+
+
+def sync_periods(cfg: dict) -> tuple[float, float]:
+    """``(minSyncPeriod, syncPeriod)`` in seconds from a KubeProxyConfiguration's ``iptables``
+    section; unset or ``0s`` means kube-proxy's default. Raises ValueError naming a bad value."""
+    from datastore.duration import parse_duration
+
+    section = cfg.get("iptables") or {}
+    out = []
+    for key, default in (("minSyncPeriod", MIN_SYNC_PERIOD), ("syncPeriod", PROXY_RESYNC)):
+        raw = section.get(key)
+        try:
+            value = parse_duration(str(raw)) if raw not in (None, "") else 0.0
+        except ValueError as exc:
+            raise ValueError(f"iptables.{key}: {exc}") from None
+        if value < 0:
+            raise ValueError(f"iptables.{key}: {raw!r} is negative")
+        out.append(value or default)
+    return out[0], out[1]
 
 
 def load_config(path: str) -> dict:
@@ -274,9 +326,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kubeconfig", help="default: the config's clientConnection.kubeconfig, else in-cluster")
     p.add_argument("--hostname-override", default=os.environ.get("NODE_NAME", ""))
     p.add_argument("--cluster-cidr", default="")
+    p.add_argument("--iptables-min-sync-period", metavar="DURATION",
+                   help="the least time between syncs, e.g. 1s (default: the config's iptables.minSyncPeriod, else 1s)")
+    p.add_argument("--iptables-sync-period", metavar="DURATION",
+                   help="the time between full syncs, e.g. 30s (default: the config's iptables.syncPeriod, else 30s)")
     p.add_argument("-v", "--v", default="2")
     args = p.parse_args(argv)
     cfg = load_config(args.config) if args.config else {}
+    flags = {k: v for k, v in (("minSyncPeriod", args.iptables_min_sync_period),
+                                ("syncPeriod", args.iptables_sync_period)) if v is not None}
+    try:
+        min_sync, full_sync = sync_periods({"iptables": {**(cfg.get("iptables") or {}), **flags}})
+    except ValueError as exc:
+        print(f"kube-proxy: {exc}", file=sys.stderr)
+        return 1
     kubeconfig = args.kubeconfig or (cfg.get("clientConnection") or {}).get("kubeconfig") or None
     cidr = args.cluster_cidr or cfg.get("clusterCIDR") or None
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -297,18 +360,32 @@ def main(argv: list[str] | None = None) -> int:
     while not stop.is_set() and not cluster.wait_synced(timeout=5, stop=stop):
         log.info("waiting for Services and EndpointSlices")
     log.info("syncing iptables rules (cluster CIDR %s)", cidr or "unset: no masquerade of off-cluster traffic")
-    last_full = 0.0
+    runner = SyncRunner(min_sync, now=time.monotonic())
+    next_full = 0.0
+    changed = True
     while not stop.is_set():
-        try:
-            if time.monotonic() - last_full > PROXY_RESYNC:
-                proxy.resync(cluster.list("Service"), cluster.list("EndpointSlice"))
-                last_full = time.monotonic()
-            else:
-                proxy.sync(cluster.list("Service"), cluster.list("EndpointSlice"))
-        except KubeProxyError as exc:
-            log.error("%s", exc)
-            stop.wait(1.0)
-        cluster.wait(stop, timeout=5.0)
+        now = time.monotonic()
+        full = now >= next_full
+        if changed or full:
+            delay = 0.0 if full else runner.delay(now)
+            if delay > 0:  # changes within minSyncPeriod of the last sync wait and go together
+                stop.wait(delay)
+                continue
+            cluster.wait(stop, timeout=0)  # what changed until now is in the lists below
+            try:
+                if full:
+                    proxy.resync(cluster.list("Service"), cluster.list("EndpointSlice"))
+                    next_full = time.monotonic() + full_sync
+                else:
+                    proxy.sync(cluster.list("Service"), cluster.list("EndpointSlice"))
+                changed = False
+            except KubeProxyError as exc:
+                log.error("%s", exc)
+                stop.wait(1.0)
+                continue
+            finally:
+                runner.ran(time.monotonic())
+        changed = bool(cluster.wait(stop, timeout=max(0.05, min(5.0, next_full - time.monotonic()))))
     cluster.stop()
     return 0
 

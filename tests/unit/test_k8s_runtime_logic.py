@@ -454,3 +454,35 @@ def test_pods_are_created_in_slow_start_batches():
     bad = Cluster(fail_at=5)
     ControllerManager(bad, clock=lambda: 0.0).reconcile_daemonsets([ds], [], nodes)  # type: ignore[arg-type]
     assert bad.calls == 7 and len(bad.created) == 6
+
+
+def test_kube_proxy_syncs_a_burst_then_one_per_min_sync_period():
+    from testbed.k8s.kubeproxy import SyncRunner
+
+    r = SyncRunner(1.0, burst=2, now=100.0)
+    assert r.delay(100.0) == 0.0
+    r.ran(100.0)
+    assert r.delay(100.1) == 0.0      # the burst's second sync
+    r.ran(100.1)
+    assert r.delay(100.2) == pytest.approx(0.8)   # then one a second
+    assert r.delay(101.0) == 0.0
+    r.ran(101.0)
+    assert r.delay(101.5) == pytest.approx(0.5)
+    r.ran(103.0)                     # a quiet spell refills the bucket, never above the burst
+    assert r.tokens == pytest.approx(1.0) and r.delay(110.0) == 0.0 and r.tokens == 2.0
+    unlimited = SyncRunner(0.0, now=0.0)
+    for _ in range(5):
+        unlimited.ran(0.0)
+        assert unlimited.delay(0.0) == 0.0
+
+
+def test_kube_proxy_sync_periods_default_and_bad_values_are_named():
+    from testbed.k8s.kubeproxy import sync_periods
+
+    assert sync_periods({}) == (1.0, 30.0)
+    assert sync_periods({"iptables": {"minSyncPeriod": "0s", "syncPeriod": "0s"}}) == (1.0, 30.0)  # kubeadm's
+    assert sync_periods({"iptables": {"minSyncPeriod": "250ms", "syncPeriod": "1m"}}) == (0.25, 60.0)
+    with pytest.raises(ValueError, match=r"iptables.minSyncPeriod: time: invalid duration"):
+        sync_periods({"iptables": {"minSyncPeriod": "soon"}})
+    with pytest.raises(ValueError, match=r"iptables.syncPeriod: '-1s' is negative"):
+        sync_periods({"iptables": {"syncPeriod": "-1s"}})
