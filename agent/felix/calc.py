@@ -97,6 +97,16 @@ def _static_parts(cfg: RuleConfig) -> tuple[dict[str, Chain], dict, dict, dict[s
 
 
 @lru_cache(maxsize=64)
+def _nat_mangle(cfg: RuleConfig, nat_outgoing: bool, tunnels: tuple[str, ...],
+                random_fully: bool) -> tuple[TableState, TableState]:
+    """The nat and mangle tables, pruned; one object per input, so an apply that changes
+    neither finds them identical to what it wrote last and plans nothing for them. Callers
+    must not change what they get."""
+    mangle = TableState(chains=dict(_static_parts(cfg)[4]), inserts=static.mangle_hooks())
+    return prune(static.nat_table(cfg, nat_outgoing, tunnels, random_fully)), prune(mangle)
+
+
+@lru_cache(maxsize=64)
 def _dispatch(ifaces: tuple[str, ...], cfg: RuleConfig) -> tuple[Chain, ...]:
     return tuple(make_chain(n, r) for n, r in render.dispatch_chains(ifaces, cfg).items())
 
@@ -500,11 +510,9 @@ class Calculator:
         if ipip and me is not None and me.tunnel_addr:
             tunnel = TunnelWant(str(ipaddress.IPv4Address(me.tunnel_addr.split("/")[0])), tunnel_mtu)
         f, raw, routes, endpoints = self._filter_raw(inp, cfg)
-        mangle_static = _static_parts(cfg)[4]
-        mangle = TableState(chains=dict(mangle_static), inserts=static.mangle_hooks())
         nat_out = any(p.nat_outgoing and not p.disabled for p in inp.pools)
-        tunnels = (["tunl0"] if tunnel is not None else []) + ([vx.device.name] if vx.device is not None else [])
-        nat = static.nat_table(cfg, nat_out, tunnels, s.nat_random_fully)
+        tunnels = (("tunl0",) if tunnel is not None else ()) + ((vx.device.name,) if vx.device is not None else ())
+        nat, mangle = _nat_mangle(cfg, nat_out, tunnels, s.nat_random_fully)
 
         host_ips = frozenset(n.ip for n in inp.nodes if n.ip)
         active_pools = [p for p in inp.pools if not p.disabled]
@@ -529,7 +537,7 @@ class Calculator:
             routes=routes,
             interfaces=frozenset(ep.iface for ep in endpoints),
             ipsets=ipsets,
-            tables={"filter": f, "nat": prune(nat), "raw": raw, "mangle": prune(mangle)},
+            tables={"filter": f, "nat": nat, "raw": raw, "mangle": mangle},
             tunnel=tunnel,
             ipip_sources=host_ips,
             mtu_file=encap.pod_mtu(inp),

@@ -109,6 +109,10 @@ class IptablesTable:
         self.retries = retries
         self._actual: ActualTable | None = None
         self._known: dict[str, object] = {}  # chain name -> Chain object known to match the kernel
+        # the TableState the kernel was last brought to (written, or found to match) since the
+        # last read: the same object again needs no plan (Felix's calc hands out one object per
+        # unchanged table)
+        self._applied: TableState | None = None
         self.last_written: list[str] = []  # chains written by the last apply (for tests/benchmarks)
 
     def read(self) -> ActualTable:
@@ -122,7 +126,18 @@ class IptablesTable:
         """Take ``save_text`` (this table's part of ``iptables-save``) as the kernel's state."""
         self._actual = parse_save(save_text)
         self._known = {}
+        self._applied = None
         return self._actual
+
+    def _plan(self, desired: TableState) -> tuple[list[str], list[str]]:
+        """:meth:`plan` against the cache, skipped when ``desired`` is what was applied last."""
+        if desired is self._applied:
+            return [], []
+        assert self._actual is not None
+        lines, written = self.plan(desired, self._actual)
+        if not lines:
+            self._applied = desired
+        return lines, written
 
     def plan(self, desired: TableState, actual: ActualTable) -> tuple[list[str], list[str]]:
         """(restore lines, names of chains rewritten) turning ``actual`` into ``desired``."""
@@ -171,8 +186,7 @@ class IptablesTable:
         for attempt in range(self.retries + 1):
             if resync or self._actual is None or attempt > 0:
                 self.read()
-            assert self._actual is not None
-            lines, written = self.plan(desired, self._actual)
+            lines, written = self._plan(desired)
             if not lines:
                 self.last_written = []
                 return []
@@ -183,6 +197,7 @@ class IptablesTable:
                 return written
             last_err = res.stderr.strip()
             self._known = {}
+            self._applied = None
             log.warning("iptables-restore (%s) failed (attempt %d): %s", self.table, attempt + 1, last_err)
             self._actual = None
             time.sleep(delay)
@@ -193,6 +208,7 @@ class IptablesTable:
         """Update the cache as if the kernel now holds exactly what we wrote."""
         act = self._actual
         assert act is not None
+        self._applied = desired
         for name in written:
             if name in desired.chains:
                 rules = desired.chains[name].rules
@@ -239,7 +255,7 @@ def apply_tables(tables: dict[str, IptablesTable], desired: dict[str, TableState
             parts = split_save(res.stdout)
             for t in due:
                 t.read_from(parts.get(t.table, ""))
-    plans = {name: t.plan(desired[name], t._actual) for name, t in tables.items()}  # type: ignore[arg-type]
+    plans = {name: t._plan(desired[name]) for name, t in tables.items()}
     lines = [line for plan, _ in plans.values() for line in plan]
     if not lines:
         for t in tables.values():
@@ -256,5 +272,5 @@ def apply_tables(tables: dict[str, IptablesTable], desired: dict[str, TableState
     log.warning("iptables-restore of tables %s failed: %s; applying table by table",
                 ", ".join(n for n, (plan, _) in plans.items() if plan), res.stderr.strip())
     for name, t in tables.items():
-        t._actual, t._known = None, {}
+        t._actual, t._known, t._applied = None, {}, None
         t.apply(desired[name])
