@@ -268,9 +268,18 @@ class BpfTunnel:
                 raise BpfTunnelError(f"no tc-BPF tunnel pinned in {self.pin_dir}")
             self.maps[name] = fd
 
-    def sync_allowed(self, members: Iterable[str]) -> None:
-        """Make the allowed-hosts map hold exactly ``members`` (cali40all-hosts-net's members)."""
+    def sync_allowed(self, members: Iterable[str], previous: Iterable[str] | None = None) -> None:
+        """Make the allowed-hosts map hold exactly ``members`` (cali40all-hosts-net's members).
+        With ``previous`` (the members this map was last synced to) only the difference is
+        written, without reading the map back: a node joining a big lab is one update."""
         fd = self.maps[P.HOSTS]
+        if previous is not None:
+            members, previous = set(members), set(previous)
+            for m in previous - members:
+                bpf.map_delete(fd, P.hosts_key(m))
+            for m in members - previous:
+                bpf.map_update(fd, P.hosts_key(m), bytes(P.HOSTS_VALUE.size))
+            return
         want = {P.hosts_key(m) for m in members}
         have = set(bpf.map_keys(fd, P.HOSTS_KEY.size))
         for key in have - want:

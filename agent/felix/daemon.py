@@ -514,7 +514,7 @@ class Felix:
             self.tunnel = TunnelInfo("bpf", "tunl0", key[0], key[1])
             self._tunnel_applied = key
         elif allowed != self._allowed_applied:
-            self.bpf.sync_allowed(allowed)
+            self.bpf.sync_allowed(allowed, self._allowed_applied)
         self._allowed_applied = allowed
 
     def _links_with(self, ip: str) -> list[str]:

@@ -306,3 +306,28 @@ def test_remove_leaves_nothing(env):
         return out
 
     wait_for(alive, lambda left: not left, timeout=5, what="the programs freed")
+
+
+def test_allowed_hosts_follow_a_difference_and_keep_their_counters(env):
+    """Felix syncs the allowed-hosts map by difference (sync_allowed with the previous members):
+    a joining node is one update, a leaving one one delete; the remaining hosts keep their
+    packet counters; a full sync (no previous) lands on the same map."""
+    from agent.felix.bpftunnel import BpfTunnel
+
+    assert " 0% packet loss" in run("ping", "-c", "2", "-i", "0.2", "-W", "1", env["ipb"], netns=env["pa"])
+    t = BpfTunnel(None, env["topo"].bpf_dir(env["b"]))
+    t._ensure_maps_only()
+    try:
+        before = t.stats()["hosts"]
+        assert set(before) == {A} and before[A]["rx_packets"] >= 2, before
+        t.sync_allowed({A, "172.31.9.3", "10.9.0.0/16"}, previous={A})
+        grown = t.stats()["hosts"]
+        assert set(grown) == {A, "172.31.9.3", "10.9.0.0/16"}
+        assert grown[A]["rx_packets"] >= before[A]["rx_packets"]  # not reset by the update
+        t.sync_allowed({A, "10.9.0.0/16"}, previous={A, "172.31.9.3", "10.9.0.0/16"})
+        assert set(t.stats()["hosts"]) == {A, "10.9.0.0/16"}
+        t.sync_allowed({A})  # the full sync (Felix's refresh) reads the map back
+        assert set(t.stats()["hosts"]) == {A}
+    finally:
+        t.close()
+    assert " 0% packet loss" in run("ping", "-c", "2", "-i", "0.2", "-W", "1", env["ipb"], netns=env["pa"])
