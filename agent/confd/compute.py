@@ -44,29 +44,51 @@ class State:
     affinities: dict[str, object] = field(default_factory=dict)
     blocks: dict[str, object] = field(default_factory=dict)
 
+    #: the node whose configuration is computed from this state ("": any; see relevant())
+    node_name: str = ""
+
     KINDS = {"Node": "nodes", "BGPConfiguration": "bgp_configs", "BGPPeer": "bgp_peers",
              "IPPool": "pools", "BlockAffinity": "affinities", "IPAMBlock": "blocks"}
 
     def apply_event(self, kind: str, name: str, obj: object | None) -> bool:
         """ADDED/MODIFIED (obj) or DELETED (None) of one resource. Returns False when the
-        change cannot alter what :func:`compute` makes of the state (only metadata such as
-        the resourceVersion changed, or an IPAM block gained or lost an allocation of its
-        own node), so the caller need not compute again."""
+        change cannot alter what :func:`compute` makes of the state for ``node_name`` (only
+        metadata such as the resourceVersion changed, a Node's tunnel address, another node's
+        block affinity, an allocation of a block's own node), so the caller need not compute
+        again."""
         table = getattr(self, self.KINDS[kind])
-        if obj is None:
-            return table.pop(name, None) is not None
-        old = table.get(name)
-        table[name] = obj
-        return old is None or relevant(kind, old) != relevant(kind, obj)
+        old = table.pop(name, None) if obj is None else table.get(name)
+        if obj is not None:
+            table[name] = obj
+        before = None if old is None else relevant(kind, old, self.node_name)
+        after = None if obj is None else relevant(kind, obj, self.node_name)
+        return before != after
 
 
-def relevant(kind: str, obj: object) -> object:
-    """What :func:`compute` reads of a resource: its labels and spec, and of an IPAMBlock
-    only its CIDR, affinity, deletion and the allocations that belong to another node than
-    the block's (borrowed addresses; tunnel addresses are never originated)."""
+def relevant(kind: str, obj: object, node_name: str = "") -> object:
+    """What :func:`compute` reads of a resource (None: nothing, for ``node_name``). Every
+    field compute() reads must be here: a change outside it computes nothing.
+
+    - Node: its labels and spec.bgp's addresses, AS number and route reflector cluster ID
+      (not its IPIP tunnel address, VXLAN fields, addresses or orchRefs);
+    - BlockAffinity: the whole spec, only for ``node_name``'s own (all when it is "");
+    - IPAMBlock: its CIDR, affinity, deletion and the allocations that belong to another
+      node than the block's (borrowed addresses; tunnel addresses are never originated);
+    - the others: labels and spec.
+    """
     spec = getattr(obj, "spec", None)
-    if kind != "IPAMBlock" or spec is None:
-        return (getattr(getattr(obj, "metadata", None), "labels", None), spec)
+    labels = getattr(getattr(obj, "metadata", None), "labels", None)
+    if spec is None:
+        return (labels, None)
+    if kind == "Node":
+        bgp = spec.bgp
+        if bgp is None:
+            return (labels, None)
+        return (labels, bgp.ipv4_address, bgp.ipv6_address, bgp.as_number, bgp.route_reflector_cluster_id)
+    if kind == "BlockAffinity":
+        return spec if not node_name or spec.node == node_name else None
+    if kind != "IPAMBlock":
+        return (labels, spec)
     aff = spec.affinity or ""
     host = aff[len("host:"):] if aff.startswith("host:") else None
     borrowed = []

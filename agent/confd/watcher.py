@@ -24,7 +24,7 @@ class ConfdWatcher:
         self.node_name = node_name
         self.on_config = on_config
         self.timers = timers
-        self.state = State()
+        self.state = State(node_name=node_name)
         self.synced = threading.Event()
         self.last: SpeakerConfig | None = None
         self.last_error: str = ""

@@ -1,5 +1,6 @@
 """confd's pure computation over datastore resources -> speaker configuration."""
 
+import dataclasses
 from ipaddress import IPv4Address as A
 from ipaddress import IPv4Network as N
 
@@ -305,3 +306,33 @@ def test_an_update_state_calls_irrelevant_never_changes_any_nodes_configuration(
     assert seen[5:] == [False, True] * len(names)
     assert st.apply_event("IPAMBlock", "192.168.2.0-26", None) is True
     assert st.apply_event("IPAMBlock", "192.168.2.0-26", None) is False
+
+
+def test_a_nodes_state_ignores_other_nodes_affinities_and_tunnel_addresses():
+    """With State.node_name set, another node's block affinity and any Node's IPIP tunnel
+    address are irrelevant (compute() for that node does not read them); its own affinity and
+    a Node's BGP address, AS number and labels are not. False always means an unchanged result."""
+    st = walkthrough_state()
+    st.node_name = "k8s-w0"
+    n = st.nodes["k8s-w1"]
+
+    def w1(**bgp):
+        spec = dataclasses.replace(n.spec, bgp=dataclasses.replace(n.spec.bgp, **bgp))
+        return Node(metadata=Metadata(name="k8s-w1", labels=n.metadata.labels), spec=spec)
+
+    updates = [
+        ("BlockAffinity", aff("k8s-w1", "192.168.9.0/26"), False),
+        ("BlockAffinity", aff("k8s-w1", "192.168.9.0/26", state="pending"), False),
+        ("BlockAffinity", aff("k8s-w0", "192.168.8.0/26"), True),
+        ("Node", w1(ipv4_ipip_tunnel_addr="192.168.9.1"), False),
+        ("Node", w1(ipv4_ipip_tunnel_addr="192.168.9.1", as_number=65001), True),
+        ("Node", w1(ipv4_ipip_tunnel_addr="192.168.9.1", as_number=65001, ipv4_address="172.30.0.99/24"), True),
+    ]
+    for kind, obj, want in updates:
+        before = compute("k8s-w0", st)
+        got = st.apply_event(kind, obj.metadata.name, obj)
+        assert got is want, (kind, obj)
+        if not got:
+            assert compute("k8s-w0", st) == before
+    assert st.apply_event("BlockAffinity", "k8s-w1-192.168.9.0/26", None) is False  # not ours
+    assert st.apply_event("BlockAffinity", "k8s-w0-192.168.8.0/26", None) is True
