@@ -234,7 +234,15 @@ def kill_process(pid: int, grace: float = 2.0, proc: subprocess.Popen | None = N
 
 
 def listening(pid: int, port: int) -> bool:
-    """True when a TCP socket listens on ``port`` in ``pid``'s network namespace."""
+    """True when a TCP socket listens on ``port`` in ``pid``'s network namespace: asked by
+    sock_diag (kernel.sockdiag), which walks only the listening sockets, else read from
+    ``/proc/<pid>/net/tcp{,6}`` (which walks every connection of the machine)."""
+    from kernel import sockdiag
+
+    try:
+        return port in sockdiag.listening_ports(f"/proc/{pid}/ns/net")
+    except OSError:
+        pass  # the process is gone, or the kernel has no inet_diag: /proc answers
     for table in ("tcp", "tcp6"):
         try:
             with open(f"/proc/{pid}/net/{table}") as f:
