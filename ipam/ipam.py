@@ -55,6 +55,23 @@ TUNNEL_KINDS = {"ipip": ("ipip-tunnel-addr-", "ipipTunnelAddress"),
 TUNNEL_TYPES = tuple(kind for _, kind in TUNNEL_KINDS.values())
 
 
+def borrowed(spec: Any) -> tuple[tuple[int, str], ...]:
+    """``(ordinal, node)`` of each address of an IPAMBlock's spec allocated to another node
+    than the block's ``host:`` affinity, tunnel addresses left out: the borrowed /32s Felix
+    routes and confd originates."""
+    aff = spec.affinity or ""
+    host = aff[len("host:"):] if aff.startswith("host:") else None
+    out = []
+    for ordinal, idx in enumerate(spec.allocations):
+        if idx is None or idx >= len(spec.attributes):
+            continue
+        attrs = spec.attributes[idx].secondary or {}
+        node = attrs.get("node")
+        if node and node != host and attrs.get("type") not in TUNNEL_TYPES:
+            out.append((ordinal, node))
+    return tuple(out)
+
+
 class BlockLimitError(IPAMError):
     """The host already holds its maximum number of blocks (libcalico-go's ``ErrBlockLimit``)."""
 

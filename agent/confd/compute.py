@@ -24,7 +24,7 @@ from agent.bgp.config import (
 )
 from agent.bgp.fsm import Timers
 from datastore.duration import parse_duration as go_duration
-from ipam.ipam import TUNNEL_TYPES
+from ipam.ipam import borrowed
 
 DEFAULT_AS = 64512
 
@@ -89,17 +89,7 @@ def relevant(kind: str, obj: object, node_name: str = "") -> object:
         return spec if not node_name or spec.node == node_name else None
     if kind != "IPAMBlock":
         return (labels, spec)
-    aff = spec.affinity or ""
-    host = aff[len("host:"):] if aff.startswith("host:") else None
-    borrowed = []
-    for ordinal, idx in enumerate(spec.allocations):
-        if idx is None or idx >= len(spec.attributes):
-            continue
-        attr = spec.attributes[idx].secondary or {}
-        node = attr.get("node")
-        if node and node != host and attr.get("type") not in TUNNEL_TYPES:
-            borrowed.append((ordinal, node))
-    return (spec.cidr, spec.affinity, bool(spec.deleted), tuple(borrowed))
+    return (spec.cidr, spec.affinity, bool(spec.deleted), borrowed(spec))
 
 
 def _duration(text: str | None, what: str) -> float | None:
@@ -351,11 +341,8 @@ def compute(node_name: str, st: State, timers: Timers | None = None) -> SpeakerC
         if not any((a.secondary or {}).get("node") == node_name for a in s.attributes):
             continue  # nothing in this block was borrowed by this node
         base = _network(s.cidr)
-        for ordinal, idx in enumerate(s.allocations):
-            if idx is None or idx >= len(s.attributes):
-                continue
-            attr = s.attributes[idx].secondary or {}
-            if attr.get("node") == node_name and attr.get("type") not in TUNNEL_TYPES:
+        for ordinal, node in borrowed(s):
+            if node == node_name:
                 originate.setdefault(IPv4Network(base.network_address + ordinal), False)
 
     return SpeakerConfig(

@@ -23,7 +23,7 @@ from agent.felix.policy import (
     profile_from_resource,
 )
 from datastore.duration import parse_duration
-from ipam.ipam import TUNNEL_TYPES
+from ipam.ipam import borrowed
 
 _ENV = {
     "FELIX_IPINIPENABLED": "ipip_enabled",
@@ -156,15 +156,8 @@ def block_from_ipamblock(block: Any) -> Block | None:
         return None
     aff = spec.affinity or ""
     host = aff[len("host:"):] if aff.startswith("host:") else None
-    borrowed = []
-    for ordinal, idx in enumerate(spec.allocations):
-        if idx is None or idx >= len(spec.attributes):
-            continue
-        attrs = spec.attributes[idx].secondary or {}
-        node = attrs.get("node")
-        if node and node != host and attrs.get("type") not in TUNNEL_TYPES:
-            borrowed.append((str(net.network_address + ordinal), node))
-    return Block(str(net), host or None, tuple(borrowed))
+    lent = tuple((str(net.network_address + ordinal), node) for ordinal, node in borrowed(spec))
+    return Block(str(net), host or None, lent)
 
 
 def _bool(text: str, what: str) -> bool:
