@@ -32,6 +32,7 @@ from ipam.block import (
     Handle,
     IPAMConfigRules,
     IPAMError,
+    affinity_host,
     block_of,
     block_walk,
     host_affinity,
@@ -59,8 +60,7 @@ def borrowed(spec: Any) -> tuple[tuple[int, str], ...]:
     """``(ordinal, node)`` of each address of an IPAMBlock's spec allocated to another node
     than the block's ``host:`` affinity, tunnel addresses left out: the borrowed /32s Felix
     routes and confd originates."""
-    aff = spec.affinity or ""
-    host = aff[len("host:"):] if aff.startswith("host:") else None
+    host = affinity_host(spec.affinity)
     out = []
     for ordinal, idx in enumerate(spec.allocations):
         if idx is None or idx >= len(spec.attributes):

@@ -28,7 +28,7 @@ class ConfdWatcher:
         self.synced = threading.Event()
         self.last: SpeakerConfig | None = None
         self.last_error: str = ""
-        self.updates_changed = 0  # updates that could change the configuration (status, tests)
+        self.updates_changed = 0  # updates that could change the configuration (tests, debugging)
         self.updates_unchanged = 0  # ... and those that could not, so computed nothing
         self._stream = None
         self._thread = threading.Thread(target=self._run, name="confd", daemon=True)

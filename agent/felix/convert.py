@@ -23,6 +23,7 @@ from agent.felix.policy import (
     profile_from_resource,
 )
 from datastore.duration import parse_duration
+from ipam.block import affinity_host
 from ipam.ipam import borrowed
 
 _ENV = {
@@ -154,10 +155,8 @@ def block_from_ipamblock(block: Any) -> Block | None:
         return None
     if net.version != 4 or spec.deleted:
         return None
-    aff = spec.affinity or ""
-    host = aff[len("host:"):] if aff.startswith("host:") else None
     lent = tuple((str(net.network_address + ordinal), node) for ordinal, node in borrowed(spec))
-    return Block(str(net), host or None, lent)
+    return Block(str(net), affinity_host(spec.affinity) or None, lent)
 
 
 def _bool(text: str, what: str) -> bool:
