@@ -51,7 +51,7 @@ def test_an_unchanged_table_is_not_planned_again_until_the_kernel_is_read(monkey
     planned.clear()
     ipt.apply_tables(tables, second.tables)
     assert planned == [] and runs.count("iptables-nft-restore") == 1
-    # an equal table that is another object is planned (and found to need nothing)
+    # once the kernel is read again the table is planned again (the read found it empty: written)
     tables["nat"].read_from("")
     ipt.apply_tables(tables, second.tables)
     assert planned == ["nat"] and runs.count("iptables-nft-restore") == 2  # the kernel read empty
