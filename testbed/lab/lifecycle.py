@@ -109,7 +109,8 @@ def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = Fals
     except FileExistsError:
         raise LabError(f"lab {lab!r} is being created by someone else right now",
                        EXIT_EXISTS) from None
-    _mount_state_dir(lab, progress)
+    if not part():
+        _mount_state_dir(lab, progress)
     if part():  # the copy sent by the machine driving the lab: keep it with the part
         kept = state_dir(lab) / "topology.yaml"
         shutil.copyfile(topology, kept)
@@ -159,7 +160,10 @@ def _mount_state_dir(lab: str, progress: Progress) -> None:
     allocation was ~2.7% of a 50-node start's CPU and etcd's fsyncs went to the disk), and
     are not capped by ``/run``'s size. :func:`testbed.lab.clean.clean_lab` unmounts it (it
     unmounts every mount under the state dir) before removing the directory. A machine where
-    the mount is refused keeps the state on its disk, and says so."""
+    the mount is refused keeps the state on its disk, and says so. Not for a part of a lab over
+    several machines: its record must outlive the mount namespace of the sshd that started it,
+    so that ``calicolab clean`` finds it after that machine comes back (the multi-host tests'
+    machines each get a new mount namespace with their new sshd)."""
     sdir = state_dir(lab)
     try:
         mount(f"calicolab-{lab}", str(sdir), "tmpfs", 0, "mode=0755", what=f"tmpfs on {sdir}")
