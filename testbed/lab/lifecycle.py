@@ -109,13 +109,13 @@ def up(topology: str | os.PathLike, name: str | None = None, no_cni: bool = Fals
     except FileExistsError:
         raise LabError(f"lab {lab!r} is being created by someone else right now",
                        EXIT_EXISTS) from None
-    if not part():
-        _mount_state_dir(lab, progress)
     if part():  # the copy sent by the machine driving the lab: keep it with the part
         kept = state_dir(lab) / "topology.yaml"
         shutil.copyfile(topology, kept)
         topology = kept
         state["topology"] = str(kept)
+    else:
+        _mount_state_dir(lab, progress)
     write_state(lab, state)
     if join:
         from testbed.lab import kubeadm
