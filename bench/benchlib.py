@@ -92,6 +92,29 @@ def write_json(path: str, results: dict[str, Any]) -> None:
     print(f"wrote {path}")
 
 
+def page_touch_us(mb: int = 256) -> float:
+    """Microseconds per page to fault in and write ``mb`` MiB of fresh anonymous memory: how warm
+    the machine's memory is. On these VMs the host backs guest memory lazily and takes freed
+    memory back, so the figure moves from ~6 us just after boot to
+    ~1.5 us once memory has been in use; a lab start is page-fault heavy (copy-on-write after
+    the zygote's forks, zeroed pages), so this is one of the things its time moves with
+    (docs/performance.md). Printed beside the load average, to tell a cold machine's runs."""
+    import ctypes
+    import mmap
+
+    size = mb << 20
+    m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        buf = (ctypes.c_char * size).from_buffer(m)
+        t0 = time.perf_counter()
+        ctypes.memset(ctypes.addressof(buf), 1, size)
+        elapsed = time.perf_counter() - t0
+        del buf
+    finally:
+        m.close()
+    return round(elapsed * 1e6 / (size // mmap.PAGESIZE), 2)
+
+
 # ---------------------------------------------------------------- processes
 
 

@@ -21,7 +21,8 @@ Ready and pods answering <= 60 s (measure that once: ``--sizes 100 --repeat 1
 --no-floor``; CI does not run it); issue 11: 3 nodes + 4 pods answering <= 3 s, 50 nodes
 <= 30 s (``--sizes 50 --repeat 1 --no-floor``). Labs bigger than the supervisor's start
 window (8 nodes per CPU) start a window of nodes at a time (testbed.lab.admission;
-CALICOLAB_START_WINDOW in the environment overrides the window). Prints a table with the load average, writes
+CALICOLAB_START_WINDOW in the environment overrides the window). Prints a table with the load average and how
+long fresh memory takes to touch (``benchlib.page_touch_us``: a cold machine is slower), writes
 JSON (default reports/bench/lab_up.json). Run as root under the shared lock::
 
     flock /work/wt/heavy.lock .venv/bin/python bench/lab_up.py [--sizes 3,20] [--repeat 3] [--pods 4]
@@ -43,6 +44,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from benchlib import page_touch_us  # noqa: E402
 
 from testbed.lab import lifecycle as labmod  # noqa: E402
 from testbed.lab import netns as nsmod  # noqa: E402
@@ -415,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/lab_up.py needs root", file=sys.stderr)
         return 2
     load_before = os.getloadavg()
+    touch_before = page_touch_us()
     sizes: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="calicolab-bench-") as tmp:
         for n in (int(x) for x in args.sizes.split(",")):
@@ -443,9 +448,10 @@ def main(argv: list[str] | None = None) -> int:
                 entry["holds"] = bool(ours and ready and max(ours, ready) <= MUST_HOLD_SECONDS[n])
             sizes.append(entry)
     load_after = os.getloadavg()
+    touch_after = page_touch_us()
     print(f"lab up ({args.datastore or 'default'} datastore) vs its floor (bare Mininet, same hosts/links + "
           f"the pods as netns/veth/httpd), medians of {args.repeat}, interleaved; {os.cpu_count()} CPUs, load average {load_before[0]:.1f} before, "
-          f"{load_after[0]:.1f} after")
+          f"{load_after[0]:.1f} after; fresh memory {touch_before:.2f} us/page before, {touch_after:.2f} after")
     hdr = ("nodes", "pods", "up returns", "nodes Ready", "pods Running", "pods answer", "floor net",
            "floor answer", "ratio", "must hold", "")
     print("  ".join(f"{h:>12}" for h in hdr))
@@ -469,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
             print("    lab phases (supervisor, median s): " + ", ".join(
                 f"{k}={statistics.median(t.get(k, 0.0) for t in timings):.2f}" for k in timings[0]))
     out = {"benchmark": "lab_up", "machine": {"cpus": os.cpu_count(), "kernel": platform.release()},
-           "load_average": {"before": load_before, "after": load_after}, "repeat": args.repeat,
+           "load_average": {"before": load_before, "after": load_after},
+           "fresh_memory_us_per_page": {"before": touch_before, "after": touch_after}, "repeat": args.repeat,
            "datastore": args.datastore, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sizes": sizes}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))
