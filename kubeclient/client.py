@@ -183,6 +183,17 @@ class Client:
             self._local.conn = c
         return c
 
+    def _take_idle(self) -> http.client.HTTPConnection | None:
+        """The calling thread's kept-alive connection, handed over (the thread's next request
+        opens another). A watch streams on it, so an informer's list and the watch that follows
+        share one connection and one TLS handshake, as client-go's do on their one HTTP/2
+        connection; the list's connection no longer sits idle beside the watch."""
+        c = getattr(self._local, "conn", None)
+        if c is None or c.sock is None:
+            return None
+        self._local.conn = None
+        return c
+
     def _drop(self) -> None:
         c = getattr(self._local, "conn", None)
         if c is not None:
@@ -359,17 +370,28 @@ class Watch:
                 pass
 
     def __iter__(self) -> Iterator[tuple[str, dict]]:
-        conn = self.client._new_conn(self.client.config.timeout)
-        self._conn = conn
-        try:
+        conn = self.client._take_idle()
+        reused = conn is not None
+        while True:
+            if conn is None:
+                conn = self.client._new_conn(self.client.config.timeout)
+            self._conn = conn
             try:
                 conn.request("GET", self.url, headers=self.client._headers())
                 resp = conn.getresponse()
+                break
             except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                conn = None
+                if reused and not self._closed and not isinstance(exc, TimeoutError | socket.timeout):
+                    reused = False  # a stale kept-alive connection: once more on a new one
+                    continue
                 raise errors.ConnectionFailed(f"watch: cannot reach the API server: {exc}") from None
+        try:
             if resp.status >= 400:
                 raise self.client._error(resp.status, resp.read())
-            self.client._remember_session(conn)
+            if not reused:
+                self.client._remember_session(conn)
             if conn.sock is not None:
                 conn.sock.settimeout(None)
             while not self._closed:

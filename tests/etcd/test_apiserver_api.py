@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
 import threading
 
@@ -477,3 +478,43 @@ def test_kubeclient_resumes_its_tls_session_as_the_same_user(apiserver):
     assert c2.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", review)["status"]["userInfo"] \
         == first["status"]["userInfo"]
     assert c2._local.conn.sock.session_reused is True
+
+
+def test_a_watch_streams_on_the_list_connection_and_survives_a_stale_one(apiserver):
+    """An informer's list and the watch after it share one connection (one TLS handshake, as
+    client-go's share their HTTP/2 connection); a kept-alive connection the server has closed
+    is replaced, not reported as a failure."""
+    c = apiserver.client()
+    c.create(cm("share-a"), "default")
+    items, rv = c.list_all("v1", "configmaps", "default")
+    listed_on = c._local.conn
+    assert listed_on is not None and listed_on.sock is not None
+    w = c.watch("v1", "configmaps", "default", resource_version=rv)
+    seen: list = []
+    c2 = apiserver.client()
+    t = threading.Thread(target=lambda: c2.create(cm("share-b"), "default"))
+    try:
+        it = iter(w)
+        t.start()
+        typ, obj = next(it)
+        seen.append((typ, obj["metadata"]["name"]))
+        assert w._conn is listed_on, "the watch opened a connection of its own"
+        assert c._local.conn is None, "the thread kept the connection the watch streams on"
+    finally:
+        w.close()
+        t.join(10)
+    assert seen == [("ADDED", "share-b")]
+    # the thread's next request opens a connection; its server side then goes away (an idle
+    # connection the API server closed): the watch retries once on a new one
+    c.list("v1", "configmaps", "default")
+    stale = c._local.conn
+    stale.sock.shutdown(socket.SHUT_RDWR)
+    w2 = c.watch("v1", "configmaps", "default", resource_version=rv)
+    try:
+        typ, obj = next(iter(w2))
+        assert (typ, obj["metadata"]["name"]) == ("ADDED", "share-b")
+        assert w2._conn is not stale
+    finally:
+        w2.close()
+    for n in ("share-a", "share-b"):
+        c.delete("v1", "configmaps", n, "default")
