@@ -8,11 +8,60 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import socket
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 log = logging.getLogger(__name__)
+
+
+#: threads answering requests: the kubelet's probes, the supervisor's readiness sweeps and
+#: ``calicolab status`` (each request is short; /status takes ~10 ms)
+WORKERS = 4
+
+
+class PooledHTTPServer(HTTPServer):
+    """An HTTP server answering on a few long-lived threads.
+
+    ``ThreadingHTTPServer`` starts a thread per request: at a 50-node lab's start the
+    supervisor's readiness sweeps ask every calico-node about twice a second, and each new
+    thread cost the node its stack's pages (released by glibc when a thread ends, faulted in
+    again by the next) and a fresh interpreter thread state: under ``perf`` ~2 thread
+    creations a second per calico-node, most of its page faults after its start-up."""
+
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 workers: int = WORKERS) -> None:
+        super().__init__(address, handler)
+        self._requests: queue.SimpleQueue[tuple[socket.socket, object] | None] = queue.SimpleQueue()
+        self._workers = [threading.Thread(target=self._work, name=f"health-{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._workers:
+            t.start()
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        self._requests.put((request, client_address))
+
+    def _work(self) -> None:
+        while True:
+            item = self._requests.get()
+            if item is None:
+                return
+            request, client_address = item
+            try:
+                self.finish_request(request, client_address)
+            except Exception:  # noqa: BLE001 - as socketserver reports a failed request
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        for _ in self._workers:
+            self._requests.put(None)
 
 
 class HealthServer:
@@ -29,6 +78,8 @@ class HealthServer:
         checks = {"/liveness": live, "/readiness": ready}
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 5.0  # a client that connects and says nothing frees its worker
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 path = self.path.split("?")[0]
                 if path in checks:
@@ -56,9 +107,7 @@ class HealthServer:
             def log_message(self, fmt: str, *args: object) -> None:
                 log.debug("health: " + fmt, *args)
 
-        ThreadingHTTPServer.allow_reuse_address = True
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+        self.server = PooledHTTPServer((host, port), Handler)
         self.port = self.server.server_address[1]
         self._thread: threading.Thread | None = None
 

@@ -175,3 +175,31 @@ def test_cni_config_is_written_before_start_up(netns, tmp_path):
     finally:
         terminate(proc)
     assert proc.returncode == 0, log_path.read_text()[-2000:]
+
+
+def test_health_server_answers_on_its_own_threads_past_silent_clients(monkeypatch):
+    """Requests run on the server's few long-lived threads (none started per request), and
+    clients that connect and say nothing do not stop the others' answers."""
+    import socket as socketmod
+    import threading
+
+    from agent.health import WORKERS
+
+    srv = HealthServer(lambda: True, lambda: True, lambda: {}, port=0)
+    srv.start()
+    silent = []
+    started = []
+    real_start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self.name), real_start(self))[1])
+    try:
+        for _ in range(WORKERS - 1):
+            s = socketmod.create_connection(("127.0.0.1", srv.port), timeout=2)
+            silent.append(s)
+        for _ in range(20):
+            with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/readiness", timeout=2) as r:
+                assert r.status == 200
+        assert started == [], f"threads started for requests: {started}"
+    finally:
+        for s in silent:
+            s.close()
+        srv.stop()
