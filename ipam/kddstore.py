@@ -18,6 +18,10 @@ DELETE with the UID as precondition; a read that finds ``deleted`` set finishes 
 from __future__ import annotations
 
 import json
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Network
 from typing import Any
 
@@ -89,11 +93,46 @@ def _handle(cr: dict) -> Handle:
     return h
 
 
+#: the blocks affine to (API server, host) at the host's last allocation: the next one reads
+#: them beside the config, the pools and the affinities (:meth:`KubeStore.alloc_snapshot`)
+_AFFINE_HINT: dict[tuple[str, str], tuple[IPv4Network, ...]] = {}
+_HINTS_MAX = 4096
+#: threads reading an allocation's objects at once (each keeps its own API connection)
+READ_WORKERS = 4
+_readers: ThreadPoolExecutor | None = None
+_readers_lock = threading.Lock()
+
+
+def _forget_readers() -> None:
+    """In a forked child: the parent's reader threads do not exist here (their executor would
+    take work and never run it); the child starts its own when it needs them."""
+    global _readers, _readers_lock
+    _readers, _readers_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_readers)
+
+
+def _concurrently(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run independent reads at once; their results in order (the first error is raised)."""
+    global _readers
+    if len(calls) <= 1:
+        return [c() for c in calls]
+    with _readers_lock:
+        if _readers is None:
+            _readers = ThreadPoolExecutor(READ_WORKERS, thread_name_prefix="ipam-read")
+        pool = _readers
+    futures = [pool.submit(c) for c in calls[1:]]
+    first = calls[0]()  # the calling thread reads too
+    return [first, *(f.result() for f in futures)]
+
+
 class KubeStore:
     """Typed reads and CAS writes of IPAM custom resources over a :class:`kubeclient.Client`."""
 
     def __init__(self, kube: Any):
         self.kube = kube
+        self._local = threading.local()  # the blocks alloc_snapshot read, per allocating thread
 
     # -- transport -----------------------------------------------------------
     def _err(self, exc: BaseException, what: str) -> BaseException:
@@ -161,11 +200,24 @@ class KubeStore:
 
     # -- batched reads ---------------------------------------------------------
     def alloc_snapshot(self, host: str) -> tuple[IPAMConfigRules, list[dict[str, Any]], list[Affinity]]:
-        """IPAMConfig, every IPPool (as v3 documents) and ``host``'s affinities."""
-        cfg = self.get_config()
+        """IPAMConfig, every IPPool (as v3 documents) and ``host``'s affinities.
+
+        The reads are independent, so they go at once (one round trip of latency instead of
+        three, inside the host's IPAM lock: 49 pods on one node allocate one after the other),
+        with the blocks affine to ``host`` at its last allocation (:data:`_AFFINE_HINT`);
+        :meth:`get_free_blocks` answers from those when they are the blocks it is asked for."""
+        key = (str(getattr(getattr(self.kube, "config", None), "server", "")), host)
+        hinted = _AFFINE_HINT.get(key, ())
+        got = _concurrently([self.get_config, lambda: self._list(POOLS), lambda: self.list_affinities(host),
+                             *((lambda c=c: self.get_block(c)) for c in hinted)])
+        cfg, pool_crs, affs = got[:3]
+        self._local.snapshot_blocks = dict(zip(hinted, got[3:], strict=True))
         pools = [{"metadata": {"name": (p.get("metadata") or {}).get("name", "")}, "spec": p.get("spec") or {}}
-                 for p in self._list(POOLS)]
-        return cfg, pools, self.list_affinities(host)
+                 for p in pool_crs]
+        if len(_AFFINE_HINT) >= _HINTS_MAX and key not in _AFFINE_HINT:
+            _AFFINE_HINT.clear()
+        _AFFINE_HINT[key] = tuple(a.cidr for a in affs if not a.deleted and a.state == STATE_CONFIRMED)
+        return cfg, pools, affs
 
     def get_blocks(self, cidrs: list[IPv4Network]) -> dict[IPv4Network, tuple[Block, Any]]:
         out = {}
@@ -176,7 +228,13 @@ class KubeStore:
         return out
 
     def get_free_blocks(self, cidrs: list[IPv4Network]) -> dict[IPv4Network, tuple[Block, Any]]:
-        return {c: v for c, v in self.get_blocks(cidrs).items() if v[0].unallocated}
+        snap = getattr(self._local, "snapshot_blocks", {})
+        self._local.snapshot_blocks = {}
+        if cidrs and all(c in snap for c in cidrs):  # read by alloc_snapshot just before
+            got = {c: v for c in cidrs if (v := snap[c]) is not None}
+        else:
+            got = self.get_blocks(cidrs)
+        return {c: v for c, v in got.items() if v[0].unallocated}
 
     def get_block_and_handle(self, cidr: IPv4Network, handle_id: str
                              ) -> tuple[tuple[Block, Any] | None, tuple[Handle, Any] | None]:
