@@ -87,8 +87,9 @@ def small_tls_read_buffers() -> None:
     ``asyncio.sslproto.SSLProtocol`` zeroes a buffer of its class attribute ``max_size`` for every
     connection it accepts (CPython 3.11). At a 50-node lab's start, ~2,000 connections in 25 s,
     that zeroing (64 fresh pages each, faulted in) was 11 % of the API server's samples under
-    py-spy. A TLS record holds at most 16 KiB, so 64 KiB still reads several per call; the
-    process is the API server's own, so nothing else sees the change."""
+    py-spy. A TLS record holds at most 16 KiB, so 64 KiB still reads several per call. The
+    attribute is the class's: other asyncio TLS connections of the process (a test running
+    the server in-process) get 64 KiB buffers too, which is as harmless."""
     import asyncio.sslproto
 
     if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > TLS_READ_BUFFER:
