@@ -27,9 +27,8 @@ class PooledHTTPServer(HTTPServer):
 
     ``ThreadingHTTPServer`` starts a thread per request: at a 50-node lab's start the
     supervisor's readiness sweeps ask every calico-node about twice a second, and each new
-    thread cost the node its stack's pages (released by glibc when a thread ends, faulted in
-    again by the next) and a fresh interpreter thread state: under ``perf`` ~2 thread
-    creations a second per calico-node, most of its page faults after its start-up."""
+    thread costs the node its stack's pages (glibc releases them when a thread ends; the next
+    thread faults them in again) and a fresh interpreter thread state."""
 
     allow_reuse_address = True
 
