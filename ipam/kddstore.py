@@ -28,7 +28,7 @@ from typing import Any
 from datastore import crds, errors
 from datastore.resources import cidr_name
 from ipam.block import Block, Handle, IPAMConfigRules
-from ipam.store import STATE_CONFIRMED, Affinity
+from ipam.store import STATE_CONFIRMED, Affinity, affine_hint, remember_affine, take_snapshot
 
 API = crds.API_VERSION
 BLOCKS, AFFINITIES, HANDLES, CONFIGS, POOLS = "ipamblocks", "blockaffinities", "ipamhandles", "ipamconfigs", "ippools"
@@ -93,10 +93,6 @@ def _handle(cr: dict) -> Handle:
     return h
 
 
-#: the blocks affine to (API server, host) at the host's last allocation: the next one reads
-#: them beside the config, the pools and the affinities (:meth:`KubeStore.alloc_snapshot`)
-_AFFINE_HINT: dict[tuple[str, str], tuple[IPv4Network, ...]] = {}
-_HINTS_MAX = 4096
 #: threads reading an allocation's objects at once (each keeps its own API connection)
 READ_WORKERS = 4
 _readers: ThreadPoolExecutor | None = None
@@ -205,10 +201,10 @@ class KubeStore:
         From a host's second allocation in the process on, the reads are made at once (one
         round trip of latency instead of four, inside the host's IPAM lock: 49 pods on one node
         allocate one after the other), with the blocks affine to ``host`` at its last
-        allocation (:data:`_AFFINE_HINT`); :meth:`get_free_blocks` answers from those when
-        they are the blocks it is asked for."""
+        allocation (:func:`ipam.store.affine_hint`); :meth:`get_free_blocks` answers from those
+        when they are the blocks it is asked for."""
         key = (str(getattr(getattr(self.kube, "config", None), "server", "")), host)
-        hinted = _AFFINE_HINT.get(key, ())
+        hinted = affine_hint(key)
         calls = [self.get_config, lambda: self._list(POOLS), lambda: self.list_affinities(host),
                  *((lambda c=c: self.get_block(c)) for c in hinted)]
         # a host's first allocation in this process reads on the calling thread: the readers'
@@ -219,9 +215,7 @@ class KubeStore:
         self._local.snapshot_blocks = dict(zip(hinted, got[3:], strict=True))
         pools = [{"metadata": {"name": (p.get("metadata") or {}).get("name", "")}, "spec": p.get("spec") or {}}
                  for p in pool_crs]
-        if len(_AFFINE_HINT) >= _HINTS_MAX and key not in _AFFINE_HINT:
-            _AFFINE_HINT.clear()
-        _AFFINE_HINT[key] = tuple(a.cidr for a in affs if not a.deleted and a.state == STATE_CONFIRMED)
+        remember_affine(key, affs)
         return cfg, pools, affs
 
     def get_blocks(self, cidrs: list[IPv4Network]) -> dict[IPv4Network, tuple[Block, Any]]:
@@ -233,12 +227,11 @@ class KubeStore:
         return out
 
     def get_free_blocks(self, cidrs: list[IPv4Network]) -> dict[IPv4Network, tuple[Block, Any]]:
-        snap = getattr(self._local, "snapshot_blocks", {})
-        self._local.snapshot_blocks = {}
-        if cidrs and all(c in snap for c in cidrs):  # read by alloc_snapshot just before
-            got = {c: v for c in cidrs if (v := snap[c]) is not None}
-        else:
+        read = take_snapshot(self._local, cidrs)  # read by alloc_snapshot just before
+        if read is None:
             got = self.get_blocks(cidrs)
+        else:
+            got = {c: v for c, v in zip(cidrs, read, strict=True) if v is not None}
         return {c: v for c, v in got.items() if v[0].unallocated}
 
     def get_block_and_handle(self, cidr: IPv4Network, handle_id: str

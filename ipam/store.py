@@ -89,6 +89,28 @@ _AFFINE_HINT: dict[tuple[Any, str], tuple[IPv4Network, ...]] = {}
 _HINTS_MAX = 4096
 
 
+def affine_hint(key: tuple[Any, str]) -> tuple[IPv4Network, ...]:
+    """The blocks affine to ``key`` = (datastore, host) at its last allocation snapshot."""
+    return _AFFINE_HINT.get(key, ())
+
+
+def remember_affine(key: tuple[Any, str], affinities: list[Affinity]) -> None:
+    """Keep the blocks of ``key``'s confirmed affinities as the hint for its next snapshot."""
+    if len(_AFFINE_HINT) >= _HINTS_MAX and key not in _AFFINE_HINT:
+        _AFFINE_HINT.clear()
+    _AFFINE_HINT[key] = tuple(a.cidr for a in affinities if not a.deleted and a.state == STATE_CONFIRMED)
+
+
+def take_snapshot(local: threading.local, cidrs: list[IPv4Network]) -> list[Any] | None:
+    """What the thread's last snapshot read for ``cidrs`` (``local.snapshot_blocks``), in
+    order, or None when it did not read them all; the snapshot is used once."""
+    snap = getattr(local, "snapshot_blocks", {})
+    local.snapshot_blocks = {}
+    if cidrs and all(c in snap for c in cidrs):
+        return [snap[c] for c in cidrs]
+    return None
+
+
 class Store:
     """Typed reads and CAS writes of IPAM keys over :class:`datastore.etcd.EtcdClient`."""
 
@@ -126,7 +148,7 @@ class Store:
         """
         endpoints = getattr(self.etcd, "endpoints", None)
         hint_key = (tuple(endpoints), host) if isinstance(endpoints, list) else None
-        hinted = _AFFINE_HINT.get(hint_key, ()) if hint_key else ()
+        hinted = affine_hint(hint_key) if hint_key else ()
         got = self.read_many([(CONFIG_KEY, False), (POOL_PREFIX, True), (affinity_prefix(host), True),
                               *((block_key(c), False) for c in hinted)])
         cfg_kvs, pool_kvs, aff_kvs = got[:3]
@@ -135,9 +157,7 @@ class Store:
         pools = [json.loads(kv.value) for kv in pool_kvs]
         affs = [a for a in (self._affinity(kv) for kv in aff_kvs) if a is not None]
         if hint_key is not None:
-            if len(_AFFINE_HINT) >= _HINTS_MAX and hint_key not in _AFFINE_HINT:
-                _AFFINE_HINT.clear()
-            _AFFINE_HINT[hint_key] = tuple(a.cidr for a in affs if not a.deleted and a.state == STATE_CONFIRMED)
+            remember_affine(hint_key, affs)
         return cfg, pools, affs
 
     def get_blocks(self, cidrs: list[IPv4Network]) -> dict[IPv4Network, tuple[Block, int]]:
@@ -158,11 +178,8 @@ class Store:
         """
         if not cidrs:
             return {}
-        snap = getattr(self._local, "snapshot_blocks", {})
-        self._local.snapshot_blocks = {}
-        if all(c in snap for c in cidrs):  # read by alloc_snapshot's transaction just before
-            read = [snap[c] for c in cidrs]
-        else:
+        read = take_snapshot(self._local, cidrs)  # read by alloc_snapshot's transaction just before
+        if read is None:
             read = self.read_many([(block_key(c), False) for c in cidrs])
         out = {}
         for cidr, kvs in zip(cidrs, read, strict=True):

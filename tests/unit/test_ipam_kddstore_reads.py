@@ -8,6 +8,7 @@ import threading
 from ipaddress import IPv4Network
 
 from ipam import kddstore
+from ipam import store as ipam_store
 from ipam.block import Block
 from ipam.kddstore import KubeStore, affinity_cr, block_cr
 
@@ -52,7 +53,7 @@ def _objs() -> dict[tuple[str, str], dict]:
 
 
 def test_the_second_allocation_reads_its_block_with_the_snapshot_and_not_again():
-    kddstore._AFFINE_HINT.clear()
+    ipam_store._AFFINE_HINT.clear()
     kube = FakeKube(_objs())
     store = KubeStore(kube)
     cfg, pools, affs = store.alloc_snapshot("node-a")
