@@ -372,7 +372,10 @@ class Handlers:
         resp.headers["Content-Type"] = "application/json"
         resp.headers["Transfer-Encoding"] = "chunked"
         resp.headers["Cache-Control"] = "no-cache, private"
-        await resp.prepare(r.http)
+        try:
+            await resp.prepare(r.http)
+        except ConnectionResetError:  # the client went away before the headers: nothing to stream
+            return resp
         first = [True]
 
         def frame(typ: str, obj: dict) -> bytes:
