@@ -44,6 +44,7 @@ import time
 import traceback
 from typing import Any
 
+from kernel import autogroup
 from kernel import zygote as proto
 from kernel.mount import MS_BIND, MS_REC, MS_SLAVE, mount
 from kernel.netns import CLONE_NEWNET, CLONE_NEWNS, setns
@@ -176,6 +177,21 @@ def _set_name(name: str) -> None:
     _libc.prctl(PR_SET_NAME, ctypes.c_char_p(os.path.basename(name).encode()[:15]), 0, 0, 0)
 
 
+def _hung_up(conn: socket.socket) -> bool:
+    """True if the peer of ``conn`` has closed it (end of stream waiting to be read); never
+    waits (a socket with a timeout would first wait for data: non-blocking for the peek)."""
+    timeout = conn.gettimeout()
+    conn.setblocking(False)
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        conn.settimeout(timeout)
+
+
 def enter(req: dict[str, Any], fds: dict[str, int]) -> None:
     """In the forked child: take the request's namespaces, mounts, session, priority, signals,
     environment, working directory and stdio (any failure ends the child with 127, as the
@@ -190,7 +206,10 @@ def enter(req: dict[str, Any], fds: dict[str, int]) -> None:
         os.close(fds.pop("net"))
     os.setsid()
     if req.get("priority") is not None:
-        os.setpriority(os.PRIO_PROCESS, 0, max(-20, min(19, int(req["priority"]))))
+        prio = max(-20, min(19, int(req["priority"])))
+        os.setpriority(os.PRIO_PROCESS, 0, prio)
+        if prio:  # a session of its own: its nice weighs against the others' only as the session's
+            autogroup.set_nice(prio)
     os.chdir(req.get("cwd") or "/")
     null = os.open(os.devnull, os.O_RDWR)
     for i, name in enumerate(("stdin", "stdout", "stderr")):
@@ -291,11 +310,28 @@ def _run(spec: proto.RunSpec, argv: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------- the server
+#: nice steps the zygote serves above the lab's priority. Every process of a lab starts as its
+#: fork, one request at a time, and a request costs it ~3 ms of CPU; among a 50-node lab's ~150
+#: busy processes on 2 cores it waited on the run queue ~7x as long as it ran
+#: (/proc/PID/schedstat during an operator install), so a fork took ~0.4 s, callers timed out
+#: after 10 s and exec'd instead (docs/performance.md). The boost is its session's
+#: (:func:`kernel.autogroup.set_nice`) as well as its own. Its children take the caller's priority,
+#: or the lab's (:attr:`Server.base_priority`), never this one.
+SERVE_BOOST = 20
+
+
+def serve_priority(base: int) -> int:
+    """The zygote's nice value while it serves, for a lab at nice ``base``."""
+    return max(-20, base - SERVE_BOOST)
+
+
 class Server:
     """The selector loop: accept requests, fork, reap, report exits."""
 
     def __init__(self, path: str):
         self.path = path
+        #: the lab's priority (the supervisor's): a child whose request names none takes it
+        self.base_priority = os.getpriority(os.PRIO_PROCESS, 0)
         self.sel = selectors.DefaultSelector()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
@@ -390,6 +426,14 @@ class Server:
             conn.close()
             return None
         byname = dict(zip(names, fds, strict=True))
+        if req.get("priority") is None:
+            req["priority"] = self.base_priority
+        if _hung_up(conn):  # the caller gave up waiting (and starts it by exec): no second copy
+            for fd in fds:
+                os.close(fd)
+            conn.close()
+            _log(f"dropped a request whose caller went away: {' '.join(argv[:4])}")
+            return None
         sys.stdout.flush()
         sys.stderr.flush()
         # what exists now (the preloaded modules) goes to the permanent generation: the child's
@@ -422,7 +466,13 @@ class Server:
         try:
             socket.send_fds(conn, [proto.encode({"pid": pid})], [pidfd])
         except OSError as exc:
-            _log(f"pid {pid}: the caller went away before its reply ({exc})")
+            # the caller does not know this child and may have started the program by exec:
+            # end it (ours, by its pidfd) rather than leave a second copy running
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _log(f"pid {pid}: the caller went away before its reply ({exc}): killed it")
         conn.settimeout(None)
         self.children[pidfd] = (pid, conn)
         self.sel.register(pidfd, selectors.EVENT_READ, None)
@@ -468,6 +518,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(PAD_FLAG, default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     server = Server(args.socket)  # bound first: requests queue while the modules import
+    try:
+        prio = serve_priority(server.base_priority)
+        os.setpriority(os.PRIO_PROCESS, 0, prio)
+        autogroup.set_nice(prio)
+    except PermissionError as exc:  # not root (no CAP_SYS_NICE): serves at the lab's priority
+        _log(f"serving at the lab's priority {server.base_priority}: {exc}")
     me = os.getpid()
     # SIGTERM ends the zygote (its socket removed); its children live on (each its own session)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

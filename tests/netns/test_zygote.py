@@ -225,3 +225,41 @@ def test_an_exec_probe_runs_as_a_zygote_child_in_the_containers_namespaces(netns
     finally:
         container.kill()
         container.wait()
+
+
+def _peer_pid(path: str) -> int:
+    """The PID of the process serving the unix socket ``path`` (SO_PEERCRED)."""
+    import socket
+    import struct
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+    finally:
+        s.close()
+
+
+def test_the_zygote_serves_above_the_labs_priority_and_its_children_do_not(tmp_path, zygote_server):
+    base = os.getpriority(os.PRIO_PROCESS, 0)  # the fixture's zygote was started at ours
+    zpid = _peer_pid(zygote_server)
+    assert os.getpriority(os.PRIO_PROCESS, zpid) == zmod.serve_priority(base) < base
+    if os.path.exists(f"/proc/{zpid}/autogroup"):  # and its session's weight (kernel autogroups)
+        assert open(f"/proc/{zpid}/autogroup").read().split()[-1] == str(zmod.serve_priority(base))
+    env = {"PATH": os.environ["PATH"]}
+    script = tmp_path / "sleep.py"
+    script.write_text("import time\ntime.sleep(60)\n")
+    sleeper = [sys.executable, str(script)]
+    plain = zygote.spawn(zygote_server, sleeper, env=env)
+    nicer = zygote.spawn(zygote_server, sleeper, env=env, priority=min(19, base + 3))
+    try:
+        # (a fork starts at the zygote's and takes its own as it enters the caller's namespaces)
+        for p, want in ((plain, base), (nicer, min(19, base + 3))):  # plain: the lab's, not the zygote's
+            wait_for(lambda p=p: os.getpriority(os.PRIO_PROCESS, p.pid), lambda n, w=want: n == w, timeout=10,
+                     what=f"pid {p.pid} at nice {want}")
+        if os.path.exists(f"/proc/{nicer.pid}/autogroup"):  # its own session weighs as its nice
+            assert open(f"/proc/{nicer.pid}/autogroup").read().split()[-1] == str(min(19, base + 3))
+    finally:
+        for p in (plain, nicer):
+            p.kill()
+            p.wait(timeout=10)

@@ -130,3 +130,29 @@ def test_a_channel_fd_that_is_not_the_zygotes_is_refused():
     finally:
         a.close()
         b.close()
+
+
+def test_a_caller_that_hung_up_is_seen_at_once_and_a_waiting_one_is_not():
+    import socket
+    import time
+
+    from testbed.lab.zygote import _hung_up, serve_priority
+
+    a, b = socket.socketpair()
+    a.settimeout(5.0)  # as the zygote holds a request's connection: the check must not wait
+    t0 = time.monotonic()
+    assert not _hung_up(a)
+    assert time.monotonic() - t0 < 1.0 and a.gettimeout() == 5.0
+    b.close()
+    assert _hung_up(a)
+    a.close()
+    assert serve_priority(0) == -20 and serve_priority(-15) == -20 and serve_priority(10) == -10
+
+
+def test_an_autogroup_the_kernel_refuses_or_lacks_is_reported_not_raised(tmp_path):
+    from kernel.autogroup import write_nice
+
+    assert not write_nice(str(tmp_path / "missing" / "autogroup"), -5)
+    f = tmp_path / "autogroup"
+    assert write_nice(str(f), -5) and f.read_text() == "-5"
+    assert write_nice(str(f), -40) and f.read_text() == "-20"
