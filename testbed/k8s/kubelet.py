@@ -68,9 +68,12 @@ GONE_RECHECK = 1.0  # seconds before a pod missing from the cache but not confir
 NODE_GONE_REASON = "NodeNotFound"  # the reason of a pod the kubelet stopped because its Node is gone
 LEASE_DURATION = 40  # seconds (the kubelet's nodeLeaseDurationSeconds); renewed every quarter of it
 #: CPU priority of pods of priority class system-node-critical (the control plane's static
-#: pods): a real kubelet gives them CPU weight from their requests; calicolab's pods have no
-#: cgroups of their own, so they get a nice value instead (see docs/kubernetes.md)
-CRITICAL_NICE = -10
+#: pods): a real kubelet gives them CPU weight from their requests, and the control plane runs
+#: on machines of its own; calicolab's pods have no cgroups of their own and share one machine
+#: with every node, so they get a nice value instead, which the zygote gives their session too
+#: (kernel autogroups: docs/kubernetes.md). At -10 a 50-node install's API server still waited
+#: on the run queue about as long as it ran (docs/performance.md)
+CRITICAL_NICE = -20
 #: a pod's start reads each ConfigMap/Secret its containers' env names once: its init containers
 #: and containers started one after the other reuse the read for this long (the kubelet's object
 #: manager keeps them cached for a running pod), and an init container that failed reads again

@@ -21,7 +21,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
-from kernel import zygote
+from kernel import autogroup, zygote
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +141,13 @@ def start_process(netns_path: str, argv: list[str], log_path: str, env: dict[str
         proc = _zygote_start(netns_path, argv, log.fileno(), env, cwd, mounts, nice, propagation)
         if proc is not None:
             return proc
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             process_argv(netns_path, argv, mounts, nice, propagation), stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True,
         )
+        if nice:  # its session's weight too (it has exec'd, so its session is its own by now)
+            autogroup.set_nice(os.getpriority(os.PRIO_PROCESS, 0) + nice, proc.pid)
+        return proc
 
 
 def _zygote_start(netns_path: str, argv: list[str], log_fd: int, env: dict[str, str] | None,

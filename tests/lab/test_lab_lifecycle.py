@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from kernel import autogroup
 from testbed.lab import lifecycle as labmod
 from testbed.lab import netns as nsmod
 from testbed.lab import state as labstate
@@ -85,6 +87,22 @@ def test_up_node_view_and_down(make_lab):
     conf = str(kubeadm.admin_conf(st))
     ns_obj = nsmod.run_in(f"{lab}-m", lambda: Client(from_kubeconfig(conf)).get("v1", "namespaces", "lab-probe"))
     assert ns_obj["metadata"]["name"] == "lab-probe"
+    # the control plane's static pods weigh on the CPU as a session (kernel autogroups), a node's
+    # pods as any other: what /proc/<pid>/autogroup says of each pod's process
+    def weights() -> dict[str, int | None]:
+        pods = nsmod.run_in(f"{lab}-m", lambda: Client(from_kubeconfig(conf)).list("v1", "pods", "kube-system"))
+        out = {}
+        for p in pods["items"]:
+            pids = json.loads((p["metadata"].get("annotations") or {}).get("calicolab.io/pids") or "{}")
+            if pids:  # started
+                out[p["metadata"]["name"].rsplit("-", 1)[0]] = autogroup.nice_of(next(iter(pids.values())))
+        return out
+
+    # (mirror pods and their annotations follow the static pods' start)
+    weight = wait_for(weights, lambda w: {"kube-apiserver", "etcd", "kube-controller-manager", "kube-proxy"} <= set(w),
+                      timeout=30, what="kube-system's pods started")
+    assert weight["kube-apiserver"] == weight["etcd"] == weight["kube-controller-manager"] == -20, weight
+    assert weight["kube-proxy"] == 0, weight
     # the lab's API server on the control plane's :6443: the real kubectl in a worker's shell
     # (KUBECONFIG=/etc/kubernetes/admin.conf) sees the nodes, and only the control plane holds the PKI
     from testbed.lab.nodeshell import run_in_node
