@@ -20,6 +20,7 @@ from typing import Any
 from agent.clock import Clock
 from agent.felix import convert
 from agent.felix.calc import Calculator, ipip_enabled
+from agent.felix.encap import pod_mtu
 from agent.felix.ifacemonitor import AddrMonitor
 from agent.felix.ipsets import IpsetDriver
 from agent.felix.iptables import IptablesTable, apply_tables
@@ -218,9 +219,32 @@ class Felix:
         return self.datapath, self.datapath_note
 
     # -- datastore side ------------------------------------------------------------
+    def write_start_mtu(self) -> int | None:
+        """The MTU file at start, as Felix writes it before it syncs: its start-up reads the
+        FelixConfigurations and lists the IP pools for the encapsulation (``daemon.go``,
+        ``EncapsulationCalculator``), and the dataplane driver it then makes writes the file
+        (``int_dataplane.go`` ``NewIntDataplaneDriver``: ``determinePodMTU``,
+        ``writeMTUFile``). A pod's CNI ADD with MTU 0 (auto) waits for this file, and the
+        first sync (every endpoint, policy and block from Typha) comes seconds later on a busy
+        machine. Every apply writes it again from the synced state. Returns the MTU written;
+        None when the reads failed (the first apply writes it then)."""
+        try:
+            configs = {c.metadata.name: c for c in self.client.list("FelixConfiguration")}
+            pools = self.client.list("IPPool")
+        except Exception as exc:  # noqa: BLE001 - the first apply writes it instead
+            log.info("MTU file not written at start (%s); the first sync's apply writes it", exc)
+            return None
+        inp = FelixInput(hostname=self.hostname, pools=convert.pools_from(pools), host_mtu=self.host_mtu,
+                         settings=convert.settings(self.hostname, configs, self.env))
+        mtu = pod_mtu(inp)
+        self._write_mtu(mtu)
+        return mtu
+
     def _watch_loop(self) -> None:
         from datastore import errors
 
+        if self._mtu_written is None:
+            self.write_start_mtu()
         while not self._stop.is_set():
             fresh: dict[str, dict] | None = {"WorkloadEndpoint": {}, "Node": {}, "IPPool": {},
                                                "FelixConfiguration": {}, "_policies": {}, "_profiles": {},
