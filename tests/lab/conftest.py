@@ -19,12 +19,14 @@ LINE_CHARS = 300
 
 def _labs_of(item: pytest.Item) -> list[str]:
     """The names of the labs a test's fixtures hold (a ``Lab`` with ``name``, a ``Walkthrough``
-    with ``lab``, a state dict with ``lab``) that are still up."""
+    with ``lab``, a state dict with ``lab``) that are still up: a plain name whose state dir
+    holds a ``state.json``."""
     names: list[str] = []
     for value in getattr(item, "funcargs", {}).values():
         for cand in (getattr(value, "lab", None), getattr(value, "name", None),
                      value.get("lab") if isinstance(value, dict) else None):
-            if isinstance(cand, str) and cand not in names and labstate.state_dir(cand).is_dir():
+            if (isinstance(cand, str) and cand.strip(".") and "/" not in cand and cand not in names
+                    and (labstate.state_dir(cand) / "state.json").is_file()):
                 names.append(cand)
     return names
 
