@@ -10,7 +10,8 @@ sees the state dir) and gives each child a channel of its own (an inherited sock
 children in turn. It serves requests of :mod:`kernel.zygote`: for each it forks; the child
 enters the caller's mount namespace, for a pod makes its own (unshare, slave
 or unchanged propagation, the rbind mounts, as :data:`testbed.k8s.runtime._POD_INIT` does),
-enters the network namespace, starts a session, takes the priority, resets signals, replaces
+enters the network namespace, starts a session, takes the priority and the ``SCHED_BATCH``
+policy (:mod:`kernel.schedpolicy`; the zygote itself keeps the default), resets signals, replaces
 the environment, takes the stdio fds, closes the zygote's sockets, rewrites its command line
 (``/proc/<pid>/cmdline``: what ps, pgrep and the tests see) and returns out of the serve loop
 to :func:`main`, which runs the program with :mod:`runpy` as ``python -m``/``python script``
@@ -44,7 +45,7 @@ import time
 import traceback
 from typing import Any
 
-from kernel import autogroup
+from kernel import autogroup, schedpolicy
 from kernel import zygote as proto
 from kernel.mount import MS_BIND, MS_REC, MS_SLAVE, mount
 from kernel.netns import CLONE_NEWNET, CLONE_NEWNS, setns
@@ -193,9 +194,9 @@ def _hung_up(conn: socket.socket) -> bool:
 
 
 def enter(req: dict[str, Any], fds: dict[str, int]) -> None:
-    """In the forked child: take the request's namespaces, mounts, session, priority, signals,
-    environment, working directory and stdio (any failure ends the child with 127, as the
-    pod's init did)."""
+    """In the forked child: take the request's namespaces, mounts, session, priority (and the
+    batch policy), signals, environment, working directory and stdio (any failure ends the
+    child with 127, as the pod's init did)."""
     if "mnt" in fds:
         setns(fds["mnt"], CLONE_NEWNS)
         os.close(fds.pop("mnt"))
@@ -210,6 +211,7 @@ def enter(req: dict[str, Any], fds: dict[str, int]) -> None:
         os.setpriority(os.PRIO_PROCESS, 0, prio)
         if prio:  # a session of its own: its nice weighs against the others' only as the session's
             autogroup.set_nice(prio)
+    schedpolicy.set_batch()  # the lab's processes, and what they exec, as batch work (the module says why)
     os.chdir(req.get("cwd") or "/")
     null = os.open(os.devnull, os.O_RDWR)
     for i, name in enumerate(("stdin", "stdout", "stderr")):

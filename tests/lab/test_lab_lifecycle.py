@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel import autogroup
+from kernel import autogroup, schedpolicy
 from testbed.lab import lifecycle as labmod
 from testbed.lab import netns as nsmod
 from testbed.lab import state as labstate
@@ -103,6 +103,12 @@ def test_up_node_view_and_down(make_lab):
                       timeout=30, what="kube-system's pods started")
     assert weight["kube-apiserver"] == weight["etcd"] == weight["kube-controller-manager"] == -20, weight
     assert weight["kube-proxy"] == 0, weight
+    # ... and run as batch work (kernel.schedpolicy): the zygote's forks and what they exec (etcd)
+    pids = [int(pid) for p in nsmod.run_in(f"{lab}-m", lambda: Client(from_kubeconfig(conf)).list(
+        "v1", "pods", "kube-system"))["items"]
+        for pid in json.loads((p["metadata"].get("annotations") or {}).get("calicolab.io/pids") or "{}").values()]
+    policies = {pid: schedpolicy.policy_of(pid) for pid in pids}
+    assert pids and set(policies.values()) == {"SCHED_BATCH"}, policies
     # the lab's API server on the control plane's :6443: the real kubectl in a worker's shell
     # (KUBECONFIG=/etc/kubernetes/admin.conf) sees the nodes, and only the control plane holds the PKI
     from testbed.lab.nodeshell import run_in_node

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel import zygote
+from kernel import schedpolicy, zygote
 from testbed.k8s import runtime
 from testbed.lab import zygote as zmod
 from testbed.poll import wait_for
@@ -259,6 +259,11 @@ def test_the_zygote_serves_above_the_labs_priority_and_its_children_do_not(tmp_p
                      what=f"pid {p.pid} at nice {want}")
         if os.path.exists(f"/proc/{nicer.pid}/autogroup"):  # its own session weighs as its nice
             assert open(f"/proc/{nicer.pid}/autogroup").read().split()[-1] == str(min(19, base + 3))
+        # the children run as batch work, the zygote keeps the default policy (kernel.schedpolicy)
+        for p in (plain, nicer):
+            wait_for(lambda p=p: schedpolicy.policy_of(p.pid), lambda pol: pol == "SCHED_BATCH", timeout=10,
+                     what=f"pid {p.pid} as SCHED_BATCH")
+        assert schedpolicy.policy_of(zpid) == "SCHED_OTHER"
     finally:
         for p in (plain, nicer):
             p.kill()
