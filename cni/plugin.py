@@ -713,13 +713,17 @@ def calico_node_started(nc: NetConf, wait: float = 0.0, need_mtu: bool = False, 
     return time.monotonic() - t0
 
 
-def run(plugin: str, env: dict[str, str], stdin: bytes, startup_wait: float = 0.0) -> tuple[int, str, str]:
+def run(plugin: str, env: dict[str, str], stdin: bytes, startup_wait: float = 0.0,
+        queued_ms: float | None = None) -> tuple[int, str, str]:
     """Execute one CNI invocation of ``plugin`` ("calico" or "calico-ipam").
 
     ``startup_wait``: how long an ADD or DEL of the calico plugin may wait for calico-node's
     start-up (:func:`calico_node_started`; 0, the executables in-process: not at all).
+    ``queued_ms``: how long the request waited for one of the CNI server's workers (None: not
+    served by one); the log's last line for the request says it.
     Returns (exit code, stdout text, stderr text). Never raises.
     """
+    queued = f", after {queued_ms:.0f} ms queued for a CNI server worker" if queued_ms is not None else ""
     log = Log()
     version = spec.LATEST
     try:
@@ -752,10 +756,10 @@ def run(plugin: str, env: dict[str, str], stdin: bytes, startup_wait: float = 0.
             import ipam.ipam  # noqa: F401
         out = _dispatch(inv)
         phases = " ".join(f"{k}={v:.1f}" for k, v in sorted(inv.timings.items()))
-        log.info(f"done in {(time.monotonic() - started) * 1000:.1f} ms (ms: {phases})")
+        log.info(f"done in {(time.monotonic() - started) * 1000:.1f} ms (ms: {phases}){queued}")
         return 0, (spec.print_json(out) if out is not None else ""), log.stderr_text()
     except CNIError as exc:
-        log.error(f"error {exc.code}: {exc.msg}")
+        log.error(f"error {exc.code}: {exc.msg}{queued}")
         return 1, spec.error_json(exc, version), log.stderr_text()
     except Exception as exc:
         log.error("internal error: " + "".join(traceback.format_exception(exc)))

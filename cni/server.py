@@ -33,6 +33,7 @@ import stat
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -163,12 +164,12 @@ class CNIServer:
                 if self._stopping.is_set():
                     return
                 continue
-            self._pool.submit(self._handle, conn)
+            self._pool.submit(self._handle, conn, time.monotonic())
 
-    def _handle(self, conn: socket.socket) -> None:
+    def _handle(self, conn: socket.socket, accepted: float) -> None:
         with conn:
             try:
-                reply = self._process(conn)
+                reply = self._process(conn, (time.monotonic() - accepted) * 1000)
             except Exception as exc:  # never let one bad request kill the server
                 reply = [b"refused", f"bad request: {exc}".encode()]
             try:
@@ -176,8 +177,9 @@ class CNIServer:
             except OSError:
                 pass
 
-    def _process(self, conn: socket.socket) -> list[bytes]:
-        """Read one request, check the caller, run the plugin; the reply's fields."""
+    def _process(self, conn: socket.socket, queued_ms: float = 0.0) -> list[bytes]:
+        """Read one request, check the caller, run the plugin; the reply's fields. ``queued_ms``:
+        how long the connection waited for this worker (the CNI log says it)."""
         pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
         if uid != os.geteuid():
             self.refused += 1
@@ -215,7 +217,7 @@ class CNIServer:
         from cni import plugin as _plugin  # imported by start()
 
         if mnt == b"%d" % self._ns[1]:
-            code, out, err = _plugin.run(plugin, env, stdin, startup_wait=STARTUP_WAIT)
+            code, out, err = _plugin.run(plugin, env, stdin, startup_wait=STARTUP_WAIT, queued_ms=queued_ms)
         else:  # paths resolve in the caller's mount namespace, as for a plugin it executed
             try:
                 _private_fs()
@@ -225,7 +227,7 @@ class CNIServer:
                 return [b"refused", f"cannot join the caller's mount namespace: {exc}".encode()]
             try:
                 with _netns.entered(fd, _netns.CLONE_NEWNS):
-                    code, out, err = _plugin.run(plugin, env, stdin, startup_wait=STARTUP_WAIT)
+                    code, out, err = _plugin.run(plugin, env, stdin, startup_wait=STARTUP_WAIT, queued_ms=queued_ms)
             finally:
                 os.close(fd)
         self.served += 1

@@ -48,6 +48,8 @@ def test_requests_are_served_by_the_warm_server(node, netns, server):
     add = node.run("ADD", node.conf("1.1.0"), cid="srv01", netns=pp, socket=sock)
     assert add.rc == 0, add.stdout + add.stderr
     assert _pids_in_log(add.stderr) == {proc.pid}, add.stderr  # the work happened in the server process
+    # the log says how long the request waited for one of the server's workers
+    assert re.search(r"done in [\d.]+ ms \(ms: .*\), after \d+ ms queued for a CNI server worker", add.stderr), add.stderr
     ip = add.json["ips"][0]["address"]
     assert f"inet {ip}" in node.ip("addr", "show", "eth0", pod=pod)
     assert "calic440f455693" in node.ip("link")
@@ -120,6 +122,7 @@ def test_no_server_means_in_process(node, netns):
     add = node.run("ADD", node.conf(), cid="nosrv", netns=f"/run/netns/{pod}",
                    socket=str(node.tmp / "absent.sock"))
     assert add.rc == 0, add.stdout
+    assert "done in" in add.stderr and "queued" not in add.stderr, add.stderr  # no server, no queue
     wait_for(lambda: node.ip("link"), lambda out: "calic440f455693" in out, timeout=2, what="host veth")
     assert node.run("DEL", node.conf(), cid="nosrv", netns=f"/run/netns/{pod}").rc == 0
 
