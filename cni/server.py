@@ -134,6 +134,11 @@ class CNIServer:
         import datastore.client  # noqa: F401
         import ipam.ipam  # noqa: F401
         from cni import dataplane, plugin  # noqa: F401
+        from ipam import kddstore
+
+        # IPAM's reader threads, started here: started by a worker, they would share its
+        # filesystem attributes, and the worker could not leave a caller's mount namespace again
+        kddstore.readers()
         self._thread = threading.Thread(target=self._serve, name="cni-server", daemon=True)
         self._thread.start()
         return self
@@ -172,6 +177,8 @@ class CNIServer:
                 reply = self._process(conn, (time.monotonic() - accepted) * 1000)
             except Exception as exc:  # never let one bad request kill the server
                 reply = [b"refused", f"bad request: {exc}".encode()]
+            if reply[0] == b"refused":  # the caller then does the work in-process, slower: say why
+                print(f"refused a request: {reply[1].decode('utf-8', 'replace')}", flush=True)
             try:
                 conn.sendall(wire.encode(reply))
             except OSError:

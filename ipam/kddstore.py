@@ -109,15 +109,33 @@ def _forget_readers() -> None:
 os.register_at_fork(after_in_child=_forget_readers)
 
 
-def _concurrently(calls: list[Callable[[], Any]]) -> list[Any]:
-    """Run independent reads at once; their results in order (the first error is raised)."""
+def readers() -> ThreadPoolExecutor:
+    """The reader threads, all of them started now if they are not yet, by the calling thread.
+
+    A thread shares the filesystem attributes (``CLONE_FS``) of the thread that started it, and
+    the kernel lets a thread enter another mount namespace only while it shares them with no
+    other (``setns`` fails with EINVAL). The CNI server's workers enter their callers' mount
+    namespaces (:mod:`cni.server`), so the server starts the readers from its main thread
+    before it serves: had a worker started them, it could never leave its caller's namespace
+    again. A pool that started threads on demand would start them from whichever thread
+    submitted first."""
     global _readers
-    if len(calls) <= 1:
-        return [c() for c in calls]
     with _readers_lock:
         if _readers is None:
-            _readers = ThreadPoolExecutor(READ_WORKERS, thread_name_prefix="ipam-read")
-        pool = _readers
+            pool = ThreadPoolExecutor(READ_WORKERS, thread_name_prefix="ipam-read")
+            started = threading.Barrier(READ_WORKERS + 1)
+            for _ in range(READ_WORKERS):  # each submit starts a thread while none is idle
+                pool.submit(started.wait)
+            started.wait()
+            _readers = pool
+        return _readers
+
+
+def _concurrently(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run independent reads at once; their results in order (the first error is raised)."""
+    if len(calls) <= 1:
+        return [c() for c in calls]
+    pool = readers()
     futures = [pool.submit(c) for c in calls[1:]]
     first = calls[0]()  # the calling thread reads too
     return [first, *(f.result() for f in futures)]

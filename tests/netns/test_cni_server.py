@@ -117,6 +117,21 @@ def test_an_add_while_calico_node_starts_waits_for_its_start_up(node, netns, ser
     assert "cali" not in node.ip("link")
 
 
+def test_a_refused_request_is_said_in_the_servers_output(server):
+    """The caller of a refused request does the work in-process (slower): the server says why."""
+    import select
+
+    from cni.main import forward
+
+    proc, sock = server
+    # this test process is in the host's network namespace, the server in the node's
+    assert forward("calico", {b"CNI_COMMAND": b"VERSION"}, b"", sock) is None
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 10)
+    line = proc.stdout.readline() if ready else "(nothing in 10 s)"
+    assert line.strip() == "refused a request: caller is in another network namespace than the CNI server", line
+
+
 def test_no_server_means_in_process(node, netns):
     pod = netns("cnip")
     add = node.run("ADD", node.conf(), cid="nosrv", netns=f"/run/netns/{pod}",
@@ -176,3 +191,51 @@ def test_server_ends_with_the_calico_node_that_started_it(tmp_path):
             starter.wait()
         if _running(server_pid):
             os.kill(server_pid, signal.SIGKILL)
+
+
+def test_a_worker_leaves_a_callers_mount_namespace_after_ipam_reads_at_once(tmp_path):
+    """IPAM's concurrent reads run on reader threads; started by a CNI server worker while it
+    was in a caller's mount namespace, they shared its filesystem attributes, its way back
+    failed (setns: EINVAL) and it refused every request after ("server worker is not in the
+    node's network or the server's mount namespace": each one then ran in-process, paying
+    the imports). The server starts them from its main thread."""
+    other = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "60"])
+    code = f"""
+import os, threading
+from cni import server
+from ipam import kddstore
+from kernel import netns
+
+{{started}}
+home = os.stat("/proc/thread-self/ns/mnt").st_ino
+out = []
+
+def worker():
+    server._private_fs()
+    fd = os.open("/proc/{other.pid}/ns/mnt", os.O_RDONLY)
+    try:
+        with netns.entered(fd, netns.CLONE_NEWNS):
+            inside = os.stat("/proc/thread-self/ns/mnt").st_ino
+            got = kddstore._concurrently([lambda: 1, lambda: 2, lambda: 3])
+        out.append((inside != home, got, os.stat("/proc/thread-self/ns/mnt").st_ino == home))
+    except OSError as exc:
+        out.append(("error", exc.errno))
+
+t = threading.Thread(target=worker)
+t.start()
+t.join()
+print(out)
+"""
+    try:
+        wait_for(lambda: os.stat(f"/proc/{other.pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino,
+                 lambda moved: moved, timeout=10, what="a process in a mount namespace of its own")
+        # as the server does: the readers started by the main thread, then the worker in and out
+        fixed = subprocess.run([sys.executable, "-c", code.format(started="kddstore.readers()")],
+                               capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert fixed.stdout.strip() == "[(True, [1, 2, 3], True)]", fixed.stdout + fixed.stderr
+        # what a worker that started them met: it could not leave (EINVAL)
+        broken = subprocess.run([sys.executable, "-c", code.format(started="")],
+                                capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert broken.stdout.strip() == "[('error', 22)]", broken.stdout + broken.stderr
+    finally:
+        terminate(other, timeout=10)
