@@ -88,27 +88,25 @@ def test_up_node_view_and_down(make_lab):
     ns_obj = nsmod.run_in(f"{lab}-m", lambda: Client(from_kubeconfig(conf)).get("v1", "namespaces", "lab-probe"))
     assert ns_obj["metadata"]["name"] == "lab-probe"
     # the control plane's static pods weigh on the CPU as a session (kernel autogroups), a node's
-    # pods as any other: what /proc/<pid>/autogroup says of each pod's process
-    def weights() -> dict[str, int | None]:
+    # pods as any other, and all run as batch work (kernel.schedpolicy: the zygote's forks and
+    # what they exec, etcd): what /proc says of each started pod's processes
+    def started() -> dict[str, list[int]]:
         pods = nsmod.run_in(f"{lab}-m", lambda: Client(from_kubeconfig(conf)).list("v1", "pods", "kube-system"))
         out = {}
         for p in pods["items"]:
             pids = json.loads((p["metadata"].get("annotations") or {}).get("calicolab.io/pids") or "{}")
-            if pids:  # started
-                out[p["metadata"]["name"].rsplit("-", 1)[0]] = autogroup.nice_of(next(iter(pids.values())))
+            if pids:
+                out[p["metadata"]["name"].rsplit("-", 1)[0]] = [int(pid) for pid in pids.values()]
         return out
 
     # (mirror pods and their annotations follow the static pods' start)
-    weight = wait_for(weights, lambda w: {"kube-apiserver", "etcd", "kube-controller-manager", "kube-proxy"} <= set(w),
-                      timeout=30, what="kube-system's pods started")
+    pods = wait_for(started, lambda w: {"kube-apiserver", "etcd", "kube-controller-manager", "kube-proxy"} <= set(w),
+                    timeout=30, what="kube-system's pods started")
+    weight = {name: autogroup.nice_of(pids[0]) for name, pids in pods.items()}
     assert weight["kube-apiserver"] == weight["etcd"] == weight["kube-controller-manager"] == -20, weight
     assert weight["kube-proxy"] == 0, weight
-    # ... and run as batch work (kernel.schedpolicy): the zygote's forks and what they exec (etcd)
-    pids = [int(pid) for p in nsmod.run_in(f"{lab}-m", lambda: Client(from_kubeconfig(conf)).list(
-        "v1", "pods", "kube-system"))["items"]
-        for pid in json.loads((p["metadata"].get("annotations") or {}).get("calicolab.io/pids") or "{}").values()]
-    policies = {pid: schedpolicy.policy_of(pid) for pid in pids}
-    assert pids and set(policies.values()) == {"SCHED_BATCH"}, policies
+    policies = {pid: schedpolicy.policy_of(pid) for pids in pods.values() for pid in pids}
+    assert set(policies.values()) == {"SCHED_BATCH"}, policies
     # the lab's API server on the control plane's :6443: the real kubectl in a worker's shell
     # (KUBECONFIG=/etc/kubernetes/admin.conf) sees the nodes, and only the control plane holds the PKI
     from testbed.lab.nodeshell import run_in_node

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel import schedpolicy, zygote
+from kernel import autogroup, schedpolicy, zygote
 from testbed.k8s import runtime
 from testbed.lab import zygote as zmod
 from testbed.poll import wait_for
@@ -244,8 +244,8 @@ def test_the_zygote_serves_above_the_labs_priority_and_its_children_do_not(tmp_p
     base = os.getpriority(os.PRIO_PROCESS, 0)  # the fixture's zygote was started at ours
     zpid = _peer_pid(zygote_server)
     assert os.getpriority(os.PRIO_PROCESS, zpid) == zmod.serve_priority(base) < base
-    if os.path.exists(f"/proc/{zpid}/autogroup"):  # and its session's weight (kernel autogroups)
-        assert open(f"/proc/{zpid}/autogroup").read().split()[-1] == str(zmod.serve_priority(base))
+    if autogroup.nice_of(zpid) is not None:  # and its session's weight (kernel autogroups)
+        assert autogroup.nice_of(zpid) == zmod.serve_priority(base)
     env = {"PATH": os.environ["PATH"]}
     script = tmp_path / "sleep.py"
     script.write_text("import time\ntime.sleep(60)\n")
@@ -257,8 +257,8 @@ def test_the_zygote_serves_above_the_labs_priority_and_its_children_do_not(tmp_p
         for p, want in ((plain, base), (nicer, min(19, base + 3))):  # plain: the lab's, not the zygote's
             wait_for(lambda p=p: os.getpriority(os.PRIO_PROCESS, p.pid), lambda n, w=want: n == w, timeout=10,
                      what=f"pid {p.pid} at nice {want}")
-        if os.path.exists(f"/proc/{nicer.pid}/autogroup"):  # its own session weighs as its nice
-            assert open(f"/proc/{nicer.pid}/autogroup").read().split()[-1] == str(min(19, base + 3))
+        if autogroup.nice_of(nicer.pid) is not None:  # its own session weighs as its nice
+            assert autogroup.nice_of(nicer.pid) == min(19, base + 3)
         # the children run as batch work, the zygote keeps the default policy (kernel.schedpolicy)
         for p in (plain, nicer):
             wait_for(lambda p=p: schedpolicy.policy_of(p.pid), lambda pol: pol == "SCHED_BATCH", timeout=10,
