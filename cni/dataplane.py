@@ -85,11 +85,13 @@ def _set_host_sysctls(host: Kernel, ifname: str) -> None:
 
 
 def setup(host_ifname: str, pod_ifname: str, netns_path: str, address: str, mtu: int,
-          pod_mac: str | None = None, allow_ip_forwarding: bool = False, *,
+          pod_mac: str | None = None, allow_ip_forwarding: bool = False, queues: int = 1, *,
           host: Kernel | None = None, pod: Kernel | None = None) -> Plumbing:
     """Build the veth pair, sysctls, addresses and routes; on failure remove what was made.
 
     ``pod_mac`` (Calico's ``cni.projectcalico.org/hwAddr``) sets the pod side's MAC.
+    ``queues``: each end's transmit and receive queues (netconf ``num_queues``; Calico makes
+    one of each by default).
     The pod's ``net.ipv4.ip_forward`` is set to 0, or 1 with ``allow_ip_forwarding``
     (netconf ``container_settings.allow_ip_forwarding``), as Calico does.
     """
@@ -100,18 +102,19 @@ def setup(host_ifname: str, pod_ifname: str, netns_path: str, address: str, mtu:
             raise DataplaneError(f"invalid pod MAC address {pod_mac!r}") from None
     with _handles(host, pod, netns_path) as (host_k, pod_k):
         return _setup(host_k, pod_k, host_ifname, pod_ifname, netns_path, address, mtu, pod_mac,
-                      allow_ip_forwarding)
+                      allow_ip_forwarding, queues)
 
 
 def _setup(host: Kernel, pod: Kernel, host_ifname: str, pod_ifname: str, netns_path: str, address: str,
-           mtu: int, pod_mac: str | None, allow_ip_forwarding: bool) -> Plumbing:
+           mtu: int, pod_mac: str | None, allow_ip_forwarding: bool, queues: int) -> Plumbing:
     if pod.link(pod_ifname) is not None:
         raise DataplaneError(f"interface {pod_ifname} already exists in {netns_path}")
     old = host.link(host_ifname)
     if old is not None:  # a stale veth of an earlier sandbox of this pod (Calico deletes it too)
         host.link_del(old.index)
     try:
-        host.do(LinkAdd(Veth(host_ifname, pod_ifname, mtu=mtu, mac=HOST_MAC, peer_mac=pod_mac, peer_netns=pod)))
+        host.do(LinkAdd(Veth(host_ifname, pod_ifname, mtu=mtu, mac=HOST_MAC, peer_mac=pod_mac, peer_netns=pod,
+                             queues=queues)))
     except KernelError as exc:
         raise DataplaneError(f"cannot create veth {host_ifname}/{pod_ifname}: {_reason(exc)}") from None
     try:

@@ -59,7 +59,8 @@ NETCONF_KEYS: dict[str, Support] = {
     "ipam.ipv6_pools": missing(_NO_V6, sample=["fd00:10::/64"]),
     "args.org.apache.mesos": missing("Mesos network info is not read", sample={"network_info": {"name": "x"}}),
     "mtu": works(_T_SPEC + "test_nodename_and_mtu_resolution"),
-    "num_queues": missing("veths get one queue each", ok=(0, 1), sample=4),
+    "num_queues": works(_T_SPEC + "test_num_queues_default_and_value",
+                        _T_PLUGIN + "test_veth_ends_have_the_netconf_queues"),
     "nodename": works(_T_SPEC + "test_nodename_and_mtu_resolution"),
     "nodename_file": works(_T_SPEC + "test_nodename_and_mtu_resolution",
                            _T_SPEC + "test_calico_node_started_is_calicos_nodename_file_guard"),
@@ -151,6 +152,7 @@ class NetConf:
     nodename_file: str = DEFAULT_NODENAME_FILE
     nodename_file_optional: bool = False
     mtu: int = 0
+    num_queues: int = 1  # each veth end's tx and rx queues (Calico: 0 or less means 1)
     ipam: IPAMConf = field(default_factory=IPAMConf)
     log_level: str = "info"
     log_file_path: str = ""
@@ -255,6 +257,11 @@ def parse_netconf(conf: dict[str, Any], *, expect_type: str | None = "calico", e
         mtu = 0
     if isinstance(mtu, bool) or not isinstance(mtu, int) or mtu < 0 or (mtu and not 68 <= mtu <= 65535):
         raise _bad(f"'mtu' must be 0 (auto) or between 68 and 65535, got {conf.get('mtu')!r}")
+    num_queues = conf.get("num_queues", 0)
+    if num_queues is None:
+        num_queues = 0
+    if isinstance(num_queues, bool) or not isinstance(num_queues, int):
+        raise _bad(f"'num_queues' must be an integer, got {num_queues!r}")
     log_level = _str(conf, "log_level", "info").lower()
     if log_level not in LOG_LEVELS:
         raise _bad(f"'log_level' {log_level!r} is not one of {', '.join(x for x in LOG_LEVELS if x)}")
@@ -284,6 +291,7 @@ def parse_netconf(conf: dict[str, Any], *, expect_type: str | None = "calico", e
         nodename_file=_str(conf, "nodename_file", DEFAULT_NODENAME_FILE) or DEFAULT_NODENAME_FILE,
         nodename_file_optional=_bool(conf, "nodename_file_optional", False),
         mtu=mtu,
+        num_queues=num_queues if num_queues > 0 else 1,
         ipam=parse_ipam(conf.get("ipam")),
         log_level=log_level,
         log_file_path=_str(conf, "log_file_path"),

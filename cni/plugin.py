@@ -434,7 +434,8 @@ def cmd_add(inv: Invocation) -> dict[str, Any]:
                 if reused:  # rebuild the plumbing of a repeated ADD from scratch
                     dataplane.teardown(inv.env.ifname, inv.env.netns)
                 plumbing = dataplane.setup(host_if, inv.env.ifname, inv.env.netns, address, mtu, pod_mac=pod_mac,
-                                           allow_ip_forwarding=inv.nc.allow_ip_forwarding)
+                                           allow_ip_forwarding=inv.nc.allow_ip_forwarding,
+                                           queues=inv.nc.num_queues)
         except dataplane.DataplaneError as exc:
             raise CNIError(spec.E_DATAPLANE, str(exc)) from None
         inv.log.info(f"plumbed {host_if} <-> {inv.env.ifname}@{inv.env.netns} for {address} (mtu {mtu})")

@@ -188,7 +188,12 @@ class Neigh:
 @dataclass
 class Veth:
     """A veth pair; the peer is made directly in ``peer_netns`` (a netns fd, or a kernel
-    handle: the real one passes its namespace's fd, the fake its peer fake) if given."""
+    handle: the real one passes its namespace's fd, the fake its peer fake) if given.
+
+    ``queues``: transmit and receive queues of each end (``numtxqueues``/``numrxqueues``; 0:
+    the kernel's default, one per possible CPU, of which the kernel then leaves one active:
+    reducing them waits for an RCU grace period while the device is registered, under the
+    RTNL lock every other link, address and route change on the machine waits for)."""
 
     name: str
     peer: str
@@ -196,6 +201,7 @@ class Veth:
     mac: str | None = None
     peer_mac: str | None = None
     peer_netns: Any = None
+    queues: int = 0
     kind = "veth"
 
 

@@ -62,7 +62,7 @@ RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 # attributes
 IFLA_ADDRESS, IFLA_BROADCAST, IFLA_IFNAME, IFLA_MTU, IFLA_LINK = 1, 2, 3, 4, 5
 IFLA_MASTER, IFLA_TXQLEN, IFLA_OPERSTATE, IFLA_LINKINFO = 10, 13, 16, 18
-IFLA_NET_NS_FD, IFLA_EXT_MASK, IFLA_LINK_NETNSID = 28, 29, 37
+IFLA_NET_NS_FD, IFLA_EXT_MASK, IFLA_NUM_TX_QUEUES, IFLA_NUM_RX_QUEUES, IFLA_LINK_NETNSID = 28, 29, 31, 32, 37
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFLA_VXLAN_ID, IFLA_VXLAN_GROUP, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL = 1, 2, 3, 4
@@ -318,10 +318,12 @@ def link_add_body(spec: Any) -> bytes:
     """ifinfomsg + attributes creating a link of ``spec``'s kind (iproute2's layout)."""
     if isinstance(spec, Tun):
         raise ValueError(f"TUN device {spec.name}: rtnetlink cannot create TUN devices (use /dev/net/tun)")
-    body = IFINFO.pack(0, 0, 0, 0, 0) + _common(spec.name, getattr(spec, "mtu", 0), getattr(spec, "mac", None))
+    body = IFINFO.pack(0, 0, 0, 0, 0) + _common(spec.name, getattr(spec, "mtu", 0), getattr(spec, "mac", None),
+                                                queues=getattr(spec, "queues", 0))
     if isinstance(spec, Veth):
         peer = IFINFO.pack(0, 0, 0, 0, 0) + _common(spec.peer, spec.mtu, spec.peer_mac,
-                                                    None if spec.peer_netns is None else _netns_fd(spec.peer_netns))
+                                                    None if spec.peer_netns is None else _netns_fd(spec.peer_netns),
+                                                    queues=spec.queues)
         data = nest(VETH_INFO_PEER, peer)
     elif isinstance(spec, Vxlan):
         data = attr_u32(IFLA_VXLAN_LINK, spec.dev) if spec.dev else b""
@@ -356,10 +358,12 @@ def link_add_body(spec: Any) -> bytes:
     return body + nest(IFLA_LINKINFO, info)
 
 
-def _common(name: str, mtu: int, mac: str | None, netns_fd: int | None = None) -> bytes:
+def _common(name: str, mtu: int, mac: str | None, netns_fd: int | None = None, queues: int = 0) -> bytes:
     out = attr_u32(IFLA_MTU, mtu) if mtu else b""
     if mac:
         out += attr(IFLA_ADDRESS, mac_bytes(mac))
+    if queues:
+        out += attr_u32(IFLA_NUM_TX_QUEUES, queues) + attr_u32(IFLA_NUM_RX_QUEUES, queues)
     if netns_fd is not None:
         out += attr_u32(IFLA_NET_NS_FD, netns_fd)
     return out + attr_str(IFLA_IFNAME, name)

@@ -95,9 +95,9 @@ class BpfTunnel:
         except KernelError as exc:
             raise BpfTunnelError(f"no bpf filesystem at {self.bpffs}: {exc}") from None
         os.makedirs(self.pin_dir, exist_ok=True)
-        tunl0, peer = self._ensure_devices(address, mtu)
         tc = self._tc()
         try:
+            tunl0, peer = self._ensure_devices(address, mtu, tc)
             self._ensure_maps(tc)
             self.sync_allowed(allowed)
             uplinks = self._uplinks(extra_uplinks)
@@ -131,7 +131,7 @@ class BpfTunnel:
                                     adopted and not replaced, self.pin_dir, replaced)
         return self.state
 
-    def _ensure_devices(self, address: str, mtu: int):  # noqa: ANN202 - (Link, Link)
+    def _ensure_devices(self, address: str, mtu: int, tc):  # noqa: ANN001,ANN202 - kernel.tc.Tc; (Link, Link)
         k = self.kernel
         tunl0, peer = k.link("tunl0"), k.link(P.PEER_NAME)
         if tunl0 is not None and (tunl0.kind != "veth" or peer is None or tunl0.parent != peer.index):
@@ -143,7 +143,7 @@ class BpfTunnel:
             k.link_del(peer.index)
         if tunl0 is None:
             try:
-                k.do(LinkAdd(Veth("tunl0", P.PEER_NAME, mtu=mtu)))
+                k.do(LinkAdd(Veth("tunl0", P.PEER_NAME, mtu=mtu, queues=1)))
             except KernelError as exc:
                 raise BpfTunnelError(f"cannot create the tunl0 veth pair: {exc}") from None
         for name in ("tunl0", P.PEER_NAME):
@@ -154,6 +154,8 @@ class BpfTunnel:
         tunl0, peer = k.link("tunl0"), k.link(P.PEER_NAME)
         if tunl0 is None or peer is None:
             raise BpfTunnelError("the tunl0 veth pair vanished right after creation")
+        if not peer.up:  # the qdisc first: added to a device that is up, it waits for an RCU grace
+            tc.clsact_add(peer.index)  # period holding the RTNL lock the whole machine's links wait for
         for ln in (peer, tunl0):
             if ln.mtu != mtu or not ln.up or not ln.flags & IFF_NOARP:
                 k.do(LinkSet(ln.index, mtu=mtu, up=True, arp=False))

@@ -341,14 +341,16 @@ class Supervisor:
 
         class LabLink(Link):
             """A veth pair made over rtnetlink (``ip link add N1 type veth peer name N2 netns
-            <node2>``, as Mininet runs it in node1's shell)."""
+            <node2>``, as Mininet runs it in node1's shell), one queue each way per end
+            (``numtxqueues 1 numrxqueues 1``: the kernel's default of one per CPU is cut to one
+            active queue right away, waiting for an RCU grace period under the RTNL lock)."""
 
             @staticmethod
             def makeIntfPair(intfname1: str, intfname2: str, addr1: str | None = None,  # noqa: N802
                              addr2: str | None = None, node1: Any = None, node2: Any = None,
                              deleteIntfs: bool = True) -> None:  # noqa: N803
                 submit(node1, [LinkAdd(Veth(intfname1, intfname2, mac=addr1, peer_mac=addr2,
-                                            peer_netns=kernel_of(node2)))],
+                                            peer_netns=kernel_of(node2), queues=1))],
                        f"link {node1.name}:{intfname1} - {node2.name}:{intfname2}")
 
         class SegmentBridge(LazyShell, LinuxBridge):

@@ -32,8 +32,8 @@ def test_unimplemented_annotation_and_netconf_key_fail_add_by_name(node, node_ap
     assert "cali" not in node.ip("-o", "link", "show")
     assert _left(node) == ([], [])
 
-    conf = node.conf(num_queues=4)
+    conf = node.conf(log_file_max_size=100)
     res = node.run("ADD", conf, cid="inv2", netns=f"/run/netns/{pod_ns}", pod=("default", "plain"))
     assert res.rc != 0 and res.json["code"] == 7
-    assert "'num_queues' = 4 is not supported by calicolab: veths get one queue each" in res.json["msg"]
+    assert "'log_file_max_size' = 100 is not supported by calicolab: the log file is not rotated" in res.json["msg"]
     assert _left(node) == ([], [])

@@ -54,6 +54,25 @@ def test_container_settings_allow_ip_forwarding(node, netns):
     assert dele.rc == 0, dele.stdout + dele.stderr
 
 
+@pytest.mark.parametrize("num_queues, want", [(None, 1), (0, 1), (2, 2)])
+def test_veth_ends_have_the_netconf_queues(node, netns, num_queues, want):
+    """Calico makes each end of a pod's veth with ``num_queues`` transmit and receive queues,
+    one when it is not set (or 0 or less): ``ip -d link`` shows it on both ends."""
+    pod = netns("cnip")
+    conf = node.conf() if num_queues is None else node.conf(num_queues=num_queues)
+    add = node.run("ADD", conf, cid="queues01", netns=f"/run/netns/{pod}")
+    assert add.rc == 0, add.stdout + add.stderr
+    try:
+        host_if = add.json["interfaces"][0]["name"]
+        (host,) = json.loads(node.ip("-d", "-j", "link", "show", host_if))
+        (eth0,) = json.loads(node.ip("-d", "-j", "link", "show", "eth0", pod=pod))
+        for end in (host, eth0):
+            assert (end["num_tx_queues"], end["num_rx_queues"]) == (want, want), end["ifname"]
+    finally:
+        dele = node.run("DEL", conf, cid="queues01", netns=f"/run/netns/{pod}")
+        assert dele.rc == 0, dele.stdout + dele.stderr
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_add_check_del_every_version(node, netns, version):
     pod = netns("cnip")

@@ -243,6 +243,19 @@ def test_nodename_and_mtu_resolution(tmp_path):
     assert netconf.determine_mtu(netconf.parse_netconf(_nc(mtu=1400)), str(tmp_path / "mtu")) == 1400
 
 
+def test_num_queues_default_and_value():
+    """``num_queues``: each veth end's queues; unset, 0 or less is 1 (Calico's plugin.go);
+    anything but an integer is refused, naming the key."""
+    assert netconf.parse_netconf(_nc()).num_queues == 1
+    assert netconf.parse_netconf(_nc(num_queues=0)).num_queues == 1
+    assert netconf.parse_netconf(_nc(num_queues=-2)).num_queues == 1
+    assert netconf.parse_netconf(_nc(num_queues=4)).num_queues == 4
+    for bad in ("4", True, 1.5):
+        with pytest.raises(CNIError) as err:
+            netconf.parse_netconf(_nc(num_queues=bad))
+        assert "'num_queues' must be an integer" in err.value.msg
+
+
 def test_calico_node_started_is_calicos_nodename_file_guard(tmp_path):
     """ADD and DEL of the calico plugin need the nodename file calico-node's start-up writes
     (Calico's cmdAdd/cmdDel): missing, Calico's error (999, skel's code for a plain error),
