@@ -12,7 +12,7 @@ recomputed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
@@ -338,7 +338,7 @@ class RIB:
 
     # ---- export (Adj-RIB-Out)
     def export_path(self, best: Path, to: PeerInfo,
-                    peers: dict[str, PeerInfo] | None = None) -> tuple[M.Attributes | None, bool]:
+                    peers: Mapping[str, PeerInfo] | None = None) -> tuple[M.Attributes | None, bool]:
         """What to advertise to ``to`` for any prefix whose best path is ``best``:
         (attributes or None, whether the prefix must also pass the export filter). The
         attributes object is shared by every prefix of the group."""
@@ -374,7 +374,7 @@ class RIB:
 
     def export(self, prefix: int | IPv4Network, to: PeerInfo,
                exportable: Callable[[int], bool] = lambda p: True,
-               peers: dict[str, PeerInfo] | None = None) -> M.Attributes | None:
+               peers: Mapping[str, PeerInfo] | None = None) -> M.Attributes | None:
         """Attributes to advertise ``prefix`` with to ``to``, or None to not advertise."""
         pfx = PF.of(prefix)
         paths = self.loc.get(pfx)
@@ -386,7 +386,7 @@ class RIB:
         return out
 
     def _transform(self, best: Path, to: PeerInfo, ibgp_out: bool, nh_self: IPv4Address,
-                   peers: dict[str, PeerInfo] | None) -> M.Attributes | None:
+                   peers: Mapping[str, PeerInfo] | None) -> M.Attributes | None:
         a = best.attrs
         if best.ibgp and ibgp_out:
             src = (peers or {}).get(best.source)

@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -70,6 +70,32 @@ def peer_receives_addpath(peer_open: M.Open) -> bool:
     """ADD-PATH for what we send: when the peer advertises receive (1) or both (3), our
     NLRI carry a path id (BIRD: ``add_path_tx``)."""
     return bool(peer_addpath(peer_open) & M.ADDPATH_RECEIVE)
+
+
+class PeerInfos(Mapping[str, PeerInfo]):
+    """The RIB's view of every peer of a speaker (``name -> PeerInfo``), each made when asked
+    for. An export round needs its target's, and another peer's only to reflect a route that
+    peer sent; building all of them for every round (each UPDATE received, each session that
+    comes up) was work in proportion to the peers, per round: in a 100-node mesh the largest
+    part of the speaker's own work after the asyncio loop's."""
+
+    def __init__(self, peers: Mapping[str, Peer]) -> None:
+        self._peers = peers
+
+    def __getitem__(self, name: str) -> PeerInfo:
+        peer = self._peers.get(name)
+        if peer is None:
+            raise KeyError(name)
+        return peer.info_for_rib()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._peers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._peers)
+
+    def __len__(self) -> int:
+        return len(self._peers)
 
 
 class Connection:
@@ -786,8 +812,8 @@ class Speaker:
         for peer in peers:
             self._export_items_to(peer, items, infos, shared)
 
-    def _peer_infos(self) -> dict[str, PeerInfo]:
-        return {p.config.name: p.info_for_rib() for p in self.peers.values()}
+    def _peer_infos(self) -> Mapping[str, PeerInfo]:
+        return PeerInfos(self.peers)
 
     def _export_items(self, prefixes: set[int]) -> list[tuple[object, list[int], list[int]]]:
         """The round's prefixes grouped by best path (None: no route any more), each group
@@ -816,7 +842,7 @@ class Speaker:
         self._export_items_to(peer, self._export_items(prefixes), self._peer_infos(), {})
 
     def _export_items_to(self, peer: Peer, items: list[tuple[object, list[int], list[int]]],
-                         infos: dict[str, PeerInfo], shared: dict[tuple, bytes]) -> None:
+                         infos: Mapping[str, PeerInfo], shared: dict[tuple, bytes]) -> None:
         """Bring ``peer``'s Adj-RIB-Out up to date for ``items``: UPDATEs grouped by
         attribute set, each filled with as many NLRI as fit (as BIRD does). Identical
         UPDATE streams to several peers are encoded once (``shared``)."""

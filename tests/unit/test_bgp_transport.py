@@ -56,3 +56,22 @@ def test_retry_expiry_without_a_completion_drops_the_attempt_and_connects_again(
         conn._close()
 
     asyncio.run(main())
+
+
+def test_peer_infos_are_made_only_for_the_peers_asked_for():
+    """An export round builds the RIB's view of its target peer (and of a reflected route's
+    source), not of every peer of the speaker: in a mesh each round was a pass over all peers."""
+    me = A("172.30.0.10")
+    sp = Speaker(SpeakerConfig(router_id=me, local_as=64512, local_address=me), program_kernel=False)
+    made: list[str] = []
+    for i in range(11, 61):
+        peer = Peer(sp, PeerConfig(f"Mesh_172_30_0_{i}", A(f"172.30.0.{i}"), 64512))
+        real = peer.info_for_rib
+        peer.info_for_rib = lambda real=real, name=peer.config.name: made.append(name) or real()
+        sp.peers[peer.config.name] = peer
+    infos = sp._peer_infos()
+    assert made == [] and len(infos) == 50 and "Mesh_172_30_0_12" in infos
+    assert infos["Mesh_172_30_0_12"].address == A("172.30.0.12") and made == ["Mesh_172_30_0_12"]
+    assert infos.get("Mesh_172_30_0_99") is None
+    with pytest.raises(KeyError):
+        infos["Mesh_172_30_0_99"]
