@@ -6,7 +6,8 @@ of 50 nodes changes links and routes in 50 namespaces at once; a holder that sle
 lock (an RCU grace period, for instance) and then waits for a CPU keeps every other node
 waiting. This tool asks for ``lo`` (``RTM_GETLINK`` by name, read only) every ``--interval``
 seconds from a ``SCHED_FIFO`` thread, so its own wait for a CPU stays out of the measurement,
-and reports how long the answers took: the floor is the answer on an idle machine (~0.1 ms).
+and reports how long the answers took, next to its floor: the same requests for
+``--floor-seconds`` just before the command starts (~0.1 ms on an idle machine).
 
 Run a command under it (sampling stops when the command ends) or sample for ``--seconds``::
 
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=600.0, help="sample at most this long (default 600)")
     p.add_argument("--interval", type=float, default=0.02, help="seconds between requests (default 0.02)")
+    p.add_argument("--floor-seconds", type=float, default=2.0,
+                   help="sample this long before the command starts: the floor (default 2)")
     p.add_argument("--json", default="reports/bench/rtnl_wait.json", help="where to write the results")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND...: sample while it runs")
     args = p.parse_args(argv)
@@ -75,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     except PermissionError:
         p.error("needs root: the sampler runs as SCHED_FIFO so that its own wait for a CPU is not measured")
     load0 = os.getloadavg()
+    floor_end = time.monotonic() + args.floor_seconds
+    floor = summarize(sample(lambda: time.monotonic() >= floor_end, args.interval))
     proc = None
     if cmd:
         proc = subprocess.Popen(cmd, preexec_fn=lambda: os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0)))
@@ -87,15 +92,17 @@ def main(argv: list[str] | None = None) -> int:
             proc.terminate()
             proc.wait()
     res = summarize(lat)
-    res.update({"command": cmd, "load_before": [round(x, 1) for x in load0],
+    res.update({"floor": floor, "command": cmd, "load_before": [round(x, 1) for x in load0],
                 "load_after": [round(x, 1) for x in os.getloadavg()],
                 "returncode": proc.returncode if proc is not None else None})
     print(f"\nRTNL wait (RTM_GETLINK lo every {args.interval * 1000:.0f} ms, SCHED_FIFO), load "
           f"{res['load_before'][0]} -> {res['load_after'][0]}")
-    print(f"{'samples':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} {'>100 ms':>8} {'stalled s':>10}")
-    if res["samples"]:
-        print(f"{res['samples']:>8} {res['p50_ms']:>8} {res['p90_ms']:>8} {res['p99_ms']:>8} {res['max_ms']:>8} "
-              f"{res['stalls']:>8} {res['stalled_s']:>10}")
+    print(f"{'':>8} {'samples':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} {'>100 ms':>8} "
+          f"{'stalled s':>10}")
+    for label, row in (("floor", floor), ("during", res)):
+        if row["samples"]:
+            print(f"{label:>8} {row['samples']:>8} {row['p50_ms']:>8} {row['p90_ms']:>8} {row['p99_ms']:>8} "
+                  f"{row['max_ms']:>8} {row['stalls']:>8} {row['stalled_s']:>10}")
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
     print(f"wrote {args.json}")

@@ -73,6 +73,18 @@ def test_veth_ends_have_the_netconf_queues(node, netns, num_queues, want):
         assert dele.rc == 0, dele.stdout + dele.stderr
 
 
+def test_num_queues_the_kernel_refuses_fails_add_and_leaves_nothing(node, netns):
+    """More queues than the kernel allows (4096): ADD fails with the kernel's reason, as
+    Calico's does at the veth, and the address it had taken is released."""
+    pod = netns("cnip")
+    add = node.run("ADD", node.conf(num_queues=5000), cid="queues02", netns=f"/run/netns/{pod}")
+    assert add.rc != 0 and add.json["code"] == 102, add.stdout
+    assert "Invalid number of transmit queues" in add.json["msg"], add.json["msg"]
+    with node.client() as c:
+        assert c.list("WorkloadEndpoint") == []
+        assert [b for b in c.list("IPAMBlock") if any(a is not None for a in b.spec.allocations)] == []
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_add_check_del_every_version(node, netns, version):
     pod = netns("cnip")
