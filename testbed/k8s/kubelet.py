@@ -78,6 +78,14 @@ CRITICAL_NICE = -20
 #: and containers started one after the other reuse the read for this long (the kubelet's object
 #: manager keeps them cached for a running pod), and an init container that failed reads again
 POD_READ_TTL = 30.0
+#: a container that could not be created (its env's ConfigMap or a volume's Secret not there
+#: yet, its ServiceAccount token refused) is tried again after this many seconds, doubling up
+#: to START_RETRY_MAX: the kubelet's volume manager retries a mount from 0.5 s doubling, and its
+#: pod worker syncs a pod whose start failed again after 10 s
+START_RETRY_FIRST, START_RETRY_MAX = 1.0, 10.0
+#: an image that could not be pulled: ImagePullBackOff, 10 s doubling to 5 min (the kubelet's
+#: image back-off)
+IMAGE_RETRY_FIRST, IMAGE_RETRY_MAX = 10.0, 300.0
 
 
 def detect_node_ip() -> str:
@@ -170,7 +178,11 @@ class Kubelet:
         #: pods missing from the cache whose deletion the API server has not confirmed: uid ->
         #: when to ask again (a list the API server got wrong must never stop a running pod)
         self.unconfirmed: dict[str, float] = {}
-        self.image_errors: dict[str, dict[str, str]] = {}
+        #: containers that could not be created: uid -> {container: (waiting reason, message)},
+        #: shown in the pod's status until a retry (:meth:`_retry_start`) starts them
+        self.start_errors: dict[str, dict[str, tuple[str, str]]] = {}
+        #: (uid, container) -> (monotonic time of the next try, tries so far)
+        self.start_retry_at: dict[tuple[str, str], tuple[float, int]] = {}
         self.node_gone = False  # the API server confirmed that this kubelet's Node was deleted
         self.node_recheck = 0.0  # monotonic time to ask again whether the Node exists (0: on its events)
         self.refused: set[str] = set()  # pods stopped (and reported Failed) because the Node is gone
@@ -849,7 +861,6 @@ class Kubelet:
         except images.ImageNotFound as exc:
             info.waiting_reason = "ImagePullBackOff"
             info.waiting_message = f'Back-off pulling image "{c["image"]}": ErrImagePull: {exc}'
-            self.image_errors.setdefault(state.uid, {})[name] = info.waiting_message
             return info
         except (cri.ContainerStartError, imagebuild.ImageBuildError, OSError) as exc:
             info.waiting_reason = "RunContainerError"
@@ -894,6 +905,50 @@ class Kubelet:
         return self.volumes.mounts(pod, c, state.pod_dir(self.root_dir))
 
     def _start_container(self, state: PodState, pod: dict, c: dict, init: bool = False) -> ContainerInfo:
+        """Create and start container ``c``. A container that could not be created keeps its
+        waiting reason in the pod's status and is tried again (:meth:`check_processes`), as a
+        kubelet's pod worker does: a ConfigMap, Secret or ServiceAccount made a moment after the
+        pod must not leave it waiting forever. Init containers are retried by
+        :meth:`_run_init_containers`."""
+        info = self._create_container(state, pod, c, init)
+        if init:
+            return info
+        key = (state.uid, c["name"])
+        with self.lock:
+            errors = self.start_errors.setdefault(state.uid, {})
+            if info.running:
+                errors.pop(c["name"], None)
+                self.start_retry_at.pop(key, None)
+            elif info.waiting_reason:
+                errors[c["name"]] = (info.waiting_reason, info.waiting_message or "")
+                tries = self.start_retry_at.get(key, (0.0, 0))[1]
+                first, most = (IMAGE_RETRY_FIRST, IMAGE_RETRY_MAX) if info.waiting_reason == "ImagePullBackOff" \
+                    else (START_RETRY_FIRST, START_RETRY_MAX)
+                self.start_retry_at[key] = (time.monotonic() + min(first * 2 ** tries, most), tries + 1)
+                log.warning("pod %s/%s container %s: %s: %s; trying again in %.0fs", state.namespace, state.name,
+                            c["name"], info.waiting_reason, info.waiting_message,
+                            self.start_retry_at[key][0] - time.monotonic())
+        return info
+
+    def _retry_start(self, uid: str, name: str) -> None:
+        """Try again to start container ``name`` of pod ``uid``, which could not be created."""
+        state = self.states.get(uid)
+        pod = self._pod_by_uid(uid)
+        if state is None or pod is None or pod["metadata"].get("deletionTimestamp") or terminal(pod) or \
+                uid in self.refused or (self.node_gone and not self._is_static(pod)):
+            return
+        c = next((c for c in pod["spec"]["containers"] if c["name"] == name), None)
+        if c is None or state.pids.get(name):
+            return
+        self._forget_pod_reads(uid)  # the ConfigMap or Secret may be there now
+        info = self._start_container(state, pod, c)
+        probed = bool(c.get(FIELDS[READINESS]))
+        if info.running and info.port is not None and not probed:
+            self.unready.setdefault(uid, {})[name] = info.port  # Ready once it listens
+        state.save(self.root_dir)
+        self._write_status(pod, self._infos(state, pod), cni.pod_ips(state.cni_result or {}), state=state)
+
+    def _create_container(self, state: PodState, pod: dict, c: dict, init: bool) -> ContainerInfo:
         info = ContainerInfo(c["name"], c["image"], restart_count=state.restarts.get(c["name"], 0))
         if self._use_cri(state, c):
             if init:
@@ -915,7 +970,6 @@ class Kubelet:
         except (VolumeError, KubeError, OSError) as exc:
             info.waiting_reason = "CreateContainerConfigError"
             info.waiting_message = str(exc)
-            self.image_errors.setdefault(state.uid, {})[c["name"]] = info.waiting_message
             self.cluster.event(pod, "Failed", f"Error: {exc}", "Warning", path)
             return info
         policy = _pull_policy(c)
@@ -929,12 +983,10 @@ class Kubelet:
         except images.ImageNotFound as exc:
             info.waiting_reason = "ImagePullBackOff"
             info.waiting_message = f'Back-off pulling image "{c["image"]}": ErrImagePull: {exc}'
-            self.image_errors.setdefault(state.uid, {})[c["name"]] = info.waiting_message
             self.cluster.event(pod, "Failed", f'Failed to pull image "{c["image"]}": {exc}', "Warning", path)
             return info
         except ValueError as exc:
             info.waiting_reason, info.waiting_message = "CreateContainerError", str(exc)
-            self.image_errors.setdefault(state.uid, {})[c["name"]] = info.waiting_message
             self.cluster.event(pod, "Failed", f"Error: {exc}", "Warning", path)
             return info
         if policy == "Always" and not state.restarts.get(c["name"]):
@@ -1290,10 +1342,10 @@ class Kubelet:
             info = ContainerInfo(name, c["image"], container_id=state.container_ids.get(name, ""),
                                  restart_count=state.restarts.get(name, 0), started_at=state.started_at.get(name))
             self._decorate(info, state)
-            err = self.image_errors.get(state.uid, {}).get(name)
+            err = self.start_errors.get(state.uid, {}).get(name)
             pid = state.pids.get(name)
             if err:
-                info.waiting_reason, info.waiting_message = "ImagePullBackOff", err
+                info.waiting_reason, info.waiting_message = err
             elif pid and self._alive(state.uid, name, pid):
                 info.running = True
                 info.ready = name not in self.unready.get(state.uid, {})
@@ -1316,10 +1368,19 @@ class Kubelet:
 
     def check_processes(self) -> None:
         """Notice exited workloads; restart them per restartPolicy once their back-off
-        (CrashLoopBackOff: 1 s, then 10 s doubling to 5 min) has passed."""
+        (CrashLoopBackOff: 1 s, then 10 s doubling to 5 min) has passed. Try again to start
+        containers that could not be created, once their retry is due."""
         now = time.monotonic()
         for uid, state in list(self.states.items()):
             if uid in self.busy or uid in self.refused:
+                continue
+            with self.lock:
+                due_start = next((k for k, (when, _n) in self.start_retry_at.items() if k[0] == uid and when <= now),
+                                 None)
+                if due_start is not None:  # not due again until this try sets the next time
+                    self.start_retry_at[due_start] = (float("inf"), self.start_retry_at[due_start][1])
+            if due_start is not None:
+                self._submit(uid, self._retry_start, uid, due_start[1])
                 continue
             for name, pid in list(state.pids.items()):
                 key = (uid, name)
@@ -1522,7 +1583,10 @@ class Kubelet:
         for key in [k for k in self.exits if k[0] == state.uid]:
             self.exits.pop(key, None)
             self.restart_at.pop(key, None)
-        self.image_errors.pop(state.uid, None)
+        with self.lock:
+            self.start_errors.pop(state.uid, None)
+            for key in [k for k in self.start_retry_at if k[0] == state.uid]:
+                self.start_retry_at.pop(key, None)
 
     def adopt(self) -> None:
         """Pick up pods a previous kubelet started (kept if their pod still exists)."""

@@ -405,6 +405,39 @@ def test_a_pod_for_a_node_that_does_not_exist_is_accepted_and_stays_pending(wt):
     wt.kubectl("delete", "pod", "lost", "-n", KM, "--grace-period=0", "--force")
 
 
+LATE_CM_POD = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: late-cm, namespace: default}
+spec:
+  restartPolicy: Never
+  containers:
+    - name: main
+      image: busybox
+      command: [sh, -c, 'echo color=$COLOR']
+      env: [{name: COLOR, valueFrom: {configMapKeyRef: {name: late-colors, key: color}}}]
+"""
+
+
+def test_a_pod_whose_configmap_comes_later_waits_then_runs(wt):
+    """CreateContainerConfigError while the ConfigMap its env names is missing; the kubelet
+    tries again, and the container starts once the ConfigMap is there."""
+    wt.kubectl("apply", "-f", "-", input=LATE_CM_POD)
+    try:
+        waiting = "jsonpath={.status.containerStatuses[0].state.waiting.reason}|" \
+                  "{.status.containerStatuses[0].state.waiting.message}"
+        wait_for(lambda: wt.kubectl("get", "pod", "late-cm", "-o", waiting),
+                 lambda w: w == 'CreateContainerConfigError|configmap "late-colors" not found',
+                 timeout=30, what="late-cm waiting in CreateContainerConfigError")
+        wt.kubectl("create", "configmap", "late-colors", "--from-literal=color=teal")
+        wait_for(lambda: wt.kubectl("get", "pod", "late-cm", "-o", "jsonpath={.status.phase}"),
+                 lambda ph: ph == "Succeeded", timeout=30, what="pod late-cm Succeeded after its ConfigMap came")
+        assert wt.kubectl("logs", "late-cm").strip() == "color=teal"
+    finally:
+        wt.cli("kubectl", "delete", "pod", "late-cm", "--wait", check=False)
+        wt.cli("kubectl", "delete", "configmap", "late-colors", check=False)
+
+
 def test_kubectl_cluster_info(wt):
     out = wt.kubectl("cluster-info")
     assert "Kubernetes control plane is running at https://172.30.0.10:6443" in out, out
