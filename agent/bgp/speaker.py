@@ -183,6 +183,9 @@ class Connection:
         """Write one message (no-op when the socket is gone)."""
         if self.writer is None or self.writer.is_closing():
             return
+        if isinstance(msg, M.Open):
+            self.writer.write(self.peer.open_bytes(msg))
+            return
         self.writer.write(M.encode(msg, addpath=self.send_addpath))
         if isinstance(msg, M.Notification):
             self.peer.last_notification_sent = msg
@@ -240,7 +243,6 @@ class Connection:
             writer.close()
             return
         self.reader, self.writer = reader, writer
-        self._nodelay()
         self.feed(F.TcpConnected())
         if self.writer is writer:  # still ours after the FSM's actions
             self._reading = asyncio.get_running_loop().create_task(self._read(reader))
@@ -248,16 +250,10 @@ class Connection:
     def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Use an accepted socket."""
         self.reader, self.writer = reader, writer
-        self._nodelay()
         self.feed(F.ManualStart())
         self.feed(F.TcpConnected())
         if self.writer is writer:
             self._reading = asyncio.get_running_loop().create_task(self._read(reader))
-
-    def _nodelay(self) -> None:
-        sock = self.writer.get_extra_info("socket") if self.writer else None
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         """The one reader of ``reader`` (a Connection's socket has exactly one)."""
@@ -296,6 +292,10 @@ class Peer:
     def __init__(self, speaker: Speaker, config: PeerConfig):
         self.speaker = speaker
         self.config = config
+        #: the address as a socket's peername gives it: matched on every accepted connection
+        #: (a lab's mesh is rejected and retried many times while its nodes' configs catch up)
+        self.host = str(config.address)
+        self._open: tuple[M.Open, bytes] | None = None  # the last OPEN sent and its bytes
         self.main: Connection | None = None        # the outgoing-capable connection
         self.incoming: list[Connection] = []
         self.session: Connection | None = None     # the Established one
@@ -324,6 +324,14 @@ class Peer:
         return F.FSMConfig(local_as=sc.local_as, router_id=sc.router_id, peer_as=self.config.asn,
                            passive=self.config.passive, timers=timers,
                            capabilities=local_capabilities(sc, self.config))
+
+    def open_bytes(self, msg: M.Open) -> bytes:
+        """``msg`` encoded: the same OPEN goes on every connection to this peer (each accepted
+        and each outgoing attempt), so its bytes are kept while the message stays the same."""
+        cached = self._open
+        if cached is None or cached[0] != msg:
+            cached = self._open = (msg, M.encode(msg))
+        return cached[1]
 
     def info_for_rib(self) -> PeerInfo:
         """The RIB's view of this peer (made once per peer OPEN and local address, not per
@@ -675,7 +683,7 @@ class Speaker:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         host = writer.get_extra_info("peername")[0]
         for p in self.peers.values():
-            if str(p.config.address) == host:
+            if p.host == host:
                 p.accept_incoming(reader, writer)
                 return
         log.info("rejecting BGP connection from unknown peer %s", host)

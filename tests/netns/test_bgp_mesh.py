@@ -7,6 +7,7 @@ this process, each in its own thread that entered its node's namespace.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from ipaddress import IPv4Address, IPv4Network
@@ -154,6 +155,11 @@ def test_three_node_mesh_programs_tunnel_routes_and_blackholes(lab):
         st = s.status()
         assert st["established"] == 2, st
         assert all(p["type"] == "node-to-node mesh" and p["state"] == "up" for p in st["peers"])
+        # every session's socket sends without Nagle's delay (asyncio's transports set it)
+        nodelay = s.call(lambda s=s: [c.writer.get_extra_info("socket").getsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY) for p in s.speaker.peers.values()
+            for c in p.connections() if c.writer is not None])
+        assert len(nodelay) == 2 and all(nodelay), nodelay
 
 
 def test_passive_rule_larger_string_waits(lab):

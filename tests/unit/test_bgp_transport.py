@@ -75,3 +75,22 @@ def test_peer_infos_are_made_only_for_the_peers_asked_for():
     assert infos.get("Mesh_172_30_0_99") is None
     with pytest.raises(KeyError):
         infos["Mesh_172_30_0_99"]
+
+
+def test_a_peers_open_is_encoded_once_while_it_stays_the_same(monkeypatch):
+    """Each accepted connection and each outgoing attempt sends the peer the same OPEN: its
+    bytes are kept, and made again when the OPEN changes (hold time, capabilities)."""
+    from agent.bgp import messages as M
+
+    me, other = A("172.30.0.10"), A("172.30.0.11")
+    sp = Speaker(SpeakerConfig(router_id=me, local_as=64512, local_address=me), program_kernel=False)
+    peer = Peer(sp, PeerConfig("Mesh_172_30_0_11", other, 64512))
+    encodes: list[M.Open] = []
+    real = M.encode
+    monkeypatch.setattr(M, "encode", lambda msg, **kw: encodes.append(msg) or real(msg, **kw))
+    first = F.FSM(peer.fsm_config())._open()
+    data = [peer.open_bytes(F.FSM(peer.fsm_config())._open()) for _ in range(5)]
+    assert data == [real(first)] * 5 and len(encodes) == 1
+    shorter = M.Open(asn=first.asn, hold_time=9, router_id=first.router_id, capabilities=first.capabilities)
+    assert peer.open_bytes(shorter) == real(shorter) and len(encodes) == 2
+    assert M.decode(peer.open_bytes(shorter)).hold_time == 9
