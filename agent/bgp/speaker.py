@@ -436,6 +436,7 @@ class Peer:
                 c._close()
         self.session = conn
         self.peer_open = peer_open
+        self.speaker.count("sessions_up")
         self.failures = 0
         self.info = ""
         self.eor_received = False
@@ -454,6 +455,7 @@ class Peer:
         if conn is self.session:
             self.session = None
         if was_established:
+            self.speaker.count("sessions_down")
             self._set_state_change()
             # RFC 4724: only a transport loss without NOTIFICATION starts graceful restart
             # (as in BIRD, hold timer expiry and NOTIFICATIONs flush the routes)
@@ -539,6 +541,10 @@ class Counters:
     treat_as_withdraw: int = 0
     collisions: int = 0
     kernel_changes: int = 0
+    accepted: int = 0        # incoming connections from configured peers
+    rejected: int = 0        # incoming connections from addresses that are not peers (closed)
+    sessions_up: int = 0     # sessions that reached Established
+    sessions_down: int = 0   # Established sessions that ended
 
 
 class Speaker:
@@ -684,8 +690,10 @@ class Speaker:
         host = writer.get_extra_info("peername")[0]
         for p in self.peers.values():
             if p.host == host:
+                self.count("accepted")
                 p.accept_incoming(reader, writer)
                 return
+        self.count("rejected")
         log.info("rejecting BGP connection from unknown peer %s", host)
         writer.close()
 

@@ -160,6 +160,10 @@ def test_three_node_mesh_programs_tunnel_routes_and_blackholes(lab):
             socket.IPPROTO_TCP, socket.TCP_NODELAY) for p in s.speaker.peers.values()
             for c in p.connections() if c.writer is not None])
         assert len(nodelay) == 2 and all(nodelay), nodelay
+    counters = [s.status()["counters"] for s in speakers]
+    assert [c["sessions_up"] for c in counters] == [2, 2, 2] and not any(c["sessions_down"] for c in counters)
+    # one side of each pair connects (the passive rule): three sessions accepted, none refused
+    assert sum(c["accepted"] for c in counters) == 3 and not any(c["rejected"] for c in counters), counters
 
 
 def test_passive_rule_larger_string_waits(lab):
