@@ -113,6 +113,7 @@ class Connection:
         self._connecting: asyncio.Task | None = None  # the outgoing connect in flight
         self._reading: asyncio.Task | None = None     # the reader of the connected socket
         self._attempt = 0  # numbers connect attempts: a superseded one never reports back
+        self._tcp_up = False  # the attempt in flight has a connected socket (its transport comes)
         self.recv_addpath = False   # NLRI from the peer carry path ids
         self.send_addpath = False   # NLRI to the peer carry path ids
         self.closed = False
@@ -166,6 +167,8 @@ class Connection:
 
     def _fire(self, name: str) -> None:
         self.timers.pop(name, None)
+        if name == "connect_retry" and self._connecting is not None and self._tcp_up:
+            return  # the kernel connected this attempt: TcpConnected (or TcpFailed) follows
         if name == "connect_retry" and self._connecting is not None:
             # the connect may have completed in this same loop iteration, its wakeup queued
             # behind this timer (a loop starved for a whole connect-retry time): let it run
@@ -199,6 +202,7 @@ class Connection:
         """Close the socket (queued bytes, e.g. a NOTIFICATION, still go out) and abandon
         a connect in flight."""
         self._attempt += 1
+        self._tcp_up = False
         cur = asyncio.current_task()
         for task in (self._connecting, self._reading):
             if task is not None and task is not cur:
@@ -220,23 +224,51 @@ class Connection:
         self._drop_transport()
 
     async def _connect(self, attempt: int) -> None:
+        """One outgoing attempt. It has no timeout of its own: the FSM's ConnectRetry expiry
+        drops an attempt in flight and starts the next (RFC 4271 8.2.2, as BIRD's connect
+        retry timer does). Once the kernel has connected the socket, the attempt counts as
+        connected (``_tcp_up``): on a loop slowed by load, making its transport takes several
+        iterations, and an expiry meanwhile must not drop a connection the peer has already
+        accepted (each such drop cost both ends an accepted socket, an OPEN and a close)."""
         pc, sc = self.peer.config, self.peer.speaker.config
+        loop = asyncio.get_running_loop()
+        self._tcp_up = False
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio: TCP_NODELAY
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                str(pc.address), pc.port, local_addr=(str(sc.local_address), 0)),
-                timeout=max(1.0, sc.timers.connect_retry))
-        except (TimeoutError, OSError) as exc:
+            sock.setblocking(False)
+            sock.bind((str(sc.local_address), 0))
+            await loop.sock_connect(sock, (self.peer.host, pc.port))
+        except OSError as exc:
+            sock.close()
             if attempt != self._attempt or self.closed:
                 return  # superseded: the FSM already moved on
             self._connecting = None
-            if isinstance(exc, TimeoutError) or not getattr(exc, "errno", None):
-                why = "Connection timed out"
-            else:
-                why = os.strerror(exc.errno)  # BIRD's wording: 'Connection refused'
+            why = os.strerror(exc.errno) if exc.errno else str(exc)  # BIRD's: 'Connection refused'
             self.feed(F.TcpFailed(f"Socket: {why}"))
             return
+        except BaseException:  # dropped (cancelled) while connecting
+            sock.close()
+            raise
         if attempt != self._attempt or self.closed:
-            writer.close()  # superseded while connecting (wait_for may swallow a cancel)
+            sock.close()  # superseded while connecting
+            return
+        self._tcp_up = True
+        try:
+            reader, writer = await asyncio.open_connection(sock=sock)
+        except OSError as exc:
+            sock.close()
+            self._tcp_up = False
+            if attempt != self._attempt or self.closed:
+                return
+            self._connecting = None
+            self.feed(F.TcpFailed(f"Socket: {exc}"))
+            return
+        except BaseException:
+            sock.close()
+            raise
+        self._tcp_up = False
+        if attempt != self._attempt or self.closed:
+            writer.close()  # superseded meanwhile
             return
         self._connecting = None
         if not self.peer.accept_outgoing(self):
@@ -831,33 +863,39 @@ class Speaker:
     def _peer_infos(self) -> Mapping[str, PeerInfo]:
         return PeerInfos(self.peers)
 
-    def _export_items(self, prefixes: set[int]) -> list[tuple[object, list[int], list[int]]]:
+    def _export_items(self, prefixes: set[int]) -> list[list]:
         """The round's prefixes grouped by best path (None: no route any more), each group
-        as (best path, its prefixes in order, those inside an export pool): what every
-        peer's export needs, computed once per round. Per peer the work is then per group
-        (and C-speed bulk operations on each group's lists), not per prefix."""
+        as [best path, its prefixes in order, those inside an export pool or None until a
+        peer needs them]: what every peer's export needs, computed once per round. Per peer
+        the work is then per group (and C-speed bulk operations on each group's lists), not
+        per prefix. The export pools are checked only for groups some peer is sent (in a
+        full mesh most groups are other nodes' routes, which no iBGP peer is sent)."""
         loc = self.rib.loc
-        pools = self.config.export_pools
-        if self._export_memo[0] is not pools:
-            self._export_memo = (pools, tuple(map(PF.of, pools)))
-        keys = self._export_memo[1]
-        by_best: dict[int, tuple[object, list[int]]] = {}
+        by_best: dict[int, list] = {}
         for pfx in sorted(prefixes):
             paths = loc.get(pfx)
             best = paths[0] if paths else None
             g = by_best.get(id(best))
             if g is None:
-                by_best[id(best)] = (best, [pfx])
+                by_best[id(best)] = [best, [pfx], None]
             else:
                 g[1].append(pfx)
-        within = PF.within
-        return [(best, pfxs, [p for p in pfxs if within(p, keys)] if best is not None else [])
-                for best, pfxs in by_best.values()]
+        return list(by_best.values())
+
+    def _in_pool(self, item: list) -> list[int]:
+        """An export item's prefixes inside the export pools (computed once per item)."""
+        if item[2] is None:
+            pools = self.config.export_pools
+            if self._export_memo[0] is not pools:
+                self._export_memo = (pools, tuple(map(PF.of, pools)))
+            keys, within = self._export_memo[1], PF.within
+            item[2] = [p for p in item[1] if within(p, keys)]
+        return item[2]
 
     def _export_to(self, peer: Peer, prefixes: set[int]) -> None:
         self._export_items_to(peer, self._export_items(prefixes), self._peer_infos(), {})
 
-    def _export_items_to(self, peer: Peer, items: list[tuple[object, list[int], list[int]]],
+    def _export_items_to(self, peer: Peer, items: list[list],
                          infos: Mapping[str, PeerInfo], shared: dict[tuple, bytes]) -> None:
         """Bring ``peer``'s Adj-RIB-Out up to date for ``items``: UPDATEs grouped by
         attribute set, each filled with as many NLRI as fit (as BIRD does). Identical
@@ -870,9 +908,10 @@ class Speaker:
         announce: dict[int, tuple[M.Attributes, list[int]]] = {}
         withdraw: list[int] = []
         export_path = self.rib.export_path
-        for best, pfxs, in_pool in items:
+        for item in items:
+            best, pfxs = item[0], item[1]
             attrs, filtered = export_path(best, to, infos) if best is not None else (None, False)
-            send = pfxs if attrs is None else in_pool if filtered else pfxs
+            send = self._in_pool(item) if attrs is not None and filtered else pfxs
             if attrs is None or len(send) != len(pfxs):  # some or all must not be advertised
                 if adj:
                     keep = set(send) if attrs is not None else ()

@@ -58,6 +58,27 @@ def test_retry_expiry_without_a_completion_drops_the_attempt_and_connects_again(
     asyncio.run(main())
 
 
+def test_retry_expiry_after_the_kernel_connected_keeps_the_attempt():
+    """On a loop slowed by load the transport of a connected socket takes several iterations
+    to make: a connect-retry expiry meanwhile must not drop a connection the peer accepted."""
+    async def main() -> None:
+        conn, started = attempt_in_flight()
+        first = conn._connecting
+        conn._tcp_up = True              # sock_connect returned; open_connection under way
+        conn._fire("connect_retry")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert len(started) == 1 and conn._connecting is first and not first.cancelled()
+        assert conn.state is F.State.CONNECT and "connect_retry" not in conn.timers
+        first.cancel()
+        conn._connecting, conn._tcp_up = None, False
+        conn.feed(F.TcpConnected())
+        assert conn.state is F.State.OPENSENT
+        conn._close()
+
+    asyncio.run(main())
+
+
 def test_peer_infos_are_made_only_for_the_peers_asked_for():
     """An export round builds the RIB's view of its target peer (and of a reflected route's
     source), not of every peer of the speaker: in a mesh each round was a pass over all peers."""
