@@ -303,7 +303,16 @@ def spawn(target: str, argv: list[str], *, env: dict[str, str], cwd: str | None 
         sock.settimeout(CONNECT_TIMEOUT)
         socket.send_fds(sock, [encode(req)], fds)
         reader = FrameReader(sock)
-        reply = reader.read()
+        try:
+            reply = reader.read()
+        except TimeoutError:
+            # the caller starts the program by exec now: tell the zygote, which ends the child
+            # it may fork (or have forked) for this request, so there is never a second copy
+            try:
+                sock.sendall(encode({"abandon": True}))
+            except OSError:
+                pass
+            raise ZygoteError(f"no answer in {CONNECT_TIMEOUT:.0f} s (request abandoned)") from None
         got = reader.fds
         reader.fds = []
         if "error" in reply or "pid" not in reply:

@@ -179,12 +179,15 @@ def _set_name(name: str) -> None:
 
 
 def _hung_up(conn: socket.socket) -> bool:
-    """True if the peer of ``conn`` has closed it (end of stream waiting to be read); never
-    waits (a socket with a timeout would first wait for data: non-blocking for the peek)."""
+    """True if the caller of ``conn`` gave up on its request: it closed the connection (end of
+    stream waiting to be read) or sent something after it (its only other message is
+    ``{"abandon": true}``); never waits (a socket with a timeout would first wait for data:
+    non-blocking for the peek)."""
     timeout = conn.gettimeout()
     conn.setblocking(False)
     try:
-        return conn.recv(1, socket.MSG_PEEK) == b""
+        conn.recv(1, socket.MSG_PEEK)
+        return True
     except BlockingIOError:
         return False
     except OSError:
@@ -349,6 +352,9 @@ class Server:
         self.sel.register(self.listener, selectors.EVENT_READ, None)
         #: pidfd -> (pid, the request's connection)
         self.children: dict[int, tuple[int, socket.socket]] = {}
+        #: a started child's caller connection (fd) -> (connection, child's pidfd, pid): watched
+        #: for an abandoned request until the first thing it says (or its hang-up)
+        self.callers: dict[int, tuple[socket.socket, int, int]] = {}
         #: fd -> the zygote's end of a child's channel (requests from the child come on it)
         self.channels: dict[int, socket.socket] = {}
 
@@ -369,6 +375,8 @@ class Server:
                 except OSError:
                     continue
                 child = self._handle(conn)
+            elif key.data == "caller":
+                self._caller(key.fd)
             elif key.data == "channel":
                 for conn in self._channel(key.fd):
                     child = self._handle(conn)
@@ -430,7 +438,7 @@ class Server:
         byname = dict(zip(names, fds, strict=True))
         if req.get("priority") is None:
             req["priority"] = self.base_priority
-        if _hung_up(conn):  # the caller gave up waiting (and starts it by exec): no second copy
+        if reader.buf or _hung_up(conn):  # the caller gave up waiting (and execs it): no second copy
             for fd in fds:
                 os.close(fd)
             conn.close()
@@ -478,7 +486,27 @@ class Server:
         conn.settimeout(None)
         self.children[pidfd] = (pid, conn)
         self.sel.register(pidfd, selectors.EVENT_READ, None)
+        # a caller that timed out just as the pid went out abandons the request now: watched
+        self.callers[conn.fileno()] = (conn, pidfd, pid)
+        self.sel.register(conn, selectors.EVENT_READ, "caller")
         return None
+
+    def _caller(self, fd: int) -> None:
+        """The caller of a started child wrote (``{"abandon": true}``: it timed out waiting for
+        the pid and starts the program by exec: the child is ended) or hung up (a kubelet that
+        restarted: the child stays, it is adopted by PID). Either way it is not watched again."""
+        conn, pidfd, pid = self.callers.pop(fd)
+        self.sel.unregister(conn)
+        try:
+            data = conn.recv(4096)
+        except OSError:
+            data = b""
+        if data and pidfd in self.children:
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _log(f"pid {pid}: its caller abandoned the request (timed out, started it by exec): killed it")
 
     def _reap(self, pidfd: int) -> None:
         pid, conn = self.children[pidfd]
@@ -491,6 +519,8 @@ class Server:
         self.sel.unregister(pidfd)
         os.close(pidfd)
         del self.children[pidfd]
+        if self.callers.pop(conn.fileno(), None) is not None:
+            self.sel.unregister(conn)
         code = os.waitstatus_to_exitcode(status) if status is not None else proto.UNKNOWN_EXIT
         try:
             conn.sendall(proto.encode({"exit": code}))
@@ -507,6 +537,7 @@ class Server:
             os.close(pidfd)
             conn.close()
         self.children.clear()
+        self.callers.clear()
         for ch in self.channels.values():
             ch.close()
         self.channels.clear()

@@ -268,3 +268,42 @@ def test_the_zygote_serves_above_the_labs_priority_and_its_children_do_not(tmp_p
         for p in (plain, nicer):
             p.kill()
             p.wait(timeout=10)
+
+
+def _request(path: str, script: Path) -> tuple[object, int]:
+    """Send the zygote a start request by hand; (its connection, the child's pid)."""
+    sock = zygote.connect(path)
+    sock.settimeout(zygote.CONNECT_TIMEOUT)
+    req = {"argv": [sys.executable, str(script)], "env": {"PYTHONPATH": str(REPO)}, "cwd": "/", "fds": [],
+           "mounts": None, "propagation": "slave", "priority": None}
+    sock.sendall(zygote.encode(req))
+    reader = zygote.FrameReader(sock)
+    reply = reader.read()
+    for fd in reader.fds:
+        os.close(fd)
+    return sock, int(reply["pid"])
+
+
+def test_a_request_its_caller_abandoned_ends_the_child_a_hang_up_does_not(tmp_path, zygote_server):
+    """A caller that timed out waiting for the pid starts the program by exec and says so
+    (``{"abandon": true}``): the zygote ends the child it had started meanwhile, so there is
+    never a second copy (a 100-node start had two calico-nodes on one node, the exec'd one
+    failing). A caller that only hangs up (a kubelet restarting) leaves its child running."""
+    script = tmp_path / "sleeper.py"
+    script.write_text("import time\ntime.sleep(60)\n")
+    sock, pid = _request(zygote_server, script)
+    sock.sendall(zygote.encode({"abandon": True}))
+    sock.close()
+    wait_for(lambda: runtime.alive(pid), lambda alive: not alive, timeout=10, what=f"abandoned child {pid} ended")
+    assert "its caller abandoned the request" in (tmp_path / "zygote.log").read_text()
+    sock, pid = _request(zygote_server, script)
+    sock.close()
+    other, other_pid = _request(zygote_server, script)  # served after the hang-up was seen
+    try:
+        assert runtime.alive(pid) and runtime.alive(other_pid)
+    finally:
+        for p in (pid, other_pid):
+            os.kill(p, signal.SIGKILL)
+        other.close()
+    wait_for(lambda: [runtime.alive(p) for p in (pid, other_pid)], lambda v: v == [False, False], timeout=10,
+             what="the test's children ended")
