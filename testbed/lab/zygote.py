@@ -368,6 +368,8 @@ class Server:
     def step(self, timeout: float | None) -> tuple[proto.RunSpec, list[str]] | None:
         """Serve what is ready (waiting up to ``timeout``); in a forked child, what it runs."""
         for key, _ in self.sel.select(timeout):
+            if self.sel.get_map().get(key.fd) is not key:
+                continue  # stale: an earlier event of this batch closed it (its fd may be reused)
             child = None
             if key.fileobj is self.listener:
                 try:
@@ -473,9 +475,11 @@ class Server:
         self.channels[mine.fileno()] = mine
         self.sel.register(mine, selectors.EVENT_READ, "channel")
         pidfd = os.pidfd_open(pid)
+        told = True
         try:
             socket.send_fds(conn, [proto.encode({"pid": pid})], [pidfd])
         except OSError as exc:
+            told = False
             # the caller does not know this child and may have started the program by exec:
             # end it (ours, by its pidfd) rather than leave a second copy running
             try:
@@ -486,9 +490,9 @@ class Server:
         conn.settimeout(None)
         self.children[pidfd] = (pid, conn)
         self.sel.register(pidfd, selectors.EVENT_READ, None)
-        # a caller that timed out just as the pid went out abandons the request now: watched
-        self.callers[conn.fileno()] = (conn, pidfd, pid)
-        self.sel.register(conn, selectors.EVENT_READ, "caller")
+        if told:  # a caller that timed out just as the pid went out abandons the request now: watched
+            self.callers[conn.fileno()] = (conn, pidfd, pid)
+            self.sel.register(conn, selectors.EVENT_READ, "caller")
         return None
 
     def _caller(self, fd: int) -> None:

@@ -156,3 +156,44 @@ def test_an_autogroup_the_kernel_refuses_or_lacks_is_reported_not_raised(tmp_pat
     f = tmp_path / "autogroup"
     assert write_nice(str(f), -5) and f.read_text() == "-5"
     assert write_nice(str(f), -40) and f.read_text() == "-20"
+
+
+def test_an_event_for_a_connection_closed_earlier_in_the_same_batch_is_skipped(tmp_path, monkeypatch):
+    """One select() batch: handling the first event closes a watched caller connection and its
+    fd number goes to a new socket before the second event (the closed one's) is handled. That
+    stale event must not be served (it ended the zygote with a KeyError in a 100-node start)."""
+    from testbed.lab import zygote as zmod
+
+    server = zmod.Server(str(tmp_path / "z.sock"))
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        for mine, _theirs in pairs:
+            server.callers[mine.fileno()] = (mine, -1, 0)
+            server.sel.register(mine, zmod.selectors.EVENT_READ, "caller")
+        for _mine, theirs in pairs:
+            theirs.sendall(b"x")
+        served: list[int] = []
+        replacement: list[socket.socket] = []
+
+        def caller(fd: int) -> None:
+            served.append(fd)
+            conn = server.callers.pop(fd)[0]
+            server.sel.unregister(conn)
+            other = next(m for m, _t in pairs if m.fileno() not in (fd, -1))
+            server.callers.pop(other.fileno())
+            server.sel.unregister(other)
+            number = other.fileno()
+            other.close()
+            new = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # takes the lowest free fd
+            assert new.fileno() == number
+            replacement.append(new)
+            server.sel.register(new, zmod.selectors.EVENT_READ, "caller")
+
+        monkeypatch.setattr(server, "_caller", caller)
+        assert server.step(1.0) is None
+        assert len(served) == 1  # the second event was the closed socket's: skipped
+    finally:
+        for s in [x for p in pairs for x in p] + replacement:
+            s.close()
+        server.sel.close()
+        server.listener.close()
