@@ -259,11 +259,13 @@ def test_the_zygote_serves_above_the_labs_priority_and_its_children_do_not(tmp_p
                      what=f"pid {p.pid} at nice {want}")
         if autogroup.nice_of(nicer.pid) is not None:  # its own session weighs as its nice
             assert autogroup.nice_of(nicer.pid) == min(19, base + 3)
-        # the children run as batch work, the zygote keeps the default policy (kernel.schedpolicy)
+        # the children run as batch work; the zygote serves as a real-time task, reset on fork
         for p in (plain, nicer):
             wait_for(lambda p=p: schedpolicy.policy_of(p.pid), lambda pol: pol == "SCHED_BATCH", timeout=10,
                      what=f"pid {p.pid} as SCHED_BATCH")
-        assert schedpolicy.policy_of(zpid) == "SCHED_OTHER"
+            assert os.sched_getparam(p.pid).sched_priority == 0
+        assert schedpolicy.policy_of(zpid) == "SCHED_FIFO"
+        assert os.sched_getscheduler(zpid) & os.SCHED_RESET_ON_FORK
     finally:
         for p in (plain, nicer):
             p.kill()
