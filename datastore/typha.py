@@ -282,6 +282,7 @@ class TyphaWatchStream:
         self._sock: socket.socket | None = None
         self._send_lock = threading.Lock()
         self._waiting = False
+        self._made = time.monotonic()  # when the stream was made: its first connection says how long it took
         #: True while the event just yielded is followed by others of the same MsgKVs (Typha's
         #: batch): a consumer that recomputes from the whole state waits for the last of them,
         #: as Felix's and confd's syncer callbacks get each batch whole (datastore.client's
@@ -323,7 +324,9 @@ class TyphaWatchStream:
             sock.sendall(encode(msg))
 
     def _connect(self) -> socket.socket | None:
+        t0 = time.monotonic()
         addr = self.client.resolve()
+        t1 = time.monotonic()
         if addr is None:
             if not self._waiting:  # once per wait, not every retry
                 log.info("waiting for Typha (%s has no ready address)", self.client.where)
@@ -340,7 +343,10 @@ class TyphaWatchStream:
             sock.close()
             raise ProtocolError(f"unexpected handshake reply {hello}")
         self.client.connects += 1
-        log.info("connected to Typha at %s:%d (syncer %s)", addr[0], addr[1], self.syncer)
+        first = f" {time.monotonic() - self._made:.1f} s after the stream was made" if self._made else ""
+        log.info("connected to Typha at %s:%d (syncer %s)%s: address %.0f ms, handshake %.0f ms", addr[0], addr[1],
+                 self.syncer, first, (t1 - t0) * 1000, (time.monotonic() - t1) * 1000)
+        self._made = 0.0
         return sock
 
     def _session(self, sock: socket.socket) -> Iterator[WatchEvent]:
