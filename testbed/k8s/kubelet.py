@@ -930,13 +930,22 @@ class Kubelet:
                             self.start_retry_at[key][0] - time.monotonic())
         return info
 
-    def _retry_start(self, uid: str, name: str) -> None:
-        """Try again to start container ``name`` of pod ``uid``, which could not be created."""
+    def _startable(self, uid: str) -> tuple[PodState, dict] | None:
+        """Pod ``uid``'s state and object, if a container of it may be (re)started now: not
+        deleted, not terminal, not refused, its Node not gone (a static pod's still runs)."""
         state = self.states.get(uid)
         pod = self._pod_by_uid(uid)
         if state is None or pod is None or pod["metadata"].get("deletionTimestamp") or terminal(pod) or \
                 uid in self.refused or (self.node_gone and not self._is_static(pod)):
+            return None
+        return state, pod
+
+    def _retry_start(self, uid: str, name: str) -> None:
+        """Try again to start container ``name`` of pod ``uid``, which could not be created."""
+        found = self._startable(uid)
+        if found is None:
             return
+        state, pod = found
         c = next((c for c in pod["spec"]["containers"] if c["name"] == name), None)
         if c is None or state.pids.get(name):
             return
@@ -1444,11 +1453,10 @@ class Kubelet:
             self.restart_at[(uid, name)] = time.monotonic() + backoff
 
     def _restart(self, uid: str, name: str) -> None:
-        state = self.states.get(uid)
-        pod = self._pod_by_uid(uid)
-        if state is None or pod is None or pod["metadata"].get("deletionTimestamp") or terminal(pod) or \
-                uid in self.refused or (self.node_gone and not self._is_static(pod)):
+        found = self._startable(uid)
+        if found is None:
             return
+        state, pod = found
         state.restarts[name] = state.restarts.get(name, 0) + 1
         c = next(c for c in pod["spec"]["containers"] if c["name"] == name)
         self.exits.pop((uid, name), None)

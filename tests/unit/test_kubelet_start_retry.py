@@ -62,30 +62,23 @@ def failed(reason: str, message: str) -> ContainerInfo:
     return ContainerInfo("main", "busybox", waiting_reason=reason, waiting_message=message)
 
 
-def test_config_error_is_shown_and_retried_with_backoff_up_to_10s(kubelet):
+@pytest.mark.parametrize("reason, message, delays", [
+    # the kubelet's volume manager and pod worker: 1 s doubling to 10 s
+    ("CreateContainerConfigError", 'configmap "colors" not found', [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]),
+    # the kubelet's image back-off: 10 s doubling to 5 min
+    ("ImagePullBackOff", 'Back-off pulling image "nope"', [10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0]),
+])
+def test_a_failed_start_is_shown_and_retried_with_backoff(kubelet, reason, message, delays):
     k, state, outcomes, clock = kubelet
     c = POD["spec"]["containers"][0]
-    delays = []
-    for _ in range(6):
-        outcomes.append(failed("CreateContainerConfigError", 'configmap "colors" not found'))
+    seen = []
+    for _ in delays:
+        outcomes.append(failed(reason, message))
         k._start_container(state, POD, c)
-        delays.append(k.start_retry_at[("u1", "main")][0] - clock.now)
-    assert delays == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+        seen.append(k.start_retry_at[("u1", "main")][0] - clock.now)
+    assert seen == delays
     info = k._infos(state, POD)[0]
-    assert (info.waiting_reason, info.waiting_message) == ("CreateContainerConfigError",
-                                                           'configmap "colors" not found')
-
-
-def test_image_pull_backoff_is_10s_doubling_to_5min(kubelet):
-    k, state, outcomes, clock = kubelet
-    c = POD["spec"]["containers"][0]
-    delays = []
-    for _ in range(7):
-        outcomes.append(failed("ImagePullBackOff", 'Back-off pulling image "nope"'))
-        k._start_container(state, POD, c)
-        delays.append(k.start_retry_at[("u1", "main")][0] - clock.now)
-    assert delays == [10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0]
-    assert k._infos(state, POD)[0].waiting_reason == "ImagePullBackOff"
+    assert (info.waiting_reason, info.waiting_message) == (reason, message)
 
 
 def test_check_processes_submits_the_retry_when_due_and_a_start_clears_the_error(kubelet, monkeypatch):
