@@ -232,12 +232,16 @@ class Connection:
         accepted (each such drop cost both ends an accepted socket, an OPEN and a close)."""
         pc, sc = self.peer.config, self.peer.speaker.config
         loop = asyncio.get_running_loop()
-        self._tcp_up = False
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio: TCP_NODELAY
         try:
             sock.setblocking(False)
             sock.bind((str(sc.local_address), 0))
             await loop.sock_connect(sock, (self.peer.host, pc.port))
+            if attempt != self._attempt or self.closed:
+                sock.close()  # superseded while connecting
+                return
+            self._tcp_up = True
+            reader, writer = await asyncio.open_connection(sock=sock)
         except OSError as exc:
             sock.close()
             if attempt != self._attempt or self.closed:
@@ -249,24 +253,9 @@ class Connection:
         except BaseException:  # dropped (cancelled) while connecting
             sock.close()
             raise
-        if attempt != self._attempt or self.closed:
-            sock.close()  # superseded while connecting
-            return
-        self._tcp_up = True
-        try:
-            reader, writer = await asyncio.open_connection(sock=sock)
-        except OSError as exc:
-            sock.close()
-            self._tcp_up = False
-            if attempt != self._attempt or self.closed:
-                return
-            self._connecting = None
-            self.feed(F.TcpFailed(f"Socket: {exc}"))
-            return
-        except BaseException:
-            sock.close()
-            raise
-        self._tcp_up = False
+        finally:
+            if attempt == self._attempt:
+                self._tcp_up = False
         if attempt != self._attempt or self.closed:
             writer.close()  # superseded meanwhile
             return
