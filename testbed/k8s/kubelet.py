@@ -178,11 +178,10 @@ class Kubelet:
         #: pods missing from the cache whose deletion the API server has not confirmed: uid ->
         #: when to ask again (a list the API server got wrong must never stop a running pod)
         self.unconfirmed: dict[str, float] = {}
-        #: containers that could not be created: uid -> {container: (waiting reason, message)},
-        #: shown in the pod's status until a retry (:meth:`_retry_start`) starts them
-        self.start_errors: dict[str, dict[str, tuple[str, str]]] = {}
-        #: (uid, container) -> (monotonic time of the next try, tries so far)
-        self.start_retry_at: dict[tuple[str, str], tuple[float, int]] = {}
+        #: containers that could not be created: (uid, container) -> (waiting reason, message,
+        #: monotonic time of the next try, tries so far); the reason is shown in the pod's status
+        #: until a retry (:meth:`_retry_start`) starts the container
+        self.start_failures: dict[tuple[str, str], tuple[str, str, float, int]] = {}
         self.node_gone = False  # the API server confirmed that this kubelet's Node was deleted
         self.node_recheck = 0.0  # monotonic time to ask again whether the Node exists (0: on its events)
         self.refused: set[str] = set()  # pods stopped (and reported Failed) because the Node is gone
@@ -915,19 +914,17 @@ class Kubelet:
             return info
         key = (state.uid, c["name"])
         with self.lock:
-            errors = self.start_errors.setdefault(state.uid, {})
             if info.running:
-                errors.pop(c["name"], None)
-                self.start_retry_at.pop(key, None)
+                self.start_failures.pop(key, None)
             elif info.waiting_reason:
-                errors[c["name"]] = (info.waiting_reason, info.waiting_message or "")
-                tries = self.start_retry_at.get(key, (0.0, 0))[1]
+                tries = self.start_failures.get(key, ("", "", 0.0, 0))[3]
                 first, most = (IMAGE_RETRY_FIRST, IMAGE_RETRY_MAX) if info.waiting_reason == "ImagePullBackOff" \
                     else (START_RETRY_FIRST, START_RETRY_MAX)
-                self.start_retry_at[key] = (time.monotonic() + min(first * 2 ** tries, most), tries + 1)
+                delay = min(first * 2 ** tries, most)
+                self.start_failures[key] = (info.waiting_reason, info.waiting_message or "",
+                                            time.monotonic() + delay, tries + 1)
                 log.warning("pod %s/%s container %s: %s: %s; trying again in %.0fs", state.namespace, state.name,
-                            c["name"], info.waiting_reason, info.waiting_message,
-                            self.start_retry_at[key][0] - time.monotonic())
+                            c["name"], info.waiting_reason, info.waiting_message, delay)
         return info
 
     def _startable(self, uid: str) -> tuple[PodState, dict] | None:
@@ -1351,10 +1348,10 @@ class Kubelet:
             info = ContainerInfo(name, c["image"], container_id=state.container_ids.get(name, ""),
                                  restart_count=state.restarts.get(name, 0), started_at=state.started_at.get(name))
             self._decorate(info, state)
-            err = self.start_errors.get(state.uid, {}).get(name)
+            failed = self.start_failures.get((state.uid, name))
             pid = state.pids.get(name)
-            if err:
-                info.waiting_reason, info.waiting_message = err
+            if failed:
+                info.waiting_reason, info.waiting_message = failed[0], failed[1]
             elif pid and self._alive(state.uid, name, pid):
                 info.running = True
                 info.ready = name not in self.unready.get(state.uid, {})
@@ -1380,16 +1377,17 @@ class Kubelet:
         (CrashLoopBackOff: 1 s, then 10 s doubling to 5 min) has passed. Try again to start
         containers that could not be created, once their retry is due."""
         now = time.monotonic()
+        with self.lock:
+            due_starts = {uid: name for (uid, name), f in self.start_failures.items() if f[2] <= now}
         for uid, state in list(self.states.items()):
             if uid in self.busy or uid in self.refused:
                 continue
-            with self.lock:
-                due_start = next((k for k, (when, _n) in self.start_retry_at.items() if k[0] == uid and when <= now),
-                                 None)
-                if due_start is not None:  # not due again until this try sets the next time
-                    self.start_retry_at[due_start] = (float("inf"), self.start_retry_at[due_start][1])
-            if due_start is not None:
-                self._submit(uid, self._retry_start, uid, due_start[1])
+            if uid in due_starts:
+                with self.lock:  # not due again until this try sets the next time
+                    f = self.start_failures.get((uid, due_starts[uid]))
+                    if f is not None:
+                        self.start_failures[(uid, due_starts[uid])] = (f[0], f[1], float("inf"), f[3])
+                self._submit(uid, self._retry_start, uid, due_starts[uid])
                 continue
             for name, pid in list(state.pids.items()):
                 key = (uid, name)
@@ -1592,9 +1590,8 @@ class Kubelet:
             self.exits.pop(key, None)
             self.restart_at.pop(key, None)
         with self.lock:
-            self.start_errors.pop(state.uid, None)
-            for key in [k for k in self.start_retry_at if k[0] == state.uid]:
-                self.start_retry_at.pop(key, None)
+            for key in [k for k in self.start_failures if k[0] == state.uid]:
+                self.start_failures.pop(key, None)
 
     def adopt(self) -> None:
         """Pick up pods a previous kubelet started (kept if their pod still exists)."""

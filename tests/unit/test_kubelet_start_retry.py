@@ -75,7 +75,7 @@ def test_a_failed_start_is_shown_and_retried_with_backoff(kubelet, reason, messa
     for _ in delays:
         outcomes.append(failed(reason, message))
         k._start_container(state, POD, c)
-        seen.append(k.start_retry_at[("u1", "main")][0] - clock.now)
+        seen.append(k.start_failures[("u1", "main")][2] - clock.now)
     assert seen == delays
     info = k._infos(state, POD)[0]
     assert (info.waiting_reason, info.waiting_message) == (reason, message)
@@ -96,7 +96,7 @@ def test_check_processes_submits_the_retry_when_due_and_a_start_clears_the_error
     assert tries == [("u1", "main")]
     outcomes.append(ContainerInfo("main", "busybox", running=True))
     k._start_container(state, POD, c)
-    assert k.start_retry_at == {} and k.start_errors["u1"] == {}
+    assert k.start_failures == {}
     assert k._infos(state, POD)[0].waiting_reason is None
 
 
@@ -104,4 +104,4 @@ def test_init_containers_are_left_to_their_own_loop(kubelet):
     k, state, outcomes, _clock = kubelet
     outcomes.append(failed("CreateContainerConfigError", 'configmap "x" not found'))
     k._start_container(state, POD, {"name": "init", "image": "busybox"}, init=True)
-    assert k.start_retry_at == {} and k.start_errors == {}
+    assert k.start_failures == {}
