@@ -256,7 +256,7 @@ def test_num_queues_default_and_value():
         assert "'num_queues' must be an integer" in err.value.msg
 
 
-def test_calico_node_started_is_calicos_nodename_file_guard(tmp_path):
+def test_calico_node_started_is_calicos_nodename_file_guard(tmp_path, monkeypatch):
     """ADD and DEL of the calico plugin need the nodename file calico-node's start-up writes
     (Calico's cmdAdd/cmdDel): missing, Calico's error (999, skel's code for a plain error),
     unless nodename_file_optional; the CNI server's wait holds a request until it appears,
@@ -265,6 +265,31 @@ def test_calico_node_started_is_calicos_nodename_file_guard(tmp_path):
     import time
 
     from cni import plugin
+
+    polling = threading.Event()  # the guard's first poll: the wait has begun
+    real_sleep = time.sleep
+
+    class Clock:
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            polling.set()
+            real_sleep(seconds)
+
+    monkeypatch.setattr(plugin, "time", Clock)
+
+    def later(delay: float, write, *args) -> None:
+        """``write(*args)`` ``delay`` seconds after the next call starts waiting (counted from
+        there, not from now: on a loaded machine the call may start late)."""
+        polling.clear()
+
+        def run() -> None:
+            polling.wait(30)
+            real_sleep(delay)
+            write(*args)
+
+        threading.Thread(target=run, daemon=True).start()
 
     path, mtu = tmp_path / "nodename", tmp_path / "mtu"
     nc = netconf.parse_netconf(_nc(nodename_file=str(path)))
@@ -279,16 +304,16 @@ def test_calico_node_started_is_calicos_nodename_file_guard(tmp_path):
     with pytest.raises(CNIError):
         plugin.calico_node_started(nc, wait=0.2)
     assert time.monotonic() - t0 >= 0.2
-    threading.Timer(0.1, path.write_text, args=("k8s-w0",)).start()
+    later(0.1, path.write_text, "k8s-w0")
     assert 0.1 <= plugin.calico_node_started(nc, wait=5.0) < 5.0
     assert plugin.calico_node_started(nc, wait=5.0, need_mtu=True, mtu_file=str(mtu)) == 0.0  # started: no wait
     path.unlink()
-    threading.Timer(0.1, path.write_text, args=("k8s-w0",)).start()
-    threading.Timer(0.3, mtu.write_text, args=("1480\n",)).start()
+    later(0.1, path.write_text, "k8s-w0")
+    later(0.3, mtu.write_text, "1480\n")
     assert 0.3 <= plugin.calico_node_started(nc, wait=5.0, need_mtu=True, mtu_file=str(mtu)) < 5.0
     path.unlink()
     mtu.unlink()
-    threading.Timer(0.1, path.write_text, args=("k8s-w0",)).start()
+    later(0.1, path.write_text, "k8s-w0")
     waited = plugin.calico_node_started(nc, wait=0.4, need_mtu=True, mtu_file=str(mtu))  # Felix never wrote it
     assert 0.4 <= waited < 1.0
 
