@@ -26,6 +26,7 @@ resyncs, emitting only the difference from what it had already delivered.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -106,12 +107,26 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def read_msg(sock: socket.socket) -> dict[str, Any]:
-    """Read one message (blocking, honouring the socket's timeout)."""
-    (length,) = struct.unpack(">I", recv_exact(sock, 4))
+def frame_length(head: bytes) -> int:
+    """The body length a frame's 4-byte head gives; ProtocolError above MAX_FRAME."""
+    (length,) = struct.unpack(">I", head)
     if length > MAX_FRAME:
         raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME} byte limit")
-    return decode_body(recv_exact(sock, length))
+    return length
+
+
+def read_msg(sock: socket.socket) -> dict[str, Any]:
+    """Read one message (blocking, honouring the socket's timeout)."""
+    return decode_body(recv_exact(sock, frame_length(recv_exact(sock, 4))))
+
+
+async def read_msg_async(reader: asyncio.StreamReader) -> dict[str, Any]:
+    """Read one message from an asyncio stream; EOFError if the peer closed."""
+    try:
+        length = frame_length(await reader.readexactly(4))
+        return decode_body(await reader.readexactly(length))
+    except asyncio.IncompleteReadError:
+        raise EOFError("connection closed") from None
 
 
 def kv_of(kind: str, name: str, namespace: str | None, obj: Resource | None, revision: int,

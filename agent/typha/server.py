@@ -12,9 +12,9 @@ and the server carries on. Framing: :mod:`datastore.typha`.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
-import queue
 import signal
 import socket
 import sys
@@ -32,46 +32,49 @@ from datastore.typha import (
     encode_kv,
     encode_kvs,
     kv_of,
-    read_msg,
+    read_msg_async,
 )
 
 log = logging.getLogger("typha")
 ALL_KINDS = sorted({k for kinds in SYNCER_KINDS.values() for k in kinds})
 
 
-class _Conn:
-    """One connected client."""
+#: the accept backlog asked for; the kernel caps it at ``net.core.somaxconn`` (4096 here), as
+#: it does for Go's listeners, which ask for somaxconn: every calico-node of a big cluster
+#: connects when Typha turns ready, and a short queue drops their SYNs (each then waits for
+#: its retransmission, 1 s, 3 s, ...)
+LISTEN_BACKLOG = 65535
 
-    def __init__(self, sock: socket.socket, peer: str):
-        self.sock = sock
+
+class _Conn:
+    """One connected client; used only on the server's event loop."""
+
+    def __init__(self, writer: asyncio.StreamWriter, peer: str):
+        self.writer = writer
         self.peer = peer
         self.syncer = ""
         self.hostname = ""
-        self.queue: queue.Queue[str | None] = queue.Queue()  # updates, each encoded once (encode_kv)
+        self.pending: list[str] = []  # updates not yet sent, each encoded once (encode_kv)
+        self.wake = asyncio.Event()   # set when pending grows or the connection closes
         self.last_pong = time.monotonic()
-        self.closed = threading.Event()
-        self.send_lock = threading.Lock()
-
-    def send(self, msg: dict[str, Any]) -> None:
-        self.send_frame(encode(msg))
-
-    def send_frame(self, frame: bytes) -> None:
-        with self.send_lock:
-            self.sock.sendall(frame)
+        self.closed = False
 
     def close(self) -> None:
-        if not self.closed.is_set():
-            self.closed.set()
-            self.queue.put(None)
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self.sock.close()
+        if not self.closed:
+            self.closed = True
+            self.wake.set()
+            self.writer.transport.abort()
 
 
 class TyphaServer:
-    """Fan-out cache over ``client`` (a :class:`datastore.Client`)."""
+    """Fan-out cache over ``client`` (a :class:`datastore.Client`).
+
+    Two threads: the datastore watch (blocking, as the datastore client is) and one asyncio
+    event loop serving every client, as Typha's goroutines do. The watch hands its updates to
+    the loop in batches; the cache and the per-client queues change only on the loop, so a
+    client's snapshot and its subscription are taken in one step. A thread per client (as
+    before) made the accept loop wait for each new thread's first turn on the GIL behind
+    hundreds of others: at 100 nodes handshakes took 16-28 s and the backlog overflowed."""
 
     def __init__(self, client: Any, host: str = "0.0.0.0", port: int = DEFAULT_PORT, *,
                  ping_interval: float = 10.0, pong_timeout: float = 60.0, handshake_timeout: float = 10.0,
@@ -89,45 +92,83 @@ class TyphaServer:
         self.stopping = threading.Event()
         self.conns: set[_Conn] = set()     # streaming: handshake done, snapshot sent or being sent
         self.open: set[_Conn] = set()      # every open connection, including those in the handshake
+        #: held by the loop while it changes the cache or the sets, and by readers in other
+        #: threads (status, metrics)
         self.lock = threading.Lock()
         self.stats = {"accepted": 0, "connections": 0, "rejected": 0, "updates": 0, "messages": 0,
                       "dropped": 0, "skipped": 0}
         self._listener: socket.socket | None = None
         self._stream: Any = None
         self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._synced_async: asyncio.Event | None = None
+        self._inbox: list[tuple[str, dict[str, Any]] | None] = []  # from the watch; None: in sync
+        self._inbox_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
-        """Listen, start the datastore watch and the accept loop."""
+        """Listen, start the datastore watch and the event loop that serves clients."""
         ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         ls.bind((self.host, self.port))
-        ls.listen(128)
+        ls.listen(LISTEN_BACKLOG)
         self.port = ls.getsockname()[1]
         self._listener = ls
-        for name, target in (("watch", self._watch_loop), ("accept", self._accept_loop)):
-            t = threading.Thread(target=target, name=f"typha-{name}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        ready = threading.Event()
+        serve = threading.Thread(target=self._run_loop, args=(ready,), name="typha-serve", daemon=True)
+        serve.start()
+        ready.wait(10)
+        watch = threading.Thread(target=self._watch_loop, name="typha-watch", daemon=True)
+        watch.start()
+        self._threads += [serve, watch]
         log.info("Typha listening on %s:%d", self.host, self.port)
+
+    def _run_loop(self, ready: threading.Event) -> None:
+        loop = self._loop
+        assert loop is not None and self._listener is not None
+        asyncio.set_event_loop(loop)
+
+        async def serve() -> None:
+            self._synced_async = asyncio.Event()
+            self._server = await asyncio.start_server(self._serve, sock=self._listener, backlog=LISTEN_BACKLOG)
+
+        loop.run_until_complete(serve())
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:  # the clients' tasks end (each closes its connection) before the loop does
+            tasks = asyncio.all_tasks(loop)
+            for t in tasks:
+                t.cancel()
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.close()
 
     def stop(self) -> None:
         """Close the listener, every client and the watch."""
         self.stopping.set()
         if self._stream is not None:
             self._stream.close()
-        if self._listener is not None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
             try:
-                self._listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
+                loop.call_soon_threadsafe(self._shut)
+            except RuntimeError:  # the loop closed meanwhile
                 pass
-            self._listener.close()
-        with self.lock:
-            conns = list(self.conns)
-        for c in conns:
-            c.close()
         for t in self._threads:
             t.join(5)
+
+    def _shut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        with self.lock:
+            conns = list(self.open)
+        for c in conns:
+            c.close()
+        assert self._loop is not None
+        self._loop.stop()
 
     def status(self) -> dict[str, Any]:
         """Counters, cache size and the connected clients."""
@@ -181,19 +222,48 @@ class TyphaServer:
                 self._stream = self.client.watch_stream(ALL_KINDS, stop=self.stopping)
                 for ev in self._stream:
                     if ev.type == "SYNCED":
-                        if not self.synced.is_set():
-                            log.info("datastore in sync: %d keys cached", len(self.cache))
-                        self.synced.set()
+                        self._submit(None)
                         continue
                     utype = {"ADDED": "new", "MODIFIED": "updated", "DELETED": "deleted"}[ev.type]
-                    self._publish(ev.kind, kv_of(ev.kind, ev.name, ev.namespace, ev.obj, ev.revision, utype))
+                    self._submit((ev.kind, kv_of(ev.kind, ev.name, ev.namespace, ev.obj, ev.revision, utype)))
             except errors.DatastoreError as exc:
                 log.warning("datastore watch failed: %s; retrying", exc)
             except Exception:  # noqa: BLE001 - the cache must keep being fed
                 log.exception("watch loop error")
             self.stopping.wait(1.0)
 
-    def _publish(self, kind: str, kv: dict[str, Any]) -> None:
+    def _submit(self, item: tuple[str, dict[str, Any]] | None) -> None:
+        """Hand one update (None: in sync) from the watch thread to the loop; the loop is woken
+        once for however many updates come before it runs."""
+        with self._inbox_lock:
+            self._inbox.append(item)
+            if len(self._inbox) > 1:
+                return
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._take_inbox)
+        except RuntimeError:  # stopping: the loop is closed
+            pass
+
+    def _take_inbox(self) -> None:
+        with self._inbox_lock:
+            items, self._inbox = self._inbox, []
+        woken: set[_Conn] = set()
+        for item in items:
+            if item is None:
+                if not self.synced.is_set():
+                    log.info("datastore in sync: %d keys cached", len(self.cache))
+                self.synced.set()
+                assert self._synced_async is not None
+                self._synced_async.set()
+            else:
+                woken |= self._publish(*item)
+        for c in woken:
+            c.wake.set()
+
+    def _publish(self, kind: str, kv: dict[str, Any]) -> set[_Conn]:
+        """Cache one update and queue it for the clients whose syncer carries ``kind``;
+        returns those clients (on the loop)."""
         with self.lock:
             key = kv["Key"]
             counts = self.kind_counts.setdefault(kind, [0, 0])
@@ -210,47 +280,40 @@ class TyphaServer:
                 # a controller's status write that changes nothing Calico reads
                 counts[1] += 1
                 self.stats["skipped"] += 1
-                return
+                return set()
             text = encode_kv(kv)
             if kv["UpdateType"] != "deleted":
                 self.cache[key] = text
                 self.kinds_of[key] = kind
                 self.values[key] = kv["Value"]
-            for c in self.conns:
-                if c.syncer and kind in SYNCER_KINDS[c.syncer]:
-                    c.queue.put(text)
+            woken = {c for c in self.conns if kind in SYNCER_KINDS[c.syncer]}
+        for c in woken:
+            c.pending.append(text)
+        return woken
 
-    # -- clients -----------------------------------------------------------------------
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
-        while not self.stopping.is_set():
-            try:
-                sock, addr = self._listener.accept()
-            except OSError:
-                return
-            conn = _Conn(sock, f"{addr[0]}:{addr[1]}")
-            with self.lock:
-                self.stats["accepted"] += 1
-                self.open.add(conn)
-            threading.Thread(target=self._serve, args=(conn,), name=f"typha-{conn.peer}", daemon=True).start()
-
-    def _serve(self, conn: _Conn) -> None:
+    # -- clients (on the loop) ---------------------------------------------------------
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        conn = _Conn(writer, f"{peer[0]}:{peer[1]}")
+        with self.lock:
+            self.stats["accepted"] += 1
+            self.open.add(conn)
         try:
-            self._handshake(conn)
-            self._stream_to(conn)
-        except (ProtocolError, EOFError, OSError, ValueError) as exc:
-            if not conn.closed.is_set() and not self.stopping.is_set():
-                log.info("client %s (%s) disconnected: %s", conn.peer, conn.hostname or "no hello", exc)
+            await self._handshake(conn, reader)
+            await self._stream_to(conn, reader)
+        except (TimeoutError, ProtocolError, EOFError, OSError, ValueError) as exc:
+            if not conn.closed and not self.stopping.is_set():
+                log.info("client %s (%s) disconnected: %s", conn.peer, conn.hostname or "no hello",
+                         exc or type(exc).__name__)
         finally:
             with self.lock:
                 self.conns.discard(conn)
                 self.open.discard(conn)
             conn.close()
 
-    def _handshake(self, conn: _Conn) -> None:
-        conn.sock.settimeout(self.handshake_timeout)
+    async def _handshake(self, conn: _Conn, reader: asyncio.StreamReader) -> None:
         try:
-            hello = read_msg(conn.sock)
+            hello = await asyncio.wait_for(read_msg_async(reader), self.handshake_timeout)
         except ProtocolError:
             self.stats["rejected"] += 1
             raise
@@ -260,81 +323,73 @@ class TyphaServer:
             raise ProtocolError(f"expected MsgClientHello with a SyncerType of "
                                 f"{', '.join(SYNCER_KINDS)}; got {str(hello)[:120]}")
         conn.hostname = str(hello.get("Hostname") or "")
-        conn.sock.settimeout(self.write_timeout)
-        conn.send({"type": "MsgServerHello", "Version": PROTOCOL_VERSION, "SyncerType": syncer})
-        while not self.synced.wait(0.2):
-            if self.stopping.is_set() or conn.closed.is_set():
-                raise EOFError("server stopping")
+        await self._write(conn, encode({"type": "MsgServerHello", "Version": PROTOCOL_VERSION,
+                                        "SyncerType": syncer}))
+        assert self._synced_async is not None
+        await self._synced_async.wait()
+        if conn.closed:
+            raise EOFError("closed before the snapshot")
         with self.lock:  # snapshot and subscription in one step: no update is lost or doubled
             snapshot = [kv for key, kv in self.cache.items() if self.kinds_of[key] in SYNCER_KINDS[syncer]]
             conn.syncer = syncer
             self.conns.add(conn)
             self.stats["connections"] += 1
         for i in range(0, len(snapshot), self.batch):
-            self._send_kvs(conn, snapshot[i:i + self.batch])
-        self._send(conn, {"type": "MsgSyncStatus", "SyncStatus": IN_SYNC})
+            await self._write(conn, encode_kvs(snapshot[i:i + self.batch]), drain=False)
+        await self._write(conn, encode({"type": "MsgSyncStatus", "SyncStatus": IN_SYNC}))
         log.info("client %s (%s, syncer %s): snapshot of %d keys sent", conn.peer, conn.hostname, syncer,
                  len(snapshot))
 
-    def _send(self, conn: _Conn, msg: dict[str, Any]) -> None:
-        conn.send(msg)
+    async def _write(self, conn: _Conn, frame: bytes, drain: bool = True) -> None:
+        """Send one frame; waiting for a full send buffer to drain is bounded by the write
+        timeout (a client that stops reading is dropped, as Typha's write deadline does)."""
+        if conn.closed:
+            raise EOFError("connection closed")
+        conn.writer.write(frame)
         self.stats["messages"] += 1
+        if drain:
+            await asyncio.wait_for(conn.writer.drain(), self.write_timeout)
 
-    def _send_kvs(self, conn: _Conn, encoded: list[str]) -> None:
-        conn.send_frame(encode_kvs(encoded))
-        self.stats["messages"] += 1
-
-    def _read_pongs(self, conn: _Conn) -> None:
+    async def _read_pongs(self, conn: _Conn, reader: asyncio.StreamReader) -> None:
         """Everything a client may send after the hello is a pong; anything else ends it."""
         try:
-            while not conn.closed.is_set():
-                msg = read_msg(conn.sock)
+            while not conn.closed:
+                msg = await read_msg_async(reader)
                 if msg["type"] != "MsgPong":
                     raise ProtocolError(f"unexpected {msg['type']} from client")
                 conn.last_pong = time.monotonic()
         except (ProtocolError, EOFError, OSError, ValueError) as exc:
-            if not conn.closed.is_set():
+            if not conn.closed:
                 log.info("client %s (%s): %s; closing", conn.peer, conn.hostname, exc)
             conn.close()
 
-    def _stream_to(self, conn: _Conn) -> None:
-        conn.sock.settimeout(None)
-        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                             _timeval(self.write_timeout))
-        threading.Thread(target=self._read_pongs, args=(conn,), daemon=True).start()
+    async def _stream_to(self, conn: _Conn, reader: asyncio.StreamReader) -> None:
+        pongs = asyncio.ensure_future(self._read_pongs(conn, reader))
         conn.last_pong = time.monotonic()
         next_ping = time.monotonic() + self.ping_interval
-        while not conn.closed.is_set() and not self.stopping.is_set():
-            try:
-                item = conn.queue.get(timeout=max(0.01, next_ping - time.monotonic()))
-            except queue.Empty:
-                item = ...
-            if item is None:
-                return
-            if item is not ...:
-                kvs = [item]
-                while len(kvs) < self.batch:
+        try:
+            while not conn.closed and not self.stopping.is_set():
+                if not conn.pending:
                     try:
-                        more = conn.queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        return
-                    kvs.append(more)
-                self._send_kvs(conn, kvs)
-            now = time.monotonic()
-            if now - conn.last_pong > self.pong_timeout:
-                self.stats["dropped"] += 1
-                raise ProtocolError(f"no pong for {now - conn.last_pong:.1f}s")
-            if now >= next_ping:
-                self._send(conn, {"type": "MsgPing", "Timestamp": time.time()})
-                next_ping = now + self.ping_interval
-
-
-def _timeval(seconds: float) -> bytes:
-    import struct
-
-    return struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
+                        await asyncio.wait_for(conn.wake.wait(), max(0.01, next_ping - time.monotonic()))
+                    except TimeoutError:
+                        pass
+                conn.wake.clear()
+                if conn.closed:
+                    return
+                while conn.pending:
+                    kvs = conn.pending[:self.batch]
+                    del conn.pending[:self.batch]
+                    await self._write(conn, encode_kvs(kvs))
+                now = time.monotonic()
+                if now - conn.last_pong > self.pong_timeout:
+                    self.stats["dropped"] += 1
+                    raise ProtocolError(f"no pong for {now - conn.last_pong:.1f}s")
+                if now >= next_ping:
+                    await self._write(conn, encode({"type": "MsgPing", "Timestamp": time.time()}))
+                    next_ping = now + self.ping_interval
+        finally:
+            pongs.cancel()
 
 
 class MetricsServer:

@@ -87,6 +87,33 @@ def test_many_clients_get_the_same_snapshot_and_deltas(ds_client, server):
             c.close()
 
 
+def test_a_burst_of_clients_is_served_by_one_loop_not_a_thread_each(ds_client, server):
+    """Every calico-node of a cluster connects when Typha turns ready. 300 clients that connect
+    at once all get the hello, the snapshot and in-sync, and the server's threads stay the
+    same few (its watch and its event loop) however many clients it serves: a thread per
+    client made each new connection wait for its thread's first turn on the GIL."""
+    add_node(ds_client, "n1", "172.30.0.11/24")
+    cached(server, 1)
+
+    def typha_threads() -> list[str]:
+        return sorted(t.name for t in threading.enumerate() if t.name.startswith("typha"))
+
+    before = typha_threads()
+    socks = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(300)]
+    try:
+        for i, s in enumerate(socks):
+            s.sendall(encode({"type": "MsgClientHello", "Hostname": f"h{i}", "SyncerType": "bgp"}))
+        for s in socks:
+            types = [read_msg(s)["type"] for _ in range(3)]
+            assert types == ["MsgServerHello", "MsgKVs", "MsgSyncStatus"], types
+        assert server.status()["connections"] == 300
+        assert typha_threads() == before == ["typha-serve", "typha-watch"]
+    finally:
+        for s in socks:
+            s.close()
+    wait_for(lambda: server.status()["clients"], lambda c: c == [], what="every client gone")
+
+
 def test_client_that_returns_resyncs_only_the_difference(ds_client, server):
     add_node(ds_client, "keep", "172.30.0.11/24")
     add_node(ds_client, "drop", "172.30.0.12/24")

@@ -153,28 +153,21 @@ def test_server_skips_an_update_whose_value_did_not_change():
     from agent.typha.server import TyphaServer, _Conn
 
     server = TyphaServer(client=None)
-    a, b = socket.socketpair()
-    conn = _Conn(a, "test")
+    conn = _Conn(None, "test")  # type: ignore[arg-type] - _publish only queues
     conn.syncer = "bgp"
     server.conns.add(conn)
-    try:
-        pool = IPPool(metadata=Metadata(name="p"), spec=IPPool.Spec(cidr="192.168.0.0/16"))
-        server._publish("IPPool", kv_of("IPPool", "p", None, pool, 5, "new"))
-        server._publish("IPPool", kv_of("IPPool", "p", None, pool, 6, "updated"))  # same value
-        pool.spec.ipip_mode = "Always"
-        server._publish("IPPool", kv_of("IPPool", "p", None, pool, 7, "updated"))
-        server._publish("IPPool", kv_of("IPPool", "p", None, None, 8, "deleted"))
-        server._publish("IPPool", kv_of("IPPool", "p", None, None, 9, "deleted"))
-        sent = []
-        while not conn.queue.empty():
-            sent.append(json.loads(conn.queue.get_nowait()))
-        assert [(kv["Revision"], kv["UpdateType"]) for kv in sent] == [
-            (5, "new"), (7, "updated"), (8, "deleted"), (9, "deleted")]
-        assert server.stats["updates"] == 5 and server.stats["skipped"] == 1
-        metrics = server.metrics_text()
-        assert 'typha_updates_total{syncer="bgp"} 5' in metrics
-        assert 'typha_updates_skipped{syncer="bgp"} 1' in metrics
-        assert 'typha_updates_skipped{syncer="felix"} 1' in metrics  # IPPool is in both syncers
-    finally:
-        a.close()
-        b.close()
+    pool = IPPool(metadata=Metadata(name="p"), spec=IPPool.Spec(cidr="192.168.0.0/16"))
+    server._publish("IPPool", kv_of("IPPool", "p", None, pool, 5, "new"))
+    server._publish("IPPool", kv_of("IPPool", "p", None, pool, 6, "updated"))  # same value
+    pool.spec.ipip_mode = "Always"
+    server._publish("IPPool", kv_of("IPPool", "p", None, pool, 7, "updated"))
+    server._publish("IPPool", kv_of("IPPool", "p", None, None, 8, "deleted"))
+    server._publish("IPPool", kv_of("IPPool", "p", None, None, 9, "deleted"))
+    sent = [json.loads(text) for text in conn.pending]
+    assert [(kv["Revision"], kv["UpdateType"]) for kv in sent] == [
+        (5, "new"), (7, "updated"), (8, "deleted"), (9, "deleted")]
+    assert server.stats["updates"] == 5 and server.stats["skipped"] == 1
+    metrics = server.metrics_text()
+    assert 'typha_updates_total{syncer="bgp"} 5' in metrics
+    assert 'typha_updates_skipped{syncer="bgp"} 1' in metrics
+    assert 'typha_updates_skipped{syncer="felix"} 1' in metrics  # IPPool is in both syncers
