@@ -52,6 +52,10 @@ class PooledHTTPServer(HTTPServer):
             request, client_address = item
             try:
                 self.finish_request(request, client_address)
+            except ConnectionError as exc:
+                # the prober gave up first (a kubelet probe's timeout on a loaded node): its
+                # side of the answer, not ours; a stack trace in calico-node's log said otherwise
+                log.debug("health: %s went before its answer: %s", client_address, exc)
             except Exception:  # noqa: BLE001 - as socketserver reports a failed request
                 self.handle_error(request, client_address)
             finally:
