@@ -110,6 +110,7 @@ class Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.deadlines: dict[str, float] = {}  # each running timer's deadline (loop time)
         self._connecting: asyncio.Task | None = None  # the outgoing connect in flight
         self._reading: asyncio.Task | None = None     # the reader of the connected socket
         self._attempt = 0  # numbers connect attempts: a superseded one never reports back
@@ -133,12 +134,19 @@ class Connection:
     def _do(self, act: object) -> None:
         loop = asyncio.get_running_loop()
         if isinstance(act, F.StartTimer):
-            old = self.timers.pop(act.name, None)
-            if old:
+            when = loop.time() + act.seconds
+            self.deadlines[act.name] = when
+            old = self.timers.get(act.name)
+            if isinstance(old, asyncio.TimerHandle) and not old.cancelled() and old.when() <= when:
+                # a later deadline for a timer already set (the hold timer, restarted by every
+                # message received): the set one fires first and sets itself again for the
+                # rest, instead of a cancel and a new entry in the loop's heap per message
+                return
+            if old is not None:
                 old.cancel()
-            self.timers[act.name] = loop.call_later(
-                act.seconds, self._fire, act.name)
+            self.timers[act.name] = loop.call_at(when, self._due, act.name)
         elif isinstance(act, F.StopTimer):
+            self.deadlines.pop(act.name, None)
             old = self.timers.pop(act.name, None)
             if old:
                 old.cancel()
@@ -165,7 +173,18 @@ class Connection:
         elif isinstance(act, F.Deliver):
             self.peer.on_message(act.msg)
 
+    def _due(self, name: str) -> None:
+        """A timer's handle ran: the timer expires, unless it was restarted meanwhile with a
+        later deadline (then its handle is set again for that)."""
+        loop = asyncio.get_running_loop()
+        when = self.deadlines.get(name)
+        if when is not None and when > loop.time():
+            self.timers[name] = loop.call_at(when, self._due, name)
+            return
+        self._fire(name)
+
     def _fire(self, name: str) -> None:
+        self.deadlines.pop(name, None)
         self.timers.pop(name, None)
         if name == "connect_retry" and self._connecting is not None and self._tcp_up:
             return  # the kernel connected this attempt: TcpConnected (or TcpFailed) follows
@@ -179,6 +198,7 @@ class Connection:
         self.feed(F.TimerExpired(name))
 
     def _expire(self, name: str) -> None:
+        self.deadlines.pop(name, None)
         self.timers.pop(name, None)
         self.feed(F.TimerExpired(name))
 
@@ -221,6 +241,7 @@ class Connection:
         for t in self.timers.values():
             t.cancel()
         self.timers.clear()
+        self.deadlines.clear()
         self._drop_transport()
 
     async def _connect(self, attempt: int) -> None:

@@ -115,3 +115,37 @@ def test_a_peers_open_is_encoded_once_while_it_stays_the_same(monkeypatch):
     shorter = M.Open(asn=first.asn, hold_time=9, router_id=first.router_id, capabilities=first.capabilities)
     assert peer.open_bytes(shorter) == real(shorter) and len(encodes) == 2
     assert M.decode(peer.open_bytes(shorter)).hold_time == 9
+
+
+def test_a_hold_timer_restarted_by_every_message_keeps_one_entry_and_expires_after_the_last():
+    """The hold timer restarts on every KEEPALIVE and UPDATE received. It expires ``hold``
+    seconds after the last one, not the first; and the loop holds one entry for it however many
+    messages came (a cancel and a new entry per message filled the heap the loop sorts)."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        conn, _started = attempt_in_flight()
+        conn._close()
+        conn = Connection(conn.peer, incoming=True)
+        expired: list[tuple[str, float]] = []
+        conn.feed = lambda ev: expired.append((ev.name, loop.time()))  # only timer expiries come
+        t0 = loop.time()
+        conn._do(F.StartTimer("hold", 0.3))
+        first = conn.timers["hold"]
+        before = len(loop._scheduled)
+        for _ in range(50):              # messages over 0.2 s, each restarting the timer
+            await asyncio.sleep(0.004)
+            conn._do(F.StartTimer("hold", 0.3))
+        last = loop.time()
+        assert conn.timers["hold"] is first and len(loop._scheduled) <= before
+        while not expired and loop.time() - t0 < 5:
+            await asyncio.sleep(0.01)
+        assert [name for name, _ in expired] == ["hold"]
+        assert expired[0][1] >= last + 0.3 - 0.01, (expired, last)
+        conn._do(F.StartTimer("hold", 0.1))  # a shorter deadline than the one set: set anew
+        conn._do(F.StartTimer("keepalive", 0.05))
+        conn._do(F.StopTimer("keepalive"))   # a stopped timer never expires
+        await asyncio.sleep(0.2)
+        assert [name for name, _ in expired] == ["hold", "hold"]
+        conn._close()
+
+    asyncio.run(main())
