@@ -149,3 +149,31 @@ def test_a_hold_timer_restarted_by_every_message_keeps_one_entry_and_expires_aft
         conn._close()
 
     asyncio.run(main())
+
+
+def test_sessions_the_daemon_accepts_run_without_nagle():
+    """``python -m agent.bgp.daemon`` listens on a socket of its own (bind_listener); the
+    sessions it accepts must have TCP_NODELAY as its outgoing ones do, or an UPDATE sent while
+    a KEEPALIVE is unacknowledged waits for the peer's delayed ACK (tens of ms)."""
+    import socket
+
+    from agent.bgp.daemon import bind_listener
+
+    async def main() -> list[int]:
+        listener = bind_listener({"listen_address": "127.0.0.1", "listen_port": 0})
+        got: list[int] = []
+        accepted = asyncio.Event()
+
+        async def on_accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            got.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            accepted.set()
+            writer.close()
+
+        server = await asyncio.start_server(on_accept, sock=listener)
+        _r, w = await asyncio.open_connection("127.0.0.1", listener.getsockname()[1])
+        await asyncio.wait_for(accepted.wait(), 5)
+        w.close()
+        server.close()
+        return got
+
+    assert asyncio.run(main()) == [1]
