@@ -105,6 +105,7 @@ class TyphaServer:
         self._synced_async: asyncio.Event | None = None
         self._inbox: list[tuple[str, dict[str, Any]] | None] = []  # from the watch; None: in sync
         self._inbox_lock = threading.Lock()
+        self._serve_error: Exception | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -120,7 +121,9 @@ class TyphaServer:
         ready = threading.Event()
         serve = threading.Thread(target=self._run_loop, args=(ready,), name="typha-serve", daemon=True)
         serve.start()
-        ready.wait(10)
+        if not ready.wait(10) or self._server is None:
+            self.stopping.set()
+            raise OSError(f"Typha could not serve on {self.host}:{self.port}: {self._serve_error or 'timed out'}")
         watch = threading.Thread(target=self._watch_loop, name="typha-watch", daemon=True)
         watch.start()
         self._threads += [serve, watch]
@@ -135,8 +138,14 @@ class TyphaServer:
             self._synced_async = asyncio.Event()
             self._server = await asyncio.start_server(self._serve, sock=self._listener, backlog=LISTEN_BACKLOG)
 
-        loop.run_until_complete(serve())
-        ready.set()
+        try:
+            loop.run_until_complete(serve())
+        except Exception as exc:  # noqa: BLE001 - reported by start()
+            self._serve_error = exc
+            loop.close()
+            return
+        finally:
+            ready.set()
         try:
             loop.run_forever()
         finally:  # the clients' tasks end (each closes its connection) before the loop does
