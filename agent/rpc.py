@@ -56,6 +56,15 @@ def serve_unix(path: str, handlers: list[Any], workers: int = 4) -> grpc.Server:
     return server
 
 
+def unix_path(address: str) -> str:
+    """The socket file of a unix address as gRPC takes them: a path, ``unix:PATH`` or
+    ``unix://PATH`` (``unix:///abs`` is ``/abs``)."""
+    for prefix in ("unix://", "unix:"):
+        if address.startswith(prefix):
+            return address[len(prefix):]
+    return address
+
+
 def channel(path: str) -> grpc.Channel:
     """An insecure channel to unix socket ``path`` (``unix://`` prefix optional)."""
     target = path if path.startswith("unix:") else f"unix://{path}"

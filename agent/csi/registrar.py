@@ -45,7 +45,7 @@ def driver_name(csi_address: str, timeout: float, stop: threading.Event,
     ~0.9 ms of CPU, and at a big lab's start each registrar waited seconds for its driver,
     calling every 0.2 s. "Still connecting" is logged every 10 s, as the upstream registrar's
     connection helper logs it, not on each try."""
-    path = csi_address.removeprefix("unix://")
+    path = rpc.unix_path(csi_address)
     ch = None
     said = float("-inf")
     try:

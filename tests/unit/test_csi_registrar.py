@@ -36,6 +36,22 @@ def test_nothing_is_called_until_the_drivers_socket_exists(tmp_path, monkeypatch
     assert said == [f"Still connecting to unix://{sock} (no socket yet)"], said
 
 
+@pytest.mark.parametrize("form", ["{}", "unix:{}", "unix://{}"])
+def test_every_address_form_grpc_takes_names_the_same_socket(tmp_path, monkeypatch, form):
+    """--csi-address as a path, ``unix:PATH`` or ``unix://PATH``: the registrar waits for that
+    file (a form it did not strip would be waited for for ever)."""
+    sock = tmp_path / "csi.sock"
+    sock.touch()
+    monkeypatch.setattr(rpc, "call", lambda *_a, **_kw: {"name": "csi.tigera.io"})
+    give_up = threading.Event()  # a form it does not strip would wait until this
+    timer = threading.Timer(5, give_up.set)
+    timer.start()
+    try:
+        assert registrar.driver_name(form.format(sock), 1.0, give_up) == "csi.tigera.io"
+    finally:
+        timer.cancel()
+
+
 def test_a_stop_while_waiting_returns_none(tmp_path):
     stop = threading.Event()
     threading.Timer(0.1, stop.set).start()
