@@ -136,7 +136,10 @@ def test_a_hold_timer_restarted_by_every_message_keeps_one_entry_and_expires_aft
             await asyncio.sleep(0.004)
             conn._do(F.StartTimer("hold", 0.3))
         last = loop.time()
-        assert conn.timers["hold"] is first and len(loop._scheduled) <= before
+        # One entry however many restarts. The handle is the first one unless the loop was
+        # stalled past the first deadline (a loaded CI machine), when _due re-armed it once.
+        assert len(loop._scheduled) <= before
+        assert conn.timers["hold"] is first or loop.time() >= first.when(), (first, last)
         while not expired and loop.time() - t0 < 5:
             await asyncio.sleep(0.01)
         assert [name for name, _ in expired] == ["hold"]
