@@ -3,18 +3,22 @@
 For each size (default 3, 20 and 50 nodes) the script writes a topology (one
 node segment with a gateway router, IPIP Always, an nginx Deployment as the
 lab's workload), brings the
-lab up with calico-node, then follows it with watches (no polling lag) for when every
-Node is Ready and every pod is Running with an IP, and probes each pod from the moment
-it has an IP for when every pod answers HTTP 200 from the control-plane node (through
-the IPIP tunnel when it runs elsewhere). Then it takes the lab down and
-checks nothing is left.
+lab up with calico-node and, while ``up`` runs (from the API server's first answer),
+follows it with watches (no polling lag) for when every Node is Ready and every pod is
+Running with an IP, and probes each pod from the moment it has an IP for when every pod
+answers HTTP 200 from the control-plane node (through the IPIP tunnel when it runs
+elsewhere). ``up`` itself returns later, once calico-node is ready on every node (every
+BGP session Established); its time is the "up returns" column. Then it takes the lab down
+and checks nothing is left.
 
 Interleaved with each lab (``--repeat`` times per size, medians), the *floor* is
 built from the same topology: bare Mininet (its stock ``Host``, ``LinuxBridge`` in
 a namespace and ``Link``, the same hosts, links, addresses and routes, each host
-started the stock way) plus the same number of pods as plain ``ip netns`` + veth,
+started the stock way), etcd on the control-plane node (the lab's flags, data on a tmpfs)
+until it is healthy, plus the same number of pods as plain ``ip netns`` + veth,
 each with busybox httpd (what our nginx image runs) on :80, routed from the
-control-plane node, answering the same prober. No datastore, no Kubernetes, no Calico.
+control-plane node, answering the same prober. The floor's time is when etcd is healthy
+and every pod answers. No Kubernetes, no Calico.
 
 Must hold (issue 18): 3 nodes + 4 pods <= 2x the floor, 20 nodes <= 4x; 100 nodes
 Ready and pods answering <= 60 s (measure that once: ``--sizes 100 --repeat 1
@@ -34,6 +38,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -163,13 +168,15 @@ def probe_until_200(ips: list[str], timeout: float = 60.0, attempt_timeout: floa
     return seen
 
 
-def observe(kubeconfig: str, nodes: int, pods: int, t0: float, timeout: float = 180.0) -> dict:
+def observe(kubeconfig: str, nodes: int, pods: int, t0: float, timeout: float = 180.0,
+            cancel: threading.Event | None = None) -> dict:
     """Follow the lab as it comes up, without polling lag: watches on the Nodes and on the
     default namespace's Pods record (monotonic, from ``t0``) when every Node is Ready and when
     every pod is Running with an IP, and each pod IP is probed (:func:`probe_until_200`) from
     the moment the watch shows it. Returns ``nodes_ready_s``, ``pods_running_s``, ``seen``
     (IP -> epoch of its first 200), ``pods`` (name -> (phase, IP, node)) and ``nodes``.
-    Runs in the caller's netns (the control-plane node's: :func:`nsmod.run_in`)."""
+    Runs in the caller's netns (the control-plane node's: :func:`nsmod.run_in`); ``cancel``
+    set ends it with RuntimeError (the lab failed to come up)."""
     from kubeclient import Client, from_kubeconfig
 
     client = Client(from_kubeconfig(kubeconfig))
@@ -231,6 +238,8 @@ def observe(kubeconfig: str, nodes: int, pods: int, t0: float, timeout: float = 
     def more() -> list[str]:
         if errors:
             raise RuntimeError(f"watching the lab failed: {errors[0]}")
+        if cancel is not None and cancel.is_set():
+            raise RuntimeError("cancelled: the lab did not come up")
         with lock:
             got = list(fresh)
             fresh.clear()
@@ -250,6 +259,48 @@ def observe(kubeconfig: str, nodes: int, pods: int, t0: float, timeout: float = 
         for t in threads:
             t.join(timeout=5)
     return out
+
+
+def _api_answers(kubeconfig: str) -> bool:
+    """True once the lab's API server answers a GET of the ``default`` Namespace."""
+    from kubeclient import Client, from_kubeconfig
+
+    try:
+        Client(from_kubeconfig(kubeconfig)).get("v1", "namespaces", "default")
+        return True
+    except Exception:  # noqa: BLE001 - not serving yet (refused, TLS, 404 before bootstrap, ...)
+        return False
+
+
+def observe_during_up(lab: str, nodes: int, pods: int, t0: float, cancel: threading.Event,
+                      wait: float = 300.0) -> dict:
+    """:func:`observe` started while ``up`` is still running: as soon as the lab's state names
+    its control-plane node, its admin kubeconfig exists and the API server answers (polled
+    every 0.1 s, at most ``wait`` s). ``up`` returns only when calico-node is ready on every
+    node (every BGP session Established), which at 100 nodes is well after the Nodes are
+    Ready and the pods answer: observing only after it returned put up's return time into
+    both. Watches list first, so nothing that happened before they began is missed; only its
+    time would be late (by at most the API server's first answer, before any Node exists)."""
+    from testbed.lab import kubeadm
+    from testbed.lab.state import read_state
+
+    deadline = time.monotonic() + wait
+    last = "no lab state yet"
+    while time.monotonic() < deadline and not cancel.is_set():
+        st = read_state(lab)
+        if st and st.get("control_plane") in st.get("hosts", {}):
+            cp_ns = st["hosts"][st["control_plane"]]["netns"]
+            conf = kubeadm.admin_conf(st)
+            if not Path("/run/netns", cp_ns).exists():
+                last = f"netns {cp_ns} not made yet"
+            elif not conf.exists():
+                last = f"{conf} not written yet"
+            elif nsmod.run_in(cp_ns, _api_answers, str(conf)):
+                return nsmod.run_in(cp_ns, observe, str(conf), nodes, pods, t0, cancel=cancel)
+            else:
+                last = "the API server does not answer yet"
+        cancel.wait(0.1)
+    raise RuntimeError(f"could not start observing lab {lab}: {last}")
 
 
 def floor_placement(topo, pods: int) -> list[str]:
@@ -282,6 +333,7 @@ def floor_one(nodes: int, pods: int, workdir: Path) -> dict:
     net = None
     procs: list[subprocess.Popen] = []
     made: list[str] = []
+    etcd_dir = ""
     www = workdir / f"{name}-www"
     www.mkdir(exist_ok=True)
     (www / "index.html").write_text("floor\n")
@@ -304,6 +356,18 @@ def floor_one(nodes: int, pods: int, workdir: Path) -> dict:
             host.cmd("sysctl -qw net.ipv4.ip_forward=1")
         result["network_s"] = round(time.monotonic() - t0, 3)
         cp = topo.control_plane
+        # etcd on the control-plane node, as the lab runs it (issue 18's floor: bare Mininet + etcd
+        # healthy); its data on a tmpfs, as the lab's is
+        cp_ip = str(topo.node(cp.name).address)
+        etcd_dir = tempfile.mkdtemp(prefix=f"{name}-etcd-", dir="/dev/shm")
+        procs.append(hosts[cp.name].popen(
+            [shutil.which("etcd") or "etcd", f"--name={cp.name}", f"--data-dir={etcd_dir}",
+             f"--listen-client-urls=http://{cp_ip}:2379,http://127.0.0.1:2379",
+             f"--advertise-client-urls=http://{cp_ip}:2379", "--listen-peer-urls=http://127.0.0.1:2380",
+             "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+             f"--initial-cluster={cp.name}=http://127.0.0.1:2380", f"--initial-cluster-token={name}",
+             "--heartbeat-interval=10", "--election-timeout=100", "--snapshot-count=10000",
+             "--log-level=warn"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         ips = []
         for j, node in enumerate(floor_placement(topo, pods)):
             pod, veth = f"{name}-p{j}", f"fp{j}"
@@ -329,10 +393,11 @@ def floor_one(nodes: int, pods: int, workdir: Path) -> dict:
         epoch0 = time.time() - (time.monotonic() - t0)
         with entered(f"/proc/{hosts[cp.name].pid}/ns/net"):
             seen = probe_until_200(ips, timeout=30)
+            result["etcd_healthy_s"] = round(etcd_healthy(cp_ip) - epoch0, 3)
         missing = sorted(set(ips) - set(seen))
         if missing:
             raise RuntimeError(f"floor pods never answered: {', '.join(missing)}")
-        result["pods_reachable_s"] = round(max(seen.values()) - epoch0, 3)
+        result["pods_reachable_s"] = round(max(*seen.values(), result["etcd_healthy_s"] + epoch0) - epoch0, 3)
     except Exception as exc:  # noqa: BLE001 - recorded; everything removed below
         result["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
     finally:
@@ -348,7 +413,28 @@ def floor_one(nodes: int, pods: int, workdir: Path) -> dict:
             subprocess.run(["ip", "netns", "delete", pod], capture_output=True)
         if net is not None:
             net.stop()
+        if etcd_dir:
+            shutil.rmtree(etcd_dir, ignore_errors=True)
     return result
+
+
+def etcd_healthy(ip: str, timeout: float = 30.0) -> float:
+    """Epoch at which etcd on ``ip`` first answers ``/health`` with ``"health":"true"`` (polled
+    every 10 ms; the caller's netns); RuntimeError naming the last answer after ``timeout``."""
+    import urllib.request
+
+    deadline, last = time.monotonic() + timeout, "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{ip}:2379/health", timeout=1) as resp:
+                body = resp.read().decode()
+            if '"health":"true"' in body.replace(" ", ""):
+                return time.time()
+            last = body.strip()
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.01)
+    raise RuntimeError(f"the floor's etcd on {ip} not healthy after {timeout:.0f}s (last: {last})")
 
 
 def run_one(nodes: int, pods: int, workdir: Path, datastore: str | None = None) -> dict:
@@ -359,19 +445,36 @@ def run_one(nodes: int, pods: int, workdir: Path, datastore: str | None = None) 
     result: dict = {"nodes": nodes, "pods": pods, "lab": name, "datastore": datastore}
     t0 = time.monotonic()
     epoch0 = time.time()
+    cancel = threading.Event()
+    box: dict = {}
+
+    def watcher() -> None:
+        try:
+            box["obs"] = observe_during_up(name, nodes, pods, t0, cancel)
+        except Exception as exc:  # noqa: BLE001 - re-raised below
+            box["error"] = exc
+
+    observer = threading.Thread(target=watcher, name="observe", daemon=True)
+    observer.start()
     try:
-        st = labmod.up(path, progress=lambda m: print(f"  [{time.monotonic() - t0:6.2f}s] {m}",
-                                                      file=sys.stderr),
-                       timeout=300, ready_timeout=60, datastore=datastore)
+        try:
+            st = labmod.up(path, progress=lambda m: print(f"  [{time.monotonic() - t0:6.2f}s] {m}",
+                                                          file=sys.stderr),
+                           timeout=300, ready_timeout=60, datastore=datastore)
+        except BaseException:
+            cancel.set()
+            raise
         result["datastore"] = st.get("datastore", datastore)
         result["up_returned_s"] = round(time.monotonic() - t0, 3)
         result["supervisor_timings_s"] = st.get("timings", {})
-        cp_ns = st["hosts"][st["control_plane"]]["netns"]
-        from testbed.lab import kubeadm
-
-        eps = str(kubeadm.admin_conf(st))
-
-        obs = nsmod.run_in(cp_ns, observe, eps, nodes, pods, t0)
+        observer.join(240)
+        if observer.is_alive():
+            cancel.set()
+            observer.join(10)
+            raise RuntimeError("the pods did not all answer within 240 s of up's return")
+        if "error" in box:
+            raise box["error"]
+        obs = box["obs"]
         for key in ("nodes_ready_s", "pods_running_s"):
             if key in obs:
                 result[key] = obs[key]
@@ -386,6 +489,10 @@ def run_one(nodes: int, pods: int, workdir: Path, datastore: str | None = None) 
             raise RuntimeError(f"pods never answered HTTP 200 from {st['control_plane']}: "
                                f"{', '.join(missing)}")
         result["pods_reachable_s"] = round(max(seen.values()) - epoch0, 3)
+        result["pods_reachable_p50_s"] = round(statistics.median(seen.values()) - epoch0, 3)
+        node_of = {ip: n for _, ip, n in obs["pods"].values()}
+        result["last_to_answer"] = [[node_of.get(ip), round(t - epoch0, 3)]
+                                    for ip, t in sorted(seen.items(), key=lambda kv: kv[1])[-5:]]
         result["pod_nodes"] = sorted({n for _, _, n in obs["pods"].values()})
         t1 = time.monotonic()
         labmod.down(name, progress=lambda _m: None)
@@ -394,6 +501,7 @@ def run_one(nodes: int, pods: int, workdir: Path, datastore: str | None = None) 
     except Exception as exc:  # noqa: BLE001 - recorded in the results, lab removed below
         result["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
     finally:
+        cancel.set()
         clean_lab(name)
     return result
 
@@ -449,8 +557,8 @@ def main(argv: list[str] | None = None) -> int:
             sizes.append(entry)
     load_after = os.getloadavg()
     touch_after = page_touch_us()
-    print(f"lab up ({args.datastore or 'default'} datastore) vs its floor (bare Mininet, same hosts/links + "
-          f"the pods as netns/veth/httpd), medians of {args.repeat}, interleaved; {os.cpu_count()} CPUs, load average {load_before[0]:.1f} before, "
+    print(f"lab up ({args.datastore or 'default'} datastore) vs its floor (bare Mininet, same hosts/links, "
+          f"etcd healthy + the pods as netns/veth/httpd), medians of {args.repeat}, interleaved; {os.cpu_count()} CPUs, load average {load_before[0]:.1f} before, "
           f"{load_after[0]:.1f} after; fresh memory {touch_before:.2f} us/page before, {touch_after:.2f} after")
     hdr = ("nodes", "pods", "up returns", "nodes Ready", "pods Running", "pods answer", "floor net",
            "floor answer", "ratio", "must hold", "")
