@@ -277,9 +277,8 @@ def observe_during_up(lab: str, nodes: int, pods: int, t0: float, cancel: thread
     """:func:`observe` started while ``up`` is still running: as soon as the lab's state names
     its control-plane node, its admin kubeconfig exists and the API server answers (polled
     every 0.1 s, at most ``wait`` s). ``up`` returns only when calico-node is ready on every
-    node (every BGP session Established), which at 100 nodes is well after the Nodes are
-    Ready and the pods answer: observing only after it returned put up's return time into
-    both. Watches list first, so nothing that happened before they began is missed; only its
+    node (every BGP session Established), which at 100 nodes is ~30 s after the Nodes are
+    Ready: observing only after it returned put up's return time into every column. Watches list first, so nothing that happened before they began is missed; only its
     time would be late (by at most the API server's first answer, before any Node exists)."""
     from testbed.lab import kubeadm
     from testbed.lab.state import read_state
