@@ -99,7 +99,7 @@ def topology(name: str, nodes: int, pods: int) -> str:
 
 def probe_until_200(ips: list[str], timeout: float = 60.0, attempt_timeout: float = 3.0,
                     interval: float = 0.1, *, more: Callable[[], list[str]] | None = None,
-                    expect: int | None = None) -> dict[str, float]:
+                    expect: int | None = None, stats: dict | None = None) -> dict[str, float]:
     """Wall-clock time (epoch) at which each IP first answered ``GET /`` on port 80 with
     status 200. One thread, non-blocking sockets: every IP gets a new connection
     attempt every ``interval`` s while it has not answered (earlier attempts stay open
@@ -108,7 +108,8 @@ def probe_until_200(ips: list[str], timeout: float = 60.0, attempt_timeout: floa
 
     ``more`` (called every round) returns IPs that appeared since (a watch's pods getting
     their addresses): they are probed from then on; ``expect`` is how many IPs to wait
-    for in all (default: ``len(ips)``)."""
+    for in all (default: ``len(ips)``). ``stats``, when given, gets ``attempts`` (connections
+    tried) and ``most_open`` (most connections open at once): the prober's own load."""
     import selectors
     import socket
 
@@ -134,6 +135,9 @@ def probe_until_200(ips: list[str], timeout: float = 60.0, attempt_timeout: floa
             sock.setblocking(False)
             sock.connect_ex((ip, 80))
             conns[sock] = (ip, now, bytearray())
+            if stats is not None:
+                stats["attempts"] = stats.get("attempts", 0) + 1
+                stats["most_open"] = max(stats.get("most_open", 0), len(conns))
             sel.register(sock, selectors.EVENT_WRITE)
             next_try[ip] = now + interval
         for key, events in sel.select(timeout=0.01):
@@ -246,7 +250,9 @@ def observe(kubeconfig: str, nodes: int, pods: int, t0: float, timeout: float = 
         return got
 
     try:
-        seen = probe_until_200([], timeout=timeout, more=more, expect=pods)
+        probes: dict = {}
+        seen = probe_until_200([], timeout=timeout, more=more, expect=pods, stats=probes)
+        out["probes"] = probes
         # (a pod can answer before the watch shows its phase Running)
         wait_for(lambda: "pods_running_s" in out or bool(errors), timeout=10,
                  what=f"{pods} pods Running in the watch")
@@ -488,6 +494,7 @@ def run_one(nodes: int, pods: int, workdir: Path, datastore: str | None = None) 
             raise RuntimeError(f"pods never answered HTTP 200 from {st['control_plane']}: "
                                f"{', '.join(missing)}")
         result["pods_reachable_s"] = round(max(seen.values()) - epoch0, 3)
+        result["probes"] = obs.get("probes", {})
         result["pods_reachable_p50_s"] = round(statistics.median(seen.values()) - epoch0, 3)
         node_of = {ip: n for _, ip, n in obs["pods"].values()}
         result["last_to_answer"] = [[node_of.get(ip), round(t - epoch0, 3)]
