@@ -8,7 +8,8 @@ would add ~10 ms per call: see :mod:`cni.wire`; ``os``, which ``-S`` does not lo
 socket of the warm :class:`cni.server.CNIServer` in calico-node and prints the
 answer. When no server answers (no agent on this node, or a server in another
 network/mount namespace), it does the work in-process with :func:`cni.plugin.run`,
-so the executables stay standalone.
+so the executables stay standalone; that asks the server once more after its checks
+(calico-node's start-up done), before the imports the work needs.
 
 Environment: ``CALICO_CNI_SOCKET`` overrides the socket path
 (default ``/var/run/calico/cni.sock``); ``none`` disables forwarding.
@@ -94,7 +95,11 @@ def _main(plugin: str) -> int:
 
         from cni.plugin import run
 
-        code, text_out, text_err = run(plugin, dict(os.environ), stdin)
+        def again() -> tuple[int, bytes, bytes] | None:
+            return forward(plugin, environb, stdin, sock_path)
+
+        code, text_out, text_err = run(plugin, dict(os.environ), stdin,
+                                       server=again if sock_path and sock_path != "none" else None)
         answer = code, text_out.encode("utf-8", "surrogateescape"), text_err.encode("utf-8", "surrogateescape")
     code, out, err = answer
     if out:

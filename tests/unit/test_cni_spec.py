@@ -327,3 +327,37 @@ def test_add_and_del_without_the_nodename_file_fail_before_any_work(tmp_path):
         assert code == 1 and json.loads(out)["code"] == 999 and "calico/node container" in json.loads(out)["msg"]
     code, out, _ = plugin.run("calico", _env(CNI_COMMAND="VERSION"), conf)
     assert code == 0
+
+
+def test_the_in_process_path_asks_the_server_again_once_calico_node_has_started(tmp_path):
+    """An executable that found no CNI server runs in-process; after Calico's nodename check
+    passes (calico-node's start-up, which starts the server first, is done) it asks the
+    server once more before the imports the work needs, and returns the server's answer as
+    it is. Before that check nothing is asked: a missing nodename file is Calico's error."""
+    from cni import plugin
+
+    node, log = tmp_path / "nodename", tmp_path / "cni.log"
+    conf = json.dumps(_nc(nodename_file=str(node), log_file_path=str(log))).encode()
+    asked: list[str] = []
+
+    def server() -> tuple[int, bytes, bytes] | None:
+        asked.append("asked")
+        return 0, b'{"cniVersion": "1.0.0", "ips": []}\n', b"served\n"
+
+    code, out, _ = plugin.run("calico", _env(CNI_COMMAND="ADD", CNI_NETNS="/run/netns/none"), conf, server=server)
+    assert code == 1 and json.loads(out)["code"] == 999 and asked == []
+    node.write_text("k8s-w0")
+    for command in ("ADD", "DEL"):
+        got = plugin.run("calico", _env(CNI_COMMAND=command, CNI_NETNS="/run/netns/none"), conf, server=server)
+        assert got == (0, '{"cniVersion": "1.0.0", "ips": []}\n', "served\n")
+    assert asked == ["asked", "asked"] and "done in" not in (log.read_text() if log.exists() else "")
+
+    def no_server() -> None:
+        asked.append("none")
+        return None
+
+    refused = json.dumps(_nc(nodename_file=str(node), log_file_path=str(log),
+                             etcd_endpoints="http://127.0.0.1:9")).encode()  # no datastore is reached
+    code, out, _ = plugin.run("calico", _env(CNI_COMMAND="DEL", CNI_NETNS="/run/netns/none"), refused,
+                              server=no_server)
+    assert asked[-1] == "none" and out != '{"cniVersion": "1.0.0", "ips": []}\n'  # went on in-process
