@@ -315,7 +315,8 @@ def floor_placement(topo, pods: int) -> list[str]:
 
 
 def floor_one(nodes: int, pods: int, workdir: Path) -> dict:
-    """Bare Mininet with the lab's hosts and links + ``pods`` netns/veth pods answering HTTP: seconds."""
+    """Bare Mininet with the lab's hosts and links, etcd healthy on the control-plane node and
+    ``pods`` netns/veth pods answering HTTP: seconds."""
     import subprocess
 
     from mininet import net as mnet
