@@ -350,6 +350,8 @@ class Server:
             os.umask(old)
         self.listener.listen(256)
         self.sel.register(self.listener, selectors.EVENT_READ, None)
+        #: the signal wake-up pair (:meth:`wake_on_signals`): read end, write end
+        self.wake: tuple[socket.socket, socket.socket] | None = None
         #: pidfd -> (pid, the request's connection)
         self.children: dict[int, tuple[int, socket.socket]] = {}
         #: a started child's caller connection (fd) -> (connection, child's pidfd, pid): watched
@@ -357,6 +359,19 @@ class Server:
         self.callers: dict[int, tuple[socket.socket, int, int]] = {}
         #: fd -> the zygote's end of a child's channel (requests from the child come on it)
         self.channels: dict[int, socket.socket] = {}
+
+    def wake_on_signals(self) -> None:
+        """Make a signal wake :meth:`step` from its ``select()`` (main thread only): the
+        interpreter writes a byte to a socket the selector watches (``signal.set_wakeup_fd``)
+        when a signal comes. Without it a SIGTERM that lands between the interpreter's last
+        look at pending signals and the ``epoll_wait()`` that follows ran its handler only
+        at the next request: the zygote of a CI run, idle, outlived its SIGTERM."""
+        r, w = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        r.setblocking(False)
+        w.setblocking(False)
+        signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
+        self.wake = (r, w)
+        self.sel.register(r, selectors.EVENT_READ, "wakeup")
 
     def serve(self) -> tuple[proto.RunSpec, list[str]]:
         """Serve until SIGTERM; in a forked child, return what it runs."""
@@ -377,6 +392,12 @@ class Server:
                 except OSError:
                     continue
                 child = self._handle(conn)
+            elif key.data == "wakeup":  # a signal came: its handler runs as this returns
+                try:
+                    while key.fileobj.recv(4096):  # type: ignore[union-attr]
+                        pass
+                except OSError:  # BlockingIOError: drained
+                    pass
             elif key.data == "caller":
                 self._caller(key.fd)
             elif key.data == "channel":
@@ -535,6 +556,11 @@ class Server:
     def _close_all(self) -> None:
         """In the child: close every fd of the zygote (listener, selector, pidfds, others'
         connections and channels)."""
+        if self.wake is not None:
+            signal.set_wakeup_fd(-1)
+            for sock in self.wake:
+                sock.close()
+            self.wake = None
         self.sel.close()
         self.listener.close()
         for pidfd, (_pid, conn) in self.children.items():
@@ -569,6 +595,7 @@ def main(argv: list[str] | None = None) -> None:
     rt = schedpolicy.set_fifo_reset_on_fork()
     me = os.getpid()
     # SIGTERM ends the zygote (its socket removed); its children live on (each its own session)
+    server.wake_on_signals()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     t0 = time.monotonic()
     os.environ.pop(ROOM_ENV, None)

@@ -197,3 +197,50 @@ def test_an_event_for_a_connection_closed_earlier_in_the_same_batch_is_skipped(t
             s.close()
         server.sel.close()
         server.listener.close()
+
+
+def test_a_signal_that_came_before_the_select_still_wakes_the_server(tmp_path):
+    """The zygote's SIGTERM handler runs only when its loop returns from ``select()``. A signal
+    that lands just before the ``epoll_wait()`` (after the interpreter's last look at pending
+    signals) must still end the wait: with :meth:`Server.wake_on_signals` the interpreter
+    writes a byte to a socket the selector watches. Here the signal is taken (its handler
+    runs) before ``step()`` is called, which is what that race leaves; ``step()`` then returns
+    at once instead of waiting for a request that may never come."""
+    import threading
+    import time
+
+    from testbed.lab.zygote import Server
+
+    server = Server(str(tmp_path / "z.sock"))
+    seen: list[int] = []
+    old_handler = signal.signal(signal.SIGUSR1, lambda sig, _frame: seen.append(sig))
+    old_fd = signal.set_wakeup_fd(-1)
+    try:
+        server.wake_on_signals()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        while not seen:  # the handler runs between two bytecodes, as in the zygote's loop
+            time.sleep(0.001)
+        done = threading.Event()
+
+        def knock() -> None:  # if the wait did not end: a connection ends it, the test fails
+            if not done.is_set():
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.connect(str(tmp_path / "z.sock"))
+
+        watchdog = threading.Timer(10, knock)
+        watchdog.start()
+        t0 = time.monotonic()
+        assert server.step(None) is None
+        done.set()
+        watchdog.cancel()
+        assert time.monotonic() - t0 < 5 and seen == [signal.SIGUSR1]
+        os.kill(os.getpid(), signal.SIGUSR1)  # and again: the wake-up socket was drained, not closed
+        while len(seen) < 2:
+            time.sleep(0.001)
+        t0 = time.monotonic()
+        assert server.step(5) is None and seen == [signal.SIGUSR1] * 2
+        assert time.monotonic() - t0 < 4
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        signal.signal(signal.SIGUSR1, old_handler)
+        server._close_all()
