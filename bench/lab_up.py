@@ -327,6 +327,7 @@ def floor_one(nodes: int, pods: int, workdir: Path) -> dict:
 
     from kernel.netns import entered
     from testbed.k8s.images import BUSYBOX
+    from testbed.lab import kubeadm
     from testbed.lab.topology import load
 
     name = f"floor{nodes}-{os.getpid() % 10000}"
@@ -366,14 +367,9 @@ def floor_one(nodes: int, pods: int, workdir: Path) -> dict:
         # healthy); its data on a tmpfs, as the lab's is
         cp_ip = str(topo.node(cp.name).address)
         etcd_dir = tempfile.mkdtemp(prefix=f"{name}-etcd-", dir="/dev/shm")
-        procs.append(hosts[cp.name].popen(
-            [shutil.which("etcd") or "etcd", f"--name={cp.name}", f"--data-dir={etcd_dir}",
-             f"--listen-client-urls=http://{cp_ip}:2379,http://127.0.0.1:2379",
-             f"--advertise-client-urls=http://{cp_ip}:2379", "--listen-peer-urls=http://127.0.0.1:2380",
-             "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-             f"--initial-cluster={cp.name}=http://127.0.0.1:2380", f"--initial-cluster-token={name}",
-             "--heartbeat-interval=10", "--election-timeout=100", "--snapshot-count=10000",
-             "--log-level=warn"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        argv = kubeadm.etcd_command(cp.name, cp_ip, name, etcd_dir)
+        procs.append(hosts[cp.name].popen([shutil.which("etcd") or "etcd", *argv[1:]],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         ips = []
         for j, node in enumerate(floor_placement(topo, pods)):
             pod, veth = f"{name}-p{j}", f"fp{j}"

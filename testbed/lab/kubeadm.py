@@ -168,6 +168,22 @@ def _static(name: str, image: str, command: list[str], volumes: list[tuple[str, 
     }
 
 
+def etcd_command(cp: str, ip: str, token: str, data_dir: str = "/var/lib/etcd") -> list[str]:
+    """The control plane's etcd command line: one member named ``cp``, clients on ``ip`` and
+    127.0.0.1 (also what bench/lab_up.py's floor starts)."""
+    return [
+        "etcd", f"--name={cp}", f"--data-dir={data_dir}",
+        f"--listen-client-urls=http://{ip}:2379,http://127.0.0.1:2379",
+        f"--advertise-client-urls=http://{ip}:2379",
+        "--listen-peer-urls=http://127.0.0.1:2380", "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+        f"--initial-cluster={cp}=http://127.0.0.1:2380", f"--initial-cluster-token={token}",
+        # one member, so the election timeout only delays its first (and only) election: a
+        # fresh member waits a random 1-2 timeouts less the ticks etcd advances (kubeadm keeps
+        # etcd's 100/1000 ms; 50/500 gave 0.12-0.37 s to /health, 10/100 0.07-0.12 s, 8 runs each)
+        "--heartbeat-interval=10", "--election-timeout=100", "--snapshot-count=10000",
+        "--logger=zap", "--log-outputs=stderr", "--log-level=warn"]
+
+
 def static_pods(state: dict, pod_cidr: str) -> dict[str, dict]:
     """The control plane's static pod manifests (file name -> pod), as kubeadm writes them
     to /etc/kubernetes/manifests, with the flags calicolab's components take."""
@@ -175,18 +191,8 @@ def static_pods(state: dict, pod_cidr: str) -> dict[str, dict]:
     cp = state["control_plane"]
     ip = state["hosts"][cp]["address"]
     return {
-        "etcd.yaml": _static("etcd", ETCD_IMAGE, [
-            "etcd", f"--name={cp}", "--data-dir=/var/lib/etcd",
-            f"--listen-client-urls=http://{ip}:2379,http://127.0.0.1:2379",
-            f"--advertise-client-urls=http://{ip}:2379",
-            "--listen-peer-urls=http://127.0.0.1:2380", "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-            f"--initial-cluster={cp}=http://127.0.0.1:2380", f"--initial-cluster-token={lab}",
-            # one member, so the election timeout only delays its first (and only) election: a
-            # fresh member waits a random 1-2 timeouts less the ticks etcd advances (kubeadm keeps
-            # etcd's 100/1000 ms; 50/500 gave 0.12-0.37 s to /health, 10/100 0.07-0.12 s, 8 runs each)
-            "--heartbeat-interval=10", "--election-timeout=100", "--snapshot-count=10000",
-            "--logger=zap", "--log-outputs=stderr", "--log-level=warn"],
-            [("etcd-data", "/var/lib/etcd", "DirectoryOrCreate")]),
+        "etcd.yaml": _static("etcd", ETCD_IMAGE, etcd_command(cp, ip, lab),
+                             [("etcd-data", "/var/lib/etcd", "DirectoryOrCreate")]),
         "kube-apiserver.yaml": _static("kube-apiserver", _image("kube-apiserver"), [
             "kube-apiserver", f"--advertise-address={ip}", "--bind-address=0.0.0.0", "--secure-port=6443",
             "--etcd-servers=http://127.0.0.1:2379", "--cert-dir=/etc/kubernetes/pki",

@@ -210,6 +210,7 @@ def test_a_signal_that_came_before_the_select_still_wakes_the_server(tmp_path):
     import time
 
     from testbed.lab.zygote import Server
+    from testbed.poll import wait_for
 
     server = Server(str(tmp_path / "z.sock"))
     seen: list[int] = []
@@ -218,8 +219,8 @@ def test_a_signal_that_came_before_the_select_still_wakes_the_server(tmp_path):
     try:
         server.wake_on_signals()
         os.kill(os.getpid(), signal.SIGUSR1)
-        while not seen:  # the handler runs between two bytecodes, as in the zygote's loop
-            time.sleep(0.001)
+        # the handler runs between two bytecodes, as in the zygote's loop
+        wait_for(lambda: seen, timeout=5, interval=0.001, what="the SIGUSR1 handler")
         done = threading.Event()
 
         def knock() -> None:  # if the wait did not end: a connection ends it, the test fails
@@ -235,8 +236,7 @@ def test_a_signal_that_came_before_the_select_still_wakes_the_server(tmp_path):
         watchdog.cancel()
         assert time.monotonic() - t0 < 5 and seen == [signal.SIGUSR1]
         os.kill(os.getpid(), signal.SIGUSR1)  # and again: the wake-up socket was drained, not closed
-        while len(seen) < 2:
-            time.sleep(0.001)
+        wait_for(lambda: len(seen) == 2, timeout=5, interval=0.001, what="the second SIGUSR1")
         t0 = time.monotonic()
         assert server.step(5) is None and seen == [signal.SIGUSR1] * 2
         assert time.monotonic() - t0 < 4
