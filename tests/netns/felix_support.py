@@ -108,8 +108,12 @@ class Topo:
         p = self.spawn(node, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
         line = p.stdout.readline()
         if line.strip() != "ready":
-            p.kill()
-            raise AssertionError(f"tunnel in {node} did not start: {line!r} {p.stderr.read()}")
+            try:  # how it ended (a signal shows as a negative code), before we end it ourselves
+                how = f"exit {p.wait(timeout=5)}"
+            except subprocess.TimeoutExpired:
+                p.kill()
+                how = "still running: killed"
+            raise AssertionError(f"tunnel in {node} did not start ({how}): {line!r} {p.stderr.read()}")
         return p
 
     def bpf_dir(self, node: str) -> str:
