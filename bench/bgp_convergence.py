@@ -66,9 +66,10 @@ def one_run(bench: Bench, impl: str, timeout: float) -> dict:
         w.wait(lambda: all(w.when(ns, NEW_BLOCK) is not None for ns in others), timeout,
                f"{impl}: new block everywhere")
         t_new = w.last_arrival(others, {NEW_BLOCK})
+        cpu = sum(d.cpu_s() for d in bench.daemons)
         return {"impl": impl, "nodes": n, "spawn_all_s": round(t_spawned - t0, 3),
                 "converged_s": round(t_conv - t0, 3),
-                "new_block_ms": round((t_new - t_apply) * 1000, 1)}
+                "new_block_ms": round((t_new - t_apply) * 1000, 1), "cpu_s": round(cpu, 2)}
     except (TimeoutError, RuntimeError):
         for d in bench.daemons[:3]:
             print(f"--- {d.kind} {d.node.ns} log:\n{d.log_tail()}", file=sys.stderr)
@@ -104,7 +105,7 @@ def main() -> int:
                     r["load1"] = load()[0]
                     runs.append(r)
                     print(f"  N={n} rep {rep} {impl}: converged {r['converged_s']} s, "
-                          f"new block {r['new_block_ms']} ms", file=sys.stderr)
+                          f"new block {r['new_block_ms']} ms, {r['cpu_s']} CPU-s", file=sys.stderr)
         finally:
             bench.close()
         row = {"nodes": n}
@@ -112,10 +113,12 @@ def main() -> int:
             mine = [r for r in runs if r["nodes"] == n and r["impl"] == impl]
             row[f"{impl}_converged_s"] = median([r["converged_s"] for r in mine])
             row[f"{impl}_new_block_ms"] = median([r["new_block_ms"] for r in mine])
+            row[f"{impl}_cpu_s"] = median([r["cpu_s"] for r in mine])
         if len(impls) == 2:
             a, b = impls
             row["converged_ratio"] = round(row[f"{a}_converged_s"] / row[f"{b}_converged_s"], 2)
             row["new_block_ratio"] = round(row[f"{a}_new_block_ms"] / row[f"{b}_new_block_ms"], 2)
+            row["cpu_ratio"] = round(row[f"{a}_cpu_s"] / row[f"{b}_cpu_s"], 2) if row[f"{b}_cpu_s"] else None
         summary.append(row)
     load_after = load()
     print_table(f"BGP mesh convergence and new-block propagation (medians of {args.repeat}, "

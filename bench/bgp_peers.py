@@ -262,6 +262,15 @@ class Daemon:
                                      cwd=ROOT, env=self.env(), stdin=subprocess.DEVNULL,
                                      stdout=open(self.logf, "ab"), stderr=subprocess.STDOUT)
 
+    def cpu_s(self) -> float:
+        """The daemon's own CPU time so far (user + system, seconds; ``ip netns exec`` and
+        ``nice`` exec it, so the process started is the daemon)."""
+        if self.proc is None:
+            return 0.0
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def reconfigure(self) -> None:
         """Rewrite the file from ``node`` and send SIGHUP."""
         self.write_config()
