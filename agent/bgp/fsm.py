@@ -125,10 +125,18 @@ class OpenAccepted:
 
 @dataclass(frozen=True)
 class Down:
-    """The session left Established (or failed to get there)."""
+    """The session left Established (or failed to get there).
+
+    ``error``: it ended on a protocol error, where BIRD delays the session's next start by
+    its error wait (``bgp_update_startup_delay``): a NOTIFICATION other than Cease sent
+    (hold timer expired, a malformed or unexpected message, a refused OPEN) or received. A
+    connection that was closed or lost is not one: BIRD connects again after its connect
+    delay (``bgp_sock_err`` -> ``bgp_active``), e.g. when the peer closed it because it does
+    not know us yet ("Unexpected connect from unknown address")."""
 
     reason: str
     was_established: bool
+    error: bool = False
 
 
 @dataclass(frozen=True)
@@ -221,8 +229,12 @@ class FSM:
         return M.Open(asn=self.config.local_as, hold_time=int(t.hold),
                       router_id=self.config.router_id, capabilities=list(self.config.capabilities))
 
-    def _fail(self, reason: str, notify: E.BGPError | None = None) -> list:
+    def _fail(self, reason: str, notify: E.BGPError | None = None, error: bool | None = None) -> list:
+        """Close the session: NOTIFICATION ``notify`` if connected, then Down. ``error``
+        (:class:`Down`): default, whether ``notify`` is an error other than Cease."""
         was = self.state == State.ESTABLISHED
+        if error is None:
+            error = notify is not None and notify.code != E.CEASE
         acts: list = []
         if notify is not None and self.state not in (State.IDLE, State.CONNECT, State.ACTIVE):
             acts.append(Send(M.Notification(notify.code, notify.subcode, notify.data)))
@@ -230,7 +242,7 @@ class FSM:
         self.state = State.IDLE
         self.connecting = False
         self.last_error = reason
-        acts.append(Down(reason, was))
+        acts.append(Down(reason, was, error))
         return acts
 
     def _hold_timer(self) -> list:
@@ -300,7 +312,7 @@ class FSM:
             return []
         msg = ev.msg
         if isinstance(msg, M.Notification):
-            return self._fail(f"received NOTIFICATION: {msg.describe()}")
+            return self._fail(f"received NOTIFICATION: {msg.describe()}", error=msg.code != E.CEASE)
 
         if st == State.OPENSENT:
             if not isinstance(msg, M.Open):
@@ -349,6 +361,20 @@ class FSM:
             return E.OpenMessageError(E.BAD_PEER_AS, f"peer AS {msg.asn}, expected "
                                                      f"{self.config.peer_as}", data)
         return None
+
+
+#: BIRD's floor on the wait before a connection attempt (``bgp_active``: ``MAX(1, connect
+#: delay time)``)
+CONNECT_DELAY_FLOOR = 1.0
+
+
+def reconnect_wait(timers: Timers) -> float:
+    """How long a session whose connection was closed or lost (no protocol error) waits
+    before it starts again; its connect delay follows, so the connection is made after
+    BIRD's ``MAX(1, connect delay time)`` (a lab's 0.1 s connect delay, meant for the first
+    connect of a node that starts with every other, does not make a peer that closes at
+    once be called ten times a second)."""
+    return max(0.0, CONNECT_DELAY_FLOOR - timers.connect_delay)
 
 
 def error_wait(failures: int, timers: Timers) -> float:

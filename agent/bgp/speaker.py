@@ -169,7 +169,7 @@ class Connection:
             self.peer.on_up(self, act.peer_open)
         elif isinstance(act, F.Down):
             self._close()
-            self.peer.on_down(self, act.reason, act.was_established)
+            self.peer.on_down(self, act.reason, act.was_established, act.error)
         elif isinstance(act, F.Deliver):
             self.peer.on_message(act.msg)
 
@@ -486,8 +486,11 @@ class Peer:
         self.adj_out = {}
         self.speaker.on_peer_up(self)
 
-    def on_down(self, conn: Connection, reason: str, was_established: bool) -> None:
-        """A connection ended."""
+    def on_down(self, conn: Connection, reason: str, was_established: bool, error: bool = False) -> None:
+        """A connection ended; ``error``: on a protocol error (:class:`agent.bgp.fsm.Down`),
+        after which the session starts again only after the error wait, as BIRD's does. A
+        connection closed or lost starts again after BIRD's connect delay floor
+        (:func:`agent.bgp.fsm.reconnect_wait`)."""
         if conn in self.incoming:
             self.incoming.remove(conn)
         if self.stopped:
@@ -508,8 +511,12 @@ class Peer:
         self.info = reason
         if conn is self.main or (was_established and self.main is None) or (
                 self.main is not None and self.main.closed):
-            self.failures += 1
-            wait = F.error_wait(self.failures, self.speaker.config.timers)
+            timers = self.speaker.config.timers
+            if error:
+                self.failures += 1
+                wait = F.error_wait(self.failures, timers)
+            else:
+                wait = F.reconnect_wait(timers)
             if self.config.passive:
                 wait = 0
             self.main = None

@@ -182,6 +182,28 @@ def test_passive_rule_larger_string_waits(lab):
     assert f"{b}:179" in out and f"{a}:179" not in out, out
 
 
+def test_a_peer_that_closes_our_connection_is_called_again_after_the_connect_delay(lab):
+    """A lab's nodes start together, and a passive node whose config does not list a new
+    peer yet closes that peer's connection (BIRD: "Unexpected connect from unknown
+    address"). BIRD tries again after MAX(1 s, connect delay), not after its error wait,
+    which follows protocol errors only; so does the speaker. The error wait here is 30 s:
+    three refusals within the deadline show the retries came after the connect delay."""
+    a_ns, a = lab.add_node(host=9)      # active towards .10 (the larger string waits)
+    b_ns, b = lab.add_node(host=10)
+    slow_errors = Timers(hold=9, connect_delay=0.1, connect_retry=1, error_wait_min=30, error_wait_max=30)
+    active = SpeakerThread(mesh_config(a, [a, b], [], timers=slow_errors), netns=a_ns)
+    passive = SpeakerThread(mesh_config(b, [b], [], timers=slow_errors), netns=b_ns)  # knows no peer yet
+    lab.speakers += [active, passive]
+    active.start()
+    passive.start()
+    wait_for(lambda: passive.status()["counters"]["rejected"], lambda n: n >= 3, timeout=SETTLE,
+             what="three connections from the unknown peer refused")
+    assert active.status()["established"] == 0
+    passive.apply(mesh_config(b, [a, b], [], timers=slow_errors))
+    wait_for(lambda: [s.status()["established"] for s in (active, passive)], lambda v: v == [1, 1],
+             timeout=SETTLE, what="the session once the passive side knows its peer")
+
+
 def test_withdrawal_and_reannouncement_follow_config(lab):
     speakers = start_mesh(lab, 3)
     ns1 = lab.nodes[1][0]

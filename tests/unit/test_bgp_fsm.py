@@ -74,8 +74,48 @@ def test_hold_timer_expiry_sends_notification_4():
     establish(f)
     acts = f.handle(F.TimerExpired("hold"))
     assert acts[0] == F.Send(M.Notification(E.HOLD_TIMER_EXPIRED, 0))
-    assert F.Drop() in acts and acts[-1] == F.Down("hold timer expired", True)
+    assert F.Drop() in acts and acts[-1] == F.Down("hold timer expired", True, error=True)
     assert f.state is F.State.IDLE
+
+
+def opensent(f):
+    f.handle(F.ManualStart())
+    f.handle(F.TimerExpired("connect_retry"))
+    f.handle(F.TcpConnected())
+    assert f.state is F.State.OPENSENT
+
+
+def test_only_protocol_errors_count_as_errors_for_the_error_wait():
+    """BIRD delays a session's next start by its error wait after a NOTIFICATION other than
+    Cease, sent or received (bgp_error / bgp_rx_notification call bgp_update_startup_delay);
+    a connection closed or lost is tried again after the connect delay (bgp_sock_err)."""
+    f = F.FSM(cfg())
+    opensent(f)   # e.g. a passive peer that does not know us yet closes the connection
+    assert f.handle(F.TcpFailed("connection closed"))[-1] == F.Down("connection closed", False, error=False)
+    f = F.FSM(cfg())
+    establish(f)
+    assert f.handle(F.TcpFailed("connection closed"))[-1] == F.Down("connection closed", True, error=False)
+    f = F.FSM(cfg())
+    establish(f)
+    down = f.handle(F.MessageReceived(M.Notification(E.CEASE, 2)))[-1]
+    assert isinstance(down, F.Down) and down.error is False       # Cease: no error wait
+    f = F.FSM(cfg())
+    opensent(f)
+    down = f.handle(F.MessageReceived(M.Notification(E.OPEN_MESSAGE_ERROR, E.BAD_PEER_AS)))[-1]
+    assert isinstance(down, F.Down) and down.error is True
+    f = F.FSM(cfg())
+    opensent(f)
+    down = f.handle(peer_open(asn=65000))[-1]                  # we refuse its OPEN: 2/2 sent
+    assert isinstance(down, F.Down) and down.error is True
+    f = F.FSM(cfg())
+    opensent(f)
+    down = f.handle(F.ManualStop())[-1]                        # administrative: Cease
+    assert isinstance(down, F.Down) and down.error is False
+
+
+def test_reconnect_wait_is_birds_connect_delay_floor():
+    assert F.reconnect_wait(F.Timers(connect_delay=0.1)) == pytest.approx(0.9)   # 1 s in all
+    assert F.reconnect_wait(F.Timers()) == 0.0                                   # Calico's 2 s
 
 
 def test_bad_peer_as_and_own_router_id():

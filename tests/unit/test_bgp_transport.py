@@ -7,7 +7,9 @@ from ipaddress import IPv4Address as A
 
 import pytest
 
+from agent.bgp import errors as E
 from agent.bgp import fsm as F
+from agent.bgp import messages as M
 from agent.bgp.config import PeerConfig, SpeakerConfig
 from agent.bgp.speaker import Connection, Peer, Speaker
 
@@ -180,3 +182,39 @@ def test_sessions_the_daemon_accepts_run_without_nagle():
         return got
 
     assert asyncio.run(main()) == [1]
+
+
+def test_a_connection_the_peer_closes_is_tried_again_after_the_connect_delay_not_the_error_wait():
+    """A passive peer that does not know us yet closes our connection (BIRD: "Unexpected
+    connect from unknown address"). BIRD connects again after MAX(1 s, its connect delay);
+    the error wait (5 s doubling to 30 s) follows protocol errors only. A 100-node lab's
+    control plane closed 4-30 workers' first connections this way at start-up, and each
+    session then came up 4-17 s later."""
+    async def main() -> None:
+        conn, _started = attempt_in_flight()
+        peer = conn.peer
+        peer.main, peer.stopped = conn, False
+        conn._connecting.cancel()
+        conn._connecting = None
+        conn.feed(F.TcpConnected())
+        assert conn.state is F.State.OPENSENT
+        loop = asyncio.get_running_loop()
+        conn.feed(F.TcpFailed("connection closed"))
+        assert peer.main is None and peer.failures == 0
+        assert peer.restart_handle.when() - loop.time() == pytest.approx(0.9, abs=0.05)  # 1 s - 0.1 s
+        peer.restart_handle.cancel()
+
+        conn2 = Connection(peer, incoming=False)       # and a protocol error: the error wait
+        peer.main = conn2
+        conn2._connect = lambda attempt: asyncio.sleep(3600)
+        conn2.feed(F.ManualStart())
+        conn2._fire("connect_retry")
+        conn2._connecting.cancel()
+        conn2._connecting = None
+        conn2.feed(F.TcpConnected())
+        conn2.feed(F.MessageReceived(M.Notification(E.OPEN_MESSAGE_ERROR, E.BAD_PEER_AS)))
+        assert peer.failures == 1
+        assert peer.restart_handle.when() - loop.time() == pytest.approx(5, abs=0.05)  # Calico's 5 s
+        peer.restart_handle.cancel()
+
+    asyncio.run(main())
