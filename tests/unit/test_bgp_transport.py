@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from ipaddress import IPv4Address as A
+from ipaddress import IPv4Network
 
 import pytest
 
@@ -11,6 +12,7 @@ from agent.bgp import errors as E
 from agent.bgp import fsm as F
 from agent.bgp import messages as M
 from agent.bgp.config import PeerConfig, SpeakerConfig
+from agent.bgp.prefix import parse
 from agent.bgp.speaker import Connection, Peer, Speaker
 
 pytestmark = pytest.mark.unit
@@ -218,3 +220,71 @@ def test_a_connection_the_peer_closes_is_tried_again_after_the_connect_delay_not
         peer.restart_handle.cancel()
 
     asyncio.run(main())
+
+
+class _Session:
+    """An Established session that records what is sent (the export path's only use of it)."""
+
+    state = F.State.ESTABLISHED
+    send_addpath = False
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send_raw(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+def _mesh_speaker(*peers: tuple[str, int]) -> tuple[Speaker, dict[str, Peer]]:
+    me = A("172.30.0.10")
+    sp = Speaker(SpeakerConfig(router_id=me, local_as=64512, local_address=me,
+                               export_pools=(IPv4Network("192.168.0.0/16"),)), program_kernel=False)
+    out = {}
+    for i, (name, asn) in enumerate(peers):
+        p = Peer(sp, PeerConfig(name, A(f"172.30.0.{11 + i}"), asn))
+        p.session = _Session()
+        sp.peers[name] = out[name] = p
+    return sp, out
+
+
+def _learn(sp: Speaker, peer: Peer, prefix: str) -> set[int]:
+    upd = M.Update(attributes=M.Attributes(origin=0, next_hop=peer.config.address, local_pref=100),
+                   nlri=[parse(prefix)])
+    return sp.rib.apply_update(peer.info_for_rib(), upd)
+
+
+def _updates(session: _Session) -> list[M.Update]:
+    data = b"".join(session.sent)
+    out = []
+    while data:
+        n = int.from_bytes(data[16:18], "big")
+        out.append(M.decode(data[:n]))
+        data = data[n:]
+    return out
+
+
+def test_a_route_learned_in_a_full_mesh_is_sent_to_no_ibgp_peer_and_still_to_an_ebgp_one():
+    """Split horizon: a route learned from an iBGP peer goes to no other iBGP peer (no route
+    reflection configured). Such a round skips the iBGP peers altogether; an eBGP peer still
+    gets the route, and an iBGP peer that had been sent the prefix gets its withdrawal."""
+    sp, peers = _mesh_speaker(("Mesh_172_30_0_11", 64512), ("Mesh_172_30_0_12", 64512),
+                              ("Global_172_30_0_13", 65001))
+    calls = []
+    real = sp._export_items_to
+    sp._export_items_to = lambda peer, *a: calls.append(peer.config.name) or real(peer, *a)
+    sp._pending_export = _learn(sp, peers["Mesh_172_30_0_11"], "192.168.5.0/26")
+    sp._flush_export()
+    assert calls == ["Global_172_30_0_13"]                     # not one iBGP peer visited
+    assert not peers["Mesh_172_30_0_12"].session.sent
+    (upd,) = _updates(peers["Global_172_30_0_13"].session)
+    assert upd.nlri == [parse("192.168.5.0/26")]
+
+    # an iBGP peer that was sent the prefix before (e.g. when it was ours) is sent its withdrawal
+    pfx = parse("192.168.6.0/26")
+    peers["Mesh_172_30_0_12"].adj_out[pfx] = M.Attributes(origin=0, next_hop=A("172.30.0.10"))
+    calls.clear()
+    sp._pending_export = _learn(sp, peers["Mesh_172_30_0_11"], "192.168.6.0/26")
+    sp._flush_export()
+    assert sorted(calls) == ["Global_172_30_0_13", "Mesh_172_30_0_12"]
+    (wd,) = _updates(peers["Mesh_172_30_0_12"].session)
+    assert wd.withdrawn == [pfx] and pfx not in peers["Mesh_172_30_0_12"].adj_out
