@@ -282,30 +282,35 @@ def observe_during_up(lab: str, nodes: int, pods: int, t0: float, cancel: thread
                       wait: float = 300.0) -> dict:
     """:func:`observe` started while ``up`` is still running: as soon as the lab's state names
     its control-plane node, its admin kubeconfig exists and the API server answers (polled
-    every 0.1 s, at most ``wait`` s). ``up`` returns only when calico-node is ready on every
-    node (every BGP session Established), which at 100 nodes is ~30 s after the Nodes are
-    Ready: observing only after it returned put up's return time into every column. Watches list first, so nothing that happened before they began is missed; only its
-    time would be late (by at most the API server's first answer, before any Node exists)."""
+    every 0.1 s, at most ``wait`` s; ``cancel`` set ends the wait). ``up`` returns only when
+    calico-node is ready on every node (every BGP session Established), which at 100 nodes
+    is ~30 s after the Nodes are Ready: observing only after it returned put up's return
+    time into every column. Watches list first, so nothing that happened before they began
+    is missed; only its time would be late (by at most the API server's first answer,
+    before any Node exists)."""
     from testbed.lab import kubeadm
     from testbed.lab.state import read_state
 
-    deadline = time.monotonic() + wait
-    last = "no lab state yet"
-    while time.monotonic() < deadline and not cancel.is_set():
+    def api_ready() -> tuple[str, str] | str:
+        """(control-plane netns, admin kubeconfig) once the API server answers, else why not."""
+        if cancel.is_set():
+            raise RuntimeError(f"cancelled: lab {lab} did not come up")
         st = read_state(lab)
-        if st and st.get("control_plane") in st.get("hosts", {}):
-            cp_ns = st["hosts"][st["control_plane"]]["netns"]
-            conf = kubeadm.admin_conf(st)
-            if not Path("/run/netns", cp_ns).exists():
-                last = f"netns {cp_ns} not made yet"
-            elif not conf.exists():
-                last = f"{conf} not written yet"
-            elif nsmod.run_in(cp_ns, _api_answers, str(conf)):
-                return nsmod.run_in(cp_ns, observe, str(conf), nodes, pods, t0, cancel=cancel)
-            else:
-                last = "the API server does not answer yet"
-        cancel.wait(0.1)
-    raise RuntimeError(f"could not start observing lab {lab}: {last}")
+        if not st or st.get("control_plane") not in st.get("hosts", {}):
+            return "no lab state naming the control plane yet"
+        cp_ns = st["hosts"][st["control_plane"]]["netns"]
+        conf = kubeadm.admin_conf(st)
+        if not Path("/run/netns", cp_ns).exists():
+            return f"netns {cp_ns} not made yet"
+        if not conf.exists():
+            return f"{conf} not written yet"
+        if not nsmod.run_in(cp_ns, _api_answers, str(conf)):
+            return "the API server does not answer yet"
+        return cp_ns, str(conf)
+
+    cp_ns, conf = wait_for(api_ready, lambda r: isinstance(r, tuple), timeout=wait, interval=0.1,
+                           max_interval=0.1, what=f"lab {lab}'s API server, to start observing")
+    return nsmod.run_in(cp_ns, observe, conf, nodes, pods, t0, cancel=cancel)
 
 
 def floor_placement(topo, pods: int) -> list[str]:
@@ -422,21 +427,17 @@ def floor_one(nodes: int, pods: int, workdir: Path) -> dict:
 
 def etcd_healthy(ip: str, timeout: float = 30.0) -> float:
     """Epoch at which etcd on ``ip`` first answers ``/health`` with ``"health":"true"`` (polled
-    every 10 ms; the caller's netns); RuntimeError naming the last answer after ``timeout``."""
+    every 10 ms; the caller's netns); :class:`testbed.poll.WaitTimeout` naming the last
+    answer after ``timeout``."""
     import urllib.request
 
-    deadline, last = time.monotonic() + timeout, "no answer"
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://{ip}:2379/health", timeout=1) as resp:
-                body = resp.read().decode()
-            if '"health":"true"' in body.replace(" ", ""):
-                return time.time()
-            last = body.strip()
-        except OSError as exc:
-            last = str(exc)
-        time.sleep(0.01)
-    raise RuntimeError(f"the floor's etcd on {ip} not healthy after {timeout:.0f}s (last: {last})")
+    def health() -> str:
+        with urllib.request.urlopen(f"http://{ip}:2379/health", timeout=1) as resp:
+            return resp.read().decode()
+
+    wait_for(health, lambda body: '"health":"true"' in body.replace(" ", ""), timeout=timeout,
+             interval=0.01, max_interval=0.01, what=f"the floor's etcd on {ip} healthy", ignore=(OSError,))
+    return time.time()
 
 
 def run_one(nodes: int, pods: int, workdir: Path, datastore: str | None = None) -> dict:
