@@ -23,6 +23,7 @@ from agent.bgp import prefix as PF
 from agent.bgp.config import PeerConfig, SpeakerConfig
 from agent.bgp.rib import RIB, PeerInfo
 from agent.bgp.routes import KernelRoute, pool_class, route_for
+from agent.bgp.wire import Wire
 from agent.clock import Clock
 from kernel.base import Kernel
 
@@ -107,12 +108,11 @@ class Connection:
         self.peer = peer
         self.incoming = incoming
         self.fsm = F.FSM(peer.fsm_config(), incoming=incoming)
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
+        self.transport: asyncio.Transport | None = None  # the connected socket's
+        self.wire: Wire | None = None                     # its reader (framing)
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.deadlines: dict[str, float] = {}  # each running timer's deadline (loop time)
         self._connecting: asyncio.Task | None = None  # the outgoing connect in flight
-        self._reading: asyncio.Task | None = None     # the reader of the connected socket
         self._attempt = 0  # numbers connect attempts: a superseded one never reports back
         self._tcp_up = False  # the attempt in flight has a connected socket (its transport comes)
         self.recv_addpath = False   # NLRI from the peer carry path ids
@@ -151,7 +151,7 @@ class Connection:
             if old:
                 old.cancel()
         elif isinstance(act, F.Connect):
-            assert self._connecting is None and self.writer is None, "second transport"
+            assert self._connecting is None and self.transport is None, "second transport"
             self._attempt += 1
             self._connecting = loop.create_task(self._connect(self._attempt))
         elif isinstance(act, F.Send):
@@ -204,36 +204,39 @@ class Connection:
 
     def send(self, msg: object) -> None:
         """Write one message (no-op when the socket is gone)."""
-        if self.writer is None or self.writer.is_closing():
+        tr = self.transport
+        if tr is None or tr.is_closing():
             return
         if isinstance(msg, M.Open):
-            self.writer.write(self.peer.open_bytes(msg))
+            tr.write(self.peer.open_bytes(msg))
             return
-        self.writer.write(M.encode(msg, addpath=self.send_addpath))
+        tr.write(M.encode(msg, addpath=self.send_addpath))
         if isinstance(msg, M.Notification):
             self.peer.last_notification_sent = msg
 
     def send_raw(self, data: bytes) -> None:
         """Write pre-encoded bytes."""
-        if self.writer is not None and not self.writer.is_closing():
-            self.writer.write(data)
+        tr = self.transport
+        if tr is not None and not tr.is_closing():
+            tr.write(data)
 
     def _drop_transport(self) -> None:
         """Close the socket (queued bytes, e.g. a NOTIFICATION, still go out) and abandon
         a connect in flight."""
         self._attempt += 1
         self._tcp_up = False
-        cur = asyncio.current_task()
-        for task in (self._connecting, self._reading):
-            if task is not None and task is not cur:
-                task.cancel()
-        self._connecting = self._reading = None
-        if self.writer is not None:
+        task = self._connecting
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        self._connecting = None
+        if self.wire is not None:
+            self.wire.unbind()
+        if self.transport is not None:
             try:
-                self.writer.close()
+                self.transport.close()
             except Exception:  # noqa: BLE001 - closing a broken socket
                 pass
-        self.reader = self.writer = None
+        self.transport = self.wire = None
 
     def _close(self) -> None:
         """End this Connection: transport and timers."""
@@ -262,7 +265,7 @@ class Connection:
                 sock.close()  # superseded while connecting
                 return
             self._tcp_up = True
-            reader, writer = await asyncio.open_connection(sock=sock)
+            transport, wire = await loop.create_connection(Wire, sock=sock)
         except OSError as exc:
             sock.close()
             if attempt != self._attempt or self.closed:
@@ -278,54 +281,53 @@ class Connection:
             if attempt == self._attempt:
                 self._tcp_up = False
         if attempt != self._attempt or self.closed:
-            writer.close()  # superseded meanwhile
+            transport.close()  # superseded meanwhile
             return
         self._connecting = None
         if not self.peer.accept_outgoing(self):
-            writer.close()
+            transport.close()
             return
-        self.reader, self.writer = reader, writer
+        self.transport, self.wire = transport, wire
         self.feed(F.TcpConnected())
-        if self.writer is writer:  # still ours after the FSM's actions
-            self._reading = asyncio.get_running_loop().create_task(self._read(reader))
+        if self.wire is wire:  # still ours after the FSM's actions
+            wire.bind(self)
 
-    def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def attach(self, transport: asyncio.Transport, wire: Wire) -> None:
         """Use an accepted socket."""
-        self.reader, self.writer = reader, writer
+        self.transport, self.wire = transport, wire
         self.feed(F.ManualStart())
         self.feed(F.TcpConnected())
-        if self.writer is writer:
-            self._reading = asyncio.get_running_loop().create_task(self._read(reader))
+        if self.wire is wire:
+            wire.bind(self)
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        """The one reader of ``reader`` (a Connection's socket has exactly one)."""
+    # ---- the Wire's calls (agent.bgp.wire), on the loop, in the callback that read the bytes
+    def on_wire(self, data: bytes) -> bool:
+        """One whole message from the socket; False once this connection reads no more."""
+        wire = self.wire
         try:
-            while not self.closed and self.reader is reader:
-                head = await reader.readexactly(M.HEADER_LEN)
-                try:
-                    length, _t = M.parse_header(head)
-                except E.BGPError as err:
-                    self.peer.speaker.count("malformed")
-                    self.feed(F.DecodeError(err))
-                    return
-                body = await reader.readexactly(length - M.HEADER_LEN)
-                try:
-                    msg = M.decode(head + body, addpath=self.recv_addpath)
-                except E.BGPError as err:
-                    log.warning("%s: malformed message: %s", self.peer.config.name, err)
-                    self.peer.speaker.count("malformed")
-                    self.feed(F.DecodeError(err))
-                    return
-                if isinstance(msg, M.Update) and msg.treat_as_withdraw:
-                    log.warning("%s: treat-as-withdraw: %s", self.peer.config.name, msg.errors)
-                    self.peer.speaker.count("treat_as_withdraw")
-                if isinstance(msg, M.Notification):
-                    self.peer.last_notification_received = msg
-                self.feed(F.MessageReceived(msg))
-        except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
-            if self.reader is reader:
-                self.feed(F.TcpFailed("connection closed" if isinstance(
-                    exc, asyncio.IncompleteReadError) else f"Socket: {exc}"))
+            msg = M.decode(data, addpath=self.recv_addpath)
+        except E.BGPError as err:
+            log.warning("%s: malformed message: %s", self.peer.config.name, err)
+            self.on_wire_error(err)
+            return False
+        if isinstance(msg, M.Update) and msg.treat_as_withdraw:
+            log.warning("%s: treat-as-withdraw: %s", self.peer.config.name, msg.errors)
+            self.peer.speaker.count("treat_as_withdraw")
+        if isinstance(msg, M.Notification):
+            self.peer.last_notification_received = msg
+        self.feed(F.MessageReceived(msg))
+        return not self.closed and self.wire is wire
+
+    def on_wire_error(self, err: E.BGPError) -> None:
+        """A malformed message: the FSM answers with its NOTIFICATION; nothing more is read."""
+        if self.wire is not None:
+            self.wire.unbind()
+        self.peer.speaker.count("malformed")
+        self.feed(F.DecodeError(err))
+
+    def on_wire_lost(self, reason: str) -> None:
+        """The peer closed the connection, or the socket failed."""
+        self.feed(F.TcpFailed(reason))
 
 
 class Peer:
@@ -423,19 +425,19 @@ class Peer:
         """Live connections."""
         return [c for c in [self.main, *self.incoming] if c is not None and not c.closed]
 
-    def accept_incoming(self, reader, writer) -> None:
+    def accept_incoming(self, transport: asyncio.Transport, wire: Wire) -> None:
         """A TCP connection from this peer's address arrived."""
         if self.stopped:
-            writer.close()
+            transport.close()
             return
         if self.session is not None and self.session.state == F.State.ESTABLISHED:
             # collision with an Established session: the new one loses (RFC 4271 6.8)
-            writer.write(M.encode(M.Notification(E.CEASE, E.CONNECTION_COLLISION_RESOLUTION)))
-            writer.close()
+            transport.write(M.encode(M.Notification(E.CEASE, E.CONNECTION_COLLISION_RESOLUTION)))
+            transport.close()
             return
         conn = Connection(self, incoming=True)
         self.incoming = [c for c in self.incoming if not c.closed] + [conn]
-        conn.attach(reader, writer)
+        conn.attach(transport, wire)
 
     def accept_outgoing(self, conn: Connection) -> bool:
         """Our connect succeeded; keep it unless a session already runs."""
@@ -660,11 +662,12 @@ class Speaker:
             existing = await self._kernel_dump()
             self.kernel_routes = dict(existing)
             self._adopted = set(existing)
+        loop = asyncio.get_running_loop()
         if listener is not None:
-            self.server = await asyncio.start_server(self._accept, sock=listener)
+            self.server = await loop.create_server(self._wire, sock=listener)
         else:
-            self.server = await asyncio.start_server(
-                self._accept, self.config.listen_address, self.config.listen_port,
+            self.server = await loop.create_server(
+                self._wire, self.config.listen_address, self.config.listen_port,
                 reuse_address=True)
         self._set_local()
         for pc in self.config.peers:
@@ -705,15 +708,14 @@ class Speaker:
     async def stop(self, graceful: bool = False) -> None:
         """Stop: Cease to every peer and flush routes; or, with ``graceful``, just drop TCP
         (peers keep our routes for the restart time) and leave kernel routes in place."""
-        writers = [c.writer for p in self.peers.values() for c in p.connections()
-                   if c.writer is not None]
+        wires = [c.wire.lost for p in self.peers.values() for c in p.connections()
+                 if c.wire is not None and c.wire.lost is not None]
         for p in list(self.peers.values()):
             p.stop(notify=not graceful)
         if self.server is not None:
             self.server.close()
-        if writers:  # let NOTIFICATIONs reach the wire before the loop goes away
-            await asyncio.wait([asyncio.ensure_future(w.wait_closed()) for w in writers],
-                               timeout=1.0)
+        if wires:  # let NOTIFICATIONs reach the wire before the loop goes away
+            await asyncio.wait(wires, timeout=1.0)
         if self._scan_task is not None:
             self._scan_task.cancel()
         if self._kernel_retry is not None:
@@ -735,16 +737,19 @@ class Speaker:
         self.peers[pc.name] = peer
         peer.start(since)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        host = writer.get_extra_info("peername")[0]
+    def _wire(self) -> Wire:
+        return Wire(self._accept)
+
+    def _accept(self, transport: asyncio.Transport, wire: Wire) -> None:
+        host = transport.get_extra_info("peername")[0]
         for p in self.peers.values():
             if p.host == host:
                 self.count("accepted")
-                p.accept_incoming(reader, writer)
+                p.accept_incoming(transport, wire)
                 return
         self.count("rejected")
         log.info("rejecting BGP connection from unknown peer %s", host)
-        writer.close()
+        transport.close()
 
     # ---- configuration changes
     async def apply(self, new: SpeakerConfig) -> None:
@@ -767,8 +772,8 @@ class Speaker:
             if (new.listen_port, new.listen_address) != (old.listen_port, old.listen_address) \
                     and self.server is not None:
                 self.server.close()
-                self.server = await asyncio.start_server(
-                    self._accept, new.listen_address, new.listen_port, reuse_address=True)
+                self.server = await asyncio.get_running_loop().create_server(
+                    self._wire, new.listen_address, new.listen_port, reuse_address=True)
         wanted = {p.name: p for p in new.peers}
         for name, peer in list(self.peers.items()):
             if name not in wanted or wanted[name] != peer.config:

@@ -156,9 +156,9 @@ def test_three_node_mesh_programs_tunnel_routes_and_blackholes(lab):
         assert st["established"] == 2, st
         assert all(p["type"] == "node-to-node mesh" and p["state"] == "up" for p in st["peers"])
         # every session's socket sends without Nagle's delay (asyncio's transports set it)
-        nodelay = s.call(lambda s=s: [c.writer.get_extra_info("socket").getsockopt(
+        nodelay = s.call(lambda s=s: [c.transport.get_extra_info("socket").getsockopt(
             socket.IPPROTO_TCP, socket.TCP_NODELAY) for p in s.speaker.peers.values()
-            for c in p.connections() if c.writer is not None])
+            for c in p.connections() if c.transport is not None])
         assert len(nodelay) == 2 and all(nodelay), nodelay
     counters = [s.status()["counters"] for s in speakers]
     assert [c["sessions_up"] for c in counters] == [2, 2, 2] and not any(c["sessions_down"] for c in counters)
