@@ -8,7 +8,8 @@ blocks go to the kernel (``proto bird``). Measured:
 
 * mesh convergence: first daemon spawned -> every node holds every block in its kernel
   (N(N-1)/2 sessions; process start-up, connect delay and route exchange included);
-* new block: a /26 added to node 0's file + SIGHUP -> the route in every other node's kernel.
+* new block: a /26 added to node 0's file + SIGHUP -> the route in every other node's kernel;
+  with it, the CPU each receiver spent meanwhile (``/proc/<pid>/task/*/schedstat``), median.
 
 Prints a table and writes JSON (``--json``). Needs root and bird2. Run under the lock:
 ``flock /work/wt/heavy.lock .venv/bin/python bench/bgp_convergence.py [--sizes 10,30] [--repeat 5]``.
@@ -61,15 +62,21 @@ def one_run(bench: Bench, impl: str, timeout: float) -> dict:
         t_conv = w.last_arrival(nss)
         others = nss[1:]
         nodes[0].blackholes.append(NEW_BLOCK)
+        ran0 = [d.run_ns() for d in bench.daemons]
         t_apply = time.monotonic()
         bench.daemons[0].reconfigure()
         w.wait(lambda: all(w.when(ns, NEW_BLOCK) is not None for ns in others), timeout,
                f"{impl}: new block everywhere")
         t_new = w.last_arrival(others, {NEW_BLOCK})
+        # CPU each receiver spent from the signal until the block was everywhere: what one
+        # UPDATE costs it (the receivers share the machine's CPUs, so this sets the spread)
+        ran = [(d.run_ns() - r0) / 1000 for d, r0 in zip(bench.daemons, ran0, strict=True)]
         cpu = sum(d.cpu_s() for d in bench.daemons)
         return {"impl": impl, "nodes": n, "spawn_all_s": round(t_spawned - t0, 3),
                 "converged_s": round(t_conv - t0, 3),
-                "new_block_ms": round((t_new - t_apply) * 1000, 1), "cpu_s": round(cpu, 2)}
+                "new_block_ms": round((t_new - t_apply) * 1000, 1),
+                "new_block_receiver_cpu_us": round(median(ran[1:]), 1),
+                "new_block_sender_cpu_us": round(ran[0], 1), "cpu_s": round(cpu, 2)}
     except (TimeoutError, RuntimeError):
         for d in bench.daemons[:3]:
             print(f"--- {d.kind} {d.node.ns} log:\n{d.log_tail()}", file=sys.stderr)
@@ -105,7 +112,8 @@ def main() -> int:
                     r["load1"] = load()[0]
                     runs.append(r)
                     print(f"  N={n} rep {rep} {impl}: converged {r['converged_s']} s, "
-                          f"new block {r['new_block_ms']} ms, {r['cpu_s']} CPU-s", file=sys.stderr)
+                          f"new block {r['new_block_ms']} ms (CPU per receiver "
+                          f"{r['new_block_receiver_cpu_us']} us), {r['cpu_s']} CPU-s", file=sys.stderr)
         finally:
             bench.close()
         row = {"nodes": n}
@@ -113,11 +121,14 @@ def main() -> int:
             mine = [r for r in runs if r["nodes"] == n and r["impl"] == impl]
             row[f"{impl}_converged_s"] = median([r["converged_s"] for r in mine])
             row[f"{impl}_new_block_ms"] = median([r["new_block_ms"] for r in mine])
+            row[f"{impl}_rx_cpu_us"] = median([r["new_block_receiver_cpu_us"] for r in mine])
             row[f"{impl}_cpu_s"] = median([r["cpu_s"] for r in mine])
         if len(impls) == 2:
             a, b = impls
             row["converged_ratio"] = round(row[f"{a}_converged_s"] / row[f"{b}_converged_s"], 2)
             row["new_block_ratio"] = round(row[f"{a}_new_block_ms"] / row[f"{b}_new_block_ms"], 2)
+            row["rx_cpu_ratio"] = (round(row[f"{a}_rx_cpu_us"] / row[f"{b}_rx_cpu_us"], 2)
+                                   if row[f"{b}_rx_cpu_us"] else None)
             row["cpu_ratio"] = round(row[f"{a}_cpu_s"] / row[f"{b}_cpu_s"], 2) if row[f"{b}_cpu_s"] else None
         summary.append(row)
     load_after = load()

@@ -271,6 +271,24 @@ class Daemon:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def run_ns(self) -> int:
+        """Nanoseconds the daemon's threads have run so far (``/proc/<pid>/task/*/schedstat``:
+        finer than :meth:`cpu_s`'s clock ticks, for the cost of one UPDATE)."""
+        if self.proc is None:
+            return 0
+        total = 0
+        try:
+            tasks = os.listdir(f"/proc/{self.proc.pid}/task")
+        except OSError:
+            return 0
+        for tid in tasks:
+            try:
+                with open(f"/proc/{self.proc.pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass  # a thread that ended meanwhile
+        return total
+
     def reconfigure(self) -> None:
         """Rewrite the file from ``node`` and send SIGHUP."""
         self.write_config()
