@@ -708,14 +708,14 @@ class Speaker:
     async def stop(self, graceful: bool = False) -> None:
         """Stop: Cease to every peer and flush routes; or, with ``graceful``, just drop TCP
         (peers keep our routes for the restart time) and leave kernel routes in place."""
-        wires = [c.wire.lost for p in self.peers.values() for c in p.connections()
-                 if c.wire is not None and c.wire.lost is not None]
+        closing = [c.wire.lost for p in self.peers.values() for c in p.connections()
+                   if c.wire is not None and c.wire.lost is not None]
         for p in list(self.peers.values()):
             p.stop(notify=not graceful)
         if self.server is not None:
             self.server.close()
-        if wires:  # let NOTIFICATIONs reach the wire before the loop goes away
-            await asyncio.wait(wires, timeout=1.0)
+        if closing:  # let NOTIFICATIONs reach the wire before the loop goes away
+            await asyncio.wait(closing, timeout=1.0)
         if self._scan_task is not None:
             self._scan_task.cancel()
         if self._kernel_retry is not None:

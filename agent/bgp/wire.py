@@ -29,6 +29,7 @@ from agent.bgp import errors as E
 from agent.bgp import messages as M
 
 #: the read buffer: 16 maximum-size messages; compacted when less than one fits at its end
+#: (and doubled if what waits for an owner fills it)
 BUFFER_SIZE = 16 * M.MAX_MESSAGE_LEN
 
 
@@ -59,7 +60,13 @@ class Wire(asyncio.BufferedProtocol):
         if len(self._buf) - self._end < M.MAX_MESSAGE_LEN:
             # keep room for a whole message after the undelivered bytes
             rest = self._end - self._start
-            self._buf[:rest] = self._buf[self._start:self._end]
+            if len(self._buf) - rest < M.MAX_MESSAGE_LEN:
+                # they fill the buffer (read before an owner was bound): a larger one
+                grown = bytearray(2 * len(self._buf))
+                grown[:rest] = self._buf[self._start:self._end]
+                self._buf, self._view = grown, memoryview(grown)
+            else:
+                self._buf[:rest] = self._buf[self._start:self._end]
             self._start, self._end = 0, rest
         return self._view[self._end:]
 

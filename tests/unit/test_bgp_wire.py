@@ -97,6 +97,21 @@ def test_bytes_read_before_an_owner_is_bound_are_delivered_when_it_is():
     asyncio.run(main())
 
 
+def test_more_bytes_than_the_buffer_holds_before_an_owner_is_bound_are_kept():
+    """An outgoing connection is bound a few loop iterations after it is made; whatever the
+    peer sends meanwhile waits, however much (the buffer grows rather than offering no room,
+    which asyncio would treat as a fatal error)."""
+    async def main() -> None:
+        msgs = [update(i, 780) for i in range(40)]  # ~160 KB
+        w = made()
+        feed(w, b"".join(msgs), 65536)
+        owner = Owner()
+        w.bind(owner)
+        assert owner.messages == msgs
+
+    asyncio.run(main())
+
+
 def test_a_bad_header_is_reported_once_and_nothing_after_it_is_delivered():
     async def main() -> None:
         owner = Owner()
