@@ -1,6 +1,6 @@
 """The byte stream of one BGP TCP connection: an asyncio buffered protocol that frames messages.
 
-A session's socket is read into one fixed buffer (``recv_into``, no allocation per read) and
+A session's socket is read into one reused buffer (``recv_into``, no allocation per read) and
 every complete message is handed to the connection that owns the stream, in the callback that
 read it. A stream reader and a reading task cost a wakeup of that task, two ``readexactly``
 calls and a fresh 256 KiB read buffer (mmap, mremap, munmap) per message; a single-prefix
