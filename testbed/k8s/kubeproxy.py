@@ -169,6 +169,58 @@ class KubeProxyError(Exception):
     """iptables refused the rules."""
 
 
+def saved_tables(text: str) -> dict[str, list[str]]:
+    """``iptables-save`` output by table: ``{"nat": [lines between *nat and COMMIT], ...}``."""
+    tables: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("*"):
+            current = tables.setdefault(line[1:].strip(), [])
+        elif line.strip() == "COMMIT":
+            current = None
+        elif current is not None:
+            current.append(line.strip())
+    return tables
+
+
+def hook_rule(comment: str, target: str) -> str:
+    """A hook's match and jump as ``iptables-save`` prints them (and ``iptables-restore`` reads them)."""
+    return f'-m comment --comment "{comment}" -j {target}'
+
+
+def missing_hooks(tables: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The hooks into the built-in chains (kube-proxy's ``EnsureRule`` of each jump) that
+    ``tables`` (:func:`saved_tables`) lacks, as ``iptables-restore`` lines inserting each at the
+    top of its chain, by table."""
+    out: dict[str, list[str]] = {}
+    for table, hooks in (("nat", NAT_HOOKS), ("filter", FILTER_HOOKS)):
+        present = set(tables.get(table) or ())
+        for chain, comment, target in hooks:
+            rule = hook_rule(comment, target)
+            if f"-A {chain} {rule}" not in present:
+                out.setdefault(table, []).append(f"-I {chain} 1 {rule}")
+    return out
+
+
+def kube_chains(tables: dict[str, list[str]]) -> set[str]:
+    """The per-service chains (``KUBE-SVC-*``, ``KUBE-SEP-*``) of the ``nat`` table saved."""
+    return {line[1:].split()[0] for line in tables.get("nat") or ()
+            if line.startswith((":KUBE-SVC-", ":KUBE-SEP-"))}
+
+
+def with_hooks(nat: str, filt: str, hooks: dict[str, list[str]]) -> tuple[str, str]:
+    """The restore input with the missing ``hooks`` inserted before each table's COMMIT (after
+    the chain declarations that make their targets exist: one transaction per table)."""
+    def add(text: str, lines: list[str]) -> str:
+        if not lines:
+            return text
+        body = text.rstrip("\n").splitlines()
+        if not body or body[-1] != "COMMIT":
+            raise ValueError(f"restore input does not end with COMMIT: {text[-80:]!r}")
+        return "\n".join(body[:-1] + lines + ["COMMIT"]) + "\n"
+    return add(nat, hooks.get("nat") or []), add(filt, hooks.get("filter") or [])
+
+
 class KubeProxy:
     """Keeps the current netns' iptables in line with the cluster's Services."""
 
@@ -177,39 +229,25 @@ class KubeProxy:
         self.last: tuple[str, str] | None = None
         self.hooked = False
 
-    def _ensure_hooks(self) -> None:
-        for table, hooks in (("nat", NAT_HOOKS), ("filter", FILTER_HOOKS)):
-            # the chains must exist before a jump to them can be inserted
-            _run(["iptables", "-w", "-t", table, "-N", "KUBE-SERVICES"])
-            if table == "nat":
-                _run(["iptables", "-w", "-t", table, "-N", "KUBE-POSTROUTING"])
-            for chain, comment, target in hooks:
-                rule = ["-m", "comment", "--comment", comment, "-j", target]
-                if _run(["iptables", "-w", "-t", table, "-C", chain, *rule]).returncode != 0:
-                    res = _run(["iptables", "-w", "-t", table, "-I", chain, "1", *rule])
-                    if res.returncode != 0:
-                        raise KubeProxyError(f"iptables -t {table} -I {chain}: {res.stderr.strip()}")
-        self.hooked = True
-
-    def _existing_chains(self) -> set[str]:
-        out = _run(["iptables-save", "-t", "nat"]).stdout
-        return {line[1:].split()[0] for line in out.splitlines()
-                if line.startswith((":KUBE-SVC-", ":KUBE-SEP-"))}
-
     def sync(self, services: list[dict], slices: list[dict]) -> bool:
-        """Apply the rules for these objects; returns True if anything was written."""
+        """Apply the rules for these objects; returns True if anything was written. One
+        ``iptables-save`` reads what is there (the hooks, on the first sync and each resync;
+        the per-service chains left over) and one ``iptables-restore --noflush`` writes the
+        rules, the hooks missing and the removal of stale chains together (kube-proxy runs an
+        ``iptables -C``/``-I`` per hook instead: the rules made are the same)."""
         ports = service_ports(services, slices)
         nat, filt, chains = render(ports, self.cluster_cidr)
         if (nat, filt) == self.last:
             return False
-        if not self.hooked:
-            self._ensure_hooks()
-        stale = self._existing_chains() - chains
+        saved = saved_tables(_run(["iptables-save"]).stdout)
+        stale = kube_chains(saved) - chains
         if stale:
             nat, filt, chains = render(ports, self.cluster_cidr, stale)
-        res = _run(["iptables-restore", "-w", "--noflush"], nat + filt)
+        hooks = {} if self.hooked else missing_hooks(saved)
+        res = _run(["iptables-restore", "-w", "--noflush"], "".join(with_hooks(nat, filt, hooks)))
         if res.returncode != 0:
             raise KubeProxyError(f"iptables-restore failed: {res.stderr.strip()}\n{nat}{filt}")
+        self.hooked = True
         self.last = None if stale else (nat, filt)
         return True
 
