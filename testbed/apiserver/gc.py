@@ -41,12 +41,93 @@ def needs_pass(ev: Any) -> bool:
     return refs != (ev.prev.obj.get("metadata") or {}).get("ownerReferences")
 
 
+class OwnerIndex:
+    """The owner references of the API server's cached objects, kept from its watch events
+    (pure): which key holds each UID, which keys name each owner UID, which objects are being
+    deleted. A pass of the collector looks only at owners that are gone or being deleted
+    (kube-controller-manager's garbage collector keeps such a graph from its informers
+    likewise) instead of every object of the cache."""
+
+    def __init__(self) -> None:
+        self.uid_key: dict[str, str] = {}
+        self.key_uid: dict[str, str] = {}
+        self.owners: dict[str, tuple[str, ...]] = {}  # key -> the owner UIDs it names
+        self.dependents: dict[str, set[str]] = {}  # owner UID -> the keys naming it
+        self.deleting: set[str] = set()  # keys of objects with a deletionTimestamp
+
+    def put(self, key: str, obj: dict) -> None:
+        """``key`` now holds ``obj`` (added or modified)."""
+        self.remove(key)
+        meta = obj.get("metadata") or {}
+        uid = meta.get("uid")
+        if uid:
+            self.uid_key[uid] = key
+            self.key_uid[key] = uid
+        owners = tuple(dict.fromkeys(r["uid"] for r in meta.get("ownerReferences") or []
+                                     if isinstance(r, dict) and r.get("uid")))
+        if owners:
+            self.owners[key] = owners
+            for u in owners:
+                self.dependents.setdefault(u, set()).add(key)
+        if meta.get("deletionTimestamp"):
+            self.deleting.add(key)
+
+    def remove(self, key: str) -> None:
+        """``key`` is gone (deleted)."""
+        uid = self.key_uid.pop(key, None)
+        if uid is not None and self.uid_key.get(uid) == key:
+            del self.uid_key[uid]
+        for u in self.owners.pop(key, ()):
+            deps = self.dependents.get(u)
+            if deps is not None:
+                deps.discard(key)
+                if not deps:
+                    del self.dependents[u]
+        self.deleting.discard(key)
+
+    def apply(self, ev: Any) -> None:
+        """Apply one watch event (:class:`testbed.apiserver.storage.WatchEvent`)."""
+        if ev.type == "DELETED":
+            self.remove(ev.key)
+        else:
+            self.put(ev.key, ev.entry.obj)
+
+    def missing_owners(self) -> list[str]:
+        """Owner UIDs that some object names and no cached object has."""
+        return [u for u in self.dependents if u not in self.uid_key]
+
+    def dependent_keys(self, uid: str) -> list[str]:
+        """The keys of the objects naming ``uid`` as an owner (sorted)."""
+        return sorted(self.dependents.get(uid, ()))
+
+
 class Collector:
     """The in-server garbage collector and namespace finalizer."""
 
     def __init__(self, h: Any):
         self.h = h
         self._kick: asyncio.Event | None = None
+        self.index = OwnerIndex()
+
+    def _subscribe(self) -> Any:
+        """Subscribe to every change from the hub's revision and index its cache as of that
+        revision (no await in between: the two agree)."""
+        hub = self.h.storage.hub
+        sub = hub.subscribe("/registry/", hub.rev)
+        self.index = OwnerIndex()
+        for e in hub.cache.values():
+            self.index.put(e.key, e.obj)
+        return sub
+
+    def _drain(self, sub: Any) -> None:
+        """Apply the events already queued to the index (an error stays queued for run)."""
+        q = sub.queue
+        while q.qsize():
+            ev = q.get_nowait()
+            if isinstance(ev, Exception):
+                q.put_nowait(ev)
+                return
+            self.index.apply(ev)
 
     def kick(self) -> None:
         """Ask for a pass soon (after a deletion)."""
@@ -55,10 +136,10 @@ class Collector:
 
     async def run(self) -> None:
         self._kick = asyncio.Event()
-        hub = self.h.storage.hub
-        sub = hub.subscribe("/registry/", hub.rev)
+        sub = self._subscribe()
         try:
             while True:
+                self._drain(sub)
                 try:
                     await self.sweep()
                 except APIError as err:
@@ -72,7 +153,7 @@ class Collector:
                     pass
                 if sub.queue.qsize() and isinstance(sub.queue._queue[-1], Exception):  # type: ignore[attr-defined]
                     sub.close()
-                    sub = hub.subscribe("/registry/", hub.rev)
+                    sub = self._subscribe()
                 await asyncio.sleep(0.02)
         finally:
             sub.close()
@@ -85,60 +166,58 @@ class Collector:
             done, pending = await asyncio.wait({get, kick}, return_when=asyncio.FIRST_COMPLETED)
             for p in pending:
                 p.cancel()
-            if kick in done:
+            wanted = kick in done
+            if wanted:
                 self._kick.clear()
-                return
-            ev = get.result()
-            if isinstance(ev, Exception):
-                sub.queue.put_nowait(ev)
-                return
-            if needs_pass(ev):
+            if get in done:  # also when the kick came at once: the index must see every event
+                ev = get.result()
+                if isinstance(ev, Exception):
+                    sub.queue.put_nowait(ev)
+                    return
+                self.index.apply(ev)
+                wanted = wanted or needs_pass(ev)
+            if wanted:
                 return
 
     async def sweep(self) -> None:
-        """One pass over the cached objects."""
+        """One pass over the owners that are gone or being deleted (:class:`OwnerIndex`)."""
         cache = self.h.storage.hub.cache
-        entries = list(cache.values())
-        by_uid: dict[str, Entry] = {}
-        dependents: dict[str, list[Entry]] = {}
-        for e in entries:
-            meta = e.obj.get("metadata") or {}
-            if meta.get("uid"):
-                by_uid[meta["uid"]] = e
-            for ref in meta.get("ownerReferences") or []:
-                if isinstance(ref, dict) and ref.get("uid"):
-                    dependents.setdefault(ref["uid"], []).append(e)
+        idx = self.index
+
+        def deps(uid: str) -> list[Entry]:
+            return [cache[k] for k in idx.dependent_keys(uid) if k in cache]
+
+        deleting = [cache[k] for k in sorted(idx.deleting) if k in cache]
         # namespaces being deleted
-        for e in entries:
-            if e.key.startswith("/registry/namespaces/") and (e.obj.get("metadata") or {}).get("deletionTimestamp"):
+        terminating = [e for e in deleting if e.key.startswith("/registry/namespaces/")]
+        if terminating:
+            entries = list(cache.values())
+            for e in terminating:
                 await self.finalize_namespace(e, entries)
+        # owners gone: their dependents go unless another owner remains (checked in etcd)
+        for uid in idx.missing_owners():
+            for d in deps(uid):
+                await self.maybe_collect(d)
         # owners being deleted (foreground / orphan)
-        for uid, deps in dependents.items():
-            owner = by_uid.get(uid)
-            if owner is None:
-                for d in deps:
-                    await self.maybe_collect(d)
-                continue
+        for owner in deleting:
             ometa = owner.obj.get("metadata") or {}
-            if not ometa.get("deletionTimestamp"):
+            uid, fins = ometa.get("uid"), ometa.get("finalizers") or []
+            if not uid:
                 continue
-            fins = ometa.get("finalizers") or []
             if "orphan" in fins:
-                for d in deps:
+                for d in deps(uid):
                     await self.drop_owner_ref(d, uid)
             elif "foregroundDeletion" in fins:
-                for d in deps:
+                for d in deps(uid):
                     await self.delete(d, "Foreground")
-        for e in entries:
+        for e in deleting:
             meta = e.obj.get("metadata") or {}
-            if not meta.get("deletionTimestamp"):
-                continue
             fins = meta.get("finalizers") or []
             uid = meta.get("uid")
-            live_deps = [d for d in dependents.get(uid, []) if d.key in cache]
+            live_deps = [d for d in deps(uid)] if uid else []
             if "orphan" in fins:
                 if not any(any(r.get("uid") == uid for r in (cache[d.key].obj.get("metadata") or {})
-                               .get("ownerReferences") or []) for d in live_deps):
+                               .get("ownerReferences") or []) for d in live_deps if d.key in cache):
                     await self.remove_finalizer(e, "orphan")
             elif "foregroundDeletion" in fins and not live_deps:
                 await self.remove_finalizer(e, "foregroundDeletion")
