@@ -28,8 +28,12 @@ from typing import Any
 from agent.bgp import errors as E
 from agent.bgp import messages as M
 
-#: the read buffer: 16 maximum-size messages; compacted when less than one fits at its end
-#: (and doubled if what waits for an owner fills it)
+#: the read buffer a connection starts with: two maximum-size messages (a mesh's sessions carry
+#: a few small messages each; a 100-node node holds 99 of them); compacted when less than one
+#: message fits at its end
+INITIAL_BUFFER_SIZE = 2 * M.MAX_MESSAGE_LEN
+#: what it grows to, doubling each time a read fills the room offered (more bytes wait: a full
+#: table being sent), so bulk transfers read up to 16 messages per call
 BUFFER_SIZE = 16 * M.MAX_MESSAGE_LEN
 
 
@@ -43,10 +47,12 @@ class Wire(asyncio.BufferedProtocol):
         self.owner: Any = None
         self.lost: asyncio.Future | None = None  # done once the socket is closed
         self._on_made = on_made
-        self._buf = bytearray(BUFFER_SIZE)
+        self._buf = bytearray(INITIAL_BUFFER_SIZE)
         self._view = memoryview(self._buf)
         self._start = 0  # the first byte not yet delivered
         self._end = 0    # the end of the bytes read
+        self._offered = 0  # the room the last get_buffer gave
+        self._grow = False  # the last read filled it: a larger buffer next time
         self._failed = False
 
     # ---- asyncio protocol
@@ -57,21 +63,26 @@ class Wire(asyncio.BufferedProtocol):
             self._on_made(self.transport, self)
 
     def get_buffer(self, sizehint: int) -> memoryview:  # noqa: D102
-        if len(self._buf) - self._end < M.MAX_MESSAGE_LEN:
-            # keep room for a whole message after the undelivered bytes
-            rest = self._end - self._start
-            if len(self._buf) - rest < M.MAX_MESSAGE_LEN:
-                # they fill the buffer (read before an owner was bound): a larger one
-                grown = bytearray(2 * len(self._buf))
-                grown[:rest] = self._buf[self._start:self._end]
-                self._buf, self._view = grown, memoryview(grown)
-            else:
-                self._buf[:rest] = self._buf[self._start:self._end]
+        rest = self._end - self._start
+        if self._grow or len(self._buf) - rest < M.MAX_MESSAGE_LEN:
+            # a larger one: reads fill it (bulk), or the undelivered bytes do (read before an
+            # owner was bound: asyncio treats a buffer with no room as a fatal error)
+            self._grow = False
+            grown = bytearray(2 * len(self._buf))
+            grown[:rest] = self._buf[self._start:self._end]
+            self._buf, self._view = grown, memoryview(grown)
             self._start, self._end = 0, rest
+        elif len(self._buf) - self._end < M.MAX_MESSAGE_LEN:
+            # keep room for a whole message after the undelivered bytes
+            self._buf[:rest] = self._buf[self._start:self._end]
+            self._start, self._end = 0, rest
+        self._offered = len(self._buf) - self._end
         return self._view[self._end:]
 
     def buffer_updated(self, nbytes: int) -> None:  # noqa: D102
         self._end += nbytes
+        if nbytes >= self._offered and len(self._buf) < BUFFER_SIZE:
+            self._grow = True
         if self.owner is not None:
             self._deliver()
 

@@ -10,7 +10,7 @@ import pytest
 from agent.bgp import errors as E
 from agent.bgp import messages as M
 from agent.bgp.prefix import parse
-from agent.bgp.wire import BUFFER_SIZE, Wire
+from agent.bgp.wire import BUFFER_SIZE, INITIAL_BUFFER_SIZE, Wire
 
 pytestmark = pytest.mark.unit
 
@@ -156,5 +156,22 @@ def test_the_peer_closing_or_the_socket_failing_is_reported_with_its_reason():
             assert w.eof_received() is None  # asyncio then closes our end too
             w.connection_lost(exc)
             assert owner.lost == [reason] and w.lost.done()
+
+    asyncio.run(main())
+
+
+def test_a_session_starts_with_a_small_buffer_and_a_bulk_transfer_grows_it():
+    """A mesh session's few small messages fit the initial buffer; reads that fill the room
+    offered (a full table arriving) double it up to BUFFER_SIZE, never further."""
+    async def main() -> None:
+        w = made()
+        owner = Owner()
+        w.bind(owner)
+        feed(w, update(1), 4096)
+        assert len(w._buf) == INITIAL_BUFFER_SIZE
+        msgs = [update(i, 780) for i in range(60)]  # ~240 KB, fed as fast as offered
+        feed(w, b"".join(msgs), 1 << 20)
+        assert owner.messages == [update(1)] + msgs
+        assert len(w._buf) == BUFFER_SIZE
 
     asyncio.run(main())
