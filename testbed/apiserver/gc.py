@@ -147,10 +147,7 @@ class Collector:
                 except Exception:  # noqa: BLE001
                     log.exception("gc pass failed")
                 # next pass: after a deletion/owner change, or every 2 s (namespace contents, foreground waits)
-                try:
-                    await asyncio.wait_for(self._wait(sub), 2.0)
-                except TimeoutError:
-                    pass
+                await self._wait(sub, 2.0)
                 if sub.queue.qsize() and isinstance(sub.queue._queue[-1], Exception):  # type: ignore[attr-defined]
                     sub.close()
                     sub = self._subscribe()
@@ -158,14 +155,26 @@ class Collector:
         finally:
             sub.close()
 
-    async def _wait(self, sub: Any) -> None:
+    async def _wait(self, sub: Any, timeout: float) -> None:
+        """Apply watch events to the index until one asks for a pass, a kick comes or
+        ``timeout`` seconds pass. Every event taken from the queue is applied: the queue is
+        read by tasks this method cancels before it returns (a read left pending, as a
+        cancelled ``wait_for`` leaves it, would take the next event where nobody applies it)."""
         assert self._kick is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
             get = asyncio.ensure_future(sub.queue.get())
             kick = asyncio.ensure_future(self._kick.wait())
-            done, pending = await asyncio.wait({get, kick}, return_when=asyncio.FIRST_COMPLETED)
-            for p in pending:
-                p.cancel()
+            try:
+                done, _ = await asyncio.wait({get, kick}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (get, kick):
+                    if not t.done():
+                        t.cancel()  # a cancelled Queue.get takes nothing from the queue
             wanted = kick in done
             if wanted:
                 self._kick.clear()
@@ -176,7 +185,7 @@ class Collector:
                     return
                 self.index.apply(ev)
                 wanted = wanted or needs_pass(ev)
-            if wanted:
+            if wanted or not done:
                 return
 
     async def sweep(self) -> None:

@@ -48,3 +48,28 @@ def test_only_deletions_and_new_owner_references_ask_for_a_pass():
     assert not needs_pass(ev("ADDED", "/registry/leases/l", obj("l")))
     assert not needs_pass(ev("MODIFIED", "/registry/pods/a", obj("a", ("rs",)), prev=obj("a", ("rs",))))
     assert needs_pass(ev("DELETED", "/registry/pods/a", obj("a")))
+
+
+def test_no_event_is_lost_to_a_wait_that_timed_out():
+    """The collector waits for events with a timeout; an event queued after a wait ended
+    must still reach the index (a read left pending by a timed-out wait used to take it)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from testbed.apiserver.gc import Collector
+
+    async def main() -> None:
+        col = Collector(h=None)
+        col._kick = asyncio.Event()
+        sub = SimpleNamespace(queue=asyncio.Queue())
+        await col._wait(sub, 0.02)  # nothing came: returns at its timeout
+        sub.queue.put_nowait(ev("MODIFIED", "/registry/namespaces/ns", obj("ns-uid", deleting=True)))
+        await asyncio.sleep(0)  # a read still pending would run now and take the event
+        col._drain(sub)
+        assert col.index.deleting == {"/registry/namespaces/ns"}
+        col.kick()  # a kick with an event queued: both are taken
+        sub.queue.put_nowait(ev("ADDED", "/registry/leases/l", obj("l")))
+        await col._wait(sub, 5.0)
+        assert col.index.uid_key.get("l") == "/registry/leases/l"
+
+    asyncio.run(main())
