@@ -343,12 +343,16 @@ class Server:
             os.unlink(path)
         except FileNotFoundError:
             pass
+        # the path appears only once the socket listens (bound under a temporary name, then
+        # renamed): whoever waits for the file to exist can connect at once
+        tmp = os.path.join(os.path.dirname(path), f".zygote-{os.getpid()}")
         old = os.umask(0o177)
         try:
-            self.listener.bind(path)
+            self.listener.bind(tmp)
         finally:
             os.umask(old)
         self.listener.listen(256)
+        os.rename(tmp, path)
         self.sel.register(self.listener, selectors.EVENT_READ, None)
         #: the signal wake-up pair (:meth:`wake_on_signals`): read end, write end
         self.wake: tuple[socket.socket, socket.socket] | None = None
