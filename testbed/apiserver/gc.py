@@ -223,7 +223,7 @@ class Collector:
             meta = e.obj.get("metadata") or {}
             fins = meta.get("finalizers") or []
             uid = meta.get("uid")
-            live_deps = [d for d in deps(uid)] if uid else []
+            live_deps = deps(uid) if uid else []
             if "orphan" in fins:
                 if not any(any(r.get("uid") == uid for r in (cache[d.key].obj.get("metadata") or {})
                                .get("ownerReferences") or []) for d in live_deps if d.key in cache):

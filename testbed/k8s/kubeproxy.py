@@ -239,7 +239,9 @@ class KubeProxy:
         nat, filt, chains = render(ports, self.cluster_cidr)
         if (nat, filt) == self.last:
             return False
-        saved = saved_tables(_run(["iptables-save"]).stdout)
+        # the hooks are in nat and filter (checked on the first sync and each resync); the
+        # leftover chains in nat alone, and a node's other tables (Felix's) need not be read
+        saved = saved_tables(_run(["iptables-save"] if not self.hooked else ["iptables-save", "-t", "nat"]).stdout)
         stale = kube_chains(saved) - chains
         if stale:
             nat, filt, chains = render(ports, self.cluster_cidr, stale)

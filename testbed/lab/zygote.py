@@ -346,6 +346,10 @@ class Server:
         # the path appears only once the socket listens (bound under a temporary name, then
         # renamed): whoever waits for the file to exist can connect at once
         tmp = os.path.join(os.path.dirname(path), f".zygote-{os.getpid()}")
+        try:
+            os.unlink(tmp)  # left by a zygote of the same PID that died before its rename
+        except FileNotFoundError:
+            pass
         old = os.umask(0o177)
         try:
             self.listener.bind(tmp)

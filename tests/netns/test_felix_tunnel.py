@@ -114,11 +114,14 @@ def test_ipip_from_unknown_source_is_not_delivered(topo, two_nodes):
     seen: list[str] = []
 
     def requests() -> list[str]:
-        send_ipip(env["a"], "172.31.9.2", known)
         seen.extend(cap.stdout.readlines())
         return [ln for ln in seen if "192.168.10.99 > 192.168.20.7" in ln]
 
-    wait_for(requests, lambda r: any(", id 2," in ln for ln in r), timeout=10,
+    def send_and_look() -> list[str]:
+        send_ipip(env["a"], "172.31.9.2", known)
+        return requests()
+
+    wait_for(send_and_look, lambda r: any(", id 2," in ln for ln in r), timeout=10,
              what="an echo request from the known node")
     cap.send_signal(signal.SIGINT)
     cap.wait(timeout=5)
