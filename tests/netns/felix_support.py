@@ -245,6 +245,28 @@ def ping_until_ok(ns: str, dst: str, timeout: float = 20) -> str:
                     lambda out: " 0% packet loss" in out, timeout=timeout, what=f"ping {dst} from {ns}")
 
 
+def stop_capture_when(proc: subprocess.Popen, path: str, *want: Any, timeout: float = 5) -> None:
+    """SIGINT the tcpdump ``proc`` writing ``path`` (``-U -w``) once every
+    :class:`testbed.capture.pcapassert.Match` in ``want`` holds for a frame in the file.
+
+    A ping's reply can be back before tcpdump has read the packets from its socket: a SIGINT
+    right after the ping loses them (a CI run's capture held the request, not the reply)."""
+    from testbed.capture import pcapassert
+
+    def missing() -> list[str]:
+        try:
+            trace = pcapassert.load(path)
+        except Exception as e:  # noqa: BLE001 - a record still being written: read again
+            return [f"{path} not readable yet: {e}"]
+        return [str(m) for m in want if not trace.select(m)]
+
+    try:
+        wait_for(missing, lambda m: not m, timeout=timeout, what=f"the packets in {path}")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=5)
+
+
 def start_etcd(topo: Topo, netns: str, address: str, port: int = 2379) -> str:
     """A real etcd inside ``netns`` listening on ``address:port``; killed by PID at topo.close()."""
     data = tempfile.mkdtemp(prefix="felix-etcd-")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 
 import pytest
@@ -19,7 +18,7 @@ from agent.felix.encap import vtep_mac
 from testbed.capture import pcapassert as pa
 from testbed.poll import wait_for
 from tests.netns.agent_support import W0, W1, Cluster, running
-from tests.netns.felix_support import ping_until_ok, run
+from tests.netns.felix_support import ping_until_ok, run, stop_capture_when
 
 pytestmark = pytest.mark.netns
 
@@ -57,11 +56,6 @@ def capture(c: Cluster, ns: str, path: str, *filt: str) -> subprocess.Popen:
                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     p.stderr.readline()  # "listening on eth0 ..."
     return p
-
-
-def stop_capture(p: subprocess.Popen) -> None:
-    p.send_signal(signal.SIGINT)
-    p.wait(timeout=5)
 
 
 def test_vxlan_mode_without_bgp_then_crosssubnet_then_off(cluster, tmp_path):
@@ -115,7 +109,7 @@ def test_vxlan_mode_without_bgp_then_crosssubnet_then_off(cluster, tmp_path):
     pcap = str(tmp_path / "w1-eth0-vxlan.pcap")
     cap = capture(c, c.w1, pcap)
     ping_until_ok(pa_ns, ipb)
-    stop_capture(cap)
+    stop_capture_when(cap, pcap, pa.vxlan(W0, W1, ipa, ipb, vni=4096), pa.vxlan(W1, W0, ipb, ipa, vni=4096))
     pa.assert_vxlan(pcap, outer_src=W0, outer_dst=W1, inner_src=ipa, inner_dst=ipb, vni=4096,
                     inner_mac_src=vtep_mac("w0"), inner_mac_dst=vtep_mac("w1"), no_plain="192.168.0.0/16")
     pa.assert_vxlan(pcap, outer_src=W1, outer_dst=W0, inner_src=ipb, inner_dst=ipa, vni=4096,
@@ -137,7 +131,7 @@ def test_vxlan_mode_without_bgp_then_crosssubnet_then_off(cluster, tmp_path):
     pcap = str(tmp_path / "w1-eth0-routed.pcap")
     cap = capture(c, c.w1, pcap)
     ping_until_ok(pa_ns, ipb)
-    stop_capture(cap)
+    stop_capture_when(cap, pcap, pa.plain(ipa, ipb), pa.plain(ipb, ipa))
     pa.assert_routed(pcap, ipa, ipb)
 
     # VXLAN off: the device goes (with its routes), the tunnel address is released, MTU file back.

@@ -19,6 +19,7 @@ import threading
 
 import pytest
 
+from testbed.capture import pcapassert
 from testbed.poll import wait_for
 from tests.netns.felix_support import (
     Topo,
@@ -30,6 +31,7 @@ from tests.netns.felix_support import (
     run,
     say,
     send_ipip,
+    stop_capture_when,
     two_node_bpf_tunnel,
     two_node_tunnel,
 )
@@ -197,9 +199,14 @@ def test_outer_ttl_df_and_ecn_follow_the_inner_packet(topo, two_nodes):
             out = run("ping", "-c", "1", "-W", "2", "-s", str(size), *opts, env["ipb"], netns=env["pa"],
                       check=False)
             assert " 0% packet loss" in out, out
-    finally:
+    except BaseException:
         cap.send_signal(signal.SIGINT)
         cap.wait(timeout=5)
+        raise
+    # every request and its reply in the file before tcpdump stops
+    stop_capture_when(cap, pcap, *(
+        pcapassert.ipip() & pcapassert.icmp(t) & pcapassert.Match(f"of {n} bytes", lambda f, n=n: f.inner.length == n + 28)
+        for n in pings for t in (8, 0)))
     from scapy.all import ICMP, IP, rdpcap
 
     try:
