@@ -34,10 +34,15 @@ class Informer:
 
     def __init__(self, client: Client, api_version: str, plural: str, namespace: str | None = None, *,
                  label_selector: str = "", field_selector: str = "", page: int = 500,
-                 retry_delay: float = 0.5):
+                 retry_delay: float = 0.5, first_retry_delay: float = 0.05):
         self.client, self.api_version, self.plural, self.namespace = client, api_version, plural, namespace
         self.label_selector, self.field_selector, self.page = label_selector, field_selector, page
+        # failed list/watch calls are retried after first_retry_delay, doubling up to retry_delay
+        # while they keep failing (an API server starting beside its clients answers a few
+        # tens of ms after their first refused connection; one that is down costs a connect
+        # attempt per retry_delay)
         self.retry_delay = retry_delay
+        self.first_retry_delay = min(first_retry_delay, retry_delay)
         self.store: dict[str, dict] = {}
         self.resource_version = ""
         self.handlers: list[Handler] = []
@@ -108,11 +113,13 @@ class Informer:
     def run(self) -> None:
         """List (unless resuming from a known resourceVersion), then watch, until stopped."""
         need_list = not self.resource_version
+        delay = self.first_retry_delay
         while not self._stop.is_set():
             try:
                 if need_list:
                     self.relist()
                     need_list = False
+                    delay = self.first_retry_delay
                 w = self.client.watch(self.api_version, self.plural, self.namespace,
                                       resource_version=self.resource_version, label_selector=self.label_selector,
                                       field_selector=self.field_selector, bookmarks=True)
@@ -120,6 +127,7 @@ class Informer:
                 if self._stop.is_set():
                     return
                 for typ, obj in w:
+                    delay = self.first_retry_delay
                     self._apply(typ, obj)
             except errors.Gone:
                 log.info("informer %s: resourceVersion %s expired; re-listing", self.plural, self.resource_version)
@@ -127,8 +135,9 @@ class Informer:
             except (errors.KubeError, OSError, ValueError) as exc:
                 if self._stop.is_set():
                     return
-                log.info("informer %s: %s; retrying", self.plural, exc)
-                self._stop.wait(self.retry_delay)
+                log.info("informer %s: %s; retrying in %.2f s", self.plural, exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.retry_delay)
 
     def _apply(self, typ: str, obj: dict) -> None:
         rv = (obj.get("metadata") or {}).get("resourceVersion")

@@ -64,6 +64,11 @@ NOT_READY_TAINT = {"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"
 DEL_ATTEMPTS = 3
 NODE_STATUS_UPDATE = 10.0  # seconds between checks that the Node still says what we see
 NODE_STATUS_RETRY = 0.5  # seconds before a failed Node status write is tried again
+# registration retries while the API server is not up (the kubelet's registerWithAPIServer:
+# 100 ms doubling to 7 s; here 50 ms doubling to 0.5 s: in a lab the API server starts beside
+# the kubelets, and its first answer is tens of ms after their first refused connection)
+REGISTER_RETRY_FIRST = 0.05
+REGISTER_RETRY_MAX = 0.5
 GONE_RECHECK = 1.0  # seconds before a pod missing from the cache but not confirmed gone is checked again
 NODE_GONE_REASON = "NodeNotFound"  # the reason of a pod the kubelet stopped because its Node is gone
 LEASE_DURATION = 40  # seconds (the kubelet's nodeLeaseDurationSeconds); renewed every quarter of it
@@ -1646,6 +1651,7 @@ class Kubelet:
         """Register, then reconcile on every change until ``stop`` is set."""
         self.start_static()
         self.cluster.start()
+        delay = REGISTER_RETRY_FIRST
         while not stop.is_set():  # the API server may come and go at start-up: retry both steps
             try:
                 if not self.registered and self.join_after and not self._joined():
@@ -1659,7 +1665,8 @@ class Kubelet:
                 break
             except (KubeError, OSError) as exc:
                 log.warning("waiting for the API server: %s", exc)
-                stop.wait(0.5)
+                stop.wait(delay)
+                delay = min(delay * 2, REGISTER_RETRY_MAX)
         log.info("kubelet running: node %s, %d pod(s) adopted", self.node, len(self.states))
         from testbed.k8s.pluginwatcher import PluginWatcher
 
