@@ -89,36 +89,81 @@ def _ns_id(path: str | os.PathLike) -> tuple[int, int] | None:
     return (st.st_ino, st.st_dev)
 
 
-def _lab_namespaces(hosts: set[int], ns_paths: list[Path], exclude: set[int]) -> set[tuple[str, tuple[int, int]]]:
-    """The network and mount namespaces of the lab: its hosts' netns (``ns_paths``), the
-    mount namespaces of its nodes' shells (``hosts``, PIDs) and every pod netns bound in a
-    node's own ``/run/netns`` tmpfs (seen through the shell's root; never the machine's
-    /run/netns, which holds every lab's). Never the namespaces of the machine, of this
-    process or of the processes in ``exclude`` (the supervisor)."""
+class PinnedNamespaces:
+    """Namespaces held open (one fd each) while their members are looked for and killed.
+
+    A namespace whose last process died is freed, and the kernel hands its inode number to
+    the next namespace made anywhere on the machine (``ip netns exec`` makes a mount namespace
+    for every command it runs): matched by number after that, an unrelated process of the
+    machine would be killed (a CI run's ``ip netns exec ... python -m agent.felix.bpftunnel``
+    of another test was, with no word on stderr). Held open, a namespace and its number
+    stay the lab's until :meth:`close`."""
+
+    def __init__(self) -> None:
+        self.ids: set[tuple[str, tuple[int, int]]] = set()
+        self._fds: list[int] = []
+
+    def pin(self, kind: str, path: str | os.PathLike) -> tuple[int, int] | None:
+        """Hold the ``kind`` ("net" or "mnt") namespace at ``path`` open; its (inode, device),
+        or None if it is gone."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        st = os.fstat(fd)
+        self._fds.append(fd)
+        self.ids.add((kind, (st.st_ino, st.st_dev)))
+        return (st.st_ino, st.st_dev)
+
+    def discard(self, never: set[tuple[str, tuple[int, int]]]) -> None:
+        """Forget (and stop matching) the namespaces in ``never``."""
+        self.ids -= never
+
+    def close(self) -> None:
+        """Let the namespaces go (after the kills)."""
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+    def __enter__(self) -> PinnedNamespaces:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _lab_namespaces(hosts: set[int], ns_paths: list[Path], exclude: set[int]) -> PinnedNamespaces:
+    """The network and mount namespaces of the lab, pinned (:class:`PinnedNamespaces`): its
+    hosts' netns (``ns_paths``), the mount namespaces of its nodes' shells (``hosts``, PIDs)
+    and every pod netns bound in a node's own ``/run/netns`` tmpfs (seen through the shell's
+    root; never the machine's /run/netns, which holds every lab's). Never the namespaces of
+    the machine, of this process or of the processes in ``exclude`` (the supervisor)."""
     never = {(kind, i) for kind in ("net", "mnt") for p in ("/proc/1", "/proc/self", *(f"/proc/{x}" for x in exclude))
              if (i := _ns_id(f"{p}/ns/{kind}")) is not None}
-    out: set[tuple[str, tuple[int, int]]] = set()
-    for path in ns_paths:
-        if (i := _ns_id(path)) is not None:
-            out.add(("net", i))
-    machine_netns_dir = _ns_id("/run/netns")
-    for pid in hosts:
-        if (i := _ns_id(f"/proc/{pid}/ns/mnt")) is not None:
-            out.add(("mnt", i))
-        # a node's own /run/netns (a tmpfs of its mount namespace) holds its pods' netns;
-        # one that is the machine's directory holds every lab's: never read that one
-        own = _ns_id(f"/proc/{pid}/root/run/netns")
-        if own is None or machine_netns_dir is None or own[1] == machine_netns_dir[1]:
-            continue
-        try:
-            pod_ns = os.scandir(f"/proc/{pid}/root/run/netns")
-        except OSError:
-            continue
-        with pod_ns:
-            for entry in pod_ns:
-                if (i := _ns_id(entry.path)) is not None:
-                    out.add(("net", i))
-    return out - never
+    out = PinnedNamespaces()
+    try:
+        for path in ns_paths:
+            out.pin("net", path)
+        machine_netns_dir = _ns_id("/run/netns")
+        for pid in hosts:
+            out.pin("mnt", f"/proc/{pid}/ns/mnt")
+            # a node's own /run/netns (a tmpfs of its mount namespace) holds its pods' netns;
+            # one that is the machine's directory holds every lab's: never read that one
+            own = _ns_id(f"/proc/{pid}/root/run/netns")
+            if own is None or machine_netns_dir is None or own[1] == machine_netns_dir[1]:
+                continue
+            try:
+                pod_ns = os.scandir(f"/proc/{pid}/root/run/netns")
+            except OSError:
+                continue
+            with pod_ns:
+                for entry in pod_ns:
+                    out.pin("net", entry.path)
+    except BaseException:
+        out.close()
+        raise
+    out.discard(never)
+    return out
 
 
 def _ns_member_pids(namespaces: set[tuple[str, tuple[int, int]]]) -> set[int]:
@@ -262,20 +307,20 @@ def kill_processes(lab: str, keep: set[int]) -> CleanReport:
     shells = {rec["pid"] for rec in (st.get("hosts") or {}).values()
               if rec.get("kind") == "node" and rec.get("pid") and rec.get("start")
               and pid_alive(rec["pid"], rec["start"])}
-    namespaces = _lab_namespaces(shells, ns_paths, {os.getpid()})
-    for _ in range(3):
-        victims = _cgroup_pids(cg) if cg is not None else set()
-        for p in ns_paths:
-            victims |= _netns_pids(p)
-        victims |= _ns_member_pids(namespaces)
-        victims |= _environ_pids(lab, st.get("part") or part())
-        for d in _runtime_cgroup_dirs(lab):
-            victims |= _cgroup_pids(d)
-        victims -= keep | _ancestors()
-        if not victims:
-            break
-        _kill(victims, report)
-        _wait_gone(victims)
+    with _lab_namespaces(shells, ns_paths, {os.getpid()}) as namespaces:
+        for _ in range(3):
+            victims = _cgroup_pids(cg) if cg is not None else set()
+            for p in ns_paths:
+                victims |= _netns_pids(p)
+            victims |= _ns_member_pids(namespaces.ids)
+            victims |= _environ_pids(lab, st.get("part") or part())
+            for d in _runtime_cgroup_dirs(lab):
+                victims |= _cgroup_pids(d)
+            victims -= keep | _ancestors()
+            if not victims:
+                break
+            _kill(victims, report)
+            _wait_gone(victims)
     return report
 
 
@@ -310,36 +355,39 @@ def clean_lab(lab: str) -> CleanReport:
               if rec.get("kind") == "node" and rec.get("pid") and rec.get("start")
               and pid_alive(rec["pid"], rec["start"])}
     sup = st.get("supervisor") or {}
+    # (held open until the kills are done: see PinnedNamespaces)
     namespaces = _lab_namespaces(shells, ns_paths, {sup["pid"]} if pid_alive(sup.get("pid"), sup.get("start"))
                                  else set())
-
-    # 1. processes: the cgroup first (atomic kill), then recorded PIDs, then namespace members
-    for _ in range(3):
-        victims: set[int] = set()
-        if cg is not None and cg.is_dir():
-            members = _cgroup_pids(cg)
-            try:
-                (cg / "cgroup.kill").write_text("1")
-                report.killed.extend(sorted(members))
-            except OSError:
-                victims |= members  # no cgroup.kill (kernel < 5.14): kill them one by one
-            _wait_gone(members)
-        for rec in recorded:
-            pid, start = rec.get("pid"), rec.get("start")
-            if pid and start and pid_alive(pid, start):
-                victims.add(pid)
-        for p in ns_paths:
-            victims |= _netns_pids(p)
-        victims |= _ns_member_pids(namespaces)
-        if st:
-            victims |= _environ_pids(lab, st.get("part") or part())
-            for d in _runtime_cgroup_dirs(lab):
-                victims |= _cgroup_pids(d)
-        victims -= _ancestors()
-        if not victims:
-            break
-        _kill(victims, report)
-        _wait_gone(victims)
+    try:
+        # 1. processes: the cgroup first (atomic kill), then recorded PIDs, then namespace members
+        for _ in range(3):
+            victims: set[int] = set()
+            if cg is not None and cg.is_dir():
+                members = _cgroup_pids(cg)
+                try:
+                    (cg / "cgroup.kill").write_text("1")
+                    report.killed.extend(sorted(members))
+                except OSError:
+                    victims |= members  # no cgroup.kill (kernel < 5.14): kill them one by one
+                _wait_gone(members)
+            for rec in recorded:
+                pid, start = rec.get("pid"), rec.get("start")
+                if pid and start and pid_alive(pid, start):
+                    victims.add(pid)
+            for p in ns_paths:
+                victims |= _netns_pids(p)
+            victims |= _ns_member_pids(namespaces.ids)
+            if st:
+                victims |= _environ_pids(lab, st.get("part") or part())
+                for d in _runtime_cgroup_dirs(lab):
+                    victims |= _cgroup_pids(d)
+            victims -= _ancestors()
+            if not victims:
+                break
+            _kill(victims, report)
+            _wait_gone(victims)
+    finally:
+        namespaces.close()
 
     # 2. namespaces: detaching the last reference frees veths, bridges, routes, iptables
     for name, path in zip(netns_names, ns_paths, strict=True):
