@@ -62,7 +62,7 @@ def test_a_pinned_namespace_keeps_its_number_after_its_last_process_died():
 def test_without_the_pin_the_number_passes_on():
     """What clean guards against: a dead namespace's number is given to the next one made."""
     seen = []
-    for _ in range(5):  # allocations elsewhere on the machine may take the freed number first
+    for _ in range(20):  # allocations elsewhere on the machine may take the freed number first
         first = _in_new_mount_ns()
         ident = _ns_id(f"/proc/{first.pid}/ns/mnt")
         _stop(first)
@@ -71,7 +71,7 @@ def test_without_the_pin_the_number_passes_on():
         _stop(second)
         if seen[-1]:
             break
-    assert any(seen), "the kernel did not reuse a freed namespace number in 5 tries"
+    assert any(seen), "the kernel did not reuse a freed namespace number in 20 tries"
 
 
 def test_pin_of_a_gone_namespace_is_none_and_close_is_idempotent(tmp_path):
